@@ -1,0 +1,34 @@
+"""Operational routes: liveness, readiness and Prometheus metrics."""
+
+from __future__ import annotations
+
+import orjson
+from fastapi import APIRouter, Request
+from starlette.responses import Response
+
+from gateway.api.context import app_state
+from gateway.metrics import METRICS_CONTENT_TYPE
+
+router = APIRouter()
+
+_OK = orjson.dumps({"status": "ok"})
+
+
+@router.get("/health")
+async def health() -> Response:
+    """Liveness: the process serves HTTP."""
+    return Response(_OK, media_type="application/json")
+
+
+@router.get("/ready")
+async def ready(request: Request) -> Response:
+    """Readiness: at least one engine is healthy. 503 otherwise, with per-engine detail."""
+    engines = app_state(request).pool.health()
+    is_ready = any(any(urls.values()) for urls in engines.values())
+    body = {"status": "ready" if is_ready else "unavailable", "engines": engines}
+    return Response(orjson.dumps(body), 200 if is_ready else 503, media_type="application/json")
+
+
+@router.get("/metrics")
+async def metrics(request: Request) -> Response:
+    return Response(app_state(request).metrics.render(), media_type=METRICS_CONTENT_TYPE)

@@ -1,0 +1,90 @@
+"""The live set of engines behind each model: health and requests in flight.
+
+This is the one mutable view of the pool. Routing reads immutable snapshots of
+it (:meth:`EnginePool.snapshot`); the health monitor and, with a managed engine
+pool, the registry watcher update it. Everything runs on one event loop, so no
+locks are needed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+from gateway.routing import EndpointView
+
+
+@dataclass(slots=True)
+class _Endpoint:
+    url: str
+    in_flight: int = 0
+    healthy: bool = True
+
+
+class EnginePool:
+    """Engines per model name; an engine URL belongs to one or more models."""
+
+    def __init__(self, endpoints_by_model: Mapping[str, Sequence[str]]) -> None:
+        self._endpoints: dict[str, _Endpoint] = {}
+        self._by_model: dict[str, tuple[str, ...]] = {}
+        for model, urls in endpoints_by_model.items():
+            self.set_endpoints(model, urls)
+
+    def models(self) -> tuple[str, ...]:
+        return tuple(self._by_model)
+
+    def has_model(self, model: str) -> bool:
+        return model in self._by_model
+
+    def urls(self) -> tuple[str, ...]:
+        return tuple(self._endpoints)
+
+    def set_endpoints(self, model: str, urls: Iterable[str]) -> None:
+        """Replace a model's engines, keeping the state of those that stay."""
+        urls = tuple(dict.fromkeys(urls))
+        for url in urls:
+            self._endpoints.setdefault(url, _Endpoint(url))
+        self._by_model[model] = urls
+        self._forget_orphans()
+
+    def snapshot(self, model: str, exclude: Iterable[str] = ()) -> tuple[EndpointView, ...]:
+        """The model's candidate engines: the healthy ones, or all if none is healthy.
+
+        Falling back to unhealthy engines lets a request find an engine that came
+        back between two health probes instead of failing outright.
+        """
+        excluded = set(exclude)
+        views = tuple(
+            EndpointView(e.url, e.in_flight, e.healthy)
+            for e in (self._endpoints[url] for url in self._by_model.get(model, ()))
+            if e.url not in excluded
+        )
+        healthy = tuple(v for v in views if v.healthy)
+        return healthy or views
+
+    def acquire(self, url: str) -> None:
+        endpoint = self._endpoints.get(url)
+        if endpoint is not None:
+            endpoint.in_flight += 1
+
+    def release(self, url: str) -> None:
+        endpoint = self._endpoints.get(url)
+        if endpoint is not None and endpoint.in_flight > 0:
+            endpoint.in_flight -= 1
+
+    def set_health(self, url: str, healthy: bool) -> None:
+        endpoint = self._endpoints.get(url)
+        if endpoint is not None:
+            endpoint.healthy = healthy
+
+    def health(self) -> dict[str, dict[str, bool]]:
+        """Per model, per engine URL: healthy or not (for /ready)."""
+        return {
+            model: {url: self._endpoints[url].healthy for url in urls}
+            for model, urls in self._by_model.items()
+        }
+
+    def _forget_orphans(self) -> None:
+        used = {url for urls in self._by_model.values() for url in urls}
+        for url in [u for u in self._endpoints if u not in used]:
+            del self._endpoints[url]

@@ -1,0 +1,73 @@
+"""Prometheus metrics on a registry owned by one app instance.
+
+Label values are bounded: ``model`` is a configured model name (or ``"-"`` for
+requests that never resolved one), ``endpoint`` one of the gateway's routes,
+``kind`` one of :data:`UPSTREAM_ERROR_KINDS`. Nothing user-supplied becomes a label.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+UPSTREAM_ERROR_KINDS = ("connect", "timeout", "status", "protocol", "stream_interrupted")
+UNRESOLVED_MODEL = "-"
+METRICS_CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+_LATENCY_BUCKETS = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    30.0, 60.0, 120.0, 300.0,
+)  # fmt: skip
+
+
+class GatewayMetrics:
+    """All gateway metrics, registered on a fresh :class:`CollectorRegistry`."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "vgate_requests_total",
+            "Completed requests by model, route and HTTP status.",
+            ("model", "endpoint", "status"),
+            registry=self.registry,
+        )
+        self.request_duration = Histogram(
+            "vgate_request_duration_seconds",
+            "Time from request received to the last byte of the response.",
+            ("model", "endpoint"),
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.time_to_first_token = Histogram(
+            "vgate_time_to_first_token_seconds",
+            "Streams: time from request received to the first chunk sent to the client.",
+            ("model", "endpoint"),
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.in_flight = Gauge(
+            "vgate_requests_in_flight",
+            "Requests being processed (streams count until their last chunk).",
+            ("model",),
+            registry=self.registry,
+        )
+        self.upstream_errors = Counter(
+            "vgate_upstream_errors_total",
+            "Failures talking to engines, by model and kind.",
+            ("model", "kind"),
+            registry=self.registry,
+        )
+        self.client_disconnects = Counter(
+            "vgate_client_disconnects_total",
+            "Streams the client closed before the end.",
+            ("model",),
+            registry=self.registry,
+        )
+
+    def observe_request(self, model: str, endpoint: str, status: int, seconds: float) -> None:
+        self.requests.labels(model, endpoint, str(status)).inc()
+        self.request_duration.labels(model, endpoint).observe(seconds)
+
+    def render(self) -> bytes:
+        """The Prometheus text exposition of every metric."""
+        return generate_latest(self.registry)

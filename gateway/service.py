@@ -1,0 +1,224 @@
+"""The request pipeline for completions: parse → route → forward/stream → reconcile.
+
+Built once at start-up (:class:`CompletionService`) and called by the thin
+routers in :mod:`gateway.api`. Auth, rate limiting and caching slot in here as
+further stages; the routers do not change.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from pydantic import BaseModel, ValidationError
+from starlette.responses import Response
+
+from gateway.engine_pool import EnginePool
+from gateway.errors import (
+    GatewayError,
+    InvalidRequestError,
+    ModelNotFoundError,
+    NoEngineAvailableError,
+    UpstreamStatusError,
+    UpstreamTimeoutError,
+)
+from gateway.metrics import UNRESOLVED_MODEL, GatewayMetrics
+from gateway.protocol import ChatCompletionRequest, CompletionRequest
+from gateway.routing import RoutingPolicy
+from gateway.settings import ModelSettings
+from gateway.streaming import SSE_HEADERS, SSEResponse, StreamOutcome, relay_events
+from gateway.upstream import EngineUnreachable, UpstreamClient, UpstreamStream
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """One OpenAI completion route: where it forwards and how its body is validated."""
+
+    path: str
+    label: str
+    schema: type[ChatCompletionRequest] | type[CompletionRequest]
+
+
+CHAT = Route("/v1/chat/completions", "chat_completions", ChatCompletionRequest)
+COMPLETIONS = Route("/v1/completions", "completions", CompletionRequest)
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedRequest:
+    """A validated request and the exact bytes to send to the engine."""
+
+    model: str
+    stream: bool
+    payload: bytes
+
+
+class CompletionService:
+    """Forwards validated completion requests to an engine chosen by the routing policy."""
+
+    def __init__(
+        self,
+        models: Mapping[str, ModelSettings],
+        pool: EnginePool,
+        policy: RoutingPolicy,
+        upstream: UpstreamClient,
+        metrics: GatewayMetrics,
+        retries: int,
+    ) -> None:
+        self._models = models
+        self._pool = pool
+        self._policy = policy
+        self._upstream = upstream
+        self._metrics = metrics
+        self._attempts = 1 + retries
+
+    async def handle(self, route: Route, raw: bytes, request_id: str) -> Response:
+        """Answer one request; every failure is raised as a :class:`GatewayError`."""
+        started = time.perf_counter()
+        model = UNRESOLVED_MODEL
+        try:
+            parsed = self._parse(route, raw)
+            model = parsed.model
+            if parsed.stream:
+                return await self._stream(route, parsed, request_id, started)
+            response = await self._complete(route, parsed, request_id)
+        except GatewayError as exc:
+            self._metrics.observe_request(
+                model, route.label, exc.status, time.perf_counter() - started
+            )
+            raise
+        self._metrics.observe_request(
+            model, route.label, response.status_code, time.perf_counter() - started
+        )
+        return response
+
+    def _parse(self, route: Route, raw: bytes) -> ParsedRequest:
+        body = _decode_json_object(raw)
+        request = _validate(route.schema, body)
+        settings = self._models.get(request.model)
+        if settings is None or not self._pool.has_model(request.model):
+            raise ModelNotFoundError(request.model)
+        payload = raw
+        if settings.served_name != request.model:
+            payload = orjson.dumps(body | {"model": settings.served_name})
+        return ParsedRequest(request.model, bool(request.stream), payload)
+
+    async def _complete(self, route: Route, parsed: ParsedRequest, request_id: str) -> Response:
+        headers = _upstream_headers(request_id)
+        for url in self._candidates(parsed.model):
+            self._pool.acquire(url)
+            try:
+                reply = await self._upstream.post(url + route.path, parsed.payload, headers)
+            except EngineUnreachable:
+                self._mark_unreachable(parsed.model, url)
+                continue
+            except UpstreamTimeoutError:
+                self._metrics.upstream_errors.labels(parsed.model, "timeout").inc()
+                raise
+            finally:
+                self._pool.release(url)
+            if reply.status >= 400:
+                self._metrics.upstream_errors.labels(parsed.model, "status").inc()
+                raise UpstreamStatusError(reply.status, reply.body, reply.content_type)
+            return Response(reply.body, reply.status, media_type="application/json")
+        raise NoEngineAvailableError(f"no engine for model `{parsed.model}` could be reached")
+
+    async def _stream(
+        self, route: Route, parsed: ParsedRequest, request_id: str, started: float
+    ) -> Response:
+        headers = _upstream_headers(request_id)
+        for url in self._candidates(parsed.model):
+            self._pool.acquire(url)
+            try:
+                stream = await self._upstream.open_stream(url + route.path, parsed.payload, headers)
+            except EngineUnreachable:
+                self._pool.release(url)
+                self._mark_unreachable(parsed.model, url)
+                continue
+            except GatewayError as exc:
+                self._pool.release(url)
+                kind = "timeout" if isinstance(exc, UpstreamTimeoutError) else "status"
+                self._metrics.upstream_errors.labels(parsed.model, kind).inc()
+                raise
+            return self._relay(route, parsed.model, url, stream, started)
+        raise NoEngineAvailableError(f"no engine for model `{parsed.model}` could be reached")
+
+    def _relay(
+        self, route: Route, model: str, url: str, stream: UpstreamStream, started: float
+    ) -> Response:
+        outcome = StreamOutcome()
+        in_flight = self._metrics.in_flight.labels(model)
+        in_flight.inc()
+        closed = False
+
+        async def finish() -> None:
+            nonlocal closed
+            if closed:
+                return
+            closed = True
+            stream.close()
+            self._pool.release(url)
+            in_flight.dec()
+            self._record_stream(route, model, outcome, started)
+
+        body = relay_events(stream, outcome, time.perf_counter)
+        return SSEResponse(body, on_close=finish, headers=dict(SSE_HEADERS))
+
+    def _record_stream(
+        self, route: Route, model: str, outcome: StreamOutcome, started: float
+    ) -> None:
+        if outcome.first_chunk_at is not None:
+            self._metrics.time_to_first_token.labels(model, route.label).observe(
+                outcome.first_chunk_at - started
+            )
+        if outcome.error is not None:
+            self._metrics.upstream_errors.labels(model, "stream_interrupted").inc()
+        elif not outcome.completed:
+            self._metrics.client_disconnects.labels(model).inc()
+        self._metrics.observe_request(model, route.label, 200, time.perf_counter() - started)
+
+    def _candidates(self, model: str) -> list[str]:
+        """Engines to try, in order, for one request (at most ``1 + retries``)."""
+        tried: list[str] = []
+        for _ in range(self._attempts):
+            views = self._pool.snapshot(model, exclude=tried)
+            if not views:
+                break
+            tried.append(self._policy.choose(views).url)
+        return tried
+
+    def _mark_unreachable(self, model: str, url: str) -> None:
+        self._pool.set_health(url, False)
+        self._metrics.upstream_errors.labels(model, "connect").inc()
+
+
+def _upstream_headers(request_id: str) -> dict[str, str]:
+    return {"Content-Type": "application/json", "X-Request-Id": request_id}
+
+
+def _decode_json_object(raw: bytes) -> dict[str, Any]:
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRequestError(f"request body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise InvalidRequestError("request body must be a JSON object")
+    return body
+
+
+def _validate(schema: type[BaseModel], body: dict[str, Any]) -> Any:
+    try:
+        return schema.model_validate(body)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        param = _param_path(first["loc"])
+        raise InvalidRequestError(f"{param}: {first['msg']}", param=param) from None
+
+
+def _param_path(loc: tuple[int | str, ...]) -> str:
+    path = ""
+    for part in loc:
+        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else part)
+    return path or "body"

@@ -1,0 +1,219 @@
+"""The one configuration model, loaded from YAML plus ``VGATE_*`` environment overrides.
+
+Precedence, highest first: command-line flags (applied by the CLI through
+:func:`with_overrides`), environment variables (``VGATE_`` prefix, ``__`` between
+nested names, e.g. ``VGATE_SERVER__PORT=9000``), the YAML file (``--config`` or
+``VGATE_CONFIG``), then the defaults below. Unknown keys anywhere, in the file or
+in a ``VGATE_`` variable, are an error at start-up that names the key.
+
+This is the only module that reads the environment.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+ENV_PREFIX = "VGATE_"
+CONFIG_ENV_VAR = "VGATE_CONFIG"
+
+
+class ConfigError(Exception):
+    """The configuration is invalid; the message names every offending key."""
+
+
+class _Section(BaseModel):
+    """Base of every config section: unknown keys are rejected."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ServerSettings(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    workers: int = Field(1, ge=1)
+    max_body_bytes: int = Field(2 * 1024 * 1024, ge=1024)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class UpstreamSettings(_Section):
+    """How the gateway talks to engines."""
+
+    connect_timeout_s: float = Field(5.0, gt=0)
+    read_timeout_s: float = Field(
+        600.0,
+        gt=0,
+        description="Non-streaming: the whole response. Streaming: the first byte and "
+        "every gap between chunks.",
+    )
+    max_connections: int = Field(2048, ge=1, description="Connection pool size across all engines.")
+    keepalive_s: float = Field(60.0, gt=0)
+    health_interval_s: float = Field(5.0, gt=0, description="Engine /health probe period.")
+    retries: int = Field(
+        1, ge=0, description="Extra attempts on another engine when a connection fails."
+    )
+
+
+class ModelSettings(_Section):
+    name: str = Field(min_length=1, description="What clients put in `model`.")
+    endpoints: tuple[str, ...] = Field(default=(), description="Base URLs of engines.")
+    upstream_model: str | None = Field(
+        None, description="The name the engines serve it under (default: `name`)."
+    )
+
+    @field_validator("endpoints")
+    @classmethod
+    def _urls(cls, endpoints: tuple[str, ...]) -> tuple[str, ...]:
+        for url in endpoints:
+            if not url.startswith(("http://", "https://")):
+                raise ValueError(f"endpoint {url!r} must start with http:// or https://")
+        return tuple(url.rstrip("/") for url in endpoints)
+
+    @property
+    def served_name(self) -> str:
+        return self.upstream_model or self.name
+
+
+class RedisSettings(_Section):
+    url: str | None = None
+
+
+class StaticKey(_Section):
+    name: str
+    key: str
+    models: tuple[str, ...] = ()
+    rpm: int | None = None
+    tpm: int | None = None
+
+
+class AuthSettings(_Section):
+    enabled: bool = False
+    keys: tuple[StaticKey, ...] = ()
+
+
+class CacheSettings(_Section):
+    enabled: bool = False
+    ttl_s: int = Field(3600, ge=1)
+
+
+class RoutingSettings(_Section):
+    policy: Literal["least_outstanding", "round_robin"] = "least_outstanding"
+
+
+class Settings(BaseSettings):
+    """Everything the gateway needs to start; immutable once built."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid", frozen=True
+    )
+
+    server: ServerSettings = ServerSettings()
+    upstream: UpstreamSettings = UpstreamSettings()
+    models: tuple[ModelSettings, ...] = ()
+    redis: RedisSettings = RedisSettings()
+    auth: AuthSettings = AuthSettings()
+    cache: CacheSettings = CacheSettings()
+    routing: RoutingSettings = RoutingSettings()
+
+    @field_validator("models")
+    @classmethod
+    def _unique_names(cls, models: tuple[ModelSettings, ...]) -> tuple[ModelSettings, ...]:
+        names = [m.name for m in models]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"duplicate model names: {', '.join(duplicates)}")
+        return models
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Environment first: it overrides the YAML file, which arrives as init kwargs.
+        return (env_settings, init_settings)
+
+
+def load_settings(config_path: Path | None = None) -> Settings:
+    """Build Settings from a YAML file (or ``$VGATE_CONFIG``) and the environment."""
+    path = config_path or _env_config_path()
+    data = _read_yaml(path) if path is not None else {}
+    _reject_unknown_env(os.environ)
+    _refuse_unimplemented(data)
+    try:
+        return Settings(**data)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, path)) from None
+
+
+def with_overrides(settings: Settings, **server: Any) -> Settings:
+    """Apply command-line overrides of the ``server`` section (``None`` means unset)."""
+    update = {k: v for k, v in server.items() if v is not None}
+    if not update:
+        return settings
+    try:
+        section = ServerSettings.model_validate(settings.server.model_dump() | update)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, None)) from None
+    return settings.model_copy(update={"server": section})
+
+
+def _env_config_path() -> Path | None:
+    value = os.environ.get(CONFIG_ENV_VAR)
+    return Path(value) if value else None
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    return data
+
+
+def _reject_unknown_env(environ: Mapping[str, str]) -> None:
+    sections = set(Settings.model_fields)
+    for name in environ:
+        if not name.startswith(ENV_PREFIX) or name == CONFIG_ENV_VAR:
+            continue
+        section = name[len(ENV_PREFIX) :].split("__", 1)[0].lower()
+        if section not in sections:
+            raise ConfigError(
+                f"unknown environment variable {name}: "
+                f"expected {ENV_PREFIX}<section>__<key> with section one of {sorted(sections)}"
+            )
+
+
+def _refuse_unimplemented(data: Mapping[str, Any]) -> None:
+    """Fail loudly rather than silently ignore features this version does not enforce."""
+    for section in ("auth", "cache"):
+        value = data.get(section)
+        if isinstance(value, dict) and value.get("enabled"):
+            raise ConfigError(f"{section}.enabled: not supported by this version of vgate yet")
+
+
+def _describe(exc: ValidationError, path: Path | None) -> str:
+    where = f" in {path}" if path is not None else ""
+    lines = [f"invalid configuration{where}:"]
+    for error in exc.errors():
+        key = ".".join(str(part) for part in error["loc"]) or "<root>"
+        message = "unknown key" if error["type"] == "extra_forbidden" else error["msg"]
+        lines.append(f"  {key}: {message}")
+    return "\n".join(lines)

@@ -1,0 +1,50 @@
+"""The objects one app instance shares across requests, built by the lifespan."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import orjson
+
+from gateway.engine_pool import EnginePool
+from gateway.metrics import GatewayMetrics
+from gateway.service import CompletionService
+from gateway.settings import Settings
+
+
+class ModelCatalog:
+    """The ``/v1/models`` body, rebuilt only when the pool's model set changes."""
+
+    def __init__(self, pool: EnginePool) -> None:
+        self._pool = pool
+        self._created = int(time.time())
+        self._models: tuple[str, ...] | None = None
+        self._body = b""
+
+    def list_body(self) -> bytes:
+        models = self._pool.models()
+        if models != self._models:
+            self._models = models
+            self._body = orjson.dumps(
+                {
+                    "object": "list",
+                    "data": [
+                        {"id": m, "object": "model", "created": self._created, "owned_by": "vgate"}
+                        for m in models
+                    ],
+                }
+            )
+        return self._body
+
+
+@dataclass(frozen=True)
+class AppState:
+    settings: Settings
+    pool: EnginePool
+    metrics: GatewayMetrics
+    service: CompletionService
+    catalog: ModelCatalog = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "catalog", ModelCatalog(self.pool))

@@ -1,0 +1,181 @@
+"""The one pooled HTTP client the gateway uses to reach engines.
+
+aiohttp rather than httpx: on these 2-core machines a FastAPI proxy built on
+httpx fell to ~330 requests/s at 64 connections while the same proxy on aiohttp
+held ~3,500 (DESIGN.md §7); our own benchmark (benchmarks/) re-measures it.
+
+Transport exceptions are translated here, at the boundary, into
+:mod:`gateway.errors` types. :class:`EngineUnreachable` is the one retryable
+failure: nothing reached the engine, so another engine may be tried.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from types import TracebackType
+
+import aiohttp
+
+from gateway.errors import UpstreamError, UpstreamStatusError, UpstreamTimeoutError
+from gateway.settings import UpstreamSettings
+
+_JSON = "application/json"
+_PROBE_TIMEOUT = aiohttp.ClientTimeout(total=2.0)
+
+
+class EngineUnreachable(Exception):
+    """The connection to an engine failed before any response; safe to retry elsewhere."""
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamReply:
+    """A complete non-streaming engine response."""
+
+    status: int
+    content_type: str
+    body: bytes
+
+
+class UpstreamStream:
+    """An open SSE response from an engine; iterate it, and always close it.
+
+    Closing before the end closes the TCP connection, which is how vLLM learns
+    that the client went away and aborts the generation.
+    """
+
+    def __init__(self, response: aiohttp.ClientResponse) -> None:
+        self._response = response
+        self.finished = False
+
+    async def batches(self) -> AsyncIterator[bytes]:
+        """Yield runs of complete SSE events (each ending in a blank line) as they arrive."""
+        pending = b""
+        try:
+            async for data in self._response.content.iter_any():
+                pending += data
+                cut = pending.rfind(b"\n\n")
+                if cut < 0:
+                    continue
+                ready, pending = pending[: cut + 2], pending[cut + 2 :]
+                yield ready
+        except asyncio.TimeoutError:
+            raise UpstreamTimeoutError("engine stopped sending within the read timeout") from None
+        except aiohttp.ClientError as exc:
+            raise UpstreamError(f"engine stream broke: {type(exc).__name__}") from None
+        self.finished = True
+
+    def close(self) -> None:
+        if self.finished:
+            self._response.release()
+        else:
+            self._response.close()
+
+    async def __aenter__(self) -> UpstreamStream:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class UpstreamClient:
+    """A shared aiohttp session with a connection pool sized for many engines."""
+
+    def __init__(self, settings: UpstreamSettings) -> None:
+        self._settings = settings
+        self._timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=settings.connect_timeout_s, sock_read=settings.read_timeout_s
+        )
+        self._session: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        connector = aiohttp.TCPConnector(
+            limit=self._settings.max_connections,
+            limit_per_host=0,
+            keepalive_timeout=self._settings.keepalive_s,
+            ttl_dns_cache=300,
+        )
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            timeout=self._timeout,
+            auto_decompress=False,
+            skip_auto_headers=("User-Agent", "Accept-Encoding"),
+        )
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            raise RuntimeError("UpstreamClient.start() was not awaited")
+        return self._session
+
+    async def post(self, url: str, body: bytes, headers: Mapping[str, str]) -> UpstreamReply:
+        """POST and read the whole answer; error statuses come back as replies, not raised."""
+        try:
+            async with self.session.post(url, data=body, headers=headers) as response:
+                payload = await response.read()
+                return UpstreamReply(response.status, response.content_type, payload)
+        except (aiohttp.ClientConnectorError, aiohttp.ServerDisconnectedError) as exc:
+            raise EngineUnreachable(str(exc)) from None
+        except asyncio.TimeoutError:
+            raise UpstreamTimeoutError("engine did not answer within the read timeout") from None
+        except aiohttp.ClientError as exc:
+            raise UpstreamError(f"engine request failed: {type(exc).__name__}") from None
+
+    async def open_stream(
+        self, url: str, body: bytes, headers: Mapping[str, str]
+    ) -> UpstreamStream:
+        """POST and return once the engine has answered with a 2xx status.
+
+        An error status raises :class:`UpstreamStatusError` carrying the engine's body.
+        """
+        try:
+            response = await self.session.post(url, data=body, headers=headers)
+        except (aiohttp.ClientConnectorError, aiohttp.ServerDisconnectedError) as exc:
+            raise EngineUnreachable(str(exc)) from None
+        except asyncio.TimeoutError:
+            raise UpstreamTimeoutError("engine did not start answering in time") from None
+        except aiohttp.ClientError as exc:
+            raise UpstreamError(f"engine request failed: {type(exc).__name__}") from None
+        if response.status >= 400:
+            async with response:
+                payload = await self._read_error(response)
+            raise UpstreamStatusError(response.status, payload, response.content_type)
+        return UpstreamStream(response)
+
+    async def probe(self, url: str) -> bool:
+        """True when ``GET {url}/health`` answers 200 within 2 s."""
+        try:
+            async with self.session.get(f"{url}/health", timeout=_PROBE_TIMEOUT) as response:
+                await response.read()
+                return response.status == 200
+        except (aiohttp.ClientError, asyncio.TimeoutError):
+            return False
+
+    async def get_json_bytes(self, url: str) -> UpstreamReply:
+        """GET a small JSON document (engine metadata, metrics)."""
+        try:
+            async with self.session.get(url, timeout=_PROBE_TIMEOUT) as response:
+                return UpstreamReply(response.status, response.content_type, await response.read())
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            raise EngineUnreachable(str(exc)) from None
+
+    @staticmethod
+    async def _read_error(response: aiohttp.ClientResponse) -> bytes:
+        try:
+            return await response.read()
+        except (aiohttp.ClientError, asyncio.TimeoutError):
+            return b""
+
+
+JSON_HEADERS: Mapping[str, str] = {"Content-Type": _JSON}
