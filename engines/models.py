@@ -217,12 +217,16 @@ def _run(
         env=env,
     ) as proc:
         assert proc.stdout is not None
-        for raw in proc.stdout:
-            line = raw.rstrip()
-            if forward_prefix is not None and line.startswith(forward_prefix):
-                progress(line)
-            elif line:
-                tail.append(line)
+        try:
+            for raw in proc.stdout:
+                line = raw.rstrip()
+                if forward_prefix is not None and line.startswith(forward_prefix):
+                    progress(line)
+                elif line:
+                    tail.append(line)
+        except BaseException:  # e.g. Ctrl-C: never leave the child writing on its own
+            proc.kill()
+            raise
     if proc.returncode != 0:
         output = "\n".join(tail)
         raise ModelPreparationError(

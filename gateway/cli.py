@@ -27,7 +27,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args_list[:2] == ["engines", "stub"]:
         from engines.stub import stub_main
 
-        return stub_main(args_list[2:])
+        return int(stub_main(args_list[2:]))
     parser = _build_parser()
     args = parser.parse_args(args_list)
     if not hasattr(args, "handler"):

@@ -218,7 +218,16 @@ def _validate(schema: type[BaseModel], body: dict[str, Any]) -> Any:
 
 
 def _param_path(loc: tuple[int | str, ...]) -> str:
+    """``("messages", 0, "role")`` → ``messages[0].role``; union member tags are dropped."""
     path = ""
     for part in loc:
-        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else part)
+        if isinstance(part, int):
+            path += f"[{part}]"
+        elif part in _UNION_TAGS or "[" in part:
+            break
+        else:
+            path += f".{part}" if path else part
     return path or "body"
+
+
+_UNION_TAGS = frozenset({"str", "int", "float", "bool", "none", "StreamOptions", "ChatMessage"})

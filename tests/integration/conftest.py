@@ -1,0 +1,90 @@
+"""Real processes for integration tests: stub engines and gateways on loopback ports."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+import yaml
+
+from tests.helpers.processes import free_port, run_process
+
+STUB_MODEL = "stub-model"
+
+
+class Stub:
+    """A running stub engine and its control endpoints."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    def stats(self) -> dict[str, Any]:
+        return httpx.get(f"{self.url}/stub/stats").json()  # type: ignore[no-any-return]
+
+    def reset(self) -> None:
+        httpx.post(f"{self.url}/stub/reset").raise_for_status()
+
+
+class Gateway:
+    """A running ``vgate serve`` and clients pointed at it."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.base_url = f"{url}/v1"
+
+    def client(self, **kwargs: Any) -> openai.OpenAI:
+        return openai.OpenAI(base_url=self.base_url, api_key="unused", max_retries=0, **kwargs)
+
+    def async_client(self, **kwargs: Any) -> openai.AsyncOpenAI:
+        return openai.AsyncOpenAI(base_url=self.base_url, api_key="unused", max_retries=0, **kwargs)
+
+    def metrics(self) -> str:
+        return httpx.get(f"{self.url}/metrics").text
+
+
+def start_stub(*flags: str) -> Iterator[Stub]:
+    port = free_port()
+    argv = [sys.executable, "-m", "engines.stub", "--port", str(port), *flags]
+    with run_process(argv, f"http://127.0.0.1:{port}/health", timeout=30):
+        yield Stub(f"http://127.0.0.1:{port}")
+
+
+def start_gateway(config: dict[str, Any], directory: Path) -> Iterator[Gateway]:
+    port = free_port()
+    path = directory / f"vgate-{port}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    argv = [sys.executable, "-m", "gateway", "serve", "--config", str(path), "--port", str(port)]
+    with run_process(argv, f"http://127.0.0.1:{port}/health", timeout=30):
+        yield Gateway(f"http://127.0.0.1:{port}")
+
+
+@pytest.fixture(scope="session")
+def stub() -> Iterator[Stub]:
+    yield from start_stub("--model", STUB_MODEL)
+
+
+@pytest.fixture(scope="session")
+def dead_url() -> str:
+    """A loopback URL where nothing listens."""
+    return f"http://127.0.0.1:{free_port()}"
+
+
+@pytest.fixture(scope="session")
+def gateway(
+    stub: Stub, dead_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Gateway]:
+    config = {
+        "models": [
+            {"name": STUB_MODEL, "endpoints": [stub.url]},
+            {"name": "dead-model", "endpoints": [dead_url]},
+            {"name": "alias-model", "endpoints": [stub.url], "upstream_model": STUB_MODEL},
+        ],
+        "upstream": {"read_timeout_s": 1.5, "health_interval_s": 0.5, "retries": 1},
+        "server": {"max_body_bytes": 64 * 1024},
+    }
+    yield from start_gateway(config, tmp_path_factory.mktemp("gateway"))

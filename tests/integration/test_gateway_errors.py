@@ -1,0 +1,189 @@
+"""Every error the gateway reports: status, OpenAI error body, and the SDK's exception class."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from tests.integration.conftest import STUB_MODEL, Gateway
+
+MESSAGES = [{"role": "user", "content": "hello"}]
+
+
+def _error(exc: openai.APIStatusError) -> dict[str, Any]:
+    body = exc.response.json()
+    assert set(body["error"]) == {"message", "type", "param", "code"}
+    return body["error"]  # type: ignore[no-any-return]
+
+
+def test_unknown_model_is_404_not_found(gateway: Gateway) -> None:
+    with pytest.raises(openai.NotFoundError) as caught:
+        gateway.client().chat.completions.create(model="no-such-model", messages=MESSAGES)
+    error = _error(caught.value)
+    assert caught.value.status_code == 404
+    assert error["code"] == "model_not_found"
+    assert error["param"] == "model"
+
+
+def test_malformed_json_is_400(gateway: Gateway) -> None:
+    response = httpx.post(
+        f"{gateway.url}/v1/chat/completions",
+        content=b'{"model": "stub-model", "messages": [',
+        headers={"content-type": "application/json"},
+    )
+    assert response.status_code == 400
+    assert response.json()["error"]["type"] == "invalid_request_error"
+    assert "not valid JSON" in response.json()["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    ("fields", "param"),
+    [
+        ({"max_tokens": "ten"}, "max_tokens"),
+        ({"temperature": "hot"}, "temperature"),
+        ({"stream": "yes"}, "stream"),
+        ({"messages": [{"content": "no role"}]}, "messages[0].role"),
+        ({"messages": []}, "messages"),
+    ],
+)
+def test_wrong_types_are_400_naming_the_field(
+    gateway: Gateway, fields: dict[str, Any], param: str
+) -> None:
+    body = {"model": STUB_MODEL, "messages": MESSAGES} | fields
+    with pytest.raises(openai.BadRequestError) as caught:
+        gateway.client().chat.completions.create(**body)
+    error = _error(caught.value)
+    assert error["param"] == param
+    assert param in error["message"]
+
+
+def test_missing_prompt_is_400(gateway: Gateway) -> None:
+    with pytest.raises(openai.BadRequestError) as caught:
+        gateway.client().completions.create(model=STUB_MODEL, prompt=None)  # type: ignore[arg-type]
+    assert _error(caught.value)["param"] == "prompt"
+
+
+def test_body_over_the_limit_is_413(gateway: Gateway) -> None:
+    huge = [{"role": "user", "content": "x" * (80 * 1024)}]
+    with pytest.raises(openai.APIStatusError) as caught:
+        gateway.client().chat.completions.create(model=STUB_MODEL, messages=huge)
+    assert caught.value.status_code == 413
+    assert _error(caught.value)["code"] == "request_too_large"
+
+
+def test_chunked_body_over_the_limit_is_413(gateway: Gateway) -> None:
+    def chunks() -> Any:
+        yield b'{"model": "stub-model", "messages": [{"role": "user", "content": "'
+        for _ in range(100):
+            yield b"x" * 1024
+        yield b'"}]}'
+
+    response = httpx.post(f"{gateway.url}/v1/chat/completions", content=chunks())
+    assert response.status_code == 413
+
+
+def test_no_reachable_engine_is_503(gateway: Gateway) -> None:
+    with pytest.raises(openai.InternalServerError) as caught:
+        gateway.client().chat.completions.create(model="dead-model", messages=MESSAGES)
+    assert caught.value.status_code == 503
+    assert _error(caught.value)["code"] == "engine_unavailable"
+
+
+def test_upstream_timeout_is_504(gateway: Gateway) -> None:
+    with pytest.raises(openai.InternalServerError) as caught:
+        gateway.client().chat.completions.create(
+            model=STUB_MODEL, messages=MESSAGES, extra_body={"stub": {"fault": "hang"}}
+        )
+    assert caught.value.status_code == 504
+    assert _error(caught.value)["code"] == "upstream_timeout"
+
+
+def test_streaming_upstream_timeout_before_first_byte_is_504(gateway: Gateway) -> None:
+    with pytest.raises(openai.InternalServerError) as caught:
+        gateway.client().chat.completions.create(
+            model=STUB_MODEL, messages=MESSAGES, stream=True, extra_body={"stub": {"fault": "hang"}}
+        )
+    assert caught.value.status_code == 504
+
+
+@pytest.mark.parametrize(
+    ("status", "exception"),
+    [
+        (400, openai.BadRequestError),
+        (422, openai.UnprocessableEntityError),
+        (429, openai.RateLimitError),
+        (500, openai.InternalServerError),
+    ],
+)
+@pytest.mark.parametrize("stream", [False, True])
+def test_upstream_error_status_passes_through_with_its_body(
+    gateway: Gateway, status: int, exception: type[openai.APIStatusError], stream: bool
+) -> None:
+    fault = {"stub": {"fault": "error", "status": status}}
+    direct = httpx.post(
+        f"{gateway.url}/v1/chat/completions",
+        json={"model": STUB_MODEL, "messages": MESSAGES, "stream": stream} | fault,
+    )
+    assert direct.status_code == status
+    with pytest.raises(exception) as caught:
+        gateway.client().chat.completions.create(
+            model=STUB_MODEL, messages=MESSAGES, stream=stream, extra_body=fault
+        )
+    assert caught.value.status_code == status
+    assert caught.value.response.json() == direct.json()
+
+
+def test_engine_dropping_mid_stream_ends_with_error_event_and_done(gateway: Gateway) -> None:
+    body = {
+        "model": STUB_MODEL,
+        "messages": MESSAGES,
+        "stream": True,
+        "stub": {"fault": "drop", "after": 3},
+    }
+    with httpx.stream("POST", f"{gateway.url}/v1/chat/completions", json=body) as response:
+        assert response.status_code == 200
+        events = [line for line in response.iter_lines() if line.startswith("data: ")]
+    assert events[-1] == "data: [DONE]"
+    assert '"error"' in events[-2]
+    assert len(events) >= 5  # role chunk, three content chunks, error, [DONE]
+
+
+def test_sdk_raises_on_mid_stream_failure(gateway: Gateway) -> None:
+    stream = gateway.client().chat.completions.create(
+        model=STUB_MODEL,
+        messages=MESSAGES,
+        stream=True,
+        extra_body={"stub": {"fault": "drop", "after": 2}},
+    )
+    received: list[str] = []
+    with pytest.raises(openai.APIError):
+        for chunk in stream:
+            received.append(chunk.choices[0].delta.content or "")
+    assert len(received) >= 2
+
+
+def test_engine_stalling_mid_stream_times_out_with_error_event(gateway: Gateway) -> None:
+    body = {
+        "model": STUB_MODEL,
+        "messages": MESSAGES,
+        "stream": True,
+        "stub": {"fault": "hang", "after": 2},
+    }
+    with httpx.stream(
+        "POST", f"{gateway.url}/v1/chat/completions", json=body, timeout=10
+    ) as response:
+        events = [line for line in response.iter_lines() if line.startswith("data: ")]
+    assert events[-1] == "data: [DONE]"
+    assert "upstream_timeout" in events[-2]
+
+
+def test_unknown_route_and_wrong_method(gateway: Gateway) -> None:
+    missing = httpx.post(f"{gateway.url}/v1/tokenize", json={})
+    assert missing.status_code == 404
+    assert missing.json()["error"]["code"] == "not_found"
+    wrong = httpx.get(f"{gateway.url}/v1/chat/completions")
+    assert wrong.status_code == 405
+    assert wrong.json()["error"]["type"] == "invalid_request_error"

@@ -1,0 +1,69 @@
+"""Streams are relayed as they are produced, and a client leaving aborts the engine's work."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+
+from tests.integration.conftest import STUB_MODEL, Gateway, Stub
+
+MESSAGES = [{"role": "user", "content": "stream please"}]
+
+
+def test_chunks_arrive_one_by_one_not_at_the_end(gateway: Gateway) -> None:
+    body = {
+        "model": STUB_MODEL,
+        "messages": MESSAGES,
+        "stream": True,
+        "stub": {"tokens": 6, "itl_ms": 150},
+    }
+    arrivals: list[float] = []
+    started = time.perf_counter()
+    with httpx.stream("POST", f"{gateway.url}/v1/chat/completions", json=body) as response:
+        assert response.headers["content-type"].startswith("text/event-stream")
+        for line in response.iter_lines():
+            if line.startswith("data: "):
+                arrivals.append(time.perf_counter() - started)
+    total = arrivals[-1]
+    # Six tokens 150 ms apart take ~0.75 s; the first chunk must come long before the last.
+    assert total > 0.6
+    assert arrivals[0] < total / 2
+    gaps = [b - a for a, b in zip(arrivals[1:7], arrivals[2:8], strict=False)]
+    assert sum(1 for gap in gaps if gap > 0.08) >= 4
+
+
+def test_client_disconnect_cancels_the_engine_stream(gateway: Gateway, stub: Stub) -> None:
+    before = stub.stats()["streams_cancelled"]
+    body = {
+        "model": STUB_MODEL,
+        "messages": MESSAGES,
+        "stream": True,
+        "stub": {"tokens": 200, "itl_ms": 100},
+    }
+    with httpx.stream("POST", f"{gateway.url}/v1/chat/completions", json=body) as response:
+        lines = response.iter_lines()
+        received = [next(lines) for _ in range(4)]
+    left_at = time.perf_counter()
+    assert any(line.startswith("data: ") for line in received)
+    while stub.stats()["streams_cancelled"] == before:
+        assert time.perf_counter() - left_at < 1.0, "engine did not see the cancellation in 1 s"
+        time.sleep(0.02)
+
+
+def test_stream_in_flight_is_released_after_disconnect(gateway: Gateway, stub: Stub) -> None:
+    body = {
+        "model": STUB_MODEL,
+        "messages": MESSAGES,
+        "stream": True,
+        "stub": {"tokens": 100, "itl_ms": 50},
+    }
+    gauge = f'vgate_requests_in_flight{{model="{STUB_MODEL}"}}'
+    with httpx.stream("POST", f"{gateway.url}/v1/chat/completions", json=body) as response:
+        next(response.iter_lines())
+        assert f"{gauge} 1.0" in gateway.metrics()
+    deadline = time.perf_counter() + 2
+    while f"{gauge} 0.0" not in gateway.metrics():
+        assert time.perf_counter() < deadline
+        time.sleep(0.05)
+    assert stub.stats()["in_flight"] == 0
