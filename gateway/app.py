@@ -7,16 +7,20 @@ app starts and closed when it stops, so several apps can live in one process.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
+from engines.supervisor import EngineSupervisor
 from gateway.api import models, openai, ops
 from gateway.engine_pool import EnginePool
+from gateway.engine_sources import RegistryWatcher, build_deployments, build_registry
 from gateway.errors import GatewayError, MethodNotAllowedError, NotFoundError, error_body
 from gateway.health import HealthMonitor
 from gateway.metrics import GatewayMetrics
@@ -30,32 +34,18 @@ from gateway.upstream import UpstreamClient
 log = logging.getLogger("vgate.app")
 
 
-def create_app(settings: Settings) -> FastAPI:
-    """A gateway app for ``settings``; its shared objects exist while it runs."""
+def create_app(settings: Settings, on_engines_ready: Callable[[], None] | None = None) -> FastAPI:
+    """A gateway app for ``settings``; its shared objects exist while it runs.
+
+    ``on_engines_ready`` is called once every managed engine is ready (``vgate up``
+    prints its banner then).
+    """
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        upstream = UpstreamClient(settings.upstream)
-        await upstream.start()
-        pool = EnginePool({m.name: m.endpoints for m in settings.models})
-        metrics = GatewayMetrics()
-        service = CompletionService(
-            models={m.name: m for m in settings.models},
-            pool=pool,
-            policy=build_policy(settings.routing.policy),
-            upstream=upstream,
-            metrics=metrics,
-            retries=settings.upstream.retries,
-        )
-        monitor = HealthMonitor(pool, upstream, settings.upstream.health_interval_s)
-        await monitor.probe_all()
-        monitor.start()
-        app.state.vgate = AppState(settings=settings, pool=pool, metrics=metrics, service=service)
-        try:
+        async with contextlib.AsyncExitStack() as stack:
+            app.state.vgate = await _start(settings, stack, on_engines_ready)
             yield
-        finally:
-            await monitor.stop()
-            await upstream.close()
 
     app = FastAPI(
         title="vgate",
@@ -72,6 +62,59 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_exception_handler(Exception, _unexpected_error)
     app.add_middleware(RequestIdMiddleware)
     return app
+
+
+async def _start(
+    settings: Settings,
+    stack: contextlib.AsyncExitStack,
+    on_engines_ready: Callable[[], None] | None,
+) -> AppState:
+    """Build every shared object; ``stack`` closes them in reverse order."""
+    upstream = UpstreamClient(settings.upstream)
+    await upstream.start()
+    stack.push_async_callback(upstream.close)
+    registry = build_registry(settings)
+    stack.push_async_callback(registry.close)
+
+    static = {m.name: m.endpoints for m in settings.models}
+    pool = EnginePool(static)
+    aliases = {m.served_name: m.name for m in settings.models}
+    watcher = RegistryWatcher(registry, pool, static, aliases, settings.engines.watch_interval_s)
+    watcher.start()
+    stack.push_async_callback(watcher.stop)
+
+    if any(m.engine is not None for m in settings.models):
+        deployments = await asyncio.to_thread(build_deployments, settings)
+        supervisor = EngineSupervisor(
+            deployments, registry, progress=log.info, heartbeat_s=settings.engines.heartbeat_s
+        )
+        await supervisor.start()
+        stack.push_async_callback(supervisor.stop)
+        if on_engines_ready is not None:
+            announce = asyncio.create_task(_announce(supervisor, on_engines_ready))
+            stack.callback(announce.cancel)
+
+    metrics = GatewayMetrics()
+    service = CompletionService(
+        models={m.name: m for m in settings.models},
+        pool=pool,
+        policy=build_policy(settings.routing.policy),
+        upstream=upstream,
+        metrics=metrics,
+        retries=settings.upstream.retries,
+    )
+    monitor = HealthMonitor(pool, upstream, settings.upstream.health_interval_s)
+    await monitor.probe_all()
+    monitor.start()
+    stack.push_async_callback(monitor.stop)
+    return AppState(settings=settings, pool=pool, metrics=metrics, service=service)
+
+
+async def _announce(supervisor: EngineSupervisor, on_ready: Callable[[], None]) -> None:
+    if await supervisor.wait_ready():
+        on_ready()
+    else:
+        log.error("an engine failed for good; see its log file")
 
 
 async def _gateway_error(request: Request, exc: Exception) -> Response:

@@ -47,6 +47,10 @@ class EnginePool:
         self._by_model[model] = urls
         self._forget_orphans()
 
+    def remove_model(self, model: str) -> None:
+        self._by_model.pop(model, None)
+        self._forget_orphans()
+
     def snapshot(self, model: str, exclude: Iterable[str] = ()) -> tuple[EndpointView, ...]:
         """The model's candidate engines: the healthy ones, or all if none is healthy.
 

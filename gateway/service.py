@@ -97,11 +97,11 @@ class CompletionService:
     def _parse(self, route: Route, raw: bytes) -> ParsedRequest:
         body = _decode_json_object(raw)
         request = _validate(route.schema, body)
-        settings = self._models.get(request.model)
-        if settings is None or not self._pool.has_model(request.model):
+        if not self._pool.has_model(request.model):
             raise ModelNotFoundError(request.model)
+        settings = self._models.get(request.model)
         payload = raw
-        if settings.served_name != request.model:
+        if settings is not None and settings.served_name != request.model:
             payload = orjson.dumps(body | {"model": settings.served_name})
         return ParsedRequest(request.model, bool(request.stream), payload)
 

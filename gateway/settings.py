@@ -17,11 +17,22 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from engines.spec import EngineSpec
 
 ENV_PREFIX = "VGATE_"
 CONFIG_ENV_VAR = "VGATE_CONFIG"
+# Read by the set-up scripts and by engines.models, not settings sections.
+TOOL_ENV_VARS = frozenset({CONFIG_ENV_VAR, "VGATE_VENV", "VGATE_ENGINE_VENV", "VGATE_MODEL_CACHE"})
 
 
 class ConfigError(Exception):
@@ -66,6 +77,9 @@ class ModelSettings(_Section):
     upstream_model: str | None = Field(
         None, description="The name the engines serve it under (default: `name`)."
     )
+    engine: EngineSpec | None = Field(
+        None, description="Engines vgate launches and supervises for this model."
+    )
 
     @field_validator("endpoints")
     @classmethod
@@ -102,6 +116,23 @@ class CacheSettings(_Section):
     ttl_s: int = Field(3600, ge=1)
 
 
+class EnginesSettings(_Section):
+    """Where managed engines come from and how they are published."""
+
+    python: str | None = Field(
+        None, description="Interpreter with vLLM (default: $VGATE_ENGINE_VENV or .venv-engine)."
+    )
+    model_cache: str | None = Field(
+        None, description="Prepared models (default: $VGATE_MODEL_CACHE or ~/.cache/vgate/models)."
+    )
+    log_dir: str = Field("~/.cache/vgate/logs", description="One log file per engine replica.")
+    heartbeat_s: float = Field(2.0, gt=0, description="Registry re-publish period.")
+    registry_ttl_s: float = Field(
+        6.0, gt=0, description="A supervisor silent this long loses its engines."
+    )
+    watch_interval_s: float = Field(0.5, gt=0, description="Gateway registry poll period.")
+
+
 class RoutingSettings(_Section):
     policy: Literal["least_outstanding", "round_robin"] = "least_outstanding"
 
@@ -120,6 +151,7 @@ class Settings(BaseSettings):
     auth: AuthSettings = AuthSettings()
     cache: CacheSettings = CacheSettings()
     routing: RoutingSettings = RoutingSettings()
+    engines: EnginesSettings = EnginesSettings()
 
     @field_validator("models")
     @classmethod
@@ -129,6 +161,15 @@ class Settings(BaseSettings):
         if duplicates:
             raise ValueError(f"duplicate model names: {', '.join(duplicates)}")
         return models
+
+    @model_validator(mode="after")
+    def _one_supervisor(self) -> Settings:
+        if self.server.workers > 1 and any(m.engine is not None for m in self.models):
+            raise ValueError(
+                "models with `engine:` need server.workers: 1 (each worker would launch its "
+                "own engines); for more workers run `vgate engines run` with Redis"
+            )
+        return self
 
     @classmethod
     def settings_customise_sources(
@@ -191,7 +232,7 @@ def _read_yaml(path: Path) -> dict[str, Any]:
 def _reject_unknown_env(environ: Mapping[str, str]) -> None:
     sections = set(Settings.model_fields)
     for name in environ:
-        if not name.startswith(ENV_PREFIX) or name == CONFIG_ENV_VAR:
+        if not name.startswith(ENV_PREFIX) or name in TOOL_ENV_VARS:
             continue
         section = name[len(ENV_PREFIX) :].split("__", 1)[0].lower()
         if section not in sections:

@@ -60,7 +60,8 @@ def test_stream_in_flight_is_released_after_disconnect(gateway: Gateway, stub: S
     }
     gauge = f'vgate_requests_in_flight{{model="{STUB_MODEL}"}}'
     with httpx.stream("POST", f"{gateway.url}/v1/chat/completions", json=body) as response:
-        next(response.iter_lines())
+        lines = response.iter_lines()  # keep a reference: a dropped iterator closes the stream
+        next(lines)
         assert f"{gauge} 1.0" in gateway.metrics()
     deadline = time.perf_counter() + 2
     while f"{gauge} 0.0" not in gateway.metrics():

