@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -91,6 +92,7 @@ class StubStats:
             "streams_dropped": self.streams_dropped,
             "requests_cancelled": self.requests_cancelled,
             "in_flight": self.in_flight,
+            "pid": os.getpid(),
             "last_request": None
             if last is None
             else {

@@ -11,12 +11,13 @@ import argparse
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import uvicorn
 
+from gateway import cli_stack
 from gateway.settings import CONFIG_ENV_VAR, ConfigError, Settings, load_settings, with_overrides
 
 log = logging.getLogger("vgate")
@@ -53,6 +54,10 @@ def _build_parser() -> argparse.ArgumentParser:
     engine_commands.add_parser(
         "stub", help="a deterministic OpenAI-compatible fake engine (see --help)", add_help=False
     )
+    run = engine_commands.add_parser("run", help="the engine supervisor alone (needs Redis)")
+    run.add_argument("--config", type=Path, help=f"YAML config file (or ${CONFIG_ENV_VAR})")
+    run.set_defaults(handler=cli_stack.engines_run)
+    cli_stack.add_commands(commands)
     return parser
 
 
@@ -74,7 +79,7 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_gateway(settings: Settings) -> None:
+def run_gateway(settings: Settings, on_engines_ready: Callable[[], None] | None = None) -> None:
     """Serve the gateway in the foreground until SIGINT/SIGTERM."""
     server = settings.server
     logging.basicConfig(level=server.log_level.upper(), format="%(asctime)s %(name)s %(message)s")
@@ -85,7 +90,7 @@ def run_gateway(settings: Settings) -> None:
     if server.workers == 1:
         from gateway.app import create_app
 
-        app = create_app(settings)
+        app = create_app(settings, on_engines_ready)
     else:
         app = "gateway.app:app_from_environment"
     uvicorn.run(

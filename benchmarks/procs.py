@@ -1,0 +1,135 @@
+"""Child processes of a benchmark: pinned to a CPU, in their own process group.
+
+Every process is started in a new session (so its workers share its process
+group) and registered with a :class:`Processes` stack, which signals the
+whole group on exit: normal return, an exception, Ctrl-C or SIGTERM.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from types import FrameType, TracebackType
+
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def pin_self(cpu: int) -> bool:
+    """Pin this process to ``cpu``; False (and unpinned) where that CPU does not exist."""
+    try:
+        os.sched_setaffinity(0, {cpu})
+    except (OSError, AttributeError):
+        return False
+    return True
+
+
+def group_cpu_seconds(pgid: int) -> float:
+    """User + system CPU seconds used so far by the live processes of a process group."""
+    total = 0
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = Path(entry.path, "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        if int(fields[2]) == pgid:  # fields[2] is pgrp; 11/12 are utime/stime
+            total += int(fields[11]) + int(fields[12])
+    return total / _CLK_TCK
+
+
+class Processes:
+    """A stack of started process groups; leaving it (however) stops them all."""
+
+    def __init__(self, log_dir: Path) -> None:
+        self._log_dir = log_dir
+        self._started: list[tuple[str, subprocess.Popen[bytes]]] = []
+        self._previous: dict[int, object] = {}
+
+    def start(self, name: str, argv: list[str], cpu: int | None) -> subprocess.Popen[bytes]:
+        """Start ``argv`` (under ``taskset -c cpu`` when given) in its own process group."""
+        self._log_dir.mkdir(parents=True, exist_ok=True)
+        command = ["taskset", "-c", str(cpu), *argv] if cpu is not None else argv
+        with open(self._log_dir / f"{name}.log", "wb") as log:
+            proc = subprocess.Popen(
+                command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        self._started.append((name, proc))
+        return proc
+
+    def log_tail(self, name: str, lines: int = 20) -> str:
+        try:
+            text = (self._log_dir / f"{name}.log").read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def wait_healthy(self, name: str, proc: subprocess.Popen[bytes], url: str, timeout_s: float) -> None:
+        """Poll ``url`` until it answers 200; raise if the process dies or time runs out."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(
+                    f"{name} exited with status {proc.returncode}:\n{self.log_tail(name)}"
+                )
+            try:
+                with urllib.request.urlopen(url, timeout=1.0) as response:
+                    if response.status == 200:
+                        return
+            except (urllib.error.URLError, OSError):
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"{name} not healthy at {url} after {timeout_s:.0f} s:\n"
+                           f"{self.log_tail(name)}")
+
+    def stop_all(self) -> None:
+        """SIGTERM every group, newest first; SIGKILL what is left after a few seconds."""
+        for _, proc in reversed(self._started):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 5.0
+        for _, proc in reversed(self._started):
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)  # stragglers of the group, if any
+            proc.wait()
+        self._started.clear()
+
+    def _on_sigterm(self, signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    def __enter__(self) -> Processes:
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            self._previous[sig] = signal.signal(sig, self._on_sigterm)
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        # Ignore further Ctrl-C while cleaning up, so that the cleanup always finishes.
+        previous_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            self.stop_all()
+        finally:
+            signal.signal(signal.SIGINT, previous_int)
+            for sig, handler in self._previous.items():
+                signal.signal(sig, handler)  # type: ignore[arg-type]
