@@ -79,7 +79,9 @@ class Processes:
             return ""
         return "\n".join(text.splitlines()[-lines:])
 
-    def wait_healthy(self, name: str, proc: subprocess.Popen[bytes], url: str, timeout_s: float) -> None:
+    def wait_healthy(
+        self, name: str, proc: subprocess.Popen[bytes], url: str, timeout_s: float
+    ) -> None:
         """Poll ``url`` until it answers 200; raise if the process dies or time runs out."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
@@ -94,8 +96,9 @@ class Processes:
             except (urllib.error.URLError, OSError):
                 pass
             time.sleep(0.1)
-        raise RuntimeError(f"{name} not healthy at {url} after {timeout_s:.0f} s:\n"
-                           f"{self.log_tail(name)}")
+        raise RuntimeError(
+            f"{name} not healthy at {url} after {timeout_s:.0f} s:\n{self.log_tail(name)}"
+        )
 
     def stop_all(self) -> None:
         """SIGTERM every group, newest first; SIGKILL what is left after a few seconds."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import openai
+import pytest
 
 from tests.integration.conftest import STUB_MODEL, start_gateway, start_stub
 
@@ -51,13 +52,10 @@ def test_retries_zero_gives_503_when_the_chosen_engine_is_gone(tmp_path: Path) -
     gateway = next(gateways)
     try:
         doomed.close()
-        try:
+        with pytest.raises(openai.InternalServerError) as caught:
             gateway.client().chat.completions.create(
                 model=STUB_MODEL, messages=[{"role": "user", "content": "hi"}]
             )
-        except openai.InternalServerError as exc:
-            assert exc.status_code == 503
-        else:
-            raise AssertionError("expected 503")
+        assert caught.value.status_code == 503
     finally:
         gateways.close()

@@ -1,0 +1,221 @@
+"""The gateway-core benchmark: the same load straight at a stub engine and through vgate.
+
+One invocation starts a zero-delay stub engine pinned to CPU 1 and a gateway
+pinned to CPU 0 (its config points at the stub), waits for both ``/health``,
+then runs, each against the stub directly and then through the gateway:
+
+(a) 1 connection, closed loop, non-streaming chat: the latency the gateway adds;
+(b) 64 connections, closed loop, non-streaming chat: requests/s and errors;
+(c) 64 concurrent streams with a stub delay: TTFT, inter-chunk gaps, lost chunks.
+
+The load generator (:mod:`benchmarks.loadgen`) runs in this process, pinned to
+CPU 1 beside the stub. It prints a table, checks the goals, and writes JSON
+(every figure, the machine, the command line) and a PNG of latency CDFs into
+``--out``. Every process it started is stopped on exit, Ctrl-C included.
+
+Run: ``python -m benchmarks.gateway_overhead --duration 10``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from benchmarks.clients import CLIENTS
+from benchmarks.loadgen import LoadSpec, chat_body, run_blocking
+from benchmarks.measure import RunResult
+from benchmarks.overhead_report import Pair, evaluate_goals, render, write_outputs
+from benchmarks.procs import Processes, free_port, group_cpu_seconds, pin_self
+
+GATEWAY_CPU = 0
+STUB_CPU = 1  # the stub and the load generator share it
+MODEL = "stub-model"
+
+
+@dataclass(frozen=True)
+class Scenario:
+    key: str
+    title: str
+    concurrency: int
+    stream: bool
+    stub: dict[str, float] | None = None
+
+
+def scenarios(args: argparse.Namespace) -> list[Scenario]:
+    stream_stub = {
+        "tokens": args.stream_tokens,
+        "ttft_ms": args.stream_ttft_ms,
+        "itl_ms": args.stream_itl_ms,
+    }
+    return [
+        Scenario("a", "1 connection, closed loop, non-streaming chat", 1, False),
+        Scenario(
+            "b",
+            f"{args.connections} connections, closed loop, non-streaming chat",
+            args.connections,
+            False,
+        ),
+        Scenario(
+            "c",
+            f"{args.connections} concurrent streams (stub ttft "
+            f"{args.stream_ttft_ms:g} ms, itl {args.stream_itl_ms:g} ms, "
+            f"{args.stream_tokens} tokens)",
+            args.connections,
+            True,
+            stream_stub,
+        ),
+    ]
+
+
+def gateway_yaml(args: argparse.Namespace, stub_url: str) -> str:
+    """The gateway config: ``--gateway-config`` with ``${STUB_URL}`` filled in, or a minimal one."""
+    if args.gateway_config is not None:
+        return Path(args.gateway_config).read_text().replace("${STUB_URL}", stub_url)
+    return (
+        f"server: {{workers: {args.gateway_workers}, log_level: warning}}\n"
+        f'models:\n  - name: {MODEL}\n    endpoints: ["{stub_url}"]\n'
+    )
+
+
+def _measure(
+    spec: LoadSpec, label: str, pgids: dict[str, int]
+) -> tuple[RunResult, dict[str, float]]:
+    """One load run, with the CPU share each process group used during it."""
+    before = {name: group_cpu_seconds(pgid) for name, pgid in pgids.items()}
+    started = time.perf_counter()
+    result = run_blocking(spec, label)
+    wall = time.perf_counter() - started
+    cpu = {name: (group_cpu_seconds(pgid) - before[name]) / wall for name, pgid in pgids.items()}
+    return result, cpu
+
+
+def run_scenarios(
+    args: argparse.Namespace, urls: dict[str, str], pgids: dict[str, int]
+) -> dict[str, Pair]:
+    headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
+    pairs: dict[str, Pair] = {}
+    for sc in scenarios(args):
+        body = chat_body(MODEL, stream=sc.stream, stub=sc.stub)
+        runs: dict[str, tuple[RunResult, dict[str, float]]] = {}
+        for target in ("direct", "gateway"):
+            spec = LoadSpec(
+                url=urls[target],
+                body=body,
+                stream=sc.stream,
+                mode="closed",
+                concurrency=sc.concurrency,
+                duration_s=args.duration,
+                warmup_s=args.warmup,
+                grace_s=10.0,
+                client=args.client,
+                headers=headers,
+            )
+            print(f"  ({sc.key}) {target:<7} {sc.title} ...", flush=True)
+            runs[target] = _measure(spec, f"{target}", pgids)
+        pairs[sc.key] = Pair(
+            sc.key,
+            sc.title,
+            runs["direct"][0],
+            runs["gateway"][0],
+            runs["direct"][1],
+            runs["gateway"][1],
+        )
+    return pairs
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="benchmarks.gateway_overhead", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument("--duration", type=float, default=10.0, help="measured seconds per run")
+    parser.add_argument("--warmup", type=float, default=2.0, help="excluded seconds per run")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    parser.add_argument("--gateway-workers", type=int, default=1)
+    parser.add_argument("--connections", type=int, default=64, help="for scenarios b and c")
+    parser.add_argument("--stream-tokens", type=int, default=32)
+    parser.add_argument("--stream-ttft-ms", type=float, default=20.0)
+    parser.add_argument("--stream-itl-ms", type=float, default=10.0)
+    parser.add_argument("--client", choices=CLIENTS, default="raw", help="load generator client")
+    parser.add_argument("--gateway-config", help="YAML template; ${STUB_URL} is replaced")
+    parser.add_argument("--api-key", help="sent as a Bearer token to both targets")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    arguments = sys.argv[1:] if argv is None else argv
+    command = shlex.join([sys.executable, "-m", "benchmarks.gateway_overhead", *arguments])
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    log_dir = args.out / f"gateway_overhead-{stamp}-logs"
+    pinned = pin_self(STUB_CPU)
+    print(
+        f"load generator: {args.client} client, in this process, "
+        f"{'pinned to CPU 1 beside the stub' if pinned else 'NOT pinned (no CPU 1)'}"
+    )
+    with Processes(log_dir) as procs:
+        stub_port, gateway_port = free_port(), free_port()
+        stub_url = f"http://127.0.0.1:{stub_port}"
+        stub = procs.start(
+            "stub",
+            [sys.executable, "-m", "engines.stub", "--port", str(stub_port), "--model", MODEL],
+            STUB_CPU if pinned else None,
+        )
+        config = log_dir / "gateway.yaml"
+        config.write_text(gateway_yaml(args, stub_url))
+        gateway = procs.start(
+            "gateway",
+            [
+                sys.executable,
+                "-m",
+                "gateway",
+                "serve",
+                "--config",
+                str(config),
+                "--port",
+                str(gateway_port),
+            ],
+            GATEWAY_CPU if pinned else None,
+        )
+        procs.wait_healthy("stub", stub, f"{stub_url}/health", 30.0)
+        procs.wait_healthy("gateway", gateway, f"http://127.0.0.1:{gateway_port}/health", 60.0)
+        print(
+            f"stub (pid {stub.pid}) on CPU 1, gateway (pid {gateway.pid}, "
+            f"{args.gateway_workers} worker(s)) on CPU 0; {args.warmup:g} s warm-up + "
+            f"{args.duration:g} s per run",
+            flush=True,
+        )
+        urls = {
+            "direct": f"{stub_url}/v1/chat/completions",
+            "gateway": f"http://127.0.0.1:{gateway_port}/v1/chat/completions",
+        }
+        pairs = run_scenarios(args, urls, {"gateway": gateway.pid, "stub": stub.pid})
+    goals = evaluate_goals(pairs)
+    print()
+    print(render(pairs, goals, client=args.client))
+    meta: dict[str, Any] = {
+        "command": command,
+        "argv": [sys.executable, "-m", "benchmarks.gateway_overhead", *arguments],
+        "started": stamp,
+        "pinning": {
+            "gateway_cpu": GATEWAY_CPU,
+            "stub_cpu": STUB_CPU,
+            "loadgen_cpu": STUB_CPU,
+            "pinned": pinned,
+        },
+        "gateway_workers": args.gateway_workers,
+        "client": args.client,
+        "gateway_config": config.read_text(),
+        "logs": str(log_dir),
+    }
+    json_path, png_path = write_outputs(args.out, f"gateway_overhead-{stamp}", meta, pairs, goals)
+    print(f"\nwrote {json_path}\nwrote {png_path}")
+    return 0 if all(g.passed for g in goals if g.tier == "gate") else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
