@@ -99,28 +99,36 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
     path.write_bytes(orjson.dumps(data, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY))
 
 
-def plot_cdfs(path: Path, panels: Sequence[tuple[str, Sequence[RunResult], str]]) -> None:
-    """One panel per (title, runs, sample name): latency CDFs, log-scaled x axis."""
+def plot_cdfs(path: Path, panels: Sequence[tuple[str, Sequence[RunResult], str, bool]]) -> None:
+    """Latency CDFs, one panel per (title, runs, sample name, log-scaled x), two per row."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
 
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.2), squeeze=False)
-    for ax, (title, runs, sample) in zip(axes[0], panels, strict=True):
+    cols = min(2, len(panels))
+    rows = math.ceil(len(panels) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(6.4 * cols, 4.2 * rows), squeeze=False)
+    for ax, (title, runs, sample, log_x) in zip(axes.flat, panels, strict=False):
         for run in runs:
             xs, ys = cdf_points(run.samples.get(sample, []))
             if xs:
                 ax.plot(xs, ys, label=run.label, linewidth=1.6)
         ax.set_title(title, fontsize=10)
-        ax.set_xscale("log")
-        ax.set_xlabel(f"{sample} latency (ms, log scale)")
-        ax.set_ylabel("fraction of requests" if sample != "itl" else "fraction of gaps")
+        if log_x:
+            ax.set_xscale("log")
+            ax.xaxis.set_major_formatter(ScalarFormatter())
+            ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_xlabel(f"{sample} (ms{', log scale' if log_x else ''})")
+        ax.set_ylabel("fraction of gaps" if sample == "itl" else "fraction of requests")
         ax.set_ylim(0, 1.0)
         for q in (0.5, 0.99):
             ax.axhline(q, color="grey", linewidth=0.6, linestyle=":")
         ax.grid(True, which="both", linewidth=0.3)
         ax.legend(fontsize=8, loc="lower right")
+    for ax in list(axes.flat)[len(panels) :]:
+        ax.set_visible(False)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The whole test suite: installs what it needs, then lint, types, unit, integration
-# and end-to-end tests. Usage: ./scripts/test.sh [extra pytest args]
+# The whole test suite: installs what it needs (gateway venv, redis-server, the
+# vLLM engine venv, the default model), then lint, types, unit, integration and
+# end-to-end tests. Usage: ./scripts/test.sh [pytest args, default: every suite]
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -12,5 +13,9 @@ echo "== ruff"
 "$VENV/bin/ruff" format --check .
 echo "== mypy --strict"
 "$VENV/bin/mypy"
-echo "== pytest"
+echo "== engine environment (vLLM CPU build) and the default model"
+scripts/install_engine.sh
+"$VENV/bin/vgate" models prepare
+echo "== pytest: unit, integration, e2e (real vLLM)"
+if [ "$#" -eq 0 ]; then set -- tests/unit tests/integration tests/e2e; fi
 "$VENV/bin/pytest" "$@"

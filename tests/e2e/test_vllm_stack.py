@@ -1,0 +1,154 @@
+"""Real vLLM (CPU build) serving the embedded default model, through the gateway."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from engines.stats import parse_prometheus
+from tests.e2e.conftest import DEFAULT_MODEL, SPEC_MODEL, Stack
+
+pytestmark = pytest.mark.e2e
+PARIS = [{"role": "user", "content": "What is the capital of France?"}]
+
+
+def engine_metrics(url: str) -> dict[str, float]:
+    return parse_prometheus(httpx.get(f"{url}/metrics").text)
+
+
+def test_paris_non_streaming(stack: Stack) -> None:
+    reply = stack.client().chat.completions.create(
+        model=DEFAULT_MODEL, messages=PARIS, temperature=0, max_tokens=24
+    )
+    assert "Paris" in (reply.choices[0].message.content or "")
+    assert reply.usage is not None
+    assert reply.usage.completion_tokens > 0
+
+
+def test_streaming_chat_with_usage(stack: Stack) -> None:
+    stream = stack.client().chat.completions.create(
+        model=DEFAULT_MODEL,
+        messages=PARIS,
+        temperature=0,
+        max_tokens=24,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert "Paris" in text
+    assert len([c for c in chunks if c.choices and c.choices[0].delta.content]) > 3
+    assert chunks[-1].usage is not None
+    assert chunks[-1].usage.completion_tokens > 3
+
+
+def test_sixteen_concurrent_requests_are_batched(stack: Stack) -> None:
+    engine = stack.engine_url(DEFAULT_MODEL)
+    peak = [0.0]
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.is_set():
+            running = engine_metrics(engine).get("vllm:num_requests_running", 0.0)
+            peak[0] = max(peak[0], running)
+            time.sleep(0.05)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    client = stack.client(timeout=300)
+
+    def one(i: int) -> str:
+        reply = client.chat.completions.create(
+            model=DEFAULT_MODEL,
+            messages=[{"role": "user", "content": f"Count from {i} to {i + 20}."}],
+            max_tokens=48,
+            temperature=0,
+        )
+        return reply.choices[0].message.content or ""
+
+    try:
+        with ThreadPoolExecutor(16) as pool:
+            answers = list(pool.map(one, range(16)))
+    finally:
+        done.set()
+        watcher.join()
+    assert len(answers) == 16
+    assert all(answers)
+    assert peak[0] > 1, f"never more than {peak[0]} request running at once"
+
+
+def test_client_disconnect_aborts_the_generation(stack: Stack) -> None:
+    engine = stack.engine_url(DEFAULT_MODEL)
+    body = {
+        "model": DEFAULT_MODEL,
+        "messages": [{"role": "user", "content": "Write a very long story about a dragon."}],
+        "max_tokens": 1500,
+        "ignore_eos": True,
+        "stream": True,
+    }
+    with httpx.stream(
+        "POST", f"{stack.base_url}/chat/completions", json=body, timeout=120
+    ) as response:
+        lines = response.iter_lines()
+        for _ in range(5):
+            next(lines)
+        assert engine_metrics(engine).get("vllm:num_requests_running", 0) >= 1
+    left = time.monotonic()
+    while engine_metrics(engine).get("vllm:num_requests_running", 0) > 0:
+        assert time.monotonic() - left < 2.0, "vLLM kept generating after the client left"
+        time.sleep(0.05)
+
+
+def test_ngram_speculative_decoding_serves_and_accepts_drafts(stack: Stack) -> None:
+    engine = stack.engine_url(SPEC_MODEL)
+    reply = stack.client().chat.completions.create(
+        model=SPEC_MODEL, messages=PARIS, temperature=0, max_tokens=24
+    )
+    assert "Paris" in (reply.choices[0].message.content or "")
+    repetitive = "one two three four five " * 20
+    stack.client().completions.create(
+        model=SPEC_MODEL, prompt=repetitive, max_tokens=64, temperature=0
+    )
+    accepted = engine_metrics(engine).get("vllm:spec_decode_num_accepted_tokens_total", 0.0)
+    assert accepted > 0
+
+
+def _pid_listening_on(url: str) -> int:
+    port = url.rsplit(":", 1)[1]
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"vllm.entrypoints.openai.api_server" in cmdline and port.encode() in cmdline:
+            return int(proc.name)
+    raise AssertionError(f"no vLLM process for {url}")
+
+
+def test_kill_9_engine_is_restarted_and_serves_again(stack: Stack) -> None:
+    """Runs last in this module: recovery takes an engine warm-up."""
+    engine = stack.engine_url(DEFAULT_MODEL)
+    os.kill(_pid_listening_on(engine), signal.SIGKILL)
+    deadline = time.monotonic() + 900
+    while True:
+        engines = httpx.get(f"{stack.url}/ready").json()["engines"][DEFAULT_MODEL]
+        if any(ok for url, ok in engines.items() if url != engine):
+            break
+        assert time.monotonic() < deadline, "engine was not restarted"
+        time.sleep(1)
+    reply = stack.client(timeout=120).chat.completions.create(
+        model=DEFAULT_MODEL, messages=PARIS, temperature=0, max_tokens=24
+    )
+    assert "Paris" in (reply.choices[0].message.content or "")
+    with pytest.raises(openai.NotFoundError):
+        stack.client().chat.completions.create(model="not-served", messages=PARIS)
