@@ -19,6 +19,7 @@ Run: ``python -m benchmarks.gateway_overhead --duration 10``.
 from __future__ import annotations
 
 import argparse
+import resource
 import shlex
 import sys
 import time
@@ -26,11 +27,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from benchmarks import pyspy
 from benchmarks.clients import CLIENTS
 from benchmarks.loadgen import LoadSpec, chat_body, run_blocking
 from benchmarks.measure import RunResult
 from benchmarks.overhead_report import Pair, evaluate_goals, render, write_outputs
-from benchmarks.procs import Processes, free_port, group_cpu_seconds, pin_self
+from benchmarks.procs import Processes, cpu_busy, free_port, group_cpu_seconds, pin_self
 
 GATEWAY_CPU = 0
 STUB_CPU = 1  # the stub and the load generator share it
@@ -87,11 +89,18 @@ def _measure(
 ) -> tuple[RunResult, dict[str, float]]:
     """One load run, with the CPU share each process group used during it."""
     before = {name: group_cpu_seconds(pgid) for name, pgid in pgids.items()}
+    before["loadgen"] = _own_cpu_seconds()
     started = time.perf_counter()
     result = run_blocking(spec, label)
     wall = time.perf_counter() - started
-    cpu = {name: (group_cpu_seconds(pgid) - before[name]) / wall for name, pgid in pgids.items()}
-    return result, cpu
+    after = {name: group_cpu_seconds(pgid) for name, pgid in pgids.items()}
+    after["loadgen"] = _own_cpu_seconds()
+    return result, {name: (after[name] - before[name]) / wall for name in after}
+
+
+def _own_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def run_scenarios(
@@ -128,6 +137,27 @@ def run_scenarios(
     return pairs
 
 
+def profile_gateway(
+    args: argparse.Namespace, procs: Processes, url: str, gateway_pid: int, out: Path
+) -> str:
+    """An extra, unscored 64-connection run through the gateway with py-spy attached."""
+    exe = pyspy.py_spy()
+    if exe is None:
+        return "--profile: py-spy not found (pip install py-spy into the venv)"
+    seconds = max(1.0, args.duration)
+    spy = procs.start("py-spy", pyspy.record_argv(exe, gateway_pid, seconds, out), STUB_CPU)
+    spec = LoadSpec(
+        url=url, body=chat_body(MODEL), concurrency=args.connections, duration_s=seconds,
+        warmup_s=0.5, client=args.client,
+    )  # fmt: skip
+    print(f"  (profile) gateway {args.connections} connections with py-spy attached ...")
+    run_blocking(spec, "profiled")
+    spy.wait(timeout=seconds + 30)
+    if spy.returncode != 0 or not out.exists():
+        return f"--profile: py-spy failed:\n{procs.log_tail('py-spy')}"
+    return f"{pyspy.describe(out)}\n(collapsed stacks: {out}; speedscope.app opens it)"
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="benchmarks.gateway_overhead", description=__doc__.splitlines()[0]
@@ -143,6 +173,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--client", choices=CLIENTS, default="raw", help="load generator client")
     parser.add_argument("--gateway-config", help="YAML template; ${STUB_URL} is replaced")
     parser.add_argument("--api-key", help="sent as a Bearer token to both targets")
+    parser.add_argument(
+        "--profile", action="store_true", help="then profile the gateway under load with py-spy"
+    )
     return parser
 
 
@@ -152,6 +185,11 @@ def main(argv: list[str] | None = None) -> int:
     command = shlex.join([sys.executable, "-m", "benchmarks.gateway_overhead", *arguments])
     stamp = time.strftime("%Y%m%d-%H%M%S")
     log_dir = args.out / f"gateway_overhead-{stamp}-logs"
+    busy = cpu_busy()
+    if any(share > 0.15 for share in busy.values()):
+        shares = ", ".join(f"{cpu} {share:.0%}" for cpu, share in busy.items())
+        print(f"WARNING: the machine is busy before the benchmark ({shares}); "
+              "the figures will be skewed")  # fmt: skip
     pinned = pin_self(STUB_CPU)
     print(
         f"load generator: {args.client} client, in this process, "
@@ -194,6 +232,10 @@ def main(argv: list[str] | None = None) -> int:
             "gateway": f"http://127.0.0.1:{gateway_port}/v1/chat/completions",
         }
         pairs = run_scenarios(args, urls, {"gateway": gateway.pid, "stub": stub.pid})
+        profile = None
+        if args.profile:
+            stacks = args.out / f"gateway_overhead-{stamp}-pyspy.txt"
+            profile = profile_gateway(args, procs, urls["gateway"], gateway.pid, stacks)
     goals = evaluate_goals(pairs)
     print()
     print(render(pairs, goals, client=args.client))
@@ -207,12 +249,16 @@ def main(argv: list[str] | None = None) -> int:
             "loadgen_cpu": STUB_CPU,
             "pinned": pinned,
         },
+        "cpu_busy_before": busy,
         "gateway_workers": args.gateway_workers,
         "client": args.client,
         "gateway_config": config.read_text(),
         "logs": str(log_dir),
+        "profile": profile,
     }
     json_path, png_path = write_outputs(args.out, f"gateway_overhead-{stamp}", meta, pairs, goals)
+    if profile is not None:
+        print(f"\n{profile}")
     print(f"\nwrote {json_path}\nwrote {png_path}")
     return 0 if all(g.passed for g in goals if g.tier == "gate") else 1
 

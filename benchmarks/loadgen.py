@@ -12,8 +12,13 @@ requests still in flight) and optionally by a request count:
   coordinated omission. ``send_lag`` shows how late the client itself was.
 
 Only requests scheduled inside the measured window count; the warm-up's are
-dropped. Streaming responses are timed chunk by chunk (see
-:mod:`benchmarks.measure`). Run ``python -m benchmarks.loadgen --help``.
+dropped, except requests still unanswered at the very end, which count as
+``timeout`` errors whenever they were sent. When ``max_requests`` ends a run
+early, rates are taken over the part of the window actually used. Open-loop
+runs also report ``service`` time (from the actual send): the event loop's
+timers have about 1 ms resolution, so ``send_lag`` is typically 0-1 ms.
+Streaming responses are timed chunk by chunk (see :mod:`benchmarks.measure`).
+Run ``python -m benchmarks.loadgen --help``.
 """
 
 from __future__ import annotations
@@ -100,6 +105,8 @@ class _Run:
     def take(self) -> bool:
         """Whether another request may still be sent (the count bound)."""
         if self.budget == 0:
+            if self.recorder.stopped_at is None:
+                self.recorder.stopped_at = perf_counter()
             return False
         self.budget -= 1
         return True

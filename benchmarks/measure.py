@@ -144,10 +144,13 @@ class Recorder:
     ttft: list[float] = field(default_factory=list)
     itl: list[float] = field(default_factory=list)
     lag: list[float] = field(default_factory=list)
+    service: list[float] = field(default_factory=list)
     ok: int = 0
     tokens: int = 0
     chunks: int = 0
     outside: int = 0
+    stopped_at: float | None = None  # when a request-count bound ended the run early
+    last_end: float = 0.0
     chunk_counts: Counter[int] = field(default_factory=Counter)
     errors: Counter[str] = field(default_factory=Counter)
 
@@ -157,15 +160,22 @@ class Recorder:
         return Exchange(scheduled, stream, self.itl if inside else [])
 
     def record(self, ex: Exchange) -> None:
-        if not self.window_start <= ex.scheduled < self.window_end:
+        """Count ``ex`` if it was scheduled in the window, or if it never finished at all.
+
+        A request still unanswered when the run ends is an error of the run even
+        when it was sent during the warm-up: a hang must not vanish from the figures.
+        """
+        if not self.window_start <= ex.scheduled < self.window_end and ex.error != "timeout":
             self.outside += 1
             return
         if ex.error is not None:
             self.errors[ex.error] += 1
             return
         self.ok += 1
+        self.last_end = max(self.last_end, ex.end)
         self.e2e.append(ex.end - ex.scheduled)
         self.lag.append(ex.sent - ex.scheduled)
+        self.service.append(ex.end - ex.sent)
         self.tokens += ex.tokens
         if ex.stream:
             self.chunks += ex.chunks
@@ -189,6 +199,7 @@ class RunResult:
     ttft: Summary
     itl: Summary
     send_lag: Summary
+    service: Summary
     chunks: int
     chunks_per_request: dict[int, int]
     warmup_or_late: int
@@ -214,6 +225,7 @@ class RunResult:
                 "ttft": self.ttft.to_dict(),
                 "itl": self.itl.to_dict(),
                 "send_lag": self.send_lag.to_dict(),
+                "service": self.service.to_dict(),
             },
             "chunks": self.chunks,
             "chunks_per_request": {str(k): v for k, v in sorted(self.chunks_per_request.items())},
@@ -223,7 +235,10 @@ class RunResult:
 
 def result_of(label: str, settings: dict[str, Any], rec: Recorder) -> RunResult:
     """Summarize a finished recorder."""
-    duration = rec.window_end - rec.window_start
+    end = rec.window_end
+    if rec.stopped_at is not None:  # the count bound hit first: measure up to the last answer
+        end = min(end, max(rec.stopped_at, rec.last_end))
+    duration = max(end - rec.window_start, 1e-9)
     return RunResult(
         label=label,
         settings=settings,
@@ -236,6 +251,7 @@ def result_of(label: str, settings: dict[str, Any], rec: Recorder) -> RunResult:
         ttft=summarize(rec.ttft),
         itl=summarize(rec.itl),
         send_lag=summarize(rec.lag),
+        service=summarize(rec.service),
         chunks=rec.chunks,
         chunks_per_request=dict(rec.chunk_counts),
         warmup_or_late=rec.outside,

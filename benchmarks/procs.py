@@ -53,6 +53,33 @@ def group_cpu_seconds(pgid: int) -> float:
     return total / _CLK_TCK
 
 
+def _cpu_ticks() -> dict[str, tuple[int, int]]:
+    """Per CPU (``cpu0``, ``cpu1``, ...): (busy, total) jiffies since boot."""
+    ticks = {}
+    for line in Path("/proc/stat").read_text().splitlines():
+        name, *values = line.split()
+        if name.startswith("cpu") and name != "cpu":
+            numbers = [int(v) for v in values]
+            idle = numbers[3] + numbers[4]  # idle + iowait
+            ticks[name] = (sum(numbers) - idle, sum(numbers))
+    return ticks
+
+
+def cpu_busy(seconds: float = 1.0) -> dict[str, float]:
+    """How busy each CPU was over the next ``seconds``: other work skews a benchmark."""
+    try:
+        before = _cpu_ticks()
+        time.sleep(seconds)
+        after = _cpu_ticks()
+    except (OSError, ValueError):
+        return {}
+    busy = {}
+    for name, (b1, t1) in after.items():
+        b0, t0 = before.get(name, (b1, t1))
+        busy[name] = (b1 - b0) / (t1 - t0) if t1 > t0 else 0.0
+    return busy
+
+
 class Processes:
     """A stack of started process groups; leaving it (however) stops them all."""
 

@@ -49,6 +49,7 @@ def describe_run(r: RunResult) -> str:
         )
     if r.send_lag.count and r.settings.get("mode") == "open":
         lines.append(_latency_line("send lag", r.send_lag))
+        lines.append(_latency_line("service", r.service))
     return "\n".join(lines)
 
 

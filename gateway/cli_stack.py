@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+from redis.exceptions import RedisError
+
 from engines.models import (
     DEFAULT_MODEL_NAME,
     ModelPreparationError,
@@ -102,7 +104,7 @@ async def _supervise(settings: Settings) -> None:
     finally:
         say("stopping: draining engines")
         await supervisor.stop()
-        with contextlib.suppress(Exception):
+        with contextlib.suppress(RedisError, OSError):
             await registry.close()
 
 

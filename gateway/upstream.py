@@ -21,7 +21,6 @@ import aiohttp
 from gateway.errors import UpstreamError, UpstreamStatusError, UpstreamTimeoutError
 from gateway.settings import UpstreamSettings
 
-_JSON = "application/json"
 _PROBE_TIMEOUT = aiohttp.ClientTimeout(total=2.0)
 
 
@@ -162,20 +161,9 @@ class UpstreamClient:
         except (aiohttp.ClientError, asyncio.TimeoutError):
             return False
 
-    async def get_json_bytes(self, url: str) -> UpstreamReply:
-        """GET a small JSON document (engine metadata, metrics)."""
-        try:
-            async with self.session.get(url, timeout=_PROBE_TIMEOUT) as response:
-                return UpstreamReply(response.status, response.content_type, await response.read())
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-            raise EngineUnreachable(str(exc)) from None
-
     @staticmethod
     async def _read_error(response: aiohttp.ClientResponse) -> bytes:
         try:
             return await response.read()
         except (aiohttp.ClientError, asyncio.TimeoutError):
             return b""
-
-
-JSON_HEADERS: Mapping[str, str] = {"Content-Type": _JSON}

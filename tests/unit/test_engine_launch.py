@@ -33,6 +33,7 @@ def test_cpu_defaults() -> None:
     assert "--tensor-parallel-size" not in argv
     env = build_env(EngineSpec(), 0, base={})
     assert env["VLLM_CPU_KVCACHE_SPACE"] == "2"
+    assert env["VLLM_USE_AOT_COMPILE"] == "0"
     assert "CUDA_VISIBLE_DEVICES" not in env
 
 
