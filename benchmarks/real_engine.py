@@ -1,0 +1,146 @@
+"""Real vLLM through the gateway versus direct, in the same run.
+
+Starts ``vgate serve`` with one managed vLLM engine serving the embedded
+default model (the gateway launches it, as ``vgate up`` does), waits until it is
+ready, then for each concurrency (1, 16, 64 by default) runs the same streaming
+load first directly against the engine and then through the gateway, and
+reports tokens/s and the through-gateway ratio, TTFT p50/p99 and the added TTFT,
+and the inter-chunk gap p99. Goals (issue #3): throughput >= 0.98x direct and
+added TTFT p50 <= 2 ms.
+
+    .venv/bin/python -m benchmarks.real_engine --duration 30 --warmup 5
+
+Nothing is pinned: vLLM's CPU backend wants both cores. Direct and gateway runs
+alternate at each concurrency so slow drift (thermal, page cache) hits both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import orjson
+
+from benchmarks.loadgen import LoadSpec, chat_body, run_blocking
+from benchmarks.measure import RunResult
+from benchmarks.procs import Processes, free_port
+from benchmarks.report import describe_run, machine_info, plot_cdfs, table, write_json
+
+MODEL = "smollm2-135m"
+PROMPT = "Write a short story about a lighthouse keeper and a storm."
+
+
+def gateway_yaml(log_dir: Path) -> str:
+    return (
+        f"engines: {{log_dir: {log_dir}}}\n"
+        "upstream: {health_interval_s: 2}\n"
+        "models:\n"
+        f"  - name: {MODEL}\n"
+        "    engine: {source: default, dtype: float32, max_model_len: 2048,\n"
+        "             health: {startup_timeout_s: 1200, probe_interval_s: 600}}\n"
+    )
+
+
+def engine_url(gateway: str, timeout_s: float) -> str:
+    """The engine's URL once the gateway reports it healthy."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{gateway}/ready", timeout=2) as response:
+                engines = orjson.loads(response.read())["engines"].get(MODEL, {})
+                healthy = [url for url, ok in engines.items() if ok]
+                if healthy:
+                    return str(healthy[0])
+        except OSError:
+            pass
+        time.sleep(1)
+    raise RuntimeError(f"engine not ready after {timeout_s:.0f} s")
+
+
+def load(url: str, concurrency: int, args: argparse.Namespace, label: str) -> RunResult:
+    body = chat_body(MODEL, stream=True, prompt=PROMPT, max_tokens=args.max_tokens)
+    spec = LoadSpec(
+        url=f"{url}/v1/chat/completions",
+        body=body,
+        stream=True,
+        concurrency=concurrency,
+        duration_s=args.duration,
+        warmup_s=args.warmup,
+        grace_s=120,
+        client="aiohttp",
+    )
+    result = run_blocking(spec, label)
+    print(describe_run(result), flush=True)
+    return result
+
+
+def row(c: int, direct: RunResult, gateway: RunResult) -> list[str]:
+    ratio = gateway.tokens_per_s / direct.tokens_per_s if direct.tokens_per_s else float("nan")
+    added = (gateway.ttft.p50 - direct.ttft.p50) * 1000
+    return [
+        str(c),
+        f"{direct.tokens_per_s:,.1f}",
+        f"{gateway.tokens_per_s:,.1f}",
+        f"{ratio:.3f}x",
+        f"{direct.ttft.p50 * 1000:.1f}",
+        f"{gateway.ttft.p50 * 1000:.1f}",
+        f"{added:+.2f}",
+        f"{direct.ttft.p99 * 1000:.1f} / {gateway.ttft.p99 * 1000:.1f}",
+        f"{direct.itl.p99 * 1000:.1f} / {gateway.itl.p99 * 1000:.1f}",
+        f"{direct.error_count} / {gateway.error_count}",
+    ]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="benchmarks.real_engine", description=__doc__)
+    parser.add_argument("--duration", type=float, default=30.0, help="seconds per run")
+    parser.add_argument("--warmup", type=float, default=5.0, help="excluded seconds per run")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16, 64])
+    parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    args = parser.parse_args(argv)
+
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    log_dir = (args.out / f"real_engine-{stamp}-logs").resolve()
+    results: dict[int, tuple[RunResult, RunResult]] = {}
+    with Processes(log_dir) as procs:
+        port = free_port()
+        config = log_dir / "gateway.yaml"
+        log_dir.mkdir(parents=True, exist_ok=True)
+        config.write_text(gateway_yaml(log_dir))
+        argv_gateway = [sys.executable, "-m", "gateway", "serve", "--config", str(config),
+                        "--port", str(port)]  # fmt: skip
+        gateway_proc = procs.start("gateway", argv_gateway, None)
+        gateway = f"http://127.0.0.1:{port}"
+        procs.wait_healthy("gateway", gateway_proc, f"{gateway}/health", 60)
+        print("waiting for the vLLM engine (minutes on a CPU) ...", flush=True)
+        engine = engine_url(gateway, 1500)
+        for c in args.concurrency:
+            print(f"\n== concurrency {c}", flush=True)
+            direct = load(engine, c, args, f"direct c={c}")
+            through = load(gateway, c, args, f"gateway c={c}")
+            results[c] = (direct, through)
+
+    headers = ["conc", "direct tok/s", "gateway tok/s", "ratio", "TTFT p50 direct",
+               "TTFT p50 gw", "added ms", "TTFT p99 d/g", "gap p99 d/g", "errors d/g"]  # fmt: skip
+    print("\n" + table(headers, [row(c, d, g) for c, (d, g) in results.items()]))
+    print("(ms unless noted; streaming chat, max_tokens", args.max_tokens, ")")
+    data = {
+        "command": " ".join(sys.argv),
+        "machine": machine_info(),
+        "runs": {
+            str(c): {"direct": d.to_dict(), "gateway": g.to_dict()} for c, (d, g) in results.items()
+        },
+    }
+    write_json(args.out / f"real_engine-{stamp}.json", data)
+    panels = [(f"TTFT, concurrency {c}", [d, g], "ttft", False) for c, (d, g) in results.items()]
+    plot_cdfs(args.out / f"real_engine-{stamp}.png", panels)
+    print(f"wrote {args.out}/real_engine-{stamp}.json and .png")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
