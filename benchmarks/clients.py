@@ -117,6 +117,9 @@ class _Connection(asyncio.Protocol):
 
     async def exchange(self, request: bytes, ex: Exchange) -> None:
         assert self._transport is not None
+        if self.closed:  # closed by the server since it was last used
+            ex.finish(perf_counter(), "connection_closed")
+            return
         self._ex = ex
         waiter = self._waiter = asyncio.get_running_loop().create_future()
         ex.sent = perf_counter()

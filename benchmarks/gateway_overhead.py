@@ -32,7 +32,15 @@ from benchmarks.clients import CLIENTS
 from benchmarks.loadgen import LoadSpec, chat_body, run_blocking
 from benchmarks.measure import RunResult
 from benchmarks.overhead_report import Pair, evaluate_goals, render, write_outputs
-from benchmarks.procs import Processes, cpu_busy, free_port, group_cpu_seconds, pin_self
+from benchmarks.procs import (
+    Processes,
+    busy_between,
+    cpu_busy,
+    cpu_ticks,
+    free_port,
+    group_cpu_seconds,
+    pin_self,
+)
 
 GATEWAY_CPU = 0
 STUB_CPU = 1  # the stub and the load generator share it
@@ -90,12 +98,16 @@ def _measure(
     """One load run, with the CPU share each process group used during it."""
     before = {name: group_cpu_seconds(pgid) for name, pgid in pgids.items()}
     before["loadgen"] = _own_cpu_seconds()
+    ticks = cpu_ticks()
     started = time.perf_counter()
     result = run_blocking(spec, label)
     wall = time.perf_counter() - started
+    machine = sum(busy_between(ticks, cpu_ticks()).values())
     after = {name: group_cpu_seconds(pgid) for name, pgid in pgids.items()}
     after["loadgen"] = _own_cpu_seconds()
-    return result, {name: (after[name] - before[name]) / wall for name in after}
+    shares = {name: (after[name] - before[name]) / wall for name in after}
+    shares["other"] = max(0.0, machine - sum(shares.values()))  # work that is not ours
+    return result, shares
 
 
 def _own_cpu_seconds() -> float:
@@ -179,46 +191,28 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    arguments = sys.argv[1:] if argv is None else argv
-    command = shlex.join([sys.executable, "-m", "benchmarks.gateway_overhead", *arguments])
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    log_dir = args.out / f"gateway_overhead-{stamp}-logs"
-    busy = cpu_busy()
-    if any(share > 0.15 for share in busy.values()):
-        shares = ", ".join(f"{cpu} {share:.0%}" for cpu, share in busy.items())
-        print(f"WARNING: the machine is busy before the benchmark ({shares}); "
-              "the figures will be skewed")  # fmt: skip
-    pinned = pin_self(STUB_CPU)
-    print(
-        f"load generator: {args.client} client, in this process, "
-        f"{'pinned to CPU 1 beside the stub' if pinned else 'NOT pinned (no CPU 1)'}"
-    )
+@dataclass
+class Session:
+    """What one benchmark invocation produced."""
+
+    pairs: dict[str, Pair]
+    config: str
+    profile: str | None
+
+
+def run_all(args: argparse.Namespace, log_dir: Path, stamp: str, pinned: bool) -> Session:
+    """Start the stub and the gateway, run every scenario, stop them (whatever happens)."""
+    python = sys.executable
     with Processes(log_dir) as procs:
         stub_port, gateway_port = free_port(), free_port()
         stub_url = f"http://127.0.0.1:{stub_port}"
-        stub = procs.start(
-            "stub",
-            [sys.executable, "-m", "engines.stub", "--port", str(stub_port), "--model", MODEL],
-            STUB_CPU if pinned else None,
-        )
+        stub_argv = [python, "-m", "engines.stub", "--port", str(stub_port), "--model", MODEL]
+        stub = procs.start("stub", stub_argv, STUB_CPU if pinned else None)
         config = log_dir / "gateway.yaml"
         config.write_text(gateway_yaml(args, stub_url))
-        gateway = procs.start(
-            "gateway",
-            [
-                sys.executable,
-                "-m",
-                "gateway",
-                "serve",
-                "--config",
-                str(config),
-                "--port",
-                str(gateway_port),
-            ],
-            GATEWAY_CPU if pinned else None,
-        )
+        gateway_argv = [python, "-m", "gateway", "serve", "--config", str(config),
+                        "--port", str(gateway_port)]  # fmt: skip
+        gateway = procs.start("gateway", gateway_argv, GATEWAY_CPU if pinned else None)
         procs.wait_healthy("stub", stub, f"{stub_url}/health", 30.0)
         procs.wait_healthy("gateway", gateway, f"http://127.0.0.1:{gateway_port}/health", 60.0)
         print(
@@ -236,12 +230,34 @@ def main(argv: list[str] | None = None) -> int:
         if args.profile:
             stacks = args.out / f"gateway_overhead-{stamp}-pyspy.txt"
             profile = profile_gateway(args, procs, urls["gateway"], gateway.pid, stacks)
-    goals = evaluate_goals(pairs)
+    return Session(pairs, config.read_text(), profile)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    arguments = sys.argv[1:] if argv is None else argv
+    argv_used = [sys.executable, "-m", "benchmarks.gateway_overhead", *arguments]
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    log_dir = args.out / f"gateway_overhead-{stamp}-logs"
+    busy = cpu_busy()
+    if any(share > 0.15 for share in busy.values()):
+        shares = ", ".join(f"{cpu} {share:.0%}" for cpu, share in busy.items())
+        print(f"WARNING: the machine is busy before the benchmark ({shares}); "
+              "the figures will be skewed")  # fmt: skip
+    pinned = pin_self(STUB_CPU)
+    where = "pinned to CPU 1 beside the stub" if pinned else "NOT pinned (no CPU 1)"
+    print(f"load generator: {args.client} client, in this process, {where}")
+    try:
+        session = run_all(args, log_dir, stamp, pinned)
+    except KeyboardInterrupt:
+        print("\ninterrupted: the stub and the gateway were stopped", file=sys.stderr)
+        return 130
+    pairs, goals = session.pairs, evaluate_goals(session.pairs)
     print()
     print(render(pairs, goals, client=args.client))
     meta: dict[str, Any] = {
-        "command": command,
-        "argv": [sys.executable, "-m", "benchmarks.gateway_overhead", *arguments],
+        "command": shlex.join(argv_used),
+        "argv": argv_used,
         "started": stamp,
         "pinning": {
             "gateway_cpu": GATEWAY_CPU,
@@ -252,13 +268,13 @@ def main(argv: list[str] | None = None) -> int:
         "cpu_busy_before": busy,
         "gateway_workers": args.gateway_workers,
         "client": args.client,
-        "gateway_config": config.read_text(),
+        "gateway_config": session.config,
         "logs": str(log_dir),
-        "profile": profile,
+        "profile": session.profile,
     }
     json_path, png_path = write_outputs(args.out, f"gateway_overhead-{stamp}", meta, pairs, goals)
-    if profile is not None:
-        print(f"\n{profile}")
+    if session.profile is not None:
+        print(f"\n{session.profile}")
     print(f"\nwrote {json_path}\nwrote {png_path}")
     return 0 if all(g.passed for g in goals if g.tier == "gate") else 1
 

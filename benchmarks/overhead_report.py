@@ -124,6 +124,8 @@ def _diff(d: float, g: float, ratio: bool = False) -> str:
     return f"{g / d:.2f}x" if ratio else f"{g - d:+.3f}"
 
 
+OTHER_LOAD_LIMIT = 0.1  # of a core, used by processes that are not part of the benchmark
+
 Row = tuple[str, Callable[[RunResult], float], str]
 
 _E2E: list[Row] = [
@@ -148,6 +150,7 @@ _CPU = (
     ("gateway", "CPU gateway (core 0)"),
     ("stub", "CPU stub (core 1)"),
     ("loadgen", "CPU loadgen (core 1)"),
+    ("other", "CPU other processes"),
 )
 
 
@@ -162,9 +165,7 @@ def _rows(pair: Pair, specs: list[Row]) -> list[list[str]]:
     out.append(["errors", _errors(pair.direct), _errors(pair.gateway), ""])
     for key, label in _CPU:
         d_cpu, g_cpu = pair.direct_cpu.get(key), pair.gateway_cpu.get(key)
-        out.append(
-            [label, "-" if key == "gateway" else f"{d_cpu or 0:.0%}", f"{g_cpu or 0:.0%}", ""]
-        )
+        out.append([label, f"{d_cpu or 0:.0%}", f"{g_cpu or 0:.0%}", ""])
     return out
 
 
@@ -186,6 +187,17 @@ def render(pairs: dict[str, Pair], goals: list[Goal], client: str) -> str:
         f" lost {lost_chunks(c)}"
     )
     parts.append("CPU: share of one core used during the run, warm-up included.")
+    busy = [
+        f"({p.key}) {name}"
+        for p in pairs.values()
+        for name, cpu in (("direct", p.direct_cpu), ("gateway", p.gateway_cpu))
+        if cpu.get("other", 0.0) > OTHER_LOAD_LIMIT
+    ]
+    if busy:
+        parts.append(
+            "WARNING: other processes used more than "
+            f"{OTHER_LOAD_LIMIT:.0%} of a core during {', '.join(busy)}: those figures are skewed."
+        )
     parts.append("")
     rows = [[g.tier, g.name, g.measured, g.target, "PASS" if g.passed else "FAIL"] for g in goals]
     parts.append(table(["tier", "goal", "measured", "target", "result"], rows))

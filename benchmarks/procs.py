@@ -8,6 +8,7 @@ whole group on exit: normal return, an exception, Ctrl-C or SIGTERM.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import signal
 import socket
@@ -19,6 +20,7 @@ from pathlib import Path
 from types import FrameType, TracebackType
 
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
+_PR_SET_PDEATHSIG = 1
 
 
 def free_port() -> int:
@@ -53,31 +55,52 @@ def group_cpu_seconds(pgid: int) -> float:
     return total / _CLK_TCK
 
 
-def _cpu_ticks() -> dict[str, tuple[int, int]]:
-    """Per CPU (``cpu0``, ``cpu1``, ...): (busy, total) jiffies since boot."""
+def cpu_ticks() -> dict[str, tuple[int, int]]:
+    """Per CPU (``cpu0``, ``cpu1``, ...): (busy, total) jiffies since boot.
+
+    Busy is user + nice + system + steal: what processes (or, for steal, the
+    hypervisor's other guests) took. Interrupt time is left out because
+    process CPU times leave it out too, so "ours" and "busy" compare.
+    """
     ticks = {}
     for line in Path("/proc/stat").read_text().splitlines():
         name, *values = line.split()
         if name.startswith("cpu") and name != "cpu":
-            numbers = [int(v) for v in values]
-            idle = numbers[3] + numbers[4]  # idle + iowait
-            ticks[name] = (sum(numbers) - idle, sum(numbers))
+            user, nice, system, idle, iowait, irq, softirq, steal = (int(v) for v in values[:8])
+            busy = user + nice + system + steal
+            ticks[name] = (busy, busy + idle + iowait + irq + softirq)
     return ticks
 
 
 def cpu_busy(seconds: float = 1.0) -> dict[str, float]:
     """How busy each CPU was over the next ``seconds``: other work skews a benchmark."""
     try:
-        before = _cpu_ticks()
+        before = cpu_ticks()
         time.sleep(seconds)
-        after = _cpu_ticks()
+        after = cpu_ticks()
     except (OSError, ValueError):
         return {}
+    return busy_between(before, after)
+
+
+def busy_between(
+    before: dict[str, tuple[int, int]], after: dict[str, tuple[int, int]]
+) -> dict[str, float]:
+    """Per CPU, the busy share between two :func:`cpu_ticks` readings."""
     busy = {}
     for name, (b1, t1) in after.items():
         b0, t0 = before.get(name, (b1, t1))
         busy[name] = (b1 - b0) / (t1 - t0) if t1 > t0 else 0.0
     return busy
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM it if this process dies, even by SIGKILL (Linux)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass  # not Linux: the process-group cleanup still runs on every normal exit
 
 
 class Processes:
@@ -94,7 +117,11 @@ class Processes:
         command = ["taskset", "-c", str(cpu), *argv] if cpu is not None else argv
         with open(self._log_dir / f"{name}.log", "wb") as log:
             proc = subprocess.Popen(
-                command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+                command,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=_die_with_parent,
             )
         self._started.append((name, proc))
         return proc
@@ -142,9 +169,21 @@ class Processes:
         self._started.clear()
 
     def _on_sigterm(self, signum: int, frame: FrameType | None) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
+        """Treat SIGTERM/SIGHUP as Ctrl-C.
+
+        While an event loop runs, asyncio's Runner owns SIGINT and cancels the
+        run (an exception raised here would only be logged by the loop's
+        callback); outside one, the default handler raises KeyboardInterrupt.
+        """
+        handler = signal.getsignal(signal.SIGINT)
+        if callable(handler):
+            handler(signal.SIGINT, frame)
+        else:
+            raise KeyboardInterrupt(f"signal {signum}")
 
     def __enter__(self) -> Processes:
+        # Ctrl-C must interrupt even where the shell started us with SIGINT ignored.
+        self._previous[signal.SIGINT] = signal.signal(signal.SIGINT, signal.default_int_handler)
         for sig in (signal.SIGTERM, signal.SIGHUP):
             self._previous[sig] = signal.signal(sig, self._on_sigterm)
         return self

@@ -42,12 +42,10 @@ def hotspots(collapsed: Path, top: int = 15) -> tuple[int, list[tuple[str, float
     total = 0
     for line in collapsed.read_text(errors="replace").splitlines():
         stack, _, count_text = line.rpartition(" ")
-        if not stack or not count_text.isdigit():
+        if not count_text.isdigit():
             continue
         count = int(count_text)
-        frames = [_frame(f) for f in stack.split(";") if f.strip()]
-        if not frames:
-            continue
+        frames = [_frame(f) for f in stack.split(";") if f.strip()] or ["(no Python stack)"]
         total += count
         self_time[frames[-1]] += count
         for name in set(frames):
@@ -68,4 +66,26 @@ def describe(collapsed: Path, top: int = 15) -> str:
         "  self   incl  function",
     ]
     lines += [f"  {s:5.1%} {i:6.1%}  {name}" for name, s, i in ranked]
+    packages = ", ".join(f"{name} {share:.0%}" for name, share in by_package(collapsed)[:8])
+    lines.append(f"  self time by package: {packages}")
     return "\n".join(lines)
+
+
+def _package(frame: str) -> str:
+    """``aiohttp`` for ``f (aiohttp/client.py:1)``; ``<frozen os>`` and the like as they are."""
+    where = frame[frame.rfind("(") + 1 :].rstrip(")")
+    return where.split("/", 1)[0] if "/" in where else where.split(":", 1)[0]
+
+
+def by_package(collapsed: Path) -> list[tuple[str, float]]:
+    """Self time per top-level package (the first path component of the leaf frame)."""
+    shares: Counter[str] = Counter()
+    total = 0
+    for line in collapsed.read_text(errors="replace").splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not count_text.isdigit():
+            continue
+        leaf = stack.rsplit(";", 1)[-1].strip()
+        shares[_package(leaf) if leaf else "(no Python stack)"] += int(count_text)
+        total += int(count_text)
+    return [(name, n / total) for name, n in shares.most_common()] if total else []

@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 
 from benchmarks.measure import RunResult
-from benchmarks.stats import Summary, cdf_points
+from benchmarks.stats import Summary, cdf_points, percentile
 
 
 def ms(value: float) -> str:
@@ -106,7 +106,7 @@ def plot_cdfs(path: Path, panels: Sequence[tuple[str, Sequence[RunResult], str, 
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import NullFormatter, ScalarFormatter
+    from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
 
     cols = min(2, len(panels))
     rows = math.ceil(len(panels) / cols)
@@ -119,8 +119,13 @@ def plot_cdfs(path: Path, panels: Sequence[tuple[str, Sequence[RunResult], str, 
         ax.set_title(title, fontsize=10)
         if log_x:
             ax.set_xscale("log")
+            ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
             ax.xaxis.set_major_formatter(ScalarFormatter())
             ax.xaxis.set_minor_formatter(NullFormatter())
+        else:  # show the body of the distribution, not one far outlier
+            tails = [percentile(sorted(r.samples.get(sample, [])), 99.9) for r in runs]
+            if tails and not any(math.isnan(t) for t in tails):
+                ax.set_xlim(0, max(tails) * 1000.0 * 1.3)
         ax.set_xlabel(f"{sample} (ms{', log scale' if log_x else ''})")
         ax.set_ylabel("fraction of gaps" if sample == "itl" else "fraction of requests")
         ax.set_ylim(0, 1.0)

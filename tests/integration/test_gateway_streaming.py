@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import itertools
+import json
+import shutil
+import subprocess
 import time
 
 import httpx
+import pytest
 
 from tests.integration.conftest import STUB_MODEL, Gateway, Stub
 
@@ -69,3 +73,28 @@ def test_stream_in_flight_is_released_after_disconnect(gateway: Gateway, stub: S
         assert time.perf_counter() < deadline
         time.sleep(0.05)
     assert stub.stats()["in_flight"] == 0
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
+def test_curl_sees_chunks_one_by_one(gateway: Gateway) -> None:
+    body = {
+        "model": STUB_MODEL,
+        "messages": MESSAGES,
+        "stream": True,
+        "stub": {"tokens": 5, "itl_ms": 200},
+    }
+    curl = subprocess.Popen(
+        ["curl", "-sN", f"{gateway.base_url}/chat/completions",
+         "-H", "Content-Type: application/json", "-d", json.dumps(body)],
+        stdout=subprocess.PIPE,
+    )  # fmt: skip
+    assert curl.stdout is not None
+    arrivals = []
+    started = time.perf_counter()
+    for line in curl.stdout:
+        if line.startswith(b"data: "):
+            arrivals.append(time.perf_counter() - started)
+    assert curl.wait(timeout=10) == 0
+    assert len(arrivals) == 8  # role, 5 tokens, finish, [DONE]
+    assert arrivals[-1] - arrivals[0] > 0.8
+    assert arrivals[2] - arrivals[0] > 0.15
