@@ -20,13 +20,14 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import openai
 
 from benchmarks.procs import free_port
 
 VLLM_COMPILE_CACHE = Path.home() / ".cache" / "vllm" / "torch_compile_cache"
-QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
+QUESTION: Any = [{"role": "user", "content": "What is the capital of France?"}]
 
 
 def first_token_after(env: dict[str, str], log: Path, timeout_s: float) -> tuple[float, str]:
@@ -49,6 +50,7 @@ def first_token_after(env: dict[str, str], log: Path, timeout_s: float) -> tuple
                 )  # fmt: skip
                 text = ""
                 first: float | None = None
+                chunk: Any
                 for chunk in stream:
                     piece = chunk.choices[0].delta.content if chunk.choices else None
                     if piece and first is None:
