@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import cast
 
-from fastapi import Request
+from starlette.requests import Request
 
 from gateway.errors import InvalidRequestError, PayloadTooLargeError
 from gateway.request_id import SCOPE_KEY
@@ -27,15 +27,20 @@ async def read_body(request: Request, limit: int) -> bytes:
             raise InvalidRequestError("invalid Content-Length header")
         if int(declared) > limit:
             raise _too_large(limit)
-        return await request.body()
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
+    while True:
+        message = await request.receive()
+        if message["type"] != "http.request":  # http.disconnect: nothing more will come
+            break
+        chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
             raise _too_large(limit)
         chunks.append(chunk)
-    return b"".join(chunks)
+        if not message.get("more_body", False):
+            break
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 def _too_large(limit: int) -> PayloadTooLargeError:

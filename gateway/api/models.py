@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
+from starlette.requests import Request
 from starlette.responses import Response
 
 from gateway.api.context import app_state
@@ -10,6 +11,8 @@ from gateway.api.context import app_state
 router = APIRouter()
 
 
-@router.get("/v1/models")
 async def list_models(request: Request) -> Response:
     return Response(app_state(request).catalog.list_body(), media_type="application/json")
+
+
+router.add_route("/v1/models", list_models, methods=["GET"])

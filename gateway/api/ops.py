@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import orjson
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
+from starlette.requests import Request
 from starlette.responses import Response
 
 from gateway.api.context import app_state
@@ -14,13 +15,11 @@ router = APIRouter()
 _OK = orjson.dumps({"status": "ok"})
 
 
-@router.get("/health")
-async def health() -> Response:
+async def health(request: Request) -> Response:
     """Liveness: the process serves HTTP."""
     return Response(_OK, media_type="application/json")
 
 
-@router.get("/ready")
 async def ready(request: Request) -> Response:
     """Readiness: at least one engine is healthy. 503 otherwise, with per-engine detail."""
     engines = app_state(request).pool.health()
@@ -29,6 +28,10 @@ async def ready(request: Request) -> Response:
     return Response(orjson.dumps(body), 200 if is_ready else 503, media_type="application/json")
 
 
-@router.get("/metrics")
 async def metrics(request: Request) -> Response:
     return Response(app_state(request).metrics.render(), media_type=METRICS_CONTENT_TYPE)
+
+
+router.add_route("/health", health, methods=["GET"])
+router.add_route("/ready", ready, methods=["GET"])
+router.add_route("/metrics", metrics, methods=["GET"])
