@@ -29,6 +29,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from engines.stub import stub_main
 
         return int(stub_main(args_list[2:]))
+    if args_list[:2] == ["models", "quantize"]:
+        from engines.quantize import quantize_main
+
+        return quantize_main(args_list[2:])
     parser = _build_parser()
     args = parser.parse_args(args_list)
     if not hasattr(args, "handler"):
@@ -105,4 +109,6 @@ def run_gateway(settings: Settings, on_engines_ready: Callable[[], None] | None 
         log_level=server.log_level,
         backlog=4096,
         timeout_keep_alive=75,
+        proxy_headers=False,  # no use for client addresses; one middleware less per request
+        server_header=False,
     )

@@ -132,3 +132,7 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     prepare = model_commands.add_parser("prepare", help="fetch and convert the default model")
     prepare.add_argument("--cache", type=Path, help="model cache directory")
     prepare.set_defaults(handler=models_prepare)
+    model_commands.add_parser(
+        "quantize", help="4-bit AWQ (W4A16) checkpoint of a prepared model (see --help)",
+        add_help=False,
+    )  # fmt: skip
