@@ -47,7 +47,7 @@ class GatewayMetrics:
         )
         self.in_flight = Gauge(
             "vgate_requests_in_flight",
-            "Requests being processed (streams count until their last chunk).",
+            "Requests being processed (a stream counts until its last chunk).",
             ("model",),
             registry=self.registry,
         )

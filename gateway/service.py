@@ -8,7 +8,7 @@ further stages; the routers do not change.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -83,7 +83,12 @@ class CompletionService:
             model = parsed.model
             if parsed.stream:
                 return await self._stream(route, parsed, request_id, started)
-            response = await self._complete(route, parsed, request_id)
+            in_flight = self._metrics.in_flight.labels(model)
+            in_flight.inc()
+            try:
+                response = await self._complete(route, parsed, request_id)
+            finally:
+                in_flight.dec()
         except GatewayError as exc:
             self._metrics.observe_request(
                 model, route.label, exc.status, time.perf_counter() - started
@@ -179,15 +184,20 @@ class CompletionService:
             self._metrics.client_disconnects.labels(model).inc()
         self._metrics.observe_request(model, route.label, 200, time.perf_counter() - started)
 
-    def _candidates(self, model: str) -> list[str]:
-        """Engines to try, in order, for one request (at most ``1 + retries``)."""
+    def _candidates(self, model: str) -> Iterator[str]:
+        """Engines to try, one at a time, for one request (at most ``1 + retries``).
+
+        Lazy: the next engine is chosen only after the previous one failed, from a
+        fresh snapshot, so a request that succeeds first time consults the policy once.
+        """
         tried: list[str] = []
         for _ in range(self._attempts):
             views = self._pool.snapshot(model, exclude=tried)
             if not views:
-                break
-            tried.append(self._policy.choose(views).url)
-        return tried
+                return
+            url = self._policy.choose(views).url
+            tried.append(url)
+            yield url
 
     def _mark_unreachable(self, model: str, url: str) -> None:
         self._pool.set_health(url, False)

@@ -57,3 +57,19 @@ def test_pool_replacing_endpoints_keeps_state_of_survivors() -> None:
     pool.set_endpoints("m", ["http://a", "http://c"])
     assert {v.url: v.in_flight for v in pool.snapshot("m")} == {"http://a": 1, "http://c": 0}
     assert set(pool.urls()) == {"http://a", "http://c"}
+
+
+def test_round_robin_spreads_first_attempts_when_retries_are_allowed() -> None:
+    """A request that succeeds first time consults the policy once (no skipped turns)."""
+    from gateway.metrics import GatewayMetrics
+    from gateway.service import CompletionService
+    from gateway.settings import UpstreamSettings
+    from gateway.upstream import UpstreamClient
+
+    pool = EnginePool({"m": ["http://a", "http://b"]})
+    service = CompletionService(
+        {}, pool, RoundRobin(), UpstreamClient(UpstreamSettings()), GatewayMetrics(), retries=1
+    )
+    firsts = [next(service._candidates("m")) for _ in range(4)]
+    assert firsts == ["http://a", "http://b", "http://a", "http://b"]
+    assert list(service._candidates("m")) == ["http://a", "http://b"]  # then the other one
