@@ -10,8 +10,12 @@ added TTFT p50 <= 2 ms.
 
     .venv/bin/python -m benchmarks.real_engine --duration 30 --warmup 5
 
-Nothing is pinned: vLLM's CPU backend wants both cores. Direct and gateway runs
-alternate at each concurrency so slow drift (thermal, page cache) hits both.
+On a 2-core machine vLLM's CPU backend would spin OpenMP threads on both cores
+and the gateway's work would wait for a time slice, so by default the engine's
+threads are bound to CPU 0 (``VLLM_CPU_OMP_THREADS_BIND``) and the gateway and
+this load generator are pinned to CPU 1 (``--engine-cpus all`` turns that off).
+Runs go in ABBA order (direct, gateway, gateway, direct) at each concurrency so
+drift hits both sides alike; each side's figures are the mean of its two runs.
 """
 
 from __future__ import annotations
@@ -20,26 +24,28 @@ import argparse
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import orjson
 
 from benchmarks.loadgen import LoadSpec, chat_body, run_blocking
 from benchmarks.measure import RunResult
-from benchmarks.procs import Processes, free_port
+from benchmarks.procs import Processes, free_port, pin_self
 from benchmarks.report import describe_run, machine_info, plot_cdfs, table, write_json
 
 MODEL = "smollm2-135m"
 PROMPT = "Write a short story about a lighthouse keeper and a storm."
 
 
-def gateway_yaml(log_dir: Path) -> str:
+def gateway_yaml(log_dir: Path, engine_cpus: str) -> str:
+    env = "" if engine_cpus == "all" else f"env: {{VLLM_CPU_OMP_THREADS_BIND: '{engine_cpus}'}},"
     return (
         f"engines: {{log_dir: {log_dir}}}\n"
         "upstream: {health_interval_s: 2}\n"
         "models:\n"
         f"  - name: {MODEL}\n"
-        "    engine: {source: default, dtype: float32, max_model_len: 2048,\n"
+        f"    engine: {{source: default, dtype: float32, max_model_len: 2048, {env}\n"
         "             health: {startup_timeout_s: 1200, probe_interval_s: 600}}\n"
     )
 
@@ -77,20 +83,25 @@ def load(url: str, concurrency: int, args: argparse.Namespace, label: str) -> Ru
     return result
 
 
-def row(c: int, direct: RunResult, gateway: RunResult) -> list[str]:
-    ratio = gateway.tokens_per_s / direct.tokens_per_s if direct.tokens_per_s else float("nan")
-    added = (gateway.ttft.p50 - direct.ttft.p50) * 1000
+def mean(runs: list[RunResult], figure: Callable[[RunResult], float]) -> float:
+    return sum(figure(r) for r in runs) / len(runs)
+
+
+def row(c: int, direct: list[RunResult], gateway: list[RunResult]) -> list[str]:
+    """Means over each side's runs; latencies are already in ms."""
+    d_tps, g_tps = mean(direct, lambda r: r.tokens_per_s), mean(gateway, lambda r: r.tokens_per_s)
+    d_ttft, g_ttft = mean(direct, lambda r: r.ttft.p50), mean(gateway, lambda r: r.ttft.p50)
     return [
         str(c),
-        f"{direct.tokens_per_s:,.1f}",
-        f"{gateway.tokens_per_s:,.1f}",
-        f"{ratio:.3f}x",
-        f"{direct.ttft.p50 * 1000:.1f}",
-        f"{gateway.ttft.p50 * 1000:.1f}",
-        f"{added:+.2f}",
-        f"{direct.ttft.p99 * 1000:.1f} / {gateway.ttft.p99 * 1000:.1f}",
-        f"{direct.itl.p99 * 1000:.1f} / {gateway.itl.p99 * 1000:.1f}",
-        f"{direct.error_count} / {gateway.error_count}",
+        f"{d_tps:,.1f}",
+        f"{g_tps:,.1f}",
+        f"{g_tps / d_tps:.3f}x" if d_tps else "-",
+        f"{d_ttft:.1f}",
+        f"{g_ttft:.1f}",
+        f"{g_ttft - d_ttft:+.2f}",
+        f"{mean(direct, lambda r: r.ttft.p99):.1f} / {mean(gateway, lambda r: r.ttft.p99):.1f}",
+        f"{mean(direct, lambda r: r.itl.p99):.1f} / {mean(gateway, lambda r: r.itl.p99):.1f}",
+        f"{sum(r.error_count for r in direct)} / {sum(r.error_count for r in gateway)}",
     ]
 
 
@@ -99,29 +110,37 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=30.0, help="seconds per run")
     parser.add_argument("--warmup", type=float, default=5.0, help="excluded seconds per run")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16, 64])
-    parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument(
+        "--engine-cpus", default="0", help="VLLM_CPU_OMP_THREADS_BIND for the engine, or 'all'"
+    )
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     args = parser.parse_args(argv)
 
     stamp = time.strftime("%Y%m%d-%H%M%S")
     log_dir = (args.out / f"real_engine-{stamp}-logs").resolve()
-    results: dict[int, tuple[RunResult, RunResult]] = {}
+    results: dict[int, tuple[list[RunResult], list[RunResult]]] = {}
+    if args.engine_cpus != "all":
+        pin_self(1)  # the gateway inherits nothing from us; it is pinned below
     with Processes(log_dir) as procs:
         port = free_port()
         config = log_dir / "gateway.yaml"
         log_dir.mkdir(parents=True, exist_ok=True)
-        config.write_text(gateway_yaml(log_dir))
+        config.write_text(gateway_yaml(log_dir, args.engine_cpus))
         argv_gateway = [sys.executable, "-m", "gateway", "serve", "--config", str(config),
                         "--port", str(port)]  # fmt: skip
-        gateway_proc = procs.start("gateway", argv_gateway, None)
+        gateway_cpu = None if args.engine_cpus == "all" else 1
+        gateway_proc = procs.start("gateway", argv_gateway, gateway_cpu)
         gateway = f"http://127.0.0.1:{port}"
         procs.wait_healthy("gateway", gateway_proc, f"{gateway}/health", 60)
         print("waiting for the vLLM engine (minutes on a CPU) ...", flush=True)
         engine = engine_url(gateway, 1500)
         for c in args.concurrency:
             print(f"\n== concurrency {c}", flush=True)
-            direct = load(engine, c, args, f"direct c={c}")
-            through = load(gateway, c, args, f"gateway c={c}")
+            direct = [load(engine, c, args, f"direct c={c} #1")]
+            through = [load(gateway, c, args, f"gateway c={c} #1")]
+            through.append(load(gateway, c, args, f"gateway c={c} #2"))
+            direct.append(load(engine, c, args, f"direct c={c} #2"))
             results[c] = (direct, through)
 
     headers = ["conc", "direct tok/s", "gateway tok/s", "ratio", "TTFT p50 direct",
@@ -132,11 +151,14 @@ def main(argv: list[str] | None = None) -> int:
         "command": " ".join(sys.argv),
         "machine": machine_info(),
         "runs": {
-            str(c): {"direct": d.to_dict(), "gateway": g.to_dict()} for c, (d, g) in results.items()
+            str(c): {"direct": [r.to_dict() for r in d], "gateway": [r.to_dict() for r in g]}
+            for c, (d, g) in results.items()
         },
     }
     write_json(args.out / f"real_engine-{stamp}.json", data)
-    panels = [(f"TTFT, concurrency {c}", [d, g], "ttft", False) for c, (d, g) in results.items()]
+    panels = [
+        (f"TTFT, concurrency {c}", [d[0], g[0]], "ttft", False) for c, (d, g) in results.items()
+    ]
     plot_cdfs(args.out / f"real_engine-{stamp}.png", panels)
     print(f"wrote {args.out}/real_engine-{stamp}.json and .png")
     return 0
