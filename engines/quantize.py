@@ -18,18 +18,15 @@ does nothing. Ctrl-C stops the child and removes its temporary directory.
 from __future__ import annotations
 
 import argparse
-import fcntl
 import os
 import shutil
-import subprocess
 import sys
-from collections import deque
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping
 from pathlib import Path
 
 from engines.models import DEFAULT_MODEL_NAME, default_cache_dir
 from engines.quantize_awq import MARKER_NAME, PROGRESS_PREFIX, TEMP_INFIX
+from engines.tooling import OFFLINE_TOOL_ENV, Progress, exclusive_lock, run_tool
 
 QUANT_VENV_ENV = "VGATE_QUANT_VENV"
 AWQ_SUFFIX = "-awq-w4a16"
@@ -37,19 +34,6 @@ METHODS = ("awq",)
 
 _REPO_ROOT = Path(__file__).resolve().parent.parent
 _AWQ_SCRIPT = Path(__file__).resolve().with_name("quantize_awq.py")
-_STOP_GRACE_S = 10.0
-_SCRIPT_ENV = {
-    # Nothing may be fetched from a hub, and progress bars would garble the log.
-    "HF_HUB_OFFLINE": "1",
-    "TRANSFORMERS_OFFLINE": "1",
-    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
-    "TQDM_DISABLE": "1",
-    "TOKENIZERS_PARALLELISM": "false",
-    "TRANSFORMERS_VERBOSITY": "error",
-    "PYTHONUNBUFFERED": "1",
-}
-
-Progress = Callable[[str], None]
 
 
 class QuantizationError(RuntimeError):
@@ -99,7 +83,8 @@ def quantize_awq(
             f"(or set {QUANT_VENV_ENV})"
         )
     target.parent.mkdir(parents=True, exist_ok=True)
-    with _exclusive_lock(target.parent / f".{target.name}.lock", progress):
+    waiting = f"another process is quantizing into {target.parent}; waiting for it"
+    with exclusive_lock(target.parent / f".{target.name}.lock", progress, waiting):
         if is_quantized(target):
             progress(f"{target.name}: quantized by another process at {target}")
             return target
@@ -111,7 +96,13 @@ def quantize_awq(
         _remove_leftovers(target, progress)
         progress(f"quantizing {source} to AWQ W4A16 (about 5 minutes on 2 CPU cores)")
         try:
-            _run_script([str(python), str(_AWQ_SCRIPT), str(source), str(target)], progress)
+            run_tool(
+                [str(python), str(_AWQ_SCRIPT), str(source), str(target)],
+                progress,
+                QuantizationError,
+                forward_prefix=PROGRESS_PREFIX,
+                extra_env=OFFLINE_TOOL_ENV,
+            )
         except BaseException:
             _remove_leftovers(target, progress)
             raise
@@ -153,63 +144,6 @@ def quantize_main(argv: list[str] | None = None) -> int:
         print("vgate models quantize: interrupted; nothing was written", file=sys.stderr)
         return 130
     return 0
-
-
-def _run_script(argv: Sequence[str], progress: Progress) -> None:
-    """Run the quantization script, forwarding its progress lines.
-
-    Raises `QuantizationError` with the output's tail when it fails. If this
-    process is interrupted, the child gets SIGTERM (then SIGKILL) before the
-    exception propagates.
-    """
-    tail: deque[str] = deque(maxlen=25)
-    with subprocess.Popen(
-        argv,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-        text=True,
-        env={**os.environ, **_SCRIPT_ENV},
-    ) as proc:
-        assert proc.stdout is not None
-        try:
-            for raw in proc.stdout:
-                line = raw.rstrip()
-                if line.startswith(PROGRESS_PREFIX):
-                    progress(line)
-                elif line:
-                    tail.append(line)
-        except BaseException:  # e.g. Ctrl-C: never leave the child writing on its own
-            _stop(proc)
-            raise
-    if proc.returncode != 0:
-        output = "\n".join(tail)
-        raise QuantizationError(f"quantize_awq.py exited with {proc.returncode}:\n{output}")
-
-
-def _stop(proc: subprocess.Popen[str]) -> None:
-    """SIGTERM (the script then deletes its temporary directory), SIGKILL after a grace."""
-    proc.terminate()
-    try:
-        proc.wait(timeout=_STOP_GRACE_S)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
-@contextmanager
-def _exclusive_lock(path: Path, progress: Progress) -> Iterator[None]:
-    """Hold an exclusive lock on `path` (released when the process dies, too)."""
-    with path.open("a") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            progress(f"another process is quantizing into {path.parent}; waiting for it")
-            fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _remove_leftovers(target: Path, progress: Progress) -> None:

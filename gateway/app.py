@@ -84,6 +84,7 @@ async def _start(
     pool = EnginePool(static)
     aliases = {m.served_name: m.name for m in settings.models}
     watcher = RegistryWatcher(registry, pool, static, aliases, settings.engines.watch_interval_s)
+    await watcher.refresh_or_keep()
     watcher.start()
     stack.push_async_callback(watcher.stop)
 

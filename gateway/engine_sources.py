@@ -8,8 +8,6 @@ and comes back when it is ready again.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -21,6 +19,7 @@ from engines.registry import EngineRegistry, InProcessRegistry, RedisRegistry
 from engines.spec import DEFAULT_SOURCE
 from engines.supervisor import Deployment
 from gateway.engine_pool import EnginePool
+from gateway.periodic import Periodic
 from gateway.settings import Settings
 
 log = logging.getLogger("vgate.engines")
@@ -54,7 +53,7 @@ def build_deployments(settings: Settings) -> list[Deployment]:
     return deployments
 
 
-class RegistryWatcher:
+class RegistryWatcher(Periodic):
     """Polls the registry and rewrites each model's engines in the pool."""
 
     def __init__(
@@ -65,12 +64,11 @@ class RegistryWatcher:
         aliases: Mapping[str, str],
         interval_s: float,
     ) -> None:
+        super().__init__("vgate-registry-watcher", interval_s, self.refresh_or_keep)
         self._registry = registry
         self._pool = pool
         self._static = {model: tuple(urls) for model, urls in static.items()}
         self._aliases = dict(aliases)  # served name -> client-facing name
-        self._interval_s = interval_s
-        self._task: asyncio.Task[None] | None = None
 
     async def refresh(self) -> None:
         """Read the registry once and apply it to the pool."""
@@ -86,20 +84,8 @@ class RegistryWatcher:
             if model not in self._static and model not in ready:
                 self._pool.remove_model(model)
 
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="vgate-registry-watcher")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-
-    async def _run(self) -> None:
-        while True:
-            try:
-                await self.refresh()
-            except (RedisError, OSError) as exc:
-                log.warning("engine registry unreadable, keeping the last view: %s", exc)
-            await asyncio.sleep(self._interval_s)
+    async def refresh_or_keep(self) -> None:
+        try:
+            await self.refresh()
+        except (RedisError, OSError) as exc:
+            log.warning("engine registry unreadable, keeping the last view: %s", exc)
