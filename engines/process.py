@@ -182,7 +182,7 @@ class EngineProcess:
             ) as response:
                 await response.read()
                 return response.status == 200
-        except (aiohttp.ClientError, asyncio.TimeoutError):
+        except (TimeoutError, aiohttp.ClientError):
             return False
 
     async def healthy(self, session: aiohttp.ClientSession) -> bool:
@@ -231,5 +231,5 @@ class EngineProcess:
             ) as response:
                 await response.read()
                 return response.status == 200
-        except (aiohttp.ClientError, asyncio.TimeoutError):
+        except (TimeoutError, aiohttp.ClientError):
             return False

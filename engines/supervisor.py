@@ -198,7 +198,7 @@ class EngineSlot:
                 f"{process.plan.url}/metrics", timeout=aiohttp.ClientTimeout(total=2)
             ) as response:
                 return EngineStats.from_text(await response.text()).running
-        except (aiohttp.ClientError, asyncio.TimeoutError):
+        except (TimeoutError, aiohttp.ClientError):
             return 0.0
 
     async def _publish(self, state: EngineState) -> None:

@@ -11,7 +11,6 @@ failure: nothing reached the engine, so another engine may be tried.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from types import TracebackType
@@ -59,7 +58,7 @@ class UpstreamStream:
                     continue
                 ready, pending = pending[: cut + 2], pending[cut + 2 :]
                 yield ready
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise UpstreamTimeoutError("engine stopped sending within the read timeout") from None
         except aiohttp.ClientError as exc:
             raise UpstreamError(f"engine stream broke: {type(exc).__name__}") from None
@@ -126,7 +125,7 @@ class UpstreamClient:
                 return UpstreamReply(response.status, response.content_type, payload)
         except (aiohttp.ClientConnectorError, aiohttp.ServerDisconnectedError) as exc:
             raise EngineUnreachable(str(exc)) from None
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise UpstreamTimeoutError("engine did not answer within the read timeout") from None
         except aiohttp.ClientError as exc:
             raise UpstreamError(f"engine request failed: {type(exc).__name__}") from None
@@ -142,7 +141,7 @@ class UpstreamClient:
             response = await self.session.post(url, data=body, headers=headers)
         except (aiohttp.ClientConnectorError, aiohttp.ServerDisconnectedError) as exc:
             raise EngineUnreachable(str(exc)) from None
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise UpstreamTimeoutError("engine did not start answering in time") from None
         except aiohttp.ClientError as exc:
             raise UpstreamError(f"engine request failed: {type(exc).__name__}") from None
@@ -158,12 +157,12 @@ class UpstreamClient:
             async with self.session.get(f"{url}/health", timeout=_PROBE_TIMEOUT) as response:
                 await response.read()
                 return response.status == 200
-        except (aiohttp.ClientError, asyncio.TimeoutError):
+        except (TimeoutError, aiohttp.ClientError):
             return False
 
     @staticmethod
     async def _read_error(response: aiohttp.ClientResponse) -> bytes:
         try:
             return await response.read()
-        except (aiohttp.ClientError, asyncio.TimeoutError):
+        except (TimeoutError, aiohttp.ClientError):
             return b""

@@ -3,30 +3,65 @@
 Routes are plain Starlette routes (``add_route``), not FastAPI ``APIRoute``s: they
 take the raw request and return a ready response, so FastAPI's per-request
 dependency solving and query parsing would be pure overhead on the hot path.
+
+A client that hangs up while a non-streaming answer is being generated cancels
+the request, which closes the upstream connection so the engine stops working
+for nobody (streams get the same from the streaming response itself).
 """
 
 from __future__ import annotations
+
+import asyncio
 
 from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response
 
 from gateway.api.context import app_state, read_body, request_id
-from gateway.service import CHAT, COMPLETIONS
+from gateway.service import CHAT, COMPLETIONS, Route
 
 router = APIRouter()
+CLIENT_CLOSED_REQUEST = 499  # never sent: there is nobody left to receive it
+
+
+async def _until_disconnect(request: Request) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _answer(route: Route, request: Request) -> Response:
+    state = app_state(request)
+    raw = await read_body(request, state.settings.server.max_body_bytes)
+    handler = asyncio.current_task()
+    assert handler is not None
+    abandoned = False
+
+    def client_left(watcher: asyncio.Task[None]) -> None:
+        nonlocal abandoned
+        if not watcher.cancelled():
+            abandoned = True
+            handler.cancel()
+
+    watcher = asyncio.create_task(_until_disconnect(request))
+    watcher.add_done_callback(client_left)
+    try:
+        return await state.service.handle(route, raw, request_id(request))
+    except asyncio.CancelledError:
+        if not abandoned:
+            raise
+        handler.uncancel()
+        return Response(status_code=CLIENT_CLOSED_REQUEST)
+    finally:
+        watcher.remove_done_callback(client_left)
+        watcher.cancel()
 
 
 async def chat_completions(request: Request) -> Response:
-    state = app_state(request)
-    raw = await read_body(request, state.settings.server.max_body_bytes)
-    return await state.service.handle(CHAT, raw, request_id(request))
+    return await _answer(CHAT, request)
 
 
 async def completions(request: Request) -> Response:
-    state = app_state(request)
-    raw = await read_body(request, state.settings.server.max_body_bytes)
-    return await state.service.handle(COMPLETIONS, raw, request_id(request))
+    return await _answer(COMPLETIONS, request)
 
 
 router.add_route(CHAT.path, chat_completions, methods=["POST"])

@@ -98,3 +98,17 @@ def test_curl_sees_chunks_one_by_one(gateway: Gateway) -> None:
     assert len(arrivals) == 8  # role, 5 tokens, finish, [DONE]
     assert arrivals[-1] - arrivals[0] > 0.8
     assert arrivals[2] - arrivals[0] > 0.15
+
+
+def test_client_leaving_a_non_streaming_request_cancels_it_at_the_engine(
+    gateway: Gateway, stub: Stub
+) -> None:
+    before = stub.stats()["requests_cancelled"]
+    body = {"model": STUB_MODEL, "messages": MESSAGES, "stub": {"tokens": 50, "itl_ms": 100}}
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(f"{gateway.url}/v1/chat/completions", json=body, timeout=0.5)
+    left_at = time.perf_counter()
+    while stub.stats()["requests_cancelled"] == before:
+        assert time.perf_counter() - left_at < 1.0, "engine kept generating for nobody"
+        time.sleep(0.02)
+    assert httpx.get(f"{gateway.url}/health").status_code == 200
