@@ -17,6 +17,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
+from starlette.types import ASGIApp
 
 from engines.supervisor import EngineSupervisor
 from gateway.api import models, openai, ops
@@ -51,7 +52,7 @@ def create_app(settings: Settings, on_engines_ready: Callable[[], None] | None =
             gc.freeze()
             yield
 
-    app = FastAPI(
+    app = GatewayApp(
         title="vgate",
         lifespan=lifespan,
         docs_url=None,
@@ -64,8 +65,18 @@ def create_app(settings: Settings, on_engines_ready: Callable[[], None] | None =
     app.add_exception_handler(GatewayError, _gateway_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected_error)
-    app.add_middleware(RequestIdMiddleware)
     return app
+
+
+class GatewayApp(FastAPI):
+    """FastAPI with :class:`RequestIdMiddleware` outside everything else.
+
+    Outermost, so that even the 500 that Starlette's ServerErrorMiddleware sends
+    for an unexpected exception carries ``x-request-id``.
+    """
+
+    def build_middleware_stack(self) -> ASGIApp:
+        return RequestIdMiddleware(super().build_middleware_stack())
 
 
 async def _start(
