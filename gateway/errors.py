@@ -55,22 +55,6 @@ class InvalidRequestError(GatewayError):
     code = "invalid_request"
 
 
-class AuthenticationError(GatewayError):
-    """Missing or unknown API key (401)."""
-
-    status = 401
-    error_type = "invalid_request_error"
-    code = "invalid_api_key"
-
-
-class PermissionDeniedError(GatewayError):
-    """The key may not use this model or route (403)."""
-
-    status = 403
-    error_type = "permission_error"
-    code = "model_not_allowed"
-
-
 class NotFoundError(GatewayError):
     """An unknown route (404)."""
 
@@ -102,14 +86,6 @@ class PayloadTooLargeError(GatewayError):
     status = 413
     error_type = "invalid_request_error"
     code = "request_too_large"
-
-
-class RateLimitError(GatewayError):
-    """A rate limit rejected the request (429); carries ``Retry-After``."""
-
-    status = 429
-    error_type = "rate_limit_error"
-    code = "rate_limit_exceeded"
 
 
 class UpstreamError(GatewayError):

@@ -2,7 +2,8 @@
 
 Label values are bounded: ``model`` is a configured model name (or ``"-"`` for
 requests that never resolved one), ``endpoint`` one of the gateway's routes,
-``kind`` one of :data:`UPSTREAM_ERROR_KINDS`. Nothing user-supplied becomes a label.
+``kind`` one of connect, timeout, status, stream_interrupted. Nothing user-supplied
+becomes a label.
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
-UPSTREAM_ERROR_KINDS = ("connect", "timeout", "status", "protocol", "stream_interrupted")
 UNRESOLVED_MODEL = "-"
 METRICS_CONTENT_TYPE = CONTENT_TYPE_LATEST
 

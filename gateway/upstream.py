@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
-from types import TracebackType
 
 import aiohttp
 
@@ -69,17 +68,6 @@ class UpstreamStream:
             self._response.release()
         else:
             self._response.close()
-
-    async def __aenter__(self) -> UpstreamStream:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 class UpstreamClient:

@@ -40,3 +40,27 @@ def test_missing_file_is_reported(tmp_path: Path) -> None:
     result = _serve(tmp_path / "absent.yaml")
     assert result.returncode == 2
     assert "cannot read config file" in result.stderr
+
+
+def test_several_workers_serve_the_same_config(tmp_path: Path) -> None:
+    import httpx
+
+    from tests.helpers.processes import free_port, run_process
+
+    stub_port, port = free_port(), free_port()
+    config = tmp_path / "vgate.yaml"
+    config.write_text(
+        f"models: [{{name: stub-model, endpoints: ['http://127.0.0.1:{stub_port}']}}]\n"
+    )
+    stub = [sys.executable, "-m", "engines.stub", "--port", str(stub_port)]
+    gateway = [sys.executable, "-m", "gateway", "serve", "--config", str(config),
+               "--port", str(port), "--workers", "2"]  # fmt: skip
+    with (
+        run_process(stub, f"http://127.0.0.1:{stub_port}/health"),
+        run_process(gateway, f"http://127.0.0.1:{port}/health"),
+    ):
+        body = {"model": "stub-model", "messages": [{"role": "user", "content": "hi"}]}
+        for _ in range(6):
+            response = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", json=body)
+            assert response.status_code == 200
+            assert response.json()["choices"][0]["message"]["content"]
