@@ -21,6 +21,7 @@ from starlette.types import ASGIApp
 
 from engines.supervisor import EngineSupervisor
 from gateway.api import models, openai, ops
+from gateway.auth import build_authenticator
 from gateway.engine_pool import EnginePool
 from gateway.engine_sources import RegistryWatcher, build_deployments, build_registry
 from gateway.errors import GatewayError, MethodNotAllowedError, NotFoundError, error_body
@@ -118,6 +119,7 @@ async def _start(
         upstream=upstream,
         metrics=metrics,
         retries=settings.upstream.retries,
+        authenticator=build_authenticator(settings.auth),
     )
     monitor = HealthMonitor(pool, upstream, settings.upstream.health_interval_s)
     await monitor.probe_all()

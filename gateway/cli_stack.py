@@ -63,11 +63,17 @@ def up(args: argparse.Namespace) -> int:
         server = settings.server
         base = f"http://{server.host}:{server.port}/v1"
         names = ", ".join(m.name for m in settings.models)
+        auth = settings.auth
+        if auth.enabled:
+            key_line = f"{auth.keys[0].key}  (key '{auth.keys[0].name}' from the config)"
+            bearer = f"-H 'Authorization: Bearer {auth.keys[0].key}' "
+        else:
+            key_line, bearer = "none needed: auth is off (auth.enabled: false)", ""
         say(f"ready in {time.monotonic() - started:.0f} s")
         print(
-            f"\n  base URL : {base}\n  model    : {names}\n"
-            "  API key  : no auth (API keys are not enforced yet; any key works)\n"
-            f"  try      : curl -N {base}/chat/completions -H 'Content-Type: application/json' "
+            f"\n  base URL : {base}\n  model    : {names}\n  API key  : {key_line}\n"
+            f"  try      : curl -N {base}/chat/completions {bearer}"
+            "-H 'Content-Type: application/json' "
             f'-d \'{{"model": "{settings.models[0].name}", "stream": true, '
             '"messages": [{"role": "user", "content": "What is the capital of France?"}]}\'\n'
             "  stop     : Ctrl-C\n",

@@ -55,6 +55,22 @@ class InvalidRequestError(GatewayError):
     code = "invalid_request"
 
 
+class AuthenticationError(GatewayError):
+    """Missing or unknown API key (401)."""
+
+    status = 401
+    error_type = "invalid_request_error"
+    code = "invalid_api_key"
+
+
+class PermissionDeniedError(GatewayError):
+    """The key may not use this model (403)."""
+
+    status = 403
+    error_type = "permission_error"
+    code = "model_not_allowed"
+
+
 class NotFoundError(GatewayError):
     """An unknown route (404)."""
 

@@ -57,6 +57,12 @@ class GatewayMetrics:
             ("model", "kind"),
             registry=self.registry,
         )
+        self.auth_failures = Counter(
+            "vgate_auth_failures_total",
+            "Requests refused by auth: missing_key, invalid_key or model_not_allowed.",
+            ("reason",),
+            registry=self.registry,
+        )
         self.client_disconnects = Counter(
             "vgate_client_disconnects_total",
             "Streams the client closed before the end.",

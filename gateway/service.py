@@ -16,12 +16,15 @@ import orjson
 from pydantic import BaseModel, ValidationError
 from starlette.responses import Response
 
+from gateway.auth import Authenticator, Principal
 from gateway.engine_pool import EnginePool
 from gateway.errors import (
+    AuthenticationError,
     GatewayError,
     InvalidRequestError,
     ModelNotFoundError,
     NoEngineAvailableError,
+    PermissionDeniedError,
     UpstreamStatusError,
     UpstreamTimeoutError,
 )
@@ -66,7 +69,9 @@ class CompletionService:
         upstream: UpstreamClient,
         metrics: GatewayMetrics,
         retries: int,
+        authenticator: Authenticator,
     ) -> None:
+        self._authenticator = authenticator
         self._models = models
         self._pool = pool
         self._policy = policy
@@ -74,13 +79,21 @@ class CompletionService:
         self._metrics = metrics
         self._attempts = 1 + retries
 
-    async def handle(self, route: Route, raw: bytes, request_id: str) -> Response:
+    async def handle(
+        self, route: Route, raw: bytes, request_id: str, authorization: str | None
+    ) -> Response:
         """Answer one request; every failure is raised as a :class:`GatewayError`."""
         started = time.perf_counter()
         model = UNRESOLVED_MODEL
         try:
+            principal = self.authenticate(authorization)
             parsed = self._parse(route, raw)
             model = parsed.model
+            if not principal.may_use(model):
+                self._metrics.auth_failures.labels("model_not_allowed").inc()
+                raise PermissionDeniedError(
+                    f"The key '{principal.name}' may not use the model `{model}`.", param="model"
+                )
             if parsed.stream:
                 return await self._stream(route, parsed, request_id, started)
             in_flight = self._metrics.in_flight.labels(model)
@@ -98,6 +111,15 @@ class CompletionService:
             model, route.label, response.status_code, time.perf_counter() - started
         )
         return response
+
+    def authenticate(self, authorization: str | None) -> Principal:
+        """The caller, or AuthenticationError (401), counted in metrics."""
+        try:
+            return self._authenticator.authenticate(authorization)
+        except AuthenticationError:
+            reason = "missing_key" if not authorization else "invalid_key"
+            self._metrics.auth_failures.labels(reason).inc()
+            raise
 
     def _parse(self, route: Route, raw: bytes) -> ParsedRequest:
         body = _decode_json_object(raw)

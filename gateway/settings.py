@@ -99,16 +99,34 @@ class RedisSettings(_Section):
 
 
 class StaticKey(_Section):
-    name: str
-    key: str
-    models: tuple[str, ...] = ()
-    rpm: int | None = None
-    tpm: int | None = None
+    """An API key declared in the config (for stateless deployments)."""
+
+    name: str = Field(min_length=1, description="Shown in metrics and logs instead of the key.")
+    key: str = Field(min_length=8, description="The secret clients send as a Bearer token.")
+    models: tuple[str, ...] = Field((), description="Models it may use; empty means all.")
+    rpm: int | None = Field(None, ge=1, description="Not enforced yet: refused at start-up.")
+    tpm: int | None = Field(None, ge=1, description="Not enforced yet: refused at start-up.")
 
 
 class AuthSettings(_Section):
     enabled: bool = False
     keys: tuple[StaticKey, ...] = ()
+
+    @model_validator(mode="after")
+    def _usable(self) -> AuthSettings:
+        if self.enabled and not self.keys:
+            raise ValueError("auth.enabled needs at least one key in auth.keys")
+        names = [k.name for k in self.keys]
+        if len(set(names)) != len(names):
+            raise ValueError("auth.keys: key names must be unique")
+        if len({k.key for k in self.keys}) != len(self.keys):
+            raise ValueError("auth.keys: two entries share the same key")
+        limited = [k.name for k in self.keys if k.rpm is not None or k.tpm is not None]
+        if limited:
+            raise ValueError(
+                f"auth.keys {limited}: rpm/tpm rate limits are not enforced by this version yet"
+            )
+        return self
 
 
 class CacheSettings(_Section):
@@ -244,7 +262,7 @@ def _reject_unknown_env(environ: Mapping[str, str]) -> None:
 
 def _refuse_unimplemented(data: Mapping[str, Any]) -> None:
     """Fail loudly rather than silently ignore features this version does not enforce."""
-    for section in ("auth", "cache"):
+    for section in ("cache",):
         value = data.get(section)
         if isinstance(value, dict) and value.get("enabled"):
             raise ConfigError(f"{section}.enabled: not supported by this version of vgate yet")

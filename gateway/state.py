@@ -22,20 +22,26 @@ class ModelCatalog:
         self._models: tuple[str, ...] | None = None
         self._body = b""
 
-    def list_body(self) -> bytes:
+    def list_body(self, allowed: frozenset[str] | None = None) -> bytes:
+        """Every served model, or only those in ``allowed``."""
         models = self._pool.models()
+        if allowed is not None:
+            return self._encode(tuple(m for m in models if m in allowed))
         if models != self._models:
             self._models = models
-            self._body = orjson.dumps(
-                {
-                    "object": "list",
-                    "data": [
-                        {"id": m, "object": "model", "created": self._created, "owned_by": "vgate"}
-                        for m in models
-                    ],
-                }
-            )
+            self._body = self._encode(models)
         return self._body
+
+    def _encode(self, models: tuple[str, ...]) -> bytes:
+        return orjson.dumps(
+            {
+                "object": "list",
+                "data": [
+                    {"id": m, "object": "model", "created": self._created, "owned_by": "vgate"}
+                    for m in models
+                ],
+            }
+        )
 
 
 @dataclass(frozen=True)

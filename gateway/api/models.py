@@ -12,7 +12,10 @@ router = APIRouter()
 
 
 async def list_models(request: Request) -> Response:
-    return Response(app_state(request).catalog.list_body(), media_type="application/json")
+    """Only the models the caller's key may use."""
+    state = app_state(request)
+    principal = state.service.authenticate(request.headers.get("authorization"))
+    return Response(state.catalog.list_body(principal.models), media_type="application/json")
 
 
 router.add_route("/v1/models", list_models, methods=["GET"])

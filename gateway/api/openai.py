@@ -45,7 +45,9 @@ async def _answer(route: Route, request: Request) -> Response:
     watcher = asyncio.create_task(_until_disconnect(request))
     watcher.add_done_callback(client_left)
     try:
-        return await state.service.handle(route, raw, request_id(request))
+        return await state.service.handle(
+            route, raw, request_id(request), request.headers.get("authorization")
+        )
     except asyncio.CancelledError:
         if not abandoned:
             raise

@@ -61,14 +61,16 @@ def test_pool_replacing_endpoints_keeps_state_of_survivors() -> None:
 
 def test_round_robin_spreads_first_attempts_when_retries_are_allowed() -> None:
     """A request that succeeds first time consults the policy once (no skipped turns)."""
+    from gateway.auth import OpenAccess
     from gateway.metrics import GatewayMetrics
     from gateway.service import CompletionService
     from gateway.settings import UpstreamSettings
     from gateway.upstream import UpstreamClient
 
     pool = EnginePool({"m": ["http://a", "http://b"]})
+    upstream = UpstreamClient(UpstreamSettings())
     service = CompletionService(
-        {}, pool, RoundRobin(), UpstreamClient(UpstreamSettings()), GatewayMetrics(), retries=1
+        {}, pool, RoundRobin(), upstream, GatewayMetrics(), retries=1, authenticator=OpenAccess()
     )
     firsts = [next(service._candidates("m")) for _ in range(4)]
     assert firsts == ["http://a", "http://b", "http://a", "http://b"]

@@ -92,3 +92,22 @@ def test_unknown_environment_variable(tmp_path: Path, monkeypatch: pytest.Monkey
 def test_top_level_must_be_a_mapping(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="mapping"):
         load_settings(_write(tmp_path, "- a\n- b\n"))
+
+
+@pytest.mark.parametrize(
+    ("text", "named"),
+    [
+        ("auth: {enabled: true}\n", "needs at least one key"),
+        ("auth: {keys: [{name: a, key: short}]}\n", "auth.keys.0.key"),
+        (
+            "auth: {keys: [{name: a, key: sk-12345678}, {name: a, key: sk-87654321}]}\n",
+            "names must be unique",
+        ),
+        ("auth: {keys: [{name: a, key: sk-12345678, rpm: 10}]}\n", "not enforced"),
+        ("cache: {enabled: true}\n", "cache.enabled: not supported"),
+    ],
+)
+def test_auth_and_cache_sections_are_checked(tmp_path: Path, text: str, named: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(_write(tmp_path, text))
+    assert named in str(caught.value)
