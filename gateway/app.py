@@ -28,7 +28,7 @@ from gateway.errors import GatewayError, MethodNotAllowedError, NotFoundError, e
 from gateway.health import HealthMonitor
 from gateway.metrics import GatewayMetrics
 from gateway.request_id import RequestIdMiddleware
-from gateway.routing import build_policy
+from gateway.routing import RoutingTable
 from gateway.service import CompletionService
 from gateway.settings import Settings
 from gateway.state import AppState
@@ -115,7 +115,9 @@ async def _start(
     service = CompletionService(
         models={m.name: m for m in settings.models},
         pool=pool,
-        policy=build_policy(settings.routing.policy),
+        routing=RoutingTable(
+            settings.routing, {m.name: m.routing for m in settings.models if m.routing}
+        ),
         upstream=upstream,
         metrics=metrics,
         retries=settings.upstream.retries,

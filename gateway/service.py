@@ -30,7 +30,7 @@ from gateway.errors import (
 )
 from gateway.metrics import UNRESOLVED_MODEL, GatewayMetrics
 from gateway.protocol import ChatCompletionRequest, CompletionRequest
-from gateway.routing import RoutingPolicy
+from gateway.routing import RoutingPolicy, RoutingTable
 from gateway.settings import ModelSettings
 from gateway.streaming import SSE_HEADERS, SSEResponse, StreamOutcome, relay_events
 from gateway.upstream import EngineUnreachable, UpstreamClient, UpstreamStream
@@ -45,17 +45,29 @@ class Route:
     schema: type[ChatCompletionRequest] | type[CompletionRequest]
 
 
+ENGINE_HEADER = "x-vgate-engine"
 CHAT = Route("/v1/chat/completions", "chat_completions", ChatCompletionRequest)
 COMPLETIONS = Route("/v1/completions", "completions", CompletionRequest)
 
 
 @dataclass(frozen=True, slots=True)
+class RequestMeta:
+    """What the service needs from the HTTP request besides its body."""
+
+    request_id: str
+    authorization: str | None = None
+    session_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class ParsedRequest:
-    """A validated request and the exact bytes to send to the engine."""
+    """A validated request, the exact bytes to send to the engine, and how to route it."""
 
     model: str
     stream: bool
     payload: bytes
+    policy: RoutingPolicy
+    affinity_key: bytes | None
 
 
 class CompletionService:
@@ -65,7 +77,7 @@ class CompletionService:
         self,
         models: Mapping[str, ModelSettings],
         pool: EnginePool,
-        policy: RoutingPolicy,
+        routing: RoutingTable,
         upstream: UpstreamClient,
         metrics: GatewayMetrics,
         retries: int,
@@ -74,20 +86,19 @@ class CompletionService:
         self._authenticator = authenticator
         self._models = models
         self._pool = pool
-        self._policy = policy
+        self._routing = routing
         self._upstream = upstream
         self._metrics = metrics
         self._attempts = 1 + retries
 
-    async def handle(
-        self, route: Route, raw: bytes, request_id: str, authorization: str | None
-    ) -> Response:
+    async def handle(self, route: Route, raw: bytes, meta: RequestMeta) -> Response:
         """Answer one request; every failure is raised as a :class:`GatewayError`."""
         started = time.perf_counter()
         model = UNRESOLVED_MODEL
+        request_id = meta.request_id
         try:
-            principal = self.authenticate(authorization)
-            parsed = self._parse(route, raw)
+            principal = self.authenticate(meta.authorization)
+            parsed = self._parse(route, raw, meta.session_id)
             model = parsed.model
             if not principal.may_use(model):
                 self._metrics.auth_failures.labels("model_not_allowed").inc()
@@ -121,7 +132,7 @@ class CompletionService:
             self._metrics.auth_failures.labels(reason).inc()
             raise
 
-    def _parse(self, route: Route, raw: bytes) -> ParsedRequest:
+    def _parse(self, route: Route, raw: bytes, session_id: str | None) -> ParsedRequest:
         body = _decode_json_object(raw)
         request = _validate(route.schema, body)
         if not self._pool.has_model(request.model):
@@ -130,11 +141,13 @@ class CompletionService:
         payload = raw
         if settings is not None and settings.served_name != request.model:
             payload = orjson.dumps(body | {"model": settings.served_name})
-        return ParsedRequest(request.model, bool(request.stream), payload)
+        policy, prefix_chars = self._routing.for_model(request.model)
+        key = affinity_key(body, session_id, prefix_chars) if policy.wants_affinity_key else None
+        return ParsedRequest(request.model, bool(request.stream), payload, policy, key)
 
     async def _complete(self, route: Route, parsed: ParsedRequest, request_id: str) -> Response:
         headers = _upstream_headers(request_id)
-        for url in self._candidates(parsed.model):
+        for url in self._candidates(parsed):
             self._pool.acquire(url)
             try:
                 reply = await self._upstream.post(url + route.path, parsed.payload, headers)
@@ -149,14 +162,16 @@ class CompletionService:
             if reply.status >= 400:
                 self._metrics.upstream_errors.labels(parsed.model, "status").inc()
                 raise UpstreamStatusError(reply.status, reply.body, reply.content_type)
-            return Response(reply.body, reply.status, media_type="application/json")
+            return Response(
+                reply.body, reply.status, {ENGINE_HEADER: url}, media_type="application/json"
+            )
         raise NoEngineAvailableError(f"no engine for model `{parsed.model}` could be reached")
 
     async def _stream(
         self, route: Route, parsed: ParsedRequest, request_id: str, started: float
     ) -> Response:
         headers = _upstream_headers(request_id)
-        for url in self._candidates(parsed.model):
+        for url in self._candidates(parsed):
             self._pool.acquire(url)
             try:
                 stream = await self._upstream.open_stream(url + route.path, parsed.payload, headers)
@@ -191,7 +206,7 @@ class CompletionService:
             self._record_stream(route, model, outcome, started)
 
         body = relay_events(stream, outcome, time.perf_counter)
-        return SSEResponse(body, on_close=finish, headers=dict(SSE_HEADERS))
+        return SSEResponse(body, on_close=finish, headers=SSE_HEADERS | {ENGINE_HEADER: url})
 
     def _record_stream(
         self, route: Route, model: str, outcome: StreamOutcome, started: float
@@ -206,7 +221,7 @@ class CompletionService:
             self._metrics.client_disconnects.labels(model).inc()
         self._metrics.observe_request(model, route.label, 200, time.perf_counter() - started)
 
-    def _candidates(self, model: str) -> Iterator[str]:
+    def _candidates(self, parsed: ParsedRequest) -> Iterator[str]:
         """Engines to try, one at a time, for one request (at most ``1 + retries``).
 
         Lazy: the next engine is chosen only after the previous one failed, from a
@@ -214,16 +229,46 @@ class CompletionService:
         """
         tried: list[str] = []
         for _ in range(self._attempts):
-            views = self._pool.snapshot(model, exclude=tried)
+            views = self._pool.snapshot(parsed.model, exclude=tried)
             if not views:
                 return
-            url = self._policy.choose(views).url
+            url = parsed.policy.choose(views, parsed.affinity_key).url
             tried.append(url)
             yield url
 
     def _mark_unreachable(self, model: str, url: str) -> None:
         self._pool.set_health(url, False)
         self._metrics.upstream_errors.labels(model, "connect").inc()
+
+
+def affinity_key(body: dict[str, Any], session_id: str | None, prefix_chars: int) -> bytes:
+    """What identifies a conversation: the session header, ``user``, or the prompt's start.
+
+    Keying on the first message (usually the system prompt) keeps every turn of a
+    conversation, and every request that shares a system prompt, on the engine
+    whose prefix cache already holds it; the imbalance guard spreads hot prefixes.
+    """
+    if session_id:
+        return b"s:" + session_id.encode()
+    user = body.get("user")
+    if isinstance(user, str) and user:
+        return b"u:" + user.encode()
+    return b"p:" + _prompt_prefix(body, prefix_chars).encode()
+
+
+def _prompt_prefix(body: dict[str, Any], limit: int) -> str:
+    """The start of the prompt, or of the first message: the part every turn of a
+    conversation (and every request sharing a system prompt) has in common."""
+    prompt = body.get("prompt")
+    if prompt is not None:
+        first = prompt[0] if isinstance(prompt, list) and prompt else prompt
+        return str(first)[:limit]
+    messages: list[dict[str, Any]] = body.get("messages") or [{}]
+    content = messages[0].get("content")
+    if isinstance(content, str):
+        return content[:limit]
+    texts = [p.get("text", "") for p in content or () if isinstance(p, dict)]
+    return "".join(texts)[:limit]
 
 
 def _upstream_headers(request_id: str) -> dict[str, str]:

@@ -71,6 +71,19 @@ class UpstreamSettings(_Section):
     )
 
 
+class RoutingSettings(_Section):
+    policy: Literal["least_outstanding", "round_robin", "prefix_affinity"] = "least_outstanding"
+    prefix_chars: int = Field(
+        1024, ge=16, description="prefix_affinity: leading prompt characters hashed."
+    )
+    max_imbalance: int = Field(
+        8,
+        ge=0,
+        description="prefix_affinity: in-flight lead over the idlest engine that "
+        "makes the request go to the idlest engine instead.",
+    )
+
+
 class ModelSettings(_Section):
     name: str = Field(min_length=1, description="What clients put in `model`.")
     endpoints: tuple[str, ...] = Field(default=(), description="Base URLs of engines.")
@@ -79,6 +92,9 @@ class ModelSettings(_Section):
     )
     engine: EngineSpec | None = Field(
         None, description="Engines vgate launches and supervises for this model."
+    )
+    routing: RoutingSettings | None = Field(
+        None, description="This model's routing policy (default: the top-level `routing`)."
     )
 
     @field_validator("endpoints")
@@ -149,10 +165,6 @@ class EnginesSettings(_Section):
         6.0, gt=0, description="A supervisor silent this long loses its engines."
     )
     watch_interval_s: float = Field(0.5, gt=0, description="Gateway registry poll period.")
-
-
-class RoutingSettings(_Section):
-    policy: Literal["least_outstanding", "round_robin"] = "least_outstanding"
 
 
 class Settings(BaseSettings):

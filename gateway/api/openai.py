@@ -18,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from gateway.api.context import app_state, read_body, request_id
-from gateway.service import CHAT, COMPLETIONS, Route
+from gateway.service import CHAT, COMPLETIONS, RequestMeta, Route
 
 router = APIRouter()
 CLIENT_CLOSED_REQUEST = 499  # never sent: there is nobody left to receive it
@@ -45,9 +45,12 @@ async def _answer(route: Route, request: Request) -> Response:
     watcher = asyncio.create_task(_until_disconnect(request))
     watcher.add_done_callback(client_left)
     try:
-        return await state.service.handle(
-            route, raw, request_id(request), request.headers.get("authorization")
+        meta = RequestMeta(
+            request_id(request),
+            request.headers.get("authorization"),
+            request.headers.get("x-session-id"),
         )
+        return await state.service.handle(route, raw, meta)
     except asyncio.CancelledError:
         if not abandoned:
             raise

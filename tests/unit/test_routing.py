@@ -4,10 +4,15 @@ from __future__ import annotations
 
 from collections import Counter
 
-import pytest
-
 from gateway.engine_pool import EnginePool
-from gateway.routing import EndpointView, LeastOutstanding, RoundRobin, build_policy
+from gateway.routing import (
+    EndpointView,
+    HashRing,
+    LeastOutstanding,
+    PrefixAffinity,
+    RoundRobin,
+    RoutingTable,
+)
 
 
 def _views(*loads: int) -> tuple[EndpointView, ...]:
@@ -32,9 +37,55 @@ def test_round_robin_cycles() -> None:
     ]  # fmt: skip
 
 
-def test_unknown_policy() -> None:
-    with pytest.raises(ValueError, match="unknown routing policy"):
-        build_policy("random")
+def test_routing_table_per_model_and_default() -> None:
+    from gateway.settings import RoutingSettings
+
+    table = RoutingTable(
+        RoutingSettings(), {"chat": RoutingSettings(policy="prefix_affinity", prefix_chars=64)}
+    )
+    assert isinstance(table.for_model("chat")[0], PrefixAffinity)
+    assert table.for_model("chat")[1] == 64
+    assert isinstance(table.for_model("other")[0], LeastOutstanding)
+
+
+def test_ring_maps_a_key_to_one_engine_and_moves_few_keys_on_change() -> None:
+    urls = [f"http://e{i}" for i in range(4)]
+    keys = [f"conversation-{i}".encode() for i in range(2000)]
+    before = HashRing(urls)
+    assert all(before.owner(k) == HashRing(list(reversed(urls))).owner(k) for k in keys[:50])
+    owners = [before.owner(k) for k in keys]
+    assert set(owners) == set(urls)
+    assert max(owners.count(u) for u in urls) < 2 * len(keys) / len(urls)
+    after = HashRing([*urls, "http://e4"])
+    moved = sum(before.owner(k) != after.owner(k) for k in keys)
+    assert moved < len(keys) * 0.35  # ~1/5 expected; a modulo hash would move ~4/5
+    assert all(after.owner(k) == "http://e4" for k in keys if before.owner(k) != after.owner(k))
+
+
+def test_prefix_affinity_is_sticky_until_the_imbalance_guard() -> None:
+    policy = PrefixAffinity(max_imbalance=2)
+    views = _views(0, 0, 0)
+    first = policy.choose(views, b"p:You are a helpful assistant")
+    assert all(policy.choose(views, b"p:You are a helpful assistant") == first for _ in range(5))
+    busy = tuple(EndpointView(v.url, 3 if v.url == first.url else 0, True) for v in views)
+    assert policy.choose(busy, b"p:You are a helpful assistant").url != first.url
+    tolerable = tuple(EndpointView(v.url, 2 if v.url == first.url else 0, True) for v in views)
+    assert policy.choose(tolerable, b"p:You are a helpful assistant").url == first.url
+    assert policy.choose(views, None).url in {v.url for v in views}
+
+
+def test_affinity_key_prefers_session_then_user_then_prompt_prefix() -> None:
+    from gateway.service import affinity_key
+
+    body = {"messages": [{"role": "system", "content": "x" * 50}, {"role": "user", "content": "y"}]}
+    assert affinity_key(body, "abc", 10) == b"s:abc"
+    assert affinity_key(body | {"user": "u1"}, None, 10) == b"u:u1"
+    assert affinity_key(body, None, 10) == b"p:" + b"x" * 10
+    assert affinity_key({"prompt": ["hello world", "x"]}, None, 5) == b"p:hello"
+    next_turn = {"messages": [*body["messages"], {"role": "assistant", "content": "z"}]}
+    assert affinity_key(next_turn, None, 100) == affinity_key(body, None, 100)
+    parts = {"messages": [{"role": "user", "content": [{"type": "text", "text": "abc"}]}]}
+    assert affinity_key(parts, None, 100) == b"p:abc"
 
 
 def test_pool_snapshot_prefers_healthy_and_tracks_in_flight() -> None:
@@ -63,15 +114,18 @@ def test_round_robin_spreads_first_attempts_when_retries_are_allowed() -> None:
     """A request that succeeds first time consults the policy once (no skipped turns)."""
     from gateway.auth import OpenAccess
     from gateway.metrics import GatewayMetrics
-    from gateway.service import CompletionService
-    from gateway.settings import UpstreamSettings
+    from gateway.service import CompletionService, ParsedRequest
+    from gateway.settings import RoutingSettings, UpstreamSettings
     from gateway.upstream import UpstreamClient
 
     pool = EnginePool({"m": ["http://a", "http://b"]})
     upstream = UpstreamClient(UpstreamSettings())
+    routing = RoutingTable(RoutingSettings(policy="round_robin"), {})
     service = CompletionService(
-        {}, pool, RoundRobin(), upstream, GatewayMetrics(), retries=1, authenticator=OpenAccess()
+        {}, pool, routing, upstream, GatewayMetrics(), retries=1, authenticator=OpenAccess()
     )
-    firsts = [next(service._candidates("m")) for _ in range(4)]
+    policy = routing.for_model("m")[0]
+    parsed = ParsedRequest("m", False, b"{}", policy, None)
+    firsts = [next(service._candidates(parsed)) for _ in range(4)]
     assert firsts == ["http://a", "http://b", "http://a", "http://b"]
-    assert list(service._candidates("m")) == ["http://a", "http://b"]  # then the other one
+    assert list(service._candidates(parsed)) == ["http://a", "http://b"]  # then the other one

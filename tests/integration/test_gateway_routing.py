@@ -1,0 +1,75 @@
+"""Routing across three stub engines: the engine header, and prefix affinity."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.integration.conftest import STUB_MODEL, Gateway, Stub, start_gateway, start_stub
+
+SYSTEM = "You are a meticulous assistant for the accounts team. " * 4
+
+
+@pytest.fixture(scope="module")
+def three_stubs() -> Iterator[list[Stub]]:
+    runners = [start_stub("--model", STUB_MODEL) for _ in range(3)]
+    try:
+        yield [next(r) for r in runners]
+    finally:
+        for runner in runners:
+            runner.close()
+
+
+def _gateway(stubs: list[Stub], policy: str, tmp: Path) -> Iterator[Gateway]:
+    config = {
+        "models": [
+            {"name": STUB_MODEL, "endpoints": [s.url for s in stubs], "routing": {"policy": policy}}
+        ]
+    }
+    return start_gateway(config, tmp)
+
+
+def _engine_for(gateway: Gateway, messages: list[dict[str, str]], **headers: str) -> str:
+    raw = gateway.client().chat.completions.with_raw_response.create(
+        model=STUB_MODEL,
+        messages=messages,
+        extra_headers=headers,  # type: ignore[arg-type]
+    )
+    return raw.headers["x-vgate-engine"]
+
+
+def test_round_robin_spreads_and_names_the_engine(three_stubs: list[Stub], tmp_path: Path) -> None:
+    runner = _gateway(three_stubs, "round_robin", tmp_path)
+    gateway = next(runner)
+    try:
+        served = {_engine_for(gateway, [{"role": "user", "content": "hi"}]) for _ in range(6)}
+        assert served == {s.url for s in three_stubs}
+    finally:
+        runner.close()
+
+
+def test_prefix_affinity_keeps_a_conversation_on_one_engine(
+    three_stubs: list[Stub], tmp_path: Path
+) -> None:
+    runner = _gateway(three_stubs, "prefix_affinity", tmp_path)
+    gateway = next(runner)
+    try:
+        conversations = [
+            [{"role": "system", "content": f"{SYSTEM} Customer {n}."}] for n in range(12)
+        ]
+        homes = []
+        for conversation in conversations:
+            turns = {
+                _engine_for(gateway, [*conversation, {"role": "user", "content": f"turn {t}"}])
+                for t in range(4)
+            }
+            assert len(turns) == 1, "one conversation was spread over several engines"
+            homes.append(turns.pop())
+        assert len(set(homes)) >= 2, "all conversations landed on one engine"
+        sessions = {_engine_for(gateway, [{"role": "user", "content": f"q{t}"}],
+                                **{"x-session-id": "s-42"}) for t in range(4)}  # fmt: skip
+        assert len(sessions) == 1
+    finally:
+        runner.close()
