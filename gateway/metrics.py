@@ -57,6 +57,12 @@ class GatewayMetrics:
             ("model", "kind"),
             registry=self.registry,
         )
+        self.retries = Counter(
+            "vgate_retries_total",
+            "Requests sent to another engine after a failure that reached no client.",
+            ("model",),
+            registry=self.registry,
+        )
         self.auth_failures = Counter(
             "vgate_auth_failures_total",
             "Requests refused by auth: missing_key, invalid_key or model_not_allowed.",

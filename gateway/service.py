@@ -147,6 +147,7 @@ class CompletionService:
 
     async def _complete(self, route: Route, parsed: ParsedRequest, request_id: str) -> Response:
         headers = _upstream_headers(request_id)
+        failed: UpstreamStatusError | None = None
         for url in self._candidates(parsed):
             self._pool.acquire(url)
             try:
@@ -161,16 +162,20 @@ class CompletionService:
                 self._pool.release(url)
             if reply.status >= 400:
                 self._metrics.upstream_errors.labels(parsed.model, "status").inc()
-                raise UpstreamStatusError(reply.status, reply.body, reply.content_type)
+                failed = UpstreamStatusError(reply.status, reply.body, reply.content_type)
+                if reply.status >= 500:
+                    continue  # the engine's fault: another engine may do better
+                raise failed
             return Response(
                 reply.body, reply.status, {ENGINE_HEADER: url}, media_type="application/json"
             )
-        raise NoEngineAvailableError(f"no engine for model `{parsed.model}` could be reached")
+        raise failed or self._unavailable(parsed.model)
 
     async def _stream(
         self, route: Route, parsed: ParsedRequest, request_id: str, started: float
     ) -> Response:
         headers = _upstream_headers(request_id)
+        failed: GatewayError | None = None
         for url in self._candidates(parsed):
             self._pool.acquire(url)
             try:
@@ -183,9 +188,24 @@ class CompletionService:
                 self._pool.release(url)
                 kind = "timeout" if isinstance(exc, UpstreamTimeoutError) else "status"
                 self._metrics.upstream_errors.labels(parsed.model, kind).inc()
+                if isinstance(exc, UpstreamStatusError) and exc.status >= 500:
+                    failed = exc
+                    continue
                 raise
+            try:
+                await stream.prime()  # nothing is sent to the client before the first event
+            except GatewayError as exc:
+                stream.close()
+                self._pool.release(url)
+                self._metrics.upstream_errors.labels(parsed.model, "timeout").inc()
+                raise exc from None
+            except EngineUnreachable:
+                stream.close()
+                self._pool.release(url)
+                self._mark_unreachable(parsed.model, url)
+                continue
             return self._relay(route, parsed.model, url, stream, started)
-        raise NoEngineAvailableError(f"no engine for model `{parsed.model}` could be reached")
+        raise failed or self._unavailable(parsed.model)
 
     def _relay(
         self, route: Route, model: str, url: str, stream: UpstreamStream, started: float
@@ -228,13 +248,19 @@ class CompletionService:
         fresh snapshot, so a request that succeeds first time consults the policy once.
         """
         tried: list[str] = []
-        for _ in range(self._attempts):
+        for attempt in range(self._attempts):
             views = self._pool.snapshot(parsed.model, exclude=tried)
             if not views:
                 return
+            if attempt:
+                self._metrics.retries.labels(parsed.model).inc()
             url = parsed.policy.choose(views, parsed.affinity_key).url
             tried.append(url)
             yield url
+
+    @staticmethod
+    def _unavailable(model: str) -> NoEngineAvailableError:
+        return NoEngineAvailableError(f"no engine for model `{model}` could be reached")
 
     def _mark_unreachable(self, model: str, url: str) -> None:
         self._pool.set_health(url, False)

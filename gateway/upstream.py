@@ -44,24 +44,44 @@ class UpstreamStream:
 
     def __init__(self, response: aiohttp.ClientResponse) -> None:
         self._response = response
+        self._buffer = b""
+        self._first: bytes | None = None
         self.finished = False
+
+    async def prime(self) -> None:
+        """Read the first events now, so a failure before them can still go elsewhere.
+
+        Raises :class:`EngineUnreachable` when the engine closes the stream first.
+        """
+        self._first = await self._next_batch()
+        if self._first is None:
+            raise EngineUnreachable("engine closed the stream before its first event")
 
     async def batches(self) -> AsyncIterator[bytes]:
         """Yield runs of complete SSE events (each ending in a blank line) as they arrive."""
-        pending = b""
+        if self._first is not None:
+            first, self._first = self._first, None
+            yield first
+        while (batch := await self._next_batch()) is not None:
+            yield batch
+
+    async def _next_batch(self) -> bytes | None:
+        """The complete events received so far (waiting for one); None at the end."""
         try:
-            async for data in self._response.content.iter_any():
-                pending += data
-                cut = pending.rfind(b"\n\n")
-                if cut < 0:
-                    continue
-                ready, pending = pending[: cut + 2], pending[cut + 2 :]
-                yield ready
+            while True:
+                cut = self._buffer.rfind(b"\n\n")
+                if cut >= 0:
+                    ready, self._buffer = self._buffer[: cut + 2], self._buffer[cut + 2 :]
+                    return ready
+                data = await self._response.content.readany()
+                if not data:
+                    self.finished = True
+                    return None
+                self._buffer += data
         except TimeoutError:
             raise UpstreamTimeoutError("engine stopped sending within the read timeout") from None
         except aiohttp.ClientError as exc:
             raise UpstreamError(f"engine stream broke: {type(exc).__name__}") from None
-        self.finished = True
 
     def close(self) -> None:
         if self.finished:

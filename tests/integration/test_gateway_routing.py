@@ -73,3 +73,38 @@ def test_prefix_affinity_keeps_a_conversation_on_one_engine(
         assert len(sessions) == 1
     finally:
         runner.close()
+
+
+def test_engine_answering_500_is_bypassed_without_client_errors(
+    three_stubs: list[Stub], tmp_path: Path
+) -> None:
+    broken = start_stub("--model", STUB_MODEL, "--fail-status", "500")
+    bad = next(broken)
+    config = {
+        "models": [
+            {
+                "name": STUB_MODEL,
+                "endpoints": [bad.url, three_stubs[0].url],
+                "routing": {"policy": "round_robin"},
+            }
+        ],
+        "upstream": {"retries": 1},
+    }
+    runner = start_gateway(config, tmp_path)
+    gateway = next(runner)
+    try:
+        client = gateway.client()
+        for _ in range(6):
+            reply = client.chat.completions.create(
+                model=STUB_MODEL, messages=[{"role": "user", "content": "hi"}]
+            )
+            assert reply.choices[0].message.content
+            stream = client.chat.completions.create(
+                model=STUB_MODEL, messages=[{"role": "user", "content": "hi"}], stream=True
+            )
+            assert any(c.choices and c.choices[0].delta.content for c in stream)
+        assert bad.stats()["requests"] >= 3, "round robin should have tried the broken engine"
+        assert f'vgate_retries_total{{model="{STUB_MODEL}"}}' in gateway.metrics()
+    finally:
+        runner.close()
+        broken.close()
