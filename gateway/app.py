@@ -22,7 +22,7 @@ from starlette.types import ASGIApp
 from engines.supervisor import EngineSupervisor
 from gateway.api import models, openai, ops
 from gateway.auth import build_authenticator
-from gateway.engine_pool import EnginePool
+from gateway.engine_pool import BreakerPolicy, EnginePool
 from gateway.engine_sources import RegistryWatcher, build_deployments, build_registry
 from gateway.errors import GatewayError, MethodNotAllowedError, NotFoundError, error_body
 from gateway.health import HealthMonitor
@@ -93,7 +93,10 @@ async def _start(
     stack.push_async_callback(registry.close)
 
     static = {m.name: m.endpoints for m in settings.models}
-    pool = EnginePool(static)
+    breaker = BreakerPolicy(
+        settings.upstream.breaker_failures, settings.upstream.breaker_cooldown_s
+    )
+    pool = EnginePool(static, breaker)
     aliases = {m.served_name: m.name for m in settings.models}
     watcher = RegistryWatcher(registry, pool, static, aliases, settings.engines.watch_interval_s)
     await watcher.refresh_or_keep()

@@ -4,14 +4,26 @@ This is the one mutable view of the pool. Routing reads immutable snapshots of
 it (:meth:`EnginePool.snapshot`); the health monitor and, with a managed engine
 pool, the registry watcher update it. Everything runs on one event loop, so no
 locks are needed.
+
+Each engine has a circuit breaker fed by passive signals (connection errors, 5xx,
+timeouts reported by the service): after ``failures`` consecutive failures it
+opens and the engine gets no traffic for ``cooldown_s``; then one request may try
+it (half-open): a success closes the breaker, a failure opens it again.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from gateway.routing import EndpointView
+
+
+@dataclass(frozen=True, slots=True)
+class BreakerPolicy:
+    failures: int = 5
+    cooldown_s: float = 10.0
 
 
 @dataclass(slots=True)
@@ -19,12 +31,21 @@ class _Endpoint:
     url: str
     in_flight: int = 0
     healthy: bool = True
+    failures: int = 0
+    open_until: float = 0.0
 
 
 class EnginePool:
     """Engines per model name; an engine URL belongs to one or more models."""
 
-    def __init__(self, endpoints_by_model: Mapping[str, Sequence[str]]) -> None:
+    def __init__(
+        self,
+        endpoints_by_model: Mapping[str, Sequence[str]],
+        breaker: BreakerPolicy = BreakerPolicy(),
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._breaker = breaker
+        self._clock = clock
         self._endpoints: dict[str, _Endpoint] = {}
         self._by_model: dict[str, tuple[str, ...]] = {}
         for model, urls in endpoints_by_model.items():
@@ -55,16 +76,37 @@ class EnginePool:
         """The model's candidate engines: the healthy ones, or all if none is healthy.
 
         Falling back to unhealthy engines lets a request find an engine that came
-        back between two health probes instead of failing outright.
+        back between two health probes instead of failing outright. Engines whose
+        breaker is open are never candidates.
         """
         excluded = set(exclude)
+        now = self._clock()
         views = tuple(
             EndpointView(e.url, e.in_flight, e.healthy)
             for e in (self._endpoints[url] for url in self._by_model.get(model, ()))
-            if e.url not in excluded
+            if e.url not in excluded and e.open_until <= now
         )
         healthy = tuple(v for v in views if v.healthy)
         return healthy or views
+
+    def record_success(self, url: str) -> None:
+        endpoint = self._endpoints.get(url)
+        if endpoint is not None:
+            endpoint.failures = 0
+            endpoint.open_until = 0.0
+
+    def record_failure(self, url: str) -> None:
+        """A passive failure signal; opens the breaker at the threshold (or re-opens it)."""
+        endpoint = self._endpoints.get(url)
+        if endpoint is None:
+            return
+        endpoint.failures += 1
+        if endpoint.failures >= self._breaker.failures:
+            endpoint.open_until = self._clock() + self._breaker.cooldown_s
+
+    def breaker_open(self, url: str) -> bool:
+        endpoint = self._endpoints.get(url)
+        return endpoint is not None and endpoint.open_until > self._clock()
 
     def acquire(self, url: str) -> None:
         endpoint = self._endpoints.get(url)

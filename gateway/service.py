@@ -156,16 +156,20 @@ class CompletionService:
                 self._mark_unreachable(parsed.model, url)
                 continue
             except UpstreamTimeoutError:
+                self._pool.record_failure(url)
                 self._metrics.upstream_errors.labels(parsed.model, "timeout").inc()
                 raise
             finally:
                 self._pool.release(url)
-            if reply.status >= 400:
+            if reply.status >= 500:  # the engine's fault: another engine may do better
+                self._pool.record_failure(url)
                 self._metrics.upstream_errors.labels(parsed.model, "status").inc()
                 failed = UpstreamStatusError(reply.status, reply.body, reply.content_type)
-                if reply.status >= 500:
-                    continue  # the engine's fault: another engine may do better
-                raise failed
+                continue
+            self._pool.record_success(url)
+            if reply.status >= 400:
+                self._metrics.upstream_errors.labels(parsed.model, "status").inc()
+                raise UpstreamStatusError(reply.status, reply.body, reply.content_type)
             return Response(
                 reply.body, reply.status, {ENGINE_HEADER: url}, media_type="application/json"
             )
@@ -188,6 +192,8 @@ class CompletionService:
                 self._pool.release(url)
                 kind = "timeout" if isinstance(exc, UpstreamTimeoutError) else "status"
                 self._metrics.upstream_errors.labels(parsed.model, kind).inc()
+                if exc.status >= 500:
+                    self._pool.record_failure(url)
                 if isinstance(exc, UpstreamStatusError) and exc.status >= 500:
                     failed = exc
                     continue
@@ -197,13 +203,16 @@ class CompletionService:
             except GatewayError as exc:
                 stream.close()
                 self._pool.release(url)
-                self._metrics.upstream_errors.labels(parsed.model, "timeout").inc()
+                self._pool.record_failure(url)
+                kind = "timeout" if isinstance(exc, UpstreamTimeoutError) else "stream_interrupted"
+                self._metrics.upstream_errors.labels(parsed.model, kind).inc()
                 raise exc from None
             except EngineUnreachable:
                 stream.close()
                 self._pool.release(url)
                 self._mark_unreachable(parsed.model, url)
                 continue
+            self._pool.record_success(url)
             return self._relay(route, parsed.model, url, stream, started)
         raise failed or self._unavailable(parsed.model)
 
@@ -264,6 +273,7 @@ class CompletionService:
 
     def _mark_unreachable(self, model: str, url: str) -> None:
         self._pool.set_health(url, False)
+        self._pool.record_failure(url)
         self._metrics.upstream_errors.labels(model, "connect").inc()
 
 

@@ -69,6 +69,12 @@ class UpstreamSettings(_Section):
     retries: int = Field(
         1, ge=0, description="Extra attempts on another engine when a connection fails."
     )
+    breaker_failures: int = Field(
+        5, ge=1, description="Consecutive failures that open an engine's circuit breaker."
+    )
+    breaker_cooldown_s: float = Field(
+        10.0, gt=0, description="How long an open breaker keeps traffic off an engine."
+    )
 
 
 class RoutingSettings(_Section):

@@ -108,3 +108,32 @@ def test_engine_answering_500_is_bypassed_without_client_errors(
     finally:
         runner.close()
         broken.close()
+
+
+def test_breaker_takes_a_failing_engine_out_of_rotation(
+    three_stubs: list[Stub], tmp_path: Path
+) -> None:
+    broken = start_stub("--model", STUB_MODEL, "--fail-status", "503")
+    bad = next(broken)
+    config = {
+        "models": [
+            {
+                "name": STUB_MODEL,
+                "endpoints": [bad.url, three_stubs[1].url],
+                "routing": {"policy": "round_robin"},
+            }
+        ],
+        "upstream": {"retries": 1, "breaker_failures": 2, "breaker_cooldown_s": 60},
+    }
+    runner = start_gateway(config, tmp_path)
+    gateway = next(runner)
+    try:
+        client = gateway.client()
+        for _ in range(10):
+            client.chat.completions.create(
+                model=STUB_MODEL, messages=[{"role": "user", "content": "hi"}]
+            )
+        assert bad.stats()["requests"] == 2, "the breaker should open after two failures"
+    finally:
+        runner.close()
+        broken.close()

@@ -129,3 +129,28 @@ def test_round_robin_spreads_first_attempts_when_retries_are_allowed() -> None:
     firsts = [next(service._candidates(parsed)) for _ in range(4)]
     assert firsts == ["http://a", "http://b", "http://a", "http://b"]
     assert list(service._candidates(parsed)) == ["http://a", "http://b"]  # then the other one
+
+
+def test_breaker_opens_after_consecutive_failures_then_half_opens() -> None:
+    from gateway.engine_pool import BreakerPolicy
+
+    now = [0.0]
+    pool = EnginePool({"m": ["http://a", "http://b"]}, BreakerPolicy(3, 10.0), lambda: now[0])
+    for _ in range(2):
+        pool.record_failure("http://a")
+    pool.record_success("http://a")  # a success resets the count
+    for _ in range(2):
+        pool.record_failure("http://a")
+    assert not pool.breaker_open("http://a")
+    pool.record_failure("http://a")
+    assert pool.breaker_open("http://a")
+    assert [v.url for v in pool.snapshot("m")] == ["http://b"]
+    pool.set_health("http://b", False)
+    assert [v.url for v in pool.snapshot("m")] == ["http://b"], "open engines get no traffic"
+    now[0] = 10.5  # cool-down over: half-open, one trial allowed
+    assert "http://a" in [v.url for v in pool.snapshot("m")]
+    pool.record_failure("http://a")  # the trial failed: open again
+    assert pool.breaker_open("http://a")
+    now[0] = 21.0
+    pool.record_success("http://a")
+    assert not pool.breaker_open("http://a")
