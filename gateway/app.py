@@ -25,7 +25,7 @@ from gateway.auth import build_authenticator
 from gateway.engine_pool import BreakerPolicy, EnginePool
 from gateway.engine_sources import RegistryWatcher, build_deployments, build_registry
 from gateway.errors import GatewayError, MethodNotAllowedError, NotFoundError, error_body
-from gateway.health import HealthMonitor
+from gateway.health import HealthMonitor, LoadScraper
 from gateway.metrics import GatewayMetrics
 from gateway.request_id import RequestIdMiddleware
 from gateway.routing import RoutingTable
@@ -130,6 +130,9 @@ async def _start(
     await monitor.probe_all()
     monitor.start()
     stack.push_async_callback(monitor.stop)
+    scraper = LoadScraper(pool, upstream, settings.upstream.metrics_interval_s)
+    scraper.start()
+    stack.push_async_callback(scraper.stop)
     return AppState(settings=settings, pool=pool, metrics=metrics, service=service)
 
 

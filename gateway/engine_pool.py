@@ -33,6 +33,7 @@ class _Endpoint:
     healthy: bool = True
     failures: int = 0
     open_until: float = 0.0
+    waiting: float = 0.0
 
 
 class EnginePool:
@@ -82,12 +83,18 @@ class EnginePool:
         excluded = set(exclude)
         now = self._clock()
         views = tuple(
-            EndpointView(e.url, e.in_flight, e.healthy)
+            EndpointView(e.url, e.in_flight, e.healthy, e.waiting)
             for e in (self._endpoints[url] for url in self._by_model.get(model, ()))
             if e.url not in excluded and e.open_until <= now
         )
         healthy = tuple(v for v in views if v.healthy)
         return healthy or views
+
+    def set_waiting(self, url: str, waiting: float) -> None:
+        """The engine's own queue depth, as last scraped from its /metrics."""
+        endpoint = self._endpoints.get(url)
+        if endpoint is not None:
+            endpoint.waiting = waiting
 
     def record_success(self, url: str) -> None:
         endpoint = self._endpoints.get(url)

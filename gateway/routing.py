@@ -32,6 +32,13 @@ class EndpointView:
     url: str
     in_flight: int
     healthy: bool
+    waiting: float = 0.0
+    """Requests queued inside the engine (``vllm:num_requests_waiting``), from any gateway."""
+
+    @property
+    def load(self) -> float:
+        """This gateway's requests in flight plus the engine's own queue."""
+        return self.in_flight + self.waiting
 
 
 class RoutingPolicy(Protocol):
@@ -66,8 +73,8 @@ class LeastOutstanding:
     def choose(self, candidates: Sequence[EndpointView], key: bytes | None = None) -> EndpointView:
         if len(candidates) == 1:
             return candidates[0]
-        least = min(view.in_flight for view in candidates)
-        tied = [view for view in candidates if view.in_flight == least]
+        least = min(view.load for view in candidates)
+        tied = [view for view in candidates if view.load == least]
         return tied[next(self._turn) % len(tied)]
 
 
@@ -111,8 +118,8 @@ class PrefixAffinity:
             return self._fallback.choose(candidates)
         chosen_url = self._ring_for(candidates).owner(key)
         chosen = next(view for view in candidates if view.url == chosen_url)
-        least = min(view.in_flight for view in candidates)
-        if chosen.in_flight - least > self._max_imbalance:
+        least = min(view.load for view in candidates)
+        if chosen.load - least > self._max_imbalance:
             return self._fallback.choose(candidates)
         return chosen
 

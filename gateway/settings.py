@@ -66,6 +66,9 @@ class UpstreamSettings(_Section):
     max_connections: int = Field(2048, ge=1, description="Connection pool size across all engines.")
     keepalive_s: float = Field(60.0, gt=0)
     health_interval_s: float = Field(5.0, gt=0, description="Engine /health probe period.")
+    metrics_interval_s: float = Field(
+        2.0, gt=0, description="Engine /metrics scrape period (queue depth for routing)."
+    )
     retries: int = Field(
         1, ge=0, description="Extra attempts on another engine when a connection fails."
     )

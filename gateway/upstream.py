@@ -168,6 +168,14 @@ class UpstreamClient:
         except (TimeoutError, aiohttp.ClientError):
             return False
 
+    async def fetch_text(self, url: str) -> str | None:
+        """``GET url`` as text within 2 s, or None (engine metrics scraping)."""
+        try:
+            async with self.session.get(url, timeout=_PROBE_TIMEOUT) as response:
+                return await response.text() if response.status == 200 else None
+        except (TimeoutError, aiohttp.ClientError, UnicodeDecodeError):
+            return None
+
     @staticmethod
     async def _read_error(response: aiohttp.ClientResponse) -> bytes:
         try:

@@ -154,3 +154,12 @@ def test_breaker_opens_after_consecutive_failures_then_half_opens() -> None:
     now[0] = 21.0
     pool.record_success("http://a")
     assert not pool.breaker_open("http://a")
+
+
+def test_policies_count_the_engines_own_queue() -> None:
+    views = (
+        EndpointView("http://a", 0, True, waiting=5),
+        EndpointView("http://b", 2, True, waiting=0),
+    )
+    assert LeastOutstanding().choose(views).url == "http://b"
+    assert views[0].load == 5
