@@ -84,7 +84,14 @@ def gateway(
             {"name": "dead-model", "endpoints": [dead_url]},
             {"name": "alias-model", "endpoints": [stub.url], "upstream_model": STUB_MODEL},
         ],
-        "upstream": {"read_timeout_s": 1.5, "health_interval_s": 0.5, "retries": 1},
+        # The error tests inject 5xx and timeouts on purpose; a breaker opened by them
+        # would turn later, unrelated tests into 503s. The breaker has its own tests.
+        "upstream": {
+            "read_timeout_s": 1.5,
+            "health_interval_s": 0.5,
+            "retries": 1,
+            "breaker_failures": 1000,
+        },
         "server": {"max_body_bytes": 64 * 1024},
     }
     yield from start_gateway(config, tmp_path_factory.mktemp("gateway"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -75,24 +76,35 @@ def test_prefix_affinity_keeps_a_conversation_on_one_engine(
         runner.close()
 
 
-def test_engine_answering_500_is_bypassed_without_client_errors(
-    three_stubs: list[Stub], tmp_path: Path
-) -> None:
-    broken = start_stub("--model", STUB_MODEL, "--fail-status", "500")
+@contextlib.contextmanager
+def beside_a_broken_engine(
+    good: Stub, status: int, upstream: dict[str, object], tmp: Path
+) -> Iterator[tuple[Gateway, Stub]]:
+    """A round-robin gateway over ``good`` and a stub that answers every request ``status``."""
+    broken = start_stub("--model", STUB_MODEL, "--fail-status", str(status))
     bad = next(broken)
     config = {
         "models": [
             {
                 "name": STUB_MODEL,
-                "endpoints": [bad.url, three_stubs[0].url],
+                "endpoints": [bad.url, good.url],
                 "routing": {"policy": "round_robin"},
             }
         ],
-        "upstream": {"retries": 1},
+        "upstream": upstream,
     }
-    runner = start_gateway(config, tmp_path)
-    gateway = next(runner)
+    runner = start_gateway(config, tmp)
     try:
+        yield next(runner), bad
+    finally:
+        runner.close()
+        broken.close()
+
+
+def test_engine_answering_500_is_bypassed_without_client_errors(
+    three_stubs: list[Stub], tmp_path: Path
+) -> None:
+    with beside_a_broken_engine(three_stubs[0], 500, {"retries": 1}, tmp_path) as (gateway, bad):
         client = gateway.client()
         for _ in range(6):
             reply = client.chat.completions.create(
@@ -105,35 +117,16 @@ def test_engine_answering_500_is_bypassed_without_client_errors(
             assert any(c.choices and c.choices[0].delta.content for c in stream)
         assert bad.stats()["requests"] >= 3, "round robin should have tried the broken engine"
         assert f'vgate_retries_total{{model="{STUB_MODEL}"}}' in gateway.metrics()
-    finally:
-        runner.close()
-        broken.close()
 
 
 def test_breaker_takes_a_failing_engine_out_of_rotation(
     three_stubs: list[Stub], tmp_path: Path
 ) -> None:
-    broken = start_stub("--model", STUB_MODEL, "--fail-status", "503")
-    bad = next(broken)
-    config = {
-        "models": [
-            {
-                "name": STUB_MODEL,
-                "endpoints": [bad.url, three_stubs[1].url],
-                "routing": {"policy": "round_robin"},
-            }
-        ],
-        "upstream": {"retries": 1, "breaker_failures": 2, "breaker_cooldown_s": 60},
-    }
-    runner = start_gateway(config, tmp_path)
-    gateway = next(runner)
-    try:
+    upstream = {"retries": 1, "breaker_failures": 2, "breaker_cooldown_s": 60}
+    with beside_a_broken_engine(three_stubs[1], 503, upstream, tmp_path) as (gateway, bad):
         client = gateway.client()
         for _ in range(10):
             client.chat.completions.create(
                 model=STUB_MODEL, messages=[{"role": "user", "content": "hi"}]
             )
         assert bad.stats()["requests"] == 2, "the breaker should open after two failures"
-    finally:
-        runner.close()
-        broken.close()
