@@ -20,13 +20,21 @@ from starlette.responses import Response
 from starlette.types import ASGIApp
 
 from engines.supervisor import EngineSupervisor
-from gateway.api import models, openai, ops
+from gateway.admission import Admission
+from gateway.api import admin, models, openai, ops
 from gateway.auth import build_authenticator
+from gateway.backends.memory_limiter import MemoryLimiter
+from gateway.backends.redis_keys import RedisKeyStore
+from gateway.backends.redis_limiter import RedisLimiter
+from gateway.backends.redis_link import RedisLink
 from gateway.engine_pool import BreakerPolicy, EnginePool
 from gateway.engine_sources import RegistryWatcher, build_deployments, build_registry
 from gateway.errors import GatewayError, MethodNotAllowedError, NotFoundError, error_body
 from gateway.health import HealthMonitor, LoadScraper
+from gateway.keystore import KeyStore, MemoryKeyStore
 from gateway.metrics import GatewayMetrics
+from gateway.periodic import Periodic
+from gateway.ratelimit import LimiterBackend
 from gateway.request_id import RequestIdMiddleware
 from gateway.routing import RoutingTable
 from gateway.service import CompletionService
@@ -63,6 +71,7 @@ def create_app(settings: Settings, on_engines_ready: Callable[[], None] | None =
     app.include_router(openai.router)
     app.include_router(models.router)
     app.include_router(ops.router)
+    app.include_router(admin.router)
     app.add_exception_handler(GatewayError, _gateway_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected_error)
@@ -115,6 +124,14 @@ async def _start(
             stack.callback(announce.cancel)
 
     metrics = GatewayMetrics()
+    limiter, store = await _shared_state(settings, stack)
+    authenticator = build_authenticator(settings.auth, store)
+    await authenticator.refresh()
+    key_refresher = Periodic("key-refresh", settings.auth.refresh_interval_s, authenticator.refresh)
+    key_refresher.start()
+    stack.push_async_callback(key_refresher.stop)
+    admission = Admission(limiter, settings.ratelimit, metrics)
+    stack.push_async_callback(admission.close)
     service = CompletionService(
         models={m.name: m for m in settings.models},
         pool=pool,
@@ -124,7 +141,8 @@ async def _start(
         upstream=upstream,
         metrics=metrics,
         retries=settings.upstream.retries,
-        authenticator=build_authenticator(settings.auth),
+        authenticator=authenticator,
+        admission=admission,
     )
     monitor = HealthMonitor(pool, upstream, settings.upstream.health_interval_s)
     await monitor.probe_all()
@@ -133,7 +151,19 @@ async def _start(
     scraper = LoadScraper(pool, upstream, settings.upstream.metrics_interval_s)
     scraper.start()
     stack.push_async_callback(scraper.stop)
-    return AppState(settings=settings, pool=pool, metrics=metrics, service=service)
+    return AppState(settings=settings, pool=pool, metrics=metrics, service=service, keys=store)
+
+
+async def _shared_state(
+    settings: Settings, stack: contextlib.AsyncExitStack
+) -> tuple[LimiterBackend, KeyStore | None]:
+    """Rate-limit counters and run-time keys: in Redis when configured, else in memory."""
+    if settings.redis.url is None:
+        memory_keys = MemoryKeyStore() if settings.auth.admin_key is not None else None
+        return MemoryLimiter(), memory_keys
+    link = RedisLink(settings.redis.url, settings.redis.timeout_s, settings.redis.retry_s)
+    stack.push_async_callback(link.close)
+    return RedisLimiter(link), RedisKeyStore(link.client)
 
 
 async def _announce(supervisor: EngineSupervisor, on_ready: Callable[[], None]) -> None:

@@ -13,6 +13,10 @@ from __future__ import annotations
 import orjson
 
 
+class StoreUnavailable(Exception):
+    """Shared state (Redis) could not be reached; callers apply their failure policy."""
+
+
 class GatewayError(Exception):
     """An error with a fixed HTTP status and an OpenAI-shaped body."""
 
@@ -102,6 +106,26 @@ class PayloadTooLargeError(GatewayError):
     status = 413
     error_type = "invalid_request_error"
     code = "request_too_large"
+
+
+class RateLimitError(GatewayError):
+    """A rate limit of the key is exhausted (429); ``type`` names the limit, as OpenAI's does."""
+
+    status = 429
+    error_type = "requests"
+    code = "rate_limit_exceeded"
+
+    def __init__(self, message: str, kind: str, headers: dict[str, str]) -> None:
+        super().__init__(message, headers=headers)
+        self.error_type = kind
+
+
+class DependencyUnavailableError(GatewayError):
+    """Shared state the request needs (Redis) is unreachable and policy says refuse (503)."""
+
+    status = 503
+    error_type = "service_unavailable"
+    code = "dependency_unavailable"
 
 
 class UpstreamError(GatewayError):

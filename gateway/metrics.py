@@ -2,8 +2,9 @@
 
 Label values are bounded: ``model`` is a configured model name (or ``"-"`` for
 requests that never resolved one), ``endpoint`` one of the gateway's routes,
-``kind`` one of connect, timeout, status, stream_interrupted. Nothing user-supplied
-becomes a label.
+``kind`` one of connect, timeout, status, stream_interrupted (upstream errors) or
+requests, tokens, concurrency (rate limits), ``key`` a key's *name* (never the
+secret). Nothing a client sends becomes a label.
 """
 
 from __future__ import annotations
@@ -73,6 +74,26 @@ class GatewayMetrics:
             "vgate_client_disconnects_total",
             "Streams the client closed before the end.",
             ("model",),
+            registry=self.registry,
+        )
+
+        self.rate_limited = Counter(
+            "vgate_rate_limited_requests_total",
+            "Requests refused with 429, by key name and the limit hit "
+            "(requests, tokens, concurrency).",
+            ("key", "kind"),
+            registry=self.registry,
+        )
+        self.tokens_charged = Counter(
+            "vgate_tokens_charged_total",
+            "Tokens charged to token-limited keys after reconciliation with usage.",
+            ("key",),
+            registry=self.registry,
+        )
+        self.redis_errors = Counter(
+            "vgate_redis_errors_total",
+            "Failed Redis operations, by component (ratelimit, keys); the failure policy applied.",
+            ("component",),
             registry=self.registry,
         )
 

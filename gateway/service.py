@@ -1,8 +1,9 @@
-"""The request pipeline for completions: parse → route → forward/stream → reconcile.
+"""The request pipeline for completions:
+auth → parse → admission (rate limits) → route → forward/stream → settle.
 
 Built once at start-up (:class:`CompletionService`) and called by the thin
-routers in :mod:`gateway.api`. Auth, rate limiting and caching slot in here as
-further stages; the routers do not change.
+routers in :mod:`gateway.api`. Caching slots in here as a further stage; the
+routers do not change.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import orjson
 from pydantic import BaseModel, ValidationError
 from starlette.responses import Response
 
+from gateway.admission import Admission, Ticket
 from gateway.auth import Authenticator, Principal
 from gateway.engine_pool import EnginePool
 from gateway.errors import (
@@ -34,6 +36,7 @@ from gateway.routing import RoutingPolicy, RoutingTable
 from gateway.settings import ModelSettings
 from gateway.streaming import SSE_HEADERS, SSEResponse, StreamOutcome, relay_events
 from gateway.upstream import EngineUnreachable, UpstreamClient, UpstreamStream
+from gateway.usage import UsageTap, body_usage, client_wants_usage, with_usage_requested
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +68,7 @@ class ParsedRequest:
 
     model: str
     stream: bool
+    body: dict[str, Any]
     payload: bytes
     policy: RoutingPolicy
     affinity_key: bytes | None
@@ -82,8 +86,10 @@ class CompletionService:
         metrics: GatewayMetrics,
         retries: int,
         authenticator: Authenticator,
+        admission: Admission,
     ) -> None:
         self._authenticator = authenticator
+        self._admission = admission
         self._models = models
         self._pool = pool
         self._routing = routing
@@ -95,9 +101,8 @@ class CompletionService:
         """Answer one request; every failure is raised as a :class:`GatewayError`."""
         started = time.perf_counter()
         model = UNRESOLVED_MODEL
-        request_id = meta.request_id
         try:
-            principal = self.authenticate(meta.authorization)
+            principal = await self.authenticate(meta.authorization)
             parsed = self._parse(route, raw, meta.session_id)
             model = parsed.model
             if not principal.may_use(model):
@@ -105,32 +110,56 @@ class CompletionService:
                 raise PermissionDeniedError(
                     f"The key '{principal.name}' may not use the model `{model}`.", param="model"
                 )
-            if parsed.stream:
-                return await self._stream(route, parsed, request_id, started)
-            in_flight = self._metrics.in_flight.labels(model)
-            in_flight.inc()
-            try:
-                response = await self._complete(route, parsed, request_id)
-            finally:
-                in_flight.dec()
+            ticket = await self._admission.admit(principal, model, parsed.body)
+            response = await self._forward(route, parsed, ticket, meta.request_id, started)
         except GatewayError as exc:
             self._metrics.observe_request(
                 model, route.label, exc.status, time.perf_counter() - started
             )
             raise
-        self._metrics.observe_request(
-            model, route.label, response.status_code, time.perf_counter() - started
-        )
+        if not parsed.stream:  # streams are observed when they end
+            self._metrics.observe_request(
+                model, route.label, response.status_code, time.perf_counter() - started
+            )
         return response
 
-    def authenticate(self, authorization: str | None) -> Principal:
+    @property
+    def authenticator(self) -> Authenticator:
+        return self._authenticator
+
+    async def authenticate(self, authorization: str | None) -> Principal:
         """The caller, or AuthenticationError (401), counted in metrics."""
         try:
-            return self._authenticator.authenticate(authorization)
+            return await self._authenticator.authenticate(authorization)
         except AuthenticationError:
             reason = "missing_key" if not authorization else "invalid_key"
             self._metrics.auth_failures.labels(reason).inc()
             raise
+
+    async def _forward(
+        self, route: Route, parsed: ParsedRequest, ticket: Ticket, request_id: str, started: float
+    ) -> Response:
+        """Route and forward; settle the ticket on every path and put its headers on the answer."""
+        try:
+            if parsed.stream:
+                response = await self._stream(route, parsed, ticket, request_id, started)
+            else:
+                in_flight = self._metrics.in_flight.labels(parsed.model)
+                in_flight.inc()
+                try:
+                    response = await self._complete(route, parsed, ticket, request_id)
+                finally:
+                    in_flight.dec()
+        except GatewayError as exc:
+            ticket.settle_later(0)  # nothing was generated: no tokens charged
+            exc.headers.update(ticket.headers)
+            raise
+        except BaseException:
+            ticket.settle_later(None)  # the client left: outcome unknown, keep the reservation
+            raise
+        if ticket.headers:
+            response.headers.update(ticket.headers)
+        return response
 
     def _parse(self, route: Route, raw: bytes, session_id: str | None) -> ParsedRequest:
         body = _decode_json_object(raw)
@@ -140,12 +169,15 @@ class CompletionService:
         settings = self._models.get(request.model)
         payload = raw
         if settings is not None and settings.served_name != request.model:
-            payload = orjson.dumps(body | {"model": settings.served_name})
+            body = body | {"model": settings.served_name}
+            payload = orjson.dumps(body)
         policy, prefix_chars = self._routing.for_model(request.model)
         key = affinity_key(body, session_id, prefix_chars) if policy.wants_affinity_key else None
-        return ParsedRequest(request.model, bool(request.stream), payload, policy, key)
+        return ParsedRequest(request.model, bool(request.stream), body, payload, policy, key)
 
-    async def _complete(self, route: Route, parsed: ParsedRequest, request_id: str) -> Response:
+    async def _complete(
+        self, route: Route, parsed: ParsedRequest, ticket: Ticket, request_id: str
+    ) -> Response:
         headers = _upstream_headers(request_id)
         failed: UpstreamStatusError | None = None
         for url in self._candidates(parsed):
@@ -170,20 +202,27 @@ class CompletionService:
             if reply.status >= 400:
                 self._metrics.upstream_errors.labels(parsed.model, "status").inc()
                 raise UpstreamStatusError(reply.status, reply.body, reply.content_type)
+            await ticket.settle(body_usage(reply.body) if ticket.wants_usage else None)
             return Response(
                 reply.body, reply.status, {ENGINE_HEADER: url}, media_type="application/json"
             )
         raise failed or self._unavailable(parsed.model)
 
     async def _stream(
-        self, route: Route, parsed: ParsedRequest, request_id: str, started: float
+        self, route: Route, parsed: ParsedRequest, ticket: Ticket, request_id: str, started: float
     ) -> Response:
         headers = _upstream_headers(request_id)
+        tap: UsageTap | None = None
+        payload = parsed.payload
+        if ticket.wants_usage:  # the engine must report usage; the client sees what it asked for
+            tap = UsageTap(strip=not client_wants_usage(parsed.body))
+            if tap.strip:
+                payload = with_usage_requested(parsed.body)
         failed: GatewayError | None = None
         for url in self._candidates(parsed):
             self._pool.acquire(url)
             try:
-                stream = await self._upstream.open_stream(url + route.path, parsed.payload, headers)
+                stream = await self._upstream.open_stream(url + route.path, payload, headers)
             except EngineUnreachable:
                 self._pool.release(url)
                 self._mark_unreachable(parsed.model, url)
@@ -213,16 +252,26 @@ class CompletionService:
                 self._mark_unreachable(parsed.model, url)
                 continue
             self._pool.record_success(url)
-            return self._relay(route, parsed.model, url, stream, started)
+            return self._relay(route, parsed.model, url, stream, started, ticket, tap)
         raise failed or self._unavailable(parsed.model)
 
     def _relay(
-        self, route: Route, model: str, url: str, stream: UpstreamStream, started: float
+        self,
+        route: Route,
+        model: str,
+        url: str,
+        stream: UpstreamStream,
+        started: float,
+        ticket: Ticket,
+        tap: UsageTap | None,
     ) -> Response:
         outcome = StreamOutcome()
         in_flight = self._metrics.in_flight.labels(model)
         in_flight.inc()
         closed = False
+
+        async def done() -> None:
+            await ticket.settle(tap.tokens if tap is not None else None)
 
         async def finish() -> None:
             nonlocal closed
@@ -232,9 +281,10 @@ class CompletionService:
             stream.close()
             self._pool.release(url)
             in_flight.dec()
+            ticket.settle_later(None)  # no-op after `done`; else the stream did not finish
             self._record_stream(route, model, outcome, started)
 
-        body = relay_events(stream, outcome, time.perf_counter)
+        body = relay_events(stream, outcome, time.perf_counter, tap, done)
         return SSEResponse(body, on_close=finish, headers=SSE_HEADERS | {ENGINE_HEADER: url})
 
     def _record_stream(

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -120,38 +121,83 @@ class ModelSettings(_Section):
 
 
 class RedisSettings(_Section):
-    url: str | None = None
+    url: str | None = Field(
+        None, description="Shared state: keys, rate-limit counters, engine registry."
+    )
+    timeout_s: float = Field(
+        0.25, gt=0, description="Connect and command timeout on the request path."
+    )
+    retry_s: float = Field(
+        1.0, gt=0, description="After a failure, how long Redis is treated as down before a retry."
+    )
 
 
-class StaticKey(_Section):
+class KeyLimits(_Section):
+    """Rate limits of one key (or of one key on one model); unset means unlimited."""
+
+    rpm: int | None = Field(None, ge=1, description="Requests per minute (sliding 60 s window).")
+    tpm: int | None = Field(
+        None, ge=1, description="Tokens per minute: prompt + completion, reconciled to `usage`."
+    )
+    max_concurrent: int | None = Field(None, ge=1, description="Requests in flight at once.")
+
+    @property
+    def limited(self) -> bool:
+        return self.rpm is not None or self.tpm is not None or self.max_concurrent is not None
+
+
+class StaticKey(KeyLimits):
     """An API key declared in the config (for stateless deployments)."""
 
-    name: str = Field(min_length=1, description="Shown in metrics and logs instead of the key.")
+    name: str = Field(
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$",
+        description="Shown in metrics and logs instead of the key.",
+    )
     key: str = Field(min_length=8, description="The secret clients send as a Bearer token.")
     models: tuple[str, ...] = Field((), description="Models it may use; empty means all.")
-    rpm: int | None = Field(None, ge=1, description="Not enforced yet: refused at start-up.")
-    tpm: int | None = Field(None, ge=1, description="Not enforced yet: refused at start-up.")
+    model_limits: dict[str, KeyLimits] = Field(
+        default_factory=dict, description="Extra limits for this key on one model."
+    )
+    expires_at: datetime | None = Field(None, description="Refused from then on (UTC if no zone).")
+
+    @property
+    def any_limits(self) -> bool:
+        return self.limited or any(v.limited for v in self.model_limits.values())
 
 
 class AuthSettings(_Section):
     enabled: bool = False
     keys: tuple[StaticKey, ...] = ()
+    admin_key: str | None = Field(
+        None, min_length=16, description="Bearer key for /admin/keys (unset: admin API off)."
+    )
+    refresh_interval_s: float = Field(
+        0.25, gt=0, description="How often the key store's version is polled (revocation delay)."
+    )
 
     @model_validator(mode="after")
     def _usable(self) -> AuthSettings:
-        if self.enabled and not self.keys:
-            raise ValueError("auth.enabled needs at least one key in auth.keys")
         names = [k.name for k in self.keys]
         if len(set(names)) != len(names):
             raise ValueError("auth.keys: key names must be unique")
         if len({k.key for k in self.keys}) != len(self.keys):
             raise ValueError("auth.keys: two entries share the same key")
-        limited = [k.name for k in self.keys if k.rpm is not None or k.tpm is not None]
-        if limited:
-            raise ValueError(
-                f"auth.keys {limited}: rpm/tpm rate limits are not enforced by this version yet"
-            )
+        if self.admin_key is not None and self.admin_key in {k.key for k in self.keys}:
+            raise ValueError("auth.admin_key must differ from every key in auth.keys")
         return self
+
+
+class RateLimitSettings(_Section):
+    on_redis_error: Literal["fail_open", "fail_closed"] = Field(
+        "fail_open",
+        description="With Redis unreachable: admit unlimited (fail_open) or answer 503.",
+    )
+    default_max_tokens: int = Field(
+        512, ge=1, description="Completion tokens reserved when a request sets no max_tokens."
+    )
+    concurrency_lease_s: float = Field(
+        900.0, gt=0, description="A concurrency slot held by a gateway that died frees after this."
+    )
 
 
 class CacheSettings(_Section):
@@ -188,6 +234,7 @@ class Settings(BaseSettings):
     models: tuple[ModelSettings, ...] = ()
     redis: RedisSettings = RedisSettings()
     auth: AuthSettings = AuthSettings()
+    ratelimit: RateLimitSettings = RateLimitSettings()
     cache: CacheSettings = CacheSettings()
     routing: RoutingSettings = RoutingSettings()
     engines: EnginesSettings = EnginesSettings()
@@ -200,6 +247,22 @@ class Settings(BaseSettings):
         if duplicates:
             raise ValueError(f"duplicate model names: {', '.join(duplicates)}")
         return models
+
+    @model_validator(mode="after")
+    def _keys_have_a_home(self) -> Settings:
+        auth = self.auth
+        if auth.enabled and not auth.keys and self.redis.url is None and auth.admin_key is None:
+            raise ValueError(
+                "auth.enabled needs keys: declare them in auth.keys, or set redis.url "
+                "(keys made with `vgate keys create`) or auth.admin_key (/admin/keys)"
+            )
+        shared = self.redis.url is not None or self.server.workers == 1
+        if not shared and (auth.admin_key is not None or any(k.any_limits for k in auth.keys)):
+            raise ValueError(
+                "rate limits and /admin/keys with server.workers > 1 need redis.url: "
+                "without it each worker would keep its own counters and keys"
+            )
+        return self
 
     @model_validator(mode="after")
     def _one_supervisor(self) -> Settings:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import orjson
 
 from gateway.engine_pool import EnginePool
+from gateway.keystore import KeyStore
 from gateway.metrics import GatewayMetrics
 from gateway.service import CompletionService
 from gateway.settings import Settings
@@ -50,6 +51,7 @@ class AppState:
     pool: EnginePool
     metrics: GatewayMetrics
     service: CompletionService
+    keys: KeyStore | None
     catalog: ModelCatalog = field(init=False)
 
     def __post_init__(self) -> None:

@@ -16,6 +16,7 @@ from starlette.types import Receive, Scope, Send
 
 from gateway.errors import GatewayError, UpstreamError
 from gateway.upstream import UpstreamStream
+from gateway.usage import UsageTap
 
 DONE_EVENT = b"data: [DONE]\n\n"
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -38,15 +39,28 @@ class StreamOutcome:
 
 
 async def relay_events(
-    stream: UpstreamStream, outcome: StreamOutcome, clock: Callable[[], float]
+    stream: UpstreamStream,
+    outcome: StreamOutcome,
+    clock: Callable[[], float],
+    tap: UsageTap | None = None,
+    on_done: Callable[[], Awaitable[None]] | None = None,
 ) -> AsyncIterator[bytes]:
-    """Yield the engine's events; end with an error event if the engine fails mid-stream."""
+    """Yield the engine's events; end with an error event if the engine fails mid-stream.
+
+    ``tap`` sees every batch (it may remove the usage event); ``on_done`` runs
+    once the engine has sent ``[DONE]``, before the client receives it.
+    """
     tail = b""
     try:
-        async for batch in stream.batches():
+        async for received in stream.batches():
             if outcome.first_chunk_at is None:
                 outcome.first_chunk_at = clock()
+            batch = received if tap is None else tap.inspect(received)
+            if not batch:
+                continue
             tail = batch[-len(DONE_EVENT) :]
+            if tail == DONE_EVENT and on_done is not None:
+                await on_done()
             yield batch
     except GatewayError as exc:
         outcome.error = exc

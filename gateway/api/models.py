@@ -14,7 +14,7 @@ router = APIRouter()
 async def list_models(request: Request) -> Response:
     """Only the models the caller's key may use."""
     state = app_state(request)
-    principal = state.service.authenticate(request.headers.get("authorization"))
+    principal = await state.service.authenticate(request.headers.get("authorization"))
     return Response(state.catalog.list_body(principal.models), media_type="application/json")
 
 

@@ -112,20 +112,24 @@ def test_pool_replacing_endpoints_keeps_state_of_survivors() -> None:
 
 def test_round_robin_spreads_first_attempts_when_retries_are_allowed() -> None:
     """A request that succeeds first time consults the policy once (no skipped turns)."""
+    from gateway.admission import Admission
     from gateway.auth import OpenAccess
+    from gateway.backends.memory_limiter import MemoryLimiter
     from gateway.metrics import GatewayMetrics
     from gateway.service import CompletionService, ParsedRequest
-    from gateway.settings import RoutingSettings, UpstreamSettings
+    from gateway.settings import RateLimitSettings, RoutingSettings, UpstreamSettings
     from gateway.upstream import UpstreamClient
 
     pool = EnginePool({"m": ["http://a", "http://b"]})
     upstream = UpstreamClient(UpstreamSettings())
     routing = RoutingTable(RoutingSettings(policy="round_robin"), {})
+    metrics = GatewayMetrics()
+    admission = Admission(MemoryLimiter(), RateLimitSettings(), metrics)
     service = CompletionService(
-        {}, pool, routing, upstream, GatewayMetrics(), retries=1, authenticator=OpenAccess()
+        {}, pool, routing, upstream, metrics, 1, OpenAccess(), admission
     )
     policy = routing.for_model("m")[0]
-    parsed = ParsedRequest("m", False, b"{}", policy, None)
+    parsed = ParsedRequest("m", False, {}, b"{}", policy, None)
     firsts = [next(service._candidates(parsed)) for _ in range(4)]
     assert firsts == ["http://a", "http://b", "http://a", "http://b"]
     assert list(service._candidates(parsed)) == ["http://a", "http://b"]  # then the other one

@@ -97,13 +97,19 @@ def test_top_level_must_be_a_mapping(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("text", "named"),
     [
-        ("auth: {enabled: true}\n", "needs at least one key"),
+        ("auth: {enabled: true}\n", "auth.enabled needs keys"),
+        ("auth: {keys: [{name: 'a b', key: sk-12345678}]}\n", "auth.keys.0.name"),
+        ("auth: {admin_key: short}\n", "auth.admin_key"),
         ("auth: {keys: [{name: a, key: short}]}\n", "auth.keys.0.key"),
         (
             "auth: {keys: [{name: a, key: sk-12345678}, {name: a, key: sk-87654321}]}\n",
             "names must be unique",
         ),
-        ("auth: {keys: [{name: a, key: sk-12345678, rpm: 10}]}\n", "not enforced"),
+        (
+            "server: {workers: 2}\nauth: {keys: [{name: a, key: sk-12345678, rpm: 10}]}\n",
+            "need redis.url",
+        ),
+        ("ratelimit: {on_redis_error: ignore}\n", "ratelimit.on_redis_error"),
         ("cache: {enabled: true}\n", "cache.enabled: not supported"),
     ],
 )

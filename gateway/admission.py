@@ -1,0 +1,190 @@
+"""Admission: charge a request to its key's rate limits, and settle the charge later.
+
+:meth:`Admission.admit` reserves (one backend call) and returns a
+:class:`Ticket`, or raises 429 with OpenAI's headers. The ticket is settled
+exactly once, on every path: with the real token ``usage`` when the response
+ends, with 0 tokens when the request failed before the engine produced
+anything, or keeping the reservation when the outcome is unknown (the client
+left, the stream broke). Settling frees the concurrency slot; a ticket holding
+one is settled before the client sees the end of its response, so a client
+that sends its next request right away finds the slot free. Other settlements
+run in the background.
+
+When the backend is unreachable, ``ratelimit.on_redis_error`` decides:
+``fail_open`` admits without limits, ``fail_closed`` answers 503; both are
+counted in ``vgate_redis_errors_total``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from typing import Any
+
+from gateway.auth import Principal
+from gateway.errors import DependencyUnavailableError, RateLimitError, StoreUnavailable
+from gateway.metrics import GatewayMetrics
+from gateway.ratelimit import (
+    NEVER,
+    Decision,
+    LimiterBackend,
+    LimitScope,
+    estimate_tokens,
+    format_duration,
+    headline,
+    retry_after_header,
+)
+from gateway.settings import RateLimitSettings
+
+log = logging.getLogger("vgate.ratelimit")
+
+
+class Ticket:
+    """One admitted request's reservation."""
+
+    __slots__ = ("_admission", "_scopes", "_settled", "headers", "request_id", "reserved")
+
+    def __init__(
+        self,
+        admission: Admission | None,
+        scopes: tuple[LimitScope, ...],
+        request_id: str,
+        reserved: int,
+        headers: dict[str, str],
+    ) -> None:
+        self._admission = admission
+        self._scopes = scopes
+        self._settled = admission is None
+        self.request_id = request_id
+        self.reserved = reserved
+        self.headers = headers
+
+    @property
+    def wants_usage(self) -> bool:
+        """True when a token limit applies, so the real usage must be read."""
+        return any(s.limits.tpm is not None for s in self._scopes)
+
+    @property
+    def holds_slot(self) -> bool:
+        return any(s.limits.max_concurrent is not None for s in self._scopes)
+
+    async def settle(self, actual: int | None) -> None:
+        """Charge ``actual`` tokens (``None``: the reservation); waits only if a slot is held."""
+        if self._settled or self._admission is None:
+            return
+        self._settled = True
+        if self.holds_slot:
+            await self._admission.settle(self._scopes, self, actual)
+        else:
+            self._admission.settle_in_background(self._scopes, self, actual)
+
+    def settle_later(self, actual: int | None) -> None:
+        """Settle without waiting (error and disconnect paths)."""
+        if self._settled or self._admission is None:
+            return
+        self._settled = True
+        self._admission.settle_in_background(self._scopes, self, actual)
+
+
+FREE_PASS = Ticket(None, (), "", 0, {})
+"""The ticket of a request no limit applies to: settling it does nothing."""
+
+
+class Admission:
+    def __init__(
+        self, backend: LimiterBackend, settings: RateLimitSettings, metrics: GatewayMetrics
+    ) -> None:
+        self._backend = backend
+        self._settings = settings
+        self._metrics = metrics
+        self._pending: set[asyncio.Task[None]] = set()
+
+    async def admit(self, principal: Principal, model: str, body: dict[str, Any]) -> Ticket:
+        scopes = principal.scopes(model)
+        if not scopes:
+            return FREE_PASS
+        tokens = 0
+        if any(s.limits.tpm is not None for s in scopes):
+            tokens = estimate_tokens(body, self._settings.default_max_tokens)
+        request_id = secrets.token_hex(8)
+        try:
+            decision = await self._backend.admit(
+                scopes, request_id, tokens, self._settings.concurrency_lease_s
+            )
+        except StoreUnavailable:
+            self._metrics.redis_errors.labels("ratelimit").inc()
+            if self._settings.on_redis_error == "fail_closed":
+                raise DependencyUnavailableError(
+                    "Rate limits cannot be checked right now; try again shortly.",
+                    code="rate_limiter_unavailable",
+                    headers={"Retry-After": "1"},
+                ) from None
+            return FREE_PASS
+        headers = headline(scopes, decision.states)
+        if not decision.admitted:
+            raise self._refusal(principal, scopes, decision, tokens, headers)
+        return Ticket(self, scopes, request_id, tokens, headers)
+
+    async def settle(
+        self, scopes: tuple[LimitScope, ...], ticket: Ticket, actual: int | None
+    ) -> None:
+        charged = ticket.reserved if actual is None else actual
+        if charged and any(s.limits.tpm is not None for s in scopes):
+            self._metrics.tokens_charged.labels(_key_name(scopes)).inc(charged)
+        try:
+            await self._backend.settle(scopes, ticket.request_id, ticket.reserved, actual)
+        except StoreUnavailable:
+            self._metrics.redis_errors.labels("ratelimit").inc()
+
+    def settle_in_background(
+        self, scopes: tuple[LimitScope, ...], ticket: Ticket, actual: int | None
+    ) -> None:
+        task = asyncio.create_task(self.settle(scopes, ticket, actual))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def close(self) -> None:
+        """Wait for settlements still in flight."""
+        if self._pending:
+            await asyncio.gather(*self._pending, return_exceptions=True)
+
+    def _refusal(
+        self,
+        principal: Principal,
+        scopes: tuple[LimitScope, ...],
+        decision: Decision,
+        tokens: int,
+        headers: dict[str, str],
+    ) -> RateLimitError:
+        kind = decision.refused or "requests"
+        self._metrics.rate_limited.labels(principal.name, kind).inc()
+        limits = [s.limits for s in scopes]
+        if kind == "tokens" and decision.retry_after_s == NEVER:
+            limit = min(lim.tpm for lim in limits if lim.tpm is not None)
+            message = (
+                f"Request too large for key '{principal.name}': it may use {tokens} tokens "
+                f"(prompt estimate + max_tokens) and the limit is {limit} tokens per min. "
+                "Lower max_tokens or shorten the prompt."
+            )
+            return RateLimitError(message, kind, headers)
+        wait = format_duration(decision.retry_after_s)
+        if kind == "concurrency":
+            limit = min(lim.max_concurrent for lim in limits if lim.max_concurrent is not None)
+            what = f"concurrent requests: limit {limit}"
+        elif kind == "tokens":
+            limit = min(lim.tpm for lim in limits if lim.tpm is not None)
+            what = f"tokens per min: limit {limit}, requested {tokens}"
+        else:
+            limit = min(lim.rpm for lim in limits if lim.rpm is not None)
+            what = f"requests per min: limit {limit}"
+        message = (
+            f"Rate limit reached for key '{principal.name}' on {what}. Please try again in {wait}."
+        )
+        return RateLimitError(message, kind, headers | retry_after_header(decision.retry_after_s))
+
+
+def _key_name(scopes: tuple[LimitScope, ...]) -> str:
+    """The key name inside a scope's hash tag: ``{team-a}:m:model`` → ``team-a``."""
+    key = scopes[0].key
+    return key[1 : key.index("}")]

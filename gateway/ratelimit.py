@@ -1,0 +1,176 @@
+"""Rate limits per API key: requests/min, tokens/min and concurrent requests.
+
+Algorithm: a **sliding-window log**. Every admitted request leaves one entry,
+``(time, request id, tokens)``, in its key's log; an entry counts for exactly
+60 s after its admission. A request is admitted only if, counting it, the last
+60 s hold at most ``rpm`` entries and at most ``tpm`` tokens. This is exact at
+window edges: no 60 s span, wherever it starts, ever admits more than the limit.
+Fixed windows admit up to twice the limit around a boundary; GCRA and token
+buckets enforce a *rate with a burst*, which lets through up to ``2R - 1``
+requests in the first minute of a burst; the sliding-window counter is an
+approximation. The cost is memory proportional to the requests admitted in
+the last minute (one sorted-set member each), which is small next to the work
+each request causes on a GPU.
+
+Tokens are *reserved* at admission (an estimate of the prompt plus
+``max_tokens``) and *reconciled* when the response ends: the entry is rewritten
+to the real ``usage``, refunding or charging the difference within the same
+window. Concurrency is a set of leases (request id → expiry) released on every
+path; the expiry only matters when a gateway dies holding one.
+
+A refusal carries the earliest time at which the same request would be
+admitted (``Retry-After``): when enough old entries leave the window.
+
+Backends (:mod:`gateway.backends`) implement the same decision: one Lua script
+in Redis (one round trip, atomic across every gateway replica) or an in-memory
+twin for a single process with no Redis.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
+
+WINDOW_S = 60.0
+RefusalKind = Literal["requests", "tokens", "concurrency"]
+REFUSAL_KINDS: tuple[RefusalKind, ...] = ("requests", "tokens", "concurrency")
+NEVER = -1.0
+"""``retry_after_s`` of a request larger than the token limit itself."""
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """One set of limits; ``None`` means unlimited."""
+
+    rpm: int | None = None
+    tpm: int | None = None
+    max_concurrent: int | None = None
+
+    @property
+    def any(self) -> bool:
+        return self.rpm is not None or self.tpm is not None or self.max_concurrent is not None
+
+    def as_args(self) -> tuple[int, int, int]:
+        """``(rpm, tpm, max_concurrent)`` with 0 for unlimited (the backends' encoding)."""
+        return (self.rpm or 0, self.tpm or 0, self.max_concurrent or 0)
+
+
+NO_LIMITS = Limits()
+
+
+@dataclass(frozen=True, slots=True)
+class LimitScope:
+    """Counters kept under ``key`` (a key, or a key and model) and the limits on them."""
+
+    key: str
+    limits: Limits
+
+
+@dataclass(frozen=True, slots=True)
+class ScopeState:
+    """One scope's counters after a decision (the request included when admitted)."""
+
+    requests: int
+    tokens: int
+    requests_reset_s: float
+    tokens_reset_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    admitted: bool
+    refused: RefusalKind | None
+    retry_after_s: float
+    states: tuple[ScopeState, ...]
+
+
+class LimiterBackend(Protocol):
+    async def admit(
+        self, scopes: Sequence[LimitScope], request_id: str, tokens: int, lease_s: float
+    ) -> Decision:
+        """Decide atomically for every scope; record the request in all of them if admitted."""
+        ...
+
+    async def settle(
+        self, scopes: Sequence[LimitScope], request_id: str, reserved: int, actual: int | None
+    ) -> None:
+        """Rewrite the reservation to ``actual`` tokens (``None``: keep it) and free the slot."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+def estimate_tokens(body: dict[str, Any], default_max_tokens: int) -> int:
+    """Tokens to reserve for a request: the prompt (about 4 characters a token, plus
+    a few per chat message) and the completion budget for every choice."""
+    chars = 0
+    messages = body.get("messages")
+    if isinstance(messages, list):
+        for message in messages:
+            chars += 16  # role and framing
+            content = message.get("content") if isinstance(message, dict) else None
+            if isinstance(content, str):
+                chars += len(content)
+            elif isinstance(content, list):
+                chars += sum(len(str(p.get("text", ""))) for p in content if isinstance(p, dict))
+    prompt = body.get("prompt")
+    if isinstance(prompt, str):
+        chars += len(prompt)
+    elif isinstance(prompt, list):
+        chars += sum(len(p) if isinstance(p, str) else 4 * _length(p) for p in prompt)
+    budget = body.get("max_completion_tokens") or body.get("max_tokens") or default_max_tokens
+    n = body.get("n") or 1
+    if not isinstance(budget, int) or not isinstance(n, int):
+        budget, n = default_max_tokens, 1
+    return math.ceil(chars / 4) + budget * max(n, 1)
+
+
+def _length(value: Any) -> int:
+    return len(value) if isinstance(value, list) else 1
+
+
+def headline(scopes: Sequence[LimitScope], states: Sequence[ScopeState]) -> dict[str, str]:
+    """OpenAI's ``x-ratelimit-*`` headers for the tightest scope of each kind."""
+    headers: dict[str, str] = {}
+    requests = [
+        (s.limits.rpm - st.requests, s.limits.rpm, st.requests_reset_s)
+        for s, st in zip(scopes, states, strict=True)
+        if s.limits.rpm is not None
+    ]
+    if requests:
+        remaining, limit, reset = min(requests)
+        headers["x-ratelimit-limit-requests"] = str(limit)
+        headers["x-ratelimit-remaining-requests"] = str(max(remaining, 0))
+        headers["x-ratelimit-reset-requests"] = format_duration(reset)
+    tokens = [
+        (s.limits.tpm - st.tokens, s.limits.tpm, st.tokens_reset_s)
+        for s, st in zip(scopes, states, strict=True)
+        if s.limits.tpm is not None
+    ]
+    if tokens:
+        remaining, limit, reset = min(tokens)
+        headers["x-ratelimit-limit-tokens"] = str(limit)
+        headers["x-ratelimit-remaining-tokens"] = str(max(remaining, 0))
+        headers["x-ratelimit-reset-tokens"] = format_duration(reset)
+    return headers
+
+
+def format_duration(seconds: float) -> str:
+    """OpenAI's reset format: ``20ms``, ``1s``, ``1.5s``, ``6m0s``."""
+    if seconds <= 0:
+        return "0s"
+    if seconds < 1:
+        return f"{max(1, round(seconds * 1000))}ms"
+    minutes, rest = divmod(seconds, 60)
+    text = f"{rest:.3f}".rstrip("0").rstrip(".") + "s"
+    return f"{int(minutes)}m{text}" if minutes else text
+
+
+def retry_after_header(seconds: float) -> dict[str, str]:
+    """``Retry-After`` (whole seconds, at least 1) and the SDK's ``retry-after-ms``."""
+    return {
+        "Retry-After": str(max(1, math.ceil(seconds))),
+        "retry-after-ms": str(max(1, math.ceil(seconds * 1000))),
+    }

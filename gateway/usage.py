@@ -1,0 +1,85 @@
+"""Reading the real token ``usage`` of a response, for rate-limit reconciliation.
+
+Non-streaming bodies carry ``usage`` at the top level. Streams carry it only
+when asked (``stream_options.include_usage``), in one last event with no
+choices, right before ``[DONE]``: the gateway asks for it when it needs it and,
+if the client did not ask, strips that event so the client sees exactly the
+stream it requested. Only the last event of each relayed batch is examined (a
+byte search), so this costs nothing per token.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+_DONE = b"data: [DONE]\n\n"
+_USAGE = b'"usage"'
+_NO_CHOICES = b'"choices":[]'
+
+
+def usage_tokens(usage: Any) -> int | None:
+    """``total_tokens`` of a usage object (or prompt + completion), if it is one."""
+    if not isinstance(usage, dict):
+        return None
+    total = usage.get("total_tokens")
+    if isinstance(total, int):
+        return total
+    prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
+    if isinstance(prompt, int) and isinstance(completion, int):
+        return prompt + completion
+    return None
+
+
+def body_usage(body: bytes) -> int | None:
+    """Tokens used by a non-streaming response body (None if it has no usage)."""
+    if _USAGE not in body:
+        return None
+    try:
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    return usage_tokens(parsed.get("usage")) if isinstance(parsed, dict) else None
+
+
+def with_usage_requested(body: dict[str, Any]) -> bytes:
+    """The request re-encoded so that a stream ends with a usage event."""
+    options = body.get("stream_options")
+    merged = (options if isinstance(options, dict) else {}) | {"include_usage": True}
+    return orjson.dumps(body | {"stream_options": merged})
+
+
+def client_wants_usage(body: dict[str, Any]) -> bool:
+    options = body.get("stream_options")
+    return isinstance(options, dict) and options.get("include_usage") is True
+
+
+class UsageTap:
+    """Finds the usage event in a relayed stream; removes it when ``strip``."""
+
+    __slots__ = ("strip", "tokens")
+
+    def __init__(self, strip: bool) -> None:
+        self.strip = strip
+        self.tokens: int | None = None
+
+    def inspect(self, batch: bytes) -> bytes:
+        """``batch`` as the client should get it; notes the usage if it is in there."""
+        end = len(batch) - len(_DONE) if batch.endswith(_DONE) else len(batch)
+        start = batch.rfind(b"\n\ndata: ", 0, end - 2)
+        start = 0 if start < 0 else start + 2
+        event = batch[start:end]
+        if _USAGE not in event or _NO_CHOICES not in event:
+            return batch
+        try:
+            parsed = orjson.loads(event[len(b"data: ") :])
+        except orjson.JSONDecodeError:
+            return batch
+        if not isinstance(parsed, dict) or parsed.get("choices") != []:
+            return batch
+        tokens = usage_tokens(parsed.get("usage"))
+        if tokens is None:
+            return batch
+        self.tokens = tokens
+        return batch[:start] + batch[end:] if self.strip else batch
