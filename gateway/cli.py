@@ -1,8 +1,8 @@
 """The ``vgate`` command.
 
 ``vgate serve`` runs the gateway, ``vgate engines stub`` the fake engine,
-``vgate up`` the whole stack on one machine. Sub-commands that belong to the
-engine side delegate to :mod:`engines`.
+``vgate up`` the whole stack on one machine, ``vgate keys`` manages API keys.
+Sub-commands that belong to the engine side delegate to :mod:`engines`.
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ from typing import Any
 
 import uvicorn
 
-from gateway import cli_stack
+from gateway import cli_keys, cli_stack
+from gateway.key_admin import KeyRequestError
 from gateway.settings import CONFIG_ENV_VAR, ConfigError, Settings, load_settings, with_overrides
 
 log = logging.getLogger("vgate")
@@ -40,7 +41,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return int(args.handler(args))
-    except ConfigError as exc:
+    except (ConfigError, KeyRequestError) as exc:
         print(f"vgate: {exc}", file=sys.stderr)
         return 2
 
@@ -62,6 +63,7 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument("--config", type=Path, help=f"YAML config file (or ${CONFIG_ENV_VAR})")
     run.set_defaults(handler=cli_stack.engines_run)
     cli_stack.add_commands(commands)
+    cli_keys.add_commands(commands)
     return parser
 
 

@@ -21,11 +21,22 @@ from engines.models import (
 from engines.spec import EngineSpec
 from engines.supervisor import EngineSupervisor
 from gateway.engine_sources import build_deployments, build_registry
-from gateway.settings import ConfigError, ModelSettings, Settings, load_settings, with_overrides
+from gateway.keystore import new_secret
+from gateway.settings import (
+    ConfigError,
+    ModelSettings,
+    Settings,
+    StaticKey,
+    load_settings,
+    with_overrides,
+)
 
 # The embedded default: float32, because bf16 drifted into nonsense on the CPU build
 # while float32 answers "The capital of France is Paris." (DESIGN.md §7).
 DEFAULT_ENGINE = EngineSpec(source="default", dtype="float32", max_model_len=2048)
+
+
+DEV_KEY_NAME = "dev"
 
 
 def say(message: str) -> None:
@@ -40,13 +51,24 @@ def with_default_model(settings: Settings) -> Settings:
     return settings.model_copy(update={"models": (model,)})
 
 
+def with_dev_key(settings: Settings) -> Settings:
+    """With auth on and no key in the config, a key for this run only, printed when ready."""
+    auth = settings.auth
+    if not auth.enabled or auth.keys:
+        return settings
+    dev = StaticKey(name=DEV_KEY_NAME, key=new_secret())
+    return settings.model_copy(update={"auth": auth.model_copy(update={"keys": (dev,)})})
+
+
 def up(args: argparse.Namespace) -> int:
     """Prepare the default model, start its engine and the gateway, print how to use it."""
     from gateway.cli import run_gateway
 
     started = time.monotonic()
-    settings = with_default_model(
-        with_overrides(load_settings(args.config), host=args.host, port=args.port)
+    settings = with_dev_key(
+        with_default_model(
+            with_overrides(load_settings(args.config), host=args.host, port=args.port)
+        )
     )
     if any(m.engine and m.engine.source == "default" for m in settings.models):
         say("preparing the default model (first run: download + conversion, ~1 min)")
@@ -65,7 +87,8 @@ def up(args: argparse.Namespace) -> int:
         names = ", ".join(m.name for m in settings.models)
         auth = settings.auth
         if auth.enabled:
-            key_line = f"{auth.keys[0].key}  (key '{auth.keys[0].name}' from the config)"
+            origin = "made for this run" if auth.keys[0].name == DEV_KEY_NAME else "from the config"
+            key_line = f"{auth.keys[0].key}  (key '{auth.keys[0].name}' {origin})"
             bearer = f"-H 'Authorization: Bearer {auth.keys[0].key}' "
         else:
             key_line, bearer = "none needed: auth is off (auth.enabled: false)", ""

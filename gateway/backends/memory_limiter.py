@@ -21,19 +21,21 @@ class _Log:
     tokens: int = 0
     slots: dict[str, float] = field(default_factory=dict)
 
-    def expire(self, now: float) -> None:
-        cutoff = now - WINDOW_S
+    def expire(self, now: float, window_s: float) -> None:
+        cutoff = now - window_s
         while self.entries and self.entries[0][0] <= cutoff:
             self.tokens -= self.entries.popleft()[2]
         for request_id, expiry in list(self.slots.items()):
             if expiry <= now:
                 del self.slots[request_id]
 
-    def refusal(self, scope: LimitScope, cost: int, now: float) -> tuple[RefusalKind, float] | None:
+    def refusal(
+        self, scope: LimitScope, cost: int, now: float, window_s: float
+    ) -> tuple[RefusalKind, float] | None:
         rpm, tpm, max_concurrent = scope.limits.as_args()
         count = len(self.entries)
         if rpm and count + 1 > rpm:
-            return "requests", self.entries[count - rpm][0] + WINDOW_S - now
+            return "requests", self.entries[count - rpm][0] + window_s - now
         if tpm and self.tokens + cost > tpm:
             if cost > tpm:
                 return "tokens", NEVER
@@ -41,22 +43,25 @@ class _Log:
             for admitted_at, _, tokens in self.entries:
                 freed += tokens
                 if self.tokens - freed + cost <= tpm:
-                    return "tokens", admitted_at + WINDOW_S - now
-            return "tokens", WINDOW_S
+                    return "tokens", admitted_at + window_s - now
+            return "tokens", window_s
         if max_concurrent and len(self.slots) + 1 > max_concurrent:
             return "concurrency", 1.0
         return None
 
-    def state(self, now: float) -> ScopeState:
-        reset = self.entries[0][0] + WINDOW_S - now if self.entries else 0.0
+    def state(self, now: float, window_s: float) -> ScopeState:
+        reset = self.entries[0][0] + window_s - now if self.entries else 0.0
         return ScopeState(len(self.entries), self.tokens, max(reset, 0.0), max(reset, 0.0))
 
 
 class MemoryLimiter:
     """:class:`gateway.ratelimit.LimiterBackend` in this process's memory."""
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, clock: Callable[[], float] = time.monotonic, window_s: float = WINDOW_S
+    ) -> None:
         self._clock = clock
+        self._window_s = window_s
         self._logs: dict[str, _Log] = {}
 
     async def admit(
@@ -66,15 +71,15 @@ class MemoryLimiter:
         logs = [self._logs.setdefault(scope.key, _Log()) for scope in scopes]
         refusal: tuple[RefusalKind, float] | None = None
         for scope, log in zip(scopes, logs, strict=True):
-            log.expire(now)
-            refusal = refusal or log.refusal(scope, tokens, now)
+            log.expire(now, self._window_s)
+            refusal = refusal or log.refusal(scope, tokens, now, self._window_s)
         if refusal is None:
             for scope, log in zip(scopes, logs, strict=True):
                 log.entries.append((now, request_id, tokens))
                 log.tokens += tokens
                 if scope.limits.max_concurrent:
                     log.slots[request_id] = now + lease_s
-        states = tuple(log.state(now) for log in logs)
+        states = tuple(log.state(now, self._window_s) for log in logs)
         if refusal is None:
             return Decision(True, None, 0.0, states)
         return Decision(False, refusal[0], refusal[1], states)

@@ -29,8 +29,11 @@ _SCRIPT = resources.files("gateway.backends").joinpath("limiter.lua").read_text(
 class RedisLimiter:
     """:class:`gateway.ratelimit.LimiterBackend` on a shared Redis."""
 
-    def __init__(self, link: RedisLink, prefix: str = "vgate:rl:") -> None:
+    def __init__(
+        self, link: RedisLink, prefix: str = "vgate:rl:", window_s: float = WINDOW_S
+    ) -> None:
         self._link = link
+        self._window_ms = int(window_s * 1000)
         self._prefix = prefix
         self._script = link.client.register_script(_SCRIPT)
 
@@ -41,7 +44,7 @@ class RedisLimiter:
             "admit",
             request_id,
             tokens,
-            int(WINDOW_S * 1000),
+            self._window_ms,
             int(lease_s * 1000),
         ]
         for scope in scopes:

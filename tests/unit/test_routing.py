@@ -125,9 +125,7 @@ def test_round_robin_spreads_first_attempts_when_retries_are_allowed() -> None:
     routing = RoutingTable(RoutingSettings(policy="round_robin"), {})
     metrics = GatewayMetrics()
     admission = Admission(MemoryLimiter(), RateLimitSettings(), metrics)
-    service = CompletionService(
-        {}, pool, routing, upstream, metrics, 1, OpenAccess(), admission
-    )
+    service = CompletionService({}, pool, routing, upstream, metrics, 1, OpenAccess(), admission)
     policy = routing.for_model("m")[0]
     parsed = ParsedRequest("m", False, {}, b"{}", policy, None)
     firsts = [next(service._candidates(parsed)) for _ in range(4)]
