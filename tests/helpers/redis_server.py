@@ -13,12 +13,12 @@ from tests.helpers.processes import free_port, run_process
 
 
 @contextlib.contextmanager
-def run_redis() -> Iterator[str]:
+def run_redis(port: int | None = None) -> Iterator[str]:
     """Start redis-server (no persistence) and yield its URL once it answers PING."""
     binary = shutil.which("redis-server")
     if binary is None:
         raise RuntimeError("redis-server is not installed: run scripts/bootstrap.sh")
-    port = free_port()
+    port = port or free_port()
     argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
     url = f"redis://127.0.0.1:{port}/0"
     with run_process(argv, ready_url=None):
