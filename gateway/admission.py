@@ -5,10 +5,10 @@
 exactly once, on every path: with the real token ``usage`` when the response
 ends, with 0 tokens when the request failed before the engine produced
 anything, or keeping the reservation when the outcome is unknown (the client
-left, the stream broke). Settling frees the concurrency slot; a ticket holding
-one is settled before the client sees the end of its response, so a client
-that sends its next request right away finds the slot free. Other settlements
-run in the background.
+left, the stream broke). Settling frees the concurrency slot. It is sent
+before the client sees the end of its response but never waited for: Redis
+runs it before anything this gateway sends later, so a client that sends its
+next request right away finds its slot free.
 
 When the backend is unreachable, ``ratelimit.on_redis_error`` decides:
 ``fail_open`` admits without limits, ``fail_closed`` answers 503; both are
@@ -18,6 +18,7 @@ counted in ``vgate_redis_errors_total``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 from typing import Any
@@ -41,7 +42,7 @@ log = logging.getLogger("vgate.ratelimit")
 
 
 class Ticket:
-    """One admitted request's reservation."""
+    """One admitted request's reservation; settled once, whichever path ends it."""
 
     __slots__ = ("_admission", "_scopes", "_settled", "headers", "request_id", "reserved")
 
@@ -65,26 +66,12 @@ class Ticket:
         """True when a token limit applies, so the real usage must be read."""
         return any(s.limits.tpm is not None for s in self._scopes)
 
-    @property
-    def holds_slot(self) -> bool:
-        return any(s.limits.max_concurrent is not None for s in self._scopes)
-
-    async def settle(self, actual: int | None) -> None:
-        """Charge ``actual`` tokens (``None``: the reservation); waits only if a slot is held."""
+    def settle(self, actual: int | None) -> None:
+        """Charge ``actual`` tokens (``None``: keep the reservation) and free the slot."""
         if self._settled or self._admission is None:
             return
         self._settled = True
-        if self.holds_slot:
-            await self._admission.settle(self._scopes, self, actual)
-        else:
-            self._admission.settle_in_background(self._scopes, self, actual)
-
-    def settle_later(self, actual: int | None) -> None:
-        """Settle without waiting (error and disconnect paths)."""
-        if self._settled or self._admission is None:
-            return
-        self._settled = True
-        self._admission.settle_in_background(self._scopes, self, actual)
+        self._admission.settle(self._scopes, self, actual)
 
 
 FREE_PASS = Ticket(None, (), "", 0, {})
@@ -98,7 +85,6 @@ class Admission:
         self._backend = backend
         self._settings = settings
         self._metrics = metrics
-        self._pending: set[asyncio.Task[None]] = set()
 
     async def admit(self, principal: Principal, model: str, body: dict[str, Any]) -> Ticket:
         scopes = principal.scopes(model)
@@ -112,6 +98,10 @@ class Admission:
             decision = await self._backend.admit(
                 scopes, request_id, tokens, self._settings.concurrency_lease_s
             )
+        except asyncio.CancelledError:  # the client left while Redis decided: undo any charge
+            with contextlib.suppress(StoreUnavailable):
+                self._backend.settle(scopes, request_id, tokens, 0)
+            raise
         except StoreUnavailable:
             self._metrics.redis_errors.labels("ratelimit").inc()
             if self._settings.on_redis_error == "fail_closed":
@@ -126,28 +116,14 @@ class Admission:
             raise self._refusal(principal, scopes, decision, tokens, headers)
         return Ticket(self, scopes, request_id, tokens, headers)
 
-    async def settle(
-        self, scopes: tuple[LimitScope, ...], ticket: Ticket, actual: int | None
-    ) -> None:
+    def settle(self, scopes: tuple[LimitScope, ...], ticket: Ticket, actual: int | None) -> None:
         charged = ticket.reserved if actual is None else actual
         if charged and any(s.limits.tpm is not None for s in scopes):
             self._metrics.tokens_charged.labels(_key_name(scopes)).inc(charged)
         try:
-            await self._backend.settle(scopes, ticket.request_id, ticket.reserved, actual)
+            self._backend.settle(scopes, ticket.request_id, ticket.reserved, actual)
         except StoreUnavailable:
             self._metrics.redis_errors.labels("ratelimit").inc()
-
-    def settle_in_background(
-        self, scopes: tuple[LimitScope, ...], ticket: Ticket, actual: int | None
-    ) -> None:
-        task = asyncio.create_task(self.settle(scopes, ticket, actual))
-        self._pending.add(task)
-        task.add_done_callback(self._pending.discard)
-
-    async def close(self) -> None:
-        """Wait for settlements still in flight."""
-        if self._pending:
-            await asyncio.gather(*self._pending, return_exceptions=True)
 
     def _refusal(
         self,

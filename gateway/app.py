@@ -131,7 +131,6 @@ async def _start(
     key_refresher.start()
     stack.push_async_callback(key_refresher.stop)
     admission = Admission(limiter, settings.ratelimit, metrics)
-    stack.push_async_callback(admission.close)
     service = CompletionService(
         models={m.name: m for m in settings.models},
         pool=pool,

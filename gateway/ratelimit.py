@@ -93,10 +93,14 @@ class LimiterBackend(Protocol):
         """Decide atomically for every scope; record the request in all of them if admitted."""
         ...
 
-    async def settle(
+    def settle(
         self, scopes: Sequence[LimitScope], request_id: str, reserved: int, actual: int | None
     ) -> None:
-        """Rewrite the reservation to ``actual`` tokens (``None``: keep it) and free the slot."""
+        """Rewrite the reservation to ``actual`` tokens (``None``: keep it) and free the slot.
+
+        Not awaited: the change is applied (memory) or sent (Redis) before this returns,
+        ahead of anything this process sends later; its reply is checked in the background.
+        """
         ...
 
     async def close(self) -> None: ...

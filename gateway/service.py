@@ -151,11 +151,11 @@ class CompletionService:
                 finally:
                     in_flight.dec()
         except GatewayError as exc:
-            ticket.settle_later(0)  # nothing was generated: no tokens charged
+            ticket.settle(0)  # nothing was generated: no tokens charged
             exc.headers.update(ticket.headers)
             raise
         except BaseException:
-            ticket.settle_later(None)  # the client left: outcome unknown, keep the reservation
+            ticket.settle(None)  # the client left: outcome unknown, keep the reservation
             raise
         if ticket.headers:
             response.headers.update(ticket.headers)
@@ -202,7 +202,7 @@ class CompletionService:
             if reply.status >= 400:
                 self._metrics.upstream_errors.labels(parsed.model, "status").inc()
                 raise UpstreamStatusError(reply.status, reply.body, reply.content_type)
-            await ticket.settle(body_usage(reply.body) if ticket.wants_usage else None)
+            ticket.settle(body_usage(reply.body) if ticket.wants_usage else None)
             return Response(
                 reply.body, reply.status, {ENGINE_HEADER: url}, media_type="application/json"
             )
@@ -271,7 +271,7 @@ class CompletionService:
         closed = False
 
         async def done() -> None:
-            await ticket.settle(tap.tokens if tap is not None else None)
+            ticket.settle(tap.tokens if tap is not None else None)
 
         async def finish() -> None:
             nonlocal closed
@@ -281,7 +281,7 @@ class CompletionService:
             stream.close()
             self._pool.release(url)
             in_flight.dec()
-            ticket.settle_later(None)  # no-op after `done`; else the stream did not finish
+            ticket.settle(None)  # no-op after `done`; else the stream did not finish
             self._record_stream(route, model, outcome, started)
 
         body = relay_events(stream, outcome, time.perf_counter, tap, done)

@@ -84,7 +84,7 @@ class MemoryLimiter:
             return Decision(True, None, 0.0, states)
         return Decision(False, refusal[0], refusal[1], states)
 
-    async def settle(
+    def settle(
         self, scopes: Sequence[LimitScope], request_id: str, reserved: int, actual: int | None
     ) -> None:
         for scope in scopes:

@@ -1,18 +1,27 @@
-"""The rate limiter in Redis: one Lua script per decision (``limiter.lua``).
+"""The rate limiter in Redis: the Lua script ``limiter.lua``, called in batches.
 
-One round trip admits or refuses a request for every scope at once, atomically,
-so any number of gateway replicas enforce one limit together. The script reads
-the time from Redis, so replicas on hosts whose clocks disagree still agree.
+Every decision is made inside Redis by the script, atomically, so any number
+of gateway replicas enforce one limit together; the script reads the time from
+Redis, so replicas whose clocks disagree still agree.
+
+Admissions and settlements made in the same event-loop turn go to Redis as one
+script call (at most :data:`MAX_BATCH` operations): one write, one round trip,
+one reply to parse, however many requests are waiting. Each operation in a
+batch is still decided on its own, in order, exactly as if sent alone. A
+settlement is never waited for: it goes out in the turn it is made, ahead of
+anything this gateway sends later.
 """
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 from collections.abc import Sequence
 from importlib import resources
-
-from redis.exceptions import RedisError
+from typing import Any
 
 from gateway.backends.redis_link import RedisLink
+from gateway.backends.resp import RedisReplyError
 from gateway.errors import StoreUnavailable
 from gateway.ratelimit import (
     NEVER,
@@ -24,6 +33,11 @@ from gateway.ratelimit import (
 )
 
 _SCRIPT = resources.files("gateway.backends").joinpath("limiter.lua").read_text("utf-8")
+_SHA = hashlib.sha1(_SCRIPT.encode()).hexdigest()
+MAX_BATCH = 128
+
+_Waiter = tuple["asyncio.Future[list[int]]", int] | None
+"""An admission's reply future and scope count; None for a settlement."""
 
 
 class RedisLimiter:
@@ -33,59 +47,113 @@ class RedisLimiter:
         self, link: RedisLink, prefix: str = "vgate:rl:", window_s: float = WINDOW_S
     ) -> None:
         self._link = link
-        self._window_ms = int(window_s * 1000)
         self._prefix = prefix
-        self._script = link.client.register_script(_SCRIPT)
+        self._window_ms = int(window_s * 1000)
+        self._keys: list[str] = []
+        self._args: list[str | int] = []
+        self._waiters: list[_Waiter] = []
+        self._scheduled = False
 
     async def admit(
         self, scopes: Sequence[LimitScope], request_id: str, tokens: int, lease_s: float
     ) -> Decision:
-        args: list[str | int] = [
-            "admit",
-            request_id,
-            tokens,
-            self._window_ms,
-            int(lease_s * 1000),
-        ]
+        self._link.check()
+        future: asyncio.Future[list[int]] = asyncio.get_running_loop().create_future()
+        limits: list[int] = []
         for scope in scopes:
-            args.extend(scope.limits.as_args())
-        reply = await self._call(scopes, args)
+            limits.extend(scope.limits.as_args())
+        self._add(scopes, ["a", len(scopes), request_id, tokens, int(lease_s * 1000), *limits],
+                  (future, len(scopes)))  # fmt: skip
+        reply = await future
         states = tuple(
             ScopeState(
-                requests=int(reply[i]),
-                tokens=int(reply[i + 1]),
-                requests_reset_s=int(reply[i + 2]) / 1000,
-                tokens_reset_s=int(reply[i + 2]) / 1000,
+                requests=reply[i],
+                tokens=reply[i + 1],
+                requests_reset_s=reply[i + 2] / 1000,
+                tokens_reset_s=reply[i + 2] / 1000,
             )
             for i in range(3, len(reply), 3)
         )
-        refused = int(reply[1])
-        retry_ms = int(reply[2])
+        refused = reply[1]
         return Decision(
             admitted=bool(reply[0]),
             refused=REFUSAL_KINDS[refused - 1] if refused else None,
-            retry_after_s=NEVER if retry_ms < 0 else retry_ms / 1000,
+            retry_after_s=NEVER if reply[2] < 0 else reply[2] / 1000,
             states=states,
         )
 
-    async def settle(
+    def settle(
         self, scopes: Sequence[LimitScope], request_id: str, reserved: int, actual: int | None
     ) -> None:
-        await self._call(scopes, ["settle", request_id, reserved, -1 if actual is None else actual])
+        self._link.check()
+        settled = -1 if actual is None else actual
+        self._add(scopes, ["s", len(scopes), request_id, reserved, settled], None)
 
     async def close(self) -> None:
         """The link is shared and closed by its owner."""
+        self._flush()
 
-    async def _call(self, scopes: Sequence[LimitScope], args: list[str | int]) -> list[int]:
-        keys: list[str] = []
+    def _add(self, scopes: Sequence[LimitScope], args: list[str | int], waiter: _Waiter) -> None:
         for scope in scopes:
             base = f"{self._prefix}{scope.key}"
-            keys += [f"{base}:log", f"{base}:tokens", f"{base}:slots"]
-        self._link.check()
-        try:
-            reply: list[int] = await self._script(keys=keys, args=args)
-        except (RedisError, OSError) as exc:
-            self._link.failed(exc)
-            raise StoreUnavailable(str(exc)) from None
+            self._keys += (f"{base}:log", f"{base}:tokens", f"{base}:slots")
+        self._args += args
+        self._waiters.append(waiter)
+        if len(self._waiters) >= MAX_BATCH:
+            self._flush()
+        elif not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._scheduled = False
+        if not self._waiters:
+            return
+        keys, args, waiters = self._keys, self._args, self._waiters
+        self._keys, self._args, self._waiters = [], [], []
+        self._send("EVALSHA", _SHA, keys, args, waiters)
+
+    def _send(
+        self,
+        command: str,
+        script: str,
+        keys: list[str],
+        args: list[str | int],
+        waiters: list[_Waiter],
+    ) -> None:
+        reply = self._link.fast.send_nowait(
+            command, script, len(keys), *keys, self._window_ms, *args
+        )
+        reply.add_done_callback(lambda done: self._deliver(done, command, keys, args, waiters))
+
+    def _deliver(
+        self,
+        done: asyncio.Future[Any],
+        command: str,
+        keys: list[str],
+        args: list[str | int],
+        waiters: list[_Waiter],
+    ) -> None:
+        error = StoreUnavailable("cancelled") if done.cancelled() else done.exception()
+        unknown_script = isinstance(error, RedisReplyError) and str(error).startswith("NOSCRIPT")
+        if unknown_script and command == "EVALSHA":  # first use since Redis started
+            self._send("EVAL", _SCRIPT, keys, args, waiters)
+            return
+        if error is not None:
+            self._link.failed(error)
+            failure = StoreUnavailable(str(error))
+            for waiter in waiters:
+                if waiter is not None and not waiter[0].done():
+                    waiter[0].set_exception(failure)
+            return
         self._link.succeeded()
-        return reply
+        reply: list[int] = done.result()
+        position = 0
+        for waiter in waiters:
+            if waiter is None:
+                continue
+            future, scopes = waiter
+            size = 3 + 3 * scopes
+            if not future.done():
+                future.set_result(reply[position : position + size])
+            position += size

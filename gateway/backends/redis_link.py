@@ -1,6 +1,7 @@
-"""One Redis connection pool for the request path, with a short circuit when it is down.
+"""Redis for the gateway: a lean pipelined client for the request path, redis-py for the
+rest, and a short circuit when Redis is down.
 
-Request-path commands use short timeouts. After a failure the link reports
+Request-path commands (:attr:`RedisLink.fast`) use short timeouts. After a failure the link reports
 "down" without trying for ``retry_s``, so an unreachable Redis costs requests
 nothing but a clock read; the first command after that tries again, and redis-py
 reconnects on its own, so the gateway recovers with no restart.
@@ -13,6 +14,7 @@ import time
 
 import redis.asyncio as aioredis
 
+from gateway.backends.resp import RespClient
 from gateway.errors import StoreUnavailable
 
 log = logging.getLogger("vgate.redis")
@@ -27,6 +29,7 @@ class RedisLink:
             max_connections=512,
             health_check_interval=0,
         )
+        self.fast = RespClient(url, timeout_s)
         self._retry_s = retry_s
         self._down_until = 0.0
         self.failures = 0
@@ -49,4 +52,5 @@ class RedisLink:
             self._down_until = 0.0
 
     async def close(self) -> None:
+        await self.fast.close()
         await self.client.aclose()

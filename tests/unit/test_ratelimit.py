@@ -88,7 +88,7 @@ async def test_tokens_are_reserved_then_refunded_to_usage(limiter: LimiterBacken
     refused = await limiter.admit(scopes, "c", 40, LEASE)
     assert first.admitted and not refused.admitted and refused.refused == "tokens"
     assert refused.states[0].tokens == 80
-    await limiter.settle(scopes, "a", 40, 10)  # the answer was short: 30 tokens come back
+    limiter.settle(scopes, "a", 40, 10)  # the answer was short: 30 tokens come back
     retried = await limiter.admit(scopes, "c", 40, LEASE)
     assert retried.admitted
     assert retried.states[0].tokens == 90
@@ -97,7 +97,7 @@ async def test_tokens_are_reserved_then_refunded_to_usage(limiter: LimiterBacken
 async def test_usage_above_the_reservation_is_charged(limiter: LimiterBackend) -> None:
     scopes = [scope(tpm=100)]
     assert (await limiter.admit(scopes, "a", 10, LEASE)).admitted
-    await limiter.settle(scopes, "a", 10, 95)
+    limiter.settle(scopes, "a", 10, 95)
     decision = await limiter.admit(scopes, "b", 10, LEASE)
     assert not decision.admitted
     assert decision.states[0].tokens == 95
@@ -117,7 +117,7 @@ async def test_concurrency_slots_come_back_when_settled(limiter: LimiterBackend)
     assert (await limiter.admit(scopes, "b", 0, LEASE)).admitted
     refused = await limiter.admit(scopes, "c", 0, LEASE)
     assert refused.refused == "concurrency"
-    await limiter.settle(scopes, "a", 0, None)
+    limiter.settle(scopes, "a", 0, None)
     assert (await limiter.admit(scopes, "c", 0, LEASE)).admitted
 
 

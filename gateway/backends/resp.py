@@ -1,0 +1,231 @@
+"""A minimal multiplexed Redis client for the request path (RESP2 over one connection).
+
+Every gateway request makes a Redis call or two (rate limits), so the client's
+own cost matters: redis-py checks a connection out of a pool, builds and parses
+each command in pure Python and waits for its reply before the connection can
+serve anyone else. Here every caller writes its command straight onto one
+shared connection and waits on a future; Redis answers in order, so replies
+resolve the futures first-in first-out. Commands from concurrent requests go
+out back to back (pipelined) with no pool and no per-call timers: a watchdog
+ticks every ``timeout_s / 4`` and fails the connection when its oldest
+unanswered command is older than ``timeout_s``.
+
+Failures (refused, reset, timed out) raise :class:`StoreUnavailable`; the next
+call reconnects. Only what the hot path needs: ``call`` and ``evalsha``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import ssl
+import time
+from collections import deque
+from typing import Any, cast
+from urllib.parse import unquote, urlparse
+
+from gateway.errors import StoreUnavailable
+
+
+class RedisReplyError(Exception):
+    """Redis answered with an error reply (``-ERR ...``)."""
+
+
+class _Incomplete(Exception):
+    """The buffer does not hold a whole reply yet."""
+
+
+def encode_command(args: tuple[bytes | str | int, ...]) -> bytes:
+    parts = [b"*%d\r\n" % len(args)]
+    for arg in args:
+        data = arg if isinstance(arg, bytes) else str(arg).encode()
+        parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
+    return b"".join(parts)
+
+
+def parse_reply(buffer: bytes | bytearray, start: int) -> tuple[Any, int]:
+    """One reply from ``buffer[start:]`` and where the next begins; :class:`_Incomplete`
+    if it has not all arrived. Error replies are returned as :class:`RedisReplyError`."""
+    end = buffer.find(b"\r\n", start)
+    if end < 0:
+        raise _Incomplete
+    kind, line = buffer[start : start + 1], buffer[start + 1 : end]
+    after = end + 2
+    if kind == b":":
+        return int(line), after
+    if kind == b"$":
+        size = int(line)
+        if size < 0:
+            return None, after
+        if len(buffer) < after + size + 2:
+            raise _Incomplete
+        return bytes(buffer[after : after + size]), after + size + 2
+    if kind == b"*":
+        count = int(line)
+        if count < 0:
+            return None, after
+        items = []
+        for _ in range(count):
+            item, after = parse_reply(buffer, after)
+            items.append(item)
+        return items, after
+    if kind == b"+":
+        return bytes(line), after
+    if kind == b"-":
+        return RedisReplyError(bytes(line).decode("utf-8", "replace")), after
+    raise StoreUnavailable(f"unexpected Redis reply type {kind!r}")
+
+
+class _Connection(asyncio.Protocol):
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.pending: deque[tuple[asyncio.Future[Any], float]] = deque()
+        self.closed = False
+        self._buffer = bytearray()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+
+    def data_received(self, data: bytes) -> None:
+        buffer = self._buffer
+        buffer += data
+        position = 0
+        pending = self.pending
+        try:
+            while position < len(buffer) and pending:
+                reply, position = parse_reply(buffer, position)
+                future = pending.popleft()[0]
+                if future.done():
+                    continue
+                if isinstance(reply, RedisReplyError):
+                    future.set_exception(reply)
+                else:
+                    future.set_result(reply)
+        except _Incomplete:
+            pass
+        except StoreUnavailable as exc:
+            self.fail(exc)
+            return
+        del buffer[:position]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.fail(StoreUnavailable(f"redis connection lost: {exc or 'closed by the server'}"))
+
+    def send(self, payload: bytes, future: asyncio.Future[Any]) -> None:
+        assert self.transport is not None
+        self.pending.append((future, time.monotonic()))
+        self.transport.write(payload)
+
+    def fail(self, exc: Exception) -> None:
+        self.closed = True
+        while self.pending:
+            future = self.pending.popleft()[0]
+            if not future.done():
+                future.set_exception(exc)
+        if self.transport is not None:
+            self.transport.close()
+
+
+class RespClient:
+    """One shared, pipelined connection to the Redis at ``url``."""
+
+    def __init__(self, url: str, timeout_s: float) -> None:
+        parsed = urlparse(url)
+        if parsed.scheme not in ("redis", "rediss", "unix"):
+            raise ValueError(f"unsupported Redis URL scheme: {parsed.scheme!r}")
+        self._parsed = parsed
+        self._timeout_s = timeout_s
+        self._connection: _Connection | None = None
+        self._connecting: asyncio.Lock | None = None
+        self._watchdog: asyncio.Task[None] | None = None
+
+    async def call(self, *args: bytes | str | int) -> Any:
+        connection = self._connection
+        if connection is None or connection.closed:
+            connection = await self._connect()
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        connection.send(encode_command(args), future)
+        return await future
+
+    def send_nowait(self, *args: bytes | str | int) -> asyncio.Future[Any]:
+        """Write the command now and return its reply's future, without waiting.
+
+        Redis runs one connection's commands in order, so anything this client sends
+        later runs after it. With no connection up, the command goes out once one is.
+        """
+        connection = self._connection
+        if connection is None or connection.closed:
+            return asyncio.ensure_future(self.call(*args))
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        connection.send(encode_command(args), future)
+        return future
+
+    async def evalsha(self, script: str, keys: list[str], args: list[str | int]) -> Any:
+        """Run a Lua script by its SHA-1, loading it first if Redis does not know it."""
+        sha = hashlib.sha1(script.encode()).hexdigest()
+        try:
+            return await self.call("EVALSHA", sha, len(keys), *keys, *args)
+        except RedisReplyError as exc:
+            if not str(exc).startswith("NOSCRIPT"):
+                raise
+        return await self.call("EVAL", script, len(keys), *keys, *args)
+
+    async def close(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watchdog
+        if self._connection is not None:
+            self._connection.fail(StoreUnavailable("client closed"))
+            self._connection = None
+
+    async def _connect(self) -> _Connection:
+        if self._connecting is None:
+            self._connecting = asyncio.Lock()
+        async with self._connecting:
+            if self._connection is not None and not self._connection.closed:
+                return self._connection
+            try:
+                connection = await asyncio.wait_for(self._open(), self._timeout_s)
+            except (OSError, TimeoutError, RedisReplyError) as exc:
+                raise StoreUnavailable(f"cannot connect to redis: {exc!r}") from None
+            self._connection = connection
+            if self._watchdog is None or self._watchdog.done():
+                self._watchdog = asyncio.create_task(self._watch(), name="redis-watchdog")
+            return connection
+
+    async def _open(self) -> _Connection:
+        loop = asyncio.get_running_loop()
+        parsed = self._parsed
+        if parsed.scheme == "unix":
+            _, connection = await loop.create_unix_connection(_Connection, parsed.path)
+        else:
+            context = ssl.create_default_context() if parsed.scheme == "rediss" else None
+            _, connection = await loop.create_connection(
+                _Connection, parsed.hostname or "127.0.0.1", parsed.port or 6379, ssl=context
+            )
+        if parsed.password is not None:
+            user = unquote(parsed.username) if parsed.username else None
+            secret = unquote(parsed.password)
+            await self._handshake(connection, ("AUTH", user, secret) if user else ("AUTH", secret))
+        database = parsed.path.strip("/") if parsed.scheme != "unix" else ""
+        if database and database != "0":
+            await self._handshake(connection, ("SELECT", database))
+        return connection
+
+    @staticmethod
+    async def _handshake(connection: _Connection, args: tuple[str, ...]) -> None:
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        connection.send(encode_command(args), future)
+        await future
+
+    async def _watch(self) -> None:
+        """Fail a connection whose oldest unanswered command is older than the timeout."""
+        while True:
+            await asyncio.sleep(self._timeout_s / 4)
+            connection = self._connection
+            if connection is None or connection.closed or not connection.pending:
+                continue
+            if time.monotonic() - connection.pending[0][1] > self._timeout_s:
+                connection.fail(StoreUnavailable("redis did not answer within the timeout"))
