@@ -164,3 +164,24 @@ def test_token_estimate_counts_prompt_and_completion_budget() -> None:
     assert estimate_tokens({"prompt": "abcd" * 10}, 512) == 10 + 512
     parts = {"messages": [{"role": "user", "content": [{"type": "text", "text": "y" * 84}]}]}
     assert estimate_tokens(parts | {"max_completion_tokens": 7}, 512) == 25 + 7
+
+
+async def test_concurrent_decisions_batched_together_stay_exact(limiter: LimiterBackend) -> None:
+    scopes = [scope(rpm=20, max_concurrent=30)]
+    decisions = await asyncio.gather(*(limiter.admit(scopes, f"r{i}", 0, LEASE) for i in range(50)))
+    assert sum(d.admitted for d in decisions) == 20
+    assert [d.admitted for d in decisions] == [True] * 20 + [False] * 30  # in arrival order
+
+
+async def test_the_script_is_reloaded_after_redis_forgets_it(redis_url: str) -> None:
+    import redis.asyncio as aioredis
+
+    link = RedisLink(redis_url, timeout_s=1.0, retry_s=0.1)
+    limiter = RedisLimiter(link, prefix=f"test:{uuid.uuid4().hex}:", window_s=WINDOW)
+    assert (await limiter.admit([scope(rpm=2)], "a", 0, LEASE)).admitted
+    admin = aioredis.Redis.from_url(redis_url)
+    await admin.script_flush()
+    await admin.aclose()
+    assert (await limiter.admit([scope(rpm=2)], "b", 0, LEASE)).admitted
+    assert not (await limiter.admit([scope(rpm=2)], "c", 0, LEASE)).admitted
+    await link.close()
