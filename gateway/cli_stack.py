@@ -36,7 +36,7 @@ from gateway.settings import (
 DEFAULT_ENGINE = EngineSpec(source="default", dtype="float32", max_model_len=2048)
 
 
-DEV_KEY_NAME = "dev"
+DEV_KEY_NAME = "vgate-up"
 
 
 def say(message: str) -> None:
@@ -65,11 +65,11 @@ def up(args: argparse.Namespace) -> int:
     from gateway.cli import run_gateway
 
     started = time.monotonic()
-    settings = with_dev_key(
-        with_default_model(
-            with_overrides(load_settings(args.config), host=args.host, port=args.port)
-        )
+    configured = with_default_model(
+        with_overrides(load_settings(args.config), host=args.host, port=args.port)
     )
+    settings = with_dev_key(configured)
+    origin = "from the config" if settings is configured else "made for this run"
     if any(m.engine and m.engine.source == "default" for m in settings.models):
         say("preparing the default model (first run: download + conversion, ~1 min)")
         try:
@@ -87,7 +87,6 @@ def up(args: argparse.Namespace) -> int:
         names = ", ".join(m.name for m in settings.models)
         auth = settings.auth
         if auth.enabled:
-            origin = "made for this run" if auth.keys[0].name == DEV_KEY_NAME else "from the config"
             key_line = f"{auth.keys[0].key}  (key '{auth.keys[0].name}' {origin})"
             bearer = f"-H 'Authorization: Bearer {auth.keys[0].key}' "
         else:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import httpx
 import openai
+import pytest
 import yaml
 
 from tests.helpers.processes import free_port
@@ -18,10 +20,12 @@ from tests.helpers.processes import free_port
 KEY = "sk-dev-0123456789"
 
 
-def test_up_prints_the_banner_serves_and_stops_on_ctrl_c(tmp_path: Path) -> None:
+@pytest.mark.parametrize("declared", [True, False], ids=["key-in-config", "key-made-for-the-run"])
+def test_up_prints_the_banner_serves_and_stops_on_ctrl_c(tmp_path: Path, declared: bool) -> None:
+    keys = [{"name": "dev", "key": KEY}] if declared else []
     config = {
         "engines": {"log_dir": str(tmp_path / "logs")},
-        "auth": {"enabled": True, "keys": [{"name": "dev", "key": KEY}]},
+        "auth": {"enabled": True, "keys": keys, "admin_key": "admin-0123456789abcdef"},
         "models": [{"name": "stub-model", "engine": {"kind": "stub"}}],
     }
     path = tmp_path / "vgate.yaml"
@@ -43,10 +47,12 @@ def test_up_prints_the_banner_serves_and_stops_on_ctrl_c(tmp_path: Path) -> None
             lines.append(proc.stdout.readline())
         banner = "".join(lines)
         assert f"base URL : http://127.0.0.1:{port}/v1" in banner
-        assert f"API key  : {KEY}" in banner
-        assert f"Authorization: Bearer {KEY}" in banner
+        key = KEY if declared else re.search(r"API key  : (sk-vg-\S+)", banner).group(1)  # type: ignore[union-attr]
+        assert f"API key  : {key}" in banner
+        assert f"Authorization: Bearer {key}" in banner
+        assert ("from the config" if declared else "made for this run") in banner
 
-        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=KEY)
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=key)
         reply = client.chat.completions.create(
             model="stub-model", messages=[{"role": "user", "content": "hi"}]
         )
