@@ -1,0 +1,104 @@
+"""The response cache's key: a hash of the canonical request, and whether it may be cached.
+
+Two requests share a key exactly when the engine would be asked the same thing
+by the same model under the same settings. The key is the SHA-256 of::
+
+    namespace | scope | model | fingerprint of what serves it | canonical body
+
+where the canonical body is the request JSON without the fields below marked
+"ignored", with object keys sorted and numbers normalised (``1.0`` → ``1``,
+``-0.0`` → ``0``), serialised compactly. Fields vgate does not know about count:
+an unknown field may change the output, so it is never ignored.
+
+================================  ==========  =========================================
+field                             key         why
+================================  ==========  =========================================
+``model``                         counts      (as the client named it) plus the serving
+                                              fingerprint: engine source, dtype,
+                                              quantization, speculative config, served
+                                              name, endpoints — change any, new keys
+``messages`` / ``prompt``         counts      the input
+``temperature``, ``top_p``,       counts      sampling changes the output
+``top_k``, ``min_p``, ``seed``,
+``presence_penalty``,
+``frequency_penalty``,
+``repetition_penalty``
+``max_tokens``,                   counts      where the answer is cut
+``max_completion_tokens``,
+``stop``, ``stop_token_ids``,
+``ignore_eos``, ``min_tokens``
+``response_format``, ``tools``,   counts      shape of the answer (requests with tools
+``tool_choice``, ``logit_bias``,              or logprobs are not cached at all)
+``logprobs``, ``echo``, ``suffix``
+``n``                             counts      only ``n`` = 1 is cached
+any other field                   counts      unknown effect: assume it matters
+``stream``                        ignored     one entry serves both kinds of client
+``stream_options``                ignored     usage is always stored, shown on request
+``user``                          ignored     who asks does not change the answer
+                                              (use ``scope: per_key`` to split by key)
+``request_id``, ``metadata``,     ignored     bookkeeping, not generation
+``store``, ``service_tier``
+================================  ==========  =========================================
+
+Cacheable by default: deterministic requests only (``temperature`` 0, or an
+explicit integer ``seed``) with ``n`` = 1, and no tools, functions or logprobs.
+A model's ``cache.deterministic_only: false`` also caches sampled answers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import orjson
+
+IGNORED_FIELDS = frozenset(
+    {"stream", "stream_options", "user", "request_id", "metadata", "store", "service_tier"}
+)
+UNCACHEABLE_FIELDS = ("tools", "functions", "logprobs", "top_logprobs", "prompt_logprobs")
+
+
+def canonical(value: Any) -> Any:
+    """``value`` with integral floats as ints and ``-0.0`` as ``0``, recursively
+    (key order is fixed by the serialiser)."""
+    if isinstance(value, float):
+        return int(value) if value.is_integer() else value
+    if isinstance(value, dict):
+        return {k: canonical(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [canonical(v) for v in value]
+    return value
+
+
+def cache_key(namespace: str, scope: str, model: str, fingerprint: str, body: dict[str, Any]) -> str:
+    """The hex key of one request (``body`` as the client sent it)."""
+    kept = {k: v for k, v in body.items() if k not in IGNORED_FIELDS and k != "model"}
+    encoded = orjson.dumps(canonical(kept), option=orjson.OPT_SORT_KEYS)
+    digest = hashlib.sha256()
+    for part in (namespace, scope, model, fingerprint):
+        digest.update(part.encode())
+        digest.update(b"\x00")
+    digest.update(encoded)
+    return digest.hexdigest()
+
+
+def uncacheable_reason(body: dict[str, Any], deterministic_only: bool) -> str | None:
+    """Why this request must not be cached, or None when it may be."""
+    n = body.get("n")
+    if n not in (None, 1):
+        return "n > 1"
+    for name in UNCACHEABLE_FIELDS:
+        if body.get(name) not in (None, False, []):
+            return name
+    if not deterministic_only:
+        return None
+    temperature, seed = body.get("temperature"), body.get("seed")
+    if temperature == 0 or (isinstance(seed, int) and not isinstance(seed, bool)):
+        return None
+    return "sampled (temperature is not 0 and no seed)"
+
+
+def fingerprint(parts: dict[str, Any]) -> str:
+    """A short, stable digest of whatever serves a model (its settings as JSON)."""
+    encoded = orjson.dumps(canonical(parts), option=orjson.OPT_SORT_KEYS)
+    return hashlib.sha256(encoded).hexdigest()[:16]
