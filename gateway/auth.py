@@ -46,6 +46,7 @@ class Principal:
     limits: Limits = NO_LIMITS
     model_limits: Mapping[str, Limits] = field(default_factory=dict)
     expires_at: float | None = None
+    _scopes: dict[str, tuple[LimitScope, ...]] = field(default_factory=dict, compare=False)
 
     def may_use(self, model: str) -> bool:
         return self.models is None or model in self.models
@@ -53,6 +54,12 @@ class Principal:
     def scopes(self, model: str) -> tuple[LimitScope, ...]:
         """The counters a request for ``model`` is charged to (hash-tagged by key name,
         so a Redis Cluster keeps them in one slot)."""
+        known = self._scopes.get(model)
+        if known is None:
+            known = self._scopes[model] = self._build_scopes(model)
+        return known
+
+    def _build_scopes(self, model: str) -> tuple[LimitScope, ...]:
         tag = "{" + self.name + "}"
         per_model = self.model_limits.get(model)
         if per_model is None:

@@ -70,7 +70,9 @@ def canonical(value: Any) -> Any:
     return value
 
 
-def cache_key(namespace: str, scope: str, model: str, fingerprint: str, body: dict[str, Any]) -> str:
+def cache_key(
+    namespace: str, scope: str, model: str, fingerprint: str, body: dict[str, Any]
+) -> str:
     """The hex key of one request (``body`` as the client sent it)."""
     kept = {k: v for k, v in body.items() if k not in IGNORED_FIELDS and k != "model"}
     encoded = orjson.dumps(canonical(kept), option=orjson.OPT_SORT_KEYS)

@@ -157,8 +157,6 @@ class CompletionService:
         except BaseException:
             ticket.settle(None)  # the client left: outcome unknown, keep the reservation
             raise
-        if ticket.headers:
-            response.headers.update(ticket.headers)
         return response
 
     def _parse(self, route: Route, raw: bytes, session_id: str | None) -> ParsedRequest:
@@ -204,7 +202,10 @@ class CompletionService:
                 raise UpstreamStatusError(reply.status, reply.body, reply.content_type)
             ticket.settle(body_usage(reply.body) if ticket.wants_usage else None)
             return Response(
-                reply.body, reply.status, {ENGINE_HEADER: url}, media_type="application/json"
+                reply.body,
+                reply.status,
+                {ENGINE_HEADER: url, **ticket.headers},
+                media_type="application/json",
             )
         raise failed or self._unavailable(parsed.model)
 
@@ -285,7 +286,8 @@ class CompletionService:
             self._record_stream(route, model, outcome, started)
 
         body = relay_events(stream, outcome, time.perf_counter, tap, done)
-        return SSEResponse(body, on_close=finish, headers=SSE_HEADERS | {ENGINE_HEADER: url})
+        headers = SSE_HEADERS | {ENGINE_HEADER: url} | ticket.headers
+        return SSEResponse(body, on_close=finish, headers=headers)
 
     def _record_stream(
         self, route: Route, model: str, outcome: StreamOutcome, started: float

@@ -10,6 +10,7 @@ byte search), so this costs nothing per token.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import orjson
@@ -17,6 +18,7 @@ import orjson
 _DONE = b"data: [DONE]\n\n"
 _USAGE = b'"usage"'
 _NO_CHOICES = b'"choices":[]'
+_TOTAL = re.compile(rb'"total_tokens"\s*:\s*(\d+)')
 
 
 def usage_tokens(usage: Any) -> int | None:
@@ -33,9 +35,17 @@ def usage_tokens(usage: Any) -> int | None:
 
 
 def body_usage(body: bytes) -> int | None:
-    """Tokens used by a non-streaming response body (None if it has no usage)."""
-    if _USAGE not in body:
+    """Tokens used by a non-streaming response body (None if it has no usage).
+
+    Reads only the ``usage`` object (the last one in the body, where OpenAI
+    servers put it) rather than parsing the whole answer.
+    """
+    start = body.rfind(_USAGE)
+    if start < 0:
         return None
+    match = _TOTAL.search(body, start)
+    if match is not None:
+        return int(match.group(1))
     try:
         parsed = orjson.loads(body)
     except orjson.JSONDecodeError:

@@ -53,6 +53,7 @@ class RedisLimiter:
         self._args: list[str | int] = []
         self._waiters: list[_Waiter] = []
         self._scheduled = False
+        self._names: dict[str, tuple[str, str, str]] = {}  # scope → its three Redis keys
 
     async def admit(
         self, scopes: Sequence[LimitScope], request_id: str, tokens: int, lease_s: float
@@ -95,8 +96,11 @@ class RedisLimiter:
 
     def _add(self, scopes: Sequence[LimitScope], args: list[str | int], waiter: _Waiter) -> None:
         for scope in scopes:
-            base = f"{self._prefix}{scope.key}"
-            self._keys += (f"{base}:log", f"{base}:tokens", f"{base}:slots")
+            keys = self._names.get(scope.key)
+            if keys is None:
+                base = f"{self._prefix}{scope.key}"
+                keys = self._names[scope.key] = (f"{base}:log", f"{base}:tokens", f"{base}:slots")
+            self._keys += keys
         self._args += args
         self._waiters.append(waiter)
         if len(self._waiters) >= MAX_BATCH:
