@@ -24,9 +24,11 @@ from gateway.admission import Admission
 from gateway.api import admin, models, openai, ops
 from gateway.auth import build_authenticator
 from gateway.backends.memory_limiter import MemoryLimiter
+from gateway.backends.redis_cache import RedisEntryStore
 from gateway.backends.redis_keys import RedisKeyStore
 from gateway.backends.redis_limiter import RedisLimiter
 from gateway.backends.redis_link import RedisLink
+from gateway.cache import EntryStore, MemoryEntryStore, ResponseCache
 from gateway.engine_pool import BreakerPolicy, EnginePool
 from gateway.engine_sources import RegistryWatcher, build_deployments, build_registry
 from gateway.errors import GatewayError, MethodNotAllowedError, NotFoundError, error_body
@@ -124,7 +126,7 @@ async def _start(
             stack.callback(announce.cancel)
 
     metrics = GatewayMetrics()
-    limiter, store = await _shared_state(settings, stack)
+    limiter, store, entries = await _shared_state(settings, stack)
     authenticator = build_authenticator(settings.auth, store)
     await authenticator.refresh()
     key_refresher = Periodic("key-refresh", settings.auth.refresh_interval_s, authenticator.refresh)
@@ -142,6 +144,7 @@ async def _start(
         retries=settings.upstream.retries,
         authenticator=authenticator,
         admission=admission,
+        cache=ResponseCache(settings.cache, {m.name: m for m in settings.models}, entries, metrics),
     )
     monitor = HealthMonitor(pool, upstream, settings.upstream.health_interval_s)
     await monitor.probe_all()
@@ -155,14 +158,15 @@ async def _start(
 
 async def _shared_state(
     settings: Settings, stack: contextlib.AsyncExitStack
-) -> tuple[LimiterBackend, KeyStore | None]:
-    """Rate-limit counters and run-time keys: in Redis when configured, else in memory."""
+) -> tuple[LimiterBackend, KeyStore | None, EntryStore]:
+    """Rate-limit counters, run-time keys and cache entries: in Redis when configured,
+    else in this process's memory."""
     if settings.redis.url is None:
         memory_keys = MemoryKeyStore() if settings.auth.admin_key is not None else None
-        return MemoryLimiter(), memory_keys
+        return MemoryLimiter(), memory_keys, MemoryEntryStore(settings.cache.memory_max_bytes)
     link = RedisLink(settings.redis.url, settings.redis.timeout_s, settings.redis.retry_s)
     stack.push_async_callback(link.close)
-    return RedisLimiter(link), RedisKeyStore(link.client)
+    return RedisLimiter(link), RedisKeyStore(link.client), RedisEntryStore(link)
 
 
 async def _announce(supervisor: EngineSupervisor, on_ready: Callable[[], None]) -> None:

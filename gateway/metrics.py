@@ -97,6 +97,25 @@ class GatewayMetrics:
             registry=self.registry,
         )
 
+        self.cache_requests = Counter(
+            "vgate_cache_requests_total",
+            "Cache outcomes by model: hit, miss, or bypass (not cacheable, no-store, store down).",
+            ("model", "result"),
+            registry=self.registry,
+        )
+        self.cache_stored_bytes = Counter(
+            "vgate_cache_stored_bytes_total",
+            "Bytes of answers written to the cache.",
+            ("model",),
+            registry=self.registry,
+        )
+        self.cache_joins = Counter(
+            "vgate_cache_singleflight_joins_total",
+            "Requests answered from an identical request already in flight (no engine call).",
+            ("model",),
+            registry=self.registry,
+        )
+
     def observe_request(self, model: str, endpoint: str, status: int, seconds: float) -> None:
         self.requests.labels(model, endpoint, str(status)).inc()
         self.request_duration.labels(model, endpoint).observe(seconds)

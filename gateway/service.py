@@ -19,6 +19,9 @@ from starlette.responses import Response
 
 from gateway.admission import Admission, Ticket
 from gateway.auth import Authenticator, Principal
+from gateway.cache import CachePlan, ResponseCache
+from gateway.cache_entry import json_body
+from gateway.cache_flow import CacheFill, follow_events, hit_response, hit_tokens
 from gateway.engine_pool import EnginePool
 from gateway.errors import (
     AuthenticationError,
@@ -34,6 +37,7 @@ from gateway.metrics import UNRESOLVED_MODEL, GatewayMetrics
 from gateway.protocol import ChatCompletionRequest, CompletionRequest
 from gateway.routing import RoutingPolicy, RoutingTable
 from gateway.settings import ModelSettings
+from gateway.singleflight import Flight, FlightFailed
 from gateway.streaming import SSE_HEADERS, SSEResponse, StreamOutcome, relay_events
 from gateway.upstream import EngineUnreachable, UpstreamClient, UpstreamStream
 from gateway.usage import UsageTap, body_usage, client_wants_usage, with_usage_requested
@@ -60,6 +64,7 @@ class RequestMeta:
     request_id: str
     authorization: str | None = None
     session_id: str | None = None
+    cache_control: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,9 +92,11 @@ class CompletionService:
         retries: int,
         authenticator: Authenticator,
         admission: Admission,
+        cache: ResponseCache,
     ) -> None:
         self._authenticator = authenticator
         self._admission = admission
+        self._cache = cache
         self._models = models
         self._pool = pool
         self._routing = routing
@@ -110,14 +117,22 @@ class CompletionService:
                 raise PermissionDeniedError(
                     f"The key '{principal.name}' may not use the model `{model}`.", param="model"
                 )
+            plan = self._cache.plan(model, parsed.body, principal.name, meta.cache_control)
+            lookup = self._cache.begin_lookup(plan)  # travels with the rate-limit decision
             ticket = await self._admission.admit(principal, model, parsed.body)
-            response = await self._forward(route, parsed, ticket, meta.request_id, started)
+            entry = await self._cache.finish_lookup(model, plan, lookup)
+            if entry is not None:
+                ticket.settle(hit_tokens(self._cache, entry))
+                wants_usage = client_wants_usage(parsed.body)
+                response = hit_response(entry, model, parsed.stream, wants_usage, ticket.headers)
+            else:
+                response = await self._forward(route, parsed, ticket, plan, meta, started)
         except GatewayError as exc:
             self._metrics.observe_request(
                 model, route.label, exc.status, time.perf_counter() - started
             )
             raise
-        if not parsed.stream:  # streams are observed when they end
+        if not isinstance(response, SSEResponse):  # streams are observed when they end
             self._metrics.observe_request(
                 model, route.label, response.status_code, time.perf_counter() - started
             )
@@ -137,27 +152,78 @@ class CompletionService:
             raise
 
     async def _forward(
-        self, route: Route, parsed: ParsedRequest, ticket: Ticket, request_id: str, started: float
+        self,
+        route: Route,
+        parsed: ParsedRequest,
+        ticket: Ticket,
+        plan: CachePlan,
+        meta: RequestMeta,
+        started: float,
     ) -> Response:
-        """Route and forward; settle the ticket on every path and put its headers on the answer."""
+        """Route and forward (or follow an identical request in flight); settle the ticket
+        on every path and put its headers on the answer."""
+        fill: CacheFill | None = None
+        headers = ticket.headers | ({"X-Cache": "BYPASS"} if plan.bypassed else {})
+        if plan.key is not None:
+            if plan.lookup:
+                flight = self._cache.flights.join(plan.key)
+                if flight is not None:
+                    followed = await self._follow(route, parsed, ticket, flight, started)
+                    if followed is not None:
+                        return followed
+            fill = CacheFill(self._cache, parsed.model, plan, route is CHAT)
+            headers = headers | {"X-Cache": "MISS"}
         try:
             if parsed.stream:
-                response = await self._stream(route, parsed, ticket, request_id, started)
+                response = await self._stream(route, parsed, ticket, headers, fill, meta, started)
             else:
                 in_flight = self._metrics.in_flight.labels(parsed.model)
                 in_flight.inc()
                 try:
-                    response = await self._complete(route, parsed, ticket, request_id)
+                    response = await self._complete(route, parsed, ticket, headers, fill, meta)
                 finally:
                     in_flight.dec()
         except GatewayError as exc:
             ticket.settle(0)  # nothing was generated: no tokens charged
-            exc.headers.update(ticket.headers)
+            exc.headers.update(headers)
+            if fill is not None:
+                fill.fail()
             raise
         except BaseException:
             ticket.settle(None)  # the client left: outcome unknown, keep the reservation
+            if fill is not None:
+                fill.fail()
             raise
         return response
+
+    async def _follow(
+        self, route: Route, parsed: ParsedRequest, ticket: Ticket, flight: Flight, started: float
+    ) -> Response | None:
+        """Answer from the identical request in flight; None if it failed before any answer."""
+        model = parsed.model
+        headers = ticket.headers | {"X-Cache": "HIT", "Age": "0"}
+        if not parsed.stream:
+            try:
+                entry = await flight.result()
+            except FlightFailed:
+                return None
+            self._metrics.cache_joins.labels(model).inc()
+            ticket.settle(hit_tokens(self._cache, entry))
+            return Response(json_body(entry, model), headers=headers, media_type="application/json")
+        await flight.wait(0)
+        if flight.failed and not flight.pieces:
+            return None
+        self._metrics.cache_joins.labels(model).inc()
+        outcome = StreamOutcome()
+
+        async def finish() -> None:
+            entry = flight.entry
+            ticket.settle(hit_tokens(self._cache, entry) if entry is not None else 0)
+            outcome.completed = entry is not None
+            self._record_stream(route, model, outcome, started)
+
+        events = follow_events(flight, route is CHAT, model, client_wants_usage(parsed.body))
+        return SSEResponse(events, on_close=finish, headers=SSE_HEADERS | headers)
 
     def _parse(self, route: Route, raw: bytes, session_id: str | None) -> ParsedRequest:
         body = _decode_json_object(raw)
@@ -174,9 +240,15 @@ class CompletionService:
         return ParsedRequest(request.model, bool(request.stream), body, payload, policy, key)
 
     async def _complete(
-        self, route: Route, parsed: ParsedRequest, ticket: Ticket, request_id: str
+        self,
+        route: Route,
+        parsed: ParsedRequest,
+        ticket: Ticket,
+        answer_headers: dict[str, str],
+        fill: CacheFill | None,
+        meta: RequestMeta,
     ) -> Response:
-        headers = _upstream_headers(request_id)
+        headers = _upstream_headers(meta.request_id)
         failed: UpstreamStatusError | None = None
         for url in self._candidates(parsed):
             self._pool.acquire(url)
@@ -201,23 +273,33 @@ class CompletionService:
                 self._metrics.upstream_errors.labels(parsed.model, "status").inc()
                 raise UpstreamStatusError(reply.status, reply.body, reply.content_type)
             ticket.settle(body_usage(reply.body) if ticket.wants_usage else None)
+            if fill is not None:
+                fill.finish_json(reply.body)
             return Response(
                 reply.body,
                 reply.status,
-                {ENGINE_HEADER: url, **ticket.headers},
+                {ENGINE_HEADER: url, **answer_headers},
                 media_type="application/json",
             )
         raise failed or self._unavailable(parsed.model)
 
     async def _stream(
-        self, route: Route, parsed: ParsedRequest, ticket: Ticket, request_id: str, started: float
+        self,
+        route: Route,
+        parsed: ParsedRequest,
+        ticket: Ticket,
+        answer_headers: dict[str, str],
+        fill: CacheFill | None,
+        meta: RequestMeta,
+        started: float,
     ) -> Response:
-        headers = _upstream_headers(request_id)
-        tap: UsageTap | None = None
+        headers = _upstream_headers(meta.request_id)
+        usage: UsageTap | None = None
         payload = parsed.payload
-        if ticket.wants_usage:  # the engine must report usage; the client sees what it asked for
-            tap = UsageTap(strip=not client_wants_usage(parsed.body))
-            if tap.strip:
+        if ticket.wants_usage or fill is not None:
+            # The engine must report usage; the client sees only what it asked for.
+            usage = UsageTap(strip=not client_wants_usage(parsed.body))
+            if usage.strip:
                 payload = with_usage_requested(parsed.body)
         failed: GatewayError | None = None
         for url in self._candidates(parsed):
@@ -253,7 +335,9 @@ class CompletionService:
                 self._mark_unreachable(parsed.model, url)
                 continue
             self._pool.record_success(url)
-            return self._relay(route, parsed.model, url, stream, started, ticket, tap)
+            return self._relay(
+                route, parsed.model, url, stream, started, ticket, usage, fill, answer_headers
+            )
         raise failed or self._unavailable(parsed.model)
 
     def _relay(
@@ -264,7 +348,9 @@ class CompletionService:
         stream: UpstreamStream,
         started: float,
         ticket: Ticket,
-        tap: UsageTap | None,
+        usage: UsageTap | None,
+        fill: CacheFill | None,
+        answer_headers: dict[str, str],
     ) -> Response:
         outcome = StreamOutcome()
         in_flight = self._metrics.in_flight.labels(model)
@@ -272,7 +358,9 @@ class CompletionService:
         closed = False
 
         async def done() -> None:
-            ticket.settle(tap.tokens if tap is not None else None)
+            ticket.settle(usage.tokens if usage is not None else None)
+            if fill is not None:
+                fill.finish_stream()
 
         async def finish() -> None:
             nonlocal closed
@@ -283,10 +371,13 @@ class CompletionService:
             self._pool.release(url)
             in_flight.dec()
             ticket.settle(None)  # no-op after `done`; else the stream did not finish
+            if fill is not None:
+                fill.fail()  # no-op after `done`
             self._record_stream(route, model, outcome, started)
 
-        body = relay_events(stream, outcome, time.perf_counter, tap, done)
-        headers = SSE_HEADERS | {ENGINE_HEADER: url} | ticket.headers
+        taps = [t for t in (fill, usage) if t is not None]
+        body = relay_events(stream, outcome, time.perf_counter, taps, done)
+        headers = SSE_HEADERS | {ENGINE_HEADER: url} | answer_headers
         return SSEResponse(body, on_close=finish, headers=headers)
 
     def _record_stream(

@@ -94,6 +94,36 @@ class RoutingSettings(_Section):
     )
 
 
+class CacheSettings(_Section):
+    enabled: bool = Field(False, description="Exact-match response cache (Redis, else memory).")
+    ttl_s: int = Field(3600, ge=1, description="How long an entry lives.")
+    max_entry_bytes: int = Field(
+        1024 * 1024, ge=1024, description="Larger answers are served but not stored."
+    )
+    scope: Literal["shared", "per_key"] = Field(
+        "shared", description="shared: one entry for every key; per_key: one per API key."
+    )
+    deterministic_only: bool = Field(
+        True, description="Cache only temperature-0 or seeded requests (n = 1)."
+    )
+    hits_consume_tokens: bool = Field(
+        False, description="Charge a hit's usage to the key's tokens-per-minute limit."
+    )
+    namespace: str = Field("v1", min_length=1, description="Change it to start from empty.")
+    memory_max_bytes: int = Field(
+        256 * 1024 * 1024, ge=1024, description="Without Redis: the in-process cache's size."
+    )
+
+
+class ModelCacheSettings(_Section):
+    """One model's cache settings; unset fields follow the top-level ``cache``."""
+
+    enabled: bool | None = None
+    ttl_s: int | None = Field(None, ge=1)
+    max_entry_bytes: int | None = Field(None, ge=1024)
+    deterministic_only: bool | None = None
+
+
 class ModelSettings(_Section):
     name: str = Field(min_length=1, description="What clients put in `model`.")
     endpoints: tuple[str, ...] = Field(default=(), description="Base URLs of engines.")
@@ -105,6 +135,9 @@ class ModelSettings(_Section):
     )
     routing: RoutingSettings | None = Field(
         None, description="This model's routing policy (default: the top-level `routing`)."
+    )
+    cache: ModelCacheSettings | None = Field(
+        None, description="This model's cache settings (default: the top-level `cache`)."
     )
 
     @field_validator("endpoints")
@@ -200,11 +233,6 @@ class RateLimitSettings(_Section):
     )
 
 
-class CacheSettings(_Section):
-    enabled: bool = False
-    ttl_s: int = Field(3600, ge=1)
-
-
 class EnginesSettings(_Section):
     """Where managed engines come from and how they are published."""
 
@@ -291,7 +319,6 @@ def load_settings(config_path: Path | None = None) -> Settings:
     path = config_path or _env_config_path()
     data = _read_yaml(path) if path is not None else {}
     _reject_unknown_env(os.environ)
-    _refuse_unimplemented(data)
     try:
         return Settings(**data)
     except ValidationError as exc:
@@ -342,14 +369,6 @@ def _reject_unknown_env(environ: Mapping[str, str]) -> None:
                 f"unknown environment variable {name}: "
                 f"expected {ENV_PREFIX}<section>__<key> with section one of {sorted(sections)}"
             )
-
-
-def _refuse_unimplemented(data: Mapping[str, Any]) -> None:
-    """Fail loudly rather than silently ignore features this version does not enforce."""
-    for section in ("cache",):
-        value = data.get(section)
-        if isinstance(value, dict) and value.get("enabled"):
-            raise ConfigError(f"{section}.enabled: not supported by this version of vgate yet")
 
 
 def _describe(exc: ValidationError, path: Path | None) -> str:

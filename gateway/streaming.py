@@ -8,7 +8,8 @@ OpenAI-style error event followed by ``[DONE]``, so no client is left hanging.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Protocol
 
 from starlette.background import BackgroundTask
 from starlette.responses import StreamingResponse
@@ -16,10 +17,15 @@ from starlette.types import Receive, Scope, Send
 
 from gateway.errors import GatewayError, UpstreamError
 from gateway.upstream import UpstreamStream
-from gateway.usage import UsageTap
 
 DONE_EVENT = b"data: [DONE]\n\n"
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+class BatchTap(Protocol):
+    def inspect(self, batch: bytes) -> bytes:
+        """See one batch of events; return it as the client should get it."""
+        ...
 
 
 def error_event(error: GatewayError) -> bytes:
@@ -42,20 +48,23 @@ async def relay_events(
     stream: UpstreamStream,
     outcome: StreamOutcome,
     clock: Callable[[], float],
-    tap: UsageTap | None = None,
+    taps: Sequence[BatchTap] = (),
     on_done: Callable[[], Awaitable[None]] | None = None,
 ) -> AsyncIterator[bytes]:
     """Yield the engine's events; end with an error event if the engine fails mid-stream.
 
-    ``tap`` sees every batch (it may remove the usage event); ``on_done`` runs
-    once the engine has sent ``[DONE]``, before the client receives it.
+    ``taps`` see every batch in turn (the cache collects it, the usage tap may
+    remove the usage event); ``on_done`` runs once the engine has sent
+    ``[DONE]``, before the client receives it.
     """
     tail = b""
     try:
         async for received in stream.batches():
             if outcome.first_chunk_at is None:
                 outcome.first_chunk_at = clock()
-            batch = received if tap is None else tap.inspect(received)
+            batch = received
+            for tap in taps:
+                batch = tap.inspect(batch)
             if not batch:
                 continue
             tail = batch[-len(DONE_EVENT) :]

@@ -49,6 +49,7 @@ async def _answer(route: Route, request: Request) -> Response:
             request_id(request),
             request.headers.get("authorization"),
             request.headers.get("x-session-id"),
+            request.headers.get("cache-control"),
         )
         return await state.service.handle(route, raw, meta)
     except asyncio.CancelledError:

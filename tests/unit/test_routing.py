@@ -115,9 +115,15 @@ def test_round_robin_spreads_first_attempts_when_retries_are_allowed() -> None:
     from gateway.admission import Admission
     from gateway.auth import OpenAccess
     from gateway.backends.memory_limiter import MemoryLimiter
+    from gateway.cache import MemoryEntryStore, ResponseCache
     from gateway.metrics import GatewayMetrics
     from gateway.service import CompletionService, ParsedRequest
-    from gateway.settings import RateLimitSettings, RoutingSettings, UpstreamSettings
+    from gateway.settings import (
+        CacheSettings,
+        RateLimitSettings,
+        RoutingSettings,
+        UpstreamSettings,
+    )
     from gateway.upstream import UpstreamClient
 
     pool = EnginePool({"m": ["http://a", "http://b"]})
@@ -125,7 +131,10 @@ def test_round_robin_spreads_first_attempts_when_retries_are_allowed() -> None:
     routing = RoutingTable(RoutingSettings(policy="round_robin"), {})
     metrics = GatewayMetrics()
     admission = Admission(MemoryLimiter(), RateLimitSettings(), metrics)
-    service = CompletionService({}, pool, routing, upstream, metrics, 1, OpenAccess(), admission)
+    cache = ResponseCache(CacheSettings(), {}, MemoryEntryStore(1024), metrics)
+    service = CompletionService(
+        {}, pool, routing, upstream, metrics, 1, OpenAccess(), admission, cache
+    )
     policy = routing.for_model("m")[0]
     parsed = ParsedRequest("m", False, {}, b"{}", policy, None)
     firsts = [next(service._candidates(parsed)) for _ in range(4)]

@@ -110,7 +110,7 @@ def test_top_level_must_be_a_mapping(tmp_path: Path) -> None:
             "need redis.url",
         ),
         ("ratelimit: {on_redis_error: ignore}\n", "ratelimit.on_redis_error"),
-        ("cache: {enabled: true}\n", "cache.enabled: not supported"),
+        ("cache: {scope: everyone}\n", "cache.scope"),
     ],
 )
 def test_auth_and_cache_sections_are_checked(tmp_path: Path, text: str, named: str) -> None:
