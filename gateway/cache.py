@@ -109,29 +109,30 @@ class ResponseCache:
         key = cache_key(self._settings.namespace, scope, model, policy.fingerprint, body)
         return CachePlan(key, not no_cache, True, max_age, policy.ttl_s, policy.max_entry_bytes)
 
-    def begin_lookup(self, plan: CachePlan) -> asyncio.Future[bytes | None] | None:
-        """Send the lookup now (it travels with the rate-limit decision)."""
+    def begin_lookup(
+        self, model: str, plan: CachePlan
+    ) -> tuple[CachePlan, asyncio.Future[bytes | None] | None]:
+        """Send the lookup now (it travels with the rate-limit decision); with the
+        store down, the plan becomes a bypass."""
         if plan.key is None or not plan.lookup:
-            return None
+            return plan, None
         try:
             pending = self._store.get(plan.key)
         except StoreUnavailable:
-            return None
+            return self._store_down(model), None
         pending.add_done_callback(_consume)
-        return pending
+        return plan, pending
 
     async def finish_lookup(
         self, model: str, plan: CachePlan, pending: asyncio.Future[bytes | None] | None
-    ) -> Entry | None:
-        """The usable entry, or None (a miss; also when the store failed)."""
+    ) -> tuple[CachePlan, Entry | None]:
+        """The plan from here on and the usable entry (None: a miss, or the store failed)."""
         if pending is None:
-            return None
+            return plan, None
         try:
             raw = await pending
         except StoreUnavailable:
-            self._metrics.redis_errors.labels("cache").inc()
-            self._metrics.cache_requests.labels(model, "bypass").inc()
-            return None
+            return self._store_down(model), None
         entry = Entry.decode(raw) if raw is not None else None
         too_old = (
             plan.max_age_s is not None
@@ -141,7 +142,12 @@ class ResponseCache:
         if too_old:
             entry = None
         self._metrics.cache_requests.labels(model, "hit" if entry else "miss").inc()
-        return entry
+        return plan, entry
+
+    def _store_down(self, model: str) -> CachePlan:
+        self._metrics.redis_errors.labels("cache").inc()
+        self._metrics.cache_requests.labels(model, "bypass").inc()
+        return BYPASS
 
     def store(self, model: str, plan: CachePlan, entry: Entry) -> None:
         """Keep a complete answer (never a truncated one), if it is small enough."""

@@ -118,9 +118,9 @@ class CompletionService:
                     f"The key '{principal.name}' may not use the model `{model}`.", param="model"
                 )
             plan = self._cache.plan(model, parsed.body, principal.name, meta.cache_control)
-            lookup = self._cache.begin_lookup(plan)  # travels with the rate-limit decision
+            plan, lookup = self._cache.begin_lookup(model, plan)  # goes with the admission
             ticket = await self._admission.admit(principal, model, parsed.body)
-            entry = await self._cache.finish_lookup(model, plan, lookup)
+            plan, entry = await self._cache.finish_lookup(model, plan, lookup)
             if entry is not None:
                 ticket.settle(hit_tokens(self._cache, entry))
                 wants_usage = client_wants_usage(parsed.body)
