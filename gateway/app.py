@@ -29,9 +29,11 @@ from gateway.backends.redis_keys import RedisKeyStore
 from gateway.backends.redis_limiter import RedisLimiter
 from gateway.backends.redis_link import RedisLink
 from gateway.cache import EntryStore, MemoryEntryStore, ResponseCache
+from gateway.deadlines import Deadlines
 from gateway.engine_pool import BreakerPolicy, EnginePool
 from gateway.engine_sources import RegistryWatcher, build_deployments, build_registry
 from gateway.errors import GatewayError, MethodNotAllowedError, NotFoundError, error_body
+from gateway.forwarding import Forwarder
 from gateway.health import HealthMonitor, LoadScraper
 from gateway.keystore import KeyStore, MemoryKeyStore
 from gateway.metrics import GatewayMetrics
@@ -139,9 +141,15 @@ async def _start(
         routing=RoutingTable(
             settings.routing, {m.name: m.routing for m in settings.models if m.routing}
         ),
-        upstream=upstream,
+        forwarder=Forwarder(
+            pool,
+            upstream,
+            metrics,
+            settings.upstream.retries,
+            {m.name: Deadlines.of(settings.upstream, m.timeouts) for m in settings.models},
+            Deadlines.of(settings.upstream, None),
+        ),
         metrics=metrics,
-        retries=settings.upstream.retries,
         authenticator=authenticator,
         admission=admission,
         cache=ResponseCache(settings.cache, {m.name: m for m in settings.models}, entries, metrics),

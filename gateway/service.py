@@ -9,7 +9,7 @@ routers do not change.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,18 +28,16 @@ from gateway.errors import (
     GatewayError,
     InvalidRequestError,
     ModelNotFoundError,
-    NoEngineAvailableError,
     PermissionDeniedError,
-    UpstreamStatusError,
-    UpstreamTimeoutError,
 )
+from gateway.forwarding import Attempt, Forwarder
 from gateway.metrics import UNRESOLVED_MODEL, GatewayMetrics
 from gateway.protocol import ChatCompletionRequest, CompletionRequest
 from gateway.routing import RoutingPolicy, RoutingTable
 from gateway.settings import ModelSettings
 from gateway.singleflight import Flight, FlightFailed
 from gateway.streaming import SSE_HEADERS, SSEResponse, StreamOutcome, relay_events
-from gateway.upstream import EngineUnreachable, UpstreamClient, UpstreamStream
+from gateway.upstream import UpstreamStream
 from gateway.usage import UsageTap, body_usage, client_wants_usage, with_usage_requested
 
 
@@ -87,9 +85,8 @@ class CompletionService:
         models: Mapping[str, ModelSettings],
         pool: EnginePool,
         routing: RoutingTable,
-        upstream: UpstreamClient,
+        forwarder: Forwarder,
         metrics: GatewayMetrics,
-        retries: int,
         authenticator: Authenticator,
         admission: Admission,
         cache: ResponseCache,
@@ -100,9 +97,8 @@ class CompletionService:
         self._models = models
         self._pool = pool
         self._routing = routing
-        self._upstream = upstream
+        self._forwarder = forwarder
         self._metrics = metrics
-        self._attempts = 1 + retries
 
     async def handle(self, route: Route, raw: bytes, meta: RequestMeta) -> Response:
         """Answer one request; every failure is raised as a :class:`GatewayError`."""
@@ -248,40 +244,18 @@ class CompletionService:
         fill: CacheFill | None,
         meta: RequestMeta,
     ) -> Response:
-        headers = _upstream_headers(meta.request_id)
-        failed: UpstreamStatusError | None = None
-        for url in self._candidates(parsed):
-            self._pool.acquire(url)
-            try:
-                reply = await self._upstream.post(url + route.path, parsed.payload, headers)
-            except EngineUnreachable:
-                self._mark_unreachable(parsed.model, url)
-                continue
-            except UpstreamTimeoutError:
-                self._pool.record_failure(url)
-                self._metrics.upstream_errors.labels(parsed.model, "timeout").inc()
-                raise
-            finally:
-                self._pool.release(url)
-            if reply.status >= 500:  # the engine's fault: another engine may do better
-                self._pool.record_failure(url)
-                self._metrics.upstream_errors.labels(parsed.model, "status").inc()
-                failed = UpstreamStatusError(reply.status, reply.body, reply.content_type)
-                continue
-            self._pool.record_success(url)
-            if reply.status >= 400:
-                self._metrics.upstream_errors.labels(parsed.model, "status").inc()
-                raise UpstreamStatusError(reply.status, reply.body, reply.content_type)
-            ticket.settle(body_usage(reply.body) if ticket.wants_usage else None)
-            if fill is not None:
-                fill.finish_json(reply.body)
-            return Response(
-                reply.body,
-                reply.status,
-                {ENGINE_HEADER: url, **answer_headers},
-                media_type="application/json",
-            )
-        raise failed or self._unavailable(parsed.model)
+        url, reply = await self._forwarder.complete(
+            self._attempt(route, parsed, parsed.payload, meta)
+        )
+        ticket.settle(body_usage(reply.body) if ticket.wants_usage else None)
+        if fill is not None:
+            fill.finish_json(reply.body)
+        return Response(
+            reply.body,
+            reply.status,
+            {ENGINE_HEADER: url, **answer_headers},
+            media_type="application/json",
+        )
 
     async def _stream(
         self,
@@ -293,7 +267,6 @@ class CompletionService:
         meta: RequestMeta,
         started: float,
     ) -> Response:
-        headers = _upstream_headers(meta.request_id)
         usage: UsageTap | None = None
         payload = parsed.payload
         if ticket.wants_usage or fill is not None:
@@ -301,44 +274,16 @@ class CompletionService:
             usage = UsageTap(strip=not client_wants_usage(parsed.body))
             if usage.strip:
                 payload = with_usage_requested(parsed.body)
-        failed: GatewayError | None = None
-        for url in self._candidates(parsed):
-            self._pool.acquire(url)
-            try:
-                stream = await self._upstream.open_stream(url + route.path, payload, headers)
-            except EngineUnreachable:
-                self._pool.release(url)
-                self._mark_unreachable(parsed.model, url)
-                continue
-            except GatewayError as exc:
-                self._pool.release(url)
-                kind = "timeout" if isinstance(exc, UpstreamTimeoutError) else "status"
-                self._metrics.upstream_errors.labels(parsed.model, kind).inc()
-                if exc.status >= 500:
-                    self._pool.record_failure(url)
-                if isinstance(exc, UpstreamStatusError) and exc.status >= 500:
-                    failed = exc
-                    continue
-                raise
-            try:
-                await stream.prime()  # nothing is sent to the client before the first event
-            except GatewayError as exc:
-                stream.close()
-                self._pool.release(url)
-                self._pool.record_failure(url)
-                kind = "timeout" if isinstance(exc, UpstreamTimeoutError) else "stream_interrupted"
-                self._metrics.upstream_errors.labels(parsed.model, kind).inc()
-                raise exc from None
-            except EngineUnreachable:
-                stream.close()
-                self._pool.release(url)
-                self._mark_unreachable(parsed.model, url)
-                continue
-            self._pool.record_success(url)
-            return self._relay(
-                route, parsed.model, url, stream, started, ticket, usage, fill, answer_headers
-            )
-        raise failed or self._unavailable(parsed.model)
+        url, stream = await self._forwarder.open_stream(self._attempt(route, parsed, payload, meta))
+        return self._relay(
+            route, parsed.model, url, stream, started, ticket, usage, fill, answer_headers
+        )
+
+    @staticmethod
+    def _attempt(route: Route, parsed: ParsedRequest, payload: bytes, meta: RequestMeta) -> Attempt:
+        return Attempt(
+            parsed.model, route.path, payload, meta.request_id, parsed.policy, parsed.affinity_key
+        )
 
     def _relay(
         self,
@@ -393,32 +338,6 @@ class CompletionService:
             self._metrics.client_disconnects.labels(model).inc()
         self._metrics.observe_request(model, route.label, 200, time.perf_counter() - started)
 
-    def _candidates(self, parsed: ParsedRequest) -> Iterator[str]:
-        """Engines to try, one at a time, for one request (at most ``1 + retries``).
-
-        Lazy: the next engine is chosen only after the previous one failed, from a
-        fresh snapshot, so a request that succeeds first time consults the policy once.
-        """
-        tried: list[str] = []
-        for attempt in range(self._attempts):
-            views = self._pool.snapshot(parsed.model, exclude=tried)
-            if not views:
-                return
-            if attempt:
-                self._metrics.retries.labels(parsed.model).inc()
-            url = parsed.policy.choose(views, parsed.affinity_key).url
-            tried.append(url)
-            yield url
-
-    @staticmethod
-    def _unavailable(model: str) -> NoEngineAvailableError:
-        return NoEngineAvailableError(f"no engine for model `{model}` could be reached")
-
-    def _mark_unreachable(self, model: str, url: str) -> None:
-        self._pool.set_health(url, False)
-        self._pool.record_failure(url)
-        self._metrics.upstream_errors.labels(model, "connect").inc()
-
 
 def affinity_key(body: dict[str, Any], session_id: str | None, prefix_chars: int) -> bytes:
     """What identifies a conversation: the session header, ``user``, or the prompt's start.
@@ -448,10 +367,6 @@ def _prompt_prefix(body: dict[str, Any], limit: int) -> str:
         return content[:limit]
     texts = [p.get("text", "") for p in content or () if isinstance(p, dict)]
     return "".join(texts)[:limit]
-
-
-def _upstream_headers(request_id: str) -> dict[str, str]:
-    return {"Content-Type": "application/json", "X-Request-Id": request_id}
 
 
 def _decode_json_object(raw: bytes) -> dict[str, Any]:

@@ -61,8 +61,14 @@ class UpstreamSettings(_Section):
     read_timeout_s: float = Field(
         600.0,
         gt=0,
-        description="Non-streaming: the whole response. Streaming: the first byte and "
-        "every gap between chunks.",
+        description="Streams: the longest gap between chunks (and the first chunk unless "
+        "ttft_timeout_s is set). Non-streaming: the whole answer unless ttft/total are set.",
+    )
+    ttft_timeout_s: float | None = Field(
+        None, gt=0, description="Streams: request sent to first event (default: read_timeout_s)."
+    )
+    total_timeout_s: float | None = Field(
+        None, gt=0, description="The whole response, streamed or not (default: none)."
     )
     max_connections: int = Field(2048, ge=1, description="Connection pool size across all engines.")
     keepalive_s: float = Field(60.0, gt=0)
@@ -124,6 +130,15 @@ class ModelCacheSettings(_Section):
     deterministic_only: bool | None = None
 
 
+class ModelTimeouts(_Section):
+    """One model's timeouts; unset ones follow the `upstream` section."""
+
+    connect_s: float | None = Field(None, gt=0, description="Opening a connection.")
+    ttft_s: float | None = Field(None, gt=0, description="Streams: until the first event.")
+    idle_s: float | None = Field(None, gt=0, description="Streams: longest gap between chunks.")
+    total_s: float | None = Field(None, gt=0, description="The whole response.")
+
+
 class ModelSettings(_Section):
     name: str = Field(min_length=1, description="What clients put in `model`.")
     endpoints: tuple[str, ...] = Field(default=(), description="Base URLs of engines.")
@@ -138,6 +153,9 @@ class ModelSettings(_Section):
     )
     cache: ModelCacheSettings | None = Field(
         None, description="This model's cache settings (default: the top-level `cache`)."
+    )
+    timeouts: ModelTimeouts | None = Field(
+        None, description="This model's timeouts (default: the `upstream` section)."
     )
 
     @field_validator("endpoints")

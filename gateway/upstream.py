@@ -11,6 +11,7 @@ failure: nothing reached the engine, so another engine may be tried.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 
@@ -47,6 +48,7 @@ class UpstreamStream:
         self._buffer = b""
         self._first: bytes | None = None
         self.finished = False
+        self.deadline: float | None = None  # loop time by which the whole stream must end
 
     async def prime(self) -> None:
         """Read the first events now, so a failure before them can still go elsewhere.
@@ -73,13 +75,24 @@ class UpstreamStream:
                 if cut >= 0:
                     ready, self._buffer = self._buffer[: cut + 2], self._buffer[cut + 2 :]
                     return ready
-                data = await self._response.content.readany()
+                if self.deadline is None:
+                    data = await self._response.content.readany()
+                else:
+                    try:
+                        async with asyncio.timeout_at(self.deadline):
+                            data = await self._response.content.readany()
+                    except TimeoutError:
+                        raise UpstreamTimeoutError(
+                            "the engine did not finish within the total timeout (total_s)"
+                        ) from None
                 if not data:
                     self.finished = True
                     return None
                 self._buffer += data
         except TimeoutError:
-            raise UpstreamTimeoutError("engine stopped sending within the read timeout") from None
+            raise UpstreamTimeoutError(
+                "the engine sent nothing for longer than the idle timeout (idle_s)"
+            ) from None
         except aiohttp.ClientError as exc:
             raise UpstreamError(f"engine stream broke: {type(exc).__name__}") from None
 
@@ -125,10 +138,19 @@ class UpstreamClient:
             raise RuntimeError("UpstreamClient.start() was not awaited")
         return self._session
 
-    async def post(self, url: str, body: bytes, headers: Mapping[str, str]) -> UpstreamReply:
+    async def post(
+        self,
+        url: str,
+        body: bytes,
+        headers: Mapping[str, str],
+        limits: aiohttp.ClientTimeout | None = None,
+    ) -> UpstreamReply:
         """POST and read the whole answer; error statuses come back as replies, not raised."""
+        limits = limits or self._timeout
         try:
-            async with self.session.post(url, data=body, headers=headers) as response:
+            async with self.session.post(
+                url, data=body, headers=headers, timeout=limits
+            ) as response:
                 payload = await response.read()
                 return UpstreamReply(response.status, response.content_type, payload)
         except (aiohttp.ClientConnectorError, aiohttp.ServerDisconnectedError) as exc:
@@ -139,14 +161,19 @@ class UpstreamClient:
             raise UpstreamError(f"engine request failed: {type(exc).__name__}") from None
 
     async def open_stream(
-        self, url: str, body: bytes, headers: Mapping[str, str]
+        self,
+        url: str,
+        body: bytes,
+        headers: Mapping[str, str],
+        limits: aiohttp.ClientTimeout | None = None,
     ) -> UpstreamStream:
         """POST and return once the engine has answered with a 2xx status.
 
         An error status raises :class:`UpstreamStatusError` carrying the engine's body.
         """
+        limits = limits or self._timeout
         try:
-            response = await self.session.post(url, data=body, headers=headers)
+            response = await self.session.post(url, data=body, headers=headers, timeout=limits)
         except (aiohttp.ClientConnectorError, aiohttp.ServerDisconnectedError) as exc:
             raise EngineUnreachable(str(exc)) from None
         except TimeoutError:

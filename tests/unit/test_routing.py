@@ -112,34 +112,21 @@ def test_pool_replacing_endpoints_keeps_state_of_survivors() -> None:
 
 def test_round_robin_spreads_first_attempts_when_retries_are_allowed() -> None:
     """A request that succeeds first time consults the policy once (no skipped turns)."""
-    from gateway.admission import Admission
-    from gateway.auth import OpenAccess
-    from gateway.backends.memory_limiter import MemoryLimiter
-    from gateway.cache import MemoryEntryStore, ResponseCache
+    from gateway.deadlines import Deadlines
+    from gateway.forwarding import Attempt, Forwarder
     from gateway.metrics import GatewayMetrics
-    from gateway.service import CompletionService, ParsedRequest
-    from gateway.settings import (
-        CacheSettings,
-        RateLimitSettings,
-        RoutingSettings,
-        UpstreamSettings,
-    )
+    from gateway.settings import RoutingSettings, UpstreamSettings
     from gateway.upstream import UpstreamClient
 
     pool = EnginePool({"m": ["http://a", "http://b"]})
     upstream = UpstreamClient(UpstreamSettings())
     routing = RoutingTable(RoutingSettings(policy="round_robin"), {})
-    metrics = GatewayMetrics()
-    admission = Admission(MemoryLimiter(), RateLimitSettings(), metrics)
-    cache = ResponseCache(CacheSettings(), {}, MemoryEntryStore(1024), metrics)
-    service = CompletionService(
-        {}, pool, routing, upstream, metrics, 1, OpenAccess(), admission, cache
-    )
-    policy = routing.for_model("m")[0]
-    parsed = ParsedRequest("m", False, {}, b"{}", policy, None)
-    firsts = [next(service._candidates(parsed)) for _ in range(4)]
+    defaults = Deadlines.of(UpstreamSettings(), None)
+    forwarder = Forwarder(pool, upstream, GatewayMetrics(), 1, {}, defaults)
+    attempt = Attempt("m", "/v1/chat/completions", b"{}", "r", routing.for_model("m")[0], None)
+    firsts = [next(forwarder.candidates(attempt)) for _ in range(4)]
     assert firsts == ["http://a", "http://b", "http://a", "http://b"]
-    assert list(service._candidates(parsed)) == ["http://a", "http://b"]  # then the other one
+    assert list(forwarder.candidates(attempt)) == ["http://a", "http://b"]  # then the other one
 
 
 def test_breaker_opens_after_consecutive_failures_then_half_opens() -> None:
