@@ -7,6 +7,8 @@ from dataclasses import dataclass
 RUNNING = "vllm:num_requests_running"
 WAITING = "vllm:num_requests_waiting"
 KV_CACHE_USAGE = "vllm:kv_cache_usage_perc"
+PREFIX_QUERIES = ("vllm:prefix_cache_queries_total", "vllm:prefix_cache_queries")
+PREFIX_HITS = ("vllm:prefix_cache_hits_total", "vllm:prefix_cache_hits")
 
 
 def parse_prometheus(text: str) -> dict[str, float]:
@@ -37,6 +39,10 @@ class EngineStats:
     running: float
     waiting: float
     kv_cache_usage: float
+    prefix_cache_queries: float = 0.0
+    """Tokens looked up in the prefix cache since the engine started (a counter)."""
+    prefix_cache_hits: float = 0.0
+    """Of those, tokens found (a counter)."""
 
     @classmethod
     def from_text(cls, text: str) -> EngineStats:
@@ -45,4 +51,10 @@ class EngineStats:
             running=values.get(RUNNING, 0.0),
             waiting=values.get(WAITING, 0.0),
             kv_cache_usage=values.get(KV_CACHE_USAGE, 0.0),
+            prefix_cache_queries=_first(values, PREFIX_QUERIES),
+            prefix_cache_hits=_first(values, PREFIX_HITS),
         )
+
+
+def _first(values: dict[str, float], names: tuple[str, ...]) -> float:
+    return next((values[n] for n in names if n in values), 0.0)

@@ -33,7 +33,7 @@ from gateway.deadlines import Deadlines
 from gateway.engine_pool import BreakerPolicy, EnginePool
 from gateway.engine_sources import RegistryWatcher, build_deployments, build_registry
 from gateway.errors import GatewayError, MethodNotAllowedError, NotFoundError, error_body
-from gateway.forwarding import Forwarder
+from gateway.forwarding import Forwarder, RetryBudget
 from gateway.health import HealthMonitor, LoadScraper
 from gateway.keystore import KeyStore, MemoryKeyStore
 from gateway.metrics import GatewayMetrics
@@ -43,6 +43,7 @@ from gateway.request_id import RequestIdMiddleware
 from gateway.routing import RoutingTable
 from gateway.service import CompletionService
 from gateway.settings import Settings
+from gateway.shedding import LoadGate
 from gateway.state import AppState
 from gateway.upstream import UpstreamClient
 
@@ -128,6 +129,7 @@ async def _start(
             stack.callback(announce.cancel)
 
     metrics = GatewayMetrics()
+    metrics.watch_engines(pool.states)
     limiter, store, entries = await _shared_state(settings, stack)
     authenticator = build_authenticator(settings.auth, store)
     await authenticator.refresh()
@@ -148,6 +150,13 @@ async def _start(
             settings.upstream.retries,
             {m.name: Deadlines.of(settings.upstream, m.timeouts) for m in settings.models},
             Deadlines.of(settings.upstream, None),
+            LoadGate(
+                pool,
+                {m.name: m.overload for m in settings.models if m.overload is not None},
+                settings.overload,
+                metrics,
+            ),
+            RetryBudget(settings.upstream.retry_budget_ratio, settings.upstream.retry_budget_burst),
         ),
         metrics=metrics,
         authenticator=authenticator,

@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
+from engines.stats import EngineStats
 from gateway.routing import EndpointView
 
 
@@ -26,6 +27,9 @@ class BreakerPolicy:
     cooldown_s: float = 10.0
 
 
+NO_STATS = EngineStats(0.0, 0.0, 0.0)
+
+
 @dataclass(slots=True)
 class _Endpoint:
     url: str
@@ -33,7 +37,21 @@ class _Endpoint:
     healthy: bool = True
     failures: int = 0
     open_until: float = 0.0
-    waiting: float = 0.0
+    stats: EngineStats = NO_STATS
+    sent: int = 0  # requests sent to it, ever (retries included)
+
+
+@dataclass(frozen=True, slots=True)
+class EngineState:
+    """One engine as metrics see it."""
+
+    url: str
+    models: tuple[str, ...]
+    in_flight: int
+    healthy: bool
+    breaker_open: bool
+    sent: int
+    stats: EngineStats
 
 
 class EnginePool:
@@ -47,6 +65,7 @@ class EnginePool:
     ) -> None:
         self._breaker = breaker
         self._clock = clock
+        self._on_release: Callable[[], None] | None = None
         self._endpoints: dict[str, _Endpoint] = {}
         self._by_model: dict[str, tuple[str, ...]] = {}
         for model, urls in endpoints_by_model.items():
@@ -83,18 +102,18 @@ class EnginePool:
         excluded = set(exclude)
         now = self._clock()
         views = tuple(
-            EndpointView(e.url, e.in_flight, e.healthy, e.waiting)
+            EndpointView(e.url, e.in_flight, e.healthy, e.stats.waiting, e.stats.kv_cache_usage)
             for e in (self._endpoints[url] for url in self._by_model.get(model, ()))
             if e.url not in excluded and e.open_until <= now
         )
         healthy = tuple(v for v in views if v.healthy)
         return healthy or views
 
-    def set_waiting(self, url: str, waiting: float) -> None:
-        """The engine's own queue depth, as last scraped from its /metrics."""
+    def set_stats(self, url: str, stats: EngineStats) -> None:
+        """The engine's own load (queue, KV cache, prefix cache), as last scraped."""
         endpoint = self._endpoints.get(url)
         if endpoint is not None:
-            endpoint.waiting = waiting
+            endpoint.stats = stats
 
     def record_success(self, url: str) -> None:
         endpoint = self._endpoints.get(url)
@@ -119,11 +138,31 @@ class EnginePool:
         endpoint = self._endpoints.get(url)
         if endpoint is not None:
             endpoint.in_flight += 1
+            endpoint.sent += 1
 
     def release(self, url: str) -> None:
         endpoint = self._endpoints.get(url)
         if endpoint is not None and endpoint.in_flight > 0:
             endpoint.in_flight -= 1
+        if self._on_release is not None:
+            self._on_release()
+
+    def on_release(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` whenever a request leaves an engine (admission waits on it)."""
+        self._on_release = callback
+
+    def states(self) -> list[EngineState]:
+        """Every engine's state, for metrics."""
+        now = self._clock()
+        models: dict[str, list[str]] = {}
+        for model, urls in self._by_model.items():
+            for url in urls:
+                models.setdefault(url, []).append(model)
+        return [
+            EngineState(e.url, tuple(models.get(e.url, ())), e.in_flight, e.healthy,
+                        e.open_until > now, e.sent, e.stats)
+            for e in self._endpoints.values()
+        ]  # fmt: skip
 
     def set_health(self, url: str, healthy: bool) -> None:
         endpoint = self._endpoints.get(url)

@@ -144,6 +144,14 @@ class NoEngineAvailableError(GatewayError):
     code = "engine_unavailable"
 
 
+class OverloadedError(GatewayError):
+    """Every engine of the model is saturated and the gateway's wait ran out (503)."""
+
+    status = 503
+    error_type = "service_unavailable"
+    code = "overloaded"
+
+
 class UpstreamTimeoutError(GatewayError):
     """The engine did not answer in time (504)."""
 

@@ -24,6 +24,7 @@ from gateway.errors import (
 )
 from gateway.metrics import GatewayMetrics
 from gateway.routing import RoutingPolicy
+from gateway.shedding import LoadGate
 from gateway.upstream import EngineUnreachable, UpstreamClient, UpstreamReply, UpstreamStream
 
 
@@ -48,6 +49,8 @@ class Forwarder:
         retries: int,
         deadlines: Mapping[str, Deadlines],
         default_deadlines: Deadlines,
+        gate: LoadGate | None = None,
+        budget: RetryBudget | None = None,
     ) -> None:
         self._pool = pool
         self._upstream = upstream
@@ -55,12 +58,16 @@ class Forwarder:
         self._attempts = 1 + retries
         self._deadlines = deadlines
         self._default = default_deadlines
+        self._gate = gate
+        self._budget = budget or RetryBudget(0.2, 20)
 
     def deadlines(self, model: str) -> Deadlines:
         return self._deadlines.get(model, self._default)
 
     async def complete(self, attempt: Attempt) -> tuple[str, UpstreamReply]:
         """The engine that answered and its 2xx reply; any failure is raised."""
+        if self._gate is not None:
+            await self._gate.enter(attempt.model)
         headers = _headers(attempt.request_id)
         limits = self.deadlines(attempt.model)
         failed: UpstreamStatusError | None = None
@@ -99,6 +106,8 @@ class Forwarder:
         The engine stays acquired in the pool: the caller releases it when the
         stream ends.
         """
+        if self._gate is not None:
+            await self._gate.enter(attempt.model)
         headers = _headers(attempt.request_id)
         limits = self.deadlines(attempt.model)
         loop = asyncio.get_running_loop()
@@ -150,11 +159,15 @@ class Forwarder:
         fresh snapshot, so a request that succeeds first time consults the policy once.
         """
         tried: list[str] = []
+        self._budget.deposit()
         for number in range(self._attempts):
             views = self._pool.snapshot(attempt.model, exclude=tried)
             if not views:
                 return
             if number:
+                if not self._budget.withdraw():
+                    self._metrics.retry_budget_exhausted.labels(attempt.model).inc()
+                    return
                 self._metrics.retries.labels(attempt.model).inc()
             url = attempt.policy.choose(views, attempt.affinity_key).url
             tried.append(url)
@@ -173,6 +186,26 @@ class Forwarder:
         self._pool.set_health(url, False)
         self._pool.record_failure(url)
         self._metrics.upstream_errors.labels(model, "connect").inc()
+
+
+class RetryBudget:
+    """Failovers as a share of traffic: each request adds ``ratio`` of a token (up to
+    ``burst``), each failover takes one. A dying engine then costs at most that much
+    extra load on the others, instead of doubling it."""
+
+    def __init__(self, ratio: float, burst: int) -> None:
+        self._ratio = ratio
+        self._burst = float(burst)
+        self._tokens = float(burst)
+
+    def deposit(self) -> None:
+        self._tokens = min(self._burst, self._tokens + self._ratio)
+
+    def withdraw(self) -> bool:
+        if self._tokens < 1.0:
+            return False
+        self._tokens -= 1.0
+        return True
 
 
 def _first_event_timeout(limits: Deadlines, total_deadline: float | None) -> str:

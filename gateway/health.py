@@ -27,7 +27,8 @@ class HealthMonitor(Periodic):
 
 
 class LoadScraper(Periodic):
-    """Reads every engine's ``/metrics`` each ``interval_s`` for its queue depth.
+    """Reads every engine's ``/metrics`` each ``interval_s``: queue depth, KV-cache and
+    prefix-cache figures.
 
     Engines are shared by every gateway replica; their own queue tells a policy
     about load this gateway did not send. An engine that does not answer keeps
@@ -44,4 +45,4 @@ class LoadScraper(Periodic):
         texts = await asyncio.gather(*(self._upstream.fetch_text(f"{u}/metrics") for u in urls))
         for url, text in zip(urls, texts, strict=True):
             if text is not None:
-                self._pool.set_waiting(url, EngineStats.from_text(text).waiting)
+                self._pool.set_stats(url, EngineStats.from_text(text))

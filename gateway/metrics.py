@@ -9,8 +9,14 @@ secret). Nothing a client sends becomes a label.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.registry import Collector
+
+from gateway.engine_pool import EngineState
 
 UNRESOLVED_MODEL = "-"
 METRICS_CONTENT_TYPE = CONTENT_TYPE_LATEST
@@ -116,6 +122,29 @@ class GatewayMetrics:
             registry=self.registry,
         )
 
+        self.shed = Counter(
+            "vgate_shed_requests_total",
+            "Requests refused with 503 because every engine of the model was saturated.",
+            ("model",),
+            registry=self.registry,
+        )
+        self.admission_queue = Gauge(
+            "vgate_admission_queue_depth",
+            "Requests waiting in the gateway for a saturated model's engines.",
+            ("model",),
+            registry=self.registry,
+        )
+        self.retry_budget_exhausted = Counter(
+            "vgate_retry_budget_exhausted_total",
+            "Failovers not attempted because the retry budget was spent.",
+            ("model",),
+            registry=self.registry,
+        )
+
+    def watch_engines(self, states: Callable[[], Iterable[EngineState]]) -> None:
+        """Export each engine's state, read from the pool when /metrics is scraped."""
+        self.registry.register(_EngineCollector(states))
+
     def observe_request(self, model: str, endpoint: str, status: int, seconds: float) -> None:
         self.requests.labels(model, endpoint, str(status)).inc()
         self.request_duration.labels(model, endpoint).observe(seconds)
@@ -123,3 +152,57 @@ class GatewayMetrics:
     def render(self) -> bytes:
         """The Prometheus text exposition of every metric."""
         return generate_latest(self.registry)
+
+
+class _EngineCollector(Collector):
+    """Per-engine figures straight from the pool: no work on the request path."""
+
+    def __init__(self, states: Callable[[], Iterable[EngineState]]) -> None:
+        self._states = states
+
+    def collect(self) -> Iterator[Metric]:
+        sent = CounterMetricFamily(
+            "vgate_engine_requests", "Requests sent to each engine (retries included).",
+            labels=("engine",),
+        )  # fmt: skip
+        gauges = {
+            "in_flight": GaugeMetricFamily(
+                "vgate_engine_in_flight", "This gateway's requests in flight per engine.",
+                labels=("engine",),
+            ),
+            "healthy": GaugeMetricFamily(
+                "vgate_engine_healthy", "1 when the engine's last health probe passed.",
+                labels=("engine",),
+            ),
+            "breaker": GaugeMetricFamily(
+                "vgate_engine_breaker_open", "1 while the engine's circuit breaker is open.",
+                labels=("engine",),
+            ),
+            "waiting": GaugeMetricFamily(
+                "vgate_engine_queue_depth", "Requests queued in the engine (last scrape).",
+                labels=("engine",),
+            ),
+            "kv": GaugeMetricFamily(
+                "vgate_engine_kv_cache_usage", "The engine's KV-cache use, 0 to 1 (last scrape).",
+                labels=("engine",),
+            ),
+            "hits": GaugeMetricFamily(
+                "vgate_engine_prefix_cache_hit_ratio",
+                "Prefix-cache hits / queries since the engine started (last scrape).",
+                labels=("engine",),
+            ),
+        }  # fmt: skip
+        for state in self._states():
+            url = [state.url]
+            sent.add_metric(url, state.sent)
+            gauges["in_flight"].add_metric(url, state.in_flight)
+            gauges["healthy"].add_metric(url, float(state.healthy))
+            gauges["breaker"].add_metric(url, float(state.breaker_open))
+            gauges["waiting"].add_metric(url, state.stats.waiting)
+            gauges["kv"].add_metric(url, state.stats.kv_cache_usage)
+            queries = state.stats.prefix_cache_queries
+            gauges["hits"].add_metric(
+                url, state.stats.prefix_cache_hits / queries if queries else 0.0
+            )
+        yield sent
+        yield from gauges.values()

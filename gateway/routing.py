@@ -34,6 +34,8 @@ class EndpointView:
     healthy: bool
     waiting: float = 0.0
     """Requests queued inside the engine (``vllm:num_requests_waiting``), from any gateway."""
+    kv_cache_usage: float = 0.0
+    """The engine's KV-cache use, 0 to 1 (``vllm:kv_cache_usage_perc``): breaks load ties."""
 
     @property
     def load(self) -> float:
@@ -62,6 +64,10 @@ class RoundRobin:
         return candidates[next(self._turn) % len(candidates)]
 
 
+KV_TIE_MARGIN = 0.05
+"""KV-cache use within this of the emptiest counts as equal (scrapes are seconds old)."""
+
+
 class LeastOutstanding:
     """The engine with the fewest requests in flight; ties rotate so idle engines share work."""
 
@@ -75,6 +81,9 @@ class LeastOutstanding:
             return candidates[0]
         least = min(view.load for view in candidates)
         tied = [view for view in candidates if view.load == least]
+        if len(tied) > 1:  # equally loaded: prefer room in the KV cache, then take turns
+            roomiest = min(view.kv_cache_usage for view in tied)
+            tied = [v for v in tied if v.kv_cache_usage <= roomiest + KV_TIE_MARGIN]
         return tied[next(self._turn) % len(tied)]
 
 

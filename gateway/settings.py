@@ -85,6 +85,12 @@ class UpstreamSettings(_Section):
     breaker_cooldown_s: float = Field(
         10.0, gt=0, description="How long an open breaker keeps traffic off an engine."
     )
+    retry_budget_ratio: float = Field(
+        0.2, ge=0, description="Failovers allowed per request sent, on average (a token bucket)."
+    )
+    retry_budget_burst: int = Field(
+        20, ge=0, description="Failovers allowed at once before the ratio applies."
+    )
 
 
 class RoutingSettings(_Section):
@@ -130,6 +136,20 @@ class ModelCacheSettings(_Section):
     deterministic_only: bool | None = None
 
 
+class OverloadSettings(_Section):
+    """Admission control: when every engine of a model is saturated, queue, then shed."""
+
+    max_in_flight: int | None = Field(
+        None, ge=1, description="Per engine: this gateway's requests that saturate it (off)."
+    )
+    max_waiting: int | None = Field(
+        None, ge=1, description="Per engine: queued requests (vllm:num_requests_waiting) (off)."
+    )
+    queue_size: int = Field(100, ge=0, description="Requests that may wait in the gateway.")
+    queue_timeout_s: float = Field(5.0, gt=0, description="Longest wait before 503 overloaded.")
+    retry_after_s: int = Field(1, ge=1, description="Retry-After sent with the 503.")
+
+
 class ModelTimeouts(_Section):
     """One model's timeouts; unset ones follow the `upstream` section."""
 
@@ -156,6 +176,9 @@ class ModelSettings(_Section):
     )
     timeouts: ModelTimeouts | None = Field(
         None, description="This model's timeouts (default: the `upstream` section)."
+    )
+    overload: OverloadSettings | None = Field(
+        None, description="This model's admission control (default: the top-level `overload`)."
     )
 
     @field_validator("endpoints")
@@ -281,6 +304,7 @@ class Settings(BaseSettings):
     redis: RedisSettings = RedisSettings()
     auth: AuthSettings = AuthSettings()
     ratelimit: RateLimitSettings = RateLimitSettings()
+    overload: OverloadSettings = OverloadSettings()
     cache: CacheSettings = CacheSettings()
     routing: RoutingSettings = RoutingSettings()
     engines: EnginesSettings = EnginesSettings()
