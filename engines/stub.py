@@ -73,6 +73,7 @@ class StubStats:
     requests_cancelled: int = 0
     in_flight: int = 0
     running: dict[str, int] = field(default_factory=dict)
+    tokens: dict[str, list[int]] = field(default_factory=dict)  # model → [prompt, generated]
     last_request: RecordedRequest | None = None
 
     def reset(self) -> None:
@@ -178,6 +179,9 @@ class StubApp:
             return
         running = self.stats.running
         running[plan.model] = running.get(plan.model, 0) + 1
+        counted = self.stats.tokens.setdefault(plan.model, [0, 0])
+        counted[0] += plan.prompt_tokens
+        counted[1] += plan.completion_tokens * plan.n
         try:
             await self._answer(plan, receive, send)
         finally:
@@ -213,7 +217,7 @@ class StubApp:
         await send_bytes(send, 200, b"", None)
 
     async def _metrics(self, scope: Scope, receive: Receive, send: Send) -> None:
-        body = metrics_text(self.stats.running, self.config.models)
+        body = metrics_text(self.stats.running, self.config.models, self.stats.tokens)
         await send_bytes(send, 200, body, _PROMETHEUS)
 
     async def _stats(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -8,7 +8,7 @@ model list and the Prometheus text.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -174,10 +174,21 @@ _GAUGES: tuple[tuple[str, str], ...] = (
 )
 
 
-def metrics_text(running: Mapping[str, int], models: Iterable[str]) -> bytes:
-    """Prometheus text with vLLM's gauge names, one sample per model.
+_COUNTERS: tuple[tuple[str, str], ...] = (
+    ("vllm:prompt_tokens", "Number of prefill tokens processed."),
+    ("vllm:generation_tokens", "Number of generation tokens processed."),
+)
 
-    Only ``num_requests_running`` moves (requests in progress); waiting and
+
+def metrics_text(
+    running: Mapping[str, int],
+    models: Iterable[str],
+    tokens: Mapping[str, Sequence[int]] | None = None,
+) -> bytes:
+    """Prometheus text with vLLM's metric names, one sample per model.
+
+    ``num_requests_running`` follows requests in progress and the token counters
+    the requests answered (``tokens``: model → prompt, generated); waiting and
     KV-cache usage are always zero.
     """
     lines: list[str] = []
@@ -188,4 +199,10 @@ def metrics_text(running: Mapping[str, int], models: Iterable[str]) -> bytes:
         for model in names:
             value = float(running.get(model, 0)) if metric.endswith("running") else 0.0
             lines.append(f'{metric}{{model_name="{model}"}} {value}')
+    for index, (metric, description) in enumerate(_COUNTERS):
+        lines.append(f"# HELP {metric}_total {description}")
+        lines.append(f"# TYPE {metric}_total counter")
+        for model in names:
+            value = float((tokens or {}).get(model, (0, 0))[index])
+            lines.append(f'{metric}_total{{model_name="{model}"}} {value}')
     return ("\n".join(lines) + "\n").encode()

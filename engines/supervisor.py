@@ -46,6 +46,9 @@ class Deployment:
     model_path: str
     python: str
     log_dir: Path
+    advertise_host: str | None = None
+    """The host gateways reach the engine at, when it differs from the bind address
+    (``host: 0.0.0.0`` in a container: the pod or host IP)."""
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -149,7 +152,7 @@ class EngineSlot:
         plan = LaunchPlan(
             argv=build_argv(d.spec, d.python, d.model_path, d.model, port),
             env=build_env(d.spec, self.replica),
-            url=f"http://{d.spec.host}:{port}",
+            url=f"http://{d.advertise_host or d.spec.host}:{port}",
             served_name=d.model,
             log_path=d.log_dir / f"{d.model}-{self.replica}.log",
         )

@@ -39,6 +39,7 @@ class _Endpoint:
     open_until: float = 0.0
     stats: EngineStats = NO_STATS
     sent: int = 0  # requests sent to it, ever (retries included)
+    restarts: int = 0  # as its supervisor reports it (managed engines)
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +53,7 @@ class EngineState:
     breaker_open: bool
     sent: int
     stats: EngineStats
+    restarts: int = 0
 
 
 class EnginePool:
@@ -109,6 +111,11 @@ class EnginePool:
         healthy = tuple(v for v in views if v.healthy)
         return healthy or views
 
+    def set_restarts(self, url: str, restarts: int) -> None:
+        endpoint = self._endpoints.get(url)
+        if endpoint is not None:
+            endpoint.restarts = restarts
+
     def set_stats(self, url: str, stats: EngineStats) -> None:
         """The engine's own load (queue, KV cache, prefix cache), as last scraped."""
         endpoint = self._endpoints.get(url)
@@ -160,7 +167,7 @@ class EnginePool:
                 models.setdefault(url, []).append(model)
         return [
             EngineState(e.url, tuple(models.get(e.url, ())), e.in_flight, e.healthy,
-                        e.open_until > now, e.sent, e.stats)
+                        e.open_until > now, e.sent, e.stats, e.restarts)
             for e in self._endpoints.values()
         ]  # fmt: skip
 

@@ -49,7 +49,7 @@ def build_deployments(settings: Settings) -> list[Deployment]:
                 prepare_default_model(cache or default_cache_dir(), Path(python), progress=log.info)
             )
         deployments.append(Deployment(model.served_name, spec, path, spec.python or python,
-                                      log_dir))  # fmt: skip
+                                      log_dir, engines.advertise_host))  # fmt: skip
     return deployments
 
 
@@ -83,6 +83,8 @@ class RegistryWatcher(Periodic):
         for model in self._pool.models():
             if model not in self._static and model not in ready:
                 self._pool.remove_model(model)
+        for record in records:
+            self._pool.set_restarts(record.url, record.restarts)
 
     async def refresh_or_keep(self) -> None:
         try:

@@ -186,6 +186,10 @@ class _EngineCollector(Collector):
                 "vgate_engine_kv_cache_usage", "The engine's KV-cache use, 0 to 1 (last scrape).",
                 labels=("engine",),
             ),
+            "restarts": GaugeMetricFamily(
+                "vgate_engine_restarts", "Restarts of a managed engine, as its supervisor reports.",
+                labels=("engine",),
+            ),
             "hits": GaugeMetricFamily(
                 "vgate_engine_prefix_cache_hit_ratio",
                 "Prefix-cache hits / queries since the engine started (last scrape).",
@@ -200,6 +204,7 @@ class _EngineCollector(Collector):
             gauges["breaker"].add_metric(url, float(state.breaker_open))
             gauges["waiting"].add_metric(url, state.stats.waiting)
             gauges["kv"].add_metric(url, state.stats.kv_cache_usage)
+            gauges["restarts"].add_metric(url, state.restarts)
             queries = state.stats.prefix_cache_queries
             gauges["hits"].add_metric(
                 url, state.stats.prefix_cache_hits / queries if queries else 0.0

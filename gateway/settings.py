@@ -289,6 +289,11 @@ class EnginesSettings(_Section):
         6.0, gt=0, description="A supervisor silent this long loses its engines."
     )
     watch_interval_s: float = Field(0.5, gt=0, description="Gateway registry poll period.")
+    advertise_host: str | None = Field(
+        None,
+        description="Host published for engines when they bind 0.0.0.0 (e.g. the pod IP, "
+        "via VGATE_ENGINES__ADVERTISE_HOST).",
+    )
 
 
 class Settings(BaseSettings):

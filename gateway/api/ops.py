@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit
+
 import orjson
 from fastapi import APIRouter
 from starlette.requests import Request
@@ -32,6 +34,17 @@ async def metrics(request: Request) -> Response:
     return Response(app_state(request).metrics.render(), media_type=METRICS_CONTENT_TYPE)
 
 
+async def engine_targets(request: Request) -> Response:
+    """Every engine, in Prometheus's HTTP service-discovery format: point an
+    ``http_sd_configs`` job here and vLLM's own metrics are scraped wherever engines run."""
+    groups = [
+        {"targets": [urlsplit(state.url).netloc], "labels": {"model": ",".join(state.models)}}
+        for state in app_state(request).pool.states()
+    ]
+    return Response(orjson.dumps(groups), media_type="application/json")
+
+
 router.add_route("/health", health, methods=["GET"])
 router.add_route("/ready", ready, methods=["GET"])
 router.add_route("/metrics", metrics, methods=["GET"])
+router.add_route("/sd/engines", engine_targets, methods=["GET"])

@@ -161,3 +161,40 @@ def test_policies_count_the_engines_own_queue() -> None:
     )
     assert LeastOutstanding().choose(views).url == "http://b"
     assert views[0].load == 5
+
+
+def test_least_outstanding_breaks_load_ties_by_free_kv_cache() -> None:
+    views = (
+        EndpointView("http://a", 2, True, 0.0, 0.90),
+        EndpointView("http://b", 2, True, 0.0, 0.20),
+        EndpointView("http://c", 1, True, 2.0, 0.10),  # load 3: its queue counts
+        EndpointView("http://d", 2, True, 0.0, 0.22),
+    )
+    policy = LeastOutstanding()
+    chosen = {policy.choose(views).url for _ in range(6)}
+    assert chosen == {"http://b", "http://d"}  # a is as busy but its KV cache is fuller
+
+
+def test_retry_budget_allows_a_burst_then_a_share_of_traffic() -> None:
+    from gateway.forwarding import RetryBudget
+
+    budget = RetryBudget(ratio=0.25, burst=2)
+    assert [budget.withdraw() for _ in range(3)] == [True, True, False]
+    for _ in range(4):  # four requests earn one failover
+        budget.deposit()
+    assert budget.withdraw() and not budget.withdraw()
+
+
+def test_engine_stats_read_prefix_cache_counters() -> None:
+    from engines.stats import EngineStats
+
+    text = (
+        "# HELP vllm:prefix_cache_queries_total x\n"
+        'vllm:prefix_cache_queries_total{engine="0"} 1000.0\n'
+        'vllm:prefix_cache_hits_total{engine="0"} 640.0\n'
+        'vllm:num_requests_waiting{engine="0"} 3.0\n'
+        'vllm:kv_cache_usage_perc{engine="0"} 0.5\n'
+    )
+    stats = EngineStats.from_text(text)
+    assert (stats.prefix_cache_queries, stats.prefix_cache_hits) == (1000.0, 640.0)
+    assert (stats.waiting, stats.kv_cache_usage) == (3.0, 0.5)

@@ -1,0 +1,23 @@
+# vgate gateway: slim, non-root, health-checked. Build from the repository root:
+#   docker build -f deploy/docker/gateway.Dockerfile -t vgate-gateway .
+FROM python:3.11-slim AS build
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY gateway ./gateway
+COPY engines ./engines
+RUN pip install --no-cache-dir --prefix=/install .
+
+FROM python:3.11-slim
+RUN groupadd --system --gid 999 vgate \
+    && useradd --system --uid 999 --gid vgate --create-home --home-dir /home/vgate vgate
+COPY --from=build /install /usr/local
+COPY deploy/docker/gateway.yaml /etc/vgate/vgate.yaml
+USER 999
+ENV VGATE_SERVER__HOST=0.0.0.0 \
+    VGATE_SERVER__PORT=8000 \
+    PYTHONUNBUFFERED=1
+EXPOSE 8000
+HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
+    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/health', timeout=2)"]
+ENTRYPOINT ["vgate"]
+CMD ["serve", "--config", "/etc/vgate/vgate.yaml"]

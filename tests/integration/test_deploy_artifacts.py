@@ -1,0 +1,174 @@
+"""Every deployment artefact, checked offline: Kustomize renders validated against the
+Kubernetes schemas, Dockerfiles linted by hadolint, Compose files parsed and their files
+present, and the Grafana dashboard and Prometheus alerts referring only to metric names
+that a running gateway (and the engines it scrapes) really export."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import kubernetes_validate
+import pytest
+import yaml
+
+from tests.integration.conftest import STUB_MODEL, Gateway, Stub, start_gateway
+
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
+KUBERNETES_VERSION = "1.30"
+METRIC = re.compile(r"\b(?:vgate_[a-z0-9_]+|vllm:[a-z0-9_:]+)")
+
+
+def _kubectl() -> str:
+    found = shutil.which("kubectl")
+    assert found, "kubectl is missing: scripts/bootstrap.sh installs Debian's kubernetes-client"
+    return found
+
+
+@pytest.mark.parametrize("overlay", ["production", "cpu-dev"])
+def test_kustomize_overlays_render_valid_kubernetes_objects(overlay: str) -> None:
+    rendered = subprocess.run(
+        [_kubectl(), "kustomize", str(DEPLOY / "k8s" / "overlays" / overlay)],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    documents = [d for d in yaml.safe_load_all(rendered) if d]
+    kinds = {d["kind"] for d in documents}
+    assert {"Deployment", "StatefulSet", "Service", "PodDisruptionBudget",
+            "HorizontalPodAutoscaler", "NetworkPolicy", "ConfigMap"} <= kinds  # fmt: skip
+    for document in documents:
+        kubernetes_validate.validate(document, KUBERNETES_VERSION, strict=True)
+    gateway = next(d for d in documents if d["kind"] == "Deployment")
+    assert gateway["spec"]["replicas"] >= 2
+    container = gateway["spec"]["template"]["spec"]["containers"][0]
+    assert container["readinessProbe"]["httpGet"]["path"] == "/ready"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/health"
+    assert container["resources"]["requests"]
+
+
+def test_engines_request_a_gpu_in_production_and_none_on_cpu() -> None:
+    def engine_resources(overlay: str) -> dict[str, Any]:
+        rendered = subprocess.run(
+            [_kubectl(), "kustomize", str(DEPLOY / "k8s" / "overlays" / overlay)],
+            capture_output=True, text=True, check=True,
+        ).stdout  # fmt: skip
+        engine = next(
+            d for d in yaml.safe_load_all(rendered)
+            if d and d["kind"] == "StatefulSet" and d["metadata"]["name"] == "vgate-engine"
+        )  # fmt: skip
+        resources: dict[str, Any] = engine["spec"]["template"]["spec"]["containers"][0]["resources"]
+        return resources
+
+    assert engine_resources("production")["limits"]["nvidia.com/gpu"] == "1"
+    assert "nvidia.com/gpu" not in engine_resources("cpu-dev")["limits"]
+
+
+@pytest.mark.parametrize("dockerfile", sorted((DEPLOY / "docker").glob("*.Dockerfile")), ids=str)
+def test_dockerfiles_pass_hadolint(dockerfile: Path) -> None:
+    hadolint = Path(sys.executable).with_name("hadolint")
+    result = subprocess.run([str(hadolint), str(dockerfile)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    text = dockerfile.read_text()
+    assert "\nUSER " in text and "HEALTHCHECK" in text  # non-root, health-checked
+
+
+@pytest.mark.parametrize("compose", ["docker-compose.yml", "docker-compose.cpu.yml"])
+def test_compose_files_parse_and_name_existing_files(compose: str) -> None:
+    path = DEPLOY / "docker" / compose
+    spec = yaml.safe_load(path.read_text())
+    services = spec["services"]
+    assert {"redis", "gateway", "engine", "prometheus", "grafana"} <= services.keys()
+    for name, service in services.items():
+        assert "image" in service or "build" in service, name
+        build = service.get("build")
+        if build:
+            assert (path.parent / build["context"] / build["dockerfile"]).is_file(), name
+        for volume in service.get("volumes", []):
+            source = volume.split(":", 1)[0]
+            if source.startswith("."):
+                assert (path.parent / source).exists(), f"{name}: {source}"
+        for dependency in service.get("depends_on", []):
+            assert dependency in services
+    gpu = services["engine"].get("deploy", {}).get("resources", {}).get("reservations", {})
+    assert bool(gpu) == (compose == "docker-compose.yml")
+
+
+@pytest.fixture(scope="module")
+def exported_metrics(stub: Stub, tmp_path_factory: pytest.TempPathFactory) -> Iterator[set[str]]:
+    """Every metric name a gateway with an engine behind it exposes, and the engine's."""
+    config = {"models": [{"name": STUB_MODEL, "endpoints": [stub.url]}]}
+    for gateway in start_gateway(config, tmp_path_factory.mktemp("metrics")):
+        gateway.client().chat.completions.create(
+            model=STUB_MODEL, messages=[{"role": "user", "content": "hi"}]
+        )
+        yield _names(gateway.metrics()) | _names(httpx.get(f"{stub.url}/metrics").text)
+
+
+def _names(exposition: str) -> set[str]:
+    names: set[str] = set()
+    for line in exposition.splitlines():
+        if line.startswith("# TYPE "):
+            _, _, name, kind = line.split()
+            names.add(name)
+            if kind == "histogram":
+                names |= {f"{name}_bucket", f"{name}_sum", f"{name}_count"}
+            if kind == "counter" and not name.endswith("_total"):
+                names.add(f"{name}_total")
+        elif line and not line.startswith("#"):
+            names.add(re.split(r"[{ ]", line, maxsplit=1)[0])
+    return names
+
+
+def test_grafana_dashboard_uses_only_exported_metrics(
+    exported_metrics: set[str], gateway: Gateway
+) -> None:
+    dashboard = json.loads((DEPLOY / "grafana" / "vgate-dashboard.json").read_text())
+    expressions = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    used = {m for e in expressions for m in METRIC.findall(e)}
+    assert used, "the dashboard has no queries"
+    assert used <= exported_metrics, sorted(used - exported_metrics)
+    titles = " ".join(p["title"].lower() for p in dashboard["panels"])
+    for topic in ("requests/s", "error", "latency", "first token", "tokens/s", "cache hit",
+                  "rate-limited", "per engine", "kv-cache", "restarts"):  # fmt: skip
+        assert topic in titles, topic
+
+
+def test_prometheus_config_and_alerts_are_well_formed(exported_metrics: set[str]) -> None:
+    config = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
+    jobs = {job["job_name"] for job in config["scrape_configs"]}
+    assert {"vgate-gateway", "vllm-engines"} <= jobs
+    alerts = yaml.safe_load((DEPLOY / "prometheus" / "alerts.yml").read_text())
+    rules = [rule for group in alerts["groups"] for rule in group["rules"]]
+    names = {rule["alert"] for rule in rules}
+    assert {
+        "VgateLatencyP99High",
+        "VgateErrorRateHigh",
+        "VgateEngineDown",
+        "VgateRedisDown",
+    } <= names
+    for rule in rules:
+        assert set(rule) <= {"alert", "expr", "for", "labels", "annotations"}, rule
+        assert rule["expr"].count("(") == rule["expr"].count(")"), rule["alert"]
+        used = set(METRIC.findall(rule["expr"]))
+        assert used and used <= exported_metrics, (rule["alert"], used - exported_metrics)
+    promtool = shutil.which("promtool")
+    if promtool is not None:  # Prometheus's own checker, where it is installed
+        rules_file = str(DEPLOY / "prometheus" / "alerts.yml")
+        result = subprocess.run(
+            [promtool, "check", "rules", rules_file], capture_output=True, text=True
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_gateway_lists_engines_for_prometheus_service_discovery(
+    stub: Stub, gateway: Gateway
+) -> None:
+    groups = httpx.get(f"{gateway.url}/sd/engines").json()
+    targets = {t for g in groups for t in g["targets"]}
+    assert stub.url.removeprefix("http://") in targets
