@@ -23,9 +23,16 @@ if [ ! -f "$stamp" ] || [ "$ROOT/pyproject.toml" -nt "$stamp" ]; then
   touch "$stamp"
 fi
 
-if ! command -v redis-server >/dev/null 2>&1; then
-  log "installing redis-server from Debian's packages"
+# Debian packages: redis-server always; kubectl (kubernetes-client, for `kubectl
+# kustomize` in the deployment checks) when VGATE_BOOTSTRAP_KUBECTL=1 (scripts/test.sh).
+packages=()
+command -v redis-server >/dev/null 2>&1 || packages+=(redis-server)
+if [ "${VGATE_BOOTSTRAP_KUBECTL:-0}" = 1 ] && ! command -v kubectl >/dev/null 2>&1; then
+  packages+=(kubernetes-client)
+fi
+if [ "${#packages[@]}" -gt 0 ]; then
+  log "installing ${packages[*]} from Debian's packages"
   if [ "$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo"; fi
   $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq redis-server >/dev/null
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${packages[@]}" >/dev/null
 fi

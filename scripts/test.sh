@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# The whole test suite: installs what it needs (gateway venv, redis-server, the
-# vLLM engine venv, the default model), then lint, types, unit, integration and
-# end-to-end tests. Usage: ./scripts/test.sh [pytest args, default: every suite]
+# The whole test suite: installs what it needs (gateway venv, redis-server, kubectl
+# for the deployment checks, the vLLM engine venv, the default model), then lint,
+# types, unit, integration and end-to-end tests. Usage: ./scripts/test.sh [pytest args, default: every suite]
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
-source scripts/bootstrap.sh
+VGATE_BOOTSTRAP_KUBECTL=1 source scripts/bootstrap.sh
 VENV="${VGATE_VENV:-$ROOT/.venv}"
 
 echo "== ruff"
