@@ -6,9 +6,12 @@ a second gateway with ``prefix_affinity`` in front of the same two engines. The
 workload is many conversations that share long prefixes: ``--prefixes`` long
 system prompts (about 1,400 tokens each), each asked ``--passes`` short
 questions, the prefixes visited in the same order every pass, two requests in
-flight. Together the prefixes need more KV cache than one engine has, but half
-of them fit: affinity sends each prefix to one engine, where it stays cached;
-round robin makes both engines hold all of them, so they evict each other's.
+flight. The number of prefixes is odd, so that round robin does not send each
+prefix to the same engine every pass by accident (with 24, it did: both
+policies then scored the same 62% hit rate). Together the prefixes need more KV
+cache than one engine has, but half of them fit: affinity sends each prefix to
+one engine, where it stays cached; round robin makes both engines hold all of
+them, so they evict each other's.
 
 Each policy runs on its own fresh set of prefixes (nothing carried over), in
 the order round robin, affinity, affinity, round robin; figures are per policy
@@ -17,7 +20,7 @@ from the engines' ``/metrics``, both engines summed) and TTFT p50/p95 measured
 by streaming through the gateway. Goals (issue #6): affinity's hit rate ≥ 1.8x
 round robin's and a lower TTFT p50.
 
-    .venv/bin/python -m benchmarks.prefix_affinity --prefixes 24 --passes 3
+    .venv/bin/python -m benchmarks.prefix_affinity --prefixes 25 --passes 3
 """
 
 from __future__ import annotations
@@ -181,7 +184,7 @@ def percentile(values: list[float], q: float) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="benchmarks.prefix_affinity")
-    parser.add_argument("--prefixes", type=int, default=24)
+    parser.add_argument("--prefixes", type=int, default=25, help="odd: round robin alternates")
     parser.add_argument("--passes", type=int, default=3)
     parser.add_argument("--prefix-words", type=int, default=1000)
     parser.add_argument("--concurrency", type=int, default=2)

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from pydantic import BaseModel, ValidationError
 from starlette.responses import Response
 
 from gateway.admission import Admission, Ticket
@@ -26,13 +25,13 @@ from gateway.engine_pool import EnginePool
 from gateway.errors import (
     AuthenticationError,
     GatewayError,
-    InvalidRequestError,
     ModelNotFoundError,
     PermissionDeniedError,
 )
 from gateway.forwarding import Attempt, Forwarder
 from gateway.metrics import UNRESOLVED_MODEL, GatewayMetrics
 from gateway.protocol import ChatCompletionRequest, CompletionRequest
+from gateway.request_parsing import affinity_key, decode_json_object, validate
 from gateway.routing import RoutingPolicy, RoutingTable
 from gateway.settings import ModelSettings
 from gateway.singleflight import Flight, FlightFailed
@@ -222,8 +221,8 @@ class CompletionService:
         return SSEResponse(events, on_close=finish, headers=SSE_HEADERS | headers)
 
     def _parse(self, route: Route, raw: bytes, session_id: str | None) -> ParsedRequest:
-        body = _decode_json_object(raw)
-        request = _validate(route.schema, body)
+        body = decode_json_object(raw)
+        request = validate(route.schema, body)
         if not self._pool.has_model(request.model):
             raise ModelNotFoundError(request.model)
         settings = self._models.get(request.model)
@@ -337,68 +336,3 @@ class CompletionService:
         elif not outcome.completed:
             self._metrics.client_disconnects.labels(model).inc()
         self._metrics.observe_request(model, route.label, 200, time.perf_counter() - started)
-
-
-def affinity_key(body: dict[str, Any], session_id: str | None, prefix_chars: int) -> bytes:
-    """What identifies a conversation: the session header, ``user``, or the prompt's start.
-
-    Keying on the first message (usually the system prompt) keeps every turn of a
-    conversation, and every request that shares a system prompt, on the engine
-    whose prefix cache already holds it; the imbalance guard spreads hot prefixes.
-    """
-    if session_id:
-        return b"s:" + session_id.encode()
-    user = body.get("user")
-    if isinstance(user, str) and user:
-        return b"u:" + user.encode()
-    return b"p:" + _prompt_prefix(body, prefix_chars).encode()
-
-
-def _prompt_prefix(body: dict[str, Any], limit: int) -> str:
-    """The start of the prompt, or of the first message: the part every turn of a
-    conversation (and every request sharing a system prompt) has in common."""
-    prompt = body.get("prompt")
-    if prompt is not None:
-        first = prompt[0] if isinstance(prompt, list) and prompt else prompt
-        return str(first)[:limit]
-    messages: list[dict[str, Any]] = body.get("messages") or [{}]
-    content = messages[0].get("content")
-    if isinstance(content, str):
-        return content[:limit]
-    texts = [p.get("text", "") for p in content or () if isinstance(p, dict)]
-    return "".join(texts)[:limit]
-
-
-def _decode_json_object(raw: bytes) -> dict[str, Any]:
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidRequestError(f"request body is not valid JSON: {exc}") from None
-    if not isinstance(body, dict):
-        raise InvalidRequestError("request body must be a JSON object")
-    return body
-
-
-def _validate(schema: type[BaseModel], body: dict[str, Any]) -> Any:
-    try:
-        return schema.model_validate(body)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        param = _param_path(first["loc"])
-        raise InvalidRequestError(f"{param}: {first['msg']}", param=param) from None
-
-
-def _param_path(loc: tuple[int | str, ...]) -> str:
-    """``("messages", 0, "role")`` → ``messages[0].role``; union member tags are dropped."""
-    path = ""
-    for part in loc:
-        if isinstance(part, int):
-            path += f"[{part}]"
-        elif part in _UNION_TAGS or "[" in part:
-            break
-        else:
-            path += f".{part}" if path else part
-    return path or "body"
-
-
-_UNION_TAGS = frozenset({"str", "int", "float", "bool", "none", "StreamOptions", "ChatMessage"})

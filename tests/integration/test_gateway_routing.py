@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.helpers.processes import free_port, run_process
 from tests.integration.conftest import STUB_MODEL, Gateway, Stub, start_gateway, start_stub
 
 SYSTEM = "You are a meticulous assistant for the accounts team. " * 4
@@ -130,3 +133,43 @@ def test_breaker_takes_a_failing_engine_out_of_rotation(
                 model=STUB_MODEL, messages=[{"role": "user", "content": "hi"}]
             )
         assert bad.stats()["requests"] == 2, "the breaker should open after two failures"
+
+
+def test_breaker_closes_again_once_the_engine_recovers(
+    three_stubs: list[Stub], tmp_path: Path
+) -> None:
+    """Open after two failures; after the cool-down one trial request goes to the engine,
+    and as it now answers, the breaker closes and the engine takes its share again."""
+    port = free_port()
+    flaky_url = f"http://127.0.0.1:{port}"
+    config = {
+        "models": [{"name": STUB_MODEL, "endpoints": [flaky_url, three_stubs[2].url],
+                    "routing": {"policy": "round_robin"}}],
+        "upstream": {"retries": 1, "breaker_failures": 2, "breaker_cooldown_s": 1.0,
+                     "health_interval_s": 0.2},
+    }  # fmt: skip
+    failing = [sys.executable, "-m", "engines.stub", "--port", str(port), "--model", STUB_MODEL,
+               "--fail-status", "503"]  # fmt: skip
+    runner = start_gateway(config, tmp_path)
+    gateway = next(runner)
+    try:
+        client = gateway.client()
+
+        def ask() -> str:
+            raw = client.chat.completions.with_raw_response.create(
+                model=STUB_MODEL, messages=[{"role": "user", "content": "hi"}]
+            )
+            return raw.headers["x-vgate-engine"]
+
+        with run_process(failing, f"{flaky_url}/health"):
+            served = [ask() for _ in range(6)]  # every one answered, by the good engine
+            assert set(served) == {three_stubs[2].url}
+            assert f'vgate_engine_breaker_open{{engine="{flaky_url}"}} 1.0' in gateway.metrics()
+        healthy = failing[: failing.index("--fail-status")]
+        with run_process(healthy, f"{flaky_url}/health"):
+            time.sleep(1.2)  # the cool-down passes
+            served = [ask() for _ in range(6)]
+            assert flaky_url in served  # the trial succeeded: back in rotation
+            assert f'vgate_engine_breaker_open{{engine="{flaky_url}"}} 0.0' in gateway.metrics()
+    finally:
+        runner.close()

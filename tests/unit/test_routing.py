@@ -75,7 +75,7 @@ def test_prefix_affinity_is_sticky_until_the_imbalance_guard() -> None:
 
 
 def test_affinity_key_prefers_session_then_user_then_prompt_prefix() -> None:
-    from gateway.service import affinity_key
+    from gateway.request_parsing import affinity_key
 
     body = {"messages": [{"role": "system", "content": "x" * 50}, {"role": "user", "content": "y"}]}
     assert affinity_key(body, "abc", 10) == b"s:abc"
