@@ -8,6 +8,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.helpers.processes import free_port, run_process
@@ -150,26 +151,26 @@ def test_breaker_closes_again_once_the_engine_recovers(
     }  # fmt: skip
     failing = [sys.executable, "-m", "engines.stub", "--port", str(port), "--model", STUB_MODEL,
                "--fail-status", "503"]  # fmt: skip
-    runner = start_gateway(config, tmp_path)
-    gateway = next(runner)
-    try:
-        client = gateway.client()
+    healthy = failing[: failing.index("--fail-status")]
+    with contextlib.ExitStack() as stack:
+        broken = stack.enter_context(run_process(failing, f"{flaky_url}/health"))
+        gateway = next(stack.enter_context(contextlib.closing(start_gateway(config, tmp_path))))
+        _wait_healthy(gateway, flaky_url)
+        served = [_engine_for(gateway, [{"role": "user", "content": "hi"}]) for _ in range(6)]
+        assert set(served) == {three_stubs[2].url}  # every one answered, by the good engine
+        assert f'vgate_engine_breaker_open{{engine="{flaky_url}"}} 1.0' in gateway.metrics()
+        broken.kill()
+        broken.wait()
+        stack.enter_context(run_process(healthy, f"{flaky_url}/health"))
+        _wait_healthy(gateway, flaky_url)
+        time.sleep(1.2)  # the cool-down passes
+        served = [_engine_for(gateway, [{"role": "user", "content": "hi"}]) for _ in range(6)]
+        assert flaky_url in served  # the trial succeeded: back in rotation
+        assert f'vgate_engine_breaker_open{{engine="{flaky_url}"}} 0.0' in gateway.metrics()
 
-        def ask() -> str:
-            raw = client.chat.completions.with_raw_response.create(
-                model=STUB_MODEL, messages=[{"role": "user", "content": "hi"}]
-            )
-            return raw.headers["x-vgate-engine"]
 
-        with run_process(failing, f"{flaky_url}/health"):
-            served = [ask() for _ in range(6)]  # every one answered, by the good engine
-            assert set(served) == {three_stubs[2].url}
-            assert f'vgate_engine_breaker_open{{engine="{flaky_url}"}} 1.0' in gateway.metrics()
-        healthy = failing[: failing.index("--fail-status")]
-        with run_process(healthy, f"{flaky_url}/health"):
-            time.sleep(1.2)  # the cool-down passes
-            served = [ask() for _ in range(6)]
-            assert flaky_url in served  # the trial succeeded: back in rotation
-            assert f'vgate_engine_breaker_open{{engine="{flaky_url}"}} 0.0' in gateway.metrics()
-    finally:
-        runner.close()
+def _wait_healthy(gateway: Gateway, url: str, within_s: float = 5.0) -> None:
+    deadline = time.monotonic() + within_s
+    while not httpx.get(f"{gateway.url}/ready").json()["engines"][STUB_MODEL].get(url):
+        assert time.monotonic() < deadline, f"{url} never became healthy"
+        time.sleep(0.05)
