@@ -23,6 +23,13 @@ from gateway.settings import UpstreamSettings
 _PROBE_TIMEOUT = aiohttp.ClientTimeout(total=2.0)
 
 
+_UNREACHABLE = (
+    aiohttp.ClientConnectorError,  # refused, no route, DNS
+    aiohttp.ConnectionTimeoutError,  # no connection within connect_s: never reached the engine
+    aiohttp.ServerDisconnectedError,
+)
+
+
 class EngineUnreachable(Exception):
     """The connection to an engine failed before any response; safe to retry elsewhere."""
 
@@ -153,8 +160,8 @@ class UpstreamClient:
             ) as response:
                 payload = await response.read()
                 return UpstreamReply(response.status, response.content_type, payload)
-        except (aiohttp.ClientConnectorError, aiohttp.ServerDisconnectedError) as exc:
-            raise EngineUnreachable(str(exc)) from None
+        except _UNREACHABLE as exc:
+            raise EngineUnreachable(str(exc) or type(exc).__name__) from None
         except TimeoutError:
             raise UpstreamTimeoutError("engine did not answer within the read timeout") from None
         except aiohttp.ClientError as exc:
@@ -174,8 +181,8 @@ class UpstreamClient:
         limits = limits or self._timeout
         try:
             response = await self.session.post(url, data=body, headers=headers, timeout=limits)
-        except (aiohttp.ClientConnectorError, aiohttp.ServerDisconnectedError) as exc:
-            raise EngineUnreachable(str(exc)) from None
+        except _UNREACHABLE as exc:
+            raise EngineUnreachable(str(exc) or type(exc).__name__) from None
         except TimeoutError:
             raise UpstreamTimeoutError("engine did not start answering in time") from None
         except aiohttp.ClientError as exc:

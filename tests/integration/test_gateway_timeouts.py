@@ -3,6 +3,8 @@ engine request and answers 504 (or an SSE error event once the stream has begun)
 
 from __future__ import annotations
 
+import contextlib
+import socket
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -85,3 +87,50 @@ def _eventually(check: Any, within_s: float = 3.0) -> bool:
             return False
         time.sleep(0.05)
     return True
+
+
+@contextlib.contextmanager
+def blackhole() -> Iterator[str]:
+    """A port whose listen backlog is full: connections to it hang instead of failing."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        address = listener.getsockname()
+        fillers = []
+        for _ in range(4):
+            filler = socket.socket()
+            filler.setblocking(False)
+            with contextlib.suppress(BlockingIOError):
+                filler.connect(address)
+            fillers.append(filler)
+        try:
+            yield f"http://127.0.0.1:{address[1]}"
+        finally:
+            for filler in fillers:
+                filler.close()
+
+
+def test_an_engine_that_never_accepts_is_passed_over_after_the_connect_timeout(
+    stub: Stub, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    with blackhole() as hole:
+        config = {
+            "models": [
+                {"name": STUB_MODEL, "endpoints": [hole, stub.url],
+                 "routing": {"policy": "round_robin"}, "timeouts": {"connect_s": 0.3}},
+                {"name": "hole-only", "endpoints": [hole], "upstream_model": STUB_MODEL,
+                 "timeouts": {"connect_s": 0.3}},
+            ],
+            "upstream": {"retries": 1, "breaker_failures": 1000},
+        }  # fmt: skip
+        for gateway in start_gateway(config, tmp_path_factory.mktemp("connect")):
+            client = gateway.client()
+            for _ in range(4):  # half of them try the hole first, then fail over
+                reply = client.chat.completions.create(model=STUB_MODEL, messages=MESSAGES)
+                assert reply.choices[0].message.content
+            started = time.monotonic()
+            with pytest.raises(openai.APIStatusError) as caught:
+                client.chat.completions.create(model="hole-only", messages=MESSAGES)
+            assert caught.value.status_code == 503
+            assert time.monotonic() - started < 2.0
+            assert 'kind="connect"' in gateway.metrics()
