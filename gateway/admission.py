@@ -24,6 +24,7 @@ import secrets
 from typing import Any
 
 from gateway.auth import Principal
+from gateway.config_sections import RateLimitSettings
 from gateway.errors import DependencyUnavailableError, RateLimitError, StoreUnavailable
 from gateway.metrics import GatewayMetrics
 from gateway.ratelimit import (
@@ -36,7 +37,6 @@ from gateway.ratelimit import (
     headline,
     retry_after_header,
 )
-from gateway.settings import RateLimitSettings
 
 log = logging.getLogger("vgate.ratelimit")
 

@@ -27,10 +27,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Protocol
 
+from gateway.config_sections import AuthSettings, StaticKey
 from gateway.errors import AuthenticationError, DependencyUnavailableError, StoreUnavailable
 from gateway.keystore import KeyRecord, KeyStore, digest_of
 from gateway.ratelimit import NO_LIMITS, Limits, LimitScope
-from gateway.settings import AuthSettings, StaticKey
 
 log = logging.getLogger("vgate.auth")
 _BEARER = "bearer "

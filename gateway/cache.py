@@ -28,9 +28,9 @@ from typing import Any, Protocol
 
 from gateway.cache_entry import Entry
 from gateway.cache_key import cache_key, fingerprint, uncacheable_reason
+from gateway.config_sections import CacheSettings, ModelSettings
 from gateway.errors import StoreUnavailable
 from gateway.metrics import GatewayMetrics
-from gateway.settings import CacheSettings, ModelSettings
 from gateway.singleflight import Flights
 
 

@@ -20,16 +20,10 @@ from engines.models import (
 )
 from engines.spec import EngineSpec
 from engines.supervisor import EngineSupervisor
+from gateway.config_sections import ModelSettings, StaticKey
 from gateway.engine_sources import build_deployments, build_registry
 from gateway.keystore import new_secret
-from gateway.settings import (
-    ConfigError,
-    ModelSettings,
-    Settings,
-    StaticKey,
-    load_settings,
-    with_overrides,
-)
+from gateway.settings import ConfigError, Settings, load_settings, with_overrides
 
 # The embedded default: float32, because bf16 drifted into nonsense on the CPU build
 # while float32 answers "The capital of France is Paris." (DESIGN.md §7).

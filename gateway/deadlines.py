@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import aiohttp
 
-from gateway.settings import ModelTimeouts, UpstreamSettings
+from gateway.config_sections import ModelTimeouts, UpstreamSettings
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,7 +22,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from gateway.settings import RoutingSettings
+from gateway.config_sections import RoutingSettings
 
 
 @dataclass(frozen=True, slots=True)

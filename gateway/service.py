@@ -21,6 +21,7 @@ from gateway.auth import Authenticator, Principal
 from gateway.cache import CachePlan, ResponseCache
 from gateway.cache_entry import json_body
 from gateway.cache_flow import CacheFill, follow_events, hit_response, hit_tokens
+from gateway.config_sections import ModelSettings
 from gateway.engine_pool import EnginePool
 from gateway.errors import (
     AuthenticationError,
@@ -33,7 +34,6 @@ from gateway.metrics import UNRESOLVED_MODEL, GatewayMetrics
 from gateway.protocol import ChatCompletionRequest, CompletionRequest
 from gateway.request_parsing import affinity_key, decode_json_object, validate
 from gateway.routing import RoutingPolicy, RoutingTable
-from gateway.settings import ModelSettings
 from gateway.singleflight import Flight, FlightFailed
 from gateway.streaming import SSE_HEADERS, SSEResponse, StreamOutcome, relay_events
 from gateway.upstream import UpstreamStream

@@ -15,11 +15,11 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Mapping
 
+from gateway.config_sections import OverloadSettings
 from gateway.engine_pool import EnginePool
 from gateway.errors import OverloadedError
 from gateway.metrics import GatewayMetrics
 from gateway.routing import EndpointView
-from gateway.settings import OverloadSettings
 
 _RECHECK_S = 0.2
 

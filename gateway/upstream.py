@@ -17,8 +17,8 @@ from dataclasses import dataclass
 
 import aiohttp
 
+from gateway.config_sections import UpstreamSettings
 from gateway.errors import UpstreamError, UpstreamStatusError, UpstreamTimeoutError
-from gateway.settings import UpstreamSettings
 
 _PROBE_TIMEOUT = aiohttp.ClientTimeout(total=2.0)
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from gateway.config_sections import UpstreamSettings
 from gateway.engine_pool import EnginePool
 from gateway.health import LoadScraper
-from gateway.settings import UpstreamSettings
 from gateway.upstream import UpstreamClient
 from tests.helpers.processes import free_port
 

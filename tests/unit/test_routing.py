@@ -38,7 +38,7 @@ def test_round_robin_cycles() -> None:
 
 
 def test_routing_table_per_model_and_default() -> None:
-    from gateway.settings import RoutingSettings
+    from gateway.config_sections import RoutingSettings
 
     table = RoutingTable(
         RoutingSettings(), {"chat": RoutingSettings(policy="prefix_affinity", prefix_chars=64)}
@@ -112,10 +112,10 @@ def test_pool_replacing_endpoints_keeps_state_of_survivors() -> None:
 
 def test_round_robin_spreads_first_attempts_when_retries_are_allowed() -> None:
     """A request that succeeds first time consults the policy once (no skipped turns)."""
+    from gateway.config_sections import RoutingSettings, UpstreamSettings
     from gateway.deadlines import Deadlines
     from gateway.forwarding import Attempt, Forwarder
     from gateway.metrics import GatewayMetrics
-    from gateway.settings import RoutingSettings, UpstreamSettings
     from gateway.upstream import UpstreamClient
 
     pool = EnginePool({"m": ["http://a", "http://b"]})
