@@ -20,27 +20,20 @@ Run: ``python -m benchmarks.cache_overhead --duration 8 --rounds 2``.
 
 from __future__ import annotations
 
-import argparse
-import shlex
-import sys
-import time
 import urllib.request
-from pathlib import Path
 from typing import Any
 
 import orjson
 
-from benchmarks.procs import Processes, pin_self
-from benchmarks.report import machine_info, write_json
+from benchmarks.procs import Processes
 from benchmarks.variants import (
     MODEL,
-    SIDE_CPU,
     Rounds,
     Target,
+    begin,
+    finish,
     measure_rounds,
     median,
-    rounds_json,
-    rounds_table,
     start_stack,
 )
 
@@ -84,20 +77,10 @@ def goals_of(results: Rounds, connections: int) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="benchmarks.cache_overhead")
-    parser.add_argument("--duration", type=float, default=10.0, help="measured seconds per run")
-    parser.add_argument("--warmup", type=float, default=2.0, help="excluded seconds per run")
-    parser.add_argument("--rounds", type=int, default=2, help="alternating rounds")
-    parser.add_argument("--connections", type=int, default=64)
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
-    args = parser.parse_args(argv)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    log_dir = args.out / f"cache_overhead-{stamp}-logs"
-    log_dir.mkdir(parents=True, exist_ok=True)
-    pinned = pin_self(SIDE_CPU)
-    path = "/v1/chat/completions"
-    with Processes(log_dir) as procs:
-        stub_url, urls = start_stack(procs, log_dir, pinned, {"cached": CACHED})
+    run = begin("cache_overhead", argv, "cache hits against the direct and uncached paths")
+    args, path = run.args, "/v1/chat/completions"
+    with Processes(run.log_dir) as procs:
+        stub_url, urls = start_stack(procs, run.log_dir, run.pinned, {"cached": CACHED})
         gateway = urls["cached"] + path
         state = prime(gateway)
         if state != "HIT":
@@ -111,27 +94,18 @@ def main(argv: list[str] | None = None) -> int:
             targets, [1, args.connections], args.rounds, args.duration, args.warmup
         )
     goals = goals_of(results, args.connections)
-    print()
-    print(rounds_table(results))
-    print(
-        f"\ncache hit adds {goals['hit_added_p50_ms']:+.3f} ms at p50 (goal <= 0.5: "
+    finish(
+        run,
+        results,
+        goals,
+        f"cache hit adds {goals['hit_added_p50_ms']:+.3f} ms at p50 (goal <= 0.5: "
         f"{'PASS' if goals['p50_goal_met'] else 'FAIL'}) and {goals['hit_added_p99_ms']:+.3f} ms "
         f"at p99 (goal <= 1.5: {'PASS' if goals['p99_goal_met'] else 'FAIL'}) over the direct "
         f"stub round trip at 1 connection\n{args.connections} connections: "
         f"{goals['hit_rps']:,.0f} hits/s (goal >= 3,000: "
         f"{'PASS' if goals['rps_goal_met'] else 'FAIL'}); "
-        f"uncached {goals['uncached_rps']:,.0f} req/s"
+        f"uncached {goals['uncached_rps']:,.0f} req/s",
     )
-    arguments = sys.argv[1:] if argv is None else argv
-    data = {
-        "command": shlex.join([sys.executable, "-m", "benchmarks.cache_overhead", *arguments]),
-        "machine": machine_info(),
-        "goals": goals,
-        "runs": rounds_json(results),
-    }
-    out = args.out / f"cache_overhead-{stamp}.json"
-    write_json(out, data)
-    print(f"\nwrote {out}")
     met = goals["p50_goal_met"] and goals["p99_goal_met"] and goals["rps_goal_met"]
     return 0 if met else 1
 

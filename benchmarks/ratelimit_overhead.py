@@ -18,25 +18,18 @@ Run: ``python -m benchmarks.ratelimit_overhead --duration 8 --rounds 4``.
 
 from __future__ import annotations
 
-import argparse
-import shlex
-import sys
-import time
-from pathlib import Path
 from typing import Any
 
 from benchmarks.loadgen import chat_body
-from benchmarks.procs import Processes, pin_self
-from benchmarks.report import machine_info, write_json
+from benchmarks.procs import Processes
 from benchmarks.variants import (
     MODEL,
-    SIDE_CPU,
     Rounds,
     Target,
+    begin,
+    finish,
     measure_rounds,
     median,
-    rounds_json,
-    rounds_table,
     start_stack,
 )
 
@@ -69,20 +62,11 @@ def goals_of(results: Rounds, connections: int) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="benchmarks.ratelimit_overhead")
-    parser.add_argument("--duration", type=float, default=10.0, help="measured seconds per run")
-    parser.add_argument("--warmup", type=float, default=2.0, help="excluded seconds per run")
-    parser.add_argument("--rounds", type=int, default=2, help="alternating plain/limited rounds")
-    parser.add_argument("--connections", type=int, default=64)
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
-    args = parser.parse_args(argv)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    log_dir = args.out / f"ratelimit_overhead-{stamp}-logs"
-    log_dir.mkdir(parents=True, exist_ok=True)
-    pinned = pin_self(SIDE_CPU)
-    body = chat_body(MODEL)
-    with Processes(log_dir) as procs:
-        stub_url, urls = start_stack(procs, log_dir, pinned, {"plain": PLAIN, "limited": LIMITED})
+    run = begin("ratelimit_overhead", argv, "auth + rate limits against the plain proxy")
+    args, body = run.args, chat_body(MODEL)
+    with Processes(run.log_dir) as procs:
+        gateways = {"plain": PLAIN, "limited": LIMITED}
+        stub_url, urls = start_stack(procs, run.log_dir, run.pinned, gateways)
         path = "/v1/chat/completions"
         targets = [
             Target("direct", stub_url + path, body),
@@ -94,25 +78,16 @@ def main(argv: list[str] | None = None) -> int:
             once=frozenset({"direct"}),
         )  # fmt: skip
     goals = goals_of(results, args.connections)
-    print()
-    print(rounds_table(results))
-    print(
-        f"\nauth + rate limits add {goals['added_p50_ms']:+.3f} ms at p50 and "
+    finish(
+        run,
+        results,
+        goals,
+        f"auth + rate limits add {goals['added_p50_ms']:+.3f} ms at p50 and "
         f"{goals['added_p99_ms']:+.3f} ms at p99 (1 connection; goal <= 0.3 ms at p50): "
         f"{'PASS' if goals['p50_goal_met'] else 'FAIL'}\n"
         f"{args.connections} connections: limited serves {goals['rps_ratio']:.1%} of plain's "
-        f"req/s (goal >= 85%): {'PASS' if goals['rps_goal_met'] else 'FAIL'}"
+        f"req/s (goal >= 85%): {'PASS' if goals['rps_goal_met'] else 'FAIL'}",
     )
-    arguments = sys.argv[1:] if argv is None else argv
-    data = {
-        "command": shlex.join([sys.executable, "-m", "benchmarks.ratelimit_overhead", *arguments]),
-        "machine": machine_info(),
-        "goals": goals,
-        "runs": rounds_json(results),
-    }
-    path_out = args.out / f"ratelimit_overhead-{stamp}.json"
-    write_json(path_out, data)
-    print(f"\nwrote {path_out}")
     return 0 if goals["p50_goal_met"] and goals["rps_goal_met"] else 1
 
 

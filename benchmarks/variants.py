@@ -8,16 +8,20 @@ are medians of the rounds.
 
 from __future__ import annotations
 
+import argparse
+import shlex
 import shutil
 import statistics
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from benchmarks.loadgen import LoadSpec, run_blocking
 from benchmarks.measure import RunResult
-from benchmarks.procs import Processes, free_port
-from benchmarks.report import ms, table
+from benchmarks.procs import Processes, free_port, pin_self
+from benchmarks.report import machine_info, ms, table, write_json
 
 GATEWAY_CPU = 0
 SIDE_CPU = 1
@@ -126,3 +130,47 @@ def rounds_json(results: Rounds) -> dict[str, dict[str, list[dict[str, object]]]
         str(conns): {name: [r.to_dict() for r in rs] for name, rs in runs.items()}
         for conns, runs in results.items()
     }
+
+
+@dataclass(frozen=True)
+class Invocation:
+    """One run of a variants benchmark: its arguments and where its files go."""
+
+    name: str
+    args: argparse.Namespace
+    argv: list[str]
+    stamp: str
+    log_dir: Path
+    pinned: bool
+
+
+def begin(name: str, argv: list[str] | None, description: str) -> Invocation:
+    """Parse the shared flags, make the log folder, pin this process to the side CPU."""
+    parser = argparse.ArgumentParser(prog=f"benchmarks.{name}", description=description)
+    parser.add_argument("--duration", type=float, default=10.0, help="measured seconds per run")
+    parser.add_argument("--warmup", type=float, default=2.0, help="excluded seconds per run")
+    parser.add_argument("--rounds", type=int, default=2, help="alternating rounds")
+    parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    arguments = sys.argv[1:] if argv is None else argv
+    args = parser.parse_args(arguments)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    log_dir = args.out / f"{name}-{stamp}-logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    return Invocation(name, args, arguments, stamp, log_dir, pin_self(SIDE_CPU))
+
+
+def finish(run: Invocation, results: Rounds, goals: dict[str, Any], verdict: str) -> None:
+    """Print the table and the verdict; write every figure as JSON next to the logs."""
+    print()
+    print(rounds_table(results))
+    print(f"\n{verdict}")
+    data = {
+        "command": shlex.join([sys.executable, "-m", f"benchmarks.{run.name}", *run.argv]),
+        "machine": machine_info(),
+        "goals": goals,
+        "runs": rounds_json(results),
+    }
+    out = run.args.out / f"{run.name}-{run.stamp}.json"
+    write_json(out, data)
+    print(f"\nwrote {out}")

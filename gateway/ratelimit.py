@@ -52,6 +52,10 @@ class Limits:
     def any(self) -> bool:
         return self.rpm is not None or self.tpm is not None or self.max_concurrent is not None
 
+    def per_minute(self, kind: str) -> int | None:
+        """The requests or tokens limit."""
+        return self.rpm if kind == "requests" else self.tpm
+
     def as_args(self) -> tuple[int, int, int]:
         """``(rpm, tpm, max_concurrent)`` with 0 for unlimited (the backends' encoding)."""
         return (self.rpm or 0, self.tpm or 0, self.max_concurrent or 0)
@@ -74,8 +78,11 @@ class ScopeState:
 
     requests: int
     tokens: int
-    requests_reset_s: float
-    tokens_reset_s: float
+    reset_s: float
+    """Until the oldest request in the window leaves it (and ``remaining`` grows)."""
+
+    def used(self, kind: str) -> int:
+        return self.requests if kind == "requests" else self.tokens
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,26 +145,17 @@ def _length(value: Any) -> int:
 def headline(scopes: Sequence[LimitScope], states: Sequence[ScopeState]) -> dict[str, str]:
     """OpenAI's ``x-ratelimit-*`` headers for the tightest scope of each kind."""
     headers: dict[str, str] = {}
-    requests = [
-        (s.limits.rpm - st.requests, s.limits.rpm, st.requests_reset_s)
-        for s, st in zip(scopes, states, strict=True)
-        if s.limits.rpm is not None
-    ]
-    if requests:
-        remaining, limit, reset = min(requests)
-        headers["x-ratelimit-limit-requests"] = str(limit)
-        headers["x-ratelimit-remaining-requests"] = str(max(remaining, 0))
-        headers["x-ratelimit-reset-requests"] = format_duration(reset)
-    tokens = [
-        (s.limits.tpm - st.tokens, s.limits.tpm, st.tokens_reset_s)
-        for s, st in zip(scopes, states, strict=True)
-        if s.limits.tpm is not None
-    ]
-    if tokens:
-        remaining, limit, reset = min(tokens)
-        headers["x-ratelimit-limit-tokens"] = str(limit)
-        headers["x-ratelimit-remaining-tokens"] = str(max(remaining, 0))
-        headers["x-ratelimit-reset-tokens"] = format_duration(reset)
+    for kind in ("requests", "tokens"):
+        figures = [
+            (limit - state.used(kind), limit, state.reset_s)
+            for scope, state in zip(scopes, states, strict=True)
+            if (limit := scope.limits.per_minute(kind)) is not None
+        ]
+        if figures:
+            remaining, limit, reset = min(figures)
+            headers[f"x-ratelimit-limit-{kind}"] = str(limit)
+            headers[f"x-ratelimit-remaining-{kind}"] = str(max(remaining, 0))
+            headers[f"x-ratelimit-reset-{kind}"] = format_duration(reset)
     return headers
 
 

@@ -51,7 +51,7 @@ class _Log:
 
     def state(self, now: float, window_s: float) -> ScopeState:
         reset = self.entries[0][0] + window_s - now if self.entries else 0.0
-        return ScopeState(len(self.entries), self.tokens, max(reset, 0.0), max(reset, 0.0))
+        return ScopeState(len(self.entries), self.tokens, max(reset, 0.0))
 
 
 class MemoryLimiter:

@@ -67,12 +67,7 @@ class RedisLimiter:
                   (future, len(scopes)))  # fmt: skip
         reply = await future
         states = tuple(
-            ScopeState(
-                requests=reply[i],
-                tokens=reply[i + 1],
-                requests_reset_s=reply[i + 2] / 1000,
-                tokens_reset_s=reply[i + 2] / 1000,
-            )
+            ScopeState(requests=reply[i], tokens=reply[i + 1], reset_s=reply[i + 2] / 1000)
             for i in range(3, len(reply), 3)
         )
         refused = reply[1]

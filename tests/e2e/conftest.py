@@ -96,3 +96,15 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         for log in sorted((directory / "logs").glob("*.log")):
             if os.environ.get("VGATE_E2E_SHOW_LOGS"):
                 print(log.read_text()[-3000:], file=sys.stderr)
+
+
+def serve_in_front(stack: Stack, directory: Path, **sections: object) -> Iterator[str]:
+    """A second `vgate serve` in front of the stack's default engine, with ``sections``
+    added to its config; yields its /v1 base URL."""
+    config = {"models": [{"name": DEFAULT_MODEL, "endpoints": [stack.engine_url(DEFAULT_MODEL)]}]}
+    path = directory / "vgate.yaml"
+    path.write_text(yaml.safe_dump(config | sections))
+    port = free_port()
+    argv = [sys.executable, "-m", "gateway", "serve", "--config", str(path), "--port", str(port)]
+    with run_process(argv, f"http://127.0.0.1:{port}/ready", timeout=60):
+        yield f"http://127.0.0.1:{port}/v1"

@@ -3,16 +3,12 @@ JSON and SSE formats replay identically, through the OpenAI SDK."""
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import openai
 import pytest
-import yaml
 
-from tests.e2e.conftest import DEFAULT_MODEL, Stack
-from tests.helpers.processes import free_port, run_process
+from tests.e2e.conftest import DEFAULT_MODEL, Stack, serve_in_front
 
 pytestmark = pytest.mark.e2e
 
@@ -21,17 +17,12 @@ pytestmark = pytest.mark.e2e
 def cached_url(
     stack: Stack, redis_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[str]:
-    config = {
-        "models": [{"name": DEFAULT_MODEL, "endpoints": [stack.engine_url(DEFAULT_MODEL)]}],
-        "redis": {"url": redis_url},
-        "cache": {"enabled": True, "namespace": "e2e"},
-    }
-    path: Path = tmp_path_factory.mktemp("e2e-cache") / "vgate.yaml"
-    path.write_text(yaml.safe_dump(config))
-    port = free_port()
-    argv = [sys.executable, "-m", "gateway", "serve", "--config", str(path), "--port", str(port)]
-    with run_process(argv, f"http://127.0.0.1:{port}/ready", timeout=60):
-        yield f"http://127.0.0.1:{port}/v1"
+    yield from serve_in_front(
+        stack,
+        tmp_path_factory.mktemp("e2e-cache"),
+        redis={"url": redis_url},
+        cache={"enabled": True, "namespace": "e2e"},
+    )
 
 
 def test_vllm_answers_replay_from_the_cache_in_both_forms(cached_url: str) -> None:

@@ -3,17 +3,13 @@ tokens-per-minute key in front of the e2e stack's engine, the OpenAI SDK as clie
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import openai
 import pytest
-import yaml
 
 from gateway.ratelimit import estimate_tokens
-from tests.e2e.conftest import DEFAULT_MODEL, Stack
-from tests.helpers.processes import free_port, run_process
+from tests.e2e.conftest import DEFAULT_MODEL, Stack, serve_in_front
 
 pytestmark = pytest.mark.e2e
 KEY = "sk-e2e-tpm-0123456789"
@@ -23,16 +19,11 @@ PARIS = [{"role": "user", "content": "What is the capital of France?"}]
 
 @pytest.fixture(scope="module")
 def limited_url(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    config = {
-        "models": [{"name": DEFAULT_MODEL, "endpoints": [stack.engine_url(DEFAULT_MODEL)]}],
-        "auth": {"enabled": True, "keys": [{"name": "e2e-tpm", "key": KEY, "tpm": TPM}]},
-    }
-    path: Path = tmp_path_factory.mktemp("e2e-ratelimit") / "vgate.yaml"
-    path.write_text(yaml.safe_dump(config))
-    port = free_port()
-    argv = [sys.executable, "-m", "gateway", "serve", "--config", str(path), "--port", str(port)]
-    with run_process(argv, f"http://127.0.0.1:{port}/ready", timeout=60):
-        yield f"http://127.0.0.1:{port}/v1"
+    yield from serve_in_front(
+        stack,
+        tmp_path_factory.mktemp("e2e-ratelimit"),
+        auth={"enabled": True, "keys": [{"name": "e2e-tpm", "key": KEY, "tpm": TPM}]},
+    )
 
 
 def test_streams_are_charged_the_engines_real_usage(limited_url: str) -> None:

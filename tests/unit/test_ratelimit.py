@@ -139,7 +139,7 @@ async def test_scopes_are_decided_together(limiter: LimiterBackend) -> None:
 
 def test_headline_reports_the_tightest_scope_in_openai_format() -> None:
     scopes = [LimitScope("{k}", Limits(rpm=60, tpm=1000)), LimitScope("{k}:m", Limits(rpm=10))]
-    states = [ScopeState(3, 250, 59.5, 59.5), ScopeState(9, 0, 0.02, 0.0)]
+    states = [ScopeState(3, 250, 59.5), ScopeState(9, 0, 0.02)]
     assert headline(scopes, states) == {
         "x-ratelimit-limit-requests": "10",
         "x-ratelimit-remaining-requests": "1",
