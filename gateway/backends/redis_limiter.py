@@ -4,12 +4,15 @@ Every decision is made inside Redis by the script, atomically, so any number
 of gateway replicas enforce one limit together; the script reads the time from
 Redis, so replicas whose clocks disagree still agree.
 
-Admissions and settlements made in the same event-loop turn go to Redis as one
-script call (at most :data:`MAX_BATCH` operations): one write, one round trip,
-one reply to parse, however many requests are waiting. Each operation in a
-batch is still decided on its own, in order, exactly as if sent alone. A
-settlement is never waited for: it goes out in the turn it is made, ahead of
-anything this gateway sends later.
+Admissions made in the same event-loop turn go to Redis as one script call (at
+most :data:`MAX_BATCH` operations): one write, one round trip, one reply to
+parse, however many requests are waiting. Each operation in a batch is still
+decided on its own, in order, exactly as if sent alone. A settlement is never
+waited for: it joins the next batch of admissions, or goes alone after
+:data:`SETTLE_DELAY_S`; either way Redis applies it before any admission this
+gateway sends later, so a client's next request through the same gateway finds
+its concurrency slot free. (Through another gateway, within that millisecond,
+it may not yet.)
 """
 
 from __future__ import annotations
@@ -35,6 +38,8 @@ from gateway.ratelimit import (
 _SCRIPT = resources.files("gateway.backends").joinpath("limiter.lua").read_text("utf-8")
 _SHA = hashlib.sha1(_SCRIPT.encode()).hexdigest()
 MAX_BATCH = 128
+SETTLE_DELAY_S = 0.001
+"""How long a settlement may wait for a decision to share its call (then it goes alone)."""
 
 _Waiter = tuple["asyncio.Future[list[int]]", int] | None
 """An admission's reply future and scope count; None for a settlement."""
@@ -53,6 +58,7 @@ class RedisLimiter:
         self._args: list[str | int] = []
         self._waiters: list[_Waiter] = []
         self._scheduled = False
+        self._timer: asyncio.TimerHandle | None = None
         self._names: dict[str, tuple[str, str, str]] = {}  # scope → its three Redis keys
 
     async def admit(
@@ -100,12 +106,18 @@ class RedisLimiter:
         self._waiters.append(waiter)
         if len(self._waiters) >= MAX_BATCH:
             self._flush()
+        elif waiter is None:  # a settlement waits (briefly) to ride with the next decision
+            if self._timer is None and not self._scheduled:
+                self._timer = asyncio.get_running_loop().call_later(SETTLE_DELAY_S, self._flush)
         elif not self._scheduled:
             self._scheduled = True
             asyncio.get_running_loop().call_soon(self._flush)
 
     def _flush(self) -> None:
         self._scheduled = False
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if not self._waiters:
             return
         keys, args, waiters = self._keys, self._args, self._waiters
