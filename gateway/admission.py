@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
-import secrets
+import os
 from typing import Any
 
 from gateway.auth import Principal
@@ -85,6 +86,10 @@ class Admission:
         self._backend = backend
         self._settings = settings
         self._metrics = metrics
+        # Request ids in the counters: unique per gateway (random prefix) and per request
+        # (a counter); drawing random bytes for each one cost 2% of the gateway's CPU.
+        self._id_prefix = os.urandom(6).hex()
+        self._ids = itertools.count()
 
     async def admit(self, principal: Principal, model: str, body: dict[str, Any]) -> Ticket:
         scopes = principal.scopes(model)
@@ -93,7 +98,7 @@ class Admission:
         tokens = 0
         if any(s.limits.tpm is not None for s in scopes):
             tokens = estimate_tokens(body, self._settings.default_max_tokens)
-        request_id = secrets.token_hex(8)
+        request_id = f"{self._id_prefix}{next(self._ids):x}"
         try:
             decision = await self._backend.admit(
                 scopes, request_id, tokens, self._settings.concurrency_lease_s
