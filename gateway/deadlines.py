@@ -14,7 +14,7 @@ error event and ``[DONE]``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import aiohttp
 
@@ -27,6 +27,18 @@ class Deadlines:
     ttft_s: float | None
     idle_s: float
     total_s: float | None
+    answer_timeout: aiohttp.ClientTimeout = field(init=False, compare=False)
+    """The non-streaming request's aiohttp timeouts, built once per model."""
+    stream_timeout: aiohttp.ClientTimeout = field(init=False, compare=False)
+    """The streaming request's aiohttp timeouts, built once per model."""
+
+    def __post_init__(self) -> None:
+        answer = aiohttp.ClientTimeout(total=self.answer_s, sock_connect=self.connect_s)
+        stream = aiohttp.ClientTimeout(
+            total=None, sock_connect=self.connect_s, sock_read=self.idle_s
+        )
+        object.__setattr__(self, "answer_timeout", answer)
+        object.__setattr__(self, "stream_timeout", stream)
 
     @classmethod
     def of(cls, upstream: UpstreamSettings, own: ModelTimeouts | None) -> Deadlines:
@@ -42,12 +54,6 @@ class Deadlines:
     def answer_s(self) -> float:
         """How long a non-streaming request waits for its answer."""
         return self.total_s or self.ttft_s or self.idle_s
-
-    def answer_timeout(self) -> aiohttp.ClientTimeout:
-        return aiohttp.ClientTimeout(total=self.answer_s, sock_connect=self.connect_s)
-
-    def stream_timeout(self) -> aiohttp.ClientTimeout:
-        return aiohttp.ClientTimeout(total=None, sock_connect=self.connect_s, sock_read=self.idle_s)
 
     def answer_name(self) -> str:
         if self.total_s:

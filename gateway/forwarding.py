@@ -75,7 +75,7 @@ class Forwarder:
             self._pool.acquire(url)
             try:
                 reply = await self._upstream.post(
-                    url + attempt.path, attempt.payload, headers, limits.answer_timeout()
+                    url + attempt.path, attempt.payload, headers, limits.answer_timeout
                 )
             except EngineUnreachable:
                 self._unreachable(attempt.model, url)
@@ -122,7 +122,7 @@ class Forwarder:
             try:
                 async with asyncio.timeout_at(first_deadline):
                     stream = await self._upstream.open_stream(
-                        url + attempt.path, attempt.payload, headers, limits.stream_timeout()
+                        url + attempt.path, attempt.payload, headers, limits.stream_timeout
                     )
                     await stream.prime()  # nothing reaches the client before the first event
             except EngineUnreachable:
