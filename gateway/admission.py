@@ -22,7 +22,10 @@ import contextlib
 import itertools
 import logging
 import os
+from dataclasses import dataclass
 from typing import Any
+
+from prometheus_client import Counter
 
 from gateway.auth import Principal
 from gateway.config_sections import RateLimitSettings
@@ -33,6 +36,8 @@ from gateway.ratelimit import (
     Decision,
     LimiterBackend,
     LimitScope,
+    RawHeaders,
+    as_text,
     estimate_tokens,
     format_duration,
     headline,
@@ -40,42 +45,65 @@ from gateway.ratelimit import (
 )
 
 log = logging.getLogger("vgate.ratelimit")
+_MAX_CHARGES = 4096
+"""Sets of scopes whose :class:`_Charge` is kept (then the memo starts over)."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Charge:
+    """What admitting to one set of scopes needs besides the request: worked out once
+    per set (it runs on every request)."""
+
+    scopes: tuple[LimitScope, ...]
+    counts_tokens: bool
+    tokens_charged: Counter  # the metric's child for this key
 
 
 class Ticket:
     """One admitted request's reservation; settled once, whichever path ends it."""
 
-    __slots__ = ("_admission", "_scopes", "_settled", "headers", "request_id", "reserved")
+    __slots__ = (
+        "_admission",
+        "_charge",
+        "_settled",
+        "raw_headers",
+        "request_id",
+        "reserved",
+        "wants_usage",
+    )
 
     def __init__(
         self,
         admission: Admission | None,
-        scopes: tuple[LimitScope, ...],
+        charge: _Charge | None,
         request_id: str,
         reserved: int,
-        headers: dict[str, str],
+        raw_headers: RawHeaders,
     ) -> None:
         self._admission = admission
-        self._scopes = scopes
+        self._charge = charge
         self._settled = admission is None
         self.request_id = request_id
         self.reserved = reserved
-        self.headers = headers
+        self.raw_headers = raw_headers
+        """The ``x-ratelimit-*`` headers, ready to append to a response's raw headers."""
+        self.wants_usage = charge is not None and charge.counts_tokens
+        """True when a token limit applies, so the real usage must be read."""
 
     @property
-    def wants_usage(self) -> bool:
-        """True when a token limit applies, so the real usage must be read."""
-        return any(s.limits.tpm is not None for s in self._scopes)
+    def headers(self) -> dict[str, str]:
+        """:attr:`raw_headers` as text, for error answers and replays."""
+        return as_text(self.raw_headers)
 
     def settle(self, actual: int | None) -> None:
         """Charge ``actual`` tokens (``None``: keep the reservation) and free the slot."""
-        if self._settled or self._admission is None:
+        if self._settled or self._admission is None or self._charge is None:
             return
         self._settled = True
-        self._admission.settle(self._scopes, self, actual)
+        self._admission.settle(self._charge, self, actual)
 
 
-FREE_PASS = Ticket(None, (), "", 0, {})
+FREE_PASS = Ticket(None, None, "", 0, [])
 """The ticket of a request no limit applies to: settling it does nothing."""
 
 
@@ -90,13 +118,15 @@ class Admission:
         # (a counter); drawing random bytes for each one cost 2% of the gateway's CPU.
         self._id_prefix = os.urandom(6).hex()
         self._ids = itertools.count()
+        self._charges: dict[int, _Charge] = {}
 
     async def admit(self, principal: Principal, model: str, body: dict[str, Any]) -> Ticket:
         scopes = principal.scopes(model)
         if not scopes:
             return FREE_PASS
+        charge = self._charge_of(scopes)
         tokens = 0
-        if any(s.limits.tpm is not None for s in scopes):
+        if charge.counts_tokens:
             tokens = estimate_tokens(body, self._settings.default_max_tokens)
         request_id = f"{self._id_prefix}{next(self._ids):x}"
         try:
@@ -118,17 +148,31 @@ class Admission:
             return FREE_PASS
         headers = headline(scopes, decision.states)
         if not decision.admitted:
-            raise self._refusal(principal, scopes, decision, tokens, headers)
-        return Ticket(self, scopes, request_id, tokens, headers)
+            raise self._refusal(principal, scopes, decision, tokens, as_text(headers))
+        return Ticket(self, charge, request_id, tokens, headers)
 
-    def settle(self, scopes: tuple[LimitScope, ...], ticket: Ticket, actual: int | None) -> None:
+    def settle(self, charge: _Charge, ticket: Ticket, actual: int | None) -> None:
         charged = ticket.reserved if actual is None else actual
-        if charged and any(s.limits.tpm is not None for s in scopes):
-            self._metrics.tokens_charged.labels(_key_name(scopes)).inc(charged)
+        if charged and charge.counts_tokens:
+            charge.tokens_charged.inc(charged)
         try:
-            self._backend.settle(scopes, ticket.request_id, ticket.reserved, actual)
+            self._backend.settle(charge.scopes, ticket.request_id, ticket.reserved, actual)
         except StoreUnavailable:
             self._metrics.redis_errors.labels("ratelimit").inc()
+
+    def _charge_of(self, scopes: tuple[LimitScope, ...]) -> _Charge:
+        """The memoised :class:`_Charge` of ``scopes`` (principals keep their scope
+        tuples, so the tuple's identity is the key; the memo holds the tuple alive)."""
+        charge = self._charges.get(id(scopes))
+        if charge is not None and charge.scopes is scopes:
+            return charge
+        counts_tokens = any(s.limits.tpm is not None for s in scopes)
+        child = self._metrics.tokens_charged.labels(_key_name(scopes))
+        charge = _Charge(scopes, counts_tokens, child)
+        if len(self._charges) >= _MAX_CHARGES:
+            self._charges.clear()
+        self._charges[id(scopes)] = charge
+        return charge
 
     def _refusal(
         self,

@@ -32,9 +32,10 @@ from gateway.cache import EntryStore, MemoryEntryStore, ResponseCache
 from gateway.deadlines import Deadlines
 from gateway.engine_pool import BreakerPolicy, EnginePool
 from gateway.engine_sources import RegistryWatcher, build_deployments, build_registry
-from gateway.errors import GatewayError, MethodNotAllowedError, NotFoundError, error_body
+from gateway.errors import GatewayError, MethodNotAllowedError, NotFoundError
 from gateway.forwarding import Forwarder, RetryBudget
 from gateway.health import HealthMonitor, LoadScraper
+from gateway.hot_routes import HotRoutes, gateway_error_response, internal_error_response
 from gateway.keystore import KeyStore, MemoryKeyStore
 from gateway.metrics import GatewayMetrics
 from gateway.periodic import Periodic
@@ -84,14 +85,15 @@ def create_app(settings: Settings, on_engines_ready: Callable[[], None] | None =
 
 
 class GatewayApp(FastAPI):
-    """FastAPI with :class:`RequestIdMiddleware` outside everything else.
+    """FastAPI with :class:`RequestIdMiddleware` outside everything else, and the
+    completion routes served by :class:`HotRoutes` ahead of FastAPI's own stack.
 
     Outermost, so that even the 500 that Starlette's ServerErrorMiddleware sends
     for an unexpected exception carries ``x-request-id``.
     """
 
     def build_middleware_stack(self) -> ASGIApp:
-        return RequestIdMiddleware(super().build_middleware_stack())
+        return RequestIdMiddleware(HotRoutes(super().build_middleware_stack(), openai.HOT_ROUTES))
 
 
 async def _start(
@@ -195,7 +197,7 @@ async def _announce(supervisor: EngineSupervisor, on_ready: Callable[[], None]) 
 
 async def _gateway_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, GatewayError)
-    return Response(exc.body(), exc.status, headers=exc.headers, media_type="application/json")
+    return gateway_error_response(exc)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
@@ -210,8 +212,7 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 async def _unexpected_error(request: Request, exc: Exception) -> Response:
     log.exception("unhandled error on %s %s", request.method, request.url.path)
-    body = error_body("internal gateway error", "internal_error", None, "internal_error")
-    return Response(body, 500, media_type="application/json")
+    return internal_error_response()
 
 
 def app_from_environment() -> FastAPI:

@@ -31,7 +31,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, NamedTuple, Protocol
 
 WINDOW_S = 60.0
 RefusalKind = Literal["requests", "tokens", "concurrency"]
@@ -72,9 +72,11 @@ class LimitScope:
     limits: Limits
 
 
-@dataclass(frozen=True, slots=True)
-class ScopeState:
-    """One scope's counters after a decision (the request included when admitted)."""
+class ScopeState(NamedTuple):
+    """One scope's counters after a decision (the request included when admitted).
+
+    Decisions are made on every request: tuples are built several times faster
+    than frozen dataclasses, and read the same."""
 
     requests: int
     tokens: int
@@ -85,8 +87,7 @@ class ScopeState:
         return self.requests if kind == "requests" else self.tokens
 
 
-@dataclass(frozen=True, slots=True)
-class Decision:
+class Decision(NamedTuple):
     admitted: bool
     refused: RefusalKind | None
     retry_after_s: float
@@ -142,9 +143,38 @@ def _length(value: Any) -> int:
     return len(value) if isinstance(value, list) else 1
 
 
-def headline(scopes: Sequence[LimitScope], states: Sequence[ScopeState]) -> dict[str, str]:
-    """OpenAI's ``x-ratelimit-*`` headers for the tightest scope of each kind."""
-    headers: dict[str, str] = {}
+RawHeaders = list[tuple[bytes, bytes]]
+"""Response headers in the form the ASGI server sends: built once, copied by nobody."""
+
+_HEADER_NAMES = {
+    kind: (
+        f"x-ratelimit-limit-{kind}".encode(),
+        f"x-ratelimit-remaining-{kind}".encode(),
+        f"x-ratelimit-reset-{kind}".encode(),
+    )
+    for kind in ("requests", "tokens")
+}
+
+
+def headline(scopes: Sequence[LimitScope], states: Sequence[ScopeState]) -> RawHeaders:
+    """OpenAI's ``x-ratelimit-*`` headers for the tightest scope of each kind, ready to
+    send (every response carries them, so they skip every dict and re-encoding)."""
+    if len(scopes) == 1:  # the common case: straight through
+        limits, state = scopes[0].limits, states[0]
+        headers: RawHeaders = []
+        reset = format_duration(state.reset_s).encode()
+        if limits.rpm is not None:
+            limit_name, remaining_name, reset_name = _HEADER_NAMES["requests"]
+            headers.append((limit_name, b"%d" % limits.rpm))
+            headers.append((remaining_name, b"%d" % max(limits.rpm - state.requests, 0)))
+            headers.append((reset_name, reset))
+        if limits.tpm is not None:
+            limit_name, remaining_name, reset_name = _HEADER_NAMES["tokens"]
+            headers.append((limit_name, b"%d" % limits.tpm))
+            headers.append((remaining_name, b"%d" % max(limits.tpm - state.tokens, 0)))
+            headers.append((reset_name, reset))
+        return headers
+    headers = []
     for kind in ("requests", "tokens"):
         figures = [
             (limit - state.used(kind), limit, state.reset_s)
@@ -152,11 +182,17 @@ def headline(scopes: Sequence[LimitScope], states: Sequence[ScopeState]) -> dict
             if (limit := scope.limits.per_minute(kind)) is not None
         ]
         if figures:
-            remaining, limit, reset = min(figures)
-            headers[f"x-ratelimit-limit-{kind}"] = str(limit)
-            headers[f"x-ratelimit-remaining-{kind}"] = str(max(remaining, 0))
-            headers[f"x-ratelimit-reset-{kind}"] = format_duration(reset)
+            remaining, limit, reset_s = min(figures)
+            limit_name, remaining_name, reset_name = _HEADER_NAMES[kind]
+            headers.append((limit_name, b"%d" % limit))
+            headers.append((remaining_name, b"%d" % max(remaining, 0)))
+            headers.append((reset_name, format_duration(reset_s).encode()))
     return headers
+
+
+def as_text(headers: RawHeaders) -> dict[str, str]:
+    """Raw headers as the ``dict`` error responses and replays take."""
+    return {name.decode(): value.decode() for name, value in headers}
 
 
 def format_duration(seconds: float) -> str:

@@ -158,7 +158,7 @@ class CompletionService:
         """Route and forward (or follow an identical request in flight); settle the ticket
         on every path and put its headers on the answer."""
         fill: CacheFill | None = None
-        headers = ticket.headers | ({"X-Cache": "BYPASS"} if plan.bypassed else {})
+        headers = {"X-Cache": "BYPASS"} if plan.bypassed else {}  # the ticket adds its own
         if plan.key is not None:
             if plan.lookup:
                 flight = self._cache.flights.join(plan.key)
@@ -180,6 +180,7 @@ class CompletionService:
                     in_flight.dec()
         except GatewayError as exc:
             ticket.settle(0)  # nothing was generated: no tokens charged
+            exc.headers.update(ticket.headers)
             exc.headers.update(headers)
             if fill is not None:
                 fill.fail()
@@ -249,12 +250,14 @@ class CompletionService:
         ticket.settle(body_usage(reply.body) if ticket.wants_usage else None)
         if fill is not None:
             fill.finish_json(reply.body)
-        return Response(
+        response = Response(
             reply.body,
             reply.status,
             {ENGINE_HEADER: url, **answer_headers},
             media_type="application/json",
         )
+        response.raw_headers += ticket.raw_headers
+        return response
 
     async def _stream(
         self,
@@ -274,9 +277,11 @@ class CompletionService:
             if usage.strip:
                 payload = with_usage_requested(parsed.body)
         url, stream = await self._forwarder.open_stream(self._attempt(route, parsed, payload, meta))
-        return self._relay(
+        response = self._relay(
             route, parsed.model, url, stream, started, ticket, usage, fill, answer_headers
         )
+        response.raw_headers += ticket.raw_headers
+        return response
 
     @staticmethod
     def _attempt(route: Route, parsed: ParsedRequest, payload: bytes, meta: RequestMeta) -> Attempt:

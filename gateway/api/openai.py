@@ -1,8 +1,9 @@
 """OpenAI completion routes: read the body within the size limit, hand it to the service.
 
-Routes are plain Starlette routes (``add_route``), not FastAPI ``APIRoute``s: they
-take the raw request and return a ready response, so FastAPI's per-request
-dependency solving and query parsing would be pure overhead on the hot path.
+The handlers take the raw request and return a ready response. ``POST`` on their
+paths is served by :class:`gateway.hot_routes.HotRoutes` ahead of FastAPI's
+middleware and routing, which would be pure overhead on the hot path; the
+router entries here answer every other method (405).
 
 A client that hangs up while a non-streaming answer is being generated cancels
 the request, which closes the upstream connection so the engine stops working
@@ -72,3 +73,6 @@ async def completions(request: Request) -> Response:
 
 router.add_route(CHAT.path, chat_completions, methods=["POST"])
 router.add_route(COMPLETIONS.path, completions, methods=["POST"])
+HOT_ROUTES = {CHAT.path: chat_completions, COMPLETIONS.path: completions}
+"""Served by :class:`gateway.hot_routes.HotRoutes` ahead of FastAPI; the router entries
+above still answer other methods on these paths (405)."""

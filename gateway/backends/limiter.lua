@@ -10,9 +10,11 @@
 --   admit:  "a", scopes, request id, tokens to reserve, lease ms, then rpm, tpm,
 --           max_concurrent per scope (0 = unlimited)
 --   settle: "s", scopes, request id, tokens reserved, actual tokens (-1 = keep)
--- Reply: for each admit, in order: admitted (1/0), refusal (0 none, 1 requests,
---   2 tokens, 3 concurrency), retry-after ms (-1 never), then per scope: requests and
---   tokens in the window, ms until the oldest entry leaves it. Settles reply nothing.
+-- Reply: one string of space-separated integers (one bulk string is far cheaper for
+--   the gateway to read than an array of integers). For each admit, in order:
+--   admitted (1/0), refusal (0 none, 1 requests, 2 tokens, 3 concurrency),
+--   retry-after ms (-1 never), then per scope: requests and tokens in the window,
+--   ms until the oldest entry leaves it. Settles reply nothing.
 -- Time comes from the Redis server, so every gateway replica shares one clock.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -20,6 +22,10 @@ local window = tonumber(ARGV[1])
 local cutoff = now - window
 local result = {}
 local k, a = 0, 2
+
+local function push(value)
+  result[#result + 1] = string.format('%d', value)
+end
 
 local function tokens_of(member)
   return tonumber(string.match(member, ':(%-?%d+)$')) or 0
@@ -86,9 +92,9 @@ local function admit(scopes, rid, cost, lease, limits)
       end
     end
   end
-  table.insert(result, refused == 0 and 1 or 0)
-  table.insert(result, refused)
-  table.insert(result, math.max(retry, -1))
+  push(refused == 0 and 1 or 0)
+  push(refused)
+  push(math.max(retry, -1))
   for i = 0, scopes - 1 do
     local log, tok, slots = KEYS[k + 3 * i + 1], KEYS[k + 3 * i + 2], KEYS[k + 3 * i + 3]
     if refused == 0 then
@@ -107,9 +113,9 @@ local function admit(scopes, rid, cost, lease, limits)
       local oldest = redis.call('ZRANGE', log, 0, 0, 'WITHSCORES')
       if oldest[2] then reset = math.max(tonumber(oldest[2]) + window - now, 0) end
     end
-    table.insert(result, counts[i])
-    table.insert(result, used[i])
-    table.insert(result, reset)
+    push(counts[i])
+    push(used[i])
+    push(reset)
   end
 end
 
@@ -127,4 +133,4 @@ while a < #ARGV do
   end
   k = k + 3 * scopes
 end
-return result
+return table.concat(result, ' ')

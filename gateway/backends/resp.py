@@ -36,11 +36,15 @@ class _Incomplete(Exception):
     """The buffer does not hold a whole reply yet."""
 
 
+def bulk(data: bytes) -> bytes:
+    """``data`` as one RESP bulk string (one argument of a command)."""
+    return b"$%d\r\n%s\r\n" % (len(data), data)
+
+
 def encode_command(args: tuple[bytes | str | int, ...]) -> bytes:
     parts = [b"*%d\r\n" % len(args)]
     for arg in args:
-        data = arg if isinstance(arg, bytes) else str(arg).encode()
-        parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
+        parts.append(bulk(arg if isinstance(arg, bytes) else str(arg).encode()))
     return b"".join(parts)
 
 
@@ -141,11 +145,15 @@ class RespClient:
         self._watchdog: asyncio.Task[None] | None = None
 
     async def call(self, *args: bytes | str | int) -> Any:
+        return await self.call_encoded(encode_command(args))
+
+    async def call_encoded(self, command: bytes) -> Any:
+        """Send one command already in RESP form and wait for its reply."""
         connection = self._connection
         if connection is None or connection.closed:
             connection = await self._connect()
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        connection.send(encode_command(args), future)
+        connection.send(command, future)
         return await future
 
     def send_nowait(self, *args: bytes | str | int) -> asyncio.Future[Any]:
@@ -154,11 +162,15 @@ class RespClient:
         Redis runs one connection's commands in order, so anything this client sends
         later runs after it. With no connection up, the command goes out once one is.
         """
+        return self.send_encoded(encode_command(args))
+
+    def send_encoded(self, command: bytes) -> asyncio.Future[Any]:
+        """:meth:`send_nowait` for a command already in RESP form (``*<n>\\r\\n...``)."""
         connection = self._connection
         if connection is None or connection.closed:
-            return asyncio.ensure_future(self.call(*args))
+            return asyncio.ensure_future(self.call_encoded(command))
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        connection.send(encode_command(args), future)
+        connection.send(command, future)
         return future
 
     async def evalsha(self, script: str, keys: list[str], args: list[str | int]) -> Any:

@@ -19,6 +19,7 @@ from gateway.ratelimit import (
     Limits,
     LimitScope,
     ScopeState,
+    as_text,
     estimate_tokens,
     format_duration,
     headline,
@@ -140,7 +141,7 @@ async def test_scopes_are_decided_together(limiter: LimiterBackend) -> None:
 def test_headline_reports_the_tightest_scope_in_openai_format() -> None:
     scopes = [LimitScope("{k}", Limits(rpm=60, tpm=1000)), LimitScope("{k}:m", Limits(rpm=10))]
     states = [ScopeState(3, 250, 59.5), ScopeState(9, 0, 0.02)]
-    assert headline(scopes, states) == {
+    assert as_text(headline(scopes, states)) == {
         "x-ratelimit-limit-requests": "10",
         "x-ratelimit-remaining-requests": "1",
         "x-ratelimit-reset-requests": "20ms",
@@ -148,6 +149,20 @@ def test_headline_reports_the_tightest_scope_in_openai_format() -> None:
         "x-ratelimit-remaining-tokens": "750",
         "x-ratelimit-reset-tokens": "59.5s",
     }
+
+
+def test_headline_of_one_scope_matches_the_general_rule() -> None:
+    scope = LimitScope("{k}", Limits(rpm=60, tpm=1000, max_concurrent=2))
+    state = ScopeState(61, 1200, 1.25)
+    assert headline([scope], [state]) == [
+        (b"x-ratelimit-limit-requests", b"60"),
+        (b"x-ratelimit-remaining-requests", b"0"),  # never negative
+        (b"x-ratelimit-reset-requests", b"1.25s"),
+        (b"x-ratelimit-limit-tokens", b"1000"),
+        (b"x-ratelimit-remaining-tokens", b"0"),
+        (b"x-ratelimit-reset-tokens", b"1.25s"),
+    ]
+    assert headline([LimitScope("{k}", Limits(max_concurrent=2))], [state]) == []
 
 
 @pytest.mark.parametrize(
