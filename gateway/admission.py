@@ -5,10 +5,10 @@
 exactly once, on every path: with the real token ``usage`` when the response
 ends, with 0 tokens when the request failed before the engine produced
 anything, or keeping the reservation when the outcome is unknown (the client
-left, the stream broke). Settling frees the concurrency slot. It is sent
-before the client sees the end of its response but never waited for: Redis
-runs it before anything this gateway sends later, so a client that sends its
-next request right away finds its slot free.
+left, the stream broke). Settling frees the concurrency slot. It is sent in the
+event-loop turn that ends the response but never waited for: Redis runs it
+before anything this gateway sends later, so a client that sends its next
+request right away finds its slot free.
 
 When the backend is unreachable, ``ratelimit.on_redis_error`` decides:
 ``fail_open`` admits without limits, ``fail_closed`` answers 503; both are

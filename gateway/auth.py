@@ -72,6 +72,12 @@ ANONYMOUS = Principal("anonymous", None)
 
 
 class Authenticator(Protocol):
+    def known(self, authorization: str | None) -> Principal | None:
+        """The caller, when the local copy knows the key and it is valid; None for
+        anything else (missing, malformed, unknown, expired: :meth:`authenticate` says).
+        The common case answered without a coroutine (every request asks)."""
+        ...
+
     async def authenticate(self, authorization: str | None) -> Principal:
         """The caller behind an ``Authorization`` header; raises AuthenticationError."""
         ...
@@ -87,6 +93,9 @@ class Authenticator(Protocol):
 
 class OpenAccess:
     """Auth switched off: every caller is ``anonymous`` and may use every model."""
+
+    def known(self, authorization: str | None) -> Principal | None:
+        return ANONYMOUS
 
     async def authenticate(self, authorization: str | None) -> Principal:
         return ANONYMOUS
@@ -107,6 +116,17 @@ class KeyDirectory:
         self._stored: dict[str, Principal] = {}
         self._unknown: set[str] = set()
         self._version: str | None = None
+
+    def known(self, authorization: str | None) -> Principal | None:
+        if not authorization or authorization[: len(_BEARER)].lower() != _BEARER:
+            return None
+        digest = digest_of(authorization[len(_BEARER) :].strip())
+        principal = self._static.get(digest) or self._stored.get(digest)
+        if principal is None or (
+            principal.expires_at is not None and time.time() >= principal.expires_at
+        ):
+            return None
+        return principal
 
     async def authenticate(self, authorization: str | None) -> Principal:
         if not authorization:

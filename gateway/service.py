@@ -104,7 +104,9 @@ class CompletionService:
         started = time.perf_counter()
         model = UNRESOLVED_MODEL
         try:
-            principal = await self.authenticate(meta.authorization)
+            principal = self._authenticator.known(meta.authorization)
+            if principal is None:  # unknown here, or refused: the full check says which
+                principal = await self.authenticate(meta.authorization)
             parsed = self._parse(route, raw, meta.session_id)
             model = parsed.model
             if not principal.may_use(model):

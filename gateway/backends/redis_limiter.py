@@ -4,15 +4,17 @@ Every decision is made inside Redis by the script, atomically, so any number
 of gateway replicas enforce one limit together; the script reads the time from
 Redis, so replicas whose clocks disagree still agree.
 
-Admissions made in the same event-loop turn go to Redis as one script call (at
-most :data:`MAX_BATCH` operations): one write, one round trip, one reply to
-parse, however many requests are waiting. Each operation in a batch is still
-decided on its own, in order, exactly as if sent alone. A settlement is never
-waited for: it joins the next batch of admissions, or goes alone after
-:data:`SETTLE_DELAY_S`; either way Redis applies it before any admission this
-gateway sends later, so a client's next request through the same gateway finds
-its concurrency slot free. (Through another gateway, within that millisecond,
-it may not yet.)
+Admissions and settlements made in the same event-loop turn go to Redis as one
+script call (at most :data:`MAX_BATCH` operations) at the end of that turn: one
+write, one round trip, one reply to parse, however many requests are waiting.
+Each operation in a batch is still decided on its own, in order, exactly as if
+sent alone. A settlement is never waited for, but it leaves in the turn that
+makes it, while the client is still reading its answer: Redis applies it before
+any admission this gateway sends later (a client's next request finds its
+concurrency slot free), and its cost is paid before that admission arrives
+rather than in front of it. (Holding settlements back to ride with the next
+admission saved a write but put their script time on the next request's path:
++45 µs at p50 with one connection, measured with Redis on loopback.)
 
 This runs on every request, so the command is assembled from pieces encoded
 once per set of scopes (keys and limits), and Redis answers with one string of
@@ -46,8 +48,6 @@ _SHA = hashlib.sha1(_SCRIPT.encode()).hexdigest()
 _EVALSHA = b"$7\r\nEVALSHA\r\n" + bulk(_SHA.encode())
 _EVAL = b"$4\r\nEVAL\r\n" + bulk(_SCRIPT.encode())
 MAX_BATCH = 128
-SETTLE_DELAY_S = 0.001
-"""How long a settlement may wait for a decision to share its call (then it goes alone)."""
 _MAX_ENCODED = 4096
 """Sets of scopes whose encoding is kept (then the memo starts over)."""
 
@@ -93,7 +93,6 @@ class RedisLimiter:
         self._window = bulk(b"%d" % int(window_s * 1000))
         self._batch = _empty_batch()
         self._scheduled = False
-        self._timer: asyncio.TimerHandle | None = None
         self._encoded: dict[int, _EncodedScopes] = {}
 
     async def admit(
@@ -101,29 +100,35 @@ class RedisLimiter:
     ) -> Decision:
         self._link.check()
         future: asyncio.Future[list[int]] = asyncio.get_running_loop().create_future()
-        encoded = self._encode(scopes)
+        encoded = self._encoded.get(id(scopes))
+        if encoded is None or encoded.scopes is not scopes:
+            encoded = self._encode(scopes)
         rid, cost, lease = request_id.encode(), b"%d" % tokens, b"%d" % int(lease_s * 1000)
         args = b"%s$%d\r\n%s\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n%s" % (
             encoded.admit_head, len(rid), rid, len(cost), cost, len(lease), lease, encoded.limits
         )  # fmt: skip
         self._add(encoded, args, 5 + 3 * len(scopes), (future, len(scopes)))
         reply = await future
-        states = tuple(
-            ScopeState(reply[i], reply[i + 1], reply[i + 2] / 1000) for i in range(3, len(reply), 3)
-        )
+        if len(reply) == 6:  # one scope, the common case
+            states: tuple[ScopeState, ...] = (ScopeState(reply[3], reply[4], reply[5] / 1000),)
+        else:
+            states = tuple(
+                ScopeState(reply[i], reply[i + 1], reply[i + 2] / 1000)
+                for i in range(3, len(reply), 3)
+            )
         refused = reply[1]
-        return Decision(
-            bool(reply[0]),
-            REFUSAL_KINDS[refused - 1] if refused else None,
-            NEVER if reply[2] < 0 else reply[2] / 1000,
-            states,
-        )
+        if not refused:
+            return Decision(True, None, 0.0, states)
+        retry_after = NEVER if reply[2] < 0 else reply[2] / 1000
+        return Decision(False, REFUSAL_KINDS[refused - 1], retry_after, states)
 
     def settle(
         self, scopes: Sequence[LimitScope], request_id: str, reserved: int, actual: int | None
     ) -> None:
         self._link.check()
-        encoded = self._encode(scopes)
+        encoded = self._encoded.get(id(scopes))
+        if encoded is None or encoded.scopes is not scopes:
+            encoded = self._encode(scopes)
         rid, cost, settled = (
             request_id.encode(),
             b"%d" % reserved,
@@ -139,9 +144,8 @@ class RedisLimiter:
         self._flush()
 
     def _encode(self, scopes: Sequence[LimitScope]) -> _EncodedScopes:
-        encoded = self._encoded.get(id(scopes))
-        if encoded is not None and encoded.scopes is scopes:
-            return encoded
+        """Encode ``scopes`` and memoise the result under the tuple's identity (scope
+        tuples are kept by their principals; the memo holds the tuple alive)."""
         keys, limits = bytearray(), bytearray()
         for scope in scopes:
             base = f"{self._prefix}{scope.key}".encode()
@@ -167,18 +171,12 @@ class RedisLimiter:
         batch.waiters.append(waiter)
         if len(batch.waiters) >= MAX_BATCH:
             self._flush()
-        elif waiter is None:  # a settlement waits (briefly) to ride with the next decision
-            if self._timer is None and not self._scheduled:
-                self._timer = asyncio.get_running_loop().call_later(SETTLE_DELAY_S, self._flush)
         elif not self._scheduled:
             self._scheduled = True
             asyncio.get_running_loop().call_soon(self._flush)
 
     def _flush(self) -> None:
         self._scheduled = False
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
         batch = self._batch
         if not batch.waiters:
             return
