@@ -48,20 +48,19 @@ local function settle(scopes, rid, cost, actual)
 end
 
 local function admit(scopes, rid, cost, lease, limits)
-  local counts, used, refused, retry = {}, {}, 0, 0
+  local counts, used, trimmed, refused, retry = {}, {}, {}, 0, 0
   for i = 0, scopes - 1 do
     local log, tok, slots = KEYS[k + 3 * i + 1], KEYS[k + 3 * i + 2], KEYS[k + 3 * i + 3]
     local rpm, tpm, maxc = limits[3 * i + 1], limits[3 * i + 2], limits[3 * i + 3]
+    local freed = 0
     local old = redis.call('ZRANGEBYSCORE', log, '-inf', cutoff)
     if #old > 0 then
-      local freed = 0
       for _, member in ipairs(old) do freed = freed + tokens_of(member) end
       redis.call('ZREMRANGEBYSCORE', log, '-inf', cutoff)
-      if freed ~= 0 then redis.call('DECRBY', tok, freed) end
     end
     local count = redis.call('ZCARD', log)
-    local spent = tonumber(redis.call('GET', tok) or '0')
-    counts[i], used[i] = count, spent
+    local spent = tonumber(redis.call('GET', tok) or '0') - freed
+    counts[i], used[i], trimmed[i] = count, spent, freed ~= 0
     if refused == 0 then
       if rpm > 0 and count + 1 > rpm then
         refused = 1
@@ -73,17 +72,19 @@ local function admit(scopes, rid, cost, lease, limits)
           retry = -1
         else
           retry = window
-          local freed = 0
+          local gone = 0
           local entries = redis.call('ZRANGE', log, 0, 999, 'WITHSCORES')
           for j = 1, #entries, 2 do
-            freed = freed + tokens_of(entries[j])
-            if spent - freed + cost <= tpm then
+            gone = gone + tokens_of(entries[j])
+            if spent - gone + cost <= tpm then
               retry = tonumber(entries[j + 1]) + window - now
               break
             end
           end
         end
-      elseif maxc > 0 then
+      elseif maxc > 0 and redis.call('ZCARD', slots) + 1 > maxc then
+        -- Only now drop the leases of gateways that died holding them: one call
+        -- less on every admission that is not at its concurrency limit.
         redis.call('ZREMRANGEBYSCORE', slots, '-inf', now)
         if redis.call('ZCARD', slots) + 1 > maxc then
           refused = 3
@@ -99,14 +100,16 @@ local function admit(scopes, rid, cost, lease, limits)
     local log, tok, slots = KEYS[k + 3 * i + 1], KEYS[k + 3 * i + 2], KEYS[k + 3 * i + 3]
     if refused == 0 then
       redis.call('ZADD', log, now, rid .. ':' .. cost)
-      redis.call('INCRBY', tok, cost)
       redis.call('PEXPIRE', log, window + 1000)
-      redis.call('PEXPIRE', tok, window + 1000)
+      -- The new sum and its expiry in one call (the trimmed tokens are taken off here).
+      redis.call('SET', tok, string.format('%d', used[i] + cost), 'PX', window + 1000)
       if limits[3 * i + 3] > 0 then
         redis.call('ZADD', slots, now + lease, rid)
         redis.call('PEXPIRE', slots, lease + 1000)
       end
       counts[i], used[i] = counts[i] + 1, used[i] + cost
+    elseif trimmed[i] then
+      redis.call('SET', tok, string.format('%d', used[i]), 'KEEPTTL')
     end
     local reset = 0
     if counts[i] > 0 then
