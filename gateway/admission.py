@@ -25,8 +25,6 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from prometheus_client import Counter
-
 from gateway.auth import Principal
 from gateway.config_sections import RateLimitSettings
 from gateway.errors import DependencyUnavailableError, RateLimitError, StoreUnavailable
@@ -56,7 +54,7 @@ class _Charge:
 
     scopes: tuple[LimitScope, ...]
     counts_tokens: bool
-    tokens_charged: Counter  # the metric's child for this key
+    key_name: str  # the key's name, for metrics
 
 
 class Ticket:
@@ -154,7 +152,7 @@ class Admission:
     def settle(self, charge: _Charge, ticket: Ticket, actual: int | None) -> None:
         charged = ticket.reserved if actual is None else actual
         if charged and charge.counts_tokens:
-            charge.tokens_charged.inc(charged)
+            self._metrics.tokens_charged.add(charge.key_name, charged)
         try:
             self._backend.settle(charge.scopes, ticket.request_id, ticket.reserved, actual)
         except StoreUnavailable:
@@ -167,8 +165,7 @@ class Admission:
         if charge is not None and charge.scopes is scopes:
             return charge
         counts_tokens = any(s.limits.tpm is not None for s in scopes)
-        child = self._metrics.tokens_charged.labels(_key_name(scopes))
-        charge = _Charge(scopes, counts_tokens, child)
+        charge = _Charge(scopes, counts_tokens, _key_name(scopes))
         if len(self._charges) >= _MAX_CHARGES:
             self._charges.clear()
         self._charges[id(scopes)] = charge

@@ -29,7 +29,7 @@ twin for a single process with no Redis.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple, Protocol
 
@@ -95,10 +95,13 @@ class Decision(NamedTuple):
 
 
 class LimiterBackend(Protocol):
-    async def admit(
+    def admit(
         self, scopes: Sequence[LimitScope], request_id: str, tokens: int, lease_s: float
-    ) -> Decision:
-        """Decide atomically for every scope; record the request in all of them if admitted."""
+    ) -> Awaitable[Decision]:
+        """Decide atomically for every scope; record the request in all of them if admitted.
+
+        Returns the decision's future rather than being a coroutine: one frame less to
+        resume on every request (the caller awaits it)."""
         ...
 
     def settle(
@@ -136,7 +139,7 @@ def estimate_tokens(body: dict[str, Any], default_max_tokens: int) -> int:
     n = body.get("n") or 1
     if not isinstance(budget, int) or not isinstance(n, int):
         budget, n = default_max_tokens, 1
-    return math.ceil(chars / 4) + budget * max(n, 1)
+    return (chars + 3) // 4 + budget * max(n, 1)
 
 
 def _length(value: Any) -> int:

@@ -7,6 +7,7 @@ the settings refuse rate-limited keys with ``server.workers > 1`` and no Redis.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -64,7 +65,14 @@ class MemoryLimiter:
         self._window_s = window_s
         self._logs: dict[str, _Log] = {}
 
-    async def admit(
+    def admit(
+        self, scopes: Sequence[LimitScope], request_id: str, tokens: int, lease_s: float
+    ) -> asyncio.Future[Decision]:
+        future: asyncio.Future[Decision] = asyncio.get_running_loop().create_future()
+        future.set_result(self._decide(scopes, request_id, tokens, lease_s))
+        return future
+
+    def _decide(
         self, scopes: Sequence[LimitScope], request_id: str, tokens: int, lease_s: float
     ) -> Decision:
         now = self._clock()

@@ -51,8 +51,8 @@ MAX_BATCH = 128
 _MAX_ENCODED = 4096
 """Sets of scopes whose encoding is kept (then the memo starts over)."""
 
-_Waiter = tuple["asyncio.Future[list[int]]", int] | None
-"""An admission's reply future and scope count; None for a settlement."""
+_Waiter = tuple["asyncio.Future[Decision]", int] | None
+"""An admission's decision future and scope count; None for a settlement."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,11 +95,11 @@ class RedisLimiter:
         self._scheduled = False
         self._encoded: dict[int, _EncodedScopes] = {}
 
-    async def admit(
+    def admit(
         self, scopes: Sequence[LimitScope], request_id: str, tokens: int, lease_s: float
-    ) -> Decision:
+    ) -> asyncio.Future[Decision]:
         self._link.check()
-        future: asyncio.Future[list[int]] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[Decision] = asyncio.get_running_loop().create_future()
         encoded = self._encoded.get(id(scopes))
         if encoded is None or encoded.scopes is not scopes:
             encoded = self._encode(scopes)
@@ -108,19 +108,7 @@ class RedisLimiter:
             encoded.admit_head, len(rid), rid, len(cost), cost, len(lease), lease, encoded.limits
         )  # fmt: skip
         self._add(encoded, args, 5 + 3 * len(scopes), (future, len(scopes)))
-        reply = await future
-        if len(reply) == 6:  # one scope, the common case
-            states: tuple[ScopeState, ...] = (ScopeState(reply[3], reply[4], reply[5] / 1000),)
-        else:
-            states = tuple(
-                ScopeState(reply[i], reply[i + 1], reply[i + 2] / 1000)
-                for i in range(3, len(reply), 3)
-            )
-        refused = reply[1]
-        if not refused:
-            return Decision(True, None, 0.0, states)
-        retry_after = NEVER if reply[2] < 0 else reply[2] / 1000
-        return Decision(False, REFUSAL_KINDS[refused - 1], retry_after, states)
+        return future
 
     def settle(
         self, scopes: Sequence[LimitScope], request_id: str, reserved: int, actual: int | None
@@ -212,7 +200,25 @@ class RedisLimiter:
             if waiter is None:
                 continue
             future, scopes = waiter
-            size = 3 + 3 * scopes
             if not future.done():
-                future.set_result(reply[position : position + size])
-            position += size
+                future.set_result(_decision(reply, position, scopes))
+            position += 3 + 3 * scopes
+
+
+def _decision(reply: list[int], at: int, scopes: int) -> Decision:
+    """The decision at ``reply[at:]``: admitted, refusal, retry-after ms, then
+    requests, tokens and reset ms per scope."""
+    if scopes == 1:  # the common case
+        states: tuple[ScopeState, ...] = (
+            ScopeState(reply[at + 3], reply[at + 4], reply[at + 5] / 1000),
+        )
+    else:
+        states = tuple(
+            ScopeState(reply[i], reply[i + 1], reply[i + 2] / 1000)
+            for i in range(at + 3, at + 3 + 3 * scopes, 3)
+        )
+    refused = reply[at + 1]
+    if not refused:
+        return Decision(True, None, 0.0, states)
+    retry_after = NEVER if reply[at + 2] < 0 else reply[at + 2] / 1000
+    return Decision(False, REFUSAL_KINDS[refused - 1], retry_after, states)
