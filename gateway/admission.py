@@ -22,6 +22,7 @@ import contextlib
 import itertools
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +36,7 @@ from gateway.ratelimit import (
     LimiterBackend,
     LimitScope,
     RawHeaders,
+    ScopesMemo,
     as_text,
     estimate_tokens,
     format_duration,
@@ -43,8 +45,6 @@ from gateway.ratelimit import (
 )
 
 log = logging.getLogger("vgate.ratelimit")
-_MAX_CHARGES = 4096
-"""Sets of scopes whose :class:`_Charge` is kept (then the memo starts over)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,13 +116,13 @@ class Admission:
         # (a counter); drawing random bytes for each one cost 2% of the gateway's CPU.
         self._id_prefix = os.urandom(6).hex()
         self._ids = itertools.count()
-        self._charges: dict[int, _Charge] = {}
+        self._charges = ScopesMemo(_charge_of)
 
     async def admit(self, principal: Principal, model: str, body: dict[str, Any]) -> Ticket:
         scopes = principal.scopes(model)
         if not scopes:
             return FREE_PASS
-        charge = self._charge_of(scopes)
+        charge = self._charges.get(scopes)
         tokens = 0
         if charge.counts_tokens:
             tokens = estimate_tokens(body, self._settings.default_max_tokens)
@@ -157,19 +157,6 @@ class Admission:
             self._backend.settle(charge.scopes, ticket.request_id, ticket.reserved, actual)
         except StoreUnavailable:
             self._metrics.redis_errors.labels("ratelimit").inc()
-
-    def _charge_of(self, scopes: tuple[LimitScope, ...]) -> _Charge:
-        """The memoised :class:`_Charge` of ``scopes`` (principals keep their scope
-        tuples, so the tuple's identity is the key; the memo holds the tuple alive)."""
-        charge = self._charges.get(id(scopes))
-        if charge is not None and charge.scopes is scopes:
-            return charge
-        counts_tokens = any(s.limits.tpm is not None for s in scopes)
-        charge = _Charge(scopes, counts_tokens, _key_name(scopes))
-        if len(self._charges) >= _MAX_CHARGES:
-            self._charges.clear()
-        self._charges[id(scopes)] = charge
-        return charge
 
     def _refusal(
         self,
@@ -206,7 +193,12 @@ class Admission:
         return RateLimitError(message, kind, headers | retry_after_header(decision.retry_after_s))
 
 
-def _key_name(scopes: tuple[LimitScope, ...]) -> str:
+def _charge_of(scopes: Sequence[LimitScope]) -> _Charge:
+    counts_tokens = any(s.limits.tpm is not None for s in scopes)
+    return _Charge(tuple(scopes), counts_tokens, _key_name(scopes))
+
+
+def _key_name(scopes: Sequence[LimitScope]) -> str:
     """The key name inside a scope's hash tag: ``{team-a}:m:model`` → ``team-a``."""
     key = scopes[0].key
     return key[1 : key.index("}")]

@@ -29,9 +29,9 @@ twin for a single process with no Redis.
 from __future__ import annotations
 
 import math
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, NamedTuple, Protocol
+from typing import Any, Generic, Literal, NamedTuple, Protocol, TypeVar
 
 WINDOW_S = 60.0
 RefusalKind = Literal["requests", "tokens", "concurrency"]
@@ -92,6 +92,33 @@ class Decision(NamedTuple):
     refused: RefusalKind | None
     retry_after_s: float
     states: tuple[ScopeState, ...]
+
+
+_Derived = TypeVar("_Derived")
+
+
+class ScopesMemo(Generic[_Derived]):
+    """What is worked out once per set of scopes (counted on every request), kept
+    under the tuple's identity: principals keep their scope tuples, so a lookup
+    costs no hashing of limits. Each entry holds its tuple, so an id is never
+    reused while remembered; past ``limit`` entries the memo starts over."""
+
+    def __init__(
+        self, derive: Callable[[Sequence[LimitScope]], _Derived], limit: int = 4096
+    ) -> None:
+        self._derive = derive
+        self._limit = limit
+        self._entries: dict[int, tuple[Sequence[LimitScope], _Derived]] = {}
+
+    def get(self, scopes: Sequence[LimitScope]) -> _Derived:
+        entry = self._entries.get(id(scopes))
+        if entry is not None and entry[0] is scopes:
+            return entry[1]
+        derived = self._derive(scopes)
+        if len(self._entries) >= self._limit:
+            self._entries.clear()
+        self._entries[id(scopes)] = (scopes, derived)
+        return derived
 
 
 class LimiterBackend(Protocol):

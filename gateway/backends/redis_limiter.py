@@ -40,6 +40,7 @@ from gateway.ratelimit import (
     WINDOW_S,
     Decision,
     LimitScope,
+    ScopesMemo,
     ScopeState,
 )
 
@@ -48,8 +49,6 @@ _SHA = hashlib.sha1(_SCRIPT.encode()).hexdigest()
 _EVALSHA = b"$7\r\nEVALSHA\r\n" + bulk(_SHA.encode())
 _EVAL = b"$4\r\nEVAL\r\n" + bulk(_SCRIPT.encode())
 MAX_BATCH = 128
-_MAX_ENCODED = 4096
-"""Sets of scopes whose encoding is kept (then the memo starts over)."""
 
 _Waiter = tuple["asyncio.Future[Decision]", int] | None
 """An admission's decision future and scope count; None for a settlement."""
@@ -59,7 +58,6 @@ _Waiter = tuple["asyncio.Future[Decision]", int] | None
 class _EncodedScopes:
     """What every operation on one set of scopes sends, in RESP form, encoded once."""
 
-    scopes: Sequence[LimitScope]  # held so that its id() is not reused while memoised
     keys: bytes  # log, tokens and slots key of every scope
     key_count: int
     admit_head: bytes  # "a", scope count
@@ -93,16 +91,14 @@ class RedisLimiter:
         self._window = bulk(b"%d" % int(window_s * 1000))
         self._batch = _empty_batch()
         self._scheduled = False
-        self._encoded: dict[int, _EncodedScopes] = {}
+        self._encoded = ScopesMemo(self._encode)
 
     def admit(
         self, scopes: Sequence[LimitScope], request_id: str, tokens: int, lease_s: float
     ) -> asyncio.Future[Decision]:
         self._link.check()
         future: asyncio.Future[Decision] = asyncio.get_running_loop().create_future()
-        encoded = self._encoded.get(id(scopes))
-        if encoded is None or encoded.scopes is not scopes:
-            encoded = self._encode(scopes)
+        encoded = self._encoded.get(scopes)
         rid, cost, lease = request_id.encode(), b"%d" % tokens, b"%d" % int(lease_s * 1000)
         args = b"%s$%d\r\n%s\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n%s" % (
             encoded.admit_head, len(rid), rid, len(cost), cost, len(lease), lease, encoded.limits
@@ -114,9 +110,7 @@ class RedisLimiter:
         self, scopes: Sequence[LimitScope], request_id: str, reserved: int, actual: int | None
     ) -> None:
         self._link.check()
-        encoded = self._encoded.get(id(scopes))
-        if encoded is None or encoded.scopes is not scopes:
-            encoded = self._encode(scopes)
+        encoded = self._encoded.get(scopes)
         rid, cost, settled = (
             request_id.encode(),
             b"%d" % reserved,
@@ -132,8 +126,6 @@ class RedisLimiter:
         self._flush()
 
     def _encode(self, scopes: Sequence[LimitScope]) -> _EncodedScopes:
-        """Encode ``scopes`` and memoise the result under the tuple's identity (scope
-        tuples are kept by their principals; the memo holds the tuple alive)."""
         keys, limits = bytearray(), bytearray()
         for scope in scopes:
             base = f"{self._prefix}{scope.key}".encode()
@@ -141,14 +133,9 @@ class RedisLimiter:
             for limit in scope.limits.as_args():
                 limits += bulk(b"%d" % limit)
         count = bulk(b"%d" % len(scopes))
-        encoded = _EncodedScopes(
-            scopes, bytes(keys), 3 * len(scopes), bulk(b"a") + count, bulk(b"s") + count,
-            bytes(limits),
-        )  # fmt: skip
-        if len(self._encoded) >= _MAX_ENCODED:
-            self._encoded.clear()
-        self._encoded[id(scopes)] = encoded
-        return encoded
+        return _EncodedScopes(
+            bytes(keys), 3 * len(scopes), bulk(b"a") + count, bulk(b"s") + count, bytes(limits)
+        )
 
     def _add(self, encoded: _EncodedScopes, args: bytes, arg_count: int, waiter: _Waiter) -> None:
         batch = self._batch

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 import pytest
 
@@ -18,6 +18,7 @@ from gateway.ratelimit import (
     LimiterBackend,
     Limits,
     LimitScope,
+    ScopesMemo,
     ScopeState,
     as_text,
     estimate_tokens,
@@ -200,3 +201,18 @@ async def test_the_script_is_reloaded_after_redis_forgets_it(redis_url: str) -> 
     assert (await limiter.admit([scope(rpm=2)], "b", 0, LEASE)).admitted
     assert not (await limiter.admit([scope(rpm=2)], "c", 0, LEASE)).admitted
     await link.close()
+
+
+def test_scopes_memo_derives_once_per_tuple_and_starts_over_past_its_limit() -> None:
+    derived: list[int] = []
+
+    def derive(scopes: Sequence[LimitScope]) -> int:
+        derived.append(len(scopes))
+        return len(derived)
+
+    memo = ScopesMemo(derive, limit=2)
+    first, twin = (LimitScope("{a}", Limits(rpm=1)),), (LimitScope("{a}", Limits(rpm=1)),)
+    assert memo.get(first) == memo.get(first) == 1  # the same tuple: worked out once
+    assert memo.get(twin) == 2  # an equal but distinct tuple is its own entry
+    memo.get((LimitScope("{b}", Limits()),))  # a third entry: the memo starts over
+    assert memo.get(first) == 4
