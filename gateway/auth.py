@@ -118,36 +118,33 @@ class KeyDirectory:
         self._version: str | None = None
 
     def known(self, authorization: str | None) -> Principal | None:
-        if not authorization or authorization[: len(_BEARER)].lower() != _BEARER:
-            return None
-        digest = digest_of(authorization[len(_BEARER) :].strip())
-        principal = self._static.get(digest) or self._stored.get(digest)
-        if principal is None or (
-            principal.expires_at is not None and time.time() >= principal.expires_at
-        ):
-            return None
-        return principal
+        digest = _digest(authorization)
+        principal = self._local(digest) if digest is not None else None
+        return None if principal is None or _expired(principal) else principal
 
     async def authenticate(self, authorization: str | None) -> Principal:
         if not authorization:
             raise AuthenticationError(
                 "Missing API key: send it as 'Authorization: Bearer <key>'.", code="invalid_api_key"
             )
-        if authorization[: len(_BEARER)].lower() != _BEARER:
+        digest = _digest(authorization)
+        if digest is None:
             raise AuthenticationError(
                 "The Authorization header must be 'Bearer <key>'.", code="invalid_api_key"
             )
-        digest = digest_of(authorization[len(_BEARER) :].strip())
-        principal = self._static.get(digest) or self._stored.get(digest)
+        principal = self._local(digest)
         if principal is None and self._store is not None and digest not in self._unknown:
             principal = await self._look_up(digest)
         if principal is None:
             raise AuthenticationError("Incorrect API key provided.", code="invalid_api_key")
-        if principal.expires_at is not None and time.time() >= principal.expires_at:
+        if _expired(principal):
             raise AuthenticationError(
                 f"The API key '{principal.name}' has expired.", code="invalid_api_key"
             )
         return principal
+
+    def _local(self, digest: str) -> Principal | None:
+        return self._static.get(digest) or self._stored.get(digest)
 
     async def refresh(self) -> None:
         """Reload the store's keys if its version moved; keep the old copy if it is down."""
@@ -185,6 +182,18 @@ class KeyDirectory:
         principal = _from_record(record)
         self._stored[digest] = principal
         return principal
+
+
+def _digest(authorization: str | None) -> str | None:
+    """The digest of the key in ``Bearer <key>``; None when the header is missing or not
+    in that form."""
+    if not authorization or authorization[: len(_BEARER)].lower() != _BEARER:
+        return None
+    return digest_of(authorization[len(_BEARER) :].strip())
+
+
+def _expired(principal: Principal) -> bool:
+    return principal.expires_at is not None and time.time() >= principal.expires_at
 
 
 def build_authenticator(settings: AuthSettings, store: KeyStore | None) -> Authenticator:
