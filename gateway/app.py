@@ -41,6 +41,7 @@ from gateway.metrics import GatewayMetrics
 from gateway.periodic import Periodic
 from gateway.ratelimit import LimiterBackend
 from gateway.request_id import RequestIdMiddleware
+from gateway.request_plan import RequestPlanner
 from gateway.routing import RoutingTable
 from gateway.service import CompletionService
 from gateway.settings import Settings
@@ -139,12 +140,12 @@ async def _start(
     key_refresher.start()
     stack.push_async_callback(key_refresher.stop)
     admission = Admission(limiter, settings.ratelimit, metrics)
+    routing = RoutingTable(
+        settings.routing, {m.name: m.routing for m in settings.models if m.routing}
+    )
     service = CompletionService(
-        models={m.name: m for m in settings.models},
+        planner=RequestPlanner({m.name: m for m in settings.models}, pool, routing),
         pool=pool,
-        routing=RoutingTable(
-            settings.routing, {m.name: m.routing for m in settings.models if m.routing}
-        ),
         forwarder=Forwarder(
             pool,
             upstream,

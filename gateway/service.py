@@ -9,11 +9,8 @@ routers do not change.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
-import orjson
 from starlette.responses import Response
 
 from gateway.admission import Admission, Ticket
@@ -21,37 +18,23 @@ from gateway.auth import Authenticator, Principal
 from gateway.cache import CachePlan, ResponseCache
 from gateway.cache_entry import json_body
 from gateway.cache_flow import CacheFill, follow_events, hit_response, hit_tokens
-from gateway.config_sections import ModelSettings
 from gateway.engine_pool import EnginePool
-from gateway.errors import (
-    AuthenticationError,
-    GatewayError,
-    ModelNotFoundError,
-    PermissionDeniedError,
-)
+from gateway.errors import AuthenticationError, GatewayError, PermissionDeniedError
 from gateway.forwarding import Attempt, Forwarder
 from gateway.metrics import UNRESOLVED_MODEL, GatewayMetrics
-from gateway.protocol import ChatCompletionRequest, CompletionRequest
-from gateway.request_parsing import affinity_key, decode_json_object, validate
-from gateway.routing import RoutingPolicy, RoutingTable
+from gateway.request_plan import CHAT, ParsedRequest, RequestPlanner, Route
 from gateway.singleflight import Flight, FlightFailed
-from gateway.streaming import SSE_HEADERS, SSEResponse, StreamOutcome, relay_events
+from gateway.streaming import (
+    SSE_HEADERS,
+    BatchTap,
+    SSEResponse,
+    StreamOutcome,
+    relay_events,
+)
 from gateway.upstream import UpstreamStream
 from gateway.usage import UsageTap, body_usage, client_wants_usage, with_usage_requested
 
-
-@dataclass(frozen=True, slots=True)
-class Route:
-    """One OpenAI completion route: where it forwards and how its body is validated."""
-
-    path: str
-    label: str
-    schema: type[ChatCompletionRequest] | type[CompletionRequest]
-
-
 ENGINE_HEADER = "x-vgate-engine"
-CHAT = Route("/v1/chat/completions", "chat_completions", ChatCompletionRequest)
-COMPLETIONS = Route("/v1/completions", "completions", CompletionRequest)
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,26 +47,13 @@ class RequestMeta:
     cache_control: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class ParsedRequest:
-    """A validated request, the exact bytes to send to the engine, and how to route it."""
-
-    model: str
-    stream: bool
-    body: dict[str, Any]
-    payload: bytes
-    policy: RoutingPolicy
-    affinity_key: bytes | None
-
-
 class CompletionService:
     """Forwards validated completion requests to an engine chosen by the routing policy."""
 
     def __init__(
         self,
-        models: Mapping[str, ModelSettings],
+        planner: RequestPlanner,
         pool: EnginePool,
-        routing: RoutingTable,
         forwarder: Forwarder,
         metrics: GatewayMetrics,
         authenticator: Authenticator,
@@ -93,9 +63,8 @@ class CompletionService:
         self._authenticator = authenticator
         self._admission = admission
         self._cache = cache
-        self._models = models
+        self._planner = planner
         self._pool = pool
-        self._routing = routing
         self._forwarder = forwarder
         self._metrics = metrics
 
@@ -107,7 +76,7 @@ class CompletionService:
             principal = self._authenticator.known(meta.authorization)
             if principal is None:  # unknown here, or refused: the full check says which
                 principal = await self.authenticate(meta.authorization)
-            parsed = self._parse(route, raw, meta.session_id)
+            parsed = self._planner.parse(route, raw, meta.session_id)
             model = parsed.model
             if not principal.may_use(model):
                 self._metrics.auth_failures.labels("model_not_allowed").inc()
@@ -223,20 +192,6 @@ class CompletionService:
         events = follow_events(flight, route is CHAT, model, client_wants_usage(parsed.body))
         return SSEResponse(events, on_close=finish, headers=SSE_HEADERS | headers)
 
-    def _parse(self, route: Route, raw: bytes, session_id: str | None) -> ParsedRequest:
-        body = decode_json_object(raw)
-        request = validate(route.schema, body)
-        if not self._pool.has_model(request.model):
-            raise ModelNotFoundError(request.model)
-        settings = self._models.get(request.model)
-        payload = raw
-        if settings is not None and settings.served_name != request.model:
-            body = body | {"model": settings.served_name}
-            payload = orjson.dumps(body)
-        policy, prefix_chars = self._routing.for_model(request.model)
-        key = affinity_key(body, session_id, prefix_chars) if policy.wants_affinity_key else None
-        return ParsedRequest(request.model, bool(request.stream), body, payload, policy, key)
-
     async def _complete(
         self,
         route: Route,
@@ -253,7 +208,7 @@ class CompletionService:
         if fill is not None:
             fill.finish_json(reply.body)
         response = Response(
-            reply.body,
+            reply.body if parsed.rename is None else parsed.rename.inspect(reply.body),
             reply.status,
             {ENGINE_HEADER: url, **answer_headers},
             media_type="application/json",
@@ -279,8 +234,9 @@ class CompletionService:
             if usage.strip:
                 payload = with_usage_requested(parsed.body)
         url, stream = await self._forwarder.open_stream(self._attempt(route, parsed, payload, meta))
+        taps: list[BatchTap] = [t for t in (fill, usage, parsed.rename) if t is not None]
         response = self._relay(
-            route, parsed.model, url, stream, started, ticket, usage, fill, answer_headers
+            route, parsed.model, url, stream, started, ticket, usage, fill, taps, answer_headers
         )
         response.raw_headers += ticket.raw_headers
         return response
@@ -301,6 +257,7 @@ class CompletionService:
         ticket: Ticket,
         usage: UsageTap | None,
         fill: CacheFill | None,
+        taps: list[BatchTap],
         answer_headers: dict[str, str],
     ) -> Response:
         outcome = StreamOutcome()
@@ -326,7 +283,6 @@ class CompletionService:
                 fill.fail()  # no-op after `done`
             self._record_stream(route, model, outcome, started)
 
-        taps = [t for t in (fill, usage) if t is not None]
         body = relay_events(stream, outcome, time.perf_counter, taps, done)
         headers = SSE_HEADERS | {ENGINE_HEADER: url} | answer_headers
         return SSEResponse(body, on_close=finish, headers=headers)

@@ -19,7 +19,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from gateway.api.context import app_state, read_body, request_id
-from gateway.service import CHAT, COMPLETIONS, RequestMeta, Route
+from gateway.request_plan import CHAT, COMPLETIONS, Route
+from gateway.service import RequestMeta
 
 router = APIRouter()
 CLIENT_CLOSED_REQUEST = 499  # never sent: there is nobody left to receive it

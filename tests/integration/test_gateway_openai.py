@@ -77,6 +77,23 @@ def test_alias_model_is_sent_under_its_served_name(gateway: Gateway, stub: Stub)
     reply = gateway.client().chat.completions.create(model="alias-model", messages=MESSAGES)
     assert reply.choices[0].message.content
     assert stub.stats()["last_request"]["body"]["model"] == STUB_MODEL
+    assert reply.model == "alias-model"  # the client never sees the engine-side name
+
+
+def test_alias_model_streams_under_the_clients_name(gateway: Gateway, stub: Stub) -> None:
+    chat = gateway.client().chat.completions.create(
+        model="alias-model",
+        messages=MESSAGES,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(chat)
+    assert stub.stats()["last_request"]["body"]["model"] == STUB_MODEL
+    assert len(chunks) > 2
+    assert {c.model for c in chunks} == {"alias-model"}
+    assert chunks[-1].usage is not None
+    legacy = gateway.client().completions.create(model="alias-model", prompt="Hi", stream=True)
+    assert {c.model for c in legacy} == {"alias-model"}
 
 
 def test_unknown_sampling_fields_and_request_id_reach_the_engine(
