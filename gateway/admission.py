@@ -10,6 +10,11 @@ event-loop turn that ends the response but never waited for: Redis runs it
 before anything this gateway sends later, so a client that sends its next
 request right away finds its slot free.
 
+Concurrency slots are leases: :meth:`Admission.renew_leases` (run every third
+of ``ratelimit.concurrency_lease_s``) extends those of the requests still in
+flight, so a long stream keeps its slot, while the slots of a gateway that
+died free within one lease.
+
 When the backend is unreachable, ``ratelimit.on_redis_error`` decides:
 ``fail_open`` admits without limits, ``fail_closed`` answers 503; both are
 counted in ``vgate_redis_errors_total``.
@@ -54,6 +59,7 @@ class _Charge:
 
     scopes: tuple[LimitScope, ...]
     counts_tokens: bool
+    holds_slot: bool  # a concurrency limit applies: the lease is renewed while in flight
     key_name: str  # the key's name, for metrics
 
 
@@ -117,6 +123,23 @@ class Admission:
         self._id_prefix = os.urandom(6).hex()
         self._ids = itertools.count()
         self._charges = ScopesMemo(_charge_of)
+        self._leased: dict[str, _Charge] = {}
+        """Admitted requests holding a concurrency slot, by request id, until settled."""
+
+    @property
+    def renew_interval_s(self) -> float:
+        """How often :meth:`renew_leases` should run: a third of a lease, so one
+        missed renewal still leaves a lease standing."""
+        return self._settings.concurrency_lease_s / 3
+
+    async def renew_leases(self) -> None:
+        """Extend the concurrency leases of every request in flight (one batched call)."""
+        lease_s = self._settings.concurrency_lease_s
+        try:
+            for request_id, charge in list(self._leased.items()):
+                self._backend.renew(charge.scopes, request_id, lease_s)
+        except StoreUnavailable:
+            self._metrics.redis_errors.labels("ratelimit").inc()
 
     async def admit(self, principal: Principal, model: str, body: dict[str, Any]) -> Ticket:
         scopes = principal.scopes(model)
@@ -147,9 +170,13 @@ class Admission:
         headers = headline(scopes, decision.states)
         if not decision.admitted:
             raise self._refusal(principal, scopes, decision, tokens, as_text(headers))
+        if charge.holds_slot:
+            self._leased[request_id] = charge
         return Ticket(self, charge, request_id, tokens, headers)
 
     def settle(self, charge: _Charge, ticket: Ticket, actual: int | None) -> None:
+        if charge.holds_slot:
+            self._leased.pop(ticket.request_id, None)
         charged = ticket.reserved if actual is None else actual
         if charged and charge.counts_tokens:
             self._metrics.tokens_charged.add(charge.key_name, charged)
@@ -195,7 +222,8 @@ class Admission:
 
 def _charge_of(scopes: Sequence[LimitScope]) -> _Charge:
     counts_tokens = any(s.limits.tpm is not None for s in scopes)
-    return _Charge(tuple(scopes), counts_tokens, _key_name(scopes))
+    holds_slot = any(s.limits.max_concurrent is not None for s in scopes)
+    return _Charge(tuple(scopes), counts_tokens, holds_slot, _key_name(scopes))
 
 
 def _key_name(scopes: Sequence[LimitScope]) -> str:

@@ -140,6 +140,9 @@ async def _start(
     key_refresher.start()
     stack.push_async_callback(key_refresher.stop)
     admission = Admission(limiter, settings.ratelimit, metrics)
+    lease_renewer = Periodic("lease-renewal", admission.renew_interval_s, admission.renew_leases)
+    lease_renewer.start()
+    stack.push_async_callback(lease_renewer.stop)
     routing = RoutingTable(
         settings.routing, {m.name: m.routing for m in settings.models if m.routing}
     )

@@ -246,7 +246,10 @@ class RateLimitSettings(_Section):
         512, ge=1, description="Completion tokens reserved when a request sets no max_tokens."
     )
     concurrency_lease_s: float = Field(
-        900.0, gt=0, description="A concurrency slot held by a gateway that died frees after this."
+        60.0,
+        ge=1,
+        description="A concurrency slot held by a gateway that died frees after this; "
+        "live gateways renew their requests' slots every third of it.",
     )
 
 

@@ -16,7 +16,9 @@ Tokens are *reserved* at admission (an estimate of the prompt plus
 ``max_tokens``) and *reconciled* when the response ends: the entry is rewritten
 to the real ``usage``, refunding or charging the difference within the same
 window. Concurrency is a set of leases (request id → expiry) released on every
-path; the expiry only matters when a gateway dies holding one.
+path. A gateway renews the leases of its requests in flight every third of a
+lease, so a stream may run for hours; the expiry only matters when a gateway
+dies holding one, and frees its slots within one lease.
 
 A refusal carries the earliest time at which the same request would be
 admitted (``Retry-After``): when enough old entries leave the window.
@@ -139,6 +141,11 @@ class LimiterBackend(Protocol):
         Not awaited: the change is applied (memory) or sent (Redis) before this returns,
         ahead of anything this process sends later; its reply is checked in the background.
         """
+        ...
+
+    def renew(self, scopes: Sequence[LimitScope], request_id: str, lease_s: float) -> None:
+        """Extend a request's concurrency lease to ``lease_s`` from now, where it still
+        holds one. Not awaited, like :meth:`settle`."""
         ...
 
     async def close(self) -> None: ...

@@ -10,11 +10,12 @@
 --   admit:  "a", scopes, request id, tokens to reserve, lease ms, then rpm, tpm,
 --           max_concurrent per scope (0 = unlimited)
 --   settle: "s", scopes, request id, tokens reserved, actual tokens (-1 = keep)
+--   renew:  "r", scopes, request id, 0, lease ms (extends a lease still held)
 -- Reply: one string of space-separated integers (one bulk string is far cheaper for
 --   the gateway to read than an array of integers). For each admit, in order:
 --   admitted (1/0), refusal (0 none, 1 requests, 2 tokens, 3 concurrency),
 --   retry-after ms (-1 never), then per scope: requests and tokens in the window,
---   ms until the oldest entry leaves it. Settles reply nothing.
+--   ms until the oldest entry leaves it. Settles and renewals reply nothing.
 -- Time comes from the Redis server, so every gateway replica shares one clock.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -44,6 +45,15 @@ local function settle(scopes, rid, cost, actual)
       end
     end
     redis.call('ZREM', slots, rid)
+  end
+end
+
+local function renew(scopes, rid, lease)
+  for i = 0, scopes - 1 do
+    local slots = KEYS[k + 3 * i + 3]
+    if redis.call('ZADD', slots, 'XX', 'CH', now + lease, rid) > 0 then
+      redis.call('PEXPIRE', slots, lease + 1000)
+    end
   end
 end
 
@@ -131,8 +141,10 @@ while a < #ARGV do
     for j = 1, 3 * scopes do limits[j] = tonumber(ARGV[a + j - 1]) end
     a = a + 3 * scopes
     admit(scopes, rid, cost, extra, limits)
-  else
+  elseif mode == 's' then
     settle(scopes, rid, cost, extra)
+  else
+    renew(scopes, rid, extra)
   end
   k = k + 3 * scopes
 end

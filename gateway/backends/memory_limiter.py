@@ -109,5 +109,12 @@ class MemoryLimiter:
                     log.tokens += actual - tokens
                     break
 
+    def renew(self, scopes: Sequence[LimitScope], request_id: str, lease_s: float) -> None:
+        until = self._clock() + lease_s
+        for scope in scopes:
+            log = self._logs.get(scope.key)
+            if log is not None and request_id in log.slots:
+                log.slots[request_id] = until
+
     async def close(self) -> None:
         self._logs.clear()

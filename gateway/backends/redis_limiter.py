@@ -62,6 +62,7 @@ class _EncodedScopes:
     key_count: int
     admit_head: bytes  # "a", scope count
     settle_head: bytes  # "s", scope count
+    renew_head: bytes  # "r", scope count
     limits: bytes  # rpm, tpm, max_concurrent of every scope
 
 
@@ -121,6 +122,15 @@ class RedisLimiter:
         )  # fmt: skip
         self._add(encoded, args, 5, None)
 
+    def renew(self, scopes: Sequence[LimitScope], request_id: str, lease_s: float) -> None:
+        self._link.check()
+        encoded = self._encoded.get(scopes)
+        rid, lease = request_id.encode(), b"%d" % int(lease_s * 1000)
+        args = b"%s$%d\r\n%s\r\n$1\r\n0\r\n$%d\r\n%s\r\n" % (
+            encoded.renew_head, len(rid), rid, len(lease), lease
+        )  # fmt: skip
+        self._add(encoded, args, 5, None)
+
     async def close(self) -> None:
         """The link is shared and closed by its owner."""
         self._flush()
@@ -134,7 +144,12 @@ class RedisLimiter:
                 limits += bulk(b"%d" % limit)
         count = bulk(b"%d" % len(scopes))
         return _EncodedScopes(
-            bytes(keys), 3 * len(scopes), bulk(b"a") + count, bulk(b"s") + count, bytes(limits)
+            bytes(keys),
+            3 * len(scopes),
+            bulk(b"a") + count,
+            bulk(b"s") + count,
+            bulk(b"r") + count,
+            bytes(limits),
         )
 
     def _add(self, encoded: _EncodedScopes, args: bytes, arg_count: int, waiter: _Waiter) -> None:

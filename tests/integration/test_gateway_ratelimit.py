@@ -7,6 +7,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import openai
@@ -128,6 +129,34 @@ def test_concurrency_slot_comes_back_after_a_client_disconnect(
     slow.start()
     slow.join()
     assert _eventually_admitted(sdk)
+
+
+def test_a_stream_longer_than_its_lease_keeps_its_slot(
+    stub: Stub, redis_url: str, tmp_path: Path
+) -> None:
+    """Leases are renewed while a request runs: with 1 s leases, a 3 s stream still
+    holds the key's only slot after 2 s, and frees it when it ends."""
+    name, key = f"lease-{RUN}", "sk-lease-0123456789"
+    config = {
+        "models": [{"name": STUB_MODEL, "endpoints": [stub.url]}],
+        "redis": {"url": redis_url},
+        "auth": {"enabled": True, "keys": [{"name": name, "key": key, "max_concurrent": 1}]},
+        "ratelimit": {"concurrency_lease_s": 1},
+    }
+    for gateway in start_gateway(config, tmp_path):
+        sdk = openai.OpenAI(base_url=gateway.base_url, api_key=key, max_retries=0)
+        stream = sdk.chat.completions.create(
+            model=STUB_MODEL, messages=MESSAGES, stream=True,
+            extra_body={"stub": {"tokens": 150, "itl_ms": 20}},
+        )  # fmt: skip
+        chunks = iter(stream)
+        next(chunks)
+        time.sleep(2.0)  # two leases: without renewal the slot would be gone
+        with pytest.raises(openai.RateLimitError) as caught:
+            sdk.chat.completions.create(model=STUB_MODEL, messages=MESSAGES)
+        assert caught.value.response.json()["error"]["type"] == "concurrency"
+        assert sum(1 for _ in chunks) > 10  # the stream runs to its end
+        assert _eventually_admitted(sdk)
 
 
 def test_per_model_limit_applies_on_top_of_the_key_limit(limited: Gateway) -> None:

@@ -131,6 +131,18 @@ async def test_a_dead_gateways_slot_frees_after_its_lease(limiter: LimiterBacken
     assert (await limiter.admit(scopes, "b", 0, 0.2)).admitted
 
 
+async def test_a_renewed_lease_outlives_its_first_expiry(limiter: LimiterBackend) -> None:
+    scopes = [scope(max_concurrent=1)]
+    assert (await limiter.admit(scopes, "a", 0, 0.3)).admitted
+    for _ in range(3):  # 0.6 s in all, twice the lease
+        await asyncio.sleep(0.2)
+        limiter.renew(scopes, "a", 0.3)
+    assert not (await limiter.admit(scopes, "b", 0, 0.3)).admitted
+    limiter.settle(scopes, "a", 0, None)
+    limiter.renew(scopes, "a", 0.3)  # a late renewal does not take the slot back
+    assert (await limiter.admit(scopes, "b", 0, 0.3)).admitted
+
+
 async def test_scopes_are_decided_together(limiter: LimiterBackend) -> None:
     key_wide = LimitScope("{k}", Limits(rpm=5))
     per_model = LimitScope("{k}:m:small", Limits(rpm=2))
