@@ -44,9 +44,11 @@ class ModelRename:
     the form with a space after the colon are handled.
     """
 
-    __slots__ = ("_pairs",)
+    __slots__ = ("_pairs", "served")
 
     def __init__(self, served: str, alias: str) -> None:
+        self.served = served
+        """The name the engines serve the model under."""
         old, new = orjson.dumps(served), orjson.dumps(alias)
         self._pairs = tuple(
             (b'"model"' + colon + old, b'"model"' + colon + new) for colon in (b":", b": ")
@@ -80,8 +82,8 @@ class RequestPlanner:
     ) -> None:
         self._pool = pool
         self._routing = routing
-        self._served = {
-            name: (m.served_name, ModelRename(m.served_name, name))
+        self._renames = {
+            name: ModelRename(m.served_name, name)
             for name, m in models.items()
             if m.served_name != name
         }
@@ -93,12 +95,10 @@ class RequestPlanner:
         if not self._pool.has_model(model):
             raise ModelNotFoundError(model)
         payload = raw
-        rename: ModelRename | None = None
-        served = self._served.get(model)
-        if served is not None:
-            body = body | {"model": served[0]}
+        rename = self._renames.get(model)
+        if rename is not None:
+            body = body | {"model": rename.served}
             payload = orjson.dumps(body)
-            rename = served[1]
         policy, prefix_chars = self._routing.for_model(model)
         key = affinity_key(body, session_id, prefix_chars) if policy.wants_affinity_key else None
         return ParsedRequest(model, bool(request.stream), body, payload, policy, key, rename)
