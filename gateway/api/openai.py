@@ -18,7 +18,7 @@ from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response
 
-from gateway.api.context import app_state, read_body, request_id
+from gateway.api.context import app_state, completion_headers, read_body, request_id
 from gateway.request_plan import CHAT, COMPLETIONS, Route
 from gateway.service import RequestMeta
 
@@ -33,7 +33,8 @@ async def _until_disconnect(request: Request) -> None:
 
 async def _answer(route: Route, request: Request) -> Response:
     state = app_state(request)
-    raw = await read_body(request, state.settings.server.max_body_bytes)
+    headers = completion_headers(request)
+    raw = await read_body(request, state.settings.server.max_body_bytes, headers.content_length)
     handler = asyncio.current_task()
     assert handler is not None
     abandoned = False
@@ -48,10 +49,7 @@ async def _answer(route: Route, request: Request) -> Response:
     watcher.add_done_callback(client_left)
     try:
         meta = RequestMeta(
-            request_id(request),
-            request.headers.get("authorization"),
-            request.headers.get("x-session-id"),
-            request.headers.get("cache-control"),
+            request_id(request), headers.authorization, headers.session_id, headers.cache_control
         )
         return await state.service.handle(route, raw, meta)
     except asyncio.CancelledError:

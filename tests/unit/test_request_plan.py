@@ -1,9 +1,12 @@
-"""Putting the client's model name back into engine answers (``upstream_model``)."""
+"""Request planning: the client's model name put back into engine answers
+(``upstream_model``), and the headers the completion routes read."""
 
 from __future__ import annotations
 
 import orjson
+from starlette.requests import Request
 
+from gateway.api.context import completion_headers
 from gateway.request_plan import ModelRename
 
 
@@ -36,3 +39,22 @@ def test_rename_handles_names_that_need_json_escaping() -> None:
     rename = ModelRename('we"ird', "alias")
     body = orjson.dumps({"model": 'we"ird'})
     assert orjson.loads(rename.inspect(body))["model"] == "alias"
+
+
+def test_completion_headers_are_read_in_one_pass_first_wins() -> None:
+    scope = {
+        "type": "http",
+        "headers": [
+            (b"host", b"x"),
+            (b"authorization", b"Bearer sk-1"),
+            (b"cache-control", b"no-cache"),
+            (b"authorization", b"Bearer sk-2"),
+            (b"content-length", b"42"),
+        ],
+    }
+    headers = completion_headers(Request(scope))
+    assert headers.authorization == "Bearer sk-1"  # the first of repeated headers, as Starlette
+    assert headers.cache_control == "no-cache"
+    assert headers.content_length == "42"
+    assert headers.session_id is None
+    assert headers.authorization == Request(scope).headers.get("authorization")
