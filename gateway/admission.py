@@ -27,6 +27,7 @@ import contextlib
 import itertools
 import logging
 import os
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -67,6 +68,7 @@ class Ticket:
     """One admitted request's reservation; settled once, whichever path ends it."""
 
     __slots__ = (
+        "__weakref__",
         "_admission",
         "_charge",
         "_settled",
@@ -123,8 +125,10 @@ class Admission:
         self._id_prefix = os.urandom(6).hex()
         self._ids = itertools.count()
         self._charges = ScopesMemo(_charge_of)
-        self._leased: dict[str, _Charge] = {}
-        """Admitted requests holding a concurrency slot, by request id, until settled."""
+        self._leased: dict[str, tuple[weakref.ref[Ticket], _Charge]] = {}
+        """Admitted requests holding a concurrency slot, by request id, until settled.
+        Held weakly: a ticket dropped without being settled (a bug) stops being
+        renewed, so its slot still frees within one lease instead of never."""
 
     @property
     def renew_interval_s(self) -> float:
@@ -136,7 +140,13 @@ class Admission:
         """Extend the concurrency leases of every request in flight (one batched call)."""
         lease_s = self._settings.concurrency_lease_s
         try:
-            for request_id, charge in list(self._leased.items()):
+            for request_id, (ticket, charge) in list(self._leased.items()):
+                if ticket() is None:
+                    log.warning(
+                        "request %s was never settled; its slot frees with its lease", request_id
+                    )
+                    del self._leased[request_id]
+                    continue
                 self._backend.renew(charge.scopes, request_id, lease_s)
         except StoreUnavailable:
             self._metrics.redis_errors.labels("ratelimit").inc()
@@ -170,9 +180,10 @@ class Admission:
         headers = headline(scopes, decision.states)
         if not decision.admitted:
             raise self._refusal(principal, scopes, decision, tokens, as_text(headers))
+        ticket = Ticket(self, charge, request_id, tokens, headers)
         if charge.holds_slot:
-            self._leased[request_id] = charge
-        return Ticket(self, charge, request_id, tokens, headers)
+            self._leased[request_id] = (weakref.ref(ticket), charge)
+        return ticket
 
     def settle(self, charge: _Charge, ticket: Ticket, actual: int | None) -> None:
         if charge.holds_slot:
