@@ -70,8 +70,8 @@ class Ticket:
     __slots__ = (
         "__weakref__",
         "_admission",
-        "_charge",
         "_settled",
+        "charge",
         "raw_headers",
         "request_id",
         "reserved",
@@ -87,7 +87,8 @@ class Ticket:
         raw_headers: RawHeaders,
     ) -> None:
         self._admission = admission
-        self._charge = charge
+        self.charge = charge
+        """What the request was charged to (None for the free pass)."""
         self._settled = admission is None
         self.request_id = request_id
         self.reserved = reserved
@@ -103,10 +104,10 @@ class Ticket:
 
     def settle(self, actual: int | None) -> None:
         """Charge ``actual`` tokens (``None``: keep the reservation) and free the slot."""
-        if self._settled or self._admission is None or self._charge is None:
+        if self._settled or self._admission is None or self.charge is None:
             return
         self._settled = True
-        self._admission.settle(self._charge, self, actual)
+        self._admission.settle(self.charge, self, actual)
 
 
 FREE_PASS = Ticket(None, None, "", 0, [])
@@ -125,7 +126,7 @@ class Admission:
         self._id_prefix = os.urandom(6).hex()
         self._ids = itertools.count()
         self._charges = ScopesMemo(_charge_of)
-        self._leased: dict[str, tuple[weakref.ref[Ticket], _Charge]] = {}
+        self._leased: dict[str, weakref.ref[Ticket]] = {}
         """Admitted requests holding a concurrency slot, by request id, until settled.
         Held weakly: a ticket dropped without being settled (a bug) stops being
         renewed, so its slot still frees within one lease instead of never."""
@@ -140,14 +141,15 @@ class Admission:
         """Extend the concurrency leases of every request in flight (one batched call)."""
         lease_s = self._settings.concurrency_lease_s
         try:
-            for request_id, (ticket, charge) in list(self._leased.items()):
-                if ticket() is None:
+            for request_id, held in list(self._leased.items()):
+                ticket = held()
+                if ticket is None or ticket.charge is None:
                     log.warning(
                         "request %s was never settled; its slot frees with its lease", request_id
                     )
                     del self._leased[request_id]
                     continue
-                self._backend.renew(charge.scopes, request_id, lease_s)
+                self._backend.renew(ticket.charge.scopes, request_id, lease_s)
         except StoreUnavailable:
             self._metrics.redis_errors.labels("ratelimit").inc()
 
@@ -182,7 +184,7 @@ class Admission:
             raise self._refusal(principal, scopes, decision, tokens, as_text(headers))
         ticket = Ticket(self, charge, request_id, tokens, headers)
         if charge.holds_slot:
-            self._leased[request_id] = (weakref.ref(ticket), charge)
+            self._leased[request_id] = weakref.ref(ticket)
         return ticket
 
     def settle(self, charge: _Charge, ticket: Ticket, actual: int | None) -> None:

@@ -40,7 +40,7 @@ def completion_headers(request: Request) -> CompletionHeaders:
     send names lowercased; the first of repeated headers wins, as in Starlette).
 
     Starlette's ``request.headers.get`` scans the list again for every name and
-    raises and catches a KeyError for every absent one: 7.5% of the gateway's CPU
+    raises and catches a KeyError for every absent one: 6.8% of the gateway's CPU
     under load (py-spy, ``benchmarks.gateway_overhead --profile``).
     """
     found: dict[bytes, bytes] = {}
