@@ -23,6 +23,9 @@ class StreamOptions(_Passthrough):
 
 class ChatMessage(_Passthrough):
     role: str
+    """Any string, not only OpenAI's six: vLLM enables custom roles (its
+    ``CustomChatCompletionMessageParam``, e.g. ``ipython`` for tool output), and the
+    model's chat template decides what they mean."""
     content: str | list[dict[str, Any]] | None = None
 
 
