@@ -196,22 +196,15 @@ _HEADER_NAMES = {
 def headline(scopes: Sequence[LimitScope], states: Sequence[ScopeState]) -> RawHeaders:
     """OpenAI's ``x-ratelimit-*`` headers for the tightest scope of each kind, ready to
     send (every response carries them, so they skip every dict and re-encoding)."""
+    headers: RawHeaders = []
     if len(scopes) == 1:  # the common case: straight through
         limits, state = scopes[0].limits, states[0]
-        headers: RawHeaders = []
-        reset = format_duration(state.reset_s).encode()
+        reset = format_duration(state.reset_s).encode()  # one scope: one reset for both
         if limits.rpm is not None:
-            limit_name, remaining_name, reset_name = _HEADER_NAMES["requests"]
-            headers.append((limit_name, b"%d" % limits.rpm))
-            headers.append((remaining_name, b"%d" % max(limits.rpm - state.requests, 0)))
-            headers.append((reset_name, reset))
+            _add_kind(headers, "requests", limits.rpm - state.requests, limits.rpm, reset)
         if limits.tpm is not None:
-            limit_name, remaining_name, reset_name = _HEADER_NAMES["tokens"]
-            headers.append((limit_name, b"%d" % limits.tpm))
-            headers.append((remaining_name, b"%d" % max(limits.tpm - state.tokens, 0)))
-            headers.append((reset_name, reset))
+            _add_kind(headers, "tokens", limits.tpm - state.tokens, limits.tpm, reset)
         return headers
-    headers = []
     for kind in ("requests", "tokens"):
         figures = [
             (limit - state.used(kind), limit, state.reset_s)
@@ -220,11 +213,15 @@ def headline(scopes: Sequence[LimitScope], states: Sequence[ScopeState]) -> RawH
         ]
         if figures:
             remaining, limit, reset_s = min(figures)
-            limit_name, remaining_name, reset_name = _HEADER_NAMES[kind]
-            headers.append((limit_name, b"%d" % limit))
-            headers.append((remaining_name, b"%d" % max(remaining, 0)))
-            headers.append((reset_name, format_duration(reset_s).encode()))
+            _add_kind(headers, kind, remaining, limit, format_duration(reset_s).encode())
     return headers
+
+
+def _add_kind(headers: RawHeaders, kind: str, remaining: int, limit: int, reset: bytes) -> None:
+    limit_name, remaining_name, reset_name = _HEADER_NAMES[kind]
+    headers.append((limit_name, b"%d" % limit))
+    headers.append((remaining_name, b"%d" % max(remaining, 0)))
+    headers.append((reset_name, reset))
 
 
 def as_text(headers: RawHeaders) -> dict[str, str]:
