@@ -12,8 +12,8 @@ from __future__ import annotations
 import argparse
 import time
 
-from gateway.engine_pool import EnginePool
-from gateway.routing import LeastOutstanding, PrefixAffinity, RoundRobin, RoutingPolicy
+from gateway.pool.engine_pool import EnginePool
+from gateway.routing.policies import LeastOutstanding, PrefixAffinity, RoundRobin, RoutingPolicy
 
 
 def per_call_us(fn: object, calls: int) -> float:

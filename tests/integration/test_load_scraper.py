@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from gateway.config_sections import UpstreamSettings
-from gateway.engine_pool import EnginePool
-from gateway.health import LoadScraper
-from gateway.upstream import UpstreamClient
+from gateway.config.sections import UpstreamSettings
+from gateway.pool.engine_pool import EnginePool
+from gateway.pool.health import LoadScraper
+from gateway.upstream.client import UpstreamClient
 from tests.helpers.processes import free_port
 
 METRICS = (

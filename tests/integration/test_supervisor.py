@@ -13,8 +13,8 @@ import pytest
 from engines.registry import InProcessRegistry
 from engines.spec import EngineSpec
 from engines.supervisor import Deployment, EngineSupervisor, RestartBudget
-from gateway.engine_pool import EnginePool
-from gateway.engine_sources import RegistryWatcher
+from gateway.pool.engine_pool import EnginePool
+from gateway.pool.sources import RegistryWatcher
 
 MODEL = "stub-model"
 

@@ -1,0 +1,1 @@
+"""The deterministic OpenAI-compatible fake engine (``python -m engines.stub``)."""

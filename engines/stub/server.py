@@ -1,0 +1,312 @@
+"""A deterministic OpenAI-compatible fake engine, for tests, benchmarks and client work.
+
+It speaks vLLM's OpenAI HTTP surface as a raw ASGI app (no framework: it must
+never be the bottleneck of a benchmark) and can act out an engine's failures:
+error statuses, streams cut mid-way, requests that never answer. Behaviour is
+set at start-up (`StubConfig`) and per request by a ``"stub"`` object in the
+body, which a gateway forwards untouched. Counters at ``GET /stub/stats`` show
+what reached the stub and how each stream ended.
+
+Run it with ``python -m engines.stub --port 9001``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+import uvicorn
+
+from engines.stub.asgi import (
+    DROPPED,
+    JSON,
+    Message,
+    Receive,
+    Scope,
+    Send,
+    read_body,
+    send_bytes,
+    send_stream,
+    send_whole,
+    until_disconnect,
+    wait_forever,
+)
+from engines.stub.output import error_body, metrics_text, models_body
+from engines.stub.plan import Plan, RequestError, StubConfig, plan_request
+
+__all__ = ["StubApp", "StubConfig", "StubStats", "create_stub_app", "serve_stub", "stub_main"]
+
+Handler = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+_PROMETHEUS = b"text/plain; version=0.0.4; charset=utf-8"
+
+
+@dataclass(slots=True)
+class RecordedRequest:
+    """The last completion request as received; decoded only when asked for."""
+
+    path: str
+    headers: list[tuple[bytes, bytes]]
+    body: Any
+
+
+@dataclass(slots=True)
+class StubStats:
+    """Counters of one app instance.
+
+    Every stream that started ends as exactly one of completed, cancelled (the
+    client left) or dropped (an injected fault). ``requests_cancelled`` counts
+    every completion request, streaming or not, whose client left first.
+    """
+
+    requests: int = 0
+    streams_started: int = 0
+    streams_completed: int = 0
+    streams_cancelled: int = 0
+    streams_dropped: int = 0
+    requests_cancelled: int = 0
+    in_flight: int = 0
+    running: dict[str, int] = field(default_factory=dict)
+    tokens: dict[str, list[int]] = field(default_factory=dict)  # model → [prompt, generated]
+    last_request: RecordedRequest | None = None
+
+    def reset(self) -> None:
+        """Zero the counters; requests in progress still count as in flight."""
+        self.requests = self.streams_started = self.streams_completed = 0
+        self.streams_cancelled = self.streams_dropped = self.requests_cancelled = 0
+        self.last_request = None
+
+    def snapshot(self) -> dict[str, Any]:
+        """The counters as the JSON object served at ``GET /stub/stats``."""
+        last = self.last_request
+        return {
+            "requests": self.requests,
+            "streams_started": self.streams_started,
+            "streams_completed": self.streams_completed,
+            "streams_cancelled": self.streams_cancelled,
+            "streams_dropped": self.streams_dropped,
+            "requests_cancelled": self.requests_cancelled,
+            "in_flight": self.in_flight,
+            "pid": os.getpid(),
+            "last_request": None
+            if last is None
+            else {
+                "path": last.path,
+                "headers": {
+                    name.decode("latin-1").lower(): value.decode("latin-1")
+                    for name, value in last.headers
+                },
+                "body": last.body,
+            },
+        }
+
+
+class StubApp:
+    """The ASGI application: routes, completion handling and the counters."""
+
+    def __init__(self, config: StubConfig) -> None:
+        self.config = config
+        self.stats = StubStats()
+        self._models_body = models_body(config.models, int(time.time()))
+        self._routes: dict[str, dict[str, Handler]] = {
+            "/v1/chat/completions": {"POST": self._chat},
+            "/v1/completions": {"POST": self._text},
+            "/v1/models": {"GET": self._models},
+            "/health": {"GET": self._health},
+            "/metrics": {"GET": self._metrics},
+            "/stub/stats": {"GET": self._stats},
+            "/stub/reset": {"POST": self._reset},
+        }
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Dispatch an HTTP request by path and method; answer the lifespan protocol."""
+        if scope["type"] == "lifespan":
+            await _lifespan(receive, send)
+            return
+        methods = self._routes.get(scope["path"])
+        if methods is None:
+            await _send_error(send, RequestError(404, f"Route {scope['path']} not found."))
+            return
+        handler = methods.get(scope["method"])
+        if handler is None:
+            allow = ", ".join(methods).encode()
+            error = RequestError(405, f"Method {scope['method']} not allowed.")
+            await send_bytes(send, 405, error_body(error), JSON, [(b"allow", allow)])
+            return
+        await handler(scope, receive, send)
+
+    async def _chat(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._completion(scope, receive, send, chat=True)
+
+    async def _text(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._completion(scope, receive, send, chat=False)
+
+    async def _completion(self, scope: Scope, receive: Receive, send: Send, *, chat: bool) -> None:
+        """Count the request as in flight for exactly as long as it is handled."""
+        stats = self.stats
+        stats.requests += 1
+        stats.in_flight += 1
+        try:
+            await self._complete(scope, receive, send, chat)
+        except OSError:  # a send after the client left, on servers that raise
+            stats.requests_cancelled += 1
+        finally:
+            stats.in_flight -= 1
+
+    async def _complete(self, scope: Scope, receive: Receive, send: Send, chat: bool) -> None:
+        """Read, record, validate and answer one completion request."""
+        raw = await read_body(receive)
+        if raw is None:
+            self.stats.requests_cancelled += 1
+            return
+        try:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            body = None
+        self.stats.last_request = RecordedRequest(scope["path"], scope["headers"], body)
+        try:
+            if body is None:
+                raise RequestError(400, "The request body is not valid JSON.")
+            plan = plan_request(self.config, body, chat=chat)
+        except RequestError as error:
+            await _send_error(send, error)
+            return
+        running = self.stats.running
+        running[plan.model] = running.get(plan.model, 0) + 1
+        counted = self.stats.tokens.setdefault(plan.model, [0, 0])
+        counted[0] += plan.prompt_tokens
+        counted[1] += plan.completion_tokens * plan.n
+        try:
+            await self._answer(plan, receive, send)
+        finally:
+            running[plan.model] -= 1
+
+    async def _answer(self, plan: Plan, receive: Receive, send: Send) -> None:
+        """Act out the plan, watching for the client leaving wherever time passes."""
+        stats = self.stats
+        fault = plan.fault
+        if fault is not None and fault.kind == "hang" and (fault.after == 0 or not plan.stream):
+            await until_disconnect(wait_forever(), receive)
+            stats.requests_cancelled += 1
+        elif plan.stream:
+            stats.streams_started += 1
+            outcome = await until_disconnect(send_stream(plan, send), receive)
+            if outcome is None:
+                stats.streams_cancelled += 1
+                stats.requests_cancelled += 1
+            elif outcome == DROPPED:
+                stats.streams_dropped += 1
+            else:
+                stats.streams_completed += 1
+        elif plan.ttft_s > 0 or plan.itl_s > 0:
+            if await until_disconnect(send_whole(plan, send), receive) is None:
+                stats.requests_cancelled += 1
+        else:
+            await send_whole(plan, send)
+
+    async def _models(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send_bytes(send, 200, self._models_body, JSON)
+
+    async def _health(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send_bytes(send, 200, b"", None)
+
+    async def _metrics(self, scope: Scope, receive: Receive, send: Send) -> None:
+        body = metrics_text(self.stats.running, self.config.models, self.stats.tokens)
+        await send_bytes(send, 200, body, _PROMETHEUS)
+
+    async def _stats(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send_bytes(send, 200, orjson.dumps(self.stats.snapshot()), JSON)
+
+    async def _reset(self, scope: Scope, receive: Receive, send: Send) -> None:
+        self.stats.reset()
+        await send_bytes(send, 200, orjson.dumps(self.stats.snapshot()), JSON)
+
+
+async def _send_error(send: Send, error: RequestError) -> None:
+    """An OpenAI error body with the error's status."""
+    await send_bytes(send, error.status, error_body(error), JSON)
+
+
+async def _lifespan(receive: Receive, send: Send) -> None:
+    """Acknowledge start-up and shut-down; the stub holds no resources."""
+    while True:
+        message: Message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
+def create_stub_app(config: StubConfig) -> StubApp:
+    """A fresh stub ASGI app with its own counters."""
+    return StubApp(config)
+
+
+class _UnfinishedResponseFilter(logging.Filter):
+    """Hide uvicorn's complaint about responses the stub leaves unfinished on purpose."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.msg != "ASGI callable returned without completing response."
+
+
+def serve_stub(config: StubConfig, host: str, port: int) -> None:
+    """Serve a stub app with uvicorn (httptools, uvloop) until interrupted."""
+    server_config = uvicorn.Config(
+        create_stub_app(config),
+        host=host,
+        port=port,
+        http="httptools",
+        loop="uvloop",
+        lifespan="on",
+        access_log=False,
+        log_level="warning",
+        server_header=False,
+        backlog=4096,
+        timeout_graceful_shutdown=1,
+    )
+    logging.getLogger("uvicorn.error").addFilter(_UnfinishedResponseFilter())
+    uvicorn.Server(server_config).run()
+
+
+def _parser() -> argparse.ArgumentParser:
+    """The command line of ``python -m engines.stub``."""
+    parser = argparse.ArgumentParser(
+        prog="engines.stub.server", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--model", action="append", help="a served model name (repeatable)")
+    parser.add_argument("--ttft-ms", type=float, default=0.0, help="delay before the first token")
+    parser.add_argument("--itl-ms", type=float, default=0.0, help="delay between tokens")
+    parser.add_argument("--tokens", type=int, default=16, help="completion tokens per answer")
+    parser.add_argument("--fail-status", type=int, help="answer every completion with it")
+    parser.add_argument("--drop-after", type=int, help="cut streams after N content chunks")
+    parser.add_argument("--hang", action="store_true", help="never answer completions")
+    return parser
+
+
+def stub_main(argv: list[str] | None = None) -> int:
+    """Parse ``argv`` and serve a stub until interrupted; returns the exit status."""
+    args = _parser().parse_args(argv)
+    config = StubConfig(
+        models=tuple(args.model) if args.model else StubConfig().models,
+        ttft_ms=args.ttft_ms,
+        itl_ms=args.itl_ms,
+        tokens=args.tokens,
+        fail_status=args.fail_status,
+        drop_after=args.drop_after,
+        hang=args.hang,
+    )
+    serve_stub(config, args.host, args.port)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(stub_main())

@@ -1,0 +1,223 @@
+"""API-key authentication: ``Authorization: Bearer <key>`` → :class:`Principal`.
+
+Keys are held only as SHA-256 digests. A presented key is hashed and looked up
+by digest in a hash table, so the time a lookup takes depends on the digest,
+which tells an attacker nothing about how much of any stored secret they
+guessed (a store lookup compares with ``hmac.compare_digest``). Keys never
+reach logs or metrics: principals carry the key's *name*.
+
+Two sources: keys declared in the config, and keys made at run time in a
+:class:`gateway.auth.keys.KeyStore`. The directory keeps a local copy of the
+store, reloaded whenever the store's version changes (polled every
+``auth.refresh_interval_s``), so authentication costs no round trip; a key the
+copy does not know is looked up once in the store (a key made a moment ago
+works at once), and remembered as unknown until the next change.
+
+With auth disabled, :class:`OpenAccess` admits everyone as ``anonymous``, so the
+pipeline has no ``if auth_enabled`` branches.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Protocol
+
+from gateway.auth.keys import KeyRecord, KeyStore, digest_of
+from gateway.config.sections import AuthSettings, StaticKey
+from gateway.errors import AuthenticationError, DependencyUnavailableError, StoreUnavailable
+from gateway.ratelimit.limits import NO_LIMITS, Limits, LimitScope
+
+log = logging.getLogger("vgate.auth")
+_BEARER = "bearer "
+_MAX_UNKNOWN = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who is calling: a key's name, the models it may use (``None``: all), its limits."""
+
+    name: str
+    models: frozenset[str] | None
+    limits: Limits = NO_LIMITS
+    model_limits: Mapping[str, Limits] = field(default_factory=dict)
+    expires_at: float | None = None
+    _scopes: dict[str, tuple[LimitScope, ...]] = field(default_factory=dict, compare=False)
+
+    def may_use(self, model: str) -> bool:
+        return self.models is None or model in self.models
+
+    def scopes(self, model: str) -> tuple[LimitScope, ...]:
+        """The counters a request for ``model`` is charged to (hash-tagged by key name,
+        so a Redis Cluster keeps them in one slot)."""
+        known = self._scopes.get(model)
+        if known is None:
+            known = self._scopes[model] = self._build_scopes(model)
+        return known
+
+    def _build_scopes(self, model: str) -> tuple[LimitScope, ...]:
+        tag = "{" + self.name + "}"
+        per_model = self.model_limits.get(model)
+        if per_model is None:
+            return (LimitScope(tag, self.limits),) if self.limits.any else ()
+        scoped = LimitScope(f"{tag}:m:{model}", per_model)
+        return (LimitScope(tag, self.limits), scoped) if self.limits.any else (scoped,)
+
+
+ANONYMOUS = Principal("anonymous", None)
+
+
+class Authenticator(Protocol):
+    def known(self, authorization: str | None) -> Principal | None:
+        """The caller, when the local copy knows the key and it is valid; None for
+        anything else (missing, malformed, unknown, expired: :meth:`authenticate` says).
+        The common case answered without a coroutine (every request asks)."""
+        ...
+
+    async def authenticate(self, authorization: str | None) -> Principal:
+        """The caller behind an ``Authorization`` header; raises AuthenticationError."""
+        ...
+
+    async def refresh(self) -> None:
+        """Pick up keys made or revoked elsewhere."""
+        ...
+
+    def names(self) -> frozenset[str]:
+        """Every key name currently known."""
+        ...
+
+
+class OpenAccess:
+    """Auth switched off: every caller is ``anonymous`` and may use every model."""
+
+    def known(self, authorization: str | None) -> Principal | None:
+        return ANONYMOUS
+
+    async def authenticate(self, authorization: str | None) -> Principal:
+        return ANONYMOUS
+
+    async def refresh(self) -> None:
+        return None
+
+    def names(self) -> frozenset[str]:
+        return frozenset()
+
+
+class KeyDirectory:
+    """Config keys plus a local copy of the key store."""
+
+    def __init__(self, static: Iterable[StaticKey], store: KeyStore | None) -> None:
+        self._static = {digest_of(k.key): _from_static(k) for k in static}
+        self._store = store
+        self._stored: dict[str, Principal] = {}
+        self._unknown: set[str] = set()
+        self._version: str | None = None
+
+    def known(self, authorization: str | None) -> Principal | None:
+        digest = _digest(authorization)
+        principal = self._local(digest) if digest is not None else None
+        return None if principal is None or _expired(principal) else principal
+
+    async def authenticate(self, authorization: str | None) -> Principal:
+        if not authorization:
+            raise AuthenticationError(
+                "Missing API key: send it as 'Authorization: Bearer <key>'.", code="invalid_api_key"
+            )
+        digest = _digest(authorization)
+        if digest is None:
+            raise AuthenticationError(
+                "The Authorization header must be 'Bearer <key>'.", code="invalid_api_key"
+            )
+        principal = self._local(digest)
+        if principal is None and self._store is not None and digest not in self._unknown:
+            principal = await self._look_up(digest)
+        if principal is None:
+            raise AuthenticationError("Incorrect API key provided.", code="invalid_api_key")
+        if _expired(principal):
+            raise AuthenticationError(
+                f"The API key '{principal.name}' has expired.", code="invalid_api_key"
+            )
+        return principal
+
+    def _local(self, digest: str) -> Principal | None:
+        return self._static.get(digest) or self._stored.get(digest)
+
+    async def refresh(self) -> None:
+        """Reload the store's keys if its version moved; keep the old copy if it is down."""
+        if self._store is None:
+            return
+        try:
+            version = await self._store.version()
+            if version == self._version:
+                return
+            records = await self._store.load_all()
+        except StoreUnavailable as exc:
+            log.debug("key store unreachable, keeping %d keys: %s", len(self._stored), exc)
+            return
+        self._stored = {r.digest: _from_record(r) for r in records}
+        self._unknown = set()
+        self._version = version
+
+    def names(self) -> frozenset[str]:
+        return frozenset(p.name for p in (*self._static.values(), *self._stored.values()))
+
+    async def _look_up(self, digest: str) -> Principal | None:
+        try:
+            record = await self._store.get(digest) if self._store is not None else None
+        except StoreUnavailable:
+            raise DependencyUnavailableError(
+                "The key store is unreachable; try again shortly.",
+                code="key_store_unavailable",
+                headers={"Retry-After": "1"},
+            ) from None
+        if record is None or not hmac.compare_digest(record.digest, digest):
+            if len(self._unknown) >= _MAX_UNKNOWN:
+                self._unknown.clear()
+            self._unknown.add(digest)
+            return None
+        principal = _from_record(record)
+        self._stored[digest] = principal
+        return principal
+
+
+def _digest(authorization: str | None) -> str | None:
+    """The digest of the key in ``Bearer <key>``; None when the header is missing or not
+    in that form."""
+    if not authorization or authorization[: len(_BEARER)].lower() != _BEARER:
+        return None
+    return digest_of(authorization[len(_BEARER) :].strip())
+
+
+def _expired(principal: Principal) -> bool:
+    return principal.expires_at is not None and time.time() >= principal.expires_at
+
+
+def build_authenticator(settings: AuthSettings, store: KeyStore | None) -> Authenticator:
+    return KeyDirectory(settings.keys, store) if settings.enabled else OpenAccess()
+
+
+def _from_static(key: StaticKey) -> Principal:
+    return Principal(
+        key.name,
+        frozenset(key.models) if key.models else None,
+        Limits(key.rpm, key.tpm, key.max_concurrent),
+        {m: Limits(v.rpm, v.tpm, v.max_concurrent) for m, v in key.model_limits.items()},
+        _timestamp(key.expires_at) if key.expires_at is not None else None,
+    )
+
+
+def _timestamp(moment: datetime) -> float:
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
+
+
+def _from_record(record: KeyRecord) -> Principal:
+    models = frozenset(record.models) if record.models is not None else None
+    return Principal(
+        record.name, models, record.limits, dict(record.model_limits), record.expires_at
+    )

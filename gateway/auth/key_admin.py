@@ -1,0 +1,65 @@
+"""Key management shared by ``vgate keys`` and ``/admin/keys``: one set of rules for both."""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from gateway.auth.keys import KeyExistsError, KeyRecord, KeyStore, new_key, parse_expiry
+from gateway.ratelimit.limits import Limits
+
+
+class KeyRequestError(ValueError):
+    """The request to make a key is invalid; the message says why."""
+
+
+class NewKey(BaseModel):
+    """What a new key may be given (the body of ``POST /admin/keys``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1)
+    models: list[str] | None = None
+    rpm: int | None = Field(None, ge=1)
+    tpm: int | None = Field(None, ge=1)
+    max_concurrent: int | None = Field(None, ge=1)
+    expires: str | None = Field(None, description="A duration (90s, 12h, 30d) or an ISO date.")
+
+    @classmethod
+    def parse(cls, data: Any) -> NewKey:
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"]) or "body"
+            raise KeyRequestError(f"{where}: {first['msg']}") from None
+
+
+async def create_key(
+    store: KeyStore, request: NewKey, taken: Collection[str]
+) -> tuple[str, KeyRecord]:
+    """Make and store a key; the secret is returned here and nowhere else, ever."""
+    if request.name in taken:
+        raise KeyRequestError(f"a key named {request.name!r} exists already")
+    try:
+        expires_at = parse_expiry(request.expires) if request.expires else None
+        secret, record = new_key(
+            request.name,
+            tuple(request.models) if request.models else None,
+            Limits(request.rpm, request.tpm, request.max_concurrent),
+            expires_at,
+        )
+    except ValueError as exc:
+        raise KeyRequestError(str(exc)) from None
+    try:
+        await store.create(record)
+    except KeyExistsError:
+        raise KeyRequestError(f"a key named {request.name!r} exists already") from None
+    return secret, record
+
+
+async def list_keys(store: KeyStore) -> list[dict[str, Any]]:
+    records = sorted(await store.load_all(), key=lambda r: r.created_at)
+    return [r.public() for r in records]

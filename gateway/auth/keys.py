@@ -1,0 +1,145 @@
+"""API keys made at run time (``vgate keys``, ``/admin/keys``): records and their store.
+
+A key is stored only as its SHA-256 digest plus what it may do; the secret is
+shown once, when it is made. Names are unique and are what logs, metrics and
+rate-limit counters use. Backends: :mod:`gateway.backends.redis.keys` (shared by
+every replica) and :mod:`gateway.backends.memory.keys` (one process, no Redis).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import secrets
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
+
+import orjson
+
+from gateway.ratelimit.limits import NO_LIMITS, Limits
+
+SECRET_PREFIX = "sk-vg-"
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_DURATION = re.compile(r"^(\d+)([smhdw])$")
+_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+class KeyExistsError(Exception):
+    """A key with this name exists already."""
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRecord:
+    """Everything known about a key except its secret."""
+
+    name: str
+    digest: str
+    models: tuple[str, ...] | None = None
+    limits: Limits = NO_LIMITS
+    model_limits: dict[str, Limits] = field(default_factory=dict)
+    created_at: float = 0.0
+    expires_at: float | None = None
+
+    def expired(self, now: float) -> bool:
+        return self.expires_at is not None and now >= self.expires_at
+
+    def encode(self) -> bytes:
+        return orjson.dumps(asdict(self))
+
+    @classmethod
+    def decode(cls, raw: bytes | str) -> KeyRecord:
+        data: dict[str, Any] = orjson.loads(raw)
+        models = data.get("models")
+        return cls(
+            name=data["name"],
+            digest=data["digest"],
+            models=tuple(models) if models is not None else None,
+            limits=Limits(**data.get("limits") or {}),
+            model_limits={m: Limits(**v) for m, v in (data.get("model_limits") or {}).items()},
+            created_at=float(data.get("created_at") or 0.0),
+            expires_at=data.get("expires_at"),
+        )
+
+    def public(self) -> dict[str, Any]:
+        """What listings show: never the secret, nor its digest."""
+        return {
+            "name": self.name,
+            "models": list(self.models) if self.models is not None else None,
+            "rpm": self.limits.rpm,
+            "tpm": self.limits.tpm,
+            "max_concurrent": self.limits.max_concurrent,
+            "model_limits": {m: asdict(v) for m, v in self.model_limits.items()},
+            "created_at": _iso(self.created_at),
+            "expires_at": _iso(self.expires_at) if self.expires_at is not None else None,
+        }
+
+
+class KeyStore(Protocol):
+    async def version(self) -> str:
+        """Changes whenever a key is created or revoked."""
+        ...
+
+    async def load_all(self) -> list[KeyRecord]: ...
+
+    async def get(self, digest: str) -> KeyRecord | None: ...
+
+    async def create(self, record: KeyRecord) -> None:
+        """Store a new key; :class:`KeyExistsError` when its name is taken."""
+        ...
+
+    async def revoke(self, name: str) -> bool:
+        """Delete the key called ``name``; False when there was none."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+def new_secret() -> str:
+    return SECRET_PREFIX + secrets.token_urlsafe(32)
+
+
+def digest_of(secret: str) -> str:
+    return hashlib.sha256(secret.encode("utf-8")).hexdigest()
+
+
+def new_key(
+    name: str,
+    models: tuple[str, ...] | None = None,
+    limits: Limits = NO_LIMITS,
+    expires_at: float | None = None,
+) -> tuple[str, KeyRecord]:
+    """A fresh secret and its record; raises ValueError for a bad name or expiry."""
+    if not NAME_PATTERN.match(name):
+        raise ValueError(
+            f"invalid key name {name!r}: 1-64 characters, letters, digits, '_', '.', '-'"
+        )
+    now = time.time()
+    if expires_at is not None and expires_at <= now:
+        raise ValueError("the expiry is in the past")
+    secret = new_secret()
+    record = KeyRecord(name, digest_of(secret), models, limits, {}, now, expires_at)
+    return secret, record
+
+
+def parse_expiry(text: str, now: float | None = None) -> float:
+    """``90s``, ``12h``, ``30d``, ``2w`` from now, or an ISO 8601 date/time (UTC if no zone)."""
+    now = time.time() if now is None else now
+    match = _DURATION.match(text.strip())
+    if match:
+        return now + int(match.group(1)) * _UNIT_S[match.group(2)]
+    try:
+        moment = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise ValueError(
+            f"invalid expiry {text!r}: use a duration like 90s, 12h, 30d or an ISO date"
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
+
+
+def _iso(timestamp: float) -> str:
+    moment = datetime.fromtimestamp(timestamp, UTC)
+    return (moment - timedelta(microseconds=moment.microsecond)).isoformat()

@@ -1,0 +1,1 @@
+"""In-process stores for a single gateway without Redis: same interfaces as ``redis``."""

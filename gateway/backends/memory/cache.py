@@ -1,0 +1,39 @@
+"""Cache entries in this process's memory (no Redis): a size-bounded LRU with TTLs."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import OrderedDict
+
+
+class MemoryEntryStore:
+    """Entries in this process's memory: least recently used dropped past ``max_bytes``."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self._entries: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
+        self._bytes = 0
+        self._max_bytes = max_bytes
+
+    def get(self, key: str) -> asyncio.Future[bytes | None]:
+        future: asyncio.Future[bytes | None] = asyncio.get_running_loop().create_future()
+        found = self._entries.get(key)
+        if found is not None and found[0] <= time.monotonic():
+            self._drop(key)
+            found = None
+        if found is not None:
+            self._entries.move_to_end(key)
+        future.set_result(found[1] if found is not None else None)
+        return future
+
+    def put(self, key: str, value: bytes, ttl_s: int) -> None:
+        self._drop(key)
+        self._entries[key] = (time.monotonic() + ttl_s, value)
+        self._bytes += len(value)
+        while self._bytes > self._max_bytes and self._entries:
+            self._drop(next(iter(self._entries)))
+
+    def _drop(self, key: str) -> None:
+        old = self._entries.pop(key, None)
+        if old is not None:
+            self._bytes -= len(old[1])

@@ -1,0 +1,76 @@
+"""API keys in Redis, shared by every gateway replica and by ``vgate keys``.
+
+Layout: hash ``vgate:keys`` (digest → record JSON), hash ``vgate:keys:names``
+(name → digest) and the counter ``vgate:keys:version``, bumped by every change.
+Create and revoke are Lua scripts, so a name is never taken twice and the three
+structures always agree. Gateways poll the version (one GET) and reload the
+whole set only when it changed; that bounds how long a revoked key keeps working.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from gateway.auth.keys import KeyExistsError, KeyRecord
+from gateway.errors import StoreUnavailable
+
+_CREATE = """
+if redis.call('HSETNX', KEYS[2], ARGV[1], ARGV[2]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], ARGV[2], ARGV[3])
+redis.call('INCR', KEYS[3])
+return 1
+"""
+_REVOKE = """
+local digest = redis.call('HGET', KEYS[2], ARGV[1])
+if not digest then return 0 end
+redis.call('HDEL', KEYS[2], ARGV[1])
+redis.call('HDEL', KEYS[1], digest)
+redis.call('INCR', KEYS[3])
+return 1
+"""
+
+
+class RedisKeyStore:
+    """:class:`gateway.auth.keys.KeyStore` on a shared Redis."""
+
+    def __init__(self, client: aioredis.Redis, prefix: str = "vgate:keys") -> None:
+        self._client = client
+        self._keys = (prefix, f"{prefix}:names", f"{prefix}:version")
+        self._create = client.register_script(_CREATE)
+        self._revoke = client.register_script(_REVOKE)
+
+    async def version(self) -> str:
+        raw = await self._run(self._client.get(self._keys[2]))
+        return raw.decode() if isinstance(raw, bytes) else "0"
+
+    async def load_all(self) -> list[KeyRecord]:
+        raw = await self._run(self._client.hgetall(self._keys[0]))
+        return [KeyRecord.decode(value) for value in raw.values()]
+
+    async def get(self, digest: str) -> KeyRecord | None:
+        raw = await self._run(self._client.hget(self._keys[0], digest))
+        return KeyRecord.decode(raw) if raw is not None else None
+
+    async def create(self, record: KeyRecord) -> None:
+        created = await self._run(
+            self._create(keys=self._keys, args=[record.name, record.digest, record.encode()])
+        )
+        if not created:
+            raise KeyExistsError(record.name)
+
+    async def revoke(self, name: str) -> bool:
+        return bool(await self._run(self._revoke(keys=self._keys, args=[name])))
+
+    async def close(self) -> None:
+        """The client is shared and closed by its owner."""
+
+    @staticmethod
+    async def _run(command: Awaitable[Any]) -> Any:
+        try:
+            return await command
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(str(exc)) from None

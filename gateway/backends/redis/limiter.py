@@ -1,0 +1,224 @@
+"""The rate limiter in Redis: the Lua script ``limiter.lua``, called in batches.
+
+Every decision is made inside Redis by the script, atomically, so any number
+of gateway replicas enforce one limit together; the script reads the time from
+Redis, so replicas whose clocks disagree still agree.
+
+Admissions and settlements made in the same event-loop turn go to Redis as one
+script call (at most :data:`MAX_BATCH` operations) at the end of that turn: one
+write, one round trip, one reply to parse, however many requests are waiting.
+Each operation in a batch is still decided on its own, in order, exactly as if
+sent alone. A settlement is never waited for, but it leaves in the turn that
+makes it, while the client is still reading its answer: Redis applies it before
+any admission this gateway sends later (a client's next request finds its
+concurrency slot free), and its cost is paid before that admission arrives
+rather than in front of it. (Holding settlements back to ride with the next
+admission saved a write but put their script time on the next request's path:
++45 µs at p50 with one connection, measured with Redis on loopback.)
+
+This runs on every request, so the command is assembled from pieces encoded
+once per set of scopes (keys and limits), and Redis answers with one string of
+integers rather than an array: together they cut the limiter's own CPU per
+request by more than half.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+from gateway.backends.redis.link import RedisLink
+from gateway.backends.redis.resp import RedisReplyError, bulk
+from gateway.errors import StoreUnavailable
+from gateway.ratelimit.limits import (
+    NEVER,
+    REFUSAL_KINDS,
+    WINDOW_S,
+    Decision,
+    LimitScope,
+    ScopesMemo,
+    ScopeState,
+)
+
+_SCRIPT = resources.files("gateway.backends.redis").joinpath("limiter.lua").read_text("utf-8")
+_SHA = hashlib.sha1(_SCRIPT.encode()).hexdigest()
+_EVALSHA = b"$7\r\nEVALSHA\r\n" + bulk(_SHA.encode())
+_EVAL = b"$4\r\nEVAL\r\n" + bulk(_SCRIPT.encode())
+MAX_BATCH = 128
+
+_Waiter = tuple["asyncio.Future[Decision]", int] | None
+"""An admission's decision future and scope count; None for a settlement."""
+
+
+@dataclass(frozen=True, slots=True)
+class _EncodedScopes:
+    """What every operation on one set of scopes sends, in RESP form, encoded once."""
+
+    keys: bytes  # log, tokens and slots key of every scope
+    key_count: int
+    admit_head: bytes  # "a", scope count
+    settle_head: bytes  # "s", scope count
+    renew_head: bytes  # "r", scope count
+    limits: bytes  # rpm, tpm, max_concurrent of every scope
+
+
+@dataclass(slots=True)
+class _Batch:
+    """Operations waiting to go to Redis in one script call."""
+
+    keys: bytearray
+    key_count: int
+    args: bytearray
+    arg_count: int
+    waiters: list[_Waiter]
+
+
+def _empty_batch() -> _Batch:
+    return _Batch(bytearray(), 0, bytearray(), 0, [])
+
+
+class RedisLimiter:
+    """:class:`gateway.ratelimit.limits.LimiterBackend` on a shared Redis."""
+
+    def __init__(
+        self, link: RedisLink, prefix: str = "vgate:rl:", window_s: float = WINDOW_S
+    ) -> None:
+        self._link = link
+        self._prefix = prefix
+        self._window = bulk(b"%d" % int(window_s * 1000))
+        self._batch = _empty_batch()
+        self._scheduled = False
+        self._encoded = ScopesMemo(self._encode)
+
+    def admit(
+        self, scopes: Sequence[LimitScope], request_id: str, tokens: int, lease_s: float
+    ) -> asyncio.Future[Decision]:
+        self._link.check()
+        future: asyncio.Future[Decision] = asyncio.get_running_loop().create_future()
+        encoded = self._encoded.get(scopes)
+        args = _operation(encoded.admit_head, request_id, tokens, int(lease_s * 1000))
+        self._add(encoded, args + encoded.limits, 5 + 3 * len(scopes), (future, len(scopes)))
+        return future
+
+    def settle(
+        self, scopes: Sequence[LimitScope], request_id: str, reserved: int, actual: int | None
+    ) -> None:
+        self._link.check()
+        encoded = self._encoded.get(scopes)
+        settled = -1 if actual is None else actual
+        self._add(encoded, _operation(encoded.settle_head, request_id, reserved, settled), 5, None)
+
+    def renew(self, scopes: Sequence[LimitScope], request_id: str, lease_s: float) -> None:
+        self._link.check()
+        encoded = self._encoded.get(scopes)
+        args = _operation(encoded.renew_head, request_id, 0, int(lease_s * 1000))
+        self._add(encoded, args, 5, None)
+
+    async def close(self) -> None:
+        """The link is shared and closed by its owner."""
+        self._flush()
+
+    def _encode(self, scopes: Sequence[LimitScope]) -> _EncodedScopes:
+        keys, limits = bytearray(), bytearray()
+        for scope in scopes:
+            base = f"{self._prefix}{scope.key}".encode()
+            keys += bulk(base + b":log") + bulk(base + b":tokens") + bulk(base + b":slots")
+            for limit in scope.limits.as_args():
+                limits += bulk(b"%d" % limit)
+        count = bulk(b"%d" % len(scopes))
+        return _EncodedScopes(
+            bytes(keys),
+            3 * len(scopes),
+            bulk(b"a") + count,
+            bulk(b"s") + count,
+            bulk(b"r") + count,
+            bytes(limits),
+        )
+
+    def _add(self, encoded: _EncodedScopes, args: bytes, arg_count: int, waiter: _Waiter) -> None:
+        batch = self._batch
+        batch.keys += encoded.keys
+        batch.key_count += encoded.key_count
+        batch.args += args
+        batch.arg_count += arg_count
+        batch.waiters.append(waiter)
+        if len(batch.waiters) >= MAX_BATCH:
+            self._flush()
+        elif not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._scheduled = False
+        batch = self._batch
+        if not batch.waiters:
+            return
+        self._batch = _empty_batch()
+        self._send(_EVALSHA, batch)
+
+    def _send(self, script: bytes, batch: _Batch) -> None:
+        """``EVALSHA sha`` (or ``EVAL script``) numkeys keys... window args..."""
+        count = 3 + batch.key_count + 1 + batch.arg_count
+        command = b"*%d\r\n%s%s%s%s%s" % (
+            count, script, bulk(b"%d" % batch.key_count), batch.keys, self._window, batch.args
+        )  # fmt: skip
+        reply = self._link.fast.send_encoded(command)
+        reply.add_done_callback(lambda done: self._deliver(done, script, batch))
+
+    def _deliver(self, done: asyncio.Future[Any], script: bytes, batch: _Batch) -> None:
+        error = StoreUnavailable("cancelled") if done.cancelled() else done.exception()
+        unknown_script = isinstance(error, RedisReplyError) and str(error).startswith("NOSCRIPT")
+        if unknown_script and script is _EVALSHA:  # first use since Redis started
+            self._send(_EVAL, batch)
+            return
+        if error is not None:
+            self._link.failed(error)
+            failure = StoreUnavailable(str(error))
+            for waiter in batch.waiters:
+                if waiter is not None and not waiter[0].done():
+                    waiter[0].set_exception(failure)
+            return
+        self._link.succeeded()
+        reply = [int(value) for value in done.result().split()]
+        position = 0
+        for waiter in batch.waiters:
+            if waiter is None:
+                continue
+            future, scopes = waiter
+            if not future.done():
+                future.set_result(_decision(reply, position, scopes))
+            position += 3 + 3 * scopes
+
+
+def _operation(head: bytes, request_id: str, first: int, second: int) -> bytes:
+    """One operation's common arguments in RESP form: its head (mode, scope count), the
+    request id and two integers (admit: tokens, lease ms; settle: reserved, actual;
+    renew: 0, lease ms). One format call: this runs on every request."""
+    rid = request_id.encode()
+    one, two = b"%d" % first, b"%d" % second
+    return b"%s$%d\r\n%s\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n" % (
+        head, len(rid), rid, len(one), one, len(two), two
+    )  # fmt: skip
+
+
+def _decision(reply: list[int], at: int, scopes: int) -> Decision:
+    """The decision at ``reply[at:]``: admitted, refusal, retry-after ms, then
+    requests, tokens and reset ms per scope."""
+    if scopes == 1:  # the common case
+        states: tuple[ScopeState, ...] = (
+            ScopeState(reply[at + 3], reply[at + 4], reply[at + 5] / 1000),
+        )
+    else:
+        states = tuple(
+            ScopeState(reply[i], reply[i + 1], reply[i + 2] / 1000)
+            for i in range(at + 3, at + 3 + 3 * scopes, 3)
+        )
+    refused = reply[at + 1]
+    if not refused:
+        return Decision(True, None, 0.0, states)
+    retry_after = NEVER if reply[at + 2] < 0 else reply[at + 2] / 1000
+    return Decision(False, REFUSAL_KINDS[refused - 1], retry_after, states)

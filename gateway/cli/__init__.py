@@ -1,0 +1,2 @@
+"""The ``vgate`` command: serve, up, engines, models, keys. Top of the stack: may
+import anything."""

@@ -1,0 +1,123 @@
+"""The ``vgate`` command.
+
+``vgate serve`` runs the gateway, ``vgate engines stub`` the fake engine,
+``vgate up`` the whole stack on one machine, ``vgate keys`` manages API keys.
+Sub-commands that belong to the engine side delegate to :mod:`engines`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+
+from gateway.auth.key_admin import KeyRequestError
+from gateway.cli import keys as cli_keys
+from gateway.cli import stack as cli_stack
+from gateway.config.settings import (
+    CONFIG_ENV_VAR,
+    ConfigError,
+    Settings,
+    load_settings,
+    with_overrides,
+)
+
+log = logging.getLogger("vgate")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if args_list[:2] == ["engines", "stub"]:
+        from engines.stub.server import stub_main
+
+        return int(stub_main(args_list[2:]))
+    if args_list[:2] == ["models", "quantize"]:
+        from engines.models.quantize import quantize_main
+
+        return quantize_main(args_list[2:])
+    parser = _build_parser()
+    args = parser.parse_args(args_list)
+    if not hasattr(args, "handler"):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.handler(args))
+    except (ConfigError, KeyRequestError) as exc:
+        print(f"vgate: {exc}", file=sys.stderr)
+        return 2
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vgate", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(title="commands")
+
+    serve = commands.add_parser("serve", help="run the gateway")
+    _add_server_flags(serve)
+    serve.set_defaults(handler=_serve)
+
+    engines = commands.add_parser("engines", help="engine-side commands")
+    engine_commands = engines.add_subparsers(title="engine commands")
+    engine_commands.add_parser(
+        "stub", help="a deterministic OpenAI-compatible fake engine (see --help)", add_help=False
+    )
+    run = engine_commands.add_parser("run", help="the engine supervisor alone (needs Redis)")
+    run.add_argument("--config", type=Path, help=f"YAML config file (or ${CONFIG_ENV_VAR})")
+    run.set_defaults(handler=cli_stack.engines_run)
+    cli_stack.add_commands(commands)
+    cli_keys.add_commands(commands)
+    return parser
+
+
+def _add_server_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, help=f"YAML config file (or ${CONFIG_ENV_VAR})")
+    parser.add_argument("--host", help="bind address (server.host)")
+    parser.add_argument("--port", type=int, help="listen port (server.port)")
+    parser.add_argument("--workers", type=int, help="gateway worker processes (server.workers)")
+
+
+def _serve(args: argparse.Namespace) -> int:
+    settings = with_overrides(
+        load_settings(args.config), host=args.host, port=args.port, workers=args.workers
+    )
+    if args.config is not None:
+        # Worker processes re-load the same file through the factory below.
+        os.environ[CONFIG_ENV_VAR] = str(args.config.resolve())
+    run_gateway(settings)
+    return 0
+
+
+def run_gateway(settings: Settings, on_engines_ready: Callable[[], None] | None = None) -> None:
+    """Serve the gateway in the foreground until SIGINT/SIGTERM."""
+    server = settings.server
+    logging.basicConfig(level=server.log_level.upper(), format="%(asctime)s %(name)s %(message)s")
+    log.info(
+        "vgate gateway on http://%s:%d/v1 (%d worker(s))", server.host, server.port, server.workers
+    )
+    app: Any
+    if server.workers == 1:
+        from gateway.app import create_app
+
+        app = create_app(settings, on_engines_ready)
+    else:
+        app = "gateway.app:app_from_environment"
+    uvicorn.run(
+        app,
+        factory=server.workers > 1,
+        workers=server.workers,
+        host=server.host,
+        port=server.port,
+        http="httptools",
+        loop="uvloop",
+        access_log=False,
+        log_level=server.log_level,
+        backlog=4096,
+        timeout_keep_alive=75,
+        proxy_headers=False,  # no use for client addresses; one middleware less per request
+        server_header=False,
+    )

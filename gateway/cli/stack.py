@@ -1,0 +1,160 @@
+"""``vgate up``, ``vgate engines run`` and ``vgate models prepare``: the engine-side commands."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+import sys
+import time
+from pathlib import Path
+
+from redis.exceptions import RedisError
+
+from engines.models.prepare import (
+    DEFAULT_MODEL_NAME,
+    ModelPreparationError,
+    default_cache_dir,
+    prepare_default_model,
+)
+from engines.spec import EngineSpec
+from engines.supervisor import EngineSupervisor
+from gateway.auth.keys import new_secret
+from gateway.config.sections import ModelSettings, StaticKey
+from gateway.config.settings import ConfigError, Settings, load_settings, with_overrides
+from gateway.pool.sources import build_deployments, build_registry
+
+# The embedded default: float32, because bf16 drifted into nonsense on the CPU build
+# while float32 answers "The capital of France is Paris." (DESIGN.md §7).
+DEFAULT_ENGINE = EngineSpec(source="default", dtype="float32", max_model_len=2048)
+
+
+DEV_KEY_NAME = "vgate-up"
+
+
+def say(message: str) -> None:
+    print(f"[vgate] {message}", flush=True)
+
+
+def with_default_model(settings: Settings) -> Settings:
+    """The settings, plus the embedded default model when none is configured."""
+    if settings.models:
+        return settings
+    model = ModelSettings(name=DEFAULT_MODEL_NAME, engine=DEFAULT_ENGINE)
+    return settings.model_copy(update={"models": (model,)})
+
+
+def with_dev_key(settings: Settings) -> Settings:
+    """With auth on and no key in the config, a key for this run only, printed when ready."""
+    auth = settings.auth
+    if not auth.enabled or auth.keys:
+        return settings
+    dev = StaticKey(name=DEV_KEY_NAME, key=new_secret())
+    return settings.model_copy(update={"auth": auth.model_copy(update={"keys": (dev,)})})
+
+
+def up(args: argparse.Namespace) -> int:
+    """Prepare the default model, start its engine and the gateway, print how to use it."""
+    from gateway.cli.main import run_gateway
+
+    started = time.monotonic()
+    configured = with_default_model(
+        with_overrides(load_settings(args.config), host=args.host, port=args.port)
+    )
+    settings = with_dev_key(configured)
+    origin = "from the config" if settings is configured else "made for this run"
+    if any(m.engine and m.engine.source == "default" for m in settings.models):
+        say("preparing the default model (first run: download + conversion, ~1 min)")
+        try:
+            cache = settings.engines.model_cache
+            prepare_default_model(Path(cache).expanduser() if cache else None, progress=say)
+        except ModelPreparationError as exc:
+            print(f"vgate: {exc}", file=sys.stderr)
+            return 1
+    say("starting the engine pool and the gateway; engines log to "
+        f"{Path(settings.engines.log_dir).expanduser()}")  # fmt: skip
+
+    def banner() -> None:
+        server = settings.server
+        base = f"http://{server.host}:{server.port}/v1"
+        names = ", ".join(m.name for m in settings.models)
+        auth = settings.auth
+        if auth.enabled:
+            key_line = f"{auth.keys[0].key}  (key '{auth.keys[0].name}' {origin})"
+            bearer = f"-H 'Authorization: Bearer {auth.keys[0].key}' "
+        else:
+            key_line, bearer = "none needed: auth is off (auth.enabled: false)", ""
+        say(f"ready in {time.monotonic() - started:.0f} s")
+        print(
+            f"\n  base URL : {base}\n  model    : {names}\n  API key  : {key_line}\n"
+            f"  try      : curl -N {base}/chat/completions {bearer}"
+            "-H 'Content-Type: application/json' "
+            f'-d \'{{"model": "{settings.models[0].name}", "stream": true, '
+            '"messages": [{"role": "user", "content": "What is the capital of France?"}]}\'\n'
+            "  stop     : Ctrl-C\n",
+            flush=True,
+        )
+
+    run_gateway(settings, on_engines_ready=banner)
+    return 0
+
+
+def engines_run(args: argparse.Namespace) -> int:
+    """Run the supervisor alone, publishing to Redis for gateways elsewhere."""
+    settings = load_settings(args.config)
+    if not settings.redis.url:
+        raise ConfigError("`vgate engines run` publishes engines through Redis: set redis.url")
+    if not any(m.engine for m in settings.models):
+        raise ConfigError("no model in the config has an `engine:` section")
+    asyncio.run(_supervise(settings))
+    return 0
+
+
+async def _supervise(settings: Settings) -> None:
+    registry = build_registry(settings)
+    deployments = await asyncio.to_thread(build_deployments, settings)
+    supervisor = EngineSupervisor(deployments, registry, say, settings.engines.heartbeat_s)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    await supervisor.start()
+    say(f"supervisor {supervisor.supervisor_id}: {len(supervisor.slots)} engine(s) starting")
+    try:
+        await stop.wait()
+    finally:
+        say("stopping: draining engines")
+        await supervisor.stop()
+        with contextlib.suppress(RedisError, OSError):
+            await registry.close()
+
+
+def models_prepare(args: argparse.Namespace) -> int:
+    cache = args.cache or default_cache_dir()
+    try:
+        path = prepare_default_model(cache, progress=say)
+    except ModelPreparationError as exc:
+        print(f"vgate: {exc}", file=sys.stderr)
+        return 1
+    print(path)
+    return 0
+
+
+def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register ``up``, ``engines run`` and ``models prepare`` on the top-level parser."""
+    up_parser = commands.add_parser("up", help="the whole stack on this machine")
+    up_parser.add_argument("--config", type=Path, help="YAML config (default: embedded model)")
+    up_parser.add_argument("--host", help="bind address (server.host)")
+    up_parser.add_argument("--port", type=int, help="listen port (server.port)")
+    up_parser.set_defaults(handler=up)
+
+    models = commands.add_parser("models", help="model preparation")
+    model_commands = models.add_subparsers(title="model commands")
+    prepare = model_commands.add_parser("prepare", help="fetch and convert the default model")
+    prepare.add_argument("--cache", type=Path, help="model cache directory")
+    prepare.set_defaults(handler=models_prepare)
+    model_commands.add_parser(
+        "quantize", help="4-bit AWQ (W4A16) checkpoint of a prepared model (see --help)",
+        add_help=False,
+    )  # fmt: skip

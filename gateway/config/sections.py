@@ -1,0 +1,275 @@
+"""The sections of the configuration file, one pydantic model each.
+
+Every section rejects unknown keys and is immutable once built; the root
+:class:`gateway.config.settings.Settings` assembles them and loads them from YAML and
+the environment. Field descriptions here are what README's configuration
+reference documents.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from engines.spec import EngineSpec
+
+
+class _Section(BaseModel):
+    """Base of every config section: unknown keys are rejected."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ServerSettings(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    workers: int = Field(1, ge=1)
+    max_body_bytes: int = Field(2 * 1024 * 1024, ge=1024)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class UpstreamSettings(_Section):
+    """How the gateway talks to engines."""
+
+    connect_timeout_s: float = Field(5.0, gt=0)
+    read_timeout_s: float = Field(
+        600.0,
+        gt=0,
+        description="Streams: the longest gap between chunks (and the first chunk unless "
+        "ttft_timeout_s is set). Non-streaming: the whole answer unless ttft/total are set.",
+    )
+    ttft_timeout_s: float | None = Field(
+        None, gt=0, description="Streams: request sent to first event (default: read_timeout_s)."
+    )
+    total_timeout_s: float | None = Field(
+        None, gt=0, description="The whole response, streamed or not (default: none)."
+    )
+    max_connections: int = Field(2048, ge=1, description="Connection pool size across all engines.")
+    keepalive_s: float = Field(60.0, gt=0)
+    health_interval_s: float = Field(5.0, gt=0, description="Engine /health probe period.")
+    metrics_interval_s: float = Field(
+        2.0, gt=0, description="Engine /metrics scrape period (queue depth for routing)."
+    )
+    retries: int = Field(
+        1, ge=0, description="Extra attempts on another engine when a connection fails."
+    )
+    breaker_failures: int = Field(
+        5, ge=1, description="Consecutive failures that open an engine's circuit breaker."
+    )
+    breaker_cooldown_s: float = Field(
+        10.0, gt=0, description="How long an open breaker keeps traffic off an engine."
+    )
+    retry_budget_ratio: float = Field(
+        0.2, ge=0, description="Failovers allowed per request sent, on average (a token bucket)."
+    )
+    retry_budget_burst: int = Field(
+        20, ge=0, description="Failovers allowed at once before the ratio applies."
+    )
+
+
+class RoutingSettings(_Section):
+    policy: Literal["least_outstanding", "round_robin", "prefix_affinity"] = "least_outstanding"
+    prefix_chars: int = Field(
+        1024, ge=16, description="prefix_affinity: leading prompt characters hashed."
+    )
+    max_imbalance: int = Field(
+        8,
+        ge=0,
+        description="prefix_affinity: in-flight lead over the idlest engine that "
+        "makes the request go to the idlest engine instead.",
+    )
+
+
+class CacheSettings(_Section):
+    enabled: bool = Field(False, description="Exact-match response cache (Redis, else memory).")
+    ttl_s: int = Field(3600, ge=1, description="How long an entry lives.")
+    max_entry_bytes: int = Field(
+        1024 * 1024, ge=1024, description="Larger answers are served but not stored."
+    )
+    scope: Literal["shared", "per_key"] = Field(
+        "shared", description="shared: one entry for every key; per_key: one per API key."
+    )
+    deterministic_only: bool = Field(
+        True, description="Cache only temperature-0 or seeded requests (n = 1)."
+    )
+    hits_consume_tokens: bool = Field(
+        False, description="Charge a hit's usage to the key's tokens-per-minute limit."
+    )
+    namespace: str = Field("v1", min_length=1, description="Change it to start from empty.")
+    memory_max_bytes: int = Field(
+        256 * 1024 * 1024, ge=1024, description="Without Redis: the in-process cache's size."
+    )
+
+
+class ModelCacheSettings(_Section):
+    """One model's cache settings; unset fields follow the top-level ``cache``."""
+
+    enabled: bool | None = None
+    ttl_s: int | None = Field(None, ge=1)
+    max_entry_bytes: int | None = Field(None, ge=1024)
+    deterministic_only: bool | None = None
+
+
+class OverloadSettings(_Section):
+    """Admission control: when every engine of a model is saturated, queue, then shed."""
+
+    max_in_flight: int | None = Field(
+        None, ge=1, description="Per engine: this gateway's requests that saturate it (off)."
+    )
+    max_waiting: int | None = Field(
+        None, ge=1, description="Per engine: queued requests (vllm:num_requests_waiting) (off)."
+    )
+    queue_size: int = Field(100, ge=0, description="Requests that may wait in the gateway.")
+    queue_timeout_s: float = Field(5.0, gt=0, description="Longest wait before 503 overloaded.")
+    retry_after_s: int = Field(1, ge=1, description="Retry-After sent with the 503.")
+
+
+class ModelTimeouts(_Section):
+    """One model's timeouts; unset ones follow the `upstream` section."""
+
+    connect_s: float | None = Field(None, gt=0, description="Opening a connection.")
+    ttft_s: float | None = Field(None, gt=0, description="Streams: until the first event.")
+    idle_s: float | None = Field(None, gt=0, description="Streams: longest gap between chunks.")
+    total_s: float | None = Field(None, gt=0, description="The whole response.")
+
+
+class ModelSettings(_Section):
+    name: str = Field(min_length=1, description="What clients put in `model`.")
+    endpoints: tuple[str, ...] = Field(default=(), description="Base URLs of engines.")
+    upstream_model: str | None = Field(
+        None, description="The name the engines serve it under (default: `name`)."
+    )
+    engine: EngineSpec | None = Field(
+        None, description="Engines vgate launches and supervises for this model."
+    )
+    routing: RoutingSettings | None = Field(
+        None, description="This model's routing policy (default: the top-level `routing`)."
+    )
+    cache: ModelCacheSettings | None = Field(
+        None, description="This model's cache settings (default: the top-level `cache`)."
+    )
+    timeouts: ModelTimeouts | None = Field(
+        None, description="This model's timeouts (default: the `upstream` section)."
+    )
+    overload: OverloadSettings | None = Field(
+        None, description="This model's admission control (default: the top-level `overload`)."
+    )
+
+    @field_validator("endpoints")
+    @classmethod
+    def _urls(cls, endpoints: tuple[str, ...]) -> tuple[str, ...]:
+        for url in endpoints:
+            if not url.startswith(("http://", "https://")):
+                raise ValueError(f"endpoint {url!r} must start with http:// or https://")
+        return tuple(url.rstrip("/") for url in endpoints)
+
+    @property
+    def served_name(self) -> str:
+        return self.upstream_model or self.name
+
+
+class RedisSettings(_Section):
+    url: str | None = Field(
+        None, description="Shared state: keys, rate-limit counters, engine registry."
+    )
+    timeout_s: float = Field(
+        0.25, gt=0, description="Connect and command timeout on the request path."
+    )
+    retry_s: float = Field(
+        1.0, gt=0, description="After a failure, how long Redis is treated as down before a retry."
+    )
+
+
+class KeyLimits(_Section):
+    """Rate limits of one key (or of one key on one model); unset means unlimited."""
+
+    rpm: int | None = Field(None, ge=1, description="Requests per minute (sliding 60 s window).")
+    tpm: int | None = Field(
+        None, ge=1, description="Tokens per minute: prompt + completion, reconciled to `usage`."
+    )
+    max_concurrent: int | None = Field(None, ge=1, description="Requests in flight at once.")
+
+    @property
+    def limited(self) -> bool:
+        return self.rpm is not None or self.tpm is not None or self.max_concurrent is not None
+
+
+class StaticKey(KeyLimits):
+    """An API key declared in the config (for stateless deployments)."""
+
+    name: str = Field(
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$",
+        description="Shown in metrics and logs instead of the key.",
+    )
+    key: str = Field(min_length=8, description="The secret clients send as a Bearer token.")
+    models: tuple[str, ...] = Field((), description="Models it may use; empty means all.")
+    model_limits: dict[str, KeyLimits] = Field(
+        default_factory=dict, description="Extra limits for this key on one model."
+    )
+    expires_at: datetime | None = Field(None, description="Refused from then on (UTC if no zone).")
+
+    @property
+    def any_limits(self) -> bool:
+        return self.limited or any(v.limited for v in self.model_limits.values())
+
+
+class AuthSettings(_Section):
+    enabled: bool = False
+    keys: tuple[StaticKey, ...] = ()
+    admin_key: str | None = Field(
+        None, min_length=16, description="Bearer key for /admin/keys (unset: admin API off)."
+    )
+    refresh_interval_s: float = Field(
+        0.25, gt=0, description="How often the key store's version is polled (revocation delay)."
+    )
+
+    @model_validator(mode="after")
+    def _usable(self) -> AuthSettings:
+        names = [k.name for k in self.keys]
+        if len(set(names)) != len(names):
+            raise ValueError("auth.keys: key names must be unique")
+        if len({k.key for k in self.keys}) != len(self.keys):
+            raise ValueError("auth.keys: two entries share the same key")
+        if self.admin_key is not None and self.admin_key in {k.key for k in self.keys}:
+            raise ValueError("auth.admin_key must differ from every key in auth.keys")
+        return self
+
+
+class RateLimitSettings(_Section):
+    on_redis_error: Literal["fail_open", "fail_closed"] = Field(
+        "fail_open",
+        description="With Redis unreachable: admit unlimited (fail_open) or answer 503.",
+    )
+    default_max_tokens: int = Field(
+        512, ge=1, description="Completion tokens reserved when a request sets no max_tokens."
+    )
+    concurrency_lease_s: float = Field(
+        60.0,
+        ge=1,
+        description="A concurrency slot held by a gateway that died frees after this; "
+        "live gateways renew their requests' slots every third of it.",
+    )
+
+
+class EnginesSettings(_Section):
+    """Where managed engines come from and how they are published."""
+
+    python: str | None = Field(
+        None, description="Interpreter with vLLM (default: $VGATE_ENGINE_VENV or .venv-engine)."
+    )
+    model_cache: str | None = Field(
+        None, description="Prepared models (default: $VGATE_MODEL_CACHE or ~/.cache/vgate/models)."
+    )
+    log_dir: str = Field("~/.cache/vgate/logs", description="One log file per engine replica.")
+    heartbeat_s: float = Field(2.0, gt=0, description="Registry re-publish period.")
+    registry_ttl_s: float = Field(
+        6.0, gt=0, description="A supervisor silent this long loses its engines."
+    )
+    watch_interval_s: float = Field(0.5, gt=0, description="Gateway registry poll period.")
+    advertise_host: str | None = Field(
+        None,
+        description="Host published for engines when they bind 0.0.0.0 (e.g. the pod IP, "
+        "via VGATE_ENGINES__ADVERTISE_HOST).",
+    )

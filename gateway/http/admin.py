@@ -1,0 +1,97 @@
+"""``/admin/keys``: make, list and revoke API keys over HTTP, behind ``auth.admin_key``.
+
+``POST /admin/keys`` (body: name, models, rpm, tpm, max_concurrent, expires)
+answers 201 with the secret, shown this once; ``GET /admin/keys`` lists keys
+without secrets; ``DELETE /admin/keys/{name}`` revokes one on every replica.
+"""
+
+from __future__ import annotations
+
+import hmac
+
+import orjson
+from fastapi import APIRouter
+from starlette.requests import Request
+from starlette.responses import Response
+
+from gateway.auth.key_admin import KeyRequestError, NewKey, create_key, list_keys
+from gateway.auth.keys import KeyStore
+from gateway.errors import (
+    AuthenticationError,
+    DependencyUnavailableError,
+    InvalidRequestError,
+    NotFoundError,
+    PermissionDeniedError,
+    StoreUnavailable,
+)
+from gateway.http.context import app_state, read_body
+from gateway.http.state import AppState
+
+router = APIRouter()
+
+
+def _authorized_store(request: Request) -> tuple[AppState, KeyStore]:
+    state = app_state(request)
+    admin_key = state.settings.auth.admin_key
+    if admin_key is None or state.keys is None:
+        raise PermissionDeniedError(
+            "The admin API is off: set auth.admin_key to use it.", code="admin_disabled"
+        )
+    presented = request.headers.get("authorization", "")
+    if not hmac.compare_digest(presented.encode(), f"Bearer {admin_key}".encode()):
+        raise AuthenticationError("This route needs the admin key.", code="invalid_api_key")
+    return state, state.keys
+
+
+def _json(data: object, status: int = 200) -> Response:
+    return Response(orjson.dumps(data), status, media_type="application/json")
+
+
+def _unavailable() -> DependencyUnavailableError:
+    return DependencyUnavailableError(
+        "The key store is unreachable; try again shortly.", code="key_store_unavailable"
+    )
+
+
+async def create(request: Request) -> Response:
+    state, store = _authorized_store(request)
+    raw = await read_body(
+        request, state.settings.server.max_body_bytes, request.headers.get("content-length")
+    )
+    try:
+        new = NewKey.parse(orjson.loads(raw))
+        secret, record = await create_key(store, new, state.service.authenticator.names())
+    except orjson.JSONDecodeError:
+        raise InvalidRequestError("request body is not valid JSON") from None
+    except KeyRequestError as exc:
+        raise InvalidRequestError(str(exc)) from None
+    except StoreUnavailable:
+        raise _unavailable() from None
+    await state.service.authenticator.refresh()
+    return _json(record.public() | {"key": secret}, 201)
+
+
+async def list_all(request: Request) -> Response:
+    _, store = _authorized_store(request)
+    try:
+        return _json({"object": "list", "data": await list_keys(store)})
+    except StoreUnavailable:
+        raise _unavailable() from None
+
+
+async def revoke(request: Request) -> Response:
+    state, store = _authorized_store(request)
+    name = request.path_params["name"]
+    try:
+        found = await store.revoke(name)
+    except StoreUnavailable:
+        raise _unavailable() from None
+    if not found:
+        raise NotFoundError(f"no key named {name!r}", code="key_not_found")
+    await state.service.authenticator.refresh()
+    return _json({"name": name, "revoked": True})
+
+
+router.add_route("/admin/keys", create, methods=["POST"])
+router.add_route("/admin/keys", list_all, methods=["GET"])
+router.add_route("/admin/keys/{name}", revoke, methods=["DELETE"])

@@ -1,0 +1,1 @@
+"""Prometheus metrics of the gateway. Imports ``pool`'s state types only."""

@@ -1,0 +1,236 @@
+"""Prometheus metrics on a registry owned by one app instance.
+
+Label values are bounded: ``model`` is a configured model name (or ``"-"`` for
+requests that never resolved one), ``endpoint`` one of the gateway's routes,
+``kind`` one of connect, timeout, status, stream_interrupted (upstream errors) or
+requests, tokens, concurrency (rate limits), ``key`` a key's *name* (never the
+secret). Nothing a client sends becomes a label.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.registry import Collector
+
+from gateway.pool.engine_pool import EngineState
+
+UNRESOLVED_MODEL = "-"
+METRICS_CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+_LATENCY_BUCKETS = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    30.0, 60.0, 120.0, 300.0,
+)  # fmt: skip
+
+
+class GatewayMetrics:
+    """All gateway metrics, registered on a fresh :class:`CollectorRegistry`."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "vgate_requests_total",
+            "Completed requests by model, route and HTTP status.",
+            ("model", "endpoint", "status"),
+            registry=self.registry,
+        )
+        self.request_duration = Histogram(
+            "vgate_request_duration_seconds",
+            "Time from request received to the last byte of the response.",
+            ("model", "endpoint"),
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.time_to_first_token = Histogram(
+            "vgate_time_to_first_token_seconds",
+            "Streams: time from request received to the first chunk sent to the client.",
+            ("model", "endpoint"),
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.in_flight = Gauge(
+            "vgate_requests_in_flight",
+            "Requests being processed (a stream counts until its last chunk).",
+            ("model",),
+            registry=self.registry,
+        )
+        self.upstream_errors = Counter(
+            "vgate_upstream_errors_total",
+            "Failures talking to engines, by model and kind.",
+            ("model", "kind"),
+            registry=self.registry,
+        )
+        self.retries = Counter(
+            "vgate_retries_total",
+            "Requests sent to another engine after a failure that reached no client.",
+            ("model",),
+            registry=self.registry,
+        )
+        self.auth_failures = Counter(
+            "vgate_auth_failures_total",
+            "Requests refused by auth: missing_key, invalid_key or model_not_allowed.",
+            ("reason",),
+            registry=self.registry,
+        )
+        self.client_disconnects = Counter(
+            "vgate_client_disconnects_total",
+            "Streams the client closed before the end.",
+            ("model",),
+            registry=self.registry,
+        )
+
+        self.rate_limited = Counter(
+            "vgate_rate_limited_requests_total",
+            "Requests refused with 429, by key name and the limit hit "
+            "(requests, tokens, concurrency).",
+            ("key", "kind"),
+            registry=self.registry,
+        )
+        self.tokens_charged = TalliedCounter(
+            "vgate_tokens_charged",
+            "Tokens charged to token-limited keys after reconciliation with usage.",
+            "key",
+        )
+        self.registry.register(self.tokens_charged)
+        self.redis_errors = Counter(
+            "vgate_redis_errors_total",
+            "Failed Redis operations, by component (ratelimit, keys); the failure policy applied.",
+            ("component",),
+            registry=self.registry,
+        )
+
+        self.cache_requests = Counter(
+            "vgate_cache_requests_total",
+            "Cache outcomes by model: hit, miss, or bypass (not cacheable, no-store, store down).",
+            ("model", "result"),
+            registry=self.registry,
+        )
+        self.cache_stored_bytes = Counter(
+            "vgate_cache_stored_bytes_total",
+            "Bytes of answers written to the cache.",
+            ("model",),
+            registry=self.registry,
+        )
+        self.cache_joins = Counter(
+            "vgate_cache_singleflight_joins_total",
+            "Requests answered from an identical request already in flight (no engine call).",
+            ("model",),
+            registry=self.registry,
+        )
+
+        self.shed = Counter(
+            "vgate_shed_requests_total",
+            "Requests refused with 503 because every engine of the model was saturated.",
+            ("model",),
+            registry=self.registry,
+        )
+        self.admission_queue = Gauge(
+            "vgate_admission_queue_depth",
+            "Requests waiting in the gateway for a saturated model's engines.",
+            ("model",),
+            registry=self.registry,
+        )
+        self.retry_budget_exhausted = Counter(
+            "vgate_retry_budget_exhausted_total",
+            "Failovers not attempted because the retry budget was spent.",
+            ("model",),
+            registry=self.registry,
+        )
+
+    def watch_engines(self, states: Callable[[], Iterable[EngineState]]) -> None:
+        """Export each engine's state, read from the pool when /metrics is scraped."""
+        self.registry.register(_EngineCollector(states))
+
+    def observe_request(self, model: str, endpoint: str, status: int, seconds: float) -> None:
+        self.requests.labels(model, endpoint, str(status)).inc()
+        self.request_duration.labels(model, endpoint).observe(seconds)
+
+    def render(self) -> bytes:
+        """The Prometheus text exposition of every metric."""
+        return generate_latest(self.registry)
+
+
+class TalliedCounter(Collector):
+    """A counter by one label, kept in a plain dict and read at scrape time.
+
+    For counts made on every request: adding is one dict update, where a labelled
+    ``Counter`` child takes a lock and two checks (the gateway counts from its
+    single event-loop thread; scrapes read a copy)."""
+
+    def __init__(self, name: str, documentation: str, label: str) -> None:
+        self._name = name
+        self._documentation = documentation
+        self._label = label
+        self._counts: dict[str, float] = {}
+
+    def add(self, label_value: str, amount: float) -> None:
+        self._counts[label_value] = self._counts.get(label_value, 0.0) + amount
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(self._name, self._documentation, labels=(self._label,))
+        for label_value, total in dict(self._counts).items():
+            family.add_metric([label_value], total)
+        yield family
+
+
+class _EngineCollector(Collector):
+    """Per-engine figures straight from the pool: no work on the request path."""
+
+    def __init__(self, states: Callable[[], Iterable[EngineState]]) -> None:
+        self._states = states
+
+    def collect(self) -> Iterator[Metric]:
+        sent = CounterMetricFamily(
+            "vgate_engine_requests", "Requests sent to each engine (retries included).",
+            labels=("engine",),
+        )  # fmt: skip
+        gauges = {
+            "in_flight": GaugeMetricFamily(
+                "vgate_engine_in_flight", "This gateway's requests in flight per engine.",
+                labels=("engine",),
+            ),
+            "healthy": GaugeMetricFamily(
+                "vgate_engine_healthy", "1 when the engine's last health probe passed.",
+                labels=("engine",),
+            ),
+            "breaker": GaugeMetricFamily(
+                "vgate_engine_breaker_open", "1 while the engine's circuit breaker is open.",
+                labels=("engine",),
+            ),
+            "waiting": GaugeMetricFamily(
+                "vgate_engine_queue_depth", "Requests queued in the engine (last scrape).",
+                labels=("engine",),
+            ),
+            "kv": GaugeMetricFamily(
+                "vgate_engine_kv_cache_usage", "The engine's KV-cache use, 0 to 1 (last scrape).",
+                labels=("engine",),
+            ),
+            "restarts": GaugeMetricFamily(
+                "vgate_engine_restarts", "Restarts of a managed engine, as its supervisor reports.",
+                labels=("engine",),
+            ),
+            "hits": GaugeMetricFamily(
+                "vgate_engine_prefix_cache_hit_ratio",
+                "Prefix-cache hits / queries since the engine started (last scrape).",
+                labels=("engine",),
+            ),
+        }  # fmt: skip
+        for state in self._states():
+            url = [state.url]
+            sent.add_metric(url, state.sent)
+            gauges["in_flight"].add_metric(url, state.in_flight)
+            gauges["healthy"].add_metric(url, float(state.healthy))
+            gauges["breaker"].add_metric(url, float(state.breaker_open))
+            gauges["waiting"].add_metric(url, state.stats.waiting)
+            gauges["kv"].add_metric(url, state.stats.kv_cache_usage)
+            gauges["restarts"].add_metric(url, state.restarts)
+            queries = state.stats.prefix_cache_queries
+            gauges["hits"].add_metric(
+                url, state.stats.prefix_cache_hits / queries if queries else 0.0
+            )
+        yield sent
+        yield from gauges.values()

@@ -1,0 +1,104 @@
+"""From a completion request's raw body to a plan: which model, the exact bytes the
+engine gets, how to route it, and how to rename the engine's answers.
+
+A model can be served under another name (``upstream_model``): the engine gets
+that name in the body, and every answer gets the client's name back, in JSON
+bodies and in every streamed chunk, so a client never sees the engine-side name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from gateway.config.sections import ModelSettings
+from gateway.errors import ModelNotFoundError
+from gateway.pipeline.parsing import affinity_key, decode_json_object, validate
+from gateway.pool.engine_pool import EnginePool
+from gateway.protocol import ChatCompletionRequest, CompletionRequest
+from gateway.routing.policies import RoutingPolicy, RoutingTable
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """One OpenAI completion route: where it forwards and how its body is validated."""
+
+    path: str
+    label: str
+    schema: type[ChatCompletionRequest] | type[CompletionRequest]
+
+
+CHAT = Route("/v1/chat/completions", "chat_completions", ChatCompletionRequest)
+COMPLETIONS = Route("/v1/completions", "completions", CompletionRequest)
+
+
+class ModelRename:
+    """Puts the client's model name back into an engine's JSON answer or SSE events.
+
+    Works on bytes, without parsing: inside a JSON string a quote is always
+    escaped, so ``"model":"<served>"`` can only be the object key and its value,
+    never text the model generated. Both the compact form (vLLM, the stub) and
+    the form with a space after the colon are handled.
+    """
+
+    __slots__ = ("_pairs", "served")
+
+    def __init__(self, served: str, alias: str) -> None:
+        self.served = served
+        """The name the engines serve the model under."""
+        old, new = orjson.dumps(served), orjson.dumps(alias)
+        self._pairs = tuple(
+            (b'"model"' + colon + old, b'"model"' + colon + new) for colon in (b":", b": ")
+        )
+
+    def inspect(self, batch: bytes) -> bytes:
+        for old, new in self._pairs:
+            batch = batch.replace(old, new)
+        return batch
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedRequest:
+    """A validated request, the exact bytes to send to the engine, and how to route it."""
+
+    model: str
+    stream: bool
+    body: dict[str, Any]
+    payload: bytes
+    policy: RoutingPolicy
+    affinity_key: bytes | None
+    rename: ModelRename | None = None
+    """Set when the engine serves the model under another name."""
+
+
+class RequestPlanner:
+    """Turns a raw completion body into a :class:`ParsedRequest` (400/404 on bad input)."""
+
+    def __init__(
+        self, models: Mapping[str, ModelSettings], pool: EnginePool, routing: RoutingTable
+    ) -> None:
+        self._pool = pool
+        self._routing = routing
+        self._renames = {
+            name: ModelRename(m.served_name, name)
+            for name, m in models.items()
+            if m.served_name != name
+        }
+
+    def parse(self, route: Route, raw: bytes, session_id: str | None) -> ParsedRequest:
+        body = decode_json_object(raw)
+        request = validate(route.schema, body)
+        model: str = request.model
+        if not self._pool.has_model(model):
+            raise ModelNotFoundError(model)
+        payload = raw
+        rename = self._renames.get(model)
+        if rename is not None:
+            body = body | {"model": rename.served}
+            payload = orjson.dumps(body)
+        policy, prefix_chars = self._routing.for_model(model)
+        key = affinity_key(body, session_id, prefix_chars) if policy.wants_affinity_key else None
+        return ParsedRequest(model, bool(request.stream), body, payload, policy, key, rename)

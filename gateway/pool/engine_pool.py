@@ -1,0 +1,189 @@
+"""The live set of engines behind each model: health and requests in flight.
+
+This is the one mutable view of the pool. Routing reads immutable snapshots of
+it (:meth:`EnginePool.snapshot`); the health monitor and, with a managed engine
+pool, the registry watcher update it. Everything runs on one event loop, so no
+locks are needed.
+
+Each engine has a circuit breaker fed by passive signals (connection errors, 5xx,
+timeouts reported by the service): after ``failures`` consecutive failures it
+opens and the engine gets no traffic for ``cooldown_s``; then one request may try
+it (half-open): a success closes the breaker, a failure opens it again.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+from engines.stats import EngineStats
+from gateway.routing.policies import EndpointView
+
+
+@dataclass(frozen=True, slots=True)
+class BreakerPolicy:
+    failures: int = 5
+    cooldown_s: float = 10.0
+
+
+NO_STATS = EngineStats(0.0, 0.0, 0.0)
+
+
+@dataclass(slots=True)
+class _Endpoint:
+    url: str
+    in_flight: int = 0
+    healthy: bool = True
+    failures: int = 0
+    open_until: float = 0.0
+    stats: EngineStats = NO_STATS
+    sent: int = 0  # requests sent to it, ever (retries included)
+    restarts: int = 0  # as its supervisor reports it (managed engines)
+
+
+@dataclass(frozen=True, slots=True)
+class EngineState:
+    """One engine as metrics see it."""
+
+    url: str
+    models: tuple[str, ...]
+    in_flight: int
+    healthy: bool
+    breaker_open: bool
+    sent: int
+    stats: EngineStats
+    restarts: int = 0
+
+
+class EnginePool:
+    """Engines per model name; an engine URL belongs to one or more models."""
+
+    def __init__(
+        self,
+        endpoints_by_model: Mapping[str, Sequence[str]],
+        breaker: BreakerPolicy = BreakerPolicy(),
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._breaker = breaker
+        self._clock = clock
+        self._on_release: Callable[[], None] | None = None
+        self._endpoints: dict[str, _Endpoint] = {}
+        self._by_model: dict[str, tuple[str, ...]] = {}
+        for model, urls in endpoints_by_model.items():
+            self.set_endpoints(model, urls)
+
+    def models(self) -> tuple[str, ...]:
+        return tuple(self._by_model)
+
+    def has_model(self, model: str) -> bool:
+        return model in self._by_model
+
+    def urls(self) -> tuple[str, ...]:
+        return tuple(self._endpoints)
+
+    def set_endpoints(self, model: str, urls: Iterable[str]) -> None:
+        """Replace a model's engines, keeping the state of those that stay."""
+        urls = tuple(dict.fromkeys(urls))
+        for url in urls:
+            self._endpoints.setdefault(url, _Endpoint(url))
+        self._by_model[model] = urls
+        self._forget_orphans()
+
+    def remove_model(self, model: str) -> None:
+        self._by_model.pop(model, None)
+        self._forget_orphans()
+
+    def snapshot(self, model: str, exclude: Iterable[str] = ()) -> tuple[EndpointView, ...]:
+        """The model's candidate engines: the healthy ones, or all if none is healthy.
+
+        Falling back to unhealthy engines lets a request find an engine that came
+        back between two health probes instead of failing outright. Engines whose
+        breaker is open are never candidates.
+        """
+        excluded = set(exclude)
+        now = self._clock()
+        views = tuple(
+            EndpointView(e.url, e.in_flight, e.healthy, e.stats.waiting, e.stats.kv_cache_usage)
+            for e in (self._endpoints[url] for url in self._by_model.get(model, ()))
+            if e.url not in excluded and e.open_until <= now
+        )
+        healthy = tuple(v for v in views if v.healthy)
+        return healthy or views
+
+    def set_restarts(self, url: str, restarts: int) -> None:
+        endpoint = self._endpoints.get(url)
+        if endpoint is not None:
+            endpoint.restarts = restarts
+
+    def set_stats(self, url: str, stats: EngineStats) -> None:
+        """The engine's own load (queue, KV cache, prefix cache), as last scraped."""
+        endpoint = self._endpoints.get(url)
+        if endpoint is not None:
+            endpoint.stats = stats
+
+    def record_success(self, url: str) -> None:
+        endpoint = self._endpoints.get(url)
+        if endpoint is not None:
+            endpoint.failures = 0
+            endpoint.open_until = 0.0
+
+    def record_failure(self, url: str) -> None:
+        """A passive failure signal; opens the breaker at the threshold (or re-opens it)."""
+        endpoint = self._endpoints.get(url)
+        if endpoint is None:
+            return
+        endpoint.failures += 1
+        if endpoint.failures >= self._breaker.failures:
+            endpoint.open_until = self._clock() + self._breaker.cooldown_s
+
+    def breaker_open(self, url: str) -> bool:
+        endpoint = self._endpoints.get(url)
+        return endpoint is not None and endpoint.open_until > self._clock()
+
+    def acquire(self, url: str) -> None:
+        endpoint = self._endpoints.get(url)
+        if endpoint is not None:
+            endpoint.in_flight += 1
+            endpoint.sent += 1
+
+    def release(self, url: str) -> None:
+        endpoint = self._endpoints.get(url)
+        if endpoint is not None and endpoint.in_flight > 0:
+            endpoint.in_flight -= 1
+        if self._on_release is not None:
+            self._on_release()
+
+    def on_release(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` whenever a request leaves an engine (admission waits on it)."""
+        self._on_release = callback
+
+    def states(self) -> list[EngineState]:
+        """Every engine's state, for metrics."""
+        now = self._clock()
+        models: dict[str, list[str]] = {}
+        for model, urls in self._by_model.items():
+            for url in urls:
+                models.setdefault(url, []).append(model)
+        return [
+            EngineState(e.url, tuple(models.get(e.url, ())), e.in_flight, e.healthy,
+                        e.open_until > now, e.sent, e.stats, e.restarts)
+            for e in self._endpoints.values()
+        ]  # fmt: skip
+
+    def set_health(self, url: str, healthy: bool) -> None:
+        endpoint = self._endpoints.get(url)
+        if endpoint is not None:
+            endpoint.healthy = healthy
+
+    def health(self) -> dict[str, dict[str, bool]]:
+        """Per model, per engine URL: healthy or not (for /ready)."""
+        return {
+            model: {url: self._endpoints[url].healthy for url in urls}
+            for model, urls in self._by_model.items()
+        }
+
+    def _forget_orphans(self) -> None:
+        used = {url for urls in self._by_model.values() for url in urls}
+        for url in [u for u in self._endpoints if u not in used]:
+            del self._endpoints[url]

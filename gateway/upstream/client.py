@@ -1,0 +1,218 @@
+"""The one pooled HTTP client the gateway uses to reach engines.
+
+aiohttp rather than httpx: on these 2-core machines a FastAPI proxy built on
+httpx fell to ~330 requests/s at 64 connections while the same proxy on aiohttp
+held ~3,500 (DESIGN.md §7); our own benchmark (benchmarks/) re-measures it.
+
+Transport exceptions are translated here, at the boundary, into
+:mod:`gateway.errors` types. :class:`EngineUnreachable` is the one retryable
+failure: nothing reached the engine, so another engine may be tried.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+
+import aiohttp
+
+from gateway.config.sections import UpstreamSettings
+from gateway.errors import UpstreamError, UpstreamStatusError, UpstreamTimeoutError
+
+_PROBE_TIMEOUT = aiohttp.ClientTimeout(total=2.0)
+
+
+_UNREACHABLE = (
+    aiohttp.ClientConnectorError,  # refused, no route, DNS
+    aiohttp.ConnectionTimeoutError,  # no connection within connect_s: never reached the engine
+    aiohttp.ServerDisconnectedError,
+)
+
+
+class EngineUnreachable(Exception):
+    """The connection to an engine failed before any response; safe to retry elsewhere."""
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamReply:
+    """A complete non-streaming engine response."""
+
+    status: int
+    content_type: str
+    body: bytes
+
+
+class UpstreamStream:
+    """An open SSE response from an engine; iterate it, and always close it.
+
+    Closing before the end closes the TCP connection, which is how vLLM learns
+    that the client went away and aborts the generation.
+    """
+
+    def __init__(self, response: aiohttp.ClientResponse) -> None:
+        self._response = response
+        self._buffer = b""
+        self._first: bytes | None = None
+        self.finished = False
+        self.deadline: float | None = None  # loop time by which the whole stream must end
+
+    async def prime(self) -> None:
+        """Read the first events now, so a failure before them can still go elsewhere.
+
+        Raises :class:`EngineUnreachable` when the engine closes the stream first.
+        """
+        self._first = await self._next_batch()
+        if self._first is None:
+            raise EngineUnreachable("engine closed the stream before its first event")
+
+    async def batches(self) -> AsyncIterator[bytes]:
+        """Yield runs of complete SSE events (each ending in a blank line) as they arrive."""
+        if self._first is not None:
+            first, self._first = self._first, None
+            yield first
+        while (batch := await self._next_batch()) is not None:
+            yield batch
+
+    async def _next_batch(self) -> bytes | None:
+        """The complete events received so far (waiting for one); None at the end."""
+        try:
+            while True:
+                cut = self._buffer.rfind(b"\n\n")
+                if cut >= 0:
+                    ready, self._buffer = self._buffer[: cut + 2], self._buffer[cut + 2 :]
+                    return ready
+                if self.deadline is None:
+                    data = await self._response.content.readany()
+                else:
+                    try:
+                        async with asyncio.timeout_at(self.deadline):
+                            data = await self._response.content.readany()
+                    except TimeoutError:
+                        raise UpstreamTimeoutError(
+                            "the engine did not finish within the total timeout (total_s)"
+                        ) from None
+                if not data:
+                    self.finished = True
+                    return None
+                self._buffer += data
+        except TimeoutError:
+            raise UpstreamTimeoutError(
+                "the engine sent nothing for longer than the idle timeout (idle_s)"
+            ) from None
+        except aiohttp.ClientError as exc:
+            raise UpstreamError(f"engine stream broke: {type(exc).__name__}") from None
+
+    def close(self) -> None:
+        if self.finished:
+            self._response.release()
+        else:
+            self._response.close()
+
+
+class UpstreamClient:
+    """A shared aiohttp session with a connection pool sized for many engines."""
+
+    def __init__(self, settings: UpstreamSettings) -> None:
+        self._settings = settings
+        self._timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=settings.connect_timeout_s, sock_read=settings.read_timeout_s
+        )
+        self._session: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        connector = aiohttp.TCPConnector(
+            limit=self._settings.max_connections,
+            limit_per_host=0,
+            keepalive_timeout=self._settings.keepalive_s,
+            ttl_dns_cache=300,
+        )
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            timeout=self._timeout,
+            auto_decompress=False,
+            skip_auto_headers=("User-Agent", "Accept-Encoding"),
+        )
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            raise RuntimeError("UpstreamClient.start() was not awaited")
+        return self._session
+
+    async def post(
+        self,
+        url: str,
+        body: bytes,
+        headers: Mapping[str, str],
+        limits: aiohttp.ClientTimeout | None = None,
+    ) -> UpstreamReply:
+        """POST and read the whole answer; error statuses come back as replies, not raised."""
+        limits = limits or self._timeout
+        try:
+            async with self.session.post(
+                url, data=body, headers=headers, timeout=limits
+            ) as response:
+                payload = await response.read()
+                return UpstreamReply(response.status, response.content_type, payload)
+        except _UNREACHABLE as exc:
+            raise EngineUnreachable(str(exc) or type(exc).__name__) from None
+        except TimeoutError:
+            raise UpstreamTimeoutError("engine did not answer within the read timeout") from None
+        except aiohttp.ClientError as exc:
+            raise UpstreamError(f"engine request failed: {type(exc).__name__}") from None
+
+    async def open_stream(
+        self,
+        url: str,
+        body: bytes,
+        headers: Mapping[str, str],
+        limits: aiohttp.ClientTimeout | None = None,
+    ) -> UpstreamStream:
+        """POST and return once the engine has answered with a 2xx status.
+
+        An error status raises :class:`UpstreamStatusError` carrying the engine's body.
+        """
+        limits = limits or self._timeout
+        try:
+            response = await self.session.post(url, data=body, headers=headers, timeout=limits)
+        except _UNREACHABLE as exc:
+            raise EngineUnreachable(str(exc) or type(exc).__name__) from None
+        except TimeoutError:
+            raise UpstreamTimeoutError("engine did not start answering in time") from None
+        except aiohttp.ClientError as exc:
+            raise UpstreamError(f"engine request failed: {type(exc).__name__}") from None
+        if response.status >= 400:
+            async with response:
+                payload = await self._read_error(response)
+            raise UpstreamStatusError(response.status, payload, response.content_type)
+        return UpstreamStream(response)
+
+    async def probe(self, url: str) -> bool:
+        """True when ``GET {url}/health`` answers 200 within 2 s."""
+        try:
+            async with self.session.get(f"{url}/health", timeout=_PROBE_TIMEOUT) as response:
+                await response.read()
+                return response.status == 200
+        except (TimeoutError, aiohttp.ClientError):
+            return False
+
+    async def fetch_text(self, url: str) -> str | None:
+        """``GET url`` as text within 2 s, or None (engine metrics scraping)."""
+        try:
+            async with self.session.get(url, timeout=_PROBE_TIMEOUT) as response:
+                return await response.text() if response.status == 200 else None
+        except (TimeoutError, aiohttp.ClientError, UnicodeDecodeError):
+            return None
+
+    @staticmethod
+    async def _read_error(response: aiohttp.ClientResponse) -> bytes:
+        try:
+            return await response.read()
+        except (TimeoutError, aiohttp.ClientError):
+            return b""

@@ -1,0 +1,218 @@
+"""Getting one request answered by an engine: choice, failover, timeouts, breaker signals.
+
+:class:`Forwarder` tries engines one at a time, as the routing policy picks them
+from a fresh snapshot (at most ``1 + upstream.retries`` attempts). A request
+moves on to the next engine only while nothing has been sent to its client: the
+connection failed, the engine answered 5xx, or its stream closed before the
+first event. Timeouts (:mod:`gateway.upstream.deadlines`) and 4xx are answered, not
+retried. Every outcome feeds the engine's circuit breaker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+
+from gateway.errors import (
+    GatewayError,
+    NoEngineAvailableError,
+    UpstreamStatusError,
+    UpstreamTimeoutError,
+)
+from gateway.observability.metrics import GatewayMetrics
+from gateway.pool.engine_pool import EnginePool
+from gateway.pool.shedding import LoadGate
+from gateway.routing.policies import RoutingPolicy
+from gateway.upstream.client import EngineUnreachable, UpstreamClient, UpstreamReply, UpstreamStream
+from gateway.upstream.deadlines import Deadlines
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """What the forwarder needs to know about one request."""
+
+    model: str
+    path: str
+    payload: bytes
+    request_id: str
+    policy: RoutingPolicy
+    affinity_key: bytes | None
+
+
+class Forwarder:
+    def __init__(
+        self,
+        pool: EnginePool,
+        upstream: UpstreamClient,
+        metrics: GatewayMetrics,
+        retries: int,
+        deadlines: Mapping[str, Deadlines],
+        default_deadlines: Deadlines,
+        gate: LoadGate | None = None,
+        budget: RetryBudget | None = None,
+    ) -> None:
+        self._pool = pool
+        self._upstream = upstream
+        self._metrics = metrics
+        self._attempts = 1 + retries
+        self._deadlines = deadlines
+        self._default = default_deadlines
+        self._gate = gate
+        self._budget = budget or RetryBudget(0.2, 20)
+
+    def deadlines(self, model: str) -> Deadlines:
+        return self._deadlines.get(model, self._default)
+
+    async def complete(self, attempt: Attempt) -> tuple[str, UpstreamReply]:
+        """The engine that answered and its 2xx reply; any failure is raised."""
+        if self._gate is not None:
+            await self._gate.enter(attempt.model)
+        headers = _headers(attempt.request_id)
+        limits = self.deadlines(attempt.model)
+        failed: UpstreamStatusError | None = None
+        for url in self.candidates(attempt):
+            self._pool.acquire(url)
+            try:
+                reply = await self._upstream.post(
+                    url + attempt.path, attempt.payload, headers, limits.answer_timeout
+                )
+            except EngineUnreachable:
+                self._unreachable(attempt.model, url)
+                continue
+            except UpstreamTimeoutError:
+                self._pool.record_failure(url)
+                self._metrics.upstream_errors.labels(attempt.model, "timeout").inc()
+                raise UpstreamTimeoutError(
+                    f"the engine did not answer within {limits.answer_name()}"
+                ) from None
+            finally:
+                self._pool.release(url)
+            if reply.status >= 500:  # the engine's fault: another engine may do better
+                self._pool.record_failure(url)
+                self._metrics.upstream_errors.labels(attempt.model, "status").inc()
+                failed = UpstreamStatusError(reply.status, reply.body, reply.content_type)
+                continue
+            self._pool.record_success(url)
+            if reply.status >= 400:
+                self._metrics.upstream_errors.labels(attempt.model, "status").inc()
+                raise UpstreamStatusError(reply.status, reply.body, reply.content_type)
+            return url, reply
+        raise failed or self._unavailable(attempt.model)
+
+    async def open_stream(self, attempt: Attempt) -> tuple[str, UpstreamStream]:
+        """The engine streaming the answer, its first events already received.
+
+        The engine stays acquired in the pool: the caller releases it when the
+        stream ends.
+        """
+        if self._gate is not None:
+            await self._gate.enter(attempt.model)
+        headers = _headers(attempt.request_id)
+        limits = self.deadlines(attempt.model)
+        loop = asyncio.get_running_loop()
+        total_deadline = loop.time() + limits.total_s if limits.total_s else None
+        failed: GatewayError | None = None
+        for url in self.candidates(attempt):
+            self._pool.acquire(url)
+            first_deadline = loop.time() + limits.ttft_s if limits.ttft_s else None
+            if total_deadline is not None:
+                first_deadline = min(first_deadline or total_deadline, total_deadline)
+            stream: UpstreamStream | None = None
+            try:
+                async with asyncio.timeout_at(first_deadline):
+                    stream = await self._upstream.open_stream(
+                        url + attempt.path, attempt.payload, headers, limits.stream_timeout
+                    )
+                    await stream.prime()  # nothing reaches the client before the first event
+            except EngineUnreachable:
+                self._release(url, stream)
+                self._unreachable(attempt.model, url)
+                continue
+            except TimeoutError:
+                self._release(url, stream)
+                self._pool.record_failure(url)
+                self._metrics.upstream_errors.labels(attempt.model, "timeout").inc()
+                raise UpstreamTimeoutError(_first_event_timeout(limits, total_deadline)) from None
+            except GatewayError as exc:
+                self._release(url, stream)
+                timed_out = isinstance(exc, UpstreamTimeoutError)
+                kind = (
+                    "timeout" if timed_out else "status" if stream is None else "stream_interrupted"
+                )
+                self._metrics.upstream_errors.labels(attempt.model, kind).inc()
+                if exc.status >= 500:
+                    self._pool.record_failure(url)
+                if isinstance(exc, UpstreamStatusError) and exc.status >= 500:
+                    failed = exc
+                    continue
+                raise
+            self._pool.record_success(url)
+            stream.deadline = total_deadline
+            return url, stream
+        raise failed or self._unavailable(attempt.model)
+
+    def candidates(self, attempt: Attempt) -> Iterator[str]:
+        """Engines to try, one at a time, for one request (at most ``1 + retries``).
+
+        Lazy: the next engine is chosen only after the previous one failed, from a
+        fresh snapshot, so a request that succeeds first time consults the policy once.
+        """
+        tried: list[str] = []
+        self._budget.deposit()
+        for number in range(self._attempts):
+            views = self._pool.snapshot(attempt.model, exclude=tried)
+            if not views:
+                return
+            if number:
+                if not self._budget.withdraw():
+                    self._metrics.retry_budget_exhausted.labels(attempt.model).inc()
+                    return
+                self._metrics.retries.labels(attempt.model).inc()
+            url = attempt.policy.choose(views, attempt.affinity_key).url
+            tried.append(url)
+            yield url
+
+    def _release(self, url: str, stream: UpstreamStream | None) -> None:
+        if stream is not None:
+            stream.close()
+        self._pool.release(url)
+
+    @staticmethod
+    def _unavailable(model: str) -> NoEngineAvailableError:
+        return NoEngineAvailableError(f"no engine for model `{model}` could be reached")
+
+    def _unreachable(self, model: str, url: str) -> None:
+        self._pool.set_health(url, False)
+        self._pool.record_failure(url)
+        self._metrics.upstream_errors.labels(model, "connect").inc()
+
+
+class RetryBudget:
+    """Failovers as a share of traffic: each request adds ``ratio`` of a token (up to
+    ``burst``), each failover takes one. A dying engine then costs at most that much
+    extra load on the others, instead of doubling it."""
+
+    def __init__(self, ratio: float, burst: int) -> None:
+        self._ratio = ratio
+        self._burst = float(burst)
+        self._tokens = float(burst)
+
+    def deposit(self) -> None:
+        self._tokens = min(self._burst, self._tokens + self._ratio)
+
+    def withdraw(self) -> bool:
+        if self._tokens < 1.0:
+            return False
+        self._tokens -= 1.0
+        return True
+
+
+def _first_event_timeout(limits: Deadlines, total_deadline: float | None) -> str:
+    if limits.ttft_s and (total_deadline is None or limits.ttft_s <= (limits.total_s or 0)):
+        return f"the engine sent no first token within ttft_s = {limits.ttft_s:g} s"
+    return f"the engine did not finish within total_s = {limits.total_s:g} s"
+
+
+def _headers(request_id: str) -> dict[str, str]:
+    return {"Content-Type": "application/json", "X-Request-Id": request_id}

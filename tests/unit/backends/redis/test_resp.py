@@ -1,0 +1,72 @@
+"""The lean Redis client: RESP parsing piece by piece, pipelining, errors and reconnection,
+against a real redis-server."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+
+import pytest
+
+from gateway.backends.redis.resp import RedisReplyError, RespClient, _Incomplete, parse_reply
+from gateway.errors import StoreUnavailable
+from tests.helpers.processes import free_port
+from tests.helpers.redis_server import run_redis
+
+
+@pytest.mark.parametrize(
+    ("raw", "value"),
+    [
+        (b":42\r\n", 42),
+        (b"$5\r\nhello\r\n", b"hello"),
+        (b"$-1\r\n", None),
+        (b"+OK\r\n", b"OK"),
+        (b"*3\r\n:1\r\n$1\r\nx\r\n*1\r\n:-7\r\n", [1, b"x", [-7]]),
+        (b"*0\r\n", []),
+    ],
+)
+def test_replies_parse_whole_and_not_before(raw: bytes, value: object) -> None:
+    assert parse_reply(raw, 0) == (value, len(raw))
+    for cut in range(1, len(raw)):
+        with pytest.raises(_Incomplete):
+            parse_reply(raw[:cut], 0)
+
+
+def test_error_replies_become_exceptions() -> None:
+    error, end = parse_reply(b"-NOSCRIPT No matching script\r\n", 0)
+    assert isinstance(error, RedisReplyError) and str(error).startswith("NOSCRIPT")
+    assert end == 30
+
+
+async def test_pipelined_calls_get_their_own_replies(redis_url: str) -> None:
+    client = RespClient(redis_url, timeout_s=1.0)
+    await client.call("SET", "resp:a", "1")
+    replies = await asyncio.gather(*(client.call("INCR", "resp:a") for _ in range(200)))
+    assert sorted(replies) == list(range(2, 202))
+    with pytest.raises(RedisReplyError):
+        await client.call("INCR", "resp:a", "extra")
+    assert await client.call("GET", "resp:a") == b"201"  # the error broke nothing
+    await client.close()
+
+
+async def test_unreachable_redis_raises_store_unavailable_then_recovers() -> None:
+    port = free_port()
+    client = RespClient(f"redis://127.0.0.1:{port}/0", timeout_s=0.5)
+    with pytest.raises(StoreUnavailable):
+        await client.call("PING")
+    with run_redis(port):
+        assert await client.call("PING") == b"PONG"
+    with pytest.raises(StoreUnavailable):  # the server went away: the next call says so
+        await client.call("PING")
+    await client.close()
+
+
+async def test_a_server_that_never_answers_times_out() -> None:
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        client = RespClient(f"redis://127.0.0.1:{port}/0", timeout_s=0.3)
+        with pytest.raises(StoreUnavailable):
+            await asyncio.wait_for(client.call("PING"), 3.0)
+        await client.close()

@@ -1,0 +1,99 @@
+"""The cache key: which fields change it and which do not, and what may be cached."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from gateway.cache.key import cache_key, uncacheable_reason
+
+BASE: dict[str, Any] = {
+    "model": "m",
+    "messages": [{"role": "user", "content": "hello"}],
+    "temperature": 0,
+    "max_tokens": 16,
+}
+
+
+def key(body: dict[str, Any], *, scope: str = "", fingerprint: str = "fp") -> str:
+    return cache_key("v1", scope, "m", fingerprint, body)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"messages": [{"role": "user", "content": "hello!"}]},
+        {"messages": [{"role": "system", "content": "hello"}]},
+        {"temperature": 0.5},
+        {"max_tokens": 17},
+        {"top_p": 0.9},
+        {"seed": 1},
+        {"stop": ["\n"]},
+        {"presence_penalty": 0.1},
+        {"response_format": {"type": "json_object"}},
+        {"some_engine_extension": True},
+        {"stub": {"tokens": 3}},
+    ],
+    ids=lambda change: next(iter(change)),
+)
+def test_fields_that_change_the_output_change_the_key(change: dict[str, Any]) -> None:
+    assert key(BASE | change) != key(BASE)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"stream": True},
+        {"stream": True, "stream_options": {"include_usage": True}},
+        {"user": "alice"},
+        {"metadata": {"trace": "x"}},
+        {"request_id": "r-1"},
+        {"store": False},
+        {"service_tier": "auto"},
+        {"model": "alias-of-m"},
+        {"temperature": 0.0},
+        {"max_tokens": 16.0},
+    ],
+    ids=lambda change: "+".join(change),
+)
+def test_fields_that_do_not_change_the_output_keep_the_key(change: dict[str, Any]) -> None:
+    assert key(BASE | change) == key(BASE)
+
+
+def test_key_order_does_not_matter() -> None:
+    reordered = dict(reversed(list(BASE.items())))
+    assert key(reordered) == key(BASE)
+
+
+def test_serving_fingerprint_namespace_and_scope_change_the_key() -> None:
+    assert key(BASE, fingerprint="other") != key(BASE)
+    assert key(BASE, scope="team-a") != key(BASE)
+    assert cache_key("v2", "", "m", "fp", BASE) != key(BASE)
+    assert cache_key("v1", "", "other-model", "fp", BASE) != key(BASE)
+
+
+@pytest.mark.parametrize(
+    ("change", "cacheable"),
+    [
+        ({}, True),
+        ({"temperature": 0.0}, True),
+        ({"temperature": 0.8, "seed": 7}, True),
+        ({"temperature": 0.8}, False),
+        ({"temperature": None}, False),
+        ({"n": 2}, False),
+        ({"n": 1}, True),
+        ({"tools": [{"type": "function", "function": {"name": "f"}}]}, False),
+        ({"logprobs": True}, False),
+        ({"seed": True, "temperature": 1}, False),
+    ],
+)
+def test_only_deterministic_single_answers_are_cached(
+    change: dict[str, Any], cacheable: bool
+) -> None:
+    assert (uncacheable_reason(BASE | change, deterministic_only=True) is None) is cacheable
+
+
+def test_sampled_answers_are_cached_when_the_model_allows() -> None:
+    assert uncacheable_reason(BASE | {"temperature": 0.8}, deterministic_only=False) is None
+    assert uncacheable_reason(BASE | {"n": 3}, deterministic_only=False) == "n > 1"
