@@ -38,6 +38,7 @@ from gateway.http.hot_routes import HotRoutes, gateway_error_response, internal_
 from gateway.http.request_id import RequestIdMiddleware
 from gateway.http.state import AppState
 from gateway.observability.metrics import GatewayMetrics
+from gateway.pipeline.forwarding import Forwarder, RetryBudget
 from gateway.pipeline.plan import RequestPlanner
 from gateway.pipeline.service import CompletionService
 from gateway.pool.engine_pool import BreakerPolicy, EnginePool
@@ -49,7 +50,6 @@ from gateway.ratelimit.limits import LimiterBackend
 from gateway.routing.policies import RoutingTable
 from gateway.upstream.client import UpstreamClient
 from gateway.upstream.deadlines import Deadlines
-from gateway.upstream.forwarding import Forwarder, RetryBudget
 
 log = logging.getLogger("vgate.app")
 

@@ -63,9 +63,9 @@ class Principal:
         tag = "{" + self.name + "}"
         per_model = self.model_limits.get(model)
         if per_model is None:
-            return (LimitScope(tag, self.limits),) if self.limits.any else ()
-        scoped = LimitScope(f"{tag}:m:{model}", per_model)
-        return (LimitScope(tag, self.limits), scoped) if self.limits.any else (scoped,)
+            return (LimitScope(tag, self.limits, self.name),) if self.limits.any else ()
+        scoped = LimitScope(f"{tag}:m:{model}", per_model, self.name)
+        return (LimitScope(tag, self.limits, self.name), scoped) if self.limits.any else (scoped,)
 
 
 ANONYMOUS = Principal("anonymous", None)

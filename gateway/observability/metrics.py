@@ -10,13 +10,14 @@ secret). Nothing a client sends becomes a label.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
 
-from gateway.pool.engine_pool import EngineState
+from engines.stats import EngineStats
 
 UNRESOLVED_MODEL = "-"
 METRICS_CONTENT_TYPE = CONTENT_TYPE_LATEST
@@ -175,6 +176,20 @@ class TalliedCounter(Collector):
         for label_value, total in dict(self._counts).items():
             family.add_metric([label_value], total)
         yield family
+
+
+@dataclass(frozen=True, slots=True)
+class EngineState:
+    """One engine as metrics see it."""
+
+    url: str
+    models: tuple[str, ...]
+    in_flight: int
+    healthy: bool
+    breaker_open: bool
+    sent: int
+    stats: EngineStats
+    restarts: int = 0
 
 
 class _EngineCollector(Collector):

@@ -20,12 +20,12 @@ from gateway.cache.singleflight import Flight, FlightFailed
 from gateway.errors import AuthenticationError, GatewayError, PermissionDeniedError
 from gateway.observability.metrics import UNRESOLVED_MODEL, GatewayMetrics
 from gateway.pipeline.cache_flow import CacheFill, follow_events, hit_response, hit_tokens
+from gateway.pipeline.forwarding import Attempt, Forwarder
 from gateway.pipeline.plan import CHAT, ParsedRequest, RequestPlanner, Route
 from gateway.pipeline.usage import UsageTap, body_usage, client_wants_usage, with_usage_requested
 from gateway.pool.engine_pool import EnginePool
 from gateway.ratelimit.admission import Admission, Ticket
 from gateway.upstream.client import UpstreamStream
-from gateway.upstream.forwarding import Attempt, Forwarder
 from gateway.upstream.relay import (
     SSE_HEADERS,
     BatchTap,
@@ -85,7 +85,7 @@ class CompletionService:
                 )
             plan = self._cache.plan(model, parsed.body, principal.name, meta.cache_control)
             plan, lookup = self._cache.begin_lookup(model, plan)  # goes with the admission
-            ticket = await self._admission.admit(principal, model, parsed.body)
+            ticket = await self._admission.admit(principal.scopes(model), parsed.body)
             plan, entry = await self._cache.finish_lookup(model, plan, lookup)
             if entry is not None:
                 ticket.settle(hit_tokens(self._cache, entry))

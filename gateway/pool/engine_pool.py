@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from engines.stats import EngineStats
+from gateway.observability.metrics import EngineState
 from gateway.routing.policies import EndpointView
 
 
@@ -40,20 +41,6 @@ class _Endpoint:
     stats: EngineStats = NO_STATS
     sent: int = 0  # requests sent to it, ever (retries included)
     restarts: int = 0  # as its supervisor reports it (managed engines)
-
-
-@dataclass(frozen=True, slots=True)
-class EngineState:
-    """One engine as metrics see it."""
-
-    url: str
-    models: tuple[str, ...]
-    in_flight: int
-    healthy: bool
-    breaker_open: bool
-    sent: int
-    stats: EngineStats
-    restarts: int = 0
 
 
 class EnginePool:

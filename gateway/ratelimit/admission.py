@@ -32,7 +32,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.auth.authenticator import Principal
 from gateway.config.sections import RateLimitSettings
 from gateway.errors import DependencyUnavailableError, RateLimitError, StoreUnavailable
 from gateway.observability.metrics import GatewayMetrics
@@ -153,8 +152,8 @@ class Admission:
         except StoreUnavailable:
             self._metrics.redis_errors.labels("ratelimit").inc()
 
-    async def admit(self, principal: Principal, model: str, body: dict[str, Any]) -> Ticket:
-        scopes = principal.scopes(model)
+    async def admit(self, scopes: tuple[LimitScope, ...], body: dict[str, Any]) -> Ticket:
+        """Reserve ``body``'s cost in every scope (a key's, and a key-and-model's)."""
         if not scopes:
             return FREE_PASS
         charge = self._charges.get(scopes)
@@ -181,7 +180,7 @@ class Admission:
             return FREE_PASS
         headers = headline(scopes, decision.states)
         if not decision.admitted:
-            raise self._refusal(principal, scopes, decision, tokens, as_text(headers))
+            raise self._refusal(scopes, decision, tokens, as_text(headers))
         ticket = Ticket(self, charge, request_id, tokens, headers)
         if charge.holds_slot:
             self._leased[request_id] = weakref.ref(ticket)
@@ -200,19 +199,19 @@ class Admission:
 
     def _refusal(
         self,
-        principal: Principal,
         scopes: tuple[LimitScope, ...],
         decision: Decision,
         tokens: int,
         headers: dict[str, str],
     ) -> RateLimitError:
         kind = decision.refused or "requests"
-        self._metrics.rate_limited.labels(principal.name, kind).inc()
+        owner = scopes[0].owner
+        self._metrics.rate_limited.labels(owner, kind).inc()
         limits = [s.limits for s in scopes]
         if kind == "tokens" and decision.retry_after_s == NEVER:
             limit = min(lim.tpm for lim in limits if lim.tpm is not None)
             message = (
-                f"Request too large for key '{principal.name}': it may use {tokens} tokens "
+                f"Request too large for key '{owner}': it may use {tokens} tokens "
                 f"(prompt estimate + max_tokens) and the limit is {limit} tokens per min. "
                 "Lower max_tokens or shorten the prompt."
             )
@@ -227,19 +226,11 @@ class Admission:
         else:
             limit = min(lim.rpm for lim in limits if lim.rpm is not None)
             what = f"requests per min: limit {limit}"
-        message = (
-            f"Rate limit reached for key '{principal.name}' on {what}. Please try again in {wait}."
-        )
+        message = f"Rate limit reached for key '{owner}' on {what}. Please try again in {wait}."
         return RateLimitError(message, kind, headers | retry_after_header(decision.retry_after_s))
 
 
 def _charge_of(scopes: Sequence[LimitScope]) -> _Charge:
     counts_tokens = any(s.limits.tpm is not None for s in scopes)
     holds_slot = any(s.limits.max_concurrent is not None for s in scopes)
-    return _Charge(tuple(scopes), counts_tokens, holds_slot, _key_name(scopes))
-
-
-def _key_name(scopes: Sequence[LimitScope]) -> str:
-    """The key name inside a scope's hash tag: ``{team-a}:m:model`` → ``team-a``."""
-    key = scopes[0].key
-    return key[1 : key.index("}")]
+    return _Charge(tuple(scopes), counts_tokens, holds_slot, scopes[0].owner)

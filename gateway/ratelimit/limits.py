@@ -68,10 +68,14 @@ NO_LIMITS = Limits()
 
 @dataclass(frozen=True, slots=True)
 class LimitScope:
-    """Counters kept under ``key`` (a key, or a key and model) and the limits on them."""
+    """Counters kept under ``key`` (a key, or a key and model) and the limits on them.
+
+    ``owner`` names the API key the counters belong to (for messages and metrics);
+    the storage layout of ``key`` is the backends' business, never parsed back."""
 
     key: str
     limits: Limits
+    owner: str = ""
 
 
 class ScopeState(NamedTuple):

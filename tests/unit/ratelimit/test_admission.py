@@ -38,7 +38,7 @@ async def refused(admission: Admission, keys: KeyDirectory) -> bool:
     principal = keys.known("Bearer sk-one-0123456789")
     assert principal is not None
     try:
-        (await admission.admit(principal, "m", BODY)).settle(0)
+        (await admission.admit(principal.scopes("m"), BODY)).settle(0)
     except RateLimitError:
         return True
     return False
@@ -48,7 +48,7 @@ async def test_a_running_request_keeps_its_slot_past_its_first_lease() -> None:
     admission, keys, clock = setup()
     principal = keys.known("Bearer sk-one-0123456789")
     assert principal is not None
-    ticket = await admission.admit(principal, "m", BODY)
+    ticket = await admission.admit(principal.scopes("m"), BODY)
     for _ in range(6):  # 6 renewals of 20 s: twice the lease
         clock.now += admission.renew_interval_s
         await admission.renew_leases()
@@ -61,7 +61,7 @@ async def test_a_ticket_dropped_unsettled_stops_being_renewed() -> None:
     admission, keys, clock = setup()
     principal = keys.known("Bearer sk-one-0123456789")
     assert principal is not None
-    ticket = await admission.admit(principal, "m", BODY)
+    ticket = await admission.admit(principal.scopes("m"), BODY)
     del ticket
     gc.collect()
     clock.now += admission.renew_interval_s

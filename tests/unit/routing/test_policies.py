@@ -114,9 +114,9 @@ def test_round_robin_spreads_first_attempts_when_retries_are_allowed() -> None:
     """A request that succeeds first time consults the policy once (no skipped turns)."""
     from gateway.config.sections import RoutingSettings, UpstreamSettings
     from gateway.observability.metrics import GatewayMetrics
+    from gateway.pipeline.forwarding import Attempt, Forwarder
     from gateway.upstream.client import UpstreamClient
     from gateway.upstream.deadlines import Deadlines
-    from gateway.upstream.forwarding import Attempt, Forwarder
 
     pool = EnginePool({"m": ["http://a", "http://b"]})
     upstream = UpstreamClient(UpstreamSettings())
@@ -176,7 +176,7 @@ def test_least_outstanding_breaks_load_ties_by_free_kv_cache() -> None:
 
 
 def test_retry_budget_allows_a_burst_then_a_share_of_traffic() -> None:
-    from gateway.upstream.forwarding import RetryBudget
+    from gateway.pipeline.forwarding import RetryBudget
 
     budget = RetryBudget(ratio=0.25, burst=2)
     assert [budget.withdraw() for _ in range(3)] == [True, True, False]
