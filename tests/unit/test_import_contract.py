@@ -15,12 +15,9 @@ ROOT = Path(__file__).resolve().parents[2]
 #: Known violations tolerated for now: ``(importing module, imported prefix)``.
 #: Each entry must name the change that removes it; an entry that no longer matches
 #: a violation fails ``test_allow_list_has_no_stale_entries`` so it gets deleted.
-ALLOWED: tuple[tuple[str, str], ...] = (
-    # gateway/pipeline is being refactored to return domain results instead of
-    # Starlette responses (rendering moves to gateway.http); until that lands the
-    # service still builds a starlette Response. Remove this entry with that change.
-    ("gateway.pipeline.service", "starlette"),
-)
+#: Empty: the last entries (``gateway.pipeline.cache_flow`` and ``.service`` importing
+#: ``starlette``) went when the pipeline started returning domain results.
+ALLOWED: tuple[tuple[str, str], ...] = ()
 
 
 def is_allowed(violation: Violation) -> bool:
