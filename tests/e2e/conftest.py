@@ -36,7 +36,7 @@ class Stack:
 
     def engine_url(self, model: str) -> str:
         engines = httpx.get(f"{self.url}/ready").json()["engines"][model]
-        healthy = [url for url, ok in engines.items() if ok]
+        healthy: list[str] = [url for url, ok in engines.items() if ok]
         assert len(healthy) == 1, engines
         return healthy[0]
 

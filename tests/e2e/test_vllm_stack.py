@@ -11,12 +11,15 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
+from openai.types.chat import ChatCompletionMessageParam
 
 from engines.stats import parse_prometheus
 from tests.e2e.conftest import DEFAULT_MODEL, SPEC_MODEL, Stack
 
 pytestmark = pytest.mark.e2e
-PARIS = [{"role": "user", "content": "What is the capital of France?"}]
+PARIS: list[ChatCompletionMessageParam] = [
+    {"role": "user", "content": "What is the capital of France?"}
+]
 
 
 def engine_metrics(url: str) -> dict[str, float]:

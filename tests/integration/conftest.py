@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -47,14 +47,14 @@ class Gateway:
         return httpx.get(f"{self.url}/metrics").text
 
 
-def start_stub(*flags: str) -> Iterator[Stub]:
+def start_stub(*flags: str) -> Generator[Stub, None, None]:
     port = free_port()
     argv = [sys.executable, "-m", "engines.stub", "--port", str(port), *flags]
     with run_process(argv, f"http://127.0.0.1:{port}/health", timeout=30):
         yield Stub(f"http://127.0.0.1:{port}")
 
 
-def start_gateway(config: dict[str, Any], directory: Path) -> Iterator[Gateway]:
+def start_gateway(config: dict[str, Any], directory: Path) -> Generator[Gateway, None, None]:
     port = free_port()
     path = directory / f"vgate-{port}.yaml"
     path.write_text(yaml.safe_dump(config))

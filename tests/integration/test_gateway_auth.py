@@ -8,12 +8,13 @@ from collections.abc import Iterator
 import httpx
 import openai
 import pytest
+from openai.types.chat import ChatCompletionMessageParam
 
 from tests.integration.conftest import STUB_MODEL, Gateway, Stub, start_gateway
 
 ADMIN_KEY = "sk-team-a-0123456789"
 NARROW_KEY = "sk-team-b-9876543210"
-MESSAGES = [{"role": "user", "content": "hello"}]
+MESSAGES: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hello"}]
 
 
 @pytest.fixture(scope="module")

@@ -7,10 +7,11 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from openai.types.chat import ChatCompletionMessageParam
 
 from tests.integration.conftest import STUB_MODEL, Gateway
 
-MESSAGES = [{"role": "user", "content": "hello"}]
+MESSAGES: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hello"}]
 
 
 def _error(exc: openai.APIStatusError) -> dict[str, Any]:
@@ -62,12 +63,12 @@ def test_wrong_types_are_400_naming_the_field(
 
 def test_missing_prompt_is_400(gateway: Gateway) -> None:
     with pytest.raises(openai.BadRequestError) as caught:
-        gateway.client().completions.create(model=STUB_MODEL, prompt=None)  # type: ignore[arg-type]
+        gateway.client().completions.create(model=STUB_MODEL, prompt=None)
     assert _error(caught.value)["param"] == "prompt"
 
 
 def test_body_over_the_limit_is_413(gateway: Gateway) -> None:
-    huge = [{"role": "user", "content": "x" * (80 * 1024)}]
+    huge: list[ChatCompletionMessageParam] = [{"role": "user", "content": "x" * (80 * 1024)}]
     with pytest.raises(openai.APIStatusError) as caught:
         gateway.client().chat.completions.create(model=STUB_MODEL, messages=huge)
     assert caught.value.status_code == 413

@@ -7,10 +7,11 @@ import re
 import httpx
 import openai
 import pytest
+from openai.types.chat import ChatCompletionMessageParam
 
 from tests.integration.conftest import STUB_MODEL, Gateway
 
-MESSAGES = [{"role": "user", "content": "count me"}]
+MESSAGES: list[ChatCompletionMessageParam] = [{"role": "user", "content": "count me"}]
 
 
 def _value(text: str, name: str, **labels: str) -> float:

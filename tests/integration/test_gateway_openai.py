@@ -5,10 +5,13 @@ from __future__ import annotations
 import httpx
 import openai
 import pytest
+from openai.types.chat import ChatCompletionMessageParam
 
 from tests.integration.conftest import STUB_MODEL, Gateway, Stub
 
-MESSAGES = [{"role": "user", "content": "Tell me about the gateway."}]
+MESSAGES: list[ChatCompletionMessageParam] = [
+    {"role": "user", "content": "Tell me about the gateway."}
+]
 
 
 def test_sync_chat_matches_the_engine(gateway: Gateway, stub: Stub) -> None:

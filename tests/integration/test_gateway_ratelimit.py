@@ -12,10 +12,11 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
+from openai.types.chat import ChatCompletionMessageParam
 
 from tests.integration.conftest import STUB_MODEL, Gateway, Stub, start_gateway
 
-MESSAGES = [{"role": "user", "content": "hello"}]
+MESSAGES: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hello"}]
 RUN = uuid.uuid4().hex[:8]  # key names (and so counters) unique to this test run
 KEYS = {
     "rpm": (f"rpm-{RUN}", "sk-rpm-0123456789", {"rpm": 5}),

@@ -5,11 +5,12 @@ from __future__ import annotations
 import contextlib
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator, Mapping
 from pathlib import Path
 
 import httpx
 import pytest
+from openai.types.chat import ChatCompletionMessageParam
 
 from tests.helpers.processes import free_port, run_process
 from tests.integration.conftest import STUB_MODEL, Gateway, Stub, start_gateway, start_stub
@@ -27,7 +28,7 @@ def three_stubs() -> Iterator[list[Stub]]:
             runner.close()
 
 
-def _gateway(stubs: list[Stub], policy: str, tmp: Path) -> Iterator[Gateway]:
+def _gateway(stubs: list[Stub], policy: str, tmp: Path) -> Generator[Gateway, None, None]:
     config = {
         "models": [
             {"name": STUB_MODEL, "endpoints": [s.url for s in stubs], "routing": {"policy": policy}}
@@ -36,11 +37,13 @@ def _gateway(stubs: list[Stub], policy: str, tmp: Path) -> Iterator[Gateway]:
     return start_gateway(config, tmp)
 
 
-def _engine_for(gateway: Gateway, messages: list[dict[str, str]], **headers: str) -> str:
+def _engine_for(
+    gateway: Gateway, messages: list[ChatCompletionMessageParam], **headers: str
+) -> str:
     raw = gateway.client().chat.completions.with_raw_response.create(
         model=STUB_MODEL,
         messages=messages,
-        extra_headers=headers,  # type: ignore[arg-type]
+        extra_headers=headers,
     )
     return raw.headers["x-vgate-engine"]
 
@@ -61,7 +64,7 @@ def test_prefix_affinity_keeps_a_conversation_on_one_engine(
     runner = _gateway(three_stubs, "prefix_affinity", tmp_path)
     gateway = next(runner)
     try:
-        conversations = [
+        conversations: list[list[ChatCompletionMessageParam]] = [
             [{"role": "system", "content": f"{SYSTEM} Customer {n}."}] for n in range(12)
         ]
         homes = []
@@ -82,7 +85,7 @@ def test_prefix_affinity_keeps_a_conversation_on_one_engine(
 
 @contextlib.contextmanager
 def beside_a_broken_engine(
-    good: Stub, status: int, upstream: dict[str, object], tmp: Path
+    good: Stub, status: int, upstream: Mapping[str, object], tmp: Path
 ) -> Iterator[tuple[Gateway, Stub]]:
     """A round-robin gateway over ``good`` and a stub that answers every request ``status``."""
     broken = start_stub("--model", STUB_MODEL, "--fail-status", str(status))

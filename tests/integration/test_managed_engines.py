@@ -19,12 +19,13 @@ import openai
 import pytest
 import redis
 import yaml
+from openai.types.chat import ChatCompletionMessageParam
 
 from engines.registry import REDIS_KEY, EngineRecord
 from tests.helpers.processes import free_port, run_process
 from tests.integration.conftest import STUB_MODEL, Gateway
 
-MESSAGES = [{"role": "user", "content": "hello"}]
+MESSAGES: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hello"}]
 
 
 def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> float:

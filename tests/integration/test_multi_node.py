@@ -18,6 +18,7 @@ import httpx
 import openai
 import pytest
 import yaml
+from openai.types.chat import ChatCompletionMessageParam
 
 from tests.helpers.processes import free_port, run_process
 from tests.helpers.redis_server import run_redis
@@ -27,7 +28,7 @@ from tests.integration.test_managed_engines import ready_records, wait_for
 TTL_S = 1.5
 KEY = "sk-multi-node-0123456789"
 LIMITED_KEY = "sk-multi-node-limited-0123456789"
-MESSAGES = [{"role": "user", "content": "hello"}]
+MESSAGES: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hello"}]
 
 
 class Cluster:
@@ -93,13 +94,20 @@ def test_every_gateway_sees_every_engine(cluster: Cluster) -> None:
     urls = {record.url for record in ready_records(cluster.redis_url)}
     assert len(urls) == 4
     for gateway in cluster.gateways:
-        wait_for(lambda g=gateway: cluster.engines_seen(g) == urls, 5, "all four engines")
+
+        def sees_all(g: Gateway = gateway) -> bool:
+            return cluster.engines_seen(g) == urls
+
+        wait_for(sees_all, 5, "all four engines")
 
 
 def test_the_cache_is_shared_by_every_gateway(cluster: Cluster) -> None:
-    ask = {"model": STUB_MODEL, "messages": MESSAGES, "temperature": 0, "max_tokens": 3}
     states = [
-        client(g).chat.completions.with_raw_response.create(**ask).headers["x-cache"]
+        client(g)
+        .chat.completions.with_raw_response.create(
+            model=STUB_MODEL, messages=MESSAGES, temperature=0, max_tokens=3
+        )
+        .headers["x-cache"]
         for g in cluster.gateways
     ]
     assert states == ["MISS", "HIT", "HIT"]
@@ -125,8 +133,11 @@ def test_a_dead_supervisors_engines_leave_every_gateway_within_the_ttl(cluster: 
     killed_at = time.monotonic()
     os.kill(victim.pid, signal.SIGKILL)  # its engines follow it (PR_SET_PDEATHSIG)
     for gateway in cluster.gateways:
-        wait_for(lambda g=gateway: cluster.engines_seen(g) == survivors, TTL_S + 3,
-                 "the gateway to drop the dead supervisor's engines")  # fmt: skip
+
+        def sees_survivors(g: Gateway = gateway) -> bool:
+            return cluster.engines_seen(g) == survivors
+
+        wait_for(sees_survivors, TTL_S + 3, "the gateway to drop the dead supervisor's engines")
     assert time.monotonic() - killed_at <= TTL_S + 1.5  # the TTL, one watch period, slack
     assert {r.url for r in ready_records(cluster.redis_url)} == survivors
     answer = client(cluster.gateways[0]).chat.completions.with_raw_response.create(
