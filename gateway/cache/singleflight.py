@@ -34,6 +34,10 @@ class Flight:
     def done(self) -> bool:
         return self.entry is not None or self.failed
 
+    def leave(self) -> None:
+        """One follower fewer (it got its answer, went its own way, or its client left)."""
+        self.followers -= 1
+
     def publish(self, pieces: list[tuple[int, str]]) -> None:
         if pieces:
             self.pieces.extend(pieces)
@@ -70,6 +74,13 @@ class Flights:
 
     def __init__(self) -> None:
         self._flights: dict[str, Flight] = {}
+
+    def __len__(self) -> int:
+        """Flights under way."""
+        return len(self._flights)
+
+    def under_way(self) -> list[Flight]:
+        return list(self._flights.values())
 
     def join(self, key: str) -> Flight | None:
         """The flight under way for ``key`` (now one follower more), or None."""

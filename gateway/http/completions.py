@@ -19,6 +19,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from gateway.http.context import app_state, completion_headers, read_body, request_id
+from gateway.http.render import render
 from gateway.pipeline.plan import CHAT, COMPLETIONS, Route
 from gateway.pipeline.service import RequestMeta
 
@@ -51,7 +52,7 @@ async def _answer(route: Route, request: Request) -> Response:
         meta = RequestMeta(
             request_id(request), headers.authorization, headers.session_id, headers.cache_control
         )
-        return await state.service.handle(route, raw, meta)
+        return render(await state.service.handle(route, raw, meta))
     except asyncio.CancelledError:
         if not abandoned:
             raise

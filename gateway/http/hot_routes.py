@@ -24,21 +24,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from gateway.errors import GatewayError, error_body
+from gateway.errors import GatewayError
+from gateway.http.render import gateway_error_response, internal_error_response
 
 log = logging.getLogger("vgate.app")
 
 Handler = Callable[[Request], Awaitable[Response]]
-
-
-def gateway_error_response(exc: GatewayError) -> Response:
-    """A :class:`GatewayError` as the response OpenAI clients expect."""
-    return Response(exc.body(), exc.status, headers=exc.headers, media_type="application/json")
-
-
-def internal_error_response() -> Response:
-    body = error_body("internal gateway error", "internal_error", None, "internal_error")
-    return Response(body, 500, media_type="application/json")
 
 
 class HotRoutes:

@@ -1,12 +1,10 @@
-"""The cache's part of a request: answering a hit, filling the cache on a miss, and
+"""The cache's part of a request: filling the cache on a miss, pricing a hit, and
 following a flight (see :mod:`gateway.cache.singleflight`)."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
-
-from starlette.responses import Response
+from collections.abc import AsyncIterator, Callable
 
 from gateway.cache.entry import (
     DONE,
@@ -14,14 +12,12 @@ from gateway.cache.entry import (
     Entry,
     StreamCollector,
     from_body,
-    json_body,
-    sse_replay,
 )
 from gateway.cache.response_cache import CachePlan, ResponseCache
 from gateway.cache.singleflight import Flight
 from gateway.errors import UpstreamError
 from gateway.pipeline.usage import usage_tokens
-from gateway.upstream.relay import SSE_HEADERS, error_event
+from gateway.upstream.relay import StreamOutcome
 
 
 class CacheFill:
@@ -74,22 +70,19 @@ def hit_tokens(cache: ResponseCache, entry: Entry) -> int:
     return usage_tokens(entry.usage) or 0
 
 
-def hit_response(
-    entry: Entry, model: str, stream: bool, include_usage: bool, headers: dict[str, str]
-) -> Response:
-    """A stored answer, replayed in the form the client asked for."""
-    age = max(0, int(time.time() - entry.created_at))
-    headers = headers | {"X-Cache": "HIT", "Age": str(age)}
-    if stream:
-        body = sse_replay(entry, model, include_usage)
-        return Response(body, headers=SSE_HEADERS | headers, media_type="text/event-stream")
-    return Response(json_body(entry, model), headers=headers, media_type="application/json")
-
-
 async def follow_events(
-    flight: Flight, chat: bool, model: str, include_usage: bool
+    flight: Flight,
+    chat: bool,
+    model: str,
+    include_usage: bool,
+    outcome: StreamOutcome,
+    on_done: Callable[[Entry], None],
 ) -> AsyncIterator[bytes]:
-    """A follower's stream: the leader's pieces as they arrive, in fresh chunks."""
+    """A follower's stream: the leader's pieces as they arrive, in fresh chunks.
+
+    ``on_done`` gets the leader's entry before the last events go out; if the
+    leader fails part way, this raises :class:`UpstreamError` (the HTTP edge ends
+    the stream with an error event)."""
     writer = ChunkWriter(chat, model)
     started: set[int] = set()
     seen = 0
@@ -102,6 +95,8 @@ async def follow_events(
                 started.add(index)
                 out.append(writer.role(index))
             out.append(writer.piece(index, text))
+        if out and outcome.first_chunk_at is None:
+            outcome.first_chunk_at = time.perf_counter()
         entry = flight.entry
         if entry is not None and seen == len(flight.pieces):
             for choice in entry.choices:
@@ -110,11 +105,14 @@ async def follow_events(
                 out.append(writer.finish(choice.index, choice.finish_reason))
             if include_usage and entry.usage is not None:
                 out.append(writer.usage(entry.usage))
+            outcome.completed = True
+            on_done(entry)
             yield b"".join(out) + DONE
             return
         if flight.failed:
-            failure = UpstreamError("the engine answer this request shared did not complete")
-            yield b"".join(out) + error_event(failure) + DONE
-            return
+            if out:
+                yield b"".join(out)
+            outcome.error = UpstreamError("the engine answer this request shared did not complete")
+            raise outcome.error
         if out:
             yield b"".join(out)

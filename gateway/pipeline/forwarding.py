@@ -21,11 +21,12 @@ from gateway.errors import (
     UpstreamTimeoutError,
 )
 from gateway.observability.metrics import GatewayMetrics
+from gateway.pipeline.exchange import Exchange
 from gateway.pool.engine_pool import EnginePool
 from gateway.pool.shedding import LoadGate
 from gateway.routing.policies import RoutingPolicy
-from gateway.upstream.client import EngineUnreachable, UpstreamClient, UpstreamReply, UpstreamStream
 from gateway.upstream.deadlines import Deadlines
+from gateway.upstream.transport import EngineUnreachable, EventSource, Upstream, UpstreamReply
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,7 +45,7 @@ class Forwarder:
     def __init__(
         self,
         pool: EnginePool,
-        upstream: UpstreamClient,
+        upstream: Upstream,
         metrics: GatewayMetrics,
         retries: int,
         deadlines: Mapping[str, Deadlines],
@@ -64,18 +65,19 @@ class Forwarder:
     def deadlines(self, model: str) -> Deadlines:
         return self._deadlines.get(model, self._default)
 
-    async def complete(self, attempt: Attempt) -> tuple[str, UpstreamReply]:
-        """The engine that answered and its 2xx reply; any failure is raised."""
+    async def complete(self, exchange: Exchange, attempt: Attempt) -> tuple[str, UpstreamReply]:
+        """The engine that answered and its 2xx reply; any failure is raised. Each try
+        holds its engine's slot in ``exchange`` while it waits."""
         if self._gate is not None:
             await self._gate.enter(attempt.model)
         headers = _headers(attempt.request_id)
         limits = self.deadlines(attempt.model)
         failed: UpstreamStatusError | None = None
         for url in self.candidates(attempt):
-            self._pool.acquire(url)
+            exchange.take_engine(url)
             try:
                 reply = await self._upstream.post(
-                    url + attempt.path, attempt.payload, headers, limits.answer_timeout
+                    url + attempt.path, attempt.payload, headers, limits
                 )
             except EngineUnreachable:
                 self._unreachable(attempt.model, url)
@@ -87,7 +89,7 @@ class Forwarder:
                     f"the engine did not answer within {limits.answer_name()}"
                 ) from None
             finally:
-                self._pool.release(url)
+                exchange.drop_engine()
             if reply.status >= 500:  # the engine's fault: another engine may do better
                 self._pool.record_failure(url)
                 self._metrics.upstream_errors.labels(attempt.model, "status").inc()
@@ -100,11 +102,11 @@ class Forwarder:
             return url, reply
         raise failed or self._unavailable(attempt.model)
 
-    async def open_stream(self, attempt: Attempt) -> tuple[str, UpstreamStream]:
+    async def open_stream(self, exchange: Exchange, attempt: Attempt) -> tuple[str, EventSource]:
         """The engine streaming the answer, its first events already received.
 
-        The engine stays acquired in the pool: the caller releases it when the
-        stream ends.
+        The engine's slot and the open stream stay held by ``exchange``, which
+        releases them when the request closes.
         """
         if self._gate is not None:
             await self._gate.enter(attempt.model)
@@ -114,28 +116,29 @@ class Forwarder:
         total_deadline = loop.time() + limits.total_s if limits.total_s else None
         failed: GatewayError | None = None
         for url in self.candidates(attempt):
-            self._pool.acquire(url)
+            exchange.take_engine(url)
             first_deadline = loop.time() + limits.ttft_s if limits.ttft_s else None
             if total_deadline is not None:
                 first_deadline = min(first_deadline or total_deadline, total_deadline)
-            stream: UpstreamStream | None = None
+            stream: EventSource | None = None
             try:
                 async with asyncio.timeout_at(first_deadline):
                     stream = await self._upstream.open_stream(
-                        url + attempt.path, attempt.payload, headers, limits.stream_timeout
+                        url + attempt.path, attempt.payload, headers, limits
                     )
+                    exchange.hold_stream(stream)
                     await stream.prime()  # nothing reaches the client before the first event
             except EngineUnreachable:
-                self._release(url, stream)
+                exchange.drop_engine()
                 self._unreachable(attempt.model, url)
                 continue
             except TimeoutError:
-                self._release(url, stream)
+                exchange.drop_engine()
                 self._pool.record_failure(url)
                 self._metrics.upstream_errors.labels(attempt.model, "timeout").inc()
                 raise UpstreamTimeoutError(_first_event_timeout(limits, total_deadline)) from None
             except GatewayError as exc:
-                self._release(url, stream)
+                exchange.drop_engine()
                 timed_out = isinstance(exc, UpstreamTimeoutError)
                 kind = (
                     "timeout" if timed_out else "status" if stream is None else "stream_interrupted"
@@ -172,11 +175,6 @@ class Forwarder:
             url = attempt.policy.choose(views, attempt.affinity_key).url
             tried.append(url)
             yield url
-
-    def _release(self, url: str, stream: UpstreamStream | None) -> None:
-        if stream is not None:
-            stream.close()
-        self._pool.release(url)
 
     @staticmethod
     def _unavailable(model: str) -> NoEngineAvailableError:

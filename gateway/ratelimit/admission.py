@@ -131,6 +131,11 @@ class Admission:
         renewed, so its slot still frees within one lease instead of never."""
 
     @property
+    def leased(self) -> int:
+        """Admitted requests holding a concurrency slot right now."""
+        return len(self._leased)
+
+    @property
     def renew_interval_s(self) -> float:
         """How often :meth:`renew_leases` should run: a third of a lease, so one
         missed renewal still leaves a lease standing."""

@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass
 
 import aiohttp
 
 from gateway.config.sections import UpstreamSettings
 from gateway.errors import UpstreamError, UpstreamStatusError, UpstreamTimeoutError
+from gateway.upstream.deadlines import Deadlines
+from gateway.upstream.transport import EngineUnreachable, UpstreamReply
 
 _PROBE_TIMEOUT = aiohttp.ClientTimeout(total=2.0)
 
@@ -30,21 +31,8 @@ _UNREACHABLE = (
 )
 
 
-class EngineUnreachable(Exception):
-    """The connection to an engine failed before any response; safe to retry elsewhere."""
-
-
-@dataclass(frozen=True, slots=True)
-class UpstreamReply:
-    """A complete non-streaming engine response."""
-
-    status: int
-    content_type: str
-    body: bytes
-
-
 class UpstreamStream:
-    """An open SSE response from an engine; iterate it, and always close it.
+    """An open SSE response from an engine (:class:`gateway.upstream.transport.EventSource`).
 
     Closing before the end closes the TCP connection, which is how vLLM learns
     that the client went away and aborts the generation.
@@ -111,7 +99,8 @@ class UpstreamStream:
 
 
 class UpstreamClient:
-    """A shared aiohttp session with a connection pool sized for many engines."""
+    """A shared aiohttp session with a connection pool sized for many engines
+    (:class:`gateway.upstream.transport.Upstream`)."""
 
     def __init__(self, settings: UpstreamSettings) -> None:
         self._settings = settings
@@ -119,6 +108,24 @@ class UpstreamClient:
             total=None, sock_connect=settings.connect_timeout_s, sock_read=settings.read_timeout_s
         )
         self._session: aiohttp.ClientSession | None = None
+        self._timeouts: dict[Deadlines, tuple[aiohttp.ClientTimeout, aiohttp.ClientTimeout]] = {}
+        """aiohttp's timeouts per set of deadlines (one per model), made on first use."""
+
+    def _timeouts_of(
+        self, deadlines: Deadlines
+    ) -> tuple[aiohttp.ClientTimeout, aiohttp.ClientTimeout]:
+        """``(answer, stream)`` timeouts: a whole answer within ``answer_s``; a stream
+        with no overall limit here (the relay enforces ``total_s``), ``idle_s`` per read."""
+        made = self._timeouts.get(deadlines)
+        if made is None:
+            answer = aiohttp.ClientTimeout(
+                total=deadlines.answer_s, sock_connect=deadlines.connect_s
+            )
+            stream = aiohttp.ClientTimeout(
+                total=None, sock_connect=deadlines.connect_s, sock_read=deadlines.idle_s
+            )
+            made = self._timeouts[deadlines] = (answer, stream)
+        return made
 
     async def start(self) -> None:
         connector = aiohttp.TCPConnector(
@@ -146,14 +153,10 @@ class UpstreamClient:
         return self._session
 
     async def post(
-        self,
-        url: str,
-        body: bytes,
-        headers: Mapping[str, str],
-        limits: aiohttp.ClientTimeout | None = None,
+        self, url: str, body: bytes, headers: Mapping[str, str], deadlines: Deadlines
     ) -> UpstreamReply:
         """POST and read the whole answer; error statuses come back as replies, not raised."""
-        limits = limits or self._timeout
+        limits = self._timeouts_of(deadlines)[0]
         try:
             async with self.session.post(
                 url, data=body, headers=headers, timeout=limits
@@ -168,17 +171,13 @@ class UpstreamClient:
             raise UpstreamError(f"engine request failed: {type(exc).__name__}") from None
 
     async def open_stream(
-        self,
-        url: str,
-        body: bytes,
-        headers: Mapping[str, str],
-        limits: aiohttp.ClientTimeout | None = None,
+        self, url: str, body: bytes, headers: Mapping[str, str], deadlines: Deadlines
     ) -> UpstreamStream:
         """POST and return once the engine has answered with a 2xx status.
 
         An error status raises :class:`UpstreamStatusError` carrying the engine's body.
         """
-        limits = limits or self._timeout
+        limits = self._timeouts_of(deadlines)[1]
         try:
             response = await self.session.post(url, data=body, headers=headers, timeout=limits)
         except _UNREACHABLE as exc:

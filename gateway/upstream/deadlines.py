@@ -1,4 +1,5 @@
-"""Timeouts of one model's requests to its engines.
+"""Timeouts of one model's requests to its engines, as plain numbers (the upstream
+client makes its own transport objects from them).
 
 * ``connect_s``: opening a connection (a failure here goes to another engine);
 * ``ttft_s``: streams: from sending the request to the first event;
@@ -14,9 +15,7 @@ error event and ``[DONE]``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
-import aiohttp
+from dataclasses import dataclass
 
 from gateway.config.sections import ModelTimeouts, UpstreamSettings
 
@@ -27,18 +26,6 @@ class Deadlines:
     ttft_s: float | None
     idle_s: float
     total_s: float | None
-    answer_timeout: aiohttp.ClientTimeout = field(init=False, compare=False)
-    """The non-streaming request's aiohttp timeouts, built once per model."""
-    stream_timeout: aiohttp.ClientTimeout = field(init=False, compare=False)
-    """The streaming request's aiohttp timeouts, built once per model."""
-
-    def __post_init__(self) -> None:
-        answer = aiohttp.ClientTimeout(total=self.answer_s, sock_connect=self.connect_s)
-        stream = aiohttp.ClientTimeout(
-            total=None, sock_connect=self.connect_s, sock_read=self.idle_s
-        )
-        object.__setattr__(self, "answer_timeout", answer)
-        object.__setattr__(self, "stream_timeout", stream)
 
     @classmethod
     def of(cls, upstream: UpstreamSettings, own: ModelTimeouts | None) -> Deadlines:

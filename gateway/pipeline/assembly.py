@@ -1,0 +1,64 @@
+"""Building the completion pipeline from settings and the shared objects it uses.
+
+The composition root (:mod:`gateway.app`) calls it with the real upstream client
+and stores; unit tests call it with :class:`gateway.upstream.fake.FakeUpstream`
+and in-memory stores, so both run the same pipeline.
+"""
+
+from __future__ import annotations
+
+from gateway.auth.authenticator import Authenticator
+from gateway.cache.response_cache import EntryStore, ResponseCache
+from gateway.config.settings import Settings
+from gateway.observability.metrics import GatewayMetrics
+from gateway.pipeline.forwarding import Forwarder, RetryBudget
+from gateway.pipeline.plan import RequestPlanner
+from gateway.pipeline.service import CompletionService
+from gateway.pool.engine_pool import EnginePool
+from gateway.pool.shedding import LoadGate
+from gateway.ratelimit.admission import Admission
+from gateway.routing.policies import RoutingTable
+from gateway.upstream.deadlines import Deadlines
+from gateway.upstream.transport import Upstream
+
+
+def build_completion_service(
+    settings: Settings,
+    pool: EnginePool,
+    upstream: Upstream,
+    metrics: GatewayMetrics,
+    authenticator: Authenticator,
+    admission: Admission,
+    entries: EntryStore,
+) -> CompletionService:
+    """The pipeline for ``settings``' models, over ``pool`` and ``upstream``."""
+    models = {m.name: m for m in settings.models}
+    routing = RoutingTable(
+        settings.routing, {m.name: m.routing for m in settings.models if m.routing}
+    )
+    upstream_settings = settings.upstream
+    gate = LoadGate(
+        pool,
+        {m.name: m.overload for m in settings.models if m.overload is not None},
+        settings.overload,
+        metrics,
+    )
+    forwarder = Forwarder(
+        pool,
+        upstream,
+        metrics,
+        upstream_settings.retries,
+        {m.name: Deadlines.of(upstream_settings, m.timeouts) for m in settings.models},
+        Deadlines.of(upstream_settings, None),
+        gate,
+        RetryBudget(upstream_settings.retry_budget_ratio, upstream_settings.retry_budget_burst),
+    )
+    return CompletionService(
+        planner=RequestPlanner(models, pool, routing),
+        pool=pool,
+        forwarder=forwarder,
+        metrics=metrics,
+        authenticator=authenticator,
+        admission=admission,
+        cache=ResponseCache(settings.cache, models, entries, metrics),
+    )

@@ -1,0 +1,196 @@
+"""The one object that owns everything a request acquires.
+
+An :class:`Exchange` holds the rate-limit ticket, the engine slot (and the open
+stream on it), the cache fill it leads or the flight it follows, the in-flight
+gauge and the request's timers. :meth:`Exchange.close` releases all of it, once,
+whichever way the request ends: answered, refused, failed at the engine, timed
+out, or abandoned by its client while queued, while following another request
+or while streaming. No other code settles a ticket or releases an engine slot.
+
+How the ticket is settled follows how the request ended:
+
+* :meth:`finished` (the answer is complete): the real usage, at once, so a
+  client that sends its next request right away finds its slot free;
+* :meth:`failed` (a :class:`GatewayError` before any answer): 0 tokens;
+* closed without either (the client left, the stream broke): the reservation
+  is kept, since the engine may have generated up to it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from prometheus_client import Gauge
+
+from gateway.cache.singleflight import Flight
+from gateway.errors import GatewayError
+from gateway.observability.metrics import UNRESOLVED_MODEL, GatewayMetrics
+from gateway.pipeline.cache_flow import CacheFill
+from gateway.pool.engine_pool import EnginePool
+from gateway.ratelimit.admission import FREE_PASS, Ticket
+from gateway.upstream.relay import StreamOutcome
+from gateway.upstream.transport import EventSource
+
+
+class Exchange:
+    """One request's resources and outcome; see the module docstring."""
+
+    __slots__ = (
+        "_answered",
+        "_clock",
+        "_closed",
+        "_engine",
+        "_failure",
+        "_fill",
+        "_flight",
+        "_in_flight",
+        "_metrics",
+        "_pool",
+        "_stream",
+        "cache_status",
+        "label",
+        "model",
+        "outcome",
+        "started",
+        "ticket",
+    )
+
+    def __init__(
+        self,
+        label: str,
+        pool: EnginePool,
+        metrics: GatewayMetrics,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        self.label = label
+        self.model = UNRESOLVED_MODEL
+        self.ticket: Ticket = FREE_PASS
+        self.cache_status: bytes | None = None
+        """``X-Cache`` for an answer from an engine: MISS, BYPASS, or None (cache off)."""
+        self.outcome: StreamOutcome | None = None
+        """Set when the answer is a stream: how it ended, for metrics."""
+        self.started = clock()
+        self._clock = clock
+        self._pool = pool
+        self._metrics = metrics
+        self._engine: str | None = None
+        self._stream: EventSource | None = None
+        self._fill: CacheFill | None = None
+        self._flight: Flight | None = None
+        self._in_flight: Gauge | None = None
+        self._failure: GatewayError | None = None
+        self._answered = False
+        self._closed = False
+
+    # -- what the request acquires -------------------------------------------------
+
+    def admit(self, ticket: Ticket) -> None:
+        self.ticket = ticket
+
+    def take_engine(self, url: str) -> None:
+        """Hold a slot on the engine at ``url`` (one at a time)."""
+        self.drop_engine()
+        self._pool.acquire(url)
+        self._engine = url
+
+    def hold_stream(self, stream: EventSource) -> None:
+        """Own the open stream on the held engine: closed with the engine slot."""
+        self._stream = stream
+
+    def drop_engine(self) -> None:
+        """Close the stream on the held engine, if any, and free its slot."""
+        stream, self._stream = self._stream, None
+        if stream is not None:
+            stream.close()
+        url, self._engine = self._engine, None
+        if url is not None:
+            self._pool.release(url)
+
+    def lead(self, fill: CacheFill) -> None:
+        """Own the cache fill (and so the flight) this request leads."""
+        self._fill = fill
+
+    def follow(self, flight: Flight) -> None:
+        self._flight = flight
+
+    def leave_flight(self) -> None:
+        """Stop following (the leader failed before answering: this request goes itself)."""
+        flight, self._flight = self._flight, None
+        if flight is not None:
+            flight.leave()
+
+    def count_in_flight(self) -> None:
+        """Count the request in ``vgate_requests_in_flight`` until it closes."""
+        if self._in_flight is None:
+            self._in_flight = self._metrics.in_flight.labels(self.model)
+            self._in_flight.inc()
+
+    # -- how it ends ---------------------------------------------------------------
+
+    def finished(self, tokens: int | None) -> None:
+        """The answer is complete: settle the ticket now with ``tokens`` (None: keep
+        the reservation)."""
+        self._answered = True
+        self.ticket.settle(tokens)
+
+    def failed(self, error: GatewayError) -> None:
+        """The request ends with ``error`` (no answer was produced): nothing is charged.
+        The error's answer carries the rate-limit and cache headers."""
+        self._failure = error
+        error.headers.update(self.ticket.headers)
+        if self.cache_status is not None:
+            error.headers["X-Cache"] = self.cache_status.decode()
+
+    def close(self) -> None:
+        """Release everything the request holds; idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self.drop_engine()
+        self.ticket.settle(0 if self._failure is not None else None)  # no-op once finished
+        fill, self._fill = self._fill, None
+        if fill is not None:
+            fill.fail()  # no-op once it landed
+        self.leave_flight()
+        if self._in_flight is not None:
+            self._in_flight.dec()
+            self._in_flight = None
+        self._record()
+
+    @property
+    def fill(self) -> CacheFill | None:
+        """The cache fill this request leads, if any."""
+        return self._fill
+
+    @property
+    def clock(self) -> Callable[[], float]:
+        return self._clock
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def holds_engine(self) -> bool:
+        return self._engine is not None
+
+    def _record(self) -> None:
+        metrics, model, label = self._metrics, self.model, self.label
+        elapsed = self._clock() - self.started
+        if self._failure is not None:
+            metrics.observe_request(model, label, self._failure.status, elapsed)
+            return
+        outcome = self.outcome
+        if outcome is None:
+            if self._answered:  # otherwise the client left before the answer
+                metrics.observe_request(model, label, 200, elapsed)
+            return
+        if outcome.first_chunk_at is not None:
+            ttft = outcome.first_chunk_at - self.started
+            metrics.time_to_first_token.labels(model, label).observe(ttft)
+        if outcome.error is not None:
+            metrics.upstream_errors.labels(model, "stream_interrupted").inc()
+        elif not outcome.completed:
+            metrics.client_disconnects.labels(model).inc()
+        metrics.observe_request(model, label, 200, elapsed)

@@ -1,0 +1,50 @@
+"""What the pipeline answers with: domain results that only the HTTP edge turns into
+responses (:mod:`gateway.http.render`).
+
+Headers travel in raw form (lower-case names, bytes), ready for the ASGI server:
+the rate-limit headers arrive that way from admission, and nothing re-encodes them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+from gateway.cache.entry import Entry
+
+RawHeaders = list[tuple[bytes, bytes]]
+
+
+@dataclass(slots=True)
+class Answer:
+    """A complete JSON answer (an engine's, or a follower's copy of one)."""
+
+    body: bytes
+    headers: RawHeaders
+    status: int = 200
+
+
+@dataclass(slots=True)
+class Replay:
+    """A stored answer from the cache, to replay as JSON or as a stream."""
+
+    entry: Entry
+    model: str
+    stream: bool
+    include_usage: bool
+    headers: RawHeaders
+
+
+@dataclass(slots=True)
+class EventStream:
+    """Server-sent events as they arrive. ``events`` yields runs of complete events and
+    raises :class:`gateway.errors.GatewayError` if the answer fails part way;
+    ``close`` releases what the request holds and must be called however the
+    response ends (it is idempotent)."""
+
+    events: AsyncIterator[bytes]
+    headers: RawHeaders
+    close: Callable[[], None]
+
+
+Result = Answer | Replay | EventStream

@@ -1,0 +1,153 @@
+"""An in-process :class:`~gateway.upstream.transport.Upstream` for tests.
+
+In the spirit of httpx's ``MockTransport``: a handler decides what each engine
+answers, and the fake records what was sent and which streams are still open,
+so tests can drive every path of the pipeline (failover, timeouts, streams that
+break, clients that leave) without sockets and check that nothing stays held.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import orjson
+
+from gateway.errors import UpstreamError, UpstreamStatusError
+from gateway.upstream.deadlines import Deadlines
+from gateway.upstream.transport import EngineUnreachable, UpstreamReply
+
+
+@dataclass(frozen=True, slots=True)
+class FakeRequest:
+    """One request the fake received."""
+
+    url: str
+    body: bytes
+    headers: Mapping[str, str]
+    stream: bool
+
+    def json(self) -> object:
+        return orjson.loads(self.body)
+
+
+@dataclass(slots=True)
+class Scripted:
+    """What an engine does with one request.
+
+    ``events``: the stream's batches, each one or more complete SSE events;
+    ``break_after``: raise a mid-stream failure after that many batches;
+    ``unreachable``: refuse the connection (nothing reached the engine);
+    ``gate``: wait for this event before answering (or before each batch after
+    the first, with ``gate_each_batch``), to hold a request in flight.
+    """
+
+    status: int = 200
+    body: bytes = b"{}"
+    events: Sequence[bytes] = ()
+    break_after: int | None = None
+    unreachable: bool = False
+    gate: asyncio.Event | None = None
+    gate_each_batch: bool = False
+
+
+Handler = Callable[[FakeRequest], Scripted | Awaitable[Scripted]]
+
+
+class FakeStream:
+    """A scripted SSE response."""
+
+    def __init__(self, script: Scripted, streams: set[FakeStream]) -> None:
+        self._script = script
+        self._streams = streams
+        self._sent = 0
+        self._first: bytes | None = None
+        self.deadline: float | None = None
+        self.closed = False
+        streams.add(self)
+
+    async def prime(self) -> None:
+        self._first = await self._next()
+        if self._first is None:
+            raise EngineUnreachable("engine closed the stream before its first event")
+
+    async def batches(self) -> AsyncIterator[bytes]:
+        if self._first is not None:
+            first, self._first = self._first, None
+            yield first
+        while (batch := await self._next()) is not None:
+            yield batch
+
+    async def _next(self) -> bytes | None:
+        script = self._script
+        if script.break_after is not None and self._sent >= script.break_after:
+            raise UpstreamError("engine stream broke: ServerDisconnectedError")
+        if self._sent >= len(script.events):
+            return None
+        if script.gate is not None and script.gate_each_batch and self._sent:
+            await self._until(script.gate)
+        batch = script.events[self._sent]
+        self._sent += 1
+        return batch
+
+    async def _until(self, gate: asyncio.Event) -> None:
+        if self.deadline is None:
+            await gate.wait()
+            return
+        try:
+            async with asyncio.timeout_at(self.deadline):
+                await gate.wait()
+        except TimeoutError:
+            raise UpstreamError("the engine did not finish within total_s") from None
+
+    def close(self) -> None:
+        self.closed = True
+        self._streams.discard(self)
+
+
+@dataclass
+class FakeUpstream:
+    """Answers every request with ``handler``'s :class:`Scripted` reply."""
+
+    handler: Handler
+    requests: list[FakeRequest] = field(default_factory=list)
+    open_streams: set[FakeStream] = field(default_factory=set)
+    healthy: set[str] = field(default_factory=set)
+    """Engine URLs whose ``/health`` probe passes."""
+
+    async def _script(self, request: FakeRequest) -> Scripted:
+        self.requests.append(request)
+        made = self.handler(request)
+        script = made if isinstance(made, Scripted) else await made
+        if script.unreachable:
+            raise EngineUnreachable("connection refused")
+        if script.gate is not None and not script.gate_each_batch:
+            await script.gate.wait()
+        return script
+
+    async def post(
+        self, url: str, body: bytes, headers: Mapping[str, str], deadlines: Deadlines
+    ) -> UpstreamReply:
+        script = await self._script(FakeRequest(url, body, dict(headers), False))
+        return UpstreamReply(script.status, "application/json", script.body)
+
+    async def open_stream(
+        self, url: str, body: bytes, headers: Mapping[str, str], deadlines: Deadlines
+    ) -> FakeStream:
+        script = await self._script(FakeRequest(url, body, dict(headers), True))
+        if script.status >= 400:
+            raise UpstreamStatusError(script.status, script.body, "application/json")
+        return FakeStream(script, self.open_streams)
+
+    async def probe(self, url: str) -> bool:
+        return url in self.healthy
+
+    async def fetch_text(self, url: str) -> str | None:
+        return None
+
+
+def sse(*chunks: object, done: bool = True) -> bytes:
+    """SSE events for ``chunks`` (JSON-encoded), then ``[DONE]`` unless ``done`` is False."""
+    events = b"".join(b"data: " + orjson.dumps(chunk) + b"\n\n" for chunk in chunks)
+    return events + (b"data: [DONE]\n\n" if done else b"")

@@ -1,0 +1,79 @@
+"""What the gateway needs from a connection to its engines, as a Protocol.
+
+:class:`gateway.upstream.client.UpstreamClient` implements it over one pooled
+aiohttp session; :class:`gateway.upstream.fake.FakeUpstream` implements it in
+process for tests (in the spirit of httpx's ``MockTransport``). The pipeline and
+the pool depend on this module only, never on aiohttp.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from typing import Protocol
+
+from gateway.upstream.deadlines import Deadlines
+
+
+class EngineUnreachable(Exception):
+    """The connection to an engine failed before any response; safe to retry elsewhere."""
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamReply:
+    """A complete non-streaming engine response."""
+
+    status: int
+    content_type: str
+    body: bytes
+
+
+class EventSource(Protocol):
+    """An open SSE response from an engine; iterate it, and always close it.
+
+    Closing before the end tells the engine that nobody is listening any more
+    (vLLM then aborts the generation).
+    """
+
+    deadline: float | None
+    """Loop time by which the whole stream must have ended (None: no limit)."""
+
+    async def prime(self) -> None:
+        """Read the first events now, so a failure before them can still go elsewhere.
+
+        Raises :class:`EngineUnreachable` when the engine closes the stream first.
+        """
+        ...
+
+    def batches(self) -> AsyncIterator[bytes]:
+        """Runs of complete SSE events (each ending in a blank line) as they arrive;
+        failures raise :class:`gateway.errors.GatewayError`."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class Upstream(Protocol):
+    """Requests to engines. Transport failures are raised as :class:`EngineUnreachable`
+    (nothing reached the engine) or :class:`gateway.errors.GatewayError`."""
+
+    async def post(
+        self, url: str, body: bytes, headers: Mapping[str, str], deadlines: Deadlines
+    ) -> UpstreamReply:
+        """POST and read the whole answer; error statuses come back as replies."""
+        ...
+
+    async def open_stream(
+        self, url: str, body: bytes, headers: Mapping[str, str], deadlines: Deadlines
+    ) -> EventSource:
+        """POST and return once the engine answered 2xx; an error status raises
+        :class:`gateway.errors.UpstreamStatusError` with the engine's body."""
+        ...
+
+    async def probe(self, url: str) -> bool:
+        """True when the engine's ``/health`` answers 200 quickly."""
+        ...
+
+    async def fetch_text(self, url: str) -> str | None:
+        """``GET url`` as text, or None (engine metrics scraping)."""
+        ...
