@@ -10,19 +10,31 @@ Two implementations of one protocol:
   fields, so a supervisor that dies takes its engines out of every gateway
   within one TTL. A hash with per-record stamps rather than per-field TTLs
   because Debian's Redis 7.0 has no HEXPIRE.
+
+Records are read one by one and tolerantly: fields this version does not know
+are ignored (a newer supervisor writes them during a rolling upgrade), and a
+record that still cannot be decoded is skipped, logged once and counted in
+``skipped_records``: one bad record never hides the others, nor stops a
+gateway's watcher (which reads the count for ``vgate_records_skipped_total``;
+this package never imports the gateway).
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import asdict, dataclass, replace
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol, get_args
 
 import orjson
 import redis.asyncio as aioredis
 
+log = logging.getLogger("vgate.engines")
+
 EngineState = Literal["starting", "ready", "restarting", "draining", "failed", "stopped"]
+ENGINE_STATES: frozenset[str] = frozenset(get_args(EngineState))
 REDIS_KEY = "vgate:engines"
+_MAX_REPORTED = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,7 +59,44 @@ class EngineRecord:
 
     @classmethod
     def decode(cls, raw: bytes | str) -> EngineRecord:
-        return cls(**orjson.loads(raw))
+        """The record in ``raw`` (JSON), ignoring fields this version does not know.
+
+        Raises ValueError for anything else: not a JSON object, a required field
+        missing, a value of the wrong type, a state this version does not know
+        (it could not tell whether such an engine is routable)."""
+        data = orjson.loads(raw)  # JSONDecodeError is a ValueError
+        if not isinstance(data, dict):
+            raise ValueError("an engine record must be a JSON object")
+        state = _field(data, "state", str)
+        if state not in ENGINE_STATES:
+            raise ValueError(f"unknown engine state {state!r}")
+        return cls(
+            engine_id=_field(data, "engine_id", str),
+            model=_field(data, "model", str),
+            url=_field(data, "url", str),
+            state=state,  # checked against ENGINE_STATES above
+            started_at=float(_field(data, "started_at", float)),
+            supervisor=_field(data, "supervisor", str),
+            restarts=_field(data, "restarts", int, 0),
+            expires_at=float(_field(data, "expires_at", float, 0.0)),
+        )
+
+
+_MISSING: Any = object()
+
+
+def _field(data: dict[str, Any], name: str, kind: type[Any], default: Any = _MISSING) -> Any:
+    """``data[name]`` checked to be a ``kind`` (an int passes for a float, a bool never
+    for a number); ``default`` when absent, ValueError when required."""
+    if name not in data:
+        if default is _MISSING:
+            raise ValueError(f"missing field {name!r}")
+        return default
+    value = data[name]
+    kinds = (int, float) if kind is float else (kind,)
+    if (isinstance(value, bool) and kind is not bool) or not isinstance(value, kinds):
+        raise ValueError(f"field {name!r} is not a {kind.__name__}: {value!r:.80}")
+    return value
 
 
 class EngineRegistry(Protocol):
@@ -56,7 +105,14 @@ class EngineRegistry(Protocol):
     async def remove(self, engine_id: str) -> None: ...
 
     async def records(self) -> list[EngineRecord]:
-        """Every engine currently known and not expired."""
+        """Every engine currently known and not expired (records that cannot be decoded
+        are skipped, not raised)."""
+        ...
+
+    @property
+    def skipped_records(self) -> int:
+        """Records skipped as undecodable since this registry was made: every read that
+        skips one counts it, so the count keeps rising while a bad record remains."""
         ...
 
     async def close(self) -> None: ...
@@ -77,6 +133,10 @@ class InProcessRegistry:
     async def records(self) -> list[EngineRecord]:
         return list(self._records.values())
 
+    @property
+    def skipped_records(self) -> int:
+        return 0  # records live as objects here: nothing to decode
+
     async def close(self) -> None:
         self._records.clear()
 
@@ -87,6 +147,8 @@ class RedisRegistry:
     def __init__(self, url: str, ttl_s: float) -> None:
         self._redis = aioredis.Redis.from_url(url)
         self._ttl_s = ttl_s
+        self._skipped = 0
+        self._reported: set[tuple[bytes | str, int]] = set()
 
     async def publish(self, record: EngineRecord) -> None:
         stamped = replace(record, expires_at=time.time() + self._ttl_s)
@@ -101,7 +163,11 @@ class RedisRegistry:
         live: list[EngineRecord] = []
         expired: list[bytes | str] = []
         for field, value in raw.items():
-            record = EngineRecord.decode(value)
+            try:
+                record = EngineRecord.decode(value)
+            except ValueError as exc:
+                self._skip(field, value, exc)
+                continue
             if record.expires_at < now:
                 expired.append(field)
             else:
@@ -109,6 +175,23 @@ class RedisRegistry:
         if expired:
             await self._redis.hdel(REDIS_KEY, *expired)
         return live
+
+    @property
+    def skipped_records(self) -> int:
+        return self._skipped
+
+    def _skip(self, field: bytes | str, value: bytes | str, error: ValueError) -> None:
+        """Count a skipped record; log it the first time this field holds this value
+        (not at every poll). The memory of what was logged is bounded."""
+        self._skipped += 1
+        seen = (field, hash(value))
+        if seen in self._reported:
+            return
+        if len(self._reported) >= _MAX_REPORTED:
+            self._reported.clear()
+        self._reported.add(seen)
+        name = field.decode(errors="replace") if isinstance(field, bytes) else field
+        log.warning("engine registry: skipping record %r that cannot be decoded: %s", name, error)
 
     async def close(self) -> None:
         await self._redis.aclose()

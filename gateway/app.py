@@ -29,7 +29,7 @@ from gateway.backends.redis.cache import RedisEntryStore
 from gateway.backends.redis.keys import RedisKeyStore
 from gateway.backends.redis.limiter import RedisLimiter
 from gateway.backends.redis.link import RedisLink
-from gateway.background import Periodic
+from gateway.background import BackgroundTasks
 from gateway.cache.response_cache import EntryStore, ResponseCache
 from gateway.config.settings import Settings
 from gateway.errors import GatewayError, MethodNotAllowedError, NotFoundError
@@ -119,10 +119,12 @@ async def _start(
     )
     pool = EnginePool(static, breaker)
     aliases = {m.served_name: m.name for m in settings.models}
-    watcher = RegistryWatcher(registry, pool, static, aliases, settings.engines.watch_interval_s)
-    await watcher.refresh_or_keep()
-    watcher.start()
-    stack.push_async_callback(watcher.stop)
+    tasks = BackgroundTasks()  # every periodic task: supervised, and reported by /ready
+    watcher = RegistryWatcher(registry, pool, static, aliases)
+    watching = await tasks.start(
+        "registry-watch", settings.engines.watch_interval_s, watcher.refresh_or_keep, run_first=True
+    )
+    stack.push_async_callback(watching.stop)
 
     if any(m.engine is not None for m in settings.models):
         deployments = await asyncio.to_thread(build_deployments, settings)
@@ -137,16 +139,24 @@ async def _start(
 
     metrics = GatewayMetrics()
     metrics.watch_engines(pool.states)
+    metrics.watch_background(tasks.snapshot)
     limiter, store, entries = await _shared_state(settings, stack)
     authenticator = build_authenticator(settings.auth, store)
-    await authenticator.refresh()
-    key_refresher = Periodic("key-refresh", settings.auth.refresh_interval_s, authenticator.refresh)
-    key_refresher.start()
-    stack.push_async_callback(key_refresher.stop)
+    metrics.watch_skipped_records(
+        {
+            "engine": lambda: registry.skipped_records,
+            "key": lambda: store.skipped_records if store is not None else 0,
+        }
+    )
+    refreshing = await tasks.start(
+        "key-refresh", settings.auth.refresh_interval_s, authenticator.refresh, run_first=True
+    )
+    stack.push_async_callback(refreshing.stop)
     admission = Admission(limiter, settings.ratelimit, metrics)
-    lease_renewer = Periodic("lease-renewal", admission.renew_interval_s, admission.renew_leases)
-    lease_renewer.start()
-    stack.push_async_callback(lease_renewer.stop)
+    renewing = await tasks.start(
+        "lease-renewal", admission.renew_interval_s, admission.renew_leases
+    )
+    stack.push_async_callback(renewing.stop)
     routing = RoutingTable(
         settings.routing, {m.name: m.routing for m in settings.models if m.routing}
     )
@@ -173,13 +183,16 @@ async def _start(
         admission=admission,
         cache=ResponseCache(settings.cache, {m.name: m for m in settings.models}, entries, metrics),
     )
-    monitor = HealthMonitor(pool, upstream, settings.upstream.health_interval_s)
-    await monitor.probe_all()
-    monitor.start()
-    stack.push_async_callback(monitor.stop)
-    scraper = LoadScraper(pool, upstream, settings.upstream.metrics_interval_s)
-    scraper.start()
-    stack.push_async_callback(scraper.stop)
+    monitor = HealthMonitor(pool, upstream)
+    probing = await tasks.start(
+        "health-probe", settings.upstream.health_interval_s, monitor.probe_all, run_first=True
+    )
+    stack.push_async_callback(probing.stop)
+    scraper = LoadScraper(pool, upstream)
+    scraping = await tasks.start(
+        "load-scrape", settings.upstream.metrics_interval_s, scraper.scrape_all
+    )
+    stack.push_async_callback(scraping.stop)
     return AppState(settings=settings, pool=pool, metrics=metrics, service=service, keys=store)
 
 

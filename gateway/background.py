@@ -1,32 +1,190 @@
-"""A background task that runs one step every ``interval_s`` seconds until stopped."""
+"""Supervised background tasks: every periodic job of a gateway runs here, and none dies.
+
+A gateway keeps several views current in the background; each is one *task*
+that runs a *step* every ``interval_s`` seconds. Task names are stable (they are
+metric labels and keys of ``/ready``'s detail):
+
+* ``registry-watch``: engines published in the shared registry → the pool;
+* ``key-refresh``: keys made or revoked elsewhere → the local key copy;
+* ``lease-renewal``: concurrency leases of requests in flight extended;
+* ``health-probe``: every engine's ``/health``;
+* ``load-scrape``: every engine's ``/metrics`` (queue depth, KV cache).
+
+A step that raises anything but cancellation does not end its task: the
+failure is logged with its traceback (the first of a streak, then at most once
+per ``relog_s`` while the streak lasts), counted, and the step is retried after
+a delay that doubles from ``interval_s`` with every consecutive failure, up to
+``backoff_cap_s`` (or the interval, if longer); one success resets it. Only
+:meth:`Periodic.stop` (cancellation, at shutdown) ends a task. Before this, one
+unexpected exception (say a record written by a newer version) ended a loop for
+good with no log line: a revoked key kept working, the engine view froze.
+
+Steps that meet an *expected* outage (Redis down) handle it themselves, keep
+their last view and return normally; the runner is for everything else.
+
+:class:`BackgroundTasks` is the registry one app owns: it makes the tasks and
+reports each one's :class:`TaskHealth` for metrics and ``/ready``. No module
+state: two apps in one process have two registries.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+log = logging.getLogger("vgate.background")
+
+Step = Callable[[], Awaitable[None]]
+Clock = Callable[[], float]
+
+DEFAULT_BACKOFF_CAP_S = 10.0
+"""Longest pause between retries of a failing step whose interval is shorter: long
+enough that a persistent fault costs a few log lines a minute, short enough that
+a task is back within seconds once the fault clears."""
+DEFAULT_RELOG_S = 60.0
+_MAX_DOUBLINGS = 32  # 2**32 times any interval is past every cap: no float overflow
+
+
+@dataclass(frozen=True, slots=True)
+class TaskHealth:
+    """One task as metrics and ``/ready`` see it."""
+
+    last_success_age_s: float | None
+    """Seconds since the step last completed; None if it never has."""
+    failures: int
+    """Consecutive failures now (0 once a step succeeds)."""
+    errors: int
+    """Failed steps since the task was made (a counter)."""
 
 
 class Periodic:
-    """``start()`` schedules ``step`` forever (sleep first); ``stop()`` cancels and waits."""
+    """Runs ``step`` every ``interval_s`` seconds, surviving its failures, until stopped."""
 
-    def __init__(self, name: str, interval_s: float, step: Callable[[], Awaitable[None]]) -> None:
-        self._name = name
+    def __init__(
+        self,
+        name: str,
+        interval_s: float,
+        step: Step,
+        *,
+        backoff_cap_s: float = DEFAULT_BACKOFF_CAP_S,
+        relog_s: float = DEFAULT_RELOG_S,
+        clock: Clock = time.monotonic,
+    ) -> None:
+        if interval_s <= 0:
+            raise ValueError(f"task {name}: interval_s must be positive, not {interval_s}")
+        self.name = name
         self._interval_s = interval_s
         self._step = step
+        self._cap_s = max(backoff_cap_s, interval_s)
+        self._relog_s = relog_s
+        self._clock = clock
         self._task: asyncio.Task[None] | None = None
+        self._last_success: float | None = None
+        self._last_logged: float | None = None
+        self._failures = 0
+        self._errors = 0
 
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name=self._name)
+    async def start(self, *, run_first: bool = False) -> None:
+        """Schedule the loop (it sleeps first). With ``run_first``, one guarded step
+        runs now, before returning: start-up gets a first view, or a logged failure
+        and a retry, never an exception."""
+        if self._task is not None:
+            raise RuntimeError(f"task {self.name} is already running")
+        delay = self._interval_s
+        if run_first:
+            delay = await self._guarded_step()
+        self._task = asyncio.create_task(self._run(delay), name=f"vgate-{self.name}")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        """Cancel the loop and wait for it to end (a step in progress is cancelled)."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+                await task
 
-    async def _run(self) -> None:
+    def health(self) -> TaskHealth:
+        age = None if self._last_success is None else self._clock() - self._last_success
+        return TaskHealth(age, self._failures, self._errors)
+
+    async def _run(self, delay: float) -> None:
         while True:
-            await asyncio.sleep(self._interval_s)
+            await asyncio.sleep(delay)
+            delay = await self._guarded_step()
+
+    async def _guarded_step(self) -> float:
+        """One step; returns the pause before the next. Cancellation (a BaseException)
+        passes through: it is how a task ends."""
+        try:
             await self._step()
+        except Exception:
+            return self._failed()
+        if self._failures:
+            log.info("background task %s recovered after %d failures", self.name, self._failures)
+        self._failures = 0
+        self._last_success = self._clock()
+        return self._interval_s
+
+    def _failed(self) -> float:
+        self._failures += 1
+        self._errors += 1
+        doublings = min(self._failures - 1, _MAX_DOUBLINGS)
+        delay = min(self._cap_s, self._interval_s * 2.0**doublings)
+        now = self._clock()
+        if (
+            self._failures == 1
+            or self._last_logged is None
+            or now - self._last_logged >= self._relog_s
+        ):
+            self._last_logged = now
+            log.exception(
+                "background task %s failed (%d in a row); retrying in %.3g s",
+                self.name, self._failures, delay,
+            )  # fmt: skip
+        return delay
+
+
+class BackgroundTasks:
+    """Every periodic task of one app, made here so that their health is read in one place.
+
+    The composition root adds each task and pushes its :meth:`Periodic.stop` on
+    its exit stack (so each stops before what it uses is closed)."""
+
+    def __init__(
+        self,
+        *,
+        backoff_cap_s: float = DEFAULT_BACKOFF_CAP_S,
+        relog_s: float = DEFAULT_RELOG_S,
+        clock: Clock = time.monotonic,
+    ) -> None:
+        self._backoff_cap_s = backoff_cap_s
+        self._relog_s = relog_s
+        self._clock = clock
+        self._tasks: dict[str, Periodic] = {}
+
+    def add(self, name: str, interval_s: float, step: Step) -> Periodic:
+        """A new task called ``name`` (unique in this registry), not started yet."""
+        if name in self._tasks:
+            raise ValueError(f"a background task called {name!r} exists already")
+        task = Periodic(
+            name, interval_s, step,
+            backoff_cap_s=self._backoff_cap_s, relog_s=self._relog_s, clock=self._clock,
+        )  # fmt: skip
+        self._tasks[name] = task
+        return task
+
+    async def start(
+        self, name: str, interval_s: float, step: Step, *, run_first: bool = False
+    ) -> Periodic:
+        """:meth:`add` then :meth:`Periodic.start`; the caller stops it."""
+        task = self.add(name, interval_s, step)
+        await task.start(run_first=run_first)
+        return task
+
+    def snapshot(self) -> dict[str, TaskHealth]:
+        """Every task's health now, by name (read at scrape and ``/ready`` time)."""
+        return {name: task.health() for name, task in self._tasks.items()}

@@ -147,7 +147,13 @@ class KeyDirectory:
         return self._static.get(digest) or self._stored.get(digest)
 
     async def refresh(self) -> None:
-        """Reload the store's keys if its version moved; keep the old copy if it is down."""
+        """Reload the store's keys if its version moved; keep the old copy if it is down.
+
+        Run as the ``key-refresh`` background task (and at start-up). Records the
+        store cannot decode are skipped by the store, so they never stop a refresh;
+        anything unexpected raises to the task runner, which logs, counts and
+        retries it, keeping the old copy meanwhile (the version is recorded only
+        once the new copy is in place)."""
         if self._store is None:
             return
         try:

@@ -4,6 +4,12 @@ A key is stored only as its SHA-256 digest plus what it may do; the secret is
 shown once, when it is made. Names are unique and are what logs, metrics and
 rate-limit counters use. Backends: :mod:`gateway.backends.redis.keys` (shared by
 every replica) and :mod:`gateway.backends.memory.keys` (one process, no Redis).
+
+Records are decoded tolerantly: fields this version does not know are ignored,
+at the top and inside limits (a newer vgate writes them during a rolling
+upgrade, and an older gateway must keep refreshing its keys meanwhile). A record
+that still cannot be decoded raises ValueError; stores skip it (see
+:attr:`KeyStore.skipped_records`), so one bad record never stops key refresh.
 """
 
 from __future__ import annotations
@@ -50,16 +56,26 @@ class KeyRecord:
 
     @classmethod
     def decode(cls, raw: bytes | str) -> KeyRecord:
-        data: dict[str, Any] = orjson.loads(raw)
+        """The record in ``raw`` (JSON), ignoring fields this version does not know.
+
+        Raises ValueError for anything else: not a JSON object, ``name`` or
+        ``digest`` missing, a value of the wrong type (a limit must be an integer
+        or null, never a boolean)."""
+        data = _object(orjson.loads(raw), "a key record")  # JSONDecodeError is a ValueError
         models = data.get("models")
+        if models is not None and not (
+            isinstance(models, list) and all(isinstance(m, str) for m in models)
+        ):
+            raise ValueError("'models' must be a list of names or null")
+        model_limits = _object(data.get("model_limits") or {}, "'model_limits'")
         return cls(
-            name=data["name"],
-            digest=data["digest"],
+            name=_text(data, "name"),
+            digest=_text(data, "digest"),
             models=tuple(models) if models is not None else None,
-            limits=Limits(**data.get("limits") or {}),
-            model_limits={m: Limits(**v) for m, v in (data.get("model_limits") or {}).items()},
-            created_at=float(data.get("created_at") or 0.0),
-            expires_at=data.get("expires_at"),
+            limits=_limits(data.get("limits") or {}),
+            model_limits={str(m): _limits(v) for m, v in model_limits.items()},
+            created_at=_number(data.get("created_at"), "created_at") or 0.0,
+            expires_at=_number(data.get("expires_at"), "expires_at"),
         )
 
     def public(self) -> dict[str, Any]:
@@ -76,14 +92,60 @@ class KeyRecord:
         }
 
 
+def _object(value: object, what: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ValueError(f"{what} must be a JSON object")
+    return value
+
+
+def _text(data: dict[str, Any], name: str) -> str:
+    value = data.get(name)
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"{name!r} must be a non-empty string")
+    return value
+
+
+def _number(value: object, name: str) -> float | None:
+    """A JSON number as a float, or None for null/absent."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"{name!r} must be a number or null")
+    return float(value)
+
+
+def _limits(value: object) -> Limits:
+    """:class:`Limits` from its JSON form; unknown fields (a newer kind of limit) ignored."""
+    data = _object(value, "limits")
+    return Limits(_limit(data, "rpm"), _limit(data, "tpm"), _limit(data, "max_concurrent"))
+
+
+def _limit(data: dict[str, Any], name: str) -> int | None:
+    value = data.get(name)
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+        raise ValueError(f"limit {name!r} must be an integer or null")
+    return value
+
+
 class KeyStore(Protocol):
     async def version(self) -> str:
         """Changes whenever a key is created or revoked."""
         ...
 
-    async def load_all(self) -> list[KeyRecord]: ...
+    async def load_all(self) -> list[KeyRecord]:
+        """Every key that can be decoded; the others are skipped, logged once, counted."""
+        ...
 
-    async def get(self, digest: str) -> KeyRecord | None: ...
+    async def get(self, digest: str) -> KeyRecord | None:
+        """The record stored under ``digest``; None when there is none, or when it
+        cannot be decoded (skipped)."""
+        ...
+
+    @property
+    def skipped_records(self) -> int:
+        """Records skipped as undecodable by :meth:`load_all` and :meth:`get`: every
+        read that skips one counts it, so the count keeps rising while one remains."""
+        ...
 
     async def create(self, record: KeyRecord) -> None:
         """Store a new key; :class:`KeyExistsError` when its name is taken."""

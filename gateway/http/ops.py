@@ -23,10 +23,24 @@ async def health(request: Request) -> Response:
 
 
 async def ready(request: Request) -> Response:
-    """Readiness: at least one engine is healthy. 503 otherwise, with per-engine detail."""
-    engines = app_state(request).pool.health()
+    """Readiness: at least one engine is healthy. 503 otherwise, with per-engine detail.
+
+    The detail also shows each background task (``background``: name →
+    ``last_success_age_s``, null before its first success, and consecutive
+    ``failures``). They are reported, never judged: a slow or failing task does
+    not take a gateway that can still serve out of rotation."""
+    state = app_state(request)
+    engines = state.pool.health()
     is_ready = any(any(urls.values()) for urls in engines.values())
-    body = {"status": "ready" if is_ready else "unavailable", "engines": engines}
+    background = {
+        name: {"last_success_age_s": health.last_success_age_s, "failures": health.failures}
+        for name, health in state.metrics.background().items()
+    }
+    body = {
+        "status": "ready" if is_ready else "unavailable",
+        "engines": engines,
+        "background": background,
+    }
     return Response(orjson.dumps(body), 200 if is_ready else 503, media_type="application/json")
 
 

@@ -4,12 +4,14 @@ Label values are bounded: ``model`` is a configured model name (or ``"-"`` for
 requests that never resolved one), ``endpoint`` one of the gateway's routes,
 ``kind`` one of connect, timeout, status, stream_interrupted (upstream errors) or
 requests, tokens, concurrency (rate limits), ``key`` a key's *name* (never the
-secret). Nothing a client sends becomes a label.
+secret), ``task`` a background task's name (:mod:`gateway.background`), and the
+``kind`` of a skipped shared-state record ``key`` or ``engine``. Nothing a client
+sends becomes a label.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -18,6 +20,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
 
 from engines.stats import EngineStats
+from gateway.background import TaskHealth
 
 UNRESOLVED_MODEL = "-"
 METRICS_CONTENT_TYPE = CONTENT_TYPE_LATEST
@@ -33,6 +36,7 @@ class GatewayMetrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        self._background: Callable[[], Mapping[str, TaskHealth]] = _no_tasks
         self.requests = Counter(
             "vgate_requests_total",
             "Completed requests by model, route and HTTP status.",
@@ -146,6 +150,22 @@ class GatewayMetrics:
         """Export each engine's state, read from the pool when /metrics is scraped."""
         self.registry.register(_EngineCollector(states))
 
+    def watch_background(self, tasks: Callable[[], Mapping[str, TaskHealth]]) -> None:
+        """Export each background task's errors and last success age, read from ``tasks``
+        (:meth:`gateway.background.BackgroundTasks.snapshot`) when /metrics is scraped;
+        :meth:`background` answers from it too."""
+        self._background = tasks
+        self.registry.register(_BackgroundCollector(tasks))
+
+    def background(self) -> Mapping[str, TaskHealth]:
+        """Every background task's health now (``/ready`` shows it); empty until watched."""
+        return self._background()
+
+    def watch_skipped_records(self, counts: Mapping[str, Callable[[], int]]) -> None:
+        """Export ``vgate_records_skipped_total{kind}``: for each kind (``key``, ``engine``),
+        the count of records its store skipped as undecodable, read at scrape time."""
+        self.registry.register(_SkippedRecordsCollector(dict(counts)))
+
     def observe_request(self, model: str, endpoint: str, status: int, seconds: float) -> None:
         self.requests.labels(model, endpoint, str(status)).inc()
         self.request_duration.labels(model, endpoint).observe(seconds)
@@ -249,3 +269,48 @@ class _EngineCollector(Collector):
             )
         yield sent
         yield from gauges.values()
+
+
+def _no_tasks() -> Mapping[str, TaskHealth]:
+    return {}
+
+
+class _BackgroundCollector(Collector):
+    """Background tasks' health, read from their registry at scrape time: a sample for
+    every task, 0 errors included, so a dashboard sees each task before it fails."""
+
+    def __init__(self, tasks: Callable[[], Mapping[str, TaskHealth]]) -> None:
+        self._tasks = tasks
+
+    def collect(self) -> Iterator[Metric]:
+        errors = CounterMetricFamily(
+            "vgate_background_errors", "Failed steps of each background task (each retried).",
+            labels=("task",),
+        )  # fmt: skip
+        age = GaugeMetricFamily(
+            "vgate_background_last_success_age_seconds",
+            "Seconds since each background task last completed a step (absent: never).",
+            labels=("task",),
+        )
+        for name, health in self._tasks().items():
+            errors.add_metric([name], health.errors)
+            if health.last_success_age_s is not None:
+                age.add_metric([name], health.last_success_age_s)
+        yield errors
+        yield age
+
+
+class _SkippedRecordsCollector(Collector):
+    def __init__(self, counts: Mapping[str, Callable[[], int]]) -> None:
+        self._counts = counts
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(
+            "vgate_records_skipped",
+            "Shared-state records skipped because they cannot be decoded, by kind (key, "
+            "engine); counted at every read that skips one, so it rises while one remains.",
+            labels=("kind",),
+        )
+        for kind, count in self._counts.items():
+            family.add_metric([kind], count())
+        yield family

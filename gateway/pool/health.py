@@ -1,20 +1,36 @@
-"""Background tasks that keep :class:`EnginePool` current: health probes and load scraping."""
+"""Steps that keep :class:`EnginePool` current: health probes and load scraping.
+
+Each is one step of a background task (``health-probe``, ``load-scrape``; see
+:mod:`gateway.background`), which runs it periodically and survives its failures.
+An engine that does not answer is not a failure of the step: the client reports
+it as unhealthy (probe) or as no figures (scrape).
+"""
 
 from __future__ import annotations
 
 import asyncio
+from typing import Protocol
 
 from engines.stats import EngineStats
-from gateway.background import Periodic
 from gateway.pool.engine_pool import EnginePool
-from gateway.upstream.client import UpstreamClient
 
 
-class HealthMonitor(Periodic):
-    """Probes every engine's ``/health`` each ``interval_s`` seconds."""
+class EngineProbe(Protocol):
+    """What these steps need of the upstream client (a fake in tests)."""
 
-    def __init__(self, pool: EnginePool, upstream: UpstreamClient, interval_s: float) -> None:
-        super().__init__("vgate-health-monitor", interval_s, self.probe_all)
+    async def probe(self, url: str) -> bool:
+        """True when the engine at ``url`` answers its health check."""
+        ...
+
+    async def fetch_text(self, url: str) -> str | None:
+        """``GET url`` as text, or None when it does not answer 200 in time."""
+        ...
+
+
+class HealthMonitor:
+    """Probes every engine's ``/health`` (:meth:`probe_all`)."""
+
+    def __init__(self, pool: EnginePool, upstream: EngineProbe) -> None:
         self._pool = pool
         self._upstream = upstream
 
@@ -26,8 +42,8 @@ class HealthMonitor(Periodic):
             self._pool.set_health(url, healthy)
 
 
-class LoadScraper(Periodic):
-    """Reads every engine's ``/metrics`` each ``interval_s``: queue depth, KV-cache and
+class LoadScraper:
+    """Reads every engine's ``/metrics`` (:meth:`scrape_all`): queue depth, KV-cache and
     prefix-cache figures.
 
     Engines are shared by every gateway replica; their own queue tells a policy
@@ -35,8 +51,7 @@ class LoadScraper(Periodic):
     its last known figure (health probes deal with dead engines).
     """
 
-    def __init__(self, pool: EnginePool, upstream: UpstreamClient, interval_s: float) -> None:
-        super().__init__("vgate-load-scraper", interval_s, self.scrape_all)
+    def __init__(self, pool: EnginePool, upstream: EngineProbe) -> None:
         self._pool = pool
         self._upstream = upstream
 

@@ -3,7 +3,8 @@
 :class:`RegistryWatcher` keeps :class:`EnginePool` equal to "static endpoints
 plus the registry's ready engines" for every model, so routing and
 ``/v1/models`` follow engines live: one that dies or restarts leaves the pool,
-and comes back when it is ready again.
+and comes back when it is ready again. It is one step of the ``registry-watch``
+background task (:mod:`gateway.background`), which survives its failures.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from engines.models.prepare import default_cache_dir, default_engine_python, pre
 from engines.registry import EngineRegistry, InProcessRegistry, RedisRegistry
 from engines.spec import DEFAULT_SOURCE
 from engines.supervisor import Deployment
-from gateway.background import Periodic
 from gateway.config.settings import Settings
 from gateway.pool.engine_pool import EnginePool
 
@@ -26,7 +26,10 @@ log = logging.getLogger("vgate.engines")
 
 
 def build_registry(settings: Settings) -> EngineRegistry:
-    """Redis when configured (engines may run elsewhere), else in this process."""
+    """Redis when configured (engines may run elsewhere), else in this process.
+
+    Records the registry cannot decode are skipped (and counted in its
+    ``skipped_records``), never fatal to the watcher."""
     if settings.redis.url:
         return RedisRegistry(settings.redis.url, settings.engines.registry_ttl_s)
     return InProcessRegistry()
@@ -53,8 +56,9 @@ def build_deployments(settings: Settings) -> list[Deployment]:
     return deployments
 
 
-class RegistryWatcher(Periodic):
-    """Polls the registry and rewrites each model's engines in the pool."""
+class RegistryWatcher:
+    """Reads the registry and rewrites each model's engines in the pool (run periodically
+    as :meth:`refresh_or_keep`)."""
 
     def __init__(
         self,
@@ -62,9 +66,7 @@ class RegistryWatcher(Periodic):
         pool: EnginePool,
         static: Mapping[str, Sequence[str]],
         aliases: Mapping[str, str],
-        interval_s: float,
     ) -> None:
-        super().__init__("vgate-registry-watcher", interval_s, self.refresh_or_keep)
         self._registry = registry
         self._pool = pool
         self._static = {model: tuple(urls) for model, urls in static.items()}
@@ -87,6 +89,8 @@ class RegistryWatcher(Periodic):
             self._pool.set_restarts(record.url, record.restarts)
 
     async def refresh_or_keep(self) -> None:
+        """:meth:`refresh`, except that an unreachable Redis keeps the last view (an
+        expected outage, logged as a warning); anything else raises to the task runner."""
         try:
             await self.refresh()
         except (RedisError, OSError) as exc:

@@ -34,7 +34,7 @@ async def test_scraped_queue_depth_reaches_the_routing_snapshot() -> None:
     try:
         engine, dead = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{free_port()}"
         pool = EnginePool({"m": [engine, dead]})
-        await LoadScraper(pool, upstream, 60).scrape_all()
+        await LoadScraper(pool, upstream).scrape_all()
         waiting = {view.url: view.waiting for view in pool.snapshot("m")}
         assert waiting == {engine: 7.0, dead: 0.0}
     finally:

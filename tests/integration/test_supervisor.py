@@ -13,6 +13,7 @@ import pytest
 from engines.registry import InProcessRegistry
 from engines.spec import EngineSpec
 from engines.supervisor import Deployment, EngineSupervisor, RestartBudget
+from gateway.background import Periodic
 from gateway.pool.engine_pool import EnginePool
 from gateway.pool.sources import RegistryWatcher
 
@@ -55,9 +56,10 @@ async def test_crash_restarts_with_backoff_then_budget_spent_fails_it(tmp_path: 
     }
     supervisor = EngineSupervisor([deployment(tmp_path, **spec)], registry, messages.append)
     pool = EnginePool({MODEL: ()})
-    watcher = RegistryWatcher(registry, pool, {MODEL: ()}, {}, 0.05)
+    watcher = RegistryWatcher(registry, pool, {MODEL: ()}, {})
+    watching = Periodic("registry-watch", 0.05, watcher.refresh_or_keep)
     await supervisor.start()
-    watcher.start()
+    await watching.start()
     try:
         assert await supervisor.wait_ready()
         slot = supervisor.slots[0]
@@ -79,7 +81,7 @@ async def test_crash_restarts_with_backoff_then_budget_spent_fails_it(tmp_path: 
         await wait_until(lambda: not pool.snapshot(MODEL), 2)
         assert not await supervisor.wait_ready()
     finally:
-        await watcher.stop()
+        await watching.stop()
         await supervisor.stop()
 
 

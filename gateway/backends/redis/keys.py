@@ -5,10 +5,16 @@ Layout: hash ``vgate:keys`` (digest → record JSON), hash ``vgate:keys:names``
 Create and revoke are Lua scripts, so a name is never taken twice and the three
 structures always agree. Gateways poll the version (one GET) and reload the
 whole set only when it changed; that bounds how long a revoked key keeps working.
+
+Records are decoded one by one: one that cannot be decoded (see
+:meth:`KeyRecord.decode`) is skipped, logged once and counted, and the others
+load; one bad record must not stop every gateway's key refresh (a key revoked
+after it would keep working) nor their start-up.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable
 from typing import Any
 
@@ -17,6 +23,9 @@ from redis.exceptions import RedisError
 
 from gateway.auth.keys import KeyExistsError, KeyRecord
 from gateway.errors import StoreUnavailable
+
+log = logging.getLogger("vgate.auth")
+_MAX_REPORTED = 1024
 
 _CREATE = """
 if redis.call('HSETNX', KEYS[2], ARGV[1], ARGV[2]) == 0 then return 0 end
@@ -42,18 +51,25 @@ class RedisKeyStore:
         self._keys = (prefix, f"{prefix}:names", f"{prefix}:version")
         self._create = client.register_script(_CREATE)
         self._revoke = client.register_script(_REVOKE)
+        self._skipped = 0
+        self._reported: set[tuple[bytes, int]] = set()
 
     async def version(self) -> str:
         raw = await self._run(self._client.get(self._keys[2]))
         return raw.decode() if isinstance(raw, bytes) else "0"
 
     async def load_all(self) -> list[KeyRecord]:
-        raw = await self._run(self._client.hgetall(self._keys[0]))
-        return [KeyRecord.decode(value) for value in raw.values()]
+        raw: dict[bytes, bytes] = await self._run(self._client.hgetall(self._keys[0]))
+        decoded = (self._decode(digest, value) for digest, value in raw.items())
+        return [record for record in decoded if record is not None]
 
     async def get(self, digest: str) -> KeyRecord | None:
         raw = await self._run(self._client.hget(self._keys[0], digest))
-        return KeyRecord.decode(raw) if raw is not None else None
+        return self._decode(digest.encode(), raw) if raw is not None else None
+
+    @property
+    def skipped_records(self) -> int:
+        return self._skipped
 
     async def create(self, record: KeyRecord) -> None:
         created = await self._run(
@@ -67,6 +83,23 @@ class RedisKeyStore:
 
     async def close(self) -> None:
         """The client is shared and closed by its owner."""
+
+    def _decode(self, digest: bytes, raw: bytes) -> KeyRecord | None:
+        """The record, or None (counted; logged the first time this digest holds this
+        value, not at every reload; the memory of what was logged is bounded)."""
+        try:
+            return KeyRecord.decode(raw)
+        except ValueError as exc:
+            self._skipped += 1
+            seen = (digest, hash(raw))
+            if seen not in self._reported:
+                if len(self._reported) >= _MAX_REPORTED:
+                    self._reported.clear()
+                self._reported.add(seen)
+                shown = digest[:12].decode(errors="replace")
+                log.warning("key store: skipping key record %s... that cannot be decoded: %s",
+                            shown, exc)  # fmt: skip
+            return None
 
     @staticmethod
     async def _run(command: Awaitable[Any]) -> Any:
