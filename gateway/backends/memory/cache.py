@@ -5,20 +5,26 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 
 
 class MemoryEntryStore:
-    """Entries in this process's memory: least recently used dropped past ``max_bytes``."""
+    """Entries in this process's memory: least recently used dropped past ``max_bytes``.
 
-    def __init__(self, max_bytes: int) -> None:
+    ``clock`` (seconds, monotonic) decides when an entry's TTL has run out; tests
+    pass one they move instead of waiting.
+    """
+
+    def __init__(self, max_bytes: int, clock: Callable[[], float] = time.monotonic) -> None:
         self._entries: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
         self._bytes = 0
         self._max_bytes = max_bytes
+        self._clock = clock
 
     def get(self, key: str) -> asyncio.Future[bytes | None]:
         future: asyncio.Future[bytes | None] = asyncio.get_running_loop().create_future()
         found = self._entries.get(key)
-        if found is not None and found[0] <= time.monotonic():
+        if found is not None and found[0] <= self._clock():
             self._drop(key)
             found = None
         if found is not None:
@@ -28,7 +34,7 @@ class MemoryEntryStore:
 
     def put(self, key: str, value: bytes, ttl_s: int) -> None:
         self._drop(key)
-        self._entries[key] = (time.monotonic() + ttl_s, value)
+        self._entries[key] = (self._clock() + ttl_s, value)
         self._bytes += len(value)
         while self._bytes > self._max_bytes and self._entries:
             self._drop(next(iter(self._entries)))
