@@ -1,9 +1,10 @@
 """vgate: an OpenAI-compatible gateway for vLLM.
 
-Layers, lowest first (``tests/unit/test_import_contract.py`` enforces the direction):
-``errors`` and ``protocol`` (wire models) → ``config`` → the policies ``auth``,
-``ratelimit``, ``cache``, ``routing`` → ``observability`` → ``backends`` →
-``pool`` and ``upstream`` → ``pipeline`` → ``http`` → ``app`` (the composition
-root) and ``cli``. ``background`` (supervised periodic work) sits beside
-``observability``. Nothing is built at import time.
+Layers, lowest first (``tests/import_contract.py`` enforces the direction):
+``errors`` and ``protocol`` (wire models) → ``config`` → ``observability``
+(metrics) and ``background`` (supervised periodic work) → the policies
+``routing``, ``ratelimit``, ``auth``, ``cache`` → ``backends`` (their stores) →
+``upstream`` (engine connections) → ``pool`` (engines known, health, shedding) →
+``pipeline`` (a request's stages and its owner) → ``http`` (the edge) → ``app``
+(the composition root) and ``cli``. Nothing is built at import time.
 """
