@@ -1,0 +1,162 @@
+"""Reading token usage: from a whole body, and from the last event of a relayed
+stream (stripped when the client did not ask for it, and only then)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from gateway.pipeline.usage import (
+    UsageTap,
+    body_usage,
+    client_wants_usage,
+    usage_tokens,
+    with_usage_requested,
+)
+from gateway.upstream.fake import sse
+
+DONE = b"data: [DONE]\n\n"
+USAGE = {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}
+
+
+def event(data: dict[str, Any]) -> bytes:
+    return sse(data, done=False)
+
+
+def content_chunk(text: str) -> dict[str, Any]:
+    return {
+        "id": "c1",
+        "object": "chat.completion.chunk",
+        "choices": [{"index": 0, "delta": {"content": text}, "finish_reason": None}],
+    }
+
+
+USAGE_EVENT = event({"id": "c1", "object": "chat.completion.chunk", "choices": [], "usage": USAGE})
+CONTENT = event(content_chunk("hello"))
+
+
+# -- whole bodies -----------------------------------------------------------------------
+
+
+def test_usage_at_the_end_of_a_body() -> None:
+    body = orjson.dumps({"id": "c1", "choices": [{"text": "hi"}], "usage": USAGE})
+    assert body_usage(body) == 7
+
+
+def test_a_body_without_usage() -> None:
+    assert body_usage(orjson.dumps({"id": "c1", "choices": []})) is None
+    assert body_usage(orjson.dumps({"id": "c1", "usage": None})) is None
+    assert body_usage(b"not json") is None
+
+
+def test_pretty_printed_usage() -> None:
+    body = orjson.dumps({"choices": [], "usage": USAGE}, option=orjson.OPT_INDENT_2)
+    assert b'"total_tokens": 7' in body
+    assert body_usage(body) == 7
+    assert body_usage(b'{"usage" : { "total_tokens" :\n 12 } }') == 12
+
+
+def test_prompt_and_completion_without_a_total() -> None:
+    body = orjson.dumps({"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 4}})
+    assert body_usage(body) == 7
+
+
+def test_usage_mentioned_in_the_answer_text_is_not_usage() -> None:
+    text = '"usage": {"total_tokens": 99}'
+    body = orjson.dumps({"choices": [{"message": {"content": text}}], "usage": USAGE})
+    assert body_usage(body) == 7
+    assert body_usage(orjson.dumps({"choices": [{"message": {"content": text}}]})) is None
+
+
+def test_usage_tokens_of_odd_objects() -> None:
+    assert usage_tokens(USAGE) == 7
+    assert usage_tokens({"prompt_tokens": 1, "completion_tokens": 2}) == 3
+    assert usage_tokens({"prompt_tokens": 1}) is None
+    assert usage_tokens(None) is None
+    assert usage_tokens([1, 2]) is None
+
+
+# -- streams ----------------------------------------------------------------------------
+
+
+def test_the_tap_finds_usage_in_the_last_event_before_done() -> None:
+    tap = UsageTap(strip=False)
+    batch = CONTENT + USAGE_EVENT + DONE
+    assert tap.inspect(batch) == batch
+    assert tap.tokens == 7
+
+
+def test_the_tap_strips_the_usage_event_when_asked() -> None:
+    tap = UsageTap(strip=True)
+    assert tap.inspect(CONTENT + USAGE_EVENT + DONE) == CONTENT + DONE
+    assert tap.tokens == 7
+
+
+def test_the_tap_strips_a_batch_that_is_only_the_usage_event() -> None:
+    tap = UsageTap(strip=True)
+    assert tap.inspect(CONTENT) == CONTENT
+    assert tap.tokens is None
+    assert tap.inspect(USAGE_EVENT) == b""  # [DONE] comes in the next batch
+    assert tap.tokens == 7
+    assert tap.inspect(DONE) == DONE
+
+
+def test_the_tap_strips_nothing_else() -> None:
+    tap = UsageTap(strip=True)
+    for batch in (CONTENT, CONTENT + CONTENT, CONTENT + DONE, DONE):
+        assert tap.inspect(batch) == batch
+    assert tap.tokens is None
+
+
+def test_content_that_mentions_usage_is_left_alone() -> None:
+    tap = UsageTap(strip=True)
+    talk = event(content_chunk('"usage": {"total_tokens": 99}, "choices":[]'))
+    assert tap.inspect(talk + DONE) == talk + DONE
+    assert tap.tokens is None
+
+
+def test_a_chunk_with_choices_and_usage_is_not_the_usage_event() -> None:
+    """vLLM's ``continuous_usage_stats`` puts usage on every chunk: those are content."""
+    tap = UsageTap(strip=True)
+    chunk = event(content_chunk("hi") | {"usage": USAGE})
+    assert tap.inspect(chunk) == chunk
+    nested = event(content_chunk("hi") | {"usage": USAGE, "extra": {"choices": []}})
+    assert b'"choices":[]' in nested  # passes the byte search; the parse decides
+    assert tap.inspect(nested) == nested
+    assert tap.tokens is None
+
+
+def test_only_the_last_event_of_a_batch_is_examined() -> None:
+    tap = UsageTap(strip=True)
+    batch = USAGE_EVENT + CONTENT
+    assert tap.inspect(batch) == batch
+    assert tap.tokens is None
+
+
+# -- the request side -------------------------------------------------------------------
+
+
+def test_usage_is_requested_without_losing_the_clients_options() -> None:
+    body: dict[str, Any] = {"model": "m", "stream": True}
+    assert orjson.loads(with_usage_requested(body))["stream_options"] == {"include_usage": True}
+    assert body == {"model": "m", "stream": True}  # the parsed request is not changed
+
+    own = {"stream": True, "stream_options": {"continuous_usage_stats": True}}
+    assert orjson.loads(with_usage_requested(own))["stream_options"] == {
+        "continuous_usage_stats": True,
+        "include_usage": True,
+    }
+    refused = {"stream": True, "stream_options": {"include_usage": False}}
+    assert orjson.loads(with_usage_requested(refused))["stream_options"] == {"include_usage": True}
+    odd = {"stream": True, "stream_options": None}
+    assert orjson.loads(with_usage_requested(odd))["stream_options"] == {"include_usage": True}
+
+
+def test_client_wants_usage_only_when_it_said_so() -> None:
+    assert client_wants_usage({"stream_options": {"include_usage": True}})
+    assert not client_wants_usage({})
+    assert not client_wants_usage({"stream_options": None})
+    assert not client_wants_usage({"stream_options": {"include_usage": False}})
+    assert not client_wants_usage({"stream_options": {"include_usage": "yes"}})
+    assert not client_wants_usage({"stream_options": [{"include_usage": True}]})
