@@ -88,6 +88,10 @@ class Forwarder:
                 raise UpstreamTimeoutError(
                     f"the engine did not answer within {limits.answer_name()}"
                 ) from None
+            except GatewayError:  # the engine failed while answering (connection broke)
+                self._pool.record_failure(url)
+                self._metrics.upstream_errors.labels(attempt.model, "interrupted").inc()
+                raise
             finally:
                 exchange.drop_engine()
             if reply.status >= 500:  # the engine's fault: another engine may do better

@@ -253,11 +253,6 @@ async def test_every_engine_behind_an_open_breaker() -> None:
     assert len(rig.upstream.requests) == before  # nobody was asked
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Forwarder.complete lets an UpstreamError raised by post (the engine failed "
-    "while answering) through without pool.record_failure, so the breaker never hears it",
-)
 async def test_an_engine_that_fails_mid_answer_is_held_against_it() -> None:
     async def breaks(request: FakeRequest) -> Scripted:
         raise UpstreamError("engine request failed: ServerDisconnectedError")
