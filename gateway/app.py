@@ -30,26 +30,22 @@ from gateway.backends.redis.keys import RedisKeyStore
 from gateway.backends.redis.limiter import RedisLimiter
 from gateway.backends.redis.link import RedisLink
 from gateway.background import BackgroundTasks
-from gateway.cache.response_cache import EntryStore, ResponseCache
+from gateway.cache.response_cache import EntryStore
 from gateway.config.settings import Settings
 from gateway.errors import GatewayError, MethodNotAllowedError, NotFoundError
 from gateway.http import admin, completions, models, ops
-from gateway.http.hot_routes import HotRoutes, gateway_error_response, internal_error_response
+from gateway.http.hot_routes import HotRoutes
+from gateway.http.render import gateway_error_response, internal_error_response
 from gateway.http.request_id import RequestIdMiddleware
 from gateway.http.state import AppState
 from gateway.observability.metrics import GatewayMetrics
-from gateway.pipeline.forwarding import Forwarder, RetryBudget
-from gateway.pipeline.plan import RequestPlanner
-from gateway.pipeline.service import CompletionService
+from gateway.pipeline.assembly import build_completion_service
 from gateway.pool.engine_pool import BreakerPolicy, EnginePool
 from gateway.pool.health import HealthMonitor, LoadScraper
-from gateway.pool.shedding import LoadGate
 from gateway.pool.sources import RegistryWatcher, build_deployments, build_registry
 from gateway.ratelimit.admission import Admission
 from gateway.ratelimit.limits import LimiterBackend
-from gateway.routing.policies import RoutingTable
 from gateway.upstream.client import UpstreamClient
-from gateway.upstream.deadlines import Deadlines
 
 log = logging.getLogger("vgate.app")
 
@@ -157,31 +153,8 @@ async def _start(
         "lease-renewal", admission.renew_interval_s, admission.renew_leases
     )
     stack.push_async_callback(renewing.stop)
-    routing = RoutingTable(
-        settings.routing, {m.name: m.routing for m in settings.models if m.routing}
-    )
-    service = CompletionService(
-        planner=RequestPlanner({m.name: m for m in settings.models}, pool, routing),
-        pool=pool,
-        forwarder=Forwarder(
-            pool,
-            upstream,
-            metrics,
-            settings.upstream.retries,
-            {m.name: Deadlines.of(settings.upstream, m.timeouts) for m in settings.models},
-            Deadlines.of(settings.upstream, None),
-            LoadGate(
-                pool,
-                {m.name: m.overload for m in settings.models if m.overload is not None},
-                settings.overload,
-                metrics,
-            ),
-            RetryBudget(settings.upstream.retry_budget_ratio, settings.upstream.retry_budget_burst),
-        ),
-        metrics=metrics,
-        authenticator=authenticator,
-        admission=admission,
-        cache=ResponseCache(settings.cache, {m.name: m for m in settings.models}, entries, metrics),
+    service = build_completion_service(
+        settings, pool, upstream, metrics, authenticator, admission, entries
     )
     monitor = HealthMonitor(pool, upstream)
     probing = await tasks.start(
