@@ -166,7 +166,14 @@ async def _start(
         "load-scrape", settings.upstream.metrics_interval_s, scraper.scrape_all
     )
     stack.push_async_callback(scraping.stop)
-    return AppState(settings=settings, pool=pool, metrics=metrics, service=service, keys=store)
+    return AppState(
+        settings=settings,
+        pool=pool,
+        metrics=metrics,
+        service=service,
+        keys=store,
+        background=tasks,
+    )
 
 
 async def _shared_state(

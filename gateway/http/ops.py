@@ -34,7 +34,7 @@ async def ready(request: Request) -> Response:
     is_ready = any(any(urls.values()) for urls in engines.values())
     background = {
         name: {"last_success_age_s": health.last_success_age_s, "failures": health.failures}
-        for name, health in state.metrics.background().items()
+        for name, health in state.background.snapshot().items()
     }
     body = {
         "status": "ready" if is_ready else "unavailable",

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import orjson
 
 from gateway.auth.keys import KeyStore
+from gateway.background import BackgroundTasks
 from gateway.config.settings import Settings
 from gateway.observability.metrics import GatewayMetrics
 from gateway.pipeline.service import CompletionService
@@ -52,6 +53,7 @@ class AppState:
     metrics: GatewayMetrics
     service: CompletionService
     keys: KeyStore | None
+    background: BackgroundTasks
     catalog: ModelCatalog = field(init=False)
 
     def __post_init__(self) -> None:

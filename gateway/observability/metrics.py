@@ -36,7 +36,6 @@ class GatewayMetrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        self._background: Callable[[], Mapping[str, TaskHealth]] = _no_tasks
         self.requests = Counter(
             "vgate_requests_total",
             "Completed requests by model, route and HTTP status.",
@@ -152,14 +151,8 @@ class GatewayMetrics:
 
     def watch_background(self, tasks: Callable[[], Mapping[str, TaskHealth]]) -> None:
         """Export each background task's errors and last success age, read from ``tasks``
-        (:meth:`gateway.background.BackgroundTasks.snapshot`) when /metrics is scraped;
-        :meth:`background` answers from it too."""
-        self._background = tasks
+        (:meth:`gateway.background.BackgroundTasks.snapshot`) when /metrics is scraped."""
         self.registry.register(_BackgroundCollector(tasks))
-
-    def background(self) -> Mapping[str, TaskHealth]:
-        """Every background task's health now (``/ready`` shows it); empty until watched."""
-        return self._background()
 
     def watch_skipped_records(self, counts: Mapping[str, Callable[[], int]]) -> None:
         """Export ``vgate_records_skipped_total{kind}``: for each kind (``key``, ``engine``),
@@ -269,10 +262,6 @@ class _EngineCollector(Collector):
             )
         yield sent
         yield from gauges.values()
-
-
-def _no_tasks() -> Mapping[str, TaskHealth]:
-    return {}
 
 
 class _BackgroundCollector(Collector):
