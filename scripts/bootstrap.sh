@@ -2,6 +2,9 @@
 # Installs what vgate needs, idempotently: the gateway virtualenv (.venv) with the
 # project and its dev tools, and redis-server from Debian's packages when missing.
 # Sourced by scripts/up.sh and scripts/test.sh; safe to run again (it skips done work).
+# Third-party packages come from requirements/dev.lock, hash-checked (scripts/lock.sh
+# writes it from pyproject.toml), so every machine gets the same files; the project
+# itself is then installed editable without dependencies, so pip resolves nothing.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${VGATE_VENV:-$ROOT/.venv}"
@@ -15,11 +18,13 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$VENV/bin/pip" install --quiet --upgrade pip
 fi
 
-# Reinstall only when pyproject.toml changed since the last install.
+# Reinstall only when pyproject.toml or the lock changed since the last install.
 stamp="$VENV/.vgate-installed"
-if [ ! -f "$stamp" ] || [ "$ROOT/pyproject.toml" -nt "$stamp" ]; then
-  log "installing vgate and dev tools into $VENV"
-  "$VENV/bin/pip" install --quiet --disable-pip-version-check -e "$ROOT[dev]"
+lock="$ROOT/requirements/dev.lock"
+if [ ! -f "$stamp" ] || [ "$ROOT/pyproject.toml" -nt "$stamp" ] || [ "$lock" -nt "$stamp" ]; then
+  log "installing vgate and dev tools into $VENV (from ${lock#"$ROOT"/})"
+  "$VENV/bin/pip" install --quiet --disable-pip-version-check --require-hashes -r "$lock"
+  "$VENV/bin/pip" install --quiet --disable-pip-version-check --no-deps -e "$ROOT"
   touch "$stamp"
 fi
 

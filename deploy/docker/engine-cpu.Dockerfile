@@ -6,12 +6,16 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/* \
     && useradd --system --uid 999 --create-home --home-dir /home/vgate vgate
 WORKDIR /opt/vgate-src
-COPY pyproject.toml README.md ./
+# The supervisor's dependencies from the hash-pinned lock (scripts/lock.sh), then the
+# project alone; vLLM gets a venv of its own (install_engine.sh).
+COPY requirements/gateway.lock ./requirements/
+COPY pyproject.toml README.md LICENSE ./
 COPY gateway ./gateway
 COPY engines ./engines
 COPY scripts ./scripts
 RUN python3 -m venv /opt/vgate \
-    && /opt/vgate/bin/pip install --no-cache-dir . \
+    && /opt/vgate/bin/pip install --no-cache-dir --require-hashes -r requirements/gateway.lock \
+    && /opt/vgate/bin/pip install --no-cache-dir --no-deps . \
     && VGATE_ENGINE_VENV=/opt/vllm ./scripts/install_engine.sh \
     && mkdir -p /models && chown -R vgate /models
 COPY deploy/docker/engine-cpu.yaml /etc/vgate/vgate.yaml

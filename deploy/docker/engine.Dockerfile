@@ -5,11 +5,15 @@
 #   docker build -f deploy/docker/engine.Dockerfile -t vgate-engine .
 FROM vllm/vllm-openai:v0.11.0
 WORKDIR /opt/vgate-src
-COPY pyproject.toml README.md ./
+# The supervisor's dependencies from the hash-pinned lock (scripts/lock.sh; its hashes
+# cover every wheel of each release, this image's Python included), then the project alone.
+COPY requirements/gateway.lock ./requirements/
+COPY pyproject.toml README.md LICENSE ./
 COPY gateway ./gateway
 COPY engines ./engines
 RUN python3 -m venv /opt/vgate \
-    && /opt/vgate/bin/pip install --no-cache-dir . \
+    && /opt/vgate/bin/pip install --no-cache-dir --require-hashes -r requirements/gateway.lock \
+    && /opt/vgate/bin/pip install --no-cache-dir --no-deps . \
     && useradd --system --uid 999 --create-home --home-dir /home/vgate vgate \
     && mkdir -p /models /home/vgate/.cache/vgate \
     && chown -R vgate /models /home/vgate

@@ -2,10 +2,14 @@
 #   docker build -f deploy/docker/gateway.Dockerfile -t vgate-gateway .
 FROM python:3.11-slim AS build
 WORKDIR /src
-COPY pyproject.toml README.md ./
+# Dependencies from the hash-pinned lock (scripts/lock.sh), in their own layer; then the
+# project alone, so pip resolves nothing and every third-party file is checked.
+COPY requirements/gateway.lock ./requirements/
+RUN pip install --no-cache-dir --prefix=/install --require-hashes -r requirements/gateway.lock
+COPY pyproject.toml README.md LICENSE ./
 COPY gateway ./gateway
 COPY engines ./engines
-RUN pip install --no-cache-dir --prefix=/install .
+RUN pip install --no-cache-dir --prefix=/install --no-deps .
 
 FROM python:3.11-slim
 RUN groupadd --system --gid 999 vgate \
