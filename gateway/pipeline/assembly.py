@@ -12,7 +12,7 @@ from gateway.cache.response_cache import EntryStore, ResponseCache
 from gateway.config.settings import Settings
 from gateway.observability.metrics import GatewayMetrics
 from gateway.pipeline.forwarding import Forwarder, RetryBudget
-from gateway.pipeline.plan import RequestPlanner
+from gateway.pipeline.plan import BodyLimits, RequestPlanner
 from gateway.pipeline.service import CompletionService
 from gateway.pool.engine_pool import EnginePool
 from gateway.pool.shedding import LoadGate
@@ -54,11 +54,17 @@ def build_completion_service(
         RetryBudget(upstream_settings.retry_budget_ratio, upstream_settings.retry_budget_burst),
     )
     return CompletionService(
-        planner=RequestPlanner(models, pool, routing),
+        planner=RequestPlanner(
+            models,
+            pool,
+            routing,
+            BodyLimits(settings.server.max_messages, settings.server.max_prompt_chars),
+        ),
         pool=pool,
         forwarder=forwarder,
         metrics=metrics,
         authenticator=authenticator,
         admission=admission,
         cache=ResponseCache(settings.cache, models, entries, metrics),
+        debug_headers=settings.server.debug_headers,
     )

@@ -8,6 +8,7 @@ bodies and in every streamed chunk, so a client never sees the engine-side name.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -15,7 +16,7 @@ from typing import Any
 import orjson
 
 from gateway.config.sections import ModelSettings
-from gateway.errors import ModelNotFoundError
+from gateway.errors import InvalidRequestError, ModelNotFoundError
 from gateway.pipeline.parsing import affinity_key, decode_json_object, validate
 from gateway.pool.engine_pool import EnginePool
 from gateway.protocol import ChatCompletionRequest, CompletionRequest
@@ -74,23 +75,47 @@ class ParsedRequest:
     """Set when the engine serves the model under another name."""
 
 
+@dataclass(frozen=True, slots=True)
+class BodyLimits:
+    """Caps checked before validation, so an oversized request costs little to refuse."""
+
+    max_messages: int = 4096
+    max_prompt_chars: int = 2 * 1024 * 1024
+
+
+OFFLOAD_BYTES = 64 * 1024
+"""Bodies above this size are decoded and validated off the event loop: validating
+a 2 MB body of small messages takes hundreds of milliseconds, during which every
+other request of this worker would wait. In a thread the loop still gets the GIL
+back every ``sys.getswitchinterval()`` (5 ms)."""
+
+
 class RequestPlanner:
     """Turns a raw completion body into a :class:`ParsedRequest` (400/404 on bad input)."""
 
     def __init__(
-        self, models: Mapping[str, ModelSettings], pool: EnginePool, routing: RoutingTable
+        self,
+        models: Mapping[str, ModelSettings],
+        pool: EnginePool,
+        routing: RoutingTable,
+        limits: BodyLimits = BodyLimits(),
     ) -> None:
         self._pool = pool
         self._routing = routing
+        self._limits = limits
         self._renames = {
             name: ModelRename(m.served_name, name)
             for name, m in models.items()
             if m.served_name != name
         }
 
-    def parse(self, route: Route, raw: bytes, session_id: str | None) -> ParsedRequest:
-        body = decode_json_object(raw)
-        request = validate(route.schema, body)
+    async def parse(self, route: Route, raw: bytes, session_id: str | None) -> ParsedRequest:
+        """The validated request; a body larger than :data:`OFFLOAD_BYTES` is decoded and
+        validated in a worker thread, so it never holds the event loop for long."""
+        if len(raw) > OFFLOAD_BYTES:
+            body, request = await asyncio.to_thread(self._read, route, raw)
+        else:
+            body, request = self._read(route, raw)
         model: str = request.model
         if not self._pool.has_model(model):
             raise ModelNotFoundError(model)
@@ -102,3 +127,45 @@ class RequestPlanner:
         policy, prefix_chars = self._routing.for_model(model)
         key = affinity_key(body, session_id, prefix_chars) if policy.wants_affinity_key else None
         return ParsedRequest(model, bool(request.stream), body, payload, policy, key, rename)
+
+    def _read(self, route: Route, raw: bytes) -> tuple[dict[str, Any], Any]:
+        body = decode_json_object(raw)
+        self._check_size(body)
+        return body, validate(route.schema, body)
+
+    def _check_size(self, body: dict[str, Any]) -> None:
+        """400 for more messages or prompt text than the limits allow (before validation:
+        the count is one ``len``, the text one pass over at most ``max_messages``)."""
+        limits = self._limits
+        messages = body.get("messages")
+        chars = 0
+        if isinstance(messages, list):
+            if len(messages) > limits.max_messages:
+                raise InvalidRequestError(
+                    f"messages: at most {limits.max_messages} messages per request",
+                    param="messages",
+                )
+            for message in messages:
+                content = message.get("content") if isinstance(message, dict) else None
+                chars += _text_length(content)
+        chars += _text_length(body.get("prompt"))
+        if chars > limits.max_prompt_chars:
+            raise InvalidRequestError(
+                f"request text exceeds {limits.max_prompt_chars} characters", param="messages"
+            )
+
+
+def _text_length(content: Any) -> int:
+    """Characters of a message's content or a prompt: a string, text parts, a list of strings."""
+    if isinstance(content, str):
+        return len(content)
+    if isinstance(content, list):
+        total = 0
+        for part in content:
+            if isinstance(part, str):
+                total += len(part)
+            elif isinstance(part, dict):
+                text = part.get("text")
+                total += len(text) if isinstance(text, str) else 0
+        return total
+    return 0

@@ -12,15 +12,22 @@ raised as :class:`GatewayError`.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 from gateway.auth.authenticator import Authenticator, Principal
 from gateway.cache.entry import Entry, json_body
 from gateway.cache.response_cache import CachePlan, ResponseCache
 from gateway.cache.singleflight import Flight, FlightFailed, Flights
-from gateway.errors import AuthenticationError, GatewayError, PermissionDeniedError
+from gateway.errors import (
+    AuthenticationError,
+    GatewayError,
+    PermissionDeniedError,
+    RateLimitError,
+)
 from gateway.observability.metrics import GatewayMetrics
 from gateway.pipeline.cache_flow import CacheFill, follow_events, hit_tokens
+from gateway.pipeline.denials import DenialMemo
 from gateway.pipeline.exchange import Exchange
 from gateway.pipeline.forwarding import Attempt, Forwarder
 from gateway.pipeline.plan import CHAT, ParsedRequest, RequestPlanner, Route
@@ -32,7 +39,6 @@ from gateway.upstream.relay import BatchTap, StreamOutcome, relay_events
 
 ENGINE_HEADER = b"x-vgate-engine"
 _X_CACHE = b"x-cache"
-_HIT = [(_X_CACHE, b"HIT"), (b"age", b"0")]
 MISS = b"MISS"
 BYPASS = b"BYPASS"
 
@@ -59,6 +65,7 @@ class CompletionService:
         authenticator: Authenticator,
         admission: Admission,
         cache: ResponseCache,
+        debug_headers: bool = False,
     ) -> None:
         self._authenticator = authenticator
         self._admission = admission
@@ -67,6 +74,8 @@ class CompletionService:
         self._pool = pool
         self._forwarder = forwarder
         self._metrics = metrics
+        self._debug_headers = debug_headers  # x-vgate-engine: the engine's id, never its URL
+        self._denials = DenialMemo()
 
     async def handle(self, route: Route, raw: bytes, meta: RequestMeta) -> Result:
         """Answer one request; every failure is raised as a :class:`GatewayError`.
@@ -109,21 +118,31 @@ class CompletionService:
         principal = self._authenticator.known(meta.authorization)
         if principal is None:  # unknown here, or refused: the full check says which
             principal = await self.authenticate(meta.authorization)
-        parsed = self._planner.parse(route, raw, meta.session_id)
+        memo = principal.name if not principal.model_limits else None
+        if memo is not None:
+            self._denials.check(memo)  # over its request rate: 429 before any parsing
+        parsed = await self._planner.parse(route, raw, meta.session_id)
         model = exchange.model = parsed.model
         if not principal.may_use(model):
             self._metrics.auth_failures.labels("model_not_allowed").inc()
             raise PermissionDeniedError(
                 f"The key '{principal.name}' may not use the model `{model}`.", param="model"
             )
-        plan = self._cache.plan(model, parsed.body, principal.name, meta.cache_control)
+        plan = self._cache.plan(
+            route is CHAT, model, parsed.body, principal.name, meta.cache_control
+        )
         plan, lookup = self._cache.begin_lookup(model, plan)  # goes with the admission
-        exchange.admit(await self._admission.admit(principal.scopes(model), parsed.body))
+        try:
+            exchange.admit(await self._admission.admit(principal.scopes(model), parsed.body))
+        except RateLimitError as exc:
+            if memo is not None:
+                self._denials.note(memo, exc)
+            raise
         plan, entry = await self._cache.finish_lookup(model, plan, lookup)
         if entry is not None:
             exchange.finished(hit_tokens(self._cache, entry))
             wants_usage = client_wants_usage(parsed.body)
-            headers = exchange.ticket.raw_headers
+            headers = [*exchange.ticket.raw_headers, *self._hit_headers(entry)]
             return Replay(entry, model, parsed.stream, wants_usage, headers)
         return await self._forward(exchange, route, parsed, plan, meta)
 
@@ -159,7 +178,7 @@ class CompletionService:
     ) -> Result | None:
         """Answer from the identical request in flight; None if it failed before any answer."""
         model = parsed.model
-        headers = [*exchange.ticket.raw_headers, *_HIT]
+        headers = [*exchange.ticket.raw_headers, *self._hit_headers(None)]
         if not parsed.stream:
             try:
                 entry = await flight.result()
@@ -216,12 +235,22 @@ class CompletionService:
         events = relay_events(stream, outcome, exchange.clock, taps, done)
         return EventStream(events, self._headers(exchange, url), exchange.close)
 
-    @staticmethod
-    def _headers(exchange: Exchange, url: str) -> RawHeaders:
-        headers = [(ENGINE_HEADER, url.encode()), *exchange.ticket.raw_headers]
-        if exchange.cache_status is not None:
+    def _headers(self, exchange: Exchange, url: str) -> RawHeaders:
+        headers = [*exchange.ticket.raw_headers]
+        if self._debug_headers:
+            headers.append((ENGINE_HEADER, self._pool.engine_id(url).encode()))
+        if exchange.cache_status is not None and self._cache.discloses:
             headers.append((_X_CACHE, exchange.cache_status))
         return headers
+
+    def _hit_headers(self, entry: Entry | None) -> RawHeaders:
+        """``X-Cache: HIT`` and ``Age`` (0 for an answer shared while it is made), unless
+        the cache is shared between keys: then they would tell one tenant of another's
+        traffic, and answers carry neither."""
+        if not self._cache.discloses:
+            return []
+        age = 0 if entry is None else max(0, int(time.time() - entry.created_at))
+        return [(_X_CACHE, b"HIT"), (b"age", str(age).encode())]
 
     @staticmethod
     def _attempt(route: Route, parsed: ParsedRequest, payload: bytes, meta: RequestMeta) -> Attempt:

@@ -1,0 +1,79 @@
+"""Refusing a key that is over its request rate before reading its request.
+
+Admission needs the parsed request (its token estimate), and parsing a large
+body costs far more than refusing it. A key refused for its requests-per-minute
+limit cannot be admitted again until its window lets the oldest request out:
+the limiter says when (``retry-after-ms``). Until then this gateway answers the
+same 429 at once, with the time left, without parsing the body or asking Redis.
+
+Only ``requests`` refusals are remembered, and only for keys whose one scope is
+key-wide (no per-model limits, whose refusal would depend on the model the body
+names): a token refusal can end early when another request settles below its
+reservation, and a concurrency refusal ends whenever a request finishes. Those
+still get their 429 after parsing. The memo is bounded; it is per process, like
+any replica's view, and can only refuse what the limiter itself refused.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from gateway.errors import RateLimitError
+from gateway.ratelimit.limits import retry_after_header
+
+DEFAULT_MAX_KEYS = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class _Denial:
+    until: float
+    message: str
+    headers: dict[str, str]
+
+
+class DenialMemo:
+    """Keys over their request rate, by key name, until their window reopens."""
+
+    def __init__(
+        self, clock: Callable[[], float] = time.monotonic, max_keys: int = DEFAULT_MAX_KEYS
+    ) -> None:
+        self._clock = clock
+        self._max_keys = max_keys
+        self._denials: dict[str, _Denial] = {}
+
+    def check(self, key_name: str) -> None:
+        """Raise the key's 429 again if its window has not reopened yet."""
+        if not self._denials:
+            return
+        denial = self._denials.get(key_name)
+        if denial is None:
+            return
+        left = denial.until - self._clock()
+        if left <= 0:
+            del self._denials[key_name]
+            return
+        raise RateLimitError(denial.message, "requests", denial.headers | retry_after_header(left))
+
+    def note(self, key_name: str, error: RateLimitError) -> None:
+        """Remember a refusal of ``key_name`` for its request rate (others are ignored)."""
+        if error.error_type != "requests":
+            return
+        wait_ms = error.headers.get("retry-after-ms", "")
+        if not wait_ms.isdigit():
+            return
+        if len(self._denials) >= self._max_keys and key_name not in self._denials:
+            self._expire()
+            if len(self._denials) >= self._max_keys:
+                return
+        until = self._clock() + int(wait_ms) / 1000
+        self._denials[key_name] = _Denial(until, error.message, dict(error.headers))
+
+    def __len__(self) -> int:
+        return len(self._denials)
+
+    def _expire(self) -> None:
+        now = self._clock()
+        for name in [n for n, d in self._denials.items() if d.until <= now]:
+            del self._denials[name]

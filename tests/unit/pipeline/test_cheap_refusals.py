@@ -1,0 +1,127 @@
+"""Cheap before expensive: a key over its request rate is refused before its body is
+read, and oversized requests are refused before validation (issue #13)."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from gateway.errors import InvalidRequestError, RateLimitError
+from gateway.pipeline.denials import DenialMemo
+from gateway.pipeline.plan import OFFLOAD_BYTES
+from gateway.pipeline.results import Answer
+from gateway.ratelimit.limits import retry_after_header
+from gateway.upstream.fake import FakeRequest, Scripted
+from tests.unit.pipeline.world import KEY, MODEL, chat_body, completion, world
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def refusal(kind: str, wait_s: float) -> RateLimitError:
+    return RateLimitError("Rate limit reached", kind, retry_after_header(wait_s))
+
+
+def test_a_request_rate_refusal_is_repeated_until_the_window_reopens() -> None:
+    clock = Clock()
+    memo = DenialMemo(clock)
+    memo.check("team")  # nothing noted: passes
+    memo.note("team", refusal("requests", 2.5))
+    clock.now += 1.0
+    with pytest.raises(RateLimitError) as caught:
+        memo.check("team")
+    assert caught.value.headers["retry-after-ms"] == "1500"
+    assert caught.value.headers["Retry-After"] == "2"
+    memo.check("other")  # other keys are not affected
+    clock.now += 1.5
+    memo.check("team")  # reopened
+    assert len(memo) == 0
+
+
+def test_token_and_concurrency_refusals_are_not_remembered() -> None:
+    memo = DenialMemo(Clock())
+    memo.note("team", refusal("tokens", 30))
+    memo.note("team", refusal("concurrency", 30))
+    memo.check("team")
+    assert len(memo) == 0
+
+
+def test_the_memo_is_bounded() -> None:
+    clock = Clock()
+    memo = DenialMemo(clock, max_keys=2)
+    for name in ("a", "b", "c"):
+        memo.note(name, refusal("requests", 10))
+    assert len(memo) == 2
+    memo.check("c")  # not remembered: no room
+    clock.now += 11
+    memo.note("c", refusal("requests", 10))  # expired entries make room
+    with pytest.raises(RateLimitError):
+        memo.check("c")
+
+
+def ok(_: FakeRequest) -> Scripted:
+    return Scripted(body=completion())
+
+
+async def test_a_key_over_its_rate_is_refused_before_its_body_is_parsed() -> None:
+    keys = [{"name": "team", "key": KEY, "rpm": 1}]
+    w = world(ok, auth={"enabled": True, "keys": keys})
+    assert isinstance(await w.ask(chat_body(), cache_control="no-store"), Answer)
+    with pytest.raises(RateLimitError):
+        await w.ask(chat_body(), cache_control="no-store")  # refused by the limiter
+    with pytest.raises(RateLimitError):
+        await w.ask(b"{not json at all")  # refused before parsing: no 400
+    assert len(w.upstream.requests) == 1
+
+
+async def test_per_model_limits_are_not_refused_before_parsing() -> None:
+    keys = [{"name": "team", "key": KEY, "model_limits": {MODEL: {"rpm": 1}}}]
+    w = world(ok, auth={"enabled": True, "keys": keys})
+    await w.ask(chat_body(), cache_control="no-store")
+    with pytest.raises(RateLimitError):
+        await w.ask(chat_body(), cache_control="no-store")
+    with pytest.raises(InvalidRequestError):  # the model is in the body: it must be read
+        await w.ask(b"{not json at all")
+
+
+async def test_too_many_messages_are_refused() -> None:
+    w = world(ok, server={"max_messages": 3})
+    messages = [{"role": "user", "content": "hi"}] * 4
+    with pytest.raises(InvalidRequestError, match="at most 3 messages") as caught:
+        await w.ask(chat_body(messages=messages))
+    assert caught.value.param == "messages"
+    assert w.upstream.requests == []
+    w.assert_nothing_held()
+
+
+async def test_too_much_text_is_refused() -> None:
+    w = world(ok, server={"max_prompt_chars": 100})
+    parts = [{"type": "text", "text": "x" * 60}, {"type": "text", "text": "y" * 60}]
+    with pytest.raises(InvalidRequestError, match="exceeds 100 characters"):
+        await w.ask(chat_body(messages=[{"role": "user", "content": parts}]))
+    assert w.upstream.requests == []
+
+
+async def test_a_large_body_is_validated_off_the_loop_and_answered() -> None:
+    w = world(ok)
+    text = "word " * (OFFLOAD_BYTES // 4)
+    body = chat_body(messages=[{"role": "user", "content": text}])
+    assert len(body) > OFFLOAD_BYTES
+    result = await w.ask(body)
+    assert isinstance(result, Answer)
+    sent = orjson.loads(w.upstream.requests[0].body)
+    assert sent["messages"][0]["content"] == text
+    w.assert_nothing_held()
+
+
+async def test_a_large_invalid_body_is_a_clean_400() -> None:
+    w = world(ok)
+    body = chat_body(messages=[{"role": 7, "content": "x" * OFFLOAD_BYTES}])
+    with pytest.raises(InvalidRequestError, match="role"):
+        await w.ask(body)
+    w.assert_nothing_held()
