@@ -27,7 +27,36 @@ class ServerSettings(_Section):
     port: int = Field(8000, ge=0, le=65535)
     workers: int = Field(1, ge=1)
     max_body_bytes: int = Field(2 * 1024 * 1024, ge=1024)
+    max_messages: int = Field(
+        4096, ge=1, description="Most chat messages one request may carry (400 beyond)."
+    )
+    max_prompt_chars: int = Field(
+        2 * 1024 * 1024,
+        ge=1,
+        description="Most characters of message text and prompts in one request (400 beyond).",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    admin_port: int | None = Field(
+        None,
+        ge=1,
+        le=65535,
+        description="The operator listener's port: /metrics, /sd/engines, the detailed "
+        "/ready and /admin/* are served there and not on the public port (unset: they stay "
+        "on the public port, behind auth.admin_key).",
+    )
+    admin_host: str = Field("127.0.0.1", description="The operator listener's bind address.")
+    public_metrics: bool = Field(
+        False, description="Also serve /metrics on the public port, to anyone (on purpose)."
+    )
+    debug_headers: bool = Field(
+        False, description="Name the engine that answered in x-vgate-engine (its short id)."
+    )
+
+    @model_validator(mode="after")
+    def _two_ports(self) -> ServerSettings:
+        if self.admin_port is not None and self.admin_port == self.port:
+            raise ValueError("server.admin_port must differ from server.port")
+        return self
 
 
 class UpstreamSettings(_Section):
@@ -89,7 +118,9 @@ class CacheSettings(_Section):
         1024 * 1024, ge=1024, description="Larger answers are served but not stored."
     )
     scope: Literal["shared", "per_key"] = Field(
-        "shared", description="shared: one entry for every key; per_key: one per API key."
+        "per_key",
+        description="per_key: each API key has its own entries (with auth off, every caller "
+        "is one key); shared: one entry for every key, answers then say nothing of the cache.",
     )
     deterministic_only: bool = Field(
         True, description="Cache only temperature-0 or seeded requests (n = 1)."
@@ -224,6 +255,15 @@ class AuthSettings(_Section):
     refresh_interval_s: float = Field(
         0.25, gt=0, description="How often the key store's version is polled (revocation delay)."
     )
+    unknown_keys_max: int = Field(
+        10_000,
+        ge=0,
+        description="Unknown keys remembered as such, so repeating one costs no key-store "
+        "lookup (0: none); forgotten whenever a key is created or revoked.",
+    )
+    unknown_keys_ttl_s: float = Field(
+        10.0, gt=0, description="How long an unknown key is remembered at most."
+    )
 
     @model_validator(mode="after")
     def _usable(self) -> AuthSettings:
@@ -238,12 +278,22 @@ class AuthSettings(_Section):
 
 
 class RateLimitSettings(_Section):
-    on_redis_error: Literal["fail_open", "fail_closed"] = Field(
-        "fail_open",
-        description="With Redis unreachable: admit unlimited (fail_open) or answer 503.",
+    on_redis_error: Literal["local", "fail_open", "fail_closed"] = Field(
+        "local",
+        description="With Redis unreachable: each replica enforces its share of every limit "
+        "in memory (local), admits unlimited (fail_open) or answers 503 (fail_closed).",
+    )
+    replicas_hint: int = Field(
+        1,
+        ge=1,
+        description="Gateway processes sharing the limits (replicas x workers): under "
+        "on_redis_error: local, each enforces every limit divided by this (at least 1).",
     )
     default_max_tokens: int = Field(
-        512, ge=1, description="Completion tokens reserved when a request sets no max_tokens."
+        512,
+        ge=1,
+        description="Completion tokens per choice a request without max_tokens may generate "
+        "on a key with a tpm limit (reserved at admission, forwarded as max_tokens).",
     )
     concurrency_lease_s: float = Field(
         60.0,
