@@ -5,6 +5,11 @@ it (:meth:`EnginePool.snapshot`); the health monitor and, with a managed engine
 pool, the registry watcher update it. Everything runs on one event loop, so no
 locks are needed.
 
+Engines are keyed by the URL the gateway connects to, which may carry
+credentials; what leaves the pool for display (:meth:`EnginePool.states`,
+:meth:`EnginePool.health`, :meth:`EnginePool.engine_id`) names them without
+(:mod:`gateway.pool.display`).
+
 Each engine has a circuit breaker fed by passive signals (connection errors, 5xx,
 timeouts reported by the service): after ``failures`` consecutive failures it
 opens and the engine gets no traffic for ``cooldown_s``; then one request may try
@@ -19,6 +24,7 @@ from dataclasses import dataclass
 
 from engines.stats import EngineStats
 from gateway.observability.metrics import EngineState
+from gateway.pool.display import display_url, engine_id
 from gateway.routing.policies import EndpointView
 
 
@@ -33,7 +39,9 @@ NO_STATS = EngineStats(0.0, 0.0, 0.0)
 
 @dataclass(slots=True)
 class _Endpoint:
-    url: str
+    url: str  # what the gateway connects to; may carry credentials, never shown
+    shown: str  # display_url(url): what metrics and /ready show
+    id: str  # engine_id(url): what the x-vgate-engine debug header shows
     in_flight: int = 0
     healthy: bool = True
     failures: int = 0
@@ -73,7 +81,8 @@ class EnginePool:
         """Replace a model's engines, keeping the state of those that stay."""
         urls = tuple(dict.fromkeys(urls))
         for url in urls:
-            self._endpoints.setdefault(url, _Endpoint(url))
+            if url not in self._endpoints:
+                self._endpoints[url] = _Endpoint(url, display_url(url), engine_id(url))
         self._by_model[model] = urls
         self._forget_orphans()
 
@@ -97,6 +106,11 @@ class EnginePool:
         )
         healthy = tuple(v for v in views if v.healthy)
         return healthy or views
+
+    def engine_id(self, url: str) -> str:
+        """The short id of the engine at ``url`` (computed once, when it joined)."""
+        endpoint = self._endpoints.get(url)
+        return endpoint.id if endpoint is not None else engine_id(url)
 
     def set_restarts(self, url: str, restarts: int) -> None:
         endpoint = self._endpoints.get(url)
@@ -146,14 +160,15 @@ class EnginePool:
         self._on_release = callback
 
     def states(self) -> list[EngineState]:
-        """Every engine's state, for metrics."""
+        """Every engine's state, for metrics and service discovery; engines are named by
+        their display URL (no credentials)."""
         now = self._clock()
         models: dict[str, list[str]] = {}
         for model, urls in self._by_model.items():
             for url in urls:
                 models.setdefault(url, []).append(model)
         return [
-            EngineState(e.url, tuple(models.get(e.url, ())), e.in_flight, e.healthy,
+            EngineState(e.shown, tuple(models.get(e.url, ())), e.in_flight, e.healthy,
                         e.open_until > now, e.sent, e.stats, e.restarts)
             for e in self._endpoints.values()
         ]  # fmt: skip
@@ -164,11 +179,15 @@ class EnginePool:
             endpoint.healthy = healthy
 
     def health(self) -> dict[str, dict[str, bool]]:
-        """Per model, per engine URL: healthy or not (for /ready)."""
+        """Per model, per engine display URL: healthy or not (for /ready's detail)."""
         return {
-            model: {url: self._endpoints[url].healthy for url in urls}
+            model: {self._endpoints[url].shown: self._endpoints[url].healthy for url in urls}
             for model, urls in self._by_model.items()
         }
+
+    def any_healthy(self) -> bool:
+        """Whether some model has a healthy engine (public readiness)."""
+        return any(self._endpoints[url].healthy for urls in self._by_model.values() for url in urls)
 
     def _forget_orphans(self) -> None:
         used = {url for urls in self._by_model.values() for url in urls}
