@@ -1,12 +1,16 @@
 """The response cache's key: a hash of the canonical request, and whether it may be cached.
 
-Two requests share a key exactly when the engine would be asked the same thing
-by the same model under the same settings. The key is the SHA-256 of::
+Two requests share a key exactly when the engine would be asked the same thing,
+on the same route, by the same model under the same settings, for the same
+tenant. The key is the SHA-256 of::
 
-    namespace | scope | model | fingerprint of what serves it | canonical body
+    namespace | scope | route | model | fingerprint of what serves it | canonical body
 
-where the canonical body is the request JSON without the fields below marked
-"ignored", with object keys sorted and numbers normalised (``1.0`` → ``1``,
+where ``scope`` is the API key's name (``cache.scope: per_key``, the default) or
+empty (``shared``), ``route`` is ``chat`` or ``completions`` (a chat request is
+never answered with a cached ``text_completion``, nor the reverse), and the
+canonical body is the request JSON without the fields below marked "ignored",
+with object keys sorted and integral numbers normalised (``1.0`` → ``1``,
 ``-0.0`` → ``0``), serialised compactly. Fields vgate does not know about count:
 an unknown field may change the output, so it is never ignored.
 
@@ -35,7 +39,7 @@ any other field                   counts      unknown effect: assume it matters
 ``stream``                        ignored     one entry serves both kinds of client
 ``stream_options``                ignored     usage is always stored, shown on request
 ``user``                          ignored     who asks does not change the answer
-                                              (use ``scope: per_key`` to split by key)
+                                              (``scope`` splits tenants by API key)
 ``request_id``, ``metadata``,     ignored     bookkeeping, not generation
 ``store``, ``service_tier``
 ================================  ==========  =========================================
@@ -58,11 +62,18 @@ IGNORED_FIELDS = frozenset(
 UNCACHEABLE_FIELDS = ("tools", "functions", "logprobs", "top_logprobs", "prompt_logprobs")
 
 
+_INT_RANGE = 2**63
+"""Integral floats inside ±2**63 become ints; larger ones (``1e300``) stay floats, as
+the serialiser writes integers of at most 64 bits."""
+
+
 def canonical(value: Any) -> Any:
     """``value`` with integral floats as ints and ``-0.0`` as ``0``, recursively
-    (key order is fixed by the serialiser)."""
+    (key order is fixed by the serialiser). Bodies are at most
+    :data:`gateway.pipeline.parsing.MAX_DEPTH` levels deep, well inside Python's
+    recursion limit."""
     if isinstance(value, float):
-        return int(value) if value.is_integer() else value
+        return int(value) if value.is_integer() and -_INT_RANGE < value < _INT_RANGE else value
     if isinstance(value, dict):
         return {k: canonical(v) for k, v in value.items()}
     if isinstance(value, list):
@@ -71,13 +82,13 @@ def canonical(value: Any) -> Any:
 
 
 def cache_key(
-    namespace: str, scope: str, model: str, fingerprint: str, body: dict[str, Any]
+    namespace: str, scope: str, route: str, model: str, fingerprint: str, body: dict[str, Any]
 ) -> str:
-    """The hex key of one request (``body`` as the client sent it)."""
+    """The hex key of one request (``body`` as the client sent it) on ``route``."""
     kept = {k: v for k, v in body.items() if k not in IGNORED_FIELDS and k != "model"}
     encoded = orjson.dumps(canonical(kept), option=orjson.OPT_SORT_KEYS)
     digest = hashlib.sha256()
-    for part in (namespace, scope, model, fingerprint):
+    for part in (namespace, scope, route, model, fingerprint):
         digest.update(part.encode())
         digest.update(b"\x00")
     digest.update(encoded)

@@ -9,6 +9,13 @@ request header, whether to look up and whether to store:
 * ``max-age=N``: an entry older than N seconds counts as a miss;
 * not cacheable (see :mod:`gateway.cache.key`): ``BYPASS``.
 
+Tenancy: with ``cache.scope: per_key`` (the default) each API key has its own
+entries, and answers say ``X-Cache: HIT|MISS|BYPASS`` (hits with ``Age``). With
+``shared``, one key's answer serves every key, so answers carry neither header:
+whether an answer came from the cache, and how old it is, would tell one tenant
+what another asked and when (:attr:`ResponseCache.discloses`). What timing
+still reveals is documented in the README ("Response cache").
+
 Entries live in Redis (``vgate:cache:<key>``, with the TTL), or without Redis
 in this process's memory (bounded). A Redis failure never fails a request: the
 cache is bypassed (``X-Cache: BYPASS``), counted in ``vgate_redis_errors_total``.
@@ -63,6 +70,7 @@ class CachePlan:
     ttl_s: int
     max_entry_bytes: int
     bypassed: bool = False  # the cache is on for this model but not used for this request
+    chat: bool = True  # the route: an entry of the other route is never replayed
 
 
 OFF = CachePlan(None, False, False, None, 0, 0)
@@ -94,9 +102,22 @@ class ResponseCache:
     def hits_consume_tokens(self) -> bool:
         return self._settings.hits_consume_tokens
 
+    @property
+    def discloses(self) -> bool:
+        """Whether answers may say what the cache did (``X-Cache``, ``Age``): only when
+        entries are per key, so that they never tell one tenant of another's traffic."""
+        return self._settings.scope == "per_key"
+
     def plan(
-        self, model: str, body: dict[str, Any], key_name: str, cache_control: str | None
+        self,
+        chat: bool,
+        model: str,
+        body: dict[str, Any],
+        key_name: str,
+        cache_control: str | None,
     ) -> CachePlan:
+        """What the cache does for one request on the chat (``chat``) or completions route,
+        by the key called ``key_name``."""
         policy = self._policies.get(model, self._default)
         if not policy.enabled:
             return OFF
@@ -105,8 +126,11 @@ class ResponseCache:
             self._metrics.cache_requests.labels(model, "bypass").inc()
             return BYPASS
         scope = key_name if self._settings.scope == "per_key" else ""
-        key = cache_key(self._settings.namespace, scope, model, policy.fingerprint, body)
-        return CachePlan(key, not no_cache, True, max_age, policy.ttl_s, policy.max_entry_bytes)
+        route = "chat" if chat else "completions"
+        key = cache_key(self._settings.namespace, scope, route, model, policy.fingerprint, body)
+        return CachePlan(
+            key, not no_cache, True, max_age, policy.ttl_s, policy.max_entry_bytes, chat=chat
+        )
 
     def begin_lookup(
         self, model: str, plan: CachePlan
@@ -138,7 +162,7 @@ class ResponseCache:
             and entry is not None
             and (time.time() - entry.created_at > plan.max_age_s)
         )
-        if too_old:
+        if too_old or (entry is not None and entry.chat != plan.chat):
             entry = None
         self._metrics.cache_requests.labels(model, "hit" if entry else "miss").inc()
         return plan, entry

@@ -9,7 +9,6 @@ resources are released however the response ends.
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncIterator, Callable
 
 from starlette.background import BackgroundTask
@@ -38,12 +37,12 @@ def render(result: Result) -> Response:
 
 
 def _replay(replay: Replay) -> Response:
-    age = str(max(0, int(time.time() - replay.entry.created_at)))
-    headers = {"X-Cache": "HIT", "Age": age}
+    """A cached answer; ``X-Cache`` and ``Age`` come with its headers when the cache
+    may disclose them (never when it is shared between keys)."""
     if replay.stream:
         body = sse_replay(replay.entry, replay.model, replay.include_usage)
-        return Response(body, headers=SSE_HEADERS | headers, media_type="text/event-stream")
-    return Response(json_body(replay.entry, replay.model), headers=headers, media_type=JSON)
+        return Response(body, headers=SSE_HEADERS, media_type="text/event-stream")
+    return Response(json_body(replay.entry, replay.model), media_type=JSON)
 
 
 def error_event(error: GatewayError) -> bytes:

@@ -16,8 +16,10 @@ BASE: dict[str, Any] = {
 }
 
 
-def key(body: dict[str, Any], *, scope: str = "", fingerprint: str = "fp") -> str:
-    return cache_key("v1", scope, "m", fingerprint, body)
+def key(
+    body: dict[str, Any], *, scope: str = "", route: str = "chat", fingerprint: str = "fp"
+) -> str:
+    return cache_key("v1", scope, route, "m", fingerprint, body)
 
 
 @pytest.mark.parametrize(
@@ -66,11 +68,21 @@ def test_key_order_does_not_matter() -> None:
     assert key(reordered) == key(BASE)
 
 
-def test_serving_fingerprint_namespace_and_scope_change_the_key() -> None:
+def test_serving_fingerprint_namespace_scope_and_route_change_the_key() -> None:
     assert key(BASE, fingerprint="other") != key(BASE)
     assert key(BASE, scope="team-a") != key(BASE)
-    assert cache_key("v2", "", "m", "fp", BASE) != key(BASE)
-    assert cache_key("v1", "", "other-model", "fp", BASE) != key(BASE)
+    assert key(BASE, route="completions") != key(BASE)
+    assert cache_key("v2", "", "chat", "m", "fp", BASE) != key(BASE)
+    assert cache_key("v1", "", "chat", "other-model", "fp", BASE) != key(BASE)
+
+
+@pytest.mark.parametrize(
+    "value", [1e300, -1e300, 1e23, 2.0**63, 18446744073709551615, -9223372036854775808, 0.5]
+)
+def test_numbers_beyond_64_bits_are_keyed_not_refused(value: float) -> None:
+    """An integral float too large for a 64-bit integer stays a float in the key."""
+    assert key(BASE | {"extension": value}) != key(BASE)
+    assert key(BASE | {"extension": [value, {"deep": value}]})
 
 
 @pytest.mark.parametrize(
