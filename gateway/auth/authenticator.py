@@ -3,15 +3,19 @@
 Keys are held only as SHA-256 digests. A presented key is hashed and looked up
 by digest in a hash table, so the time a lookup takes depends on the digest,
 which tells an attacker nothing about how much of any stored secret they
-guessed (a store lookup compares with ``hmac.compare_digest``). Keys never
-reach logs or metrics: principals carry the key's *name*.
+guessed. Keys never reach logs or metrics: principals carry the key's *name*.
 
 Two sources: keys declared in the config, and keys made at run time in a
 :class:`gateway.auth.keys.KeyStore`. The directory keeps a local copy of the
 store, reloaded whenever the store's version changes (polled every
-``auth.refresh_interval_s``), so authentication costs no round trip; a key the
-copy does not know is looked up once in the store (a key made a moment ago
-works at once), and remembered as unknown until the next change.
+``auth.refresh_interval_s``), so authentication costs no round trip. A key the
+copy does not know makes the directory check the store's version at once (a key
+made a moment ago on another replica works at once): one check at a time,
+shared by every request that waits for it, so a flood of random keys costs one
+Redis round trip per check, not one per request. A key still unknown after the
+check is remembered as unknown for a while (:mod:`gateway.auth.unknown_keys`),
+so repeating it costs no round trip at all; the copy is consulted first, so a
+key made later is never hidden by that memory.
 
 With auth disabled, :class:`OpenAccess` admits everyone as ``anonymous``, so the
 pipeline has no ``if auth_enabled`` branches.
@@ -19,7 +23,7 @@ pipeline has no ``if auth_enabled`` branches.
 
 from __future__ import annotations
 
-import hmac
+import asyncio
 import logging
 import time
 from collections.abc import Iterable, Mapping
@@ -28,13 +32,13 @@ from datetime import UTC, datetime
 from typing import Protocol
 
 from gateway.auth.keys import KeyRecord, KeyStore, digest_of
+from gateway.auth.unknown_keys import UnknownKeys
 from gateway.config.sections import AuthSettings, StaticKey
 from gateway.errors import AuthenticationError, DependencyUnavailableError, StoreUnavailable
 from gateway.ratelimit.limits import NO_LIMITS, Limits, LimitScope
 
 log = logging.getLogger("vgate.auth")
 _BEARER = "bearer "
-_MAX_UNKNOWN = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,12 +114,18 @@ class OpenAccess:
 class KeyDirectory:
     """Config keys plus a local copy of the key store."""
 
-    def __init__(self, static: Iterable[StaticKey], store: KeyStore | None) -> None:
+    def __init__(
+        self,
+        static: Iterable[StaticKey],
+        store: KeyStore | None,
+        unknown: UnknownKeys | None = None,
+    ) -> None:
         self._static = {digest_of(k.key): _from_static(k) for k in static}
         self._store = store
         self._stored: dict[str, Principal] = {}
-        self._unknown: set[str] = set()
+        self._unknown = unknown if unknown is not None else UnknownKeys(10_000, 10.0)
         self._version: str | None = None
+        self._reloading: asyncio.Future[None] | None = None
 
     def known(self, authorization: str | None) -> Principal | None:
         digest = _digest(authorization)
@@ -134,7 +144,7 @@ class KeyDirectory:
             )
         principal = self._local(digest)
         if principal is None and self._store is not None and digest not in self._unknown:
-            principal = await self._look_up(digest)
+            principal = await self._after_reload(digest)
         if principal is None:
             raise AuthenticationError("Incorrect API key provided.", code="invalid_api_key")
         if _expired(principal):
@@ -157,37 +167,61 @@ class KeyDirectory:
         if self._store is None:
             return
         try:
-            version = await self._store.version()
-            if version == self._version:
-                return
-            records = await self._store.load_all()
+            await self._reload_once()
         except StoreUnavailable as exc:
             log.debug("key store unreachable, keeping %d keys: %s", len(self._stored), exc)
-            return
-        self._stored = {r.digest: _from_record(r) for r in records}
-        self._unknown = set()
-        self._version = version
 
     def names(self) -> frozenset[str]:
         return frozenset(p.name for p in (*self._static.values(), *self._stored.values()))
 
-    async def _look_up(self, digest: str) -> Principal | None:
+    async def _after_reload(self, digest: str) -> Principal | None:
+        """The key behind ``digest`` once the copy has caught up with the store; an
+        unknown one is remembered as such. 503 when the store cannot be reached."""
         try:
-            record = await self._store.get(digest) if self._store is not None else None
+            await self._reload_once()
         except StoreUnavailable:
             raise DependencyUnavailableError(
                 "The key store is unreachable; try again shortly.",
                 code="key_store_unavailable",
                 headers={"Retry-After": "1"},
             ) from None
-        if record is None or not hmac.compare_digest(record.digest, digest):
-            if len(self._unknown) >= _MAX_UNKNOWN:
-                self._unknown.clear()
+        principal = self._local(digest)
+        if principal is None:
             self._unknown.add(digest)
-            return None
-        principal = _from_record(record)
-        self._stored[digest] = principal
         return principal
+
+    async def _reload_once(self) -> None:
+        """Bring the copy up to the store's version as it is now, one reload at a time.
+
+        A reload that began before this call may have read an older version (one
+        without a key made a moment ago), so it is waited out, and the next one
+        serves this call: every caller that arrived meanwhile shares that one (and
+        its failure). However many callers, at most one reload runs and one more
+        waits. A caller that leaves (cancelled) stops neither."""
+        earlier = self._reloading
+        if earlier is not None:
+            await asyncio.wait([earlier])
+        running = self._reloading  # None, or the next one, begun after this call
+        if running is None:
+            running = self._reloading = asyncio.ensure_future(self._reload())
+            running.add_done_callback(self._reloaded)
+        await asyncio.shield(running)
+
+    def _reloaded(self, done: asyncio.Future[None]) -> None:
+        if self._reloading is done:
+            self._reloading = None
+        if not done.cancelled():
+            done.exception()  # seen here, raised to every caller still waiting
+
+    async def _reload(self) -> None:
+        assert self._store is not None
+        version = await self._store.version()
+        if version == self._version:
+            return
+        records = await self._store.load_all()
+        self._stored = {r.digest: _from_record(r) for r in records}
+        self._unknown.clear()
+        self._version = version
 
 
 def _digest(authorization: str | None) -> str | None:
@@ -203,7 +237,10 @@ def _expired(principal: Principal) -> bool:
 
 
 def build_authenticator(settings: AuthSettings, store: KeyStore | None) -> Authenticator:
-    return KeyDirectory(settings.keys, store) if settings.enabled else OpenAccess()
+    if not settings.enabled:
+        return OpenAccess()
+    unknown = UnknownKeys(settings.unknown_keys_max, settings.unknown_keys_ttl_s)
+    return KeyDirectory(settings.keys, store, unknown)
 
 
 def _from_static(key: StaticKey) -> Principal:
