@@ -10,6 +10,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from gateway.auth.keys import KeyExistsError, KeyRecord, KeyStore, new_key, parse_expiry
 from gateway.ratelimit.limits import Limits
 
+MAX_LIMIT = 2**53
+"""The largest limit a key may be given: the largest integer every JSON reader (and
+Redis's Lua) holds exactly."""
+
 
 class KeyRequestError(ValueError):
     """The request to make a key is invalid; the message says why."""
@@ -18,14 +22,16 @@ class KeyRequestError(ValueError):
 class NewKey(BaseModel):
     """What a new key may be given (the body of ``POST /admin/keys``)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
-    name: str = Field(min_length=1)
+    name: str = Field(min_length=1, max_length=64)
     models: list[str] | None = None
-    rpm: int | None = Field(None, ge=1)
-    tpm: int | None = Field(None, ge=1)
-    max_concurrent: int | None = Field(None, ge=1)
-    expires: str | None = Field(None, description="A duration (90s, 12h, 30d) or an ISO date.")
+    rpm: int | None = Field(None, ge=1, le=MAX_LIMIT)
+    tpm: int | None = Field(None, ge=1, le=MAX_LIMIT)
+    max_concurrent: int | None = Field(None, ge=1, le=MAX_LIMIT)
+    expires: str | None = Field(
+        None, max_length=64, description="A duration (90s, 12h, 30d) or an ISO date."
+    )
 
     @classmethod
     def parse(cls, data: Any) -> NewKey:

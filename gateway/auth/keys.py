@@ -28,8 +28,11 @@ from gateway.ratelimit.limits import NO_LIMITS, Limits
 
 SECRET_PREFIX = "sk-vg-"
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-_DURATION = re.compile(r"^(\d+)([smhdw])$")
+_DURATION = re.compile(r"^(\d{1,12})([smhdw])$")
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+FIRST_MOMENT = datetime(1, 1, 1, tzinfo=UTC).timestamp()
+LAST_MOMENT = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC).timestamp()
+"""The latest expiry a key may have: the last second a date can show."""
 
 
 class KeyExistsError(Exception):
@@ -180,13 +183,18 @@ def new_key(
     now = time.time()
     if expires_at is not None and expires_at <= now:
         raise ValueError("the expiry is in the past")
+    if expires_at is not None and not expires_at <= LAST_MOMENT:
+        raise ValueError("the expiry is after 9999-12-31T23:59:59Z: leave it out for no expiry")
     secret = new_secret()
     record = KeyRecord(name, digest_of(secret), models, limits, {}, now, expires_at)
     return secret, record
 
 
 def parse_expiry(text: str, now: float | None = None) -> float:
-    """``90s``, ``12h``, ``30d``, ``2w`` from now, or an ISO 8601 date/time (UTC if no zone)."""
+    """``90s``, ``12h``, ``30d``, ``2w`` from now, or an ISO 8601 date/time (UTC if no zone).
+
+    Raises ValueError for anything else; the moment may still lie out of range
+    (:func:`new_key` checks it against now and :data:`LAST_MOMENT`)."""
     now = time.time() if now is None else now
     match = _DURATION.match(text.strip())
     if match:
@@ -195,7 +203,7 @@ def parse_expiry(text: str, now: float | None = None) -> float:
         moment = datetime.fromisoformat(text.strip())
     except ValueError:
         raise ValueError(
-            f"invalid expiry {text!r}: use a duration like 90s, 12h, 30d or an ISO date"
+            f"invalid expiry {text[:40]!r}: use a duration like 90s, 12h, 30d or an ISO date"
         ) from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
@@ -203,5 +211,10 @@ def parse_expiry(text: str, now: float | None = None) -> float:
 
 
 def _iso(timestamp: float) -> str:
+    """The moment in ISO 8601 (UTC, whole seconds); one beyond what a date can show
+    (a record written by a version that did not bound expiries) shows as the nearest
+    date that can, so listings never fail on it."""
+    if not FIRST_MOMENT <= timestamp <= LAST_MOMENT:
+        timestamp = LAST_MOMENT if timestamp > LAST_MOMENT else FIRST_MOMENT
     moment = datetime.fromtimestamp(timestamp, UTC)
     return (moment - timedelta(microseconds=moment.microsecond)).isoformat()
