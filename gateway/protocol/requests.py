@@ -3,14 +3,20 @@ passes through untouched (``extra="allow"``), so vLLM's own sampling parameters
 (``top_k``, ``min_p``, ``ignore_eos``, ...) reach the engine.
 
 Validation is strict (no string-to-number coercion), as OpenAI's API is: a wrong
-type is a 400 naming the field, never a silently different request.
+type is a 400 naming the field, never a silently different request. Bounds are
+the ones vLLM enforces (``seed`` a signed 64-bit integer, ``n`` and ``best_of`` at
+least 1, prompts not empty), so what the gateway admits an engine accepts, and
+what the gateway computes from these fields (rate-limit reservations, affinity
+keys) never meets a value of the wrong kind.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+_INT64 = 2**63
 
 
 class _Passthrough(BaseModel):
@@ -39,8 +45,10 @@ class _SamplingFields(_Passthrough):
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, ge=0, le=1)
     n: int | None = Field(None, ge=1, le=128)
-    seed: int | None = None
+    best_of: int | None = Field(None, ge=1, le=128)
+    seed: int | None = Field(None, ge=-_INT64, lt=_INT64)
     stop: str | list[str] | None = None
+    user: str | None = None
 
 
 class ChatCompletionRequest(_SamplingFields):
@@ -50,3 +58,11 @@ class ChatCompletionRequest(_SamplingFields):
 
 class CompletionRequest(_SamplingFields):
     prompt: str | list[str] | list[int] | list[list[int]]
+
+    @field_validator("prompt")
+    @classmethod
+    def _not_empty(cls, prompt: str | list[Any]) -> str | list[Any]:
+        """A list of prompts, or of token ids, holds at least one (as vLLM requires)."""
+        if isinstance(prompt, list) and (not prompt or any(p == [] for p in prompt)):
+            raise ValueError("a prompt list (and each list of token ids in it) must not be empty")
+        return prompt

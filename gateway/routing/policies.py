@@ -6,11 +6,12 @@ never mutate the pool while choosing.
 Prefix / session affinity: vLLM's prefix cache only pays off when requests that
 share a prefix land on the engine that already holds it. Each request carries an
 *affinity key* (the ``x-session-id`` header, else the ``user`` field, else the
-leading part of the prompt); a consistent-hash ring maps keys to engines, so
-adding or removing one engine moves only about 1/N of the keys. A load-imbalance
-guard overrides the ring when the chosen engine has ``max_imbalance`` more
-requests in flight than the least-loaded one: affinity never piles work onto a
-busy engine.
+leading part of the prompt: its first characters, or its leading token ids for a
+prompt of tokens, see :func:`gateway.pipeline.parsing.affinity_key`); a
+consistent-hash ring maps keys to engines, so adding or removing one engine moves
+only about 1/N of the keys. A load-imbalance guard overrides the ring when the
+chosen engine has ``max_imbalance`` more requests in flight than the least-loaded
+one: affinity never piles work onto a busy engine.
 """
 
 from __future__ import annotations
