@@ -6,11 +6,18 @@ moves on to the next engine only while nothing has been sent to its client: the
 connection failed, the engine answered 5xx, or its stream closed before the
 first event. Timeouts (:mod:`gateway.upstream.deadlines`) and 4xx are answered, not
 retried. Every outcome feeds the engine's circuit breaker.
+
+The engine gets a request id of the gateway's own (``X-Request-Id: vgate-<hex>``),
+never the client's: vLLM uses that header as its request id, so two tenants
+choosing the same one would collide in the engine. The client's id is still
+echoed to it (:mod:`gateway.http.request_id`), and the pair is logged at debug level.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import secrets
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
@@ -27,6 +34,8 @@ from gateway.pool.shedding import LoadGate
 from gateway.routing.policies import RoutingPolicy
 from gateway.upstream.deadlines import Deadlines
 from gateway.upstream.transport import EngineUnreachable, EventSource, Upstream, UpstreamReply
+
+log = logging.getLogger("vgate.forwarding")
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,5 +225,10 @@ def _first_event_timeout(limits: Deadlines, total_deadline: float | None) -> str
     return f"the engine did not finish within total_s = {limits.total_s:g} s"
 
 
-def _headers(request_id: str) -> dict[str, str]:
-    return {"Content-Type": "application/json", "X-Request-Id": request_id}
+def _headers(client_request_id: str) -> dict[str, str]:
+    """The headers of one request to the engines, with a fresh id of the gateway's own
+    (the same for every engine tried)."""
+    engine_request_id = f"vgate-{secrets.token_hex(12)}"
+    if log.isEnabledFor(logging.DEBUG):
+        log.debug("request %s goes to the engines as %s", client_request_id, engine_request_id)
+    return {"Content-Type": "application/json", "X-Request-Id": engine_request_id}
