@@ -15,15 +15,20 @@ of ``ratelimit.concurrency_lease_s``) extends those of the requests still in
 flight, so a long stream keeps its slot, while the slots of a gateway that
 died free within one lease.
 
-When the backend is unreachable, ``ratelimit.on_redis_error`` decides:
-``fail_open`` admits without limits, ``fail_closed`` answers 503; both are
-counted in ``vgate_redis_errors_total``.
+A ticket carries :attr:`Ticket.output_cap` when a token limit applies: the output
+tokens per choice the limiter granted, which the pipeline writes into the
+``max_tokens`` the engine gets, so what is reserved is what the engine may generate.
+
+When the backend is unreachable, ``ratelimit.on_redis_error`` decides: ``local``
+(the default) decides in this process's memory with each limit divided by
+``ratelimit.replicas_hint`` (rounded down, at least 1), so the replicas together
+stay within the limit; ``fail_open`` admits without limits; ``fail_closed``
+answers 503. Each failure is counted in ``vgate_redis_errors_total``. A request
+admitted locally is settled and renewed locally, wherever Redis is by then.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import itertools
 import logging
 import os
@@ -35,15 +40,16 @@ from typing import Any
 from gateway.config.sections import RateLimitSettings
 from gateway.errors import DependencyUnavailableError, RateLimitError, StoreUnavailable
 from gateway.observability.metrics import GatewayMetrics
+from gateway.ratelimit.cost import Cost, request_cost
 from gateway.ratelimit.limits import (
     NEVER,
     Decision,
     LimiterBackend,
+    Limits,
     LimitScope,
     RawHeaders,
     ScopesMemo,
     as_text,
-    estimate_tokens,
     format_duration,
     headline,
     retry_after_header,
@@ -61,6 +67,8 @@ class _Charge:
     counts_tokens: bool
     holds_slot: bool  # a concurrency limit applies: the lease is renewed while in flight
     key_name: str  # the key's name, for metrics
+    backend: LimiterBackend  # where it is decided, settled and renewed
+    local: _Charge | None  # this process's share of the limits, while Redis is unreachable
 
 
 class Ticket:
@@ -70,10 +78,13 @@ class Ticket:
         "__weakref__",
         "_admission",
         "_settled",
+        "at",
         "charge",
+        "output_cap",
         "raw_headers",
         "request_id",
         "reserved",
+        "shortened",
         "wants_usage",
     )
 
@@ -84,6 +95,9 @@ class Ticket:
         request_id: str,
         reserved: int,
         raw_headers: RawHeaders,
+        at: int = -1,
+        output_cap: int | None = None,
+        shortened: bool = False,
     ) -> None:
         self._admission = admission
         self.charge = charge
@@ -93,6 +107,16 @@ class Ticket:
         self.reserved = reserved
         self.raw_headers = raw_headers
         """The ``x-ratelimit-*`` headers, ready to append to a response's raw headers."""
+        self.at = at
+        """Where the limiter counted the admission (its bucket), for the settlement."""
+        self.output_cap = output_cap
+        """Output tokens per choice the engine may generate (None: no token limit applies):
+        the reservation covers exactly this, so it must reach the engine as ``max_tokens``
+        whenever it is lower than what the client asked for, or the client asked for
+        nothing."""
+        self.shortened = shortened
+        """The remaining budget granted less than the request wanted: its answer may be
+        shorter than the same request's with budget to spare (not one to share or keep)."""
         self.wants_usage = charge is not None and charge.counts_tokens
         """True when a token limit applies, so the real usage must be read."""
 
@@ -112,6 +136,9 @@ class Ticket:
 FREE_PASS = Ticket(None, None, "", 0, [])
 """The ticket of a request no limit applies to: settling it does nothing."""
 
+_NO_COST = Cost(0, 0, 1)
+"""What a request costs where no token limit applies: the limiter counts no tokens."""
+
 
 class Admission:
     def __init__(
@@ -124,7 +151,8 @@ class Admission:
         # (a counter); drawing random bytes for each one cost 2% of the gateway's CPU.
         self._id_prefix = os.urandom(6).hex()
         self._ids = itertools.count()
-        self._charges = ScopesMemo(_charge_of)
+        self._local = backend.fallback if settings.on_redis_error == "local" else None
+        self._charges = ScopesMemo(self._charge_of)
         self._leased: dict[str, weakref.ref[Ticket]] = {}
         """Admitted requests holding a concurrency slot, by request id, until settled.
         Held weakly: a ticket dropped without being settled (a bug) stops being
@@ -144,17 +172,21 @@ class Admission:
     async def renew_leases(self) -> None:
         """Extend the concurrency leases of every request in flight (one batched call)."""
         lease_s = self._settings.concurrency_lease_s
-        try:
-            for request_id, held in list(self._leased.items()):
-                ticket = held()
-                if ticket is None or ticket.charge is None:
-                    log.warning(
-                        "request %s was never settled; its slot frees with its lease", request_id
-                    )
-                    del self._leased[request_id]
-                    continue
-                self._backend.renew(ticket.charge.scopes, request_id, lease_s)
-        except StoreUnavailable:
+        failed = False
+        for request_id, held in list(self._leased.items()):
+            ticket = held()
+            if ticket is None or ticket.charge is None:
+                log.warning(
+                    "request %s was never settled; its slot frees with its lease", request_id
+                )
+                del self._leased[request_id]
+                continue
+            charge = ticket.charge
+            try:
+                charge.backend.renew(charge.scopes, request_id, lease_s)
+            except StoreUnavailable:
+                failed = True
+        if failed:
             self._metrics.redis_errors.labels("ratelimit").inc()
 
     async def admit(self, scopes: tuple[LimitScope, ...], body: dict[str, Any]) -> Ticket:
@@ -162,34 +194,54 @@ class Admission:
         if not scopes:
             return FREE_PASS
         charge = self._charges.get(scopes)
-        tokens = 0
+        cost = _NO_COST
         if charge.counts_tokens:
-            tokens = estimate_tokens(body, self._settings.default_max_tokens)
+            cost = request_cost(body, self._settings.default_max_tokens)
         request_id = f"{self._id_prefix}{next(self._ids):x}"
+        lease_s = self._settings.concurrency_lease_s
         try:
-            decision = await self._backend.admit(
-                scopes, request_id, tokens, self._settings.concurrency_lease_s
+            decision = await charge.backend.admit(
+                charge.scopes, request_id, cost.prompt, lease_s, cost.wanted, cost.choices
             )
-        except asyncio.CancelledError:  # the client left while Redis decided: undo any charge
-            with contextlib.suppress(StoreUnavailable):
-                self._backend.settle(scopes, request_id, tokens, 0)
-            raise
         except StoreUnavailable:
             self._metrics.redis_errors.labels("ratelimit").inc()
-            if self._settings.on_redis_error == "fail_closed":
-                raise DependencyUnavailableError(
-                    "Rate limits cannot be checked right now; try again shortly.",
-                    code="rate_limiter_unavailable",
-                    headers={"Retry-After": "1"},
-                ) from None
-            return FREE_PASS
-        headers = headline(scopes, decision.states)
+            local = self._unreachable(charge)
+            if local is None:
+                return FREE_PASS
+            charge = local
+            decision = await charge.backend.admit(
+                charge.scopes, request_id, cost.prompt, lease_s, cost.wanted, cost.choices
+            )
+        headers = headline(charge.scopes, decision.states)
         if not decision.admitted:
-            raise self._refusal(scopes, decision, tokens, as_text(headers))
-        ticket = Ticket(self, charge, request_id, tokens, headers)
+            raise self._refusal(charge.scopes, decision, cost, as_text(headers))
+        granted = decision.granted
+        ticket = Ticket(
+            self,
+            charge,
+            request_id,
+            cost.prompt + cost.choices * granted,
+            headers,
+            decision.at,
+            granted if charge.counts_tokens else None,
+            granted < cost.wanted,
+        )
         if charge.holds_slot:
             self._leased[request_id] = weakref.ref(ticket)
         return ticket
+
+    def _unreachable(self, charge: _Charge) -> _Charge | None:
+        """The charge to decide with while the backend is unreachable (None: admit
+        without limits), or 503 under ``fail_closed``."""
+        if charge.local is not None:
+            return charge.local
+        if self._settings.on_redis_error == "fail_closed":
+            raise DependencyUnavailableError(
+                "Rate limits cannot be checked right now; try again shortly.",
+                code="rate_limiter_unavailable",
+                headers={"Retry-After": "1"},
+            ) from None
+        return None
 
     def settle(self, charge: _Charge, ticket: Ticket, actual: int | None) -> None:
         if charge.holds_slot:
@@ -198,27 +250,42 @@ class Admission:
         if charged and charge.counts_tokens:
             self._metrics.tokens_charged.add(charge.key_name, charged)
         try:
-            self._backend.settle(charge.scopes, ticket.request_id, ticket.reserved, actual)
+            charge.backend.settle(
+                charge.scopes, ticket.request_id, ticket.reserved, actual, ticket.at
+            )
         except StoreUnavailable:
             self._metrics.redis_errors.labels("ratelimit").inc()
+
+    def _charge_of(self, scopes: Sequence[LimitScope]) -> _Charge:
+        counts_tokens = any(s.limits.tpm is not None for s in scopes)
+        holds_slot = any(s.limits.max_concurrent is not None for s in scopes)
+        owner = scopes[0].owner
+        local = None
+        if self._local is not None:
+            hint = self._settings.replicas_hint
+            shares = tuple(LimitScope(s.key, _share(s.limits, hint), s.owner) for s in scopes)
+            local = _Charge(shares, counts_tokens, holds_slot, owner, self._local, None)
+        return _Charge(tuple(scopes), counts_tokens, holds_slot, owner, self._backend, local)
 
     def _refusal(
         self,
         scopes: tuple[LimitScope, ...],
         decision: Decision,
-        tokens: int,
+        cost: Cost,
         headers: dict[str, str],
     ) -> RateLimitError:
         kind = decision.refused or "requests"
         owner = scopes[0].owner
         self._metrics.rate_limited.labels(owner, kind).inc()
         limits = [s.limits for s in scopes]
+        need = cost.prompt + (cost.choices if cost.wanted else 0)
         if kind == "tokens" and decision.retry_after_s == NEVER:
             limit = min(lim.tpm for lim in limits if lim.tpm is not None)
             message = (
-                f"Request too large for key '{owner}': it may use {tokens} tokens "
-                f"(prompt estimate + max_tokens) and the limit is {limit} tokens per min. "
-                "Lower max_tokens or shorten the prompt."
+                f"Request too large for key '{owner}': its prompt (about {cost.prompt} tokens) "
+                f"and at least one token for each of its {cost.choices} choices need {need} "
+                f"tokens, and the limit is {limit} tokens per min. "
+                "Shorten the prompt or ask for fewer choices."
             )
             return RateLimitError(message, kind, headers)
         wait = format_duration(decision.retry_after_s)
@@ -227,7 +294,7 @@ class Admission:
             what = f"concurrent requests: limit {limit}"
         elif kind == "tokens":
             limit = min(lim.tpm for lim in limits if lim.tpm is not None)
-            what = f"tokens per min: limit {limit}, requested {tokens}"
+            what = f"tokens per min: limit {limit}, needed at least {need}"
         else:
             limit = min(lim.rpm for lim in limits if lim.rpm is not None)
             what = f"requests per min: limit {limit}"
@@ -235,7 +302,12 @@ class Admission:
         return RateLimitError(message, kind, headers | retry_after_header(decision.retry_after_s))
 
 
-def _charge_of(scopes: Sequence[LimitScope]) -> _Charge:
-    counts_tokens = any(s.limits.tpm is not None for s in scopes)
-    holds_slot = any(s.limits.max_concurrent is not None for s in scopes)
-    return _Charge(tuple(scopes), counts_tokens, holds_slot, scopes[0].owner)
+def _share(limits: Limits, replicas: int) -> Limits:
+    """One replica's share of ``limits``: each divided by ``replicas``, rounded down, at
+    least 1 (so the replicas together never exceed the limit, unless it is below their
+    number)."""
+
+    def share(limit: int | None) -> int | None:
+        return None if limit is None else max(limit // replicas, 1)
+
+    return Limits(share(limits.rpm), share(limits.tpm), share(limits.max_concurrent))

@@ -1,31 +1,41 @@
 """Rate limits per API key: requests/min, tokens/min and concurrent requests.
 
-Algorithm: a **sliding-window log**. Every admitted request leaves one entry,
-``(time, request id, tokens)``, in its key's log; an entry counts for exactly
-60 s after its admission. A request is admitted only if, counting it, the last
-60 s hold at most ``rpm`` entries and at most ``tpm`` tokens. This is exact at
-window edges: no 60 s span, wherever it starts, ever admits more than the limit.
-Fixed windows admit up to twice the limit around a boundary; GCRA and token
-buckets enforce a *rate with a burst*, which lets through up to ``2R - 1``
-requests in the first minute of a burst; the sliding-window counter is an
-approximation. The cost is memory proportional to the requests admitted in
-the last minute (one sorted-set member each), which is small next to the work
-each request causes on a GPU.
+Algorithm: **sliding-window counters**. Time is cut into buckets of 1/60 of the
+window (1 s for the minute); per scope, the limiter keeps a request count and a
+token sum per bucket, and their sums over the buckets still in the window. A
+request counts in the bucket it was admitted in, and a bucket counts until the
+window has passed over its *end*: every request counts for at least 60 s and at
+most 61 s. A request is admitted only if, counting it, the live buckets hold at
+most ``rpm`` requests and ``tpm`` tokens, so no 60 s span, wherever it starts,
+ever admits more than the limit (the last second of a request's count is the
+price of exactness; fixed windows admit up to twice the limit around a boundary,
+GCRA and token buckets let a burst through on top of the rate). The state of a
+scope is at most ~61 buckets whatever its traffic, and each decision touches a
+bounded number of them; a scope with only ``max_concurrent`` keeps no counters.
 
-Tokens are *reserved* at admission (an estimate of the prompt plus
-``max_tokens``) and *reconciled* when the response ends: the entry is rewritten
-to the real ``usage``, refunding or charging the difference within the same
-window. Concurrency is a set of leases (request id → expiry) released on every
-path. A gateway renews the leases of its requests in flight every third of a
-lease, so a stream may run for hours; the expiry only matters when a gateway
-dies holding one, and frees its slots within one lease.
+Tokens: when a scope has a ``tpm``, what is reserved at admission is what the
+engine will be allowed to generate. A request states its prompt (an estimate),
+the output it wants per choice (``max_tokens``, or ``ratelimit.default_max_tokens``)
+and its number of choices; the limiter grants, atomically, ``min(wanted,
+(remaining - prompt) // choices)`` output tokens per choice over every scope with a
+``tpm``, reserves ``prompt + choices * granted``, and refuses (``tokens``) when not
+even one token per choice fits after the prompt. The gateway writes the grant into
+the ``max_tokens`` the engine gets. When the response ends, the reservation is
+*settled* to the real ``usage``: in the admission's own bucket while that is in the
+window, else (a charge above the reservation) in the current one; a refund whose
+reservation has already left the window has nothing left to undo. Concurrency is a
+set of leases (request id → expiry) released on every path. A gateway renews the
+leases of its requests in flight every third of a lease, so a stream may run for
+hours; the expiry only matters when a gateway dies holding one, and frees its slots
+within one lease.
 
-A refusal carries the earliest time at which the same request would be
-admitted (``Retry-After``): when enough old entries leave the window.
+A refusal carries the earliest time at which the same request would be admitted
+(``Retry-After``): when enough old buckets leave the window.
 
 Backends (:mod:`gateway.backends`) implement the same decision: one Lua script
 in Redis (one round trip, atomic across every gateway replica) or an in-memory
-twin for a single process with no Redis.
+twin for a single process with no Redis (also the per-replica fallback of
+``ratelimit.on_redis_error: local``).
 """
 
 from __future__ import annotations
@@ -33,7 +43,9 @@ from __future__ import annotations
 import math
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Generic, Literal, NamedTuple, Protocol, TypeVar
+from typing import Generic, Literal, NamedTuple, Protocol, TypeVar
+
+from gateway.ratelimit.cost import estimate_tokens as estimate_tokens  # also found here
 
 WINDOW_S = 60.0
 RefusalKind = Literal["requests", "tokens", "concurrency"]
@@ -87,7 +99,7 @@ class ScopeState(NamedTuple):
     requests: int
     tokens: int
     reset_s: float
-    """Until the oldest request in the window leaves it (and ``remaining`` grows)."""
+    """Until the oldest bucket in the window leaves it (and ``remaining`` grows)."""
 
     def used(self, kind: str) -> int:
         return self.requests if kind == "requests" else self.tokens
@@ -98,6 +110,10 @@ class Decision(NamedTuple):
     refused: RefusalKind | None
     retry_after_s: float
     states: tuple[ScopeState, ...]
+    granted: int = 0
+    """Output tokens per choice the request may generate (0 when it asked for none)."""
+    at: int = -1
+    """The bucket the admission was counted in, for its settlement (-1: refused)."""
 
 
 _Derived = TypeVar("_Derived")
@@ -129,21 +145,42 @@ class ScopesMemo(Generic[_Derived]):
 
 class LimiterBackend(Protocol):
     def admit(
-        self, scopes: Sequence[LimitScope], request_id: str, tokens: int, lease_s: float
+        self,
+        scopes: Sequence[LimitScope],
+        request_id: str,
+        tokens: int,
+        lease_s: float,
+        wanted: int = 0,
+        choices: int = 1,
     ) -> Awaitable[Decision]:
         """Decide atomically for every scope; record the request in all of them if admitted.
 
+        ``tokens`` (the prompt) are reserved as they are; with ``wanted`` > 0, up to that
+        many output tokens per choice, for ``choices`` choices, are granted on top, as
+        many as every scope's remaining ``tpm`` allows (:attr:`Decision.granted`, at
+        least 1, or a ``tokens`` refusal).
+
         Returns the decision's future rather than being a coroutine: one frame less to
-        resume on every request (the caller awaits it)."""
+        resume on every request (the caller awaits it). A caller that stops waiting
+        (cancelled) leaves the undoing to the backend: an admission decided after that
+        is settled to 0 tokens by the backend itself."""
         ...
 
     def settle(
-        self, scopes: Sequence[LimitScope], request_id: str, reserved: int, actual: int | None
+        self,
+        scopes: Sequence[LimitScope],
+        request_id: str,
+        reserved: int,
+        actual: int | None,
+        at: int = -1,
     ) -> None:
-        """Rewrite the reservation to ``actual`` tokens (``None``: keep it) and free the slot.
+        """Turn the reservation into ``actual`` tokens (``None``: keep it) and free the slot.
 
-        Not awaited: the change is applied (memory) or sent (Redis) before this returns,
-        ahead of anything this process sends later; its reply is checked in the background.
+        ``at`` is the admission's :attr:`Decision.at`: the difference lands in that bucket
+        while it is in the window, else a charge lands in the current one and a refund
+        is dropped (its reservation has left the window). Not awaited: the change is
+        applied (memory) or sent (Redis) before this returns, ahead of anything this
+        process sends later; its reply is checked in the background.
         """
         ...
 
@@ -152,36 +189,13 @@ class LimiterBackend(Protocol):
         holds one. Not awaited, like :meth:`settle`."""
         ...
 
+    @property
+    def fallback(self) -> LimiterBackend | None:
+        """A limiter in this process's memory to decide with while this one is
+        unreachable (``ratelimit.on_redis_error: local``); None for one that always is."""
+        ...
+
     async def close(self) -> None: ...
-
-
-def estimate_tokens(body: dict[str, Any], default_max_tokens: int) -> int:
-    """Tokens to reserve for a request: the prompt (about 4 characters a token, plus
-    a few per chat message) and the completion budget for every choice."""
-    chars = 0
-    messages = body.get("messages")
-    if isinstance(messages, list):
-        for message in messages:
-            chars += 16  # role and framing
-            content = message.get("content") if isinstance(message, dict) else None
-            if isinstance(content, str):
-                chars += len(content)
-            elif isinstance(content, list):
-                chars += sum(len(str(p.get("text", ""))) for p in content if isinstance(p, dict))
-    prompt = body.get("prompt")
-    if isinstance(prompt, str):
-        chars += len(prompt)
-    elif isinstance(prompt, list):
-        chars += sum(len(p) if isinstance(p, str) else 4 * _length(p) for p in prompt)
-    budget = body.get("max_completion_tokens") or body.get("max_tokens") or default_max_tokens
-    n = body.get("n") or 1
-    if not isinstance(budget, int) or not isinstance(n, int):
-        budget, n = default_max_tokens, 1
-    return (chars + 3) // 4 + budget * max(n, 1)
-
-
-def _length(value: Any) -> int:
-    return len(value) if isinstance(value, list) else 1
 
 
 RawHeaders = list[tuple[bytes, bytes]]

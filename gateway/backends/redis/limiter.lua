@@ -1,26 +1,39 @@
--- vgate rate limiter: a sliding-window log per scope (see gateway/ratelimit.py).
+-- vgate rate limiter: sliding-window counters per scope (see gateway/ratelimit/limits.py).
 -- One call carries a batch of operations from one gateway, run in order; each is
 -- atomic and exact on its own, and the batch costs one round trip.
 --
--- Per scope, three keys (consumed from KEYS in order, three per scope per operation):
---   log    zset  "<request id>:<tokens>" scored by admission time (ms)
---   tokens str   the sum of the log's tokens
---   slots  zset  request id scored by lease expiry (ms)
--- ARGV: window ms, then each operation:
---   admit:  "a", scopes, request id, tokens to reserve, lease ms, then rpm, tpm,
---           max_concurrent per scope (0 = unlimited)
---   settle: "s", scopes, request id, tokens reserved, actual tokens (-1 = keep)
---   renew:  "r", scopes, request id, 0, lease ms (extends a lease still held)
+-- Time is cut into buckets of res = window / 60 ms (1 s for the 60 s minute). A
+-- request counts in the bucket it was admitted in, and a bucket counts until the
+-- window has passed over its end: a request counts for at least the window and at
+-- most one bucket longer. Per scope, two keys (two per scope per operation, in order):
+--   win    hash  "r<b>" / "t<b>": requests / tokens of bucket b; "r" / "t": their sums
+--                over the live buckets; "o": the oldest bucket that may hold anything.
+--                Only scopes with an rpm count requests, only those with a tpm tokens;
+--                a scope with neither has no hash. At most ~61 buckets: the state is
+--                bounded by the window's resolution, not by traffic.
+--   slots  zset  request id scored by lease expiry (ms); only with max_concurrent
+-- ARGV: window ms, then each operation, seven arguments (mode, scopes, request id, w, x,
+-- y, z), an admission then the limits rpm, tpm, max_concurrent of each scope (0 = none):
+--   admit:  "a", scopes, id, prompt tokens, wanted output tokens per choice (0: the
+--           prompt is the whole cost), choices, lease ms, limits...
+--   settle: "s", scopes, id, tokens reserved, actual tokens (-1 keep), admission bucket
+--           (-1 unknown), token mask ("1" per scope that counts tokens, "0" otherwise)
+--   renew:  "r", scopes, id, lease ms, 0, 0, 0 (extends a lease still held)
 -- Reply: one string of space-separated integers (one bulk string is far cheaper for
 --   the gateway to read than an array of integers). For each admit, in order:
 --   admitted (1/0), refusal (0 none, 1 requests, 2 tokens, 3 concurrency),
---   retry-after ms (-1 never), then per scope: requests and tokens in the window,
---   ms until the oldest entry leaves it. Settles and renewals reply nothing.
+--   retry-after ms (-1 never), output tokens granted per choice, the admission's bucket,
+--   then per scope: requests and tokens in the window, ms until the oldest bucket leaves
+--   it. Settles and renewals reply nothing.
 -- Time comes from the Redis server, so every gateway replica shares one clock.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local window = tonumber(ARGV[1])
-local cutoff = now - window
+local res = math.max(math.floor(window / 60), 1)
+local current = math.floor(now / res)
+local first_live = math.floor((now - window) / res) -- older buckets have left the window
+local span = current - first_live -- live buckets: first_live .. current
+local ttl = window + res + 1000
 local result = {}
 local k, a = 0, 2
 
@@ -28,70 +41,102 @@ local function push(value)
   result[#result + 1] = string.format('%d', value)
 end
 
-local function tokens_of(member)
-  return tonumber(string.match(member, ':(%-?%d+)$')) or 0
+-- The scope's sums after dropping the buckets that left the window, and the oldest
+-- bucket still holding something (current when none does). Bounded work: the buckets
+-- that exist lie within span + 1 of "o", and a trim happens once per bucket at most.
+local function load(win)
+  local v = redis.call('HMGET', win, 'o', 'r', 't')
+  local oldest = tonumber(v[1])
+  if not oldest then
+    redis.call('DEL', win) -- nothing, or strays written after Redis lost the hash
+    return 0, 0, current, false
+  end
+  local requests, tokens = tonumber(v[2]) or 0, tonumber(v[3]) or 0
+  if oldest >= first_live then return requests, tokens, oldest, false end
+  local last = math.min(current, oldest + span + 1)
+  local fields = {}
+  for b = oldest, last do
+    fields[#fields + 1] = 'r' .. b
+    fields[#fields + 1] = 't' .. b
+  end
+  local got = redis.call('HMGET', win, unpack(fields))
+  local gone, next_oldest = {}, current
+  for j = 1, #got, 2 do
+    local b = oldest + (j - 1) / 2
+    if b < first_live then
+      if got[j] or got[j + 1] then
+        requests = requests - (tonumber(got[j]) or 0)
+        tokens = tokens - (tonumber(got[j + 1]) or 0)
+        gone[#gone + 1] = fields[j]
+        gone[#gone + 1] = fields[j + 1]
+      end
+    elseif got[j] or got[j + 1] then
+      next_oldest = b
+      break
+    end
+  end
+  if #gone > 0 then redis.call('HDEL', win, unpack(gone)) end
+  return requests, tokens, next_oldest, true
 end
 
-local function settle(scopes, rid, cost, actual)
+-- When the bucket that frees enough leaves the window: ms from now (the window if none).
+local function wait_for(win, oldest, prefix, excess)
+  local fields = {}
+  for b = oldest, current do fields[#fields + 1] = prefix .. b end
+  local got = redis.call('HMGET', win, unpack(fields))
+  local freed = 0
+  for j = 1, #got do
+    freed = freed + (tonumber(got[j]) or 0)
+    if freed >= excess then return (oldest + j) * res + window - now end
+  end
+  return window
+end
+
+local function settle(scopes, rid, reserved, actual, at, mask)
+  local delta = actual - reserved
   for i = 0, scopes - 1 do
-    local log, tok, slots = KEYS[k + 3 * i + 1], KEYS[k + 3 * i + 2], KEYS[k + 3 * i + 3]
-    if actual >= 0 and actual ~= cost then
-      local member = rid .. ':' .. cost
-      local score = redis.call('ZSCORE', log, member)
-      if score then
-        redis.call('ZREM', log, member)
-        redis.call('ZADD', log, score, rid .. ':' .. actual)
-        redis.call('INCRBY', tok, actual - cost)
-      end
+    local win = KEYS[k + 2 * i + 1]
+    if actual >= 0 and delta ~= 0 and string.sub(mask, i + 1, i + 1) == '1' then
+      if at >= first_live then -- its bucket still counts: the difference goes there
+        redis.call('HINCRBY', win, 't' .. at, delta)
+        redis.call('HINCRBY', win, 't', delta)
+      elseif delta > 0 then -- its bucket left the window: a charge counts from now on
+        local requests, tokens, oldest = load(win)
+        redis.call('HINCRBY', win, 't' .. current, delta)
+        redis.call('HSET', win, 'o', oldest, 'r', requests, 't', tokens + delta)
+        redis.call('PEXPIRE', win, ttl)
+      end -- a refund whose reservation has left the window already has nothing to undo
     end
-    redis.call('ZREM', slots, rid)
+    redis.call('ZREM', KEYS[k + 2 * i + 2], rid)
   end
 end
 
 local function renew(scopes, rid, lease)
   for i = 0, scopes - 1 do
-    local slots = KEYS[k + 3 * i + 3]
+    local slots = KEYS[k + 2 * i + 2]
     if redis.call('ZADD', slots, 'XX', 'CH', now + lease, rid) > 0 then
       redis.call('PEXPIRE', slots, lease + 1000)
     end
   end
 end
 
-local function admit(scopes, rid, cost, lease, limits)
-  local counts, used, trimmed, refused, retry = {}, {}, {}, 0, 0
+local function admit(scopes, rid, prompt, wanted, choices, lease, limits)
+  local counts, used, starts, trimmed = {}, {}, {}, {}
+  local refused, retry, granted = 0, 0, wanted
+  local need = prompt + (wanted > 0 and choices or 0) -- the least it can be admitted with
   for i = 0, scopes - 1 do
-    local log, tok, slots = KEYS[k + 3 * i + 1], KEYS[k + 3 * i + 2], KEYS[k + 3 * i + 3]
+    local win, slots = KEYS[k + 2 * i + 1], KEYS[k + 2 * i + 2]
     local rpm, tpm, maxc = limits[3 * i + 1], limits[3 * i + 2], limits[3 * i + 3]
-    local freed = 0
-    local old = redis.call('ZRANGEBYSCORE', log, '-inf', cutoff)
-    if #old > 0 then
-      for _, member in ipairs(old) do freed = freed + tokens_of(member) end
-      redis.call('ZREMRANGEBYSCORE', log, '-inf', cutoff)
-    end
-    local count = redis.call('ZCARD', log)
-    local spent = tonumber(redis.call('GET', tok) or '0') - freed
-    counts[i], used[i], trimmed[i] = count, spent, freed ~= 0
+    local count, spent, oldest, trim = 0, 0, current, false
+    if rpm > 0 or tpm > 0 then count, spent, oldest, trim = load(win) end
+    counts[i], used[i], starts[i], trimmed[i] = count, spent, oldest, trim
     if refused == 0 then
       if rpm > 0 and count + 1 > rpm then
         refused = 1
-        local entry = redis.call('ZRANGE', log, count - rpm, count - rpm, 'WITHSCORES')
-        retry = tonumber(entry[2]) + window - now
-      elseif tpm > 0 and spent + cost > tpm then
+        retry = wait_for(win, oldest, 'r', count + 1 - rpm)
+      elseif tpm > 0 and spent + need > tpm then
         refused = 2
-        if cost > tpm then
-          retry = -1
-        else
-          retry = window
-          local gone = 0
-          local entries = redis.call('ZRANGE', log, 0, 999, 'WITHSCORES')
-          for j = 1, #entries, 2 do
-            gone = gone + tokens_of(entries[j])
-            if spent - gone + cost <= tpm then
-              retry = tonumber(entries[j + 1]) + window - now
-              break
-            end
-          end
-        end
+        retry = need > tpm and -1 or wait_for(win, oldest, 't', spent + need - tpm)
       elseif maxc > 0 and redis.call('ZCARD', slots) + 1 > maxc then
         -- Only now drop the leases of gateways that died holding them: one call
         -- less on every admission that is not at its concurrency limit.
@@ -101,31 +146,38 @@ local function admit(scopes, rid, cost, lease, limits)
           retry = 1000
         end
       end
+      if refused == 0 and tpm > 0 and wanted > 0 then -- what is left after the prompt
+        granted = math.min(granted, math.floor((tpm - spent - prompt) / choices))
+      end
     end
   end
+  local cost = prompt + choices * granted
   push(refused == 0 and 1 or 0)
   push(refused)
   push(math.max(retry, -1))
+  push(refused == 0 and granted or 0)
+  push(refused == 0 and current or -1)
   for i = 0, scopes - 1 do
-    local log, tok, slots = KEYS[k + 3 * i + 1], KEYS[k + 3 * i + 2], KEYS[k + 3 * i + 3]
-    if refused == 0 then
-      redis.call('ZADD', log, now, rid .. ':' .. cost)
-      redis.call('PEXPIRE', log, window + 1000)
-      -- The new sum and its expiry in one call (the trimmed tokens are taken off here).
-      redis.call('SET', tok, string.format('%d', used[i] + cost), 'PX', window + 1000)
-      if limits[3 * i + 3] > 0 then
-        redis.call('ZADD', slots, now + lease, rid)
-        redis.call('PEXPIRE', slots, lease + 1000)
-      end
-      counts[i], used[i] = counts[i] + 1, used[i] + cost
+    local win = KEYS[k + 2 * i + 1]
+    local rpm, tpm = limits[3 * i + 1], limits[3 * i + 2]
+    if refused == 0 and (rpm > 0 or tpm > 0) then
+      local requests = rpm > 0 and counts[i] + 1 or 0
+      local tokens = tpm > 0 and used[i] + cost or 0
+      redis.call('HSET', win, 'o', starts[i], 'r', requests, 't', tokens)
+      if rpm > 0 then redis.call('HINCRBY', win, 'r' .. current, 1) end
+      if tpm > 0 then redis.call('HINCRBY', win, 't' .. current, cost) end
+      redis.call('PEXPIRE', win, ttl)
+      counts[i], used[i] = requests, tokens
     elseif trimmed[i] then
-      redis.call('SET', tok, string.format('%d', used[i]), 'KEEPTTL')
+      redis.call('HSET', win, 'o', starts[i], 'r', counts[i], 't', used[i])
+    end
+    if refused == 0 and limits[3 * i + 3] > 0 then
+      local slots = KEYS[k + 2 * i + 2]
+      redis.call('ZADD', slots, now + lease, rid)
+      redis.call('PEXPIRE', slots, lease + 1000)
     end
     local reset = 0
-    if counts[i] > 0 then
-      local oldest = redis.call('ZRANGE', log, 0, 0, 'WITHSCORES')
-      if oldest[2] then reset = math.max(tonumber(oldest[2]) + window - now, 0) end
-    end
+    if counts[i] > 0 or used[i] > 0 then reset = math.max((starts[i] + 1) * res + window - now, 0) end
     push(counts[i])
     push(used[i])
     push(reset)
@@ -133,19 +185,20 @@ local function admit(scopes, rid, cost, lease, limits)
 end
 
 while a < #ARGV do
-  local mode, scopes, rid, cost = ARGV[a], tonumber(ARGV[a + 1]), ARGV[a + 2], tonumber(ARGV[a + 3])
-  local extra = tonumber(ARGV[a + 4])
-  a = a + 5
+  local mode, scopes, rid = ARGV[a], tonumber(ARGV[a + 1]), ARGV[a + 2]
+  local w, x, y = tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4]), tonumber(ARGV[a + 5])
+  local z = ARGV[a + 6]
+  a = a + 7
   if mode == 'a' then
     local limits = {}
     for j = 1, 3 * scopes do limits[j] = tonumber(ARGV[a + j - 1]) end
     a = a + 3 * scopes
-    admit(scopes, rid, cost, extra, limits)
+    admit(scopes, rid, w, x, y, tonumber(z), limits)
   elseif mode == 's' then
-    settle(scopes, rid, cost, extra)
+    settle(scopes, rid, w, x, y, z)
   else
-    renew(scopes, rid, extra)
+    renew(scopes, rid, w)
   end
-  k = k + 3 * scopes
+  k = k + 2 * scopes
 end
 return table.concat(result, ' ')

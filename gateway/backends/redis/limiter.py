@@ -20,17 +20,24 @@ This runs on every request, so the command is assembled from pieces encoded
 once per set of scopes (keys and limits), and Redis answers with one string of
 integers rather than an array: together they cut the limiter's own CPU per
 request by more than half.
+
+While Redis is unreachable, :attr:`RedisLimiter.fallback` (an in-memory limiter of
+this process) is there for ``ratelimit.on_redis_error: local``. An admission whose
+caller stopped waiting (the client left) before the decision arrived is undone here,
+in its own bucket, once the decision arrives.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any
+from typing import Any, NamedTuple
 
+from gateway.backends.memory.limiter import MemoryLimiter
 from gateway.backends.redis.link import RedisLink
 from gateway.backends.redis.resp import RedisReplyError, bulk
 from gateway.errors import StoreUnavailable
@@ -39,6 +46,7 @@ from gateway.ratelimit.limits import (
     REFUSAL_KINDS,
     WINDOW_S,
     Decision,
+    LimiterBackend,
     LimitScope,
     ScopesMemo,
     ScopeState,
@@ -50,20 +58,30 @@ _EVALSHA = b"$7\r\nEVALSHA\r\n" + bulk(_SHA.encode())
 _EVAL = b"$4\r\nEVAL\r\n" + bulk(_SCRIPT.encode())
 MAX_BATCH = 128
 
-_Waiter = tuple["asyncio.Future[Decision]", int] | None
-"""An admission's decision future and scope count; None for a settlement."""
-
 
 @dataclass(frozen=True, slots=True)
 class _EncodedScopes:
     """What every operation on one set of scopes sends, in RESP form, encoded once."""
 
-    keys: bytes  # log, tokens and slots key of every scope
+    keys: bytes  # window and slots key of every scope
     key_count: int
+    scopes: int
     admit_head: bytes  # "a", scope count
     settle_head: bytes  # "s", scope count
     renew_head: bytes  # "r", scope count
     limits: bytes  # rpm, tpm, max_concurrent of every scope
+    token_mask: bytes  # one "1" per scope with a tpm, "0" per other scope
+
+
+class _Waiter(NamedTuple):
+    """An admission waiting for its decision, and what undoing it would take (a tuple:
+    one is made on every request)."""
+
+    future: asyncio.Future[Decision]
+    encoded: _EncodedScopes
+    request_id: str
+    prompt: int
+    choices: int
 
 
 @dataclass(slots=True)
@@ -74,7 +92,7 @@ class _Batch:
     key_count: int
     args: bytearray
     arg_count: int
-    waiters: list[_Waiter]
+    waiters: list[_Waiter | None]  # None for a settlement or renewal
 
 
 def _empty_batch() -> _Batch:
@@ -93,53 +111,84 @@ class RedisLimiter:
         self._batch = _empty_batch()
         self._scheduled = False
         self._encoded = ScopesMemo(self._encode)
+        self._fallback = MemoryLimiter(window_s=window_s)
 
     def admit(
-        self, scopes: Sequence[LimitScope], request_id: str, tokens: int, lease_s: float
+        self,
+        scopes: Sequence[LimitScope],
+        request_id: str,
+        tokens: int,
+        lease_s: float,
+        wanted: int = 0,
+        choices: int = 1,
     ) -> asyncio.Future[Decision]:
         self._link.check()
         future: asyncio.Future[Decision] = asyncio.get_running_loop().create_future()
         encoded = self._encoded.get(scopes)
-        args = _operation(encoded.admit_head, request_id, tokens, int(lease_s * 1000))
-        self._add(encoded, args + encoded.limits, 5 + 3 * len(scopes), (future, len(scopes)))
+        args = _operation(
+            encoded.admit_head, request_id, tokens, wanted, choices, b"%d" % int(lease_s * 1000)
+        )
+        waiter = _Waiter(future, encoded, request_id, tokens, choices)
+        self._add(encoded, args + encoded.limits, 7 + 3 * encoded.scopes, waiter)
         return future
 
     def settle(
-        self, scopes: Sequence[LimitScope], request_id: str, reserved: int, actual: int | None
+        self,
+        scopes: Sequence[LimitScope],
+        request_id: str,
+        reserved: int,
+        actual: int | None,
+        at: int = -1,
     ) -> None:
         self._link.check()
-        encoded = self._encoded.get(scopes)
-        settled = -1 if actual is None else actual
-        self._add(encoded, _operation(encoded.settle_head, request_id, reserved, settled), 5, None)
+        self._settle(self._encoded.get(scopes), request_id, reserved, actual, at)
 
     def renew(self, scopes: Sequence[LimitScope], request_id: str, lease_s: float) -> None:
         self._link.check()
         encoded = self._encoded.get(scopes)
-        args = _operation(encoded.renew_head, request_id, 0, int(lease_s * 1000))
-        self._add(encoded, args, 5, None)
+        args = _operation(encoded.renew_head, request_id, int(lease_s * 1000), 0, 0, b"0")
+        self._add(encoded, args, 7, None)
+
+    @property
+    def fallback(self) -> LimiterBackend:
+        return self._fallback
 
     async def close(self) -> None:
         """The link is shared and closed by its owner."""
         self._flush()
 
     def _encode(self, scopes: Sequence[LimitScope]) -> _EncodedScopes:
-        keys, limits = bytearray(), bytearray()
+        keys, limits, mask = bytearray(), bytearray(), bytearray()
         for scope in scopes:
             base = f"{self._prefix}{scope.key}".encode()
-            keys += bulk(base + b":log") + bulk(base + b":tokens") + bulk(base + b":slots")
+            keys += bulk(base + b":win") + bulk(base + b":slots")
             for limit in scope.limits.as_args():
                 limits += bulk(b"%d" % limit)
+            mask += b"1" if scope.limits.tpm is not None else b"0"
         count = bulk(b"%d" % len(scopes))
         return _EncodedScopes(
             bytes(keys),
-            3 * len(scopes),
+            2 * len(scopes),
+            len(scopes),
             bulk(b"a") + count,
             bulk(b"s") + count,
             bulk(b"r") + count,
             bytes(limits),
+            bytes(mask),
         )
 
-    def _add(self, encoded: _EncodedScopes, args: bytes, arg_count: int, waiter: _Waiter) -> None:
+    def _settle(
+        self, encoded: _EncodedScopes, request_id: str, reserved: int, actual: int | None, at: int
+    ) -> None:
+        settled = -1 if actual is None else actual
+        args = _operation(
+            encoded.settle_head, request_id, reserved, settled, at, encoded.token_mask
+        )
+        self._add(encoded, args, 7, None)
+
+    def _add(
+        self, encoded: _EncodedScopes, args: bytes, arg_count: int, waiter: _Waiter | None
+    ) -> None:
         batch = self._batch
         batch.keys += encoded.keys
         batch.key_count += encoded.key_count
@@ -179,8 +228,8 @@ class RedisLimiter:
             self._link.failed(error)
             failure = StoreUnavailable(str(error))
             for waiter in batch.waiters:
-                if waiter is not None and not waiter[0].done():
-                    waiter[0].set_exception(failure)
+                if waiter is not None and not waiter.future.done():
+                    waiter.future.set_exception(failure)
             return
         self._link.succeeded()
         reply = [int(value) for value in done.result().split()]
@@ -188,37 +237,43 @@ class RedisLimiter:
         for waiter in batch.waiters:
             if waiter is None:
                 continue
-            future, scopes = waiter
-            if not future.done():
-                future.set_result(_decision(reply, position, scopes))
-            position += 3 + 3 * scopes
+            decision = _decision(reply, position, waiter.encoded.scopes)
+            position += 5 + 3 * waiter.encoded.scopes
+            if not waiter.future.done():
+                waiter.future.set_result(decision)
+            elif decision.admitted:  # its caller left while Redis decided: undo the charge
+                reserved = waiter.prompt + waiter.choices * decision.granted
+                with contextlib.suppress(StoreUnavailable):
+                    self._settle(waiter.encoded, waiter.request_id, reserved, 0, decision.at)
 
 
-def _operation(head: bytes, request_id: str, first: int, second: int) -> bytes:
-    """One operation's common arguments in RESP form: its head (mode, scope count), the
-    request id and two integers (admit: tokens, lease ms; settle: reserved, actual;
-    renew: 0, lease ms). One format call: this runs on every request."""
+def _operation(head: bytes, request_id: str, w: int, x: int, y: int, z: bytes) -> bytes:
+    """One operation's arguments in RESP form: its head (mode, scope count), the request
+    id, three integers and a last argument (admit: prompt tokens, wanted, choices, lease
+    ms; settle: reserved, actual, admission bucket, token mask; renew: lease ms, 0, 0,
+    0). One format call: this runs on every request."""
     rid = request_id.encode()
-    one, two = b"%d" % first, b"%d" % second
-    return b"%s$%d\r\n%s\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n" % (
-        head, len(rid), rid, len(one), one, len(two), two
+    one, two, three = b"%d" % w, b"%d" % x, b"%d" % y
+    return b"%s$%d\r\n%s\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n" % (
+        head, len(rid), rid, len(one), one, len(two), two, len(three), three, len(z), z
     )  # fmt: skip
 
 
 def _decision(reply: list[int], at: int, scopes: int) -> Decision:
-    """The decision at ``reply[at:]``: admitted, refusal, retry-after ms, then
-    requests, tokens and reset ms per scope."""
+    """The decision at ``reply[at:]``: admitted, refusal, retry-after ms, output tokens
+    granted per choice, the admission's bucket, then requests, tokens and reset ms per
+    scope."""
     if scopes == 1:  # the common case
         states: tuple[ScopeState, ...] = (
-            ScopeState(reply[at + 3], reply[at + 4], reply[at + 5] / 1000),
+            ScopeState(reply[at + 5], reply[at + 6], reply[at + 7] / 1000),
         )
     else:
         states = tuple(
             ScopeState(reply[i], reply[i + 1], reply[i + 2] / 1000)
-            for i in range(at + 3, at + 3 + 3 * scopes, 3)
+            for i in range(at + 5, at + 5 + 3 * scopes, 3)
         )
     refused = reply[at + 1]
     if not refused:
-        return Decision(True, None, 0.0, states)
+        return Decision(True, None, 0.0, states, reply[at + 3], reply[at + 4])
     retry_after = NEVER if reply[at + 2] < 0 else reply[at + 2] / 1000
     return Decision(False, REFUSAL_KINDS[refused - 1], retry_after, states)

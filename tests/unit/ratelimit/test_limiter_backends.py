@@ -1,5 +1,6 @@
 """The sliding-window limiter, decision by decision, on both backends: the Lua script
-in a real redis-server and its in-memory twin (short windows, real time)."""
+in a real redis-server and its in-memory twin (short windows, real time; a 1 s window
+has buckets of 16 ms, so a request counts for 1 s to 1.016 s)."""
 
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ from gateway.ratelimit.limits import (
 )
 
 WINDOW = 1.0
+BUCKET = 0.016  # a sixtieth of the window, in whole ms: a request counts at most this longer
 LEASE = 30.0
 
 
@@ -60,7 +62,7 @@ async def test_admits_exactly_rpm_then_refuses_with_retry_after(limiter: Limiter
     decision = await limiter.admit(scopes, "x", 0, LEASE)
     assert not decision.admitted
     assert decision.refused == "requests"
-    assert 0 < decision.retry_after_s <= WINDOW
+    assert 0 < decision.retry_after_s <= WINDOW + BUCKET
     assert decision.states[0].requests == 5
 
 
@@ -90,7 +92,7 @@ async def test_tokens_are_reserved_then_refunded_to_usage(limiter: LimiterBacken
     refused = await limiter.admit(scopes, "c", 40, LEASE)
     assert first.admitted and not refused.admitted and refused.refused == "tokens"
     assert refused.states[0].tokens == 80
-    limiter.settle(scopes, "a", 40, 10)  # the answer was short: 30 tokens come back
+    limiter.settle(scopes, "a", 40, 10, first.at)  # the answer was short: 30 tokens come back
     retried = await limiter.admit(scopes, "c", 40, LEASE)
     assert retried.admitted
     assert retried.states[0].tokens == 90
@@ -98,8 +100,9 @@ async def test_tokens_are_reserved_then_refunded_to_usage(limiter: LimiterBacken
 
 async def test_usage_above_the_reservation_is_charged(limiter: LimiterBackend) -> None:
     scopes = [scope(tpm=100)]
-    assert (await limiter.admit(scopes, "a", 10, LEASE)).admitted
-    limiter.settle(scopes, "a", 10, 95)
+    first = await limiter.admit(scopes, "a", 10, LEASE)
+    assert first.admitted
+    limiter.settle(scopes, "a", 10, 95, first.at)
     decision = await limiter.admit(scopes, "b", 10, LEASE)
     assert not decision.admitted
     assert decision.states[0].tokens == 95
@@ -228,3 +231,94 @@ def test_scopes_memo_derives_once_per_tuple_and_starts_over_past_its_limit() -> 
     assert memo.get(twin) == 2  # an equal but distinct tuple is its own entry
     memo.get((LimitScope("{b}", Limits()),))  # a third entry: the memo starts over
     assert memo.get(first) == 4
+
+
+async def tokens_in_window(limiter: LimiterBackend, scopes: list[LimitScope]) -> int:
+    """The tokens counted in the window now (a probe that reserves none)."""
+    probe = await limiter.admit(scopes, uuid.uuid4().hex, 0, LEASE)
+    return probe.states[0].tokens
+
+
+async def test_the_output_granted_is_what_the_budget_leaves(limiter: LimiterBackend) -> None:
+    scopes = [scope(tpm=100)]
+    first = await limiter.admit(scopes, "a", 10, LEASE, 50, 1)
+    assert (first.admitted, first.granted, first.states[0].tokens) == (True, 50, 60)
+    second = await limiter.admit(scopes, "b", 10, LEASE, 50, 1)
+    assert (second.admitted, second.granted, second.states[0].tokens) == (True, 30, 100)
+    third = await limiter.admit(scopes, "c", 10, LEASE, 50, 1)
+    assert not third.admitted and third.refused == "tokens" and third.granted == 0
+    assert 0 < third.retry_after_s <= WINDOW + BUCKET
+    assert third.states[0].tokens == 100
+
+
+async def test_every_choice_is_reserved(limiter: LimiterBackend) -> None:
+    """Eight prompts asking for 300 tokens each on a 2000-token limit: each may have
+    (2000 - 8) // 8 = 249, and the reservation is all of it."""
+    scopes = [scope(tpm=2000)]
+    decision = await limiter.admit(scopes, "a", 8, LEASE, 300, 8)
+    assert decision.admitted and decision.granted == 249
+    assert decision.states[0].tokens == 8 + 8 * 249
+    refused = await limiter.admit(scopes, "b", 8, LEASE, 300, 8)
+    assert refused.refused == "tokens" and refused.retry_after_s > 0
+
+
+async def test_a_prompt_leaving_no_token_per_choice_is_never_admitted(
+    limiter: LimiterBackend,
+) -> None:
+    never = await limiter.admit([scope(tpm=100)], "a", 93, LEASE, 10, 8)
+    assert never.refused == "tokens" and never.retry_after_s == NEVER
+    just = await limiter.admit([scope(tpm=100)], "b", 92, LEASE, 10, 8)
+    assert just.admitted and just.granted == 1 and just.states[0].tokens == 100
+
+
+async def test_the_tightest_token_scope_sets_the_grant(limiter: LimiterBackend) -> None:
+    key_wide = LimitScope("{g}", Limits(tpm=1000))
+    per_model = LimitScope("{g}:m", Limits(rpm=10, tpm=100))
+    decision = await limiter.admit([key_wide, per_model], "a", 20, LEASE, 500, 2)
+    assert decision.granted == 40  # (100 - 20) // 2, not (1000 - 20) // 2
+    assert [s.tokens for s in decision.states] == [100, 100]
+    # Requests are counted where an rpm applies only.
+    assert [s.requests for s in decision.states] == [0, 1]
+
+
+async def test_a_settlement_after_its_window_still_lands(limiter: LimiterBackend) -> None:
+    """A charge above the reservation counts from when it arrives; a refund whose
+    reservation has left the window has nothing left to take back."""
+    scopes = [scope(tpm=1000)]
+    over = await limiter.admit(scopes, "a", 100, LEASE)
+    under = await limiter.admit(scopes, "b", 100, LEASE)
+    deadline = time.monotonic() + 5 * WINDOW
+    while await tokens_in_window(limiter, scopes) != 0:  # both reservations have left
+        assert time.monotonic() < deadline, "the reservations never left the window"
+        await asyncio.sleep(0.02)
+    limiter.settle(scopes, "a", 100, 300, over.at)
+    limiter.settle(scopes, "b", 100, 10, under.at)
+    assert await tokens_in_window(limiter, scopes) == 200
+
+
+async def test_a_settlement_in_its_window_goes_to_its_own_bucket(limiter: LimiterBackend) -> None:
+    """The refund leaves the window with the reservation it corrects: once the first
+    request's bucket has gone, only the second one's tokens are counted."""
+    scopes = [scope(tpm=1000)]
+    first = await limiter.admit(scopes, "a", 300, LEASE)
+    await asyncio.sleep(WINDOW / 2)
+    assert (await limiter.admit(scopes, "b", 50, LEASE)).admitted
+    limiter.settle(scopes, "a", 300, 100, first.at)
+    assert await tokens_in_window(limiter, scopes) == 150
+    deadline = time.monotonic() + 5 * WINDOW
+    while (tokens := await tokens_in_window(limiter, scopes)) != 50:
+        assert tokens == 150 and time.monotonic() < deadline, tokens
+        await asyncio.sleep(0.02)
+
+
+async def test_no_counting_lasts_less_than_the_window(limiter: LimiterBackend) -> None:
+    """Buckets are a sixtieth of the window: a request counts for the whole window
+    (never less), and is gone one bucket after it at the latest."""
+    scopes = [scope(rpm=1)]
+    admitted_at = time.monotonic()
+    assert (await limiter.admit(scopes, "a", 0, LEASE)).admitted
+    while not (await limiter.admit(scopes, uuid.uuid4().hex, 0, LEASE)).admitted:
+        assert time.monotonic() - admitted_at < WINDOW * 2, "never counted out"
+        await asyncio.sleep(0.005)
+    counted = time.monotonic() - admitted_at
+    assert WINDOW - 0.005 <= counted <= WINDOW + BUCKET + 0.1, counted
