@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import orjson
@@ -169,3 +169,36 @@ def _text_length(content: Any) -> int:
                 total += len(text) if isinstance(text, str) else 0
         return total
     return 0
+
+
+_CAPS = {True: ("max_completion_tokens", "max_tokens"), False: ("max_tokens",)}
+"""The fields that limit an answer's length, in the order the engine reads them (chat:
+``max_completion_tokens`` when set, else ``max_tokens``)."""
+
+
+def with_output_cap(parsed: ParsedRequest, chat: bool, cap: int) -> ParsedRequest:
+    """``parsed``, asking the engine for at most ``cap`` output tokens per choice.
+
+    Unchanged when the client already asked for no more. Otherwise every length field
+    the client set above ``cap`` (or to null) becomes ``cap``, and the body is
+    re-encoded; when it set none, ``"max_tokens": cap`` is spliced onto the end of the
+    payload instead: the decoded body has no such key, so the bytes carry none that a
+    parser could read twice, and nothing is re-encoded."""
+    body = parsed.body
+    names = _CAPS[chat]
+    asked = next((body[name] for name in names if body.get(name) is not None), None)
+    if isinstance(asked, int) and not isinstance(asked, bool) and asked <= cap:
+        return parsed
+    present = [name for name in names if name in body]
+    if present:
+        body = body | {name: cap for name in present if not _within(body[name], cap)}
+        payload = orjson.dumps(body)
+    else:
+        body = body | {"max_tokens": cap}
+        end = parsed.payload.rstrip()  # a JSON object: its last byte is "}"
+        payload = b'%s,"max_tokens":%d}' % (end[:-1], cap)
+    return replace(parsed, body=body, payload=payload)
+
+
+def _within(value: Any, cap: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value <= cap

@@ -13,7 +13,7 @@ raised as :class:`GatewayError`.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from gateway.auth.authenticator import Authenticator, Principal
 from gateway.cache.entry import Entry, json_body
@@ -30,7 +30,13 @@ from gateway.pipeline.cache_flow import CacheFill, follow_events, hit_tokens
 from gateway.pipeline.denials import DenialMemo
 from gateway.pipeline.exchange import Exchange
 from gateway.pipeline.forwarding import Attempt, Forwarder
-from gateway.pipeline.plan import CHAT, ParsedRequest, RequestPlanner, Route
+from gateway.pipeline.plan import (
+    CHAT,
+    ParsedRequest,
+    RequestPlanner,
+    Route,
+    with_output_cap,
+)
 from gateway.pipeline.results import Answer, EventStream, RawHeaders, Replay, Result
 from gateway.pipeline.usage import UsageTap, body_usage, client_wants_usage, with_usage_requested
 from gateway.pool.engine_pool import EnginePool
@@ -144,6 +150,11 @@ class CompletionService:
             wants_usage = client_wants_usage(parsed.body)
             headers = [*exchange.ticket.raw_headers, *self._hit_headers(entry)]
             return Replay(entry, model, parsed.stream, wants_usage, headers)
+        cap = exchange.ticket.output_cap
+        if cap is not None:  # what the limiter reserved is what the engine may generate
+            parsed = with_output_cap(parsed, route is CHAT, cap)
+            if exchange.ticket.shortened:  # its answer may be shorter than another's:
+                plan = _unshared(plan)  # it neither leads a flight nor fills the cache
         return await self._forward(exchange, route, parsed, plan, meta)
 
     async def _forward(
@@ -257,3 +268,10 @@ class CompletionService:
         return Attempt(
             parsed.model, route.path, payload, meta.request_id, parsed.policy, parsed.affinity_key
         )
+
+
+def _unshared(plan: CachePlan) -> CachePlan:
+    """``plan`` without leading a flight or filling the cache (a bypass, if it had a key)."""
+    if plan.key is None:
+        return plan
+    return replace(plan, key=None, lookup=False, store=False, bypassed=True)
