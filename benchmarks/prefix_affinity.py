@@ -203,12 +203,13 @@ def main(argv: list[str] | None = None) -> int:
         gateways: dict[str, str] = {}
         managed = log_dir / "round_robin.yaml"
         managed.write_text(managed_yaml(log_dir, args.kv_gib))
-        port = free_port()
-        procs.start("round_robin", [python, "-m", "gateway", "serve", "--config", str(managed),
-                                    "--port", str(port)], None)  # fmt: skip
+        port, admin = free_port(), free_port()
+        argv = [python, "-m", "gateway", "serve", "--config", str(managed), "--port", str(port),
+                "--admin-port", str(admin)]  # fmt: skip
+        procs.start("round_robin", argv, None)
         gateways["round_robin"] = f"http://127.0.0.1:{port}"
         print("starting two vLLM engines (a few minutes on a CPU) ...", flush=True)
-        engines = engines_of(gateways["round_robin"], 1500)
+        engines = engines_of(f"http://127.0.0.1:{admin}", 1500)  # the operator listener
         affinity = log_dir / "prefix_affinity.yaml"
         affinity.write_text(affinity_yaml(engines))
         port = free_port()

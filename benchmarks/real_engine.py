@@ -127,14 +127,15 @@ def main(argv: list[str] | None = None) -> int:
         config = log_dir / "gateway.yaml"
         log_dir.mkdir(parents=True, exist_ok=True)
         config.write_text(gateway_yaml(log_dir, args.engine_cpus))
+        admin = free_port()
         argv_gateway = [sys.executable, "-m", "gateway", "serve", "--config", str(config),
-                        "--port", str(port)]  # fmt: skip
+                        "--port", str(port), "--admin-port", str(admin)]  # fmt: skip
         gateway_cpu = None if args.engine_cpus == "all" else 1
         gateway_proc = procs.start("gateway", argv_gateway, gateway_cpu)
         gateway = f"http://127.0.0.1:{port}"
         procs.wait_healthy("gateway", gateway_proc, f"{gateway}/health", 60)
         print("waiting for the vLLM engine (minutes on a CPU) ...", flush=True)
-        engine = engine_url(gateway, 1500)
+        engine = engine_url(f"http://127.0.0.1:{admin}", 1500)  # the operator listener
         for c in args.concurrency:
             print(f"\n== concurrency {c}", flush=True)
             direct = [load(engine, c, args, f"direct c={c} #1")]

@@ -33,8 +33,10 @@ from gateway.background import BackgroundTasks
 from gateway.cache.response_cache import EntryStore
 from gateway.config.settings import Settings
 from gateway.errors import GatewayError, MethodNotAllowedError, NotFoundError
-from gateway.http import admin, completions, models, ops
+from gateway.http import completions, models
 from gateway.http.hot_routes import HotRoutes
+from gateway.http.listener import OperatorListener
+from gateway.http.operator import operator_router, public_router
 from gateway.http.render import gateway_error_response, internal_error_response
 from gateway.http.request_id import RequestIdMiddleware
 from gateway.http.state import AppState
@@ -54,13 +56,23 @@ def create_app(settings: Settings, on_engines_ready: Callable[[], None] | None =
     """A gateway app for ``settings``; its shared objects exist while it runs.
 
     ``on_engines_ready`` is called once every managed engine is ready (``vgate up``
-    prints its banner then).
+    prints its banner then). With ``server.admin_port`` set, the lifespan also runs
+    the operator listener (:mod:`gateway.http.listener`) over the same state.
     """
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with contextlib.AsyncExitStack() as stack:
             app.state.vgate = await _start(settings, stack, on_engines_ready)
+            server = settings.server
+            if server.admin_port is not None:
+                operator = _operator_app()
+                operator.state.vgate = app.state.vgate
+                listener = OperatorListener(
+                    operator, server.admin_host, server.admin_port, server.log_level
+                )
+                await listener.start()
+                stack.push_async_callback(listener.stop)
             # Everything built so far lives as long as the app: keep the cyclic GC from
             # re-scanning it on every full collection (long pauses under load otherwise).
             gc.freeze()
@@ -75,12 +87,23 @@ def create_app(settings: Settings, on_engines_ready: Callable[[], None] | None =
     )
     app.include_router(completions.router)
     app.include_router(models.router)
-    app.include_router(ops.router)
-    app.include_router(admin.router)
+    app.include_router(public_router(settings.server))
+    _add_error_handlers(app)
+    return app
+
+
+def _operator_app() -> FastAPI:
+    """The operator listener's app: operational routes only, errors in the same format."""
+    app = OperatorApp(docs_url=None, redoc_url=None, openapi_url=None)
+    app.include_router(operator_router())
+    _add_error_handlers(app)
+    return app
+
+
+def _add_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(GatewayError, _gateway_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected_error)
-    return app
 
 
 class GatewayApp(FastAPI):
@@ -95,6 +118,13 @@ class GatewayApp(FastAPI):
         return RequestIdMiddleware(
             HotRoutes(super().build_middleware_stack(), completions.HOT_ROUTES)
         )
+
+
+class OperatorApp(FastAPI):
+    """FastAPI with :class:`RequestIdMiddleware` outside everything (as :class:`GatewayApp`)."""
+
+    def build_middleware_stack(self) -> ASGIApp:
+        return RequestIdMiddleware(super().build_middleware_stack())
 
 
 async def _start(

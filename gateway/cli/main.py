@@ -22,6 +22,7 @@ from gateway.cli import keys as cli_keys
 from gateway.cli import stack as cli_stack
 from gateway.config.settings import (
     CONFIG_ENV_VAR,
+    ENV_PREFIX,
     ConfigError,
     Settings,
     load_settings,
@@ -79,25 +80,38 @@ def _add_server_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", help="bind address (server.host)")
     parser.add_argument("--port", type=int, help="listen port (server.port)")
     parser.add_argument("--workers", type=int, help="gateway worker processes (server.workers)")
+    parser.add_argument("--admin-port", type=int, help="operator listener port (server.admin_port)")
 
 
 def _serve(args: argparse.Namespace) -> int:
-    settings = with_overrides(
-        load_settings(args.config), host=args.host, port=args.port, workers=args.workers
-    )
+    flags = {"host": args.host, "port": args.port, "workers": args.workers,
+             "admin_port": args.admin_port}  # fmt: skip
+    settings = with_overrides(load_settings(args.config), **flags)
     if args.config is not None:
         # Worker processes re-load the same file through the factory below.
         os.environ[CONFIG_ENV_VAR] = str(args.config.resolve())
+    if settings.server.workers > 1:
+        # ... and the flags through the environment: each binds the operator port itself.
+        for name, value in flags.items():
+            if value is not None:
+                os.environ[f"{ENV_PREFIX}SERVER__{name.upper()}"] = str(value)
     run_gateway(settings)
     return 0
 
 
 def run_gateway(settings: Settings, on_engines_ready: Callable[[], None] | None = None) -> None:
-    """Serve the gateway in the foreground until SIGINT/SIGTERM."""
+    """Serve the gateway in the foreground until SIGINT/SIGTERM.
+
+    What it prints names the gateway's own listeners, never an engine: engine URLs
+    may carry credentials (see :mod:`gateway.pool.display`)."""
     server = settings.server
     logging.basicConfig(level=server.log_level.upper(), format="%(asctime)s %(name)s %(message)s")
     log.info(
-        "vgate gateway on http://%s:%d/v1 (%d worker(s))", server.host, server.port, server.workers
+        "vgate gateway on http://%s:%d/v1 (%d worker(s)); operator routes %s",
+        server.host,
+        server.port,
+        server.workers,
+        operator_location(settings),
     )
     app: Any
     if server.workers == 1:
@@ -121,3 +135,13 @@ def run_gateway(settings: Settings, on_engines_ready: Callable[[], None] | None 
         proxy_headers=False,  # no use for client addresses; one middleware less per request
         server_header=False,
     )
+
+
+def operator_location(settings: Settings) -> str:
+    """Where /metrics, /sd/engines, the detailed /ready and /admin/* are served."""
+    server = settings.server
+    if server.admin_port is not None:
+        return f"on http://{server.admin_host}:{server.admin_port}"
+    if settings.auth.admin_key is not None:
+        return "on the public port, behind auth.admin_key"
+    return "off (set server.admin_port or auth.admin_key)"

@@ -55,13 +55,14 @@ def with_dev_key(settings: Settings) -> Settings:
 
 
 def up(args: argparse.Namespace) -> int:
-    """Prepare the default model, start its engine and the gateway, print how to use it."""
-    from gateway.cli.main import run_gateway
+    """Prepare the default model, start its engine and the gateway, print how to use it.
+
+    The banner names the gateway's listeners and the models, never an engine URL."""
+    from gateway.cli.main import operator_location, run_gateway
 
     started = time.monotonic()
-    configured = with_default_model(
-        with_overrides(load_settings(args.config), host=args.host, port=args.port)
-    )
+    overrides = {"host": args.host, "port": args.port, "admin_port": args.admin_port}
+    configured = with_default_model(with_overrides(load_settings(args.config), **overrides))
     settings = with_dev_key(configured)
     origin = "from the config" if settings is configured else "made for this run"
     if any(m.engine and m.engine.source == "default" for m in settings.models):
@@ -92,6 +93,7 @@ def up(args: argparse.Namespace) -> int:
             "-H 'Content-Type: application/json' "
             f'-d \'{{"model": "{settings.models[0].name}", "stream": true, '
             '"messages": [{"role": "user", "content": "What is the capital of France?"}]}\'\n'
+            f"  operator : {operator_location(settings)}\n"
             "  stop     : Ctrl-C\n",
             flush=True,
         )
@@ -147,6 +149,9 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     up_parser.add_argument("--config", type=Path, help="YAML config (default: embedded model)")
     up_parser.add_argument("--host", help="bind address (server.host)")
     up_parser.add_argument("--port", type=int, help="listen port (server.port)")
+    up_parser.add_argument(
+        "--admin-port", type=int, help="operator listener port (server.admin_port)"
+    )
     up_parser.set_defaults(handler=up)
 
     models = commands.add_parser("models", help="model preparation")

@@ -1,29 +1,45 @@
-"""Operational routes: liveness, readiness and Prometheus metrics."""
+"""Operational routes: liveness, readiness, Prometheus metrics and engine discovery.
+
+These are the handlers; where each is served, and behind what, is decided by
+:mod:`gateway.http.operator`. The public port only ever learns whether the
+gateway is ready (:func:`ready_status`); engine names, background tasks and
+metrics are operator detail (:func:`ready_detail`, :func:`metrics`,
+:func:`engine_targets`). Engines are shown by their display URL, never with the
+credentials their configured URL may carry.
+"""
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit
-
 import orjson
-from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response
 
 from gateway.http.context import app_state
 from gateway.observability.metrics import METRICS_CONTENT_TYPE
-
-router = APIRouter()
+from gateway.pool.display import netloc
 
 _OK = orjson.dumps({"status": "ok"})
+_READY = orjson.dumps({"status": "ready"})
+_UNAVAILABLE = orjson.dumps({"status": "unavailable"})
+JSON = "application/json"
 
 
 async def health(request: Request) -> Response:
     """Liveness: the process serves HTTP."""
-    return Response(_OK, media_type="application/json")
+    return Response(_OK, media_type=JSON)
 
 
-async def ready(request: Request) -> Response:
-    """Readiness: at least one engine is healthy. 503 otherwise, with per-engine detail.
+async def ready_status(request: Request) -> Response:
+    """Readiness for load balancers and probes: ``{"status": "ready"}`` when at least one
+    engine is healthy, else 503 ``{"status": "unavailable"}``; nothing more."""
+    if app_state(request).pool.any_healthy():
+        return Response(_READY, media_type=JSON)
+    return Response(_UNAVAILABLE, 503, media_type=JSON)
+
+
+async def ready_detail(request: Request) -> Response:
+    """Readiness with the detail an operator needs: 200 when at least one engine is
+    healthy, else 503, and per model each engine's health (by display URL).
 
     The detail also shows each background task (``background``: name →
     ``last_success_age_s``, null before its first success, and consecutive
@@ -41,7 +57,7 @@ async def ready(request: Request) -> Response:
         "engines": engines,
         "background": background,
     }
-    return Response(orjson.dumps(body), 200 if is_ready else 503, media_type="application/json")
+    return Response(orjson.dumps(body), 200 if is_ready else 503, media_type=JSON)
 
 
 async def metrics(request: Request) -> Response:
@@ -50,15 +66,12 @@ async def metrics(request: Request) -> Response:
 
 async def engine_targets(request: Request) -> Response:
     """Every engine, in Prometheus's HTTP service-discovery format: point an
-    ``http_sd_configs`` job here and vLLM's own metrics are scraped wherever engines run."""
+    ``http_sd_configs`` job here and vLLM's own metrics are scraped wherever engines run.
+
+    Targets are ``host:port``; an engine that needs credentials needs them in the
+    scrape job too (``basic_auth``), since they are never served here."""
     groups = [
-        {"targets": [urlsplit(state.url).netloc], "labels": {"model": ",".join(state.models)}}
+        {"targets": [netloc(state.url)], "labels": {"model": ",".join(state.models)}}
         for state in app_state(request).pool.states()
     ]
-    return Response(orjson.dumps(groups), media_type="application/json")
-
-
-router.add_route("/health", health, methods=["GET"])
-router.add_route("/ready", ready, methods=["GET"])
-router.add_route("/metrics", metrics, methods=["GET"])
-router.add_route("/sd/engines", engine_targets, methods=["GET"])
+    return Response(orjson.dumps(groups), media_type=JSON)

@@ -27,15 +27,18 @@ STARTUP_TIMEOUT_S = 1500
 
 
 class Stack:
-    def __init__(self, url: str) -> None:
+    """The running `vgate up`; ``admin_url`` is its operator listener (the detailed /ready)."""
+
+    def __init__(self, url: str, admin_url: str) -> None:
         self.url = url
         self.base_url = f"{url}/v1"
+        self.admin_url = admin_url
 
     def client(self, **kwargs: object) -> openai.OpenAI:
         return openai.OpenAI(base_url=self.base_url, api_key="unused", max_retries=0, **kwargs)  # type: ignore[arg-type]
 
     def engine_url(self, model: str) -> str:
-        engines = httpx.get(f"{self.url}/ready").json()["engines"][model]
+        engines = httpx.get(f"{self.admin_url}/ready").json()["engines"][model]
         healthy: list[str] = [url for url, ok in engines.items() if ok]
         assert len(healthy) == 1, engines
         return healthy[0]
@@ -72,9 +75,9 @@ def engine_config(log_dir: Path) -> dict[str, object]:
     }
 
 
-def _wait_all_engines(url: str, deadline: float) -> None:
+def _wait_all_engines(admin_url: str, deadline: float) -> None:
     while True:
-        engines = httpx.get(f"{url}/ready").json()["engines"]
+        engines = httpx.get(f"{admin_url}/ready").json()["engines"]
         if all(any(engines.get(m, {}).values()) for m in (DEFAULT_MODEL, SPEC_MODEL)):
             return
         assert time.monotonic() < deadline, f"engines not ready: {engines}"
@@ -86,13 +89,14 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     directory = tmp_path_factory.mktemp("e2e")
     config = directory / "vgate.yaml"
     config.write_text(yaml.safe_dump(engine_config(directory / "logs")))
-    port = free_port()
-    argv = [sys.executable, "-m", "gateway", "up", "--config", str(config), "--port", str(port)]
+    port, admin = free_port(), free_port()
+    argv = [sys.executable, "-m", "gateway", "up", "--config", str(config), "--port", str(port),
+            "--admin-port", str(admin)]  # fmt: skip
     started = time.monotonic()
     with run_process(argv, f"http://127.0.0.1:{port}/ready", timeout=STARTUP_TIMEOUT_S):
-        _wait_all_engines(f"http://127.0.0.1:{port}", started + STARTUP_TIMEOUT_S)
+        _wait_all_engines(f"http://127.0.0.1:{admin}", started + STARTUP_TIMEOUT_S)
         print(f"\ne2e stack ready in {time.monotonic() - started:.0f} s", file=sys.stderr)
-        yield Stack(f"http://127.0.0.1:{port}")
+        yield Stack(f"http://127.0.0.1:{port}", f"http://127.0.0.1:{admin}")
         for log in sorted((directory / "logs").glob("*.log")):
             if os.environ.get("VGATE_E2E_SHOW_LOGS"):
                 print(log.read_text()[-3000:], file=sys.stderr)

@@ -151,7 +151,7 @@ def test_kill_9_engine_is_restarted_and_serves_again(stack: Stack) -> None:
     os.kill(_pid_listening_on(engine), signal.SIGKILL)
     deadline = time.monotonic() + 900
     while True:
-        engines = httpx.get(f"{stack.url}/ready").json()["engines"][DEFAULT_MODEL]
+        engines = httpx.get(f"{stack.admin_url}/ready").json()["engines"][DEFAULT_MODEL]
         if any(ok for url, ok in engines.items() if url != engine):
             break
         assert time.monotonic() < deadline, "engine was not restarted"

@@ -31,11 +31,15 @@ class Stub:
 
 
 class Gateway:
-    """A running ``vgate serve`` and clients pointed at it."""
+    """A running ``vgate serve`` and clients pointed at it.
 
-    def __init__(self, url: str) -> None:
+    ``admin_url`` is its operator listener (``server.admin_port``), where /metrics,
+    /sd/engines, the detailed /ready and /admin/* are served (None: it has none)."""
+
+    def __init__(self, url: str, admin_url: str | None = None) -> None:
         self.url = url
         self.base_url = f"{url}/v1"
+        self.admin_url = admin_url
 
     def client(self, **kwargs: Any) -> openai.OpenAI:
         return openai.OpenAI(base_url=self.base_url, api_key="unused", max_retries=0, **kwargs)
@@ -44,7 +48,17 @@ class Gateway:
         return openai.AsyncOpenAI(base_url=self.base_url, api_key="unused", max_retries=0, **kwargs)
 
     def metrics(self) -> str:
-        return httpx.get(f"{self.url}/metrics").text
+        return httpx.get(f"{self.operator_url}/metrics").text
+
+    def ready(self) -> dict[str, Any]:
+        """The detailed /ready (engines by display URL, background tasks)."""
+        detail: dict[str, Any] = httpx.get(f"{self.operator_url}/ready").json()
+        return detail
+
+    @property
+    def operator_url(self) -> str:
+        assert self.admin_url is not None, "this gateway has no operator listener"
+        return self.admin_url
 
 
 def start_stub(*flags: str) -> Generator[Stub, None, None]:
@@ -55,12 +69,16 @@ def start_stub(*flags: str) -> Generator[Stub, None, None]:
 
 
 def start_gateway(config: dict[str, Any], directory: Path) -> Generator[Gateway, None, None]:
+    """``vgate serve`` with ``config``, plus an operator listener on a free port unless
+    the config sets ``server.admin_port`` itself (None: no operator listener)."""
     port = free_port()
+    server = {"admin_port": free_port(), **config.get("server", {})}
     path = directory / f"vgate-{port}.yaml"
-    path.write_text(yaml.safe_dump(config))
+    path.write_text(yaml.safe_dump({**config, "server": server}))
     argv = [sys.executable, "-m", "gateway", "serve", "--config", str(path), "--port", str(port)]
+    admin = server["admin_port"]
     with run_process(argv, f"http://127.0.0.1:{port}/health", timeout=30):
-        yield Gateway(f"http://127.0.0.1:{port}")
+        yield Gateway(f"http://127.0.0.1:{port}", f"http://127.0.0.1:{admin}" if admin else None)
 
 
 @pytest.fixture(scope="session")

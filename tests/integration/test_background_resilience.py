@@ -79,7 +79,7 @@ class Planted:
 @pytest.fixture(scope="module")
 def planted(running: Gateway, private_redis: str, stub: Stub) -> Planted:
     made = httpx.post(
-        f"{running.url}/admin/keys", json={"name": "before"},
+        f"{running.operator_url}/admin/keys", json={"name": "before"},
         headers={"Authorization": f"Bearer {ADMIN_KEY}"},
     )  # fmt: skip
     assert made.status_code == 201, made.text
@@ -142,7 +142,7 @@ def samples(gateway: Gateway, name: str) -> dict[str, float]:
 
 
 def background(gateway: Gateway) -> dict[str, Any]:
-    detail: dict[str, Any] = httpx.get(f"{gateway.url}/ready").json()["background"]
+    detail: dict[str, Any] = gateway.ready()["background"]
     return detail
 
 

@@ -57,7 +57,12 @@ def test_up_prints_the_banner_serves_and_stops_on_ctrl_c(tmp_path: Path, declare
             model="stub-model", messages=[{"role": "user", "content": "hi"}]
         )
         assert reply.choices[0].message.content
-        engines = httpx.get(f"http://127.0.0.1:{port}/ready").json()["engines"]["stub-model"]
+        assert "operator : on the public port, behind auth.admin_key" in banner
+        public = httpx.get(f"http://127.0.0.1:{port}/ready").json()
+        assert public == {"status": "ready"}  # the detail is for the admin key only
+        admin = {"Authorization": "Bearer admin-0123456789abcdef"}
+        detail = httpx.get(f"http://127.0.0.1:{port}/ready", headers=admin).json()
+        engines = detail["engines"]["stub-model"]
         engine_pid = httpx.get(f"{next(iter(engines))}/stub/stats").json()["pid"]
 
         os.killpg(proc.pid, signal.SIGINT)

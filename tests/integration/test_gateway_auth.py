@@ -102,6 +102,7 @@ def test_failures_are_counted_and_keys_never_exposed(secured: Gateway) -> None:
     assert NARROW_KEY not in metrics
 
 
-def test_health_and_metrics_need_no_key(secured: Gateway) -> None:
+def test_health_needs_no_key_and_metrics_are_served_to_operators(secured: Gateway) -> None:
     assert httpx.get(f"{secured.url}/health").status_code == 200
-    assert httpx.get(f"{secured.url}/metrics").status_code == 200
+    assert httpx.get(f"{secured.url}/metrics").status_code == 404  # not on the public port
+    assert httpx.get(f"{secured.operator_url}/metrics").status_code == 200

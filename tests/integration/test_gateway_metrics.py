@@ -1,4 +1,5 @@
-"""/metrics exposes the gateway's metrics and they move with traffic."""
+"""/metrics (on the operator listener) exposes the gateway's metrics and they move with
+traffic."""
 
 from __future__ import annotations
 
@@ -60,6 +61,6 @@ def test_metrics_move_with_traffic(gateway: Gateway) -> None:
 
 
 def test_metrics_content_type(gateway: Gateway) -> None:
-    response = httpx.get(f"{gateway.url}/metrics")
+    response = httpx.get(f"{gateway.operator_url}/metrics")
     assert response.headers["content-type"].startswith("text/plain")
     assert "# TYPE vgate_requests_total counter" in response.text

@@ -119,24 +119,25 @@ def test_admin_api_makes_and_revokes_keys_for_every_replica(replicas: list[Gatew
     admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
     name = f"admin-{RUN}"
     made = httpx.post(
-        f"{replicas[0].url}/admin/keys", json={"name": name, "models": [STUB_MODEL]},
+        f"{replicas[0].operator_url}/admin/keys", json={"name": name, "models": [STUB_MODEL]},
         headers=admin,
     )  # fmt: skip
     assert made.status_code == 201, made.text
     secret = made.json()["key"]
     assert all(complete(g, secret).status_code == 200 for g in replicas)
-    listing = httpx.get(f"{replicas[1].url}/admin/keys", headers=admin).json()
+    listing = httpx.get(f"{replicas[1].operator_url}/admin/keys", headers=admin).json()
     assert name in [row["name"] for row in listing["data"]]
     assert secret not in json.dumps(listing)
-    again = httpx.post(f"{replicas[2].url}/admin/keys", json={"name": name}, headers=admin)
+    again = httpx.post(f"{replicas[2].operator_url}/admin/keys", json={"name": name}, headers=admin)
     assert again.status_code == 400 and "exists" in again.json()["error"]["message"]
-    assert httpx.delete(f"{replicas[2].url}/admin/keys/{name}", headers=admin).status_code == 200
+    revoked = httpx.delete(f"{replicas[2].operator_url}/admin/keys/{name}", headers=admin)
+    assert revoked.status_code == 200
     assert max(_seconds_until_refused(g, secret) for g in replicas) <= 1.0
 
 
 def test_admin_api_needs_the_admin_key(replicas: list[Gateway]) -> None:
     for headers in ({}, {"Authorization": f"Bearer {HAMMER_KEY}"}):
-        response = httpx.get(f"{replicas[0].url}/admin/keys", headers=headers)
+        response = httpx.get(f"{replicas[0].operator_url}/admin/keys", headers=headers)
         assert response.status_code == 401
         assert response.json()["error"]["code"] == "invalid_api_key"
 

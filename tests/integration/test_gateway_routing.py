@@ -1,4 +1,5 @@
-"""Routing across three stub engines: the engine header, and prefix affinity."""
+"""Routing across three stub engines: the engine header (``server.debug_headers``: the
+engine's id, never its URL), and prefix affinity."""
 
 from __future__ import annotations
 
@@ -8,14 +9,15 @@ import time
 from collections.abc import Generator, Iterator, Mapping
 from pathlib import Path
 
-import httpx
 import pytest
 from openai.types.chat import ChatCompletionMessageParam
 
+from gateway.pool.display import engine_id
 from tests.helpers.processes import free_port, run_process
 from tests.integration.conftest import STUB_MODEL, Gateway, Stub, start_gateway, start_stub
 
 SYSTEM = "You are a meticulous assistant for the accounts team. " * 4
+DEBUG = {"debug_headers": True}  # x-vgate-engine on every forwarded answer
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +34,8 @@ def _gateway(stubs: list[Stub], policy: str, tmp: Path) -> Generator[Gateway, No
     config = {
         "models": [
             {"name": STUB_MODEL, "endpoints": [s.url for s in stubs], "routing": {"policy": policy}}
-        ]
+        ],
+        "server": DEBUG,
     }
     return start_gateway(config, tmp)
 
@@ -53,7 +56,8 @@ def test_round_robin_spreads_and_names_the_engine(three_stubs: list[Stub], tmp_p
     gateway = next(runner)
     try:
         served = {_engine_for(gateway, [{"role": "user", "content": "hi"}]) for _ in range(6)}
-        assert served == {s.url for s in three_stubs}
+        assert served == {engine_id(s.url) for s in three_stubs}
+        assert all(len(name) == 8 and "127.0.0.1" not in name for name in served)
     finally:
         runner.close()
 
@@ -99,6 +103,7 @@ def beside_a_broken_engine(
             }
         ],
         "upstream": upstream,
+        "server": DEBUG,
     }
     runner = start_gateway(config, tmp)
     try:
@@ -151,6 +156,7 @@ def test_breaker_closes_again_once_the_engine_recovers(
                     "routing": {"policy": "round_robin"}}],
         "upstream": {"retries": 1, "breaker_failures": 2, "breaker_cooldown_s": 1.0,
                      "health_interval_s": 0.2},
+        "server": DEBUG,
     }  # fmt: skip
     failing = [sys.executable, "-m", "engines.stub", "--port", str(port), "--model", STUB_MODEL,
                "--fail-status", "503"]  # fmt: skip
@@ -160,7 +166,7 @@ def test_breaker_closes_again_once_the_engine_recovers(
         gateway = next(stack.enter_context(contextlib.closing(start_gateway(config, tmp_path))))
         _wait_healthy(gateway, flaky_url)
         served = [_engine_for(gateway, [{"role": "user", "content": "hi"}]) for _ in range(6)]
-        assert set(served) == {three_stubs[2].url}  # every one answered, by the good engine
+        assert set(served) == {engine_id(three_stubs[2].url)}  # all answered by the good one
         assert f'vgate_engine_breaker_open{{engine="{flaky_url}"}} 1.0' in gateway.metrics()
         broken.kill()
         broken.wait()
@@ -168,12 +174,12 @@ def test_breaker_closes_again_once_the_engine_recovers(
         _wait_healthy(gateway, flaky_url)
         time.sleep(1.2)  # the cool-down passes
         served = [_engine_for(gateway, [{"role": "user", "content": "hi"}]) for _ in range(6)]
-        assert flaky_url in served  # the trial succeeded: back in rotation
+        assert engine_id(flaky_url) in served  # the trial succeeded: back in rotation
         assert f'vgate_engine_breaker_open{{engine="{flaky_url}"}} 0.0' in gateway.metrics()
 
 
 def _wait_healthy(gateway: Gateway, url: str, within_s: float = 5.0) -> None:
     deadline = time.monotonic() + within_s
-    while not httpx.get(f"{gateway.url}/ready").json()["engines"][STUB_MODEL].get(url):
+    while not gateway.ready()["engines"][STUB_MODEL].get(url):
         assert time.monotonic() < deadline, f"{url} never became healthy"
         time.sleep(0.05)

@@ -72,10 +72,12 @@ def cluster(redis_url: str, tmp_path: Path) -> Iterator[tuple[Any, Gateway, str]
             }
         ],
     }
+    admin_port = free_port()
     gateway_config = {
         "redis": {"url": redis_url},
         "engines": {"watch_interval_s": 0.2},
         "upstream": {"health_interval_s": 0.5},
+        "server": {"admin_port": admin_port},
     }
     (tmp_path / "engines.yaml").write_text(yaml.safe_dump(engines_config))
     (tmp_path / "gateway.yaml").write_text(yaml.safe_dump(gateway_config))
@@ -87,11 +89,12 @@ def cluster(redis_url: str, tmp_path: Path) -> Iterator[tuple[Any, Gateway, str]
     with run_process(supervisor_argv, ready_url=None) as supervisor:
         wait_for(lambda: len(ready_records(redis_url)) == 2, 30, "two ready engines")
         with run_process(gateway_argv, f"http://127.0.0.1:{port}/health"):
-            yield supervisor, Gateway(f"http://127.0.0.1:{port}"), redis_url
+            admin_url = f"http://127.0.0.1:{admin_port}"
+            yield supervisor, Gateway(f"http://127.0.0.1:{port}", admin_url), redis_url
 
 
 def engine_urls(gateway: Gateway) -> set[str]:
-    engines = httpx.get(f"{gateway.url}/ready").json()["engines"]
+    engines = gateway.ready()["engines"]
     return set(engines.get(STUB_MODEL, {}))
 
 

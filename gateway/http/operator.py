@@ -1,0 +1,104 @@
+"""Which operational route is served where: the public port or the operator listener.
+
+Operator routes — ``/metrics``, ``/sd/engines``, the detailed ``/ready`` and
+``/admin/*`` — say which engines exist, where they run, which keys exist and
+what they consume. Clients have no business with any of it, so:
+
+- with ``server.admin_port`` set, they are served by the operator listener
+  (:func:`operator_router`, bound to ``server.admin_host``, default loopback)
+  and the public port answers 404 for them;
+- without it, they stay on the public port behind ``auth.admin_key``
+  (``Authorization: Bearer <admin key>``; 401 without it or with another, 403
+  when no admin key is configured, in OpenAI's error format).
+
+Either way ``/health`` is public, the public ``/ready`` answers ready or not and
+nothing more (the detail needs the admin key), and ``server.public_metrics:
+true`` opens ``/metrics`` on the public port to anyone, on purpose. The operator
+listener itself asks no key for ``/metrics``, ``/sd/engines`` and ``/ready``
+(Prometheus scrapes it; keep it reachable by operators only), while
+``/admin/*`` still checks the admin key there too.
+"""
+
+from __future__ import annotations
+
+import hmac
+
+from fastapi import APIRouter
+from starlette.requests import Request
+from starlette.responses import Response
+
+from gateway.config.sections import ServerSettings
+from gateway.errors import AuthenticationError, PermissionDeniedError
+from gateway.http import admin, ops
+from gateway.http.context import app_state
+from gateway.http.hot_routes import Handler
+
+GET = ["GET"]
+
+
+def admin_key_presented(request: Request) -> bool:
+    """Whether the request carries ``Authorization: Bearer <auth.admin_key>``."""
+    admin_key = app_state(request).settings.auth.admin_key
+    if admin_key is None:
+        return False
+    presented = request.headers.get("authorization", "")
+    return hmac.compare_digest(presented.encode(), f"Bearer {admin_key}".encode())
+
+
+def require_admin_key(request: Request) -> None:
+    """Raise unless the request carries the admin key: 403 when none is configured
+    (operator routes are then off on the public port), 401 otherwise."""
+    if app_state(request).settings.auth.admin_key is None:
+        raise PermissionDeniedError(
+            "Operator routes are off on the public port: set server.admin_port (an "
+            "operator listener) or auth.admin_key.",
+            code="admin_disabled",
+        )
+    if not admin_key_presented(request):
+        raise AuthenticationError("This route needs the admin key.", code="invalid_api_key")
+
+
+def behind_admin_key(handler: Handler) -> Handler:
+    """``handler``, answered only to requests that carry the admin key."""
+
+    async def guarded(request: Request) -> Response:
+        require_admin_key(request)
+        return await handler(request)
+
+    return guarded
+
+
+async def ready_for_admin(request: Request) -> Response:
+    """The public ``/ready`` without an operator listener: the detail for the admin
+    key, ready-or-not for everyone else."""
+    if admin_key_presented(request):
+        return await ops.ready_detail(request)
+    return await ops.ready_status(request)
+
+
+def public_router(server: ServerSettings) -> APIRouter:
+    """The operational routes of the public port (see the module docstring)."""
+    router = APIRouter()
+    router.add_route("/health", ops.health, methods=GET)
+    if server.admin_port is not None:
+        router.add_route("/ready", ops.ready_status, methods=GET)
+        if server.public_metrics:
+            router.add_route("/metrics", ops.metrics, methods=GET)
+        return router
+    router.add_route("/ready", ready_for_admin, methods=GET)
+    metrics = ops.metrics if server.public_metrics else behind_admin_key(ops.metrics)
+    router.add_route("/metrics", metrics, methods=GET)
+    router.add_route("/sd/engines", behind_admin_key(ops.engine_targets), methods=GET)
+    router.include_router(admin.router)  # checks the admin key itself
+    return router
+
+
+def operator_router() -> APIRouter:
+    """Every route of the operator listener."""
+    router = APIRouter()
+    router.add_route("/health", ops.health, methods=GET)
+    router.add_route("/ready", ops.ready_detail, methods=GET)
+    router.add_route("/metrics", ops.metrics, methods=GET)
+    router.add_route("/sd/engines", ops.engine_targets, methods=GET)
+    router.include_router(admin.router)
+    return router
