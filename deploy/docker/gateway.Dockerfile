@@ -20,7 +20,9 @@ USER 999
 ENV VGATE_SERVER__HOST=0.0.0.0 \
     VGATE_SERVER__PORT=8000 \
     PYTHONUNBUFFERED=1
-EXPOSE 8000
+# 8000: the OpenAI API, for clients. 9100: the operator listener (metrics, service
+# discovery, detailed readiness, /admin), for Prometheus and operators only.
+EXPOSE 8000 9100
 HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/health', timeout=2)"]
 ENTRYPOINT ["vgate"]

@@ -1,7 +1,8 @@
 """Every deployment artefact, checked offline: Kustomize renders validated against the
 Kubernetes schemas, Dockerfiles linted by hadolint, Compose files parsed and their files
-present, and the Grafana dashboard and Prometheus alerts referring only to metric names
-that a running gateway (and the engines it scrapes) really export."""
+present, the Grafana dashboard and Prometheus alerts referring only to metric names
+that a running gateway (and the engines it scrapes) really export, and the operator
+port (``server.admin_port``) scraped by Prometheus but never exposed to clients."""
 
 from __future__ import annotations
 
@@ -169,6 +170,67 @@ def test_prometheus_config_and_alerts_are_well_formed(exported_metrics: set[str]
 def test_gateway_lists_engines_for_prometheus_service_discovery(
     stub: Stub, gateway: Gateway
 ) -> None:
-    groups = httpx.get(f"{gateway.url}/sd/engines").json()
+    groups = httpx.get(f"{gateway.operator_url}/sd/engines").json()
     targets = {t for g in groups for t in g["targets"]}
     assert stub.url.removeprefix("http://") in targets
+    assert httpx.get(f"{gateway.url}/sd/engines").status_code == 404  # not for clients
+
+
+def _render(overlay: str) -> list[dict[str, Any]]:
+    rendered = subprocess.run(
+        [_kubectl(), "kustomize", str(DEPLOY / "k8s" / "overlays" / overlay)],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    return [d for d in yaml.safe_load_all(rendered) if d]
+
+
+@pytest.mark.parametrize("overlay", ["production", "cpu-dev"])
+def test_kubernetes_scrapes_the_operator_port_and_never_exposes_it(overlay: str) -> None:
+    documents = _render(overlay)
+    config_map = next(
+        d for d in documents if d["kind"] == "ConfigMap" and "gateway.yaml" in d["data"]
+    )
+    server = yaml.safe_load(config_map["data"]["gateway.yaml"])["server"]
+    public, admin = server["port"], server["admin_port"]
+    assert server["admin_host"] == "0.0.0.0" and admin != public  # reachable from Prometheus
+    deployment = next(d for d in documents if d["kind"] == "Deployment")
+    pod = deployment["spec"]["template"]
+    assert pod["metadata"]["annotations"]["prometheus.io/port"] == str(admin)
+    assert pod["metadata"]["annotations"]["prometheus.io/path"] == "/metrics"
+    container = pod["spec"]["containers"][0]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports == {"http": public, "admin": admin}
+    service = next(
+        d for d in documents if d["kind"] == "Service" and d["metadata"]["name"] == "vgate-gateway"
+    )
+    assert [p["targetPort"] for p in service["spec"]["ports"]] == ["http"]  # the API only
+    policy = next(
+        d for d in documents
+        if d["kind"] == "NetworkPolicy" and d["metadata"]["name"] == "vgate-gateway-ingress"
+    )  # fmt: skip
+    assert policy["spec"]["podSelector"] == deployment["spec"]["selector"]
+    rules = policy["spec"]["ingress"]
+    assert all(rule.get("ports") for rule in rules)  # no rule opens every port
+    for rule in rules:
+        named = {p["port"] for p in rule["ports"]}
+        if "admin" in named:
+            monitoring = {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}
+            assert rule["from"] == [{"namespaceSelector": monitoring}]
+        else:
+            assert named == {"http"}
+
+
+@pytest.mark.parametrize("compose", ["docker-compose.yml", "docker-compose.cpu.yml"])
+def test_compose_publishes_the_api_and_prometheus_scrapes_the_operator_port(compose: str) -> None:
+    server = yaml.safe_load((DEPLOY / "docker" / "gateway.yaml").read_text())["server"]
+    public, admin = server["port"], server["admin_port"]
+    assert server["admin_host"] == "0.0.0.0" and admin != public
+    gateway = yaml.safe_load((DEPLOY / "docker" / compose).read_text())["services"]["gateway"]
+    published = [str(p).rsplit(":", 1)[-1] for p in gateway["ports"]]
+    assert published == [str(public)]  # the operator port stays on the compose network
+    assert f"EXPOSE {public} {admin}" in (DEPLOY / "docker" / "gateway.Dockerfile").read_text()
+    prometheus = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
+    jobs = {job["job_name"]: job for job in prometheus["scrape_configs"]}
+    assert jobs["vgate-gateway"]["static_configs"] == [{"targets": [f"gateway:{admin}"]}]
+    discovery = jobs["vllm-engines"]["http_sd_configs"]
+    assert [sd["url"] for sd in discovery] == [f"http://gateway:{admin}/sd/engines"]
