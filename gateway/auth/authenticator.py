@@ -8,14 +8,19 @@ guessed. Keys never reach logs or metrics: principals carry the key's *name*.
 Two sources: keys declared in the config, and keys made at run time in a
 :class:`gateway.auth.keys.KeyStore`. The directory keeps a local copy of the
 store, reloaded whenever the store's version changes (polled every
-``auth.refresh_interval_s``), so authentication costs no round trip. A key the
-copy does not know makes the directory check the store's version at once (a key
-made a moment ago on another replica works at once): one check at a time,
-shared by every request that waits for it, so a flood of random keys costs one
-Redis round trip per check, not one per request. A key still unknown after the
-check is remembered as unknown for a while (:mod:`gateway.auth.unknown_keys`),
-so repeating it costs no round trip at all; the copy is consulted first, so a
-key made later is never hidden by that memory.
+``auth.refresh_interval_s``), so authentication costs no round trip.
+
+A key the copy does not know makes the directory check the store's version (and
+reload if it moved), so a key made a moment ago on another replica works at
+once, unless the copy was checked less than :data:`UNKNOWN_KEY_RECHECK_S` ago:
+then the key is refused without a check, and works from the next poll on
+(within ``auth.refresh_interval_s``, like a revocation). Checks run one at a
+time, shared by every request that arrived while one was under way. A flood of
+random keys therefore costs at most one Redis read per
+:data:`UNKNOWN_KEY_RECHECK_S`, not one per request. A key still unknown after a
+check is remembered as unknown (:mod:`gateway.auth.unknown_keys`), so repeating
+it costs nothing at all; the copy is consulted first, so a key made later is
+never hidden by that memory.
 
 With auth disabled, :class:`OpenAccess` admits everyone as ``anonymous``, so the
 pipeline has no ``if auth_enabled`` branches.
@@ -25,8 +30,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Protocol
@@ -39,6 +45,10 @@ from gateway.ratelimit.limits import NO_LIMITS, Limits, LimitScope
 
 log = logging.getLogger("vgate.auth")
 _BEARER = "bearer "
+
+UNKNOWN_KEY_RECHECK_S = 0.05
+"""An unknown key makes the directory check the key store only when its last check
+began longer ago than this: at most 20 checks a second, whatever the flood."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +129,7 @@ class KeyDirectory:
         static: Iterable[StaticKey],
         store: KeyStore | None,
         unknown: UnknownKeys | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._static = {digest_of(k.key): _from_static(k) for k in static}
         self._store = store
@@ -126,6 +137,9 @@ class KeyDirectory:
         self._unknown = unknown if unknown is not None else UnknownKeys(10_000, 10.0)
         self._version: str | None = None
         self._reloading: asyncio.Future[None] | None = None
+        self._clock = clock
+        self._checked_at = -math.inf
+        """When the last successful check of the store began."""
 
     def known(self, authorization: str | None) -> Principal | None:
         digest = _digest(authorization)
@@ -175,8 +189,12 @@ class KeyDirectory:
         return frozenset(p.name for p in (*self._static.values(), *self._stored.values()))
 
     async def _after_reload(self, digest: str) -> Principal | None:
-        """The key behind ``digest`` once the copy has caught up with the store; an
-        unknown one is remembered as such. 503 when the store cannot be reached."""
+        """The key behind ``digest`` once the copy has caught up with the store (or was
+        checked a moment ago); an unknown one is remembered as such. 503 when the
+        store cannot be reached."""
+        if self._clock() - self._checked_at < UNKNOWN_KEY_RECHECK_S:
+            self._unknown.add(digest)
+            return None
         try:
             await self._reload_once()
         except StoreUnavailable:
@@ -215,13 +233,14 @@ class KeyDirectory:
 
     async def _reload(self) -> None:
         assert self._store is not None
+        started = self._clock()
         version = await self._store.version()
-        if version == self._version:
-            return
-        records = await self._store.load_all()
-        self._stored = {r.digest: _from_record(r) for r in records}
-        self._unknown.clear()
-        self._version = version
+        if version != self._version:
+            records = await self._store.load_all()
+            self._stored = {r.digest: _from_record(r) for r in records}
+            self._unknown.clear()
+            self._version = version
+        self._checked_at = started
 
 
 def _digest(authorization: str | None) -> str | None:
