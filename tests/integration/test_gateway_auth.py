@@ -3,17 +3,32 @@ not use, and /v1/models listing only what the key may use."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import asyncio
+import json
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
 
 import httpx
 import openai
 import pytest
+import redis
+import redis.asyncio as aioredis
+import yaml
 from openai.types.chat import ChatCompletionMessageParam
 
+from gateway.auth.authenticator import UNKNOWN_KEY_RECHECK_S
+from gateway.auth.keys import KeyRecord, digest_of
+from gateway.backends.redis.keys import RedisKeyStore
 from tests.integration.conftest import STUB_MODEL, Gateway, Stub, start_gateway
 
 ADMIN_KEY = "sk-team-a-0123456789"
 NARROW_KEY = "sk-team-b-9876543210"
+OPERATOR_KEY = "sk-operator-0123456789abcdef"
 MESSAGES: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hello"}]
 
 
@@ -106,3 +121,159 @@ def test_health_needs_no_key_and_metrics_are_served_to_operators(secured: Gatewa
     assert httpx.get(f"{secured.url}/health").status_code == 200
     assert httpx.get(f"{secured.url}/metrics").status_code == 404  # not on the public port
     assert httpx.get(f"{secured.operator_url}/metrics").status_code == 200
+
+
+def test_the_engine_gets_the_gateways_request_id_and_the_client_its_own(
+    secured: Gateway, stub: Stub
+) -> None:
+    """vLLM takes X-Request-Id as its request id: two tenants choosing the same one
+    would collide in the engine, so the engine gets the gateway's own."""
+    seen: list[str] = []
+    for _ in range(2):
+        raw = client(secured, ADMIN_KEY).chat.completions.with_raw_response.create(
+            model=STUB_MODEL, messages=MESSAGES, extra_headers={"x-request-id": "trace-123"}
+        )
+        assert raw.headers["x-request-id"] == "trace-123"
+        seen.append(stub.stats()["last_request"]["headers"]["x-request-id"])
+    assert all(engine_id.startswith("vgate-") for engine_id in seen)
+    assert len(set(seen)) == 2
+
+
+# ---------------------------------------------------------------- keys made at run time
+
+
+@pytest.fixture(scope="module")
+def stored_keys(
+    stub: Stub, redis_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Gateway, Path]]:
+    """A gateway whose keys live in Redis, and a config file for `vgate keys`."""
+    config = {
+        "models": [{"name": STUB_MODEL, "endpoints": [stub.url]}],
+        "redis": {"url": redis_url},
+        "auth": {"enabled": True, "admin_key": OPERATOR_KEY},
+    }
+    directory = tmp_path_factory.mktemp("stored-keys")
+    path = directory / "keys.yaml"
+    path.write_text(yaml.safe_dump(config))
+    for gateway in start_gateway(config, directory):
+        yield gateway, path
+
+
+def admin(gateway: Gateway, method: str, path: str = "", **kwargs: Any) -> httpx.Response:
+    """``/admin/keys`` on the operator listener when the gateway has one."""
+    base = getattr(gateway, "admin_url", None) or gateway.url
+    headers = {"Authorization": f"Bearer {OPERATOR_KEY}"}
+    return httpx.request(method, f"{base}/admin/keys{path}", headers=headers, **kwargs)
+
+
+def vgate_keys(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    argv = [sys.executable, "-m", "gateway", "keys", *args, "--config", str(config)]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=30)
+
+
+def ask(gateway: Gateway, secret: str) -> int:
+    body = {"model": STUB_MODEL, "messages": MESSAGES, "max_tokens": 2}
+    headers = {"Authorization": f"Bearer {secret}"}
+    return httpx.post(
+        f"{gateway.base_url}/chat/completions", json=body, headers=headers
+    ).status_code
+
+
+@pytest.mark.parametrize("expires", ["99999999999d", "9999-12-31T23:59:59-12:00", "9" * 5000 + "d"])
+def test_an_expiry_beyond_any_date_is_400_and_no_key_is_stored(
+    stored_keys: tuple[Gateway, Path], expires: str
+) -> None:
+    gateway, _ = stored_keys
+    name = f"far-{uuid.uuid4().hex[:8]}"
+    made = admin(gateway, "POST", json={"name": name, "expires": expires})
+    assert made.status_code == 400, made.text
+    assert made.json()["error"]["type"] == "invalid_request_error"
+    listing = admin(gateway, "GET")
+    assert listing.status_code == 200
+    assert name not in [row["name"] for row in listing.json()["data"]]
+
+
+def test_listings_survive_a_stored_date_beyond_any_calendar(
+    stored_keys: tuple[Gateway, Path], redis_url: str
+) -> None:
+    """A record written before expiries were bounded lists as the last date there is."""
+    gateway, config = stored_keys
+    name = f"ancient-{uuid.uuid4().hex[:8]}"
+    record = KeyRecord(name, digest_of(f"sk-{name}"), created_at=1e20, expires_at=1e20)
+
+    async def plant() -> None:
+        client = aioredis.Redis.from_url(redis_url)
+        try:
+            await RedisKeyStore(client).create(record)
+        finally:
+            await client.aclose()
+
+    asyncio.run(plant())
+    try:
+        listing = admin(gateway, "GET")
+        assert listing.status_code == 200, listing.text
+        row = next(r for r in listing.json()["data"] if r["name"] == name)
+        assert row["expires_at"] == "9999-12-31T23:59:59+00:00"
+        listed = vgate_keys(config, "list", "--json")
+        assert listed.returncode == 0, listed.stderr
+        assert name in [row["name"] for row in json.loads(listed.stdout)]
+        assert vgate_keys(config, "list").returncode == 0
+    finally:
+        assert admin(gateway, "DELETE", f"/{name}").status_code == 200
+
+
+def redis_lookups(redis_url: str) -> int:
+    """Key-store reads Redis has served so far (GET of the version, HGET, HGETALL)."""
+    stats = redis.Redis.from_url(redis_url).info("commandstats")
+    return sum(stats.get(f"cmdstat_{c}", {}).get("calls", 0) for c in ("get", "hget", "hgetall"))
+
+
+def test_a_flood_of_unknown_keys_costs_no_redis_lookup_each(
+    stored_keys: tuple[Gateway, Path], redis_url: str
+) -> None:
+    gateway, config = stored_keys
+
+    async def flood(keys: list[str]) -> list[int]:
+        limits = httpx.Limits(max_connections=16)
+        async with httpx.AsyncClient(limits=limits, timeout=10) as http:
+            body = {"model": STUB_MODEL, "messages": MESSAGES}
+            gate = asyncio.Semaphore(16)
+
+            async def one(key: str) -> int:
+                async with gate:
+                    response = await http.post(
+                        f"{gateway.base_url}/chat/completions",
+                        json=body,
+                        headers={"Authorization": f"Bearer {key}"},
+                    )
+                    return response.status_code
+
+            return await asyncio.gather(*(one(k) for k in keys))
+
+    def lookups_per_s(during: Callable[[], object]) -> tuple[float, int]:
+        before, started = redis_lookups(redis_url), time.monotonic()
+        during()
+        lookups = redis_lookups(redis_url) - before
+        return lookups / (time.monotonic() - started), lookups
+
+    idle, _ = lookups_per_s(lambda: time.sleep(1.0))  # background polls: key-refresh, ...
+    random_keys = [f"sk-{uuid.uuid4().hex}" for _ in range(600)]
+    repeated = ["sk-the-same-wrong-key-0123456789"] * 300
+    statuses: list[int] = []
+    flooded, lookups = lookups_per_s(lambda: statuses.extend(asyncio.run(flood(random_keys))))
+    assert set(statuses) == {401}
+    # At most one check per recheck interval, whatever the flood ...
+    assert flooded <= idle + 1 / UNKNOWN_KEY_RECHECK_S + 5, (flooded, idle)
+    assert lookups < len(random_keys) / 4, lookups
+    # ... and a wrong key sent again and again costs nothing once remembered.
+    assert asyncio.run(flood(repeated[:1])) == [401]
+    repeating, _ = lookups_per_s(lambda: asyncio.run(flood(repeated)))
+    assert repeating <= idle + 2, (repeating, idle)
+
+    # A key made afterwards works at once, made with the admin API or the CLI.
+    made = admin(gateway, "POST", json={"name": f"after-flood-{uuid.uuid4().hex[:8]}"})
+    assert made.status_code == 201, made.text
+    assert ask(gateway, made.json()["key"]) == 200
+    cli = vgate_keys(config, "create", "--name", f"after-cli-{uuid.uuid4().hex[:8]}", "--json")
+    assert cli.returncode == 0, cli.stderr
+    assert ask(gateway, json.loads(cli.stdout)["key"]) == 200

@@ -181,26 +181,50 @@ def test_entries_expire_after_their_ttl(cached: Gateway) -> None:
     assert client.chat.completions.with_raw_response.create(**body).headers["x-cache"] == "MISS"
 
 
-def test_shared_scope_serves_every_key_and_per_key_scope_does_not(
-    cached: Gateway, engine: Stub, redis_url: str, tmp_path_factory: pytest.TempPathFactory
+def test_by_default_key_b_never_receives_key_a_cached_answer(cached: Gateway, engine: Stub) -> None:
+    """Auth and the cache on, ``cache.scope`` left alone: entries are per key."""
+    body = ask("tenancy") | {"extra_body": {"stub": {"tokens": 8}}}
+    first = sdk(cached, KEY_A).chat.completions.with_raw_response.create(**body)
+    before = calls(engine)
+    again = sdk(cached, KEY_A).chat.completions.with_raw_response.create(**body)
+    other = sdk(cached, KEY_B).chat.completions.with_raw_response.create(**body)
+    assert first.headers["x-cache"] == "MISS" and again.headers["x-cache"] == "HIT"
+    assert other.headers["x-cache"] == "MISS" and "age" not in other.headers
+    assert calls(engine) == before + 1  # B's answer came from the engine, not A's entry
+
+
+def test_a_shared_cache_serves_every_key_and_tells_none_of_them(
+    engine: Stub, redis_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
-    sdk(cached, KEY_A).chat.completions.create(**ask("scope"))
-    shared = sdk(cached, KEY_B).chat.completions.with_raw_response.create(**ask("scope"))
-    assert shared.headers["x-cache"] == "HIT"
-    config = cache_config(engine, redis_url, scope="per_key")
-    with_per_key = start_gateway(config, tmp_path_factory.mktemp("per-key"))
-    gateway = next(with_per_key)
-    try:
-        own = sdk(gateway, KEY_A)
-        own.chat.completions.create(**ask("per key"))
-        assert (
-            own.chat.completions.with_raw_response.create(**ask("per key")).headers["x-cache"]
-            == "HIT"
-        )
-        other = sdk(gateway, KEY_B).chat.completions.with_raw_response.create(**ask("per key"))
-        assert other.headers["x-cache"] == "MISS"
-    finally:
-        with_per_key.close()
+    """``scope: shared`` on purpose: one entry for all, and no header that says so."""
+    config = cache_config(engine, redis_url, scope="shared")
+    for gateway in start_gateway(config, tmp_path_factory.mktemp("shared")):
+        body = ask("shared scope")
+        first = sdk(gateway, KEY_A).chat.completions.with_raw_response.create(**body)
+        before = calls(engine)
+        other = sdk(gateway, KEY_B).chat.completions.with_raw_response.create(**body)
+        assert calls(engine) == before  # served from A's entry
+        assert other.parse().choices[0].message.content == first.parse().choices[0].message.content
+        for response in (first, other):
+            assert "x-cache" not in response.headers and "age" not in response.headers
+
+
+@pytest.mark.parametrize("first_path", ["/completions", "/chat/completions"])
+def test_a_route_is_never_answered_from_the_other_routes_entry(
+    cached: Gateway, first_path: str
+) -> None:
+    """A body both routes accept (``prompt`` and ``messages``) is cached per route."""
+    body = {"model": STUB_MODEL, "temperature": 0, "prompt": f"{RUN} both {first_path}",
+            "messages": [{"role": "user", "content": f"{RUN} both {first_path}"}]}  # fmt: skip
+    headers = {"Authorization": f"Bearer {KEY_A}"}
+    paths = [first_path, *({"/completions", "/chat/completions"} - {first_path})]
+    seen = []
+    for path in [*paths, *paths]:
+        reply = httpx.post(f"{cached.base_url}{path}", json=body, headers=headers)
+        assert reply.status_code == 200, reply.text
+        seen.append((path, reply.headers["x-cache"], reply.json()["object"]))
+    objects = {"/chat/completions": "chat.completion", "/completions": "text_completion"}
+    assert seen == [(p, c, objects[p]) for c in ("MISS", "HIT") for p in paths]
 
 
 def test_twenty_identical_concurrent_requests_reach_the_engine_once(

@@ -1,15 +1,19 @@
-"""Every error the gateway reports: status, OpenAI error body, and the SDK's exception class."""
+"""Every error the gateway reports: status, OpenAI error body, and the SDK's exception class;
+and hostile request content (odd types, numbers, nesting, bytes, headers) answered with a
+400 in OpenAI's form or served, never a 500."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import openai
+import orjson
 import pytest
 from openai.types.chat import ChatCompletionMessageParam
 
-from tests.integration.conftest import STUB_MODEL, Gateway
+from tests.integration.conftest import STUB_MODEL, Gateway, Stub, start_gateway
 
 MESSAGES: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hello"}]
 
@@ -188,3 +192,140 @@ def test_unknown_route_and_wrong_method(gateway: Gateway) -> None:
     wrong = httpx.get(f"{gateway.url}/v1/chat/completions")
     assert wrong.status_code == 405
     assert wrong.json()["error"]["type"] == "invalid_request_error"
+
+
+# ---------------------------------------------------------------- hostile request content
+
+
+@pytest.fixture(scope="module")
+def hostile(stub: Stub, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    """The features that read request content on: prefix affinity and the cache."""
+    config = {
+        "models": [
+            {"name": STUB_MODEL, "endpoints": [stub.url]},
+            {"name": "alias-model", "endpoints": [stub.url], "upstream_model": STUB_MODEL},
+        ],
+        "routing": {"policy": "prefix_affinity", "prefix_chars": 16},
+        "cache": {"enabled": True},
+        "server": {"max_body_bytes": 64 * 1024},
+    }
+    yield from start_gateway(config, tmp_path_factory.mktemp("hostile"))
+
+
+CHAT_URL = "/v1/chat/completions"
+COMPLETIONS_URL = "/v1/completions"
+HELLO = b'{"model":"stub-model","messages":[{"role":"user","content":"hello"}]'
+
+
+def post(gateway: Gateway, path: str, body: bytes, **headers: str) -> httpx.Response:
+    return httpx.post(f"{gateway.url}{path}", content=body, headers=headers, timeout=10)
+
+
+def chat(**fields: Any) -> bytes:
+    return orjson.dumps({"model": STUB_MODEL, "messages": MESSAGES, "temperature": 0} | fields)
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        [{"type": "text", "text": 5}],
+        [{"type": "text", "text": {"nested": ["object"]}}, {"type": "text", "text": "hi"}],
+        [{"type": "text", "text": None}],
+    ],
+)
+def test_non_string_text_parts_under_prefix_affinity_are_answered(
+    hostile: Gateway, content: Any
+) -> None:
+    body = orjson.dumps({"model": STUB_MODEL, "messages": [{"role": "user", "content": content}]})
+    assert post(hostile, CHAT_URL, body).status_code == 200
+
+
+@pytest.mark.parametrize("depth", [300, 1000, 1022])
+@pytest.mark.parametrize("path", [CHAT_URL, COMPLETIONS_URL])
+def test_deeply_nested_json_is_400(hostile: Gateway, depth: int, path: str) -> None:
+    body = HELLO + b',"prompt":"x","x":' + b"[" * depth + b"]" * depth + b"}"
+    response = post(hostile, path, body)
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["type"] == "invalid_request_error"
+    assert "nested more than 254 levels" in error["message"]
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        (HELLO + b',"x":NaN}', None),
+        (HELLO + b',"temperature":Infinity}', None),
+        (HELLO + b',"x":1e400}', None),
+        (HELLO + b',"x":"\\ud800"}', None),
+        (HELLO + b',"x":"\xff"}', None),
+        (b"\xef\xbb\xbf" + HELLO + b"}", None),
+        (HELLO + b',"model":5}', "model"),  # duplicate keys: the last one counts
+        (chat(n=-1), "n"),
+        (chat(n=0), "n"),
+        (chat(best_of=0), "best_of"),
+        (chat(max_tokens=0), "max_tokens"),
+        (chat(max_tokens=1e23), "max_tokens"),
+        (chat(seed=2**64 - 1), "seed"),
+        (chat(stream_options="yes"), "stream_options"),
+        (chat(stream_options={"include_usage": "yes"}), "stream_options.include_usage"),
+        (chat(user=5), "user"),
+        (chat(model=["stub-model"]), "model"),
+        (chat(messages="hello"), "messages"),
+        (chat(messages=[5]), "messages[0]"),
+        (orjson.dumps({"model": STUB_MODEL, "prompt": []}), "prompt"),
+        (orjson.dumps({"model": STUB_MODEL, "prompt": [[]]}), "prompt"),
+        (orjson.dumps({"model": STUB_MODEL, "prompt": [1, "a"]}), "prompt"),
+    ],
+)
+def test_hostile_bodies_are_400_in_openai_form(
+    hostile: Gateway, body: bytes, param: str | None
+) -> None:
+    path = COMPLETIONS_URL if b'"prompt"' in body else CHAT_URL
+    response = post(hostile, path, body)
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["param"] == param
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        chat(extension=1e300),  # cached: the key must not choke on it
+        chat()[:-1] + b',"extension":99999999999999999999999,"x":[-9223372036854775808]}',
+        chat(logit_bias={"50256": -100}),
+        chat(logit_bias={"x": [1, {"y": None}]}),
+        chat(seed=-(2**63)),
+        chat(stop=[""]),
+        chat(messages=[{"role": "user", "content": "\u0000\ufeff\U0010ffff"}]),
+        orjson.dumps({"model": STUB_MODEL, "prompt": [1, 2, 3], "temperature": 0}),
+        orjson.dumps({"model": "alias-model", "prompt": "x", "stream": True}),
+    ],
+)
+def test_odd_but_valid_bodies_are_answered(hostile: Gateway, body: bytes) -> None:
+    path = COMPLETIONS_URL if b'"prompt"' in body else CHAT_URL
+    for _ in range(2):  # a miss, then (where cacheable) a hit
+        response = post(hostile, path, body)
+        assert response.status_code == 200, response.text
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"cache-control": "max-age=nan"},
+        {"cache-control": "max-age=1e999, no-cache"},
+        {"cache-control": "max-age=-5"},
+        {"cache-control": "max-age=" + "9" * 2000},
+        {"cache-control": ",,,="},
+        {"x-session-id": "\xff\xfe"},
+        {"x-session-id": ""},
+        {"x-request-id": "\xe9t\xe9"},
+        {"content-type": "text/plain"},
+        {"content-type": "multipart/form-data; boundary=x"},
+    ],
+)
+def test_odd_headers_are_answered(hostile: Gateway, headers: dict[str, str]) -> None:
+    encoded = {name.encode(): value.encode("latin-1") for name, value in headers.items()}
+    response = httpx.post(f"{hostile.url}{CHAT_URL}", content=chat(), headers=encoded, timeout=10)
+    assert response.status_code == 200, response.text
