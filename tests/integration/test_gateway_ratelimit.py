@@ -1,5 +1,7 @@
 """Rate limits through the gateway, with the OpenAI SDK, against a real redis-server:
-requests/min, tokens/min with refund (plain and streaming), concurrency slots, headers."""
+requests/min, tokens/min with refund (plain and streaming), the output cap a token
+limit writes into max_tokens (what is reserved is what the engine may generate),
+concurrency slots, headers."""
 
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ import openai
 import pytest
 from openai.types.chat import ChatCompletionMessageParam
 
-from tests.integration.conftest import STUB_MODEL, Gateway, Stub, start_gateway
+from tests.integration.conftest import STUB_MODEL, Gateway, Stub, start_gateway, start_stub
 
 MESSAGES: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hello"}]
 RUN = uuid.uuid4().hex[:8]  # key names (and so counters) unique to this test run
@@ -60,7 +62,7 @@ def test_requests_per_minute_admits_exactly_the_limit(limited: Gateway) -> None:
     assert response.status_code == 429
     assert response.json()["error"]["code"] == "rate_limit_exceeded"
     assert response.json()["error"]["type"] == "requests"
-    assert 1 <= int(response.headers["retry-after"]) <= 60
+    assert 1 <= int(response.headers["retry-after"]) <= 61  # a request counts 60 to 61 s
     assert response.headers["x-ratelimit-remaining-requests"] == "0"
     assert response.headers["x-ratelimit-reset-requests"].endswith("s")
 
@@ -81,9 +83,19 @@ def test_token_reservations_are_refunded_to_the_real_usage(limited: Gateway) -> 
     raw = sdk.chat.completions.with_raw_response.create(
         model=STUB_MODEL, messages=MESSAGES, max_tokens=10, extra_body={"stub": {"tokens": 5}}
     )
-    assert int(raw.headers["x-ratelimit-remaining-tokens"]) == 1000 - sum(used) - (6 + 10)
+    left = 1000 - sum(used) - (6 + 10)
+    assert int(raw.headers["x-ratelimit-remaining-tokens"]) == left
+    left += 6 + 10 - raw.parse().usage.total_tokens  # type: ignore[union-attr]
+    # Asking for more than is left gets what is left (after its prompt) as its max_tokens.
+    raw = sdk.chat.completions.with_raw_response.create(
+        model=STUB_MODEL, messages=MESSAGES, max_tokens=990, extra_body={"stub": {"tokens": 2000}}
+    )
+    assert raw.headers["x-ratelimit-remaining-tokens"] == "0"
+    answer = raw.parse()
+    assert answer.choices[0].finish_reason == "length"
+    assert answer.usage is not None and answer.usage.completion_tokens == left - 6
     with pytest.raises(openai.RateLimitError) as caught:
-        sdk.chat.completions.create(model=STUB_MODEL, messages=MESSAGES, max_tokens=990)
+        sdk.chat.completions.create(model=STUB_MODEL, messages=MESSAGES, max_tokens=10)
     assert caught.value.response.json()["error"]["type"] == "tokens"
 
 
@@ -158,6 +170,85 @@ def test_a_stream_longer_than_its_lease_keeps_its_slot(
         assert caught.value.response.json()["error"]["type"] == "concurrency"
         assert sum(1 for _ in chunks) > 10  # the stream runs to its end
         assert _eventually_admitted(sdk)
+
+
+GREEDY = {name: (f"{name}-{RUN}", f"sk-{name}-0123456789") for name in ("spent", "fresh", "flow")}
+
+
+@pytest.fixture(scope="module")
+def greedy(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    """A gateway in front of a stub that generates as many tokens as it is allowed
+    (100,000 unless told fewer), with three keys of 2000 tokens per minute."""
+    directory = tmp_path_factory.mktemp("greedy")
+    for engine in start_stub("--model", STUB_MODEL, "--tokens", "100000"):
+        keys = [{"name": name, "key": key, "tpm": 2000} for name, key in GREEDY.values()]
+        config = {
+            "models": [{"name": STUB_MODEL, "endpoints": [engine.url]}],
+            "redis": {"url": redis_url},
+            "auth": {"enabled": True, "keys": keys},
+        }
+        yield from start_gateway(config, directory)
+
+
+def greedy_client(gateway: Gateway, kind: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=gateway.base_url, api_key=GREEDY[kind][1], max_retries=0)
+
+
+def test_a_token_limit_caps_what_the_engine_generates(greedy: Gateway) -> None:
+    """Ten requests without max_tokens on a 2000-token key, to an engine that writes
+    100,000 tokens unless told otherwise: together they are served at most 2000 tokens
+    (prompt + completion, as reported in usage) within the minute.
+
+    Margin: a request's real prompt may exceed the gateway's estimate (4 characters a
+    token), by as much the served total may exceed the limit. Here there is none: the
+    estimate for "hello" (6 tokens) is above the stub's count (5)."""
+    sdk = greedy_client(greedy, "spent")
+    served, finishes, refusals = 0, [], []
+    for _ in range(10):
+        try:
+            answer = sdk.chat.completions.create(model=STUB_MODEL, messages=MESSAGES)
+        except openai.RateLimitError as refused:
+            refusals.append(refused.response.json()["error"]["type"])
+            continue
+        assert answer.usage is not None
+        served += answer.usage.total_tokens
+        finishes.append(answer.choices[0].finish_reason)
+    assert 2000 - 10 <= served <= 2000, served
+    assert finishes == ["length"] * 4  # three of 512 (the default), one of what was left
+    assert refusals == ["tokens"] * 6
+    # Eight prompts of 300 tokens each on the spent key: refused, with when to retry.
+    with pytest.raises(openai.RateLimitError) as caught:
+        sdk.completions.create(model=STUB_MODEL, prompt=["hello"] * 8, max_tokens=300)
+    assert caught.value.response.json()["error"]["type"] == "tokens"
+    assert 1 <= int(caught.value.response.headers["retry-after"]) <= 61
+
+
+def test_every_prompt_of_a_list_is_reserved(greedy: Gateway) -> None:
+    """On a fresh key, eight prompts asking for 300 tokens each cannot all have 300:
+    each gets an eighth of what the prompts leave, as the max_tokens the engine sees."""
+    sdk = greedy_client(greedy, "fresh")
+    raw = sdk.completions.with_raw_response.create(
+        model=STUB_MODEL, prompt=["hello"] * 8, max_tokens=300
+    )
+    prompt = (8 * len("hello") + 3) // 4
+    assert raw.headers["x-ratelimit-remaining-tokens"] == str(
+        2000 - prompt - 8 * ((2000 - prompt) // 8)
+    )
+    assert raw.parse().choices[0].finish_reason == "length"
+
+
+def test_streams_are_capped_too(greedy: Gateway) -> None:
+    sdk = greedy_client(greedy, "flow")
+    chunks = list(
+        sdk.chat.completions.create(
+            model=STUB_MODEL, messages=MESSAGES, stream=True,
+            stream_options={"include_usage": True},
+        )
+    )  # fmt: skip
+    finishes = [c.choices[0].finish_reason for c in chunks if c.choices]
+    assert finishes[-1] == "length"
+    usage = chunks[-1].usage
+    assert usage is not None and usage.completion_tokens == 512  # the default max_tokens
 
 
 def test_per_model_limit_applies_on_top_of_the_key_limit(limited: Gateway) -> None:
