@@ -12,9 +12,11 @@ store, reloaded whenever the store's version changes (polled every
 
 A key the copy does not know makes the directory check the store's version (and
 reload if it moved), so a key made a moment ago on another replica works at
-once, unless the copy was checked less than :data:`UNKNOWN_KEY_RECHECK_S` ago:
-then the key is refused without a check, and works from the next poll on
-(within ``auth.refresh_interval_s``, like a revocation). Checks run one at a
+once, unless another unknown key made it check less than
+:data:`UNKNOWN_KEY_RECHECK_S` ago: then the key is refused without a check, and
+works from the next poll on (within ``auth.refresh_interval_s``, like a
+revocation). Only such checks count, not the polls: without a flood of wrong
+keys, a new key always works at once. Checks run one at a
 time, shared by every request that arrived while one was under way. A flood of
 random keys therefore costs at most one Redis read per
 :data:`UNKNOWN_KEY_RECHECK_S`, not one per request. A key still unknown after a
@@ -139,7 +141,7 @@ class KeyDirectory:
         self._reloading: asyncio.Future[None] | None = None
         self._clock = clock
         self._checked_at = -math.inf
-        """When the last successful check of the store began."""
+        """When the last check made for an unknown key began (polls do not count)."""
 
     def known(self, authorization: str | None) -> Principal | None:
         digest = _digest(authorization)
@@ -192,7 +194,8 @@ class KeyDirectory:
         """The key behind ``digest`` once the copy has caught up with the store (or was
         checked a moment ago); an unknown one is remembered as such. 503 when the
         store cannot be reached."""
-        if self._clock() - self._checked_at < UNKNOWN_KEY_RECHECK_S:
+        asked = self._clock()
+        if asked - self._checked_at < UNKNOWN_KEY_RECHECK_S:
             self._unknown.add(digest)
             return None
         try:
@@ -203,6 +206,7 @@ class KeyDirectory:
                 code="key_store_unavailable",
                 headers={"Retry-After": "1"},
             ) from None
+        self._checked_at = max(self._checked_at, asked)  # the reload began after ``asked``
         principal = self._local(digest)
         if principal is None:
             self._unknown.add(digest)
@@ -233,14 +237,13 @@ class KeyDirectory:
 
     async def _reload(self) -> None:
         assert self._store is not None
-        started = self._clock()
         version = await self._store.version()
-        if version != self._version:
-            records = await self._store.load_all()
-            self._stored = {r.digest: _from_record(r) for r in records}
-            self._unknown.clear()
-            self._version = version
-        self._checked_at = started
+        if version == self._version:
+            return
+        records = await self._store.load_all()
+        self._stored = {r.digest: _from_record(r) for r in records}
+        self._unknown.clear()
+        self._version = version
 
 
 def _digest(authorization: str | None) -> str | None:

@@ -179,6 +179,16 @@ async def test_a_key_made_just_after_a_check_works_from_the_next_poll() -> None:
     assert (await directory.authenticate(bearer(secret))).name == "made-just-after"
 
 
+async def test_a_key_made_just_after_a_poll_works_at_once() -> None:
+    """Polls do not hold back checks: without wrong keys, a new key always works."""
+    store = CountingStore()
+    directory, _ = directory_over(store)
+    await directory.refresh()  # the key-refresh task, a moment ago
+    secret, record = new_key("made-after-the-poll")
+    await store.create(record)
+    assert (await directory.authenticate(bearer(secret))).name == "made-after-the-poll"
+
+
 async def test_a_key_made_while_a_check_is_under_way_is_not_missed() -> None:
     """A check that began before the key existed cannot vouch for its absence."""
     store = CountingStore(delay_s=0.05)
