@@ -266,7 +266,7 @@ def headers(rng: random.Random) -> list[tuple[bytes, bytes]]:
     else:
         auth = rng.choice(
             [None, b"Bearer", KEY.encode(), f"bearer {KEY}".encode(),
-             f"Bearer  {KEY}".encode(), b"Bearer sk-" + uuid.uuid4().hex.encode(),
+             f"Bearer  {KEY}".encode(), f"Bearer sk-{rng.getrandbits(128):032x}".encode(),
              b"Basic dXNlcjpwYXNz", b"Bearer " + odd_header_value(rng), b"Bearer " + b"k" * 4000,
              f"Bearer {ADMIN_KEY}".encode()]
         )  # fmt: skip
