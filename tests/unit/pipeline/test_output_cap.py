@@ -6,6 +6,7 @@ cache (issue #13)."""
 
 from __future__ import annotations
 
+from dataclasses import fields
 from typing import Any
 
 import orjson
@@ -54,6 +55,15 @@ def test_without_a_length_field_the_cap_is_appended_to_the_payload() -> None:
     assert capped.payload == b'{"model": "m", "prompt": "hi","max_tokens":77}'
     expected = {"model": "m", "prompt": "hi", "max_tokens": 77}
     assert orjson.loads(capped.payload) == capped.body == expected
+
+
+def test_every_other_field_of_the_request_is_carried_over() -> None:
+    values: dict[str, Any] = {f.name: object() for f in fields(ParsedRequest)}
+    values |= {"body": {"model": MODEL, "prompt": "x"}, "payload": b'{"model":"m","prompt":"x"}'}
+    request = ParsedRequest(**values)
+    capped = with_output_cap(request, False, 9)
+    for name in values.keys() - {"body", "payload"}:
+        assert getattr(capped, name) is values[name], name
 
 
 def test_fields_above_the_cap_or_null_are_lowered_and_reencoded() -> None:
