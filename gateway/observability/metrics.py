@@ -36,6 +36,11 @@ class GatewayMetrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        # Labelled children by label values, for the figures every request records:
+        # ``labels()`` takes a lock and validates its arguments on every call. The
+        # values are bounded: configured models (or "-"), two routes, HTTP statuses.
+        self._request_children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
+        self._in_flight_children: dict[str, Gauge] = {}
         self.requests = Counter(
             "vgate_requests_total",
             "Completed requests by model, route and HTTP status.",
@@ -160,8 +165,22 @@ class GatewayMetrics:
         self.registry.register(_SkippedRecordsCollector(dict(counts)))
 
     def observe_request(self, model: str, endpoint: str, status: int, seconds: float) -> None:
-        self.requests.labels(model, endpoint, str(status)).inc()
-        self.request_duration.labels(model, endpoint).observe(seconds)
+        """Count one finished request and its duration (every request ends here)."""
+        children = self._request_children.get((model, endpoint, status))
+        if children is None:
+            children = self._request_children[(model, endpoint, status)] = (
+                self.requests.labels(model, endpoint, str(status)),
+                self.request_duration.labels(model, endpoint),
+            )
+        children[0].inc()
+        children[1].observe(seconds)
+
+    def in_flight_of(self, model: str) -> Gauge:
+        """``vgate_requests_in_flight`` of ``model``."""
+        gauge = self._in_flight_children.get(model)
+        if gauge is None:
+            gauge = self._in_flight_children[model] = self.in_flight.labels(model)
+        return gauge
 
     def render(self) -> bytes:
         """The Prometheus text exposition of every metric."""

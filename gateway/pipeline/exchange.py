@@ -123,7 +123,7 @@ class Exchange:
     def count_in_flight(self) -> None:
         """Count the request in ``vgate_requests_in_flight`` until it closes."""
         if self._in_flight is None:
-            self._in_flight = self._metrics.in_flight.labels(self.model)
+            self._in_flight = self._metrics.in_flight_of(self.model)
             self._in_flight.inc()
 
     # -- how it ends ---------------------------------------------------------------

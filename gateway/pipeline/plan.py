@@ -109,13 +109,30 @@ class RequestPlanner:
             if m.served_name != name
         }
 
-    async def parse(self, route: Route, raw: bytes, session_id: str | None) -> ParsedRequest:
-        """The validated request; a body larger than :data:`OFFLOAD_BYTES` is decoded and
-        validated in a worker thread, so it never holds the event loop for long."""
-        if len(raw) > OFFLOAD_BYTES:
-            body, request = await asyncio.to_thread(self._read, route, raw)
-        else:
-            body, request = self._read(route, raw)
+    @staticmethod
+    def offloads(raw: bytes) -> bool:
+        """Whether ``raw`` is large enough to be parsed off the event loop
+        (:meth:`parse_off_loop`) rather than on it (:meth:`parse`)."""
+        return len(raw) > OFFLOAD_BYTES
+
+    def parse(self, route: Route, raw: bytes, session_id: str | None) -> ParsedRequest:
+        """The validated request, decoded and validated here, on the caller's thread."""
+        return self._plan(raw, self._read(route, raw), session_id)
+
+    async def parse_off_loop(
+        self, route: Route, raw: bytes, session_id: str | None
+    ) -> ParsedRequest:
+        """:meth:`parse` for a large body: decoded and validated in a worker thread, so
+        it never holds the event loop for long."""
+        read = await asyncio.to_thread(self._read, route, raw)
+        return self._plan(raw, read, session_id)
+
+    def _plan(
+        self, raw: bytes, read: tuple[dict[str, Any], Any], session_id: str | None
+    ) -> ParsedRequest:
+        """Route the validated request; the engine gets the client's bytes unless the
+        model is served under another name."""
+        body, request = read
         model: str = request.model
         if not self._pool.has_model(model):
             raise ModelNotFoundError(model)
@@ -130,25 +147,29 @@ class RequestPlanner:
 
     def _read(self, route: Route, raw: bytes) -> tuple[dict[str, Any], Any]:
         body = decode_json_object(raw)
-        self._check_size(body)
+        self._check_size(body, len(raw))
         return body, validate(route.schema, body)
 
-    def _check_size(self, body: dict[str, Any]) -> None:
-        """400 for more messages or prompt text than the limits allow (before validation:
-        the count is one ``len``, the text one pass over at most ``max_messages``)."""
+    def _check_size(self, body: dict[str, Any], size: int) -> None:
+        """400 for more messages or prompt text than the limits allow, before validation.
+
+        The count is one ``len``; the text is counted only when the body could hold
+        too much of it (a character takes at least one byte of JSON), in one pass
+        over at most ``max_messages`` messages."""
         limits = self._limits
         messages = body.get("messages")
-        chars = 0
+        if isinstance(messages, list) and len(messages) > limits.max_messages:
+            raise InvalidRequestError(
+                f"messages: at most {limits.max_messages} messages per request",
+                param="messages",
+            )
+        if size <= limits.max_prompt_chars:
+            return
+        chars = _text_length(body.get("prompt"))
         if isinstance(messages, list):
-            if len(messages) > limits.max_messages:
-                raise InvalidRequestError(
-                    f"messages: at most {limits.max_messages} messages per request",
-                    param="messages",
-                )
             for message in messages:
                 content = message.get("content") if isinstance(message, dict) else None
                 chars += _text_length(content)
-        chars += _text_length(body.get("prompt"))
         if chars > limits.max_prompt_chars:
             raise InvalidRequestError(
                 f"request text exceeds {limits.max_prompt_chars} characters", param="messages"

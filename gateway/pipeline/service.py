@@ -87,10 +87,24 @@ class CompletionService:
         """Answer one request; every failure is raised as a :class:`GatewayError`.
 
         An :class:`EventStream` answer owns the request's resources from then on:
-        its ``close`` releases them."""
+        its ``close`` releases them. (The stages run inline here rather than in a
+        helper coroutine: every coroutine level is walked again each time the
+        request waits and resumes.)"""
         exchange = Exchange(route.label, self._pool, self._metrics)
         try:
-            result = await self._run(exchange, route, raw, meta)
+            principal = self._authenticator.known(meta.authorization)
+            if principal is None:  # unknown here, or refused: the full check says which
+                principal = await self.authenticate(meta.authorization)
+            memo = principal.name if not principal.model_limits else None
+            if memo is not None:
+                self._denials.check(memo)  # over its request rate: 429 before any parsing
+            planner = self._planner
+            if planner.offloads(raw):
+                parsed = await planner.parse_off_loop(route, raw, meta.session_id)
+            else:
+                parsed = planner.parse(route, raw, meta.session_id)
+            exchange.model = parsed.model
+            result = await self._admitted(exchange, route, parsed, principal, memo, meta)
         except GatewayError as exc:
             exchange.failed(exc)
             exchange.close()
@@ -120,15 +134,18 @@ class CompletionService:
             self._metrics.auth_failures.labels(reason).inc()
             raise
 
-    async def _run(self, exchange: Exchange, route: Route, raw: bytes, meta: RequestMeta) -> Result:
-        principal = self._authenticator.known(meta.authorization)
-        if principal is None:  # unknown here, or refused: the full check says which
-            principal = await self.authenticate(meta.authorization)
-        memo = principal.name if not principal.model_limits else None
-        if memo is not None:
-            self._denials.check(memo)  # over its request rate: 429 before any parsing
-        parsed = await self._planner.parse(route, raw, meta.session_id)
-        model = exchange.model = parsed.model
+    async def _admitted(
+        self,
+        exchange: Exchange,
+        route: Route,
+        parsed: ParsedRequest,
+        principal: Principal,
+        memo: str | None,
+        meta: RequestMeta,
+    ) -> Result:
+        """Permission, cache lookup and admission (one Redis round trip), then the answer:
+        a replay, a follower's copy, or the engine's."""
+        model = parsed.model
         if not principal.may_use(model):
             self._metrics.auth_failures.labels("model_not_allowed").inc()
             raise PermissionDeniedError(
@@ -155,17 +172,7 @@ class CompletionService:
             parsed = with_output_cap(parsed, route is CHAT, cap)
             if exchange.ticket.shortened:  # its answer may be shorter than another's:
                 plan = _unshared(plan)  # it neither leads a flight nor fills the cache
-        return await self._forward(exchange, route, parsed, plan, meta)
-
-    async def _forward(
-        self,
-        exchange: Exchange,
-        route: Route,
-        parsed: ParsedRequest,
-        plan: CachePlan,
-        meta: RequestMeta,
-    ) -> Result:
-        """Follow an identical request in flight, or route and forward this one."""
+        # Follow an identical request in flight, or route and forward this one.
         if plan.bypassed:
             exchange.cache_status = BYPASS
         if plan.key is not None:
