@@ -22,7 +22,8 @@ from engines.models.prepare import prepare_default_model
 from engines.models.quantize import quantize_awq
 from tests.helpers.processes import free_port, run_process
 
-pytestmark = pytest.mark.e2e
+# Calibration and vLLM's W4A16 CPU kernel run in bfloat16: see tests/conftest.py.
+pytestmark = [pytest.mark.e2e, pytest.mark.bf16_cpu]
 
 AWQ_MODEL = "smollm2-135m-awq"
 STARTUP_TIMEOUT_S = 1500
