@@ -175,7 +175,8 @@ def main(argv: list[str] | None = None) -> int:
         f"(goal < 50: {'PASS' if goals['health_goal_met'] else 'FAIL'})"
     )
     out = args.out / f"large_bodies-{run.stamp}.json"
-    out.write_bytes(orjson.dumps({"argv": run.argv, "figures": figures, "goals": goals}))
+    data = {"argv": run.argv, "figures": figures, "goals": goals}
+    out.write_bytes(orjson.dumps(data, option=orjson.OPT_NON_STR_KEYS))
     print(f"wrote {out}")
     return 0 if goals["refused_goal_met"] and goals["health_goal_met"] else 1
 
