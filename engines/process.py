@@ -14,6 +14,7 @@ import ctypes
 import json
 import os
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -23,11 +24,13 @@ from pathlib import Path
 
 import aiohttp
 
+from engines.diagnosis import START_MARKER
 from engines.spec import EngineSpec
 
 _PR_SET_PDEATHSIG = 1
 _API_SERVER_MODULE = "vllm.entrypoints.openai.api_server"
 _CPU_KVCACHE_GIB = "2"
+_REAP_TIMEOUT_S = 5.0
 
 
 class EngineStartError(RuntimeError):
@@ -80,11 +83,41 @@ def build_argv(
     return tuple(argv)
 
 
+# What an engine may inherit from vgate's environment: what vLLM, torch, CUDA/ROCm, the
+# Hugging Face libraries, compilers and the C library read. Everything else (VGATE_*, the
+# admin key, Redis URLs with their passwords, cloud credentials) stays with vgate.
+INHERITED_ENV_NAMES = frozenset(
+    {"PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "TERM",
+     "PYTHONPATH", "PYTHONHOME", "PYTHONUNBUFFERED", "PYTHONHASHSEED", "VIRTUAL_ENV",
+     "LD_LIBRARY_PATH", "LD_PRELOAD", "SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE",
+     "CURL_CA_BUNDLE", "CC", "CXX", "CPATH", "LIBRARY_PATH", "C_INCLUDE_PATH",
+     "CPLUS_INCLUDE_PATH", "TOKENIZERS_PARALLELISM", "TQDM_DISABLE"}
+)  # fmt: skip
+INHERITED_ENV_PREFIXES = (
+    "LC_", "XDG_", "VLLM_", "HF_", "HUGGINGFACE_", "TRANSFORMERS_", "TORCH", "PYTORCH_",
+    "TRITON_", "CUDA_", "CUDNN_", "CUBLAS", "NCCL_", "NVIDIA_", "ROCM_", "ROCR_", "HIP_",
+    "HSA_", "MIOPEN_", "RCCL_", "OMP_", "KMP_", "MKL_", "OPENBLAS_", "GOMP_", "MALLOC_",
+    "NUMBA_", "TIKTOKEN_", "RAY_",
+)  # fmt: skip
+# Even under an allowed prefix, names that look like credentials are not inherited
+# (HF_TOKEN, VLLM_API_KEY, ...): the engine runs model code. The spec's `env` can pass one.
+_SECRET_MARKERS = ("TOKEN", "SECRET", "PASSWORD", "PASSWD", "CREDENTIAL", "API_KEY", "AUTH")
+
+
+def inherited(name: str) -> bool:
+    """Whether an engine inherits vgate's variable ``name`` (never a ``VGATE_*`` one)."""
+    if name.startswith("VGATE_") or any(marker in name.upper() for marker in _SECRET_MARKERS):
+        return False
+    return name in INHERITED_ENV_NAMES or name.startswith(INHERITED_ENV_PREFIXES)
+
+
 def build_env(
     spec: EngineSpec, replica: int, base: Mapping[str, str] = os.environ
 ) -> dict[str, str]:
-    """The child's environment: ours, the device selection, then the spec's own entries."""
-    env = dict(base)
+    """The child's environment: the allowlisted part of ``base`` (see :func:`inherited`),
+    the device selection, vgate's defaults, then the spec's own ``env`` entries, which
+    are passed as they are."""
+    env = {name: value for name, value in base.items() if inherited(name)}
     gpus = spec.replica_gpus(replica)
     if gpus is not None:
         env["CUDA_VISIBLE_DEVICES"] = ",".join(str(gpu) for gpu in gpus)
@@ -96,8 +129,31 @@ def build_env(
         env.setdefault("VLLM_USE_AOT_COMPILE", "0")
     env.setdefault("VLLM_NO_USAGE_STATS", "1")
     env.setdefault("HF_HUB_OFFLINE", "1")
+    env.setdefault("PATH", os.defpath)
     env.update(spec.env)
     return env
+
+
+def open_private_log(path: Path) -> int:
+    """A file descriptor appending to ``path``, a file only this user can read (0600) in a
+    folder only this user can enter (0700); never through a symbolic link.
+
+    The folder is created 0700; an existing one of this user's is tightened to 0700
+    (engine logs may quote prompts), unless it is a shared sticky folder such as /tmp."""
+    folder = path.parent
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    info = folder.stat()
+    mine = info.st_uid == os.geteuid() and not info.st_mode & stat.S_ISVTX
+    if mine and stat.S_IMODE(info.st_mode) != 0o700:
+        folder.chmod(0o700)
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(path, flags, 0o600)
+    try:
+        os.fchmod(fd, 0o600)  # a file made before this version may be wider
+    except OSError:
+        os.close(fd)
+        raise
+    return fd
 
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
@@ -116,9 +172,12 @@ class EngineProcess:
     started_at: float = field(default=0.0, init=False)
 
     def spawn(self) -> None:
-        self.plan.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with self.plan.log_path.open("ab") as log:
-            log.write(f"\n=== vgate: starting {' '.join(self.plan.argv)}\n".encode())
+        """Start the child, its output appended to the plan's (private) log file.
+
+        Raises OSError when the interpreter cannot be executed or the log not opened."""
+        with os.fdopen(open_private_log(self.plan.log_path), "ab") as log:
+            log.write(f"\n{START_MARKER}{' '.join(self.plan.argv)}\n".encode())
+            log.flush()
             self._popen = subprocess.Popen(
                 self.plan.argv,
                 stdin=subprocess.DEVNULL,
@@ -198,8 +257,9 @@ class EngineProcess:
             while self._popen.poll() is None and time.monotonic() < deadline:  # noqa: ASYNC110
                 await asyncio.sleep(0.1)
         self._signal_group(signal.SIGKILL)  # stragglers in the group, if any
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self._popen.wait(timeout=5)
+        deadline = time.monotonic() + _REAP_TIMEOUT_S  # reaped without blocking the loop
+        while self._popen.poll() is None and time.monotonic() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
 
     def kill(self) -> None:
         """SIGKILL the group at once (tests, and the last resort)."""

@@ -8,6 +8,9 @@ never when an engine is half started. This module imports nothing of ours.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -18,11 +21,79 @@ DEFAULT_SOURCE = "default"
 SPECULATIVE_METHODS = frozenset(
     {"ngram", "draft_model", "eagle", "eagle3", "medusa", "mlp_speculator", "mtp", "suffix"}
 )
-# Flags vgate owns: the supervisor sets them, so extra_args must not.
-RESERVED_FLAGS = frozenset(
-    {"--model", "--port", "--host", "--served-model-name", "--tensor-parallel-size",
-     "--speculative-config", "--quantization", "--dtype", "--device"}
-)  # fmt: skip
+# Flags vgate owns, each with the spec field that sets it: extra_args may not set them in any
+# spelling vLLM's parser accepts (see reserved_flag). `--config` loads flags from a file, so
+# it could set any of them.
+RESERVED_FLAGS: Mapping[str, str] = MappingProxyType(
+    {
+        "--model": "source",
+        "--served-model-name": "the model's name (or upstream_model)",
+        "--host": "host",
+        "--port": "nothing: vgate picks a free port",
+        "--dtype": "dtype",
+        "--device": "device",
+        "--tensor-parallel-size": "tensor_parallel_size",
+        "--quantization": "quantization",
+        "--speculative-config": "speculative",
+        "--max-model-len": "max_model_len",
+        "--max-num-seqs": "max_num_seqs",
+        "--gpu-memory-utilization": "gpu_memory_utilization",
+        "--enable-prefix-caching": "enable_prefix_caching",
+        "--no-enable-prefix-caching": "enable_prefix_caching",
+        "--config": "the spec's fields (a config file could set any flag vgate sets)",
+    }
+)
+RESERVED_SHORT_FLAGS: Mapping[str, str] = MappingProxyType(
+    {"-tp": "--tensor-parallel-size", "-q": "--quantization", "-sc": "--speculative-config"}
+)
+_NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
+
+
+def reserved_flag(arg: str) -> str | None:
+    """The reserved flag (long form) that ``arg`` would set in vLLM, else None.
+
+    vLLM's parser reads ``--x_y`` as ``--x-y``, ``--x=v`` and ``--x.key v`` (a key of a
+    JSON flag) as ``--x``, and argparse takes any unambiguous prefix of a long flag
+    (``--served``) and a short flag glued to its value (``-tp2``, ``-qawq``). So an
+    argument is reserved when its name, so normalised, is a reserved flag or a prefix
+    of one (a prefix that is ambiguous fails in vLLM anyway).
+    """
+    if len(arg) < 2 or not arg.startswith("-") or _is_number(arg):
+        return None
+    if arg.startswith("--"):
+        name = "--" + re.split(r"[=.]", arg[2:], maxsplit=1)[0].replace("_", "-").lower()
+        if name == "--":
+            return None
+        for flag in RESERVED_FLAGS:
+            if flag.startswith(name):
+                return flag
+        return None
+    short = "-" + re.split(r"[=.]", arg[1:], maxsplit=1)[0]
+    for flag, long_form in RESERVED_SHORT_FLAGS.items():
+        if short.startswith(flag) or flag.startswith(short):
+            return long_form
+    return None
+
+
+def check_path_safe_name(name: str, what: str) -> str:
+    """``name`` when it may name files and processes: letters, digits, ``.``, ``_``, ``:``,
+    ``-``, at most 128, starting with a letter or digit (so never ``..``, an option, a
+    ``/`` or a NUL); ValueError naming ``what`` otherwise."""
+    if not _NAME_PATTERN.fullmatch(name) or ".." in name:
+        raise ValueError(
+            f"{what} {name!r} is not path-safe: a managed engine's name names its log file "
+            "and registry record, so it must be 1-128 letters, digits, '.', '_', ':' or '-', "
+            "start with a letter or digit and hold no '..'"
+        )
+    return name
+
+
+def _is_number(arg: str) -> bool:
+    try:
+        float(arg)
+    except ValueError:
+        return False
+    return True
 
 
 class _Strict(BaseModel):
@@ -115,9 +186,12 @@ class EngineSpec(_Strict):
         if self.speculative is not None:
             _check_speculative(self.speculative)
         for arg in self.extra_args:
-            flag = arg.split("=", 1)[0]
-            if flag in RESERVED_FLAGS:
-                raise ValueError(f"extra_args may not set {flag}: vgate sets it from the spec")
+            flag = reserved_flag(arg)
+            if flag is not None:
+                raise ValueError(
+                    f"extra_args may not set {flag} (given as {arg!r}): vgate sets it; "
+                    f"use {RESERVED_FLAGS[flag]}"
+                )
         return self
 
     def replica_gpus(self, replica: int) -> tuple[int, ...] | None:

@@ -13,7 +13,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from engines.spec import EngineSpec
+from engines.spec import EngineSpec, check_path_safe_name
 
 
 class _Section(BaseModel):
@@ -195,6 +195,18 @@ class ModelSettings(_Section):
             if not url.startswith(("http://", "https://")):
                 raise ValueError(f"endpoint {url!r} must start with http:// or https://")
         return tuple(url.rstrip("/") for url in endpoints)
+
+    @model_validator(mode="after")
+    def _safe_names(self) -> ModelSettings:
+        """No control character (NUL included) in any name; a managed engine's served name
+        also names its log file and registry record, so it must be path-safe."""
+        for name in (self.name, self.upstream_model or ""):
+            if any(ord(char) < 32 or ord(char) == 127 for char in name):
+                raise ValueError(f"model name {name!r} holds a control character")
+        if self.engine is not None:
+            what = "upstream_model" if self.upstream_model else "model name"
+            check_path_safe_name(self.served_name, what)
+        return self
 
     @property
     def served_name(self) -> str:
