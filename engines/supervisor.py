@@ -9,53 +9,41 @@ Each replica is an :class:`EngineSlot` running one task through this cycle::
 Only ``ready`` engines are routable; every state change is published to the
 registry at once, and all records are re-published each heartbeat so a
 Redis-backed registry can expire the engines of a supervisor that died.
+
+A start that cannot succeed is reported at once, cause and fix in one log line
+(:mod:`engines.diagnosis`): a vLLM engine is checked before each spawn, and an
+engine that exits while starting is classified from its log. When retrying cannot
+help (no vLLM, no model, bad arguments) the replica fails for good at once, without
+spending its restart budget. One replica's failure, even an unexpected exception,
+never stops the others, nor their draining at shutdown: every stop step has a bound.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import socket
 import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
-from pathlib import Path
+from dataclasses import replace
 
 import aiohttp
 from redis.exceptions import RedisError
 
+from engines.deployment import Deployment, free_port, log_path, preflight_deployment
+from engines.diagnosis import INSTALL_FIX, StartProblem, classify_exit
 from engines.process import EngineProcess, EngineStartError, LaunchPlan, build_argv, build_env
 from engines.registry import EngineRecord, EngineRegistry, EngineState
-from engines.spec import EngineSpec
 from engines.stats import EngineStats
+
+__all__ = ["Deployment", "EngineSlot", "EngineSupervisor", "RestartBudget"]
 
 log = logging.getLogger("vgate.engines")
 Progress = Callable[[str], None]
 _UNHEALTHY_AFTER = 3  # consecutive failed /health checks
-
-
-@dataclass(frozen=True)
-class Deployment:
-    """A model to serve: its spec and where its weights and interpreter are."""
-
-    model: str
-    spec: EngineSpec
-    model_path: str
-    python: str
-    log_dir: Path
-    advertise_host: str | None = None
-    """The host gateways reach the engine at, when it differs from the bind address
-    (``host: 0.0.0.0`` in a container: the pod or host IP)."""
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
+_REGISTRY_CALL_S = 5.0  # bound on one registry call (a paused Redis must not stall a stop)
+_STOP_MARGIN_S = 10.0  # a replica's whole drain-and-stop: drain + stop timeouts + this
 
 
 class RestartBudget:
@@ -109,34 +97,62 @@ class EngineSlot:
         self.restarts = 0
         self.ready = asyncio.Event()
         self.failed = asyncio.Event()
+        self.problem: StartProblem | None = None
+        """The last reason a start failed (None: every start so far succeeded)."""
 
     async def run(self) -> None:
-        """Keep this replica running until cancelled or out of restarts."""
+        """Keep this replica running until cancelled, out of restarts, or unable to start.
+
+        Never raises but CancelledError: an unexpected error fails this replica (logged
+        with its traceback), so :meth:`EngineSupervisor.wait_ready` cannot wait forever."""
+        try:
+            await self._run()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.exception("engine %s: supervision failed", self.engine_id)
+            await self._fail(f"supervision failed ({type(exc).__name__}: {exc})")
+
+    async def _run(self) -> None:
         spec = self.deployment.spec
         while True:
             reason = await self._run_once()
+            problem = self.problem
+            if problem is not None and problem.permanent:
+                await self._fail(f"{reason}; retrying cannot help, giving up")
+                return
             if not self._budget.take():
-                self._progress(f"{self.engine_id}: {reason}; restart budget spent, giving up")
-                await self._publish("failed")
-                self.failed.set()
+                await self._fail(f"{reason}; restart budget spent, giving up")
                 return
             self.restarts += 1
             delay = spec.restart.backoff(self._budget.used)
             self._progress(f"{self.engine_id}: {reason}; restart {self.restarts} in {delay:.1f} s")
             await asyncio.sleep(delay)
 
+    async def _fail(self, message: str) -> None:
+        try:
+            self._progress(f"{self.engine_id}: {message}")
+            await self._publish("failed")
+        finally:
+            self.failed.set()
+
     async def _run_once(self) -> str:
         """Start one process and watch it; return why it had to go."""
-        process = self._spawn()
+        started = await self._start()
+        if isinstance(started, StartProblem):
+            return self._report(started)
+        process = started
         await self._publish("starting")
         try:
             await process.wait_ready(
                 self._session, self.deployment.spec.health.startup_timeout_s, self._progress
             )
-        except EngineStartError as exc:
-            log.warning("%s failed to start: %s", self.engine_id, exc)
-            reason = "failed to start"
+        except EngineStartError:
+            reason = self._report(
+                classify_exit(process.exit_code(), process.log_tail(), process.plan.log_path)
+            )
         else:
+            self.problem = None
             await self._publish("ready")
             self._progress(f"{self.engine_id}: ready at {process.plan.url}")
             self.ready.set()
@@ -146,6 +162,34 @@ class EngineSlot:
         await process.stop(self.deployment.spec.health.stop_timeout_s)
         return reason
 
+    async def _start(self) -> EngineProcess | StartProblem:
+        """The spawned process, or why it cannot (or could not) be spawned."""
+        problem = await preflight_deployment(self.deployment)
+        if problem is not None:
+            return problem
+        try:
+            return self._spawn()
+        except OSError as exc:
+            return self._spawn_problem(exc)
+
+    def _report(self, problem: StartProblem) -> str:
+        """Log why the start failed, with the fix, at once (one line, naming the engine)."""
+        self.problem = problem
+        log.error(
+            "engine %s (model %s) failed to start: %s",
+            self.engine_id, self.deployment.model, problem.describe(),
+        )  # fmt: skip
+        return f"failed to start: {problem.cause}"
+
+    def _spawn_problem(self, exc: OSError) -> StartProblem:
+        detail = exc.strerror or str(exc)
+        if exc.filename is not None and str(exc.filename) == self.deployment.python:
+            cause = f"the engine interpreter {exc.filename} cannot be run ({detail})"
+            return StartProblem(cause, INSTALL_FIX, permanent=True)
+        cause = f"the engine could not be spawned ({exc.filename or ''}: {detail})"
+        fix = f"check `engine.host` ({self.deployment.spec.host}) and `engines.log_dir`"
+        return StartProblem(cause, fix, permanent=True)
+
     def _spawn(self) -> EngineProcess:
         d = self.deployment
         port = free_port(d.spec.host)
@@ -154,7 +198,7 @@ class EngineSlot:
             env=build_env(d.spec, self.replica),
             url=f"http://{d.advertise_host or d.spec.host}:{port}",
             served_name=d.model,
-            log_path=d.log_dir / f"{d.model}-{self.replica}.log",
+            log_path=log_path(d, self.replica),
         )
         self.process = EngineProcess(plan)
         self.process.spawn()
@@ -181,6 +225,9 @@ class EngineSlot:
         """Stop taking traffic, wait for running requests (up to the drain timeout), stop."""
         process = self.process
         if process is None:
+            return
+        if not process.alive:  # failed or restarting: nothing to drain, its record stays
+            await process.stop(self.deployment.spec.health.stop_timeout_s)
             return
         await self._publish("draining")
         deadline = time.monotonic() + self.deployment.spec.health.drain_timeout_s
@@ -213,9 +260,10 @@ class EngineSlot:
         )
         self.record = replace(base, restarts=self.restarts)
         try:
-            await self._registry.publish(self.record)
-        except (RedisError, OSError) as exc:  # Redis down: the next heartbeat retries
-            log.warning("could not publish %s as %s: %s", self.engine_id, state, exc)
+            async with asyncio.timeout(_REGISTRY_CALL_S):
+                await self._registry.publish(self.record)
+        except (RedisError, OSError, TimeoutError) as exc:  # the next heartbeat retries
+            log.warning("could not publish %s as %s: %r", self.engine_id, state, exc)
 
 
 class EngineSupervisor:
@@ -263,27 +311,55 @@ class EngineSupervisor:
                 return False
         return True
 
+    def all_failed(self) -> bool:
+        """True when every replica has failed for good (and there is at least one)."""
+        return bool(self.slots) and all(slot.failed.is_set() for slot in self.slots)
+
+    async def wait_all_failed(self) -> None:
+        """Return once every replica has failed for good (never, while one can run)."""
+        await asyncio.gather(*(slot.failed.wait() for slot in self.slots))
+
     async def stop(self) -> None:
-        """Cancel the watch loops, then drain and stop every engine."""
+        """Cancel the watch loops, then drain and stop every engine, all at once.
+
+        Each replica's drain-and-stop has its own bound (its drain and stop timeouts plus
+        a margin; past it the engine is killed), each registry call too, and one
+        replica's error is logged, never allowed to skip the others."""
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        outcomes = await asyncio.gather(*self._tasks, return_exceptions=True)
+        for task, outcome in zip(self._tasks, outcomes, strict=True):
+            if isinstance(outcome, Exception):
+                log.error("%s ended with %r", task.get_name(), outcome)
         self._tasks.clear()
-        await asyncio.gather(*(slot.drain_and_stop() for slot in self.slots))
+        await asyncio.gather(*(self._stop_slot(slot) for slot in self.slots))
         for slot in self.slots:
-            with contextlib.suppress(RedisError, OSError):
-                await self._registry.remove(slot.engine_id)
+            try:
+                async with asyncio.timeout(_REGISTRY_CALL_S):
+                    await self._registry.remove(slot.engine_id)
+            except (RedisError, OSError, TimeoutError) as exc:  # its record expires anyway
+                log.warning("could not remove %s from the registry: %r", slot.engine_id, exc)
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+    async def _stop_slot(self, slot: EngineSlot) -> None:
+        health = slot.deployment.spec.health
+        bound = health.drain_timeout_s + health.stop_timeout_s + _STOP_MARGIN_S
+        try:
+            async with asyncio.timeout(bound):
+                await slot.drain_and_stop()
+        except Exception as exc:  # a timeout, or a bug: kill it and go on with the others
+            log.error("stopping %s failed (%r); killing it", slot.engine_id, exc)
+            if slot.process is not None:
+                slot.process.kill()
 
     async def _heartbeats(self) -> None:
         while True:
             await asyncio.sleep(self._heartbeat_s)
             for slot in self.slots:
                 try:
-                    await slot.heartbeat()
-                except (RedisError, OSError) as exc:  # Redis down: it may come back
+                    async with asyncio.timeout(_REGISTRY_CALL_S):
+                        await slot.heartbeat()
+                except (RedisError, OSError, TimeoutError) as exc:  # Redis down: it may return
                     log.warning("heartbeat for %s failed: %s", slot.engine_id, exc)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import logging
 import signal
 import sys
 import time
@@ -12,12 +13,16 @@ from pathlib import Path
 
 from redis.exceptions import RedisError
 
+from engines.deployment import preflight_deployment
+from engines.diagnosis import check_interpreter
 from engines.models.prepare import (
     DEFAULT_MODEL_NAME,
     ModelPreparationError,
     default_cache_dir,
+    default_engine_python,
     prepare_default_model,
 )
+from engines.process import build_env
 from engines.spec import EngineSpec
 from engines.supervisor import EngineSupervisor
 from gateway.auth.keys import new_secret
@@ -31,6 +36,7 @@ DEFAULT_ENGINE = EngineSpec(source="default", dtype="float32", max_model_len=204
 
 
 DEV_KEY_NAME = "vgate-up"
+_CLOSE_TIMEOUT_S = 5.0
 
 
 def say(message: str) -> None:
@@ -65,6 +71,10 @@ def up(args: argparse.Namespace) -> int:
     configured = with_default_model(with_overrides(load_settings(args.config), **overrides))
     settings = with_dev_key(configured)
     origin = "from the config" if settings is configured else "made for this run"
+    # Checked before the model is prepared (no use preparing it for an engine that cannot
+    # run) and again after (a model directory, once it is known).
+    if _report(asyncio.run(_interpreter_problems(settings))):
+        return 1
     if any(m.engine and m.engine.source == "default" for m in settings.models):
         say("preparing the default model (first run: download + conversion, ~1 min)")
         try:
@@ -73,6 +83,8 @@ def up(args: argparse.Namespace) -> int:
         except ModelPreparationError as exc:
             print(f"vgate: {exc}", file=sys.stderr)
             return 1
+    if _report(asyncio.run(_preflight(settings))):
+        return 1
     say("starting the engine pool and the gateway; engines log to "
         f"{Path(settings.engines.log_dir).expanduser()}")  # fmt: skip
 
@@ -102,18 +114,55 @@ def up(args: argparse.Namespace) -> int:
     return 0
 
 
+def _report(problems: list[str]) -> bool:
+    for problem in problems:
+        print(f"vgate: {problem}", file=sys.stderr, flush=True)
+    return bool(problems)
+
+
+async def _interpreter_problems(settings: Settings) -> list[str]:
+    """Managed vLLM engines whose interpreter cannot run or has no vLLM, with the fix."""
+    default = settings.engines.python or str(default_engine_python())
+    models = [m for m in settings.models if m.engine is not None and m.engine.kind == "vllm"]
+    found = await asyncio.gather(
+        *(check_interpreter(m.engine.python or default, build_env(m.engine, 0))
+          for m in models if m.engine is not None)
+    )  # fmt: skip
+    return [
+        f"the engine of model '{m.served_name}' cannot start: {problem.describe()}"
+        for m, problem in zip(models, found, strict=True)
+        if problem is not None
+    ]
+
+
+async def _preflight(settings: Settings) -> list[str]:
+    """What keeps a managed engine from starting, found before serving (an interpreter
+    without vLLM, a model directory that is not there), one line per model, with its fix:
+    ``vgate up`` exits at once rather than serve a gateway whose engine never comes."""
+    deployments = await asyncio.to_thread(build_deployments, settings)
+    found = await asyncio.gather(*(preflight_deployment(d) for d in deployments))
+    return [
+        f"the engine of model '{d.model}' cannot start: {problem.describe()}"
+        for d, problem in zip(deployments, found, strict=True)
+        if problem is not None
+    ]
+
+
 def engines_run(args: argparse.Namespace) -> int:
-    """Run the supervisor alone, publishing to Redis for gateways elsewhere."""
+    """Run the supervisor alone, publishing to Redis for gateways elsewhere.
+
+    Exits 1 once every engine has failed for good, 0 after SIGINT/SIGTERM (engines
+    drained)."""
     settings = load_settings(args.config)
     if not settings.redis.url:
         raise ConfigError("`vgate engines run` publishes engines through Redis: set redis.url")
     if not any(m.engine for m in settings.models):
         raise ConfigError("no model in the config has an `engine:` section")
-    asyncio.run(_supervise(settings))
-    return 0
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    return asyncio.run(_supervise(settings))
 
 
-async def _supervise(settings: Settings) -> None:
+async def _supervise(settings: Settings) -> int:
     registry = build_registry(settings)
     deployments = await asyncio.to_thread(build_deployments, settings)
     supervisor = EngineSupervisor(deployments, registry, say, settings.engines.heartbeat_s)
@@ -123,13 +172,22 @@ async def _supervise(settings: Settings) -> None:
         loop.add_signal_handler(signum, stop.set)
     await supervisor.start()
     say(f"supervisor {supervisor.supervisor_id}: {len(supervisor.slots)} engine(s) starting")
+    stopping = asyncio.create_task(stop.wait())
+    failing = asyncio.create_task(supervisor.wait_all_failed())
     try:
-        await stop.wait()
+        await asyncio.wait({stopping, failing}, return_when=asyncio.FIRST_COMPLETED)
     finally:
+        stopping.cancel()
+        failing.cancel()
         say("stopping: draining engines")
         await supervisor.stop()
-        with contextlib.suppress(RedisError, OSError):
-            await registry.close()
+        with contextlib.suppress(RedisError, OSError, TimeoutError):
+            async with asyncio.timeout(_CLOSE_TIMEOUT_S):
+                await registry.close()
+    if supervisor.all_failed() and not stop.is_set():
+        print("vgate: every engine has failed for good; see the errors above", file=sys.stderr)
+        return 1
+    return 0
 
 
 def models_prepare(args: argparse.Namespace) -> int:
