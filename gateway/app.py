@@ -210,13 +210,29 @@ async def _shared_state(
     settings: Settings, stack: contextlib.AsyncExitStack
 ) -> tuple[LimiterBackend, KeyStore | None, EntryStore]:
     """Rate-limit counters, run-time keys and cache entries: in Redis when configured,
-    else in this process's memory."""
-    if settings.redis.url is None:
+    else in this process's memory. Cache entries go to ``cache.redis_url`` when it is
+    set (a Redis that may evict them), else with the rest to ``redis.url``."""
+    redis = settings.redis
+    links: dict[str, RedisLink] = {}
+
+    def link_to(url: str) -> RedisLink:
+        """One link (one connection) per Redis URL, closed with the app."""
+        if url not in links:
+            links[url] = RedisLink(url, redis.timeout_s, redis.retry_s)
+            stack.push_async_callback(links[url].close)
+        return links[url]
+
+    cache_url = settings.cache.redis_url or redis.url
+    entries: EntryStore = (
+        MemoryEntryStore(settings.cache.memory_max_bytes)
+        if cache_url is None
+        else RedisEntryStore(link_to(cache_url))
+    )
+    if redis.url is None:
         memory_keys = MemoryKeyStore() if settings.auth.admin_key is not None else None
-        return MemoryLimiter(), memory_keys, MemoryEntryStore(settings.cache.memory_max_bytes)
-    link = RedisLink(settings.redis.url, settings.redis.timeout_s, settings.redis.retry_s)
-    stack.push_async_callback(link.close)
-    return RedisLimiter(link), RedisKeyStore(link.client), RedisEntryStore(link)
+        return MemoryLimiter(), memory_keys, entries
+    link = link_to(redis.url)
+    return RedisLimiter(link), RedisKeyStore(link.client), entries
 
 
 async def _announce(supervisor: EngineSupervisor, on_ready: Callable[[], None]) -> None:

@@ -132,6 +132,11 @@ class CacheSettings(_Section):
     memory_max_bytes: int = Field(
         256 * 1024 * 1024, ge=1024, description="Without Redis: the in-process cache's size."
     )
+    redis_url: str | None = Field(
+        None,
+        description="The Redis holding cache entries (unset: redis.url). A Redis of its own "
+        "can evict (maxmemory + allkeys-lru) without ever evicting rate-limit counters or keys.",
+    )
 
 
 class ModelCacheSettings(_Section):
