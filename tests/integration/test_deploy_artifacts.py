@@ -2,7 +2,11 @@
 Kubernetes schemas, Dockerfiles linted by hadolint, Compose files parsed and their files
 present, the Grafana dashboard and Prometheus alerts referring only to metric names
 that a running gateway (and the engines it scrapes) really export, and the operator
-port (``server.admin_port``) scraped by Prometheus but never exposed to clients."""
+port (``server.admin_port``) scraped by Prometheus but never exposed to clients.
+The hardening (Redis ACL users and eviction policies, pod security contexts, network
+policies, secrets from the environment only) is checked in
+``test_deploy_hardening.py``; that the ACLs admit exactly what vgate does, against real
+Redis servers, in ``test_deploy_redis_acl.py``."""
 
 from __future__ import annotations
 
@@ -45,7 +49,7 @@ def test_kustomize_overlays_render_valid_kubernetes_objects(overlay: str) -> Non
             "HorizontalPodAutoscaler", "NetworkPolicy", "ConfigMap"} <= kinds  # fmt: skip
     for document in documents:
         kubernetes_validate.validate(document, KUBERNETES_VERSION, strict=True)
-    gateway = next(d for d in documents if d["kind"] == "Deployment")
+    gateway = _named(documents, "Deployment", "vgate-gateway")
     assert gateway["spec"]["replicas"] >= 2
     container = gateway["spec"]["template"]["spec"]["containers"][0]
     assert container["readinessProbe"]["httpGet"]["path"] == "/ready"
@@ -176,6 +180,21 @@ def test_gateway_lists_engines_for_prometheus_service_discovery(
     assert httpx.get(f"{gateway.url}/sd/engines").status_code == 404  # not for clients
 
 
+PROMETHEUS = {
+    "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}},
+    "podSelector": {
+        "matchExpressions": [
+            {"key": "app.kubernetes.io/name", "operator": "In", "values": ["prometheus"]}
+        ]
+    },
+}
+"""Prometheus's pods, and only those, in the monitoring namespace."""
+
+
+def _named(documents: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
+    return next(d for d in documents if d["kind"] == kind and d["metadata"]["name"] == name)
+
+
 def _render(overlay: str) -> list[dict[str, Any]]:
     rendered = subprocess.run(
         [_kubectl(), "kustomize", str(DEPLOY / "k8s" / "overlays" / overlay)],
@@ -193,7 +212,7 @@ def test_kubernetes_scrapes_the_operator_port_and_never_exposes_it(overlay: str)
     server = yaml.safe_load(config_map["data"]["gateway.yaml"])["server"]
     public, admin = server["port"], server["admin_port"]
     assert server["admin_host"] == "0.0.0.0" and admin != public  # reachable from Prometheus
-    deployment = next(d for d in documents if d["kind"] == "Deployment")
+    deployment = _named(documents, "Deployment", "vgate-gateway")
     pod = deployment["spec"]["template"]
     assert pod["metadata"]["annotations"]["prometheus.io/port"] == str(admin)
     assert pod["metadata"]["annotations"]["prometheus.io/path"] == "/metrics"
@@ -214,8 +233,7 @@ def test_kubernetes_scrapes_the_operator_port_and_never_exposes_it(overlay: str)
     for rule in rules:
         named = {p["port"] for p in rule["ports"]}
         if "admin" in named:
-            monitoring = {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}
-            assert rule["from"] == [{"namespaceSelector": monitoring}]
+            assert rule["from"] == [PROMETHEUS]
         else:
             assert named == {"http"}
 
