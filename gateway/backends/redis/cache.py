@@ -1,4 +1,9 @@
-"""Cache entries in Redis: ``GET`` / ``SET ... EX`` on the lean pipelined client."""
+"""Cache entries in Redis: ``GET`` / ``SET ... EX`` on the lean pipelined client.
+
+A ``GET`` takes only a bulk string (or nil) and a ``SET`` only a status for an
+answer: any other reply fails the call and resets the connection (see
+:mod:`gateway.backends.redis.resp`), and the lookup counts as a store failure.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,7 @@ import asyncio
 from typing import Any
 
 from gateway.backends.redis.link import RedisLink
+from gateway.backends.redis.resp import BULK, STATUS
 from gateway.errors import StoreUnavailable
 
 
@@ -19,7 +25,7 @@ class RedisEntryStore:
 
     def get(self, key: str) -> asyncio.Future[bytes | None]:
         self._link.check()
-        reply = self._link.fast.send_nowait("GET", self._prefix + key)
+        reply = self._link.fast.send_nowait("GET", self._prefix + key, accept=BULK)
         result: asyncio.Future[bytes | None] = asyncio.get_running_loop().create_future()
 
         def deliver(done: asyncio.Future[Any]) -> None:
@@ -39,7 +45,9 @@ class RedisEntryStore:
 
     def put(self, key: str, value: bytes, ttl_s: int) -> None:
         self._link.check()
-        reply = self._link.fast.send_nowait("SET", self._prefix + key, value, "EX", ttl_s)
+        reply = self._link.fast.send_nowait(
+            "SET", self._prefix + key, value, "EX", ttl_s, accept=STATUS
+        )
         reply.add_done_callback(self._stored)
 
     def _stored(self, done: asyncio.Future[Any]) -> None:

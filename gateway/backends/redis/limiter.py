@@ -21,6 +21,12 @@ once per set of scopes (keys and limits), and Redis answers with one string of
 integers rather than an array: together they cut the limiter's own CPU per
 request by more than half.
 
+A reply that is not what the batch asked for (not a string of integers, or not one
+decision per admission) fails every admission of the batch with
+:class:`StoreUnavailable`, as an outage would, and resets the connection, so that no
+later reply can reach the wrong caller; a wrong reply never leaves an admission
+waiting.
+
 While Redis is unreachable, :attr:`RedisLimiter.fallback` (an in-memory limiter of
 this process) is there for ``ratelimit.on_redis_error: local``. An admission whose
 caller stopped waiting (the client left) before the decision arrived is undone here,
@@ -39,7 +45,7 @@ from typing import Any, NamedTuple
 
 from gateway.backends.memory.limiter import MemoryLimiter
 from gateway.backends.redis.link import RedisLink
-from gateway.backends.redis.resp import RedisReplyError, bulk
+from gateway.backends.redis.resp import BULK, RedisReplyError, bulk
 from gateway.errors import StoreUnavailable
 from gateway.ratelimit.limits import (
     NEVER,
@@ -71,6 +77,7 @@ class _EncodedScopes:
     renew_head: bytes  # "r", scope count
     limits: bytes  # rpm, tpm, max_concurrent of every scope
     token_mask: bytes  # one "1" per scope with a tpm, "0" per other scope
+    decision_size: int  # integers in the reply to one admission
 
 
 class _Waiter(NamedTuple):
@@ -93,10 +100,11 @@ class _Batch:
     args: bytearray
     arg_count: int
     waiters: list[_Waiter | None]  # None for a settlement or renewal
+    reply_size: int  # integers the reply must hold: a decision per admission
 
 
 def _empty_batch() -> _Batch:
-    return _Batch(bytearray(), 0, bytearray(), 0, [])
+    return _Batch(bytearray(), 0, bytearray(), 0, [], 0)
 
 
 class RedisLimiter:
@@ -175,6 +183,7 @@ class RedisLimiter:
             bulk(b"r") + count,
             bytes(limits),
             bytes(mask),
+            5 + 3 * len(scopes),
         )
 
     def _settle(
@@ -195,6 +204,8 @@ class RedisLimiter:
         batch.args += args
         batch.arg_count += arg_count
         batch.waiters.append(waiter)
+        if waiter is not None:
+            batch.reply_size += encoded.decision_size
         if len(batch.waiters) >= MAX_BATCH:
             self._flush()
         elif not self._scheduled:
@@ -215,7 +226,7 @@ class RedisLimiter:
         command = b"*%d\r\n%s%s%s%s%s" % (
             count, script, bulk(b"%d" % batch.key_count), batch.keys, self._window, batch.args
         )  # fmt: skip
-        reply = self._link.fast.send_encoded(command)
+        reply = self._link.fast.send_encoded(command, BULK)
         reply.add_done_callback(lambda done: self._deliver(done, script, batch))
 
     def _deliver(self, done: asyncio.Future[Any], script: bytes, batch: _Batch) -> None:
@@ -225,20 +236,38 @@ class RedisLimiter:
             self._send(_EVAL, batch)
             return
         if error is not None:
-            self._link.failed(error)
-            failure = StoreUnavailable(str(error))
-            for waiter in batch.waiters:
-                if waiter is not None and not waiter.future.done():
-                    waiter.future.set_exception(failure)
+            self._fail(batch, error)
+            return
+        result = done.result()
+        reply = _integers(result)
+        if reply is None or len(reply) != batch.reply_size:
+            reason = f"unexpected reply from the rate-limit script: {result!r:.80}"
+            self._link.fast.reset(reason)
+            self._fail(batch, StoreUnavailable(reason))
             return
         self._link.succeeded()
-        reply = [int(value) for value in done.result().split()]
+        try:
+            self._decide(batch, reply)
+        except IndexError:  # a refusal kind the script never sends
+            reason = f"unexpected decision from the rate-limit script: {result!r:.80}"
+            self._link.fast.reset(reason)
+            self._fail(batch, StoreUnavailable(reason))
+
+    def _fail(self, batch: _Batch, error: BaseException) -> None:
+        """Every admission of ``batch`` not decided yet fails with ``error``."""
+        self._link.failed(error)
+        failure = StoreUnavailable(str(error))
+        for waiter in batch.waiters:
+            if waiter is not None and not waiter.future.done():
+                waiter.future.set_exception(failure)
+
+    def _decide(self, batch: _Batch, reply: list[int]) -> None:
         position = 0
         for waiter in batch.waiters:
             if waiter is None:
                 continue
             decision = _decision(reply, position, waiter.encoded.scopes)
-            position += 5 + 3 * waiter.encoded.scopes
+            position += waiter.encoded.decision_size
             if not waiter.future.done():
                 waiter.future.set_result(decision)
             elif decision.admitted:  # its caller left while Redis decided: undo the charge
@@ -257,6 +286,16 @@ def _operation(head: bytes, request_id: str, w: int, x: int, y: int, z: bytes) -
     return b"%s$%d\r\n%s\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n" % (
         head, len(rid), rid, len(one), one, len(two), two, len(three), three, len(z), z
     )  # fmt: skip
+
+
+def _integers(reply: object) -> list[int] | None:
+    """The integers in the script's reply; None if it is not a string of integers."""
+    if not isinstance(reply, bytes):
+        return None
+    try:
+        return [int(value) for value in reply.split()]
+    except ValueError:
+        return None
 
 
 def _decision(reply: list[int], at: int, scopes: int) -> Decision:

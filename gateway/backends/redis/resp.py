@@ -6,12 +6,25 @@ each command in pure Python and waits for its reply before the connection can
 serve anyone else. Here every caller writes its command straight onto one
 shared connection and waits on a future; Redis answers in order, so replies
 resolve the futures first-in first-out. Commands from concurrent requests go
-out back to back (pipelined) with no pool and no per-call timers: a watchdog
-ticks every ``timeout_s / 4`` and fails the connection when its oldest
-unanswered command is older than ``timeout_s``.
+out back to back (pipelined) with no pool and no per-call timers.
 
-Failures (refused, reset, timed out) raise :class:`StoreUnavailable`; the next
-call reconnects. Only what the hot path needs: ``call`` and ``evalsha``.
+Deadlines: every call fails with :class:`StoreUnavailable` at most ``timeout_s``
+after it began, reconnection included. A watchdog wakes at the oldest unanswered
+call's deadline (or every ``timeout_s / 4`` while none waits) and fails the
+connection when a call is past it; callers queued behind a connection attempt
+that failed share its failure rather than each trying again in turn.
+
+Replies are matched to calls by order alone, so one reply too many or too few
+would hand every later caller someone else's answer. Each call therefore says
+which reply types it accepts (:data:`BULK`, :data:`STATUS`, ...): a reply of
+another type, a reply nobody asked for, or bytes that are not RESP fail every
+call waiting on the connection with :class:`StoreUnavailable` and close it, and
+the next call reconnects. A caller that finds a well-typed reply wrong can do
+the same with :meth:`RespClient.reset`. Error replies (``-ERR ...``) are still
+replies in order: they fail only their own call, as :class:`RedisReplyError`
+(itself a :class:`StoreUnavailable`), and keep the connection.
+
+Only what the hot path needs: ``call`` and ``evalsha``.
 """
 
 from __future__ import annotations
@@ -27,8 +40,16 @@ from urllib.parse import unquote, urlparse
 
 from gateway.errors import StoreUnavailable
 
+ANY = b""
+"""Accept every reply type (generic calls: tests, scripts of any result)."""
+BULK = b"$"
+"""A bulk string or nil (GET, a script returning a string)."""
+STATUS = b"+"
+"""A status reply (SET, AUTH, SELECT: ``+OK``)."""
+_ERROR = ord("-")
 
-class RedisReplyError(Exception):
+
+class RedisReplyError(StoreUnavailable):
     """Redis answered with an error reply (``-ERR ...``)."""
 
 
@@ -50,7 +71,8 @@ def encode_command(args: tuple[bytes | str | int, ...]) -> bytes:
 
 def parse_reply(buffer: bytes | bytearray, start: int) -> tuple[Any, int]:
     """One reply from ``buffer[start:]`` and where the next begins; :class:`_Incomplete`
-    if it has not all arrived. Error replies are returned as :class:`RedisReplyError`."""
+    if it has not all arrived. Error replies are returned as :class:`RedisReplyError`.
+    Bytes that are not RESP raise :class:`StoreUnavailable` or :class:`ValueError`."""
     end = buffer.find(b"\r\n", start)
     if end < 0:
         raise _Incomplete
@@ -84,7 +106,9 @@ def parse_reply(buffer: bytes | bytearray, start: int) -> tuple[Any, int]:
 class _Connection(asyncio.Protocol):
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
-        self.pending: deque[tuple[asyncio.Future[Any], float]] = deque()
+        self.pending: deque[tuple[asyncio.Future[Any], float, bytes]] = deque()
+        """Calls waiting for a reply, in the order sent: future, when the call began,
+        the reply types it accepts."""
         self.closed = False
         self._buffer = bytearray()
 
@@ -98,8 +122,13 @@ class _Connection(asyncio.Protocol):
         pending = self.pending
         try:
             while position < len(buffer) and pending:
+                kind = buffer[position]
                 reply, position = parse_reply(buffer, position)
-                future = pending.popleft()[0]
+                future, _, accepted = pending.popleft()
+                if accepted and kind not in accepted and kind != _ERROR:
+                    shown = bytes(buffer[:position][-60:])
+                    self.fail(StoreUnavailable(f"unexpected Redis reply {shown!r}"), future)
+                    return
                 if future.done():
                     continue
                 if isinstance(reply, RedisReplyError):
@@ -108,27 +137,41 @@ class _Connection(asyncio.Protocol):
                     future.set_result(reply)
         except _Incomplete:
             pass
-        except StoreUnavailable as exc:
-            self.fail(exc)
+        except (StoreUnavailable, ValueError, RecursionError) as exc:
+            self.fail(StoreUnavailable(f"malformed Redis reply: {exc}"))
+            return
+        if position < len(buffer) and not pending:
+            self.fail(StoreUnavailable("Redis sent a reply no command asked for"))
             return
         del buffer[:position]
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.fail(StoreUnavailable(f"redis connection lost: {exc or 'closed by the server'}"))
 
-    def send(self, payload: bytes, future: asyncio.Future[Any]) -> None:
+    def send(
+        self, payload: bytes, future: asyncio.Future[Any], accepted: bytes, began: float
+    ) -> None:
         assert self.transport is not None
-        self.pending.append((future, time.monotonic()))
+        self.pending.append((future, began, accepted))
         self.transport.write(payload)
 
-    def fail(self, exc: Exception) -> None:
+    def fail(self, exc: Exception, first: asyncio.Future[Any] | None = None) -> None:
+        """Close the connection; ``first`` (already taken off the queue) and every call
+        still waiting on it fail with ``exc``."""
         self.closed = True
+        if first is not None and not first.done():
+            first.set_exception(exc)
         while self.pending:
             future = self.pending.popleft()[0]
             if not future.done():
                 future.set_exception(exc)
         if self.transport is not None:
             self.transport.close()
+
+    def oldest(self) -> float | None:
+        """When the longest-waiting call began (None: none waits). Not always the first
+        in the queue: a call that had to reconnect counts from before it connected."""
+        return min(began for _, began, _ in self.pending) if self.pending else None
 
 
 class RespClient:
@@ -142,36 +185,47 @@ class RespClient:
         self._timeout_s = timeout_s
         self._connection: _Connection | None = None
         self._connecting: asyncio.Lock | None = None
+        self._failed_at = float("-inf")
+        self._failure = ""
         self._watchdog: asyncio.Task[None] | None = None
 
-    async def call(self, *args: bytes | str | int) -> Any:
-        return await self.call_encoded(encode_command(args))
+    async def call(self, *args: bytes | str | int, accept: bytes = ANY) -> Any:
+        return await self.call_encoded(encode_command(args), accept)
 
-    async def call_encoded(self, command: bytes) -> Any:
-        """Send one command already in RESP form and wait for its reply."""
+    async def call_encoded(self, command: bytes, accept: bytes = ANY) -> Any:
+        """Send one command already in RESP form and wait for its reply (of a type in
+        ``accept``; :data:`ANY` takes every type)."""
+        began = time.monotonic()
         connection = self._connection
         if connection is None or connection.closed:
-            connection = await self._connect()
+            connection = await self._connect(began)
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        connection.send(command, future)
+        connection.send(command, future, accept, began)
         return await future
 
-    def send_nowait(self, *args: bytes | str | int) -> asyncio.Future[Any]:
+    def send_nowait(self, *args: bytes | str | int, accept: bytes = ANY) -> asyncio.Future[Any]:
         """Write the command now and return its reply's future, without waiting.
 
         Redis runs one connection's commands in order, so anything this client sends
         later runs after it. With no connection up, the command goes out once one is.
         """
-        return self.send_encoded(encode_command(args))
+        return self.send_encoded(encode_command(args), accept)
 
-    def send_encoded(self, command: bytes) -> asyncio.Future[Any]:
+    def send_encoded(self, command: bytes, accept: bytes = ANY) -> asyncio.Future[Any]:
         """:meth:`send_nowait` for a command already in RESP form (``*<n>\\r\\n...``)."""
         connection = self._connection
         if connection is None or connection.closed:
-            return asyncio.ensure_future(self.call_encoded(command))
+            return asyncio.ensure_future(self.call_encoded(command, accept))
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        connection.send(command, future)
+        connection.send(command, future, accept, time.monotonic())
         return future
+
+    def reset(self, reason: str) -> None:
+        """Fail every call waiting and close the connection (the next call reconnects):
+        for a caller whose reply had the right type but not the right content, so the
+        replies behind it may be out of step with their calls."""
+        if self._connection is not None and not self._connection.closed:
+            self._connection.fail(StoreUnavailable(reason))
 
     async def evalsha(self, script: str, keys: list[str], args: list[str | int]) -> Any:
         """Run a Lua script by its SHA-1, loading it first if Redis does not know it."""
@@ -192,16 +246,23 @@ class RespClient:
             self._connection.fail(StoreUnavailable("client closed"))
             self._connection = None
 
-    async def _connect(self) -> _Connection:
+    async def _connect(self, began: float) -> _Connection:
+        """The open connection, or a new one ready by ``began + timeout_s``. A call that
+        waited while another's attempt failed fails with it, at once."""
         if self._connecting is None:
             self._connecting = asyncio.Lock()
         async with self._connecting:
             if self._connection is not None and not self._connection.closed:
                 return self._connection
+            if self._failed_at >= began:
+                raise StoreUnavailable(self._failure)
+            left = began + self._timeout_s - time.monotonic()
             try:
-                connection = await asyncio.wait_for(self._open(), self._timeout_s)
-            except (OSError, TimeoutError, RedisReplyError) as exc:
-                raise StoreUnavailable(f"cannot connect to redis: {exc!r}") from None
+                connection = await asyncio.wait_for(self._open(), max(left, 0.0))
+            except (OSError, TimeoutError, StoreUnavailable) as exc:
+                self._failed_at = time.monotonic()
+                self._failure = f"cannot connect to redis: {exc!r}"
+                raise StoreUnavailable(self._failure) from None
             self._connection = connection
             if self._watchdog is None or self._watchdog.done():
                 self._watchdog = asyncio.create_task(self._watch(), name="redis-watchdog")
@@ -217,27 +278,38 @@ class RespClient:
             _, connection = await loop.create_connection(
                 _Connection, parsed.hostname or "127.0.0.1", parsed.port or 6379, ssl=context
             )
-        if parsed.password is not None:
-            user = unquote(parsed.username) if parsed.username else None
-            secret = unquote(parsed.password)
-            await self._handshake(connection, ("AUTH", user, secret) if user else ("AUTH", secret))
-        database = parsed.path.strip("/") if parsed.scheme != "unix" else ""
-        if database and database != "0":
-            await self._handshake(connection, ("SELECT", database))
+        try:
+            if parsed.password is not None:
+                user = unquote(parsed.username) if parsed.username else None
+                secret = unquote(parsed.password)
+                auth = ("AUTH", user, secret) if user else ("AUTH", secret)
+                await self._handshake(connection, auth)
+            database = parsed.path.strip("/") if parsed.scheme != "unix" else ""
+            if database and database != "0":
+                await self._handshake(connection, ("SELECT", database))
+        except BaseException:  # refused, or out of time (cancelled): never leak the socket
+            connection.fail(StoreUnavailable("redis handshake failed"))
+            raise
         return connection
 
     @staticmethod
     async def _handshake(connection: _Connection, args: tuple[str, ...]) -> None:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        connection.send(encode_command(args), future)
+        connection.send(encode_command(args), future, STATUS, time.monotonic())
         await future
 
     async def _watch(self) -> None:
-        """Fail a connection whose oldest unanswered command is older than the timeout."""
+        """Fail a connection whose longest-waiting call is past its deadline; sleep until
+        the next deadline can pass (a quarter of the timeout while no call waits)."""
+        timeout = self._timeout_s
         while True:
-            await asyncio.sleep(self._timeout_s / 4)
+            pause = timeout / 4
             connection = self._connection
-            if connection is None or connection.closed or not connection.pending:
-                continue
-            if time.monotonic() - connection.pending[0][1] > self._timeout_s:
-                connection.fail(StoreUnavailable("redis did not answer within the timeout"))
+            oldest = None if connection is None or connection.closed else connection.oldest()
+            if connection is not None and oldest is not None:
+                left = oldest + timeout - time.monotonic()
+                if left <= 0:
+                    connection.fail(StoreUnavailable("redis did not answer within the timeout"))
+                else:
+                    pause = left
+            await asyncio.sleep(pause)
