@@ -17,17 +17,31 @@ record that still cannot be decoded is skipped, logged once and counted in
 ``skipped_records``: one bad record never hides the others, nor stops a
 gateway's watcher (which reads the count for ``vgate_records_skipped_total``;
 this package never imports the gateway).
+
+Every Redis call ends within ``timeout_s`` (``redis.timeout_s``): connect and read
+timeouts, one immediate retry for a pooled connection Redis had closed, and one
+deadline over the whole call, which then raises :class:`redis.exceptions.TimeoutError`
+(a :class:`RedisError`, what the supervisor and the gateway's watcher already treat
+as an outage). redis-py's defaults (five-second reads, ten retries with backoff)
+would hold a heartbeat or a watcher step, and a shutdown waiting on it, for about
+a minute with Redis paused.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
+from collections.abc import Awaitable
 from dataclasses import asdict, dataclass, replace
-from typing import Any, Literal, Protocol, get_args
+from typing import Any, Literal, Protocol, TypeVar, get_args
 
 import orjson
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 log = logging.getLogger("vgate.engines")
 
@@ -35,6 +49,9 @@ EngineState = Literal["starting", "ready", "restarting", "draining", "failed", "
 ENGINE_STATES: frozenset[str] = frozenset(get_args(EngineState))
 REDIS_KEY = "vgate:engines"
 _MAX_REPORTED = 1024
+DEFAULT_TIMEOUT_S = 0.25
+"""The deadline of one registry call unless given: ``redis.timeout_s``'s default."""
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,21 +161,28 @@ class InProcessRegistry:
 class RedisRegistry:
     """Records in one Redis hash, each valid until its heartbeat stamp expires."""
 
-    def __init__(self, url: str, ttl_s: float) -> None:
-        self._redis = aioredis.Redis.from_url(url)
+    def __init__(self, url: str, ttl_s: float, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
+        self._redis = aioredis.Redis.from_url(
+            url,
+            socket_timeout=timeout_s,
+            socket_connect_timeout=timeout_s,
+            retry=Retry(NoBackoff(), 1),
+            health_check_interval=0,
+        )
         self._ttl_s = ttl_s
+        self._timeout_s = timeout_s
         self._skipped = 0
         self._reported: set[tuple[bytes | str, int]] = set()
 
     async def publish(self, record: EngineRecord) -> None:
         stamped = replace(record, expires_at=time.time() + self._ttl_s)
-        await self._redis.hset(REDIS_KEY, record.engine_id, stamped.encode())
+        await self._bounded(self._redis.hset(REDIS_KEY, record.engine_id, stamped.encode()))
 
     async def remove(self, engine_id: str) -> None:
-        await self._redis.hdel(REDIS_KEY, engine_id)
+        await self._bounded(self._redis.hdel(REDIS_KEY, engine_id))
 
     async def records(self) -> list[EngineRecord]:
-        raw = await self._redis.hgetall(REDIS_KEY)
+        raw = await self._bounded(self._redis.hgetall(REDIS_KEY))
         now = time.time()
         live: list[EngineRecord] = []
         expired: list[bytes | str] = []
@@ -173,7 +197,7 @@ class RedisRegistry:
             else:
                 live.append(record)
         if expired:
-            await self._redis.hdel(REDIS_KEY, *expired)
+            await self._bounded(self._redis.hdel(REDIS_KEY, *expired))
         return live
 
     @property
@@ -194,4 +218,16 @@ class RedisRegistry:
         log.warning("engine registry: skipping record %r that cannot be decoded: %s", name, error)
 
     async def close(self) -> None:
-        await self._redis.aclose()
+        """Close the client's connections, waiting at most the deadline (then they are
+        left to the garbage collector: a close must not hold a shutdown)."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self._timeout_s):
+                await self._redis.aclose()
+
+    async def _bounded(self, call: Awaitable[_T]) -> _T:
+        """``call``'s result, or :class:`redis.exceptions.TimeoutError` past the deadline."""
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                return await call
+        except TimeoutError:
+            raise RedisTimeoutError(f"redis did not answer within {self._timeout_s} s") from None

@@ -16,6 +16,7 @@ import orjson
 
 from gateway.auth.key_admin import KeyRequestError, NewKey, create_key, list_keys
 from gateway.backends.redis.keys import RedisKeyStore
+from gateway.backends.redis.link import redis_py_client
 from gateway.config.settings import CONFIG_ENV_VAR, ConfigError, Settings, load_settings
 from gateway.errors import StoreUnavailable
 
@@ -119,12 +120,10 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 def _with_store(settings: Settings, action: Any) -> Any:
     async def run() -> Any:
-        import redis.asyncio as aioredis
-
         assert settings.redis.url is not None
-        client = aioredis.Redis.from_url(settings.redis.url, socket_timeout=5)
+        client = redis_py_client(settings.redis.url, settings.redis.timeout_s)
         try:
-            return await action(RedisKeyStore(client))
+            return await action(RedisKeyStore(client, timeout_s=settings.redis.timeout_s))
         finally:
             await client.aclose()
 

@@ -10,10 +10,15 @@ Records are decoded one by one: one that cannot be decoded (see
 :meth:`KeyRecord.decode`) is skipped, logged once and counted, and the others
 load; one bad record must not stop every gateway's key refresh (a key revoked
 after it would keep working) nor their start-up.
+
+Every call ends within the store's deadline (``redis.timeout_s``, taken from the
+client's socket timeout unless given): past it, it fails with
+:class:`StoreUnavailable` like any outage, whatever state Redis is in.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable
 from typing import Any
@@ -26,6 +31,7 @@ from gateway.errors import StoreUnavailable
 
 log = logging.getLogger("vgate.auth")
 _MAX_REPORTED = 1024
+_FALLBACK_TIMEOUT_S = 5.0  # a client built without a socket timeout (redis-py's default)
 
 _CREATE = """
 if redis.call('HSETNX', KEYS[2], ARGV[1], ARGV[2]) == 0 then return 0 end
@@ -46,8 +52,12 @@ return 1
 class RedisKeyStore:
     """:class:`gateway.auth.keys.KeyStore` on a shared Redis."""
 
-    def __init__(self, client: aioredis.Redis, prefix: str = "vgate:keys") -> None:
+    def __init__(
+        self, client: aioredis.Redis, prefix: str = "vgate:keys", timeout_s: float | None = None
+    ) -> None:
         self._client = client
+        socket_timeout = client.connection_pool.connection_kwargs.get("socket_timeout")
+        self._timeout_s = timeout_s or socket_timeout or _FALLBACK_TIMEOUT_S
         self._keys = (prefix, f"{prefix}:names", f"{prefix}:version")
         self._create = client.register_script(_CREATE)
         self._revoke = client.register_script(_REVOKE)
@@ -101,9 +111,11 @@ class RedisKeyStore:
                             shown, exc)  # fmt: skip
             return None
 
-    @staticmethod
-    async def _run(command: Awaitable[Any]) -> Any:
+    async def _run(self, command: Awaitable[Any]) -> Any:
         try:
-            return await command
+            async with asyncio.timeout(self._timeout_s):
+                return await command
+        except TimeoutError:
+            raise StoreUnavailable(f"redis did not answer within {self._timeout_s} s") from None
         except (RedisError, OSError) as exc:
             raise StoreUnavailable(str(exc)) from None

@@ -1,18 +1,28 @@
 """Redis for the gateway: a lean pipelined client for the request path, redis-py for the
 rest, and a short circuit when Redis is down.
 
-Request-path commands (:attr:`RedisLink.fast`) use short timeouts. After a failure the link reports
-"down" without trying for ``retry_s``, so an unreachable Redis costs requests
-nothing but a clock read; the first command after that tries again, and redis-py
-reconnects on its own, so the gateway recovers with no restart.
+Every call has a deadline, ``redis.timeout_s``: on the request path
+(:attr:`RedisLink.fast`, see :mod:`gateway.backends.redis.resp`) and in the
+redis-py client of the key store and ``vgate keys`` (:func:`redis_py_client`:
+connect and read timeouts, one immediate retry for a pooled connection Redis
+closed, never redis-py's default of ten retries with backoff, which turns one
+unanswered call into seconds). After a failure the link reports "down" without
+trying for ``retry_s``, so an unreachable Redis costs requests nothing but a
+clock read; the first command after that tries again, and both clients
+reconnect on their own, so the gateway recovers with no restart.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
+from typing import Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
 from gateway.backends.redis.resp import RespClient
 from gateway.errors import StoreUnavailable
@@ -20,16 +30,26 @@ from gateway.errors import StoreUnavailable
 log = logging.getLogger("vgate.redis")
 
 
+def redis_py_client(url: str, timeout_s: float, **options: Any) -> aioredis.Redis:
+    """A redis-py client that gives up on a call after ``timeout_s`` to connect or to
+    read a reply, and retries once at once (a pooled connection Redis had closed),
+    with no backoff. Callers that need one deadline per call wrap it in
+    ``asyncio.timeout`` too (:class:`gateway.backends.redis.keys.RedisKeyStore` does)."""
+    return aioredis.Redis.from_url(
+        url,
+        socket_timeout=timeout_s,
+        socket_connect_timeout=timeout_s,
+        retry=Retry(NoBackoff(), 1),
+        health_check_interval=0,
+        **options,
+    )
+
+
 class RedisLink:
     def __init__(self, url: str, timeout_s: float, retry_s: float) -> None:
-        self.client: aioredis.Redis = aioredis.Redis.from_url(
-            url,
-            socket_timeout=timeout_s,
-            socket_connect_timeout=timeout_s,
-            max_connections=512,
-            health_check_interval=0,
-        )
+        self.client = redis_py_client(url, timeout_s, max_connections=512)
         self.fast = RespClient(url, timeout_s)
+        self._timeout_s = timeout_s
         self._retry_s = retry_s
         self._down_until = 0.0
         self.failures = 0
@@ -52,5 +72,9 @@ class RedisLink:
             self._down_until = 0.0
 
     async def close(self) -> None:
+        """Close both clients; closing the pool's connections waits at most the timeout
+        (a paused Redis must not hold a shutdown)."""
         await self.fast.close()
-        await self.client.aclose()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self._timeout_s):
+                await self.client.aclose()
