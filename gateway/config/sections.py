@@ -223,7 +223,10 @@ class RedisSettings(_Section):
         None, description="Shared state: keys, rate-limit counters, engine registry."
     )
     timeout_s: float = Field(
-        0.25, gt=0, description="Connect and command timeout on the request path."
+        0.25,
+        gt=0,
+        description="Deadline of every Redis call, connecting included: on the request path, "
+        "in background tasks (key refresh, engine registry) and in `vgate keys`.",
     )
     retry_s: float = Field(
         1.0, gt=0, description="After a failure, how long Redis is treated as down before a retry."
