@@ -28,6 +28,7 @@ from gateway.config.settings import (
     load_settings,
     with_overrides,
 )
+from gateway.http.connections import ConnectionLimits, limited_protocol
 
 log = logging.getLogger("vgate")
 
@@ -126,12 +127,12 @@ def run_gateway(settings: Settings, on_engines_ready: Callable[[], None] | None 
         workers=server.workers,
         host=server.host,
         port=server.port,
-        http="httptools",
+        http=limited_protocol(ConnectionLimits.from_settings(server)),
         loop="uvloop",
         access_log=False,
         log_level=server.log_level,
         backlog=4096,
-        timeout_keep_alive=75,
+        timeout_keep_alive=server.keepalive_timeout_s,
         proxy_headers=False,  # no use for client addresses; one middleware less per request
         server_header=False,
     )

@@ -27,6 +27,28 @@ class ServerSettings(_Section):
     port: int = Field(8000, ge=0, le=65535)
     workers: int = Field(1, ge=1)
     max_body_bytes: int = Field(2 * 1024 * 1024, ge=1024)
+    max_header_bytes: int = Field(
+        64 * 1024,
+        ge=1024,
+        description="Largest request head (request line and headers); beyond it 431 and close.",
+    )
+    header_timeout_s: float = Field(
+        10.0,
+        ge=1,
+        description="A request head must be complete this long after its first byte (or, for "
+        "a new connection, after it opened); else 408 and close.",
+    )
+    body_timeout_s: float = Field(
+        60.0, ge=1, description="A request body must be complete this long after its head."
+    )
+    keepalive_timeout_s: int = Field(
+        75, ge=1, description="An idle connection is closed this long after its last response."
+    )
+    max_connections: int = Field(
+        1024,
+        ge=1,
+        description="Open connections per worker process; one accepted beyond it gets a 503.",
+    )
     max_messages: int = Field(
         4096, ge=1, description="Most chat messages one request may carry (400 beyond)."
     )
@@ -50,6 +72,13 @@ class ServerSettings(_Section):
     )
     debug_headers: bool = Field(
         False, description="Name the engine that answered in x-vgate-engine (its short id)."
+    )
+    shutdown_timeout_s: int = Field(
+        25,
+        ge=1,
+        description="On SIGTERM the gateway stops accepting and gives requests in progress "
+        "this long to finish, then cancels them and closes everything (a few seconds more, "
+        "each step with its own deadline). Keep the pod's grace period above both.",
     )
 
     @model_validator(mode="after")

@@ -61,7 +61,12 @@ def _text(value: bytes | None) -> str | None:
 
 async def read_body(request: Request, limit: int, declared: str | None) -> bytes:
     """The whole body, refusing (413) as soon as it is known to exceed ``limit`` bytes
-    (``declared``: the request's Content-Length header, if any)."""
+    (``declared``: the request's Content-Length header, if any).
+
+    Bytes are counted as they arrive, so a body without Content-Length (chunked) is
+    refused once past the limit, without waiting for or keeping the rest. A client
+    that disconnects before the body's end (or is disconnected: ``server.body_timeout_s``)
+    gets a 400 nobody reads, never a truncated body handled as if complete."""
     if declared is not None:
         if not declared.isdigit():
             raise InvalidRequestError("invalid Content-Length header")
@@ -72,7 +77,7 @@ async def read_body(request: Request, limit: int, declared: str | None) -> bytes
     while True:
         message = await request.receive()
         if message["type"] != "http.request":  # http.disconnect: nothing more will come
-            break
+            raise InvalidRequestError("the connection closed before the request body was complete")
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:

@@ -1,0 +1,237 @@
+"""Connection limits: what a client can hold open before its request is handled.
+
+uvicorn's httptools protocol parses fast (llhttp, in C) but limits nothing before
+the application runs. It accepts a request head of any size (httptools keeps an
+unfinished header value in memory: 16 MiB per connection was measured, issue #14).
+It waits forever for a head or a body that trickles in, or for a first request
+that never comes. Its ``limit_concurrency`` answers in plain text. h11, uvicorn's
+other protocol, caps the head but parses in Python, several times slower per
+request. So the gateway runs httptools' protocol with these limits added
+(``server.*`` settings):
+
+- **head size** (``max_header_bytes``): the request line and headers. Past it,
+  the connection gets a 431 and is closed. Bytes are counted as they arrive,
+  so an unfinished head never grows beyond the limit (plus, when pipelined
+  requests share a socket read, that read: uvloop reads up to 250 KB).
+- **head deadline** (``header_timeout_s``): a head must be complete this long
+  after its first byte, or after the connection opened for its first request.
+  A partly sent head gets a 408; an idle new connection is closed without one.
+- **body deadline** (``body_timeout_s``): the body must be complete this long
+  after the head. Time when the gateway itself stopped reading (flow control,
+  pipelining) is not held against the client. Past it the connection is closed
+  and the application sees a disconnect.
+- **keep-alive** (``keepalive_timeout_s``): uvicorn's own timer, between requests.
+- **connection cap** (``max_connections``, per worker process): a connection
+  accepted beyond it gets a 503 in OpenAI's error shape on its first request, with
+  ``connection: close``. Connections already open are not affected.
+
+Deadlines are checked by one timer per connection, once a second, so they hold
+to within a second. Per request this adds three small overrides: attribute
+reads and stores, two reads of the loop's clock, and no timer set or cancelled.
+
+The body's size is the application's limit (``server.max_body_bytes``, counted
+as the body arrives by :func:`gateway.http.context.read_body`). Until the
+application reads, uvicorn keeps at most 64 KiB of body per connection: above
+that it stops reading from the socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from dataclasses import dataclass
+from typing import Any, cast
+
+from starlette.types import Receive, Scope, Send
+from uvicorn.config import Config
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+from uvicorn.server import ServerState
+
+from gateway.config.sections import ServerSettings
+from gateway.errors import error_body
+
+log = logging.getLogger("vgate.connections")
+
+_TICK_S = 1.0
+"""How often each connection checks its deadline."""
+
+_NO_HEAD = -1
+"""``_head_bytes`` from the end of a request's head to the end of its body."""
+
+_TOO_MANY_CONNECTIONS = error_body(
+    "This gateway process has too many open connections; retry shortly.",
+    "service_unavailable",
+    None,
+    "too_many_connections",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionLimits:
+    """The ``server.*`` limits one connection works under."""
+
+    max_header_bytes: int
+    header_timeout_s: float
+    body_timeout_s: float
+    max_connections: int
+
+    @classmethod
+    def from_settings(cls, server: ServerSettings) -> ConnectionLimits:
+        return cls(
+            server.max_header_bytes,
+            server.header_timeout_s,
+            server.body_timeout_s,
+            server.max_connections,
+        )
+
+
+def limited_protocol(limits: ConnectionLimits) -> type[asyncio.Protocol]:
+    """What to pass as uvicorn's ``http=``: :class:`LimitedHttpToolsProtocol` with ``limits``.
+
+    It is a :func:`functools.partial`, not a class. uvicorn only calls it, with
+    keyword arguments, once per connection. Unlike a class made on the fly, a
+    partial of a module-level class pickles, and uvicorn pickles its config to
+    start worker processes (``server.workers > 1``)."""
+    return cast(type[asyncio.Protocol], functools.partial(LimitedHttpToolsProtocol, limits=limits))
+
+
+class LimitedHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with the limits in the module docstring.
+
+    State per connection: ``_head_bytes`` counts the bytes of the request head
+    being read (``_NO_HEAD`` from the end of the head to the end of the body).
+    ``_deadline`` is when the current head or body must be complete, on the
+    loop's clock (0: none, between a body's end and the next request's first byte).
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        server_state: ServerState,
+        app_state: dict[str, Any],
+        _loop: asyncio.AbstractEventLoop | None = None,
+        *,
+        limits: ConnectionLimits,
+    ) -> None:
+        super().__init__(config, server_state, app_state, _loop)
+        self._limits = limits
+        self._head_bytes = 0
+        self._deadline = 0.0
+        self._tick: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        open_now = len(self.connections)
+        if open_now > self._limits.max_connections:
+            self.app = _too_many_connections
+            if open_now == self._limits.max_connections + 1:  # once per crossing of the cap
+                log.warning("over server.max_connections: new connections get 503")
+        self._deadline = self.loop.time() + self._limits.header_timeout_s
+        self._tick = self.loop.call_later(_TICK_S, self._check_deadline)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._tick is not None:
+            self._tick.cancel()
+            self._tick = None
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        head = self._head_bytes
+        if head == _NO_HEAD:
+            super().data_received(data)
+            return
+        if not self._deadline:  # the first byte of a request after a keep-alive pause
+            self._deadline = self.loop.time() + self._limits.header_timeout_s
+        limit = self._limits.max_header_bytes
+        room = limit - head
+        if len(data) <= room:
+            self._head_bytes = head + len(data)
+            super().data_received(data)
+            return
+        # Only the bytes that fit are parsed as head; the rest may be body or the
+        # next request, counted again below once this head has ended.
+        self._head_bytes = limit
+        super().data_received(data[:room])
+        if self.transport.is_closing():
+            return
+        if self._head_bytes == limit:  # still the same head: it did not end within the limit
+            self._refuse(431, f"The request head exceeds {limit} bytes.", "request_head_too_large")
+            return
+        self.data_received(data[room:])
+
+    def on_headers_complete(self) -> None:
+        self._head_bytes = _NO_HEAD
+        self._deadline = self.loop.time() + self._limits.body_timeout_s
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        self._head_bytes = 0
+        self._deadline = 0.0
+        super().on_message_complete()
+
+    def _check_deadline(self) -> None:
+        """Runs every ``_TICK_S`` while the connection is open."""
+        deadline = self._deadline
+        now = self.loop.time()
+        if deadline and now >= deadline:
+            if self._head_bytes == _NO_HEAD and self.flow.read_paused:
+                # The gateway stopped reading, not the client: give it the time again.
+                self._deadline = now + self._limits.body_timeout_s
+            else:
+                self._expire()
+                return
+        self._tick = self.loop.call_later(_TICK_S, self._check_deadline)
+
+    def _expire(self) -> None:
+        """The head or body deadline has passed: close the connection, with a 408
+        for a head that was partly sent."""
+        self._tick = None
+        if self._head_bytes == _NO_HEAD:
+            log.debug("closing a connection: request body not complete in time")
+            self.transport.close()
+        elif self._head_bytes == 0:
+            log.debug("closing a connection: no request in time")
+            self.transport.close()
+        else:
+            log.debug("closing a connection: request head not complete in time")
+            self._refuse(408, "The request head was not complete in time.", "request_timeout")
+
+    def _refuse(self, status: int, message: str, code: str) -> None:
+        """Answer ``status`` with an OpenAI error, for a request whose head was not
+        accepted, and close; just close if an earlier request on this connection
+        (pipelined) is still being answered."""
+        if self.cycle is not None and not self.cycle.response_complete:
+            self.transport.close()
+            return
+        body = error_body(message, "invalid_request_error", None, code)
+        content = [STATUS_LINE[status]]
+        for name, value in self.server_state.default_headers:
+            content.extend((name, b": ", value, b"\r\n"))
+        content.extend(
+            (
+                b"content-type: application/json\r\n",
+                b"content-length: %d\r\n" % len(body),
+                b"connection: close\r\n\r\n",
+                body,
+            )
+        )
+        self.transport.write(b"".join(content))
+        self.transport.close()
+
+
+async def _too_many_connections(scope: Scope, receive: Receive, send: Send) -> None:
+    """The application of a connection accepted beyond ``max_connections``."""
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 503,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", b"%d" % len(_TOO_MANY_CONNECTIONS)),
+                (b"retry-after", b"1"),
+                (b"connection", b"close"),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": _TOO_MANY_CONNECTIONS, "more_body": False})

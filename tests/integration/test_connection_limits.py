@@ -1,0 +1,336 @@
+"""Connection limits (issue #14, acceptance 1): hostile connections neither hold the
+gateway's memory nor stay open, and normal traffic flows meanwhile.
+
+Raw sockets play the hostile clients: heads trickled a line a second, 16 MiB heads,
+idle connections, unfinished bodies. The gateway runs with short timeouts so that
+everything closes within seconds; the production defaults are longer (README).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import selectors
+import socket
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+import yaml
+
+from tests.helpers.processes import free_port, run_process
+from tests.integration.conftest import STUB_MODEL, Stub
+
+HEADER_TIMEOUT_S = 3.0
+BODY_TIMEOUT_S = 3.0
+KEEPALIVE_TIMEOUT_S = 2
+TICK_S = 1.0  # deadlines are checked once a second (gateway.http.connections)
+MAX_BODY_BYTES = 64 * 1024
+MAX_HEADER_BYTES = 64 * 1024
+COMPLETION = {"model": STUB_MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+
+
+@dataclass
+class Served:
+    """A running gateway: its port and process id."""
+
+    port: int
+    pid: int
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def rss_bytes(self) -> int:
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+        raise AssertionError("no VmRSS")
+
+    def connect(self) -> socket.socket:
+        return socket.create_connection(("127.0.0.1", self.port), timeout=10)
+
+
+@contextlib.contextmanager
+def serve(stub: Stub, directory: Path, **server: Any) -> Iterator[Served]:
+    port = free_port()
+    config = {"models": [{"name": STUB_MODEL, "endpoints": [stub.url]}], "server": server}
+    path = directory / "vgate.yaml"
+    path.write_text(yaml.safe_dump(config))
+    argv = [sys.executable, "-m", "gateway", "serve", "--config", str(path), "--port", str(port)]
+    with run_process(argv, f"http://127.0.0.1:{port}/health", timeout=30) as process:
+        yield Served(port, process.pid)
+
+
+@pytest.fixture(scope="module")
+def gateway(stub: Stub, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    with serve(
+        stub,
+        tmp_path_factory.mktemp("limits"),
+        header_timeout_s=HEADER_TIMEOUT_S,
+        body_timeout_s=BODY_TIMEOUT_S,
+        keepalive_timeout_s=KEEPALIVE_TIMEOUT_S,
+        max_body_bytes=MAX_BODY_BYTES,
+        max_header_bytes=MAX_HEADER_BYTES,
+        max_connections=400,
+    ) as served:
+        yield served
+
+
+@dataclass
+class NormalTraffic:
+    """A client sending a completion every 50 ms from a thread; results as (sent at, status)."""
+
+    url: str
+    results: list[tuple[float, int | str]] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+
+    def run(self) -> None:
+        with httpx.Client(base_url=self.url, timeout=10) as client:
+            while not self._stop.is_set():
+                sent = time.monotonic()
+                try:
+                    response = client.post("/v1/chat/completions", json=COMPLETION)
+                    status: int | str = response.status_code
+                except httpx.HTTPError as exc:
+                    status = repr(exc)
+                self.results.append((sent, status))
+                self._stop.wait(0.05)
+
+    def wait_for(self, count: int, sent_after: float = 0.0) -> None:
+        """Until ``count`` requests were sent after ``sent_after`` (10 s at most)."""
+        deadline = time.monotonic() + 10
+        while sum(at > sent_after for at, _ in self.results) < count:
+            assert time.monotonic() < deadline, "normal traffic stopped"
+            time.sleep(0.05)
+
+    @contextlib.contextmanager
+    def running(self) -> Iterator[NormalTraffic]:
+        thread = threading.Thread(target=self.run, daemon=True)
+        thread.start()
+        try:
+            yield self
+        finally:
+            self._stop.set()
+            thread.join(timeout=15)
+
+
+class Trickler:
+    """Connections that send a request head a line a second; notes when each is closed."""
+
+    def __init__(self, served: Served, count: int) -> None:
+        self.sockets = [served.connect() for _ in range(count)]
+        self.closed: dict[int, float] = {}  # index in sockets: when the gateway closed it
+        self._selector = selectors.DefaultSelector()
+        for index, sock in enumerate(self.sockets):
+            sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\n")
+            self._selector.register(sock, selectors.EVENT_READ, index)
+        self._next_line = time.monotonic() + 1.0
+
+    def step(self) -> None:
+        """Note the connections closed within 0.1 s; send the next line when it is time."""
+        for key, _ in self._selector.select(timeout=0.1):
+            with contextlib.suppress(OSError):
+                if self.sockets[key.data].recv(65536):  # the 408; the close follows
+                    continue
+            self.closed[key.data] = time.monotonic()
+            self._selector.unregister(key.fileobj)
+        if time.monotonic() >= self._next_line:
+            self._next_line += 1.0
+            for index, sock in enumerate(self.sockets):
+                if index not in self.closed:
+                    with contextlib.suppress(OSError):
+                        sock.sendall(b"x-trickle: 1\r\n")
+
+    def close(self) -> None:
+        self._selector.close()
+        for sock in self.sockets:
+            sock.close()
+
+
+def send_big_head(served: Served, payload: bytes, closed_at: list[float]) -> None:
+    """Send a head of ``payload`` bytes; note when the gateway closes the connection."""
+    with served.connect() as sock:
+        with contextlib.suppress(OSError):  # reset or broken pipe: closed by the gateway
+            sock.sendall(payload)
+            while sock.recv(65536):
+                pass
+        closed_at.append(time.monotonic())
+
+
+def read_until_closed(sock: socket.socket, timeout: float) -> bytes:
+    """Everything the gateway sends until it closes the connection (fails after ``timeout``)."""
+    sock.settimeout(timeout)
+    received = b""
+    with contextlib.suppress(ConnectionResetError):
+        while chunk := sock.recv(65536):
+            received += chunk
+    return received
+
+
+def read_response(sock: socket.socket) -> bytes:
+    """One whole response (head and a body of its content-length)."""
+    received = b""
+    while b"\r\n\r\n" not in received:
+        chunk = sock.recv(65536)
+        assert chunk, f"closed before a response: {received!r}"
+        received += chunk
+    head, _, body = received.partition(b"\r\n\r\n")
+    length = int(head.lower().partition(b"content-length: ")[2].partition(b"\r\n")[0])
+    while len(body) < length:
+        chunk = sock.recv(65536)
+        assert chunk, f"closed before the body's end: {received!r}"
+        body += chunk
+    return head + b"\r\n\r\n" + body
+
+
+def error_of(response: bytes) -> dict[str, Any]:
+    error: dict[str, Any] = orjson.loads(response.partition(b"\r\n\r\n")[2])["error"]
+    return error
+
+
+def test_hostile_heads_are_closed_without_holding_memory_while_traffic_flows(
+    gateway: Served,
+) -> None:
+    big_head = b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nx-big: " + b"a" * (16 << 20)
+    traffic = NormalTraffic(gateway.url)
+    with traffic.running():
+        traffic.wait_for(10)  # warm: what normal traffic costs is in the baseline
+        baseline = gateway.rss_bytes()
+        started = time.monotonic()
+        trickler = Trickler(gateway, 150)
+        big_closed: list[float] = []
+        senders = [
+            threading.Thread(target=send_big_head, args=(gateway, big_head, big_closed))
+            for _ in range(10)
+        ]
+        for sender in senders:
+            sender.start()
+
+        peak = baseline
+        with contextlib.closing(trickler):
+            while len(trickler.closed) < 150 and time.monotonic() < started + 30:
+                trickler.step()
+                peak = max(peak, gateway.rss_bytes())
+        for sender in senders:
+            sender.join(timeout=30)
+        ended = time.monotonic()
+        traffic.wait_for(5, sent_after=ended)  # and after the attack
+
+    assert len(trickler.closed) == 150, f"{150 - len(trickler.closed)} trickling ones still open"
+    assert len(big_closed) == 10, "a 16 MiB head was not refused"
+    trickle_times = [at - started for at in trickler.closed.values()]
+    assert min(trickle_times) >= HEADER_TIMEOUT_S - 0.2, "closed before the header timeout"
+    assert max(trickle_times) <= HEADER_TIMEOUT_S + TICK_S + 3.0, "closed late"
+    assert max(at - started for at in big_closed) < 10.0
+    assert peak - baseline < 50 * 1024 * 1024, f"RSS grew {(peak - baseline) >> 20} MiB"
+
+    during = [(at, status) for at, status in traffic.results if at >= started]
+    assert all(status == 200 for _, status in traffic.results), traffic.results
+    assert len(during) >= 20
+    sent = [started] + [at for at, _ in during] + [ended]
+    assert max(b - a for a, b in itertools.pairwise(sent)) < 2.0, "normal traffic stalled"
+
+
+def test_a_head_over_the_limit_is_431_and_one_under_it_is_served(gateway: Served) -> None:
+    start = b"GET /health HTTP/1.1\r\nhost: x\r\nx-big: "
+    with gateway.connect() as sock:  # one byte over: nothing is left unread when it closes
+        sock.sendall(start + b"a" * (MAX_HEADER_BYTES + 1 - len(start)))
+        response = read_until_closed(sock, timeout=10)
+    assert response.startswith(b"HTTP/1.1 431 "), response[:200]
+    assert error_of(response)["code"] == "request_head_too_large"
+
+    big_but_fine = {"x-big": "a" * (MAX_HEADER_BYTES - 1024)}
+    assert httpx.get(f"{gateway.url}/health", headers=big_but_fine).status_code == 200
+
+
+def test_a_slow_head_is_408_and_a_silent_connection_is_closed(gateway: Served) -> None:
+    with gateway.connect() as silent, gateway.connect() as slow:
+        started = time.monotonic()
+        slow.sendall(b"GET /health HTTP/1.1\r\nhost: x\r\n")
+        response = read_until_closed(slow, timeout=HEADER_TIMEOUT_S + 5)
+        assert read_until_closed(silent, timeout=HEADER_TIMEOUT_S + 5) == b""
+        waited = time.monotonic() - started
+    assert response.startswith(b"HTTP/1.1 408 "), response[:200]
+    assert error_of(response)["code"] == "request_timeout"
+    assert HEADER_TIMEOUT_S - 0.2 <= waited <= HEADER_TIMEOUT_S + TICK_S + 2.0
+
+
+def test_an_unfinished_body_is_closed_after_the_body_timeout(gateway: Served) -> None:
+    with gateway.connect() as sock:
+        sock.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+            b"content-length: 100\r\n\r\n" + b'{"model": '
+        )
+        started = time.monotonic()
+        assert read_until_closed(sock, timeout=BODY_TIMEOUT_S + 5) == b""
+        waited = time.monotonic() - started
+    assert BODY_TIMEOUT_S - 0.2 <= waited <= BODY_TIMEOUT_S + TICK_S + 2.0
+
+
+def test_an_idle_keep_alive_connection_is_closed_after_the_idle_timeout(gateway: Served) -> None:
+    with gateway.connect() as sock:
+        sock.sendall(b"GET /health HTTP/1.1\r\nhost: x\r\n\r\n")
+        answered = time.monotonic()
+        response = read_until_closed(sock, timeout=KEEPALIVE_TIMEOUT_S + 5)
+        waited = time.monotonic() - answered
+    assert response.startswith(b"HTTP/1.1 200 ")
+    assert KEEPALIVE_TIMEOUT_S - 0.5 <= waited <= KEEPALIVE_TIMEOUT_S + 2.0
+
+
+def test_a_chunked_body_over_the_limit_is_refused_before_it_ends(gateway: Served) -> None:
+    chunk = b"x" * 16384
+    with gateway.connect() as sock:
+        sock.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+            b"transfer-encoding: chunked\r\n\r\n"
+        )
+        for _ in range(2 * MAX_BODY_BYTES // len(chunk)):  # twice the limit, and no last chunk
+            sock.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+        response = read_response(sock)
+    assert response.startswith(b"HTTP/1.1 413 "), response[:200]
+    assert error_of(response)["code"] == "request_too_large"
+
+
+HEALTH = b"GET /health HTTP/1.1\r\nhost: x\r\n\r\n"
+
+
+def open_served(served: Served) -> socket.socket:
+    """A connection that was served (/health answered) and stays open. Retried on a 503:
+    the readiness check's connection may not have been closed on the gateway's side yet."""
+    deadline = time.monotonic() + 10
+    while True:
+        sock = served.connect()
+        sock.sendall(HEALTH)
+        response = read_response(sock)
+        if response.startswith(b"HTTP/1.1 200 "):
+            return sock
+        sock.close()
+        assert response.startswith(b"HTTP/1.1 503 ") and time.monotonic() < deadline
+
+
+def test_a_connection_beyond_the_cap_is_503_and_open_ones_are_served(
+    stub: Stub, tmp_path: Path
+) -> None:
+    with serve(stub, tmp_path, max_connections=3) as served:
+        held = [open_served(served) for _ in range(3)]
+        with served.connect() as extra:
+            extra.sendall(HEALTH)
+            response = read_until_closed(extra, timeout=10)
+        assert response.startswith(b"HTTP/1.1 503 "), response[:200]
+        assert b"\r\nconnection: close\r\n" in response.lower()
+        assert error_of(response)["code"] == "too_many_connections"
+        held[0].sendall(HEALTH)
+        assert read_response(held[0]).startswith(b"HTTP/1.1 200 ")
+
+        held.pop().close()  # room for one more
+        open_served(served).close()
+        for sock in held:
+            sock.close()
