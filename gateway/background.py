@@ -20,7 +20,9 @@ unexpected exception (say a record written by a newer version) ended a loop for
 good with no log line: a revoked key kept working, the engine view froze.
 
 Steps that meet an *expected* outage (Redis down) handle it themselves, keep
-their last view and return normally; the runner is for everything else.
+their last view and return normally, logging it through :class:`RepeatedLog`
+(the first failure, then at most once a minute with a count); the runner is for
+everything else.
 
 :class:`BackgroundTasks` is the registry one app owns: it makes the tasks and
 reports each one's :class:`TaskHealth` for metrics and ``/ready``. No module
@@ -30,7 +32,6 @@ state: two apps in one process have two registries.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -100,12 +101,15 @@ class Periodic:
         self._task = asyncio.create_task(self._run(delay), name=f"vgate-{self.name}")
 
     async def stop(self) -> None:
-        """Cancel the loop and wait for it to end (a step in progress is cancelled)."""
+        """Cancel the loop and wait for it to end (a step in progress is cancelled).
+
+        If ``stop`` is itself cancelled while it waits (a shutdown deadline), that
+        cancellation propagates: the loop's own end is awaited with
+        :func:`asyncio.wait`, which never swallows the caller's cancellation."""
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await asyncio.wait((task,))
 
     def health(self) -> TaskHealth:
         age = None if self._last_success is None else self._clock() - self._last_success
@@ -188,3 +192,67 @@ class BackgroundTasks:
     def snapshot(self) -> dict[str, TaskHealth]:
         """Every task's health now, by name (read at scrape and ``/ready`` time)."""
         return {name: task.health() for name, task in self._tasks.items()}
+
+
+class RepeatedLog:
+    """Warnings about an outage that a step meets every tick, without one line per tick.
+
+    :meth:`failed` logs the first failure of a streak at once. Each message seen
+    again in the same streak is only counted, and logged at most once per
+    ``relog_s`` with how many there were since ("... (N more since)"); a message not
+    seen yet is logged at once (a new kind of trouble), up to ``max_kinds`` kinds
+    per streak, after which new ones share one allowance (errors that name a
+    changing detail cannot bring back one line per tick). :meth:`recovered` ends
+    the streak, with one line saying how many failures it had. Before this, the
+    registry watcher logged the same Redis error every 0.5 s for as long as Redis
+    was down (1,877 lines in one incident).
+    """
+
+    def __init__(
+        self,
+        logger: logging.Logger,
+        *,
+        relog_s: float = DEFAULT_RELOG_S,
+        max_kinds: int = 8,
+        clock: Clock = time.monotonic,
+    ) -> None:
+        self._log = logger
+        self._relog_s = relog_s
+        self._max_kinds = max_kinds
+        self._clock = clock
+        self._kinds: dict[str, _Seen] = {}  # per message (or _OTHERS): when logged, since
+        self.streak = 0
+        """Failures since the last :meth:`recovered` (0: none)."""
+
+    def failed(self, message: str) -> None:
+        """One more failure; ``message`` is logged, or counted (see the class docstring)."""
+        self.streak += 1
+        now = self._clock()
+        kind = message
+        if kind not in self._kinds and len(self._kinds) >= self._max_kinds:
+            kind = _OTHERS
+        seen = self._kinds.get(kind)
+        if seen is None:
+            self._kinds[kind] = _Seen(now)
+            self._log.warning("%s", message)
+        elif now - seen.logged_at >= self._relog_s:
+            self._log.warning("%s (%d more since)", message, seen.unlogged + 1)
+            seen.logged_at, seen.unlogged = now, 0
+        else:
+            seen.unlogged += 1
+
+    def recovered(self, message: str) -> None:
+        """The step succeeded: if a streak was running, log ``message`` with its length."""
+        if self.streak:
+            self._log.warning("%s after %d failures", message, self.streak)
+        self.streak = 0
+        self._kinds.clear()
+
+
+_OTHERS = "\0others"  # RepeatedLog's shared kind once max_kinds is reached
+
+
+@dataclass(slots=True)
+class _Seen:
+    logged_at: float
+    unlogged: int = 0

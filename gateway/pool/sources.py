@@ -19,6 +19,7 @@ from engines.models.prepare import default_cache_dir, default_engine_python, pre
 from engines.registry import EngineRegistry, InProcessRegistry, RedisRegistry
 from engines.spec import DEFAULT_SOURCE
 from engines.supervisor import Deployment
+from gateway.background import RepeatedLog
 from gateway.config.settings import Settings
 from gateway.pool.engine_pool import EnginePool
 
@@ -71,6 +72,11 @@ class RegistryWatcher:
         self._pool = pool
         self._static = {model: tuple(urls) for model, urls in static.items()}
         self._aliases = dict(aliases)  # served name -> client-facing name
+        self._outage = RepeatedLog(log)
+        self.unrouted = 0
+        """Engines the registry held at the last read that are not in the pool: not
+        routable now (starting, restarting, draining, failed) but not stopped either.
+        Readiness counts them as known (:mod:`gateway.pool.readiness`)."""
 
     async def refresh(self) -> None:
         """Read the registry once and apply it to the pool."""
@@ -87,11 +93,16 @@ class RegistryWatcher:
                 self._pool.remove_model(model)
         for record in records:
             self._pool.set_restarts(record.url, record.restarts)
+        self.unrouted = sum(1 for r in records if not r.routable and r.state != "stopped")
 
     async def refresh_or_keep(self) -> None:
         """:meth:`refresh`, except that an unreachable Redis keeps the last view (an
-        expected outage, logged as a warning); anything else raises to the task runner."""
+        expected outage, logged as a warning: the first failure, then at most once a
+        minute with a count, and once when it ends); anything else raises to the task
+        runner."""
         try:
             await self.refresh()
         except (RedisError, OSError) as exc:
-            log.warning("engine registry unreadable, keeping the last view: %s", exc)
+            self._outage.failed(f"engine registry unreadable, keeping the last view: {exc}")
+        else:
+            self._outage.recovered("engine registry readable again")

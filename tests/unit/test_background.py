@@ -80,17 +80,25 @@ async def test_a_long_streak_is_logged_at_most_once_per_relog_period(
 ) -> None:
     caplog.set_level(logging.ERROR, LOGGER)
     now = [0.0]
-    step = Step(failures=5)
+    logged_before = []  # failure lines when the clock passes relog_s (at the 4th call)
+    calls = [0]
+
+    async def step() -> None:  # the clock moves inside the step: no race with the loop
+        calls[0] += 1
+        if calls[0] == 4:
+            logged_before.append(len(failure_records(caplog)))
+            now[0] = 61.0
+        if calls[0] <= 5:
+            raise RuntimeError(f"injected failure {calls[0]}")
+
     task = Periodic("quiet", 0.001, step, backoff_cap_s=0.001, relog_s=60.0, clock=lambda: now[0])
     await task.start()
     try:
-        await wait_until(lambda: step.calls >= 3)
-        assert len(failure_records(caplog)) == 1  # same streak, within relog_s
-        now[0] = 61.0
-        await wait_until(lambda: step.calls >= 6)
+        await wait_until(lambda: calls[0] >= 6)
     finally:
         await task.stop()
-    assert len(failure_records(caplog)) == 2  # once more after relog_s
+    assert logged_before == [1]  # three failures within relog_s: one line
+    assert len(failure_records(caplog)) == 2  # once more after relog_s, not at the 5th
     assert task.health().errors == 5
 
 
