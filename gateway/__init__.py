@@ -6,5 +6,6 @@ Layers, lowest first (``tests/import_contract.py`` enforces the direction):
 ``routing``, ``ratelimit``, ``auth``, ``cache`` → ``backends`` (their stores) →
 ``upstream`` (engine connections) → ``pool`` (engines known, health, shedding) →
 ``pipeline`` (a request's stages and its owner) → ``http`` (the edge) → ``app``
-(the composition root) and ``cli``. Nothing is built at import time.
+(the composition root; ``shutdown``, its close steps under deadlines, imports only
+the standard library) and ``cli``. Nothing is built at import time.
 """

@@ -8,10 +8,9 @@ app starts and closed when it stops, so several apps can live in one process.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
@@ -19,7 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 from starlette.types import ASGIApp
 
-from engines.supervisor import EngineSupervisor
+from engines.supervisor import Deployment, EngineSupervisor
 from gateway.auth.authenticator import build_authenticator
 from gateway.auth.keys import KeyStore
 from gateway.backends.memory.cache import MemoryEntryStore
@@ -44,12 +43,19 @@ from gateway.observability.metrics import GatewayMetrics
 from gateway.pipeline.assembly import build_completion_service
 from gateway.pool.engine_pool import BreakerPolicy, EnginePool
 from gateway.pool.health import HealthMonitor, LoadScraper
+from gateway.pool.readiness import Ping, Readiness
 from gateway.pool.sources import RegistryWatcher, build_deployments, build_registry
 from gateway.ratelimit.admission import Admission
 from gateway.ratelimit.limits import LimiterBackend
+from gateway.shutdown import ShutdownSteps, exit_watchdog
 from gateway.upstream.client import UpstreamClient
 
 log = logging.getLogger("vgate.app")
+
+ENGINE_STOP_SLACK_S = 20.0
+"""Added to managed engines' drain and stop timeouts for their close step: the
+supervisor bounds each replica's drain-and-stop itself (with a smaller margin) and
+then its registry updates; this outer deadline is the backstop."""
 
 
 def create_app(settings: Settings, on_engines_ready: Callable[[], None] | None = None) -> FastAPI:
@@ -62,7 +68,10 @@ def create_app(settings: Settings, on_engines_ready: Callable[[], None] | None =
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with contextlib.AsyncExitStack() as stack:
+        # uvicorn has drained requests (server.shutdown_timeout_s) before the exit runs;
+        # every close step then has its own deadline (gateway/shutdown.py).
+        stack = ShutdownSteps()
+        try:
             app.state.vgate = await _start(settings, stack, on_engines_ready)
             server = settings.server
             if server.admin_port is not None:
@@ -77,6 +86,9 @@ def create_app(settings: Settings, on_engines_ready: Callable[[], None] | None =
             # re-scanning it on every full collection (long pauses under load otherwise).
             gc.freeze()
             yield
+        finally:
+            with exit_watchdog(stack.bound_s()):
+                await stack.aclose()
 
     app = GatewayApp(
         title="vgate",
@@ -129,10 +141,11 @@ class OperatorApp(FastAPI):
 
 async def _start(
     settings: Settings,
-    stack: contextlib.AsyncExitStack,
+    stack: ShutdownSteps,
     on_engines_ready: Callable[[], None] | None,
 ) -> AppState:
-    """Build every shared object; ``stack`` closes them in reverse order."""
+    """Build every shared object; ``stack`` closes them in reverse order, each close
+    under a deadline (managed engines drain for as long as their own settings say)."""
     upstream = UpstreamClient(settings.upstream)
     await upstream.start()
     stack.push_async_callback(upstream.close)
@@ -158,7 +171,7 @@ async def _start(
             deployments, registry, progress=log.info, heartbeat_s=settings.engines.heartbeat_s
         )
         await supervisor.start()
-        stack.push_async_callback(supervisor.stop)
+        stack.push_async_callback(supervisor.stop, timeout_s=_engine_stop_bound_s(deployments))
         if on_engines_ready is not None:
             announce = asyncio.create_task(_announce(supervisor, on_engines_ready))
             stack.callback(announce.cancel)
@@ -166,7 +179,7 @@ async def _start(
     metrics = GatewayMetrics()
     metrics.watch_engines(pool.states)
     metrics.watch_background(tasks.snapshot)
-    limiter, store, entries = await _shared_state(settings, stack)
+    limiter, store, entries, ping = await _shared_state(settings, stack)
     authenticator = build_authenticator(settings.auth, store)
     metrics.watch_skipped_records(
         {
@@ -203,15 +216,17 @@ async def _start(
         service=service,
         keys=store,
         background=tasks,
+        readiness=Readiness(pool, lambda: watcher.unrouted, ping, settings.redis.timeout_s),
     )
 
 
 async def _shared_state(
-    settings: Settings, stack: contextlib.AsyncExitStack
-) -> tuple[LimiterBackend, KeyStore | None, EntryStore]:
+    settings: Settings, stack: ShutdownSteps
+) -> tuple[LimiterBackend, KeyStore | None, EntryStore, Ping | None]:
     """Rate-limit counters, run-time keys and cache entries: in Redis when configured,
     else in this process's memory. Cache entries go to ``cache.redis_url`` when it is
-    set (a Redis that may evict them), else with the rest to ``redis.url``."""
+    set (a Redis that may evict them), else with the rest to ``redis.url``. Last, a
+    ``PING`` of ``redis.url`` for readiness (None without it)."""
     redis = settings.redis
     links: dict[str, RedisLink] = {}
 
@@ -230,9 +245,18 @@ async def _shared_state(
     )
     if redis.url is None:
         memory_keys = MemoryKeyStore() if settings.auth.admin_key is not None else None
-        return MemoryLimiter(), memory_keys, entries
+        return MemoryLimiter(), memory_keys, entries, None
     link = link_to(redis.url)
-    return RedisLimiter(link), RedisKeyStore(link.client), entries
+    return RedisLimiter(link), RedisKeyStore(link.client), entries, link.client.ping
+
+
+def _engine_stop_bound_s(deployments: Sequence[Deployment]) -> float:
+    """How long stopping managed engines may take: the longest drain and stop of a
+    deployment (they stop in parallel), plus registry updates and reaping."""
+    return ENGINE_STOP_SLACK_S + max(
+        (d.spec.health.drain_timeout_s + d.spec.health.stop_timeout_s for d in deployments),
+        default=0.0,
+    )
 
 
 async def _announce(supervisor: EngineSupervisor, on_ready: Callable[[], None]) -> None:

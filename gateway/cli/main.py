@@ -133,6 +133,7 @@ def run_gateway(settings: Settings, on_engines_ready: Callable[[], None] | None 
         log_level=server.log_level,
         backlog=4096,
         timeout_keep_alive=server.keepalive_timeout_s,
+        timeout_graceful_shutdown=server.shutdown_timeout_s,  # then app closes (bounded)
         proxy_headers=False,  # no use for client addresses; one middleware less per request
         server_header=False,
     )

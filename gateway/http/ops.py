@@ -30,34 +30,39 @@ async def health(request: Request) -> Response:
 
 
 async def ready_status(request: Request) -> Response:
-    """Readiness for load balancers and probes: ``{"status": "ready"}`` when at least one
-    engine is healthy, else 503 ``{"status": "unavailable"}``; nothing more."""
-    if app_state(request).pool.any_healthy():
+    """Readiness for load balancers and probes: ``{"status": "ready"}`` when the gateway
+    itself can serve (:mod:`gateway.pool.readiness`: Redis reachable when configured, at
+    least one engine known; engine health does not count), else 503
+    ``{"status": "unavailable"}``; nothing more."""
+    if (await app_state(request).readiness.check()).ready:
         return Response(_READY, media_type=JSON)
     return Response(_UNAVAILABLE, 503, media_type=JSON)
 
 
 async def ready_detail(request: Request) -> Response:
-    """Readiness with the detail an operator needs: 200 when at least one engine is
-    healthy, else 503, and per model each engine's health (by display URL).
+    """Readiness with the detail an operator needs: the same status and code as
+    :func:`ready_status`, what it was decided on (``redis``: reachable, unreachable or
+    not configured; ``known_engines``), and per model each engine's health (by display
+    URL), which is reported, not judged.
 
     The detail also shows each background task (``background``: name →
     ``last_success_age_s``, null before its first success, and consecutive
-    ``failures``). They are reported, never judged: a slow or failing task does
-    not take a gateway that can still serve out of rotation."""
+    ``failures``). They are reported, never judged either: a slow or failing task
+    does not take a gateway that can still serve out of rotation."""
     state = app_state(request)
-    engines = state.pool.health()
-    is_ready = any(any(urls.values()) for urls in engines.values())
+    report = await state.readiness.check()
     background = {
         name: {"last_success_age_s": health.last_success_age_s, "failures": health.failures}
         for name, health in state.background.snapshot().items()
     }
     body = {
-        "status": "ready" if is_ready else "unavailable",
-        "engines": engines,
+        "status": "ready" if report.ready else "unavailable",
+        "redis": report.redis,
+        "known_engines": report.known_engines,
+        "engines": state.pool.health(),
         "background": background,
     }
-    return Response(orjson.dumps(body), 200 if is_ready else 503, media_type=JSON)
+    return Response(orjson.dumps(body), 200 if report.ready else 503, media_type=JSON)
 
 
 async def metrics(request: Request) -> Response:

@@ -13,6 +13,7 @@ from gateway.config.settings import Settings
 from gateway.observability.metrics import GatewayMetrics
 from gateway.pipeline.service import CompletionService
 from gateway.pool.engine_pool import EnginePool
+from gateway.pool.readiness import Readiness
 
 
 class ModelCatalog:
@@ -54,6 +55,7 @@ class AppState:
     service: CompletionService
     keys: KeyStore | None
     background: BackgroundTasks
+    readiness: Readiness
     catalog: ModelCatalog = field(init=False)
 
     def __post_init__(self) -> None:
