@@ -27,6 +27,29 @@ def engine_metrics(url: str) -> dict[str, float]:
     return parse_prometheus(httpx.get(f"{url}/metrics", timeout=60).text)
 
 
+def settled_metrics(url: str, timeout_s: float = 120.0) -> dict[str, float]:
+    """The engine's counters once it is idle and they stop moving.
+
+    vLLM publishes a request's last tokens to ``/metrics`` a moment after its answer
+    went out, so a snapshot taken right after an earlier test's request can miss a
+    token that then lands inside the next measurement (seen: 1,025 tokens counted
+    for a batch of 1,024). Polls until two reads half a second apart agree."""
+    deadline = time.monotonic() + timeout_s
+    last = engine_metrics(url)
+    while time.monotonic() < deadline:
+        time.sleep(0.5)  # the interval between two reads, not a wait for an outcome
+        now = engine_metrics(url)
+        idle = now.get("vllm:num_requests_running", 0.0) == 0
+        steady = all(
+            now.get(name) == last.get(name)
+            for name in ("vllm:generation_tokens_total", "vllm:iteration_tokens_total_count")
+        )
+        if idle and steady:
+            return now
+        last = now
+    raise AssertionError(f"the engine's counters did not settle within {timeout_s:g} s")
+
+
 def test_paris_non_streaming(stack: Stack) -> None:
     reply = stack.client().chat.completions.create(
         model=DEFAULT_MODEL, messages=PARIS, temperature=0, max_tokens=24
@@ -59,7 +82,7 @@ def test_sixteen_concurrent_requests_are_batched(stack: Stack) -> None:
     # Engine steps are counted by the histogram of tokens per step; served one at a
     # time, 16 requests of N tokens need at least 16 * N steps, batched about N.
     engine = stack.engine_url(DEFAULT_MODEL)
-    before = engine_metrics(engine)
+    before = settled_metrics(engine)
     client = stack.client(timeout=300)
     max_tokens = 64
 
@@ -75,7 +98,7 @@ def test_sixteen_concurrent_requests_are_batched(stack: Stack) -> None:
 
     with ThreadPoolExecutor(16) as pool:
         answers = list(pool.map(one, range(16)))
-    after = engine_metrics(engine)
+    after = settled_metrics(engine)
     assert len(answers) == 16
     assert all(answers)
 
