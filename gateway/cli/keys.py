@@ -19,6 +19,7 @@ from gateway.backends.redis.keys import RedisKeyStore
 from gateway.backends.redis.link import redis_py_client
 from gateway.config.settings import CONFIG_ENV_VAR, ConfigError, Settings, load_settings
 from gateway.errors import StoreUnavailable
+from gateway.pool.display import display_url
 
 
 def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -130,7 +131,8 @@ def _with_store(settings: Settings, action: Any) -> Any:
     try:
         return asyncio.run(run())
     except StoreUnavailable as exc:
-        raise ConfigError(f"cannot reach Redis at {settings.redis.url}: {exc}") from None
+        where = display_url(settings.redis.url or "")  # never the password in the URL
+        raise ConfigError(f"cannot reach Redis at {where}: {exc}") from None
 
 
 def _cell(value: object) -> str:

@@ -32,7 +32,9 @@ def build_registry(settings: Settings) -> EngineRegistry:
     Records the registry cannot decode are skipped (and counted in its
     ``skipped_records``), never fatal to the watcher."""
     if settings.redis.url:
-        return RedisRegistry(settings.redis.url, settings.engines.registry_ttl_s)
+        return RedisRegistry(
+            settings.redis.url, settings.engines.registry_ttl_s, settings.redis.timeout_s
+        )
     return InProcessRegistry()
 
 
