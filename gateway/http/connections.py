@@ -25,9 +25,13 @@ request. So the gateway runs httptools' protocol with these limits added
   accepted beyond it gets a 503 in OpenAI's error shape on its first request, with
   ``connection: close``. Connections already open are not affected.
 
-Deadlines are checked by one timer per connection, once a second, so they hold
-to within a second. Per request this adds three small overrides: attribute
-reads and stores, two reads of the loop's clock, and no timer set or cancelled.
+One timer per connection, once a second, starts and checks the deadlines: a
+deadline starts at the first tick that sees its head or body begun, so a
+timeout ``T`` closes between ``T`` and ``T`` + 2 s. Per request this adds three
+small overrides (two attribute stores each, and the head's byte count), no
+clock read and no timer: about 6k instructions in a request of about 900k
+(measured under callgrind on the protocol alone). The base class's methods are
+called directly, not through ``super()``, which would cost 800 more per call.
 
 The body's size is the application's limit (``server.max_body_bytes``, counted
 as the body arrives by :func:`gateway.http.context.read_body`). Until the
@@ -102,7 +106,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
     State per connection: ``_head_bytes`` counts the bytes of the request head
     being read (``_NO_HEAD`` from the end of the head to the end of the body).
     ``_deadline`` is when the current head or body must be complete, on the
-    loop's clock (0: none, between a body's end and the next request's first byte).
+    loop's clock (0: none yet; the next tick starts one if a head or body has begun).
     """
 
     def __init__(
@@ -114,14 +118,14 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         *,
         limits: ConnectionLimits,
     ) -> None:
-        super().__init__(config, server_state, app_state, _loop)
+        HttpToolsProtocol.__init__(self, config, server_state, app_state, _loop)
         self._limits = limits
         self._head_bytes = 0
         self._deadline = 0.0
         self._tick: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
+        HttpToolsProtocol.connection_made(self, transport)
         open_now = len(self.connections)
         if open_now > self._limits.max_connections:
             self.app = _too_many_connections
@@ -134,25 +138,23 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         if self._tick is not None:
             self._tick.cancel()
             self._tick = None
-        super().connection_lost(exc)
+        HttpToolsProtocol.connection_lost(self, exc)
 
     def data_received(self, data: bytes) -> None:
         head = self._head_bytes
         if head == _NO_HEAD:
-            super().data_received(data)
+            HttpToolsProtocol.data_received(self, data)
             return
-        if not self._deadline:  # the first byte of a request after a keep-alive pause
-            self._deadline = self.loop.time() + self._limits.header_timeout_s
         limit = self._limits.max_header_bytes
         room = limit - head
         if len(data) <= room:
             self._head_bytes = head + len(data)
-            super().data_received(data)
+            HttpToolsProtocol.data_received(self, data)
             return
         # Only the bytes that fit are parsed as head; the rest may be body or the
         # next request, counted again below once this head has ended.
         self._head_bytes = limit
-        super().data_received(data[:room])
+        HttpToolsProtocol.data_received(self, data[:room])
         if self.transport.is_closing():
             return
         if self._head_bytes == limit:  # still the same head: it did not end within the limit
@@ -162,19 +164,24 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._head_bytes = _NO_HEAD
-        self._deadline = self.loop.time() + self._limits.body_timeout_s
-        super().on_headers_complete()
+        self._deadline = 0.0  # the body's starts at the next tick
+        HttpToolsProtocol.on_headers_complete(self)
 
     def on_message_complete(self) -> None:
         self._head_bytes = 0
         self._deadline = 0.0
-        super().on_message_complete()
+        HttpToolsProtocol.on_message_complete(self)
 
     def _check_deadline(self) -> None:
         """Runs every ``_TICK_S`` while the connection is open."""
         deadline = self._deadline
         now = self.loop.time()
-        if deadline and now >= deadline:
+        if not deadline:
+            if self._head_bytes == _NO_HEAD:
+                self._deadline = now + self._limits.body_timeout_s
+            elif self._head_bytes:  # a head has begun since the last request
+                self._deadline = now + self._limits.header_timeout_s
+        elif now >= deadline:
             if self._head_bytes == _NO_HEAD and self.flow.read_paused:
                 # The gateway stopped reading, not the client: give it the time again.
                 self._deadline = now + self._limits.body_timeout_s
