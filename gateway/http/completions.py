@@ -35,6 +35,8 @@ async def _until_disconnect(request: Request) -> None:
 async def _answer(route: Route, request: Request) -> Response:
     state = app_state(request)
     headers = completion_headers(request)
+    # Refuse a wrong key (or a key over its rate) before holding its body in memory.
+    principal = await state.service.caller(route, headers.authorization)
     raw = await read_body(request, state.settings.server.max_body_bytes, headers.content_length)
     handler = asyncio.current_task()
     assert handler is not None
@@ -50,7 +52,11 @@ async def _answer(route: Route, request: Request) -> Response:
     watcher.add_done_callback(client_left)
     try:
         meta = RequestMeta(
-            request_id(request), headers.authorization, headers.session_id, headers.cache_control
+            request_id(request),
+            headers.authorization,
+            headers.session_id,
+            headers.cache_control,
+            principal,
         )
         return render(await state.service.handle(route, raw, meta))
     except asyncio.CancelledError:

@@ -25,7 +25,7 @@ from gateway.errors import (
     PermissionDeniedError,
     RateLimitError,
 )
-from gateway.observability.metrics import GatewayMetrics
+from gateway.observability.metrics import UNRESOLVED_MODEL, GatewayMetrics
 from gateway.pipeline.cache_flow import CacheFill, follow_events, hit_tokens
 from gateway.pipeline.denials import DenialMemo
 from gateway.pipeline.exchange import Exchange
@@ -57,6 +57,8 @@ class RequestMeta:
     authorization: str | None = None
     session_id: str | None = None
     cache_control: str | None = None
+    principal: Principal | None = None
+    """The caller, when :meth:`CompletionService.caller` already answered it."""
 
 
 class CompletionService:
@@ -92,7 +94,7 @@ class CompletionService:
         request waits and resumes.)"""
         exchange = Exchange(route.label, self._pool, self._metrics)
         try:
-            principal = self._authenticator.known(meta.authorization)
+            principal = meta.principal or self._authenticator.known(meta.authorization)
             if principal is None:  # unknown here, or refused: the full check says which
                 principal = await self.authenticate(meta.authorization)
             memo = principal.name if not principal.model_limits else None
@@ -115,6 +117,21 @@ class CompletionService:
         if not isinstance(result, EventStream):
             exchange.close()
         return result
+
+    async def caller(self, route: Route, authorization: str | None) -> Principal:
+        """Who is calling, from the headers alone, before the body is read: a wrong key
+        (401) or a key over its request rate (429) is refused without the gateway ever
+        holding its body. Refusals are counted like any other request's."""
+        principal = self._authenticator.known(authorization)
+        try:
+            if principal is None:
+                principal = await self.authenticate(authorization)
+            if not principal.model_limits:
+                self._denials.check(principal.name)
+        except GatewayError as exc:
+            self._metrics.observe_request(UNRESOLVED_MODEL, route.label, exc.status, 0.0)
+            raise
+        return principal
 
     @property
     def authenticator(self) -> Authenticator:

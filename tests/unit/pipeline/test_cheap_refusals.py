@@ -125,3 +125,24 @@ async def test_a_large_invalid_body_is_a_clean_400() -> None:
     with pytest.raises(InvalidRequestError, match="role"):
         await w.ask(body)
     w.assert_nothing_held()
+
+
+async def test_the_caller_is_known_before_the_body_is_read() -> None:
+    from gateway.errors import AuthenticationError
+    from gateway.pipeline.plan import CHAT
+
+    keys = [{"name": "team", "key": KEY, "rpm": 1}]
+    w = world(ok, auth={"enabled": True, "keys": keys})
+    with pytest.raises(AuthenticationError):
+        await w.service.caller(CHAT, "Bearer sk-wrong-0123456789")
+    principal = await w.service.caller(CHAT, f"Bearer {KEY}")
+    assert principal.name == "team"
+    await w.ask(chat_body(), cache_control="no-store")
+    with pytest.raises(RateLimitError):
+        await w.ask(chat_body(), cache_control="no-store")
+    with pytest.raises(RateLimitError):  # over its rate: refused from the headers alone
+        await w.service.caller(CHAT, f"Bearer {KEY}")
+    refused = w.metrics.registry.get_sample_value(
+        "vgate_requests_total", {"model": "-", "endpoint": "chat_completions", "status": "401"}
+    )
+    assert refused == 1.0
