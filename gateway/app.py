@@ -33,6 +33,7 @@ from gateway.cache.response_cache import EntryStore
 from gateway.config.settings import Settings
 from gateway.errors import GatewayError, MethodNotAllowedError, NotFoundError
 from gateway.http import completions, models
+from gateway.http.connections import ConnectionLimits
 from gateway.http.hot_routes import HotRoutes
 from gateway.http.listener import OperatorListener
 from gateway.http.operator import operator_router, public_router
@@ -78,7 +79,11 @@ def create_app(settings: Settings, on_engines_ready: Callable[[], None] | None =
                 operator = _operator_app()
                 operator.state.vgate = app.state.vgate
                 listener = OperatorListener(
-                    operator, server.admin_host, server.admin_port, server.log_level
+                    operator,
+                    server.admin_host,
+                    server.admin_port,
+                    server.log_level,
+                    ConnectionLimits.from_settings(server),
                 )
                 await listener.start()
                 stack.push_async_callback(listener.stop)

@@ -28,6 +28,8 @@ from collections.abc import Iterator
 import uvicorn
 from starlette.types import ASGIApp
 
+from gateway.http.connections import ConnectionLimits, limited_protocol
+
 log = logging.getLogger("vgate.app")
 
 _GRACEFUL_SHUTDOWN_S = 5
@@ -44,11 +46,20 @@ class _QuietServer(uvicorn.Server):
 class OperatorListener:
     """``app`` served on ``host:port`` until :meth:`stop`."""
 
-    def __init__(self, app: ASGIApp, host: str, port: int, log_level: str) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        host: str,
+        port: int,
+        log_level: str,
+        limits: ConnectionLimits | None = None,
+    ) -> None:
         self._host = host
         self._port = port
         config = uvicorn.Config(
             app,
+            # the public port's connection limits (head size, deadlines, cap) here too
+            http=limited_protocol(limits) if limits is not None else "auto",
             lifespan="off",
             log_config=None,
             log_level=log_level,

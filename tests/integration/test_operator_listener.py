@@ -319,3 +319,16 @@ def test_every_worker_serves_the_operator_listener(stub: Stub, tmp_path: Path) -
             assert response.status_code == 200 and "vgate_requests_total" in response.text
         assert httpx.get(f"http://127.0.0.1:{port}/metrics").status_code == 404
         assert httpx.get(f"http://127.0.0.1:{port}/ready").json() == {"status": "ready"}
+
+
+def test_the_operator_listener_has_the_connection_limits(operated: Gateway) -> None:
+    """A head over ``server.max_header_bytes`` (64 KiB by default) is refused with 431
+    on the operator listener too, not buffered."""
+    import socket
+
+    host, port = operated.operator_url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 100_000 + b"\r\n\r\n")
+        answer = sock.recv(4096)
+    assert answer.startswith(b"HTTP/1.1 431 "), answer[:100]
+    assert httpx.get(f"{operated.operator_url}/health").status_code == 200
