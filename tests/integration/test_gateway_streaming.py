@@ -96,7 +96,10 @@ def test_curl_sees_chunks_one_by_one(gateway: Gateway) -> None:
             arrivals.append(time.perf_counter() - started)
     assert curl.wait(timeout=10) == 0
     assert len(arrivals) == 8  # role, 5 tokens, finish, [DONE]
-    assert arrivals[-1] - arrivals[0] > 0.8
+    # The stub spaces its 5 tokens 200 ms apart: 0.8 s from the first to the last,
+    # nominally. A relay that buffered would deliver them together (a spread near 0);
+    # the bound leaves room for a late first read on a loaded machine (seen: 0.7994 s).
+    assert arrivals[-1] - arrivals[0] > 0.6
     assert arrivals[2] - arrivals[0] > 0.15
 
 
