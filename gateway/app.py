@@ -24,15 +24,18 @@ from gateway.auth.keys import KeyStore
 from gateway.backends.memory.cache import MemoryEntryStore
 from gateway.backends.memory.keys import MemoryKeyStore
 from gateway.backends.memory.limiter import MemoryLimiter
+from gateway.backends.memory.responses import MemoryResponseStore
 from gateway.backends.redis.cache import RedisEntryStore
 from gateway.backends.redis.keys import RedisKeyStore
 from gateway.backends.redis.limiter import RedisLimiter
 from gateway.backends.redis.link import RedisLink
+from gateway.backends.redis.responses import RedisResponseStore
 from gateway.background import BackgroundTasks
 from gateway.cache.response_cache import EntryStore
 from gateway.config.settings import Settings
 from gateway.errors import GatewayError, MethodNotAllowedError, NotFoundError
 from gateway.http import completions, models
+from gateway.http import responses as responses_routes
 from gateway.http.connections import ConnectionLimits
 from gateway.http.hot_routes import HotRoutes
 from gateway.http.listener import OperatorListener
@@ -42,6 +45,7 @@ from gateway.http.request_id import RequestIdMiddleware
 from gateway.http.state import AppState
 from gateway.observability.metrics import GatewayMetrics
 from gateway.pipeline.assembly import build_completion_service
+from gateway.pipeline.responses_assembly import build_responses_service
 from gateway.pool.engine_pool import BreakerPolicy, EnginePool
 from gateway.pool.health import HealthMonitor, LoadScraper
 from gateway.pool.readiness import Ping, Readiness
@@ -104,6 +108,7 @@ def create_app(settings: Settings, on_engines_ready: Callable[[], None] | None =
     )
     app.include_router(completions.router)
     app.include_router(models.router)
+    app.include_router(responses_routes.router)
     app.include_router(public_router(settings.server))
     _add_error_handlers(app)
     return app
@@ -222,7 +227,29 @@ async def _start(
         keys=store,
         background=tasks,
         readiness=Readiness(pool, lambda: watcher.unrouted, ping, settings.redis.timeout_s),
+        responses=build_responses_service(
+            settings,
+            pool,
+            upstream,
+            metrics,
+            authenticator,
+            admission,
+            _response_store(settings, stack),
+        ),
     )
+
+
+def _response_store(
+    settings: Settings, stack: ShutdownSteps
+) -> MemoryResponseStore | RedisResponseStore:
+    """Stored responses (the Responses API): in ``redis.url`` when set, shared by every
+    replica, over a link of their own; else in this process's memory, bounded."""
+    redis = settings.redis
+    if redis.url is None:
+        return MemoryResponseStore(settings.responses.memory_max_bytes)
+    link = RedisLink(redis.url, redis.timeout_s, redis.retry_s)
+    stack.push_async_callback(link.close)
+    return RedisResponseStore(link)
 
 
 async def _shared_state(

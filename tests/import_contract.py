@@ -105,7 +105,13 @@ RULES: tuple[Rule, ...] = (
     ),
     Rule(
         name="policies-import-no-framework-and-nothing-above",
-        sources=("gateway.auth", "gateway.ratelimit", "gateway.cache", "gateway.routing"),
+        sources=(
+            "gateway.auth",
+            "gateway.ratelimit",
+            "gateway.cache",
+            "gateway.routing",
+            "gateway.responses",
+        ),
         forbidden=(*HTTP_FRAMEWORKS, "aiohttp", "httpx", "redis", *ABOVE_POLICIES),
         why="Policies are decisions over plain values, unit-testable without a server, an "
         "engine or Redis; stores implementing their protocols live in backends, and the "

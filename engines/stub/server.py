@@ -39,6 +39,8 @@ from engines.stub.asgi import (
 )
 from engines.stub.output import error_body, metrics_text, models_body
 from engines.stub.plan import Plan, RequestError, StubConfig, plan_request
+from engines.stub.responses import PATH as RESPONSES_PATH
+from engines.stub.responses import ResponsesStub
 
 __all__ = ["StubApp", "StubConfig", "StubStats", "create_stub_app", "serve_stub", "stub_main"]
 
@@ -122,6 +124,7 @@ class StubApp:
             "/metrics": {"GET": self._metrics},
             "/stub/stats": {"GET": self._stats},
             "/stub/reset": {"POST": self._reset},
+            RESPONSES_PATH: {"POST": ResponsesStub(config, self.stats).handle},
         }
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -24,6 +24,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from gateway.config.responses import ResponsesSettings
 from gateway.config.sections import (
     AuthSettings,
     CacheSettings,
@@ -64,6 +65,7 @@ class Settings(BaseSettings):
     cache: CacheSettings = CacheSettings()
     routing: RoutingSettings = RoutingSettings()
     engines: EnginesSettings = EnginesSettings()
+    responses: ResponsesSettings = ResponsesSettings()
 
     @field_validator("models")
     @classmethod

@@ -11,6 +11,7 @@ from gateway.auth.keys import KeyStore
 from gateway.background import BackgroundTasks
 from gateway.config.settings import Settings
 from gateway.observability.metrics import GatewayMetrics
+from gateway.pipeline.responses import ResponsesService
 from gateway.pipeline.service import CompletionService
 from gateway.pool.engine_pool import EnginePool
 from gateway.pool.readiness import Readiness
@@ -56,6 +57,8 @@ class AppState:
     keys: KeyStore | None
     background: BackgroundTasks
     readiness: Readiness
+    responses: ResponsesService | None = None
+    """The Responses API (None: not served)."""
     catalog: ModelCatalog = field(init=False)
 
     def __post_init__(self) -> None:

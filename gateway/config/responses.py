@@ -1,0 +1,35 @@
+"""The ``responses`` section: how long and how much of the Responses API's state the
+gateway keeps (:mod:`gateway.responses`)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+THIRTY_DAYS_S = 30 * 24 * 3600
+
+
+class ResponsesSettings(BaseModel):
+    """Stored responses live in ``redis.url`` when it is set (shared by every gateway
+    replica), else in this process's memory (bounded, lost on restart)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    ttl_s: int = Field(
+        THIRTY_DAYS_S,
+        ge=1,
+        description="How long a stored response can be retrieved or continued "
+        "(previous_response_id): 30 days, as OpenAI keeps them.",
+    )
+    max_stored_bytes: int = Field(
+        8 * 1024 * 1024,
+        ge=1024,
+        description="The largest stored record (the response plus the whole conversation "
+        "it continues). A larger one is answered but not stored: it cannot be retrieved "
+        "or continued.",
+    )
+    memory_max_bytes: int = Field(
+        64 * 1024 * 1024,
+        ge=0,
+        description="Without Redis: the memory all stored responses may take; the least "
+        "recently used go first.",
+    )

@@ -1,0 +1,126 @@
+"""Relaying a streamed Responses answer: events pass as they arrive, the final
+response is caught on the way.
+
+A Responses stream is not a completions stream: every event has an ``event:``
+line, and it ends with ``response.completed`` (or ``.incomplete`` / ``.failed``),
+never ``data: [DONE]``, so :func:`gateway.upstream.relay.relay_events` (which
+waits for ``[DONE]``) does not fit it. :func:`relay_response_events` forwards
+each run of events the engine sends, through the same kind of byte taps, and
+hands the terminal event's ``response`` to a callback (which stores it) before
+the client gets that event: a client that continues the conversation as soon as
+it sees ``response.completed`` finds it stored. A failure part way ends the
+stream with an ``error`` event (OpenAI's ``ResponseErrorEvent`` fields plus an
+``error`` object, on which the SDK raises ``APIError``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any
+
+import orjson
+
+from gateway.errors import GatewayError, UpstreamError
+from gateway.upstream.relay import BatchTap, StreamOutcome
+from gateway.upstream.transport import EventSource
+
+TERMINAL_TYPES = frozenset({"response.completed", "response.incomplete", "response.failed"})
+_TERMINAL_MARKS = tuple(b'"' + kind.encode() + b'"' for kind in sorted(TERMINAL_TYPES))
+"""Inside a JSON string a quote is escaped, so these bytes only match a ``type`` value
+(or the ``event:`` line's name, quoted nowhere): generated text never triggers a parse."""
+_MARKS = (*_TERMINAL_MARKS, b'"type":"error"')
+
+
+class FinalResponseTap:
+    """Finds the terminal event of a stream and keeps its ``response`` object."""
+
+    __slots__ = ("engine_error", "response")
+
+    def __init__(self) -> None:
+        self.response: dict[str, Any] | None = None
+        self.engine_error = False
+        """The engine ended the stream with an ``error`` event of its own."""
+
+    def inspect(self, batch: bytes) -> bytes:
+        if self.response is None and any(mark in batch for mark in _MARKS):
+            for event in batch.split(b"\n\n"):
+                self._read(event)
+        return batch
+
+    def _read(self, event: bytes) -> None:
+        for line in event.split(b"\n"):
+            if not line.startswith(b"data:"):
+                continue
+            try:
+                data = orjson.loads(line[5:])
+            except orjson.JSONDecodeError:
+                return
+            if isinstance(data, dict) and data.get("type") == "error":
+                self.engine_error = True
+            if isinstance(data, dict) and data.get("type") in TERMINAL_TYPES:
+                response = data.get("response")
+                if isinstance(response, dict):
+                    self.response = response
+
+
+class FieldRestore:
+    """Puts the client's ``previous_response_id`` back into the response objects of
+    the events (the engine got none): the engine writes ``null`` there."""
+
+    __slots__ = ("_pairs",)
+
+    def __init__(self, previous_response_id: str) -> None:
+        new = b'"previous_response_id":' + orjson.dumps(previous_response_id)
+        self._pairs = (
+            (b'"previous_response_id":null', new),
+            (b'"previous_response_id": null', new),
+        )
+
+    def inspect(self, batch: bytes) -> bytes:
+        for old, new in self._pairs:
+            batch = batch.replace(old, new)
+        return batch
+
+
+def error_event(error: GatewayError) -> bytes:
+    """An ``error`` event: OpenAI's ``ResponseErrorEvent`` fields and the error object."""
+    data = orjson.loads(error.body())["error"]
+    event = {
+        "type": "error",
+        "code": data["code"],
+        "message": data["message"],
+        "param": data["param"],
+        "error": data,
+    }
+    return b"event: error\ndata: " + orjson.dumps(event) + b"\n\n"
+
+
+async def relay_response_events(
+    stream: EventSource,
+    outcome: StreamOutcome,
+    clock: Callable[[], float],
+    taps: Sequence[BatchTap],
+    final: FinalResponseTap,
+    on_final: Callable[[dict[str, Any]], Awaitable[None]],
+) -> AsyncIterator[bytes]:
+    """Yield the engine's events through ``taps`` (``final`` last); once the terminal
+    event has been seen, await ``on_final`` with its response, then yield it. Never
+    raises a :class:`GatewayError`: a failure becomes an :func:`error_event`."""
+    try:
+        async for received in stream.batches():
+            if outcome.first_chunk_at is None:
+                outcome.first_chunk_at = clock()
+            batch = received
+            for tap in taps:
+                batch = tap.inspect(batch)
+            batch = final.inspect(batch)
+            if final.response is not None and not outcome.completed:
+                outcome.completed = True
+                await on_final(final.response)
+            if batch:
+                yield batch
+        if not outcome.completed and not final.engine_error:
+            raise UpstreamError("engine closed the stream before the response was complete")
+    except GatewayError as exc:
+        outcome.error = exc
+        yield error_event(exc)

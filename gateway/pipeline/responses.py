@@ -1,0 +1,337 @@
+"""The Responses API: create (streamed or not), retrieve, delete, cancel, input items.
+
+Create runs the completion pipeline's stages: auth (before the body, at the route),
+checks, admission (``max_output_tokens`` is the output reserved, settled to the
+answer's ``usage``), routing by the model's policy, forwarding with failover, one
+:class:`~gateway.pipeline.exchange.Exchange` owning the request's resources on
+every exit path. What differs is state: the gateway stores each response
+(:mod:`gateway.responses.store`, in Redis when configured) and expands a
+``previous_response_id`` into the whole conversation itself
+(:mod:`gateway.responses.conversation`), so follow-ups and retrieval work through
+any gateway replica and on any engine, whatever engines restart.
+
+``background: true`` is refused (400): the gateway runs no response without a
+client attached. Cancel therefore answers as OpenAI does for a response that was
+not created in the background: 400 ``Cannot cancel a synchronous response.``
+(404 when the id is unknown to the key).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+
+from gateway.auth.authenticator import Authenticator, Principal
+from gateway.config.responses import ResponsesSettings
+from gateway.config.sections import ModelSettings
+from gateway.errors import (
+    AuthenticationError,
+    DependencyUnavailableError,
+    GatewayError,
+    InvalidRequestError,
+    ModelNotFoundError,
+    PermissionDeniedError,
+    StoreUnavailable,
+    error_body,
+)
+from gateway.observability.metrics import GatewayMetrics
+from gateway.pipeline.exchange import Exchange
+from gateway.pipeline.forwarding import Attempt, Forwarder
+from gateway.pipeline.parsing import affinity_key, decode_json_object
+from gateway.pipeline.plan import ModelRename
+from gateway.pipeline.response_events import FieldRestore, FinalResponseTap, relay_response_events
+from gateway.pipeline.results import Answer, EventStream, Result
+from gateway.pool.engine_pool import EnginePool
+from gateway.ratelimit.admission import Admission
+from gateway.responses.conversation import (
+    CreateRequest,
+    PreviousResponseNotFoundError,
+    ResponseNotFoundError,
+    check_found,
+    conversation,
+    cost_body,
+    engine_payload,
+    new_response_id,
+    read_create,
+)
+from gateway.responses.listing import input_items_page
+from gateway.responses.store import ResponseStore, StoredResponse
+from gateway.routing.policies import RoutingTable
+from gateway.upstream.relay import BatchTap, StreamOutcome
+
+log = logging.getLogger("vgate.responses")
+
+PATH = "/v1/responses"
+LABEL = "responses"
+_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
+
+
+class NotCancellableError(InvalidRequestError):
+    """Cancel of a response not created in the background (400, as at OpenAI: no code)."""
+
+    def body(self) -> bytes:
+        return error_body(self.message, self.error_type, self.param, None)
+
+
+class ResponsesService:
+    """The Responses API over the pool, the limits and the response store."""
+
+    def __init__(
+        self,
+        models: Mapping[str, ModelSettings],
+        pool: EnginePool,
+        routing: RoutingTable,
+        forwarder: Forwarder,
+        metrics: GatewayMetrics,
+        authenticator: Authenticator,
+        admission: Admission,
+        store: ResponseStore,
+        settings: ResponsesSettings,
+    ) -> None:
+        self._served = {name: m.served_name for name, m in models.items()}
+        self._pool = pool
+        self._routing = routing
+        self._forwarder = forwarder
+        self._metrics = metrics
+        self._authenticator = authenticator
+        self._admission = admission
+        self._store = store
+        self._settings = settings
+
+    async def caller(self, authorization: str | None) -> Principal:
+        """Who is calling, from the headers alone (401 before any body is read)."""
+        principal = self._authenticator.known(authorization)
+        if principal is not None:
+            return principal
+        try:
+            return await self._authenticator.authenticate(authorization)
+        except AuthenticationError:
+            reason = "missing_key" if not authorization else "invalid_key"
+            self._metrics.auth_failures.labels(reason).inc()
+            raise
+
+    # -- create ----------------------------------------------------------------------
+
+    async def create(
+        self, raw: bytes, principal: Principal, request_id: str, session_id: str | None
+    ) -> Result:
+        """Answer one create request; an :class:`EventStream` owns its resources from
+        then on (its ``close`` releases them)."""
+        exchange = Exchange(LABEL, self._pool, self._metrics)
+        try:
+            request = read_create(decode_json_object(raw))
+            exchange.model = request.model
+            result = await self._create(exchange, request, principal, request_id, session_id)
+        except GatewayError as exc:
+            exchange.failed(exc)
+            exchange.close()
+            raise
+        except BaseException:  # the client left (cancelled) or a bug: release, keep the charge
+            exchange.close()
+            raise
+        if not isinstance(result, EventStream):
+            exchange.close()
+        return result
+
+    async def _create(
+        self,
+        exchange: Exchange,
+        request: CreateRequest,
+        principal: Principal,
+        request_id: str,
+        session_id: str | None,
+    ) -> Result:
+        model = request.model
+        if not self._pool.has_model(model):
+            raise ModelNotFoundError(model)
+        if not principal.may_use(model):
+            self._metrics.auth_failures.labels("model_not_allowed").inc()
+            raise PermissionDeniedError(
+                f"The key '{principal.name}' may not use the model `{model}`.", param="model"
+            )
+        previous = None
+        if request.previous_response_id is not None:
+            previous_id = request.previous_response_id
+            missing = PreviousResponseNotFoundError(previous_id)
+            previous = check_found(await self._load(previous_id, missing), principal.name, missing)
+        items, item_ids = conversation(previous, request)
+        exchange.admit(
+            await self._admission.admit(principal.scopes(model), cost_body(request, items))
+        )
+        served = self._served.get(model, model)
+        payload = engine_payload(
+            request, items, new_response_id(), served, exchange.ticket.output_cap
+        )
+        policy, prefix_chars = self._routing.for_model(model)
+        key = None
+        if policy.wants_affinity_key:
+            key = affinity_key(_affinity_body(request, items), session_id, prefix_chars)
+        attempt = Attempt(model, PATH, payload, request_id, policy, key)
+        taps: list[BatchTap] = []
+        if served != model:
+            taps.append(ModelRename(served, model))
+        if request.previous_response_id is not None:
+            taps.append(FieldRestore(request.previous_response_id))
+        keep = _Keeper(self, principal.name, items, item_ids) if request.store else None
+        exchange.count_in_flight()
+        if request.stream:
+            return await self._stream(exchange, attempt, taps, keep)
+        return await self._complete(exchange, attempt, taps, keep)
+
+    async def _complete(
+        self,
+        exchange: Exchange,
+        attempt: Attempt,
+        taps: list[BatchTap],
+        keep: _Keeper | None,
+    ) -> Answer:
+        _, reply = await self._forwarder.complete(exchange, attempt)
+        body = reply.body
+        for tap in taps:
+            body = tap.inspect(body)
+        try:
+            response = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            response = None
+        if not isinstance(response, dict):  # not a response object: passed on, not kept
+            exchange.finished(None)
+            return Answer(body, [*exchange.ticket.raw_headers], reply.status)
+        exchange.finished(usage_tokens(response) if exchange.ticket.wants_usage else None)
+        if keep is not None:
+            await keep(response)
+        return Answer(body, [*exchange.ticket.raw_headers], reply.status)
+
+    async def _stream(
+        self,
+        exchange: Exchange,
+        attempt: Attempt,
+        taps: list[BatchTap],
+        keep: _Keeper | None,
+    ) -> EventStream:
+        _, stream = await self._forwarder.open_stream(exchange, attempt)
+        outcome = exchange.outcome = StreamOutcome()
+        wants_usage = exchange.ticket.wants_usage
+
+        async def finished(response: dict[str, Any]) -> None:
+            exchange.finished(usage_tokens(response) if wants_usage else None)
+            if keep is not None:
+                await keep(response)
+
+        final = FinalResponseTap()
+        events = relay_response_events(stream, outcome, exchange.clock, taps, final, finished)
+        return EventStream(events, [*exchange.ticket.raw_headers], exchange.close)
+
+    # -- stored responses ---------------------------------------------------------
+
+    async def retrieve(self, response_id: str, principal: Principal) -> Answer:
+        record = await self._own(response_id, principal)
+        return Answer(orjson.dumps(record.response), [])
+
+    async def delete(self, response_id: str, principal: Principal) -> Answer:
+        await self._own(response_id, principal)
+        try:
+            await self._store.delete(response_id)
+        except StoreUnavailable:
+            raise self._unavailable() from None
+        body = {"id": response_id, "object": "response", "deleted": True}
+        return Answer(orjson.dumps(body), [])
+
+    async def cancel(self, response_id: str, principal: Principal) -> Answer:
+        await self._own(response_id, principal)
+        raise NotCancellableError("Cannot cancel a synchronous response.", param="response_id")
+
+    async def input_items(
+        self, response_id: str, principal: Principal, query: Mapping[str, str]
+    ) -> Answer:
+        record = await self._own(response_id, principal)
+        return Answer(orjson.dumps(input_items_page(record, query)), [])
+
+    async def _own(self, response_id: str, principal: Principal) -> StoredResponse:
+        missing = ResponseNotFoundError(response_id)
+        return check_found(await self._load(response_id, missing), principal.name, missing)
+
+    async def _load(self, response_id: str, missing: GatewayError) -> StoredResponse | None:
+        if _ID.fullmatch(response_id) is None:
+            raise missing
+        try:
+            data = await self._store.get(response_id)
+        except StoreUnavailable:
+            raise self._unavailable() from None
+        return None if data is None else StoredResponse.decode(response_id, data)
+
+    async def save(self, record: StoredResponse) -> None:
+        """Keep ``record`` for ``responses.ttl_s``. A record over ``max_stored_bytes``,
+        or a store that cannot be reached, is logged and skipped: the client still gets
+        its answer (which it cannot retrieve or continue later)."""
+        data = record.encode()
+        if len(data) > self._settings.max_stored_bytes:
+            log.warning(
+                "response %s not stored: %d bytes over responses.max_stored_bytes (%d)",
+                record.id,
+                len(data),
+                self._settings.max_stored_bytes,
+            )
+            return
+        try:
+            await self._store.put(record.id, data, self._settings.ttl_s)
+        except StoreUnavailable as exc:
+            self._metrics.redis_errors.labels("responses").inc()
+            log.warning("response %s not stored: %s", record.id, exc)
+
+    def _unavailable(self) -> DependencyUnavailableError:
+        self._metrics.redis_errors.labels("responses").inc()
+        return DependencyUnavailableError(
+            "Stored responses cannot be read right now; try again shortly.",
+            code="response_store_unavailable",
+            headers={"Retry-After": "1"},
+        )
+
+
+class _Keeper:
+    """Stores a finished response with the conversation that produced it."""
+
+    __slots__ = ("_ids", "_items", "_owner", "_service")
+
+    def __init__(
+        self, service: ResponsesService, owner: str, items: list[Any], ids: list[str]
+    ) -> None:
+        self._service = service
+        self._owner = owner
+        self._items = items
+        self._ids = ids
+
+    async def __call__(self, response: dict[str, Any]) -> None:
+        response_id = response.get("id")
+        if not isinstance(response_id, str) or _ID.fullmatch(response_id) is None:
+            log.warning("engine response without a usable id: not stored")
+            return
+        record = StoredResponse(response_id, self._owner, response, self._items, self._ids)
+        await self._service.save(record)
+
+
+def usage_tokens(response: dict[str, Any]) -> int | None:
+    """The tokens a response used: ``usage.total_tokens``, else input + output."""
+    usage = response.get("usage")
+    if not isinstance(usage, dict):
+        return None
+    total = usage.get("total_tokens")
+    if isinstance(total, int) and not isinstance(total, bool):
+        return total
+    given, made = usage.get("input_tokens"), usage.get("output_tokens")
+    if isinstance(given, int) and isinstance(made, int):
+        return given + made
+    return None
+
+
+def _affinity_body(request: CreateRequest, items: list[Any]) -> dict[str, Any]:
+    """What prefix affinity keys on: ``user``, else the start every turn of the
+    conversation shares (its instructions, else its first item's text)."""
+    first: Any = request.body.get("instructions")
+    if not isinstance(first, str):
+        head = items[0] if items else None
+        first = head.get("content") if isinstance(head, dict) else None
+    return {"user": request.body.get("user"), "messages": [{"content": first}]}

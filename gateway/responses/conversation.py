@@ -1,0 +1,201 @@
+"""A ``POST /v1/responses`` body: what the gateway checks, and what the engine gets.
+
+The gateway validates only what it acts on (``model``, ``input``, ``stream``,
+``store``, ``background``, ``previous_response_id``, ``instructions``,
+``max_output_tokens``); every other field passes to the engine, which judges it.
+
+A follow-up (``previous_response_id``) is expanded here: the engine gets the whole
+conversation as ``input`` (the previous response's input items, then its output
+items, then the new input) with no ``previous_response_id`` and ``store: false``,
+so any engine can answer it and none has to remember anything. As at OpenAI, the
+previous request's ``instructions`` are not carried over.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from gateway.errors import GatewayError, InvalidRequestError, NotFoundError
+from gateway.responses.store import StoredResponse
+
+
+class ResponseNotFoundError(NotFoundError):
+    """A response id that does not exist for this key (404, as at OpenAI)."""
+
+    def __init__(self, response_id: str, param: str = "response_id") -> None:
+        super().__init__(f"Response with id '{response_id}' not found.", param=param)
+
+
+class PreviousResponseNotFoundError(ResponseNotFoundError):
+    code = "previous_response_not_found"
+
+    def __init__(self, response_id: str) -> None:
+        super().__init__(response_id, "previous_response_id")
+        self.message = f"Previous response with id '{response_id}' not found."
+
+
+@dataclass(frozen=True, slots=True)
+class CreateRequest:
+    """The fields of a create request the gateway acts on, checked."""
+
+    body: dict[str, Any]
+    model: str
+    input: str | list[Any]
+    stream: bool
+    store: bool
+    previous_response_id: str | None
+    max_output_tokens: int | None
+
+    @property
+    def new_items(self) -> list[Any]:
+        """The new input as a list of items (a string is one user message)."""
+        if isinstance(self.input, str):
+            return [{"type": "message", "role": "user", "content": self.input}]
+        return self.input
+
+
+def read_create(body: dict[str, Any]) -> CreateRequest:
+    """The checked request, or a 400 in OpenAI's words."""
+    model = _required(body, "model", str, "a string")
+    given = _required(body, "input", (str, list), "a string or an array")
+    if isinstance(given, list) and not all(isinstance(item, dict) for item in given):
+        raise InvalidRequestError(
+            "Invalid 'input': every input item must be an object.",
+            param="input",
+            code="invalid_type",
+        )
+    stream = _optional(body, "stream", bool, "a boolean")
+    store = _optional(body, "store", bool, "a boolean")
+    if _optional(body, "background", bool, "a boolean"):
+        raise InvalidRequestError(
+            "background responses are not supported by this gateway: create the response "
+            "without `background` (streamed or not).",
+            param="background",
+            code="unsupported_parameter",
+        )
+    previous = _optional(body, "previous_response_id", str, "a string")
+    _optional(body, "instructions", str, "a string")
+    cap = _optional(body, "max_output_tokens", int, "an integer")
+    if isinstance(cap, bool) or (cap is not None and cap < 1):
+        raise InvalidRequestError(
+            "Invalid 'max_output_tokens': expected an integer of at least 1.",
+            param="max_output_tokens",
+            code="invalid_value",
+        )
+    return CreateRequest(body, model, given, stream is True, store is not False, previous, cap)
+
+
+def _required(body: dict[str, Any], name: str, kinds: Any, what: str) -> Any:
+    if body.get(name) is None:
+        raise InvalidRequestError(
+            f"Missing required parameter: '{name}'.",
+            param=name,
+            code="missing_required_parameter",
+        )
+    return _optional(body, name, kinds, what)
+
+
+def _optional(body: dict[str, Any], name: str, kinds: Any, what: str) -> Any:
+    value = body.get(name)
+    bad_bool = kinds is int and isinstance(value, bool)
+    if value is not None and (bad_bool or not isinstance(value, kinds)):
+        raise InvalidRequestError(
+            f"Invalid type for '{name}': expected {what}, but got {_kind(value)} instead.",
+            param=name,
+            code="invalid_type",
+        )
+    return value
+
+
+def _kind(value: Any) -> str:
+    names = {bool: "a boolean", int: "an integer", float: "a number", str: "a string"}
+    return names.get(type(value), "an array" if isinstance(value, list) else "an object")
+
+
+def conversation(
+    previous: StoredResponse | None, request: CreateRequest
+) -> tuple[list[Any], list[str]]:
+    """The engine's ``input`` items and their listing ids: the previous response's
+    input and output, then the new input."""
+    new = request.new_items
+    new_ids = [_item_id(item) for item in new]
+    if previous is None:
+        return new, new_ids
+    output = previous.output
+    output_ids = [_item_id(item) for item in output]
+    items = [*previous.input_items, *output, *new]
+    return items, [*previous.input_ids, *output_ids, *new_ids]
+
+
+def _item_id(item: Any) -> str:
+    """The item's own id, or a fresh one like OpenAI's (``msg_<hex>``)."""
+    own = item.get("id") if isinstance(item, dict) else None
+    return own if isinstance(own, str) and own else "msg_" + os.urandom(16).hex()
+
+
+def new_response_id() -> str:
+    """An id of the gateway's own for the engine's ``request_id`` (vLLM names its
+    response after it): never the client's, so no client can choose the id under
+    which its response is stored."""
+    return "resp_" + os.urandom(16).hex()
+
+
+def engine_payload(
+    request: CreateRequest,
+    items: list[Any],
+    response_id: str,
+    served_name: str,
+    cap: int | None,
+) -> bytes:
+    """The body the engine gets (see the module docstring); ``cap`` is the output the
+    rate limiter reserved, which the engine may not exceed."""
+    body = dict(request.body)
+    body.pop("previous_response_id", None)
+    body.pop("background", None)
+    continued = request.previous_response_id is not None
+    body["input"] = items if continued or not isinstance(request.input, str) else request.input
+    body["model"] = served_name
+    body["store"] = False
+    body["request_id"] = response_id
+    if cap is not None and (request.max_output_tokens is None or request.max_output_tokens > cap):
+        body["max_output_tokens"] = cap
+    return orjson.dumps(body)
+
+
+def cost_body(request: CreateRequest, items: list[Any]) -> dict[str, Any]:
+    """What admission prices (:func:`gateway.ratelimit.cost.request_cost`): the
+    conversation's text as messages, and ``max_output_tokens`` as the output wanted."""
+    texts: list[dict[str, Any]] = []
+    instructions = request.body.get("instructions")
+    if isinstance(instructions, str):
+        texts.append({"content": instructions})
+    for item in items:
+        texts.extend({"content": text} for text in _texts(item))
+    return {"messages": texts, "max_tokens": request.max_output_tokens}
+
+
+def _texts(item: Any) -> list[str]:
+    """The text of one input or output item: message content, its parts' text, a
+    function call's arguments or output."""
+    if not isinstance(item, dict):
+        return []
+    found = [item[k] for k in ("content", "arguments", "output") if isinstance(item.get(k), str)]
+    for key in ("content", "summary"):
+        parts = item.get(key)
+        if isinstance(parts, list):
+            found.extend(
+                p["text"] for p in parts if isinstance(p, dict) and isinstance(p.get("text"), str)
+            )
+    return found
+
+
+def check_found(record: StoredResponse | None, owner: str, error: GatewayError) -> StoredResponse:
+    """``record`` if ``owner`` made it; else ``error`` (another key's response does
+    not exist for this one)."""
+    if record is None or record.owner != owner:
+        raise error
+    return record

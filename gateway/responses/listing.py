@@ -1,0 +1,75 @@
+"""``GET /v1/responses/{id}/input_items``: a stored response's input as OpenAI lists it.
+
+Items are shown in OpenAI's listing shape: a message whose ``content`` is a string
+gets it as one ``input_text`` part (``output_text`` for the assistant), every item
+carries its ``id`` (:attr:`StoredResponse.input_ids`). Pages follow OpenAI's
+parameters: ``order`` (``desc`` by default), ``limit`` (1 to 100, 20 by default),
+``after`` (an item id: the items after it in that order).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from gateway.errors import InvalidRequestError
+from gateway.responses.store import StoredResponse
+
+DEFAULT_LIMIT = 20
+MAX_LIMIT = 100
+
+
+def input_items_page(record: StoredResponse, query: Mapping[str, str]) -> dict[str, Any]:
+    """One page of ``record``'s input items for the query string ``query``."""
+    order = query.get("order", "desc")
+    if order not in ("asc", "desc"):
+        raise InvalidRequestError(
+            "Invalid 'order': expected 'asc' or 'desc'.", param="order", code="invalid_value"
+        )
+    limit_text = query.get("limit", str(DEFAULT_LIMIT))
+    if not limit_text.isdigit() or not 1 <= int(limit_text) <= MAX_LIMIT:
+        raise InvalidRequestError(
+            f"Invalid 'limit': expected an integer from 1 to {MAX_LIMIT}.",
+            param="limit",
+            code="invalid_value",
+        )
+    limit = int(limit_text)
+    pairs = list(zip(record.input_ids, record.input_items, strict=True))
+    if order == "desc":
+        pairs.reverse()
+    after = query.get("after")
+    if after is not None:
+        position = next((i for i, (item_id, _) in enumerate(pairs) if item_id == after), None)
+        if position is None:
+            raise InvalidRequestError(
+                f"Invalid 'after': no input item '{after}' in this response.",
+                param="after",
+                code="invalid_value",
+            )
+        pairs = pairs[position + 1 :]
+    page = [listed(item_id, item) for item_id, item in pairs[:limit]]
+    return {
+        "object": "list",
+        "data": page,
+        "first_id": page[0]["id"] if page else None,
+        "last_id": page[-1]["id"] if page else None,
+        "has_more": len(pairs) > limit,
+    }
+
+
+def listed(item_id: str, item: Any) -> dict[str, Any]:
+    """One item as listed: with its id, and a message's string content as one part."""
+    shown: dict[str, Any] = dict(item) if isinstance(item, dict) else {"content": item}
+    shown["id"] = item_id
+    role = shown.get("role")
+    if isinstance(role, str) and "type" not in shown:
+        shown["type"] = "message"
+    content = shown.get("content")
+    if shown.get("type") == "message" and isinstance(content, str):
+        kind = "output_text" if role == "assistant" else "input_text"
+        part: dict[str, Any] = {"type": kind, "text": content}
+        if kind == "output_text":
+            part["annotations"] = []
+        shown["content"] = [part]
+        shown.setdefault("status", "completed")
+    return shown

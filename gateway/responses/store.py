@@ -1,0 +1,83 @@
+"""What the gateway keeps of a response, and the store that keeps it.
+
+A :class:`StoredResponse` is everything a follow-up or a retrieval needs, in one
+record: the response object as the client got it, the input items that produced it
+(the whole conversation so far, so continuing it never walks a chain of records
+that may have expired one by one) and its owner, the name of the API key that
+created it. Only the owner sees it: to any other key it does not exist.
+
+Records travel as one JSON document, so any byte store with TTLs holds them
+(:mod:`gateway.backends.memory.responses`, :mod:`gateway.backends.redis.responses`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import orjson
+
+
+@dataclass(frozen=True, slots=True)
+class StoredResponse:
+    """One response as the gateway keeps it."""
+
+    id: str
+    owner: str
+    response: dict[str, Any]
+    input_items: list[Any]
+    """Exactly what the engine got as ``input`` (the whole conversation so far)."""
+    input_ids: list[str]
+    """One id per input item, for listing them: stable from turn to turn, and kept
+    apart from the items so the engine never gets ids it did not make."""
+
+    def encode(self) -> bytes:
+        return orjson.dumps(
+            {
+                "owner": self.owner,
+                "response": self.response,
+                "input": self.input_items,
+                "input_ids": self.input_ids,
+            }
+        )
+
+    @classmethod
+    def decode(cls, response_id: str, data: bytes) -> StoredResponse | None:
+        """The record stored under ``response_id``, or None if ``data`` is not one (a
+        record of another version, or damage: treated as absent, never as a 500)."""
+        try:
+            value = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            return None
+        if not isinstance(value, dict):
+            return None
+        owner, response, items = value.get("owner"), value.get("response"), value.get("input")
+        ids = value.get("input_ids")
+        if not isinstance(owner, str) or not isinstance(response, dict):
+            return None
+        if not isinstance(items, list) or not isinstance(ids, list) or len(ids) != len(items):
+            return None
+        if not all(isinstance(i, str) for i in ids):
+            return None
+        return cls(response_id, owner, response, items, ids)
+
+    @property
+    def output(self) -> list[Any]:
+        """The response's output items (empty when it has none)."""
+        output = self.response.get("output")
+        return output if isinstance(output, list) else []
+
+
+class ResponseStore(Protocol):
+    """Stored responses by id, each for ``ttl_s`` seconds. Failures to reach the
+    store raise :class:`gateway.errors.StoreUnavailable`."""
+
+    async def get(self, response_id: str) -> bytes | None:
+        """The encoded record, or None when there is none (or it expired)."""
+        ...
+
+    async def put(self, response_id: str, record: bytes, ttl_s: int) -> None: ...
+
+    async def delete(self, response_id: str) -> bool:
+        """Remove the record; whether there was one."""
+        ...
