@@ -10,6 +10,8 @@ this module imports nothing of ours.
 
 from __future__ import annotations
 
+import re
+
 import orjson
 
 
@@ -161,17 +163,82 @@ class UpstreamTimeoutError(GatewayError):
 
 
 class UpstreamStatusError(GatewayError):
-    """The engine answered with an error status; its body passes through unchanged."""
+    """The engine answered with an error status; its error is sent in OpenAI's shape
+    (:func:`openai_error`), with the engine's message."""
 
     def __init__(self, status: int, raw_body: bytes, content_type: str) -> None:
         super().__init__(f"engine answered HTTP {status}")
         self.status = status
         self.raw_body = raw_body
         self.content_type = content_type
+        self.prompt_param = "messages"
+        """Where the prompt is on the request's route (``prompt`` for completions)."""
 
     def body(self) -> bytes:
-        if self.content_type.startswith("application/json") and self.raw_body:
-            return self.raw_body
-        text = self.raw_body.decode("utf-8", "replace")[:2000] or self.message
-        error_type = "invalid_request_error" if self.status < 500 else "upstream_error"
-        return error_body(text, error_type, None, None)
+        return openai_error(self.status, self.raw_body, self.prompt_param)
+
+
+STATUS_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "invalid_request_error",
+    409: "invalid_request_error",
+    413: "invalid_request_error",
+    422: "invalid_request_error",
+    429: "rate_limit_error",
+}
+"""OpenAI's ``error.type`` per status (5xx: ``server_error``)."""
+
+CONTEXT_LENGTH_MARKERS = (
+    "maximum context length",  # "This model's maximum context length is N tokens. However,
+    # your prompt contains ..." and "Input length (N) exceeds model's maximum context length"
+    "maximum model length",  # "The decoder prompt (length N) is longer than the maximum
+    # model length of M." (also "... plus the number of requested output tokens ...")
+)
+"""vLLM 0.32's messages for a prompt (plus output) that does not fit the context."""
+
+_URL = re.compile(r"(?i)\b(?:https?|unix|tcp)://[^\s\"'<>]+")
+_MAX_MESSAGE = 4000
+
+
+def openai_error(status: int, raw: bytes, prompt_param: str = "messages") -> bytes:
+    """An engine's error answer (vLLM's ``{"error": {"message", "type":
+    "BadRequestError", "param", "code": 400}}``, or any text) as OpenAI's error object:
+    ``type`` from the status, ``code`` a string where OpenAI has one
+    (``context_length_exceeded`` with ``param`` the prompt's field), the engine's
+    message kept, any URL in it removed (engine addresses are never shown)."""
+    message, param, code = _engine_error(raw)
+    fallback = "server_error" if status >= 500 else "invalid_request_error"
+    error_type = STATUS_TYPES.get(status, fallback)
+    if status < 500 and any(marker in message for marker in CONTEXT_LENGTH_MARKERS):
+        error_type, code, param = "invalid_request_error", "context_length_exceeded", prompt_param
+    elif status == 404 and "model" in message.lower() and "does not exist" in message:
+        code, param = "model_not_found", "model"
+    message = _URL.sub("<engine>", message)[:_MAX_MESSAGE] or f"engine answered HTTP {status}"
+    return error_body(message, error_type, param, code)
+
+
+def _engine_error(raw: bytes) -> tuple[str, str | None, str | None]:
+    """The message, param and (string) code of an engine's error body; for a body that
+    is not an error object, its text."""
+    try:
+        data = orjson.loads(raw) if raw[:1] == b"{" else None
+    except orjson.JSONDecodeError:
+        data = None
+    error = data.get("error") if isinstance(data, dict) else None
+    if isinstance(error, str):  # {"error": "text"} (some servers), or FastAPI's {"detail"}
+        return error, None, None
+    if not isinstance(error, dict):
+        detail = data.get("detail") if isinstance(data, dict) else None
+        if isinstance(detail, str):
+            return detail, None, None
+        return raw.decode("utf-8", "replace").strip(), None, None
+    message = error.get("message")
+    param = error.get("param")
+    code = error.get("code")
+    return (
+        message if isinstance(message, str) else "",
+        param if isinstance(param, str) else None,
+        code if isinstance(code, str) else None,  # vLLM's is the HTTP status: not a code
+    )

@@ -1,12 +1,21 @@
-"""What the cache stores about one answer, how it is collected, and how it is replayed.
+"""What the cache stores about one answer: the answer itself, as the client got it.
 
-An entry is format-neutral: per choice, the text in the pieces it arrived in
-and the finish reason, plus ``usage``. It is collected from a non-streaming
-body or from a stream's events, and replayed either way: as one
-``chat.completion`` / ``text_completion`` body, or as SSE chunks (the role
-delta first, one chunk per stored piece, the finish chunk, the usage chunk if
-the client asked for it, ``[DONE]``). Replays carry a fresh ``id`` and
-``created`` and the model name the client used.
+An entry is the engine's answer in bytes, after the gateway's model rename: a
+JSON answer's body, or a stream's SSE events exactly as relayed (every event
+kept, so chunk boundaries, ``reasoning``, ``tool_calls`` deltas, logprobs,
+``system_fingerprint``, ``stop_reason``, token ids... all survive). Besides the
+bytes it keeps only what the pipeline needs: the answer's ``id`` (replaced by a
+fresh one at replay), the tokens it used (for ``hits_consume_tokens``), when it
+was made, and where a stream's usage event sits (removed at replay when the
+client did not ask for usage: the gateway always asks the engine for it).
+
+A replay is the stored bytes with the ``id`` string swapped, byte for byte, for a
+fresh one of the same prefix; ``created`` and everything else stay as stored.
+Streamed and non-streamed requests are different cache keys
+(:mod:`gateway.cache.key`), so an entry is only ever replayed in its own form.
+
+Entries are versioned: anything stored in another format (an older vgate's
+digest) decodes to None, a miss.
 """
 
 from __future__ import annotations
@@ -14,222 +23,129 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any
 
 import orjson
 
 DONE = b"data: [DONE]\n\n"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+_MAGIC = b"vgate-entry/2\n"
+_ID_KEYS = (b'"id":"', b'"id": "')
+_MAX_ID = 256
 
 
-@dataclass
-class Choice:
-    index: int
-    pieces: list[str] = field(default_factory=list)
-    finish_reason: str | None = None
-
-    @property
-    def text(self) -> str:
-        return "".join(self.pieces)
-
-
-@dataclass
+@dataclass(frozen=True, slots=True)
 class Entry:
-    """One cached answer."""
+    """One cached answer: its bytes and what the pipeline needs to know about them."""
 
-    chat: bool
-    choices: list[Choice]
-    usage: dict[str, Any] | None
+    stream: bool
+    payload: bytes
+    """The JSON body, or every SSE event of the stream (``[DONE]`` included)."""
+    answer_id: str | None
+    """The answer's ``id`` as it appears in ``payload`` (None: it has none to replace)."""
+    tokens: int | None
+    """``usage.total_tokens`` of the answer, if it reported usage."""
+    usage_span: tuple[int, int] | None = None
+    """Where a stream's trailing usage event lies in ``payload``."""
     created_at: float = field(default_factory=time.time)
 
-    @property
-    def complete(self) -> bool:
-        return bool(self.choices) and all(c.finish_reason for c in self.choices)
-
     def encode(self) -> bytes:
-        return orjson.dumps(
-            {
-                "v": FORMAT_VERSION,
-                "chat": self.chat,
-                "created_at": self.created_at,
-                "usage": self.usage,
-                "choices": [
-                    {"index": c.index, "pieces": c.pieces, "finish_reason": c.finish_reason}
-                    for c in self.choices
-                ],
-            }
-        )
+        meta = {
+            "stream": self.stream,
+            "id": self.answer_id,
+            "tokens": self.tokens,
+            "usage": list(self.usage_span) if self.usage_span is not None else None,
+            "created_at": self.created_at,
+        }
+        return _MAGIC + orjson.dumps(meta) + b"\n" + self.payload
 
     @classmethod
     def decode(cls, raw: bytes) -> Entry | None:
         """The entry, or None for anything this version cannot replay."""
+        if not raw.startswith(_MAGIC):
+            return None
+        end = raw.find(b"\n", len(_MAGIC))
+        if end < 0:
+            return None
         try:
-            data = orjson.loads(raw)
-            if data.get("v") != FORMAT_VERSION:
-                return None
-            choices = [
-                Choice(int(c["index"]), [str(p) for p in c["pieces"]], c["finish_reason"])
-                for c in data["choices"]
-            ]
-            return cls(bool(data["chat"]), choices, data.get("usage"), float(data["created_at"]))
-        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
+            meta = orjson.loads(raw[len(_MAGIC) : end])
+            span = meta["usage"]
+            answer_id = meta["id"]
+            tokens = meta["tokens"]
+            entry = cls(
+                stream=bool(meta["stream"]),
+                payload=raw[end + 1 :],
+                answer_id=answer_id if isinstance(answer_id, str) else None,
+                tokens=tokens if isinstance(tokens, int) else None,
+                usage_span=(int(span[0]), int(span[1])) if span is not None else None,
+                created_at=float(meta["created_at"]),
+            )
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, IndexError):
             return None
-
-
-def from_body(body: bytes, chat: bool) -> Entry | None:
-    """An entry from a non-streaming answer, or None if it cannot be replayed faithfully."""
-    try:
-        data = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return None
-    if not isinstance(data, dict) or not isinstance(data.get("choices"), list):
-        return None
-    choices: list[Choice] = []
-    for raw in data["choices"]:
-        if not isinstance(raw, dict) or raw.get("logprobs") is not None:
+        if entry.usage_span is not None and not 0 <= entry.usage_span[0] <= entry.usage_span[1]:
             return None
-        if chat:
-            message = raw.get("message") or {}
-            text = message.get("content")
-            if message.get("tool_calls") or not isinstance(text, str):
-                return None
-        else:
-            text = raw.get("text")
-            if not isinstance(text, str):
-                return None
-        choices.append(Choice(int(raw.get("index", 0)), [text], raw.get("finish_reason")))
-    usage = data.get("usage")
-    return Entry(chat, choices, usage if isinstance(usage, dict) else None)
+        return entry
+
+    def replay(self, include_usage: bool = True) -> bytes:
+        """The answer for a new client: a fresh ``id``, and a stream's usage event
+        only when ``include_usage``."""
+        payload = self.payload
+        if not include_usage and self.usage_span is not None:
+            start, end = self.usage_span
+            payload = payload[:start] + payload[end:]
+        return IdSwap(self.answer_id).apply(payload)
 
 
-class StreamCollector:
-    """Builds an entry from a relayed stream, batch by batch; gives up on anything odd."""
+class IdSwap:
+    """Replaces one answer id by a fresh one of the same prefix, in bytes.
 
-    def __init__(self, chat: bool) -> None:
-        self.entry = Entry(chat, [], None)
-        self.usable = True
-        self._by_index: dict[int, Choice] = {}
+    The id is random and unique (``chatcmpl-<hex>``), so its quoted form can only
+    be the id itself, never text the model generated (a quote inside a JSON
+    string is escaped)."""
 
-    def feed(self, batch: bytes) -> list[tuple[int, str]]:
-        """Read one batch of events; returns the new text pieces as (choice, text)."""
-        new: list[tuple[int, str]] = []
-        if not self.usable:
-            return new
-        for event in batch.split(b"\n\n"):
-            if not event.startswith(b"data: {"):
-                continue
-            try:
-                data = orjson.loads(event[6:])
-            except orjson.JSONDecodeError:
-                self.usable = False
-                return new
-            if isinstance(data.get("usage"), dict) and not data.get("choices"):
-                self.entry.usage = data["usage"]
-            for raw in data.get("choices") or ():
-                piece = self._piece(raw)
-                if piece is None:
-                    self.usable = False
-                    return new
-                if piece[1]:
-                    new.append(piece)
-        return new
+    __slots__ = ("_new", "_old")
 
-    def _piece(self, raw: Any) -> tuple[int, str] | None:
-        if not isinstance(raw, dict) or raw.get("logprobs") is not None:
+    def __init__(self, answer_id: str | None) -> None:
+        if answer_id is None:
+            self._old = self._new = b""
+            return
+        self._old = orjson.dumps(answer_id)
+        self._new = orjson.dumps(fresh_id(answer_id))
+
+    def apply(self, data: bytes) -> bytes:
+        return data.replace(self._old, self._new) if self._old else data
+
+
+def fresh_id(answer_id: str) -> str:
+    """A new id with the prefix of ``answer_id`` (up to its first ``-``)."""
+    prefix, dash, _ = answer_id.partition("-")
+    return (prefix + "-" if dash else "") + os.urandom(16).hex()
+
+
+def find_answer_id(data: bytes) -> str | None:
+    """The first ``"id"`` value of a JSON body or of a stream's first event: where
+    OpenAI servers put the answer's id (no parsing: a byte search)."""
+    for key in _ID_KEYS:
+        start = data.find(key)
+        if start < 0:
+            continue
+        start += len(key)
+        end = data.find(b'"', start, start + _MAX_ID)
+        if end <= start:
             return None
-        index = int(raw.get("index", 0))
-        choice = self._by_index.get(index)
-        if choice is None:
-            choice = self._by_index[index] = Choice(index)
-            self.entry.choices.append(choice)
-        if self.entry.chat:
-            delta = raw.get("delta") or {}
-            if delta.get("tool_calls") or delta.get("function_call"):
-                return None
-            text = delta.get("content") or ""
-        else:
-            text = raw.get("text") or ""
-        if not isinstance(text, str):
+        value = data[start:end]
+        if b"\\" in value:
             return None
-        if text:
-            choice.pieces.append(text)
-        if raw.get("finish_reason"):
-            choice.finish_reason = raw["finish_reason"]
-        return index, text
+        return value.decode("utf-8", "replace")
+    return None
 
 
-def json_body(entry: Entry, model: str) -> bytes:
-    """The entry as a non-streaming response body."""
-    choices: list[dict[str, Any]] = []
-    for choice in entry.choices:
-        item: dict[str, Any] = {"index": choice.index}
-        if entry.chat:
-            item["message"] = {"role": "assistant", "content": choice.text}
-        else:
-            item["text"] = choice.text
-        item["logprobs"] = None
-        item["finish_reason"] = choice.finish_reason
-        choices.append(item)
-    body: dict[str, Any] = {
-        "id": _new_id(entry.chat),
-        "object": "chat.completion" if entry.chat else "text_completion",
-        "created": int(time.time()),
-        "model": model,
-        "choices": choices,
-    }
-    if entry.usage is not None:
-        body["usage"] = entry.usage
-    return orjson.dumps(body)
-
-
-class ChunkWriter:
-    """SSE chunks of one replayed stream (one fresh id for all of them)."""
-
-    def __init__(self, chat: bool, model: str) -> None:
-        self._chat = chat
-        self._envelope = {
-            "id": _new_id(chat),
-            "object": "chat.completion.chunk" if chat else "text_completion",
-            "created": int(time.time()),
-            "model": model,
-        }
-
-    def role(self, index: int) -> bytes:
-        return self._chunk(index, {"role": "assistant", "content": ""}, None) if self._chat else b""
-
-    def piece(self, index: int, text: str) -> bytes:
-        return self._chunk(index, {"content": text} if self._chat else text, None)
-
-    def finish(self, index: int, reason: str | None) -> bytes:
-        return self._chunk(index, {} if self._chat else "", reason)
-
-    def usage(self, usage: dict[str, Any]) -> bytes:
-        return _event({**self._envelope, "choices": [], "usage": usage})
-
-    def _chunk(self, index: int, payload: Any, finish_reason: str | None) -> bytes:
-        choice: dict[str, Any] = {"index": index}
-        choice["delta" if self._chat else "text"] = payload
-        choice["logprobs"] = None
-        choice["finish_reason"] = finish_reason
-        return _event({**self._envelope, "choices": [choice]})
-
-
-def sse_replay(entry: Entry, model: str, include_usage: bool) -> bytes:
-    """A whole stored answer as one run of SSE events, ``[DONE]`` included."""
-    writer = ChunkWriter(entry.chat, model)
-    parts = [writer.role(c.index) for c in entry.choices]
-    for choice in entry.choices:
-        parts.extend(writer.piece(choice.index, piece) for piece in choice.pieces)
-    parts.extend(writer.finish(c.index, c.finish_reason) for c in entry.choices)
-    if include_usage and entry.usage is not None:
-        parts.append(writer.usage(entry.usage))
-    parts.append(DONE)
-    return b"".join(parts)
-
-
-def _event(data: dict[str, Any]) -> bytes:
-    return b"data: " + orjson.dumps(data) + b"\n\n"
-
-
-def _new_id(chat: bool) -> str:
-    return ("chatcmpl-" if chat else "cmpl-") + os.urandom(12).hex()
+def usage_event_span(events: bytes) -> tuple[int, int] | None:
+    """Where the trailing usage event (no choices, a ``usage``) of a stream lies:
+    the last event before ``[DONE]``, found by byte search."""
+    end = len(events) - len(DONE) if events.endswith(DONE) else len(events)
+    start = events.rfind(b"\n\ndata: ", 0, end - 2)
+    start = 0 if start < 0 else start + 2
+    event = events[start:end]
+    if b'"usage"' in event and (b'"choices":[]' in event or b'"choices": []' in event):
+        return start, end
+    return None

@@ -4,11 +4,14 @@ Two requests share a key exactly when the engine would be asked the same thing,
 on the same route, by the same model under the same settings, for the same
 tenant. The key is the SHA-256 of::
 
-    namespace | scope | route | model | fingerprint of what serves it | canonical body
+    namespace | scope | route | form | model | fingerprint of what serves it | canonical body
 
 where ``scope`` is the API key's name (``cache.scope: per_key``, the default) or
-empty (``shared``), ``route`` is ``chat`` or ``completions`` (a chat request is
-never answered with a cached ``text_completion``, nor the reverse), and the
+empty (``shared``), ``route`` is ``chat``, ``completions`` or ``embeddings`` (a
+chat request is never answered with a cached ``text_completion``, nor the
+reverse), ``form`` is how the answer travels (``json``, ``sse``, or ``sse+stats``
+when the client asked for usage in every chunk: an entry is the answer's bytes,
+and a stream cannot be turned into a JSON body faithfully, nor back), and the
 canonical body is the request JSON without the fields below marked "ignored",
 with object keys sorted and integral numbers normalised (``1.0`` → ``1``,
 ``-0.0`` → ``0``), serialised compactly. Fields vgate does not know about count:
@@ -31,13 +34,15 @@ field                             key         why
 ``max_completion_tokens``,
 ``stop``, ``stop_token_ids``,
 ``ignore_eos``, ``min_tokens``
-``response_format``, ``tools``,   counts      shape of the answer (requests with tools
-``tool_choice``, ``logit_bias``,              or logprobs are not cached at all)
-``logprobs``, ``echo``, ``suffix``
+``response_format``, ``tools``,   counts      shape of the answer (tool calls, reasoning
+``tool_choice``, ``logit_bias``,              and logprobs are stored and replayed as
+``logprobs``, ``echo``, ``suffix``            the engine sent them)
 ``n``                             counts      only ``n`` = 1 is cached
 any other field                   counts      unknown effect: assume it matters
-``stream``                        ignored     one entry serves both kinds of client
-``stream_options``                ignored     usage is always stored, shown on request
+``stream``                        form        a stream and a JSON answer are two entries
+``stream_options``                form        usage is always stored, shown on request;
+                                              ``continuous_usage_stats`` (with usage)
+                                              is another form
 ``user``                          ignored     who asks does not change the answer
                                               (``scope`` splits tenants by API key)
 ``request_id``, ``metadata``,     ignored     bookkeeping, not generation
@@ -45,8 +50,11 @@ any other field                   counts      unknown effect: assume it matters
 ================================  ==========  =========================================
 
 Cacheable by default: deterministic requests only (``temperature`` 0, or an
-explicit integer ``seed``) with ``n`` = 1, and no tools, functions or logprobs.
-A model's ``cache.deterministic_only: false`` also caches sampled answers.
+explicit integer ``seed``) with ``n`` = 1. Tool calls, reasoning and logprobs
+are cached too: given the request they are as deterministic as the text (the
+same sampling decides them), and the entry keeps them byte for byte. Embeddings
+are always deterministic: cached whenever the cache is on. A model's
+``cache.deterministic_only: false`` also caches sampled answers.
 """
 
 from __future__ import annotations
@@ -59,7 +67,6 @@ import orjson
 IGNORED_FIELDS = frozenset(
     {"stream", "stream_options", "user", "request_id", "metadata", "store", "service_tier"}
 )
-UNCACHEABLE_FIELDS = ("tools", "functions", "logprobs", "top_logprobs", "prompt_logprobs")
 
 
 _INT_RANGE = 2**63
@@ -81,28 +88,52 @@ def canonical(value: Any) -> Any:
     return value
 
 
+def answer_form(stream: bool, body: dict[str, Any]) -> str:
+    """How the answer travels: ``json``, ``sse``, or ``sse+stats`` (usage in every
+    chunk: vLLM's ``continuous_usage_stats``, which applies only with usage)."""
+    if not stream:
+        return "json"
+    options = body.get("stream_options")
+    if (
+        isinstance(options, dict)
+        and options.get("continuous_usage_stats")
+        and (options.get("include_usage"))
+    ):
+        return "sse+stats"
+    return "sse"
+
+
 def cache_key(
-    namespace: str, scope: str, route: str, model: str, fingerprint: str, body: dict[str, Any]
+    namespace: str,
+    scope: str,
+    route: str,
+    model: str,
+    fingerprint: str,
+    body: dict[str, Any],
+    form: str = "json",
 ) -> str:
-    """The hex key of one request (``body`` as the client sent it) on ``route``."""
+    """The hex key of one request (``body`` as the client sent it) on ``route``, answered
+    in ``form`` (:func:`answer_form`)."""
     kept = {k: v for k, v in body.items() if k not in IGNORED_FIELDS and k != "model"}
     encoded = orjson.dumps(canonical(kept), option=orjson.OPT_SORT_KEYS)
     digest = hashlib.sha256()
-    for part in (namespace, scope, route, model, fingerprint):
+    for part in (namespace, scope, route, form, model, fingerprint):
         digest.update(part.encode())
         digest.update(b"\x00")
     digest.update(encoded)
     return digest.hexdigest()
 
 
-def uncacheable_reason(body: dict[str, Any], deterministic_only: bool) -> str | None:
-    """Why this request must not be cached, or None when it may be."""
+def uncacheable_reason(
+    body: dict[str, Any], deterministic_only: bool, sampled: bool = True
+) -> str | None:
+    """Why this request must not be cached, or None when it may be. ``sampled``: the
+    route generates text (embeddings do not: always deterministic)."""
+    if not sampled:
+        return None
     n = body.get("n")
     if n not in (None, 1):
         return "n > 1"
-    for name in UNCACHEABLE_FIELDS:
-        if body.get(name) not in (None, False, []):
-            return name
     if not deterministic_only:
         return None
     temperature, seed = body.get("temperature"), body.get("seed")

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from gateway.cache.entry import Entry
-from gateway.cache.key import cache_key, fingerprint, uncacheable_reason
+from gateway.cache.key import answer_form, cache_key, fingerprint, uncacheable_reason
 from gateway.cache.singleflight import Flights
 from gateway.config.sections import CacheSettings, ModelSettings
 from gateway.errors import StoreUnavailable
@@ -70,7 +70,7 @@ class CachePlan:
     ttl_s: int
     max_entry_bytes: int
     bypassed: bool = False  # the cache is on for this model but not used for this request
-    chat: bool = True  # the route: an entry of the other route is never replayed
+    stream: bool = False  # the answer's form: an entry of the other form is never replayed
 
 
 OFF = CachePlan(None, False, False, None, 0, 0)
@@ -110,26 +110,30 @@ class ResponseCache:
 
     def plan(
         self,
-        chat: bool,
+        route: str,
+        stream: bool,
         model: str,
         body: dict[str, Any],
         key_name: str,
         cache_control: str | None,
     ) -> CachePlan:
-        """What the cache does for one request on the chat (``chat``) or completions route,
-        by the key called ``key_name``."""
+        """What the cache does for one request on ``route`` (``chat``, ``completions``,
+        ``embeddings``), streamed or not, by the key called ``key_name``."""
         policy = self._policies.get(model, self._default)
         if not policy.enabled:
             return OFF
         no_cache, no_store, max_age = _directives(cache_control)
-        if no_store or uncacheable_reason(body, policy.deterministic_only) is not None:
+        sampled = route != "embeddings"
+        if no_store or uncacheable_reason(body, policy.deterministic_only, sampled) is not None:
             self._metrics.cache_requests.labels(model, "bypass").inc()
             return BYPASS
         scope = key_name if self._settings.scope == "per_key" else ""
-        route = "chat" if chat else "completions"
-        key = cache_key(self._settings.namespace, scope, route, model, policy.fingerprint, body)
+        form = answer_form(stream, body)
+        key = cache_key(
+            self._settings.namespace, scope, route, model, policy.fingerprint, body, form
+        )
         return CachePlan(
-            key, not no_cache, True, max_age, policy.ttl_s, policy.max_entry_bytes, chat=chat
+            key, not no_cache, True, max_age, policy.ttl_s, policy.max_entry_bytes, stream=stream
         )
 
     def begin_lookup(
@@ -162,7 +166,7 @@ class ResponseCache:
             and entry is not None
             and (time.time() - entry.created_at > plan.max_age_s)
         )
-        if too_old or (entry is not None and entry.chat != plan.chat):
+        if too_old or (entry is not None and entry.stream != plan.stream):
             entry = None
         self._metrics.cache_requests.labels(model, "hit" if entry else "miss").inc()
         return plan, entry
@@ -173,8 +177,9 @@ class ResponseCache:
         return BYPASS
 
     def store(self, model: str, plan: CachePlan, entry: Entry) -> None:
-        """Keep a complete answer (never a truncated one), if it is small enough."""
-        if plan.key is None or not plan.store or not entry.complete:
+        """Keep a complete answer (the caller never passes a truncated one), if it is
+        small enough."""
+        if plan.key is None or not plan.store or len(entry.payload) > plan.max_entry_bytes:
             return
         value = entry.encode()
         if len(value) > plan.max_entry_bytes:

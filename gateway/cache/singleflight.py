@@ -1,9 +1,11 @@
 """Single flight: identical cache misses in flight at once cost one upstream call.
 
 The first request for a key leads: it goes to the engine as usual and publishes
-what it receives into a :class:`Flight`. Requests with the same key that arrive
+what it receives into a :class:`Flight`: a stream's batches of events as they
+arrive, then the finished :class:`Entry`. Requests with the same key that arrive
 meanwhile follow: they wait on the flight instead of calling an engine, and a
-streaming follower receives each piece as the leader does. Scope: one gateway
+streaming follower receives each batch as the leader does, under its own answer
+id (:class:`gateway.cache.entry.IdSwap`). Scope: one gateway
 process (each replica leads its own flights; Redis is not consulted). If the
 leader fails or its client leaves mid-answer, followers that have sent nothing
 yet make their own upstream call; those already streaming get an error event.
@@ -24,7 +26,10 @@ class Flight:
     """What a leader has received so far for one cache key."""
 
     def __init__(self) -> None:
-        self.pieces: list[tuple[int, str]] = []
+        self.batches: list[bytes] = []
+        """The leader's stream so far, as relayed (events, never split)."""
+        self.answer_id: str | None = None
+        """The id of the leader's stream, once its first batch arrived."""
         self.entry: Entry | None = None
         self.failed = False
         self.followers = 0
@@ -38,9 +43,9 @@ class Flight:
         """One follower fewer (it got its answer, went its own way, or its client left)."""
         self.followers -= 1
 
-    def publish(self, pieces: list[tuple[int, str]]) -> None:
-        if pieces:
-            self.pieces.extend(pieces)
+    def publish(self, batch: bytes) -> None:
+        if batch:
+            self.batches.append(batch)
             self._wake()
 
     def finish(self, entry: Entry) -> None:
@@ -53,8 +58,8 @@ class Flight:
             self._wake()
 
     async def wait(self, seen: int) -> None:
-        """Return once there are more than ``seen`` pieces, or the flight is over."""
-        while len(self.pieces) <= seen and not self.done:
+        """Return once there are more than ``seen`` batches, or the flight is over."""
+        while len(self.batches) <= seen and not self.done:
             await self._changed.wait()
 
     async def result(self) -> Entry:

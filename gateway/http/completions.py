@@ -1,4 +1,5 @@
-"""OpenAI completion routes: read the body within the size limit, hand it to the service.
+"""OpenAI completion and embeddings routes: read the body within the size limit, hand
+it to the service.
 
 The handlers take the raw request and return a ready response. ``POST`` on their
 paths is served by :class:`gateway.http.hot_routes.HotRoutes` ahead of FastAPI's
@@ -20,7 +21,7 @@ from starlette.responses import Response
 
 from gateway.http.context import app_state, completion_headers, read_body, request_id
 from gateway.http.render import render
-from gateway.pipeline.plan import CHAT, COMPLETIONS, Route
+from gateway.pipeline.plan import CHAT, COMPLETIONS, EMBEDDINGS, Route
 from gateway.pipeline.service import RequestMeta
 
 router = APIRouter()
@@ -77,8 +78,17 @@ async def completions(request: Request) -> Response:
     return await _answer(COMPLETIONS, request)
 
 
+async def embeddings(request: Request) -> Response:
+    return await _answer(EMBEDDINGS, request)
+
+
 router.add_route(CHAT.path, chat_completions, methods=["POST"])
 router.add_route(COMPLETIONS.path, completions, methods=["POST"])
-HOT_ROUTES = {CHAT.path: chat_completions, COMPLETIONS.path: completions}
+router.add_route(EMBEDDINGS.path, embeddings, methods=["POST"])
+HOT_ROUTES = {
+    CHAT.path: chat_completions,
+    COMPLETIONS.path: completions,
+    EMBEDDINGS.path: embeddings,
+}
 """Served by :class:`gateway.http.hot_routes.HotRoutes` ahead of FastAPI; the router entries
 above still answer other methods on these paths (405)."""

@@ -15,7 +15,6 @@ from starlette.background import BackgroundTask
 from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from gateway.cache.entry import json_body, sse_replay
 from gateway.errors import GatewayError, error_body
 from gateway.pipeline.results import Answer, EventStream, Replay, Result
 
@@ -40,10 +39,10 @@ def render(result: Result) -> Response:
 def _replay(replay: Replay) -> Response:
     """A cached answer; ``X-Cache`` and ``Age`` come with its headers when the cache
     may disclose them (never when it is shared between keys)."""
-    if replay.stream:
-        body = sse_replay(replay.entry, replay.model, replay.include_usage)
+    body = replay.entry.replay(replay.include_usage)
+    if replay.entry.stream:
         return Response(body, headers=SSE_HEADERS, media_type="text/event-stream")
-    return Response(json_body(replay.entry, replay.model), media_type=JSON)
+    return Response(body, media_type=JSON)
 
 
 def error_event(error: GatewayError) -> bytes:

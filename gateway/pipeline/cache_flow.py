@@ -1,52 +1,65 @@
 """The cache's part of a request: filling the cache on a miss, pricing a hit, and
-following a flight (see :mod:`gateway.cache.singleflight`)."""
+following a flight (see :mod:`gateway.cache.singleflight`).
+
+A fill keeps the answer as the client got it (after the model rename, before the
+usage event is stripped for a client that did not ask for it): a JSON body as
+is, a stream as the list of batches relayed, which the flight shares with its
+followers. Nothing is parsed per chunk: the id is found once by a byte search,
+the usage event at the end.
+"""
 
 from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator, Callable
 
-from gateway.cache.entry import (
-    DONE,
-    ChunkWriter,
-    Entry,
-    StreamCollector,
-    from_body,
-)
+from gateway.cache.entry import Entry, IdSwap, find_answer_id, usage_event_span
 from gateway.cache.response_cache import CachePlan, ResponseCache
 from gateway.cache.singleflight import Flight
 from gateway.errors import UpstreamError
-from gateway.pipeline.usage import usage_tokens
-from gateway.upstream.relay import StreamOutcome
+from gateway.pipeline.usage import UsageTap, body_usage
+from gateway.upstream.relay import STREAM_ERROR, StreamOutcome
 
 
 class CacheFill:
     """A leader's answer, collected for its followers and for the cache."""
 
-    def __init__(self, cache: ResponseCache, model: str, plan: CachePlan, chat: bool) -> None:
+    def __init__(self, cache: ResponseCache, model: str, plan: CachePlan) -> None:
         assert plan.key is not None
         self._cache = cache
         self._model = model
         self._plan = plan
         self._key = plan.key
-        self._collector = StreamCollector(chat)
-        self._chat = chat
+        self._usable = True
         self.flight = cache.flights.lead(plan.key)
         self._landed = False
 
     def inspect(self, batch: bytes) -> bytes:
-        """A stream tap: collects and publishes each batch, passes it on unchanged."""
-        self.flight.publish(self._collector.feed(batch))
+        """A stream tap: shares each batch with the followers, passes it on unchanged.
+        A stream that carries an error event is never stored."""
+        flight = self.flight
+        if not flight.batches:
+            flight.answer_id = find_answer_id(batch)
+        if STREAM_ERROR in batch:
+            self._usable = False
+        flight.publish(batch)
         return batch
 
     def finish_json(self, body: bytes) -> None:
-        entry = from_body(body, self._chat)
-        self._land(entry if entry is not None and entry.complete else None)
+        """The leader's JSON answer (as its client gets it) is complete."""
+        if not body.startswith(b"{"):
+            self._land(None)
+            return
+        self._land(Entry(False, body, find_answer_id(body), body_usage(body)))
 
-    def finish_stream(self) -> None:
-        collector = self._collector
-        usable = collector.usable and collector.entry.complete
-        self._land(collector.entry if usable else None)
+    def finish_stream(self, tokens: int | None) -> None:
+        """The leader's stream ended with ``[DONE]``; ``tokens`` is the usage it reported."""
+        if not self._usable:
+            self._land(None)
+            return
+        payload = b"".join(self.flight.batches)
+        span = usage_event_span(payload)
+        self._land(Entry(True, payload, self.flight.answer_id, tokens, span))
 
     def fail(self) -> None:
         self._land(None)
@@ -67,52 +80,46 @@ def hit_tokens(cache: ResponseCache, entry: Entry) -> int:
     """What a cached answer costs the key's token limit (0 unless configured)."""
     if not cache.hits_consume_tokens:
         return 0
-    return usage_tokens(entry.usage) or 0
+    return entry.tokens or 0
 
 
 async def follow_events(
     flight: Flight,
-    chat: bool,
-    model: str,
     include_usage: bool,
     outcome: StreamOutcome,
     on_done: Callable[[Entry], None],
 ) -> AsyncIterator[bytes]:
-    """A follower's stream: the leader's pieces as they arrive, in fresh chunks.
+    """A follower's stream: the leader's batches as they arrive, under a fresh id and
+    without the usage event unless ``include_usage``.
 
     ``on_done`` gets the leader's entry before the last events go out; if the
     leader fails part way, this raises :class:`UpstreamError` (the HTTP edge ends
     the stream with an error event)."""
-    writer = ChunkWriter(chat, model)
-    started: set[int] = set()
+    swap: IdSwap | None = None
+    strip = None if include_usage else UsageTap(strip=True)
     seen = 0
     while True:
         await flight.wait(seen)
-        fresh, seen = flight.pieces[seen:], len(flight.pieces)
-        out: list[bytes] = []
-        for index, text in fresh:
-            if index not in started:
-                started.add(index)
-                out.append(writer.role(index))
-            out.append(writer.piece(index, text))
+        fresh, seen = flight.batches[seen:], len(flight.batches)
+        if fresh and swap is None:
+            swap = IdSwap(flight.answer_id)
+        out = b"".join(fresh)
+        if swap is not None and out:
+            out = swap.apply(out)
+            if strip is not None:
+                out = strip.inspect(out)
         if out and outcome.first_chunk_at is None:
             outcome.first_chunk_at = time.perf_counter()
         entry = flight.entry
-        if entry is not None and seen == len(flight.pieces):
-            for choice in entry.choices:
-                if choice.index not in started:
-                    out.append(writer.role(choice.index))
-                out.append(writer.finish(choice.index, choice.finish_reason))
-            if include_usage and entry.usage is not None:
-                out.append(writer.usage(entry.usage))
+        if entry is not None and seen == len(flight.batches):
             outcome.completed = True
             on_done(entry)
-            yield b"".join(out) + DONE
+            yield out
             return
         if flight.failed:
             if out:
-                yield b"".join(out)
+                yield out
             outcome.error = UpstreamError("the engine answer this request shared did not complete")
             raise outcome.error
         if out:
-            yield b"".join(out)
+            yield out

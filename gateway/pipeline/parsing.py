@@ -13,6 +13,7 @@ import orjson
 from pydantic import BaseModel, ValidationError
 
 from gateway.errors import InvalidRequestError
+from gateway.protocol import NORMALIZED_FIELDS
 
 CHARS_PER_TOKEN = 4
 """A token-id prompt's affinity budget: ``prefix_chars // 4`` leading tokens, about as
@@ -24,7 +25,9 @@ rewrites bodies: the served model name, the usage request, the token budget), an
 far beyond any real request. Deeper bodies are refused with a 400."""
 
 
-def affinity_key(body: dict[str, Any], session_id: str | None, prefix_chars: int) -> bytes:
+def affinity_key(
+    body: dict[str, Any], session_id: str | None, prefix_chars: int, prompt_field: str = "prompt"
+) -> bytes:
     """What identifies a conversation: the session header, ``user``, or the prompt's start.
 
     Keying on the first message (usually the system prompt) keeps every turn of a
@@ -33,14 +36,15 @@ def affinity_key(body: dict[str, Any], session_id: str | None, prefix_chars: int
     A prompt of token ids is keyed by its leading tokens (``prefix_chars //
     CHARS_PER_TOKEN`` of them), so prompts that merely start with the same BOS
     token still spread over the engines. Total over any JSON object: parts of
-    the wrong type are skipped, never raised on.
+    the wrong type are skipped, never raised on. ``prompt_field`` is where the route
+    keeps its prompt (``input`` for embeddings).
     """
     if session_id:
         return b"s:" + session_id.encode()
     user = body.get("user")
     if isinstance(user, str) and user:
         return b"u:" + user.encode()
-    prompt = body.get("prompt")
+    prompt = body.get(prompt_field)
     if prompt is None:
         return b"p:" + _first_message_text(body.get("messages"), prefix_chars).encode()
     first = prompt[0] if isinstance(prompt, list) and prompt else prompt
@@ -102,6 +106,24 @@ def _check_depth(raw: bytes, body: dict[str, Any]) -> None:
         ) from None
 
 
+def normalized(body: dict[str, Any], request: BaseModel) -> dict[str, Any]:
+    """``body`` with the validated value of each field the gateway computes with
+    (:data:`gateway.protocol.NORMALIZED_FIELDS`) where the client wrote it otherwise
+    (``n: 2.0`` → ``2``, ``stream: "true"`` → ``True``): the rate limits, the cache
+    and routing read this body, the engine gets the client's bytes. The same dict
+    when nothing differs (the usual case: a few type checks)."""
+    changed: dict[str, Any] | None = None
+    for name in NORMALIZED_FIELDS:
+        value = body.get(name)
+        if value is None:
+            continue
+        valid = getattr(request, name, value)
+        if type(valid) is not type(value) or valid != value:
+            changed = {} if changed is None else changed
+            changed[name] = valid
+    return body if changed is None else body | changed
+
+
 def validate(schema: type[BaseModel], body: dict[str, Any]) -> Any:
     try:
         return schema.model_validate(body)
@@ -124,4 +146,6 @@ def _param_path(loc: tuple[int | str, ...]) -> str:
     return path or "body"
 
 
-_UNION_TAGS = frozenset({"str", "int", "float", "bool", "none", "StreamOptions", "ChatMessage"})
+_UNION_TAGS = frozenset(
+    {"str", "int", "float", "bool", "none", "StreamOptions", "ChatMessage", "function-after"}
+)

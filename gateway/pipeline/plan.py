@@ -1,5 +1,5 @@
-"""From a completion request's raw body to a plan: which model, the exact bytes the
-engine gets, how to route it, and how to rename the engine's answers.
+"""From a request's raw body (chat, completions, embeddings) to a plan: which model,
+the exact bytes the engine gets, how to route it, and how to rename its answers.
 
 A model can be served under another name (``upstream_model``): the engine gets
 that name in the body, and every answer gets the client's name back, in JSON
@@ -17,23 +17,39 @@ import orjson
 
 from gateway.config.sections import ModelSettings
 from gateway.errors import InvalidRequestError, ModelNotFoundError
-from gateway.pipeline.parsing import affinity_key, decode_json_object, validate
+from gateway.pipeline.parsing import affinity_key, decode_json_object, normalized, validate
 from gateway.pool.engine_pool import EnginePool
-from gateway.protocol import ChatCompletionRequest, CompletionRequest
+from gateway.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from gateway.routing.policies import RoutingPolicy, RoutingTable
+
+Schema = type[ChatCompletionRequest] | type[CompletionRequest] | type[EmbeddingRequest]
 
 
 @dataclass(frozen=True, slots=True)
 class Route:
-    """One OpenAI completion route: where it forwards and how its body is validated."""
+    """One OpenAI route through the pipeline: where it forwards, how its body is
+    validated, and what kind of answer it gets."""
 
     path: str
     label: str
-    schema: type[ChatCompletionRequest] | type[CompletionRequest]
+    """The metrics label."""
+    schema: Schema
+    cache_name: str
+    """The route's part of a cache key."""
+    prompt_param: str = "prompt"
+    """Where the prompt is: ``param`` of a context-length error."""
+    prompt_field: str = "prompt"
+    """The field the affinity key reads before the messages."""
+    generates: bool = True
+    """Whether the engine generates tokens: an output cap applies, and sampling
+    decides whether the answer may be cached. Embeddings do not."""
 
 
-CHAT = Route("/v1/chat/completions", "chat_completions", ChatCompletionRequest)
-COMPLETIONS = Route("/v1/completions", "completions", CompletionRequest)
+CHAT = Route("/v1/chat/completions", "chat_completions", ChatCompletionRequest, "chat", "messages")
+COMPLETIONS = Route("/v1/completions", "completions", CompletionRequest, "completions")
+EMBEDDINGS = Route(
+    "/v1/embeddings", "embeddings", EmbeddingRequest, "embeddings", "input", "input", False
+)
 
 
 class ModelRename:
@@ -117,7 +133,7 @@ class RequestPlanner:
 
     def parse(self, route: Route, raw: bytes, session_id: str | None) -> ParsedRequest:
         """The validated request, decoded and validated here, on the caller's thread."""
-        return self._plan(raw, self._read(route, raw), session_id)
+        return self._plan(route, raw, self._read(route, raw), session_id)
 
     async def parse_off_loop(
         self, route: Route, raw: bytes, session_id: str | None
@@ -125,10 +141,10 @@ class RequestPlanner:
         """:meth:`parse` for a large body: decoded and validated in a worker thread, so
         it never holds the event loop for long."""
         read = await asyncio.to_thread(self._read, route, raw)
-        return self._plan(raw, read, session_id)
+        return self._plan(route, raw, read, session_id)
 
     def _plan(
-        self, raw: bytes, read: tuple[dict[str, Any], Any], session_id: str | None
+        self, route: Route, raw: bytes, read: tuple[dict[str, Any], Any], session_id: str | None
     ) -> ParsedRequest:
         """Route the validated request; the engine gets the client's bytes unless the
         model is served under another name."""
@@ -142,13 +158,18 @@ class RequestPlanner:
             body = body | {"model": rename.served}
             payload = orjson.dumps(body)
         policy, prefix_chars = self._routing.for_model(model)
-        key = affinity_key(body, session_id, prefix_chars) if policy.wants_affinity_key else None
+        key = (
+            affinity_key(body, session_id, prefix_chars, route.prompt_field)
+            if policy.wants_affinity_key
+            else None
+        )
         return ParsedRequest(model, bool(request.stream), body, payload, policy, key, rename)
 
     def _read(self, route: Route, raw: bytes) -> tuple[dict[str, Any], Any]:
         body = decode_json_object(raw)
         self._check_size(body, len(raw))
-        return body, validate(route.schema, body)
+        request = validate(route.schema, body)
+        return normalized(body, request), request
 
     def _check_size(self, body: dict[str, Any], size: int) -> None:
         """400 for more messages or prompt text than the limits allow, before validation.
@@ -165,7 +186,7 @@ class RequestPlanner:
             )
         if size <= limits.max_prompt_chars:
             return
-        chars = _text_length(body.get("prompt"))
+        chars = _text_length(body.get("prompt")) + _text_length(body.get("input"))
         if isinstance(messages, list):
             for message in messages:
                 content = message.get("content") if isinstance(message, dict) else None

@@ -26,11 +26,10 @@ class Answer:
 
 @dataclass(slots=True)
 class Replay:
-    """A stored answer from the cache, to replay as JSON or as a stream."""
+    """A stored answer from the cache, replayed in the form it was stored in (a JSON
+    body, or a stream's events: the stream's usage event only with ``include_usage``)."""
 
     entry: Entry
-    model: str
-    stream: bool
     include_usage: bool
     headers: RawHeaders
 

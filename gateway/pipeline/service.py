@@ -1,4 +1,4 @@
-"""The request pipeline for completions:
+"""The request pipeline for completions and embeddings:
 auth → parse → admission (rate limits) → cache → route → forward/stream → settle.
 
 Built once at start-up (:class:`CompletionService`) and called by the thin
@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, replace
 
 from gateway.auth.authenticator import Authenticator, Principal
-from gateway.cache.entry import Entry, json_body
+from gateway.cache.entry import Entry
 from gateway.cache.response_cache import CachePlan, ResponseCache
 from gateway.cache.singleflight import Flight, FlightFailed, Flights
 from gateway.errors import (
@@ -24,6 +24,7 @@ from gateway.errors import (
     GatewayError,
     PermissionDeniedError,
     RateLimitError,
+    UpstreamStatusError,
 )
 from gateway.observability.metrics import UNRESOLVED_MODEL, GatewayMetrics
 from gateway.pipeline.cache_flow import CacheFill, follow_events, hit_tokens
@@ -31,7 +32,6 @@ from gateway.pipeline.denials import DenialMemo
 from gateway.pipeline.exchange import Exchange
 from gateway.pipeline.forwarding import Attempt, Forwarder
 from gateway.pipeline.plan import (
-    CHAT,
     ParsedRequest,
     RequestPlanner,
     Route,
@@ -108,6 +108,8 @@ class CompletionService:
             exchange.model = parsed.model
             result = await self._admitted(exchange, route, parsed, principal, memo, meta)
         except GatewayError as exc:
+            if isinstance(exc, UpstreamStatusError):
+                exc.prompt_param = route.prompt_param
             exchange.failed(exc)
             exchange.close()
             raise
@@ -169,11 +171,12 @@ class CompletionService:
                 f"The key '{principal.name}' may not use the model `{model}`.", param="model"
             )
         plan = self._cache.plan(
-            route is CHAT, model, parsed.body, principal.name, meta.cache_control
+            route.cache_name, parsed.stream, model, parsed.body, principal.name, meta.cache_control
         )
         plan, lookup = self._cache.begin_lookup(model, plan)  # goes with the admission
+        cost_body = parsed.body if route.generates else prompt_only(parsed.body, route)
         try:
-            exchange.admit(await self._admission.admit(principal.scopes(model), parsed.body))
+            exchange.admit(await self._admission.admit(principal.scopes(model), cost_body))
         except RateLimitError as exc:
             if memo is not None:
                 self._denials.note(memo, exc)
@@ -183,10 +186,10 @@ class CompletionService:
             exchange.finished(hit_tokens(self._cache, entry))
             wants_usage = client_wants_usage(parsed.body)
             headers = [*exchange.ticket.raw_headers, *self._hit_headers(entry)]
-            return Replay(entry, model, parsed.stream, wants_usage, headers)
+            return Replay(entry, wants_usage, headers)
         cap = exchange.ticket.output_cap
-        if cap is not None:  # what the limiter reserved is what the engine may generate
-            parsed = with_output_cap(parsed, route is CHAT, cap)
+        if cap is not None and route.generates:  # the engine may generate what was reserved
+            parsed = with_output_cap(parsed, route.cache_name == "chat", cap)
             if exchange.ticket.shortened:  # its answer may be shorter than another's:
                 plan = _unshared(plan)  # it neither leads a flight nor fills the cache
         # Follow an identical request in flight, or route and forward this one.
@@ -197,11 +200,11 @@ class CompletionService:
                 flight = self._cache.flights.join(plan.key)
                 if flight is not None:
                     exchange.follow(flight)
-                    followed = await self._follow(exchange, route, parsed, flight)
+                    followed = await self._follow(exchange, parsed, flight)
                     if followed is not None:
                         return followed
                     exchange.leave_flight()
-            exchange.lead(CacheFill(self._cache, parsed.model, plan, route is CHAT))
+            exchange.lead(CacheFill(self._cache, parsed.model, plan))
             exchange.cache_status = MISS
         exchange.count_in_flight()
         if parsed.stream:
@@ -209,7 +212,7 @@ class CompletionService:
         return await self._complete(exchange, route, parsed, meta)
 
     async def _follow(
-        self, exchange: Exchange, route: Route, parsed: ParsedRequest, flight: Flight
+        self, exchange: Exchange, parsed: ParsedRequest, flight: Flight
     ) -> Result | None:
         """Answer from the identical request in flight; None if it failed before any answer."""
         model = parsed.model
@@ -221,9 +224,9 @@ class CompletionService:
                 return None
             self._metrics.cache_joins.labels(model).inc()
             exchange.finished(hit_tokens(self._cache, entry))
-            return Answer(json_body(entry, model), headers)
+            return Answer(entry.replay(), headers)
         await flight.wait(0)
-        if flight.failed and not flight.pieces:
+        if flight.failed and not flight.batches:
             return None
         self._metrics.cache_joins.labels(model).inc()
         outcome = exchange.outcome = StreamOutcome()
@@ -232,7 +235,7 @@ class CompletionService:
             exchange.finished(hit_tokens(self._cache, entry))
 
         wants_usage = client_wants_usage(parsed.body)
-        events = follow_events(flight, route is CHAT, model, wants_usage, outcome, done)
+        events = follow_events(flight, wants_usage, outcome, done)
         return EventStream(events, headers, exchange.close)
 
     async def _complete(
@@ -241,9 +244,9 @@ class CompletionService:
         attempt = self._attempt(route, parsed, parsed.payload, meta)
         url, reply = await self._forwarder.complete(exchange, attempt)
         exchange.finished(body_usage(reply.body) if exchange.ticket.wants_usage else None)
-        if exchange.fill is not None:
-            exchange.fill.finish_json(reply.body)
         body = reply.body if parsed.rename is None else parsed.rename.inspect(reply.body)
+        if exchange.fill is not None:  # what the client gets is what a hit replays
+            exchange.fill.finish_json(body)
         return Answer(body, self._headers(exchange, url), reply.status)
 
     async def _stream(
@@ -259,15 +262,17 @@ class CompletionService:
                 payload = with_usage_requested(parsed.body)
         attempt = self._attempt(route, parsed, payload, meta)
         url, stream = await self._forwarder.open_stream(exchange, attempt)
-        taps: list[BatchTap] = [t for t in (fill, usage, parsed.rename) if t is not None]
+        # Renamed first, then shared and stored with its usage event, then stripped.
+        taps: list[BatchTap] = [t for t in (parsed.rename, fill, usage) if t is not None]
         outcome = exchange.outcome = StreamOutcome()
 
         def done() -> None:
-            exchange.finished(usage.tokens if usage is not None else None)
+            tokens = usage.tokens if usage is not None else None
+            exchange.finished(tokens)
             if fill is not None:
-                fill.finish_stream()
+                fill.finish_stream(tokens)
 
-        events = relay_events(stream, outcome, exchange.clock, taps, done)
+        events = relay_events(stream, outcome, exchange.clock, taps, done, route.prompt_param)
         return EventStream(events, self._headers(exchange, url), exchange.close)
 
     def _headers(self, exchange: Exchange, url: str) -> RawHeaders:
@@ -292,6 +297,13 @@ class CompletionService:
         return Attempt(
             parsed.model, route.path, payload, meta.request_id, parsed.policy, parsed.affinity_key
         )
+
+
+def prompt_only(body: dict[str, object], route: Route) -> dict[str, object]:
+    """What a request that generates nothing (embeddings) asks of a token limit, in the
+    form the limiter reads: its input as the prompt and one token per input (the
+    limiter's least output), settled to the answer's ``usage`` afterwards."""
+    return {"prompt": body.get(route.prompt_field), "max_tokens": 1}
 
 
 def _unshared(plan: CachePlan) -> CachePlan:

@@ -1,10 +1,19 @@
 """OpenAI wire models (pydantic only; imports nothing else of ours)."""
 
 from gateway.protocol.requests import (
+    NORMALIZED_FIELDS,
     ChatCompletionRequest,
     ChatMessage,
     CompletionRequest,
+    EmbeddingRequest,
     StreamOptions,
 )
 
-__all__ = ["ChatCompletionRequest", "ChatMessage", "CompletionRequest", "StreamOptions"]
+__all__ = [
+    "NORMALIZED_FIELDS",
+    "ChatCompletionRequest",
+    "ChatMessage",
+    "CompletionRequest",
+    "EmbeddingRequest",
+    "StreamOptions",
+]

@@ -4,7 +4,10 @@ It forwards runs of complete events as they arrive (never the whole response),
 notices the first chunk (time to first token) and the terminating
 ``data: [DONE]``, and raises a :class:`GatewayError` when the engine fails after
 the first byte, so the HTTP edge can end the client's stream with an error event
-and ``[DONE]`` instead of leaving it hanging.
+and ``[DONE]`` instead of leaving it hanging. An error event the engine sends
+itself (vLLM: ``data: {"error": {..., "type": "BadRequestError", "code": 400}}``)
+is rewritten in OpenAI's shape (:func:`gateway.errors.openai_error`): one byte
+search per batch, parsing only a batch that holds one.
 """
 
 from __future__ import annotations
@@ -12,10 +15,14 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Protocol
 
-from gateway.errors import GatewayError, UpstreamError
+import orjson
+
+from gateway.errors import GatewayError, UpstreamError, openai_error
 from gateway.upstream.transport import EventSource
 
 DONE_EVENT = b"data: [DONE]\n\n"
+STREAM_ERROR = b'data: {"error"'
+"""How an engine's error event starts (vLLM writes it with ``json.dumps``)."""
 
 
 class BatchTap(Protocol):
@@ -41,12 +48,14 @@ async def relay_events(
     clock: Callable[[], float],
     taps: Sequence[BatchTap] = (),
     on_done: Callable[[], None] | None = None,
+    prompt_param: str = "messages",
 ) -> AsyncIterator[bytes]:
     """Yield the engine's events; raise a :class:`GatewayError` if it fails mid-stream.
 
     ``taps`` see every batch in turn (the cache collects it, the usage tap may
     remove the usage event); ``on_done`` runs once the engine has sent
-    ``[DONE]``, before the client receives it.
+    ``[DONE]``, before the client receives it. ``prompt_param`` names the prompt's
+    field in a mapped context-length error.
     """
     tail = b""
     try:
@@ -54,6 +63,8 @@ async def relay_events(
             if outcome.first_chunk_at is None:
                 outcome.first_chunk_at = clock()
             batch = received
+            if STREAM_ERROR in batch:
+                batch = openai_error_events(batch, prompt_param)
             for tap in taps:
                 batch = tap.inspect(batch)
             if not batch:
@@ -70,3 +81,25 @@ async def relay_events(
     if tail != DONE_EVENT:
         outcome.error = UpstreamError("engine closed the stream before it was complete")
         raise outcome.error
+
+
+def openai_error_events(batch: bytes, prompt_param: str) -> bytes:
+    """``batch`` with every engine error event in OpenAI's shape (the status is vLLM's
+    ``code``, 400 when it has none)."""
+    events = batch.split(b"\n\n")
+    for i, event in enumerate(events):
+        if not event.startswith(STREAM_ERROR):
+            continue
+        payload = event[len(b"data: ") :]
+        events[i] = b"data: " + openai_error(_status_of(payload), payload, prompt_param)
+    return b"\n\n".join(events)
+
+
+def _status_of(payload: bytes) -> int:
+    """vLLM's error ``code`` (the HTTP status it would have answered), else 400."""
+    try:
+        error = orjson.loads(payload).get("error")
+        code = error.get("code") if isinstance(error, dict) else None
+    except (orjson.JSONDecodeError, AttributeError):
+        return 400
+    return code if isinstance(code, int) and 400 <= code <= 599 else 400

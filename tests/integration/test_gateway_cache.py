@@ -108,26 +108,29 @@ def _stream(client: openai.OpenAI, body: dict[str, Any]) -> tuple[str, str | Non
     return text, finish, chunks[-1].usage
 
 
-def test_a_stream_is_replayed_as_json_and_json_as_a_stream(cached: Gateway, engine: Stub) -> None:
+def test_a_stream_and_a_json_answer_are_two_entries(cached: Gateway, engine: Stub) -> None:
+    """A stream is replayed as a stream, a JSON answer as JSON: each form is its own
+    entry (a stream cannot be turned into a JSON body faithfully, nor back)."""
     client = sdk(cached)
     before = calls(engine)
-    streamed = _stream(client, ask("stream first", max_tokens=5))
-    replayed = client.chat.completions.create(**ask("stream first", max_tokens=5))
-    assert (replayed.choices[0].message.content, replayed.choices[0].finish_reason) == streamed[:2]
-    assert replayed.usage == streamed[2]
-
-    answered = client.chat.completions.create(**ask("json first"))
-    restreamed = _stream(client, ask("json first"))
-    assert restreamed == (answered.choices[0].message.content, answered.choices[0].finish_reason,
-                          answered.usage)  # fmt: skip
-    assert calls(engine) == before + 2  # one engine call per prompt
+    streamed = _stream(client, ask("both forms", max_tokens=5))
+    answered = client.chat.completions.create(**ask("both forms", max_tokens=5))
+    assert calls(engine) == before + 2  # the JSON request is no hit of the stream
+    assert (answered.choices[0].message.content, answered.choices[0].finish_reason) == streamed[:2]
+    assert _stream(client, ask("both forms", max_tokens=5)) == streamed
+    assert client.chat.completions.create(**ask("both forms", max_tokens=5)).usage == (
+        answered.usage
+    )
+    assert calls(engine) == before + 2  # both replayed from their own entries
 
 
 def test_streamed_hit_has_no_usage_chunk_unless_asked(cached: Gateway) -> None:
     client = sdk(cached)
-    client.chat.completions.create(**ask("usage chunk"))
-    chunks = list(client.chat.completions.create(**ask("usage chunk"), stream=True))
-    assert all(c.usage is None and c.choices for c in chunks)
+    _stream(client, ask("usage chunk"))  # stored with its usage event
+    reply = client.chat.completions.with_raw_response.create(**ask("usage chunk"), stream=True)
+    assert reply.headers["x-cache"] == "HIT"
+    chunks = list(reply.parse())
+    assert chunks and all(c.usage is None and c.choices for c in chunks)
 
 
 def test_interrupted_streams_are_never_stored(cached: Gateway, engine: Stub) -> None:
@@ -245,7 +248,7 @@ def test_twenty_identical_concurrent_requests_reach_the_engine_once(
 
     before = calls(engine)
     answers = asyncio.run(burst())
-    assert calls(engine) == before + 1
+    assert calls(engine) == before + 2  # one stream and one JSON answer (two forms)
     assert len(set(answers)) == 1 and answers[0]
     assert "vgate_cache_singleflight_joins_total" in cached.metrics()
 

@@ -95,8 +95,8 @@ def test_numbers_beyond_64_bits_are_keyed_not_refused(value: float) -> None:
         ({"temperature": None}, False),
         ({"n": 2}, False),
         ({"n": 1}, True),
-        ({"tools": [{"type": "function", "function": {"name": "f"}}]}, False),
-        ({"logprobs": True}, False),
+        ({"tools": [{"type": "function", "function": {"name": "f"}}]}, True),  # stored whole
+        ({"logprobs": True}, True),
         ({"seed": True, "temperature": 1}, False),
     ],
 )

@@ -1,5 +1,6 @@
-"""Tenancy and routes in the response cache: entries per key by default, a shared cache
-that tells nothing, and a chat request never answered with a text completion."""
+"""Tenancy, routes and forms in the response cache: entries per key by default, a shared
+cache that tells nothing, a chat request never answered with a text completion, a stream
+never with a JSON body, embeddings cached whatever their sampling fields say."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import Any
 import pytest
 
 from gateway.backends.memory.cache import MemoryEntryStore
-from gateway.cache.entry import Choice, Entry
+from gateway.cache.entry import Entry
 from gateway.cache.response_cache import CachePlan, ResponseCache
 from gateway.config.sections import CacheSettings
 from gateway.observability.metrics import GatewayMetrics
@@ -22,8 +23,10 @@ def cache(**settings: Any) -> ResponseCache:
     )
 
 
-def plan(responses: ResponseCache, key_name: str = "a", chat: bool = True) -> CachePlan:
-    return responses.plan(chat, "m", BODY, key_name, None)
+def plan(
+    responses: ResponseCache, key_name: str = "a", chat: bool = True, stream: bool = False
+) -> CachePlan:
+    return responses.plan("chat" if chat else "completions", stream, "m", BODY, key_name, None)
 
 
 def test_entries_are_per_key_by_default_and_say_so() -> None:
@@ -45,17 +48,63 @@ def test_the_route_is_part_of_the_key(scope: str) -> None:
     assert plan(responses, chat=True).key != plan(responses, chat=False).key
 
 
-async def test_an_entry_of_the_other_route_is_never_replayed() -> None:
-    """Defence in depth: even under the same key, a text completion is no chat answer."""
+@pytest.mark.parametrize("scope", ["per_key", "shared"])
+def test_the_form_is_part_of_the_key(scope: str) -> None:
+    """A stream and a JSON answer are two entries; usage in every chunk is a third."""
+    responses = cache(scope=scope)
+    keys = {plan(responses, stream=False).key, plan(responses, stream=True).key}
+    stats = responses.plan(
+        "chat",
+        True,
+        "m",
+        BODY | {"stream_options": {"include_usage": True, "continuous_usage_stats": True}},
+        "a",
+        None,
+    )
+    keys.add(stats.key)
+    assert len(keys) == 3
+
+
+async def test_an_entry_of_the_other_form_is_never_replayed() -> None:
+    """Defence in depth: even under the same key, a stream is no JSON answer."""
     responses = cache()
-    chat_plan = plan(responses, chat=True)
-    text_entry = Entry(chat=False, choices=[Choice(0, ["cached"], "stop")], usage=None)
-    responses.store("m", chat_plan, text_entry)
-    _, lookup = responses.begin_lookup("m", chat_plan)
-    _, entry = await responses.finish_lookup("m", chat_plan, lookup)
+    json_plan = plan(responses)
+    stream_entry = Entry(True, b"data: [DONE]\n\n", None, None)
+    responses.store("m", json_plan, stream_entry)
+    _, lookup = responses.begin_lookup("m", json_plan)
+    _, entry = await responses.finish_lookup("m", json_plan, lookup)
     assert entry is None
-    chat_entry = Entry(chat=True, choices=[Choice(0, ["cached"], "stop")], usage=None)
-    responses.store("m", chat_plan, chat_entry)
-    _, lookup = responses.begin_lookup("m", chat_plan)
-    _, entry = await responses.finish_lookup("m", chat_plan, lookup)
-    assert entry is not None and entry.choices[0].text == "cached"
+    json_entry = Entry(False, b'{"id":"x"}', "x", 3)
+    responses.store("m", json_plan, json_entry)
+    _, lookup = responses.begin_lookup("m", json_plan)
+    _, entry = await responses.finish_lookup("m", json_plan, lookup)
+    assert entry is not None and entry.payload == b'{"id":"x"}' and entry.tokens == 3
+
+
+async def test_an_entry_over_max_entry_bytes_is_not_stored() -> None:
+    responses = cache(max_entry_bytes=1024)
+    json_plan = plan(responses)
+    responses.store("m", json_plan, Entry(False, b'{"x":"' + b"a" * 2000 + b'"}', None, None))
+    _, lookup = responses.begin_lookup("m", json_plan)
+    assert (await responses.finish_lookup("m", json_plan, lookup))[1] is None
+
+
+async def test_an_entry_in_an_older_format_is_a_miss() -> None:
+    """vgate's format 1 (a digest of the answer) left in the store reads as a miss."""
+    store = MemoryEntryStore(1 << 20)
+    responses = ResponseCache(CacheSettings(enabled=True), {}, store, GatewayMetrics())
+    json_plan = plan(responses)
+    assert json_plan.key is not None
+    old = b'{"v":1,"chat":true,"created_at":1.0,"usage":null,"choices":[]}'
+    store.put(json_plan.key, old, 60)
+    _, lookup = responses.begin_lookup("m", json_plan)
+    assert (await responses.finish_lookup("m", json_plan, lookup))[1] is None
+
+
+def test_embeddings_are_cached_whatever_their_sampling_fields() -> None:
+    responses = cache()
+    body = {"model": "m", "input": ["a", "b"], "temperature": 1.0, "n": 3}
+    embedding = responses.plan("embeddings", False, "m", body, "a", None)
+    assert embedding.key is not None and not embedding.bypassed
+    sampled = responses.plan("completions", False, "m", body | {"prompt": "x"}, "a", None)
+    assert sampled.key is None and sampled.bypassed

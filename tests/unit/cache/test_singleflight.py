@@ -7,12 +7,12 @@ import asyncio
 
 import pytest
 
-from gateway.cache.entry import Choice, Entry
+from gateway.cache.entry import Entry
 from gateway.cache.singleflight import Flight, FlightFailed, Flights
 
 
 def entry(text: str = "hello") -> Entry:
-    return Entry(chat=True, choices=[Choice(0, [text], "stop")], usage=None)
+    return Entry(False, b'{"id":"x-1","text":"%s"}' % text.encode(), "x-1", None)
 
 
 async def pending(task: asyncio.Task[object]) -> bool:
@@ -74,20 +74,20 @@ def test_a_done_flight_takes_no_followers(ending: str) -> None:
     assert flight.followers == 0
 
 
-async def test_wait_wakes_on_each_published_piece() -> None:
+async def test_wait_wakes_on_each_published_batch() -> None:
     flight = Flight()
     waiter = wait_task(flight, 0)
     assert await pending(waiter)
-    flight.publish([])  # nothing new: keeps waiting
+    flight.publish(b"")  # nothing new: keeps waiting
     assert await pending(waiter)
-    flight.publish([(0, "hel")])
+    flight.publish(b"data: 1\n\n")
     await asyncio.wait_for(waiter, 1)
-    await asyncio.wait_for(flight.wait(0), 1)  # more than 0 pieces: returns at once
+    await asyncio.wait_for(flight.wait(0), 1)  # more than 0 batches: returns at once
     second = wait_task(flight, 1)
     assert await pending(second)
-    flight.publish([(0, "lo"), (1, "!")])
+    flight.publish(b"data: 2\n\ndata: 3\n\n")
     await asyncio.wait_for(second, 1)
-    assert flight.pieces == [(0, "hel"), (0, "lo"), (1, "!")]
+    assert flight.batches == [b"data: 1\n\n", b"data: 2\n\ndata: 3\n\n"]
 
 
 @pytest.mark.parametrize("ending", ["finish", "fail"])
@@ -106,8 +106,8 @@ async def test_wait_wakes_when_the_flight_ends(ending: str) -> None:
 async def test_result_is_the_leaders_entry() -> None:
     flight = Flight()
     waiter = result_task(flight)
-    flight.publish([(0, "hello")])
-    assert await pending(waiter)  # pieces are not the result
+    flight.publish(b"data: 1\n\n")
+    assert await pending(waiter)  # batches are not the result
     answer = entry()
     flight.finish(answer)
     assert await asyncio.wait_for(waiter, 1) is answer

@@ -217,7 +217,7 @@ async def test_closing_leaves_the_followed_flight() -> None:
 async def test_closing_fails_a_fill_that_did_not_land(landed: bool) -> None:
     s = Setup()
     cache = ResponseCache(CacheSettings(enabled=True), {}, MemoryEntryStore(1 << 20), s.metrics)
-    fill = CacheFill(cache, MODEL, CachePlan("k", True, True, None, 60, 1 << 20), chat=True)
+    fill = CacheFill(cache, MODEL, CachePlan("k", True, True, None, 60, 1 << 20))
     exchange = s.exchange()
     exchange.lead(fill)
     assert exchange.fill is fill and len(cache.flights) == 1

@@ -142,10 +142,12 @@ def test_usage_is_requested_without_losing_the_clients_options() -> None:
     assert orjson.loads(with_usage_requested(body))["stream_options"] == {"include_usage": True}
     assert body == {"model": "m", "stream": True}  # the parsed request is not changed
 
-    own = {"stream": True, "stream_options": {"continuous_usage_stats": True}}
+    # Usage in every chunk applies only with usage: the client did not get it, nor will it.
+    own = {"stream": True, "stream_options": {"continuous_usage_stats": True, "x": 1}}
     assert orjson.loads(with_usage_requested(own))["stream_options"] == {
-        "continuous_usage_stats": True,
+        "continuous_usage_stats": False,
         "include_usage": True,
+        "x": 1,
     }
     refused = {"stream": True, "stream_options": {"include_usage": False}}
     assert orjson.loads(with_usage_requested(refused))["stream_options"] == {"include_usage": True}
@@ -153,10 +155,20 @@ def test_usage_is_requested_without_losing_the_clients_options() -> None:
     assert orjson.loads(with_usage_requested(odd))["stream_options"] == {"include_usage": True}
 
 
-def test_client_wants_usage_only_when_it_said_so() -> None:
+def test_client_wants_usage_as_vllm_decides_it() -> None:
+    """vLLM 0.32 (``should_include_usage``, ``StreamOptions.include_usage = False``):
+    usage only when ``include_usage`` reads true as a lax pydantic bool; absent, null, or
+    ``stream_options`` present without it: no usage."""
     assert client_wants_usage({"stream_options": {"include_usage": True}})
+    assert client_wants_usage({"stream_options": {"include_usage": "yes"}})
+    assert client_wants_usage({"stream_options": {"include_usage": 1}})
+    assert client_wants_usage({"stream_options": {"include_usage": "True"}})
     assert not client_wants_usage({})
     assert not client_wants_usage({"stream_options": None})
+    assert not client_wants_usage({"stream_options": {}})
+    assert not client_wants_usage({"stream_options": {"include_usage": None}})
+    assert not client_wants_usage({"stream_options": {"continuous_usage_stats": True}})
     assert not client_wants_usage({"stream_options": {"include_usage": False}})
-    assert not client_wants_usage({"stream_options": {"include_usage": "yes"}})
+    assert not client_wants_usage({"stream_options": {"include_usage": "no"}})
+    assert not client_wants_usage({"stream_options": {"include_usage": 0}})
     assert not client_wants_usage({"stream_options": [{"include_usage": True}]})
