@@ -34,8 +34,9 @@ from gateway.background import BackgroundTasks
 from gateway.cache.response_cache import EntryStore
 from gateway.config.settings import Settings
 from gateway.errors import GatewayError, MethodNotAllowedError, NotFoundError
-from gateway.http import completions, models
+from gateway.http import completions, models, passthrough
 from gateway.http import responses as responses_routes
+from gateway.http.body_budget import BodyBudget
 from gateway.http.connections import ConnectionLimits
 from gateway.http.hot_routes import HotRoutes
 from gateway.http.listener import OperatorListener
@@ -44,12 +45,17 @@ from gateway.http.render import gateway_error_response, internal_error_response
 from gateway.http.request_id import RequestIdMiddleware
 from gateway.http.state import AppState
 from gateway.observability.metrics import GatewayMetrics
-from gateway.pipeline.assembly import build_completion_service
+from gateway.pipeline.assembly import (
+    build_completion_service,
+    build_forwarder,
+    build_passthrough_service,
+)
 from gateway.pipeline.responses_assembly import build_responses_service
 from gateway.pool.engine_pool import BreakerPolicy, EnginePool
 from gateway.pool.health import HealthMonitor, LoadScraper
+from gateway.pool.model_info import EngineModels
 from gateway.pool.readiness import Ping, Readiness
-from gateway.pool.sources import RegistryWatcher, build_deployments, build_registry
+from gateway.pool.sources import RegistryWatcher, build_deployments, build_registry, engine_keys
 from gateway.ratelimit.admission import Admission
 from gateway.ratelimit.limits import LimiterBackend
 from gateway.shutdown import ShutdownSteps, exit_watchdog
@@ -105,9 +111,12 @@ def create_app(settings: Settings, on_engines_ready: Callable[[], None] | None =
         docs_url=None,
         redoc_url=None,
         openapi_url=None,
+        redirect_slashes=False,  # RequestIdMiddleware drops trailing slashes instead
     )
+    app.body_budget = BodyBudget(settings.server.max_body_bytes_in_flight)
     app.include_router(completions.router)
     app.include_router(models.router)
+    app.include_router(passthrough.router)
     app.include_router(responses_routes.router)
     app.include_router(public_router(settings.server))
     _add_error_handlers(app)
@@ -116,7 +125,7 @@ def create_app(settings: Settings, on_engines_ready: Callable[[], None] | None =
 
 def _operator_app() -> FastAPI:
     """The operator listener's app: operational routes only, errors in the same format."""
-    app = OperatorApp(docs_url=None, redoc_url=None, openapi_url=None)
+    app = OperatorApp(docs_url=None, redoc_url=None, openapi_url=None, redirect_slashes=False)
     app.include_router(operator_router())
     _add_error_handlers(app)
     return app
@@ -133,12 +142,16 @@ class GatewayApp(FastAPI):
     completion routes served by :class:`HotRoutes` ahead of FastAPI's own stack.
 
     Outermost, so that even the 500 that Starlette's ServerErrorMiddleware sends
-    for an unexpected exception carries ``x-request-id``.
+    for an unexpected exception carries ``x-request-id``. It also meters large
+    request bodies against :attr:`body_budget` (``server.max_body_bytes_in_flight``).
     """
+
+    body_budget: BodyBudget | None = None
 
     def build_middleware_stack(self) -> ASGIApp:
         return RequestIdMiddleware(
-            HotRoutes(super().build_middleware_stack(), completions.HOT_ROUTES)
+            HotRoutes(super().build_middleware_stack(), completions.HOT_ROUTES),
+            self.body_budget,
         )
 
 
@@ -169,7 +182,7 @@ async def _start(
     pool = EnginePool(static, breaker)
     aliases = {m.served_name: m.name for m in settings.models}
     tasks = BackgroundTasks()  # every periodic task: supervised, and reported by /ready
-    watcher = RegistryWatcher(registry, pool, static, aliases)
+    watcher = RegistryWatcher(registry, pool, static, aliases, engine_keys(settings))
     watching = await tasks.start(
         "registry-watch", settings.engines.watch_interval_s, watcher.refresh_or_keep, run_first=True
     )
@@ -206,8 +219,12 @@ async def _start(
         "lease-renewal", admission.renew_interval_s, admission.renew_leases
     )
     stack.push_async_callback(renewing.stop)
+    forwarder = build_forwarder(settings, pool, upstream, metrics)
     service = build_completion_service(
-        settings, pool, upstream, metrics, authenticator, admission, entries
+        settings, pool, upstream, metrics, authenticator, admission, entries, forwarder
+    )
+    passthrough_service = build_passthrough_service(
+        settings, pool, forwarder, metrics, authenticator, admission
     )
     monitor = HealthMonitor(pool, upstream)
     probing = await tasks.start(
@@ -219,6 +236,13 @@ async def _start(
         "load-scrape", settings.upstream.metrics_interval_s, scraper.scrape_all
     )
     stack.push_async_callback(scraping.stop)
+    # Engines' own model cards (max_model_len, root, parent), read when engines join and
+    # every minute; the step itself is cheap when nothing is due.
+    model_info = EngineModels(pool, upstream, {m.name: m.served_name for m in settings.models})
+    learning = await tasks.start(
+        "model-info", settings.upstream.health_interval_s, model_info.refresh, run_first=True
+    )
+    stack.push_async_callback(learning.stop)
     return AppState(
         settings=settings,
         pool=pool,
@@ -227,6 +251,8 @@ async def _start(
         keys=store,
         background=tasks,
         readiness=Readiness(pool, lambda: watcher.unrouted, ping, settings.redis.timeout_s),
+        passthrough=passthrough_service,
+        model_info=model_info,
         responses=build_responses_service(
             settings,
             pool,

@@ -37,6 +37,9 @@ from engines.stub.asgi import (
     until_disconnect,
     wait_forever,
 )
+from engines.stub.embeddings import EmbeddingsRoute
+from engines.stub.extras import ExtraRoutes
+from engines.stub.guard import App, add_guard_flags, guard_from
 from engines.stub.output import error_body, metrics_text, models_body
 from engines.stub.plan import Plan, RequestError, StubConfig, plan_request
 from engines.stub.responses import PATH as RESPONSES_PATH
@@ -112,7 +115,8 @@ class StubStats:
 class StubApp:
     """The ASGI application: routes, completion handling and the counters."""
 
-    def __init__(self, config: StubConfig) -> None:
+    def __init__(self, config: StubConfig, adapters: dict[str, str] | None = None) -> None:
+        """``adapters``: LoRA adapter name → base model, listed with ``parent``."""
         self.config = config
         self.stats = StubStats()
         self._models_body = models_body(config.models, int(time.time()))
@@ -124,6 +128,8 @@ class StubApp:
             "/metrics": {"GET": self._metrics},
             "/stub/stats": {"GET": self._stats},
             "/stub/reset": {"POST": self._reset},
+            **ExtraRoutes(config.models, adapters or {}, self._record).routes(),
+            **EmbeddingsRoute(config, self._record).routes(),
             RESPONSES_PATH: {"POST": ResponsesStub(config, self.stats).handle},
         }
 
@@ -143,6 +149,11 @@ class StubApp:
             await send_bytes(send, 405, error_body(error), JSON, [(b"allow", allow)])
             return
         await handler(scope, receive, send)
+
+    def _record(self, scope: Scope, body: Any) -> None:
+        """Count a request of the extra routes and keep it as ``last_request``."""
+        self.stats.requests += 1
+        self.stats.last_request = RecordedRequest(scope["path"], scope["headers"], body)
 
     async def _chat(self, scope: Scope, receive: Receive, send: Send) -> None:
         await self._completion(scope, receive, send, chat=True)
@@ -247,9 +258,9 @@ async def _lifespan(receive: Receive, send: Send) -> None:
             return
 
 
-def create_stub_app(config: StubConfig) -> StubApp:
+def create_stub_app(config: StubConfig, adapters: dict[str, str] | None = None) -> StubApp:
     """A fresh stub ASGI app with its own counters."""
-    return StubApp(config)
+    return StubApp(config, adapters)
 
 
 class _UnfinishedResponseFilter(logging.Filter):
@@ -259,10 +270,18 @@ class _UnfinishedResponseFilter(logging.Filter):
         return record.msg != "ASGI callable returned without completing response."
 
 
-def serve_stub(config: StubConfig, host: str, port: int) -> None:
-    """Serve a stub app with uvicorn (httptools, uvloop) until interrupted."""
+def serve_stub(
+    config: StubConfig,
+    host: str,
+    port: int,
+    wrap: Callable[[App], App] | None = None,
+    adapters: dict[str, str] | None = None,
+) -> None:
+    """Serve a stub app (wrapped by ``wrap``, e.g. the api key guard) with uvicorn
+    (httptools, uvloop) until interrupted."""
+    app: App = create_stub_app(config, adapters)
     server_config = uvicorn.Config(
-        create_stub_app(config),
+        wrap(app) if wrap is not None else app,
         host=host,
         port=port,
         http="httptools",
@@ -292,14 +311,19 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--fail-status", type=int, help="answer every completion with it")
     parser.add_argument("--drop-after", type=int, help="cut streams after N content chunks")
     parser.add_argument("--hang", action="store_true", help="never answer completions")
+    parser.add_argument(
+        "--lora", action="append", default=[], help="adapter NAME=BASE (repeatable)"
+    )
+    add_guard_flags(parser)
     return parser
 
 
 def stub_main(argv: list[str] | None = None) -> int:
     """Parse ``argv`` and serve a stub until interrupted; returns the exit status."""
     args = _parser().parse_args(argv)
+    adapters = dict(spec.split("=", 1) for spec in args.lora)
     config = StubConfig(
-        models=tuple(args.model) if args.model else StubConfig().models,
+        models=(*(args.model or StubConfig().models), *adapters),
         ttft_ms=args.ttft_ms,
         itl_ms=args.itl_ms,
         tokens=args.tokens,
@@ -307,7 +331,7 @@ def stub_main(argv: list[str] | None = None) -> int:
         drop_after=args.drop_after,
         hang=args.hang,
     )
-    serve_stub(config, args.host, args.port)
+    serve_stub(config, args.host, args.port, guard_from(args), adapters)
     return 0
 
 

@@ -8,10 +8,19 @@ reference documents.
 
 from __future__ import annotations
 
+import os
 from datetime import datetime
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
 
 from engines.spec import EngineSpec, check_path_safe_name
 
@@ -26,7 +35,21 @@ class ServerSettings(_Section):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
     workers: int = Field(1, ge=1)
-    max_body_bytes: int = Field(2 * 1024 * 1024, ge=1024)
+    max_body_bytes: int = Field(
+        20 * 1024 * 1024,
+        ge=1024,
+        description="Largest request body (413 beyond). The default fits a vision request "
+        "carrying a 10 MiB image (about 14 MB once base64-encoded) with room for the rest of "
+        "the conversation.",
+    )
+    max_body_bytes_in_flight: int = Field(
+        256 * 1024 * 1024,
+        ge=1024,
+        description="Bytes of request bodies one worker holds at once (bodies above 64 KiB, "
+        "or sent without Content-Length, count from their first byte read until their "
+        "response ends); a body that would go beyond it is refused with 503 and Retry-After. "
+        "At least max_body_bytes.",
+    )
     max_header_bytes: int = Field(
         64 * 1024,
         ge=1024,
@@ -85,6 +108,11 @@ class ServerSettings(_Section):
     def _two_ports(self) -> ServerSettings:
         if self.admin_port is not None and self.admin_port == self.port:
             raise ValueError("server.admin_port must differ from server.port")
+        if self.max_body_bytes_in_flight < self.max_body_bytes:
+            raise ValueError(
+                "server.max_body_bytes_in_flight must be at least server.max_body_bytes "
+                "(or no body of the largest allowed size could ever be read)"
+            )
         return self
 
 
@@ -221,6 +249,20 @@ class ModelSettings(_Section):
     overload: OverloadSettings | None = Field(
         None, description="This model's admission control (default: the top-level `overload`)."
     )
+    api_key: SecretStr | None = Field(
+        None,
+        min_length=1,
+        description="Bearer key the gateway sends to this model's engines (vLLM's --api-key); "
+        "managed engines are started with it. Unset: managed engines get a key generated "
+        "at each start, static endpoints get none.",
+    )
+    api_key_env: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$",
+        description="The environment variable holding api_key, read when the config loads "
+        "(keeps the key out of the file).",
+    )
+    _engine_key: str | None = PrivateAttr(None)
 
     @field_validator("endpoints")
     @classmethod
@@ -240,7 +282,39 @@ class ModelSettings(_Section):
         if self.engine is not None:
             what = "upstream_model" if self.upstream_model else "model name"
             check_path_safe_name(self.served_name, what)
+            for adapter in self.engine.served_adapters():
+                if adapter in {self.name, self.served_name}:
+                    raise ValueError(f"LoRA adapter {adapter!r} has the model's own name")
         return self
+
+    @model_validator(mode="after")
+    def _engine_key_known(self) -> ModelSettings:
+        """Resolve the engines' key now (``api_key``, or the variable ``api_key_env``
+        names), so a missing variable fails the load, not the first request. Errors name
+        the variable, never its value."""
+        if self.api_key is not None and self.api_key_env is not None:
+            raise ValueError("set api_key or api_key_env, not both")
+        key = self.api_key.get_secret_value() if self.api_key is not None else None
+        if self.api_key_env is not None:
+            key = os.environ.get(self.api_key_env)
+            if not key:
+                raise ValueError(
+                    f"api_key_env names {self.api_key_env}, which is not set (or empty)"
+                )
+        if key is not None and (key != key.strip() or any(ord(c) < 33 for c in key)):
+            raise ValueError("the engines' api key may not hold spaces or control characters")
+        self._engine_key = key
+        return self
+
+    @property
+    def engine_api_key(self) -> str | None:
+        """The key sent as Bearer to this model's engines (None: none configured)."""
+        return self._engine_key
+
+    @property
+    def adapter_names(self) -> tuple[str, ...]:
+        """Client-facing names of the LoRA adapters its managed engines serve."""
+        return self.engine.served_adapters() if self.engine is not None else ()
 
     @property
     def served_name(self) -> str:

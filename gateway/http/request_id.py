@@ -1,4 +1,15 @@
-"""``x-request-id`` on every response: the client's, when it sent a sane one, else a new one.
+"""The gateway's outermost layer: ``x-request-id`` on every response, trailing slashes
+dropped from paths, and large request bodies metered against the worker's budget.
+
+``x-request-id``: the client's, when it sent a sane one, else a new one.
+
+Trailing slash: ``POST /v1/chat/completions/`` is served exactly as
+``/v1/chat/completions`` (the path is rewritten before any routing, hot routes
+included), instead of FastAPI's 307 redirect, whose ``Location`` is built from
+the client's ``Host`` header. For paths without one it costs a single comparison.
+
+Body budget: see :mod:`gateway.http.body_budget`; bytes are released when the
+request's response has ended.
 
 A pure ASGI middleware: it only adds a header to ``http.response.start`` and
 never wraps response bodies, so streams pass through it untouched.
@@ -11,17 +22,24 @@ import secrets
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from gateway.http.body_budget import BodyBudget
+
 HEADER = b"x-request-id"
 SCOPE_KEY = "vgate.request_id"
 _MAX_LENGTH = 128
+_CONTENT_LENGTH = b"content-length"
+_BODILESS = frozenset(("GET", "HEAD", "OPTIONS", "DELETE"))
 
 
 class RequestIdMiddleware:
     """Generated ids are a random prefix per process and a counter: unique, and no
-    random bytes drawn per request (that cost 2% of the gateway's CPU)."""
+    random bytes drawn per request (that cost 2% of the gateway's CPU).
 
-    def __init__(self, app: ASGIApp) -> None:
+    ``budget``: the worker's body budget (None: bodies are not metered)."""
+
+    def __init__(self, app: ASGIApp, budget: BodyBudget | None = None) -> None:
         self.app = app
+        self._budget = budget
         self._prefix = f"req_{secrets.token_hex(6)}"
         self._ids = itertools.count()
 
@@ -29,7 +47,10 @@ class RequestIdMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        request_id = _from_headers(scope["headers"]) or f"{self._prefix}{next(self._ids):012x}"
+        if scope["path"][-1:] == "/":
+            _drop_trailing_slash(scope)
+        client_id, declared = _scan_headers(scope["headers"])
+        request_id = client_id or f"{self._prefix}{next(self._ids):012x}"
         scope[SCOPE_KEY] = request_id
         encoded = request_id.encode("ascii")
 
@@ -38,13 +59,40 @@ class RequestIdMiddleware:
                 message["headers"] = [*message.get("headers", ()), (HEADER, encoded)]
             await send(message)
 
-        await self.app(scope, receive, send_with_id)
+        budget = self._budget
+        if budget is None or not budget.meters(declared, scope["method"] not in _BODILESS):
+            await self.app(scope, receive, send_with_id)
+            return
+        metered = budget.meter(receive, declared)
+        try:
+            await self.app(scope, metered, send_with_id)
+        finally:
+            metered.release()
 
 
-def _from_headers(headers: list[tuple[bytes, bytes]]) -> str | None:
+def _drop_trailing_slash(scope: Scope) -> None:
+    """``/a/b/`` (or ``/a/b//``) becomes ``/a/b``; ``/`` stays."""
+    path: str = scope["path"]
+    stripped = path.rstrip("/") or "/"
+    if stripped == path:
+        return
+    scope["path"] = stripped
+    raw: bytes | None = scope.get("raw_path")
+    if raw is not None:
+        scope["raw_path"] = raw.rstrip(b"/") or b"/"
+
+
+def _scan_headers(headers: list[tuple[bytes, bytes]]) -> tuple[str | None, int | None]:
+    """The client's request id (None: absent or not sane) and the declared body length
+    (None: absent or not a number), in one pass over the raw headers."""
+    request_id: str | None = None
+    seen_id = False
+    declared: int | None = None
     for name, value in headers:
-        if name == HEADER:
+        if name == _CONTENT_LENGTH:
+            declared = int(value) if value.isdigit() and len(value) <= 18 else None
+        elif name == HEADER and not seen_id:
+            seen_id = True
             if 0 < len(value) <= _MAX_LENGTH and value.isascii() and value.decode().isprintable():
-                return value.decode()
-            return None
-    return None
+                request_id = value.decode()
+    return request_id, declared

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 import orjson
 
@@ -11,41 +13,59 @@ from gateway.auth.keys import KeyStore
 from gateway.background import BackgroundTasks
 from gateway.config.settings import Settings
 from gateway.observability.metrics import GatewayMetrics
+from gateway.pipeline.passthrough import PassthroughService
 from gateway.pipeline.responses import ResponsesService
 from gateway.pipeline.service import CompletionService
 from gateway.pool.engine_pool import EnginePool
+from gateway.pool.model_info import EngineModels
 from gateway.pool.readiness import Readiness
 
 
 class ModelCatalog:
-    """The ``/v1/models`` body, rebuilt only when the pool's model set changes."""
+    """``/v1/models`` and ``/v1/models/{id}`` in OpenAI's shape, with what the engines
+    report of each model (:class:`EngineModels`: ``max_model_len``, ``root``,
+    ``parent``). The full list's body is rebuilt only when the pool's model set or
+    the engines' facts change."""
 
-    def __init__(self, pool: EnginePool) -> None:
+    def __init__(self, pool: EnginePool, info: EngineModels | None = None) -> None:
         self._pool = pool
+        self._info = info
         self._created = int(time.time())
-        self._models: tuple[str, ...] | None = None
+        self._built_for: tuple[tuple[str, ...], int] | None = None
         self._body = b""
 
     def list_body(self, allowed: frozenset[str] | None = None) -> bytes:
         """Every served model, or only those in ``allowed``."""
         models = self._pool.models()
         if allowed is not None:
-            return self._encode(tuple(m for m in models if m in allowed))
-        if models != self._models:
-            self._models = models
+            return self._encode(m for m in models if m in allowed)
+        built_for = (models, self._info.version if self._info is not None else 0)
+        if built_for != self._built_for:
+            self._built_for = built_for
             self._body = self._encode(models)
         return self._body
 
-    def _encode(self, models: tuple[str, ...]) -> bytes:
-        return orjson.dumps(
-            {
-                "object": "list",
-                "data": [
-                    {"id": m, "object": "model", "created": self._created, "owned_by": "vgate"}
-                    for m in models
-                ],
-            }
-        )
+    def detail_body(self, model: str, allowed: frozenset[str] | None = None) -> bytes | None:
+        """One model's object; None when it is not served, or not to a caller limited
+        to ``allowed`` (who must not learn that it exists)."""
+        if not self._pool.has_model(model) or (allowed is not None and model not in allowed):
+            return None
+        return orjson.dumps(self._card(model))
+
+    def _encode(self, models: Iterable[str]) -> bytes:
+        return orjson.dumps({"object": "list", "data": [self._card(m) for m in models]})
+
+    def _card(self, model: str) -> dict[str, Any]:
+        card: dict[str, Any] = {
+            "id": model,
+            "object": "model",
+            "created": self._created,
+            "owned_by": "vgate",
+        }
+        facts = self._info.facts.get(model) if self._info is not None else None
+        if facts is not None:
+            card.update(facts.fields())
+        return card
 
 
 @dataclass(frozen=True)
@@ -57,9 +77,13 @@ class AppState:
     keys: KeyStore | None
     background: BackgroundTasks
     readiness: Readiness
+    passthrough: PassthroughService | None = None
+    """vLLM's model-scoped routes (None: not served)."""
+    model_info: EngineModels | None = None
+    """What the engines report of their models, kept current in the background."""
     responses: ResponsesService | None = None
     """The Responses API (None: not served)."""
     catalog: ModelCatalog = field(init=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "catalog", ModelCatalog(self.pool))
+        object.__setattr__(self, "catalog", ModelCatalog(self.pool, self.model_info))

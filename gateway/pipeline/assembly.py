@@ -12,6 +12,7 @@ from gateway.cache.response_cache import EntryStore, ResponseCache
 from gateway.config.settings import Settings
 from gateway.observability.metrics import GatewayMetrics
 from gateway.pipeline.forwarding import Forwarder, RetryBudget
+from gateway.pipeline.passthrough import PassthroughService
 from gateway.pipeline.plan import BodyLimits, RequestPlanner
 from gateway.pipeline.service import CompletionService
 from gateway.pool.engine_pool import EnginePool
@@ -30,29 +31,14 @@ def build_completion_service(
     authenticator: Authenticator,
     admission: Admission,
     entries: EntryStore,
+    forwarder: Forwarder | None = None,
 ) -> CompletionService:
-    """The pipeline for ``settings``' models, over ``pool`` and ``upstream``."""
+    """The pipeline for ``settings``' models, over ``pool`` and ``upstream``
+    (``forwarder``: one shared with other services, else one of its own)."""
     models = {m.name: m for m in settings.models}
-    routing = RoutingTable(
-        settings.routing, {m.name: m.routing for m in settings.models if m.routing}
-    )
-    upstream_settings = settings.upstream
-    gate = LoadGate(
-        pool,
-        {m.name: m.overload for m in settings.models if m.overload is not None},
-        settings.overload,
-        metrics,
-    )
-    forwarder = Forwarder(
-        pool,
-        upstream,
-        metrics,
-        upstream_settings.retries,
-        {m.name: Deadlines.of(upstream_settings, m.timeouts) for m in settings.models},
-        Deadlines.of(upstream_settings, None),
-        gate,
-        RetryBudget(upstream_settings.retry_budget_ratio, upstream_settings.retry_budget_burst),
-    )
+    routing = _routing_table(settings)
+    if forwarder is None:
+        forwarder = build_forwarder(settings, pool, upstream, metrics)
     return CompletionService(
         planner=RequestPlanner(
             models,
@@ -67,4 +53,47 @@ def build_completion_service(
         admission=admission,
         cache=ResponseCache(settings.cache, models, entries, metrics),
         debug_headers=settings.server.debug_headers,
+    )
+
+
+def build_passthrough_service(
+    settings: Settings,
+    pool: EnginePool,
+    forwarder: Forwarder,
+    metrics: GatewayMetrics,
+    authenticator: Authenticator,
+    admission: Admission,
+) -> PassthroughService:
+    """vLLM's model-scoped routes, forwarded with the completions' ``forwarder`` (one
+    load gate and retry budget per gateway)."""
+    models = {m.name: m for m in settings.models}
+    return PassthroughService(
+        models, pool, forwarder, metrics, authenticator, admission, _routing_table(settings)
+    )
+
+
+def _routing_table(settings: Settings) -> RoutingTable:
+    return RoutingTable(settings.routing, {m.name: m.routing for m in settings.models if m.routing})
+
+
+def build_forwarder(
+    settings: Settings, pool: EnginePool, upstream: Upstream, metrics: GatewayMetrics
+) -> Forwarder:
+    """The one :class:`Forwarder` of a gateway: engine choice, failover, timeouts."""
+    upstream_settings = settings.upstream
+    gate = LoadGate(
+        pool,
+        {m.name: m.overload for m in settings.models if m.overload is not None},
+        settings.overload,
+        metrics,
+    )
+    return Forwarder(
+        pool,
+        upstream,
+        metrics,
+        upstream_settings.retries,
+        {m.name: Deadlines.of(upstream_settings, m.timeouts) for m in settings.models},
+        Deadlines.of(upstream_settings, None),
+        gate,
+        RetryBudget(upstream_settings.retry_budget_ratio, upstream_settings.retry_budget_burst),
     )

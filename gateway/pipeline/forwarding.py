@@ -51,6 +51,8 @@ class Attempt:
     request_id: str
     policy: RoutingPolicy
     affinity_key: bytes | None
+    content_type: str | None = None
+    """The payload's Content-Type when it is not JSON (a multipart form)."""
 
 
 class Forwarder:
@@ -84,6 +86,11 @@ class Forwarder:
             log.debug("request %s goes to the engines as %s", client_request_id, engine_request_id)
         return {"Content-Type": "application/json", "X-Request-Id": engine_request_id}
 
+    def engine_headers(self, url: str, headers: Mapping[str, str]) -> Mapping[str, str]:
+        """``headers`` plus the key the engine at ``url`` demands, if any: every request
+        to an engine takes its headers from here (never from the client's)."""
+        return self._pool.credentials.headers(url, headers)
+
     def deadlines(self, model: str) -> Deadlines:
         return self._deadlines.get(model, self._default)
 
@@ -93,13 +100,15 @@ class Forwarder:
         if self._gate is not None:
             await self._gate.enter(attempt.model)
         headers = self._headers(attempt.request_id)
+        if attempt.content_type is not None:
+            headers["Content-Type"] = attempt.content_type
         limits = self.deadlines(attempt.model)
         failed: UpstreamStatusError | None = None
         for url in self.candidates(attempt):
             exchange.take_engine(url)
             try:
                 reply = await self._upstream.post(
-                    url + attempt.path, attempt.payload, headers, limits
+                    url + attempt.path, attempt.payload, self.engine_headers(url, headers), limits
                 )
             except EngineUnreachable:
                 self._unreachable(attempt.model, url)
@@ -150,7 +159,10 @@ class Forwarder:
             try:
                 async with asyncio.timeout_at(first_deadline):
                     stream = await self._upstream.open_stream(
-                        url + attempt.path, attempt.payload, headers, limits
+                        url + attempt.path,
+                        attempt.payload,
+                        self.engine_headers(url, headers),
+                        limits,
                     )
                     exchange.hold_stream(stream)
                     await stream.prime()  # nothing reaches the client before the first event

@@ -189,13 +189,19 @@ class Admission:
         if failed:
             self._metrics.redis_errors.labels("ratelimit").inc()
 
-    async def admit(self, scopes: tuple[LimitScope, ...], body: dict[str, Any]) -> Ticket:
-        """Reserve ``body``'s cost in every scope (a key's, and a key-and-model's)."""
+    async def admit(
+        self, scopes: tuple[LimitScope, ...], body: dict[str, Any], *, tokens: bool = True
+    ) -> Ticket:
+        """Reserve ``body``'s cost in every scope (a key's, and a key-and-model's).
+
+        ``tokens=False``: a request that generates nothing (vLLM's tokenize, score, ...)
+        counts against the request rate and concurrency limits only; no tokens are
+        reserved or charged."""
         if not scopes:
             return FREE_PASS
         charge = self._charges.get(scopes)
         cost = _NO_COST
-        if charge.counts_tokens:
+        if charge.counts_tokens and tokens:
             cost = request_cost(body, self._settings.default_max_tokens)
         request_id = f"{self._id_prefix}{next(self._ids):x}"
         lease_s = self._settings.concurrency_lease_s

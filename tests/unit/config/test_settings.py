@@ -19,7 +19,8 @@ def test_defaults_without_any_file(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("VGATE_CONFIG", raising=False)
     settings = load_settings()
     assert settings.server.port == 8000
-    assert settings.server.max_body_bytes == 2 * 1024 * 1024
+    assert settings.server.max_body_bytes == 20 * 1024 * 1024  # a 10 MiB image
+    assert settings.server.max_body_bytes_in_flight == 256 * 1024 * 1024
     assert settings.models == ()
     assert settings.routing.policy == "least_outstanding"
 

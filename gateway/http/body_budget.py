@@ -1,0 +1,92 @@
+"""A worker's budget of request-body bytes held at once (``server.max_body_bytes_in_flight``).
+
+``server.max_body_bytes`` bounds one body; without a bound on all of them, a
+thousand authenticated clients each sending a 20 MiB image would make a worker
+hold 20 GB. :class:`BodyBudget` counts the bytes of the bodies it meters from
+the moment they are read until their request's response has ended, and refuses
+a body that would take the total past the budget with 503 and ``Retry-After``:
+at once when its ``Content-Length`` already says so (nothing of it is read), else
+as soon as the bytes read say so (a chunked body).
+
+Only bodies that may be large are metered: those declared above
+:data:`SMALL_BODY_BYTES`, and those sent without a ``Content-Length``. The many
+small ones cost nothing here (all of them together stay below
+``SMALL_BODY_BYTES`` x ``server.max_connections``).
+
+Bytes count when the application *reads* them: with auth before the body
+(:func:`gateway.http.context.read_body`), a client without a valid key never
+gets its body read, so it can never take any of the budget.
+"""
+
+from __future__ import annotations
+
+from starlette.types import Message, Receive
+
+from gateway.errors import OverloadedError
+
+SMALL_BODY_BYTES = 64 * 1024
+"""Bodies declared at most this large are not metered."""
+RETRY_AFTER_S = 1
+
+
+class BodyBudget:
+    """Body bytes held by this worker's requests, against ``limit``. One per worker (its
+    app); everything runs on one event loop, so there is no lock."""
+
+    __slots__ = ("held", "limit")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.held = 0
+        """Bytes of metered bodies read and not yet released."""
+
+    def meters(self, declared: int | None, has_body: bool) -> bool:
+        """Whether a request with this ``Content-Length`` (None: absent or invalid) is
+        metered; ``has_body``: its method may carry one."""
+        return declared > SMALL_BODY_BYTES if declared is not None else has_body
+
+    def meter(self, receive: Receive, declared: int | None) -> MeteredReceive:
+        return MeteredReceive(self, receive, declared)
+
+    def refusal(self) -> OverloadedError:
+        return OverloadedError(
+            "The gateway is holding as many request bodies as it may right now; "
+            f"try again in {RETRY_AFTER_S} s.",
+            code="request_bytes_in_flight",
+            headers={"Retry-After": str(RETRY_AFTER_S)},
+        )
+
+
+class MeteredReceive:
+    """An ASGI ``receive`` that charges the bytes it returns to a :class:`BodyBudget`;
+    :meth:`release` gives them back (once the request's response has ended)."""
+
+    __slots__ = ("_budget", "_checked", "_declared", "_held", "_receive")
+
+    def __init__(self, budget: BodyBudget, receive: Receive, declared: int | None) -> None:
+        self._budget = budget
+        self._receive = receive
+        self._declared = declared
+        self._checked = False
+        self._held = 0
+
+    async def __call__(self) -> Message:
+        budget = self._budget
+        if not self._checked:  # the first read: refuse before any byte if it cannot fit
+            self._checked = True
+            if self._declared is not None and budget.held + self._declared > budget.limit:
+                raise budget.refusal()
+        message = await self._receive()
+        if message["type"] == "http.request":
+            size = len(message.get("body", b""))
+            if size:
+                self._held += size
+                budget.held += size
+                if budget.held > budget.limit:
+                    raise budget.refusal()
+        return message
+
+    def release(self) -> None:
+        """Give back every byte this request was charged; idempotent."""
+        self._budget.held -= self._held
+        self._held = 0

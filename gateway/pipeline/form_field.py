@@ -1,0 +1,118 @@
+"""One field of a ``multipart/form-data`` body, found without a multipart framework.
+
+The audio routes (``/v1/audio/transcriptions|translations``) name their model in a
+form field, next to the audio file. Routing needs that one value; the body goes
+to the engine as it came (or with only that value replaced, for a model the
+engines serve under another name). :func:`find_field` walks the parts by their
+boundary as RFC 7578 / RFC 2046 frame them, reading part headers only, in one
+linear pass: a hostile body (no closing delimiter, endless headers, thousands of
+parts, the field twice) is a 400, never a long scan or a guess. Two fields of
+the same name are refused: the engine would read one of them, perhaps not the
+one the gateway authorised and routed.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from gateway.errors import InvalidRequestError
+
+MAX_PARTS = 1000
+MAX_BOUNDARY = 70  # RFC 2046
+_CRLF = b"\r\n"
+_ESCAPED = re.compile(rb"\\(.)")
+_PARAM = re.compile(rb';\s*([!#$%&\'*+.^_`|~0-9A-Za-z-]+)\s*=\s*("(?:[^"\\]|\\.)*"|[^;\s]*)')
+
+
+@dataclass(frozen=True, slots=True)
+class FieldSpan:
+    """Where a field's value lies in the body: ``body[start:end]``."""
+
+    value: bytes
+    start: int
+    end: int
+
+
+def boundary_of(content_type: str) -> bytes:
+    """The boundary of a ``multipart/form-data`` Content-Type (400 when there is none)."""
+    kind, _, params = content_type.partition(";")
+    if kind.strip().lower() != "multipart/form-data":
+        raise InvalidRequestError("the request must be multipart/form-data")
+    for param in params.split(";"):
+        key, _, value = param.partition("=")
+        if key.strip().lower() == "boundary":
+            boundary = value.strip()
+            if len(boundary) >= 2 and boundary[0] == boundary[-1] == '"':
+                boundary = boundary[1:-1]
+            if 0 < len(boundary) <= MAX_BOUNDARY and boundary.isascii():
+                return boundary.encode("ascii")
+    raise InvalidRequestError("multipart/form-data without a valid boundary")
+
+
+def find_field(body: bytes, boundary: bytes, name: bytes) -> FieldSpan | None:
+    """The one field called ``name`` (None: absent); 400 for a malformed body or the
+    field given twice."""
+    dash = b"--" + boundary
+    delimiter = _CRLF + dash
+    if body.startswith(dash):
+        pos = len(dash)
+    else:  # a preamble first
+        at = body.find(delimiter)
+        if at < 0:
+            raise _malformed("no boundary")
+        pos = at + len(delimiter)
+    found: FieldSpan | None = None
+    for _ in range(MAX_PARTS + 1):
+        if body.startswith(b"--", pos):  # the closing delimiter
+            return found
+        line_end = body.find(_CRLF, pos)  # after the delimiter: padding, then CRLF
+        if line_end < 0:
+            raise _malformed("a boundary line does not end")
+        pos = line_end + 2
+        if body.startswith(_CRLF, pos):  # a part without headers
+            headers, content_start = b"", pos + 2
+        else:
+            headers_end = body.find(b"\r\n\r\n", pos)
+            if headers_end < 0:
+                raise _malformed("a part's headers do not end")
+            headers, content_start = body[pos:headers_end], headers_end + 4
+        content_end = body.find(delimiter, content_start)
+        if content_end < 0:
+            raise _malformed("a part does not end")
+        if _field_name(headers) == name:
+            if found is not None:
+                raise InvalidRequestError(
+                    f"the form field `{name.decode()}` appears more than once",
+                    param=name.decode(),
+                )
+            found = FieldSpan(body[content_start:content_end], content_start, content_end)
+        pos = content_end + len(delimiter)
+    raise _malformed(f"more than {MAX_PARTS} parts")
+
+
+def replace_field(body: bytes, span: FieldSpan, value: bytes) -> bytes:
+    """``body`` with the field's value replaced by ``value``."""
+    return body[: span.start] + value + body[span.end :]
+
+
+def _field_name(headers: bytes) -> bytes | None:
+    """The ``name`` of a part's Content-Disposition (the last such header wins, as in
+    the engines' parser)."""
+    name: bytes | None = None
+    for line in headers.split(_CRLF):
+        key, _, value = line.partition(b":")
+        if key.strip().lower() != b"content-disposition":
+            continue
+        name = None
+        for match in _PARAM.finditer(b";" + value.partition(b";")[2]):
+            if match.group(1).lower() == b"name":
+                raw = match.group(2)
+                if raw[:1] == b'"':
+                    raw = _ESCAPED.sub(rb"\1", raw[1:-1])
+                name = raw
+    return name
+
+
+def _malformed(why: str) -> InvalidRequestError:
+    return InvalidRequestError(f"malformed multipart/form-data body: {why}")

@@ -1,0 +1,221 @@
+"""vLLM's model-scoped routes (``/tokenize``, ``/v1/score``, ``/pooling``, audio, ...),
+allowlisted and forwarded by the request's ``model``.
+
+Each route goes through the same stages as a completion, minus what does not
+apply: auth (before the body is read), the model's existence (404) and the key's
+right to it (403), admission against the key's request rate and concurrency
+limits, the model's routing policy, and :class:`Forwarder` (engine credentials,
+failover while nothing was answered, timeouts, breaker signals). Not cached,
+never streamed through the relay (a streamed transcription arrives whole).
+
+Token limits: these routes generate no tokens, so nothing is reserved or charged
+to ``tpm`` (``Admission.admit(..., tokens=False)``); a key out of tokens can still
+tokenize or score until its request rate stops it.
+
+The engine's answer passes through as it came (its status, body and content
+type), with the client's model name put back where the engine names its own;
+an engine error is raised as :class:`UpstreamStatusError`, which answers in
+OpenAI's format.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import orjson
+
+from gateway.auth.authenticator import Authenticator, Principal
+from gateway.config.sections import ModelSettings
+from gateway.errors import (
+    AuthenticationError,
+    GatewayError,
+    InvalidRequestError,
+    ModelNotFoundError,
+    PermissionDeniedError,
+)
+from gateway.observability.metrics import UNRESOLVED_MODEL, GatewayMetrics
+from gateway.pipeline.exchange import Exchange
+from gateway.pipeline.form_field import boundary_of, find_field, replace_field
+from gateway.pipeline.forwarding import Attempt, Forwarder
+from gateway.pipeline.parsing import decode_json_object
+from gateway.pipeline.plan import OFFLOAD_BYTES, ModelRename
+from gateway.pool.engine_pool import EnginePool
+from gateway.ratelimit.admission import Admission
+from gateway.routing.policies import RoutingTable
+
+RawHeaders = list[tuple[bytes, bytes]]
+MAX_MODEL_NAME = 1024
+"""Longer ``model`` values are refused before any lookup (and never echoed)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ScopedRoute:
+    """One vLLM route the gateway forwards: its path (the same on the engine), its
+    metrics label, and whether its body is a multipart form (audio) or JSON."""
+
+    path: str
+    label: str
+    form: bool = False
+
+
+SCOPED_ROUTES: tuple[ScopedRoute, ...] = (
+    ScopedRoute("/tokenize", "tokenize"),
+    ScopedRoute("/detokenize", "detokenize"),
+    ScopedRoute("/v1/score", "score"),
+    ScopedRoute("/score", "score"),
+    ScopedRoute("/v1/rerank", "rerank"),
+    ScopedRoute("/rerank", "rerank"),
+    ScopedRoute("/v2/rerank", "rerank"),
+    ScopedRoute("/pooling", "pooling"),
+    ScopedRoute("/classify", "classify"),
+    ScopedRoute("/v1/audio/transcriptions", "audio_transcriptions", form=True),
+    ScopedRoute("/v1/audio/translations", "audio_translations", form=True),
+)
+"""Every vLLM route the gateway forwards besides the OpenAI ones; no other is reachable."""
+
+
+@dataclass(frozen=True, slots=True)
+class ScopedMeta:
+    """What the service needs from the HTTP request besides its body."""
+
+    request_id: str
+    content_type: str | None = None
+    session_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PassthroughAnswer:
+    """The engine's answer, as it came (model name aside), with the rate-limit headers."""
+
+    body: bytes
+    content_type: str
+    headers: RawHeaders
+    status: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Target:
+    model: str
+    payload: bytes
+    rename: ModelRename | None
+
+
+class PassthroughService:
+    """Forwards the requests of :data:`SCOPED_ROUTES` to the engines of their model."""
+
+    def __init__(
+        self,
+        models: Mapping[str, ModelSettings],
+        pool: EnginePool,
+        forwarder: Forwarder,
+        metrics: GatewayMetrics,
+        authenticator: Authenticator,
+        admission: Admission,
+        routing: RoutingTable,
+    ) -> None:
+        self._pool = pool
+        self._forwarder = forwarder
+        self._metrics = metrics
+        self._authenticator = authenticator
+        self._admission = admission
+        self._routing = routing
+        self._renames = {
+            name: ModelRename(m.served_name, name)
+            for name, m in models.items()
+            if m.served_name != name
+        }
+
+    async def caller(self, route: ScopedRoute, authorization: str | None) -> Principal:
+        """Who is calling, from the headers alone (before the body is read): a wrong key
+        is refused (401) without the gateway holding its body."""
+        principal = self._authenticator.known(authorization)
+        if principal is not None:
+            return principal
+        try:
+            return await self._authenticator.authenticate(authorization)
+        except AuthenticationError as exc:
+            reason = "missing_key" if not authorization else "invalid_key"
+            self._metrics.auth_failures.labels(reason).inc()
+            self._metrics.observe_request(UNRESOLVED_MODEL, route.label, exc.status, 0.0)
+            raise
+
+    async def handle(
+        self, route: ScopedRoute, raw: bytes, meta: ScopedMeta, principal: Principal
+    ) -> PassthroughAnswer:
+        """The engine's answer to one request; every failure raised as GatewayError."""
+        exchange = Exchange(route.label, self._pool, self._metrics)
+        try:
+            if len(raw) > OFFLOAD_BYTES:  # a large body is read off the event loop
+                target = await asyncio.to_thread(self._target, route, raw, meta.content_type)
+            else:
+                target = self._target(route, raw, meta.content_type)
+            model = exchange.model = target.model
+            if not principal.may_use(model):
+                self._metrics.auth_failures.labels("model_not_allowed").inc()
+                raise PermissionDeniedError(
+                    f"The key '{principal.name}' may not use the model `{model}`.", param="model"
+                )
+            exchange.admit(await self._admission.admit(principal.scopes(model), {}, tokens=False))
+            exchange.count_in_flight()
+            policy, _ = self._routing.for_model(model)
+            key = (
+                meta.session_id.encode() if policy.wants_affinity_key and meta.session_id else None
+            )
+            content_type = meta.content_type if route.form else None
+            attempt = Attempt(
+                model, route.path, target.payload, meta.request_id, policy, key, content_type
+            )
+            _, reply = await self._forwarder.complete(exchange, attempt)
+            exchange.finished(None)  # nothing was reserved: nothing to settle
+            body = reply.body
+            if target.rename is not None:
+                body = target.rename.inspect(body)
+            return PassthroughAnswer(
+                body, reply.content_type, exchange.ticket.raw_headers, reply.status
+            )
+        except GatewayError as exc:
+            exchange.failed(exc)
+            raise
+        finally:
+            exchange.close()
+
+    def _target(self, route: ScopedRoute, raw: bytes, content_type: str | None) -> _Target:
+        """The model a request names and the bytes its engine gets (the model renamed
+        to the engines' name where it differs); 400 or 404 when it names none we serve."""
+        if route.form:
+            boundary = boundary_of(content_type or "")
+            span = find_field(raw, boundary, b"model")
+            if span is None:
+                raise _model_required()
+            try:
+                model = span.value.decode("utf-8")
+            except UnicodeDecodeError:
+                raise _model_required() from None
+            rename = self._known(model)
+            payload = raw
+            if rename is not None:
+                payload = replace_field(raw, span, rename.served.encode())
+            return _Target(model, payload, rename)
+        body = decode_json_object(raw)
+        named = body.get("model")
+        if not isinstance(named, str):
+            raise _model_required()
+        rename = self._known(named)
+        payload = raw if rename is None else orjson.dumps(body | {"model": rename.served})
+        return _Target(named, payload, rename)
+
+    def _known(self, model: str) -> ModelRename | None:
+        """404 unless ``model`` is served; its rename, if any."""
+        if not model or len(model) > MAX_MODEL_NAME:
+            raise _model_required()
+        if not self._pool.has_model(model):
+            raise ModelNotFoundError(model)
+        return self._renames.get(model)
+
+
+def _model_required() -> InvalidRequestError:
+    return InvalidRequestError(
+        "`model` is required: the name of a model this gateway serves", param="model"
+    )
