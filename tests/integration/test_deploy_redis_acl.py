@@ -150,6 +150,14 @@ def test_vgate_works_within_its_redis_acls_and_nothing_more(stub: Stub, tmp_path
             first, again = _ask(gateway.url, key, "acl"), _ask(gateway.url, key, "acl")
             assert (first.status_code, again.status_code) == (200, 200), again.text
             assert again.headers["x-cache"].lower() == "hit"
+            bearer = {"Authorization": f"Bearer {key}"}
+            answered = httpx.post(
+                f"{gateway.url}/v1/responses", headers=bearer,
+                json={"model": STUB_MODEL, "input": "acl", "max_output_tokens": 4}, timeout=10,
+            )  # fmt: skip (the key's third request: a stored response)
+            assert answered.status_code == 200, answered.text
+            stored = f"{gateway.url}/v1/responses/{answered.json()['id']}"
+            assert httpx.get(stored, headers=bearer).json()["id"] == answered.json()["id"]
             statuses = [_ask(gateway.url, key, f"acl {i}").status_code for i in range(3)]
             assert 429 in statuses and set(statuses) <= {200, 429}, statuses  # rpm: 3
             listed = httpx.get(f"{gateway.operator_url}/admin/keys", headers=operator)
@@ -164,6 +172,7 @@ def test_vgate_works_within_its_redis_acls_and_nothing_more(stub: Stub, tmp_path
         main_keys, cache_keys = main.keys(), cache.keys()
         assert {"vgate:engines", "vgate:keys:version"} <= main_keys  # (no key left: no hash)
         assert any(k.startswith("vgate:rl:") for k in main_keys)
+        assert any(k.startswith("vgate:responses:") for k in main_keys)
         assert not any(k.startswith("vgate:cache:") for k in main_keys)
         assert cache_keys and all(k.startswith("vgate:cache:") for k in cache_keys)
         assert main.admin.config_get("maxmemory-policy")["maxmemory-policy"] == "noeviction"
