@@ -152,9 +152,11 @@ def test_vgate_works_within_its_redis_acls_and_nothing_more(stub: Stub, tmp_path
             assert again.headers["x-cache"].lower() == "hit"
             bearer = {"Authorization": f"Bearer {key}"}
             answered = httpx.post(
-                f"{gateway.url}/v1/responses", headers=bearer,
-                json={"model": STUB_MODEL, "input": "acl", "max_output_tokens": 4}, timeout=10,
-            )  # fmt: skip (the key's third request: a stored response)
+                f"{gateway.url}/v1/responses",
+                headers=bearer,
+                json={"model": STUB_MODEL, "input": "acl", "max_output_tokens": 4},
+                timeout=10,
+            )  # the key's third request: a stored response
             assert answered.status_code == 200, answered.text
             stored = f"{gateway.url}/v1/responses/{answered.json()['id']}"
             assert httpx.get(stored, headers=bearer).json()["id"] == answered.json()["id"]
