@@ -37,6 +37,7 @@ from engines.stub.asgi import (
     until_disconnect,
     wait_forever,
 )
+from engines.stub.embeddings import PATH as EMBEDDINGS_PATH
 from engines.stub.embeddings import EmbeddingsRoute
 from engines.stub.extras import ExtraRoutes
 from engines.stub.guard import App, add_guard_flags, guard_from
@@ -129,7 +130,7 @@ class StubApp:
             "/stub/stats": {"GET": self._stats},
             "/stub/reset": {"POST": self._reset},
             **ExtraRoutes(config.models, adapters or {}, self._record).routes(),
-            **EmbeddingsRoute(config, self._record).routes(),
+            EMBEDDINGS_PATH: {"POST": EmbeddingsRoute(config, self.stats).handle},
             RESPONSES_PATH: {"POST": ResponsesStub(config, self.stats).handle},
         }
 
