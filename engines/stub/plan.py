@@ -48,7 +48,7 @@ class RequestError(Exception):
         *,
         error_type: str = "invalid_request_error",
         param: str | None = None,
-        code: str | None = None,
+        code: str | int | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
@@ -65,6 +65,34 @@ class Fault:
     kind: FaultKind
     status: int = 500
     after: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Extras:
+    """What vLLM adds to an answer beyond its text, asked for by the request (the
+    stub acts it out so tests can show every field survives the gateway's cache):
+
+    * ``reasoning``: ``"stub": {"reasoning": "..."}`` (a reasoning parser's output);
+    * ``tool``: the first function of ``tools`` when ``tool_choice`` is
+      ``"required"`` or names it (the answer is a call, ``finish_reason: tool_calls``);
+    * ``fingerprint``: ``"stub": {"system_fingerprint": "..."}``;
+    * ``stop_reason``: ``"stub": {"stop_reason": ...}`` (sent, as vLLM does, with
+      every finished choice once any extra is on);
+    * ``token_ids``: ``return_token_ids: true``;
+    * ``logprobs``: ``logprobs: true`` (chat) or an integer (completions);
+    * ``stream_error``: ``"stub": {"stream_error": "..."}``: a stream ends with vLLM's
+      error event (``data: {"error": {..., "code": 400}}``) instead of its finish.
+
+    (``"stub": {"vllm_error": "...", "status": 400}`` answers with vLLM's error body.)
+    """
+
+    reasoning: str | None = None
+    tool: str | None = None
+    fingerprint: str | None = None
+    stop_reason: int | str | None = None
+    token_ids: bool = False
+    logprobs: bool = False
+    stream_error: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +115,7 @@ class Plan:
     ttft_s: float
     itl_s: float
     fault: Fault | None
+    extras: Extras | None = None
 
 
 def plan_request(config: StubConfig, body: Any, *, chat: bool) -> Plan:
@@ -101,6 +130,11 @@ def plan_request(config: StubConfig, body: Any, *, chat: bool) -> Plan:
     stream = _optional_bool(body, "stream")
     overrides = _overrides(body.get("stub"))
     fault = _resolve_fault(config, overrides, stream)
+    vllm_error = overrides.get("vllm_error")
+    if isinstance(vllm_error, str):  # vLLM's own shape: type BadRequestError, code 400
+        status = _override_int(overrides, "status", 400)
+        kind = "BadRequestError" if status == 400 else "NotFoundError"
+        raise RequestError(status, vllm_error, error_type=kind, param="input_tokens", code=status)
     if fault is not None and fault.kind == "error":
         raise RequestError(
             fault.status,
@@ -122,13 +156,55 @@ def plan_request(config: StubConfig, body: Any, *, chat: bool) -> Plan:
         include_usage=include_usage,
         n=_choices(body.get("n")),
         completion_tokens=count,
-        finish_reason="length" if cap is not None and cap <= target else "stop",
+        finish_reason=_finish_reason(body, overrides, chat, cap is not None and cap <= target),
         seed=zlib.crc32(prompt.encode("utf-8", "surrogatepass")),
         prompt_tokens=prompt_tokens,
         ttft_s=_override_ms(overrides, "ttft_ms", config.ttft_ms) / 1000.0,
         itl_s=_override_ms(overrides, "itl_ms", config.itl_ms) / 1000.0,
         fault=fault,
+        extras=_extras(body, overrides, chat),
     )
+
+
+def _extras(body: dict[str, Any], overrides: dict[str, Any], chat: bool) -> Extras | None:
+    """The request's :class:`Extras`, or None when it asks for none."""
+    reasoning = overrides.get("reasoning")
+    fingerprint = overrides.get("system_fingerprint")
+    stop_reason = overrides.get("stop_reason")
+    stream_error = overrides.get("stream_error")
+    extras = Extras(
+        reasoning=reasoning if isinstance(reasoning, str) and chat else None,
+        tool=_required_tool(body) if chat else None,
+        fingerprint=fingerprint if isinstance(fingerprint, str) else None,
+        stop_reason=stop_reason if isinstance(stop_reason, (int, str)) else None,
+        token_ids=body.get("return_token_ids") is True,
+        logprobs=(body.get("logprobs") is True) if chat else isinstance(body.get("logprobs"), int),
+        stream_error=stream_error if isinstance(stream_error, str) else None,
+    )
+    return None if extras == Extras() else extras
+
+
+def _required_tool(body: dict[str, Any]) -> str | None:
+    """The function the answer must call: the first tool's for ``tool_choice:
+    "required"``, the named one for ``{"type": "function", "function": {"name"}}``."""
+    tools = body.get("tools")
+    choice = body.get("tool_choice")
+    if not isinstance(tools, list) or not tools:
+        return None
+    if isinstance(choice, dict):
+        name = (choice.get("function") or {}).get("name")
+        return name if isinstance(name, str) else None
+    first = tools[0].get("function") if isinstance(tools[0], dict) else None
+    name = first.get("name") if isinstance(first, dict) else None
+    return name if choice == "required" and isinstance(name, str) else None
+
+
+def _finish_reason(
+    body: dict[str, Any], overrides: dict[str, Any], chat: bool, capped: bool
+) -> str:
+    if capped:
+        return "length"
+    return "tool_calls" if chat and _required_tool(body) is not None else "stop"
 
 
 def error_type_for(status: int) -> str:
