@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
-from openai.types.chat import ChatCompletionContentPartParam
+from openai.types.chat import ChatCompletionContentPartParam, ChatCompletionMessageParam
 
 from tests.integration.conftest import Gateway, Stub, start_gateway, start_stub
 
@@ -333,3 +333,33 @@ def test_a_vision_request_with_a_10_mb_image_reaches_the_engine(
     seen = engine.stats()["last_request"]
     assert seen["path"] == "/v1/chat/completions"
     assert len(seen["body"]["messages"][0]["content"][1]["image_url"]["url"]) > 13_900_000
+
+
+def test_bodies_held_at_once_are_bounded_per_worker(engine: Stub, tmp_path: Any) -> None:
+    """With a 2 MiB budget, a 1.5 MB request whose answer is still streaming holds its
+    bytes: a second one is refused (503, Retry-After) until the first has ended."""
+    budget = 2 * 1024 * 1024
+    config = {
+        "models": [{"name": BASE, "endpoints": [engine.url]}],
+        "server": {"max_body_bytes": budget, "max_body_bytes_in_flight": budget},
+    }
+    big: list[ChatCompletionMessageParam] = [{"role": "user", "content": "x" * 1_500_000}]
+    for gateway in start_gateway(config, tmp_path):
+        sdk = openai.OpenAI(base_url=gateway.base_url, api_key="unused", max_retries=0)
+        stream = sdk.chat.completions.create(
+            model=BASE, messages=big, stream=True, extra_body={"stub": {"tokens": 60, "itl_ms": 20}}
+        )
+        chunks = iter(stream)
+        next(chunks)
+        with pytest.raises(openai.InternalServerError) as refused:
+            sdk.chat.completions.create(model=BASE, messages=big)
+        assert refused.value.status_code == 503
+        assert refused.value.response.headers["retry-after"] == "1"
+        assert refused.value.code == "request_bytes_in_flight"
+        small = sdk.chat.completions.create(
+            model=BASE, messages=[{"role": "user", "content": "hi"}]
+        )
+        assert small.choices[0].message.content  # small bodies are not held back
+        assert sum(1 for _ in chunks) > 10
+        answer = sdk.chat.completions.create(model=BASE, messages=big)
+        assert answer.choices[0].message.content
