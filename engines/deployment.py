@@ -8,7 +8,7 @@ can check its deployments before serving, with no supervisor.
 from __future__ import annotations
 
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from engines.diagnosis import StartProblem, preflight
@@ -28,6 +28,8 @@ class Deployment:
     advertise_host: str | None = None
     """The host gateways reach the engine at, when it differs from the bind address
     (``host: 0.0.0.0`` in a container: the pod or host IP)."""
+    api_key: str | None = field(default=None, repr=False)
+    """The model's configured engine key (None: each replica gets a generated one)."""
 
 
 async def preflight_deployment(deployment: Deployment) -> StartProblem | None:

@@ -27,10 +27,22 @@ import aiohttp
 from engines.diagnosis import START_MARKER
 from engines.spec import EngineSpec
 
+ENGINE_KEY_ENV = "VLLM_API_KEY"
+"""vLLM's variable for ``--api-key`` (the stub engine reads it too)."""
 _PR_SET_PDEATHSIG = 1
 _API_SERVER_MODULE = "vllm.entrypoints.openai.api_server"
 _CPU_KVCACHE_GIB = "2"
 _REAP_TIMEOUT_S = 5.0
+
+
+_NOT_SERVED = frozenset({400, 404, 405, 501})
+
+
+def probe_request(runner: str | None, served_name: str) -> tuple[str, dict[str, object]]:
+    """The path and body of the stuck probe for an engine of ``runner``: what it serves."""
+    if runner == "pooling":
+        return "/v1/embeddings", {"model": served_name, "input": "ping"}
+    return "/v1/completions", {"model": served_name, "prompt": "ping", "max_tokens": 1}
 
 
 class EngineStartError(RuntimeError):
@@ -39,13 +51,24 @@ class EngineStartError(RuntimeError):
 
 @dataclass(frozen=True)
 class LaunchPlan:
-    """Everything needed to start one replica; pure data, easy to assert on in tests."""
+    """Everything needed to start one replica; pure data, easy to assert on in tests.
+
+    ``api_key`` is the key the engine demands on its ``/v1`` routes; it reaches the
+    engine as ``VLLM_API_KEY`` in ``env`` (vLLM's own variable for ``--api-key``), not in
+    ``argv``: any user on the host can read a command line (``ps``), and the engine's log
+    starts with it. Neither shows in ``repr``."""
 
     argv: tuple[str, ...]
-    env: Mapping[str, str]
+    env: Mapping[str, str] = field(repr=False)
     url: str
     served_name: str
     log_path: Path
+    api_key: str | None = field(default=None, repr=False)
+    runner: str | None = None
+
+    def auth_headers(self) -> dict[str, str]:
+        """What every request of vgate's own to the engine carries."""
+        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
 
 
 def build_argv(
@@ -54,7 +77,12 @@ def build_argv(
     """The command line for one replica of ``spec`` (vLLM's server, or the stub)."""
     if spec.kind == "stub":
         stub = [sys.executable, "-m", "engines.stub", "--host", spec.host, "--port", str(port)]
-        return (*stub, "--model", served_name, *spec.extra_args)
+        stub += ["--model", served_name]
+        for adapter in spec.served_adapters():
+            stub += ["--lora", f"{adapter}={served_name}"]
+        if spec.runner is not None:
+            stub += ["--runner", spec.runner]
+        return (*stub, *spec.extra_args)
     argv = [
         python, "-m", _API_SERVER_MODULE,
         "--model", model_path,
@@ -79,8 +107,32 @@ def build_argv(
         argv.append("--enable-prefix-caching")
     elif spec.enable_prefix_caching is False:
         argv.append("--no-enable-prefix-caching")
+    argv += _feature_args(spec)
     argv += list(spec.extra_args)
     return tuple(argv)
+
+
+def _feature_args(spec: EngineSpec) -> list[str]:
+    """The flags of the runner, LoRA adapters, parsers and chat template."""
+    argv: list[str] = []
+    if spec.runner is not None:
+        argv += ["--runner", spec.runner]
+    if spec.lora_modules:
+        argv.append("--enable-lora")
+        argv += ["--lora-modules", *(f"{m.name}={m.path}" for m in spec.lora_modules)]
+    if spec.max_lora_rank is not None:
+        argv += ["--max-lora-rank", str(spec.max_lora_rank)]
+    if spec.max_loras is not None:
+        argv += ["--max-loras", str(spec.max_loras)]
+    if spec.tool_call_parser is not None:
+        argv += ["--tool-call-parser", spec.tool_call_parser]
+    if spec.enable_auto_tool_choice:
+        argv.append("--enable-auto-tool-choice")
+    if spec.reasoning_parser is not None:
+        argv += ["--reasoning-parser", spec.reasoning_parser]
+    if spec.chat_template is not None:
+        argv += ["--chat-template", spec.chat_template]
+    return argv
 
 
 # What an engine may inherit from vgate's environment: what vLLM, torch, CUDA/ROCm, the
@@ -112,11 +164,14 @@ def inherited(name: str) -> bool:
 
 
 def build_env(
-    spec: EngineSpec, replica: int, base: Mapping[str, str] = os.environ
+    spec: EngineSpec,
+    replica: int,
+    base: Mapping[str, str] = os.environ,
+    api_key: str | None = None,
 ) -> dict[str, str]:
     """The child's environment: the allowlisted part of ``base`` (see :func:`inherited`),
-    the device selection, vgate's defaults, then the spec's own ``env`` entries, which
-    are passed as they are."""
+    the device selection, vgate's defaults, the spec's own ``env`` entries, which
+    are passed as they are, and last the engine's key (``VLLM_API_KEY``) when given."""
     env = {name: value for name, value in base.items() if inherited(name)}
     gpus = spec.replica_gpus(replica)
     if gpus is not None:
@@ -131,6 +186,8 @@ def build_env(
     env.setdefault("HF_HUB_OFFLINE", "1")
     env.setdefault("PATH", os.defpath)
     env.update(spec.env)
+    if api_key is not None:
+        env[ENGINE_KEY_ENV] = api_key
     return env
 
 
@@ -230,19 +287,31 @@ class EngineProcess:
                 next_note = now + 10
             await asyncio.sleep(0.5)
 
-    async def probe_completion(self, session: aiohttp.ClientSession, timeout_s: float) -> bool:
-        """True when a 1-token completion finishes within ``timeout_s`` (stuck detection)."""
-        body = {"model": self.plan.served_name, "prompt": "ping", "max_tokens": 1}
+    async def probe_work(self, session: aiohttp.ClientSession, timeout_s: float) -> bool:
+        """True when the engine does a tiny piece of the work it serves within
+        ``timeout_s`` (stuck detection): a 1-token completion, or for a pooling engine
+        the embedding of one word.
+
+        An engine that answers that it does not serve the route (404, 405, 400, 501: a
+        pooling model without embeddings, a model vLLM runs as pooling unasked) is
+        probed with ``/v1/models`` instead: it answered at once, so it is not stuck."""
+        path, body = probe_request(self.plan.runner, self.plan.served_name)
         try:
             async with session.post(
-                f"{self.plan.url}/v1/completions",
+                f"{self.plan.url}{path}",
                 json=body,
+                headers=self.plan.auth_headers(),
                 timeout=aiohttp.ClientTimeout(total=timeout_s),
             ) as response:
                 await response.read()
-                return response.status == 200
+                status = response.status
         except (TimeoutError, aiohttp.ClientError):
             return False
+        if status == 200:
+            return True
+        if status in _NOT_SERVED:
+            return await self._answers(session, "/v1/models")
+        return False
 
     async def healthy(self, session: aiohttp.ClientSession) -> bool:
         return self.alive and await self._answers(session, "/health")
@@ -287,7 +356,9 @@ class EngineProcess:
     async def _answers(self, session: aiohttp.ClientSession, path: str) -> bool:
         try:
             async with session.get(
-                f"{self.plan.url}{path}", timeout=aiohttp.ClientTimeout(total=5)
+                f"{self.plan.url}{path}",
+                headers=self.plan.auth_headers(),
+                timeout=aiohttp.ClientTimeout(total=5),
             ) as response:
                 await response.read()
                 return response.status == 200

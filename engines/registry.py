@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import Awaitable
@@ -66,10 +67,20 @@ class EngineRecord:
     supervisor: str
     restarts: int = 0
     expires_at: float = 0.0
+    adapters: tuple[str, ...] = ()
+    """The LoRA adapters it serves: model names clients may use, routed to it too."""
+    api_key: str | None = dataclasses.field(default=None, repr=False)
+    """The Bearer key the engine demands when vgate generated it (a key from the config
+    is never published: gateways read it from their own config). Never in ``repr``."""
 
     @property
     def routable(self) -> bool:
         return self.state == "ready"
+
+    @property
+    def models(self) -> tuple[str, ...]:
+        """Every model name it answers to: its model, then its adapters."""
+        return (self.model, *self.adapters)
 
     def encode(self) -> bytes:
         return orjson.dumps(asdict(self))
@@ -96,7 +107,16 @@ class EngineRecord:
             supervisor=_field(data, "supervisor", str),
             restarts=_field(data, "restarts", int, 0),
             expires_at=float(_field(data, "expires_at", float, 0.0)),
+            adapters=_adapters(data),
+            api_key=None if data.get("api_key") is None else _field(data, "api_key", str),
         )
+
+
+def _adapters(data: dict[str, Any]) -> tuple[str, ...]:
+    names = _field(data, "adapters", list, [])
+    if not all(isinstance(name, str) for name in names):
+        raise ValueError("field 'adapters' is not a list of strings")
+    return tuple(names)
 
 
 _MISSING: Any = object()

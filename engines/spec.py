@@ -16,7 +16,15 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 DEFAULT_SOURCE = "default"
-"""``source: default`` means the embedded default model (``vgate models prepare``)."""
+"""``source: default`` means the embedded default chat model (``vgate models prepare``)."""
+DEFAULT_EMBEDDINGS_SOURCE = "default-embeddings"
+"""``source: default-embeddings`` means the embedded embeddings model (all-MiniLM-L6-v2)."""
+EMBEDDED_SOURCES = frozenset({DEFAULT_SOURCE, DEFAULT_EMBEDDINGS_SOURCE})
+# Variables the engine's environment may not set through `env`: vgate sets them.
+RESERVED_ENV: Mapping[str, str] = MappingProxyType(
+    {"VLLM_API_KEY": "the model's api_key / api_key_env (else a key generated per start)"}
+)
+_PARSER_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 SPECULATIVE_METHODS = frozenset(
     {"ngram", "draft_model", "eagle", "eagle3", "medusa", "mlp_speculator", "mtp", "suffix"}
@@ -41,6 +49,16 @@ RESERVED_FLAGS: Mapping[str, str] = MappingProxyType(
         "--enable-prefix-caching": "enable_prefix_caching",
         "--no-enable-prefix-caching": "enable_prefix_caching",
         "--config": "the spec's fields (a config file could set any flag vgate sets)",
+        "--api-key": "the model's api_key / api_key_env (else a key generated per start)",
+        "--runner": "runner",
+        "--enable-lora": "lora_modules",
+        "--lora-modules": "lora_modules",
+        "--max-lora-rank": "max_lora_rank",
+        "--max-loras": "max_loras",
+        "--tool-call-parser": "tool_call_parser",
+        "--enable-auto-tool-choice": "enable_auto_tool_choice",
+        "--reasoning-parser": "reasoning_parser",
+        "--chat-template": "chat_template",
     }
 )
 RESERVED_SHORT_FLAGS: Mapping[str, str] = MappingProxyType(
@@ -119,13 +137,32 @@ class HealthPolicy(_Strict):
     startup_timeout_s: float = Field(900.0, gt=0, description="Spawn to ready, at most.")
     interval_s: float = Field(2.0, gt=0, description="Process and /health check period.")
     probe_interval_s: float = Field(
-        30.0, gt=0, description="Period of the 1-token completion probe (stuck detection)."
+        30.0,
+        gt=0,
+        description="Period of the stuck probe: a 1-token completion, or for a pooling "
+        "engine an embedding (the work the engine serves).",
     )
     probe_timeout_s: float = Field(
         60.0, gt=0, description="A probe slower than this marks the engine stuck."
     )
     drain_timeout_s: float = Field(30.0, ge=0, description="Wait for running requests on stop.")
     stop_timeout_s: float = Field(15.0, gt=0, description="SIGTERM to SIGKILL.")
+
+
+class LoraModule(_Strict):
+    """One LoRA adapter an engine loads at start (vLLM's ``--lora-modules NAME=PATH``).
+
+    Clients name the adapter as a model of its own; it is routed to this model's engines."""
+
+    name: str = Field(description="The model name clients use for the adapter.")
+    path: str = Field(min_length=1, description="The adapter's directory (PEFT format).")
+
+    @model_validator(mode="after")
+    def _safe(self) -> LoraModule:
+        check_path_safe_name(self.name, "lora_modules name")
+        if "\0" in self.path or any(ord(char) < 32 for char in self.path):
+            raise ValueError(f"lora_modules path of {self.name!r} holds a control character")
+        return self
 
 
 class EngineSpec(_Strict):
@@ -154,6 +191,28 @@ class EngineSpec(_Strict):
         None, description="vLLM's --speculative-config, e.g. {method: ngram, ...}"
     )
     enable_prefix_caching: bool | None = None
+    runner: Literal["generate", "pooling"] | None = Field(
+        None,
+        description="vLLM's --runner: `pooling` for embedding, scoring and classification "
+        "models (unset: vLLM decides from the model). Also picks the stuck probe.",
+    )
+    lora_modules: tuple[LoraModule, ...] = Field(
+        (), description="LoRA adapters served next to the model, each under its own name."
+    )
+    max_lora_rank: int | None = Field(None, ge=1, description="vLLM's --max-lora-rank.")
+    max_loras: int | None = Field(None, ge=1, description="vLLM's --max-loras (per batch).")
+    tool_call_parser: str | None = Field(
+        None, description="vLLM's --tool-call-parser (e.g. hermes): tool_choice required/auto."
+    )
+    enable_auto_tool_choice: bool = Field(
+        False, description="vLLM's --enable-auto-tool-choice (needs tool_call_parser)."
+    )
+    reasoning_parser: str | None = Field(
+        None, description="vLLM's --reasoning-parser (e.g. deepseek_r1, qwen3)."
+    )
+    chat_template: str | None = Field(
+        None, description="vLLM's --chat-template: a Jinja template file on the engine's host."
+    )
     env: dict[str, str] = Field(default_factory=dict)
     extra_args: tuple[str, ...] = ()
     python: str | None = Field(
@@ -185,6 +244,10 @@ class EngineSpec(_Strict):
                     )
         if self.speculative is not None:
             _check_speculative(self.speculative)
+        self._check_features()
+        for name in self.env:
+            if name in RESERVED_ENV:
+                raise ValueError(f"env may not set {name}: vgate sets it; use {RESERVED_ENV[name]}")
         for arg in self.extra_args:
             flag = reserved_flag(arg)
             if flag is not None:
@@ -193,6 +256,35 @@ class EngineSpec(_Strict):
                     f"use {RESERVED_FLAGS[flag]}"
                 )
         return self
+
+    def _check_features(self) -> None:
+        """LoRA, parsers, template and runner: each needs what makes it meaningful."""
+        if not self.lora_modules and (self.max_lora_rank is not None or self.max_loras is not None):
+            raise ValueError("max_lora_rank and max_loras need lora_modules")
+        names = [module.name for module in self.lora_modules]
+        if len(set(names)) != len(names):
+            raise ValueError(f"lora_modules names must be distinct, got {names}")
+        if self.lora_modules and self.runner == "pooling":
+            raise ValueError("lora_modules need a generating model (runner: pooling given)")
+        if self.enable_auto_tool_choice and self.tool_call_parser is None:
+            raise ValueError("enable_auto_tool_choice needs tool_call_parser")
+        for field in ("tool_call_parser", "reasoning_parser"):
+            value = getattr(self, field)
+            if value is not None and not _PARSER_PATTERN.fullmatch(value):
+                raise ValueError(
+                    f"{field} {value!r} is not a parser name (letters, digits, '_', '.', '-')"
+                )
+        if self.runner == "pooling" and (
+            self.tool_call_parser is not None or self.reasoning_parser is not None
+        ):
+            raise ValueError("tool_call_parser and reasoning_parser need a generating model")
+        template = self.chat_template
+        if template is not None and (not template.strip() or "\0" in template):
+            raise ValueError("chat_template must name a template file")
+
+    def served_adapters(self) -> tuple[str, ...]:
+        """The model names of this engine's LoRA adapters."""
+        return tuple(module.name for module in self.lora_modules)
 
     def replica_gpus(self, replica: int) -> tuple[int, ...] | None:
         """GPUs for one replica: as configured, else consecutive blocks of TP size."""

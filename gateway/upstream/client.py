@@ -192,19 +192,21 @@ class UpstreamClient:
             raise UpstreamStatusError(response.status, payload, response.content_type)
         return UpstreamStream(response)
 
-    async def probe(self, url: str) -> bool:
+    async def probe(self, url: str, headers: Mapping[str, str] | None = None) -> bool:
         """True when ``GET {url}/health`` answers 200 within 2 s."""
         try:
-            async with self.session.get(f"{url}/health", timeout=_PROBE_TIMEOUT) as response:
+            async with self.session.get(
+                f"{url}/health", headers=headers, timeout=_PROBE_TIMEOUT
+            ) as response:
                 await response.read()
                 return response.status == 200
         except (TimeoutError, aiohttp.ClientError):
             return False
 
-    async def fetch_text(self, url: str) -> str | None:
+    async def fetch_text(self, url: str, headers: Mapping[str, str] | None = None) -> str | None:
         """``GET url`` as text within 2 s, or None (engine metrics scraping)."""
         try:
-            async with self.session.get(url, timeout=_PROBE_TIMEOUT) as response:
+            async with self.session.get(url, headers=headers, timeout=_PROBE_TIMEOUT) as response:
                 return await response.text() if response.status == 200 else None
         except (TimeoutError, aiohttp.ClientError, UnicodeDecodeError):
             return None

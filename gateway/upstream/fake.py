@@ -140,10 +140,10 @@ class FakeUpstream:
             raise UpstreamStatusError(script.status, script.body, "application/json")
         return FakeStream(script, self.open_streams)
 
-    async def probe(self, url: str) -> bool:
+    async def probe(self, url: str, headers: Mapping[str, str] | None = None) -> bool:
         return url in self.healthy
 
-    async def fetch_text(self, url: str) -> str | None:
+    async def fetch_text(self, url: str, headers: Mapping[str, str] | None = None) -> str | None:
         return None
 
 

@@ -70,10 +70,10 @@ class Upstream(Protocol):
         :class:`gateway.errors.UpstreamStatusError` with the engine's body."""
         ...
 
-    async def probe(self, url: str) -> bool:
+    async def probe(self, url: str, headers: Mapping[str, str] | None = None) -> bool:
         """True when the engine's ``/health`` answers 200 quickly."""
         ...
 
-    async def fetch_text(self, url: str) -> str | None:
+    async def fetch_text(self, url: str, headers: Mapping[str, str] | None = None) -> str | None:
         """``GET url`` as text, or None (engine metrics scraping)."""
         ...

@@ -122,7 +122,8 @@ async def test_a_failed_engine_never_blocks_draining_the_healthy_one(
         }
         async with aiohttp.ClientSession() as session:
             url = f"{good.process.plan.url}/v1/chat/completions"
-            async with session.post(url, json=body) as response:
+            headers = good.process.plan.auth_headers()  # managed engines demand their key
+            async with session.post(url, json=body, headers=headers) as response:
                 assert (await response.content.readline()).startswith(b"data: ")
                 stopping = asyncio.create_task(supervisor.stop())
                 await wait_until(lambda: good.record is not None

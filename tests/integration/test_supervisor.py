@@ -118,7 +118,10 @@ async def test_stop_drains_running_requests_first(tmp_path: Path) -> None:
         "stub": {"tokens": 15, "itl_ms": 100},
     }
     async with aiohttp.ClientSession() as session:
-        async with session.post(f"{url}/v1/chat/completions", json=body) as response:
+        headers = slot.process.plan.auth_headers()  # managed engines demand their key
+        async with session.post(
+            f"{url}/v1/chat/completions", json=body, headers=headers
+        ) as response:
             first = await response.content.readline()
             assert first.startswith(b"data: ")
             stopping = asyncio.create_task(supervisor.stop())

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import pytest
 
@@ -148,11 +148,11 @@ class FlakyEngines:
     def __init__(self) -> None:
         self.probe_once, self.fetch_once = Once(), Once()
 
-    async def probe(self, url: str) -> bool:
+    async def probe(self, url: str, headers: Mapping[str, str] | None = None) -> bool:
         self.probe_once()
         return False
 
-    async def fetch_text(self, url: str) -> str | None:
+    async def fetch_text(self, url: str, headers: Mapping[str, str] | None = None) -> str | None:
         self.fetch_once()
         return "vllm:num_requests_waiting 7\n"
 
