@@ -9,6 +9,8 @@ metric labels and keys of ``/ready``'s detail):
 * ``lease-renewal``: concurrency leases of requests in flight extended;
 * ``health-probe``: every engine's ``/health``;
 * ``load-scrape``: every engine's ``/metrics`` (queue depth, KV cache).
+* ``model-info``: every engine's ``/v1/models`` (max_model_len, root, parent),
+  when it joins and every minute.
 
 A step that raises anything but cancellation does not end its task: the
 failure is logged with its traceback (the first of a streak, then at most once

@@ -30,7 +30,14 @@ from tests.helpers.redis_server import run_redis
 from tests.integration.conftest import STUB_MODEL, Gateway, Stub, start_gateway
 
 ADMIN_KEY = "admin-key-0123456789abcdef"
-TASKS = {"registry-watch", "key-refresh", "lease-renewal", "health-probe", "load-scrape"}
+TASKS = {
+    "registry-watch",
+    "key-refresh",
+    "lease-renewal",
+    "health-probe",
+    "load-scrape",
+    "model-info",
+}
 REGISTRY_MODEL = "registry-model"
 BODY = {"model": STUB_MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
 
