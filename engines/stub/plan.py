@@ -148,7 +148,9 @@ def plan_request(config: StubConfig, body: Any, *, chat: bool) -> Plan:
     cap = _token_cap(body, chat)
     count = target if cap is None else min(target, cap)
     stream_options = body.get("stream_options")
-    include_usage = isinstance(stream_options, dict) and stream_options.get("include_usage") is True
+    include_usage = isinstance(stream_options, dict) and _lax_true(
+        stream_options.get("include_usage")
+    )
     return Plan(
         chat=chat,
         model=model,
@@ -205,6 +207,13 @@ def _finish_reason(
     if capped:
         return "length"
     return "tool_calls" if chat and _required_tool(body) is not None else "stop"
+
+
+def _lax_true(value: Any) -> bool:
+    """True where vLLM's (lax pydantic) bool reads true: True, 1, "yes", "true", "on"..."""
+    if isinstance(value, str):
+        return value.lower() in ("1", "on", "t", "true", "y", "yes")
+    return value is True or (type(value) in (int, float) and value == 1)
 
 
 def error_type_for(status: int) -> str:
@@ -316,6 +325,8 @@ def _choices(value: Any) -> int:
     """The number of choices ``n``: 1 when absent."""
     if value is None:
         return 1
+    if isinstance(value, float) and value.is_integer():  # vLLM's lax pydantic: 2.0 is 2
+        value = int(value)
     if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= _MAX_CHOICES:
         return value
     raise RequestError(400, f"'n' must be an integer from 1 to {_MAX_CHOICES}.", param="n")

@@ -1,0 +1,82 @@
+"""vLLM's error answers in OpenAI's shape (:func:`gateway.errors.openai_error`)."""
+
+from __future__ import annotations
+
+import json
+
+import orjson
+import pytest
+
+from gateway.errors import UpstreamStatusError, openai_error
+
+
+def vllm(message: str, status: int = 400, kind: str = "BadRequestError") -> bytes:
+    """An error body exactly as vLLM 0.32 writes it."""
+    error = {"message": message, "type": kind, "param": "input_tokens", "code": status}
+    return json.dumps({"error": error}).encode()
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        "This model's maximum context length is 2048 tokens. However, your prompt contains "
+        "4100 input tokens, which exceeds this limit even without any output tokens.",
+        "Input length (5000) exceeds model's maximum context length (2048).",
+        "The decoder prompt (length 2049) is longer than the maximum model length of 2048. "
+        "Make sure that `max_model_len` is no smaller than the number of text tokens.",
+        "The decoder prompt (length 2048) plus the number of requested output tokens (at least "
+        "1) is longer than the maximum model length of 2048.",
+    ],
+)
+@pytest.mark.parametrize("param", ["messages", "prompt"])
+def test_every_context_length_message_is_context_length_exceeded(message: str, param: str) -> None:
+    error = orjson.loads(openai_error(400, vllm(message), param))["error"]
+    assert error == {
+        "message": message,
+        "type": "invalid_request_error",
+        "param": param,
+        "code": "context_length_exceeded",
+    }
+
+
+@pytest.mark.parametrize(
+    ("status", "kind"),
+    [(400, "invalid_request_error"), (401, "authentication_error"), (403, "permission_error"),
+     (404, "invalid_request_error"), (422, "invalid_request_error"), (429, "rate_limit_error"),
+     (500, "server_error"), (503, "server_error")],
+)  # fmt: skip
+def test_the_type_follows_the_status_and_a_numeric_code_is_dropped(status: int, kind: str) -> None:
+    error = orjson.loads(openai_error(status, vllm("nope", status)))["error"]
+    assert error["type"] == kind and error["code"] is None and error["message"] == "nope"
+
+
+def test_an_unknown_model_is_model_not_found() -> None:
+    body = vllm("The model `x` does not exist.", 404, "NotFoundError")
+    error = orjson.loads(openai_error(404, body))["error"]
+    assert (error["code"], error["param"]) == ("model_not_found", "model")
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [b"upstream connect error to http://10.0.0.7:8000/v1/chat", b'{"detail": "see http://e:1/x"}'],
+)
+def test_text_and_detail_bodies_keep_their_message_without_engine_urls(raw: bytes) -> None:
+    error = orjson.loads(openai_error(502, raw))["error"]
+    assert "10.0.0.7" not in error["message"] and "http://" not in error["message"]
+    assert "<engine>" in error["message"] and error["type"] == "server_error"
+
+
+def test_garbage_and_empty_bodies_still_give_an_openai_error() -> None:
+    for raw in (b"", b"{", b'{"error": 5}', b"[1]"):
+        error = orjson.loads(openai_error(400, raw))["error"]
+        assert error["type"] == "invalid_request_error" and error["message"]
+
+
+def test_upstream_status_error_uses_the_routes_prompt_param() -> None:
+    exc = UpstreamStatusError(
+        400,
+        vllm("Input length (9) exceeds model's maximum context length (8)."),
+        "application/json",
+    )
+    exc.prompt_param = "prompt"
+    assert orjson.loads(exc.body())["error"]["param"] == "prompt"
