@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -206,3 +207,45 @@ async def test_lora_adapters_are_models_routed_to_their_engines(tmp_path: Path) 
     finally:
         await watching.stop()
         await supervisor.stop()
+
+
+@pytest.fixture(scope="module")
+def lora_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    engine = {"kind": "stub", "lora_modules": [{"name": "sql-adapter", "path": "/unused"}]}
+    config = {
+        "models": [{"name": "base", "engine": engine}],
+        "auth": {
+            "enabled": True,
+            "keys": [
+                {"name": "adapter-only", "key": CLIENT_KEY, "models": ["sql-adapter"]},
+                {"name": "all", "key": "all-models-key-0123"},
+            ],
+        },
+        "engines": {"log_dir": str(tmp_path_factory.mktemp("logs"))},
+    }
+    yield from start_gateway(config, tmp_path_factory.mktemp("lora"))
+
+
+def test_a_lora_adapter_answers_under_its_name_through_the_gateway(lora_gateway: Gateway) -> None:
+    """Managed engine (its key generated, learnt from the registry), adapter routed as a
+    model, and a key's model allowlist applied to the adapter's name."""
+
+    def client(key: str) -> openai.OpenAI:
+        return openai.OpenAI(base_url=lora_gateway.base_url, api_key=key, max_retries=0)
+
+    def ask(client: openai.OpenAI, model: str) -> str:
+        return client.completions.create(model=model, prompt="hi", max_tokens=2).model
+
+    adapter_only, every = client(CLIENT_KEY), client("all-models-key-0123")
+    deadline = time.monotonic() + 20
+    while True:  # the engine becomes ready in the background
+        try:
+            assert ask(adapter_only, "sql-adapter") == "sql-adapter"
+            break
+        except openai.NotFoundError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+    assert ask(every, "base") == "base"
+    with pytest.raises(openai.PermissionDeniedError):
+        ask(adapter_only, "base")
