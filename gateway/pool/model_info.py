@@ -134,8 +134,12 @@ class EngineModels:
         return facts
 
     def _renamed(self, card: ModelFacts, model: str, served: str) -> ModelFacts:
-        """``card`` with the engines' names replaced by the client's."""
-        root = model if card.root == served else card.root
+        """``card`` with the engines' names replaced by the client's, and a ``root`` that is
+        a path on the engine's host (a managed engine's model or adapter directory) replaced
+        by the model's name: clients never learn the servers' file layout."""
+        root = card.root
+        if root == served or (root is not None and root.startswith(("/", ".", "~", "\\"))):
+            root = model
         parent = card.parent
         if parent is not None and not self._pool.has_model(parent):  # served under another name
             parent = self._clients.get(parent, parent)

@@ -42,15 +42,15 @@ async def test_facts_by_client_name_with_engine_names_replaced() -> None:
     pool = EnginePool({"chat": [A], "adapter": [A], "alias": [A]})
     engines = Engines(
         {A: {"data": [card("chat", root="chat"), card("adapter", "/lora/x", "chat")]}}
-    )
+    )  # vLLM reports an adapter's directory as its root: never shown to clients
     info = EngineModels(pool, engines, {"alias": "chat"})
     await info.refresh()
     assert info.facts["chat"] == ModelFacts(2048, "chat", None)
-    assert info.facts["adapter"] == ModelFacts(2048, "/lora/x", "chat")
+    assert info.facts["adapter"] == ModelFacts(2048, "adapter", "chat")
     assert info.facts["alias"] == ModelFacts(2048, "alias", None)  # root renamed too
     assert info.facts["adapter"].fields() == {
         "parent": "chat",
-        "root": "/lora/x",
+        "root": "adapter",
         "max_model_len": 2048,
     }
     assert engines.asked == [f"{A}/v1/models"]  # one read per engine, whatever it serves
@@ -88,3 +88,11 @@ async def test_garbage_from_an_engine_counts_as_no_answer() -> None:
         info = EngineModels(pool, Engines({A: garbage}), {})
         await info.refresh()
         assert info.facts.get("chat", ModelFacts()) == ModelFacts()
+
+
+async def test_a_hub_id_root_is_kept() -> None:
+    pool = EnginePool({"chat": [A]})
+    engines = Engines({A: {"data": [card("chat", root="HuggingFaceTB/SmolLM2-135M")]}})
+    info = EngineModels(pool, engines, {})
+    await info.refresh()
+    assert info.facts["chat"].root == "HuggingFaceTB/SmolLM2-135M"
