@@ -13,7 +13,7 @@ from gateway.pool.credentials import EngineCredentials
 from gateway.pool.engine_pool import EnginePool
 from gateway.pool.sources import RegistryWatcher, engine_keys
 
-SECRET = "s3cret-engine-key-value"
+SECRET = "fake-engine-key-0123456789"
 
 
 def test_headers_add_the_engines_key_and_nothing_for_others() -> None:
