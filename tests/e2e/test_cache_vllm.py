@@ -1,5 +1,6 @@
-"""The response cache in front of a real vLLM engine: answers stored from vLLM's own
-JSON and SSE formats replay identically, through the OpenAI SDK."""
+"""The response cache in front of real vLLM engines: an answer stored from vLLM's own
+JSON or SSE replays as the engine gave it (every field; only the answer's id is new),
+through the OpenAI SDK."""
 
 from __future__ import annotations
 
@@ -25,36 +26,33 @@ def cached_url(
     )
 
 
-def test_vllm_answers_replay_from_the_cache_in_both_forms(cached_url: str) -> None:
+def test_vllm_answers_replay_from_the_cache_exactly(cached_url: str) -> None:
     client = openai.OpenAI(base_url=cached_url, api_key="unused", max_retries=0)
     ask = {
         "model": DEFAULT_MODEL,
         "messages": [{"role": "user", "content": "What is the capital of France?"}],
         "temperature": 0,
         "max_tokens": 24,
+        "logprobs": True,
+        "extra_body": {"return_token_ids": True},
     }
     first = client.chat.completions.with_raw_response.create(**ask)  # type: ignore[call-overload]
     assert first.headers["x-cache"] == "MISS"
     fresh = first.parse()
     assert "Paris" in (fresh.choices[0].message.content or "")
+    hit = client.chat.completions.with_raw_response.create(**ask)  # type: ignore[call-overload]
+    assert hit.headers["x-cache"] == "HIT"
+    replayed = hit.parse()
+    assert replayed.id != fresh.id
+    assert replayed.model_dump(exclude={"id"}) == fresh.model_dump(exclude={"id"})
+    assert (fresh.choices[0].model_extra or {}).get("token_ids")  # vLLM's own fields survive
 
-    raw = client.chat.completions.with_raw_response.create(  # type: ignore[call-overload]
-        **ask, stream=True, stream_options={"include_usage": True}
-    )
-    assert raw.headers["x-cache"] == "HIT"
-    chunks = list(raw.parse())
-    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
-    assert text == fresh.choices[0].message.content
-    finish = [
-        c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason
-    ]
-    assert finish == [fresh.choices[0].finish_reason]
-    assert chunks[-1].usage == fresh.usage
-
-    # The other way round: stored from vLLM's stream, replayed as JSON.
-    other = ask | {"messages": [{"role": "user", "content": "Name a large ocean."}]}
-    streamed = list(client.chat.completions.create(**other, stream=True))  # type: ignore[call-overload]
-    streamed_text = "".join(c.choices[0].delta.content or "" for c in streamed if c.choices)
-    replay = client.chat.completions.with_raw_response.create(**other)  # type: ignore[call-overload]
-    assert replay.headers["x-cache"] == "HIT"
-    assert replay.parse().choices[0].message.content == streamed_text
+    streamed = ask | {"stream": True, "stream_options": {"include_usage": True}}
+    miss = client.chat.completions.with_raw_response.create(**streamed)  # type: ignore[call-overload]
+    assert miss.headers["x-cache"] == "MISS"
+    chunks = [c.model_dump(exclude={"id"}) for c in miss.parse()]
+    again = client.chat.completions.with_raw_response.create(**streamed)  # type: ignore[call-overload]
+    assert again.headers["x-cache"] == "HIT"
+    replayed_chunks = [c.model_dump(exclude={"id"}) for c in again.parse()]
+    assert replayed_chunks == chunks  # chunk for chunk, every field
+    assert len(chunks) > 3 and chunks[-1]["usage"] == fresh.usage.model_dump()

@@ -22,12 +22,17 @@ PARIS: list[ChatCompletionMessageParam] = [
 ]
 
 
-def engine_metrics(url: str) -> dict[str, float]:
-    # A CPU engine busy with a batch answers /metrics slowly: give it time.
-    return parse_prometheus(httpx.get(f"{url}/metrics", timeout=60).text)
+def engine_metrics(*urls: str) -> dict[str, float]:
+    """The engines' counters and gauges, summed over ``urls``."""
+    totals: dict[str, float] = {}
+    for url in urls:
+        # A CPU engine busy with a batch answers /metrics slowly: give it time.
+        for name, value in parse_prometheus(httpx.get(f"{url}/metrics", timeout=60).text).items():
+            totals[name] = totals.get(name, 0.0) + value
+    return totals
 
 
-def settled_metrics(url: str, timeout_s: float = 120.0) -> dict[str, float]:
+def settled_metrics(urls: list[str], timeout_s: float = 120.0) -> dict[str, float]:
     """The engine's counters once it is idle and they stop moving.
 
     vLLM publishes a request's last tokens to ``/metrics`` a moment after its answer
@@ -35,10 +40,10 @@ def settled_metrics(url: str, timeout_s: float = 120.0) -> dict[str, float]:
     token that then lands inside the next measurement (seen: 1,025 tokens counted
     for a batch of 1,024). Polls until two reads half a second apart agree."""
     deadline = time.monotonic() + timeout_s
-    last = engine_metrics(url)
+    last = engine_metrics(*urls)
     while time.monotonic() < deadline:
         time.sleep(0.5)  # the interval between two reads, not a wait for an outcome
-        now = engine_metrics(url)
+        now = engine_metrics(*urls)
         idle = now.get("vllm:num_requests_running", 0.0) == 0
         steady = all(
             now.get(name) == last.get(name)
@@ -80,9 +85,10 @@ def test_sixteen_concurrent_requests_are_batched(stack: Stack) -> None:
     # Counters, not a sampled gauge: a CPU engine busy with the batch can answer /metrics
     # so slowly that a sampler sees nothing but the idle engine before and after it.
     # Engine steps are counted by the histogram of tokens per step; served one at a
-    # time, 16 requests of N tokens need at least 16 * N steps, batched about N.
-    engine = stack.engine_url(DEFAULT_MODEL)
-    before = settled_metrics(engine)
+    # time, 16 requests of N tokens need at least 16 * N steps, batched about N (per
+    # engine: the model has two replicas, and the counters are summed over both).
+    engines = stack.engine_urls(DEFAULT_MODEL)
+    before = settled_metrics(engines)
     client = stack.client(timeout=300)
     max_tokens = 64
 
@@ -98,7 +104,7 @@ def test_sixteen_concurrent_requests_are_batched(stack: Stack) -> None:
 
     with ThreadPoolExecutor(16) as pool:
         answers = list(pool.map(one, range(16)))
-    after = settled_metrics(engine)
+    after = settled_metrics(engines)
     assert len(answers) == 16
     assert all(answers)
 
@@ -118,7 +124,7 @@ def test_sixteen_concurrent_requests_are_batched(stack: Stack) -> None:
 
 
 def test_client_disconnect_aborts_the_generation(stack: Stack) -> None:
-    engine = stack.engine_url(DEFAULT_MODEL)
+    engines = stack.engine_urls(DEFAULT_MODEL)
     body = {
         "model": DEFAULT_MODEL,
         "messages": [{"role": "user", "content": "Write a very long story about a dragon."}],
@@ -126,18 +132,18 @@ def test_client_disconnect_aborts_the_generation(stack: Stack) -> None:
         "ignore_eos": True,
         "stream": True,
     }
-    before = engine_metrics(engine).get("vllm:generation_tokens_total", 0.0)
+    before = engine_metrics(*engines).get("vllm:generation_tokens_total", 0.0)
     with httpx.stream(
         "POST", f"{stack.base_url}/chat/completions", json=body, timeout=120
     ) as response:
         lines = response.iter_lines()
         for _ in range(5):
             next(lines)
-        assert engine_metrics(engine).get("vllm:num_requests_running", 0) >= 1
+        assert engine_metrics(*engines).get("vllm:num_requests_running", 0) >= 1
     # Judged by tokens, not by the clock: a scrape of a busy CPU engine can itself take
     # seconds. With ignore_eos, a generation that was not aborted makes all 1500 tokens.
     deadline = time.monotonic() + 120
-    while (after := engine_metrics(engine)).get("vllm:num_requests_running", 0) > 0:
+    while (after := engine_metrics(*engines)).get("vllm:num_requests_running", 0) > 0:
         assert time.monotonic() < deadline, "the request is still running 2 minutes later"
         time.sleep(0.05)
     generated = after.get("vllm:generation_tokens_total", 0.0) - before
@@ -172,20 +178,44 @@ def _pid_listening_on(url: str) -> int:
     raise AssertionError(f"no vLLM process for {url}")
 
 
-def test_kill_9_engine_is_restarted_and_serves_again(stack: Stack) -> None:
-    """Runs last in this module: recovery takes an engine warm-up."""
-    engine = stack.engine_url(DEFAULT_MODEL)
-    os.kill(_pid_listening_on(engine), signal.SIGKILL)
+def test_kill_9_engines_restart_and_responses_continue_across_it(stack: Stack) -> None:
+    """Runs last (recovery takes an engine warm-up). A response made before every engine
+    of the model is killed is continued (``previous_response_id``) and retrieved after
+    they restarted: the conversation lives in the gateway, not in an engine's memory."""
+    client = stack.client(timeout=120)
+    first = client.responses.create(
+        model=DEFAULT_MODEL, input="What is the capital of France?", max_output_tokens=24,
+        temperature=0,
+    )  # fmt: skip
+    assert "Paris" in first.output_text
+    killed = stack.engine_urls(DEFAULT_MODEL)
+    assert len(killed) == 2
+    for engine in killed:
+        os.kill(_pid_listening_on(engine), signal.SIGKILL)
     deadline = time.monotonic() + 900
     while True:
         engines = httpx.get(f"{stack.admin_url}/ready").json()["engines"][DEFAULT_MODEL]
-        if any(ok for url, ok in engines.items() if url != engine):
+        restarted = [url for url, ok in engines.items() if ok and url not in killed]
+        if len(restarted) == 2:
             break
-        assert time.monotonic() < deadline, "engine was not restarted"
+        assert time.monotonic() < deadline, f"engines were not restarted: {engines}"
         time.sleep(1)
-    reply = stack.client(timeout=120).chat.completions.create(
+    reply = client.chat.completions.create(
         model=DEFAULT_MODEL, messages=PARIS, temperature=0, max_tokens=24
     )
     assert "Paris" in (reply.choices[0].message.content or "")
+    follow_up = client.responses.create(
+        model=DEFAULT_MODEL, previous_response_id=first.id, max_output_tokens=24,
+        input="Repeat the name of that city, one word.", temperature=0,
+    )  # fmt: skip
+    assert follow_up.previous_response_id == first.id
+    assert follow_up.output_text
+    # The engine saw the whole conversation: the first turn's input and output too.
+    assert first.usage is not None and follow_up.usage is not None
+    assert follow_up.usage.input_tokens > first.usage.input_tokens + first.usage.output_tokens
+    items = client.responses.input_items.list(follow_up.id, order="asc")
+    texts = [str(item) for item in items.data]
+    assert len(texts) >= 3 and "capital of France" in texts[0], texts
+    assert client.responses.retrieve(first.id).output_text == first.output_text
     with pytest.raises(openai.NotFoundError):
         stack.client().chat.completions.create(model="not-served", messages=PARIS)
