@@ -27,7 +27,10 @@ def input_items_page(record: StoredResponse, query: Mapping[str, str]) -> dict[s
             "Invalid 'order': expected 'asc' or 'desc'.", param="order", code="invalid_value"
         )
     limit_text = query.get("limit", str(DEFAULT_LIMIT))
-    if not limit_text.isdigit() or not 1 <= int(limit_text) <= MAX_LIMIT:
+    # ASCII digits only: str.isdigit() also admits '²' (which int() refuses) and other
+    # scripts' digits; a few of them bound int()'s work.
+    plain = limit_text.isascii() and limit_text.isdigit() and len(limit_text) <= 4
+    if not plain or not 1 <= int(limit_text) <= MAX_LIMIT:
         raise InvalidRequestError(
             f"Invalid 'limit': expected an integer from 1 to {MAX_LIMIT}.",
             param="limit",
