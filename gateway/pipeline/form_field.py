@@ -21,8 +21,16 @@ from gateway.errors import InvalidRequestError
 MAX_PARTS = 1000
 MAX_BOUNDARY = 70  # RFC 2046
 _CRLF = b"\r\n"
-_ESCAPED = re.compile(rb"\\(.)")
-_PARAM = re.compile(rb';\s*([!#$%&\'*+.^_`|~0-9A-Za-z-]+)\s*=\s*("(?:[^"\\]|\\.)*"|[^;\s]*)')
+_TOKEN = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_PARAM = re.compile(
+    rb"[ \t]*;[ \t]*(?:(" + _TOKEN.pattern + rb')[ \t]*=[ \t]*("[^"\\\r\n]*"|[^;"\\\s]+)[ \t]*)?'
+)
+"""One ``; key=value`` parameter (or an empty one), in the subset of the syntax on which
+every parser agrees: no backslash escapes, no quote in an unquoted value, only spaces
+and tabs around. The engine (python-multipart's ``parse_options_header``) reads
+anything else its own way (a ``;`` inside quotes, ``\\x`` kept as is, a vertical tab
+in a key): rather than guess, such a header is refused."""
+_BOUNDARY_END = re.compile(rb"[ \t]*\r\n")
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,17 +44,17 @@ class FieldSpan:
 
 def boundary_of(content_type: str) -> bytes:
     """The boundary of a ``multipart/form-data`` Content-Type (400 when there is none)."""
-    kind, _, params = content_type.partition(";")
+    kind, semicolon, params = content_type.partition(";")
     if kind.strip().lower() != "multipart/form-data":
         raise InvalidRequestError("the request must be multipart/form-data")
-    for param in params.split(";"):
-        key, _, value = param.partition("=")
-        if key.strip().lower() == "boundary":
-            boundary = value.strip()
-            if len(boundary) >= 2 and boundary[0] == boundary[-1] == '"':
-                boundary = boundary[1:-1]
-            if 0 < len(boundary) <= MAX_BOUNDARY and boundary.isascii():
-                return boundary.encode("ascii")
+    parsed = _params(semicolon.encode("latin-1", "replace") + params.encode("latin-1", "replace"))
+    boundaries = [value for key, value in (parsed or []) if key == b"boundary"]
+    # One boundary, read as the engine reads it: with two, the engine frames the body
+    # by the last, and the field found here would not be the one the engine reads.
+    if parsed is not None and len(boundaries) == 1:
+        boundary = boundaries[0]
+        if 0 < len(boundary) <= MAX_BOUNDARY and boundary.isascii():
+            return boundary
     raise InvalidRequestError("multipart/form-data without a valid boundary")
 
 
@@ -66,10 +74,12 @@ def find_field(body: bytes, boundary: bytes, name: bytes) -> FieldSpan | None:
     for _ in range(MAX_PARTS + 1):
         if body.startswith(b"--", pos):  # the closing delimiter
             return found
-        line_end = body.find(_CRLF, pos)  # after the delimiter: padding, then CRLF
-        if line_end < 0:
-            raise _malformed("a boundary line does not end")
-        pos = line_end + 2
+        # After the delimiter: spaces or tabs, then CRLF. Anything else makes it part of
+        # the content to the engine, which would then not see the part that follows.
+        line_end = _BOUNDARY_END.match(body, pos)
+        if line_end is None:
+            raise _malformed("a boundary line holds more than the boundary")
+        pos = line_end.end()
         if body.startswith(_CRLF, pos):  # a part without headers
             headers, content_start = b"", pos + 2
         else:
@@ -104,14 +114,32 @@ def _field_name(headers: bytes) -> bytes | None:
         key, _, value = line.partition(b":")
         if key.strip().lower() != b"content-disposition":
             continue
+        kind, semicolon, rest = value.partition(b";")
+        params = _params(semicolon + rest)
+        if _TOKEN.fullmatch(kind.strip(b" \t")) is None or params is None:
+            raise _malformed("a Content-Disposition this gateway cannot read unambiguously")
         name = None
-        for match in _PARAM.finditer(b";" + value.partition(b";")[2]):
-            if match.group(1).lower() == b"name":
-                raw = match.group(2)
-                if raw[:1] == b'"':
-                    raw = _ESCAPED.sub(rb"\1", raw[1:-1])
-                name = raw
+        for param, param_value in params:
+            if param == b"name":
+                name = param_value
     return name
+
+
+def _params(text: bytes) -> list[tuple[bytes, bytes]] | None:
+    """The ``(lower-case key, unquoted value)`` pairs of a header's ``; key=value``
+    parameters, in order; None when ``text`` is not wholly such parameters (see
+    :data:`_PARAM`)."""
+    found: list[tuple[bytes, bytes]] = []
+    pos, end = 0, len(text.rstrip(b" \t"))
+    while pos < end:
+        match = _PARAM.match(text, pos, end)
+        if match is None or match.end() == pos:
+            return None
+        pos = match.end()
+        if match.group(1) is not None:
+            value = match.group(2)
+            found.append((match.group(1).lower(), value[1:-1] if value[:1] == b'"' else value))
+    return found
 
 
 def _malformed(why: str) -> InvalidRequestError:
