@@ -173,8 +173,20 @@ class UpstreamStatusError(GatewayError):
         self.content_type = content_type
         self.prompt_param = "messages"
         """Where the prompt is on the request's route (``prompt`` for completions)."""
+        self.engine_refused_key = status == 401
+        """The engine refused the *gateway's* key (the client's never reaches it): a
+        502, never a 401 that tells the client its own accepted key is wrong."""
+        if self.engine_refused_key:
+            self.status = UpstreamError.status
 
     def body(self) -> bytes:
+        if self.engine_refused_key:
+            return error_body(
+                "The engine refused this gateway's credentials (see models[].api_key).",
+                UpstreamError.error_type,
+                None,
+                UpstreamError.code,
+            )
         return openai_error(self.status, self.raw_body, self.prompt_param)
 
 
