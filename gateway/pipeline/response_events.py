@@ -21,14 +21,14 @@ from typing import Any
 import orjson
 
 from gateway.errors import GatewayError, UpstreamError
-from gateway.upstream.relay import BatchTap, StreamOutcome
+from gateway.upstream.relay import STREAM_ERROR, BatchTap, StreamOutcome, openai_error_events
 from gateway.upstream.transport import EventSource
 
 TERMINAL_TYPES = frozenset({"response.completed", "response.incomplete", "response.failed"})
 _TERMINAL_MARKS = tuple(b'"' + kind.encode() + b'"' for kind in sorted(TERMINAL_TYPES))
 """Inside a JSON string a quote is escaped, so these bytes only match a ``type`` value
 (or the ``event:`` line's name, quoted nowhere): generated text never triggers a parse."""
-_MARKS = (*_TERMINAL_MARKS, b'"type":"error"')
+_MARKS = (*_TERMINAL_MARKS, b'"type":"error"', STREAM_ERROR)
 
 
 class FinalResponseTap:
@@ -55,8 +55,8 @@ class FinalResponseTap:
                 data = orjson.loads(line[5:])
             except orjson.JSONDecodeError:
                 return
-            if isinstance(data, dict) and data.get("type") == "error":
-                self.engine_error = True
+            if isinstance(data, dict) and (data.get("type") == "error" or "error" in data):
+                self.engine_error = True  # OpenAI's error event, or vLLM's {"error": {...}}
             if isinstance(data, dict) and data.get("type") in TERMINAL_TYPES:
                 response = data.get("response")
                 if isinstance(response, dict):
@@ -111,6 +111,8 @@ async def relay_response_events(
             if outcome.first_chunk_at is None:
                 outcome.first_chunk_at = clock()
             batch = received
+            if STREAM_ERROR in batch:  # vLLM's own error event, in OpenAI's shape
+                batch = openai_error_events(batch, "input")
             for tap in taps:
                 batch = tap.inspect(batch)
             batch = final.inspect(batch)

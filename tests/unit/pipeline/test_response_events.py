@@ -92,3 +92,23 @@ def test_an_engine_error_event_ends_the_stream_as_it_is() -> None:
     own = _event("error", code="x", message="boom", param=None)
     batches, outcome = _relay(_Source([own]), seen)
     assert batches == [own] and outcome.error is None
+
+
+def test_an_engine_error_event_is_mapped_and_not_followed_by_a_second() -> None:
+    """vLLM ends a failing stream with ``data: {"error": {...}}``: the client gets it in
+    OpenAI's shape (here a context-length error on ``input``), and no second error event."""
+    vllm_error = orjson.dumps(
+        {"error": {"message": "This model's maximum context length is 2048 tokens.",
+                   "type": "BadRequestError", "param": None, "code": 400}}
+    )  # fmt: skip
+    seen: list[Any] = []
+    out, outcome = _relay(
+        _Source([_event("response.created"), b"data: " + vllm_error + b"\n\n"]), seen
+    )
+    errors = [line for batch in out for line in batch.split(b"\n") if b'"error"' in line]
+    assert len(errors) == 1, out
+    error = orjson.loads(errors[0][len(b"data: ") :])["error"]
+    assert (error["code"], error["param"], error["type"]) == (
+        "context_length_exceeded", "input", "invalid_request_error"
+    )  # fmt: skip
+    assert outcome.error is None and not outcome.completed
