@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import os
 import socket
 from collections import deque
 from time import perf_counter
@@ -26,6 +27,34 @@ import aiohttp
 import httptools
 
 from benchmarks.measure import Exchange
+
+#: Put in a request body, it is replaced by a value that no other request of the run
+#: carries (same width, so Content-Length holds): a prompt unique per request makes
+#: every request a cache miss.
+UNIQUE = b"<unique-request-no.>"
+
+
+class Numbered:
+    """Bytes in which :data:`UNIQUE` becomes a fresh value at each :meth:`next`.
+
+    The value is a random prefix (one per client, so that runs do not repeat each
+    other's prompts) and a counter, together exactly as wide as the marker. Bytes
+    without the marker come back as they are, at the cost of one call.
+    """
+
+    __slots__ = ("_count", "_parts", "_prefix", "_width")
+
+    def __init__(self, template: bytes) -> None:
+        self._parts = template.split(UNIQUE)
+        self._prefix = os.urandom(4).hex()
+        self._width = len(UNIQUE) - len(self._prefix)
+        self._count = 0
+
+    def next(self) -> bytes:
+        if len(self._parts) == 1:
+            return self._parts[0]
+        self._count += 1
+        return f"{self._prefix}{self._count:0{self._width}d}".encode().join(self._parts)
 
 
 class Client(Protocol):
@@ -137,7 +166,7 @@ class RawClient:
 
     def __init__(self, url: str, body: bytes, headers: dict[str, str], limit: int) -> None:
         self._host, self._port, _ = loopback_target(url)
-        self._request = raw_request(url, body, headers)
+        self._requests = Numbered(raw_request(url, body, headers))
         self._limit = limit
         self._idle: list[_Connection] = []
         self._all: set[_Connection] = set()
@@ -184,7 +213,7 @@ class RawClient:
             await asyncio.sleep(0.01)  # do not spin on a dead port
             return
         try:
-            await conn.exchange(self._request, ex)
+            await conn.exchange(self._requests.next(), ex)
         except BaseException:
             conn.abort()  # cancelled mid-response: the connection is unusable
             raise
@@ -204,7 +233,7 @@ class AiohttpClient:
     def __init__(self, url: str, body: bytes, headers: dict[str, str], limit: int) -> None:
         loopback_target(url)
         self._url = url
-        self._body = body
+        self._bodies = Numbered(body)
         self._headers = {"Content-Type": "application/json", **headers}
         self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=limit, limit_per_host=0),
@@ -214,9 +243,10 @@ class AiohttpClient:
         )
 
     async def send(self, ex: Exchange) -> None:
+        body = self._bodies.next()
         ex.sent = perf_counter()
         try:
-            async with self._session.post(self._url, data=self._body, headers=self._headers) as r:
+            async with self._session.post(self._url, data=body, headers=self._headers) as r:
                 ex.status = r.status
                 async for data in r.content.iter_any():
                     ex.feed(data, perf_counter())

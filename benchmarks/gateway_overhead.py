@@ -13,13 +13,17 @@ CPU 1 beside the stub. It prints a table, checks the goals, and writes JSON
 (every figure, the machine, the command line) and a PNG of latency CDFs into
 ``--out``. Every process it started is stopped on exit, Ctrl-C included.
 
-Run: ``python -m benchmarks.gateway_overhead --duration 10``.
+``--sweep`` (and ``--full``, which also turns on auth, Redis rate limits and a
+cache lookup + store per request) replaces (a)-(c) with paired rounds at several
+concurrency levels, the streams scenario, the memory holding 1,000 streams and,
+with ``--gateway-workers 2``, the scaling to two workers: :mod:`benchmarks.full_mode`.
+
+Run: ``python -m benchmarks.gateway_overhead --duration 10`` (or ``--full``).
 """
 
 from __future__ import annotations
 
 import argparse
-import resource
 import shlex
 import sys
 import time
@@ -27,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks import pyspy
+from benchmarks import full_mode, pyspy
 from benchmarks.clients import CLIENTS
 from benchmarks.loadgen import LoadSpec, chat_body, run_blocking
 from benchmarks.measure import RunResult
@@ -41,6 +45,7 @@ from benchmarks.procs import (
     group_cpu_seconds,
     pin_self,
 )
+from benchmarks.sampling import own_cpu_seconds
 
 GATEWAY_CPU = 0
 STUB_CPU = 1  # the stub and the load generator share it
@@ -97,22 +102,17 @@ def _measure(
 ) -> tuple[RunResult, dict[str, float]]:
     """One load run, with the CPU share each process group used during it."""
     before = {name: group_cpu_seconds(pgid) for name, pgid in pgids.items()}
-    before["loadgen"] = _own_cpu_seconds()
+    before["loadgen"] = own_cpu_seconds()
     ticks = cpu_ticks()
     started = time.perf_counter()
     result = run_blocking(spec, label)
     wall = time.perf_counter() - started
     machine = sum(busy_between(ticks, cpu_ticks()).values())
     after = {name: group_cpu_seconds(pgid) for name, pgid in pgids.items()}
-    after["loadgen"] = _own_cpu_seconds()
+    after["loadgen"] = own_cpu_seconds()
     shares = {name: (after[name] - before[name]) / wall for name in after}
     shares["other"] = max(0.0, machine - sum(shares.values()))  # work that is not ours
     return result, shares
-
-
-def _own_cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
 
 
 def run_scenarios(
@@ -188,7 +188,18 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--profile", action="store_true", help="then profile the gateway under load with py-spy"
     )
+    sweep = parser.add_argument_group("sweep mode (--sweep, --full)")
+    sweep.add_argument("--sweep", action="store_true", help="paired rounds at --levels instead")
+    sweep.add_argument("--full", action="store_true", help="sweep with auth + limits + cache on")
+    sweep.add_argument("--levels", type=_levels, default=[1, 16, 64, 256], help="e.g. 1,64")
+    sweep.add_argument("--rounds", type=int, default=3, help="paired rounds per level")
+    sweep.add_argument("--hold-streams", type=int, default=1000, help="0: skip the RSS part")
+    sweep.add_argument("--hold-seconds", type=float, default=10.0, help="each held stream lasts")
     return parser
+
+
+def _levels(text: str) -> list[int]:
+    return [int(part) for part in text.split(",") if part.strip()]
 
 
 @dataclass
@@ -247,6 +258,14 @@ def main(argv: list[str] | None = None) -> int:
     pinned = pin_self(STUB_CPU)
     where = "pinned to CPU 1 beside the stub" if pinned else "NOT pinned (no CPU 1)"
     print(f"load generator: {args.client} client, in this process, {where}")
+    if args.sweep or args.full:
+        basics = {"command": shlex.join(argv_used), "argv": argv_used, "started": stamp,
+                  "cpu_busy_before": busy, "client": args.client, "logs": str(log_dir)}  # fmt: skip
+        try:
+            return full_mode.main_sweep(args, basics, log_dir, pinned)
+        except KeyboardInterrupt:
+            print("\ninterrupted: every process started was stopped", file=sys.stderr)
+            return 130
     try:
         session = run_all(args, log_dir, stamp, pinned)
     except KeyboardInterrupt:

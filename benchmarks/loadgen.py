@@ -78,9 +78,13 @@ def chat_body(
     prompt: str = "Say hello.",
     max_tokens: int | None = None,
     stub: dict[str, float] | None = None,
+    temperature: float | None = None,
 ) -> bytes:
-    """A chat completion request body, encoded once for the whole run."""
+    """A chat completion request body, encoded once for the whole run (a prompt holding
+    :data:`benchmarks.clients.UNIQUE` differs in every request)."""
     body: dict[str, Any] = {"model": model, "messages": [{"role": "user", "content": prompt}]}
+    if temperature is not None:
+        body["temperature"] = temperature
     if stream:
         body["stream"] = True
         body["stream_options"] = {"include_usage": True}

@@ -20,6 +20,7 @@ from pathlib import Path
 from types import FrameType, TracebackType
 
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
+_PAGE = os.sysconf("SC_PAGE_SIZE")
 _PR_SET_PDEATHSIG = 1
 
 
@@ -53,6 +54,36 @@ def group_cpu_seconds(pgid: int) -> float:
         if int(fields[2]) == pgid:  # fields[2] is pgrp; 11/12 are utime/stime
             total += int(fields[11]) + int(fields[12])
     return total / _CLK_TCK
+
+
+def group_pids(pgid: int) -> list[int]:
+    """The live processes of a process group (a gateway's supervisor and its workers)."""
+    pids = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = Path(entry.path, "stat").read_text()
+        except OSError:
+            continue
+        if int(stat[stat.rindex(")") + 2 :].split()[2]) == pgid:
+            pids.append(int(entry.name))
+    return pids
+
+
+def rss_bytes(pids: list[int]) -> int:
+    """Resident memory of ``pids`` together (``/proc/PID/statm``); gone processes count 0.
+
+    Takes the pids rather than a group so that a sampler can look them up once and
+    read a few small files per sample instead of scanning ``/proc``.
+    """
+    total = 0
+    for pid in pids:
+        try:
+            total += int(Path(f"/proc/{pid}/statm").read_text().split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+    return total * _PAGE
 
 
 def cpu_ticks() -> dict[str, tuple[int, int]]:
@@ -111,8 +142,9 @@ class Processes:
         self._started: list[tuple[str, subprocess.Popen[bytes]]] = []
         self._previous: dict[int, object] = {}
 
-    def start(self, name: str, argv: list[str], cpu: int | None) -> subprocess.Popen[bytes]:
-        """Start ``argv`` (under ``taskset -c cpu`` when given) in its own process group."""
+    def start(self, name: str, argv: list[str], cpu: int | str | None) -> subprocess.Popen[bytes]:
+        """Start ``argv`` (under ``taskset -c cpu`` when given, e.g. ``1`` or ``"0,1"``) in
+        its own process group."""
         self._log_dir.mkdir(parents=True, exist_ok=True)
         command = ["taskset", "-c", str(cpu), *argv] if cpu is not None else argv
         with open(self._log_dir / f"{name}.log", "wb") as log:
