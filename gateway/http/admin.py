@@ -56,7 +56,7 @@ def _unavailable() -> DependencyUnavailableError:
 async def create(request: Request) -> Response:
     state, store = _authorized_store(request)
     raw = await read_body(
-        request, state.settings.server.max_body_bytes, request.headers.get("content-length")
+        request.receive, state.settings.server.max_body_bytes, request.headers.get("content-length")
     )
     try:
         new = NewKey.parse(orjson.loads(raw))

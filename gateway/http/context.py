@@ -1,4 +1,5 @@
-"""What routers may reach: the app's state, the request id and a size-limited body."""
+"""What routes may reach: the app's state, the request id, the headers they read and a
+size-limited body (from a Starlette ``Request`` or straight from the ASGI scope)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from dataclasses import dataclass
 from typing import cast
 
 from starlette.requests import Request
+from starlette.types import Receive, Scope
 
 from gateway.errors import InvalidRequestError, PayloadTooLargeError
 from gateway.http.request_id import SCOPE_KEY
@@ -13,11 +15,20 @@ from gateway.http.state import AppState
 
 
 def app_state(request: Request) -> AppState:
-    return cast(AppState, request.app.state.vgate)
+    return scope_state(request.scope)
+
+
+def scope_state(scope: Scope) -> AppState:
+    """The app's state, from the scope (Starlette puts the app there)."""
+    return cast(AppState, scope["app"].state.vgate)
 
 
 def request_id(request: Request) -> str:
-    return cast(str, request.scope[SCOPE_KEY])
+    return scope_request_id(request.scope)
+
+
+def scope_request_id(scope: Scope) -> str:
+    return cast(str, scope[SCOPE_KEY])
 
 
 _COMPLETION_HEADERS = frozenset(
@@ -35,7 +46,7 @@ class CompletionHeaders:
     content_length: str | None
 
 
-def completion_headers(request: Request) -> CompletionHeaders:
+def completion_headers(headers: list[tuple[bytes, bytes]]) -> CompletionHeaders:
     """:class:`CompletionHeaders` from one pass over the raw header list (ASGI servers
     send names lowercased; the first of repeated headers wins, as in Starlette).
 
@@ -44,7 +55,7 @@ def completion_headers(request: Request) -> CompletionHeaders:
     under load (py-spy, ``benchmarks.gateway_overhead --profile``).
     """
     found: dict[bytes, bytes] = {}
-    for name, value in request.scope["headers"]:
+    for name, value in headers:
         if name in _COMPLETION_HEADERS and name not in found:
             found[name] = value
     return CompletionHeaders(
@@ -59,9 +70,9 @@ def _text(value: bytes | None) -> str | None:
     return None if value is None else value.decode("latin-1")
 
 
-async def read_body(request: Request, limit: int, declared: str | None) -> bytes:
-    """The whole body, refusing (413) as soon as it is known to exceed ``limit`` bytes
-    (``declared``: the request's Content-Length header, if any).
+async def read_body(receive: Receive, limit: int, declared: str | None) -> bytes:
+    """The whole body from ``receive``, refusing (413) as soon as it is known to exceed
+    ``limit`` bytes (``declared``: the request's Content-Length header, if any).
 
     Bytes are counted as they arrive, so a body without Content-Length (chunked) is
     refused once past the limit, without waiting for or keeping the rest. A client
@@ -75,7 +86,7 @@ async def read_body(request: Request, limit: int, declared: str | None) -> bytes
     chunks: list[bytes] = []
     size = 0
     while True:
-        message = await request.receive()
+        message = await receive()
         if message["type"] != "http.request":  # http.disconnect: nothing more will come
             raise InvalidRequestError("the connection closed before the request body was complete")
         chunk = message.get("body", b"")

@@ -6,50 +6,94 @@ router and sub-router dispatch, ...). Each is a coroutine frame, and each time a
 request waits (for Redis, for the engine) and resumes, Python walks back through
 every one of them. The completion routes need none of it: they read their body
 within the size limit themselves and turn every failure into an OpenAI error. So
-:class:`HotRoutes` answers ``POST`` on those paths directly and hands every other
-request, including other methods on the same paths, to FastAPI unchanged.
+:class:`HotRoutes` hands ``POST`` on those paths straight to their
+:class:`Endpoint` and every other request, including other methods on the same
+paths, to FastAPI unchanged.
 
-It sits inside :class:`gateway.http.request_id.RequestIdMiddleware` (answers still
-carry ``x-request-id``) and does what the skipped layers would have done for
-these routes: a :class:`GatewayError` becomes its JSON error and an unexpected
-exception a logged 500, both in OpenAI's format.
+An :class:`Endpoint` is a plain ASGI app: no Starlette ``Request`` or ``Response``
+is made. Its handler reads what it needs from the scope and ``receive``, and
+returns the pipeline's result, which :mod:`gateway.http.answers` sends as ASGI
+messages. It does what the skipped layers would have done: a
+:class:`GatewayError` becomes its JSON error and an unexpected exception a
+logged 500, both in OpenAI's format. (The same endpoints also sit in FastAPI's
+router, which answers 405 for other methods on their paths.)
+
+Both sit inside :class:`gateway.http.request_id.RequestIdMiddleware`, so answers
+still carry ``x-request-id``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, cast
 
-from starlette.requests import Request
-from starlette.responses import Response
+from fastapi import APIRouter
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.errors import GatewayError
-from gateway.http.render import gateway_error_response, internal_error_response
+from gateway.http.answers import send_error, send_internal_error, send_result
+from gateway.http.client_watch import ClientWatch
+from gateway.pipeline.results import Result
 
 log = logging.getLogger("vgate.app")
 
-Handler = Callable[[Request], Awaitable[Response]]
+Handler = Callable[[Scope, Receive, ClientWatch], Awaitable[Result]]
+"""Answers one request: reads its headers from the scope and its body from
+``receive``, then starts the :class:`ClientWatch` (the body read whole) and
+returns the pipeline's result; refuses by raising :class:`GatewayError`."""
+
+
+class Endpoint:
+    """One route's handler as an ASGI app that sends its result or its error.
+
+    A client that hangs up while the answer is being made or streamed cancels
+    it (see :mod:`gateway.http.client_watch`); nothing is sent then, since nobody
+    is left to receive it."""
+
+    __slots__ = ("_handler",)
+
+    def __init__(self, handler: Handler) -> None:
+        self._handler = handler
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        watch = ClientWatch(receive)
+        try:
+            try:
+                result = await self._handler(scope, receive, watch)
+            except GatewayError as exc:
+                await send_error(exc, send)
+                return
+            except Exception:
+                log.exception("unhandled error on %s %s", scope["method"], scope["path"])
+                await send_internal_error(send)
+                return
+            await send_result(result, send)
+        except asyncio.CancelledError:
+            if not watch.abandoned:
+                raise
+            watch.swallow()
+        finally:
+            watch.stop()
 
 
 class HotRoutes:
-    """``POST`` on the paths in ``routes`` goes to its handler; anything else to ``app``."""
+    """``POST`` on the paths in ``routes`` goes to its endpoint; anything else to ``app``."""
 
-    def __init__(self, app: ASGIApp, routes: Mapping[str, Handler]) -> None:
+    def __init__(self, app: ASGIApp, routes: Mapping[str, ASGIApp]) -> None:
         self._app = app
         self._routes = dict(routes)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        handler = self._routes.get(scope["path"]) if scope["type"] == "http" else None
-        if handler is None or scope["method"] != "POST":
+        endpoint = self._routes.get(scope["path"]) if scope["type"] == "http" else None
+        if endpoint is None or scope["method"] != "POST":
             await self._app(scope, receive, send)
             return
-        request = Request(scope, receive, send)
-        try:
-            response = await handler(request)
-        except GatewayError as exc:
-            response = gateway_error_response(exc)
-        except Exception:
-            log.exception("unhandled error on POST %s", scope["path"])
-            response = internal_error_response()
-        await response(scope, receive, send)
+        await endpoint(scope, receive, send)
+
+
+def add_endpoint(router: APIRouter, path: str, endpoint: Endpoint) -> None:
+    """``POST`` on ``path`` served by ``endpoint`` (Starlette serves an ASGI app given as
+    a route's endpoint as it is; its type hints only admit request handlers)."""
+    router.add_route(path, cast(Any, endpoint), methods=["POST"])

@@ -22,6 +22,7 @@ listener itself asks no key for ``/metrics``, ``/sd/engines`` and ``/ready``
 from __future__ import annotations
 
 import hmac
+from collections.abc import Awaitable, Callable
 
 from fastapi import APIRouter
 from starlette.requests import Request
@@ -31,9 +32,9 @@ from gateway.config.sections import ServerSettings
 from gateway.errors import AuthenticationError, PermissionDeniedError
 from gateway.http import admin, ops
 from gateway.http.context import app_state
-from gateway.http.hot_routes import Handler
 
 GET = ["GET"]
+Handler = Callable[[Request], Awaitable[Response]]
 
 
 def admin_key_presented(request: Request) -> bool:

@@ -27,10 +27,12 @@ def _handler(route: ScopedRoute) -> Callable[[Request], Awaitable[Response]]:
         service = state.passthrough
         if service is None:
             raise NotFoundError(f"no route POST {route.path}")
-        headers = completion_headers(request)
+        headers = completion_headers(request.scope["headers"])
         # Refuse a wrong key before holding its body in memory.
         principal = await service.caller(route, headers.authorization)
-        raw = await read_body(request, state.settings.server.max_body_bytes, headers.content_length)
+        raw = await read_body(
+            request.receive, state.settings.server.max_body_bytes, headers.content_length
+        )
         meta = ScopedMeta(
             request_id(request), request.headers.get("content-type"), headers.session_id
         )

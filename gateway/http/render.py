@@ -1,62 +1,39 @@
-"""Results and errors as HTTP: the one place that turns what the pipeline answers
-(:mod:`gateway.pipeline.results`) and every :class:`GatewayError` into responses.
+"""Answers and errors as responses for the routes FastAPI serves.
 
-Streams become :class:`SSEResponse`: the pipeline's events pass through as they
-arrive, a failure part way ends them with an OpenAI error event and
-``data: [DONE]`` (the SDK raises ``APIError`` on it), and the request's
-resources are released however the response ends.
+The completion routes and ``POST /v1/responses`` are
+:class:`gateway.http.hot_routes.Endpoint` s: they send their results, streams
+included, straight as ASGI messages (:mod:`gateway.http.answers`). The routes
+that still take a Starlette ``Request`` and return a ``Response`` (the other
+Responses API routes; errors from FastAPI's exception handlers) get theirs here,
+an :class:`Answer` sent the same way as an endpoint's.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
-
-from starlette.background import BackgroundTask
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from gateway.errors import GatewayError, error_body
-from gateway.pipeline.results import Answer, EventStream, Replay, Result
+from gateway.http.answers import send_result
+from gateway.pipeline.results import Answer
 
-DONE_EVENT = b"data: [DONE]\n\n"
-SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 JSON = "application/json"
 
 
-def render(result: Result) -> Response:
-    """The response for one pipeline result."""
-    if isinstance(result, Answer):
-        return JSONAnswer(result)
-    response: Response
-    if isinstance(result, EventStream):
-        response = SSEResponse(sse_body(result.events), result.close, SSE_HEADERS)
-    else:
-        response = _replay(result)
-    response.raw_headers += result.headers
-    return response
+def render(answer: Answer) -> Response:
+    """The response for one complete answer."""
+    return AnswerResponse(answer)
 
 
-def _replay(replay: Replay) -> Response:
-    """A cached answer; ``X-Cache`` and ``Age`` come with its headers when the cache
-    may disclose them (never when it is shared between keys)."""
-    body = replay.entry.replay(replay.include_usage)
-    if replay.entry.stream:
-        return Response(body, headers=SSE_HEADERS, media_type="text/event-stream")
-    return Response(body, media_type=JSON)
+class AnswerResponse(Response):
+    """An :class:`Answer`, sent by :func:`gateway.http.answers.send_result`."""
 
+    def __init__(self, answer: Answer) -> None:  # no super().__init__: nothing of it is used
+        self.answer = answer
+        self.background = None
 
-def error_event(error: GatewayError) -> bytes:
-    """One SSE event carrying an OpenAI error object."""
-    return b"data: " + error.body() + b"\n\n"
-
-
-async def sse_body(events: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    """``events`` as they come; a failure part way becomes an error event and ``[DONE]``."""
-    try:
-        async for batch in events:
-            yield batch
-    except GatewayError as exc:
-        yield error_event(exc) + DONE_EVENT
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send_result(self.answer, send)
 
 
 def gateway_error_response(exc: GatewayError) -> Response:
@@ -67,44 +44,3 @@ def gateway_error_response(exc: GatewayError) -> Response:
 def internal_error_response() -> Response:
     body = error_body("internal gateway error", "internal_error", None, "internal_error")
     return Response(body, 500, media_type=JSON)
-
-
-class JSONAnswer(Response):
-    """An :class:`Answer` as sent: the pipeline's headers are already raw, so nothing
-    is normalised again (Starlette's header set-up is a few µs of every answer)."""
-
-    def __init__(self, answer: Answer) -> None:  # no super().__init__: it would redo this
-        self.status_code = answer.status
-        self.body = answer.body
-        self.background = None
-        self.raw_headers = [
-            (b"content-length", b"%d" % len(answer.body)),
-            (b"content-type", b"application/json"),
-            *answer.headers,
-        ]
-
-
-class SSEResponse(StreamingResponse):
-    """A streaming response whose cleanup runs however the stream ends.
-
-    Starlette cancels the body iterator when the client disconnects; an iterator
-    that never started would skip its ``finally``. ``on_close`` always runs.
-    """
-
-    def __init__(
-        self,
-        content: AsyncIterator[bytes],
-        on_close: Callable[[], None],
-        headers: dict[str, str],
-        background: BackgroundTask | None = None,
-    ) -> None:
-        super().__init__(
-            content, media_type="text/event-stream", headers=headers, background=background
-        )
-        self._on_close = on_close
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            await super().__call__(scope, receive, send)
-        finally:
-            self._on_close()

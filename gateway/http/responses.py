@@ -2,23 +2,32 @@
 :class:`gateway.pipeline.responses.ResponsesService` and renders what it answers.
 
 Every route identifies the caller from the headers first (401 before any body is
-read). A client that hangs up while a non-streaming response is being generated
-cancels the request, which closes the upstream connection so the engine stops.
+read). ``create`` is an :class:`gateway.http.hot_routes.Endpoint`, as the completion
+routes are: a client that hangs up while its response is being generated or
+streamed cancels the request, which closes the upstream connection so the engine
+stops.
 """
 
 from __future__ import annotations
 
-import asyncio
-
 from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.types import Receive, Scope
 
 from gateway.errors import NotFoundError
-from gateway.http.completions import CLIENT_CLOSED_REQUEST
-from gateway.http.context import app_state, completion_headers, read_body, request_id
+from gateway.http.client_watch import ClientWatch
+from gateway.http.context import (
+    app_state,
+    completion_headers,
+    read_body,
+    scope_request_id,
+    scope_state,
+)
+from gateway.http.hot_routes import Endpoint, add_endpoint
 from gateway.http.render import render
 from gateway.pipeline.responses import PATH, ResponsesService
+from gateway.pipeline.results import Result
 
 router = APIRouter()
 
@@ -30,69 +39,48 @@ def _service(request: Request) -> ResponsesService:
     return service
 
 
-async def _until_disconnect(request: Request) -> None:
-    while (await request.receive())["type"] != "http.disconnect":
-        pass
-
-
-async def create(request: Request) -> Response:
-    service = _service(request)
-    headers = completion_headers(request)
+async def _create(scope: Scope, receive: Receive, watch: ClientWatch) -> Result:
+    state = scope_state(scope)
+    service = state.responses
+    if service is None:
+        raise NotFoundError(f"no route {scope['method']} {scope['path']}")
+    headers = completion_headers(scope["headers"])
     principal = await service.caller(headers.authorization)
-    limit = app_state(request).settings.server.max_body_bytes
-    raw = await read_body(request, limit, headers.content_length)
-    handler = asyncio.current_task()
-    assert handler is not None
-    abandoned = False
+    raw = await read_body(receive, state.settings.server.max_body_bytes, headers.content_length)
+    watch.start()
+    return await service.create(raw, principal, scope_request_id(scope), headers.session_id)
 
-    def client_left(watcher: asyncio.Task[None]) -> None:
-        nonlocal abandoned
-        if not watcher.cancelled():
-            abandoned = True
-            handler.cancel()
 
-    watcher = asyncio.create_task(_until_disconnect(request))
-    watcher.add_done_callback(client_left)
-    try:
-        result = await service.create(raw, principal, request_id(request), headers.session_id)
-        return render(result)
-    except asyncio.CancelledError:
-        if not abandoned:
-            raise
-        handler.uncancel()
-        return Response(status_code=CLIENT_CLOSED_REQUEST)
-    finally:
-        watcher.remove_done_callback(client_left)
-        watcher.cancel()
+create = Endpoint(_create)
 
 
 async def retrieve(request: Request) -> Response:
     service = _service(request)
-    principal = await service.caller(completion_headers(request).authorization)
+    principal = await service.caller(completion_headers(request.scope["headers"]).authorization)
     return render(await service.retrieve(request.path_params["response_id"], principal))
 
 
 async def delete(request: Request) -> Response:
     service = _service(request)
-    principal = await service.caller(completion_headers(request).authorization)
+    principal = await service.caller(completion_headers(request.scope["headers"]).authorization)
     return render(await service.delete(request.path_params["response_id"], principal))
 
 
 async def cancel(request: Request) -> Response:
     service = _service(request)
-    principal = await service.caller(completion_headers(request).authorization)
+    principal = await service.caller(completion_headers(request.scope["headers"]).authorization)
     return render(await service.cancel(request.path_params["response_id"], principal))
 
 
 async def input_items(request: Request) -> Response:
     service = _service(request)
-    principal = await service.caller(completion_headers(request).authorization)
+    principal = await service.caller(completion_headers(request.scope["headers"]).authorization)
     query = dict(request.query_params)
     response_id = request.path_params["response_id"]
     return render(await service.input_items(response_id, principal, query))
 
 
-router.add_route(PATH, create, methods=["POST"])
+add_endpoint(router, PATH, create)
 router.add_route(PATH + "/{response_id}", retrieve, methods=["GET"])
 router.add_route(PATH + "/{response_id}", delete, methods=["DELETE"])
 router.add_route(PATH + "/{response_id}/cancel", cancel, methods=["POST"])

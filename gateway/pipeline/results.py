@@ -1,5 +1,5 @@
 """What the pipeline answers with: domain results that only the HTTP edge turns into
-responses (:mod:`gateway.http.render`).
+responses (:mod:`gateway.http.answers`).
 
 Headers travel in raw form (lower-case names, bytes), ready for the ASGI server:
 the rate-limit headers arrive that way from admission, and nothing re-encodes them.

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import orjson
 from starlette.requests import Request
+from starlette.types import Scope
 
 from gateway.http.context import completion_headers
 from gateway.pipeline.plan import ModelRename
@@ -42,7 +43,7 @@ def test_rename_handles_names_that_need_json_escaping() -> None:
 
 
 def test_completion_headers_are_read_in_one_pass_first_wins() -> None:
-    scope = {
+    scope: Scope = {
         "type": "http",
         "headers": [
             (b"host", b"x"),
@@ -52,7 +53,7 @@ def test_completion_headers_are_read_in_one_pass_first_wins() -> None:
             (b"content-length", b"42"),
         ],
     }
-    headers = completion_headers(Request(scope))
+    headers = completion_headers(scope["headers"])
     assert headers.authorization == "Bearer sk-1"  # the first of repeated headers, as Starlette
     assert headers.cache_control == "no-cache"
     assert headers.content_length == "42"
