@@ -59,7 +59,7 @@ from gateway.pool.sources import RegistryWatcher, build_deployments, build_regis
 from gateway.ratelimit.admission import Admission
 from gateway.ratelimit.limits import LimiterBackend
 from gateway.shutdown import ShutdownSteps, exit_watchdog
-from gateway.upstream.client import UpstreamClient
+from gateway.upstream.factory import build_upstream
 
 log = logging.getLogger("vgate.app")
 
@@ -169,7 +169,7 @@ async def _start(
 ) -> AppState:
     """Build every shared object; ``stack`` closes them in reverse order, each close
     under a deadline (managed engines drain for as long as their own settings say)."""
-    upstream = UpstreamClient(settings.upstream)
+    upstream = build_upstream(settings.upstream)
     await upstream.start()
     stack.push_async_callback(upstream.close)
     registry = build_registry(settings)

@@ -134,6 +134,11 @@ class UpstreamSettings(_Section):
     )
     max_connections: int = Field(2048, ge=1, description="Connection pool size across all engines.")
     keepalive_s: float = Field(60.0, gt=0)
+    client: Literal["lean", "aiohttp"] = Field(
+        "lean",
+        description="Requests to engines: lean (asyncio connections + httptools, "
+        "less CPU per request) or aiohttp. Probes and scrapes use aiohttp either way.",
+    )
     health_interval_s: float = Field(5.0, gt=0, description="Engine /health probe period.")
     metrics_interval_s: float = Field(
         2.0, gt=0, description="Engine /metrics scrape period (queue depth for routing)."

@@ -1,9 +1,11 @@
 """What the gateway needs from a connection to its engines, as a Protocol.
 
-:class:`gateway.upstream.client.UpstreamClient` implements it over one pooled
-aiohttp session; :class:`gateway.upstream.fake.FakeUpstream` implements it in
+:class:`gateway.upstream.lean.LeanUpstream` implements it over pooled asyncio
+connections parsed by httptools, :class:`gateway.upstream.client.UpstreamClient`
+over one pooled aiohttp session (``upstream.client`` chooses, through
+:mod:`gateway.upstream.factory`); :class:`gateway.upstream.fake.FakeUpstream` implements it in
 process for tests (in the spirit of httpx's ``MockTransport``). The pipeline and
-the pool depend on this module only, never on aiohttp.
+the pool depend on this module only, never on aiohttp or httptools.
 """
 
 from __future__ import annotations

@@ -1,0 +1,214 @@
+"""One keep-alive HTTP/1.1 connection to an engine: an asyncio protocol over httptools.
+
+httptools (llhttp, already installed for uvicorn) parses the responses; this class
+keeps what the lean client needs of one response: its status, its content type,
+whether the connection may be reused, and the body as the bytes that arrived, to
+be taken whole (an answer) or as they come (a stream). There is one response in
+flight per connection at a time, and one reader waiting on it.
+
+Failures are told apart the way the forwarder's failover needs them:
+
+* the connection closed before the response head was complete: nothing came back,
+  :class:`EngineUnreachable` (aiohttp's ``ServerDisconnectedError``, as before);
+* it closed, or the response could not be parsed, after that: :class:`UpstreamError`.
+
+A wait with a deadline raises :class:`TimeoutError` when it passes; the caller
+names the limit. Reading pauses while more than :data:`HIGH_WATER` bytes wait
+for a slow reader (the client of a stream), so TCP pushes back on the engine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import cast
+
+import httptools
+
+from gateway.errors import UpstreamError
+from gateway.upstream.transport import EngineUnreachable
+
+HIGH_WATER = 1 << 20
+"""Received bytes not yet taken above which the connection stops reading."""
+
+
+class EngineConnection(asyncio.Protocol):
+    """A connection the pool hands out for one request at a time."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        origin: tuple[str, str, int],
+        on_lost: Callable[[EngineConnection], None],
+    ) -> None:
+        self._loop = loop
+        self.origin = origin
+        self._on_lost = on_lost
+        self._parser = httptools.HttpResponseParser(self)
+        self._transport: asyncio.Transport | None = None
+        self._waiter: asyncio.Future[None] | None = None
+        self._paused = False
+        self.closed = False
+        self.busy = False
+        """A request was sent and its response not yet handed back to the pool."""
+        self.idle_since = 0.0
+        self._begin()
+
+    def _begin(self) -> None:
+        self.status = 0
+        self.content_type = "application/octet-stream"
+        """The media type without parameters (what aiohttp called ``content_type``)."""
+        self.head_done = False
+        self.complete = False
+        """The whole response was received."""
+        self.keep_alive = False
+        self._chunks: list[bytes] = []
+        self._buffered = 0
+        self._streaming = False
+        """Read as it comes (:meth:`read_some`): the only reader that may fall behind."""
+        self._failure: str | None = None
+        self._framed = False
+        """The response has a Content-Length or a Transfer-Encoding."""
+        self._until_close = False
+
+    # --- used by the client ---------------------------------------------------------
+
+    def send(self, request: bytes) -> None:
+        """Write one whole request; the previous response must have been taken."""
+        assert self._transport is not None
+        self._begin()
+        self.busy = True
+        self._transport.write(request)
+
+    def open(self) -> bool:
+        """Still connected as far as this side knows (the engine has not closed it)."""
+        transport = self._transport
+        return not self.closed and transport is not None and not transport.is_closing()
+
+    def reusable(self) -> bool:
+        """The response was read to its end and both sides keep the connection open."""
+        return self.complete and self.keep_alive and not self.closed and self._failure is None
+
+    def close(self) -> None:
+        """Close the socket (an abandoned response: the engine sees the disconnect)."""
+        if self._transport is not None and not self.closed:
+            self._transport.close()
+        self.closed = True
+
+    async def response_head(self, deadline: float | None) -> None:
+        """Wait until the status line and headers are in."""
+        while not self.head_done:
+            self._raise_if_broken()
+            await self._wait(deadline)
+
+    async def body(self, deadline: float | None) -> bytes:
+        """The whole body, once it has arrived (the head too, if not awaited before)."""
+        while not self.complete:
+            self._raise_if_broken()
+            await self._wait(deadline)
+        return self._take()
+
+    async def read_some(self, deadline: float | None) -> bytes:
+        """The body bytes received since the last call (waiting for some); ``b""`` at
+        the end of the body. While more than :data:`HIGH_WATER` bytes wait for this
+        reader, the connection stops reading."""
+        self._streaming = True
+        while not self._chunks:
+            if self.complete:
+                return b""
+            self._raise_if_broken()
+            await self._wait(deadline)
+        return self._take()
+
+    def _raise_if_broken(self) -> None:
+        if self._failure is not None:
+            raise UpstreamError(f"engine answered badly: {self._failure}")
+        if self.closed:
+            if not self.head_done:
+                raise EngineUnreachable("the engine closed the connection before answering")
+            raise UpstreamError("the engine closed the connection before the answer ended")
+
+    def _take(self) -> bytes:
+        chunks = self._chunks
+        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        self._chunks = []
+        self._buffered = 0
+        if self._paused and self._transport is not None:
+            self._paused = False
+            self._transport.resume_reading()
+        return data
+
+    async def _wait(self, deadline: float | None) -> None:
+        waiter = self._waiter = self._loop.create_future()
+        timer = None if deadline is None else self._loop.call_at(deadline, _expire, waiter)
+        try:
+            await waiter
+        finally:
+            self._waiter = None
+            if timer is not None:
+                timer.cancel()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    # --- asyncio.Protocol -------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)  # uvloop's is no subclass
+
+    def data_received(self, data: bytes) -> None:
+        if not self.busy:  # bytes nobody asked for: the connection cannot be trusted
+            self._failure = "data outside a response"
+            self.close()
+            return
+        try:
+            self._parser.feed_data(data)
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
+            self._failure = f"unparseable response ({type(exc).__name__})"
+            self.close()
+        if self._streaming and self._buffered > HIGH_WATER and not self._paused and not self.closed:
+            self._paused = True
+            assert self._transport is not None
+            self._transport.pause_reading()
+        self._wake()
+
+    def eof_received(self) -> bool | None:
+        return None  # close the transport: a half-closed engine sends nothing more
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if self.head_done and not self.complete and self._until_close and not self._failure:
+            self.complete = True  # a body without length or chunks ends with the connection
+        self._wake()
+        self._on_lost(self)
+
+    # --- httptools callbacks ----------------------------------------------------------
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        lowered = name.lower()
+        if lowered == b"content-type":
+            self.content_type = value.decode("latin-1").partition(";")[0].strip().lower()
+        elif lowered == b"content-length" or lowered == b"transfer-encoding":
+            self._framed = True
+
+    def on_headers_complete(self) -> None:
+        self.status = self._parser.get_status_code()
+        self.keep_alive = self._parser.should_keep_alive()
+        self._until_close = (
+            not self._framed and self.status >= 200 and self.status not in (204, 304)
+        )
+        self.head_done = True
+
+    def on_body(self, body: bytes) -> None:
+        self._chunks.append(body)
+        self._buffered += len(body)
+
+    def on_message_complete(self) -> None:
+        self.complete = True
+
+
+def _expire(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_exception(TimeoutError())

@@ -1,0 +1,190 @@
+"""The lean upstream client: requests to engines over pooled asyncio connections.
+
+It implements :class:`gateway.upstream.transport.Upstream` with the same timeouts,
+errors and failover signals as the aiohttp client (:mod:`gateway.upstream.client`),
+which profiles showed to be the largest share of the gateway's CPU. Per request it
+builds one bytes object (:func:`gateway.upstream.target.request_bytes`), takes a
+keep-alive connection (:class:`gateway.upstream.connection_pool.ConnectionPool`)
+and reads the answer with httptools (:class:`gateway.upstream.connection.EngineConnection`).
+Health probes, metrics scrapes and model lists (a few requests a second, GETs) stay
+on the aiohttp client.
+
+Timeouts, as :mod:`gateway.upstream.deadlines` names them: ``connect_s`` opening a
+connection (:class:`EngineUnreachable`); a whole answer within ``answer_s``; a
+stream's head and each later read within ``idle_s``, and all of it by the
+stream's ``deadline`` (``total_s``, set by the forwarder, which also bounds the
+first event with ``ttft_s``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Mapping
+
+from gateway.config.sections import UpstreamSettings
+from gateway.errors import UpstreamError, UpstreamStatusError, UpstreamTimeoutError
+from gateway.upstream.client import UpstreamClient
+from gateway.upstream.connection import EngineConnection
+from gateway.upstream.connection_pool import ConnectionPool
+from gateway.upstream.deadlines import Deadlines
+from gateway.upstream.target import Target, request_bytes
+from gateway.upstream.transport import EngineUnreachable, UpstreamReply
+
+_TARGETS_KEPT = 4096
+"""Parsed URLs remembered (engines x paths; a bound, not a tuning knob)."""
+
+
+class LeanStream:
+    """An open SSE response (:class:`gateway.upstream.transport.EventSource`).
+
+    Closing before the end closes the connection, which is how vLLM learns that the
+    client went away and aborts the generation; a stream read to its end hands the
+    connection back for reuse.
+    """
+
+    def __init__(self, conn: EngineConnection, pool: ConnectionPool, idle_s: float) -> None:
+        self._conn: EngineConnection | None = conn
+        self._pool = pool
+        self._idle_s = idle_s
+        self._buffer = b""
+        self._first: bytes | None = None
+        self.deadline: float | None = None
+
+    async def prime(self) -> None:
+        """Read the first events now, so a failure before them can still go elsewhere."""
+        self._first = await self._next_batch()
+        if self._first is None:
+            raise EngineUnreachable("engine closed the stream before its first event")
+
+    async def batches(self) -> AsyncIterator[bytes]:
+        """Yield runs of complete SSE events (each ending in a blank line) as they arrive."""
+        if self._first is not None:
+            first, self._first = self._first, None
+            yield first
+        while (batch := await self._next_batch()) is not None:
+            yield batch
+
+    async def _next_batch(self) -> bytes | None:
+        """The complete events received so far (waiting for one); None at the end."""
+        loop = asyncio.get_running_loop()
+        while True:
+            cut = self._buffer.rfind(b"\n\n")
+            if cut >= 0:
+                ready, self._buffer = self._buffer[: cut + 2], self._buffer[cut + 2 :]
+                return ready
+            idle_at = loop.time() + self._idle_s
+            total = self.deadline is not None and self.deadline <= idle_at
+            if self._conn is None:
+                raise UpstreamError("the stream was closed")
+            try:
+                data = await self._conn.read_some(self.deadline if total else idle_at)
+            except TimeoutError:
+                raise UpstreamTimeoutError(
+                    "the engine did not finish within the total timeout (total_s)"
+                    if total
+                    else "the engine sent nothing for longer than the idle timeout (idle_s)"
+                ) from None
+            if not data:
+                return None
+            self._buffer += data
+
+    def close(self) -> None:
+        """Hand the connection back once (it may serve another request right after)."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            self._pool.release(conn)
+
+
+class LeanUpstream:
+    """Engine requests on a pool of keep-alive connections; probes on aiohttp."""
+
+    def __init__(self, settings: UpstreamSettings) -> None:
+        self._pool = ConnectionPool(settings.max_connections, settings.keepalive_s)
+        self._probes = UpstreamClient(settings)
+        self._targets: dict[str, Target] = {}
+
+    async def start(self) -> None:
+        await self._probes.start()
+
+    async def close(self) -> None:
+        self._pool.close()
+        await self._probes.close()
+
+    def _target(self, url: str) -> Target:
+        target = self._targets.get(url)
+        if target is None:
+            try:
+                target = Target.parse(url)
+            except ValueError as exc:
+                raise UpstreamError(f"engine request failed: {exc}") from None
+            if len(self._targets) >= _TARGETS_KEPT:
+                self._targets.clear()
+            self._targets[url] = target
+        return target
+
+    async def post(
+        self, url: str, body: bytes, headers: Mapping[str, str], deadlines: Deadlines
+    ) -> UpstreamReply:
+        """POST and read the whole answer within ``answer_s``; error statuses are replies."""
+        target = self._target(url)
+        request = request_bytes(target, headers, body)
+        deadline = asyncio.get_running_loop().time() + deadlines.answer_s
+        conn = self._pool.take_idle(target.origin)
+        if conn is None:
+            try:
+                async with asyncio.timeout_at(deadline):
+                    conn = await self._pool.connect(target, deadlines.connect_s)
+            except TimeoutError:
+                raise UpstreamTimeoutError(
+                    "engine did not answer within the read timeout"
+                ) from None
+        try:
+            conn.send(request)
+            payload = await conn.body(deadline)
+        except TimeoutError:
+            raise UpstreamTimeoutError("engine did not answer within the read timeout") from None
+        finally:
+            self._pool.release(conn)
+        return UpstreamReply(conn.status, conn.content_type, payload)
+
+    async def open_stream(
+        self, url: str, body: bytes, headers: Mapping[str, str], deadlines: Deadlines
+    ) -> LeanStream:
+        """POST and return once the engine has answered with a 2xx status (its head
+        within ``idle_s``); an error status raises :class:`UpstreamStatusError`."""
+        target = self._target(url)
+        request = request_bytes(target, headers, body)
+        conn = self._pool.take_idle(target.origin) or await self._pool.connect(
+            target, deadlines.connect_s
+        )
+        loop = asyncio.get_running_loop()
+        try:
+            conn.send(request)
+            await conn.response_head(loop.time() + deadlines.idle_s)
+            if conn.status >= 400:
+                raise UpstreamStatusError(
+                    conn.status, await self._error_body(conn, deadlines), conn.content_type
+                )
+        except TimeoutError:
+            self._pool.release(conn)
+            raise UpstreamTimeoutError("engine did not start answering in time") from None
+        except BaseException:
+            self._pool.release(conn)
+            raise
+        return LeanStream(conn, self._pool, deadlines.idle_s)
+
+    @staticmethod
+    async def _error_body(conn: EngineConnection, deadlines: Deadlines) -> bytes:
+        """The body of an error answer, or nothing when it does not come in time."""
+        try:
+            return await conn.body(asyncio.get_running_loop().time() + deadlines.idle_s)
+        except (TimeoutError, UpstreamError):
+            return b""
+
+    async def probe(self, url: str, headers: Mapping[str, str] | None = None) -> bool:
+        """True when ``GET {url}/health`` answers 200 within 2 s (on aiohttp)."""
+        return await self._probes.probe(url, headers)
+
+    async def fetch_text(self, url: str, headers: Mapping[str, str] | None = None) -> str | None:
+        """``GET url`` as text within 2 s, or None (on aiohttp)."""
+        return await self._probes.fetch_text(url, headers)
