@@ -133,7 +133,13 @@ class UpstreamSettings(_Section):
         None, gt=0, description="The whole response, streamed or not (default: none)."
     )
     max_connections: int = Field(2048, ge=1, description="Connection pool size across all engines.")
-    keepalive_s: float = Field(60.0, gt=0)
+    keepalive_s: float = Field(
+        4.0,
+        gt=0,
+        description="An idle pooled connection to an engine is closed after this. Below "
+        "vLLM's own idle timeout (VLLM_HTTP_TIMEOUT_KEEP_ALIVE, 5 s), so the gateway never "
+        "reuses a connection the engine is closing at that moment.",
+    )
     client: Literal["lean", "aiohttp"] = Field(
         "lean",
         description="Requests to engines: lean (asyncio connections + httptools, "
