@@ -35,6 +35,9 @@ EMBEDDINGS_PROBE_S = 3.0
 """The embeddings engine's stuck-probe period here (short, so that a test sees several)."""
 NGRAM = {"method": "ngram", "num_speculative_tokens": 3, "prompt_lookup_max": 3}
 STARTUP_TIMEOUT_S = 1500
+READY_TIMEOUT_S = 30.0
+"""One read of the operator's /ready: while four engines warm up on two cores the
+gateway process gets little CPU, and a 5 s read has timed out (CI, 2026-11-30)."""
 
 
 class Stack:
@@ -50,7 +53,8 @@ class Stack:
 
     def engine_urls(self, model: str) -> list[str]:
         """The model's healthy engines (display URLs, sorted)."""
-        engines = httpx.get(f"{self.admin_url}/ready").json()["engines"][model]
+        ready = httpx.get(f"{self.admin_url}/ready", timeout=READY_TIMEOUT_S)
+        engines = ready.json()["engines"][model]
         return sorted(url for url, ok in engines.items() if ok)
 
     def engine_url(self, model: str) -> str:
@@ -98,7 +102,11 @@ def engine_config(log_dir: Path, lora_dir: Path) -> dict[str, object]:
 
 def _wait_all_engines(admin_url: str, deadline: float) -> None:
     while True:
-        engines = httpx.get(f"{admin_url}/ready").json()["engines"]
+        try:
+            engines = httpx.get(f"{admin_url}/ready", timeout=READY_TIMEOUT_S).json()["engines"]
+        except httpx.TimeoutException:  # a starved gateway: not an answer, ask again
+            assert time.monotonic() < deadline, "the gateway's /ready never answered"
+            continue
         healthy = {m: sum(engines.get(m, {}).values()) for m in engines}
         if healthy.get(DEFAULT_MODEL) == 2 and all(
             healthy.get(m) for m in (EMBEDDINGS_MODEL, SPEC_MODEL, LORA_MODEL)

@@ -107,7 +107,7 @@ def test_the_embeddings_engine_survives_its_stuck_probes(stack: Stack) -> None:
         assert time.monotonic() < deadline, "the engine served fewer than 3 probes in 2 min"
         time.sleep(0.5)
     assert stack.engine_urls(EMBEDDINGS_MODEL) == [engine]
-    metrics = parse_prometheus(httpx.get(f"{stack.admin_url}/metrics").text)
+    metrics = parse_prometheus(httpx.get(f"{stack.admin_url}/metrics", timeout=30).text)
     assert metrics.get("vgate_engine_restarts", 0.0) == 0.0
 
 

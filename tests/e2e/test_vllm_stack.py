@@ -14,7 +14,7 @@ import pytest
 from openai.types.chat import ChatCompletionMessageParam
 
 from engines.stats import parse_prometheus
-from tests.e2e.conftest import DEFAULT_MODEL, SPEC_MODEL, Stack
+from tests.e2e.conftest import DEFAULT_MODEL, READY_TIMEOUT_S, SPEC_MODEL, Stack
 
 pytestmark = pytest.mark.e2e
 PARIS: list[ChatCompletionMessageParam] = [
@@ -194,7 +194,8 @@ def test_kill_9_engines_restart_and_responses_continue_across_it(stack: Stack) -
         os.kill(_pid_listening_on(engine), signal.SIGKILL)
     deadline = time.monotonic() + 900
     while True:
-        engines = httpx.get(f"{stack.admin_url}/ready").json()["engines"][DEFAULT_MODEL]
+        ready = httpx.get(f"{stack.admin_url}/ready", timeout=READY_TIMEOUT_S)
+        engines = ready.json()["engines"][DEFAULT_MODEL]
         restarted = [url for url, ok in engines.items() if ok and url not in killed]
         if len(restarted) == 2:
             break
