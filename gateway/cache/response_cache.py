@@ -35,7 +35,8 @@ from typing import Any, Protocol
 from gateway.cache.entry import Entry
 from gateway.cache.key import answer_form, cache_key, fingerprint, uncacheable_reason
 from gateway.cache.singleflight import Flights
-from gateway.config.sections import CacheSettings, ModelSettings
+from gateway.config.models import ModelSettings
+from gateway.config.sections import CacheSettings
 from gateway.errors import StoreUnavailable
 from gateway.observability.metrics import GatewayMetrics
 

@@ -21,7 +21,8 @@ from engines.process import build_env
 from engines.spec import DEFAULT_EMBEDDINGS_SOURCE, DEFAULT_SOURCE, EngineSpec
 from engines.supervisor import EngineSupervisor
 from gateway.auth.keys import new_secret
-from gateway.config.sections import ModelSettings, StaticKey
+from gateway.config.models import ModelSettings
+from gateway.config.sections import StaticKey
 from gateway.config.settings import ConfigError, Settings, load_settings, with_overrides
 from gateway.pool.sources import build_deployments, build_registry
 

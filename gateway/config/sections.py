@@ -8,7 +8,6 @@ reference documents.
 
 from __future__ import annotations
 
-import os
 from datetime import datetime
 from typing import Literal
 
@@ -16,13 +15,8 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    PrivateAttr,
-    SecretStr,
-    field_validator,
     model_validator,
 )
-
-from engines.spec import EngineSpec, check_path_safe_name
 
 
 class _Section(BaseModel):
@@ -205,131 +199,6 @@ class CacheSettings(_Section):
         description="The Redis holding cache entries (unset: redis.url). A Redis of its own "
         "can evict (maxmemory + allkeys-lru) without ever evicting rate-limit counters or keys.",
     )
-
-
-class ModelCacheSettings(_Section):
-    """One model's cache settings; unset fields follow the top-level ``cache``."""
-
-    enabled: bool | None = None
-    ttl_s: int | None = Field(None, ge=1)
-    max_entry_bytes: int | None = Field(None, ge=1024)
-    deterministic_only: bool | None = None
-
-
-class OverloadSettings(_Section):
-    """Admission control: when every engine of a model is saturated, queue, then shed."""
-
-    max_in_flight: int | None = Field(
-        None, ge=1, description="Per engine: this gateway's requests that saturate it (off)."
-    )
-    max_waiting: int | None = Field(
-        None, ge=1, description="Per engine: queued requests (vllm:num_requests_waiting) (off)."
-    )
-    queue_size: int = Field(100, ge=0, description="Requests that may wait in the gateway.")
-    queue_timeout_s: float = Field(5.0, gt=0, description="Longest wait before 503 overloaded.")
-    retry_after_s: int = Field(1, ge=1, description="Retry-After sent with the 503.")
-
-
-class ModelTimeouts(_Section):
-    """One model's timeouts; unset ones follow the `upstream` section."""
-
-    connect_s: float | None = Field(None, gt=0, description="Opening a connection.")
-    ttft_s: float | None = Field(None, gt=0, description="Streams: until the first event.")
-    idle_s: float | None = Field(None, gt=0, description="Streams: longest gap between chunks.")
-    total_s: float | None = Field(None, gt=0, description="The whole response.")
-
-
-class ModelSettings(_Section):
-    name: str = Field(min_length=1, description="What clients put in `model`.")
-    endpoints: tuple[str, ...] = Field(default=(), description="Base URLs of engines.")
-    upstream_model: str | None = Field(
-        None, description="The name the engines serve it under (default: `name`)."
-    )
-    engine: EngineSpec | None = Field(
-        None, description="Engines vgate launches and supervises for this model."
-    )
-    routing: RoutingSettings | None = Field(
-        None, description="This model's routing policy (default: the top-level `routing`)."
-    )
-    cache: ModelCacheSettings | None = Field(
-        None, description="This model's cache settings (default: the top-level `cache`)."
-    )
-    timeouts: ModelTimeouts | None = Field(
-        None, description="This model's timeouts (default: the `upstream` section)."
-    )
-    overload: OverloadSettings | None = Field(
-        None, description="This model's admission control (default: the top-level `overload`)."
-    )
-    api_key: SecretStr | None = Field(
-        None,
-        min_length=1,
-        description="Bearer key the gateway sends to this model's engines (vLLM's --api-key); "
-        "managed engines are started with it. Unset: managed engines get a key generated "
-        "at each start, static endpoints get none.",
-    )
-    api_key_env: str | None = Field(
-        None,
-        pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$",
-        description="The environment variable holding api_key, read when the config loads "
-        "(keeps the key out of the file).",
-    )
-    _engine_key: str | None = PrivateAttr(None)
-
-    @field_validator("endpoints")
-    @classmethod
-    def _urls(cls, endpoints: tuple[str, ...]) -> tuple[str, ...]:
-        for url in endpoints:
-            if not url.startswith(("http://", "https://")):
-                raise ValueError(f"endpoint {url!r} must start with http:// or https://")
-        return tuple(url.rstrip("/") for url in endpoints)
-
-    @model_validator(mode="after")
-    def _safe_names(self) -> ModelSettings:
-        """No control character (NUL included) in any name; a managed engine's served name
-        also names its log file and registry record, so it must be path-safe."""
-        for name in (self.name, self.upstream_model or ""):
-            if any(ord(char) < 32 or ord(char) == 127 for char in name):
-                raise ValueError(f"model name {name!r} holds a control character")
-        if self.engine is not None:
-            what = "upstream_model" if self.upstream_model else "model name"
-            check_path_safe_name(self.served_name, what)
-            for adapter in self.engine.served_adapters():
-                if adapter in {self.name, self.served_name}:
-                    raise ValueError(f"LoRA adapter {adapter!r} has the model's own name")
-        return self
-
-    @model_validator(mode="after")
-    def _engine_key_known(self) -> ModelSettings:
-        """Resolve the engines' key now (``api_key``, or the variable ``api_key_env``
-        names), so a missing variable fails the load, not the first request. Errors name
-        the variable, never its value."""
-        if self.api_key is not None and self.api_key_env is not None:
-            raise ValueError("set api_key or api_key_env, not both")
-        key = self.api_key.get_secret_value() if self.api_key is not None else None
-        if self.api_key_env is not None:
-            key = os.environ.get(self.api_key_env)
-            if not key:
-                raise ValueError(
-                    f"api_key_env names {self.api_key_env}, which is not set (or empty)"
-                )
-        if key is not None and (key != key.strip() or any(ord(c) < 33 for c in key)):
-            raise ValueError("the engines' api key may not hold spaces or control characters")
-        self._engine_key = key
-        return self
-
-    @property
-    def engine_api_key(self) -> str | None:
-        """The key sent as Bearer to this model's engines (None: none configured)."""
-        return self._engine_key
-
-    @property
-    def adapter_names(self) -> tuple[str, ...]:
-        """Client-facing names of the LoRA adapters its managed engines serve."""
-        return self.engine.served_adapters() if self.engine is not None else ()
-
-    @property
-    def served_name(self) -> str:
-        return self.upstream_model or self.name
 
 
 class RedisSettings(_Section):

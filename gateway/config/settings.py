@@ -24,13 +24,12 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from gateway.config.models import ModelSettings, OverloadSettings
 from gateway.config.responses import ResponsesSettings
 from gateway.config.sections import (
     AuthSettings,
     CacheSettings,
     EnginesSettings,
-    ModelSettings,
-    OverloadSettings,
     RateLimitSettings,
     RedisSettings,
     RoutingSettings,

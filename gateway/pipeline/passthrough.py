@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import orjson
 
 from gateway.auth.authenticator import Authenticator, Principal
-from gateway.config.sections import ModelSettings
+from gateway.config.models import ModelSettings
 from gateway.errors import (
     AuthenticationError,
     GatewayError,

@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from gateway.config.sections import ModelSettings
+from gateway.config.models import ModelSettings
 from gateway.errors import InvalidRequestError, ModelNotFoundError
 from gateway.pipeline.parsing import affinity_key, decode_json_object, normalized, validate
 from gateway.pool.engine_pool import EnginePool

@@ -26,8 +26,8 @@ from typing import Any
 import orjson
 
 from gateway.auth.authenticator import Authenticator, Principal
+from gateway.config.models import ModelSettings
 from gateway.config.responses import ResponsesSettings
-from gateway.config.sections import ModelSettings
 from gateway.errors import (
     AuthenticationError,
     DependencyUnavailableError,

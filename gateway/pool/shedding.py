@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Mapping
 
-from gateway.config.sections import OverloadSettings
+from gateway.config.models import OverloadSettings
 from gateway.errors import OverloadedError
 from gateway.observability.metrics import GatewayMetrics
 from gateway.pool.engine_pool import EnginePool

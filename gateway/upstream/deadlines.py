@@ -17,7 +17,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from gateway.config.sections import ModelTimeouts, UpstreamSettings
+from gateway.config.models import ModelTimeouts
+from gateway.config.sections import UpstreamSettings
 
 
 @dataclass(frozen=True, slots=True)

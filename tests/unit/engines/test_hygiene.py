@@ -13,7 +13,7 @@ from pydantic import ValidationError
 from engines.deployment import Deployment, log_path
 from engines.process import build_env, inherited, open_private_log
 from engines.spec import EngineSpec, reserved_flag
-from gateway.config.sections import ModelSettings
+from gateway.config.models import ModelSettings
 
 REJECTED = {
     "--port": "--port",

@@ -7,7 +7,7 @@ import pytest
 from pydantic import ValidationError
 
 from engines.registry import EngineRecord, InProcessRegistry
-from gateway.config.sections import ModelSettings
+from gateway.config.models import ModelSettings
 from gateway.config.settings import Settings
 from gateway.pool.credentials import EngineCredentials
 from gateway.pool.engine_pool import EnginePool

@@ -11,7 +11,7 @@ from collections.abc import Callable
 import pytest
 
 from engines.stats import EngineStats
-from gateway.config.sections import OverloadSettings
+from gateway.config.models import OverloadSettings
 from gateway.errors import OverloadedError
 from gateway.observability.metrics import GatewayMetrics
 from gateway.pool.engine_pool import EnginePool
