@@ -49,8 +49,8 @@ from gateway.pipeline.assembly import (
     build_completion_service,
     build_forwarder,
     build_passthrough_service,
+    build_responses_service,
 )
-from gateway.pipeline.responses_assembly import build_responses_service
 from gateway.pool.engine_pool import BreakerPolicy, EnginePool
 from gateway.pool.health import HealthMonitor, LoadScraper
 from gateway.pool.model_info import EngineModels
@@ -256,7 +256,7 @@ async def _start(
         responses=build_responses_service(
             settings,
             pool,
-            upstream,
+            forwarder,
             metrics,
             authenticator,
             admission,

@@ -14,10 +14,12 @@ from gateway.observability.metrics import GatewayMetrics
 from gateway.pipeline.forwarding import Forwarder, RetryBudget
 from gateway.pipeline.passthrough import PassthroughService
 from gateway.pipeline.plan import BodyLimits, RequestPlanner
+from gateway.pipeline.responses import ResponsesService
 from gateway.pipeline.service import CompletionService
 from gateway.pool.engine_pool import EnginePool
 from gateway.pool.shedding import LoadGate
 from gateway.ratelimit.admission import Admission
+from gateway.responses.store import ResponseStore
 from gateway.routing.policies import RoutingTable
 from gateway.upstream.deadlines import Deadlines
 from gateway.upstream.transport import Upstream
@@ -96,4 +98,28 @@ def build_forwarder(
         Deadlines.of(upstream_settings, None),
         gate,
         RetryBudget(upstream_settings.retry_budget_ratio, upstream_settings.retry_budget_burst),
+    )
+
+
+def build_responses_service(
+    settings: Settings,
+    pool: EnginePool,
+    forwarder: Forwarder,
+    metrics: GatewayMetrics,
+    authenticator: Authenticator,
+    admission: Admission,
+    store: ResponseStore,
+) -> ResponsesService:
+    """The Responses API for ``settings``' models, keeping responses in ``store``, forwarded
+    with the completions' ``forwarder`` (one load gate and retry budget per gateway)."""
+    return ResponsesService(
+        {m.name: m for m in settings.models},
+        pool,
+        _routing_table(settings),
+        forwarder,
+        metrics,
+        authenticator,
+        admission,
+        store,
+        settings.responses,
     )
