@@ -33,9 +33,9 @@ from gateway.errors import (
     GatewayError,
     InvalidRequestError,
     ModelNotFoundError,
-    PermissionDeniedError,
 )
 from gateway.observability.metrics import UNRESOLVED_MODEL, GatewayMetrics
+from gateway.pipeline.callers import authenticate, check_model_allowed
 from gateway.pipeline.exchange import Exchange
 from gateway.pipeline.form_field import boundary_of, find_field, replace_field
 from gateway.pipeline.forwarding import Attempt, Forwarder
@@ -130,14 +130,9 @@ class PassthroughService:
     async def caller(self, route: ScopedRoute, authorization: str | None) -> Principal:
         """Who is calling, from the headers alone (before the body is read): a wrong key
         is refused (401) without the gateway holding its body."""
-        principal = self._authenticator.known(authorization)
-        if principal is not None:
-            return principal
         try:
-            return await self._authenticator.authenticate(authorization)
+            return await authenticate(self._authenticator, self._metrics, authorization)
         except AuthenticationError as exc:
-            reason = "missing_key" if not authorization else "invalid_key"
-            self._metrics.auth_failures.labels(reason).inc()
             self._metrics.observe_request(UNRESOLVED_MODEL, route.label, exc.status, 0.0)
             raise
 
@@ -152,11 +147,7 @@ class PassthroughService:
             else:
                 target = self._target(route, raw, meta.content_type)
             model = exchange.model = target.model
-            if not principal.may_use(model):
-                self._metrics.auth_failures.labels("model_not_allowed").inc()
-                raise PermissionDeniedError(
-                    f"The key '{principal.name}' may not use the model `{model}`.", param="model"
-                )
+            check_model_allowed(principal, model, self._metrics)
             exchange.admit(await self._admission.admit(principal.scopes(model), {}, tokens=False))
             exchange.count_in_flight()
             policy, _ = self._routing.for_model(model)

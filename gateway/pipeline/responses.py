@@ -29,16 +29,15 @@ from gateway.auth.authenticator import Authenticator, Principal
 from gateway.config.models import ModelSettings
 from gateway.config.responses import ResponsesSettings
 from gateway.errors import (
-    AuthenticationError,
     DependencyUnavailableError,
     GatewayError,
     InvalidRequestError,
     ModelNotFoundError,
-    PermissionDeniedError,
     StoreUnavailable,
     error_body,
 )
 from gateway.observability.metrics import GatewayMetrics
+from gateway.pipeline.callers import authenticate, check_model_allowed
 from gateway.pipeline.exchange import Exchange
 from gateway.pipeline.forwarding import Attempt, Forwarder
 from gateway.pipeline.parsing import affinity_key, decode_json_object
@@ -104,15 +103,7 @@ class ResponsesService:
 
     async def caller(self, authorization: str | None) -> Principal:
         """Who is calling, from the headers alone (401 before any body is read)."""
-        principal = self._authenticator.known(authorization)
-        if principal is not None:
-            return principal
-        try:
-            return await self._authenticator.authenticate(authorization)
-        except AuthenticationError:
-            reason = "missing_key" if not authorization else "invalid_key"
-            self._metrics.auth_failures.labels(reason).inc()
-            raise
+        return await authenticate(self._authenticator, self._metrics, authorization)
 
     # -- create ----------------------------------------------------------------------
 
@@ -148,11 +139,7 @@ class ResponsesService:
         model = request.model
         if not self._pool.has_model(model):
             raise ModelNotFoundError(model)
-        if not principal.may_use(model):
-            self._metrics.auth_failures.labels("model_not_allowed").inc()
-            raise PermissionDeniedError(
-                f"The key '{principal.name}' may not use the model `{model}`.", param="model"
-            )
+        check_model_allowed(principal, model, self._metrics)
         previous = None
         if request.previous_response_id is not None:
             previous_id = request.previous_response_id

@@ -20,14 +20,13 @@ from gateway.cache.entry import Entry
 from gateway.cache.response_cache import CachePlan, ResponseCache
 from gateway.cache.singleflight import Flight, FlightFailed, Flights
 from gateway.errors import (
-    AuthenticationError,
     GatewayError,
-    PermissionDeniedError,
     RateLimitError,
     UpstreamStatusError,
 )
 from gateway.observability.metrics import UNRESOLVED_MODEL, GatewayMetrics
 from gateway.pipeline.cache_flow import CacheFill, follow_events, hit_tokens
+from gateway.pipeline.callers import authenticate, check_model_allowed
 from gateway.pipeline.denials import DenialMemo
 from gateway.pipeline.exchange import Exchange
 from gateway.pipeline.forwarding import Attempt, Forwarder
@@ -146,12 +145,7 @@ class CompletionService:
 
     async def authenticate(self, authorization: str | None) -> Principal:
         """The caller, or AuthenticationError (401), counted in metrics."""
-        try:
-            return await self._authenticator.authenticate(authorization)
-        except AuthenticationError:
-            reason = "missing_key" if not authorization else "invalid_key"
-            self._metrics.auth_failures.labels(reason).inc()
-            raise
+        return await authenticate(self._authenticator, self._metrics, authorization)
 
     async def _admitted(
         self,
@@ -165,11 +159,7 @@ class CompletionService:
         """Permission, cache lookup and admission (one Redis round trip), then the answer:
         a replay, a follower's copy, or the engine's."""
         model = parsed.model
-        if not principal.may_use(model):
-            self._metrics.auth_failures.labels("model_not_allowed").inc()
-            raise PermissionDeniedError(
-                f"The key '{principal.name}' may not use the model `{model}`.", param="model"
-            )
+        check_model_allowed(principal, model, self._metrics)
         plan = self._cache.plan(
             route.cache_name, parsed.stream, model, parsed.body, principal.name, meta.cache_control
         )
