@@ -12,14 +12,14 @@ failure: nothing reached the engine, so another engine may be tried.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 
 import aiohttp
 
 from gateway.config.sections import UpstreamSettings
 from gateway.errors import UpstreamError, UpstreamStatusError, UpstreamTimeoutError
 from gateway.upstream.deadlines import Deadlines
-from gateway.upstream.transport import EngineUnreachable, UpstreamReply
+from gateway.upstream.transport import EngineUnreachable, PrimedEvents, UpstreamReply
 
 _PROBE_TIMEOUT = aiohttp.ClientTimeout(total=2.0)
 
@@ -31,7 +31,7 @@ _UNREACHABLE = (
 )
 
 
-class UpstreamStream:
+class UpstreamStream(PrimedEvents):
     """An open SSE response from an engine (:class:`gateway.upstream.transport.EventSource`).
 
     Closing before the end closes the TCP connection, which is how vLLM learns
@@ -41,26 +41,8 @@ class UpstreamStream:
     def __init__(self, response: aiohttp.ClientResponse) -> None:
         self._response = response
         self._buffer = b""
-        self._first: bytes | None = None
         self.finished = False
         self.deadline: float | None = None  # loop time by which the whole stream must end
-
-    async def prime(self) -> None:
-        """Read the first events now, so a failure before them can still go elsewhere.
-
-        Raises :class:`EngineUnreachable` when the engine closes the stream first.
-        """
-        self._first = await self._next_batch()
-        if self._first is None:
-            raise EngineUnreachable("engine closed the stream before its first event")
-
-    async def batches(self) -> AsyncIterator[bytes]:
-        """Yield runs of complete SSE events (each ending in a blank line) as they arrive."""
-        if self._first is not None:
-            first, self._first = self._first, None
-            yield first
-        while (batch := await self._next_batch()) is not None:
-            yield batch
 
     async def _next_batch(self) -> bytes | None:
         """The complete events received so far (waiting for one); None at the end."""

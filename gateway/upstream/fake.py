@@ -9,14 +9,14 @@ break, clients that leave) without sockets and check that nothing stays held.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import orjson
 
 from gateway.errors import UpstreamError, UpstreamStatusError
 from gateway.upstream.deadlines import Deadlines
-from gateway.upstream.transport import EngineUnreachable, UpstreamReply
+from gateway.upstream.transport import EngineUnreachable, PrimedEvents, UpstreamReply
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,31 +55,18 @@ class Scripted:
 Handler = Callable[[FakeRequest], Scripted | Awaitable[Scripted]]
 
 
-class FakeStream:
+class FakeStream(PrimedEvents):
     """A scripted SSE response."""
 
     def __init__(self, script: Scripted, streams: set[FakeStream]) -> None:
         self._script = script
         self._streams = streams
         self._sent = 0
-        self._first: bytes | None = None
         self.deadline: float | None = None
         self.closed = False
         streams.add(self)
 
-    async def prime(self) -> None:
-        self._first = await self._next()
-        if self._first is None:
-            raise EngineUnreachable("engine closed the stream before its first event")
-
-    async def batches(self) -> AsyncIterator[bytes]:
-        if self._first is not None:
-            first, self._first = self._first, None
-            yield first
-        while (batch := await self._next()) is not None:
-            yield batch
-
-    async def _next(self) -> bytes | None:
+    async def _next_batch(self) -> bytes | None:
         script = self._script
         if script.break_after is not None and self._sent >= script.break_after:
             raise UpstreamError("engine stream broke: ServerDisconnectedError")

@@ -19,7 +19,7 @@ first event with ``ttft_s``).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 
 from gateway.config.sections import UpstreamSettings
 from gateway.errors import UpstreamError, UpstreamStatusError, UpstreamTimeoutError
@@ -28,13 +28,13 @@ from gateway.upstream.connection import EngineConnection
 from gateway.upstream.connection_pool import ConnectionPool
 from gateway.upstream.deadlines import Deadlines
 from gateway.upstream.target import Target, request_bytes
-from gateway.upstream.transport import EngineUnreachable, UpstreamReply
+from gateway.upstream.transport import PrimedEvents, UpstreamReply
 
 _TARGETS_KEPT = 4096
 """Parsed URLs remembered (engines x paths; a bound, not a tuning knob)."""
 
 
-class LeanStream:
+class LeanStream(PrimedEvents):
     """An open SSE response (:class:`gateway.upstream.transport.EventSource`).
 
     Closing before the end closes the connection, which is how vLLM learns that the
@@ -47,22 +47,7 @@ class LeanStream:
         self._pool = pool
         self._idle_s = idle_s
         self._buffer = b""
-        self._first: bytes | None = None
         self.deadline: float | None = None
-
-    async def prime(self) -> None:
-        """Read the first events now, so a failure before them can still go elsewhere."""
-        self._first = await self._next_batch()
-        if self._first is None:
-            raise EngineUnreachable("engine closed the stream before its first event")
-
-    async def batches(self) -> AsyncIterator[bytes]:
-        """Yield runs of complete SSE events (each ending in a blank line) as they arrive."""
-        if self._first is not None:
-            first, self._first = self._first, None
-            yield first
-        while (batch := await self._next_batch()) is not None:
-            yield batch
 
     async def _next_batch(self) -> bytes | None:
         """The complete events received so far (waiting for one); None at the end."""

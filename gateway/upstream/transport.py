@@ -10,6 +10,7 @@ the pool depend on this module only, never on aiohttp or httptools.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Protocol
@@ -53,6 +54,33 @@ class EventSource(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+class PrimedEvents(ABC):
+    """What every :class:`EventSource` shares: ``prime`` reads the first events early
+    (a failure before them can still go to another engine), ``batches`` yields those,
+    then the rest. A subclass says only how to read the next run of events."""
+
+    _first: bytes | None = None
+
+    async def prime(self) -> None:
+        """Read the first events now; :class:`EngineUnreachable` when the engine closes
+        the stream first."""
+        self._first = await self._next_batch()
+        if self._first is None:
+            raise EngineUnreachable("engine closed the stream before its first event")
+
+    async def batches(self) -> AsyncIterator[bytes]:
+        """Yield runs of complete SSE events (each ending in a blank line) as they arrive."""
+        if self._first is not None:
+            first, self._first = self._first, None
+            yield first
+        while (batch := await self._next_batch()) is not None:
+            yield batch
+
+    @abstractmethod
+    async def _next_batch(self) -> bytes | None:
+        """The next run of complete events (waiting for one); None at the stream's end."""
 
 
 class Upstream(Protocol):
