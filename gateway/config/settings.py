@@ -26,6 +26,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from gateway.config.models import ModelSettings, OverloadSettings
 from gateway.config.responses import ResponsesSettings
+from gateway.config.rollouts import RolloutSettings
 from gateway.config.sections import (
     AuthSettings,
     CacheSettings,
@@ -65,6 +66,7 @@ class Settings(BaseSettings):
     routing: RoutingSettings = RoutingSettings()
     engines: EnginesSettings = EnginesSettings()
     responses: ResponsesSettings = ResponsesSettings()
+    rollouts: tuple[RolloutSettings, ...] = ()
 
     @field_validator("models")
     @classmethod
@@ -74,6 +76,22 @@ class Settings(BaseSettings):
         if duplicates:
             raise ValueError(f"duplicate model names: {', '.join(duplicates)}")
         return models
+
+    @model_validator(mode="after")
+    def _rollouts_name_models(self) -> Settings:
+        served = {name for m in self.models for name in (m.name, *m.adapter_names)}
+        seen: set[str] = set()
+        for rollout in self.rollouts:
+            if rollout.model in served:
+                raise ValueError(f"rollout {rollout.model!r} has the name of a model")
+            if rollout.model in seen:
+                raise ValueError(f"rollout {rollout.model!r} is declared twice")
+            seen.add(rollout.model)
+            shadow = [rollout.shadow.model] if rollout.shadow is not None else []
+            for name in [v.model for v in rollout.variants] + shadow:
+                if name not in served:
+                    raise ValueError(f"rollout {rollout.model!r}: {name!r} is not in models")
+        return self
 
     @model_validator(mode="after")
     def _keys_have_a_home(self) -> Settings:
