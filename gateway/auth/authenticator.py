@@ -41,6 +41,7 @@ from typing import Protocol
 
 from gateway.auth.keys import KeyRecord, KeyStore, digest_of
 from gateway.auth.unknown_keys import UnknownKeys
+from gateway.config.priority import DEFAULT_PRIORITY
 from gateway.config.sections import AuthSettings, StaticKey
 from gateway.errors import AuthenticationError, DependencyUnavailableError, StoreUnavailable
 from gateway.ratelimit.limits import NO_LIMITS, Limits, LimitScope
@@ -55,13 +56,17 @@ began longer ago than this: at most 20 checks a second, whatever the flood."""
 
 @dataclass(frozen=True, slots=True)
 class Principal:
-    """Who is calling: a key's name, the models it may use (``None``: all), its limits."""
+    """Who is calling: a key's name, the models it may use (``None``: all), its limits,
+    its tier (``priority``, vLLM's scale: lower is served earlier, 0 is ``normal``)
+    and its A/B variants (rollout model → variant model)."""
 
     name: str
     models: frozenset[str] | None
     limits: Limits = NO_LIMITS
     model_limits: Mapping[str, Limits] = field(default_factory=dict)
     expires_at: float | None = None
+    priority: int = DEFAULT_PRIORITY
+    variants: Mapping[str, str] = field(default_factory=dict)
     _scopes: dict[str, tuple[LimitScope, ...]] = field(default_factory=dict, compare=False)
 
     def may_use(self, model: str) -> bool:
@@ -272,6 +277,8 @@ def _from_static(key: StaticKey) -> Principal:
         Limits(key.rpm, key.tpm, key.max_concurrent),
         {m: Limits(v.rpm, v.tpm, v.max_concurrent) for m, v in key.model_limits.items()},
         _timestamp(key.expires_at) if key.expires_at is not None else None,
+        priority=key.priority,
+        variants=dict(key.variants),
     )
 
 
@@ -284,5 +291,11 @@ def _timestamp(moment: datetime) -> float:
 def _from_record(record: KeyRecord) -> Principal:
     models = frozenset(record.models) if record.models is not None else None
     return Principal(
-        record.name, models, record.limits, dict(record.model_limits), record.expires_at
+        record.name,
+        models,
+        record.limits,
+        dict(record.model_limits),
+        record.expires_at,
+        priority=record.priority,
+        variants=dict(record.variants),
     )

@@ -5,14 +5,19 @@ from __future__ import annotations
 from collections.abc import Collection
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from gateway.auth.keys import KeyExistsError, KeyRecord, KeyStore, new_key, parse_expiry
+from gateway.config.priority import DEFAULT_PRIORITY, parse_priority
 from gateway.ratelimit.limits import Limits
 
 MAX_LIMIT = 2**53
 """The largest limit a key may be given: the largest integer every JSON reader (and
 Redis's Lua) holds exactly."""
+
+MAX_VARIANTS = 64
+"""The most rollouts one key may pin to a variant (a record stays small)."""
+MAX_MODEL_NAME = 256
 
 
 class KeyRequestError(ValueError):
@@ -32,6 +37,27 @@ class NewKey(BaseModel):
     expires: str | None = Field(
         None, max_length=64, description="A duration (90s, 12h, 30d) or an ISO date."
     )
+    priority: int | str | None = Field(
+        None, description="Its tier: high, normal, low or an integer (lower: earlier)."
+    )
+    variants: dict[str, str] | None = Field(
+        None,
+        max_length=MAX_VARIANTS,
+        description="A/B by key: {rollout model: variant model}.",
+    )
+
+    @field_validator("priority")
+    @classmethod
+    def _tier(cls, value: int | str | None) -> int | None:
+        return None if value is None else parse_priority(value)
+
+    @field_validator("variants")
+    @classmethod
+    def _model_names(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        for name in (*(value or {}).keys(), *(value or {}).values()):
+            if not 0 < len(name) <= MAX_MODEL_NAME or not name.isprintable():
+                raise ValueError(f"invalid model name {name[:64]!r} in variants")
+        return value
 
     @classmethod
     def parse(cls, data: Any) -> NewKey:
@@ -56,6 +82,8 @@ async def create_key(
             tuple(request.models) if request.models else None,
             Limits(request.rpm, request.tpm, request.max_concurrent),
             expires_at,
+            priority=request.priority if isinstance(request.priority, int) else DEFAULT_PRIORITY,
+            variants=dict(request.variants or {}),
         )
     except ValueError as exc:
         raise KeyRequestError(str(exc)) from None

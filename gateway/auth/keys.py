@@ -24,6 +24,7 @@ from typing import Any, Protocol
 
 import orjson
 
+from gateway.config.priority import DEFAULT_PRIORITY, parse_priority, tier_name
 from gateway.ratelimit.limits import NO_LIMITS, Limits
 
 SECRET_PREFIX = "sk-vg-"
@@ -50,6 +51,10 @@ class KeyRecord:
     model_limits: dict[str, Limits] = field(default_factory=dict)
     created_at: float = 0.0
     expires_at: float | None = None
+    priority: int = DEFAULT_PRIORITY
+    """Its tier as a vLLM priority (lower: earlier); see :mod:`gateway.config.priority`."""
+    variants: dict[str, str] = field(default_factory=dict)
+    """A/B by key: rollout model → the variant this key's requests for it go to."""
 
     def expired(self, now: float) -> bool:
         return self.expires_at is not None and now >= self.expires_at
@@ -71,6 +76,9 @@ class KeyRecord:
         ):
             raise ValueError("'models' must be a list of names or null")
         model_limits = _object(data.get("model_limits") or {}, "'model_limits'")
+        priority = data.get("priority")
+        if priority is not None and (isinstance(priority, bool) or not isinstance(priority, int)):
+            raise ValueError("'priority' must be an integer or null")
         return cls(
             name=_text(data, "name"),
             digest=_text(data, "digest"),
@@ -79,6 +87,8 @@ class KeyRecord:
             model_limits={str(m): _limits(v) for m, v in model_limits.items()},
             created_at=_number(data.get("created_at"), "created_at") or 0.0,
             expires_at=_number(data.get("expires_at"), "expires_at"),
+            priority=parse_priority(priority) if priority is not None else DEFAULT_PRIORITY,
+            variants=_variants(data.get("variants") or {}),
         )
 
     def public(self) -> dict[str, Any]:
@@ -92,6 +102,9 @@ class KeyRecord:
             "model_limits": {m: asdict(v) for m, v in self.model_limits.items()},
             "created_at": _iso(self.created_at),
             "expires_at": _iso(self.expires_at) if self.expires_at is not None else None,
+            "priority": self.priority,
+            "tier": tier_name(self.priority),
+            "variants": dict(self.variants),
         }
 
 
@@ -115,6 +128,13 @@ def _number(value: object, name: str) -> float | None:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ValueError(f"{name!r} must be a number or null")
     return float(value)
+
+
+def _variants(value: object) -> dict[str, str]:
+    data = _object(value, "'variants'")
+    if not all(isinstance(v, str) for v in data.values()):
+        raise ValueError("'variants' must map rollout names to variant names")
+    return dict(data)
 
 
 def _limits(value: object) -> Limits:
@@ -174,6 +194,8 @@ def new_key(
     models: tuple[str, ...] | None = None,
     limits: Limits = NO_LIMITS,
     expires_at: float | None = None,
+    priority: int = DEFAULT_PRIORITY,
+    variants: dict[str, str] | None = None,
 ) -> tuple[str, KeyRecord]:
     """A fresh secret and its record; raises ValueError for a bad name or expiry."""
     if not NAME_PATTERN.match(name):
@@ -186,7 +208,9 @@ def new_key(
     if expires_at is not None and not expires_at <= LAST_MOMENT:
         raise ValueError("the expiry is after 9999-12-31T23:59:59Z: leave it out for no expiry")
     secret = new_secret()
-    record = KeyRecord(name, digest_of(secret), models, limits, {}, now, expires_at)
+    record = KeyRecord(
+        name, digest_of(secret), models, limits, {}, now, expires_at, priority, variants or {}
+    )
     return secret, record
 
 

@@ -34,6 +34,16 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     create.add_argument("--tpm", type=int, help="tokens per minute")
     create.add_argument("--max-concurrent", type=int, help="requests in flight at once")
     create.add_argument("--expires", help="duration (90s, 12h, 30d, 2w) or ISO date/time (UTC)")
+    create.add_argument(
+        "--priority", help="tier: high, normal (default), low or an integer (lower: earlier)"
+    )
+    create.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="ROLLOUT=VARIANT",
+        help="A/B by key: send this key's requests for ROLLOUT to VARIANT (repeatable)",
+    )
     create.set_defaults(handler=_create)
 
     listing = key_commands.add_parser("list", help="list keys (never their secrets)")
@@ -60,6 +70,8 @@ def _create(args: argparse.Namespace) -> int:
         "tpm": args.tpm,
         "max_concurrent": args.max_concurrent,
         "expires": args.expires,
+        "priority": args.priority,
+        "variants": _variants(args.variant) or None,
     }
 
     async def run(store: RedisKeyStore) -> dict[str, Any]:
@@ -81,18 +93,23 @@ def _list(args: argparse.Namespace) -> int:
     stored: list[dict[str, Any]] = _with_store(settings, list_keys)
     declared = [
         {"name": k.name, "models": list(k.models) or None, "rpm": k.rpm, "tpm": k.tpm,
-         "max_concurrent": k.max_concurrent, "source": "config"}
+         "max_concurrent": k.max_concurrent, "priority": k.priority,
+         "variants": dict(k.variants), "source": "config"}
         for k in settings.auth.keys
     ]  # fmt: skip
     rows = declared + [row | {"source": "redis"} for row in stored]
     if args.json:
         print(orjson.dumps(rows).decode())
         return 0
-    print(f"{'NAME':24} {'SOURCE':7} {'RPM':>7} {'TPM':>9} {'CONC':>5} {'EXPIRES':26} MODELS")
+    print(
+        f"{'NAME':24} {'SOURCE':7} {'RPM':>7} {'TPM':>9} {'CONC':>5} {'PRIO':>5} "
+        f"{'EXPIRES':26} MODELS"
+    )
     for row in rows:
         print(
             f"{row['name']:24} {row['source']:7} {_cell(row['rpm']):>7} {_cell(row['tpm']):>9} "
-            f"{_cell(row['max_concurrent']):>5} {_cell(row.get('expires_at')):26} "
+            f"{_cell(row['max_concurrent']):>5} {_cell(row.get('priority')):>5} "
+            f"{_cell(row.get('expires_at')):26} "
             f"{','.join(row['models'] or ['*'])}"
         )
     return 0
@@ -133,6 +150,17 @@ def _with_store(settings: Settings, action: Any) -> Any:
     except StoreUnavailable as exc:
         where = display_url(settings.redis.url or "")  # never the password in the URL
         raise ConfigError(f"cannot reach Redis at {where}: {exc}") from None
+
+
+def _variants(pairs: list[str]) -> dict[str, str]:
+    """``--variant rollout=variant`` flags as a mapping; a malformed one is an error."""
+    variants: dict[str, str] = {}
+    for pair in pairs:
+        rollout, sep, variant = pair.partition("=")
+        if not sep or not rollout.strip() or not variant.strip():
+            raise KeyRequestError(f"--variant {pair!r}: write it as ROLLOUT=VARIANT")
+        variants[rollout.strip()] = variant.strip()
+    return variants
 
 
 def _cell(value: object) -> str:

@@ -15,8 +15,11 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    field_validator,
     model_validator,
 )
+
+from gateway.config.priority import DEFAULT_PRIORITY, parse_priority
 
 
 class _Section(BaseModel):
@@ -243,6 +246,22 @@ class StaticKey(KeyLimits):
         default_factory=dict, description="Extra limits for this key on one model."
     )
     expires_at: datetime | None = Field(None, description="Refused from then on (UTC if no zone).")
+    priority: int = Field(
+        DEFAULT_PRIORITY,
+        description="Its tier: high, normal, low or an integer (vLLM's scale: lower is served "
+        "earlier; high = -10, normal = 0, low = 10). Orders the admission queue and is sent "
+        "to vLLM as the request's priority.",
+    )
+    variants: dict[str, str] = Field(
+        default_factory=dict,
+        description="A/B by key: {rollout model: variant model} pins this key's requests for "
+        "that rollout to one of its variants instead of the weighted choice.",
+    )
+
+    @field_validator("priority", mode="before")
+    @classmethod
+    def _tier(cls, value: object) -> int:
+        return parse_priority(value)
 
     @property
     def any_limits(self) -> bool:
