@@ -1,4 +1,4 @@
-"""Admission control: when every engine of a model is saturated, wait briefly, then shed.
+"""Admission control: when every engine of a model is saturated, wait in a fair queue, then shed.
 
 An engine is *saturated* when this gateway has ``max_in_flight`` requests on it,
 or its own queue (``vllm:num_requests_waiting``, scraped) holds ``max_waiting``
@@ -6,8 +6,18 @@ or its own queue (``vllm:num_requests_waiting``, scraped) holds ``max_waiting``
 saturated waits in the gateway, at most ``queue_timeout_s`` and behind at most
 ``queue_size`` others, for one of them to free up; otherwise it is answered 503
 ``overloaded`` with ``Retry-After``, rather than piled onto vLLM's queue where it
-would only raise everyone's latency. Waiters are woken when a request leaves an
-engine (and re-check every 200 ms for queues that drained elsewhere).
+would only raise everyone's latency.
+
+Who goes next is decided by a :class:`~gateway.pool.fair_queue.FairQueue` per
+model: the earliest tier (the key's priority, lowered by the client if it asked)
+first, and within a tier the keys in turn, so one tenant's flood cannot starve
+another's. Room is *handed* to exactly the waiters chosen, one per free slot
+(no thundering herd): when a request leaves an engine, and every 200 ms while
+anyone waits (an engine queue that drained elsewhere frees room without any
+release here). A request arriving while others wait queues behind them even if
+it sees room, so it cannot jump the queue. A waiter handed room it can no longer
+use (the room went elsewhere before it ran) goes back to the front of its line;
+one that gave up after being handed room passes it on.
 """
 
 from __future__ import annotations
@@ -16,12 +26,18 @@ import asyncio
 from collections.abc import Mapping
 
 from gateway.config.models import OverloadSettings
+from gateway.config.priority import DEFAULT_PRIORITY
 from gateway.errors import OverloadedError
 from gateway.observability.metrics import GatewayMetrics
 from gateway.pool.engine_pool import EnginePool
+from gateway.pool.fair_queue import FairQueue
 from gateway.routing.policies import EndpointView
 
 _RECHECK_S = 0.2
+_NO_ENGINES_ROOM = 1 << 30
+"""Room reported for a model with no engine at all: nobody waits for engines that do
+not exist (the forwarder answers that no engine is available)."""
+ANONYMOUS_KEY = "anonymous"
 
 
 class LoadGate:
@@ -36,54 +52,115 @@ class LoadGate:
         self._limits = limits
         self._default = default
         self._metrics = metrics
-        self._queued: dict[str, int] = {}
+        self._queues: dict[str, FairQueue[asyncio.Future[None]]] = {}
+        self._handed: dict[str, int] = {}
+        """Per model: waiters handed room that have not run yet (the room is theirs)."""
         self._waiters = 0
-        self._freed: asyncio.Event | None = None
+        self._recheck: asyncio.TimerHandle | None = None
         pool.on_release(self._wake)
 
-    async def enter(self, model: str) -> None:
-        """Return when an engine of ``model`` has room; raise OverloadedError otherwise."""
+    async def enter(
+        self, model: str, key: str = ANONYMOUS_KEY, priority: int = DEFAULT_PRIORITY
+    ) -> None:
+        """Return when an engine of ``model`` has room for this request (the caller takes
+        it in the same loop turn); raise OverloadedError otherwise. ``key`` and
+        ``priority`` place the request in the fair queue (lower priority: earlier)."""
         limits = self._limits.get(model, self._default)
         if limits.max_in_flight is None and limits.max_waiting is None:
             return
-        if not self._saturated(model, limits):
+        queue = self._queues.get(model)
+        handed = self._handed.get(model, 0)
+        if not queue and not handed and self._room(model, limits) > 0:
             return
-        queued = self._queued.get(model, 0)
-        if queued >= limits.queue_size:
+        if queue is None:
+            queue = self._queues[model] = FairQueue()
+        if len(queue) + handed >= limits.queue_size:
             raise self._shed(model, limits, "its queue is full")
-        self._queued[model] = queued + 1
+        await self._wait_turn(model, key, priority, limits, queue)
+
+    async def _wait_turn(
+        self,
+        model: str,
+        key: str,
+        priority: int,
+        limits: OverloadSettings,
+        queue: FairQueue[asyncio.Future[None]],
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        turn: asyncio.Future[None] = loop.create_future()
+        queue.push(key, priority, turn)
         self._waiters += 1
         gauge = self._metrics.admission_queue.labels(model)
         gauge.inc()
+        used = False
         try:
+            self._dispatch(model)  # room may be free already (an engine queue drained)
+            self._arm_recheck(loop)
             async with asyncio.timeout(limits.queue_timeout_s):
-                while self._saturated(model, limits):
-                    await self._wait()
+                while True:
+                    await turn
+                    used = True
+                    self._handed[model] -= 1
+                    if self._room(model, limits) - self._handed[model] > 0:
+                        return
+                    # The room went elsewhere before this request ran: first in line again.
+                    turn = loop.create_future()
+                    used = False
+                    queue.push_front(key, priority, turn)
         except TimeoutError:
             why = f"no engine freed up in {limits.queue_timeout_s:g} s"
             raise self._shed(model, limits, why) from None
         finally:
-            self._queued[model] -= 1
             self._waiters -= 1
             gauge.dec()
+            if turn.done() and not turn.cancelled() and not used:
+                self._handed[model] -= 1  # handed room, gave up before using it: pass it on
+                self._dispatch(model)
+            elif not turn.done() or turn.cancelled():
+                queue.remove(key, priority, turn)
 
-    def _saturated(self, model: str, limits: OverloadSettings) -> bool:
+    def _room(self, model: str, limits: OverloadSettings) -> int:
+        """Requests the model's engines can take now: free slots under ``max_in_flight``
+        (one per engine under ``max_waiting`` alone, whose queue is only scraped)."""
         views = self._pool.snapshot(model)
-        return bool(views) and all(_full(view, limits) for view in views)
+        if not views:
+            return _NO_ENGINES_ROOM
+        return sum(_room(view, limits) for view in views)
 
-    async def _wait(self) -> None:
-        if self._freed is None:
-            self._freed = asyncio.Event()
-        try:
-            async with asyncio.timeout(_RECHECK_S):
-                await self._freed.wait()
-        except TimeoutError:
-            pass
+    def _dispatch(self, model: str) -> None:
+        """Hand the room ``model`` has to the waiters whose turn it is, one each."""
+        queue = self._queues.get(model)
+        if not queue:
+            return
+        limits = self._limits.get(model, self._default)
+        handed = self._handed.get(model, 0)
+        room = self._room(model, limits) - handed
+        while room > 0 and queue:
+            turn = queue.pop()
+            if turn.done():  # its request was cancelled and has not left the queue yet
+                continue
+            turn.set_result(None)
+            handed += 1
+            room -= 1
+        self._handed[model] = handed
 
     def _wake(self) -> None:
-        if self._waiters and self._freed is not None:
-            freed, self._freed = self._freed, asyncio.Event()
-            freed.set()
+        """A request left an engine: its room goes to the next waiter (hot path: nothing
+        to do unless someone waits)."""
+        if self._waiters:
+            for model in self._queues:
+                self._dispatch(model)
+
+    def _arm_recheck(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self._recheck is None and self._waiters:
+            self._recheck = loop.call_later(_RECHECK_S, self._rechecked, loop)
+
+    def _rechecked(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Every 200 ms while anyone waits: room that appeared without a release here
+        (an engine's queue drained, an engine came back)."""
+        self._recheck = None
+        self._wake()
+        self._arm_recheck(loop)
 
     def _shed(self, model: str, limits: OverloadSettings, why: str) -> OverloadedError:
         self._metrics.shed.labels(model).inc()
@@ -93,7 +170,9 @@ class LoadGate:
         )
 
 
-def _full(view: EndpointView, limits: OverloadSettings) -> bool:
-    if limits.max_in_flight is not None and view.in_flight >= limits.max_in_flight:
-        return True
-    return limits.max_waiting is not None and view.waiting >= limits.max_waiting
+def _room(view: EndpointView, limits: OverloadSettings) -> int:
+    if limits.max_waiting is not None and view.waiting >= limits.max_waiting:
+        return 0
+    if limits.max_in_flight is not None:
+        return max(0, limits.max_in_flight - view.in_flight)
+    return 1

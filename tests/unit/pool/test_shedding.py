@@ -168,3 +168,70 @@ async def test_a_cancelled_waiter_leaves_the_queue() -> None:
     g.pool.release(ENGINES[0])
     await asyncio.wait_for(again, 1)
     assert g.shed() == 0.0
+
+
+async def admitted_in_order(g: Gate, waiters: list[tuple[str, int]]) -> list[str]:
+    """Each waiter (key, priority) queues in turn at a saturated gate; slots are then
+    freed one at a time: the keys in the order they were let in."""
+    order: list[str] = []
+
+    async def go(key: str, priority: int) -> None:
+        await g.gate.enter(MODEL, key, priority)
+        order.append(key)
+        g.pool.acquire(ENGINES[0])
+
+    tasks = []
+    for key, priority in waiters:
+        tasks.append(asyncio.create_task(go(key, priority)))
+        await until(lambda: g.queued() == len(tasks))
+    for admitted in range(1, len(waiters) + 1):
+        g.pool.release(ENGINES[0])
+        await until(lambda: len(order) == admitted)  # noqa: B023
+        for _ in range(3):
+            await asyncio.sleep(0)
+        assert len(order) == admitted  # one slot, one waiter: no herd
+    await asyncio.gather(*tasks)
+    return order
+
+
+async def test_the_earliest_tier_is_admitted_first() -> None:
+    g = Gate(limited(queue_timeout_s=5.0))
+    g.fill(*ENGINES)
+    order = await admitted_in_order(g, [("batch", 10), ("batch", 10), ("web", 0), ("chat", -10)])
+    assert order == ["chat", "web", "batch", "batch"]
+
+
+async def test_keys_of_a_tier_are_admitted_in_turn() -> None:
+    g = Gate(limited(queue_timeout_s=5.0))
+    g.fill(*ENGINES)
+    order = await admitted_in_order(g, [("flood", 0)] * 6 + [("quiet", 0)] * 2)
+    assert order[:4] == ["flood", "quiet", "flood", "quiet"]
+
+
+async def test_a_newcomer_queues_behind_waiters_even_when_it_sees_room() -> None:
+    g = Gate(OverloadSettings(max_waiting=3, queue_timeout_s=5.0))
+    for url in ENGINES:
+        g.pool.set_stats(url, EngineStats(running=8, waiting=3, kv_cache_usage=0.9))
+    first = asyncio.create_task(g.gate.enter(MODEL, "a"))
+    await until(lambda: g.queued() == 1.0)
+    g.pool.set_stats(ENGINES[0], EngineStats(running=8, waiting=0, kv_cache_usage=0.9))
+    order: list[str] = []
+    first.add_done_callback(lambda _: order.append("a"))
+    late = asyncio.create_task(g.gate.enter(MODEL, "b"))
+    late.add_done_callback(lambda _: order.append("b"))
+    await asyncio.wait_for(asyncio.gather(first, late), 2)
+    assert order == ["a", "b"]
+    assert g.queued() == 0.0
+
+
+async def test_room_handed_to_a_waiter_that_gave_up_goes_to_the_next() -> None:
+    g = Gate(limited(queue_timeout_s=5.0))
+    g.fill(*ENGINES)
+    leaving = asyncio.create_task(g.gate.enter(MODEL, "a"))
+    staying = g.waiter()
+    await until(lambda: g.queued() == 2.0)
+    g.pool.release(ENGINES[0])  # handed to "a", which leaves before it runs
+    leaving.cancel()
+    await asyncio.wait_for(staying, 1)
+    assert leaving.cancelled()
+    assert g.queued() == 0.0
