@@ -40,9 +40,11 @@ from engines.stub.asgi import (
 from engines.stub.embeddings import PATH as EMBEDDINGS_PATH
 from engines.stub.embeddings import EmbeddingsRoute
 from engines.stub.extras import ExtraRoutes
+from engines.stub.fail_rate import add_fail_rate_flag, with_fail_rate
 from engines.stub.guard import App, add_guard_flags, guard_from
 from engines.stub.output import error_body, metrics_text, models_body
 from engines.stub.plan import Plan, RequestError, StubConfig, plan_request
+from engines.stub.priorities import PriorityLog
 from engines.stub.responses import PATH as RESPONSES_PATH
 from engines.stub.responses import ResponsesStub
 
@@ -120,6 +122,7 @@ class StubApp:
         """``adapters``: LoRA adapter name → base model, listed with ``parent``."""
         self.config = config
         self.stats = StubStats()
+        self.priorities = PriorityLog(config.scheduling_policy)
         self._models_body = models_body(config.models, int(time.time()))
         self._routes: dict[str, dict[str, Handler]] = {
             "/v1/chat/completions": {"POST": self._chat},
@@ -129,6 +132,7 @@ class StubApp:
             "/metrics": {"GET": self._metrics},
             "/stub/stats": {"GET": self._stats},
             "/stub/reset": {"POST": self._reset},
+            **self.priorities.routes(),
             **ExtraRoutes(config.models, adapters or {}, self._record).routes(),
             EMBEDDINGS_PATH: {"POST": EmbeddingsRoute(config, self.stats).handle},
             RESPONSES_PATH: {"POST": ResponsesStub(config, self.stats).handle},
@@ -188,6 +192,9 @@ class StubApp:
         try:
             if body is None:
                 raise RequestError(400, "The request body is not valid JSON.")
+            invalid = self.priorities.note(body)
+            if invalid is not None:
+                raise RequestError(400, invalid, param="priority")
             plan = plan_request(self.config, body, chat=chat)
         except RequestError as error:
             await _send_error(send, error)
@@ -315,7 +322,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--lora", action="append", default=[], help="adapter NAME=BASE (repeatable)"
     )
+    parser.add_argument("--scheduling-policy", choices=("fcfs", "priority"), default="fcfs")
     add_guard_flags(parser)
+    add_fail_rate_flag(parser)
     return parser
 
 
@@ -331,8 +340,9 @@ def stub_main(argv: list[str] | None = None) -> int:
         fail_status=args.fail_status,
         drop_after=args.drop_after,
         hang=args.hang,
+        scheduling_policy=args.scheduling_policy,
     )
-    serve_stub(config, args.host, args.port, guard_from(args), adapters)
+    serve_stub(config, args.host, args.port, with_fail_rate(args, guard_from(args)), adapters)
     return 0
 
 
