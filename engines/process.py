@@ -82,6 +82,8 @@ def build_argv(
             stub += ["--lora", f"{adapter}={served_name}"]
         if spec.runner is not None:
             stub += ["--runner", spec.runner]
+        if spec.scheduling_policy is not None:
+            stub += ["--scheduling-policy", spec.scheduling_policy]
         return (*stub, *spec.extra_args)
     argv = [
         python, "-m", _API_SERVER_MODULE,
@@ -132,6 +134,8 @@ def _feature_args(spec: EngineSpec) -> list[str]:
         argv += ["--reasoning-parser", spec.reasoning_parser]
     if spec.chat_template is not None:
         argv += ["--chat-template", spec.chat_template]
+    if spec.scheduling_policy is not None:
+        argv += ["--scheduling-policy", spec.scheduling_policy]
     return argv
 
 

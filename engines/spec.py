@@ -59,6 +59,7 @@ RESERVED_FLAGS: Mapping[str, str] = MappingProxyType(
         "--enable-auto-tool-choice": "enable_auto_tool_choice",
         "--reasoning-parser": "reasoning_parser",
         "--chat-template": "chat_template",
+        "--scheduling-policy": "scheduling_policy (or the gateway's routing.priority_tiers)",
     }
 )
 RESERVED_SHORT_FLAGS: Mapping[str, str] = MappingProxyType(
@@ -212,6 +213,11 @@ class EngineSpec(_Strict):
     )
     chat_template: str | None = Field(
         None, description="vLLM's --chat-template: a Jinja template file on the engine's host."
+    )
+    scheduling_policy: Literal["fcfs", "priority"] | None = Field(
+        None,
+        description="vLLM's --scheduling-policy (unset: fcfs, or priority when the gateway's "
+        "priority tiers are on: requests then carry their key's tier as vLLM's priority).",
     )
     env: dict[str, str] = Field(default_factory=dict)
     extra_args: tuple[str, ...] = ()

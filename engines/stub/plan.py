@@ -36,6 +36,8 @@ class StubConfig:
     fail_status: int | None = None
     drop_after: int | None = None
     hang: bool = False
+    scheduling_policy: Literal["fcfs", "priority"] = "fcfs"
+    """Accepted like vLLM's flag and shown at ``/stub/priorities``; answers keep arrival order."""
 
 
 class RequestError(Exception):

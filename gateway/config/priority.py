@@ -21,7 +21,7 @@ spellings.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from types import MappingProxyType
 
 TIERS: Mapping[str, int] = MappingProxyType({"high": -10, "normal": 0, "low": 10})
@@ -76,3 +76,12 @@ def lowered(granted: int, requested: int | None) -> int:
     """The priority a request runs at: what its key was granted, or a *later* one the
     client asked for; never an earlier one (a client may only lower its own request)."""
     return granted if requested is None else max(granted, requested)
+
+
+def tiers_reach_engines(switch: bool | None, key_priorities: Iterable[int]) -> bool:
+    """Whether requests carry their priority to vLLM (and managed engines schedule by
+    it): ``routing.priority_tiers`` when set, else whether any configured key has a
+    tier other than ``normal``."""
+    if switch is not None:
+        return switch
+    return any(p != DEFAULT_PRIORITY for p in key_priorities)

@@ -174,6 +174,14 @@ class RoutingSettings(_Section):
         description="prefix_affinity: in-flight lead over the idlest engine that "
         "makes the request go to the idlest engine instead.",
     )
+    priority_tiers: bool | None = Field(
+        None,
+        description="Carry each request's tier to vLLM: forwarded bodies get `priority` and "
+        "managed vLLM engines start with --scheduling-policy priority. Unset: on when a key "
+        "under auth.keys has a priority other than normal (set true when tiers are given "
+        "only to keys made with `vgate keys create`). The admission queue orders by tier "
+        "either way.",
+    )
 
 
 class CacheSettings(_Section):

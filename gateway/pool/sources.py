@@ -20,6 +20,7 @@ from engines.models.prepare import default_cache_dir, default_engine_python
 from engines.registry import EngineRecord, EngineRegistry, InProcessRegistry, RedisRegistry
 from engines.supervisor import Deployment
 from gateway.background import RepeatedLog
+from gateway.config.priority import tiers_reach_engines
 from gateway.config.settings import Settings
 from gateway.pool.engine_pool import EnginePool
 
@@ -49,11 +50,16 @@ def build_deployments(settings: Settings) -> list[Deployment]:
     engines = settings.engines
     python = engines.python or str(default_engine_python())
     log_dir = Path(engines.log_dir).expanduser()
+    tiers = tiers_reach_engines(
+        settings.routing.priority_tiers, (k.priority for k in settings.auth.keys)
+    )
     deployments: list[Deployment] = []
     for model in settings.models:
         spec = model.engine
         if spec is None:
             continue
+        if tiers and spec.scheduling_policy is None:  # requests carry their tier's priority
+            spec = spec.model_copy(update={"scheduling_policy": "priority"})
         path = spec.source
         if spec.kind == "vllm" and spec.source in PREPARERS:
             cache = Path(engines.model_cache).expanduser() if engines.model_cache else None
