@@ -32,7 +32,7 @@ def scope_request_id(scope: Scope) -> str:
 
 
 _COMPLETION_HEADERS = frozenset(
-    (b"authorization", b"x-session-id", b"cache-control", b"content-length")
+    (b"authorization", b"x-session-id", b"cache-control", b"content-length", b"x-vgate-priority")
 )
 
 
@@ -44,6 +44,8 @@ class CompletionHeaders:
     session_id: str | None
     cache_control: str | None
     content_length: str | None
+    priority: str | None = None
+    """``x-vgate-priority``: a later priority the client asks for (checked by the pipeline)."""
 
 
 def completion_headers(headers: list[tuple[bytes, bytes]]) -> CompletionHeaders:
@@ -63,6 +65,7 @@ def completion_headers(headers: list[tuple[bytes, bytes]]) -> CompletionHeaders:
         _text(found.get(b"x-session-id")),
         _text(found.get(b"cache-control")),
         _text(found.get(b"content-length")),
+        _text(found.get(b"x-vgate-priority")),
     )
 
 

@@ -24,6 +24,7 @@ import secrets
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
+from gateway.config.priority import DEFAULT_PRIORITY
 from gateway.errors import (
     GatewayError,
     NoEngineAvailableError,
@@ -33,7 +34,7 @@ from gateway.errors import (
 from gateway.observability.metrics import GatewayMetrics
 from gateway.pipeline.exchange import Exchange
 from gateway.pool.engine_pool import EnginePool
-from gateway.pool.shedding import LoadGate
+from gateway.pool.shedding import ANONYMOUS_KEY, LoadGate
 from gateway.routing.policies import RoutingPolicy
 from gateway.upstream.deadlines import Deadlines
 from gateway.upstream.transport import EngineUnreachable, EventSource, Upstream, UpstreamReply
@@ -53,6 +54,10 @@ class Attempt:
     affinity_key: bytes | None
     content_type: str | None = None
     """The payload's Content-Type when it is not JSON (a multipart form)."""
+    key: str = ANONYMOUS_KEY
+    """The caller's key name: the admission queue takes turns between keys."""
+    priority: int = DEFAULT_PRIORITY
+    """Its place in the admission queue (vLLM's scale: lower is admitted earlier)."""
 
 
 class Forwarder:
@@ -98,7 +103,7 @@ class Forwarder:
         """The engine that answered and its 2xx reply; any failure is raised. Each try
         holds its engine's slot in ``exchange`` while it waits."""
         if self._gate is not None:
-            await self._gate.enter(attempt.model)
+            await self._gate.enter(attempt.model, attempt.key, attempt.priority)
         headers = self._headers(attempt.request_id)
         if attempt.content_type is not None:
             headers["Content-Type"] = attempt.content_type
@@ -144,7 +149,7 @@ class Forwarder:
         releases them when the request closes.
         """
         if self._gate is not None:
-            await self._gate.enter(attempt.model)
+            await self._gate.enter(attempt.model, attempt.key, attempt.priority)
         headers = self._headers(attempt.request_id)
         limits = self.deadlines(attempt.model)
         loop = asyncio.get_running_loop()

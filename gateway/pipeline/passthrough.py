@@ -156,8 +156,9 @@ class PassthroughService:
             )
             content_type = meta.content_type if route.form else None
             attempt = Attempt(
-                model, route.path, target.payload, meta.request_id, policy, key, content_type
-            )
+                model, route.path, target.payload, meta.request_id, policy, key, content_type,
+                key=principal.name, priority=principal.priority,
+            )  # fmt: skip
             _, reply = await self._forwarder.complete(exchange, attempt)
             exchange.finished(None)  # nothing was reserved: nothing to settle
             body = reply.body
