@@ -49,11 +49,16 @@ from typing import Any, cast
 
 from starlette.types import Receive, Scope, Send
 from uvicorn.config import Config
-from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import (
+    STATUS_LINE,
+    HttpToolsProtocol,
+    RequestResponseCycle,
+)
 from uvicorn.server import ServerState
 
 from gateway.config.sections import ServerSettings
 from gateway.errors import error_body
+from gateway.http.one_write import OneWriteCycle
 
 log = logging.getLogger("vgate.connections")
 
@@ -166,6 +171,9 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._head_bytes = _NO_HEAD
         self._deadline = 0.0  # the body's starts at the next tick
         HttpToolsProtocol.on_headers_complete(self)
+        cycle = self.cycle
+        if cycle is not None and type(cycle) is RequestResponseCycle:
+            cycle.__class__ = OneWriteCycle  # head and body in one write (one_write.py)
 
     def on_message_complete(self) -> None:
         self._head_bytes = 0
