@@ -50,7 +50,9 @@ from gateway.pipeline.assembly import (
     build_forwarder,
     build_passthrough_service,
     build_responses_service,
+    routing_table,
 )
+from gateway.pipeline.rollout_path import build_rollout_path
 from gateway.pool.engine_pool import BreakerPolicy, EnginePool
 from gateway.pool.health import HealthMonitor, LoadScraper
 from gateway.pool.model_info import EngineModels
@@ -58,6 +60,7 @@ from gateway.pool.readiness import Ping, Readiness
 from gateway.pool.sources import RegistryWatcher, build_deployments, build_registry, engine_keys
 from gateway.ratelimit.admission import Admission
 from gateway.ratelimit.limits import LimiterBackend
+from gateway.rollouts.contracts import ConfigWeights, NoObserver
 from gateway.shutdown import ShutdownSteps, exit_watchdog
 from gateway.upstream.factory import build_upstream
 
@@ -220,8 +223,19 @@ async def _start(
     )
     stack.push_async_callback(renewing.stop)
     forwarder = build_forwarder(settings, pool, upstream, metrics)
+    rollouts = build_rollout_path(
+        settings,
+        pool,
+        forwarder,
+        routing_table(settings),
+        metrics,
+        ConfigWeights(settings.rollouts),
+        NoObserver(),
+    )
+    if rollouts is not None:  # shadow copies in flight are cancelled at shutdown
+        stack.push_async_callback(rollouts.shadows.close)
     service = build_completion_service(
-        settings, pool, upstream, metrics, authenticator, admission, entries, forwarder
+        settings, pool, upstream, metrics, authenticator, admission, entries, forwarder, rollouts
     )
     passthrough_service = build_passthrough_service(
         settings, pool, forwarder, metrics, authenticator, admission
@@ -261,6 +275,7 @@ async def _start(
             authenticator,
             admission,
             _response_store(settings, stack),
+            rollouts,
         ),
     )
 

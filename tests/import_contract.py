@@ -202,6 +202,35 @@ RULES: tuple[Rule, ...] = (
         "those layers back would make cycles.",
     ),
     Rule(
+        name="rollouts-sit-beside-the-pipeline",
+        sources=("gateway.rollouts",),
+        forbidden=("gateway.http", "gateway.pipeline", "gateway.app", "gateway.cli"),
+        why="Rollouts (variant choice, shadow copies, the controller) are decisions the "
+        "pipeline calls, over config, metrics and the shared-state backends; importing "
+        "the pipeline or the HTTP edge back would make a cycle.",
+    ),
+    Rule(
+        name="nothing-below-the-pipeline-imports-rollouts",
+        sources=(
+            "gateway.errors",
+            "gateway.protocol",
+            "gateway.config",
+            "gateway.auth",
+            "gateway.ratelimit",
+            "gateway.cache",
+            "gateway.routing",
+            "gateway.responses",
+            "gateway.observability",
+            "gateway.background",
+            "gateway.backends",
+            "gateway.pool",
+            "gateway.upstream",
+        ),
+        forbidden=("gateway.rollouts",),
+        why="Rollouts use the layers below the pipeline (config, metrics, backends, the "
+        "pool); those layers never depend on them, so the direction stays one way.",
+    ),
+    Rule(
         name="only-cli-imports-the-composition-root",
         sources=OURS,
         forbidden=("gateway.app",),

@@ -5,8 +5,9 @@ requests that never resolved one), ``endpoint`` one of the gateway's routes,
 ``kind`` one of connect, timeout, status, stream_interrupted (upstream errors) or
 requests, tokens, concurrency (rate limits), ``key`` a key's *name* (never the
 secret), ``task`` a background task's name (:mod:`gateway.background`), and the
-``kind`` of a skipped shared-state record ``key`` or ``engine``. Nothing a client
-sends becomes a label.
+``kind`` of a skipped shared-state record ``key`` or ``engine``, ``rollout`` a configured
+rollout's name and ``variant`` one of its variant (or shadow) models, empty for a
+request to a plain model. Nothing a client sends becomes a label.
 """
 
 from __future__ import annotations
@@ -39,26 +40,41 @@ class GatewayMetrics:
         # Labelled children by label values, for the figures every request records:
         # ``labels()`` takes a lock and validates its arguments on every call. The
         # values are bounded: configured models (or "-"), two routes, HTTP statuses.
-        self._request_children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
+        self._request_children: dict[tuple[str, str, int, str], tuple[Counter, Histogram]] = {}
         self._in_flight_children: dict[str, Gauge] = {}
         self.requests = Counter(
             "vgate_requests_total",
-            "Completed requests by model, route and HTTP status.",
-            ("model", "endpoint", "status"),
+            "Completed requests by model, route and HTTP status (``variant``: the rollout "
+            "variant that served it, empty for a plain model).",
+            ("model", "endpoint", "status", "variant"),
             registry=self.registry,
         )
         self.request_duration = Histogram(
             "vgate_request_duration_seconds",
             "Time from request received to the last byte of the response.",
-            ("model", "endpoint"),
+            ("model", "endpoint", "variant"),
             buckets=_LATENCY_BUCKETS,
             registry=self.registry,
         )
         self.time_to_first_token = Histogram(
             "vgate_time_to_first_token_seconds",
             "Streams: time from request received to the first chunk sent to the client.",
-            ("model", "endpoint"),
+            ("model", "endpoint", "variant"),
             buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.inter_token_latency = Histogram(
+            "vgate_variant_inter_token_latency_seconds",
+            "Rollout streams: mean time between the events of one stream, by variant.",
+            ("model", "endpoint", "variant"),
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.variant_tokens = Counter(
+            "vgate_variant_tokens_total",
+            "Rollout requests: tokens (prompt + completion, as the engine's usage says) "
+            "of the answers each variant gave; rate() is tokens per second.",
+            ("model", "endpoint", "variant"),
             registry=self.registry,
         )
         self.in_flight = Gauge(
@@ -150,6 +166,42 @@ class GatewayMetrics:
             registry=self.registry,
         )
 
+        self.shadow_requests = Counter(
+            "vgate_shadow_requests_total",
+            "Shadow copies by rollout, shadow model and status (the engine's, or the "
+            "gateway's error status); never seen by any client.",
+            ("rollout", "variant", "status"),
+            registry=self.registry,
+        )
+        self.shadow_duration = Histogram(
+            "vgate_shadow_request_duration_seconds",
+            "Time a shadow copy took, sent to answered.",
+            ("rollout", "variant"),
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.shadow_shed = Counter(
+            "vgate_shadow_shed_total",
+            "Shadow copies not sent because the rollout's shadow.max_concurrent were in flight.",
+            ("rollout",),
+            registry=self.registry,
+        )
+        self.shadow_agreement = Counter(
+            "vgate_shadow_agreement_total",
+            "Deterministic requests whose shadow answer was the same text as the primary's, "
+            "or differed.",
+            ("rollout", "outcome"),
+            registry=self.registry,
+        )
+        self.shadow_overlap = Histogram(
+            "vgate_shadow_token_overlap",
+            "Deterministic requests: F1 of the primary's and the shadow's whitespace tokens "
+            "(1: the same words).",
+            ("rollout",),
+            buckets=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0),
+            registry=self.registry,
+        )
+
     def watch_engines(self, states: Callable[[], Iterable[EngineState]]) -> None:
         """Export each engine's state, read from the pool when /metrics is scraped."""
         self.registry.register(_EngineCollector(states))
@@ -164,13 +216,16 @@ class GatewayMetrics:
         the count of records its store skipped as undecodable, read at scrape time."""
         self.registry.register(_SkippedRecordsCollector(dict(counts)))
 
-    def observe_request(self, model: str, endpoint: str, status: int, seconds: float) -> None:
+    def observe_request(
+        self, model: str, endpoint: str, status: int, seconds: float, variant: str = ""
+    ) -> None:
         """Count one finished request and its duration (every request ends here)."""
-        children = self._request_children.get((model, endpoint, status))
+        labels = (model, endpoint, status, variant)
+        children = self._request_children.get(labels)
         if children is None:
-            children = self._request_children[(model, endpoint, status)] = (
-                self.requests.labels(model, endpoint, str(status)),
-                self.request_duration.labels(model, endpoint),
+            children = self._request_children[labels] = (
+                self.requests.labels(model, endpoint, str(status), variant),
+                self.request_duration.labels(model, endpoint, variant),
             )
         children[0].inc()
         children[1].observe(seconds)

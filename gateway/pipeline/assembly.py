@@ -15,6 +15,7 @@ from gateway.pipeline.forwarding import Forwarder, RetryBudget
 from gateway.pipeline.passthrough import PassthroughService
 from gateway.pipeline.plan import BodyLimits, RequestPlanner
 from gateway.pipeline.responses import ResponsesService
+from gateway.pipeline.rollout_path import RolloutPath
 from gateway.pipeline.service import CompletionService
 from gateway.pool.engine_pool import EnginePool
 from gateway.pool.shedding import LoadGate
@@ -34,11 +35,13 @@ def build_completion_service(
     admission: Admission,
     entries: EntryStore,
     forwarder: Forwarder | None = None,
+    rollouts: RolloutPath | None = None,
 ) -> CompletionService:
     """The pipeline for ``settings``' models, over ``pool`` and ``upstream``
-    (``forwarder``: one shared with other services, else one of its own)."""
+    (``forwarder``: one shared with other services, else one of its own; ``rollouts``:
+    the rollouts' variant choice, observer and shadow copies, if any)."""
     models = {m.name: m for m in settings.models}
-    routing = _routing_table(settings)
+    routing = routing_table(settings)
     if forwarder is None:
         forwarder = build_forwarder(settings, pool, upstream, metrics)
     return CompletionService(
@@ -47,6 +50,7 @@ def build_completion_service(
             pool,
             routing,
             BodyLimits(settings.server.max_messages, settings.server.max_prompt_chars),
+            rollouts.chooser if rollouts is not None else None,
         ),
         pool=pool,
         forwarder=forwarder,
@@ -55,6 +59,8 @@ def build_completion_service(
         admission=admission,
         cache=ResponseCache(settings.cache, models, entries, metrics),
         debug_headers=settings.server.debug_headers,
+        observer=rollouts.observer if rollouts is not None else None,
+        shadows=rollouts.shadows if rollouts is not None else None,
     )
 
 
@@ -70,11 +76,11 @@ def build_passthrough_service(
     load gate and retry budget per gateway)."""
     models = {m.name: m for m in settings.models}
     return PassthroughService(
-        models, pool, forwarder, metrics, authenticator, admission, _routing_table(settings)
+        models, pool, forwarder, metrics, authenticator, admission, routing_table(settings)
     )
 
 
-def _routing_table(settings: Settings) -> RoutingTable:
+def routing_table(settings: Settings) -> RoutingTable:
     return RoutingTable(settings.routing, {m.name: m.routing for m in settings.models if m.routing})
 
 
@@ -109,17 +115,20 @@ def build_responses_service(
     authenticator: Authenticator,
     admission: Admission,
     store: ResponseStore,
+    rollouts: RolloutPath | None = None,
 ) -> ResponsesService:
     """The Responses API for ``settings``' models, keeping responses in ``store``, forwarded
     with the completions' ``forwarder`` (one load gate and retry budget per gateway)."""
     return ResponsesService(
         {m.name: m for m in settings.models},
         pool,
-        _routing_table(settings),
+        routing_table(settings),
         forwarder,
         metrics,
         authenticator,
         admission,
         store,
         settings.responses,
+        rollouts.chooser if rollouts is not None else None,
+        rollouts.observer if rollouts is not None else None,
     )

@@ -29,8 +29,13 @@ from gateway.observability.metrics import UNRESOLVED_MODEL, GatewayMetrics
 from gateway.pipeline.cache_flow import CacheFill
 from gateway.pool.engine_pool import EnginePool
 from gateway.ratelimit.admission import FREE_PASS, Ticket
+from gateway.rollouts.contracts import VariantObserver
+from gateway.rollouts.timing import EventTiming
 from gateway.upstream.relay import StreamOutcome
 from gateway.upstream.transport import EventSource
+
+VARIANT_HEADER = "x-vgate-variant"
+"""Names the rollout variant that answered (or failed) a request to a rollout."""
 
 
 class Exchange:
@@ -44,6 +49,7 @@ class Exchange:
         "_failure",
         "_fill",
         "_flight",
+        "_forwarded",
         "_in_flight",
         "_metrics",
         "_pool",
@@ -51,9 +57,13 @@ class Exchange:
         "cache_status",
         "label",
         "model",
+        "observer",
         "outcome",
         "started",
         "ticket",
+        "timing",
+        "tokens",
+        "variant",
     )
 
     def __init__(
@@ -70,6 +80,16 @@ class Exchange:
         """``X-Cache`` for an answer from an engine: MISS, BYPASS, or None (cache off)."""
         self.outcome: StreamOutcome | None = None
         """Set when the answer is a stream: how it ended, for metrics."""
+        self.variant: str | None = None
+        """The rollout variant serving the request (``model`` is then the rollout):
+        set once the caller may use the rollout, so only such a caller's answers and
+        errors name it (``x-vgate-variant``)."""
+        self.observer: VariantObserver | None = None
+        """Told how a request of a rollout variant ended, if it went to an engine."""
+        self.timing: EventTiming | None = None
+        """A rollout stream's event timing (its inter-token latency)."""
+        self.tokens: int | None = None
+        """A rollout answer's usage tokens, for ``vgate_variant_tokens_total``."""
         self.started = clock()
         self._clock = clock
         self._pool = pool
@@ -80,6 +100,7 @@ class Exchange:
         self._flight: Flight | None = None
         self._in_flight: Gauge | None = None
         self._failure: GatewayError | None = None
+        self._forwarded = False
         self._answered = False
         self._closed = False
 
@@ -122,6 +143,7 @@ class Exchange:
 
     def count_in_flight(self) -> None:
         """Count the request in ``vgate_requests_in_flight`` until it closes."""
+        self._forwarded = True  # the request goes to an engine from here on
         if self._in_flight is None:
             self._in_flight = self._metrics.in_flight_of(self.model)
             self._in_flight.inc()
@@ -141,6 +163,8 @@ class Exchange:
         error.headers.update(self.ticket.headers)
         if self.cache_status is not None:
             error.headers["X-Cache"] = self.cache_status.decode()
+        if self.variant is not None:
+            error.headers[VARIANT_HEADER] = self.variant
 
     def close(self) -> None:
         """Release everything the request holds; idempotent."""
@@ -177,20 +201,40 @@ class Exchange:
 
     def _record(self) -> None:
         metrics, model, label = self._metrics, self.model, self.label
+        variant = self.variant or ""
         elapsed = self._clock() - self.started
         if self._failure is not None:
-            metrics.observe_request(model, label, self._failure.status, elapsed)
+            status = self._failure.status
+            metrics.observe_request(model, label, status, elapsed, variant)
+            self._observe(status >= 500, None)
             return
         outcome = self.outcome
         if outcome is None:
             if self._answered:  # otherwise the client left before the answer
-                metrics.observe_request(model, label, 200, elapsed)
+                metrics.observe_request(model, label, 200, elapsed, variant)
+                self._observe(False, None)
             return
+        ttft = None
         if outcome.first_chunk_at is not None:
             ttft = outcome.first_chunk_at - self.started
-            metrics.time_to_first_token.labels(model, label).observe(ttft)
+            metrics.time_to_first_token.labels(model, label, variant).observe(ttft)
         if outcome.error is not None:
             metrics.upstream_errors.labels(model, "stream_interrupted").inc()
         elif not outcome.completed:
             metrics.client_disconnects.labels(model).inc()
-        metrics.observe_request(model, label, 200, elapsed)
+        metrics.observe_request(model, label, 200, elapsed, variant)
+        self._observe(outcome.error is not None, ttft)
+
+    def _observe(self, failed: bool, ttft: float | None) -> None:
+        """A rollout variant's request that went to an engine: its inter-token latency
+        and tokens by variant, and the rollout controller's observation."""
+        variant, observer = self.variant, self.observer
+        if variant is None or observer is None or not self._forwarded:
+            return
+        metrics, model, label = self._metrics, self.model, self.label
+        itl = self.timing.mean_gap_s() if self.timing is not None else None
+        if itl is not None:
+            metrics.inter_token_latency.labels(model, label, variant).observe(itl)
+        if self.tokens is not None:
+            metrics.variant_tokens.labels(model, label, variant).inc(self.tokens)
+        observer.observe(model, variant, failed=failed, ttft_s=ttft, itl_s=itl)

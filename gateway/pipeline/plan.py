@@ -4,6 +4,12 @@ the exact bytes the engine gets, how to route it, and how to rename its answers.
 A model can be served under another name (``upstream_model``): the engine gets
 that name in the body, and every answer gets the client's name back, in JSON
 bodies and in every streamed chunk, so a client never sees the engine-side name.
+
+A request to a rollout's name is planned for the variant chosen for it
+(:class:`~gateway.rollouts.choice.VariantChooser`): routing, the cache key, the
+engine's body and every per-model setting are the variant's, and its answers carry
+the rollout's name in ``model``, the name the client asked for (what OpenAI clients
+expect); ``x-vgate-variant`` tells which variant answered.
 """
 
 from __future__ import annotations
@@ -15,11 +21,13 @@ from typing import Any
 
 import orjson
 
+from gateway.auth.authenticator import Principal
 from gateway.config.models import ModelSettings
 from gateway.errors import InvalidRequestError, ModelNotFoundError
 from gateway.pipeline.parsing import affinity_key, decode_json_object, normalized, validate
 from gateway.pool.engine_pool import EnginePool
 from gateway.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
+from gateway.rollouts.choice import VariantChooser
 from gateway.routing.policies import RoutingPolicy, RoutingTable
 
 Schema = type[ChatCompletionRequest] | type[CompletionRequest] | type[EmbeddingRequest]
@@ -89,6 +97,8 @@ class ParsedRequest:
     affinity_key: bytes | None
     rename: ModelRename | None = None
     """Set when the engine serves the model under another name."""
+    rollout: str | None = None
+    """The rollout the client asked for, when ``model`` is the variant chosen for it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +125,7 @@ class RequestPlanner:
         pool: EnginePool,
         routing: RoutingTable,
         limits: BodyLimits = BodyLimits(),
+        rollouts: VariantChooser | None = None,
     ) -> None:
         self._pool = pool
         self._routing = routing
@@ -124,6 +135,14 @@ class RequestPlanner:
             for name, m in models.items()
             if m.served_name != name
         }
+        self._rollouts = rollouts
+        self._variant_renames: dict[tuple[str, str], ModelRename] = {}
+        if rollouts is not None:
+            self._variant_renames = {
+                (rollout, variant): ModelRename(_served(models, variant), rollout)
+                for rollout in rollouts.names
+                for variant in rollouts.variants(rollout)
+            }
 
     @staticmethod
     def offloads(raw: bytes) -> bool:
@@ -131,25 +150,36 @@ class RequestPlanner:
         (:meth:`parse_off_loop`) rather than on it (:meth:`parse`)."""
         return len(raw) > OFFLOAD_BYTES
 
-    def parse(self, route: Route, raw: bytes, session_id: str | None) -> ParsedRequest:
-        """The validated request, decoded and validated here, on the caller's thread."""
-        return self._plan(route, raw, self._read(route, raw), session_id)
+    def parse(
+        self, route: Route, raw: bytes, session_id: str | None, caller: Principal | None = None
+    ) -> ParsedRequest:
+        """The validated request, decoded and validated here, on the caller's thread.
+        ``caller`` decides a rollout's variant when its key is pinned to one."""
+        return self._plan(route, raw, self._read(route, raw), session_id, caller)
 
     async def parse_off_loop(
-        self, route: Route, raw: bytes, session_id: str | None
+        self, route: Route, raw: bytes, session_id: str | None, caller: Principal | None = None
     ) -> ParsedRequest:
         """:meth:`parse` for a large body: decoded and validated in a worker thread, so
         it never holds the event loop for long."""
         read = await asyncio.to_thread(self._read, route, raw)
-        return self._plan(route, raw, read, session_id)
+        return self._plan(route, raw, read, session_id, caller)
 
     def _plan(
-        self, route: Route, raw: bytes, read: tuple[dict[str, Any], Any], session_id: str | None
+        self,
+        route: Route,
+        raw: bytes,
+        read: tuple[dict[str, Any], Any],
+        session_id: str | None,
+        caller: Principal | None,
     ) -> ParsedRequest:
         """Route the validated request; the engine gets the client's bytes unless the
-        model is served under another name."""
+        model is served under another name or is a rollout."""
         body, request = read
         model: str = request.model
+        rollouts = self._rollouts
+        if rollouts is not None and model in rollouts:
+            return self._plan_variant(route, body, request, session_id, caller, rollouts)
         if not self._pool.has_model(model):
             raise ModelNotFoundError(model)
         payload = raw
@@ -164,6 +194,39 @@ class RequestPlanner:
             else None
         )
         return ParsedRequest(model, bool(request.stream), body, payload, policy, key, rename)
+
+    def _plan_variant(
+        self,
+        route: Route,
+        body: dict[str, Any],
+        request: Any,
+        session_id: str | None,
+        caller: Principal | None,
+        rollouts: VariantChooser,
+    ) -> ParsedRequest:
+        """A request to a rollout, planned for the variant chosen for it: the engine
+        gets the variant's served name, the client gets the rollout's name back."""
+        rollout: str = request.model
+        variant = rollouts.choose(
+            rollout,
+            user=body.get("user"),
+            session=session_id,
+            key_name=caller.name if caller is not None else None,
+            pinned=caller.variants if caller is not None else None,
+        )
+        if not self._pool.has_model(variant):
+            raise ModelNotFoundError(rollout)
+        rename = self._variant_renames[(rollout, variant)]
+        body = body | {"model": rename.served}
+        policy, prefix_chars = self._routing.for_model(variant)
+        key = (
+            affinity_key(body, session_id, prefix_chars, route.prompt_field)
+            if policy.wants_affinity_key
+            else None
+        )
+        payload = orjson.dumps(body)
+        stream = bool(request.stream)
+        return ParsedRequest(variant, stream, body, payload, policy, key, rename, rollout)
 
     def _read(self, route: Route, raw: bytes) -> tuple[dict[str, Any], Any]:
         body = decode_json_object(raw)
@@ -249,7 +312,14 @@ def with_output_cap(parsed: ParsedRequest, chat: bool, cap: int) -> ParsedReques
         parsed.policy,
         parsed.affinity_key,
         parsed.rename,
+        parsed.rollout,
     )
+
+
+def _served(models: Mapping[str, ModelSettings], name: str) -> str:
+    """The name engines serve ``name`` under (a LoRA adapter's name is its own)."""
+    settings = models.get(name)
+    return settings.served_name if settings is not None else name
 
 
 def _within(value: Any, cap: int) -> bool:

@@ -10,6 +10,11 @@ every exit path. What differs is state: the gateway stores each response
 (:mod:`gateway.responses.conversation`), so follow-ups and retrieval work through
 any gateway replica and on any engine, whatever engines restart.
 
+A request to a rollout is served by the variant chosen for it, as for completions
+(:mod:`gateway.pipeline.service`): permission and limits by the rollout's name, the
+engine and the stored response by the variant, ``model`` and ``x-vgate-variant`` in
+the answer. Responses are not copied to a rollout's shadow.
+
 ``background: true`` is refused (400): the gateway runs no response without a
 client attached. Cancel therefore answers as OpenAI does for a response that was
 not created in the background: 400 ``Cannot cancel a synchronous response.``
@@ -38,7 +43,7 @@ from gateway.errors import (
 )
 from gateway.observability.metrics import GatewayMetrics
 from gateway.pipeline.callers import authenticate, check_model_allowed
-from gateway.pipeline.exchange import Exchange
+from gateway.pipeline.exchange import VARIANT_HEADER, Exchange
 from gateway.pipeline.forwarding import Attempt, Forwarder
 from gateway.pipeline.parsing import affinity_key, decode_json_object
 from gateway.pipeline.plan import ModelRename
@@ -59,6 +64,9 @@ from gateway.responses.conversation import (
 )
 from gateway.responses.listing import input_items_page
 from gateway.responses.store import ResponseStore, StoredResponse
+from gateway.rollouts.choice import VariantChooser
+from gateway.rollouts.contracts import NoObserver, VariantObserver
+from gateway.rollouts.timing import EventTiming
 from gateway.routing.policies import RoutingTable
 from gateway.upstream.relay import BatchTap, StreamOutcome
 
@@ -66,6 +74,7 @@ log = logging.getLogger("vgate.responses")
 
 PATH = "/v1/responses"
 LABEL = "responses"
+_VARIANT = VARIANT_HEADER.encode()
 _ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
 
 
@@ -90,8 +99,12 @@ class ResponsesService:
         admission: Admission,
         store: ResponseStore,
         settings: ResponsesSettings,
+        rollouts: VariantChooser | None = None,
+        observer: VariantObserver | None = None,
     ) -> None:
         self._served = {name: m.served_name for name, m in models.items()}
+        self._rollouts = rollouts
+        self._observer = observer or NoObserver()
         self._pool = pool
         self._routing = routing
         self._forwarder = forwarder
@@ -117,6 +130,8 @@ class ResponsesService:
             request = read_create(decode_json_object(raw))
             exchange.model = request.model
             result = await self._create(exchange, request, principal, request_id, session_id)
+            if exchange.variant is not None:
+                result.headers.append((_VARIANT, exchange.variant.encode()))
         except GatewayError as exc:
             exchange.failed(exc)
             exchange.close()
@@ -136,10 +151,24 @@ class ResponsesService:
         request_id: str,
         session_id: str | None,
     ) -> Result:
-        model = request.model
-        if not self._pool.has_model(model):
-            raise ModelNotFoundError(model)
-        check_model_allowed(principal, model, self._metrics)
+        asked = model = request.model  # the key is allowed and charged for what it asked
+        rollouts = self._rollouts
+        if rollouts is not None and asked in rollouts:
+            check_model_allowed(principal, asked, self._metrics)
+            model = rollouts.choose(
+                asked,
+                user=request.body.get("user"),
+                session=session_id,
+                key_name=principal.name,
+                pinned=principal.variants,
+            )
+            if not self._pool.has_model(model):
+                raise ModelNotFoundError(asked)
+            exchange.variant, exchange.observer = model, self._observer
+        else:
+            if not self._pool.has_model(model):
+                raise ModelNotFoundError(model)
+            check_model_allowed(principal, model, self._metrics)
         previous = None
         if request.previous_response_id is not None:
             previous_id = request.previous_response_id
@@ -147,7 +176,7 @@ class ResponsesService:
             previous = check_found(await self._load(previous_id, missing), principal.name, missing)
         items, item_ids = conversation(previous, request)
         exchange.admit(
-            await self._admission.admit(principal.scopes(model), cost_body(request, items))
+            await self._admission.admit(principal.scopes(asked), cost_body(request, items))
         )
         served = self._served.get(model, model)
         payload = engine_payload(
@@ -159,8 +188,8 @@ class ResponsesService:
             key = affinity_key(_affinity_body(request, items), session_id, prefix_chars)
         attempt = Attempt(model, PATH, payload, request_id, policy, key)
         taps: list[BatchTap] = []
-        if served != model:
-            taps.append(ModelRename(served, model))
+        if served != asked:
+            taps.append(ModelRename(served, asked))
         if request.previous_response_id is not None:
             taps.append(FieldRestore(request.previous_response_id))
         keep = _Keeper(self, principal.name, items, item_ids) if request.store else None
@@ -188,6 +217,8 @@ class ResponsesService:
             exchange.finished(None)
             return Answer(body, [*exchange.ticket.raw_headers], reply.status)
         exchange.finished(usage_tokens(response) if exchange.ticket.wants_usage else None)
+        if exchange.variant is not None:
+            exchange.tokens = usage_tokens(response)
         if keep is not None:
             await keep(response)
         return Answer(body, [*exchange.ticket.raw_headers], reply.status)
@@ -202,9 +233,14 @@ class ResponsesService:
         _, stream = await self._forwarder.open_stream(exchange, attempt)
         outcome = exchange.outcome = StreamOutcome()
         wants_usage = exchange.ticket.wants_usage
+        if exchange.variant is not None:
+            exchange.timing = EventTiming(exchange.clock)
+            taps = [exchange.timing, *taps]
 
         async def finished(response: dict[str, Any]) -> None:
             exchange.finished(usage_tokens(response) if wants_usage else None)
+            if exchange.variant is not None:
+                exchange.tokens = usage_tokens(response)
             if keep is not None:
                 await keep(response)
 

@@ -8,6 +8,13 @@ acquires and releases it on every exit path; :meth:`CompletionService.handle`
 makes sure it is closed, or hands the closing to the stream it returns.
 Answers are domain results (:mod:`gateway.pipeline.results`); failures are
 raised as :class:`GatewayError`.
+
+A request to a rollout is served by the variant the planner chose for it: the key
+needs permission for the rollout's name and is charged under it (its limits and
+``model_limits`` for the rollout apply, whichever variant answers); the cache,
+routing, timeouts and load gate are the variant's. Once permitted, its answers and
+errors carry ``x-vgate-variant``, and a share of it may be copied to the rollout's
+shadow (:mod:`gateway.rollouts.shadow`) once it is on its way to an engine.
 """
 
 from __future__ import annotations
@@ -28,7 +35,7 @@ from gateway.observability.metrics import UNRESOLVED_MODEL, GatewayMetrics
 from gateway.pipeline.cache_flow import CacheFill, follow_events, hit_tokens
 from gateway.pipeline.callers import authenticate, check_model_allowed
 from gateway.pipeline.denials import DenialMemo
-from gateway.pipeline.exchange import Exchange
+from gateway.pipeline.exchange import VARIANT_HEADER, Exchange
 from gateway.pipeline.forwarding import Attempt, Forwarder
 from gateway.pipeline.plan import (
     ParsedRequest,
@@ -40,12 +47,17 @@ from gateway.pipeline.results import Answer, EventStream, RawHeaders, Replay, Re
 from gateway.pipeline.usage import UsageTap, body_usage, client_wants_usage, with_usage_requested
 from gateway.pool.engine_pool import EnginePool
 from gateway.ratelimit.admission import Admission
+from gateway.rollouts.agreement import AgreementPair, StreamCollector, answer_text
+from gateway.rollouts.contracts import NoObserver, VariantObserver
+from gateway.rollouts.shadow import ShadowCopier
+from gateway.rollouts.timing import EventTiming
 from gateway.upstream.relay import BatchTap, StreamOutcome, relay_events
 
 ENGINE_HEADER = b"x-vgate-engine"
 _X_CACHE = b"x-cache"
 MISS = b"MISS"
 BYPASS = b"BYPASS"
+_VARIANT = VARIANT_HEADER.encode()
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,7 +85,11 @@ class CompletionService:
         admission: Admission,
         cache: ResponseCache,
         debug_headers: bool = False,
+        observer: VariantObserver | None = None,
+        shadows: ShadowCopier | None = None,
     ) -> None:
+        self._observer = observer or NoObserver()
+        self._shadows = shadows if shadows else None
         self._authenticator = authenticator
         self._admission = admission
         self._cache = cache
@@ -101,11 +117,13 @@ class CompletionService:
                 self._denials.check(memo)  # over its request rate: 429 before any parsing
             planner = self._planner
             if planner.offloads(raw):
-                parsed = await planner.parse_off_loop(route, raw, meta.session_id)
+                parsed = await planner.parse_off_loop(route, raw, meta.session_id, principal)
             else:
-                parsed = planner.parse(route, raw, meta.session_id)
-            exchange.model = parsed.model
+                parsed = planner.parse(route, raw, meta.session_id, principal)
+            exchange.model = parsed.rollout or parsed.model
             result = await self._admitted(exchange, route, parsed, principal, memo, meta)
+            if exchange.variant is not None:
+                result.headers.append((_VARIANT, exchange.variant.encode()))
         except GatewayError as exc:
             if isinstance(exc, UpstreamStatusError):
                 exc.prompt_param = route.prompt_param
@@ -159,14 +177,18 @@ class CompletionService:
         """Permission, cache lookup and admission (one Redis round trip), then the answer:
         a replay, a follower's copy, or the engine's."""
         model = parsed.model
-        check_model_allowed(principal, model, self._metrics)
+        asked = parsed.rollout or model  # what the key is allowed and charged for
+        check_model_allowed(principal, asked, self._metrics)
+        if parsed.rollout is not None:
+            exchange.variant = model
+            exchange.observer = self._observer
         plan = self._cache.plan(
             route.cache_name, parsed.stream, model, parsed.body, principal.name, meta.cache_control
         )
         plan, lookup = self._cache.begin_lookup(model, plan)  # goes with the admission
         cost_body = parsed.body if route.generates else prompt_only(parsed.body, route)
         try:
-            exchange.admit(await self._admission.admit(principal.scopes(model), cost_body))
+            exchange.admit(await self._admission.admit(principal.scopes(asked), cost_body))
         except RateLimitError as exc:
             if memo is not None:
                 self._denials.note(memo, exc)
@@ -197,9 +219,12 @@ class CompletionService:
             exchange.lead(CacheFill(self._cache, parsed.model, plan))
             exchange.cache_status = MISS
         exchange.count_in_flight()
+        pair = None
+        if parsed.rollout is not None and self._shadows is not None:
+            pair = self._shadows.copy(parsed.rollout, route.path, parsed.body, meta.request_id)
         if parsed.stream:
-            return await self._stream(exchange, route, parsed, meta)
-        return await self._complete(exchange, route, parsed, meta)
+            return await self._stream(exchange, route, parsed, meta, pair)
+        return await self._complete(exchange, route, parsed, meta, pair)
 
     async def _follow(
         self, exchange: Exchange, parsed: ParsedRequest, flight: Flight
@@ -229,7 +254,12 @@ class CompletionService:
         return EventStream(events, headers, exchange.close)
 
     async def _complete(
-        self, exchange: Exchange, route: Route, parsed: ParsedRequest, meta: RequestMeta
+        self,
+        exchange: Exchange,
+        route: Route,
+        parsed: ParsedRequest,
+        meta: RequestMeta,
+        pair: AgreementPair | None,
     ) -> Answer:
         attempt = self._attempt(route, parsed, parsed.payload, meta)
         url, reply = await self._forwarder.complete(exchange, attempt)
@@ -237,15 +267,25 @@ class CompletionService:
         body = reply.body if parsed.rename is None else parsed.rename.inspect(reply.body)
         if exchange.fill is not None:  # what the client gets is what a hit replays
             exchange.fill.finish_json(body)
+        if exchange.variant is not None:
+            exchange.tokens = body_usage(body)
+            if pair is not None:
+                pair.primary(answer_text(body))
         return Answer(body, self._headers(exchange, url), reply.status)
 
     async def _stream(
-        self, exchange: Exchange, route: Route, parsed: ParsedRequest, meta: RequestMeta
+        self,
+        exchange: Exchange,
+        route: Route,
+        parsed: ParsedRequest,
+        meta: RequestMeta,
+        pair: AgreementPair | None,
     ) -> EventStream:
         usage: UsageTap | None = None
         payload = parsed.payload
         fill = exchange.fill
-        if exchange.ticket.wants_usage or fill is not None:
+        rollout = exchange.variant is not None
+        if exchange.ticket.wants_usage or fill is not None or rollout:
             # The engine must report usage; the client sees only what it asked for.
             usage = UsageTap(strip=not client_wants_usage(parsed.body))
             if usage.strip:
@@ -254,13 +294,23 @@ class CompletionService:
         url, stream = await self._forwarder.open_stream(exchange, attempt)
         # Renamed first, then shared and stored with its usage event, then stripped.
         taps: list[BatchTap] = [t for t in (parsed.rename, fill, usage) if t is not None]
+        collector = StreamCollector() if pair is not None else None
+        if rollout:  # timed as it arrives; the primary's text kept for the shadow's
+            exchange.timing = EventTiming(exchange.clock)
+            taps.insert(0, exchange.timing)
+            if collector is not None:
+                taps.append(collector)
         outcome = exchange.outcome = StreamOutcome()
 
         def done() -> None:
             tokens = usage.tokens if usage is not None else None
-            exchange.finished(tokens)
+            exchange.finished(tokens if exchange.ticket.wants_usage or fill is not None else None)
             if fill is not None:
                 fill.finish_stream(tokens)
+            if rollout:
+                exchange.tokens = tokens
+                if pair is not None and collector is not None:
+                    pair.primary(collector.text())
 
         events = relay_events(stream, outcome, exchange.clock, taps, done, route.prompt_param)
         return EventStream(events, self._headers(exchange, url), exchange.close)

@@ -40,19 +40,33 @@ def test_metrics_move_with_traffic(gateway: Gateway) -> None:
     def delta(name: str, **labels: str) -> float:
         return _value(after, name, **labels) - _value(before, name, **labels)
 
-    ok = {"model": STUB_MODEL, "endpoint": "chat_completions", "status": "200"}
+    ok = {"model": STUB_MODEL, "endpoint": "chat_completions", "status": "200", "variant": ""}
     assert delta("vgate_requests_total", **ok) == 4
     assert (
-        delta("vgate_requests_total", model="dead-model", endpoint="chat_completions", status="503")
+        delta(
+            "vgate_requests_total",
+            model="dead-model",
+            endpoint="chat_completions",
+            status="503",
+            variant="",
+        )
         == 1
     )
     assert (
-        delta("vgate_request_duration_seconds_count", model=STUB_MODEL, endpoint="chat_completions")
+        delta(
+            "vgate_request_duration_seconds_count",
+            model=STUB_MODEL,
+            endpoint="chat_completions",
+            variant="",
+        )
         == 4
     )
     assert (
         delta(
-            "vgate_time_to_first_token_seconds_count", model=STUB_MODEL, endpoint="chat_completions"
+            "vgate_time_to_first_token_seconds_count",
+            model=STUB_MODEL,
+            endpoint="chat_completions",
+            variant="",
         )
         == 1
     )

@@ -143,6 +143,7 @@ async def test_the_caller_is_known_before_the_body_is_read() -> None:
     with pytest.raises(RateLimitError):  # over its rate: refused from the headers alone
         await w.service.caller(CHAT, f"Bearer {KEY}")
     refused = w.metrics.registry.get_sample_value(
-        "vgate_requests_total", {"model": "-", "endpoint": "chat_completions", "status": "401"}
+        "vgate_requests_total",
+        {"model": "-", "endpoint": "chat_completions", "status": "401", "variant": ""},
     )
     assert refused == 1.0

@@ -61,7 +61,7 @@ class Setup:
         return value or 0.0
 
     def requests(self, status: int) -> float:
-        labels = {"model": MODEL, "endpoint": LABEL, "status": str(status)}
+        labels = {"model": MODEL, "endpoint": LABEL, "status": str(status), "variant": ""}
         return self.metrics.registry.get_sample_value("vgate_requests_total", labels) or 0.0
 
     def stream(self) -> FakeStream:
