@@ -81,6 +81,9 @@ def engine_config(log_dir: Path, lora_dir: Path) -> dict[str, object]:
     return {
         "engines": {"log_dir": str(log_dir)},
         "upstream": {"health_interval_s": 1},
+        # Priority tiers on: every engine schedules by vLLM's per-request priority
+        # (test_priority_vllm.py); requests without a tier keep priority 0, i.e. FIFO.
+        "routing": {"priority_tiers": True},
         "models": [
             chat,
             embeddings,
