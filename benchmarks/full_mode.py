@@ -129,10 +129,12 @@ class Stack:
     def _cpu(self, cpu: int | str) -> int | str | None:
         return cpu if self.pinned else None
 
-    def gateway(self, name: str, workers: int, cpu: int | str) -> str:
-        """Start a gateway with ``workers`` workers on ``cpu``; its base URL."""
+    def gateway(self, name: str, workers: int, cpu: int | str, config: str | None = None) -> str:
+        """Start a gateway with ``workers`` workers on ``cpu`` (``config``: a template other
+        than the stack's, its ``${STUB_URL}`` replaced); its base URL."""
         path = self.log_dir / f"{name}.yaml"
-        path.write_text(self.config)
+        text = self.config if config is None else config.replace("${STUB_URL}", self.stub_url)
+        path.write_text(text)
         port = free_port()
         argv = [sys.executable, "-m", "gateway", "serve", "--config", str(path),
                 "--port", str(port), "--workers", str(workers)]  # fmt: skip
