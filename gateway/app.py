@@ -61,6 +61,7 @@ from gateway.pool.sources import RegistryWatcher, build_deployments, build_regis
 from gateway.ratelimit.admission import Admission
 from gateway.ratelimit.limits import LimiterBackend
 from gateway.rollouts.contracts import ConfigWeights, NoObserver
+from gateway.rollouts.setup import start_rollout_controller
 from gateway.shutdown import ShutdownSteps, exit_watchdog
 from gateway.upstream.factory import build_upstream
 
@@ -223,14 +224,17 @@ async def _start(
     )
     stack.push_async_callback(renewing.stop)
     forwarder = build_forwarder(settings, pool, upstream, metrics)
+    # The controller (None without rollouts:) serves the shared weights and takes the
+    # finished requests' reports; its task polls the state and judges canaries.
+    control = await start_rollout_controller(settings, metrics, tasks, stack)
     rollouts = build_rollout_path(
         settings,
         pool,
         forwarder,
         routing_table(settings),
         metrics,
-        ConfigWeights(settings.rollouts),
-        NoObserver(),
+        control or ConfigWeights(settings.rollouts),
+        control or NoObserver(),
     )
     if rollouts is not None:  # shadow copies in flight are cancelled at shutdown
         stack.push_async_callback(rollouts.shadows.close)
@@ -277,6 +281,7 @@ async def _start(
             _response_store(settings, stack),
             rollouts,
         ),
+        rollout_control=control,
     )
 
 

@@ -19,6 +19,7 @@ import uvicorn
 
 from gateway.auth.key_admin import KeyRequestError
 from gateway.cli import keys as cli_keys
+from gateway.cli import rollout as cli_rollout
 from gateway.cli import stack as cli_stack
 from gateway.config.settings import (
     CONFIG_ENV_VAR,
@@ -73,6 +74,7 @@ def _build_parser() -> argparse.ArgumentParser:
     run.set_defaults(handler=cli_stack.engines_run)
     cli_stack.add_commands(commands)
     cli_keys.add_commands(commands)
+    cli_rollout.add_commands(commands)
     return parser
 
 

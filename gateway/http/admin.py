@@ -25,6 +25,7 @@ from gateway.errors import (
     StoreUnavailable,
 )
 from gateway.http.context import app_state, read_body
+from gateway.http.rollouts_admin import router as rollouts_router
 from gateway.http.state import AppState
 
 router = APIRouter()
@@ -95,3 +96,4 @@ async def revoke(request: Request) -> Response:
 router.add_route("/admin/keys", create, methods=["POST"])
 router.add_route("/admin/keys", list_all, methods=["GET"])
 router.add_route("/admin/keys/{name}", revoke, methods=["DELETE"])
+router.include_router(rollouts_router)  # /admin/rollouts

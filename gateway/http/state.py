@@ -19,6 +19,7 @@ from gateway.pipeline.service import CompletionService
 from gateway.pool.engine_pool import EnginePool
 from gateway.pool.model_info import EngineModels
 from gateway.pool.readiness import Readiness
+from gateway.rollouts.controller import RolloutController
 
 
 class ModelCatalog:
@@ -114,6 +115,8 @@ class AppState:
     """What the engines report of their models, kept current in the background."""
     responses: ResponsesService | None = None
     """The Responses API (None: not served)."""
+    rollout_control: RolloutController | None = None
+    """The rollout controller behind ``/admin/rollouts`` (None: no ``rollouts:``)."""
     catalog: ModelCatalog = field(init=False)
 
     def __post_init__(self) -> None:
