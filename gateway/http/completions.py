@@ -43,6 +43,7 @@ def _handler(route: Route) -> Endpoint:
             headers.session_id,
             headers.cache_control,
             principal,
+            headers.priority,
         )
         return await state.service.handle(route, raw, meta)
 

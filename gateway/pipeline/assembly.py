@@ -9,11 +9,13 @@ from __future__ import annotations
 
 from gateway.auth.authenticator import Authenticator
 from gateway.cache.response_cache import EntryStore, ResponseCache
+from gateway.config.priority import tiers_reach_engines
 from gateway.config.settings import Settings
 from gateway.observability.metrics import GatewayMetrics
 from gateway.pipeline.forwarding import Forwarder, RetryBudget
 from gateway.pipeline.passthrough import PassthroughService
 from gateway.pipeline.plan import BodyLimits, RequestPlanner
+from gateway.pipeline.priority import PriorityTiers
 from gateway.pipeline.responses import ResponsesService
 from gateway.pipeline.rollout_path import RolloutPath
 from gateway.pipeline.service import CompletionService
@@ -61,7 +63,14 @@ def build_completion_service(
         debug_headers=settings.server.debug_headers,
         observer=rollouts.observer if rollouts is not None else None,
         shadows=rollouts.shadows if rollouts is not None else None,
+        tiers=PriorityTiers(priority_tiers_on(settings)),
     )
+
+
+def priority_tiers_on(settings: Settings) -> bool:
+    """Whether requests carry their tier to vLLM and managed engines schedule by it."""
+    keys = (k.priority for k in settings.auth.keys)
+    return tiers_reach_engines(settings.routing.priority_tiers, keys)
 
 
 def build_passthrough_service(

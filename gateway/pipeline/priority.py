@@ -28,7 +28,6 @@ from gateway.auth.authenticator import Principal
 from gateway.config.priority import DEFAULT_PRIORITY, lowered, parse_priority
 from gateway.errors import InvalidRequestError
 from gateway.pipeline.plan import ParsedRequest
-from gateway.pool.shedding import ANONYMOUS_KEY
 
 PRIORITY_HEADER = "x-vgate-priority"
 _FIELD = "priority"
@@ -40,10 +39,6 @@ class Place:
 
     key: str
     priority: int
-
-
-NO_PLACE = Place(ANONYMOUS_KEY, DEFAULT_PRIORITY)
-"""The place of a request no key was resolved for (none in practice: a default)."""
 
 
 class PriorityTiers:

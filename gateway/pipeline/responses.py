@@ -186,7 +186,10 @@ class ResponsesService:
         key = None
         if policy.wants_affinity_key:
             key = affinity_key(_affinity_body(request, items), session_id, prefix_chars)
-        attempt = Attempt(model, PATH, payload, request_id, policy, key)
+        attempt = Attempt(
+            model, PATH, payload, request_id, policy, key,
+            key=principal.name, priority=principal.priority,
+        )  # fmt: skip
         taps: list[BatchTap] = []
         if served != asked:
             taps.append(ModelRename(served, asked))

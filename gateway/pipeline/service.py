@@ -43,6 +43,7 @@ from gateway.pipeline.plan import (
     Route,
     with_output_cap,
 )
+from gateway.pipeline.priority import Place, PriorityTiers
 from gateway.pipeline.results import Answer, EventStream, RawHeaders, Replay, Result
 from gateway.pipeline.usage import UsageTap, body_usage, client_wants_usage, with_usage_requested
 from gateway.pool.engine_pool import EnginePool
@@ -70,6 +71,8 @@ class RequestMeta:
     cache_control: str | None = None
     principal: Principal | None = None
     """The caller, when :meth:`CompletionService.caller` already answered it."""
+    priority: str | None = None
+    """``x-vgate-priority``: a later priority the client asks for (checked here)."""
 
 
 class CompletionService:
@@ -87,7 +90,9 @@ class CompletionService:
         debug_headers: bool = False,
         observer: VariantObserver | None = None,
         shadows: ShadowCopier | None = None,
+        tiers: PriorityTiers | None = None,
     ) -> None:
+        self._tiers = tiers or PriorityTiers()
         self._observer = observer or NoObserver()
         self._shadows = shadows if shadows else None
         self._authenticator = authenticator
@@ -179,6 +184,7 @@ class CompletionService:
         model = parsed.model
         asked = parsed.rollout or model  # what the key is allowed and charged for
         check_model_allowed(principal, asked, self._metrics)
+        place = self._tiers.place(principal, meta.priority, parsed.body)
         if parsed.rollout is not None:
             exchange.variant = model
             exchange.observer = self._observer
@@ -204,6 +210,7 @@ class CompletionService:
             parsed = with_output_cap(parsed, route.cache_name == "chat", cap)
             if exchange.ticket.shortened:  # its answer may be shorter than another's:
                 plan = _unshared(plan)  # it neither leads a flight nor fills the cache
+        parsed = self._tiers.apply(parsed, place)
         # Follow an identical request in flight, or route and forward this one.
         if plan.bypassed:
             exchange.cache_status = BYPASS
@@ -223,8 +230,8 @@ class CompletionService:
         if parsed.rollout is not None and self._shadows is not None:
             pair = self._shadows.copy(parsed.rollout, route.path, parsed.body, meta.request_id)
         if parsed.stream:
-            return await self._stream(exchange, route, parsed, meta, pair)
-        return await self._complete(exchange, route, parsed, meta, pair)
+            return await self._stream(exchange, route, parsed, meta, pair, place)
+        return await self._complete(exchange, route, parsed, meta, pair, place)
 
     async def _follow(
         self, exchange: Exchange, parsed: ParsedRequest, flight: Flight
@@ -260,8 +267,9 @@ class CompletionService:
         parsed: ParsedRequest,
         meta: RequestMeta,
         pair: AgreementPair | None,
+        place: Place,
     ) -> Answer:
-        attempt = self._attempt(route, parsed, parsed.payload, meta)
+        attempt = self._attempt(route, parsed, parsed.payload, meta, place)
         url, reply = await self._forwarder.complete(exchange, attempt)
         exchange.finished(body_usage(reply.body) if exchange.ticket.wants_usage else None)
         body = reply.body if parsed.rename is None else parsed.rename.inspect(reply.body)
@@ -280,6 +288,7 @@ class CompletionService:
         parsed: ParsedRequest,
         meta: RequestMeta,
         pair: AgreementPair | None,
+        place: Place,
     ) -> EventStream:
         usage: UsageTap | None = None
         payload = parsed.payload
@@ -290,7 +299,7 @@ class CompletionService:
             usage = UsageTap(strip=not client_wants_usage(parsed.body))
             if usage.strip:
                 payload = with_usage_requested(parsed.body)
-        attempt = self._attempt(route, parsed, payload, meta)
+        attempt = self._attempt(route, parsed, payload, meta, place)
         url, stream = await self._forwarder.open_stream(exchange, attempt)
         # Renamed first, then shared and stored with its usage event, then stripped.
         taps: list[BatchTap] = [t for t in (parsed.rename, fill, usage) if t is not None]
@@ -333,9 +342,14 @@ class CompletionService:
         return [(_X_CACHE, b"HIT"), (b"age", str(age).encode())]
 
     @staticmethod
-    def _attempt(route: Route, parsed: ParsedRequest, payload: bytes, meta: RequestMeta) -> Attempt:
+    def _attempt(
+        route: Route, parsed: ParsedRequest, payload: bytes, meta: RequestMeta, place: Place
+    ) -> Attempt:
         return Attempt(
-            parsed.model, route.path, payload, meta.request_id, parsed.policy, parsed.affinity_key
+            *(parsed.model, route.path, payload, meta.request_id, parsed.policy),
+            parsed.affinity_key,
+            key=place.key,
+            priority=place.priority,
         )
 
 
