@@ -123,7 +123,7 @@ async def rollback(control: RolloutController, rollout: str, body: Any) -> dict[
 def _rollout(control: RolloutController, rollout: str) -> RolloutSettings:
     settings = control.settings.get(rollout)
     if settings is None:
-        raise NotFoundError(f"no rollout named {rollout!r}", code="rollout_not_found")
+        raise NotFoundError(f"no rollout named {rollout[:80]!r}", code="rollout_not_found")
     return settings
 
 
