@@ -170,6 +170,7 @@ class ResponseCache:
         if too_old or (entry is not None and entry.stream != plan.stream):
             entry = None
         self._metrics.cache_requests.labels(model, "hit" if entry else "miss").inc()
+        self._metrics.live.cache(model, entry is not None)
         return plan, entry
 
     def _store_down(self, model: str) -> CachePlan:

@@ -1,8 +1,9 @@
 """Which operational route is served where: the public port or the operator listener.
 
-Operator routes — ``/metrics``, ``/sd/engines``, the detailed ``/ready`` and
-``/admin/*`` — say which engines exist, where they run, which keys exist and
-what they consume. Clients have no business with any of it, so:
+Operator routes — ``/metrics``, ``/sd/engines``, the detailed ``/ready``, the
+live status page ``/status`` (and its feed ``/status/events``) and ``/admin/*`` —
+say which engines exist, where they run, which keys exist and what they consume.
+Clients have no business with any of it, so:
 
 - with ``server.admin_port`` set, they are served by the operator listener
   (:func:`operator_router`, bound to ``server.admin_host``, default loopback)
@@ -14,8 +15,8 @@ what they consume. Clients have no business with any of it, so:
 Either way ``/health`` is public, the public ``/ready`` answers ready or not and
 nothing more (the detail needs the admin key), and ``server.public_metrics:
 true`` opens ``/metrics`` on the public port to anyone, on purpose. The operator
-listener itself asks no key for ``/metrics``, ``/sd/engines`` and ``/ready``
-(Prometheus scrapes it; keep it reachable by operators only), while
+listener itself asks no key for ``/metrics``, ``/sd/engines``, ``/ready`` and
+``/status`` (Prometheus scrapes it; keep it reachable by operators only), while
 ``/admin/*`` still checks the admin key there too.
 """
 
@@ -30,7 +31,7 @@ from starlette.responses import Response
 
 from gateway.config.sections import ServerSettings
 from gateway.errors import AuthenticationError, PermissionDeniedError
-from gateway.http import admin, ops
+from gateway.http import admin, ops, status
 from gateway.http.context import app_state
 
 GET = ["GET"]
@@ -90,6 +91,8 @@ def public_router(server: ServerSettings) -> APIRouter:
     metrics = ops.metrics if server.public_metrics else behind_admin_key(ops.metrics)
     router.add_route("/metrics", metrics, methods=GET)
     router.add_route("/sd/engines", behind_admin_key(ops.engine_targets), methods=GET)
+    router.add_route("/status", behind_admin_key(status.page), methods=GET)
+    router.add_route("/status/events", behind_admin_key(status.events), methods=GET)
     router.include_router(admin.router)  # checks the admin key itself
     return router
 
@@ -101,5 +104,7 @@ def operator_router() -> APIRouter:
     router.add_route("/ready", ops.ready_detail, methods=GET)
     router.add_route("/metrics", ops.metrics, methods=GET)
     router.add_route("/sd/engines", ops.engine_targets, methods=GET)
+    router.add_route("/status", status.page, methods=GET)
+    router.add_route("/status/events", status.events, methods=GET)
     router.include_router(admin.router)
     return router

@@ -12,6 +12,7 @@ import orjson
 from gateway.auth.keys import KeyStore
 from gateway.background import BackgroundTasks
 from gateway.config.settings import Settings
+from gateway.http.status_feed import StatusFeed, live_weights
 from gateway.observability.metrics import GatewayMetrics
 from gateway.pipeline.passthrough import PassthroughService
 from gateway.pipeline.responses import ResponsesService
@@ -118,8 +119,12 @@ class AppState:
     rollout_control: RolloutController | None = None
     """The rollout controller behind ``/admin/rollouts`` (None: no ``rollouts:``)."""
     catalog: ModelCatalog = field(init=False)
+    status: StatusFeed = field(init=False)
+    """The live status page's snapshots (``/status``)."""
 
     def __post_init__(self) -> None:
+        status = StatusFeed(self.settings, self.pool, self.metrics, lambda: live_weights(self))
+        object.__setattr__(self, "status", status)
         rollouts = {r.model: [v.model for v in r.variants] for r in self.settings.rollouts}
         catalog = ModelCatalog(self.pool, self.model_info, rollouts)
         object.__setattr__(self, "catalog", catalog)

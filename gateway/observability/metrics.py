@@ -22,6 +22,7 @@ from prometheus_client.registry import Collector
 
 from engines.stats import EngineStats
 from gateway.background import TaskHealth
+from gateway.observability.live import LiveStats
 
 UNRESOLVED_MODEL = "-"
 METRICS_CONTENT_TYPE = CONTENT_TYPE_LATEST
@@ -37,6 +38,8 @@ class GatewayMetrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        self.live = LiveStats()
+        """The last minutes per model (variant), for the status page."""
         # Labelled children by label values, for the figures every request records:
         # ``labels()`` takes a lock and validates its arguments on every call. The
         # values are bounded: configured models (or "-"), two routes, HTTP statuses.
@@ -229,6 +232,7 @@ class GatewayMetrics:
             )
         children[0].inc()
         children[1].observe(seconds)
+        self.live.count(variant or model, status)
 
     def in_flight_of(self, model: str) -> Gauge:
         """``vgate_requests_in_flight`` of ``model``."""
@@ -257,6 +261,10 @@ class TalliedCounter(Collector):
 
     def add(self, label_value: str, amount: float) -> None:
         self._counts[label_value] = self._counts.get(label_value, 0.0) + amount
+
+    def totals(self) -> dict[str, float]:
+        """A copy of every label value's total."""
+        return dict(self._counts)
 
     def collect(self) -> Iterator[Metric]:
         family = CounterMetricFamily(self._name, self._documentation, labels=(self._label,))

@@ -222,6 +222,10 @@ class Exchange:
             metrics.upstream_errors.labels(model, "stream_interrupted").inc()
         elif not outcome.completed:
             metrics.client_disconnects.labels(model).inc()
+        chunks, first = outcome.chunks, outcome.first_chunk_at  # status page: mean chunk gap
+        span = None if first is None or chunks < 2 else self.started + elapsed - first
+        itl = None if span is None else span / (chunks - 1)
+        metrics.live.stream(variant or model, ttft, itl, outcome.error is not None)
         metrics.observe_request(model, label, 200, elapsed, variant)
         self._observe(outcome.error is not None, ttft)
 

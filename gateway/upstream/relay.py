@@ -34,10 +34,13 @@ class BatchTap(Protocol):
 class StreamOutcome:
     """How a relayed stream ended; filled in by :func:`relay_events`."""
 
-    __slots__ = ("completed", "error", "first_chunk_at")
+    __slots__ = ("chunks", "completed", "error", "first_chunk_at")
 
     def __init__(self) -> None:
         self.first_chunk_at: float | None = None
+        self.chunks = 0
+        """Batches of events received from the engine (the status page's ITL: the
+        stream's time after its first chunk over the gaps between chunks)."""
         self.completed = False
         self.error: GatewayError | None = None
 
@@ -60,6 +63,7 @@ async def relay_events(
     tail = b""
     try:
         async for received in stream.batches():
+            outcome.chunks += 1
             if outcome.first_chunk_at is None:
                 outcome.first_chunk_at = clock()
             batch = received
