@@ -6,6 +6,7 @@ in flight, is not copied), so the client never waits for it and never sees any o
 it: not its status, body or headers. The copy
 
 * is sent non-streaming (a streamed primary included): only its text is compared;
+* goes to the engine at the ``low`` priority tier or later when tiers are on;
 * is never cached and never charged to the caller's key (it bypasses admission and
   the cache entirely; the engine's own load gate still applies to it);
 * is bounded: at most ``shadow.max_concurrent`` copies per rollout are in flight, and
@@ -31,6 +32,7 @@ from typing import Any, Protocol
 
 import orjson
 
+from gateway.config.priority import TIERS
 from gateway.config.rollouts import RolloutSettings, ShadowSettings
 from gateway.errors import GatewayError
 from gateway.observability.metrics import GatewayMetrics
@@ -110,8 +112,14 @@ class ShadowCopier:
             await asyncio.gather(*tasks, return_exceptions=True)
 
     def _payload(self, model: str, body: dict[str, Any]) -> bytes:
+        """The copy's body. When priority tiers reach the engines (the primary's body
+        carries vLLM's ``priority``), the copy goes at the ``low`` tier or later, never
+        ahead of any client's request."""
         copy = {k: v for k, v in body.items() if k not in _DROPPED_FIELDS}
         copy["model"] = self._served.get(model, model)
+        priority = copy.get("priority")
+        if isinstance(priority, int) and not isinstance(priority, bool):
+            copy["priority"] = max(priority, TIERS["low"])
         return orjson.dumps(copy)
 
     async def _run(

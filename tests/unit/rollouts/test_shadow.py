@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import orjson
 
@@ -84,3 +85,18 @@ async def test_close_cancels_copies_in_flight_and_refuses_new_ones() -> None:
     await asyncio.wait_for(copier.close(), 1)
     assert copier.in_flight("r") == 0
     assert copier.copy("r", "/v1/chat/completions", {}, "id") is None
+
+
+async def test_a_copy_never_goes_ahead_of_clients_when_tiers_reach_the_engine() -> None:
+    metrics, engine = GatewayMetrics(), Engine()
+    engine.release.set()
+    copier = ShadowCopier([ROLLOUT], {}, engine, metrics, lambda: 0.0)
+    bodies: list[dict[str, Any]] = [
+        {"model": "a", "priority": p}
+        for p in (-10, 0, 10, 50)  # high, normal, low, later
+    ]
+    for body in [*bodies, {"model": "a"}]:  # the last: tiers off, no priority added
+        copier.copy("r", "/v1/chat/completions", body, "id")
+        while copier.in_flight("r"):  # one at a time: the bound is 2
+            await asyncio.sleep(0.001)
+    assert [sent[2].get("priority") for sent in engine.sent] == [10, 10, 10, 50, None]
