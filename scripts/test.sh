@@ -7,6 +7,13 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 VGATE_BOOTSTRAP_KUBECTL=1 source scripts/bootstrap.sh
 VENV="${VGATE_VENV:-$ROOT/.venv}"
+# Debian's chromium for the status page's browser test (tests/integration/test_status_browser.py)
+if ! command -v chromium >/dev/null 2>&1; then
+  echo "== chromium (from Debian's packages)"
+  if [ "$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo"; fi
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium >/dev/null
+fi
 
 echo "== ruff"
 "$VENV/bin/ruff" check .

@@ -34,7 +34,7 @@ from gateway.pool.display import engine_id
 from gateway.pool.engine_pool import EnginePool
 from gateway.rollouts.contracts import ConfigWeights, RolloutWeights
 
-FRAME_REUSE_S = 0.5
+FRAME_REUSE_S = 0.25
 """A snapshot younger than this is sent again rather than rebuilt."""
 MAX_STREAMS = 8
 """Status event streams open at once per worker; beyond it a new one gets a 503."""

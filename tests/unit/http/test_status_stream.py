@@ -97,7 +97,7 @@ def test_live_weights_are_found_on_the_app_state_only_when_usable() -> None:
     assert live_weights(object()) is None
 
 
-def test_frames_are_reused_within_half_a_second() -> None:
+def test_frames_are_reused_for_a_moment() -> None:
     status = feed()
     first = status.frame()
     assert first.startswith(b"data: {") and first.endswith(b"\n\n")
