@@ -212,7 +212,7 @@ class Exchange:
         if outcome is None:
             if self._answered:  # otherwise the client left before the answer
                 metrics.observe_request(model, label, 200, elapsed, variant)
-                self._observe(False, None)
+                self._observe(False, elapsed)  # a JSON answer comes whole: its TTFT
             return
         ttft = None
         if outcome.first_chunk_at is not None:

@@ -34,7 +34,8 @@ class VariantObserver(Protocol):
     ) -> None:
         """One request served by ``variant`` ended: ``failed`` for a 5xx or a failure the
         engine caused (never for the client's own 4xx), its time to first token and mean
-        inter-token latency when known. Must not block (it runs on the request path)."""
+        inter-token latency when known (a JSON answer arrives whole: its latency is its
+        time to first token). Must not block (it runs on the request path)."""
         ...
 
 
