@@ -12,7 +12,7 @@ import orjson
 from gateway.auth.keys import KeyStore
 from gateway.background import BackgroundTasks
 from gateway.config.settings import Settings
-from gateway.http.status_feed import StatusFeed, live_weights
+from gateway.http.status_feed import StatusFeed
 from gateway.observability.metrics import GatewayMetrics
 from gateway.pipeline.passthrough import PassthroughService
 from gateway.pipeline.responses import ResponsesService
@@ -123,7 +123,7 @@ class AppState:
     """The live status page's snapshots (``/status``)."""
 
     def __post_init__(self) -> None:
-        status = StatusFeed(self.settings, self.pool, self.metrics, lambda: live_weights(self))
+        status = StatusFeed(self.settings, self.pool, self.metrics, lambda: self.rollout_control)
         object.__setattr__(self, "status", status)
         rollouts = {r.model: [v.model for v in r.variants] for r in self.settings.rollouts}
         catalog = ModelCatalog(self.pool, self.model_info, rollouts)

@@ -23,7 +23,7 @@ import re
 import time
 from collections.abc import Callable, Mapping
 from importlib import resources
-from typing import Any, cast
+from typing import Any
 
 import orjson
 
@@ -73,7 +73,10 @@ class StatusPage:
 
 
 class StatusFeed:
-    """Snapshots for the status page, and the count of its open event streams."""
+    """Snapshots for the status page, and the count of its open event streams.
+
+    ``weights`` answers the rollout controller's live weights (None when no
+    controller runs: the configured weights are shown)."""
 
     def __init__(
         self,
@@ -229,10 +232,3 @@ def _model(figures: ModelFigures) -> dict[str, Any]:
         "rate_series": figures.rate_series,
         "ttft_p95_series": figures.ttft_p95_series,
     }
-
-
-def live_weights(state: object) -> RolloutWeights | None:
-    """The rollout controller's live weights when the app runs one (``rollout_control``
-    on the app state, issue #17), else None (the page then shows the configured ones)."""
-    control = getattr(state, "rollout_control", None)
-    return cast(RolloutWeights, control) if callable(getattr(control, "weights", None)) else None

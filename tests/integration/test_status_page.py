@@ -165,6 +165,7 @@ def test_snapshot_reflects_traffic_keys_and_rollouts(operated: Gateway) -> None:
     assert TPM_KEY not in orjson.dumps(snapshot).decode()
     (rollout,) = snapshot["rollouts"]
     assert rollout["model"] == "status-rollout"
+    assert rollout["live"]  # read from the rollout controller, not the configuration
     weights = {v["model"]: (v["weight"], v["canary"]) for v in rollout["variants"]}
     assert weights == {STABLE: (90, False), CANARY: (10, True)}
 

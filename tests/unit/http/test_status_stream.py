@@ -14,7 +14,7 @@ from starlette.types import Message
 from engines.stats import EngineStats
 from gateway.config.settings import Settings
 from gateway.http.status import StatusStream
-from gateway.http.status_feed import StatusFeed, live_weights
+from gateway.http.status_feed import StatusFeed
 from gateway.observability.metrics import GatewayMetrics
 from gateway.pool.engine_pool import EnginePool
 
@@ -80,21 +80,6 @@ def test_rollouts_show_live_weights_when_a_controller_runs_else_configured() -> 
         (100, 90),
         (0, 10),
     ]
-
-
-def test_live_weights_are_found_on_the_app_state_only_when_usable() -> None:
-    class WithController:
-        class rollout_control:
-            @staticmethod
-            def weights(rollout: str) -> Mapping[str, float]:
-                return {}
-
-    class WithNone:
-        rollout_control = None
-
-    assert live_weights(WithController()) is WithController.rollout_control
-    assert live_weights(WithNone()) is None
-    assert live_weights(object()) is None
 
 
 def test_frames_are_reused_for_a_moment() -> None:
