@@ -4,11 +4,12 @@ shadow off and on.
 One invocation starts a zero-delay stub engine and two gateways pointed at it, both
 serving a rollout ``bench`` whose one variant is the stub's model: ``shadow_off`` and
 ``shadow_on``, where every request (``share: 1.0``) is also copied, in the background
-and non-streaming, to a shadow model (the same stub under another name), at most
+and non-streaming, to a shadow model (another stub engine), at most
 ``max_concurrent`` copies at once, the rest shed. Requests are deterministic
 (temperature 0), so every copy is also compared with its primary (the agreement
-metrics). Both gateways run on CPU 0, one measured at a time; the stub and the load
-generator share CPU 1. For 1 connection and for ``--connections`` connections it runs
+metrics). The shadow model is served by a second stub, as a shadow is another engine
+in production. Both gateways run on CPU 0, one measured at a time; the stubs and the
+load generator share CPU 1. For 1 connection and for ``--connections`` connections it runs
 the same non-streaming load through each in ``--rounds`` alternating rounds.
 
 Goal (issue #17, acceptance 1): the primary's p50 with shadow on stays within noise of
@@ -21,13 +22,23 @@ Run: ``python -m benchmarks.shadow_overhead --duration 4 --rounds 8``.
 from __future__ import annotations
 
 import statistics
+import sys
 from collections.abc import Callable
 from typing import Any
 
 from benchmarks.loadgen import chat_body
 from benchmarks.measure import RunResult
-from benchmarks.procs import Processes
-from benchmarks.variants import MODEL, Rounds, Target, begin, finish, measure_rounds, start_stack
+from benchmarks.procs import Processes, free_port
+from benchmarks.variants import (
+    MODEL,
+    SIDE_CPU,
+    Rounds,
+    Target,
+    begin,
+    finish,
+    measure_rounds,
+    start_stack,
+)
 
 ROLLOUT = "bench"
 MAX_CONCURRENT = 8
@@ -37,7 +48,7 @@ SHADOW_OFF = (
     "server: {log_level: warning}\n"
     "models:\n"
     f"  - {{name: {MODEL}, endpoints: ['${{STUB_URL}}']}}\n"
-    f"  - {{name: shadow-model, endpoints: ['${{STUB_URL}}'], upstream_model: {MODEL}}}\n"
+    f"  - {{name: shadow-model, endpoints: ['${{SHADOW_URL}}'], upstream_model: {MODEL}}}\n"
     "rollouts:\n"
     f"  - model: {ROLLOUT}\n"
     f"    variants: [{{model: {MODEL}, weight: 1}}]\n"
@@ -75,11 +86,27 @@ def _paired_median(
     )
 
 
+def start_shadow_engine(procs: Processes, pinned: bool) -> str:
+    """The shadow model's engine: a stub of its own, as a shadow is another engine in
+    production (sharing the primary's stub, every copy would queue the primaries behind
+    it there). On CPU 1 with the load generator and the primary's stub."""
+    port = free_port()
+    argv = [sys.executable, "-m", "engines.stub", "--port", str(port), "--model", MODEL]
+    stub = procs.start("shadow_stub", argv, SIDE_CPU if pinned else None)
+    url = f"http://127.0.0.1:{port}"
+    procs.wait_healthy("shadow_stub", stub, f"{url}/health", 30.0)
+    return url
+
+
 def main(argv: list[str] | None = None) -> int:
     run = begin("shadow_overhead", argv, "a rollout's primaries with its shadow on and off")
     args, body = run.args, chat_body(ROLLOUT, temperature=0)
     with Processes(run.log_dir) as procs:
-        gateways = {"shadow_off": SHADOW_OFF, "shadow_on": SHADOW_ON}
+        shadow_url = start_shadow_engine(procs, run.pinned)
+        gateways = {
+            name: template.replace("${SHADOW_URL}", shadow_url)
+            for name, template in (("shadow_off", SHADOW_OFF), ("shadow_on", SHADOW_ON))
+        }
         _, urls = start_stack(procs, run.log_dir, run.pinned, gateways)
         path = "/v1/chat/completions"
         targets = [Target(name, urls[name] + path, body) for name in gateways]
