@@ -128,6 +128,18 @@ def test_vgate_works_within_its_redis_acls_and_nothing_more(stub: Stub, tmp_path
         asyncio.run(publish())
 
         config = {
+            "models": [  # a rollout's state is shared in Redis; no request goes to these
+                {"name": f"acl-{v}", "endpoints": [stub.url]} for v in ("stable", "canary")
+            ],
+            "rollouts": [
+                {
+                    "model": "acl-rollout",
+                    "variants": [
+                        {"model": "acl-stable", "weight": 9},
+                        {"model": "acl-canary", "weight": 1, "canary": True},
+                    ],
+                }
+            ],
             "redis": {"url": main.url(data["redis-url"])},
             "cache": {"enabled": True, "redis_url": cache.url(data["redis-cache-url"])},
             "auth": {"enabled": True, "admin_key": ADMIN_KEY},
@@ -160,6 +172,12 @@ def test_vgate_works_within_its_redis_acls_and_nothing_more(stub: Stub, tmp_path
             assert answered.status_code == 200, answered.text
             stored = f"{gateway.url}/v1/responses/{answered.json()['id']}"
             assert httpx.get(stored, headers=bearer).json()["id"] == answered.json()["id"]
+            # the rollout's shared state: read, then written by an operator
+            rollouts = f"{gateway.operator_url}/admin/rollouts"
+            assert httpx.get(rollouts, headers=operator).status_code == 200
+            weights = {"weights": {"acl-canary": 0}}
+            changed = httpx.post(f"{rollouts}/acl-rollout/weights", headers=operator, json=weights)
+            assert changed.status_code == 200, changed.text
             statuses = [_ask(gateway.url, key, f"acl {i}").status_code for i in range(3)]
             assert 429 in statuses and set(statuses) <= {200, 429}, statuses  # rpm: 3
             listed = httpx.get(f"{gateway.operator_url}/admin/keys", headers=operator)
@@ -175,6 +193,7 @@ def test_vgate_works_within_its_redis_acls_and_nothing_more(stub: Stub, tmp_path
         assert {"vgate:engines", "vgate:keys:version"} <= main_keys  # (no key left: no hash)
         assert any(k.startswith("vgate:rl:") for k in main_keys)
         assert any(k.startswith("vgate:responses:") for k in main_keys)
+        assert {"vgate:rollouts", "vgate:rollouts:version"} <= main_keys
         assert not any(k.startswith("vgate:cache:") for k in main_keys)
         assert cache_keys and all(k.startswith("vgate:cache:") for k in cache_keys)
         assert main.admin.config_get("maxmemory-policy")["maxmemory-policy"] == "noeviction"
