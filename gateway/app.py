@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
+from opentelemetry.sdk.trace import SpanProcessor
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 from starlette.types import ASGIApp
@@ -45,6 +46,7 @@ from gateway.http.render import gateway_error_response, internal_error_response
 from gateway.http.request_id import RequestIdMiddleware
 from gateway.http.state import AppState
 from gateway.observability.metrics import GatewayMetrics
+from gateway.observability.telemetry import build_telemetry
 from gateway.pipeline.assembly import (
     build_completion_service,
     build_forwarder,
@@ -73,8 +75,15 @@ supervisor bounds each replica's drain-and-stop itself (with a smaller margin) a
 then its registry updates; this outer deadline is the backstop."""
 
 
-def create_app(settings: Settings, on_engines_ready: Callable[[], None] | None = None) -> FastAPI:
+def create_app(
+    settings: Settings,
+    on_engines_ready: Callable[[], None] | None = None,
+    span_processor: SpanProcessor | None = None,
+) -> FastAPI:
     """A gateway app for ``settings``; its shared objects exist while it runs.
+
+    ``span_processor`` replaces the OTLP exporter of ``telemetry.traces`` (tests of an
+    in-process gateway pass the SDK's in-memory exporter).
 
     ``on_engines_ready`` is called once every managed engine is ready (``vgate up``
     prints its banner then). With ``server.admin_port`` set, the lifespan also runs
@@ -87,7 +96,7 @@ def create_app(settings: Settings, on_engines_ready: Callable[[], None] | None =
         # every close step then has its own deadline (gateway/shutdown.py).
         stack = ShutdownSteps()
         try:
-            app.state.vgate = await _start(settings, stack, on_engines_ready)
+            app.state.vgate = await _start(settings, stack, on_engines_ready, span_processor)
             server = settings.server
             if server.admin_port is not None:
                 operator = _operator_app()
@@ -170,6 +179,7 @@ async def _start(
     settings: Settings,
     stack: ShutdownSteps,
     on_engines_ready: Callable[[], None] | None,
+    span_processor: SpanProcessor | None = None,
 ) -> AppState:
     """Build every shared object; ``stack`` closes them in reverse order, each close
     under a deadline (managed engines drain for as long as their own settings say)."""
@@ -238,8 +248,12 @@ async def _start(
     )
     if rollouts is not None:  # shadow copies in flight are cancelled at shutdown
         stack.push_async_callback(rollouts.shadows.close)
+    telemetry = build_telemetry(settings, span_processor)  # traces flushed at exit
+    stack.push_async_callback(telemetry.aclose, name="telemetry", timeout_s=5.0)
     service = build_completion_service(
-        settings, pool, upstream, metrics, authenticator, admission, entries, forwarder, rollouts
+        *(settings, pool, upstream, metrics, authenticator, admission, entries, forwarder),
+        rollouts,
+        telemetry,
     )
     passthrough_service = build_passthrough_service(
         settings, pool, forwarder, metrics, authenticator, admission
@@ -367,5 +381,8 @@ async def _unexpected_error(request: Request, exc: Exception) -> Response:
 def app_from_environment() -> FastAPI:
     """Factory for multi-worker serving: each worker loads the same config and environment."""
     from gateway.config.settings import load_settings
+    from gateway.observability.logs import configure_logging
 
-    return create_app(load_settings())
+    settings = load_settings()
+    configure_logging(settings.server.log_level, settings.server.log_format)
+    return create_app(settings)

@@ -47,6 +47,7 @@ from engines.stub.plan import Plan, RequestError, StubConfig, plan_request
 from engines.stub.priorities import PriorityLog
 from engines.stub.responses import PATH as RESPONSES_PATH
 from engines.stub.responses import ResponsesStub
+from engines.stub.traceparents import TraceparentLog
 
 __all__ = ["StubApp", "StubConfig", "StubStats", "create_stub_app", "serve_stub", "stub_main"]
 
@@ -123,6 +124,7 @@ class StubApp:
         self.config = config
         self.stats = StubStats()
         self.priorities = PriorityLog(config.scheduling_policy)
+        self.traceparents = TraceparentLog()
         self._models_body = models_body(config.models, int(time.time()))
         self._routes: dict[str, dict[str, Handler]] = {
             "/v1/chat/completions": {"POST": self._chat},
@@ -133,6 +135,7 @@ class StubApp:
             "/stub/stats": {"GET": self._stats},
             "/stub/reset": {"POST": self._reset},
             **self.priorities.routes(),
+            **self.traceparents.routes(),
             **ExtraRoutes(config.models, adapters or {}, self._record).routes(),
             EMBEDDINGS_PATH: {"POST": EmbeddingsRoute(config, self.stats).handle},
             RESPONSES_PATH: {"POST": ResponsesStub(config, self.stats).handle},
@@ -189,6 +192,7 @@ class StubApp:
         except orjson.JSONDecodeError:
             body = None
         self.stats.last_request = RecordedRequest(scope["path"], scope["headers"], body)
+        self.traceparents.note(scope["headers"])
         try:
             if body is None:
                 raise RequestError(400, "The request body is not valid JSON.")

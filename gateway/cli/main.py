@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import uvicorn
+from uvicorn.config import LOGGING_CONFIG
 
 from gateway.auth.key_admin import KeyRequestError
 from gateway.cli import keys as cli_keys
@@ -30,6 +31,7 @@ from gateway.config.settings import (
     with_overrides,
 )
 from gateway.http.connections import ConnectionLimits, limited_protocol
+from gateway.observability.logs import configure_logging, uvicorn_log_config
 
 log = logging.getLogger("vgate")
 
@@ -108,7 +110,7 @@ def run_gateway(settings: Settings, on_engines_ready: Callable[[], None] | None 
     What it prints names the gateway's own listeners, never an engine: engine URLs
     may carry credentials (see :mod:`gateway.pool.display`)."""
     server = settings.server
-    logging.basicConfig(level=server.log_level.upper(), format="%(asctime)s %(name)s %(message)s")
+    configure_logging(server.log_level, server.log_format)
     log.info(
         "vgate gateway on http://%s:%d/v1 (%d worker(s)); operator routes %s",
         server.host,
@@ -133,6 +135,7 @@ def run_gateway(settings: Settings, on_engines_ready: Callable[[], None] | None 
         loop="uvloop",
         access_log=False,
         log_level=server.log_level,
+        log_config=uvicorn_log_config(server.log_format) or LOGGING_CONFIG,
         backlog=4096,
         timeout_keep_alive=server.keepalive_timeout_s,
         timeout_graceful_shutdown=server.shutdown_timeout_s,  # then app closes (bounded)

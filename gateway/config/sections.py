@@ -78,6 +78,11 @@ class ServerSettings(_Section):
         description="Most characters of message text and prompts in one request (400 beyond).",
     )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["text", "json"] = Field(
+        "text",
+        description="json: every log record as one JSON object per line, plus one line per "
+        "request (request id, key name, model, variant, engine, status, tokens, timings in ms).",
+    )
     admin_port: int | None = Field(
         None,
         ge=1,

@@ -37,6 +37,7 @@ from gateway.config.sections import (
     ServerSettings,
     UpstreamSettings,
 )
+from gateway.config.telemetry import TelemetrySettings
 
 ENV_PREFIX = "VGATE_"
 CONFIG_ENV_VAR = "VGATE_CONFIG"
@@ -67,6 +68,7 @@ class Settings(BaseSettings):
     engines: EnginesSettings = EnginesSettings()
     responses: ResponsesSettings = ResponsesSettings()
     rollouts: tuple[RolloutSettings, ...] = ()
+    telemetry: TelemetrySettings = TelemetrySettings()
 
     @field_validator("models")
     @classmethod

@@ -15,6 +15,8 @@ upstream connection so the engine stops working for nobody.
 
 from __future__ import annotations
 
+from time import perf_counter
+
 from fastapi import APIRouter
 from starlette.types import Receive, Scope
 
@@ -30,10 +32,12 @@ router = APIRouter()
 
 def _handler(route: Route) -> Endpoint:
     async def answer(scope: Scope, receive: Receive, watch: ClientWatch) -> Result:
+        received = perf_counter()  # Server-Timing's auth starts here
         state = scope_state(scope)
         headers = completion_headers(scope["headers"])
         # Refuse a wrong key (or a key over its rate) before holding its body in memory.
         principal = await state.service.caller(route, headers.authorization)
+        authed = perf_counter()
         limit = state.settings.server.max_body_bytes
         raw = await read_body(receive, limit, headers.content_length)
         watch.start()
@@ -44,6 +48,10 @@ def _handler(route: Route) -> Endpoint:
             headers.cache_control,
             principal,
             headers.priority,
+            received,
+            authed,
+            headers.explain,
+            headers.traceparent,
         )
         return await state.service.handle(route, raw, meta)
 

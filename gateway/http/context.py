@@ -32,7 +32,10 @@ def scope_request_id(scope: Scope) -> str:
 
 
 _COMPLETION_HEADERS = frozenset(
-    (b"authorization", b"x-session-id", b"cache-control", b"content-length", b"x-vgate-priority")
+    (
+        *(b"authorization", b"x-session-id", b"cache-control", b"content-length"),
+        *(b"x-vgate-priority", b"x-vgate-explain", b"traceparent"),
+    )
 )
 
 
@@ -46,6 +49,10 @@ class CompletionHeaders:
     content_length: str | None
     priority: str | None = None
     """``x-vgate-priority``: a later priority the client asks for (checked by the pipeline)."""
+    explain: str | None = None
+    """``x-vgate-explain``: routing evidence, given when it carries the admin key."""
+    traceparent: str | None = None
+    """W3C trace context (validated by the pipeline before any use)."""
 
 
 def completion_headers(headers: list[tuple[bytes, bytes]]) -> CompletionHeaders:
@@ -66,6 +73,8 @@ def completion_headers(headers: list[tuple[bytes, bytes]]) -> CompletionHeaders:
         _text(found.get(b"cache-control")),
         _text(found.get(b"content-length")),
         _text(found.get(b"x-vgate-priority")),
+        _text(found.get(b"x-vgate-explain")),
+        _text(found.get(b"traceparent")),
     )
 
 

@@ -12,6 +12,7 @@ from gateway.cache.response_cache import EntryStore, ResponseCache
 from gateway.config.priority import tiers_reach_engines
 from gateway.config.settings import Settings
 from gateway.observability.metrics import GatewayMetrics
+from gateway.observability.telemetry import Telemetry
 from gateway.pipeline.forwarding import Forwarder, RetryBudget
 from gateway.pipeline.passthrough import PassthroughService
 from gateway.pipeline.plan import BodyLimits, RequestPlanner
@@ -38,6 +39,7 @@ def build_completion_service(
     entries: EntryStore,
     forwarder: Forwarder | None = None,
     rollouts: RolloutPath | None = None,
+    telemetry: Telemetry | None = None,
 ) -> CompletionService:
     """The pipeline for ``settings``' models, over ``pool`` and ``upstream``
     (``forwarder``: one shared with other services, else one of its own; ``rollouts``:
@@ -64,6 +66,7 @@ def build_completion_service(
         observer=rollouts.observer if rollouts is not None else None,
         shadows=rollouts.shadows if rollouts is not None else None,
         tiers=PriorityTiers(priority_tiers_on(settings)),
+        telemetry=telemetry,
     )
 
 

@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from prometheus_client import Gauge
 
 from gateway.cache.singleflight import Flight
 from gateway.errors import GatewayError
 from gateway.observability.metrics import UNRESOLVED_MODEL, GatewayMetrics
+from gateway.observability.timeline import SERVER_TIMING, Timeline
 from gateway.pipeline.cache_flow import CacheFill
 from gateway.pool.engine_pool import EnginePool
 from gateway.ratelimit.admission import FREE_PASS, Ticket
@@ -33,6 +35,9 @@ from gateway.rollouts.contracts import VariantObserver
 from gateway.rollouts.timing import EventTiming
 from gateway.upstream.relay import StreamOutcome
 from gateway.upstream.transport import EventSource
+
+if TYPE_CHECKING:
+    from gateway.pipeline.watching import RequestWatch
 
 VARIANT_HEADER = "x-vgate-variant"
 """Names the rollout variant that answered (or failed) a request to a rollout."""
@@ -61,9 +66,11 @@ class Exchange:
         "outcome",
         "started",
         "ticket",
+        "timeline",
         "timing",
         "tokens",
         "variant",
+        "watch",
     )
 
     def __init__(
@@ -91,6 +98,10 @@ class Exchange:
         self.tokens: int | None = None
         """A rollout answer's usage tokens, for ``vgate_variant_tokens_total``."""
         self.started = clock()
+        self.timeline = Timeline(self.started)
+        """The request's marks (``Server-Timing``, and traces, logs, evidence when on)."""
+        self.watch: RequestWatch | None = None
+        """Set when the request is followed (:mod:`gateway.pipeline.watching`)."""
         self._clock = clock
         self._pool = pool
         self._metrics = metrics
@@ -161,6 +172,9 @@ class Exchange:
         The error's answer carries the rate-limit and cache headers."""
         self._failure = error
         error.headers.update(self.ticket.headers)
+        error.headers[SERVER_TIMING.decode()] = self.timeline.server_timing().decode()
+        if self.watch is not None:
+            self.watch.explain_error(self, error)
         if self.cache_status is not None:
             error.headers["X-Cache"] = self.cache_status.decode()
         if self.variant is not None:
@@ -181,6 +195,9 @@ class Exchange:
             self._in_flight.dec()
             self._in_flight = None
         self._record()
+        watch, self.watch = self.watch, None
+        if watch is not None:
+            watch.closed(self, self._failure, self._clock())
 
     @property
     def fill(self) -> CacheFill | None:

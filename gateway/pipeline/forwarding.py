@@ -21,7 +21,7 @@ import asyncio
 import itertools
 import logging
 import secrets
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from gateway.config.priority import DEFAULT_PRIORITY
@@ -33,9 +33,10 @@ from gateway.errors import (
 )
 from gateway.observability.metrics import GatewayMetrics
 from gateway.pipeline.exchange import Exchange
+from gateway.pipeline.watching import begin_attempt, end_attempt
 from gateway.pool.engine_pool import EnginePool
 from gateway.pool.shedding import ANONYMOUS_KEY, LoadGate
-from gateway.routing.policies import RoutingPolicy
+from gateway.routing.policies import EndpointView, RoutingPolicy
 from gateway.upstream.deadlines import Deadlines
 from gateway.upstream.transport import EngineUnreachable, EventSource, Upstream, UpstreamReply
 
@@ -58,6 +59,10 @@ class Attempt:
     """The caller's key name: the admission queue takes turns between keys."""
     priority: int = DEFAULT_PRIORITY
     """Its place in the admission queue (vLLM's scale: lower is admitted earlier)."""
+    traceparent: str | None = None
+    """The client's valid ``traceparent``, passed on as it is when tracing is off."""
+    on_choice: Callable[[Sequence[EndpointView]], None] | None = None
+    """Told the candidates of the first choice (routing evidence, when asked)."""
 
 
 class Forwarder:
@@ -83,13 +88,25 @@ class Forwarder:
         self._id_prefix = f"vgate-{secrets.token_hex(6)}-"
         self._ids = itertools.count()
 
-    def _headers(self, client_request_id: str) -> dict[str, str]:
+    def _headers(self, attempt: Attempt) -> dict[str, str]:
         """The headers of one request to the engines, with a fresh id of the gateway's
-        own (the same for every engine tried)."""
+        own (the same for every engine tried) and the client's trace context, if any."""
         engine_request_id = f"{self._id_prefix}{next(self._ids):x}"
         if log.isEnabledFor(logging.DEBUG):
-            log.debug("request %s goes to the engines as %s", client_request_id, engine_request_id)
-        return {"Content-Type": "application/json", "X-Request-Id": engine_request_id}
+            log.debug("request %s goes to the engines as %s", attempt.request_id, engine_request_id)
+        headers = {"Content-Type": "application/json", "X-Request-Id": engine_request_id}
+        if attempt.traceparent is not None:
+            headers["traceparent"] = attempt.traceparent
+        return headers
+
+    async def _queue(self, exchange: Exchange, attempt: Attempt) -> None:
+        """Wait for the load gate (the admission queue), timed for ``Server-Timing``."""
+        if self._gate is None:
+            return
+        timeline = exchange.timeline
+        timeline.queued = exchange.clock()
+        await self._gate.enter(attempt.model, attempt.key, attempt.priority)
+        timeline.queue_left = exchange.clock()
 
     def engine_headers(self, url: str, headers: Mapping[str, str]) -> Mapping[str, str]:
         """``headers`` plus the key the engine at ``url`` demands, if any: every request
@@ -102,39 +119,44 @@ class Forwarder:
     async def complete(self, exchange: Exchange, attempt: Attempt) -> tuple[str, UpstreamReply]:
         """The engine that answered and its 2xx reply; any failure is raised. Each try
         holds its engine's slot in ``exchange`` while it waits."""
-        if self._gate is not None:
-            await self._gate.enter(attempt.model, attempt.key, attempt.priority)
-        headers = self._headers(attempt.request_id)
+        await self._queue(exchange, attempt)
+        headers = self._headers(attempt)
         if attempt.content_type is not None:
             headers["Content-Type"] = attempt.content_type
         limits = self.deadlines(attempt.model)
         failed: UpstreamStatusError | None = None
         for url in self.candidates(attempt):
             exchange.take_engine(url)
+            mark = begin_attempt(exchange, url, self._engine_id(exchange, url), headers)
             try:
                 reply = await self._upstream.post(
                     url + attempt.path, attempt.payload, self.engine_headers(url, headers), limits
                 )
             except EngineUnreachable:
+                end_attempt(exchange, mark, failure="connect")
                 self._unreachable(attempt.model, url)
                 continue
             except UpstreamTimeoutError:
+                end_attempt(exchange, mark, failure="timeout")
                 self._pool.record_failure(url)
                 self._metrics.upstream_errors.labels(attempt.model, "timeout").inc()
                 raise UpstreamTimeoutError(
                     f"the engine did not answer within {limits.answer_name()}"
                 ) from None
             except GatewayError:  # the engine failed while answering (connection broke)
+                end_attempt(exchange, mark, failure="interrupted")
                 self._pool.record_failure(url)
                 self._metrics.upstream_errors.labels(attempt.model, "interrupted").inc()
                 raise
             finally:
                 exchange.drop_engine()
             if reply.status >= 500:  # the engine's fault: another engine may do better
+                end_attempt(exchange, mark, reply.status, "status")
                 self._pool.record_failure(url)
                 self._metrics.upstream_errors.labels(attempt.model, "status").inc()
                 failed = UpstreamStatusError(reply.status, reply.body, reply.content_type)
                 continue
+            end_attempt(exchange, mark, reply.status, answered=True)
             self._pool.record_success(url)
             if reply.status >= 400:
                 self._metrics.upstream_errors.labels(attempt.model, "status").inc()
@@ -148,9 +170,8 @@ class Forwarder:
         The engine's slot and the open stream stay held by ``exchange``, which
         releases them when the request closes.
         """
-        if self._gate is not None:
-            await self._gate.enter(attempt.model, attempt.key, attempt.priority)
-        headers = self._headers(attempt.request_id)
+        await self._queue(exchange, attempt)
+        headers = self._headers(attempt)
         limits = self.deadlines(attempt.model)
         loop = asyncio.get_running_loop()
         total_deadline = loop.time() + limits.total_s if limits.total_s else None
@@ -161,6 +182,7 @@ class Forwarder:
             if total_deadline is not None:
                 first_deadline = min(first_deadline or total_deadline, total_deadline)
             stream: EventSource | None = None
+            mark = begin_attempt(exchange, url, self._engine_id(exchange, url), headers)
             try:
                 async with asyncio.timeout_at(first_deadline):
                     stream = await self._upstream.open_stream(
@@ -172,10 +194,12 @@ class Forwarder:
                     exchange.hold_stream(stream)
                     await stream.prime()  # nothing reaches the client before the first event
             except EngineUnreachable:
+                end_attempt(exchange, mark, failure="connect")
                 exchange.drop_engine()
                 self._unreachable(attempt.model, url)
                 continue
             except TimeoutError:
+                end_attempt(exchange, mark, failure="timeout")
                 exchange.drop_engine()
                 self._pool.record_failure(url)
                 self._metrics.upstream_errors.labels(attempt.model, "timeout").inc()
@@ -187,12 +211,14 @@ class Forwarder:
                     "timeout" if timed_out else "status" if stream is None else "stream_interrupted"
                 )
                 self._metrics.upstream_errors.labels(attempt.model, kind).inc()
+                end_attempt(exchange, mark, exc.status if stream is None else 200, kind)
                 if exc.status >= 500:
                     self._pool.record_failure(url)
                 if isinstance(exc, UpstreamStatusError) and exc.status >= 500:
                     failed = exc
                     continue
                 raise
+            end_attempt(exchange, mark, 200, answered=True)
             self._pool.record_success(url)
             stream.deadline = total_deadline
             return url, stream
@@ -215,9 +241,15 @@ class Forwarder:
                     self._metrics.retry_budget_exhausted.labels(attempt.model).inc()
                     return
                 self._metrics.retries.labels(attempt.model).inc()
+            if not number and attempt.on_choice is not None:
+                attempt.on_choice(views)
             url = attempt.policy.choose(views, attempt.affinity_key).url
             tried.append(url)
             yield url
+
+    def _engine_id(self, exchange: Exchange, url: str) -> str | None:
+        """The engine's short id, only when the request is followed (else unused)."""
+        return self._pool.engine_id(url) if exchange.watch is not None else None
 
     @staticmethod
     def _unavailable(model: str) -> NoEngineAvailableError:

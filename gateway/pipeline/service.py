@@ -32,6 +32,8 @@ from gateway.errors import (
     UpstreamStatusError,
 )
 from gateway.observability.metrics import UNRESOLVED_MODEL, GatewayMetrics
+from gateway.observability.telemetry import Telemetry
+from gateway.observability.timeline import SERVER_TIMING
 from gateway.pipeline.cache_flow import CacheFill, follow_events, hit_tokens
 from gateway.pipeline.callers import authenticate, check_model_allowed
 from gateway.pipeline.denials import DenialMemo
@@ -45,7 +47,20 @@ from gateway.pipeline.plan import (
 )
 from gateway.pipeline.priority import Place, PriorityTiers
 from gateway.pipeline.results import Answer, EventStream, RawHeaders, Replay, Result
-from gateway.pipeline.usage import UsageTap, body_usage, client_wants_usage, with_usage_requested
+from gateway.pipeline.usage import (
+    UsageTap,
+    body_usage,
+    client_wants_usage,
+    usage_of,
+    with_usage_requested,
+)
+from gateway.pipeline.watching import (
+    attempt_context,
+    cache_decision,
+    note_key,
+    watch_request,
+    with_trailer,
+)
 from gateway.pool.engine_pool import EnginePool
 from gateway.ratelimit.admission import Admission
 from gateway.rollouts.agreement import AgreementPair, StreamCollector, answer_text
@@ -73,6 +88,14 @@ class RequestMeta:
     """The caller, when :meth:`CompletionService.caller` already answered it."""
     priority: str | None = None
     """``x-vgate-priority``: a later priority the client asks for (checked here)."""
+    received: float = 0.0
+    """When the route got the request (``perf_counter``; 0.0: when the service did)."""
+    authed: float = 0.0
+    """When the route had authenticated it (with ``principal``)."""
+    explain: str | None = None
+    """``x-vgate-explain``: the routing evidence is given when it is the admin key."""
+    traceparent: str | None = None
+    """The client's W3C ``traceparent`` (validated before any use)."""
 
 
 class CompletionService:
@@ -91,8 +114,10 @@ class CompletionService:
         observer: VariantObserver | None = None,
         shadows: ShadowCopier | None = None,
         tiers: PriorityTiers | None = None,
+        telemetry: Telemetry | None = None,
     ) -> None:
         self._tiers = tiers or PriorityTiers()
+        self._telemetry = telemetry or Telemetry()
         self._observer = observer or NoObserver()
         self._shadows = shadows if shadows else None
         self._authenticator = authenticator
@@ -113,10 +138,19 @@ class CompletionService:
         helper coroutine: every coroutine level is walked again each time the
         request waits and resumes.)"""
         exchange = Exchange(route.label, self._pool, self._metrics)
+        timeline = exchange.timeline
+        if meta.received:
+            timeline.begun, timeline.authed = meta.received, meta.authed
+        if meta.explain is not None or self._telemetry.watching:
+            watch_request(
+                self._telemetry, exchange, meta.request_id, meta.explain, meta.traceparent
+            )
         try:
             principal = meta.principal or self._authenticator.known(meta.authorization)
             if principal is None:  # unknown here, or refused: the full check says which
                 principal = await self.authenticate(meta.authorization)
+            if not timeline.authed:
+                timeline.authed = exchange.clock()
             memo = principal.name if not principal.model_limits else None
             if memo is not None:
                 self._denials.check(memo)  # over its request rate: 429 before any parsing
@@ -193,18 +227,29 @@ class CompletionService:
         )
         plan, lookup = self._cache.begin_lookup(model, plan)  # goes with the admission
         cost_body = parsed.body if route.generates else prompt_only(parsed.body, route)
+        timeline = exchange.timeline
+        timeline.limiting = exchange.clock()
         try:
             exchange.admit(await self._admission.admit(principal.scopes(asked), cost_body))
         except RateLimitError as exc:
             if memo is not None:
                 self._denials.note(memo, exc)
             raise
+        timeline.admitted = exchange.clock()
         plan, entry = await self._cache.finish_lookup(model, plan, lookup)
+        timeline.looked_up = exchange.clock()
+        watch = exchange.watch
+        if watch is not None:
+            note_key(exchange, principal.name)
+            watch.note_cache(cache_decision(plan, entry is not None))
+            watch.note_route(parsed.policy, parsed.affinity_key, meta.session_id is not None)
         if entry is not None:
             exchange.finished(hit_tokens(self._cache, entry))
             wants_usage = client_wants_usage(parsed.body)
             headers = [*exchange.ticket.raw_headers, *self._hit_headers(entry)]
-            return Replay(entry, wants_usage, headers)
+            if watch is not None:
+                watch.record.cache = "HIT"
+            return Replay(entry, wants_usage, self._timed(exchange, headers))
         cap = exchange.ticket.output_cap
         if cap is not None and route.generates:  # the engine may generate what was reserved
             parsed = with_output_cap(parsed, route.cache_name == "chat", cap)
@@ -238,7 +283,7 @@ class CompletionService:
     ) -> Result | None:
         """Answer from the identical request in flight; None if it failed before any answer."""
         model = parsed.model
-        headers = [*exchange.ticket.raw_headers, *self._hit_headers(None)]
+        headers = self._timed(exchange, [*exchange.ticket.raw_headers, *self._hit_headers(None)])
         if not parsed.stream:
             try:
                 entry = await flight.result()
@@ -269,10 +314,12 @@ class CompletionService:
         pair: AgreementPair | None,
         place: Place,
     ) -> Answer:
-        attempt = self._attempt(route, parsed, parsed.payload, meta, place)
+        attempt = self._attempt(exchange, route, parsed, parsed.payload, meta, place)
         url, reply = await self._forwarder.complete(exchange, attempt)
         exchange.finished(body_usage(reply.body) if exchange.ticket.wants_usage else None)
         body = reply.body if parsed.rename is None else parsed.rename.inspect(reply.body)
+        if exchange.watch is not None:
+            exchange.watch.usage(usage_of(body))
         if exchange.fill is not None:  # what the client gets is what a hit replays
             exchange.fill.finish_json(body)
         if exchange.variant is not None:
@@ -294,12 +341,13 @@ class CompletionService:
         payload = parsed.payload
         fill = exchange.fill
         rollout = exchange.variant is not None
-        if exchange.ticket.wants_usage or fill is not None or rollout:
+        watch = exchange.watch
+        if exchange.ticket.wants_usage or fill is not None or rollout or watch is not None:
             # The engine must report usage; the client sees only what it asked for.
             usage = UsageTap(strip=not client_wants_usage(parsed.body))
             if usage.strip:
                 payload = with_usage_requested(parsed.body)
-        attempt = self._attempt(route, parsed, payload, meta, place)
+        attempt = self._attempt(exchange, route, parsed, payload, meta, place)
         url, stream = await self._forwarder.open_stream(exchange, attempt)
         # Renamed first, then shared and stored with its usage event, then stripped.
         taps: list[BatchTap] = [t for t in (parsed.rename, fill, usage) if t is not None]
@@ -316,12 +364,16 @@ class CompletionService:
             exchange.finished(tokens if exchange.ticket.wants_usage or fill is not None else None)
             if fill is not None:
                 fill.finish_stream(tokens)
+            if watch is not None and usage is not None:
+                watch.usage(usage.usage)
             if rollout:
                 exchange.tokens = tokens
                 if pair is not None and collector is not None:
                     pair.primary(collector.text())
 
         events = relay_events(stream, outcome, exchange.clock, taps, done, route.prompt_param)
+        if watch is not None and watch.evidence is not None:
+            events = with_trailer(events, lambda: watch.trailer(exchange))
         return EventStream(events, self._headers(exchange, url), exchange.close)
 
     def _headers(self, exchange: Exchange, url: str) -> RawHeaders:
@@ -330,6 +382,17 @@ class CompletionService:
             headers.append((ENGINE_HEADER, self._pool.engine_id(url).encode()))
         if exchange.cache_status is not None and self._cache.discloses:
             headers.append((_X_CACHE, exchange.cache_status))
+        return self._timed(exchange, headers)
+
+    @staticmethod
+    def _timed(exchange: Exchange, headers: RawHeaders) -> RawHeaders:
+        """``headers`` plus ``Server-Timing`` and, when asked, the routing evidence."""
+        headers.append((SERVER_TIMING, exchange.timeline.server_timing()))
+        watch = exchange.watch
+        if watch is not None and exchange.outcome is None:  # a stream's comes last
+            explained = watch.explain_header(exchange)
+            if explained is not None:
+                headers.append(explained)
         return headers
 
     def _hit_headers(self, entry: Entry | None) -> RawHeaders:
@@ -341,15 +404,27 @@ class CompletionService:
         age = 0 if entry is None else max(0, int(time.time() - entry.created_at))
         return [(_X_CACHE, b"HIT"), (b"age", str(age).encode())]
 
-    @staticmethod
     def _attempt(
-        route: Route, parsed: ParsedRequest, payload: bytes, meta: RequestMeta, place: Place
+        self,
+        exchange: Exchange,
+        route: Route,
+        parsed: ParsedRequest,
+        payload: bytes,
+        meta: RequestMeta,
+        place: Place,
     ) -> Attempt:
+        traceparent, on_choice = None, None
+        if meta.traceparent is not None or exchange.watch is not None:
+            traceparent, on_choice = attempt_context(
+                exchange, meta.traceparent, self._pool.engine_id
+            )
         return Attempt(
             *(parsed.model, route.path, payload, meta.request_id, parsed.policy),
             parsed.affinity_key,
             key=place.key,
             priority=place.priority,
+            traceparent=traceparent,
+            on_choice=on_choice,
         )
 
 

@@ -53,6 +53,16 @@ def body_usage(body: bytes) -> int | None:
     return usage_tokens(parsed.get("usage")) if isinstance(parsed, dict) else None
 
 
+def usage_of(body: bytes) -> Any:
+    """The ``usage`` object of a JSON answer (None if it has none): parses the body, so
+    only requests that are traced or logged call it."""
+    try:
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    return parsed.get("usage") if isinstance(parsed, dict) else None
+
+
 def with_usage_requested(body: dict[str, Any]) -> bytes:
     """The request re-encoded so that a stream ends with a usage event (and only there:
     a ``continuous_usage_stats`` the client set without usage stays without effect)."""
@@ -88,11 +98,13 @@ def lax_bool(value: Any) -> bool:
 class UsageTap:
     """Finds the usage event in a relayed stream; removes it when ``strip``."""
 
-    __slots__ = ("strip", "tokens")
+    __slots__ = ("strip", "tokens", "usage")
 
     def __init__(self, strip: bool) -> None:
         self.strip = strip
         self.tokens: int | None = None
+        self.usage: Any = None
+        """The usage object itself (input and output tokens, for traces and logs)."""
 
     def inspect(self, batch: bytes) -> bytes:
         """``batch`` as the client should get it; notes the usage if it is in there."""
@@ -112,4 +124,5 @@ class UsageTap:
         if tokens is None:
             return batch
         self.tokens = tokens
+        self.usage = parsed.get("usage")
         return batch[:start] + batch[end:] if self.strip else batch
