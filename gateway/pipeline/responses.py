@@ -42,6 +42,7 @@ from gateway.errors import (
     error_body,
 )
 from gateway.observability.metrics import GatewayMetrics
+from gateway.observability.timeline import SERVER_TIMING
 from gateway.pipeline.callers import authenticate, check_model_allowed
 from gateway.pipeline.exchange import VARIANT_HEADER, Exchange
 from gateway.pipeline.forwarding import Attempt, Forwarder
@@ -130,6 +131,7 @@ class ResponsesService:
             request = read_create(decode_json_object(raw))
             exchange.model = request.model
             result = await self._create(exchange, request, principal, request_id, session_id)
+            result.headers.append((SERVER_TIMING, exchange.timeline.server_timing()))
             if exchange.variant is not None:
                 result.headers.append((_VARIANT, exchange.variant.encode()))
         except GatewayError as exc:
@@ -175,9 +177,12 @@ class ResponsesService:
             missing = PreviousResponseNotFoundError(previous_id)
             previous = check_found(await self._load(previous_id, missing), principal.name, missing)
         items, item_ids = conversation(previous, request)
+        timeline = exchange.timeline
+        timeline.limiting = exchange.clock()
         exchange.admit(
             await self._admission.admit(principal.scopes(asked), cost_body(request, items))
         )
+        timeline.admitted = timeline.looked_up = exchange.clock()  # no cache here: 0 ms
         served = self._served.get(model, model)
         payload = engine_payload(
             request, items, new_response_id(), served, exchange.ticket.output_cap

@@ -278,8 +278,9 @@ def test_every_completion_answer_carries_server_timing(untraced: InProcessGatewa
             f"{url}/v1/completions", json={"model": STUB_MODEL, "prompt": "p", "max_tokens": 2}
         )
         embedded = http.post(f"{url}/v1/embeddings", json={"model": STUB_MODEL, "input": "e"})
+        responded = http.post(f"{url}/v1/responses", json={"model": STUB_MODEL, "input": "r"})
         unknown = http.post(f"{url}/v1/chat/completions", json={**chat, "model": "nope"})
-    for answer in (json_answer, streamed, miss, text, embedded):
+    for answer in (json_answer, streamed, miss, text, embedded, responded):
         assert answer.status_code == 200, answer.text
         stages = timing(answer.headers)
         assert list(stages) == ["auth", "limit", "cache", "queue", "upstream"]
