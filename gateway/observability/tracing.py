@@ -21,6 +21,7 @@ hex, non-zero ids: anything else is ignored, never an error).
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from collections.abc import Iterator
@@ -61,8 +62,15 @@ def format_traceparent(context: SpanContext) -> str:
 def build_provider(processor: SpanProcessor | None = None) -> TracerProvider:
     """A provider configured by ``OTEL_*`` (sampler, resource, service name), exporting
     through ``processor`` (default: OTLP/HTTP in batches)."""
-    provider = TracerProvider(resource=Resource.create({"service.name": "vgate"}))
+    resource = Resource.create()  # OTEL_SERVICE_NAME, OTEL_RESOURCE_ATTRIBUTES
+    if str(resource.attributes.get("service.name", "")).startswith("unknown_service"):
+        resource = resource.merge(Resource({"service.name": "vgate"}))
+    provider = TracerProvider(resource=resource)
     if processor is None:
+        # OTEL_TRACES_EXPORTER is the SDK's own variable (its auto-configuration, which
+        # vgate does not use, reads it): "none" makes spans that go nowhere.
+        if "none" in os.environ.get("OTEL_TRACES_EXPORTER", "otlp").split(","):
+            return provider
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
         processor = BatchSpanProcessor(OTLPSpanExporter())
