@@ -32,6 +32,7 @@ from gateway.pipeline.cache_flow import CacheFill
 from gateway.pool.engine_pool import EnginePool
 from gateway.ratelimit.admission import FREE_PASS, Ticket
 from gateway.rollouts.contracts import VariantObserver
+from gateway.rollouts.shadow import ShadowCopy
 from gateway.rollouts.timing import EventTiming
 from gateway.upstream.relay import StreamOutcome
 from gateway.upstream.transport import EventSource
@@ -64,6 +65,7 @@ class Exchange:
         "model",
         "observer",
         "outcome",
+        "shadow",
         "started",
         "ticket",
         "timeline",
@@ -93,6 +95,8 @@ class Exchange:
         errors name it (``x-vgate-variant``)."""
         self.observer: VariantObserver | None = None
         """Told how a request of a rollout variant ended, if it went to an engine."""
+        self.shadow: ShadowCopy | None = None
+        """A shadow copy of this request, sent once the request is closed."""
         self.timing: EventTiming | None = None
         """A rollout stream's event timing (its inter-token latency)."""
         self.tokens: int | None = None
@@ -195,6 +199,9 @@ class Exchange:
             self._in_flight.dec()
             self._in_flight = None
         self._record()
+        shadow, self.shadow = self.shadow, None
+        if shadow is not None:
+            shadow.release()  # the primary has ended: its copy may go now
         watch, self.watch = self.watch, None
         if watch is not None:
             watch.closed(self, self._failure, self._clock())

@@ -14,7 +14,7 @@ needs permission for the rollout's name and is charged under it (its limits and
 ``model_limits`` for the rollout apply, whichever variant answers); the cache,
 routing, timeouts and load gate are the variant's. Once permitted, its answers and
 errors carry ``x-vgate-variant``, and a share of it may be copied to the rollout's
-shadow (:mod:`gateway.rollouts.shadow`) once it is on its way to an engine.
+shadow (:mod:`gateway.rollouts.shadow`), sent once the primary has ended.
 """
 
 from __future__ import annotations
@@ -273,7 +273,9 @@ class CompletionService:
         exchange.count_in_flight()
         pair = None
         if parsed.rollout is not None and self._shadows is not None:
-            pair = self._shadows.copy(parsed.rollout, route.path, parsed.body, meta.request_id)
+            copy = self._shadows.copy(parsed.rollout, route.path, parsed.body, meta.request_id)
+            exchange.shadow = copy  # sent once this request has ended (Exchange.close)
+            pair = copy.pair if copy is not None else None
         if parsed.stream:
             return await self._stream(exchange, route, parsed, meta, pair, place)
         return await self._complete(exchange, route, parsed, meta, pair, place)

@@ -1,9 +1,11 @@
 """Shadow traffic: a share of a rollout's requests copied to another model, unseen.
 
-The copy starts on a task of its own once the primary request has been admitted and
-is on its way to an engine (a cache hit, or a request answered by an identical one
-in flight, is not copied), so the client never waits for it and never sees any of
-it: not its status, body or headers. The copy
+A copy is drawn once the primary request has been admitted and is on its way to an
+engine (a cache hit, or a request answered by an identical one in flight, is not
+copied), and sent on a task of its own once the primary has ended, however it ended
+(:meth:`ShadowCopy.release`, called when the request's owner closes): the client
+never waits for it and never sees any of it, not its status, body or headers, and
+the copy never competes with its own primary for the gateway or an engine. The copy
 
 * is sent non-streaming (a streamed primary included): only its text is compared;
 * goes to the engine at the ``low`` priority tier or later when tiers are on;
@@ -50,6 +52,24 @@ class ShadowSend(Protocol):
         ...
 
 
+class ShadowCopy:
+    """A drawn copy waiting for its primary to end. ``pair`` takes the primary's text
+    when the two are compared (a deterministic request), else it is None."""
+
+    __slots__ = ("_released", "pair")
+
+    def __init__(self, pair: AgreementPair | None) -> None:
+        self.pair = pair
+        self._released = asyncio.Event()
+
+    def release(self) -> None:
+        """The primary has ended: send the copy now (idempotent)."""
+        self._released.set()
+
+    async def released(self) -> None:
+        await self._released.wait()
+
+
 class ShadowCopier:
     """Starts, bounds, measures and cancels shadow copies; see the module docstring."""
 
@@ -83,10 +103,11 @@ class ShadowCopier:
 
     def copy(
         self, rollout: str, path: str, body: dict[str, Any], request_id: str
-    ) -> AgreementPair | None:
+    ) -> ShadowCopy | None:
         """Copy this request of ``rollout`` to its shadow, if it is drawn for one and a
-        slot is free. Returns the pair to hand the primary's text to when the copy
-        will be compared (a deterministic request), else None. Never blocks."""
+        slot is free (None otherwise); the copy is sent once it is released. Never
+        blocks. The slot is held from now on, so copies waiting for their primaries
+        count against ``max_concurrent`` too."""
         shadow = self._shadows.get(rollout)
         if shadow is None or self._closed or self._draw() >= shadow.share:
             return None
@@ -95,12 +116,13 @@ class ShadowCopier:
             return None
         payload = self._payload(shadow.model, body)
         pair = AgreementPair(rollout, self._metrics) if is_deterministic(body) else None
+        handle = ShadowCopy(pair)
         self._in_flight[rollout] += 1
-        run = self._run(rollout, shadow.model, path, payload, request_id, pair)
+        run = self._run(rollout, shadow.model, path, payload, request_id, handle)
         task = asyncio.create_task(run)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-        return pair
+        return handle
 
     async def close(self) -> None:
         """Cancel every copy in flight and wait for them to end (shutdown)."""
@@ -129,11 +151,14 @@ class ShadowCopier:
         path: str,
         payload: bytes,
         request_id: str,
-        pair: AgreementPair | None,
+        handle: ShadowCopy,
     ) -> None:
-        started = self._clock()
         answer: bytes | None = None
+        pair = handle.pair
+        started = self._clock()
         try:
+            await handle.released()
+            started = self._clock()
             answer = await self._send(model, path, payload, request_id)
             status = 200
         except GatewayError as exc:

@@ -47,10 +47,15 @@ async def test_copies_follow_the_share_and_the_bound() -> None:
     copier = ShadowCopier([ROLLOUT], {"s": "served-s"}, engine, metrics, lambda: next(draws))
     body = {"model": "a", "messages": [], "stream": True, "stream_options": {}}
     assert copier.copy("r", "/v1/chat/completions", body, "id") is None  # 0.9: not drawn
-    for _ in range(3):
-        copier.copy("r", "/v1/chat/completions", body, "id")
+    copies = [copier.copy("r", "/v1/chat/completions", body, "id") for _ in range(3)]
+    assert copies[2] is None  # beyond the bound: shed
     await asyncio.sleep(0)
     assert copier.in_flight("r") == 2
+    assert engine.sent == []  # a copy waits for its primary to end
+    for copy in copies[:2]:
+        assert copy is not None
+        copy.release()
+    await asyncio.sleep(0)
     assert _sample(metrics, "vgate_shadow_shed_total", rollout="r") == 1
     # Sent non-streaming, to the shadow's served name.
     assert engine.sent[0] == ("s", "/v1/chat/completions", {"model": "served-s", "messages": []})
@@ -67,9 +72,10 @@ async def test_failures_are_counted_and_compared_with_nothing() -> None:
     engine.fail = True
     engine.release.set()
     copier = ShadowCopier([ROLLOUT], {}, engine, metrics, lambda: 0.0)
-    pair = copier.copy("r", "/v1/chat/completions", {"temperature": 0}, "id")
-    assert pair is not None  # deterministic: compared once both are in
-    pair.primary("same")
+    copy = copier.copy("r", "/v1/chat/completions", {"temperature": 0}, "id")
+    assert copy is not None and copy.pair is not None  # deterministic: compared
+    copy.pair.primary("same")
+    copy.release()
     while copier.in_flight("r"):
         await asyncio.sleep(0.001)
     labels = {"rollout": "r", "variant": "s", "status": "500"}
@@ -80,7 +86,9 @@ async def test_failures_are_counted_and_compared_with_nothing() -> None:
 async def test_close_cancels_copies_in_flight_and_refuses_new_ones() -> None:
     metrics, engine = GatewayMetrics(), Engine()
     copier = ShadowCopier([ROLLOUT], {}, engine, metrics, lambda: 0.0)
-    copier.copy("r", "/v1/chat/completions", {}, "id")
+    copy = copier.copy("r", "/v1/chat/completions", {}, "id")
+    assert copy is not None
+    copy.release()
     await asyncio.sleep(0)
     await asyncio.wait_for(copier.close(), 1)
     assert copier.in_flight("r") == 0
@@ -96,7 +104,19 @@ async def test_a_copy_never_goes_ahead_of_clients_when_tiers_reach_the_engine() 
         for p in (-10, 0, 10, 50)  # high, normal, low, later
     ]
     for body in [*bodies, {"model": "a"}]:  # the last: tiers off, no priority added
-        copier.copy("r", "/v1/chat/completions", body, "id")
+        copy = copier.copy("r", "/v1/chat/completions", body, "id")
+        assert copy is not None
+        copy.release()
         while copier.in_flight("r"):  # one at a time: the bound is 2
             await asyncio.sleep(0.001)
     assert [sent[2].get("priority") for sent in engine.sent] == [10, 10, 10, 50, None]
+
+
+async def test_a_copy_waiting_for_its_primary_is_cancelled_at_shutdown() -> None:
+    metrics, engine = GatewayMetrics(), Engine()
+    copier = ShadowCopier([ROLLOUT], {}, engine, metrics, lambda: 0.0)
+    assert copier.copy("r", "/v1/chat/completions", {}, "id") is not None  # never released
+    await asyncio.sleep(0)
+    await asyncio.wait_for(copier.close(), 1)
+    assert copier.in_flight("r") == 0
+    assert engine.sent == []
