@@ -8,6 +8,12 @@ same), and each key's own requests keep their arrival order. A key that floods
 the queue therefore gets one turn in each round like any other key of its tier,
 instead of a share proportional to what it sent.
 
+A full queue (the gate's ``queue_size``) sheds by the same order: a newcomer takes
+the place of the newest waiter of a *later* tier, or of a key of its own tier that
+holds at least two more waiters than the newcomer's key would
+(:meth:`FairQueue.evict_for`), so a low-tier or one-tenant flood that fills the
+queue cannot get the requests it was meant to let through refused at the door.
+
 Pure and synchronous: :class:`gateway.pool.shedding.LoadGate` keeps one queue per
 model and decides *when* to admit; this decides *who*.
 """
@@ -73,6 +79,34 @@ class FairQueue(Generic[T]):
             del keys[key]
             if not keys:
                 del self._tiers[tier]
+        self._size -= 1
+        return item
+
+    def evict_for(self, key: str, tier: int) -> T | None:
+        """Take out the waiter a newcomer of ``key`` at ``tier`` displaces from a full
+        queue, or None when every waiter has as good a claim as the newcomer: the
+        newest waiter of the heaviest key of the latest tier (of equals, the one whose
+        turn comes last) when that tier is later
+        than ``tier``; within ``tier`` itself, of its heaviest key only if that key holds
+        at least two more waiters than ``key`` (a swap then leaves it no fewer).
+        O(keys of one tier)."""
+        if not self._tiers:
+            return None
+        latest = max(self._tiers)
+        if latest < tier:
+            return None
+        keys = self._tiers[latest]
+        # The heaviest key; of equals, the one whose turn comes last.
+        heaviest, waiting = max(reversed(keys.items()), key=lambda item: len(item[1]))
+        if latest == tier:
+            own = keys.get(key)
+            if len(waiting) <= (len(own) if own is not None else 0) + 1:
+                return None
+        item = waiting.pop()
+        if not waiting:
+            del keys[heaviest]
+            if not keys:
+                del self._tiers[latest]
         self._size -= 1
         return item
 

@@ -17,7 +17,10 @@ anyone waits (an engine queue that drained elsewhere frees room without any
 release here). A request arriving while others wait queues behind them even if
 it sees room, so it cannot jump the queue. A waiter handed room it can no longer
 use (the room went elsewhere before it ran) goes back to the front of its line;
-one that gave up after being handed room passes it on.
+one that gave up after being handed room passes it on. A full queue sheds the
+waiter with the weakest claim rather than the newcomer when the newcomer's is
+stronger (:meth:`~gateway.pool.fair_queue.FairQueue.evict_for`: a later tier, or
+a key of the same tier holding two more waiters).
 """
 
 from __future__ import annotations
@@ -75,7 +78,11 @@ class LoadGate:
         if queue is None:
             queue = self._queues[model] = FairQueue()
         if len(queue) + handed >= limits.queue_size:
-            raise self._shed(model, limits, "its queue is full")
+            displaced = queue.evict_for(key, priority)
+            if displaced is None:
+                raise self._shed(model, limits, "its queue is full")
+            if not displaced.done():  # (done: a cancelled waiter that had not left yet)
+                displaced.set_exception(_Displaced())  # its waiter answers 503, counted
         await self._wait_turn(model, key, priority, limits, queue)
 
     async def _wait_turn(
@@ -107,13 +114,17 @@ class LoadGate:
                     turn = loop.create_future()
                     used = False
                     queue.push_front(key, priority, turn)
+        except _Displaced:
+            why = "its queue is full of requests of an earlier tier or a quieter key"
+            raise self._shed(model, limits, why) from None
         except TimeoutError:
             why = f"no engine freed up in {limits.queue_timeout_s:g} s"
             raise self._shed(model, limits, why) from None
         finally:
             self._waiters -= 1
             gauge.dec()
-            if turn.done() and not turn.cancelled() and not used:
+            handed = turn.done() and not turn.cancelled() and turn.exception() is None
+            if handed and not used:
                 self._handed[model] -= 1  # handed room, gave up before using it: pass it on
                 self._dispatch(model)
             elif not turn.done() or turn.cancelled():
@@ -168,6 +179,10 @@ class LoadGate:
             f"Every engine of `{model}` is saturated and {why}; retry shortly.",
             headers={"Retry-After": str(limits.retry_after_s)},
         )
+
+
+class _Displaced(Exception):
+    """Set on a waiter's turn when a newcomer with a stronger claim took its place."""
 
 
 def _room(view: EndpointView, limits: OverloadSettings) -> int:

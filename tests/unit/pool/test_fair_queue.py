@@ -62,3 +62,26 @@ def test_a_waiter_that_gave_up_is_removed_and_its_key_forgotten_when_empty() -> 
     assert not queue
     with pytest.raises(IndexError):
         queue.pop()
+
+
+def test_a_full_queue_gives_up_the_latest_tiers_heaviest_key_for_an_earlier_tier() -> None:
+    queue: FairQueue[str] = FairQueue()
+    queue.push("web", 0, "w0")
+    queue.push("batch", 10, "b0")
+    queue.push("batch", 10, "b1")
+    queue.push("other", 10, "o0")
+    assert queue.evict_for("chat", -10) == "b1"  # the newest of the heaviest latest key
+    assert len(queue) == 3
+    assert drain(queue) == ["w0", "b0", "o0"]
+
+
+def test_a_full_queue_gives_up_a_flooders_newest_for_a_lighter_key_of_its_tier() -> None:
+    queue: FairQueue[str] = FairQueue()
+    for n in range(3):
+        queue.push("flood", 0, f"f{n}")
+    queue.push("quiet", 0, "q0")
+    assert queue.evict_for("quiet", 0) == "f2"  # flood 3 > quiet 1 + 1
+    assert queue.evict_for("quiet", 0) is None  # flood 2, quiet would be 2: even
+    assert queue.evict_for("flood", 0) is None  # a key never displaces an equal
+    assert queue.evict_for("late", 10) is None  # nothing waits later than tier 10
+    assert drain(queue) == ["f0", "q0", "f1"]

@@ -235,3 +235,48 @@ async def test_room_handed_to_a_waiter_that_gave_up_goes_to_the_next() -> None:
     await asyncio.wait_for(staying, 1)
     assert leaving.cancelled()
     assert g.queued() == 0.0
+
+
+async def test_a_full_queue_sheds_a_later_tier_waiter_not_an_earlier_tier_newcomer() -> None:
+    """A low-tier flood that fills the queue must not get a high-tier request shed:
+    the newest waiter of the latest tier gives its place up (503) instead."""
+    g = Gate(limited(queue_size=2, queue_timeout_s=5.0))
+    g.fill(*ENGINES)
+    order: list[str] = []
+
+    async def go(key: str, priority: int) -> None:
+        await g.gate.enter(MODEL, key, priority)
+        order.append(key)
+        g.pool.acquire(ENGINES[0])
+
+    first = asyncio.create_task(go("batch-1", 10))
+    second = asyncio.create_task(go("batch-2", 10))
+    await until(lambda: g.queued() == 2.0)
+    urgent = asyncio.create_task(go("chat", -10))
+    with pytest.raises(OverloadedError) as caught:
+        await asyncio.wait_for(second, 1)
+    assert caught.value.status == 503
+    assert g.shed() == 1.0 and g.queued() == 2.0
+    g.pool.release(ENGINES[0])
+    await until(lambda: order == ["chat"])
+    g.pool.release(ENGINES[0])
+    await asyncio.wait_for(asyncio.gather(urgent, first), 1)
+    assert order == ["chat", "batch-1"]
+    assert g.queued() == 0.0
+
+
+async def test_a_full_queue_lets_a_quiet_key_in_at_a_flooders_expense() -> None:
+    g = Gate(limited(queue_size=3, queue_timeout_s=5.0))
+    g.fill(*ENGINES)
+    flood = [asyncio.create_task(g.gate.enter(MODEL, "flood")) for _ in range(3)]
+    await until(lambda: g.queued() == 3.0)
+    quiet = asyncio.create_task(g.gate.enter(MODEL, "quiet"))
+    with pytest.raises(OverloadedError):
+        await asyncio.wait_for(flood[2], 1)  # the flooder's newest gave its place up
+    assert g.queued() == 3.0 and not quiet.done()
+    with pytest.raises(OverloadedError, match="queue is full"):  # the same key: no swap
+        await asyncio.wait_for(g.gate.enter(MODEL, "flood"), 1)
+    for _ in range(3):
+        g.pool.release(ENGINES[0])
+    await asyncio.wait_for(asyncio.gather(quiet, *flood[:2]), 1)
+    assert g.queued() == 0.0
