@@ -22,22 +22,35 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
 from gateway.config.sections import _Section
 
+MAX_WEIGHT = 1e9
+"""The largest weight (here and in ``/admin/rollouts``): the sum of a rollout's
+weights stays finite, so the weighted choice stays what the weights say."""
 
-class VariantSettings(_Section):
+
+class _Finite(_Section):
+    """A rollout section: every number finite (``.inf`` would break the arithmetic of
+    the weighted choice, the windows and the promotion clock)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+class VariantSettings(_Finite):
     """One way a rollout's requests may be served: a model of ``models:`` and its share."""
 
     model: str = Field(min_length=1, description="A name from `models:`.")
-    weight: float = Field(ge=0, description="Relative share of the traffic (0: none).")
+    weight: float = Field(
+        ge=0, le=MAX_WEIGHT, description="Relative share of the traffic (0: none)."
+    )
     canary: bool = Field(
         False, description="Compared with the stable variants; rolled back on an SLO breach."
     )
 
 
-class ShadowSettings(_Section):
+class ShadowSettings(_Finite):
     """A copy of a share of the requests, sent to another model; its answers are dropped."""
 
     model: str = Field(min_length=1, description="A name from `models:`.")
@@ -47,7 +60,7 @@ class ShadowSettings(_Section):
     )
 
 
-class SloSettings(_Section):
+class SloSettings(_Finite):
     """When a canary is rolled back: compared with the stable variants over a window."""
 
     max_error_rate: float = Field(0.02, ge=0, le=1, description="Canary's 5xx/failure share.")
@@ -57,7 +70,7 @@ class SloSettings(_Section):
     min_requests: int = Field(50, ge=1, description="Canary requests in the window before judging.")
 
 
-class PromoteSettings(_Section):
+class PromoteSettings(_Finite):
     """Automatic promotion: a canary healthy for ``healthy_for_s`` moves to the next step."""
 
     steps: tuple[float, ...] = Field(
@@ -73,7 +86,7 @@ class PromoteSettings(_Section):
         return self
 
 
-class RolloutSettings(_Section):
+class RolloutSettings(_Finite):
     model: str = Field(min_length=1, description="The name clients put in `model`.")
     variants: tuple[VariantSettings, ...] = Field(min_length=1)
     shadow: ShadowSettings | None = None

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import replace
 from typing import Any
 
-from gateway.config.rollouts import RolloutSettings
+from gateway.config.rollouts import MAX_WEIGHT, RolloutSettings
 from gateway.errors import (
     DependencyUnavailableError,
     InvalidRequestError,
@@ -36,7 +36,6 @@ from gateway.rollouts.verdict import (
     step_weights,
 )
 
-MAX_WEIGHT = 1e9
 _OPERATOR_DETAIL = "rolled back by an operator"
 
 
