@@ -24,8 +24,8 @@ from gateway.http.client_watch import ClientWatch
 from gateway.http.context import completion_headers, read_body, scope_request_id, scope_state
 from gateway.http.hot_routes import Endpoint, add_endpoint
 from gateway.pipeline.plan import CHAT, COMPLETIONS, EMBEDDINGS, Route
+from gateway.pipeline.request_meta import RequestMeta
 from gateway.pipeline.results import Result
-from gateway.pipeline.service import RequestMeta
 
 router = APIRouter()
 

@@ -19,13 +19,11 @@ shadow (:mod:`gateway.rollouts.shadow`), sent once the primary has ended.
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 from gateway.auth.authenticator import Authenticator, Principal
-from gateway.cache.entry import Entry
 from gateway.cache.response_cache import CachePlan, ResponseCache
-from gateway.cache.singleflight import Flight, FlightFailed, Flights
+from gateway.cache.singleflight import Flights
 from gateway.errors import (
     GatewayError,
     RateLimitError,
@@ -33,69 +31,37 @@ from gateway.errors import (
 )
 from gateway.observability.metrics import UNRESOLVED_MODEL, GatewayMetrics
 from gateway.observability.telemetry import Telemetry
-from gateway.observability.timeline import SERVER_TIMING
-from gateway.pipeline.cache_flow import CacheFill, follow_events, hit_tokens
+from gateway.pipeline.cache_flow import CacheFill, hit_tokens
 from gateway.pipeline.callers import authenticate, check_model_allowed
 from gateway.pipeline.denials import DenialMemo
+from gateway.pipeline.engine_answers import EngineAnswers, timed
 from gateway.pipeline.exchange import VARIANT_HEADER, Exchange
-from gateway.pipeline.forwarding import Attempt, Forwarder
+from gateway.pipeline.forwarding import Forwarder
 from gateway.pipeline.plan import (
     ParsedRequest,
     RequestPlanner,
     Route,
     with_output_cap,
 )
-from gateway.pipeline.priority import Place, PriorityTiers
-from gateway.pipeline.results import Answer, EventStream, RawHeaders, Replay, Result
+from gateway.pipeline.priority import PriorityTiers
+from gateway.pipeline.request_meta import RequestMeta
+from gateway.pipeline.results import EventStream, Replay, Result
 from gateway.pipeline.usage import (
-    UsageTap,
-    body_usage,
     client_wants_usage,
-    usage_of,
-    with_usage_requested,
 )
 from gateway.pipeline.watching import (
-    attempt_context,
     cache_decision,
     note_key,
     watch_request,
-    with_trailer,
 )
 from gateway.pool.engine_pool import EnginePool
 from gateway.ratelimit.admission import Admission
-from gateway.rollouts.agreement import AgreementPair, StreamCollector, answer_text
 from gateway.rollouts.contracts import NoObserver, VariantObserver
 from gateway.rollouts.shadow import ShadowCopier
-from gateway.rollouts.timing import EventTiming
-from gateway.upstream.relay import BatchTap, StreamOutcome, relay_events
 
-ENGINE_HEADER = b"x-vgate-engine"
-_X_CACHE = b"x-cache"
 MISS = b"MISS"
 BYPASS = b"BYPASS"
 _VARIANT = VARIANT_HEADER.encode()
-
-
-@dataclass(frozen=True, slots=True)
-class RequestMeta:
-    """What the service needs from the HTTP request besides its body."""
-
-    request_id: str
-    authorization: str | None = None
-    session_id: str | None = None
-    cache_control: str | None = None
-    principal: Principal | None = None
-    """The caller, when :meth:`CompletionService.caller` already answered it."""
-    priority: str | None = None
-    """``x-vgate-priority``: a later priority the client asks for (checked here)."""
-    received: float = 0.0
-    """When the route got the request (``perf_counter``; 0.0: when the service did)."""
-    authed: float = 0.0
-    """When the route had authenticated it (with ``principal``)."""
-    explain: str | None = None
-    """``x-vgate-explain``: the routing evidence is given when it is the admin key."""
-    traceparent: str | None = None
-    """The client's W3C ``traceparent`` (validated before any use)."""
 
 
 class CompletionService:
@@ -125,9 +91,8 @@ class CompletionService:
         self._cache = cache
         self._planner = planner
         self._pool = pool
-        self._forwarder = forwarder
         self._metrics = metrics
-        self._debug_headers = debug_headers  # x-vgate-engine: the engine's id, never its URL
+        self._answers = EngineAnswers(forwarder, pool, cache, metrics, debug_headers)
         self._denials = DenialMemo()
 
     async def handle(self, route: Route, raw: bytes, meta: RequestMeta) -> Result:
@@ -246,10 +211,10 @@ class CompletionService:
         if entry is not None:
             exchange.finished(hit_tokens(self._cache, entry))
             wants_usage = client_wants_usage(parsed.body)
-            headers = [*exchange.ticket.raw_headers, *self._hit_headers(entry)]
+            headers = [*exchange.ticket.raw_headers, *self._answers.hit_headers(entry)]
             if watch is not None:
                 watch.record.cache = "HIT"
-            return Replay(entry, wants_usage, self._timed(exchange, headers))
+            return Replay(entry, wants_usage, timed(exchange, headers))
         cap = exchange.ticket.output_cap
         if cap is not None and route.generates:  # the engine may generate what was reserved
             parsed = with_output_cap(parsed, route.cache_name == "chat", cap)
@@ -264,7 +229,7 @@ class CompletionService:
                 flight = self._cache.flights.join(plan.key)
                 if flight is not None:
                     exchange.follow(flight)
-                    followed = await self._follow(exchange, parsed, flight)
+                    followed = await self._answers.follow(exchange, parsed, flight)
                     if followed is not None:
                         return followed
                     exchange.leave_flight()
@@ -277,157 +242,8 @@ class CompletionService:
             exchange.shadow = copy  # sent once this request has ended (Exchange.close)
             pair = copy.pair if copy is not None else None
         if parsed.stream:
-            return await self._stream(exchange, route, parsed, meta, pair, place)
-        return await self._complete(exchange, route, parsed, meta, pair, place)
-
-    async def _follow(
-        self, exchange: Exchange, parsed: ParsedRequest, flight: Flight
-    ) -> Result | None:
-        """Answer from the identical request in flight; None if it failed before any answer."""
-        model = parsed.model
-        headers = self._timed(exchange, [*exchange.ticket.raw_headers, *self._hit_headers(None)])
-        if not parsed.stream:
-            try:
-                entry = await flight.result()
-            except FlightFailed:
-                return None
-            self._metrics.cache_joins.labels(model).inc()
-            exchange.finished(hit_tokens(self._cache, entry))
-            return Answer(entry.replay(), headers)
-        await flight.wait(0)
-        if flight.failed and not flight.batches:
-            return None
-        self._metrics.cache_joins.labels(model).inc()
-        outcome = exchange.outcome = StreamOutcome()
-
-        def done(entry: Entry) -> None:
-            exchange.finished(hit_tokens(self._cache, entry))
-
-        wants_usage = client_wants_usage(parsed.body)
-        events = follow_events(flight, wants_usage, outcome, done)
-        return EventStream(events, headers, exchange.close)
-
-    async def _complete(
-        self,
-        exchange: Exchange,
-        route: Route,
-        parsed: ParsedRequest,
-        meta: RequestMeta,
-        pair: AgreementPair | None,
-        place: Place,
-    ) -> Answer:
-        attempt = self._attempt(exchange, route, parsed, parsed.payload, meta, place)
-        url, reply = await self._forwarder.complete(exchange, attempt)
-        exchange.finished(body_usage(reply.body) if exchange.ticket.wants_usage else None)
-        body = reply.body if parsed.rename is None else parsed.rename.inspect(reply.body)
-        if exchange.watch is not None:
-            exchange.watch.usage(usage_of(body))
-        if exchange.fill is not None:  # what the client gets is what a hit replays
-            exchange.fill.finish_json(body)
-        if exchange.variant is not None:
-            exchange.tokens = body_usage(body)
-            if pair is not None:
-                pair.primary(answer_text(body))
-        return Answer(body, self._headers(exchange, url), reply.status)
-
-    async def _stream(
-        self,
-        exchange: Exchange,
-        route: Route,
-        parsed: ParsedRequest,
-        meta: RequestMeta,
-        pair: AgreementPair | None,
-        place: Place,
-    ) -> EventStream:
-        usage: UsageTap | None = None
-        payload = parsed.payload
-        fill = exchange.fill
-        rollout = exchange.variant is not None
-        watch = exchange.watch
-        if exchange.ticket.wants_usage or fill is not None or rollout or watch is not None:
-            # The engine must report usage; the client sees only what it asked for.
-            usage = UsageTap(strip=not client_wants_usage(parsed.body))
-            if usage.strip:
-                payload = with_usage_requested(parsed.body)
-        attempt = self._attempt(exchange, route, parsed, payload, meta, place)
-        url, stream = await self._forwarder.open_stream(exchange, attempt)
-        # Renamed first, then shared and stored with its usage event, then stripped.
-        taps: list[BatchTap] = [t for t in (parsed.rename, fill, usage) if t is not None]
-        collector = StreamCollector() if pair is not None else None
-        if rollout:  # timed as it arrives; the primary's text kept for the shadow's
-            exchange.timing = EventTiming(exchange.clock)
-            taps.insert(0, exchange.timing)
-            if collector is not None:
-                taps.append(collector)
-        outcome = exchange.outcome = StreamOutcome()
-
-        def done() -> None:
-            tokens = usage.tokens if usage is not None else None
-            exchange.finished(tokens if exchange.ticket.wants_usage or fill is not None else None)
-            if fill is not None:
-                fill.finish_stream(tokens)
-            if watch is not None and usage is not None:
-                watch.usage(usage.usage)
-            if rollout:
-                exchange.tokens = tokens
-                if pair is not None and collector is not None:
-                    pair.primary(collector.text())
-
-        events = relay_events(stream, outcome, exchange.clock, taps, done, route.prompt_param)
-        if watch is not None and watch.evidence is not None:
-            events = with_trailer(events, lambda: watch.trailer(exchange))
-        return EventStream(events, self._headers(exchange, url), exchange.close)
-
-    def _headers(self, exchange: Exchange, url: str) -> RawHeaders:
-        headers = [*exchange.ticket.raw_headers]
-        if self._debug_headers:
-            headers.append((ENGINE_HEADER, self._pool.engine_id(url).encode()))
-        if exchange.cache_status is not None and self._cache.discloses:
-            headers.append((_X_CACHE, exchange.cache_status))
-        return self._timed(exchange, headers)
-
-    @staticmethod
-    def _timed(exchange: Exchange, headers: RawHeaders) -> RawHeaders:
-        """``headers`` plus ``Server-Timing`` and, when asked, the routing evidence."""
-        headers.append((SERVER_TIMING, exchange.timeline.server_timing()))
-        watch = exchange.watch
-        if watch is not None and exchange.outcome is None:  # a stream's comes last
-            explained = watch.explain_header(exchange)
-            if explained is not None:
-                headers.append(explained)
-        return headers
-
-    def _hit_headers(self, entry: Entry | None) -> RawHeaders:
-        """``X-Cache: HIT`` and ``Age`` (0 for an answer shared while it is made), unless
-        the cache is shared between keys: then they would tell one tenant of another's
-        traffic, and answers carry neither."""
-        if not self._cache.discloses:
-            return []
-        age = 0 if entry is None else max(0, int(time.time() - entry.created_at))
-        return [(_X_CACHE, b"HIT"), (b"age", str(age).encode())]
-
-    def _attempt(
-        self,
-        exchange: Exchange,
-        route: Route,
-        parsed: ParsedRequest,
-        payload: bytes,
-        meta: RequestMeta,
-        place: Place,
-    ) -> Attempt:
-        traceparent, on_choice = None, None
-        if meta.traceparent is not None or exchange.watch is not None:
-            traceparent, on_choice = attempt_context(
-                exchange, meta.traceparent, self._pool.engine_id
-            )
-        return Attempt(
-            *(parsed.model, route.path, payload, meta.request_id, parsed.policy),
-            parsed.affinity_key,
-            key=place.key,
-            priority=place.priority,
-            traceparent=traceparent,
-            on_choice=on_choice,
-        )
+            return await self._answers.stream(exchange, route, parsed, meta, pair, place)
+        return await self._answers.complete(exchange, route, parsed, meta, pair, place)
 
 
 def prompt_only(body: dict[str, object], route: Route) -> dict[str, object]:

@@ -12,8 +12,8 @@ from typing import Any
 import orjson
 
 from gateway.pipeline.plan import CHAT, COMPLETIONS, ParsedRequest, with_output_cap
+from gateway.pipeline.request_meta import RequestMeta
 from gateway.pipeline.results import Answer, EventStream
-from gateway.pipeline.service import RequestMeta
 from gateway.routing.policies import RoutingPolicy
 from gateway.upstream.fake import FakeRequest, Scripted
 from tests.unit.pipeline.world import (

@@ -10,8 +10,8 @@ import pytest
 
 from gateway.errors import InvalidRequestError
 from gateway.pipeline.plan import COMPLETIONS
+from gateway.pipeline.request_meta import RequestMeta
 from gateway.pipeline.results import Answer, Replay
-from gateway.pipeline.service import RequestMeta
 from gateway.upstream.fake import FakeRequest, Scripted
 from tests.unit.pipeline.world import AUTH, MODEL, chat_body, completion, world
 

@@ -22,8 +22,9 @@ from gateway.config.settings import Settings
 from gateway.observability.metrics import GatewayMetrics
 from gateway.pipeline.assembly import build_completion_service
 from gateway.pipeline.plan import CHAT
+from gateway.pipeline.request_meta import RequestMeta
 from gateway.pipeline.results import Answer, EventStream, Replay, Result
-from gateway.pipeline.service import CompletionService, RequestMeta
+from gateway.pipeline.service import CompletionService
 from gateway.pool.engine_pool import EnginePool
 from gateway.ratelimit.admission import Admission
 from gateway.upstream.fake import FakeRequest, FakeUpstream, Scripted, sse

@@ -1,0 +1,208 @@
+"""The answer of a request that got past admission and the cache lookup: from an
+engine (JSON or a stream), or from the identical request in flight (single flight).
+
+Split from :mod:`gateway.pipeline.service`, which decides *whether* and *how* a
+request is answered (auth, parsing, permission, admission, cache, rollouts); this
+module makes the answer and the headers every answer carries: the key's rate-limit
+headers, ``X-Cache``, ``x-vgate-engine`` when asked, ``Server-Timing`` and, with
+the admin key, the routing evidence.
+"""
+
+from __future__ import annotations
+
+import time
+
+from gateway.cache.entry import Entry
+from gateway.cache.response_cache import ResponseCache
+from gateway.cache.singleflight import Flight, FlightFailed
+from gateway.observability.metrics import GatewayMetrics
+from gateway.observability.timeline import SERVER_TIMING
+from gateway.pipeline.cache_flow import follow_events, hit_tokens
+from gateway.pipeline.exchange import Exchange
+from gateway.pipeline.forwarding import Attempt, Forwarder
+from gateway.pipeline.plan import ParsedRequest, Route
+from gateway.pipeline.priority import Place
+from gateway.pipeline.request_meta import RequestMeta
+from gateway.pipeline.results import Answer, EventStream, RawHeaders, Result
+from gateway.pipeline.usage import (
+    UsageTap,
+    body_usage,
+    client_wants_usage,
+    usage_of,
+    with_usage_requested,
+)
+from gateway.pipeline.watching import attempt_context, with_trailer
+from gateway.pool.engine_pool import EnginePool
+from gateway.rollouts.agreement import AgreementPair, StreamCollector, answer_text
+from gateway.rollouts.timing import EventTiming
+from gateway.upstream.relay import BatchTap, StreamOutcome, relay_events
+
+ENGINE_HEADER = b"x-vgate-engine"
+X_CACHE = b"x-cache"
+
+
+class EngineAnswers:
+    """Makes the answers of :class:`gateway.pipeline.service.CompletionService`."""
+
+    def __init__(
+        self,
+        forwarder: Forwarder,
+        pool: EnginePool,
+        cache: ResponseCache,
+        metrics: GatewayMetrics,
+        debug_headers: bool,
+    ) -> None:
+        self._forwarder = forwarder
+        self._pool = pool
+        self._cache = cache
+        self._metrics = metrics
+        self._debug_headers = debug_headers  # x-vgate-engine: the engine's id, never its URL
+
+    async def follow(
+        self, exchange: Exchange, parsed: ParsedRequest, flight: Flight
+    ) -> Result | None:
+        """Answer from the identical request in flight; None if it failed before any answer."""
+        model = parsed.model
+        headers = timed(exchange, [*exchange.ticket.raw_headers, *self.hit_headers(None)])
+        if not parsed.stream:
+            try:
+                entry = await flight.result()
+            except FlightFailed:
+                return None
+            self._metrics.cache_joins.labels(model).inc()
+            exchange.finished(hit_tokens(self._cache, entry))
+            return Answer(entry.replay(), headers)
+        await flight.wait(0)
+        if flight.failed and not flight.batches:
+            return None
+        self._metrics.cache_joins.labels(model).inc()
+        outcome = exchange.outcome = StreamOutcome()
+
+        def done(entry: Entry) -> None:
+            exchange.finished(hit_tokens(self._cache, entry))
+
+        wants_usage = client_wants_usage(parsed.body)
+        events = follow_events(flight, wants_usage, outcome, done)
+        return EventStream(events, headers, exchange.close)
+
+    async def complete(
+        self,
+        exchange: Exchange,
+        route: Route,
+        parsed: ParsedRequest,
+        meta: RequestMeta,
+        pair: AgreementPair | None,
+        place: Place,
+    ) -> Answer:
+        attempt = self._attempt(exchange, route, parsed, parsed.payload, meta, place)
+        url, reply = await self._forwarder.complete(exchange, attempt)
+        exchange.finished(body_usage(reply.body) if exchange.ticket.wants_usage else None)
+        body = reply.body if parsed.rename is None else parsed.rename.inspect(reply.body)
+        if exchange.watch is not None:
+            exchange.watch.usage(usage_of(body))
+        if exchange.fill is not None:  # what the client gets is what a hit replays
+            exchange.fill.finish_json(body)
+        if exchange.variant is not None:
+            exchange.tokens = body_usage(body)
+            if pair is not None:
+                pair.primary(answer_text(body))
+        return Answer(body, self._headers(exchange, url), reply.status)
+
+    async def stream(
+        self,
+        exchange: Exchange,
+        route: Route,
+        parsed: ParsedRequest,
+        meta: RequestMeta,
+        pair: AgreementPair | None,
+        place: Place,
+    ) -> EventStream:
+        usage: UsageTap | None = None
+        payload = parsed.payload
+        fill = exchange.fill
+        rollout = exchange.variant is not None
+        watch = exchange.watch
+        if exchange.ticket.wants_usage or fill is not None or rollout or watch is not None:
+            # The engine must report usage; the client sees only what it asked for.
+            usage = UsageTap(strip=not client_wants_usage(parsed.body))
+            if usage.strip:
+                payload = with_usage_requested(parsed.body)
+        attempt = self._attempt(exchange, route, parsed, payload, meta, place)
+        url, stream = await self._forwarder.open_stream(exchange, attempt)
+        # Renamed first, then shared and stored with its usage event, then stripped.
+        taps: list[BatchTap] = [t for t in (parsed.rename, fill, usage) if t is not None]
+        collector = StreamCollector() if pair is not None else None
+        if rollout:  # timed as it arrives; the primary's text kept for the shadow's
+            exchange.timing = EventTiming(exchange.clock)
+            taps.insert(0, exchange.timing)
+            if collector is not None:
+                taps.append(collector)
+        outcome = exchange.outcome = StreamOutcome()
+
+        def done() -> None:
+            tokens = usage.tokens if usage is not None else None
+            exchange.finished(tokens if exchange.ticket.wants_usage or fill is not None else None)
+            if fill is not None:
+                fill.finish_stream(tokens)
+            if watch is not None and usage is not None:
+                watch.usage(usage.usage)
+            if rollout:
+                exchange.tokens = tokens
+                if pair is not None and collector is not None:
+                    pair.primary(collector.text())
+
+        events = relay_events(stream, outcome, exchange.clock, taps, done, route.prompt_param)
+        if watch is not None and watch.evidence is not None:
+            events = with_trailer(events, lambda: watch.trailer(exchange))
+        return EventStream(events, self._headers(exchange, url), exchange.close)
+
+    def _headers(self, exchange: Exchange, url: str) -> RawHeaders:
+        headers = [*exchange.ticket.raw_headers]
+        if self._debug_headers:
+            headers.append((ENGINE_HEADER, self._pool.engine_id(url).encode()))
+        if exchange.cache_status is not None and self._cache.discloses:
+            headers.append((X_CACHE, exchange.cache_status))
+        return timed(exchange, headers)
+
+    def hit_headers(self, entry: Entry | None) -> RawHeaders:
+        """``X-Cache: HIT`` and ``Age`` (0 for an answer shared while it is made), unless
+        the cache is shared between keys: then they would tell one tenant of another's
+        traffic, and answers carry neither."""
+        if not self._cache.discloses:
+            return []
+        age = 0 if entry is None else max(0, int(time.time() - entry.created_at))
+        return [(X_CACHE, b"HIT"), (b"age", str(age).encode())]
+
+    def _attempt(
+        self,
+        exchange: Exchange,
+        route: Route,
+        parsed: ParsedRequest,
+        payload: bytes,
+        meta: RequestMeta,
+        place: Place,
+    ) -> Attempt:
+        traceparent, on_choice = None, None
+        if meta.traceparent is not None or exchange.watch is not None:
+            traceparent, on_choice = attempt_context(
+                exchange, meta.traceparent, self._pool.engine_id
+            )
+        return Attempt(
+            *(parsed.model, route.path, payload, meta.request_id, parsed.policy),
+            parsed.affinity_key,
+            key=place.key,
+            priority=place.priority,
+            traceparent=traceparent,
+            on_choice=on_choice,
+        )
+
+
+def timed(exchange: Exchange, headers: RawHeaders) -> RawHeaders:
+    """``headers`` plus ``Server-Timing`` and, when asked, the routing evidence."""
+    headers.append((SERVER_TIMING, exchange.timeline.server_timing()))
+    watch = exchange.watch
+    if watch is not None and exchange.outcome is None:  # a stream's comes last
+        explained = watch.explain_header(exchange)
+        if explained is not None:
+            headers.append(explained)
+    return headers
