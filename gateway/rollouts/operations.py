@@ -91,6 +91,8 @@ async def rollback(control: RolloutController, rollout: str, body: Any) -> dict[
     """``{"variant": canary}`` (optional: every canary): weight 0, marked as the
     operator's rollback; not promoted again until an operator sets it."""
     settings = _rollout(control, rollout)
+    if body is not None and not isinstance(body, dict):  # not "every canary": a mistake
+        raise InvalidRequestError('the body must be a JSON object: {"variant": "<canary>"}')
     canaries = [_canary_of(body, settings)] if _named(body) else list(settings.canaries)
     if not canaries:
         raise InvalidRequestError(
@@ -150,7 +152,7 @@ def _weights_of(body: Any, settings: RolloutSettings) -> dict[str, float]:
                 param="weights",
                 code="invalid_weights",
             )
-        given[variant] = float(weight)
+        given[variant] = float(weight) + 0.0  # -0.0 is stored (and shown) as 0.0
     return given
 
 

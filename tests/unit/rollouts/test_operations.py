@@ -4,6 +4,7 @@ operator; bad input is refused before anything is written."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import pytest
@@ -88,3 +89,26 @@ def test_status_shows_windows_and_configuration() -> None:
     assert canary["window"]["requests"] == 4 and canary["window"]["failures"] == 2
     assert canary["next_step"] == 25.0 and canary["state"] == "starting"
     assert row["slo"]["min_requests"] == 20 and row["version"] == 0
+
+
+@pytest.mark.parametrize("body", ["canary", ["canary"], 5, True])
+async def test_a_rollback_body_that_is_not_an_object_is_refused(body: Any) -> None:
+    """A bare name (or any non-object) is a mistake, not "every canary": refused, and
+    nothing is rolled back."""
+    store, clock = MemoryRolloutStore(), Clock()
+    control = replica(rollout(), store, clock)
+    await control.step()
+    before = await store.version()
+    with pytest.raises(GatewayError) as refused:
+        await operations.rollback(control, "m", body)
+    assert refused.value.status == 400
+    assert await store.version() == before
+    assert control.weights("m") == {"stable": 90.0, "canary": 10.0}
+
+
+async def test_a_negative_zero_weight_is_stored_as_zero() -> None:
+    control = replica(rollout(), MemoryRolloutStore(), Clock())
+    await control.step()
+    answer = await operations.set_weights(control, "m", {"weights": {"canary": -0.0}})
+    assert math.copysign(1.0, weights(answer)["canary"]) == 1.0
+    assert math.copysign(1.0, control.weights("m")["canary"]) == 1.0
