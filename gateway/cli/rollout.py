@@ -13,6 +13,7 @@ call and with which key come from the same config file as the gateway's:
 from __future__ import annotations
 
 import argparse
+import http.client
 import sys
 import urllib.error
 import urllib.parse
@@ -151,14 +152,22 @@ def _call(
     if settings.auth.admin_key is not None:
         headers["authorization"] = f"Bearer {settings.auth.admin_key}"
     data = None if body is None else orjson.dumps(body)
-    request = urllib.request.Request(base + path, data, headers, method=method)
     try:
+        request = urllib.request.Request(base + path, data, headers, method=method)
         with urllib.request.urlopen(request, timeout=TIMEOUT_S) as response:
-            return orjson.loads(response.read())
+            raw = response.read()
     except urllib.error.HTTPError as exc:
         raise GatewayRefused(f"{exc.code}: {_error_message(exc.read())}") from None
     except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
         raise GatewayRefused(f"cannot reach the gateway at {base}: {exc}") from None
+    except http.client.HTTPException as exc:  # something that does not speak HTTP
+        raise GatewayRefused(f"{base} did not answer as an HTTP server: {exc!r}") from None
+    except ValueError as exc:  # a malformed --url (urllib checks it when opening)
+        raise GatewayRefused(f"cannot call {base}: {exc}") from None
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise GatewayRefused(f"{base} answered something that is not JSON: is it vgate?") from None
 
 
 def _error_message(raw: bytes) -> str:
