@@ -90,6 +90,9 @@ class Principal:
 
 
 ANONYMOUS = Principal("anonymous", None)
+OPERATOR = Principal("(operator)", None)
+"""The admin key asking for routing evidence (``x-vgate-explain: 1``): every model, no
+limits (the admin key can make any key anyway); its name cannot be a key's."""
 
 
 class Authenticator(Protocol):

@@ -20,6 +20,7 @@ from time import perf_counter
 from fastapi import APIRouter
 from starlette.types import Receive, Scope
 
+from gateway.auth.authenticator import OPERATOR
 from gateway.http.client_watch import ClientWatch
 from gateway.http.context import completion_headers, read_body, scope_request_id, scope_state
 from gateway.http.hot_routes import Endpoint, add_endpoint
@@ -35,8 +36,12 @@ def _handler(route: Route) -> Endpoint:
         received = perf_counter()  # Server-Timing's auth starts here
         state = scope_state(scope)
         headers = completion_headers(scope["headers"])
-        # Refuse a wrong key (or a key over its rate) before holding its body in memory.
-        principal = await state.service.caller(route, headers.authorization)
+        explain = headers.explain
+        operator = state.service.operator_explaining(explain, headers.authorization)
+        if operator is not None:  # the admin key asking for routing evidence
+            principal, explain = OPERATOR, operator
+        else:  # refuse a wrong key (or one over its rate) before holding its body in memory
+            principal = await state.service.caller(route, headers.authorization)
         authed = perf_counter()
         limit = state.settings.server.max_body_bytes
         raw = await read_body(receive, limit, headers.content_length)
@@ -50,7 +55,7 @@ def _handler(route: Route) -> Endpoint:
             headers.priority,
             received,
             authed,
-            headers.explain,
+            explain,
             headers.traceparent,
         )
         return await state.service.handle(route, raw, meta)

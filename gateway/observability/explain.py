@@ -1,13 +1,15 @@
 """Routing evidence on demand: why a request went where it went.
 
 A request whose ``x-vgate-explain`` header carries the admin key (``auth.admin_key``,
-compared in constant time) gets the evidence: as an ``x-vgate-explain`` response
-header (JSON answers, cache hits and errors) or as a trailing SSE comment line
+compared in constant time), or that sends ``x-vgate-explain: 1`` with the admin key as
+its own bearer (the operator's own request, served as ``OPERATOR`` of
+:mod:`gateway.auth.authenticator`: every model, no limits), gets the evidence: as an
+``x-vgate-explain`` response header (JSON answers, cache hits and errors) or as a
+trailing SSE comment line
 ``: vgate-explain {...}`` after a stream's last event (a stream's head leaves before
-its engine is done). The admin key travels in its own header, not in
-``Authorization``, which still carries the client's key: the request is served and
-charged as that key's, and only the operator who knows the admin key sees the
-evidence. Any other value, or no admin key configured, changes nothing and tells
+its engine is done). In the first form the admin key travels in its own header and
+``Authorization`` still carries the client's key: the request is served and charged
+as that key's, and only the operator who knows the admin key sees the evidence. Any other value, or no admin key configured, changes nothing and tells
 nothing: no error, no header.
 
 The evidence is one JSON object, ASCII only (``\\uXXXX`` escapes) and at most
@@ -37,6 +39,20 @@ class ExplainGate:
 
     def __init__(self, admin_key: str | None) -> None:
         self._key = admin_key.encode() if admin_key else None
+
+    def bearer(self, explain: str | None, authorization: str | None) -> str | None:
+        """The admin key, when the request asks ``x-vgate-explain: 1`` (or ``true``) and
+        authenticates with the admin key itself (``Authorization: Bearer <admin key>``):
+        the operator's own request. None otherwise."""
+        if explain is None or explain.strip().lower() not in ("1", "true"):
+            return None
+        if authorization is None:
+            return None
+        scheme, _, token = authorization.strip().partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not self.admits(token):
+            return None
+        return token
 
     def admits(self, presented: str | None) -> bool:
         if presented is None or self._key is None:

@@ -141,6 +141,12 @@ class CompletionService:
             exchange.close()
         return result
 
+    def operator_explaining(self, explain: str | None, authorization: str | None) -> str | None:
+        """The admin key, when this is the operator's own request for routing evidence
+        (``x-vgate-explain: 1`` with the admin key as bearer; see
+        :mod:`gateway.observability.explain`); None otherwise."""
+        return self._telemetry.explain.bearer(explain, authorization)
+
     async def caller(self, route: Route, authorization: str | None) -> Principal:
         """Who is calling, from the headers alone, before the body is read: a wrong key
         (401) or a key over its request rate (429) is refused without the gateway ever

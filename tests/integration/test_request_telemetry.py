@@ -322,6 +322,22 @@ def test_the_evidence_is_given_only_with_the_admin_key(untraced: InProcessGatewa
     assert "x-vgate-explain" not in plain.headers
 
 
+def test_the_operator_asks_with_explain_1_and_the_admin_key_as_bearer(
+    untraced: InProcessGateway,
+) -> None:
+    body = {"model": STUB_MODEL, "prompt": "why here", "max_tokens": 4, "temperature": 1}
+    url = f"{untraced.url}/v1/completions"
+    admin = {"authorization": f"Bearer {ADMIN}"}
+    shown = httpx.post(url, headers={**admin, "x-vgate-explain": "1"}, json=body)
+    assert shown.status_code == 200, shown.text
+    assert json.loads(shown.headers["x-vgate-explain"])["attempts"][-1]["status"] == 200
+    # The admin key is no client key otherwise, and "1" proves nothing with another key.
+    assert httpx.post(url, headers=admin, json=body).status_code == 401
+    for wrong in (f"Bearer {ADMIN}x", f"Bearer {KEY}", f"Basic {ADMIN}", ADMIN):
+        asked = httpx.post(url, headers={"authorization": wrong, "x-vgate-explain": "1"}, json=body)
+        assert "x-vgate-explain" not in asked.headers, wrong
+
+
 def test_a_stream_ends_with_the_evidence_as_a_comment(untraced: InProcessGateway) -> None:
     headers = {"authorization": f"Bearer {KEY}"}
     body = {"model": STUB_MODEL, "prompt": "p", "max_tokens": 4, "stream": True, "temperature": 1}
