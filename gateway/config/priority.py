@@ -21,6 +21,7 @@ spellings.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from types import MappingProxyType
 
@@ -31,6 +32,9 @@ DEFAULT_PRIORITY = TIERS["normal"]
 PRIORITY_MIN = -(2**31)
 PRIORITY_MAX = 2**31 - 1
 _MAX_TEXT = 16
+_INTEGER = re.compile(r"[+-]?[0-9]+", re.ASCII)
+"""What an integer priority looks like as text: ASCII digits only (``int`` alone also
+reads full-width and other Unicode digits and ``_`` separators)."""
 """Longest spelling looked at: ``-2147483648`` is 11 characters; anything longer is refused."""
 
 
@@ -51,12 +55,9 @@ def parse_priority(value: object) -> int:
         named = TIERS.get(text.lower())
         if named is not None:
             return named
-        try:
-            number = int(text, 10)
-        except ValueError:
-            raise ValueError(
-                f"invalid priority {text!r}: use high, normal, low or an integer"
-            ) from None
+        if _INTEGER.fullmatch(text) is None:
+            raise ValueError(f"invalid priority {text!r}: use high, normal, low or an integer")
+        number = int(text, 10)
     else:
         raise ValueError("a priority is high, normal, low or an integer")
     if not PRIORITY_MIN <= number <= PRIORITY_MAX:

@@ -34,3 +34,11 @@ def test_a_client_may_lower_its_priority_but_never_raise_it() -> None:
 
 def test_named_tiers_show_their_names() -> None:
     assert [tier_name(p) for p in (-10, 0, 10, 5)] == ["high", "normal", "low", None]
+
+
+@pytest.mark.parametrize("value", ["\uff11\uff10", "\u0663", "1_0", "-1_0", "\uff11"])
+def test_only_ascii_digits_spell_a_number(value: str) -> None:
+    """Python's ``int`` reads full-width and other Unicode digits and ``_`` separators;
+    a priority (key records, /admin/keys, the config, the header) does not."""
+    with pytest.raises(ValueError, match="priority"):
+        parse_priority(value)
