@@ -111,15 +111,20 @@ def cache_key(
     fingerprint: str,
     body: dict[str, Any],
     form: str = "json",
+    asked: str = "",
 ) -> str:
     """The hex key of one request (``body`` as the client sent it) on ``route``, answered
-    in ``form`` (:func:`answer_form`)."""
+    in ``form`` (:func:`answer_form`). ``asked``: the name the client asked for when
+    another ``model`` serves it (a rollout's variant): its answers carry that name, so
+    they are kept apart from the same model's asked for by another name."""
     kept = {k: v for k, v in body.items() if k not in IGNORED_FIELDS and k != "model"}
     encoded = orjson.dumps(canonical(kept), option=orjson.OPT_SORT_KEYS)
     digest = hashlib.sha256()
     for part in (namespace, scope, route, form, model, fingerprint):
         digest.update(part.encode())
         digest.update(b"\x00")
+    if asked:
+        digest.update(b"asked\x00" + asked.encode() + b"\x00")
     digest.update(encoded)
     return digest.hexdigest()
 

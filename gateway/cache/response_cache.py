@@ -117,9 +117,11 @@ class ResponseCache:
         body: dict[str, Any],
         key_name: str,
         cache_control: str | None,
+        asked: str | None = None,
     ) -> CachePlan:
         """What the cache does for one request on ``route`` (``chat``, ``completions``,
-        ``embeddings``), streamed or not, by the key called ``key_name``."""
+        ``embeddings``), streamed or not, by the key called ``key_name``; ``asked``: the
+        rollout's name when its variant ``model`` serves the request (answers carry it)."""
         policy = self._policies.get(model, self._default)
         if not policy.enabled:
             return OFF
@@ -131,7 +133,14 @@ class ResponseCache:
         scope = key_name if self._settings.scope == "per_key" else ""
         form = answer_form(stream, body)
         key = cache_key(
-            self._settings.namespace, scope, route, model, policy.fingerprint, body, form
+            self._settings.namespace,
+            scope,
+            route,
+            model,
+            policy.fingerprint,
+            body,
+            form,
+            asked or "",
         )
         return CachePlan(
             key, not no_cache, True, max_age, policy.ttl_s, policy.max_entry_bytes, stream=stream

@@ -194,7 +194,9 @@ class CompletionService:
             exchange.variant = model
             exchange.observer = self._observer
         plan = self._cache.plan(
-            route.cache_name, parsed.stream, model, parsed.body, principal.name, meta.cache_control
+            *(route.cache_name, parsed.stream, model, parsed.body, principal.name),
+            meta.cache_control,
+            parsed.rollout,  # a variant's answers carry the rollout's name: kept apart
         )
         plan, lookup = self._cache.begin_lookup(model, plan)  # goes with the admission
         cost_body = parsed.body if route.generates else prompt_only(parsed.body, route)
