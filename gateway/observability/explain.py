@@ -9,8 +9,9 @@ trailing SSE comment line
 ``: vgate-explain {...}`` after a stream's last event (a stream's head leaves before
 its engine is done). In the first form the admin key travels in its own header and
 ``Authorization`` still carries the client's key: the request is served and charged
-as that key's, and only the operator who knows the admin key sees the evidence. Any other value, or no admin key configured, changes nothing and tells
-nothing: no error, no header.
+as that key's, and only the operator who knows the admin key sees the evidence. Any
+other value, or no admin key configured, changes nothing and tells nothing: no error,
+no header.
 
 The evidence is one JSON object, ASCII only (``\\uXXXX`` escapes) and at most
 :data:`MAX_BYTES`: ``policy``, ``affinity``, ``candidates`` (each engine's id, health
