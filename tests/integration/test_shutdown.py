@@ -176,8 +176,12 @@ def test_sigterm_ends_the_gateway_in_bounded_time(case: str, tmp_path: Path) -> 
     assert elapsed < BOUND_S, (elapsed, log)  # about 3.3 s here: the drain, then closing
     assert gateway.returncode == -signal.SIGTERM, (gateway.returncode, log[-3000:])
     assert "exiting now" not in log  # the graceful path finished, not the watchdog
-    if case == "redis-killed":  # ~30 failed ticks while draining, and not 30 lines
-        assert log.count("engine registry unreadable") == 1, log
+    if case == "redis-killed":  # ~30 failed ticks while draining, and not 30 lines: one
+        # per kind of error (a read cut by the kill, "connection reset", may come before
+        # the "connection refused" of every later tick: RepeatedLog logs a new kind once)
+        lines = [line for line in log.splitlines() if "engine registry unreadable" in line]
+        assert 1 <= len(lines) <= 2, log
+        assert len({line.split(": ", 1)[-1] for line in lines}) == len(lines), log
 
 
 def _engine_healthy(detail_url: str) -> bool:
