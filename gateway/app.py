@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
+from fastapi.telemetry import TelemetryConfig
 from opentelemetry.sdk.trace import SpanProcessor
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
@@ -119,6 +120,7 @@ def create_app(
                 await stack.aclose()
 
     app = GatewayApp(
+        telemetry=no_fastapi_telemetry(),
         title="vgate",
         lifespan=lifespan,
         docs_url=None,
@@ -138,7 +140,13 @@ def create_app(
 
 def _operator_app() -> FastAPI:
     """The operator listener's app: operational routes only, errors in the same format."""
-    app = OperatorApp(docs_url=None, redoc_url=None, openapi_url=None, redirect_slashes=False)
+    app = OperatorApp(
+        telemetry=no_fastapi_telemetry(),
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+        redirect_slashes=False,
+    )
     app.include_router(operator_router())
     _add_error_handlers(app)
     return app
@@ -148,6 +156,15 @@ def _add_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(GatewayError, _gateway_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected_error)
+
+
+def no_fastapi_telemetry() -> TelemetryConfig:
+    """FastAPI's own OpenTelemetry instrumentation, off: the gateway traces requests
+    itself (``telemetry.traces``, GenAI spans). On, FastAPI asks the global
+    OpenTelemetry providers on every request whether they are configured (once the SDK
+    is installed: measured in paired rounds, see benchmarks/RESULTS.md) and, with
+    tracing on, would add spans and metrics of its own to every request."""
+    return {"tracing": False, "metrics": False, "logs": False, "auto_configure": False}
 
 
 class GatewayApp(FastAPI):
