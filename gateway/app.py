@@ -18,7 +18,7 @@ from fastapi.telemetry import TelemetryConfig
 from opentelemetry.sdk.trace import SpanProcessor
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
-from starlette.types import ASGIApp
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from engines.supervisor import Deployment, EngineSupervisor
 from gateway.auth.authenticator import build_authenticator
@@ -183,6 +183,23 @@ class GatewayApp(FastAPI):
             HotRoutes(super().build_middleware_stack(), completions.HOT_ROUTES),
             self.body_budget,
         )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """A completion ``POST`` goes straight to the stack built above: FastAPI's and
+        Starlette's own ``__call__`` (root path, telemetry switches, the lazy build)
+        have nothing to do for it, and are two more frames Python walks every time
+        the request waits and resumes. Everything else, lifespan included, as usual."""
+        stack = self.middleware_stack
+        if (
+            stack is not None
+            and scope["type"] == "http"
+            and scope["method"] == "POST"
+            and scope["path"] in completions.HOT_ROUTES
+        ):
+            scope["app"] = self  # what Starlette sets: routes find the app's state there
+            await stack(scope, receive, send)
+            return
+        await super().__call__(scope, receive, send)
 
 
 class OperatorApp(FastAPI):
