@@ -13,12 +13,8 @@ import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request
-from fastapi.telemetry import TelemetryConfig
+from fastapi import FastAPI
 from opentelemetry.sdk.trace import SpanProcessor
-from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.responses import Response
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 from engines.supervisor import Deployment, EngineSupervisor
 from gateway.auth.authenticator import build_authenticator
@@ -35,16 +31,9 @@ from gateway.backends.redis.responses import RedisResponseStore
 from gateway.background import BackgroundTasks
 from gateway.cache.response_cache import EntryStore
 from gateway.config.settings import Settings
-from gateway.errors import GatewayError, MethodNotAllowedError, NotFoundError
-from gateway.http import completions, models, passthrough
-from gateway.http import responses as responses_routes
-from gateway.http.body_budget import BodyBudget
+from gateway.http.apps import operator_app, public_app
 from gateway.http.connections import ConnectionLimits
-from gateway.http.hot_routes import HotRoutes
 from gateway.http.listener import OperatorListener
-from gateway.http.operator import operator_router, public_router
-from gateway.http.render import gateway_error_response, internal_error_response
-from gateway.http.request_id import RequestIdMiddleware
 from gateway.http.state import AppState
 from gateway.observability.metrics import GatewayMetrics
 from gateway.observability.telemetry import build_telemetry
@@ -100,7 +89,7 @@ def create_app(
             app.state.vgate = await _start(settings, stack, on_engines_ready, span_processor)
             server = settings.server
             if server.admin_port is not None:
-                operator = _operator_app()
+                operator = operator_app()
                 operator.state.vgate = app.state.vgate
                 listener = OperatorListener(
                     operator,
@@ -119,94 +108,7 @@ def create_app(
             with exit_watchdog(stack.bound_s()):
                 await stack.aclose()
 
-    app = GatewayApp(
-        telemetry=no_fastapi_telemetry(),
-        title="vgate",
-        lifespan=lifespan,
-        docs_url=None,
-        redoc_url=None,
-        openapi_url=None,
-        redirect_slashes=False,  # RequestIdMiddleware drops trailing slashes instead
-    )
-    app.body_budget = BodyBudget(settings.server.max_body_bytes_in_flight)
-    app.include_router(completions.router)
-    app.include_router(models.router)
-    app.include_router(passthrough.router)
-    app.include_router(responses_routes.router)
-    app.include_router(public_router(settings.server))
-    _add_error_handlers(app)
-    return app
-
-
-def _operator_app() -> FastAPI:
-    """The operator listener's app: operational routes only, errors in the same format."""
-    app = OperatorApp(
-        telemetry=no_fastapi_telemetry(),
-        docs_url=None,
-        redoc_url=None,
-        openapi_url=None,
-        redirect_slashes=False,
-    )
-    app.include_router(operator_router())
-    _add_error_handlers(app)
-    return app
-
-
-def _add_error_handlers(app: FastAPI) -> None:
-    app.add_exception_handler(GatewayError, _gateway_error)
-    app.add_exception_handler(StarletteHTTPException, _http_error)
-    app.add_exception_handler(Exception, _unexpected_error)
-
-
-def no_fastapi_telemetry() -> TelemetryConfig:
-    """FastAPI's own OpenTelemetry instrumentation, off: the gateway traces requests
-    itself (``telemetry.traces``, GenAI spans). On, FastAPI asks the global
-    OpenTelemetry providers on every request whether they are configured (once the SDK
-    is installed: measured in paired rounds, see benchmarks/RESULTS.md) and, with
-    tracing on, would add spans and metrics of its own to every request."""
-    return {"tracing": False, "metrics": False, "logs": False, "auto_configure": False}
-
-
-class GatewayApp(FastAPI):
-    """FastAPI with :class:`RequestIdMiddleware` outside everything else, and the
-    completion routes served by :class:`HotRoutes` ahead of FastAPI's own stack.
-
-    Outermost, so that even the 500 that Starlette's ServerErrorMiddleware sends
-    for an unexpected exception carries ``x-request-id``. It also meters large
-    request bodies against :attr:`body_budget` (``server.max_body_bytes_in_flight``).
-    """
-
-    body_budget: BodyBudget | None = None
-
-    def build_middleware_stack(self) -> ASGIApp:
-        return RequestIdMiddleware(
-            HotRoutes(super().build_middleware_stack(), completions.HOT_ROUTES),
-            self.body_budget,
-        )
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """A completion ``POST`` goes straight to the stack built above: FastAPI's and
-        Starlette's own ``__call__`` (root path, telemetry switches, the lazy build)
-        have nothing to do for it, and are two more frames Python walks every time
-        the request waits and resumes. Everything else, lifespan included, as usual."""
-        stack = self.middleware_stack
-        if (
-            stack is not None
-            and scope["type"] == "http"
-            and scope["method"] == "POST"
-            and scope["path"] in completions.HOT_ROUTES
-        ):
-            scope["app"] = self  # what Starlette sets: routes find the app's state there
-            await stack(scope, receive, send)
-            return
-        await super().__call__(scope, receive, send)
-
-
-class OperatorApp(FastAPI):
-    """FastAPI with :class:`RequestIdMiddleware` outside everything (as :class:`GatewayApp`)."""
-
-    def build_middleware_stack(self) -> ASGIApp:
-        return RequestIdMiddleware(super().build_middleware_stack())
+    return public_app(settings.server, lifespan)
 
 
 async def _start(
@@ -390,26 +292,6 @@ async def _announce(supervisor: EngineSupervisor, on_ready: Callable[[], None]) 
         on_ready()
     else:
         log.error("an engine failed for good; see its log file")
-
-
-async def _gateway_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, GatewayError)
-    return gateway_error_response(exc)
-
-
-async def _http_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, StarletteHTTPException)
-    error: GatewayError
-    if exc.status_code == 405:
-        error = MethodNotAllowedError(f"method {request.method} not allowed on {request.url.path}")
-    else:
-        error = NotFoundError(f"no route {request.method} {request.url.path}")
-    return await _gateway_error(request, error)
-
-
-async def _unexpected_error(request: Request, exc: Exception) -> Response:
-    log.exception("unhandled error on %s %s", request.method, request.url.path)
-    return internal_error_response()
 
 
 def app_from_environment() -> FastAPI:
