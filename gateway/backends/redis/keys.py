@@ -18,16 +18,14 @@ client's socket timeout unless given): past it, it fails with
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Awaitable
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
 
 from gateway.auth.keys import KeyExistsError, KeyRecord
-from gateway.errors import StoreUnavailable
+from gateway.backends.redis.link import bounded
 
 log = logging.getLogger("vgate.auth")
 _MAX_REPORTED = 1024
@@ -112,10 +110,4 @@ class RedisKeyStore:
             return None
 
     async def _run(self, command: Awaitable[Any]) -> Any:
-        try:
-            async with asyncio.timeout(self._timeout_s):
-                return await command
-        except TimeoutError:
-            raise StoreUnavailable(f"redis did not answer within {self._timeout_s} s") from None
-        except (RedisError, OSError) as exc:
-            raise StoreUnavailable(str(exc)) from None
+        return await bounded(command, self._timeout_s)

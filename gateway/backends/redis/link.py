@@ -18,16 +18,30 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Awaitable
 from typing import Any
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
 
 from gateway.backends.redis.resp import RespClient
 from gateway.errors import StoreUnavailable
 
 log = logging.getLogger("vgate.redis")
+
+
+async def bounded(command: Awaitable[Any], timeout_s: float) -> Any:
+    """``command`` (a redis-py call) within ``timeout_s``; its failure or silence as
+    :class:`StoreUnavailable`, the one error the stores above report."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            return await command
+    except TimeoutError:
+        raise StoreUnavailable(f"redis did not answer within {timeout_s} s") from None
+    except (RedisError, OSError) as exc:
+        raise StoreUnavailable(str(exc)) from None
 
 
 def redis_py_client(url: str, timeout_s: float, **options: Any) -> aioredis.Redis:

@@ -14,14 +14,12 @@ copy of the weights meanwhile.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
 
-from gateway.errors import StoreUnavailable
+from gateway.backends.redis.link import bounded
 
 _COMPARE_AND_SET = """
 local current = tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or '0')
@@ -72,10 +70,4 @@ class RedisRolloutStore:
         return int(stored) or None
 
     async def _run(self, command: Awaitable[Any]) -> Any:
-        try:
-            async with asyncio.timeout(self._timeout_s):
-                return await command
-        except TimeoutError:
-            raise StoreUnavailable(f"redis did not answer within {self._timeout_s} s") from None
-        except (RedisError, OSError) as exc:
-            raise StoreUnavailable(str(exc)) from None
+        return await bounded(command, self._timeout_s)
