@@ -9,7 +9,6 @@ count answers the same text, and one with half the tokens answers its first half
 
 from __future__ import annotations
 
-import re
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -18,6 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.helpers.metrics_text import metric_sum
 from tests.integration.conftest import Gateway, Stub, start_gateway, start_stub
 
 KEY = "sk-shadow-limited-0123456789"
@@ -81,18 +81,6 @@ def _client(gateway: Gateway) -> httpx.Client:
     return httpx.Client(base_url=gateway.url, timeout=30)
 
 
-def _metric(text: str, name: str, **labels: str) -> float:
-    total = 0.0
-    for line in text.splitlines():
-        match = re.fullmatch(r"([a-z_:]+)\{(.*)\} (\S+)", line)
-        if not match or match.group(1) != name:
-            continue
-        found = dict(re.findall(r'(\w+)="([^"]*)"', match.group(2)))
-        if all(found.get(k) == v for k, v in labels.items()):
-            total += float(match.group(3))
-    return total
-
-
 def _wait_for(check: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
     while not check():
@@ -124,7 +112,7 @@ def test_the_client_never_sees_the_shadow(shadowed: Gateway, engines: dict[str, 
     def failed_copies() -> float:
         now = shadowed.metrics()
         labels = {"rollout": "mirror-fail", "variant": "shadow-fail", "status": "500"}
-        return _metric(now, "vgate_shadow_requests_total", **labels) - _metric(
+        return metric_sum(now, "vgate_shadow_requests_total", **labels) - metric_sum(
             before, "vgate_shadow_requests_total", **labels
         )
 
@@ -132,7 +120,7 @@ def test_the_client_never_sees_the_shadow(shadowed: Gateway, engines: dict[str, 
     assert engines["shadow-fail"].stats()["requests"] - failing_before == 5
     # Shadow copies are not client requests: no 500 in the request counters.
     after = shadowed.metrics()
-    assert _metric(after, "vgate_requests_total", model="mirror-fail", status="500") == 0
+    assert metric_sum(after, "vgate_requests_total", model="mirror-fail", status="500") == 0
 
 
 def test_a_shadow_is_never_cached_nor_charged(shadowed: Gateway, engines: dict[str, Stub]) -> None:
@@ -171,7 +159,7 @@ def test_copies_beyond_max_concurrent_are_shed_and_primaries_succeed(
     assert elapsed < 2.5  # no primary waited for its 3-second shadow
 
     def delta(name: str, **labels: str) -> float:
-        return _metric(shadowed.metrics(), name, **labels) - _metric(before, name, **labels)
+        return metric_sum(shadowed.metrics(), name, **labels) - metric_sum(before, name, **labels)
 
     assert delta("vgate_shadow_shed_total", rollout="mirror-slow") == 4
     _wait_for(
@@ -203,7 +191,7 @@ def test_agreement_is_measured_on_deterministic_requests(shadowed: Gateway) -> N
         assert _ask(client, "mirror-diff", _prompt(), temperature=0.7).status_code == 200
 
     def delta(name: str, **labels: str) -> float:
-        return _metric(shadowed.metrics(), name, **labels) - _metric(before, name, **labels)
+        return metric_sum(shadowed.metrics(), name, **labels) - metric_sum(before, name, **labels)
 
     def settled() -> bool:
         same = delta("vgate_shadow_agreement_total", rollout="mirror-same")

@@ -4,7 +4,6 @@ the ``variant`` metric label and ``/v1/models``."""
 
 from __future__ import annotations
 
-import re
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
@@ -13,6 +12,7 @@ import httpx
 import openai
 import pytest
 
+from tests.helpers.metrics_text import metric_sum
 from tests.integration.conftest import Gateway, Stub, start_gateway, start_stub
 
 KEY = "sk-rollout-main-0123456789"
@@ -69,19 +69,6 @@ def _ask(client: httpx.Client, model: str, key: str = KEY, **body: Any) -> httpx
 
 def _sdk(gateway: Gateway, key: str = KEY) -> openai.OpenAI:
     return openai.OpenAI(base_url=gateway.base_url, api_key=key, max_retries=0)
-
-
-def _metric(text: str, name: str, **labels: str) -> float:
-    """The sample of ``name`` whose labels include ``labels`` (0 when absent)."""
-    total = 0.0
-    for line in text.splitlines():
-        match = re.fullmatch(r"([a-z_:]+)\{(.*)\} (\S+)", line)
-        if not match or match.group(1) != name:
-            continue
-        found = dict(re.findall(r'(\w+)="([^"]*)"', match.group(2)))
-        if all(found.get(k) == v for k, v in labels.items()):
-            total += float(match.group(3))
-    return total
 
 
 def test_an_80_20_split_holds_within_4_points_over_1000_requests(rolled: Gateway) -> None:
@@ -202,7 +189,7 @@ def test_metrics_carry_the_variant_label(rolled: Gateway) -> None:
     after = rolled.metrics()
 
     def delta(name: str, **labels: str) -> float:
-        return _metric(after, name, **labels) - _metric(before, name, **labels)
+        return metric_sum(after, name, **labels) - metric_sum(before, name, **labels)
 
     canary = {"model": "split", "variant": CANARY}
     assert delta("vgate_requests_total", status="200", **canary) == 8
