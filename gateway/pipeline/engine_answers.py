@@ -96,14 +96,16 @@ class EngineAnswers:
     ) -> Answer:
         attempt = self._attempt(exchange, route, parsed, parsed.payload, meta, place)
         url, reply = await self._forwarder.complete(exchange, attempt)
-        exchange.finished(body_usage(reply.body) if exchange.ticket.wants_usage else None)
+        wants_usage, rollout = exchange.ticket.wants_usage, exchange.variant is not None
+        tokens = body_usage(reply.body) if wants_usage or rollout else None  # parsed once
+        exchange.finished(tokens if wants_usage else None)
         body = reply.body if parsed.rename is None else parsed.rename.inspect(reply.body)
         if exchange.watch is not None:
             exchange.watch.usage(usage_of(body))
         if exchange.fill is not None:  # what the client gets is what a hit replays
             exchange.fill.finish_json(body)
-        if exchange.variant is not None:
-            exchange.tokens = body_usage(body)
+        if rollout:
+            exchange.tokens = tokens
             if pair is not None:
                 pair.primary(answer_text(body))
         return Answer(body, self._headers(exchange, url), reply.status)
