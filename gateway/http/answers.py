@@ -1,10 +1,12 @@
-"""Pipeline results and errors sent straight as ASGI messages.
+"""Pipeline results and errors written as HTTP answers, through a :class:`Responder`.
 
 What the pipeline answers (:mod:`gateway.pipeline.results`) already carries its
-headers in raw form, so an answer is one ``http.response.start`` whose header
-list is built once, here, and its body: no Starlette ``Response`` object, whose
-set-up normalises every header again. Streams are sent run of events by run of
-events (``more_body``) as the pipeline yields them; a failure part way ends them
+headers in raw form, so an answer is its head, built once here, and its body: no
+Starlette ``Response`` object, whose set-up normalises every header again. The
+:class:`Responder` writes them: :class:`AsgiResponder` as ASGI messages, or the
+connection's own cycle straight to the socket (:mod:`gateway.http.direct_cycle`).
+Streams are written run of events by run of events as the pipeline yields them;
+a failure part way ends them
 with an OpenAI error event and ``data: [DONE]`` (the SDK raises ``APIError`` on
 it), and the request's resources are released however the stream ends.
 
@@ -14,10 +16,12 @@ stream with ``charset=utf-8``), so clients see no difference.
 
 from __future__ import annotations
 
+from typing import Protocol
+
 from starlette.types import Send
 
 from gateway.errors import GatewayError, error_body
-from gateway.pipeline.results import Answer, EventStream, RawHeaders, Replay, Result
+from gateway.pipeline.results import Answer, EventStream, RawHeaders, Result
 
 DONE_EVENT = b"data: [DONE]\n\n"
 JSON_TYPE = (b"content-type", b"application/json")
@@ -29,47 +33,81 @@ SSE_HEADERS: RawHeaders = [
 _INTERNAL_ERROR = error_body("internal gateway error", "internal_error", None, "internal_error")
 
 
-async def send_result(result: Result, send: Send) -> None:
-    """Send one pipeline result whole (a stream: until it ends)."""
+class Responder(Protocol):
+    """Writes one answer: :class:`AsgiResponder` as ASGI messages, or
+    :class:`gateway.http.direct_cycle.DirectCycle` straight to the connection."""
+
+    async def whole(self, status: int, headers: RawHeaders, body: bytes) -> None:
+        """A complete answer; ``headers`` without ``content-length`` (added here)."""
+        ...
+
+    async def begin(self, status: int, headers: RawHeaders) -> None:
+        """A stream's head."""
+        ...
+
+    async def part(self, body: bytes) -> None:
+        """A run of the stream's events."""
+        ...
+
+    async def end(self) -> None:
+        """The stream's end."""
+        ...
+
+
+class AsgiResponder:
+    """A :class:`Responder` sending ASGI messages."""
+
+    __slots__ = ("_send",)
+
+    def __init__(self, send: Send) -> None:
+        self._send = send
+
+    async def whole(self, status: int, headers: RawHeaders, body: bytes) -> None:
+        headers.append((b"content-length", b"%d" % len(body)))
+        await self._send({"type": "http.response.start", "status": status, "headers": headers})
+        await self._send({"type": "http.response.body", "body": body})
+
+    async def begin(self, status: int, headers: RawHeaders) -> None:
+        await self._send({"type": "http.response.start", "status": status, "headers": headers})
+
+    async def part(self, body: bytes) -> None:
+        await self._send({"type": "http.response.body", "body": body, "more_body": True})
+
+    async def end(self) -> None:
+        await self._send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+async def respond(result: Result, responder: Responder) -> None:
+    """Write one pipeline result whole (a stream: until it ends)."""
     if isinstance(result, Answer):
-        await send_body(send, result.status, [JSON_TYPE, *result.headers], result.body)
+        await responder.whole(result.status, [JSON_TYPE, *result.headers], result.body)
     elif isinstance(result, EventStream):
-        await send_events(result, send)
+        await _stream(result, responder)
     else:
-        await _send_replay(result, send)
+        replay = result  # a cached answer; X-Cache and Age come with its headers when the
+        body = replay.entry.replay(replay.include_usage)  # cache may disclose them
+        first = SSE_HEADERS if replay.entry.stream else [JSON_TYPE]
+        await responder.whole(200, first + replay.headers, body)
 
 
-async def send_body(send: Send, status: int, headers: RawHeaders, body: bytes) -> None:
-    """A complete answer: ``headers`` (without ``content-length``, added here), then ``body``."""
-    headers.append((b"content-length", b"%d" % len(body)))
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
-
-
-async def send_events(stream: EventStream, send: Send) -> None:
+async def _stream(stream: EventStream, responder: Responder) -> None:
     """The stream's events as they come; ``stream.close`` runs however it ends (the
     client leaving included: the task sending is then cancelled)."""
     try:
-        await send(
-            {"type": "http.response.start", "status": 200, "headers": SSE_HEADERS + stream.headers}
-        )
+        await responder.begin(200, SSE_HEADERS + stream.headers)
         try:
             async for batch in stream.events:
-                await send({"type": "http.response.body", "body": batch, "more_body": True})
+                await responder.part(batch)
         except GatewayError as exc:
-            last = error_event(exc) + DONE_EVENT
-            await send({"type": "http.response.body", "body": last, "more_body": True})
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
+            await responder.part(error_event(exc) + DONE_EVENT)
+        await responder.end()
     finally:
         stream.close()
 
 
-async def _send_replay(replay: Replay, send: Send) -> None:
-    """A cached answer; ``X-Cache`` and ``Age`` come with its headers when the cache
-    may disclose them (never when it is shared between keys)."""
-    body = replay.entry.replay(replay.include_usage)
-    first = SSE_HEADERS if replay.entry.stream else [JSON_TYPE]
-    await send_body(send, 200, first + replay.headers, body)
+async def send_result(result: Result, send: Send) -> None:
+    """:func:`respond` with ASGI messages."""
+    await respond(result, AsgiResponder(send))
 
 
 def error_event(error: GatewayError) -> bytes:
@@ -77,13 +115,23 @@ def error_event(error: GatewayError) -> bytes:
     return b"data: " + error.body() + b"\n\n"
 
 
-async def send_error(exc: GatewayError, send: Send) -> None:
+async def respond_error(exc: GatewayError, responder: Responder) -> None:
     """A :class:`GatewayError` as the response OpenAI clients expect."""
     headers = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in exc.headers.items()]
     headers.append(JSON_TYPE)
-    await send_body(send, exc.status, headers, exc.body())
+    await responder.whole(exc.status, headers, exc.body())
+
+
+async def respond_internal_error(responder: Responder) -> None:
+    """The 500 of an unexpected exception: nothing of it reaches the client."""
+    await responder.whole(500, [JSON_TYPE], _INTERNAL_ERROR)
+
+
+async def send_error(exc: GatewayError, send: Send) -> None:
+    """:func:`respond_error` with ASGI messages."""
+    await respond_error(exc, AsgiResponder(send))
 
 
 async def send_internal_error(send: Send) -> None:
-    """The 500 of an unexpected exception: nothing of it reaches the client."""
-    await send_body(send, 500, [JSON_TYPE], _INTERNAL_ERROR)
+    """:func:`respond_internal_error` with ASGI messages."""
+    await respond_internal_error(AsgiResponder(send))

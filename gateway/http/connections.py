@@ -58,7 +58,7 @@ from uvicorn.server import ServerState
 
 from gateway.config.sections import ServerSettings
 from gateway.errors import error_body
-from gateway.http.one_write import OneWriteCycle
+from gateway.http.direct_cycle import DirectCycle
 
 log = logging.getLogger("vgate.connections")
 
@@ -173,7 +173,8 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         HttpToolsProtocol.on_headers_complete(self)
         cycle = self.cycle
         if cycle is not None and type(cycle) is RequestResponseCycle:
-            cycle.__class__ = OneWriteCycle  # head and body in one write (one_write.py)
+            cycle.__class__ = DirectCycle  # head and body in one write (one_write.py),
+            cast(DirectCycle, cycle).attach()  # and direct answers (direct_cycle.py)
 
     def on_message_complete(self) -> None:
         self._head_bytes = 0

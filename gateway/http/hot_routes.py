@@ -12,14 +12,16 @@ paths, to FastAPI unchanged.
 
 An :class:`Endpoint` is a plain ASGI app: no Starlette ``Request`` or ``Response``
 is made. Its handler reads what it needs from the scope and ``receive``, and
-returns the pipeline's result, which :mod:`gateway.http.answers` sends as ASGI
-messages. It does what the skipped layers would have done: a
-:class:`GatewayError` becomes its JSON error and an unexpected exception a
-logged 500, both in OpenAI's format. (The same endpoints also sit in FastAPI's
-router, which answers 405 for other methods on their paths.)
+returns the pipeline's result, which :mod:`gateway.http.answers` writes: straight
+to the connection when the gateway's own protocol serves it
+(:mod:`gateway.http.direct_cycle`), else as ASGI messages. It does what the
+skipped layers would have done: a :class:`GatewayError` becomes its JSON error
+and an unexpected exception a logged 500, both in OpenAI's format. (The same
+endpoints also sit in FastAPI's router, which answers 405 for other methods on
+their paths.)
 
 Both sit inside :class:`gateway.http.request_id.RequestIdMiddleware`, so answers
-still carry ``x-request-id``.
+still carry ``x-request-id`` (a direct answer takes it from the scope).
 """
 
 from __future__ import annotations
@@ -33,8 +35,15 @@ from fastapi import APIRouter
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.errors import GatewayError
-from gateway.http.answers import send_error, send_internal_error, send_result
+from gateway.http.answers import (
+    AsgiResponder,
+    Responder,
+    respond,
+    respond_error,
+    respond_internal_error,
+)
 from gateway.http.client_watch import ClientWatch
+from gateway.http.direct_cycle import direct_cycle
 from gateway.pipeline.results import Result
 
 log = logging.getLogger("vgate.app")
@@ -59,17 +68,20 @@ class Endpoint:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         watch = ClientWatch(receive)
+        responder: Responder | None = direct_cycle(scope)
+        if responder is None:
+            responder = AsgiResponder(send)
         try:
             try:
                 result = await self._handler(scope, receive, watch)
             except GatewayError as exc:
-                await send_error(exc, send)
+                await respond_error(exc, responder)
                 return
             except Exception:
                 log.exception("unhandled error on %s %s", scope["method"], scope["path"])
-                await send_internal_error(send)
+                await respond_internal_error(responder)
                 return
-            await send_result(result, send)
+            await respond(result, responder)
         except asyncio.CancelledError:
             if not watch.abandoned:
                 raise

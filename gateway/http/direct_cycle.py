@@ -1,0 +1,127 @@
+"""The completion routes' answers written straight to the connection, not as ASGI messages.
+
+Through ASGI, every answer is two or more message dicts, each checked again by
+uvicorn's ``RequestResponseCycle.send`` (message type, every header name and
+value against a regular expression, ``content-length`` parsed back from its
+bytes, chunk framing decided per message), and then by :mod:`one_write`'s
+transport stand-ins that put the head and body in one write. The completion
+routes build their headers themselves and know, before they write anything,
+whether the answer is whole (``content-length``) or a stream (chunked). So
+:class:`DirectCycle` gives them a :class:`gateway.http.answers.Responder` that
+writes exactly that: a whole answer as one ``transport.write`` of head and body,
+a stream as its head, then one write per run of events.
+
+It is uvicorn's cycle for the same request (``cycle.__class__``, as
+:class:`OneWriteCycle`), so it keeps uvicorn's state exact: ``response_started``
+and ``response_complete``, ``connection: close`` when the connection will not be
+kept alive (and the close itself), flow control (a write waits while the client
+is not reading), a client gone (writes are dropped), and ``on_response`` (the
+next pipelined request, the keep-alive timer). The ``date`` header uvicorn adds
+to every answer comes from its ``default_headers`` as before, and
+``x-request-id`` (:mod:`gateway.http.request_id`) from the scope.
+
+Only :class:`gateway.http.connections.LimitedHttpToolsProtocol` makes these
+cycles; a completion route served any other way (an in-process ASGI client in
+tests) finds no :data:`SCOPE_KEY` in its scope and sends ASGI messages.
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import cast
+
+from starlette.types import Scope
+from uvicorn.protocols.http.httptools_impl import HEADER_VALUE_RE, STATUS_LINE
+
+from gateway.http.one_write import OneWriteCycle
+from gateway.http.request_id import HEADER as REQUEST_ID_HEADER
+from gateway.http.request_id import SCOPE_KEY as REQUEST_ID_KEY
+from gateway.pipeline.results import RawHeaders
+
+SCOPE_KEY = "vgate.cycle"
+"""A weak reference to the request's :class:`DirectCycle` (weak: the cycle holds the
+scope, and a strong one back would leave every request's objects to the cyclic GC)."""
+
+_CLOSE = b"connection: close\r\n"
+_CHUNKED = b"transfer-encoding: chunked\r\n"
+_LAST_CHUNK = b"0\r\n\r\n"
+
+
+class DirectCycle(OneWriteCycle):
+    """uvicorn's cycle with the :class:`gateway.http.answers.Responder` methods."""
+
+    def attach(self) -> None:
+        """Offer this cycle to the application, through the scope."""
+        self.scope[SCOPE_KEY] = weakref.ref(self)  # type: ignore[literal-required]
+
+    async def whole(self, status: int, headers: RawHeaders, body: bytes) -> None:
+        """A complete answer with ``content-length``, head and body in one write."""
+        if not await self._may_write():
+            return
+        head = self._head(status, headers)
+        head.append(b"content-length: %d\r\n\r\n" % len(body))
+        head.append(body)
+        self.transport.write(b"".join(head))
+        self._complete()
+
+    async def begin(self, status: int, headers: RawHeaders) -> None:
+        """A stream's head (chunked): written at once, before its first event."""
+        if not await self._may_write():
+            return
+        head = self._head(status, headers)
+        head.append(_CHUNKED)
+        head.append(b"\r\n")
+        self.chunked_encoding = True
+        self.transport.write(b"".join(head))
+
+    async def part(self, body: bytes) -> None:
+        """One run of a stream's events, as one chunk."""
+        if body and await self._may_write():
+            self.transport.write(b"%x\r\n%b\r\n" % (len(body), body))
+
+    async def end(self) -> None:
+        """The stream's end (the last, empty chunk)."""
+        if await self._may_write():
+            self.transport.write(_LAST_CHUNK)
+            self._complete()
+
+    async def _may_write(self) -> bool:
+        """Wait while the client is not reading; False once it is gone (or the answer
+        is complete), when writes are dropped as uvicorn drops them."""
+        if self.flow.write_paused and not self.disconnected:
+            await self.flow.drain()
+        return not self.disconnected and not self.response_complete
+
+    def _head(self, status: int, headers: RawHeaders) -> list[bytes]:
+        """The status line and headers, without the blank line that ends them."""
+        if self.response_started:
+            raise RuntimeError("the answer has already started")
+        self.response_started = True
+        self.waiting_for_100_continue = False
+        head = [STATUS_LINE[status]]
+        for name, value in self.default_headers:
+            head += (name, b": ", value, b"\r\n")
+        for name, value in headers:
+            if HEADER_VALUE_RE.search(value):  # uvicorn's check: no header injection
+                raise RuntimeError(f"invalid value for the header {name!r}")
+            head += (name, b": ", value, b"\r\n")
+        request_id: str | None = self.scope.get(REQUEST_ID_KEY)  # type: ignore[assignment]
+        if request_id is not None:
+            head += (REQUEST_ID_HEADER, b": ", request_id.encode(), b"\r\n")
+        if not self.keep_alive:
+            head.append(_CLOSE)
+        return head
+
+    def _complete(self) -> None:
+        """What uvicorn does once an answer's last byte is written."""
+        self.response_complete = True
+        self.message_event.set()
+        if not self.keep_alive:
+            self.transport.close()
+        self.on_response()
+
+
+def direct_cycle(scope: Scope) -> DirectCycle | None:
+    """The request's :class:`DirectCycle`, if it was served by the gateway's protocol."""
+    ref = scope.get(SCOPE_KEY)
+    return None if ref is None else cast(DirectCycle | None, ref())
