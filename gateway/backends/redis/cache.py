@@ -1,5 +1,8 @@
 """Cache entries in Redis: ``GET`` / ``SET ... EX`` on the lean pipelined client.
 
+Both leave in the event-loop turn's one write (see :mod:`gateway.backends.redis.resp`):
+a lookup with its request's admission, a store with its request's settlement.
+
 A ``GET`` takes only a bulk string (or nil) and a ``SET`` only a status for an
 answer: any other reply fails the call and resets the connection (see
 :mod:`gateway.backends.redis.resp`), and the lookup counts as a store failure.

@@ -5,8 +5,10 @@ of gateway replicas enforce one limit together; the script reads the time from
 Redis, so replicas whose clocks disagree still agree.
 
 Admissions and settlements made in the same event-loop turn go to Redis as one
-script call (at most :data:`MAX_BATCH` operations) at the end of that turn: one
-write, one round trip, one reply to parse, however many requests are waiting.
+script call (at most :data:`MAX_BATCH` operations) at the end of that turn, in
+the same socket write as the turn's cache lookups and stores (the client's
+:meth:`~gateway.backends.redis.resp.RespClient.before_flush`): one write, one
+round trip, one reply to parse, however many requests are waiting.
 Each operation in a batch is still decided on its own, in order, exactly as if
 sent alone. A settlement is never waited for, but it leaves in the turn that
 makes it, while the client is still reading its answer: Redis applies it before
@@ -210,7 +212,7 @@ class RedisLimiter:
             self._flush()
         elif not self._scheduled:
             self._scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush)
+            self._link.fast.before_flush(self._flush)
 
     def _flush(self) -> None:
         self._scheduled = False

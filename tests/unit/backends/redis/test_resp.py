@@ -70,3 +70,58 @@ async def test_a_server_that_never_answers_times_out() -> None:
         with pytest.raises(StoreUnavailable):
             await asyncio.wait_for(client.call("PING"), 3.0)
         await client.close()
+
+
+class CountingTransport:
+    """A transport that records each write before passing it on."""
+
+    def __init__(self, inner: asyncio.Transport) -> None:
+        self._inner = inner
+        self.writes: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(bytes(data))
+        self._inner.write(data)
+
+    def close(self) -> None:
+        self._inner.close()
+
+
+async def counted(client: RespClient) -> CountingTransport:
+    """The client's connection, up, with its writes recorded from now on."""
+    assert await client.call("PING") == b"PONG"
+    connection = client._connection
+    assert connection is not None and connection.transport is not None
+    counting = CountingTransport(connection.transport)
+    connection.transport = counting  # type: ignore[assignment]
+    return counting
+
+
+async def test_the_commands_of_one_turn_leave_in_one_write_in_order(redis_url: str) -> None:
+    client = RespClient(redis_url, timeout_s=1.0)
+    transport = await counted(client)
+    batched: list[asyncio.Future[object]] = []
+    # A batching caller's command, added just before the write; then two plain ones.
+    client.before_flush(lambda: batched.append(client.send_nowait("INCR", "cork:n")))
+    stored = client.send_nowait("SET", "cork:n", "41")
+    read = client.send_nowait("GET", "cork:n")
+    assert transport.writes == []  # nothing leaves before the turn ends
+    assert await stored == b"OK" and await read == b"41"
+    assert await batched[0] == 42  # made last, sent last: it ran after the SET
+    assert len(transport.writes) == 1
+    assert transport.writes[0].count(b"*") == 3
+    await client.close()
+
+
+async def test_what_a_turn_queued_still_leaves_when_the_client_closes(redis_url: str) -> None:
+    client = RespClient(redis_url, timeout_s=1.0)
+    await counted(client)
+    client.send_nowait("SET", "cork:last", "settled")
+    await client.close()  # in the same turn: a last settlement at shutdown
+    reader = RespClient(redis_url, timeout_s=1.0)
+    for _ in range(100):  # the server reads it shortly after the close
+        if await reader.call("GET", "cork:last") == b"settled":
+            break
+        await asyncio.sleep(0.01)
+    assert await reader.call("GET", "cork:last") == b"settled"
+    await reader.close()
