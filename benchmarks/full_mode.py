@@ -7,8 +7,13 @@ refuse) and the response cache with a lookup *and* a store on every request
 (temperature 0, and a prompt unique to each request, so that every request misses).
 Without it the gateway has the plain config (or ``--gateway-config``).
 
-Placement: the gateway (one worker) alone on CPU 0; the stub, Redis and the load
-generator on CPU 1. Then, in paired rounds (:mod:`benchmarks.sweep`): the
+Placement: the gateway (one worker) alone on CPU 0; the upstream, Redis and the load
+generator on CPU 1. The upstream is the stub engine (``--upstream stub``, the default) or
+:mod:`benchmarks.bare_upstream` (``--upstream bare``); the load generator is
+:mod:`benchmarks.loadgen` in this process (``--loadgen python``, the default) or ``wrk``
+(``--loadgen wrk``, :mod:`benchmarks.wrk`), which issue #16's figures use. The streams
+scenario and the held streams always use the Python load generator: they time every
+chunk, which wrk cannot. Then, in paired rounds (:mod:`benchmarks.sweep`): the
 concurrency sweep (non-streaming chat at each of ``--levels``), the streams
 scenario, the memory holding ``--hold-streams`` streams, and with
 ``--gateway-workers N`` (N > 1) a second gateway with N workers on CPUs 0-1
@@ -41,6 +46,7 @@ from benchmarks.sweep import (
     run_rounds,
     stream_figures,
 )
+from benchmarks.sweep_args import UPSTREAMS, loadgen_label
 from benchmarks.sweep_report import SweepOutcome, goals, plot_sweep, render
 
 MODEL = "stub-model"
@@ -104,14 +110,20 @@ def check_full(url: str, headers: dict[str, str]) -> None:
 
 
 class Stack:
-    """The stub, Redis (when the config uses it) and the gateways of one invocation."""
+    """The upstream, Redis (when the config uses it) and the gateways of one invocation.
 
-    def __init__(self, procs: Processes, log_dir: Path, pinned: bool, template: str) -> None:
+    ``upstream`` names the engine the gateways point at (:data:`UPSTREAMS`); its process
+    group is called ``stub`` in the CPU figures, whichever it is, and it serves
+    ``/stub/stats`` either way."""
+
+    def __init__(
+        self, procs: Processes, log_dir: Path, pinned: bool, template: str, upstream: str = "stub"
+    ) -> None:
         self.procs, self.log_dir, self.pinned, self.template = procs, log_dir, pinned, template
         python = sys.executable
         port = free_port()
         self.stub_url = f"http://127.0.0.1:{port}"
-        argv = [python, "-m", "engines.stub", "--port", str(port), "--model", MODEL]
+        argv = [python, "-m", UPSTREAMS[upstream], "--port", str(port), "--model", MODEL]
         self.stub = procs.start("stub", argv, self._cpu(SIDE_CPU))
         self.groups: dict[str, int] = {"stub": self.stub.pid}
         self.redis_url = ""
@@ -162,9 +174,13 @@ class Parts:
     headers: dict[str, str]
 
     def load(self, stream: bool, stub: dict[str, float] | None = None) -> Load:
+        """The load of a part; streams always use the Python load generator (wrk cannot
+        time chunks)."""
         a = self.args
         body = body_of(a, stream, stub)
-        return Load(body, stream, self.headers, a.duration, a.warmup, a.client)
+        loadgen = "python" if stream else a.loadgen
+        cpu = SIDE_CPU if self.stack.pinned else None
+        return Load(body, stream, self.headers, a.duration, a.warmup, a.client, loadgen, cpu)
 
     def sweep(self, raw: dict[str, Any]) -> list[Comparison]:
         """Non-streaming chat at every level, direct and through the gateway."""
@@ -210,7 +226,7 @@ def run_sweep_mode(
     headers = headers_of(args)
     raw: dict[str, Any] = {}
     with Processes(log_dir) as procs:
-        stack = Stack(procs, log_dir, pinned, config_template(args))
+        stack = Stack(procs, log_dir, pinned, config_template(args), args.upstream)
         url = stack.gateway("gateway", 1, GATEWAY_CPU) + path
         gateway = Target("gateway", url, stack.groups["gateway"])
         if args.full:
@@ -220,7 +236,8 @@ def run_sweep_mode(
             name = f"gateway_{args.gateway_workers}w"
             url = stack.gateway(name, args.gateway_workers, BOTH_CPUS) + path
             scaled = Target(name, url, stack.groups[name])
-        print(f"stub, {'Redis, ' if stack.redis_url else ''}load generator on CPU 1; gateway "
+        print(f"{args.upstream} upstream, {'Redis, ' if stack.redis_url else ''}"
+              f"{args.loadgen} load generator on CPU 1; gateway "
               f"(1 worker) on CPU 0{f'; {scaled.name} on CPUs 0-1' if scaled else ''}; "
               f"{args.rounds} paired rounds of {args.warmup:g} + {args.duration:g} s",
               flush=True)  # fmt: skip
@@ -238,7 +255,7 @@ def main_sweep(args: argparse.Namespace, meta: dict[str, Any], log_dir: Path, pi
     """Run the sweep mode, print it, write ``<stem>.json`` and ``<stem>-sweep.png``."""
     outcome, raw = run_sweep_mode(args, log_dir, pinned)
     print()
-    print(render(outcome, args.client))
+    print(render(outcome, loadgen_label(args)))
     checked = goals(outcome)
     stem = args.out / f"gateway_overhead-{meta['started']}"
     json_path, png_path = stem.with_suffix(".json"), Path(f"{stem}-sweep.png")
@@ -247,6 +264,8 @@ def main_sweep(args: argparse.Namespace, meta: dict[str, Any], log_dir: Path, pi
         {
             **meta,
             "mode": outcome.mode,
+            "loadgen": args.loadgen,
+            "upstream": args.upstream,
             "rounds": args.rounds,
             "machine": machine_info(),
             "sweep": [c.to_dict() for c in outcome.levels],

@@ -46,6 +46,7 @@ from benchmarks.procs import (
     pin_self,
 )
 from benchmarks.sampling import own_cpu_seconds
+from benchmarks.sweep_args import add_sweep_arguments, sweep_problem
 
 GATEWAY_CPU = 0
 STUB_CPU = 1  # the stub and the load generator share it
@@ -188,18 +189,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--profile", action="store_true", help="then profile the gateway under load with py-spy"
     )
-    sweep = parser.add_argument_group("sweep mode (--sweep, --full)")
-    sweep.add_argument("--sweep", action="store_true", help="paired rounds at --levels instead")
-    sweep.add_argument("--full", action="store_true", help="sweep with auth + limits + cache on")
-    sweep.add_argument("--levels", type=_levels, default=[1, 16, 64, 256], help="e.g. 1,64")
-    sweep.add_argument("--rounds", type=int, default=3, help="paired rounds per level")
-    sweep.add_argument("--hold-streams", type=int, default=1000, help="0: skip the RSS part")
-    sweep.add_argument("--hold-seconds", type=float, default=10.0, help="each held stream lasts")
+    add_sweep_arguments(parser)
     return parser
-
-
-def _levels(text: str) -> list[int]:
-    return [int(part) for part in text.split(",") if part.strip()]
 
 
 @dataclass
@@ -246,6 +237,10 @@ def run_all(args: argparse.Namespace, log_dir: Path, stamp: str, pinned: bool) -
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    problem = sweep_problem(args)
+    if problem is not None:
+        print(f"benchmarks.gateway_overhead: {problem}", file=sys.stderr)
+        return 2
     arguments = sys.argv[1:] if argv is None else argv
     argv_used = [sys.executable, "-m", "benchmarks.gateway_overhead", *arguments]
     stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -256,8 +251,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"WARNING: the machine is busy before the benchmark ({shares}); "
               "the figures will be skewed")  # fmt: skip
     pinned = pin_self(STUB_CPU)
-    where = "pinned to CPU 1 beside the stub" if pinned else "NOT pinned (no CPU 1)"
-    print(f"load generator: {args.client} client, in this process, {where}")
+    where = "NOT pinned (no CPU 1)"
+    if pinned:
+        where = f"pinned to CPU 1 beside the {args.upstream} upstream"
+    if args.loadgen == "wrk":
+        print(f"load generator: wrk (non-streaming runs), {where}; streams: the "
+              f"{args.client} client, in this process")  # fmt: skip
+    else:
+        print(f"load generator: {args.client} client, in this process, {where}")
     if args.sweep or args.full:
         basics = {"command": shlex.join(argv_used), "argv": argv_used, "started": stamp,
                   "cpu_busy_before": busy, "client": args.client, "logs": str(log_dir)}  # fmt: skip

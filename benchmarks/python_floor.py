@@ -11,8 +11,11 @@ against four targets:
 - ``full``: the gateway with auth, Redis rate limits and the cache (a lookup and a
   store per request), as ``gateway_overhead --full``.
 
-Every proxy runs alone on CPU 0 (one at a time is loaded); the stub, Redis and the
-load generator share CPU 1. For each it prints requests/s and CPU microseconds per
+Every proxy runs alone on CPU 0 (one at a time is loaded); the upstream, Redis and the
+load generator share CPU 1. ``--upstream bare`` puts :mod:`benchmarks.bare_upstream` in
+the stub's place and ``--loadgen wrk`` sends the load with ``wrk`` (:mod:`benchmarks.wrk`)
+instead of this process's client, as issue #16 measures; the ``stub`` column is then the
+bare upstream's. For each it prints requests/s and CPU microseconds per
 request of the proxy's process, and of CPU 1's processes (the load generator and the
 stub: when they are busy, CPU 1 bounds the figure, not the proxy). The goal of
 6,000 requests/s on one core is 166 µs per request for everything the gateway does.
@@ -30,6 +33,7 @@ from benchmarks.loadgen import chat_body
 from benchmarks.procs import Processes, free_port
 from benchmarks.report import machine_info, write_json
 from benchmarks.sweep import Load, Target, run_rounds, side_of
+from benchmarks.sweep_args import add_harness_arguments, wrk_problem
 
 GOAL_RPS = 6000
 PATH = "/v1/chat/completions"
@@ -42,10 +46,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=float, default=1.0)
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    add_harness_arguments(parser)
     args = parser.parse_args(argv)
+    problem = wrk_problem(args)
+    if problem is not None:
+        print(f"benchmarks.python_floor: {problem}", file=sys.stderr)
+        return 2
     log_dir = args.out / "python_floor-logs"
     with Processes(log_dir) as procs:
-        stack = Stack(procs, log_dir, True, FULL)
+        stack = Stack(procs, log_dir, True, FULL, args.upstream)
         full = stack.gateway("full", 1, 0) + PATH
         plain = stack.gateway("plain", 1, 0, PLAIN) + PATH
         port = free_port()
@@ -58,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         headers = {"Authorization": f"Bearer {KEY}"}
         check_full(full, headers)
         body = chat_body(MODEL, prompt=f"Say hello to request {UNIQUE.decode()}.", temperature=0)
-        load = Load(body, False, headers, args.duration, args.warmup, "raw")
+        load = Load(body, False, headers, args.duration, args.warmup, "raw", args.loadgen, SIDE_CPU)
         targets = [
             Target("direct", stack.stub_url + PATH),
             Target("floor", floor + PATH, stack.groups["floor"]),
@@ -68,7 +77,8 @@ def main(argv: list[str] | None = None) -> int:
         rounds = run_rounds(targets, [args.connections], args.rounds, load, stack.groups)
     runs = rounds[args.connections]
     budget = 1e6 / GOAL_RPS
-    print(f"\n{args.connections} connections, {args.rounds} paired rounds of "
+    print(f"\n{args.loadgen} load generator, {args.upstream} upstream; "
+          f"{args.connections} connections, {args.rounds} paired rounds of "
           f"{args.warmup:g} + {args.duration:g} s; goal {GOAL_RPS:,} req/s = "
           f"{budget:.0f} µs/request on one core")  # fmt: skip
     print(f"{'target':<8} {'req/s':>8} {'spread':>7} {'proxy µs/req':>13} "

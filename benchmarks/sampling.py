@@ -1,8 +1,10 @@
 """One load run with its cost: the CPU each process group used and the gateway's memory.
 
-:func:`measure` wraps :func:`benchmarks.loadgen.run_blocking`. Around the run it
-reads the CPU seconds of every named process group (the gateway, the stub, Redis)
-and of this process (the load generator), and while the run goes a thread samples
+:func:`measure` wraps :func:`benchmarks.loadgen.run_blocking` (or another runner, such
+as :func:`benchmarks.wrk.run_wrk`). Around the run it reads the CPU seconds of every
+named process group (the gateway, the stub, Redis) and of the load generator (this
+process, plus the children it ran and waited for during the run: ``wrk``), and while
+the run goes a thread samples
 the resident memory of one group (the gateway) a few times a second. CPU per
 request divides by *every* request answered during the run, warm-up included,
 because the CPU readings cover the warm-up too.
@@ -14,6 +16,7 @@ import resource
 import statistics
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
@@ -29,6 +32,15 @@ def own_cpu_seconds() -> float:
     """User + system CPU seconds this process (the load generator) used so far."""
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
+
+
+def loadgen_cpu_seconds() -> float:
+    """This process's CPU seconds plus those of its children that ended and were waited
+    for: a load generator run as a child (``wrk``) counts as the load generator. The
+    benchmark's long-lived children (stub, gateway) are waited for only when they stop,
+    so they never fall between two readings of one run."""
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own_cpu_seconds() + children.ru_utime + children.ru_stime
 
 
 class RssSampler:
@@ -111,19 +123,29 @@ class Sample:
         }
 
 
-def measure(spec: LoadSpec, label: str, groups: dict[str, int], rss_group: int | None) -> Sample:
-    """Run ``spec`` once, reading the CPU of ``groups`` (name → pgid) and this process
-    around it and sampling the memory of the ``rss_group`` process group during it."""
+Runner = Callable[[LoadSpec, str], RunResult]
+
+
+def measure(
+    spec: LoadSpec,
+    label: str,
+    groups: dict[str, int],
+    rss_group: int | None,
+    run: Runner = run_blocking,
+) -> Sample:
+    """Run ``spec`` once with ``run``, reading the CPU of ``groups`` (name → pgid) and of
+    the load generator around it and sampling the memory of the ``rss_group`` process
+    group during it."""
     before = {name: group_cpu_seconds(pgid) for name, pgid in groups.items()}
-    before["loadgen"] = own_cpu_seconds()
+    before["loadgen"] = loadgen_cpu_seconds()
     ticks = cpu_ticks()
     started = time.perf_counter()
     with RssSampler(rss_group) as rss:
-        result = run_blocking(spec, label)
+        result = run(spec, label)
     wall = time.perf_counter() - started
     machine = sum(busy_between(ticks, cpu_ticks()).values())
     after = {name: group_cpu_seconds(pgid) for name, pgid in groups.items()}
-    after["loadgen"] = own_cpu_seconds()
+    after["loadgen"] = loadgen_cpu_seconds()
     return Sample(
         result=result,
         requests=result.ok + result.error_count + result.warmup_or_late,

@@ -14,6 +14,7 @@ pure functions of the finished samples.
 
 from __future__ import annotations
 
+import functools
 import math
 import statistics
 from collections import Counter
@@ -21,8 +22,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from benchmarks.loadgen import LoadSpec
-from benchmarks.sampling import MB, Sample, measure
+from benchmarks.loadgen import LoadSpec, run_blocking
+from benchmarks.sampling import MB, Runner, Sample, measure
+from benchmarks.wrk import run_wrk
 
 
 @dataclass(frozen=True)
@@ -36,7 +38,9 @@ class Target:
 
 @dataclass(frozen=True)
 class Load:
-    """What every run of a set of rounds sends, and for how long."""
+    """What every run of a set of rounds sends, for how long, and what sends it:
+    ``loadgen`` ``python`` (:mod:`benchmarks.loadgen` in this process, with ``client``)
+    or ``wrk`` (:mod:`benchmarks.wrk`, non-streaming only, pinned to ``loadgen_cpu``)."""
 
     body: bytes
     stream: bool
@@ -44,6 +48,16 @@ class Load:
     duration_s: float
     warmup_s: float
     client: str = "raw"
+    loadgen: str = "python"
+    loadgen_cpu: int | None = None
+
+    def runner(self) -> Runner:
+        """The function that runs one load (:func:`benchmarks.sampling.measure` wraps it)."""
+        if self.loadgen == "python":
+            return run_blocking
+        if self.loadgen == "wrk":
+            return functools.partial(run_wrk, cpu=self.loadgen_cpu)
+        raise ValueError(f"unknown load generator {self.loadgen!r}")
 
 
 Rounds = dict[int, dict[str, list[Sample]]]
@@ -59,6 +73,7 @@ def run_rounds(
 ) -> Rounds:
     """Every target at every level, ``rounds`` times, the order reversed every other round."""
     results: Rounds = {}
+    run = load.runner()
     for conns in levels:
         runs: dict[str, list[Sample]] = {t.name: [] for t in targets}
         for index in range(rounds):
@@ -71,7 +86,7 @@ def run_rounds(
                 )  # fmt: skip
                 print(f"  {title}{conns:>4} conn  round {index + 1}/{rounds}  {target.name} ...",
                       flush=True)  # fmt: skip
-                runs[target.name].append(measure(spec, target.name, groups, target.rss_group))
+                runs[target.name].append(measure(spec, target.name, groups, target.rss_group, run))
         results[conns] = runs
     return results
 

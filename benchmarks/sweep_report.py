@@ -148,8 +148,10 @@ def hold_line(h: HoldFigures) -> str:
     )
 
 
-def render(outcome: SweepOutcome, client: str) -> str:
-    parts = [f"Sweep, {outcome.mode} gateway, 1 worker on core 0 [{client} client; medians of "
+def render(outcome: SweepOutcome, load: str) -> str:
+    """Every table; ``load`` says what sent the load to which upstream (e.g. "raw client,
+    stub upstream")."""
+    parts = [f"Sweep, {outcome.mode} gateway, 1 worker on core 0 [{load}; medians of "
              "paired rounds; 'added' = gateway minus direct of the same round]",
              latency_table(outcome.levels), "", cost_table(outcome.levels),
              "(gw CPU us/req: the gateway's CPU time over every request it answered in the run; "
