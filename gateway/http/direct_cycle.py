@@ -75,8 +75,11 @@ class DirectCycle(OneWriteCycle):
         self.transport.write(b"".join(head))
 
     async def part(self, body: bytes) -> None:
-        """One run of a stream's events, as one chunk."""
-        if body and await self._may_write():
+        """One run of a stream's events, as one chunk. (:meth:`_may_write` inlined: this
+        runs for every run of events of every stream.)"""
+        if self.flow.write_paused and not self.disconnected:
+            await self.flow.drain()
+        if body and not self.disconnected and not self.response_complete:
             self.transport.write(b"%x\r\n%b\r\n" % (len(body), body))
 
     async def end(self) -> None:

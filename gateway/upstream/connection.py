@@ -13,7 +13,11 @@ Failures are told apart the way the forwarder's failover needs them:
 * it closed, or the response could not be parsed, after that: :class:`UpstreamError`.
 
 A wait with a deadline raises :class:`TimeoutError` when it passes; the caller
-names the limit. Reading pauses while more than :data:`HIGH_WATER` bytes wait
+names the limit. The deadline's timer is armed lazily: a stream pushes its idle
+deadline forward at every read, and arming and cancelling a timer for each of
+its chunks was most of a chunk's cost here; instead one timer stays armed at the
+earliest deadline asked and, when it fires early for the deadline now in force,
+is armed again for that one. Reading pauses while more than :data:`HIGH_WATER` bytes wait
 for a slow reader (the client of a stream), so TCP pushes back on the engine.
 """
 
@@ -47,6 +51,10 @@ class EngineConnection(asyncio.Protocol):
         self._parser = httptools.HttpResponseParser(self)
         self._transport: asyncio.Transport | None = None
         self._waiter: asyncio.Future[None] | None = None
+        self._deadline: float | None = None
+        """When the current wait must end (None: it may wait for ever)."""
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
         self._paused = False
         self.closed = False
         self.busy = False
@@ -139,14 +147,37 @@ class EngineConnection(asyncio.Protocol):
         return data
 
     async def _wait(self, deadline: float | None) -> None:
+        self._deadline = deadline
+        if deadline is not None:
+            timer = self._timer
+            if timer is None or self._timer_at > deadline:
+                if timer is not None:
+                    timer.cancel()
+                self._timer = self._loop.call_at(deadline, self._on_timer)
+                self._timer_at = deadline
         waiter = self._waiter = self._loop.create_future()
-        timer = None if deadline is None else self._loop.call_at(deadline, _expire, waiter)
         try:
             await waiter
         finally:
             self._waiter = None
-            if timer is not None:
-                timer.cancel()
+
+    def _on_timer(self) -> None:
+        """The timer of the earliest deadline asked: expire the wait if its own deadline
+        has passed, else wait on for it (a later deadline; none: nobody is waiting)."""
+        self._timer = None
+        deadline, waiter = self._deadline, self._waiter
+        if deadline is None or waiter is None or waiter.done():
+            return
+        if self._loop.time() >= deadline:
+            waiter.set_exception(TimeoutError())
+        else:
+            self._timer = self._loop.call_at(deadline, self._on_timer)
+            self._timer_at = deadline
+
+    def _stop_timer(self) -> None:
+        timer, self._timer = self._timer, None
+        if timer is not None:
+            timer.cancel()
 
     def _wake(self) -> None:
         waiter = self._waiter
@@ -179,6 +210,7 @@ class EngineConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self._stop_timer()
         if self.head_done and not self.complete and self._until_close and not self._failure:
             self.complete = True  # a body without length or chunks ends with the connection
         self._wake()
@@ -207,8 +239,4 @@ class EngineConnection(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         self.complete = True
-
-
-def _expire(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_exception(TimeoutError())
+        self._stop_timer()  # nothing more to wait for: an idle connection holds no timer

@@ -248,6 +248,29 @@ async def test_a_stream_silent_for_longer_than_idle_s_times_out(upstream: LeanUp
         await silent.stop()
 
 
+async def test_a_stream_busy_for_longer_than_idle_s_then_silent_times_out_once_idle(
+    upstream: LeanUpstream,
+) -> None:
+    """The idle deadline's timer is armed lazily (connection.py): events 0.1 s apart for
+    about 1 s, three times ``idle_s``, all arrive; the silence after them times out."""
+    parts = [SSE_HEAD + chunk_of(EVENT), *[chunk_of(EVENT)] * 9, b""]
+    engine = await _engine(_writes(*parts, pause=0.1))
+    got: list[bytes] = []
+    try:
+        stream = await upstream.open_stream(engine.url, b"{}", HEADERS, LIMITS)
+        await stream.prime()
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        with pytest.raises(UpstreamTimeoutError, match="idle"):
+            async for batch in stream.batches():
+                got.append(batch)
+        assert b"".join(got) == EVENT * 10
+        assert loop.time() - started >= 0.9 + LIMITS.idle_s * 0.9  # not before it was idle
+        stream.close()
+    finally:
+        await engine.stop()
+
+
 async def test_a_stream_past_its_total_deadline_times_out(upstream: LeanUpstream) -> None:
     head = SSE_HEAD
     engine = await _engine(_writes(head + chunk_of(EVENT), *[chunk_of(EVENT)] * 40, pause=0.05))
