@@ -47,8 +47,9 @@ class ClientWatch:
     def start(self) -> None:
         """Watch from :data:`GRACE_S` on. Call only once the request body has been read
         whole: the watcher consumes whatever ``receive`` returns."""
-        self._task = asyncio.current_task()
-        self._grace = asyncio.get_running_loop().call_later(GRACE_S, self._watch)
+        task = self._task = asyncio.current_task()
+        loop = task.get_loop() if task is not None else asyncio.get_running_loop()
+        self._grace = loop.call_later(GRACE_S, self._watch)  # (one loop lookup, not two)
 
     def stop(self) -> None:
         """Stop watching (idempotent; a watch never started is fine)."""

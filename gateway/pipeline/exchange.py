@@ -49,7 +49,6 @@ class Exchange:
 
     __slots__ = (
         "_answered",
-        "_clock",
         "_closed",
         "_engine",
         "_failure",
@@ -61,6 +60,7 @@ class Exchange:
         "_pool",
         "_stream",
         "cache_status",
+        "clock",
         "label",
         "model",
         "observer",
@@ -106,7 +106,9 @@ class Exchange:
         """The request's marks (``Server-Timing``, and traces, logs, evidence when on)."""
         self.watch: RequestWatch | None = None
         """Set when the request is followed (:mod:`gateway.pipeline.watching`)."""
-        self._clock = clock
+        self.clock = clock
+        """The request's clock (``perf_counter``): a plain attribute, read several times
+        per request (a property would be one more call each time)."""
         self._pool = pool
         self._metrics = metrics
         self._engine: str | None = None
@@ -204,16 +206,12 @@ class Exchange:
             shadow.release()  # the primary has ended: its copy may go now
         watch, self.watch = self.watch, None
         if watch is not None:
-            watch.closed(self, self._failure, self._clock())
+            watch.closed(self, self._failure, self.clock())
 
     @property
     def fill(self) -> CacheFill | None:
         """The cache fill this request leads, if any."""
         return self._fill
-
-    @property
-    def clock(self) -> Callable[[], float]:
-        return self._clock
 
     @property
     def closed(self) -> bool:
@@ -226,7 +224,7 @@ class Exchange:
     def _record(self) -> None:
         metrics, model, label = self._metrics, self.model, self.label
         variant = self.variant or ""
-        elapsed = self._clock() - self.started
+        elapsed = self.clock() - self.started
         if self._failure is not None:
             status = self._failure.status
             metrics.observe_request(model, label, status, elapsed, variant)

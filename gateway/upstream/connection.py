@@ -45,7 +45,8 @@ class EngineConnection(asyncio.Protocol):
         origin: tuple[str, str, int],
         on_lost: Callable[[EngineConnection], None],
     ) -> None:
-        self._loop = loop
+        self.loop = loop
+        """The event loop the connection lives on (its deadlines are on its clock)."""
         self.origin = origin
         self._on_lost = on_lost
         self._parser = httptools.HttpResponseParser(self)
@@ -153,9 +154,9 @@ class EngineConnection(asyncio.Protocol):
             if timer is None or self._timer_at > deadline:
                 if timer is not None:
                     timer.cancel()
-                self._timer = self._loop.call_at(deadline, self._on_timer)
+                self._timer = self.loop.call_at(deadline, self._on_timer)
                 self._timer_at = deadline
-        waiter = self._waiter = self._loop.create_future()
+        waiter = self._waiter = self.loop.create_future()
         try:
             await waiter
         finally:
@@ -168,10 +169,10 @@ class EngineConnection(asyncio.Protocol):
         deadline, waiter = self._deadline, self._waiter
         if deadline is None or waiter is None or waiter.done():
             return
-        if self._loop.time() >= deadline:
+        if self.loop.time() >= deadline:
             waiter.set_exception(TimeoutError())
         else:
-            self._timer = self._loop.call_at(deadline, self._on_timer)
+            self._timer = self.loop.call_at(deadline, self._on_timer)
             self._timer_at = deadline
 
     def _stop_timer(self) -> None:

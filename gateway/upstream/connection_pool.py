@@ -5,7 +5,9 @@ neither side asked to close (:meth:`EngineConnection.reusable`); anything else
 (a stream the client abandoned, ``Connection: close``, a parse error, a timeout)
 closes it, which is how an engine learns that nobody listens any more.
 
-Idle connections are reused newest first and dropped after ``keepalive_s``. One
+Idle connections are reused newest first and dropped after ``keepalive_s`` (timed
+with ``time.monotonic``: on Python 3.11 every ``asyncio.get_running_loop()`` is a
+``getpid`` system call, and these two run on every request). One
 the engine closed while idle is skipped before anything is written to it: that is
 the one retry that is always safe. A request written to a connection the engine
 then closes without answering is not sent again here (a POST may have started a
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+import time
 from collections import deque
 
 from gateway.upstream.connection import EngineConnection
@@ -44,7 +47,7 @@ class ConnectionPool:
         was written to it."""
         idle = self._idle.get(origin)
         if idle:
-            expired = asyncio.get_running_loop().time() - self._keepalive_s
+            expired = time.monotonic() - self._keepalive_s
             while idle:
                 conn = idle.pop()
                 if conn.idle_since > expired and conn.open():
@@ -76,7 +79,7 @@ class ConnectionPool:
             conn.close()  # a waiting request to another engine gets the slot
             self._forget(conn)
             return
-        conn.idle_since = asyncio.get_running_loop().time()
+        conn.idle_since = time.monotonic()
         idle = self._idle.setdefault(conn.origin, deque())
         while idle and (idle[0].closed or idle[0].idle_since < conn.idle_since - self._keepalive_s):
             stale = idle.popleft()
