@@ -133,7 +133,8 @@ class Answers:
                 return fixed
         chat = COMPLETION_PATHS.get(path)
         if method != b"POST" or chat is None:
-            return _error(RequestError(404, f"No route for {method.decode()} {path.decode()}."))
+            route = f"{method.decode('latin-1')} {path.decode('latin-1')}"
+            return _error(RequestError(404, f"No route for {route}."))
         self._counters.requests += 1
         try:
             request = orjson.loads(body)

@@ -104,6 +104,7 @@ def test_what_a_gateway_asks_at_start_up_is_served() -> None:
     assert status == 200 and b"vllm:num_requests_waiting" in metrics
     assert body_of(a.answer(b"GET", CHAT, b""))[0] == 404
     assert body_of(a.answer(b"POST", b"/v1/embeddings", b"{}"))[0] == 404
+    assert body_of(a.answer(b"GET", b"/\xff\xfe", b""))[0] == 404  # not UTF-8: still an answer
 
 
 def test_stats_count_completion_requests() -> None:
