@@ -106,8 +106,9 @@ async def relay_response_events(
     """Yield the engine's events through ``taps`` (``final`` last); once the terminal
     event has been seen, await ``on_final`` with its response, then yield it. Never
     raises a :class:`GatewayError`: a failure becomes an :func:`error_event`."""
+    next_batch = stream.next_batch
     try:
-        async for received in stream.batches():
+        while (received := await next_batch()) is not None:
             if outcome.first_chunk_at is None:
                 outcome.first_chunk_at = clock()
             batch = received

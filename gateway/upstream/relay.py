@@ -61,8 +61,9 @@ async def relay_events(
     field in a mapped context-length error.
     """
     tail = b""
+    next_batch = stream.next_batch
     try:
-        async for received in stream.batches():
+        while (received := await next_batch()) is not None:
             outcome.chunks += 1
             if outcome.first_chunk_at is None:
                 outcome.first_chunk_at = clock()

@@ -48,9 +48,15 @@ class EventSource(Protocol):
         """
         ...
 
+    async def next_batch(self) -> bytes | None:
+        """The next run of complete SSE events (each ending in a blank line), waiting
+        for one; None at the stream's end. Failures raise
+        :class:`gateway.errors.GatewayError`. (What the relays call for every run: one
+        coroutine, where iterating :meth:`batches` adds an async generator's layer.)"""
+        ...
+
     def batches(self) -> AsyncIterator[bytes]:
-        """Runs of complete SSE events (each ending in a blank line) as they arrive;
-        failures raise :class:`gateway.errors.GatewayError`."""
+        """The same runs, as an async iterator."""
         ...
 
     def close(self) -> None: ...
@@ -70,12 +76,17 @@ class PrimedEvents(ABC):
         if self._first is None:
             raise EngineUnreachable("engine closed the stream before its first event")
 
+    async def next_batch(self) -> bytes | None:
+        """The primed first run of events, then each next one; None at the end."""
+        first = self._first
+        if first is not None:
+            self._first = None
+            return first
+        return await self._next_batch()
+
     async def batches(self) -> AsyncIterator[bytes]:
         """Yield runs of complete SSE events (each ending in a blank line) as they arrive."""
-        if self._first is not None:
-            first, self._first = self._first, None
-            yield first
-        while (batch := await self._next_batch()) is not None:
+        while (batch := await self.next_batch()) is not None:
             yield batch
 
     @abstractmethod

@@ -29,15 +29,22 @@ class _Source:
     def __init__(self, batches: list[bytes], fail: bool = False) -> None:
         self._batches = batches
         self._fail = fail
+        self._sent = 0
 
     async def prime(self) -> None:
         return None
 
     async def batches(self) -> AsyncIterator[bytes]:
-        for batch in self._batches:
+        while (batch := await self.next_batch()) is not None:
             yield batch
+
+    async def next_batch(self) -> bytes | None:
+        if self._sent < len(self._batches):
+            self._sent += 1
+            return self._batches[self._sent - 1]
         if self._fail:
             raise UpstreamError("engine stream broke")
+        return None
 
     def close(self) -> None:
         return None

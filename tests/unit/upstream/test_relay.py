@@ -60,6 +60,7 @@ class Failing:
         self.before = before
         self.error = error
         self.deadline: float | None = None
+        self._sent = 0
 
     async def prime(self) -> None:
         return None
@@ -67,6 +68,12 @@ class Failing:
     async def batches(self) -> AsyncIterator[bytes]:
         for batch in self.before:
             yield batch
+        raise self.error
+
+    async def next_batch(self) -> bytes | None:
+        if self._sent < len(self.before):
+            self._sent += 1
+            return self.before[self._sent - 1]
         raise self.error
 
     def close(self) -> None:
