@@ -23,6 +23,13 @@ from prometheus_client.registry import Collector
 from engines.stats import EngineStats
 from gateway.background import TaskHealth
 from gateway.observability.live import LiveStats
+from gateway.observability.tallies import (
+    Buckets,
+    LabelledCounter,
+    LabelledGauge,
+    LabelledHistogram,
+    Tally,
+)
 
 UNRESOLVED_MODEL = "-"
 METRICS_CONTENT_TYPE = CONTENT_TYPE_LATEST
@@ -40,53 +47,52 @@ class GatewayMetrics:
         self.registry = CollectorRegistry(auto_describe=True)
         self.live = LiveStats()
         """The last minutes per model (variant), for the status page."""
-        # Labelled children by label values, for the figures every request records:
-        # ``labels()`` takes a lock and validates its arguments on every call. The
-        # values are bounded: configured models (or "-"), two routes, HTTP statuses.
-        self._request_children: dict[tuple[str, str, int, str], tuple[Counter, Histogram]] = {}
-        self._in_flight_children: dict[str, Gauge] = {}
-        self.requests = Counter(
+        # The figures every request records are lock-free tallies (tallies.py); the
+        # children of the two every request ends with are kept together by label values.
+        # The values are bounded: configured models (or "-"), two routes, HTTP statuses.
+        self._request_children: dict[tuple[str, str, int, str], tuple[Tally, Buckets]] = {}
+        self.requests = LabelledCounter(
             "vgate_requests_total",
             "Completed requests by model, route and HTTP status (``variant``: the rollout "
             "variant that served it, empty for a plain model).",
             ("model", "endpoint", "status", "variant"),
             registry=self.registry,
         )
-        self.request_duration = Histogram(
+        self.request_duration = LabelledHistogram(
             "vgate_request_duration_seconds",
             "Time from request received to the last byte of the response.",
             ("model", "endpoint", "variant"),
             buckets=_LATENCY_BUCKETS,
             registry=self.registry,
         )
-        self.time_to_first_token = Histogram(
+        self.time_to_first_token = LabelledHistogram(
             "vgate_time_to_first_token_seconds",
             "Streams: time from request received to the first chunk sent to the client.",
             ("model", "endpoint", "variant"),
             buckets=_LATENCY_BUCKETS,
             registry=self.registry,
         )
-        self.inter_token_latency = Histogram(
+        self.inter_token_latency = LabelledHistogram(
             "vgate_variant_inter_token_latency_seconds",
             "Rollout streams: mean time between the events of one stream, by variant.",
             ("model", "endpoint", "variant"),
             buckets=_LATENCY_BUCKETS,
             registry=self.registry,
         )
-        self.variant_tokens = Counter(
+        self.variant_tokens = LabelledCounter(
             "vgate_variant_tokens_total",
             "Rollout requests: tokens (prompt + completion, as the engine's usage says) "
             "of the answers each variant gave; rate() is tokens per second.",
             ("model", "endpoint", "variant"),
             registry=self.registry,
         )
-        self.in_flight = Gauge(
+        self.in_flight = LabelledGauge(
             "vgate_requests_in_flight",
             "Requests being processed (a stream counts until its last chunk).",
             ("model",),
             registry=self.registry,
         )
-        self.upstream_errors = Counter(
+        self.upstream_errors = LabelledCounter(
             "vgate_upstream_errors_total",
             "Failures talking to engines, by model and kind.",
             ("model", "kind"),
@@ -104,7 +110,7 @@ class GatewayMetrics:
             ("reason",),
             registry=self.registry,
         )
-        self.client_disconnects = Counter(
+        self.client_disconnects = LabelledCounter(
             "vgate_client_disconnects_total",
             "Streams the client closed before the end.",
             ("model",),
@@ -131,19 +137,19 @@ class GatewayMetrics:
             registry=self.registry,
         )
 
-        self.cache_requests = Counter(
+        self.cache_requests = LabelledCounter(
             "vgate_cache_requests_total",
             "Cache outcomes by model: hit, miss, or bypass (not cacheable, no-store, store down).",
             ("model", "result"),
             registry=self.registry,
         )
-        self.cache_stored_bytes = Counter(
+        self.cache_stored_bytes = LabelledCounter(
             "vgate_cache_stored_bytes_total",
             "Bytes of answers written to the cache.",
             ("model",),
             registry=self.registry,
         )
-        self.cache_joins = Counter(
+        self.cache_joins = LabelledCounter(
             "vgate_cache_singleflight_joins_total",
             "Requests answered from an identical request already in flight (no engine call).",
             ("model",),
@@ -234,12 +240,9 @@ class GatewayMetrics:
         children[1].observe(seconds)
         self.live.count(variant or model, status)
 
-    def in_flight_of(self, model: str) -> Gauge:
+    def in_flight_of(self, model: str) -> Tally:
         """``vgate_requests_in_flight`` of ``model``."""
-        gauge = self._in_flight_children.get(model)
-        if gauge is None:
-            gauge = self._in_flight_children[model] = self.in_flight.labels(model)
-        return gauge
+        return self.in_flight.labels(model)
 
     def render(self) -> bytes:
         """The Prometheus text exposition of every metric."""

@@ -22,11 +22,10 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from prometheus_client import Gauge
-
 from gateway.cache.singleflight import Flight
 from gateway.errors import GatewayError
 from gateway.observability.metrics import UNRESOLVED_MODEL, GatewayMetrics
+from gateway.observability.tallies import Tally
 from gateway.observability.timeline import SERVER_TIMING, Timeline
 from gateway.pipeline.cache_flow import CacheFill
 from gateway.pool.engine_pool import EnginePool
@@ -115,7 +114,7 @@ class Exchange:
         self._stream: EventSource | None = None
         self._fill: CacheFill | None = None
         self._flight: Flight | None = None
-        self._in_flight: Gauge | None = None
+        self._in_flight: Tally | None = None
         self._failure: GatewayError | None = None
         self._forwarded = False
         self._answered = False
