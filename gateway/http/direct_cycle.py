@@ -28,7 +28,6 @@ tests) finds no :data:`SCOPE_KEY` in its scope and sends ASGI messages.
 from __future__ import annotations
 
 import weakref
-from typing import cast
 
 from starlette.types import Scope
 from uvicorn.protocols.http.httptools_impl import HEADER_VALUE_RE, STATUS_LINE
@@ -129,4 +128,5 @@ class DirectCycle(OneWriteCycle):
 def direct_cycle(scope: Scope) -> DirectCycle | None:
     """The request's :class:`DirectCycle`, if it was served by the gateway's protocol."""
     ref = scope.get(SCOPE_KEY)
-    return None if ref is None else cast(DirectCycle | None, ref())
+    cycle: DirectCycle | None = None if ref is None else ref()
+    return cycle

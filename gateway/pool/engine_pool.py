@@ -100,15 +100,22 @@ class EnginePool:
         back between two health probes instead of failing outright. Engines whose
         breaker is open are never candidates.
         """
-        excluded = set(exclude)
+        excluded = set(exclude) if exclude else ()
         now = self._clock()
-        views = tuple(
-            EndpointView(e.url, e.in_flight, e.healthy, e.stats.waiting, e.stats.kv_cache_usage)
-            for e in (self._endpoints[url] for url in self._by_model.get(model, ()))
-            if e.url not in excluded and e.open_until <= now
-        )
-        healthy = tuple(v for v in views if v.healthy)
-        return healthy or views
+        views: list[EndpointView] = []
+        healthy: list[EndpointView] = []
+        endpoints = self._endpoints
+        for url in self._by_model.get(model, ()):  # a loop: it runs for every request
+            e = endpoints[url]
+            if url in excluded or e.open_until > now:
+                continue
+            view = EndpointView(
+                url, e.in_flight, e.healthy, e.stats.waiting, e.stats.kv_cache_usage
+            )
+            views.append(view)
+            if e.healthy:
+                healthy.append(view)
+        return tuple(healthy or views)
 
     def engine_id(self, url: str) -> str:
         """The short id of the engine at ``url`` (computed once, when it joined)."""
