@@ -17,7 +17,8 @@
 --   admit:  "a", scopes, id, prompt tokens, wanted output tokens per choice (0: the
 --           prompt is the whole cost), choices, lease ms, limits...
 --   settle: "s", scopes, id, tokens reserved, actual tokens (-1 keep), admission bucket
---           (-1 unknown), token mask ("1" per scope that counts tokens, "0" otherwise)
+--           (-1 unknown), one digit per scope: 1 if it counts tokens, plus 2 if it holds
+--           concurrency slots
 --   renew:  "r", scopes, id, lease ms, 0, 0, 0 (extends a lease still held)
 -- Reply: one string of space-separated integers (one bulk string is far cheaper for
 --   the gateway to read than an array of integers). For each admit, in order:
@@ -26,6 +27,13 @@
 --   then per scope: requests and tokens in the window, ms until the oldest bucket leaves
 --   it. Settles and renewals reply nothing.
 -- Time comes from the Redis server, so every gateway replica shares one clock.
+--
+-- This runs for every request, so it is written for Redis's CPU: a number handed to
+-- redis.call, or joined into a string, costs a printf of a double ('%.17g', '%.14g'),
+-- several times dearer than an integer format, so the script passes strings it formats
+-- with '%d', once where it can (the current bucket's field names, the key TTL); and
+-- each redis.call costs more than the fields it touches, so an admission reads and
+-- writes its scope's counters in one HMGET and one HSET.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local window = tonumber(ARGV[1])
@@ -33,26 +41,29 @@ local res = math.max(math.floor(window / 60), 1)
 local current = math.floor(now / res)
 local first_live = math.floor((now - window) / res) -- older buckets have left the window
 local span = current - first_live -- live buckets: first_live .. current
-local ttl = window + res + 1000
+local ttl = string.format('%d', window + res + 1000)
+local current_digits = string.format('%d', current)
+local r_current, t_current = 'r' .. current_digits, 't' .. current_digits
 local result = {}
 local k, a = 0, 2
 
-local function push(value)
-  result[#result + 1] = string.format('%d', value)
-end
-
--- The scope's sums after dropping the buckets that left the window, and the oldest
--- bucket still holding something (current when none does). Bounded work: the buckets
--- that exist lie within span + 1 of "o", and a trim happens once per bucket at most.
+-- The scope's sums after dropping the buckets that left the window, the oldest bucket
+-- still holding something (current when none does), whether they were trimmed, and the
+-- current bucket's requests and tokens (nil while it holds nothing: the hash's expiry
+-- was last set before this bucket began). Bounded work: the buckets that exist lie
+-- within span + 1 of "o", and a trim happens once per bucket at most.
 local function load(win)
-  local v = redis.call('HMGET', win, 'o', 'r', 't')
+  local v = redis.call('HMGET', win, 'o', 'r', 't', r_current, t_current)
   local oldest = tonumber(v[1])
   if not oldest then
     redis.call('DEL', win) -- nothing, or strays written after Redis lost the hash
-    return 0, 0, current, false
+    return 0, 0, current, false, nil, nil
   end
   local requests, tokens = tonumber(v[2]) or 0, tonumber(v[3]) or 0
-  if oldest >= first_live then return requests, tokens, oldest, false end
+  local now_requests, now_tokens = tonumber(v[4]), tonumber(v[5])
+  if oldest >= first_live then
+    return requests, tokens, oldest, false, now_requests, now_tokens
+  end
   local last = math.min(current, oldest + span + 1)
   local fields = {}
   for b = oldest, last do
@@ -76,7 +87,7 @@ local function load(win)
     end
   end
   if #gone > 0 then redis.call('HDEL', win, unpack(gone)) end
-  return requests, tokens, next_oldest, true
+  return requests, tokens, next_oldest, true, now_requests, now_tokens
 end
 
 -- When the bucket that frees enough leaves the window: ms from now (the window if none).
@@ -92,22 +103,26 @@ local function wait_for(win, oldest, prefix, excess)
   return window
 end
 
-local function settle(scopes, rid, reserved, actual, at, mask)
+-- ``at_digits``: the admission's bucket as the gateway sent it (the same digits).
+local function settle(scopes, rid, reserved, actual, at, at_digits, flags)
   local delta = actual - reserved
+  local change = string.format('%d', delta)
   for i = 0, scopes - 1 do
     local win = KEYS[k + 2 * i + 1]
-    if actual >= 0 and delta ~= 0 and string.sub(mask, i + 1, i + 1) == '1' then
+    local scope_flags = string.byte(flags, i + 1) - 48
+    if actual >= 0 and delta ~= 0 and scope_flags % 2 == 1 then
       if at >= first_live then -- its bucket still counts: the difference goes there
-        redis.call('HINCRBY', win, 't' .. at, delta)
-        redis.call('HINCRBY', win, 't', delta)
+        redis.call('HINCRBY', win, 't' .. at_digits, change)
+        redis.call('HINCRBY', win, 't', change)
       elseif delta > 0 then -- its bucket left the window: a charge counts from now on
-        local requests, tokens, oldest = load(win)
-        redis.call('HINCRBY', win, 't' .. current, delta)
-        redis.call('HSET', win, 'o', oldest, 'r', requests, 't', tokens + delta)
+        local requests, tokens, oldest, _, _, now_tokens = load(win)
+        redis.call('HSET', win, 'o', string.format('%d', oldest),
+          'r', string.format('%d', requests), 't', string.format('%d', tokens + delta),
+          t_current, string.format('%d', (now_tokens or 0) + delta))
         redis.call('PEXPIRE', win, ttl)
       end -- a refund whose reservation has left the window already has nothing to undo
     end
-    redis.call('ZREM', KEYS[k + 2 * i + 2], rid)
+    if scope_flags >= 2 then redis.call('ZREM', KEYS[k + 2 * i + 2], rid) end
   end
 end
 
@@ -121,15 +136,16 @@ local function renew(scopes, rid, lease)
 end
 
 local function admit(scopes, rid, prompt, wanted, choices, lease, limits)
-  local counts, used, starts, trimmed = {}, {}, {}, {}
+  local counts, used, starts, trimmed, now_counts, now_used = {}, {}, {}, {}, {}, {}
   local refused, retry, granted = 0, 0, wanted
   local need = prompt + (wanted > 0 and choices or 0) -- the least it can be admitted with
   for i = 0, scopes - 1 do
     local win, slots = KEYS[k + 2 * i + 1], KEYS[k + 2 * i + 2]
     local rpm, tpm, maxc = limits[3 * i + 1], limits[3 * i + 2], limits[3 * i + 3]
-    local count, spent, oldest, trim = 0, 0, current, false
-    if rpm > 0 or tpm > 0 then count, spent, oldest, trim = load(win) end
+    local count, spent, oldest, trim, now_count, now_spent = 0, 0, current, false, nil, nil
+    if rpm > 0 or tpm > 0 then count, spent, oldest, trim, now_count, now_spent = load(win) end
     counts[i], used[i], starts[i], trimmed[i] = count, spent, oldest, trim
+    now_counts[i], now_used[i] = now_count, now_spent
     if refused == 0 then
       if rpm > 0 and count + 1 > rpm then
         refused = 1
@@ -152,42 +168,51 @@ local function admit(scopes, rid, prompt, wanted, choices, lease, limits)
     end
   end
   local cost = prompt + choices * granted
-  push(refused == 0 and 1 or 0)
-  push(refused)
-  push(math.max(retry, -1))
-  push(refused == 0 and granted or 0)
-  push(refused == 0 and current or -1)
+  if refused == 0 then
+    result[#result + 1] = string.format('1 0 0 %d %s', granted, current_digits)
+  else
+    result[#result + 1] = string.format('0 %d %d 0 -1', refused, math.max(retry, -1))
+  end
   for i = 0, scopes - 1 do
     local win = KEYS[k + 2 * i + 1]
     local rpm, tpm = limits[3 * i + 1], limits[3 * i + 2]
     if refused == 0 and (rpm > 0 or tpm > 0) then
       local requests = rpm > 0 and counts[i] + 1 or 0
       local tokens = tpm > 0 and used[i] + cost or 0
-      redis.call('HSET', win, 'o', starts[i], 'r', requests, 't', tokens)
-      if rpm > 0 then redis.call('HINCRBY', win, 'r' .. current, 1) end
-      if tpm > 0 then redis.call('HINCRBY', win, 't' .. current, cost) end
-      redis.call('PEXPIRE', win, ttl)
+      -- The sums and the current bucket's counts in one write. The hash's expiry is
+      -- set by the first write of each bucket: it then outlives that bucket's last
+      -- moment in the window, and a later bucket's first write extends it.
+      local fields = {'o', string.format('%d', starts[i]), 'r', string.format('%d', requests),
+        't', string.format('%d', tokens)}
+      if rpm > 0 then
+        fields[#fields + 1] = r_current
+        fields[#fields + 1] = string.format('%d', (now_counts[i] or 0) + 1)
+      end
+      if tpm > 0 then
+        fields[#fields + 1] = t_current
+        fields[#fields + 1] = string.format('%d', (now_used[i] or 0) + cost)
+      end
+      redis.call('HSET', win, unpack(fields))
+      if now_counts[i] == nil and now_used[i] == nil then redis.call('PEXPIRE', win, ttl) end
       counts[i], used[i] = requests, tokens
     elseif trimmed[i] then
       redis.call('HSET', win, 'o', starts[i], 'r', counts[i], 't', used[i])
     end
     if refused == 0 and limits[3 * i + 3] > 0 then
       local slots = KEYS[k + 2 * i + 2]
-      redis.call('ZADD', slots, now + lease, rid)
-      redis.call('PEXPIRE', slots, lease + 1000)
+      redis.call('ZADD', slots, string.format('%d', now + lease), rid)
+      redis.call('PEXPIRE', slots, string.format('%d', lease + 1000))
     end
     local reset = 0
     if counts[i] > 0 or used[i] > 0 then reset = math.max((starts[i] + 1) * res + window - now, 0) end
-    push(counts[i])
-    push(used[i])
-    push(reset)
+    result[#result + 1] = string.format('%d %d %d', counts[i], used[i], reset)
   end
 end
 
 while a < #ARGV do
   local mode, scopes, rid = ARGV[a], tonumber(ARGV[a + 1]), ARGV[a + 2]
-  local w, x, y = tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4]), tonumber(ARGV[a + 5])
-  local z = ARGV[a + 6]
+  local y_digits, z = ARGV[a + 5], ARGV[a + 6]
+  local w, x, y = tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4]), tonumber(y_digits)
   a = a + 7
   if mode == 'a' then
     local limits = {}
@@ -195,7 +220,7 @@ while a < #ARGV do
     a = a + 3 * scopes
     admit(scopes, rid, w, x, y, tonumber(z), limits)
   elseif mode == 's' then
-    settle(scopes, rid, w, x, y, z)
+    settle(scopes, rid, w, x, y, y_digits, z)
   else
     renew(scopes, rid, w)
   end

@@ -78,7 +78,7 @@ class _EncodedScopes:
     settle_head: bytes  # "s", scope count
     renew_head: bytes  # "r", scope count
     limits: bytes  # rpm, tpm, max_concurrent of every scope
-    token_mask: bytes  # one "1" per scope with a tpm, "0" per other scope
+    settle_flags: bytes  # a digit per scope: 1 if it has a tpm, plus 2 if a max_concurrent
     decision_size: int  # integers in the reply to one admission
 
 
@@ -168,13 +168,14 @@ class RedisLimiter:
         self._flush()
 
     def _encode(self, scopes: Sequence[LimitScope]) -> _EncodedScopes:
-        keys, limits, mask = bytearray(), bytearray(), bytearray()
+        keys, limits, flags = bytearray(), bytearray(), bytearray()
         for scope in scopes:
             base = f"{self._prefix}{scope.key}".encode()
             keys += bulk(base + b":win") + bulk(base + b":slots")
             for limit in scope.limits.as_args():
                 limits += bulk(b"%d" % limit)
-            mask += b"1" if scope.limits.tpm is not None else b"0"
+            tokens, slots = scope.limits.tpm is not None, scope.limits.max_concurrent is not None
+            flags += b"%d" % (tokens + 2 * slots)
         count = bulk(b"%d" % len(scopes))
         return _EncodedScopes(
             bytes(keys),
@@ -184,7 +185,7 @@ class RedisLimiter:
             bulk(b"s") + count,
             bulk(b"r") + count,
             bytes(limits),
-            bytes(mask),
+            bytes(flags),
             5 + 3 * len(scopes),
         )
 
@@ -193,7 +194,7 @@ class RedisLimiter:
     ) -> None:
         settled = -1 if actual is None else actual
         args = _operation(
-            encoded.settle_head, request_id, reserved, settled, at, encoded.token_mask
+            encoded.settle_head, request_id, reserved, settled, at, encoded.settle_flags
         )
         self._add(encoded, args, 7, None)
 
@@ -281,7 +282,7 @@ class RedisLimiter:
 def _operation(head: bytes, request_id: str, w: int, x: int, y: int, z: bytes) -> bytes:
     """One operation's arguments in RESP form: its head (mode, scope count), the request
     id, three integers and a last argument (admit: prompt tokens, wanted, choices, lease
-    ms; settle: reserved, actual, admission bucket, token mask; renew: lease ms, 0, 0,
+    ms; settle: reserved, actual, admission bucket, settle flags; renew: lease ms, 0, 0,
     0). One format call: this runs on every request."""
     rid = request_id.encode()
     one, two, three = b"%d" % w, b"%d" % x, b"%d" % y

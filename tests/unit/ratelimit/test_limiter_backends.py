@@ -146,6 +146,23 @@ async def test_a_renewed_lease_outlives_its_first_expiry(limiter: LimiterBackend
     assert (await limiter.admit(scopes, "b", 0, 0.3)).admitted
 
 
+async def test_a_settlement_frees_the_slot_of_each_scope_that_holds_one(
+    limiter: LimiterBackend,
+) -> None:
+    """Only the scopes with a concurrency limit hold slots (the script is told which):
+    here the second, behind a token-limited first one."""
+    key_wide = LimitScope("{k}", Limits(tpm=10_000))
+    per_model = LimitScope("{k}:m:small", Limits(rpm=100, max_concurrent=1))
+    scopes = [key_wide, per_model]
+    first = await limiter.admit(scopes, "a", 10, LEASE, 100, 1)
+    assert first.admitted
+    assert (await limiter.admit(scopes, "b", 10, LEASE, 100, 1)).refused == "concurrency"
+    limiter.settle(scopes, "a", 10 + first.granted, 30, first.at)
+    second = await limiter.admit(scopes, "b", 10, LEASE, 100, 1)
+    assert second.admitted
+    assert second.states[0].tokens == 30 + 110  # the settled usage and the new reservation
+
+
 async def test_scopes_are_decided_together(limiter: LimiterBackend) -> None:
     key_wide = LimitScope("{k}", Limits(rpm=5))
     per_model = LimitScope("{k}:m:small", Limits(rpm=2))

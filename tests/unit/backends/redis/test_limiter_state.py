@@ -1,7 +1,8 @@
 """The limiter's state in Redis is bounded by the window's resolution, not by traffic:
 200,000 admissions (settled, as a gateway settles them) leave one small hash per scope
-and the script's time per call flat; a scope with only a concurrency limit keeps no
-counters at all; an admission whose caller left before the decision is undone.
+and the script's time per call flat; the hash outlives every bucket still in the
+window, and no longer; a scope with only a concurrency limit keeps no counters at all;
+an admission whose caller left before the decision is undone.
 
 Against a real redis-server; the admissions are pipelined the way the gateway sends
 them (batches of up to 128 operations per script call)."""
@@ -132,3 +133,24 @@ async def test_an_admission_whose_caller_left_is_undone(link: RedisLink) -> None
         await asyncio.sleep(0.01)
     assert probe.states[0].tokens == 0
     assert probe.states[0].requests >= 2
+
+
+async def test_the_counters_outlive_the_window_and_expire_after_it(
+    admin: aioredis.Redis, link: RedisLink
+) -> None:
+    """The hash's expiry is set by the first admission of each bucket (16 ms here), not
+    by every admission: after any admission it still lasts longer than the window (the
+    admission's bucket counts that long) and at most a bucket and a second more."""
+    window_ms, bucket_ms = 1000, 16
+    prefix = f"test:{uuid.uuid4().hex}:"
+    limiter = RedisLimiter(link, prefix=prefix, window_s=window_ms / 1000)
+    scopes = [LimitScope("{ttl}", Limits(rpm=10**6, tpm=10**9))]
+    key = f"{prefix}{{ttl}}:win"
+    started = asyncio.get_running_loop().time()
+    lives: list[int] = []
+    while asyncio.get_running_loop().time() - started < 0.2:  # a dozen buckets
+        decision = await limiter.admit(scopes, uuid.uuid4().hex, 5, LEASE, 10, 1)
+        assert decision.admitted
+        lives.append(await admin.pttl(key))
+    assert len(lives) > 12
+    assert all(window_ms < life <= window_ms + bucket_ms + 1000 for life in lives), lives
