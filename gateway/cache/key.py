@@ -67,6 +67,8 @@ import orjson
 IGNORED_FIELDS = frozenset(
     {"stream", "stream_options", "user", "request_id", "metadata", "store", "service_tier"}
 )
+_UNKEYED = IGNORED_FIELDS | {"model"}
+"""Fields left out of the canonical body (the model is keyed apart, as named)."""
 
 
 _INT_RANGE = 2**63
@@ -79,6 +81,8 @@ def canonical(value: Any) -> Any:
     (key order is fixed by the serialiser). Bodies are at most
     :data:`gateway.pipeline.parsing.MAX_DEPTH` levels deep, well inside Python's
     recursion limit."""
+    if type(value) is str:  # the most common value by far: nothing to normalise
+        return value
     if isinstance(value, float):
         return int(value) if value.is_integer() and -_INT_RANGE < value < _INT_RANGE else value
     if isinstance(value, dict):
@@ -117,16 +121,62 @@ def cache_key(
     in ``form`` (:func:`answer_form`). ``asked``: the name the client asked for when
     another ``model`` serves it (a rollout's variant): its answers carry that name, so
     they are kept apart from the same model's asked for by another name."""
-    kept = {k: v for k, v in body.items() if k not in IGNORED_FIELDS and k != "model"}
-    encoded = orjson.dumps(canonical(kept), option=orjson.OPT_SORT_KEYS)
+    digest = _prefix_digest(namespace, scope, route, form, model, fingerprint, asked)
+    digest.update(_canonical_body(body))
+    return digest.hexdigest()
+
+
+class KeyHasher:
+    """:func:`cache_key` for one namespace, with the digest of everything but the body
+    (scope, route, form, model, fingerprint, asked name) worked out once per
+    combination and copied for each request: a request then hashes only its body.
+    Past ``limit`` combinations (keys times models times forms) it starts over."""
+
+    def __init__(self, namespace: str, limit: int = 4096) -> None:
+        self._namespace = namespace
+        self._limit = limit
+        self._prefixes: dict[tuple[str, str, str, str, str, str], hashlib._Hash] = {}
+
+    def key(
+        self,
+        scope: str,
+        route: str,
+        model: str,
+        fingerprint: str,
+        body: dict[str, Any],
+        form: str = "json",
+        asked: str = "",
+    ) -> str:
+        """``cache_key(namespace, scope, route, model, fingerprint, body, form, asked)``."""
+        parts = (scope, route, form, model, fingerprint, asked)
+        prefix = self._prefixes.get(parts)
+        if prefix is None:
+            if len(self._prefixes) >= self._limit:
+                self._prefixes.clear()
+            prefix = _prefix_digest(self._namespace, *parts)
+            self._prefixes[parts] = prefix
+        digest = prefix.copy()
+        digest.update(_canonical_body(body))
+        return digest.hexdigest()
+
+
+def _prefix_digest(
+    namespace: str, scope: str, route: str, form: str, model: str, fingerprint: str, asked: str
+) -> hashlib._Hash:
+    """SHA-256 fed with everything a key hashes before the body."""
     digest = hashlib.sha256()
     for part in (namespace, scope, route, form, model, fingerprint):
         digest.update(part.encode())
         digest.update(b"\x00")
     if asked:
         digest.update(b"asked\x00" + asked.encode() + b"\x00")
-    digest.update(encoded)
-    return digest.hexdigest()
+    return digest
+
+
+def _canonical_body(body: dict[str, Any]) -> bytes:
+    """The body's keyed fields in canonical form (see the module's table)."""
+    kept = {k: canonical(v) for k, v in body.items() if k not in _UNKEYED}
+    return orjson.dumps(kept, option=orjson.OPT_SORT_KEYS)
 
 
 def uncacheable_reason(

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from gateway.cache.entry import Entry
-from gateway.cache.key import answer_form, cache_key, fingerprint, uncacheable_reason
+from gateway.cache.key import KeyHasher, answer_form, fingerprint, uncacheable_reason
 from gateway.cache.singleflight import Flights
 from gateway.config.models import ModelSettings
 from gateway.config.sections import CacheSettings
@@ -90,6 +90,7 @@ class ResponseCache:
         self._store = store
         self._metrics = metrics
         self.flights = Flights()
+        self._keys = KeyHasher(settings.namespace)
         self._policies = {name: _policy(settings, m) for name, m in models.items()}
         self._default = CachePolicy(
             settings.enabled,
@@ -132,16 +133,7 @@ class ResponseCache:
             return BYPASS
         scope = key_name if self._settings.scope == "per_key" else ""
         form = answer_form(stream, body)
-        key = cache_key(
-            self._settings.namespace,
-            scope,
-            route,
-            model,
-            policy.fingerprint,
-            body,
-            form,
-            asked or "",
-        )
+        key = self._keys.key(scope, route, model, policy.fingerprint, body, form, asked or "")
         return CachePlan(
             key, not no_cache, True, max_age, policy.ttl_s, policy.max_entry_bytes, stream=stream
         )

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import pytest
 
-from gateway.cache.key import cache_key, uncacheable_reason
+from gateway.cache.key import KeyHasher, cache_key, uncacheable_reason
 
 BASE: dict[str, Any] = {
     "model": "m",
@@ -109,3 +110,27 @@ def test_only_deterministic_single_answers_are_cached(
 def test_sampled_answers_are_cached_when_the_model_allows() -> None:
     assert uncacheable_reason(BASE | {"temperature": 0.8}, deterministic_only=False) is None
     assert uncacheable_reason(BASE | {"n": 3}, deterministic_only=False) == "n > 1"
+
+
+def test_the_hasher_gives_the_keys_cache_key_gives() -> None:
+    """Its copied prefix digests change nothing: every combination, asked name or not,
+    has the same key as :func:`cache_key`, also after it started over (limit 2)."""
+    hasher = KeyHasher("v1", limit=2)
+    combinations = [
+        ("", "chat", "m", "fp", "json", ""),
+        ("alice", "chat", "m", "fp", "json", ""),
+        ("alice", "completions", "m", "fp", "sse", ""),
+        ("alice", "chat", "variant", "fp2", "sse+stats", "rollout"),
+    ]
+    for _ in range(2):
+        for scope, route, model, fp, form, asked in combinations:
+            for body in (BASE, {**BASE, "temperature": 0.0, "user": "u", "seed": 7}):
+                expected = cache_key("v1", scope, route, model, fp, body, form, asked)
+                assert hasher.key(scope, route, model, fp, body, form, asked) == expected
+
+
+def test_the_key_is_the_documented_digest() -> None:
+    """SHA-256 of the parts, each ended by a zero byte, then the canonical body."""
+    parts = b"".join(p + b"\x00" for p in (b"v1", b"", b"chat", b"json", b"m", b"fp"))
+    body = b'{"max_tokens":16,"messages":[{"content":"hello","role":"user"}],"temperature":0}'
+    assert key({**BASE, "temperature": 0.0}) == hashlib.sha256(parts + body).hexdigest()
