@@ -20,38 +20,43 @@ from gateway.errors import StoreUnavailable
 
 class RedisEntryStore:
     """:class:`gateway.cache.response_cache.EntryStore` in the shared Redis
-    (``vgate:cache:<key>``)."""
+    (``vgate:cache:<key>``).
+
+    Every request looks up and stores, so each command is one format call in RESP form
+    (no generic encoding), and a lookup's future is the client's own: a ``GET`` that
+    only takes a bulk string or nil already holds ``bytes`` or None, or fails with
+    :class:`StoreUnavailable`."""
 
     def __init__(self, link: RedisLink, prefix: str = "vgate:cache:") -> None:
         self._link = link
-        self._prefix = prefix
+        self._prefix = prefix.encode()
 
     def get(self, key: str) -> asyncio.Future[bytes | None]:
         self._link.check()
-        reply = self._link.fast.send_nowait("GET", self._prefix + key, accept=BULK)
-        result: asyncio.Future[bytes | None] = asyncio.get_running_loop().create_future()
-
-        def deliver(done: asyncio.Future[Any]) -> None:
-            if result.done():
-                return
-            error = StoreUnavailable("cancelled") if done.cancelled() else done.exception()
-            if error is not None:
-                self._link.failed(error)
-                result.set_exception(StoreUnavailable(str(error)))
-                return
-            self._link.succeeded()
-            value = done.result()
-            result.set_result(value if isinstance(value, bytes) else None)
-
-        reply.add_done_callback(deliver)
-        return result
+        name = self._prefix + key.encode()
+        command = b"*2\r\n$3\r\nGET\r\n$%d\r\n%s\r\n" % (len(name), name)
+        reply: asyncio.Future[bytes | None] = self._link.fast.send_encoded(command, BULK)
+        reply.add_done_callback(self._answered)
+        return reply
 
     def put(self, key: str, value: bytes, ttl_s: int) -> None:
         self._link.check()
-        reply = self._link.fast.send_nowait(
-            "SET", self._prefix + key, value, "EX", ttl_s, accept=STATUS
-        )
-        reply.add_done_callback(self._stored)
+        name, ttl = self._prefix + key.encode(), b"%d" % ttl_s
+        command = b"*5\r\n$3\r\nSET\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n$2\r\nEX\r\n$%d\r\n%s\r\n" % (
+            len(name), name, len(value), value, len(ttl), ttl
+        )  # fmt: skip
+        self._link.fast.send_encoded(command, STATUS).add_done_callback(self._stored)
+
+    def _answered(self, done: asyncio.Future[Any]) -> None:
+        """A lookup's answer tells whether Redis is up (a cancelled one, whose request
+        left, says nothing)."""
+        if done.cancelled():
+            return
+        error = done.exception()
+        if error is None:
+            self._link.succeeded()
+        else:
+            self._link.failed(error)
 
     def _stored(self, done: asyncio.Future[Any]) -> None:
         if not done.cancelled() and done.exception() is not None:
