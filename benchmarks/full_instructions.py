@@ -40,7 +40,7 @@ from typing import Any
 import redis
 
 from benchmarks.clients import UNIQUE
-from benchmarks.full_mode import FULL, KEY, MODEL
+from benchmarks.full_mode import FULL, KEY, MODEL, PLAIN
 from benchmarks.loadgen import LoadSpec, chat_body, run_blocking
 from benchmarks.procs import Processes, free_port, group_cpu_seconds
 from benchmarks.pyspy import py_spy
@@ -117,18 +117,23 @@ def full_config(stub_url: str, redis_url: str) -> str:
 
 
 def measure(
-    procs: Processes, log_dir: Path, config: str, meter: RedisMeter, args: argparse.Namespace
+    procs: Processes,
+    log_dir: Path,
+    name: str,
+    config: str,
+    meter: RedisMeter | None,
+    args: argparse.Namespace,
 ) -> dict[str, Any]:
     """Start the gateway (under callgrind unless ``--native``), load it, count."""
-    path = log_dir / "full.yaml"
+    path = log_dir / f"{name}.yaml"
     path.write_text(config)
     port = free_port()
-    out = log_dir / "full.callgrind"
+    out = log_dir / f"{name}.callgrind"
     gateway = [sys.executable, "-m", "gateway", "serve", "--config", str(path), "--port", str(port)]
     valgrind = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}.%p"]
     argv = gateway if args.native else [*valgrind, *gateway]
-    proc = procs.start("gateway", argv, None)
-    procs.wait_healthy("gateway", proc, f"http://127.0.0.1:{port}/health", 600.0)
+    proc = procs.start(name, argv, None)
+    procs.wait_healthy(name, proc, f"http://127.0.0.1:{port}/health", 600.0)
     body = chat_body(MODEL, prompt=f"Say hello to request {UNIQUE.decode()}.", temperature=0)
 
     def load(requests: int) -> None:
@@ -137,7 +142,7 @@ def measure(
             concurrency=args.connections, duration_s=3600.0, warmup_s=0.0,
             max_requests=requests, headers={"Authorization": f"Bearer {KEY}"},
         )  # fmt: skip
-        result = run_blocking(spec, "full")
+        result = run_blocking(spec, name)
         if result.error_count or result.ok != requests:
             raise RuntimeError(f"{result.ok} ok, {result.error_count} errors")
 
@@ -150,7 +155,8 @@ def measure(
         dump()
     gateway_cpu = group_cpu_seconds(proc.pid)
     reads, writes = syscalls(proc.pid)
-    meter.start()
+    if meter is not None:
+        meter.start()
     spy = None
     if args.native and args.pyspy:
         out_file = str(log_dir / "pyspy.txt")
@@ -162,7 +168,7 @@ def measure(
     if spy is not None:
         spy.send_signal(signal.SIGINT)
         spy.wait(60)
-    figures: dict[str, Any] = {"redis": meter.stop(args.requests)}
+    figures: dict[str, Any] = {"redis": meter.stop(args.requests) if meter else None}
     figures["gateway_cpu_us_per_request"] = (
         (group_cpu_seconds(proc.pid) - gateway_cpu) * 1e6 / args.requests
     )
@@ -189,6 +195,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--pyspy", action="store_true", help="with --native: py-spy the counted window"
     )
+    parser.add_argument(
+        "--plain", action="store_true", help="also count the plain proxy (no auth, limits, cache)"
+    )
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     args = parser.parse_args(argv)
     if not args.native and shutil.which("callgrind_control") is None:
@@ -208,16 +217,25 @@ def main(argv: list[str] | None = None) -> int:
         procs.wait_healthy("stub", stub, f"{stub_url}/health", 30.0)
         redis_url = f"redis://127.0.0.1:{redis_port}/0"
         meter = RedisMeter(redis_url, redis_proc.pid)
-        figures = measure(procs, log_dir, full_config(stub_url, redis_url), meter, args)
+        config = full_config(stub_url, redis_url)
+        figures = measure(procs, log_dir, "full", config, meter, args)
+        if args.plain:
+            plain = PLAIN.replace("${STUB_URL}", stub_url)
+            figures["plain"] = measure(procs, log_dir, "plain", plain, None, args)
     rd = figures["redis"]
     gets = rd["commands"].get("get", {}).get("calls_per_request", 0.0)
-    if gets < 0.99 or "unreachable" in (log_dir / "gateway.log").read_text():
+    if gets < 0.99 or "unreachable" in (log_dir / "full.log").read_text():
         print(f"the gateway did not use Redis on every request ({gets:.2f} GET per request; "
-              f"see {log_dir / 'gateway.log'}): no figure", file=sys.stderr)  # fmt: skip
+              f"see {log_dir / 'full.log'}): no figure", file=sys.stderr)  # fmt: skip
         return 1
     if "instructions_per_request" in figures:
         print(f"gateway: {figures['instructions_per_request']:,.0f} instructions per request "
               f"(dump: {figures['callgrind_dump']})")  # fmt: skip
+        if args.plain:
+            plain_count = figures["plain"]["instructions_per_request"]
+            added = figures["instructions_per_request"] - plain_count
+            print(f"plain proxy: {plain_count:,.0f} instructions per request; auth + limits + "
+                  f"cache add {added:,.0f}")  # fmt: skip
     else:
         print(f"gateway: {figures['gateway_cpu_us_per_request']:.0f} us CPU per request")
     reads, writes = (figures[f"gateway_{k}_syscalls_per_request"] for k in ("read", "write"))
