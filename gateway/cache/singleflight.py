@@ -33,7 +33,9 @@ class Flight:
         self.entry: Entry | None = None
         self.failed = False
         self.followers = 0
-        self._changed = asyncio.Event()
+        self._changed: asyncio.Event | None = None
+        """Set at the next change; made only once someone waits (most flights never
+        have a follower, and a stream changes at every batch)."""
 
     @property
     def done(self) -> bool:
@@ -60,18 +62,24 @@ class Flight:
     async def wait(self, seen: int) -> None:
         """Return once there are more than ``seen`` batches, or the flight is over."""
         while len(self.batches) <= seen and not self.done:
-            await self._changed.wait()
+            await self._next_change().wait()
 
     async def result(self) -> Entry:
         while not self.done:
-            await self._changed.wait()
+            await self._next_change().wait()
         if self.entry is None:
             raise FlightFailed
         return self.entry
 
+    def _next_change(self) -> asyncio.Event:
+        if self._changed is None:
+            self._changed = asyncio.Event()
+        return self._changed
+
     def _wake(self) -> None:
-        changed, self._changed = self._changed, asyncio.Event()
-        changed.set()
+        changed, self._changed = self._changed, None
+        if changed is not None:
+            changed.set()
 
 
 class Flights:
