@@ -51,6 +51,9 @@ from urllib.parse import unquote, urlparse
 
 from gateway.errors import StoreUnavailable
 
+_OK = b"+OK\r\n"
+_NIL = b"$-1\r\n"
+
 ANY = b""
 """Accept every reply type (generic calls: tests, scripts of any result)."""
 BULK = b"$"
@@ -136,7 +139,13 @@ class _Connection(asyncio.Protocol):
         try:
             while position < len(buffer) and pending:
                 kind = buffer[position]
-                reply, position = parse_reply(buffer, position)
+                # The replies every request gets (a store's OK, a miss's nil) need no parsing.
+                if buffer.startswith(_OK, position):
+                    reply, position = b"OK", position + len(_OK)
+                elif buffer.startswith(_NIL, position):
+                    reply, position = None, position + len(_NIL)
+                else:
+                    reply, position = parse_reply(buffer, position)
                 future, _, accepted = pending.popleft()
                 if accepted and kind not in accepted and kind != _ERROR:
                     shown = bytes(buffer[:position][-60:])
