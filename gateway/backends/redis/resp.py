@@ -286,6 +286,8 @@ class RespClient:
             connection = self._connection
             if connection is not None:
                 connection.flush()
+            if self._before_flush:  # added by a callback: they go with the next write
+                self._schedule_flush()
 
     def reset(self, reason: str) -> None:
         """Fail every call waiting and close the connection (the next call reconnects):

@@ -125,3 +125,23 @@ async def test_what_a_turn_queued_still_leaves_when_the_client_closes(redis_url:
         await asyncio.sleep(0.01)
     assert await reader.call("GET", "cork:last") == b"settled"
     await reader.close()
+
+
+async def test_a_batch_added_while_a_write_is_made_leaves_with_the_next(redis_url: str) -> None:
+    client = RespClient(redis_url, timeout_s=1.0)
+    transport = await counted(client)
+    late: list[asyncio.Future[object]] = []
+
+    def batch() -> None:  # a batching caller whose work queues another batch
+        client.before_flush(lambda: late.append(client.send_nowait("PING")))
+
+    client.before_flush(batch)
+    first = client.send_nowait("ECHO", "first")
+    assert await first == b"first"
+    for _ in range(10):  # a few turns: the late batch must not wait for another command
+        if late:
+            break
+        await asyncio.sleep(0)
+    assert late and await late[0] == b"PONG"
+    assert len(transport.writes) == 2
+    await client.close()
