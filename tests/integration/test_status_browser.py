@@ -91,11 +91,14 @@ async def test_status_page_shows_engines_a_chart_and_live_figures(
 
             await asyncio.to_thread(send_traffic, gateway, 10)
             sent = time.monotonic()
+            # The page may have shown part of the traffic while it was sent (a frame
+            # mid-way on a busy machine): wait for all of it, within the bound.
+            want = int(before) + 10
             after = await page.wait_for(
-                f"(v => v !== {json.dumps(before)} && v)({REQUESTS})", CHANGE_WITHIN_S
+                f"(v => v !== null && Number(v) >= {want} && v)({REQUESTS})", CHANGE_WITHIN_S
             )
             took = time.monotonic() - sent
-            assert int(after) >= int(before) + 10, (before, after)
+            assert int(after) >= want, (before, after)
             print(f"figures changed {took:.2f} s after the traffic")
             assert await page.evaluate("Number(document.body.dataset.frames)") >= 2
         finally:
