@@ -32,8 +32,9 @@
 -- redis.call, or joined into a string, costs a printf of a double ('%.17g', '%.14g'),
 -- several times dearer than an integer format, so the script passes strings it formats
 -- with '%d', once where it can (the current bucket's field names, the key TTL); and
--- each redis.call costs more than the fields it touches, so an admission reads and
--- writes its scope's counters in one HMGET and one HSET.
+-- each redis.call costs more than the fields it touches, so a call reads each scope's
+-- counters once (one HMGET) and writes them back once (one HSET), whatever number of
+-- its operations change them (see counters below).
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local window = tonumber(ARGV[1])
@@ -46,6 +47,8 @@ local current_digits = string.format('%d', current)
 local r_current, t_current = 'r' .. current_digits, 't' .. current_digits
 local result = {}
 local k, a = 0, 2
+-- A scope with neither rpm nor tpm keeps no counters: it reads as empty, and never changes.
+local NO_COUNTERS = {requests = 0, tokens = 0, oldest = current}
 
 -- The scope's sums after dropping the buckets that left the window, the oldest bucket
 -- still holding something (current when none does), whether they were trimmed, and the
@@ -103,23 +106,105 @@ local function wait_for(win, oldest, prefix, excess)
   return window
 end
 
+-- The counters of every scope this call touched, read once (load) and written back once
+-- at the end: a batch of admissions and settlements on one key costs one HMGET and one
+-- HSET, however many there are. Each operation still sees every earlier one's effect.
+-- Per scope: its sums ("r", "t"), oldest bucket ("o"), the current bucket's counts
+-- (nil: absent), whether it must be written, and whether the current bucket was empty
+-- when read (its first write sets the hash's expiry: the hash then outlives that
+-- bucket's last moment in the window, and a later bucket's first write extends it).
+local touched, touched_order = {}, {}
+-- Settlements of scopes this call has not read (yet): their token differences, by
+-- bucket, added to the counters if an operation reads them later in this call, else
+-- applied at the end with HINCRBY (a lone settlement costs no read).
+local unread, unread_order = {}, {}
+
+local function counters(win)
+  local c = touched[win]
+  if c == nil then
+    local requests, tokens, oldest, trimmed, now_requests, now_tokens = load(win)
+    c = {requests = requests, tokens = tokens, oldest = oldest, now_requests = now_requests,
+      now_tokens = now_tokens, dirty = trimmed, fresh = now_requests == nil and now_tokens == nil}
+    touched[win] = c
+    touched_order[#touched_order + 1] = win
+    local u = unread[win]
+    if u ~= nil then -- settled earlier in this call: those differences first
+      unread[win] = nil
+      for _, bucket in ipairs(u.order) do
+        local delta = u.buckets[bucket]
+        if bucket == current_digits then
+          c.now_tokens = (c.now_tokens or 0) + delta
+        else
+          redis.call('HINCRBY', win, 't' .. bucket, string.format('%d', delta))
+        end
+      end
+      c.tokens = c.tokens + u.tokens
+      c.dirty = true
+    end
+  end
+  return c
+end
+
+local function settle_unread(win, bucket, delta)
+  local u = unread[win]
+  if u == nil then
+    u = {tokens = 0, buckets = {}, order = {}}
+    unread[win] = u
+    unread_order[#unread_order + 1] = win
+  end
+  if u.buckets[bucket] == nil then
+    u.buckets[bucket] = 0
+    u.order[#u.order + 1] = bucket
+  end
+  u.buckets[bucket] = u.buckets[bucket] + delta
+  u.tokens = u.tokens + delta
+end
+
+local function write_back(win, c)
+  if not c.dirty then return end
+  local fields = {'o', string.format('%d', c.oldest), 'r', string.format('%d', c.requests),
+    't', string.format('%d', c.tokens)}
+  if c.now_requests then
+    fields[#fields + 1] = r_current
+    fields[#fields + 1] = string.format('%d', c.now_requests)
+  end
+  if c.now_tokens then
+    fields[#fields + 1] = t_current
+    fields[#fields + 1] = string.format('%d', c.now_tokens)
+  end
+  redis.call('HSET', win, unpack(fields))
+  if c.fresh and (c.now_requests or c.now_tokens) then
+    redis.call('PEXPIRE', win, ttl)
+    c.fresh = false
+  end
+  c.dirty = false
+end
+
 -- ``at_digits``: the admission's bucket as the gateway sent it (the same digits).
 local function settle(scopes, rid, reserved, actual, at, at_digits, flags)
   local delta = actual - reserved
-  local change = string.format('%d', delta)
   for i = 0, scopes - 1 do
     local win = KEYS[k + 2 * i + 1]
     local scope_flags = string.byte(flags, i + 1) - 48
     if actual >= 0 and delta ~= 0 and scope_flags % 2 == 1 then
       if at >= first_live then -- its bucket still counts: the difference goes there
-        redis.call('HINCRBY', win, 't' .. at_digits, change)
-        redis.call('HINCRBY', win, 't', change)
+        local c = touched[win]
+        if c == nil then
+          settle_unread(win, at_digits, delta)
+        else
+          if at == current then
+            c.now_tokens = (c.now_tokens or 0) + delta
+          else -- an older bucket, not among the counters kept here
+            redis.call('HINCRBY', win, 't' .. at_digits, string.format('%d', delta))
+          end
+          c.tokens = c.tokens + delta
+          c.dirty = true
+        end
       elseif delta > 0 then -- its bucket left the window: a charge counts from now on
-        local requests, tokens, oldest, _, _, now_tokens = load(win)
-        redis.call('HSET', win, 'o', string.format('%d', oldest),
-          'r', string.format('%d', requests), 't', string.format('%d', tokens + delta),
-          t_current, string.format('%d', (now_tokens or 0) + delta))
-        redis.call('PEXPIRE', win, ttl)
+        local c = counters(win)
+        c.tokens = c.tokens + delta
+        c.now_tokens = (c.now_tokens or 0) + delta
+        c.dirty = true
       end -- a refund whose reservation has left the window already has nothing to undo
     end
     if scope_flags >= 2 then redis.call('ZREM', KEYS[k + 2 * i + 2], rid) end
@@ -136,23 +221,24 @@ local function renew(scopes, rid, lease)
 end
 
 local function admit(scopes, rid, prompt, wanted, choices, lease, limits)
-  local counts, used, starts, trimmed, now_counts, now_used = {}, {}, {}, {}, {}, {}
+  local states = {}
   local refused, retry, granted = 0, 0, wanted
   local need = prompt + (wanted > 0 and choices or 0) -- the least it can be admitted with
   for i = 0, scopes - 1 do
     local win, slots = KEYS[k + 2 * i + 1], KEYS[k + 2 * i + 2]
     local rpm, tpm, maxc = limits[3 * i + 1], limits[3 * i + 2], limits[3 * i + 3]
-    local count, spent, oldest, trim, now_count, now_spent = 0, 0, current, false, nil, nil
-    if rpm > 0 or tpm > 0 then count, spent, oldest, trim, now_count, now_spent = load(win) end
-    counts[i], used[i], starts[i], trimmed[i] = count, spent, oldest, trim
-    now_counts[i], now_used[i] = now_count, now_spent
+    local c = NO_COUNTERS
+    if rpm > 0 or tpm > 0 then c = counters(win) end
+    states[i] = c
     if refused == 0 then
-      if rpm > 0 and count + 1 > rpm then
+      if rpm > 0 and c.requests + 1 > rpm then
         refused = 1
-        retry = wait_for(win, oldest, 'r', count + 1 - rpm)
-      elseif tpm > 0 and spent + need > tpm then
+        write_back(win, c) -- the buckets are read as they stand
+        retry = wait_for(win, c.oldest, 'r', c.requests + 1 - rpm)
+      elseif tpm > 0 and c.tokens + need > tpm then
         refused = 2
-        retry = need > tpm and -1 or wait_for(win, oldest, 't', spent + need - tpm)
+        write_back(win, c)
+        retry = need > tpm and -1 or wait_for(win, c.oldest, 't', c.tokens + need - tpm)
       elseif maxc > 0 and redis.call('ZCARD', slots) + 1 > maxc then
         -- Only now drop the leases of gateways that died holding them: one call
         -- less on every admission that is not at its concurrency limit.
@@ -163,7 +249,7 @@ local function admit(scopes, rid, prompt, wanted, choices, lease, limits)
         end
       end
       if refused == 0 and tpm > 0 and wanted > 0 then -- what is left after the prompt
-        granted = math.min(granted, math.floor((tpm - spent - prompt) / choices))
+        granted = math.min(granted, math.floor((tpm - c.tokens - prompt) / choices))
       end
     end
   end
@@ -174,29 +260,14 @@ local function admit(scopes, rid, prompt, wanted, choices, lease, limits)
     result[#result + 1] = string.format('0 %d %d 0 -1', refused, math.max(retry, -1))
   end
   for i = 0, scopes - 1 do
-    local win = KEYS[k + 2 * i + 1]
     local rpm, tpm = limits[3 * i + 1], limits[3 * i + 2]
+    local c = states[i]
     if refused == 0 and (rpm > 0 or tpm > 0) then
-      local requests = rpm > 0 and counts[i] + 1 or 0
-      local tokens = tpm > 0 and used[i] + cost or 0
-      -- The sums and the current bucket's counts in one write. The hash's expiry is
-      -- set by the first write of each bucket: it then outlives that bucket's last
-      -- moment in the window, and a later bucket's first write extends it.
-      local fields = {'o', string.format('%d', starts[i]), 'r', string.format('%d', requests),
-        't', string.format('%d', tokens)}
-      if rpm > 0 then
-        fields[#fields + 1] = r_current
-        fields[#fields + 1] = string.format('%d', (now_counts[i] or 0) + 1)
-      end
-      if tpm > 0 then
-        fields[#fields + 1] = t_current
-        fields[#fields + 1] = string.format('%d', (now_used[i] or 0) + cost)
-      end
-      redis.call('HSET', win, unpack(fields))
-      if now_counts[i] == nil and now_used[i] == nil then redis.call('PEXPIRE', win, ttl) end
-      counts[i], used[i] = requests, tokens
-    elseif trimmed[i] then
-      redis.call('HSET', win, 'o', starts[i], 'r', counts[i], 't', used[i])
+      c.requests = rpm > 0 and c.requests + 1 or 0
+      c.tokens = tpm > 0 and c.tokens + cost or 0
+      if rpm > 0 then c.now_requests = (c.now_requests or 0) + 1 end
+      if tpm > 0 then c.now_tokens = (c.now_tokens or 0) + cost end
+      c.dirty = true
     end
     if refused == 0 and limits[3 * i + 3] > 0 then
       local slots = KEYS[k + 2 * i + 2]
@@ -204,8 +275,10 @@ local function admit(scopes, rid, prompt, wanted, choices, lease, limits)
       redis.call('PEXPIRE', slots, string.format('%d', lease + 1000))
     end
     local reset = 0
-    if counts[i] > 0 or used[i] > 0 then reset = math.max((starts[i] + 1) * res + window - now, 0) end
-    result[#result + 1] = string.format('%d %d %d', counts[i], used[i], reset)
+    if c.requests > 0 or c.tokens > 0 then
+      reset = math.max((c.oldest + 1) * res + window - now, 0)
+    end
+    result[#result + 1] = string.format('%d %d %d', c.requests, c.tokens, reset)
   end
 end
 
@@ -225,5 +298,17 @@ while a < #ARGV do
     renew(scopes, rid, w)
   end
   k = k + 2 * scopes
+end
+for _, win in ipairs(touched_order) do write_back(win, touched[win]) end
+for _, win in ipairs(unread_order) do
+  local u = unread[win]
+  if u ~= nil then -- never read by this call
+    for _, bucket in ipairs(u.order) do
+      if u.buckets[bucket] ~= 0 then
+        redis.call('HINCRBY', win, 't' .. bucket, string.format('%d', u.buckets[bucket]))
+      end
+    end
+    if u.tokens ~= 0 then redis.call('HINCRBY', win, 't', string.format('%d', u.tokens)) end
+  end
 end
 return table.concat(result, ' ')

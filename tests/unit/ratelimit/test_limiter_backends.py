@@ -163,6 +163,30 @@ async def test_a_settlement_frees_the_slot_of_each_scope_that_holds_one(
     assert second.states[0].tokens == 30 + 110  # the settled usage and the new reservation
 
 
+async def test_operations_sent_together_see_each_others_effects(
+    limiter: LimiterBackend,
+) -> None:
+    """Settlements and admissions made in one turn (one script call in Redis, which
+    keeps each scope's counters and writes them back once) are decided in order, each
+    after the ones before it: a refund frees tokens for the admission behind it."""
+    scopes = [scope(rpm=100, tpm=300)]
+    first = await limiter.admit(scopes, "a", 10, LEASE, 100, 1)
+    assert first.admitted and first.states[0].tokens == 110
+    limiter.settle(scopes, "a", 110, 30, first.at)  # refund 80: 30 left
+    second = limiter.admit(scopes, "b", 10, LEASE, 100, 1)  # 140
+    third = limiter.admit(scopes, "c", 10, LEASE, 100, 1)  # 250
+    fourth = limiter.admit(scopes, "d", 10, LEASE, 100, 1)  # 50 left: granted 40
+    limiter.settle(scopes, "z", 0, 5, first.at)  # a charge on a bucket in the window
+    fifth = limiter.admit(scopes, "e", 10, LEASE, 100, 1)  # nothing left after the prompt
+    decisions = [await second, await third, await fourth, await fifth]
+    assert [d.states[0].tokens for d in decisions[:3]] == [140, 250, 300]
+    assert decisions[2].granted == 40
+    assert decisions[3].refused == "tokens" and decisions[3].states[0].tokens == 305
+    assert [d.states[0].requests for d in decisions] == [2, 3, 4, 4]
+    probe = await limiter.admit(scopes, "p", 0, LEASE)  # a later call reads what was written
+    assert probe.refused == "tokens" and probe.states[0][:2] == (4, 305)
+
+
 async def test_scopes_are_decided_together(limiter: LimiterBackend) -> None:
     key_wide = LimitScope("{k}", Limits(rpm=5))
     per_model = LimitScope("{k}:m:small", Limits(rpm=2))
