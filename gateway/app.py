@@ -30,6 +30,7 @@ from gateway.backends.redis.link import RedisLink
 from gateway.backends.redis.responses import RedisResponseStore
 from gateway.background import BackgroundTasks
 from gateway.cache.response_cache import EntryStore
+from gateway.collector import size_young_generation
 from gateway.config.settings import Settings
 from gateway.http.apps import operator_app, public_app
 from gateway.http.connections import ConnectionLimits
@@ -301,4 +302,5 @@ def app_from_environment() -> FastAPI:
 
     settings = load_settings()
     configure_logging(settings.server.log_level, settings.server.log_format)
+    size_young_generation()
     return create_app(settings)

@@ -22,6 +22,7 @@ from gateway.auth.key_admin import KeyRequestError
 from gateway.cli import keys as cli_keys
 from gateway.cli import rollout as cli_rollout
 from gateway.cli import stack as cli_stack
+from gateway.collector import size_young_generation
 from gateway.config.settings import (
     CONFIG_ENV_VAR,
     ENV_PREFIX,
@@ -122,6 +123,7 @@ def run_gateway(settings: Settings, on_engines_ready: Callable[[], None] | None 
     if server.workers == 1:
         from gateway.app import create_app
 
+        size_young_generation()  # (workers > 1: each worker, in app_from_environment)
         app = create_app(settings, on_engines_ready)
     else:
         app = "gateway.app:app_from_environment"
