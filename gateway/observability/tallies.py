@@ -108,30 +108,31 @@ class _Labelled(Collector, Generic[C]):
         return list(self._by_text.items())
 
 
-class LabelledCounter(_Labelled[Tally]):
+class _LabelledNumber(_Labelled[Tally]):
+    """A counter or a gauge: one number per child, written as its ``family``."""
+
+    _family: type[CounterMetricFamily] | type[GaugeMetricFamily]
+
+    def _new_child(self) -> Tally:
+        return Tally()
+
+    def collect(self) -> Iterator[Metric]:
+        family = self._family(self._name, self._documentation, labels=self._labelnames)
+        for text, child in self._snapshot():
+            family.add_metric(list(text), child.value)
+        yield family
+
+
+class LabelledCounter(_LabelledNumber):
     """A counter by labels (``name`` may end in ``_total``, as for ``Counter``)."""
 
-    def _new_child(self) -> Tally:
-        return Tally()
-
-    def collect(self) -> Iterator[Metric]:
-        family = CounterMetricFamily(self._name, self._documentation, labels=self._labelnames)
-        for text, child in self._snapshot():
-            family.add_metric(list(text), child.value)
-        yield family
+    _family = CounterMetricFamily
 
 
-class LabelledGauge(_Labelled[Tally]):
+class LabelledGauge(_LabelledNumber):
     """A gauge by labels."""
 
-    def _new_child(self) -> Tally:
-        return Tally()
-
-    def collect(self) -> Iterator[Metric]:
-        family = GaugeMetricFamily(self._name, self._documentation, labels=self._labelnames)
-        for text, child in self._snapshot():
-            family.add_metric(list(text), child.value)
-        yield family
+    _family = GaugeMetricFamily
 
 
 class LabelledHistogram(_Labelled[Buckets]):
