@@ -29,7 +29,8 @@ import orjson
 
 from gateway.config.settings import Settings
 from gateway.observability.live import QUANTILE_SLOT_S, LiveStats, ModelFigures
-from gateway.observability.metrics import GatewayMetrics, TalliedCounter
+from gateway.observability.metrics import GatewayMetrics
+from gateway.observability.tallies import LabelledCounter
 from gateway.pool.display import engine_id
 from gateway.pool.engine_pool import EnginePool
 from gateway.rollouts.contracts import ConfigWeights, RolloutWeights
@@ -91,7 +92,7 @@ class StatusFeed:
         self._settings = settings
         self._pool = pool
         self._live: LiveStats = metrics.live
-        self._tokens: TalliedCounter = metrics.tokens_charged
+        self._tokens: LabelledCounter = metrics.tokens_charged
         self._weights = weights
         self._configured = ConfigWeights(settings.rollouts)
         self._clock = clock
@@ -184,7 +185,7 @@ class StatusFeed:
         return engines
 
     def _top_keys(self) -> list[dict[str, Any]]:
-        totals = self._tokens.totals()
+        totals = {key: tokens for (key,), tokens in self._tokens.totals().items()}
         top = heapq.nlargest(TOP_KEYS, totals.items(), key=lambda item: item[1])
         return [{"name": name, "tokens": int(tokens)} for name, tokens in top]
 

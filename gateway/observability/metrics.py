@@ -124,12 +124,12 @@ class GatewayMetrics:
             ("key", "kind"),
             registry=self.registry,
         )
-        self.tokens_charged = TalliedCounter(
+        self.tokens_charged = LabelledCounter(
             "vgate_tokens_charged",
             "Tokens charged to token-limited keys after reconciliation with usage.",
-            "key",
+            ("key",),
+            self.registry,
         )
-        self.registry.register(self.tokens_charged)
         self.redis_errors = Counter(
             "vgate_redis_errors_total",
             "Failed Redis operations, by component (ratelimit, keys); the failure policy applied.",
@@ -247,33 +247,6 @@ class GatewayMetrics:
     def render(self) -> bytes:
         """The Prometheus text exposition of every metric."""
         return generate_latest(self.registry)
-
-
-class TalliedCounter(Collector):
-    """A counter by one label, kept in a plain dict and read at scrape time.
-
-    For counts made on every request: adding is one dict update, where a labelled
-    ``Counter`` child takes a lock and two checks (the gateway counts from its
-    single event-loop thread; scrapes read a copy)."""
-
-    def __init__(self, name: str, documentation: str, label: str) -> None:
-        self._name = name
-        self._documentation = documentation
-        self._label = label
-        self._counts: dict[str, float] = {}
-
-    def add(self, label_value: str, amount: float) -> None:
-        self._counts[label_value] = self._counts.get(label_value, 0.0) + amount
-
-    def totals(self) -> dict[str, float]:
-        """A copy of every label value's total."""
-        return dict(self._counts)
-
-    def collect(self) -> Iterator[Metric]:
-        family = CounterMetricFamily(self._name, self._documentation, labels=(self._label,))
-        for label_value, total in dict(self._counts).items():
-            family.add_metric([label_value], total)
-        yield family
 
 
 @dataclass(frozen=True, slots=True)

@@ -116,6 +116,10 @@ class _LabelledNumber(_Labelled[Tally]):
     def _new_child(self) -> Tally:
         return Tally()
 
+    def totals(self) -> dict[tuple[str, ...], float]:
+        """A copy of every child's figure, by its label values."""
+        return {text: child.value for text, child in self._snapshot()}
+
     def collect(self) -> Iterator[Metric]:
         family = self._family(self._name, self._documentation, labels=self._labelnames)
         for text, child in self._snapshot():

@@ -254,7 +254,7 @@ class Admission:
             self._leased.pop(ticket.request_id, None)
         charged = ticket.reserved if actual is None else actual
         if charged and charge.counts_tokens:
-            self._metrics.tokens_charged.add(charge.key_name, charged)
+            self._metrics.tokens_charged.labels(charge.key_name).inc(charged)
         try:
             charge.backend.settle(
                 charge.scopes, ticket.request_id, ticket.reserved, actual, ticket.at

@@ -47,8 +47,8 @@ def feed(weights: Mapping[str, float] | None = None, max_streams: int = 2) -> St
     pool.set_stats(SECRET_URL, EngineStats(running=3, waiting=2, kv_cache_usage=0.5))
     metrics = GatewayMetrics()
     metrics.observe_request("stable", "chat", 200, 0.1)
-    metrics.tokens_charged.add("team-a", 10)
-    metrics.tokens_charged.add("team-b", 30)
+    metrics.tokens_charged.labels("team-a").inc(10)
+    metrics.tokens_charged.labels("team-b").inc(30)
 
     class Live:
         def weights(self, rollout: str) -> Mapping[str, float]:
