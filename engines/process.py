@@ -21,11 +21,13 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import aiohttp
+from typing import TYPE_CHECKING
 
 from engines.diagnosis import START_MARKER
 from engines.spec import EngineSpec
+
+if TYPE_CHECKING:
+    import aiohttp
 
 ENGINE_KEY_ENV = "VLLM_API_KEY"
 """vLLM's variable for ``--api-key`` (the stub engine reads it too)."""
@@ -299,6 +301,8 @@ class EngineProcess:
         An engine that answers that it does not serve the route (404, 405, 400, 501: a
         pooling model without embeddings, a model vLLM runs as pooling unasked) is
         probed with ``/v1/models`` instead: it answered at once, so it is not stuck."""
+        import aiohttp  # (the supervisor's session loaded it)
+
         path, body = probe_request(self.plan.runner, self.plan.served_name)
         try:
             async with session.post(
@@ -358,6 +362,8 @@ class EngineProcess:
             os.killpg(self._popen.pid, signum)
 
     async def _answers(self, session: aiohttp.ClientSession, path: str) -> bool:
+        import aiohttp  # (the supervisor's session loaded it)
+
         try:
             async with session.get(
                 f"{self.plan.url}{path}",

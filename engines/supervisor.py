@@ -28,8 +28,8 @@ import uuid
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
-import aiohttp
 from redis.exceptions import RedisError
 
 from engines.deployment import Deployment, free_port, log_path, preflight_deployment
@@ -44,6 +44,9 @@ from engines.process import (
 )
 from engines.registry import EngineRecord, EngineRegistry, EngineState
 from engines.stats import EngineStats
+
+if TYPE_CHECKING:
+    import aiohttp
 
 __all__ = ["Deployment", "EngineSlot", "EngineSupervisor", "RestartBudget"]
 
@@ -257,6 +260,8 @@ class EngineSlot:
             await self._registry.publish(self.record)
 
     async def _running(self, process: EngineProcess) -> float:
+        import aiohttp  # (loaded by start() already)
+
         try:
             async with self._session.get(
                 f"{process.plan.url}/metrics",
@@ -308,6 +313,8 @@ class EngineSupervisor:
 
     async def start(self) -> None:
         """Spawn every replica and return at once; readiness arrives in the background."""
+        import aiohttp  # only a gateway that supervises engines loads it (~9.6 MB resident)
+
         self._session = aiohttp.ClientSession()
         for deployment in self._deployments:
             for replica in range(deployment.spec.replicas):

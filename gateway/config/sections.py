@@ -144,8 +144,8 @@ class UpstreamSettings(_Section):
     )
     client: Literal["lean", "aiohttp"] = Field(
         "lean",
-        description="Requests to engines: lean (asyncio connections + httptools, "
-        "less CPU per request) or aiohttp. Probes and scrapes use aiohttp either way.",
+        description="Requests to engines, probes and metrics scrapes included: lean "
+        "(asyncio connections + httptools, less CPU per request) or aiohttp.",
     )
     health_interval_s: float = Field(5.0, gt=0, description="Engine /health probe period.")
     metrics_interval_s: float = Field(

@@ -30,7 +30,8 @@ class Target:
     port: int
     tls: bool
     post_head: bytes
-    """``POST <path> HTTP/1.1`` and ``Host``, CRLF-terminated."""
+    """``POST <path> HTTP/1.1`` and ``Host``, CRLF-terminated (:func:`get_request_bytes`
+    makes a GET of it)."""
     basic_auth: bytes = field(repr=False)
     """An ``Authorization: Basic`` line from the URL's userinfo, or empty."""
 
@@ -62,16 +63,28 @@ def request_bytes(target: Target, headers: Mapping[str, str], body: bytes) -> by
     A header value holding CR or LF would end the head early (header injection);
     such a request is refused, as aiohttp refuses it.
     """
-    lines = "".join([f"{name}: {value}\r\n" for name, value in headers.items()])
-    if lines.count("\n") != len(headers) or lines.count("\r") != len(headers):
-        raise UpstreamError("a header to the engine holds a line break")
-    auth = target.basic_auth if target.basic_auth and "Authorization" not in headers else b""
     return b"".join(
         (
             target.post_head,
-            auth,
-            lines.encode(),
+            _header_lines(target, headers),
             b"Content-Length: %d\r\n\r\n" % len(body),
             body,
         )
     )
+
+
+def get_request_bytes(target: Target, headers: Mapping[str, str]) -> bytes:
+    """A GET request without a body (health probes, metrics scrapes): the target's
+    head with ``GET`` for ``POST``, then ``headers``, checked as :func:`request_bytes`
+    checks them."""
+    return b"".join((b"GET " + target.post_head[5:], _header_lines(target, headers), b"\r\n"))
+
+
+def _header_lines(target: Target, headers: Mapping[str, str]) -> bytes:
+    """``headers`` and the URL's basic auth (unless ``headers`` has its own) as lines;
+    :class:`UpstreamError` when a value holds a line break."""
+    lines = "".join([f"{name}: {value}\r\n" for name, value in headers.items()])
+    if lines.count("\n") != len(headers) or lines.count("\r") != len(headers):
+        raise UpstreamError("a header to the engine holds a line break")
+    auth = target.basic_auth if target.basic_auth and "Authorization" not in headers else b""
+    return auth + lines.encode()

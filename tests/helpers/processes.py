@@ -3,7 +3,9 @@
 `run_process` starts any server (stub engine, gateway, redis-server, ...) in
 its own process group, waits until a URL answers 200, and on exit stops the
 whole group: SIGTERM first, SIGKILL for whatever is still alive after a grace
-period. Output goes to a temporary log whose tail is shown if start-up fails.
+period. Output goes to a temporary log whose tail is shown if start-up fails;
+with ``TEST_PROCESS_LOG_DIR`` set, to a file kept there instead (to read a child's
+log after a failure that was not at start-up).
 """
 
 from __future__ import annotations
@@ -54,7 +56,7 @@ def run_process(
     process group gets SIGTERM, then SIGKILL after ``stop_grace_s``.
     """
     full_env = {**os.environ, **(env or {})}
-    with tempfile.TemporaryFile() as log:
+    with _log_file(argv) as log:
         process = subprocess.Popen(
             list(argv),
             stdout=log,
@@ -69,6 +71,16 @@ def run_process(
             yield process
         finally:
             _stop_group(process, stop_grace_s)
+
+
+def _log_file(argv: Sequence[str]) -> IO[bytes]:
+    """Where a child's output goes: a temporary file, or one kept in ``TEST_PROCESS_LOG_DIR``."""
+    keep_in = os.environ.get("TEST_PROCESS_LOG_DIR")
+    if not keep_in:
+        return tempfile.TemporaryFile()
+    os.makedirs(keep_in, exist_ok=True)
+    name = "-".join(os.path.basename(part) for part in argv[:4])[:80]
+    return tempfile.NamedTemporaryFile(dir=keep_in, prefix=f"{name}-", suffix=".log", delete=False)
 
 
 def _wait_ready(process: subprocess.Popen[bytes], url: str, timeout: float, log: IO[bytes]) -> None:
