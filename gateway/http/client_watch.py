@@ -18,6 +18,12 @@ long before anyone could notice a client leaving. So the watcher task starts
 only once an answer has run for :data:`GRACE_S`; until then a timer stands in
 for it (about 1 µs). A client that leaves earlier is noticed when the grace
 ends: the engine works for nobody at most that long.
+
+On the gateway's own protocol none of that is needed: the request's
+:class:`gateway.http.direct_cycle.DirectCycle` is told by the connection itself
+when it is lost (``on_disconnect``), so the watch is one attribute set on the
+cycle, no timer and no task, and a client leaving is noticed at once. The timer
+and the watcher task remain for any other ASGI server (in-process tests).
 """
 
 from __future__ import annotations
@@ -25,6 +31,8 @@ from __future__ import annotations
 import asyncio
 
 from starlette.types import Receive
+
+from gateway.http.direct_cycle import DirectCycle
 
 GRACE_S = 0.1
 """How long an answer runs before the client is watched."""
@@ -35,24 +43,37 @@ class ClientWatch:
     :meth:`stop`. :attr:`abandoned` tells a cancellation caused by the client leaving
     (which the answering code swallows: nobody is left to answer) from any other."""
 
-    __slots__ = ("_grace", "_receive", "_task", "_watcher", "abandoned")
+    __slots__ = ("_cycle", "_grace", "_receive", "_task", "_watcher", "abandoned")
 
-    def __init__(self, receive: Receive) -> None:
+    def __init__(self, receive: Receive, cycle: DirectCycle | None = None) -> None:
         self._receive = receive
+        self._cycle = cycle
+        """The request's direct cycle, which reports a lost connection itself."""
         self._task: asyncio.Task[object] | None = None
         self._grace: asyncio.TimerHandle | None = None
         self._watcher: asyncio.Task[None] | None = None
         self.abandoned = False
 
     def start(self) -> None:
-        """Watch from :data:`GRACE_S` on. Call only once the request body has been read
-        whole: the watcher consumes whatever ``receive`` returns."""
+        """Watch: at once on a direct cycle, else from :data:`GRACE_S` on. Call only once
+        the request body has been read whole: the watcher consumes what ``receive``
+        returns."""
         task = self._task = asyncio.current_task()
+        cycle = self._cycle
+        if cycle is not None:
+            if cycle.disconnected:
+                self._gone()
+            else:
+                cycle.on_disconnect = self._gone
+            return
         loop = task.get_loop() if task is not None else asyncio.get_running_loop()
         self._grace = loop.call_later(GRACE_S, self._watch)  # (one loop lookup, not two)
 
     def stop(self) -> None:
         """Stop watching (idempotent; a watch never started is fine)."""
+        cycle = self._cycle
+        if cycle is not None:
+            cycle.on_disconnect = None
         grace = self._grace
         if grace is not None:
             self._grace = None
@@ -79,6 +100,11 @@ class ClientWatch:
             pass
 
     def _client_left(self, watcher: asyncio.Task[None]) -> None:
-        if not watcher.cancelled() and self._task is not None:
+        if not watcher.cancelled():
+            self._gone()
+
+    def _gone(self) -> None:
+        """The client has left: cancel the answering task."""
+        if self._task is not None and not self.abandoned:
             self.abandoned = True
             self._task.cancel()

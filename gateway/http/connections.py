@@ -143,7 +143,13 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         if self._tick is not None:
             self._tick.cancel()
             self._tick = None
+        cycle = self.cycle
         HttpToolsProtocol.connection_lost(self, exc)
+        if type(cycle) is DirectCycle and cycle.disconnected:  # lost mid-answer
+            tell = cycle.on_disconnect
+            if tell is not None:
+                cycle.on_disconnect = None
+                tell()
 
     def data_received(self, data: bytes) -> None:
         head = self._head_bytes

@@ -28,6 +28,7 @@ tests) finds no :data:`SCOPE_KEY` in its scope and sends ASGI messages.
 from __future__ import annotations
 
 import weakref
+from collections.abc import Callable
 
 from starlette.types import Scope
 from uvicorn.protocols.http.httptools_impl import HEADER_VALUE_RE, STATUS_LINE
@@ -48,6 +49,11 @@ _LAST_CHUNK = b"0\r\n\r\n"
 
 class DirectCycle(OneWriteCycle):
     """uvicorn's cycle with the :class:`gateway.http.answers.Responder` methods."""
+
+    on_disconnect: Callable[[], None] | None = None
+    """Called once if the connection is lost before the answer is complete (set by
+    :class:`gateway.http.client_watch.ClientWatch`; a class default, since the cycle
+    is made by uvicorn and only then given this class)."""
 
     def attach(self) -> None:
         """Offer this cycle to the application, through the scope."""

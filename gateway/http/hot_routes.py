@@ -67,10 +67,9 @@ class Endpoint:
         self._handler = handler
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        watch = ClientWatch(receive)
-        responder: Responder | None = direct_cycle(scope)
-        if responder is None:
-            responder = AsgiResponder(send)
+        cycle = direct_cycle(scope)
+        watch = ClientWatch(receive, cycle)
+        responder: Responder = AsgiResponder(send) if cycle is None else cycle
         try:
             try:
                 result = await self._handler(scope, receive, watch)

@@ -4,13 +4,15 @@ and nothing else: an answer that ends normally leaves no watcher and no cancella
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from typing import cast
 
 import pytest
-from starlette.types import Message, Receive, Scope
+from starlette.types import Message, Receive, Scope, Send
 
-from gateway.http.client_watch import ClientWatch
+from gateway.http.client_watch import GRACE_S, ClientWatch
 from gateway.http.context import read_body
+from gateway.http.direct_cycle import DirectCycle
 from gateway.http.hot_routes import Endpoint
 from gateway.pipeline.results import Answer, EventStream, Result
 
@@ -128,3 +130,62 @@ async def test_a_cancellation_from_elsewhere_is_not_swallowed() -> None:
     answering.cancel()  # e.g. the server shutting down
     with pytest.raises(asyncio.CancelledError):
         await answering
+
+
+class LostConnection:
+    """What :class:`ClientWatch` uses of a direct cycle: the connection reports its own
+    loss through ``on_disconnect`` (as LimitedHttpToolsProtocol.connection_lost does)."""
+
+    disconnected = False
+    on_disconnect: Callable[[], None] | None = None
+
+    def lose(self) -> None:
+        self.disconnected = True
+        tell, self.on_disconnect = self.on_disconnect, None
+        assert tell is not None, "nobody was watching"
+        tell()
+
+
+async def test_on_a_direct_cycle_the_connection_reports_the_loss_with_no_timer_or_task() -> None:
+    connection, lost = Connection(), LostConnection()
+    started, cancelled = asyncio.Event(), asyncio.Event()
+    tasks: list[int] = []
+
+    async def slow(scope: Scope, receive: Receive, watch: ClientWatch) -> Result:
+        await read_body(receive, 100, None)
+        watch.start()
+        tasks.append(len(asyncio.all_tasks()))
+        started.set()
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+        return Answer(b"{}", [])
+
+    async def answer(scope: Scope, receive: Receive, send: Send) -> None:
+        watch = ClientWatch(receive, cast(DirectCycle, lost))
+        try:
+            await slow(scope, receive, watch)
+        except asyncio.CancelledError:
+            assert watch.abandoned
+            watch.swallow()
+        finally:
+            watch.stop()
+
+    answering = asyncio.create_task(answer(SCOPE, connection.receive, connection.send))
+    await started.wait()
+    await asyncio.sleep(GRACE_S * 1.5)  # past the grace: still no watcher task
+    assert len(asyncio.all_tasks()) == tasks[0]
+    lost.lose()
+    await asyncio.wait_for(answering, 5)
+    assert cancelled.is_set() and lost.on_disconnect is None
+
+
+async def test_on_a_direct_cycle_an_answer_that_ends_stops_listening() -> None:
+    lost = LostConnection()
+    watch = ClientWatch(Connection().receive, cast(DirectCycle, lost))
+    watch.start()
+    assert lost.on_disconnect is not None
+    watch.stop()
+    assert lost.on_disconnect is None and not watch.abandoned
