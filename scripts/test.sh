@@ -25,4 +25,19 @@ scripts/install_engine.sh
 "$VENV/bin/vgate" models prepare
 echo "== pytest: unit, integration, e2e (real vLLM)"
 if [ "$#" -eq 0 ]; then set -- tests/unit tests/integration tests/e2e; fi
-"$VENV/bin/pytest" "$@"
+# Every child process's output (gateways, stubs, Redis) is kept in .test-logs/last;
+# when a test fails, what uvicorn logged about broken answers (an exception in the
+# application, an answer left incomplete) is printed after pytest's report.
+export TEST_PROCESS_LOG_DIR="$ROOT/.test-logs/last"
+rm -rf "$TEST_PROCESS_LOG_DIR"
+status=0
+"$VENV/bin/pytest" "$@" || status=$?
+if [ "$status" -ne 0 ] && [ -d "$TEST_PROCESS_LOG_DIR" ]; then
+  broken="Exception in ASGI application|ASGI callable returned without|unhandled error on"
+  for log in $(grep -l -E "$broken" "$TEST_PROCESS_LOG_DIR"/*.log 2>/dev/null | head -5); do
+    echo "== $(basename "$log"): what it logged about broken answers"
+    grep -E -A12 "$broken" "$log" | head -n 40
+  done
+  echo "== pytest exited with $status (its summary is above; child logs: $TEST_PROCESS_LOG_DIR)"
+fi
+exit "$status"
