@@ -58,14 +58,16 @@ class ClientWatch:
         """Watch: at once on a direct cycle, else from :data:`GRACE_S` on. Call only once
         the request body has been read whole: the watcher consumes what ``receive``
         returns."""
-        task = self._task = asyncio.current_task()
         cycle = self._cycle
         if cycle is not None:
+            # (the loop given: no lookup of the running one, a getpid call on 3.11)
+            self._task = asyncio.current_task(cycle.loop)
             if cycle.disconnected:
                 self._gone()
             else:
                 cycle.on_disconnect = self._gone
             return
+        task = self._task = asyncio.current_task()
         loop = task.get_loop() if task is not None else asyncio.get_running_loop()
         self._grace = loop.call_later(GRACE_S, self._watch)  # (one loop lookup, not two)
 

@@ -180,7 +180,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         cycle = self.cycle
         if cycle is not None and type(cycle) is RequestResponseCycle:
             cycle.__class__ = DirectCycle  # head and body in one write (one_write.py),
-            cast(DirectCycle, cycle).attach()  # and direct answers (direct_cycle.py)
+            cast(DirectCycle, cycle).attach(self.loop)  # and direct answers (direct_cycle.py)
 
     def on_message_complete(self) -> None:
         self._head_bytes = 0

@@ -27,6 +27,7 @@ tests) finds no :data:`SCOPE_KEY` in its scope and sends ASGI messages.
 
 from __future__ import annotations
 
+import asyncio
 import weakref
 from collections.abc import Callable
 
@@ -50,13 +51,17 @@ _LAST_CHUNK = b"0\r\n\r\n"
 class DirectCycle(OneWriteCycle):
     """uvicorn's cycle with the :class:`gateway.http.answers.Responder` methods."""
 
+    loop: asyncio.AbstractEventLoop
+    """The connection's event loop (set by :meth:`attach`)."""
     on_disconnect: Callable[[], None] | None = None
     """Called once if the connection is lost before the answer is complete (set by
     :class:`gateway.http.client_watch.ClientWatch`; a class default, since the cycle
     is made by uvicorn and only then given this class)."""
 
-    def attach(self) -> None:
-        """Offer this cycle to the application, through the scope."""
+    def attach(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Offer this cycle to the application, through the scope; ``loop`` is the
+        connection's."""
+        self.loop = loop
         self.scope[SCOPE_KEY] = weakref.ref(self)  # type: ignore[literal-required]
 
     async def whole(self, status: int, headers: RawHeaders, body: bytes) -> None:

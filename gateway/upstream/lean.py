@@ -46,6 +46,7 @@ class LeanStream(PrimedEvents):
 
     def __init__(self, conn: EngineConnection, pool: ConnectionPool, idle_s: float) -> None:
         self._conn: EngineConnection | None = conn
+        self._loop = conn.loop
         self._pool = pool
         self._idle_s = idle_s
         self._buffer = b""
@@ -53,7 +54,7 @@ class LeanStream(PrimedEvents):
 
     async def _next_batch(self) -> bytes | None:
         """The complete events received so far (waiting for one); None at the end."""
-        loop = asyncio.get_running_loop()
+        loop = self._loop
         while True:
             cut = self._buffer.rfind(b"\n\n")
             if cut >= 0:
@@ -145,7 +146,7 @@ class LeanUpstream:
         conn = self._pool.take_idle(target.origin) or await self._pool.connect(
             target, deadlines.connect_s
         )
-        loop = asyncio.get_running_loop()
+        loop = conn.loop
         try:
             conn.send(request)
             await conn.response_head(loop.time() + deadlines.idle_s)

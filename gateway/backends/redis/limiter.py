@@ -133,7 +133,7 @@ class RedisLimiter:
         choices: int = 1,
     ) -> asyncio.Future[Decision]:
         self._link.check()
-        future: asyncio.Future[Decision] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[Decision] = self._link.fast.create_future()
         encoded = self._encoded.get(scopes)
         args = _operation(
             encoded.admit_head, request_id, tokens, wanted, choices, b"%d" % int(lease_s * 1000)

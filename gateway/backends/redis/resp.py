@@ -118,7 +118,10 @@ def parse_reply(buffer: bytes | bytearray, start: int) -> tuple[Any, int]:
 
 
 class _Connection(asyncio.Protocol):
-    def __init__(self) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        """The loop the connection lives on: its futures are made there, with no lookup
+        of the running loop (a ``getpid`` system call on Python 3.11)."""
         self.transport: asyncio.Transport | None = None
         self.pending: deque[tuple[asyncio.Future[Any], float, bytes]] = deque()
         """Calls waiting for a reply, in the order sent: future, when the call began,
@@ -240,7 +243,7 @@ class RespClient:
         connection = self._connection
         if connection is None or connection.closed:
             connection = await self._connect(began)
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[Any] = connection.loop.create_future()
         connection.queue(command, future, accept, began)
         self._schedule_flush()
         return await future
@@ -259,10 +262,17 @@ class RespClient:
         connection = self._connection
         if connection is None or connection.closed:
             return asyncio.ensure_future(self.call_encoded(command, accept))
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[Any] = connection.loop.create_future()
         connection.queue(command, future, accept, time.monotonic())
         self._schedule_flush()
         return future
+
+    def create_future(self) -> asyncio.Future[Any]:
+        """A future on the connection's loop (the running one when not connected)."""
+        connection = self._connection
+        return (
+            connection.loop if connection is not None else asyncio.get_running_loop()
+        ).create_future()
 
     def before_flush(self, callback: Callable[[], None]) -> None:
         """Run ``callback`` once, just before this turn's write: the commands it sends
@@ -273,7 +283,9 @@ class RespClient:
     def _schedule_flush(self) -> None:
         if not self._flush_scheduled:
             self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush)
+            connection = self._connection
+            loop = connection.loop if connection is not None else asyncio.get_running_loop()
+            loop.call_soon(self._flush)
 
     def _flush(self) -> None:
         """The end of a turn: the batching callers' commands, then one write."""
@@ -343,11 +355,16 @@ class RespClient:
         loop = asyncio.get_running_loop()
         parsed = self._parsed
         if parsed.scheme == "unix":
-            _, connection = await loop.create_unix_connection(_Connection, parsed.path)
+            _, connection = await loop.create_unix_connection(
+                lambda: _Connection(loop), parsed.path
+            )
         else:
             context = ssl.create_default_context() if parsed.scheme == "rediss" else None
             _, connection = await loop.create_connection(
-                _Connection, parsed.hostname or "127.0.0.1", parsed.port or 6379, ssl=context
+                lambda: _Connection(loop),
+                parsed.hostname or "127.0.0.1",
+                parsed.port or 6379,
+                ssl=context,
             )
         try:
             if parsed.password is not None:
@@ -365,7 +382,7 @@ class RespClient:
 
     @staticmethod
     async def _handshake(connection: _Connection, args: tuple[str, ...]) -> None:
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[Any] = connection.loop.create_future()
         connection.send(encode_command(args), future, STATUS, time.monotonic())
         await future
 

@@ -139,6 +139,9 @@ class LostConnection:
     disconnected = False
     on_disconnect: Callable[[], None] | None = None
 
+    def __init__(self) -> None:
+        self.loop = asyncio.get_running_loop()
+
     def lose(self) -> None:
         self.disconnected = True
         tell, self.on_disconnect = self.on_disconnect, None

@@ -39,7 +39,9 @@ class _Cycle:
         )
         cycle.__class__ = DirectCycle
         self.cycle: DirectCycle = cycle  # type: ignore[assignment]
-        self.cycle.attach()
+        loop = asyncio.new_event_loop()  # only ClientWatch uses the cycle's loop; not these
+        loop.close()
+        self.cycle.attach(loop)
 
     def _on_response(self) -> None:
         self.responses += 1
