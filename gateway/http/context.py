@@ -40,7 +40,7 @@ _COMPLETION_HEADERS = frozenset(
 )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # made per request: not frozen (its __init__ is 4x slower)
 class CompletionHeaders:
     """The request headers the completion routes read."""
 

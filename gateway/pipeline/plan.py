@@ -85,7 +85,7 @@ class ModelRename:
         return batch
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # made per request: not frozen (its __init__ is 4x slower)
 class ParsedRequest:
     """A validated request, the exact bytes to send to the engine, and how to route it."""
 

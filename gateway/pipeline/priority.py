@@ -33,7 +33,7 @@ PRIORITY_HEADER = "x-vgate-priority"
 _FIELD = "priority"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # made per request: not frozen (its __init__ is 4x slower)
 class Place:
     """Where a request waits: its key (turns are taken per key) and its priority."""
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from gateway.auth.authenticator import Principal
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # made per request: not frozen (its __init__ is 4x slower)
 class RequestMeta:
     """What the service needs from the HTTP request besides its body."""
 

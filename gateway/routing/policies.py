@@ -26,7 +26,7 @@ from typing import Protocol
 from gateway.config.sections import RoutingSettings
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # made per request: not frozen (its __init__ is 4x slower)
 class EndpointView:
     """What a policy may know about one engine at the moment of choosing."""
 

@@ -22,7 +22,7 @@ class EngineUnreachable(Exception):
     """The connection to an engine failed before any response; safe to retry elsewhere."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # made per request: not frozen (its __init__ is 4x slower)
 class UpstreamReply:
     """A complete non-streaming engine response."""
 
