@@ -49,6 +49,9 @@ from gateway.ratelimit.limits import NO_LIMITS, Limits, LimitScope
 log = logging.getLogger("vgate.auth")
 _BEARER = "bearer "
 
+DIGESTS_KEPT = 4096
+"""Authorization headers of valid keys whose digest :class:`KeyDirectory` remembers."""
+
 UNKNOWN_KEY_RECHECK_S = 0.05
 """An unknown key makes the directory check the key store only when its last check
 began longer ago than this: at most 20 checks a second, whatever the flood."""
@@ -150,11 +153,27 @@ class KeyDirectory:
         self._clock = clock
         self._checked_at = -math.inf
         """When the last check made for an unknown key began (polls do not count)."""
+        self._digests: dict[str, str] = {}
+        """``Authorization`` header -> its key's digest, so that a key is hashed once,
+        not on every request. Only headers that named a valid key enter (junk cannot
+        fill it; at :data:`DIGESTS_KEPT` it starts over), and the digest is still looked
+        up on every request, so a revoked key stops at once."""
 
     def known(self, authorization: str | None) -> Principal | None:
-        digest = _digest(authorization)
-        principal = self._local(digest) if digest is not None else None
-        return None if principal is None or _expired(principal) else principal
+        digest = self._digests.get(authorization) if authorization else None
+        remembered = digest is not None
+        if digest is None:
+            digest = _digest(authorization)
+            if digest is None:
+                return None
+        principal = self._local(digest)
+        if principal is None or _expired(principal):
+            return None
+        if not remembered and authorization:
+            if len(self._digests) >= DIGESTS_KEPT:
+                self._digests.clear()
+            self._digests[authorization] = digest
+        return principal
 
     async def authenticate(self, authorization: str | None) -> Principal:
         if not authorization:
