@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
-from typing import cast
+from typing import Any, cast
 
 import pytest
 from starlette.types import Message, Receive, Scope, Send
@@ -44,21 +44,31 @@ class Connection:
         self._gone.set()
 
 
-async def test_a_client_leaving_during_a_non_streaming_answer_cancels_it() -> None:
-    connection = Connection()
-    started, cancelled = asyncio.Event(), asyncio.Event()
+class SlowAnswer:
+    """A handler that starts watching, then works until cancelled; the events say when it
+    started and whether it was cancelled, ``tasks_at_start`` how many tasks ran then."""
 
-    async def slow(scope: Scope, receive: Receive, watch: ClientWatch) -> Result:
+    def __init__(self) -> None:
+        self.started, self.cancelled = asyncio.Event(), asyncio.Event()
+        self.tasks_at_start = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, watch: ClientWatch) -> Result:
         await read_body(receive, 100, None)
         watch.start()
-        started.set()
+        self.tasks_at_start = len(asyncio.all_tasks())
+        self.started.set()
         try:
             await asyncio.sleep(60)
         except asyncio.CancelledError:
-            cancelled.set()
+            self.cancelled.set()
             raise
         return Answer(b"{}", [])
 
+
+async def test_a_client_leaving_during_a_non_streaming_answer_cancels_it() -> None:
+    connection = Connection()
+    slow = SlowAnswer()
+    started, cancelled = slow.started, slow.cancelled
     answering = asyncio.create_task(Endpoint(slow)(SCOPE, connection.receive, connection.send))
     await started.wait()
     connection.hang_up()
@@ -149,22 +159,20 @@ class LostConnection:
         tell()
 
 
-async def test_on_a_direct_cycle_the_connection_reports_the_loss_with_no_timer_or_task() -> None:
+async def test_on_a_direct_cycle_the_connection_reports_the_loss_with_no_timer_or_task(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     connection, lost = Connection(), LostConnection()
-    started, cancelled = asyncio.Event(), asyncio.Event()
-    tasks: list[int] = []
+    slow = SlowAnswer()
+    loop = asyncio.get_running_loop()
+    timers: list[float] = []
+    arm = loop.call_later
 
-    async def slow(scope: Scope, receive: Receive, watch: ClientWatch) -> Result:
-        await read_body(receive, 100, None)
-        watch.start()
-        tasks.append(len(asyncio.all_tasks()))
-        started.set()
-        try:
-            await asyncio.sleep(60)
-        except asyncio.CancelledError:
-            cancelled.set()
-            raise
-        return Answer(b"{}", [])
+    def recording(delay: float, *args: Any, **kwargs: Any) -> asyncio.TimerHandle:
+        timers.append(delay)
+        return arm(delay, *args, **kwargs)
+
+    monkeypatch.setattr(loop, "call_later", recording)
 
     async def answer(scope: Scope, receive: Receive, send: Send) -> None:
         watch = ClientWatch(receive, cast(DirectCycle, lost))
@@ -177,12 +185,12 @@ async def test_on_a_direct_cycle_the_connection_reports_the_loss_with_no_timer_o
             watch.stop()
 
     answering = asyncio.create_task(answer(SCOPE, connection.receive, connection.send))
-    await started.wait()
-    await asyncio.sleep(GRACE_S * 1.5)  # past the grace: still no watcher task
-    assert len(asyncio.all_tasks()) == tasks[0]
+    await slow.started.wait()
+    assert GRACE_S not in timers  # no grace timer armed, so no watcher task will follow
+    assert len(asyncio.all_tasks()) == slow.tasks_at_start
     lost.lose()
     await asyncio.wait_for(answering, 5)
-    assert cancelled.is_set() and lost.on_disconnect is None
+    assert slow.cancelled.is_set() and lost.on_disconnect is None
 
 
 async def test_on_a_direct_cycle_an_answer_that_ends_stops_listening() -> None:
