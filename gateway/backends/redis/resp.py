@@ -119,9 +119,7 @@ def parse_reply(buffer: bytes | bytearray, start: int) -> tuple[Any, int]:
 
 class _Connection(asyncio.Protocol):
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
-        """The loop the connection lives on: its futures are made there, with no lookup
-        of the running loop (a ``getpid`` system call on Python 3.11)."""
+        self.loop = loop  # futures are made here: no running-loop lookup (getpid on 3.11)
         self.transport: asyncio.Transport | None = None
         self.pending: deque[tuple[asyncio.Future[Any], float, bytes]] = deque()
         """Calls waiting for a reply, in the order sent: future, when the call began,
@@ -269,10 +267,11 @@ class RespClient:
 
     def create_future(self) -> asyncio.Future[Any]:
         """A future on the connection's loop (the running one when not connected)."""
+        return self._loop().create_future()
+
+    def _loop(self) -> asyncio.AbstractEventLoop:
         connection = self._connection
-        return (
-            connection.loop if connection is not None else asyncio.get_running_loop()
-        ).create_future()
+        return connection.loop if connection is not None else asyncio.get_running_loop()
 
     def before_flush(self, callback: Callable[[], None]) -> None:
         """Run ``callback`` once, just before this turn's write: the commands it sends
@@ -283,9 +282,7 @@ class RespClient:
     def _schedule_flush(self) -> None:
         if not self._flush_scheduled:
             self._flush_scheduled = True
-            connection = self._connection
-            loop = connection.loop if connection is not None else asyncio.get_running_loop()
-            loop.call_soon(self._flush)
+            self._loop().call_soon(self._flush)
 
     def _flush(self) -> None:
         """The end of a turn: the batching callers' commands, then one write."""
