@@ -16,7 +16,9 @@ the forwarder decides.
 
 At most ``limit`` connections are open or opening at once, across all engines; a
 request over the limit first closes an idle connection to another engine, else
-waits for one to be handed back.
+waits for one to be handed back. Health probes and metrics scrapes never wait
+(:meth:`ConnectionPool.connect` with ``wait=False``): an engine whose connections
+are all busy serving is not down, and a probe that queued behind them would say so.
 """
 
 from __future__ import annotations
@@ -57,10 +59,15 @@ class ConnectionPool:
                 self._forget(conn)
         return None
 
-    async def connect(self, target: Target, connect_s: float) -> EngineConnection:
-        """A new connection to ``target``, once the limit allows one; it must connect
-        within ``connect_s`` or :class:`EngineUnreachable` is raised."""
-        while len(self._open) + self._connecting >= self._limit and not self._close_an_idle():
+    async def connect(
+        self, target: Target, connect_s: float, *, wait: bool = True
+    ) -> EngineConnection:
+        """A new connection to ``target``, once the limit allows one (``wait=False``: at
+        once, past the limit if need be); it must connect within ``connect_s`` or
+        :class:`EngineUnreachable` is raised."""
+        while (
+            wait and len(self._open) + self._connecting >= self._limit and not self._close_an_idle()
+        ):
             waiter = asyncio.get_running_loop().create_future()
             self._waiters.append(waiter)
             try:

@@ -193,7 +193,9 @@ class LeanUpstream:
             request = get_request_bytes(target, headers or {})
             async with asyncio.timeout(PROBE_TIMEOUT_S):
                 conn = self._pool.take_idle(target.origin) or await self._pool.connect(
-                    target, PROBE_TIMEOUT_S
+                    target,
+                    PROBE_TIMEOUT_S,
+                    wait=False,  # never queued behind requests
                 )
                 try:
                     conn.send(request)

@@ -125,3 +125,28 @@ def test_a_gateway_on_the_lean_client_never_loads_aiohttp() -> None:
         [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
     )
     assert done.stdout.strip() == "False", done.stderr
+
+
+async def test_a_probe_does_not_queue_behind_requests_holding_every_connection() -> None:
+    held = asyncio.Event()
+
+    async def answer(seen: Seen, writer: asyncio.StreamWriter) -> None:
+        if seen.head.startswith(b"GET "):
+            writer.write(ok(b""))
+            return
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n")
+        writer.write(b"Transfer-Encoding: chunked\r\n\r\n")
+        await writer.drain()
+        await held.wait()  # the stream stays open: the pool's one connection is busy
+
+    client = LeanUpstream(UpstreamSettings(max_connections=1))
+    engine = await _engine(answer)
+    try:
+        stream = await client.open_stream(engine.url + "/v1/chat/completions", b"{}", {}, LIMITS)
+        assert await client.probe(engine.url)  # the engine is busy, not down
+        assert await client.fetch_text(engine.url + "/metrics") == ""
+        stream.close()
+    finally:
+        held.set()
+        await client.close()
+        await engine.stop()
