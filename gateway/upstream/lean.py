@@ -46,7 +46,6 @@ class LeanStream(PrimedEvents):
 
     def __init__(self, conn: EngineConnection, pool: ConnectionPool, idle_s: float) -> None:
         self._conn: EngineConnection | None = conn
-        self._loop = conn.loop
         self._pool = pool
         self._idle_s = idle_s
         self._buffer = b""
@@ -54,18 +53,18 @@ class LeanStream(PrimedEvents):
 
     async def _next_batch(self) -> bytes | None:
         """The complete events received so far (waiting for one); None at the end."""
-        loop = self._loop
         while True:
             cut = self._buffer.rfind(b"\n\n")
             if cut >= 0:
                 ready, self._buffer = self._buffer[: cut + 2], self._buffer[cut + 2 :]
                 return ready
-            idle_at = loop.time() + self._idle_s
-            total = self.deadline is not None and self.deadline <= idle_at
-            if self._conn is None:
+            conn = self._conn
+            if conn is None:
                 raise UpstreamError("the stream was closed")
+            idle_at = conn.loop.time() + self._idle_s  # (its loop's clock: no loop lookup)
+            total = self.deadline is not None and self.deadline <= idle_at
             try:
-                data = await self._conn.read_some(self.deadline if total else idle_at)
+                data = await conn.read_some(self.deadline if total else idle_at)
             except TimeoutError:
                 raise UpstreamTimeoutError(
                     "the engine did not finish within the total timeout (total_s)"

@@ -5,8 +5,6 @@ on this client never loads aiohttp."""
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
 from collections.abc import AsyncIterator
 
 import pytest
@@ -15,6 +13,7 @@ from gateway.config.sections import UpstreamSettings
 from gateway.upstream import lean
 from gateway.upstream.deadlines import Deadlines
 from gateway.upstream.lean import LeanUpstream
+from tests.helpers.fresh_app import after_building_the_app
 from tests.helpers.processes import free_port
 from tests.unit.upstream.scripted_engine import Answer, ScriptedEngine, Seen, ok
 
@@ -112,19 +111,7 @@ async def test_fetch_text_returns_a_200_body_as_text_and_none_otherwise(
 
 
 def test_a_gateway_on_the_lean_client_never_loads_aiohttp() -> None:
-    script = (
-        "import sys\n"
-        "from gateway.app import create_app\n"
-        "from gateway.config.settings import Settings\n"
-        "settings = Settings.model_validate("
-        "{'models': [{'name': 'm', 'endpoints': ['http://127.0.0.1:9']}]})\n"
-        "create_app(settings)\n"
-        "print('aiohttp' in sys.modules)\n"
-    )
-    done = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
-    )
-    assert done.stdout.strip() == "False", done.stderr
+    assert after_building_the_app("'aiohttp' in sys.modules") == "False"
 
 
 async def test_a_probe_does_not_queue_behind_requests_holding_every_connection() -> None:
