@@ -250,17 +250,17 @@ def test_a_flood_of_unknown_keys_costs_no_redis_lookup_each(
 
             return await asyncio.gather(*(one(k) for k in keys))
 
-    def lookups_per_s(during: Callable[[], object]) -> tuple[float, int]:
+    def lookups_per_s(during: Callable[[], object]) -> tuple[float, int, float]:
         before, started = redis_lookups(redis_url), time.monotonic()
         during()
-        lookups = redis_lookups(redis_url) - before
-        return lookups / (time.monotonic() - started), lookups
+        lookups, elapsed = redis_lookups(redis_url) - before, time.monotonic() - started
+        return lookups / elapsed, lookups, elapsed
 
-    idle, _ = lookups_per_s(lambda: time.sleep(1.0))  # background polls: key-refresh, ...
+    idle, _, _ = lookups_per_s(lambda: time.sleep(1.0))  # background polls: key-refresh, ...
     random_keys = [f"sk-{uuid.uuid4().hex}" for _ in range(600)]
     repeated = ["sk-the-same-wrong-key-0123456789"] * 300
     statuses: list[int] = []
-    flooded, lookups = lookups_per_s(lambda: statuses.extend(asyncio.run(flood(random_keys))))
+    flooded, lookups, _ = lookups_per_s(lambda: statuses.extend(asyncio.run(flood(random_keys))))
     assert set(statuses) == {401}
     # At most one check per recheck interval, whatever the flood. The session's Redis
     # also serves other gateways' polls, whose rate moves with the machine's load, so
@@ -270,8 +270,11 @@ def test_a_flood_of_unknown_keys_costs_no_redis_lookup_each(
     assert lookups < len(random_keys) / 3, lookups
     # ... and a wrong key sent again and again costs nothing once remembered.
     assert asyncio.run(flood(repeated[:1])) == [401]
-    repeating, _ = lookups_per_s(lambda: asyncio.run(flood(repeated)))
-    assert repeating <= idle + 2, (repeating, idle)
+    _, repeating, elapsed = lookups_per_s(lambda: asyncio.run(flood(repeated)))
+    # Counted, not as a rate: a fast flood lasts a fraction of a second, in which one
+    # background poll more or less moves the rate by several per second. One read per
+    # request would be 300.
+    assert repeating <= idle * elapsed + 4, (repeating, idle, elapsed)
 
     # A key made afterwards works at once, made with the admin API or the CLI.
     made = admin(gateway, "POST", json={"name": f"after-flood-{uuid.uuid4().hex[:8]}"})
