@@ -3,7 +3,8 @@ did to the overhead, measured in one run so that the VM's drift cancels.
 
 ``python -m benchmarks.commit_pair BEFORE_TREE AFTER_TREE [--mode full|plain]`` takes
 two checkouts (e.g. ``git worktree add /tmp/before <commit>``) and starts, with this
-interpreter, a zero-delay stub and a redis-server on CPU 1 and one gateway from each
+interpreter (each gateway: ``--before-python``/``--after-python``, to compare two
+interpreters on one tree), a zero-delay stub and a redis-server on CPU 1 and one gateway from each
 tree on CPU 0. Each round loads one gateway, then the other (the order reversed every
 other round), at each of ``--levels`` connections: non-streaming chat, a prompt unique
 to each request and temperature 0. ``full`` turns on auth, Redis rate limits (far too
@@ -38,9 +39,11 @@ class Run:
     cpu_us: float
 
 
-def _start_gateway(procs: Processes, name: str, tree: Path, config: Path) -> tuple[int, str]:
+def _start_gateway(
+    procs: Processes, name: str, tree: Path, python: str, config: Path
+) -> tuple[int, str]:
     port = free_port()
-    argv = ["env", "-C", str(tree), sys.executable, "-m", "gateway", "serve",
+    argv = ["env", "-C", str(tree), python, "-m", "gateway", "serve",
             "--config", str(config), "--port", str(port)]  # fmt: skip
     proc = procs.start(name, argv, GATEWAY_CPU)
     url = f"http://127.0.0.1:{port}"
@@ -72,6 +75,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=5.0)
     parser.add_argument("--warmup", type=float, default=1.0)
     parser.add_argument("--logs", type=Path, default=Path("benchmarks/results/commit_pair-logs"))
+    parser.add_argument("--before-python", default=sys.executable,
+                        help="interpreter of the before side (default: this one)")  # fmt: skip
+    parser.add_argument("--after-python", default=sys.executable,
+                        help="interpreter of the after side: two venvs of one tree compare "
+                             "interpreters")  # fmt: skip
     args = parser.parse_args(argv)
     levels = [int(x) for x in args.levels.split(",")]
     body = chat_body(MODEL, prompt=f"Say hello to request {UNIQUE.decode()}.", temperature=0)
@@ -86,8 +94,10 @@ def main(argv: list[str] | None = None) -> int:
         config = args.logs / "gateway.yaml"
         text = template.replace("${STUB_URL}", f"http://127.0.0.1:{stub_port}")
         config.write_text(text.replace("${REDIS_URL}", f"redis://127.0.0.1:{redis_port}/0"))
-        sides = {name: _start_gateway(procs, name, tree.resolve(), config.resolve())
-                 for name, tree in (("before", args.before), ("after", args.after))}  # fmt: skip
+        trees = (("before", args.before, args.before_python),
+                 ("after", args.after, args.after_python))  # fmt: skip
+        sides = {name: _start_gateway(procs, name, tree.resolve(), python, config.resolve())
+                 for name, tree, python in trees}  # fmt: skip
         runs: dict[tuple[str, int], list[Run]] = {(n, c): [] for n in sides for c in levels}
         for index in range(args.rounds):
             for conns in levels:
