@@ -13,15 +13,69 @@ the cache and routing read. Only the fields the gateway uses are checked:
 affinity), the prompt or input, and the counts a rate-limit reservation reads
 (``n``, ``best_of``, ``max_tokens``, ``max_completion_tokens``), plus ``seed``
 and ``temperature`` (the cache's notion of deterministic). Bounds are vLLM's.
+
+Lists a client may make long (token ids, prompts, content parts) are checked by
+:func:`_checked`, not by pydantic's union: a union tries every form on every item
+and records an error per item of each form that fails, so 4 million token ids cost
+seconds inside one C call (holding the GIL: even a thread stalls the event loop) and
+gigabytes of error objects. The check is one pass in Python over items of the
+expected type; only a short list that fails it goes to pydantic, for the exact
+(lenient) verdict and message.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PlainValidator, TypeAdapter, field_validator
 
 _INT64 = 2**63
+
+
+_EXACT_CHECK_ITEMS = 1024
+"""Lists up to this long that fail the fast check get pydantic's own verdict (it admits
+``1.0`` as a token id, as vLLM does); longer ones are refused at the first odd item."""
+
+
+def _checked(adapter: TypeAdapter[Any], fits: Any, what: str) -> PlainValidator:
+    """A validator that accepts ``value`` when ``fits(value)`` (one pass, exact types),
+    else asks ``adapter`` when the value is small, else refuses it naming ``what``."""
+
+    def check(value: Any) -> Any:
+        if fits(value):
+            return value
+        if not isinstance(value, list) or len(value) <= _EXACT_CHECK_ITEMS:
+            return adapter.validate_python(value)
+        raise ValueError(f"must be {what}")
+
+    return PlainValidator(check)
+
+
+def _ints(items: list[Any]) -> bool:
+    return all(type(item) is int for item in items)
+
+
+def _fits_prompt(value: Any) -> bool:
+    """``str | list[str] | list[int] | list[list[int]]`` with exact types."""
+    if value is None or type(value) is str:
+        return True
+    if type(value) is not list or not value:
+        return False
+    first = type(value[0])
+    if first is str:
+        return all(type(item) is str for item in value)
+    if first is int:
+        return _ints(value)
+    return all(type(item) is list and _ints(item) for item in value)
+
+
+def _fits_content(value: Any) -> bool:
+    """``str | list[dict] | None`` with exact types."""
+    return (
+        value is None
+        or type(value) is str
+        or (type(value) is list and all(type(part) is dict for part in value))
+    )
 
 
 class _Passthrough(BaseModel):
@@ -38,7 +92,14 @@ class ChatMessage(_Passthrough):
     """Any string, not only OpenAI's six: vLLM enables custom roles (its
     ``CustomChatCompletionMessageParam``, e.g. ``ipython`` for tool output), and the
     model's chat template decides what they mean."""
-    content: str | list[dict[str, Any]] | None = None
+    content: Annotated[
+        str | list[dict[str, Any]] | None,
+        _checked(
+            TypeAdapter(str | list[dict[str, Any]] | None),
+            _fits_content,
+            "a string or a list of content parts (objects)",
+        ),
+    ] = None
 
 
 class _RequestFields(_Passthrough):
@@ -65,7 +126,14 @@ class ChatCompletionRequest(_SamplingFields):
     max_completion_tokens: int | None = Field(None, ge=0)
 
 
-TokenPrompt = str | list[str] | list[int] | list[list[int]]
+TokenPrompt = Annotated[
+    str | list[str] | list[int] | list[list[int]],
+    _checked(
+        TypeAdapter(str | list[str] | list[int] | list[list[int]]),
+        _fits_prompt,
+        "a string, a list of strings, a list of token ids or a list of lists of token ids",
+    ),
+]
 
 
 class CompletionRequest(_SamplingFields):
