@@ -33,6 +33,17 @@ clock read and no timer: about 6k instructions in a request of about 900k
 (measured under callgrind on the protocol alone). The base class's methods are
 called directly, not through ``super()``, which would cost 800 more per call.
 
+Protocol upgrades: the gateway serves none (no WebSocket, no ``h2c``), so an
+``Upgrade`` header is ignored, as RFC 9110 lets a server do: ``curl --http2`` on an
+``http://`` URL sends ``Connection: Upgrade, HTTP2-Settings`` and ``Upgrade: h2c``
+with its POST. llhttp would stop at such a head and skip its body (the request
+then reached the application empty), so the header's name is changed before the
+head is parsed. The check is two substring searches of each read that holds head
+bytes; an ``Upgrade`` spelt in mixed case, or split across reads, still stops the
+parser, and then the connection gets a 400 and is closed, never an empty body.
+
+Bytes that are not HTTP get uvicorn's 400 in OpenAI's error shape, not its plain text.
+
 The body's size is the application's limit (``server.max_body_bytes``, counted
 as the body arrives by :func:`gateway.http.context.read_body`). Until the
 application reads, uvicorn keeps at most 64 KiB of body per connection: above
@@ -44,9 +55,11 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import re
 from dataclasses import dataclass
 from typing import Any, cast
 
+import httptools
 from starlette.types import Receive, Scope, Send
 from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import (
@@ -67,6 +80,10 @@ _TICK_S = 1.0
 
 _NO_HEAD = -1
 """``_head_bytes`` from the end of a request's head to the end of its body."""
+
+_UPGRADE_HEADER = re.compile(rb"\r\nupgrade[ \t]*:", re.IGNORECASE)
+_IGNORED_UPGRADE = b"\r\nx-ignored-upgrade:"
+"""What an ``Upgrade`` header becomes: a name the gateway and llhttp ignore."""
 
 _TOO_MANY_CONNECTIONS = error_body(
     "This gateway process has too many open connections; retry shortly.",
@@ -154,24 +171,43 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
     def data_received(self, data: bytes) -> None:
         head = self._head_bytes
         if head == _NO_HEAD:
-            HttpToolsProtocol.data_received(self, data)
+            self._feed(data)
             return
+        if b"pgrade" in data or b"PGRADE" in data:
+            data = _without_upgrade(data)
         limit = self._limits.max_header_bytes
         room = limit - head
         if len(data) <= room:
             self._head_bytes = head + len(data)
-            HttpToolsProtocol.data_received(self, data)
+            self._feed(data)
             return
         # Only the bytes that fit are parsed as head; the rest may be body or the
         # next request, counted again below once this head has ended.
         self._head_bytes = limit
-        HttpToolsProtocol.data_received(self, data[:room])
+        self._feed(data[:room])
         if self.transport.is_closing():
             return
         if self._head_bytes == limit:  # still the same head: it did not end within the limit
             self._refuse(431, f"The request head exceeds {limit} bytes.", "request_head_too_large")
             return
         self.data_received(data[room:])
+
+    def _feed(self, data: bytes) -> None:
+        """uvicorn's ``data_received``, with an upgrade the rewrite missed refused."""
+        self._unset_keepalive_if_required()
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError:
+            log.debug("closing a connection: invalid HTTP")
+            self.send_400_response("Invalid HTTP request received.")
+        except httptools.HttpParserUpgrade:
+            self.send_400_response(
+                "Protocol upgrades are not supported; send the request without them."
+            )
+
+    def send_400_response(self, msg: str) -> None:
+        """uvicorn's answer to bytes that are not HTTP, in OpenAI's error shape."""
+        self._write_refusal(400, msg, "invalid_http_request")
 
     def on_headers_complete(self) -> None:
         self._head_bytes = _NO_HEAD
@@ -226,6 +262,10 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         if self.cycle is not None and not self.cycle.response_complete:
             self.transport.close()
             return
+        self._write_refusal(status, message, code)
+
+    def _write_refusal(self, status: int, message: str, code: str) -> None:
+        """An OpenAI error with ``connection: close``, then close."""
         body = error_body(message, "invalid_request_error", None, code)
         content = [STATUS_LINE[status]]
         for name, value in self.server_state.default_headers:
@@ -240,6 +280,14 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         )
         self.transport.write(b"".join(content))
         self.transport.close()
+
+
+def _without_upgrade(data: bytes) -> bytes:
+    """``data`` with any ``Upgrade`` header of the head it holds renamed (the body, if
+    any, untouched)."""
+    end = data.find(b"\r\n\r\n")
+    head = data if end < 0 else data[: end + 2]
+    return _UPGRADE_HEADER.sub(_IGNORED_UPGRADE, head) + data[len(head) :]
 
 
 async def _too_many_connections(scope: Scope, receive: Receive, send: Send) -> None:

@@ -334,3 +334,68 @@ def test_a_connection_beyond_the_cap_is_503_and_open_ones_are_served(
         open_served(served).close()
         for sock in held:
             sock.close()
+
+
+def raw_post(body: bytes, *headers: bytes) -> bytes:
+    """A chat completion POST with extra header lines."""
+    lines = [b"POST /v1/chat/completions HTTP/1.1", b"host: x", b"content-type: application/json",
+             b"content-length: %d" % len(body), *headers]  # fmt: skip
+    return b"\r\n".join(lines) + b"\r\n\r\n" + body
+
+
+@pytest.mark.parametrize(
+    "upgrade",
+    [
+        (
+            b"connection: Upgrade, HTTP2-Settings",
+            b"upgrade: h2c",
+            b"http2-settings: AAMAAABkAAQCAAAAAAIAAAAA",
+        ),
+        (b"Connection: upgrade", b"Upgrade: websocket"),
+        (b"CONNECTION: UPGRADE", b"UPGRADE: h2c"),
+    ],
+    ids=["curl-http2", "websocket", "upper-case"],
+)
+def test_an_upgrade_the_gateway_does_not_serve_is_ignored_and_the_body_read(
+    gateway: Served, upgrade: tuple[bytes, ...]
+) -> None:
+    """``curl --http2`` on an http:// URL asks for h2c with its POST: the request is
+    served as HTTP/1.1, body and all (llhttp skipped the body of an upgrade request,
+    and the gateway answered 400 "not valid JSON")."""
+    with gateway.connect() as sock:
+        sock.sendall(raw_post(orjson.dumps(COMPLETION), *upgrade))
+        response = read_response(sock)
+        assert response.startswith(b"HTTP/1.1 200 "), response[:300]
+        assert orjson.loads(response.partition(b"\r\n\r\n")[2])["object"] == "chat.completion"
+        sock.sendall(raw_post(orjson.dumps(COMPLETION)))  # the connection serves on
+        assert read_response(sock).startswith(b"HTTP/1.1 200 ")
+
+
+def test_an_upgrade_the_check_misses_is_a_400_never_an_empty_body(gateway: Served) -> None:
+    """Spelt so that neither ``pgrade`` nor ``PGRADE`` occurs: llhttp still sees an
+    upgrade, and the client gets a clear 400 instead of its body dropped."""
+    with gateway.connect() as sock:
+        sock.sendall(raw_post(orjson.dumps(COMPLETION), b"Connection: UpGrade", b"UpGrade: h2c"))
+        response = read_until_closed(sock, timeout=10)
+    assert response.startswith(b"HTTP/1.1 400 "), response[:300]
+    assert error_of(response)["code"] == "invalid_http_request"
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\n"
+        b"content-length: 2\r\ncontent-length: 3\r\n\r\n{}",
+        b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nbad name: 1\r\n\r\n",
+        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+    ],
+    ids=["two-lengths", "space-in-name", "http2-preface"],
+)
+def test_bytes_that_are_not_http_get_a_400_in_openai_shape(gateway: Served, head: bytes) -> None:
+    with gateway.connect() as sock:
+        sock.sendall(head)
+        response = read_until_closed(sock, timeout=10)
+    assert response.startswith(b"HTTP/1.1 400 "), response[:300]
+    assert b"content-type: application/json" in response.lower()
+    assert error_of(response)["type"] == "invalid_request_error"
+    assert httpx.get(f"{gateway.url}/health").status_code == 200
