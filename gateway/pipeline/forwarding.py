@@ -18,9 +18,7 @@ is logged at debug level.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
-import secrets
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -32,6 +30,7 @@ from gateway.errors import (
     UpstreamTimeoutError,
 )
 from gateway.observability.metrics import GatewayMetrics
+from gateway.observability.opaque_ids import OpaqueIds
 from gateway.pipeline.exchange import Exchange
 from gateway.pipeline.watching import begin_attempt, end_attempt
 from gateway.pool.engine_pool import EnginePool
@@ -85,13 +84,12 @@ class Forwarder:
         self._default = default_deadlines
         self._gate = gate
         self._budget = budget or RetryBudget(0.2, 20)
-        self._id_prefix = f"vgate-{secrets.token_hex(6)}-"
-        self._ids = itertools.count()
+        self._ids = OpaqueIds("vgate-")  # vLLM names its answers after it: no counter
 
     def _headers(self, attempt: Attempt) -> dict[str, str]:
         """The headers of one request to the engines, with a fresh id of the gateway's
         own (the same for every engine tried) and the client's trace context, if any."""
-        engine_request_id = f"{self._id_prefix}{next(self._ids):x}"
+        engine_request_id = self._ids.next()
         if log.isEnabledFor(logging.DEBUG):
             log.debug("request %s goes to the engines as %s", attempt.request_id, engine_request_id)
         headers = {"Content-Type": "application/json", "X-Request-Id": engine_request_id}
