@@ -8,6 +8,12 @@ limits, the model's routing policy, and :class:`Forwarder` (engine credentials,
 failover while nothing was answered, timeouts, breaker signals). Not cached,
 never streamed through the relay (a streamed transcription arrives whole).
 
+Priority: a request waits at its key's tier, or the later one its body's
+``priority`` asks for; a client's ``priority`` field is clamped to that (never an
+earlier one than the key's reaches the engine; a non-integer is a 400), and none is
+added (:func:`gateway.pipeline.priority.body_priority`). A body without the field,
+for a model the engines know by the same name, is forwarded byte for byte.
+
 Token limits: these routes generate no tokens, so nothing is reserved or charged
 to ``tpm`` (``Admission.admit(..., tokens=False)``); a key out of tokens can still
 tokenize or score until its request rate stops it.
@@ -41,6 +47,7 @@ from gateway.pipeline.form_field import boundary_of, find_field, replace_field
 from gateway.pipeline.forwarding import Attempt, Forwarder
 from gateway.pipeline.parsing import decode_json_object
 from gateway.pipeline.plan import OFFLOAD_BYTES, ModelRename
+from gateway.pipeline.priority import body_priority, clamped_body
 from gateway.pool.engine_pool import EnginePool
 from gateway.ratelimit.admission import Admission
 from gateway.routing.policies import RoutingTable
@@ -100,6 +107,7 @@ class _Target:
     model: str
     payload: bytes
     rename: ModelRename | None
+    priority: int
 
 
 class PassthroughService:
@@ -143,9 +151,11 @@ class PassthroughService:
         exchange = Exchange(route.label, self._pool, self._metrics)
         try:
             if len(raw) > OFFLOAD_BYTES:  # a large body is read off the event loop
-                target = await asyncio.to_thread(self._target, route, raw, meta.content_type)
+                target = await asyncio.to_thread(
+                    self._target, route, raw, meta.content_type, principal.priority
+                )
             else:
-                target = self._target(route, raw, meta.content_type)
+                target = self._target(route, raw, meta.content_type, principal.priority)
             model = exchange.model = target.model
             check_model_allowed(principal, model, self._metrics)
             exchange.admit(await self._admission.admit(principal.scopes(model), {}, tokens=False))
@@ -157,7 +167,7 @@ class PassthroughService:
             content_type = meta.content_type if route.form else None
             attempt = Attempt(
                 model, route.path, target.payload, meta.request_id, policy, key, content_type,
-                key=principal.name, priority=principal.priority,
+                key=principal.name, priority=target.priority,
             )  # fmt: skip
             _, reply = await self._forwarder.complete(exchange, attempt)
             exchange.finished(None)  # nothing was reserved: nothing to settle
@@ -173,9 +183,14 @@ class PassthroughService:
         finally:
             exchange.close()
 
-    def _target(self, route: ScopedRoute, raw: bytes, content_type: str | None) -> _Target:
-        """The model a request names and the bytes its engine gets (the model renamed
-        to the engines' name where it differs); 400 or 404 when it names none we serve."""
+    def _target(
+        self, route: ScopedRoute, raw: bytes, content_type: str | None, granted: int
+    ) -> _Target:
+        """The model a request names, the bytes its engine gets (the model renamed to the
+        engines' name where it differs, a client's ``priority`` clamped to ``granted``,
+        the key's tier) and the priority it runs at; 400 or 404 when it names no model we
+        serve, 400 for a ``priority`` that is not an integer. A form's fields are
+        vLLM's audio parameters, which carry no priority."""
         if route.form:
             boundary = boundary_of(content_type or "")
             span = find_field(raw, boundary, b"model")
@@ -189,14 +204,18 @@ class PassthroughService:
             payload = raw
             if rename is not None:
                 payload = replace_field(raw, span, rename.served.encode())
-            return _Target(model, payload, rename)
+            return _Target(model, payload, rename, granted)
         body = decode_json_object(raw)
         named = body.get("model")
         if not isinstance(named, str):
             raise _model_required()
         rename = self._known(named)
-        payload = raw if rename is None else orjson.dumps(body | {"model": rename.served})
-        return _Target(named, payload, rename)
+        priority = body_priority(granted, body)
+        changed = clamped_body(body, priority)
+        if rename is not None:
+            changed = (changed or body) | {"model": rename.served}
+        payload = raw if changed is None else orjson.dumps(changed)
+        return _Target(named, payload, rename, priority)
 
     def _known(self, model: str) -> ModelRename | None:
         """404 unless ``model`` is served; its rename, if any."""

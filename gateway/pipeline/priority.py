@@ -15,6 +15,11 @@ shedding`), and, when tiers reach the engines (``routing.priority_tiers``), the
 engine's body carries it as ``priority``. A body is re-encoded only when the client
 sent a ``priority`` that must change; a request at the default priority (0, what
 vLLM assumes without one) is forwarded byte for byte.
+
+The Responses API and vLLM's own routes (:mod:`gateway.pipeline.responses`,
+:mod:`gateway.pipeline.passthrough`) never get a ``priority`` added, but a client's
+own field is checked and clamped the same way (:func:`body_priority`,
+:func:`clamped_body`), so no route lets a key's request run earlier than its tier.
 """
 
 from __future__ import annotations
@@ -61,17 +66,7 @@ class PriorityTiers:
                 raise InvalidRequestError(
                     f"{PRIORITY_HEADER} header: {exc}", code="invalid_priority"
                 ) from None
-        asked = body.get(_FIELD)
-        if asked is not None:
-            if isinstance(asked, bool) or not isinstance(asked, int):
-                raise InvalidRequestError(
-                    "priority must be an integer", param=_FIELD, code="invalid_priority"
-                )
-            try:
-                granted = lowered(granted, parse_priority(asked))
-            except ValueError as exc:
-                raise InvalidRequestError(str(exc), param=_FIELD, code="invalid_priority") from None
-        return Place(principal.name, granted)
+        return Place(principal.name, body_priority(granted, body))
 
     def apply(self, parsed: ParsedRequest, place: Place) -> ParsedRequest:
         """``parsed`` with the engine's body carrying ``place.priority`` where it must:
@@ -90,3 +85,29 @@ class PriorityTiers:
         else:
             return parsed
         return replace(parsed, body=body, payload=payload)  # rare: no hot-path cost
+
+
+def body_priority(granted: int, body: dict[str, Any]) -> int:
+    """``granted``, or the later priority the body's ``priority`` field asks for (never
+    an earlier one). 400 ``invalid_priority`` for a field that is not an integer in range."""
+    asked = body.get(_FIELD)
+    if asked is None:
+        return granted
+    if isinstance(asked, bool) or not isinstance(asked, int):
+        raise InvalidRequestError(
+            "priority must be an integer", param=_FIELD, code="invalid_priority"
+        )
+    try:
+        return lowered(granted, parse_priority(asked))
+    except ValueError as exc:
+        raise InvalidRequestError(str(exc), param=_FIELD, code="invalid_priority") from None
+
+
+def clamped_body(body: dict[str, Any], priority: int) -> dict[str, Any] | None:
+    """``body`` with its ``priority`` field set to ``priority`` (from :func:`body_priority`)
+    where the client wrote another value; None when the body stays as it is (no field,
+    or already that value). Never adds the field: for the routes whose bodies carry no
+    priority of the gateway's (the Responses API, vLLM's own routes)."""
+    if _FIELD not in body or body[_FIELD] == priority:
+        return None
+    return body | {_FIELD: priority}

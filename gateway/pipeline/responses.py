@@ -15,6 +15,11 @@ A request to a rollout is served by the variant chosen for it, as for completion
 engine and the stored response by the variant, ``model`` and ``x-vgate-variant`` in
 the answer. Responses are not copied to a rollout's shadow.
 
+Priority: a create waits at its key's tier, or the later one its body's ``priority``
+asks for; a client's own ``priority`` field reaches the engine clamped to that (never
+earlier than the key's tier; a non-integer is a 400), and none is added
+(:func:`gateway.pipeline.priority.body_priority`).
+
 ``background: true`` is refused (400): the gateway runs no response without a
 client attached. Cancel therefore answers as OpenAI does for a response that was
 not created in the background: 400 ``Cannot cancel a synchronous response.``
@@ -26,6 +31,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 import orjson
@@ -48,6 +54,7 @@ from gateway.pipeline.exchange import VARIANT_HEADER, Exchange
 from gateway.pipeline.forwarding import Attempt, Forwarder
 from gateway.pipeline.parsing import affinity_key, decode_json_object
 from gateway.pipeline.plan import ModelRename
+from gateway.pipeline.priority import body_priority, clamped_body
 from gateway.pipeline.response_events import FieldRestore, FinalResponseTap, relay_response_events
 from gateway.pipeline.results import Answer, EventStream, Result
 from gateway.pool.engine_pool import EnginePool
@@ -171,6 +178,10 @@ class ResponsesService:
             if not self._pool.has_model(model):
                 raise ModelNotFoundError(model)
             check_model_allowed(principal, model, self._metrics)
+        priority = body_priority(principal.priority, request.body)
+        changed = clamped_body(request.body, priority)
+        if changed is not None:  # the engine never sees an earlier priority than the key's
+            request = replace(request, body=changed)
         previous = None
         if request.previous_response_id is not None:
             previous_id = request.previous_response_id
@@ -193,7 +204,7 @@ class ResponsesService:
             key = affinity_key(_affinity_body(request, items), session_id, prefix_chars)
         attempt = Attempt(
             model, PATH, payload, request_id, policy, key,
-            key=principal.name, priority=principal.priority,
+            key=principal.name, priority=priority,
         )  # fmt: skip
         taps: list[BatchTap] = []
         if served != asked:

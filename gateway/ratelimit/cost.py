@@ -10,10 +10,27 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
+import orjson
+
 MAX_WANTED = 1 << 30
 """Output tokens per choice a request may ask to reserve (larger asks are this many:
 no limit comes near it, and the backends' arithmetic stays exact)."""
 MAX_CHOICES = 1 << 16
+CHARS_PER_TOKEN = 4
+"""The prompt estimate's rate: characters (of text, or of a structured field's JSON)
+per token."""
+MEDIA_PART_TOKENS = 1024
+"""What one non-text content part (an image, audio, video or file part: anything without
+a string ``text``) is estimated at, plus one token per :data:`MEDIA_CHARS_PER_TOKEN`
+characters of its JSON: about what one image costs the vision models vLLM serves,
+whatever its bytes (the engine resizes it), growing with long audio or video. Priced at
+text's rate, a 200 KB ``data:`` image would reserve ~67k tokens and one photo would
+exceed a small ``tpm`` outright; the answer's usage settles the difference anyway."""
+MEDIA_CHARS_PER_TOKEN = 1024
+EMBEDS_CHARS_PER_TOKEN = 512
+"""``prompt_embeds`` (base64 of a tensor, one row per token): characters of base64 per
+token. A row is the model's hidden size in 2- or 4-byte floats, at least ~384 bytes
+(512 base64 characters) for any real model, so this over-counts rather than under."""
 
 
 class Cost(NamedTuple):
@@ -34,36 +51,70 @@ def request_cost(body: dict[str, Any], default_max_tokens: int) -> Cost:
     """A request's :class:`Cost`, from a body that may not have been validated yet
     (wrong types count as absent; nothing here raises).
 
-    The prompt is about 4 characters a token, plus a few per chat message; token-id
-    prompts count one per id. ``wanted`` is ``max_completion_tokens`` (chat) or
-    ``max_tokens``, else ``default_max_tokens``. ``choices`` is every prompt of a
-    completions list (strings, or lists of token ids) times the larger of ``n`` and
+    The prompt is about :data:`CHARS_PER_TOKEN` characters a token, plus a few per chat
+    message, over everything the engine puts in front of the model: the messages' text
+    (string contents and the ``text`` of their parts), an assistant message's
+    ``tool_calls``, ``tools`` and vLLM's ``documents`` (those two by the length of
+    their JSON), each non-text content part (image, audio, video, file: see
+    :data:`MEDIA_PART_TOKENS`) and ``prompt``; token-id prompts count one per id, and
+    ``prompt_embeds`` one per :data:`EMBEDS_CHARS_PER_TOKEN` characters. A chat body
+    with only string contents costs what it always did: a few lookups, no encoding.
+
+    ``wanted`` is ``max_completion_tokens`` (chat) or ``max_tokens``, else
+    ``default_max_tokens``. ``choices`` is every prompt of a completions list (strings,
+    lists of token ids, or ``prompt_embeds``) times the larger of ``n`` and
     ``best_of``: the engine generates that many sequences."""
     chars = 0
-    prompts = 1
+    tokens = 0
+    prompts = 0
     messages = body.get("messages")
     if isinstance(messages, list):
+        chars = 16 * len(messages)  # role and framing
         for message in messages:
-            chars += 16  # role and framing
-            content = message.get("content") if isinstance(message, dict) else None
+            if not isinstance(message, dict):
+                continue
+            content = message.get("content")
             if isinstance(content, str):
                 chars += len(content)
             elif isinstance(content, list):
-                chars += sum(len(str(p.get("text", ""))) for p in content if isinstance(p, dict))
+                chars += sum(_part_chars(p) for p in content if isinstance(p, dict))
+            if "tool_calls" in message:
+                chars += _structured_chars(message["tool_calls"])
+    tools = body.get("tools")
+    if tools:
+        chars += _structured_chars(tools)
+    documents = body.get("documents")
+    if documents:
+        chars += _structured_chars(documents)
     prompt = body.get("prompt")
     if isinstance(prompt, str):
         chars += len(prompt)
+        prompts = 1
     elif isinstance(prompt, list) and prompt:
         if isinstance(prompt[0], int):  # one prompt of token ids
-            chars += 4 * len(prompt)
+            tokens = len(prompt)
+            prompts = 1
         else:  # several prompts: strings or lists of token ids
             prompts = len(prompt)
-            chars += sum(len(p) if isinstance(p, str) else 4 * _length(p) for p in prompt)
+            for p in prompt:
+                if isinstance(p, str):
+                    chars += len(p)
+                else:
+                    tokens += _length(p)
+    embeds = body.get("prompt_embeds")
+    if embeds:
+        if isinstance(embeds, str):
+            tokens += -(-len(embeds) // EMBEDS_CHARS_PER_TOKEN)
+            prompts += 1
+        elif isinstance(embeds, list):
+            prompts += len(embeds)
+            tokens += sum(-(-_text_length(e) // EMBEDS_CHARS_PER_TOKEN) for e in embeds)
     wanted = _count(body.get("max_completion_tokens")) or _count(body.get("max_tokens"))
     n = _count(body.get("n")) or 1
     sequences = max(n, _count(body.get("best_of")))
-    choices = min(prompts * sequences, MAX_CHOICES)
-    return Cost((chars + 3) // 4, min(wanted or default_max_tokens, MAX_WANTED), choices)
+    choices = min((prompts or 1) * sequences, MAX_CHOICES)
+    prompt_tokens = -(-chars // CHARS_PER_TOKEN) + tokens
+    return Cost(prompt_tokens, min(wanted or default_max_tokens, MAX_WANTED), choices)
 
 
 def estimate_tokens(body: dict[str, Any], default_max_tokens: int) -> int:
@@ -81,3 +132,33 @@ def _count(value: Any) -> int:
 
 def _length(value: Any) -> int:
     return len(value) if isinstance(value, list) else 1
+
+
+def _text_length(value: Any) -> int:
+    return len(value) if isinstance(value, str) else 0
+
+
+def _part_chars(part: dict[str, Any]) -> int:
+    """A content part's characters: its ``text``, else (an image, audio, video or file
+    part) :data:`MEDIA_PART_TOKENS` and one per :data:`MEDIA_CHARS_PER_TOKEN` of its JSON."""
+    text = part.get("text")
+    if isinstance(text, str):
+        return len(text)
+    tokens = MEDIA_PART_TOKENS + _json_chars(part) // MEDIA_CHARS_PER_TOKEN
+    return tokens * CHARS_PER_TOKEN
+
+
+def _structured_chars(value: Any) -> int:
+    """A structured field's characters: its JSON's length when it is a (non-empty)
+    list, as ``tools``, ``tool_calls`` and ``documents`` are; 0 for anything else."""
+    return _json_chars(value) if isinstance(value, list) and value else 0
+
+
+def _json_chars(value: Any) -> int:
+    """The length of ``value``'s JSON (what a chat template renders of a structured
+    field), in one C call; a value orjson cannot write (never one decoded from a
+    request) counts by its ``str``."""
+    try:
+        return len(orjson.dumps(value))
+    except orjson.JSONEncodeError:
+        return len(str(value))

@@ -168,28 +168,42 @@ def engine_payload(
 
 def cost_body(request: CreateRequest, items: list[Any]) -> dict[str, Any]:
     """What admission prices (:func:`gateway.ratelimit.cost.request_cost`): the
-    conversation's text as messages, and ``max_output_tokens`` as the output wanted."""
+    conversation's text as messages, its non-text parts (images, files, audio) as one
+    message of parts, priced as chat's are, the request's ``tools``, and
+    ``max_output_tokens`` as the output wanted."""
     texts: list[dict[str, Any]] = []
+    media: list[dict[str, Any]] = []
     instructions = request.body.get("instructions")
     if isinstance(instructions, str):
         texts.append({"content": instructions})
     for item in items:
-        texts.extend({"content": text} for text in _texts(item))
-    return {"messages": texts, "max_tokens": request.max_output_tokens}
+        texts.extend({"content": text} for text in _texts(item, media))
+    if media:
+        texts.append({"content": media})
+    return {
+        "messages": texts,
+        "tools": request.body.get("tools"),
+        "max_tokens": request.max_output_tokens,
+    }
 
 
-def _texts(item: Any) -> list[str]:
+def _texts(item: Any, media: list[dict[str, Any]]) -> list[str]:
     """The text of one input or output item: message content, its parts' text, a
-    function call's arguments or output."""
+    function call's arguments or output. Its parts without text are added to ``media``."""
     if not isinstance(item, dict):
         return []
     found = [item[k] for k in ("content", "arguments", "output") if isinstance(item.get(k), str)]
-    for key in ("content", "summary"):
+    for key in ("content", "summary", "output"):
         parts = item.get(key)
         if isinstance(parts, list):
-            found.extend(
-                p["text"] for p in parts if isinstance(p, dict) and isinstance(p.get("text"), str)
-            )
+            for part in parts:
+                if not isinstance(part, dict):
+                    continue
+                text = part.get("text")
+                if isinstance(text, str):
+                    found.append(text)
+                else:
+                    media.append(part)
     return found
 
 
