@@ -14,6 +14,14 @@ fresh one of the same prefix; ``created`` and everything else stay as stored.
 Streamed and non-streamed requests are different cache keys
 (:mod:`gateway.cache.key`), so an entry is only ever replayed in its own form.
 
+A cache shared between keys must not tell a tenant that another asked first, nor
+when: the pipeline sets :attr:`Entry.fresh_at` on its hits, and their replays
+get an id of the form a fresh answer has (:func:`lookalike_id`: vLLM's
+``chatcmpl-vgate-<hex>``, named after the request id the gateway sends, the
+stub's ``chatcmpl-<hex>``) and every ``created`` set to the time of the request
+(:func:`restamp`), both by byte search like the id swap. Replays of a per-key
+cache do neither.
+
 Entries are versioned: anything stored in another format (an older vgate's
 digest) decodes to None, a miss.
 """
@@ -21,7 +29,11 @@ digest) decodes to None, a miss.
 from __future__ import annotations
 
 import os
+import re
+import secrets
+import string
 import time
+import uuid
 from dataclasses import dataclass, field
 
 import orjson
@@ -31,6 +43,11 @@ FORMAT_VERSION = 2
 _MAGIC = b"vgate-entry/2\n"
 _ID_KEYS = (b'"id":"', b'"id": "')
 _MAX_ID = 256
+_CREATED = b'"created":'
+_CREATED_VALUE = re.compile(rb'("created": ?)\d+')
+_HEX = frozenset(string.hexdigits.lower())
+_KINDS = (string.digits, string.ascii_lowercase, string.ascii_uppercase)
+_UUID4 = re.compile(r"[0-9a-f]{8}(-?)[0-9a-f]{4}\1[4][0-9a-f]{3}\1[89ab][0-9a-f]{3}\1[0-9a-f]{12}")
 
 
 @dataclass(slots=True)  # made per request: not frozen (its __init__ is 4x slower)
@@ -47,6 +64,9 @@ class Entry:
     usage_span: tuple[int, int] | None = None
     """Where a stream's trailing usage event lies in ``payload``."""
     created_at: float = field(default_factory=time.time)
+    fresh_at: int | None = None
+    """Set when the replay must pass for a fresh answer (a shared cache's hit): the
+    ``created`` it gets, this request's time. Never stored."""
 
     def encode(self) -> bytes:
         meta = {
@@ -86,39 +106,101 @@ class Entry:
         return entry
 
     def replay(self, include_usage: bool = True) -> bytes:
-        """The answer for a new client: a fresh ``id``, and a stream's usage event
-        only when ``include_usage``."""
+        """The answer for a new client: a fresh ``id`` (with :attr:`fresh_at`, of the
+        stored one's form, and ``created`` rewritten), and a stream's usage event only
+        when ``include_usage``."""
         payload = self.payload
         if not include_usage and self.usage_span is not None:
             start, end = self.usage_span
             payload = payload[:start] + payload[end:]
-        return IdSwap(self.answer_id).apply(payload)
+        return IdSwap(self.answer_id, self.fresh_at).apply(payload)
 
 
 class IdSwap:
-    """Replaces one answer id by a fresh one of the same prefix, in bytes.
+    """Replaces one answer id by a fresh one of the same prefix, in bytes; with
+    ``fresh_at``, by one of the same form (:func:`lookalike_id`), and every
+    ``created`` becomes ``fresh_at`` (:func:`restamp`).
 
-    The id is random and unique (``chatcmpl-<hex>``), so its quoted form can only
-    be the id itself, never text the model generated (a quote inside a JSON
-    string is escaped)."""
+    The id is unique (``chatcmpl-<hex>``, or vLLM's ``chatcmpl-`` and the request id
+    the gateway sent), so its quoted form can only be the id itself, never text the
+    model generated (a quote inside a JSON string is escaped)."""
 
-    __slots__ = ("_new", "_old")
+    __slots__ = ("_created", "_new", "_old")
 
-    def __init__(self, answer_id: str | None) -> None:
+    def __init__(self, answer_id: str | None, fresh_at: int | None = None) -> None:
+        self._created = b"" if fresh_at is None else b"%d" % fresh_at
         if answer_id is None:
             self._old = self._new = b""
             return
         self._old = orjson.dumps(answer_id)
-        self._new = orjson.dumps(fresh_id(answer_id))
+        new = fresh_id(answer_id) if fresh_at is None else lookalike_id(answer_id)
+        self._new = orjson.dumps(new)
 
     def apply(self, data: bytes) -> bytes:
-        return data.replace(self._old, self._new) if self._old else data
+        if self._old:
+            data = data.replace(self._old, self._new)
+        return restamp(data, self._created) if self._created else data
 
 
 def fresh_id(answer_id: str) -> str:
     """A new id with the prefix of ``answer_id`` (up to its first ``-``)."""
     prefix, dash, _ = answer_id.partition("-")
     return (prefix + "-" if dash else "") + os.urandom(16).hex()
+
+
+def lookalike_id(answer_id: str) -> str:
+    """A new random id of the form of ``answer_id``, as long as it: its leading words
+    (lower-case letters: ``chatcmpl-``, ``cmpl-``, ``embd-``, vLLM's ``chatcmpl-vgate-``
+    where the gateway's request id follows) kept, then, ``-`` for ``-``, random lower-case
+    hex for a run of it (the stub's ``<24 hex>``, the gateway's request id), a new uuid4
+    for a uuid4 (its version and variant digits are fixed), and for any other run
+    (OpenAI's base 62) a random digit for a digit, a letter for a letter, case kept.
+    The last part is always new, a word or not."""
+    parts = answer_id.split("-")
+    words = 0
+    while words < len(parts) - 1 and parts[words].isalpha() and parts[words].islower():
+        words += 1
+    rest = "-".join(parts[words:])
+    match = _UUID4.fullmatch(rest)
+    if match is not None:
+        fresh = [str(uuid.uuid4()) if match.group(1) else uuid.uuid4().hex]
+    else:
+        fresh = [_random_like(part) for part in parts[words:]]
+    return "-".join([*parts[:words], *fresh])
+
+
+def _random_like(part: str) -> str:
+    if _HEX.issuperset(part):
+        return secrets.token_hex((len(part) + 1) // 2)[: len(part)]
+    return "".join(_same_kind(char) for char in part)
+
+
+def _same_kind(char: str) -> str:
+    for kind in _KINDS:
+        if char in kind:
+            return secrets.choice(kind)
+    return char
+
+
+def restamp(data: bytes, created: bytes) -> bytes:
+    """``data`` with the value of every ``"created"`` key set to ``created`` (digits).
+
+    No parsing: a quote in generated text is escaped, so ``"created":`` is only ever
+    the key. An engine's events all carry one value (the request's start), replaced
+    in one pass; values that differ are each rewritten (a regular expression)."""
+    first = data.find(_CREATED)
+    if first < 0:
+        return data
+    digits = first + len(_CREATED)
+    if data[digits : digits + 1] == b" ":
+        digits += 1
+    end = digits
+    while data[end : end + 1].isdigit():
+        end += 1
+    old = data[first : end + 1]  # with the byte after the digits: 12 is no prefix of 123
+    if end == digits or end == len(data) or data.count(_CREATED) != data.count(old):
+        return _CREATED_VALUE.sub(lambda match: match.group(1) + created, data)
+    return data.replace(old, data[first:digits] + created + data[end : end + 1])
 
 
 def find_answer_id(data: bytes) -> str | None:

@@ -86,8 +86,12 @@ async def respond(result: Result, responder: Responder) -> None:
     else:
         replay = result  # a cached answer; X-Cache and Age come with its headers when the
         body = replay.entry.replay(replay.include_usage)  # cache may disclose them
-        first = SSE_HEADERS if replay.entry.stream else [JSON_TYPE]
-        await responder.whole(200, first + replay.headers, body)
+        if replay.entry.stream:  # framed as a relayed stream is (chunked), so that its
+            await responder.begin(200, SSE_HEADERS + replay.headers)  # framing does not
+            await responder.part(body)  # tell a shared cache's hit from a miss
+            await responder.end()
+        else:
+            await responder.whole(200, [JSON_TYPE, *replay.headers], body)
 
 
 async def _stream(stream: EventStream, responder: Responder) -> None:

@@ -80,10 +80,14 @@ class Timeline:
     def detailed(self) -> bool:
         return self.attempts is not None
 
-    def server_timing(self) -> bytes:
+    def server_timing(self, upstream: bool = True) -> bytes:
         """The ``Server-Timing`` value (milliseconds) of what this request went through:
         ``auth``, ``limit`` and ``cache`` once decided, ``queue`` and ``upstream`` (time to
-        the answer's first byte, failed attempts included) once it went to an engine."""
+        the answer's first byte, failed attempts included) once it went to an engine.
+
+        ``upstream=False``: ends at ``cache`` even when the request went to an engine,
+        the form of a cache hit (a shared cache's answers: ``queue`` and ``upstream``
+        would tell a tenant that no one had asked the same before)."""
         begun, authed = self.begun, self.authed
         auth = (authed - begun) * 1000.0 if authed else 0.0
         limit = (self.admitted - self.limiting) * 1000.0 if self.admitted else 0.0
@@ -91,12 +95,12 @@ class Timeline:
             return b"auth;dur=%.3f, limit;dur=%.3f" % (auth, limit)
         cache = (self.looked_up - self.admitted) * 1000.0
         started = self.upstream_started
-        if not started:
+        if not started or not upstream:
             return b"auth;dur=%.3f, limit;dur=%.3f, cache;dur=%.3f" % (auth, limit, cache)
         queue = (self.queue_left - self.queued) * 1000.0 if self.queue_left else 0.0
         first = self.upstream_first_byte
-        upstream = (first - started) * 1000.0 if first else 0.0
-        return _FULL % (auth, limit, cache, queue, upstream)
+        to_first = (first - started) * 1000.0 if first else 0.0
+        return _FULL % (auth, limit, cache, queue, to_first)
 
     def durations_ms(self) -> dict[str, float]:
         """Every stage reached, in milliseconds (for logs and evidence)."""

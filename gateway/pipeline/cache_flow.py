@@ -88,9 +88,12 @@ async def follow_events(
     include_usage: bool,
     outcome: StreamOutcome,
     on_done: Callable[[Entry], None],
+    fresh_at: int | None = None,
 ) -> AsyncIterator[bytes]:
     """A follower's stream: the leader's batches as they arrive, under a fresh id and
-    without the usage event unless ``include_usage``.
+    without the usage event unless ``include_usage``; with ``fresh_at`` (a shared
+    cache's follower), under an id of the form a fresh answer's has and with
+    ``created`` set to it (:class:`IdSwap`).
 
     ``on_done`` gets the leader's entry before the last events go out; if the
     leader fails part way, this raises :class:`UpstreamError` (the HTTP edge ends
@@ -102,7 +105,7 @@ async def follow_events(
         await flight.wait(seen)
         fresh, seen = flight.batches[seen:], len(flight.batches)
         if fresh and swap is None:
-            swap = IdSwap(flight.answer_id)
+            swap = IdSwap(flight.answer_id, fresh_at)
         out = b"".join(fresh)
         if swap is not None and out:
             out = swap.apply(out)

@@ -6,11 +6,18 @@ request is answered (auth, parsing, permission, admission, cache, rollouts); thi
 module makes the answer and the headers every answer carries: the key's rate-limit
 headers, ``X-Cache``, ``x-vgate-engine`` when asked, ``Server-Timing`` and, with
 the admin key, the routing evidence.
+
+A cache shared between keys (``cache.scope: shared``) tells no tenant whether
+another asked the same first, nor when: its answers carry no ``X-Cache`` nor
+``Age``, their ``Server-Timing`` ends at ``cache`` whether the engine answered or
+not, and its replays (hits and followers) get an id of a fresh answer's form and
+this request's ``created`` (:attr:`gateway.cache.entry.Entry.fresh_at`).
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 from gateway.cache.entry import Entry
 from gateway.cache.response_cache import ResponseCache
@@ -63,6 +70,7 @@ class EngineAnswers:
     ) -> Result | None:
         """Answer from the identical request in flight; None if it failed before any answer."""
         model = parsed.model
+        fresh_at = None if self._cache.discloses else int(time.time())  # when it asked
         headers = timed(exchange, [*exchange.ticket.raw_headers, *self.hit_headers(None)])
         if not parsed.stream:
             try:
@@ -71,6 +79,8 @@ class EngineAnswers:
                 return None
             self._metrics.cache_joins.labels(model).inc()
             exchange.finished(hit_tokens(self._cache, entry))
+            if fresh_at is not None:  # the flight's entry is every follower's: a copy
+                entry = replace(entry, fresh_at=fresh_at)
             return Answer(entry.replay(), headers)
         await flight.wait(0)
         if flight.failed and not flight.batches:
@@ -82,7 +92,7 @@ class EngineAnswers:
             exchange.finished(hit_tokens(self._cache, entry))
 
         wants_usage = client_wants_usage(parsed.body)
-        events = follow_events(flight, wants_usage, outcome, done)
+        events = follow_events(flight, wants_usage, outcome, done, fresh_at)
         return EventStream(events, headers, exchange.close)
 
     async def complete(
@@ -162,15 +172,22 @@ class EngineAnswers:
         headers = [*exchange.ticket.raw_headers]
         if self._debug_headers:
             headers.append((ENGINE_HEADER, self._pool.engine_id(url).encode()))
-        if exchange.cache_status is not None and self._cache.discloses:
-            headers.append((X_CACHE, exchange.cache_status))
-        return timed(exchange, headers)
+        status, upstream = exchange.cache_status, True
+        if status is not None:
+            if self._cache.discloses:
+                headers.append((X_CACHE, status))
+            else:  # a shared cache's: timed as a hit is, so that no hit stands out
+                upstream = False
+        return timed(exchange, headers, upstream)
 
     def hit_headers(self, entry: Entry | None) -> RawHeaders:
         """``X-Cache: HIT`` and ``Age`` (0 for an answer shared while it is made), unless
         the cache is shared between keys: then they would tell one tenant of another's
-        traffic, and answers carry neither."""
+        traffic, and answers carry neither; the hit's ``entry`` is then marked to
+        replay as a fresh answer would look (:attr:`Entry.fresh_at`: now)."""
         if not self._cache.discloses:
+            if entry is not None:
+                entry.fresh_at = int(time.time())
             return []
         age = 0 if entry is None else max(0, int(time.time() - entry.created_at))
         return [(X_CACHE, b"HIT"), (b"age", str(age).encode())]
@@ -199,9 +216,10 @@ class EngineAnswers:
         )
 
 
-def timed(exchange: Exchange, headers: RawHeaders) -> RawHeaders:
-    """``headers`` plus ``Server-Timing`` and, when asked, the routing evidence."""
-    headers.append((SERVER_TIMING, exchange.timeline.server_timing()))
+def timed(exchange: Exchange, headers: RawHeaders, upstream: bool = True) -> RawHeaders:
+    """``headers`` plus ``Server-Timing`` (without ``queue`` and ``upstream`` unless
+    ``upstream``) and, when asked, the routing evidence."""
+    headers.append((SERVER_TIMING, exchange.timeline.server_timing(upstream)))
     watch = exchange.watch
     if watch is not None and exchange.outcome is None:  # a stream's comes last
         explained = watch.explain_header(exchange)
