@@ -19,6 +19,7 @@ import pytest
 
 from tests.helpers.recording_proxy import RecordingProxy, recording_proxy
 from tests.integration.conftest import STUB_MODEL, Gateway, Stub, start_gateway, start_stub
+from tests.integration.test_vllm_routes import JSON_ROUTES
 
 KEYS = {
     "chat": ("sk-prio-routes-chat-01", "high"),
@@ -30,15 +31,7 @@ TIERS = {"chat": -10, "batch": 10, "plain": 0}
 ROUTES: dict[str, dict[str, Any]] = {
     "/v1/responses": {"input": "hello there", "store": False},
     "/v1/embeddings": {"input": "hello there"},
-    "/tokenize": {"prompt": "hello world"},
-    "/detokenize": {"tokens": [104, 105]},
-    "/v1/score": {"text_1": "a cat sat", "text_2": ["a cat sat", "dogs run"]},
-    "/score": {"text_1": "a cat", "text_2": "a cat"},
-    "/v1/rerank": {"query": "cat", "documents": ["dog", "cat"]},
-    "/rerank": {"query": "cat", "documents": ["dog", "cat"]},
-    "/v2/rerank": {"query": "cat", "documents": ["cat"]},
-    "/pooling": {"input": "hello"},
-    "/classify": {"input": ["good", "bad"]},
+    **JSON_ROUTES,  # every JSON route of vLLM's the gateway passes through
 }
 
 
