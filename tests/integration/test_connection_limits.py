@@ -359,9 +359,8 @@ def raw_post(body: bytes, *headers: bytes) -> bytes:
 def test_an_upgrade_the_gateway_does_not_serve_is_ignored_and_the_body_read(
     gateway: Served, upgrade: tuple[bytes, ...]
 ) -> None:
-    """``curl --http2`` on an http:// URL asks for h2c with its POST: the request is
-    served as HTTP/1.1, body and all (llhttp skipped the body of an upgrade request,
-    and the gateway answered 400 "not valid JSON")."""
+    """``curl --http2`` on an http:// URL asks for h2c with its POST: served as HTTP/1.1,
+    body and all (llhttp skipped the body: 400 "not valid JSON")."""
     with gateway.connect() as sock:
         sock.sendall(raw_post(orjson.dumps(COMPLETION), *upgrade))
         response = read_response(sock)
