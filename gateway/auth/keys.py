@@ -28,7 +28,8 @@ from gateway.config.priority import DEFAULT_PRIORITY, parse_priority, tier_name
 from gateway.ratelimit.limits import NO_LIMITS, Limits
 
 SECRET_PREFIX = "sk-vg-"
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+"""Matched whole (``fullmatch``: ``$`` would let a trailing newline through)."""
 _DURATION = re.compile(r"^(\d{1,12})([smhdw])$")
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 FIRST_MOMENT = datetime(1, 1, 1, tzinfo=UTC).timestamp()
@@ -198,7 +199,7 @@ def new_key(
     variants: dict[str, str] | None = None,
 ) -> tuple[str, KeyRecord]:
     """A fresh secret and its record; raises ValueError for a bad name or expiry."""
-    if not NAME_PATTERN.match(name):
+    if not NAME_PATTERN.fullmatch(name):
         raise ValueError(
             f"invalid key name {name!r}: 1-64 characters, letters, digits, '_', '.', '-'"
         )

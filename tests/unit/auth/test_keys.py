@@ -64,3 +64,11 @@ def test_optional_fields_may_be_absent_or_null() -> None:
 def test_anything_else_that_is_wrong_raises_value_error(raw: bytes) -> None:
     with pytest.raises(ValueError):  # noqa: PT011 - every reason is a ValueError
         KeyRecord.decode(raw)
+
+
+@pytest.mark.parametrize("name", ["team-a\n", "team\na", "\nteam", ""])
+def test_a_key_name_with_a_newline_is_refused(name: str) -> None:
+    """``$`` matched before a trailing newline: ``team-a\\n`` was accepted and printed
+    like ``team-a`` in errors, metric labels and listings."""
+    with pytest.raises(ValueError, match="invalid key name"):
+        new_key(name)
