@@ -24,7 +24,13 @@ from gateway.errors import (
     StoreUnavailable,
 )
 from gateway.rollouts.controller import RolloutController
-from gateway.rollouts.state import Action, RollbackMark, RolloutRecord, Versioned
+from gateway.rollouts.state import (
+    Action,
+    RollbackMark,
+    RolloutRecord,
+    StateContended,
+    Versioned,
+)
 from gateway.rollouts.verdict import (
     DEFAULT_STEPS,
     Breach,
@@ -216,6 +222,11 @@ async def _update(
     except StoreUnavailable:
         raise DependencyUnavailableError(
             "The rollout state is unreachable; try again shortly.", code="rollout_state_unavailable"
+        ) from None
+    except StateContended:  # other updates of the same rollout kept winning the race
+        raise DependencyUnavailableError(
+            "The rollout's state is being changed by other requests; try again.",
+            code="rollout_state_busy",
         ) from None
     return _rollout_status(control, settings)
 

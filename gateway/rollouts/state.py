@@ -44,6 +44,11 @@ _FORMAT = 1
 _UPDATE_ATTEMPTS = 8
 
 
+class StateContended(RuntimeError):
+    """A rollout's state changed under every one of the update's attempts (concurrent
+    updates): the caller may try again."""
+
+
 class RolloutStore(Protocol):
     """Versioned values by name (bytes the store never reads), compare-and-set writes."""
 
@@ -230,7 +235,7 @@ class RolloutBook:
             changed = change(current.record)
             if changed is None or await self.write(rollout, current.version, changed):
                 return self._copies[rollout]
-        raise RuntimeError(f"rollout {rollout!r}: the state kept changing; try again")
+        raise StateContended(f"rollout {rollout!r}: the state kept changing; try again")
 
     async def _create(self, rollout: str) -> None:
         record = initial_record(self._settings[rollout], self._clock())
