@@ -30,7 +30,7 @@ from gateway.pipeline.forwarding import Attempt, Forwarder
 from gateway.pipeline.plan import ParsedRequest, Route
 from gateway.pipeline.priority import Place
 from gateway.pipeline.request_meta import RequestMeta
-from gateway.pipeline.results import Answer, EventStream, RawHeaders, Result
+from gateway.pipeline.results import Answer, EventStream, RawHeaders, Replay, Result
 from gateway.pipeline.usage import (
     UsageTap,
     body_usage,
@@ -180,14 +180,19 @@ class EngineAnswers:
                 upstream = False
         return timed(exchange, headers, upstream)
 
+    def hit(self, exchange: Exchange, entry: Entry, wants_usage: bool) -> Replay:
+        """A cache hit's answer: its headers, and, when the cache is shared between keys,
+        the entry marked to replay as a fresh answer would look (:attr:`Entry.fresh_at`)."""
+        if not self._cache.discloses:
+            entry.fresh_at = int(time.time())
+        headers = [*exchange.ticket.raw_headers, *self.hit_headers(entry)]
+        return Replay(entry, wants_usage, timed(exchange, headers))
+
     def hit_headers(self, entry: Entry | None) -> RawHeaders:
         """``X-Cache: HIT`` and ``Age`` (0 for an answer shared while it is made), unless
         the cache is shared between keys: then they would tell one tenant of another's
-        traffic, and answers carry neither; the hit's ``entry`` is then marked to
-        replay as a fresh answer would look (:attr:`Entry.fresh_at`: now)."""
+        traffic, and answers carry neither."""
         if not self._cache.discloses:
-            if entry is not None:
-                entry.fresh_at = int(time.time())
             return []
         age = 0 if entry is None else max(0, int(time.time() - entry.created_at))
         return [(X_CACHE, b"HIT"), (b"age", str(age).encode())]

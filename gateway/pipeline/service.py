@@ -34,7 +34,7 @@ from gateway.observability.telemetry import Telemetry
 from gateway.pipeline.cache_flow import CacheFill, hit_tokens
 from gateway.pipeline.callers import authenticate, check_model_allowed
 from gateway.pipeline.denials import DenialMemo
-from gateway.pipeline.engine_answers import EngineAnswers, timed
+from gateway.pipeline.engine_answers import EngineAnswers
 from gateway.pipeline.exchange import VARIANT_HEADER, Exchange
 from gateway.pipeline.forwarding import Forwarder
 from gateway.pipeline.plan import (
@@ -45,7 +45,7 @@ from gateway.pipeline.plan import (
 )
 from gateway.pipeline.priority import PriorityTiers
 from gateway.pipeline.request_meta import RequestMeta
-from gateway.pipeline.results import EventStream, Replay, Result
+from gateway.pipeline.results import EventStream, Result
 from gateway.pipeline.usage import (
     client_wants_usage,
 )
@@ -218,11 +218,9 @@ class CompletionService:
             watch.note_route(parsed.policy, parsed.affinity_key, meta.session_id is not None)
         if entry is not None:
             exchange.finished(hit_tokens(self._cache, entry))
-            wants_usage = client_wants_usage(parsed.body)
-            headers = [*exchange.ticket.raw_headers, *self._answers.hit_headers(entry)]
             if watch is not None:
                 watch.record.cache = "HIT"
-            return Replay(entry, wants_usage, timed(exchange, headers))
+            return self._answers.hit(exchange, entry, client_wants_usage(parsed.body))
         cap = exchange.ticket.output_cap
         if cap is not None and route.generates:  # the engine may generate what was reserved
             parsed = with_output_cap(parsed, route.cache_name == "chat", cap)
