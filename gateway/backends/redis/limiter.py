@@ -33,6 +33,16 @@ While Redis is unreachable, :attr:`RedisLimiter.fallback` (an in-memory limiter 
 this process) is there for ``ratelimit.on_redis_error: local``. An admission whose
 caller stopped waiting (the client left) before the decision arrived is undone here,
 in its own bucket, once the decision arrives.
+
+An admission whose call failed may still run: a paused Redis (or one slow past the
+deadline) runs the script it already read once it resumes, and takes concurrency
+slots for requests that were decided locally meanwhile and will never free them there.
+And a request admitted in Redis that ends while Redis is unreachable cannot free its
+slot then. So those slots are released (``ZREM``, nothing else) once Redis answers
+again, and a second time a second later, in case the stale call was still queued
+behind the first release (:class:`_Unsettled`); without this they would refuse the
+key's requests until their leases expire (``ratelimit.concurrency_lease_s``). Their
+token reservations stay counted for one window: erring toward the limit, and bounded.
 """
 
 from __future__ import annotations
@@ -40,6 +50,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -80,6 +91,7 @@ class _EncodedScopes:
     limits: bytes  # rpm, tpm, max_concurrent of every scope
     settle_flags: bytes  # a digit per scope: 1 if it has a tpm, plus 2 if a max_concurrent
     decision_size: int  # integers in the reply to one admission
+    holds_slots: bool  # some scope has a concurrency limit
 
 
 class _Waiter(NamedTuple):
@@ -109,6 +121,43 @@ def _empty_batch() -> _Batch:
     return _Batch(bytearray(), 0, bytearray(), 0, [], 0)
 
 
+RELEASE_AGAIN_S = 1.0
+"""How long after the first release of failed admissions' slots the second one goes."""
+MAX_UNSETTLED = 100_000
+"""The most failed admissions remembered for release (oldest forgotten first: their
+leases expire on their own)."""
+
+
+class _Unsettled:
+    """Admissions that failed but may have taken concurrency slots in Redis all the
+    same, to release once Redis answers again: by request id, with their scopes and
+    when their lease would expire anyway (no release is needed after that)."""
+
+    def __init__(self) -> None:
+        self.first: dict[str, tuple[_EncodedScopes, float]] = {}
+        self.again: dict[str, tuple[_EncodedScopes, float]] = {}
+        self.again_at = 0.0
+
+    def add(self, request_id: str, encoded: _EncodedScopes, lease_ends: float) -> None:
+        self.first[request_id] = (encoded, lease_ends)
+        while len(self.first) > MAX_UNSETTLED:
+            del self.first[next(iter(self.first))]
+
+    def due(self, now: float) -> list[tuple[str, _EncodedScopes]]:
+        """The admissions to release now that Redis answered: the new ones (kept for a
+        second release), then those whose second release has come."""
+        due: list[tuple[str, _EncodedScopes]] = []
+        if self.again and now >= self.again_at:
+            due += [(rid, enc) for rid, (enc, ends) in self.again.items() if ends > now]
+            self.again = {}
+        if self.first:
+            due += [(rid, enc) for rid, (enc, ends) in self.first.items() if ends > now]
+            self.again.update(self.first)
+            self.first = {}
+            self.again_at = now + RELEASE_AGAIN_S
+        return due
+
+
 class RedisLimiter:
     """:class:`gateway.ratelimit.limits.LimiterBackend` on a shared Redis."""
 
@@ -122,6 +171,8 @@ class RedisLimiter:
         self._scheduled = False
         self._encoded = ScopesMemo(self._encode)
         self._fallback = MemoryLimiter(window_s=window_s)
+        self._lease_s = 0.0
+        self._unsettled = _Unsettled()
 
     def admit(
         self,
@@ -139,6 +190,7 @@ class RedisLimiter:
             encoded.admit_head, request_id, tokens, wanted, choices, b"%d" % int(lease_s * 1000)
         )
         waiter = _Waiter(future, encoded, request_id, tokens, choices)
+        self._lease_s = lease_s
         self._add(encoded, args + encoded.limits, 7 + 3 * encoded.scopes, waiter)
         return future
 
@@ -150,8 +202,14 @@ class RedisLimiter:
         actual: int | None,
         at: int = -1,
     ) -> None:
-        self._link.check()
-        self._settle(self._encoded.get(scopes), request_id, reserved, actual, at)
+        encoded = self._encoded.get(scopes)
+        try:
+            self._link.check()
+        except StoreUnavailable:  # its slot is released once Redis answers again
+            if encoded.holds_slots:
+                self._unsettled.add(request_id, encoded, time.monotonic() + self._lease_s)
+            raise
+        self._settle(encoded, request_id, reserved, actual, at)
 
     def renew(self, scopes: Sequence[LimitScope], request_id: str, lease_s: float) -> None:
         self._link.check()
@@ -187,6 +245,7 @@ class RedisLimiter:
             bytes(limits),
             bytes(flags),
             5 + 3 * len(scopes),
+            any(scope.limits.max_concurrent is not None for scope in scopes),
         )
 
     def _settle(
@@ -249,6 +308,9 @@ class RedisLimiter:
             self._fail(batch, StoreUnavailable(reason))
             return
         self._link.succeeded()
+        unsettled = self._unsettled
+        if unsettled.first or unsettled.again:
+            self._release(unsettled.due(time.monotonic()))
         try:
             self._decide(batch, reply)
         except IndexError:  # a refusal kind the script never sends
@@ -261,8 +323,19 @@ class RedisLimiter:
         self._link.failed(error)
         failure = StoreUnavailable(str(error))
         for waiter in batch.waiters:
-            if waiter is not None and not waiter.future.done():
+            if waiter is None:
+                continue
+            if waiter.encoded.holds_slots:  # the script may still run: release it later
+                lease_ends = time.monotonic() + self._lease_s
+                self._unsettled.add(waiter.request_id, waiter.encoded, lease_ends)
+            if not waiter.future.done():
                 waiter.future.set_exception(failure)
+
+    def _release(self, admissions: list[tuple[str, _EncodedScopes]]) -> None:
+        """Free the concurrency slots of ``admissions`` (a settlement of 0 tokens
+        reserved and used: it changes no counter)."""
+        for request_id, encoded in admissions:
+            self._settle(encoded, request_id, 0, 0, -1)
 
     def _decide(self, batch: _Batch, reply: list[int]) -> None:
         position = 0
