@@ -7,13 +7,12 @@ without secrets; ``DELETE /admin/keys/{name}`` revokes one on every replica.
 
 from __future__ import annotations
 
-import hmac
-
 import orjson
 from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response
 
+from gateway.auth.bearer import carries_key
 from gateway.auth.key_admin import KeyRequestError, NewKey, create_key, list_keys
 from gateway.auth.keys import KeyStore
 from gateway.errors import (
@@ -38,8 +37,7 @@ def _authorized_store(request: Request) -> tuple[AppState, KeyStore]:
         raise PermissionDeniedError(
             "The admin API is off: set auth.admin_key to use it.", code="admin_disabled"
         )
-    presented = request.headers.get("authorization", "")
-    if not hmac.compare_digest(presented.encode(), f"Bearer {admin_key}".encode()):
+    if not carries_key(request.headers.get("authorization"), admin_key):
         raise AuthenticationError("This route needs the admin key.", code="invalid_api_key")
     return state, state.keys
 

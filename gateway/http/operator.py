@@ -22,13 +22,13 @@ listener itself asks no key for ``/metrics``, ``/sd/engines``, ``/ready`` and
 
 from __future__ import annotations
 
-import hmac
 from collections.abc import Awaitable, Callable
 
 from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response
 
+from gateway.auth.bearer import carries_key
 from gateway.config.sections import ServerSettings
 from gateway.errors import AuthenticationError, PermissionDeniedError
 from gateway.http import admin, ops, status
@@ -43,8 +43,7 @@ def admin_key_presented(request: Request) -> bool:
     admin_key = app_state(request).settings.auth.admin_key
     if admin_key is None:
         return False
-    presented = request.headers.get("authorization", "")
-    return hmac.compare_digest(presented.encode(), f"Bearer {admin_key}".encode())
+    return carries_key(request.headers.get("authorization"), admin_key)
 
 
 def require_admin_key(request: Request) -> None:

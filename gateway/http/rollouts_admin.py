@@ -12,7 +12,6 @@ rollout as it stands after. The rules and errors are in
 
 from __future__ import annotations
 
-import hmac
 from typing import Any
 
 import orjson
@@ -20,6 +19,7 @@ from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response
 
+from gateway.auth.bearer import carries_key
 from gateway.errors import (
     AuthenticationError,
     InvalidRequestError,
@@ -40,8 +40,7 @@ def _authorized(request: Request) -> RolloutController:
         raise PermissionDeniedError(
             "The admin API is off: set auth.admin_key to use it.", code="admin_disabled"
         )
-    presented = request.headers.get("authorization", "")
-    if not hmac.compare_digest(presented.encode(), f"Bearer {admin_key}".encode()):
+    if not carries_key(request.headers.get("authorization"), admin_key):
         raise AuthenticationError("This route needs the admin key.", code="invalid_api_key")
     if state.rollout_control is None:
         raise NotFoundError("No rollouts are configured.", code="rollout_not_found")

@@ -26,6 +26,7 @@ import hmac
 import json
 from typing import Any
 
+from gateway.auth.bearer import bearer_token
 from gateway.observability.timeline import Timeline
 
 EXPLAIN_HEADER = b"x-vgate-explain"
@@ -47,11 +48,8 @@ class ExplainGate:
         the operator's own request. None otherwise."""
         if explain is None or explain.strip().lower() not in ("1", "true"):
             return None
-        if authorization is None:
-            return None
-        scheme, _, token = authorization.strip().partition(" ")
-        token = token.strip()
-        if scheme.lower() != "bearer" or not self.admits(token):
+        token = bearer_token(authorization)
+        if token is None or not self.admits(token):
             return None
         return token
 

@@ -139,6 +139,9 @@ def test_without_a_listener_operator_routes_need_the_admin_key(keyed: Gateway) -
             assert refused.status_code == 401, (path, headers)
             assert _code(refused) == "invalid_api_key"
         assert httpx.get(f"{keyed.url}{path}", headers=_bearer(ADMIN_KEY)).status_code == 200
+        # The scheme is read in any case, as for client keys (RFC 9110 §11.1).
+        lower = {"Authorization": f"bearer  {ADMIN_KEY}"}
+        assert httpx.get(f"{keyed.url}{path}", headers=lower).status_code == 200, path
     for headers in ({}, _bearer(KEY)):
         assert httpx.get(f"{keyed.url}/ready", headers=headers).json() == {"status": "ready"}
     detail = httpx.get(f"{keyed.url}/ready", headers=_bearer(ADMIN_KEY)).json()
