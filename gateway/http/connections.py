@@ -16,6 +16,13 @@ request. So the gateway runs httptools' protocol with these limits added
 - **head deadline** (``header_timeout_s``): a head must be complete this long
   after its first byte, or after the connection opened for its first request.
   A partly sent head gets a 408; an idle new connection is closed without one.
+- **trailers** (the header fields a chunked body may end with): counted against
+  ``max_header_bytes`` too. In a chunked body, bytes the parser takes without
+  producing any body or chunk (a trailer, or a chunk-size line, being sent) are
+  counted from the last that did; past the limit the connection is closed, with
+  a 431 if the application has not answered yet. Without this a client could
+  send an endless trailer to any route, keys or no keys: httptools grows the
+  value in memory (and copies it on every read) until the body deadline.
 - **body deadline** (``body_timeout_s``): the body must be complete this long
   after the head. Time when the gateway itself stopped reading (flow control,
   pipelining) is not held against the client. Past it the connection is closed
@@ -145,6 +152,9 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._head_bytes = 0
         self._deadline = 0.0
         self._tick: asyncio.TimerHandle | None = None
+        self._chunked = False  # the body being read is chunked
+        self._progress = False  # the parser produced body or a chunk during this read
+        self._idle_bytes = 0  # chunked-body bytes since the parser last did
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         HttpToolsProtocol.connection_made(self, transport)
@@ -171,7 +181,10 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
     def data_received(self, data: bytes) -> None:
         head = self._head_bytes
         if head == _NO_HEAD:
-            self._feed(data)
+            if self._chunked:
+                self._feed_chunked(data)
+            else:
+                self._feed(data)
             return
         if b"pgrade" in data or b"PGRADE" in data:
             data = _without_upgrade(data)
@@ -205,6 +218,36 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
                 "Protocol upgrades are not supported; send the request without them."
             )
 
+    def _feed_chunked(self, data: bytes) -> None:
+        """Feed a read of a chunked body; refuse once ``max_header_bytes`` have gone in
+        without the parser producing any body or chunk (a trailer that does not end)."""
+        self._progress = False
+        self._feed(data)
+        if self._progress:
+            self._idle_bytes = 0
+            return
+        self._idle_bytes += len(data)
+        limit = self._limits.max_header_bytes
+        if self._idle_bytes > limit and not self.transport.is_closing():
+            log.debug("closing a connection: chunk framing or trailers past the limit")
+            cycle = self.cycle
+            if cycle is None or cycle.response_started:
+                self.transport.close()
+            else:
+                message = f"The request's chunk framing or trailers exceed {limit} bytes."
+                self._write_refusal(431, message, "request_head_too_large")
+
+    def on_chunk_header(self) -> None:
+        """httptools: a chunk's size line was parsed (only chunked bodies have them)."""
+        self._chunked = self._progress = True
+
+    def on_chunk_complete(self) -> None:
+        self._progress = True
+
+    def on_body(self, body: bytes) -> None:
+        self._progress = True
+        HttpToolsProtocol.on_body(self, body)
+
     def send_400_response(self, msg: str) -> None:
         """uvicorn's answer to bytes that are not HTTP, in OpenAI's error shape."""
         self._write_refusal(400, msg, "invalid_http_request")
@@ -221,6 +264,8 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
     def on_message_complete(self) -> None:
         self._head_bytes = 0
         self._deadline = 0.0
+        self._chunked = False
+        self._idle_bytes = 0
         HttpToolsProtocol.on_message_complete(self)
 
     def _check_deadline(self) -> None:

@@ -398,3 +398,58 @@ def test_bytes_that_are_not_http_get_a_400_in_openai_shape(gateway: Served, head
     assert b"content-type: application/json" in response.lower()
     assert error_of(response)["type"] == "invalid_request_error"
     assert httpx.get(f"{gateway.url}/health").status_code == 200
+
+
+def send_endless_trailer(served: Served, head: bytes) -> tuple[int, bytes]:
+    """A chunked request with one small chunk, then a trailer whose value never ends, sent
+    64 KiB at a time until the gateway closes the connection (or 32 MiB have gone): the
+    bytes that went, and what the gateway answered."""
+    piece = b"v" * 65536
+    sent = 0
+    with served.connect() as sock:
+        sock.sendall(head + b"2\r\n{}\r\n0\r\nx-trailer: ")
+        with contextlib.suppress(OSError):  # reset or broken pipe: closed by the gateway
+            while sent < 32 * 1024 * 1024:
+                sock.sendall(piece)
+                sent += len(piece)
+        return sent, read_until_closed(sock, timeout=10)
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"POST /health HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n",
+        b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+        b"transfer-encoding: chunked\r\n\r\n",
+    ],
+    ids=["answered-before-the-body", "waiting-for-the-body"],
+)
+def test_an_endless_trailer_is_cut_at_the_head_limit(gateway: Served, head: bytes) -> None:
+    """Trailers count against max_header_bytes: without a key, a trailer whose value never
+    ends made httptools hold (and copy on every read) all of it until the body deadline:
+    +282 MiB of RSS for one connection (bug hunt). The gateway now closes the connection
+    once the limit has gone in without the parser producing anything (the socket buffers
+    on both sides let a few MiB more go before the client sees it)."""
+    before = gateway.rss_bytes()
+    sent, answer = send_endless_trailer(gateway, head)
+    assert sent < 16 * 1024 * 1024, sent
+    if head.startswith(b"POST /v1/"):  # the application has not answered: it gets a 431
+        assert answer.startswith(b"HTTP/1.1 431 "), answer[:200]
+        assert error_of(answer)["code"] == "request_head_too_large"
+    assert gateway.rss_bytes() - before < 16 * 1024 * 1024
+    assert httpx.get(f"{gateway.url}/health").status_code == 200
+
+
+def test_a_chunked_body_with_small_trailers_is_served(gateway: Served) -> None:
+    """One-byte chunks and an ordinary trailer still make a request (the limit counts only
+    bytes that produce nothing)."""
+    body = orjson.dumps(COMPLETION)
+    chunks = b"".join(b"1\r\n%s\r\n" % body[i : i + 1] for i in range(len(body)))
+    with gateway.connect() as sock:
+        sock.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+            b"transfer-encoding: chunked\r\n\r\n" + chunks + b"0\r\nx-checksum: abc\r\n\r\n"
+        )
+        response = read_response(sock)
+    assert response.startswith(b"HTTP/1.1 200 "), response[:300]
+    assert orjson.loads(response.partition(b"\r\n\r\n")[2])["object"] == "chat.completion"
