@@ -27,9 +27,11 @@ _PARAM = re.compile(
 )
 """One ``; key=value`` parameter (or an empty one), in the subset of the syntax on which
 every parser agrees: no backslash escapes, no quote in an unquoted value, only spaces
-and tabs around. The engine (python-multipart's ``parse_options_header``) reads
-anything else its own way (a ``;`` inside quotes, ``\\x`` kept as is, a vertical tab
-in a key): rather than guess, such a header is refused."""
+and tabs around, no RFC 2231 key (``name*=utf-8''model``, ``name*0=``: python-multipart
+up to 0.0.29 decodes them into a second ``name``, later ones ignore them). The engine
+(python-multipart's ``parse_options_header``) reads anything else its own way (a ``;``
+inside quotes, ``\\x`` kept as is, a vertical tab in a key): rather than guess, such a
+header is refused."""
 _BOUNDARY_END = re.compile(rb"[ \t]*\r\n")
 
 
@@ -137,6 +139,8 @@ def _params(text: bytes) -> list[tuple[bytes, bytes]] | None:
             return None
         pos = match.end()
         if match.group(1) is not None:
+            if b"*" in match.group(1):  # RFC 2231 (name*=, name*0=): parsers differ
+                return None
             value = match.group(2)
             found.append((match.group(1).lower(), value[1:-1] if value[:1] == b'"' else value))
     return found

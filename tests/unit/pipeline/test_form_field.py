@@ -54,6 +54,11 @@ def test_unquoted_names_and_header_case() -> None:
         b"no boundary at all",
         b"--" + B,  # the delimiter line never ends
         b"".join(part("f", b"") for _ in range(MAX_PARTS + 1)) + b"--" + B + b"--",
+        # RFC 2231 names: python-multipart up to 0.0.29 reads each as a second `model`,
+        # which a key allowed only the first could use (bug hunt).
+        form(part("model", b"a"), part("x", b"b").replace(b'name="x"', b"name*=utf-8''model")),
+        form(part("model", b"a"), part("x", b"b").replace(b'name="x"', b"name*0=model")),
+        form(part("model", b"a"), part("x", b"b").replace(b'name="x"', b"name*0=mo; name*1=del")),
     ],
 )
 def test_malformed_or_ambiguous_bodies_are_400(body: bytes) -> None:
@@ -69,6 +74,7 @@ def test_boundary_of() -> None:
         "multipart/form-data",
         "multipart/form-data; boundary=",
         "multipart/form-data; boundary=" + "x" * 71,
+        "multipart/form-data; boundary=abc; boundary*=utf-8''def",
     ):
         with pytest.raises(InvalidRequestError):
             boundary_of(bad)

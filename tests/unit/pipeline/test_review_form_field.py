@@ -101,9 +101,11 @@ def test_space_padding_after_a_boundary_is_read_as_the_engine_reads_it() -> None
     assert span is not None and span.value == b"m"
 
 
-def test_star_parameters_are_ignored_as_the_engine_ignores_them() -> None:
+def test_star_parameters_are_refused_since_engines_read_them_differently() -> None:
+    """python-multipart up to 0.0.29 decodes ``name*=`` into the part's name, later
+    versions ignore it (0.0.34 refuses the body): which one an engine runs is unknown."""
     body = _body(
         (b"form-data; name*=UTF-8''model; name=\"file\"", b"x"), (b"form-data; name=model", b"m")
     )
-    span = find_field(body, B, b"model")
-    assert span is not None and span.value == b"m"
+    with pytest.raises(InvalidRequestError):
+        find_field(body, B, b"model")
