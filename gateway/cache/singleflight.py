@@ -9,6 +9,11 @@ id (:class:`gateway.cache.entry.IdSwap`). Scope: one gateway
 process (each replica leads its own flights; Redis is not consulted). If the
 leader fails or its client leaves mid-answer, followers that have sent nothing
 yet make their own upstream call; those already streaming get an error event.
+
+A stream that grows past the cache's ``max_entry_bytes`` will not be stored, so
+its flight stops keeping it (:meth:`Flight.stop_keeping`): no new follower joins,
+and each batch is forgotten once every follower has it. Without this, every
+cacheable stream held its whole answer in memory until it ended, whatever its size.
 """
 
 from __future__ import annotations
@@ -27,7 +32,14 @@ class Flight:
 
     def __init__(self) -> None:
         self.batches: list[bytes] = []
-        """The leader's stream so far, as relayed (events, never split)."""
+        """The leader's stream so far, as relayed (events, never split), from batch
+        :attr:`base` on."""
+        self.base = 0
+        """How many batches were forgotten from the front (see :meth:`stop_keeping`)."""
+        self.keeping = True
+        """Whether the whole stream is kept (for the cache, and for followers to come)."""
+        self.positions: dict[object, int] = {}
+        """How many batches each streaming follower has had, by follower."""
         self.answer_id: str | None = None
         """The id of the leader's stream, once its first batch arrived."""
         self.entry: Entry | None = None
@@ -41,6 +53,20 @@ class Flight:
     def done(self) -> bool:
         return self.entry is not None or self.failed
 
+    @property
+    def end(self) -> int:
+        """How many batches were published."""
+        return self.base + len(self.batches)
+
+    def since(self, seen: int) -> list[bytes]:
+        """The batches published after the first ``seen``."""
+        return self.batches[seen - self.base :]
+
+    def stop_keeping(self) -> None:
+        """Keep batches only until every follower has them; let no new follower join."""
+        self.keeping = False
+        self._forget()
+
     def leave(self) -> None:
         """One follower fewer (it got its answer, went its own way, or its client left)."""
         self.followers -= 1
@@ -48,7 +74,20 @@ class Flight:
     def publish(self, batch: bytes) -> None:
         if batch:
             self.batches.append(batch)
+            if not self.keeping:
+                self._forget()
             self._wake()
+
+    def _forget(self) -> None:
+        """Drop the batches every follower has had. A follower that joined but has not
+        started reading has no position yet: then nothing is dropped."""
+        positions = self.positions
+        if len(positions) < self.followers:
+            return
+        low = min(positions.values(), default=self.end)
+        if low > self.base:
+            del self.batches[: low - self.base]
+            self.base = low
 
     def finish(self, entry: Entry) -> None:
         self.entry = entry
@@ -61,7 +100,7 @@ class Flight:
 
     async def wait(self, seen: int) -> None:
         """Return once there are more than ``seen`` batches, or the flight is over."""
-        while len(self.batches) <= seen and not self.done:
+        while self.end <= seen and not self.done:
             await self._next_change().wait()
 
     async def result(self) -> Entry:
@@ -98,7 +137,7 @@ class Flights:
     def join(self, key: str) -> Flight | None:
         """The flight under way for ``key`` (now one follower more), or None."""
         flight = self._flights.get(key)
-        if flight is None or flight.done:
+        if flight is None or flight.done or not flight.keeping:
             return None
         flight.followers += 1
         return flight

@@ -11,7 +11,7 @@ the usage event at the end.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 
 from gateway.cache.entry import Entry, IdSwap, find_answer_id, usage_event_span
 from gateway.cache.response_cache import CachePlan, ResponseCache
@@ -31,6 +31,7 @@ class CacheFill:
         self._plan = plan
         self._key = plan.key
         self._usable = True
+        self._size = 0  # bytes of the stream so far
         self.flight = cache.flights.lead(plan.key)
         self._landed = False
 
@@ -38,10 +39,13 @@ class CacheFill:
         """A stream tap: shares each batch with the followers, passes it on unchanged.
         A stream that carries an error event is never stored."""
         flight = self.flight
-        if not flight.batches:
+        if not self._size:
             flight.answer_id = find_answer_id(batch)
         if STREAM_ERROR in batch:
             self._usable = False
+        self._size += len(batch)
+        if flight.keeping and self._size > self._plan.max_entry_bytes:
+            flight.stop_keeping()  # too large to store: not kept whole any more
         flight.publish(batch)
         return batch
 
@@ -54,17 +58,21 @@ class CacheFill:
 
     def finish_stream(self, tokens: int | None) -> None:
         """The leader's stream ended with ``[DONE]``; ``tokens`` is the usage it reported."""
+        flight = self.flight
         if not self._usable:
             self._land(None)
             return
-        payload = b"".join(self.flight.batches)
+        if not flight.keeping:  # too large to store: its followers had it all, batch by batch
+            self._land(Entry(True, b"", flight.answer_id, tokens), store=False)
+            return
+        payload = b"".join(flight.batches)
         span = usage_event_span(payload)
-        self._land(Entry(True, payload, self.flight.answer_id, tokens, span))
+        self._land(Entry(True, payload, flight.answer_id, tokens, span))
 
     def fail(self) -> None:
         self._land(None)
 
-    def _land(self, entry: Entry | None) -> None:
+    def _land(self, entry: Entry | None, store: bool = True) -> None:
         if self._landed:
             return
         self._landed = True
@@ -72,7 +80,8 @@ class CacheFill:
             self.flight.fail()
         else:
             self.flight.finish(entry)
-            self._cache.store(self._model, self._plan, entry)
+            if store:
+                self._cache.store(self._model, self._plan, entry)
         self._cache.flights.land(self._key, self.flight)
 
 
@@ -89,7 +98,7 @@ async def follow_events(
     outcome: StreamOutcome,
     on_done: Callable[[Entry], None],
     fresh_at: int | None = None,
-) -> AsyncIterator[bytes]:
+) -> AsyncGenerator[bytes, None]:
     """A follower's stream: the leader's batches as they arrive, under a fresh id and
     without the usage event unless ``include_usage``; with ``fresh_at`` (a shared
     cache's follower), under an id of the form a fresh answer's has and with
@@ -101,28 +110,35 @@ async def follow_events(
     swap: IdSwap | None = None
     strip = None if include_usage else UsageTap(strip=True)
     seen = 0
-    while True:
-        await flight.wait(seen)
-        fresh, seen = flight.batches[seen:], len(flight.batches)
-        if fresh and swap is None:
-            swap = IdSwap(flight.answer_id, fresh_at)
-        out = b"".join(fresh)
-        if swap is not None and out:
-            out = swap.apply(out)
-            if strip is not None:
-                out = strip.inspect(out)
-        if out and outcome.first_chunk_at is None:
-            outcome.first_chunk_at = time.perf_counter()
-        entry = flight.entry
-        if entry is not None and seen == len(flight.batches):
-            outcome.completed = True
-            on_done(entry)
-            yield out
-            return
-        if flight.failed:
+    me = object()  # this follower's place in the flight, so that what all had can go
+    flight.positions[me] = 0
+    try:
+        while True:
+            await flight.wait(seen)
+            fresh, seen = flight.since(seen), flight.end
+            flight.positions[me] = seen
+            if fresh and swap is None:
+                swap = IdSwap(flight.answer_id, fresh_at)
+            out = b"".join(fresh)
+            if swap is not None and out:
+                out = swap.apply(out)
+                if strip is not None:
+                    out = strip.inspect(out)
+            if out and outcome.first_chunk_at is None:
+                outcome.first_chunk_at = time.perf_counter()
+            entry = flight.entry
+            if entry is not None and seen == flight.end:
+                outcome.completed = True
+                on_done(entry)
+                yield out
+                return
+            if flight.failed:
+                if out:
+                    yield out
+                error = UpstreamError("the engine answer this request shared did not complete")
+                outcome.error = error
+                raise error
             if out:
                 yield out
-            outcome.error = UpstreamError("the engine answer this request shared did not complete")
-            raise outcome.error
-        if out:
-            yield out
+    finally:
+        del flight.positions[me]

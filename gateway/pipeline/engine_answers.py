@@ -83,7 +83,7 @@ class EngineAnswers:
                 entry = replace(entry, fresh_at=fresh_at)
             return Answer(entry.replay(), headers)
         await flight.wait(0)
-        if flight.failed and not flight.batches:
+        if flight.failed and not flight.end:
             return None
         self._metrics.cache_joins.labels(model).inc()
         outcome = exchange.outcome = StreamOutcome()
