@@ -17,7 +17,13 @@ Redis's Lua) holds exactly."""
 
 MAX_VARIANTS = 64
 """The most rollouts one key may pin to a variant (a record stays small)."""
+MAX_MODELS = 1000
+"""The most models one key may be limited to. Far more than a gateway serves (models,
+LoRA adapters and rollouts together; a key meant for all of them leaves ``models``
+out), and it keeps a record under ~256 KiB at the longest names: every replica loads
+every record whenever a key is created or revoked."""
 MAX_MODEL_NAME = 256
+"""The longest model name a key may carry (in ``models`` and ``variants``)."""
 
 
 class KeyRequestError(ValueError):
@@ -30,7 +36,9 @@ class NewKey(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     name: str = Field(min_length=1, max_length=64)
-    models: list[str] | None = None
+    models: list[str] | None = Field(
+        None, max_length=MAX_MODELS, description="The models it may use (default: all)."
+    )
     rpm: int | None = Field(None, ge=1, le=MAX_LIMIT)
     tpm: int | None = Field(None, ge=1, le=MAX_LIMIT)
     max_concurrent: int | None = Field(None, ge=1, le=MAX_LIMIT)
@@ -51,12 +59,18 @@ class NewKey(BaseModel):
     def _tier(cls, value: int | str | None) -> int | None:
         return None if value is None else parse_priority(value)
 
+    @field_validator("models")
+    @classmethod
+    def _allowed_names(cls, value: list[str] | None) -> list[str] | None:
+        for name in value or ():
+            _check_model_name(name, "models")
+        return value
+
     @field_validator("variants")
     @classmethod
     def _model_names(cls, value: dict[str, str] | None) -> dict[str, str] | None:
         for name in (*(value or {}).keys(), *(value or {}).values()):
-            if not 0 < len(name) <= MAX_MODEL_NAME or not name.isprintable():
-                raise ValueError(f"invalid model name {name[:64]!r} in variants")
+            _check_model_name(name, "variants")
         return value
 
     @classmethod
@@ -69,6 +83,14 @@ class NewKey(BaseModel):
             raise KeyRequestError(f"{where}: {first['msg']}") from None
 
 
+def _check_model_name(name: str, where: str) -> None:
+    """A model name a key may carry: 1 to :data:`MAX_MODEL_NAME` characters, every one
+    printable (no control character, as for the config's model names; no line break,
+    NUL or other invisible character either)."""
+    if not 0 < len(name) <= MAX_MODEL_NAME or not name.isprintable():
+        raise ValueError(f"invalid model name {name[:64]!r} in {where}")
+
+
 async def create_key(
     store: KeyStore, request: NewKey, taken: Collection[str]
 ) -> tuple[str, KeyRecord]:
@@ -76,7 +98,7 @@ async def create_key(
     if request.name in taken:
         raise KeyRequestError(f"a key named {request.name!r} exists already")
     try:
-        expires_at = parse_expiry(request.expires) if request.expires else None
+        expires_at = parse_expiry(request.expires) if request.expires is not None else None
         secret, record = new_key(
             request.name,
             tuple(request.models) if request.models else None,

@@ -30,7 +30,8 @@ from gateway.ratelimit.limits import NO_LIMITS, Limits
 SECRET_PREFIX = "sk-vg-"
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 """Matched whole (``fullmatch``: ``$`` would let a trailing newline through)."""
-_DURATION = re.compile(r"^(\d{1,12})([smhdw])$")
+_DURATION = re.compile(r"([0-9]{1,12})([smhdw])")
+"""Matched whole; ``[0-9]``, not ``\\d``, which (like ``int``) takes any Unicode digit."""
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 FIRST_MOMENT = datetime(1, 1, 1, tzinfo=UTC).timestamp()
 LAST_MOMENT = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC).timestamp()
@@ -216,20 +217,27 @@ def new_key(
 
 
 def parse_expiry(text: str, now: float | None = None) -> float:
-    """``90s``, ``12h``, ``30d``, ``2w`` from now, or an ISO 8601 date/time (UTC if no zone).
+    """``90s``, ``12h``, ``30d``, ``2w`` from now, or an ISO 8601 date/time (UTC if no zone),
+    written in ASCII (``٣s`` is not 3 s).
 
-    Raises ValueError for anything else; the moment may still lie out of range
+    Raises ValueError for anything else, an empty or blank text included (no expiry is
+    the expiry left out, never an empty one); the moment may still lie out of range
     (:func:`new_key` checks it against now and :data:`LAST_MOMENT`)."""
     now = time.time() if now is None else now
-    match = _DURATION.match(text.strip())
+    text = text.strip()
+    if not text:
+        raise ValueError("the expiry is empty: leave it out (or null) for no expiry")
+    match = _DURATION.fullmatch(text)
     if match:
         return now + int(match.group(1)) * _UNIT_S[match.group(2)]
     try:
-        moment = datetime.fromisoformat(text.strip())
+        moment = datetime.fromisoformat(text) if text.isascii() else None
     except ValueError:
+        moment = None
+    if moment is None:
         raise ValueError(
             f"invalid expiry {text[:40]!r}: use a duration like 90s, 12h, 30d or an ISO date"
-        ) from None
+        )
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     return moment.timestamp()

@@ -65,7 +65,7 @@ def _create(args: argparse.Namespace) -> int:
     settings = _settings(args)
     request: dict[str, Any] = {
         "name": args.name,
-        "models": args.models.split(",") if args.models else None,
+        "models": _model_names(args.models),
         "rpm": args.rpm,
         "tpm": args.tpm,
         "max_concurrent": args.max_concurrent,
@@ -74,9 +74,11 @@ def _create(args: argparse.Namespace) -> int:
         "variants": _variants(args.variant) or None,
     }
 
+    new = NewKey.parse(request)  # refused here, before Redis is asked anything
+
     async def run(store: RedisKeyStore) -> dict[str, Any]:
         taken = {k.name for k in settings.auth.keys}
-        secret, record = await create_key(store, NewKey.parse(request), taken)
+        secret, record = await create_key(store, new, taken)
         return record.public() | {"key": secret}
 
     created = _with_store(settings, run)
@@ -150,6 +152,21 @@ def _with_store(settings: Settings, action: Any) -> Any:
     except StoreUnavailable as exc:
         where = display_url(settings.redis.url or "")  # never the password in the URL
         raise ConfigError(f"cannot reach Redis at {where}: {exc}") from None
+
+
+def _model_names(text: str | None) -> list[str] | None:
+    """``--models a,b`` as names, each without the spaces around it (``a, b`` is a and
+    b); an empty one (``a,,b``, a trailing comma, ``--models ""``) is an error, never
+    read as "all models" (that is leaving ``--models`` out)."""
+    if text is None:
+        return None
+    names = [name.strip() for name in text.split(",")]
+    if not all(names):
+        raise KeyRequestError(
+            f"--models {text[:80]!r}: a model name is empty; write them as a,b "
+            "(leave --models out for all models)"
+        )
+    return names
 
 
 def _variants(pairs: list[str]) -> dict[str, str]:

@@ -17,6 +17,15 @@ from engines.spec import EngineSpec, check_path_safe_name
 from gateway.config.sections import RoutingSettings, _Section
 
 
+def _without_userinfo(url: str) -> str:
+    """``url`` up to its query or fragment, without credentials (an error message may
+    be logged): ``scheme://host:port/path``."""
+    scheme, _, rest = url.partition("://")
+    authority, slash, path = rest.partition("/")
+    shown = f"{scheme}://{authority.rpartition('@')[2]}{slash}{path}"
+    return shown.split("?", 1)[0].split("#", 1)[0]
+
+
 class ModelCacheSettings(_Section):
     """One model's cache settings; unset fields follow the top-level ``cache``."""
 
@@ -88,9 +97,17 @@ class ModelSettings(_Section):
     @field_validator("endpoints")
     @classmethod
     def _urls(cls, endpoints: tuple[str, ...]) -> tuple[str, ...]:
+        """Base URLs: ``http(s)://[user:password@]host[:port][/path]``. A query or a
+        fragment is refused: request paths are appended to the URL, so it would end up
+        inside them (``http://h:8000/?x=1`` would be asked ``/?x=1/v1/...``)."""
         for url in endpoints:
             if not url.startswith(("http://", "https://")):
                 raise ValueError(f"endpoint {url!r} must start with http:// or https://")
+            if "?" in url or "#" in url:
+                raise ValueError(
+                    f"endpoint {_without_userinfo(url)!r} has a query ('?') or a fragment "
+                    "('#'): give the engine's base URL, http(s)://host:port[/path]"
+                )
         return tuple(url.rstrip("/") for url in endpoints)
 
     @model_validator(mode="after")

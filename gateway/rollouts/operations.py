@@ -4,9 +4,10 @@ read every rollout's state, set weights, promote a canary a step, roll one back.
 Every input is checked here and refused in OpenAI's error format: an unknown
 rollout is 404 ``rollout_not_found``; an unknown variant, a weight that is not a
 finite number in [0, 1e9], weights that leave no traffic, a promotion past the
-last step are 400. Writes go through the shared state's compare-and-set
-(:meth:`RolloutBook.update`), so an operator's change and the controller's never
-overwrite each other; the state backend being unreachable is 503.
+last step, a body field the action does not take (``variants`` for ``variant``:
+ignored, it would have rolled back every canary) are 400. Writes go through the
+shared state's compare-and-set (:meth:`RolloutBook.update`), so an operator's change
+and the controller's never overwrite each other; the state backend being unreachable is 503.
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ async def set_weights(control: RolloutController, rollout: str, body: Any) -> di
     """``{"weights": {variant: weight, ...}}``: the named variants get these weights (the
     others keep theirs). A rolled-back canary given a weight above 0 is re-enabled."""
     settings = _rollout(control, rollout)
+    _only_field(body, "weights")
     given = _weights_of(body, settings)
 
     def change(record: RolloutRecord) -> RolloutRecord:
@@ -74,6 +76,7 @@ async def promote(control: RolloutController, rollout: str, body: Any) -> dict[s
     """``{"variant": canary}`` (optional with one canary): the canary moves to the next
     step of ``promote.steps`` (10/25/50/100 without ``promote:``) above its share."""
     settings = _rollout(control, rollout)
+    _only_field(body, "variant")
     canary = _canary_of(body, settings)
     steps = settings.promote.steps if settings.promote is not None else DEFAULT_STEPS
     configured = {v.model: v.weight for v in settings.variants}
@@ -99,6 +102,7 @@ async def rollback(control: RolloutController, rollout: str, body: Any) -> dict[
     settings = _rollout(control, rollout)
     if body is not None and not isinstance(body, dict):  # not "every canary": a mistake
         raise InvalidRequestError('the body must be a JSON object: {"variant": "<canary>"}')
+    _only_field(body, "variant")
     canaries = [_canary_of(body, settings)] if _named(body) else list(settings.canaries)
     if not canaries:
         raise InvalidRequestError(
@@ -134,6 +138,27 @@ def _rollout(control: RolloutController, rollout: str) -> RolloutSettings:
     return settings
 
 
+def _only_field(body: Any, field: str) -> None:
+    """A body field other than ``field`` is refused, not ignored: ``{"variants": [...]}``
+    (or ``{"canary": ...}``) sent to rollback would otherwise roll back every canary,
+    and to promote would promote the only one, whatever it names."""
+    if not isinstance(body, dict):
+        return
+    unknown = [str(name) for name in body if name != field]
+    if unknown:
+        raise InvalidRequestError(
+            f"unknown field{'s' if len(unknown) > 1 else ''} {_listed(unknown)} in the body: "
+            f"it takes only {field!r}",
+            param=unknown[0][:80],
+        )
+
+
+def _listed(names: list[str], most: int = 5) -> str:
+    """``names`` quoted and bounded, for a message (a hostile body may hold thousands)."""
+    shown = ", ".join(repr(name[:80]) for name in names[:most])
+    return shown + (f" and {len(names) - most} more" if len(names) > most else "")
+
+
 def _weights_of(body: Any, settings: RolloutSettings) -> dict[str, float]:
     weights = body.get("weights") if isinstance(body, dict) else None
     if not isinstance(weights, dict) or not weights:
@@ -141,15 +166,16 @@ def _weights_of(body: Any, settings: RolloutSettings) -> dict[str, float]:
             'the body must be {"weights": {"<variant>": <weight>, ...}}', param="weights"
         )
     known = {v.model for v in settings.variants}
+    unknown = [str(variant) for variant in weights if variant not in known]
+    if unknown:
+        raise InvalidRequestError(
+            f"{_listed(unknown)} {'is not a variant' if len(unknown) == 1 else 'are not variants'}"
+            f" of rollout {settings.model!r} (variants: {', '.join(sorted(known))})",
+            param="weights",
+            code="unknown_variant",
+        )
     given: dict[str, float] = {}
     for variant, weight in weights.items():
-        if variant not in known:
-            raise InvalidRequestError(
-                f"{str(variant)[:80]!r} is not a variant of rollout {settings.model!r} "
-                f"(variants: {', '.join(sorted(known))})",
-                param="weights",
-                code="unknown_variant",
-            )
         if isinstance(weight, bool) or not isinstance(weight, int | float):
             raise InvalidRequestError(f"weights.{variant}: not a number", param="weights")
         if not (math.isfinite(weight) and 0 <= weight <= MAX_WEIGHT):
