@@ -23,10 +23,10 @@ _TOKENS_PER_MESSAGE = 4
 class StubConfig:
     """Start-up behaviour of a stub engine; a request's ``"stub"`` object overrides it.
 
-    ``fail_status`` makes every completion request answer that status with an
-    OpenAI error body; ``drop_after`` makes every stream close its connection
-    abruptly after that many content chunks; ``hang`` makes every completion
-    request wait, unanswered, until the client leaves.
+    ``fail_status`` makes every completion (and ``/v1/responses``) request answer
+    that status with an OpenAI error body; ``drop_after`` makes every stream close its
+    connection abruptly after that many content chunks (text deltas for responses);
+    ``hang`` makes every such request wait, unanswered, until the client leaves.
     """
 
     models: tuple[str, ...] = ("stub-model",)
@@ -138,12 +138,7 @@ def plan_request(config: StubConfig, body: Any, *, chat: bool) -> Plan:
         kind = "BadRequestError" if status == 400 else "NotFoundError"
         raise RequestError(status, vllm_error, error_type=kind, param="input_tokens", code=status)
     if fault is not None and fault.kind == "error":
-        raise RequestError(
-            fault.status,
-            f"stub engine: injected failure with status {fault.status}",
-            error_type=error_type_for(fault.status),
-            code="stub_fault",
-        )
+        raise _injected_error(fault)
     model = _model(config, body.get("model"))
     prompt, prompt_tokens = _chat_prompt(body) if chat else _completion_prompt(body)
     target = _override_int(overrides, "tokens", config.tokens)
@@ -167,6 +162,26 @@ def plan_request(config: StubConfig, body: Any, *, chat: bool) -> Plan:
         itl_s=_override_ms(overrides, "itl_ms", config.itl_ms) / 1000.0,
         fault=fault,
         extras=_extras(body, overrides, chat),
+    )
+
+
+def injected_fault(config: StubConfig, body: dict[str, Any], stream: bool) -> Fault | None:
+    """The fault a request of another route (``/v1/responses``) acts out, decided as for
+    completions: its ``"stub"`` object's, else the start-up flags' (``--fail-status``,
+    ``--hang``, ``--drop-after`` for streams). An error fault is raised here, as its
+    :class:`RequestError`."""
+    fault = _resolve_fault(config, _overrides(body.get("stub")), stream)
+    if fault is not None and fault.kind == "error":
+        raise _injected_error(fault)
+    return fault
+
+
+def _injected_error(fault: Fault) -> RequestError:
+    return RequestError(
+        fault.status,
+        f"stub engine: injected failure with status {fault.status}",
+        error_type=error_type_for(fault.status),
+        code="stub_fault",
     )
 
 

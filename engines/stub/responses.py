@@ -12,6 +12,12 @@ history arrive. The response id is the request's ``request_id`` when it sends
 one (as vLLM does), else a fresh ``resp_<hex>``. Streams send vLLM's event
 sequence (``response.created`` ... ``response.completed``), ``event:`` lines
 included, one body message per text delta, ``itl_ms`` apart, and no ``[DONE]``.
+
+Faults are acted out as on the completion routes (:func:`engines.stub.plan.injected_fault`):
+``--fail-status`` (or ``"stub": {"fault": "error", "status": S}``) answers that status;
+``--hang`` waits, unanswered, until the client leaves (a stream with ``after`` hangs
+after that many text deltas); ``--drop-after N`` (or ``"fault": "drop"``) cuts a
+stream's connection after N text deltas, and a whole answer half-way through its body.
 """
 
 from __future__ import annotations
@@ -23,9 +29,19 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from engines.stub.asgi import JSON, Receive, Scope, Send, read_body, send_bytes, until_disconnect
+from engines.stub.asgi import (
+    DROPPED,
+    JSON,
+    Receive,
+    Scope,
+    Send,
+    read_body,
+    send_bytes,
+    until_disconnect,
+    wait_forever,
+)
 from engines.stub.output import SSE_HEADERS, error_body, token_texts
-from engines.stub.plan import RequestError, StubConfig
+from engines.stub.plan import Fault, RequestError, StubConfig, injected_fault
 
 if TYPE_CHECKING:
     from engines.stub.server import StubStats
@@ -61,22 +77,43 @@ class ResponsesStub:
             except RequestError as error:
                 await send_bytes(send, error.status, error_body(error), JSON)
                 return
-            if body.get("stream") is True:
-                stats.streams_started += 1
-                if await until_disconnect(_send_events(answer, send), receive) is None:
-                    stats.streams_cancelled += 1
-                    stats.requests_cancelled += 1
-                else:
-                    stats.streams_completed += 1
-            else:
-                await send_bytes(send, 200, orjson.dumps(answer.final()), JSON)
+            await self._answer(answer, receive, send)
         finally:
             stats.in_flight -= 1
 
+    async def _answer(self, answer: _Answer, receive: Receive, send: Send) -> None:
+        """Send ``answer``, or act out its fault, as the completion routes do."""
+        stats = self._stats
+        fault = answer.fault
+        if fault is not None and fault.kind == "hang" and (fault.after == 0 or not answer.stream):
+            await until_disconnect(wait_forever(), receive)
+            stats.requests_cancelled += 1
+        elif answer.stream:
+            stats.streams_started += 1
+            outcome = await until_disconnect(_send_events(answer, send), receive)
+            if outcome is None:
+                stats.streams_cancelled += 1
+                stats.requests_cancelled += 1
+            elif outcome == DROPPED:
+                stats.streams_dropped += 1
+            else:
+                stats.streams_completed += 1
+        elif fault is not None and fault.kind == "drop":  # half the body, then cut
+            body = orjson.dumps(answer.final())
+            headers = [(b"content-type", JSON), (b"content-length", b"%d" % len(body))]
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            await send(
+                {"type": "http.response.body", "body": body[: len(body) // 2], "more_body": True}
+            )
+        else:
+            await send_bytes(send, 200, orjson.dumps(answer.final()), JSON)
+
     def _plan(self, body: Any) -> _Answer:
-        """What to answer, or the :class:`RequestError` vLLM would give."""
+        """What to answer, or the :class:`RequestError` vLLM would give (or a fault's)."""
         if not isinstance(body, dict):
             raise RequestError(400, "The request body is not a JSON object.")
+        stream = body.get("stream") is True
+        fault = injected_fault(self._config, body, stream)
         model = body.get("model")
         if model not in self._config.models:
             raise RequestError(
@@ -106,7 +143,8 @@ class ResponsesStub:
         request_id = body.get("request_id")
         response_id = request_id if isinstance(request_id, str) else "resp_" + os.urandom(16).hex()
         prompt_tokens = (len(orjson.dumps(items)) + 3) // 4
-        return _Answer(body, str(model), response_id, texts, prompt_tokens, self._config.itl_ms)
+        itl_ms = self._config.itl_ms
+        return _Answer(body, str(model), response_id, texts, prompt_tokens, itl_ms, stream, fault)
 
 
 class _Answer:
@@ -120,6 +158,8 @@ class _Answer:
         texts: list[str],
         prompt_tokens: int,
         itl_ms: float,
+        stream: bool = False,
+        fault: Fault | None = None,
     ) -> None:
         self.body = body
         self.model = model
@@ -129,6 +169,9 @@ class _Answer:
         self.created = int(time.time())
         self.prompt_tokens = prompt_tokens
         self.itl_s = itl_ms / 1000
+        self.stream = stream
+        self.fault = fault
+        """What to act out instead of answering (:func:`engines.stub.plan.injected_fault`)."""
 
     def response(self, status: str, output: list[Any], usage: Any) -> dict[str, Any]:
         """A ``response`` object in vLLM's field order (the subset clients read)."""
@@ -221,10 +264,16 @@ async def _send_events(answer: _Answer, send: Send) -> str:
         )
         + event("response.content_part.added", part=empty_part, **where)
     )
-    for step, text in enumerate(answer.texts):
+    fault = answer.fault
+    stop_after = fault.after if fault is not None else len(answer.texts)
+    for step, text in enumerate(answer.texts[:stop_after]):
         if step and answer.itl_s > 0:
             await asyncio.sleep(answer.itl_s)
         await chunk(event("response.output_text.delta", delta=text, logprobs=[], **where))
+    if fault is not None:  # unfinished: the server cuts the connection (or it hangs)
+        if fault.kind == "hang":
+            await wait_forever()
+        return DROPPED
     part = answer.part()
     tail = (
         event("response.output_text.done", text=part["text"], logprobs=[], **where)

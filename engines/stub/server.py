@@ -320,9 +320,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--ttft-ms", type=float, default=0.0, help="delay before the first token")
     parser.add_argument("--itl-ms", type=float, default=0.0, help="delay between tokens")
     parser.add_argument("--tokens", type=int, default=16, help="completion tokens per answer")
-    parser.add_argument("--fail-status", type=int, help="answer every completion with it")
+    parser.add_argument(
+        "--fail-status", type=int, help="answer every completion and response with it"
+    )
     parser.add_argument("--drop-after", type=int, help="cut streams after N content chunks")
-    parser.add_argument("--hang", action="store_true", help="never answer completions")
+    parser.add_argument("--hang", action="store_true", help="never answer completions or responses")
     parser.add_argument(
         "--lora", action="append", default=[], help="adapter NAME=BASE (repeatable)"
     )

@@ -2,7 +2,9 @@
 
 Label values are bounded: ``model`` is a configured model name (or ``"-"`` for
 requests that never resolved one), ``endpoint`` one of the gateway's routes,
-``kind`` one of connect, timeout, status, stream_interrupted (upstream errors) or
+``kind`` one of connect, timeout (any deadline that passed, a stream's idle or total
+deadline mid-stream included), status, interrupted (an answer broken off) or
+stream_interrupted (a stream broken off by the engine) for upstream errors, or
 requests, tokens, concurrency (rate limits), ``key`` a key's *name* (never the
 secret), ``task`` a background task's name (:mod:`gateway.background`), and the
 ``kind`` of a skipped shared-state record ``key`` or ``engine``, ``rollout`` a configured

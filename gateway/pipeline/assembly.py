@@ -112,7 +112,7 @@ def build_forwarder(
         upstream,
         metrics,
         upstream_settings.retries,
-        {m.name: Deadlines.of(upstream_settings, m.timeouts) for m in settings.models},
+        {m.name: Deadlines.of(upstream_settings, m.timeouts, m.name) for m in settings.models},
         Deadlines.of(upstream_settings, None),
         gate,
         RetryBudget(upstream_settings.retry_budget_ratio, upstream_settings.retry_budget_burst),

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from gateway.cache.singleflight import Flight
-from gateway.errors import GatewayError
+from gateway.errors import GatewayError, UpstreamTimeoutError
 from gateway.observability.metrics import UNRESOLVED_MODEL, GatewayMetrics
 from gateway.observability.tallies import Tally
 from gateway.observability.timeline import SERVER_TIMING, Timeline
@@ -239,8 +239,9 @@ class Exchange:
         if outcome.first_chunk_at is not None:
             ttft = outcome.first_chunk_at - self.started
             metrics.time_to_first_token.labels(model, label, variant).observe(ttft)
-        if outcome.error is not None:
-            metrics.upstream_errors.labels(model, "stream_interrupted").inc()
+        if outcome.error is not None:  # a deadline (idle_s, total_s) passed, or the engine broke
+            late = isinstance(outcome.error, UpstreamTimeoutError)
+            metrics.upstream_errors.labels(model, "timeout" if late else "stream_interrupted").inc()
         elif not outcome.completed:
             metrics.client_disconnects.labels(model).inc()
         chunks, first = outcome.chunks, outcome.first_chunk_at  # status page: mean chunk gap

@@ -36,7 +36,7 @@ from gateway.pipeline.watching import begin_attempt, end_attempt
 from gateway.pool.engine_pool import EnginePool
 from gateway.pool.shedding import ANONYMOUS_KEY, LoadGate
 from gateway.routing.policies import EndpointView, RoutingPolicy
-from gateway.upstream.deadlines import Deadlines
+from gateway.upstream.deadlines import Deadlines, Limit
 from gateway.upstream.transport import EngineUnreachable, EventSource, Upstream, UpstreamReply
 
 log = logging.getLogger("vgate.forwarding")
@@ -215,6 +215,8 @@ class Forwarder:
                 if isinstance(exc, UpstreamStatusError) and exc.status >= 500:
                     failed = exc
                     continue
+                if timed_out:  # the head or the first event not within idle_s
+                    raise UpstreamTimeoutError(_no_first_event(limits, "idle_s")) from None
                 raise
             end_attempt(exchange, mark, 200, answered=True)
             self._pool.record_success(url)
@@ -280,6 +282,12 @@ class RetryBudget:
 
 
 def _first_event_timeout(limits: Deadlines, total_deadline: float | None) -> str:
+    """What the 504 says when the first-event deadline (``ttft_s``, or ``total_s`` when
+    that comes first) passed before the stream's first event."""
     if limits.ttft_s and (total_deadline is None or limits.ttft_s <= (limits.total_s or 0)):
-        return f"the engine sent no first token within ttft_s = {limits.ttft_s:g} s"
-    return f"the engine did not finish within total_s = {limits.total_s:g} s"
+        return _no_first_event(limits, "ttft_s")
+    return f"the engine did not finish within {limits.named('total_s')}"
+
+
+def _no_first_event(limits: Deadlines, limit: Limit) -> str:
+    return f"the engine did not start answering within {limits.named(limit)}"

@@ -109,7 +109,7 @@ def _check_depth(raw: bytes, body: dict[str, Any]) -> None:
 def normalized(body: dict[str, Any], request: BaseModel) -> dict[str, Any]:
     """``body`` with the validated value of each field the gateway computes with
     (:data:`gateway.protocol.NORMALIZED_FIELDS`) where the client wrote it otherwise
-    (``n: 2.0`` → ``2``, ``stream: "true"`` → ``True``): the rate limits, the cache
+    (``n: 2.0`` → ``2``, ``temperature: 1`` → ``1.0``): the rate limits, the cache
     and routing read this body, the engine gets the client's bytes. The same dict
     when nothing differs (the usual case: a few type checks)."""
     changed: dict[str, Any] | None = None
@@ -130,7 +130,13 @@ def validate(schema: type[BaseModel], body: dict[str, Any]) -> Any:
     except ValidationError as exc:
         first = exc.errors()[0]
         param = _param_path(first["loc"])
-        raise InvalidRequestError(f"{param}: {first['msg']}", param=param) from None
+        message = _STRICT_MESSAGES.get(first["type"], first["msg"])
+        raise InvalidRequestError(f"{param}: {message}", param=param) from None
+
+
+_STRICT_MESSAGES = {"bool_type": "must be a JSON boolean (true or false)"}
+"""Plainer words for the errors of the strict fields (pydantic's: "Input should be a
+valid boolean", which ``"true"`` looks like it is)."""
 
 
 def _param_path(loc: tuple[int | str, ...]) -> str:

@@ -75,24 +75,11 @@ def with_usage_requested(body: dict[str, Any]) -> bytes:
 
 def client_wants_usage(body: dict[str, Any]) -> bool:
     """Whether the engine sends this request's stream a usage event, as vLLM 0.32
-    decides it (``should_include_usage``): ``stream_options.include_usage`` read as a
-    lax pydantic bool, whose default is false (absent, null, or no ``stream_options``:
-    no usage)."""
+    decides it (``should_include_usage``): ``stream_options.include_usage`` true (a JSON
+    boolean: the schema refuses anything else), whose default is false (absent, null, or
+    no ``stream_options``: no usage)."""
     options = body.get("stream_options")
-    return isinstance(options, dict) and lax_bool(options.get("include_usage"))
-
-
-_TRUE_STRINGS = frozenset({"1", "on", "t", "true", "y", "yes"})
-
-
-def lax_bool(value: Any) -> bool:
-    """True where pydantic's lax ``bool`` reads true (vLLM's models are not strict):
-    ``True``, ``1``, ``1.0`` and the strings ``1 on t true y yes`` in any case."""
-    if value is True:
-        return True
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return value == 1
-    return isinstance(value, str) and value.lower() in _TRUE_STRINGS
+    return isinstance(options, dict) and options.get("include_usage") is True
 
 
 class UsageTap:

@@ -4,8 +4,12 @@ passes through untouched (``extra="allow"``), so vLLM's own parameters (``top_k`
 judges them.
 
 Validation is as lenient as vLLM's own (its pydantic models are not strict): an
-integral float is an integer (``seed: 1.0``), ``"true"`` a boolean; a fractional
-``n`` (``1.5``) is a 400 naming the field, as vLLM's would be. The gateway never
+integral float is an integer (``seed: 1.0``); a fractional ``n`` (``1.5``) is a 400
+naming the field, as vLLM's would be. The booleans the gateway acts on (``stream``,
+``stream_options.include_usage`` and ``.continuous_usage_stats``) are the exception:
+they must be JSON booleans, as the OpenAI API requires (``StrictBool``): a lax
+``"yes"``, ``"true"`` or ``1`` would decide whether an answer streams, whether a stream
+ends with usage, and which cache entry answers it. The gateway never
 computes with what the client wrote: :func:`gateway.pipeline.parsing.normalized`
 puts the validated values (``n: 2`` for ``2.0``) into the body the rate limits,
 the cache and routing read. Only the fields the gateway uses are checked:
@@ -27,7 +31,15 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, PlainValidator, TypeAdapter, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    StrictBool,
+    TypeAdapter,
+    field_validator,
+)
 
 _INT64 = 2**63
 
@@ -83,8 +95,8 @@ class _Passthrough(BaseModel):
 
 
 class StreamOptions(_Passthrough):
-    include_usage: bool | None = None
-    continuous_usage_stats: bool | None = None
+    include_usage: StrictBool | None = None
+    continuous_usage_stats: StrictBool | None = None
 
 
 class ChatMessage(_Passthrough):
@@ -112,7 +124,7 @@ class _RequestFields(_Passthrough):
 class _SamplingFields(_RequestFields):
     """Fields shared by chat and text completions."""
 
-    stream: bool | None = None
+    stream: StrictBool | None = None
     stream_options: StreamOptions | None = None
     max_tokens: int | None = Field(None, ge=0)
     temperature: float | None = Field(None, ge=0)
@@ -173,7 +185,6 @@ class EmbeddingRequest(_RequestFields):
 
 
 NORMALIZED_FIELDS = (
-    "stream",
     "n",
     "best_of",
     "max_tokens",
@@ -182,4 +193,5 @@ NORMALIZED_FIELDS = (
     "temperature",
     "dimensions",
 )
-"""Fields whose validated value replaces the client's in the body the gateway reads."""
+"""Fields whose validated value replaces the client's in the body the gateway reads
+(``stream`` is not one: being strict, its validated value is the client's)."""

@@ -9,16 +9,29 @@ client makes its own transport objects from them).
 A non-streaming request waits for its whole answer for ``total_s`` if set, else
 ``ttft_s`` if set, else ``idle_s`` (vLLM sends nothing before the answer is
 done). Each one aborts the upstream request; the client gets a 504
-``upstream_timeout`` naming the limit, or, once its stream has begun, an SSE
-error event and ``[DONE]``.
+``upstream_timeout`` naming the limit (its value and the setting it comes from:
+:meth:`Deadlines.named`), or, once its stream has begun, an SSE error event and
+``[DONE]``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Literal
 
 from gateway.config.models import ModelTimeouts
 from gateway.config.sections import UpstreamSettings
+
+Limit = Literal["connect_s", "ttft_s", "idle_s", "total_s"]
+
+UPSTREAM_SETTINGS: dict[Limit, str] = {
+    "connect_s": "connect_timeout_s",
+    "ttft_s": "ttft_timeout_s",
+    "idle_s": "read_timeout_s",
+    "total_s": "total_timeout_s",
+}
+"""The ``upstream`` section's setting behind each limit (a model's own ``timeouts``
+use the limit's name)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,15 +40,25 @@ class Deadlines:
     ttft_s: float | None
     idle_s: float
     total_s: float | None
+    model: str | None = field(default=None, compare=False)
+    """The model whose own ``timeouts`` set the limits in ``own``. Neither field takes
+    part in equality or the hash (the aiohttp client keys its timeouts on the numbers)."""
+    own: frozenset[Limit] = field(default=frozenset(), compare=False)
+    """The limits the model's own ``timeouts`` set (the others are the ``upstream``
+    section's): only error messages read it."""
 
     @classmethod
-    def of(cls, upstream: UpstreamSettings, own: ModelTimeouts | None) -> Deadlines:
+    def of(
+        cls, upstream: UpstreamSettings, own: ModelTimeouts | None, model: str | None = None
+    ) -> Deadlines:
         mine = own or ModelTimeouts()
         return cls(
             connect_s=mine.connect_s or upstream.connect_timeout_s,
             ttft_s=mine.ttft_s or upstream.ttft_timeout_s,
             idle_s=mine.idle_s or upstream.read_timeout_s,
             total_s=mine.total_s or upstream.total_timeout_s,
+            model=model,
+            own=frozenset(limit for limit in UPSTREAM_SETTINGS if getattr(mine, limit)),
         )
 
     @property
@@ -44,8 +67,22 @@ class Deadlines:
         return self.total_s or self.ttft_s or self.idle_s
 
     def answer_name(self) -> str:
+        """:meth:`named` for the limit a non-streaming request waits by."""
         if self.total_s:
-            return f"total_s = {self.total_s:g} s"
+            return self.named("total_s")
         if self.ttft_s:
-            return f"ttft_s = {self.ttft_s:g} s"
-        return f"idle_s = {self.idle_s:g} s"
+            return self.named("ttft_s")
+        return self.named("idle_s")
+
+    def named(self, limit: Limit) -> str:
+        """A limit as an error message gives it: its value and the setting it comes
+        from, ``30 s (upstream.ttft_timeout_s)`` or ``0.4 s (timeouts.ttft_s of model
+        `m`)``. Built only when a limit has been exceeded."""
+        value = getattr(self, limit)
+        if limit not in self.own:
+            where = f"upstream.{UPSTREAM_SETTINGS[limit]}"
+        elif self.model is None:
+            where = f"the model's timeouts.{limit}"
+        else:
+            where = f"timeouts.{limit} of model `{self.model}`"
+        return f"{value:g} s ({where})"

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import orjson
 
-from gateway.errors import UpstreamError, UpstreamStatusError
+from gateway.errors import UpstreamError, UpstreamStatusError, UpstreamTimeoutError
 from gateway.upstream.deadlines import Deadlines
 from gateway.upstream.transport import EngineUnreachable, PrimedEvents, UpstreamReply
 
@@ -56,11 +56,15 @@ Handler = Callable[[FakeRequest], Scripted | Awaitable[Scripted]]
 
 
 class FakeStream(PrimedEvents):
-    """A scripted SSE response."""
+    """A scripted SSE response. A gated batch waits at most ``idle_s``, and no later
+    than the stream's ``deadline``, then raises what the real clients raise."""
 
-    def __init__(self, script: Scripted, streams: set[FakeStream]) -> None:
+    def __init__(
+        self, script: Scripted, streams: set[FakeStream], idle_s: float | None = None
+    ) -> None:
         self._script = script
         self._streams = streams
+        self._idle_s = idle_s
         self._sent = 0
         self.deadline: float | None = None
         self.closed = False
@@ -79,14 +83,18 @@ class FakeStream(PrimedEvents):
         return batch
 
     async def _until(self, gate: asyncio.Event) -> None:
-        if self.deadline is None:
-            await gate.wait()
-            return
+        idle_at = None if self._idle_s is None else asyncio.get_running_loop().time() + self._idle_s
+        deadline = self.deadline
+        total = deadline is not None and (idle_at is None or deadline <= idle_at)
         try:
-            async with asyncio.timeout_at(self.deadline):
+            async with asyncio.timeout_at(deadline if total else idle_at):
                 await gate.wait()
         except TimeoutError:
-            raise UpstreamError("the engine did not finish within total_s") from None
+            raise UpstreamTimeoutError(
+                "the engine did not finish within the total timeout (total_s)"
+                if total
+                else "the engine sent nothing for longer than the idle timeout (idle_s)"
+            ) from None
 
     def close(self) -> None:
         self.closed = True
@@ -103,14 +111,20 @@ class FakeUpstream:
     healthy: set[str] = field(default_factory=set)
     """Engine URLs whose ``/health`` probe passes."""
 
-    async def _script(self, request: FakeRequest) -> Scripted:
+    async def _script(self, request: FakeRequest, wait_s: float | None = None) -> Scripted:
+        """``request``'s script, once its gate opens (within ``wait_s``, if given: a
+        stream's head comes within ``idle_s``, as from the real clients)."""
         self.requests.append(request)
         made = self.handler(request)
         script = made if isinstance(made, Scripted) else await made
         if script.unreachable:
             raise EngineUnreachable("connection refused")
         if script.gate is not None and not script.gate_each_batch:
-            await script.gate.wait()
+            try:
+                async with asyncio.timeout(wait_s):
+                    await script.gate.wait()
+            except TimeoutError:
+                raise UpstreamTimeoutError("engine did not start answering in time") from None
         return script
 
     async def post(
@@ -122,10 +136,10 @@ class FakeUpstream:
     async def open_stream(
         self, url: str, body: bytes, headers: Mapping[str, str], deadlines: Deadlines
     ) -> FakeStream:
-        script = await self._script(FakeRequest(url, body, dict(headers), True))
+        script = await self._script(FakeRequest(url, body, dict(headers), True), deadlines.idle_s)
         if script.status >= 400:
             raise UpstreamStatusError(script.status, script.body, "application/json")
-        return FakeStream(script, self.open_streams)
+        return FakeStream(script, self.open_streams, deadlines.idle_s)
 
     async def probe(self, url: str, headers: Mapping[str, str] | None = None) -> bool:
         return url in self.healthy

@@ -322,7 +322,7 @@ async def test_no_first_event_in_time() -> None:
     limits = Deadlines(connect_s=1.0, ttft_s=0.02, idle_s=5.0, total_s=None)
     rig = Rig(engines(a=Scripted(events=OK.events, gate=never)), deadlines=limits)
     exchange = rig.exchange()
-    with pytest.raises(UpstreamTimeoutError, match=r"ttft_s = 0\.02 s"):
+    with pytest.raises(UpstreamTimeoutError, match=r"within 0\.02 s \(upstream\.ttft_timeout_s\)"):
         await asyncio.wait_for(rig.forwarder.open_stream(exchange, rig.attempt), 1)
     assert rig.tried() == [A]  # a timeout is answered, not retried
     assert not exchange.holds_engine and rig.in_flight() == [0, 0]
@@ -335,7 +335,7 @@ async def test_the_total_deadline_bounds_the_first_event() -> None:
     limits = Deadlines(connect_s=1.0, ttft_s=None, idle_s=5.0, total_s=0.02)
     rig = Rig(engines(a=Scripted(events=OK.events, gate=never)), deadlines=limits)
     exchange = rig.exchange()
-    with pytest.raises(UpstreamTimeoutError, match=r"total_s = 0\.02 s"):
+    with pytest.raises(UpstreamTimeoutError, match=r"within 0\.02 s \(upstream\.total_timeout_s\)"):
         await asyncio.wait_for(rig.forwarder.open_stream(exchange, rig.attempt), 1)
     exchange.close()
 
@@ -346,7 +346,7 @@ async def test_an_answer_that_times_out_is_not_retried() -> None:
 
     limits = Deadlines(connect_s=1.0, ttft_s=None, idle_s=5.0, total_s=3.0)
     rig = Rig(slow, deadlines=limits, breaker=BreakerPolicy(failures=1))
-    with pytest.raises(UpstreamTimeoutError, match="total_s = 3 s"):
+    with pytest.raises(UpstreamTimeoutError, match=r"within 3 s \(upstream\.total_timeout_s\)"):
         await rig.complete()
     assert rig.tried() == [A]
     assert rig.pool.breaker_open(A)
