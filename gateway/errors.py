@@ -122,6 +122,15 @@ class RateLimitError(GatewayError):
         self.error_type = kind
 
 
+class QuotaExceededError(GatewayError):
+    """A key has used up a quota that time alone does not restore quickly (429, as
+    OpenAI's ``insufficient_quota``): the client must free some or ask for more."""
+
+    status = 429
+    error_type = "insufficient_quota"
+    code = "insufficient_quota"
+
+
 class DependencyUnavailableError(GatewayError):
     """Shared state the request needs (Redis) is unreachable and policy says refuse (503)."""
 

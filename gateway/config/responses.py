@@ -27,6 +27,15 @@ class ResponsesSettings(BaseModel):
         "it continues). A larger one is answered but not stored: it cannot be retrieved "
         "or continued.",
     )
+    max_bytes_per_key: int | None = Field(
+        256 * 1024 * 1024,
+        ge=1024,
+        description="The most bytes one API key's stored responses may take together "
+        "(null: no limit). A key at its limit gets 429 insufficient_quota for requests "
+        "that would store (store: true, the default) until some of its responses are "
+        "deleted or expire; store: false still works. One tenant cannot fill the Redis "
+        "that holds every tenant's limits and keys.",
+    )
     memory_max_bytes: int = Field(
         64 * 1024 * 1024,
         ge=0,

@@ -29,7 +29,6 @@ not created in the background: 400 ``Cannot cancel a synchronous response.``
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
@@ -40,11 +39,9 @@ from gateway.auth.authenticator import Authenticator, Principal
 from gateway.config.models import ModelSettings
 from gateway.config.responses import ResponsesSettings
 from gateway.errors import (
-    DependencyUnavailableError,
     GatewayError,
     InvalidRequestError,
     ModelNotFoundError,
-    StoreUnavailable,
     error_body,
 )
 from gateway.observability.metrics import GatewayMetrics
@@ -56,6 +53,7 @@ from gateway.pipeline.parsing import affinity_key, decode_json_object
 from gateway.pipeline.plan import ModelRename
 from gateway.pipeline.priority import body_priority, clamped_body
 from gateway.pipeline.response_events import FieldRestore, FinalResponseTap, relay_response_events
+from gateway.pipeline.response_records import Keeper, ResponseRecords
 from gateway.pipeline.results import Answer, EventStream, Result
 from gateway.pool.engine_pool import EnginePool
 from gateway.ratelimit.admission import Admission
@@ -83,7 +81,6 @@ log = logging.getLogger("vgate.responses")
 PATH = "/v1/responses"
 LABEL = "responses"
 _VARIANT = VARIANT_HEADER.encode()
-_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
 
 
 class NotCancellableError(InvalidRequestError):
@@ -119,8 +116,7 @@ class ResponsesService:
         self._metrics = metrics
         self._authenticator = authenticator
         self._admission = admission
-        self._store = store
-        self._settings = settings
+        self._records = ResponseRecords(store, settings, metrics)
 
     async def caller(self, authorization: str | None) -> Principal:
         """Who is calling, from the headers alone (401 before any body is read)."""
@@ -186,8 +182,11 @@ class ResponsesService:
         if request.previous_response_id is not None:
             previous_id = request.previous_response_id
             missing = PreviousResponseNotFoundError(previous_id)
-            previous = check_found(await self._load(previous_id, missing), principal.name, missing)
+            loaded = await self._records.load(previous_id, missing)
+            previous = check_found(loaded, principal.name, missing)
         items, item_ids = conversation(previous, request)
+        if request.store:
+            await self._records.check_quota(principal.name)
         timeline = exchange.timeline
         timeline.limiting = exchange.clock()
         exchange.admit(
@@ -211,7 +210,7 @@ class ResponsesService:
             taps.append(ModelRename(served, asked))
         if request.previous_response_id is not None:
             taps.append(FieldRestore(request.previous_response_id))
-        keep = _Keeper(self, principal.name, items, item_ids) if request.store else None
+        keep = Keeper(self._records, principal.name, items, item_ids) if request.store else None
         exchange.count_in_flight()
         if request.stream:
             return await self._stream(exchange, attempt, taps, keep)
@@ -222,7 +221,7 @@ class ResponsesService:
         exchange: Exchange,
         attempt: Attempt,
         taps: list[BatchTap],
-        keep: _Keeper | None,
+        keep: Keeper | None,
     ) -> Answer:
         _, reply = await self._forwarder.complete(exchange, attempt)
         body = reply.body
@@ -247,7 +246,7 @@ class ResponsesService:
         exchange: Exchange,
         attempt: Attempt,
         taps: list[BatchTap],
-        keep: _Keeper | None,
+        keep: Keeper | None,
     ) -> EventStream:
         _, stream = await self._forwarder.open_stream(exchange, attempt)
         outcome = exchange.outcome = StreamOutcome()
@@ -275,10 +274,7 @@ class ResponsesService:
 
     async def delete(self, response_id: str, principal: Principal) -> Answer:
         await self._own(response_id, principal)
-        try:
-            await self._store.delete(response_id)
-        except StoreUnavailable:
-            raise self._unavailable() from None
+        await self._records.delete(response_id, principal.name)
         body = {"id": response_id, "object": "response", "deleted": True}
         return Answer(orjson.dumps(body), [])
 
@@ -294,65 +290,7 @@ class ResponsesService:
 
     async def _own(self, response_id: str, principal: Principal) -> StoredResponse:
         missing = ResponseNotFoundError(response_id)
-        return check_found(await self._load(response_id, missing), principal.name, missing)
-
-    async def _load(self, response_id: str, missing: GatewayError) -> StoredResponse | None:
-        if _ID.fullmatch(response_id) is None:
-            raise missing
-        try:
-            data = await self._store.get(response_id)
-        except StoreUnavailable:
-            raise self._unavailable() from None
-        return None if data is None else StoredResponse.decode(response_id, data)
-
-    async def save(self, record: StoredResponse) -> None:
-        """Keep ``record`` for ``responses.ttl_s``. A record over ``max_stored_bytes``,
-        or a store that cannot be reached, is logged and skipped: the client still gets
-        its answer (which it cannot retrieve or continue later)."""
-        data = record.encode()
-        if len(data) > self._settings.max_stored_bytes:
-            log.warning(
-                "response %s not stored: %d bytes over responses.max_stored_bytes (%d)",
-                record.id,
-                len(data),
-                self._settings.max_stored_bytes,
-            )
-            return
-        try:
-            await self._store.put(record.id, data, self._settings.ttl_s)
-        except StoreUnavailable as exc:
-            self._metrics.redis_errors.labels("responses").inc()
-            log.warning("response %s not stored: %s", record.id, exc)
-
-    def _unavailable(self) -> DependencyUnavailableError:
-        self._metrics.redis_errors.labels("responses").inc()
-        return DependencyUnavailableError(
-            "Stored responses cannot be read right now; try again shortly.",
-            code="response_store_unavailable",
-            headers={"Retry-After": "1"},
-        )
-
-
-class _Keeper:
-    """Stores a finished response with the conversation that produced it."""
-
-    __slots__ = ("_ids", "_items", "_owner", "_service")
-
-    def __init__(
-        self, service: ResponsesService, owner: str, items: list[Any], ids: list[str]
-    ) -> None:
-        self._service = service
-        self._owner = owner
-        self._items = items
-        self._ids = ids
-
-    async def __call__(self, response: dict[str, Any]) -> None:
-        response_id = response.get("id")
-        if not isinstance(response_id, str) or _ID.fullmatch(response_id) is None:
-            log.warning("engine response without a usable id: not stored")
-            return
-        record = StoredResponse(response_id, self._owner, response, self._items, self._ids)
-        await self._service.save(record)
+        return check_found(await self._records.load(response_id, missing), principal.name, missing)
 
 
 def usage_tokens(response: dict[str, Any]) -> int | None:

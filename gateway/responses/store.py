@@ -69,15 +69,25 @@ class StoredResponse:
 
 
 class ResponseStore(Protocol):
-    """Stored responses by id, each for ``ttl_s`` seconds. Failures to reach the
+    """Stored responses by id, each for ``ttl_s`` seconds, and the bytes each owner's
+    live records take (for ``responses.max_bytes_per_key``). Failures to reach the
     store raise :class:`gateway.errors.StoreUnavailable`."""
 
     async def get(self, response_id: str) -> bytes | None:
         """The encoded record, or None when there is none (or it expired)."""
         ...
 
-    async def put(self, response_id: str, record: bytes, ttl_s: int) -> None: ...
+    async def put(
+        self, response_id: str, record: bytes, ttl_s: int, owner: str, quota: int | None
+    ) -> bool:
+        """Keep ``record`` unless ``owner``'s live records take ``quota`` bytes or more
+        already (None: no quota); whether it was kept."""
+        ...
 
-    async def delete(self, response_id: str) -> bool:
-        """Remove the record; whether there was one."""
+    async def delete(self, response_id: str, owner: str) -> bool:
+        """Remove the record (``owner``'s); whether there was one."""
+        ...
+
+    async def usage(self, owner: str) -> int:
+        """The bytes ``owner``'s live records take."""
         ...

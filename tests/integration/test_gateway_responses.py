@@ -227,3 +227,34 @@ def test_memory_store_without_redis(engines: list[Stub], tmp_path: Path) -> None
         )
         assert _text(second).startswith("items=3")
         assert client.responses.retrieve(second.id).id == second.id
+
+
+def test_a_key_at_its_stored_bytes_quota_gets_429_until_it_deletes(
+    engines: list[Stub], redis_url: str, tmp_path: Path
+) -> None:
+    """One tenant cannot fill the shared Redis with stored responses: past
+    ``responses.max_bytes_per_key`` a request that would store is refused before the
+    engine sees it (``store: false`` still works, other keys are unaffected), and
+    deleting a stored response makes room again."""
+    config = _config([engines[0].url], redis_url)
+    config["responses"] = {"max_bytes_per_key": 4096}
+    quota_key = "sk-resp-q-0123456789"  # a key of its own: the others stored before
+    config["auth"]["keys"].append({"name": f"q-{uuid.uuid4().hex[:8]}", "key": quota_key})
+    with contextlib.contextmanager(start_gateway)(config, tmp_path) as gateway:
+        client = _client(gateway, quota_key)
+        stored: list[str] = []
+        with pytest.raises(openai.RateLimitError) as refused:
+            for n in range(50):
+                stored.append(client.responses.create(model=STUB_MODEL, input=f"fill {n}").id)
+        assert 2 <= len(stored) < 50
+        error = refused.value.response.json()["error"]
+        assert (error["type"], error["code"], error["param"]) == (
+            "insufficient_quota", "insufficient_quota", "store",
+        )  # fmt: skip
+        assert "max_bytes_per_key" in error["message"]
+        unstored = client.responses.create(model=STUB_MODEL, input="no store", store=False)
+        assert unstored.output_text
+        assert _client(gateway, KEY_B).responses.create(model=STUB_MODEL, input="b").id
+        client.responses.delete(stored[0])
+        again = client.responses.create(model=STUB_MODEL, input="room again")
+        assert client.responses.retrieve(again.id).id == again.id

@@ -1,12 +1,22 @@
 """Stored responses in this process's memory (no Redis): bounded, least recently used
 first out, each for its TTL. Lost on restart and invisible to other processes; with
-``redis.url`` set the gateway uses :mod:`gateway.backends.redis.responses` instead."""
+``redis.url`` set the gateway uses :mod:`gateway.backends.redis.responses` instead.
+
+Each owner's bytes are counted as records come and go (expiry, deletion, eviction),
+for ``responses.max_bytes_per_key``."""
 
 from __future__ import annotations
 
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from typing import NamedTuple
+
+
+class _Record(NamedTuple):
+    expires: float
+    data: bytes
+    owner: str
 
 
 class MemoryResponseStore:
@@ -14,8 +24,10 @@ class MemoryResponseStore:
     of records. ``clock`` (monotonic seconds) decides expiry; tests move their own."""
 
     def __init__(self, max_bytes: int, clock: Callable[[], float] = time.monotonic) -> None:
-        self._records: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
+        self._records: OrderedDict[str, _Record] = OrderedDict()
         self._bytes = 0
+        self._owned: dict[str, int] = {}  # bytes by owner
+        self._ids: dict[str, set[str]] = {}  # record ids by owner
         self._max_bytes = max_bytes
         self._clock = clock
 
@@ -23,27 +35,50 @@ class MemoryResponseStore:
         found = self._records.get(response_id)
         if found is None:
             return None
-        if found[0] <= self._clock():
+        if found.expires <= self._clock():
             self._drop(response_id)
             return None
         self._records.move_to_end(response_id)
-        return found[1]
+        return found.data
 
-    async def put(self, response_id: str, record: bytes, ttl_s: int) -> None:
+    async def put(
+        self, response_id: str, record: bytes, ttl_s: int, owner: str, quota: int | None
+    ) -> bool:
         self._drop(response_id)
         if len(record) > self._max_bytes:
-            return
-        self._records[response_id] = (self._clock() + ttl_s, record)
+            return False
+        if quota is not None and await self.usage(owner) >= quota:
+            return False
+        self._records[response_id] = _Record(self._clock() + ttl_s, record, owner)
         self._bytes += len(record)
+        self._owned[owner] = self._owned.get(owner, 0) + len(record)
+        self._ids.setdefault(owner, set()).add(response_id)
         while self._bytes > self._max_bytes:
             self._drop(next(iter(self._records)))
+        return True
 
-    async def delete(self, response_id: str) -> bool:
+    async def delete(self, response_id: str, owner: str) -> bool:
         return self._drop(response_id)
+
+    async def usage(self, owner: str) -> int:
+        """``owner``'s expired records are dropped first: they take nothing any more."""
+        ids = self._ids.get(owner)
+        if not ids:
+            return 0
+        now = self._clock()
+        for response_id in [rid for rid in ids if self._records[rid].expires <= now]:
+            self._drop(response_id)
+        return self._owned.get(owner, 0)
 
     def _drop(self, response_id: str) -> bool:
         old = self._records.pop(response_id, None)
         if old is None:
             return False
-        self._bytes -= len(old[1])
+        self._bytes -= len(old.data)
+        ids = self._ids[old.owner]
+        ids.discard(response_id)
+        if ids:
+            self._owned[old.owner] -= len(old.data)
+        else:
+            del self._owned[old.owner], self._ids[old.owner]
         return True

@@ -1,0 +1,131 @@
+"""The Responses API's stored records: loading one, keeping a finished response, and
+each key's quota of stored bytes (``responses.max_bytes_per_key``).
+
+A key at its quota gets 429 ``insufficient_quota`` for a request that would store,
+before anything is charged or sent to an engine; ``store: false`` still works. The
+store checks the quota again when it keeps a record (requests made meanwhile may
+have reached it): a record it refuses then, like one over ``max_stored_bytes`` or
+one the store could not be reached for, is logged and skipped; the client still has
+its answer, which it cannot retrieve or continue later.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any
+
+from gateway.config.responses import ResponsesSettings
+from gateway.errors import (
+    DependencyUnavailableError,
+    GatewayError,
+    QuotaExceededError,
+    StoreUnavailable,
+)
+from gateway.observability.metrics import GatewayMetrics
+from gateway.responses.store import ResponseStore, StoredResponse
+
+log = logging.getLogger("vgate.responses")
+
+RESPONSE_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
+"""What a stored response's id may look like (anything else is not looked up)."""
+
+
+class ResponseRecords:
+    """The store, as the Responses service uses it: errors in OpenAI's form."""
+
+    def __init__(
+        self, store: ResponseStore, settings: ResponsesSettings, metrics: GatewayMetrics
+    ) -> None:
+        self._store = store
+        self._settings = settings
+        self._metrics = metrics
+
+    async def load(self, response_id: str, missing: GatewayError) -> StoredResponse | None:
+        """The record (None: there is none); ``missing`` for an id of another form."""
+        if RESPONSE_ID.fullmatch(response_id) is None:
+            raise missing
+        try:
+            data = await self._store.get(response_id)
+        except StoreUnavailable:
+            raise self._unavailable() from None
+        return None if data is None else StoredResponse.decode(response_id, data)
+
+    async def delete(self, response_id: str, owner: str) -> None:
+        try:
+            await self._store.delete(response_id, owner)
+        except StoreUnavailable:
+            raise self._unavailable() from None
+
+    async def check_quota(self, owner: str) -> None:
+        """429 ``insufficient_quota`` when ``owner``'s stored responses take
+        ``responses.max_bytes_per_key`` or more."""
+        quota = self._settings.max_bytes_per_key
+        if quota is None:
+            return
+        try:
+            used = await self._store.usage(owner)
+        except StoreUnavailable:
+            raise self._unavailable() from None
+        if used >= quota:
+            raise QuotaExceededError(
+                f"The stored responses of key '{owner}' take {used} bytes, its limit "
+                f"(responses.max_bytes_per_key: {quota}). Delete some "
+                "(DELETE /v1/responses/{id}), wait for them to expire, or send "
+                '"store": false.',
+                param="store",
+            )
+
+    async def save(self, record: StoredResponse) -> None:
+        """Keep ``record`` for ``responses.ttl_s`` (see the module docstring for when
+        it is skipped)."""
+        data = record.encode()
+        settings = self._settings
+        if len(data) > settings.max_stored_bytes:
+            log.warning(
+                "response %s not stored: %d bytes over responses.max_stored_bytes (%d)",
+                *(record.id, len(data), settings.max_stored_bytes),
+            )
+            return
+        quota = settings.max_bytes_per_key
+        try:
+            kept = await self._store.put(record.id, data, settings.ttl_s, record.owner, quota)
+        except StoreUnavailable as exc:
+            self._metrics.redis_errors.labels("responses").inc()
+            log.warning("response %s not stored: %s", record.id, exc)
+            return
+        if not kept:
+            log.warning(
+                "response %s not stored: key '%s' is at responses.max_bytes_per_key (%s)",
+                *(record.id, record.owner, quota),
+            )
+
+    def _unavailable(self) -> DependencyUnavailableError:
+        self._metrics.redis_errors.labels("responses").inc()
+        return DependencyUnavailableError(
+            "Stored responses cannot be read right now; try again shortly.",
+            code="response_store_unavailable",
+            headers={"Retry-After": "1"},
+        )
+
+
+class Keeper:
+    """Stores a finished response with the conversation that produced it."""
+
+    __slots__ = ("_ids", "_items", "_owner", "_records")
+
+    def __init__(
+        self, records: ResponseRecords, owner: str, items: list[Any], ids: list[str]
+    ) -> None:
+        self._records = records
+        self._owner = owner
+        self._items = items
+        self._ids = ids
+
+    async def __call__(self, response: dict[str, Any]) -> None:
+        response_id = response.get("id")
+        if not isinstance(response_id, str) or RESPONSE_ID.fullmatch(response_id) is None:
+            log.warning("engine response without a usable id: not stored")
+            return
+        record = StoredResponse(response_id, self._owner, response, self._items, self._ids)
+        await self._records.save(record)

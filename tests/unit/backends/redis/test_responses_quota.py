@@ -1,0 +1,54 @@
+"""Each key's stored responses in Redis are counted against its quota
+(``responses.max_bytes_per_key``) by a script: refused once the key's live records take
+the quota, counted down on delete and as records expire, two keys apart. Against a
+real redis-server."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+
+from gateway.backends.redis.link import RedisLink
+from gateway.backends.redis.responses import RedisResponseStore
+
+
+@pytest.fixture
+async def store(redis_url: str) -> AsyncIterator[RedisResponseStore]:
+    link = RedisLink(redis_url, timeout_s=5.0, retry_s=0.1)
+    yield RedisResponseStore(link, prefix=f"test:{uuid.uuid4().hex}:")
+    await link.close()
+
+
+async def test_a_key_is_refused_at_its_quota_and_freed_by_delete(
+    store: RedisResponseStore,
+) -> None:
+    assert await store.put("r1", b"x" * 600, 60, "alice", 1000)
+    assert await store.put("r2", b"x" * 600, 60, "alice", 1000)  # 600 < 1000 before it
+    assert not await store.put("r3", b"x" * 10, 60, "alice", 1000)
+    assert await store.get("r3") is None  # refused: not written either
+    assert await store.put("r4", b"x" * 600, 60, "bob", 1000)  # bob's own count
+    assert (await store.usage("alice"), await store.usage("bob")) == (1200, 600)
+    assert await store.delete("r1", "alice")
+    assert await store.usage("alice") == 600
+    assert await store.put("r3", b"x" * 10, 60, "alice", 1000)
+    assert await store.get("r3") == b"x" * 10
+    assert await store.put("r5", b"y" * 10, 60, "alice", None)  # no quota: always kept
+
+
+async def test_expired_records_stop_counting(store: RedisResponseStore) -> None:
+    assert await store.put("short", b"x" * 900, 1, "carol", 1000)
+    assert await store.usage("carol") == 900
+    deadline = asyncio.get_running_loop().time() + 5
+    while await store.usage("carol"):  # the record's TTL is one second
+        assert asyncio.get_running_loop().time() < deadline, "the expired record still counts"
+        await asyncio.sleep(0.05)
+    assert await store.get("short") is None
+
+
+async def test_storing_the_same_id_again_counts_it_once(store: RedisResponseStore) -> None:
+    assert await store.put("same", b"x" * 100, 60, "dave", None)
+    assert await store.put("same", b"x" * 300, 60, "dave", None)
+    assert await store.usage("dave") == 300
