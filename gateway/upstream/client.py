@@ -18,7 +18,7 @@ import aiohttp
 
 from gateway.config.sections import UpstreamSettings
 from gateway.errors import UpstreamError, UpstreamStatusError, UpstreamTimeoutError
-from gateway.upstream.deadlines import Deadlines
+from gateway.upstream.deadlines import Deadlines, stream_timeout
 from gateway.upstream.transport import EngineUnreachable, PrimedEvents, UpstreamReply
 
 _PROBE_TIMEOUT = aiohttp.ClientTimeout(total=2.0)
@@ -38,11 +38,14 @@ class UpstreamStream(PrimedEvents):
     that the client went away and aborts the generation.
     """
 
-    def __init__(self, response: aiohttp.ClientResponse) -> None:
+    def __init__(self, response: aiohttp.ClientResponse, deadlines: Deadlines) -> None:
         self._response = response
         self._buffer = b""
         self.finished = False
         self.deadline: float | None = None  # loop time by which the whole stream must end
+        self._deadlines = deadlines
+        self._wait_s = deadlines.first_s  # the first read waits by ttft_s, if set; then idle_s
+        self._loop = asyncio.get_running_loop()
 
     async def _next_batch(self) -> bytes | None:
         """The complete events received so far (waiting for one); None at the end."""
@@ -52,24 +55,18 @@ class UpstreamStream(PrimedEvents):
                 if cut >= 0:
                     ready, self._buffer = self._buffer[: cut + 2], self._buffer[cut + 2 :]
                     return ready
-                if self.deadline is None:
-                    data = await self._response.content.readany()
-                else:
-                    try:
-                        async with asyncio.timeout_at(self.deadline):
-                            data = await self._response.content.readany()
-                    except TimeoutError:
-                        raise UpstreamTimeoutError(
-                            "the engine did not finish within the total timeout (total_s)"
-                        ) from None
+                wait_at = self._loop.time() + self._wait_s
+                total = self.deadline is not None and self.deadline <= wait_at
+                try:
+                    async with asyncio.timeout_at(self.deadline if total else wait_at):
+                        data = await self._response.content.readany()
+                except TimeoutError:
+                    raise UpstreamTimeoutError(stream_timeout(self._deadlines, total)) from None
                 if not data:
                     self.finished = True
                     return None
+                self._wait_s = self._deadlines.idle_s
                 self._buffer += data
-        except TimeoutError:
-            raise UpstreamTimeoutError(
-                "the engine sent nothing for longer than the idle timeout (idle_s)"
-            ) from None
         except aiohttp.ClientError as exc:
             raise UpstreamError(f"engine stream broke: {type(exc).__name__}") from None
 
@@ -97,15 +94,14 @@ class UpstreamClient:
         self, deadlines: Deadlines
     ) -> tuple[aiohttp.ClientTimeout, aiohttp.ClientTimeout]:
         """``(answer, stream)`` timeouts: a whole answer within ``answer_s``; a stream
-        with no overall limit here (the relay enforces ``total_s``), ``idle_s`` per read."""
+        with none here (its head within ``first_s``: :meth:`open_stream`; its reads:
+        :class:`UpstreamStream`)."""
         made = self._timeouts.get(deadlines)
         if made is None:
             answer = aiohttp.ClientTimeout(
                 total=deadlines.answer_s, sock_connect=deadlines.connect_s
             )
-            stream = aiohttp.ClientTimeout(
-                total=None, sock_connect=deadlines.connect_s, sock_read=deadlines.idle_s
-            )
+            stream = aiohttp.ClientTimeout(total=None, sock_connect=deadlines.connect_s)
             made = self._timeouts[deadlines] = (answer, stream)
         return made
 
@@ -161,7 +157,8 @@ class UpstreamClient:
         """
         limits = self._timeouts_of(deadlines)[1]
         try:
-            response = await self.session.post(url, data=body, headers=headers, timeout=limits)
+            async with asyncio.timeout(deadlines.first_s):
+                response = await self.session.post(url, data=body, headers=headers, timeout=limits)
         except _UNREACHABLE as exc:
             raise EngineUnreachable(str(exc) or type(exc).__name__) from None
         except TimeoutError:
@@ -172,7 +169,7 @@ class UpstreamClient:
             async with response:
                 payload = await self._read_error(response)
             raise UpstreamStatusError(response.status, payload, response.content_type)
-        return UpstreamStream(response)
+        return UpstreamStream(response, deadlines)
 
     async def probe(self, url: str, headers: Mapping[str, str] | None = None) -> bool:
         """True when ``GET {url}/health`` answers 200 within 2 s."""

@@ -62,6 +62,12 @@ class Deadlines:
         )
 
     @property
+    def first_s(self) -> float:
+        """How long a stream may wait for its head and first event: ``ttft_s`` when set
+        (longer or shorter than ``idle_s``), else ``idle_s``, the longest gap."""
+        return self.ttft_s or self.idle_s
+
+    @property
     def answer_s(self) -> float:
         """How long a non-streaming request waits for its answer."""
         return self.total_s or self.ttft_s or self.idle_s
@@ -86,3 +92,12 @@ class Deadlines:
         else:
             where = f"timeouts.{limit} of model `{self.model}`"
         return f"{value:g} s ({where})"
+
+
+def stream_timeout(deadlines: Deadlines, total: bool) -> str:
+    """What a stream's 504 or error event says when a deadline passes mid-stream: the
+    total (``total`` true) or the longest gap, with the value and its setting."""
+    if total:
+        limit = "its total deadline" if deadlines.total_s is None else deadlines.named("total_s")
+        return f"the engine did not finish within {limit}"
+    return f"the engine sent nothing for longer than {deadlines.named('idle_s')}"

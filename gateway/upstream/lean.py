@@ -12,9 +12,10 @@ loads aiohttp (about 9.6 MB resident, measured with its imports).
 
 Timeouts, as :mod:`gateway.upstream.deadlines` names them: ``connect_s`` opening a
 connection (:class:`EngineUnreachable`); a whole answer within ``answer_s``; a
-stream's head and each later read within ``idle_s``, and all of it by the
-stream's ``deadline`` (``total_s``, set by the forwarder, which also bounds the
-first event with ``ttft_s``).
+stream's head and first event within ``first_s`` (``ttft_s`` when set, else
+``idle_s``), each later read within ``idle_s``, and all of it by the stream's
+``deadline`` (``total_s``, set by the forwarder, which also bounds the first event
+with ``ttft_s``).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from gateway.config.sections import UpstreamSettings
 from gateway.errors import UpstreamError, UpstreamStatusError, UpstreamTimeoutError
 from gateway.upstream.connection import EngineConnection
 from gateway.upstream.connection_pool import ConnectionPool
-from gateway.upstream.deadlines import Deadlines
+from gateway.upstream.deadlines import Deadlines, stream_timeout
 from gateway.upstream.target import Target, get_request_bytes, request_bytes
 from gateway.upstream.transport import EngineUnreachable, PrimedEvents, UpstreamReply
 
@@ -44,10 +45,12 @@ class LeanStream(PrimedEvents):
     connection back for reuse.
     """
 
-    def __init__(self, conn: EngineConnection, pool: ConnectionPool, idle_s: float) -> None:
+    def __init__(self, conn: EngineConnection, pool: ConnectionPool, deadlines: Deadlines) -> None:
         self._conn: EngineConnection | None = conn
         self._pool = pool
-        self._idle_s = idle_s
+        self._deadlines = deadlines
+        self._idle_s = deadlines.idle_s
+        self._wait_s = deadlines.first_s  # the first read waits by ttft_s, if set; then idle_s
         self._buffer = b""
         self.deadline: float | None = None
 
@@ -61,18 +64,15 @@ class LeanStream(PrimedEvents):
             conn = self._conn
             if conn is None:
                 raise UpstreamError("the stream was closed")
-            idle_at = conn.loop.time() + self._idle_s  # (its loop's clock: no loop lookup)
+            idle_at = conn.loop.time() + self._wait_s  # (its loop's clock: no loop lookup)
             total = self.deadline is not None and self.deadline <= idle_at
             try:
                 data = await conn.read_some(self.deadline if total else idle_at)
             except TimeoutError:
-                raise UpstreamTimeoutError(
-                    "the engine did not finish within the total timeout (total_s)"
-                    if total
-                    else "the engine sent nothing for longer than the idle timeout (idle_s)"
-                ) from None
+                raise UpstreamTimeoutError(stream_timeout(self._deadlines, total)) from None
             if not data:
                 return None
+            self._wait_s = self._idle_s
             self._buffer += data
 
     def close(self) -> None:
@@ -148,7 +148,7 @@ class LeanUpstream:
         loop = conn.loop
         try:
             conn.send(request)
-            await conn.response_head(loop.time() + deadlines.idle_s)
+            await conn.response_head(loop.time() + deadlines.first_s)
             if conn.status >= 400:
                 raise UpstreamStatusError(
                     conn.status, await self._error_body(conn, deadlines), conn.content_type
@@ -159,7 +159,7 @@ class LeanUpstream:
         except BaseException:
             self._pool.release(conn)
             raise
-        return LeanStream(conn, self._pool, deadlines.idle_s)
+        return LeanStream(conn, self._pool, deadlines)
 
     @staticmethod
     async def _error_body(conn: EngineConnection, deadlines: Deadlines) -> bytes:
