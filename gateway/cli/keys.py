@@ -30,9 +30,9 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     _add_common(create)
     create.add_argument("--name", required=True, help="unique name, shown in logs and metrics")
     create.add_argument("--models", help="comma-separated models it may use (default: all)")
-    create.add_argument("--rpm", type=int, help="requests per minute")
-    create.add_argument("--tpm", type=int, help="tokens per minute")
-    create.add_argument("--max-concurrent", type=int, help="requests in flight at once")
+    create.add_argument("--rpm", type=_whole_number, help="requests per minute")
+    create.add_argument("--tpm", type=_whole_number, help="tokens per minute")
+    create.add_argument("--max-concurrent", type=_whole_number, help="requests in flight at once")
     create.add_argument("--expires", help="duration (90s, 12h, 30d, 2w) or ISO date/time (UTC)")
     create.add_argument(
         "--priority", help="tier: high, normal (default), low or an integer (lower: earlier)"
@@ -152,6 +152,13 @@ def _with_store(settings: Settings, action: Any) -> Any:
     except StoreUnavailable as exc:
         where = display_url(settings.redis.url or "")  # never the password in the URL
         raise ConfigError(f"cannot reach Redis at {where}: {exc}") from None
+
+
+def _whole_number(text: str) -> int:
+    """A limit as ASCII digits: ``int`` alone also takes ``٣``, ``1_000`` and `` 7 ``."""
+    if not (text.isascii() and text.isdigit()):
+        raise argparse.ArgumentTypeError(f"{text[:40]!r} is not a whole number (digits 0-9)")
+    return int(text)
 
 
 def _model_names(text: str | None) -> list[str] | None:

@@ -10,6 +10,7 @@ immutable once built).
 from __future__ import annotations
 
 import os
+from urllib.parse import urlsplit
 
 from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_validator
 
@@ -24,6 +25,21 @@ def _without_userinfo(url: str) -> str:
     authority, slash, path = rest.partition("/")
     shown = f"{scheme}://{authority.rpartition('@')[2]}{slash}{path}"
     return shown.split("?", 1)[0].split("#", 1)[0]
+
+
+def _check_authority(url: str, shown: str) -> None:
+    """A host, and a port in 1..65535 if one is given; no space or control character."""
+    if any(c.isspace() or not c.isprintable() for c in url):
+        raise ValueError(f"endpoint {shown!r} holds a space or a control character")
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        raise ValueError(f"endpoint {shown!r} has an invalid port") from None
+    if not parts.hostname:
+        raise ValueError(f"endpoint {shown!r} names no host")
+    if port == 0:
+        raise ValueError(f"endpoint {shown!r} has an invalid port")
 
 
 class ModelCacheSettings(_Section):
@@ -101,13 +117,15 @@ class ModelSettings(_Section):
         fragment is refused: request paths are appended to the URL, so it would end up
         inside them (``http://h:8000/?x=1`` would be asked ``/?x=1/v1/...``)."""
         for url in endpoints:
+            shown = _without_userinfo(url)  # an error message may be logged
             if not url.startswith(("http://", "https://")):
-                raise ValueError(f"endpoint {url!r} must start with http:// or https://")
+                raise ValueError(f"endpoint {shown!r} must start with http:// or https://")
             if "?" in url or "#" in url:
                 raise ValueError(
-                    f"endpoint {_without_userinfo(url)!r} has a query ('?') or a fragment "
+                    f"endpoint {shown!r} has a query ('?') or a fragment "
                     "('#'): give the engine's base URL, http(s)://host:port[/path]"
                 )
+            _check_authority(url, shown)
         return tuple(url.rstrip("/") for url in endpoints)
 
     @model_validator(mode="after")

@@ -276,6 +276,16 @@ class StaticKey(KeyLimits):
     def _tier(cls, value: object) -> int:
         return parse_priority(value)
 
+    @field_validator("models")
+    @classmethod
+    def _model_names(cls, models: tuple[str, ...]) -> tuple[str, ...]:
+        """Names as a key made through the admin API may carry: 1 to 256 printable
+        characters (an empty or invisible name is a mistake that matches nothing)."""
+        for name in models:
+            if not 0 < len(name) <= 256 or not name.isprintable():
+                raise ValueError(f"invalid model name {name[:64]!r}")
+        return models
+
     @property
     def any_limits(self) -> bool:
         return self.limited or any(v.limited for v in self.model_limits.values())

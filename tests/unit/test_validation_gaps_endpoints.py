@@ -49,3 +49,33 @@ def test_an_endpoint_with_a_query_or_fragment_is_refused_at_load(url: str, tmp_p
 )
 def test_base_urls_with_userinfo_or_a_path_are_still_accepted(url: str, kept: str) -> None:
     assert ModelSettings(name="m", endpoints=(url,)).endpoints == (kept,)
+
+
+@pytest.mark.parametrize(
+    ("url", "why"),
+    [
+        ("http://", "names no host"),
+        ("http://:8000", "names no host"),
+        ("http://h:99999", "invalid port"),
+        ("http://h:abc", "invalid port"),
+        ("http://h:0", "invalid port"),
+        ("http://h :8000", "space or a control character"),
+        ("http://h:8000\n", "space or a control character"),
+        ("ftp://user:secret0123456789@h", "must start with"),  # the message hides userinfo
+    ],
+)
+def test_an_endpoint_without_a_usable_host_and_port_is_refused(
+    url: str, why: str, tmp_path: Path
+) -> None:
+    path = tmp_path / "vgate.yaml"
+    path.write_text(yaml.safe_dump({"models": [{"name": "m", "endpoints": [url]}]}))
+    with pytest.raises(ConfigError) as refused:
+        load_settings(path)
+    message = str(refused.value)
+    assert why in message and "secret" not in message
+
+
+def test_ipv6_hosts_are_accepted() -> None:
+    assert ModelSettings(name="m", endpoints=("http://[::1]:8000",)).endpoints == (
+        "http://[::1]:8000",
+    )

@@ -66,6 +66,27 @@ def test_cli_an_empty_model_name_is_refused_and_nothing_is_stored(
     assert asyncio.run(store.load_all()) == []
 
 
+@pytest.mark.parametrize("flag", ["--rpm", "--tpm", "--max-concurrent"])
+@pytest.mark.parametrize("value", ["٣", "1_000", "-5", "2.0", "\uff11"])
+def test_cli_limits_are_ascii_whole_numbers(
+    store: MemoryKeyStore, capsys: pytest.CaptureFixture[str], flag: str, value: str
+) -> None:
+    """argparse's ``int`` takes Unicode digits and underscores: ``--rpm ٣`` made rpm 3."""
+    with pytest.raises(SystemExit) as refused:
+        vgate_keys_create("--name", "digits", flag, value)
+    assert refused.value.code == 2
+    assert "whole number" in capsys.readouterr().err
+    assert asyncio.run(store.load_all()) == []
+
+
+def test_cli_limits_in_digits_are_kept(
+    store: MemoryKeyStore, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert vgate_keys_create("--name", "ok", "--rpm", "60", "--max-concurrent", "2") == 0
+    created = orjson.loads(capsys.readouterr().out)
+    assert (created["rpm"], created["max_concurrent"]) == (60, 2)
+
+
 def test_cli_an_empty_expiry_is_refused(
     store: MemoryKeyStore, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -161,3 +182,16 @@ async def test_no_expiry_is_still_never() -> None:
 def test_ascii_durations_still_count_from_now() -> None:
     assert parse_expiry(" 3s ", now=10.0) == 13.0
     assert parse_expiry("30d", now=0.0) == 30 * 86400
+
+
+@pytest.mark.parametrize("name", ["", "a\nb", "a\x00", "x" * 257, "a\u2028b"])
+def test_config_key_models_are_checked_like_the_admin_apis(name: str) -> None:
+    from pydantic import ValidationError
+
+    from gateway.config.sections import StaticKey
+
+    with pytest.raises(ValidationError, match="invalid model name"):
+        StaticKey(name="k", key="sk-0123456789", models=(name,))
+    assert StaticKey(name="k", key="sk-0123456789", models=("stub-model",)).models == (
+        "stub-model",
+    )
