@@ -26,6 +26,7 @@ from gateway.config.priority import DEFAULT_PRIORITY
 from gateway.errors import (
     GatewayError,
     NoEngineAvailableError,
+    UpstreamError,
     UpstreamStatusError,
     UpstreamTimeoutError,
 )
@@ -213,6 +214,11 @@ class Forwarder:
                 if exc.status >= 500:
                     self._pool.record_failure(url)
                 if isinstance(exc, UpstreamStatusError) and exc.status >= 500:
+                    failed = exc
+                    continue
+                if stream is not None and type(exc) is UpstreamError:
+                    # Its stream broke after the head but before the first event (an
+                    # engine that died during prefill): nothing reached the client.
                     failed = exc
                     continue
                 if timed_out:  # the head or the first event not within idle_s

@@ -19,6 +19,7 @@ import aiohttp
 from gateway.config.sections import UpstreamSettings
 from gateway.errors import UpstreamError, UpstreamStatusError, UpstreamTimeoutError
 from gateway.upstream.deadlines import Deadlines, stream_timeout
+from gateway.upstream.sse_framing import EventFramer
 from gateway.upstream.transport import EngineUnreachable, PrimedEvents, UpstreamReply
 
 _PROBE_TIMEOUT = aiohttp.ClientTimeout(total=2.0)
@@ -40,7 +41,7 @@ class UpstreamStream(PrimedEvents):
 
     def __init__(self, response: aiohttp.ClientResponse, deadlines: Deadlines) -> None:
         self._response = response
-        self._buffer = b""
+        self._framer = EventFramer()
         self.finished = False
         self.deadline: float | None = None  # loop time by which the whole stream must end
         self._deadlines = deadlines
@@ -48,25 +49,23 @@ class UpstreamStream(PrimedEvents):
         self._loop = asyncio.get_running_loop()
 
     async def _next_batch(self) -> bytes | None:
-        """The complete events received so far (waiting for one); None at the end."""
+        """The next complete events (waiting for one, as a whole: see :mod:`.lean`);
+        None at the end."""
+        wait_at = self._loop.time() + self._wait_s
+        total = self.deadline is not None and self.deadline <= wait_at
         try:
-            while True:
-                cut = self._buffer.rfind(b"\n\n")
-                if cut >= 0:
-                    ready, self._buffer = self._buffer[: cut + 2], self._buffer[cut + 2 :]
-                    return ready
-                wait_at = self._loop.time() + self._wait_s
-                total = self.deadline is not None and self.deadline <= wait_at
-                try:
-                    async with asyncio.timeout_at(self.deadline if total else wait_at):
-                        data = await self._response.content.readany()
-                except TimeoutError:
-                    raise UpstreamTimeoutError(stream_timeout(self._deadlines, total)) from None
-                if not data:
-                    self.finished = True
-                    return None
-                self._wait_s = self._deadlines.idle_s
-                self._buffer += data
+            async with asyncio.timeout_at(self.deadline if total else wait_at):
+                while True:
+                    data = await self._response.content.readany()
+                    if not data:
+                        self.finished = True
+                        return None
+                    ready = self._framer.feed(data)
+                    if ready is not None:
+                        self._wait_s = self._deadlines.idle_s
+                        return ready
+        except TimeoutError:
+            raise UpstreamTimeoutError(stream_timeout(self._deadlines, total)) from None
         except aiohttp.ClientError as exc:
             raise UpstreamError(f"engine stream broke: {type(exc).__name__}") from None
 

@@ -28,6 +28,7 @@ from gateway.errors import UpstreamError, UpstreamStatusError, UpstreamTimeoutEr
 from gateway.upstream.connection import EngineConnection
 from gateway.upstream.connection_pool import ConnectionPool
 from gateway.upstream.deadlines import Deadlines, stream_timeout
+from gateway.upstream.sse_framing import EventFramer
 from gateway.upstream.target import Target, get_request_bytes, request_bytes
 from gateway.upstream.transport import EngineUnreachable, PrimedEvents, UpstreamReply
 
@@ -50,30 +51,30 @@ class LeanStream(PrimedEvents):
         self._pool = pool
         self._deadlines = deadlines
         self._idle_s = deadlines.idle_s
-        self._wait_s = deadlines.first_s  # the first read waits by ttft_s, if set; then idle_s
-        self._buffer = b""
+        self._wait_s = deadlines.first_s  # the first event waits by ttft_s, if set; then idle_s
+        self._framer = EventFramer()
         self.deadline: float | None = None
 
     async def _next_batch(self) -> bytes | None:
-        """The complete events received so far (waiting for one); None at the end."""
+        """The next complete events (waiting for one); None at the end. The wait is for
+        a whole event: an engine that trickles bytes without ending one still times out."""
+        conn = self._conn
+        if conn is None:
+            raise UpstreamError("the stream was closed")
+        idle_at = conn.loop.time() + self._wait_s  # (its loop's clock: no loop lookup)
+        total = self.deadline is not None and self.deadline <= idle_at
+        framer = self._framer
         while True:
-            cut = self._buffer.rfind(b"\n\n")
-            if cut >= 0:
-                ready, self._buffer = self._buffer[: cut + 2], self._buffer[cut + 2 :]
-                return ready
-            conn = self._conn
-            if conn is None:
-                raise UpstreamError("the stream was closed")
-            idle_at = conn.loop.time() + self._wait_s  # (its loop's clock: no loop lookup)
-            total = self.deadline is not None and self.deadline <= idle_at
             try:
                 data = await conn.read_some(self.deadline if total else idle_at)
             except TimeoutError:
                 raise UpstreamTimeoutError(stream_timeout(self._deadlines, total)) from None
             if not data:
                 return None
-            self._wait_s = self._idle_s
-            self._buffer += data
+            ready = framer.feed(data)
+            if ready is not None:
+                self._wait_s = self._idle_s
+                return ready
 
     def close(self) -> None:
         """Hand the connection back once (it may serve another request right after)."""

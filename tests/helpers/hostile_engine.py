@@ -1,0 +1,116 @@
+"""A misbehaving OpenAI-shaped engine for tests: an asyncio server on its own thread
+that answers streaming chat requests in the way the last message's content names
+(``MODE:<name>``), to check what the gateway does with engines that are not vLLM or
+that break.
+
+Modes: ``crlf`` (events end in CRLF, as sse-starlette writes them), ``cr`` (lone CR),
+``endless`` (a ``data:`` line that never ends, one byte at a time), ``close_after_head``
+(the 200 head, then the connection closes: an engine that died in prefill); anything
+else is a well-formed LF stream. ``/health`` and ``/v1/models`` answer as vLLM's do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import threading
+from collections.abc import Iterator
+
+from tests.helpers.processes import free_port
+
+SSE_HEAD = (
+    b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+)
+
+
+def _chunk(data: bytes) -> bytes:
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+def _event(text: str, line_end: bytes, finish: str | None = None) -> bytes:
+    body = {"id": "chatcmpl-hostile", "object": "chat.completion.chunk", "created": 1,
+            "model": "m", "choices": [{"index": 0, "delta": {"content": text},
+                                       "finish_reason": finish}]}  # fmt: skip
+    return b"data: " + json.dumps(body).encode() + line_end * 2
+
+
+class HostileEngine:
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.requests: list[str] = []
+        self._loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        server = self._loop.run_until_complete(
+            asyncio.start_server(self._handle, "127.0.0.1", self.port)
+        )
+        self._ready.set()
+        self._loop.run_forever()
+        server.close()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+            while True:
+                head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1")
+                length = 0
+                for line in head.split("\r\n")[1:]:
+                    name, _, value = line.partition(":")
+                    if name.strip().lower() == "content-length":
+                        length = int(value)
+                body = await reader.readexactly(length) if length else b""
+                if head.startswith("GET"):
+                    models = {"object": "list", "data": [{"id": "m", "object": "model"}]}
+                    answer = json.dumps(models).encode() if "/v1/models" in head else b""
+                    head_out = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+                    writer.write(head_out + b"content-length: %d\r\n\r\n" % len(answer) + answer)
+                    await writer.drain()
+                    continue
+                content = json.loads(body)["messages"][-1]["content"]
+                mode = content.split("MODE:", 1)[1].split()[0] if "MODE:" in content else ""
+                self.requests.append(mode)
+                if not await self._answer(mode, writer):
+                    break
+        writer.close()
+
+    async def _answer(self, mode: str, writer: asyncio.StreamWriter) -> bool:
+        """Act out ``mode``; False when the connection is to be closed."""
+        writer.write(SSE_HEAD)
+        if mode == "close_after_head":
+            await writer.drain()
+            return False
+        if mode == "endless":
+            writer.write(_chunk(b'data: {"id": "x", "choices": [{"delta": {"content": "'))
+            while True:  # until the gateway gives up and closes
+                writer.write(_chunk(b"x"))
+                await writer.drain()
+                await asyncio.sleep(0.001)
+        line_end = {"crlf": b"\r\n", "cr": b"\r"}.get(mode, b"\n")
+        for word in ("hello ", "there"):
+            writer.write(_chunk(_event(word, line_end)))
+        writer.write(_chunk(_event("", line_end, "stop")))
+        writer.write(_chunk(b"data: [DONE]" + line_end * 2) + b"0\r\n\r\n")
+        await writer.drain()
+        return True
+
+    def __enter__(self) -> HostileEngine:
+        self._thread.start()
+        self._ready.wait(10)
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+
+
+@contextlib.contextmanager
+def hostile_engine() -> Iterator[HostileEngine]:
+    with HostileEngine() as engine:
+        yield engine
