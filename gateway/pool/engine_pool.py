@@ -13,11 +13,20 @@ credentials; what leaves the pool for display (:meth:`EnginePool.states`,
 Each engine has a circuit breaker fed by passive signals (connection errors, 5xx,
 timeouts reported by the service): after ``failures`` consecutive failures it
 opens and the engine gets no traffic for ``cooldown_s``; then one request may try
-it (half-open): a success closes the breaker, a failure opens it again.
+it (half-open): a success closes the breaker, a failure opens it again. Only one
+trial is in flight at a time: the request that takes the engine's slot
+(:meth:`EnginePool.acquire`) once the cool-down is over holds the trial, and
+until its verdict (:meth:`EnginePool.record_success` or
+:meth:`EnginePool.record_failure`) the engine stays out of every snapshot. A
+trial that ends without one (the client left, a 4xx of a stream) frees the slot
+when it leaves the engine (:meth:`EnginePool.release`), so the next request
+tries instead. Requests still in flight from before the breaker opened are told
+apart from the trial by their task; their verdicts count all the same.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -47,6 +56,11 @@ class _Endpoint:
     healthy: bool = True
     failures: int = 0
     open_until: float = 0.0
+    """While the breaker is open, when it half-opens; 0.0 while it is closed."""
+    trial: bool = False
+    """Half-open: a trial request holds the engine and its verdict is awaited."""
+    trial_task: object = None
+    """The task of the trial request (its slot is freed when that task releases)."""
     stats: EngineStats = NO_STATS
     sent: int = 0  # requests sent to it, ever (retries included)
     restarts: int = 0  # as its supervisor reports it (managed engines)
@@ -98,16 +112,17 @@ class EnginePool:
 
         Falling back to unhealthy engines lets a request find an engine that came
         back between two health probes instead of failing outright. Engines whose
-        breaker is open are never candidates.
+        breaker is open are never candidates, nor a half-open one whose trial request
+        is still in flight.
         """
         excluded = set(exclude) if exclude else ()
-        now = self._clock()
         views: list[EndpointView] = []
         healthy: list[EndpointView] = []
         endpoints = self._endpoints
         for url in self._by_model.get(model, ()):  # a loop: it runs for every request
             e = endpoints[url]
-            if url in excluded or e.open_until > now:
+            # (a closed breaker's open_until is 0.0: the clock is read only for others)
+            if url in excluded or (e.open_until and (e.trial or e.open_until > self._clock())):
                 continue
             view = EndpointView(
                 url, e.in_flight, e.healthy, e.stats.waiting, e.stats.kv_cache_usage
@@ -134,36 +149,65 @@ class EnginePool:
             endpoint.stats = stats
 
     def record_success(self, url: str) -> None:
+        """The engine answered: its failure count restarts and its breaker closes."""
         endpoint = self._endpoints.get(url)
         if endpoint is not None:
             endpoint.failures = 0
-            endpoint.open_until = 0.0
+            if endpoint.open_until:
+                endpoint.open_until = 0.0
+                endpoint.trial = False
+                endpoint.trial_task = None
 
     def record_failure(self, url: str) -> None:
-        """A passive failure signal; opens the breaker at the threshold (or re-opens it)."""
+        """A passive failure signal; opens the breaker at the threshold (or re-opens it:
+        a half-open engine's count is still at the threshold, so one failure does)."""
         endpoint = self._endpoints.get(url)
         if endpoint is None:
             return
         endpoint.failures += 1
         if endpoint.failures >= self._breaker.failures:
             endpoint.open_until = self._clock() + self._breaker.cooldown_s
+            endpoint.trial = False
+            endpoint.trial_task = None
 
     def breaker_open(self, url: str) -> bool:
         endpoint = self._endpoints.get(url)
         return endpoint is not None and endpoint.open_until > self._clock()
 
     def acquire(self, url: str) -> None:
+        """A request takes a slot on the engine; on a half-open engine it is the trial."""
         endpoint = self._endpoints.get(url)
         if endpoint is not None:
             endpoint.in_flight += 1
             endpoint.sent += 1
+            if endpoint.open_until and not endpoint.trial:  # (0.0: the breaker is closed)
+                self._begin_trial(endpoint)
 
     def release(self, url: str) -> None:
+        """A request leaves the engine; a trial leaving without a verdict frees the trial."""
         endpoint = self._endpoints.get(url)
-        if endpoint is not None and endpoint.in_flight > 0:
-            endpoint.in_flight -= 1
+        if endpoint is not None:
+            if endpoint.in_flight > 0:
+                endpoint.in_flight -= 1
+            if endpoint.trial:
+                self._end_trial(endpoint)
         if self._on_release is not None:
             self._on_release()
+
+    def _begin_trial(self, endpoint: _Endpoint) -> None:
+        if endpoint.open_until <= self._clock():  # half-open (an open one is never chosen)
+            endpoint.trial = True
+            endpoint.trial_task = _current_task()
+
+    @staticmethod
+    def _end_trial(endpoint: _Endpoint) -> None:
+        """Free the trial when its request leaves the engine: without a verdict (the
+        client left), so that the next request may try; a reply's verdict is recorded
+        just after its slot is freed. A request from before the breaker opened (another
+        task) leaving frees nothing, unless no request is left on the engine."""
+        if endpoint.in_flight == 0 or _current_task() is endpoint.trial_task:
+            endpoint.trial = False
+            endpoint.trial_task = None
 
     def on_release(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` whenever a request leaves an engine (admission waits on it)."""
@@ -203,3 +247,11 @@ class EnginePool:
         used = {url for urls in self._by_model.values() for url in urls}
         for url in [u for u in self._endpoints if u not in used]:
             del self._endpoints[url]
+
+
+def _current_task() -> object:
+    """The running task, or None outside one (a synchronous caller)."""
+    try:
+        return asyncio.current_task()
+    except RuntimeError:  # no running event loop
+        return None

@@ -116,6 +116,7 @@ class UpstreamClient:
             timeout=self._timeout,
             auto_decompress=False,
             skip_auto_headers=("User-Agent", "Accept-Encoding"),
+            headers={"Accept-Encoding": "identity"},  # as the lean client asks
         )
 
     async def close(self) -> None:
@@ -139,6 +140,7 @@ class UpstreamClient:
                 url, data=body, headers=headers, timeout=limits
             ) as response:
                 payload = await response.read()
+                _check_coding(response)
                 return UpstreamReply(response.status, response.content_type, payload)
         except _UNREACHABLE as exc:
             raise EngineUnreachable(str(exc) or type(exc).__name__) from None
@@ -168,6 +170,11 @@ class UpstreamClient:
             async with response:
                 payload = await self._read_error(response)
             raise UpstreamStatusError(response.status, payload, response.content_type)
+        try:
+            _check_coding(response)
+        except UpstreamError:
+            response.close()
+            raise
         return UpstreamStream(response, deadlines)
 
     async def probe(self, url: str, headers: Mapping[str, str] | None = None) -> bool:
@@ -195,3 +202,14 @@ class UpstreamClient:
             return await response.read()
         except (TimeoutError, aiohttp.ClientError):
             return b""
+
+
+def _check_coding(response: aiohttp.ClientResponse) -> None:
+    """An answer in a content coding other than the identity asked for is an engine
+    error, never a body to relay or cache (as in :mod:`gateway.upstream.connection`)."""
+    coding = response.headers.get("Content-Encoding", "").strip().lower()
+    if coding not in ("", "identity"):
+        raise UpstreamError(
+            f"engine answered badly: a body in content coding {coding[:40]!r}, "
+            "not the identity asked for"
+        )

@@ -10,7 +10,15 @@ Failures are told apart the way the forwarder's failover needs them:
 
 * the connection closed before the response head was complete: nothing came back,
   :class:`EngineUnreachable` (aiohttp's ``ServerDisconnectedError``, as before);
-* it closed, or the response could not be parsed, after that: :class:`UpstreamError`.
+* it closed, or the response could not be parsed, after that: :class:`UpstreamError`;
+* it answered something the gateway cannot relay (:class:`UpstreamError` too): an
+  upgrade (``101``, never asked for), or a body in a content coding other than
+  ``identity`` (requests say ``Accept-Encoding: identity``,
+  :mod:`gateway.upstream.target`; relaying gzip bytes as JSON, or caching them,
+  would be wrong).
+
+Interim responses (``1xx`` but ``101``: ``100 Continue``, ``103 Early Hints``) are
+skipped: their head is forgotten and the final response read as if it came first.
 
 A wait with a deadline raises :class:`TimeoutError` when it passes; the caller
 names the limit. The deadline's timer is armed lazily: a stream pushes its idle
@@ -34,6 +42,11 @@ from gateway.upstream.transport import EngineUnreachable
 
 HIGH_WATER = 1 << 20
 """Received bytes not yet taken above which the connection stops reading."""
+
+
+class _Refused(Exception):
+    """Raised from a parser callback to stop parsing a response that cannot be relayed
+    (the reason is in ``_failure``)."""
 
 
 class EngineConnection(asyncio.Protocol):
@@ -198,7 +211,8 @@ class EngineConnection(asyncio.Protocol):
         try:
             self._parser.feed_data(data)
         except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
-            self._failure = f"unparseable response ({type(exc).__name__})"
+            if self._failure is None:  # (else a callback refused the response: _Refused)
+                self._failure = f"unparseable response ({type(exc).__name__})"
             self.close()
         if self._streaming and self._buffered > HIGH_WATER and not self._paused and not self.closed:
             self._paused = True
@@ -225,13 +239,17 @@ class EngineConnection(asyncio.Protocol):
             self.content_type = value.decode("latin-1").partition(";")[0].strip().lower()
         elif lowered == b"content-length" or lowered == b"transfer-encoding":
             self._framed = True
+        elif lowered == b"content-encoding" and value.strip().lower() not in _IDENTITY:
+            coding = value.decode("latin-1")[:40]
+            self._refuse(f"a body in content coding {coding!r}, not the identity asked for")
 
     def on_headers_complete(self) -> None:
-        self.status = self._parser.get_status_code()
+        status = self.status = self._parser.get_status_code()
+        if status < 200:
+            self._interim(status)
+            return
         self.keep_alive = self._parser.should_keep_alive()
-        self._until_close = (
-            not self._framed and self.status >= 200 and self.status not in (204, 304)
-        )
+        self._until_close = not self._framed and status != 204 and status != 304
         self.head_done = True
 
     def on_body(self, body: bytes) -> None:
@@ -239,5 +257,24 @@ class EngineConnection(asyncio.Protocol):
         self._buffered += len(body)
 
     def on_message_complete(self) -> None:
+        if not self.head_done:  # an interim response ended: the final one comes next
+            return
         self.complete = True
         self._stop_timer()  # nothing more to wait for: an idle connection holds no timer
+
+    def _interim(self, status: int) -> None:
+        """A ``1xx`` head: forget it (a ``101`` upgrade, or a status below 100, is an
+        error); the final response follows on the same connection."""
+        if status == 101 or status < 100:
+            self._refuse(f"HTTP {status} instead of an answer")
+        self.status = 0
+        self.content_type = "application/octet-stream"
+        self._framed = False
+
+    def _refuse(self, why: str) -> None:
+        self._failure = why  # "engine answered badly: <why>" (:meth:`_raise_if_broken`)
+        raise _Refused(why)
+
+
+_IDENTITY = (b"identity", b"")
+"""``Content-Encoding`` values of a body as it is (no coding)."""

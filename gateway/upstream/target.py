@@ -1,10 +1,15 @@
 """An engine URL, parsed once, and the bytes of one request to it.
 
 The lean client (:mod:`gateway.upstream.lean`) writes each request as one bytes
-object: the request line, ``Host`` and basic auth (from the URL's userinfo, as
-aiohttp sends it) are made once per URL (:class:`Target`); per request only the
-gateway's own headers, ``Content-Length`` and the body are added
-(:func:`request_bytes`). Nothing here does I/O.
+object: the request line, ``Host``, ``Accept-Encoding: identity`` and basic auth
+(from the URL's userinfo, as aiohttp sends it) are made once per URL
+(:class:`Target`); per request only the gateway's own headers, ``Content-Length``
+and the body are added (:func:`request_bytes`). Nothing here does I/O.
+
+``Accept-Encoding: identity``: a request without the header accepts any content
+coding (RFC 9110, 12.5.3), and the gateway relays and caches bodies as they come;
+an engine that encodes its answer all the same is refused
+(:mod:`gateway.upstream.connection`).
 """
 
 from __future__ import annotations
@@ -18,6 +23,8 @@ from gateway.errors import UpstreamError
 
 _PATH_SAFE = "/%:@!$&'()*+,;=-._~"
 """Characters a request target keeps as written (RFC 3986 ``pchar``, ``/`` and escapes)."""
+_IDENTITY = b"Accept-Encoding: identity\r\n"
+"""Every request's: answers come as they are, never gzip (see the module's text)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,8 +37,8 @@ class Target:
     port: int
     tls: bool
     post_head: bytes
-    """``POST <path> HTTP/1.1`` and ``Host``, CRLF-terminated (:func:`get_request_bytes`
-    makes a GET of it)."""
+    """``POST <path> HTTP/1.1``, ``Host`` and ``Accept-Encoding: identity``, each line
+    CRLF-terminated (:func:`get_request_bytes` makes a GET of it)."""
     basic_auth: bytes = field(repr=False)
     """An ``Authorization: Basic`` line from the URL's userinfo, or empty."""
 
@@ -49,7 +56,7 @@ class Target:
         path = quote(parts.path or "/", safe=_PATH_SAFE)
         if parts.query:
             path += "?" + quote(parts.query, safe=_PATH_SAFE + "?")
-        head = f"POST {path} HTTP/1.1\r\nHost: {authority}\r\n".encode("ascii")
+        head = f"POST {path} HTTP/1.1\r\nHost: {authority}\r\n".encode("ascii") + _IDENTITY
         auth = b""
         if parts.username is not None:
             pair = f"{unquote(parts.username)}:{unquote(parts.password or '')}"

@@ -13,7 +13,10 @@ from gateway.upstream.target import Target, request_bytes
 def test_a_plain_url_keeps_its_path_query_and_port() -> None:
     target = Target.parse("http://engine:8000/v1/chat/completions?x=1")
     assert (target.origin, target.tls, target.basic_auth) == (("http", "engine", 8000), False, b"")
-    assert target.post_head == b"POST /v1/chat/completions?x=1 HTTP/1.1\r\nHost: engine:8000\r\n"
+    assert target.post_head == (
+        b"POST /v1/chat/completions?x=1 HTTP/1.1\r\nHost: engine:8000\r\n"
+        b"Accept-Encoding: identity\r\n"  # answers as they are: never gzip to relay
+    )
 
 
 def test_https_defaults_to_443_and_ipv6_keeps_its_brackets_in_host() -> None:
@@ -39,7 +42,7 @@ def test_the_request_is_one_bytes_object_with_its_length() -> None:
     target = Target.parse("http://user:pw0123456789@e:1/p")
     sent = request_bytes(target, {"Content-Type": "application/json"}, b"{}")
     assert sent == (
-        b"POST /p HTTP/1.1\r\nHost: e:1\r\nAuthorization: Basic "
+        b"POST /p HTTP/1.1\r\nHost: e:1\r\nAccept-Encoding: identity\r\nAuthorization: Basic "
         + base64.b64encode(b"user:pw0123456789")
         + b"\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
     )
