@@ -107,13 +107,15 @@ class EngineAnswers:
         attempt = self._attempt(exchange, route, parsed, parsed.payload, meta, place)
         url, reply = await self._forwarder.complete(exchange, attempt)
         wants_usage, rollout = exchange.ticket.wants_usage, exchange.variant is not None
-        tokens = body_usage(reply.body) if wants_usage or rollout else None  # parsed once
-        exchange.finished(tokens if wants_usage else None)
         body = reply.body if parsed.rename is None else parsed.rename.inspect(reply.body)
+        fill = exchange.fill
+        if fill is not None:  # what the client gets is what a hit replays (and its usage)
+            tokens = fill.finish_json(body, reply.status)
+        else:
+            tokens = body_usage(body) if wants_usage or rollout else None
+        exchange.finished(tokens if wants_usage else None)
         if exchange.watch is not None:
             exchange.watch.usage(usage_of(body))
-        if exchange.fill is not None:  # what the client gets is what a hit replays
-            exchange.fill.finish_json(body)
         if rollout:
             exchange.tokens = tokens
             if pair is not None:

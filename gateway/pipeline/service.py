@@ -89,6 +89,7 @@ class CompletionService:
         self._authenticator = authenticator
         self._admission = admission
         self._cache = cache
+        self._shared_cache = not cache.discloses  # one key's answers serve every key
         self._planner = planner
         self._pool = pool
         self._metrics = metrics
@@ -223,9 +224,14 @@ class CompletionService:
             return self._answers.hit(exchange, entry, client_wants_usage(parsed.body))
         cap = exchange.ticket.output_cap
         if cap is not None and route.generates:  # the engine may generate what was reserved
-            parsed = with_output_cap(parsed, route.cache_name == "chat", cap)
-            if exchange.ticket.shortened:  # its answer may be shorter than another's:
-                plan = _unshared(plan)  # it neither leads a flight nor fills the cache
+            capped = with_output_cap(parsed, route.cache_name == "chat", cap)
+            if exchange.ticket.shortened or (self._shared_cache and capped is not parsed):
+                # Its answer may be shorter than the same request's without the cap: one
+                # the budget shortened, or, in a cache shared between keys, one the
+                # gateway capped at all (a key with no token limit gets no cap). It
+                # neither leads a flight nor fills the cache.
+                plan = _unshared(plan)
+            parsed = capped
         parsed = self._tiers.apply(parsed, place)
         # Follow an identical request in flight, or route and forward this one.
         if plan.bypassed:

@@ -6,6 +6,11 @@ choices, right before ``[DONE]``: the gateway asks for it when it needs it and,
 if the client did not ask, strips that event so the client sees exactly the
 stream it requested. Only the last event of each relayed batch is examined (a
 byte search), so this costs nothing per token.
+
+A count is believed only when it is an integer from 0 to
+:data:`gateway.ratelimit.cost.MAX_USAGE`: anything else an engine reports (negative,
+fractional, a string, absurdly large) is unknown, and the request keeps its
+reservation.
 """
 
 from __future__ import annotations
@@ -15,23 +20,34 @@ from typing import Any
 
 import orjson
 
+from gateway.ratelimit.cost import MAX_USAGE
+
 _DONE = b"data: [DONE]\n\n"
 _USAGE = b'"usage"'
 _NO_CHOICES = b'"choices":[]'
-_TOTAL = re.compile(rb'"total_tokens"\s*:\s*(\d+)')
+_TOTAL = re.compile(rb'"total_tokens"\s*:\s*(\d{1,10})(?![\d.eE])')
+"""An integer count of at most 10 digits (anything else is left to the full parse)."""
 
 
 def usage_tokens(usage: Any) -> int | None:
-    """``total_tokens`` of a usage object (or prompt + completion), if it is one."""
+    """``total_tokens`` of a usage object (without one, prompt + completion), if it is
+    one and a count to believe (:func:`believable`)."""
     if not isinstance(usage, dict):
         return None
     total = usage.get("total_tokens")
-    if isinstance(total, int):
-        return total
-    prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
-    if isinstance(prompt, int) and isinstance(completion, int):
-        return prompt + completion
-    return None
+    if total is not None:
+        return believable(total)
+    prompt = believable(usage.get("prompt_tokens"))
+    completion = believable(usage.get("completion_tokens"))
+    if prompt is None or completion is None:
+        return None
+    return believable(prompt + completion)
+
+
+def believable(count: Any) -> int | None:
+    """``count`` if it is an integer (not a bool) from 0 to :data:`MAX_USAGE`, else None
+    (unknown)."""
+    return count if type(count) is int and 0 <= count <= MAX_USAGE else None
 
 
 def body_usage(body: bytes) -> int | None:
@@ -45,7 +61,7 @@ def body_usage(body: bytes) -> int | None:
         return None
     match = _TOTAL.search(body, start)
     if match is not None:
-        return int(match.group(1))
+        return believable(int(match.group(1)))
     try:
         parsed = orjson.loads(body)
     except orjson.JSONDecodeError:

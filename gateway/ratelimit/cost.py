@@ -16,6 +16,12 @@ MAX_WANTED = 1 << 30
 """Output tokens per choice a request may ask to reserve (larger asks are this many:
 no limit comes near it, and the backends' arithmetic stays exact)."""
 MAX_CHOICES = 1 << 16
+MAX_USAGE = 1 << 32
+"""The most tokens an engine's ``usage`` may report for one request and be believed
+(4.3 billion: hundreds of times any model's context, so no real answer comes near it).
+A count above it, negative, or not an integer is unknown: the request keeps its
+reservation (:meth:`gateway.ratelimit.admission.Admission.settle`). It also keeps the
+limiter's sums exact (Redis's Lua counts in doubles)."""
 CHARS_PER_TOKEN = 4
 """The prompt estimate's rate: characters (of text, or of a structured field's JSON)
 per token."""

@@ -5,15 +5,21 @@ notices the first chunk (time to first token) and the terminating
 ``data: [DONE]``, and raises a :class:`GatewayError` when the engine fails after
 the first byte, so the HTTP edge can end the client's stream with an error event
 and ``[DONE]`` instead of leaving it hanging. An error event the engine sends
-itself (vLLM: ``data: {"error": {..., "type": "BadRequestError", "code": 400}}``)
-is rewritten in OpenAI's shape (:func:`gateway.errors.openai_error`): one byte
-search per batch, parsing only a batch that holds one.
+itself (vLLM: ``data: {"error": {..., "type": "BadRequestError", "code": 400}}``;
+older vLLM: ``data: {"object": "error", "message": ..., "code": 400}``; with or
+without the space after ``data:``) is rewritten in OpenAI's shape
+(:func:`gateway.errors.openai_error`), always as :data:`STREAM_ERROR` begins, so
+that the taps (the cache) need look for one spelling only. One byte search per
+batch (``"error"``, which only a key, a value or a delta that is exactly that word
+can hold); only the events holding it are looked at, and only one that is an
+error is parsed.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator, Callable, Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 import orjson
 
@@ -22,7 +28,14 @@ from gateway.upstream.transport import EventSource
 
 DONE_EVENT = b"data: [DONE]\n\n"
 STREAM_ERROR = b'data: {"error"'
-"""How an engine's error event starts (vLLM writes it with ``json.dumps``)."""
+"""How an error event starts once relayed (:func:`openai_error_events` writes every
+one so): what a tap looks for."""
+ERROR_WORD = b'"error"'
+"""In every spelling of an engine's error event: the relay's one search per batch."""
+_ERROR_FIRST = re.compile(rb'data:[ \t]*\{\s*"error"\s*:')
+"""An event whose object's first key is ``error`` (vLLM's, OpenAI's)."""
+_OBJECT_ERROR = re.compile(rb'"object"\s*:\s*"error"')
+"""vLLM's older error object (``"object": "error"``, its fields at the top level)."""
 
 
 class BatchTap(Protocol):
@@ -68,7 +81,7 @@ async def relay_events(
             if outcome.first_chunk_at is None:
                 outcome.first_chunk_at = clock()
             batch = received
-            if STREAM_ERROR in batch:
+            if ERROR_WORD in batch:
                 batch = openai_error_events(batch, prompt_param)
             for tap in taps:
                 batch = tap.inspect(batch)
@@ -89,15 +102,38 @@ async def relay_events(
 
 
 def openai_error_events(batch: bytes, prompt_param: str) -> bytes:
-    """``batch`` with every engine error event in OpenAI's shape (the status is vLLM's
-    ``code``, 400 when it has none)."""
+    """``batch`` with every engine error event in OpenAI's shape, written as
+    :data:`STREAM_ERROR` begins (the status is vLLM's ``code``, 400 when it has none);
+    ``batch`` itself when it holds none."""
     events = batch.split(b"\n\n")
+    found = False
     for i, event in enumerate(events):
-        if not event.startswith(STREAM_ERROR):
+        if ERROR_WORD not in event or not event.startswith(b"data:"):
+            continue  # a delta that is the word "error" is looked at no further
+        payload: bytes | None = None
+        if _ERROR_FIRST.match(event) is not None:
+            payload = event[5:].lstrip()
+        elif _OBJECT_ERROR.search(event) is not None:
+            payload = _older_error(event[5:].lstrip())
+        if payload is None:
             continue
-        payload = event[len(b"data: ") :]
         events[i] = b"data: " + openai_error(_status_of(payload), payload, prompt_param)
-    return b"\n\n".join(events)
+        found = True
+    return b"\n\n".join(events) if found else batch
+
+
+def _older_error(payload: bytes) -> bytes | None:
+    """vLLM's older error object (``{"object": "error", "message", "type", "code"}``) as
+    its newer one (``{"error": {...}}``); None if ``payload`` is not one (a chunk with an
+    ``"object": "error"`` deeper down). One that is not JSON stays as it is: an error
+    still (:func:`gateway.errors.openai_error` keeps its text as the message)."""
+    try:
+        data: Any = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        return payload
+    if not isinstance(data, dict) or data.get("object") != "error":
+        return None
+    return orjson.dumps({"error": {k: v for k, v in data.items() if k != "object"}})
 
 
 def _status_of(payload: bytes) -> int:
