@@ -19,6 +19,7 @@ KEY = "sk-rollout-main-0123456789"
 PINNED_KEY = "sk-rollout-pinned-0123456789"
 LIMITED_KEY = "sk-rollout-limited-0123456789"
 STABLE, CANARY = "v-stable", "v-canary"
+LENIENT_SLO = {"max_ttft_p95_ratio": 1e6, "max_itl_p95_ratio": 1e6, "max_error_rate": 1.0}
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +40,10 @@ def rolled(
             {"name": "v-dead", "endpoints": [dead_url]},
         ],
         "rollouts": [
-            {"model": "split", "variants": variants},
+            # Splitting, not judging, is tested here: on a loaded machine the stub's
+            # ~1 ms answers vary enough for the default SLO (TTFT p95 within 1.5x of
+            # stable's) to roll the canary back mid-test (seen: 78 of 1,000 requests).
+            {"model": "split", "variants": variants, "slo": LENIENT_SLO},
             {"model": "by-user", "variants": even, "sticky": "user"},
             {"model": "by-key", "variants": even, "sticky": "key"},
             {
