@@ -39,7 +39,8 @@ class Flight:
         self.keeping = True
         """Whether the whole stream is kept (for the cache, and for followers to come)."""
         self.positions: dict[object, int] = {}
-        """How many batches each streaming follower has had, by follower."""
+        """How many batches each follower has had, by follower: from when it joins
+        (:meth:`Flights.join`'s caller places it) until it leaves."""
         self.answer_id: str | None = None
         """The id of the leader's stream, once its first batch arrived."""
         self.entry: Entry | None = None
@@ -59,7 +60,10 @@ class Flight:
         return self.base + len(self.batches)
 
     def since(self, seen: int) -> list[bytes]:
-        """The batches published after the first ``seen``."""
+        """The batches published after the first ``seen``; :class:`FlightFailed` if
+        some of them were forgotten already (never a stream with a gap)."""
+        if seen < self.base:
+            raise FlightFailed
         return self.batches[seen - self.base :]
 
     def stop_keeping(self) -> None:
@@ -67,9 +71,12 @@ class Flight:
         self.keeping = False
         self._forget()
 
-    def leave(self) -> None:
-        """One follower fewer (it got its answer, went its own way, or its client left)."""
+    def leave(self, follower: object | None = None) -> None:
+        """One follower fewer (it got its answer, went its own way, or its client left);
+        ``follower``: the one whose place :attr:`positions` kept."""
         self.followers -= 1
+        if follower is not None:
+            self.positions.pop(follower, None)
 
     def publish(self, batch: bytes) -> None:
         if batch:

@@ -24,7 +24,7 @@ import orjson
 
 from gateway.cache.entry import Entry, IdSwap, find_answer_id, usage_event_span
 from gateway.cache.response_cache import CachePlan, ResponseCache
-from gateway.cache.singleflight import Flight
+from gateway.cache.singleflight import Flight, FlightFailed
 from gateway.errors import UpstreamError
 from gateway.pipeline.usage import UsageTap, body_usage, usage_tokens
 from gateway.upstream.relay import STREAM_ERROR, StreamOutcome
@@ -133,47 +133,53 @@ async def follow_events(
     outcome: StreamOutcome,
     on_done: Callable[[Entry], None],
     fresh_at: int | None = None,
+    me: object = None,
 ) -> AsyncGenerator[bytes, None]:
     """A follower's stream: the leader's batches as they arrive, under a fresh id and
     without the usage event unless ``include_usage``; with ``fresh_at`` (a shared
     cache's follower), under an id of the form a fresh answer's has and with
     ``created`` set to it (:class:`IdSwap`).
 
-    ``on_done`` gets the leader's entry before the last events go out; if the
-    leader fails part way, this raises :class:`UpstreamError` (the HTTP edge ends
-    the stream with an error event)."""
+    ``me`` is the follower as :attr:`Flight.positions` knows it (its exchange),
+    placed there when it joined and removed when it leaves: its place tells the
+    flight which batches it still needs. ``on_done`` gets the leader's entry before
+    the last events go out; if the leader fails part way, this raises
+    :class:`UpstreamError` (the HTTP edge ends the stream with an error event)."""
     swap: IdSwap | None = None
     strip = None if include_usage else UsageTap(strip=True)
     seen = 0
-    me = object()  # this follower's place in the flight, so that what all had can go
-    flight.positions[me] = 0
-    try:
-        while True:
-            await flight.wait(seen)
+    positions = flight.positions  # this follower's place there: kept by ``me``
+    while True:
+        await flight.wait(seen)
+        try:
             fresh, seen = flight.since(seen), flight.end
-            flight.positions[me] = seen
-            if fresh and swap is None:
-                swap = IdSwap(flight.answer_id, fresh_at)
-            out = b"".join(fresh)
-            if swap is not None and out:
-                out = swap.apply(out)
-                if strip is not None:
-                    out = strip.inspect(out)
-            if out and outcome.first_chunk_at is None:
-                outcome.first_chunk_at = time.perf_counter()
-            entry = flight.entry
-            if entry is not None and seen == flight.end:
-                outcome.completed = True
-                on_done(entry)
-                yield out
-                return
-            if flight.failed:
-                if out:
-                    yield out
-                error = UpstreamError("the engine answer this request shared did not complete")
-                outcome.error = error
-                raise error
+        except FlightFailed:  # forgotten before this follower had them: never a gap
+            fresh = []
+            failed = True
+        else:
+            failed = flight.failed
+            if me in positions:
+                positions[me] = seen
+        if fresh and swap is None:
+            swap = IdSwap(flight.answer_id, fresh_at)
+        out = b"".join(fresh)
+        if swap is not None and out:
+            out = swap.apply(out)
+            if strip is not None:
+                out = strip.inspect(out)
+        if out and outcome.first_chunk_at is None:
+            outcome.first_chunk_at = time.perf_counter()
+        entry = flight.entry
+        if not failed and entry is not None and seen == flight.end:
+            outcome.completed = True
+            on_done(entry)
+            yield out
+            return
+        if failed:
             if out:
                 yield out
-    finally:
-        del flight.positions[me]
+            error = UpstreamError("the engine answer this request shared did not complete")
+            outcome.error = error
+            raise error
+        if out:
+            yield out

@@ -92,7 +92,7 @@ class EngineAnswers:
             exchange.finished(hit_tokens(self._cache, entry))
 
         wants_usage = client_wants_usage(parsed.body)
-        events = follow_events(flight, wants_usage, outcome, done, fresh_at)
+        events = follow_events(flight, wants_usage, outcome, done, fresh_at, exchange)
         return EventStream(events, headers, exchange.close)
 
     async def complete(

@@ -149,13 +149,16 @@ class Exchange:
         self._fill = fill
 
     def follow(self, flight: Flight) -> None:
+        """Follow ``flight``: this request's place in it is kept from now until it
+        leaves (batches no follower still needs can then be forgotten)."""
         self._flight = flight
+        flight.positions[self] = 0
 
     def leave_flight(self) -> None:
         """Stop following (the leader failed before answering: this request goes itself)."""
         flight, self._flight = self._flight, None
         if flight is not None:
-            flight.leave()
+            flight.leave(self)
 
     def count_in_flight(self) -> None:
         """Count the request in ``vgate_requests_in_flight`` until it closes."""

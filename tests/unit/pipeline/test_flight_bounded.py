@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from gateway.backends.memory.cache import MemoryEntryStore
 from gateway.cache.entry import Entry
 from gateway.cache.response_cache import CachePlan, ResponseCache
+from gateway.cache.singleflight import Flight
 from gateway.config.sections import CacheSettings
+from gateway.errors import UpstreamError
 from gateway.observability.metrics import GatewayMetrics
 from gateway.pipeline.cache_flow import CacheFill, follow_events
 from gateway.upstream.relay import StreamOutcome
@@ -28,6 +32,13 @@ def setup() -> tuple[ResponseCache, MemoryEntryStore, CacheFill]:
     cache = ResponseCache(CacheSettings(enabled=True), {}, store, GatewayMetrics())
     fill = CacheFill(cache, MODEL, CachePlan("k", True, True, None, 60, LIMIT, stream=True))
     return cache, store, fill
+
+
+def place(flight: Flight) -> object:
+    """A follower placed in ``flight`` as an exchange places itself when it joins."""
+    follower = object()
+    flight.positions[follower] = 0
+    return follower
 
 
 async def stored(store: MemoryEntryStore) -> bytes | None:
@@ -65,9 +76,10 @@ async def test_a_follower_streaming_gets_everything_while_the_flight_forgets() -
     fill.inspect(BATCH)
     flight = cache.flights.join("k")
     assert flight is fill.flight
+    me = place(flight)
     outcome = StreamOutcome()
     ended: list[Entry] = []
-    events = follow_events(flight, True, outcome, ended.append)
+    events = follow_events(flight, True, outcome, ended.append, None, me)
     received = [await anext(events)]  # the first batch, before the limit
     for _ in range(100):
         fill.inspect(BATCH)
@@ -77,7 +89,7 @@ async def test_a_follower_streaming_gets_everything_while_the_flight_forgets() -
     fill.inspect(DONE)
     fill.finish_stream(None)
     received.extend([chunk async for chunk in events])
-    flight.leave()
+    flight.leave(me)
     assert not flight.keeping and flight.base > 90
     assert b"".join(received).count(b"[DONE]") == 1
     assert b"".join(received).count(b'"delta"') == 101
@@ -86,19 +98,63 @@ async def test_a_follower_streaming_gets_everything_while_the_flight_forgets() -
 
 
 async def test_a_follower_that_has_not_started_keeps_every_batch() -> None:
-    """A follower that joined but has not read yet has no position: nothing is dropped
-    until it has one, so its stream still begins at the first batch."""
+    """A follower is placed at 0 when it joins: nothing is dropped before it reads, so
+    its stream still begins at the first batch."""
     cache, _, fill = setup()
     fill.inspect(BATCH)
     flight = cache.flights.join("k")
     assert flight is not None
+    me = place(flight)
     for _ in range(50):
         fill.inspect(BATCH)
     assert flight.base == 0 and len(flight.batches) == 51
-    events = follow_events(flight, True, StreamOutcome(), lambda entry: None)
+    events = follow_events(flight, True, StreamOutcome(), lambda entry: None, None, me)
     first = await anext(events)
     assert first.count(b'"delta"') == 51
     fill.inspect(BATCH)  # now every follower has had the first 51
     assert flight.base == 51
     await events.aclose()
+    flight.leave(me)
     assert flight.positions == {}
+
+
+async def test_a_follower_that_left_holds_back_nothing_and_misleads_no_one() -> None:
+    """Review: a follower whose client left while its generator stayed suspended kept
+    its place, which counted as another follower's; batches that follower had not had
+    were dropped and its stream began in the middle. Places now come and go with
+    joining and leaving."""
+    cache, _, fill = setup()
+    fill.inspect(BATCH)
+    flight = cache.flights.join("k")
+    assert flight is not None
+    gone = place(flight)
+    left = follow_events(flight, True, StreamOutcome(), lambda entry: None, None, gone)
+    await anext(left)  # it read the first batch, then its client left
+    flight.leave(gone)
+    late = cache.flights.join("k")  # another joins before the limit, reads nothing yet
+    assert late is flight
+    me = place(flight)
+    for _ in range(50):
+        fill.inspect(BATCH)  # past the limit: only what every follower had may go
+    assert flight.base == 0
+    events = follow_events(flight, True, StreamOutcome(), lambda entry: None, None, me)
+    first = await anext(events)
+    assert first.count(b'"delta"') == 51  # from the first batch, no gap
+    await events.aclose()
+    await left.aclose()
+
+
+async def test_a_follower_behind_what_was_forgotten_fails_rather_than_skip() -> None:
+    cache, _, fill = setup()
+    fill.inspect(BATCH)
+    flight = cache.flights.join("k")
+    assert flight is not None
+    flight.leave()  # counted out, as a bug might: its batches may go
+    for _ in range(50):
+        fill.inspect(BATCH)
+    assert flight.base > 0
+    outcome = StreamOutcome()
+    events = follow_events(flight, True, outcome, lambda entry: None)
+    with pytest.raises(UpstreamError):
+        await anext(events)
+    assert outcome.error is not None
