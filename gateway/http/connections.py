@@ -266,6 +266,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._deadline = 0.0
         self._chunked = False
         self._idle_bytes = 0
+        self._progress = True  # the read that ended it counts for the next request not at all
         HttpToolsProtocol.on_message_complete(self)
 
     def _check_deadline(self) -> None:

@@ -63,7 +63,8 @@ class CacheFill:
         complete: kept and shared if it is a whole answer (:func:`whole_answer`), else
         its followers go to an engine themselves. Returns the tokens its ``usage``
         reports, read from the same parse, so that the caller need not read them."""
-        answer = whole_answer(body) if status == 200 else None
+        fits = len(body) <= self._plan.max_entry_bytes  # else never stored: not parsed
+        answer = whole_answer(body) if status == 200 and fits else None
         if answer is None:
             self._land(None)
             return body_usage(body)

@@ -65,8 +65,9 @@ class ResponseRecords:
             return
         try:
             used = await self._store.usage(owner)
-        except StoreUnavailable:
-            raise self._unavailable() from None
+        except StoreUnavailable:  # answered all the same; the store's put checks again
+            self._metrics.redis_errors.labels("responses").inc()
+            return
         if used >= quota:
             raise QuotaExceededError(
                 f"The stored responses of key '{owner}' take {used} bytes, its limit "

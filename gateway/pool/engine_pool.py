@@ -61,6 +61,10 @@ class _Endpoint:
     """Half-open: a trial request holds the engine and its verdict is awaited."""
     trial_task: object = None
     """The task of the trial request (its slot is freed when that task releases)."""
+    trial_until: float = 0.0
+    """Until when the trial keeps the others away: a trial that takes longer than a
+    cool-down (a long answer from a slow but healthy engine) lets the next request
+    try too, rather than leave the engine out for the whole of it."""
     stats: EngineStats = NO_STATS
     sent: int = 0  # requests sent to it, ever (retries included)
     restarts: int = 0  # as its supervisor reports it (managed engines)
@@ -122,7 +126,9 @@ class EnginePool:
         for url in self._by_model.get(model, ()):  # a loop: it runs for every request
             e = endpoints[url]
             # (a closed breaker's open_until is 0.0: the clock is read only for others)
-            if url in excluded or (e.open_until and (e.trial or e.open_until > self._clock())):
+            if url in excluded or (
+                e.open_until and (e.trial_until if e.trial else e.open_until) > self._clock()
+            ):
                 continue
             view = EndpointView(
                 url, e.in_flight, e.healthy, e.stats.waiting, e.stats.kv_cache_usage
@@ -195,9 +201,11 @@ class EnginePool:
             self._on_release()
 
     def _begin_trial(self, endpoint: _Endpoint) -> None:
-        if endpoint.open_until <= self._clock():  # half-open (an open one is never chosen)
+        now = self._clock()
+        if endpoint.open_until <= now:  # half-open (an open one is never chosen)
             endpoint.trial = True
             endpoint.trial_task = _current_task()
+            endpoint.trial_until = now + self._breaker.cooldown_s
 
     @staticmethod
     def _end_trial(endpoint: _Endpoint) -> None:

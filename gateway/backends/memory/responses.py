@@ -3,7 +3,10 @@ first out, each for its TTL. Lost on restart and invisible to other processes; w
 ``redis.url`` set the gateway uses :mod:`gateway.backends.redis.responses` instead.
 
 Each owner's bytes are counted as records come and go (expiry, deletion, eviction),
-for ``responses.max_bytes_per_key``."""
+for ``responses.max_bytes_per_key``. An owner's records are kept in the order they
+were stored, which is the order they expire in (every record gets the same
+``responses.ttl_s``), so forgetting the expired ones takes only as long as there
+are expired ones, however many an owner holds."""
 
 from __future__ import annotations
 
@@ -27,7 +30,7 @@ class MemoryResponseStore:
         self._records: OrderedDict[str, _Record] = OrderedDict()
         self._bytes = 0
         self._owned: dict[str, int] = {}  # bytes by owner
-        self._ids: dict[str, set[str]] = {}  # record ids by owner
+        self._ids: dict[str, OrderedDict[str, float]] = {}  # owner's ids, oldest first
         self._max_bytes = max_bytes
         self._clock = clock
 
@@ -44,15 +47,16 @@ class MemoryResponseStore:
     async def put(
         self, response_id: str, record: bytes, ttl_s: int, owner: str, quota: int | None
     ) -> bool:
-        self._drop(response_id)
         if len(record) > self._max_bytes:
             return False
         if quota is not None and await self.usage(owner) >= quota:
             return False
-        self._records[response_id] = _Record(self._clock() + ttl_s, record, owner)
+        self._drop(response_id)
+        expires = self._clock() + ttl_s
+        self._records[response_id] = _Record(expires, record, owner)
         self._bytes += len(record)
         self._owned[owner] = self._owned.get(owner, 0) + len(record)
-        self._ids.setdefault(owner, set()).add(response_id)
+        self._ids.setdefault(owner, OrderedDict())[response_id] = expires
         while self._bytes > self._max_bytes:
             self._drop(next(iter(self._records)))
         return True
@@ -63,11 +67,13 @@ class MemoryResponseStore:
     async def usage(self, owner: str) -> int:
         """``owner``'s expired records are dropped first: they take nothing any more."""
         ids = self._ids.get(owner)
-        if not ids:
-            return 0
         now = self._clock()
-        for response_id in [rid for rid in ids if self._records[rid].expires <= now]:
+        while ids:
+            response_id, expires = next(iter(ids.items()))
+            if expires > now:
+                break
             self._drop(response_id)
+            ids = self._ids.get(owner)
         return self._owned.get(owner, 0)
 
     def _drop(self, response_id: str) -> bool:
@@ -76,7 +82,7 @@ class MemoryResponseStore:
             return False
         self._bytes -= len(old.data)
         ids = self._ids[old.owner]
-        ids.discard(response_id)
+        del ids[response_id]
         if ids:
             self._owned[old.owner] -= len(old.data)
         else:

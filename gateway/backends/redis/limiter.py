@@ -145,16 +145,20 @@ class _Unsettled:
 
     def due(self, now: float) -> list[tuple[str, _EncodedScopes]]:
         """The admissions to release now that Redis answered: the new ones (kept for a
-        second release), then those whose second release has come."""
+        second release), then those whose second release has come. A second release
+        already pending is not put off by newer first ones: they wait for the next."""
         due: list[tuple[str, _EncodedScopes]] = []
         if self.again and now >= self.again_at:
             due += [(rid, enc) for rid, (enc, ends) in self.again.items() if ends > now]
             self.again = {}
         if self.first:
             due += [(rid, enc) for rid, (enc, ends) in self.first.items() if ends > now]
+            if not self.again:
+                self.again_at = now + RELEASE_AGAIN_S
             self.again.update(self.first)
             self.first = {}
-            self.again_at = now + RELEASE_AGAIN_S
+            while len(self.again) > MAX_UNSETTLED:
+                del self.again[next(iter(self.again))]
         return due
 
 
@@ -325,7 +329,8 @@ class RedisLimiter:
         for waiter in batch.waiters:
             if waiter is None:
                 continue
-            if waiter.encoded.holds_slots:  # the script may still run: release it later
+            undecided = not waiter.future.done() or waiter.future.cancelled()
+            if undecided and waiter.encoded.holds_slots:  # it may still run: release later
                 lease_ends = time.monotonic() + self._lease_s
                 self._unsettled.add(waiter.request_id, waiter.encoded, lease_ends)
             if not waiter.future.done():

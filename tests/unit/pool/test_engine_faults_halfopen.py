@@ -191,3 +191,17 @@ async def test_a_request_from_before_the_breaker_opened_leaving_frees_no_trial()
     assert urls(pool) == [B], "the trial is still out"
     pool.release(A)  # the trial leaves without a verdict
     assert urls(pool) == [A, B]
+
+
+def test_a_trial_longer_than_a_cooldown_lets_the_next_request_try() -> None:
+    """Review: a non-streaming trial gets its verdict only with its whole answer; a
+    slow but healthy engine was left out (503 on a one-engine model) for all of it."""
+    clock = Clock()
+    pool = half_open(clock)
+    pool.acquire(A)  # the trial, still generating
+    assert urls(pool) == [B]
+    clock.now += BREAKER.cooldown_s + 0.5
+    assert urls(pool) == [A, B], "a trial out for a whole cool-down keeps no one away"
+    pool.acquire(A)  # the next one tries too
+    pool.release(A)
+    pool.release(A)

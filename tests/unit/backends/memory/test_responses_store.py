@@ -44,3 +44,28 @@ async def test_eviction_updates_the_owner_counts() -> None:
     await store.put("a", b"x" * 60, 60, "alice", None)
     await store.put("b", b"x" * 60, 60, "bob", None)  # evicts alice's
     assert (await store.usage("alice"), await store.usage("bob")) == (0, 60)
+
+
+async def test_a_key_holding_many_records_is_counted_without_walking_them() -> None:
+    """Review: usage() walked every record of the owner on each call (twice per
+    request), quadratic in what one key stores; now it looks at the oldest records
+    only, as far as they have expired."""
+    now = [0.0]
+    store = MemoryResponseStore(1 << 30, clock=lambda: now[0])
+    for n in range(20_000):
+        now[0] = n / 1000  # stored one after another, so they expire in that order
+        assert await store.put(f"r{n}", b"x", 60, "many", 1 << 30)
+    looked = 0
+    original = store._drop
+
+    def counting_drop(response_id: str) -> bool:
+        nonlocal looked
+        looked += 1
+        return original(response_id)
+
+    store._drop = counting_drop  # type: ignore[method-assign]
+    assert await store.usage("many") == 20_000
+    assert looked == 0  # nothing expired: nothing walked
+    now[0] = 60.0 + 0.0995  # the first hundred have expired
+    assert await store.usage("many") == 20_000 - 100
+    assert looked == 100

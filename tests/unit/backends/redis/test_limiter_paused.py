@@ -118,3 +118,20 @@ def test_the_memory_of_failed_admissions_is_bounded() -> None:
     due = unsettled.due(0.0)
     assert len(due) == MAX_UNSETTLED
     assert due[0][0] == "10"  # the oldest were forgotten
+
+
+def test_second_releases_are_not_put_off_nor_unbounded() -> None:
+    """Review: failures less than RELEASE_AGAIN_S apart pushed the second release off
+    for ever, and the admissions waiting for it grew without bound."""
+    encoded = encoded_scopes()
+    unsettled = _Unsettled()
+    released_again = 0
+    now = 0.0
+    for n in range(40):  # a failure and a recovery every half a release interval
+        for k in range(MAX_UNSETTLED // 10):
+            unsettled.add(f"{n}-{k}", encoded, 1000.0)
+        due = unsettled.due(now)
+        released_again += sum(1 for rid, _ in due if not rid.startswith(f"{n}-"))
+        assert len(unsettled.again) <= MAX_UNSETTLED
+        now += RELEASE_AGAIN_S / 2
+    assert released_again > 0
