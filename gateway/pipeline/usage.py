@@ -123,9 +123,11 @@ class UsageTap:
             return batch
         if not isinstance(parsed, dict) or parsed.get("choices") != []:
             return batch
-        tokens = usage_tokens(parsed.get("usage"))
-        if tokens is None:
+        usage = parsed.get("usage")
+        if not isinstance(usage, dict):
             return batch
-        self.tokens = tokens
-        self.usage = parsed.get("usage")
+        # The usage event, whatever its counts: a count not to believe is not noted
+        # (the reservation stands), and the event is still stripped when it must be.
+        self.tokens = usage_tokens(usage)
+        self.usage = usage
         return batch[:start] + batch[end:] if self.strip else batch

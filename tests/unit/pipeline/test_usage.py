@@ -170,3 +170,13 @@ def test_client_wants_usage_as_vllm_decides_it() -> None:
     assert not client_wants_usage({"stream_options": {"include_usage": "no"}})
     assert not client_wants_usage({"stream_options": {"include_usage": 0}})
     assert not client_wants_usage({"stream_options": [{"include_usage": True}]})
+
+
+def test_a_usage_event_with_counts_not_to_believe_is_stripped_all_the_same() -> None:
+    """Review: a negative or oversized count was not noted (right) and the event then
+    went to a client that had not asked for usage (wrong)."""
+    for total in (-5, 10**12):
+        bad = event({"id": "c1", "choices": [], "usage": {**USAGE, "total_tokens": total}})
+        tap = UsageTap(strip=True)
+        assert tap.inspect(CONTENT + bad + DONE) == CONTENT + DONE
+        assert tap.tokens is None
