@@ -221,8 +221,9 @@ class Forwarder:
                     # engine that died during prefill): nothing reached the client.
                     failed = exc
                     continue
-                if timed_out:  # the head or the first event not within idle_s
-                    raise UpstreamTimeoutError(_no_first_event(limits, "idle_s")) from None
+                if timed_out:  # the head or the first event not within first_s
+                    limit: Limit = "ttft_s" if limits.ttft_s else "idle_s"
+                    raise UpstreamTimeoutError(_no_first_event(limits, limit)) from None
                 raise
             end_attempt(exchange, mark, 200, answered=True)
             self._pool.record_success(url)
