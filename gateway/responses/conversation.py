@@ -124,11 +124,27 @@ def conversation(
     new = request.new_items
     new_ids = [_item_id(item) for item in new]
     if previous is None:
+        _check_unique(new_ids)
         return new, new_ids
     output = previous.output
     output_ids = [_item_id(item) for item in output]
     items = [*previous.input_items, *output, *new]
-    return items, [*previous.input_ids, *output_ids, *new_ids]
+    ids = [*previous.input_ids, *output_ids, *new_ids]
+    _check_unique(ids)
+    return items, ids
+
+
+def _check_unique(ids: list[str]) -> None:
+    """400 for an item id given twice, as OpenAI answers: the input-items listing pages
+    by id (``after``), and a repeated one would send a client round in a loop."""
+    if len(set(ids)) == len(ids):
+        return
+    seen: set[str] = set()
+    for item_id in ids:
+        if item_id in seen:
+            message = f"Duplicate item found with id {item_id[:80]!r}."
+            raise InvalidRequestError(message, param="input")
+        seen.add(item_id)
 
 
 def _item_id(item: Any) -> str:

@@ -123,3 +123,29 @@ def test_input_items_pages() -> None:
     for query in ({"limit": "0"}, {"limit": "x"}, {"order": "up"}, {"after": "nope"}):
         with pytest.raises(InvalidRequestError):
             input_items_page(record, query)
+
+
+DUPLICATED = [
+    {"id": "dup", "role": "user", "content": "a"},
+    {"id": "x", "content": "b"},
+    {"id": "dup", "role": "user", "content": "c"},
+]
+
+
+@pytest.mark.parametrize(
+    ("previous", "new", "twice"),
+    [
+        (False, DUPLICATED, "dup"),
+        (True, [ANSWER], "msg_a"),  # the previous output sent again with previous_response_id
+    ],
+)
+def test_an_item_id_given_twice_is_a_400(
+    previous: bool, new: list[dict[str, Any]], twice: str
+) -> None:
+    """Bug hunt: repeated ids were stored, and the SDK's input-items paging (``after``
+    an id) then went round in a loop for ever."""
+    body: dict[str, Any] = {"model": "m", "input": new}
+    if previous:
+        body["previous_response_id"] = "resp_1"
+    with pytest.raises(InvalidRequestError, match=f"Duplicate item found with id '{twice}'"):
+        conversation(_stored() if previous else None, read_create(body))
