@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Coroutine, MutableMapping
-from typing import Any, NoReturn, TypeVar
+from typing import Any, NoReturn, Protocol, TypeVar
 
 from engines.stub.output import (
     DONE_EVENT,
@@ -18,7 +18,7 @@ from engines.stub.output import (
     response_body,
     token_texts,
 )
-from engines.stub.plan import Plan
+from engines.stub.plan import Fault, Plan
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -98,6 +98,44 @@ async def _wait_disconnect(receive: Receive) -> None:
     """
     while (await receive())["type"] != "http.disconnect":
         pass
+
+
+class StreamCounts(Protocol):
+    """What :func:`act_out` counts (the stub's statistics)."""
+
+    streams_started: int
+    streams_completed: int
+    streams_cancelled: int
+    streams_dropped: int
+    requests_cancelled: int
+
+
+async def act_out(
+    stats: StreamCounts,
+    fault: Fault | None,
+    stream: Callable[[], Coroutine[Any, Any, str]] | None,
+    receive: Receive,
+) -> bool:
+    """What every answering route shares: a hang fault (from the start, or anywhere in
+    an answer that is not streamed) that lasts until the client leaves, or a ``stream``
+    (None: the answer is not streamed) sent while watching for the client leaving,
+    each counted; False when the answer is neither (the caller sends it whole)."""
+    if fault is not None and fault.kind == "hang" and (fault.after == 0 or stream is None):
+        await until_disconnect(wait_forever(), receive)
+        stats.requests_cancelled += 1
+        return True
+    if stream is None:
+        return False
+    stats.streams_started += 1
+    outcome = await until_disconnect(stream(), receive)
+    if outcome is None:
+        stats.streams_cancelled += 1
+        stats.requests_cancelled += 1
+    elif outcome == DROPPED:
+        stats.streams_dropped += 1
+    else:
+        stats.streams_completed += 1
+    return True
 
 
 async def wait_forever() -> NoReturn:

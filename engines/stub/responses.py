@@ -35,9 +35,9 @@ from engines.stub.asgi import (
     Receive,
     Scope,
     Send,
+    act_out,
     read_body,
     send_bytes,
-    until_disconnect,
     wait_forever,
 )
 from engines.stub.output import SSE_HEADERS, error_body, token_texts
@@ -83,22 +83,11 @@ class ResponsesStub:
 
     async def _answer(self, answer: _Answer, receive: Receive, send: Send) -> None:
         """Send ``answer``, or act out its fault, as the completion routes do."""
-        stats = self._stats
         fault = answer.fault
-        if fault is not None and fault.kind == "hang" and (fault.after == 0 or not answer.stream):
-            await until_disconnect(wait_forever(), receive)
-            stats.requests_cancelled += 1
-        elif answer.stream:
-            stats.streams_started += 1
-            outcome = await until_disconnect(_send_events(answer, send), receive)
-            if outcome is None:
-                stats.streams_cancelled += 1
-                stats.requests_cancelled += 1
-            elif outcome == DROPPED:
-                stats.streams_dropped += 1
-            else:
-                stats.streams_completed += 1
-        elif fault is not None and fault.kind == "drop":  # half the body, then cut
+        stream = (lambda: _send_events(answer, send)) if answer.stream else None
+        if await act_out(self._stats, fault, stream, receive):
+            return
+        if fault is not None and fault.kind == "drop":  # half the body, then cut
             body = orjson.dumps(answer.final())
             headers = [(b"content-type", JSON), (b"content-length", b"%d" % len(body))]
             await send({"type": "http.response.start", "status": 200, "headers": headers})

@@ -24,18 +24,17 @@ import orjson
 import uvicorn
 
 from engines.stub.asgi import (
-    DROPPED,
     JSON,
     Message,
     Receive,
     Scope,
     Send,
+    act_out,
     read_body,
     send_bytes,
     send_stream,
     send_whole,
     until_disconnect,
-    wait_forever,
 )
 from engines.stub.embeddings import PATH as EMBEDDINGS_PATH
 from engines.stub.embeddings import EmbeddingsRoute
@@ -216,21 +215,10 @@ class StubApp:
     async def _answer(self, plan: Plan, receive: Receive, send: Send) -> None:
         """Act out the plan, watching for the client leaving wherever time passes."""
         stats = self.stats
-        fault = plan.fault
-        if fault is not None and fault.kind == "hang" and (fault.after == 0 or not plan.stream):
-            await until_disconnect(wait_forever(), receive)
-            stats.requests_cancelled += 1
-        elif plan.stream:
-            stats.streams_started += 1
-            outcome = await until_disconnect(send_stream(plan, send), receive)
-            if outcome is None:
-                stats.streams_cancelled += 1
-                stats.requests_cancelled += 1
-            elif outcome == DROPPED:
-                stats.streams_dropped += 1
-            else:
-                stats.streams_completed += 1
-        elif plan.ttft_s > 0 or plan.itl_s > 0:
+        stream = (lambda: send_stream(plan, send)) if plan.stream else None
+        if await act_out(stats, plan.fault, stream, receive):
+            return
+        if plan.ttft_s > 0 or plan.itl_s > 0:
             if await until_disconnect(send_whole(plan, send), receive) is None:
                 stats.requests_cancelled += 1
         else:
