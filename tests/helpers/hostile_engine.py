@@ -16,6 +16,7 @@ import contextlib
 import json
 import threading
 from collections.abc import Iterator
+from typing import Any, Self
 
 from tests.helpers.processes import free_port
 
@@ -35,10 +36,19 @@ def _event(text: str, line_end: bytes, finish: str | None = None) -> bytes:
     return b"data: " + json.dumps(body).encode() + line_end * 2
 
 
-class HostileEngine:
+class ScriptedEngine:
+    """An engine on its own thread and event loop that answers each chat request as the
+    mode in its last message says (:meth:`answer`, for subclasses); ``/health`` and
+    ``/v1/models`` answer as vLLM's do. Records each request's mode and headers."""
+
+    model = "m"
+
     def __init__(self) -> None:
         self.port = free_port()
         self.requests: list[str] = []
+        """The mode of each chat request, in order."""
+        self.headers: list[dict[str, str]] = []
+        """Each chat request's header fields (names in lower case)."""
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -60,27 +70,50 @@ class HostileEngine:
         with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
             while True:
                 head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1")
-                length = 0
+                fields: dict[str, str] = {}
                 for line in head.split("\r\n")[1:]:
                     name, _, value = line.partition(":")
-                    if name.strip().lower() == "content-length":
-                        length = int(value)
+                    fields[name.strip().lower()] = value.strip()
+                length = int(fields.get("content-length", "0"))
                 body = await reader.readexactly(length) if length else b""
                 if head.startswith("GET"):
-                    models = {"object": "list", "data": [{"id": "m", "object": "model"}]}
+                    models = {"object": "list", "data": [{"id": self.model, "object": "model"}]}
                     answer = json.dumps(models).encode() if "/v1/models" in head else b""
                     head_out = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
                     writer.write(head_out + b"content-length: %d\r\n\r\n" % len(answer) + answer)
                     await writer.drain()
                     continue
-                content = json.loads(body)["messages"][-1]["content"]
+                request = json.loads(body)
+                content = request["messages"][-1]["content"]
                 mode = content.split("MODE:", 1)[1].split()[0] if "MODE:" in content else ""
                 self.requests.append(mode)
-                if not await self._answer(mode, writer):
+                self.headers.append(fields)
+                if not await self.answer(mode, request, writer):
                     break
         writer.close()
 
-    async def _answer(self, mode: str, writer: asyncio.StreamWriter) -> bool:
+    async def answer(
+        self, mode: str, request: dict[str, Any], writer: asyncio.StreamWriter
+    ) -> bool:
+        """Answer one chat request; False when the connection is to be closed."""
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        self._thread.start()
+        self._ready.wait(10)
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+
+
+class HostileEngine(ScriptedEngine):
+    """Streams framed or broken as the module docstring's modes say."""
+
+    async def answer(
+        self, mode: str, request: dict[str, Any], writer: asyncio.StreamWriter
+    ) -> bool:
         """Act out ``mode``; False when the connection is to be closed."""
         writer.write(SSE_HEAD)
         if mode == "close_after_head":
@@ -99,15 +132,6 @@ class HostileEngine:
         writer.write(_chunk(b"data: [DONE]" + line_end * 2) + b"0\r\n\r\n")
         await writer.drain()
         return True
-
-    def __enter__(self) -> HostileEngine:
-        self._thread.start()
-        self._ready.wait(10)
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
 
 
 @contextlib.contextmanager

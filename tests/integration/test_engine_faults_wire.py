@@ -14,10 +14,8 @@ the last message (``MODE:<name>``).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gzip
 import json
-import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,7 +24,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.helpers.processes import free_port
+from tests.helpers.hostile_engine import ScriptedEngine
 from tests.integration.conftest import Gateway, start_gateway
 
 MODEL = "wire"
@@ -54,52 +52,23 @@ def _head(status: bytes, content_type: bytes, length: int, *extra: bytes) -> byt
     return b"\r\n".join([*lines, b"content-length: %d" % length]) + b"\r\n\r\n"
 
 
-class WireEngine:
+class WireEngine(ScriptedEngine):
     """Answers chat requests in the mode their last message names, on its own thread."""
 
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.modes: list[str] = []
-        self.accept_encodings: list[str | None] = []
-        self._loop = asyncio.new_event_loop()
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
+    model = MODEL
 
     @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+    def modes(self) -> list[str]:
+        return self.requests
 
-    def _run(self) -> None:
-        asyncio.set_event_loop(self._loop)
-        start = asyncio.start_server(self._handle, "127.0.0.1", self.port)
-        server = self._loop.run_until_complete(start)
-        self._ready.set()
-        self._loop.run_forever()
-        server.close()
+    @property
+    def accept_encodings(self) -> list[str | None]:
+        return [fields.get("accept-encoding") for fields in self.headers]
 
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
-            while True:
-                head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1")
-                fields = {}
-                for line in head.split("\r\n")[1:]:
-                    name, _, value = line.partition(":")
-                    fields[name.strip().lower()] = value.strip()
-                length = int(fields.get("content-length", "0"))
-                body = await reader.readexactly(length) if length else b""
-                if head.startswith("GET"):
-                    listing = {"object": "list", "data": [{"id": MODEL, "object": "model"}]}
-                    answer = json.dumps(listing).encode() if "/v1/models" in head else b""
-                    writer.write(_head(b"200 OK", b"application/json", len(answer)) + answer)
-                    await writer.drain()
-                    continue
-                request = json.loads(body)
-                content = request["messages"][-1]["content"]
-                self.modes.append(content.split("MODE:", 1)[1].split()[0])
-                self.accept_encodings.append(fields.get("accept-encoding"))
-                await self._answer(self.modes[-1], bool(request.get("stream")), writer)
-
-    async def _answer(self, mode: str, stream: bool, writer: asyncio.StreamWriter) -> None:
+    async def answer(
+        self, mode: str, request: dict[str, Any], writer: asyncio.StreamWriter
+    ) -> bool:
+        stream = bool(request.get("stream"))
         body = _stream_body() if stream else _answer_body()
         kind = b"text/event-stream" if stream else b"application/json"
         if mode in ("continue", "hints"):
@@ -108,21 +77,13 @@ class WireEngine:
                 interim = b"HTTP/1.1 103 Early Hints\r\nlink: </a.css>; rel=preload\r\n\r\n"
             writer.write(interim)
             await writer.drain()
-            await asyncio.sleep(0.2)  # the interim head arrives alone
+            await asyncio.sleep(0.2)  # pacing, not waiting: the interim head goes alone
         extra: tuple[bytes, ...] = ()
         if mode == "gzip":
             body, extra = gzip.compress(body), (b"content-encoding: gzip",)
         writer.write(_head(b"200 OK", kind, len(body), *extra) + body)
         await writer.drain()
-
-    def __enter__(self) -> WireEngine:
-        self._thread.start()
-        self._ready.wait(10)
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
+        return True
 
 
 @pytest.fixture(scope="module")
