@@ -20,7 +20,7 @@ from typing import Any
 
 import orjson
 
-from gateway.ratelimit.cost import MAX_USAGE
+from gateway.ratelimit.cost import believable
 
 _DONE = b"data: [DONE]\n\n"
 _USAGE = b'"usage"'
@@ -42,12 +42,6 @@ def usage_tokens(usage: Any) -> int | None:
     if prompt is None or completion is None:
         return None
     return believable(prompt + completion)
-
-
-def believable(count: Any) -> int | None:
-    """``count`` if it is an integer (not a bool) from 0 to :data:`MAX_USAGE`, else None
-    (unknown)."""
-    return count if type(count) is int and 0 <= count <= MAX_USAGE else None
 
 
 def body_usage(body: bytes) -> int | None:

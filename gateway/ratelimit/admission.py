@@ -40,7 +40,7 @@ from typing import Any
 from gateway.config.sections import RateLimitSettings
 from gateway.errors import DependencyUnavailableError, RateLimitError, StoreUnavailable
 from gateway.observability.metrics import GatewayMetrics
-from gateway.ratelimit.cost import MAX_USAGE, Cost, request_cost
+from gateway.ratelimit.cost import Cost, believable, request_cost
 from gateway.ratelimit.limits import (
     NEVER,
     Decision,
@@ -250,8 +250,8 @@ class Admission:
         return None
 
     def settle(self, charge: _Charge, ticket: Ticket, actual: int | None) -> None:
-        if actual is not None and (type(actual) is not int or not 0 <= actual <= MAX_USAGE):
-            actual = None  # no request uses that (an engine's bad usage): keep the reservation
+        if actual is not None:
+            actual = believable(actual)  # an engine's bad usage: the reservation stands
         if charge.holds_slot:
             self._leased.pop(ticket.request_id, None)
         charged = ticket.reserved if actual is None else actual

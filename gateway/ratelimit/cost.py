@@ -22,6 +22,14 @@ MAX_USAGE = 1 << 32
 A count above it, negative, or not an integer is unknown: the request keeps its
 reservation (:meth:`gateway.ratelimit.admission.Admission.settle`). It also keeps the
 limiter's sums exact (Redis's Lua counts in doubles)."""
+
+
+def believable(count: Any) -> int | None:
+    """``count`` if it is an integer (not a bool) from 0 to :data:`MAX_USAGE`, else None
+    (unknown: whoever settles with it keeps the reservation)."""
+    return count if type(count) is int and 0 <= count <= MAX_USAGE else None
+
+
 CHARS_PER_TOKEN = 4
 """The prompt estimate's rate: characters (of text, or of a structured field's JSON)
 per token."""
