@@ -113,7 +113,7 @@ class FakeUpstream:
 
     async def _script(self, request: FakeRequest, wait_s: float | None = None) -> Scripted:
         """``request``'s script, once its gate opens (within ``wait_s``, if given: a
-        stream's head comes within ``idle_s``, as from the real clients)."""
+        stream's head comes within ``first_s``, as from the real clients)."""
         self.requests.append(request)
         made = self.handler(request)
         script = made if isinstance(made, Scripted) else await made
@@ -136,7 +136,8 @@ class FakeUpstream:
     async def open_stream(
         self, url: str, body: bytes, headers: Mapping[str, str], deadlines: Deadlines
     ) -> FakeStream:
-        script = await self._script(FakeRequest(url, body, dict(headers), True), deadlines.idle_s)
+        request = FakeRequest(url, body, dict(headers), True)
+        script = await self._script(request, deadlines.first_s)
         if script.status >= 400:
             raise UpstreamStatusError(script.status, script.body, "application/json")
         return FakeStream(script, self.open_streams, deadlines.idle_s)
