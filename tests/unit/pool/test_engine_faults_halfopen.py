@@ -17,6 +17,7 @@ from gateway.pool.engine_pool import BreakerPolicy, EnginePool
 from gateway.routing.policies import EndpointView
 from gateway.upstream.deadlines import Deadlines
 from gateway.upstream.fake import FakeRequest, FakeUpstream, Scripted, sse
+from tests.helpers.waiting import until
 
 MODEL = "m"
 A, B = "http://a", "http://b"
@@ -123,7 +124,7 @@ async def test_concurrent_requests_during_half_open_send_one_trial() -> None:
     gate = asyncio.Event()
     rig = Rig(Scripted(gate=gate))  # A hangs until the gate opens
     calls = [asyncio.create_task(rig.call()) for _ in range(10)]
-    await asyncio.sleep(0.05)
+    await until(lambda: sum(task.done() for task in calls) == 9)
     assert rig.sent_to_a() == 1, "half-open lets one trial through, not every request"
     done = [task for task in calls if task.done()]
     assert len(done) == 9 and {task.result() for task in done} == {B}
@@ -138,7 +139,7 @@ async def test_a_timed_out_trial_reopens_and_the_rest_never_reach_the_engine() -
     short = Deadlines(connect_s=1.0, ttft_s=0.1, idle_s=0.1, total_s=None)
     rig.forwarder = Forwarder(rig.pool, rig.upstream, GatewayMetrics(), 0, {MODEL: short}, short)
     trial = asyncio.create_task(rig.call(streamed=True))
-    await asyncio.sleep(0.01)
+    await until(lambda: rig.sent_to_a() == 1)
     others = await asyncio.gather(*(rig.call(streamed=True) for _ in range(5)))
     assert others == [B] * 5
     with pytest.raises(UpstreamTimeoutError):
@@ -152,7 +153,7 @@ async def test_a_trial_whose_client_leaves_frees_the_trial(streamed: bool) -> No
     gate = asyncio.Event()
     rig = Rig(Scripted(gate=gate, events=(sse({"n": 1}),)))
     trial = asyncio.create_task(rig.call(streamed))
-    await asyncio.sleep(0.01)
+    await until(lambda: rig.sent_to_a() == 1)
     assert urls(rig.pool) == [B]
     trial.cancel()  # the client left: no verdict
     with pytest.raises(asyncio.CancelledError):

@@ -12,6 +12,7 @@ import orjson
 
 from engines.stub.asgi import Message
 from engines.stub.server import StubApp, StubConfig, create_stub_app
+from tests.helpers.waiting import until
 from tests.unit.engines.stub.test_app import FakeClient, scope
 
 PATH = "/v1/responses"
@@ -63,10 +64,10 @@ async def test_hang_never_answers_until_the_client_leaves() -> None:
     for stream in (False, True):
         client = FakeClient(body(stream))
         call = asyncio.create_task(app(scope(PATH), client.receive, client.send))
-        await asyncio.sleep(0.05)
+        await until(lambda: app.stats.in_flight == 1)
         assert client.sent == [] and app.stats.in_flight == 1
         client.left.set()
-        await asyncio.wait_for(call, timeout=0.5)
+        await asyncio.wait_for(call, timeout=10)
     assert (app.stats.requests_cancelled, app.stats.in_flight) == (2, 0)
 
 
@@ -104,10 +105,10 @@ async def test_a_requests_hang_after_deltas_holds_the_stream_open() -> None:
     app = create_stub_app(StubConfig(tokens=5))
     client = FakeClient(body(stream=True, fault="hang", after=2))
     call = asyncio.create_task(app(scope(PATH), client.receive, client.send))
-    await asyncio.sleep(0.05)
+    await until(lambda: deltas(client.sent) == 2)
     assert deltas(client.sent) == 2 and not call.done()
     client.left.set()
-    await asyncio.wait_for(call, timeout=0.5)
+    await asyncio.wait_for(call, timeout=10)
     assert (app.stats.streams_cancelled, app.stats.in_flight) == (1, 0)
 
 
