@@ -11,7 +11,11 @@ Only an answer is kept or shared: a JSON body only when the engine said 200 and 
 parses whole as an answer (:func:`whole_answer`: no error object, not cut short; the
 store path's one parse, which gives its id and usage too), a stream only when it
 ended with ``[DONE]`` and carried no error event (the relay writes every one as
-:data:`gateway.upstream.relay.STREAM_ERROR` begins).
+:data:`gateway.upstream.relay.STREAM_ERROR` begins). An answer vLLM cut off
+(``finish_reason: "abort"``: the engine dropped the request, e.g. shutting down) is
+not an answer to keep either: a stream is searched for ``"abort"`` once per batch (a
+value only an unescaped JSON string can be; a stop string of that name in
+``stop_reason`` makes a false alarm, and the answer is not stored, no harm).
 """
 
 from __future__ import annotations
@@ -28,6 +32,9 @@ from gateway.cache.singleflight import Flight, FlightFailed
 from gateway.errors import UpstreamError
 from gateway.pipeline.usage import UsageTap, body_usage, usage_tokens
 from gateway.upstream.relay import STREAM_ERROR, StreamOutcome
+
+ABORT_WORD = b'"abort"'
+"""vLLM's ``finish_reason`` for a request it dropped part way (its answer is cut off)."""
 
 
 class CacheFill:
@@ -50,7 +57,7 @@ class CacheFill:
         flight = self.flight
         if not self._size:
             flight.answer_id = find_answer_id(batch)
-        if STREAM_ERROR in batch:
+        if STREAM_ERROR in batch or ABORT_WORD in batch:
             self._usable = False
         self._size += len(batch)
         if flight.keeping and self._size > self._plan.max_entry_bytes:
@@ -104,9 +111,10 @@ class CacheFill:
 
 def whole_answer(body: bytes) -> dict[str, Any] | None:
     """``body`` parsed, if it is an answer to keep: a JSON object (a body cut short
-    does not parse) with a list of ``choices`` (or an embedding's ``data``) and no
+    does not parse) with a list of ``choices`` (or an embedding's ``data``), no
     ``error`` (OpenAI's error object, and vLLM's; its older one says ``"object":
-    "error"``). About 2 µs for a 750-byte chat answer; only a fill's answer comes here."""
+    "error"``) and no choice that vLLM cut off (``finish_reason: "abort"``). About
+    2 µs for a 750-byte chat answer; only a fill's answer comes here."""
     try:
         answer = orjson.loads(body)
     except orjson.JSONDecodeError:
@@ -118,6 +126,9 @@ def whole_answer(body: bytes) -> dict[str, Any] | None:
         items = answer.get("data")
     if type(items) is not list or answer.get("object") == "error":
         return None
+    for item in items:
+        if type(item) is dict and item.get("finish_reason") == "abort":
+            return None
     return answer
 
 

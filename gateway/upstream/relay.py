@@ -7,12 +7,19 @@ the first byte, so the HTTP edge can end the client's stream with an error event
 and ``[DONE]`` instead of leaving it hanging. An error event the engine sends
 itself (vLLM: ``data: {"error": {..., "type": "BadRequestError", "code": 400}}``;
 older vLLM: ``data: {"object": "error", "message": ..., "code": 400}``; with or
-without the space after ``data:``) is rewritten in OpenAI's shape
+without the space after ``data:``, behind an ``event:`` line or over several
+``data:`` lines) is rewritten in OpenAI's shape
 (:func:`gateway.errors.openai_error`), always as :data:`STREAM_ERROR` begins, so
 that the taps (the cache) need look for one spelling only. One byte search per
 batch (``"error"``, which only a key, a value or a delta that is exactly that word
 can hold); only the events holding it are looked at, and only one that is an
 error is parsed.
+
+``[DONE]`` ends the stream for the client: events an engine sends after it (in the
+same read or later) are dropped, never relayed behind it, and the stream is not
+failed for them. ``data:[DONE]`` (no space) counts too and is relayed as
+:data:`DONE_EVENT`. One more byte search per batch (``[DONE]`` before the batch's
+last event); only a batch holding it there is split into events.
 """
 
 from __future__ import annotations
@@ -27,13 +34,14 @@ from gateway.errors import GatewayError, UpstreamError, openai_error
 from gateway.upstream.transport import EventSource
 
 DONE_EVENT = b"data: [DONE]\n\n"
+DONE_WORD = b"[DONE]"
 STREAM_ERROR = b'data: {"error"'
 """How an error event starts once relayed (:func:`openai_error_events` writes every
 one so): what a tap looks for."""
 ERROR_WORD = b'"error"'
 """In every spelling of an engine's error event: the relay's one search per batch."""
-_ERROR_FIRST = re.compile(rb'data:[ \t]*\{\s*"error"\s*:')
-"""An event whose object's first key is ``error`` (vLLM's, OpenAI's)."""
+_ERROR_FIRST = re.compile(rb'\{\s*"error"\s*:')
+"""An event's data that is an object whose first key is ``error`` (vLLM's, OpenAI's)."""
 _OBJECT_ERROR = re.compile(rb'"object"\s*:\s*"error"')
 """vLLM's older error object (``"object": "error"``, its fields at the top level)."""
 
@@ -73,7 +81,6 @@ async def relay_events(
     ``[DONE]``, before the client receives it. ``prompt_param`` names the prompt's
     field in a mapped context-length error.
     """
-    tail = b""
     next_batch = stream.next_batch
     try:
         while (received := await next_batch()) is not None:
@@ -81,24 +88,43 @@ async def relay_events(
             if outcome.first_chunk_at is None:
                 outcome.first_chunk_at = clock()
             batch = received
+            done = batch[-len(DONE_EVENT) :] == DONE_EVENT
+            if batch.find(DONE_WORD, 0, len(batch) - 8 if done else len(batch)) >= 0:
+                batch, done = through_done(batch)  # a [DONE] before the end
             if ERROR_WORD in batch:
                 batch = openai_error_events(batch, prompt_param)
             for tap in taps:
                 batch = tap.inspect(batch)
-            if not batch:
-                continue
-            tail = batch[-len(DONE_EVENT) :]
-            if tail == DONE_EVENT:
+            if done:
                 outcome.completed = True
                 if on_done is not None:
                     on_done()
-            yield batch
+                if batch:
+                    yield batch
+                break
+            if batch:
+                yield batch
+        else:
+            outcome.error = UpstreamError("engine closed the stream before it was complete")
+            raise outcome.error
+        # After [DONE] the body should end; anything more is dropped (and the
+        # connection, its answer unfinished, is not reused).
+        await next_batch()
     except GatewayError as exc:
+        if outcome.completed:
+            return  # the client has its whole answer: a fault after [DONE] is no failure
         outcome.error = exc
         raise
-    if tail != DONE_EVENT:
-        outcome.error = UpstreamError("engine closed the stream before it was complete")
-        raise outcome.error
+
+
+def through_done(batch: bytes) -> tuple[bytes, bool]:
+    """``batch`` up to and including its ``[DONE]`` event (written as
+    :data:`DONE_EVENT`) and True; ``batch`` and False when no event is ``[DONE]``."""
+    events = batch.split(b"\n\n")
+    for i, event in enumerate(events):
+        if event == b"data: [DONE]" or event == b"data:[DONE]":
+            return b"".join(e + b"\n\n" for e in events[:i]) + DONE_EVENT, True
+    return batch, False
 
 
 def openai_error_events(batch: bytes, prompt_param: str) -> bytes:
@@ -108,18 +134,30 @@ def openai_error_events(batch: bytes, prompt_param: str) -> bytes:
     events = batch.split(b"\n\n")
     found = False
     for i, event in enumerate(events):
-        if ERROR_WORD not in event or not event.startswith(b"data:"):
+        if ERROR_WORD not in event:
+            continue
+        data = _event_data(event)
+        if data is None:
             continue  # a delta that is the word "error" is looked at no further
         payload: bytes | None = None
-        if _ERROR_FIRST.match(event) is not None:
-            payload = event[5:].lstrip()
-        elif _OBJECT_ERROR.search(event) is not None:
-            payload = _older_error(event[5:].lstrip())
+        if _ERROR_FIRST.match(data) is not None:
+            payload = data
+        elif _OBJECT_ERROR.search(data) is not None:
+            payload = _older_error(data)
         if payload is None:
             continue
         events[i] = b"data: " + openai_error(_status_of(payload), payload, prompt_param)
         found = True
     return b"\n\n".join(events) if found else batch
+
+
+def _event_data(event: bytes) -> bytes | None:
+    """An event's data (its ``data:`` lines' values joined by LF, as SSE reads them;
+    one leading space of each dropped), or None when it has none."""
+    if event.startswith(b"data:") and b"\n" not in event:
+        return event[5:].lstrip()  # the usual event: one data line
+    values = [line[5:].lstrip() for line in event.split(b"\n") if line.startswith(b"data:")]
+    return b"\n".join(values) if values else None
 
 
 def _older_error(payload: bytes) -> bytes | None:

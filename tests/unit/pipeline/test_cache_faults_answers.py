@@ -42,6 +42,7 @@ NOT_ANSWERS = {
     "cut after an inner object": GOOD[: GOOD.rindex(b"}")],  # still ends with "}"
     "not an answer": b'{"detail": "Not Found"}',
     "not an object": b"[]",
+    "cut off by vLLM": GOOD.replace(b'"finish_reason":"stop"', b'"finish_reason":"abort"'),
 }
 
 
@@ -143,6 +144,10 @@ ERROR_EVENTS = {
         b'data: {"object": "error", "message": "boom", "type": "InternalServerError", "code": 500}'
     ),
     "older, compact": b'data:{"object":"error","message":"boom","code":500}',
+    "behind an event line": (
+        b'event: error\ndata: {"error": {"message": "boom", "type": "X", "code": 500}}'
+    ),
+    "over two data lines": b'data: {"error": {"message": "boom",\ndata: "code": 500}}',
 }
 
 
@@ -163,6 +168,17 @@ async def test_a_stream_with_an_error_event_is_mapped_and_not_kept(kind: str) ->
     assert orjson.loads(error[0][6:])["error"] == {
         "message": "boom", "type": "server_error", "param": None, "code": None
     }  # fmt: skip
+
+
+async def test_a_stream_vllm_cut_off_is_relayed_and_not_kept() -> None:
+    events = (sse(chunk("hel"), done=False), sse(chunk(None, "abort")))
+    w = world(Script([Scripted(events=events), Scripted(events=STREAM_EVENTS)]))
+    first, second = await asked_twice(w, chat_body(stream=True))
+    assert isinstance(first, EventStream) and isinstance(second, EventStream)
+    assert len(w.upstream.requests) == 2  # the cut-off answer was not kept
+    third = await w.ask(chat_body(stream=True))
+    assert isinstance(third, Replay)  # the whole one was
+    w.assert_nothing_held()
 
 
 async def test_a_delta_that_is_the_word_error_is_text() -> None:

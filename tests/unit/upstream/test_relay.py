@@ -190,3 +190,36 @@ async def test_an_emptied_batch_after_done_leaves_the_stream_complete() -> None:
     assert out == [THREE]
     assert outcome.completed and outcome.error is None
     assert done_calls == [True]
+
+
+async def test_events_after_done_are_dropped_and_fail_nothing() -> None:
+    outcome = StreamOutcome()
+    assert await relay(scripted(ONE, THREE, TWO), outcome) == [ONE, THREE]
+    assert outcome.completed and outcome.error is None
+
+
+async def test_a_batch_is_cut_after_its_done_event() -> None:
+    outcome = StreamOutcome()
+    assert await relay(scripted(ONE, DONE_EVENT + TWO + DONE_EVENT), outcome) == [ONE, DONE_EVENT]
+    assert outcome.completed and outcome.error is None
+
+
+async def test_done_without_the_space_counts_and_is_relayed_in_the_usual_spelling() -> None:
+    outcome = StreamOutcome()
+    out = await relay(scripted(ONE + b"data:[DONE]\n\n"), outcome)
+    assert out == [ONE + DONE_EVENT]
+    assert outcome.completed and outcome.error is None
+
+
+async def test_a_delta_holding_the_word_done_is_text() -> None:
+    text = b'data: {"content": "data: [DONE]"}\n\n'
+    outcome = StreamOutcome()
+    assert await relay(scripted(text, THREE), outcome) == [text, THREE]
+    assert outcome.completed
+
+
+async def test_a_failure_after_done_is_no_failure() -> None:
+    error = UpstreamTimeoutError("the engine sent nothing for idle_s = 1 s")
+    outcome = StreamOutcome()
+    assert await relay(Failing([ONE, THREE], error), outcome) == [ONE, THREE]
+    assert outcome.completed and outcome.error is None
