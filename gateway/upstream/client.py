@@ -20,7 +20,13 @@ from gateway.config.sections import UpstreamSettings
 from gateway.errors import UpstreamError, UpstreamStatusError, UpstreamTimeoutError
 from gateway.upstream.deadlines import Deadlines, stream_timeout
 from gateway.upstream.sse_framing import EventFramer
-from gateway.upstream.transport import EngineUnreachable, PrimedEvents, UpstreamReply
+from gateway.upstream.transport import (
+    MAX_ANSWER_BYTES,
+    EngineUnreachable,
+    PrimedEvents,
+    UpstreamReply,
+    too_large_answer,
+)
 
 _PROBE_TIMEOUT = aiohttp.ClientTimeout(total=2.0)
 
@@ -139,8 +145,8 @@ class UpstreamClient:
             async with self.session.post(
                 url, data=body, headers=headers, timeout=limits
             ) as response:
-                payload = await response.read()
                 _check_coding(response)
+                payload = await _read_bounded(response)
                 return UpstreamReply(response.status, response.content_type, payload)
         except _UNREACHABLE as exc:
             raise EngineUnreachable(str(exc) or type(exc).__name__) from None
@@ -183,7 +189,7 @@ class UpstreamClient:
             async with self.session.get(
                 f"{url}/health", headers=headers, timeout=_PROBE_TIMEOUT
             ) as response:
-                await response.read()
+                await _read_bounded(response)
                 return response.status == 200
         except (TimeoutError, aiohttp.ClientError):
             return False
@@ -192,16 +198,34 @@ class UpstreamClient:
         """``GET url`` as text within 2 s, or None (engine metrics scraping)."""
         try:
             async with self.session.get(url, headers=headers, timeout=_PROBE_TIMEOUT) as response:
-                return await response.text() if response.status == 200 else None
-        except (TimeoutError, aiohttp.ClientError, UnicodeDecodeError):
+                if response.status != 200:
+                    return None
+                return (await _read_bounded(response)).decode(response.get_encoding())
+        except (TimeoutError, aiohttp.ClientError, UnicodeDecodeError, UpstreamError, LookupError):
             return None
 
     @staticmethod
     async def _read_error(response: aiohttp.ClientResponse) -> bytes:
         try:
-            return await response.read()
-        except (TimeoutError, aiohttp.ClientError):
+            return await _read_bounded(response)
+        except (TimeoutError, aiohttp.ClientError, UpstreamError):
             return b""
+
+
+async def _read_bounded(response: aiohttp.ClientResponse) -> bytes:
+    """The whole body, refused (:class:`UpstreamError`) once past
+    :data:`MAX_ANSWER_BYTES`, as the lean client refuses it."""
+    declared = response.content_length
+    if declared is not None and declared > MAX_ANSWER_BYTES:
+        raise UpstreamError(f"engine answered badly: {too_large_answer()}")
+    parts: list[bytes] = []
+    size = 0
+    while data := await response.content.readany():
+        size += len(data)
+        if size > MAX_ANSWER_BYTES:
+            raise UpstreamError(f"engine answered badly: {too_large_answer()}")
+        parts.append(data)
+    return b"".join(parts)
 
 
 def _check_coding(response: aiohttp.ClientResponse) -> None:

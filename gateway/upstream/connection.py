@@ -15,7 +15,9 @@ Failures are told apart the way the forwarder's failover needs them:
   upgrade (``101``, never asked for), or a body in a content coding other than
   ``identity`` (requests say ``Accept-Encoding: identity``,
   :mod:`gateway.upstream.target`; relaying gzip bytes as JSON, or caching them,
-  would be wrong).
+  would be wrong), or an answer larger than
+  :data:`gateway.upstream.transport.MAX_ANSWER_BYTES` (a stream is read as it comes,
+  and paused while its reader falls behind, so it needs no such bound).
 
 Interim responses (``1xx`` but ``101``: ``100 Continue``, ``103 Early Hints``) are
 skipped: their head is forgotten and the final response read as if it came first.
@@ -38,7 +40,7 @@ from typing import cast
 import httptools
 
 from gateway.errors import UpstreamError
-from gateway.upstream.transport import EngineUnreachable
+from gateway.upstream.transport import MAX_ANSWER_BYTES, EngineUnreachable, too_large_answer
 
 HIGH_WATER = 1 << 20
 """Received bytes not yet taken above which the connection stops reading."""
@@ -255,6 +257,8 @@ class EngineConnection(asyncio.Protocol):
     def on_body(self, body: bytes) -> None:
         self._chunks.append(body)
         self._buffered += len(body)
+        if self._buffered > MAX_ANSWER_BYTES and not self._streaming:
+            self._refuse(too_large_answer())  # an answer is held whole: bounded
 
     def on_message_complete(self) -> None:
         if not self.head_done:  # an interim response ended: the final one comes next

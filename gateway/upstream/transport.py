@@ -17,6 +17,18 @@ from typing import Protocol
 
 from gateway.upstream.deadlines import Deadlines
 
+MAX_ANSWER_BYTES = 256 * 1024 * 1024
+"""The largest non-streaming answer taken from an engine (probes and metrics scrapes
+included): past it the answer is an engine error (502), never held whole. vLLM's
+largest legitimate answers (a batch of embeddings as JSON floats, prompt logprobs)
+stay well below it; an engine that sends without end would otherwise grow the
+gateway until the read deadline."""
+
+
+def too_large_answer() -> str:
+    """Why an answer past :data:`MAX_ANSWER_BYTES` was refused."""
+    return f"an answer larger than {MAX_ANSWER_BYTES // (1024 * 1024)} MiB"
+
 
 class EngineUnreachable(Exception):
     """The connection to an engine failed before any response; safe to retry elsewhere."""

@@ -16,7 +16,7 @@ from gateway.config.sections import UpstreamSettings
 from gateway.errors import UpstreamError
 from gateway.upstream.deadlines import Deadlines
 from gateway.upstream.lean import LeanUpstream
-from tests.unit.upstream.scripted_engine import ScriptedEngine, Seen, chunked, ok
+from tests.unit.upstream.scripted_engine import ScriptedEngine, Seen, chunk_of, chunked, ok
 
 HEADERS = {"Content-Type": "application/json", "X-Request-Id": "vgate-1"}
 LIMITS = Deadlines(connect_s=1.0, ttft_s=None, idle_s=1.0, total_s=None)
@@ -167,4 +167,47 @@ async def test_the_identity_coding_is_a_plain_body(upstream: LeanUpstream, codin
         reply = await upstream.post(engine.url + "/v1/x", b"{}", HEADERS, LIMITS)
         assert (reply.status, reply.body) == (200, BODY)
     finally:
+        await engine.stop()
+
+
+# -- answers without end --------------------------------------------------------------
+
+
+async def _endless_engine() -> ScriptedEngine:
+    """An engine whose answer (chunked, no length) never ends: 1 KiB chunks until the
+    client hangs up."""
+
+    async def answer(_: Seen, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n")
+        writer.write(b"transfer-encoding: chunked\r\n\r\n")
+        piece = chunk_of(b"x" * 1024)
+        while not writer.is_closing():
+            writer.write(piece)
+            await writer.drain()
+
+    engine = ScriptedEngine(answer)
+    await engine.start()
+    return engine
+
+
+@pytest.mark.parametrize("client", ["lean", "aiohttp"])
+async def test_an_answer_past_the_size_limit_is_an_engine_error(
+    client: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from gateway.upstream import client as aiohttp_client
+    from gateway.upstream import connection
+
+    monkeypatch.setattr(connection, "MAX_ANSWER_BYTES", 64 * 1024)
+    monkeypatch.setattr(aiohttp_client, "MAX_ANSWER_BYTES", 64 * 1024)
+    settings = UpstreamSettings()
+    upstream: LeanUpstream | aiohttp_client.UpstreamClient = (
+        LeanUpstream(settings) if client == "lean" else aiohttp_client.UpstreamClient(settings)
+    )
+    await upstream.start()
+    engine = await _endless_engine()
+    try:
+        with pytest.raises(UpstreamError, match="answer larger than"):
+            await upstream.post(engine.url + "/v1/chat/completions", b"{}", HEADERS, LIMITS)
+    finally:
+        await upstream.close()
         await engine.stop()
