@@ -70,11 +70,11 @@ class AuthenticationError(GatewayError):
 
 
 class PermissionDeniedError(GatewayError):
-    """The key may not use this model (403)."""
+    """Refused for want of a right (403): the admin API when it is off."""
 
     status = 403
     error_type = "permission_error"
-    code = "model_not_allowed"
+    code = "permission_denied"
 
 
 class NotFoundError(GatewayError):
@@ -86,12 +86,16 @@ class NotFoundError(GatewayError):
 
 
 class ModelNotFoundError(NotFoundError):
-    """The requested model is not served by this gateway (404)."""
+    """The requested model is not served by this gateway, or the key may not use it
+    (404, in OpenAI's words for both: a key learns nothing of models it may not use)."""
 
     code = "model_not_found"
 
     def __init__(self, model: str) -> None:
-        super().__init__(f"The model `{model}` does not exist.", param="model")
+        super().__init__(
+            f"The model `{model}` does not exist or you do not have access to it.",
+            param="model",
+        )
 
 
 class MethodNotAllowedError(GatewayError):

@@ -5,7 +5,7 @@ counted in ``vgate_auth_failures_total`` the same way wherever it refuses."""
 from __future__ import annotations
 
 from gateway.auth.authenticator import Authenticator, Principal
-from gateway.errors import AuthenticationError, PermissionDeniedError
+from gateway.errors import AuthenticationError, ModelNotFoundError
 from gateway.observability.metrics import GatewayMetrics
 
 
@@ -26,9 +26,9 @@ async def authenticate(
 
 
 def check_model_allowed(principal: Principal, model: str, metrics: GatewayMetrics) -> None:
-    """403 ``model_not_allowed`` (counted) when the key may not use ``model``."""
+    """404 ``model_not_found`` when the key may not use ``model``: the same answer as
+    for a model that does not exist, as OpenAI gives (a tenant cannot list another's
+    models by trying names), counted as ``model_not_allowed`` for the operator."""
     if not principal.may_use(model):
         metrics.auth_failures.labels("model_not_allowed").inc()
-        raise PermissionDeniedError(
-            f"The key '{principal.name}' may not use the model `{model}`.", param="model"
-        )
+        raise ModelNotFoundError(model)

@@ -3,9 +3,10 @@ allowlisted and forwarded by the request's ``model``.
 
 Each route goes through the same stages as a completion, minus what does not
 apply: auth (before the body is read), the model's existence (404) and the key's
-right to it (403), admission against the key's request rate and concurrency
-limits, the model's routing policy, and :class:`Forwarder` (engine credentials,
-failover while nothing was answered, timeouts, breaker signals). Not cached,
+right to it (404 too, as for a model that does not exist), admission against the
+key's request rate and concurrency limits, the model's routing policy, and
+:class:`Forwarder` (engine credentials, failover while nothing was answered,
+timeouts, breaker signals). Not cached,
 never streamed through the relay (a streamed transcription arrives whole).
 
 Priority: a request waits at its key's tier, or the later one its body's

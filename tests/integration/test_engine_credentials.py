@@ -247,5 +247,5 @@ def test_a_lora_adapter_answers_under_its_name_through_the_gateway(lora_gateway:
                 raise
             time.sleep(0.1)
     assert ask(every, "base") == "base"
-    with pytest.raises(openai.PermissionDeniedError):
+    with pytest.raises(openai.NotFoundError):
         ask(adapter_only, "base")

@@ -1,4 +1,4 @@
-"""API keys declared in the config: 401 without a good key, 403 for a model the key may
+"""API keys declared in the config: 401 without a good key, 404 for a model the key may
 not use, and /v1/models listing only what the key may use."""
 
 from __future__ import annotations
@@ -88,12 +88,18 @@ def test_auth_comes_before_body_validation(secured: Gateway) -> None:
     assert response.status_code == 401
 
 
-def test_model_not_allowed_is_403(secured: Gateway) -> None:
-    with pytest.raises(openai.PermissionDeniedError) as caught:
-        client(secured, NARROW_KEY).chat.completions.create(model="other-model", messages=MESSAGES)
+def test_a_model_not_allowed_is_as_absent_as_one_that_does_not_exist(secured: Gateway) -> None:
+    narrow = client(secured, NARROW_KEY)
+    with pytest.raises(openai.NotFoundError) as caught:
+        narrow.chat.completions.create(model="other-model", messages=MESSAGES)
+    with pytest.raises(openai.NotFoundError) as absent:
+        narrow.chat.completions.create(model="no-such-model", messages=MESSAGES)
     error = caught.value.response.json()["error"]
-    assert error["code"] == "model_not_allowed"
-    assert "team-b" in error["message"]
+    assert error["code"] == "model_not_found" and error["param"] == "model"
+    assert error["message"].replace("other-model", "X") == absent.value.response.json()["error"][
+        "message"
+    ].replace("no-such-model", "X")  # the same words: nothing told apart
+    assert "team-b" not in error["message"]
 
 
 def test_models_lists_only_what_the_key_may_use(secured: Gateway) -> None:
@@ -108,7 +114,7 @@ def test_models_lists_only_what_the_key_may_use(secured: Gateway) -> None:
 def test_failures_are_counted_and_keys_never_exposed(secured: Gateway) -> None:
     with pytest.raises(openai.AuthenticationError):
         client(secured, "sk-wrong-key").models.list()
-    with pytest.raises(openai.PermissionDeniedError):
+    with pytest.raises(openai.NotFoundError):
         client(secured, NARROW_KEY).chat.completions.create(model="other-model", messages=MESSAGES)
     metrics = secured.metrics()
     assert 'vgate_auth_failures_total{reason="invalid_key"}' in metrics
