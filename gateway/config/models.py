@@ -130,11 +130,13 @@ class ModelSettings(_Section):
 
     @model_validator(mode="after")
     def _safe_names(self) -> ModelSettings:
-        """No control character (NUL included) in any name; a managed engine's served name
-        also names its log file and registry record, so it must be path-safe."""
+        """Every character of a name printable (no control character, C0 or C1, NUL
+        included, and no invisible one: the rule key model lists follow, so a key can
+        name any model the config can); a managed engine's served name also names its
+        log file and registry record, so it must be path-safe."""
         for name in (self.name, self.upstream_model or ""):
-            if any(ord(char) < 32 or ord(char) == 127 for char in name):
-                raise ValueError(f"model name {name!r} holds a control character")
+            if not name.isprintable():
+                raise ValueError(f"model name {name!r} holds a control or invisible character")
         if self.engine is not None:
             what = "upstream_model" if self.upstream_model else "model name"
             check_path_safe_name(self.served_name, what)
