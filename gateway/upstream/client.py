@@ -25,6 +25,7 @@ from gateway.upstream.transport import (
     EngineUnreachable,
     PrimedEvents,
     UpstreamReply,
+    redirect_refused,
     too_large_answer,
 )
 
@@ -143,9 +144,9 @@ class UpstreamClient:
         limits = self._timeouts_of(deadlines)[0]
         try:
             async with self.session.post(
-                url, data=body, headers=headers, timeout=limits
+                url, data=body, headers=headers, timeout=limits, allow_redirects=False
             ) as response:
-                _check_coding(response)
+                _check_answer(response)
                 payload = await _read_bounded(response)
                 return UpstreamReply(response.status, response.content_type, payload)
         except _UNREACHABLE as exc:
@@ -165,7 +166,9 @@ class UpstreamClient:
         limits = self._timeouts_of(deadlines)[1]
         try:
             async with asyncio.timeout(deadlines.first_s):
-                response = await self.session.post(url, data=body, headers=headers, timeout=limits)
+                response = await self.session.post(
+                    url, data=body, headers=headers, timeout=limits, allow_redirects=False
+                )
         except _UNREACHABLE as exc:
             raise EngineUnreachable(str(exc) or type(exc).__name__) from None
         except TimeoutError:
@@ -177,7 +180,7 @@ class UpstreamClient:
                 payload = await self._read_error(response)
             raise UpstreamStatusError(response.status, payload, response.content_type)
         try:
-            _check_coding(response)
+            _check_answer(response)
         except UpstreamError:
             response.close()
             raise
@@ -187,7 +190,7 @@ class UpstreamClient:
         """True when ``GET {url}/health`` answers 200 within 2 s."""
         try:
             async with self.session.get(
-                f"{url}/health", headers=headers, timeout=_PROBE_TIMEOUT
+                f"{url}/health", headers=headers, timeout=_PROBE_TIMEOUT, allow_redirects=False
             ) as response:
                 await _read_bounded(response)
                 return response.status == 200
@@ -197,7 +200,9 @@ class UpstreamClient:
     async def fetch_text(self, url: str, headers: Mapping[str, str] | None = None) -> str | None:
         """``GET url`` as text within 2 s, or None (engine metrics scraping)."""
         try:
-            async with self.session.get(url, headers=headers, timeout=_PROBE_TIMEOUT) as response:
+            async with self.session.get(
+                url, headers=headers, timeout=_PROBE_TIMEOUT, allow_redirects=False
+            ) as response:
                 if response.status != 200:
                     return None
                 return (await _read_bounded(response)).decode(response.get_encoding())
@@ -228,9 +233,13 @@ async def _read_bounded(response: aiohttp.ClientResponse) -> bytes:
     return b"".join(parts)
 
 
-def _check_coding(response: aiohttp.ClientResponse) -> None:
-    """An answer in a content coding other than the identity asked for is an engine
-    error, never a body to relay or cache (as in :mod:`gateway.upstream.connection`)."""
+def _check_answer(response: aiohttp.ClientResponse) -> None:
+    """A redirect (never followed: it could send the request, and the engine's key, to
+    any host) or an answer in a content coding other than the identity asked for is an
+    engine error, never a body to relay or cache (as in
+    :mod:`gateway.upstream.connection`)."""
+    if 300 <= response.status < 400:
+        raise UpstreamError(f"engine answered badly: {redirect_refused(response.status)}")
     coding = response.headers.get("Content-Encoding", "").strip().lower()
     if coding not in ("", "identity"):
         raise UpstreamError(

@@ -12,8 +12,8 @@ Failures are told apart the way the forwarder's failover needs them:
   :class:`EngineUnreachable` (aiohttp's ``ServerDisconnectedError``, as before);
 * it closed, or the response could not be parsed, after that: :class:`UpstreamError`;
 * it answered something the gateway cannot relay (:class:`UpstreamError` too): an
-  upgrade (``101``, never asked for), or a body in a content coding other than
-  ``identity`` (requests say ``Accept-Encoding: identity``,
+  upgrade (``101``, never asked for), a redirect (``3xx``: never followed), or a
+  body in a content coding other than ``identity`` (requests say ``Accept-Encoding: identity``,
   :mod:`gateway.upstream.target`; relaying gzip bytes as JSON, or caching them,
   would be wrong), or an answer larger than
   :data:`gateway.upstream.transport.MAX_ANSWER_BYTES` (a stream is read as it comes,
@@ -40,7 +40,12 @@ from typing import cast
 import httptools
 
 from gateway.errors import UpstreamError
-from gateway.upstream.transport import MAX_ANSWER_BYTES, EngineUnreachable, too_large_answer
+from gateway.upstream.transport import (
+    MAX_ANSWER_BYTES,
+    EngineUnreachable,
+    redirect_refused,
+    too_large_answer,
+)
 
 HIGH_WATER = 1 << 20
 """Received bytes not yet taken above which the connection stops reading."""
@@ -250,6 +255,8 @@ class EngineConnection(asyncio.Protocol):
         if status < 200:
             self._interim(status)
             return
+        if 300 <= status < 400:
+            self._refuse(redirect_refused(status))
         self.keep_alive = self._parser.should_keep_alive()
         self._until_close = not self._framed and status != 204 and status != 304
         self.head_done = True

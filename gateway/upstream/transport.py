@@ -30,6 +30,12 @@ def too_large_answer() -> str:
     return f"an answer larger than {MAX_ANSWER_BYTES // (1024 * 1024)} MiB"
 
 
+def redirect_refused(status: int) -> str:
+    """Why an engine's redirect (``3xx``) was refused: the gateway follows none (it
+    would send the request, and the engine's key, wherever the engine says)."""
+    return f"HTTP {status}, a redirect, instead of an answer"
+
+
 class EngineUnreachable(Exception):
     """The connection to an engine failed before any response; safe to retry elsewhere."""
 

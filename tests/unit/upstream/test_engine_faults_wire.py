@@ -211,3 +211,32 @@ async def test_an_answer_past_the_size_limit_is_an_engine_error(
     finally:
         await upstream.close()
         await engine.stop()
+
+
+# -- redirects ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("client", ["lean", "aiohttp"])
+@pytest.mark.parametrize("status", [b"301 Moved Permanently", b"307 Temporary Redirect"])
+async def test_a_redirect_is_an_engine_error_and_never_followed(client: str, status: bytes) -> None:
+    from gateway.upstream import client as aiohttp_client
+
+    elsewhere = await _engine(ok(b'{"id": "elsewhere"}'))
+    engine = await _engine(
+        ok(b"", b"location: " + elsewhere.url.encode() + b"/v1/x", status=status)
+    )
+    settings = UpstreamSettings()
+    upstream: LeanUpstream | aiohttp_client.UpstreamClient = (
+        LeanUpstream(settings) if client == "lean" else aiohttp_client.UpstreamClient(settings)
+    )
+    await upstream.start()
+    try:
+        with pytest.raises(UpstreamError, match="a redirect"):
+            await upstream.post(engine.url + "/v1/chat/completions", b"{}", HEADERS, LIMITS)
+        with pytest.raises(UpstreamError, match="a redirect"):
+            await upstream.open_stream(engine.url + "/v1/chat/completions", b"{}", HEADERS, LIMITS)
+        assert elsewhere.requests == []  # nothing was sent where the engine pointed
+    finally:
+        await upstream.close()
+        await engine.stop()
+        await elsewhere.stop()
