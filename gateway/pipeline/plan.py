@@ -281,6 +281,20 @@ _CAPS = {True: ("max_completion_tokens", "max_tokens"), False: ("max_tokens",)}
 ``max_completion_tokens`` when set, else ``max_tokens``)."""
 
 
+def output_capped(body: dict[str, Any], chat: bool, cap: int) -> dict[str, Any] | None:
+    """``body`` asking for at most ``cap`` output tokens per choice, or None when it
+    already asks for no more: every length field set above ``cap`` (or to null)
+    becomes ``cap``; with none set, ``"max_tokens": cap`` is added."""
+    names = _CAPS[chat]
+    asked = next((body[name] for name in names if body.get(name) is not None), None)
+    if isinstance(asked, int) and not isinstance(asked, bool) and asked <= cap:
+        return None
+    present = [name for name in names if name in body]
+    if present:
+        return body | {name: cap for name in present if not _within(body[name], cap)}
+    return body | {"max_tokens": cap}
+
+
 def with_output_cap(parsed: ParsedRequest, chat: bool, cap: int) -> ParsedRequest:
     """``parsed``, asking the engine for at most ``cap`` output tokens per choice.
 
@@ -289,17 +303,12 @@ def with_output_cap(parsed: ParsedRequest, chat: bool, cap: int) -> ParsedReques
     re-encoded; when it set none, ``"max_tokens": cap`` is spliced onto the end of the
     payload instead: the decoded body has no such key, so the bytes carry none that a
     parser could read twice, and nothing is re-encoded."""
-    body = parsed.body
-    names = _CAPS[chat]
-    asked = next((body[name] for name in names if body.get(name) is not None), None)
-    if isinstance(asked, int) and not isinstance(asked, bool) and asked <= cap:
+    body = output_capped(parsed.body, chat, cap)
+    if body is None:
         return parsed
-    present = [name for name in names if name in body]
-    if present:
-        body = body | {name: cap for name in present if not _within(body[name], cap)}
+    if len(body) == len(parsed.body):  # a length field was there: changed in place
         payload = orjson.dumps(body)
     else:
-        body = body | {"max_tokens": cap}
         end = parsed.payload.rstrip()  # a JSON object: its last byte is "}"
         payload = b'%s,"max_tokens":%d}' % (end[:-1], cap)
     # Built field by field: dataclasses.replace costs 2 µs more, on every such request

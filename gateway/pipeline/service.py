@@ -41,6 +41,7 @@ from gateway.pipeline.plan import (
     ParsedRequest,
     RequestPlanner,
     Route,
+    output_capped,
     with_output_cap,
 )
 from gateway.pipeline.priority import PriorityTiers
@@ -194,8 +195,21 @@ class CompletionService:
         if parsed.rollout is not None:
             exchange.variant = model
             exchange.observer = self._observer
+        chat = route.cache_name == "chat"
+        scopes = principal.scopes(asked)
+        keyed_cap, key_body = None, parsed.body
+        if self._shared_cache and route.generates:
+            # Shared between keys: keyed by the body the engine will get, the gateway's
+            # cap included (keys with a token limit share with each other, and with a
+            # key that asked for that many tokens itself).
+            keyed_cap = self._admission.full_cap(scopes, parsed.body)
+            capped_body = output_capped(parsed.body, chat, keyed_cap) if keyed_cap else None
+            if capped_body is None:
+                keyed_cap = None
+            else:
+                key_body = capped_body
         plan = self._cache.plan(
-            *(route.cache_name, parsed.stream, model, parsed.body, principal.name),
+            *(route.cache_name, parsed.stream, model, key_body, principal.name),
             meta.cache_control,
             parsed.rollout,  # a variant's answers carry the rollout's name: kept apart
         )
@@ -204,7 +218,7 @@ class CompletionService:
         timeline = exchange.timeline
         timeline.limiting = exchange.clock()
         try:
-            exchange.admit(await self._admission.admit(principal.scopes(asked), cost_body))
+            exchange.admit(await self._admission.admit(scopes, cost_body))
         except RateLimitError as exc:
             if memo is not None:
                 self._denials.note(memo, exc)
@@ -223,15 +237,20 @@ class CompletionService:
                 watch.record.cache = "HIT"
             return self._answers.hit(exchange, entry, client_wants_usage(parsed.body))
         cap = exchange.ticket.output_cap
+        sent_cap = None  # the cap that changed the body the engine gets, if any
         if cap is not None and route.generates:  # the engine may generate what was reserved
-            capped = with_output_cap(parsed, route.cache_name == "chat", cap)
-            if exchange.ticket.shortened or (self._shared_cache and capped is not parsed):
-                # Its answer may be shorter than the same request's without the cap: one
-                # the budget shortened, or, in a cache shared between keys, one the
-                # gateway capped at all (a key with no token limit gets no cap). It
-                # neither leads a flight nor fills the cache.
-                plan = _unshared(plan)
+            capped = with_output_cap(parsed, chat, cap)
+            if capped is not parsed:
+                sent_cap = cap
             parsed = capped
+        if route.generates and (
+            exchange.ticket.shortened or (self._shared_cache and sent_cap != keyed_cap)
+        ):
+            # Its answer may be shorter than the same request's without the cap (one the
+            # budget shortened), or, in a cache shared between keys, the engine gets
+            # another body than the one keyed (the limiter unreachable: no cap). It
+            # neither leads a flight nor fills the cache.
+            plan = _unshared(plan)
         parsed = self._tiers.apply(parsed, place)
         # Follow an identical request in flight, or route and forward this one.
         if plan.bypassed:

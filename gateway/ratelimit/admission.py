@@ -236,6 +236,14 @@ class Admission:
             self._leased[request_id] = weakref.ref(ticket)
         return ticket
 
+    def full_cap(self, scopes: tuple[LimitScope, ...], body: dict[str, Any]) -> int | None:
+        """The output cap :meth:`admit` gives ``body`` when its budget is not short
+        (what it asks for, else ``default_max_tokens``); None when no token limit
+        applies (no cap at all). Known before admission: a shared cache keys by it."""
+        if not scopes or not self._charges.get(scopes).counts_tokens:
+            return None
+        return request_cost(body, self._settings.default_max_tokens).wanted
+
     def _unreachable(self, charge: _Charge) -> _Charge | None:
         """The charge to decide with while the backend is unreachable (None: admit
         without limits), or 503 under ``fail_closed``."""

@@ -1,9 +1,12 @@
-"""An answer the gateway capped is not another key's to have: in a cache shared
+"""An answer the gateway capped is not another request's to have: in a cache shared
 between keys (``cache.scope: shared``), a request whose ``max_tokens`` the gateway
 added (a key with a token limit that asked for none gets
-``ratelimit.default_max_tokens``) neither fills the cache nor leads a flight, so a key
-without the limit never gets its shortened answer. Per key, the same key gets the same
-cap every time: its answers are kept for it as before."""
+``ratelimit.default_max_tokens``) is keyed by the body the engine gets, cap included,
+so a key without the limit (no cap) never gets its shortened answer, while keys with a
+token limit share their capped answers with each other, and with a key that asked for
+that many tokens itself. A budget that shortened the cap, or a cap that was not given
+as keyed, keeps the answer out of the cache and out of flights. Per key, the same key
+gets the same cap every time: its answers are kept for it as before."""
 
 from __future__ import annotations
 
@@ -19,7 +22,9 @@ from gateway.upstream.fake import FakeRequest, Scripted
 from tests.unit.pipeline.world import MODEL, World, completion, until, world
 
 ALICE = "sk-alice-0123456789"  # a token limit
+BOB = "sk-bobby-0123456789"  # a token limit too
 CAROL = "sk-carol-0123456789"  # none
+DORA = "sk-dora0-0123456789"  # a token limit too small for the default cap
 DEFAULT_MAX = 3
 BODY = orjson.dumps(
     {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "temperature": 0}
@@ -44,7 +49,9 @@ class Engine:
 def capped_world(engine: Engine, scope: str) -> World:
     keys = [
         {"name": "alice", "key": ALICE, "tpm": 100_000},
+        {"name": "bob", "key": BOB, "tpm": 50_000},
         {"name": "carol", "key": CAROL},
+        {"name": "dora", "key": DORA, "tpm": 6},
     ]
     return world(
         engine,
@@ -75,8 +82,46 @@ async def test_a_shared_cache_keeps_no_answer_the_gateway_capped() -> None:
     assert "max_tokens" not in orjson.loads(w.upstream.requests[1].body)
     again = await ask(w, CAROL)  # carol's whole answer is kept, and shared
     assert isinstance(again, Replay) and finish(again) == "stop"
-    assert isinstance(await ask(w, ALICE), Replay)
+    alice_again = await ask(w, ALICE)  # her own capped answer, never carol's
+    assert isinstance(alice_again, Replay) and finish(alice_again) == "length"
     assert len(w.upstream.requests) == 2
+    w.assert_nothing_held()
+
+
+async def test_keys_with_a_token_limit_share_their_capped_answers() -> None:
+    w = capped_world(Engine(), "shared")
+    assert finish(await ask(w, ALICE)) == "length"
+    bob = await ask(w, BOB)  # the same body reaches the engine for bob: shared
+    assert isinstance(bob, Replay) and finish(bob) == "length"
+    asked = orjson.dumps(orjson.loads(BODY) | {"max_tokens": DEFAULT_MAX})
+    carol = await ask(w, CAROL, asked)  # asked for the cap herself: the same request
+    assert isinstance(carol, Replay) and finish(carol) == "length"
+    assert len(w.upstream.requests) == 1
+    w.assert_nothing_held()
+
+
+async def test_a_key_with_a_token_limit_follows_another_ones_capped_request() -> None:
+    engine = Engine()
+    engine.gate = asyncio.Event()
+    w = capped_world(engine, "shared")
+    alice = asyncio.create_task(ask(w, ALICE))
+    await until(lambda: len(w.upstream.requests) == 1)
+    bob = asyncio.create_task(ask(w, BOB))
+    await until(lambda: sum(f.followers for f in w.service.flights.under_way()) == 1)
+    engine.gate.set()
+    assert finish(await alice) == "length" and finish(await bob) == "length"
+    assert len(w.upstream.requests) == 1
+    w.assert_nothing_held()
+
+
+async def test_a_budget_that_shortened_the_cap_keeps_the_answer_unshared() -> None:
+    w = capped_world(Engine(), "shared")
+    short = await ask(w, DORA)  # her budget (6 tokens) leaves 1 for the answer
+    assert isinstance(short, Answer)
+    assert orjson.loads(w.upstream.requests[0].body)["max_tokens"] < DEFAULT_MAX
+    alice = await ask(w, ALICE)  # the full cap: not dora's shortened answer
+    assert isinstance(alice, Answer) and len(w.upstream.requests) == 2
+    assert orjson.loads(w.upstream.requests[1].body)["max_tokens"] == DEFAULT_MAX
     w.assert_nothing_held()
 
 
