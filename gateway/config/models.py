@@ -136,7 +136,9 @@ class ModelSettings(_Section):
         log file and registry record, so it must be path-safe."""
         for name in (self.name, self.upstream_model or ""):
             if not name.isprintable():
-                raise ValueError(f"model name {name!r} holds a control or invisible character")
+                raise ValueError(
+                    f"model name {name!r} holds a control character or an invisible one"
+                )
         if self.engine is not None:
             what = "upstream_model" if self.upstream_model else "model name"
             check_path_safe_name(self.served_name, what)

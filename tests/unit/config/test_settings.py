@@ -76,8 +76,8 @@ def test_command_line_overrides_everything(tmp_path: Path, monkeypatch: pytest.M
         ("models: [{name: a}, {name: a}]\n", "duplicate model names: a"),
         ("server: {port: lots}\n", "server.port"),
         ("routing: {policy: random}\n", "routing.policy"),
-        ('models: [{name: "a\\x85b"}]\n', "control or invisible character"),  # C1 (NEL)
-        ('models: [{name: a, upstream_model: "a\\u200bb"}]\n', "invisible character"),
+        ('models: [{name: "a\\x85b"}]\n', "control character"),  # C1 (NEL)
+        ('models: [{name: a, upstream_model: "a\\u200bb"}]\n', "an invisible one"),
     ],
 )
 def test_invalid_files_name_the_key(tmp_path: Path, text: str, named: str) -> None:
