@@ -11,7 +11,12 @@ How the ticket is settled follows how the request ended:
 
 * :meth:`finished` (the answer is complete): the real usage, at once, so a
   client that sends its next request right away finds its slot free;
-* :meth:`failed` (a :class:`GatewayError` before any answer): 0 tokens;
+* :meth:`failed` (a :class:`GatewayError` before any answer): 0 tokens when
+  no engine can have worked on it (refused before it was sent, no engine
+  reachable, an engine's error status), else the reservation: a request sent to
+  an engine that then timed out or whose answer broke off or was refused (502)
+  may have had the engine generate up to it (a tenant whose requests always time
+  out would otherwise have every minute's budget back, and the engine's time free);
 * closed without either (the client left, the stream broke): the reservation
   is kept, since the engine may have generated up to it.
 """
@@ -23,7 +28,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from gateway.cache.singleflight import Flight
-from gateway.errors import GatewayError, UpstreamTimeoutError
+from gateway.errors import GatewayError, UpstreamError, UpstreamTimeoutError
 from gateway.observability.metrics import UNRESOLVED_MODEL, GatewayMetrics
 from gateway.observability.tallies import Tally
 from gateway.observability.timeline import SERVER_TIMING, Timeline
@@ -38,6 +43,11 @@ from gateway.upstream.transport import EventSource
 
 if TYPE_CHECKING:
     from gateway.pipeline.watching import RequestWatch
+
+_ENGINE_WORKED = (UpstreamTimeoutError, UpstreamError)
+"""Failures after a request reached an engine that may have generated for it (a
+timeout, an answer that broke off or was refused), by exact type: an engine's error
+status (:class:`gateway.errors.UpstreamStatusError`) and the 503s are not."""
 
 VARIANT_HEADER = "x-vgate-variant"
 """Names the rollout variant that answered (or failed) a request to a rollout."""
@@ -194,7 +204,7 @@ class Exchange:
             return
         self._closed = True
         self.drop_engine()
-        self.ticket.settle(0 if self._failure is not None else None)  # no-op once finished
+        self.ticket.settle(self._failure_charge())  # no-op once finished
         fill, self._fill = self._fill, None
         if fill is not None:
             fill.fail()  # no-op once it landed
@@ -209,6 +219,15 @@ class Exchange:
         watch, self.watch = self.watch, None
         if watch is not None:
             watch.closed(self, self._failure, self.clock())
+
+    def _failure_charge(self) -> int | None:
+        """What a request that ended without an answer is charged: None (the
+        reservation) unless it failed where no engine can have worked on it (0)."""
+        failure = self._failure
+        if failure is None:
+            return None  # the client left, or the stream broke: the engine may have worked
+        engine_worked = self._forwarded and type(failure) in _ENGINE_WORKED
+        return None if engine_worked else 0
 
     @property
     def fill(self) -> CacheFill | None:
