@@ -29,6 +29,8 @@ admitted locally is settled and renewed locally, wherever Redis is by then.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import itertools
 import logging
 import os
@@ -206,18 +208,14 @@ class Admission:
         request_id = f"{self._id_prefix}{next(self._ids):x}"
         lease_s = self._settings.concurrency_lease_s
         try:
-            decision = await charge.backend.admit(
-                charge.scopes, request_id, cost.prompt, lease_s, cost.wanted, cost.choices
-            )
+            decision = await self._decision(charge, request_id, cost, lease_s)
         except StoreUnavailable:
             self._metrics.redis_errors.labels("ratelimit").inc()
             local = self._unreachable(charge)
             if local is None:
                 return FREE_PASS
             charge = local
-            decision = await charge.backend.admit(
-                charge.scopes, request_id, cost.prompt, lease_s, cost.wanted, cost.choices
-            )
+            decision = await self._decision(charge, request_id, cost, lease_s)
         headers = headline(charge.scopes, decision.states)
         if not decision.admitted:
             raise self._refusal(charge.scopes, decision, cost, as_text(headers))
@@ -243,6 +241,26 @@ class Admission:
         if not scopes or not self._charges.get(scopes).counts_tokens:
             return None
         return request_cost(body, self._settings.default_max_tokens).wanted
+
+    @staticmethod
+    async def _decision(charge: _Charge, request_id: str, cost: Cost, lease_s: float) -> Decision:
+        """The backend's decision. A caller that leaves (cancelled) just as an admission
+        arrives, too late for the backend to see it leave, gets it undone here: no
+        ticket would ever settle it, so its concurrency slot stayed taken for a whole
+        lease and its reservation for the window (bug hunt)."""
+        pending = charge.backend.admit(
+            charge.scopes, request_id, cost.prompt, lease_s, cost.wanted, cost.choices
+        )
+        try:
+            return await pending
+        except asyncio.CancelledError:
+            if pending.done() and not pending.cancelled() and pending.exception() is None:
+                decided = pending.result()
+                if decided.admitted:
+                    reserved = cost.prompt + cost.choices * decided.granted
+                    with contextlib.suppress(StoreUnavailable):
+                        charge.backend.settle(charge.scopes, request_id, reserved, 0, decided.at)
+            raise
 
     def _unreachable(self, charge: _Charge) -> _Charge | None:
         """The charge to decide with while the backend is unreachable (None: admit

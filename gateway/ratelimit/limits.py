@@ -40,8 +40,9 @@ twin for a single process with no Redis (also the per-replica fallback of
 
 from __future__ import annotations
 
+import asyncio
 import math
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Generic, Literal, NamedTuple, Protocol, TypeVar
 
@@ -152,8 +153,10 @@ class LimiterBackend(Protocol):
         lease_s: float,
         wanted: int = 0,
         choices: int = 1,
-    ) -> Awaitable[Decision]:
+    ) -> asyncio.Future[Decision]:
         """Decide atomically for every scope; record the request in all of them if admitted.
+        (A future, not a coroutine: a caller that leaves once it is decided can still
+        read the decision and undo it.)
 
         ``tokens`` (the prompt) are reserved as they are; with ``wanted`` > 0, up to that
         many output tokens per choice, for ``choices`` choices, are granted on top, as

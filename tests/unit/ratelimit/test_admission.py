@@ -217,3 +217,44 @@ async def test_local_admissions_are_settled_and_renewed_locally() -> None:
         await admission.admit(scopes, CHAT)
     ticket.settle(0)
     (await admission.admit(scopes, CHAT)).settle(0)
+
+
+class LateLimiter(MemoryLimiter):
+    """Decides in memory but hands the decision over only when the test says, as Redis's
+    reply arrives: the admission waits on a pending future until then."""
+
+    def __init__(self, clock: Clock) -> None:
+        super().__init__(clock=clock)
+        self.pending: list[tuple[asyncio.Future[Decision], Decision]] = []
+
+    def admit(self, *args: Any, **kwargs: Any) -> asyncio.Future[Decision]:
+        decided = super().admit(*args, **kwargs).result()
+        future: asyncio.Future[Decision] = asyncio.get_running_loop().create_future()
+        self.pending.append((future, decided))
+        return future
+
+
+async def test_a_caller_that_leaves_as_its_admission_arrives_is_undone() -> None:
+    """The reply and the client's leaving in one turn of the loop: the decision is set
+    on the future, then the waiting task is cancelled before it resumes. Nothing would
+    ever settle that admission: its concurrency slot stayed taken for a whole lease."""
+    limiter = LateLimiter(Clock())
+    admission = Admission(limiter, RateLimitSettings(concurrency_lease_s=60), GatewayMetrics())
+    scopes = (LimitScope("{one}", Limits(max_concurrent=1, tpm=1000), "one"),)
+    waiting = asyncio.create_task(admission.admit(scopes, BODY))
+    while not limiter.pending:
+        await asyncio.sleep(0)
+    future, decided = limiter.pending.pop()
+    assert decided.admitted
+    future.set_result(decided)  # the reply came...
+    waiting.cancel()  # ...and the client left, in the same turn
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    assert admission.leased == 0
+    again = asyncio.create_task(admission.admit(scopes, BODY))
+    while not limiter.pending:
+        await asyncio.sleep(0)
+    future, decided = limiter.pending.pop()
+    assert decided.admitted  # the slot and the tokens were given back
+    future.set_result(decided)
+    (await again).settle(0)
