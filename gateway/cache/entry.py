@@ -207,13 +207,20 @@ def find_answer_id(data: bytes) -> str | None:
     return None
 
 
+_NO_CHOICES = re.compile(rb'"choices"\s*:\s*\[\s*\]')
+
+
 def usage_event_span(events: bytes) -> tuple[int, int] | None:
     """Where the trailing usage event (no choices, a ``usage``) of a stream lies:
-    the last event before ``[DONE]``, found by byte search."""
+    the last event before ``[DONE]``, found by byte search (``data:`` with or without
+    its space, the JSON compact or not, as any OpenAI server may write it)."""
     end = len(events) - len(DONE) if events.endswith(DONE) else len(events)
-    start = events.rfind(b"\n\ndata: ", 0, end - 2)
+    start = events.rfind(b"\n\n", 0, end - 2)
     start = 0 if start < 0 else start + 2
-    event = events[start:end]
-    if b'"usage"' in event and (b'"choices":[]' in event or b'"choices": []' in event):
+    if (
+        b'"usage"' in events[start:end]
+        and events.startswith(b"data:", start)
+        and _NO_CHOICES.search(events, start, end) is not None
+    ):
         return start, end
     return None

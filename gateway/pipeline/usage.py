@@ -20,11 +20,10 @@ from typing import Any
 
 import orjson
 
+from gateway.cache.entry import usage_event_span
 from gateway.ratelimit.cost import believable
 
-_DONE = b"data: [DONE]\n\n"
 _USAGE = b'"usage"'
-_NO_CHOICES = b'"choices":[]'
 _TOTAL = re.compile(rb'"total_tokens"\s*:\s*(\d{1,10})(?![\d.eE])')
 """An integer count of at most 10 digits (anything else is left to the full parse)."""
 
@@ -105,14 +104,12 @@ class UsageTap:
 
     def inspect(self, batch: bytes) -> bytes:
         """``batch`` as the client should get it; notes the usage if it is in there."""
-        end = len(batch) - len(_DONE) if batch.endswith(_DONE) else len(batch)
-        start = batch.rfind(b"\n\ndata: ", 0, end - 2)
-        start = 0 if start < 0 else start + 2
-        event = batch[start:end]
-        if _USAGE not in event or _NO_CHOICES not in event:
+        span = usage_event_span(batch)
+        if span is None:
             return batch
+        start, end = span
         try:
-            parsed = orjson.loads(event[len(b"data: ") :])
+            parsed = orjson.loads(batch[start + 5 : end])  # after "data:"
         except orjson.JSONDecodeError:
             return batch
         if not isinstance(parsed, dict) or parsed.get("choices") != []:

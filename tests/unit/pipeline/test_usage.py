@@ -3,10 +3,13 @@ stream (stripped when the client did not ask for it, and only then)."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import orjson
+import pytest
 
+from gateway.cache.entry import usage_event_span
 from gateway.pipeline.usage import (
     UsageTap,
     body_usage,
@@ -125,6 +128,31 @@ def test_a_chunk_with_choices_and_usage_is_not_the_usage_event() -> None:
     assert b'"choices":[]' in nested  # passes the byte search; the parse decides
     assert tap.inspect(nested) == nested
     assert tap.tokens is None
+
+
+def spelled(event: bytes, space_after_data: bool, spaced_json: bool) -> bytes:
+    """``event`` as another OpenAI server may write it."""
+    data = orjson.loads(event[len(b"data: ") :])
+    text = json.dumps(data).encode() if spaced_json else orjson.dumps(data)
+    return (b"data: " if space_after_data else b"data:") + text + b"\n\n"
+
+
+@pytest.mark.parametrize(
+    ("space_after_data", "spaced_json"), [(False, False), (True, True), (False, True)]
+)
+def test_the_usage_event_is_found_however_the_server_spells_it(
+    space_after_data: bool, spaced_json: bool
+) -> None:
+    """Python's ``json.dumps`` writes ``"choices": []``; SSE allows ``data:{...}``.
+    Before, only vLLM's spelling was recognised: a client that never asked for usage
+    got the event (``chunk.choices[0]`` raised), and the request kept its reservation."""
+    usage = spelled(USAGE_EVENT, space_after_data, spaced_json)
+    content = spelled(CONTENT, space_after_data, spaced_json)
+    tap = UsageTap(strip=True)
+    assert tap.inspect(content) == content
+    assert tap.inspect(content + usage + DONE) == content + DONE
+    assert tap.tokens == 7
+    assert usage_event_span(content + usage + DONE) == (len(content), len(content + usage))
 
 
 def test_only_the_last_event_of_a_batch_is_examined() -> None:
