@@ -11,6 +11,7 @@ this module imports nothing of ours.
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import orjson
 
@@ -254,10 +255,14 @@ def _engine_error(raw: bytes) -> tuple[str, str | None, str | None]:
     error = data.get("error") if isinstance(data, dict) else None
     if isinstance(error, str):  # {"error": "text"} (some servers), or FastAPI's {"detail"}
         return error, None, None
+    if isinstance(data, dict) and error is None and data.get("object") == "error":
+        error = data  # older vLLM: {"object": "error", "message", "type", "param", "code"}
     if not isinstance(error, dict):
         detail = data.get("detail") if isinstance(data, dict) else None
         if isinstance(detail, str):
             return detail, None, None
+        if isinstance(detail, list) and detail and isinstance(detail[0], dict):
+            return _validation_message(detail), None, None  # FastAPI's 422
         return raw.decode("utf-8", "replace").strip(), None, None
     message = error.get("message")
     param = error.get("param")
@@ -267,3 +272,13 @@ def _engine_error(raw: bytes) -> tuple[str, str | None, str | None]:
         param if isinstance(param, str) else None,
         code if isinstance(code, str) else None,  # vLLM's is the HTTP status: not a code
     )
+
+
+def _validation_message(detail: list[Any]) -> str:
+    """FastAPI's validation errors (``{"detail": [{"loc": [...], "msg": ...}, ...]}``)
+    as one line: the first error's field and message, and how many more there are."""
+    first = detail[0]
+    where = ".".join(str(part) for part in first.get("loc") or () if part != "body")
+    message = f"{where}: {first.get('msg')}" if where else str(first.get("msg"))
+    more = len(detail) - 1
+    return message + (f" (and {more} more)" if more else "")

@@ -80,3 +80,21 @@ def test_upstream_status_error_uses_the_routes_prompt_param() -> None:
     )
     exc.prompt_param = "prompt"
     assert orjson.loads(exc.body())["error"]["param"] == "prompt"
+
+
+def test_older_vllms_error_object_is_read_as_an_error() -> None:
+    raw = orjson.dumps(
+        {"object": "error", "message": "bad thing", "type": "BadRequestError",
+         "param": "temperature", "code": 400}
+    )  # fmt: skip
+    error = orjson.loads(openai_error(400, raw))["error"]
+    assert (error["message"], error["param"], error["code"]) == ("bad thing", "temperature", None)
+
+
+def test_fastapis_validation_errors_become_one_line() -> None:
+    raw = orjson.dumps(
+        {"detail": [{"loc": ["body", "messages", 0, "role"], "msg": "Field required"},
+                    {"loc": ["body", "model"], "msg": "Field required"}]}
+    )  # fmt: skip
+    error = orjson.loads(openai_error(422, raw))["error"]
+    assert error["message"] == "messages.0.role: Field required (and 1 more)"
