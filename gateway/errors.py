@@ -20,6 +20,11 @@ class StoreUnavailable(Exception):
     """Shared state (Redis) could not be reached; callers apply their failure policy."""
 
 
+NO_RETRY = {"x-should-retry": "false"}
+"""On a refusal that retrying cannot help: the OpenAI SDKs then do not retry (they
+retry every 429 and 5xx otherwise, twice by default)."""
+
+
 class GatewayError(Exception):
     """An error with a fixed HTTP status and an OpenAI-shaped body."""
 
@@ -134,6 +139,9 @@ class QuotaExceededError(GatewayError):
     status = 429
     error_type = "insufficient_quota"
     code = "insufficient_quota"
+
+    def __init__(self, message: str, *, param: str | None = None) -> None:
+        super().__init__(message, param=param, headers=dict(NO_RETRY))
 
 
 class DependencyUnavailableError(GatewayError):

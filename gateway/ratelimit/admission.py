@@ -40,7 +40,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway.config.sections import RateLimitSettings
-from gateway.errors import DependencyUnavailableError, RateLimitError, StoreUnavailable
+from gateway.errors import (
+    NO_RETRY,
+    DependencyUnavailableError,
+    RateLimitError,
+    StoreUnavailable,
+)
 from gateway.observability.metrics import GatewayMetrics
 from gateway.ratelimit.cost import Cost, believable, request_cost
 from gateway.ratelimit.limits import (
@@ -321,7 +326,7 @@ class Admission:
                 f"tokens, and the limit is {limit} tokens per min. "
                 "Shorten the prompt or ask for fewer choices."
             )
-            return RateLimitError(message, kind, headers)
+            return RateLimitError(message, kind, headers | NO_RETRY)
         wait = format_duration(decision.retry_after_s)
         if kind == "concurrency":
             limit = min(lim.max_concurrent for lim in limits if lim.max_concurrent is not None)

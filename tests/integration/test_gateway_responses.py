@@ -252,6 +252,7 @@ def test_a_key_at_its_stored_bytes_quota_gets_429_until_it_deletes(
             "insufficient_quota", "insufficient_quota", "store",
         )  # fmt: skip
         assert "max_bytes_per_key" in error["message"]
+        assert refused.value.response.headers["x-should-retry"] == "false"
         unstored = client.responses.create(model=STUB_MODEL, input="no store", store=False)
         assert unstored.output_text
         assert _client(gateway, KEY_B).responses.create(model=STUB_MODEL, input="b").id

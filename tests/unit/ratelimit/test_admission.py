@@ -155,6 +155,7 @@ async def test_a_request_whose_prompt_leaves_no_room_is_refused_for_good() -> No
         await admission.admit(tpm_key(1000), long)
     assert caught.value.error_type == "tokens"
     assert "Retry-After" not in caught.value.headers
+    assert caught.value.headers["x-should-retry"] == "false"  # the SDKs do not retry it
     assert "Shorten the prompt" in caught.value.message
 
 
