@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope
 
-from gateway.errors import NotFoundError
+from gateway.errors import InvalidRequestError, NotFoundError
 from gateway.http.client_watch import ClientWatch
 from gateway.http.context import (
     app_state,
@@ -57,6 +57,14 @@ create = Endpoint(_create)
 async def retrieve(request: Request) -> Response:
     service = _service(request)
     principal = await service.caller(completion_headers(request.scope["headers"]).authorization)
+    stream = request.query_params.get("stream", "false").strip().lower()
+    if stream not in ("false", "0", ""):  # the SDK's retrieve(..., stream=True)
+        raise InvalidRequestError(
+            "Streaming a stored response again (stream=true) is not supported: "
+            "retrieve it without stream.",
+            param="stream",
+            code="unsupported_parameter",
+        )
     return render(await service.retrieve(request.path_params["response_id"], principal))
 
 

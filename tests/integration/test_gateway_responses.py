@@ -195,6 +195,10 @@ def test_bad_input_is_an_openai_400(gateways: list[Gateway]) -> None:
         assert reply.json()["error"]["type"] == "invalid_request_error"
     assert httpx.post(url, content=b"[", headers=headers).status_code == 400
     assert httpx.post(url, json={"model": STUB_MODEL, "input": "x"}).status_code == 401
+    made = _client(gateways[0], KEY_A).responses.create(model=STUB_MODEL, input="again?")
+    with pytest.raises(openai.BadRequestError) as caught:  # was an empty stream, silently
+        _client(gateways[0], KEY_A).responses.retrieve(made.id, stream=True)
+    assert caught.value.response.json()["error"]["param"] == "stream"
 
 
 def test_usage_is_charged_to_tpm(gateways: list[Gateway], engines: list[Stub]) -> None:
