@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -258,9 +259,13 @@ class Forwarder:
         """The engine's short id, only when the request is followed (else unused)."""
         return self._pool.engine_id(url) if exchange.watch is not None else None
 
-    @staticmethod
-    def _unavailable(model: str) -> NoEngineAvailableError:
-        return NoEngineAvailableError(f"no engine for model `{model}` could be reached")
+    def _unavailable(self, model: str) -> NoEngineAvailableError:
+        """503 with ``Retry-After``: when an engine may be tried again (an open breaker
+        stays open for ``upstream.breaker_cooldown_s``; retrying sooner cannot help)."""
+        wait = math.ceil(self._pool.retry_in(model))
+        return NoEngineAvailableError(
+            f"no engine for model `{model}` could be reached", headers={"Retry-After": str(wait)}
+        )
 
     def _unreachable(self, model: str, url: str) -> None:
         self._pool.set_health(url, False)

@@ -138,6 +138,20 @@ class EnginePool:
                 healthy.append(view)
         return tuple(healthy or views)
 
+    def retry_in(self, model: str) -> float:
+        """Seconds until one of ``model``'s engines may be tried again, for a client
+        refused for want of one: the soonest that an open breaker half-opens (or a
+        half-open one's trial stops keeping others away); 1 when none is open (an
+        engine that is down is tried again at the next request)."""
+        now = self._clock()
+        waits = [
+            (e.trial_until if e.trial else e.open_until) - now
+            for e in (self._endpoints[url] for url in self._by_model.get(model, ()))
+            if e.open_until
+        ]
+        soonest = min(waits, default=0.0)
+        return soonest if soonest > 1.0 else 1.0
+
     def engine_id(self, url: str) -> str:
         """The short id of the engine at ``url`` (computed once, when it joined)."""
         endpoint = self._endpoints.get(url)

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 import pytest
 
-from gateway.errors import UpstreamStatusError, UpstreamTimeoutError
+from gateway.errors import NoEngineAvailableError, UpstreamStatusError, UpstreamTimeoutError
 from gateway.observability.metrics import GatewayMetrics
 from gateway.pipeline.exchange import Exchange
 from gateway.pipeline.forwarding import Attempt, Forwarder, RetryBudget
@@ -206,3 +206,31 @@ def test_a_trial_longer_than_a_cooldown_lets_the_next_request_try() -> None:
     pool.acquire(A)  # the next one tries too
     pool.release(A)
     pool.release(A)
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+async def test_no_engine_left_says_when_to_retry(streamed: bool) -> None:
+    """Every engine's breaker open: the 503 says when the soonest half-opens
+    (``Retry-After``), so a client does not retry into a breaker that stays open."""
+    clock = Clock()
+    pool = EnginePool({MODEL: [A, B]}, BREAKER, clock)
+    for _ in range(BREAKER.failures):
+        pool.record_failure(A)
+    clock.now += 3.0
+    for _ in range(BREAKER.failures):
+        pool.record_failure(B)
+    forwarder = Forwarder(
+        pool, FakeUpstream(lambda _: Scripted()), GatewayMetrics(), 0, {}, DEADLINES
+    )
+    exchange = Exchange(PATH, pool, GatewayMetrics())
+    attempt = Attempt(MODEL, PATH, b"{}", "r", FirstListed(), None)
+    with pytest.raises(NoEngineAvailableError) as caught:
+        if streamed:
+            await forwarder.open_stream(exchange, attempt)
+        else:
+            await forwarder.complete(exchange, attempt)
+    exchange.close()
+    assert caught.value.headers["Retry-After"] == "7"  # A half-opens in 7 s
+    assert pool.retry_in(MODEL) == 7.0
+    clock.now += 6.5
+    assert pool.retry_in(MODEL) == 1.0  # at least a second
