@@ -92,6 +92,11 @@ class ResponseCache:
         self.flights = Flights()
         self._keys = KeyHasher(settings.namespace)
         self._policies = {name: _policy(settings, m) for name, m in models.items()}
+        for name, m in models.items():  # a managed engine's LoRA adapters: its policy
+            for adapter in m.engine.served_adapters() if m.engine is not None else ():
+                # (its fingerprint covers every adapter's path: change one, and none of
+                # the old entries match; an adapter is keyed under its own name)
+                self._policies.setdefault(adapter, self._policies[name])
         self._default = CachePolicy(
             settings.enabled,
             settings.ttl_s,

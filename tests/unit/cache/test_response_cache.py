@@ -11,6 +11,7 @@ import pytest
 from gateway.backends.memory.cache import MemoryEntryStore
 from gateway.cache.entry import Entry
 from gateway.cache.response_cache import CachePlan, ResponseCache
+from gateway.config.models import ModelSettings
 from gateway.config.sections import CacheSettings
 from gateway.observability.metrics import GatewayMetrics
 
@@ -108,3 +109,32 @@ def test_embeddings_are_cached_whatever_their_sampling_fields() -> None:
     assert embedding.key is not None and not embedding.bypassed
     sampled = responses.plan("completions", False, "m", body | {"prompt": "x"}, "a", None)
     assert sampled.key is None and sampled.bypassed
+
+
+def _lora_cache(path: str, base_cache: dict[str, Any] | None = None) -> ResponseCache:
+    base = ModelSettings.model_validate(
+        {
+            "name": "basem",
+            "engine": {"kind": "stub", "lora_modules": [{"name": "ad1", "path": path}]},
+            "cache": base_cache,
+        }
+    )
+    return ResponseCache(
+        CacheSettings(enabled=True), {"basem": base}, MemoryEntryStore(1 << 20), GatewayMetrics()
+    )
+
+
+def _adapter_plan(responses: ResponseCache) -> CachePlan:
+    return responses.plan("chat", False, "ad1", BODY, "a", None)
+
+
+def test_a_lora_adapter_follows_its_base_models_cache_policy() -> None:
+    """An adapter served by a managed engine has its base model's cache settings and
+    fingerprint: off when the base's cache is off, and its old entries unmatched once
+    its path changes (before, adapters fell to the global policy with no fingerprint
+    and kept replaying answers of the old weights)."""
+    assert _adapter_plan(_lora_cache("/adapters/v1", {"enabled": False})).key is None
+    first = _adapter_plan(_lora_cache("/adapters/v1")).key
+    assert first is not None
+    assert _adapter_plan(_lora_cache("/adapters/v1")).key == first
+    assert _adapter_plan(_lora_cache("/adapters/v2")).key != first
