@@ -195,6 +195,9 @@ class UpstreamStatusError(GatewayError):
         self.content_type = content_type
         self.prompt_param = "messages"
         """Where the prompt is on the request's route (``prompt`` for completions)."""
+        self.renamed: tuple[str, str] | None = None
+        """``(served, asked)``: the model is served under another name than the client's,
+        which the message must not show (`` `served` `` is written `` `asked` ``)."""
         self.engine_refused_key = status == 401
         """The engine refused the *gateway's* key (the client's never reaches it): a
         502, never a 401 that tells the client its own accepted key is wrong."""
@@ -209,7 +212,7 @@ class UpstreamStatusError(GatewayError):
                 None,
                 UpstreamError.code,
             )
-        return openai_error(self.status, self.raw_body, self.prompt_param)
+        return openai_error(self.status, self.raw_body, self.prompt_param, self.renamed)
 
 
 STATUS_TYPES = {
@@ -236,7 +239,12 @@ _URL = re.compile(r"(?i)\b(?:https?|unix|tcp)://[^\s\"'<>]+")
 _MAX_MESSAGE = 4000
 
 
-def openai_error(status: int, raw: bytes, prompt_param: str = "messages") -> bytes:
+def openai_error(
+    status: int,
+    raw: bytes,
+    prompt_param: str = "messages",
+    renamed: tuple[str, str] | None = None,
+) -> bytes:
     """An engine's error answer (vLLM's ``{"error": {"message", "type":
     "BadRequestError", "param", "code": 400}}``, or any text) as OpenAI's error object:
     ``type`` from the status, ``code`` a string where OpenAI has one
@@ -249,6 +257,8 @@ def openai_error(status: int, raw: bytes, prompt_param: str = "messages") -> byt
         error_type, code, param = "invalid_request_error", "context_length_exceeded", prompt_param
     elif status == 404 and "model" in message.lower() and "does not exist" in message:
         code, param = "model_not_found", "model"
+    if renamed is not None:
+        message = message.replace(f"`{renamed[0]}`", f"`{renamed[1]}`")
     message = _URL.sub("<engine>", message)[:_MAX_MESSAGE] or f"engine answered HTTP {status}"
     return error_body(message, error_type, param, code)
 

@@ -22,12 +22,13 @@ from dataclasses import replace
 from gateway.cache.entry import Entry
 from gateway.cache.response_cache import ResponseCache
 from gateway.cache.singleflight import Flight, FlightFailed
+from gateway.errors import UpstreamStatusError
 from gateway.observability.metrics import GatewayMetrics
 from gateway.observability.timeline import SERVER_TIMING
 from gateway.pipeline.cache_flow import follow_events, hit_tokens
 from gateway.pipeline.exchange import Exchange
 from gateway.pipeline.forwarding import Attempt, Forwarder
-from gateway.pipeline.plan import ParsedRequest, Route
+from gateway.pipeline.plan import ModelRename, ParsedRequest, Route
 from gateway.pipeline.priority import Place
 from gateway.pipeline.request_meta import RequestMeta
 from gateway.pipeline.results import Answer, EventStream, RawHeaders, Replay, Result
@@ -105,7 +106,11 @@ class EngineAnswers:
         place: Place,
     ) -> Answer:
         attempt = self._attempt(exchange, route, parsed, parsed.payload, meta, place)
-        url, reply = await self._forwarder.complete(exchange, attempt)
+        try:
+            url, reply = await self._forwarder.complete(exchange, attempt)
+        except UpstreamStatusError as exc:
+            exc.renamed = _names(parsed.rename)
+            raise
         wants_usage, rollout = exchange.ticket.wants_usage, exchange.variant is not None
         body = reply.body if parsed.rename is None else parsed.rename.inspect(reply.body)
         fill = exchange.fill
@@ -142,7 +147,11 @@ class EngineAnswers:
             if usage.strip:
                 payload = with_usage_requested(parsed.body)
         attempt = self._attempt(exchange, route, parsed, payload, meta, place)
-        url, stream = await self._forwarder.open_stream(exchange, attempt)
+        try:
+            url, stream = await self._forwarder.open_stream(exchange, attempt)
+        except UpstreamStatusError as exc:
+            exc.renamed = _names(parsed.rename)
+            raise
         # Renamed first, then shared and stored with its usage event, then stripped.
         taps: list[BatchTap] = [t for t in (parsed.rename, fill, usage) if t is not None]
         collector = StreamCollector() if pair is not None else None
@@ -233,3 +242,9 @@ def timed(exchange: Exchange, headers: RawHeaders, upstream: bool = True) -> Raw
         if explained is not None:
             headers.append(explained)
     return headers
+
+
+def _names(rename: ModelRename | None) -> tuple[str, str] | None:
+    """``(served, alias)`` for an engine error's message (its ``` `served` ``` becomes the
+    name the client asked for: the served name is the operator's, never shown)."""
+    return None if rename is None else (rename.served, rename.alias)

@@ -69,11 +69,13 @@ class ModelRename:
     the form with a space after the colon are handled.
     """
 
-    __slots__ = ("_pairs", "served")
+    __slots__ = ("_pairs", "alias", "served")
 
     def __init__(self, served: str, alias: str) -> None:
         self.served = served
         """The name the engines serve the model under."""
+        self.alias = alias
+        """The name the client asked for."""
         old, new = orjson.dumps(served), orjson.dumps(alias)
         self._pairs = tuple(
             (b'"model"' + colon + old, b'"model"' + colon + new) for colon in (b":", b": ")
