@@ -28,7 +28,7 @@ from gateway.observability.timeline import SERVER_TIMING
 from gateway.pipeline.cache_flow import follow_events, hit_tokens
 from gateway.pipeline.exchange import Exchange
 from gateway.pipeline.forwarding import Attempt, Forwarder
-from gateway.pipeline.plan import ModelRename, ParsedRequest, Route
+from gateway.pipeline.plan import ParsedRequest, Route
 from gateway.pipeline.priority import Place
 from gateway.pipeline.request_meta import RequestMeta
 from gateway.pipeline.results import Answer, EventStream, RawHeaders, Replay, Result
@@ -109,7 +109,7 @@ class EngineAnswers:
         try:
             url, reply = await self._forwarder.complete(exchange, attempt)
         except UpstreamStatusError as exc:
-            exc.renamed = _names(parsed.rename)
+            exc.renamed = None if parsed.rename is None else parsed.rename.names
             raise
         wants_usage, rollout = exchange.ticket.wants_usage, exchange.variant is not None
         body = reply.body if parsed.rename is None else parsed.rename.inspect(reply.body)
@@ -150,7 +150,7 @@ class EngineAnswers:
         try:
             url, stream = await self._forwarder.open_stream(exchange, attempt)
         except UpstreamStatusError as exc:
-            exc.renamed = _names(parsed.rename)
+            exc.renamed = None if parsed.rename is None else parsed.rename.names
             raise
         # Renamed first, then shared and stored with its usage event, then stripped.
         taps: list[BatchTap] = [t for t in (parsed.rename, fill, usage) if t is not None]
@@ -242,9 +242,3 @@ def timed(exchange: Exchange, headers: RawHeaders, upstream: bool = True) -> Raw
         if explained is not None:
             headers.append(explained)
     return headers
-
-
-def _names(rename: ModelRename | None) -> tuple[str, str] | None:
-    """``(served, alias)`` for an engine error's message (its ``` `served` ``` becomes the
-    name the client asked for: the served name is the operator's, never shown)."""
-    return None if rename is None else (rename.served, rename.alias)

@@ -40,6 +40,7 @@ from gateway.errors import (
     GatewayError,
     InvalidRequestError,
     ModelNotFoundError,
+    UpstreamStatusError,
 )
 from gateway.observability.metrics import UNRESOLVED_MODEL, GatewayMetrics
 from gateway.pipeline.callers import authenticate, check_model_allowed
@@ -170,7 +171,11 @@ class PassthroughService:
                 model, route.path, target.payload, meta.request_id, policy, key, content_type,
                 key=principal.name, priority=target.priority,
             )  # fmt: skip
-            _, reply = await self._forwarder.complete(exchange, attempt)
+            try:
+                _, reply = await self._forwarder.complete(exchange, attempt)
+            except UpstreamStatusError as exc:
+                exc.renamed = None if target.rename is None else target.rename.names
+                raise
             exchange.finished(None)  # nothing was reserved: nothing to settle
             body = reply.body
             if target.rename is not None:

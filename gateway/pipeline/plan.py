@@ -81,6 +81,12 @@ class ModelRename:
             (b'"model"' + colon + old, b'"model"' + colon + new) for colon in (b":", b": ")
         )
 
+    @property
+    def names(self) -> tuple[str, str]:
+        """``(served, alias)``: what an engine's error message must not show, and what
+        it shows instead (:attr:`gateway.errors.UpstreamStatusError.renamed`)."""
+        return self.served, self.alias
+
     def inspect(self, batch: bytes) -> bytes:
         for old, new in self._pairs:
             batch = batch.replace(old, new)

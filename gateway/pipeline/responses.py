@@ -42,6 +42,7 @@ from gateway.errors import (
     GatewayError,
     InvalidRequestError,
     ModelNotFoundError,
+    UpstreamStatusError,
     error_body,
 )
 from gateway.observability.metrics import GatewayMetrics
@@ -212,9 +213,14 @@ class ResponsesService:
             taps.append(FieldRestore(request.previous_response_id))
         keep = Keeper(self._records, principal.name, items, item_ids) if request.store else None
         exchange.count_in_flight()
-        if request.stream:
-            return await self._stream(exchange, attempt, taps, keep)
-        return await self._complete(exchange, attempt, taps, keep)
+        try:
+            if request.stream:
+                return await self._stream(exchange, attempt, taps, keep)
+            return await self._complete(exchange, attempt, taps, keep)
+        except UpstreamStatusError as exc:
+            if served != asked:
+                exc.renamed = (served, asked)  # its message shows the client's name
+            raise
 
     async def _complete(
         self,

@@ -204,12 +204,35 @@ def hostile(stub: Stub, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ga
         "models": [
             {"name": STUB_MODEL, "endpoints": [stub.url]},
             {"name": "alias-model", "endpoints": [stub.url], "upstream_model": STUB_MODEL},
+            {"name": "hidden-alias", "endpoints": [stub.url], "upstream_model": SERVED},
         ],
         "routing": {"policy": "prefix_affinity", "prefix_chars": 16},
         "cache": {"enabled": True},
         "server": {"max_body_bytes": 64 * 1024},
     }
     yield from start_gateway(config, tmp_path_factory.mktemp("hostile"))
+
+
+SERVED = "internal-served-v7"  # a name the stub does not serve: it answers 404
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}]}),
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}], "stream": True}),
+        ("/v1/responses", {"input": "x"}),
+        ("/v1/responses", {"input": "x", "stream": True}),
+        ("/tokenize", {"prompt": "x"}),
+    ],
+)
+def test_an_engine_error_shows_the_clients_model_name_never_the_served_one(
+    hostile: Gateway, path: str, body: dict[str, Any]
+) -> None:
+    reply = post(hostile, path, orjson.dumps({"model": "hidden-alias"} | body))
+    assert reply.status_code == 404, reply.text
+    error = reply.json()["error"]
+    assert "`hidden-alias`" in error["message"] and SERVED not in reply.text
 
 
 CHAT_URL = "/v1/chat/completions"
