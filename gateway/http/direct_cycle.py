@@ -75,13 +75,19 @@ class DirectCycle(OneWriteCycle):
         self._complete()
 
     async def begin(self, status: int, headers: RawHeaders) -> None:
-        """A stream's head (chunked): written at once, before its first event."""
+        """A stream's head (chunked): written at once, before its first event. An
+        HTTP/1.0 client knows no chunked encoding (RFC 9112 6.1): its stream is the
+        bare events, ended by closing the connection."""
         if not await self._may_write():
             return
+        unchunked = self.scope["http_version"] == "1.0"
+        if unchunked:
+            self.keep_alive = False  # the close ends the body: "connection: close"
         head = self._head(status, headers)
-        head.append(_CHUNKED)
+        if not unchunked:
+            head.append(_CHUNKED)
         head.append(b"\r\n")
-        self.chunked_encoding = True
+        self.chunked_encoding = not unchunked
         self.transport.write(b"".join(head))
 
     async def part(self, body: bytes) -> None:
@@ -90,12 +96,16 @@ class DirectCycle(OneWriteCycle):
         if self.flow.write_paused and not self.disconnected:
             await self.flow.drain()
         if body and not self.disconnected and not self.response_complete:
-            self.transport.write(b"%x\r\n%b\r\n" % (len(body), body))
+            if self.chunked_encoding:
+                self.transport.write(b"%x\r\n%b\r\n" % (len(body), body))
+            else:
+                self.transport.write(body)
 
     async def end(self) -> None:
-        """The stream's end (the last, empty chunk)."""
+        """The stream's end (the last, empty chunk; for HTTP/1.0, the close)."""
         if await self._may_write():
-            self.transport.write(_LAST_CHUNK)
+            if self.chunked_encoding:
+                self.transport.write(_LAST_CHUNK)
             self._complete()
 
     async def _may_write(self) -> bool:

@@ -18,10 +18,12 @@ from tests.unit.http.test_one_write import RecordingTransport
 class _Cycle:
     """A DirectCycle on a recording transport, and how often ``on_response`` ran."""
 
-    def __init__(self, keep_alive: bool = True, request_id: str | None = "req-1") -> None:
+    def __init__(
+        self, keep_alive: bool = True, request_id: str | None = "req-1", version: str = "1.1"
+    ) -> None:
         self.transport = RecordingTransport()
         self.responses = 0
-        scope: Any = {"type": "http", "method": "POST", "http_version": "1.1", "headers": []}
+        scope: Any = {"type": "http", "method": "POST", "http_version": version, "headers": []}
         if request_id is not None:
             scope[REQUEST_ID_KEY] = request_id
         cycle = RequestResponseCycle(
@@ -104,6 +106,22 @@ def test_a_stream_is_its_head_then_one_chunk_per_part() -> None:
     assert chunk == b"9\r\ndata: x\n\n\r\n"
     assert last == b"0\r\n\r\n"
     assert made.responses == 1
+
+
+def test_an_http_10_stream_is_the_bare_events_ended_by_the_close() -> None:
+    """HTTP/1.0 has no chunked encoding: before, its clients got chunk sizes in the body."""
+    made = _Cycle(version="1.0")
+
+    async def run() -> None:
+        await made.cycle.begin(200, [(b"content-type", b"text/event-stream")])
+        await made.cycle.part(b"data: x\n\n")
+        await made.cycle.end()
+
+    asyncio.run(run())
+    head, events = made.transport.writes
+    assert b"transfer-encoding" not in head and b"connection: close\r\n" in head
+    assert events == b"data: x\n\n"
+    assert made.transport.closed and made.responses == 1
 
 
 def test_a_client_gone_gets_nothing_and_the_cycle_stays_consistent() -> None:
