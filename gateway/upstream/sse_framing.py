@@ -14,9 +14,11 @@ the events it completes:
   that never ends) gets :class:`gateway.errors.UpstreamError`, so its stream ends
   with an error instead of holding the gateway's memory for as long as it trickles.
 - **Line ends**: SSE allows CRLF and lone CR as well as LF (vLLM writes LF;
-  sse-starlette and llama.cpp's server write CRLF). The first line end decides: a
-  stream that ends lines with CR is turned into LF as it arrives, so everything past
-  here reads one form. An LF stream is never searched for CR.
+  sse-starlette and llama.cpp's server write CRLF), line by line. The first line end
+  decides how a stream is read: one that ends lines with CR is turned into LF as it
+  arrives, so everything past here reads one form. An LF stream costs one search
+  for CR per read (JSON cannot hold a raw CR, so one is a line end): if one comes,
+  the stream is read as mixed (CRLF and lone CR turned into LF) from then on.
 """
 
 from __future__ import annotations
@@ -52,7 +54,11 @@ class EventFramer:
             if decided is None:
                 return None
             data = decided
-        if self._ends is not LF:
+        if self._ends is LF:
+            if b"\r" in data:  # line ends mixed (SSE allows it, line by line): CR seen
+                self._ends = CRLF  # every CRLF and lone CR turned into LF from now on
+                data = self._as_lf(data)
+        else:
             data = self._as_lf(data)
         pending = self._pending
         if pending is None:

@@ -42,6 +42,17 @@ def test_a_crlf_split_between_reads_is_one_line_end() -> None:
     assert framed([first, second]) == [b"data: 1\n\ndata: 2\n\n"]
 
 
+@pytest.mark.parametrize("size", [1, 2, 5, 1000])
+def test_a_stream_that_mixes_line_ends_gives_the_same_lf_events(size: int) -> None:
+    """The first event ends in LF, later ones in CRLF or CR: each line end counts as
+    SSE reads it (before, the first decided for the whole stream, and the rest never
+    ended an event: the stream failed as cut short)."""
+    data = EVENTS[0] + b"\n\n" + EVENTS[1] + b"\r\n\r\n" + EVENTS[2] + b"\r\r"
+    data += EVENTS[3] + b"\n\r\n"
+    runs = framed([data[i : i + size] for i in range(0, len(data), size)])
+    assert b"".join(runs) == b"".join(event + b"\n\n" for event in EVENTS[:4])
+
+
 def test_an_event_that_never_ends_is_refused_at_the_bound() -> None:
     framer = EventFramer()
     framer.feed(b"data: {")
