@@ -17,6 +17,7 @@ import orjson
 from gateway.auth.key_admin import KeyRequestError, NewKey, create_key, list_keys
 from gateway.backends.redis.keys import RedisKeyStore
 from gateway.backends.redis.link import redis_py_client
+from gateway.config.rollouts import pin_problem
 from gateway.config.settings import CONFIG_ENV_VAR, ConfigError, Settings, load_settings
 from gateway.errors import StoreUnavailable
 from gateway.pool.display import display_url
@@ -75,6 +76,9 @@ def _create(args: argparse.Namespace) -> int:
     }
 
     new = NewKey.parse(request)  # refused here, before Redis is asked anything
+    problem = pin_problem(settings.rollouts, new.variants or {})
+    if problem is not None:
+        raise KeyRequestError(problem)
 
     async def run(store: RedisKeyStore) -> dict[str, Any]:
         taken = {k.name for k in settings.auth.keys}

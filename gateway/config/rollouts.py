@@ -20,6 +20,7 @@ model) live in :class:`gateway.config.settings.Settings`.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Literal
 
 from pydantic import ConfigDict, Field, model_validator
@@ -118,3 +119,16 @@ class RolloutSettings(_Finite):
     @property
     def stable(self) -> tuple[str, ...]:
         return tuple(v.model for v in self.variants if not v.canary)
+
+
+def pin_problem(rollouts: Sequence[RolloutSettings], pins: Mapping[str, str]) -> str | None:
+    """Why a key's variant pins (``{rollout: variant}``) cannot be kept, or None: each
+    must name a configured rollout and one of its variants (a pin to anything else
+    would be ignored at every request, silently)."""
+    variants = {r.model: [v.model for v in r.variants] for r in rollouts}
+    for rollout, variant in pins.items():
+        if rollout not in variants:
+            return f"variants: {rollout[:64]!r} is not a rollout"
+        if variant not in variants[rollout]:
+            return f"variants: {variant[:64]!r} is not a variant of rollout {rollout[:64]!r}"
+    return None

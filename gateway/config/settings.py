@@ -26,7 +26,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from gateway.config.models import ModelSettings, OverloadSettings
 from gateway.config.responses import ResponsesSettings
-from gateway.config.rollouts import RolloutSettings
+from gateway.config.rollouts import RolloutSettings, pin_problem
 from gateway.config.sections import (
     AuthSettings,
     CacheSettings,
@@ -93,6 +93,10 @@ class Settings(BaseSettings):
             for name in [v.model for v in rollout.variants] + shadow:
                 if name not in served:
                     raise ValueError(f"rollout {rollout.model!r}: {name!r} is not in models")
+        for key in self.auth.keys:
+            problem = pin_problem(self.rollouts, key.variants)
+            if problem is not None:
+                raise ValueError(f"auth.keys {key.name!r}: {problem}")
         return self
 
     @model_validator(mode="after")

@@ -15,6 +15,7 @@ from starlette.responses import Response
 from gateway.auth.bearer import carries_key
 from gateway.auth.key_admin import KeyRequestError, NewKey, create_key, list_keys
 from gateway.auth.keys import KeyStore
+from gateway.config.rollouts import pin_problem
 from gateway.errors import (
     AuthenticationError,
     DependencyUnavailableError,
@@ -59,6 +60,9 @@ async def create(request: Request) -> Response:
     )
     try:
         new = NewKey.parse(orjson.loads(raw))
+        problem = pin_problem(state.settings.rollouts, new.variants or {})
+        if problem is not None:
+            raise KeyRequestError(problem)
         secret, record = await create_key(store, new, state.service.authenticator.names())
     except orjson.JSONDecodeError:
         raise InvalidRequestError("request body is not valid JSON") from None

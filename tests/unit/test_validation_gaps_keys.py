@@ -195,3 +195,54 @@ def test_config_key_models_are_checked_like_the_admin_apis(name: str) -> None:
     assert StaticKey(name="k", key="sk-0123456789", models=("stub-model",)).models == (
         "stub-model",
     )
+
+
+ROLLOUT = {
+    "model": "split",
+    "variants": [{"model": "m", "weight": 1}, {"model": "m2", "weight": 0}],
+}
+PINS_REFUSED = [{"nope": "m"}, {"split": "m3"}, {"split": "split"}]
+
+
+@pytest.mark.parametrize("pins", PINS_REFUSED)
+async def test_a_pin_to_no_rollout_or_no_variant_of_it_is_refused(pins: dict[str, str]) -> None:
+    """Before, such a pin was stored and then ignored at every request, silently."""
+    models = [{"name": name, "endpoints": ["http://127.0.0.1:9"]} for name in ("m", "m2")]
+    with pytest.raises(ValueError, match="variants"):
+        Settings(
+            models=models,
+            rollouts=[ROLLOUT],
+            auth={
+                "enabled": True,
+                "keys": [{"name": "k", "key": "sk-k-01234567", "variants": pins}],
+            },
+        )
+    settings = Settings(
+        models=models, rollouts=[ROLLOUT], auth={"enabled": True, "admin_key": ADMIN_KEY}
+    )
+    app = create_app(settings)
+    headers = {"authorization": f"Bearer {ADMIN_KEY}"}
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            made = await client.post(
+                "/admin/keys", json={"name": "k", "variants": pins}, headers=headers
+            )
+            assert made.status_code == 400 and "variants" in made.json()["error"]["message"]
+            good = {"name": "ok", "variants": {"split": "m2"}}
+            assert (await client.post("/admin/keys", json=good, headers=headers)).status_code == 201
+
+
+def test_cli_a_pin_to_no_variant_is_refused(
+    store: MemoryKeyStore, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (Path("vgate.yaml")).write_text(
+        "redis: {url: 'redis://127.0.0.1:1/0'}\n"
+        "models: [{name: m, endpoints: ['http://127.0.0.1:9']}, "
+        "{name: m2, endpoints: ['http://127.0.0.1:9']}]\n"
+        "rollouts: [{model: split, variants: [{model: m, weight: 1}, {model: m2, weight: 1}]}]\n"
+    )
+    assert vgate_keys_create("--name", "pin", "--variant", "split=m3") == 2
+    assert "variants" in capsys.readouterr().err
+    assert asyncio.run(store.load_all()) == []
+    assert vgate_keys_create("--name", "pin", "--variant", "split=m2") == 0
