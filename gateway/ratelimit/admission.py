@@ -212,15 +212,32 @@ class Admission:
             cost = request_cost(body, self._settings.default_max_tokens)
         request_id = f"{self._id_prefix}{next(self._ids):x}"
         lease_s = self._settings.concurrency_lease_s
+        # A future, awaited here (no coroutine layer on every request): a caller that
+        # leaves as it is decided has the admission undone (:func:`_undo_if_admitted`).
+        pending = None
         try:
-            decision = await self._decision(charge, request_id, cost, lease_s)
+            pending = charge.backend.admit(
+                charge.scopes, request_id, cost.prompt, lease_s, cost.wanted, cost.choices
+            )
+            decision = await pending
         except StoreUnavailable:
             self._metrics.redis_errors.labels("ratelimit").inc()
             local = self._unreachable(charge)
             if local is None:
                 return FREE_PASS
             charge = local
-            decision = await self._decision(charge, request_id, cost, lease_s)
+            pending = charge.backend.admit(
+                charge.scopes, request_id, cost.prompt, lease_s, cost.wanted, cost.choices
+            )
+            try:
+                decision = await pending
+            except asyncio.CancelledError:
+                _undo_if_admitted(charge, pending, request_id, cost)
+                raise
+        except asyncio.CancelledError:
+            if pending is not None:
+                _undo_if_admitted(charge, pending, request_id, cost)
+            raise
         headers = headline(charge.scopes, decision.states)
         if not decision.admitted:
             raise self._refusal(charge.scopes, decision, cost, as_text(headers))
@@ -246,26 +263,6 @@ class Admission:
         if not scopes or not self._charges.get(scopes).counts_tokens:
             return None
         return request_cost(body, self._settings.default_max_tokens).wanted
-
-    @staticmethod
-    async def _decision(charge: _Charge, request_id: str, cost: Cost, lease_s: float) -> Decision:
-        """The backend's decision. A caller that leaves (cancelled) just as an admission
-        arrives, too late for the backend to see it leave, gets it undone here: no
-        ticket would ever settle it, so its concurrency slot stayed taken for a whole
-        lease and its reservation for the window (bug hunt)."""
-        pending = charge.backend.admit(
-            charge.scopes, request_id, cost.prompt, lease_s, cost.wanted, cost.choices
-        )
-        try:
-            return await pending
-        except asyncio.CancelledError:
-            if pending.done() and not pending.cancelled() and pending.exception() is None:
-                decided = pending.result()
-                if decided.admitted:
-                    reserved = cost.prompt + cost.choices * decided.granted
-                    with contextlib.suppress(StoreUnavailable):
-                        charge.backend.settle(charge.scopes, request_id, reserved, 0, decided.at)
-            raise
 
     def _unreachable(self, charge: _Charge) -> _Charge | None:
         """The charge to decide with while the backend is unreachable (None: admit
@@ -339,6 +336,21 @@ class Admission:
             what = f"requests per min: limit {limit}"
         message = f"Rate limit reached for key '{owner}' on {what}. Please try again in {wait}."
         return RateLimitError(message, kind, headers | retry_after_header(decision.retry_after_s))
+
+
+def _undo_if_admitted(
+    charge: _Charge, pending: asyncio.Future[Decision], request_id: str, cost: Cost
+) -> None:
+    """A caller left (cancelled) just as its admission was decided, too late for the
+    backend to see it leave: undo the admission now. No ticket would ever settle it,
+    so its concurrency slot stayed taken for a whole lease and its reservation for
+    the window (bug hunt). A decision still pending is the backend's to undo."""
+    if pending.done() and not pending.cancelled() and pending.exception() is None:
+        decided = pending.result()
+        if decided.admitted:
+            reserved = cost.prompt + cost.choices * decided.granted
+            with contextlib.suppress(StoreUnavailable):
+                charge.backend.settle(charge.scopes, request_id, reserved, 0, decided.at)
 
 
 def _share(limits: Limits, replicas: int) -> Limits:
