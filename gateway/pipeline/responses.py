@@ -133,7 +133,6 @@ class ResponsesService:
         exchange = Exchange(LABEL, self._pool, self._metrics)
         try:
             request = read_create(decode_json_object(raw))
-            exchange.model = request.model
             result = await self._create(exchange, request, principal, request_id, session_id)
             result.headers.append((SERVER_TIMING, exchange.timeline.server_timing()))
             if exchange.variant is not None:
@@ -175,6 +174,9 @@ class ResponsesService:
             if not self._pool.has_model(model):
                 raise ModelNotFoundError(model)
             check_model_allowed(principal, model, self._metrics)
+        # Labelled by the model only once it is known to be served and the key's: a
+        # client's every made-up name would be a metric series of its own for ever.
+        exchange.model = asked
         priority = body_priority(principal.priority, request.body)
         changed = clamped_body(request.body, priority)
         if changed is not None:  # the engine never sees an earlier priority than the key's

@@ -195,6 +195,10 @@ def test_bad_input_is_an_openai_400(gateways: list[Gateway]) -> None:
         assert reply.json()["error"]["type"] == "invalid_request_error"
     assert httpx.post(url, content=b"[", headers=headers).status_code == 400
     assert httpx.post(url, json={"model": STUB_MODEL, "input": "x"}).status_code == 401
+    for n in range(5):  # made-up models: 404s that leave no metric series of their own
+        made_up = httpx.post(url, json={"model": f"made-up-{n}", "input": "x"}, headers=headers)
+        assert made_up.status_code == 404
+    assert "made-up-" not in gateways[0].metrics()
     made = _client(gateways[0], KEY_A).responses.create(model=STUB_MODEL, input="again?")
     with pytest.raises(openai.BadRequestError) as caught:  # was an empty stream, silently
         _client(gateways[0], KEY_A).responses.retrieve(made.id, stream=True)
