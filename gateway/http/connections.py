@@ -28,6 +28,13 @@ request. So the gateway runs httptools' protocol with these limits added
   pipelining) is not held against the client. Past it the connection is closed
   and the application sees a disconnect.
 - **keep-alive** (``keepalive_timeout_s``): uvicorn's own timer, between requests.
+- **pipelining**: requests sent before the previous one was answered wait in order,
+  at most :data:`MAX_PIPELINED` of them; a read that holds more closes the
+  connection (uvicorn parsed every request of a read and queued them all: one
+  connection writing ``GET /health`` without reading grew a worker by 1.7 GiB in
+  12 s and stalled it). While requests wait, the connection reads no more, so a
+  client's further requests stay in its socket until those are answered (uvicorn
+  read again after every answer).
 - **connection cap** (``max_connections``, per worker process): a connection
   accepted beyond it gets a 503 in OpenAI's error shape on its first request, with
   ``connection: close``. Connections already open are not affected.
@@ -63,12 +70,14 @@ import asyncio
 import functools
 import logging
 import re
+from collections.abc import Sized
 from dataclasses import dataclass
 from typing import Any, cast
 
 import httptools
 from starlette.types import Receive, Scope, Send
 from uvicorn.config import Config
+from uvicorn.protocols.http.flow_control import FlowControl
 from uvicorn.protocols.http.httptools_impl import (
     STATUS_LINE,
     HttpToolsProtocol,
@@ -87,6 +96,18 @@ _TICK_S = 1.0
 
 _NO_HEAD = -1
 """``_head_bytes`` from the end of a request's head to the end of its body."""
+
+MAX_PIPELINED = 64
+"""Requests one connection may have waiting behind the one being answered (HTTP/1.1
+pipelining); a client that sends more in one go has its connection closed. With no
+read while any wait, what they hold is at most one read's requests (uvloop reads up
+to 256 KiB), each parsed into a few kilobytes at most."""
+
+
+class _TooManyPipelined(Exception):
+    """Raised from the parser's callback to stop parsing a read that holds more
+    pipelined requests than :data:`MAX_PIPELINED` (the connection is then closed)."""
+
 
 _UPGRADE_HEADER = re.compile(rb"\r\nupgrade[ \t]*:", re.IGNORECASE)
 _IGNORED_UPGRADE = b"\r\nx-ignored-upgrade:"
@@ -155,9 +176,11 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._chunked = False  # the body being read is chunked
         self._progress = False  # the parser produced body or a chunk during this read
         self._idle_bytes = 0  # chunked-body bytes since the parser last did
+        self._overflow = False  # more requests pipelined than MAX_PIPELINED: closing
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         HttpToolsProtocol.connection_made(self, transport)
+        self.flow = _PipelinedFlow(transport, self.pipeline)
         open_now = len(self.connections)
         if open_now > self._limits.max_connections:
             self.app = _too_many_connections
@@ -211,6 +234,10 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError:
+            if self._overflow:
+                log.debug("closing a connection: over %d pipelined requests", MAX_PIPELINED)
+                self.transport.close()
+                return
             log.debug("closing a connection: invalid HTTP")
             self.send_400_response("Invalid HTTP request received.")
         except httptools.HttpParserUpgrade:
@@ -256,6 +283,9 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._head_bytes = _NO_HEAD
         self._deadline = 0.0  # the body's starts at the next tick
         HttpToolsProtocol.on_headers_complete(self)
+        if len(self.pipeline) > MAX_PIPELINED:
+            self._overflow = True
+            raise _TooManyPipelined  # ends this read's parse: _feed closes the connection
         cycle = self.cycle
         if cycle is not None and type(cycle) is RequestResponseCycle:
             cycle.__class__ = DirectCycle  # head and body in one write (one_write.py),
@@ -279,9 +309,13 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             elif self._head_bytes:  # a head has begun since the last request
                 self._deadline = now + self._limits.header_timeout_s
         elif now >= deadline:
-            if self._head_bytes == _NO_HEAD and self.flow.read_paused:
-                # The gateway stopped reading, not the client: give it the time again.
-                self._deadline = now + self._limits.body_timeout_s
+            if self.flow.read_paused:
+                # The gateway stopped reading, not the client (flow control, or a head
+                # begun behind pipelined requests): give it the time again.
+                no_head = self._head_bytes == _NO_HEAD
+                self._deadline = now + (
+                    self._limits.body_timeout_s if no_head else self._limits.header_timeout_s
+                )
             else:
                 self._expire()
                 return
@@ -326,6 +360,22 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         )
         self.transport.write(b"".join(content))
         self.transport.close()
+
+
+class _PipelinedFlow(FlowControl):
+    """uvicorn's flow control, except that the connection reads nothing more while
+    pipelined requests wait: uvicorn read again after every answer and whenever an
+    application asked for its body, parsing every request of each new read into the
+    queue. (The request being answered needs no more bytes: the ones waiting behind
+    it were parsed after its body.)"""
+
+    def __init__(self, transport: asyncio.Transport, waiting: Sized) -> None:
+        FlowControl.__init__(self, transport)
+        self._waiting = waiting
+
+    def resume_reading(self) -> None:
+        if not self._waiting:
+            FlowControl.resume_reading(self)
 
 
 def _without_upgrade(data: bytes) -> bytes:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import re
 import selectors
 import socket
 import sys
@@ -453,3 +454,39 @@ def test_a_chunked_body_with_small_trailers_is_served(gateway: Served) -> None:
         response = read_response(sock)
     assert response.startswith(b"HTTP/1.1 200 "), response[:300]
     assert orjson.loads(response.partition(b"\r\n\r\n")[2])["object"] == "chat.completion"
+
+
+def _answers(conn: socket.socket) -> list[bytes]:
+    """The status of every answer read until the gateway closes ``conn``."""
+    received = b""
+    with contextlib.suppress(ConnectionResetError):
+        while chunk := conn.recv(1 << 16):
+            received += chunk
+    return re.findall(rb"HTTP/1\.1 (\d{3}) ", received)
+
+
+def test_a_few_pipelined_requests_are_answered_in_order(gateway: Served) -> None:
+    health = b"GET /health HTTP/1.1\r\nhost: x\r\n\r\n"
+    last = b"GET /v1/nope HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"
+    with gateway.connect() as conn:
+        conn.sendall(health * 5 + last)
+        answers = _answers(conn)
+    assert answers == [b"200"] * 5 + [b"404"]
+
+
+def test_a_flood_of_pipelined_requests_closes_the_connection_without_growing(
+    gateway: Served,
+) -> None:
+    """One connection writing ``GET /health`` without reading: uvicorn queued every
+    request of each read (a worker grew by 1.7 GiB in 12 s, /health took seconds)."""
+    flood = b"GET /health HTTP/1.1\r\nhost: x\r\n\r\n" * 8000  # ~250 KB, one write
+    before = gateway.rss_bytes()
+    closed_after: list[int] = []
+    for _ in range(20):
+        with gateway.connect() as conn:
+            with contextlib.suppress(OSError):
+                conn.sendall(flood * 4)
+            closed_after.append(len(_answers(conn)))
+    assert max(closed_after) <= 65  # the one answered and at most MAX_PIPELINED behind it
+    assert gateway.rss_bytes() - before < 20 * 1024 * 1024
+    assert httpx.get(f"{gateway.url}/health", timeout=5).status_code == 200

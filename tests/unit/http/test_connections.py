@@ -14,7 +14,7 @@ import orjson
 from uvicorn.config import Config
 from uvicorn.server import ServerState
 
-from gateway.http.connections import ConnectionLimits, LimitedHttpToolsProtocol
+from gateway.http.connections import MAX_PIPELINED, ConnectionLimits, LimitedHttpToolsProtocol
 
 LIMITS = ConnectionLimits(
     max_header_bytes=4096, header_timeout_s=5.0, body_timeout_s=5.0, max_connections=3
@@ -65,10 +65,13 @@ class FakeTransport:
     def __init__(self) -> None:
         self.written = b""
         self.closed = False
+        self.reading = True
+        self.reading_at_writes: list[bool] = []
         self.protocol: LimitedHttpToolsProtocol | None = None
 
     def write(self, data: bytes) -> None:
         self.written += data
+        self.reading_at_writes.append(self.reading)
 
     def close(self) -> None:
         if not self.closed and self.protocol is not None:
@@ -80,10 +83,10 @@ class FakeTransport:
         return self.closed
 
     def pause_reading(self) -> None:
-        pass
+        self.reading = False
 
     def resume_reading(self) -> None:
-        pass
+        self.reading = True
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         return {"sockname": ("127.0.0.1", 8000), "peername": ("127.0.0.1", 50000)}.get(name)
@@ -190,6 +193,27 @@ async def test_pipelined_requests_in_one_read_are_each_measured_on_their_own() -
         await conn.settle()
     assert conn.app.paths == [f"/{n}" for n in range(40)]
     assert conn.transport.written.count(b"HTTP/1.1 200 ") == 40
+
+
+async def test_more_pipelined_requests_than_the_cap_close_the_connection() -> None:
+    """uvicorn queued every request of a read: 8,000 ``GET /health`` in 250 KB."""
+    conn = Connection()
+    conn.send(b"".join(get(f"/{n}") for n in range(MAX_PIPELINED + 10)))
+    assert conn.transport.closed
+    await conn.settle()
+    assert len(conn.app.paths) <= MAX_PIPELINED + 1
+
+
+async def test_no_read_while_pipelined_requests_wait() -> None:
+    conn = Connection()
+    conn.send(get("/0") + get("/1") + get("/2"))
+    assert not conn.transport.reading  # uvicorn paused: two wait behind /0
+    await conn.settle()
+    assert conn.app.paths == ["/0", "/1", "/2"]
+    assert conn.transport.written.count(b"HTTP/1.1 200 ") == 3
+    # /1 was answered while /2 still waited: not reading (uvicorn read again after /0)
+    assert conn.transport.reading_at_writes == [False, False, True]
+    assert conn.transport.reading  # none waits now: the connection reads again
 
 
 async def test_a_connection_that_sends_nothing_is_closed_after_the_header_timeout() -> None:
