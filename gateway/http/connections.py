@@ -177,6 +177,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._progress = False  # the parser produced body or a chunk during this read
         self._idle_bytes = 0  # chunked-body bytes since the parser last did
         self._overflow = False  # more requests pipelined than MAX_PIPELINED: closing
+        self._head_tail = b""  # the last bytes of an unfinished head's last read
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         HttpToolsProtocol.connection_made(self, transport)
@@ -210,12 +211,14 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
                 self._feed(data)
             return
         if b"pgrade" in data or b"PGRADE" in data:
-            data = _without_upgrade(data)
+            data = _without_upgrade(data, self._head_tail if head > 0 else b"")
         limit = self._limits.max_header_bytes
         room = limit - head
         if len(data) <= room:
             self._head_bytes = head + len(data)
             self._feed(data)
+            if self._head_bytes > 0:  # a head still being read: where its bytes end
+                self._head_tail = data[-3:]
             return
         # Only the bytes that fit are parsed as head; the rest may be body or the
         # next request, counted again below once this head has ended.
@@ -378,12 +381,16 @@ class _PipelinedFlow(FlowControl):
             FlowControl.resume_reading(self)
 
 
-def _without_upgrade(data: bytes) -> bytes:
-    """``data`` with any ``Upgrade`` header of the head it holds renamed (the body, if
-    any, untouched)."""
-    end = data.find(b"\r\n\r\n")
-    head = data if end < 0 else data[: end + 2]
-    return _UPGRADE_HEADER.sub(_IGNORED_UPGRADE, head) + data[len(head) :]
+def _without_upgrade(data: bytes, before: bytes) -> bytes:
+    """``data`` with any ``Upgrade`` header of the head it holds renamed, and nothing
+    after the head's end touched (a body's bytes renamed would change its length:
+    the rest of it would be read as the next request). ``before``: the last bytes of
+    the head's previous read, when this read continues one (its end may straddle
+    them: ``\r\n`` there, ``\r\n`` here)."""
+    end = (before + data).find(b"\r\n\r\n")
+    head_length = len(data) if end < 0 else max(0, end + 2 - len(before))
+    head = data[:head_length]
+    return _UPGRADE_HEADER.sub(_IGNORED_UPGRADE, head) + data[head_length:]
 
 
 async def _too_many_connections(scope: Scope, receive: Receive, send: Send) -> None:

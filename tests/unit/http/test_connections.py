@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any, cast
 
 import orjson
+import pytest
 from uvicorn.config import Config
 from uvicorn.server import ServerState
 
@@ -193,6 +194,23 @@ async def test_pipelined_requests_in_one_read_are_each_measured_on_their_own() -
         await conn.settle()
     assert conn.app.paths == [f"/{n}" for n in range(40)]
     assert conn.transport.written.count(b"HTTP/1.1 200 ") == 40
+
+
+@pytest.mark.parametrize("split", [0, 1, 2, 3])
+async def test_a_body_is_never_rewritten_when_its_heads_end_straddles_two_reads(
+    split: int,
+) -> None:
+    """The head's blank line split between reads, and a body holding ``\r\nupgrade:``
+    lines: the Upgrade rewrite took body bytes for head and lengthened them, so the
+    body's tail was read as a second, smuggled request (hostile-client hunt)."""
+    body = b"{" + b"\r\nupgrade: z" * 10 + b"\r\n\r\nGET /smuggled HTTP/1.1\r\nhost: x\r\n\r\n"
+    head = b"POST /p HTTP/1.1\r\nhost: x\r\ncontent-length: %d\r\n\r\n" % len(body)
+    cut = len(head) - split  # 0: the blank line whole in the first read
+    conn = Connection()
+    conn.send(head[:cut])
+    conn.send(head[cut:] + body)
+    await conn.settle()
+    assert conn.app.paths == ["/p"] and conn.app.bodies == [body]
 
 
 async def test_more_pipelined_requests_than_the_cap_close_the_connection() -> None:
