@@ -111,7 +111,7 @@ class Entry:
         payload = self.payload
         if not include_usage and self.usage_span is not None:
             start, end = self.usage_span
-            payload = payload[:start] + payload[end:]
+            payload = with_fingerprint(payload[:start], payload[start:end]) + payload[end:]
         return IdSwap(self.answer_id, self.fresh_at).apply(payload)
 
 
@@ -224,3 +224,33 @@ def usage_event_span(events: bytes) -> tuple[int, int] | None:
     ):
         return start, end
     return None
+
+
+_FINGERPRINT = re.compile(rb'"system_fingerprint"\s*:\s*"[^"\\]*"')
+
+
+def last_event_start(events: bytes) -> int:
+    """Where the last event of ``events`` (whole events, each ending in a blank line)
+    begins."""
+    start = events.rfind(b"\n\n", 0, len(events) - 2)
+    return 0 if start < 0 else start + 2
+
+
+def is_bare_finish(event: bytes) -> bool:
+    """A chunk that ends a choice (``finish_reason`` set) and carries no
+    ``system_fingerprint``: where vLLM puts it when usage is not asked for."""
+    finished = b'"finish_reason":"' in event or b'"finish_reason": "' in event
+    return finished and b'"system_fingerprint"' not in event
+
+
+def with_fingerprint(events: bytes, usage_event: bytes) -> bytes:
+    """``events`` (whole events) with the ``system_fingerprint`` of ``usage_event`` on
+    their last one, if that ends a choice without one. Asked for usage, vLLM moves the
+    fingerprint from the last chunk to the usage event: a client that did not ask for
+    usage, whose usage event is removed, would lose it with it."""
+    match = _FINGERPRINT.search(usage_event)
+    if match is None or not events.endswith(b"}\n\n"):
+        return events
+    if not is_bare_finish(events[last_event_start(events) :]):
+        return events
+    return events[:-3] + b"," + match.group(0) + b"}\n\n"

@@ -20,7 +20,12 @@ from typing import Any
 
 import orjson
 
-from gateway.cache.entry import usage_event_span
+from gateway.cache.entry import (
+    is_bare_finish,
+    last_event_start,
+    usage_event_span,
+    with_fingerprint,
+)
 from gateway.ratelimit.cost import believable
 
 _USAGE = b'"usage"'
@@ -92,20 +97,35 @@ def client_wants_usage(body: dict[str, Any]) -> bool:
 
 
 class UsageTap:
-    """Finds the usage event in a relayed stream; removes it when ``strip``."""
+    """Finds the usage event in a relayed stream; removes it when ``strip``.
 
-    __slots__ = ("strip", "tokens", "usage")
+    Removing it, the tap keeps the ``system_fingerprint`` vLLM put there (asked for
+    usage, vLLM moves it off the last chunk): a batch that ends with a chunk ending a
+    choice without one is held back until the next batch, and the fingerprint of the
+    usage event that follows is put on it (:func:`with_fingerprint`). The next batch
+    comes at once (vLLM sends the usage event right after); a stream that breaks
+    there ends with an error event anyway."""
+
+    __slots__ = ("_held", "strip", "tokens", "usage")
 
     def __init__(self, strip: bool) -> None:
         self.strip = strip
         self.tokens: int | None = None
         self.usage: Any = None
         """The usage object itself (input and output tokens, for traces and logs)."""
+        self._held = b""
 
     def inspect(self, batch: bytes) -> bytes:
         """``batch`` as the client should get it; notes the usage if it is in there."""
+        if self._held:
+            batch, self._held = self._held + batch, b""
         span = usage_event_span(batch)
         if span is None:
+            if self.strip and batch.endswith(b"}\n\n"):
+                last = last_event_start(batch)
+                if is_bare_finish(batch[last:]):  # its fingerprint may be in what follows
+                    self._held = batch[last:]
+                    return batch[:last]
             return batch
         start, end = span
         try:
@@ -121,4 +141,6 @@ class UsageTap:
         # (the reservation stands), and the event is still stripped when it must be.
         self.tokens = usage_tokens(usage)
         self.usage = usage
-        return batch[:start] + batch[end:] if self.strip else batch
+        if not self.strip:
+            return batch
+        return with_fingerprint(batch[:start], batch[start:end]) + batch[end:]

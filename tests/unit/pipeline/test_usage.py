@@ -9,7 +9,7 @@ from typing import Any
 import orjson
 import pytest
 
-from gateway.cache.entry import usage_event_span
+from gateway.cache.entry import Entry, usage_event_span
 from gateway.pipeline.usage import (
     UsageTap,
     body_usage,
@@ -208,3 +208,47 @@ def test_a_usage_event_with_counts_not_to_believe_is_stripped_all_the_same() -> 
         tap = UsageTap(strip=True)
         assert tap.inspect(CONTENT + bad + DONE) == CONTENT + DONE
         assert tap.tokens is None
+
+
+FINGERPRINT = "vllm-0.32.0-07efd367"
+FINISH = event(
+    {"id": "c1", "object": "chat.completion.chunk",
+     "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
+)  # fmt: skip
+FINGERPRINTED_USAGE = event(
+    {"id": "c1", "object": "chat.completion.chunk", "choices": [], "usage": USAGE,
+     "system_fingerprint": FINGERPRINT}
+)  # fmt: skip
+
+
+def _fingerprints(events: bytes) -> list[Any]:
+    chunks = [orjson.loads(e[6:]) for e in events.split(b"\n\n") if e.startswith(b"data: {")]
+    return [chunk.get("system_fingerprint") for chunk in chunks]
+
+
+@pytest.mark.parametrize("apart", [False, True])
+def test_a_stripped_usage_event_leaves_its_fingerprint_on_the_last_chunk(apart: bool) -> None:
+    """Asked for usage, vLLM puts ``system_fingerprint`` on the usage event instead of
+    the last chunk: a client that did not ask lost it with the event (fidelity hunt)."""
+    tap = UsageTap(strip=True)
+    batches = [CONTENT + FINISH, FINGERPRINTED_USAGE + DONE] if apart else [
+        CONTENT + FINISH + FINGERPRINTED_USAGE + DONE
+    ]  # fmt: skip
+    out = b"".join(tap.inspect(batch) for batch in batches)
+    assert _fingerprints(out) == [None, FINGERPRINT]
+    assert out.endswith(DONE) and b'"usage"' not in out and tap.tokens == 7
+    if apart:
+        assert tap.inspect(CONTENT) == CONTENT  # nothing held any more
+
+
+def test_a_kept_usage_event_keeps_its_fingerprint_where_it_is() -> None:
+    tap = UsageTap(strip=False)
+    batch = CONTENT + FINISH + FINGERPRINTED_USAGE + DONE
+    assert tap.inspect(batch) == batch
+
+
+def test_a_cached_stream_replayed_without_usage_keeps_the_fingerprint() -> None:
+    events = CONTENT + FINISH + FINGERPRINTED_USAGE + DONE
+    entry = Entry(True, events, "c1", 7, usage_event_span(events))
+    assert _fingerprints(entry.replay(include_usage=False)) == [None, FINGERPRINT]
+    assert _fingerprints(entry.replay(include_usage=True)) == [None, None, FINGERPRINT]
