@@ -193,7 +193,7 @@ class UpstreamStatusError(GatewayError):
         self.status = status
         self.raw_body = raw_body
         self.content_type = content_type
-        self.prompt_param = "messages"
+        self.prompt_param: str | None = "messages"
         """Where the prompt is on the request's route (``prompt`` for completions)."""
         self.renamed: tuple[str, str] | None = None
         """``(served, asked)``: the model is served under another name than the client's,
@@ -242,7 +242,7 @@ _MAX_MESSAGE = 4000
 def openai_error(
     status: int,
     raw: bytes,
-    prompt_param: str = "messages",
+    prompt_param: str | None = "messages",
     renamed: tuple[str, str] | None = None,
 ) -> bytes:
     """An engine's error answer (vLLM's ``{"error": {"message", "type":

@@ -132,11 +132,7 @@ def plan_request(config: StubConfig, body: Any, *, chat: bool) -> Plan:
     stream = _optional_bool(body, "stream")
     overrides = _overrides(body.get("stub"))
     fault = _resolve_fault(config, overrides, stream)
-    vllm_error = overrides.get("vllm_error")
-    if isinstance(vllm_error, str):  # vLLM's own shape: type BadRequestError, code 400
-        status = _override_int(overrides, "status", 400)
-        kind = "BadRequestError" if status == 400 else "NotFoundError"
-        raise RequestError(status, vllm_error, error_type=kind, param="input_tokens", code=status)
+    _raise_vllm_error(overrides)
     if fault is not None and fault.kind == "error":
         raise _injected_error(fault)
     model = _model(config, body.get("model"))
@@ -170,10 +166,22 @@ def injected_fault(config: StubConfig, body: dict[str, Any], stream: bool) -> Fa
     completions: its ``"stub"`` object's, else the start-up flags' (``--fail-status``,
     ``--hang``, ``--drop-after`` for streams). An error fault is raised here, as its
     :class:`RequestError`."""
-    fault = _resolve_fault(config, _overrides(body.get("stub")), stream)
+    overrides = _overrides(body.get("stub"))
+    fault = _resolve_fault(config, overrides, stream)
+    _raise_vllm_error(overrides)
     if fault is not None and fault.kind == "error":
         raise _injected_error(fault)
     return fault
+
+
+def _raise_vllm_error(overrides: dict[str, Any]) -> None:
+    """``"stub": {"vllm_error": "...", "status": 400}``: answer with vLLM's error body
+    (type ``BadRequestError``, the status as its ``code``)."""
+    vllm_error = overrides.get("vllm_error")
+    if isinstance(vllm_error, str):
+        status = _override_int(overrides, "status", 400)
+        kind = "BadRequestError" if status == 400 else "NotFoundError"
+        raise RequestError(status, vllm_error, error_type=kind, param="input_tokens", code=status)
 
 
 def _injected_error(fault: Fault) -> RequestError:

@@ -67,6 +67,9 @@ class ScopedRoute:
     path: str
     label: str
     form: bool = False
+    prompt_param: str | None = None
+    """Where its prompt is, for a context-length error's ``param`` (None: in several
+    fields, or none)."""
 
 
 SCOPED_ROUTES: tuple[ScopedRoute, ...] = (
@@ -77,8 +80,8 @@ SCOPED_ROUTES: tuple[ScopedRoute, ...] = (
     ScopedRoute("/v1/rerank", "rerank"),
     ScopedRoute("/rerank", "rerank"),
     ScopedRoute("/v2/rerank", "rerank"),
-    ScopedRoute("/pooling", "pooling"),
-    ScopedRoute("/classify", "classify"),
+    ScopedRoute("/pooling", "pooling", prompt_param="input"),
+    ScopedRoute("/classify", "classify", prompt_param="input"),
     ScopedRoute("/v1/audio/transcriptions", "audio_transcriptions", form=True),
     ScopedRoute("/v1/audio/translations", "audio_translations", form=True),
 )
@@ -175,6 +178,7 @@ class PassthroughService:
                 _, reply = await self._forwarder.complete(exchange, attempt)
             except UpstreamStatusError as exc:
                 exc.renamed = None if target.rename is None else target.rename.names
+                exc.prompt_param = route.prompt_param
                 raise
             exchange.finished(None)  # nothing was reserved: nothing to settle
             body = reply.body

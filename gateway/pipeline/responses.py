@@ -220,6 +220,7 @@ class ResponsesService:
                 return await self._stream(exchange, attempt, taps, keep)
             return await self._complete(exchange, attempt, taps, keep)
         except UpstreamStatusError as exc:
+            exc.prompt_param = "input"  # where a Responses request's prompt is
             if served != asked:
                 exc.renamed = (served, asked)  # its message shows the client's name
             raise

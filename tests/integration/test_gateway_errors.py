@@ -213,6 +213,7 @@ def hostile(stub: Stub, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ga
     yield from start_gateway(config, tmp_path_factory.mktemp("hostile"))
 
 
+CHAT_PATH = "/v1/chat/completions"
 SERVED = "internal-served-v7"  # a name the stub does not serve: it answers 404
 
 
@@ -233,6 +234,19 @@ def test_an_engine_error_shows_the_clients_model_name_never_the_served_one(
     assert reply.status_code == 404, reply.text
     error = reply.json()["error"]
     assert "`hidden-alias`" in error["message"] and SERVED not in reply.text
+
+
+@pytest.mark.parametrize(("path", "param"), [("/v1/responses", "input"), (CHAT_PATH, "messages")])
+def test_a_context_length_error_names_the_routes_prompt_field(
+    hostile: Gateway, path: str, param: str
+) -> None:
+    too_long = "This model's maximum context length is 8 tokens. However, you requested 9."
+    body: dict[str, Any] = {"model": STUB_MODEL, "stub": {"vllm_error": too_long}}
+    body |= {"input": "x"} if path == "/v1/responses" else {"messages": MESSAGES}
+    reply = post(hostile, path, orjson.dumps(body))
+    assert reply.status_code == 400, reply.text
+    error = reply.json()["error"]
+    assert (error["code"], error["param"]) == ("context_length_exceeded", param)
 
 
 CHAT_URL = "/v1/chat/completions"
