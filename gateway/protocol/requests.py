@@ -29,7 +29,7 @@ expected type; only a short list that fails it goes to pydantic, for the exact
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -168,7 +168,9 @@ class EmbeddingRequest(_RequestFields):
 
     input: TokenPrompt | None = None
     messages: list[ChatMessage] | None = None
-    encoding_format: str | None = None
+    encoding_format: Literal["float", "base64"] | None = None
+    """OpenAI's two. vLLM's binary forms (``bytes``, ``bytes_only``) answer raw bytes
+    described in a ``metadata`` header, neither of which the gateway relays: refused."""
     dimensions: int | None = Field(None, ge=1)
 
     @property

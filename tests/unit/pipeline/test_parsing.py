@@ -10,7 +10,7 @@ import pytest
 
 from gateway.errors import InvalidRequestError
 from gateway.pipeline.parsing import MAX_DEPTH, affinity_key, decode_json_object, validate
-from gateway.protocol import ChatCompletionRequest, CompletionRequest
+from gateway.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 
 
 def nested(depth: int) -> bytes:
@@ -114,3 +114,15 @@ def test_session_and_user_come_first_and_any_header_byte_is_fine() -> None:
     odd = bytes(range(0x20, 0x100)).decode("latin-1")  # how header values arrive
     assert affinity_key({"prompt": "x"}, odd, 8) == b"s:" + odd.encode()
     assert affinity_key({"prompt": "x", "user": "\ud7ff\U0010ffff"}, None, 8).startswith(b"u:")
+
+
+@pytest.mark.parametrize("encoding", ["bytes", "bytes_only", "FLOAT", 1])
+def test_an_embedding_encoding_the_gateway_cannot_relay_is_400(encoding: Any) -> None:
+    """vLLM's binary forms answer raw bytes described in a ``metadata`` header: through
+    the gateway they came labelled JSON and without it (fidelity hunt)."""
+    body = {"model": "m", "input": "hi", "encoding_format": encoding}
+    with pytest.raises(InvalidRequestError) as refused:
+        validate(EmbeddingRequest, body)
+    assert refused.value.param == "encoding_format"
+    for kept in ("float", "base64", None):
+        assert validate(EmbeddingRequest, body | {"encoding_format": kept}).input == "hi"
