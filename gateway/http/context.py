@@ -9,6 +9,7 @@ from starlette.requests import Request
 from starlette.types import Receive, Scope
 
 from gateway.errors import InvalidRequestError, PayloadTooLargeError
+from gateway.http.body_budget import MeteredReceive
 from gateway.http.request_id import SCOPE_KEY
 from gateway.http.state import AppState
 
@@ -105,7 +106,10 @@ async def read_body(receive: Receive, limit: int, declared: str | None) -> bytes
         chunks.append(chunk)
         if not message.get("more_body", False):
             break
-    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    if type(receive) is MeteredReceive:  # a large body: charged as it will be decoded
+        receive.charge_decoded(body)
+    return body
 
 
 def _too_large(limit: int) -> PayloadTooLargeError:

@@ -5,8 +5,15 @@ from __future__ import annotations
 import pytest
 from starlette.types import Message
 
-from gateway.errors import OverloadedError
-from gateway.http.body_budget import SMALL_BODY_BYTES, BodyBudget
+from gateway.errors import OverloadedError, PayloadTooLargeError
+from gateway.http.body_budget import (
+    CONTAINER_BYTES,
+    SMALL_BODY_BYTES,
+    VALUE_BYTES,
+    BodyBudget,
+    decoded_bytes,
+)
+from gateway.http.context import read_body
 
 
 def chunks(*sizes: int) -> list[Message]:
@@ -62,3 +69,43 @@ async def test_a_declared_body_that_cannot_fit_is_refused_before_any_read() -> N
     holder.release()
     fits = budget.meter(receiver(chunks(500)), 500)
     assert (await fits())["body"] == b"x" * 500
+
+
+def json_body(*parts: bytes) -> list[Message]:
+    return [{"type": "http.request", "body": b"".join(parts), "more_body": False}]
+
+
+async def test_a_body_is_charged_for_what_it_takes_once_decoded() -> None:
+    """A 19 MiB list of ``{}`` took +584 MiB decoded (hostile-client hunt): such a body
+    is charged for its objects, not its bytes; text and base64 cost their length."""
+    budget = BodyBudget(10_000_000)
+    image = b'{"image": "data:image/png;base64,' + b"QUJD" * 50_000 + b'"}'
+    plain = budget.meter(receiver(json_body(image)), len(image))
+    assert await read_body(plain, 20_000_000, str(len(image))) == image
+    assert budget.held < len(image) + 2 * CONTAINER_BYTES + VALUE_BYTES
+    bomb = b"[" + b"{}," * 30_000 + b"{}]"  # 90 KB: ~2 MB once decoded
+    heavy = budget.meter(receiver(json_body(bomb)), len(bomb))
+    await read_body(heavy, 20_000_000, str(len(bomb)))
+    assert budget.held - decoded_bytes(image) >= 30_000 * (CONTAINER_BYTES + VALUE_BYTES)
+    heavy.release()
+    plain.release()
+    assert budget.held == 0
+
+
+async def test_a_body_too_heavy_decoded_is_413_and_one_that_does_not_fit_now_503() -> None:
+    bomb = b"[" + b"{}," * 30_000 + b"{}]"
+    small = BodyBudget(1_000_000)
+    never = small.meter(receiver(json_body(bomb)), len(bomb))
+    with pytest.raises(PayloadTooLargeError):
+        await read_body(never, 20_000_000, str(len(bomb)))
+    never.release()
+    assert small.held == 0
+    budget = BodyBudget(5_000_000)
+    first = budget.meter(receiver(json_body(bomb)), len(bomb))
+    await read_body(first, 20_000_000, str(len(bomb)))
+    second = budget.meter(receiver(json_body(bomb)), len(bomb))
+    with pytest.raises(OverloadedError):  # fits alone, not beside the first
+        await read_body(second, 20_000_000, str(len(bomb)))
+    second.release()
+    first.release()
+    assert budget.held == 0
