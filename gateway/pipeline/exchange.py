@@ -204,7 +204,8 @@ class Exchange:
             return
         self._closed = True
         self.drop_engine()
-        self.ticket.settle(self._failure_charge())  # no-op once finished
+        failure = self._failure  # (no call on the usual path: answered, or the client left)
+        self.ticket.settle(None if failure is None else self._failure_charge(failure))
         fill, self._fill = self._fill, None
         if fill is not None:
             fill.fail()  # no-op once it landed
@@ -220,12 +221,9 @@ class Exchange:
         if watch is not None:
             watch.closed(self, self._failure, self.clock())
 
-    def _failure_charge(self) -> int | None:
-        """What a request that ended without an answer is charged: None (the
+    def _failure_charge(self, failure: GatewayError) -> int | None:
+        """What a request that failed with ``failure`` is charged: None (the
         reservation) unless it failed where no engine can have worked on it (0)."""
-        failure = self._failure
-        if failure is None:
-            return None  # the client left, or the stream broke: the engine may have worked
         engine_worked = self._forwarded and type(failure) in _ENGINE_WORKED
         return None if engine_worked else 0
 
