@@ -14,6 +14,7 @@ import asyncio
 from typing import Any
 
 import orjson
+import pytest
 
 from gateway.pipeline.plan import CHAT
 from gateway.pipeline.request_meta import RequestMeta
@@ -100,20 +101,6 @@ async def test_keys_with_a_token_limit_share_their_capped_answers() -> None:
     w.assert_nothing_held()
 
 
-async def test_a_key_with_a_token_limit_follows_another_ones_capped_request() -> None:
-    engine = Engine()
-    engine.gate = asyncio.Event()
-    w = capped_world(engine, "shared")
-    alice = asyncio.create_task(ask(w, ALICE))
-    await until(lambda: len(w.upstream.requests) == 1)
-    bob = asyncio.create_task(ask(w, BOB))
-    await until(lambda: sum(f.followers for f in w.service.flights.under_way()) == 1)
-    engine.gate.set()
-    assert finish(await alice) == "length" and finish(await bob) == "length"
-    assert len(w.upstream.requests) == 1
-    w.assert_nothing_held()
-
-
 async def test_a_budget_that_shortened_the_cap_keeps_the_answer_unshared() -> None:
     w = capped_world(Engine(), "shared")
     short = await ask(w, DORA)  # her budget (6 tokens) leaves 1 for the answer
@@ -125,16 +112,27 @@ async def test_a_budget_that_shortened_the_cap_keeps_the_answer_unshared() -> No
     w.assert_nothing_held()
 
 
-async def test_no_key_follows_a_capped_request_in_a_shared_cache() -> None:
+@pytest.mark.parametrize(
+    ("second", "joins", "answer"),
+    [(BOB, True, "length"), (CAROL, False, "stop")],
+    ids=["a key with a token limit follows", "a key without one goes itself"],
+)
+async def test_who_follows_a_capped_request_in_a_shared_cache(
+    second: str, joins: bool, answer: str
+) -> None:
     engine = Engine()
     engine.gate = asyncio.Event()
     w = capped_world(engine, "shared")
     alice = asyncio.create_task(ask(w, ALICE))
     await until(lambda: len(w.upstream.requests) == 1)
-    carol = asyncio.create_task(ask(w, CAROL))
-    await until(lambda: len(w.upstream.requests) == 2)  # went to the engine itself
+    other = asyncio.create_task(ask(w, second))
+    if joins:
+        await until(lambda: sum(f.followers for f in w.service.flights.under_way()) == 1)
+    else:
+        await until(lambda: len(w.upstream.requests) == 2)  # went to the engine itself
     engine.gate.set()
-    assert finish(await alice) == "length" and finish(await carol) == "stop"
+    assert finish(await alice) == "length" and finish(await other) == answer
+    assert len(w.upstream.requests) == (1 if joins else 2)
     w.assert_nothing_held()
 
 
