@@ -70,14 +70,12 @@ import asyncio
 import functools
 import logging
 import re
-from collections.abc import Sized
 from dataclasses import dataclass
 from typing import Any, cast
 
 import httptools
 from starlette.types import Receive, Scope, Send
 from uvicorn.config import Config
-from uvicorn.protocols.http.flow_control import FlowControl
 from uvicorn.protocols.http.httptools_impl import (
     STATUS_LINE,
     HttpToolsProtocol,
@@ -88,6 +86,7 @@ from uvicorn.server import ServerState
 from gateway.config.sections import ServerSettings
 from gateway.errors import error_body
 from gateway.http.direct_cycle import DirectCycle
+from gateway.http.pipelining import MAX_PIPELINED, PipelinedFlow, TooManyPipelined
 
 log = logging.getLogger("vgate.connections")
 
@@ -96,17 +95,6 @@ _TICK_S = 1.0
 
 _NO_HEAD = -1
 """``_head_bytes`` from the end of a request's head to the end of its body."""
-
-MAX_PIPELINED = 64
-"""Requests one connection may have waiting behind the one being answered (HTTP/1.1
-pipelining); a client that sends more in one go has its connection closed. With no
-read while any wait, what they hold is at most one read's requests (uvloop reads up
-to 256 KiB), each parsed into a few kilobytes at most."""
-
-
-class _TooManyPipelined(Exception):
-    """Raised from the parser's callback to stop parsing a read that holds more
-    pipelined requests than :data:`MAX_PIPELINED` (the connection is then closed)."""
 
 
 _UPGRADE_HEADER = re.compile(rb"\r\nupgrade[ \t]*:", re.IGNORECASE)
@@ -181,7 +169,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         HttpToolsProtocol.connection_made(self, transport)
-        self.flow = _PipelinedFlow(transport, self.pipeline)
+        self.flow = PipelinedFlow(transport, self.pipeline)
         open_now = len(self.connections)
         if open_now > self._limits.max_connections:
             self.app = _too_many_connections
@@ -288,7 +276,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         HttpToolsProtocol.on_headers_complete(self)
         if len(self.pipeline) > MAX_PIPELINED:
             self._overflow = True
-            raise _TooManyPipelined  # ends this read's parse: _feed closes the connection
+            raise TooManyPipelined  # ends this read's parse: _feed closes the connection
         cycle = self.cycle
         if cycle is not None and type(cycle) is RequestResponseCycle:
             cycle.__class__ = DirectCycle  # head and body in one write (one_write.py),
@@ -363,22 +351,6 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         )
         self.transport.write(b"".join(content))
         self.transport.close()
-
-
-class _PipelinedFlow(FlowControl):
-    """uvicorn's flow control, except that the connection reads nothing more while
-    pipelined requests wait: uvicorn read again after every answer and whenever an
-    application asked for its body, parsing every request of each new read into the
-    queue. (The request being answered needs no more bytes: the ones waiting behind
-    it were parsed after its body.)"""
-
-    def __init__(self, transport: asyncio.Transport, waiting: Sized) -> None:
-        FlowControl.__init__(self, transport)
-        self._waiting = waiting
-
-    def resume_reading(self) -> None:
-        if not self._waiting:
-            FlowControl.resume_reading(self)
 
 
 def _without_upgrade(data: bytes, before: bytes) -> bytes:

@@ -15,7 +15,8 @@ import pytest
 from uvicorn.config import Config
 from uvicorn.server import ServerState
 
-from gateway.http.connections import MAX_PIPELINED, ConnectionLimits, LimitedHttpToolsProtocol
+from gateway.http.connections import ConnectionLimits, LimitedHttpToolsProtocol
+from gateway.http.pipelining import MAX_PIPELINED
 
 LIMITS = ConnectionLimits(
     max_header_bytes=4096, header_timeout_s=5.0, body_timeout_s=5.0, max_connections=3

@@ -1,0 +1,45 @@
+"""HTTP/1.1 pipelining, bounded: requests a client sends before the previous one was
+answered wait in order behind it, at most :data:`MAX_PIPELINED` of them, and the
+connection reads nothing more while any wait (:class:`PipelinedFlow`).
+
+uvicorn parsed every request of each read and queued them all, and read again after
+every answer and whenever an application asked for its body: one connection writing
+``GET /health`` without reading its answers grew a worker by 1.7 GiB in 12 s and
+stalled it for seconds (no key needed). :class:`gateway.http.connections.
+LimitedHttpToolsProtocol` raises :class:`TooManyPipelined` from the parser's callback
+past the cap, which ends the read's parse, and closes the connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sized
+
+from uvicorn.protocols.http.flow_control import FlowControl
+
+MAX_PIPELINED = 64
+"""Requests one connection may have waiting behind the one being answered (HTTP/1.1
+pipelining); a client that sends more in one go has its connection closed. With no
+read while any wait, what they hold is at most one read's requests (uvloop reads up
+to 256 KiB), each parsed into a few kilobytes at most."""
+
+
+class TooManyPipelined(Exception):
+    """Raised from the parser's callback to stop parsing a read that holds more
+    pipelined requests than :data:`MAX_PIPELINED` (the connection is then closed)."""
+
+
+class PipelinedFlow(FlowControl):
+    """uvicorn's flow control, except that the connection reads nothing more while
+    pipelined requests wait: uvicorn read again after every answer and whenever an
+    application asked for its body, parsing every request of each new read into the
+    queue. (The request being answered needs no more bytes: the ones waiting behind
+    it were parsed after its body.)"""
+
+    def __init__(self, transport: asyncio.Transport, waiting: Sized) -> None:
+        FlowControl.__init__(self, transport)
+        self._waiting = waiting
+
+    def resume_reading(self) -> None:
+        if not self._waiting:
+            FlowControl.resume_reading(self)
