@@ -165,7 +165,8 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._progress = False  # the parser produced body or a chunk during this read
         self._idle_bytes = 0  # chunked-body bytes since the parser last did
         self._overflow = False  # more requests pipelined than MAX_PIPELINED: closing
-        self._head_tail = b""  # the last bytes of an unfinished head's last read
+        self._head_tail = b""  # the last bytes of the last read (see data_received)
+        self._answering: RequestResponseCycle | None = None  # the request being answered
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         HttpToolsProtocol.connection_made(self, transport)
@@ -182,16 +183,28 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         if self._tick is not None:
             self._tick.cancel()
             self._tick = None
-        cycle = self.cycle
+        cycle, answering = self.cycle, self._answering
         HttpToolsProtocol.connection_lost(self, exc)
-        if type(cycle) is DirectCycle and cycle.disconnected:  # lost mid-answer
-            tell = cycle.on_disconnect
-            if tell is not None:
-                cycle.on_disconnect = None
-                tell()
+        if answering is not None and answering is not cycle:
+            # uvicorn tells only the newest request; the one being answered has
+            # requests pipelined behind it (a connection closed for too many of them)
+            if not answering.response_complete:
+                answering.disconnected = True
+            answering.message_event.set()
+            _tell_disconnect(answering)
+        _tell_disconnect(cycle)
+
+    def _start_asgi_task(self, cycle: RequestResponseCycle, app: Any) -> None:
+        self._answering = cycle
+        HttpToolsProtocol._start_asgi_task(self, cycle, app)
 
     def data_received(self, data: bytes) -> None:
         head = self._head_bytes
+        # The last bytes read before this read, wherever they belong: a head's blank
+        # line may straddle reads (a head that began in the last read, after a body
+        # or a request it ended, or one whose blank line came a byte at a time).
+        before = self._head_tail
+        self._head_tail = data[-3:] if len(data) >= 3 else (before + data)[-3:]
         if head == _NO_HEAD:
             if self._chunked:
                 self._feed_chunked(data)
@@ -199,19 +212,18 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
                 self._feed(data)
             return
         if b"pgrade" in data or b"PGRADE" in data:
-            data = _without_upgrade(data, self._head_tail if head > 0 else b"")
+            data = _without_upgrade(data, before)
         limit = self._limits.max_header_bytes
         room = limit - head
         if len(data) <= room:
             self._head_bytes = head + len(data)
             self._feed(data)
-            if self._head_bytes > 0:  # a head still being read: where its bytes end
-                self._head_tail = data[-3:]
             return
         # Only the bytes that fit are parsed as head; the rest may be body or the
         # next request, counted again below once this head has ended.
         self._head_bytes = limit
         self._feed(data[:room])
+        self._head_tail = data[:room][-3:]  # what the rest follows
         if self.transport.is_closing():
             return
         if self._head_bytes == limit:  # still the same head: it did not end within the limit
@@ -351,6 +363,15 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         )
         self.transport.write(b"".join(content))
         self.transport.close()
+
+
+def _tell_disconnect(cycle: RequestResponseCycle | None) -> None:
+    """Call a direct cycle's ``on_disconnect`` once, if it was lost mid-answer."""
+    if type(cycle) is DirectCycle and cycle.disconnected:
+        tell = cycle.on_disconnect
+        if tell is not None:
+            cycle.on_disconnect = None
+            tell()
 
 
 def _without_upgrade(data: bytes, before: bytes) -> bytes:

@@ -214,6 +214,55 @@ async def test_a_body_is_never_rewritten_when_its_heads_end_straddles_two_reads(
     assert conn.app.paths == ["/p"] and conn.app.bodies == [body]
 
 
+def _smuggling_body() -> tuple[bytes, bytes]:
+    """A POST whose body holds ``\r\nupgrade:`` lines, then a whole request: if the
+    Upgrade rewrite lengthened those lines, that request would run."""
+    body = b"{" + b"\r\nupgrade: z" * 6 + b"\r\n\r\n" + get("/smuggled")
+    head = b"POST /p HTTP/1.1\r\nhost: x\r\ncontent-length: %d\r\n\r\n" % len(body)
+    return head, body
+
+
+@pytest.mark.parametrize("split", [1, 2, 3])
+async def test_a_pipelined_heads_end_straddling_reads_never_rewrites_its_body(split: int) -> None:
+    """The head begun in the read that ended the previous request (review)."""
+    head, body = _smuggling_body()
+    conn = Connection()
+    conn.send(get("/first") + head[:-split])
+    await conn.settle()
+    conn.send(head[-split:] + body)
+    await conn.settle()
+    assert conn.app.paths == ["/first", "/p"] and conn.app.bodies[-1] == body
+
+
+async def test_a_heads_blank_line_over_three_reads_never_rewrites_its_body() -> None:
+    head, body = _smuggling_body()
+    conn = Connection()
+    for part in (head[:-2], head[-2:-1], head[-1:] + body):  # ...\r\n | \r | \n{...
+        conn.send(part)
+    await conn.settle()
+    assert conn.app.paths == ["/p"] and conn.app.bodies == [body]
+
+
+async def test_the_request_being_answered_learns_of_a_close_for_too_many_pipelined() -> None:
+    """uvicorn told only the newest (queued) request: the one running went on to its
+    end, its engine, slot and tokens held, though nobody could get its answer."""
+    conn = Connection()
+    seen: list[str] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["path"] == "/slow":
+            await receive()  # its (empty) body
+            seen.append((await receive())["type"])  # then waits: the disconnect
+
+    conn.protocol.app = app
+    conn.send(get("/slow"))
+    await conn.settle()
+    conn.send(b"".join(get(f"/{n}") for n in range(MAX_PIPELINED + 2)))
+    assert conn.transport.closed
+    await conn.settle()
+    assert seen == ["http.disconnect"]
+
+
 async def test_more_pipelined_requests_than_the_cap_close_the_connection() -> None:
     """uvicorn queued every request of a read: 8,000 ``GET /health`` in 250 KB."""
     conn = Connection()
