@@ -188,6 +188,8 @@ async def follow_events(
             yield out
             return
         if failed:
+            if strip is not None:
+                out += strip.flush()  # a last chunk held back for its fingerprint
             if out:
                 yield out
             error = UpstreamError("the engine answer this request shared did not complete")

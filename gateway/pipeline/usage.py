@@ -103,8 +103,8 @@ class UsageTap:
     usage, vLLM moves it off the last chunk): a batch that ends with a chunk ending a
     choice without one is held back until the next batch, and the fingerprint of the
     usage event that follows is put on it (:func:`with_fingerprint`). The next batch
-    comes at once (vLLM sends the usage event right after); a stream that breaks
-    there ends with an error event anyway."""
+    comes at once (vLLM sends the usage event right after); a stream that fails
+    before it still gets the held chunk (:meth:`flush`) ahead of its error event."""
 
     __slots__ = ("_held", "strip", "tokens", "usage")
 
@@ -114,6 +114,11 @@ class UsageTap:
         self.usage: Any = None
         """The usage object itself (input and output tokens, for traces and logs)."""
         self._held = b""
+
+    def flush(self) -> bytes:
+        """What is held back (the stream failed before the next batch): sent as it is."""
+        held, self._held = self._held, b""
+        return held
 
     def inspect(self, batch: bytes) -> bytes:
         """``batch`` as the client should get it; notes the usage if it is in there."""

@@ -114,6 +114,9 @@ async def relay_events(
         if outcome.completed:
             return  # the client has its whole answer: a fault after [DONE] is no failure
         outcome.error = exc
+        held = b"".join(flush() for tap in taps if (flush := getattr(tap, "flush", None)))
+        if held:  # a tap held events back for what was to follow: they go out first
+            yield held
         raise
 
 

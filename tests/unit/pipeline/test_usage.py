@@ -10,6 +10,7 @@ import orjson
 import pytest
 
 from gateway.cache.entry import Entry, usage_event_span
+from gateway.errors import UpstreamTimeoutError
 from gateway.pipeline.usage import (
     UsageTap,
     body_usage,
@@ -18,6 +19,8 @@ from gateway.pipeline.usage import (
     with_usage_requested,
 )
 from gateway.upstream.fake import sse
+from gateway.upstream.relay import StreamOutcome, relay_events
+from tests.unit.upstream.test_relay import Failing, Ticks
 
 DONE = b"data: [DONE]\n\n"
 USAGE = {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}
@@ -252,3 +255,17 @@ def test_a_cached_stream_replayed_without_usage_keeps_the_fingerprint() -> None:
     entry = Entry(True, events, "c1", 7, usage_event_span(events))
     assert _fingerprints(entry.replay(include_usage=False)) == [None, FINGERPRINT]
     assert _fingerprints(entry.replay(include_usage=True)) == [None, None, FINGERPRINT]
+
+
+async def test_a_chunk_held_for_its_fingerprint_is_sent_when_the_stream_fails() -> None:
+    """The finish chunk carries the last text: a stream that fails before the usage
+    event must still deliver it, ahead of the error (review)."""
+    tap = UsageTap(strip=True)
+    error = UpstreamTimeoutError("the engine sent nothing for idle_s = 1 s")
+    received: list[bytes] = []
+    with pytest.raises(UpstreamTimeoutError):
+        async for batch in relay_events(
+            Failing([CONTENT + FINISH], error), StreamOutcome(), Ticks(), [tap]
+        ):
+            received.append(batch)
+    assert b"".join(received) == CONTENT + FINISH
