@@ -47,7 +47,7 @@ from gateway.errors import (
     StoreUnavailable,
 )
 from gateway.observability.metrics import GatewayMetrics
-from gateway.ratelimit.cost import Cost, believable, request_cost
+from gateway.ratelimit.cost import Cost, believable, request_cost, wanted_tokens
 from gateway.ratelimit.limits import (
     NEVER,
     Decision,
@@ -262,7 +262,7 @@ class Admission:
         applies (no cap at all). Known before admission: a shared cache keys by it."""
         if not scopes or not self._charges.get(scopes).counts_tokens:
             return None
-        return request_cost(body, self._settings.default_max_tokens).wanted
+        return wanted_tokens(body, self._settings.default_max_tokens)
 
     def _unreachable(self, charge: _Charge) -> _Charge | None:
         """The charge to decide with while the backend is unreachable (None: admit

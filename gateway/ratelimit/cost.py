@@ -123,12 +123,19 @@ def request_cost(body: dict[str, Any], default_max_tokens: int) -> Cost:
         elif isinstance(embeds, list):
             prompts += len(embeds)
             tokens += sum(-(-_text_length(e) // EMBEDS_CHARS_PER_TOKEN) for e in embeds)
-    wanted = _count(body.get("max_completion_tokens")) or _count(body.get("max_tokens"))
+    wanted = wanted_tokens(body, default_max_tokens)
     n = _count(body.get("n")) or 1
     sequences = max(n, _count(body.get("best_of")))
     choices = min((prompts or 1) * sequences, MAX_CHOICES)
     prompt_tokens = -(-chars // CHARS_PER_TOKEN) + tokens
-    return Cost(prompt_tokens, min(wanted or default_max_tokens, MAX_WANTED), choices)
+    return Cost(prompt_tokens, wanted, choices)
+
+
+def wanted_tokens(body: dict[str, Any], default_max_tokens: int) -> int:
+    """Output tokens per choice ``body`` asks to reserve (:attr:`Cost.wanted`):
+    ``max_completion_tokens`` (chat) or ``max_tokens``, else ``default_max_tokens``."""
+    wanted = _count(body.get("max_completion_tokens")) or _count(body.get("max_tokens"))
+    return min(wanted or default_max_tokens, MAX_WANTED)
 
 
 def estimate_tokens(body: dict[str, Any], default_max_tokens: int) -> int:
