@@ -194,7 +194,7 @@ class UpstreamClient:
             ) as response:
                 await _read_bounded(response)
                 return response.status == 200
-        except (TimeoutError, aiohttp.ClientError):
+        except (TimeoutError, aiohttp.ClientError, UpstreamError):
             return False
 
     async def fetch_text(self, url: str, headers: Mapping[str, str] | None = None) -> str | None:
@@ -205,7 +205,7 @@ class UpstreamClient:
             ) as response:
                 if response.status != 200:
                     return None
-                return (await _read_bounded(response)).decode(response.get_encoding())
+                return (await _read_bounded(response)).decode(response.charset or "utf-8")
         except (TimeoutError, aiohttp.ClientError, UnicodeDecodeError, UpstreamError, LookupError):
             return None
 

@@ -240,3 +240,23 @@ async def test_a_redirect_is_an_engine_error_and_never_followed(client: str, sta
         await upstream.close()
         await engine.stop()
         await elsewhere.stop()
+
+
+async def test_aiohttp_scrapes_and_probes_never_raise() -> None:
+    """A scrape of ``text/plain`` without a charset raised (the encoding was asked before
+    the body was read) and a probe of an answer declared past the bound raised: either
+    failed every engine's probe or scrape round (review)."""
+    from gateway.upstream.client import UpstreamClient
+
+    metrics = b"vllm:num_requests_running 0\n"
+    plain = await _engine(ok(metrics, status=b"200 OK").replace(b"application/json", b"text/plain"))
+    huge = await _engine(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % (1 << 40))
+    upstream = UpstreamClient(UpstreamSettings())
+    await upstream.start()
+    try:
+        assert await upstream.fetch_text(plain.url + "/metrics") == metrics.decode()
+        assert await upstream.probe(huge.url) is False
+    finally:
+        await upstream.close()
+        await plain.stop()
+        await huge.stop()
