@@ -31,6 +31,9 @@ class GatewayError(Exception):
     status: int = 500
     error_type: str = "internal_error"
     code: str | None = None
+    before_output: bool = False
+    """An engine failed before it wrote any of the answer (a stream's first event never
+    came): it may have read the prompt, it generated nothing the client got."""
 
     def __init__(
         self,

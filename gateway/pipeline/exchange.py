@@ -13,10 +13,12 @@ How the ticket is settled follows how the request ended:
   client that sends its next request right away finds its slot free;
 * :meth:`failed` (a :class:`GatewayError` before any answer): 0 tokens when
   no engine can have worked on it (refused before it was sent, no engine
-  reachable, an engine's error status), else the reservation: a request sent to
-  an engine that then timed out or whose answer broke off or was refused (502)
-  may have had the engine generate up to it (a tenant whose requests always time
-  out would otherwise have every minute's budget back, and the engine's time free);
+  reachable, an engine's error status); its prompt when a stream's engine failed
+  before its first event (it may have read the prompt, it wrote nothing); else the
+  reservation: a request sent to an engine that then timed out or whose answer
+  broke off or was refused (502) may have had the engine generate up to it (a
+  tenant whose requests always time out would otherwise have every minute's budget
+  back, and the engine's time free);
 * closed without either (the client left, the stream broke): the reservation
   is kept, since the engine may have generated up to it.
 """
@@ -222,10 +224,13 @@ class Exchange:
             watch.closed(self, self._failure, self.clock())
 
     def _failure_charge(self, failure: GatewayError) -> int | None:
-        """What a request that failed with ``failure`` is charged: None (the
-        reservation) unless it failed where no engine can have worked on it (0)."""
-        engine_worked = self._forwarded and type(failure) in _ENGINE_WORKED
-        return None if engine_worked else 0
+        """What a request that failed with ``failure`` is charged: 0 where no engine
+        can have worked on it, its prompt where one failed before writing any of the
+        answer, else None (the reservation)."""
+        if not self._forwarded or type(failure) not in _ENGINE_WORKED:
+            return 0
+        # It failed before the engine wrote any of it: the prompt may have been read.
+        return self.ticket.prompt if failure.before_output else None
 
     @property
     def fill(self) -> CacheFill | None:

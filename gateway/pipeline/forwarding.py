@@ -203,7 +203,9 @@ class Forwarder:
                 exchange.drop_engine()
                 self._pool.record_failure(url)
                 self._metrics.upstream_errors.labels(attempt.model, "timeout").inc()
-                raise UpstreamTimeoutError(_first_event_timeout(limits, total_deadline)) from None
+                late = UpstreamTimeoutError(_first_event_timeout(limits, total_deadline))
+                late.before_output = True
+                raise late from None
             except GatewayError as exc:
                 exchange.drop_engine()
                 timed_out = isinstance(exc, UpstreamTimeoutError)
@@ -220,11 +222,14 @@ class Forwarder:
                 if stream is not None and type(exc) is UpstreamError:
                     # Its stream broke after the head but before the first event (an
                     # engine that died during prefill): nothing reached the client.
+                    exc.before_output = True
                     failed = exc
                     continue
                 if timed_out:  # the head or the first event not within first_s
                     limit: Limit = "ttft_s" if limits.ttft_s else "idle_s"
-                    raise UpstreamTimeoutError(_no_first_event(limits, limit)) from None
+                    late = UpstreamTimeoutError(_no_first_event(limits, limit))
+                    late.before_output = True
+                    raise late from None
                 raise
             end_attempt(exchange, mark, 200, answered=True)
             self._pool.record_success(url)

@@ -88,6 +88,7 @@ class Ticket:
         "at",
         "charge",
         "output_cap",
+        "prompt",
         "raw_headers",
         "request_id",
         "reserved",
@@ -105,6 +106,7 @@ class Ticket:
         at: int = -1,
         output_cap: int | None = None,
         shortened: bool = False,
+        prompt: int = 0,
     ) -> None:
         self._admission = admission
         self.charge = charge
@@ -126,6 +128,9 @@ class Ticket:
         shorter than the same request's with budget to spare (not one to share or keep)."""
         self.wants_usage = charge is not None and charge.counts_tokens
         """True when a token limit applies, so the real usage must be read."""
+        self.prompt = prompt
+        """The prompt's share of :attr:`reserved` (what a request whose engine read
+        the prompt and wrote nothing is charged)."""
 
     @property
     def headers(self) -> dict[str, str]:
@@ -251,6 +256,7 @@ class Admission:
             decision.at,
             granted if charge.counts_tokens else None,
             granted < cost.wanted,
+            cost.prompt,
         )
         if charge.holds_slot:
             self._leased[request_id] = weakref.ref(ticket)

@@ -60,14 +60,25 @@ async def test_an_answer_that_timed_out_keeps_its_reservation() -> None:
     assert await next_cap(w) < WANTED
 
 
-async def test_a_first_event_that_timed_out_keeps_its_reservation() -> None:
+async def test_a_first_event_that_timed_out_is_charged_its_prompt() -> None:
+    """No token came: the engine may have read the prompt (a free prefill otherwise),
+    it generated nothing the client got (the output reservation is returned)."""
     never = asyncio.Event()
     w = limited_world(
         lambda _: Scripted(events=STREAM_EVENTS, gate=never),
         upstream={"retries": 0, "ttft_timeout_s": 0.05},
     )
-    await fail(w, True, UpstreamTimeoutError)
-    assert await next_cap(w) < WANTED
+    long_prompt = [{"role": "user", "content": "x" * 1600}]  # ~400 tokens by the estimate
+    with pytest.raises(UpstreamTimeoutError):
+        body = chat_body(stream=True, max_tokens=500, messages=long_prompt)
+        await w.ask(body, cache_control="no-cache")
+    # 1,000 - ~405 charged leaves ~595: the next ~405-token prompt gets ~190 of its 500
+    w.upstream.handler = lambda _: Scripted(body=completion())
+    again = await w.ask(chat_body(max_tokens=500, messages=long_prompt), cache_control="no-cache")
+    assert isinstance(again, Answer)
+    cap = orjson.loads(w.upstream.requests[-1].body)["max_tokens"]
+    assert 100 < cap < 500  # not refunded (500), not the whole reservation (refused)
+    w.assert_nothing_held()
 
 
 async def test_an_answer_that_broke_off_keeps_its_reservation() -> None:
