@@ -13,9 +13,8 @@ store path's one parse, which gives its id and usage too), a stream only when it
 ended with ``[DONE]`` and carried no error event (the relay writes every one as
 :data:`gateway.upstream.relay.STREAM_ERROR` begins). An answer vLLM cut off
 (``finish_reason: "abort"``: the engine dropped the request, e.g. shutting down) is
-not an answer to keep either: a stream is searched for ``"abort"`` once per batch (a
-value only an unescaped JSON string can be; a stop string of that name in
-``stop_reason`` makes a false alarm, and the answer is not stored, no harm).
+not an answer to keep either: a stream is searched for ``"finish_reason":"abort"``
+(and its spaced spelling) once per batch.
 """
 
 from __future__ import annotations
@@ -33,8 +32,10 @@ from gateway.errors import UpstreamError
 from gateway.pipeline.usage import UsageTap, body_usage, usage_tokens
 from gateway.upstream.relay import STREAM_ERROR, StreamOutcome
 
-ABORT_WORD = b'"abort"'
+ABORTED = b'"finish_reason":"abort"'
 """vLLM's ``finish_reason`` for a request it dropped part way (its answer is cut off)."""
+ABORTED_SPACED = b'"finish_reason": "abort"'
+"""The same, as a server writing JSON with spaces spells it."""
 
 
 class CacheFill:
@@ -57,7 +58,7 @@ class CacheFill:
         flight = self.flight
         if not self._size:
             flight.answer_id = find_answer_id(batch)
-        if STREAM_ERROR in batch or ABORT_WORD in batch:
+        if STREAM_ERROR in batch or ABORTED in batch or ABORTED_SPACED in batch:
             self._usable = False
         self._size += len(batch)
         if flight.keeping and self._size > self._plan.max_entry_bytes:

@@ -108,8 +108,8 @@ class EventFramer:
         self._pending = bytearray(data) if data else None
 
     def _as_lf(self, data: bytes) -> bytes:
-        if self._ends is CR:
-            return data.replace(b"\r", b"\n")
+        if self._ends is CR:  # (a CRLF that comes later is one line end too)
+            return data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
         if self._carry:
             data = b"\r" + data
             self._carry = False

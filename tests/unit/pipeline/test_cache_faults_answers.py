@@ -181,6 +181,13 @@ async def test_a_stream_vllm_cut_off_is_relayed_and_not_kept() -> None:
     w.assert_nothing_held()
 
 
+async def test_a_delta_that_is_the_word_abort_is_text_and_kept() -> None:
+    events = (sse(chunk("abort"), done=False), sse(chunk(None, "stop"), USAGE_CHUNK))
+    w = world(Script([Scripted(events=events)]))
+    _, second = await asked_twice(w, chat_body(stream=True))
+    assert isinstance(second, Replay) and len(w.upstream.requests) == 1
+
+
 async def test_a_delta_that_is_the_word_error_is_text() -> None:
     events = (
         sse(chunk("error"), done=False),

@@ -53,6 +53,12 @@ def test_a_stream_that_mixes_line_ends_gives_the_same_lf_events(size: int) -> No
     assert b"".join(runs) == b"".join(event + b"\n\n" for event in EVENTS[:4])
 
 
+def test_a_stream_of_lone_crs_that_later_sends_crlf_keeps_its_events() -> None:
+    data = EVENTS[0] + b"\r\r" + EVENTS[1] + b"\r\n\r\n" + EVENTS[2] + b"\r\r"
+    (run,) = framed([data])
+    assert run == b"".join(event + b"\n\n" for event in EVENTS[:3])
+
+
 def test_an_event_that_never_ends_is_refused_at_the_bound() -> None:
     framer = EventFramer()
     framer.feed(b"data: {")
