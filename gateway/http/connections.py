@@ -69,7 +69,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import re
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -86,6 +85,7 @@ from uvicorn.server import ServerState
 from gateway.config.sections import ServerSettings
 from gateway.errors import error_body
 from gateway.http.direct_cycle import DirectCycle
+from gateway.http.head_rewrite import without_upgrade
 from gateway.http.pipelining import MAX_PIPELINED, PipelinedFlow, TooManyPipelined
 
 log = logging.getLogger("vgate.connections")
@@ -96,10 +96,6 @@ _TICK_S = 1.0
 _NO_HEAD = -1
 """``_head_bytes`` from the end of a request's head to the end of its body."""
 
-
-_UPGRADE_HEADER = re.compile(rb"\r\nupgrade[ \t]*:", re.IGNORECASE)
-_IGNORED_UPGRADE = b"\r\nx-ignored-upgrade:"
-"""What an ``Upgrade`` header becomes: a name the gateway and llhttp ignore."""
 
 _TOO_MANY_CONNECTIONS = error_body(
     "This gateway process has too many open connections; retry shortly.",
@@ -212,7 +208,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
                 self._feed(data)
             return
         if b"pgrade" in data or b"PGRADE" in data:
-            data = _without_upgrade(data, before)
+            data = without_upgrade(data, before)
         limit = self._limits.max_header_bytes
         room = limit - head
         if len(data) <= room:
@@ -372,18 +368,6 @@ def _tell_disconnect(cycle: RequestResponseCycle | None) -> None:
         if tell is not None:
             cycle.on_disconnect = None
             tell()
-
-
-def _without_upgrade(data: bytes, before: bytes) -> bytes:
-    """``data`` with any ``Upgrade`` header of the head it holds renamed, and nothing
-    after the head's end touched (a body's bytes renamed would change its length:
-    the rest of it would be read as the next request). ``before``: the last bytes of
-    the head's previous read, when this read continues one (its end may straddle
-    them: ``\r\n`` there, ``\r\n`` here)."""
-    end = (before + data).find(b"\r\n\r\n")
-    head_length = len(data) if end < 0 else max(0, end + 2 - len(before))
-    head = data[:head_length]
-    return _UPGRADE_HEADER.sub(_IGNORED_UPGRADE, head) + data[head_length:]
 
 
 async def _too_many_connections(scope: Scope, receive: Receive, send: Send) -> None:
