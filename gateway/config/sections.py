@@ -61,6 +61,13 @@ class ServerSettings(_Section):
     body_timeout_s: float = Field(
         60.0, ge=1, description="A request body must be complete this long after its head."
     )
+    send_timeout_s: float = Field(
+        60.0,
+        ge=1,
+        description="A client that takes none of an answer's bytes for this long (the "
+        "gateway's write buffer stays full) is disconnected: its request is ended as if it "
+        "had left (the engine's stream cancelled, its slot and tokens settled).",
+    )
     keepalive_timeout_s: int = Field(
         75, ge=1, description="An idle connection is closed this long after its last response."
     )

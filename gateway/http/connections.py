@@ -27,6 +27,8 @@ request. So the gateway runs httptools' protocol with these limits added
   after the head. Time when the gateway itself stopped reading (flow control,
   pipelining) is not held against the client. Past it the connection is closed
   and the application sees a disconnect.
+- **send deadline** (``send_timeout_s``): a client that takes no bytes of its
+  answer for this long is reset (:mod:`gateway.http.send_deadline`).
 - **keep-alive** (``keepalive_timeout_s``): uvicorn's own timer, between requests.
 - **pipelining**: requests sent before the previous one was answered wait in order,
   at most :data:`MAX_PIPELINED` of them; a read that holds more closes the
@@ -87,6 +89,7 @@ from gateway.errors import error_body
 from gateway.http.direct_cycle import DirectCycle
 from gateway.http.head_rewrite import without_upgrade
 from gateway.http.pipelining import MAX_PIPELINED, PipelinedFlow, TooManyPipelined
+from gateway.http.send_deadline import SendDeadline, reset
 
 log = logging.getLogger("vgate.connections")
 
@@ -112,6 +115,7 @@ class ConnectionLimits:
     max_header_bytes: int
     header_timeout_s: float
     body_timeout_s: float
+    send_timeout_s: float
     max_connections: int
 
     @classmethod
@@ -120,6 +124,7 @@ class ConnectionLimits:
             server.max_header_bytes,
             server.header_timeout_s,
             server.body_timeout_s,
+            server.send_timeout_s,
             server.max_connections,
         )
 
@@ -163,10 +168,11 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._overflow = False  # more requests pipelined than MAX_PIPELINED: closing
         self._head_tail = b""  # the last bytes of the last read (see data_received)
         self._answering: RequestResponseCycle | None = None  # the request being answered
+        self._send_deadline = SendDeadline(limits.send_timeout_s)
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         HttpToolsProtocol.connection_made(self, transport)
-        self.flow = PipelinedFlow(transport, self.pipeline)
+        self.flow = self._flow = PipelinedFlow(transport, self.pipeline)
         open_now = len(self.connections)
         if open_now > self._limits.max_connections:
             self.app = _too_many_connections
@@ -302,6 +308,11 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         """Runs every ``_TICK_S`` while the connection is open."""
         deadline = self._deadline
         now = self.loop.time()
+        if self._send_deadline.passed(self._flow, now):
+            log.debug("closing a connection: the client took no bytes of its answer in time")
+            self._tick = None
+            reset(self.transport)
+            return
         if not deadline:
             if self._head_bytes == _NO_HEAD:
                 self._deadline = now + self._limits.body_timeout_s

@@ -39,6 +39,13 @@ class PipelinedFlow(FlowControl):
     def __init__(self, transport: asyncio.Transport, waiting: Sized) -> None:
         FlowControl.__init__(self, transport)
         self._waiting = waiting
+        self.resumed = 0
+        """How many times writing resumed (the client took bytes): the send deadline's
+        sign of progress."""
+
+    def resume_writing(self) -> None:
+        self.resumed += 1
+        FlowControl.resume_writing(self)
 
     def resume_reading(self) -> None:
         if not self._waiting:

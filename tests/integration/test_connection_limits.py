@@ -32,6 +32,7 @@ from tests.integration.conftest import STUB_MODEL, Stub
 HEADER_TIMEOUT_S = 3.0
 BODY_TIMEOUT_S = 3.0
 KEEPALIVE_TIMEOUT_S = 2
+SEND_TIMEOUT_S = 2.0
 TICK_S = 1.0  # deadlines are checked once a second (gateway.http.connections)
 MAX_BODY_BYTES = 64 * 1024
 MAX_HEADER_BYTES = 64 * 1024
@@ -78,6 +79,7 @@ def gateway(stub: Stub, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Se
         header_timeout_s=HEADER_TIMEOUT_S,
         body_timeout_s=BODY_TIMEOUT_S,
         keepalive_timeout_s=KEEPALIVE_TIMEOUT_S,
+        send_timeout_s=SEND_TIMEOUT_S,
         max_body_bytes=MAX_BODY_BYTES,
         max_header_bytes=MAX_HEADER_BYTES,
         max_connections=400,
@@ -490,3 +492,53 @@ def test_a_flood_of_pipelined_requests_closes_the_connection_without_growing(
     assert max(closed_after) <= 65  # the one answered and at most MAX_PIPELINED behind it
     assert gateway.rss_bytes() - before < 20 * 1024 * 1024
     assert httpx.get(f"{gateway.url}/health", timeout=5).status_code == 200
+
+
+def endless_stream(served: Served, kind: str) -> socket.socket:
+    """A connection that asks for a long answer and then reads none of it (its receive
+    buffer as small as the kernel allows, so the gateway's fills at once)."""
+    body: dict[str, Any] = {**COMPLETION, "max_tokens": 3_000_000}
+    if kind == "stream":  # ~200 bytes an event
+        body.update(stream=True, stub={"tokens": 200_000, "itl_ms": 0.05})
+    else:  # ~18 MB in one answer: more than the kernel's buffers take
+        body.update(stub={"tokens": 3_000_000})
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.settimeout(10)
+    sock.connect(("127.0.0.1", served.port))
+    sock.sendall(raw_post(orjson.dumps(body)))
+    return sock
+
+
+def established(sock: socket.socket) -> bool:
+    """Whether the kernel still has ``sock``'s connection established (``/proc/net/tcp``):
+    the gateway aborting it resets it, with no byte read on this side."""
+    local = f"{sock.getsockname()[1]:04X}"
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[1].endswith(":" + local) and fields[3] == "01":
+            return True
+    return False
+
+
+@pytest.mark.parametrize("kind", ["stream", "whole"])
+def test_a_client_that_stops_reading_is_disconnected_and_its_stream_ended(
+    gateway: Served, stub: Stub, kind: str
+) -> None:
+    """A client that never reads its answer: the connection is aborted after the send
+    deadline (a stream's engine request cancelled), while normal traffic flows. Without
+    the deadline the stream, its engine connection and the buffered answer stayed as
+    long as the client kept the socket open."""
+    cancelled = stub.stats()["streams_cancelled"]
+    traffic = NormalTraffic(gateway.url)
+    with traffic.running(), endless_stream(gateway, kind) as sock:
+        deadline = time.monotonic() + 30
+        while established(sock):
+            assert time.monotonic() < deadline, "the gateway still holds the connection"
+            time.sleep(0.1)
+        if kind == "stream":
+            while stub.stats()["streams_cancelled"] == cancelled:
+                assert time.monotonic() < deadline, "the engine stream was never cancelled"
+                time.sleep(0.1)
+        traffic.wait_for(3)
+    assert all(status == 200 for _, status in traffic.results), traffic.results

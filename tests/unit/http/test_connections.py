@@ -19,7 +19,11 @@ from gateway.http.connections import ConnectionLimits, LimitedHttpToolsProtocol
 from gateway.http.pipelining import MAX_PIPELINED
 
 LIMITS = ConnectionLimits(
-    max_header_bytes=4096, header_timeout_s=5.0, body_timeout_s=5.0, max_connections=3
+    max_header_bytes=4096,
+    header_timeout_s=5.0,
+    body_timeout_s=5.0,
+    send_timeout_s=5.0,
+    max_connections=3,
 )
 
 
@@ -67,6 +71,7 @@ class FakeTransport:
     def __init__(self) -> None:
         self.written = b""
         self.closed = False
+        self.aborted = False
         self.reading = True
         self.reading_at_writes: list[bool] = []
         self.protocol: LimitedHttpToolsProtocol | None = None
@@ -80,6 +85,10 @@ class FakeTransport:
             self.closed = True
             self.protocol.connection_lost(None)
         self.closed = True
+
+    def abort(self) -> None:
+        self.aborted = True
+        self.close()
 
     def is_closing(self) -> bool:
         return self.closed
@@ -346,3 +355,35 @@ async def test_a_connection_beyond_the_cap_gets_503_and_those_before_it_are_serv
     assert b"\r\nconnection: close\r\n" in beyond.transport.written
     assert error_code(beyond.transport.written) == "too_many_connections"
     assert beyond.transport.closed and beyond.app.paths == []
+
+
+async def served_connection() -> Connection:
+    """A connection whose one request was answered: no head or body deadline runs."""
+    conn = Connection()
+    conn.send(get("/"))
+    await conn.settle()
+    assert conn.transport.written.startswith(b"HTTP/1.1 200 ")
+    return conn
+
+
+async def test_a_client_that_takes_no_bytes_is_reset_after_the_send_timeout() -> None:
+    conn = await served_connection()
+    conn.protocol.pause_writing()  # the transport's buffer is full
+    conn.clock.advance(LIMITS.send_timeout_s - 1)
+    assert not conn.transport.closed
+    conn.clock.advance(3)  # the timeout, and the tick that sees it
+    assert conn.transport.aborted
+
+
+async def test_a_slow_client_that_takes_bytes_now_and_then_is_not_reset() -> None:
+    conn = await served_connection()
+    for _ in range(int(LIMITS.send_timeout_s) * 4):
+        conn.protocol.pause_writing()
+        conn.clock.advance(LIMITS.send_timeout_s / 2)
+        conn.protocol.resume_writing()  # it took some: the deadline starts again
+    conn.protocol.pause_writing()
+    conn.clock.advance(LIMITS.send_timeout_s - 1)
+    assert not conn.transport.closed
+    conn.protocol.resume_writing()
+    conn.clock.advance(LIMITS.send_timeout_s * 3)  # writing, not paused: no deadline
+    assert not conn.transport.closed
