@@ -9,3 +9,7 @@ Layers, lowest first (``tests/import_contract.py`` enforces the direction):
 (the composition root; ``shutdown``, its close steps under deadlines, imports only
 the standard library) and ``cli``. Nothing is built at import time.
 """
+
+from gateway.native import install as _install_native
+
+_install_native()  # the compiled request path, when built from these sources (native.py)

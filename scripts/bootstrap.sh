@@ -47,6 +47,16 @@ fi
 # kustomize` in the deployment checks) when VGATE_BOOTSTRAP_KUBECTL=1 (scripts/test.sh).
 packages=()
 command -v redis-server >/dev/null 2>&1 || packages+=(redis-server)
+# The compiled request path (gateway/native.py) needs a C compiler and Python.h.
+include="$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["include"])')"
+compile_native=1
+[ "${VGATE_NATIVE:-1}" = 0 ] && compile_native=0
+if [ "$compile_native" = 1 ]; then
+  command -v gcc >/dev/null 2>&1 || packages+=(gcc)
+  if [ ! -f "$include/Python.h" ] && [ "${include#/usr/include/}" != "$include" ]; then
+    packages+=("$(basename "$include")-dev")  # Debian's python3.11-dev, for its python3.11
+  fi
+fi
 if [ "${VGATE_BOOTSTRAP_KUBECTL:-0}" = 1 ] && ! command -v kubectl >/dev/null 2>&1; then
   packages+=(kubernetes-client)
 fi
@@ -55,4 +65,15 @@ if [ "${#packages[@]}" -gt 0 ]; then
   if [ "$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo"; fi
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${packages[@]}" >/dev/null
+fi
+
+# The request path compiled with mypyc into build/native (scripts/build_native.py; about
+# a minute, then only when a compiled module changed). Without a compiler or Python.h the
+# gateway runs from source, as it does with VGATE_NATIVE=0.
+if [ "$compile_native" = 1 ]; then
+  if command -v gcc >/dev/null 2>&1 && [ -f "$include/Python.h" ]; then
+    (cd "$ROOT" && "$VENV/bin/python" scripts/build_native.py) >&2
+  else
+    log "no C compiler or no Python.h: the gateway runs from source (slower; see gateway/native.py)"
+  fi
 fi

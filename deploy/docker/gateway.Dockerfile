@@ -1,6 +1,7 @@
 # vgate gateway: slim, non-root, health-checked. Build from the repository root:
 #   docker build -f deploy/docker/gateway.Dockerfile -t vgate-gateway .
-FROM python:3.11-slim AS build
+# The build stage is the full image: it has gcc and Python.h, for the compiled request path.
+FROM python:3.11 AS build
 WORKDIR /src
 # Dependencies from the hash-pinned lock (scripts/lock.sh), in their own layer; then the
 # project alone, so pip resolves nothing and every third-party file is checked.
@@ -10,6 +11,14 @@ COPY pyproject.toml README.md LICENSE ./
 COPY gateway ./gateway
 COPY engines ./engines
 RUN pip install --no-cache-dir --prefix=/install --no-deps .
+# The request path compiled with mypyc (gateway/native.py) from these same sources, into
+# /install/share/vgate-native; mypy and the type stubs it checks them with come from the
+# dev lock, in this stage only.
+COPY requirements/dev.lock ./requirements/
+COPY scripts/build_native.py ./scripts/
+RUN python -m venv /tools \
+    && /tools/bin/pip install --no-cache-dir --require-hashes -r requirements/dev.lock \
+    && VGATE_NATIVE_DIR=/install/share/vgate-native /tools/bin/python scripts/build_native.py
 
 FROM python:3.11-slim
 RUN groupadd --system --gid 999 vgate \
@@ -17,7 +26,8 @@ RUN groupadd --system --gid 999 vgate \
 COPY --from=build /install /usr/local
 COPY deploy/docker/gateway.yaml /etc/vgate/vgate.yaml
 USER 999
-ENV VGATE_SERVER__HOST=0.0.0.0 \
+ENV VGATE_NATIVE_DIR=/usr/local/share/vgate-native \
+    VGATE_SERVER__HOST=0.0.0.0 \
     VGATE_SERVER__PORT=8000 \
     PYTHONUNBUFFERED=1
 # 8000: the OpenAI API, for clients. 9100: the operator listener (metrics, service

@@ -32,6 +32,7 @@ from gateway.config.settings import (
     with_overrides,
 )
 from gateway.http.connections import ConnectionLimits, limited_protocol
+from gateway.native import install as install_native
 from gateway.observability.logs import configure_logging, uvicorn_log_config
 
 log = logging.getLogger("vgate")
@@ -119,6 +120,11 @@ def run_gateway(settings: Settings, on_engines_ready: Callable[[], None] | None 
         server.workers,
         operator_location(settings),
     )
+    native = install_native()  # already installed by the package: says which it was
+    if native is not None:
+        log.info("request path compiled: %d modules (gateway/native.py)", len(native.modules))
+    else:
+        log.info("request path runs from source: no native build matching it (VGATE_NATIVE=0?)")
     app: Any
     if server.workers == 1:
         from gateway.app import create_app

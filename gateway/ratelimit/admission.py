@@ -39,6 +39,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from mypy_extensions import mypyc_attr
+
 from gateway.config.sections import RateLimitSettings
 from gateway.errors import (
     NO_RETRY,
@@ -78,6 +80,7 @@ class _Charge:
     local: _Charge | None  # this process's share of the limits, while Redis is unreachable
 
 
+@mypyc_attr(native_class=False)  # weakly referenced (gateway/native.py)
 class Ticket:
     """One admitted request's reservation; settled once, whichever path ends it."""
 
@@ -137,8 +140,9 @@ class Ticket:
         """:attr:`raw_headers` as text, for error answers and replays."""
         return as_text(self.raw_headers)
 
-    def settle(self, actual: int | None) -> None:
-        """Charge ``actual`` tokens (``None``: keep the reservation) and free the slot."""
+    def settle(self, actual: object) -> None:
+        """Charge ``actual`` tokens (``None``, or a count not to believe: keep the
+        reservation) and free the slot. (``object``: whatever an engine's usage said.)"""
         if self._settled or self._admission is None or self.charge is None:
             return
         self._settled = True
@@ -283,9 +287,9 @@ class Admission:
             ) from None
         return None
 
-    def settle(self, charge: _Charge, ticket: Ticket, actual: int | None) -> None:
-        if actual is not None:
-            actual = believable(actual)  # an engine's bad usage: the reservation stands
+    def settle(self, charge: _Charge, ticket: Ticket, count: object) -> None:
+        # an engine's bad usage: the reservation stands
+        actual = None if count is None else believable(count)
         if charge.holds_slot:
             self._leased.pop(ticket.request_id, None)
         charged = ticket.reserved if actual is None else actual

@@ -137,6 +137,7 @@ class _Connection(asyncio.Protocol):
         buffer += data
         position = 0
         pending = self.pending
+        reply: Any  # bytes, None, an int, a list or an error: not what the first branch says
         try:
             while position < len(buffer) and pending:
                 kind = buffer[position]

@@ -11,7 +11,7 @@ from typing import Any
 
 import orjson
 
-from gateway.pipeline.plan import CHAT, COMPLETIONS, ParsedRequest, with_output_cap
+from gateway.pipeline.plan import CHAT, COMPLETIONS, ModelRename, ParsedRequest, with_output_cap
 from gateway.pipeline.request_meta import RequestMeta
 from gateway.pipeline.results import Answer, EventStream
 from gateway.routing.policies import RoutingPolicy
@@ -58,7 +58,16 @@ def test_without_a_length_field_the_cap_is_appended_to_the_payload() -> None:
 
 
 def test_every_other_field_of_the_request_is_carried_over() -> None:
-    values: dict[str, Any] = {f.name: object() for f in fields(ParsedRequest)}
+    # A value of each field's type, each a distinct object (compiled code checks types).
+    values: dict[str, Any] = {
+        "model": "".join(["vari", "ant"]),
+        "stream": True,
+        "policy": object(),  # a Protocol: any object
+        "affinity_key": bytes(b"affinity"),
+        "rename": ModelRename("served", "asked"),
+        "rollout": "".join(["roll", "out"]),
+    }
+    assert values.keys() == {f.name for f in fields(ParsedRequest)} - {"body", "payload"}
     values |= {"body": {"model": MODEL, "prompt": "x"}, "payload": b'{"model":"m","prompt":"x"}'}
     request = ParsedRequest(**values)
     capped = with_output_cap(request, False, 9)
