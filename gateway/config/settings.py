@@ -42,7 +42,16 @@ from gateway.config.telemetry import TelemetrySettings
 ENV_PREFIX = "VGATE_"
 CONFIG_ENV_VAR = "VGATE_CONFIG"
 # Read by the set-up scripts and by engines.models.prepare, not settings sections.
-TOOL_ENV_VARS = frozenset({CONFIG_ENV_VAR, "VGATE_VENV", "VGATE_ENGINE_VENV", "VGATE_MODEL_CACHE"})
+TOOL_ENV_VARS = frozenset(
+    {
+        CONFIG_ENV_VAR,
+        "VGATE_VENV",
+        "VGATE_ENGINE_VENV",
+        "VGATE_MODEL_CACHE",
+        "VGATE_NATIVE",  # the compiled request path: gateway/native.py
+        "VGATE_NATIVE_DIR",
+    }
+)
 
 
 class ConfigError(Exception):

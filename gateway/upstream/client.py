@@ -175,7 +175,7 @@ class UpstreamClient:
             raise UpstreamTimeoutError("engine did not start answering in time") from None
         except aiohttp.ClientError as exc:
             raise UpstreamError(f"engine request failed: {type(exc).__name__}") from None
-        if response.status >= 400:
+        if 400 <= response.status <= 599:
             async with response:
                 payload = await self._read_error(response)
             raise UpstreamStatusError(response.status, payload, response.content_type)
@@ -240,6 +240,8 @@ def _check_answer(response: aiohttp.ClientResponse) -> None:
     :mod:`gateway.upstream.connection`)."""
     if 300 <= response.status < 400:
         raise UpstreamError(f"engine answered badly: {redirect_refused(response.status)}")
+    if response.status > 599:
+        raise UpstreamError(f"engine answered badly: HTTP status {response.status}")
     coding = response.headers.get("Content-Encoding", "").strip().lower()
     if coding not in ("", "identity"):
         raise UpstreamError(

@@ -49,6 +49,11 @@ from gateway.upstream.transport import (
 
 HIGH_WATER = 1 << 20
 """Received bytes not yet taken above which the connection stops reading."""
+MAX_HEAD_BYTES = 64 * 1024
+"""Most bytes an engine may send before its response head is complete (interim heads
+included; checked per read, so up to one read more arrives). httptools grows an
+unfinished header value by concatenation: without a bound, an endless head took the
+gateway's memory and CPU (quadratic) until the read deadline."""
 
 
 class _Refused(Exception):
@@ -99,6 +104,8 @@ class EngineConnection(asyncio.Protocol):
         self._framed = False
         """The response has a Content-Length or a Transfer-Encoding."""
         self._until_close = False
+        self._head_bytes = 0
+        """Bytes read while the head was not complete (:data:`MAX_HEAD_BYTES`)."""
 
     # --- used by the client ---------------------------------------------------------
 
@@ -215,6 +222,13 @@ class EngineConnection(asyncio.Protocol):
             self._failure = "data outside a response"
             self.close()
             return
+        if not self.head_done:
+            if self._head_bytes > MAX_HEAD_BYTES:
+                self._failure = f"a response head over {MAX_HEAD_BYTES} bytes"
+                self.close()
+                self._wake()
+                return
+            self._head_bytes += len(data)
         try:
             self._parser.feed_data(data)
         except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
@@ -240,6 +254,10 @@ class EngineConnection(asyncio.Protocol):
 
     # --- httptools callbacks ----------------------------------------------------------
 
+    def on_message_begin(self) -> None:
+        if self.complete:  # a second response in the read that ended this one
+            self._refuse("data after the response")  # the answer stands; not reused
+
     def on_header(self, name: bytes, value: bytes) -> None:
         lowered = name.lower()
         if lowered == b"content-type":
@@ -255,6 +273,8 @@ class EngineConnection(asyncio.Protocol):
         if status < 200:
             self._interim(status)
             return
+        if status > 599:  # no such status: nothing to relay it as
+            self._refuse(f"HTTP status {status}")
         if 300 <= status < 400:
             self._refuse(redirect_refused(status))
         self.keep_alive = self._parser.should_keep_alive()

@@ -24,6 +24,8 @@ last event); only a batch holding it there is split into events.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import re
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, Protocol
@@ -34,6 +36,8 @@ from gateway.errors import GatewayError, UpstreamError, openai_error
 from gateway.upstream.transport import EventSource
 
 DONE_EVENT = b"data: [DONE]\n\n"
+AFTER_DONE_S = 0.25
+"""How long the body's end is awaited after ``[DONE]`` (it usually comes with it)."""
 DONE_WORD = b"[DONE]"
 STREAM_ERROR = b'data: {"error"'
 """How an error event starts once relayed (:func:`openai_error_events` writes every
@@ -108,8 +112,12 @@ async def relay_events(
             outcome.error = UpstreamError("engine closed the stream before it was complete")
             raise outcome.error
         # After [DONE] the body should end; anything more is dropped (and the
-        # connection, its answer unfinished, is not reused).
-        await next_batch()
+        # connection, its answer unfinished, is not reused). An engine that keeps the
+        # body open after it is given a moment, not the read deadline: the client's
+        # answer ends here, and its slot with it.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(AFTER_DONE_S):
+                await next_batch()
     except GatewayError as exc:
         if outcome.completed:
             return  # the client has its whole answer: a fault after [DONE] is no failure

@@ -14,6 +14,7 @@ the last message (``MODE:<name>``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gzip
 import json
 import uuid
@@ -78,6 +79,35 @@ class WireEngine(ScriptedEngine):
             writer.write(interim)
             await writer.drain()
             await asyncio.sleep(0.2)  # pacing, not waiting: the interim head goes alone
+        if mode == "longhead":  # a header value that never ends (8 MiB, then silence)
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nx-long: ")
+            with contextlib.suppress(ConnectionError):  # the gateway gives up first
+                for _ in range(128):
+                    writer.write(b"a" * 65536)
+                    await writer.drain()
+                await asyncio.sleep(30)  # holding the head unfinished
+            return False
+        if mode == "status600":
+            writer.write(_head(b"600 Unheard Of", kind, len(body)) + body)
+            await writer.drain()
+            return True
+        if mode == "trailing":  # the answer, then a second response in the same write
+            other = b'{"other": "answer"}'
+            writer.write(
+                _head(b"200 OK", kind, len(body))
+                + body
+                + _head(b"500 Internal Server Error", b"application/json", len(other))
+                + other
+            )
+            await writer.drain()
+            return True
+        if mode == "open_after_done" and stream:  # [DONE], and the body never ends
+            head = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+            writer.write(head + b"transfer-encoding: chunked\r\n\r\n")
+            writer.write(b"%x\r\n%s\r\n" % (len(body), body))
+            await writer.drain()
+            await asyncio.sleep(30)
+            return False
         extra: tuple[bytes, ...] = ()
         if mode == "gzip":
             body, extra = gzip.compress(body), (b"content-encoding: gzip",)
@@ -106,14 +136,14 @@ def gateway(
         yield request.param, running
 
 
-def chat(gateway: Gateway, mode: str, stream: bool) -> httpx.Response:
+def chat(gateway: Gateway, mode: str, stream: bool, timeout: float = 15) -> httpx.Response:
     body = {
         "model": MODEL,
         "messages": [{"role": "user", "content": f"MODE:{mode} {uuid.uuid4().hex}"}],
         "stream": stream,
         "temperature": 0,
     }
-    return httpx.post(f"{gateway.url}/v1/chat/completions", json=body, timeout=15)
+    return httpx.post(f"{gateway.url}/v1/chat/completions", json=body, timeout=timeout)
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["answer", "stream"])
@@ -148,3 +178,45 @@ def test_a_gzip_answer_is_a_502_in_openai_shape_and_not_cached(
         assert error["type"] == "upstream_error" and "content coding 'gzip'" in error["message"]
     assert engine.modes[before:] == ["gzip", "gzip"]
     assert engine.accept_encodings[-1] == "identity"
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["answer", "stream"])
+@pytest.mark.parametrize("mode", ["longhead", "status600"])
+def test_an_endless_head_or_an_unknown_status_is_a_502(
+    gateway: tuple[str, Gateway], mode: str, stream: bool
+) -> None:
+    """An endless response head was read until the read deadline (a 504 after it, the
+    gateway's memory and CPU growing meanwhile); a status above 599 crashed the handler
+    (no answer at all)."""
+    reply = chat(gateway[1], mode, stream)
+    assert reply.status_code == 502, reply.text[:200]
+    assert reply.json()["error"]["type"] == "upstream_error"
+    assert chat(gateway[1], "plain", stream).status_code == 200  # the gateway is unharmed
+
+
+def test_a_second_response_behind_the_answer_changes_nothing(
+    gateway: tuple[str, Gateway], engine: WireEngine
+) -> None:
+    """Bytes after a complete answer in the same read were parsed as more of it: the
+    500 behind it replaced the answer's status (the request then failed over), or its
+    body was appended. The answer stands; the connection is not reused."""
+    before = len(engine.modes)
+    reply = chat(gateway[1], "trailing", stream=False)
+    assert reply.status_code == 200
+    assert reply.json()["choices"][0]["message"]["content"] == TEXT
+    assert engine.modes[before:] == ["trailing"]
+    for _ in range(3):  # the next requests get their own answers
+        assert (
+            chat(gateway[1], "plain", stream=False).json()["choices"][0]["message"]["content"]
+            == TEXT
+        )
+
+
+def test_a_stream_ends_at_done_when_the_engine_keeps_its_body_open(
+    gateway: tuple[str, Gateway],
+) -> None:
+    """The client's stream ended only when the gateway's read deadline (5 s here, 600 s
+    by default) gave up on the rest of the body."""
+    reply = chat(gateway[1], "open_after_done", stream=True, timeout=3)
+    assert reply.status_code == 200
+    assert TEXT in reply.text and reply.text.rstrip().endswith("data: [DONE]")

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from gateway.config.settings import load_settings
 from gateway.native import BUILD_DIR, MANIFEST, MODULES, matching_build, source_path
 
 PROBE = (
@@ -91,3 +92,15 @@ def test_every_compiled_module_exists_and_is_in_the_package() -> None:
     for module in MODULES:
         assert module.startswith("gateway.") and source_path(module).is_file(), module
     assert len(set(MODULES)) == len(MODULES)
+
+
+def test_its_switches_are_not_taken_for_settings(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """``VGATE_*`` variables are settings, and unknown ones are refused: the image sets
+    ``VGATE_NATIVE_DIR``, which the gateway refused to start with."""
+    config = tmp_path / "vgate.yaml"
+    config.write_text("models: [{name: m, endpoints: ['http://127.0.0.1:1']}]\n")
+    monkeypatch.setenv("VGATE_NATIVE", "0")
+    monkeypatch.setenv("VGATE_NATIVE_DIR", str(tmp_path))
+    assert load_settings(config).models[0].name == "m"

@@ -63,7 +63,7 @@ def test_every_other_field_of_the_request_is_carried_over() -> None:
         "model": "".join(["vari", "ant"]),
         "stream": True,
         "policy": object(),  # a Protocol: any object
-        "affinity_key": bytes(b"affinity"),
+        "affinity_key": b"affinity",
         "rename": ModelRename("served", "asked"),
         "rollout": "".join(["roll", "out"]),
     }
