@@ -179,6 +179,15 @@ class OverloadedError(GatewayError):
     code = "overloaded"
 
 
+class ShuttingDownError(GatewayError):
+    """The gateway is shutting down and ``server.shutdown_timeout_s`` ran out before the
+    answer was complete (503; a stream already started gets it as its last event)."""
+
+    status = 503
+    error_type = "service_unavailable"
+    code = "shutting_down"
+
+
 class UpstreamTimeoutError(GatewayError):
     """The engine did not answer in time (504)."""
 

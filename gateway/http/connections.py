@@ -99,7 +99,6 @@ _TICK_S = 1.0
 _NO_HEAD = -1
 """``_head_bytes`` from the end of a request's head to the end of its body."""
 
-
 _TOO_MANY_CONNECTIONS = error_body(
     "This gateway process has too many open connections; retry shortly.",
     "service_unavailable",
@@ -199,6 +198,12 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
     def _start_asgi_task(self, cycle: RequestResponseCycle, app: Any) -> None:
         self._answering = cycle
         HttpToolsProtocol._start_asgi_task(self, cycle, app)
+
+    def shutdown(self) -> None:
+        """Graceful shutdown begins: mark the answer in progress (shutdown_cut.py)."""
+        if type(self._answering) is DirectCycle:
+            self._answering.closing = True
+        HttpToolsProtocol.shutdown(self)
 
     def data_received(self, data: bytes) -> None:
         head = self._head_bytes

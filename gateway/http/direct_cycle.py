@@ -57,6 +57,10 @@ class DirectCycle(OneWriteCycle):
     """Called once if the connection is lost before the answer is complete (set by
     :class:`gateway.http.client_watch.ClientWatch`; a class default, since the cycle
     is made by uvicorn and only then given this class)."""
+    closing = False
+    """uvicorn's graceful shutdown began while this answer was being made (set by the
+    connection): a cancellation not caused by the client is then the shutdown deadline
+    (:mod:`gateway.http.shutdown_cut`)."""
 
     def attach(self, loop: asyncio.AbstractEventLoop) -> None:
         """Offer this cycle to the application, through the scope; ``loop`` is the
@@ -107,6 +111,26 @@ class DirectCycle(OneWriteCycle):
             if self.chunked_encoding:
                 self.transport.write(_LAST_CHUNK)
             self._complete()
+
+    def cut_off(self, status: int, headers: RawHeaders, body: bytes, events: bytes) -> bool:
+        """End the answer now and close, without waiting for the client to read (the
+        process is exiting): ``status``, ``headers`` and ``body`` as a whole answer if
+        none has started, else ``events`` as the stream's last run and its end. False
+        when there is nothing to end (the client gone, the answer complete)."""
+        if self.disconnected or self.response_complete:
+            return False
+        self.keep_alive = False  # "connection: close", and the close once written
+        if not self.response_started:
+            head = self._head(status, headers)
+            head.append(b"content-length: %d\r\n\r\n" % len(body))
+            head.append(body)
+            self.transport.write(b"".join(head))
+        elif self.chunked_encoding:
+            self.transport.write(b"%x\r\n%b\r\n%b" % (len(events), events, _LAST_CHUNK))
+        else:
+            self.transport.write(events)
+        self._complete()
+        return True
 
     async def _may_write(self) -> bool:
         """Wait while the client is not reading; False once it is gone (or the answer

@@ -44,6 +44,7 @@ from gateway.http.answers import (
 )
 from gateway.http.client_watch import ClientWatch
 from gateway.http.direct_cycle import direct_cycle
+from gateway.http.shutdown_cut import end_at_deadline
 from gateway.pipeline.results import Result
 
 log = logging.getLogger("vgate.app")
@@ -59,7 +60,8 @@ class Endpoint:
 
     A client that hangs up while the answer is being made or streamed cancels
     it (see :mod:`gateway.http.client_watch`); nothing is sent then, since nobody
-    is left to receive it."""
+    is left to receive it. The shutdown deadline cancels it too; its answer is then
+    ended with a ``shutting_down`` error (:mod:`gateway.http.shutdown_cut`)."""
 
     __slots__ = ("_handler",)
 
@@ -82,9 +84,10 @@ class Endpoint:
                 return
             await respond(result, responder)
         except asyncio.CancelledError:
-            if not watch.abandoned:
+            if watch.abandoned:
+                watch.swallow()
+            elif not end_at_deadline(cycle, scope):  # the shutdown's: answered, not raised
                 raise
-            watch.swallow()
         finally:
             watch.stop()
 

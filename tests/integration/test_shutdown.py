@@ -17,6 +17,10 @@ one thing and sends SIGTERM:
 
 ``shutdown_timeout_s`` is 3 s here, so the stream in progress holds the drain for
 those 3 s; the gateway must then be gone within 5 s more. About 7 s per case.
+
+A last case checks what requests still running at that deadline get: an OpenAI
+error (a 503, or a stream's error event and ``[DONE]``), not uvicorn's 500 or a
+stream cut mid-body.
 """
 
 from __future__ import annotations
@@ -27,8 +31,10 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -191,3 +197,62 @@ def _engine_healthy(detail_url: str) -> bool:
 
 def _tail(path: Path) -> str:
     return path.read_text()[-4000:]
+
+
+def test_requests_cut_off_at_the_deadline_end_in_openai_shape(tmp_path: Path) -> None:
+    """Requests still running when ``shutdown_timeout_s`` ends are cancelled by uvicorn:
+    one not yet answered gets a 503 (``shutting_down``) in OpenAI's shape with
+    ``connection: close``, a stream its error event, ``[DONE]`` and a proper end; each
+    is logged once, as a WARNING, with no traceback (uvicorn's plain-text 500, a
+    stream cut mid-body and "Exception in ASGI application" before)."""
+    started = threading.Event()
+
+    def plain(port: int) -> httpx.Response:
+        body = {"model": STUB_MODEL, "messages": [{"role": "user", "content": "hi"}],
+                "stub": {"ttft_ms": 60_000}}  # fmt: skip
+        return httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", json=body, timeout=30)
+
+    def stream(port: int) -> tuple[int, list[str]]:
+        body = {"model": STUB_MODEL, "messages": [{"role": "user", "content": "hi"}],
+                "stream": True, "stub": {"tokens": 100_000, "itl_ms": 50}}  # fmt: skip
+        url = f"http://127.0.0.1:{port}/v1/chat/completions"
+        with httpx.stream("POST", url, json=body, timeout=30) as response:
+            events = []
+            for line in response.iter_lines():  # raises on a body cut short
+                if line.startswith("data: "):
+                    events.append(line[6:])
+                    started.set()
+            return response.status_code, events
+
+    with stub_engine() as (engine_url, _):
+        config = {
+            "models": [{"name": STUB_MODEL, "endpoints": [engine_url]}],
+            "server": {"shutdown_timeout_s": 1, "log_format": "json"},
+        }
+        with gateway_process(config, tmp_path) as (gateway, port, _, log_path):
+            with ThreadPoolExecutor(2) as pool:
+                plain_answer = pool.submit(plain, port)
+                streamed = pool.submit(stream, port)
+                stats = f"{engine_url}/stub/stats"
+                wait_for(lambda: httpx.get(stats).json()["in_flight"] == 2, 10, "both at the stub")
+                assert started.wait(10), "the stream's first event"
+                gateway.send_signal(signal.SIGTERM)
+                answer = plain_answer.result(timeout=BOUND_S)
+                status_code, events = streamed.result(timeout=BOUND_S)
+            gateway.wait(timeout=BOUND_S)
+            log = log_path.read_text()
+    assert answer.status_code == 503, (answer.status_code, answer.text, log[-3000:])
+    assert answer.headers["content-type"] == "application/json"
+    assert answer.headers["connection"] == "close"
+    error = answer.json()["error"]
+    assert error["code"] == "shutting_down" and error["type"] == "service_unavailable"
+    assert error["param"] is None and "shutdown_timeout_s" in error["message"]
+    assert status_code == 200
+    assert events[-1] == "[DONE]", events[-3:]
+    assert orjson.loads(events[-2])["error"]["code"] == "shutting_down", events[-3:]
+    assert "Exception in ASGI application" not in log and "Traceback" not in log, log
+    records = [orjson.loads(line) for line in log.splitlines() if line.startswith("{")]
+    cut = [r for r in records if r["message"].startswith("shutdown deadline")]
+    assert [r["level"] for r in cut] == ["warning", "warning"], cut
+    assert not any(r["level"] in ("error", "critical") and r["logger"].startswith("vgate")
+                   for r in records), log  # fmt: skip
