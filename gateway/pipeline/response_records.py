@@ -4,8 +4,10 @@ each key's quota of stored bytes (``responses.max_bytes_per_key``).
 A key at its quota gets 429 ``insufficient_quota`` for a request that would store,
 before anything is charged or sent to an engine; ``store: false`` still works. The
 store checks the quota again when it keeps a record (requests made meanwhile may
-have reached it): a record it refuses then, like one over ``max_stored_bytes`` or
-one the store could not be reached for, is logged and skipped; the client still has
+have reached it): a record it refuses then, like one over ``max_stored_bytes``, one
+that cannot be encoded (a body at the accepted nesting depth whose fields the engine
+echoed: the record nests them a level deeper than JSON may go) or one the store
+could not be reached for, is logged and skipped; the client still has
 its answer, which it cannot retrieve or continue later.
 """
 
@@ -80,7 +82,11 @@ class ResponseRecords:
     async def save(self, record: StoredResponse) -> None:
         """Keep ``record`` for ``responses.ttl_s`` (see the module docstring for when
         it is skipped)."""
-        data = record.encode()
+        try:
+            data = record.encode()
+        except TypeError as exc:  # orjson.JSONEncodeError: e.g. nested one level too deep
+            log.warning("response %s not stored: it cannot be encoded: %s", record.id, exc)
+            return
         settings = self._settings
         if len(data) > settings.max_stored_bytes:
             log.warning(
