@@ -200,9 +200,8 @@ class ResponsesService:
         )
         timeline.admitted = timeline.looked_up = exchange.clock()  # no cache here: 0 ms
         served = self._served.get(model, model)
-        payload = engine_payload(
-            request, items, new_response_id(), served, exchange.ticket.output_cap
-        )
+        response_id = new_response_id()  # stored under it only (not the engine's say)
+        payload = engine_payload(request, items, response_id, served, exchange.ticket.output_cap)
         policy, prefix_chars = self._routing.for_model(model)
         key = None
         if policy.wants_affinity_key:
@@ -216,7 +215,9 @@ class ResponsesService:
             taps.append(ModelRename(served, asked))
         if request.previous_response_id is not None:
             taps.append(FieldRestore(request.previous_response_id))
-        keep = Keeper(self._records, principal.name, items, item_ids) if request.store else None
+        keep = None
+        if request.store:
+            keep = Keeper(self._records, principal.name, items, item_ids, response_id)
         exchange.count_in_flight()
         try:
             if request.stream:

@@ -36,7 +36,7 @@ class ResponseNotFoundError(NotFoundError):
     """A response id that does not exist for this key (404, as at OpenAI)."""
 
     def __init__(self, response_id: str, param: str = "response_id") -> None:
-        super().__init__(f"Response with id '{response_id}' not found.", param=param)
+        super().__init__(f"Response with id '{shown_id(response_id)}' not found.", param=param)
 
 
 class PreviousResponseNotFoundError(ResponseNotFoundError):
@@ -44,7 +44,18 @@ class PreviousResponseNotFoundError(ResponseNotFoundError):
 
     def __init__(self, response_id: str) -> None:
         super().__init__(response_id, "previous_response_id")
-        self.message = f"Previous response with id '{response_id}' not found."
+        self.message = f"Previous response with id '{shown_id(response_id)}' not found."
+
+
+SHOWN_ID_CHARS = 64
+
+
+def shown_id(response_id: str) -> str:
+    """An id as an error message echoes it: its first 64 characters, then "…" (the
+    gateway's ids are 37; a client's 100 KB one is not sent back whole)."""
+    if len(response_id) <= SHOWN_ID_CHARS:
+        return response_id
+    return response_id[:SHOWN_ID_CHARS] + "…"
 
 
 class TooManyItemsError(InvalidRequestError):
