@@ -153,7 +153,7 @@ async def _start(
     metrics = GatewayMetrics()
     metrics.watch_engines(pool.states)
     metrics.watch_background(tasks.snapshot)
-    limiter, store, entries, ping = await _shared_state(settings, stack)
+    limiter, store, entries, ping, link = await _shared_state(settings, stack)
     authenticator = build_authenticator(settings.auth, store)
     metrics.watch_skipped_records(
         {
@@ -229,7 +229,7 @@ async def _start(
             metrics,
             authenticator,
             admission,
-            _response_store(settings, stack),
+            _response_store(settings, stack, link),
             rollouts,
         ),
         rollout_control=control,
@@ -237,25 +237,26 @@ async def _start(
 
 
 def _response_store(
-    settings: Settings, stack: ShutdownSteps
+    settings: Settings, stack: ShutdownSteps, link: RedisLink | None
 ) -> MemoryResponseStore | RedisResponseStore:
-    """Stored responses (the Responses API): in ``redis.url`` when set, shared by every
-    replica, over a link of their own; else in this process's memory, bounded."""
+    """Stored responses (the Responses API): in ``redis.url`` when set (``link``, whose
+    state says when Redis is down), shared by every replica, over a connection pool of
+    their own; else in this process's memory, bounded."""
     redis = settings.redis
-    if redis.url is None:
+    if redis.url is None or link is None:
         return MemoryResponseStore(settings.responses.memory_max_bytes)
-    link = RedisLink(redis.url, redis.timeout_s, redis.retry_s)
-    stack.push_async_callback(link.close)
-    return RedisResponseStore(link)
+    store = RedisResponseStore.connect(redis.url, link, redis.timeout_s)
+    stack.push_async_callback(store.close)
+    return store
 
 
 async def _shared_state(
     settings: Settings, stack: ShutdownSteps
-) -> tuple[LimiterBackend, KeyStore | None, EntryStore, Ping | None]:
+) -> tuple[LimiterBackend, KeyStore | None, EntryStore, Ping | None, RedisLink | None]:
     """Rate-limit counters, run-time keys and cache entries: in Redis when configured,
     else in this process's memory. Cache entries go to ``cache.redis_url`` when it is
     set (a Redis that may evict them), else with the rest to ``redis.url``. Last, a
-    ``PING`` of ``redis.url`` for readiness (None without it)."""
+    ``PING`` of ``redis.url`` for readiness and the link to it (None without it)."""
     redis = settings.redis
     links: dict[str, RedisLink] = {}
 
@@ -274,9 +275,9 @@ async def _shared_state(
     )
     if redis.url is None:
         memory_keys = MemoryKeyStore() if settings.auth.admin_key is not None else None
-        return MemoryLimiter(), memory_keys, entries, None
+        return MemoryLimiter(), memory_keys, entries, None, None
     link = link_to(redis.url)
-    return RedisLimiter(link), RedisKeyStore(link.client), entries, link.client.ping
+    return RedisLimiter(link), RedisKeyStore(link.client), entries, link.client.ping, link
 
 
 def _engine_stop_bound_s(deployments: Sequence[Deployment]) -> float:

@@ -77,7 +77,10 @@ class ServerSettings(_Section):
         description="Open connections per worker process; one accepted beyond it gets a 503.",
     )
     max_messages: int = Field(
-        4096, ge=1, description="Most chat messages one request may carry (400 beyond)."
+        4096,
+        ge=1,
+        description="Most chat messages, or Responses input items (a follow-up's whole "
+        "conversation), one request may carry (400 beyond).",
     )
     max_prompt_chars: int = Field(
         2 * 1024 * 1024,

@@ -143,4 +143,5 @@ def build_responses_service(
         settings.responses,
         rollouts.chooser if rollouts is not None else None,
         rollouts.observer if rollouts is not None else None,
+        max_items=settings.server.max_messages,
     )

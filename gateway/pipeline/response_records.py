@@ -4,8 +4,10 @@ each key's quota of stored bytes (``responses.max_bytes_per_key``).
 A key at its quota gets 429 ``insufficient_quota`` for a request that would store,
 before anything is charged or sent to an engine; ``store: false`` still works. The
 store checks the quota again when it keeps a record (requests made meanwhile may
-have reached it): a record it refuses then, like one over ``max_stored_bytes`` or
-one the store could not be reached for, is logged and skipped; the client still has
+have reached it): a record it refuses then, like one over ``max_stored_bytes``, one
+that cannot be encoded (a body at the accepted nesting depth whose fields the engine
+echoed: the record nests them a level deeper than JSON may go) or one the store
+could not be reached for, is logged and skipped; the client still has
 its answer, which it cannot retrieve or continue later.
 """
 
@@ -80,7 +82,11 @@ class ResponseRecords:
     async def save(self, record: StoredResponse) -> None:
         """Keep ``record`` for ``responses.ttl_s`` (see the module docstring for when
         it is skipped)."""
-        data = record.encode()
+        try:
+            data = record.encode()
+        except TypeError as exc:  # orjson.JSONEncodeError: e.g. nested one level too deep
+            log.warning("response %s not stored: it cannot be encoded: %s", record.id, exc)
+            return
         settings = self._settings
         if len(data) > settings.max_stored_bytes:
             log.warning(
@@ -111,22 +117,35 @@ class ResponseRecords:
 
 
 class Keeper:
-    """Stores a finished response with the conversation that produced it."""
+    """Stores a finished response with the conversation that produced it, under the id
+    the gateway made for it (``response_id``, the engine's ``request_id``). A response
+    the engine named otherwise is not stored: the client saw the engine's id, which
+    must not name a record the engine chose (another key's, say), and the gateway's
+    id would be one the client never saw."""
 
-    __slots__ = ("_ids", "_items", "_owner", "_records")
+    __slots__ = ("_id", "_ids", "_items", "_owner", "_records")
 
     def __init__(
-        self, records: ResponseRecords, owner: str, items: list[Any], ids: list[str]
+        self,
+        records: ResponseRecords,
+        owner: str,
+        items: list[Any],
+        ids: list[str],
+        response_id: str,
     ) -> None:
         self._records = records
         self._owner = owner
         self._items = items
         self._ids = ids
+        self._id = response_id
 
     async def __call__(self, response: dict[str, Any]) -> None:
-        response_id = response.get("id")
-        if not isinstance(response_id, str) or RESPONSE_ID.fullmatch(response_id) is None:
-            log.warning("engine response without a usable id: not stored")
+        given = response.get("id")
+        if given != self._id:
+            shown = given[:64] if isinstance(given, str) else type(given).__name__
+            log.warning(
+                "engine response id %r is not the %s asked for: not stored", shown, self._id
+            )
             return
-        record = StoredResponse(response_id, self._owner, response, self._items, self._ids)
+        record = StoredResponse(self._id, self._owner, response, self._items, self._ids)
         await self._records.save(record)

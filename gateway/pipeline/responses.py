@@ -59,6 +59,7 @@ from gateway.pipeline.results import Answer, EventStream, Result
 from gateway.pool.engine_pool import EnginePool
 from gateway.ratelimit.admission import Admission
 from gateway.responses.conversation import (
+    MAX_ITEMS,
     CreateRequest,
     PreviousResponseNotFoundError,
     ResponseNotFoundError,
@@ -107,7 +108,9 @@ class ResponsesService:
         settings: ResponsesSettings,
         rollouts: VariantChooser | None = None,
         observer: VariantObserver | None = None,
+        max_items: int = MAX_ITEMS,
     ) -> None:
+        self._max_items = max_items  # server.max_messages
         self._served = {name: m.served_name for name, m in models.items()}
         self._rollouts = rollouts
         self._observer = observer or NoObserver()
@@ -132,7 +135,7 @@ class ResponsesService:
         then on (its ``close`` releases them)."""
         exchange = Exchange(LABEL, self._pool, self._metrics)
         try:
-            request = read_create(decode_json_object(raw))
+            request = read_create(decode_json_object(raw), self._max_items)
             result = await self._create(exchange, request, principal, request_id, session_id)
             result.headers.append((SERVER_TIMING, exchange.timeline.server_timing()))
             if exchange.variant is not None:
@@ -187,7 +190,7 @@ class ResponsesService:
             missing = PreviousResponseNotFoundError(previous_id)
             loaded = await self._records.load(previous_id, missing)
             previous = check_found(loaded, principal.name, missing)
-        items, item_ids = conversation(previous, request)
+        items, item_ids = conversation(previous, request, self._max_items)
         if request.store:
             await self._records.check_quota(principal.name)
         timeline = exchange.timeline
@@ -197,9 +200,8 @@ class ResponsesService:
         )
         timeline.admitted = timeline.looked_up = exchange.clock()  # no cache here: 0 ms
         served = self._served.get(model, model)
-        payload = engine_payload(
-            request, items, new_response_id(), served, exchange.ticket.output_cap
-        )
+        response_id = new_response_id()  # stored under it only (not the engine's say)
+        payload = engine_payload(request, items, response_id, served, exchange.ticket.output_cap)
         policy, prefix_chars = self._routing.for_model(model)
         key = None
         if policy.wants_affinity_key:
@@ -213,7 +215,9 @@ class ResponsesService:
             taps.append(ModelRename(served, asked))
         if request.previous_response_id is not None:
             taps.append(FieldRestore(request.previous_response_id))
-        keep = Keeper(self._records, principal.name, items, item_ids) if request.store else None
+        keep = None
+        if request.store:
+            keep = Keeper(self._records, principal.name, items, item_ids, response_id)
         exchange.count_in_flight()
         try:
             if request.stream:

@@ -9,6 +9,12 @@ conversation as ``input`` (the previous response's input items, then its output
 items, then the new input) with no ``previous_response_id`` and ``store: false``,
 so any engine can answer it and none has to remember anything. As at OpenAI, the
 previous request's ``instructions`` are not carried over.
+
+The number of items is capped (``server.max_messages``, what caps a chat request's
+messages): the new ``input`` right after the body is decoded, before any per-item
+work, and the whole conversation a follow-up sends (the previous response's input
+and output items plus the new ones) once the previous record is loaded: that is what
+the engine gets, and what a chat request could not send either.
 """
 
 from __future__ import annotations
@@ -22,12 +28,15 @@ import orjson
 from gateway.errors import GatewayError, InvalidRequestError, NotFoundError
 from gateway.responses.store import StoredResponse
 
+MAX_ITEMS = 4096
+"""The default cap on a request's items (``server.max_messages``' default)."""
+
 
 class ResponseNotFoundError(NotFoundError):
     """A response id that does not exist for this key (404, as at OpenAI)."""
 
     def __init__(self, response_id: str, param: str = "response_id") -> None:
-        super().__init__(f"Response with id '{response_id}' not found.", param=param)
+        super().__init__(f"Response with id '{shown_id(response_id)}' not found.", param=param)
 
 
 class PreviousResponseNotFoundError(ResponseNotFoundError):
@@ -35,7 +44,28 @@ class PreviousResponseNotFoundError(ResponseNotFoundError):
 
     def __init__(self, response_id: str) -> None:
         super().__init__(response_id, "previous_response_id")
-        self.message = f"Previous response with id '{response_id}' not found."
+        self.message = f"Previous response with id '{shown_id(response_id)}' not found."
+
+
+SHOWN_ID_CHARS = 64
+
+
+def shown_id(response_id: str) -> str:
+    """An id as an error message echoes it: its first 64 characters, then "…" (the
+    gateway's ids are 37; a client's 100 KB one is not sent back whole)."""
+    if len(response_id) <= SHOWN_ID_CHARS:
+        return response_id
+    return response_id[:SHOWN_ID_CHARS] + "…"
+
+
+class TooManyItemsError(InvalidRequestError):
+    """More input items than ``server.max_messages`` (400, ``param: "input"``)."""
+
+    def __init__(self, max_items: int, previous: int = 0) -> None:
+        message = f"input: at most {max_items} input items per request"
+        if previous:
+            message += f" (the previous response's conversation has {previous})"
+        super().__init__(message, param="input")
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,10 +88,13 @@ class CreateRequest:
         return self.input
 
 
-def read_create(body: dict[str, Any]) -> CreateRequest:
-    """The checked request, or a 400 in OpenAI's words."""
+def read_create(body: dict[str, Any], max_items: int = MAX_ITEMS) -> CreateRequest:
+    """The checked request, or a 400 in OpenAI's words (more than ``max_items`` input
+    items is one, before any item is looked at)."""
     model = _required(body, "model", str, "a string")
     given = _required(body, "input", (str, list), "a string or an array")
+    if isinstance(given, list) and len(given) > max_items:
+        raise TooManyItemsError(max_items)
     if isinstance(given, list) and not all(isinstance(item, dict) for item in given):
         raise InvalidRequestError(
             "Invalid 'input': every input item must be an object.",
@@ -117,11 +150,15 @@ def _kind(value: Any) -> str:
 
 
 def conversation(
-    previous: StoredResponse | None, request: CreateRequest
+    previous: StoredResponse | None, request: CreateRequest, max_items: int = MAX_ITEMS
 ) -> tuple[list[Any], list[str]]:
     """The engine's ``input`` items and their listing ids: the previous response's
-    input and output, then the new input."""
+    input and output, then the new input; a 400 when they are more than ``max_items``."""
     new = request.new_items
+    if previous is not None:
+        before = len(previous.input_items) + len(previous.output)
+        if before + len(new) > max_items:
+            raise TooManyItemsError(max_items, before)
     new_ids = [_item_id(item) for item in new]
     if previous is None:
         _check_unique(new_ids)

@@ -44,15 +44,18 @@ async def bounded(command: Awaitable[Any], timeout_s: float) -> Any:
         raise StoreUnavailable(str(exc)) from None
 
 
-def redis_py_client(url: str, timeout_s: float, **options: Any) -> aioredis.Redis:
-    """A redis-py client that gives up on a call after ``timeout_s`` to connect or to
-    read a reply, and retries once at once (a pooled connection Redis had closed),
-    with no backoff. Callers that need one deadline per call wrap it in
-    ``asyncio.timeout`` too (:class:`gateway.backends.redis.keys.RedisKeyStore` does)."""
+def redis_py_client(
+    url: str, timeout_s: float, connect_timeout_s: float | None = None, **options: Any
+) -> aioredis.Redis:
+    """A redis-py client that gives up on a call after ``timeout_s`` to read a reply
+    (and ``connect_timeout_s``, by default the same, to connect), and retries once at
+    once (a pooled connection Redis had closed), with no backoff. Callers that need
+    one deadline per call wrap it in ``asyncio.timeout`` too
+    (:class:`gateway.backends.redis.keys.RedisKeyStore` does)."""
     return aioredis.Redis.from_url(
         url,
         socket_timeout=timeout_s,
-        socket_connect_timeout=timeout_s,
+        socket_connect_timeout=timeout_s if connect_timeout_s is None else connect_timeout_s,
         retry=Retry(NoBackoff(), 1),
         health_check_interval=0,
         **options,

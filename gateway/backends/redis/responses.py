@@ -10,19 +10,32 @@ once, so replicas never overshoot together; the record itself is written after i
 (another key, perhaps another slot). A record Redis lost some other way still counts
 until its expiry: the count errs toward the limit.
 
-Calls go over the lean request-path client with its deadline (``redis.timeout_s``);
-a failure, or Redis known to be down, raises :class:`StoreUnavailable`.
+Calls go over a redis-py connection pool of the store's own, never over the shared
+pipelined request-path connection (:attr:`RedisLink.fast`): a record can be 8 MiB
+(``responses.max_stored_bytes``), and one queued there would hold every rate-limit
+and cache command behind it past their deadline. Each call has a deadline that suits
+such a record, :data:`TIMEOUT_S` (5 s; connecting: ``redis.timeout_s``). A failure
+raises :class:`StoreUnavailable` (503 ``response_store_unavailable`` to a reader) but
+does not mark the shared link down: one slow record is no outage for the limiter
+and the cache. When the link already knows Redis is down (their failures), calls
+fail at once.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from collections.abc import Awaitable
 from typing import Any
 
-from gateway.backends.redis.link import RedisLink
-from gateway.backends.redis.resp import ANY, BULK, STATUS
+import redis.asyncio as aioredis
+
+from gateway.backends.redis.link import RedisLink, bounded, redis_py_client
 from gateway.errors import StoreUnavailable
 
 PREFIX = "vgate:responses:"
+TIMEOUT_S = 5.0
+"""The deadline of one call of the store (an 8 MiB record, read while others are)."""
 
 _FORGET_EXPIRED = """
 local t = redis.call('TIME')
@@ -73,14 +86,45 @@ return tonumber(redis.call('HGET', KEYS[1], '#') or '0')
 
 
 class RedisResponseStore:
-    """:class:`gateway.responses.store.ResponseStore` in Redis."""
+    """:class:`gateway.responses.store.ResponseStore` in Redis: ``link`` says whether
+    Redis is known to be down; commands go over ``client`` (None: ``link.client``,
+    whose deadline is ``link``'s) within ``timeout_s``."""
 
-    def __init__(self, link: RedisLink, prefix: str = PREFIX) -> None:
+    def __init__(
+        self,
+        link: RedisLink,
+        prefix: str = PREFIX,
+        client: aioredis.Redis | None = None,
+        timeout_s: float = TIMEOUT_S,
+    ) -> None:
         self._link = link
         self._prefix = prefix
+        self._client = link.client if client is None else client
+        self._owns_client = client is not None
+        self._timeout_s = timeout_s
+        self._count = self._client.register_script(_COUNT)
+        self._uncount = self._client.register_script(_UNCOUNT)
+        self._usage = self._client.register_script(_USAGE)
+
+    @classmethod
+    def connect(cls, url: str, link: RedisLink, connect_timeout_s: float) -> RedisResponseStore:
+        """A store with a connection pool of its own to ``url`` (see the module
+        docstring), ``link`` the gateway's shared one."""
+        timeout_s = max(TIMEOUT_S, connect_timeout_s)
+        client = redis_py_client(
+            url, timeout_s, connect_timeout_s=connect_timeout_s, max_connections=512
+        )
+        return cls(link, client=client, timeout_s=timeout_s)
+
+    async def close(self) -> None:
+        """Close the store's own pool (if it has one), waiting a second at most."""
+        if self._owns_client:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(1.0):
+                    await self._client.aclose()
 
     async def get(self, response_id: str) -> bytes | None:
-        value = await self._call("GET", self._prefix + response_id, accept=BULK)
+        value = await self._call(self._client.get(self._prefix + response_id))
         return value if isinstance(value, bytes) else None
 
     async def put(
@@ -92,37 +136,35 @@ class RedisResponseStore:
             ttl_s * 1000,
             -1 if quota is None else quota,
         ]
-        if not await self._script(_COUNT, owner, args):
+        if not await self._script(self._count, owner, args):
             return False
-        await self._call("SET", self._prefix + response_id, record, "EX", ttl_s, accept=STATUS)
+        await self._call(self._client.set(self._prefix + response_id, record, ex=ttl_s))
         return True
 
     async def delete(self, response_id: str, owner: str) -> bool:
-        removed = await self._call("DEL", self._prefix + response_id, accept=ANY)
-        await self._script(_UNCOUNT, owner, [response_id])
+        removed = await self._call(self._client.delete(self._prefix + response_id))
+        await self._script(self._uncount, owner, [response_id])
         return isinstance(removed, int) and removed > 0
 
     async def usage(self, owner: str) -> int:
-        total = await self._script(_USAGE, owner, [])
+        total = await self._script(self._usage, owner, [])
         return total if isinstance(total, int) else 0
 
-    async def _script(self, script: str, owner: str, args: list[str | int]) -> Any:
+    async def _script(self, script: Any, owner: str, args: list[str | int]) -> Any:
+        """``script`` (registered: loaded again by redis-py after NOSCRIPT) on the
+        owner's two keys."""
         base = f"{self._prefix}owner:{{{owner}}}"
         self._link.check()
-        try:
-            reply = await self._link.fast.evalsha(script, [f"{base}:size", f"{base}:expiry"], args)
-        except StoreUnavailable as exc:
-            self._link.failed(exc)
-            raise
-        self._link.succeeded()
-        return reply
+        keys = [f"{base}:size", f"{base}:expiry"]
+        return await bounded(script(keys=keys, args=args), self._timeout_s)
 
-    async def _call(self, *args: bytes | str | int, accept: bytes) -> Any:
-        self._link.check()
+    async def _call(self, command: Awaitable[Any]) -> Any:
+        """``command`` within the deadline; Redis known down: at once. A failure is
+        :class:`StoreUnavailable`, and leaves the shared link's state alone."""
         try:
-            reply = await self._link.fast.call(*args, accept=accept)
-        except StoreUnavailable as exc:
-            self._link.failed(exc)
+            self._link.check()
+        except StoreUnavailable:
+            if asyncio.iscoroutine(command):
+                command.close()  # never awaited: no warning
             raise
-        self._link.succeeded()
-        return reply
+        return await bounded(command, self._timeout_s)
