@@ -9,6 +9,9 @@ tree on CPU 0. Each round loads one gateway, then the other (the order reversed 
 other round), at each of ``--levels`` connections: non-streaming chat, a prompt unique
 to each request and temperature 0. ``full`` turns on auth, Redis rate limits (far too
 high to refuse) and the cache (a lookup and a store per request); ``plain`` has none.
+``--loadgen wrk --upstream bare`` is issue #16's harness (wrk and the zero-delay upstream
+on CPU 1); ``--before-env``/``--after-env`` set a side's environment
+(``--before-env VGATE_NATIVE=0`` with both trees ``.``: source against compiled).
 
 Printed per level: each side's median requests/s, p50 and CPU µs per request (of its
 own process), the median of the per-round after/before ratios of requests/s, the
@@ -28,6 +31,7 @@ from benchmarks.clients import UNIQUE
 from benchmarks.full_mode import FULL, KEY, MODEL, PLAIN, SIDE_CPU
 from benchmarks.loadgen import LoadSpec, chat_body, run_blocking
 from benchmarks.procs import Processes, free_port, group_cpu_seconds
+from benchmarks.wrk import run_wrk
 
 GATEWAY_CPU = 0
 
@@ -40,10 +44,10 @@ class Run:
 
 
 def _start_gateway(
-    procs: Processes, name: str, tree: Path, python: str, config: Path
+    procs: Processes, name: str, tree: Path, python: str, config: Path, env: list[str]
 ) -> tuple[int, str]:
     port = free_port()
-    argv = ["env", "-C", str(tree), python, "-m", "gateway", "serve",
+    argv = ["env", "-C", str(tree), *env, python, "-m", "gateway", "serve",
             "--config", str(config), "--port", str(port)]  # fmt: skip
     proc = procs.start(name, argv, GATEWAY_CPU)
     url = f"http://127.0.0.1:{port}"
@@ -57,7 +61,7 @@ def _measure(url: str, pgid: int, conns: int, args: argparse.Namespace, body: by
                     concurrency=conns, duration_s=args.duration, warmup_s=args.warmup,
                     grace_s=10.0, client="raw", headers=headers)  # fmt: skip
     before = group_cpu_seconds(pgid)
-    result = run_blocking(spec, url)
+    result = run_wrk(spec, url, SIDE_CPU) if args.loadgen == "wrk" else run_blocking(spec, url)
     cpu = group_cpu_seconds(pgid) - before
     answered = result.ok + result.error_count + result.warmup_or_late
     if result.error_count:
@@ -80,12 +84,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--after-python", default=sys.executable,
                         help="interpreter of the after side: two venvs of one tree compare "
                              "interpreters")  # fmt: skip
+    parser.add_argument("--before-env", action="append", default=[], metavar="NAME=VALUE",
+                        help="environment of the before side's gateway (repeatable): "
+                             "--before-env VGATE_NATIVE=0 runs one tree from source")  # fmt: skip
+    parser.add_argument("--after-env", action="append", default=[], metavar="NAME=VALUE")
+    parser.add_argument("--loadgen", choices=("python", "wrk"), default="python",
+                        help="wrk (pinned to CPU 1) for issue #16's harness")  # fmt: skip
+    parser.add_argument("--upstream", choices=("stub", "bare"), default="stub",
+                        help="bare: benchmarks.bare_upstream, the zero-delay upstream")  # fmt: skip
     args = parser.parse_args(argv)
     levels = [int(x) for x in args.levels.split(",")]
     body = chat_body(MODEL, prompt=f"Say hello to request {UNIQUE.decode()}.", temperature=0)
     with Processes(args.logs) as procs:
         stub_port, redis_port = free_port(), free_port()
-        stub = procs.start("stub", [sys.executable, "-m", "engines.stub", "--port",
+        upstream = "benchmarks.bare_upstream" if args.upstream == "bare" else "engines.stub"
+        stub = procs.start("stub", [sys.executable, "-m", upstream, "--port",
                                     str(stub_port), "--model", MODEL], SIDE_CPU)  # fmt: skip
         procs.start("redis", ["redis-server", "--port", str(redis_port), "--save", "",
                               "--appendonly", "no"], SIDE_CPU)  # fmt: skip
@@ -94,10 +107,10 @@ def main(argv: list[str] | None = None) -> int:
         config = args.logs / "gateway.yaml"
         text = template.replace("${STUB_URL}", f"http://127.0.0.1:{stub_port}")
         config.write_text(text.replace("${REDIS_URL}", f"redis://127.0.0.1:{redis_port}/0"))
-        trees = (("before", args.before, args.before_python),
-                 ("after", args.after, args.after_python))  # fmt: skip
-        sides = {name: _start_gateway(procs, name, tree.resolve(), python, config.resolve())
-                 for name, tree, python in trees}  # fmt: skip
+        trees = (("before", args.before, args.before_python, args.before_env),
+                 ("after", args.after, args.after_python, args.after_env))  # fmt: skip
+        sides = {name: _start_gateway(procs, name, tree.resolve(), python, config.resolve(), env)
+                 for name, tree, python, env in trees}  # fmt: skip
         runs: dict[tuple[str, int], list[Run]] = {(n, c): [] for n in sides for c in levels}
         for index in range(args.rounds):
             for conns in levels:
