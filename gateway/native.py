@@ -10,16 +10,18 @@ same typed source: 21% fewer instructions per fully-on request under callgrind
 
 ``scripts/build_native.py`` (run by ``scripts/bootstrap.sh``) compiles them into
 :data:`BUILD_DIR` (``build/native`` beside the ``gateway`` package, git-ignored, or
-``$VGATE_NATIVE_DIR``) with
-a manifest: the SHA-256 of every compiled module's source and the interpreter's
-extension suffix. :func:`install` (called once, from ``gateway/__init__.py``, before
-any other module of the package is imported) puts a finder at the head of
-``sys.meta_path`` that loads those modules from the build, but only when the
-manifest matches what is on disk now: a module edited since the build, a build for
-another interpreter, or a missing file, and every module runs from its ``.py`` as
-before (the modules are compiled as one group that calls across itself in C, so it is
-all or nothing). An edited module therefore never runs stale compiled code.
-``VGATE_NATIVE=0`` runs everything from source (for a debugger, or to compare).
+``$VGATE_NATIVE_DIR``) with a manifest: the SHA-256 of every source file of the
+package (compiled code also holds what it knew at build time of the modules it
+imports: the types it checks their values against) and the interpreter's extension
+suffix. :func:`install` (called once, from ``gateway/__init__.py``, before any other
+module of the package is imported) puts a finder at the head of ``sys.meta_path``
+that loads those modules from the build, but only when the manifest matches what is
+on disk now. Any file of the package edited since the build, a build for another
+interpreter, a missing file, or a library that does not load (a warning), and every
+module runs from its ``.py`` as before: the modules are compiled as one group that
+calls across itself in C, so it is all or nothing, and an edited source never runs
+as stale compiled code. ``VGATE_NATIVE=0`` runs everything from source (for a
+debugger, or to compare).
 
 What compiled code does differently, and the source respects: annotations are
 checked at run time (a value of another type than declared raises ``TypeError``),
@@ -32,6 +34,7 @@ in :data:`MODULES`.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import importlib.abc
 import importlib.machinery
 import importlib.util
@@ -39,6 +42,7 @@ import json
 import os
 import sys
 import sysconfig
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -111,21 +115,29 @@ def library_path(build_dir: Path, module: str) -> Path:
     return build_dir.joinpath(*module.split(".")).with_name(module.split(".")[-1] + suffix)
 
 
-def sources_digest(modules: Sequence[str]) -> str:
-    """SHA-256 over each module's name and source bytes, in order."""
+def package_sources() -> list[Path]:
+    """Every ``.py`` file of the ``gateway`` package, in a fixed order."""
+    return sorted(PACKAGE_DIR.rglob("*.py"))
+
+
+def sources_digest(files: Sequence[Path]) -> str:
+    """SHA-256 over each file's path (relative to the package) and bytes, in order."""
     digest = hashlib.sha256()
-    for module in modules:
-        digest.update(module.encode() + b"\x00")
-        digest.update(source_path(module).read_bytes())
+    for path in files:
+        digest.update(path.relative_to(PACKAGE_DIR).as_posix().encode() + b"\x00")
+        digest.update(path.read_bytes())
         digest.update(b"\x00")
     return digest.hexdigest()
 
 
 def manifest_for(modules: Sequence[str]) -> dict[str, object]:
-    """What a build records (``scripts/build_native.py``) and :func:`matching_build` checks."""
+    """What a build records (``scripts/build_native.py``) and :func:`matching_build` checks:
+    the modules compiled and the digest of the *whole* package's sources, since compiled
+    code also holds what it knew at build time of the modules it imports (the types it
+    checks their values against, their constants)."""
     return {
         "modules": list(modules),
-        "sources_sha256": sources_digest(modules),
+        "sources_sha256": sources_digest(package_sources()),
         "ext_suffix": sysconfig.get_config_var("EXT_SUFFIX"),
     }
 
@@ -176,8 +188,19 @@ def install(build_dir: Path = BUILD_DIR) -> NativeBuild | None:
     if os.environ.get(ENVIRONMENT_SWITCH, "1") == "0":
         return None
     build = matching_build(build_dir)
-    if build is not None:
-        sys.meta_path.insert(0, NativeFinder(build))
+    if build is None:
+        return None
+    finder = NativeFinder(build)
+    sys.meta_path.insert(0, finder)
+    try:  # the group's library holds all the code: if it loads, the modules do
+        importlib.import_module(shared_library_name())
+    except (ImportError, OSError) as exc:  # e.g. built against a newer C library
+        sys.meta_path.remove(finder)
+        sys.modules.pop(shared_library_name(), None)
+        warnings.warn(
+            f"compiled request path not loaded ({exc}): running from source", stacklevel=2
+        )
+        return None
     return build
 
 

@@ -29,6 +29,8 @@ if [ "$#" -eq 0 ]; then set -- tests/unit tests/integration tests/e2e; fi
 # when a test fails, what uvicorn logged about broken answers (an exception in the
 # application, an answer left incomplete) is printed after pytest's report.
 export TEST_PROCESS_LOG_DIR="$ROOT/.test-logs/last"
+# The compiled request path (gateway/native.py) was built: its tests require it.
+if [ "${native_built:-0}" = 1 ]; then export TEST_REQUIRE_NATIVE=1; fi
 rm -rf "$TEST_PROCESS_LOG_DIR"
 status=0
 "$VENV/bin/pytest" "$@" || status=$?

@@ -44,7 +44,7 @@ from gateway.http.answers import (
 )
 from gateway.http.client_watch import ClientWatch
 from gateway.http.direct_cycle import direct_cycle
-from gateway.http.shutdown_cut import end_at_deadline
+from gateway.http.shutdown_cut import CHAT_EVENTS, end_at_deadline
 from gateway.pipeline.results import Result
 
 log = logging.getLogger("vgate.app")
@@ -63,10 +63,12 @@ class Endpoint:
     is left to receive it. The shutdown deadline cancels it too; its answer is then
     ended with a ``shutting_down`` error (:mod:`gateway.http.shutdown_cut`)."""
 
-    __slots__ = ("_handler",)
+    __slots__ = ("_cut_events", "_handler")
 
-    def __init__(self, handler: Handler) -> None:
+    def __init__(self, handler: Handler, cut_events: bytes = CHAT_EVENTS) -> None:
         self._handler = handler
+        self._cut_events = cut_events
+        """How a stream of this route ends when the shutdown deadline cuts it off."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         cycle = direct_cycle(scope)
@@ -86,7 +88,7 @@ class Endpoint:
         except asyncio.CancelledError:
             if watch.abandoned:
                 watch.swallow()
-            elif not end_at_deadline(cycle, scope):  # the shutdown's: answered, not raised
+            elif not end_at_deadline(cycle, scope, self._cut_events):  # answered, not raised
                 raise
         finally:
             watch.stop()

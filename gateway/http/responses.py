@@ -26,6 +26,8 @@ from gateway.http.context import (
 )
 from gateway.http.hot_routes import Endpoint, add_endpoint
 from gateway.http.render import render
+from gateway.http.shutdown_cut import CUT_OFF
+from gateway.pipeline.response_events import error_event
 from gateway.pipeline.responses import PATH, ResponsesService
 from gateway.pipeline.results import Result
 
@@ -51,7 +53,7 @@ async def _create(scope: Scope, receive: Receive, watch: ClientWatch) -> Result:
     return await service.create(raw, principal, scope_request_id(scope), headers.session_id)
 
 
-create = Endpoint(_create)
+create = Endpoint(_create, cut_events=error_event(CUT_OFF))  # a Responses stream: no [DONE]
 
 
 async def retrieve(request: Request) -> Response:

@@ -7,8 +7,11 @@ connection's once-a-second tick (:mod:`gateway.http.connections`) asks
 :meth:`SendDeadline.passed`; once writing has stayed paused, without resuming once,
 for ``send_timeout_s``, the connection is :func:`reset` and the request being
 answered sees a disconnect (its engine stream cancelled, its slot and tokens
-settled). A slow client that takes bytes now and then resumes writing each time, and
-its deadline starts again. Nothing of this runs per request.
+settled). Progress is writing resuming, which the transport reports when its buffer
+drains below the low-water mark (16 KiB in uvloop): a slow client that keeps taking
+its answer restarts the deadline each time; one that takes less than the buffer (64
+KiB) plus the kernel's send buffer within the timeout is reset. Nothing of this runs
+per request.
 """
 
 from __future__ import annotations

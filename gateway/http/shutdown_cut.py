@@ -42,18 +42,20 @@ CUT_OFF = ShuttingDownError(
     "(server.shutdown_timeout_s); retry it."
 )
 _BODY = CUT_OFF.body()
-_EVENTS = error_event(CUT_OFF) + DONE_EVENT
+CHAT_EVENTS = error_event(CUT_OFF) + DONE_EVENT
+"""How a completion stream ends when cut off (a Responses stream: its own ``error``
+event, given by its endpoint)."""
 
 
-def end_at_deadline(cycle: DirectCycle | None, scope: Scope) -> bool:
+def end_at_deadline(cycle: DirectCycle | None, scope: Scope, events: bytes = CHAT_EVENTS) -> bool:
     """If the running task was cancelled by the shutdown deadline, end its answer (see
-    the module's docstring), forget the cancellation and return True; else False (the
-    caller lets the cancellation go on)."""
+    the module's docstring; a stream with ``events``), forget the cancellation and
+    return True; else False (the caller lets the cancellation go on)."""
     task = asyncio.current_task()
     if cycle is None or not cycle.closing or task is None or not task.cancelling():
         return False
     started = cycle.response_started
-    if cycle.cut_off(CUT_OFF.status, [JSON_TYPE], _BODY, _EVENTS):
+    if cycle.cut_off(CUT_OFF.status, [JSON_TYPE], _BODY, events):
         log.warning(
             "shutdown deadline: %s %s (request %s) cut off %s (server.shutdown_timeout_s)",
             scope["method"],

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Callable, Iterator, Sequence
-from typing import Generic, TypeVar, cast
+from typing import ClassVar, Generic, TypeVar, cast
 
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -111,7 +111,7 @@ class _Labelled(Collector, Generic[C]):
 class _LabelledNumber(_Labelled[Tally]):
     """A counter or a gauge: one number per child, written as its ``family``."""
 
-    _family: type[CounterMetricFamily] | type[GaugeMetricFamily]
+    _family: ClassVar[type[CounterMetricFamily] | type[GaugeMetricFamily]]
 
     def _new_child(self) -> Tally:
         return Tally()

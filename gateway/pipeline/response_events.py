@@ -15,13 +15,21 @@ stream with an ``error`` event (OpenAI's ``ResponseErrorEvent`` fields plus an
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 import orjson
 
 from gateway.errors import GatewayError, UpstreamError
-from gateway.upstream.relay import STREAM_ERROR, BatchTap, StreamOutcome, openai_error_events
+from gateway.upstream.relay import (
+    AFTER_DONE_S,
+    STREAM_ERROR,
+    BatchTap,
+    StreamOutcome,
+    openai_error_events,
+)
 from gateway.upstream.transport import EventSource
 
 TERMINAL_TYPES = frozenset({"response.completed", "response.incomplete", "response.failed"})
@@ -122,8 +130,17 @@ async def relay_response_events(
                 await on_final(final.response)
             if batch:
                 yield batch
-        if not outcome.completed and not final.engine_error:
-            raise UpstreamError("engine closed the stream before the response was complete")
+            if outcome.completed:
+                break
+        else:
+            if not final.engine_error:
+                raise UpstreamError("engine closed the stream before the response was complete")
+            return
+        # The response is complete: the body's end is given a moment, not the read
+        # deadline (an engine that keeps it open held the client's stream and slot).
+        with contextlib.suppress(TimeoutError, GatewayError):
+            async with asyncio.timeout(AFTER_DONE_S):
+                await next_batch()
     except GatewayError as exc:
         outcome.error = exc
         yield error_event(exc)

@@ -11,9 +11,11 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import openai
 import pytest
 import yaml
@@ -47,18 +49,28 @@ def gateway_url(awq_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iter
         "env": {"VLLM_CPU_KVCACHE_SPACE": "1"},
         "health": {"startup_timeout_s": 1200},
     }
+    port, admin = free_port(), free_port()
     config = {
         "engines": {"log_dir": str(directory / "logs")},
         "upstream": {"health_interval_s": 1},
         "models": [{"name": AWQ_MODEL, "engine": engine}],
+        "server": {"admin_port": admin},
     }
     config_path = directory / "vgate.yaml"
     config_path.write_text(yaml.safe_dump(config))
-    port = free_port()
     argv = [sys.executable, "-m", "gateway", "serve", "--config", str(config_path),
             "--port", str(port)]  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     with run_process(argv, f"{url}/ready", timeout=STARTUP_TIMEOUT_S):
+        # /ready is about the gateway (README "Readiness"), not its engines: wait until
+        # the operator's detail shows the engine healthy.
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        while True:
+            ready = httpx.get(f"http://127.0.0.1:{admin}/ready", timeout=30).json()
+            if sum(ready["engines"].get(AWQ_MODEL, {}).values()):
+                break
+            assert time.monotonic() < deadline, f"engine not ready: {ready}"
+            time.sleep(1)
         yield url
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import threading
 from collections.abc import Iterator
 from typing import Any, Self
@@ -23,6 +24,10 @@ from tests.helpers.processes import free_port
 SSE_HEAD = (
     b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
 )
+
+
+_MODE = re.compile(r"MODE:(\w+)")
+"""The answer's mode, named in the request's last message (or its input)."""
 
 
 def _chunk(data: bytes) -> bytes:
@@ -84,8 +89,10 @@ class ScriptedEngine:
                     await writer.drain()
                     continue
                 request = json.loads(body)
-                content = request["messages"][-1]["content"]
-                mode = content.split("MODE:", 1)[1].split()[0] if "MODE:" in content else ""
+                messages = request.get("messages")  # chat; else the Responses API's input
+                content = messages[-1]["content"] if messages else json.dumps(request["input"])
+                named = _MODE.search(content)
+                mode = named.group(1) if named else ""
                 self.requests.append(mode)
                 self.headers.append(fields)
                 if not await self.answer(mode, request, writer):

@@ -101,6 +101,25 @@ class WireEngine(ScriptedEngine):
             )
             await writer.drain()
             return True
+        if mode == "open_after_completed":  # a Responses stream that never ends its body
+            completed = {
+                "type": "response.completed",
+                "sequence_number": 1,
+                "response": {
+                    "id": "resp_wire",
+                    "object": "response",
+                    "status": "completed",
+                    "output": [],
+                    "model": MODEL,
+                },
+            }
+            events = b"event: response.completed\ndata: " + json.dumps(completed).encode()
+            head = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+            writer.write(head + b"transfer-encoding: chunked\r\n\r\n")
+            writer.write(b"%x\r\n%s\n\n\r\n" % (len(events) + 2, events))
+            await writer.drain()
+            await asyncio.sleep(30)
+            return False
         if mode == "open_after_done" and stream:  # [DONE], and the body never ends
             head = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
             writer.write(head + b"transfer-encoding: chunked\r\n\r\n")
@@ -220,3 +239,15 @@ def test_a_stream_ends_at_done_when_the_engine_keeps_its_body_open(
     reply = chat(gateway[1], "open_after_done", stream=True, timeout=3)
     assert reply.status_code == 200
     assert TEXT in reply.text and reply.text.rstrip().endswith("data: [DONE]")
+
+
+def test_a_responses_stream_ends_when_complete_though_the_engine_keeps_its_body_open(
+    gateway: tuple[str, Gateway],
+) -> None:
+    """As for chat's [DONE]: the stream ended only at the gateway's read deadline."""
+    body = {"model": MODEL, "input": f"MODE:open_after_completed {uuid.uuid4().hex}",
+            "stream": True, "store": False}  # fmt: skip
+    url = f"{gateway[1].url}/v1/responses"
+    reply = httpx.post(url, json=body, timeout=3)
+    assert reply.status_code == 200
+    assert "response.completed" in reply.text and '"type":"error"' not in reply.text

@@ -206,6 +206,7 @@ def test_requests_cut_off_at_the_deadline_end_in_openai_shape(tmp_path: Path) ->
     is logged once, as a WARNING, with no traceback (uvicorn's plain-text 500, a
     stream cut mid-body and "Exception in ASGI application" before)."""
     started = threading.Event()
+    responses_started = threading.Event()
 
     def plain(port: int) -> httpx.Response:
         body = {"model": STUB_MODEL, "messages": [{"role": "user", "content": "hi"}],
@@ -224,21 +225,36 @@ def test_requests_cut_off_at_the_deadline_end_in_openai_shape(tmp_path: Path) ->
                     started.set()
             return response.status_code, events
 
+    def responses_stream(port: int) -> list[str]:
+        body = {"model": STUB_MODEL, "input": "hi", "stream": True, "store": False,
+                "stub": {"tokens": 100_000, "itl_ms": 50}}  # fmt: skip
+        url = f"http://127.0.0.1:{port}/v1/responses"
+        with httpx.stream("POST", url, json=body, timeout=30) as response:
+            data = []
+            for line in response.iter_lines():  # raises on a body cut short
+                if line.startswith("data: "):
+                    data.append(line[6:])
+                    responses_started.set()
+            return data
+
     with stub_engine() as (engine_url, _):
         config = {
             "models": [{"name": STUB_MODEL, "endpoints": [engine_url]}],
             "server": {"shutdown_timeout_s": 1, "log_format": "json"},
         }
         with gateway_process(config, tmp_path) as (gateway, port, _, log_path):
-            with ThreadPoolExecutor(2) as pool:
+            with ThreadPoolExecutor(3) as pool:
                 plain_answer = pool.submit(plain, port)
                 streamed = pool.submit(stream, port)
+                responses = pool.submit(responses_stream, port)
                 stats = f"{engine_url}/stub/stats"
-                wait_for(lambda: httpx.get(stats).json()["in_flight"] == 2, 10, "both at the stub")
+                wait_for(lambda: httpx.get(stats).json()["in_flight"] == 3, 10, "all at the stub")
                 assert started.wait(10), "the stream's first event"
+                assert responses_started.wait(10), "the Responses stream's first event"
                 gateway.send_signal(signal.SIGTERM)
                 answer = plain_answer.result(timeout=BOUND_S)
                 status_code, events = streamed.result(timeout=BOUND_S)
+                response_events = responses.result(timeout=BOUND_S)
             gateway.wait(timeout=BOUND_S)
             log = log_path.read_text()
     assert answer.status_code == 503, (answer.status_code, answer.text, log[-3000:])
@@ -250,9 +266,11 @@ def test_requests_cut_off_at_the_deadline_end_in_openai_shape(tmp_path: Path) ->
     assert status_code == 200
     assert events[-1] == "[DONE]", events[-3:]
     assert orjson.loads(events[-2])["error"]["code"] == "shutting_down", events[-3:]
+    last = orjson.loads(response_events[-1])  # a Responses stream: its own error event
+    assert last["type"] == "error" and last["code"] == "shutting_down", response_events[-3:]
     assert "Exception in ASGI application" not in log and "Traceback" not in log, log
     records = [orjson.loads(line) for line in log.splitlines() if line.startswith("{")]
     cut = [r for r in records if r["message"].startswith("shutdown deadline")]
-    assert [r["level"] for r in cut] == ["warning", "warning"], cut
+    assert [r["level"] for r in cut] == ["warning"] * 3, cut
     assert not any(r["level"] in ("error", "critical") and r["logger"].startswith("vgate")
                    for r in records), log  # fmt: skip

@@ -41,10 +41,10 @@ def imported(build_dir: Path, **env: str) -> dict[str, object]:
 @pytest.fixture
 def build() -> Path:
     if matching_build() is None:
-        pytest.fail(
-            "no native build matching the sources: run scripts/build_native.py "
-            "(scripts/bootstrap.sh and scripts/test.sh do)"
-        )
+        why = "no native build matching the sources: run scripts/build_native.py"
+        if os.environ.get("TEST_REQUIRE_NATIVE") == "1":  # scripts/test.sh, once it built
+            pytest.fail(why)
+        pytest.skip(why + " (scripts/test.sh builds it and requires it)")
     return BUILD_DIR
 
 
