@@ -16,6 +16,7 @@ from gateway.config.settings import Settings
 from gateway.observability.metrics import GatewayMetrics
 from gateway.pipeline.assembly import build_forwarder, build_responses_service
 from gateway.pipeline.responses import ResponsesService
+from gateway.pipeline.results import Answer
 from gateway.pool.engine_pool import EnginePool
 from gateway.ratelimit.admission import Admission
 from gateway.upstream.fake import FakeRequest, FakeUpstream, Scripted
@@ -89,3 +90,12 @@ def responses_world(
         store,
     )
     return ResponsesWorld(service, upstream, store, sent)
+
+
+async def create_answer(world: Any, body: dict[str, Any]) -> dict[str, Any]:
+    """``POST /v1/responses`` with ``body`` as the world's key; the answer's JSON."""
+    principal = await world.service.caller(f"Bearer {KEY}")
+    result = await world.service.create(orjson.dumps(body), principal, "req-1", None)
+    assert isinstance(result, Answer)
+    answer: dict[str, Any] = orjson.loads(result.body)
+    return answer

@@ -6,21 +6,17 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
 import pytest
 
 from gateway.errors import NotFoundError
-from gateway.pipeline.results import Answer
 from gateway.upstream.fake import FakeRequest
-from tests.unit.pipeline.responses_world import KEY, MODEL, engine_response, responses_world
-
-
-async def _create(world: Any, body: dict[str, Any]) -> dict[str, Any]:
-    principal = await world.service.caller(f"Bearer {KEY}")
-    result = await world.service.create(orjson.dumps(body), principal, "req-1", None)
-    assert isinstance(result, Answer)
-    answer: dict[str, Any] = orjson.loads(result.body)
-    return answer
+from tests.unit.pipeline.responses_world import (
+    KEY,
+    MODEL,
+    create_answer,
+    engine_response,
+    responses_world,
+)
 
 
 async def test_a_404_echoes_a_long_id_shortened() -> None:
@@ -31,7 +27,7 @@ async def test_a_404_echoes_a_long_id_shortened() -> None:
         await world.service.retrieve(long_id, principal)
     assert missing.value.message == f"Response with id '{long_id[:64]}…' not found."
     with pytest.raises(NotFoundError) as previous:
-        await _create(world, {"model": MODEL, "input": "x", "previous_response_id": long_id})
+        await create_answer(world, {"model": MODEL, "input": "x", "previous_response_id": long_id})
     assert len(previous.value.message) < 200
     with pytest.raises(NotFoundError) as short:
         await world.service.retrieve("resp_nope", principal)
@@ -41,7 +37,7 @@ async def test_a_404_echoes_a_long_id_shortened() -> None:
 async def test_a_response_is_stored_under_the_gateways_id_only() -> None:
     world = responses_world()
     principal = await world.service.caller(f"Bearer {KEY}")
-    made = await _create(world, {"model": MODEL, "input": "x"})
+    made = await create_answer(world, {"model": MODEL, "input": "x"})
     assert made["id"] == world.sent[-1]["request_id"]
     assert (await world.service.retrieve(made["id"], principal)).status == 200
 
@@ -52,7 +48,7 @@ async def test_a_response_the_engine_named_otherwise_is_not_stored() -> None:
 
     world = responses_world(renamed)
     principal = await world.service.caller(f"Bearer {KEY}")
-    made = await _create(world, {"model": MODEL, "input": "x"})
+    made = await create_answer(world, {"model": MODEL, "input": "x"})
     assert made["id"] == "resp_chosen_by_the_engine"  # the answer passes as it came
     for name in (made["id"], world.sent[-1]["request_id"]):
         with pytest.raises(NotFoundError):
