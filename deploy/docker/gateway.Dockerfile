@@ -1,7 +1,8 @@
 # vgate gateway: slim, non-root, health-checked. Build from the repository root:
 #   docker build -f deploy/docker/gateway.Dockerfile -t vgate-gateway .
-# The build stage is the full image: it has gcc and Python.h, for the compiled request path.
-FROM python:3.11 AS build
+# The build stage is the full image (gcc, Python.h: the compiled request path); both stages
+# on one Debian suite, so the compiled modules find the C library they were built against.
+FROM python:3.11-bookworm AS build
 WORKDIR /src
 # Dependencies from the hash-pinned lock (scripts/lock.sh), in their own layer; then the
 # project alone, so pip resolves nothing and every third-party file is checked.
@@ -20,7 +21,7 @@ RUN python -m venv /tools \
     && /tools/bin/pip install --no-cache-dir --require-hashes -r requirements/dev.lock \
     && VGATE_NATIVE_DIR=/install/share/vgate-native /tools/bin/python scripts/build_native.py
 
-FROM python:3.11-slim
+FROM python:3.11-slim-bookworm
 RUN groupadd --system --gid 999 vgate \
     && useradd --system --uid 999 --gid vgate --create-home --home-dir /home/vgate vgate
 COPY --from=build /install /usr/local
