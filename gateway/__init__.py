@@ -7,7 +7,10 @@ Layers, lowest first (``tests/import_contract.py`` enforces the direction):
 ``upstream`` (engine connections) → ``pool`` (engines known, health, shedding) →
 ``pipeline`` (a request's stages and its owner) → ``http`` (the edge) → ``app``
 (the composition root; ``shutdown``, its close steps under deadlines, imports only
-the standard library) and ``cli``. Nothing is built at import time.
+the standard library) and ``cli``. Nothing is built at import time. ``native``
+(standard library only) is below them all: importing the package installs its
+finder, so that the modules of the request path load compiled when a build of these
+very sources exists (``gateway/native.py``).
 """
 
 from gateway.native import install as _install_native
