@@ -62,6 +62,7 @@ MODULES: tuple[str, ...] = (
     "gateway.backends.redis.cache",
     "gateway.backends.redis.limiter",
     "gateway.backends.redis.resp",
+    "gateway.backends.redis.resp_wire",
     "gateway.cache.entry",
     "gateway.cache.key",
     "gateway.cache.response_cache",

@@ -75,7 +75,6 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 import httptools
-from starlette.types import Receive, Scope, Send
 from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import (
     STATUS_LINE,
@@ -86,6 +85,7 @@ from uvicorn.server import ServerState
 
 from gateway.config.sections import ServerSettings
 from gateway.errors import error_body
+from gateway.http.connection_cap import too_many_connections
 from gateway.http.direct_cycle import DirectCycle
 from gateway.http.head_rewrite import without_upgrade
 from gateway.http.pipelining import MAX_PIPELINED, PipelinedFlow, TooManyPipelined
@@ -98,13 +98,6 @@ _TICK_S = 1.0
 
 _NO_HEAD = -1
 """``_head_bytes`` from the end of a request's head to the end of its body."""
-
-_TOO_MANY_CONNECTIONS = error_body(
-    "This gateway process has too many open connections; retry shortly.",
-    "service_unavailable",
-    None,
-    "too_many_connections",
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,7 +167,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self.flow = self._flow = PipelinedFlow(transport, self.pipeline)
         open_now = len(self.connections)
         if open_now > self._limits.max_connections:
-            self.app = _too_many_connections
+            self.app = too_many_connections
             if open_now == self._limits.max_connections + 1:  # once per crossing of the cap
                 log.warning("over server.max_connections: new connections get 503")
         self._deadline = self.loop.time() + self._limits.header_timeout_s
@@ -384,20 +377,3 @@ def _tell_disconnect(cycle: RequestResponseCycle | None) -> None:
         if tell is not None:
             cycle.on_disconnect = None
             tell()
-
-
-async def _too_many_connections(scope: Scope, receive: Receive, send: Send) -> None:
-    """The application of a connection accepted beyond ``max_connections``."""
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 503,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", b"%d" % len(_TOO_MANY_CONNECTIONS)),
-                (b"retry-after", b"1"),
-                (b"connection", b"close"),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": _TOO_MANY_CONNECTIONS, "more_body": False})

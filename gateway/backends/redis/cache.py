@@ -14,7 +14,7 @@ import asyncio
 from typing import Any
 
 from gateway.backends.redis.link import RedisLink
-from gateway.backends.redis.resp import BULK, STATUS
+from gateway.backends.redis.resp_wire import BULK, STATUS
 from gateway.errors import StoreUnavailable
 
 

@@ -58,7 +58,7 @@ from typing import Any, NamedTuple
 
 from gateway.backends.memory.limiter import MemoryLimiter
 from gateway.backends.redis.link import RedisLink
-from gateway.backends.redis.resp import BULK, RedisReplyError, bulk
+from gateway.backends.redis.resp_wire import BULK, RedisReplyError, bulk
 from gateway.errors import StoreUnavailable
 from gateway.ratelimit.limits import (
     NEVER,

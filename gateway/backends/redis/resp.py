@@ -49,72 +49,18 @@ from collections.abc import Callable
 from typing import Any, cast
 from urllib.parse import unquote, urlparse
 
+from gateway.backends.redis.resp_wire import (
+    ANY,
+    ERROR,
+    NIL,
+    OK,
+    STATUS,
+    Incomplete,
+    RedisReplyError,
+    encode_command,
+    parse_reply,
+)
 from gateway.errors import StoreUnavailable
-
-_OK = b"+OK\r\n"
-_NIL = b"$-1\r\n"
-
-ANY = b""
-"""Accept every reply type (generic calls: tests, scripts of any result)."""
-BULK = b"$"
-"""A bulk string or nil (GET, a script returning a string)."""
-STATUS = b"+"
-"""A status reply (SET, AUTH, SELECT: ``+OK``)."""
-_ERROR = ord("-")
-
-
-class RedisReplyError(StoreUnavailable):
-    """Redis answered with an error reply (``-ERR ...``)."""
-
-
-class _Incomplete(Exception):
-    """The buffer does not hold a whole reply yet."""
-
-
-def bulk(data: bytes) -> bytes:
-    """``data`` as one RESP bulk string (one argument of a command)."""
-    return b"$%d\r\n%s\r\n" % (len(data), data)
-
-
-def encode_command(args: tuple[bytes | str | int, ...]) -> bytes:
-    parts = [b"*%d\r\n" % len(args)]
-    for arg in args:
-        parts.append(bulk(arg if isinstance(arg, bytes) else str(arg).encode()))
-    return b"".join(parts)
-
-
-def parse_reply(buffer: bytes | bytearray, start: int) -> tuple[Any, int]:
-    """One reply from ``buffer[start:]`` and where the next begins; :class:`_Incomplete`
-    if it has not all arrived. Error replies are returned as :class:`RedisReplyError`.
-    Bytes that are not RESP raise :class:`StoreUnavailable` or :class:`ValueError`."""
-    end = buffer.find(b"\r\n", start)
-    if end < 0:
-        raise _Incomplete
-    kind, line = buffer[start : start + 1], buffer[start + 1 : end]
-    after = end + 2
-    if kind == b":":
-        return int(line), after
-    if kind == b"$":
-        size = int(line)
-        if size < 0:
-            return None, after
-        if len(buffer) < after + size + 2:
-            raise _Incomplete
-        return bytes(buffer[after : after + size]), after + size + 2
-    if kind == b"*":
-        count = int(line)
-        if count < 0:
-            return None, after
-        items = []
-        for _ in range(count):
-            item, after = parse_reply(buffer, after)
-            items.append(item)
-        return items, after
-    if kind == b"+":
-        return bytes(line), after
-    if kind == b"-":
-        return RedisReplyError(bytes(line).decode("utf-8", "replace")), after
-    raise StoreUnavailable(f"unexpected Redis reply type {kind!r}")
 
 
 class _Connection(asyncio.Protocol):
@@ -142,14 +88,14 @@ class _Connection(asyncio.Protocol):
             while position < len(buffer) and pending:
                 kind = buffer[position]
                 # The replies every request gets (a store's OK, a miss's nil) need no parsing.
-                if buffer.startswith(_OK, position):
-                    reply, position = b"OK", position + len(_OK)
-                elif buffer.startswith(_NIL, position):
-                    reply, position = None, position + len(_NIL)
+                if buffer.startswith(OK, position):
+                    reply, position = b"OK", position + len(OK)
+                elif buffer.startswith(NIL, position):
+                    reply, position = None, position + len(NIL)
                 else:
                     reply, position = parse_reply(buffer, position)
                 future, _, accepted = pending.popleft()
-                if accepted and kind not in accepted and kind != _ERROR:
+                if accepted and kind not in accepted and kind != ERROR:
                     shown = bytes(buffer[:position][-60:])
                     self.fail(StoreUnavailable(f"unexpected Redis reply {shown!r}"), future)
                     return
@@ -159,7 +105,7 @@ class _Connection(asyncio.Protocol):
                     future.set_exception(reply)
                 else:
                     future.set_result(reply)
-        except _Incomplete:
+        except Incomplete:
             pass
         except (StoreUnavailable, ValueError, RecursionError) as exc:
             self.fail(StoreUnavailable(f"malformed Redis reply: {exc}"))

@@ -8,7 +8,8 @@ import socket
 
 import pytest
 
-from gateway.backends.redis.resp import RedisReplyError, RespClient, _Incomplete, parse_reply
+from gateway.backends.redis.resp import RespClient
+from gateway.backends.redis.resp_wire import Incomplete, RedisReplyError, parse_reply
 from gateway.errors import StoreUnavailable
 from tests.helpers.processes import free_port
 from tests.helpers.redis_server import run_redis
@@ -28,7 +29,7 @@ from tests.helpers.redis_server import run_redis
 def test_replies_parse_whole_and_not_before(raw: bytes, value: object) -> None:
     assert parse_reply(raw, 0) == (value, len(raw))
     for cut in range(1, len(raw)):
-        with pytest.raises(_Incomplete):
+        with pytest.raises(Incomplete):
             parse_reply(raw[:cut], 0)
 
 

@@ -23,14 +23,8 @@ from gateway.backends.redis.cache import RedisEntryStore
 from gateway.backends.redis.keys import RedisKeyStore
 from gateway.backends.redis.limiter import RedisLimiter
 from gateway.backends.redis.link import RedisLink, redis_py_client
-from gateway.backends.redis.resp import (
-    BULK,
-    STATUS,
-    RedisReplyError,
-    RespClient,
-    _Incomplete,
-    parse_reply,
-)
+from gateway.backends.redis.resp import RespClient
+from gateway.backends.redis.resp_wire import BULK, STATUS, Incomplete, RedisReplyError, parse_reply
 from gateway.errors import StoreUnavailable
 from gateway.ratelimit.limits import Decision, Limits, LimitScope
 
@@ -82,7 +76,7 @@ class FakeRedis:
                 while True:
                     try:
                         command, position = parse_reply(buffer, position)
-                    except _Incomplete:
+                    except Incomplete:
                         break
                     self.commands.append(command)
                     reply = self._answer(command, number)
