@@ -45,21 +45,33 @@ async def bounded(command: Awaitable[Any], timeout_s: float) -> Any:
 
 
 def redis_py_client(
-    url: str, timeout_s: float, connect_timeout_s: float | None = None, **options: Any
+    url: str,
+    timeout_s: float,
+    connect_timeout_s: float | None = None,
+    *,
+    wait_for_connection: bool = False,
+    **options: Any,
 ) -> aioredis.Redis:
     """A redis-py client that gives up on a call after ``timeout_s`` to read a reply
     (and ``connect_timeout_s``, by default the same, to connect), and retries once at
     once (a pooled connection Redis had closed), with no backoff. Callers that need
     one deadline per call wrap it in ``asyncio.timeout`` too
-    (:class:`gateway.backends.redis.keys.RedisKeyStore` does)."""
-    return aioredis.Redis.from_url(
-        url,
-        socket_timeout=timeout_s,
-        socket_connect_timeout=timeout_s if connect_timeout_s is None else connect_timeout_s,
-        retry=Retry(NoBackoff(), 1),
-        health_check_interval=0,
+    (:class:`gateway.backends.redis.keys.RedisKeyStore` does). ``wait_for_connection``:
+    a call beyond the pool's ``max_connections`` waits up to ``timeout_s`` for one
+    instead of failing at once ("Too many connections")."""
+    settings: dict[str, Any] = {
+        "socket_timeout": timeout_s,
+        "socket_connect_timeout": timeout_s if connect_timeout_s is None else connect_timeout_s,
+        "retry": Retry(NoBackoff(), 1),
+        "health_check_interval": 0,
         **options,
-    )
+    }
+    if not wait_for_connection:
+        return aioredis.Redis.from_url(url, **settings)
+    pool = aioredis.BlockingConnectionPool.from_url(url, timeout=timeout_s, **settings)
+    client = aioredis.Redis(connection_pool=pool)
+    client.auto_close_connection_pool = True  # aclose() closes the pool too
+    return client
 
 
 class RedisLink:

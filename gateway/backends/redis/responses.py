@@ -29,10 +29,8 @@ from collections.abc import Awaitable
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 
-from gateway.backends.redis.link import RedisLink, bounded
+from gateway.backends.redis.link import RedisLink, bounded, redis_py_client
 from gateway.errors import StoreUnavailable
 
 PREFIX = "vgate:responses:"
@@ -113,19 +111,9 @@ class RedisResponseStore:
         """A store with a connection pool of its own to ``url`` (see the module
         docstring), ``link`` the gateway's shared one."""
         timeout_s = max(TIMEOUT_S, connect_timeout_s)
-        # Blocking: a burst beyond the pool's connections waits for one (within the
-        # call's deadline) rather than failing at once with "Too many connections".
-        pool = aioredis.BlockingConnectionPool.from_url(
-            url,
-            max_connections=512,
-            timeout=timeout_s,
-            socket_timeout=timeout_s,
-            socket_connect_timeout=connect_timeout_s,
-            retry=Retry(NoBackoff(), 1),
-            health_check_interval=0,
+        client = redis_py_client(
+            url, timeout_s, connect_timeout_s, wait_for_connection=True, max_connections=512
         )
-        client = aioredis.Redis(connection_pool=pool)
-        client.auto_close_connection_pool = True  # aclose() closes the pool too
         return cls(link, client=client, timeout_s=timeout_s)
 
     async def close(self) -> None:
