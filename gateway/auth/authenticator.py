@@ -57,6 +57,11 @@ UNKNOWN_KEY_RECHECK_S = 0.05
 began longer ago than this: at most 20 checks a second, whatever the flood."""
 
 
+KEY_ONLY = ""
+"""The model name of requests that name none (no model's limits apply: a model's name
+is never empty)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Principal:
     """Who is calling: a key's name, the models it may use (``None``: all), its limits,
@@ -83,9 +88,13 @@ class Principal:
             known = self._scopes[model] = self._build_scopes(model)
         return known
 
+    def key_scopes(self) -> tuple[LimitScope, ...]:
+        """The key's own counters, whatever the model (requests that name none)."""
+        return self.scopes(KEY_ONLY)
+
     def _build_scopes(self, model: str) -> tuple[LimitScope, ...]:
         tag = "{" + self.name + "}"
-        per_model = self.model_limits.get(model)
+        per_model = self.model_limits.get(model) if model != KEY_ONLY else None
         if per_model is None:
             return (LimitScope(tag, self.limits, self.name),) if self.limits.any else ()
         scoped = LimitScope(f"{tag}:m:{model}", per_model, self.name)

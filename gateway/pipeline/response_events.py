@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
@@ -37,6 +38,8 @@ _TERMINAL_MARKS = tuple(b'"' + kind.encode() + b'"' for kind in sorted(TERMINAL_
 """Inside a JSON string a quote is escaped, so these bytes only match a ``type`` value
 (or the ``event:`` line's name, quoted nowhere): generated text never triggers a parse."""
 _MARKS = (*_TERMINAL_MARKS, b'"type":"error"', STREAM_ERROR)
+_SEQUENCE = b'"sequence_number":'
+_DIGITS = re.compile(rb"\s*(\d{1,18})\b")
 
 
 class FinalResponseTap:
@@ -90,17 +93,31 @@ class FieldRestore:
         return batch
 
 
-def error_event(error: GatewayError) -> bytes:
-    """An ``error`` event: OpenAI's ``ResponseErrorEvent`` fields and the error object."""
+def error_event(error: GatewayError, sequence_number: int | None = None) -> bytes:
+    """An ``error`` event: OpenAI's ``ResponseErrorEvent`` fields (``sequence_number``
+    the one after the last event relayed, when known) and the error object."""
     data = orjson.loads(error.body())["error"]
-    event = {
+    event: dict[str, Any] = {
         "type": "error",
         "code": data["code"],
         "message": data["message"],
         "param": data["param"],
         "error": data,
     }
+    if sequence_number is not None:
+        event["sequence_number"] = sequence_number
     return b"event: error\ndata: " + orjson.dumps(event) + b"\n\n"
+
+
+def last_sequence_number(batch: bytes, last: int) -> int:
+    """The ``sequence_number`` of ``batch``'s last event that has one, else ``last``.
+    One backward byte search per batch: inside a JSON string a quote is escaped, so
+    the mark only matches the key (the events' own; response objects have none)."""
+    at = batch.rfind(_SEQUENCE)
+    if at < 0:
+        return last
+    digits = _DIGITS.match(batch, at + len(_SEQUENCE))
+    return int(digits.group(1)) if digits is not None else last
 
 
 async def relay_response_events(
@@ -115,11 +132,13 @@ async def relay_response_events(
     event has been seen, await ``on_final`` with its response, then yield it. Never
     raises a :class:`GatewayError`: a failure becomes an :func:`error_event`."""
     next_batch = stream.next_batch
+    sequence = -1  # the last event's sequence_number: an error event takes the next
     try:
         while (received := await next_batch()) is not None:
             if outcome.first_chunk_at is None:
                 outcome.first_chunk_at = clock()
             batch = received
+            sequence = last_sequence_number(batch, sequence)
             if STREAM_ERROR in batch:  # vLLM's own error event, in OpenAI's shape
                 batch = openai_error_events(batch, "input")
             for tap in taps:
@@ -143,4 +162,4 @@ async def relay_response_events(
                 await next_batch()
     except GatewayError as exc:
         outcome.error = exc
-        yield error_event(exc)
+        yield error_event(exc, sequence + 1)

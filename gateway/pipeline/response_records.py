@@ -43,11 +43,17 @@ class ResponseRecords:
         self._settings = settings
         self._metrics = metrics
 
-    async def load(self, response_id: str, missing: GatewayError) -> StoredResponse | None:
-        """The record (None: there is none); ``missing`` for an id of another form."""
+    async def load(
+        self, response_id: str, owner: str, missing: GatewayError
+    ) -> StoredResponse | None:
+        """``owner``'s record (None: ``owner`` has none under that id, whether another
+        key has one or nobody does: both are answered alike, and another key's record
+        is never read); ``missing`` for an id of another form."""
         if RESPONSE_ID.fullmatch(response_id) is None:
             raise missing
         try:
+            if not await self._store.owns(response_id, owner):
+                return None
             data = await self._store.get(response_id)
         except StoreUnavailable:
             raise self._unavailable() from None

@@ -57,7 +57,7 @@ from gateway.pipeline.response_events import FieldRestore, FinalResponseTap, rel
 from gateway.pipeline.response_records import Keeper, ResponseRecords
 from gateway.pipeline.results import Answer, EventStream, Result
 from gateway.pool.engine_pool import EnginePool
-from gateway.ratelimit.admission import Admission
+from gateway.ratelimit.admission import Admission, Ticket
 from gateway.responses.conversation import (
     MAX_ITEMS,
     CreateRequest,
@@ -188,7 +188,7 @@ class ResponsesService:
         if request.previous_response_id is not None:
             previous_id = request.previous_response_id
             missing = PreviousResponseNotFoundError(previous_id)
-            loaded = await self._records.load(previous_id, missing)
+            loaded = await self._records.load(previous_id, principal.name, missing)
             previous = check_found(loaded, principal.name, missing)
         items, item_ids = conversation(previous, request, self._max_items)
         if request.store:
@@ -282,28 +282,52 @@ class ResponsesService:
     # -- stored responses ---------------------------------------------------------
 
     async def retrieve(self, response_id: str, principal: Principal) -> Answer:
-        record = await self._own(response_id, principal)
-        return Answer(orjson.dumps(record.response), [])
+        ticket = await self._charge(principal)
+        try:
+            record = await self._own(response_id, principal)
+            return Answer(orjson.dumps(record.response), [])
+        finally:
+            ticket.settle(0)
 
     async def delete(self, response_id: str, principal: Principal) -> Answer:
-        await self._own(response_id, principal)
-        await self._records.delete(response_id, principal.name)
+        ticket = await self._charge(principal)
+        try:
+            await self._own(response_id, principal)
+            await self._records.delete(response_id, principal.name)
+        finally:
+            ticket.settle(0)
         body = {"id": response_id, "object": "response", "deleted": True}
         return Answer(orjson.dumps(body), [])
 
     async def cancel(self, response_id: str, principal: Principal) -> Answer:
-        await self._own(response_id, principal)
+        ticket = await self._charge(principal)
+        try:
+            await self._own(response_id, principal)
+        finally:
+            ticket.settle(0)
         raise NotCancellableError("Cannot cancel a synchronous response.", param="response_id")
 
     async def input_items(
         self, response_id: str, principal: Principal, query: Mapping[str, str]
     ) -> Answer:
-        record = await self._own(response_id, principal)
-        return Answer(orjson.dumps(input_items_page(record, query)), [])
+        ticket = await self._charge(principal)
+        try:
+            record = await self._own(response_id, principal)
+            return Answer(orjson.dumps(input_items_page(record, query)), [])
+        finally:
+            ticket.settle(0)
+
+    async def _charge(self, principal: Principal) -> Ticket:
+        """A request on stored responses counts against its key's request rate and
+        concurrency (no tokens; the key's own limits, not a model's): a key over its
+        ``rpm`` gets 429 before anything is read, and ``max_concurrent`` bounds how
+        many (up to ``responses.max_stored_bytes`` each) it has read at once."""
+        return await self._admission.admit(principal.key_scopes(), {}, tokens=False)
 
     async def _own(self, response_id: str, principal: Principal) -> StoredResponse:
         missing = ResponseNotFoundError(response_id)
-        return check_found(await self._records.load(response_id, missing), principal.name, missing)
+        loaded = await self._records.load(response_id, principal.name, missing)
+        return check_found(loaded, principal.name, missing)
 
 
 def usage_tokens(response: dict[str, Any]) -> int | None:

@@ -84,6 +84,13 @@ class ResponseStore(Protocol):
         already (None: no quota); whether it was kept."""
         ...
 
+    async def owns(self, response_id: str, owner: str) -> bool:
+        """Whether ``owner`` stored a record under ``response_id`` that may still live:
+        answered from ``owner``'s own bookkeeping, never by reading the record, so
+        another key's id costs what an unknown one does (no timing difference, no
+        8 MiB read on behalf of a key that may not see it)."""
+        ...
+
     async def delete(self, response_id: str, owner: str) -> bool:
         """Remove the record (``owner``'s); whether there was one."""
         ...

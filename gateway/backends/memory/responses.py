@@ -61,6 +61,10 @@ class MemoryResponseStore:
             self._drop(next(iter(self._records)))
         return True
 
+    async def owns(self, response_id: str, owner: str) -> bool:
+        found = self._records.get(response_id)
+        return found is not None and found.owner == owner and found.expires > self._clock()
+
     async def delete(self, response_id: str, owner: str) -> bool:
         return self._drop(response_id)
 

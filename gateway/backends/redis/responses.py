@@ -141,6 +141,12 @@ class RedisResponseStore:
         await self._call(self._client.set(self._prefix + response_id, record, ex=ttl_s))
         return True
 
+    async def owns(self, response_id: str, owner: str) -> bool:
+        """The record's id in ``owner``'s size hash (counted when stored, forgotten
+        when it expires or is deleted): one small read of the caller's own key."""
+        size = await self._call(self._client.hget(self._owner_keys(owner)[0], response_id))
+        return size is not None  # HGET, not HEXISTS: the ACL's commands (users.acl)
+
     async def delete(self, response_id: str, owner: str) -> bool:
         removed = await self._call(self._client.delete(self._prefix + response_id))
         await self._script(self._uncount, owner, [response_id])
@@ -153,10 +159,13 @@ class RedisResponseStore:
     async def _script(self, script: Any, owner: str, args: list[str | int]) -> Any:
         """``script`` (registered: loaded again by redis-py after NOSCRIPT) on the
         owner's two keys."""
-        base = f"{self._prefix}owner:{{{owner}}}"
         self._link.check()
-        keys = [f"{base}:size", f"{base}:expiry"]
-        return await bounded(script(keys=keys, args=args), self._timeout_s)
+        return await bounded(script(keys=self._owner_keys(owner), args=args), self._timeout_s)
+
+    def _owner_keys(self, owner: str) -> list[str]:
+        """``owner``'s size hash and expiry set (one hash slot: the owner's name)."""
+        base = f"{self._prefix}owner:{{{owner}}}"
+        return [f"{base}:size", f"{base}:expiry"]
 
     async def _call(self, command: Awaitable[Any]) -> Any:
         """``command`` within the deadline; Redis known down: at once. A failure is

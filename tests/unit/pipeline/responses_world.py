@@ -57,13 +57,17 @@ def engine_response(request: FakeRequest, **extra: Any) -> dict[str, Any]:
 
 
 def responses_world(
-    answer: Callable[[FakeRequest], dict[str, Any]] = engine_response, **server: Any
+    answer: Callable[[FakeRequest], dict[str, Any]] = engine_response,
+    key_limits: dict[str, int] | None = None,
+    **server: Any,
 ) -> ResponsesWorld:
-    """One engine answering with ``answer``; one key; ``server`` settings as given."""
+    """One engine answering with ``answer``; one key (with ``key_limits``: rpm, ...);
+    ``server`` settings as given."""
+    key = {"name": "team", "key": KEY, **(key_limits or {})}
     config = Settings.model_validate(
         {
             "models": [{"name": MODEL, "endpoints": ["http://engine-a"]}],
-            "auth": {"enabled": True, "keys": [{"name": "team", "key": KEY}]},
+            "auth": {"enabled": True, "keys": [key]},
             "server": server,
         }
     )

@@ -52,3 +52,12 @@ async def test_storing_the_same_id_again_counts_it_once(store: RedisResponseStor
     assert await store.put("same", b"x" * 100, 60, "dave", None)
     assert await store.put("same", b"x" * 300, 60, "dave", None)
     assert await store.usage("dave") == 300
+
+
+async def test_a_record_is_owned_by_its_key_alone(store: RedisResponseStore) -> None:
+    assert await store.put("r1", b"{}", 60, "alice", None)
+    assert await store.owns("r1", "alice")
+    assert not await store.owns("r1", "bob")  # another key's: as if unknown
+    assert not await store.owns("r2", "alice")
+    assert await store.delete("r1", "alice")
+    assert not await store.owns("r1", "alice")
