@@ -13,62 +13,31 @@ import itertools
 import re
 import selectors
 import socket
-import sys
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
 import orjson
 import pytest
-import yaml
 
-from tests.helpers.processes import free_port, run_process
-from tests.integration.conftest import STUB_MODEL, Stub
-
-HEADER_TIMEOUT_S = 3.0
-BODY_TIMEOUT_S = 3.0
-KEEPALIVE_TIMEOUT_S = 2
-SEND_TIMEOUT_S = 2.0
-TICK_S = 1.0  # deadlines are checked once a second (gateway.http.connections)
-MAX_BODY_BYTES = 64 * 1024
-MAX_HEADER_BYTES = 64 * 1024
-COMPLETION = {"model": STUB_MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
-
-
-@dataclass
-class Served:
-    """A running gateway: its port and process id."""
-
-    port: int
-    pid: int
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def rss_bytes(self) -> int:
-        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-        raise AssertionError("no VmRSS")
-
-    def connect(self) -> socket.socket:
-        return socket.create_connection(("127.0.0.1", self.port), timeout=10)
-
-
-@contextlib.contextmanager
-def serve(stub: Stub, directory: Path, **server: Any) -> Iterator[Served]:
-    port = free_port()
-    config = {"models": [{"name": STUB_MODEL, "endpoints": [stub.url]}], "server": server}
-    path = directory / "vgate.yaml"
-    path.write_text(yaml.safe_dump(config))
-    argv = [sys.executable, "-m", "gateway", "serve", "--config", str(path), "--port", str(port)]
-    with run_process(argv, f"http://127.0.0.1:{port}/health", timeout=30) as process:
-        yield Served(port, process.pid)
+from tests.integration.conftest import Stub
+from tests.integration.limits_world import (
+    BODY_TIMEOUT_S,
+    COMPLETION,
+    HEADER_TIMEOUT_S,
+    KEEPALIVE_TIMEOUT_S,
+    MAX_BODY_BYTES,
+    MAX_HEADER_BYTES,
+    SEND_TIMEOUT_S,
+    TICK_S,
+    NormalTraffic,
+    Served,
+    raw_post,
+    serve,
+)
 
 
 @pytest.fixture(scope="module")
@@ -85,44 +54,6 @@ def gateway(stub: Stub, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Se
         max_connections=400,
     ) as served:
         yield served
-
-
-@dataclass
-class NormalTraffic:
-    """A client sending a completion every 50 ms from a thread; results as (sent at, status)."""
-
-    url: str
-    results: list[tuple[float, int | str]] = field(default_factory=list)
-    _stop: threading.Event = field(default_factory=threading.Event)
-
-    def run(self) -> None:
-        with httpx.Client(base_url=self.url, timeout=10) as client:
-            while not self._stop.is_set():
-                sent = time.monotonic()
-                try:
-                    response = client.post("/v1/chat/completions", json=COMPLETION)
-                    status: int | str = response.status_code
-                except httpx.HTTPError as exc:
-                    status = repr(exc)
-                self.results.append((sent, status))
-                self._stop.wait(0.05)
-
-    def wait_for(self, count: int, sent_after: float = 0.0) -> None:
-        """Until ``count`` requests were sent after ``sent_after`` (10 s at most)."""
-        deadline = time.monotonic() + 10
-        while sum(at > sent_after for at, _ in self.results) < count:
-            assert time.monotonic() < deadline, "normal traffic stopped"
-            time.sleep(0.05)
-
-    @contextlib.contextmanager
-    def running(self) -> Iterator[NormalTraffic]:
-        thread = threading.Thread(target=self.run, daemon=True)
-        thread.start()
-        try:
-            yield self
-        finally:
-            self._stop.set()
-            thread.join(timeout=15)
 
 
 class Trickler:
@@ -339,13 +270,6 @@ def test_a_connection_beyond_the_cap_is_503_and_open_ones_are_served(
             sock.close()
 
 
-def raw_post(body: bytes, *headers: bytes) -> bytes:
-    """A chat completion POST with extra header lines."""
-    lines = [b"POST /v1/chat/completions HTTP/1.1", b"host: x", b"content-type: application/json",
-             b"content-length: %d" % len(body), *headers]  # fmt: skip
-    return b"\r\n".join(lines) + b"\r\n\r\n" + body
-
-
 @pytest.mark.parametrize(
     "upgrade",
     [
@@ -492,53 +416,3 @@ def test_a_flood_of_pipelined_requests_closes_the_connection_without_growing(
     assert max(closed_after) <= 65  # the one answered and at most MAX_PIPELINED behind it
     assert gateway.rss_bytes() - before < 20 * 1024 * 1024
     assert httpx.get(f"{gateway.url}/health", timeout=5).status_code == 200
-
-
-def endless_stream(served: Served, kind: str) -> socket.socket:
-    """A connection that asks for a long answer and then reads none of it (its receive
-    buffer as small as the kernel allows, so the gateway's fills at once)."""
-    body: dict[str, Any] = {**COMPLETION, "max_tokens": 3_000_000}
-    if kind == "stream":  # ~200 bytes an event
-        body.update(stream=True, stub={"tokens": 200_000, "itl_ms": 0.05})
-    else:  # ~18 MB in one answer: more than the kernel's buffers take
-        body.update(stub={"tokens": 3_000_000})
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock.settimeout(10)
-    sock.connect(("127.0.0.1", served.port))
-    sock.sendall(raw_post(orjson.dumps(body)))
-    return sock
-
-
-def established(sock: socket.socket) -> bool:
-    """Whether the kernel still has ``sock``'s connection established (``/proc/net/tcp``):
-    the gateway aborting it resets it, with no byte read on this side."""
-    local = f"{sock.getsockname()[1]:04X}"
-    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
-        fields = line.split()
-        if fields[1].endswith(":" + local) and fields[3] == "01":
-            return True
-    return False
-
-
-@pytest.mark.parametrize("kind", ["stream", "whole"])
-def test_a_client_that_stops_reading_is_disconnected_and_its_stream_ended(
-    gateway: Served, stub: Stub, kind: str
-) -> None:
-    """A client that never reads its answer: the connection is aborted after the send
-    deadline (a stream's engine request cancelled), while normal traffic flows. Without
-    the deadline the stream, its engine connection and the buffered answer stayed as
-    long as the client kept the socket open."""
-    cancelled = stub.stats()["streams_cancelled"]
-    traffic = NormalTraffic(gateway.url)
-    with traffic.running(), endless_stream(gateway, kind) as sock:
-        deadline = time.monotonic() + 30
-        while established(sock):
-            assert time.monotonic() < deadline, "the gateway still holds the connection"
-            time.sleep(0.1)
-        if kind == "stream":
-            while stub.stats()["streams_cancelled"] == cancelled:
-                assert time.monotonic() < deadline, "the engine stream was never cancelled"
-                time.sleep(0.1)
-        traffic.wait_for(3)
-    assert all(status == 200 for _, status in traffic.results), traffic.results
