@@ -22,6 +22,9 @@ from pydantic import (
 from gateway.config.priority import DEFAULT_PRIORITY, parse_priority
 
 
+MAX_MESSAGES = 4096
+"""``server.max_messages``' default (the Responses API's item cap defaults to it too)."""
+
 class _Section(BaseModel):
     """Base of every config section: unknown keys are rejected."""
 
@@ -77,7 +80,7 @@ class ServerSettings(_Section):
         description="Open connections per worker process; one accepted beyond it gets a 503.",
     )
     max_messages: int = Field(
-        4096,
+        MAX_MESSAGES,
         ge=1,
         description="Most chat messages, or Responses input items (a follow-up's whole "
         "conversation), one request may carry (400 beyond).",

@@ -25,11 +25,12 @@ from typing import Any
 
 import orjson
 
+from gateway.config.sections import MAX_MESSAGES
 from gateway.errors import GatewayError, InvalidRequestError, NotFoundError
 from gateway.responses.store import StoredResponse
 
-MAX_ITEMS = 4096
-"""The default cap on a request's items (``server.max_messages``' default)."""
+MAX_ITEMS = MAX_MESSAGES
+"""The default cap on a request's items: ``server.max_messages``' default."""
 
 
 class ResponseNotFoundError(NotFoundError):
