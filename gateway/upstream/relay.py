@@ -20,6 +20,14 @@ same read or later) are dropped, never relayed behind it, and the stream is not
 failed for them. ``data:[DONE]`` (no space) counts too and is relayed as
 :data:`DONE_EVENT`. One more byte search per batch (``[DONE]`` before the batch's
 last event); only a batch holding it there is split into events.
+
+An event that is not valid UTF-8 ends the stream (:data:`NOT_UTF8`, a 502): SSE is
+UTF-8, and a client (the OpenAI SDK) that decodes it breaks on one, so it is not
+relayed, nor kept by the cache (a stream is kept only once it reaches ``[DONE]``); the
+events before it in its batch go out first. Batches hold whole events (the framer
+cuts at blank lines, which no multi-byte character holds), so a character is never
+split between two. The check costs one ``isascii`` per batch (about 15 ns for a
+140-byte chunk), and a decode (about 100 ns more) only for a batch that is not ASCII.
 """
 
 from __future__ import annotations
@@ -48,6 +56,8 @@ _ERROR_FIRST = re.compile(rb'\{\s*"error"\s*:')
 """An event's data that is an object whose first key is ``error`` (vLLM's, OpenAI's)."""
 _OBJECT_ERROR = re.compile(rb'"object"\s*:\s*"error"')
 """vLLM's older error object (``"object": "error"``, its fields at the top level)."""
+NOT_UTF8 = "the engine sent an event that is not valid UTF-8"
+"""The message of the error that ends a stream at such an event."""
 
 
 class BatchTap(Protocol):
@@ -95,6 +105,10 @@ async def relay_events(
             done = batch[-len(DONE_EVENT) :] == DONE_EVENT
             if batch.find(DONE_WORD, 0, len(batch) - 8 if done else len(batch)) >= 0:
                 batch, done = through_done(batch)  # a [DONE] before the end
+            broken: UpstreamError | None = None
+            if not batch.isascii():
+                batch, broken = before_invalid_utf8(batch)
+                done = done and broken is None
             if ERROR_WORD in batch:
                 batch = openai_error_events(batch, prompt_param)
             for tap in taps:
@@ -108,6 +122,8 @@ async def relay_events(
                 break
             if batch:
                 yield batch
+            if broken is not None:
+                raise broken
         else:
             outcome.error = UpstreamError("engine closed the stream before it was complete")
             raise outcome.error
@@ -136,6 +152,17 @@ def through_done(batch: bytes) -> tuple[bytes, bool]:
         if event == b"data: [DONE]" or event == b"data:[DONE]":
             return b"".join(e + b"\n\n" for e in events[:i]) + DONE_EVENT, True
     return batch, False
+
+
+def before_invalid_utf8(batch: bytes) -> tuple[bytes, UpstreamError | None]:
+    """``batch`` and None when it is valid UTF-8; else its events before the first
+    that is not, and the error that ends the stream there."""
+    try:
+        batch.decode()
+    except UnicodeDecodeError as exc:
+        cut = batch.rfind(b"\n\n", 0, exc.start)
+        return batch[: cut + 2] if cut >= 0 else b"", UpstreamError(NOT_UTF8)
+    return batch, None
 
 
 def openai_error_events(batch: bytes, prompt_param: str) -> bytes:

@@ -14,11 +14,13 @@ the events it completes:
   that never ends) gets :class:`gateway.errors.UpstreamError`, so its stream ends
   with an error instead of holding the gateway's memory for as long as it trickles.
 - **Line ends**: SSE allows CRLF and lone CR as well as LF (vLLM writes LF;
-  sse-starlette and llama.cpp's server write CRLF), line by line. The first line end
-  decides how a stream is read: one that ends lines with CR is turned into LF as it
-  arrives, so everything past here reads one form. An LF stream costs one search
-  for CR per read (JSON cannot hold a raw CR, so one is a line end): if one comes,
-  the stream is read as mixed (CRLF and lone CR turned into LF) from then on.
+  sse-starlette and llama.cpp's server write CRLF), line by line, mixed as they come.
+  A read holding a CR has every CRLF and lone CR turned into LF, so everything past
+  here reads one form; an LF read costs one search for CR (JSON cannot hold a raw CR,
+  so one is a line end). A CR that ends a read is a line end at once (the event it
+  ends goes out now, not when a next read, which may never come, says what followed);
+  an LF that begins the next read is the rest of that CRLF and is dropped. So every
+  split of every mix of line ends gives the same events as the stream read whole.
 """
 
 from __future__ import annotations
@@ -35,31 +37,23 @@ _BLANK_LINE = b"\n\n"
 class EventFramer:
     """One stream's framing state: :meth:`feed` each read, get the completed events."""
 
-    __slots__ = ("_carry", "_ends", "_pending", "_undecided")
+    __slots__ = ("_after_cr", "_pending")
 
     def __init__(self) -> None:
         self._pending: bytearray | None = None
         """An event begun and not ended (None: the last read ended on a blank line)."""
-        self._ends: bytes | None = None
-        """How lines end: LF, CRLF or CR (None until the first line end has arrived)."""
-        self._undecided = bytearray()
-        """What came before the first line end (held until it decides the form)."""
-        self._carry = False
-        """A CRLF stream's read ended on CR, half of a line end: it waits for the next."""
+        self._after_cr = False
+        """The last read ended on CR (a line end already): an LF next is its CRLF's."""
 
     def feed(self, data: bytes) -> bytes | None:
         """The events ``data`` completes, with what came before them (None: none yet)."""
-        if self._ends is None:
-            decided = self._decide(data)
-            if decided is None:
-                return None
-            data = decided
-        if self._ends is LF:
-            if b"\r" in data:  # line ends mixed (SSE allows it, line by line): CR seen
-                self._ends = CRLF  # every CRLF and lone CR turned into LF from now on
-                data = self._as_lf(data)
-        else:
-            data = self._as_lf(data)
+        if self._after_cr and data:
+            self._after_cr = False
+            if data[0] == 10:  # the LF of a CRLF split between reads: already counted
+                data = data[1:]
+        if b"\r" in data:  # CRLF or lone CR (SSE allows both, line by line): into LF
+            self._after_cr = data[-1] == 13
+            data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
         pending = self._pending
         if pending is None:
             cut = data.rfind(_BLANK_LINE)
@@ -82,57 +76,10 @@ class EventFramer:
         self._pending = rest if rest else None
         return ready
 
-    def _decide(self, data: bytes) -> bytes | None:
-        """Everything so far, once the first line end says the form (None: not yet)."""
-        held = self._undecided
-        ends: bytes | None
-        if held.endswith(b"\r"):  # the first line end began with the last read
-            ends = CRLF if data.startswith(b"\n") else CR
-        else:
-            ends = _first_line_end(data)
-            if ends is not None and not held:  # the usual first read: no copy
-                self._ends = ends
-                return data
-        held += data
-        if ends is None:
-            if len(held) > MAX_EVENT_BYTES:
-                raise _too_large()
-            return None
-        self._ends = ends
-        self._undecided = bytearray()
-        return bytes(held)
-
     def _hold(self, data: bytes) -> None:
         if len(data) > MAX_EVENT_BYTES:
             raise _too_large()
         self._pending = bytearray(data) if data else None
-
-    def _as_lf(self, data: bytes) -> bytes:
-        if self._ends is CR:  # (a CRLF that comes later is one line end too)
-            return data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
-        if self._carry:
-            data = b"\r" + data
-            self._carry = False
-        if data.endswith(b"\r"):
-            data = data[:-1]
-            self._carry = True
-        return data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
-
-
-LF, CRLF, CR = b"\n", b"\r\n", b"\r"
-
-
-def _first_line_end(data: bytes) -> bytes | None:
-    """How the first line end in ``data`` is written (None: there is none, or it is a CR
-    at the very end, which the next read completes)."""
-    lf, cr = data.find(b"\n"), data.find(b"\r")
-    if cr < 0:
-        return None if lf < 0 else LF
-    if 0 <= lf < cr:
-        return LF
-    if cr == len(data) - 1:
-        return None
-    return CRLF if data[cr + 1] == 10 else CR
 
 
 def _too_large() -> UpstreamError:

@@ -223,3 +223,41 @@ async def test_a_failure_after_done_is_no_failure() -> None:
     outcome = StreamOutcome()
     assert await relay(Failing([ONE, THREE], error), outcome) == [ONE, THREE]
     assert outcome.completed and outcome.error is None
+
+
+NOT_UTF8_EVENT = b'data: {"choices": [{"delta": {"content": "caf\xc3"}}]}\n\n'
+"""An event whose data is not UTF-8 (the first byte of a two-byte character, alone)."""
+UTF8_EVENT = sse({"n": "café ☕"}, done=False)
+
+
+async def test_an_event_that_is_not_utf8_ends_the_stream_with_an_error() -> None:
+    """The events before it (in its batch too) are relayed and seen by the taps; it and
+    all after it are not, and the stream is not complete (so nothing is cached). Before,
+    it was relayed as it came, and the stream kept and replayed from the cache."""
+    outcome = StreamOutcome()
+    tap = Rewrite(b"nothing", b"nothing")
+    received: list[bytes] = []
+    with pytest.raises(UpstreamError, match="not valid UTF-8") as caught:
+        stream = scripted(UTF8_EVENT, ONE + NOT_UTF8_EVENT + TWO, THREE)
+        async for batch in relay_events(stream, outcome, Ticks(), (tap,)):
+            received.append(batch)
+    assert received == [UTF8_EVENT, ONE]
+    assert tap.seen == [UTF8_EVENT, ONE]
+    assert outcome.error is caught.value and not outcome.completed
+
+
+async def test_an_event_that_is_not_utf8_before_done_in_its_batch_fails_the_stream() -> None:
+    outcome = StreamOutcome()
+    calls: list[bool] = []
+    with pytest.raises(UpstreamError, match="not valid UTF-8"):
+        await relay(scripted(NOT_UTF8_EVENT + THREE), outcome, on_done=lambda: calls.append(True))
+    assert calls == [] and not outcome.completed
+
+
+async def test_an_event_that_is_not_utf8_after_done_is_dropped_and_fails_nothing() -> None:
+    outcome = StreamOutcome()
+    assert await relay(scripted(UTF8_EVENT, THREE + NOT_UTF8_EVENT), outcome) == [
+        UTF8_EVENT,
+        THREE,
+    ]
+    assert outcome.completed and outcome.error is None
