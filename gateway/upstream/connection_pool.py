@@ -94,6 +94,10 @@ class ConnectionPool:
         """Connections to ``origin`` open or opening now (for tests and diagnostics)."""
         return self._held.get(origin, 0)
 
+    def waiting(self, origin: Origin) -> int:
+        """Requests waiting for a connection to ``origin`` now (tests, diagnostics)."""
+        return len(self._waiters.get(origin, ()))
+
     async def connect(
         self, target: Target, connect_s: float, *, wait: bool = True
     ) -> EngineConnection:
