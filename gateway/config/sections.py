@@ -152,7 +152,7 @@ class UpstreamSettings(_Section):
         "max_connections), so a hung engine cannot take the whole pool from the others. A "
         "request beyond it waits for one of that engine's connections, at most "
         "connect_timeout_s, then fails over as for an unreachable engine. At most "
-        "max_connections.",
+        "max_connections. The lean client's (client: aiohttp bounds the wait only).",
     )
     keepalive_s: float = Field(
         4.0,
