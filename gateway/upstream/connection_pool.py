@@ -110,10 +110,14 @@ class ConnectionPool:
         origin = target.origin
         if not wait:
             self._reserve(origin)
-        elif not self._room_for(origin):  # (which reserves the room when there is some)
-            handed = await self._wait(loop, origin, deadline, connect_s)
-            if handed is not None:
-                return handed
+        else:
+            while not self._room_for(origin):  # (which reserves the room if there is some)
+                handed = await self._wait(loop, origin, deadline, connect_s)
+                if handed is None:
+                    break  # a slot was reserved for this request
+                if handed.open():
+                    return handed
+                self.release(handed)  # the engine closed it meanwhile: its slot goes on
         return await self._connect(loop, target, deadline, connect_s)
 
     def release(self, conn: EngineConnection) -> None:

@@ -180,6 +180,27 @@ async def test_a_waiter_cancelled_as_it_is_handed_room_passes_it_on(
         pool.close()
 
 
+async def test_a_connection_handed_over_then_closed_by_the_engine_is_replaced(
+    engines: Engines,
+) -> None:
+    pool = ConnectionPool(limit=1, keepalive_s=4.0, per_origin=1)
+    healthy = _target(engines.healthy)
+    first = await pool.connect(healthy, CONNECT_S)
+    try:
+        first.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        await first.body(first.loop.time() + 5.0)
+        waiting = asyncio.create_task(pool.connect(healthy, 5.0))
+        await until(lambda: pool.waiting(healthy.origin) == 1)
+        pool.release(first)  # handed to the waiter ...
+        first.close()  # ... and closed before it runs again (the engine's idle timeout)
+        conn = await asyncio.wait_for(waiting, 2.0)
+        assert conn is not first and conn.open() and engines.healthy.connections == 2
+        assert pool.held(healthy.origin) == 1
+        await _answered(pool, conn)
+    finally:
+        pool.close()
+
+
 async def test_waiting_is_bounded_by_connect_s_and_leaves_nothing_behind(
     engines: Engines,
 ) -> None:
