@@ -148,6 +148,15 @@ class UpstreamSettings(_Section):
         None, gt=0, description="The whole response, streamed or not (default: none)."
     )
     max_connections: int = Field(2048, ge=1, description="Connection pool size across all engines.")
+    max_connections_per_engine: int | None = Field(
+        None,
+        ge=1,
+        description="Connections open to any one engine at once (default: half of "
+        "max_connections), so a hung engine cannot take the whole pool from the others. A "
+        "request beyond it waits for one of that engine's connections, at most "
+        "connect_timeout_s, then fails over as for an unreachable engine. At most "
+        "max_connections. The lean client's (client: aiohttp bounds the wait only).",
+    )
     keepalive_s: float = Field(
         4.0,
         gt=0,
@@ -179,6 +188,20 @@ class UpstreamSettings(_Section):
     retry_budget_burst: int = Field(
         20, ge=0, description="Failovers allowed at once before the ratio applies."
     )
+
+    @model_validator(mode="after")
+    def _per_engine_within_pool(self) -> UpstreamSettings:
+        cap = self.max_connections_per_engine
+        if cap is not None and cap > self.max_connections:
+            raise ValueError(
+                "upstream.max_connections_per_engine must be at most upstream.max_connections"
+            )
+        return self
+
+    @property
+    def engine_connection_limit(self) -> int:
+        """``max_connections_per_engine``, or half of ``max_connections`` when unset."""
+        return self.max_connections_per_engine or max(1, self.max_connections // 2)
 
 
 class RoutingSettings(_Section):

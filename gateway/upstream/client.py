@@ -104,10 +104,13 @@ class UpstreamClient:
         :class:`UpstreamStream`)."""
         made = self._timeouts.get(deadlines)
         if made is None:
+            # ``connect``: waiting for a free connection in the pool and connecting, as
+            # the lean client bounds it (without it a full pool waits for ever).
+            connect_s = deadlines.connect_s
             answer = aiohttp.ClientTimeout(
-                total=deadlines.answer_s, sock_connect=deadlines.connect_s
+                total=deadlines.answer_s, connect=connect_s, sock_connect=connect_s
             )
-            stream = aiohttp.ClientTimeout(total=None, sock_connect=deadlines.connect_s)
+            stream = aiohttp.ClientTimeout(total=None, connect=connect_s, sock_connect=connect_s)
             made = self._timeouts[deadlines] = (answer, stream)
         return made
 

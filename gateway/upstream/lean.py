@@ -87,7 +87,9 @@ class LeanUpstream:
     """Engine requests, probes and scrapes on a pool of keep-alive connections."""
 
     def __init__(self, settings: UpstreamSettings) -> None:
-        self._pool = ConnectionPool(settings.max_connections, settings.keepalive_s)
+        self._pool = ConnectionPool(
+            settings.max_connections, settings.keepalive_s, settings.engine_connection_limit
+        )
         self._targets: dict[str, Target] = {}
 
     async def start(self) -> None:
