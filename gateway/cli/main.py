@@ -128,7 +128,9 @@ def run_gateway(settings: Settings, on_engines_ready: Callable[[], None] | None 
     else:
         log.info("request path runs from source: no native build matching it (VGATE_NATIVE=0?)")
     config = uvicorn.Config(
-        "gateway.app:app_from_environment",  # workers > 1: each builds its own (workers.py)
+        # Replaced before serving: by the app built below (one worker), or by each
+        # worker's own (gateway/cli/workers.py: serve_worker, from the environment).
+        "gateway.app:app_from_environment",
         factory=True,
         host=server.host,
         port=server.port,
