@@ -8,20 +8,21 @@ Sub-commands that belong to the engine side delegate to :mod:`engines`.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 import uvicorn
-from uvicorn.config import LOGGING_CONFIG
+from uvicorn.config import LOGGING_CONFIG, STARTUP_FAILURE
 
 from gateway.auth.key_admin import KeyRequestError
 from gateway.cli import keys as cli_keys
 from gateway.cli import rollout as cli_rollout
 from gateway.cli import stack as cli_stack
+from gateway.cli.workers import WorkerSupervisor
 from gateway.collector import size_young_generation
 from gateway.config.settings import (
     CONFIG_ENV_VAR,
@@ -32,6 +33,7 @@ from gateway.config.settings import (
     with_overrides,
 )
 from gateway.http.connections import ConnectionLimits, limited_protocol
+from gateway.http.draining import DrainingServer, readiness_drain
 from gateway.native import install as install_native
 from gateway.observability.logs import configure_logging, uvicorn_log_config
 
@@ -125,18 +127,11 @@ def run_gateway(settings: Settings, on_engines_ready: Callable[[], None] | None 
         log.info("request path compiled: %d modules (gateway/native.py)", len(native.modules))
     else:
         log.info("request path runs from source: no native build matching it (VGATE_NATIVE=0?)")
-    app: Any
-    if server.workers == 1:
-        from gateway.app import create_app
-
-        size_young_generation()  # (workers > 1: each worker, in app_from_environment)
-        app = create_app(settings, on_engines_ready)
-    else:
-        app = "gateway.app:app_from_environment"
-    uvicorn.run(
-        app,
-        factory=server.workers > 1,
-        workers=server.workers,
+    config = uvicorn.Config(
+        # Replaced before serving: by the app built below (one worker), or by each
+        # worker's own (gateway/cli/workers.py: serve_worker, from the environment).
+        "gateway.app:app_from_environment",
+        factory=True,
         host=server.host,
         port=server.port,
         http=limited_protocol(ConnectionLimits.from_settings(server)),
@@ -150,6 +145,19 @@ def run_gateway(settings: Settings, on_engines_ready: Callable[[], None] | None 
         proxy_headers=False,  # no use for client addresses; one middleware less per request
         server_header=False,
     )
+    if server.workers > 1:
+        WorkerSupervisor(config, server.workers).run()
+        return
+    from gateway.app import create_app
+
+    size_young_generation()  # (workers > 1: each worker, in app_from_environment)
+    app = create_app(settings, on_engines_ready)
+    config.app, config.factory = app, False
+    serving = DrainingServer(config, readiness_drain(app))
+    with contextlib.suppress(KeyboardInterrupt):
+        serving.run()
+    if not serving.started:  # what uvicorn.run does for one worker
+        sys.exit(STARTUP_FAILURE)
 
 
 def operator_location(settings: Settings) -> str:

@@ -21,6 +21,7 @@ from gateway.pool.display import netloc
 _OK = orjson.dumps({"status": "ok"})
 _READY = orjson.dumps({"status": "ready"})
 _UNAVAILABLE = orjson.dumps({"status": "unavailable"})
+_DRAINING = orjson.dumps({"status": "draining"})
 JSON = "application/json"
 
 
@@ -33,10 +34,12 @@ async def ready_status(request: Request) -> Response:
     """Readiness for load balancers and probes: ``{"status": "ready"}`` when the gateway
     itself can serve (:mod:`gateway.pool.readiness`: Redis reachable when configured, at
     least one engine known; engine health does not count), else 503
-    ``{"status": "unavailable"}``; nothing more."""
-    if (await app_state(request).readiness.check()).ready:
+    ``{"status": "unavailable"}`` (``{"status": "draining"}`` once the graceful shutdown
+    has begun); nothing more."""
+    report = await app_state(request).readiness.check()
+    if report.ready:
         return Response(_READY, media_type=JSON)
-    return Response(_UNAVAILABLE, 503, media_type=JSON)
+    return Response(_DRAINING if report.draining else _UNAVAILABLE, 503, media_type=JSON)
 
 
 async def ready_detail(request: Request) -> Response:
@@ -56,13 +59,17 @@ async def ready_detail(request: Request) -> Response:
         for name, health in state.background.snapshot().items()
     }
     body = {
-        "status": "ready" if report.ready else "unavailable",
+        "status": _status_name(report.ready, report.draining),
         "redis": report.redis,
         "known_engines": report.known_engines,
         "engines": state.pool.health(),
         "background": background,
     }
     return Response(orjson.dumps(body), 200 if report.ready else 503, media_type=JSON)
+
+
+def _status_name(ready: bool, draining: bool) -> str:
+    return "ready" if ready else "draining" if draining else "unavailable"
 
 
 async def metrics(request: Request) -> Response:

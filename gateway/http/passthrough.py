@@ -3,19 +3,24 @@ over :class:`gateway.pipeline.passthrough.PassthroughService`.
 
 Only the paths of :data:`SCOPED_ROUTES` are routed; every other vLLM route
 (``/v1/load_lora_adapter``, ``/sleep``, ``/collective_rpc``, ...) has no route
-here and answers 404 in OpenAI's format.
+here and answers 404 in OpenAI's format. A request still running at the shutdown
+deadline is answered 503 ``shutting_down``, as a completion is
+(:class:`gateway.http.shutdown_cut.CutAtDeadline`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from typing import Any, cast
 
 from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import request_response
 
 from gateway.errors import NotFoundError
 from gateway.http.context import app_state, completion_headers, read_body, request_id
+from gateway.http.shutdown_cut import CutAtDeadline
 from gateway.pipeline.passthrough import SCOPED_ROUTES, ScopedMeta, ScopedRoute
 
 router = APIRouter()
@@ -46,4 +51,7 @@ def _handler(route: ScopedRoute) -> Callable[[Request], Awaitable[Response]]:
 
 
 for _route in SCOPED_ROUTES:
-    router.add_route(_route.path, _handler(_route), methods=["POST"])
+    # An ASGI app as the endpoint: Starlette serves it as it is (its hints only admit
+    # request handlers, as for gateway.http.hot_routes.add_endpoint).
+    _endpoint = CutAtDeadline(request_response(_handler(_route)))
+    router.add_route(_route.path, cast(Any, _endpoint), methods=["POST"])

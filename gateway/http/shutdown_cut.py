@@ -17,6 +17,10 @@ It is written without waiting for the client to read (the process is exiting:
 nothing may hang on a client), one WARNING is logged, and the task forgets the
 cancellation and returns, which uvicorn takes as an answer complete.
 
+vLLM's pass-through routes (:mod:`gateway.http.passthrough`) are served by FastAPI's
+stack, not as an :class:`~gateway.http.hot_routes.Endpoint`: :class:`CutAtDeadline`
+wraps each of them to end its answer the same way (their answers are never streams).
+
 The shutdown's cancellation is told from the others by its connection: uvicorn calls
 each connection's ``shutdown`` when the shutdown begins, which marks the answer in
 progress (:attr:`gateway.http.direct_cycle.DirectCycle.closing`); the client
@@ -28,11 +32,11 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from starlette.types import Scope
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.errors import ShuttingDownError
 from gateway.http.answers import DONE_EVENT, JSON_TYPE, error_event
-from gateway.http.direct_cycle import DirectCycle
+from gateway.http.direct_cycle import DirectCycle, direct_cycle
 from gateway.http.request_id import SCOPE_KEY as REQUEST_ID_KEY
 
 log = logging.getLogger("vgate.shutdown")
@@ -65,3 +69,20 @@ def end_at_deadline(cycle: DirectCycle | None, scope: Scope, events: bytes = CHA
         )
     task.uncancel()
     return True
+
+
+class CutAtDeadline:
+    """``app`` (a route's ASGI app), whose answer is ended by :func:`end_at_deadline`
+    when the shutdown deadline cancels it."""
+
+    __slots__ = ("_app",)
+
+    def __init__(self, app: ASGIApp) -> None:
+        self._app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await self._app(scope, receive, send)
+        except asyncio.CancelledError:
+            if not end_at_deadline(direct_cycle(scope), scope):
+                raise

@@ -8,6 +8,11 @@ A gateway is ready when
 * at least one engine is *known*: configured by URL, or in the registry in any
   state but ``stopped`` (starting, restarting, draining and failed engines count).
 
+and it is not draining: from the moment the process begins its graceful shutdown
+(:meth:`Readiness.begin_drain`, called by the server when it stops accepting) it is
+not ready, for good, so that orchestrators and load balancers stop routing to it
+while the requests in progress finish (``server.shutdown_timeout_s``).
+
 Engine *health* is not part of it; it is in the operator's detail. A gateway whose
 engines are all restarting still serves cached answers, ``/v1/models`` and quick,
 well-formed errors, and every gateway sees the same engines: failing readiness on
@@ -41,6 +46,8 @@ class ReadinessReport:
     known_engines: int
     """Engines in the pool (configured, or routable in the registry) plus those the
     registry holds in another state (see :class:`Readiness`)."""
+    draining: bool = False
+    """The process is shutting down (:meth:`Readiness.begin_drain`): never ready again."""
 
 
 class Readiness:
@@ -67,14 +74,19 @@ class Readiness:
         self._checked_at: float | None = None
         self._reachable = False
         self._pending: asyncio.Future[bool] | None = None
+        self._draining = False
+
+    def begin_drain(self) -> None:
+        """The graceful shutdown has begun: every later :meth:`check` says not ready."""
+        self._draining = True
 
     async def check(self) -> ReadinessReport:
         known = len(self._pool.urls()) + self._registered_elsewhere()
         redis: RedisState = "not configured"
         if self._ping is not None:
             redis = "reachable" if await self._redis_reachable() else "unreachable"
-        ready = known > 0 and redis != "unreachable"
-        return ReadinessReport(ready, redis, known)
+        ready = known > 0 and redis != "unreachable" and not self._draining
+        return ReadinessReport(ready, redis, known, self._draining)
 
     async def _redis_reachable(self) -> bool:
         checked = self._checked_at

@@ -28,7 +28,8 @@ OURS = {"gateway", "engines"}
 
 #: Runtime dependencies no module imports, each with where the code asks for it.
 NAMED_NOT_IMPORTED = {
-    "uvloop": 'uvicorn.run(loop="uvloop") in gateway/cli/main.py and engines/stub/server.py',
+    "uvloop": 'uvicorn.Config(loop="uvloop") in gateway/cli/main.py, uvicorn.run(loop="uvloop") '
+    "in engines/stub/server.py",
     "httptools": 'uvicorn.run(http="httptools") in engines/stub/server.py; the gateway runs '
     "a subclass of uvicorn's HttpToolsProtocol (gateway/http/connections.py)",
 }

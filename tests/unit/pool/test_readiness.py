@@ -84,3 +84,12 @@ async def test_the_redis_check_is_cached_and_shared_by_concurrent_probes() -> No
     ping.mode = "down"
     assert not (await readiness.check()).ready
     assert ping.calls == 2
+
+
+async def test_once_the_drain_begins_the_gateway_is_never_ready_again() -> None:
+    readiness = Readiness(EnginePool({"m": [ENGINE]}), lambda: 0, Ping(), 0.25, cache_s=0)
+    assert (await readiness.check()).ready
+    readiness.begin_drain()
+    report = await readiness.check()
+    assert not report.ready and report.draining
+    assert (report.redis, report.known_engines) == ("reachable", 1)  # still reported

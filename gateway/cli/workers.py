@@ -1,0 +1,137 @@
+"""``server.workers > 1``: the worker processes behind one port, and their supervisor.
+
+uvicorn's own supervisor (``uvicorn.run(..., workers=N)``) binds the port in the
+parent, hands the socket to its workers and keeps its own copy open until every
+worker has exited. During a graceful drain (SIGTERM, then up to
+``server.shutdown_timeout_s``) the workers stop accepting, but the kernel still
+completes new connections into the parent's copy, where nobody ever accepts them:
+they hung until the process exited, where with one worker they are refused at once
+(what a load balancer or a client's retry needs). Its workers also run uvicorn's
+plain server, which cannot tell the app that the drain began
+(:mod:`gateway.http.draining`).
+
+:class:`WorkerSupervisor` keeps what uvicorn's did: it binds the port once in the
+parent (so a port already taken fails the start, with the same startup log), starts
+``server.workers`` spawned processes over that socket, forwards SIGTERM to each on
+SIGINT or SIGTERM, starts a new worker in place of one that dies while serving (all
+of them stop when one fails at start-up: it would fail the same way again) and
+returns once all have exited. But when the drain begins it first closes its own copy
+of the socket, so that once the workers have closed theirs a new connection is
+refused. Each worker (:func:`serve_worker`) builds its own app, so metrics stay per
+worker, and serves it with a :class:`~gateway.http.draining.DrainingServer`.
+
+uvicorn's supervisor also answered SIGHUP (restart every worker), SIGTTIN/SIGTTOU
+(one worker more or less) and killed a worker that stopped answering its pings; this
+one does not: ``server.workers`` is the count, and a hung worker is left to its own
+deadlines and to the orchestrator's liveness probe.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import socket
+import threading
+from collections.abc import Callable
+from functools import partial
+from multiprocessing.context import SpawnProcess
+from types import FrameType
+
+import uvicorn
+from uvicorn._subprocess import get_subprocess
+from uvicorn.config import STARTUP_FAILURE
+
+from gateway.http.draining import DrainingServer, readiness_drain
+
+log = logging.getLogger("uvicorn.error")  # where uvicorn's supervisor logged the same lines
+
+Target = Callable[[uvicorn.Config, list[socket.socket]], None]
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+POLL_S = 0.5
+"""How often the supervisor looks for a worker that died (a signal wakes it at once)."""
+
+
+def serve_worker(config: uvicorn.Config, sockets: list[socket.socket]) -> None:
+    """One worker process: its own app (from the environment), served on ``sockets``."""
+    from gateway.app import app_from_environment
+
+    app = app_from_environment()
+    config.app, config.factory = app, False
+    DrainingServer(config, readiness_drain(app)).run(sockets)
+
+
+class WorkerSupervisor:
+    """``count`` processes running ``target(config, sockets)`` over one bound port."""
+
+    def __init__(
+        self,
+        config: uvicorn.Config,
+        count: int,
+        target: Target = serve_worker,
+        *,
+        poll_s: float = POLL_S,
+    ) -> None:
+        self._config = config
+        self._count = count
+        self._target = target
+        self._poll_s = poll_s
+        self._stop = threading.Event()
+        self._received: list[int] = []
+        self._workers: list[SpawnProcess] = []
+
+    def run(self) -> None:
+        """Serve until SIGINT or SIGTERM (or a worker that fails at start-up), then drain
+        and return once every worker has exited."""
+        listener = self._config.bind_socket()  # logs "Uvicorn running on ...", as before
+        previous = {sig: signal.signal(sig, self._on_signal) for sig in STOP_SIGNALS}
+        log.info("Started parent process [%d]", os.getpid())
+        try:
+            self._workers = [self._start([listener]) for _ in range(self._count)]
+            while not self._stop.wait(self._poll_s):
+                self._replace_dead([listener])
+        finally:
+            # Our copy first: once the workers close theirs, new connections are refused.
+            listener.close()
+            for sig in self._received[:1]:
+                log.info("Received %s, draining the workers.", signal.Signals(sig).name)
+            self._stop_workers()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            log.info("Stopping parent process [%d]", os.getpid())
+
+    def _on_signal(self, sig: int, frame: FrameType | None) -> None:
+        self._received.append(sig)
+        self._stop.set()
+
+    def _start(self, sockets: list[socket.socket]) -> SpawnProcess:
+        process = get_subprocess(self._config, partial(self._target, self._config), sockets)
+        process.start()
+        return process
+
+    def _replace_dead(self, sockets: list[socket.socket]) -> None:
+        for index, worker in enumerate(self._workers):
+            if worker.is_alive() or self._stop.is_set():
+                continue
+            worker.join()
+            if worker.exitcode == STARTUP_FAILURE:
+                log.error("Child process [%s] failed to start; stopping.", worker.pid)
+                self._stop.set()
+                return
+            log.warning("Child process [%s] died (exit %s); starting another.",
+                        worker.pid, worker.exitcode)  # fmt: skip
+            self._workers[index] = self._start(sockets)
+
+    def _stop_workers(self) -> None:
+        """SIGTERM to every worker still running (each drains), then wait for them all.
+
+        SIGTERM whatever the parent got: a SIGINT from a terminal has reached the
+        workers already, and a second SIGINT would make them quit without draining."""
+        for worker in self._workers:
+            if worker.is_alive() and worker.pid is not None:
+                with contextlib.suppress(ProcessLookupError):  # it exited meanwhile
+                    os.kill(worker.pid, signal.SIGTERM)
+                log.info("Terminated child process [%d]", worker.pid)
+        for worker in self._workers:
+            worker.join()

@@ -1,0 +1,70 @@
+"""``server.workers > 1`` under the gateway's own supervisor (``gateway/cli/workers.py``)
+keeps what uvicorn's did: a worker that dies is replaced, a worker that fails at
+start-up stops them all (it would fail the same way again), and SIGTERM ends every
+worker and the supervisor with status 0. (Draining itself: ``test_draining.py``.)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import yaml
+
+from tests.helpers.processes import free_port
+from tests.integration.conftest import STUB_MODEL
+from tests.integration.test_operator_listener import _listening_pids
+from tests.integration.test_shutdown import gateway_process, stub_engine, wait_for
+
+
+def test_a_worker_that_dies_is_replaced(tmp_path: Path) -> None:
+    with stub_engine() as (engine_url, _):
+        config = {"models": [{"name": STUB_MODEL, "endpoints": [engine_url]}],
+                  "server": {"workers": 2}}  # fmt: skip
+        with gateway_process(config, tmp_path) as (gateway, port, admin, log_path):
+            wait_for(lambda: len(_listening_pids(admin)) == 2, 30, "both workers serving")
+            first = _listening_pids(admin)
+            victim = min(first)
+            os.kill(victim, signal.SIGKILL)
+            wait_for(lambda: len(_listening_pids(admin) - first) == 1
+                     and len(_listening_pids(admin)) == 2, 30, "a new worker")  # fmt: skip
+            assert victim not in _listening_pids(admin)
+            for _ in range(6):  # both workers answer (the kernel picks one per connection)
+                with httpx.Client() as client:
+                    assert client.get(f"http://127.0.0.1:{port}/ready").status_code == 200
+            gateway.send_signal(signal.SIGTERM)
+            gateway.wait(timeout=30)
+            log = log_path.read_text()
+    assert gateway.returncode == 0, log[-3000:]
+    assert f"Child process [{victim}] died" in log, log
+
+
+def test_a_worker_that_fails_at_start_up_stops_the_gateway(tmp_path: Path) -> None:
+    """The operator port is taken by a socket without ``SO_REUSEPORT``: every worker's
+    start fails, and the supervisor stops instead of restarting them forever."""
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        admin = taken.getsockname()[1]
+        config = {"models": [{"name": STUB_MODEL, "endpoints": ["http://127.0.0.1:9"]}],
+                  "server": {"workers": 2, "admin_port": admin}}  # fmt: skip
+        path = tmp_path / "vgate.yaml"
+        path.write_text(yaml.safe_dump(config))
+        argv = [sys.executable, "-m", "gateway", "serve", "--config", str(path),
+                "--port", str(free_port())]  # fmt: skip
+        process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                   text=True, start_new_session=True)  # fmt: skip
+        try:
+            log, _ = process.communicate(timeout=60)
+        except subprocess.TimeoutExpired as exc:
+            raise AssertionError("still restarting workers after 60 s") from exc
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    assert "failed to start; stopping" in log, log[-3000:]
+    assert "died" not in log, log[-3000:]
