@@ -146,7 +146,10 @@ def run_gateway(settings: Settings, on_engines_ready: Callable[[], None] | None 
         server_header=False,
     )
     if server.workers > 1:
-        WorkerSupervisor(config, server.workers).run()
+        supervisor = WorkerSupervisor(config, server.workers)
+        supervisor.run()
+        if supervisor.failed_to_start:
+            sys.exit(STARTUP_FAILURE)
         return
     from gateway.app import create_app
 

@@ -80,10 +80,13 @@ class WorkerSupervisor:
         self._stop = threading.Event()
         self._received: list[int] = []
         self._workers: list[SpawnProcess] = []
+        self.failed_to_start = False
+        """A worker failed at start-up (the gateway should exit with uvicorn's
+        ``STARTUP_FAILURE``, as one worker does)."""
 
     def run(self) -> None:
-        """Serve until SIGINT or SIGTERM (or a worker that fails at start-up), then drain
-        and return once every worker has exited."""
+        """Serve until SIGINT or SIGTERM (or a worker that fails at start-up: then
+        :attr:`failed_to_start`), then drain and return once every worker has exited."""
         listener = self._config.bind_socket()  # logs "Uvicorn running on ...", as before
         previous = {sig: signal.signal(sig, self._on_signal) for sig in STOP_SIGNALS}
         log.info("Started parent process [%d]", os.getpid())
@@ -117,6 +120,7 @@ class WorkerSupervisor:
             worker.join()
             if worker.exitcode == STARTUP_FAILURE:
                 log.error("Child process [%s] failed to start; stopping.", worker.pid)
+                self.failed_to_start = True
                 self._stop.set()
                 return
             log.warning("Child process [%s] died (exit %s); starting another.",

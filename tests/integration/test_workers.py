@@ -1,6 +1,7 @@
 """``server.workers > 1`` under the gateway's own supervisor (``gateway/cli/workers.py``)
 keeps what uvicorn's did: a worker that dies is replaced, a worker that fails at
-start-up stops them all (it would fail the same way again), and SIGTERM ends every
+start-up stops them all (it would fail the same way again, and the gateway exits
+with uvicorn's start-up failure status, as with one worker), and SIGTERM ends every
 worker and the supervisor with status 0. (Draining itself: ``test_draining.py``.)
 """
 
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import httpx
 import yaml
+from uvicorn.config import STARTUP_FAILURE
 
 from tests.helpers.processes import free_port
 from tests.integration.conftest import STUB_MODEL
@@ -68,3 +70,4 @@ def test_a_worker_that_fails_at_start_up_stops_the_gateway(tmp_path: Path) -> No
             process.wait()
     assert "failed to start; stopping" in log, log[-3000:]
     assert "died" not in log, log[-3000:]
+    assert process.returncode == STARTUP_FAILURE, log[-3000:]  # as one worker exits
