@@ -5,7 +5,9 @@ stream on it), the cache fill it leads or the flight it follows, the in-flight
 gauge and the request's timers. :meth:`Exchange.close` releases all of it, once,
 whichever way the request ends: answered, refused, failed at the engine, timed
 out, or abandoned by its client while queued, while following another request
-or while streaming. No other code settles a ticket or releases an engine slot.
+or while streaming. No other code settles a ticket or releases an engine slot. A
+stream's engine hears its circuit breaker's verdict here too, once the stream has
+ended (:meth:`Exchange.await_verdict`): its first event alone proves nothing.
 
 How the ticket is settled follows how the request ended:
 
