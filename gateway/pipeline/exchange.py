@@ -241,7 +241,7 @@ class Exchange:
         url, outcome = self._engine, self.outcome
         if url is None:
             return
-        if outcome is not None and outcome.engine_failed():
+        if outcome is not None and outcome.error is not None and outcome.engine_failed():
             self._pool.record_failure(url)
         else:
             self._pool.record_success(url)
