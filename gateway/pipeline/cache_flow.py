@@ -66,13 +66,16 @@ class CacheFill:
         flight.publish(batch)
         return batch
 
-    def finish_json(self, body: bytes, status: int = 200) -> int | None:
+    def finish_json(self, body: bytes, status: int = 200, parsed: Any = None) -> int | None:
         """The leader's JSON answer (as its client gets it; ``status``, the engine's) is
         complete: kept and shared if it is a whole answer (:func:`whole_answer`), else
         its followers go to an engine themselves. Returns the tokens its ``usage``
-        reports, read from the same parse, so that the caller need not read them."""
+        reports, read from the same parse, so that the caller need not read them.
+        ``parsed``: the body already parsed (by the forwarder's check), if it was."""
         fits = len(body) <= self._plan.max_entry_bytes  # else never stored: not parsed
-        answer = whole_answer(body) if status == 200 and fits else None
+        answer = None
+        if status == 200 and fits:
+            answer = whole_answer(body) if parsed is None else kept_answer(parsed)
         if answer is None:
             self._land(None)
             return body_usage(body)
@@ -120,6 +123,11 @@ def whole_answer(body: bytes) -> dict[str, Any] | None:
         answer = orjson.loads(body)
     except orjson.JSONDecodeError:
         return None
+    return kept_answer(answer)
+
+
+def kept_answer(answer: Any) -> dict[str, Any] | None:
+    """A parsed answer, if it is one to keep (:func:`whole_answer`)."""
     if type(answer) is not dict or answer.get("error") is not None:
         return None
     items = answer.get("choices")

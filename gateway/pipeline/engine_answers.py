@@ -37,6 +37,7 @@ from gateway.pipeline.usage import (
     body_usage,
     client_wants_usage,
     usage_of,
+    usage_tokens,
     with_usage_requested,
 )
 from gateway.pipeline.watching import attempt_context, with_trailer
@@ -113,14 +114,19 @@ class EngineAnswers:
             raise
         wants_usage, rollout = exchange.ticket.wants_usage, exchange.variant is not None
         body = reply.body if parsed.rename is None else parsed.rename.inspect(reply.body)
+        answer = reply.answer  # the forwarder's parse of a JSON answer (else None)
         fill = exchange.fill
         if fill is not None:  # what the client gets is what a hit replays (and its usage)
-            tokens = fill.finish_json(body, reply.status)
+            tokens = fill.finish_json(body, reply.status, answer)
+        elif wants_usage or rollout:
+            tokens = usage_tokens(answer.get("usage")) if type(answer) is dict else None
+            if answer is None:  # not parsed (not labelled JSON, or too large to)
+                tokens = body_usage(body)
         else:
-            tokens = body_usage(body) if wants_usage or rollout else None
+            tokens = None
         exchange.finished(tokens if wants_usage else None)
         if exchange.watch is not None:
-            exchange.watch.usage(usage_of(body))
+            exchange.watch.usage(answer.get("usage") if type(answer) is dict else usage_of(body))
         if rollout:
             exchange.tokens = tokens
             if pair is not None:

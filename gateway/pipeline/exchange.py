@@ -5,7 +5,9 @@ stream on it), the cache fill it leads or the flight it follows, the in-flight
 gauge and the request's timers. :meth:`Exchange.close` releases all of it, once,
 whichever way the request ends: answered, refused, failed at the engine, timed
 out, or abandoned by its client while queued, while following another request
-or while streaming. No other code settles a ticket or releases an engine slot.
+or while streaming. No other code settles a ticket or releases an engine slot. A
+stream's engine hears its circuit breaker's verdict here too, once the stream has
+ended (:meth:`Exchange.await_verdict`): its first event alone proves nothing.
 
 How the ticket is settled follows how the request ended:
 
@@ -70,6 +72,7 @@ class Exchange:
         "_metrics",
         "_pool",
         "_stream",
+        "_verdict_due",
         "cache_status",
         "clock",
         "label",
@@ -131,6 +134,7 @@ class Exchange:
         self._forwarded = False
         self._answered = False
         self._closed = False
+        self._verdict_due = False
 
     # -- what the request acquires -------------------------------------------------
 
@@ -146,6 +150,12 @@ class Exchange:
     def hold_stream(self, stream: EventSource) -> None:
         """Own the open stream on the held engine: closed with the engine slot."""
         self._stream = stream
+
+    def await_verdict(self) -> None:
+        """The held stream has begun: its engine's circuit breaker hears how it ended
+        when the request closes (:meth:`StreamOutcome.engine_failed`), not before: an
+        engine that starts every stream and then breaks off is failing."""
+        self._verdict_due = True
 
     def drop_engine(self) -> None:
         """Close the stream on the held engine, if any, and free its slot."""
@@ -205,6 +215,8 @@ class Exchange:
         if self._closed:
             return
         self._closed = True
+        if self._verdict_due:
+            self._give_verdict()
         self.drop_engine()
         failure = self._failure  # (no call on the usual path: answered, or the client left)
         self.ticket.settle(None if failure is None else self._failure_charge(failure))
@@ -222,6 +234,17 @@ class Exchange:
         watch, self.watch = self.watch, None
         if watch is not None:
             watch.closed(self, self._failure, self.clock())
+
+    def _give_verdict(self) -> None:
+        """Tell the stream's engine's breaker how its stream ended (none relayed: its
+        client left before it was read, which is no failure of the engine's)."""
+        url, outcome = self._engine, self.outcome
+        if url is None:
+            return
+        if outcome is not None and outcome.error is not None and outcome.engine_failed():
+            self._pool.record_failure(url)
+        else:
+            self._pool.record_success(url)
 
     def _failure_charge(self, failure: GatewayError) -> int | None:
         """What a request that failed with ``failure`` is charged: 0 where no engine

@@ -26,6 +26,7 @@ from gateway.upstream.transport import (
     PrimedEvents,
     UpstreamReply,
     redirect_refused,
+    stream_refused,
     too_large_answer,
 )
 
@@ -162,9 +163,10 @@ class UpstreamClient:
     async def open_stream(
         self, url: str, body: bytes, headers: Mapping[str, str], deadlines: Deadlines
     ) -> UpstreamStream:
-        """POST and return once the engine has answered with a 2xx status.
+        """POST and return once the engine has answered ``200 text/event-stream``.
 
-        An error status raises :class:`UpstreamStatusError` carrying the engine's body.
+        An error status raises :class:`UpstreamStatusError` carrying the engine's body,
+        any other answer :class:`UpstreamError` (:func:`stream_refused`).
         """
         limits = self._timeouts_of(deadlines)[1]
         try:
@@ -184,6 +186,9 @@ class UpstreamClient:
             raise UpstreamStatusError(response.status, payload, response.content_type)
         try:
             _check_answer(response)
+            refused = stream_refused(response.status, response.content_type)
+            if refused is not None:  # it answered, with something else than events
+                raise UpstreamError(f"engine answered badly: {refused}")
         except UpstreamError:
             response.close()
             raise

@@ -30,7 +30,12 @@ from gateway.upstream.connection_pool import ConnectionPool
 from gateway.upstream.deadlines import Deadlines, stream_timeout
 from gateway.upstream.sse_framing import EventFramer
 from gateway.upstream.target import Target, get_request_bytes, request_bytes
-from gateway.upstream.transport import EngineUnreachable, PrimedEvents, UpstreamReply
+from gateway.upstream.transport import (
+    EngineUnreachable,
+    PrimedEvents,
+    UpstreamReply,
+    stream_refused,
+)
 
 _TARGETS_KEPT = 4096
 """Parsed URLs remembered (engines x paths; a bound, not a tuning knob)."""
@@ -141,8 +146,9 @@ class LeanUpstream:
     async def open_stream(
         self, url: str, body: bytes, headers: Mapping[str, str], deadlines: Deadlines
     ) -> LeanStream:
-        """POST and return once the engine has answered with a 2xx status (its head
-        within ``idle_s``); an error status raises :class:`UpstreamStatusError`."""
+        """POST and return once the engine has answered ``200 text/event-stream`` (its
+        head within ``idle_s``); an error status raises :class:`UpstreamStatusError`,
+        any other answer :class:`UpstreamError` (:func:`stream_refused`)."""
         target = self._target(url)
         request = request_bytes(target, headers, body)
         conn = self._pool.take_idle(target.origin) or await self._pool.connect(
@@ -156,6 +162,10 @@ class LeanUpstream:
                 raise UpstreamStatusError(
                     conn.status, await self._error_body(conn, deadlines), conn.content_type
                 )
+            if conn.status != 200 or conn.content_type != "text/event-stream":
+                # It answered, with something else than events (:func:`stream_refused`).
+                refused = stream_refused(conn.status, conn.content_type)
+                raise UpstreamError(f"engine answered badly: {refused}")
         except TimeoutError:
             self._pool.release(conn)
             raise UpstreamTimeoutError("engine did not start answering in time") from None

@@ -40,7 +40,7 @@ from typing import Any, Protocol
 
 import orjson
 
-from gateway.errors import GatewayError, UpstreamError, openai_error
+from gateway.errors import GatewayError, UpstreamError, UpstreamTimeoutError, openai_error
 from gateway.upstream.transport import EventSource
 
 DONE_EVENT = b"data: [DONE]\n\n"
@@ -69,7 +69,7 @@ class BatchTap(Protocol):
 class StreamOutcome:
     """How a relayed stream ended; filled in by :func:`relay_events`."""
 
-    __slots__ = ("chunks", "completed", "error", "first_chunk_at")
+    __slots__ = ("chunks", "completed", "engine_error", "error", "first_chunk_at")
 
     def __init__(self) -> None:
         self.first_chunk_at: float | None = None
@@ -78,6 +78,19 @@ class StreamOutcome:
         stream's time after its first chunk over the gaps between chunks)."""
         self.completed = False
         self.error: GatewayError | None = None
+        self.engine_error = False
+        """The engine sent an error event of its own (its answer to the request)."""
+
+    def engine_failed(self) -> bool:
+        """Whether the engine failed the stream, for its circuit breaker: its transport
+        failed before ``[DONE]`` (the connection closed or broke, a read deadline passed,
+        its framing could not be read). Not a stream that completed, nor one its client
+        left (no error), nor one the engine ended with an error event of its own (a
+        prompt too long for the context: its answer to the request, not a failure)."""
+        error = self.error
+        if error is None or self.completed or self.engine_error:
+            return False
+        return type(error) is UpstreamError or type(error) is UpstreamTimeoutError
 
 
 async def relay_events(
@@ -110,7 +123,10 @@ async def relay_events(
                 batch, broken = before_invalid_utf8(batch)
                 done = done and broken is None
             if ERROR_WORD in batch:
-                batch = openai_error_events(batch, prompt_param)
+                relayed = openai_error_events(batch, prompt_param)
+                if relayed is not batch:  # (the same object when it held none)
+                    outcome.engine_error = True
+                batch = relayed
             for tap in taps:
                 batch = tap.inspect(batch)
             if done:

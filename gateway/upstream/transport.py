@@ -13,7 +13,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from gateway.upstream.deadlines import Deadlines
 
@@ -40,6 +40,27 @@ class EngineUnreachable(Exception):
     """The connection to an engine failed before any response; safe to retry elsewhere."""
 
 
+class StreamWithoutEvents(Exception):
+    """The engine's stream ended, as a whole answer ends, before its first event: the
+    engine answered (its head came, then the end of its body), with nothing to relay.
+    Not :class:`EngineUnreachable` (nothing says another engine would do better, and it
+    may have generated an answer the gateway cannot read); the forwarder answers it
+    as a 502."""
+
+
+def stream_refused(status: int, content_type: str) -> str | None:
+    """Why an engine's head cannot begin a relayed stream, or None when it can: a
+    stream is relayed as ``200 text/event-stream``; an engine that answers a stream
+    request with another 2xx (``226``, ``299``) or another media type (a whole JSON
+    answer) answered something else, which is never relayed as events (nor sent to
+    another engine: it may have generated its answer already)."""
+    if status == 200 and content_type == "text/event-stream":
+        return None
+    if status != 200:
+        return f"a stream request answered with HTTP {status}, not 200"
+    return f"a stream request answered with {content_type[:60]}, not text/event-stream"
+
+
 @dataclass(slots=True)  # made per request: not frozen (its __init__ is 4x slower)
 class UpstreamReply:
     """A complete non-streaming engine response."""
@@ -47,6 +68,9 @@ class UpstreamReply:
     status: int
     content_type: str
     body: bytes
+    answer: Any = None
+    """The body parsed, once the forwarder checked that a 2xx JSON answer is JSON (so
+    that nothing after it parses it again); None otherwise."""
 
 
 class EventSource(Protocol):
@@ -62,7 +86,7 @@ class EventSource(Protocol):
     async def prime(self) -> None:
         """Read the first events now, so a failure before them can still go elsewhere.
 
-        Raises :class:`EngineUnreachable` when the engine closes the stream first.
+        Raises :class:`StreamWithoutEvents` when the engine's body ends first.
         """
         ...
 
@@ -88,11 +112,11 @@ class PrimedEvents(ABC):
     _first: bytes | None = None
 
     async def prime(self) -> None:
-        """Read the first events now; :class:`EngineUnreachable` when the engine closes
-        the stream first."""
+        """Read the first events now; :class:`StreamWithoutEvents` when the engine's body
+        ends first (a connection that breaks first raises what the reads raise)."""
         self._first = await self._next_batch()
         if self._first is None:
-            raise EngineUnreachable("engine closed the stream before its first event")
+            raise StreamWithoutEvents("the engine's stream ended before its first event")
 
     async def next_batch(self) -> bytes | None:
         """The primed first run of events, then each next one; None at the end."""

@@ -4,6 +4,7 @@ loaded machine."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 
 
@@ -13,3 +14,12 @@ async def until(condition: Callable[[], bool], within_s: float = 10.0) -> None:
     while not condition():
         assert asyncio.get_running_loop().time() < deadline, "the condition never held"
         await asyncio.sleep(0.001)
+
+
+def holds_soon(condition: Callable[[], bool], within_s: float = 10.0) -> None:
+    """Poll (blocking, for tests outside a loop) until ``condition`` holds; fail after
+    ``within_s``."""
+    deadline = time.monotonic() + within_s
+    while not condition():
+        assert time.monotonic() < deadline, "the condition never held"
+        time.sleep(0.01)

@@ -1,5 +1,5 @@
 """Only answers are cached: an engine's 200 that carries an error object (OpenAI's,
-or vLLM's older ``"object": "error"``), a body cut short, an answer with another
+or vLLM's older ``"object": "error"``), a body cut short (a 502: not JSON), an answer with another
 status than 200, or a stream with an error event in any spelling is neither kept
 nor shared with the requests that joined it; every such request goes to an engine
 itself. A stream's error event reaches its client in OpenAI's shape, whichever
@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import orjson
 import pytest
 
+from gateway.errors import UpstreamError
 from gateway.pipeline.plan import EMBEDDINGS
 from gateway.pipeline.request_meta import RequestMeta
 from gateway.pipeline.results import Answer, EventStream, Replay, Result
@@ -38,8 +39,6 @@ NOT_ANSWERS = {
     "older error object": orjson.dumps(
         {"object": "error", "message": "overloaded", "type": "InternalServerError", "code": 500}
     ),
-    "cut short": GOOD[: len(GOOD) // 2],
-    "cut after an inner object": GOOD[: GOOD.rindex(b"}")],  # still ends with "}"
     "not an answer": b'{"detail": "Not Found"}',
     "not an object": b"[]",
     "cut off by vLLM": GOOD.replace(b'"finish_reason":"stop"', b'"finish_reason":"abort"'),
@@ -86,6 +85,28 @@ async def test_a_200_that_is_not_an_answer_is_not_kept(kind: str) -> None:
     assert len(w.upstream.requests) == 2
     third = await w.ask(chat_body())  # the answer was kept
     assert isinstance(third, Replay) and len(w.upstream.requests) == 2
+    w.assert_nothing_held()
+
+
+NOT_JSON = {
+    "cut short": GOOD[: len(GOOD) // 2],
+    "cut after an inner object": GOOD[: GOOD.rindex(b"}")],  # still ends with "}"
+    "not UTF-8": GOOD.replace(b"hello", b"h\xffllo"),
+}
+
+
+@pytest.mark.parametrize("kind", list(NOT_JSON))
+async def test_a_200_labelled_json_that_is_not_json_is_a_502_not_kept(kind: str) -> None:
+    """Before, the body was relayed as it came (the client's SDK then failed to parse
+    it); now it is the engine's failure, in OpenAI's shape, and nothing is kept."""
+    w = world(Script([Scripted(body=NOT_JSON[kind]), Scripted(body=GOOD)]))
+    with pytest.raises(UpstreamError, match="not valid JSON") as refused:
+        await w.ask(chat_body())
+    assert refused.value.status == 502 and refused.value.code == "bad_gateway"
+    assert len(w.upstream.requests) == 1  # an answer: never sent to another engine
+    second = await w.ask(chat_body())
+    assert isinstance(second, Answer) and second.body == GOOD  # from the engine
+    assert len(w.upstream.requests) == 2
     w.assert_nothing_held()
 
 

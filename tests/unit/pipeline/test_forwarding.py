@@ -1,5 +1,5 @@
 """The forwarder against :class:`FakeUpstream`: which failures move a request to
-another engine (unreachable, 5xx, a stream that closed before its first event)
+another engine (unreachable, 5xx, a stream that broke before its first event)
 and which do not (4xx, timeouts); how many tries it gets (``1 + retries``, and
 the retry budget); what the breakers hear; and when the exchange holds the
 engine's slot."""
@@ -140,8 +140,8 @@ async def test_a_5xx_goes_to_the_next_engine(streamed: bool) -> None:
     assert rig.counter("vgate_upstream_errors_total", kind="status") == 1.0
 
 
-async def test_a_stream_that_closes_before_its_first_event_goes_elsewhere() -> None:
-    rig = Rig(engines(a=Scripted(events=())))
+async def test_a_stream_that_breaks_before_its_first_event_goes_elsewhere() -> None:
+    rig = Rig(engines(a=Scripted(events=(sse({"n": 1}),), break_after=0)))
     assert await rig.stream() == B
     assert rig.tried() == [A, B]
     assert rig.upstream.open_streams == set()
