@@ -21,9 +21,9 @@ from pydantic import (
 
 from gateway.config.priority import DEFAULT_PRIORITY, parse_priority
 
-
 MAX_MESSAGES = 4096
 """``server.max_messages``' default (the Responses API's item cap defaults to it too)."""
+
 
 class _Section(BaseModel):
     """Base of every config section: unknown keys are rejected."""
