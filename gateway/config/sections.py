@@ -154,7 +154,8 @@ class UpstreamSettings(_Section):
         description="Connections open to any one engine at once (default: half of "
         "max_connections), so a hung engine cannot take the whole pool from the others. A "
         "request beyond it waits for one of that engine's connections, at most "
-        "connect_timeout_s, then fails over as for an unreachable engine. At most "
+        "connect_timeout_s, then goes to another engine of the model, else 503 overloaded "
+        "(the busy engine is not marked down). At most "
         "max_connections. The lean client's (client: aiohttp bounds the wait only).",
     )
     keepalive_s: float = Field(

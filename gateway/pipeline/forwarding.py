@@ -40,6 +40,7 @@ from gateway.config.priority import DEFAULT_PRIORITY
 from gateway.errors import (
     GatewayError,
     NoEngineAvailableError,
+    OverloadedError,
     UpstreamError,
     UpstreamStatusError,
     UpstreamTimeoutError,
@@ -53,6 +54,7 @@ from gateway.pool.shedding import ANONYMOUS_KEY, LoadGate
 from gateway.routing.policies import EndpointView, RoutingPolicy
 from gateway.upstream.deadlines import Deadlines, Limit
 from gateway.upstream.transport import (
+    EngineBusy,
     EngineUnreachable,
     EventSource,
     StreamWithoutEvents,
@@ -149,6 +151,7 @@ class Forwarder:
             headers["Content-Type"] = attempt.content_type
         limits = self.deadlines(attempt.model)
         failed: UpstreamStatusError | None = None
+        busy: OverloadedError | None = None
         for url in self.candidates(attempt):
             exchange.take_engine(url)
             mark = begin_attempt(exchange, url, self._engine_id(exchange, url), headers)
@@ -156,6 +159,10 @@ class Forwarder:
                 reply = await self._upstream.post(
                     url + attempt.path, attempt.payload, self.engine_headers(url, headers), limits
                 )
+            except EngineBusy:
+                end_attempt(exchange, mark, failure="busy")
+                busy = self._busy(attempt.model)
+                continue
             except EngineUnreachable:
                 end_attempt(exchange, mark, failure="connect")
                 self._unreachable(attempt.model, url)
@@ -193,7 +200,7 @@ class Forwarder:
                 self._metrics.upstream_errors.labels(attempt.model, "status").inc()
                 raise UpstreamStatusError(reply.status, reply.body, reply.content_type)
             return url, reply
-        raise failed or self._unavailable(attempt.model)
+        raise failed or busy or self._unavailable(attempt.model)
 
     async def open_stream(self, exchange: Exchange, attempt: Attempt) -> tuple[str, EventSource]:
         """The engine streaming the answer, its first events already received.
@@ -224,6 +231,11 @@ class Forwarder:
                     )
                     exchange.hold_stream(stream)
                     await stream.prime()  # nothing reaches the client before the first event
+            except EngineBusy:
+                end_attempt(exchange, mark, failure="busy")
+                exchange.drop_engine()
+                failed = failed or self._busy(attempt.model)
+                continue
             except EngineUnreachable:
                 end_attempt(exchange, mark, failure="connect")
                 exchange.drop_engine()
@@ -309,6 +321,16 @@ class Forwarder:
         wait = math.ceil(self._pool.retry_in(model))
         return NoEngineAvailableError(
             f"no engine for model `{model}` could be reached", headers={"Retry-After": str(wait)}
+        )
+
+    def _busy(self, model: str) -> OverloadedError:
+        """503 ``overloaded``: no connection to the engine came free within
+        ``connect_s`` (:class:`EngineBusy`); its health and breaker are left alone."""
+        self._metrics.upstream_errors.labels(model, "busy").inc()
+        return OverloadedError(
+            f"Every connection the gateway may open to the engines of `{model}` is in "
+            "use (upstream.max_connections_per_engine); retry shortly.",
+            headers={"Retry-After": "1"},
         )
 
     def _unreachable(self, model: str, url: str) -> None:

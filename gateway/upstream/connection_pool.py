@@ -45,7 +45,7 @@ from collections import deque
 
 from gateway.upstream.connection import EngineConnection
 from gateway.upstream.target import Target
-from gateway.upstream.transport import EngineUnreachable
+from gateway.upstream.transport import EngineBusy, EngineUnreachable
 
 Origin = tuple[str, str, int]
 
@@ -201,7 +201,7 @@ class ConnectionPool:
                 handed = await future
         except TimeoutError:
             self._give_up(origin, waiter)
-            raise EngineUnreachable(
+            raise EngineBusy(
                 f"no free connection to the engine within connect_s = {connect_s:g} s "
                 f"({self._held.get(origin, 0)} open to it, upstream.max_connections_per_engine "
                 f"= {self._per_origin}; {len(self._open) + self._connecting} in all, "

@@ -40,6 +40,13 @@ class EngineUnreachable(Exception):
     """The connection to an engine failed before any response; safe to retry elsewhere."""
 
 
+class EngineBusy(EngineUnreachable):
+    """No connection to the engine came free within ``connect_s``: every one the pool
+    may open to it (or every one of the pool) is serving. Busy, not down: the engine's
+    health and circuit breaker are left alone (a hung engine is found by its health
+    probe, which never waits for the pool)."""
+
+
 class StreamWithoutEvents(Exception):
     """The engine's stream ended, as a whole answer ends, before its first event: the
     engine answered (its head came, then the end of its body), with nothing to relay.

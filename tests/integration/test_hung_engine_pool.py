@@ -78,6 +78,8 @@ async def test_a_hung_engine_holds_its_cap_and_the_other_model_still_answers(
                 error = answer.json()["error"]
                 assert set(error) >= {"message", "type", "param", "code"}
                 assert "hung-model" in error["message"]
+                # busy, not down: overloaded, and the engine's health is left alone
+                assert error["code"] == "overloaded" and answer.headers["retry-after"] == "1"
             assert hung.stats()["in_flight"] == CAP
 
             for stream in (False, True):
@@ -86,6 +88,10 @@ async def test_a_hung_engine_holds_its_cap_and_the_other_model_still_answers(
                 assert reply.status_code == 200, reply.text
                 assert time.monotonic() - began < 5.0
             assert hung.stats()["in_flight"] == CAP
+            metrics = (await client.get(f"{gateway.operator_url}/metrics")).text
+            healthy = [line for line in metrics.splitlines()
+                       if line.startswith("vgate_engine_healthy") and hung.url in line]  # fmt: skip
+            assert healthy and healthy[0].endswith(" 1.0"), healthy
         finally:
             for task in floods:
                 task.cancel()

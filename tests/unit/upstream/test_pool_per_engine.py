@@ -18,7 +18,7 @@ from gateway.upstream.connection_pool import ConnectionPool
 from gateway.upstream.deadlines import Deadlines
 from gateway.upstream.lean import LeanUpstream
 from gateway.upstream.target import Target
-from gateway.upstream.transport import EngineUnreachable
+from gateway.upstream.transport import EngineBusy
 from tests.helpers.waiting import until
 from tests.unit.upstream.scripted_engine import ScriptedEngine, Seen, ok
 
@@ -91,7 +91,7 @@ async def test_a_hung_engine_holds_its_cap_and_the_others_still_get_connections(
             start = loop.time()
             if stream:
                 opened = upstream.open_stream(engines.hung.url, b"{}", {}, LIMITS)
-                with pytest.raises(EngineUnreachable, match="no free connection"):
+                with pytest.raises(EngineBusy, match="no free connection"):
                     await asyncio.wait_for(opened, 5.0)
             reply = await asyncio.wait_for(
                 upstream.post(engines.healthy.url, b"{}", {}, LIMITS), 5.0
@@ -102,7 +102,7 @@ async def test_a_hung_engine_holds_its_cap_and_the_others_still_get_connections(
         done, _ = await asyncio.wait(hung, timeout=CONNECT_S + 2.0)
         assert len(done) == 2
         for task in done:
-            with pytest.raises(EngineUnreachable, match="max_connections_per_engine = 2"):
+            with pytest.raises(EngineBusy, match="max_connections_per_engine = 2"):
                 task.result()
         assert len(engines.hung.requests) == 2 and engines.hung.connections == 2
     finally:
@@ -209,7 +209,7 @@ async def test_waiting_is_bounded_by_connect_s_and_leaves_nothing_behind(
     first = await pool.connect(hung, CONNECT_S)
     try:
         start = asyncio.get_running_loop().time()
-        with pytest.raises(EngineUnreachable, match=r"connect_s = 0\.3 s"):
+        with pytest.raises(EngineBusy, match=r"connect_s = 0\.3 s"):
             await asyncio.wait_for(pool.connect(hung, CONNECT_S), 5.0)
         assert CONNECT_S <= await _elapsed(start) < CONNECT_S + 1.0
         assert pool.waiting(hung.origin) == 0 and pool.held(hung.origin) == 1
