@@ -20,10 +20,11 @@ of the socket, so that once the workers have closed theirs a new connection is
 refused. Each worker (:func:`serve_worker`) builds its own app, so metrics stay per
 worker, and serves it with a :class:`~gateway.http.draining.DrainingServer`.
 
-uvicorn's supervisor also answered SIGHUP (restart every worker), SIGTTIN/SIGTTOU
-(one worker more or less) and killed a worker that stopped answering its pings; this
-one does not: ``server.workers`` is the count, and a hung worker is left to its own
-deadlines and to the orchestrator's liveness probe.
+uvicorn's supervisor also answered SIGHUP by restarting every worker; this one drains
+and stops on it, as on SIGTERM. uvicorn's also answered SIGTTIN/SIGTTOU (one worker
+more or less) and killed a worker that stopped answering its pings; this one does
+not: ``server.workers`` is the count, and a hung worker is left to its own deadlines
+and to the orchestrator's liveness probe.
 """
 
 from __future__ import annotations
@@ -31,9 +32,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import select
 import signal
 import socket
-import threading
 from collections.abc import Callable
 from functools import partial
 from multiprocessing.context import SpawnProcess
@@ -48,7 +49,10 @@ from gateway.http.draining import DrainingServer, readiness_drain
 log = logging.getLogger("uvicorn.error")  # where uvicorn's supervisor logged the same lines
 
 Target = Callable[[uvicorn.Config, list[socket.socket]], None]
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+"""Each drains the workers and ends the gateway (SIGHUP too: uvicorn's supervisor
+restarted its workers on it; left to its default, it would kill this process and
+leave the workers serving with no parent)."""
 POLL_S = 0.5
 """How often the supervisor looks for a worker that died (a signal wakes it at once)."""
 
@@ -77,7 +81,7 @@ class WorkerSupervisor:
         self._count = count
         self._target = target
         self._poll_s = poll_s
-        self._stop = threading.Event()
+        self._stopping = False
         self._received: list[int] = []
         self._workers: list[SpawnProcess] = []
         self.failed_to_start = False
@@ -85,14 +89,18 @@ class WorkerSupervisor:
         ``STARTUP_FAILURE``, as one worker does)."""
 
     def run(self) -> None:
-        """Serve until SIGINT or SIGTERM (or a worker that fails at start-up: then
+        """Serve until SIGINT, SIGTERM or SIGHUP (or a worker that fails at start-up: then
         :attr:`failed_to_start`), then drain and return once every worker has exited."""
         listener = self._config.bind_socket()  # logs "Uvicorn running on ...", as before
+        wakeup, wake = socket.socketpair()
+        for end in (wakeup, wake):
+            end.setblocking(False)
+        previous_fd = signal.set_wakeup_fd(wake.fileno())
         previous = {sig: signal.signal(sig, self._on_signal) for sig in STOP_SIGNALS}
         log.info("Started parent process [%d]", os.getpid())
         try:
             self._workers = [self._start([listener]) for _ in range(self._count)]
-            while not self._stop.wait(self._poll_s):
+            while not self._wait(wakeup):
                 self._replace_dead([listener])
         finally:
             # Our copy first: once the workers close theirs, new connections are refused.
@@ -102,11 +110,25 @@ class WorkerSupervisor:
             self._stop_workers()
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+            signal.set_wakeup_fd(previous_fd)
+            wakeup.close()
+            wake.close()
             log.info("Stopping parent process [%d]", os.getpid())
 
     def _on_signal(self, sig: int, frame: FrameType | None) -> None:
+        # Only a list append here: a signal can land anywhere in the main thread, and
+        # taking a lock it holds (threading.Event.set in Event.wait) would deadlock it.
+        # The wake-up socket (signal.set_wakeup_fd) ends the wait at once.
         self._received.append(sig)
-        self._stop.set()
+
+    def _wait(self, wakeup: socket.socket) -> bool:
+        """Wait up to ``poll_s`` for a signal; whether the gateway is stopping."""
+        if not self._received and not self._stopping:
+            readable, _, _ = select.select([wakeup], [], [], self._poll_s)
+            if readable:
+                with contextlib.suppress(BlockingIOError):
+                    wakeup.recv(64)
+        return bool(self._received) or self._stopping
 
     def _start(self, sockets: list[socket.socket]) -> SpawnProcess:
         process = get_subprocess(self._config, partial(self._target, self._config), sockets)
@@ -115,13 +137,13 @@ class WorkerSupervisor:
 
     def _replace_dead(self, sockets: list[socket.socket]) -> None:
         for index, worker in enumerate(self._workers):
-            if worker.is_alive() or self._stop.is_set():
+            if worker.is_alive() or self._received or self._stopping:
                 continue
             worker.join()
             if worker.exitcode == STARTUP_FAILURE:
                 log.error("Child process [%s] failed to start; stopping.", worker.pid)
                 self.failed_to_start = True
-                self._stop.set()
+                self._stopping = True
                 return
             log.warning("Child process [%s] died (exit %s); starting another.",
                         worker.pid, worker.exitcode)  # fmt: skip

@@ -236,14 +236,16 @@ class Exchange:
             watch.closed(self, self._failure, self.clock())
 
     def _give_verdict(self) -> None:
-        """Tell the stream's engine's breaker how its stream ended (none relayed: its
-        client left before it was read, which is no failure of the engine's)."""
+        """Tell the stream's engine's breaker how its stream ended: a success once it
+        completed (or the engine ended it with an error event of its own), a failure
+        when the engine broke it off. A stream its client left says nothing either way
+        (a success then would wipe out the failures counted meanwhile)."""
         url, outcome = self._engine, self.outcome
-        if url is None:
+        if url is None or outcome is None:
             return
-        if outcome is not None and outcome.error is not None and outcome.engine_failed():
+        if outcome.engine_failed():
             self._pool.record_failure(url)
-        else:
+        elif outcome.completed or outcome.engine_error:
             self._pool.record_success(url)
 
     def _failure_charge(self, failure: GatewayError) -> int | None:

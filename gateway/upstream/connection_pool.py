@@ -266,11 +266,14 @@ class ConnectionPool:
         return self._oldest_fitting() is not None
 
     def _hand_out_slots(self) -> None:
-        """Reserve free slots for the oldest waiters that can use them."""
-        while len(self._open) + self._connecting < self._limit:
-            origin = self._oldest_fitting()
-            if origin is None:
-                return
+        """Reserve free slots for the oldest waiters that can use them, closing idle
+        connections to make room when only the overall limit is in the way (a probe's,
+        opened past the limit and kept idle, would otherwise hold it)."""
+        while (origin := self._oldest_fitting()) is not None:
+            if len(self._open) + self._connecting >= self._limit:
+                if not self._close_an_idle():
+                    return
+                continue  # (closing it may have handed its slot out already)
             queue = self._waiters[origin]
             waiter = queue.popleft()
             if not queue:

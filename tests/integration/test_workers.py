@@ -71,3 +71,29 @@ def test_a_worker_that_fails_at_start_up_stops_the_gateway(tmp_path: Path) -> No
     assert "failed to start; stopping" in log, log[-3000:]
     assert "died" not in log, log[-3000:]
     assert process.returncode == STARTUP_FAILURE, log[-3000:]  # as one worker exits
+
+
+def _gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+def test_sighup_drains_and_stops_every_worker(tmp_path: Path) -> None:
+    """SIGHUP (a closing terminal, or an operator used to uvicorn's restart) stops the
+    gateway as SIGTERM does: review found it killed the supervisor alone, leaving its
+    workers serving the port with no parent."""
+    with stub_engine() as (engine_url, _):
+        config = {"models": [{"name": STUB_MODEL, "endpoints": [engine_url]}],
+                  "server": {"workers": 2}}  # fmt: skip
+        with gateway_process(config, tmp_path) as (gateway, port, admin, log_path):
+            wait_for(lambda: len(_listening_pids(admin)) == 2, 30, "both workers serving")
+            workers = _listening_pids(admin)
+            gateway.send_signal(signal.SIGHUP)
+            gateway.wait(timeout=30)
+            wait_for(lambda: all(_gone(pid) for pid in workers), 30, "the workers to exit")
+            log = log_path.read_text()
+    assert gateway.returncode == 0, log[-3000:]
+    assert "Received SIGHUP, draining the workers." in log, log[-3000:]

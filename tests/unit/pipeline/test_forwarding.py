@@ -24,6 +24,7 @@ from gateway.pool.engine_pool import BreakerPolicy, EnginePool
 from gateway.routing.policies import EndpointView
 from gateway.upstream.deadlines import Deadlines
 from gateway.upstream.fake import FakeRequest, FakeUpstream, Handler, Scripted, sse
+from gateway.upstream.relay import StreamOutcome, relay_events
 
 MODEL = "m"
 A, B, C = "http://a", "http://b", "http://c"
@@ -93,9 +94,13 @@ class Rig:
         return url
 
     async def stream(self) -> str:
+        """One stream opened and relayed to its end (what its breaker verdict needs)."""
         exchange = self.exchange()
         try:
-            url, _ = await self.forwarder.open_stream(exchange, self.attempt)
+            url, stream = await self.forwarder.open_stream(exchange, self.attempt)
+            outcome = exchange.outcome = StreamOutcome()
+            async for _ in relay_events(stream, outcome, exchange.clock):
+                pass
         finally:
             exchange.close()
         return url
