@@ -39,6 +39,7 @@ class Engines:
         async def answers(_: Seen, writer: asyncio.StreamWriter) -> None:
             writer.write(ok(b"{}"))
 
+        self.healthy_handler = answers
         self.hung = ScriptedEngine(hangs)
         self.healthy = ScriptedEngine(answers)
 
@@ -242,3 +243,31 @@ def test_the_per_engine_cap_defaults_to_half_the_pool_and_may_not_exceed_it() ->
     assert UpstreamSettings(max_connections=8, max_connections_per_engine=8)
     with pytest.raises(ValidationError, match=r"at most upstream\.max_connections"):
         UpstreamSettings(max_connections=8, max_connections_per_engine=9)
+
+
+async def test_an_idle_probe_connection_past_the_limit_makes_room_for_a_waiter(
+    engines: Engines,
+) -> None:
+    """A probe may open a connection past the overall limit (probes never wait) and
+    leave it idle; a slot freed later must still reach a request waiting for an engine
+    under its cap, the idle connection closed to make room (review: the waiter got
+    EngineBusy with its engine holding no connection at all)."""
+    third = ScriptedEngine(engines.healthy_handler)
+    await third.start()
+    pool = ConnectionPool(limit=2, keepalive_s=30.0, per_origin=1)
+    a, b, c = _target(engines.healthy), _target(engines.hung), _target(third)
+    try:
+        conn_a = await pool.connect(a, 1.0)
+        await pool.connect(b, 1.0)
+        probe = await pool.connect(c, 1.0, wait=False)  # past the limit
+        await _answered(pool, probe)  # reusable, nobody waits: idle (3 open, limit 2)
+        waiter = asyncio.create_task(pool.connect(a, 1.0))  # at its engine's cap
+        await until(lambda: pool.waiting(a.origin) == 1)
+        conn_a.close()  # its request ends, the connection not reusable
+        pool.release(conn_a)
+        got = await waiter  # only the idle probe connection was in the way
+        assert got.origin == a.origin and not got.closed
+        assert pool.held(c.origin) == 0  # the idle one was closed for it
+    finally:
+        pool.close()
+        await third.stop()
