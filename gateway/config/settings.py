@@ -35,9 +35,9 @@ from gateway.config.sections import (
     RedisSettings,
     RoutingSettings,
     ServerSettings,
-    UpstreamSettings,
 )
 from gateway.config.telemetry import TelemetrySettings
+from gateway.config.upstream import UpstreamSettings
 
 ENV_PREFIX = "VGATE_"
 CONFIG_ENV_VAR = "VGATE_CONFIG"

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 
 import aiohttp
 
-from gateway.config.sections import UpstreamSettings
+from gateway.config.upstream import UpstreamSettings
 from gateway.errors import UpstreamError, UpstreamStatusError, UpstreamTimeoutError
 from gateway.upstream.deadlines import Deadlines, stream_timeout
 from gateway.upstream.sse_framing import EventFramer

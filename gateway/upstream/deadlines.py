@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from gateway.config.models import ModelTimeouts
-from gateway.config.sections import UpstreamSettings
+from gateway.config.upstream import UpstreamSettings
 
 Limit = Literal["connect_s", "ttft_s", "idle_s", "total_s"]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from gateway.config.sections import UpstreamSettings
+from gateway.config.upstream import UpstreamSettings
 from gateway.upstream.lean import LeanUpstream
 
 if TYPE_CHECKING:

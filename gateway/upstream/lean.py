@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Mapping
 
-from gateway.config.sections import UpstreamSettings
+from gateway.config.upstream import UpstreamSettings
 from gateway.errors import UpstreamError, UpstreamStatusError, UpstreamTimeoutError
 from gateway.upstream.connection import EngineConnection
 from gateway.upstream.connection_pool import ConnectionPool

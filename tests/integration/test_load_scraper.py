@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from gateway.config.sections import UpstreamSettings
+from gateway.config.upstream import UpstreamSettings
 from gateway.pool.engine_pool import EnginePool
 from gateway.pool.health import LoadScraper
 from gateway.upstream.client import UpstreamClient

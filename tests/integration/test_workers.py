@@ -88,7 +88,7 @@ def test_sighup_drains_and_stops_every_worker(tmp_path: Path) -> None:
     with stub_engine() as (engine_url, _):
         config = {"models": [{"name": STUB_MODEL, "endpoints": [engine_url]}],
                   "server": {"workers": 2}}  # fmt: skip
-        with gateway_process(config, tmp_path) as (gateway, port, admin, log_path):
+        with gateway_process(config, tmp_path) as (gateway, _port, admin, log_path):
             wait_for(lambda: len(_listening_pids(admin)) == 2, 30, "both workers serving")
             workers = _listening_pids(admin)
             gateway.send_signal(signal.SIGHUP)

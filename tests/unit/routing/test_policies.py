@@ -112,7 +112,8 @@ def test_pool_replacing_endpoints_keeps_state_of_survivors() -> None:
 
 def test_round_robin_spreads_first_attempts_when_retries_are_allowed() -> None:
     """A request that succeeds first time consults the policy once (no skipped turns)."""
-    from gateway.config.sections import RoutingSettings, UpstreamSettings
+    from gateway.config.sections import RoutingSettings
+    from gateway.config.upstream import UpstreamSettings
     from gateway.observability.metrics import GatewayMetrics
     from gateway.pipeline.forwarding import Attempt, Forwarder
     from gateway.upstream.client import UpstreamClient

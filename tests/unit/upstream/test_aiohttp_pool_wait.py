@@ -8,7 +8,7 @@ import asyncio
 
 import pytest
 
-from gateway.config.sections import UpstreamSettings
+from gateway.config.upstream import UpstreamSettings
 from gateway.upstream.client import UpstreamClient
 from gateway.upstream.deadlines import Deadlines
 from gateway.upstream.transport import EngineUnreachable

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from gateway.config.sections import UpstreamSettings
+from gateway.config.upstream import UpstreamSettings
 from gateway.upstream import lean
 from gateway.upstream.deadlines import Deadlines
 from gateway.upstream.lean import LeanUpstream

@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 import pytest
 from pydantic import ValidationError
 
-from gateway.config.sections import UpstreamSettings
+from gateway.config.upstream import UpstreamSettings
 from gateway.upstream.connection import EngineConnection
 from gateway.upstream.connection_pool import ConnectionPool
 from gateway.upstream.deadlines import Deadlines

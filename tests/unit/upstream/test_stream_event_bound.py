@@ -10,7 +10,7 @@ import asyncio
 
 import pytest
 
-from gateway.config.sections import UpstreamSettings
+from gateway.config.upstream import UpstreamSettings
 from gateway.errors import UpstreamError
 from gateway.upstream.deadlines import Deadlines
 from gateway.upstream.lean import LeanUpstream
