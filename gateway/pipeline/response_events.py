@@ -154,6 +154,7 @@ async def relay_response_events(
         else:
             if not final.engine_error:
                 raise UpstreamError("engine closed the stream before the response was complete")
+            outcome.engine_error = True  # its answer (an error): no failure of the engine's
             return
         # The response is complete: the body's end is given a moment, not the read
         # deadline (an engine that keeps it open held the client's stream and slot).

@@ -88,8 +88,9 @@ async def test_reads_hold_a_concurrency_slot_while_they_run() -> None:
 class _Source:
     deadline: float | None = None
 
-    def __init__(self, batches: list[bytes]) -> None:
+    def __init__(self, batches: list[bytes], broken: bool = True) -> None:
         self._batches = batches
+        self._broken = broken  # after the batches: the engine breaks off, or ends
 
     async def prime(self) -> None:
         return None
@@ -101,6 +102,8 @@ class _Source:
     async def next_batch(self) -> bytes | None:
         if self._batches:
             return self._batches.pop(0)
+        if not self._broken:
+            return None
         raise UpstreamError("engine stream broke")
 
     def close(self) -> None:
@@ -144,3 +147,26 @@ def test_last_sequence_number_reads_the_key_only() -> None:
     assert last_sequence_number(b'data: {"delta": "\\"sequence_number\\": 99"}\n\n', 3) == 3
     assert last_sequence_number(b"data: {}\n\n", 7) == 7
     assert last_sequence_number(b'{"sequence_number":' + b"9" * 30 + b"}", 5) == 5
+
+
+def test_a_stream_the_engine_ends_with_its_own_error_event_is_its_answer() -> None:
+    """For the circuit breaker (``StreamOutcome.engine_error``): the engine answered,
+    with an error; not a stream it broke off."""
+
+    async def run() -> StreamOutcome:
+        outcome = StreamOutcome()
+        own_error = orjson.dumps({"type": "error", "code": "x", "message": "no", "param": None})
+        source = _Source([b"event: error\ndata: " + own_error + b"\n\n"], broken=False)
+
+        async def on_final(response: dict[str, object]) -> None:
+            return None
+
+        events = relay_response_events(
+            source, outcome, lambda: 1.0, [], FinalResponseTap(), on_final
+        )
+        async for _ in events:
+            pass
+        return outcome
+
+    outcome = asyncio.run(run())
+    assert outcome.engine_error and outcome.error is None and not outcome.engine_failed()
