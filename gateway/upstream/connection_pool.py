@@ -99,26 +99,44 @@ class ConnectionPool:
         return len(self._waiters.get(origin, ()))
 
     async def connect(
-        self, target: Target, connect_s: float, *, wait: bool = True
+        self,
+        target: Target,
+        connect_s: float,
+        *,
+        wait: bool = True,
+        wait_until: float | None = None,
     ) -> EngineConnection:
-        """A connection to ``target`` within ``connect_s``, waiting for room first if the
-        limits say so (``wait=False``: at once, past the limits if need be); a new one,
-        or one another request to the same engine handed back while this one waited.
-        None in time: :class:`EngineUnreachable`."""
+        """A connection to ``target``, waiting for room first if the limits say so
+        (``wait=False``: at once, past the limits if need be); a new one, or one another
+        request to the same engine handed back while this one waited.
+
+        Waiting lasts at most ``connect_s`` (and ends by ``wait_until``, loop time, when
+        given: the caller's own deadline, so that the wait ends as :class:`EngineBusy`
+        before that deadline ends the request as the engine's timeout); then
+        :class:`EngineBusy`. Connecting has ``connect_s`` of its own, counted from when
+        the room came (a slot handed over just before the wait would have ended is no
+        engine's fault); past it, :class:`EngineUnreachable`."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + connect_s
+        start = loop.time()
         origin = target.origin
         if not wait:
             self._reserve(origin)
         else:
+            deadline = start + connect_s
+            if wait_until is not None and wait_until < deadline:
+                deadline = wait_until
+            waited = False
             while not self._room_for(origin):  # (which reserves the room if there is some)
-                handed = await self._wait(loop, origin, deadline, connect_s)
+                waited = True
+                handed = await self._wait(loop, origin, deadline, deadline - start)
                 if handed is None:
                     break  # a slot was reserved for this request
                 if handed.open():
                     return handed
                 self.release(handed)  # the engine closed it meanwhile: its slot goes on
-        return await self._connect(loop, target, deadline, connect_s)
+            if waited:
+                start = loop.time()
+        return await self._connect(loop, target, start + connect_s, connect_s)
 
     def release(self, conn: EngineConnection) -> None:
         """Take back a connection whose request is over: handed to a request waiting for
@@ -126,6 +144,11 @@ class ConnectionPool:
         if not conn.busy:
             return  # already handed back
         reusable = conn.reusable()
+        if reusable and (
+            self._held.get(conn.origin, 0) > self._per_origin
+            or len(self._open) + self._connecting > self._limit
+        ):
+            reusable = False  # opened past a limit (a probe's): closed, never reused
         if self._waiters and reusable:
             if self._hand_over(conn):
                 return
@@ -186,7 +209,7 @@ class ConnectionPool:
     # --- waiting ---------------------------------------------------------------------
 
     async def _wait(
-        self, loop: asyncio.AbstractEventLoop, origin: Origin, deadline: float, connect_s: float
+        self, loop: asyncio.AbstractEventLoop, origin: Origin, deadline: float, wait_s: float
     ) -> EngineConnection | None:
         """Wait until handed a connection (returned) or a reserved slot (None)."""
         future: asyncio.Future[EngineConnection | None] = loop.create_future()
@@ -202,8 +225,9 @@ class ConnectionPool:
         except TimeoutError:
             self._give_up(origin, waiter)
             raise EngineBusy(
-                f"no free connection to the engine within connect_s = {connect_s:g} s "
-                f"({self._held.get(origin, 0)} open to it, upstream.max_connections_per_engine "
+                f"no free connection to the engine within {wait_s:.3g} s (connect_timeout_s, "
+                f"or the request's deadline if sooner; {self._held.get(origin, 0)} open to "
+                f"it, upstream.max_connections_per_engine "
                 f"= {self._per_origin}; {len(self._open) + self._connecting} in all, "
                 f"upstream.max_connections = {self._limit})"
             ) from None

@@ -88,6 +88,21 @@ class LeanStream(PrimedEvents):
             self._pool.release(conn)
 
 
+BUSY_AHEAD_S = 0.005
+"""A pool wait ends this long before the request's own deadline (uvloop's timers count
+milliseconds), so that a busy engine is answered as busy (:class:`EngineBusy`: 503
+``overloaded``), not as the engine's timeout (504, held against its breaker)."""
+
+
+def _first_event_wait_until(deadlines: Deadlines) -> float | None:
+    """When a stream's wait for a pooled connection must end: before the forwarder's
+    first-event deadline (``ttft_s``, or ``total_s`` if sooner), when one is set."""
+    limits = [limit for limit in (deadlines.ttft_s, deadlines.total_s) if limit]
+    if not limits:
+        return None
+    return asyncio.get_running_loop().time() + min(limits) - BUSY_AHEAD_S
+
+
 class LeanUpstream:
     """Engine requests, probes and scrapes on a pool of keep-alive connections."""
 
@@ -129,7 +144,9 @@ class LeanUpstream:
         if conn is None:
             try:
                 async with asyncio.timeout_at(deadline):
-                    conn = await self._pool.connect(target, deadlines.connect_s)
+                    conn = await self._pool.connect(
+                        target, deadlines.connect_s, wait_until=deadline - BUSY_AHEAD_S
+                    )
             except TimeoutError:
                 raise UpstreamTimeoutError(
                     "engine did not answer within the read timeout"
@@ -151,9 +168,11 @@ class LeanUpstream:
         any other answer :class:`UpstreamError` (:func:`stream_refused`)."""
         target = self._target(url)
         request = request_bytes(target, headers, body)
-        conn = self._pool.take_idle(target.origin) or await self._pool.connect(
-            target, deadlines.connect_s
-        )
+        conn = self._pool.take_idle(target.origin)
+        if conn is None:
+            conn = await self._pool.connect(
+                target, deadlines.connect_s, wait_until=_first_event_wait_until(deadlines)
+            )
         loop = conn.loop
         try:
             conn.send(request)
