@@ -235,6 +235,7 @@ class EngineAnswers:
             priority=place.priority,
             traceparent=traceparent,
             on_choice=on_choice,
+            json_object=True,
         )
 
 

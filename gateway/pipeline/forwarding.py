@@ -91,6 +91,9 @@ class Attempt:
     """The client's valid ``traceparent``, passed on as it is when tracing is off."""
     on_choice: Callable[[Sequence[EndpointView]], None] | None = None
     """Told the candidates of the first choice (routing evidence, when asked)."""
+    json_object: bool = False
+    """Its 2xx answer must be a JSON object (the completion and Responses routes, whose
+    answers are relayed as ``application/json``): anything else is a 502."""
 
 
 class Forwarder:
@@ -188,8 +191,10 @@ class Forwarder:
                 self._metrics.upstream_errors.labels(attempt.model, "status").inc()
                 failed = UpstreamStatusError(reply.status, reply.body, reply.content_type)
                 continue
-            if reply.status < 300 and reply.content_type == "application/json":
-                refused = checked_json(reply)
+            if reply.status < 300 and (
+                attempt.json_object or reply.content_type == "application/json"
+            ):
+                refused = checked_json(reply, attempt.json_object)
                 if refused is not None:  # it answered: never sent to another engine
                     end_attempt(exchange, mark, reply.status, "status")
                     self._pool.record_failure(url)
@@ -372,20 +377,27 @@ def _no_first_event(limits: Deadlines, limit: Limit) -> str:
     return f"the engine did not start answering within {limits.named(limit)}"
 
 
-def checked_json(reply: UpstreamReply) -> str | None:
+def checked_json(reply: UpstreamReply, json_object: bool = False) -> str | None:
     """Why a 2xx answer labelled JSON is not (not UTF-8 JSON: an answer the client's SDK
     could not parse, and no answer to cache), else None, with the parse kept as
     ``reply.answer`` for what reads the answer next (its usage, the cache fill), so that
     nothing parses it twice. One ``orjson.loads`` per answer: about 1 µs for a 450-byte
-    chat answer (the byte search for its usage that it replaces took half that)."""
+    chat answer (the byte search for its usage that it replaces took half that).
+    ``json_object``: the answer must be a JSON object, labelled ``application/json``
+    (a completion's: HTML, an empty 204 or a JSON string are no answer)."""
+    if json_object and reply.content_type != "application/json":
+        shown = reply.content_type or "no content type"
+        return f"an answer labelled {shown[:64]}, not application/json"
     body = reply.body
     if len(body) > PARSED_BYTES:  # (its ends only: stripping it whole would copy it)
         ends = body[:64].lstrip()[:1] + body[-64:].rstrip()[-1:]
-        return None if ends == b"{}" or ends == b"[]" else _NOT_JSON
+        return None if ends == b"{}" or (ends == b"[]" and not json_object) else _NOT_JSON
     try:
-        reply.answer = orjson.loads(body)
+        answer = reply.answer = orjson.loads(body)
     except orjson.JSONDecodeError:  # (orjson refuses a body that is not UTF-8 too)
         return _NOT_JSON
+    if json_object and type(answer) is not dict:
+        return "an answer that is not a JSON object"
     return None
 
 

@@ -208,7 +208,7 @@ class ResponsesService:
             key = affinity_key(_affinity_body(request, items), session_id, prefix_chars)
         attempt = Attempt(
             model, PATH, payload, request_id, policy, key,
-            key=principal.name, priority=priority,
+            key=principal.name, priority=priority, json_object=True,
         )  # fmt: skip
         taps: list[BatchTap] = []
         if served != asked:
