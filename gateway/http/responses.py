@@ -10,9 +10,13 @@ stops.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+from typing import Any, cast
+
 from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import request_response
 from starlette.types import Receive, Scope
 
 from gateway.errors import InvalidRequestError, NotFoundError
@@ -26,7 +30,7 @@ from gateway.http.context import (
 )
 from gateway.http.hot_routes import Endpoint, add_endpoint
 from gateway.http.render import render
-from gateway.http.shutdown_cut import CUT_OFF
+from gateway.http.shutdown_cut import CUT_OFF, CutAtDeadline
 from gateway.pipeline.response_events import error_event
 from gateway.pipeline.responses import PATH, ResponsesService
 from gateway.pipeline.results import Result
@@ -90,8 +94,18 @@ async def input_items(request: Request) -> Response:
     return render(await service.input_items(response_id, principal, query))
 
 
+def _cut_at_deadline(handler: Callable[[Request], Awaitable[Response]]) -> Any:
+    """``handler`` as an ASGI app whose answer, still running at the shutdown deadline,
+    is the 503 ``shutting_down`` JSON (:class:`CutAtDeadline`), not uvicorn's plain 500
+    (a read waiting on a slow store). Starlette serves an ASGI app as the endpoint as
+    it is (its hints only admit request handlers)."""
+    return cast(Any, CutAtDeadline(request_response(handler)))
+
+
 add_endpoint(router, PATH, create)
-router.add_route(PATH + "/{response_id}", retrieve, methods=["GET"])
-router.add_route(PATH + "/{response_id}", delete, methods=["DELETE"])
-router.add_route(PATH + "/{response_id}/cancel", cancel, methods=["POST"])
-router.add_route(PATH + "/{response_id}/input_items", input_items, methods=["GET"])
+router.add_route(PATH + "/{response_id}", _cut_at_deadline(retrieve), methods=["GET"])
+router.add_route(PATH + "/{response_id}", _cut_at_deadline(delete), methods=["DELETE"])
+router.add_route(PATH + "/{response_id}/cancel", _cut_at_deadline(cancel), methods=["POST"])
+router.add_route(
+    PATH + "/{response_id}/input_items", _cut_at_deadline(input_items), methods=["GET"]
+)
