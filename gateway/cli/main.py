@@ -146,7 +146,7 @@ def run_gateway(settings: Settings, on_engines_ready: Callable[[], None] | None 
         server_header=False,
     )
     if server.workers > 1:
-        supervisor = WorkerSupervisor(config, server.workers)
+        supervisor = WorkerSupervisor(config, server.workers, drain_s=server.shutdown_timeout_s)
         supervisor.run()
         if supervisor.failed_to_start:
             sys.exit(STARTUP_FAILURE)

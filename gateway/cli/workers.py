@@ -20,6 +20,10 @@ of the socket, so that once the workers have closed theirs a new connection is
 refused. Each worker (:func:`serve_worker`) builds its own app, so metrics stay per
 worker, and serves it with a :class:`~gateway.http.draining.DrainingServer`.
 
+A worker that dies soon after it started is replaced after a growing pause
+(:data:`QUICK_DEATH_S`); one that cannot drain is killed :data:`KILL_AFTER_S` past
+the deadline; and each worker is told (SIGTERM) if the supervisor dies.
+
 uvicorn's supervisor also answered SIGHUP by restarting every worker; this one drains
 and stops on it, as on SIGTERM. uvicorn's also answered SIGTTIN/SIGTTOU (one worker
 more or less) and killed a worker that stopped answering its pings; this one does
@@ -30,11 +34,14 @@ and to the orchestrator's liveness probe.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import logging
 import os
 import select
 import signal
 import socket
+import time
 from collections.abc import Callable
 from functools import partial
 from multiprocessing.context import SpawnProcess
@@ -55,15 +62,49 @@ restarted its workers on it; left to its default, it would kill this process and
 leave the workers serving with no parent)."""
 POLL_S = 0.5
 """How often the supervisor looks for a worker that died (a signal wakes it at once)."""
+QUICK_DEATH_S = 10.0
+"""A worker that dies sooner than this after it started is replaced only after a pause
+that doubles with each such death in a row (1 s, 2 s, ... :data:`MAX_BACKOFF_S`): one
+that cannot start (its config file broken since, say) is not restarted in a loop."""
+MAX_BACKOFF_S = 60.0
+KILL_AFTER_S = 10.0
+"""How long past ``server.shutdown_timeout_s`` a worker may take to drain before it is
+killed (SIGKILL): one that cannot run (stopped, hung) must not hold the gateway up."""
+PR_SET_PDEATHSIG = 1
 
 
 def serve_worker(config: uvicorn.Config, sockets: list[socket.socket]) -> None:
-    """One worker process: its own app (from the environment), served on ``sockets``."""
+    """One worker process: its own app (from the environment), served on ``sockets``.
+    It gets SIGTERM (and drains) if the supervisor dies without stopping it (SIGKILL,
+    a crash): no worker serves on with no parent."""
+    _terminate_with_parent()
     from gateway.app import app_from_environment
 
     app = app_from_environment()
     config.app, config.factory = app, False
     DrainingServer(config, readiness_drain(app)).run(sockets)
+
+
+def _terminate_with_parent() -> None:
+    """Linux: SIGTERM to this process when its parent dies (``prctl``); elsewhere,
+    nothing. A parent already gone (it died before this ran) ends it at once."""
+    parent = os.getppid()
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    if parent == 1:
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+class _Slot:
+    """One worker's place: its process, when it started, its quick deaths in a row and,
+    while it waits out a pause, when it may start again."""
+
+    def __init__(self, process: SpawnProcess) -> None:
+        self.process = process
+        self.started = time.monotonic()
+        self.quick_deaths = 0
+        self.restart_at: float | None = None
 
 
 class WorkerSupervisor:
@@ -76,14 +117,16 @@ class WorkerSupervisor:
         target: Target = serve_worker,
         *,
         poll_s: float = POLL_S,
+        drain_s: float = 30.0,
     ) -> None:
         self._config = config
         self._count = count
         self._target = target
         self._poll_s = poll_s
+        self._drain_s = drain_s  # server.shutdown_timeout_s
         self._stopping = False
         self._received: list[int] = []
-        self._workers: list[SpawnProcess] = []
+        self._slots: list[_Slot] = []
         self.failed_to_start = False
         """A worker failed at start-up (the gateway should exit with uvicorn's
         ``STARTUP_FAILURE``, as one worker does)."""
@@ -99,7 +142,7 @@ class WorkerSupervisor:
         previous = {sig: signal.signal(sig, self._on_signal) for sig in STOP_SIGNALS}
         log.info("Started parent process [%d]", os.getpid())
         try:
-            self._workers = [self._start([listener]) for _ in range(self._count)]
+            self._slots = [_Slot(self._start([listener])) for _ in range(self._count)]
             while not self._wait(wakeup):
                 self._replace_dead([listener])
         finally:
@@ -136,8 +179,17 @@ class WorkerSupervisor:
         return process
 
     def _replace_dead(self, sockets: list[socket.socket]) -> None:
-        for index, worker in enumerate(self._workers):
-            if worker.is_alive() or self._received or self._stopping:
+        now = time.monotonic()
+        for slot in self._slots:
+            if self._received or self._stopping:
+                return
+            worker = slot.process
+            if slot.restart_at is not None:
+                if now >= slot.restart_at:  # its pause is over
+                    slot.restart_at = None
+                    slot.process, slot.started = self._start(sockets), now
+                continue
+            if worker.is_alive():
                 continue
             worker.join()
             if worker.exitcode == STARTUP_FAILURE:
@@ -145,19 +197,36 @@ class WorkerSupervisor:
                 self.failed_to_start = True
                 self._stopping = True
                 return
-            log.warning("Child process [%s] died (exit %s); starting another.",
-                        worker.pid, worker.exitcode)  # fmt: skip
-            self._workers[index] = self._start(sockets)
+            slot.quick_deaths = slot.quick_deaths + 1 if now - slot.started < QUICK_DEATH_S else 0
+            if not slot.quick_deaths:
+                log.warning("Child process [%s] died (exit %s); starting another.",
+                            worker.pid, worker.exitcode)  # fmt: skip
+                slot.process, slot.started = self._start(sockets), now
+                continue
+            pause = min(MAX_BACKOFF_S, 2.0 ** (slot.quick_deaths - 1))
+            log.error("Child process [%s] died (exit %s) %.1f s after it started; starting "
+                      "another in %g s.", worker.pid, worker.exitcode, now - slot.started,
+                      pause)  # fmt: skip
+            slot.restart_at = now + pause
 
     def _stop_workers(self) -> None:
-        """SIGTERM to every worker still running (each drains), then wait for them all.
+        """SIGTERM to every worker still running (each drains), then wait for them all;
+        one still running :data:`KILL_AFTER_S` past ``shutdown_timeout_s`` is killed.
 
         SIGTERM whatever the parent got: a SIGINT from a terminal has reached the
         workers already, and a second SIGINT would make them quit without draining."""
-        for worker in self._workers:
+        workers = [slot.process for slot in self._slots if slot.restart_at is None]
+        for worker in workers:
             if worker.is_alive() and worker.pid is not None:
                 with contextlib.suppress(ProcessLookupError):  # it exited meanwhile
                     os.kill(worker.pid, signal.SIGTERM)
                 log.info("Terminated child process [%d]", worker.pid)
-        for worker in self._workers:
-            worker.join()
+        deadline = time.monotonic() + self._drain_s + KILL_AFTER_S
+        for worker in workers:
+            worker.join(max(0.0, deadline - time.monotonic()))
+            if worker.is_alive() and worker.pid is not None:
+                log.error("Child process [%d] still running %g s after its drain began; "
+                          "killing it.", worker.pid, self._drain_s + KILL_AFTER_S)  # fmt: skip
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(worker.pid, signal.SIGKILL)
+                worker.join()

@@ -97,3 +97,57 @@ def test_sighup_drains_and_stops_every_worker(tmp_path: Path) -> None:
             log = log_path.read_text()
     assert gateway.returncode == 0, log[-3000:]
     assert "Received SIGHUP, draining the workers." in log, log[-3000:]
+
+
+def test_a_worker_that_cannot_start_again_is_replaced_after_growing_pauses(
+    tmp_path: Path,
+) -> None:
+    """The config file broken while the gateway serves, then a worker dies: each
+    replacement dies loading it (status 1). They are started again after 1 s, 2 s, 4 s,
+    ... (hunt: a new interpreter every half second, for ever), while the other worker
+    serves on."""
+    config = {"models": [{"name": STUB_MODEL, "endpoints": ["http://127.0.0.1:9"]}],
+              "server": {"workers": 2}}  # fmt: skip
+    with gateway_process(config, tmp_path) as (gateway, port, admin, log_path):
+        wait_for(lambda: len(_listening_pids(admin)) == 2, 30, "both workers serving")
+        (tmp_path / "vgate.yaml").write_text("server: [\n")
+        os.kill(min(_listening_pids(admin)), signal.SIGKILL)
+        wait_for(lambda: "starting another in 4 s" in log_path.read_text(), 60, "the third pause")
+        log = log_path.read_text()
+        # the one killed (it had just started too), then two that could not start
+        assert log.count("died (exit ") == 3 and log.count("died (exit 1)") == 2, log[-3000:]
+        with httpx.Client() as client:  # the other worker serves all along
+            assert client.get(f"http://127.0.0.1:{port}/health").status_code == 200
+        gateway.send_signal(signal.SIGTERM)
+        gateway.wait(timeout=30)
+    assert gateway.returncode == 0
+
+
+def test_a_worker_that_cannot_drain_is_killed_after_the_deadline(tmp_path: Path) -> None:
+    """A stopped worker (SIGSTOP) cannot drain: it is killed ``shutdown_timeout_s`` + 10 s
+    after the drain began (hunt: the gateway never exited)."""
+    config = {"models": [{"name": STUB_MODEL, "endpoints": ["http://127.0.0.1:9"]}],
+              "server": {"workers": 2, "shutdown_timeout_s": 1}}  # fmt: skip
+    with gateway_process(config, tmp_path) as (gateway, _port, admin, log_path):
+        wait_for(lambda: len(_listening_pids(admin)) == 2, 30, "both workers serving")
+        stopped = min(_listening_pids(admin))
+        os.kill(stopped, signal.SIGSTOP)
+        gateway.send_signal(signal.SIGTERM)
+        gateway.wait(timeout=40)
+        log = log_path.read_text()
+    assert gateway.returncode == 0, log[-3000:]
+    assert f"Child process [{stopped}] still running" in log, log[-3000:]
+    assert _gone(stopped)
+
+
+def test_workers_do_not_outlive_a_killed_supervisor(tmp_path: Path) -> None:
+    """The supervisor killed outright (SIGKILL, the OOM killer): its workers get SIGTERM
+    and drain (hunt: they served on, with no parent)."""
+    config = {"models": [{"name": STUB_MODEL, "endpoints": ["http://127.0.0.1:9"]}],
+              "server": {"workers": 2, "shutdown_timeout_s": 1}}  # fmt: skip
+    with gateway_process(config, tmp_path) as (gateway, _port, admin, _log_path):
+        wait_for(lambda: len(_listening_pids(admin)) == 2, 30, "both workers serving")
+        workers = _listening_pids(admin)
+        gateway.send_signal(signal.SIGKILL)
+        gateway.wait(timeout=10)
+        wait_for(lambda: all(_gone(pid) for pid in workers), 30, "the workers to exit")
