@@ -61,9 +61,14 @@ local old = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0')
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 redis.call('HINCRBY', KEYS[1], '#', tonumber(ARGV[2]) - old)
 redis.call('ZADD', KEYS[2], now + tonumber(ARGV[3]), ARGV[1])
+-- Kept 60 s past the newest record; never shortened (a lower responses.ttl_s must not
+-- drop the bookkeeping of older records that still live): NX sets a first expiry, GT
+-- only ever extends one (Redis 7).
 local keep = tonumber(ARGV[3]) + 60000
-redis.call('PEXPIRE', KEYS[1], keep)
-redis.call('PEXPIRE', KEYS[2], keep)
+for _, key in ipairs(KEYS) do
+  redis.call('PEXPIRE', key, keep, 'NX')
+  redis.call('PEXPIRE', key, keep, 'GT')
+end
 return 1
 """
 )

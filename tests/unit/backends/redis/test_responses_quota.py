@@ -10,6 +10,7 @@ import uuid
 from collections.abc import AsyncIterator
 
 import pytest
+import redis
 
 from gateway.backends.redis.link import RedisLink
 from gateway.backends.redis.responses import RedisResponseStore
@@ -61,3 +62,24 @@ async def test_a_record_is_owned_by_its_key_alone(store: RedisResponseStore) -> 
     assert not await store.owns("r2", "alice")
     assert await store.delete("r1", "alice")
     assert not await store.owns("r1", "alice")
+
+
+async def test_a_shorter_ttl_never_shortens_the_owners_bookkeeping(redis_url: str) -> None:
+    """A record stored for an hour, then one for a minute (``responses.ttl_s`` lowered):
+    the owner's keys must outlive the first record, or it would answer 404 to its own
+    key (hunt: their expiry was reset to the newest record's)."""
+    prefix = f"test:{uuid.uuid4().hex}:"
+    link = RedisLink(redis_url, timeout_s=5.0, retry_s=0.1)
+    store = RedisResponseStore(link, prefix=prefix)
+    client = redis.Redis.from_url(redis_url)
+    try:
+        assert await store.put("long", b"{}", 3600, "alice", None)
+        assert await store.put("short", b"{}", 60, "alice", None)
+        keys = client.keys(f"{prefix}owner:*")
+        assert len(keys) == 2
+        for key in keys:
+            assert client.pttl(key) > 3600 * 1000, key
+        assert await store.owns("long", "alice")
+    finally:
+        client.close()
+        await link.close()
