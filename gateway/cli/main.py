@@ -34,6 +34,7 @@ from gateway.config.settings import (
 )
 from gateway.http.connections import ConnectionLimits, limited_protocol
 from gateway.http.draining import DrainingServer, readiness_drain
+from gateway.http.listener import taken
 from gateway.native import install as install_native
 from gateway.observability.logs import configure_logging, uvicorn_log_config
 
@@ -122,6 +123,13 @@ def run_gateway(settings: Settings, on_engines_ready: Callable[[], None] | None 
         server.workers,
         operator_location(settings),
     )
+    if server.admin_port and taken(server.admin_host, server.admin_port):
+        log.error(
+            "server.admin_port %d on %s is in use (another gateway?): not starting",
+            server.admin_port,
+            server.admin_host,
+        )
+        sys.exit(STARTUP_FAILURE)
     native = install_native()  # already installed by the package: says which it was
     if native is not None:
         log.info("request path compiled: %d modules (gateway/native.py)", len(native.modules))

@@ -100,3 +100,18 @@ def bind_reusable(host: str, port: int) -> socket.socket:
         sock.close()
         raise
     return sock
+
+
+def taken(host: str, port: int) -> bool:
+    """Whether something listens on ``host:port`` already: a bind without
+    ``SO_REUSEPORT`` fails even where every listener has it, so another gateway's
+    operator listener is found before this one's workers would share its port (the
+    kernel would then split ``/ready``, ``/metrics`` and ``/admin`` between the two)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # (TIME_WAIT is fine)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return True
+    return False

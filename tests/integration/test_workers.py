@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 import httpx
+import pytest
 import yaml
 from uvicorn.config import STARTUP_FAILURE
 
@@ -151,3 +152,27 @@ def test_workers_do_not_outlive_a_killed_supervisor(tmp_path: Path) -> None:
         gateway.send_signal(signal.SIGKILL)
         gateway.wait(timeout=10)
         wait_for(lambda: all(_gone(pid) for pid in workers), 30, "the workers to exit")
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_second_gateway_cannot_share_a_busy_operator_port(tmp_path: Path, workers: int) -> None:
+    """The operator listener binds with ``SO_REUSEPORT`` (each worker its own), which
+    let a second gateway with the same ``admin_port`` start and take half of the first
+    one's ``/ready``, ``/metrics`` and ``/admin`` connections (hunt). It stops at
+    start-up instead (status 3, as for a public port in use)."""
+    config = {"models": [{"name": STUB_MODEL, "endpoints": ["http://127.0.0.1:9"]}],
+              "server": {"workers": 2}}  # fmt: skip
+    with gateway_process(config, tmp_path) as (_first, _port, admin, _log_path):
+        wait_for(lambda: len(_listening_pids(admin)) == 2, 30, "both workers serving")
+        owners = _listening_pids(admin)
+        second = {**config, "server": {"workers": workers, "admin_port": admin}}
+        path = tmp_path / "second.yaml"
+        path.write_text(yaml.safe_dump(second))
+        argv = [sys.executable, "-m", "gateway", "serve", "--config", str(path),
+                "--port", str(free_port())]  # fmt: skip
+        process = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+        assert process.returncode == STARTUP_FAILURE, (
+            process.stdout[-2000:] + process.stderr[-2000:]
+        )
+        assert "is in use" in process.stdout + process.stderr
+        assert _listening_pids(admin) == owners
