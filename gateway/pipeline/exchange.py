@@ -238,12 +238,13 @@ class Exchange:
     def _give_verdict(self) -> None:
         """Tell the stream's engine's breaker how its stream ended: a success once it
         completed (or the engine ended it with an error event of its own), a failure
-        when the engine broke it off. A stream its client left says nothing either way
+        when the engine broke it off or sent an error event with a 5xx ``code`` (its
+        own server error). A stream its client left says nothing either way
         (a success then would wipe out the failures counted meanwhile)."""
         url, outcome = self._engine, self.outcome
         if url is None or outcome is None:
             return
-        if outcome.engine_failed():
+        if outcome.engine_failed() or outcome.engine_error_status >= 500:
             self._pool.record_failure(url)
         elif outcome.completed or outcome.engine_error:
             self._pool.record_success(url)

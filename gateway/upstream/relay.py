@@ -69,7 +69,14 @@ class BatchTap(Protocol):
 class StreamOutcome:
     """How a relayed stream ended; filled in by :func:`relay_events`."""
 
-    __slots__ = ("chunks", "completed", "engine_error", "error", "first_chunk_at")
+    __slots__ = (
+        "chunks",
+        "completed",
+        "engine_error",
+        "engine_error_status",
+        "error",
+        "first_chunk_at",
+    )
 
     def __init__(self) -> None:
         self.first_chunk_at: float | None = None
@@ -80,6 +87,9 @@ class StreamOutcome:
         self.error: GatewayError | None = None
         self.engine_error = False
         """The engine sent an error event of its own (its answer to the request)."""
+        self.engine_error_status = 0
+        """The highest status of those error events (vLLM's ``code``): 5xx is the
+        engine's own failure, for its circuit breaker, however the stream ended."""
 
     def engine_failed(self) -> bool:
         """Whether the engine failed the stream, for its circuit breaker: its transport
@@ -123,10 +133,10 @@ async def relay_events(
                 batch, broken = before_invalid_utf8(batch)
                 done = done and broken is None
             if ERROR_WORD in batch:
-                relayed = openai_error_events(batch, prompt_param)
-                if relayed is not batch:  # (the same object when it held none)
+                batch, status = mapped_error_events(batch, prompt_param)
+                if status:
                     outcome.engine_error = True
-                batch = relayed
+                    outcome.engine_error_status = max(outcome.engine_error_status, status)
             for tap in taps:
                 batch = tap.inspect(batch)
             if done:
@@ -185,8 +195,14 @@ def openai_error_events(batch: bytes, prompt_param: str) -> bytes:
     """``batch`` with every engine error event in OpenAI's shape, written as
     :data:`STREAM_ERROR` begins (the status is vLLM's ``code``, 400 when it has none);
     ``batch`` itself when it holds none."""
+    return mapped_error_events(batch, prompt_param)[0]
+
+
+def mapped_error_events(batch: bytes, prompt_param: str) -> tuple[bytes, int]:
+    """:func:`openai_error_events`, and the highest status of the error events it found
+    (0: none)."""
     events = batch.split(b"\n\n")
-    found = False
+    found = 0
     for i, event in enumerate(events):
         if ERROR_WORD not in event:
             continue
@@ -200,9 +216,10 @@ def openai_error_events(batch: bytes, prompt_param: str) -> bytes:
             payload = _older_error(data)
         if payload is None:
             continue
-        events[i] = b"data: " + openai_error(_status_of(payload), payload, prompt_param)
-        found = True
-    return b"\n\n".join(events) if found else batch
+        status = _status_of(payload)
+        events[i] = b"data: " + openai_error(status, payload, prompt_param)
+        found = max(found, status)
+    return (b"\n\n".join(events), found) if found else (batch, 0)
 
 
 def _event_data(event: bytes) -> bytes | None:

@@ -86,6 +86,23 @@ async def test_an_error_event_of_the_engines_own_is_no_failure() -> None:
     assert not rig.pool.breaker_open(A)
 
 
+SERVER_ERROR = b'data: {"error": {"message": "EngineDeadError", "code": 500}}\n\n'
+
+
+@pytest.mark.parametrize("done", [True, False], ids=["then DONE", "then the end"])
+async def test_an_error_event_of_the_engines_own_with_a_5xx_code_is_its_failure(
+    done: bool,
+) -> None:
+    """The engine's own server error, sent as an event (hunt: an engine failing every
+    stream that way never left rotation; the same error as an HTTP 500 would have)."""
+    events = (FIRST, SERVER_ERROR, b"data: [DONE]\n\n") if done else (FIRST, SERVER_ERROR)
+    rig = Rig(engines(a=Scripted(events=events)), breaker=BreakerPolicy(2, 10))
+    _, outcome = await relayed(rig)
+    assert outcome.engine_error_status == 500 and not rig.pool.breaker_open(A)
+    await relayed(rig)  # the second in a row
+    assert rig.pool.breaker_open(A)
+
+
 async def test_a_client_that_leaves_is_no_failure() -> None:
     rig = Rig(engines(a=Scripted(events=(FIRST, FIRST))), breaker=BreakerPolicy(1, 10))
     exchange = rig.exchange()
