@@ -100,7 +100,7 @@ async def test_a_200_labelled_json_that_is_not_json_is_a_502_not_kept(kind: str)
     """Before, the body was relayed as it came (the client's SDK then failed to parse
     it); now it is the engine's failure, in OpenAI's shape, and nothing is kept."""
     w = world(Script([Scripted(body=NOT_JSON[kind]), Scripted(body=GOOD)]))
-    with pytest.raises(UpstreamError, match="not valid JSON|not a JSON object") as refused:
+    with pytest.raises(UpstreamError, match=r"not valid JSON|not a JSON object") as refused:
         await w.ask(chat_body())
     assert refused.value.status == 502 and refused.value.code == "bad_gateway"
     assert len(w.upstream.requests) == 1  # an answer: never sent to another engine
