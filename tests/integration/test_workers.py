@@ -7,7 +7,6 @@ worker and the supervisor with status 0. (Draining itself: ``test_draining.py``.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import socket
@@ -17,9 +16,11 @@ from pathlib import Path
 
 import httpx
 import pytest
+import uvicorn
 import yaml
 from uvicorn.config import STARTUP_FAILURE
 
+from gateway.cli.workers import WorkerSupervisor
 from tests.helpers.processes import free_port
 from tests.integration.conftest import STUB_MODEL
 from tests.integration.test_operator_listener import _listening_pids
@@ -48,9 +49,10 @@ def test_a_worker_that_dies_is_replaced(tmp_path: Path) -> None:
     assert f"Child process [{victim}] died" in log, log
 
 
-def test_a_worker_that_fails_at_start_up_stops_the_gateway(tmp_path: Path) -> None:
-    """The operator port is taken by a socket without ``SO_REUSEPORT``: every worker's
-    start fails, and the supervisor stops instead of restarting them forever."""
+def test_an_operator_port_taken_stops_the_start(tmp_path: Path) -> None:
+    """The operator port is taken by a socket without ``SO_REUSEPORT``: the gateway does
+    not start (the supervisor checks before any worker binds), with uvicorn's start-up
+    failure status, as with one worker; no worker is started, let alone restarted."""
     with socket.create_server(("127.0.0.1", 0)) as taken:
         admin = taken.getsockname()[1]
         config = {"models": [{"name": STUB_MODEL, "endpoints": ["http://127.0.0.1:9"]}],
@@ -59,19 +61,24 @@ def test_a_worker_that_fails_at_start_up_stops_the_gateway(tmp_path: Path) -> No
         path.write_text(yaml.safe_dump(config))
         argv = [sys.executable, "-m", "gateway", "serve", "--config", str(path),
                 "--port", str(free_port())]  # fmt: skip
-        process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                   text=True, start_new_session=True)  # fmt: skip
-        try:
-            log, _ = process.communicate(timeout=60)
-        except subprocess.TimeoutExpired as exc:
-            raise AssertionError("still restarting workers after 60 s") from exc
-        finally:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-    assert "failed to start; stopping" in log, log[-3000:]
-    assert "died" not in log, log[-3000:]
-    assert process.returncode == STARTUP_FAILURE, log[-3000:]  # as one worker exits
+        process = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    log = process.stdout + process.stderr
+    assert "is in use" in log and "Child process" not in log, log[-3000:]
+    assert process.returncode == STARTUP_FAILURE, log[-3000:]
+
+
+def _fail_at_start_up(config: uvicorn.Config, sockets: list[socket.socket]) -> None:
+    """A worker whose start fails as uvicorn's does (its lifespan or its bind)."""
+    sys.exit(STARTUP_FAILURE)
+
+
+def test_a_worker_that_fails_at_start_up_stops_the_supervisor() -> None:
+    """Every worker's start fails: the supervisor stops (and the gateway exits 3)
+    instead of restarting them for ever."""
+    config = uvicorn.Config("gateway.app:app_from_environment", port=free_port())
+    supervisor = WorkerSupervisor(config, 2, _fail_at_start_up, poll_s=0.05, drain_s=1.0)
+    supervisor.run()  # returns: it stopped by itself
+    assert supervisor.failed_to_start
 
 
 def _gone(pid: int) -> bool:
