@@ -70,6 +70,7 @@ MODULES: tuple[str, ...] = (
     "gateway.observability.live",
     "gateway.observability.tallies",
     "gateway.observability.timeline",
+    "gateway.pipeline.answer_checks",
     "gateway.pipeline.engine_answers",
     "gateway.pipeline.exchange",
     "gateway.pipeline.parsing",

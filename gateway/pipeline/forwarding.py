@@ -34,8 +34,6 @@ import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
-import orjson
-
 from gateway.config.priority import DEFAULT_PRIORITY
 from gateway.errors import (
     GatewayError,
@@ -47,6 +45,7 @@ from gateway.errors import (
 )
 from gateway.observability.metrics import GatewayMetrics
 from gateway.observability.opaque_ids import OpaqueIds
+from gateway.pipeline.answer_checks import checked_json
 from gateway.pipeline.exchange import Exchange
 from gateway.pipeline.watching import begin_attempt, end_attempt
 from gateway.pool.engine_pool import EnginePool
@@ -63,12 +62,6 @@ from gateway.upstream.transport import (
 )
 
 log = logging.getLogger("vgate.forwarding")
-
-PARSED_BYTES = 64 << 10
-"""The largest JSON answer checked by parsing it whole (~0.1 ms of the event loop at 64
-KiB; review measured 1.6 ms at 1 MiB); a larger one (embeddings, a long generation)
-is only checked to be one object or array (its first and last bytes): every other
-request on the loop waits while one is parsed."""
 
 
 @dataclass(slots=True)  # made per request: not frozen (its __init__ is 4x slower)
@@ -375,30 +368,3 @@ def _first_event_timeout(limits: Deadlines, total_deadline: float | None) -> str
 
 def _no_first_event(limits: Deadlines, limit: Limit) -> str:
     return f"the engine did not start answering within {limits.named(limit)}"
-
-
-def checked_json(reply: UpstreamReply, json_object: bool = False) -> str | None:
-    """Why a 2xx answer labelled JSON is not (not UTF-8 JSON: an answer the client's SDK
-    could not parse, and no answer to cache), else None, with the parse kept as
-    ``reply.answer`` for what reads the answer next (its usage, the cache fill), so that
-    nothing parses it twice. One ``orjson.loads`` per answer: about 1 µs for a 450-byte
-    chat answer (the byte search for its usage that it replaces took half that).
-    ``json_object``: the answer must be a JSON object, labelled ``application/json``
-    (a completion's: HTML, an empty 204 or a JSON string are no answer)."""
-    if json_object and reply.content_type != "application/json":
-        shown = reply.content_type or "no content type"
-        return f"an answer labelled {shown[:64]}, not application/json"
-    body = reply.body
-    if len(body) > PARSED_BYTES:  # (its ends only: stripping it whole would copy it)
-        ends = body[:64].lstrip()[:1] + body[-64:].rstrip()[-1:]
-        return None if ends == b"{}" or (ends == b"[]" and not json_object) else _NOT_JSON
-    try:
-        answer = reply.answer = orjson.loads(body)
-    except orjson.JSONDecodeError:  # (orjson refuses a body that is not UTF-8 too)
-        return _NOT_JSON
-    if json_object and type(answer) is not dict:
-        return "an answer that is not a JSON object"
-    return None
-
-
-_NOT_JSON = "an answer labelled application/json that is not valid JSON in UTF-8"

@@ -20,7 +20,7 @@ import orjson
 import pytest
 
 from gateway.errors import GatewayError, UpstreamError, UpstreamTimeoutError
-from gateway.pipeline.forwarding import PARSED_BYTES, checked_json
+from gateway.pipeline.answer_checks import PARSED_BYTES, checked_json
 from gateway.pool.engine_pool import BreakerPolicy
 from gateway.upstream.fake import Scripted, sse
 from gateway.upstream.relay import StreamOutcome, relay_events
