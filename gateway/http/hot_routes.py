@@ -44,8 +44,8 @@ from gateway.http.answers import (
 )
 from gateway.http.client_watch import ClientWatch
 from gateway.http.direct_cycle import direct_cycle
-from gateway.http.shutdown_cut import CHAT_EVENTS, end_at_deadline
-from gateway.pipeline.results import Result
+from gateway.http.shutdown_cut import CHAT_EVENTS, CUT_OFF, end_at_deadline
+from gateway.pipeline.results import EventStream, Result
 
 log = logging.getLogger("vgate.app")
 
@@ -63,17 +63,19 @@ class Endpoint:
     is left to receive it. The shutdown deadline cancels it too; its answer is then
     ended with a ``shutting_down`` error (:mod:`gateway.http.shutdown_cut`)."""
 
-    __slots__ = ("_cut_events", "_handler")
+    __slots__ = ("_handler", "_route_cut_events")
 
     def __init__(self, handler: Handler, cut_events: bytes = CHAT_EVENTS) -> None:
         self._handler = handler
-        self._cut_events = cut_events
-        """How a stream of this route ends when the shutdown deadline cuts it off."""
+        self._route_cut_events = cut_events
+        """How a stream of this route ends when the shutdown deadline cuts it off (unless
+        the stream itself says: :attr:`EventStream.cut_event`)."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         cycle = direct_cycle(scope)
         watch = ClientWatch(receive, cycle)
         responder: Responder = AsgiResponder(send) if cycle is None else cycle
+        result: Result | None = None
         try:
             try:
                 result = await self._handler(scope, receive, watch)
@@ -88,10 +90,15 @@ class Endpoint:
         except asyncio.CancelledError:
             if watch.abandoned:
                 watch.swallow()
-            elif not end_at_deadline(cycle, scope, self._cut_events):  # answered, not raised
+            elif not end_at_deadline(cycle, scope, self._cut_events(result)):  # answered
                 raise
         finally:
             watch.stop()
+
+    def _cut_events(self, result: Result | None) -> bytes:
+        if isinstance(result, EventStream) and result.cut_event is not None:
+            return result.cut_event(CUT_OFF)
+        return self._route_cut_events
 
 
 class HotRoutes:

@@ -109,6 +109,20 @@ def error_event(error: GatewayError, sequence_number: int | None = None) -> byte
     return b"event: error\ndata: " + orjson.dumps(event) + b"\n\n"
 
 
+class SequenceMark:
+    """The ``sequence_number`` of the last event relayed, for an ``error`` event that
+    ends the stream (the relay's own, or the shutdown deadline's)."""
+
+    __slots__ = ("last",)
+
+    def __init__(self) -> None:
+        self.last = -1
+
+    def error_event(self, error: GatewayError) -> bytes:
+        """The ``error`` event that comes next, numbered after the last one relayed."""
+        return error_event(error, self.last + 1)
+
+
 def last_sequence_number(batch: bytes, last: int) -> int:
     """The ``sequence_number`` of ``batch``'s last event that has one, else ``last``.
     One backward byte search per batch: inside a JSON string a quote is escaped, so
@@ -127,18 +141,19 @@ async def relay_response_events(
     taps: Sequence[BatchTap],
     final: FinalResponseTap,
     on_final: Callable[[dict[str, Any]], Awaitable[None]],
+    mark: SequenceMark,
 ) -> AsyncIterator[bytes]:
     """Yield the engine's events through ``taps`` (``final`` last); once the terminal
     event has been seen, await ``on_final`` with its response, then yield it. Never
-    raises a :class:`GatewayError`: a failure becomes an :func:`error_event`."""
+    raises a :class:`GatewayError`: a failure becomes an :func:`error_event`, numbered
+    by ``mark`` (kept up to date with each batch)."""
     next_batch = stream.next_batch
-    sequence = -1  # the last event's sequence_number: an error event takes the next
     try:
         while (received := await next_batch()) is not None:
             if outcome.first_chunk_at is None:
                 outcome.first_chunk_at = clock()
             batch = received
-            sequence = last_sequence_number(batch, sequence)
+            mark.last = last_sequence_number(batch, mark.last)
             if STREAM_ERROR in batch:  # vLLM's own error event, in OpenAI's shape
                 batch = openai_error_events(batch, "input")
             for tap in taps:
@@ -163,4 +178,4 @@ async def relay_response_events(
                 await next_batch()
     except GatewayError as exc:
         outcome.error = exc
-        yield error_event(exc, sequence + 1)
+        yield mark.error_event(exc)

@@ -53,7 +53,12 @@ from gateway.pipeline.forwarding import Attempt, Forwarder
 from gateway.pipeline.parsing import affinity_key, decode_json_object
 from gateway.pipeline.plan import ModelRename
 from gateway.pipeline.priority import body_priority, clamped_body
-from gateway.pipeline.response_events import FieldRestore, FinalResponseTap, relay_response_events
+from gateway.pipeline.response_events import (
+    FieldRestore,
+    FinalResponseTap,
+    SequenceMark,
+    relay_response_events,
+)
 from gateway.pipeline.response_records import Keeper, ResponseRecords
 from gateway.pipeline.results import Answer, EventStream, Result
 from gateway.pool.engine_pool import EnginePool
@@ -275,9 +280,9 @@ class ResponsesService:
             if keep is not None:
                 await keep(response)
 
-        final = FinalResponseTap()
-        events = relay_response_events(stream, outcome, exchange.clock, taps, final, finished)
-        return EventStream(events, [*exchange.ticket.raw_headers], exchange.close)
+        final, mark = FinalResponseTap(), SequenceMark()
+        events = relay_response_events(stream, outcome, exchange.clock, taps, final, finished, mark)
+        return EventStream(events, [*exchange.ticket.raw_headers], exchange.close, mark.error_event)
 
     # -- stored responses ---------------------------------------------------------
 

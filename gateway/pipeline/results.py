@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from gateway.cache.entry import Entry
+from gateway.errors import GatewayError
 
 RawHeaders = list[tuple[bytes, bytes]]
 
@@ -44,6 +45,10 @@ class EventStream:
     events: AsyncIterator[bytes]
     headers: RawHeaders
     close: Callable[[], None]
+    cut_event: Callable[[GatewayError], bytes] | None = None
+    """The event that ends this stream when the shutdown deadline cuts it off (a
+    Responses stream's ``error`` event numbered after the last one relayed); None:
+    the route's own."""
 
 
 Result = Answer | Replay | EventStream

@@ -264,6 +264,8 @@ def test_requests_cut_off_at_the_deadline_end_in_openai_shape(tmp_path: Path) ->
     assert orjson.loads(events[-2])["error"]["code"] == "shutting_down", events[-3:]
     last = orjson.loads(response_events[-1])  # a Responses stream: its own error event
     assert last["type"] == "error" and last["code"] == "shutting_down", response_events[-3:]
+    before = orjson.loads(response_events[-2])  # numbered after the last event relayed
+    assert last["sequence_number"] == before["sequence_number"] + 1, response_events[-3:]
     assert "Exception in ASGI application" not in log and "Traceback" not in log, log
     records = [orjson.loads(line) for line in log.splitlines() if line.startswith("{")]
     cut = [r for r in records if r["message"].startswith("shutdown deadline")]

@@ -13,6 +13,7 @@ from gateway.errors import UpstreamError
 from gateway.pipeline.response_events import (
     FieldRestore,
     FinalResponseTap,
+    SequenceMark,
     relay_response_events,
 )
 from gateway.upstream.relay import StreamOutcome
@@ -60,7 +61,7 @@ def _relay(source: _Source, seen: list[Any]) -> tuple[list[bytes], StreamOutcome
         out = []
         restore = FieldRestore("resp_prev")
         events = relay_response_events(
-            source, outcome, lambda: 1.0, [restore], FinalResponseTap(), on_final
+            source, outcome, lambda: 1.0, [restore], FinalResponseTap(), on_final, SequenceMark()
         )
         async for batch in events:
             seen.append(("batch", batch))

@@ -17,6 +17,7 @@ from gateway.errors import RateLimitError, UpstreamError
 from gateway.observability.metrics import GatewayMetrics
 from gateway.pipeline.response_events import (
     FinalResponseTap,
+    SequenceMark,
     last_sequence_number,
     relay_response_events,
 )
@@ -123,7 +124,7 @@ def _error_of(batches: list[bytes]) -> dict[str, object]:
             return None
 
         events = relay_response_events(
-            _Source(batches), outcome, lambda: 1.0, [], FinalResponseTap(), on_final
+            _Source(batches), outcome, lambda: 1.0, [], FinalResponseTap(), on_final, SequenceMark()
         )
         return [batch async for batch in events]
 
@@ -162,7 +163,7 @@ def test_a_stream_the_engine_ends_with_its_own_error_event_is_its_answer() -> No
             return None
 
         events = relay_response_events(
-            source, outcome, lambda: 1.0, [], FinalResponseTap(), on_final
+            source, outcome, lambda: 1.0, [], FinalResponseTap(), on_final, SequenceMark()
         )
         async for _ in events:
             pass
