@@ -29,7 +29,7 @@ from gateway.upstream.relay import (
     STREAM_ERROR,
     BatchTap,
     StreamOutcome,
-    openai_error_events,
+    mapped_error_events,
 )
 from gateway.upstream.transport import EventSource
 
@@ -155,7 +155,9 @@ async def relay_response_events(
             batch = received
             mark.last = last_sequence_number(batch, mark.last)
             if STREAM_ERROR in batch:  # vLLM's own error event, in OpenAI's shape
-                batch = openai_error_events(batch, "input")
+                batch, status = mapped_error_events(batch, "input")
+                if status > outcome.engine_error_status:  # 5xx: for the engine's breaker
+                    outcome.engine_error_status = status
             for tap in taps:
                 batch = tap.inspect(batch)
             batch = final.inspect(batch)

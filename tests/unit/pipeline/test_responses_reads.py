@@ -150,14 +150,12 @@ def test_last_sequence_number_reads_the_key_only() -> None:
     assert last_sequence_number(b'{"sequence_number":' + b"9" * 30 + b"}", 5) == 5
 
 
-def test_a_stream_the_engine_ends_with_its_own_error_event_is_its_answer() -> None:
-    """For the circuit breaker (``StreamOutcome.engine_error``): the engine answered,
-    with an error; not a stream it broke off."""
+def _outcome_of(event: bytes) -> StreamOutcome:
+    """How a stream that is only ``event`` (then the connection's end) ended."""
 
     async def run() -> StreamOutcome:
         outcome = StreamOutcome()
-        own_error = orjson.dumps({"type": "error", "code": "x", "message": "no", "param": None})
-        source = _Source([b"event: error\ndata: " + own_error + b"\n\n"], broken=False)
+        source = _Source([event], broken=False)
 
         async def on_final(response: dict[str, object]) -> None:
             return None
@@ -169,5 +167,23 @@ def test_a_stream_the_engine_ends_with_its_own_error_event_is_its_answer() -> No
             pass
         return outcome
 
-    outcome = asyncio.run(run())
+    return asyncio.run(run())
+
+
+def test_a_stream_the_engine_ends_with_its_own_error_event_is_its_answer() -> None:
+    """For the circuit breaker (``StreamOutcome.engine_error``): the engine answered,
+    with an error; not a stream it broke off."""
+    own_error = orjson.dumps({"type": "error", "code": "x", "message": "no", "param": None})
+    outcome = _outcome_of(b"event: error\ndata: " + own_error + b"\n\n")
     assert outcome.engine_error and outcome.error is None and not outcome.engine_failed()
+    assert outcome.engine_error_status == 0
+
+
+@pytest.mark.parametrize("code", [400, 500, 503])
+def test_vllms_error_events_status_reaches_the_breaker(code: int) -> None:
+    """vLLM's own ``{"error": {..., "code": N}}`` event: its status is kept, and 5xx
+    counts against the engine's breaker (:meth:`Exchange.close`), as in a chat stream."""
+    error = orjson.dumps({"error": {"message": "boom", "type": "x", "code": code}})
+    outcome = _outcome_of(b"data: " + error + b"\n\n")
+    assert outcome.engine_error and outcome.error is None
+    assert outcome.engine_error_status == code
