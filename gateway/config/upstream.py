@@ -26,7 +26,12 @@ class UpstreamSettings(BaseModel):
     total_timeout_s: float | None = Field(
         None, gt=0, description="The whole response, streamed or not (default: none)."
     )
-    max_connections: int = Field(2048, ge=1, description="Connection pool size across all engines.")
+    max_connections: int = Field(
+        2048,
+        ge=1,
+        description="Connection pool size across all engines, for requests (health probes "
+        "and metrics scrapes go past it: they never wait behind requests).",
+    )
     max_connections_per_engine: int | None = Field(
         None,
         ge=1,
@@ -35,7 +40,9 @@ class UpstreamSettings(BaseModel):
         "request beyond it waits for one of that engine's connections, at most "
         "connect_timeout_s, then goes to another engine of the model, else 503 overloaded "
         "(the busy engine is not marked down). At most "
-        "max_connections. The lean client's (client: aiohttp bounds the wait only).",
+        "max_connections. The lean client's (client: aiohttp has no per-engine cap: a "
+        "request waits for any free connection of max_connections, with the same bound and "
+        "the same 503).",
     )
     keepalive_s: float = Field(
         4.0,

@@ -7,6 +7,16 @@ held ~3,500 (DESIGN.md §7); our own benchmark (benchmarks/) re-measures it.
 Transport exceptions are translated here, at the boundary, into
 :mod:`gateway.errors` types. :class:`EngineUnreachable` is the one retryable
 failure: nothing reached the engine, so another engine may be tried.
+
+The pool's limit (``max_connections``) is kept here, by a semaphore of request
+slots, not by aiohttp's connector: aiohttp's ``connect`` timeout covers waiting for a
+free pooled connection and connecting alike, and both end as the same
+``ConnectionTimeoutError``, so a healthy engine at the pool's limit was taken for an
+unreachable one (marked down, its breaker charged). A request that waits for a slot
+longer than ``connect_s``, or past its own deadline, is :class:`EngineBusy` (503
+``overloaded``, the engine left alone), as with the lean client; a connect that fails
+or times out is still :class:`EngineUnreachable`. Probes and scrapes take no slot, so
+they never queue behind requests (the connector itself has no limit).
 """
 
 from __future__ import annotations
@@ -18,10 +28,16 @@ import aiohttp
 
 from gateway.config.upstream import UpstreamSettings
 from gateway.errors import UpstreamError, UpstreamStatusError, UpstreamTimeoutError
-from gateway.upstream.deadlines import Deadlines, stream_timeout
+from gateway.upstream.deadlines import (
+    BUSY_AHEAD_S,
+    Deadlines,
+    first_event_wait_until,
+    stream_timeout,
+)
 from gateway.upstream.sse_framing import EventFramer
 from gateway.upstream.transport import (
     MAX_ANSWER_BYTES,
+    EngineBusy,
     EngineUnreachable,
     PrimedEvents,
     UpstreamReply,
@@ -47,8 +63,12 @@ class UpstreamStream(PrimedEvents):
     that the client went away and aborts the generation.
     """
 
-    def __init__(self, response: aiohttp.ClientResponse, deadlines: Deadlines) -> None:
+    def __init__(
+        self, response: aiohttp.ClientResponse, deadlines: Deadlines, slots: asyncio.Semaphore
+    ) -> None:
         self._response = response
+        self._slots: asyncio.Semaphore | None = slots
+        """The pool's request slots, this stream's one handed back on :meth:`close`."""
         self._framer = EventFramer()
         self.finished = False
         self.deadline: float | None = None  # loop time by which the whole stream must end
@@ -82,6 +102,9 @@ class UpstreamStream(PrimedEvents):
             self._response.release()
         else:
             self._response.close()
+        slots, self._slots = self._slots, None
+        if slots is not None:  # (once, however often it is closed)
+            slots.release()
 
 
 class UpstreamClient:
@@ -94,6 +117,9 @@ class UpstreamClient:
             total=None, sock_connect=settings.connect_timeout_s, sock_read=settings.read_timeout_s
         )
         self._session: aiohttp.ClientSession | None = None
+        self._slots = asyncio.Semaphore(settings.max_connections)
+        """One per request to an engine (each holds a connection while it lasts): the
+        pool's limit (the module's docstring says why not aiohttp's)."""
         self._timeouts: dict[Deadlines, tuple[aiohttp.ClientTimeout, aiohttp.ClientTimeout]] = {}
         """aiohttp's timeouts per set of deadlines (one per model), made on first use."""
 
@@ -105,8 +131,8 @@ class UpstreamClient:
         :class:`UpstreamStream`)."""
         made = self._timeouts.get(deadlines)
         if made is None:
-            # ``connect``: waiting for a free connection in the pool and connecting, as
-            # the lean client bounds it (without it a full pool waits for ever).
+            # ``connect``: resolving and connecting (the connector never waits for a
+            # free connection: a request waits for its slot first, :meth:`_wait_for_slot`).
             connect_s = deadlines.connect_s
             answer = aiohttp.ClientTimeout(
                 total=deadlines.answer_s, connect=connect_s, sock_connect=connect_s
@@ -117,7 +143,7 @@ class UpstreamClient:
 
     async def start(self) -> None:
         connector = aiohttp.TCPConnector(
-            limit=self._settings.max_connections,
+            limit=0,  # no limit here: the request slots are the pool's (probes take none)
             limit_per_host=0,
             keepalive_timeout=self._settings.keepalive_s,
             ttl_dns_cache=300,
@@ -144,8 +170,14 @@ class UpstreamClient:
     async def post(
         self, url: str, body: bytes, headers: Mapping[str, str], deadlines: Deadlines
     ) -> UpstreamReply:
-        """POST and read the whole answer; error statuses come back as replies, not raised."""
+        """POST and read the whole answer within ``answer_s`` (a wait for a slot
+        included); error statuses come back as replies, not raised."""
         limits = self._timeouts_of(deadlines)[0]
+        slots = self._slots
+        if slots.locked():
+            limits = await self._answer_after_slot(deadlines, limits)
+        else:
+            await slots.acquire()  # at once
         try:
             async with self.session.post(
                 url, data=body, headers=headers, timeout=limits, allow_redirects=False
@@ -159,6 +191,40 @@ class UpstreamClient:
             raise UpstreamTimeoutError("engine did not answer within the read timeout") from None
         except aiohttp.ClientError as exc:
             raise UpstreamError(f"engine request failed: {type(exc).__name__}") from None
+        finally:
+            slots.release()
+
+    async def _answer_after_slot(
+        self, deadlines: Deadlines, limits: aiohttp.ClientTimeout
+    ) -> aiohttp.ClientTimeout:
+        """Wait for a slot for a whole answer, within ``connect_s`` and ending before
+        ``answer_s`` does; ``limits`` with what is left of ``answer_s`` after it."""
+        deadline = asyncio.get_running_loop().time() + deadlines.answer_s
+        now = await self._wait_for_slot(deadlines, deadline - BUSY_AHEAD_S)
+        return aiohttp.ClientTimeout(
+            total=deadline - now, connect=limits.connect, sock_connect=limits.sock_connect
+        )
+
+    async def _wait_for_slot(self, deadlines: Deadlines, wait_until: float | None) -> float:
+        """Take a request slot once one comes free (the pool is full): waiting at most
+        ``connect_s``, and ending by ``wait_until`` (loop time: the request's own
+        deadline, less :data:`BUSY_AHEAD_S`) when given; then :class:`EngineBusy`. The
+        loop time when the slot came."""
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        until = start + deadlines.connect_s
+        if wait_until is not None and wait_until < until:
+            until = wait_until
+        try:
+            async with asyncio.timeout_at(until):
+                await self._slots.acquire()
+        except TimeoutError:
+            raise EngineBusy(
+                f"no free connection to the engines within {max(until - start, 0):.3g} s "
+                "(connect_timeout_s, or the request's deadline if sooner; all "
+                f"upstream.max_connections = {self._settings.max_connections} serving)"
+            ) from None
+        return loop.time()
 
     async def open_stream(
         self, url: str, body: bytes, headers: Mapping[str, str], deadlines: Deadlines
@@ -169,30 +235,39 @@ class UpstreamClient:
         any other answer :class:`UpstreamError` (:func:`stream_refused`).
         """
         limits = self._timeouts_of(deadlines)[1]
+        slots = self._slots
+        if slots.locked():  # waiting ends before the forwarder's first-event deadline
+            await self._wait_for_slot(deadlines, first_event_wait_until(deadlines))
+        else:
+            await slots.acquire()  # at once
         try:
-            async with asyncio.timeout(deadlines.first_s):
-                response = await self.session.post(
-                    url, data=body, headers=headers, timeout=limits, allow_redirects=False
-                )
-        except _UNREACHABLE as exc:
-            raise EngineUnreachable(str(exc) or type(exc).__name__) from None
-        except TimeoutError:
-            raise UpstreamTimeoutError("engine did not start answering in time") from None
-        except aiohttp.ClientError as exc:
-            raise UpstreamError(f"engine request failed: {type(exc).__name__}") from None
-        if 400 <= response.status <= 599:
-            async with response:
-                payload = await self._read_error(response)
-            raise UpstreamStatusError(response.status, payload, response.content_type)
-        try:
-            _check_answer(response)
-            refused = stream_refused(response.status, response.content_type)
-            if refused is not None:  # it answered, with something else than events
-                raise UpstreamError(f"engine answered badly: {refused}")
-        except UpstreamError:
-            response.close()
+            try:
+                async with asyncio.timeout(deadlines.first_s):
+                    response = await self.session.post(
+                        url, data=body, headers=headers, timeout=limits, allow_redirects=False
+                    )
+            except _UNREACHABLE as exc:
+                raise EngineUnreachable(str(exc) or type(exc).__name__) from None
+            except TimeoutError:
+                raise UpstreamTimeoutError("engine did not start answering in time") from None
+            except aiohttp.ClientError as exc:
+                raise UpstreamError(f"engine request failed: {type(exc).__name__}") from None
+            if 400 <= response.status <= 599:
+                async with response:
+                    payload = await self._read_error(response)
+                raise UpstreamStatusError(response.status, payload, response.content_type)
+            try:
+                _check_answer(response)
+                refused = stream_refused(response.status, response.content_type)
+                if refused is not None:  # it answered, with something else than events
+                    raise UpstreamError(f"engine answered badly: {refused}")
+            except UpstreamError:
+                response.close()
+                raise
+        except BaseException:
+            slots.release()  # (a stream hands its slot back when closed)
             raise
-        return UpstreamStream(response, deadlines)
+        return UpstreamStream(response, deadlines, slots)
 
     async def probe(self, url: str, headers: Mapping[str, str] | None = None) -> bool:
         """True when ``GET {url}/health`` answers 200 within 2 s."""

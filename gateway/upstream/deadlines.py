@@ -16,6 +16,7 @@ done). Each one aborts the upstream request; the client gets a 504
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -101,3 +102,20 @@ def stream_timeout(deadlines: Deadlines, total: bool) -> str:
         limit = "its total deadline" if deadlines.total_s is None else deadlines.named("total_s")
         return f"the engine did not finish within {limit}"
     return f"the engine sent nothing for longer than {deadlines.named('idle_s')}"
+
+
+BUSY_AHEAD_S = 0.005
+"""A wait for a pooled connection ends this long before the request's own deadline
+(uvloop's timers count milliseconds), so that a busy engine is answered as busy
+(:class:`gateway.upstream.transport.EngineBusy`: 503 ``overloaded``), not as the
+engine's timeout (504, held against its breaker). Both engine clients."""
+
+
+def first_event_wait_until(deadlines: Deadlines) -> float | None:
+    """When a stream's wait for a pooled connection must end (loop time): before the
+    forwarder's first-event deadline (``ttft_s``, or ``total_s`` if sooner), when one is
+    set."""
+    limits = [limit for limit in (deadlines.ttft_s, deadlines.total_s) if limit]
+    if not limits:
+        return None
+    return asyncio.get_running_loop().time() + min(limits) - BUSY_AHEAD_S

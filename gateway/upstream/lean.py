@@ -27,7 +27,12 @@ from gateway.config.upstream import UpstreamSettings
 from gateway.errors import UpstreamError, UpstreamStatusError, UpstreamTimeoutError
 from gateway.upstream.connection import EngineConnection
 from gateway.upstream.connection_pool import ConnectionPool
-from gateway.upstream.deadlines import Deadlines, stream_timeout
+from gateway.upstream.deadlines import (
+    BUSY_AHEAD_S,
+    Deadlines,
+    first_event_wait_until,
+    stream_timeout,
+)
 from gateway.upstream.sse_framing import EventFramer
 from gateway.upstream.target import Target, get_request_bytes, request_bytes
 from gateway.upstream.transport import (
@@ -86,21 +91,6 @@ class LeanStream(PrimedEvents):
         conn, self._conn = self._conn, None
         if conn is not None:
             self._pool.release(conn)
-
-
-BUSY_AHEAD_S = 0.005
-"""A pool wait ends this long before the request's own deadline (uvloop's timers count
-milliseconds), so that a busy engine is answered as busy (:class:`EngineBusy`: 503
-``overloaded``), not as the engine's timeout (504, held against its breaker)."""
-
-
-def _first_event_wait_until(deadlines: Deadlines) -> float | None:
-    """When a stream's wait for a pooled connection must end: before the forwarder's
-    first-event deadline (``ttft_s``, or ``total_s`` if sooner), when one is set."""
-    limits = [limit for limit in (deadlines.ttft_s, deadlines.total_s) if limit]
-    if not limits:
-        return None
-    return asyncio.get_running_loop().time() + min(limits) - BUSY_AHEAD_S
 
 
 class LeanUpstream:
@@ -171,7 +161,7 @@ class LeanUpstream:
         conn = self._pool.take_idle(target.origin)
         if conn is None:
             conn = await self._pool.connect(
-                target, deadlines.connect_s, wait_until=_first_event_wait_until(deadlines)
+                target, deadlines.connect_s, wait_until=first_event_wait_until(deadlines)
             )
         loop = conn.loop
         try:
