@@ -1,5 +1,6 @@
 """A hostile tenant against its tokens-per-minute limit, through a real gateway,
-redis-server and stub engine: many prompts times ``n`` in one completions request.
+redis-server and stub engine: many prompts times ``n`` in one completions request,
+and a chat's ``max_completion_tokens: 0``.
 
 The engine generates ``max_tokens`` for every prompt times ``n`` sequences, so the
 gateway's cap times that count (plus the prompt) must fit the key's ``tpm``. The
@@ -45,32 +46,31 @@ def ask(gateway: Gateway, secret: str, prompts: int) -> httpx.Response:
     )
 
 
-def fresh_key(name: str) -> tuple[str, dict[str, Any]]:
-    """A key of its own (a fresh budget), as a static key of the gateway's config."""
-    secret = f"sk-{name}-{RUN}-0123456789"
-    return secret, {"name": f"{name}-{RUN}", "key": secret, "tpm": TPM}
+KEYS = ("fits", "huge", "zero-1", "zero-2")
+"""One key per test (each a fresh budget): static keys of the gateway's config."""
+
+
+def secret_of(name: str) -> str:
+    return f"sk-{name}-{RUN}-0123456789"
 
 
 @pytest.fixture(scope="module")
-def keyed(
+def gateway(
     engine: Stub, redis_url: str, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[tuple[Gateway, str, str]]:
-    fits, fits_key = fresh_key("fits")
-    huge, huge_key = fresh_key("huge")
+) -> Iterator[Gateway]:
+    keys = [{"name": f"{name}-{RUN}", "key": secret_of(name), "tpm": TPM} for name in KEYS]
     config = {
         "models": [{"name": STUB_MODEL, "endpoints": [engine.url]}],
         "redis": {"url": redis_url},
-        "auth": {"enabled": True, "keys": [fits_key, huge_key]},
+        "auth": {"enabled": True, "keys": keys},
         "server": {"max_body_bytes": 1024 * 1024},
     }
-    for gateway in start_gateway(config, tmp_path_factory.mktemp("evasion-tokens")):
-        yield gateway, fits, huge
+    yield from start_gateway(config, tmp_path_factory.mktemp("evasion-tokens"))
 
 
-def test_the_cap_covers_every_prompt_times_n(keyed: tuple[Gateway, str, str], engine: Stub) -> None:
-    gateway, secret, _ = keyed
+def test_the_cap_covers_every_prompt_times_n(gateway: Gateway, engine: Stub) -> None:
     prompts = 2000  # x 64 = 128,000 sequences
-    answer = ask(gateway, secret, prompts)
+    answer = ask(gateway, secret_of("fits"), prompts)
     assert answer.status_code == 200, answer.text
     sent = engine.stats()["last_request"]["body"]
     assert len(sent["prompt"]) == prompts
@@ -79,12 +79,42 @@ def test_the_cap_covers_every_prompt_times_n(keyed: tuple[Gateway, str, str], en
     assert int(answer.headers["x-ratelimit-remaining-tokens"]) >= 0
 
 
-def test_more_sequences_than_the_limit_holds_tokens_is_refused(
-    keyed: tuple[Gateway, str, str],
-) -> None:
-    gateway, _, secret = keyed
-    answer = ask(gateway, secret, 10_000)  # x 64 = 640,000 sequences, a token each at least
+def test_more_sequences_than_the_limit_holds_tokens_is_refused(gateway: Gateway) -> None:
+    answer = ask(
+        gateway, secret_of("huge"), 10_000
+    )  # x 64 = 640,000 sequences, a token each at least
     assert answer.status_code == 429, answer.text[:300]
     error = answer.json()["error"]
     assert error["type"] == "tokens"
     assert "640000 choices" in error["message"]
+
+
+def vllm_length_limit(sent: dict[str, Any]) -> Any:
+    """The output limit vLLM reads from a chat body: ``max_completion_tokens or
+    max_tokens`` (a 0 asks for nothing; with neither, the context's end)."""
+    return sent.get("max_completion_tokens") or sent.get("max_tokens")
+
+
+@pytest.mark.parametrize(
+    "lengths",
+    [{"max_completion_tokens": 0}, {"max_completion_tokens": 0, "max_tokens": 500_000}],
+)
+def test_a_zero_max_completion_tokens_does_not_lift_the_cap(
+    gateway: Gateway, engine: Stub, lengths: dict[str, int]
+) -> None:
+    """vLLM reads a chat's ``max_completion_tokens: 0`` as unset: the engine must still
+    get a limit no larger than what was reserved (it got none, or the 500,000 asked
+    for past a 200,000 budget, before)."""
+    secret = secret_of(f"zero-{len(lengths)}")
+    body = {"model": STUB_MODEL, "messages": [{"role": "user", "content": "hi"}], **lengths}
+    answer = httpx.post(
+        f"{gateway.base_url}/chat/completions",
+        json=body,
+        headers={"Authorization": f"Bearer {secret}"},
+        timeout=30,
+    )
+    assert answer.status_code == 200, answer.text
+    limit = vllm_length_limit(engine.stats()["last_request"]["body"])
+    assert isinstance(limit, int), f"the engine got no output limit: {limit!r}"
+    reserved = TPM - int(answer.headers["x-ratelimit-remaining-tokens"])
+    assert 0 < limit <= reserved, (limit, reserved)
