@@ -62,6 +62,13 @@ class NewKey(BaseModel):
     @field_validator("models")
     @classmethod
     def _allowed_names(cls, value: list[str] | None) -> list[str] | None:
+        """Each name checked; an empty list refused: a key made with ``"models": []``
+        was stored as one for every model (bug hunt), the opposite of what it says.
+        Every model is ``models`` left out (or null), as ``vgate keys create`` has it."""
+        if value is not None and not value:
+            raise ValueError(
+                "an empty list would allow no model; leave models out (or null) for all"
+            )
         for name in value or ():
             _check_model_name(name, "models")
         return value

@@ -286,17 +286,17 @@ def _text_length(content: Any) -> int:
 
 _CAPS = {True: ("max_completion_tokens", "max_tokens"), False: ("max_tokens",)}
 """The fields that limit an answer's length, in the order the engine reads them (chat:
-``max_completion_tokens`` when set, else ``max_tokens``)."""
+``max_completion_tokens`` unless it is 0 or null, else ``max_tokens``)."""
 
 
 def output_capped(body: dict[str, Any], chat: bool, cap: int) -> dict[str, Any] | None:
     """``body`` asking for at most ``cap`` output tokens per choice, or None when it
-    already asks for no more: every length field set above ``cap`` (or to null)
+    already asks for no more: every length field set above ``cap``, to null or to 0
     becomes ``cap``; with none set, ``"max_tokens": cap`` is added."""
-    names = _CAPS[chat]
-    asked = next((body[name] for name in names if body.get(name) is not None), None)
+    asked = _asked(body, chat)
     if isinstance(asked, int) and not isinstance(asked, bool) and asked <= cap:
         return None
+    names = _CAPS[chat]
     present = [name for name in names if name in body]
     if present:
         return body | {name: cap for name in present if not _within(body[name], cap)}
@@ -307,7 +307,7 @@ def with_output_cap(parsed: ParsedRequest, chat: bool, cap: int) -> ParsedReques
     """``parsed``, asking the engine for at most ``cap`` output tokens per choice.
 
     Unchanged when the client already asked for no more. Otherwise every length field
-    the client set above ``cap`` (or to null) becomes ``cap``, and the body is
+    the client set above ``cap`` (or to null, or 0) becomes ``cap``, and the body is
     re-encoded; when it set none, ``"max_tokens": cap`` is spliced onto the end of the
     payload instead: the decoded body has no such key, so the bytes carry none that a
     parser could read twice, and nothing is re-encoded."""
@@ -339,5 +339,18 @@ def _served(models: Mapping[str, ModelSettings], name: str) -> str:
     return settings.served_name if settings is not None else name
 
 
+def _asked(body: dict[str, Any], chat: bool) -> Any:
+    """The length limit the engine reads, as vLLM does: chat's ``max_completion_tokens
+    or max_tokens``, so a ``max_completion_tokens`` of 0 asks for nothing, and without
+    ``max_tokens`` the answer runs to the context's end. Read as "set" (not None), a 0
+    kept the body unchanged: a request of 512 reserved tokens generated unbounded
+    (bug hunt)."""
+    if chat:
+        return body.get("max_completion_tokens") or body.get("max_tokens")
+    return body.get("max_tokens")
+
+
 def _within(value: Any, cap: int) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value <= cap
+    """Whether a length field already holds the engine to ``cap`` (a 0 does not: see
+    :func:`_asked`)."""
+    return isinstance(value, int) and not isinstance(value, bool) and 0 < value <= cap

@@ -2,8 +2,9 @@
 and how many choices the engine generates (:class:`Cost`).
 
 Read from a body that may not have been validated yet, so nothing here raises:
-wrong types count as absent. Out-of-range asks are clamped where no limit could
-tell the difference, which keeps the backends' arithmetic exact.
+wrong types count as absent. An out-of-range ask for output is clamped where no limit
+could tell the difference, which keeps the backends' arithmetic exact. The number of
+choices never is: the engine generates every one of them.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import orjson
 MAX_WANTED = 1 << 30
 """Output tokens per choice a request may ask to reserve (larger asks are this many:
 no limit comes near it, and the backends' arithmetic stays exact)."""
-MAX_CHOICES = 1 << 16
 MAX_USAGE = 1 << 32
 """The most tokens an engine's ``usage`` may report for one request and be believed
 (4.3 billion: hundreds of times any model's context, so no real answer comes near it).
@@ -126,7 +126,11 @@ def request_cost(body: dict[str, Any], default_max_tokens: int) -> Cost:
     wanted = wanted_tokens(body, default_max_tokens)
     n = _count(body.get("n")) or 1
     sequences = max(n, _count(body.get("best_of")))
-    choices = min((prompts or 1) * sequences, MAX_CHOICES)
+    # Never clamped: clamped (at 65,536), 2,000 prompts x n=64 were granted output for
+    # 65,536 sequences, and the engine made it for 128,000 (bug hunt). Exact anyway:
+    # a body holds at most some millions of prompts, and an admission's reservation
+    # (prompt + choices x granted) never exceeds its tpm.
+    choices = (prompts or 1) * sequences
     prompt_tokens = -(-chars // CHARS_PER_TOKEN) + tokens
     return Cost(prompt_tokens, wanted, choices)
 
