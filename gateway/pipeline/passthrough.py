@@ -15,9 +15,21 @@ earlier one than the key's reaches the engine; a non-integer is a 400), and none
 added (:func:`gateway.pipeline.priority.body_priority`). A body without the field,
 for a model the engines know by the same name, is forwarded byte for byte.
 
-Token limits: these routes generate no tokens, so nothing is reserved or charged
-to ``tpm`` (``Admission.admit(..., tokens=False)``); a key out of tokens can still
-tokenize or score until its request rate stops it.
+Token limits (a key with a ``tpm``), by what the route makes the model do
+(:attr:`ScopedRoute.tokens`): tokenizing uses no model, so ``/tokenize`` and
+``/detokenize`` reserve and charge nothing. Pooling, classifying, scoring and
+reranking run their input through the model as ``/v1/embeddings`` does, and are
+priced like it: the body's length at :data:`CHARS_PER_TOKEN` characters a token (every
+field the engine reads is in it: ``input``, ``text_1``/``text_2``, ``query`` and
+``documents``, ...) plus one token, settled to the answer's ``usage``. Speech to text
+generates a transcript whose length the audio decides, not the request (vLLM cuts long
+audio into 30-second pieces, each with its own output budget): it reserves
+``ratelimit.default_max_tokens`` (so a key out of tokens is refused) and is settled to
+its transcript, a token per :data:`CHARS_PER_TOKEN` characters of the answer's
+``text`` (of the whole answer when it has none: ``text``, ``srt``, ``vtt``). A long
+recording can so take a key past its budget by one answer; the overshoot is charged,
+and the key's next requests wait for it to leave the window. Without these, a key
+out of tokens embedded through ``/pooling`` or transcribed for free (bug hunt).
 
 The engine's answer passes through as it came (its status, body and content
 type), with the client's model name put back where the engine names its own;
@@ -28,6 +40,7 @@ OpenAI's format.
 from __future__ import annotations
 
 import asyncio
+import enum
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -50,13 +63,26 @@ from gateway.pipeline.forwarding import Attempt, Forwarder
 from gateway.pipeline.parsing import decode_json_object
 from gateway.pipeline.plan import OFFLOAD_BYTES, ModelRename
 from gateway.pipeline.priority import body_priority, clamped_body
+from gateway.pipeline.usage import body_usage
 from gateway.pool.engine_pool import EnginePool
 from gateway.ratelimit.admission import Admission
+from gateway.ratelimit.cost import CHARS_PER_TOKEN, Cost
 from gateway.routing.policies import RoutingTable
 
 RawHeaders = list[tuple[bytes, bytes]]
 MAX_MODEL_NAME = 1024
 """Longer ``model`` values are refused before any lookup (and never echoed)."""
+
+
+class TokenUse(enum.Enum):
+    """What a route's request asks of a key's ``tpm``."""
+
+    NONE = "none"
+    """No model runs (tokenizing): nothing reserved or charged."""
+    INPUT = "input"
+    """Its input runs through the model: priced as an embedding, settled to ``usage``."""
+    TRANSCRIPT = "transcript"
+    """It generates a transcript: ``default_max_tokens`` reserved, settled to its text."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +92,8 @@ class ScopedRoute:
 
     path: str
     label: str
+    tokens: TokenUse
+    """What it asks of a token limit (the module's docstring)."""
     form: bool = False
     prompt_param: str | None = None
     """Where its prompt is, for a context-length error's ``param`` (None: in several
@@ -73,17 +101,17 @@ class ScopedRoute:
 
 
 SCOPED_ROUTES: tuple[ScopedRoute, ...] = (
-    ScopedRoute("/tokenize", "tokenize"),
-    ScopedRoute("/detokenize", "detokenize"),
-    ScopedRoute("/v1/score", "score"),
-    ScopedRoute("/score", "score"),
-    ScopedRoute("/v1/rerank", "rerank"),
-    ScopedRoute("/rerank", "rerank"),
-    ScopedRoute("/v2/rerank", "rerank"),
-    ScopedRoute("/pooling", "pooling", prompt_param="input"),
-    ScopedRoute("/classify", "classify", prompt_param="input"),
-    ScopedRoute("/v1/audio/transcriptions", "audio_transcriptions", form=True),
-    ScopedRoute("/v1/audio/translations", "audio_translations", form=True),
+    ScopedRoute("/tokenize", "tokenize", TokenUse.NONE),
+    ScopedRoute("/detokenize", "detokenize", TokenUse.NONE),
+    ScopedRoute("/v1/score", "score", TokenUse.INPUT),
+    ScopedRoute("/score", "score", TokenUse.INPUT),
+    ScopedRoute("/v1/rerank", "rerank", TokenUse.INPUT),
+    ScopedRoute("/rerank", "rerank", TokenUse.INPUT),
+    ScopedRoute("/v2/rerank", "rerank", TokenUse.INPUT),
+    ScopedRoute("/pooling", "pooling", TokenUse.INPUT, prompt_param="input"),
+    ScopedRoute("/classify", "classify", TokenUse.INPUT, prompt_param="input"),
+    ScopedRoute("/v1/audio/transcriptions", "audio_transcriptions", TokenUse.TRANSCRIPT, form=True),
+    ScopedRoute("/v1/audio/translations", "audio_translations", TokenUse.TRANSCRIPT, form=True),
 )
 """Every vLLM route the gateway forwards besides the OpenAI ones; no other is reachable."""
 
@@ -113,6 +141,36 @@ class _Target:
     payload: bytes
     rename: ModelRename | None
     priority: int
+
+
+def input_cost(payload: bytes) -> Cost:
+    """An input-only request's :class:`Cost`: the body's length in tokens, and the
+    limiter's least output (one token), as an embedding is priced."""
+    return Cost(-(-len(payload) // CHARS_PER_TOKEN), 1, 1)
+
+
+def used_tokens(tokens: TokenUse, body: bytes) -> int | None:
+    """What an answer of a route charged ``tokens`` used: its ``usage`` (an input), its
+    transcript's length (speech to text); None: keep the reservation."""
+    if tokens is TokenUse.INPUT:
+        return body_usage(body)
+    if tokens is TokenUse.TRANSCRIPT:
+        return transcript_tokens(body)
+    return None
+
+
+def transcript_tokens(body: bytes) -> int:
+    """A transcript's tokens: a token per :data:`CHARS_PER_TOKEN` characters of the JSON
+    answer's ``text``, or of the whole answer when it is not one (``text``, ``srt``,
+    ``vtt``); at least one."""
+    text: object = None
+    if body[:1] == b"{":
+        try:
+            text = orjson.loads(body).get("text")
+        except (orjson.JSONDecodeError, AttributeError):
+            text = None
+    length = len(text) if isinstance(text, str) else len(body)
+    return max(1, -(-length // CHARS_PER_TOKEN))
 
 
 class PassthroughService:
@@ -163,7 +221,14 @@ class PassthroughService:
                 target = self._target(route, raw, meta.content_type, principal.priority)
             model = exchange.model = target.model
             check_model_allowed(principal, model, self._metrics)
-            exchange.admit(await self._admission.admit(principal.scopes(model), {}, tokens=False))
+            exchange.admit(
+                await self._admission.admit(
+                    principal.scopes(model),
+                    {},  # a transcript: no length asked, default_max_tokens reserved
+                    tokens=route.tokens is not TokenUse.NONE,
+                    cost_of=input_cost(target.payload) if route.tokens is TokenUse.INPUT else None,
+                )
+            )
             exchange.count_in_flight()
             policy, _ = self._routing.for_model(model)
             key = (
@@ -180,8 +245,8 @@ class PassthroughService:
                 exc.renamed = None if target.rename is None else target.rename.names
                 exc.prompt_param = route.prompt_param
                 raise
-            exchange.finished(None)  # nothing was reserved: nothing to settle
             body = reply.body
+            exchange.finished(used_tokens(route.tokens, body))
             if target.rename is not None:
                 body = target.rename.inspect(body)
             return PassthroughAnswer(

@@ -206,19 +206,29 @@ class Admission:
             self._metrics.redis_errors.labels("ratelimit").inc()
 
     async def admit(
-        self, scopes: tuple[LimitScope, ...], body: dict[str, Any], *, tokens: bool = True
+        self,
+        scopes: tuple[LimitScope, ...],
+        body: dict[str, Any],
+        *,
+        tokens: bool = True,
+        cost_of: Cost | None = None,
     ) -> Ticket:
-        """Reserve ``body``'s cost in every scope (a key's, and a key-and-model's).
+        """Reserve ``body``'s cost (``cost_of`` when given: a request whose cost is not
+        read from a completion's body) in every scope (a key's, and a key-and-model's).
 
-        ``tokens=False``: a request that generates nothing (vLLM's tokenize, score, ...)
-        counts against the request rate and concurrency limits only; no tokens are
-        reserved or charged."""
+        ``tokens=False``: a request that uses no model (vLLM's tokenize) counts against
+        the request rate and concurrency limits only; no tokens are reserved or
+        charged."""
         if not scopes:
             return FREE_PASS
         charge = self._charges.get(scopes)
         cost = _NO_COST
         if charge.counts_tokens and tokens:
-            cost = request_cost(body, self._settings.default_max_tokens)
+            cost = (
+                request_cost(body, self._settings.default_max_tokens)
+                if cost_of is None
+                else cost_of
+            )
         request_id = f"{self._id_prefix}{next(self._ids):x}"
         lease_s = self._settings.concurrency_lease_s
         # A future, awaited here (no coroutine layer on every request): a caller that
