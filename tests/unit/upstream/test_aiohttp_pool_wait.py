@@ -76,13 +76,19 @@ async def test_a_full_pool_is_waited_on_at_most_connect_s_then_busy(full_pool: F
 async def test_a_wait_for_a_full_pool_ends_busy_before_the_requests_own_deadline(
     full_pool: FullPool, limits: Deadlines
 ) -> None:
-    """What the forwarder does: the first event (or whole answer) within 0.3 s; the
-    wait for the pool ends first, as busy, not as the request's (the engine's) timeout."""
+    """The first event (or whole answer) is due within 0.3 s, ``connect_s`` is 30 s: the
+    wait for the pool ends by the request's own deadline, as busy, not as the request's
+    (the engine's) timeout. (Not raced against a 0.3 s timeout of the test's own: the
+    wait ends 5 ms before it, which a loaded test machine can swallow.)"""
     client, url = full_pool.client, full_pool.engine.url
+    loop = asyncio.get_running_loop()
     for request in (client.post, client.open_stream):
+        start = loop.time()
         with pytest.raises(EngineBusy):
-            async with asyncio.timeout(0.3):
+            async with asyncio.timeout(10.0):
                 await request(url, b"{}", {}, limits)
+        waited = loop.time() - start
+        assert 0.3 - 0.05 < waited < 5.0, waited  # its own deadline, never connect_s
     assert len(full_pool.engine.requests) == 1
 
 
