@@ -248,6 +248,7 @@ CONTEXT_LENGTH_MARKERS = (
 """vLLM 0.32's messages for a prompt (plus output) that does not fit the context."""
 
 _URL = re.compile(r"(?i)\b(?:https?|unix|tcp)://[^\s\"'<>]+")
+_HTML_TITLE = re.compile(rb"(?is)<title[^>]*>([^<]*)</title>")
 _MAX_MESSAGE = 4000
 
 
@@ -293,7 +294,10 @@ def _engine_error(raw: bytes) -> tuple[str, str | None, str | None]:
             return detail, None, None
         if isinstance(detail, list) and detail and isinstance(detail[0], dict):
             return _validation_message(detail), None, None  # FastAPI's 422
-        return raw.decode("utf-8", "replace").strip(), None, None
+        message = data.get("message") if isinstance(data, dict) else None
+        if isinstance(message, str):  # {"message": "text"} (some servers)
+            return message, None, None
+        return _text_message(raw), None, None
     message = error.get("message")
     param = error.get("param")
     code = error.get("code")
@@ -302,6 +306,15 @@ def _engine_error(raw: bytes) -> tuple[str, str | None, str | None]:
         param if isinstance(param, str) else None,
         code if isinstance(code, str) else None,  # vLLM's is the HTTP status: not a code
     )
+
+
+def _text_message(raw: bytes) -> str:
+    """A body that is no error object: its text, or for an HTML page (a proxy's in
+    front of the engine) its title, the markup being no message (empty without one)."""
+    if raw.lstrip()[:1] != b"<":
+        return raw.decode("utf-8", "replace").strip()
+    title = _HTML_TITLE.search(raw)
+    return " ".join(title.group(1).decode("utf-8", "replace").split()) if title else ""
 
 
 def _validation_message(detail: list[Any]) -> str:

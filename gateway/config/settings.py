@@ -124,6 +124,20 @@ class Settings(BaseSettings):
             )
         return self
 
+    @property
+    def responses_per_worker(self) -> bool:
+        """Whether each of several workers keeps its own stored responses: the Responses
+        API with ``server.workers > 1``, no ``redis.url`` and a memory store that keeps
+        anything. A response stored through one worker is then not found (404) through
+        another, to ``retrieve`` and ``previous_response_id`` alike, and which worker a
+        connection reaches is the kernel's choice. Allowed (a deployment that does not
+        use the Responses API loses nothing), but said at start-up."""
+        return (
+            self.server.workers > 1
+            and self.redis.url is None
+            and self.responses.memory_max_bytes > 0
+        )
+
     @model_validator(mode="after")
     def _one_supervisor(self) -> Settings:
         if self.server.workers > 1 and any(m.engine is not None for m in self.models):

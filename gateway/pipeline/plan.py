@@ -264,8 +264,18 @@ class RequestPlanner:
                 chars += _text_length(content)
         if chars > limits.max_prompt_chars:
             raise InvalidRequestError(
-                f"request text exceeds {limits.max_prompt_chars} characters", param="messages"
+                f"request text exceeds {limits.max_prompt_chars} characters",
+                param=_text_field(body),
             )
+
+
+def _text_field(body: dict[str, Any]) -> str:
+    """The field that holds a request's text, an error's ``param``: ``messages`` (chat,
+    and vLLM's chat form of embeddings), else ``prompt`` (completions) or ``input``
+    (embeddings), as for ``context_length_exceeded``."""
+    if "messages" in body:
+        return "messages"
+    return "prompt" if "prompt" in body else "input"
 
 
 def _text_length(content: Any) -> int:
