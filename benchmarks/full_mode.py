@@ -54,12 +54,13 @@ GATEWAY_CPU, SIDE_CPU, BOTH_CPUS = 0, 1, "0,1"
 KEY = "sk-bench-0123456789abcdef"
 HUGE = 1_000_000_000
 SCALING_LEVELS = (64, 256)
-PLAIN = (
+BASE = (
     "server: {log_level: warning}\n"
     f'models:\n  - name: {MODEL}\n    endpoints: ["${{STUB_URL}}"]\n'
 )
+PLAIN = BASE + "responses: {memory_max_bytes: 0}\n"  # no Redis: with workers > 1, required
 FULL = (
-    PLAIN
+    BASE
     + "redis: {url: '${REDIS_URL}'}\n"
     + "auth:\n  enabled: true\n  keys:\n"
     + f"    - {{name: bench, key: {KEY}, rpm: {HUGE}, tpm: {HUGE}, max_concurrent: {HUGE}}}\n"

@@ -123,14 +123,6 @@ def run_gateway(settings: Settings, on_engines_ready: Callable[[], None] | None 
         server.workers,
         operator_location(settings),
     )
-    if settings.responses_per_worker:
-        log.warning(
-            "server.workers is %d without redis.url: each worker keeps its own stored "
-            "responses (the Responses API), so a response made through one worker is not "
-            "found (404) through the others, to retrieve and previous_response_id alike; "
-            "set redis.url to share them",
-            server.workers,
-        )
     if server.admin_port and taken(server.admin_host, server.admin_port):
         log.error(
             "server.admin_port %d on %s is in use (another gateway?): not starting",

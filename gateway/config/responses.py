@@ -40,5 +40,6 @@ class ResponsesSettings(BaseModel):
         64 * 1024 * 1024,
         ge=0,
         description="Without Redis: the memory all stored responses may take; the least "
-        "recently used go first.",
+        "recently used go first. 0: none stored (required with server.workers > 1 and no "
+        "redis.url: each worker would keep its own).",
     )

@@ -122,21 +122,18 @@ class Settings(BaseSettings):
                 "rate limits and /admin/keys with server.workers > 1 need redis.url: "
                 "without it each worker would keep its own counters and keys"
             )
+        if not shared and self.responses.memory_max_bytes > 0:
+            # Each worker would keep its own stored responses: one made through a worker
+            # is not found (404) through another, to retrieve and previous_response_id
+            # alike, and the kernel picks the worker per connection (SDK hunt: 23 of 40
+            # retrieves failed). Refused as the rate limits are, naming both ways out.
+            raise ValueError(
+                "the Responses API's stored responses with server.workers > 1 need "
+                "redis.url: without it each worker keeps its own, and a response made "
+                "through one worker is not found through another; set redis.url, or "
+                "responses.memory_max_bytes: 0 to store none"
+            )
         return self
-
-    @property
-    def responses_per_worker(self) -> bool:
-        """Whether each of several workers keeps its own stored responses: the Responses
-        API with ``server.workers > 1``, no ``redis.url`` and a memory store that keeps
-        anything. A response stored through one worker is then not found (404) through
-        another, to ``retrieve`` and ``previous_response_id`` alike, and which worker a
-        connection reaches is the kernel's choice. Allowed (a deployment that does not
-        use the Responses API loses nothing), but said at start-up."""
-        return (
-            self.server.workers > 1
-            and self.redis.url is None
-            and self.responses.memory_max_bytes > 0
-        )
 
     @model_validator(mode="after")
     def _one_supervisor(self) -> Settings:

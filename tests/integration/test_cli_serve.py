@@ -51,6 +51,7 @@ def test_several_workers_serve_the_same_config(tmp_path: Path) -> None:
     config = tmp_path / "vgate.yaml"
     config.write_text(
         f"models: [{{name: stub-model, endpoints: ['http://127.0.0.1:{stub_port}']}}]\n"
+        "responses: {memory_max_bytes: 0}\n"  # several workers: each would keep its own
     )
     stub = [sys.executable, "-m", "engines.stub", "--port", str(stub_port)]
     gateway = [sys.executable, "-m", "gateway", "serve", "--config", str(config),

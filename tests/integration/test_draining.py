@@ -56,6 +56,7 @@ def test_with_two_workers_new_connections_are_refused_once_the_drain_begins(
         config = {
             "models": [{"name": STUB_MODEL, "endpoints": [engine_url]}],
             "server": {"workers": 2, "shutdown_timeout_s": 30},
+            "responses": {"memory_max_bytes": 0},  # each worker would keep its own
         }
         with gateway_process(config, tmp_path) as (gateway, port, admin, log_path):
             wait_for(lambda: len(_listening_pids(admin)) == 2, 30, "both workers serving")

@@ -309,7 +309,8 @@ def _listening_pids(port: int) -> set[int]:
 
 def test_every_worker_serves_the_operator_listener(stub: Stub, tmp_path: Path) -> None:
     port, admin = free_port(), free_port()
-    config = {"models": [{"name": STUB_MODEL, "endpoints": [stub.url]}]}
+    config = {"models": [{"name": STUB_MODEL, "endpoints": [stub.url]}],
+              "responses": {"memory_max_bytes": 0}}  # fmt: skip
     argv, _ = _serve_logged(config, tmp_path, "--port", str(port), "--workers", "2",
                             "--admin-port", str(admin))  # fmt: skip
     with run_process(argv, f"http://127.0.0.1:{port}/health") as process:

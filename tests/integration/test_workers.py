@@ -26,11 +26,14 @@ from tests.integration.conftest import STUB_MODEL
 from tests.integration.test_operator_listener import _listening_pids
 from tests.integration.test_shutdown import gateway_process, stub_engine, wait_for
 
+NO_STORE = {"memory_max_bytes": 0}
+"""Several workers without Redis store no responses (each would keep its own)."""
+
 
 def test_a_worker_that_dies_is_replaced(tmp_path: Path) -> None:
     with stub_engine() as (engine_url, _):
         config = {"models": [{"name": STUB_MODEL, "endpoints": [engine_url]}],
-                  "server": {"workers": 2}}  # fmt: skip
+                  "responses": NO_STORE, "server": {"workers": 2}}  # fmt: skip
         with gateway_process(config, tmp_path) as (gateway, port, admin, log_path):
             wait_for(lambda: len(_listening_pids(admin)) == 2, 30, "both workers serving")
             first = _listening_pids(admin)
@@ -56,7 +59,7 @@ def test_an_operator_port_taken_stops_the_start(tmp_path: Path) -> None:
     with socket.create_server(("127.0.0.1", 0)) as taken:
         admin = taken.getsockname()[1]
         config = {"models": [{"name": STUB_MODEL, "endpoints": ["http://127.0.0.1:9"]}],
-                  "server": {"workers": 2, "admin_port": admin}}  # fmt: skip
+                  "responses": NO_STORE, "server": {"workers": 2, "admin_port": admin}}  # fmt: skip
         path = tmp_path / "vgate.yaml"
         path.write_text(yaml.safe_dump(config))
         argv = [sys.executable, "-m", "gateway", "serve", "--config", str(path),
@@ -95,7 +98,7 @@ def test_sighup_drains_and_stops_every_worker(tmp_path: Path) -> None:
     workers serving the port with no parent."""
     with stub_engine() as (engine_url, _):
         config = {"models": [{"name": STUB_MODEL, "endpoints": [engine_url]}],
-                  "server": {"workers": 2}}  # fmt: skip
+                  "responses": NO_STORE, "server": {"workers": 2}}  # fmt: skip
         with gateway_process(config, tmp_path) as (gateway, _port, admin, log_path):
             wait_for(lambda: len(_listening_pids(admin)) == 2, 30, "both workers serving")
             workers = _listening_pids(admin)
@@ -115,7 +118,7 @@ def test_a_worker_that_cannot_start_again_is_replaced_after_growing_pauses(
     ... (hunt: a new interpreter every half second, for ever), while the other worker
     serves on."""
     config = {"models": [{"name": STUB_MODEL, "endpoints": ["http://127.0.0.1:9"]}],
-              "server": {"workers": 2}}  # fmt: skip
+              "responses": NO_STORE, "server": {"workers": 2}}  # fmt: skip
     with gateway_process(config, tmp_path) as (gateway, port, admin, log_path):
         wait_for(lambda: len(_listening_pids(admin)) == 2, 30, "both workers serving")
         (tmp_path / "vgate.yaml").write_text("server: [\n")
@@ -135,7 +138,7 @@ def test_a_worker_that_cannot_drain_is_killed_after_the_deadline(tmp_path: Path)
     """A stopped worker (SIGSTOP) cannot drain: it is killed ``shutdown_timeout_s`` + 10 s
     after the drain began (hunt: the gateway never exited)."""
     config = {"models": [{"name": STUB_MODEL, "endpoints": ["http://127.0.0.1:9"]}],
-              "server": {"workers": 2, "shutdown_timeout_s": 1}}  # fmt: skip
+              "responses": NO_STORE, "server": {"workers": 2, "shutdown_timeout_s": 1}}  # fmt: skip
     with gateway_process(config, tmp_path) as (gateway, _port, admin, log_path):
         wait_for(lambda: len(_listening_pids(admin)) == 2, 30, "both workers serving")
         stopped = min(_listening_pids(admin))
@@ -152,7 +155,7 @@ def test_workers_do_not_outlive_a_killed_supervisor(tmp_path: Path) -> None:
     """The supervisor killed outright (SIGKILL, the OOM killer): its workers get SIGTERM
     and drain (hunt: they served on, with no parent)."""
     config = {"models": [{"name": STUB_MODEL, "endpoints": ["http://127.0.0.1:9"]}],
-              "server": {"workers": 2, "shutdown_timeout_s": 1}}  # fmt: skip
+              "responses": NO_STORE, "server": {"workers": 2, "shutdown_timeout_s": 1}}  # fmt: skip
     with gateway_process(config, tmp_path) as (gateway, _port, admin, _log_path):
         wait_for(lambda: len(_listening_pids(admin)) == 2, 30, "both workers serving")
         workers = _listening_pids(admin)
@@ -168,7 +171,7 @@ def test_a_second_gateway_cannot_share_a_busy_operator_port(tmp_path: Path, work
     one's ``/ready``, ``/metrics`` and ``/admin`` connections (hunt). It stops at
     start-up instead (status 3, as for a public port in use)."""
     config = {"models": [{"name": STUB_MODEL, "endpoints": ["http://127.0.0.1:9"]}],
-              "server": {"workers": 2}}  # fmt: skip
+              "responses": NO_STORE, "server": {"workers": 2}}  # fmt: skip
     with gateway_process(config, tmp_path) as (_first, _port, admin, _log_path):
         wait_for(lambda: len(_listening_pids(admin)) == 2, 30, "both workers serving")
         owners = _listening_pids(admin)
