@@ -23,6 +23,8 @@ from gateway.config.priority import DEFAULT_PRIORITY, parse_priority
 
 MAX_MESSAGES = 4096
 """``server.max_messages``' default (the Responses API's item cap defaults to it too)."""
+MAX_PROMPT_CHARS = 2 * 1024 * 1024
+"""``server.max_prompt_chars``' default (the Responses API's text cap defaults to it too)."""
 
 
 class _Section(BaseModel):
@@ -86,9 +88,10 @@ class ServerSettings(_Section):
         "conversation), one request may carry (400 beyond).",
     )
     max_prompt_chars: int = Field(
-        2 * 1024 * 1024,
+        MAX_PROMPT_CHARS,
         ge=1,
-        description="Most characters of message text and prompts in one request (400 beyond).",
+        description="Most characters of message text and prompts in one request, a "
+        "Responses request's whole conversation included (400 beyond).",
     )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["text", "json"] = Field(

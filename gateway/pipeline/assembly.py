@@ -144,4 +144,5 @@ def build_responses_service(
         rollouts.chooser if rollouts is not None else None,
         rollouts.observer if rollouts is not None else None,
         max_items=settings.server.max_messages,
+        max_chars=settings.server.max_prompt_chars,
     )

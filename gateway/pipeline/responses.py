@@ -38,6 +38,7 @@ import orjson
 from gateway.auth.authenticator import Authenticator, Principal
 from gateway.config.models import ModelSettings
 from gateway.config.responses import ResponsesSettings
+from gateway.config.sections import MAX_PROMPT_CHARS
 from gateway.errors import (
     GatewayError,
     InvalidRequestError,
@@ -69,6 +70,7 @@ from gateway.responses.conversation import (
     PreviousResponseNotFoundError,
     ResponseNotFoundError,
     check_found,
+    check_text_size,
     conversation,
     cost_body,
     engine_payload,
@@ -114,8 +116,10 @@ class ResponsesService:
         rollouts: VariantChooser | None = None,
         observer: VariantObserver | None = None,
         max_items: int = MAX_ITEMS,
+        max_chars: int = MAX_PROMPT_CHARS,
     ) -> None:
         self._max_items = max_items  # server.max_messages
+        self._max_chars = max_chars  # server.max_prompt_chars
         self._served = {name: m.served_name for name, m in models.items()}
         self._rollouts = rollouts
         self._observer = observer or NoObserver()
@@ -200,9 +204,9 @@ class ResponsesService:
             await self._records.check_quota(principal.name)
         timeline = exchange.timeline
         timeline.limiting = exchange.clock()
-        exchange.admit(
-            await self._admission.admit(principal.scopes(asked), cost_body(request, items))
-        )
+        priced = cost_body(request, items)
+        check_text_size(priced, self._max_chars)
+        exchange.admit(await self._admission.admit(principal.scopes(asked), priced))
         timeline.admitted = timeline.looked_up = exchange.clock()  # no cache here: 0 ms
         served = self._served.get(model, model)
         response_id = new_response_id()  # stored under it only (not the engine's say)

@@ -241,6 +241,19 @@ def cost_body(request: CreateRequest, items: list[Any]) -> dict[str, Any]:
     }
 
 
+def check_text_size(priced: dict[str, Any], max_chars: int) -> None:
+    """400 when the conversation's text (``priced``: :func:`cost_body`'s, instructions
+    included) is more than ``max_chars`` characters, as a chat's messages are
+    (``server.max_prompt_chars``; the whole conversation, continued turns included)."""
+    chars = 0
+    for message in priced["messages"]:
+        content = message["content"]
+        if isinstance(content, str):
+            chars += len(content)
+    if chars > max_chars:
+        raise InvalidRequestError(f"request text exceeds {max_chars} characters", param="input")
+
+
 def _texts(item: Any, media: list[dict[str, Any]]) -> list[str]:
     """The text of one input or output item: message content, its parts' text, a
     function call's arguments or output. Its parts without text are added to ``media``."""

@@ -32,3 +32,30 @@ async def test_a_follow_up_counts_the_previous_conversation() -> None:
     assert "at most 4 input items" in refused.value.message
     assert "previous response's conversation has 3" in refused.value.message
     assert len(world.sent) == 2
+
+
+async def test_more_text_than_max_prompt_chars_is_a_400_before_the_engine() -> None:
+    """As a chat's messages are (SDK hunt: a 3 MB ``input`` or ``instructions`` was
+    accepted where chat got its 400), instructions included."""
+    world = responses_world(max_prompt_chars=10)
+    await create_answer(world, {"model": MODEL, "input": "x" * 10})  # at the cap: answered
+    for body in (
+        {"model": MODEL, "input": "x" * 11},
+        {"model": MODEL, "input": "x", "instructions": "y" * 10},
+        {"model": MODEL, "input": [{"role": "user", "content": [{"type": "input_text",
+                                                                   "text": "z" * 11}]}]},
+    ):  # fmt: skip
+        with pytest.raises(InvalidRequestError) as refused:
+            await create_answer(world, body)
+        assert refused.value.param == "input"
+        assert refused.value.message == "request text exceeds 10 characters"
+    assert len(world.sent) == 1
+
+
+async def test_a_follow_ups_text_counts_the_previous_conversation() -> None:
+    world = responses_world(max_prompt_chars=200)
+    first = await create_answer(world, {"model": MODEL, "input": "x" * 150})
+    follow = {"model": MODEL, "input": "y" * 60, "previous_response_id": first["id"]}
+    with pytest.raises(InvalidRequestError, match="request text exceeds 200 characters"):
+        await create_answer(world, follow)
+    assert len(world.sent) == 1
