@@ -26,7 +26,7 @@ generates a transcript whose length the audio decides, not the request (vLLM cut
 audio into 30-second pieces, each with its own output budget): it reserves
 ``ratelimit.default_max_tokens`` (so a key out of tokens is refused) and is settled to
 its transcript, a token per :data:`CHARS_PER_TOKEN` characters of the answer's
-``text`` (of the whole answer when it has none: ``text``, ``srt``, ``vtt``). A long
+``text`` (a stream: its deltas; the whole answer for ``text``, ``srt``, ``vtt``). A long
 recording can so take a key past its budget by one answer; the overshoot is charged,
 and the key's next requests wait for it to leave the window. Without these, a key
 out of tokens embedded through ``/pooling`` or transcribed for free (bug hunt).
@@ -161,16 +161,37 @@ def used_tokens(tokens: TokenUse, body: bytes) -> int | None:
 
 def transcript_tokens(body: bytes) -> int:
     """A transcript's tokens: a token per :data:`CHARS_PER_TOKEN` characters of the JSON
-    answer's ``text``, or of the whole answer when it is not one (``text``, ``srt``,
-    ``vtt``); at least one."""
-    text: object = None
+    answer's ``text``, of a streamed answer's deltas, or of the whole answer when it is
+    neither (``text``, ``srt``, ``vtt``); at least one."""
+    length = len(body)
     if body[:1] == b"{":
         try:
             text = orjson.loads(body).get("text")
         except (orjson.JSONDecodeError, AttributeError):
             text = None
-    length = len(text) if isinstance(text, str) else len(body)
+        if isinstance(text, str):
+            length = len(text)
+    elif body.startswith(b"data:"):
+        length = _streamed_length(body)
     return max(1, -(-length // CHARS_PER_TOKEN))
+
+
+def _streamed_length(body: bytes) -> int:
+    """Characters of a streamed transcription's ``choices[].delta.content``."""
+    length = 0
+    for line in body.splitlines():
+        if not line.startswith(b"data:"):
+            continue
+        try:
+            event = orjson.loads(line[5:])
+        except orjson.JSONDecodeError:
+            continue  # [DONE]
+        choices = event.get("choices") if isinstance(event, dict) else None
+        for choice in choices if isinstance(choices, list) else ():
+            delta = choice.get("delta") if isinstance(choice, dict) else None
+            content = delta.get("content") if isinstance(delta, dict) else None
+            length += len(content) if isinstance(content, str) else 0
+    return length
 
 
 class PassthroughService:
