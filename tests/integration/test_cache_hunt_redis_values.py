@@ -58,7 +58,9 @@ def stored_key(client: redis.Redis, gateway: Gateway, text: str) -> bytes:
     before = set(client.keys("vgate:cache:*"))
     assert ask(gateway, text).headers["x-cache"] == "MISS"
     holds_soon(lambda: len(set(client.keys("vgate:cache:*")) - before) == 1)
-    return (set(client.keys("vgate:cache:*")) - before).pop()
+    name = (set(client.keys("vgate:cache:*")) - before).pop()
+    assert isinstance(name, bytes)
+    return name
 
 
 @pytest.mark.parametrize("poison", ["hash", "string", "older-format", "bad-meta"])
