@@ -45,7 +45,7 @@ def calls(engine: Stub) -> int:
 def test_identical_requests_for_a_large_answer_share_one_engine_call(
     gateway: Gateway, engine: Stub, stream: bool
 ) -> None:
-    body = {"model": STUB_MODEL, "temperature": 0, "max_tokens": 600,
+    body: dict[str, Any] = {"model": STUB_MODEL, "temperature": 0, "max_tokens": 600,
             "messages": [{"role": "user", "content": f"{RUN} large {stream}"}],
             "extra_body": {"stub": {"tokens": 600, "ttft_ms": 500}}}  # fmt: skip
 
