@@ -46,7 +46,8 @@ any other field                   counts      unknown effect: assume it matters
 ``stream``                        form        a stream and a JSON answer are two entries
 ``stream_options``                form        usage is always stored, shown on request;
                                               ``continuous_usage_stats`` (with usage)
-                                              is another form
+                                              is another form; set without ``stream``
+                                              (which vLLM refuses), another too
 ``user``                          ignored     who asks does not change the answer
                                               (``scope`` splits tenants by API key)
 ``request_id``, ``metadata``,     ignored     bookkeeping, not generation
@@ -109,10 +110,12 @@ def _number_normalised(value: Any) -> Any:
 
 def answer_form(stream: bool, body: dict[str, Any]) -> str:
     """How the answer travels: ``json``, ``sse``, or ``sse+stats`` (usage in every
-    chunk: vLLM's ``continuous_usage_stats``, which applies only with usage)."""
-    if not stream:
-        return "json"
+    chunk: vLLM's ``continuous_usage_stats``, which applies only with usage). A JSON
+    request with ``stream_options`` set is ``json+options``: vLLM refuses it (400), so
+    it must not be answered with the entry of the same request without them."""
     options = body.get("stream_options")
+    if not stream:
+        return "json+options" if options else "json"
     if (
         isinstance(options, dict)
         and options.get("continuous_usage_stats")

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from gateway.cache.key import KeyHasher, cache_key, uncacheable_reason
+from gateway.cache.key import KeyHasher, answer_form, cache_key, uncacheable_reason
 
 BASE: dict[str, Any] = {
     "model": "m",
@@ -160,3 +160,12 @@ def test_numbers_the_engine_reads_as_numbers_are_normalised_in_lists() -> None:
     """Token ids and stop token ids are numbers to vLLM, in lists (of lists) too."""
     prompt = {"prompt": [[1.0, 2.0], [3.0]], "stop_token_ids": [7.0]}
     assert key(BASE | prompt) == key(BASE | {"prompt": [[1, 2], [3]], "stop_token_ids": [7]})
+
+
+def test_stream_options_without_a_stream_are_not_the_json_answers_key() -> None:
+    """vLLM refuses ``stream_options`` on a request that does not stream (400): such a
+    request must not be answered from the entry of the same body without them."""
+    options = {"stream_options": {"include_usage": True}}
+    assert answer_form(False, BASE | options) != answer_form(False, BASE)
+    assert answer_form(False, BASE | {"stream_options": None}) == "json"
+    assert answer_form(True, BASE | options) == answer_form(True, BASE) == "sse"
