@@ -14,8 +14,12 @@ when the client asked for usage in every chunk: an entry is the answer's bytes,
 and a stream cannot be turned into a JSON body faithfully, nor back), and the
 canonical body is the request JSON without the fields below marked "ignored",
 with object keys sorted and integral numbers normalised (``1.0`` → ``1``,
-``-0.0`` → ``0``), serialised compactly. Fields vgate does not know about count:
-an unknown field may change the output, so it is never ignored.
+``-0.0`` → ``0``) where the engine reads them as numbers: a field's own value and
+the numbers of its lists (``temperature``, ``max_tokens``, a prompt's token ids),
+never inside an object (a tool's JSON schema, a message, ``chat_template_kwargs``:
+the chat template writes those into the prompt as text, where ``1.0`` and ``1``
+differ), serialised compactly. Fields vgate does not know about count: an unknown
+field may change the output, so it is never ignored.
 
 ================================  ==========  =========================================
 field                             key         why
@@ -42,7 +46,8 @@ any other field                   counts      unknown effect: assume it matters
 ``stream``                        form        a stream and a JSON answer are two entries
 ``stream_options``                form        usage is always stored, shown on request;
                                               ``continuous_usage_stats`` (with usage)
-                                              is another form
+                                              is another form; set without ``stream``
+                                              (which vLLM refuses), another too
 ``user``                          ignored     who asks does not change the answer
                                               (``scope`` splits tenants by API key)
 ``request_id``, ``metadata``,     ignored     bookkeeping, not generation
@@ -92,12 +97,25 @@ def canonical(value: Any) -> Any:
     return value
 
 
+def _number_normalised(value: Any) -> Any:
+    """``value`` as :func:`canonical` makes it, through lists only: inside an object
+    (a tool's schema, a message, template arguments) numbers are kept as written, since
+    the engine may render them into the prompt as text (``1.0`` is not ``1`` there)."""
+    if isinstance(value, float):
+        return int(value) if value.is_integer() and -_INT_RANGE < value < _INT_RANGE else value
+    if isinstance(value, list):
+        return [_number_normalised(v) for v in value]
+    return value
+
+
 def answer_form(stream: bool, body: dict[str, Any]) -> str:
     """How the answer travels: ``json``, ``sse``, or ``sse+stats`` (usage in every
-    chunk: vLLM's ``continuous_usage_stats``, which applies only with usage)."""
-    if not stream:
-        return "json"
+    chunk: vLLM's ``continuous_usage_stats``, which applies only with usage). A JSON
+    request with ``stream_options`` set is ``json+options``: vLLM refuses it (400), so
+    it must not be answered with the entry of the same request without them."""
     options = body.get("stream_options")
+    if not stream:
+        return "json+options" if options else "json"
     if (
         isinstance(options, dict)
         and options.get("continuous_usage_stats")
@@ -175,7 +193,7 @@ def _prefix_digest(
 
 def _canonical_body(body: dict[str, Any]) -> bytes:
     """The body's keyed fields in canonical form (see the module's table)."""
-    kept = {k: canonical(v) for k, v in body.items() if k not in _UNKEYED}
+    kept = {k: _number_normalised(v) for k, v in body.items() if k not in _UNKEYED}
     return orjson.dumps(kept, option=orjson.OPT_SORT_KEYS)
 
 

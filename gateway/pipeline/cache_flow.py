@@ -68,20 +68,24 @@ class CacheFill:
 
     def finish_json(self, body: bytes, status: int = 200, parsed: Any = None) -> int | None:
         """The leader's JSON answer (as its client gets it; ``status``, the engine's) is
-        complete: kept and shared if it is a whole answer (:func:`whole_answer`), else
-        its followers go to an engine themselves. Returns the tokens its ``usage``
+        complete: kept and shared if it is a whole answer (:func:`whole_answer`; one over
+        ``max_entry_bytes`` is shared but not kept), else its followers go to an engine
+        themselves. Returns the tokens its ``usage``
         reports, read from the same parse, so that the caller need not read them.
         ``parsed``: the body already parsed (by the forwarder's check), if it was."""
-        fits = len(body) <= self._plan.max_entry_bytes  # else never stored: not parsed
+        fits = len(body) <= self._plan.max_entry_bytes
         answer = None
-        if status == 200 and fits:
+        # Too large to store, it is still its followers' answer (else each would call
+        # an engine itself): parsed only when someone follows.
+        if status == 200 and (fits or self.flight.followers):
             answer = whole_answer(body) if parsed is None else kept_answer(parsed)
         if answer is None:
             self._land(None)
             return body_usage(body)
         answer_id = answer.get("id")  # the parse's: no byte search for it
         tokens = usage_tokens(answer.get("usage"))
-        self._land(Entry(False, body, answer_id if type(answer_id) is str else None, tokens))
+        entry = Entry(False, body, answer_id if type(answer_id) is str else None, tokens)
+        self._land(entry, store=fits)
         return tokens
 
     def finish_stream(self, tokens: int | None) -> None:

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from gateway.cache.key import KeyHasher, cache_key, uncacheable_reason
+from gateway.cache.key import KeyHasher, answer_form, cache_key, uncacheable_reason
 
 BASE: dict[str, Any] = {
     "model": "m",
@@ -134,3 +134,38 @@ def test_the_key_is_the_documented_digest() -> None:
     parts = b"".join(p + b"\x00" for p in (b"v1", b"", b"chat", b"json", b"m", b"fp"))
     body = b'{"max_tokens":16,"messages":[{"content":"hello","role":"user"}],"temperature":0}'
     assert key({**BASE, "temperature": 0.0}) == hashlib.sha256(parts + body).hexdigest()
+
+
+@pytest.mark.parametrize(
+    "field",
+    [
+        lambda n: {"tools": [{"type": "function", "function": {"name": "f", "parameters": {
+            "type": "object", "properties": {"x": {"type": "number", "minimum": n}}}}}]},
+        lambda n: {"chat_template_kwargs": {"budget": n}},
+        lambda n: {"messages": [{"role": "user", "content": "hi", "weight": n}]},
+    ],
+    ids=["tools", "chat_template_kwargs", "messages"],
+)  # fmt: skip
+@pytest.mark.parametrize(("written", "other"), [(1.0, 1), (-0.0, 0), (0.0, -0.0)])
+def test_numbers_the_template_writes_as_text_keep_their_spelling(
+    field: Any, written: float, other: int | float
+) -> None:
+    """A chat template renders a tool's schema (``tojson``) and its arguments into the
+    prompt: ``"minimum": 1.0`` and ``"minimum": 1`` are different prompts, so different
+    answers, never one entry."""
+    assert key(BASE | field(written)) != key(BASE | field(other))
+
+
+def test_numbers_the_engine_reads_as_numbers_are_normalised_in_lists() -> None:
+    """Token ids and stop token ids are numbers to vLLM, in lists (of lists) too."""
+    prompt = {"prompt": [[1.0, 2.0], [3.0]], "stop_token_ids": [7.0]}
+    assert key(BASE | prompt) == key(BASE | {"prompt": [[1, 2], [3]], "stop_token_ids": [7]})
+
+
+def test_stream_options_without_a_stream_are_not_the_json_answers_key() -> None:
+    """vLLM refuses ``stream_options`` on a request that does not stream (400): such a
+    request must not be answered from the entry of the same body without them."""
+    options = {"stream_options": {"include_usage": True}}
+    assert answer_form(False, BASE | options) != answer_form(False, BASE)
+    assert answer_form(False, BASE | {"stream_options": None}) == "json"
+    assert answer_form(True, BASE | options) == answer_form(True, BASE) == "sse"
