@@ -38,7 +38,7 @@ def gateway(
 
 @pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
 def test_followers_of_a_leader_whose_client_left_get_their_answer(
-    gateway: Gateway, stream: bool
+    gateway: Gateway, engine: Stub, stream: bool
 ) -> None:
     body = {"model": STUB_MODEL, "temperature": 0, "stream": stream,
             "messages": [{"role": "user", "content": f"{RUN} leaves {stream}"}],
@@ -51,7 +51,9 @@ def test_followers_of_a_leader_whose_client_left_get_their_answer(
             await client.post(url, json=body, headers=headers, timeout=0.3)
 
     async def follower(client: httpx.AsyncClient) -> tuple[int, str, str]:
-        await asyncio.sleep(0.1)  # joins the leader's flight
+        # Joins the leader's flight: once the leader's request is at the engine.
+        while (await client.get(f"{engine.url}/stub/stats")).json()["in_flight"] < 1:
+            await asyncio.sleep(0.01)
         reply = await client.post(url, json=body, headers=headers, timeout=10)
         return reply.status_code, reply.headers.get("x-cache", ""), reply.text
 
