@@ -248,7 +248,9 @@ CONTEXT_LENGTH_MARKERS = (
 """vLLM 0.32's messages for a prompt (plus output) that does not fit the context."""
 
 _URL = re.compile(r"(?i)\b(?:https?|unix|tcp)://[^\s\"'<>]+")
-_HTML_TITLE = re.compile(rb"(?is)<title[^>]*>([^<]*)</title>")
+_HTML_TITLE = re.compile(rb"(?is)<title[^<>]*>([^<]*)</title>")
+"""An HTML page's title. Linear: each try stops at the next ``<`` (``[^>]*`` read to the
+end of the body from every ``<title`` without a ``>``: quadratic in a page of up to 256 MB)."""
 _MAX_MESSAGE = 4000
 
 

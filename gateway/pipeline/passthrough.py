@@ -43,6 +43,7 @@ import asyncio
 import enum
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
 
@@ -86,6 +87,20 @@ class TokenUse(enum.Enum):
 
 
 @dataclass(frozen=True, slots=True)
+class Pairing:
+    """Where a scoring route's query and documents are: vLLM runs the query through the
+    model with each document (a query given once, or as a list of one, is repeated for
+    every document), and its ``usage`` counts it once per pair."""
+
+    queries: tuple[str, ...]
+    documents: tuple[str, ...]
+
+
+SCORE_PAIRS = Pairing(("text_1", "queries"), ("text_2", "documents", "items"))
+RERANK_PAIRS = Pairing(("query",), ("documents",))
+
+
+@dataclass(frozen=True, slots=True)
 class ScopedRoute:
     """One vLLM route the gateway forwards: its path (the same on the engine), its
     metrics label, and whether its body is a multipart form (audio) or JSON."""
@@ -98,16 +113,18 @@ class ScopedRoute:
     prompt_param: str | None = None
     """Where its prompt is, for a context-length error's ``param`` (None: in several
     fields, or none)."""
+    pairing: Pairing | None = None
+    """A scoring route's query and documents (:func:`input_cost`)."""
 
 
 SCOPED_ROUTES: tuple[ScopedRoute, ...] = (
     ScopedRoute("/tokenize", "tokenize", TokenUse.NONE),
     ScopedRoute("/detokenize", "detokenize", TokenUse.NONE),
-    ScopedRoute("/v1/score", "score", TokenUse.INPUT),
-    ScopedRoute("/score", "score", TokenUse.INPUT),
-    ScopedRoute("/v1/rerank", "rerank", TokenUse.INPUT),
-    ScopedRoute("/rerank", "rerank", TokenUse.INPUT),
-    ScopedRoute("/v2/rerank", "rerank", TokenUse.INPUT),
+    ScopedRoute("/v1/score", "score", TokenUse.INPUT, pairing=SCORE_PAIRS),
+    ScopedRoute("/score", "score", TokenUse.INPUT, pairing=SCORE_PAIRS),
+    ScopedRoute("/v1/rerank", "rerank", TokenUse.INPUT, pairing=RERANK_PAIRS),
+    ScopedRoute("/rerank", "rerank", TokenUse.INPUT, pairing=RERANK_PAIRS),
+    ScopedRoute("/v2/rerank", "rerank", TokenUse.INPUT, pairing=RERANK_PAIRS),
     ScopedRoute("/pooling", "pooling", TokenUse.INPUT, prompt_param="input"),
     ScopedRoute("/classify", "classify", TokenUse.INPUT, prompt_param="input"),
     ScopedRoute("/v1/audio/transcriptions", "audio_transcriptions", TokenUse.TRANSCRIPT, form=True),
@@ -141,12 +158,37 @@ class _Target:
     payload: bytes
     rename: ModelRename | None
     priority: int
+    repeated: int = 0
+    """Characters of a scoring request's query beyond the body's: it runs with each
+    document (:func:`repeated_query_chars`)."""
 
 
-def input_cost(payload: bytes) -> Cost:
-    """An input-only request's :class:`Cost`: the body's length in tokens, and the
-    limiter's least output (one token), as an embedding is priced."""
-    return Cost(-(-len(payload) // CHARS_PER_TOKEN), 1, 1)
+def input_cost(payload: bytes, repeated: int = 0) -> Cost:
+    """An input-only request's :class:`Cost`: the body's length in tokens (plus
+    ``repeated`` characters: a scoring query's copies), and the limiter's least output
+    (one token), as an embedding is priced."""
+    return Cost(-(-(len(payload) + repeated) // CHARS_PER_TOKEN), 1, 1)
+
+
+def repeated_query_chars(pairing: Pairing, body: dict[str, Any]) -> int:
+    """The characters a scoring request's query adds beyond the body's own: a query given
+    once (or as a list of one) runs with each of its n documents, n - 1 more times than
+    the body holds it. Without this, a long query against many short documents (3,000
+    characters against 100 documents: ~900 tokens priced, 60,100 used) took a key far
+    past its ``tpm`` in one request (review). Counted over every field name vLLM reads,
+    the largest."""
+    query = 0
+    for name in pairing.queries:
+        value = body.get(name)
+        if isinstance(value, list):
+            value = value[0] if len(value) == 1 else None  # n queries: one per document
+        if value is not None:
+            query = max(query, len(orjson.dumps(value)))
+    documents = max(
+        (len(value) for name in pairing.documents if isinstance(value := body.get(name), list)),
+        default=1,
+    )
+    return query * max(documents - 1, 0)
 
 
 def used_tokens(tokens: TokenUse, body: bytes) -> int | None:
@@ -247,7 +289,11 @@ class PassthroughService:
                     principal.scopes(model),
                     {},  # a transcript: no length asked, default_max_tokens reserved
                     tokens=route.tokens is not TokenUse.NONE,
-                    cost_of=input_cost(target.payload) if route.tokens is TokenUse.INPUT else None,
+                    cost_of=(
+                        input_cost(target.payload, target.repeated)
+                        if route.tokens is TokenUse.INPUT
+                        else None
+                    ),
                 )
             )
             exchange.count_in_flight()
@@ -311,7 +357,8 @@ class PassthroughService:
         if rename is not None:
             changed = (changed or body) | {"model": rename.served}
         payload = raw if changed is None else orjson.dumps(changed)
-        return _Target(named, payload, rename, priority)
+        repeated = 0 if route.pairing is None else repeated_query_chars(route.pairing, body)
+        return _Target(named, payload, rename, priority, repeated)
 
     def _known(self, model: str) -> ModelRename | None:
         """404 unless ``model`` is served; its rename, if any."""

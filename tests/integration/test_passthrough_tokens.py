@@ -20,7 +20,13 @@ import pytest
 from tests.integration.conftest import STUB_MODEL, Gateway, Stub, start_gateway, start_stub
 
 RUN = uuid.uuid4().hex[:8]
-KEYS = {"small": 1000, "pooling": 10_000, "audio": 10_000, "tiny": 5}
+KEYS = {
+    "small": 1000,
+    "pooling": 10_000,
+    "audio": 10_000,
+    "tiny": 5,
+    **{f"paired{i}": 1000 for i in range(3)},
+}
 """One key per test (a fresh budget each), by its tokens per minute."""
 
 
@@ -117,3 +123,25 @@ def test_a_transcript_past_the_budget_is_charged_and_the_next_waits(gateway: Gat
     second = transcribe(gateway, "tiny", b"abc")
     assert second.status_code == 429, second.text[:200]
     assert second.json()["error"]["type"] == "tokens"
+
+
+@pytest.mark.parametrize(
+    ("key", "path", "body"),
+    [
+        ("paired0", "/v1/rerank", {"query": "word " * 600, "documents": ["a"] * 100}),
+        ("paired1", "/v1/score", {"text_1": "word " * 600, "text_2": ["a"] * 100}),
+        ("paired2", "/v1/score", {"text_1": ["word " * 600], "text_2": ["a"] * 100}),
+    ],
+)
+def test_a_query_scored_against_many_documents_is_priced_once_per_document(
+    gateway: Gateway, engine: Stub, key: str, path: str, body: dict[str, Any]
+) -> None:
+    """vLLM runs the query with each document (its usage counts it once per pair): a
+    3,000-character query against 100 documents is ~75,000 tokens, not the body's ~900.
+    Priced by the body's length, a key of 1,000 tpm was admitted, and used 60 times its
+    budget in one request (review)."""
+    before = engine.stats()["requests"]
+    answer = post(gateway, key, path, body)
+    assert answer.status_code == 429, (answer.status_code, answer.text[:200])
+    assert answer.json()["error"]["type"] == "tokens"
+    assert engine.stats()["requests"] == before

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import orjson
 import pytest
@@ -98,3 +99,17 @@ def test_fastapis_validation_errors_become_one_line() -> None:
     )  # fmt: skip
     error = orjson.loads(openai_error(422, raw))["error"]
     assert error["message"] == "messages.0.role: Field required (and 1 more)"
+
+
+def test_an_html_page_reads_as_its_title_in_linear_time() -> None:
+    """The title is searched for in an error page of up to 256 MB (what the engine
+    clients read), on the event loop: ``<title[^>]*>`` scanned to the body's end from
+    every ``<title`` without a ``>`` (0.76 s at 64 KB, 12 s at 256 KB, hours at the
+    limit). Now a tag's attributes end at the next ``<`` too: linear (review)."""
+    page = b"<html><head><title>502 Bad\n Gateway</title></head><body>nginx</body></html>"
+    assert orjson.loads(openai_error(502, page))["error"]["message"] == "502 Bad Gateway"
+    hostile = b"<title" * (256 * 1024 // 6)
+    started = time.perf_counter()
+    error = orjson.loads(openai_error(502, hostile))["error"]
+    assert time.perf_counter() - started < 1.0
+    assert error["message"] == "engine answered HTTP 502"
