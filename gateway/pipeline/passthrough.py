@@ -21,7 +21,8 @@ Token limits (a key with a ``tpm``), by what the route makes the model do
 reranking run their input through the model as ``/v1/embeddings`` does, and are
 priced like it: the body's length at :data:`CHARS_PER_TOKEN` characters a token (every
 field the engine reads is in it: ``input``, ``text_1``/``text_2``, ``query`` and
-``documents``, ...) plus one token, settled to the answer's ``usage``. Speech to text
+``documents``, ...) plus one token, plus a token per token id in ``input`` and a
+scoring query once per document it runs with, settled to the answer's ``usage``. Speech to text
 generates a transcript whose length the audio decides, not the request (vLLM cuts long
 audio into 30-second pieces, each with its own output budget): it reserves
 ``ratelimit.default_max_tokens`` (so a key out of tokens is refused) and is settled to
@@ -161,13 +162,26 @@ class _Target:
     repeated: int = 0
     """Characters of a scoring request's query beyond the body's: it runs with each
     document (:func:`repeated_query_chars`)."""
+    token_ids: int = 0
+    """Token ids in its ``input`` (:func:`input_token_ids`)."""
 
 
-def input_cost(payload: bytes, repeated: int = 0) -> Cost:
+def input_cost(payload: bytes, repeated: int = 0, token_ids: int = 0) -> Cost:
     """An input-only request's :class:`Cost`: the body's length in tokens (plus
-    ``repeated`` characters: a scoring query's copies), and the limiter's least output
+    ``repeated`` characters: a scoring query's copies), a token more per token id it
+    holds (an id can take 2 characters of JSON: ``1,``), and the limiter's least output
     (one token), as an embedding is priced."""
-    return Cost(-(-(len(payload) + repeated) // CHARS_PER_TOKEN), 1, 1)
+    return Cost(-(-(len(payload) + repeated) // CHARS_PER_TOKEN) + token_ids, 1, 1)
+
+
+def input_token_ids(value: Any) -> int:
+    """Token ids in an ``input``: a list of ids, or a list of such lists (review: priced
+    by their JSON alone, short ids counted half a token each)."""
+    if not isinstance(value, list) or not value:
+        return 0
+    if isinstance(value[0], int):
+        return len(value)
+    return sum(len(item) for item in value if isinstance(item, list))
 
 
 def repeated_query_chars(pairing: Pairing, body: dict[str, Any]) -> int:
@@ -290,7 +304,7 @@ class PassthroughService:
                     {},  # a transcript: no length asked, default_max_tokens reserved
                     tokens=route.tokens is not TokenUse.NONE,
                     cost_of=(
-                        input_cost(target.payload, target.repeated)
+                        input_cost(target.payload, target.repeated, target.token_ids)
                         if route.tokens is TokenUse.INPUT
                         else None
                     ),
@@ -358,7 +372,8 @@ class PassthroughService:
             changed = (changed or body) | {"model": rename.served}
         payload = raw if changed is None else orjson.dumps(changed)
         repeated = 0 if route.pairing is None else repeated_query_chars(route.pairing, body)
-        return _Target(named, payload, rename, priority, repeated)
+        ids = input_token_ids(body.get("input")) if route.tokens is TokenUse.INPUT else 0
+        return _Target(named, payload, rename, priority, repeated, ids)
 
     def _known(self, model: str) -> ModelRename | None:
         """404 unless ``model`` is served; its rename, if any."""

@@ -86,6 +86,8 @@ def test_an_input_larger_than_the_budget_never_reaches_the_engine(
         ("/v1/score", {"text_1": "q", "text_2": ["word " * 2000]}),
         ("/v1/rerank", {"query": "q", "documents": ["word " * 2000]}),
         ("/classify", {"input": ["word " * 2000]}),
+        ("/pooling", {"input": [1] * 1500}),  # ~3,000 characters of JSON, 1,500 tokens
+        ("/classify", {"input": [[7] * 800, [8] * 800]}),
     ]
     for path, body in large:
         answer = post(gateway, "small", path, body)

@@ -7,7 +7,13 @@ from typing import Any
 
 import pytest
 
-from gateway.pipeline.passthrough import RERANK_PAIRS, SCORE_PAIRS, repeated_query_chars
+from gateway.pipeline.passthrough import (
+    RERANK_PAIRS,
+    SCORE_PAIRS,
+    input_cost,
+    input_token_ids,
+    repeated_query_chars,
+)
 
 
 @pytest.mark.parametrize(
@@ -35,3 +41,17 @@ def test_rerank(body: dict[str, Any], extra: int) -> None:
 )
 def test_score(body: dict[str, Any], extra: int) -> None:
     assert repeated_query_chars(SCORE_PAIRS, body) == extra
+
+
+@pytest.mark.parametrize(
+    ("value", "ids"),
+    [([1, 2, 3], 3), ([[1, 2], [3]], 3), (["a", "b"], 0), ("text", 0), ([], 0), (None, 0)],
+)
+def test_token_ids_in_an_input(value: Any, ids: int) -> None:
+    assert input_token_ids(value) == ids
+
+
+def test_every_token_id_costs_a_token_at_least() -> None:
+    payload = b'{"model":"m","input":[' + b",".join([b"1"] * 1000) + b"]}"
+    assert input_cost(payload, token_ids=1000).prompt >= 1000
+    assert input_cost(b"x" * 400).prompt == 100  # text: 4 characters a token
