@@ -89,7 +89,7 @@ def canonical(value: Any) -> Any:
     if type(value) is str:  # the most common value by far: nothing to normalise
         return value
     if isinstance(value, float):
-        return int(value) if value.is_integer() and -_INT_RANGE < value < _INT_RANGE else value
+        return _integral(value)
     if isinstance(value, dict):
         return {k: canonical(v) for k, v in value.items()}
     if isinstance(value, list):
@@ -97,12 +97,18 @@ def canonical(value: Any) -> Any:
     return value
 
 
+def _integral(value: float) -> int | float:
+    """``value`` as an int when it is one (``1.0`` → ``1``, ``-0.0`` → ``0``) within
+    :data:`_INT_RANGE`, else as it is."""
+    return int(value) if value.is_integer() and -_INT_RANGE < value < _INT_RANGE else value
+
+
 def _number_normalised(value: Any) -> Any:
     """``value`` as :func:`canonical` makes it, through lists only: inside an object
     (a tool's schema, a message, template arguments) numbers are kept as written, since
     the engine may render them into the prompt as text (``1.0`` is not ``1`` there)."""
     if isinstance(value, float):
-        return int(value) if value.is_integer() and -_INT_RANGE < value < _INT_RANGE else value
+        return _integral(value)
     if isinstance(value, list):
         return [_number_normalised(v) for v in value]
     return value

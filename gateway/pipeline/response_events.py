@@ -156,8 +156,7 @@ async def relay_response_events(
             mark.last = last_sequence_number(batch, mark.last)
             if STREAM_ERROR in batch:  # vLLM's own error event, in OpenAI's shape
                 batch, status = mapped_error_events(batch, "input")
-                if status > outcome.engine_error_status:  # 5xx: for the engine's breaker
-                    outcome.engine_error_status = status
+                outcome.note_error_status(status)  # 5xx: for the engine's breaker
             for tap in taps:
                 batch = tap.inspect(batch)
             batch = final.inspect(batch)

@@ -48,7 +48,7 @@ AFTER_DONE_S = 0.25
 """How long the body's end is awaited after ``[DONE]`` (it usually comes with it)."""
 DONE_WORD = b"[DONE]"
 STREAM_ERROR = b'data: {"error"'
-"""How an error event starts once relayed (:func:`openai_error_events` writes every
+"""How an error event starts once relayed (:func:`mapped_error_events` writes every
 one so): what a tap looks for."""
 ERROR_WORD = b'"error"'
 """In every spelling of an engine's error event: the relay's one search per batch."""
@@ -90,6 +90,11 @@ class StreamOutcome:
         self.engine_error_status = 0
         """The highest status of those error events (vLLM's ``code``): 5xx is the
         engine's own failure, for its circuit breaker, however the stream ended."""
+
+    def note_error_status(self, status: int) -> None:
+        """An error event of the engine's with ``status`` was relayed."""
+        if status > self.engine_error_status:
+            self.engine_error_status = status
 
     def engine_failed(self) -> bool:
         """Whether the engine failed the stream, for its circuit breaker: its transport
@@ -136,7 +141,7 @@ async def relay_events(
                 batch, status = mapped_error_events(batch, prompt_param)
                 if status:
                     outcome.engine_error = True
-                    outcome.engine_error_status = max(outcome.engine_error_status, status)
+                    outcome.note_error_status(status)
             for tap in taps:
                 batch = tap.inspect(batch)
             if done:
@@ -191,16 +196,11 @@ def before_invalid_utf8(batch: bytes) -> tuple[bytes, UpstreamError | None]:
     return batch, None
 
 
-def openai_error_events(batch: bytes, prompt_param: str) -> bytes:
-    """``batch`` with every engine error event in OpenAI's shape, written as
-    :data:`STREAM_ERROR` begins (the status is vLLM's ``code``, 400 when it has none);
-    ``batch`` itself when it holds none."""
-    return mapped_error_events(batch, prompt_param)[0]
-
-
 def mapped_error_events(batch: bytes, prompt_param: str) -> tuple[bytes, int]:
-    """:func:`openai_error_events`, and the highest status of the error events it found
-    (0: none)."""
+    """``batch`` with every engine error event in OpenAI's shape, written as
+    :data:`STREAM_ERROR` begins (the status is vLLM's ``code``, 400 when it has none),
+    and the highest status of those events; ``(batch, 0)``, ``batch`` itself, when it
+    holds none."""
     events = batch.split(b"\n\n")
     found = 0
     for i, event in enumerate(events):

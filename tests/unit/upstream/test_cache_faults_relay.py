@@ -8,7 +8,7 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from gateway.upstream.relay import ERROR_WORD, STREAM_ERROR, openai_error_events
+from gateway.upstream.relay import ERROR_WORD, STREAM_ERROR, mapped_error_events
 
 CHUNK = b'data: {"id":"c","choices":[{"index":0,"delta":{"content":"hi"}}]}\n\n'
 DONE = b"data: [DONE]\n\n"
@@ -25,7 +25,7 @@ SPELLINGS = [
 def test_every_spelling_is_mapped(event: bytes) -> None:
     batch = CHUNK + event + b"\n\n" + DONE
     assert ERROR_WORD in batch
-    mapped = openai_error_events(batch, "messages")
+    mapped = mapped_error_events(batch, "messages")[0]
     parts = mapped.split(b"\n\n")
     assert parts[0] + b"\n\n" == CHUNK and parts[2] + b"\n\n" == DONE
     assert parts[1].startswith(STREAM_ERROR)
@@ -35,7 +35,7 @@ def test_every_spelling_is_mapped(event: bytes) -> None:
 
 def test_an_older_error_keeps_its_status() -> None:
     event = b'data: {"object": "error", "message": "boom", "code": 503}\n\n'
-    mapped = openai_error_events(event, "messages")
+    mapped = mapped_error_events(event, "messages")[0]
     assert orjson.loads(mapped[len(b"data: ") : -2])["error"]["type"] == "server_error"
 
 
@@ -50,4 +50,4 @@ def test_an_older_error_keeps_its_status() -> None:
 )
 def test_text_that_looks_like_an_error_is_left_alone(text: bytes) -> None:
     batch = CHUNK + text + DONE
-    assert openai_error_events(batch, "messages") is batch
+    assert mapped_error_events(batch, "messages")[0] is batch

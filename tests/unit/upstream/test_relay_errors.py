@@ -6,7 +6,7 @@ import json
 
 import orjson
 
-from gateway.upstream.relay import STREAM_ERROR, openai_error_events
+from gateway.upstream.relay import STREAM_ERROR, mapped_error_events
 
 CHUNK = b'data: {"id":"c","choices":[{"index":0,"delta":{"content":"hi"}}]}\n\n'
 
@@ -17,7 +17,7 @@ def test_an_error_event_is_mapped_and_the_rest_is_untouched() -> None:
     event = b"data: " + json.dumps({"error": error}).encode() + b"\n\n"
     batch = CHUNK + event + b"data: [DONE]\n\n"
     assert STREAM_ERROR in batch
-    mapped = openai_error_events(batch, "prompt")
+    mapped = mapped_error_events(batch, "prompt")[0]
     parts = mapped.split(b"\n\n")
     assert parts[0] + b"\n\n" == CHUNK and parts[2] == b"data: [DONE]"
     body = orjson.loads(parts[1][6:])["error"]
@@ -27,5 +27,5 @@ def test_an_error_event_is_mapped_and_the_rest_is_untouched() -> None:
 
 def test_a_server_error_event_keeps_its_status_class() -> None:
     event = b'data: {"error": {"message": "boom", "type": "InternalServerError", "code": 500}}'
-    mapped = openai_error_events(event + b"\n\n", "messages")
+    mapped = mapped_error_events(event + b"\n\n", "messages")[0]
     assert orjson.loads(mapped.split(b"\n\n")[0][6:])["error"]["type"] == "server_error"
