@@ -52,8 +52,9 @@ def test_followers_of_a_leader_whose_client_left_get_their_answer(
 
     async def follower(client: httpx.AsyncClient) -> tuple[int, str, str]:
         # Joins the leader's flight: once the leader's request is at the engine.
-        while (await client.get(f"{engine.url}/stub/stats")).json()["in_flight"] < 1:
-            await asyncio.sleep(0.01)
+        async with asyncio.timeout(10):
+            while (await client.get(f"{engine.url}/stub/stats")).json()["in_flight"] < 1:
+                await asyncio.sleep(0.01)
         reply = await client.post(url, json=body, headers=headers, timeout=10)
         return reply.status_code, reply.headers.get("x-cache", ""), reply.text
 
