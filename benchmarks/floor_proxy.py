@@ -7,12 +7,18 @@ routing, no headers looked at, no errors handled beyond closing, no streaming
 (content-length answers only), no limits. Never a product: it shows what CPU per
 request is left to a gateway's own work on this machine (see
 :mod:`benchmarks.python_floor`).
+
+With ``--redis-port R`` it first makes one Redis round trip per request (``INCR`` of
+one counter, on one kept connection, awaited before the request is forwarded): the
+least any design that asks Redis once per request (auth, limits, a cache lookup) can
+add to the relay: two more hops between processes and Redis's own work.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+from collections import deque
 from typing import cast
 
 import httptools
@@ -54,6 +60,35 @@ class _Upstream(asyncio.Protocol):
             self.waiter.set_exception(ConnectionError("upstream closed"))
 
 
+class _Redis(asyncio.Protocol):
+    """One connection to Redis; ``INCR`` calls pipelined, replies matched in order."""
+
+    _COMMAND = b"*2\r\n$4\r\nINCR\r\n$11\r\nfloor:count\r\n"
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self._waiters: deque[asyncio.Future[None]] = deque()
+        self._partial = b""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:  # each reply is one line: ":N\r\n"
+        lines = (self._partial + data).split(b"\r\n")
+        self._partial = lines.pop()
+        for _ in lines:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def incr(self) -> None:
+        assert self.transport is not None
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        self.transport.write(self._COMMAND)
+        await waiter
+
+
 class _Pool:
     def __init__(self, port: int) -> None:
         self._port = port
@@ -75,8 +110,9 @@ class _Pool:
 class _Client(asyncio.Protocol):
     """One client connection; requests answered in order."""
 
-    def __init__(self, pool: _Pool) -> None:
+    def __init__(self, pool: _Pool, redis: _Redis | None) -> None:
         self._pool = pool
+        self._redis = redis
         self._parser = httptools.HttpRequestParser(self)
         self._url = b""
         self._body: list[bytes] = []
@@ -106,16 +142,21 @@ class _Client(asyncio.Protocol):
         task.add_done_callback(self._tasks.discard)
 
     async def _answer(self, path: bytes, body: bytes) -> None:
+        if self._redis is not None:
+            await self._redis.incr()
         answer = await self._pool.post(path, body)
         transport = self._transport
         if transport is not None and not transport.is_closing():
             transport.write(_ANSWER % len(answer) + answer)
 
 
-async def serve(port: int, upstream_port: int) -> None:
+async def serve(port: int, upstream_port: int, redis_port: int | None) -> None:
     loop = asyncio.get_running_loop()
     pool = _Pool(upstream_port)
-    server = await loop.create_server(lambda: _Client(pool), "127.0.0.1", port, backlog=1024)
+    redis = None
+    if redis_port is not None:
+        _, redis = await loop.create_connection(_Redis, "127.0.0.1", redis_port)
+    server = await loop.create_server(lambda: _Client(pool, redis), "127.0.0.1", port, backlog=1024)
     async with server:
         await server.serve_forever()
 
@@ -124,8 +165,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--upstream-port", type=int, required=True)
+    parser.add_argument("--redis-port", type=int, help="one INCR per request first")
     args = parser.parse_args()
-    uvloop.run(serve(args.port, args.upstream_port))
+    uvloop.run(serve(args.port, args.upstream_port, args.redis_port))
 
 
 if __name__ == "__main__":
