@@ -9,12 +9,22 @@ that cannot be encoded (a body at the accepted nesting depth whose fields the en
 echoed: the record nests them a level deeper than JSON may go) or one the store
 could not be reached for, is logged and skipped; the client still has
 its answer, which it cannot retrieve or continue later.
+
+A follow-up loads its previous record (up to ``responses.max_stored_bytes``) before
+its admission can be decided (the conversation is what it is priced by), so a key
+refused for its ``rpm`` or ``max_concurrent`` would still have every one of its
+requests read and decode a record: hundreds at once took hundreds of MiB of the
+gateway's memory. :class:`OwnerGate` lets at most :data:`LOADS_PER_KEY` follow-ups
+of one key load at once in a process, each until its admission is decided; the
+others wait their turn, holding nothing but their body.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
+from types import TracebackType
 from typing import Any
 
 from gateway.config.responses import ResponsesSettings
@@ -32,6 +42,73 @@ log = logging.getLogger("vgate.responses")
 RESPONSE_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
 """What a stored response's id may look like (anything else is not looked up)."""
 
+LOADS_PER_KEY = 4
+"""Follow-ups of one key that may load their previous record at once, per process."""
+
+
+class _Turns:
+    __slots__ = ("semaphore", "users")
+
+    def __init__(self, limit: int) -> None:
+        self.semaphore = asyncio.Semaphore(limit)
+        self.users = 0
+
+
+class OwnerGate:
+    """At most ``limit`` holders per owner at once (``async with gate.held(owner)``);
+    the others wait in turn. An owner with no holder and no waiter takes no memory."""
+
+    __slots__ = ("_limit", "_turns")
+
+    def __init__(self, limit: int = LOADS_PER_KEY) -> None:
+        self._limit = limit
+        self._turns: dict[str, _Turns] = {}
+
+    def held(self, owner: str) -> _Held:
+        return _Held(self, owner)
+
+    async def enter(self, owner: str) -> None:
+        turns = self._turns.get(owner)
+        if turns is None:
+            turns = self._turns[owner] = _Turns(self._limit)
+        turns.users += 1
+        try:
+            await turns.semaphore.acquire()
+        except BaseException:  # cancelled while waiting: no longer a user
+            self._leave(owner, turns)
+            raise
+
+    def exit(self, owner: str) -> None:
+        turns = self._turns[owner]
+        turns.semaphore.release()
+        self._leave(owner, turns)
+
+    def _leave(self, owner: str, turns: _Turns) -> None:
+        turns.users -= 1
+        if turns.users == 0:
+            del self._turns[owner]
+
+
+class _Held:
+    """One turn of :class:`OwnerGate` as an ``async with`` block."""
+
+    __slots__ = ("_gate", "_owner")
+
+    def __init__(self, gate: OwnerGate, owner: str) -> None:
+        self._gate = gate
+        self._owner = owner
+
+    async def __aenter__(self) -> None:
+        await self._gate.enter(self._owner)
+
+    async def __aexit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self._gate.exit(self._owner)
+
 
 class ResponseRecords:
     """The store, as the Responses service uses it: errors in OpenAI's form."""
@@ -42,6 +119,8 @@ class ResponseRecords:
         self._store = store
         self._settings = settings
         self._metrics = metrics
+        self.loading = OwnerGate()
+        """Follow-ups loading their previous record, by key (see the module docstring)."""
 
     async def load(
         self, response_id: str, owner: str, missing: GatewayError

@@ -193,21 +193,14 @@ class ResponsesService:
         changed = clamped_body(request.body, priority)
         if changed is not None:  # the engine never sees an earlier priority than the key's
             request = replace(request, body=changed)
-        previous = None
-        if request.previous_response_id is not None:
-            previous_id = request.previous_response_id
-            missing = PreviousResponseNotFoundError(previous_id)
-            loaded = await self._records.load(previous_id, principal.name, missing)
-            previous = check_found(loaded, principal.name, missing)
-        items, item_ids = conversation(previous, request, self._max_items)
-        if request.store:
-            await self._records.check_quota(principal.name)
-        timeline = exchange.timeline
-        timeline.limiting = exchange.clock()
-        priced = cost_body(request, items)
-        check_text_size(priced, self._max_chars)
-        exchange.admit(await self._admission.admit(principal.scopes(asked), priced))
-        timeline.admitted = timeline.looked_up = exchange.clock()  # no cache here: 0 ms
+        if request.previous_response_id is None:
+            items, item_ids = await self._admit(exchange, request, principal, asked)
+        else:  # the previous record is read before admission: a few of a key's at once
+            async with self._records.loading.held(principal.name):
+                try:
+                    items, item_ids = await self._admit(exchange, request, principal, asked)
+                except GatewayError as exc:  # refused: its frames would keep the record
+                    raise exc.with_traceback(None) from None  # alive until answered
         served = self._served.get(model, model)
         response_id = new_response_id()  # stored under it only (not the engine's say)
         payload = engine_payload(request, items, response_id, served, exchange.ticket.output_cap)
@@ -237,6 +230,28 @@ class ResponsesService:
             if served != asked:
                 exc.renamed = (served, asked)  # its message shows the client's name
             raise
+
+    async def _admit(
+        self, exchange: Exchange, request: CreateRequest, principal: Principal, asked: str
+    ) -> tuple[list[Any], list[str]]:
+        """The conversation the engine gets (the previous record's, continued) and its
+        items' ids, admitted: priced by it, charged to the key for ``asked``."""
+        previous = None
+        if request.previous_response_id is not None:
+            previous_id = request.previous_response_id
+            missing = PreviousResponseNotFoundError(previous_id)
+            loaded = await self._records.load(previous_id, principal.name, missing)
+            previous = check_found(loaded, principal.name, missing)
+        items, item_ids = conversation(previous, request, self._max_items)
+        if request.store:
+            await self._records.check_quota(principal.name)
+        timeline = exchange.timeline
+        timeline.limiting = exchange.clock()
+        priced = cost_body(request, items)
+        check_text_size(priced, self._max_chars)
+        exchange.admit(await self._admission.admit(principal.scopes(asked), priced))
+        timeline.admitted = timeline.looked_up = exchange.clock()  # no cache here: 0 ms
+        return items, item_ids
 
     async def _complete(
         self,

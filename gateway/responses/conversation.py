@@ -254,12 +254,23 @@ def check_text_size(priced: dict[str, Any], max_chars: int) -> None:
         raise InvalidRequestError(f"request text exceeds {max_chars} characters", param="input")
 
 
+_UNRENDERED = frozenset({"type", "id", "status", "role"})
+"""An item's string fields the engine does not put in front of the model."""
+
+
 def _texts(item: Any, media: list[dict[str, Any]]) -> list[str]:
-    """The text of one input or output item: message content, its parts' text, a
-    function call's arguments or output. Its parts without text are added to ``media``."""
+    """The text of one input or output item: a message's content (its string, or its
+    parts' text); any other item's every string field but :data:`_UNRENDERED` (a
+    function call's ``name``, ``call_id`` and ``arguments`` become a chat tool call the
+    template renders, as chat prices ``tool_calls`` by their JSON; an output's
+    ``output``), and its parts' text. Parts without text are added to ``media``."""
     if not isinstance(item, dict):
         return []
-    found = [item[k] for k in ("content", "arguments", "output") if isinstance(item.get(k), str)]
+    if item.get("type", "message") == "message":
+        content = item.get("content")
+        found = [content] if isinstance(content, str) else []
+    else:
+        found = [v for k, v in item.items() if isinstance(v, str) and k not in _UNRENDERED]
     for key in ("content", "summary", "output"):
         parts = item.get(key)
         if isinstance(parts, list):

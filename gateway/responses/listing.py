@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from gateway.errors import InvalidRequestError
+from gateway.responses.conversation import shown_id
 from gateway.responses.store import StoredResponse
 
 DEFAULT_LIMIT = 20
@@ -45,7 +46,7 @@ def input_items_page(record: StoredResponse, query: Mapping[str, str]) -> dict[s
         position = next((i for i, (item_id, _) in enumerate(pairs) if item_id == after), None)
         if position is None:
             raise InvalidRequestError(
-                f"Invalid 'after': no input item '{after}' in this response.",
+                f"Invalid 'after': no input item '{shown_id(after)}' in this response.",
                 param="after",
                 code="invalid_value",
             )

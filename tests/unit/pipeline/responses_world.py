@@ -59,10 +59,11 @@ def engine_response(request: FakeRequest, **extra: Any) -> dict[str, Any]:
 def responses_world(
     answer: Callable[[FakeRequest], dict[str, Any]] = engine_response,
     key_limits: dict[str, int] | None = None,
+    store: MemoryResponseStore | None = None,
     **server: Any,
 ) -> ResponsesWorld:
     """One engine answering with ``answer``; one key (with ``key_limits``: rpm, ...);
-    ``server`` settings as given."""
+    ``store`` (else a 16 MiB memory store); ``server`` settings as given."""
     key = {"name": "team", "key": KEY, **(key_limits or {})}
     config = Settings.model_validate(
         {
@@ -83,7 +84,7 @@ def responses_world(
 
     upstream = FakeUpstream(handler)
     admission = Admission(MemoryLimiter(), config.ratelimit, metrics)
-    store = MemoryResponseStore(1 << 24)
+    store = MemoryResponseStore(1 << 24) if store is None else store
     service = build_responses_service(
         config,
         pool,
