@@ -113,6 +113,7 @@ def read_create(body: dict[str, Any], max_items: int = MAX_ITEMS) -> CreateReque
         )
     previous = _optional(body, "previous_response_id", str, "a string")
     _optional(body, "instructions", str, "a string")
+    _check_metadata(_optional(body, "metadata", dict, "an object"))
     cap = _optional(body, "max_output_tokens", int, "an integer")
     if isinstance(cap, bool) or (cap is not None and cap < 1):
         raise InvalidRequestError(
@@ -121,6 +122,49 @@ def read_create(body: dict[str, Any], max_items: int = MAX_ITEMS) -> CreateReque
             code="invalid_value",
         )
     return CreateRequest(body, model, given, stream is True, store is not False, previous, cap)
+
+
+METADATA_PAIRS, METADATA_KEY_CHARS, METADATA_VALUE_CHARS = 16, 64, 512
+"""OpenAI's bounds on ``metadata``: pairs, a key's and a value's characters (the record
+keeps it, and the engine echoes it in every answer and stream event that shows the
+response)."""
+
+
+def _check_metadata(metadata: dict[str, Any] | None) -> None:
+    if metadata is None:
+        return
+    if len(metadata) > METADATA_PAIRS:
+        raise InvalidRequestError(
+            f"Invalid 'metadata': too many properties. Expected an object with at most "
+            f"{METADATA_PAIRS} properties, but got an object with {len(metadata)} properties "
+            "instead.",
+            param="metadata",
+            code="object_above_max_properties",
+        )
+    for key, value in metadata.items():
+        if len(key) > METADATA_KEY_CHARS:
+            raise InvalidRequestError(
+                f"Invalid 'metadata': a key is too long. Expected a key of at most "
+                f"{METADATA_KEY_CHARS} characters, but got one of {len(key)} characters "
+                "instead.",
+                param="metadata",
+                code="string_above_max_length",
+            )
+        if not isinstance(value, str):
+            raise InvalidRequestError(
+                f"Invalid type for 'metadata.{shown_id(key)}': expected a string, but got "
+                f"{_kind(value)} instead.",
+                param=f"metadata.{shown_id(key)}",
+                code="invalid_type",
+            )
+        if len(value) > METADATA_VALUE_CHARS:
+            raise InvalidRequestError(
+                f"Invalid 'metadata.{shown_id(key)}': string too long. Expected a string "
+                f"with maximum length {METADATA_VALUE_CHARS}, but got a string with length "
+                f"{len(value)} instead.",
+                param=f"metadata.{shown_id(key)}",
+                code="string_above_max_length",
+            )
 
 
 def _required(body: dict[str, Any], name: str, kinds: Any, what: str) -> Any:

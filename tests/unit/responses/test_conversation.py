@@ -42,12 +42,25 @@ def _stored(owner: str = "alice") -> StoredResponse:
         ({"model": "m", "input": "x", "max_output_tokens": True}, "max_output_tokens"),
         ({"model": "m", "input": "x", "max_output_tokens": 0}, "max_output_tokens"),
         ({"model": "m", "input": "x", "instructions": {}}, "instructions"),
+        ({"model": "m", "input": "x", "metadata": ["a"]}, "metadata"),
+        ({"model": "m", "input": "x", "metadata": {str(i): "v" for i in range(17)}}, "metadata"),
+        ({"model": "m", "input": "x", "metadata": {"k" * 65: "v"}}, "metadata"),
+        ({"model": "m", "input": "x", "metadata": {"k": "v" * 513}}, "metadata.k"),
+        ({"model": "m", "input": "x", "metadata": {"k": 5}}, "metadata.k"),
     ],
 )
 def test_bad_bodies_name_their_parameter(body: dict[str, Any], param: str) -> None:
     with pytest.raises(InvalidRequestError) as error:
         read_create(body)
     assert error.value.param == param
+
+
+def test_metadata_within_openais_bounds_passes() -> None:
+    metadata = {f"{i:02d}" + "k" * 62: "v" * 512 for i in range(16)}
+    assert len(metadata) == 16
+    request = read_create({"model": "m", "input": "x", "metadata": metadata})
+    payload = orjson.loads(engine_payload(request, request.new_items, "resp_g", "m", None))
+    assert payload["metadata"] == metadata
 
 
 def test_fields_the_engine_judges_pass_through() -> None:
