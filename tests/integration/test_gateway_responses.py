@@ -279,13 +279,13 @@ def _nested(lists: int) -> Any:
 def test_a_body_at_the_accepted_depth_is_answered_and_not_stored(
     gateways: list[Gateway],
 ) -> None:
-    """Hunt: the stub (like vLLM) copies ``metadata`` into its response, and the stored
+    """Hunt: the stub (like vLLM) copies ``tools`` into its response, and the stored
     record nests it one level deeper than JSON may go: encoding it raised after the
     engine had answered (a 500; a stream cut with no error event: the stub cannot
     stream an event that deep). Now the answer arrives and the record is skipped."""
     url = f"{gateways[0].base_url}/responses"
     headers = {"Authorization": f"Bearer {KEY_A}"}
-    body = {"model": STUB_MODEL, "input": "hi", "metadata": {"k": _nested(252)}}  # 254 deep
+    body = {"model": STUB_MODEL, "input": "hi", "tools": [_nested(252)]}  # 254 deep
     reply = httpx.post(url, json=body, headers=headers)
     assert reply.status_code == 200, reply.text
     assert reply.json()["status"] == "completed"
