@@ -181,10 +181,10 @@ class ModelSettings(_Section):
         return self.upstream_model or self.name
 
     def engine_names(self) -> dict[str, tuple[str, ...]]:
-        """What the engines know this model, and each LoRA adapter of its managed
-        engines, by besides the name clients use, by client name: the served name
+        """Per name clients use (this model's, each LoRA adapter's of its managed
+        engines), the other names the engines know it by: the served name
         (``upstream_model``), a managed engine's model directory or hub id (``source``,
-        not an embedded model's keyword) and an adapter's directory. Clients never see
+        not an embedded model's keyword), an adapter's directory. Clients never see
         them: an engine's error message shows the client's name instead."""
         own = [self.served_name]
         if self.engine is not None and self.engine.source not in EMBEDDED_SOURCES:
