@@ -200,16 +200,26 @@ class UpstreamStatusError(GatewayError):
     """The engine answered with an error status; its error is sent in OpenAI's shape
     (:func:`openai_error`), with the engine's message."""
 
-    def __init__(self, status: int, raw_body: bytes, content_type: str) -> None:
+    def __init__(
+        self,
+        status: int,
+        raw_body: bytes,
+        content_type: str,
+        retry_after: bytes | str | None = None,
+    ) -> None:
         super().__init__(f"engine answered HTTP {status}")
         self.status = status
         self.raw_body = raw_body
         self.content_type = content_type
+        if retry_after is not None and (status == 429 or status == 503):
+            self.headers.update(relayed_retry_after(retry_after))
         self.prompt_param: str | None = "messages"
         """Where the prompt is on the request's route (``prompt`` for completions)."""
-        self.renamed: tuple[str, str] | None = None
-        """``(served, asked)``: the model is served under another name than the client's,
-        which the message must not show (`` `served` `` is written `` `asked` ``)."""
+        self.renamed: tuple[str, ...] | None = None
+        """``(*engine_names, asked)``: names the engines know the model by (a served name
+        other than the client's, a model or adapter directory), which the message must
+        not show: each is written as ``asked``, the name the client used
+        (:func:`hide_names`)."""
         self.engine_refused_key = status == 401
         """The engine refused the *gateway's* key (the client's never reaches it): a
         502, never a 401 that tells the client its own accepted key is wrong."""
@@ -258,13 +268,14 @@ def openai_error(
     status: int,
     raw: bytes,
     prompt_param: str | None = "messages",
-    renamed: tuple[str, str] | None = None,
+    renamed: tuple[str, ...] | None = None,
 ) -> bytes:
     """An engine's error answer (vLLM's ``{"error": {"message", "type":
     "BadRequestError", "param", "code": 400}}``, or any text) as OpenAI's error object:
     ``type`` from the status, ``code`` a string where OpenAI has one
     (``context_length_exceeded`` with ``param`` the prompt's field), the engine's
-    message kept, any URL in it removed (engine addresses are never shown)."""
+    message kept, any URL in it removed (engine addresses are never shown), and the
+    engine-side names of the model in ``renamed`` written as the client's."""
     message, param, code = _engine_error(raw)
     fallback = "server_error" if status >= 500 else "invalid_request_error"
     error_type = STATUS_TYPES.get(status, fallback)
@@ -273,7 +284,7 @@ def openai_error(
     elif status == 404 and "model" in message.lower() and "does not exist" in message:
         code, param = "model_not_found", "model"
     if renamed is not None:
-        message = message.replace(f"`{renamed[0]}`", f"`{renamed[1]}`")
+        message = hide_names(message, renamed[:-1], renamed[-1], _MAX_MESSAGE)
     message = _URL.sub("<engine>", message)[:_MAX_MESSAGE] or f"engine answered HTTP {status}"
     return error_body(message, error_type, param, code)
 
@@ -327,3 +338,64 @@ def _validation_message(detail: list[Any]) -> str:
     message = f"{where}: {first.get('msg')}" if where else str(first.get("msg"))
     more = len(detail) - 1
     return message + (f" (and {more} more)" if more else "")
+
+
+MAX_RETRY_AFTER_S = 3600
+"""The longest engine ``Retry-After`` relayed (seconds); a longer one is dropped."""
+
+
+def relayed_retry_after(value: bytes | str) -> dict[str, str]:
+    """An engine's ``Retry-After`` as the client gets it: delta-seconds (0 to
+    :data:`MAX_RETRY_AFTER_S`), written anew from the number; an HTTP-date, a value out
+    of range or anything else is dropped (never relayed as it came: header injection)."""
+    text = value.decode("latin-1") if isinstance(value, bytes) else value
+    text = text.strip(" \t")
+    if not (0 < len(text) <= 10 and text.isascii() and text.isdigit()):
+        return {}
+    seconds = int(text)
+    return {"Retry-After": str(seconds)} if seconds <= MAX_RETRY_AFTER_S else {}
+
+
+def hide_names(message: str, names: tuple[str, ...], public: str, limit: int) -> str:
+    """The first ``limit`` characters of ``message`` with each whole occurrence of
+    ``names`` (not inside a longer word: ``llama`` is not hidden in ``llama2``, nor
+    ``model`` in ``models``) written as ``public``; the longest name wins where two
+    begin at the same place, and ``public`` itself stays as it is (``llama`` is not
+    hidden again in ``llama-chat``, the client's name). Linear in ``limit`` per name,
+    however large and hostile the message: it is read only up to ``limit`` plus the
+    longest name (so a name that begins before ``limit`` is seen whole), and text from
+    there on is never shown (shifted left by shorter replacements, part of a name could
+    come into view)."""
+    hidden = [name for name in dict.fromkeys(names) if name and name != public]
+    if not hidden:
+        return message[:limit]
+    text = message[: limit + max(map(len, hidden))]
+    spans: list[tuple[int, int]] = []
+    for name in (*hidden, public):
+        start = text.find(name)
+        while 0 <= start < limit:
+            end = start + len(name)
+            if _whole(text, name, start, end):
+                spans.append((start, -end))
+            start = text.find(name, start + 1)
+    parts: list[str] = []
+    shown = 0
+    for start, negative_end in sorted(spans):
+        if start >= shown:
+            parts += (text[shown:start], public)
+            shown = -negative_end
+    if shown < limit:
+        parts.append(text[shown:limit])
+    return "".join(parts)
+
+
+def _whole(text: str, name: str, start: int, end: int) -> bool:
+    """Whether ``text[start:end]`` (which is ``name``) is not part of a longer word: a
+    name that begins (ends) with a word character follows (precedes) none."""
+    if start and _word(name[0]) and _word(text[start - 1]):
+        return False
+    return not (end < len(text) and _word(name[-1]) and _word(text[end]))
+
+
+def _word(char: str) -> bool:
+    return char.isalnum() or char == "_"

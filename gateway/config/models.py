@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 
 from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_validator
 
-from engines.spec import EngineSpec, check_path_safe_name
+from engines.spec import EMBEDDED_SOURCES, EngineSpec, check_path_safe_name
 from gateway.config.sections import RoutingSettings, _Section
 
 
@@ -179,3 +179,17 @@ class ModelSettings(_Section):
     @property
     def served_name(self) -> str:
         return self.upstream_model or self.name
+
+    def engine_names(self) -> dict[str, tuple[str, ...]]:
+        """Per name clients use (this model's, each LoRA adapter's of its managed
+        engines), the other names the engines know it by: the served name
+        (``upstream_model``), a managed engine's model directory or hub id (``source``,
+        not an embedded model's keyword), an adapter's directory. Clients never see
+        them: an engine's error message shows the client's name instead."""
+        own = [self.served_name]
+        if self.engine is not None and self.engine.source not in EMBEDDED_SOURCES:
+            own.append(self.engine.source)
+        names = {self.name: tuple(name for name in own if name != self.name)}
+        for adapter in self.engine.lora_modules if self.engine is not None else ():
+            names[adapter.name] = (adapter.path,)
+        return {name: hidden for name, hidden in names.items() if hidden}

@@ -220,7 +220,9 @@ class StaticKey(KeyLimits):
         description="Shown in metrics and logs instead of the key.",
     )
     key: str = Field(min_length=8, description="The secret clients send as a Bearer token.")
-    models: tuple[str, ...] = Field((), description="Models it may use; empty means all.")
+    models: tuple[str, ...] = Field(
+        (), description="Models it may use; omitted means all (an empty list is refused)."
+    )
     model_limits: dict[str, KeyLimits] = Field(
         default_factory=dict, description="Extra limits for this key on one model."
     )
@@ -251,6 +253,17 @@ class StaticKey(KeyLimits):
             if not 0 < len(name) <= 256 or not name.isprintable():
                 raise ValueError(f"invalid model name {name[:64]!r}")
         return models
+
+    @model_validator(mode="after")
+    def _models_not_empty(self) -> StaticKey:
+        """``models: []`` refused, as ``POST /admin/keys`` refuses it: an operator who
+        writes "no models" must not get a key for every model (unset ``models`` is that)."""
+        if "models" in self.model_fields_set and not self.models:
+            raise ValueError(
+                f"key {self.name!r}: `models: []` would allow no model; omit `models` for "
+                "a key that may use every model"
+            )
+        return self
 
     @property
     def any_limits(self) -> bool:

@@ -17,6 +17,7 @@ this request's ``created`` (:attr:`gateway.cache.entry.Entry.fresh_at`).
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import replace
 
 from gateway.cache.entry import Entry
@@ -60,7 +61,9 @@ class EngineAnswers:
         cache: ResponseCache,
         metrics: GatewayMetrics,
         debug_headers: bool,
+        engine_names: Mapping[str, tuple[str, ...]] | None = None,
     ) -> None:
+        self._engine_names = engine_names or {}
         self._forwarder = forwarder
         self._pool = pool
         self._cache = cache
@@ -110,7 +113,7 @@ class EngineAnswers:
         try:
             url, reply = await self._forwarder.complete(exchange, attempt)
         except UpstreamStatusError as exc:
-            exc.renamed = None if parsed.rename is None else parsed.rename.names
+            exc.renamed = self._hidden_names(parsed)
             raise
         wants_usage, rollout = exchange.ticket.wants_usage, exchange.variant is not None
         body = reply.body if parsed.rename is None else parsed.rename.inspect(reply.body)
@@ -132,6 +135,16 @@ class EngineAnswers:
             if pair is not None:
                 pair.primary(answer_text(body))
         return Answer(body, self._headers(exchange, url), reply.status)
+
+    def _hidden_names(self, parsed: ParsedRequest) -> tuple[str, ...] | None:
+        """``(*engine_names, asked)`` for an engine's error message
+        (:attr:`UpstreamStatusError.renamed`): the names the engines know the model by
+        (a rollout's: its variant's), each written as the name the client asked for."""
+        hidden = self._engine_names.get(parsed.model, ())
+        rename = parsed.rename
+        if rename is not None:
+            return (*hidden, rename.served, rename.alias)
+        return (*hidden, parsed.model) if hidden else None
 
     async def stream(
         self,
@@ -156,7 +169,7 @@ class EngineAnswers:
         try:
             url, stream = await self._forwarder.open_stream(exchange, attempt)
         except UpstreamStatusError as exc:
-            exc.renamed = None if parsed.rename is None else parsed.rename.names
+            exc.renamed = self._hidden_names(parsed)
             raise
         # Renamed first, then shared and stored with its usage event, then stripped.
         taps: list[BatchTap] = [t for t in (parsed.rename, fill, usage) if t is not None]

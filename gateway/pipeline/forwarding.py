@@ -182,7 +182,9 @@ class Forwarder:
                 end_attempt(exchange, mark, reply.status, "status")
                 self._pool.record_failure(url)
                 self._metrics.upstream_errors.labels(attempt.model, "status").inc()
-                failed = UpstreamStatusError(reply.status, reply.body, reply.content_type)
+                failed = UpstreamStatusError(
+                    reply.status, reply.body, reply.content_type, reply.retry_after
+                )
                 continue
             if reply.status < 300 and (
                 attempt.json_object or reply.content_type == "application/json"
@@ -197,7 +199,9 @@ class Forwarder:
             self._pool.record_success(url)
             if reply.status >= 400:
                 self._metrics.upstream_errors.labels(attempt.model, "status").inc()
-                raise UpstreamStatusError(reply.status, reply.body, reply.content_type)
+                raise UpstreamStatusError(
+                    reply.status, reply.body, reply.content_type, reply.retry_after
+                )
             return url, reply
         raise failed or busy or self._unavailable(attempt.model)
 

@@ -143,6 +143,11 @@ class RequestPlanner:
             for name, m in models.items()
             if m.served_name != name
         }
+        self.engine_names = {
+            name: hidden for m in models.values() for name, hidden in m.engine_names().items()
+        }
+        """Per model (or adapter) the client may name, what the engines know it by besides
+        (:meth:`ModelSettings.engine_names`): an engine's error message never shows it."""
         self._rollouts = rollouts
         self._variant_renames: dict[tuple[str, str], ModelRename] = {}
         if rollouts is not None:

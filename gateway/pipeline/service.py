@@ -94,7 +94,9 @@ class CompletionService:
         self._planner = planner
         self._pool = pool
         self._metrics = metrics
-        self._answers = EngineAnswers(forwarder, pool, cache, metrics, debug_headers)
+        self._answers = EngineAnswers(
+            forwarder, pool, cache, metrics, debug_headers, planner.engine_names
+        )
         self._denials = DenialMemo()
 
     async def handle(self, route: Route, raw: bytes, meta: RequestMeta) -> Result:

@@ -184,7 +184,10 @@ class UpstreamClient:
             ) as response:
                 _check_answer(response)
                 payload = await _read_bounded(response)
-                return UpstreamReply(response.status, response.content_type, payload)
+                reply = UpstreamReply(response.status, response.content_type, payload)
+                if response.status >= 400:
+                    reply.retry_after = response.headers.get("Retry-After")
+                return reply
         except _UNREACHABLE as exc:
             raise EngineUnreachable(str(exc) or type(exc).__name__) from None
         except TimeoutError:
@@ -255,7 +258,12 @@ class UpstreamClient:
             if 400 <= response.status <= 599:
                 async with response:
                     payload = await self._read_error(response)
-                raise UpstreamStatusError(response.status, payload, response.content_type)
+                raise UpstreamStatusError(
+                    response.status,
+                    payload,
+                    response.content_type,
+                    response.headers.get("Retry-After"),
+                )
             try:
                 _check_answer(response)
                 refused = stream_refused(response.status, response.content_type)

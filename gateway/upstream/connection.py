@@ -96,6 +96,8 @@ class EngineConnection(asyncio.Protocol):
         self.complete = False
         """The whole response was received."""
         self.keep_alive = False
+        self.retry_after: bytes | None = None
+        """The response's ``Retry-After``, as sent (an error answer's is relayed)."""
         self._chunks: list[bytes] = []
         self._buffered = 0
         self._streaming = False
@@ -267,6 +269,8 @@ class EngineConnection(asyncio.Protocol):
         elif lowered == b"content-encoding" and value.strip().lower() not in _IDENTITY:
             coding = value.decode("latin-1")[:40]
             self._refuse(f"a body in content coding {coding!r}, not the identity asked for")
+        elif lowered == b"retry-after":
+            self.retry_after = value
 
     def on_headers_complete(self) -> None:
         status = self.status = self._parser.get_status_code()
@@ -300,6 +304,7 @@ class EngineConnection(asyncio.Protocol):
             self._refuse(f"HTTP {status} instead of an answer")
         self.status = 0
         self.content_type = "application/octet-stream"
+        self.retry_after = None
         self._framed = False
 
     def _refuse(self, why: str) -> None:

@@ -50,6 +50,8 @@ class Scripted:
     unreachable: bool = False
     gate: asyncio.Event | None = None
     gate_each_batch: bool = False
+    retry_after: str | None = None
+    """The answer's ``Retry-After`` header (an error's), as an engine would send it."""
 
 
 Handler = Callable[[FakeRequest], Scripted | Awaitable[Scripted]]
@@ -131,7 +133,9 @@ class FakeUpstream:
         self, url: str, body: bytes, headers: Mapping[str, str], deadlines: Deadlines
     ) -> UpstreamReply:
         script = await self._script(FakeRequest(url, body, dict(headers), False))
-        return UpstreamReply(script.status, "application/json", script.body)
+        return UpstreamReply(
+            script.status, "application/json", script.body, retry_after=script.retry_after
+        )
 
     async def open_stream(
         self, url: str, body: bytes, headers: Mapping[str, str], deadlines: Deadlines
@@ -139,7 +143,9 @@ class FakeUpstream:
         request = FakeRequest(url, body, dict(headers), True)
         script = await self._script(request, deadlines.first_s)
         if script.status >= 400:
-            raise UpstreamStatusError(script.status, script.body, "application/json")
+            raise UpstreamStatusError(
+                script.status, script.body, "application/json", script.retry_after
+            )
         return FakeStream(script, self.open_streams, deadlines.idle_s)
 
     async def probe(self, url: str, headers: Mapping[str, str] | None = None) -> bool:

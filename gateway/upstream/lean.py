@@ -148,7 +148,10 @@ class LeanUpstream:
             raise UpstreamTimeoutError("engine did not answer within the read timeout") from None
         finally:
             self._pool.release(conn)
-        return UpstreamReply(conn.status, conn.content_type, payload)
+        reply = UpstreamReply(conn.status, conn.content_type, payload)
+        if conn.status >= 400:
+            reply.retry_after = conn.retry_after
+        return reply
 
     async def open_stream(
         self, url: str, body: bytes, headers: Mapping[str, str], deadlines: Deadlines
@@ -169,7 +172,10 @@ class LeanUpstream:
             await conn.response_head(loop.time() + deadlines.first_s)
             if conn.status >= 400:
                 raise UpstreamStatusError(
-                    conn.status, await self._error_body(conn, deadlines), conn.content_type
+                    conn.status,
+                    await self._error_body(conn, deadlines),
+                    conn.content_type,
+                    conn.retry_after,
                 )
             if conn.status != 200 or conn.content_type != "text/event-stream":
                 # It answered, with something else than events (:func:`stream_refused`).

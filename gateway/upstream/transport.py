@@ -78,6 +78,9 @@ class UpstreamReply:
     answer: Any = None
     """The body parsed, once the forwarder checked that a 2xx JSON answer is JSON (so
     that nothing after it parses it again); None otherwise."""
+    retry_after: bytes | str | None = None
+    """An error answer's ``Retry-After`` as the engine sent it (read on errors only;
+    :func:`gateway.errors.relayed_retry_after` decides what of it the client gets)."""
 
 
 class EventSource(Protocol):

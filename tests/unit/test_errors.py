@@ -8,7 +8,7 @@ import time
 import orjson
 import pytest
 
-from gateway.errors import UpstreamStatusError, openai_error
+from gateway.errors import UpstreamStatusError, hide_names, openai_error, relayed_retry_after
 
 
 def vllm(message: str, status: int = 400, kind: str = "BadRequestError") -> bytes:
@@ -113,3 +113,66 @@ def test_an_html_page_reads_as_its_title_in_linear_time() -> None:
     error = orjson.loads(openai_error(502, hostile))["error"]
     assert time.perf_counter() - started < 1.0
     assert error["message"] == "engine answered HTTP 502"
+
+
+def _message(raw: str, renamed: tuple[str, ...]) -> str:
+    body = orjson.dumps({"error": {"message": raw, "code": 400}})
+    message: str = orjson.loads(openai_error(400, body, renamed=renamed))["error"]["message"]
+    return message
+
+
+def test_every_whole_occurrence_of_an_engine_name_is_the_clients() -> None:
+    names = ("llama", "/models/llama-3b", "public")
+    raw = "`llama` 'llama' \"llama\" llama: (llama) /models/llama-3b/x llama. llama2 xllama"
+    assert _message(raw, names) == (
+        "`public` 'public' \"public\" public: (public) public/x public. llama2 xllama"
+    )
+
+
+def test_a_replacement_is_never_searched_again() -> None:
+    """The client's name may contain a served one (``llama`` shown as ``llama-chat``):
+    each place of the engine's message is replaced once, not ``llama-chat-chat``."""
+    assert _message("model llama and llama", ("llama", "llama-chat")) == (
+        "model llama-chat and llama-chat"
+    )
+    assert _message("`llama-chat`", ("llama", "llama-chat")) == "`llama-chat`"
+
+
+def test_hiding_names_is_linear_and_never_shows_part_of_a_name() -> None:
+    """A huge hostile message costs no more than its first ``limit`` characters; a
+    name cut by the limit never shows in part, even when shorter replacements pull
+    the text after it forward."""
+    started = time.perf_counter()
+    assert hide_names("a" * 50_000_000, ("a", "aa"), "b", 4000) == "a" * 4000
+    assert hide_names("x a " * 20_000_000, ("a",), "bb", 4000).startswith("x bb x bb ")
+    assert time.perf_counter() - started < 1.0
+    secret = "/very/long/internal/path"
+    message = (secret + " ") * 200 + "tail"
+    shown = hide_names(message, (secret,), "p", 100)
+    assert "/very" not in shown and "internal" not in shown
+    assert shown == "p " * 4  # the fifth begins at the limit: never shown, even in part
+    assert hide_names("abc", (), "p", 2) == "ab"
+
+
+@pytest.mark.parametrize(
+    ("value", "relayed"),
+    [
+        (b"7", {"Retry-After": "7"}),
+        (" 0 ", {"Retry-After": "0"}),
+        ("007", {"Retry-After": "7"}),
+        ("3600", {"Retry-After": "3600"}),
+        ("3601", {}),
+        ("99999999999999999999", {}),
+        ("Wed, 21 Oct 2026 07:28:00 GMT", {}),
+        ("1.5", {}),
+        ("", {}),
+        ("\u0661", {}),  # an Arabic-Indic digit: isdigit, not ASCII
+        ("5\r\nx-evil: 1", {}),
+    ],
+)
+def test_an_engines_retry_after_is_relayed_as_delta_seconds_only(
+    value: bytes | str, relayed: dict[str, str]
+) -> None:
+    assert relayed_retry_after(value) == relayed
+    error = UpstreamStatusError(503, b"{}", "application/json", value)
+    assert error.headers == relayed

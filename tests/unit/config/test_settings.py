@@ -120,3 +120,28 @@ def test_auth_and_cache_sections_are_checked(tmp_path: Path, text: str, named: s
     with pytest.raises(ConfigError) as caught:
         load_settings(_write(tmp_path, text))
     assert named in str(caught.value)
+
+
+def test_a_static_key_with_an_empty_models_list_is_refused(tmp_path: Path) -> None:
+    """``models: []`` reads as "no models" but meant every model; refused at load, as
+    ``POST /admin/keys`` refuses it, naming the key and the way to mean every model."""
+    with pytest.raises(ConfigError) as caught:
+        load_settings(
+            _write(tmp_path, "auth: {keys: [{name: team-a, key: sk-12345678, models: []}]}\n")
+        )
+    assert "'team-a'" in str(caught.value)
+    assert "omit `models`" in str(caught.value)
+    every = load_settings(_write(tmp_path, "auth: {keys: [{name: team-a, key: sk-12345678}]}\n"))
+    assert every.auth.keys[0].models == ()
+    some = "auth: {keys: [{name: team-a, key: sk-12345678, models: [m]}]}\n"
+    assert load_settings(_write(tmp_path, some)).auth.keys[0].models == ("m",)
+
+
+def test_an_empty_models_list_from_the_environment_is_refused_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(
+        "VGATE_AUTH__KEYS", '[{"name": "env-key", "key": "sk-12345678", "models": []}]'
+    )
+    with pytest.raises(ConfigError, match="'env-key'"):
+        load_settings(_write(tmp_path, "{}"))

@@ -7,6 +7,7 @@ from __future__ import annotations
 import orjson
 import pytest
 
+from gateway.config.models import ModelSettings
 from gateway.errors import UpstreamStatusError
 from gateway.upstream.fake import Scripted
 from tests.unit.pipeline.world import ENGINES, chat_body, world
@@ -28,3 +29,54 @@ async def test_the_served_name_in_an_engine_error_is_the_clients(stream: bool) -
     assert error["message"] == f"The model `{ALIAS}` does not exist."
     assert error["code"] == "model_not_found"
     w.assert_nothing_held()
+
+
+SOURCE = "/srv/weights/internal-llm-v7"
+ADAPTER_PATH = "/srv/adapters/sql-lora"
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_the_engines_model_and_adapter_directories_never_show(stream: bool) -> None:
+    """A managed engine's model directory (``source``) and a LoRA adapter's directory
+    are written as the client's name too, wherever the message has them; the served
+    name in every form, not only between backticks."""
+    message = (
+        f"Loading {SOURCE}/config.json failed for internal-llm-v7 ('internal-llm-v7'); "
+        f"adapter {ADAPTER_PATH}: rank too large. internal-llm-v7x is another model."
+    )
+    failed = {"error": {"message": message, "code": 500}}
+    engine = {
+        "kind": "stub",
+        "source": SOURCE,
+        "lora_modules": [{"name": "sql", "path": ADAPTER_PATH}],
+    }
+    w = world(
+        lambda _: Scripted(status=500, body=orjson.dumps(failed)),
+        models=[
+            {
+                "name": ALIAS,
+                "endpoints": list(ENGINES),
+                "upstream_model": "internal-llm-v7",
+                "engine": engine,
+            },
+        ],
+    )
+    with pytest.raises(UpstreamStatusError) as caught:
+        await w.ask(chat_body(stream=stream))
+    error = orjson.loads(caught.value.body())["error"]
+    assert error["message"] == (
+        f"Loading {ALIAS}/config.json failed for {ALIAS} ('{ALIAS}'); "
+        f"adapter {ADAPTER_PATH}: rank too large. internal-llm-v7x is another model."
+    )  # the adapter's directory is hidden on requests for the adapter (below)
+    w.assert_nothing_held()
+
+
+def test_each_model_and_adapter_knows_what_to_hide() -> None:
+    managed = ModelSettings.model_validate(
+        {"name": "pub", "upstream_model": "served", "engine": {"kind": "stub",
+         "source": SOURCE, "lora_modules": [{"name": "sql", "path": ADAPTER_PATH}]}}
+    )  # fmt: skip
+    assert managed.engine_names() == {"pub": ("served", SOURCE), "sql": (ADAPTER_PATH,)}
+    embedded = ModelSettings.model_validate({"name": "pub", "engine": {"kind": "stub"}})
+    assert embedded.engine_names() == {}  # "default" is a keyword, not a path: not hidden
+    assert ModelSettings.model_validate({"name": "pub", "endpoints": []}).engine_names() == {}
