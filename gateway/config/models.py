@@ -10,6 +10,7 @@ immutable once built).
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from urllib.parse import urlsplit
 
 from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_validator
@@ -193,3 +194,19 @@ class ModelSettings(_Section):
         for adapter in self.engine.lora_modules if self.engine is not None else ():
             names[adapter.name] = (adapter.path,)
         return {name: hidden for name, hidden in names.items() if hidden}
+
+
+def engine_names_of(models: Mapping[str, ModelSettings]) -> dict[str, tuple[str, ...]]:
+    """Every model's and adapter's :meth:`ModelSettings.engine_names`, by the name
+    clients use: what an engine's error message must never show."""
+    return {name: hidden for m in models.values() for name, hidden in m.engine_names().items()}
+
+
+def renamed_for(
+    engine_names: Mapping[str, tuple[str, ...]], model: str, served: str, asked: str
+) -> tuple[str, ...] | None:
+    """:attr:`gateway.errors.UpstreamStatusError.renamed` for a request for ``model``
+    (as configured; ``asked`` as the client wrote it) that its engine got as ``served``:
+    the engine-side names, then the client's; None when there is nothing to hide."""
+    hidden = tuple(n for n in (*engine_names.get(model, ()), served) if n != asked)
+    return (*dict.fromkeys(hidden), asked) if hidden else None

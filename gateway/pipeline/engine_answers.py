@@ -23,6 +23,7 @@ from dataclasses import replace
 from gateway.cache.entry import Entry
 from gateway.cache.response_cache import ResponseCache
 from gateway.cache.singleflight import Flight, FlightFailed
+from gateway.config.models import renamed_for
 from gateway.errors import UpstreamStatusError
 from gateway.observability.metrics import GatewayMetrics
 from gateway.observability.timeline import SERVER_TIMING
@@ -140,11 +141,10 @@ class EngineAnswers:
         """``(*engine_names, asked)`` for an engine's error message
         (:attr:`UpstreamStatusError.renamed`): the names the engines know the model by
         (a rollout's: its variant's), each written as the name the client asked for."""
-        hidden = self._engine_names.get(parsed.model, ())
         rename = parsed.rename
-        if rename is not None:
-            return (*hidden, rename.served, rename.alias)
-        return (*hidden, parsed.model) if hidden else None
+        if rename is None:
+            return renamed_for(self._engine_names, parsed.model, parsed.model, parsed.model)
+        return renamed_for(self._engine_names, parsed.model, rename.served, rename.alias)
 
     async def stream(
         self,

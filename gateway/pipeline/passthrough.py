@@ -49,7 +49,7 @@ from typing import Any
 import orjson
 
 from gateway.auth.authenticator import Authenticator, Principal
-from gateway.config.models import ModelSettings
+from gateway.config.models import ModelSettings, engine_names_of, renamed_for
 from gateway.errors import (
     AuthenticationError,
     GatewayError,
@@ -274,6 +274,7 @@ class PassthroughService:
             for name, m in models.items()
             if m.served_name != name
         }
+        self._engine_names = engine_names_of(models)
 
     async def caller(self, route: ScopedRoute, authorization: str | None) -> Principal:
         """Who is calling, from the headers alone (before the body is read): a wrong key
@@ -323,7 +324,8 @@ class PassthroughService:
             try:
                 _, reply = await self._forwarder.complete(exchange, attempt)
             except UpstreamStatusError as exc:
-                exc.renamed = None if target.rename is None else target.rename.names
+                served = model if target.rename is None else target.rename.served
+                exc.renamed = renamed_for(self._engine_names, model, served, model)
                 exc.prompt_param = route.prompt_param
                 raise
             body = reply.body

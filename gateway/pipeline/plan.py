@@ -22,7 +22,7 @@ from typing import Any
 import orjson
 
 from gateway.auth.authenticator import Principal
-from gateway.config.models import ModelSettings
+from gateway.config.models import ModelSettings, engine_names_of
 from gateway.errors import InvalidRequestError, ModelNotFoundError
 from gateway.pipeline.parsing import affinity_key, decode_json_object, normalized, validate
 from gateway.pool.engine_pool import EnginePool
@@ -81,12 +81,6 @@ class ModelRename:
             (b'"model"' + colon + old, b'"model"' + colon + new) for colon in (b":", b": ")
         )
 
-    @property
-    def names(self) -> tuple[str, str]:
-        """``(served, alias)``: what an engine's error message must not show, and what
-        it shows instead (:attr:`gateway.errors.UpstreamStatusError.renamed`)."""
-        return self.served, self.alias
-
     def inspect(self, batch: bytes) -> bytes:
         for old, new in self._pairs:
             batch = batch.replace(old, new)
@@ -143,9 +137,7 @@ class RequestPlanner:
             for name, m in models.items()
             if m.served_name != name
         }
-        self.engine_names = {
-            name: hidden for m in models.values() for name, hidden in m.engine_names().items()
-        }
+        self.engine_names = engine_names_of(models)
         """Per model (or adapter) the client may name, what the engines know it by besides
         (:meth:`ModelSettings.engine_names`): an engine's error message never shows it."""
         self._rollouts = rollouts

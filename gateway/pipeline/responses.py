@@ -36,7 +36,7 @@ from typing import Any
 import orjson
 
 from gateway.auth.authenticator import Authenticator, Principal
-from gateway.config.models import ModelSettings
+from gateway.config.models import ModelSettings, engine_names_of, renamed_for
 from gateway.config.responses import ResponsesSettings
 from gateway.config.sections import MAX_PROMPT_CHARS
 from gateway.errors import (
@@ -121,6 +121,7 @@ class ResponsesService:
         self._max_items = max_items  # server.max_messages
         self._max_chars = max_chars  # server.max_prompt_chars
         self._served = {name: m.served_name for name, m in models.items()}
+        self._engine_names = engine_names_of(models)
         self._rollouts = rollouts
         self._observer = observer or NoObserver()
         self._pool = pool
@@ -227,8 +228,7 @@ class ResponsesService:
             return await self._complete(exchange, attempt, taps, keep)
         except UpstreamStatusError as exc:
             exc.prompt_param = "input"  # where a Responses request's prompt is
-            if served != asked:
-                exc.renamed = (served, asked)  # its message shows the client's name
+            exc.renamed = renamed_for(self._engine_names, model, served, asked)
             raise
 
     async def _admit(

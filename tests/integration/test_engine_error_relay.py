@@ -137,3 +137,16 @@ def test_the_engines_own_model_not_found_names_the_clients_model(gateway: Gatewa
     error = reply.json()["error"]
     assert error["message"] == "The model `public-missing` does not exist."
     assert error["code"] == "model_not_found"
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_the_served_name_never_shows_in_a_responses_error(gateway: Gateway, stream: bool) -> None:
+    """The Responses API hides the engine-side names as chat does (it hid only the
+    served name in backticks before)."""
+    body = {"model": PUBLIC, "input": "x", "stream": stream, "store": False}
+    body["stub"] = {"vllm_error": FORMS, "status": 400}
+    reply = httpx.post(f"{gateway.url}/v1/responses", json=body, timeout=15)
+    assert reply.status_code == 400, reply.text[:300]
+    message = reply.json()["error"]["message"]
+    assert "internal-llama" not in message and "/models" not in message
+    assert message == FORMS.replace(SERVED, PUBLIC)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from gateway.config.models import ModelSettings
+from gateway.config.models import ModelSettings, engine_names_of, renamed_for
 from gateway.errors import UpstreamStatusError
 from gateway.upstream.fake import Scripted
 from tests.unit.pipeline.world import ENGINES, chat_body, world
@@ -80,3 +80,17 @@ def test_each_model_and_adapter_knows_what_to_hide() -> None:
     embedded = ModelSettings.model_validate({"name": "pub", "engine": {"kind": "stub"}})
     assert embedded.engine_names() == {}  # "default" is a keyword, not a path: not hidden
     assert ModelSettings.model_validate({"name": "pub", "endpoints": []}).engine_names() == {}
+
+
+def test_renamed_for_lists_the_engine_side_names_then_the_clients() -> None:
+    """What every route (chat, Responses, vLLM's model-scoped routes) hides: the
+    model's engine-side names and the served name, once each, never the client's own."""
+    managed = ModelSettings.model_validate(
+        {"name": "pub", "upstream_model": "served", "engine": {"kind": "stub",
+         "source": SOURCE, "lora_modules": [{"name": "sql", "path": ADAPTER_PATH}]}}
+    )  # fmt: skip
+    names = engine_names_of({"pub": managed})
+    assert renamed_for(names, "pub", "served", "pub") == ("served", SOURCE, "pub")
+    assert renamed_for(names, "sql", "sql", "sql") == (ADAPTER_PATH, "sql")
+    assert renamed_for(names, "other", "other", "other") is None
+    assert renamed_for(names, "other", "other-served", "other") == ("other-served", "other")
