@@ -96,9 +96,9 @@ the serialiser writes integers of at most 64 bits."""
 
 def canonical(value: Any) -> Any:
     """``value`` with integral floats as ints and ``-0.0`` as ``0``, recursively
-    (for :func:`fingerprint`, whose settings' key order is fixed by the serialiser). Bodies are at most
-    :data:`gateway.pipeline.parsing.MAX_DEPTH` levels deep, well inside Python's
-    recursion limit."""
+    (for :func:`fingerprint`, whose settings' key order is fixed by the serialiser).
+    Bodies are at most :data:`gateway.pipeline.parsing.MAX_DEPTH` levels deep, well
+    inside Python's recursion limit."""
     if type(value) is str:  # the most common value by far: nothing to normalise
         return value
     if isinstance(value, float):

@@ -74,11 +74,14 @@ def _schema(*names: str) -> dict[str, Any]:
     return {"type": "object", "properties": {name: {"type": "string"} for name in names}}
 
 
+def _tools(*names: str) -> list[dict[str, Any]]:
+    return [{"type": "function", "function": {"name": "f", "parameters": _schema(*names)}}]
+
+
 @pytest.mark.parametrize(
     ("first", "second"),
     [
-        ({"tools": [{"type": "function", "function": {"name": "f", "parameters": _schema("a", "b")}}]},
-         {"tools": [{"type": "function", "function": {"name": "f", "parameters": _schema("b", "a")}}]}),
+        ({"tools": _tools("a", "b")}, {"tools": _tools("b", "a")}),
         ({"tools": [{"type": "function", "function": {"name": "f", "parameters": _schema("a")}}]},
          {"tools": [{"function": {"parameters": _schema("a"), "name": "f"}, "type": "function"}]}),
         ({"response_format": {"type": "json_schema",
