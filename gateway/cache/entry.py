@@ -5,9 +5,12 @@ JSON answer's body, or a stream's SSE events exactly as relayed (every event
 kept, so chunk boundaries, ``reasoning``, ``tool_calls`` deltas, logprobs,
 ``system_fingerprint``, ``stop_reason``, token ids... all survive). Besides the
 bytes it keeps only what the pipeline needs: the answer's ``id`` (replaced by a
-fresh one at replay), the tokens it used (for ``hits_consume_tokens``), when it
-was made, and where a stream's usage event sits (removed at replay when the
-client did not ask for usage: the gateway always asks the engine for it).
+fresh one at replay), the tokens it used (for ``hits_consume_tokens``), its
+completion tokens and the output cap the gateway wrote for it where the key does
+not hold it (a hit must not exceed the cap the gateway gives its request, nor be
+an answer a smaller cap cut: :meth:`Entry.serves`), when it was made, and where a
+stream's usage event sits (removed at replay when the client did not ask for
+usage: the gateway always asks the engine for it).
 
 A replay is the stored bytes with the ``id`` string swapped, byte for byte, for a
 fresh one of the same prefix; ``created`` and everything else stay as stored.

@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 
 from tests.integration.conftest import STUB_MODEL, Gateway, Stub, start_gateway, start_stub
@@ -164,3 +165,35 @@ def test_a_hit_never_exceeds_what_a_short_budget_grants(capping: Gateway, engine
     assert completion(short) == (5, "length")  # the engine's answer, not the entry's 16
     assert short.headers["x-cache"] == "BYPASS"  # a shortened answer: neither kept nor shared
     assert calls(engine) == before + 3
+
+
+def streamed(gateway: Gateway, body: dict[str, Any]) -> tuple[str, int, str]:
+    """``(X-Cache, completion tokens, finish reason)`` of a streamed request."""
+    body = body | {"stream": True, "stream_options": {"include_usage": True}}
+    response = httpx.post(
+        f"{gateway.base_url}/chat/completions",
+        json=body,
+        headers={"Authorization": f"Bearer {KEY}"},
+    )
+    assert response.status_code == 200, response.text
+    events = [
+        orjson.loads(line[5:])
+        for line in response.text.split("\n\n")
+        if line.startswith("data:") and line != "data: [DONE]"
+    ]
+    finish = next(e["choices"][0]["finish_reason"] for e in events if e["choices"][-1:] and
+                  e["choices"][0]["finish_reason"])  # fmt: skip
+    return response.headers["x-cache"], events[-1]["usage"]["completion_tokens"], finish
+
+
+def test_a_streamed_entry_keeps_the_same_rules(
+    capping: Gateway, uncapped: Gateway, engine: Stub
+) -> None:
+    body = ask("streamed")
+    assert streamed(uncapped, body) == ("MISS", STUB_TOKENS, "stop")
+    assert streamed(capping, body) == ("MISS", DEFAULT_CAP, "length")
+    assert streamed(uncapped, body) == ("HIT", STUB_TOKENS, "stop")
+    other = ask("streamed, capped first")
+    assert streamed(capping, other) == ("MISS", DEFAULT_CAP, "length")
+    assert streamed(capping, other) == ("HIT", DEFAULT_CAP, "length")
+    assert streamed(uncapped, other) == ("MISS", STUB_TOKENS, "stop")
