@@ -5,9 +5,12 @@ JSON answer's body, or a stream's SSE events exactly as relayed (every event
 kept, so chunk boundaries, ``reasoning``, ``tool_calls`` deltas, logprobs,
 ``system_fingerprint``, ``stop_reason``, token ids... all survive). Besides the
 bytes it keeps only what the pipeline needs: the answer's ``id`` (replaced by a
-fresh one at replay), the tokens it used (for ``hits_consume_tokens``), when it
-was made, and where a stream's usage event sits (removed at replay when the
-client did not ask for usage: the gateway always asks the engine for it).
+fresh one at replay), the tokens it used (for ``hits_consume_tokens``), its
+completion tokens and the output cap the gateway wrote for it where the key does
+not hold it (a hit must not exceed the cap the gateway gives its request, nor be
+an answer a smaller cap cut: :meth:`Entry.serves`), when it was made, and where a
+stream's usage event sits (removed at replay when the client did not ask for
+usage: the gateway always asks the engine for it).
 
 A replay is the stored bytes with the ``id`` string swapped, byte for byte, for a
 fresh one of the same prefix; ``created`` and everything else stay as stored.
@@ -66,6 +69,26 @@ class Entry:
     fresh_at: int | None = None
     """Set when the replay must pass for a fresh answer (a shared cache's hit): the
     ``created`` it gets, this request's time. Never stored."""
+    completion: int | None = None
+    """``usage.completion_tokens`` of the answer (None: not reported, or an entry of
+    a vgate that did not keep it)."""
+    cap: int | None = None
+    """The output cap the gateway wrote into the body the engine got, where the key
+    does not hold it (a key's ``tpm``: see :meth:`serves`); None when the engine got
+    the length limit the key holds."""
+
+    def serves(self, cap: int | None) -> bool:
+        """Whether this is the answer of a request the gateway caps at ``cap`` output
+        tokens (None: no cap). Not when it holds more completion tokens than ``cap``
+        (or an unknown number), nor when the gateway's own cap may have cut it
+        (it reached :attr:`cap`) and this request may have more."""
+        completion = self.completion
+        if cap is not None and (completion is None or completion > cap):
+            return False
+        made_under = self.cap
+        if made_under is None or (cap is not None and cap <= made_under):
+            return True
+        return completion is not None and completion < made_under
 
     def encode(self) -> bytes:
         meta = {
@@ -74,6 +97,8 @@ class Entry:
             "tokens": self.tokens,
             "usage": list(self.usage_span) if self.usage_span is not None else None,
             "created_at": self.created_at,
+            "completion": self.completion,
+            "cap": self.cap,
         }
         return _MAGIC + orjson.dumps(meta) + b"\n" + self.payload
 
@@ -97,6 +122,8 @@ class Entry:
                 tokens=tokens if isinstance(tokens, int) else None,
                 usage_span=(int(span[0]), int(span[1])) if span is not None else None,
                 created_at=float(meta["created_at"]),
+                completion=_count(meta.get("completion")),
+                cap=_count(meta.get("cap")),
             )
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, IndexError):
             return None
@@ -113,6 +140,29 @@ class Entry:
             start, end = self.usage_span
             payload = with_fingerprint(payload[:start], payload[start:end]) + payload[end:]
         return IdSwap(self.answer_id, self.fresh_at).apply(payload)
+
+
+def _count(value: object) -> int | None:
+    """A token count as stored: a non-negative integer, else None (unknown)."""
+    return value if type(value) is int and value >= 0 else None
+
+
+def completion_tokens(usage: object) -> int | None:
+    """``completion_tokens`` of an answer's ``usage`` object, if it reports a count."""
+    return _count(usage.get("completion_tokens")) if isinstance(usage, dict) else None
+
+
+def usage_event_completion(events: bytes, span: tuple[int, int] | None) -> int | None:
+    """``completion_tokens`` of a stream's usage event at ``span``
+    (:func:`usage_event_span`), if it reports a count."""
+    if span is None:
+        return None
+    start, end = span
+    try:
+        event = orjson.loads(events[start + 5 : end])  # after "data:"
+    except orjson.JSONDecodeError:
+        return None
+    return completion_tokens(event.get("usage")) if isinstance(event, dict) else None
 
 
 class IdSwap:

@@ -13,13 +13,26 @@ reverse), ``form`` is how the answer travels (``json``, ``sse``, or ``sse+stats`
 when the client asked for usage in every chunk: an entry is the answer's bytes,
 and a stream cannot be turned into a JSON body faithfully, nor back), and the
 canonical body is the request JSON without the fields below marked "ignored",
-with object keys sorted and integral numbers normalised (``1.0`` → ``1``,
-``-0.0`` → ``0``) where the engine reads them as numbers: a field's own value and
-the numbers of its lists (``temperature``, ``max_tokens``, a prompt's token ids),
+its top-level fields sorted by name, and integral numbers normalised (``1.0`` →
+``1``, ``-0.0`` → ``0``) where the engine reads them as numbers: a field's own value
+and the numbers of its lists (``temperature``, ``max_tokens``, a prompt's token ids),
 never inside an object (a tool's JSON schema, a message, ``chat_template_kwargs``:
 the chat template writes those into the prompt as text, where ``1.0`` and ``1``
 differ), serialised compactly. Fields vgate does not know about count: an unknown
 field may change the output, so it is never ignored.
+
+Key order is normalised only where it provably cannot reach the engine's input:
+the top level, whose fields the engine reads by name. Inside every field, objects
+keep the client's key order, since that order can be the prompt or the output's
+shape: a chat template renders ``tools`` and ``chat_template_kwargs`` values with
+``tojson``, which keeps insertion order; guided decoding (``response_format``'s
+``json_schema``, ``guided_json``, ``structured_outputs``) generates properties in
+schema order. Two tool schemas that differ only in key order are two prompts, so
+two keys. Messages keep theirs too: vLLM reads a message's own fields by name, but
+passes some values on to the template as they came (``tool_calls``), and another
+engine or template may render a message or a part whole (``tojson``); clients (the
+SDKs) write messages in one order, so keeping it costs almost no hits, while
+sorting could make two prompts share an answer.
 
 ================================  ==========  =========================================
 field                             key         why
@@ -83,9 +96,9 @@ the serialiser writes integers of at most 64 bits."""
 
 def canonical(value: Any) -> Any:
     """``value`` with integral floats as ints and ``-0.0`` as ``0``, recursively
-    (key order is fixed by the serialiser). Bodies are at most
-    :data:`gateway.pipeline.parsing.MAX_DEPTH` levels deep, well inside Python's
-    recursion limit."""
+    (for :func:`fingerprint`, whose settings' key order is fixed by the serialiser).
+    Bodies are at most :data:`gateway.pipeline.parsing.MAX_DEPTH` levels deep, well
+    inside Python's recursion limit."""
     if type(value) is str:  # the most common value by far: nothing to normalise
         return value
     if isinstance(value, float):
@@ -198,9 +211,10 @@ def _prefix_digest(
 
 
 def _canonical_body(body: dict[str, Any]) -> bytes:
-    """The body's keyed fields in canonical form (see the module's table)."""
-    kept = {k: _number_normalised(v) for k, v in body.items() if k not in _UNKEYED}
-    return orjson.dumps(kept, option=orjson.OPT_SORT_KEYS)
+    """The body's keyed fields in canonical form (see the module's table): the top-level
+    fields sorted by name, every object inside them in the client's key order."""
+    kept = {k: _number_normalised(body[k]) for k in sorted(body) if k not in _UNKEYED}
+    return orjson.dumps(kept)
 
 
 def uncacheable_reason(

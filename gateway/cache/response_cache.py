@@ -29,7 +29,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from gateway.cache.entry import Entry
@@ -158,9 +158,19 @@ class ResponseCache:
         return plan, pending
 
     async def finish_lookup(
-        self, model: str, plan: CachePlan, pending: asyncio.Future[bytes | None] | None
+        self,
+        model: str,
+        plan: CachePlan,
+        pending: asyncio.Future[bytes | None] | None,
+        cap: int | None = None,
     ) -> tuple[CachePlan, Entry | None]:
-        """The plan from here on and the usable entry (None: a miss, or the store failed)."""
+        """The plan from here on and the usable entry (None: a miss, or the store failed).
+
+        ``cap``: the output tokens per choice the rate limits grant this request (None:
+        no token limit), which the engine would get as its ``max_tokens``; an entry
+        made under another cap is a miss unless it is this request's answer too
+        (:meth:`Entry.serves`). One with more completion tokens than ``cap`` stays:
+        this request's answer, cut by its cap, is not stored over it."""
         if pending is None:
             return plan, None
         try:
@@ -174,6 +184,11 @@ class ResponseCache:
             and (time.time() - entry.created_at > plan.max_age_s)
         )
         if too_old or (entry is not None and entry.stream != plan.stream):
+            entry = None
+        elif entry is not None and not entry.serves(cap):
+            longer = cap is not None and entry.completion is not None and entry.completion > cap
+            if longer:
+                plan = replace(plan, store=False)
             entry = None
         self._metrics.cache_requests.labels(model, "hit" if entry else "miss").inc()
         self._metrics.live.cache(model, entry is not None)

@@ -25,7 +25,14 @@ from typing import Any
 
 import orjson
 
-from gateway.cache.entry import Entry, IdSwap, find_answer_id, usage_event_span
+from gateway.cache.entry import (
+    Entry,
+    IdSwap,
+    completion_tokens,
+    find_answer_id,
+    usage_event_completion,
+    usage_event_span,
+)
 from gateway.cache.response_cache import CachePlan, ResponseCache
 from gateway.cache.singleflight import Flight, FlightFailed
 from gateway.errors import UpstreamError
@@ -41,11 +48,17 @@ ABORTED_SPACED = b'"finish_reason": "abort"'
 class CacheFill:
     """A leader's answer, collected for its followers and for the cache."""
 
-    def __init__(self, cache: ResponseCache, model: str, plan: CachePlan) -> None:
+    def __init__(
+        self, cache: ResponseCache, model: str, plan: CachePlan, cap: int | None = None
+    ) -> None:
+        """``cap``: the output cap the gateway wrote into the engine's body where the key
+        does not hold it (None: the engine got the length limit the key holds); the
+        entry keeps it (:attr:`Entry.cap`)."""
         assert plan.key is not None
         self._cache = cache
         self._model = model
         self._plan = plan
+        self._cap = cap
         self._key = plan.key
         self._usable = True
         self._size = 0  # bytes of the stream so far
@@ -83,8 +96,10 @@ class CacheFill:
             self._land(None)
             return body_usage(body)
         answer_id = answer.get("id")  # the parse's: no byte search for it
-        tokens = usage_tokens(answer.get("usage"))
+        usage = answer.get("usage")
+        tokens = usage_tokens(usage)
         entry = Entry(False, body, answer_id if type(answer_id) is str else None, tokens)
+        entry.completion, entry.cap = completion_tokens(usage), self._cap
         self._land(entry, store=fits)
         return tokens
 
@@ -99,7 +114,9 @@ class CacheFill:
             return
         payload = b"".join(flight.batches)
         span = usage_event_span(payload)
-        self._land(Entry(True, payload, flight.answer_id, tokens, span))
+        entry = Entry(True, payload, flight.answer_id, tokens, span)
+        entry.completion, entry.cap = usage_event_completion(payload, span), self._cap
+        self._land(entry)
 
     def fail(self) -> None:
         self._land(None)

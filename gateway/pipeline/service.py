@@ -226,7 +226,8 @@ class CompletionService:
                 self._denials.note(memo, exc)
             raise
         timeline.admitted = exchange.clock()
-        plan, entry = await self._cache.finish_lookup(model, plan, lookup)
+        granted = exchange.ticket.output_cap if route.generates else None
+        plan, entry = await self._cache.finish_lookup(model, plan, lookup, granted)
         timeline.looked_up = exchange.clock()
         watch = exchange.watch
         if watch is not None:
@@ -266,7 +267,8 @@ class CompletionService:
                     if followed is not None:
                         return followed
                     exchange.leave_flight()
-            exchange.lead(CacheFill(self._cache, parsed.model, plan))
+            unkeyed_cap = sent_cap if sent_cap != keyed_cap else None  # a shared key holds it
+            exchange.lead(CacheFill(self._cache, parsed.model, plan, unkeyed_cap))
             exchange.cache_status = MISS
         exchange.count_in_flight()
         pair = None

@@ -64,9 +64,48 @@ def test_fields_that_do_not_change_the_output_keep_the_key(change: dict[str, Any
     assert key(BASE | change) == key(BASE)
 
 
-def test_key_order_does_not_matter() -> None:
+def test_top_level_field_order_does_not_matter() -> None:
+    """The engine reads the body's fields by name: their order never reaches it."""
     reordered = dict(reversed(list(BASE.items())))
     assert key(reordered) == key(BASE)
+
+
+def _schema(*names: str) -> dict[str, Any]:
+    return {"type": "object", "properties": {name: {"type": "string"} for name in names}}
+
+
+def _tools(*names: str) -> list[dict[str, Any]]:
+    return [{"type": "function", "function": {"name": "f", "parameters": _schema(*names)}}]
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [
+        ({"tools": _tools("a", "b")}, {"tools": _tools("b", "a")}),
+        ({"tools": [{"type": "function", "function": {"name": "f", "parameters": _schema("a")}}]},
+         {"tools": [{"function": {"parameters": _schema("a"), "name": "f"}, "type": "function"}]}),
+        ({"response_format": {"type": "json_schema",
+                              "json_schema": {"name": "s", "schema": _schema("a", "b")}}},
+         {"response_format": {"type": "json_schema",
+                              "json_schema": {"name": "s", "schema": _schema("b", "a")}}}),
+        ({"guided_json": _schema("a", "b")}, {"guided_json": _schema("b", "a")}),
+        ({"structured_outputs": {"json": _schema("a", "b")}},
+         {"structured_outputs": {"json": _schema("b", "a")}}),
+        ({"chat_template_kwargs": {"x": 1, "y": 2}}, {"chat_template_kwargs": {"y": 2, "x": 1}}),
+        ({"messages": [{"role": "user", "content": "hello"}]},
+         {"messages": [{"content": "hello", "role": "user"}]}),
+    ],
+    ids=["tool-schema", "tool-object", "json-schema", "guided-json", "structured-outputs",
+         "chat-template-kwargs", "message"],
+)  # fmt: skip
+def test_key_order_inside_a_field_changes_the_key(
+    first: dict[str, Any], second: dict[str, Any]
+) -> None:
+    """Inside a field the order can reach the engine: a template renders a tool's schema
+    with ``tojson`` (insertion order), guided decoding writes properties in schema
+    order. Two such requests are two prompts: never one entry."""
+    assert key(BASE | first) != key(BASE | second)
+    assert key(dict(reversed(list((BASE | first).items())))) == key(BASE | first)
 
 
 def test_serving_fingerprint_namespace_scope_and_route_change_the_key() -> None:
@@ -132,8 +171,9 @@ def test_the_hasher_gives_the_keys_cache_key_gives() -> None:
 def test_the_key_is_the_documented_digest() -> None:
     """SHA-256 of the parts, each ended by a zero byte, then the canonical body."""
     parts = b"".join(p + b"\x00" for p in (b"v1", b"", b"chat", b"json", b"m", b"fp"))
-    body = b'{"max_tokens":16,"messages":[{"content":"hello","role":"user"}],"temperature":0}'
-    assert key({**BASE, "temperature": 0.0}) == hashlib.sha256(parts + body).hexdigest()
+    body = b'{"max_tokens":16,"messages":[{"role":"user","content":"hello"}],"temperature":0}'
+    reordered = {"temperature": 0.0, "messages": BASE["messages"], "max_tokens": 16}
+    assert key(reordered) == hashlib.sha256(parts + body).hexdigest()
 
 
 @pytest.mark.parametrize(
