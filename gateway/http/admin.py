@@ -51,6 +51,12 @@ def _unavailable() -> DependencyUnavailableError:
 
 async def create(request: Request) -> Response:
     state, store = _authorized_store(request)
+    if not state.settings.auth.enabled:
+        raise PermissionDeniedError(
+            "auth.enabled is false: every request is served without a key, so a key made "
+            "here would restrict nothing; set auth.enabled: true to use keys.",
+            code="auth_disabled",
+        )
     raw = await read_body(
         request.receive, state.settings.server.max_body_bytes, request.headers.get("content-length")
     )
