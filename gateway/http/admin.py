@@ -88,15 +88,15 @@ async def list_all(request: Request) -> Response:
 async def revoke(request: Request) -> Response:
     state, store = _authorized_store(request)
     name = request.path_params["name"]
-    if name in _config_key_names(state):
+    try:
+        found = await store.revoke(name)  # a stored key a config key's name shadows, too
+    except StoreUnavailable:
+        raise _unavailable() from None
+    if not found and name in _config_key_names(state):
         raise InvalidRequestError(
             f"{name!r} is declared in the config (auth.keys): remove it there",
             code="key_in_config",
         )
-    try:
-        found = await store.revoke(name)
-    except StoreUnavailable:
-        raise _unavailable() from None
     if not found:
         raise NotFoundError(f"no key named {name!r}", code="key_not_found")
     await state.service.authenticator.refresh()

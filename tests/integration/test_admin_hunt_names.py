@@ -83,7 +83,12 @@ def test_the_admin_api_says_a_config_key_is_revoked_in_the_config(
 ) -> None:
     gateway, _ = world
     headers = {"Authorization": f"Bearer {ADMIN_KEY}"}
-    refused = httpx.delete(f"{gateway.operator_url}/admin/keys/{NAME}", headers=headers)
+    url = f"{gateway.operator_url}/admin/keys/{NAME}"
+    listed = httpx.get(f"{gateway.operator_url}/admin/keys", headers=headers).json()["data"]
+    assert [key["name"] for key in listed] == [NAME]  # the shadowed stored key
+    cleaned = httpx.delete(url, headers=headers)  # it can still be removed
+    assert cleaned.status_code == 200, cleaned.text
+    refused = httpx.delete(url, headers=headers)  # what is left is the config's
     assert refused.status_code == 400, refused.text
     assert refused.json()["error"]["code"] == "key_in_config"
     assert _ask(gateway, CONFIG_KEY, "still works").status_code == 200
