@@ -154,6 +154,9 @@ class KeyDirectory:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._static = {digest_of(k.key): _from_static(k) for k in static}
+        self._static_names = frozenset(p.name for p in self._static.values())
+        self._shadowed: frozenset[str] = frozenset()
+        """Stored names last found taken by a config key (warned about once each)."""
         self._store = store
         self._stored: dict[str, Principal] = {}
         self._unknown = unknown if unknown is not None else UnknownKeys(10_000, 10.0)
@@ -277,9 +280,26 @@ class KeyDirectory:
         if version == self._version:
             return
         records = await self._store.load_all()
-        self._stored = {r.digest: _from_record(r) for r in records}
+        self._stored = {r.digest: _from_record(r) for r in records if not self._shadows(r)}
+        self._shadowed = frozenset(r.name for r in records if r.name in self._static_names)
         self._unknown.clear()
         self._version = version
+
+    def _shadows(self, record: KeyRecord) -> bool:
+        """Whether ``record`` is named like a config key: such a stored key is refused.
+
+        A name is who a caller is (its cache entries, stored responses, counters and
+        logs): two secrets under one name would be two tenants sharing all of that.
+        Making a stored key refuses a config key's name, but a config key may be added
+        after a stored key of that name was made (or on one replica only); the config's
+        key keeps the name and the stored one stops working, logged once."""
+        if record.name not in self._static_names:
+            return False
+        if record.name not in self._shadowed:
+            log.warning("key store: ignoring stored key %r: a key in auth.keys has that "
+                        "name (revoke the stored one, or rename one of them)",
+                        record.name)  # fmt: skip
+        return True
 
 
 def _digest(authorization: str | None) -> str | None:

@@ -123,9 +123,11 @@ def _list(args: argparse.Namespace) -> int:
 
 def _revoke(args: argparse.Namespace) -> int:
     settings = _settings(args)
-    if args.name in {k.name for k in settings.auth.keys}:
-        raise KeyRequestError(f"'{args.name}' is declared in the config file: remove it there")
+    # Revoked from the store first: a stored key that a config key's name shadows (the
+    # gateways refuse it) must still be removable.
     if not _with_store(settings, lambda store: store.revoke(args.name)):
+        if args.name in {k.name for k in settings.auth.keys}:
+            raise KeyRequestError(f"'{args.name}' is declared in the config file: remove it there")
         print(f"vgate: no key named '{args.name}'", file=sys.stderr)
         return 1
     print(f"revoked key '{args.name}'")

@@ -12,34 +12,30 @@ from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response
 
-from gateway.auth.bearer import carries_key
 from gateway.auth.key_admin import KeyRequestError, NewKey, create_key, list_keys
 from gateway.auth.keys import KeyStore
 from gateway.config.rollouts import pin_problem
 from gateway.errors import (
-    AuthenticationError,
     DependencyUnavailableError,
     InvalidRequestError,
     NotFoundError,
     PermissionDeniedError,
     StoreUnavailable,
 )
+from gateway.http.admin_key import audit, require_admin_key
 from gateway.http.context import app_state, read_body
 from gateway.http.rollouts_admin import router as rollouts_router
 from gateway.http.state import AppState
 
 router = APIRouter()
+ADMIN_DISABLED = "The admin API is off: set auth.admin_key to use it."
 
 
 def _authorized_store(request: Request) -> tuple[AppState, KeyStore]:
+    require_admin_key(request, ADMIN_DISABLED)
     state = app_state(request)
-    admin_key = state.settings.auth.admin_key
-    if admin_key is None or state.keys is None:
-        raise PermissionDeniedError(
-            "The admin API is off: set auth.admin_key to use it.", code="admin_disabled"
-        )
-    if not carries_key(request.headers.get("authorization"), admin_key):
-        raise AuthenticationError("This route needs the admin key.", code="invalid_api_key")
+    if state.keys is None:
+        raise PermissionDeniedError(ADMIN_DISABLED, code="admin_disabled")
     return state, state.keys
 
 
@@ -55,6 +51,12 @@ def _unavailable() -> DependencyUnavailableError:
 
 async def create(request: Request) -> Response:
     state, store = _authorized_store(request)
+    if not state.settings.auth.enabled:
+        raise PermissionDeniedError(
+            "auth.enabled is false: every request is served without a key, so a key made "
+            "here would restrict nothing; set auth.enabled: true to use keys.",
+            code="auth_disabled",
+        )
     raw = await read_body(
         request.receive, state.settings.server.max_body_bytes, request.headers.get("content-length")
     )
@@ -71,6 +73,7 @@ async def create(request: Request) -> Response:
     except StoreUnavailable:
         raise _unavailable() from None
     await state.service.authenticator.refresh()
+    audit(request, "key %r created: %s", record.name, orjson.dumps(record.public()).decode())
     return _json(record.public() | {"key": secret}, 201)
 
 
@@ -86,13 +89,23 @@ async def revoke(request: Request) -> Response:
     state, store = _authorized_store(request)
     name = request.path_params["name"]
     try:
-        found = await store.revoke(name)
+        found = await store.revoke(name)  # a stored key a config key's name shadows, too
     except StoreUnavailable:
         raise _unavailable() from None
+    if not found and name in _config_key_names(state):
+        raise InvalidRequestError(
+            f"{name!r} is declared in the config (auth.keys): remove it there",
+            code="key_in_config",
+        )
     if not found:
         raise NotFoundError(f"no key named {name!r}", code="key_not_found")
     await state.service.authenticator.refresh()
+    audit(request, "key %r revoked", name)
     return _json({"name": name, "revoked": True})
+
+
+def _config_key_names(state: AppState) -> set[str]:
+    return {key.name for key in state.settings.auth.keys}
 
 
 router.add_route("/admin/keys", create, methods=["POST"])

@@ -28,42 +28,24 @@ from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response
 
-from gateway.auth.bearer import carries_key
 from gateway.config.sections import ServerSettings
-from gateway.errors import AuthenticationError, PermissionDeniedError
-from gateway.http import admin, ops, status
-from gateway.http.context import app_state
+from gateway.http import admin, admin_key, ops, status
 
 GET = ["GET"]
 Handler = Callable[[Request], Awaitable[Response]]
 
 
-def admin_key_presented(request: Request) -> bool:
-    """Whether the request carries ``Authorization: Bearer <auth.admin_key>``."""
-    admin_key = app_state(request).settings.auth.admin_key
-    if admin_key is None:
-        return False
-    return carries_key(request.headers.get("authorization"), admin_key)
-
-
-def require_admin_key(request: Request) -> None:
-    """Raise unless the request carries the admin key: 403 when none is configured
-    (operator routes are then off on the public port), 401 otherwise."""
-    if app_state(request).settings.auth.admin_key is None:
-        raise PermissionDeniedError(
-            "Operator routes are off on the public port: set server.admin_port (an "
-            "operator listener) or auth.admin_key.",
-            code="admin_disabled",
-        )
-    if not admin_key_presented(request):
-        raise AuthenticationError("This route needs the admin key.", code="invalid_api_key")
+OFF_ON_THE_PUBLIC_PORT = (
+    "Operator routes are off on the public port: set server.admin_port (an operator "
+    "listener) or auth.admin_key."
+)
 
 
 def behind_admin_key(handler: Handler) -> Handler:
     """``handler``, answered only to requests that carry the admin key."""
 
     async def guarded(request: Request) -> Response:
-        require_admin_key(request)
+        admin_key.require_admin_key(request, OFF_ON_THE_PUBLIC_PORT)
         return await handler(request)
 
     return guarded
@@ -72,7 +54,7 @@ def behind_admin_key(handler: Handler) -> Handler:
 async def ready_for_admin(request: Request) -> Response:
     """The public ``/ready`` without an operator listener: the detail for the admin
     key, ready-or-not for everyone else."""
-    if admin_key_presented(request):
+    if admin_key.admin_key_presented(request):
         return await ops.ready_detail(request)
     return await ops.ready_status(request)
 

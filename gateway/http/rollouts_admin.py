@@ -19,13 +19,8 @@ from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response
 
-from gateway.auth.bearer import carries_key
-from gateway.errors import (
-    AuthenticationError,
-    InvalidRequestError,
-    NotFoundError,
-    PermissionDeniedError,
-)
+from gateway.errors import InvalidRequestError, NotFoundError
+from gateway.http.admin_key import audit, require_admin_key
 from gateway.http.context import app_state, read_body
 from gateway.rollouts import operations
 from gateway.rollouts.controller import RolloutController
@@ -34,14 +29,8 @@ router = APIRouter()
 
 
 def _authorized(request: Request) -> RolloutController:
+    require_admin_key(request, "The admin API is off: set auth.admin_key to use it.")
     state = app_state(request)
-    admin_key = state.settings.auth.admin_key
-    if admin_key is None:
-        raise PermissionDeniedError(
-            "The admin API is off: set auth.admin_key to use it.", code="admin_disabled"
-        )
-    if not carries_key(request.headers.get("authorization"), admin_key):
-        raise AuthenticationError("This route needs the admin key.", code="invalid_api_key")
     if state.rollout_control is None:
         raise NotFoundError("No rollouts are configured.", code="rollout_not_found")
     return state.rollout_control
@@ -65,6 +54,13 @@ def _json(data: object) -> Response:
     return Response(orjson.dumps(data), 200, media_type="application/json")
 
 
+def _changed(request: Request, action: str, rollout: dict[str, Any]) -> Response:
+    """The rollout as it stands after an operator's change, which is logged."""
+    weights = {v["model"]: v["weight"] for v in rollout.get("variants", ())}
+    audit(request, "rollout %r: %s, weights now %s", rollout.get("model"), action, weights)
+    return _json(rollout)
+
+
 async def list_all(request: Request) -> Response:
     control = _authorized(request)
     return _json({"object": "list", "data": operations.status(control)})
@@ -73,19 +69,31 @@ async def list_all(request: Request) -> Response:
 async def set_weights(request: Request) -> Response:
     control = _authorized(request)
     body = await _body(request)
-    return _json(await operations.set_weights(control, request.path_params["model"], body))
+    return _changed(
+        request,
+        "weights set",
+        await operations.set_weights(control, request.path_params["model"], body),
+    )
 
 
 async def promote(request: Request) -> Response:
     control = _authorized(request)
     body = await _body(request)
-    return _json(await operations.promote(control, request.path_params["model"], body))
+    return _changed(
+        request,
+        "canary promoted",
+        await operations.promote(control, request.path_params["model"], body),
+    )
 
 
 async def rollback(request: Request) -> Response:
     control = _authorized(request)
     body = await _body(request)
-    return _json(await operations.rollback(control, request.path_params["model"], body))
+    return _changed(
+        request,
+        "rolled back",
+        await operations.rollback(control, request.path_params["model"], body),
+    )
 
 
 router.add_route("/admin/rollouts", list_all, methods=["GET"])

@@ -51,7 +51,13 @@ async def page(request: Request) -> Response:
 
 
 async def events(request: Request) -> Response:
-    """The page's live feed (``text/event-stream``), or 503 when too many are open."""
+    """The page's live feed (``text/event-stream``), or 503 when too many are open.
+
+    ``HEAD`` (which every ``GET`` route answers) gets the head alone and holds no
+    place: it used to hold one for the stream's whole lifetime, sending nothing, so
+    a handful of ``HEAD`` requests kept every page out."""
+    if request.method == "HEAD":
+        return Response(headers={"content-type": "text/event-stream", "cache-control": "no-store"})
     feed = app_state(request).status
     if not feed.open_stream():
         raise OverloadedError(

@@ -108,7 +108,8 @@ class GatewayMetrics:
         )
         self.auth_failures = Counter(
             "vgate_auth_failures_total",
-            "Requests refused by auth: missing_key, invalid_key or model_not_allowed.",
+            "Requests refused by auth: missing_key, invalid_key, model_not_allowed or "
+            "invalid_admin_key (a route behind the admin key).",
             ("reason",),
             registry=self.registry,
         )
