@@ -212,6 +212,18 @@ class KeyLimits(_Section):
         return self.rpm is not None or self.tpm is not None or self.max_concurrent is not None
 
 
+def sendable_secret(value: str, what: str) -> str:
+    """``value`` if a client can send it as ``Bearer <value>``: visible ASCII, no space
+    (header values arrive trimmed, as latin-1); anything else could never match, and
+    is most often a newline or space read along with the secret from a file."""
+    if not all("!" <= char <= "~" for char in value):
+        raise ValueError(
+            f"{what}: only visible ASCII characters, no spaces (a Bearer token cannot carry "
+            "others): a trailing newline or space read from a secret file?"
+        )
+    return value
+
+
 class StaticKey(KeyLimits):
     """An API key declared in the config (for stateless deployments)."""
 
@@ -243,6 +255,11 @@ class StaticKey(KeyLimits):
     @classmethod
     def _tier(cls, value: object) -> int:
         return parse_priority(value)
+
+    @field_validator("key")
+    @classmethod
+    def _sendable(cls, key: str) -> str:
+        return sendable_secret(key, "auth.keys: a key")
 
     @field_validator("models")
     @classmethod
@@ -288,6 +305,11 @@ class AuthSettings(_Section):
     unknown_keys_ttl_s: float = Field(
         10.0, gt=0, description="How long an unknown key is remembered at most."
     )
+
+    @field_validator("admin_key")
+    @classmethod
+    def _sendable(cls, admin_key: str | None) -> str | None:
+        return None if admin_key is None else sendable_secret(admin_key, "auth.admin_key")
 
     @model_validator(mode="after")
     def _usable(self) -> AuthSettings:

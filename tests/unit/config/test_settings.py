@@ -104,6 +104,9 @@ def test_top_level_must_be_a_mapping(tmp_path: Path) -> None:
         ("auth: {keys: [{name: 'a b', key: sk-12345678}]}\n", "auth.keys.0.name"),
         ("auth: {admin_key: short}\n", "auth.admin_key"),
         ("auth: {keys: [{name: a, key: short}]}\n", "auth.keys.0.key"),
+        ('auth: {admin_key: "admin-0123456789abcdef\\n"}\n', "trailing newline"),
+        ('auth: {keys: [{name: a, key: " sk-12345678"}]}\n', "visible ASCII"),
+        ('auth: {keys: [{name: a, key: "sk-1234567\u00e9"}]}\n', "auth.keys.0.key"),
         (
             "auth: {keys: [{name: a, key: sk-12345678}, {name: a, key: sk-87654321}]}\n",
             "names must be unique",
