@@ -54,8 +54,8 @@ def silent_leader(gateway: Gateway, engine: Stub, body: dict[str, Any]) -> socke
     at the engine (it leads the flight)."""
     in_flight = engine.stats()["in_flight"]
     payload = orjson.dumps(body)
-    head = (b"POST /v1/chat/completions HTTP/1.0\r\nhost: x\r\n"
-            b"content-type: application/json\r\ncontent-length: %d\r\n\r\n") % len(payload)  # fmt: skip
+    head = b"POST /v1/chat/completions HTTP/1.0\r\nhost: x\r\ncontent-type: application/json\r\n"
+    head += b"content-length: %d\r\n\r\n" % len(payload)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     sock.settimeout(20)
@@ -166,17 +166,17 @@ def test_the_engine_stream_is_cancelled_once_nobody_reads_it(
     """The leader's client leaves, then its only follower: the engine request ends."""
     body = body_of("nobody", 5000, itl_ms=2)
     cancelled = engine.stats()["streams_cancelled"]
-    with silent_leader(gateway, engine, body) as leader:
-        with (
-            httpx.Client(timeout=15) as client,
-            client.stream("POST", f"{gateway.base_url}/chat/completions", json=body) as reply,
-        ):
-            chunks = reply.iter_bytes()
-            received = bytearray()
-            while received.count(b"\n\ndata: ") < 10:
-                received += next(chunks)
-            leader.close()
-            received += next(chunks)  # still served after the leader left
-        # (the follower's connection closed here)
+    with (
+        silent_leader(gateway, engine, body) as leader,
+        httpx.Client(timeout=15) as client,
+        client.stream("POST", f"{gateway.base_url}/chat/completions", json=body) as reply,
+    ):
+        chunks = reply.iter_bytes()
+        received = bytearray()
+        while received.count(b"\n\ndata: ") < 10:
+            received += next(chunks)
+        leader.close()
+        received += next(chunks)  # still served after the leader left
+    # (the follower's connection closed here)
     holds_soon(lambda: engine.stats()["streams_cancelled"] > cancelled)
     holds_soon(lambda: engine.stats()["in_flight"] == 0)
