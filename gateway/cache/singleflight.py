@@ -7,8 +7,9 @@ meanwhile follow: they wait on the flight instead of calling an engine, and a
 streaming follower receives each batch as the leader does, under its own answer
 id (:class:`gateway.cache.entry.IdSwap`). Scope: one gateway
 process (each replica leads its own flights; Redis is not consulted). If the
-leader fails or its client leaves mid-answer, followers that have sent nothing
-yet make their own upstream call; those already streaming get an error event.
+leader fails, or its client leaves before the engine is read for its followers
+(:mod:`gateway.pipeline.leader_stream`), followers that have sent nothing yet make
+their own upstream call; those already streaming get an error event.
 
 A stream that grows past the cache's ``max_entry_bytes`` will not be stored, so
 its flight stops keeping it (:meth:`Flight.stop_keeping`): no new follower joins,
@@ -131,6 +132,8 @@ class Flight:
         """Cut the followers furthest behind until what is held fits
         :attr:`max_lag_bytes` (their next read finds their batches forgotten)."""
         positions = self.positions
+        if len(positions) + len(self.cut) < self.followers:
+            return  # one that has not started reading holds everything: none is cut
         while self.held > self.max_lag_bytes and positions:
             low = min(positions.values())
             for follower in [f for f, seen in positions.items() if seen == low]:
