@@ -196,6 +196,15 @@ class UpstreamTimeoutError(GatewayError):
     code = "upstream_timeout"
 
 
+class SlowReaderError(GatewayError):
+    """A client of a stream shared by single flight fell further behind the engine than
+    ``cache.max_lag_bytes``: its stream ends with this error event (the others go on)."""
+
+    status = 408
+    error_type = "timeout_error"
+    code = "client_too_slow"
+
+
 class UpstreamStatusError(GatewayError):
     """The engine answered with an error status; its error is sent in OpenAI's shape
     (:func:`openai_error`), with the engine's message."""

@@ -89,7 +89,7 @@ class ResponseCache:
         self._settings = settings
         self._store = store
         self._metrics = metrics
-        self.flights = Flights()
+        self.flights = Flights(settings.max_lag_bytes)
         self._keys = KeyHasher(settings.namespace)
         self._policies = {name: _policy(settings, m) for name, m in models.items()}
         for name, m in models.items():  # a managed engine's LoRA adapters: its policy

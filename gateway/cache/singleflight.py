@@ -7,20 +7,33 @@ meanwhile follow: they wait on the flight instead of calling an engine, and a
 streaming follower receives each batch as the leader does, under its own answer
 id (:class:`gateway.cache.entry.IdSwap`). Scope: one gateway
 process (each replica leads its own flights; Redis is not consulted). If the
-leader fails or its client leaves mid-answer, followers that have sent nothing
-yet make their own upstream call; those already streaming get an error event.
+leader fails, or its client leaves before the engine is read for its followers
+(:mod:`gateway.pipeline.leader_stream`), followers that have sent nothing yet make
+their own upstream call; those already streaming get an error event.
 
 A stream that grows past the cache's ``max_entry_bytes`` will not be stored, so
 its flight stops keeping it (:meth:`Flight.stop_keeping`): no new follower joins,
 and each batch is forgotten once every follower has it. Without this, every
 cacheable stream held its whole answer in memory until it ended, whatever its size.
+
+Every reader takes the stream at its own pace (the leader's client too, once someone
+follows: :mod:`gateway.pipeline.leader_stream`), so one that falls behind must not
+hold the flight's memory: once a stream is no longer kept whole, a follower more than
+:attr:`Flight.max_lag_bytes` behind the engine is cut (:attr:`Flight.cut`): its place
+is dropped, the batches only it still needed are forgotten, and its stream ends with
+an error event (:class:`gateway.errors.SlowReaderError`) while the others go on.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 from gateway.cache.entry import Entry
+
+MAX_LAG_BYTES = 2 * 1024 * 1024
+"""``cache.max_lag_bytes``'s default: how far one reader of a shared stream may fall
+behind the engine."""
 
 
 class FlightFailed(Exception):
@@ -30,7 +43,7 @@ class FlightFailed(Exception):
 class Flight:
     """What a leader has received so far for one cache key."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_lag_bytes: int = MAX_LAG_BYTES) -> None:
         self.batches: list[bytes] = []
         """The leader's stream so far, as relayed (events, never split), from batch
         :attr:`base` on."""
@@ -46,6 +59,16 @@ class Flight:
         self.entry: Entry | None = None
         self.failed = False
         self.followers = 0
+        self.max_lag_bytes = max_lag_bytes
+        """How far (bytes) a reader may fall behind the engine before it is cut."""
+        self.held = 0
+        """Bytes of :attr:`batches`, counted once the stream is no longer kept whole."""
+        self.cut: set[object] = set()
+        """Followers cut for falling more than :attr:`max_lag_bytes` behind (from
+        :attr:`positions`, until they leave)."""
+        self.on_readers: Callable[[], None] | None = None
+        """Told when a follower joins or leaves (the leader's stream: it reads the engine
+        at the engine's pace once someone follows, and stops once nobody reads)."""
         self._changed: asyncio.Event | None = None
         """Set at the next change; made only once someone waits (most flights never
         have a follower, and a stream changes at every batch)."""
@@ -69,32 +92,54 @@ class Flight:
     def stop_keeping(self) -> None:
         """Keep batches only until every follower has them; let no new follower join."""
         self.keeping = False
+        self.held = sum(map(len, self.batches))
         self._forget()
+        self._cut_laggards()
 
     def leave(self, follower: object | None = None) -> None:
         """One follower fewer (it got its answer, went its own way, or its client left);
         ``follower``: the one whose place :attr:`positions` kept."""
         self.followers -= 1
-        if follower is not None:
-            self.positions.pop(follower, None)
+        if follower is not None and self.positions.pop(follower, None) is None:
+            self.cut.discard(follower)
+        if self.on_readers is not None:
+            self.on_readers()
 
     def publish(self, batch: bytes) -> None:
         if batch:
             self.batches.append(batch)
             if not self.keeping:
+                self.held += len(batch)
                 self._forget()
+                if self.held > self.max_lag_bytes:
+                    self._cut_laggards()
             self._wake()
 
     def _forget(self) -> None:
         """Drop the batches every follower has had. A follower that joined but has not
         started reading has no position yet: then nothing is dropped."""
         positions = self.positions
-        if len(positions) < self.followers:
+        if len(positions) + len(self.cut) < self.followers:
             return
         low = min(positions.values(), default=self.end)
         if low > self.base:
-            del self.batches[: low - self.base]
+            dropped = low - self.base
+            self.held -= sum(map(len, self.batches[:dropped]))
+            del self.batches[:dropped]
             self.base = low
+
+    def _cut_laggards(self) -> None:
+        """Cut the followers furthest behind until what is held fits
+        :attr:`max_lag_bytes` (their next read finds their batches forgotten)."""
+        positions = self.positions
+        if len(positions) + len(self.cut) < self.followers:
+            return  # one that has not started reading holds everything: none is cut
+        while self.held > self.max_lag_bytes and positions:
+            low = min(positions.values())
+            for follower in [f for f, seen in positions.items() if seen == low]:
+                del positions[follower]
+                self.cut.add(follower)
+            self._forget()
 
     def finish(self, entry: Entry) -> None:
         self.entry = entry
@@ -122,6 +167,10 @@ class Flight:
             self._changed = asyncio.Event()
         return self._changed
 
+    def wake(self) -> None:
+        """Wake whoever waits on the flight (they look again at what changed)."""
+        self._wake()
+
     def _wake(self) -> None:
         changed, self._changed = self._changed, None
         if changed is not None:
@@ -131,8 +180,9 @@ class Flight:
 class Flights:
     """The flights of one process, by cache key."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_lag_bytes: int = MAX_LAG_BYTES) -> None:
         self._flights: dict[str, Flight] = {}
+        self._max_lag_bytes = max_lag_bytes
 
     def __len__(self) -> int:
         """Flights under way."""
@@ -147,10 +197,12 @@ class Flights:
         if flight is None or flight.done or not flight.keeping:
             return None
         flight.followers += 1
+        if flight.on_readers is not None:
+            flight.on_readers()
         return flight
 
     def lead(self, key: str) -> Flight:
-        flight = self._flights[key] = Flight()
+        flight = self._flights[key] = Flight(self._max_lag_bytes)
         return flight
 
     def land(self, key: str, flight: Flight) -> None:

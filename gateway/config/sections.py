@@ -161,6 +161,13 @@ class CacheSettings(_Section):
     max_entry_bytes: int = Field(
         1024 * 1024, ge=1024, description="Larger answers are served but not stored."
     )
+    max_lag_bytes: int = Field(
+        2 * 1024 * 1024,
+        ge=1024,
+        description="Single flight: how far one client of a shared stream (the first "
+        "request's included) may fall behind the engine before its stream is cut with an "
+        "error event; the others go on at the engine's pace.",
+    )
     scope: Literal["shared", "per_key"] = Field(
         "per_key",
         description="per_key: each API key has its own entries (with auth off, every caller "

@@ -35,7 +35,7 @@ from gateway.cache.entry import (
 )
 from gateway.cache.response_cache import CachePlan, ResponseCache
 from gateway.cache.singleflight import Flight, FlightFailed
-from gateway.errors import UpstreamError
+from gateway.errors import SlowReaderError, UpstreamError
 from gateway.pipeline.usage import UsageTap, body_usage, usage_tokens
 from gateway.upstream.relay import STREAM_ERROR, StreamOutcome
 
@@ -162,6 +162,14 @@ def kept_answer(answer: Any) -> dict[str, Any] | None:
     return answer
 
 
+def slow_reader(flight: Flight) -> SlowReaderError:
+    """The error that ends the stream of a reader that fell too far behind ``flight``."""
+    return SlowReaderError(
+        f"this stream was cut: its client fell more than {flight.max_lag_bytes} bytes "
+        "behind the answer shared with identical requests (cache.max_lag_bytes)"
+    )
+
+
 def hit_tokens(cache: ResponseCache, entry: Entry) -> int:
     """What a cached answer costs the key's token limit (0 unless configured)."""
     if not cache.hits_consume_tokens:
@@ -186,7 +194,9 @@ async def follow_events(
     placed there when it joined and removed when it leaves: its place tells the
     flight which batches it still needs. ``on_done`` gets the leader's entry before
     the last events go out; if the leader fails part way, this raises
-    :class:`UpstreamError` (the HTTP edge ends the stream with an error event)."""
+    :class:`UpstreamError` (the HTTP edge ends the stream with an error event), and
+    :class:`SlowReaderError` if this follower fell so far behind that the flight cut it
+    (:attr:`Flight.cut`)."""
     swap: IdSwap | None = None
     strip = None if include_usage else UsageTap(strip=True)
     seen = 0
@@ -196,6 +206,9 @@ async def follow_events(
         try:
             fresh, seen = flight.since(seen), flight.end
         except FlightFailed:  # forgotten before this follower had them: never a gap
+            if me in flight.cut:
+                outcome.error = slow_reader(flight)
+                raise outcome.error from None
             fresh = []
             failed = True
         else:

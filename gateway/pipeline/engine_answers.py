@@ -17,7 +17,7 @@ this request's ``created`` (:attr:`gateway.cache.entry.Entry.fresh_at`).
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import replace
 
 from gateway.cache.entry import Entry
@@ -30,6 +30,7 @@ from gateway.observability.timeline import SERVER_TIMING
 from gateway.pipeline.cache_flow import follow_events, hit_tokens
 from gateway.pipeline.exchange import Exchange
 from gateway.pipeline.forwarding import Attempt, Forwarder
+from gateway.pipeline.leader_stream import LeaderStream
 from gateway.pipeline.plan import ParsedRequest, Route
 from gateway.pipeline.priority import Place
 from gateway.pipeline.request_meta import RequestMeta
@@ -193,10 +194,15 @@ class EngineAnswers:
                 if pair is not None and collector is not None:
                     pair.primary(collector.text())
 
-        events = relay_events(stream, outcome, exchange.clock, taps, done, route.prompt_param)
+        relay = relay_events(stream, outcome, exchange.clock, taps, done, route.prompt_param)
+        events: AsyncIterator[bytes] = relay
+        close = exchange.close
+        if fill is not None:  # its followers read the engine at its pace, not its client's
+            leader = LeaderStream(relay, fill, close)
+            events, close = leader, leader.close
         if watch is not None and watch.evidence is not None:
             events = with_trailer(events, lambda: watch.trailer(exchange))
-        return EventStream(events, self._headers(exchange, url), exchange.close)
+        return EventStream(events, self._headers(exchange, url), close)
 
     def _headers(self, exchange: Exchange, url: str) -> RawHeaders:
         headers = [*exchange.ticket.raw_headers]

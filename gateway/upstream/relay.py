@@ -35,7 +35,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from typing import Any, Protocol
 
 import orjson
@@ -115,7 +115,7 @@ async def relay_events(
     taps: Sequence[BatchTap] = (),
     on_done: Callable[[], None] | None = None,
     prompt_param: str = "messages",
-) -> AsyncIterator[bytes]:
+) -> AsyncGenerator[bytes, None]:
     """Yield the engine's events; raise a :class:`GatewayError` if it fails mid-stream.
 
     ``taps`` see every batch in turn (the cache collects it, the usage tap may

@@ -1,0 +1,205 @@
+"""A single-flight leader's client does not pace its followers: once someone follows,
+the engine is read at its own pace into the flight and into the leader's queue, each
+reader takes its part at its own pace, and a reader more than ``max_lag_bytes``
+behind is cut (:class:`SlowReaderError`) while the others go on. Before, the leader's
+relay read the engine only as fast as the leader's client took the bytes."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncGenerator
+
+import pytest
+
+from gateway.backends.memory.cache import MemoryEntryStore
+from gateway.cache.response_cache import CachePlan, ResponseCache
+from gateway.cache.singleflight import Flight, FlightFailed
+from gateway.config.sections import CacheSettings
+from gateway.errors import SlowReaderError
+from gateway.observability.metrics import GatewayMetrics
+from gateway.pipeline.cache_flow import CacheFill, follow_events
+from gateway.pipeline.leader_stream import LeaderStream
+from gateway.upstream.relay import StreamOutcome
+from tests.helpers.waiting import until
+
+MODEL = "m"
+LAG = 4096
+BATCH = b'data: {"id":"chatcmpl-1","choices":[{"delta":{"content":"' + b"x" * 200 + b'"}}]}\n\n'
+DONE = b"data: [DONE]\n\n"
+
+
+class Engine:
+    """A relay fed by the test: each batch goes through the fill's tap, as the relay's."""
+
+    def __init__(self, fill: CacheFill) -> None:
+        self.fill = fill
+        self.feed: asyncio.Queue[bytes | None] = asyncio.Queue()
+        self.read = 0  # batches the relay has taken from the engine
+        self.waiting = False  # a step of the relay waits for the engine
+        self.closed = False  # the relay ended (its engine stream with it)
+
+    async def relay(self) -> AsyncGenerator[bytes, None]:
+        try:
+            while True:
+                self.waiting = True
+                batch = await self.feed.get()
+                self.waiting = False
+                if batch is None:
+                    return
+                self.read += 1
+                if batch == DONE:  # the relay's end: the fill lands, then the last batch
+                    self.fill.finish_stream(None)
+                    yield self.fill.inspect(batch)
+                    return
+                yield self.fill.inspect(batch)
+        finally:
+            self.closed = True
+
+    def send(self, *batches: bytes) -> None:
+        for batch in batches:
+            self.feed.put_nowait(batch)
+
+
+def setup(max_entry_bytes: int = 1 << 20) -> tuple[ResponseCache, CacheFill, Engine]:
+    settings = CacheSettings(enabled=True, max_lag_bytes=LAG)
+    cache = ResponseCache(settings, {}, MemoryEntryStore(1 << 24), GatewayMetrics())
+    plan = CachePlan("k", True, True, None, 60, max_entry_bytes, stream=True)
+    fill = CacheFill(cache, MODEL, plan)
+    return cache, fill, Engine(fill)
+
+
+def join(cache: ResponseCache) -> tuple[Flight, object]:
+    flight = cache.flights.join("k")
+    assert flight is not None
+    me = object()
+    flight.positions[me] = 0
+    return flight, me
+
+
+async def test_without_followers_the_client_pulls_the_engine_itself() -> None:
+    _, fill, engine = setup()
+    released: list[bool] = []
+    leader = LeaderStream(engine.relay(), fill, lambda: released.append(True))
+    engine.send(BATCH, DONE)
+    assert [batch async for batch in leader] == [BATCH, DONE]
+    leader.close()
+    assert released == [True]
+    assert fill.flight.entry is not None
+
+
+async def test_a_leader_that_reads_nothing_does_not_pace_its_follower() -> None:
+    cache, fill, engine = setup()
+    leader = LeaderStream(engine.relay(), fill, lambda: None)
+    engine.send(BATCH)
+    assert await anext(leader) == BATCH  # then its client takes no more
+    flight, me = join(cache)
+    outcome = StreamOutcome()
+    follower = follow_events(flight, True, outcome, lambda entry: None, None, me)
+    many = LAG // len(BATCH) * 3
+    engine.send(*[BATCH] * many, DONE)
+    got = b"".join([batch async for batch in follower])  # while the leader reads nothing
+    assert outcome.completed and got.count(b"data: ") == many + 2
+    assert engine.read == many + 2
+    with pytest.raises(SlowReaderError):  # it fell more than LAG behind: cut, no rest
+        await anext(leader)
+
+
+async def test_a_leader_that_reads_again_in_time_gets_everything_in_order() -> None:
+    cache, fill, engine = setup()
+    leader = LeaderStream(engine.relay(), fill, lambda: None)
+    flight, _ = join(cache)  # joins while the engine is asked: the pump reads at once
+    engine.send(BATCH, BATCH, DONE)
+    await until(lambda: flight.entry is not None)
+    assert [batch async for batch in leader] == [BATCH * 2 + DONE]
+
+
+async def test_a_follower_joining_during_the_clients_own_step_is_not_paced() -> None:
+    """The leader's client is inside a step of the relay (waiting for the engine) when a
+    follower joins: the pump takes over once that step has brought its batch."""
+    cache, fill, engine = setup()
+    leader = LeaderStream(engine.relay(), fill, lambda: None)
+    step = asyncio.ensure_future(anext(leader))
+    await until(lambda: engine.waiting)  # the relay waits on the engine
+    flight, _ = join(cache)
+    engine.send(BATCH, BATCH, BATCH, DONE)
+    assert await step == BATCH  # the client's own step; then it takes no more
+    await until(lambda: flight.entry is not None)  # the engine read to its end meanwhile
+    assert engine.read == 4
+
+
+async def test_the_leaders_queue_never_holds_more_than_the_lag() -> None:
+    cache, fill, engine = setup()
+    leader = LeaderStream(engine.relay(), fill, lambda: None)
+    join(cache)
+    peak = 0
+    for _ in range(LAG // len(BATCH) * 3):
+        engine.send(BATCH)
+        await until(lambda: engine.feed.empty())
+        await asyncio.sleep(0)
+        peak = max(peak, sum(map(len, leader._queue)))
+    assert 0 < peak <= LAG
+
+
+async def test_the_engine_is_read_on_for_followers_once_the_leaders_client_left() -> None:
+    cache, fill, engine = setup()
+    released: list[bool] = []
+    leader = LeaderStream(engine.relay(), fill, lambda: released.append(True))
+    flight, _ = join(cache)
+    engine.send(BATCH)
+    await until(lambda: engine.read == 1)
+    leader.close()  # its client left: the follower still reads
+    assert not released
+    engine.send(BATCH, DONE)
+    await until(lambda: flight.entry is not None)
+    assert released == [True]
+    assert flight.end == 3
+
+
+async def test_the_engine_request_ends_once_nobody_reads_it() -> None:
+    cache, fill, engine = setup()
+    released: list[bool] = []
+    leader = LeaderStream(engine.relay(), fill, lambda: released.append(True))
+    flight, me = join(cache)
+    engine.send(BATCH)
+    await until(lambda: engine.read == 1)
+    leader.close()
+    assert not engine.closed and not released  # read on for the follower
+    flight.leave(me)  # the last reader leaves: the pump is cancelled, the request released
+    await until(lambda: bool(released))
+    assert engine.closed  # the engine's stream was closed
+
+
+async def test_a_leader_leaving_before_the_pump_took_over_fails_the_flight_as_before() -> None:
+    cache, fill, engine = setup()
+    released: list[bool] = []
+    leader = LeaderStream(engine.relay(), fill, lambda: released.append(True))
+    step = asyncio.ensure_future(anext(leader))
+    await until(lambda: engine.waiting)
+    join(cache)  # the pump waits for the client's step to end
+    step.cancel()  # the client leaves inside it
+    with pytest.raises(asyncio.CancelledError):
+        await step
+    leader.close()
+    assert released == [True]
+
+
+async def test_a_follower_too_far_behind_a_stream_no_longer_kept_is_cut() -> None:
+    """The others keep their place; the flight holds at most ``max_lag_bytes``."""
+    flight = Flight(max_lag_bytes=LAG)
+    flight.followers = 2
+    slow, quick = object(), object()
+    flight.positions.update({slow: 0, quick: 0})
+    flight.stop_keeping()
+    for _ in range(LAG // len(BATCH) * 2):
+        flight.publish(BATCH)
+        flight.positions[quick] = flight.end  # keeps up
+        assert flight.held <= LAG
+    assert flight.cut == {slow} and list(flight.positions) == [quick]
+    with pytest.raises(FlightFailed):
+        flight.since(0)
+    outcome = StreamOutcome()
+    events = follow_events(flight, True, outcome, lambda entry: None, None, slow)
+    with pytest.raises(SlowReaderError):
+        await anext(events)
+    flight.leave(slow)
+    assert flight.cut == set() and flight.followers == 1
