@@ -43,7 +43,11 @@ class FlightFailed(Exception):
 class Flight:
     """What a leader has received so far for one cache key."""
 
-    def __init__(self, max_lag_bytes: int = MAX_LAG_BYTES) -> None:
+    def __init__(self, max_lag_bytes: int = MAX_LAG_BYTES, cap: int | None = None) -> None:
+        self.cap = cap
+        """The output cap the gateway wrote into the leader's body where the key does not
+        hold it (:attr:`gateway.cache.entry.Entry.cap`): only a request the gateway caps
+        alike follows (the leader's answer may be cut by it, or longer than another's)."""
         self.batches: list[bytes] = []
         """The leader's stream so far, as relayed (events, never split), from batch
         :attr:`base` on."""
@@ -191,18 +195,19 @@ class Flights:
     def under_way(self) -> list[Flight]:
         return list(self._flights.values())
 
-    def join(self, key: str) -> Flight | None:
-        """The flight under way for ``key`` (now one follower more), or None."""
+    def join(self, key: str, cap: int | None = None) -> Flight | None:
+        """The flight under way for ``key`` (now one follower more), or None; None too
+        when its leader's :attr:`Flight.cap` is not ``cap``, this request's."""
         flight = self._flights.get(key)
-        if flight is None or flight.done or not flight.keeping:
+        if flight is None or flight.done or not flight.keeping or flight.cap != cap:
             return None
         flight.followers += 1
         if flight.on_readers is not None:
             flight.on_readers()
         return flight
 
-    def lead(self, key: str) -> Flight:
-        flight = self._flights[key] = Flight(self._max_lag_bytes)
+    def lead(self, key: str, cap: int | None = None) -> Flight:
+        flight = self._flights[key] = Flight(self._max_lag_bytes, cap)
         return flight
 
     def land(self, key: str, flight: Flight) -> None:

@@ -62,7 +62,7 @@ class CacheFill:
         self._key = plan.key
         self._usable = True
         self._size = 0  # bytes of the stream so far
-        self.flight = cache.flights.lead(plan.key)
+        self.flight = cache.flights.lead(plan.key, cap)
         self._landed = False
 
     def inspect(self, batch: bytes) -> bytes:

@@ -259,15 +259,15 @@ class CompletionService:
         if plan.bypassed:
             exchange.cache_status = BYPASS
         if plan.key is not None:
+            unkeyed_cap = sent_cap if sent_cap != keyed_cap else None  # a shared key holds it
             if plan.lookup:
-                flight = self._cache.flights.join(plan.key)
+                flight = self._cache.flights.join(plan.key, unkeyed_cap)
                 if flight is not None:
                     exchange.follow(flight)
                     followed = await self._answers.follow(exchange, parsed, flight)
                     if followed is not None:
                         return followed
                     exchange.leave_flight()
-            unkeyed_cap = sent_cap if sent_cap != keyed_cap else None  # a shared key holds it
             exchange.lead(CacheFill(self._cache, parsed.model, plan, unkeyed_cap))
             exchange.cache_status = MISS
         exchange.count_in_flight()

@@ -43,6 +43,19 @@ def test_followers_join_the_flight_under_way() -> None:
     assert flight.followers == 1
 
 
+def test_only_a_request_capped_alike_follows() -> None:
+    """The leader's answer is the engine's under the cap the gateway wrote for it: a
+    request capped otherwise (a limit changed, a fail-open moment) may not take it
+    (cut by a cap it does not have, or longer than its own), and leads instead."""
+    flights = Flights()
+    flight = flights.lead("k", 16)
+    assert flight.cap == 16
+    assert flights.join("k") is None and flights.join("k", 8) is None
+    assert flights.join("k", 16) is flight
+    uncapped = flights.lead("u")
+    assert flights.join("u", 16) is None and flights.join("u") is uncapped
+
+
 def test_a_landed_flight_is_forgotten() -> None:
     flights = Flights()
     flight = flights.lead("k")
