@@ -65,6 +65,10 @@ def ask(gateway: Gateway, kind: str) -> Outcome:
         except openai.APIStatusError as exc:
             shaped, code = _code_of(exc.response.content)
             return Outcome(exc.status_code, shaped, time.monotonic() - began, code)
+        except openai.APIConnectionError as exc:  # cut with no error: never acceptable
+            return Outcome(0, False, time.monotonic() - began, repr(exc))
+        except openai.APIError as exc:  # the stream ended with an error event
+            return Outcome(200, bool(exc.message), time.monotonic() - began)
         finally:
             client.close()
     if kind == "stream":
@@ -79,6 +83,15 @@ def ask(gateway: Gateway, kind: str) -> Outcome:
     if response.status_code == 200:
         return Outcome(200, "choices" in response.json(), took)
     return Outcome(response.status_code, *_shaped_outcome(response.content, took))
+
+
+def ask_safely(gateway: Gateway, kind: str) -> Outcome:
+    """:func:`ask`, with any exception (a connection cut, a malformed answer) an
+    outcome that fails the test rather than a thread that dies quietly."""
+    try:
+        return ask(gateway, kind)
+    except Exception as exc:
+        return Outcome(0, False, 0.0, repr(exc))
 
 
 def _shaped_outcome(body: bytes, took: float) -> tuple[bool, float, str | None]:
@@ -108,7 +121,7 @@ class Load:
 
     def _run(self, kind: str) -> None:
         while not self._stop.is_set():
-            self.outcomes.append(ask(self._gateway, kind))
+            self.outcomes.append(ask_safely(self._gateway, kind))
 
 
 def _wait_for(condition: Callable[[], bool], message: str, within_s: float = 10.0) -> float:
