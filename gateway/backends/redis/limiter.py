@@ -43,6 +43,10 @@ again, and a second time a second later, in case the stale call was still queued
 behind the first release (:class:`_Unsettled`); without this they would refuse the
 key's requests until their leases expire (``ratelimit.concurrency_lease_s``). Their
 token reservations stay counted for one window: erring toward the limit, and bounded.
+The same goes for a settlement whose script call failed once sent: the call may have
+stopped before it (a full Redis fails a call at its first write that needs memory,
+an earlier admission's, and runs nothing after it), so its slot is released again
+too (``ZREM`` of a request id is harmless if it already ran).
 """
 
 from __future__ import annotations
@@ -115,10 +119,11 @@ class _Batch:
     arg_count: int
     waiters: list[_Waiter | None]  # None for a settlement or renewal
     reply_size: int  # integers the reply must hold: a decision per admission
+    frees: list[tuple[str, _EncodedScopes]]  # settlements that free concurrency slots
 
 
 def _empty_batch() -> _Batch:
-    return _Batch(bytearray(), 0, bytearray(), 0, [], 0)
+    return _Batch(bytearray(), 0, bytearray(), 0, [], 0, [])
 
 
 RELEASE_AGAIN_S = 1.0
@@ -259,6 +264,8 @@ class RedisLimiter:
         args = _operation(
             encoded.settle_head, request_id, reserved, settled, at, encoded.settle_flags
         )
+        if encoded.holds_slots:  # released again should this call fail (see _fail)
+            self._batch.frees.append((request_id, encoded))
         self._add(encoded, args, 7, None)
 
     def _add(
@@ -323,9 +330,16 @@ class RedisLimiter:
             self._fail(batch, StoreUnavailable(reason))
 
     def _fail(self, batch: _Batch, error: BaseException) -> None:
-        """Every admission of ``batch`` not decided yet fails with ``error``."""
+        """Every admission of ``batch`` not decided yet fails with ``error``; its
+        settlements' slots are released once Redis answers again (the call may have
+        stopped before them: an ``OOM`` at an earlier operation's first write, a
+        connection reset before Redis read it)."""
         self._link.failed(error)
         failure = StoreUnavailable(str(error))
+        if batch.frees:
+            lease_ends = time.monotonic() + self._lease_s
+            for request_id, encoded in batch.frees:
+                self._unsettled.add(request_id, encoded, lease_ends)
         for waiter in batch.waiters:
             if waiter is None:
                 continue

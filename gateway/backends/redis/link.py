@@ -24,9 +24,10 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from gateway.backends.redis.resp import RespClient
+from gateway.backends.redis.resp_wire import RedisReplyError
 from gateway.errors import StoreUnavailable
 
 log = logging.getLogger("vgate.redis")
@@ -34,12 +35,16 @@ log = logging.getLogger("vgate.redis")
 
 async def bounded(command: Awaitable[Any], timeout_s: float) -> Any:
     """``command`` (a redis-py call) within ``timeout_s``; its failure or silence as
-    :class:`StoreUnavailable`, the one error the stores above report."""
+    :class:`StoreUnavailable`, the one error the stores above report. An error reply
+    (``OOM``, ``READONLY``, ...) is a :class:`RedisReplyError`: Redis refused the
+    command, so it did not run (after a timeout or a lost connection it may have)."""
     try:
         async with asyncio.timeout(timeout_s):
             return await command
     except TimeoutError:
         raise StoreUnavailable(f"redis did not answer within {timeout_s} s") from None
+    except ResponseError as exc:
+        raise RedisReplyError(str(exc)) from None
     except (RedisError, OSError) as exc:
         raise StoreUnavailable(str(exc)) from None
 

@@ -7,7 +7,12 @@ Each owner's bytes are counted in two keys of its own (one hash slot:
 ``#``, and ``...:expiry``, a sorted set of record ids by expiry): a small script
 forgets the records that expired, checks the quota and counts the new one, all at
 once, so replicas never overshoot together; the record itself is written after it
-(another key, perhaps another slot). A record Redis lost some other way still counts
+(another key, perhaps another slot). A record whose write Redis refused (full, under
+``noeviction``: the count can still pass, as Redis lets a script that has already
+written, here forgetting an expired record, finish its writes, and the record's own
+write then fails with ``OOM``) is counted down again at once;
+without that it took the owner's quota for the record's whole TTL (30 days). A record
+Redis lost some other way (a write that timed out may still have run) still counts
 until its expiry: the count errs toward the limit.
 
 Calls go over a redis-py connection pool of the store's own, never over the shared
@@ -31,6 +36,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from gateway.backends.redis.link import RedisLink, bounded, redis_py_client
+from gateway.backends.redis.resp_wire import RedisReplyError
 from gateway.errors import StoreUnavailable
 
 PREFIX = "vgate:responses:"
@@ -143,7 +149,12 @@ class RedisResponseStore:
         ]
         if not await self._script(self._count, owner, args):
             return False
-        await self._call(self._client.set(self._prefix + response_id, record, ex=ttl_s))
+        try:
+            await self._call(self._client.set(self._prefix + response_id, record, ex=ttl_s))
+        except RedisReplyError:  # refused (a full Redis: OOM), so never stored
+            with contextlib.suppress(StoreUnavailable):
+                await self._script(self._uncount, owner, [response_id])
+            raise
         return True
 
     async def owns(self, response_id: str, owner: str) -> bool:

@@ -8,12 +8,16 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 import redis
+import redis.asyncio
+import redis.exceptions
 
 from gateway.backends.redis.link import RedisLink
 from gateway.backends.redis.responses import RedisResponseStore
+from gateway.errors import StoreUnavailable
 
 
 @pytest.fixture
@@ -82,4 +86,30 @@ async def test_a_shorter_ttl_never_shortens_the_owners_bookkeeping(redis_url: st
         assert await store.owns("long", "alice")
     finally:
         client.close()
+        await link.close()
+
+
+class _FullForRecords(redis.asyncio.Redis):
+    """A Redis whose record writes are refused as a full one refuses them (the count's
+    script still runs: it can, see the module docstring of the store)."""
+
+    async def set(self, *args: Any, **kwargs: Any) -> Any:
+        raise redis.exceptions.ResponseError(
+            "OOM command not allowed when used memory > 'maxmemory'."
+        )
+
+
+async def test_a_record_redis_refused_to_store_stops_counting(redis_url: str) -> None:
+    """Fault hunt: a record whose write failed with OOM after it was counted took its
+    owner's quota for its whole TTL (30 days) though nothing was stored."""
+    link = RedisLink(redis_url, timeout_s=5.0, retry_s=0.1)
+    full = _FullForRecords.from_url(redis_url)
+    store = RedisResponseStore(link, prefix=f"test:{uuid.uuid4().hex}:", client=full)
+    try:
+        with pytest.raises(StoreUnavailable, match="OOM"):
+            await store.put("refused", b"x" * 600, 60, "erin", 1000)
+        assert await store.usage("erin") == 0
+        assert not await store.owns("refused", "erin")
+    finally:
+        await full.aclose()
         await link.close()
