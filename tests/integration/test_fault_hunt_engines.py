@@ -129,19 +129,21 @@ def test_an_engine_fault_under_load_is_answered_and_healed(fault: str, tmp_path:
         gateway = stack.enter_context(contextlib.contextmanager(start_gateway)(config, tmp_path))
         with Load(gateway) as load:
             _wait_for(lambda: len(load.outcomes) >= 8, "no traffic before the fault")
+            url_a = f"http://127.0.0.1:{port_a}"
+            marked_down = lambda: not gateway.ready()["engines"][STUB_MODEL][url_a]  # noqa: E731
             if fault == "hang":
                 os.kill(a.pid, signal.SIGSTOP)
-                time.sleep(READ_TIMEOUT_S + 1.5)
-                assert not gateway.ready()["engines"][STUB_MODEL][f"http://127.0.0.1:{port_a}"]
+                _wait_for(marked_down, "a hung engine stayed ready", READ_TIMEOUT_S + 10)
                 os.kill(a.pid, signal.SIGCONT)
             else:
                 os.kill(a.pid, signal.SIGKILL)  # streams in flight are cut
                 a.wait()
                 if fault == "silent_listener":
                     with silent_listener(port_a):
-                        time.sleep(READ_TIMEOUT_S + 1.5)
+                        _wait_for(marked_down, "a silent engine stayed ready", READ_TIMEOUT_S + 10)
                 stack.enter_context(engine(port_a))  # back on the same port
-            time.sleep(1.0)
+            seen = len(load.outcomes)
+            _wait_for(lambda: len(load.outcomes) >= seen + 8, "no answers after the fault")
         outcomes = load.outcomes
         assert all(o.shaped for o in outcomes), [o for o in outcomes if not o.shaped]
         assert {o.status for o in outcomes} <= {200, 502, 503, 504}, outcomes

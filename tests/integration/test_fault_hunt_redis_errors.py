@@ -147,21 +147,26 @@ def _all_slots_free(gateway: Gateway) -> bool:
 
 
 @contextlib.contextmanager
-def _faults(admin: redis.Redis) -> Iterator[Callable[[], None]]:
-    """Each fault in turn, a moment of load apart; Redis healthy on leaving."""
+def _faults(admin: redis.Redis, load: Load) -> Iterator[Callable[[], None]]:
+    """Each fault in turn, each held until the load has had a few answers under it;
+    Redis healthy on leaving."""
+
+    def under_load() -> None:  # a few more answers while the fault lasts
+        seen = len(load.outcomes)
+        _wait_for(lambda: len(load.outcomes) >= seen + 4, "no answers under the fault")
 
     def inject() -> None:
         admin.config_set("maxmemory-policy", "noeviction")
         admin.config_set("maxmemory", 1)  # full: writes fail with OOM
-        time.sleep(1.5)
+        under_load()
         admin.config_set("maxmemory", 0)
-        time.sleep(0.5)
+        under_load()
         for _ in range(3):
             admin.script_flush()  # the limiter's script is gone: NOSCRIPT
-            time.sleep(0.3)
+            under_load()
         for _ in range(3):
             admin.client_kill_filter(_type="normal")  # the gateway's too
-            time.sleep(0.3)
+            under_load()
 
     try:
         yield inject
@@ -204,10 +209,11 @@ def test_redis_errors_under_load_keep_every_promise(
         admin = redis.Redis.from_url(redis_url)
         stack.callback(admin.close)
         assert _all_slots_free(gateway)
-        with _faults(admin) as inject, Load(gateway) as load:
+        with Load(gateway) as load, _faults(admin, load) as inject:
             _wait_for(lambda: len(load.outcomes) >= 6, "no traffic before the faults")
             inject()
-            time.sleep(0.5)
+            seen = len(load.outcomes)
+            _wait_for(lambda: len(load.outcomes) >= seen + 4, "no answers after the faults")
         outcomes = load.outcomes
         assert outcomes
         assert all(o.shaped for o in outcomes), [o for o in outcomes if not o.shaped]
