@@ -77,14 +77,26 @@ class Entry:
     does not hold it (a key's ``tpm``: see :meth:`serves`); None when the engine got
     the length limit the key holds."""
 
+    def longest_choice(self) -> int | None:
+        """The most completion tokens one of its choices may hold (None: unknown): the
+        whole answer's (every choice's), and no more than :attr:`cap`, which the engine
+        got as every choice's limit (a completions request with several prompts has a
+        choice per prompt; ``cap`` is per choice)."""
+        completion, made_under = self.completion, self.cap
+        if completion is None or made_under is None:
+            return completion
+        return min(completion, made_under)
+
     def serves(self, cap: int | None) -> bool:
         """Whether this is the answer of a request the gateway caps at ``cap`` output
-        tokens (None: no cap). Not when it holds more completion tokens than ``cap``
-        (or an unknown number), nor when the gateway's own cap may have cut it
-        (it reached :attr:`cap`) and this request may have more."""
+        tokens per choice (None: no cap). Not when a choice may hold more than ``cap``
+        (:meth:`longest_choice`, or an unknown number), nor when the gateway's own cap
+        may have cut it (it reached :attr:`cap`) and this request may have more."""
         completion = self.completion
-        if cap is not None and (completion is None or completion > cap):
-            return False
+        if cap is not None:
+            longest = self.longest_choice()
+            if longest is None or longest > cap:
+                return False
         made_under = self.cap
         if made_under is None or (cap is not None and cap <= made_under):
             return True

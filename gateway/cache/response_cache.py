@@ -166,11 +166,13 @@ class ResponseCache:
     ) -> tuple[CachePlan, Entry | None]:
         """The plan from here on and the usable entry (None: a miss, or the store failed).
 
-        ``cap``: the output tokens per choice the rate limits grant this request (None:
-        no token limit), which the engine would get as its ``max_tokens``; an entry
+        ``cap``: the output tokens per choice the rate limits grant this request, which
+        the engine would get as its ``max_tokens`` (None: no token limit, or the keyed
+        body asks for no more itself, which held every answer under its key); an entry
         made under another cap is a miss unless it is this request's answer too
-        (:meth:`Entry.serves`). One with more completion tokens than ``cap`` stays:
-        this request's answer, cut by its cap, is not stored over it."""
+        (:meth:`Entry.serves`). One that may hold more completion tokens than ``cap`` in
+        a choice (:meth:`Entry.longest_choice`) stays: this request's answer, cut by its
+        cap, is not stored over it."""
         if pending is None:
             return plan, None
         try:
@@ -186,8 +188,8 @@ class ResponseCache:
         if too_old or (entry is not None and entry.stream != plan.stream):
             entry = None
         elif entry is not None and not entry.serves(cap):
-            longer = cap is not None and entry.completion is not None and entry.completion > cap
-            if longer:
+            longest = entry.longest_choice()
+            if cap is not None and longest is not None and longest > cap:  # longer
                 plan = replace(plan, store=False)
             entry = None
         self._metrics.cache_requests.labels(model, "hit" if entry else "miss").inc()

@@ -22,20 +22,19 @@ from gateway.errors import (
     PermissionDeniedError,
     StoreUnavailable,
 )
-from gateway.http.admin_key import audit, require_admin_key
+from gateway.http.admin_key import ADMIN_API_OFF, audit, require_admin_key
 from gateway.http.context import app_state, read_body
 from gateway.http.rollouts_admin import router as rollouts_router
 from gateway.http.state import AppState
 
 router = APIRouter()
-ADMIN_DISABLED = "The admin API is off: set auth.admin_key to use it."
 
 
 def _authorized_store(request: Request) -> tuple[AppState, KeyStore]:
-    require_admin_key(request, ADMIN_DISABLED)
+    require_admin_key(request, ADMIN_API_OFF)
     state = app_state(request)
     if state.keys is None:
-        raise PermissionDeniedError(ADMIN_DISABLED, code="admin_disabled")
+        raise PermissionDeniedError(ADMIN_API_OFF, code="admin_disabled")
     return state, state.keys
 
 

@@ -27,6 +27,8 @@ from gateway.http.context import app_state
 
 log = logging.getLogger("vgate.admin")
 FAILURE_REASON = "invalid_admin_key"
+ADMIN_API_OFF = "The admin API is off: set auth.admin_key to use it."
+"""Why ``/admin/keys`` and ``/admin/rollouts`` answer 403 ``admin_disabled``."""
 
 
 def admin_key_presented(request: Request) -> bool:

@@ -20,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from gateway.errors import InvalidRequestError, NotFoundError
-from gateway.http.admin_key import audit, require_admin_key
+from gateway.http.admin_key import ADMIN_API_OFF, audit, require_admin_key
 from gateway.http.context import app_state, read_body
 from gateway.rollouts import operations
 from gateway.rollouts.controller import RolloutController
@@ -29,7 +29,7 @@ router = APIRouter()
 
 
 def _authorized(request: Request) -> RolloutController:
-    require_admin_key(request, "The admin API is off: set auth.admin_key to use it.")
+    require_admin_key(request, ADMIN_API_OFF)
     state = app_state(request)
     if state.rollout_control is None:
         raise NotFoundError("No rollouts are configured.", code="rollout_not_found")

@@ -32,7 +32,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from gateway.cache.singleflight import Flight
-from gateway.errors import GatewayError, UpstreamError, UpstreamTimeoutError
+from gateway.errors import GatewayError, SlowReaderError, UpstreamError, UpstreamTimeoutError
 from gateway.observability.metrics import UNRESOLVED_MODEL, GatewayMetrics
 from gateway.observability.tallies import Tally
 from gateway.observability.timeline import SERVER_TIMING, Timeline
@@ -290,17 +290,21 @@ class Exchange:
         if outcome.first_chunk_at is not None:
             ttft = outcome.first_chunk_at - self.started
             metrics.time_to_first_token.labels(model, label, variant).observe(ttft)
-        if outcome.error is not None:  # a deadline (idle_s, total_s) passed, or the engine broke
-            late = isinstance(outcome.error, UpstreamTimeoutError)
+        error = outcome.error
+        # A client cut for falling behind a shared stream: the engine answered (the
+        # client's side, counted as one that left), not a failure of its stream.
+        failed = error is not None and not isinstance(error, SlowReaderError)
+        if failed:  # a deadline (idle_s, total_s) passed, or the engine broke
+            late = isinstance(error, UpstreamTimeoutError)
             metrics.upstream_errors.labels(model, "timeout" if late else "stream_interrupted").inc()
         elif not outcome.completed:
             metrics.client_disconnects.labels(model).inc()
         chunks, first = outcome.chunks, outcome.first_chunk_at  # status page: mean chunk gap
         span = None if first is None or chunks < 2 else self.started + elapsed - first
         itl = None if span is None else span / (chunks - 1)
-        metrics.live.stream(variant or model, ttft, itl, outcome.error is not None)
+        metrics.live.stream(variant or model, ttft, itl, failed)
         metrics.observe_request(model, label, 200, elapsed, variant)
-        self._observe(outcome.error is not None, ttft)
+        self._observe(failed, ttft)
 
     def _observe(self, failed: bool, ttft: float | None) -> None:
         """A rollout variant's request that went to an engine: its inter-token latency

@@ -9,10 +9,12 @@ once one joins (:attr:`Flight.on_readers`) a task, the pump, takes over reading 
 engine: each batch goes into the flight (the cache fill's tap) and into the leader's
 own queue (its events as its client gets them: its id, its usage event only if asked),
 which its client takes at its own pace. A leader whose queue grows past the flight's
-``max_lag_bytes`` (``cache.max_lag_bytes``) is cut: its queue is dropped, no more is
-queued for it, and its stream ends with :class:`SlowReaderError` (written when its
-client takes bytes again; one that never does is reset by the send deadline), while
-the followers go on.
+``max_lag_bytes`` (``cache.max_lag_bytes``) while anyone follows is cut: its queue is
+dropped, no more is queued for it, and its stream ends with :class:`SlowReaderError`
+(written when its client takes bytes again; one that never does is reset by the send
+deadline), while the followers go on. Once nobody follows any more it paces nobody:
+the pump then waits for its client to take its queue, as a stream nobody follows
+waits for its client, and is cut only if someone joins meanwhile.
 
 The pump takes over only while the leader's client is not itself inside the relay
 (between two of its steps, or blocked writing); a follower that joins while it is
@@ -60,6 +62,7 @@ class LeaderStream:
         "_queue",
         "_queued",
         "_relay",
+        "_room",
     )
 
     def __init__(
@@ -79,7 +82,8 @@ class LeaderStream:
         self._open = True  # the leader's stream has not ended (its close not called)
         self._ended = False  # the pump has read the engine to the end (or failed)
         self._error: GatewayError | None = None  # how the engine's stream failed
-        self._changed: asyncio.Event | None = None
+        self._changed: asyncio.Event | None = None  # for the leader's client
+        self._room: asyncio.Event | None = None  # for the pump, waiting for that client
         self._flight.on_readers = self._readers_changed
         if self._flight.followers:  # joined while the engine was asked
             self._readers_changed()
@@ -100,6 +104,7 @@ class LeaderStream:
         self._open = False
         self._feeding = False
         self._queue.clear()
+        self._make_room()
         pump = self._pump
         if pump is None or pump.done():
             self._release()
@@ -113,6 +118,7 @@ class LeaderStream:
         if flight.followers > 0:
             if self._pump is None and self._open and not flight.done:
                 self._pump = asyncio.get_running_loop().create_task(self._run_pump())
+            self._make_room()  # a pump waiting for the leader's client paces someone now
         elif not self._open and self._pump is not None:
             self._pump.cancel()  # nobody reads the engine's answer any more
 
@@ -128,9 +134,9 @@ class LeaderStream:
                 if self._feeding:
                     self._queue.append(batch)
                     self._queued += len(batch)
-                    if self._queued > flight.max_lag_bytes:
-                        self._cut_leader()
                     self._wake()
+                    if self._queued > flight.max_lag_bytes:
+                        await self._behind()
         except GatewayError as exc:
             self._error = exc
             self._fill.fail()  # the followers learn it now, not once the leader reads it
@@ -144,11 +150,28 @@ class LeaderStream:
             if not self._open and self._pumping:
                 self._release()
 
-    def _cut_leader(self) -> None:
-        self._feeding = False
-        self._cut = True
-        self._queue.clear()
-        self._queued = 0
+    async def _behind(self) -> None:
+        """The leader's client is more than ``max_lag_bytes`` behind the engine: cut it
+        while anyone follows (it must not pace them); with nobody following any more,
+        wait until it takes its queue, as a stream nobody follows waits for its client."""
+        flight = self._flight
+        while self._feeding and self._queued > flight.max_lag_bytes:
+            if flight.followers:
+                self._feeding = False
+                self._cut = True
+                self._queue.clear()
+                self._queued = 0
+                self._wake()
+                return
+            if self._room is None:
+                self._room = asyncio.Event()
+            await self._room.wait()
+
+    def _make_room(self) -> None:
+        """Wake a pump waiting for the leader's client (:meth:`_behind`) to look again."""
+        room, self._room = self._room, None
+        if room is not None:
+            room.set()
 
     async def _next_queued(self) -> bytes:
         while True:
@@ -157,6 +180,7 @@ class LeaderStream:
                 out = queue[0] if len(queue) == 1 else b"".join(queue)
                 queue.clear()
                 self._queued = 0
+                self._make_room()
                 return out
             if self._cut:
                 raise slow_reader(self._flight)

@@ -300,14 +300,20 @@ def output_capped(body: dict[str, Any], chat: bool, cap: int) -> dict[str, Any] 
     """``body`` asking for at most ``cap`` output tokens per choice, or None when it
     already asks for no more: every length field set above ``cap``, to null or to 0
     becomes ``cap``; with none set, ``"max_tokens": cap`` is added."""
-    asked = _asked(body, chat)
-    if isinstance(asked, int) and not isinstance(asked, bool) and asked <= cap:
+    if asks_at_most(body, chat, cap):
         return None
     names = _CAPS[chat]
     present = [name for name in names if name in body]
     if present:
         return body | {name: cap for name in present if not _within(body[name], cap)}
     return body | {"max_tokens": cap}
+
+
+def asks_at_most(body: dict[str, Any], chat: bool, cap: int) -> bool:
+    """Whether ``body`` itself holds the engine to ``cap`` output tokens per choice
+    (:func:`output_capped` would leave it as it is)."""
+    asked = _asked(body, chat)
+    return isinstance(asked, int) and not isinstance(asked, bool) and asked <= cap
 
 
 def with_output_cap(parsed: ParsedRequest, chat: bool, cap: int) -> ParsedRequest:

@@ -41,6 +41,7 @@ from gateway.pipeline.plan import (
     ParsedRequest,
     RequestPlanner,
     Route,
+    asks_at_most,
     output_capped,
     with_output_cap,
 )
@@ -227,6 +228,8 @@ class CompletionService:
             raise
         timeline.admitted = exchange.clock()
         granted = exchange.ticket.output_cap if route.generates else None
+        if granted is not None and lookup is not None and asks_at_most(key_body, chat, granted):
+            granted = None  # every answer keyed by it was held to that: none is too long
         plan, entry = await self._cache.finish_lookup(model, plan, lookup, granted)
         timeline.looked_up = exchange.clock()
         watch = exchange.watch

@@ -39,6 +39,8 @@ def entry(completion: int | None, cap: int | None = None) -> Entry:
         (5, 8, 20, True),
         (5, 8, 5, True),
         (5, 8, 4, False),
+        (16, 8, 8, True),  # several choices under the cap: none holds more than 8
+        (16, 8, 6, False),
     ],
 )
 def test_an_entry_serves_a_request_its_cap_would_not_change(

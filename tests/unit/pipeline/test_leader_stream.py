@@ -203,3 +203,40 @@ async def test_a_follower_too_far_behind_a_stream_no_longer_kept_is_cut() -> Non
         await anext(events)
     flight.leave(slow)
     assert flight.cut == set() and flight.followers == 1
+
+
+async def test_a_leader_nobody_follows_any_more_is_waited_for_not_cut() -> None:
+    """Its followers gone, a slow leader paces nobody: the engine is read only as far as
+    its queue has room (as a stream nobody follows waits for its client), and it gets
+    its whole answer. Before, it was cut once its client fell ``max_lag_bytes`` behind."""
+    cache, fill, engine = setup()
+    leader = LeaderStream(engine.relay(), fill, lambda: None)
+    flight, me = join(cache)
+    engine.send(BATCH)
+    await until(lambda: engine.read == 1)
+    flight.leave(me)  # the only follower leaves: the leader's client reads nothing yet
+    many = LAG // len(BATCH) * 3
+    engine.send(*[BATCH] * many, DONE)
+    await until(lambda: sum(map(len, leader._queue)) > LAG)  # its queue is full
+    read = engine.read
+    for _ in range(20):  # the pump waits for the client: the engine is read no further
+        await asyncio.sleep(0)
+    assert engine.read == read < many
+    got = b"".join([batch async for batch in leader])
+    assert got == BATCH * (many + 1) + DONE
+    assert engine.read == many + 2
+
+
+async def test_a_follower_joining_a_paused_leader_is_not_paced_by_it() -> None:
+    cache, fill, engine = setup()
+    leader = LeaderStream(engine.relay(), fill, lambda: None)
+    flight, me = join(cache)
+    flight.leave(me)
+    many = LAG // len(BATCH) * 3
+    engine.send(*[BATCH] * many, DONE)
+    await until(lambda: sum(map(len, leader._queue)) > LAG)  # paused, waiting for its client
+    later, _ = join(cache)  # (the stream is still kept whole: a follower may join)
+    assert later is flight
+    await until(lambda: flight.entry is not None)  # read on at the engine's pace
+    with pytest.raises(SlowReaderError):  # the leader paces someone again: cut
+        await anext(leader)
