@@ -98,8 +98,10 @@ class CacheFill:
         answer_id = answer.get("id")  # the parse's: no byte search for it
         usage = answer.get("usage")
         tokens = usage_tokens(usage)
-        entry = Entry(False, body, answer_id if type(answer_id) is str else None, tokens)
-        entry.completion, entry.cap = completion_tokens(usage), self._cap
+        shown_id = answer_id if type(answer_id) is str else None
+        entry = Entry(
+            False, body, shown_id, tokens, completion=completion_tokens(usage), cap=self._cap
+        )
         self._land(entry, store=fits)
         return tokens
 
@@ -114,8 +116,10 @@ class CacheFill:
             return
         payload = b"".join(flight.batches)
         span = usage_event_span(payload)
-        entry = Entry(True, payload, flight.answer_id, tokens, span)
-        entry.completion, entry.cap = usage_event_completion(payload, span), self._cap
+        completion = usage_event_completion(payload, span)
+        entry = Entry(
+            True, payload, flight.answer_id, tokens, span, completion=completion, cap=self._cap
+        )
         self._land(entry)
 
     def fail(self) -> None:
