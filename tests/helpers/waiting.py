@@ -16,10 +16,12 @@ async def until(condition: Callable[[], bool], within_s: float = 10.0) -> None:
         await asyncio.sleep(0.001)
 
 
-def holds_soon(condition: Callable[[], bool], within_s: float = 10.0) -> None:
+def holds_soon(
+    condition: Callable[[], bool], within_s: float = 10.0, message: str = "the condition never held"
+) -> None:
     """Poll (blocking, for tests outside a loop) until ``condition`` holds; fail after
-    ``within_s``."""
+    ``within_s`` with ``message``."""
     deadline = time.monotonic() + within_s
     while not condition():
-        assert time.monotonic() < deadline, "the condition never held"
+        assert time.monotonic() < deadline, message
         time.sleep(0.01)

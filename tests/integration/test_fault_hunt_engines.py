@@ -18,15 +18,16 @@ import socket
 import subprocess
 import sys
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
+from tests.helpers.background_load import BackgroundLoad
 from tests.helpers.metrics_text import metric_sum
 from tests.helpers.processes import free_port, run_process
+from tests.helpers.waiting import holds_soon
 from tests.integration.conftest import STUB_MODEL, Gateway, start_gateway
 from tests.integration.test_fault_hunt_redis_errors import Outcome, ask_safely
 
@@ -70,38 +71,6 @@ def silent_listener(port: int) -> Iterator[None]:
             connection.close()
 
 
-class Load:
-    """Four clients asking without pause (no key: the engines are what is tested)."""
-
-    def __init__(self, gateway: Gateway) -> None:
-        self.outcomes: list[Outcome] = []
-        self._gateway = gateway
-        self._stop = threading.Event()
-        kinds = ("sdk", "stream", "stream", "plain")
-        self._threads = [threading.Thread(target=self._run, args=(k,)) for k in kinds]
-
-    def __enter__(self) -> Load:
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join()
-
-    def _run(self, kind: str) -> None:
-        while not self._stop.is_set():
-            self.outcomes.append(ask_safely(self._gateway, kind))
-
-
-def _wait_for(condition: Callable[[], bool], message: str, within_s: float = 10.0) -> None:
-    deadline = time.monotonic() + within_s
-    while not condition():
-        assert time.monotonic() < deadline, message
-        time.sleep(0.05)
-
-
 def _settled(gateway: Gateway, port: int) -> bool:
     """Nothing in flight, and the engine on ``port`` healthy again and serving."""
     metrics = gateway.metrics()
@@ -127,25 +96,31 @@ def test_an_engine_fault_under_load_is_answered_and_healed(fault: str, tmp_path:
                          "health_interval_s": 0.3, "retries": 1, "breaker_cooldown_s": 1.0},
         }  # fmt: skip
         gateway = stack.enter_context(contextlib.contextmanager(start_gateway)(config, tmp_path))
-        with Load(gateway) as load:
-            _wait_for(lambda: len(load.outcomes) >= 8, "no traffic before the fault")
+        with _load(gateway) as load:
+            holds_soon(lambda: len(load.outcomes) >= 8, 10.0, "no traffic before the fault")
             url_a = f"http://127.0.0.1:{port_a}"
             marked_down = lambda: not gateway.ready()["engines"][STUB_MODEL][url_a]  # noqa: E731
             if fault == "hang":
                 os.kill(a.pid, signal.SIGSTOP)
-                _wait_for(marked_down, "a hung engine stayed ready", READ_TIMEOUT_S + 10)
+                holds_soon(marked_down, READ_TIMEOUT_S + 10, "a hung engine stayed ready")
                 os.kill(a.pid, signal.SIGCONT)
             else:
                 os.kill(a.pid, signal.SIGKILL)  # streams in flight are cut
                 a.wait()
                 if fault == "silent_listener":
                     with silent_listener(port_a):
-                        _wait_for(marked_down, "a silent engine stayed ready", READ_TIMEOUT_S + 10)
+                        holds_soon(marked_down, READ_TIMEOUT_S + 10, "a silent engine stayed ready")
                 stack.enter_context(engine(port_a))  # back on the same port
             seen = len(load.outcomes)
-            _wait_for(lambda: len(load.outcomes) >= seen + 8, "no answers after the fault")
+            holds_soon(lambda: len(load.outcomes) >= seen + 8, 10.0, "no answers after the fault")
         outcomes = load.outcomes
         assert all(o.shaped for o in outcomes), [o for o in outcomes if not o.shaped]
         assert {o.status for o in outcomes} <= {200, 502, 503, 504}, outcomes
         assert max(o.took for o in outcomes) < SLOWEST_S, max(outcomes, key=lambda o: o.took)
-        _wait_for(lambda: _settled(gateway, port_a), "not healed", 10.0)
+        holds_soon(lambda: _settled(gateway, port_a), 10.0, "not healed")
+
+
+def _load(gateway: Gateway) -> BackgroundLoad[Outcome]:
+    """Four clients asking without pause (no key: the engines are what is tested)."""
+    kinds = ("sdk", "stream", "stream", "plain")
+    return BackgroundLoad(lambda kind: ask_safely(gateway, kind), kinds)

@@ -25,8 +25,10 @@ import openai
 import pytest
 import redis
 
+from tests.helpers.background_load import BackgroundLoad
 from tests.helpers.processes import free_port
 from tests.helpers.redis_server import run_redis
+from tests.helpers.waiting import holds_soon
 from tests.integration.conftest import STUB_MODEL, Gateway, start_gateway, start_stub
 
 KEY = "sk-fault-hunt-redis-0123456789"
@@ -99,39 +101,6 @@ def _shaped_outcome(body: bytes, took: float) -> tuple[bool, float, str | None]:
     return shaped, took, code
 
 
-class Load:
-    """Three clients asking without pause, each its own way."""
-
-    def __init__(self, gateway: Gateway) -> None:
-        self.outcomes: list[Outcome] = []
-        self._gateway = gateway
-        self._stop = threading.Event()
-        kinds = ("sdk", "stream", "plain")
-        self._threads = [threading.Thread(target=self._run, args=(k,)) for k in kinds]
-
-    def __enter__(self) -> Load:
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join()
-
-    def _run(self, kind: str) -> None:
-        while not self._stop.is_set():
-            self.outcomes.append(ask_safely(self._gateway, kind))
-
-
-def _wait_for(condition: Callable[[], bool], message: str, within_s: float = 10.0) -> float:
-    began = time.monotonic()
-    while not condition():
-        assert time.monotonic() - began < within_s, message
-        time.sleep(0.05)
-    return time.monotonic() - began
-
-
 def _all_slots_free(gateway: Gateway) -> bool:
     """``MAX_CONCURRENT`` streams at once, all admitted."""
     results: list[Outcome] = []
@@ -147,13 +116,13 @@ def _all_slots_free(gateway: Gateway) -> bool:
 
 
 @contextlib.contextmanager
-def _faults(admin: redis.Redis, load: Load) -> Iterator[Callable[[], None]]:
+def _faults(admin: redis.Redis, load: BackgroundLoad[Outcome]) -> Iterator[Callable[[], None]]:
     """Each fault in turn, each held until the load has had a few answers under it;
     Redis healthy on leaving."""
 
     def under_load() -> None:  # a few more answers while the fault lasts
         seen = len(load.outcomes)
-        _wait_for(lambda: len(load.outcomes) >= seen + 4, "no answers under the fault")
+        holds_soon(lambda: len(load.outcomes) >= seen + 4, 10.0, "no answers under the fault")
 
     def inject() -> None:
         admin.config_set("maxmemory-policy", "noeviction")
@@ -209,11 +178,11 @@ def test_redis_errors_under_load_keep_every_promise(
         admin = redis.Redis.from_url(redis_url)
         stack.callback(admin.close)
         assert _all_slots_free(gateway)
-        with Load(gateway) as load, _faults(admin, load) as inject:
-            _wait_for(lambda: len(load.outcomes) >= 6, "no traffic before the faults")
+        with _load(gateway) as load, _faults(admin, load) as inject:
+            holds_soon(lambda: len(load.outcomes) >= 6, 10.0, "no traffic before the faults")
             inject()
             seen = len(load.outcomes)
-            _wait_for(lambda: len(load.outcomes) >= seen + 4, "no answers after the faults")
+            holds_soon(lambda: len(load.outcomes) >= seen + 4, 10.0, "no answers after the faults")
         outcomes = load.outcomes
         assert outcomes
         assert all(o.shaped for o in outcomes), [o for o in outcomes if not o.shaped]
@@ -225,7 +194,7 @@ def test_redis_errors_under_load_keep_every_promise(
         else:
             assert not unavailable, outcomes  # decided locally all along
         # Healed: the key runs MAX_CONCURRENT at once again within seconds, not a lease.
-        _wait_for(lambda: _all_slots_free(gateway), "a concurrency slot stayed taken", 5.0)
+        holds_soon(lambda: _all_slots_free(gateway), 5.0, "a concurrency slot stayed taken")
         assert 'vgate_redis_errors_total{component="ratelimit"}' in gateway.metrics()
         ready = gateway.ready()
         assert ready["redis"] == "reachable", ready
@@ -234,3 +203,8 @@ def test_redis_errors_under_load_keep_every_promise(
     assert "vgate gateway on" in log_text  # the gateway's own log was read
     assert "Traceback" not in log_text
     assert "never retrieved" not in log_text
+
+
+def _load(gateway: Gateway) -> BackgroundLoad[Outcome]:
+    """Clients asking without pause, each its own way."""
+    return BackgroundLoad(lambda kind: ask_safely(gateway, kind), ("sdk", "stream", "plain"))
