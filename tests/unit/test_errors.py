@@ -8,7 +8,8 @@ import time
 import orjson
 import pytest
 
-from gateway.errors import UpstreamStatusError, hide_names, openai_error, relayed_retry_after
+from gateway.errors import UpstreamStatusError, openai_error
+from gateway.errors.engine_text import hide_names, relayed_retry_after
 
 
 def vllm(message: str, status: int = 400, kind: str = "BadRequestError") -> bytes:

@@ -5,7 +5,8 @@ subclass fixes the HTTP status, the OpenAI ``type`` and, where OpenAI defines
 one, the ``code``, so that the official SDK raises the matching exception class
 (``BadRequestError`` for 400, ``NotFoundError`` for 404, ...). Translation from
 transport exceptions (aiohttp, redis) happens at the boundary that raises them;
-this module imports nothing of ours.
+this package imports nothing else of ours (:mod:`gateway.errors.engine_text`: what
+of an engine's error text reaches the client).
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import re
 from typing import Any
 
 import orjson
+
+from gateway.errors.engine_text import hide_names, relayed_retry_after
 
 
 class StoreUnavailable(Exception):
@@ -347,64 +350,3 @@ def _validation_message(detail: list[Any]) -> str:
     message = f"{where}: {first.get('msg')}" if where else str(first.get("msg"))
     more = len(detail) - 1
     return message + (f" (and {more} more)" if more else "")
-
-
-MAX_RETRY_AFTER_S = 3600
-"""The longest engine ``Retry-After`` relayed (seconds); a longer one is dropped."""
-
-
-def relayed_retry_after(value: bytes | str) -> dict[str, str]:
-    """An engine's ``Retry-After`` as the client gets it: delta-seconds (0 to
-    :data:`MAX_RETRY_AFTER_S`), written anew from the number; an HTTP-date, a value out
-    of range or anything else is dropped (never relayed as it came: header injection)."""
-    text = value.decode("latin-1") if isinstance(value, bytes) else value
-    text = text.strip(" \t")
-    if not (0 < len(text) <= 10 and text.isascii() and text.isdigit()):
-        return {}
-    seconds = int(text)
-    return {"Retry-After": str(seconds)} if seconds <= MAX_RETRY_AFTER_S else {}
-
-
-def hide_names(message: str, names: tuple[str, ...], public: str, limit: int) -> str:
-    """The first ``limit`` characters of ``message`` with each whole occurrence of
-    ``names`` (not inside a longer word: ``llama`` is not hidden in ``llama2``, nor
-    ``model`` in ``models``) written as ``public``; the longest name wins where two
-    begin at the same place, and ``public`` itself stays as it is (``llama`` is not
-    hidden again in ``llama-chat``, the client's name). Linear in ``limit`` per name,
-    however large and hostile the message: it is read only up to ``limit`` plus the
-    longest name (so a name that begins before ``limit`` is seen whole), and text from
-    there on is never shown (shifted left by shorter replacements, part of a name could
-    come into view)."""
-    hidden = [name for name in dict.fromkeys(names) if name and name != public]
-    if not hidden:
-        return message[:limit]
-    text = message[: limit + max(map(len, hidden))]
-    spans: list[tuple[int, int]] = []
-    for name in (*hidden, public):
-        start = text.find(name)
-        while 0 <= start < limit:
-            end = start + len(name)
-            if _whole(text, name, start, end):
-                spans.append((start, -end))
-            start = text.find(name, start + 1)
-    parts: list[str] = []
-    shown = 0
-    for start, negative_end in sorted(spans):
-        if start >= shown:
-            parts += (text[shown:start], public)
-            shown = -negative_end
-    if shown < limit:
-        parts.append(text[shown:limit])
-    return "".join(parts)
-
-
-def _whole(text: str, name: str, start: int, end: int) -> bool:
-    """Whether ``text[start:end]`` (which is ``name``) is not part of a longer word: a
-    name that begins (ends) with a word character follows (precedes) none."""
-    if start and _word(name[0]) and _word(text[start - 1]):
-        return False
-    return not (end < len(text) and _word(name[-1]) and _word(text[end]))
-
-
-def _word(char: str) -> bool:
-    return char.isalnum() or char == "_"
