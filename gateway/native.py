@@ -61,6 +61,7 @@ MODULES: tuple[str, ...] = (
     "gateway.auth.authenticator",
     "gateway.backends.redis.cache",
     "gateway.backends.redis.limiter",
+    "gateway.backends.redis.limiter_wire",
     "gateway.backends.redis.resp",
     "gateway.backends.redis.resp_wire",
     "gateway.cache.entry",

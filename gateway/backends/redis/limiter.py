@@ -53,49 +53,34 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from importlib import resources
+from functools import partial
 from typing import Any, NamedTuple
 
 from gateway.backends.memory.limiter import MemoryLimiter
+from gateway.backends.redis.limiter_wire import (
+    EVAL,
+    EVALSHA,
+    EncodedScopes,
+    encode_scopes,
+    integers,
+    operation,
+    read_decision,
+)
 from gateway.backends.redis.link import RedisLink
 from gateway.backends.redis.resp_wire import BULK, RedisReplyError, bulk
 from gateway.errors import StoreUnavailable
 from gateway.ratelimit.limits import (
-    NEVER,
-    REFUSAL_KINDS,
     WINDOW_S,
     Decision,
     LimiterBackend,
     LimitScope,
     ScopesMemo,
-    ScopeState,
 )
 
-_SCRIPT = resources.files("gateway.backends.redis").joinpath("limiter.lua").read_text("utf-8")
-_SHA = hashlib.sha1(_SCRIPT.encode()).hexdigest()
-_EVALSHA = b"$7\r\nEVALSHA\r\n" + bulk(_SHA.encode())
-_EVAL = b"$4\r\nEVAL\r\n" + bulk(_SCRIPT.encode())
 MAX_BATCH = 128
-
-
-@dataclass(frozen=True, slots=True)
-class _EncodedScopes:
-    """What every operation on one set of scopes sends, in RESP form, encoded once."""
-
-    keys: bytes  # window and slots key of every scope
-    key_count: int
-    scopes: int
-    admit_head: bytes  # "a", scope count
-    settle_head: bytes  # "s", scope count
-    renew_head: bytes  # "r", scope count
-    limits: bytes  # rpm, tpm, max_concurrent of every scope
-    settle_flags: bytes  # a digit per scope: 1 if it has a tpm, plus 2 if a max_concurrent
-    decision_size: int  # integers in the reply to one admission
-    holds_slots: bool  # some scope has a concurrency limit
 
 
 class _Waiter(NamedTuple):
@@ -103,7 +88,7 @@ class _Waiter(NamedTuple):
     one is made on every request)."""
 
     future: asyncio.Future[Decision]
-    encoded: _EncodedScopes
+    encoded: EncodedScopes
     request_id: str
     prompt: int
     choices: int
@@ -119,7 +104,7 @@ class _Batch:
     arg_count: int
     waiters: list[_Waiter | None]  # None for a settlement or renewal
     reply_size: int  # integers the reply must hold: a decision per admission
-    frees: list[tuple[str, _EncodedScopes]]  # settlements that free concurrency slots
+    frees: list[tuple[str, EncodedScopes]]  # settlements that free concurrency slots
 
 
 def _empty_batch() -> _Batch:
@@ -139,20 +124,20 @@ class _Unsettled:
     when their lease would expire anyway (no release is needed after that)."""
 
     def __init__(self) -> None:
-        self.first: dict[str, tuple[_EncodedScopes, float]] = {}
-        self.again: dict[str, tuple[_EncodedScopes, float]] = {}
+        self.first: dict[str, tuple[EncodedScopes, float]] = {}
+        self.again: dict[str, tuple[EncodedScopes, float]] = {}
         self.again_at = 0.0
 
-    def add(self, request_id: str, encoded: _EncodedScopes, lease_ends: float) -> None:
+    def add(self, request_id: str, encoded: EncodedScopes, lease_ends: float) -> None:
         self.first[request_id] = (encoded, lease_ends)
         while len(self.first) > MAX_UNSETTLED:
             del self.first[next(iter(self.first))]
 
-    def due(self, now: float) -> list[tuple[str, _EncodedScopes]]:
+    def due(self, now: float) -> list[tuple[str, EncodedScopes]]:
         """The admissions to release now that Redis answered: the new ones (kept for a
         second release), then those whose second release has come. A second release
         already pending is not put off by newer first ones: they wait for the next."""
-        due: list[tuple[str, _EncodedScopes]] = []
+        due: list[tuple[str, EncodedScopes]] = []
         if self.again and now >= self.again_at:
             due += [(rid, enc) for rid, (enc, ends) in self.again.items() if ends > now]
             self.again = {}
@@ -174,11 +159,10 @@ class RedisLimiter:
         self, link: RedisLink, prefix: str = "vgate:rl:", window_s: float = WINDOW_S
     ) -> None:
         self._link = link
-        self._prefix = prefix
         self._window = bulk(b"%d" % int(window_s * 1000))
         self._batch = _empty_batch()
         self._scheduled = False
-        self._encoded = ScopesMemo(self._encode)
+        self._encoded = ScopesMemo(partial(encode_scopes, prefix))
         self._fallback = MemoryLimiter(window_s=window_s)
         self._lease_s = 0.0
         self._unsettled = _Unsettled()
@@ -195,7 +179,7 @@ class RedisLimiter:
         self._link.check()
         future: asyncio.Future[Decision] = self._link.fast.create_future()
         encoded = self._encoded.get(scopes)
-        args = _operation(
+        args = operation(
             encoded.admit_head, request_id, tokens, wanted, choices, b"%d" % int(lease_s * 1000)
         )
         waiter = _Waiter(future, encoded, request_id, tokens, choices)
@@ -223,7 +207,7 @@ class RedisLimiter:
     def renew(self, scopes: Sequence[LimitScope], request_id: str, lease_s: float) -> None:
         self._link.check()
         encoded = self._encoded.get(scopes)
-        args = _operation(encoded.renew_head, request_id, int(lease_s * 1000), 0, 0, b"0")
+        args = operation(encoded.renew_head, request_id, int(lease_s * 1000), 0, 0, b"0")
         self._add(encoded, args, 7, None)
 
     @property
@@ -234,34 +218,11 @@ class RedisLimiter:
         """The link is shared and closed by its owner."""
         self._flush()
 
-    def _encode(self, scopes: Sequence[LimitScope]) -> _EncodedScopes:
-        keys, limits, flags = bytearray(), bytearray(), bytearray()
-        for scope in scopes:
-            base = f"{self._prefix}{scope.key}".encode()
-            keys += bulk(base + b":win") + bulk(base + b":slots")
-            for limit in scope.limits.as_args():
-                limits += bulk(b"%d" % limit)
-            tokens, slots = scope.limits.tpm is not None, scope.limits.max_concurrent is not None
-            flags += b"%d" % (tokens + 2 * slots)
-        count = bulk(b"%d" % len(scopes))
-        return _EncodedScopes(
-            bytes(keys),
-            2 * len(scopes),
-            len(scopes),
-            bulk(b"a") + count,
-            bulk(b"s") + count,
-            bulk(b"r") + count,
-            bytes(limits),
-            bytes(flags),
-            5 + 3 * len(scopes),
-            any(scope.limits.max_concurrent is not None for scope in scopes),
-        )
-
     def _settle(
-        self, encoded: _EncodedScopes, request_id: str, reserved: int, actual: int | None, at: int
+        self, encoded: EncodedScopes, request_id: str, reserved: int, actual: int | None, at: int
     ) -> None:
         settled = -1 if actual is None else actual
-        args = _operation(
+        args = operation(
             encoded.settle_head, request_id, reserved, settled, at, encoded.settle_flags
         )
         if encoded.holds_slots:  # released again should this call fail (see _fail)
@@ -269,7 +230,7 @@ class RedisLimiter:
         self._add(encoded, args, 7, None)
 
     def _add(
-        self, encoded: _EncodedScopes, args: bytes, arg_count: int, waiter: _Waiter | None
+        self, encoded: EncodedScopes, args: bytes, arg_count: int, waiter: _Waiter | None
     ) -> None:
         batch = self._batch
         batch.keys += encoded.keys
@@ -291,7 +252,7 @@ class RedisLimiter:
         if not batch.waiters:
             return
         self._batch = _empty_batch()
-        self._send(_EVALSHA, batch)
+        self._send(EVALSHA, batch)
 
     def _send(self, script: bytes, batch: _Batch) -> None:
         """``EVALSHA sha`` (or ``EVAL script``) numkeys keys... window args..."""
@@ -305,14 +266,14 @@ class RedisLimiter:
     def _deliver(self, done: asyncio.Future[Any], script: bytes, batch: _Batch) -> None:
         error = StoreUnavailable("cancelled") if done.cancelled() else done.exception()
         unknown_script = isinstance(error, RedisReplyError) and str(error).startswith("NOSCRIPT")
-        if unknown_script and script is _EVALSHA:  # first use since Redis started
-            self._send(_EVAL, batch)
+        if unknown_script and script is EVALSHA:  # first use since Redis started
+            self._send(EVAL, batch)
             return
         if error is not None:
             self._fail(batch, error)
             return
         result = done.result()
-        reply = _integers(result)
+        reply = integers(result)
         if reply is None or len(reply) != batch.reply_size:
             reason = f"unexpected reply from the rate-limit script: {result!r:.80}"
             self._link.fast.reset(reason)
@@ -350,7 +311,7 @@ class RedisLimiter:
             if not waiter.future.done():
                 waiter.future.set_exception(failure)
 
-    def _release(self, admissions: list[tuple[str, _EncodedScopes]]) -> None:
+    def _release(self, admissions: list[tuple[str, EncodedScopes]]) -> None:
         """Free the concurrency slots of ``admissions`` (a settlement of 0 tokens
         reserved and used: it changes no counter)."""
         for request_id, encoded in admissions:
@@ -361,7 +322,7 @@ class RedisLimiter:
         for waiter in batch.waiters:
             if waiter is None:
                 continue
-            decision = _decision(reply, position, waiter.encoded.scopes)
+            decision = read_decision(reply, position, waiter.encoded.scopes)
             position += waiter.encoded.decision_size
             if not waiter.future.done():
                 waiter.future.set_result(decision)
@@ -369,45 +330,3 @@ class RedisLimiter:
                 reserved = waiter.prompt + waiter.choices * decision.granted
                 with contextlib.suppress(StoreUnavailable):
                     self._settle(waiter.encoded, waiter.request_id, reserved, 0, decision.at)
-
-
-def _operation(head: bytes, request_id: str, w: int, x: int, y: int, z: bytes) -> bytes:
-    """One operation's arguments in RESP form: its head (mode, scope count), the request
-    id, three integers and a last argument (admit: prompt tokens, wanted, choices, lease
-    ms; settle: reserved, actual, admission bucket, settle flags; renew: lease ms, 0, 0,
-    0). One format call: this runs on every request."""
-    rid = request_id.encode()
-    one, two, three = b"%d" % w, b"%d" % x, b"%d" % y
-    return b"%s$%d\r\n%s\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n" % (
-        head, len(rid), rid, len(one), one, len(two), two, len(three), three, len(z), z
-    )  # fmt: skip
-
-
-def _integers(reply: object) -> list[int] | None:
-    """The integers in the script's reply; None if it is not a string of integers."""
-    if not isinstance(reply, bytes):
-        return None
-    try:
-        return [int(value) for value in reply.split()]
-    except ValueError:
-        return None
-
-
-def _decision(reply: list[int], at: int, scopes: int) -> Decision:
-    """The decision at ``reply[at:]``: admitted, refusal, retry-after ms, output tokens
-    granted per choice, the admission's bucket, then requests, tokens and reset ms per
-    scope."""
-    if scopes == 1:  # the common case
-        states: tuple[ScopeState, ...] = (
-            ScopeState(reply[at + 5], reply[at + 6], reply[at + 7] / 1000),
-        )
-    else:
-        states = tuple(
-            ScopeState(reply[i], reply[i + 1], reply[i + 2] / 1000)
-            for i in range(at + 5, at + 5 + 3 * scopes, 3)
-        )
-    refused = reply[at + 1]
-    if not refused:
-        return Decision(True, None, 0.0, states, reply[at + 3], reply[at + 4])
-    retry_after = NEVER if reply[at + 2] < 0 else reply[at + 2] / 1000
-    return Decision(False, REFUSAL_KINDS[refused - 1], retry_after, states)

@@ -21,9 +21,9 @@ from gateway.backends.redis.limiter import (
     MAX_UNSETTLED,
     RELEASE_AGAIN_S,
     RedisLimiter,
-    _EncodedScopes,
     _Unsettled,
 )
+from gateway.backends.redis.limiter_wire import EncodedScopes, encode_scopes
 from gateway.backends.redis.link import RedisLink
 from gateway.errors import StoreUnavailable
 from gateway.ratelimit.limits import Limits, LimitScope
@@ -91,9 +91,9 @@ async def test_slots_taken_or_kept_during_a_pause_are_released(
         await link.close()
 
 
-def encoded_scopes() -> _EncodedScopes:
-    """SCOPES as the limiter encodes them (no connection is made)."""
-    return RedisLimiter(RedisLink("redis://127.0.0.1:1", 1.0, 1.0))._encode(SCOPES)
+def encoded_scopes() -> EncodedScopes:
+    """SCOPES as the limiter encodes them."""
+    return encode_scopes("vgate:rl:", SCOPES)
 
 
 def test_failed_admissions_are_released_twice_then_forgotten() -> None:
