@@ -243,6 +243,38 @@ def test_deploy_configs_load_through_the_settings(
     assert settings.redis.url is not None
 
 
+_ENV_OVERRIDE = re.compile(r"\bVGATE_([A-Z0-9_]+?(?:__[A-Z0-9_]+)+)\b")
+
+
+def _is_settings_path(parts: Sequence[str]) -> bool:
+    """Whether ``parts`` (a variable's names, lower case) lead to a settings field; a
+    list or a mapping is set whole (as JSON), never one of its entries' fields."""
+    model: type[BaseModel] | None = Settings
+    for depth, part in enumerate(parts, start=1):
+        if model is None or part not in model.model_fields:
+            return False
+        model, shape = _section_class(model.model_fields[part].annotation)
+        if shape != "one" and depth < len(parts):
+            return False
+    return True
+
+
+def test_env_overrides_in_deploy_files_and_readme_name_settings_fields() -> None:
+    files = [REPO / "README.md", *(f for f in (REPO / "deploy").rglob("*") if f.is_file())]
+    found = 0
+    wrong = []
+    for path in files:
+        for match in _ENV_OVERRIDE.finditer(path.read_text(encoding="utf-8", errors="replace")):
+            found += 1
+            if not _is_settings_path(match.group(1).lower().split("__")):
+                wrong.append(
+                    f"VGATE_{match.group(1)} in {path.relative_to(REPO)} names no settings "
+                    "field (the gateway refuses it at start-up)"
+                )
+    assert found >= 10, "no VGATE_<SECTION>__<KEY> variables found"
+    assert not wrong, "\n".join(sorted(set(wrong)))
+
+
 # --- CLI ---------------------------------------------------------------------------
 
 
