@@ -17,7 +17,8 @@ a new settings field, CLI option or metric fails here until it is documented:
 * metrics: every family a running gateway's ``/metrics`` declares is named in the
   "Metrics" section.
 * config files: every ``deploy/`` config loads through the settings, and README's YAML
-  blocks of settings use no key the settings refuse.
+  blocks of settings use no key the settings refuse; every ``VGATE_<SECTION>__<KEY>``
+  they name is a settings field.
 """
 
 from __future__ import annotations
