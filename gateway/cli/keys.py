@@ -130,7 +130,10 @@ def _revoke(args: argparse.Namespace) -> int:
             raise KeyRequestError(f"'{args.name}' is declared in the config file: remove it there")
         print(f"vgate: no key named '{args.name}'", file=sys.stderr)
         return 1
-    print(f"revoked key '{args.name}'")
+    if args.json:
+        print(orjson.dumps({"name": args.name, "revoked": True}).decode())
+    else:
+        print(f"revoked key '{args.name}'")
     return 0
 
 

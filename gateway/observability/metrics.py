@@ -135,7 +135,7 @@ class GatewayMetrics:
         )
         self.redis_errors = Counter(
             "vgate_redis_errors_total",
-            "Failed Redis operations, by component (ratelimit, keys); the failure policy applied.",
+            "Failed Redis operations, by component (ratelimit, cache, responses).",
             ("component",),
             registry=self.registry,
         )

@@ -107,8 +107,9 @@ def test_cli_key_works_on_every_replica_and_revocation_reaches_all_within_a_seco
     assert rows[name]["rpm"] == 1000 and rows[name]["source"] == "redis"
     assert secret not in listed.stdout and rows[HAMMER_NAME]["source"] == "config"
 
-    revoked = vgate_keys(config_file, "revoke", "--name", name)
+    revoked = vgate_keys(config_file, "revoke", "--name", name, "--json")
     assert revoked.returncode == 0, revoked.stderr
+    assert json.loads(revoked.stdout) == {"name": name, "revoked": True}
     started = time.monotonic()
     refused_after = [_seconds_until_refused(g, secret) for g in replicas]
     assert max(refused_after) <= 1.0, refused_after
