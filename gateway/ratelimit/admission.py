@@ -259,7 +259,8 @@ class Admission:
             raise
         headers = headline(charge.scopes, decision.states)
         if not decision.admitted:
-            raise self._refusal(charge.scopes, decision, cost, as_text(headers))
+            here = charge.backend is not self._backend  # the fallback's: Redis is down
+            raise self._refusal(charge.scopes, decision, cost, as_text(headers), here)
         granted = decision.granted
         ticket = Ticket(
             self,
@@ -329,6 +330,7 @@ class Admission:
         decision: Decision,
         cost: Cost,
         headers: dict[str, str],
+        local: bool = False,
     ) -> RateLimitError:
         kind = decision.refused or "requests"
         owner = scopes[0].owner
@@ -343,7 +345,7 @@ class Admission:
                 f"tokens, and the limit is {limit} tokens per min. "
                 "Shorten the prompt or ask for fewer choices."
             )
-            return RateLimitError(message, kind, headers | NO_RETRY)
+            return RateLimitError(message, kind, headers | NO_RETRY, local=local)
         wait = format_duration(decision.retry_after_s)
         if kind == "concurrency":
             limit = min(lim.max_concurrent for lim in limits if lim.max_concurrent is not None)
@@ -355,7 +357,8 @@ class Admission:
             limit = min(lim.rpm for lim in limits if lim.rpm is not None)
             what = f"requests per min: limit {limit}"
         message = f"Rate limit reached for key '{owner}' on {what}. Please try again in {wait}."
-        return RateLimitError(message, kind, headers | retry_after_header(decision.retry_after_s))
+        wait_header = retry_after_header(decision.retry_after_s)
+        return RateLimitError(message, kind, headers | wait_header, local=local)
 
 
 def _undo_if_admitted(
