@@ -162,7 +162,7 @@ async def _start(
         }
     )
     refreshing = await tasks.start(
-        "key-refresh", settings.auth.refresh_interval_s, authenticator.refresh, run_first=True
+        "key-refresh", settings.auth.refresh_interval_s, authenticator.poll, run_first=True
     )
     stack.push_async_callback(refreshing.stop)
     admission = Admission(limiter, settings.ratelimit, metrics)

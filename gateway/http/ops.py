@@ -49,13 +49,18 @@ async def ready_detail(request: Request) -> Response:
     URL), which is reported, not judged.
 
     The detail also shows each background task (``background``: name →
-    ``last_success_age_s``, null before its first success, and consecutive
-    ``failures``). They are reported, never judged either: a slow or failing task
+    ``last_success_age_s``, null before its first success, consecutive
+    ``failures``, and ``problem``: why the last step failed, null once one
+    succeeds). They are reported, never judged either: a slow or failing task
     does not take a gateway that can still serve out of rotation."""
     state = app_state(request)
     report = await state.readiness.check()
     background = {
-        name: {"last_success_age_s": health.last_success_age_s, "failures": health.failures}
+        name: {
+            "last_success_age_s": health.last_success_age_s,
+            "failures": health.failures,
+            "problem": health.problem,
+        }
         for name, health in state.background.snapshot().items()
     }
     body = {
