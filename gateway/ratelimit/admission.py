@@ -23,8 +23,10 @@ When the backend is unreachable, ``ratelimit.on_redis_error`` decides: ``local``
 (the default) decides in this process's memory with each limit divided by
 ``ratelimit.replicas_hint`` (rounded down, at least 1), so the replicas together
 stay within the limit; ``fail_open`` admits without limits; ``fail_closed``
-answers 503. Each failure is counted in ``vgate_redis_errors_total``. A request
-admitted locally is settled and renewed locally, wherever Redis is by then.
+answers 503, and the gateway is not ready while it does (:attr:`Admission.refusing`,
+read by :mod:`gateway.pool.readiness`). Each failure is counted in
+``vgate_redis_errors_total``. A request admitted locally is settled and renewed
+locally, wherever Redis is by then.
 """
 
 from __future__ import annotations
@@ -168,11 +170,22 @@ class Admission:
         self._id_prefix = os.urandom(6).hex()
         self._ids = itertools.count()
         self._local = backend.fallback if settings.on_redis_error == "local" else None
+        self._failing = False  # the shared backend's last admission call failed
+        self._fails_closed = settings.on_redis_error == "fail_closed"
         self._charges = ScopesMemo(self._charge_of)
         self._leased: dict[str, weakref.ref[Ticket]] = {}
         """Admitted requests holding a concurrency slot, by request id, until settled.
         Held weakly: a ticket dropped without being settled (a bug) stops being
         renewed, so its slot still frees within one lease instead of never."""
+
+    @property
+    def refusing(self) -> bool:
+        """Whether every request is refused now: ``fail_closed``, and the backend's last
+        admission call failed (Redis unreachable, or refusing writes: ``OOM``,
+        ``READONLY``); False again once one succeeds. Readiness reads it
+        (:mod:`gateway.pool.readiness`): a gateway that refuses everything is not ready.
+        Under ``local`` and ``fail_open`` requests are still served: never refusing."""
+        return self._failing and self._fails_closed
 
     @property
     def leased(self) -> int:
@@ -239,7 +252,9 @@ class Admission:
                 charge.scopes, request_id, cost.prompt, lease_s, cost.wanted, cost.choices
             )
             decision = await pending
+            self._failing = False
         except StoreUnavailable:
+            self._failing = True
             self._metrics.redis_errors.labels("ratelimit").inc()
             local = self._unreachable(charge)
             if local is None:
