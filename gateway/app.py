@@ -162,7 +162,7 @@ async def _start(
         }
     )
     refreshing = await tasks.start(
-        "key-refresh", settings.auth.refresh_interval_s, authenticator.refresh, run_first=True
+        "key-refresh", settings.auth.refresh_interval_s, authenticator.poll, run_first=True
     )
     stack.push_async_callback(refreshing.stop)
     admission = Admission(limiter, settings.ratelimit, metrics)
@@ -219,7 +219,14 @@ async def _start(
         service=service,
         keys=store,
         background=tasks,
-        readiness=Readiness(pool, lambda: watcher.unrouted, ping, settings.redis.timeout_s),
+        readiness=Readiness(
+            pool,
+            lambda: watcher.unrouted,
+            ping,
+            settings.redis.timeout_s,
+            refusing=lambda: admission.refusing,
+            write=None if link is None else link.accepts_writes,
+        ),
         passthrough=passthrough_service,
         model_info=model_info,
         responses=build_responses_service(

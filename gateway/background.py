@@ -22,9 +22,13 @@ unexpected exception (say a record written by a newer version) ended a loop for
 good with no log line: a revoked key kept working, the engine view froze.
 
 Steps that meet an *expected* outage (Redis down) handle it themselves, keep
-their last view and return normally, logging it through :class:`RepeatedLog`
-(the first failure, then at most once a minute with a count); the runner is for
-everything else.
+their last view and log it through :class:`RepeatedLog` (the first failure, then
+at most once a minute with a count); the runner is for everything else. Such a
+step may then raise :class:`StepOutage` so that its health says so: the runner
+counts it as a failed step with its message as the task's
+:attr:`TaskHealth.problem`, logs nothing more (no traceback: it is expected) and
+retries at the task's interval, without backing off, so that the task is current
+again one interval after the outage ends.
 
 :class:`BackgroundTasks` is the registry one app owns: it makes the tasks and
 reports each one's :class:`TaskHealth` for metrics and ``/ready``. No module
@@ -52,6 +56,11 @@ DEFAULT_RELOG_S = 60.0
 _MAX_DOUBLINGS = 32  # 2**32 times any interval is past every cap: no float overflow
 
 
+class StepOutage(Exception):
+    """Raised by a step that met an expected outage and handled it (kept its last view,
+    logged it): a failed step, with this message as :attr:`TaskHealth.problem`."""
+
+
 @dataclass(frozen=True, slots=True)
 class TaskHealth:
     """One task as metrics and ``/ready`` see it."""
@@ -62,6 +71,9 @@ class TaskHealth:
     """Consecutive failures now (0 once a step succeeds)."""
     errors: int
     """Failed steps since the task was made (a counter)."""
+    problem: str | None = None
+    """Why the last step failed (a :class:`StepOutage`'s message, or the exception's
+    type and text); None once a step succeeds."""
 
 
 class Periodic:
@@ -90,6 +102,7 @@ class Periodic:
         self._last_logged: float | None = None
         self._failures = 0
         self._errors = 0
+        self._problem: str | None = None
 
     async def start(self, *, run_first: bool = False) -> None:
         """Schedule the loop (it sleeps first). With ``run_first``, one guarded step
@@ -115,7 +128,7 @@ class Periodic:
 
     def health(self) -> TaskHealth:
         age = None if self._last_success is None else self._clock() - self._last_success
-        return TaskHealth(age, self._failures, self._errors)
+        return TaskHealth(age, self._failures, self._errors, self._problem)
 
     async def _run(self, delay: float) -> None:
         while True:
@@ -127,17 +140,24 @@ class Periodic:
         passes through: it is how a task ends."""
         try:
             await self._step()
-        except Exception:
-            return self._failed()
+        except StepOutage as outage:  # handled and logged by the step itself
+            self._failures += 1
+            self._errors += 1
+            self._problem = str(outage)
+            return self._interval_s
+        except Exception as exc:
+            return self._failed(exc)
         if self._failures:
             log.info("background task %s recovered after %d failures", self.name, self._failures)
         self._failures = 0
+        self._problem = None
         self._last_success = self._clock()
         return self._interval_s
 
-    def _failed(self) -> float:
+    def _failed(self, exc: Exception) -> float:
         self._failures += 1
         self._errors += 1
+        self._problem = f"{type(exc).__name__}: {exc}"
         doublings = min(self._failures - 1, _MAX_DOUBLINGS)
         delay = min(self._cap_s, self._interval_s * 2.0**doublings)
         now = self._clock()

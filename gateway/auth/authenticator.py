@@ -41,6 +41,7 @@ from typing import Protocol
 
 from gateway.auth.keys import KeyRecord, KeyStore, digest_of
 from gateway.auth.unknown_keys import UnknownKeys
+from gateway.background import RepeatedLog, StepOutage
 from gateway.config.priority import DEFAULT_PRIORITY
 from gateway.config.sections import AuthSettings, StaticKey
 from gateway.errors import AuthenticationError, DependencyUnavailableError, StoreUnavailable
@@ -122,6 +123,12 @@ class Authenticator(Protocol):
         """Pick up keys made or revoked elsewhere."""
         ...
 
+    async def poll(self) -> None:
+        """:meth:`refresh` as the ``key-refresh`` background task's step: a store that
+        cannot be read raises :class:`gateway.background.StepOutage`, so that the
+        task's health shows the outage."""
+        ...
+
     def names(self) -> frozenset[str]:
         """Every key name currently known."""
         ...
@@ -137,6 +144,9 @@ class OpenAccess:
         return ANONYMOUS
 
     async def refresh(self) -> None:
+        return None
+
+    async def poll(self) -> None:
         return None
 
     def names(self) -> frozenset[str]:
@@ -163,6 +173,8 @@ class KeyDirectory:
         self._version: str | None = None
         self._reloading: asyncio.Future[None] | None = None
         self._clock = clock
+        self._outage = RepeatedLog(log)
+        """The store's outage, as the refreshes meet it (logged once, then once a minute)."""
         self._checked_at = -math.inf
         """When the last check made for an unknown key began (polls do not count)."""
         self._digests: dict[str, str] = {}
@@ -224,7 +236,20 @@ class KeyDirectory:
         try:
             await self._reload_once()
         except StoreUnavailable as exc:
-            log.debug("key store unreachable, keeping %d keys: %s", len(self._stored), exc)
+            self._outage.failed(f"key store unreadable, keeping the last copy: {exc}")
+        else:
+            self._outage.recovered("key store readable again")
+
+    async def poll(self) -> None:
+        """:meth:`refresh`, then :class:`StepOutage` if the store could not be read (the
+        copy was kept): the ``key-refresh`` task reports the outage (``/ready``'s
+        detail) instead of a success."""
+        await self.refresh()
+        if self._outage.streak:
+            raise StepOutage(
+                f"key store unreadable, keeping {len(self._stored)} stored keys "
+                f"({self._outage.streak} failed refreshes)"
+            )
 
     def names(self) -> frozenset[str]:
         return frozenset(p.name for p in (*self._static.values(), *self._stored.values()))

@@ -70,6 +70,8 @@ class Flight:
         self.cut: set[object] = set()
         """Followers cut for falling more than :attr:`max_lag_bytes` behind (from
         :attr:`positions`, until they leave)."""
+        self.on_cut: Callable[[], None] | None = None
+        """Told once for each follower cut (counted by the leader's request)."""
         self.on_readers: Callable[[], None] | None = None
         """Told when a follower joins or leaves (the leader's stream: it reads the engine
         at the engine's pace once someone follows, and stops once nobody reads)."""
@@ -143,6 +145,8 @@ class Flight:
             for follower in [f for f, seen in positions.items() if seen == low]:
                 del positions[follower]
                 self.cut.add(follower)
+                if self.on_cut is not None:
+                    self.on_cut()
             self._forget()
 
     def finish(self, entry: Entry) -> None:

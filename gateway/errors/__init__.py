@@ -133,9 +133,15 @@ class RateLimitError(GatewayError):
     error_type = "requests"
     code = "rate_limit_exceeded"
 
-    def __init__(self, message: str, kind: str, headers: dict[str, str]) -> None:
+    def __init__(
+        self, message: str, kind: str, headers: dict[str, str], *, local: bool = False
+    ) -> None:
         super().__init__(message, headers=headers)
         self.error_type = kind
+        self.local = local
+        """Decided by this process's fallback limiter while Redis was unreachable
+        (``ratelimit.on_redis_error: local``): it says nothing of the key's window once
+        Redis answers again."""
 
 
 class QuotaExceededError(GatewayError):

@@ -53,6 +53,11 @@ class Responder(Protocol):
         """The stream's end."""
         ...
 
+    def hang_up(self) -> None:
+        """Close the connection now if its client is taking no bytes (a stream the
+        gateway has cut: :class:`gateway.pipeline.results.ClientLine`); else nothing."""
+        ...
+
 
 class AsgiResponder:
     """A :class:`Responder` sending ASGI messages."""
@@ -76,6 +81,11 @@ class AsgiResponder:
     async def end(self) -> None:
         await self._send({"type": "http.response.body", "body": b"", "more_body": False})
 
+    def hang_up(self) -> None:
+        """Nothing: an ASGI server gives no hold on the connection (the stream's
+        resources are released by the pipeline anyway; the server's own limits end a
+        connection whose client reads nothing)."""
+
 
 async def respond(result: Result, responder: Responder) -> None:
     """Write one pipeline result whole (a stream: until it ends)."""
@@ -97,6 +107,9 @@ async def respond(result: Result, responder: Responder) -> None:
 async def _stream(stream: EventStream, responder: Responder) -> None:
     """The stream's events as they come; ``stream.close`` runs however it ends (the
     client leaving included: the task sending is then cancelled)."""
+    line = stream.line
+    if line is not None:
+        line.hang_up = responder.hang_up
     try:
         await responder.begin(200, SSE_HEADERS + stream.headers)
         try:
@@ -106,6 +119,8 @@ async def _stream(stream: EventStream, responder: Responder) -> None:
             await responder.part(error_event(exc) + DONE_EVENT)
         await responder.end()
     finally:
+        if line is not None:
+            line.hang_up = None
         stream.close()
 
 

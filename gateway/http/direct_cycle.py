@@ -37,6 +37,7 @@ from uvicorn.protocols.http.httptools_impl import HEADER_VALUE_RE, STATUS_LINE
 from gateway.http.one_write import OneWriteCycle
 from gateway.http.request_id import HEADER as REQUEST_ID_HEADER
 from gateway.http.request_id import SCOPE_KEY as REQUEST_ID_KEY
+from gateway.http.send_deadline import reset
 from gateway.pipeline.results import RawHeaders
 
 SCOPE_KEY = "vgate.cycle"
@@ -111,6 +112,13 @@ class DirectCycle(OneWriteCycle):
             if self.chunked_encoding:
                 self.transport.write(_LAST_CHUNK)
             self._complete()
+
+    def hang_up(self) -> None:
+        """Reset the connection now if its client is taking no bytes (writing is paused:
+        its buffers are full), dropping what was buffered for it; the request then sees
+        a disconnect. A client that is reading gets the rest as usual."""
+        if self.flow.write_paused and not self.disconnected and not self.response_complete:
+            reset(self.transport)
 
     def cut_off(self, status: int, headers: RawHeaders, body: bytes, events: bytes) -> bool:
         """End the answer now and close, without waiting for the client to read (the

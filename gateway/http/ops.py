@@ -32,8 +32,9 @@ async def health(request: Request) -> Response:
 
 async def ready_status(request: Request) -> Response:
     """Readiness for load balancers and probes: ``{"status": "ready"}`` when the gateway
-    itself can serve (:mod:`gateway.pool.readiness`: Redis reachable when configured, at
-    least one engine known; engine health does not count), else 503
+    itself can serve (:mod:`gateway.pool.readiness`: Redis reachable when configured, the
+    rate limiter not failing closed, at least one engine known; engine health does not
+    count), else 503
     ``{"status": "unavailable"}`` (``{"status": "draining"}`` once the graceful shutdown
     has begun); nothing more."""
     report = await app_state(request).readiness.check()
@@ -45,23 +46,30 @@ async def ready_status(request: Request) -> Response:
 async def ready_detail(request: Request) -> Response:
     """Readiness with the detail an operator needs: the same status and code as
     :func:`ready_status`, what it was decided on (``redis``: reachable, unreachable or
-    not configured; ``known_engines``), and per model each engine's health (by display
+    not configured; ``rate_limiter``: ok, or refusing while it fails closed on every
+    request; ``known_engines``), and per model each engine's health (by display
     URL), which is reported, not judged.
 
     The detail also shows each background task (``background``: name →
-    ``last_success_age_s``, null before its first success, and consecutive
-    ``failures``). They are reported, never judged either: a slow or failing task
+    ``last_success_age_s``, null before its first success, consecutive
+    ``failures``, and ``problem``: why the last step failed, null once one
+    succeeds). They are reported, never judged either: a slow or failing task
     does not take a gateway that can still serve out of rotation."""
     state = app_state(request)
     report = await state.readiness.check()
     background = {
-        name: {"last_success_age_s": health.last_success_age_s, "failures": health.failures}
+        name: {
+            "last_success_age_s": health.last_success_age_s,
+            "failures": health.failures,
+            "problem": health.problem,
+        }
         for name, health in state.background.snapshot().items()
     }
     body = {
         "status": _status_name(report.ready, report.draining),
         "redis": report.redis,
         "known_engines": report.known_engines,
+        "rate_limiter": report.rate_limiter,
         "engines": state.pool.health(),
         "background": background,
     }

@@ -119,6 +119,14 @@ class GatewayMetrics:
             ("model",),
             registry=self.registry,
         )
+        self.slow_clients_cut = LabelledCounter(
+            "vgate_slow_clients_cut_total",
+            "Streams shared by single flight whose client fell more than "
+            "cache.max_lag_bytes behind and was cut (client_too_slow), by model and "
+            "role: leader (the request that called the engine) or follower.",
+            ("model", "role"),
+            registry=self.registry,
+        )
 
         self.rate_limited = Counter(
             "vgate_rate_limited_requests_total",

@@ -12,6 +12,13 @@ names): a token refusal can end early when another request settles below its
 reservation, and a concurrency refusal ends whenever a request finishes. Those
 still get their 429 after parsing. The memo is bounded; it is per process, like
 any replica's view, and can only refuse what the limiter itself refused.
+
+A refusal decided by the local fallback limiter (Redis unreachable, ``ratelimit.
+on_redis_error: local``, each limit divided by ``replicas_hint``) is not remembered:
+it counts this replica's share, not the key's window, and once Redis answers again
+the shared limiter decides (before, the memo kept refusing the key for up to a
+minute after Redis was back, on a count Redis never saw). While Redis is down such a
+key's requests are parsed and refused by the local limiter, in memory.
 """
 
 from __future__ import annotations
@@ -57,8 +64,9 @@ class DenialMemo:
         raise RateLimitError(denial.message, "requests", denial.headers | retry_after_header(left))
 
     def note(self, key_name: str, error: RateLimitError) -> None:
-        """Remember a refusal of ``key_name`` for its request rate (others are ignored)."""
-        if error.error_type != "requests":
+        """Remember a refusal of ``key_name`` for its request rate (others are ignored,
+        and so is one the local fallback limiter decided: see the module docstring)."""
+        if error.error_type != "requests" or error.local:
             return
         wait_ms = error.headers.get("retry-after-ms", "")
         if not wait_ms.isdigit():

@@ -17,7 +17,7 @@ this request's ``created`` (:attr:`gateway.cache.entry.Entry.fresh_at`).
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import replace
 
 from gateway.cache.entry import Entry
@@ -34,7 +34,14 @@ from gateway.pipeline.leader_stream import LeaderStream
 from gateway.pipeline.plan import ParsedRequest, Route
 from gateway.pipeline.priority import Place
 from gateway.pipeline.request_meta import RequestMeta
-from gateway.pipeline.results import Answer, EventStream, RawHeaders, Replay, Result
+from gateway.pipeline.results import (
+    Answer,
+    ClientLine,
+    EventStream,
+    RawHeaders,
+    Replay,
+    Result,
+)
 from gateway.pipeline.usage import (
     UsageTap,
     body_usage,
@@ -197,12 +204,29 @@ class EngineAnswers:
         relay = relay_events(stream, outcome, exchange.clock, taps, done, route.prompt_param)
         events: AsyncIterator[bytes] = relay
         close = exchange.close
+        line = None
         if fill is not None:  # its followers read the engine at its pace, not its client's
-            leader = LeaderStream(relay, fill, close)
+            line = ClientLine()
+            leader = LeaderStream(relay, fill, close, self._cut_counter(exchange, line))
             events, close = leader, leader.close
         if watch is not None and watch.evidence is not None:
             events = with_trailer(events, lambda: watch.trailer(exchange))
-        return EventStream(events, self._headers(exchange, url), close)
+        return EventStream(events, self._headers(exchange, url), close, line=line)
+
+    def _cut_counter(self, exchange: Exchange, line: ClientLine) -> Callable[[], None]:
+        """What a leader's cut does (``vgate_slow_clients_cut_total``, then the hang-up);
+        its flight's follower cuts are counted too."""
+        cuts = self._metrics.slow_clients_cut
+        model = exchange.model
+        fill = exchange.fill
+        if fill is not None:
+            fill.flight.on_cut = lambda: cuts.labels(model, "follower").inc()
+
+        def leader_cut() -> None:
+            cuts.labels(model, "leader").inc()
+            line.drop()
+
+        return leader_cut
 
     def _headers(self, exchange: Exchange, url: str) -> RawHeaders:
         headers = [*exchange.ticket.raw_headers]

@@ -11,10 +11,17 @@ own queue (its events as its client gets them: its id, its usage event only if a
 which its client takes at its own pace. A leader whose queue grows past the flight's
 ``max_lag_bytes`` (``cache.max_lag_bytes``) while anyone follows is cut: its queue is
 dropped, no more is queued for it, and its stream ends with :class:`SlowReaderError`
-(written when its client takes bytes again; one that never does is reset by the send
-deadline), while the followers go on. Once nobody follows any more it paces nobody:
-the pump then waits for its client to take its queue, as a stream nobody follows
-waits for its client, and is cut only if someone joins meanwhile.
+while the followers go on. The gateway then stops waiting on that client: its stream
+counts as ended (:meth:`LeaderStream.close`: the engine request lives on only while
+followers read, and the request's resources are released when the pump ends, not
+when the client's writes do), and ``on_cut`` is told, which counts the cut and asks
+the HTTP edge to hang up on a client that is taking no bytes
+(:class:`gateway.pipeline.results.ClientLine`). Before, a cut leader whose client
+never read again held its engine slot, its concurrency slot and its connection until
+the send deadline (``server.send_timeout_s``) reset it. A client still reading gets
+the error event when it comes back for more. Once nobody follows any more the leader
+paces nobody: the pump then waits for its client to take its queue, as a stream
+nobody follows waits for its client, and is cut only if someone joins meanwhile.
 
 The pump takes over only while the leader's client is not itself inside the relay
 (between two of its steps, or blocked writing); a follower that joins while it is
@@ -56,6 +63,7 @@ class LeaderStream:
         "_feeding",
         "_fill",
         "_flight",
+        "_on_cut",
         "_open",
         "_pump",
         "_pumping",
@@ -66,13 +74,20 @@ class LeaderStream:
     )
 
     def __init__(
-        self, relay: AsyncGenerator[bytes, None], fill: CacheFill, close: Callable[[], None]
+        self,
+        relay: AsyncGenerator[bytes, None],
+        fill: CacheFill,
+        close: Callable[[], None],
+        on_cut: Callable[[], None] | None = None,
     ) -> None:
+        """``close`` releases the request; ``on_cut`` is told once if the leader's client
+        is cut for falling behind its followers."""
         # (a generator: whether a step of it is under way is its ``ag_running``)
         self._relay = cast("AsyncGeneratorType[bytes, None]", relay)
         self._fill = fill
         self._flight: Flight = fill.flight
         self._close_request = close
+        self._on_cut = on_cut
         self._pump: asyncio.Task[None] | None = None
         self._pumping = False  # the pump reads the engine (took over from the client)
         self._queue: list[bytes] = []
@@ -157,11 +172,12 @@ class LeaderStream:
         flight = self._flight
         while self._feeding and self._queued > flight.max_lag_bytes:
             if flight.followers:
-                self._feeding = False
                 self._cut = True
-                self._queue.clear()
                 self._queued = 0
+                self.close()  # stop waiting on its client (the pump reads on for them)
                 self._wake()
+                if self._on_cut is not None:
+                    self._on_cut()
                 return
             if self._room is None:
                 self._room = asyncio.Event()

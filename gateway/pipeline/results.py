@@ -35,6 +35,27 @@ class Replay:
     headers: RawHeaders
 
 
+class ClientLine:
+    """A stream's way to the HTTP edge, for a stream the gateway may end before its
+    client has read it: a single-flight leader cut for falling behind its followers
+    (:mod:`gateway.pipeline.leader_stream`). The edge sets :attr:`hang_up` while it
+    writes the stream; :meth:`drop` calls it."""
+
+    __slots__ = ("hang_up",)
+
+    def __init__(self) -> None:
+        self.hang_up: Callable[[], None] | None = None
+        """Ends the client's connection now if its client is taking no bytes (set by
+        the HTTP edge: :meth:`gateway.http.answers.Responder.hang_up`)."""
+
+    def drop(self) -> None:
+        """Stop waiting on the client: hang up on it unless it is reading (then the
+        stream's end, an error event, reaches it as any stream's end does)."""
+        hang_up = self.hang_up
+        if hang_up is not None:
+            hang_up()
+
+
 @dataclass(slots=True)
 class EventStream:
     """Server-sent events as they arrive. ``events`` yields runs of complete events and
@@ -49,6 +70,9 @@ class EventStream:
     """The event that ends this stream when the shutdown deadline cuts it off (a
     Responses stream's ``error`` event numbered after the last one relayed); None:
     the route's own."""
+    line: ClientLine | None = None
+    """Set when the stream may be ended before its client reads it (see
+    :class:`ClientLine`); the HTTP edge gives it a way to hang up."""
 
 
 Result = Answer | Replay | EventStream

@@ -4,7 +4,16 @@ A gateway is ready when
 
 * its config is loaded (it is: this object exists only once the app has started),
 * Redis answers a ``PING`` within ``redis.timeout_s``, when Redis is configured
-  (keys, limits and the registry live there), and
+  (keys, limits and the registry live there),
+* the rate limiter is not refusing every request: under ``ratelimit.on_redis_error:
+  fail_closed`` a limiter whose last call failed answers every request 503, and a
+  ``PING`` does not see why (a full Redis under ``noeviction`` answers it, and refuses
+  every write with ``OOM``). While it fails, readiness asks Redis for one small write
+  (:meth:`gateway.backends.redis.link.RedisLink.accepts_writes`): ready again once
+  Redis accepts it, or once a request's limiter call succeeds, with no request
+  needed (a load balancer that stopped sending any would otherwise never see the
+  gateway ready again). Under ``local`` and ``fail_open`` requests are served while
+  Redis fails, so the limiter is not part of readiness, and
 * at least one engine is *known*: configured by URL, or in the registry in any
   state but ``stopped`` (starting, restarting, draining and failed engines count).
 
@@ -19,8 +28,8 @@ well-formed errors, and every gateway sees the same engines: failing readiness o
 engine health would take every gateway out of the Service at once and turn an
 engine restart into a full outage (connections refused instead of answers).
 
-The Redis check costs nothing per probe: its result is kept for ``cache_s``, and
-concurrent probes share one ``PING`` in flight.
+The Redis checks cost nothing per probe: their results are kept for ``cache_s``, and
+concurrent probes share one call in flight.
 """
 
 from __future__ import annotations
@@ -35,6 +44,7 @@ from gateway.pool.engine_pool import EnginePool
 
 Ping = Callable[[], Awaitable[object]]
 RedisState = Literal["reachable", "unreachable", "not configured"]
+LimiterState = Literal["ok", "refusing"]
 
 DEFAULT_CACHE_S = 1.0
 
@@ -48,6 +58,8 @@ class ReadinessReport:
     registry holds in another state (see :class:`Readiness`)."""
     draining: bool = False
     """The process is shutting down (:meth:`Readiness.begin_drain`): never ready again."""
+    rate_limiter: LimiterState = "ok"
+    """``refusing``: the limiter fails closed on every request (see the module docstring)."""
 
 
 class Readiness:
@@ -62,18 +74,19 @@ class Readiness:
         *,
         cache_s: float = DEFAULT_CACHE_S,
         clock: Callable[[], float] = time.monotonic,
+        refusing: Callable[[], bool] | None = None,
+        write: Ping | None = None,
     ) -> None:
         """``registered_elsewhere``: engines the registry holds that are not in the pool
-        (not routable now, not stopped). ``ping``: one Redis ``PING`` (None: no Redis)."""
+        (not routable now, not stopped). ``ping``: one Redis ``PING`` (None: no Redis).
+        ``refusing``: whether the rate limiter refuses every request now
+        (:attr:`gateway.ratelimit.admission.Admission.refusing`); ``write``: one small
+        write to Redis, tried while it does."""
         self._pool = pool
         self._registered_elsewhere = registered_elsewhere
-        self._ping = ping
-        self._timeout_s = timeout_s
-        self._cache_s = cache_s
-        self._clock = clock
-        self._checked_at: float | None = None
-        self._reachable = False
-        self._pending: asyncio.Future[bool] | None = None
+        self._ping = None if ping is None else CachedCheck(ping, timeout_s, cache_s, clock)
+        self._refusing = refusing
+        self._write = None if write is None else CachedCheck(write, timeout_s, cache_s, clock)
         self._draining = False
 
     def begin_drain(self) -> None:
@@ -84,29 +97,48 @@ class Readiness:
         known = len(self._pool.urls()) + self._registered_elsewhere()
         redis: RedisState = "not configured"
         if self._ping is not None:
-            redis = "reachable" if await self._redis_reachable() else "unreachable"
-        ready = known > 0 and redis != "unreachable" and not self._draining
-        return ReadinessReport(ready, redis, known, self._draining)
+            redis = "reachable" if await self._ping.passes() else "unreachable"
+        limiter: LimiterState = "ok"
+        if self._refusing is not None and self._refusing():
+            accepted = self._write is not None and await self._write.passes()
+            limiter = "ok" if accepted else "refusing"
+        ready = known > 0 and redis != "unreachable" and limiter == "ok" and not self._draining
+        return ReadinessReport(ready, redis, known, self._draining, limiter)
 
-    async def _redis_reachable(self) -> bool:
+
+class CachedCheck:
+    """One call to Redis as a check: passed or not, kept for ``cache_s``; concurrent
+    checks share the call in flight."""
+
+    def __init__(
+        self, call: Ping, timeout_s: float, cache_s: float, clock: Callable[[], float]
+    ) -> None:
+        self._call = call
+        self._timeout_s = timeout_s
+        self._cache_s = cache_s
+        self._clock = clock
+        self._checked_at: float | None = None
+        self._passed = False
+        self._pending: asyncio.Future[bool] | None = None
+
+    async def passes(self) -> bool:
         checked = self._checked_at
         if checked is not None and self._clock() - checked < self._cache_s:
-            return self._reachable
+            return self._passed
         if self._pending is None:
-            self._pending = asyncio.ensure_future(self._ping_once())
-        # Shielded: a probe that gives up (its client hung up) does not cancel the PING
+            self._pending = asyncio.ensure_future(self._call_once())
+        # Shielded: a probe that gives up (its client hung up) does not cancel the call
         # other probes wait on.
         return await asyncio.shield(self._pending)
 
-    async def _ping_once(self) -> bool:
-        assert self._ping is not None
+    async def _call_once(self) -> bool:
         try:
             async with asyncio.timeout(self._timeout_s):
-                await self._ping()
-            reachable = True
-        except Exception:  # any failure: unreachable (the link logs Redis outages)
-            reachable = False
+                await self._call()
+            passed = True
+        except Exception:  # any failure: not passed (the link logs Redis outages)
+            passed = False
         finally:
             self._pending = None
-        self._reachable, self._checked_at = reachable, self._clock()
-        return reachable
+        self._passed, self._checked_at = passed, self._clock()
+        return passed

@@ -23,8 +23,10 @@ When the backend is unreachable, ``ratelimit.on_redis_error`` decides: ``local``
 (the default) decides in this process's memory with each limit divided by
 ``ratelimit.replicas_hint`` (rounded down, at least 1), so the replicas together
 stay within the limit; ``fail_open`` admits without limits; ``fail_closed``
-answers 503. Each failure is counted in ``vgate_redis_errors_total``. A request
-admitted locally is settled and renewed locally, wherever Redis is by then.
+answers 503, and the gateway is not ready while it does (:attr:`Admission.refusing`,
+read by :mod:`gateway.pool.readiness`). Each failure is counted in
+``vgate_redis_errors_total``. A request admitted locally is settled and renewed
+locally, wherever Redis is by then.
 """
 
 from __future__ import annotations
@@ -168,11 +170,22 @@ class Admission:
         self._id_prefix = os.urandom(6).hex()
         self._ids = itertools.count()
         self._local = backend.fallback if settings.on_redis_error == "local" else None
+        self._failing = False  # the shared backend's last admission call failed
+        self._fails_closed = settings.on_redis_error == "fail_closed"
         self._charges = ScopesMemo(self._charge_of)
         self._leased: dict[str, weakref.ref[Ticket]] = {}
         """Admitted requests holding a concurrency slot, by request id, until settled.
         Held weakly: a ticket dropped without being settled (a bug) stops being
         renewed, so its slot still frees within one lease instead of never."""
+
+    @property
+    def refusing(self) -> bool:
+        """Whether every request is refused now: ``fail_closed``, and the backend's last
+        admission call failed (Redis unreachable, or refusing writes: ``OOM``,
+        ``READONLY``); False again once one succeeds. Readiness reads it
+        (:mod:`gateway.pool.readiness`): a gateway that refuses everything is not ready.
+        Under ``local`` and ``fail_open`` requests are still served: never refusing."""
+        return self._failing and self._fails_closed
 
     @property
     def leased(self) -> int:
@@ -239,7 +252,9 @@ class Admission:
                 charge.scopes, request_id, cost.prompt, lease_s, cost.wanted, cost.choices
             )
             decision = await pending
+            self._failing = False
         except StoreUnavailable:
+            self._failing = True
             self._metrics.redis_errors.labels("ratelimit").inc()
             local = self._unreachable(charge)
             if local is None:
@@ -259,7 +274,8 @@ class Admission:
             raise
         headers = headline(charge.scopes, decision.states)
         if not decision.admitted:
-            raise self._refusal(charge.scopes, decision, cost, as_text(headers))
+            here = charge.backend is not self._backend  # the fallback's: Redis is down
+            raise self._refusal(charge.scopes, decision, cost, as_text(headers), here)
         granted = decision.granted
         ticket = Ticket(
             self,
@@ -329,6 +345,7 @@ class Admission:
         decision: Decision,
         cost: Cost,
         headers: dict[str, str],
+        local: bool = False,
     ) -> RateLimitError:
         kind = decision.refused or "requests"
         owner = scopes[0].owner
@@ -343,7 +360,7 @@ class Admission:
                 f"tokens, and the limit is {limit} tokens per min. "
                 "Shorten the prompt or ask for fewer choices."
             )
-            return RateLimitError(message, kind, headers | NO_RETRY)
+            return RateLimitError(message, kind, headers | NO_RETRY, local=local)
         wait = format_duration(decision.retry_after_s)
         if kind == "concurrency":
             limit = min(lim.max_concurrent for lim in limits if lim.max_concurrent is not None)
@@ -355,7 +372,8 @@ class Admission:
             limit = min(lim.rpm for lim in limits if lim.rpm is not None)
             what = f"requests per min: limit {limit}"
         message = f"Rate limit reached for key '{owner}' on {what}. Please try again in {wait}."
-        return RateLimitError(message, kind, headers | retry_after_header(decision.retry_after_s))
+        wait_header = retry_after_header(decision.retry_after_s)
+        return RateLimitError(message, kind, headers | wait_header, local=local)
 
 
 def _undo_if_admitted(

@@ -145,7 +145,14 @@ def test_without_a_listener_operator_routes_need_the_admin_key(keyed: Gateway) -
     for headers in ({}, _bearer(KEY)):
         assert httpx.get(f"{keyed.url}/ready", headers=headers).json() == {"status": "ready"}
     detail = httpx.get(f"{keyed.url}/ready", headers=_bearer(ADMIN_KEY)).json()
-    assert set(detail) == {"status", "redis", "known_engines", "engines", "background"}
+    assert set(detail) == {
+        "status",
+        "redis",
+        "rate_limiter",
+        "known_engines",
+        "engines",
+        "background",
+    }
     assert (detail["redis"], detail["known_engines"]) == ("not configured", 1)
     assert httpx.get(f"{keyed.url}/health").status_code == 200
 

@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import pytest
 
-from gateway.background import BackgroundTasks, Periodic
+from gateway.background import BackgroundTasks, Periodic, StepOutage
 
 LOGGER = "vgate.background"
 
@@ -189,3 +189,45 @@ async def test_the_registry_reports_every_task_and_refuses_duplicate_names() -> 
     finally:
         for task in (good, bad, idle):
             await task.stop()
+
+
+async def test_an_outage_the_step_handled_is_a_failure_with_its_reason_not_a_traceback(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A step raising :class:`StepOutage` (it kept its view and logged the outage) is
+    counted as failing, its message the task's problem, retried at its interval (no
+    backoff: 20 steps of 0.01 s come in well under the 10 s cap), and not logged."""
+    caplog.set_level(logging.INFO, LOGGER)
+    calls = 0
+
+    async def outage() -> None:
+        nonlocal calls
+        calls += 1
+        if calls <= 20:
+            raise StepOutage(f"store unreadable ({calls})")
+
+    task = Periodic("outage", 0.01, outage)
+    await task.start(run_first=True)
+    try:
+        assert task.health().problem == "store unreadable (1)"
+        await wait_until(lambda: calls >= 10, timeout=3.0)
+        health = task.health()
+        assert health.failures >= 9 and health.last_success_age_s is None
+        assert health.problem is not None and health.problem.startswith("store unreadable")
+        await wait_until(lambda: task.health().failures == 0, timeout=3.0)
+    finally:
+        await task.stop()
+    assert task.health().problem is None and task.health().errors == 20
+    assert failure_records(caplog) == []
+
+
+async def test_an_unexpected_failure_is_the_tasks_problem_until_a_step_succeeds() -> None:
+    step = Step(failures=1)
+    task = Periodic("flaky", 0.01, step)
+    await task.start(run_first=True)
+    try:
+        assert task.health().problem == "RuntimeError: injected failure 1"
+        await wait_until(lambda: task.health().failures == 0)
+        assert task.health().problem is None
+    finally:
+        await task.stop()

@@ -19,6 +19,7 @@ from gateway.backends.memory.keys import MemoryKeyStore
 from gateway.backends.memory.limiter import MemoryLimiter
 from gateway.background import BackgroundTasks, Step
 from gateway.config.sections import RateLimitSettings, StaticKey
+from gateway.errors import StoreUnavailable
 from gateway.observability.metrics import GatewayMetrics
 from gateway.pool.engine_pool import EnginePool
 from gateway.pool.health import HealthMonitor, LoadScraper
@@ -171,3 +172,45 @@ async def test_load_scrape_survives(caplog: pytest.LogCaptureFixture) -> None:
     await survive("load-scrape", scraper.scrape_all,
                   lambda: pool.snapshot("m")[0].waiting == 7.0, caplog)  # fmt: skip
     assert engines.fetch_once.fired
+
+
+class DownKeyStore(MemoryKeyStore):
+    """A key store that cannot be read while :attr:`down` (Redis unreachable)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.down = False
+
+    async def version(self) -> str:
+        if self.down:
+            raise StoreUnavailable("redis is unreachable (test)")
+        return await super().version()
+
+
+async def test_key_refresh_reports_an_unreadable_store(caplog: pytest.LogCaptureFixture) -> None:
+    """While the key store cannot be read the task keeps the last copy and its health
+    says so (consecutive failures, the reason), with one warning and no traceback;
+    healthy again at its first refresh once the store answers (before: it reported a
+    success at every refresh of the outage)."""
+    caplog.set_level(logging.INFO)
+    store = DownKeyStore()
+    secret, record = new_key("made-elsewhere")
+    await store.create(record)
+    directory = KeyDirectory([], store)
+    tasks = BackgroundTasks()
+    task = await tasks.start("key-refresh", INTERVAL_S, directory.poll, run_first=True)
+    try:
+        assert tasks.snapshot()["key-refresh"].problem is None
+        store.down = True
+        await wait_until(lambda: tasks.snapshot()["key-refresh"].failures >= 3)
+        health = tasks.snapshot()["key-refresh"]
+        assert health.problem is not None and "key store unreadable" in health.problem
+        assert directory.known(f"Bearer {secret}") is not None  # the copy is kept
+        store.down = False
+        await wait_until(lambda: tasks.snapshot()["key-refresh"].failures == 0)
+        assert tasks.snapshot()["key-refresh"].problem is None
+    finally:
+        await task.stop()
+    warned = [r for r in caplog.records if "key store unreadable" in r.getMessage()]
+    assert len(warned) == 1 and warned[0].exc_info is None
+    assert not [r for r in caplog.records if r.exc_info is not None]

@@ -32,6 +32,10 @@ from gateway.errors import StoreUnavailable
 
 log = logging.getLogger("vgate.redis")
 
+WRITE_PROBE_KEY = "vgate:rl:ready-probe"
+"""Written by :meth:`RedisLink.accepts_writes`: under the limiter's prefix, which the
+gateway's Redis user may write (``deploy/k8s/base/redis/users.acl``)."""
+
 
 async def bounded(command: Awaitable[Any], timeout_s: float) -> Any:
     """``command`` (a redis-py call) within ``timeout_s``; its failure or silence as
@@ -104,6 +108,13 @@ class RedisLink:
         if self._down_until:
             log.warning("redis reachable again")
             self._down_until = 0.0
+
+    async def accepts_writes(self) -> None:
+        """One small write (a key of the limiter's, gone after a second): raises if Redis
+        does not answer or refuses writes (``OOM`` when full under ``noeviction``, a
+        read-only replica), which a ``PING`` does not tell. For readiness, only while the
+        limiter fails closed (:mod:`gateway.pool.readiness`)."""
+        await self.client.set(WRITE_PROBE_KEY, b"1", px=1000)
 
     async def close(self) -> None:
         """Close both clients; closing the pool's connections waits at most the timeout

@@ -3,14 +3,18 @@ read, and oversized requests are refused before validation (issue #13)."""
 
 from __future__ import annotations
 
+import asyncio
+from typing import Any
+
 import orjson
 import pytest
 
-from gateway.errors import InvalidRequestError, RateLimitError
+from gateway.backends.memory.limiter import MemoryLimiter
+from gateway.errors import InvalidRequestError, RateLimitError, StoreUnavailable
 from gateway.pipeline.denials import DenialMemo
 from gateway.pipeline.plan import OFFLOAD_BYTES
 from gateway.pipeline.results import Answer
-from gateway.ratelimit.limits import retry_after_header
+from gateway.ratelimit.limits import Decision, LimiterBackend, retry_after_header
 from gateway.upstream.fake import FakeRequest, Scripted
 from tests.unit.pipeline.world import KEY, MODEL, chat_body, completion, world
 
@@ -147,3 +151,55 @@ async def test_the_caller_is_known_before_the_body_is_read() -> None:
         {"model": "-", "endpoint": "chat_completions", "status": "401", "variant": ""},
     )
     assert refused == 1.0
+
+
+class Outage(MemoryLimiter):
+    """The shared limiter (in memory), unreachable while :attr:`down`; this process's
+    own limiter to fall back on."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.down = False
+        self.local = MemoryLimiter()
+
+    def admit(self, *args: Any, **kwargs: Any) -> asyncio.Future[Decision]:
+        if self.down:
+            raise StoreUnavailable("redis is down")
+        return super().admit(*args, **kwargs)
+
+    def settle(self, *args: Any, **kwargs: Any) -> None:
+        if self.down:
+            raise StoreUnavailable("redis is down")
+        super().settle(*args, **kwargs)
+
+    @property
+    def fallback(self) -> LimiterBackend:
+        return self.local
+
+
+async def test_a_local_refusal_is_not_repeated_once_redis_answers() -> None:
+    """Redis down (``on_redis_error: local``, 2 replicas): this replica's share of 2 rpm
+    is 1, so its second request is refused locally. Redis back, the shared limiter has
+    counted none of them: the key is admitted at once (before: the memo repeated the
+    local refusal for the rest of its window, up to a minute)."""
+    shared = Outage()
+    keys = [{"name": "team", "key": KEY, "rpm": 2}]
+    ratelimit = {"on_redis_error": "local", "replicas_hint": 2}
+    w = world(ok, shared, auth={"enabled": True, "keys": keys}, ratelimit=ratelimit)
+    shared.down = True
+    assert isinstance(await w.ask(chat_body(), cache_control="no-store"), Answer)
+    with pytest.raises(RateLimitError) as caught:
+        await w.ask(chat_body(), cache_control="no-store")
+    assert caught.value.error_type == "requests"
+    shared.down = False
+    assert isinstance(await w.ask(chat_body(), cache_control="no-store"), Answer)
+    assert len(w.upstream.requests) == 2
+
+
+def test_a_refusal_decided_locally_is_not_remembered() -> None:
+    memo = DenialMemo(Clock())
+    local = refusal("requests", 30)
+    local.local = True
+    memo.note("team", local)
+    memo.check("team")
+    assert len(memo) == 0

@@ -240,3 +240,70 @@ async def test_a_follower_joining_a_paused_leader_is_not_paced_by_it() -> None:
     await until(lambda: flight.entry is not None)  # read on at the engine's pace
     with pytest.raises(SlowReaderError):  # the leader paces someone again: cut
         await anext(leader)
+
+
+async def test_a_cut_leader_is_released_with_the_pump_without_its_client() -> None:
+    """The leader's client reads nothing (its writes block) and falls behind its follower:
+    once cut, nothing waits on it any more. ``on_cut`` is told (the HTTP edge hangs up,
+    the cut is counted) and the request is released as soon as the follower has read the
+    engine's answer, though the client's stream never ended. Before, the request (its
+    engine slot, its ticket) was held until the client's stream ended: for one that
+    never reads again, until the send deadline reset it."""
+    cache, fill, engine = setup()
+    released: list[bool] = []
+    cuts: list[bool] = []
+    leader = LeaderStream(
+        engine.relay(), fill, lambda: released.append(True), lambda: cuts.append(True)
+    )
+    engine.send(BATCH)
+    assert await anext(leader) == BATCH  # then its client takes no more
+    flight, me = join(cache)
+    outcome = StreamOutcome()
+    follower = follow_events(flight, True, outcome, lambda entry: None, None, me)
+    many = LAG // len(BATCH) * 3
+    engine.send(*[BATCH] * many)
+    await until(lambda: bool(cuts))
+    assert cuts == [True] and not released  # cut; the engine is read on for the follower
+    engine.send(DONE)
+    got = b"".join([batch async for batch in follower])
+    assert outcome.completed and got.count(b"data: ") == many + 2
+    await until(lambda: bool(released))  # without the leader's client ending its stream
+    assert released == [True] and engine.closed
+    with pytest.raises(SlowReaderError):  # the client, back for more, finds the error
+        await anext(leader)
+    leader.close()
+    assert released == [True] and cuts == [True]
+
+
+async def test_a_cut_leader_whose_followers_leave_ends_the_engine_request() -> None:
+    """Cut, then its follower leaves: nobody reads the engine's answer any more, so the
+    engine request ends and is released (before: it was read to its end for nobody,
+    until the leader's client came back or its connection was reset)."""
+    cache, fill, engine = setup()
+    released: list[bool] = []
+    cuts: list[bool] = []
+    leader = LeaderStream(
+        engine.relay(), fill, lambda: released.append(True), lambda: cuts.append(True)
+    )
+    engine.send(BATCH)
+    assert await anext(leader) == BATCH
+    flight, me = join(cache)
+    engine.send(*[BATCH] * (LAG // len(BATCH) * 3))
+    await until(lambda: bool(cuts))
+    flight.leave(me)
+    await until(lambda: bool(released))
+    assert engine.closed
+
+
+def test_every_follower_cut_is_told() -> None:
+    flight = Flight(max_lag_bytes=LAG)
+    told: list[bool] = []
+    flight.on_cut = lambda: told.append(True)
+    flight.followers = 3
+    slow, slower, quick = object(), object(), object()
+    flight.positions.update({slow: 0, slower: 0, quick: 0})
+    flight.stop_keeping()
+    for _ in range(LAG // len(BATCH) * 2):
+        flight.publish(BATCH)
+        flight.positions[quick] = flight.end
+    assert flight.cut == {slow, slower} and len(told) == 2

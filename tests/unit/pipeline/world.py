@@ -27,6 +27,7 @@ from gateway.pipeline.results import Answer, EventStream, Replay, Result
 from gateway.pipeline.service import CompletionService
 from gateway.pool.engine_pool import EnginePool
 from gateway.ratelimit.admission import Admission
+from gateway.ratelimit.limits import LimiterBackend
 from gateway.upstream.fake import FakeRequest, FakeUpstream, Scripted, sse
 
 MODEL = "m"
@@ -129,13 +130,16 @@ class World:
 
 
 def world(
-    handler: Callable[[FakeRequest], Scripted | Awaitable[Scripted]], **overrides: Any
+    handler: Callable[[FakeRequest], Scripted | Awaitable[Scripted]],
+    limiter: LimiterBackend | None = None,
+    **overrides: Any,
 ) -> World:
+    """``limiter``: the shared limiter (default: an in-memory one)."""
     config = settings(**overrides)
     metrics = GatewayMetrics()
     pool = EnginePool({m.name: m.endpoints for m in config.models})
     upstream = FakeUpstream(handler)
-    admission = Admission(MemoryLimiter(), config.ratelimit, metrics)
+    admission = Admission(limiter or MemoryLimiter(), config.ratelimit, metrics)
     authenticator = build_authenticator(config.auth, None)
     service = build_completion_service(
         config, pool, upstream, metrics, authenticator, admission, MemoryEntryStore(1 << 20)

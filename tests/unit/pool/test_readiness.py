@@ -93,3 +93,34 @@ async def test_once_the_drain_begins_the_gateway_is_never_ready_again() -> None:
     report = await readiness.check()
     assert not report.ready and report.draining
     assert (report.redis, report.known_engines) == ("reachable", 1)  # still reported
+
+
+async def test_a_limiter_failing_closed_makes_the_gateway_unavailable_until_writes_pass() -> None:
+    """``fail_closed`` and the limiter's last call failed (Redis full: its PING passes):
+    not ready while Redis refuses the write probe; ready again once it accepts it,
+    without a request having to succeed first (none would come)."""
+    refusing = [True]
+    write = Ping("down")  # OOM: the write is refused
+    readiness = Readiness(
+        EnginePool({"m": [ENGINE]}), lambda: 0, Ping(), 0.25, cache_s=0,
+        refusing=lambda: refusing[0], write=write,
+    )  # fmt: skip
+    report = await readiness.check()
+    assert not report.ready and report.redis == "reachable"
+    assert report.rate_limiter == "refusing"
+    write.mode = "ok"  # Redis takes writes again
+    report = await readiness.check()
+    assert report.ready and report.rate_limiter == "ok"
+    write.mode = "down"
+    refusing[0] = False  # a request's limiter call succeeded
+    calls = write.calls
+    assert (await readiness.check()).ready
+    assert write.calls == calls  # no write probe while the limiter answers
+
+
+async def test_a_limiter_that_is_not_refusing_is_never_probed() -> None:
+    write = Ping("down")
+    readiness = Readiness(
+        EnginePool({"m": [ENGINE]}), lambda: 0, Ping(), 0.25, refusing=lambda: False, write=write
+    )
+    assert (await readiness.check()).ready and write.calls == 0

@@ -7,6 +7,7 @@ and the Redis-failure policies, ``local`` deciding with this replica's share."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 from typing import Any
 
@@ -259,3 +260,34 @@ async def test_a_caller_that_leaves_as_its_admission_arrives_is_undone() -> None
     assert decided.admitted  # the slot and the tokens were given back
     future.set_result(decided)
     (await again).settle(0)
+
+
+class SwitchedLimiter(DownLimiter):
+    """Down while :attr:`down`; the in-memory limiter otherwise."""
+
+    def __init__(self, clock: Clock) -> None:
+        super().__init__(clock)
+        self.down = True
+
+    def admit(self, *args: Any, **kwargs: Any) -> asyncio.Future[Decision]:
+        if self.down:
+            raise StoreUnavailable("OOM command not allowed when used memory > 'maxmemory'")
+        return MemoryLimiter.admit(self, *args, **kwargs)
+
+
+@pytest.mark.parametrize("policy", ["local", "fail_open", "fail_closed"])
+async def test_only_a_limiter_failing_closed_is_refusing(policy: str) -> None:
+    """Readiness reads :attr:`Admission.refusing`: true under ``fail_closed`` from a failed
+    admission call until one succeeds; never under the policies that still serve."""
+    clock = Clock()
+    limiter = SwitchedLimiter(clock)
+    settings = RateLimitSettings(on_redis_error=policy)
+    admission = Admission(limiter, settings, GatewayMetrics())
+    scopes = (LimitScope("{r}", Limits(rpm=10), "r"),)
+    assert not admission.refusing
+    with contextlib.suppress(DependencyUnavailableError):
+        (await admission.admit(scopes, CHAT)).settle(0)
+    assert admission.refusing == (policy == "fail_closed")
+    limiter.down = False
+    (await admission.admit(scopes, CHAT)).settle(0)
+    assert not admission.refusing
