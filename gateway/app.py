@@ -135,7 +135,7 @@ async def _start(
     tasks = BackgroundTasks()  # every periodic task: supervised, and reported by /ready
     watcher = RegistryWatcher(registry, pool, static, aliases, engine_keys(settings))
     watching = await tasks.start(
-        "registry-watch", settings.engines.watch_interval_s, watcher.refresh_or_keep, run_first=True
+        "registry-watch", settings.engines.watch_interval_s, watcher.poll, run_first=True
     )
     stack.push_async_callback(watching.stop)
 

@@ -19,7 +19,7 @@ from engines.models.embedded import PREPARERS, prepare_embedded
 from engines.models.prepare import default_cache_dir, default_engine_python
 from engines.registry import EngineRecord, EngineRegistry, InProcessRegistry, RedisRegistry
 from engines.supervisor import Deployment
-from gateway.background import RepeatedLog
+from gateway.background import RepeatedLog, StepOutage
 from gateway.config.priority import tiers_reach_engines
 from gateway.config.settings import Settings
 from gateway.pool.engine_pool import EnginePool
@@ -146,3 +146,14 @@ class RegistryWatcher:
             self._outage.failed(f"engine registry unreadable, keeping the last view: {exc}")
         else:
             self._outage.recovered("engine registry readable again")
+
+    async def poll(self) -> None:
+        """:meth:`refresh_or_keep`, then :class:`StepOutage` if the registry could not
+        be read (the last view was kept): the ``registry-watch`` task reports the
+        outage (``/ready``'s detail) instead of a success."""
+        await self.refresh_or_keep()
+        if self._outage.streak:
+            raise StepOutage(
+                f"engine registry unreadable, keeping the last view "
+                f"({self._outage.streak} failed reads)"
+            )

@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 
 import pytest
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from engines.registry import EngineRecord, InProcessRegistry
 from gateway.auth.authenticator import KeyDirectory
@@ -94,6 +95,19 @@ async def test_registry_watch_survives(caplog: pytest.LogCaptureFixture) -> None
     await survive("registry-watch", watcher.refresh_or_keep, lambda: pool.models() == ("m",),
                   caplog)  # fmt: skip
     assert registry.once.fired
+
+
+class DownRegistry(InProcessRegistry):
+    """A registry that cannot be read while :attr:`down` (Redis unreachable)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.down = False
+
+    async def records(self) -> list[EngineRecord]:
+        if self.down:
+            raise RedisConnectionError("Error 111 connecting to 127.0.0.1:6379.")
+        return await super().records()
 
 
 class FlakyKeyStore(MemoryKeyStore):
@@ -214,3 +228,31 @@ async def test_key_refresh_reports_an_unreadable_store(caplog: pytest.LogCapture
     warned = [r for r in caplog.records if "key store unreadable" in r.getMessage()]
     assert len(warned) == 1 and warned[0].exc_info is None
     assert not [r for r in caplog.records if r.exc_info is not None]
+
+
+async def test_registry_watch_reports_an_unreadable_registry(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """While the engine registry cannot be read the task keeps the last view and its
+    health says so, with one warning and no traceback; healthy again once it answers
+    (before: a success at every read of the outage)."""
+    caplog.set_level(logging.INFO)
+    registry, pool = DownRegistry(), EnginePool({})
+    await registry.publish(EngineRecord("e", "m", ENGINE, "ready", 1.0, "s"))
+    watcher = RegistryWatcher(registry, pool, {}, {})
+    tasks = BackgroundTasks()
+    task = await tasks.start("registry-watch", INTERVAL_S, watcher.poll, run_first=True)
+    try:
+        assert tasks.snapshot()["registry-watch"].problem is None
+        registry.down = True
+        await wait_until(lambda: tasks.snapshot()["registry-watch"].failures >= 3)
+        health = tasks.snapshot()["registry-watch"]
+        assert health.problem is not None and "engine registry unreadable" in health.problem
+        assert pool.models() == ("m",)  # the view is kept
+        registry.down = False
+        await wait_until(lambda: tasks.snapshot()["registry-watch"].failures == 0)
+        assert tasks.snapshot()["registry-watch"].problem is None
+    finally:
+        await task.stop()
+    warned = [r for r in caplog.records if "engine registry unreadable" in r.getMessage()]
+    assert len(warned) == 1 and warned[0].exc_info is None
