@@ -2,7 +2,10 @@
 each key's quota of stored bytes (``responses.max_bytes_per_key``).
 
 A key at its quota gets 429 ``insufficient_quota`` for a request that would store,
-before anything is charged or sent to an engine; ``store: false`` still works. The
+once its rate limits admit it (a key over them is refused without a store call) and
+before anything is sent to an engine: the admission is settled as nothing used (no
+tokens charged, its concurrency slot free; the request counts against ``rpm``, as
+any admitted request does). ``store: false`` still works. The
 store checks the quota again when it keeps a record (requests made meanwhile may
 have reached it): a record it refuses then, like one over ``max_stored_bytes``, one
 that cannot be encoded (a body at the accepted nesting depth whose fields the engine

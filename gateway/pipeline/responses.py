@@ -243,13 +243,15 @@ class ResponsesService:
             loaded = await self._records.load(previous_id, principal.name, missing)
             previous = check_found(loaded, principal.name, missing)
         items, item_ids = conversation(previous, request, self._max_items)
-        if request.store:
-            await self._records.check_quota(principal.name)
         timeline = exchange.timeline
         timeline.limiting = exchange.clock()
         priced = cost_body(request, items)
         check_text_size(priced, self._max_chars)
         exchange.admit(await self._admission.admit(principal.scopes(asked), priced))
+        # The store's quota after the rate limits: a key over them is refused without a
+        # store call, and a quota refusal settles the admission to 0 (:class:`Exchange`).
+        if request.store:
+            await self._records.check_quota(principal.name)
         timeline.admitted = timeline.looked_up = exchange.clock()  # no cache here: 0 ms
         return items, item_ids
 
