@@ -141,9 +141,10 @@ class ResponseRecords:
             raise self._unavailable() from None
         return None if data is None else StoredResponse.decode(response_id, data)
 
-    async def delete(self, response_id: str, owner: str) -> None:
+    async def delete(self, response_id: str, owner: str) -> bool:
+        """Whether there was a record to delete (of two deletes at once, one has)."""
         try:
-            await self._store.delete(response_id, owner)
+            return await self._store.delete(response_id, owner)
         except StoreUnavailable:
             raise self._unavailable() from None
 

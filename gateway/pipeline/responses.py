@@ -319,7 +319,8 @@ class ResponsesService:
         ticket = await self._charge(principal)
         try:
             await self._own(response_id, principal)
-            await self._records.delete(response_id, principal.name)
+            if not await self._records.delete(response_id, principal.name):
+                raise ResponseNotFoundError(response_id)  # another delete came first
         finally:
             ticket.settle(0)
         body = {"id": response_id, "object": "response", "deleted": True}

@@ -1,15 +1,20 @@
 """A stored create's rate limits are decided before its key's stored-bytes quota is
 read: a key over its ``rpm`` gets the rate limit's 429 without a store call (the quota
 was read first: a Redis call per refused request, and the quota's 429 instead), and a
-quota refusal after admission settles the admission as nothing used."""
+quota refusal after admission settles the admission as nothing used. Of two deletes
+of one response at once, one deletes it, the other is a 404."""
 
 from __future__ import annotations
 
+import asyncio
+
+import orjson
 import pytest
 
 from gateway.backends.memory.responses import MemoryResponseStore
 from gateway.errors import QuotaExceededError, RateLimitError
 from gateway.pipeline.results import Answer
+from gateway.responses.conversation import ResponseNotFoundError
 from tests.unit.pipeline.responses_world import KEY, MODEL, create_answer, responses_world
 
 
@@ -63,3 +68,33 @@ async def test_a_quota_refusal_after_admission_uses_nothing() -> None:
     shown = dict(result.headers)
     assert int(shown[b"x-ratelimit-remaining-tokens"]) == tpm - reserved
     assert int(shown[b"x-ratelimit-remaining-requests"]) == 100 - 2  # both counted in rpm
+
+
+class YieldingStore(MemoryResponseStore):
+    """The memory store, letting other tasks run while it checks an owner (as a
+    Redis round trip does)."""
+
+    async def owns(self, response_id: str, owner: str) -> bool:
+        await asyncio.sleep(0)
+        return await super().owns(response_id, owner)
+
+    async def get(self, response_id: str) -> bytes | None:
+        data = await super().get(response_id)
+        await asyncio.sleep(0)  # the reply on its way back
+        return data
+
+
+async def test_of_two_deletes_at_once_one_deletes_and_the_other_is_404() -> None:
+    world = responses_world(store=YieldingStore(1 << 24))
+    answer = await create_answer(world, {"model": MODEL, "input": "hi"})
+    principal = await world.service.caller(f"Bearer {KEY}")
+    results = await asyncio.gather(
+        world.service.delete(answer["id"], principal),
+        world.service.delete(answer["id"], principal),
+        return_exceptions=True,
+    )
+    deleted = [r for r in results if isinstance(r, Answer)]
+    missing = [r for r in results if isinstance(r, ResponseNotFoundError)]
+    assert (len(deleted), len(missing)) == (1, 1), results
+    assert orjson.loads(deleted[0].body)["deleted"] is True
+    assert await world.store.usage("team") == 0
