@@ -36,6 +36,7 @@ from gateway.errors import (
     GatewayError,
     QuotaExceededError,
     StoreUnavailable,
+    retry_after,
 )
 from gateway.observability.metrics import GatewayMetrics
 from gateway.responses.store import ResponseStore, StoredResponse
@@ -201,7 +202,7 @@ class ResponseRecords:
         return DependencyUnavailableError(
             "Stored responses cannot be read right now; try again shortly.",
             code="response_store_unavailable",
-            headers={"Retry-After": "1"},
+            headers=retry_after(1),
         )
 
 
