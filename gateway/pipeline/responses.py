@@ -77,6 +77,7 @@ from gateway.responses.conversation import (
     new_response_id,
     read_create,
 )
+from gateway.responses.exact_json import with_exact_integers
 from gateway.responses.listing import input_items_page
 from gateway.responses.store import ResponseStore, StoredResponse
 from gateway.rollouts.choice import VariantChooser
@@ -145,7 +146,8 @@ class ResponsesService:
         then on (its ``close`` releases them)."""
         exchange = Exchange(LABEL, self._pool, self._metrics)
         try:
-            request = read_create(decode_json_object(raw), self._max_items)
+            body = with_exact_integers(raw, decode_json_object(raw))
+            request = read_create(body, self._max_items)
             result = await self._create(exchange, request, principal, request_id, session_id)
             result.headers.append((SERVER_TIMING, exchange.timeline.server_timing()))
             if exchange.variant is not None:
