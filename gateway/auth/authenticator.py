@@ -44,7 +44,12 @@ from gateway.auth.unknown_keys import UnknownKeys
 from gateway.background import RepeatedLog, StepOutage
 from gateway.config.priority import DEFAULT_PRIORITY
 from gateway.config.sections import AuthSettings, StaticKey
-from gateway.errors import AuthenticationError, DependencyUnavailableError, StoreUnavailable
+from gateway.errors import (
+    AuthenticationError,
+    DependencyUnavailableError,
+    StoreUnavailable,
+    retry_after,
+)
 from gateway.ratelimit.limits import NO_LIMITS, Limits, LimitScope
 
 log = logging.getLogger("vgate.auth")
@@ -268,7 +273,7 @@ class KeyDirectory:
             raise DependencyUnavailableError(
                 "The key store is unreachable; try again shortly.",
                 code="key_store_unavailable",
-                headers={"Retry-After": "1"},
+                headers=retry_after(1),
             ) from None
         self._checked_at = max(self._checked_at, asked)  # the reload began after ``asked``
         principal = self._local(digest)

@@ -6,7 +6,8 @@ one, the ``code``, so that the official SDK raises the matching exception class
 (``BadRequestError`` for 400, ``NotFoundError`` for 404, ...). Translation from
 transport exceptions (aiohttp, redis) happens at the boundary that raises them;
 this package imports nothing else of ours (:mod:`gateway.errors.engine_text`: what
-of an engine's error text reaches the client).
+of an engine's error text reaches the client; :mod:`gateway.errors.retry_hints`: the
+``Retry-After`` and ``retry-after-ms`` of the gateway's own refusals).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 import orjson
 
 from gateway.errors.engine_text import hide_names, relayed_retry_after
+from gateway.errors.retry_hints import retry_after as retry_after
 
 
 class StoreUnavailable(Exception):
@@ -224,13 +226,15 @@ class UpstreamStatusError(GatewayError):
         raw_body: bytes,
         content_type: str,
         retry_after: bytes | str | None = None,
+        retry_after_ms: bytes | str | None = None,
     ) -> None:
         super().__init__(f"engine answered HTTP {status}")
         self.status = status
         self.raw_body = raw_body
         self.content_type = content_type
-        if retry_after is not None and (status == 429 or status == 503):
-            self.headers.update(relayed_retry_after(retry_after))
+        hinted = retry_after is not None or retry_after_ms is not None
+        if hinted and (status == 429 or status == 503):
+            self.headers.update(relayed_retry_after(retry_after, retry_after_ms))
         self.prompt_param: str | None = "messages"
         """Where the prompt is on the request's route (``prompt`` for completions)."""
         self.renamed: tuple[str, ...] | None = None

@@ -1,8 +1,8 @@
 """What of an engine's error answer reaches the client, as text: its ``Retry-After``
-(:func:`relayed_retry_after`) and its message with the engine-side names of the model
-written as the client's (:func:`hide_names`). Pure functions over untrusted text,
-linear in what they read; part of :mod:`gateway.errors`, so nothing else of ours is
-imported here.
+and ``retry-after-ms`` (:func:`relayed_retry_after`) and its message with the
+engine-side names of the model written as the client's (:func:`hide_names`). Pure
+functions over untrusted text, linear in what they read; part of
+:mod:`gateway.errors`, so nothing else of ours is imported here.
 """
 
 from __future__ import annotations
@@ -11,16 +11,35 @@ MAX_RETRY_AFTER_S = 3600
 """The longest engine ``Retry-After`` relayed (seconds); a longer one is dropped."""
 
 
-def relayed_retry_after(value: bytes | str) -> dict[str, str]:
-    """An engine's ``Retry-After`` as the client gets it: delta-seconds (0 to
-    :data:`MAX_RETRY_AFTER_S`), written anew from the number; an HTTP-date, a value out
-    of range or anything else is dropped (never relayed as it came: header injection)."""
+def relayed_retry_after(
+    value: bytes | str | None, value_ms: bytes | str | None = None
+) -> dict[str, str]:
+    """An engine's ``Retry-After`` (``value``) and ``retry-after-ms`` (``value_ms``) as
+    the client gets them, each on its own: a whole number (0 to
+    :data:`MAX_RETRY_AFTER_S` seconds, or as many milliseconds), written anew from the
+    number; an HTTP-date, a fraction, a value out of range or anything else is dropped
+    (never relayed as it came: header injection). The SDKs read ``retry-after-ms``
+    first."""
+    relayed: dict[str, str] = {}
+    seconds = _whole_number(value, MAX_RETRY_AFTER_S)
+    if seconds is not None:
+        relayed["Retry-After"] = str(seconds)
+    millis = _whole_number(value_ms, MAX_RETRY_AFTER_S * 1000)
+    if millis is not None:
+        relayed["retry-after-ms"] = str(millis)
+    return relayed
+
+
+def _whole_number(value: bytes | str | None, most: int) -> int | None:
+    """``value`` as ASCII digits (spaces and tabs around them) worth at most ``most``."""
+    if value is None:
+        return None
     text = value.decode("latin-1") if isinstance(value, bytes) else value
     text = text.strip(" \t")
     if not (0 < len(text) <= 10 and text.isascii() and text.isdigit()):
-        return {}
-    seconds = int(text)
-    return {"Retry-After": str(seconds)} if seconds <= MAX_RETRY_AFTER_S else {}
+        return None
+    number = int(text)
+    return number if number <= most else None
 
 
 def hide_names(message: str, names: tuple[str, ...], public: str, limit: int) -> str:

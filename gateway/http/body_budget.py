@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from starlette.types import Message, Receive
 
-from gateway.errors import OverloadedError, PayloadTooLargeError
+from gateway.errors import OverloadedError, PayloadTooLargeError, retry_after
 
 SMALL_BODY_BYTES = 64 * 1024
 """Bodies declared at most this large are not metered."""
@@ -74,7 +74,7 @@ class BodyBudget:
             "The gateway is holding as many request bodies as it may right now; "
             f"try again in {RETRY_AFTER_S} s.",
             code="request_bytes_in_flight",
-            headers={"Retry-After": str(RETRY_AFTER_S)},
+            headers=retry_after(RETRY_AFTER_S),
         )
 
 

@@ -26,6 +26,7 @@ async def too_many_connections(scope: Scope, receive: Receive, send: Send) -> No
                 (b"content-type", b"application/json"),
                 (b"content-length", b"%d" % len(TOO_MANY_CONNECTIONS)),
                 (b"retry-after", b"1"),
+                (b"retry-after-ms", b"1000"),
                 (b"connection", b"close"),
             ],
         }

@@ -24,7 +24,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
-from gateway.errors import OverloadedError
+from gateway.errors import OverloadedError, retry_after
 from gateway.http.context import app_state
 from gateway.http.status_feed import StatusFeed
 
@@ -63,7 +63,7 @@ async def events(request: Request) -> Response:
         raise OverloadedError(
             "Too many status pages are open on this gateway process; retry shortly.",
             code="too_many_status_streams",
-            headers={"Retry-After": "5"},
+            headers=retry_after(5),
         )
     return StatusStream(feed)
 

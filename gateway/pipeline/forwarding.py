@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -42,6 +41,7 @@ from gateway.errors import (
     UpstreamError,
     UpstreamStatusError,
     UpstreamTimeoutError,
+    retry_after,
 )
 from gateway.observability.metrics import GatewayMetrics
 from gateway.observability.opaque_ids import OpaqueIds
@@ -183,7 +183,11 @@ class Forwarder:
                 self._pool.record_failure(url)
                 self._metrics.upstream_errors.labels(attempt.model, "status").inc()
                 failed = UpstreamStatusError(
-                    reply.status, reply.body, reply.content_type, reply.retry_after
+                    reply.status,
+                    reply.body,
+                    reply.content_type,
+                    reply.retry_after,
+                    reply.retry_after_ms,
                 )
                 continue
             if reply.status < 300 and (
@@ -200,7 +204,11 @@ class Forwarder:
             if reply.status >= 400:
                 self._metrics.upstream_errors.labels(attempt.model, "status").inc()
                 raise UpstreamStatusError(
-                    reply.status, reply.body, reply.content_type, reply.retry_after
+                    reply.status,
+                    reply.body,
+                    reply.content_type,
+                    reply.retry_after,
+                    reply.retry_after_ms,
                 )
             return url, reply
         raise failed or busy or self._unavailable(attempt.model)
@@ -321,9 +329,9 @@ class Forwarder:
     def _unavailable(self, model: str) -> NoEngineAvailableError:
         """503 with ``Retry-After``: when an engine may be tried again (an open breaker
         stays open for ``upstream.breaker_cooldown_s``; retrying sooner cannot help)."""
-        wait = math.ceil(self._pool.retry_in(model))
         return NoEngineAvailableError(
-            f"no engine for model `{model}` could be reached", headers={"Retry-After": str(wait)}
+            f"no engine for model `{model}` could be reached",
+            headers=retry_after(self._pool.retry_in(model)),
         )
 
     def _busy(self, model: str) -> OverloadedError:
@@ -333,7 +341,7 @@ class Forwarder:
         return OverloadedError(
             f"Every connection the gateway may open to the engines of `{model}` is in "
             "use (upstream.max_connections_per_engine); retry shortly.",
-            headers={"Retry-After": "1"},
+            headers=retry_after(1),
         )
 
     def _unreachable(self, model: str, url: str) -> None:

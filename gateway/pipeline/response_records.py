@@ -2,7 +2,10 @@
 each key's quota of stored bytes (``responses.max_bytes_per_key``).
 
 A key at its quota gets 429 ``insufficient_quota`` for a request that would store,
-before anything is charged or sent to an engine; ``store: false`` still works. The
+once its rate limits admit it (a key over them is refused without a store call) and
+before anything is sent to an engine: the admission is settled as nothing used (no
+tokens charged, its concurrency slot free; the request counts against ``rpm``, as
+any admitted request does). ``store: false`` still works. The
 store checks the quota again when it keeps a record (requests made meanwhile may
 have reached it): a record it refuses then, like one over ``max_stored_bytes``, one
 that cannot be encoded (a body at the accepted nesting depth whose fields the engine
@@ -33,6 +36,7 @@ from gateway.errors import (
     GatewayError,
     QuotaExceededError,
     StoreUnavailable,
+    retry_after,
 )
 from gateway.observability.metrics import GatewayMetrics
 from gateway.responses.store import ResponseStore, StoredResponse
@@ -138,9 +142,10 @@ class ResponseRecords:
             raise self._unavailable() from None
         return None if data is None else StoredResponse.decode(response_id, data)
 
-    async def delete(self, response_id: str, owner: str) -> None:
+    async def delete(self, response_id: str, owner: str) -> bool:
+        """Whether there was a record to delete (of two deletes at once, one has)."""
         try:
-            await self._store.delete(response_id, owner)
+            return await self._store.delete(response_id, owner)
         except StoreUnavailable:
             raise self._unavailable() from None
 
@@ -197,7 +202,7 @@ class ResponseRecords:
         return DependencyUnavailableError(
             "Stored responses cannot be read right now; try again shortly.",
             code="response_store_unavailable",
-            headers={"Retry-After": "1"},
+            headers=retry_after(1),
         )
 
 

@@ -77,6 +77,7 @@ from gateway.responses.conversation import (
     new_response_id,
     read_create,
 )
+from gateway.responses.exact_json import with_exact_integers
 from gateway.responses.listing import input_items_page
 from gateway.responses.store import ResponseStore, StoredResponse
 from gateway.rollouts.choice import VariantChooser
@@ -145,7 +146,8 @@ class ResponsesService:
         then on (its ``close`` releases them)."""
         exchange = Exchange(LABEL, self._pool, self._metrics)
         try:
-            request = read_create(decode_json_object(raw), self._max_items)
+            body = with_exact_integers(raw, decode_json_object(raw))
+            request = read_create(body, self._max_items)
             result = await self._create(exchange, request, principal, request_id, session_id)
             result.headers.append((SERVER_TIMING, exchange.timeline.server_timing()))
             if exchange.variant is not None:
@@ -243,13 +245,15 @@ class ResponsesService:
             loaded = await self._records.load(previous_id, principal.name, missing)
             previous = check_found(loaded, principal.name, missing)
         items, item_ids = conversation(previous, request, self._max_items)
-        if request.store:
-            await self._records.check_quota(principal.name)
         timeline = exchange.timeline
         timeline.limiting = exchange.clock()
         priced = cost_body(request, items)
         check_text_size(priced, self._max_chars)
         exchange.admit(await self._admission.admit(principal.scopes(asked), priced))
+        # The store's quota after the rate limits: a key over them is refused without a
+        # store call, and a quota refusal settles the admission to 0 (:class:`Exchange`).
+        if request.store:
+            await self._records.check_quota(principal.name)
         timeline.admitted = timeline.looked_up = exchange.clock()  # no cache here: 0 ms
         return items, item_ids
 
@@ -317,7 +321,8 @@ class ResponsesService:
         ticket = await self._charge(principal)
         try:
             await self._own(response_id, principal)
-            await self._records.delete(response_id, principal.name)
+            if not await self._records.delete(response_id, principal.name):
+                raise ResponseNotFoundError(response_id)  # another delete came first
         finally:
             ticket.settle(0)
         body = {"id": response_id, "object": "response", "deleted": True}

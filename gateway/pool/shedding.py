@@ -30,7 +30,7 @@ from collections.abc import Mapping
 
 from gateway.config.models import OverloadSettings
 from gateway.config.priority import DEFAULT_PRIORITY
-from gateway.errors import OverloadedError
+from gateway.errors import OverloadedError, retry_after
 from gateway.observability.metrics import GatewayMetrics
 from gateway.pool.engine_pool import EnginePool
 from gateway.pool.fair_queue import FairQueue
@@ -177,7 +177,7 @@ class LoadGate:
         self._metrics.shed.labels(model).inc()
         return OverloadedError(
             f"Every engine of `{model}` is saturated and {why}; retry shortly.",
-            headers={"Retry-After": str(limits.retry_after_s)},
+            headers=retry_after(limits.retry_after_s),
         )
 
 

@@ -309,7 +309,7 @@ class Admission:
             raise DependencyUnavailableError(
                 "Rate limits cannot be checked right now; try again shortly.",
                 code="rate_limiter_unavailable",
-                headers={"Retry-After": "1"},
+                headers=retry_after_header(1),
             ) from None
         return None
 

@@ -41,11 +41,11 @@ twin for a single process with no Redis (also the per-replica fallback of
 from __future__ import annotations
 
 import asyncio
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Generic, Literal, NamedTuple, Protocol, TypeVar
 
+from gateway.errors import retry_after
 from gateway.ratelimit.cost import estimate_tokens as estimate_tokens  # also found here
 
 WINDOW_S = 60.0
@@ -262,8 +262,6 @@ def format_duration(seconds: float) -> str:
 
 
 def retry_after_header(seconds: float) -> dict[str, str]:
-    """``Retry-After`` (whole seconds, at least 1) and the SDK's ``retry-after-ms``."""
-    return {
-        "Retry-After": str(max(1, math.ceil(seconds))),
-        "retry-after-ms": str(max(1, math.ceil(seconds * 1000))),
-    }
+    """``Retry-After`` (whole seconds, at least 1) and the SDK's ``retry-after-ms`` (at
+    least 1): a refusal's wait is never 0 (:func:`gateway.errors.retry_after`)."""
+    return retry_after(max(seconds, 0.001))

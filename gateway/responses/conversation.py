@@ -2,7 +2,9 @@
 
 The gateway validates only what it acts on (``model``, ``input``, ``stream``,
 ``store``, ``background``, ``previous_response_id``, ``instructions``,
-``max_output_tokens``); every other field passes to the engine, which judges it.
+``max_output_tokens``), and ``seed`` within 64 bits as chat does; every other field
+passes to the engine, which judges it, integers beyond 64 bits exactly as written
+(:mod:`gateway.responses.exact_json`).
 
 A follow-up (``previous_response_id``) is expanded here: the engine gets the whole
 conversation as ``input`` (the previous response's input items, then its output
@@ -27,6 +29,7 @@ import orjson
 
 from gateway.config.sections import MAX_MESSAGES
 from gateway.errors import GatewayError, InvalidRequestError, NotFoundError
+from gateway.responses.exact_json import is_beyond_64_bits
 from gateway.responses.store import StoredResponse
 
 MAX_ITEMS = MAX_MESSAGES
@@ -114,6 +117,7 @@ def read_create(body: dict[str, Any], max_items: int = MAX_ITEMS) -> CreateReque
     previous = _optional(body, "previous_response_id", str, "a string")
     _optional(body, "instructions", str, "a string")
     _check_metadata(_optional(body, "metadata", dict, "an object"))
+    _check_seed(body.get("seed"))
     cap = _optional(body, "max_output_tokens", int, "an integer")
     if isinstance(cap, bool) or (cap is not None and cap < 1):
         raise InvalidRequestError(
@@ -122,6 +126,26 @@ def read_create(body: dict[str, Any], max_items: int = MAX_ITEMS) -> CreateReque
             code="invalid_value",
         )
     return CreateRequest(body, model, given, stream is True, store is not False, previous, cap)
+
+
+_INT64 = 2**63
+
+
+def _check_seed(seed: Any) -> None:
+    """400 for a ``seed`` beyond a 64-bit signed integer, as chat's is (vLLM's range);
+    any other value is the engine's to judge."""
+    if is_beyond_64_bits(seed):
+        raise _out_of_range("seed")
+    if isinstance(seed, int) and not isinstance(seed, bool) and not -_INT64 <= seed < _INT64:
+        raise _out_of_range("seed")
+
+
+def _out_of_range(name: str) -> InvalidRequestError:
+    return InvalidRequestError(
+        f"Invalid '{name}': integer out of range (a 64-bit signed integer at most).",
+        param=name,
+        code="invalid_value",
+    )
 
 
 METADATA_PAIRS, METADATA_KEY_CHARS, METADATA_VALUE_CHARS = 16, 64, 512
@@ -179,6 +203,8 @@ def _required(body: dict[str, Any], name: str, kinds: Any, what: str) -> Any:
 
 def _optional(body: dict[str, Any], name: str, kinds: Any, what: str) -> Any:
     value = body.get(name)
+    if is_beyond_64_bits(value):
+        raise _out_of_range(name)
     bad_bool = kinds is int and isinstance(value, bool)
     if value is not None and (bad_bool or not isinstance(value, kinds)):
         raise InvalidRequestError(
@@ -190,6 +216,8 @@ def _optional(body: dict[str, Any], name: str, kinds: Any, what: str) -> Any:
 
 
 def _kind(value: Any) -> str:
+    if is_beyond_64_bits(value):
+        return "an integer beyond 64 bits"
     names = {bool: "a boolean", int: "an integer", float: "a number", str: "a string"}
     return names.get(type(value), "an array" if isinstance(value, list) else "an object")
 

@@ -17,6 +17,8 @@ from typing import Any, Protocol
 
 import orjson
 
+from gateway.responses.exact_json import with_exact_integers
+
 
 @dataclass(frozen=True, slots=True)
 class StoredResponse:
@@ -51,6 +53,7 @@ class StoredResponse:
             return None
         if not isinstance(value, dict):
             return None
+        value = with_exact_integers(data, value)  # a follow-up sends them as they came
         owner, response, items = value.get("owner"), value.get("response"), value.get("input")
         ids = value.get("input_ids")
         if not isinstance(owner, str) or not isinstance(response, dict):

@@ -187,6 +187,7 @@ class UpstreamClient:
                 reply = UpstreamReply(response.status, response.content_type, payload)
                 if response.status >= 400:
                     reply.retry_after = response.headers.get("Retry-After")
+                    reply.retry_after_ms = response.headers.get("retry-after-ms")
                 return reply
         except _UNREACHABLE as exc:
             raise EngineUnreachable(str(exc) or type(exc).__name__) from None
@@ -263,6 +264,7 @@ class UpstreamClient:
                     payload,
                     response.content_type,
                     response.headers.get("Retry-After"),
+                    response.headers.get("retry-after-ms"),
                 )
             try:
                 _check_answer(response)

@@ -98,6 +98,8 @@ class EngineConnection(asyncio.Protocol):
         self.keep_alive = False
         self.retry_after: bytes | None = None
         """The response's ``Retry-After``, as sent (an error answer's is relayed)."""
+        self.retry_after_ms: bytes | None = None
+        """The response's ``retry-after-ms``, likewise."""
         self._chunks: list[bytes] = []
         self._buffered = 0
         self._streaming = False
@@ -271,6 +273,8 @@ class EngineConnection(asyncio.Protocol):
             self._refuse(f"a body in content coding {coding!r}, not the identity asked for")
         elif lowered == b"retry-after":
             self.retry_after = value
+        elif lowered == b"retry-after-ms":
+            self.retry_after_ms = value
 
     def on_headers_complete(self) -> None:
         status = self.status = self._parser.get_status_code()
@@ -304,7 +308,7 @@ class EngineConnection(asyncio.Protocol):
             self._refuse(f"HTTP {status} instead of an answer")
         self.status = 0
         self.content_type = "application/octet-stream"
-        self.retry_after = None
+        self.retry_after = self.retry_after_ms = None
         self._framed = False
 
     def _refuse(self, why: str) -> None:

@@ -52,6 +52,8 @@ class Scripted:
     gate_each_batch: bool = False
     retry_after: str | None = None
     """The answer's ``Retry-After`` header (an error's), as an engine would send it."""
+    retry_after_ms: str | None = None
+    """The answer's ``retry-after-ms`` header, likewise."""
 
 
 Handler = Callable[[FakeRequest], Scripted | Awaitable[Scripted]]
@@ -134,7 +136,11 @@ class FakeUpstream:
     ) -> UpstreamReply:
         script = await self._script(FakeRequest(url, body, dict(headers), False))
         return UpstreamReply(
-            script.status, "application/json", script.body, retry_after=script.retry_after
+            script.status,
+            "application/json",
+            script.body,
+            retry_after=script.retry_after,
+            retry_after_ms=script.retry_after_ms,
         )
 
     async def open_stream(
@@ -144,7 +150,11 @@ class FakeUpstream:
         script = await self._script(request, deadlines.first_s)
         if script.status >= 400:
             raise UpstreamStatusError(
-                script.status, script.body, "application/json", script.retry_after
+                script.status,
+                script.body,
+                "application/json",
+                script.retry_after,
+                script.retry_after_ms,
             )
         return FakeStream(script, self.open_streams, deadlines.idle_s)
 

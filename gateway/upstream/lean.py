@@ -151,6 +151,7 @@ class LeanUpstream:
         reply = UpstreamReply(conn.status, conn.content_type, payload)
         if conn.status >= 400:
             reply.retry_after = conn.retry_after
+            reply.retry_after_ms = conn.retry_after_ms
         return reply
 
     async def open_stream(
@@ -176,6 +177,7 @@ class LeanUpstream:
                     await self._error_body(conn, deadlines),
                     conn.content_type,
                     conn.retry_after,
+                    conn.retry_after_ms,
                 )
             if conn.status != 200 or conn.content_type != "text/event-stream":
                 # It answered, with something else than events (:func:`stream_refused`).

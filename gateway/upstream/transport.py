@@ -81,6 +81,8 @@ class UpstreamReply:
     retry_after: bytes | str | None = None
     """An error answer's ``Retry-After`` as the engine sent it (read on errors only;
     :func:`gateway.errors.relayed_retry_after` decides what of it the client gets)."""
+    retry_after_ms: bytes | str | None = None
+    """An error answer's ``retry-after-ms``, likewise."""
 
 
 class EventSource(Protocol):

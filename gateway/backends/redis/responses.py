@@ -7,7 +7,12 @@ Each owner's bytes are counted in two keys of its own (one hash slot:
 ``#``, and ``...:expiry``, a sorted set of record ids by expiry): a small script
 forgets the records that expired, checks the quota and counts the new one, all at
 once, so replicas never overshoot together; the record itself is written after it
-(another key, perhaps another slot). A record whose write Redis refused (full, under
+(another key, perhaps another slot: too large to pass through a script). A delete
+is one script over the three keys (one Redis, as ``redis.url`` is), removing the
+record and counting it down at once: as two calls, a failure between them left the
+count on the quota, and two clients deleting the same record at once each ran both.
+
+A record whose write Redis refused (full, under
 ``noeviction``: the count can still pass, as Redis lets a script that has already
 written, here forgetting an expired record, finish its writes, and the record's own
 write then fails with ``OOM``) is counted down again at once;
@@ -79,14 +84,26 @@ return 1
 """
 )
 
-_UNCOUNT = """
+_FORGET = """
 local size = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0')
 if redis.call('HDEL', KEYS[1], ARGV[1]) == 1 then
   redis.call('HINCRBY', KEYS[1], '#', -size)
 end
 redis.call('ZREM', KEYS[2], ARGV[1])
-return 0
 """
+"""Counts the record ``ARGV[1]`` out of its owner's keys (once: a second run finds
+nothing in the hash to count down)."""
+
+_UNCOUNT = _FORGET + "return 0\n"
+
+_DELETE = (
+    "local removed = redis.call('DEL', KEYS[3])\n"
+    + _FORGET
+    + """-- The record (KEYS[3]) and its count go together: a failure or a client's
+-- concurrent delete between two calls left the quota counting a deleted record.
+return removed
+"""
+)
 
 _USAGE = (
     _FORGET_EXPIRED
@@ -115,6 +132,7 @@ class RedisResponseStore:
         self._timeout_s = timeout_s
         self._count = self._client.register_script(_COUNT)
         self._uncount = self._client.register_script(_UNCOUNT)
+        self._delete = self._client.register_script(_DELETE)
         self._usage = self._client.register_script(_USAGE)
 
     @classmethod
@@ -164,19 +182,22 @@ class RedisResponseStore:
         return size is not None  # HGET, not HEXISTS: the ACL's commands (users.acl)
 
     async def delete(self, response_id: str, owner: str) -> bool:
-        removed = await self._call(self._client.delete(self._prefix + response_id))
-        await self._script(self._uncount, owner, [response_id])
+        """The record and its count in one script (atomic: of two deletes at once, one
+        removes it and counts it down, the other finds nothing)."""
+        record = self._prefix + response_id
+        removed = await self._script(self._delete, owner, [response_id], record)
         return isinstance(removed, int) and removed > 0
 
     async def usage(self, owner: str) -> int:
         total = await self._script(self._usage, owner, [])
         return total if isinstance(total, int) else 0
 
-    async def _script(self, script: Any, owner: str, args: list[str | int]) -> Any:
+    async def _script(self, script: Any, owner: str, args: list[str | int], *keys: str) -> Any:
         """``script`` (registered: loaded again by redis-py after NOSCRIPT) on the
-        owner's two keys."""
+        owner's two keys, then ``keys``."""
         self._link.check()
-        return await bounded(script(keys=self._owner_keys(owner), args=args), self._timeout_s)
+        every = [*self._owner_keys(owner), *keys]
+        return await bounded(script(keys=every, args=args), self._timeout_s)
 
     def _owner_keys(self, owner: str) -> list[str]:
         """``owner``'s size hash and expiry set (one hash slot: the owner's name)."""

@@ -32,6 +32,7 @@ class ResponsesWorld:
     store: MemoryResponseStore
     sent: list[dict[str, Any]]
     """The bodies the engine got."""
+    admission: Admission
 
 
 def engine_response(request: FakeRequest, **extra: Any) -> dict[str, Any]:
@@ -60,16 +61,19 @@ def responses_world(
     answer: Callable[[FakeRequest], dict[str, Any]] = engine_response,
     key_limits: dict[str, int] | None = None,
     store: MemoryResponseStore | None = None,
+    responses: dict[str, Any] | None = None,
     **server: Any,
 ) -> ResponsesWorld:
     """One engine answering with ``answer``; one key (with ``key_limits``: rpm, ...);
-    ``store`` (else a 16 MiB memory store); ``server`` settings as given."""
+    ``store`` (else a 16 MiB memory store); ``responses`` and ``server`` settings as
+    given."""
     key = {"name": "team", "key": KEY, **(key_limits or {})}
     config = Settings.model_validate(
         {
             "models": [{"name": MODEL, "endpoints": ["http://engine-a"]}],
             "auth": {"enabled": True, "keys": [key]},
             "server": server,
+            "responses": responses or {},
         }
     )
     metrics = GatewayMetrics()
@@ -94,7 +98,7 @@ def responses_world(
         admission,
         store,
     )
-    return ResponsesWorld(service, upstream, store, sent)
+    return ResponsesWorld(service, upstream, store, sent, admission)
 
 
 async def create_answer(world: Any, body: dict[str, Any]) -> dict[str, Any]:

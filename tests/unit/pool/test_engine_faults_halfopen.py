@@ -231,6 +231,7 @@ async def test_no_engine_left_says_when_to_retry(streamed: bool) -> None:
             await forwarder.complete(exchange, attempt)
     exchange.close()
     assert caught.value.headers["Retry-After"] == "7"  # A half-opens in 7 s
+    assert caught.value.headers["retry-after-ms"] == "7000"
     assert pool.retry_in(MODEL) == 7.0
     clock.now += 6.5
     assert pool.retry_in(MODEL) == 1.0  # at least a second

@@ -137,6 +137,7 @@ async def test_shed_at_once_when_the_queue_is_full() -> None:
         await asyncio.wait_for(g.gate.enter(MODEL), 0.5)
     assert caught.value.status == 503
     assert caught.value.headers["Retry-After"] == "7"
+    assert caught.value.headers["retry-after-ms"] == "7000"  # read first by the SDKs
     assert g.shed() == 1.0 and g.queued() == 1.0
     g.pool.release(ENGINES[0])
     await asyncio.wait_for(queued, 1)
