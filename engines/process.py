@@ -3,7 +3,9 @@
 The child runs in its own process group (so a terminal's Ctrl-C reaches vgate,
 which stops engines in order) and, on Linux, with a parent-death signal: if
 vgate itself is killed, even with SIGKILL, the kernel sends the engine SIGTERM
-and vLLM tears down its own workers. Nothing is left orphaned.
+and vLLM tears down its own workers. An engine that does not go on SIGTERM (or
+leaves part of its group behind) is killed by the guardian
+(:mod:`engines.guardian`), which outlives vgate. Nothing is left orphaned.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from engines.diagnosis import START_MARKER
+from engines.guardian import EngineGuardian
 from engines.spec import EngineSpec
 
 if TYPE_CHECKING:
@@ -231,6 +234,8 @@ class EngineProcess:
     """A started (or startable) engine child. Spawn from the event loop's thread."""
 
     plan: LaunchPlan
+    guardian: EngineGuardian | None = None
+    """Told of the child's process group, to end it should vgate die without stopping it."""
     _popen: subprocess.Popen[bytes] | None = field(default=None, init=False)
     started_at: float = field(default=0.0, init=False)
 
@@ -250,6 +255,8 @@ class EngineProcess:
                 start_new_session=True,
                 preexec_fn=_die_with_parent,
             )
+        if self.guardian is not None:
+            self.guardian.watch(self._popen.pid)  # its own session: the group id is its pid
         self.started_at = time.time()
 
     @property
@@ -337,6 +344,8 @@ class EngineProcess:
         deadline = time.monotonic() + _REAP_TIMEOUT_S  # reaped without blocking the loop
         while self._popen.poll() is None and time.monotonic() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0.05)
+        if self._popen.poll() is not None and self.guardian is not None:
+            self.guardian.forget(self._popen.pid)  # reaped: its group id may be reused
 
     def kill(self) -> None:
         """SIGKILL the group at once (tests, and the last resort)."""

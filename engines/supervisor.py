@@ -16,6 +16,8 @@ engine that exits while starting is classified from its log. When retrying canno
 help (no vLLM, no model, bad arguments) the replica fails for good at once, without
 spending its restart budget. One replica's failure, even an unexpected exception,
 never stops the others, nor their draining at shutdown: every stop step has a bound.
+Should the supervisor die without stopping its engines, its guardian ends them
+(:mod:`engines.guardian`).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from redis.exceptions import RedisError
 
 from engines.deployment import Deployment, free_port, log_path, preflight_deployment
 from engines.diagnosis import INSTALL_FIX, StartProblem, classify_exit
+from engines.guardian import EngineGuardian
 from engines.process import (
     EngineProcess,
     EngineStartError,
@@ -91,8 +94,10 @@ class EngineSlot:
         registry: EngineRegistry,
         session: aiohttp.ClientSession,
         progress: Progress,
+        guardian: EngineGuardian | None = None,
     ) -> None:
         self.deployment = deployment
+        self._guardian = guardian
         self.replica = replica
         self.engine_id = f"{supervisor_id}/{deployment.model}/{replica}"
         self._supervisor_id = supervisor_id
@@ -217,7 +222,7 @@ class EngineSlot:
             api_key=self._api_key,
             runner=d.spec.runner,
         )
-        self.process = EngineProcess(plan)
+        self.process = EngineProcess(plan, self._guardian)
         self.process.spawn()
         return self.process
 
@@ -310,17 +315,20 @@ class EngineSupervisor:
         self.slots: list[EngineSlot] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._session: aiohttp.ClientSession | None = None
+        self._guardian: EngineGuardian | None = None
 
     async def start(self) -> None:
         """Spawn every replica and return at once; readiness arrives in the background."""
         import aiohttp  # only a gateway that supervises engines loads it (~9.6 MB resident)
 
+        grace_s = max((d.spec.health.stop_timeout_s for d in self._deployments), default=1.0)
+        self._guardian = EngineGuardian(grace_s)
         self._session = aiohttp.ClientSession()
         for deployment in self._deployments:
             for replica in range(deployment.spec.replicas):
                 slot = EngineSlot(
                     deployment, replica, self.supervisor_id, self._registry, self._session,
-                    self._progress,
+                    self._progress, self._guardian,
                 )  # fmt: skip
                 self.slots.append(slot)
                 self._tasks.append(asyncio.create_task(slot.run(), name=slot.engine_id))
@@ -369,6 +377,9 @@ class EngineSupervisor:
         if self._session is not None:
             await self._session.close()
             self._session = None
+        if self._guardian is not None:  # every engine reaped (or killed): it has nothing to do
+            await self._guardian.close()
+            self._guardian = None
 
     async def _stop_slot(self, slot: EngineSlot) -> None:
         health = slot.deployment.spec.health
