@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import functools
 import json
 import os
 import signal
@@ -222,11 +223,17 @@ def open_private_log(path: Path) -> int:
     return fd
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
-    """Ask Linux to SIGTERM this child when the thread that spawned it dies."""
+def die_with_parent(parent_pid: int) -> None:  # pragma: no cover - in the child before exec
+    """Ask Linux to SIGTERM this child when the thread that spawned it dies.
+
+    A parent that died between the fork and the ``prctl`` call sends no signal any
+    more: then the child's parent is no longer ``parent_pid``, and it ends itself as the
+    signal would have."""
     if sys.platform.startswith("linux"):
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent_pid:
+            os.kill(os.getpid(), signal.SIGTERM)
 
 
 @dataclass
@@ -253,7 +260,7 @@ class EngineProcess:
                 stderr=subprocess.STDOUT,
                 env=dict(self.plan.env),
                 start_new_session=True,
-                preexec_fn=_die_with_parent,
+                preexec_fn=functools.partial(die_with_parent, os.getpid()),
             )
         if self.guardian is not None:
             self.guardian.watch(self._popen.pid)  # its own session: the group id is its pid

@@ -3,6 +3,8 @@ groups still listed (SIGTERM, then SIGKILL after its grace) and leaves forgotten
 
 from __future__ import annotations
 
+import functools
+import os
 import signal
 import subprocess
 import sys
@@ -10,6 +12,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from engines.guardian import EngineGuardian, end_groups
+from engines.process import die_with_parent
 from tests.helpers.waiting import holds_soon
 
 IGNORES_SIGTERM = (
@@ -60,3 +63,28 @@ def test_a_group_that_obeys_sigterm_is_not_killed() -> None:
     finally:
         child.kill()
         child.wait()
+
+
+def test_a_child_whose_parent_died_before_prctl_ends_itself() -> None:
+    """The parent-death signal is set in the child after the fork: a parent gone by then
+    sends none. The child sees that its parent is not the one that forked it."""
+    not_my_parent = os.getpid()  # the child's parent is this process: pretend another
+    child = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(30)"],
+        preexec_fn=functools.partial(die_with_parent, not_my_parent + 10**6),
+    )
+    try:
+        assert child.wait(timeout=10) == -signal.SIGTERM
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_a_child_whose_parent_lives_runs() -> None:
+    child = subprocess.Popen(
+        [sys.executable, "-c", "print('ran')"],
+        stdout=subprocess.PIPE,
+        preexec_fn=functools.partial(die_with_parent, os.getpid()),
+    )
+    assert child.communicate(timeout=10)[0] == b"ran\n"
+    assert child.returncode == 0
