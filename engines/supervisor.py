@@ -23,11 +23,11 @@ Should the supervisor die without stopping its engines, its guardian ends them
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 import time
 import uuid
-from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING
@@ -46,6 +46,7 @@ from engines.process import (
     probe_request,
 )
 from engines.registry import EngineRecord, EngineRegistry, EngineState
+from engines.restart_budget import RestartBudget
 from engines.stats import EngineStats
 
 if TYPE_CHECKING:
@@ -60,29 +61,6 @@ _REGISTRY_CALL_S = 5.0  # bound on one registry call (a paused Redis must not st
 _STOP_MARGIN_S = 10.0  # a replica's whole drain-and-stop: drain + stop timeouts + this
 
 
-class RestartBudget:
-    """At most ``limit`` restarts in any sliding window of ``window_s`` seconds."""
-
-    def __init__(self, limit: int, window_s: float, clock: Callable[[], float]) -> None:
-        self._limit = limit
-        self._window_s = window_s
-        self._clock = clock
-        self._times: deque[float] = deque()
-
-    def take(self) -> bool:
-        now = self._clock()
-        while self._times and now - self._times[0] > self._window_s:
-            self._times.popleft()
-        if len(self._times) >= self._limit:
-            return False
-        self._times.append(now)
-        return True
-
-    @property
-    def used(self) -> int:
-        return len(self._times)
-
-
 class EngineSlot:
     """One replica: owns its current process and its registry record."""
 
@@ -95,9 +73,12 @@ class EngineSlot:
         session: aiohttp.ClientSession,
         progress: Progress,
         guardian: EngineGuardian | None = None,
+        hurry: asyncio.Event | None = None,
     ) -> None:
         self.deployment = deployment
         self._guardian = guardian
+        self._hurry = hurry or asyncio.Event()
+        """Set: a drain waits no more for running requests (a second stop signal)."""
         self.replica = replica
         self.engine_id = f"{supervisor_id}/{deployment.model}/{replica}"
         self._supervisor_id = supervisor_id
@@ -253,10 +234,12 @@ class EngineSlot:
             return
         await self._publish("draining")
         deadline = time.monotonic() + self.deployment.spec.health.drain_timeout_s
-        while process.alive and time.monotonic() < deadline:
+        while process.alive and time.monotonic() < deadline and not self._hurry.is_set():
             if await self._running(process) == 0:
                 break
-            await asyncio.sleep(0.25)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(0.25):
+                    await self._hurry.wait()
         await process.stop(self.deployment.spec.health.stop_timeout_s)
         await self._publish("stopped")
 
@@ -316,6 +299,7 @@ class EngineSupervisor:
         self._tasks: list[asyncio.Task[None]] = []
         self._session: aiohttp.ClientSession | None = None
         self._guardian: EngineGuardian | None = None
+        self._hurry = asyncio.Event()
 
     async def start(self) -> None:
         """Spawn every replica and return at once; readiness arrives in the background."""
@@ -328,7 +312,7 @@ class EngineSupervisor:
             for replica in range(deployment.spec.replicas):
                 slot = EngineSlot(
                     deployment, replica, self.supervisor_id, self._registry, self._session,
-                    self._progress, self._guardian,
+                    self._progress, self._guardian, self._hurry,
                 )  # fmt: skip
                 self.slots.append(slot)
                 self._tasks.append(asyncio.create_task(slot.run(), name=slot.engine_id))
@@ -380,6 +364,12 @@ class EngineSupervisor:
         if self._guardian is not None:  # every engine reaped (or killed): it has nothing to do
             await self._guardian.close()
             self._guardian = None
+
+    def skip_drains(self) -> None:
+        """Stop waiting for running requests (the operator signalled twice): engines
+        draining now, or later in :meth:`stop`, stop at once (SIGTERM, then SIGKILL
+        after ``stop_timeout_s``)."""
+        self._hurry.set()
 
     async def _stop_slot(self, slot: EngineSlot) -> None:
         health = slot.deployment.spec.health
