@@ -20,6 +20,10 @@ from typing import Any
 import httpx
 import yaml
 
+from engines.deployment import Deployment
+from engines.registry import InProcessRegistry
+from engines.spec import EngineSpec
+from engines.supervisor import EngineSupervisor
 from tests.helpers.processes import free_port, run_process
 from tests.helpers.waiting import holds_soon
 
@@ -51,7 +55,10 @@ def pid_alive(pid: int) -> bool:
 
 
 def port_free(port: int) -> bool:
+    """Whether a server could listen there now (as engines do, with SO_REUSEADDR: the
+    connections of a killed one, in TIME_WAIT, do not count)."""
     with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind(("127.0.0.1", port))
         except OSError:
@@ -97,3 +104,29 @@ def test_sigkilled_gateway_takes_a_stubborn_engine_with_it(tmp_path: Path) -> No
         if engine_pid is not None and pid_alive(engine_pid):  # the bug: end the orphans
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(os.getpgid(engine_pid), signal.SIGKILL)
+
+
+async def test_a_stop_kills_an_engine_that_ignores_sigterm(tmp_path: Path) -> None:
+    """The clean stop escalates too: SIGTERM, then SIGKILL for the whole group after
+    ``stop_timeout_s``; the port is free when :meth:`EngineSupervisor.stop` returns."""
+    interpreter = tmp_path / "stubborn-python"
+    interpreter.write_text(STUBBORN_ENGINE)
+    interpreter.chmod(0o700)
+    (tmp_path / "model").mkdir()
+    health = {"interval_s": 0.2, "stop_timeout_s": 0.5, "drain_timeout_s": 0}
+    spec = EngineSpec(kind="vllm", source=str(tmp_path / "model"), health=health)
+    model = Deployment(MODEL, spec, str(tmp_path / "model"), str(interpreter), tmp_path)
+    supervisor = EngineSupervisor([model], InProcessRegistry(), lambda _: None)
+    await supervisor.start()
+    try:
+        assert await supervisor.wait_ready()
+        process = supervisor.slots[0].process
+        assert process is not None
+        async with httpx.AsyncClient() as client:
+            stats = await client.get(f"{process.plan.url}/stub/stats")
+        engine_pid = stats.json()["pid"]
+        engine_port = int(process.plan.url.rsplit(":", 1)[1])
+    finally:
+        await supervisor.stop()
+    assert not pid_alive(engine_pid)
+    assert port_free(engine_port)
