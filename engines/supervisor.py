@@ -37,6 +37,7 @@ from redis.exceptions import RedisError
 from engines.deployment import Deployment, free_port, log_path, preflight_deployment
 from engines.diagnosis import INSTALL_FIX, StartProblem, classify_exit
 from engines.guardian import EngineGuardian
+from engines.liveness import check_work, read_stats
 from engines.process import (
     EngineProcess,
     EngineStartError,
@@ -47,7 +48,6 @@ from engines.process import (
 )
 from engines.registry import EngineRecord, EngineRegistry, EngineState
 from engines.restart_budget import RestartBudget
-from engines.stats import EngineStats
 
 if TYPE_CHECKING:
     import aiohttp
@@ -220,8 +220,13 @@ class EngineSlot:
             if failures >= _UNHEALTHY_AFTER:
                 return "stopped answering /health"
             if time.monotonic() >= next_probe:
-                if not await process.probe_work(self._session, health.probe_timeout_s):
+                check = await check_work(self._session, process, health.probe_timeout_s)
+                if not check.works:
                     return f"stuck: a probe of {probe_request(process.plan.runner, '')[0]} failed"
+                if check.busy_tokens:
+                    tokens = f"{check.busy_tokens:.0f} tokens"
+                    self._progress(f"{self.engine_id}: the stuck probe failed while the engine "
+                                   f"generated {tokens}: busy, not stuck")  # fmt: skip
                 next_probe = time.monotonic() + health.probe_interval_s
 
     async def drain_and_stop(self) -> None:
@@ -248,17 +253,8 @@ class EngineSlot:
             await self._registry.publish(self.record)
 
     async def _running(self, process: EngineProcess) -> float:
-        import aiohttp  # (loaded by start() already)
-
-        try:
-            async with self._session.get(
-                f"{process.plan.url}/metrics",
-                headers=process.plan.auth_headers(),
-                timeout=aiohttp.ClientTimeout(total=2),
-            ) as response:
-                return EngineStats.from_text(await response.text()).running
-        except (TimeoutError, aiohttp.ClientError):
-            return 0.0
+        stats = await read_stats(self._session, process)
+        return stats.running if stats is not None else 0.0
 
     async def _publish(self, state: EngineState) -> None:
         process = self.process
