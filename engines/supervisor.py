@@ -302,7 +302,11 @@ class EngineSupervisor:
         import aiohttp  # only a gateway that supervises engines loads it (~9.6 MB resident)
 
         grace_s = max((d.spec.health.stop_timeout_s for d in self._deployments), default=1.0)
-        self._guardian = EngineGuardian(grace_s)
+        try:
+            self._guardian = EngineGuardian(grace_s)
+        except OSError as exc:  # the death signal remains: engines still get SIGTERM
+            log.warning("no engine guardian (%r): an engine ignoring SIGTERM could outlive "
+                        "vgate", exc)  # fmt: skip
         self._session = aiohttp.ClientSession()
         for deployment in self._deployments:
             for replica in range(deployment.spec.replicas):

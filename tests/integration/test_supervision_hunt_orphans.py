@@ -18,9 +18,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 import yaml
 
+import engines.supervisor as supervisor_module
 from engines.deployment import Deployment
+from engines.guardian import EngineGuardian
 from engines.registry import InProcessRegistry
 from engines.spec import EngineSpec
 from engines.supervisor import EngineSupervisor
@@ -130,3 +133,23 @@ async def test_a_stop_kills_an_engine_that_ignores_sigterm(tmp_path: Path) -> No
         await supervisor.stop()
     assert not pid_alive(engine_pid)
     assert port_free(engine_port)
+
+
+async def test_engines_start_without_a_guardian_when_it_cannot_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The guardian is a last resort: failing to start it is logged, never fatal."""
+
+    def cannot_run(grace_s: float) -> EngineGuardian:
+        raise PermissionError(13, "Permission denied", sys.executable)
+
+    monkeypatch.setattr(supervisor_module, "EngineGuardian", cannot_run)
+    spec = EngineSpec(kind="stub")
+    model = Deployment(MODEL, spec, "unused", sys.executable, tmp_path)
+    supervisor = EngineSupervisor([model], InProcessRegistry(), lambda _: None)
+    await supervisor.start()
+    try:
+        assert await supervisor.wait_ready()
+    finally:
+        await supervisor.stop()
+    assert "no engine guardian" in caplog.text
