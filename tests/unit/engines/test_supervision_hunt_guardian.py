@@ -1,5 +1,7 @@
-"""The engine guardian: when vgate's end of its pipe closes, it ends the engine process
-groups still listed (SIGTERM, then SIGKILL after its grace) and leaves forgotten ones."""
+"""An engine never outlives vgate: the guardian, when vgate's end of its pipe closes,
+ends the engine process groups still listed (SIGTERM, then SIGKILL after its grace) and
+leaves forgotten ones; and a child whose parent died before it asked for the
+parent-death signal ends itself."""
 
 from __future__ import annotations
 
