@@ -3,7 +3,9 @@
 The child runs in its own process group (so a terminal's Ctrl-C reaches vgate,
 which stops engines in order) and, on Linux, with a parent-death signal: if
 vgate itself is killed, even with SIGKILL, the kernel sends the engine SIGTERM
-and vLLM tears down its own workers. Nothing is left orphaned.
+and vLLM tears down its own workers. An engine that does not go on SIGTERM (or
+leaves part of its group behind) is killed by the guardian
+(:mod:`engines.guardian`), which outlives vgate. Nothing is left orphaned.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import functools
 import json
 import os
 import signal
@@ -24,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from engines.diagnosis import START_MARKER
+from engines.guardian import EngineGuardian
 from engines.spec import EngineSpec
 
 if TYPE_CHECKING:
@@ -219,11 +223,17 @@ def open_private_log(path: Path) -> int:
     return fd
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
-    """Ask Linux to SIGTERM this child when the thread that spawned it dies."""
+def die_with_parent(parent_pid: int) -> None:  # pragma: no cover - in the child before exec
+    """Ask Linux to SIGTERM this child when the thread that spawned it dies.
+
+    A parent that died between the fork and the ``prctl`` call sends no signal any
+    more: then the child's parent is no longer ``parent_pid``, and it ends itself as the
+    signal would have."""
     if sys.platform.startswith("linux"):
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent_pid:
+            os.kill(os.getpid(), signal.SIGTERM)
 
 
 @dataclass
@@ -231,6 +241,8 @@ class EngineProcess:
     """A started (or startable) engine child. Spawn from the event loop's thread."""
 
     plan: LaunchPlan
+    guardian: EngineGuardian | None = None
+    """Told of the child's process group, to end it should vgate die without stopping it."""
     _popen: subprocess.Popen[bytes] | None = field(default=None, init=False)
     started_at: float = field(default=0.0, init=False)
 
@@ -248,8 +260,10 @@ class EngineProcess:
                 stderr=subprocess.STDOUT,
                 env=dict(self.plan.env),
                 start_new_session=True,
-                preexec_fn=_die_with_parent,
+                preexec_fn=functools.partial(die_with_parent, os.getpid()),
             )
+        if self.guardian is not None:
+            self.guardian.watch(self._popen.pid)  # its own session: the group id is its pid
         self.started_at = time.time()
 
     @property
@@ -337,6 +351,8 @@ class EngineProcess:
         deadline = time.monotonic() + _REAP_TIMEOUT_S  # reaped without blocking the loop
         while self._popen.poll() is None and time.monotonic() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0.05)
+        if self._popen.poll() is not None and self.guardian is not None:
+            self.guardian.forget(self._popen.pid)  # reaped: its group id may be reused
 
     def kill(self) -> None:
         """SIGKILL the group at once (tests, and the last resort)."""

@@ -9,6 +9,7 @@ WAITING = "vllm:num_requests_waiting"
 KV_CACHE_USAGE = "vllm:kv_cache_usage_perc"
 PREFIX_QUERIES = ("vllm:prefix_cache_queries_total", "vllm:prefix_cache_queries")
 PREFIX_HITS = ("vllm:prefix_cache_hits_total", "vllm:prefix_cache_hits")
+GENERATION_TOKENS = ("vllm:generation_tokens_total", "vllm:generation_tokens")
 
 
 def parse_prometheus(text: str) -> dict[str, float]:
@@ -43,6 +44,9 @@ class EngineStats:
     """Tokens looked up in the prefix cache since the engine started (a counter)."""
     prefix_cache_hits: float = 0.0
     """Of those, tokens found (a counter)."""
+    generation_tokens: float = 0.0
+    """Tokens generated since the engine started (a counter: still, the engine is idle
+    or stuck; rising, it works)."""
 
     @classmethod
     def from_text(cls, text: str) -> EngineStats:
@@ -53,6 +57,7 @@ class EngineStats:
             kv_cache_usage=values.get(KV_CACHE_USAGE, 0.0),
             prefix_cache_queries=_first(values, PREFIX_QUERIES),
             prefix_cache_hits=_first(values, PREFIX_HITS),
+            generation_tokens=_first(values, GENERATION_TOKENS),
         )
 
 

@@ -16,16 +16,18 @@ engine that exits while starting is classified from its log. When retrying canno
 help (no vLLM, no model, bad arguments) the replica fails for good at once, without
 spending its restart budget. One replica's failure, even an unexpected exception,
 never stops the others, nor their draining at shutdown: every stop step has a bound.
+Should the supervisor die without stopping its engines, its guardian ends them
+(:mod:`engines.guardian`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 import time
 import uuid
-from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING
@@ -34,6 +36,8 @@ from redis.exceptions import RedisError
 
 from engines.deployment import Deployment, free_port, log_path, preflight_deployment
 from engines.diagnosis import INSTALL_FIX, StartProblem, classify_exit
+from engines.guardian import EngineGuardian
+from engines.liveness import check_work, read_stats
 from engines.process import (
     EngineProcess,
     EngineStartError,
@@ -43,7 +47,7 @@ from engines.process import (
     probe_request,
 )
 from engines.registry import EngineRecord, EngineRegistry, EngineState
-from engines.stats import EngineStats
+from engines.restart_budget import RestartBudget
 
 if TYPE_CHECKING:
     import aiohttp
@@ -57,29 +61,6 @@ _REGISTRY_CALL_S = 5.0  # bound on one registry call (a paused Redis must not st
 _STOP_MARGIN_S = 10.0  # a replica's whole drain-and-stop: drain + stop timeouts + this
 
 
-class RestartBudget:
-    """At most ``limit`` restarts in any sliding window of ``window_s`` seconds."""
-
-    def __init__(self, limit: int, window_s: float, clock: Callable[[], float]) -> None:
-        self._limit = limit
-        self._window_s = window_s
-        self._clock = clock
-        self._times: deque[float] = deque()
-
-    def take(self) -> bool:
-        now = self._clock()
-        while self._times and now - self._times[0] > self._window_s:
-            self._times.popleft()
-        if len(self._times) >= self._limit:
-            return False
-        self._times.append(now)
-        return True
-
-    @property
-    def used(self) -> int:
-        return len(self._times)
-
-
 class EngineSlot:
     """One replica: owns its current process and its registry record."""
 
@@ -91,8 +72,13 @@ class EngineSlot:
         registry: EngineRegistry,
         session: aiohttp.ClientSession,
         progress: Progress,
+        guardian: EngineGuardian | None = None,
+        hurry: asyncio.Event | None = None,
     ) -> None:
         self.deployment = deployment
+        self._guardian = guardian
+        self._hurry = hurry or asyncio.Event()
+        """Set: a drain waits no more for running requests (a second stop signal)."""
         self.replica = replica
         self.engine_id = f"{supervisor_id}/{deployment.model}/{replica}"
         self._supervisor_id = supervisor_id
@@ -217,7 +203,7 @@ class EngineSlot:
             api_key=self._api_key,
             runner=d.spec.runner,
         )
-        self.process = EngineProcess(plan)
+        self.process = EngineProcess(plan, self._guardian)
         self.process.spawn()
         return self.process
 
@@ -234,8 +220,13 @@ class EngineSlot:
             if failures >= _UNHEALTHY_AFTER:
                 return "stopped answering /health"
             if time.monotonic() >= next_probe:
-                if not await process.probe_work(self._session, health.probe_timeout_s):
+                check = await check_work(self._session, process, health.probe_timeout_s)
+                if not check.works:
                     return f"stuck: a probe of {probe_request(process.plan.runner, '')[0]} failed"
+                if check.busy_tokens:
+                    tokens = f"{check.busy_tokens:.0f} tokens"
+                    self._progress(f"{self.engine_id}: the stuck probe failed while the engine "
+                                   f"generated {tokens}: busy, not stuck")  # fmt: skip
                 next_probe = time.monotonic() + health.probe_interval_s
 
     async def drain_and_stop(self) -> None:
@@ -248,10 +239,12 @@ class EngineSlot:
             return
         await self._publish("draining")
         deadline = time.monotonic() + self.deployment.spec.health.drain_timeout_s
-        while process.alive and time.monotonic() < deadline:
+        while process.alive and time.monotonic() < deadline and not self._hurry.is_set():
             if await self._running(process) == 0:
                 break
-            await asyncio.sleep(0.25)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(0.25):
+                    await self._hurry.wait()
         await process.stop(self.deployment.spec.health.stop_timeout_s)
         await self._publish("stopped")
 
@@ -260,17 +253,8 @@ class EngineSlot:
             await self._registry.publish(self.record)
 
     async def _running(self, process: EngineProcess) -> float:
-        import aiohttp  # (loaded by start() already)
-
-        try:
-            async with self._session.get(
-                f"{process.plan.url}/metrics",
-                headers=process.plan.auth_headers(),
-                timeout=aiohttp.ClientTimeout(total=2),
-            ) as response:
-                return EngineStats.from_text(await response.text()).running
-        except (TimeoutError, aiohttp.ClientError):
-            return 0.0
+        stats = await read_stats(self._session, process)
+        return stats.running if stats is not None else 0.0
 
     async def _publish(self, state: EngineState) -> None:
         process = self.process
@@ -310,17 +294,25 @@ class EngineSupervisor:
         self.slots: list[EngineSlot] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._session: aiohttp.ClientSession | None = None
+        self._guardian: EngineGuardian | None = None
+        self._hurry = asyncio.Event()
 
     async def start(self) -> None:
         """Spawn every replica and return at once; readiness arrives in the background."""
         import aiohttp  # only a gateway that supervises engines loads it (~9.6 MB resident)
 
+        grace_s = max((d.spec.health.stop_timeout_s for d in self._deployments), default=1.0)
+        try:
+            self._guardian = EngineGuardian(grace_s)
+        except OSError as exc:  # the death signal remains: engines still get SIGTERM
+            log.warning("no engine guardian (%r): an engine ignoring SIGTERM could outlive "
+                        "vgate", exc)  # fmt: skip
         self._session = aiohttp.ClientSession()
         for deployment in self._deployments:
             for replica in range(deployment.spec.replicas):
                 slot = EngineSlot(
                     deployment, replica, self.supervisor_id, self._registry, self._session,
-                    self._progress,
+                    self._progress, self._guardian, self._hurry,
                 )  # fmt: skip
                 self.slots.append(slot)
                 self._tasks.append(asyncio.create_task(slot.run(), name=slot.engine_id))
@@ -369,6 +361,15 @@ class EngineSupervisor:
         if self._session is not None:
             await self._session.close()
             self._session = None
+        if self._guardian is not None:  # every engine reaped (or killed): it has nothing to do
+            await self._guardian.close()
+            self._guardian = None
+
+    def skip_drains(self) -> None:
+        """Stop waiting for running requests (the operator signalled twice): engines
+        draining now, or later in :meth:`stop`, stop at once (SIGTERM, then SIGKILL
+        after ``stop_timeout_s``)."""
+        self._hurry.set()
 
     async def _stop_slot(self, slot: EngineSlot) -> None:
         health = slot.deployment.spec.health

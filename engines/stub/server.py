@@ -205,24 +205,32 @@ class StubApp:
         running = self.stats.running
         running[plan.model] = running.get(plan.model, 0) + 1
         counted = self.stats.tokens.setdefault(plan.model, [0, 0])
-        counted[0] += plan.prompt_tokens
-        counted[1] += plan.completion_tokens * plan.n
+        counted[0] += plan.prompt_tokens  # prefilled on arrival
         try:
-            await self._answer(plan, receive, send)
+            # Generated tokens count once answered (vLLM counts them as it generates): a
+            # hung engine's counter stands still, which the supervisor's stuck check reads.
+            if await self._answer(plan, receive, send):
+                counted[1] += plan.completion_tokens * plan.n
         finally:
             running[plan.model] -= 1
 
-    async def _answer(self, plan: Plan, receive: Receive, send: Send) -> None:
-        """Act out the plan, watching for the client leaving wherever time passes."""
+    async def _answer(self, plan: Plan, receive: Receive, send: Send) -> bool:
+        """Act out the plan, watching for the client leaving wherever time passes; True
+        when the answer was sent in full."""
         stats = self.stats
         stream = (lambda: send_stream(plan, send)) if plan.stream else None
+        completed = stats.streams_completed
         if await act_out(stats, plan.fault, stream, receive):
-            return
+            # A hang, or a stream: in full when one completed meanwhile (concurrent
+            # streams may blur which one; the counter is for tests, not accounting).
+            return stats.streams_completed > completed
         if plan.ttft_s > 0 or plan.itl_s > 0:
             if await until_disconnect(send_whole(plan, send), receive) is None:
                 stats.requests_cancelled += 1
+                return False
         else:
             await send_whole(plan, send)
+        return True
 
     async def _models(self, scope: Scope, receive: Receive, send: Send) -> None:
         await send_bytes(send, 200, self._models_body, JSON)

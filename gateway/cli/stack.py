@@ -175,7 +175,7 @@ def engines_run(args: argparse.Namespace) -> int:
     """Run the supervisor alone, publishing to Redis for gateways elsewhere.
 
     Exits 1 once every engine has failed for good, 0 after SIGINT/SIGTERM (engines
-    drained)."""
+    drained; a second signal stops them without waiting for running requests)."""
     settings = load_settings(args.config)
     if not settings.redis.url:
         raise ConfigError("`vgate engines run` publishes engines through Redis: set redis.url")
@@ -190,9 +190,16 @@ async def _supervise(settings: Settings) -> int:
     deployments = await asyncio.to_thread(build_deployments, settings)
     supervisor = EngineSupervisor(deployments, registry, say, settings.engines.heartbeat_s)
     stop = asyncio.Event()
+
+    def on_signal() -> None:  # the second one: stop now, running requests or not
+        if stop.is_set():
+            say("second signal: stopping engines now, without waiting for running requests")
+            supervisor.skip_drains()
+        stop.set()
+
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
+        loop.add_signal_handler(signum, on_signal)
     await supervisor.start()
     say(f"supervisor {supervisor.supervisor_id}: {len(supervisor.slots)} engine(s) starting")
     stopping = asyncio.create_task(stop.wait())
