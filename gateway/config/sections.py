@@ -47,7 +47,7 @@ class ServerSettings(_Section):
     max_body_bytes_in_flight: int = Field(
         256 * 1024 * 1024,
         ge=1024,
-        description="Bytes of request bodies one worker holds at once (bodies above 64 KiB, "
+        description="Bytes of request bodies one worker holds at once (bodies above 4 KiB, "
         "or sent without Content-Length, count from their first byte read until their "
         "response ends); a body that would go beyond it is refused with 503 and Retry-After. "
         "At least max_body_bytes.",

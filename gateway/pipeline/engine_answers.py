@@ -181,7 +181,7 @@ class EngineAnswers:
             raise
         # Renamed first, then shared and stored with its usage event, then stripped.
         taps: list[BatchTap] = [t for t in (parsed.rename, fill, usage) if t is not None]
-        collector = StreamCollector() if pair is not None else None
+        collector = StreamCollector(pair) if pair is not None else None
         if rollout:  # timed as it arrives; the primary's text kept for the shadow's
             exchange.timing = EventTiming(exchange.clock)
             taps.insert(0, exchange.timing)

@@ -12,6 +12,13 @@ compared: anything sampled differs by design. Two figures per rollout:
 
 The two answers arrive in either order, each on its own task; :class:`AgreementPair`
 records once both are in and forgets a pair one side of which failed.
+
+A streamed primary is read as it passes (:class:`StreamCollector`): only its first
+choice's text is kept, never its events, and at most :data:`MAX_COMPARED_CHARS` of
+it. The events of a long stream (a token's event is a few hundred bytes, a few
+kilobytes with ``top_logprobs``) would otherwise all be held until its end, by every
+primary stream whose copy was drawn, however many: the shadow's ``max_concurrent``
+bounds the copies in flight, not the primaries still streaming after them.
 """
 
 from __future__ import annotations
@@ -25,6 +32,10 @@ from gateway.observability.metrics import GatewayMetrics
 
 _EVENT_PREFIX = b"data: "
 _DONE = b"[DONE]"
+
+MAX_COMPARED_CHARS = 1 << 20
+"""The longest primary text a streamed answer is compared by (a million characters,
+a few hundred thousand tokens): past it the pair records nothing."""
 
 
 def is_deterministic(body: dict[str, Any]) -> bool:
@@ -50,32 +61,6 @@ def answer_text(body: bytes) -> str | None:
     return text if isinstance(text, str) else None
 
 
-def stream_text(events: bytes) -> str | None:
-    """The first choice's text of a whole SSE answer (chat deltas or text chunks);
-    None when an event cannot be read or carries an error."""
-    parts: list[str] = []
-    for event in events.split(b"\n\n"):
-        if not event.startswith(_EVENT_PREFIX):
-            continue
-        data = event[len(_EVENT_PREFIX) :]
-        if data == _DONE:
-            break
-        try:
-            chunk = orjson.loads(data)
-        except orjson.JSONDecodeError:
-            return None
-        if not isinstance(chunk, dict) or "error" in chunk:
-            return None
-        choice = _first_choice(chunk)
-        if choice is None or choice.get("index", 0) != 0:
-            continue
-        delta = choice.get("delta")
-        text = delta.get("content") if isinstance(delta, dict) else choice.get("text")
-        if isinstance(text, str):
-            parts.append(text)
-    return "".join(parts)
-
-
 def token_overlap(a: str, b: str) -> float:
     """F1 of the whitespace tokens of ``a`` and ``b`` as multisets (1.0 for two empty
     answers)."""
@@ -88,19 +73,70 @@ def token_overlap(a: str, b: str) -> float:
 
 
 class StreamCollector:
-    """A stream tap keeping the primary's events, for the comparison at its end."""
+    """A stream tap keeping the primary's first-choice text as the events pass, for
+    the comparison at its end (the relay hands taps whole events).
 
-    __slots__ = ("_batches",)
+    It stops reading, and :meth:`text` is None, once the events give no comparable
+    text (an event that cannot be read or carries an error), once the text passes
+    :data:`MAX_COMPARED_CHARS`, or once ``pair`` needs no primary text any more (the
+    shadow failed): the rest of the stream then costs one check per batch."""
 
-    def __init__(self) -> None:
-        self._batches: list[bytes] = []
+    __slots__ = ("_chars", "_ended", "_failed", "_pair", "_parts")
+
+    def __init__(self, pair: AgreementPair | None = None) -> None:
+        self._pair = pair
+        self._parts: list[str] = []
+        self._chars = 0
+        self._ended = False
+        """``[DONE]`` was seen: later bytes are not the answer's."""
+        self._failed = False
 
     def inspect(self, batch: bytes) -> bytes:
-        self._batches.append(batch)
+        if self._ended or self._failed:
+            return batch
+        pair = self._pair
+        if pair is not None and not pair.wants_primary:
+            self._give_up()
+            return batch
+        for event in batch.split(b"\n\n"):
+            if not event.startswith(_EVENT_PREFIX):
+                continue
+            if not self._read(event[len(_EVENT_PREFIX) :]):
+                return batch
         return batch
 
+    def _read(self, data: bytes) -> bool:
+        """Take one event's text; False once nothing more is to be read."""
+        if data == _DONE:
+            self._ended = True
+            return False
+        try:
+            chunk = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            self._give_up()
+            return False
+        if not isinstance(chunk, dict) or "error" in chunk:
+            self._give_up()
+            return False
+        choice = _first_choice(chunk)
+        if choice is None or choice.get("index", 0) != 0:
+            return True
+        delta = choice.get("delta")
+        text = delta.get("content") if isinstance(delta, dict) else choice.get("text")
+        if isinstance(text, str) and text:
+            self._chars += len(text)
+            if self._chars > MAX_COMPARED_CHARS:
+                self._give_up()
+                return False
+            self._parts.append(text)
+        return True
+
+    def _give_up(self) -> None:
+        self._failed = True
+        self._parts = []
+
     def text(self) -> str | None:
-        return stream_text(b"".join(self._batches))
+        return None if self._failed else "".join(self._parts)
 
 
 class AgreementPair:
@@ -114,6 +150,11 @@ class AgreementPair:
         self._primary: str | None = None
         self._shadow: str | None = None
         self._settled = False
+
+    @property
+    def wants_primary(self) -> bool:
+        """Whether the primary's text could still be compared (no side failed yet)."""
+        return not self._settled
 
     def primary(self, text: str | None) -> None:
         """The primary's answer text (None: it failed, or has no text: no comparison)."""

@@ -6,7 +6,14 @@ Each owner's bytes are counted as records come and go (expiry, deletion, evictio
 for ``responses.max_bytes_per_key``. An owner's records are kept in the order they
 were stored, which is the order they expire in (every record gets the same
 ``responses.ttl_s``), so forgetting the expired ones takes only as long as there
-are expired ones, however many an owner holds."""
+are expired ones, however many an owner holds.
+
+Each record counts against ``max_bytes`` with its bookkeeping (:data:`RECORD_OVERHEAD`):
+its id, its slots in two ordered dicts, the tuple and the expiry take about as much
+again as a small record's bytes, so counting the bytes alone let many small records
+take several times the configured memory. An owner's quota
+(``responses.max_bytes_per_key``) counts the records' bytes alone, as the Redis store
+does."""
 
 from __future__ import annotations
 
@@ -14,6 +21,11 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import NamedTuple
+
+RECORD_OVERHEAD = 512
+"""Bytes counted for each record besides its own: its id, its slots in the records'
+and its owner's ordered dicts, the tuple, the expiry and the record's object header
+(about 430 measured on CPython 3.11, rounded up)."""
 
 
 class _Record(NamedTuple):
@@ -47,14 +59,14 @@ class MemoryResponseStore:
     async def put(
         self, response_id: str, record: bytes, ttl_s: int, owner: str, quota: int | None
     ) -> bool:
-        if len(record) > self._max_bytes:
+        if len(record) + RECORD_OVERHEAD > self._max_bytes:
             return False
         if quota is not None and await self.usage(owner) >= quota:
             return False
         self._drop(response_id)
         expires = self._clock() + ttl_s
         self._records[response_id] = _Record(expires, record, owner)
-        self._bytes += len(record)
+        self._bytes += len(record) + RECORD_OVERHEAD
         self._owned[owner] = self._owned.get(owner, 0) + len(record)
         self._ids.setdefault(owner, OrderedDict())[response_id] = expires
         while self._bytes > self._max_bytes:
@@ -84,7 +96,7 @@ class MemoryResponseStore:
         old = self._records.pop(response_id, None)
         if old is None:
             return False
-        self._bytes -= len(old.data)
+        self._bytes -= len(old.data) + RECORD_OVERHEAD
         ids = self._ids[old.owner]
         del ids[response_id]
         if ids:

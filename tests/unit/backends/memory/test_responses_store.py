@@ -3,20 +3,21 @@ owner's bytes against its quota as records come and go."""
 
 from __future__ import annotations
 
-from gateway.backends.memory.responses import MemoryResponseStore
+from gateway.backends.memory.responses import RECORD_OVERHEAD, MemoryResponseStore
 
 
 async def test_ttl_bound_and_delete() -> None:
     now = [0.0]
-    store = MemoryResponseStore(10, clock=lambda: now[0])
+    store = MemoryResponseStore(10 + 2 * RECORD_OVERHEAD, clock=lambda: now[0])
     assert await store.put("a", b"12345", 5, "k", None)
     assert await store.get("a") == b"12345"
     now[0] = 5.0
     assert await store.get("a") is None  # expired
     await store.put("a", b"12345", 60, "k", None)
-    await store.put("b", b"123456", 60, "k", None)  # over 10 bytes together: "a" goes
+    await store.put("b", b"123456", 60, "k", None)  # over the bound together: "a" goes
     assert await store.get("a") is None and await store.get("b") == b"123456"
-    assert not await store.put("big", b"x" * 11, 60, "k", None)  # larger than the bound
+    big = b"x" * (11 + RECORD_OVERHEAD)
+    assert not await store.put("big", big, 60, "k", None)  # larger than the bound
     assert await store.get("big") is None and await store.get("b") == b"123456"
     assert await store.usage("k") == 6
     assert await store.delete("b", "k") is True and await store.delete("b", "k") is False
@@ -25,7 +26,7 @@ async def test_ttl_bound_and_delete() -> None:
 
 async def test_each_owner_is_held_to_its_quota() -> None:
     now = [0.0]
-    store = MemoryResponseStore(1000, clock=lambda: now[0])
+    store = MemoryResponseStore(1000 + 4 * RECORD_OVERHEAD, clock=lambda: now[0])
     assert await store.put("a1", b"x" * 60, 10, "alice", 100)
     assert await store.put("a2", b"x" * 60, 60, "alice", 100)  # under the quota before it
     assert not await store.put("a3", b"x" * 10, 60, "alice", 100)  # 120 >= 100: refused
@@ -40,7 +41,7 @@ async def test_each_owner_is_held_to_its_quota() -> None:
 
 
 async def test_eviction_updates_the_owner_counts() -> None:
-    store = MemoryResponseStore(100)
+    store = MemoryResponseStore(100 + 2 * RECORD_OVERHEAD)
     await store.put("a", b"x" * 60, 60, "alice", None)
     await store.put("b", b"x" * 60, 60, "bob", None)  # evicts alice's
     assert (await store.usage("alice"), await store.usage("bob")) == (0, 60)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from gateway.auth.keys import KeyExistsError, KeyRecord, digest_of
-from gateway.backends.memory.cache import MemoryEntryStore
+from gateway.backends.memory.cache import ENTRY_OVERHEAD, MemoryEntryStore
 from gateway.backends.memory.keys import MemoryKeyStore
 from gateway.ratelimit.limits import Limits
 
@@ -101,30 +101,30 @@ async def test_putting_again_replaces_the_value_and_its_ttl() -> None:
 
 
 async def test_the_least_recently_used_goes_first_past_max_bytes() -> None:
-    store = MemoryEntryStore(10, clock=Clock())
+    store = MemoryEntryStore(10 + 2 * ENTRY_OVERHEAD, clock=Clock())
     store.put("a", b"aaaa", ttl_s=60)
     store.put("b", b"bbbb", ttl_s=60)
     assert await store.get("a") == b"aaaa"  # now "b" is the least recently used
-    store.put("c", b"cccc", ttl_s=60)  # 12 bytes > 10: one must go
+    store.put("c", b"cccc", ttl_s=60)  # three entries are more than the bound: one must go
     assert await store.get("b") is None
     assert await store.get("a") == b"aaaa"
     assert await store.get("c") == b"cccc"
 
 
 async def test_replacing_an_entry_does_not_count_it_twice() -> None:
-    store = MemoryEntryStore(10, clock=Clock())
+    store = MemoryEntryStore(10 + 2 * ENTRY_OVERHEAD, clock=Clock())
     store.put("a", b"aaaa", ttl_s=60)
     store.put("b", b"bbbb", ttl_s=60)
     for _ in range(5):
-        store.put("b", b"bbbb", ttl_s=60)  # still 8 bytes in all
+        store.put("b", b"bbbb", ttl_s=60)  # still two entries in all
     assert await store.get("a") == b"aaaa"
     assert await store.get("b") == b"bbbb"
 
 
 async def test_an_entry_larger_than_the_budget_is_not_kept() -> None:
-    store = MemoryEntryStore(10, clock=Clock())
+    store = MemoryEntryStore(10 + 2 * ENTRY_OVERHEAD, clock=Clock())
     store.put("a", b"aaaa", ttl_s=60)
-    store.put("huge", b"x" * 11, ttl_s=60)
+    store.put("huge", b"x" * (11 + 2 * ENTRY_OVERHEAD), ttl_s=60)
     assert await store.get("huge") is None
     assert await store.get("a") is None  # everything older went first
     store.put("b", b"bbbb", ttl_s=60)  # the byte count came back to 0
