@@ -22,6 +22,7 @@ from gateway.auth.key_admin import KeyRequestError
 from gateway.cli import keys as cli_keys
 from gateway.cli import rollout as cli_rollout
 from gateway.cli import stack as cli_stack
+from gateway.cli.exposure import exposure_warnings
 from gateway.cli.workers import WorkerSupervisor
 from gateway.collector import size_young_generation
 from gateway.config.settings import (
@@ -123,6 +124,8 @@ def run_gateway(settings: Settings, on_engines_ready: Callable[[], None] | None 
         server.workers,
         operator_location(settings),
     )
+    for warning in exposure_warnings(settings):
+        log.warning(warning)
     if server.admin_port and taken(server.admin_host, server.admin_port):
         log.error(
             "server.admin_port %d on %s is in use (another gateway?): not starting",

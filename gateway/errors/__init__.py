@@ -6,7 +6,8 @@ one, the ``code``, so that the official SDK raises the matching exception class
 (``BadRequestError`` for 400, ``NotFoundError`` for 404, ...). Translation from
 transport exceptions (aiohttp, redis) happens at the boundary that raises them;
 this package imports nothing else of ours (:mod:`gateway.errors.engine_text`: what
-of an engine's error text reaches the client; :mod:`gateway.errors.retry_hints`: the
+of an engine's error text reaches the client; :mod:`gateway.errors.engine_internals`:
+what of it never does; :mod:`gateway.errors.retry_hints`: the
 ``Retry-After`` and ``retry-after-ms`` of the gateway's own refusals).
 """
 
@@ -17,6 +18,7 @@ from typing import Any
 
 import orjson
 
+from gateway.errors.engine_internals import engine_failure_message, without_internals
 from gateway.errors.engine_text import hide_names, relayed_retry_after
 from gateway.errors.retry_hints import retry_after as retry_after
 
@@ -279,7 +281,6 @@ CONTEXT_LENGTH_MARKERS = (
 )
 """vLLM 0.32's messages for a prompt (plus output) that does not fit the context."""
 
-_URL = re.compile(r"(?i)\b(?:https?|unix|tcp)://[^\s\"'<>]+")
 _HTML_TITLE = re.compile(rb"(?is)<title[^<>]*>([^<]*)</title>")
 """An HTML page's title. Linear: each try stops at the next ``<`` (``[^>]*`` read to the
 end of the body from every ``<title`` without a ``>``: quadratic in a page of up to 256 MB)."""
@@ -295,9 +296,11 @@ def openai_error(
     """An engine's error answer (vLLM's ``{"error": {"message", "type":
     "BadRequestError", "param", "code": 400}}``, or any text) as OpenAI's error object:
     ``type`` from the status, ``code`` a string where OpenAI has one
-    (``context_length_exceeded`` with ``param`` the prompt's field), the engine's
-    message kept, any URL in it removed (engine addresses are never shown), and the
-    engine-side names of the model in ``renamed`` written as the client's."""
+    (``context_length_exceeded`` with ``param`` the prompt's field). A 4xx keeps the
+    engine's message, with the engine-side names of the model in ``renamed`` written
+    as the client's and what is internal to the engine (a traceback, addresses, file
+    paths) removed; a 5xx's message is replaced whole, being the engine operator's
+    (:mod:`gateway.errors.engine_internals`)."""
     message, param, code = _engine_error(raw)
     fallback = "server_error" if status >= 500 else "invalid_request_error"
     error_type = STATUS_TYPES.get(status, fallback)
@@ -305,9 +308,11 @@ def openai_error(
         error_type, code, param = "invalid_request_error", "context_length_exceeded", prompt_param
     elif status == 404 and "model" in message.lower() and "does not exist" in message:
         code, param = "model_not_found", "model"
+    if status >= 500:
+        return error_body(engine_failure_message(status), error_type, param, code)
     if renamed is not None:
         message = hide_names(message, renamed[:-1], renamed[-1], _MAX_MESSAGE)
-    message = _URL.sub("<engine>", message)[:_MAX_MESSAGE] or f"engine answered HTTP {status}"
+    message = without_internals(message, _MAX_MESSAGE) or f"engine answered HTTP {status}"
     return error_body(message, error_type, param, code)
 
 

@@ -21,6 +21,7 @@ from typing import Any
 import openai
 import pytest
 
+from gateway.errors.engine_internals import engine_failure_message
 from tests.helpers.hostile_engine import ScriptedEngine
 from tests.integration.conftest import STUB_MODEL, Gateway, Stub, start_gateway
 
@@ -96,8 +97,9 @@ def error_page_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gat
 @pytest.mark.parametrize(
     ("mode", "error_class", "message"),
     [
-        ("html", openai.InternalServerError, "502 Bad Gateway"),
-        ("untitled", openai.InternalServerError, "engine answered HTTP 503"),
+        # a 5xx's own text (a proxy's page included) is the engine operator's, never shown
+        ("html", openai.InternalServerError, engine_failure_message(502)),
+        ("untitled", openai.InternalServerError, engine_failure_message(503)),
         ("message", openai.BadRequestError, "prompt is empty"),
     ],
 )

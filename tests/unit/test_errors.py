@@ -9,6 +9,7 @@ import orjson
 import pytest
 
 from gateway.errors import UpstreamStatusError, openai_error
+from gateway.errors.engine_internals import engine_failure_message
 from gateway.errors.engine_text import hide_names, relayed_retry_after
 
 
@@ -49,7 +50,8 @@ def test_every_context_length_message_is_context_length_exceeded(message: str, p
 )  # fmt: skip
 def test_the_type_follows_the_status_and_a_numeric_code_is_dropped(status: int, kind: str) -> None:
     error = orjson.loads(openai_error(status, vllm("nope", status)))["error"]
-    assert error["type"] == kind and error["code"] is None and error["message"] == "nope"
+    shown = "nope" if status < 500 else engine_failure_message(status)
+    assert error["type"] == kind and error["code"] is None and error["message"] == shown
 
 
 def test_an_unknown_model_is_model_not_found() -> None:
@@ -63,9 +65,9 @@ def test_an_unknown_model_is_model_not_found() -> None:
     [b"upstream connect error to http://10.0.0.7:8000/v1/chat", b'{"detail": "see http://e:1/x"}'],
 )
 def test_text_and_detail_bodies_keep_their_message_without_engine_urls(raw: bytes) -> None:
-    error = orjson.loads(openai_error(502, raw))["error"]
+    error = orjson.loads(openai_error(404, raw))["error"]
     assert "10.0.0.7" not in error["message"] and "http://" not in error["message"]
-    assert "<engine>" in error["message"] and error["type"] == "server_error"
+    assert "<engine>" in error["message"] and error["type"] == "invalid_request_error"
 
 
 def test_garbage_and_empty_bodies_still_give_an_openai_error() -> None:
@@ -107,13 +109,14 @@ def test_an_html_page_reads_as_its_title_in_linear_time() -> None:
     clients read), on the event loop: ``<title[^>]*>`` scanned to the body's end from
     every ``<title`` without a ``>`` (0.76 s at 64 KB, 12 s at 256 KB, hours at the
     limit). Now a tag's attributes end at the next ``<`` too: linear (review)."""
-    page = b"<html><head><title>502 Bad\n Gateway</title></head><body>nginx</body></html>"
-    assert orjson.loads(openai_error(502, page))["error"]["message"] == "502 Bad Gateway"
+    page = b"<html><head><title>413 Request\n Entity Too Large</title></head></html>"
+    message = orjson.loads(openai_error(413, page))["error"]["message"]
+    assert message == "413 Request Entity Too Large"
     hostile = b"<title" * (256 * 1024 // 6)
     started = time.perf_counter()
-    error = orjson.loads(openai_error(502, hostile))["error"]
+    error = orjson.loads(openai_error(413, hostile))["error"]
     assert time.perf_counter() - started < 1.0
-    assert error["message"] == "engine answered HTTP 502"
+    assert error["message"] == "engine answered HTTP 413"
 
 
 def _message(raw: str, renamed: tuple[str, ...]) -> str:
