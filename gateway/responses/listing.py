@@ -2,7 +2,10 @@
 
 Items are shown in OpenAI's listing shape: a message whose ``content`` is a string
 gets it as one ``input_text`` part (``output_text`` for the assistant), every item
-carries its ``id`` (:attr:`StoredResponse.input_ids`). Pages follow OpenAI's
+carries its ``id`` (:attr:`StoredResponse.input_ids`), and every kind of item that
+OpenAI lists with a ``status`` has one (``completed`` unless the item says otherwise:
+a client's ``function_call`` or ``function_call_output`` input may leave it out, and
+the SDK's listed item types require it). Pages follow OpenAI's
 parameters: ``order`` (``desc`` by default), ``limit`` (1 to 100, 20 by default),
 ``after`` (an item id: the items after it in that order).
 """
@@ -18,6 +21,32 @@ from gateway.responses.store import StoredResponse
 
 DEFAULT_LIMIT = 20
 MAX_LIMIT = 100
+
+WITH_STATUS = frozenset(
+    {
+        "message",
+        "function_call",
+        "function_call_output",
+        "custom_tool_call",
+        "custom_tool_call_output",
+        "computer_call",
+        "computer_call_output",
+        "file_search_call",
+        "web_search_call",
+        "image_generation_call",
+        "code_interpreter_call",
+        "local_shell_call",
+        "shell_call",
+        "shell_call_output",
+        "apply_patch_call",
+        "apply_patch_call_output",
+        "tool_search_call",
+        "tool_search_output",
+        "program_output",
+    }
+)
+"""The item types OpenAI lists with a ``status`` (the SDK's ``ResponseItem`` types that
+require one, and messages)."""
 
 
 def input_items_page(record: StoredResponse, query: Mapping[str, str]) -> dict[str, Any]:
@@ -62,7 +91,8 @@ def input_items_page(record: StoredResponse, query: Mapping[str, str]) -> dict[s
 
 
 def listed(item_id: str, item: Any) -> dict[str, Any]:
-    """One item as listed: with its id, and a message's string content as one part."""
+    """One item as listed: with its id, a message's string content as one part, and a
+    ``status`` where its type has one."""
     shown: dict[str, Any] = dict(item) if isinstance(item, dict) else {"content": item}
     shown["id"] = item_id
     role = shown.get("role")
@@ -75,5 +105,7 @@ def listed(item_id: str, item: Any) -> dict[str, Any]:
         if kind == "output_text":
             part["annotations"] = []
         shown["content"] = [part]
-        shown.setdefault("status", "completed")
+    item_type = shown.get("type")
+    if isinstance(item_type, str) and item_type in WITH_STATUS and shown.get("status") is None:
+        shown["status"] = "completed"  # (isinstance first: a client's type may be a list)
     return shown
