@@ -5,7 +5,9 @@ gets it as one ``input_text`` part (``output_text`` for the assistant), every it
 carries its ``id`` (:attr:`StoredResponse.input_ids`), and every kind of item that
 OpenAI lists with a ``status`` has one (``completed`` unless the item says otherwise:
 a client's ``function_call`` or ``function_call_output`` input may leave it out, and
-the SDK's listed item types require it). Pages follow OpenAI's
+the SDK's listed item types require it), as a message's parts have the fields OpenAI
+lists with them (:data:`PART_DEFAULTS`). Only the listing is filled in: the record
+keeps the items as the engine got them. Pages follow OpenAI's
 parameters: ``order`` (``desc`` by default), ``limit`` (1 to 100, 20 by default),
 ``after`` (an item id: the items after it in that order).
 """
@@ -91,8 +93,8 @@ def input_items_page(record: StoredResponse, query: Mapping[str, str]) -> dict[s
 
 
 def listed(item_id: str, item: Any) -> dict[str, Any]:
-    """One item as listed: with its id, a message's string content as one part, and a
-    ``status`` where its type has one."""
+    """One item as listed: with its id, a message's string content as one part (its
+    parts with :data:`PART_DEFAULTS`), and a ``status`` where its type has one."""
     shown: dict[str, Any] = dict(item) if isinstance(item, dict) else {"content": item}
     shown["id"] = item_id
     role = shown.get("role")
@@ -105,7 +107,30 @@ def listed(item_id: str, item: Any) -> dict[str, Any]:
         if kind == "output_text":
             part["annotations"] = []
         shown["content"] = [part]
+    elif shown.get("type") == "message" and isinstance(content, list):
+        shown["content"] = [_listed_part(part) for part in content]
     item_type = shown.get("type")
     if isinstance(item_type, str) and item_type in WITH_STATUS and shown.get("status") is None:
         shown["status"] = "completed"  # (isinstance first: a client's type may be a list)
     return shown
+
+
+PART_DEFAULTS: dict[str, tuple[str, Any]] = {
+    "output_text": ("annotations", []),
+    "input_image": ("detail", "auto"),
+}
+"""What OpenAI lists in a message's part that a client may leave out of its input
+(an ``output_text`` without ``annotations``, an ``input_image`` without ``detail``):
+the part as listed has it, as the SDK's types require."""
+
+
+def _listed_part(part: Any) -> Any:
+    """``part`` with the field :data:`PART_DEFAULTS` gives its type, if it lacks it."""
+    if not isinstance(part, dict):
+        return part
+    kind = part.get("type")
+    default = PART_DEFAULTS.get(kind) if isinstance(kind, str) else None
+    if default is None or part.get(default[0]) is not None:
+        return part
+    name, value = default
+    return {**part, name: list(value) if isinstance(value, list) else value}

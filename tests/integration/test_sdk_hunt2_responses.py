@@ -5,14 +5,17 @@ builds its objects without validation, so a missing required field only shows as
 
 A function-call round trip lists its ``function_call`` and ``function_call_output``
 input items with a ``status``, as OpenAI does and the SDK's listed item types require
-(the gateway gave one only to string-content messages).
+(the gateway gave one only to string-content messages), and a message's parts with
+the fields OpenAI lists even when the input left them out (an ``output_text`` part's
+``annotations``, an ``input_image`` part's ``detail``).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from openai.types.responses import ResponseInputItemParam
+import pydantic
+from openai.types.responses import ResponseInputItemParam, ResponseItem
 from openai.types.responses.response_item_list import ResponseItemList
 
 from tests.integration.conftest import STUB_MODEL, Gateway
@@ -54,3 +57,29 @@ def test_a_function_call_round_trips_items_are_listed_as_the_sdk_types_them(
     ]
     page = raw.parse()
     assert [item.id for item in page.data] == [item["id"] for item in listed["data"]]
+
+
+PARTS_LEFT_OUT: Any = [  # Any: the SDK's params now require them; other clients don't
+    {"role": "assistant", "content": [{"type": "output_text", "text": "Earlier."}]},
+    {
+        "role": "user",
+        "content": [{"type": "input_image", "image_url": "https://example.com/a.png"}],
+    },
+    {"role": "user", "content": "And now?"},
+]
+
+
+def test_message_parts_are_listed_with_the_fields_openai_lists(gateway: Gateway) -> None:
+    client = gateway.client()
+    made = client.responses.create(
+        model=STUB_MODEL,
+        input=PARTS_LEFT_OUT,
+        max_output_tokens=4,
+    )
+    raw = client.responses.input_items.with_raw_response.list(made.id, order="asc")
+    listed: list[dict[str, Any]] = raw.http_response.json()["data"]
+    as_sdk = pydantic.TypeAdapter(ResponseItem)
+    for item in listed:
+        as_sdk.validate_python(item)  # raised: annotations, then detail, missing
+    assert listed[0]["content"] == [{"type": "output_text", "text": "Earlier.", "annotations": []}]
+    assert listed[1]["content"][0]["detail"] == "auto"
