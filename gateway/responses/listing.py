@@ -15,6 +15,7 @@ parameters: ``order`` (``desc`` by default), ``limit`` (1 to 100, 20 by default)
 from __future__ import annotations
 
 from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any
 
 from gateway.errors import InvalidRequestError
@@ -115,13 +116,12 @@ def listed(item_id: str, item: Any) -> dict[str, Any]:
     return shown
 
 
-PART_DEFAULTS: dict[str, tuple[str, Any]] = {
-    "output_text": ("annotations", []),
-    "input_image": ("detail", "auto"),
-}
+PART_DEFAULTS: Mapping[str, tuple[str, Any]] = MappingProxyType(
+    {"output_text": ("annotations", ()), "input_image": ("detail", "auto")}
+)
 """What OpenAI lists in a message's part that a client may leave out of its input
 (an ``output_text`` without ``annotations``, an ``input_image`` without ``detail``):
-the part as listed has it, as the SDK's types require."""
+the part as listed has it, as the SDK's types require (``()``: an empty list)."""
 
 
 def _listed_part(part: Any) -> Any:
@@ -133,4 +133,4 @@ def _listed_part(part: Any) -> Any:
     if default is None or part.get(default[0]) is not None:
         return part
     name, value = default
-    return {**part, name: list(value) if isinstance(value, list) else value}
+    return {**part, name: list(value) if isinstance(value, tuple) else value}
