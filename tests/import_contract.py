@@ -74,12 +74,13 @@ RULES: tuple[Rule, ...] = (
         "would pull FastAPI and the whole gateway into them and make a cycle.",
     ),
     Rule(
-        name="protocol-is-pydantic-only",
+        name="protocol-imports-only-pydantic-and-orjson",
         sources=("gateway.protocol",),
-        allowed_only=("pydantic", "gateway.protocol"),
+        allowed_only=("pydantic", "orjson", "gateway.protocol"),
         within="all",
-        why="The OpenAI wire models are the shared vocabulary of every layer; depending "
-        "on nothing but pydantic keeps them importable from anywhere without cycles.",
+        why="The OpenAI wire models (and the exact reading of a JSON body, in orjson's "
+        "terms) are the shared vocabulary of every layer; depending on nothing but "
+        "pydantic and orjson keeps them importable from anywhere without cycles.",
     ),
     Rule(
         name="errors-import-nothing-of-ours",

@@ -18,10 +18,11 @@ its top-level fields sorted by name, and integral numbers normalised (``1.0`` â†
 and the numbers of its lists (``temperature``, ``max_tokens``, a prompt's token ids),
 never inside an object (a tool's JSON schema, a message, ``chat_template_kwargs``:
 the chat template writes those into the prompt as text, where ``1.0`` and ``1``
-differ), serialised compactly; at most :data:`NORMALISED_ITEMS` list items per body
-are looked at for that, the lists past them key as written. Fields vgate does not
-know about count: an unknown
-field may change the output, so it is never ignored.
+differ), serialised compactly, an integer beyond 64 bits as its digits (the parser
+reads it as a float: two that round alike are two requests); at most
+:data:`NORMALISED_ITEMS` list items per body are looked at for that, the lists past
+them key as written. Fields vgate does not know about count: an unknown field may
+change the output, so it is never ignored.
 
 Key order is normalised only where it provably cannot reach the engine's input:
 the top level, whose fields the engine reads by name. Inside every field, objects
@@ -83,6 +84,8 @@ import hashlib
 from typing import Any
 
 import orjson
+
+from gateway.protocol.exact_json import encoded_exactly
 
 IGNORED_FIELDS = frozenset(
     {"stream", "stream_options", "user", "request_id", "metadata", "store", "service_tier"}
@@ -170,13 +173,17 @@ def cache_key(
     body: dict[str, Any],
     form: str = "json",
     asked: str = "",
+    source: bytes = b"",
 ) -> str:
     """The hex key of one request (``body`` as the client sent it) on ``route``, answered
     in ``form`` (:func:`answer_form`). ``asked``: the name the client asked for when
     another ``model`` serves it (a rollout's variant): its answers carry that name, so
-    they are kept apart from the same model's asked for by another name."""
+    they are kept apart from the same model's asked for by another name. ``source``: the
+    bytes ``body`` was read from: an integer beyond 64 bits, which the parser read as a
+    float, is keyed by its digits (two such integers that round to the same float are
+    two requests, two keys)."""
     digest = _prefix_digest(namespace, scope, route, form, model, fingerprint, asked)
-    digest.update(_canonical_body(body))
+    digest.update(_canonical_body(body, source))
     return digest.hexdigest()
 
 
@@ -200,8 +207,10 @@ class KeyHasher:
         body: dict[str, Any],
         form: str = "json",
         asked: str = "",
+        source: bytes = b"",
     ) -> str:
-        """``cache_key(namespace, scope, route, model, fingerprint, body, form, asked)``."""
+        """``cache_key(namespace, scope, route, model, fingerprint, body, form, asked,
+        source)``."""
         parts = (scope, route, form, model, fingerprint, asked)
         prefix = self._prefixes.get(parts)
         if prefix is None:
@@ -210,7 +219,7 @@ class KeyHasher:
             prefix = _prefix_digest(self._namespace, *parts)
             self._prefixes[parts] = prefix
         digest = prefix.copy()
-        digest.update(_canonical_body(body))
+        digest.update(_canonical_body(body, source))
         return digest.hexdigest()
 
 
@@ -227,12 +236,14 @@ def _prefix_digest(
     return digest
 
 
-def _canonical_body(body: dict[str, Any]) -> bytes:
+def _canonical_body(body: dict[str, Any], source: bytes) -> bytes:
     """The body's keyed fields in canonical form (see the module's table): the top-level
-    fields sorted by name, every object inside them in the client's key order."""
+    fields sorted by name, every object inside them in the client's key order, integers
+    beyond 64 bits as written in ``source`` (:func:`encoded_exactly`: a search of the
+    encoding for a float of 1e16 or more, the source read only when there is one)."""
     left = [NORMALISED_ITEMS]
     kept = {k: _number_normalised(body[k], left) for k in sorted(body) if k not in _UNKEYED}
-    return orjson.dumps(kept)
+    return encoded_exactly(kept, source)
 
 
 def uncacheable_reason(

@@ -124,10 +124,13 @@ class ResponseCache:
         key_name: str,
         cache_control: str | None,
         asked: str | None = None,
+        source: bytes = b"",
     ) -> CachePlan:
         """What the cache does for one request on ``route`` (``chat``, ``completions``,
         ``embeddings``), streamed or not, by the key called ``key_name``; ``asked``: the
-        rollout's name when its variant ``model`` serves the request (answers carry it)."""
+        rollout's name when its variant ``model`` serves the request (answers carry it);
+        ``source``: the bytes ``body`` was read from (its integers beyond 64 bits are
+        keyed as written, :meth:`KeyHasher.key`)."""
         policy = self._policies.get(model, self._default)
         if not policy.enabled:
             return OFF
@@ -138,7 +141,9 @@ class ResponseCache:
             return BYPASS
         scope = key_name if self._settings.scope == "per_key" else ""
         form = answer_form(stream, body)
-        key = self._keys.key(scope, route, model, policy.fingerprint, body, form, asked or "")
+        key = self._keys.key(
+            scope, route, model, policy.fingerprint, body, form, asked or "", source
+        )
         return CachePlan(
             key, not no_cache, True, max_age, policy.ttl_s, policy.max_entry_bytes, stream=stream
         )

@@ -172,7 +172,7 @@ class EngineAnswers:
             # The engine must report usage; the client sees only what it asked for.
             usage = UsageTap(strip=not client_wants_usage(parsed.body))
             if usage.strip:
-                payload = with_usage_requested(parsed.body)
+                payload = with_usage_requested(parsed.body, payload)
         attempt = self._attempt(exchange, route, parsed, payload, meta, place)
         try:
             url, stream = await self._forwarder.open_stream(exchange, attempt)

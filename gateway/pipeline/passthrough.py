@@ -67,6 +67,7 @@ from gateway.pipeline.plan import OFFLOAD_BYTES, ModelRename
 from gateway.pipeline.priority import body_priority, clamped_body
 from gateway.pipeline.usage import body_usage
 from gateway.pool.engine_pool import EnginePool
+from gateway.protocol.exact_json import encoded_exactly
 from gateway.ratelimit.admission import Admission
 from gateway.ratelimit.cost import CHARS_PER_TOKEN, Cost
 from gateway.routing.policies import RoutingTable
@@ -372,7 +373,7 @@ class PassthroughService:
         changed = clamped_body(body, priority)
         if rename is not None:
             changed = (changed or body) | {"model": rename.served}
-        payload = raw if changed is None else orjson.dumps(changed)
+        payload = raw if changed is None else encoded_exactly(changed, raw)
         repeated = 0 if route.pairing is None else repeated_query_chars(route.pairing, body)
         ids = input_token_ids(body.get("input")) if route.tokens is TokenUse.INPUT else 0
         return _Target(named, payload, rename, priority, repeated, ids)

@@ -27,6 +27,7 @@ from gateway.errors import InvalidRequestError, ModelNotFoundError
 from gateway.pipeline.parsing import affinity_key, decode_json_object, normalized, validate
 from gateway.pool.engine_pool import EnginePool
 from gateway.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
+from gateway.protocol.exact_json import encoded_exactly
 from gateway.rollouts.choice import VariantChooser
 from gateway.routing.policies import RoutingPolicy, RoutingTable
 
@@ -184,14 +185,14 @@ class RequestPlanner:
         model: str = request.model
         rollouts = self._rollouts
         if rollouts is not None and model in rollouts:
-            return self._plan_variant(route, body, request, session_id, caller, rollouts)
+            return self._plan_variant(route, raw, body, request, session_id, caller, rollouts)
         if not self._pool.has_model(model):
             raise ModelNotFoundError(model)
         payload = raw
         rename = self._renames.get(model)
         if rename is not None:
             body = body | {"model": rename.served}
-            payload = orjson.dumps(body)
+            payload = encoded_exactly(body, raw)
         policy, prefix_chars = self._routing.for_model(model)
         key = (
             affinity_key(body, session_id, prefix_chars, route.prompt_field)
@@ -203,6 +204,7 @@ class RequestPlanner:
     def _plan_variant(
         self,
         route: Route,
+        raw: bytes,
         body: dict[str, Any],
         request: Any,
         session_id: str | None,
@@ -229,7 +231,7 @@ class RequestPlanner:
             if policy.wants_affinity_key
             else None
         )
-        payload = orjson.dumps(body)
+        payload = encoded_exactly(body, raw)
         stream = bool(request.stream)
         return ParsedRequest(variant, stream, body, payload, policy, key, rename, rollout)
 
@@ -328,7 +330,7 @@ def with_output_cap(parsed: ParsedRequest, chat: bool, cap: int) -> ParsedReques
     if body is None:
         return parsed
     if len(body) == len(parsed.body):  # a length field was there: changed in place
-        payload = orjson.dumps(body)
+        payload = encoded_exactly(body, parsed.payload)
     else:
         end = parsed.payload.rstrip()  # a JSON object: its last byte is "}"
         payload = b'%s,"max_tokens":%d}' % (end[:-1], cap)

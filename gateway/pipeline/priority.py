@@ -27,12 +27,11 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any
 
-import orjson
-
 from gateway.auth.authenticator import Principal
 from gateway.config.priority import DEFAULT_PRIORITY, lowered, parse_priority
 from gateway.errors import InvalidRequestError
 from gateway.pipeline.plan import ParsedRequest
+from gateway.protocol.exact_json import encoded_exactly
 
 PRIORITY_HEADER = "x-vgate-priority"
 _FIELD = "priority"
@@ -77,7 +76,7 @@ class PriorityTiers:
             if body[_FIELD] == place.priority:
                 return parsed
             body = body | {_FIELD: place.priority}
-            payload = orjson.dumps(body)
+            payload = encoded_exactly(body, parsed.payload)
         elif self.reach_engines and place.priority != DEFAULT_PRIORITY:
             body = body | {_FIELD: place.priority}
             end = parsed.payload.rstrip()  # a JSON object: its last byte is "}"

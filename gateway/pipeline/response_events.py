@@ -24,6 +24,7 @@ from typing import Any
 import orjson
 
 from gateway.errors import GatewayError, UpstreamError
+from gateway.protocol.exact_json import with_exact_integers
 from gateway.upstream.relay import (
     AFTER_DONE_S,
     STREAM_ERROR,
@@ -43,11 +44,14 @@ _DIGITS = re.compile(rb"\s*(\d{1,18})\b")
 
 
 class FinalResponseTap:
-    """Finds the terminal event of a stream and keeps its ``response`` object."""
+    """Finds the terminal event of a stream and keeps its ``response`` object; with
+    ``exact`` (the response is stored: written anew, and returned by retrieval), its
+    integers beyond 64 bits as written (:func:`with_exact_integers`)."""
 
-    __slots__ = ("engine_error", "response")
+    __slots__ = ("engine_error", "exact", "response")
 
-    def __init__(self) -> None:
+    def __init__(self, exact: bool = False) -> None:
+        self.exact = exact
         self.response: dict[str, Any] | None = None
         self.engine_error = False
         """The engine ended the stream with an ``error`` event of its own."""
@@ -69,6 +73,8 @@ class FinalResponseTap:
             if isinstance(data, dict) and (data.get("type") == "error" or "error" in data):
                 self.engine_error = True  # OpenAI's error event, or vLLM's {"error": {...}}
             if isinstance(data, dict) and data.get("type") in TERMINAL_TYPES:
+                if self.exact:
+                    data = with_exact_integers(line[5:], data)
                 response = data.get("response")
                 if isinstance(response, dict):
                     self.response = response

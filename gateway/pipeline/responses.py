@@ -63,6 +63,7 @@ from gateway.pipeline.response_events import (
 from gateway.pipeline.response_records import Keeper, ResponseRecords
 from gateway.pipeline.results import Answer, EventStream, Result
 from gateway.pool.engine_pool import EnginePool
+from gateway.protocol.exact_json import with_exact_integers
 from gateway.ratelimit.admission import Admission, Ticket
 from gateway.responses.conversation import (
     MAX_ITEMS,
@@ -77,7 +78,6 @@ from gateway.responses.conversation import (
     new_response_id,
     read_create,
 )
-from gateway.responses.exact_json import with_exact_integers
 from gateway.responses.listing import input_items_page
 from gateway.responses.store import ResponseStore, StoredResponse
 from gateway.rollouts.choice import VariantChooser
@@ -278,8 +278,8 @@ class ResponsesService:
         exchange.finished(usage_tokens(response) if exchange.ticket.wants_usage else None)
         if exchange.variant is not None:
             exchange.tokens = usage_tokens(response)
-        if keep is not None:
-            await keep(response)
+        if keep is not None:  # stored: its integers beyond 64 bits kept as they came
+            await keep(with_exact_integers(body, response))
         return Answer(body, [*exchange.ticket.raw_headers], reply.status)
 
     async def _stream(
@@ -303,7 +303,7 @@ class ResponsesService:
             if keep is not None:
                 await keep(response)
 
-        final, mark = FinalResponseTap(), SequenceMark()
+        final, mark = FinalResponseTap(exact=keep is not None), SequenceMark()
         events = relay_response_events(stream, outcome, exchange.clock, taps, final, finished, mark)
         return EventStream(events, [*exchange.ticket.raw_headers], exchange.close, mark.error_event)
 

@@ -215,6 +215,7 @@ class CompletionService:
             *(route.cache_name, parsed.stream, model, key_body, principal.name),
             meta.cache_control,
             parsed.rollout,  # a variant's answers carry the rollout's name: kept apart
+            parsed.payload,  # what the body was read from: its big integers keyed exactly
         )
         plan, lookup = self._cache.begin_lookup(model, plan)  # goes with the admission
         cost_body = parsed.body if route.generates else prompt_only(parsed.body, route)
@@ -276,7 +277,9 @@ class CompletionService:
         exchange.count_in_flight()
         pair = None
         if parsed.rollout is not None and self._shadows is not None:
-            copy = self._shadows.copy(parsed.rollout, route.path, parsed.body, meta.request_id)
+            copy = self._shadows.copy(
+                parsed.rollout, route.path, parsed.body, meta.request_id, parsed.payload
+            )
             exchange.shadow = copy  # sent once this request has ended (Exchange.close)
             pair = copy.pair if copy is not None else None
         if parsed.stream:

@@ -26,6 +26,7 @@ from gateway.cache.entry import (
     usage_event_span,
     with_fingerprint,
 )
+from gateway.protocol.exact_json import encoded_exactly
 from gateway.ratelimit.cost import believable
 
 _USAGE = b'"usage"'
@@ -77,14 +78,16 @@ def usage_of(body: bytes) -> Any:
     return parsed.get("usage") if isinstance(parsed, dict) else None
 
 
-def with_usage_requested(body: dict[str, Any]) -> bytes:
+def with_usage_requested(body: dict[str, Any], source: bytes = b"") -> bytes:
     """The request re-encoded so that a stream ends with a usage event (and only there:
-    a ``continuous_usage_stats`` the client set without usage stays without effect)."""
+    a ``continuous_usage_stats`` the client set without usage stays without effect).
+    ``source``: the bytes ``body`` was read from (its integers beyond 64 bits stay
+    exact, :func:`encoded_exactly`)."""
     options = body.get("stream_options")
     merged = (options if isinstance(options, dict) else {}) | {"include_usage": True}
     if "continuous_usage_stats" in merged:
         merged["continuous_usage_stats"] = False
-    return orjson.dumps(body | {"stream_options": merged})
+    return encoded_exactly(body | {"stream_options": merged}, source)
 
 
 def client_wants_usage(body: dict[str, Any]) -> bool:

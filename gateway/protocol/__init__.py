@@ -1,4 +1,5 @@
-"""OpenAI wire models (pydantic only; imports nothing else of ours)."""
+"""OpenAI wire models (pydantic only; imports nothing else of ours), and the exact
+reading of a JSON body's big integers (:mod:`gateway.protocol.exact_json`, orjson)."""
 
 from gateway.protocol.requests import (
     NORMALIZED_FIELDS,

@@ -4,7 +4,7 @@ The gateway validates only what it acts on (``model``, ``input``, ``stream``,
 ``store``, ``background``, ``previous_response_id``, ``instructions``,
 ``max_output_tokens``), and ``seed`` within 64 bits as chat does; every other field
 passes to the engine, which judges it, integers beyond 64 bits exactly as written
-(:mod:`gateway.responses.exact_json`).
+(:mod:`gateway.protocol.exact_json`).
 
 A follow-up (``previous_response_id``) is expanded here: the engine gets the whole
 conversation as ``input`` (the previous response's input items, then its output
@@ -29,7 +29,7 @@ import orjson
 
 from gateway.config.sections import MAX_MESSAGES
 from gateway.errors import GatewayError, InvalidRequestError, NotFoundError
-from gateway.responses.exact_json import is_beyond_64_bits
+from gateway.protocol.exact_json import is_beyond_64_bits
 from gateway.responses.store import StoredResponse
 
 MAX_ITEMS = MAX_MESSAGES

@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 import orjson
 
-from gateway.responses.exact_json import with_exact_integers
+from gateway.protocol.exact_json import with_exact_integers
 
 
 @dataclass(frozen=True, slots=True)

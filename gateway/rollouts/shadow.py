@@ -32,12 +32,11 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
-import orjson
-
 from gateway.config.priority import TIERS
 from gateway.config.rollouts import RolloutSettings, ShadowSettings
 from gateway.errors import GatewayError
 from gateway.observability.metrics import GatewayMetrics
+from gateway.protocol.exact_json import encoded_exactly
 from gateway.rollouts.agreement import AgreementPair, answer_text, is_deterministic
 
 log = logging.getLogger("vgate.shadow")
@@ -102,19 +101,20 @@ class ShadowCopier:
         return self._in_flight.get(rollout, 0)
 
     def copy(
-        self, rollout: str, path: str, body: dict[str, Any], request_id: str
+        self, rollout: str, path: str, body: dict[str, Any], request_id: str, source: bytes = b""
     ) -> ShadowCopy | None:
         """Copy this request of ``rollout`` to its shadow, if it is drawn for one and a
         slot is free (None otherwise); the copy is sent once it is released. Never
         blocks. The slot is held from now on, so copies waiting for their primaries
-        count against ``max_concurrent`` too."""
+        count against ``max_concurrent`` too. ``source``: the bytes ``body`` was read
+        from, whose integers beyond 64 bits the copy carries exactly."""
         shadow = self._shadows.get(rollout)
         if shadow is None or self._closed or self._draw() >= shadow.share:
             return None
         if self._in_flight[rollout] >= shadow.max_concurrent:
             self._metrics.shadow_shed.labels(rollout).inc()
             return None
-        payload = self._payload(shadow.model, body)
+        payload = self._payload(shadow.model, body, source)
         pair = AgreementPair(rollout, self._metrics) if is_deterministic(body) else None
         handle = ShadowCopy(pair)
         self._in_flight[rollout] += 1
@@ -133,7 +133,7 @@ class ShadowCopier:
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
 
-    def _payload(self, model: str, body: dict[str, Any]) -> bytes:
+    def _payload(self, model: str, body: dict[str, Any], source: bytes) -> bytes:
         """The copy's body. When priority tiers reach the engines (the primary's body
         carries vLLM's ``priority``), the copy goes at the ``low`` tier or later, never
         ahead of any client's request."""
@@ -142,7 +142,7 @@ class ShadowCopier:
         priority = copy.get("priority")
         if isinstance(priority, int) and not isinstance(priority, bool):
             copy["priority"] = max(priority, TIERS["low"])
-        return orjson.dumps(copy)
+        return encoded_exactly(copy, source)
 
     async def _run(
         self,

@@ -27,10 +27,13 @@ class RecordingProxy:
     def __init__(self, upstream: str) -> None:
         self.upstream = upstream.rstrip("/")
         self.bodies: list[Any] = []
+        self.raw: list[bytes] = []
+        """Each request's body as the proxy got it, byte for byte."""
         self.url = ""
 
     async def _forward(self, request: web.Request) -> web.StreamResponse:
         raw = await request.read()
+        self.raw.append(raw)
         try:
             self.bodies.append(orjson.loads(raw) if raw else None)
         except orjson.JSONDecodeError:

@@ -114,7 +114,7 @@ def test_allowed_only_rules_restrict_third_party_or_ours(tmp_path: Path) -> None
             "gateway/config/__init__.py": "",
             "gateway/config/sections.py": "",
             "gateway/protocol/__init__.py": (
-                "from typing import Any\nimport pydantic\nimport orjson\n"
+                "from typing import Any\nimport pydantic\nimport redis\n"
             ),
         },
     )
@@ -123,5 +123,5 @@ def test_allowed_only_rules_restrict_third_party_or_ours(tmp_path: Path) -> None
 
     assert found == [
         "gateway.errors:2 imports gateway.config.sections (rule: errors-import-nothing-of-ours)",
-        "gateway.protocol:3 imports orjson (rule: protocol-is-pydantic-only)",
+        "gateway.protocol:3 imports redis (rule: protocol-imports-only-pydantic-and-orjson)",
     ]
