@@ -284,7 +284,9 @@ async def _shared_state(
         memory_keys = MemoryKeyStore() if settings.auth.admin_key is not None else None
         return MemoryLimiter(), memory_keys, entries, None, None
     link = link_to(redis.url)
-    return RedisLimiter(link), RedisKeyStore(link.client), entries, link.client.ping, link
+    limiter = RedisLimiter(link)
+    stack.push_async_callback(limiter.close)  # its release timer ends before the link
+    return limiter, RedisKeyStore(link.client), entries, link.client.ping, link
 
 
 def _engine_stop_bound_s(deployments: Sequence[Deployment]) -> float:

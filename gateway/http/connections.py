@@ -179,6 +179,10 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             self._tick = None
         cycle, answering = self.cycle, self._answering
         HttpToolsProtocol.connection_lost(self, exc)
+        # uvicorn cancels the keep-alive timer only on a clean close: after a reset
+        # it held this protocol, its transport and last request for the keep-alive
+        # timeout (75 s), ~8 KB per connection that no connection cap counts.
+        self._unset_keepalive_if_required()
         if answering is not None and answering is not cycle:
             # uvicorn tells only the newest request; the one being answered has
             # requests pipelined behind it (a connection closed for too many of them)

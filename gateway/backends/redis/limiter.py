@@ -41,7 +41,10 @@ And a request admitted in Redis that ends while Redis is unreachable cannot free
 slot then. So those slots are released (``ZREM``, nothing else) once Redis answers
 again, and a second time a second later, in case the stale call was still queued
 behind the first release (:class:`_Unsettled`); without this they would refuse the
-key's requests until their leases expire (``ratelimit.concurrency_lease_s``). Their
+key's requests until their leases expire (``ratelimit.concurrency_lease_s``). "Answers
+again" is the next call that succeeds, or a PING made each second while releases wait
+(:meth:`RedisLimiter._release_later`): a gateway that gets no more limited requests
+still releases them. Their
 token reservations stay counted for one window: erring toward the limit, and bounded.
 The same goes for a settlement whose script call failed once sent: the call may have
 stopped before it (a full Redis fails a call at its first write that needs memory,
@@ -70,7 +73,7 @@ from gateway.backends.redis.limiter_wire import (
     read_decision,
 )
 from gateway.backends.redis.link import RedisLink
-from gateway.backends.redis.resp_wire import BULK, RedisReplyError, bulk
+from gateway.backends.redis.resp_wire import BULK, STATUS, RedisReplyError, bulk
 from gateway.errors import StoreUnavailable
 from gateway.ratelimit.limits import (
     WINDOW_S,
@@ -166,6 +169,8 @@ class RedisLimiter:
         self._fallback = MemoryLimiter(window_s=window_s)
         self._lease_s = 0.0
         self._unsettled = _Unsettled()
+        self._release_timer: asyncio.TimerHandle | None = None
+        self._closed = False
 
     def admit(
         self,
@@ -201,6 +206,7 @@ class RedisLimiter:
         except StoreUnavailable:  # its slot is released once Redis answers again
             if encoded.holds_slots:
                 self._unsettled.add(request_id, encoded, time.monotonic() + self._lease_s)
+                self._release_later()
             raise
         self._settle(encoded, request_id, reserved, actual, at)
 
@@ -214,8 +220,17 @@ class RedisLimiter:
     def fallback(self) -> LimiterBackend:
         return self._fallback
 
+    @property
+    def releasing(self) -> bool:
+        """A release of failed admissions' slots is scheduled (:meth:`_release_later`)."""
+        return self._release_timer is not None
+
     async def close(self) -> None:
         """The link is shared and closed by its owner."""
+        self._closed = True
+        if self._release_timer is not None:
+            self._release_timer.cancel()
+            self._release_timer = None
         self._flush()
 
     def _settle(
@@ -283,6 +298,7 @@ class RedisLimiter:
         unsettled = self._unsettled
         if unsettled.first or unsettled.again:
             self._release(unsettled.due(time.monotonic()))
+            self._release_later()  # the second release
         try:
             self._decide(batch, reply)
         except IndexError:  # a refusal kind the script never sends
@@ -310,6 +326,46 @@ class RedisLimiter:
                 self._unsettled.add(waiter.request_id, waiter.encoded, lease_ends)
             if not waiter.future.done():
                 waiter.future.set_exception(failure)
+        self._release_later()
+
+    def _release_later(self) -> None:
+        """Release what :class:`_Unsettled` holds once Redis answers, even if nothing
+        else asks it: releases used to wait for the next rate-limit call to succeed, so
+        a gateway that got no more limited traffic (a burst's end, a replica the
+        balancer left) kept those slots taken for their whole lease, and the key's
+        other replicas refused it meanwhile (churn hunt). Every :data:`RELEASE_AGAIN_S`
+        while some wait, a PING asks whether Redis answers (a failed release of all of
+        them each time would cost far more); one timer at a time."""
+        unsettled = self._unsettled
+        if self._closed or self._release_timer is not None:
+            return
+        if not (unsettled.first or unsettled.again):
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no loop (a synchronous caller): the next reply releases
+            return
+        self._release_timer = loop.call_later(RELEASE_AGAIN_S, self._probe)
+
+    def _probe(self) -> None:
+        self._release_timer = None
+        try:
+            self._link.check()
+        except StoreUnavailable:  # resting after a failure: look again later
+            self._release_later()
+            return
+        self._link.fast.send_nowait("PING", accept=STATUS).add_done_callback(self._probed)
+
+    def _probed(self, done: asyncio.Future[Any]) -> None:
+        error = StoreUnavailable("cancelled") if done.cancelled() else done.exception()
+        if self._closed:
+            return
+        if error is not None:
+            self._link.failed(error)
+        else:
+            self._link.succeeded()
+            self._release(self._unsettled.due(time.monotonic()))
+        self._release_later()
 
     def _release(self, admissions: list[tuple[str, EncodedScopes]]) -> None:
         """Free the concurrency slots of ``admissions`` (a settlement of 0 tokens

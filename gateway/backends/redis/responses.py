@@ -27,8 +27,13 @@ and cache command behind it past their deadline. Each call has a deadline that s
 such a record, :data:`TIMEOUT_S` (5 s; connecting: ``redis.timeout_s``). A failure
 raises :class:`StoreUnavailable` (503 ``response_store_unavailable`` to a reader) but
 does not mark the shared link down: one slow record is no outage for the limiter
-and the cache. When the link already knows Redis is down (their failures), calls
-fail at once.
+and the cache. When the link already knows Redis is down (their failures), reads
+and deletes fail at once (the client may ask again); a write is tried all the same,
+within its deadline: the client already has the record's id, and the link's short
+deadline (``redis.timeout_s``) marks Redis down for a pause far shorter than this
+one (a ``CLIENT PAUSE`` of a second lost every record answered meanwhile). A Redis
+that is gone costs such an answer a refused connection or the connect timeout
+(``redis.timeout_s``); only a hung one holds it, for the deadline at most.
 """
 
 from __future__ import annotations
@@ -165,13 +170,18 @@ class RedisResponseStore:
             ttl_s * 1000,
             -1 if quota is None else quota,
         ]
-        if not await self._script(self._count, owner, args):
+        # Tried whatever the link says (see the module docstring): the client has this
+        # record's id, and a write skipped is a record lost for good.
+        keys = self._owner_keys(owner)
+        if not await bounded(self._count(keys=keys, args=args), self._timeout_s):
             return False
         try:
-            await self._call(self._client.set(self._prefix + response_id, record, ex=ttl_s))
+            await bounded(
+                self._client.set(self._prefix + response_id, record, ex=ttl_s), self._timeout_s
+            )
         except RedisReplyError:  # refused (a full Redis: OOM), so never stored
             with contextlib.suppress(StoreUnavailable):
-                await self._script(self._uncount, owner, [response_id])
+                await bounded(self._uncount(keys=keys, args=[response_id]), self._timeout_s)
             raise
         return True
 

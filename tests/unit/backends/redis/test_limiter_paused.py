@@ -88,6 +88,7 @@ async def test_slots_taken_or_kept_during_a_pause_are_released(
         assert admin.zscore(slots, "held") is None
     finally:
         admin.close()
+        await limiter.close()  # its release timer first, as the app does
         await link.close()
 
 

@@ -84,4 +84,5 @@ async def test_a_settlement_in_a_failed_call_frees_its_slot_once_redis_answers(
             await asyncio.sleep(0.02)
         assert admin.zscore(slots, "held") is None
     finally:
+        await limiter.close()  # its release timer first, as the app does
         await link.close()
