@@ -58,7 +58,9 @@ head is parsed. The check is two substring searches of each read that holds head
 bytes; an ``Upgrade`` spelt in mixed case, or split across reads, still stops the
 parser, and then the connection gets a 400 and is closed, never an empty body.
 
-Bytes that are not HTTP get uvicorn's 400 in OpenAI's error shape, not its plain text.
+Bytes that are not HTTP get uvicorn's 400 in OpenAI's error shape, not its plain text;
+when they follow requests still being answered (pipelined), those are answered first
+and the connection then closed, with no 400 the client would take for their answer.
 
 The body's size is the application's limit (``server.max_body_bytes``, counted
 as the body arrives by :func:`gateway.http.context.read_body`). Until the
@@ -242,11 +244,25 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
                 self.transport.close()
                 return
             log.debug("closing a connection: invalid HTTP")
-            self.send_400_response("Invalid HTTP request received.")
+            self._refuse_bytes("Invalid HTTP request received.")
         except httptools.HttpParserUpgrade:
             self.send_400_response(
                 "Protocol upgrades are not supported; send the request without them."
             )
+
+    def _refuse_bytes(self, message: str) -> None:
+        """A 400 for bytes that are not HTTP, and close. When they follow requests still
+        being answered (pipelined in the same read), those are answered first and the
+        connection then closed, without the 400: written at once, it reached the client
+        as the answer to the earlier request, whose own answer was then cut off."""
+        cycle = self.cycle
+        if cycle is None or cycle.response_complete or self._head_bytes == _NO_HEAD:
+            self.send_400_response(message)  # the request the bytes belong to gets it
+            return
+        cycle.keep_alive = False  # the last request answered closes the connection
+        self._head_bytes = 0  # no head is being read: no head deadline (the parser has
+        self._deadline = 0.0  # stopped; anything more the client sends is refused again)
+        self.flow.pause_reading()
 
     def _feed_chunked(self, data: bytes) -> None:
         """Feed a read of a chunked body; refuse once ``max_header_bytes`` have gone in
