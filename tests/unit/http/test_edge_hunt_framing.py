@@ -5,6 +5,10 @@ Bytes that are not HTTP, read together with a request the gateway is still answe
 it for the answer to its earlier, valid request, whose real answer was then cut off
 by the close. Now the requests before the bad bytes are answered, then the
 connection is closed.
+
+A request that waits for ``100 Continue`` before sending its body, refused before
+the body was asked for (a wrong key): the connection was kept, so the client's next
+request was read as that body and never answered. Now the refusal closes it.
 """
 
 from __future__ import annotations
@@ -12,6 +16,9 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
+
+from gateway.http.direct_cycle import direct_cycle
 from tests.unit.http.test_connections import Connection, get
 
 
@@ -72,3 +79,68 @@ async def test_bad_bytes_with_nothing_being_answered_still_get_a_400() -> None:
     assert written.count(b"HTTP/1.1 200 ") == 1
     assert written.index(b"HTTP/1.1 400 ") > written.index(b"HTTP/1.1 200 ")
     assert conn.transport.closed
+
+
+def expecting(path: str, length: int) -> bytes:
+    """A POST head asking for ``100 Continue`` before its ``length`` bytes of body."""
+    return b"POST %s HTTP/1.1\r\nhost: x\r\nexpect: 100-continue\r\ncontent-length: %d\r\n\r\n" % (
+        path.encode(),
+        length,
+    )
+
+
+async def refuse_unread(scope: Any, receive: Any, send: Any) -> None:
+    """An early refusal through ASGI messages (a FastAPI route): no body read."""
+    headers = [(b"content-length", b"2")]
+    await send({"type": "http.response.start", "status": 401, "headers": headers})
+    await send({"type": "http.response.body", "body": b"no"})
+
+
+async def refuse_unread_directly(scope: Any, receive: Any, send: Any) -> None:
+    """The same refusal written by the request's direct cycle (a completion route)."""
+    cycle = direct_cycle(scope)
+    assert cycle is not None
+    await cycle.whole(401, [], b"no")
+
+
+@pytest.mark.parametrize("app", [refuse_unread, refuse_unread_directly])
+async def test_a_refusal_before_an_expected_body_is_asked_for_closes_the_connection(
+    app: Any,
+) -> None:
+    """curl and others wait for ``100 Continue`` before a body; answered 401 without it,
+    they send their next request, which the kept connection read as the old body: the
+    client waited for an answer that never came."""
+    conn = Connection()
+    conn.protocol.app = app
+    conn.send(expecting("/refused", 60))
+    await conn.settle()
+    written = conn.transport.written
+    assert written.startswith(b"HTTP/1.1 401 ") and b"100 Continue" not in written
+    assert b"connection: close\r\n" in written and conn.transport.closed
+
+
+@pytest.mark.parametrize("app", [refuse_unread, refuse_unread_directly])
+async def test_a_refusal_after_the_whole_expected_body_came_keeps_the_connection(
+    app: Any,
+) -> None:
+    """The client sent its body without waiting: nothing is in doubt, the connection serves on."""
+    conn = Connection()
+    conn.protocol.app = app
+    conn.send(expecting("/refused", 2) + b"{}")
+    await conn.settle()
+    conn.send(expecting("/again", 0))
+    await conn.settle()
+    written = conn.transport.written
+    assert written.count(b"HTTP/1.1 401 ") == 2 and b"connection: close" not in written
+    assert not conn.transport.closed
+
+
+async def test_an_expected_body_asked_for_and_read_keeps_the_connection() -> None:
+    conn = Connection()
+    conn.send(expecting("/read", 2))
+    await conn.settle()
+    assert conn.transport.written == b"HTTP/1.1 100 Continue\r\n\r\n"
+    conn.send(b"{}")
+    await conn.settle()
+    assert conn.app.bodies == [b"{}"] and b"HTTP/1.1 200 " in conn.transport.written
+    assert b"connection: close" not in conn.transport.written and not conn.transport.closed
