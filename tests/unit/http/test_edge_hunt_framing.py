@@ -9,6 +9,9 @@ connection is closed.
 A request that waits for ``100 Continue`` before sending its body, refused before
 the body was asked for (a wrong key): the connection was kept, so the client's next
 request was read as that body and never answered. Now the refusal closes it.
+
+``content-length: 81 `` (whitespace after the value, which is not part of it): llhttp
+reads the body by it, but the completion routes refused the request with a 400.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from gateway.http.context import completion_headers, read_body
 from gateway.http.direct_cycle import direct_cycle
 from tests.unit.http.test_connections import Connection, get
 
@@ -144,3 +148,24 @@ async def test_an_expected_body_asked_for_and_read_keeps_the_connection() -> Non
     await conn.settle()
     assert conn.app.bodies == [b"{}"] and b"HTTP/1.1 200 " in conn.transport.written
     assert b"connection: close" not in conn.transport.written and not conn.transport.closed
+
+
+@pytest.mark.parametrize("padding", [b" ", b"\t", b" \t "])
+async def test_a_content_length_with_whitespace_after_it_is_read(padding: bytes) -> None:
+    """RFC 9110 5.5: whitespace around a field's value is not part of it. llhttp takes
+    ``content-length: 2 `` (and reads two bytes of body), but hands the value on with
+    its trailing whitespace, and the completion routes refused it: 400 "invalid
+    Content-Length header" for a valid request."""
+    read: list[bytes] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        declared = completion_headers(scope["headers"]).content_length
+        read.append(await read_body(receive, 1024, declared))
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    conn = Connection()
+    conn.protocol.app = app
+    conn.send(b"POST /p HTTP/1.1\r\nhost: x\r\ncontent-length: 2%s\r\n\r\n{}" % padding)
+    await conn.settle()
+    assert read == [b"{}"] and conn.transport.written.startswith(b"HTTP/1.1 204 ")
