@@ -195,9 +195,12 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         HttpToolsProtocol._start_asgi_task(self, cycle, app)
 
     def shutdown(self) -> None:
-        """Graceful shutdown begins: mark the answer in progress (shutdown_cut.py)."""
-        if type(self._answering) is DirectCycle:
-            self._answering.closing = True
+        """Graceful shutdown begins: mark the answer in progress, and those of requests
+        pipelined behind it, which uvicorn still starts (shutdown_cut.py). (A request
+        that arrives later never starts: the newest one now closes the connection.)"""
+        for cycle in (self._answering, *[waiting for waiting, _ in self.pipeline]):
+            if type(cycle) is DirectCycle:
+                cycle.closing = True
         HttpToolsProtocol.shutdown(self)
 
     def data_received(self, data: bytes) -> None:

@@ -12,6 +12,10 @@ request was read as that body and never answered. Now the refusal closes it.
 
 ``content-length: 81 `` (whitespace after the value, which is not part of it): llhttp
 reads the body by it, but the completion routes refused the request with a 400.
+
+Requests pipelined before a graceful shutdown began are run after it; one still
+running at the shutdown deadline got uvicorn's plain-text 500 and a traceback, not
+the 503 ``shutting_down`` the request being answered then gets.
 """
 
 from __future__ import annotations
@@ -21,8 +25,10 @@ from typing import Any
 
 import pytest
 
+from gateway.http.client_watch import ClientWatch
 from gateway.http.context import completion_headers, read_body
 from gateway.http.direct_cycle import direct_cycle
+from gateway.http.hot_routes import Endpoint
 from tests.unit.http.test_connections import Connection, get
 
 
@@ -169,3 +175,33 @@ async def test_a_content_length_with_whitespace_after_it_is_read(padding: bytes)
     conn.send(b"POST /p HTTP/1.1\r\nhost: x\r\ncontent-length: 2%s\r\n\r\n{}" % padding)
     await conn.settle()
     assert read == [b"{}"] and conn.transport.written.startswith(b"HTTP/1.1 204 ")
+
+
+async def test_a_request_pipelined_before_the_shutdown_is_cut_off_in_openai_shape() -> None:
+    """uvicorn starts requests that were waiting (pipelined) when its graceful shutdown
+    began; only the one being answered then was marked, so one of those still running
+    at the deadline let the cancellation out: uvicorn's plain-text 500 and a traceback."""
+    conn = Connection()
+    gate = Gate()
+
+    async def hang(scope: Any, receive: Any, watch: ClientWatch) -> Any:
+        await asyncio.Event().wait()
+
+    endpoint = Endpoint(hang)
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await (gate if scope["path"] == "/first" else endpoint)(scope, receive, send)
+
+    conn.protocol.app = app
+    conn.send(get("/first") + get("/waiting"))
+    await conn.settle()
+    conn.protocol.shutdown()  # the graceful shutdown begins
+    gate.open.set()
+    await conn.settle()  # /first answered, /waiting started (and hangs)
+    running = [task for task in conn.protocol.tasks if not task.done()]
+    assert len(running) == 1
+    running[0].cancel()  # the shutdown deadline
+    await conn.settle()
+    second = conn.transport.written.split(b"HTTP/1.1 ")[2]
+    assert second.startswith(b"503 ") and b'"code":"shutting_down"' in second
+    assert conn.transport.closed
