@@ -55,8 +55,10 @@ Protocol upgrades: the gateway serves none (no WebSocket, no ``h2c``), so an
 with its POST. llhttp would stop at such a head and skip its body (the request
 then reached the application empty), so the header's name is changed before the
 head is parsed. The check is two substring searches of each read that holds head
-bytes; an ``Upgrade`` spelt in mixed case, or split across reads, still stops the
-parser, and then the connection gets a 400 and is closed, never an empty body.
+bytes; an ``Upgrade`` spelt in mixed case, split across reads, or in a head pipelined
+behind another in the same read, still stops the parser, and then the request gets a
+400 (in its turn, after the answers before it) and the connection is closed, never an
+empty body.
 
 Bytes that are not HTTP get uvicorn's 400 in OpenAI's error shape, not its plain text;
 when they follow requests still being answered (pipelined), those are answered first
@@ -89,8 +91,8 @@ from gateway.config.sections import ServerSettings
 from gateway.errors import error_body
 from gateway.http.connection_cap import too_many_connections
 from gateway.http.direct_cycle import DirectCycle
-from gateway.http.head_rewrite import without_upgrade
-from gateway.http.pipelining import MAX_PIPELINED, PipelinedFlow, TooManyPipelined
+from gateway.http.head_rewrite import UPGRADE_REFUSED, refuse_upgrade, without_upgrade
+from gateway.http.pipelining import MAX_PIPELINED, PipelinedFlow, TooManyPipelined, refuse_in_turn
 from gateway.http.send_deadline import SendDeadline, reset
 
 log = logging.getLogger("vgate.connections")
@@ -195,9 +197,8 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         HttpToolsProtocol._start_asgi_task(self, cycle, app)
 
     def shutdown(self) -> None:
-        """Graceful shutdown begins: mark the answer in progress, and those of requests
-        pipelined behind it, which uvicorn still starts (shutdown_cut.py). (A request
-        that arrives later never starts: the newest one now closes the connection.)"""
+        """Graceful shutdown begins: mark the answers in progress and pipelined behind it
+        (uvicorn starts those; any later request never starts) for shutdown_cut.py."""
         for cycle in (self._answering, *[waiting for waiting, _ in self.pipeline]):
             if type(cycle) is DirectCycle:
                 cycle.closing = True
@@ -249,9 +250,8 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             log.debug("closing a connection: invalid HTTP")
             self._refuse_bytes("Invalid HTTP request received.")
         except httptools.HttpParserUpgrade:
-            self.send_400_response(
-                "Protocol upgrades are not supported; send the request without them."
-            )
+            if not refuse_in_turn(self.pipeline, self.cycle, cast(Any, refuse_upgrade)):
+                self.send_400_response(UPGRADE_REFUSED)
 
     def _refuse_bytes(self, message: str) -> None:
         """A 400 for bytes that are not HTTP, and close. When they follow requests still

@@ -9,6 +9,9 @@ tests/unit/http/test_edge_hunt_framing.py show on the protocol, end to end.
   once, ahead of the valid request's answer, which it stood for; now the valid
   request is answered, then the connection closed.
 - ``content-length: N `` (whitespace after the value) is a valid request, served.
+- ``upgrade: h2c`` in a request pipelined behind another in the same write (the
+  rewrite renames only a read's first head): its 400 came at once, as the first
+  request's answer; now it comes after that answer.
 """
 
 from __future__ import annotations
@@ -91,3 +94,17 @@ def test_a_content_length_with_whitespace_after_it_is_served(gateway: Gateway) -
         sock.settimeout(5)
         received = sock.recv(65536)
     assert received.startswith(b"HTTP/1.1 200 "), received[:300]
+
+
+def test_an_h2c_upgrade_pipelined_behind_a_request_gets_its_400_after_that_answer(
+    gateway: Gateway,
+) -> None:
+    h2c = (b"connection: Upgrade, HTTP2-Settings", b"upgrade: h2c", b"http2-settings: AAMAAABkAAQ")
+    with connect(gateway) as sock:
+        sock.sendall(post(KEY, COMPLETION) + post(KEY, COMPLETION, *h2c))
+        received = read_until_closed(sock)
+    first, _, second = received.partition(b"}HTTP/1.1 ")
+    assert first.startswith(b"HTTP/1.1 200 "), received[:300]
+    assert orjson.loads(first.partition(b"\r\n\r\n")[2] + b"}")["object"] == "chat.completion"
+    assert second.startswith(b"400 "), received[:600]
+    assert orjson.loads(second.partition(b"\r\n\r\n")[2])["error"]["code"] == "invalid_http_request"

@@ -13,6 +13,10 @@ request was read as that body and never answered. Now the refusal closes it.
 ``content-length: 81 `` (whitespace after the value, which is not part of it): llhttp
 reads the body by it, but the completion routes refused the request with a 400.
 
+An upgrade in a head pipelined behind another request in the same read (the rewrite
+renames only a read's first head) got its 400 at once, ahead of that request's
+answer; now it gets it in its turn.
+
 Requests pipelined before a graceful shutdown began are run after it; one still
 running at the shutdown deadline got uvicorn's plain-text 500 and a traceback, not
 the 503 ``shutting_down`` the request being answered then gets.
@@ -29,7 +33,7 @@ from gateway.http.client_watch import ClientWatch
 from gateway.http.context import completion_headers, read_body
 from gateway.http.direct_cycle import direct_cycle
 from gateway.http.hot_routes import Endpoint
-from tests.unit.http.test_connections import Connection, get
+from tests.unit.http.test_connections import Connection, error_code, get
 
 
 class Gate:
@@ -205,3 +209,30 @@ async def test_a_request_pipelined_before_the_shutdown_is_cut_off_in_openai_shap
     second = conn.transport.written.split(b"HTTP/1.1 ")[2]
     assert second.startswith(b"503 ") and b'"code":"shutting_down"' in second
     assert conn.transport.closed
+
+
+async def test_an_upgrade_pipelined_behind_a_request_gets_its_400_in_its_turn() -> None:
+    """The Upgrade rewrite renames the header only in a read's first head: a request
+    pipelined behind another in the same read, with a plain ``upgrade: h2c``, stopped
+    the parser and got its 400 at once, which the client read as the first request's
+    answer (that answer then cut off by the close)."""
+    conn = Connection()
+    gate = Gate()
+    conn.protocol.app = gate
+    upgrading = b"GET /h2c HTTP/1.1\r\nhost: x\r\nconnection: upgrade\r\nupgrade: h2c\r\n\r\n"
+    conn.send(get("/first") + upgrading)
+    await conn.settle()
+    assert conn.transport.written == b"" and not conn.transport.closed
+    gate.open.set()
+    for _ in range(2):
+        await conn.settle()
+    first, _, second = conn.transport.written.partition(b"ok")
+    assert first.startswith(b"HTTP/1.1 200 ") and second.startswith(b"HTTP/1.1 400 ")
+    assert b"connection: close\r\n" in second and error_code(second) == "invalid_http_request"
+    assert gate.paths == ["/first"] and conn.transport.closed
+
+
+async def test_an_upgrade_with_nothing_before_it_still_gets_its_400_at_once() -> None:
+    conn = Connection()
+    conn.send(b"GET /h2c HTTP/1.1\r\nhost: x\r\nConnection: UpGrade\r\nUpGrade: h2c\r\n\r\n")
+    assert conn.transport.written.startswith(b"HTTP/1.1 400 ") and conn.transport.closed
