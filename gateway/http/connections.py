@@ -75,7 +75,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from dataclasses import dataclass
 from typing import Any, cast
 
 import httptools
@@ -87,9 +86,9 @@ from uvicorn.protocols.http.httptools_impl import (
 )
 from uvicorn.server import ServerState
 
-from gateway.config.sections import ServerSettings
 from gateway.errors import error_body
 from gateway.http.connection_cap import too_many_connections
+from gateway.http.connection_limits import ConnectionLimits as ConnectionLimits
 from gateway.http.direct_cycle import DirectCycle
 from gateway.http.head_rewrite import UPGRADE_REFUSED, refuse_upgrade, without_upgrade
 from gateway.http.pipelining import MAX_PIPELINED, PipelinedFlow, TooManyPipelined, refuse_in_turn
@@ -102,27 +101,6 @@ _TICK_S = 1.0
 
 _NO_HEAD = -1
 """``_head_bytes`` from the end of a request's head to the end of its body."""
-
-
-@dataclass(frozen=True, slots=True)
-class ConnectionLimits:
-    """The ``server.*`` limits one connection works under."""
-
-    max_header_bytes: int
-    header_timeout_s: float
-    body_timeout_s: float
-    send_timeout_s: float
-    max_connections: int
-
-    @classmethod
-    def from_settings(cls, server: ServerSettings) -> ConnectionLimits:
-        return cls(
-            server.max_header_bytes,
-            server.header_timeout_s,
-            server.body_timeout_s,
-            server.send_timeout_s,
-            server.max_connections,
-        )
 
 
 def limited_protocol(limits: ConnectionLimits) -> type[asyncio.Protocol]:
