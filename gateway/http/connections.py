@@ -313,6 +313,8 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
                 self._deadline = now + self._limits.body_timeout_s
             elif self._head_bytes:  # a head has begun since the last request
                 self._deadline = now + self._limits.header_timeout_s
+            elif self.timeout_keep_alive_task is None:
+                self._bound_idle()
         elif now >= deadline:
             if self.flow.read_paused:
                 # The gateway stopped reading, not the client (flow control, or a head
@@ -325,6 +327,18 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
                 self._expire()
                 return
         self._tick = self.loop.call_later(_TICK_S, self._check_deadline)
+
+    def _bound_idle(self) -> None:
+        """Start uvicorn's keep-alive timer on a connection idle without one. An answer
+        that came before its body's end (an early refusal: a wrong key) had it armed
+        then, the body's next read cancelled it, and nothing armed it again: the
+        connection stayed open for as long as the client liked, no key needed."""
+        cycle = self.cycle
+        answered = cycle is None or cycle.response_complete
+        if answered and not self.pipeline and not self.transport.is_closing():
+            self.timeout_keep_alive_task = self.loop.call_later(
+                self.timeout_keep_alive, self.timeout_keep_alive_handler
+            )
 
     def _expire(self) -> None:
         """The head or body deadline has passed: close the connection, with a 408

@@ -12,6 +12,9 @@ tests/unit/http/test_edge_hunt_framing.py show on the protocol, end to end.
 - ``upgrade: h2c`` in a request pipelined behind another in the same write (the
   rewrite renames only a read's first head): its 400 came at once, as the first
   request's answer; now it comes after that answer.
+- A wrong key's 401 comes before the body; the body read after it left the
+  connection with no keep-alive timer: open, idle, for good. Now it is closed
+  ``keepalive_timeout_s`` after.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import pytest
 from tests.integration.conftest import STUB_MODEL, Gateway, Stub, start_gateway
 
 KEY = "sk-edge-hunt-0123456789"
+KEEPALIVE_TIMEOUT_S = 2
 COMPLETION = orjson.dumps(
     {"model": STUB_MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
 )
@@ -38,6 +42,7 @@ def gateway(stub: Stub, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ga
     config = {
         "models": [{"name": STUB_MODEL, "endpoints": [stub.url]}],
         "auth": {"enabled": True, "keys": [{"name": f"k-{uuid.uuid4().hex[:6]}", "key": KEY}]},
+        "server": {"keepalive_timeout_s": KEEPALIVE_TIMEOUT_S},
     }
     yield from start_gateway(config, Path(tmp_path_factory.mktemp("edge-hunt")))
 
@@ -108,3 +113,13 @@ def test_an_h2c_upgrade_pipelined_behind_a_request_gets_its_400_after_that_answe
     assert orjson.loads(first.partition(b"\r\n\r\n")[2] + b"}")["object"] == "chat.completion"
     assert second.startswith(b"400 "), received[:600]
     assert orjson.loads(second.partition(b"\r\n\r\n")[2])["error"]["code"] == "invalid_http_request"
+
+
+def test_a_connection_whose_body_came_after_its_401_is_closed_when_idle(gateway: Gateway) -> None:
+    with connect(gateway) as sock:
+        sock.sendall(post("sk-wrong-0123456789", b"", length=b"2"))
+        first = sock.recv(65536)  # the 401 has begun: the body comes after its answer
+        sock.sendall(b"{}")
+        sock.settimeout(KEEPALIVE_TIMEOUT_S + 6)  # the close (ticks are a second apart)
+        received = first + read_until_closed(sock)  # (a TimeoutError: never closed)
+    assert received.startswith(b"HTTP/1.1 401 ") and received.endswith(b"}}")

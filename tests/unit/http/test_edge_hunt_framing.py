@@ -236,3 +236,19 @@ async def test_an_upgrade_with_nothing_before_it_still_gets_its_400_at_once() ->
     conn = Connection()
     conn.send(b"GET /h2c HTTP/1.1\r\nhost: x\r\nConnection: UpGrade\r\nUpGrade: h2c\r\n\r\n")
     assert conn.transport.written.startswith(b"HTTP/1.1 400 ") and conn.transport.closed
+
+
+async def test_a_connection_whose_body_came_after_its_answer_is_closed_when_idle() -> None:
+    """A wrong key gets its 401 before the body; the body's bytes, read after it,
+    cancelled the keep-alive timer the answer had armed, and nothing armed it again:
+    the connection stayed open, idle, for good (one of ``max_connections``, no key)."""
+    conn = Connection(keep_alive_s=5)
+    conn.protocol.app = refuse_unread
+    conn.send(b"POST /p HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\n\r\n")
+    await conn.settle()
+    assert conn.transport.written.startswith(b"HTTP/1.1 401 ")
+    conn.send(b"{}")  # the body, after the answer
+    conn.clock.advance(4.0)
+    assert not conn.transport.closed
+    conn.clock.advance(60.0)
+    assert conn.transport.closed
