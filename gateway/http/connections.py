@@ -55,10 +55,14 @@ Protocol upgrades: the gateway serves none (no WebSocket, no ``h2c``), so an
 with its POST. llhttp would stop at such a head and skip its body (the request
 then reached the application empty), so the header's name is changed before the
 head is parsed. The check is two substring searches of each read that holds head
-bytes; an ``Upgrade`` spelt in mixed case, or split across reads, still stops the
-parser, and then the connection gets a 400 and is closed, never an empty body.
+bytes; an ``Upgrade`` spelt in mixed case, split across reads, or in a head pipelined
+behind another in the same read, still stops the parser, and then the request gets a
+400 (in its turn, after the answers before it) and the connection is closed, never an
+empty body.
 
-Bytes that are not HTTP get uvicorn's 400 in OpenAI's error shape, not its plain text.
+Bytes that are not HTTP get uvicorn's 400 in OpenAI's error shape, not its plain text;
+when they follow requests still being answered (pipelined), those are answered first
+and the connection then closed, with no 400 the client would take for their answer.
 
 The body's size is the application's limit (``server.max_body_bytes``, counted
 as the body arrives by :func:`gateway.http.context.read_body`). Until the
@@ -71,7 +75,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from dataclasses import dataclass
 from typing import Any, cast
 
 import httptools
@@ -83,12 +86,12 @@ from uvicorn.protocols.http.httptools_impl import (
 )
 from uvicorn.server import ServerState
 
-from gateway.config.sections import ServerSettings
 from gateway.errors import error_body
 from gateway.http.connection_cap import too_many_connections
+from gateway.http.connection_limits import ConnectionLimits as ConnectionLimits
 from gateway.http.direct_cycle import DirectCycle
-from gateway.http.head_rewrite import without_upgrade
-from gateway.http.pipelining import MAX_PIPELINED, PipelinedFlow, TooManyPipelined
+from gateway.http.head_rewrite import UPGRADE_REFUSED, refuse_upgrade, without_upgrade
+from gateway.http.pipelining import MAX_PIPELINED, PipelinedFlow, TooManyPipelined, refuse_in_turn
 from gateway.http.send_deadline import SendDeadline, reset
 
 log = logging.getLogger("vgate.connections")
@@ -98,27 +101,6 @@ _TICK_S = 1.0
 
 _NO_HEAD = -1
 """``_head_bytes`` from the end of a request's head to the end of its body."""
-
-
-@dataclass(frozen=True, slots=True)
-class ConnectionLimits:
-    """The ``server.*`` limits one connection works under."""
-
-    max_header_bytes: int
-    header_timeout_s: float
-    body_timeout_s: float
-    send_timeout_s: float
-    max_connections: int
-
-    @classmethod
-    def from_settings(cls, server: ServerSettings) -> ConnectionLimits:
-        return cls(
-            server.max_header_bytes,
-            server.header_timeout_s,
-            server.body_timeout_s,
-            server.send_timeout_s,
-            server.max_connections,
-        )
 
 
 def limited_protocol(limits: ConnectionLimits) -> type[asyncio.Protocol]:
@@ -197,9 +179,11 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         HttpToolsProtocol._start_asgi_task(self, cycle, app)
 
     def shutdown(self) -> None:
-        """Graceful shutdown begins: mark the answer in progress (shutdown_cut.py)."""
-        if type(self._answering) is DirectCycle:
-            self._answering.closing = True
+        """Graceful shutdown begins: mark the answers in progress and pipelined behind it
+        (uvicorn starts those; any later request never starts) for shutdown_cut.py."""
+        for cycle in (self._answering, *[waiting for waiting, _ in self.pipeline]):
+            if type(cycle) is DirectCycle:
+                cycle.closing = True
         HttpToolsProtocol.shutdown(self)
 
     def data_received(self, data: bytes) -> None:
@@ -246,11 +230,24 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
                 self.transport.close()
                 return
             log.debug("closing a connection: invalid HTTP")
-            self.send_400_response("Invalid HTTP request received.")
+            self._refuse_bytes("Invalid HTTP request received.")
         except httptools.HttpParserUpgrade:
-            self.send_400_response(
-                "Protocol upgrades are not supported; send the request without them."
-            )
+            if not refuse_in_turn(self.pipeline, self.cycle, cast(Any, refuse_upgrade)):
+                self.send_400_response(UPGRADE_REFUSED)
+
+    def _refuse_bytes(self, message: str) -> None:
+        """A 400 for bytes that are not HTTP, and close. When they follow requests still
+        being answered (pipelined in the same read), those are answered first and the
+        connection then closed, without the 400: written at once, it reached the client
+        as the answer to the earlier request, whose own answer was then cut off."""
+        cycle = self.cycle
+        if cycle is None or cycle.response_complete or self._head_bytes == _NO_HEAD:
+            self.send_400_response(message)  # the request the bytes belong to gets it
+            return
+        cycle.keep_alive = False  # the last request answered closes the connection
+        self._head_bytes = 0  # no head is being read: no head deadline (the parser has
+        self._deadline = 0.0  # stopped; anything more the client sends is refused again)
+        self.flow.pause_reading()
 
     def _feed_chunked(self, data: bytes) -> None:
         """Feed a read of a chunked body; refuse once ``max_header_bytes`` have gone in
@@ -320,6 +317,8 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
                 self._deadline = now + self._limits.body_timeout_s
             elif self._head_bytes:  # a head has begun since the last request
                 self._deadline = now + self._limits.header_timeout_s
+            elif self.timeout_keep_alive_task is None:
+                self._bound_idle()
         elif now >= deadline:
             if self.flow.read_paused:
                 # The gateway stopped reading, not the client (flow control, or a head
@@ -332,6 +331,18 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
                 self._expire()
                 return
         self._tick = self.loop.call_later(_TICK_S, self._check_deadline)
+
+    def _bound_idle(self) -> None:
+        """Start uvicorn's keep-alive timer on a connection idle without one. An answer
+        that came before its body's end (an early refusal: a wrong key) had it armed
+        then, the body's next read cancelled it, and nothing armed it again: the
+        connection stayed open for as long as the client liked, no key needed."""
+        cycle = self.cycle
+        answered = cycle is None or cycle.response_complete
+        if answered and not self.pipeline and not self.transport.is_closing():
+            self.timeout_keep_alive_task = self.loop.call_later(
+                self.timeout_keep_alive, self.timeout_keep_alive_handler
+            )
 
     def _expire(self) -> None:
         """The head or body deadline has passed: close the connection, with a 408

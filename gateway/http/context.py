@@ -90,7 +90,10 @@ async def read_body(receive: Receive, limit: int, declared: str | None) -> bytes
     gets a 400 nobody reads, never a truncated body handled as if complete."""
     if declared is not None:
         if not declared.isdigit():
-            raise InvalidRequestError("invalid Content-Length header")
+            # llhttp checked the value, but passes on whitespace after it ("81 \t")
+            declared = declared.rstrip(" \t")
+            if not declared.isdigit():
+                raise InvalidRequestError("invalid Content-Length header")
         if int(declared) > limit:
             raise _too_large(limit)
     chunks: list[bytes] = []

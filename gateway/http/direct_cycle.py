@@ -152,6 +152,8 @@ class DirectCycle(OneWriteCycle):
         if self.response_started:
             raise RuntimeError("the answer has already started")
         self.response_started = True
+        if self.waiting_for_100_continue and self.more_body:
+            self.keep_alive = False  # its body never asked for: see OneWriteCycle._send_start
         self.waiting_for_100_continue = False
         # uvicorn's check of every value (no header injection), as one search over them
         # all: a character it refuses is found wherever it is.

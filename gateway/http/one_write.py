@@ -15,6 +15,10 @@ stream's headers before its first token.
 cycle one of these (``cycle.__class__``: the subclass adds behaviour, no state
 uvicorn would not set up). Measured per non-streaming request through the
 gateway (stub engine, 64 connections): see benchmarks/RESULTS.md.
+
+It also closes the connection after an answer to a request whose client waits for
+``100 Continue`` before sending its body, when that body was never asked for (an
+early refusal): what the client sends next may be that body or its next request.
 """
 
 from __future__ import annotations
@@ -86,6 +90,12 @@ class OneWriteCycle(RequestResponseCycle):
             after.flush()
 
     async def _send_start(self, message: ASGISendEvent) -> None:
+        if self.waiting_for_100_continue and self.more_body:
+            # Answered before the body it told the client to wait for (100 Continue, sent
+            # when the body is first read): a client may then send that body or not, so
+            # what follows is either body or its next request. uvicorn kept the
+            # connection and read the next request as body: it never got an answer.
+            self.keep_alive = False  # "connection: close", and the close once answered
         transport = self.transport
         held = _HeldWrites()
         self.transport = held  # type: ignore[assignment]

@@ -13,9 +13,12 @@ past the cap, which ends the read's parse, and closes the connection.
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import Sized
 
+from uvicorn._types import ASGI3Application
 from uvicorn.protocols.http.flow_control import FlowControl
+from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
 
 MAX_PIPELINED = 64
 """Requests one connection may have waiting behind the one being answered (HTTP/1.1
@@ -50,3 +53,17 @@ class PipelinedFlow(FlowControl):
     def resume_reading(self) -> None:
         if not self._waiting:
             FlowControl.resume_reading(self)
+
+
+def refuse_in_turn(
+    pipeline: deque[tuple[RequestResponseCycle, ASGI3Application]],
+    cycle: RequestResponseCycle | None,
+    refusal: ASGI3Application,
+) -> bool:
+    """If ``cycle`` waits behind the request being answered, have ``refusal`` answer it
+    in its turn, and return True (False: it does not wait). A refusal written at once
+    would reach the client ahead of the earlier requests' answers, as the first one's."""
+    if cycle is None or not pipeline or pipeline[0][0] is not cycle:
+        return False
+    pipeline[0] = (cycle, refusal)  # (uvicorn queues the newest request on the left)
+    return True
