@@ -122,7 +122,7 @@ class EnginePool:
 
     def failed_models(self) -> frozenset[str]:
         """The models that have failed for good, of those in the pool."""
-        return self._failed & self._by_model.keys()
+        return frozenset(model for model in self._failed if model in self._by_model)
 
     def snapshot(self, model: str, exclude: Iterable[str] = ()) -> tuple[EndpointView, ...]:
         """The model's candidate engines: the healthy ones, or all if none is healthy.
