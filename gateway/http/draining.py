@@ -18,7 +18,8 @@ and ``on_second_signal`` ends managed engines' drains (SIGTERM, SIGKILL after th
 second SIGINT only, and then skipped the app's shutdown altogether: the close steps ran
 in tasks that ``asyncio.run`` was cancelling (a ``CancelledError`` traceback, engines
 left to their death signal and the guardian), and a second signal during the engines'
-drain changed nothing. Here the app's shutdown always runs, in order, only hurried.
+drain changed nothing. Here the app's shutdown always runs, in order, only hurried,
+and the process exits as after the first signal alone.
 """
 
 from __future__ import annotations
@@ -62,6 +63,10 @@ class DrainingServer(uvicorn.Server):
         super().handle_exit(sig, frame)
         if again:
             self.force_exit = True  # SIGTERM too: uvicorn forces on a second SIGINT only
+            # uvicorn raises every signal it caught again once it has served: the first
+            # is enough (a second SIGINT raised KeyboardInterrupt inside the main task,
+            # left there to be logged with a traceback when the task was collected).
+            del self._captured_signals[1:]
             if self._loop is not None:
                 self._loop.call_soon_threadsafe(self._hurry, sig)
 

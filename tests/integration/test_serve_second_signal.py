@@ -104,10 +104,14 @@ def auth() -> dict[str, str]:
 
 
 def refused(url: str) -> bool:
+    """Whether a new connection is refused (one accepted just before the listener
+    closed, then dropped, is not yet)."""
     try:
         httpx.get(url, timeout=1)
     except httpx.ConnectError:
         return True
+    except httpx.TransportError:
+        return False
     return False
 
 
