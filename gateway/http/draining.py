@@ -64,8 +64,8 @@ class DrainingServer(uvicorn.Server):
         if again:
             self.force_exit = True  # SIGTERM too: uvicorn forces on a second SIGINT only
             # uvicorn raises every signal it caught again once it has served: the first
-            # is enough (a second SIGINT raised KeyboardInterrupt inside the main task,
-            # left there to be logged with a traceback when the task was collected).
+            # is enough (a second SIGINT raised KeyboardInterrupt out of the main task
+            # itself, past asyncio's runner, which handles the first one cleanly).
             del self._captured_signals[1:]
             if self._loop is not None:
                 self._loop.call_soon_threadsafe(self._hurry, sig)
