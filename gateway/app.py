@@ -139,6 +139,7 @@ async def _start(
     )
     stack.push_async_callback(watching.stop)
 
+    supervisor: EngineSupervisor | None = None
     if any(m.engine is not None for m in settings.models):
         deployments = await asyncio.to_thread(build_deployments, settings)
         supervisor = EngineSupervisor(
@@ -240,6 +241,7 @@ async def _start(
             rollouts,
         ),
         rollout_control=control,
+        skip_engine_drains=None if supervisor is None else supervisor.skip_drains,
     )
 
 

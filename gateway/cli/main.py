@@ -34,7 +34,7 @@ from gateway.config.settings import (
     with_overrides,
 )
 from gateway.http.connections import ConnectionLimits, limited_protocol
-from gateway.http.draining import DrainingServer, readiness_drain
+from gateway.http.draining import DrainingServer, engines_now, readiness_drain
 from gateway.http.listener import taken
 from gateway.native import install as install_native
 from gateway.observability.logs import configure_logging, uvicorn_log_config
@@ -167,7 +167,7 @@ def run_gateway(settings: Settings, on_engines_ready: Callable[[], None] | None 
     size_young_generation()  # (workers > 1: each worker, in app_from_environment)
     app = create_app(settings, on_engines_ready)
     config.app, config.factory = app, False
-    serving = DrainingServer(config, readiness_drain(app))
+    serving = DrainingServer(config, readiness_drain(app), engines_now(app))
     with contextlib.suppress(KeyboardInterrupt):
         serving.run()
     if not serving.started:  # what uvicorn.run does for one worker

@@ -184,6 +184,27 @@ class NoEngineAvailableError(GatewayError):
     code = "engine_unavailable"
 
 
+class ModelUnavailableError(GatewayError):
+    """Every engine of the model has failed for good (503): its supervisor will not
+    restart them (restart budget spent, or a start that cannot succeed). Permanent until
+    an operator acts, so it carries no ``Retry-After`` and tells the SDKs not to retry
+    (``x-should-retry: false``): ``engine_unavailable``'s one second invited retries
+    that could never succeed."""
+
+    status = 503
+    error_type = "service_unavailable"
+    code = "model_unavailable"
+
+    def __init__(self, model: str) -> None:
+        super().__init__(
+            f"Every engine of model `{model}` has failed and will not be restarted "
+            "(restart budget spent, or a start that cannot succeed): retrying cannot "
+            "help until an operator restarts them.",
+            param="model",
+            headers=dict(NO_RETRY),
+        )
+
+
 class OverloadedError(GatewayError):
     """Every engine of the model is saturated and the gateway's wait ran out (503)."""
 

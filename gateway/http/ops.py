@@ -33,8 +33,8 @@ async def health(request: Request) -> Response:
 async def ready_status(request: Request) -> Response:
     """Readiness for load balancers and probes: ``{"status": "ready"}`` when the gateway
     itself can serve (:mod:`gateway.pool.readiness`: Redis reachable when configured, the
-    rate limiter not failing closed, at least one engine known; engine health does not
-    count), else 503
+    rate limiter not failing closed, at least one engine known, not every model failed
+    for good; engine health does not count), else 503
     ``{"status": "unavailable"}`` (``{"status": "draining"}`` once the graceful shutdown
     has begun); nothing more."""
     report = await app_state(request).readiness.check()
@@ -47,8 +47,9 @@ async def ready_detail(request: Request) -> Response:
     """Readiness with the detail an operator needs: the same status and code as
     :func:`ready_status`, what it was decided on (``redis``: reachable, unreachable or
     not configured; ``rate_limiter``: ok, or refusing while it fails closed on every
-    request; ``known_engines``), and per model each engine's health (by display
-    URL), which is reported, not judged.
+    request; ``known_engines``; ``failed_models``: those whose every engine has failed
+    for good, judged only when that is every model), and per model each engine's
+    health (by display URL), which is reported, not judged.
 
     The detail also shows each background task (``background``: name →
     ``last_success_age_s``, null before its first success, consecutive
@@ -71,6 +72,7 @@ async def ready_detail(request: Request) -> Response:
         "known_engines": report.known_engines,
         "rate_limiter": report.rate_limiter,
         "engines": state.pool.health(),
+        "failed_models": list(report.failed_models),
         "background": background,
     }
     return Response(orjson.dumps(body), 200 if report.ready else 503, media_type=JSON)

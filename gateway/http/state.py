@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -118,6 +118,9 @@ class AppState:
     """The Responses API (None: not served)."""
     rollout_control: RolloutController | None = None
     """The rollout controller behind ``/admin/rollouts`` (None: no ``rollouts:``)."""
+    skip_engine_drains: Callable[[], None] | None = None
+    """Ends the managed engines' drains at once (a second stop signal); None: this
+    gateway launches no engines."""
     catalog: ModelCatalog = field(init=False)
     status: StatusFeed = field(init=False)
     """The live status page's snapshots (``/status``)."""

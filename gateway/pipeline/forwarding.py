@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from gateway.config.priority import DEFAULT_PRIORITY
 from gateway.errors import (
     GatewayError,
+    ModelUnavailableError,
     NoEngineAvailableError,
     OverloadedError,
     UpstreamError,
@@ -326,9 +327,13 @@ class Forwarder:
         """The engine's short id, only when the request is followed (else unused)."""
         return self._pool.engine_id(url) if exchange.watch is not None else None
 
-    def _unavailable(self, model: str) -> NoEngineAvailableError:
+    def _unavailable(self, model: str) -> GatewayError:
         """503 with ``Retry-After``: when an engine may be tried again (an open breaker
-        stays open for ``upstream.breaker_cooldown_s``; retrying sooner cannot help)."""
+        stays open for ``upstream.breaker_cooldown_s``; retrying sooner cannot help);
+        503 ``model_unavailable`` without one when every engine of the model has failed
+        for good (read here, off the path of a request that an engine answers)."""
+        if self._pool.failed_for_good(model):
+            return ModelUnavailableError(model)
         return NoEngineAvailableError(
             f"no engine for model `{model}` could be reached",
             headers=retry_after(self._pool.retry_in(model)),

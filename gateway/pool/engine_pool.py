@@ -86,6 +86,7 @@ class EnginePool:
         self._by_model: dict[str, tuple[str, ...]] = {}
         self.credentials = EngineCredentials()
         """The key each engine demands (kept by the registry watcher)."""
+        self._failed: frozenset[str] = frozenset()
         for model, urls in endpoints_by_model.items():
             self.set_endpoints(model, urls)
 
@@ -110,6 +111,18 @@ class EnginePool:
     def remove_model(self, model: str) -> None:
         self._by_model.pop(model, None)
         self._forget_orphans()
+
+    def set_failed(self, models: Iterable[str]) -> None:
+        """The models every engine of which has failed for good (kept by the registry
+        watcher): no engine in the pool, and none that will come back."""
+        self._failed = frozenset(models)
+
+    def failed_for_good(self, model: str) -> bool:
+        return model in self._failed
+
+    def failed_models(self) -> frozenset[str]:
+        """The models that have failed for good, of those in the pool."""
+        return frozenset(model for model in self._failed if model in self._by_model)
 
     def snapshot(self, model: str, exclude: Iterable[str] = ()) -> tuple[EndpointView, ...]:
         """The model's candidate engines: the healthy ones, or all if none is healthy.

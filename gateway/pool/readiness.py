@@ -15,14 +15,20 @@ A gateway is ready when
   gateway ready again). Under ``local`` and ``fail_open`` requests are served while
   Redis fails, so the limiter is not part of readiness, and
 * at least one engine is *known*: configured by URL, or in the registry in any
-  state but ``stopped`` (starting, restarting, draining and failed engines count).
+  state but ``stopped`` (starting, restarting, draining and failed engines count), and
+* not every model it serves has failed for good (:meth:`EnginePool.failed_models`:
+  each of its engines failed, none will be restarted). One dead model of two leaves a
+  gateway that serves the other; with every model dead it can only refuse, for good,
+  so it leaves the load balancer's rotation and a rolling update that brought broken
+  engines stalls instead of replacing gateways that worked.
 
 and it is not draining: from the moment the process begins its graceful shutdown
 (:meth:`Readiness.begin_drain`, called by the server when it stops accepting) it is
 not ready, for good, so that orchestrators and load balancers stop routing to it
 while the requests in progress finish (``server.shutdown_timeout_s``).
 
-Engine *health* is not part of it; it is in the operator's detail. A gateway whose
+Engine *health* is not part of it (a failure for good is not health: nothing
+will change it but an operator); it is in the operator's detail. A gateway whose
 engines are all restarting still serves cached answers, ``/v1/models`` and quick,
 well-formed errors, and every gateway sees the same engines: failing readiness on
 engine health would take every gateway out of the Service at once and turn an
@@ -60,6 +66,8 @@ class ReadinessReport:
     """The process is shutting down (:meth:`Readiness.begin_drain`): never ready again."""
     rate_limiter: LimiterState = "ok"
     """``refusing``: the limiter fails closed on every request (see the module docstring)."""
+    failed_models: tuple[str, ...] = ()
+    """The models whose every engine has failed for good, sorted."""
 
 
 class Readiness:
@@ -102,8 +110,16 @@ class Readiness:
         if self._refusing is not None and self._refusing():
             accepted = self._write is not None and await self._write.passes()
             limiter = "ok" if accepted else "refusing"
-        ready = known > 0 and redis != "unreachable" and limiter == "ok" and not self._draining
-        return ReadinessReport(ready, redis, known, self._draining, limiter)
+        failed = self._pool.failed_models()
+        all_failed = bool(failed) and len(failed) == len(self._pool.models())
+        ready = (
+            known > 0
+            and redis != "unreachable"
+            and limiter == "ok"
+            and not all_failed
+            and not self._draining
+        )
+        return ReadinessReport(ready, redis, known, self._draining, limiter, tuple(sorted(failed)))
 
 
 class CachedCheck:

@@ -103,6 +103,7 @@ class RegistryWatcher:
         }
         pool.credentials.replace(self._static_keys)  # before any read: Redis may be down
         self._outage = RepeatedLog(log)
+        self._failed: set[str] = set()
         self.unrouted = 0
         """Engines the registry held at the last read that are not in the pool: not
         routable now (starting, restarting, draining, failed) but not stopped either.
@@ -126,6 +127,29 @@ class RegistryWatcher:
         for record in records:
             self._pool.set_restarts(record.url, record.restarts)
         self.unrouted = sum(1 for r in records if not r.routable and r.state != "stopped")
+        self._mark_failed(records)
+
+    def _mark_failed(self, records: Sequence[EngineRecord]) -> None:
+        """Tell the pool which models have failed for good: no configured endpoint and
+        every engine the registry holds for it (at least one, of any supervisor)
+        ``failed``. Logged once when a model fails, and once if it comes back."""
+        states: dict[str, set[str]] = {}
+        for record in records:
+            states.setdefault(self._aliases.get(record.model, record.model), set()).add(
+                record.state
+            )
+        failed = {
+            model
+            for model, seen in states.items()
+            if seen == {"failed"} and not self._static.get(model)
+        }
+        for model in sorted(failed - self._failed):
+            log.error("model %s: every engine has failed for good; its requests get 503 "
+                      "model_unavailable until its engines are restarted", model)  # fmt: skip
+        for model in sorted(self._failed - failed):
+            log.warning("model %s: has engines again that have not failed", model)
+        self._failed = failed
+        self._pool.set_failed(failed)
 
     def _credentials(self, records: Sequence[EngineRecord]) -> dict[str, str]:
         keys = dict(self._static_keys)

@@ -151,9 +151,11 @@ def test_without_a_listener_operator_routes_need_the_admin_key(keyed: Gateway) -
         "rate_limiter",
         "known_engines",
         "engines",
+        "failed_models",
         "background",
     }
     assert (detail["redis"], detail["known_engines"]) == ("not configured", 1)
+    assert detail["failed_models"] == []
     assert httpx.get(f"{keyed.url}/health").status_code == 200
 
 
