@@ -219,7 +219,8 @@ class Exchange:
             self._give_verdict()
         self.drop_engine()
         failure = self._failure  # (no call on the usual path: answered, or the client left)
-        self.ticket.settle(None if failure is None else self._failure_charge(failure))
+        charge = None if failure is None else self._failure_charge(failure)
+        self.ticket.settle(charge)
         fill, self._fill = self._fill, None
         if fill is not None:
             fill.fail()  # no-op once it landed
@@ -230,7 +231,10 @@ class Exchange:
         self._record()
         shadow, self.shadow = self.shadow, None
         if shadow is not None:
-            shadow.release()  # the primary has ended: its copy may go now
+            if charge == 0:  # charged nothing (an engine refused it): nor is its copy
+                shadow.drop()
+            else:
+                shadow.release()  # the primary has ended: its copy may go now
         watch, self.watch = self.watch, None
         if watch is not None:
             watch.closed(self, self._failure, self.clock())

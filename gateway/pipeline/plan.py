@@ -214,13 +214,19 @@ class RequestPlanner:
         """A request to a rollout, planned for the variant chosen for it: the engine
         gets the variant's served name, the client gets the rollout's name back."""
         rollout: str = request.model
-        variant = rollouts.choose(
-            rollout,
-            user=body.get("user"),
-            session=session_id,
-            key_name=caller.name if caller is not None else None,
-            pinned=caller.variants if caller is not None else None,
-        )
+        if caller is not None and not caller.may_use(rollout):
+            # Refused right after (:func:`check_model_allowed`: 404, as for a name that
+            # does not exist). Chosen first, a rollout with every weight at 0 answered
+            # this key 503 ``engine_unavailable``: it learnt of a rollout it may not use.
+            variant = rollouts.variants(rollout)[0]
+        else:
+            variant = rollouts.choose(
+                rollout,
+                user=body.get("user"),
+                session=session_id,
+                key_name=caller.name if caller is not None else None,
+                pinned=caller.variants if caller is not None else None,
+            )
         if not self._pool.has_model(variant):
             raise ModelNotFoundError(rollout)
         rename = self._variant_renames[(rollout, variant)]

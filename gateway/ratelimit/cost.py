@@ -68,8 +68,10 @@ def request_cost(body: dict[str, Any], default_max_tokens: int) -> Cost:
     The prompt is about :data:`CHARS_PER_TOKEN` characters a token, plus a few per chat
     message, over everything the engine puts in front of the model: the messages' text
     (string contents and the ``text`` of their parts), an assistant message's
-    ``tool_calls``, ``tools`` and vLLM's ``documents`` (those two by the length of
-    their JSON), each non-text content part (image, audio, video, file: see
+    ``tool_calls``, a message's every other field but its role (an assistant's
+    ``reasoning``, ``name``, ...: :func:`_other_fields_chars`), ``tools``, vLLM's
+    ``documents`` and ``chat_template_kwargs`` (those three by the length of their
+    JSON), each non-text content part (image, audio, video, file: see
     :data:`MEDIA_PART_TOKENS`) and ``prompt``; token-id prompts count one per id, and
     ``prompt_embeds`` one per :data:`EMBEDS_CHARS_PER_TOKEN` characters. A chat body
     with only string contents costs what it always did: a few lookups, no encoding.
@@ -94,12 +96,17 @@ def request_cost(body: dict[str, Any], default_max_tokens: int) -> Cost:
                 chars += sum(_part_chars(p) for p in content if isinstance(p, dict))
             if "tool_calls" in message:
                 chars += _structured_chars(message["tool_calls"])
+            if len(message) > 2:  # more than a role and a content: one dict walk
+                chars += _other_fields_chars(message)
     tools = body.get("tools")
     if tools:
         chars += _structured_chars(tools)
     documents = body.get("documents")
     if documents:
         chars += _structured_chars(documents)
+    template_kwargs = body.get("chat_template_kwargs")
+    if template_kwargs:  # vLLM lets them override what the template gets (tools, ...)
+        chars += _json_chars(template_kwargs) if isinstance(template_kwargs, dict) else 0
     prompt = body.get("prompt")
     if isinstance(prompt, str):
         chars += len(prompt)
@@ -171,6 +178,25 @@ def _part_chars(part: dict[str, Any]) -> int:
         return len(text)
     tokens = MEDIA_PART_TOKENS + _json_chars(part) // MEDIA_CHARS_PER_TOKEN
     return tokens * CHARS_PER_TOKEN
+
+
+_PRICED_APART = frozenset({"role", "content", "tool_calls"})
+"""A chat message's fields :func:`request_cost` prices on their own (or not at all)."""
+
+
+def _other_fields_chars(message: dict[str, Any]) -> int:
+    """Characters of a chat message's fields besides its role, content and tool calls:
+    vLLM hands them to the chat template (an assistant's ``reasoning``, copied to
+    ``reasoning_content``, which Qwen3's and DeepSeek's templates render; ``name``,
+    ``tool_call_id``, ...): a string by its length, anything structured by its JSON's.
+    Unpriced, a hostile tenant sent a context's worth of ``reasoning`` as a few tokens
+    (bug hunt)."""
+    chars = 0
+    for name, value in message.items():
+        if name in _PRICED_APART or value is None:
+            continue
+        chars += len(value) if isinstance(value, str) else _json_chars(value)
+    return chars
 
 
 def _structured_chars(value: Any) -> int:

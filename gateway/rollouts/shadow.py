@@ -10,7 +10,11 @@ the copy never competes with its own primary for the gateway or an engine. The c
 * is sent non-streaming (a streamed primary included): only its text is compared;
 * goes to the engine at the ``low`` priority tier or later when tiers are on;
 * is never cached and never charged to the caller's key (it bypasses admission and
-  the cache entirely; the engine's own load gate still applies to it);
+  the cache entirely; the engine's own load gate still applies to it), so it is not
+  sent at all when its primary was charged nothing (an engine refused it, a 400 say,
+  or none could take it: :meth:`ShadowCopy.drop`). Sent, a tenant whose requests the
+  primary's engine refuses and the shadow's serves (a prompt beyond one's context
+  but within the other's) had the shadow generate for it, again and again, for free;
 * is bounded: at most ``shadow.max_concurrent`` copies per rollout are in flight, and
   a copy beyond that is shed (``vgate_shadow_shed_total``), never waited for, so a slow
   shadow model cannot hold memory or slow the primaries;
@@ -55,14 +59,21 @@ class ShadowCopy:
     """A drawn copy waiting for its primary to end. ``pair`` takes the primary's text
     when the two are compared (a deterministic request), else it is None."""
 
-    __slots__ = ("_released", "pair")
+    __slots__ = ("_released", "dropped", "pair")
 
     def __init__(self, pair: AgreementPair | None) -> None:
         self.pair = pair
+        self.dropped = False
         self._released = asyncio.Event()
 
     def release(self) -> None:
         """The primary has ended: send the copy now (idempotent)."""
+        self._released.set()
+
+    def drop(self) -> None:
+        """The primary has ended charged nothing (an engine refused it, or none could
+        take it): the copy is not sent, and its slot frees at once."""
+        self.dropped = True
         self._released.set()
 
     async def released(self) -> None:
@@ -158,6 +169,8 @@ class ShadowCopier:
         started = self._clock()
         try:
             await handle.released()
+            if handle.dropped:
+                return  # not sent: counted nowhere (its slot is freed below)
             started = self._clock()
             answer = await self._send(model, path, payload, request_id)
             status = 200

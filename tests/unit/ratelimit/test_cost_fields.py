@@ -187,3 +187,23 @@ def test_responses_image_and_file_parts_count() -> None:
     output = [{"type": "input_text", "text": "w" * 4_000}]
     returned = {"type": "function_call_output", "call_id": "c", "output": output}
     assert responses_cost({"input": [returned]}).prompt >= 4_000 // 4
+
+
+@pytest.mark.parametrize("field", ["reasoning", "reasoning_content", "name", "tool_call_id"])
+def test_a_messages_other_fields_count_like_content(field: str) -> None:
+    """vLLM hands a message's other fields to the chat template (an assistant's
+    ``reasoning`` is rendered by reasoning models' templates): priced as its content."""
+    plain = cost({"messages": [USER, {"role": "assistant", "content": ""}]}).prompt
+    extra = {"role": "assistant", "content": "", field: DESCRIPTION}
+    assert cost({"messages": [USER, extra]}).prompt - plain == len(DESCRIPTION) // 4
+
+
+def test_chat_template_kwargs_count_by_their_json() -> None:
+    kwargs = {"tools": [tool()], "enable_thinking": False}
+    plain = cost({"messages": [USER]}).prompt
+    priced = cost({"messages": [USER], "chat_template_kwargs": kwargs}).prompt
+    assert priced - plain >= len(orjson.dumps(kwargs)) // 4
+
+
+def test_a_role_and_content_message_costs_what_it_did() -> None:
+    assert cost({"messages": [USER]}).prompt == -(-(16 + len("hi")) // 4)

@@ -120,3 +120,20 @@ async def test_a_copy_waiting_for_its_primary_is_cancelled_at_shutdown() -> None
     await asyncio.wait_for(copier.close(), 1)
     assert copier.in_flight("r") == 0
     assert engine.sent == []
+
+
+async def test_a_dropped_copy_is_never_sent_and_frees_its_place() -> None:
+    """A primary charged nothing (its engine refused it) drops its copy: a copy sent
+    then would be generation on no key's budget."""
+    metrics, engine = GatewayMetrics(), Engine()
+    engine.release.set()
+    copier = ShadowCopier([ROLLOUT], {}, engine, metrics, lambda: 0.0)
+    copy = copier.copy("r", "/v1/chat/completions", {}, "id")
+    assert copy is not None
+    copy.drop()
+    while copier.in_flight("r"):
+        await asyncio.sleep(0.001)
+    assert engine.sent == []
+    assert (
+        _sample(metrics, "vgate_shadow_requests_total", rollout="r", variant="s", status="200") == 0
+    )
