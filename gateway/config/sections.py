@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
@@ -189,6 +190,11 @@ class CacheSettings(_Section):
         "can evict (maxmemory + allkeys-lru) without ever evicting rate-limit counters or keys.",
     )
 
+    @field_validator("redis_url")
+    @classmethod
+    def _readable_url(cls, value: str | None) -> str | None:
+        return redis_url(value)
+
 
 class RedisSettings(_Section):
     url: str | None = Field(
@@ -204,6 +210,11 @@ class RedisSettings(_Section):
         1.0, gt=0, description="After a failure, how long Redis is treated as down before a retry."
     )
 
+    @field_validator("url")
+    @classmethod
+    def _readable_url(cls, value: str | None) -> str | None:
+        return redis_url(value)
+
 
 class KeyLimits(_Section):
     """Rate limits of one key (or of one key on one model); unset means unlimited."""
@@ -217,6 +228,26 @@ class KeyLimits(_Section):
     @property
     def limited(self) -> bool:
         return self.rpm is not None or self.tpm is not None or self.max_concurrent is not None
+
+
+REDIS_SCHEMES = ("redis", "rediss", "unix")
+
+
+def redis_url(value: str | None) -> str | None:
+    """``value`` if the Redis client can read it as a URL (``redis://``, ``rediss://``,
+    ``unix://``, a port in range); a ValueError that never repeats the URL (it may hold
+    a password) otherwise. Unchecked, a bad port stopped the gateway's start-up with a
+    traceback from inside the client."""
+    if value is None:
+        return None
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - read for its check: ValueError when out of range
+    except ValueError:
+        raise ValueError("not a Redis URL (its port or address is malformed)") from None
+    if parts.scheme not in REDIS_SCHEMES:
+        raise ValueError("a Redis URL starts with redis://, rediss:// or unix://")
+    return value
 
 
 def sendable_secret(value: str, what: str) -> str:

@@ -148,3 +148,29 @@ def test_an_empty_models_list_from_the_environment_is_refused_too(
     )
     with pytest.raises(ConfigError, match="'env-key'"):
         load_settings(_write(tmp_path, "{}"))
+
+
+@pytest.mark.parametrize(
+    ("section", "url"),
+    [
+        ("redis: {url: 'redis://:s3cret@127.0.0.1:99999/0'}", "redis.url"),
+        ("cache: {redis_url: 'redis://:s3cret@[::1/0'}", "cache.redis_url"),
+        ("redis: {url: 'http://:s3cret@127.0.0.1:6379'}", "redis.url"),
+    ],
+)
+def test_a_redis_url_the_client_cannot_read_is_a_config_error(
+    tmp_path: Path, section: str, url: str
+) -> None:
+    """A bad port (or scheme) was a traceback from inside the Redis client at start-up;
+    now a config error naming the field, never repeating the URL (it holds a password)."""
+    with pytest.raises(ConfigError) as caught:
+        load_settings(_write(tmp_path, section + "\n"))
+    assert url in str(caught.value) and "s3cret" not in str(caught.value)
+
+
+def test_redis_urls_of_every_scheme_load(tmp_path: Path) -> None:
+    text = "redis: {url: 'rediss://:pw@redis.internal:6380/1'}\n"
+    text += "cache: {redis_url: 'unix:///run/redis/redis.sock'}\n"
+    settings = load_settings(_write(tmp_path, text))
+    assert settings.redis.url == "rediss://:pw@redis.internal:6380/1"
+    assert settings.cache.redis_url == "unix:///run/redis/redis.sock"
