@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from starlette.types import Message
 
@@ -109,3 +111,36 @@ async def test_a_body_too_heavy_decoded_is_413_and_one_that_does_not_fit_now_503
     second.release()
     first.release()
     assert budget.held == 0
+
+
+@pytest.mark.parametrize("padding", [b"", b" ", b"\t", b" \t "])
+async def test_a_content_length_with_whitespace_after_it_is_metered_by_its_value(
+    padding: bytes,
+) -> None:
+    """The completion routes read ``content-length: 2 `` as 2 (llhttp hands the value on
+    with its trailing whitespace, which is not part of it); the body budget read it as
+    no length at all: a small body metered and charged as one sent chunked, and a
+    declared body that cannot fit read before it was refused."""
+    from gateway.http.request_id import RequestIdMiddleware
+
+    budget = BodyBudget(SMALL_BODY_BYTES * 4)
+    seen: list[int] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await receive()
+        seen.append(budget.held)
+
+    async def send(message: Message) -> None:
+        return None
+
+    def scope(length: int) -> dict[str, Any]:
+        headers = [(b"content-length", b"%d%s" % (length, padding))]
+        return {"type": "http", "method": "POST", "path": "/p", "headers": headers}
+
+    middleware = RequestIdMiddleware(app, budget)
+    await middleware(scope(2), receiver(json_body(b"{}")), send)
+    assert seen == [0]  # small: not metered
+    budget.held = SMALL_BODY_BYTES * 3  # others' bodies
+    with pytest.raises(OverloadedError):  # cannot fit: refused before any byte is read
+        await middleware(scope(SMALL_BODY_BYTES * 2), receiver(chunks(1)), send)
+    assert seen == [0] and budget.held == SMALL_BODY_BYTES * 3
