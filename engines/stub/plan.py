@@ -38,6 +38,10 @@ class StubConfig:
     hang: bool = False
     scheduling_policy: Literal["fcfs", "priority"] = "fcfs"
     """Accepted like vLLM's flag and shown at ``/stub/priorities``; answers keep arrival order."""
+    prompt_tokens: Literal["words", "chars"] = "words"
+    """How a text prompt's ``usage.prompt_tokens`` is counted: a token per word, or
+    (``chars``) one per character, as a real tokenizer counts crafted text (single
+    letters, CJK, emoji) or worse."""
 
 
 class RequestError(Exception):
@@ -137,6 +141,8 @@ def plan_request(config: StubConfig, body: Any, *, chat: bool) -> Plan:
         raise _injected_error(fault)
     model = _model(config, body.get("model"))
     prompt, prompt_tokens = _chat_prompt(body) if chat else _completion_prompt(body)
+    if config.prompt_tokens == "chars" and not _token_ids(body.get("prompt")):
+        prompt_tokens = len(prompt) + (_TOKENS_PER_MESSAGE * len(body["messages"]) if chat else 0)
     target = _override_int(overrides, "tokens", config.tokens)
     cap = _token_cap(body, chat)
     count = target if cap is None else min(target, cap)
@@ -334,6 +340,11 @@ def _completion_prompt(body: dict[str, Any]) -> tuple[str, int]:
         if all(isinstance(item, str) for item in prompt):
             return "\n".join(prompt), sum(len(item.split()) for item in prompt)
     raise RequestError(400, "'prompt' must be a string or an array.", param="prompt")
+
+
+def _token_ids(prompt: Any) -> bool:
+    """Whether a completions ``prompt`` is one list of token ids (counted one an id)."""
+    return isinstance(prompt, list) and bool(prompt) and isinstance(prompt[0], int)
 
 
 def _token_cap(body: dict[str, Any], chat: bool) -> int | None:

@@ -325,6 +325,12 @@ def _parser() -> argparse.ArgumentParser:
         "--lora", action="append", default=[], help="adapter NAME=BASE (repeatable)"
     )
     parser.add_argument("--scheduling-policy", choices=("fcfs", "priority"), default="fcfs")
+    parser.add_argument(
+        "--prompt-tokens",
+        choices=("words", "chars"),
+        default="words",
+        help="usage.prompt_tokens of a text prompt: a token per word, or per character",
+    )
     add_guard_flags(parser)
     add_fail_rate_flag(parser)
     return parser
@@ -343,6 +349,7 @@ def stub_main(argv: list[str] | None = None) -> int:
         drop_after=args.drop_after,
         hang=args.hang,
         scheduling_policy=args.scheduling_policy,
+        prompt_tokens=args.prompt_tokens,
     )
     serve_stub(config, args.host, args.port, with_fail_rate(args, guard_from(args)), adapters)
     return 0

@@ -44,8 +44,10 @@ from gateway.pipeline.results import (
 )
 from gateway.pipeline.usage import (
     UsageTap,
+    body_prompt_tokens,
     body_usage,
     client_wants_usage,
+    prompt_tokens,
     usage_of,
     usage_tokens,
     with_usage_requested,
@@ -136,7 +138,11 @@ class EngineAnswers:
                 tokens = body_usage(body)
         else:
             tokens = None
-        exchange.finished(tokens if wants_usage else None)
+        prompt_used = None
+        if exchange.ticket.learns:  # a prompt long enough to calibrate the estimate
+            usage = answer.get("usage") if type(answer) is dict else None
+            prompt_used = body_prompt_tokens(body) if usage is None else prompt_tokens(usage)
+        exchange.finished(tokens if wants_usage else None, prompt_used)
         if exchange.watch is not None:
             exchange.watch.usage(answer.get("usage") if type(answer) is dict else usage_of(body))
         if rollout:
@@ -191,7 +197,11 @@ class EngineAnswers:
 
         def done() -> None:
             tokens = usage.tokens if usage is not None else None
-            exchange.finished(tokens if exchange.ticket.wants_usage or fill is not None else None)
+            prompt_used = None
+            if usage is not None and exchange.ticket.learns:  # calibrates the estimate
+                prompt_used = prompt_tokens(usage.usage)
+            wanted = exchange.ticket.wants_usage or fill is not None
+            exchange.finished(tokens if wanted else None, prompt_used)
             if fill is not None:
                 fill.finish_stream(tokens)
             if watch is not None and usage is not None:

@@ -191,11 +191,12 @@ class Exchange:
 
     # -- how it ends ---------------------------------------------------------------
 
-    def finished(self, tokens: int | None) -> None:
+    def finished(self, tokens: int | None, prompt_used: int | None = None) -> None:
         """The answer is complete: settle the ticket now with ``tokens`` (None: keep
-        the reservation)."""
+        the reservation); ``prompt_used``, the engine's count of the prompt, teaches
+        the key's prompt calibration (when the ticket :attr:`~Ticket.learns`)."""
         self._answered = True
-        self.ticket.settle(tokens)
+        self.ticket.settle(tokens, prompt_used)
 
     def failed(self, error: GatewayError) -> None:
         """The request ends with ``error`` (no answer was produced): nothing is charged.

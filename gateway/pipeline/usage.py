@@ -32,6 +32,7 @@ from gateway.ratelimit.cost import believable
 _USAGE = b'"usage"'
 _TOTAL = re.compile(rb'"total_tokens"\s*:\s*(\d{1,10})(?![\d.eE])')
 """An integer count of at most 10 digits (anything else is left to the full parse)."""
+_PROMPT = re.compile(rb'"prompt_tokens"\s*:\s*(\d{1,10})(?![\d.eE])')
 
 
 def usage_tokens(usage: Any) -> int | None:
@@ -47,6 +48,23 @@ def usage_tokens(usage: Any) -> int | None:
     if prompt is None or completion is None:
         return None
     return believable(prompt + completion)
+
+
+def prompt_tokens(usage: Any) -> int | None:
+    """``prompt_tokens`` of a usage object, if it is one and a count to believe: what
+    the engine counted of the prompt, which calibrates the key's prompt estimate
+    (:mod:`gateway.ratelimit.calibration`)."""
+    return believable(usage.get("prompt_tokens")) if isinstance(usage, dict) else None
+
+
+def body_prompt_tokens(body: bytes) -> int | None:
+    """``usage.prompt_tokens`` of a non-streaming response body (None if it has none):
+    a byte search from the last ``usage`` on, as :func:`body_usage`."""
+    start = body.rfind(_USAGE)
+    if start < 0:
+        return None
+    match = _PROMPT.search(body, start)
+    return None if match is None else believable(int(match.group(1)))
 
 
 def body_usage(body: bytes) -> int | None:

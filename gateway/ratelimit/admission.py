@@ -44,16 +44,11 @@ from typing import Any
 from mypy_extensions import mypyc_attr
 
 from gateway.config.sections import RateLimitSettings
-from gateway.errors import (
-    NO_RETRY,
-    DependencyUnavailableError,
-    RateLimitError,
-    StoreUnavailable,
-)
+from gateway.errors import DependencyUnavailableError, StoreUnavailable
 from gateway.observability.metrics import GatewayMetrics
+from gateway.ratelimit.calibration import MIN_ESTIMATE, PromptCalibration, calibrated
 from gateway.ratelimit.cost import Cost, believable, request_cost, wanted_tokens
 from gateway.ratelimit.limits import (
-    NEVER,
     Decision,
     LimiterBackend,
     Limits,
@@ -61,10 +56,10 @@ from gateway.ratelimit.limits import (
     RawHeaders,
     ScopesMemo,
     as_text,
-    format_duration,
     headline,
     retry_after_header,
 )
+from gateway.ratelimit.refusal import refusal
 
 log = logging.getLogger("vgate.ratelimit")
 
@@ -92,6 +87,8 @@ class Ticket:
         "_settled",
         "at",
         "charge",
+        "estimate",
+        "learns",
         "output_cap",
         "prompt",
         "raw_headers",
@@ -112,6 +109,7 @@ class Ticket:
         output_cap: int | None = None,
         shortened: bool = False,
         prompt: int = 0,
+        estimate: int = 0,
     ) -> None:
         self._admission = admission
         self.charge = charge
@@ -135,20 +133,28 @@ class Ticket:
         """True when a token limit applies, so the real usage must be read."""
         self.prompt = prompt
         """The prompt's share of :attr:`reserved` (what a request whose engine read
-        the prompt and wrote nothing is charged)."""
+        the prompt and wrote nothing is charged): the estimate times the key's
+        calibration factor (:mod:`gateway.ratelimit.calibration`)."""
+        self.estimate = estimate
+        """The prompt's estimate before calibration, which the engine's count of its
+        prompt tokens is compared with."""
+        self.learns = self.wants_usage and estimate >= MIN_ESTIMATE
+        """Whether the engine's prompt tokens teach the key's calibration (pass them
+        to :meth:`settle`)."""
 
     @property
     def headers(self) -> dict[str, str]:
         """:attr:`raw_headers` as text, for error answers and replays."""
         return as_text(self.raw_headers)
 
-    def settle(self, actual: object) -> None:
+    def settle(self, actual: object, prompt_used: object = None) -> None:
         """Charge ``actual`` tokens (``None``, or a count not to believe: keep the
-        reservation) and free the slot. (``object``: whatever an engine's usage said.)"""
+        reservation) and free the slot. (``object``: whatever an engine's usage said.)
+        ``prompt_used``: the engine's ``usage.prompt_tokens``, when :attr:`learns`."""
         if self._settled or self._admission is None or self.charge is None:
             return
         self._settled = True
-        self._admission.settle(self.charge, self, actual)
+        self._admission.settle(self.charge, self, actual, prompt_used)
 
 
 FREE_PASS = Ticket(None, None, "", 0, [])
@@ -160,11 +166,16 @@ _NO_COST = Cost(0, 0, 1)
 
 class Admission:
     def __init__(
-        self, backend: LimiterBackend, settings: RateLimitSettings, metrics: GatewayMetrics
+        self,
+        backend: LimiterBackend,
+        settings: RateLimitSettings,
+        metrics: GatewayMetrics,
+        calibration: PromptCalibration | None = None,
     ) -> None:
         self._backend = backend
         self._settings = settings
         self._metrics = metrics
+        self._calibration = PromptCalibration() if calibration is None else calibration
         # Request ids in the counters: unique per gateway (random prefix) and per request
         # (a counter); drawing random bytes for each one cost 2% of the gateway's CPU.
         self._id_prefix = os.urandom(6).hex()
@@ -236,12 +247,16 @@ class Admission:
             return FREE_PASS
         charge = self._charges.get(scopes)
         cost = _NO_COST
+        estimate = 0
         if charge.counts_tokens and tokens:
-            cost = (
-                request_cost(body, self._settings.default_max_tokens)
-                if cost_of is None
-                else cost_of
-            )
+            if cost_of is None:  # estimated from text: calibrated by what the key sent
+                cost = request_cost(body, self._settings.default_max_tokens)
+                estimate = cost.prompt
+                factor = self._calibration.factor(charge.key_name)
+                if factor > 1.0:
+                    cost = Cost(calibrated(estimate, factor), cost.wanted, cost.choices)
+            else:
+                cost = cost_of
         request_id = f"{self._id_prefix}{next(self._ids):x}"
         lease_s = self._settings.concurrency_lease_s
         # A future, awaited here (no coroutine layer on every request): a caller that
@@ -275,7 +290,7 @@ class Admission:
         headers = headline(charge.scopes, decision.states)
         if not decision.admitted:
             here = charge.backend is not self._backend  # the fallback's: Redis is down
-            raise self._refusal(charge.scopes, decision, cost, as_text(headers), here)
+            raise refusal(charge.scopes, decision, cost, as_text(headers), self._metrics, here)
         granted = decision.granted
         ticket = Ticket(
             self,
@@ -287,6 +302,7 @@ class Admission:
             granted if charge.counts_tokens else None,
             granted < cost.wanted,
             cost.prompt,
+            estimate,
         )
         if charge.holds_slot:
             self._leased[request_id] = weakref.ref(ticket)
@@ -313,9 +329,15 @@ class Admission:
             ) from None
         return None
 
-    def settle(self, charge: _Charge, ticket: Ticket, count: object) -> None:
+    def settle(
+        self, charge: _Charge, ticket: Ticket, count: object, prompt_used: object = None
+    ) -> None:
         # an engine's bad usage: the reservation stands
         actual = None if count is None else believable(count)
+        if prompt_used is not None and actual is not None and ticket.learns:
+            used = believable(prompt_used)
+            if used is not None:
+                self._calibration.observe(charge.key_name, ticket.estimate, used)
         if charge.holds_slot:
             self._leased.pop(ticket.request_id, None)
         charged = ticket.reserved if actual is None else actual
@@ -338,42 +360,6 @@ class Admission:
             shares = tuple(LimitScope(s.key, _share(s.limits, hint), s.owner) for s in scopes)
             local = _Charge(shares, counts_tokens, holds_slot, owner, self._local, None)
         return _Charge(tuple(scopes), counts_tokens, holds_slot, owner, self._backend, local)
-
-    def _refusal(
-        self,
-        scopes: tuple[LimitScope, ...],
-        decision: Decision,
-        cost: Cost,
-        headers: dict[str, str],
-        local: bool = False,
-    ) -> RateLimitError:
-        kind = decision.refused or "requests"
-        owner = scopes[0].owner
-        self._metrics.rate_limited.labels(owner, kind).inc()
-        limits = [s.limits for s in scopes]
-        need = cost.prompt + (cost.choices if cost.wanted else 0)
-        if kind == "tokens" and decision.retry_after_s == NEVER:
-            limit = min(lim.tpm for lim in limits if lim.tpm is not None)
-            message = (
-                f"Request too large for key '{owner}': its prompt (about {cost.prompt} tokens) "
-                f"and at least one token for each of its {cost.choices} choices need {need} "
-                f"tokens, and the limit is {limit} tokens per min. "
-                "Shorten the prompt or ask for fewer choices."
-            )
-            return RateLimitError(message, kind, headers | NO_RETRY, local=local)
-        wait = format_duration(decision.retry_after_s)
-        if kind == "concurrency":
-            limit = min(lim.max_concurrent for lim in limits if lim.max_concurrent is not None)
-            what = f"concurrent requests: limit {limit}"
-        elif kind == "tokens":
-            limit = min(lim.tpm for lim in limits if lim.tpm is not None)
-            what = f"tokens per min: limit {limit}, needed at least {need}"
-        else:
-            limit = min(lim.rpm for lim in limits if lim.rpm is not None)
-            what = f"requests per min: limit {limit}"
-        message = f"Rate limit reached for key '{owner}' on {what}. Please try again in {wait}."
-        wait_header = retry_after_header(decision.retry_after_s)
-        return RateLimitError(message, kind, headers | wait_header, local=local)
 
 
 def _undo_if_admitted(
