@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import random
+import secrets
 import shlex
 import statistics
 import sys
@@ -84,12 +85,16 @@ WORDS = tuple(
 )
 
 
-def managed_yaml(log_dir: Path, kv_gib: int) -> str:
+def managed_yaml(log_dir: Path, kv_gib: int, engine_key: str) -> str:
+    """The round-robin gateway, which launches both engines: they demand ``engine_key``
+    (a managed engine always demands a key; one of ours, so that the affinity gateway,
+    which reaches them as external engines, can send it too)."""
     return (
         f"engines: {{log_dir: {log_dir}}}\n"
         "upstream: {health_interval_s: 2, metrics_interval_s: 1}\n"
         "models:\n"
         f"  - name: {MODEL}\n"
+        f"    api_key: '{engine_key}'\n"
         "    routing: {policy: round_robin}\n"
         "    engine: {source: default, dtype: float32, max_model_len: 2048, replicas: 2,\n"
         f"             enable_prefix_caching: true, env: {{VLLM_CPU_KVCACHE_SPACE: '{kv_gib}'}},\n"
@@ -97,11 +102,12 @@ def managed_yaml(log_dir: Path, kv_gib: int) -> str:
     )
 
 
-def affinity_yaml(engines: list[str]) -> str:
+def affinity_yaml(engines: list[str], engine_key: str) -> str:
     urls = ", ".join(f"'{u}'" for u in engines)
     return (
         "upstream: {metrics_interval_s: 1}\n"
         f"models:\n  - name: {MODEL}\n    endpoints: [{urls}]\n"
+        f"    api_key: '{engine_key}'\n"
         "    routing: {policy: prefix_affinity, max_imbalance: 4}\n"
     )
 
@@ -202,7 +208,8 @@ def main(argv: list[str] | None = None) -> int:
     with Processes(log_dir) as procs:
         gateways: dict[str, str] = {}
         managed = log_dir / "round_robin.yaml"
-        managed.write_text(managed_yaml(log_dir, args.kv_gib))
+        engine_key = secrets.token_hex(16)
+        managed.write_text(managed_yaml(log_dir, args.kv_gib, engine_key))
         port, admin = free_port(), free_port()
         argv = [python, "-m", "gateway", "serve", "--config", str(managed), "--port", str(port),
                 "--admin-port", str(admin)]  # fmt: skip
@@ -211,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
         print("starting two vLLM engines (a few minutes on a CPU) ...", flush=True)
         engines = engines_of(f"http://127.0.0.1:{admin}", 1500)  # the operator listener
         affinity = log_dir / "prefix_affinity.yaml"
-        affinity.write_text(affinity_yaml(engines))
+        affinity.write_text(affinity_yaml(engines, engine_key))
         port = free_port()
         argv = [python, "-m", "gateway", "serve", "--config", str(affinity), "--port", str(port)]
         gateway = procs.start("prefix_affinity", argv, None)

@@ -21,6 +21,7 @@ drift hits both sides alike; each side's figures are the mean of its two runs.
 from __future__ import annotations
 
 import argparse
+import secrets
 import sys
 import time
 import urllib.request
@@ -38,13 +39,16 @@ MODEL = "smollm2-135m"
 PROMPT = "Write a short story about a lighthouse keeper and a storm."
 
 
-def gateway_yaml(log_dir: Path, engine_cpus: str) -> str:
+def gateway_yaml(log_dir: Path, engine_cpus: str, engine_key: str) -> str:
+    """The gateway's config: one managed engine that demands ``engine_key`` (a managed
+    engine always demands a key; one of ours, so that the direct runs can send it too)."""
     env = "" if engine_cpus == "all" else f"env: {{VLLM_CPU_OMP_THREADS_BIND: '{engine_cpus}'}},"
     return (
         f"engines: {{log_dir: {log_dir}}}\n"
         "upstream: {health_interval_s: 2}\n"
         "models:\n"
         f"  - name: {MODEL}\n"
+        f"    api_key: '{engine_key}'\n"
         f"    engine: {{source: default, dtype: float32, max_model_len: 2048, {env}\n"
         "             health: {startup_timeout_s: 1200, probe_interval_s: 600}}\n"
     )
@@ -66,9 +70,14 @@ def engine_url(gateway: str, timeout_s: float) -> str:
     raise RuntimeError(f"engine not ready after {timeout_s:.0f} s")
 
 
-def load(url: str, concurrency: int, args: argparse.Namespace, label: str) -> RunResult:
+def load_spec(
+    url: str, concurrency: int, args: argparse.Namespace, engine_key: str | None = None
+) -> LoadSpec:
+    """One run's load; ``engine_key`` for a run straight at the engine (the gateway
+    needs none: auth is off, and it sends the engine its key itself)."""
     body = chat_body(MODEL, stream=True, prompt=PROMPT, max_tokens=args.max_tokens)
-    spec = LoadSpec(
+    headers = {"Authorization": f"Bearer {engine_key}"} if engine_key else {}
+    return LoadSpec(
         url=f"{url}/v1/chat/completions",
         body=body,
         stream=True,
@@ -77,7 +86,11 @@ def load(url: str, concurrency: int, args: argparse.Namespace, label: str) -> Ru
         warmup_s=args.warmup,
         grace_s=120,
         client="aiohttp",
+        headers=headers,
     )
+
+
+def load(spec: LoadSpec, label: str) -> RunResult:
     result = run_blocking(spec, label)
     print(describe_run(result), flush=True)
     return result
@@ -126,7 +139,8 @@ def main(argv: list[str] | None = None) -> int:
         port = free_port()
         config = log_dir / "gateway.yaml"
         log_dir.mkdir(parents=True, exist_ok=True)
-        config.write_text(gateway_yaml(log_dir, args.engine_cpus))
+        engine_key = secrets.token_hex(16)
+        config.write_text(gateway_yaml(log_dir, args.engine_cpus, engine_key))
         admin = free_port()
         argv_gateway = [sys.executable, "-m", "gateway", "serve", "--config", str(config),
                         "--port", str(port), "--admin-port", str(admin)]  # fmt: skip
@@ -138,10 +152,11 @@ def main(argv: list[str] | None = None) -> int:
         engine = engine_url(f"http://127.0.0.1:{admin}", 1500)  # the operator listener
         for c in args.concurrency:
             print(f"\n== concurrency {c}", flush=True)
-            direct = [load(engine, c, args, f"direct c={c} #1")]
-            through = [load(gateway, c, args, f"gateway c={c} #1")]
-            through.append(load(gateway, c, args, f"gateway c={c} #2"))
-            direct.append(load(engine, c, args, f"direct c={c} #2"))
+            straight, via = load_spec(engine, c, args, engine_key), load_spec(gateway, c, args)
+            direct = [load(straight, f"direct c={c} #1")]
+            through = [load(via, f"gateway c={c} #1")]
+            through.append(load(via, f"gateway c={c} #2"))
+            direct.append(load(straight, f"direct c={c} #2"))
             results[c] = (direct, through)
 
     headers = ["conc", "direct tok/s", "gateway tok/s", "ratio", "TTFT p50 direct",

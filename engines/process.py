@@ -367,9 +367,17 @@ class EngineProcess:
         except OSError:
             return ""
 
-    def last_log_line(self) -> str:
-        lines = [line for line in self.log_tail(1000).splitlines() if line.strip()]
-        return lines[-1][-160:] if lines else "(no output yet)"
+    def last_log_line(self, width: int = 160) -> str:
+        """The engine's latest line of output since this start, for the warm-up note: a
+        long line keeps its head (vLLM's process, level and time come first) and is cut at
+        its end; vgate's own start line (the command) is not the engine's output."""
+        current = self.log_tail(4000).rsplit(START_MARKER, 1)
+        output = current[1].partition("\n")[2] if len(current) > 1 else current[0]
+        lines = [line.strip() for line in output.splitlines() if line.strip()]
+        if not lines:
+            return "(no output yet)"
+        line = lines[-1]
+        return line if len(line) <= width else line[: width - 3] + "..."
 
     def _signal_group(self, signum: int) -> None:
         if self._popen is None:
