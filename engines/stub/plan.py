@@ -327,10 +327,8 @@ def _message_text(message: Any) -> str:
 
 
 def _completion_prompt(body: dict[str, Any]) -> tuple[str, int]:
-    """The prompt as text (a list is joined) and its token count.
-
-    A string counts whitespace-separated words; a list of token ids counts ids.
-    """
+    """The prompt as text (a list is joined) and its token count: a string's
+    whitespace-separated words, a list of token ids' ids."""
     prompt = body.get("prompt")
     if isinstance(prompt, str):
         return prompt, len(prompt.split())

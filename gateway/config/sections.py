@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from datetime import datetime
 from typing import Literal
-from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
@@ -21,6 +20,7 @@ from pydantic import (
 )
 
 from gateway.config.priority import DEFAULT_PRIORITY, parse_priority
+from gateway.config.values import redis_url, sendable_secret
 
 MAX_MESSAGES = 4096
 """``server.max_messages``' default (the Responses API's item cap defaults to it too)."""
@@ -228,38 +228,6 @@ class KeyLimits(_Section):
     @property
     def limited(self) -> bool:
         return self.rpm is not None or self.tpm is not None or self.max_concurrent is not None
-
-
-REDIS_SCHEMES = ("redis", "rediss", "unix")
-
-
-def redis_url(value: str | None) -> str | None:
-    """``value`` if the Redis client can read it as a URL (``redis://``, ``rediss://``,
-    ``unix://``, a port in range); a ValueError that never repeats the URL (it may hold
-    a password) otherwise. Unchecked, a bad port stopped the gateway's start-up with a
-    traceback from inside the client."""
-    if value is None:
-        return None
-    try:
-        parts = urlsplit(value)
-        parts.port  # noqa: B018 - read for its check: ValueError when out of range
-    except ValueError:
-        raise ValueError("not a Redis URL (its port or address is malformed)") from None
-    if parts.scheme not in REDIS_SCHEMES:
-        raise ValueError("a Redis URL starts with redis://, rediss:// or unix://")
-    return value
-
-
-def sendable_secret(value: str, what: str) -> str:
-    """``value`` if a client can send it as ``Bearer <value>``: visible ASCII, no space
-    (header values arrive trimmed, as latin-1); anything else could never match, and
-    is most often a newline or space read along with the secret from a file."""
-    if not all("!" <= char <= "~" for char in value):
-        raise ValueError(
-            f"{what}: only visible ASCII characters, no spaces (a Bearer token cannot carry "
-            "others): a trailing newline or space read from a secret file?"
-        )
-    return value
 
 
 class StaticKey(KeyLimits):
