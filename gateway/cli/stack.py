@@ -98,7 +98,7 @@ def up(args: argparse.Namespace) -> int:
         {m.engine.source for m in settings.models if m.engine and m.engine.source in PREPARERS}
     )
     if embedded:
-        say("preparing the embedded models (first run: download + conversion, ~1 min)")
+        say("checking the embedded models (the first run downloads and converts them, ~1 min)")
         try:
             cache = settings.engines.model_cache
             for source in embedded:

@@ -52,8 +52,10 @@ VALUE_BYTES = 32
 """What one more value in an object or array costs decoded (an int is 28 bytes, plus
 its place): counted by its comma."""
 MAX_EXPANSION = 1 + (CONTAINER_BYTES + VALUE_BYTES) // 3 + 1
-"""The most :func:`decoded_bytes` gives per byte of body: every three bytes hold at most
-one container and one comma (``{},``), rounded up."""
+"""The most a body's JSON can take decoded per byte of it, by :func:`decoded_bytes`'s
+costs: every three bytes hold at most one container and one comma (``{},``), rounded
+up. (:func:`decoded_bytes` itself can say more: it counts braces and commas inside
+strings too, erring high; a string full of them takes little once decoded.)"""
 
 
 def decoded_bytes(body: bytes) -> int:

@@ -151,7 +151,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         if open_now > self._limits.max_connections:
             self.app = too_many_connections
             if open_now == self._limits.max_connections + 1:  # once per crossing of the cap
-                log.warning("over server.max_connections: new connections get 503")
+                self._limits.over_cap.crossed(self.loop.time())
         self._deadline = self.loop.time() + self._limits.header_timeout_s
         self._tick = self.loop.call_later(_TICK_S, self._check_deadline)
 

@@ -7,6 +7,7 @@ The protocol runs over a fake transport. Its clock and timers are moved by hand
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -15,6 +16,7 @@ import pytest
 from uvicorn.config import Config
 from uvicorn.server import ServerState
 
+from gateway.http.connection_limits import OverCapLog
 from gateway.http.connections import ConnectionLimits, LimitedHttpToolsProtocol
 from gateway.http.pipelining import MAX_PIPELINED
 
@@ -387,3 +389,20 @@ async def test_a_slow_client_that_takes_bytes_now_and_then_is_not_reset() -> Non
     conn.protocol.resume_writing()
     conn.clock.advance(LIMITS.send_timeout_s * 3)  # writing, not paused: no deadline
     assert not conn.transport.closed
+
+
+def test_the_over_cap_warning_is_logged_once_a_minute_with_a_count(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A client keeping the worker at its connection cap crossed it at every new
+    connection: one warning each time (a log flood); now the first, then one a minute."""
+    caplog.set_level(logging.WARNING, "vgate.connections")
+    over = OverCapLog()
+    for second in range(60):
+        over.crossed(1000.0 + second)
+    over.crossed(1061.0)
+    lines = [r.getMessage() for r in caplog.records if r.name == "vgate.connections"]
+    assert lines == [
+        "over server.max_connections: new connections get 503",
+        "over server.max_connections: new connections get 503 (59 more crossings since)",
+    ]
