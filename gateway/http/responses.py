@@ -94,6 +94,23 @@ async def input_items(request: Request) -> Response:
     return render(await service.input_items(response_id, principal, query))
 
 
+UNSUPPORTED = {
+    "input_tokens": "counting a request's input tokens",
+    "compact": "compacting a conversation",
+}
+"""OpenAI's ``POST /v1/responses/<name>`` operations this gateway does not offer."""
+
+
+async def unsupported(request: Request) -> Response:
+    """404 for an OpenAI Responses operation the gateway does not offer. Without it the
+    path matched ``/v1/responses/{response_id}`` (GET, DELETE) and answered 405, which
+    says the operation exists: the SDKs' ``NotFoundError`` is what a client can test for."""
+    name = request.url.path.rsplit("/", 1)[-1]
+    raise NotFoundError(
+        f"POST {PATH}/{name} ({UNSUPPORTED[name]}) is not supported by this gateway."
+    )
+
+
 def _cut_at_deadline(handler: Callable[[Request], Awaitable[Response]]) -> Any:
     """``handler`` as an ASGI app whose answer, still running at the shutdown deadline,
     is the 503 ``shutting_down`` JSON (:class:`CutAtDeadline`), not uvicorn's plain 500
@@ -103,6 +120,8 @@ def _cut_at_deadline(handler: Callable[[Request], Awaitable[Response]]) -> Any:
 
 
 add_endpoint(router, PATH, create)
+router.add_route(PATH + "/input_tokens", _cut_at_deadline(unsupported), methods=["POST"])
+router.add_route(PATH + "/compact", _cut_at_deadline(unsupported), methods=["POST"])
 router.add_route(PATH + "/{response_id}", _cut_at_deadline(retrieve), methods=["GET"])
 router.add_route(PATH + "/{response_id}", _cut_at_deadline(delete), methods=["DELETE"])
 router.add_route(PATH + "/{response_id}/cancel", _cut_at_deadline(cancel), methods=["POST"])

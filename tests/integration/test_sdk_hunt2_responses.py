@@ -14,7 +14,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import httpx
+import openai
 import pydantic
+import pytest
 from openai.types.responses import ResponseInputItemParam, ResponseItem
 from openai.types.responses.response_item_list import ResponseItemList
 
@@ -83,3 +86,16 @@ def test_message_parts_are_listed_with_the_fields_openai_lists(gateway: Gateway)
         as_sdk.validate_python(item)  # raised: annotations, then detail, missing
     assert listed[0]["content"] == [{"type": "output_text", "text": "Earlier.", "annotations": []}]
     assert listed[1]["content"][0]["detail"] == "auto"
+
+
+def test_responses_operations_the_gateway_lacks_are_not_found(gateway: Gateway) -> None:
+    """``input_tokens`` and ``compact`` matched ``/v1/responses/{id}`` and got 405 (the
+    operation exists, the method is wrong); a 404 is what the SDK's NotFoundError says."""
+    client = gateway.client()
+    with pytest.raises(openai.NotFoundError) as counted:
+        client.responses.input_tokens.count(model=STUB_MODEL, input="hello")
+    assert "input_tokens" in counted.value.message and "not supported" in counted.value.message
+    with pytest.raises(openai.NotFoundError):
+        client.responses.compact(model=STUB_MODEL, input="hello")
+    retrieved = httpx.get(f"{gateway.base_url}/responses/input_tokens")  # an id to look up
+    assert retrieved.status_code == 404
