@@ -70,6 +70,26 @@ def encoded_exactly(body: dict[str, Any], source: bytes) -> bytes:
     return encoded if exact is None else orjson.dumps(_restored(body, exact))
 
 
+def shows_big_float(encoded: bytes) -> bool:
+    """Whether orjson's output ``encoded`` holds a float of 1e16 or more (``e+``): the
+    only bodies in which it may have written an integer beyond 64 bits as a float, so
+    the only ones whose source is worth an exact reading (:func:`exact_reading`)."""
+    return encoded.find(b"+") >= 0 and _EXPONENT in encoded
+
+
+def exact_reading(raw: bytes) -> Any:
+    """``raw`` read with its integers beyond 64 bits as :class:`orjson.Fragment` of
+    their digits; None when it cannot hold one (no run of 19 digits) or does not read."""
+    return _exact_reading(raw)
+
+
+def restored(value: Any, exact: Any) -> Any:
+    """``value`` (orjson's reading of a source, perhaps changed since) with each float
+    that reads an integer of ``exact`` (:func:`exact_reading` of that source) beyond 64
+    bits as that integer's fragment; what was changed stays as it is."""
+    return _restored(value, exact)
+
+
 def is_beyond_64_bits(value: Any) -> bool:
     """Whether ``value`` is an integer :func:`with_exact_integers` kept as its digits."""
     return isinstance(value, orjson.Fragment)
