@@ -31,7 +31,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 import orjson
@@ -63,6 +63,7 @@ from gateway.pipeline.response_events import (
 )
 from gateway.pipeline.response_failures import told_response
 from gateway.pipeline.response_records import Keeper, Loaded, ResponseRecords
+from gateway.pipeline.response_turns import Turn, affinity_body, first_content, usage_tokens
 from gateway.pipeline.results import Answer, EventStream, Result
 from gateway.pool.engine_pool import EnginePool
 from gateway.protocol.exact_json import encoded_exactly
@@ -101,17 +102,6 @@ class NotCancellableError(InvalidRequestError):
 
     def body(self) -> bytes:
         return error_body(self.message, self.error_type, self.param, None)
-
-
-@dataclass(frozen=True, slots=True)
-class _Turn:
-    """What a create keeps of its conversation once admitted: the items encoded (the
-    decoded ones, up to ~24x a record's bytes, are dropped), their ids, and the start
-    prefix affinity keys on."""
-
-    items: bytes
-    item_ids: list[str]
-    first: Any
 
 
 class ResponsesService:
@@ -234,7 +224,7 @@ class ResponsesService:
         policy, prefix_chars = self._routing.for_model(model)
         key = None
         if policy.wants_affinity_key:
-            key = affinity_key(_affinity_body(request, turn.first), session_id, prefix_chars)
+            key = affinity_key(affinity_body(request, turn.first), session_id, prefix_chars)
         attempt = Attempt(
             model, PATH, payload, request_id, policy, key,
             key=principal.name, priority=priority, json_object=True,
@@ -264,7 +254,7 @@ class ResponsesService:
         raw: bytes,
         principal: Principal,
         asked: str,
-    ) -> _Turn:
+    ) -> Turn:
         """:meth:`_admit` of a follow-up, its previous record loaded (and counted
         against the worker's budget of decoded records) until it is admitted."""
         previous_id = request.previous_response_id or ""
@@ -281,7 +271,7 @@ class ResponsesService:
         principal: Principal,
         asked: str,
         previous: StoredResponse | None,
-    ) -> _Turn:
+    ) -> Turn:
         """The conversation the engine gets (``previous``'s, continued), admitted:
         priced by it, charged to the key for ``asked``; encoded, with its items' ids."""
         items, item_ids = conversation(previous, request, self._max_items)
@@ -295,7 +285,7 @@ class ResponsesService:
         if request.store:
             await self._records.check_quota(principal.name)
         timeline.admitted = timeline.looked_up = exchange.clock()  # no cache here: 0 ms
-        return _Turn(encoded_items(items, raw, previous), item_ids, _first(request, items))
+        return Turn(encoded_items(items, raw, previous), item_ids, first_content(request, items))
 
     async def _complete(
         self,
@@ -409,32 +399,3 @@ class ResponsesService:
     def _own(self, response_id: str, principal: Principal) -> Loaded:
         """The key's record (``async with``; None when it has none: :func:`check_found`)."""
         return self._records.loaded(response_id, principal.name, ResponseNotFoundError(response_id))
-
-
-def usage_tokens(response: dict[str, Any]) -> int | None:
-    """The tokens a response used: ``usage.total_tokens``, else input + output."""
-    usage = response.get("usage")
-    if not isinstance(usage, dict):
-        return None
-    total = usage.get("total_tokens")
-    if isinstance(total, int) and not isinstance(total, bool):
-        return total
-    given, made = usage.get("input_tokens"), usage.get("output_tokens")
-    if isinstance(given, int) and isinstance(made, int):
-        return given + made
-    return None
-
-
-def _first(request: CreateRequest, items: list[Any]) -> Any:
-    """The start every turn of the conversation shares: its instructions, else its
-    first item's content."""
-    first: Any = request.body.get("instructions")
-    if not isinstance(first, str):
-        head = items[0] if items else None
-        first = head.get("content") if isinstance(head, dict) else None
-    return first
-
-
-def _affinity_body(request: CreateRequest, first: Any) -> dict[str, Any]:
-    """What prefix affinity keys on: ``user``, else :func:`_first`."""
-    return {"user": request.body.get("user"), "messages": [{"content": first}]}

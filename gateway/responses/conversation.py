@@ -30,6 +30,7 @@ import orjson
 from gateway.config.sections import MAX_MESSAGES
 from gateway.errors import GatewayError, InvalidRequestError, NotFoundError
 from gateway.protocol.exact_json import encoded_exactly, is_beyond_64_bits
+from gateway.responses.encoding import exact_size
 from gateway.responses.store import StoredResponse
 
 MAX_ITEMS = MAX_MESSAGES
@@ -302,7 +303,7 @@ def engine_payload(
     body["request_id"] = response_id
     if cap is not None and (request.max_output_tokens is None or request.max_output_tokens > cap):
         body["max_output_tokens"] = cap
-    return orjson.dumps(body) if source is None else encoded_exactly(body, source)
+    return exact_size(orjson.dumps(body) if source is None else encoded_exactly(body, source))
 
 
 def cost_body(request: CreateRequest, items: list[Any]) -> dict[str, Any]:

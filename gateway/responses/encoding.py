@@ -30,7 +30,7 @@ def encoded_items(items: list[Any], raw: bytes, previous: StoredResponse | None)
     its source wrote it."""
     encoded = orjson.dumps(items)
     if not shows_big_float(encoded):
-        return encoded
+        return exact_size(encoded)
     before: list[Any] = []
     if previous is not None:
         exact = previous.exact()
@@ -40,7 +40,13 @@ def encoded_items(items: list[Any], raw: bytes, previous: StoredResponse | None)
     given = body.get("input") if isinstance(body, dict) else None
     if isinstance(given, list) and len(given) == len(new):
         new = given
-    return orjson.dumps(restored(items, [*before, *new]))
+    return exact_size(orjson.dumps(restored(items, [*before, *new])))
+
+
+def exact_size(encoded: bytes) -> bytes:
+    """``encoded`` (orjson's output, kept for a whole request) in a copy of its size:
+    orjson leaves its buffer as it grew it (4 MiB held for 1.1 MB written)."""
+    return memoryview(encoded).tobytes() if len(encoded) > 65536 else encoded
 
 
 def exactly_read(source: bytes, read: dict[str, Any], key: str | None = None) -> dict[str, Any]:

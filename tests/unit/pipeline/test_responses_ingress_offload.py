@@ -20,7 +20,7 @@ from tests.unit.pipeline.responses_world import KEY, MODEL, responses_world
 
 def _recording_decoder(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     threads: list[int] = []
-    decode = responses_module.decode_json_object
+    decode = responses_module.decode_json_object  # type: ignore[attr-defined]
 
     def recording(raw: bytes) -> dict[str, Any]:
         threads.append(threading.get_ident())
