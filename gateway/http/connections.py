@@ -90,6 +90,7 @@ from gateway.errors import error_body
 from gateway.http.connection_cap import too_many_connections
 from gateway.http.connection_limits import ConnectionLimits as ConnectionLimits
 from gateway.http.direct_cycle import DirectCycle
+from gateway.http.head_fields import FieldCheckingProtocol, refusal_message
 from gateway.http.head_rewrite import UPGRADE_REFUSED, refuse_upgrade, without_upgrade
 from gateway.http.pipelining import MAX_PIPELINED, PipelinedFlow, TooManyPipelined, refuse_in_turn
 from gateway.http.send_deadline import SendDeadline, reset
@@ -113,8 +114,9 @@ def limited_protocol(limits: ConnectionLimits) -> type[asyncio.Protocol]:
     return cast(type[asyncio.Protocol], functools.partial(LimitedHttpToolsProtocol, limits=limits))
 
 
-class LimitedHttpToolsProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol with the limits in the module docstring.
+class LimitedHttpToolsProtocol(FieldCheckingProtocol):
+    """uvicorn's httptools protocol with the limits in the module docstring (and the
+    head's fields checked: :mod:`gateway.http.head_fields`).
 
     State per connection: ``_head_bytes`` counts the bytes of the request head
     being read (``_NO_HEAD`` from the end of the head to the end of the body).
@@ -224,13 +226,13 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._unset_keepalive_if_required()
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserError:
+        except httptools.HttpParserError as error:
             if self._overflow:
                 log.debug("closing a connection: over %d pipelined requests", MAX_PIPELINED)
                 self.transport.close()
                 return
             log.debug("closing a connection: invalid HTTP")
-            self._refuse_bytes("Invalid HTTP request received.")
+            self._refuse_bytes(refusal_message(error))
         except httptools.HttpParserUpgrade:
             if not refuse_in_turn(self.pipeline, self.cycle, cast(Any, refuse_upgrade)):
                 self.send_400_response(UPGRADE_REFUSED)
@@ -284,6 +286,8 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._write_refusal(400, msg, "invalid_http_request")
 
     def on_headers_complete(self) -> None:
+        if self._hosts != 1 or self.expect_100_continue:
+            self.check_fields()  # raises RefusedHead: _feed refuses the head
         self._head_bytes = _NO_HEAD
         self._deadline = 0.0  # the body's starts at the next tick
         HttpToolsProtocol.on_headers_complete(self)
@@ -296,6 +300,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             cast(DirectCycle, cycle).attach(self.loop)  # and direct answers (direct_cycle.py)
 
     def on_message_complete(self) -> None:
+        self._hosts = 0  # (a Host among the trailers counts for nothing)
         self._head_bytes = 0
         self._deadline = 0.0
         self._chunked = False
