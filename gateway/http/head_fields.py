@@ -15,13 +15,26 @@ control bytes in a value: a 400 and the close), but it leaves three things to th
 - **Expect: 100-continue from an HTTP/1.0 client** (RFC 9110 §10.1.1): a server MUST
   NOT send it a ``100 Continue``; uvicorn did. The expectation is ignored.
 
+And two things llhttp lets through that the gateway refuses:
+
+- **More than** :data:`MAX_HEADER_FIELDS` **fields** (431). ``server.max_header_bytes``
+  bounds a head's bytes, not its fields: 64 KiB of ``a:b`` lines made 13,102 of them,
+  1.3 MB of Python objects held for as long as the request (1.3 GB for 1,024 such
+  requests at once, no key needed), and every reader of the headers walks them all.
+- **HTTP/0.9** (``GET /path`` and nothing else): llhttp hands it on as version 0.9, which
+  ASGI does not have, with no Host and no fields; no client of an OpenAI API sends it.
+
 A refused head raises :class:`RefusedHead` from the parser's callback, which ends the
 parse: :class:`gateway.http.connections.LimitedHttpToolsProtocol` answers it as it
 answers bytes that are not HTTP (in its turn when requests before it are still being
 answered), with the exception's message. Nothing of it reaches the application.
 
+A Host among a chunked body's trailers counts for nothing; the trailers themselves never
+reach the application (uvicorn appended them to the request's headers, which routes had
+already read, or read later).
+
 Per header this costs two comparisons more than uvicorn's own ``on_header`` (whose
-``Expect`` check it replaces); per request, one.
+``Expect`` check it replaces); per request, three comparisons and an empty list.
 """
 
 from __future__ import annotations
@@ -33,12 +46,21 @@ _HOST = b"host"
 _CONTENT_LENGTH = b"content-length"
 _EXPECT = b"expect"
 _OWS = b" \t"
+MAX_HEADER_FIELDS = 100
+"""Header fields one request head may have (Apache's ``LimitRequestFields``); the OpenAI
+SDKs send about 15."""
 INVALID_HTTP = "Invalid HTTP request received."
 """uvicorn's message for bytes that are not HTTP."""
 
 
 class RefusedHead(Exception):
-    """A request head the gateway refuses with a 400 (the message) and the close."""
+    """A request head the gateway refuses with ``status`` (and an OpenAI error with the
+    message and ``code``), then the close."""
+
+    def __init__(self, message: str, status: int = 400, code: str = "invalid_http_request"):
+        Exception.__init__(self, message)
+        self.status = status
+        self.code = code
 
 
 class FieldCheckingProtocol(HttpToolsProtocol):
@@ -60,20 +82,26 @@ class FieldCheckingProtocol(HttpToolsProtocol):
         self.headers.append((name, value))
 
     def check_fields(self) -> None:
-        """The head's checks that need its HTTP version: called only when it has no or
-        several ``Host`` fields, or asks for ``100 Continue``. Raises :class:`RefusedHead`."""
+        """The head's checks beyond counting: called only when it has no or several
+        ``Host`` fields, too many fields, or asks for ``100 Continue``. Raises
+        :class:`RefusedHead`."""
+        if len(self.headers) > MAX_HEADER_FIELDS:
+            message = f"The request has more than {MAX_HEADER_FIELDS} header fields."
+            raise RefusedHead(message, 431, "request_head_too_large")
         hosts = self._hosts
         if hosts > 1:
             raise RefusedHead("The request has more than one Host header.")
         version = self.parser.get_http_version()
         if not hosts and version == "1.1":
             raise RefusedHead("An HTTP/1.1 request must have a Host header.")
+        if version == "0.9":
+            raise RefusedHead("HTTP/0.9 is not supported; send an HTTP/1.1 request.")
         if version != "1.1":
             self.expect_100_continue = False  # an HTTP/1.0 client gets no 100 Continue
 
 
-def refusal_message(error: httptools.HttpParserError) -> str:
-    """The 400's message for a head the parser stopped at: a :class:`RefusedHead`'s own
-    (httptools links what a callback raised as the error's context), else uvicorn's."""
+def refusal(error: httptools.HttpParserError) -> RefusedHead:
+    """Why the parser stopped at a head: the :class:`RefusedHead` a callback raised
+    (httptools links it as the error's context), else bytes that are not HTTP."""
     refused = error.__context__
-    return str(refused) if type(refused) is RefusedHead else INVALID_HTTP
+    return refused if type(refused) is RefusedHead else RefusedHead(INVALID_HTTP)

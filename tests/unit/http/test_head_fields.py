@@ -10,6 +10,7 @@ from typing import Any
 import orjson
 import pytest
 
+from gateway.http.head_fields import MAX_HEADER_FIELDS
 from tests.unit.http.test_connections import Connection, error_code, get
 from tests.unit.http.test_edge_hunt_framing import Gate
 
@@ -208,3 +209,58 @@ async def test_an_http_1_1_client_expecting_100_continue_still_gets_it() -> None
     conn.send(b"POST /p HTTP/1.1\r\nhost: x\r\nexpect: 100-continue\r\ncontent-length: 2\r\n\r\n")
     await conn.settle()
     assert conn.transport.written == b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+async def test_a_head_with_too_many_fields_is_431_and_never_reaches_the_app() -> None:
+    """``server.max_header_bytes`` bounds bytes, not fields: 64 KiB of ``a:b`` lines were
+    13,102 fields, 1.3 MB of objects held per request (hostile-client hunt)."""
+    fields = b"a:b\r\n" * MAX_HEADER_FIELDS  # with host: one too many
+    conn = Connection()
+    conn.send(b"GET /p HTTP/1.1\r\nhost: x\r\n%s\r\n" % fields)
+    await conn.settle()
+    written = conn.transport.written
+    assert written.startswith(b"HTTP/1.1 431 ") and conn.transport.closed
+    assert error_code(written) == "request_head_too_large" and conn.app.paths == []
+
+
+async def test_a_head_with_as_many_fields_as_allowed_is_served() -> None:
+    fields = b"a:b\r\n" * (MAX_HEADER_FIELDS - 1)
+    conn = Connection()
+    conn.send(b"GET /p HTTP/1.1\r\nhost: x\r\n%s\r\n" % fields)
+    await conn.settle()
+    assert conn.app.paths == ["/p"] and conn.transport.written.startswith(b"HTTP/1.1 200 ")
+
+
+async def test_an_http_0_9_request_is_refused() -> None:
+    """llhttp takes ``GET /p`` as HTTP/0.9 (no version, no fields, no Host), and uvicorn
+    handed the app an ``http_version`` ASGI does not have."""
+    conn = Connection()
+    conn.send(b"GET /p\r\n\r\n")
+    await conn.settle()
+    assert "HTTP/0.9" in answered_400(conn)
+    assert conn.app.paths == []
+
+
+async def test_trailers_never_join_the_requests_headers() -> None:
+    """uvicorn appended a chunked body's trailers to the request's header list after the
+    app had started with it: a route reading a header after the body (passthrough's
+    content-type) saw one the head never had."""
+    seen: list[list[tuple[bytes, bytes]]] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        while (await receive()).get("more_body"):
+            pass
+        seen.append(list(scope["headers"]))
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    conn = Connection()
+    conn.protocol.app = app
+    conn.send(
+        b"POST /p HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n"
+        b"2\r\n{}\r\n0\r\ncontent-type: text/evil\r\nauthorization: Bearer sk-late\r\n\r\n"
+    )
+    for _ in range(3):
+        await conn.settle()
+    assert seen == [[(b"host", b"x"), (b"transfer-encoding", b"chunked")]]
+    assert conn.transport.written.startswith(b"HTTP/1.1 204 ")
