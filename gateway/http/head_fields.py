@@ -8,7 +8,8 @@ control bytes in a value: a 400 and the close), but it leaves three things to th
 - **Whitespace after a field's value.** llhttp drops it before the value, not after:
   ``Content-Length: 81 `` reached the application as ``"81 "``, and each reader of the
   length (the body budget, ``read_body``) had its own special case to strip it. The
-  length is stripped here, once, as its field is parsed.
+  length is stripped here, once, as its field is parsed. (``Expect: 100-continue ``
+  got no ``100 Continue`` at all: the client waited for it, then for its timeout.)
 - **Host** (RFC 9112 §3.2): a server MUST answer 400 to an HTTP/1.1 request without a
   ``Host`` field, and to any request with more than one. Counted as the fields are
   parsed (one integer per request), checked when the head is complete.
@@ -77,7 +78,7 @@ class FieldCheckingProtocol(HttpToolsProtocol):
             self._hosts += 1
         elif name == _CONTENT_LENGTH:
             value = value.rstrip(_OWS)  # llhttp checked the digits, and kept what follows
-        elif name == _EXPECT and value.lower() == b"100-continue":
+        elif name == _EXPECT and value.rstrip(_OWS).lower() == b"100-continue":
             self.expect_100_continue = True
         self.headers.append((name, value))
 
