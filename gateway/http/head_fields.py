@@ -34,8 +34,12 @@ A Host among a chunked body's trailers counts for nothing; the trailers themselv
 reach the application (uvicorn appended them to the request's headers, which routes had
 already read, or read later).
 
-Per header this costs two comparisons more than uvicorn's own ``on_header`` (whose
-``Expect`` check it replaces); per request, three comparisons and an empty list.
+Per header this costs a set lookup where uvicorn's own ``on_header`` (which this
+replaces) made one comparison; the lookup computes the name's hash, which bytes keep,
+so the routes' own lookups of the same names (``completion_headers``) no longer do.
+Measured on the OpenAI SDK's 16 fields, parse and the two header scans every
+completion makes: +0.1 to +0.2 µs (4.3 µs before). Per request: three comparisons and an
+empty list. No pass over the headers is added.
 """
 
 from __future__ import annotations
@@ -45,7 +49,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 _HOST = b"host"
 _CONTENT_LENGTH = b"content-length"
-_EXPECT = b"expect"
+_CHECKED = frozenset((_HOST, _CONTENT_LENGTH, b"expect"))
 _OWS = b" \t"
 MAX_HEADER_FIELDS = 100
 """Header fields one request head may have (Apache's ``LimitRequestFields``); the OpenAI
@@ -74,12 +78,13 @@ class FieldCheckingProtocol(HttpToolsProtocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         name = name.lower()
-        if name == _HOST:
-            self._hosts += 1
-        elif name == _CONTENT_LENGTH:
-            value = value.rstrip(_OWS)  # llhttp checked the digits, and kept what follows
-        elif name == _EXPECT and value.rstrip(_OWS).lower() == b"100-continue":
-            self.expect_100_continue = True
+        if name in _CHECKED:  # (one lookup: the name's hash, kept, serves later readers)
+            if name == _HOST:
+                self._hosts += 1
+            elif name == _CONTENT_LENGTH:
+                value = value.rstrip(_OWS)  # llhttp checked the digits, kept what follows
+            elif value.rstrip(_OWS).lower() == b"100-continue":  # (Expect)
+                self.expect_100_continue = True
         self.headers.append((name, value))
 
     def check_fields(self) -> None:
