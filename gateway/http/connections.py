@@ -238,12 +238,12 @@ class LimitedHttpToolsProtocol(FieldCheckingProtocol):
                 self.send_400_response(UPGRADE_REFUSED)
 
     def _refuse_bytes(self, refused: RefusedHead) -> None:
-        """The refusal of bytes that are not HTTP (or of a head), and close; module
-        docstring. The refusal after answers still due reached the client as the answer
-        to the earlier request, whose own answer was then cut off."""
+        """Refuse bytes that are not HTTP (or a head ``refused``), and close. After requests
+        still being answered (pipelined), those are answered, then the connection closed
+        without it: written at once, it reached the client as the earlier one's answer."""
         cycle = self.cycle
         if cycle is None or cycle.response_complete or self._head_bytes == _NO_HEAD:
-            self._write_refusal(refused.status, str(refused), refused.code)  # (its own head's)
+            self._write_refusal(refused.status, str(refused), refused.code)
             return
         cycle.keep_alive = False  # the last request answered closes the connection
         self._head_bytes = 0  # no head is being read: no head deadline (the parser has
