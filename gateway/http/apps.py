@@ -44,7 +44,7 @@ def public_app(server: ServerSettings, lifespan: Lifespan) -> FastAPI:
         openapi_url=None,
         redirect_slashes=False,  # RequestIdMiddleware drops trailing slashes instead
     )
-    app.body_budget = BodyBudget(server.max_body_bytes_in_flight)
+    app.body_budget = BodyBudget(server.max_body_bytes_in_flight, server.max_body_bytes)
     app.include_router(completions.router)
     app.include_router(models.router)
     app.include_router(passthrough.router)
