@@ -202,6 +202,8 @@ class EngineSlot:
             log_path=log_path(d, self.replica),
             api_key=self._api_key,
             runner=d.spec.runner,
+            log_max_bytes=d.log_max_bytes,
+            log_keep=d.log_keep,
         )
         self.process = EngineProcess(plan, self._guardian)
         self.process.spawn()
