@@ -332,6 +332,7 @@ class EngineProcess:
             return
         if self._popen.poll() is None:
             self._signal_group(signal.SIGTERM)
+            self._signal_group(signal.SIGCONT)  # a stopped (SIGSTOP) engine acts on it now
             deadline = time.monotonic() + timeout_s
             while self._popen.poll() is None and time.monotonic() < deadline:  # noqa: ASYNC110
                 await asyncio.sleep(0.1)

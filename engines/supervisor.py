@@ -122,7 +122,7 @@ class EngineSlot:
             if problem is not None and problem.permanent:
                 await self._fail(f"{reason}; retrying cannot help, giving up")
                 return
-            if not self._budget.take():
+            if not self._budget.take(after_failed_start=problem is not None):
                 await self._fail(f"{reason}; restart budget spent, giving up")
                 return
             self.restarts += 1
