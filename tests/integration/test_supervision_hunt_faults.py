@@ -124,3 +124,26 @@ def test_the_guardian_lets_a_stopped_engine_act_on_sigterm() -> None:
     finally:
         child.kill()
         child.wait()
+
+
+async def test_a_stopped_engine_is_found_dead_and_replaced(tmp_path: Path) -> None:
+    """Liveness: SIGSTOP'd, the engine still holds its port (connections queue, nothing
+    answers); /health fails three times in a row and it is replaced by a new one."""
+    spec = EngineSpec.model_validate(
+        {"kind": "stub", "health": {"interval_s": 0.1, "stop_timeout_s": 5}}
+    )
+    deployment = Deployment(MODEL, spec, "unused", sys.executable, tmp_path)
+    messages: list[str] = []
+    supervisor = EngineSupervisor([deployment], InProcessRegistry(), messages.append)
+    await supervisor.start()
+    try:
+        assert await supervisor.wait_ready()
+        slot = supervisor.slots[0]
+        stopped = slot.process
+        assert stopped is not None and stopped.pid is not None
+        os.kill(stopped.pid, signal.SIGSTOP)
+        await until(lambda: slot.restarts == 1 and slot.ready.is_set(), 60)
+        assert any("stopped answering /health; restart 1" in m for m in messages)
+        assert stopped.exit_code() is not None and slot.process is not stopped
+    finally:
+        await supervisor.stop()
