@@ -11,8 +11,9 @@ import sys
 from pathlib import Path
 
 import aiohttp
+import pytest
 
-from engines.engine_log import RotatingLog, read_tail, rotated_path
+from engines.engine_log import RotatingLog, keep, read_tail, rotated_path
 from engines.process import EngineProcess, EngineStartError, LaunchPlan
 from engines.spec import LOG_MIN_MAX_BYTES
 
@@ -142,3 +143,27 @@ async def test_a_failed_start_reports_its_last_words(tmp_path: Path) -> None:
     finally:
         await process.stop(1)
     assert "exited with 3" in message and "FATAL: the real cause" in message
+
+
+class FullDisk(RotatingLog):
+    def write(self, data: bytes) -> None:
+        raise OSError(28, "No space left on device")
+
+
+def test_a_keeper_that_cannot_write_drains_the_engine_and_says_so_once(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Stopping would leave the engine blocked on a full pipe: it is drained instead."""
+    read_end, write_end = os.pipe()
+    written = 0
+    for _ in range(8):
+        written += os.write(write_end, b"line\n" * 1000)
+    os.close(write_end)
+    log = FullDisk(tmp_path / "m-0.log", MAX, keep=1)
+    try:
+        keep(read_end, log)
+    finally:
+        log.close()
+        os.close(read_end)
+    assert written == 40000
+    assert capsys.readouterr().err.count("No space left on device") == 1
