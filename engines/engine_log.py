@@ -103,12 +103,11 @@ class RotatingLog:
             if len(data) <= room:
                 self._append(data)
                 return
-            if self._mid_line:  # the line begun here ends here (if it ends soon)
+            cut = data.rfind(b"\n", 0, max(room, 0)) + 1  # the whole lines that fit
+            if cut == 0 and self._mid_line:  # the line begun here ends here, if soon
                 cut = data.find(b"\n", 0, _LINE_SLACK) + 1
-            else:  # the whole lines that fit; a first line longer than a file, whole
-                cut = data.rfind(b"\n", 0, max(room, 0)) + 1
-                if cut == 0 and self._size == 0:
-                    cut = data.find(b"\n") + 1 or len(data)
+            elif cut == 0 and self._size == 0:  # a line longer than a file, whole
+                cut = data.find(b"\n") + 1 or len(data)
             if cut:
                 self._append(data[:cut])
                 data = data[cut:]
@@ -129,6 +128,7 @@ class RotatingLog:
         os.close(self._fd)
         self._fd = open_private_log(self.path)
         self._size = 0
+        self._mid_line = False  # (a line split here goes on as the new file's first)
 
     def close(self) -> None:
         os.close(self._fd)

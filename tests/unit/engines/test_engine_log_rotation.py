@@ -57,6 +57,30 @@ def test_a_line_longer_than_a_file_is_written_whole(tmp_path: Path) -> None:
     assert path.read_bytes() == b"after\n"
 
 
+def test_an_endless_line_is_split_across_files_and_nothing_is_lost(tmp_path: Path) -> None:
+    """A line going on past the slack (a dump without newlines) once rotated empty files
+    in a loop: the keeper hung, and the engine with it on a full pipe."""
+    path = tmp_path / "m-0.log"
+    log = RotatingLog(path, MAX, keep=20)
+    stream = b"head\n" + b"r" * (MAX - 10) + b"s" * (5 * MAX) + b"\ntail\n"
+    for start in range(0, len(stream), 100_000):
+        log.write(stream[start : start + 100_000])
+    log.close()
+    files = log_files(path, keep=20)
+    assert b"".join(file.read_bytes() for file in files) == stream
+    assert all(0 < file.stat().st_size <= MAX + 100_000 for file in files)
+
+
+def test_a_file_ending_mid_line_takes_the_whole_lines_that_fit(tmp_path: Path) -> None:
+    path = tmp_path / "m-0.log"
+    log = RotatingLog(path, MAX, keep=1)
+    log.write(b"partial")  # the file ends mid-line
+    log.write(b" line\n" + (b"z" * 99 + b"\n") * (MAX // 50))
+    log.close()
+    assert rotated_path(path, 1).stat().st_size > MAX - 100  # not cut at the first line
+    assert rotated_path(path, 1).read_bytes().startswith(b"partial line\n")
+
+
 def test_an_existing_file_past_the_limit_is_rotated_first(tmp_path: Path) -> None:
     path = tmp_path / "m-0.log"
     path.write_bytes(b"old\n" * (MAX // 2))
