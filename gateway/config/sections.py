@@ -20,6 +20,7 @@ from pydantic import (
     model_validator,
 )
 
+from engines.spec import LOG_KEEP, LOG_MAX_BYTES, LOG_MIN_MAX_BYTES
 from gateway.config.priority import DEFAULT_PRIORITY, parse_priority
 from gateway.config.values import redis_url, sendable_secret
 
@@ -382,6 +383,14 @@ class EnginesSettings(_Section):
         None, description="Prepared models (default: $VGATE_MODEL_CACHE or ~/.cache/vgate/models)."
     )
     log_dir: str = Field("~/.cache/vgate/logs", description="One log file per engine replica.")
+    log_max_bytes: int = Field(
+        LOG_MAX_BYTES,
+        ge=LOG_MIN_MAX_BYTES,
+        description="An engine's log is rotated (at a line's end) before it passes this size.",
+    )
+    log_keep: int = Field(
+        LOG_KEEP, ge=0, le=100, description="Rotated engine log files kept (`<log>.1`...)."
+    )
     heartbeat_s: float = Field(2.0, gt=0, description="Registry re-publish period.")
     registry_ttl_s: float = Field(
         6.0, gt=0, description="A supervisor silent this long loses its engines."
