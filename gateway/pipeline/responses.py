@@ -62,6 +62,7 @@ from gateway.pipeline.response_events import (
 )
 from gateway.pipeline.response_records import Keeper, ResponseRecords
 from gateway.pipeline.results import Answer, EventStream, Result
+from gateway.pipeline.usage import response_input_tokens as input_tokens
 from gateway.pool.engine_pool import EnginePool
 from gateway.protocol.exact_json import with_exact_integers
 from gateway.ratelimit.admission import Admission, Ticket
@@ -275,7 +276,8 @@ class ResponsesService:
         if not isinstance(response, dict):  # not a response object: passed on, not kept
             exchange.finished(None)
             return Answer(body, [*exchange.ticket.raw_headers], reply.status)
-        exchange.finished(usage_tokens(response) if exchange.ticket.wants_usage else None)
+        tokens = usage_tokens(response) if exchange.ticket.wants_usage else None
+        exchange.finished(tokens, input_tokens(response))
         if exchange.variant is not None:
             exchange.tokens = usage_tokens(response)
         if keep is not None:  # stored: its integers beyond 64 bits kept as they came
@@ -297,7 +299,9 @@ class ResponsesService:
             taps = [exchange.timing, *taps]
 
         async def finished(response: dict[str, Any]) -> None:
-            exchange.finished(usage_tokens(response) if wants_usage else None)
+            exchange.finished(
+                usage_tokens(response) if wants_usage else None, input_tokens(response)
+            )
             if exchange.variant is not None:
                 exchange.tokens = usage_tokens(response)
             if keep is not None:
