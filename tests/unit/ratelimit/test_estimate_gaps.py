@@ -24,11 +24,13 @@ from gateway.config.settings import Settings
 from gateway.errors import InvalidRequestError
 from gateway.pipeline.assembly import routing_table
 from gateway.pipeline.plan import CHAT, COMPLETIONS, EMBEDDINGS, BodyLimits, RequestPlanner, Route
+from gateway.pipeline.results import Answer, EventStream
 from gateway.pipeline.service import prompt_only
 from gateway.pool.engine_pool import EnginePool
 from gateway.ratelimit.cost import priced_text_chars, request_cost
-from gateway.upstream.fake import FakeRequest
-from tests.unit.pipeline.responses_world import KEY, create_answer, responses_world
+from gateway.upstream.fake import FakeRequest, Scripted
+from tests.unit.pipeline.responses_world import KEY, responses_world
+from tests.unit.pipeline.world import drain
 
 CAP = 1000
 BIG = "r" * (CAP + 1)
@@ -124,33 +126,42 @@ def test_many_short_embedding_inputs_reserve_what_an_encoder_counts() -> None:
     assert request_cost(prompt_only(one, EMBEDDINGS), 256).prompt == 10
 
 
-@pytest.mark.parametrize("field", ["input_tokens", "total_only"])
-async def test_a_responses_settlement_teaches_the_keys_calibration(field: str) -> None:
+@pytest.mark.parametrize("counted", [True, False], ids=["input-tokens", "total-only"])
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "streamed"])
+async def test_a_responses_settlement_teaches_the_keys_calibration(
+    stream: bool, counted: bool
+) -> None:
     text = "a" * 4000  # estimated at (4000 + 16) / 4 = 1004 tokens
 
-    def crafted_count(request: FakeRequest) -> dict[str, Any]:
+    def crafted_count(request: FakeRequest) -> Scripted:
         body = request.json()
         assert isinstance(body, dict)
         usage: dict[str, int] = {"output_tokens": 1, "total_tokens": 4001}
-        if field == "input_tokens":
+        if counted:
             usage["input_tokens"] = 4000  # a token a character
-        return {
-            "id": body["request_id"],
-            "object": "response",
-            "status": "completed",
-            "output": [],
-            "usage": usage,
-        }
+        response = {"id": body["request_id"], "object": "response", "status": "completed"}
+        response |= {"output": [], "usage": usage}
+        if not stream:
+            return Scripted(body=orjson.dumps(response))
+        event = {"type": "response.completed", "sequence_number": 0, "response": response}
+        return Scripted(
+            events=[b"event: response.completed\ndata: " + orjson.dumps(event) + b"\n\n"]
+        )
 
-    world = responses_world(crafted_count, key_limits={"tpm": 100_000})
-    answer = await create_answer(world, {"model": "m", "input": text, "store": False})
-    assert answer["usage"]["total_tokens"] == 4001
+    world = responses_world(key_limits={"tpm": 100_000})
+    world.upstream.handler = crafted_count
     principal = await world.service.caller(f"Bearer {KEY}")
-    following = await world.admission.admit(
-        principal.scopes("m"), {"messages": [{"content": text}]}
-    )
+    raw = orjson.dumps({"model": "m", "input": text, "store": False, "stream": stream})
+    result = await world.service.create(raw, principal, "req-1", None)
+    if isinstance(result, EventStream):
+        assert b"response.completed" in await drain(result)
+    else:
+        assert isinstance(result, Answer)
+        assert orjson.loads(result.body)["usage"]["total_tokens"] == 4001
+    priced = {"messages": [{"content": text}]}
+    following = await world.admission.admit(principal.scopes("m"), priced)
     assert following.estimate == 1004
-    if field == "input_tokens":
+    if counted:
         assert following.prompt >= 3990  # what the engine will count, about
     else:  # no count of the prompt to learn from: nothing learned
         assert following.prompt == 1004
