@@ -24,7 +24,8 @@ from typing import Any
 import orjson
 
 from gateway.errors import GatewayError, UpstreamError
-from gateway.protocol.exact_json import with_exact_integers
+from gateway.pipeline.response_failures import has_failure, told_failures
+from gateway.responses.encoding import exactly_read
 from gateway.upstream.relay import (
     AFTER_DONE_S,
     STREAM_ERROR,
@@ -45,14 +46,16 @@ _DIGITS = re.compile(rb"\s*(\d{1,18})\b")
 
 class FinalResponseTap:
     """Finds the terminal event of a stream and keeps its ``response`` object; with
-    ``exact`` (the response is stored: written anew, and returned by retrieval), its
-    integers beyond 64 bits as written (:func:`with_exact_integers`)."""
+    ``exact`` (the response is stored: written anew, and returned by retrieval), the
+    event's data too, for :meth:`exact_response`."""
 
-    __slots__ = ("engine_error", "exact", "response")
+    __slots__ = ("engine_error", "exact", "response", "source")
 
     def __init__(self, exact: bool = False) -> None:
         self.exact = exact
         self.response: dict[str, Any] | None = None
+        self.source = b""
+        """The terminal event's data, kept when ``exact``."""
         self.engine_error = False
         """The engine ended the stream with an ``error`` event of its own."""
 
@@ -73,11 +76,17 @@ class FinalResponseTap:
             if isinstance(data, dict) and (data.get("type") == "error" or "error" in data):
                 self.engine_error = True  # OpenAI's error event, or vLLM's {"error": {...}}
             if isinstance(data, dict) and data.get("type") in TERMINAL_TYPES:
-                if self.exact:
-                    data = with_exact_integers(line[5:], data)
                 response = data.get("response")
                 if isinstance(response, dict):
                     self.response = response
+                    if self.exact:
+                        self.source = line[5:]
+
+    def exact_response(self) -> dict[str, Any]:
+        """The terminal event's ``response`` with its integers beyond 64 bits as the
+        engine wrote them (read again only when a write needs it: the rare response)."""
+        response = self.response if self.response is not None else {}
+        return exactly_read(self.source, response, "response") if self.source else response
 
 
 class FieldRestore:
@@ -163,6 +172,8 @@ async def relay_response_events(
             if STREAM_ERROR in batch:  # vLLM's own error event, in OpenAI's shape
                 batch, status = mapped_error_events(batch, "input")
                 outcome.note_error_status(status)  # 5xx: for the engine's breaker
+            if has_failure(batch):  # an engine's error or response.failed: no internals
+                batch = told_failures(batch)
             for tap in taps:
                 batch = tap.inspect(batch)
             batch = final.inspect(batch)

@@ -29,7 +29,8 @@ import orjson
 
 from gateway.config.sections import MAX_MESSAGES
 from gateway.errors import GatewayError, InvalidRequestError, NotFoundError
-from gateway.protocol.exact_json import is_beyond_64_bits
+from gateway.protocol.exact_json import encoded_exactly, is_beyond_64_bits
+from gateway.responses.encoding import exact_size
 from gateway.responses.store import StoredResponse
 
 MAX_ITEMS = MAX_MESSAGES
@@ -131,10 +132,19 @@ def read_create(body: dict[str, Any], max_items: int = MAX_ITEMS) -> CreateReque
 _INT64 = 2**63
 
 
+def _beyond_64_bits(value: Any) -> bool:
+    """An integer beyond 64 bits as the body was read: orjson's float for it (the body
+    is read exactly only when it is written: :mod:`gateway.responses.encoding`), so
+    any whole float of 2**63 or more in magnitude, or a fragment of an exact reading."""
+    if type(value) is float:
+        return value.is_integer() and abs(value) >= _INT64
+    return is_beyond_64_bits(value)
+
+
 def _check_seed(seed: Any) -> None:
     """400 for a ``seed`` beyond a 64-bit signed integer, as chat's is (vLLM's range);
     any other value is the engine's to judge."""
-    if is_beyond_64_bits(seed):
+    if _beyond_64_bits(seed):
         raise _out_of_range("seed")
     if isinstance(seed, int) and not isinstance(seed, bool) and not -_INT64 <= seed < _INT64:
         raise _out_of_range("seed")
@@ -203,7 +213,7 @@ def _required(body: dict[str, Any], name: str, kinds: Any, what: str) -> Any:
 
 def _optional(body: dict[str, Any], name: str, kinds: Any, what: str) -> Any:
     value = body.get(name)
-    if is_beyond_64_bits(value):
+    if _beyond_64_bits(value):
         raise _out_of_range(name)
     bad_bool = kinds is int and isinstance(value, bool)
     if value is not None and (bad_bool or not isinstance(value, kinds)):
@@ -216,7 +226,7 @@ def _optional(body: dict[str, Any], name: str, kinds: Any, what: str) -> Any:
 
 
 def _kind(value: Any) -> str:
-    if is_beyond_64_bits(value):
+    if _beyond_64_bits(value):
         return "an integer beyond 64 bits"
     names = {bool: "a boolean", int: "an integer", float: "a number", str: "a string"}
     return names.get(type(value), "an array" if isinstance(value, list) else "an object")
@@ -272,13 +282,17 @@ def new_response_id() -> str:
 
 def engine_payload(
     request: CreateRequest,
-    items: list[Any],
+    items: list[Any] | orjson.Fragment,
     response_id: str,
     served_name: str,
     cap: int | None,
+    source: bytes | None = None,
 ) -> bytes:
     """The body the engine gets (see the module docstring); ``cap`` is the output the
-    rate limiter reserved, which the engine may not exceed."""
+    rate limiter reserved, which the engine may not exceed. ``items`` a list, or an
+    :class:`orjson.Fragment` of one (:func:`gateway.responses.encoding.encoded_items`);
+    ``source`` the create body's bytes, whose integers beyond 64 bits the body keeps
+    exactly (:func:`gateway.protocol.exact_json.encoded_exactly`)."""
     body = dict(request.body)
     body.pop("previous_response_id", None)
     body.pop("background", None)
@@ -289,7 +303,7 @@ def engine_payload(
     body["request_id"] = response_id
     if cap is not None and (request.max_output_tokens is None or request.max_output_tokens > cap):
         body["max_output_tokens"] = cap
-    return orjson.dumps(body)
+    return exact_size(orjson.dumps(body) if source is None else encoded_exactly(body, source))
 
 
 def cost_body(request: CreateRequest, items: list[Any]) -> dict[str, Any]:
