@@ -72,7 +72,8 @@ class _Learned:
 
 
 class _Pool:
-    """One key's small settlements not yet learned from: their estimates and counts."""
+    """One key's small settlements not yet learned from: their estimates and counts
+    (emptied, not dropped, once they teach)."""
 
     def __init__(self) -> None:
         self.estimate = 0
@@ -119,9 +120,9 @@ class PromptCalibration:
             pool.requests += 1
             if pool.estimate < MIN_ESTIMATE:
                 return
-            del self._pools[key]
             estimate = pool.estimate
             actual = max(pool.actual - SMALL_ALLOWANCE * pool.requests, 0)
+            pool.estimate = pool.actual = pool.requests = 0  # kept: no allocation per pool
         self._learn(key, estimate, actual)
 
     def _learn(self, key: str, estimate: int, actual: int) -> None:
