@@ -28,6 +28,7 @@ from gateway.pipeline.parsing import affinity_key, decode_json_object, normalize
 from gateway.pool.engine_pool import EnginePool
 from gateway.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from gateway.protocol.exact_json import encoded_exactly
+from gateway.ratelimit.cost import priced_text_chars
 from gateway.rollouts.choice import VariantChooser
 from gateway.routing.policies import RoutingPolicy, RoutingTable
 
@@ -243,16 +244,19 @@ class RequestPlanner:
 
     def _read(self, route: Route, raw: bytes) -> tuple[dict[str, Any], Any]:
         body = decode_json_object(raw)
-        self._check_size(body, len(raw))
+        self._check_size(route, body, len(raw))
         request = validate(route.schema, body)
         return normalized(body, request), request
 
-    def _check_size(self, body: dict[str, Any], size: int) -> None:
+    def _check_size(self, route: Route, body: dict[str, Any], size: int) -> None:
         """400 for more messages or prompt text than the limits allow, before validation.
 
         The count is one ``len``; the text is counted only when the body could hold
-        too much of it (a character takes at least one byte of JSON), in one pass
-        over at most ``max_messages`` messages."""
+        too much of it (a character takes at least one byte of JSON), in the walk the
+        token estimate makes (:func:`priced_text_chars`): every character it prices
+        counts, an assistant's ``reasoning``, a ``name``, ``tools`` and
+        ``chat_template_kwargs`` included, and nothing it does not (an embeddings
+        request is priced by its ``input`` and messages alone)."""
         limits = self._limits
         messages = body.get("messages")
         if isinstance(messages, list) and len(messages) > limits.max_messages:
@@ -262,12 +266,12 @@ class RequestPlanner:
             )
         if size <= limits.max_prompt_chars:
             return
-        chars = _text_length(body.get("prompt")) + _text_length(body.get("input"))
-        if isinstance(messages, list):
-            for message in messages:
-                content = message.get("content") if isinstance(message, dict) else None
-                chars += _text_length(content)
-        if chars > limits.max_prompt_chars:
+        priced = (
+            body
+            if route.generates
+            else {"prompt": body.get(route.prompt_field), "messages": messages}
+        )
+        if priced_text_chars(priced) > limits.max_prompt_chars:
             raise InvalidRequestError(
                 f"request text exceeds {limits.max_prompt_chars} characters",
                 param=_text_field(body),
@@ -281,22 +285,6 @@ def _text_field(body: dict[str, Any]) -> str:
     if "messages" in body:
         return "messages"
     return "prompt" if "prompt" in body else "input"
-
-
-def _text_length(content: Any) -> int:
-    """Characters of a message's content or a prompt: a string, text parts, a list of strings."""
-    if isinstance(content, str):
-        return len(content)
-    if isinstance(content, list):
-        total = 0
-        for part in content:
-            if isinstance(part, str):
-                total += len(part)
-            elif isinstance(part, dict):
-                text = part.get("text")
-                total += len(text) if isinstance(text, str) else 0
-        return total
-    return 0
 
 
 _CAPS = {True: ("max_completion_tokens", "max_tokens"), False: ("max_tokens",)}

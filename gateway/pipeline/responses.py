@@ -65,6 +65,7 @@ from gateway.pipeline.response_failures import told_response
 from gateway.pipeline.response_records import Keeper, Loaded, ResponseRecords
 from gateway.pipeline.response_turns import Turn, affinity_body, first_content, usage_tokens
 from gateway.pipeline.results import Answer, EventStream, Result
+from gateway.pipeline.usage import response_input_tokens as input_tokens
 from gateway.pool.engine_pool import EnginePool
 from gateway.protocol.exact_json import encoded_exactly
 from gateway.ratelimit.admission import Admission, Ticket
@@ -307,7 +308,8 @@ class ResponsesService:
             return Answer(body, [*exchange.ticket.raw_headers], reply.status)
         if response.get("status") == "failed" and told_response(response):
             body = encoded_exactly(response, body)  # the engine's internals kept from it
-        exchange.finished(usage_tokens(response) if exchange.ticket.wants_usage else None)
+        tokens = usage_tokens(response) if exchange.ticket.wants_usage else None
+        exchange.finished(tokens, input_tokens(response))
         if exchange.variant is not None:
             exchange.tokens = usage_tokens(response)
         if keep is not None:  # stored: its integers beyond 64 bits kept as they came
@@ -329,7 +331,9 @@ class ResponsesService:
             taps = [exchange.timing, *taps]
 
         async def finished(response: dict[str, Any]) -> None:
-            exchange.finished(usage_tokens(response) if wants_usage else None)
+            exchange.finished(
+                usage_tokens(response) if wants_usage else None, input_tokens(response)
+            )
             if exchange.variant is not None:
                 exchange.tokens = usage_tokens(response)
             if keep is not None:
