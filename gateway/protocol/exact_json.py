@@ -13,10 +13,11 @@ back as they came.
 Two ways in, by what the caller already has:
 
 * :func:`with_exact_integers` reads a body exactly (a stored Responses record read
-  again when a write of it shows ``e+``: :mod:`gateway.responses.encoding`): one pass in C over the bytes (its digits mapped to one
-  byte, then a search for a run of 19: no integer outside the range has fewer
-  digits); only a body with such a run is parsed a second time (by the standard
-  library's parser, which reads integers exactly), after orjson has accepted it.
+  again when a write of it shows ``e+``: :mod:`gateway.responses.encoding`): one pass
+  in C over the bytes (its digits mapped to one byte, then a search for a run of 19:
+  no integer outside the range has fewer digits); only a body with such a run is
+  parsed a second time (by the standard library's parser, which reads integers
+  exactly), after orjson has accepted it.
 * :func:`encoded_exactly` writes a body the gateway changed (chat, completions,
   embeddings, vLLM's own routes, the cache key): orjson writes it first, and only
   when the result holds ``e+`` (orjson writes every float of 1e16 or more with an
