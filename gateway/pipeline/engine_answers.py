@@ -139,7 +139,7 @@ class EngineAnswers:
         else:
             tokens = None
         prompt_used = None
-        if exchange.ticket.learns:  # a prompt long enough to calibrate the estimate
+        if exchange.ticket.learns:  # a text-estimated prompt: teaches the calibration
             usage = answer.get("usage") if type(answer) is dict else None
             prompt_used = body_prompt_tokens(body) if usage is None else prompt_tokens(usage)
         exchange.finished(tokens if wants_usage else None, prompt_used)

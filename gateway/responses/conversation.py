@@ -30,6 +30,7 @@ import orjson
 from gateway.config.sections import MAX_MESSAGES
 from gateway.errors import GatewayError, InvalidRequestError, NotFoundError
 from gateway.protocol.exact_json import encoded_exactly, is_beyond_64_bits
+from gateway.ratelimit.cost import priced_text_chars
 from gateway.responses.encoding import exact_size
 from gateway.responses.store import StoredResponse
 
@@ -330,13 +331,11 @@ def cost_body(request: CreateRequest, items: list[Any]) -> dict[str, Any]:
 def check_text_size(priced: dict[str, Any], max_chars: int) -> None:
     """400 when the conversation's text (``priced``: :func:`cost_body`'s, instructions
     included) is more than ``max_chars`` characters, as a chat's messages are
-    (``server.max_prompt_chars``; the whole conversation, continued turns included)."""
-    chars = 0
-    for message in priced["messages"]:
-        content = message["content"]
-        if isinstance(content, str):
-            chars += len(content)
-    if chars > max_chars:
+    (``server.max_prompt_chars``; the whole conversation, continued turns included),
+    counted by the walk the token estimate makes (:func:`priced_text_chars`): the
+    ``tools`` it prices count too (they did not: a request carried unbounded ``tools``
+    past the cap)."""
+    if priced_text_chars(priced) > max_chars:
         raise InvalidRequestError(f"request text exceeds {max_chars} characters", param="input")
 
 
