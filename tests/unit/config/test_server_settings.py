@@ -53,3 +53,15 @@ def test_an_operator_token_no_client_could_send_is_refused(
     with pytest.raises(ConfigError, match="operator_token") as refused:
         load_settings(None)
     assert token.strip() not in str(refused.value)  # what is printed never shows the secret
+
+
+def test_an_operator_token_that_is_also_a_client_key_is_refused() -> None:
+    """The token reads every key's consumption: a tenant holding it as its key would too."""
+    token = "operator-token-0123456789-shared"
+    models = [{"name": "m", "endpoints": ["http://127.0.0.1:9"]}]
+    keys = [{"name": "tenant", "key": token}]
+    with pytest.raises(ValidationError, match="operator_token must differ") as refused:
+        Settings(models=models, server={"operator_token": token}, auth={"keys": keys})
+    assert token not in str(refused.value)
+    other = {"operator_token": "operator-token-0123456789-apart"}
+    assert Settings(models=models, server=other, auth={"keys": keys}).server.operator_token
