@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import json
 import struct
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -19,6 +20,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from openai._models import FinalRequestOptions
 from openai.types import Completion, CreateEmbeddingResponse, Model
 from openai.types.chat import ChatCompletion, ChatCompletionChunk, ChatCompletionMessageParam
 from openai.types.responses import Response, ResponseItem, ResponseStreamEvent
@@ -32,6 +34,7 @@ MESSAGES: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Say s
 RUN = uuid.uuid4().hex[:8]
 OPEN_KEY = "sk-s13-open-0123456789"
 RPM_KEY = "sk-s13-rpm-0123456789"
+ONE_AT_A_TIME_KEY = "sk-s13-conc-0123456789"
 STREAM_EVENT: TypeAdapter[Any] = TypeAdapter(ResponseStreamEvent)
 ITEM: TypeAdapter[Any] = TypeAdapter(ResponseItem)
 
@@ -49,6 +52,7 @@ def keyed(
             "keys": [
                 {"name": f"open-{RUN}", "key": OPEN_KEY},
                 {"name": f"rpm-{RUN}", "key": RPM_KEY, "rpm": 1},
+                {"name": f"conc-{RUN}", "key": ONE_AT_A_TIME_KEY, "max_concurrent": 1},
             ],
         },
         "upstream": {"read_timeout_s": 5, "retries": 0, "breaker_failures": 1000},
@@ -307,6 +311,10 @@ def test_over_rpm_with_options_max_retries_zero(keyed: Gateway) -> None:
     assert headers["x-request-id"] and error.request_id == headers["x-request-id"]
     assert 0 < int(headers["retry-after"]) <= 61
     assert abs(int(headers["retry-after-ms"]) / 1000 - int(headers["retry-after"])) <= 1
+    # what the SDK would wait with retries left: the gateway's hint to the millisecond
+    options: Any = FinalRequestOptions.construct(method="post", url="/chat/completions")
+    wait = client._calculate_retry_timeout(1, options, headers)
+    assert wait == int(headers["retry-after-ms"]) / 1000
 
 
 def test_stream_closed_early_frees_the_request(keyed: Gateway) -> None:
@@ -408,3 +416,99 @@ def test_a_method_a_route_lacks_is_405_saying_which_it_takes(keyed: Gateway) -> 
         client.chat.completions.list()
     assert listing.value.response.headers["allow"] == "POST"
     assert listing.value.request_id
+
+
+@pytest.fixture(scope="module")
+def caching(stub: Stub, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    config = {"models": [{"name": STUB_MODEL, "endpoints": [stub.url]}], "cache": {"enabled": True}}
+    yield from start_gateway(config, tmp_path_factory.mktemp("s13-cache"))
+
+
+def test_cache_hits_validate_as_the_sdks_types(caching: Gateway) -> None:
+    client = caching.client()
+    asked: Any = {"model": STUB_MODEL, "messages": MESSAGES, "temperature": 0, "max_tokens": 4}
+    answers = []
+    for expected in ("MISS", "HIT"):
+        raw = client.chat.completions.with_raw_response.create(**asked)
+        assert raw.headers["x-cache"] == expected and raw.headers["x-request-id"]
+        answers.append(ChatCompletion.model_validate(raw.http_response.json()))
+    assert answers[0].choices[0].message.content == answers[1].choices[0].message.content
+    for expected in ("MISS", "HIT"):
+        with client.chat.completions.with_streaming_response.create(
+            **asked, stream=True, stream_options={"include_usage": True}
+        ) as response:
+            assert response.headers["x-cache"] == expected
+            lines = [line[6:] for line in response.iter_lines() if line.startswith("data: ")]
+        assert lines[-1] == "[DONE]"
+        chunks = [ChatCompletionChunk.model_validate_json(line) for line in lines[:-1]]
+        assert chunks[-1].usage is not None and chunks[-1].choices == []
+    for expected in ("MISS", "HIT"):
+        raw_text = client.completions.with_raw_response.create(
+            model=STUB_MODEL, prompt="cached", temperature=0, max_tokens=3
+        )
+        assert raw_text.headers["x-cache"] == expected
+        Completion.model_validate(raw_text.http_response.json())
+    for expected in ("MISS", "HIT"):
+        raw_vectors = client.embeddings.with_raw_response.create(
+            model=STUB_MODEL, input=["a", "b"], encoding_format="float"
+        )
+        assert raw_vectors.headers["x-cache"] == expected
+        CreateEmbeddingResponse.model_validate(raw_vectors.http_response.json())
+
+
+def test_the_sdk_waits_the_concurrency_hint_and_then_gets_in(keyed: Gateway) -> None:
+    client = sdk(keyed, ONE_AT_A_TIME_KEY, max_retries=3)
+    holder = client.chat.completions.create(
+        model=STUB_MODEL,
+        messages=MESSAGES,
+        stream=True,
+        extra_body={"stub": {"tokens": 200, "itl_ms": 20}},
+    )
+    next(iter(holder))
+    with pytest.raises(openai.RateLimitError) as raised:
+        client.with_options(max_retries=0).chat.completions.create(
+            model=STUB_MODEL, messages=MESSAGES, max_tokens=1
+        )
+    headers = raised.value.response.headers
+    assert raised.value.code == "rate_limit_exceeded" and raised.value.type == "concurrency"
+    assert (headers["retry-after"], headers["retry-after-ms"]) == ("1", "1000")
+    threading.Timer(0.3, holder.close).start()
+    started = time.monotonic()
+    raw = client.chat.completions.with_raw_response.create(
+        model=STUB_MODEL, messages=MESSAGES, max_tokens=1
+    )
+    waited = time.monotonic() - started
+    assert raw.retries_taken == 1 and 1.0 <= waited < 2.0
+    assert raw.parse().choices[0].finish_reason == "length"
+
+
+def test_a_stream_that_times_out_between_chunks_frees_the_request(keyed: Gateway) -> None:
+    client = sdk(keyed, timeout=httpx.Timeout(5.0, read=0.5))
+    stream = client.chat.completions.create(
+        model=STUB_MODEL,
+        messages=MESSAGES,
+        stream=True,
+        extra_body={"stub": {"tokens": 5, "itl_ms": 3000}},
+    )
+    with pytest.raises((httpx.ReadTimeout, openai.APITimeoutError)):
+        for _ in stream:
+            pass
+    stream.close()
+    holds_soon(lambda: in_flight(keyed) == 0, message="a timed-out stream stayed in flight")
+
+
+def test_a_conversation_the_gateway_cannot_hold_is_refused_not_ignored(
+    keyed: Gateway, stub: Stub
+) -> None:
+    """The gateway offers no Conversations API: an engine would ignore ``conversation``
+    and answer without its items, silently."""
+    before = stub.stats()["requests"]
+    with pytest.raises(openai.BadRequestError) as raised:
+        sdk(keyed).responses.create(model=STUB_MODEL, input="and then?", conversation="conv_1")
+    error = raised.value
+    assert (error.code, error.param, error.type) == (
+        "unsupported_parameter",
+        "conversation",
+        "invalid_request_error",
+    )
+    assert error.request_id and stub.stats()["requests"] == before
