@@ -512,3 +512,34 @@ def test_a_conversation_the_gateway_cannot_hold_is_refused_not_ignored(
         "invalid_request_error",
     )
     assert error.request_id and stub.stats()["requests"] == before
+
+
+@pytest.fixture(scope="module")
+def one_connection(stub: Stub, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    config = {
+        "models": [{"name": STUB_MODEL, "endpoints": [stub.url]}],
+        "server": {"max_connections": 1},
+    }
+    yield from start_gateway(config, tmp_path_factory.mktemp("s13-connections"))
+
+
+def test_a_connection_over_the_cap_gets_a_503_the_sdk_can_name(one_connection: Gateway) -> None:
+    holder = one_connection.client().chat.completions.create(
+        model=STUB_MODEL,
+        messages=MESSAGES,
+        stream=True,
+        extra_body={"stub": {"tokens": 200, "itl_ms": 20}},
+    )
+    next(iter(holder))
+    other = one_connection.client()
+    with pytest.raises(openai.InternalServerError) as raised:
+        other.chat.completions.create(model=STUB_MODEL, messages=MESSAGES)
+    error = raised.value
+    assert (error.status_code, error.code) == (503, "too_many_connections")
+    headers = error.response.headers
+    assert (headers["retry-after"], headers["retry-after-ms"]) == ("1", "1000")
+    assert error.request_id and error.request_id.startswith("req_")
+    with pytest.raises(openai.InternalServerError) as named:
+        other.models.list(extra_headers={"x-request-id": "s13-over-cap"})
+    assert named.value.request_id == "s13-over-cap"
+    holder.close()
