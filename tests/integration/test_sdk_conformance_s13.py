@@ -28,7 +28,7 @@ from pydantic import TypeAdapter
 
 from tests.helpers.metrics_text import metric_sum
 from tests.helpers.waiting import holds_soon
-from tests.integration.conftest import STUB_MODEL, Gateway, Stub, start_gateway
+from tests.integration.conftest import STUB_MODEL, Gateway, Stub, start_gateway, start_stub
 
 MESSAGES: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Say something."}]
 RUN = uuid.uuid4().hex[:8]
@@ -388,13 +388,6 @@ async def test_async_streams_left_early_free_their_requests(keyed: Gateway, stub
         assert part.object == "text_completion"
         break
     await text.close()
-    responses = await client.responses.create(
-        model=STUB_MODEL, input="i", stream=True, extra_body=slow
-    )
-    async for event in responses:
-        assert event.type == "response.created"
-        break
-    await responses.close()
     await client.close()
     holds_soon(lambda: in_flight(keyed) == 0, message="a stream left early stayed in flight")
     holds_soon(lambda: stub.stats()["in_flight"] == 0, message="the engine still generates")
@@ -543,3 +536,49 @@ def test_a_connection_over_the_cap_gets_a_503_the_sdk_can_name(one_connection: G
         other.models.list(extra_headers={"x-request-id": "s13-over-cap"})
     assert named.value.request_id == "s13-over-cap"
     holder.close()
+
+
+@pytest.fixture(scope="module")
+def slow_responses(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Gateway, Stub]]:
+    """A stub whose Responses streams take 5 s (its ``/v1/responses`` paces by its
+    start-up flags only), behind a gateway of its own."""
+    for stub in start_stub("--model", STUB_MODEL, "--itl-ms", "50", "--tokens", "100"):
+        config = {"models": [{"name": STUB_MODEL, "endpoints": [stub.url]}]}
+        for gateway in start_gateway(config, tmp_path_factory.mktemp("s13-slow")):
+            yield gateway, stub
+
+
+async def test_responses_streams_left_early_free_the_request_and_store_nothing(
+    slow_responses: tuple[Gateway, Stub],
+) -> None:
+    gateway, stub = slow_responses
+    client = gateway.client()
+    left = []
+    for leave in ("close", "break"):
+        stream = client.responses.create(model=STUB_MODEL, input="i", stream=True)
+        for event in stream:
+            if event.type == "response.created":
+                left.append(event.response.id)
+            if event.type == "response.output_text.delta":
+                break
+        assert in_flight(gateway) == 1
+        if leave == "close":
+            stream.close()
+        else:
+            del stream  # a dropped stream closes its response
+        holds_soon(lambda: in_flight(gateway) == 0, message=f"left by {leave}: still in flight")
+    holds_soon(lambda: stub.stats()["streams_cancelled"] == 2, message="the engine still streams")
+    async_client = gateway.async_client()
+    chunks = await async_client.responses.create(model=STUB_MODEL, input="i", stream=True)
+    async for event in chunks:
+        if event.type == "response.created":
+            left.append(event.response.id)
+        if event.type == "response.output_text.delta":
+            break
+    await chunks.close()
+    await async_client.close()
+    holds_soon(lambda: stub.stats()["streams_cancelled"] == 3, message="the engine still streams")
+    assert in_flight(gateway) == 0
+    for response_id in left:  # an answer never finished is never stored
+        with pytest.raises(openai.NotFoundError):
+            client.responses.retrieve(response_id)
