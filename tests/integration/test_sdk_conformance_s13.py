@@ -582,3 +582,63 @@ async def test_responses_streams_left_early_free_the_request_and_store_nothing(
     for response_id in left:  # an answer never finished is never stored
         with pytest.raises(openai.NotFoundError):
             client.responses.retrieve(response_id)
+
+
+def test_every_way_a_client_leaves_gives_the_concurrency_slot_back(keyed: Gateway) -> None:
+    """A key with one slot: after each way an SDK call can end (finished, closed early,
+    dropped, timed out, an engine error, an error mid-stream), the next call gets in at
+    once (no retries), so no path kept the slot."""
+    client = sdk(keyed, ONE_AT_A_TIME_KEY)
+    slow: Any = {"stub": {"tokens": 200, "itl_ms": 20}}
+
+    def closed() -> None:
+        stream = client.chat.completions.create(
+            model=STUB_MODEL, messages=MESSAGES, stream=True, extra_body=slow
+        )
+        next(iter(stream))
+        stream.close()
+
+    def dropped() -> None:
+        for chunk in client.completions.create(
+            model=STUB_MODEL, prompt="p", stream=True, max_tokens=200, extra_body=slow
+        ):
+            assert chunk.choices
+            break
+
+    def timed_out() -> None:
+        with pytest.raises(openai.APITimeoutError):
+            client.with_options(timeout=0.3).chat.completions.create(
+                model=STUB_MODEL, messages=MESSAGES, extra_body={"stub": {"ttft_ms": 2000}}
+            )
+
+    def engine_error() -> None:
+        with pytest.raises(openai.InternalServerError):
+            client.chat.completions.create(
+                model=STUB_MODEL, messages=MESSAGES, extra_body={"stub": {"fault": "error"}}
+            )
+
+    def error_mid_stream() -> None:
+        with pytest.raises(openai.APIError):
+            for _ in client.chat.completions.create(
+                model=STUB_MODEL,
+                messages=MESSAGES,
+                stream=True,
+                extra_body={"stub": {"stream_error": "boom"}},
+            ):
+                pass
+
+    def finished() -> None:
+        client.embeddings.create(model=STUB_MODEL, input="x")
+
+    for leave in (closed, dropped, timed_out, engine_error, error_mid_stream, finished):
+        leave()
+        holds_soon(lambda: in_flight(keyed) == 0, message=f"{leave.__name__}: still in flight")
+        holds_soon(lambda: _gets_in(client), message=f"{leave.__name__}: the slot was kept")
+
+
+def _gets_in(client: openai.OpenAI) -> bool:
+    try:
+        client.chat.completions.create(model=STUB_MODEL, messages=MESSAGES, max_tokens=1)
+    except openai.RateLimitError:
+        return False
+    return True
