@@ -554,20 +554,23 @@ async def test_responses_streams_left_early_free_the_request_and_store_nothing(
     gateway, stub = slow_responses
     client = gateway.client()
     left = []
-    for leave in ("close", "break"):
-        stream = client.responses.create(model=STUB_MODEL, input="i", stream=True)
-        for event in stream:
+    stream = client.responses.create(model=STUB_MODEL, input="i", stream=True)
+    for event in stream:
+        if event.type == "response.created":
+            left.append(event.response.id)
+        if event.type == "response.output_text.delta":
+            break
+    assert in_flight(gateway) == 1
+    stream.close()
+    holds_soon(lambda: in_flight(gateway) == 0, message="a closed stream stayed in flight")
+    with client.responses.create(model=STUB_MODEL, input="i", stream=True) as managed:
+        for event in managed:  # break inside the SDK's context manager: it closes
             if event.type == "response.created":
                 left.append(event.response.id)
             if event.type == "response.output_text.delta":
                 break
-        assert in_flight(gateway) == 1
-        if leave == "close":
-            stream.close()
-        else:
-            del stream  # a dropped stream closes its response
-        holds_soon(lambda: in_flight(gateway) == 0, message=f"left by {leave}: still in flight")
-    holds_soon(lambda: stub.stats()["streams_cancelled"] == 2, message="the engine still streams")
+    holds_soon(lambda: in_flight(gateway) == 0, message="a stream left by break stayed")
+    holds_soon(lambda: stub.stats()["streams_cancelled"] == 2, message="the engine streams on")
     async_client = gateway.async_client()
     chunks = await async_client.responses.create(model=STUB_MODEL, input="i", stream=True)
     async for event in chunks:
