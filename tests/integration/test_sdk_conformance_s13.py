@@ -43,7 +43,8 @@ ITEM: TypeAdapter[Any] = TypeAdapter(ResponseItem)
 def keyed(
     stub: Stub, redis_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Gateway]:
-    """A gateway with keys in Redis-backed limits: one open key, one at 1 request/min."""
+    """A gateway with keys in Redis-backed limits: one open key, one at 1 request/min,
+    one with a single concurrent request."""
     config = {
         "models": [{"name": STUB_MODEL, "endpoints": [stub.url]}],
         "redis": {"url": redis_url},
@@ -329,14 +330,15 @@ def test_stream_closed_early_frees_the_request(keyed: Gateway) -> None:
     assert in_flight(keyed) == 1
     stream.close()
     holds_soon(lambda: in_flight(keyed) == 0, message="a closed stream stayed in flight")
-    for chunk in client.chat.completions.create(
+    with client.chat.completions.create(
         model=STUB_MODEL,
         messages=MESSAGES,
         stream=True,
         extra_body={"stub": {"tokens": 200, "itl_ms": 20}},
-    ):
-        assert chunk.id
-        break
+    ) as managed:
+        for chunk in managed:  # break inside the SDK's context manager, which closes
+            assert chunk.id
+            break
     holds_soon(lambda: in_flight(keyed) == 0, message="a stream left by break stayed in flight")
 
 
@@ -589,7 +591,7 @@ async def test_responses_streams_left_early_free_the_request_and_store_nothing(
 
 def test_every_way_a_client_leaves_gives_the_concurrency_slot_back(keyed: Gateway) -> None:
     """A key with one slot: after each way an SDK call can end (finished, closed early,
-    dropped, timed out, an engine error, an error mid-stream), the next call gets in at
+    broken off, timed out, an engine error, an error mid-stream), the next call gets in at
     once (no retries), so no path kept the slot."""
     client = sdk(keyed, ONE_AT_A_TIME_KEY)
     slow: Any = {"stub": {"tokens": 200, "itl_ms": 20}}
@@ -601,12 +603,13 @@ def test_every_way_a_client_leaves_gives_the_concurrency_slot_back(keyed: Gatewa
         next(iter(stream))
         stream.close()
 
-    def dropped() -> None:
-        for chunk in client.completions.create(
+    def broken_off() -> None:
+        with client.completions.create(
             model=STUB_MODEL, prompt="p", stream=True, max_tokens=200, extra_body=slow
-        ):
-            assert chunk.choices
-            break
+        ) as stream:
+            for chunk in stream:
+                assert chunk.choices
+                break
 
     def timed_out() -> None:
         with pytest.raises(openai.APITimeoutError):
@@ -633,7 +636,7 @@ def test_every_way_a_client_leaves_gives_the_concurrency_slot_back(keyed: Gatewa
     def finished() -> None:
         client.embeddings.create(model=STUB_MODEL, input="x")
 
-    for leave in (closed, dropped, timed_out, engine_error, error_mid_stream, finished):
+    for leave in (closed, broken_off, timed_out, engine_error, error_mid_stream, finished):
         leave()
         holds_soon(lambda: in_flight(keyed) == 0, message=f"{leave.__name__}: still in flight")
         holds_soon(lambda: _gets_in(client), message=f"{leave.__name__}: the slot was kept")
