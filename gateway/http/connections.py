@@ -94,6 +94,7 @@ from gateway.http.direct_cycle import DirectCycle
 from gateway.http.head_fields import MAX_HEADER_FIELDS, FieldCheckingProtocol, RefusedHead, refusal
 from gateway.http.head_rewrite import UPGRADE_REFUSED, refuse_upgrade, without_upgrade
 from gateway.http.pipelining import MAX_PIPELINED, PipelinedFlow, TooManyPipelined, refuse_in_turn
+from gateway.http.request_id import RequestIdMiddleware
 from gateway.http.send_deadline import SendDeadline, reset
 
 log = logging.getLogger("vgate.connections")
@@ -151,7 +152,7 @@ class LimitedHttpToolsProtocol(FieldCheckingProtocol):
         self.flow = self._flow = PipelinedFlow(transport, self.pipeline)
         open_now = len(self.connections)
         if open_now > self._limits.max_connections:
-            self.app = too_many_connections
+            self.app = RequestIdMiddleware(too_many_connections)  # x-request-id too
             if open_now == self._limits.max_connections + 1:  # once per crossing of the cap
                 self._limits.over_cap.crossed(self.loop.time())
         self._deadline = self.loop.time() + self._limits.header_timeout_s

@@ -1,15 +1,18 @@
 """A ``POST /v1/responses`` body: what the gateway checks, and what the engine gets.
 
 The gateway validates only what it acts on (``model``, ``input``, ``stream``,
-``store``, ``background``, ``previous_response_id``, ``instructions``,
-``max_output_tokens``), and ``seed`` within 64 bits as chat does; every other field
-passes to the engine, which judges it, integers beyond 64 bits exactly as written
-(:mod:`gateway.protocol.exact_json`).
+``store``, ``background``, ``conversation``, ``previous_response_id``,
+``instructions``, ``max_output_tokens``), and ``seed`` within 64 bits as chat does;
+every other field passes to the engine, which judges it, integers beyond 64 bits
+exactly as written (:mod:`gateway.protocol.exact_json`).
 
 A follow-up (``previous_response_id``) is expanded here: the engine gets the whole
 conversation as ``input`` (the previous response's input items, then its output
 items, then the new input) with no ``previous_response_id`` and ``store: false``,
-so any engine can answer it and none has to remember anything. As at OpenAI, the
+so any engine can answer it and none has to remember anything. A ``conversation``
+(OpenAI's Conversations API, which the gateway does not offer) is a 400, as
+``background`` is: an engine ignores the field, and would answer without the
+conversation's items, silently. As at OpenAI, the
 previous request's ``instructions`` are not carried over.
 
 The number of items is capped (``server.max_messages``, what caps a chat request's
@@ -114,6 +117,13 @@ def read_create(body: dict[str, Any], max_items: int = MAX_ITEMS) -> CreateReque
             "background responses are not supported by this gateway: create the response "
             "without `background` (streamed or not).",
             param="background",
+            code="unsupported_parameter",
+        )
+    if body.get("conversation") is not None:  # a conversation's items are state it lacks
+        raise InvalidRequestError(
+            "conversations are not supported by this gateway: continue a conversation "
+            "with `previous_response_id`, or send its items as `input`.",
+            param="conversation",
             code="unsupported_parameter",
         )
     previous = _optional(body, "previous_response_id", str, "a string")
