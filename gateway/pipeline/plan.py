@@ -256,7 +256,7 @@ class RequestPlanner:
         token estimate makes (:func:`priced_text_chars`): every character it prices
         counts, an assistant's ``reasoning``, a ``name``, ``tools`` and
         ``chat_template_kwargs`` included, and nothing it does not (an embeddings
-        request is priced by its ``input`` and messages alone)."""
+        request: :func:`embedding_priced`)."""
         limits = self._limits
         messages = body.get("messages")
         if isinstance(messages, list) and len(messages) > limits.max_messages:
@@ -266,16 +266,26 @@ class RequestPlanner:
             )
         if size <= limits.max_prompt_chars:
             return
-        priced = (
-            body
-            if route.generates
-            else {"prompt": body.get(route.prompt_field), "messages": messages}
-        )
+        priced = body if route.generates else embedding_priced(body, route.prompt_field)
         if priced_text_chars(priced) > limits.max_prompt_chars:
             raise InvalidRequestError(
                 f"request text exceeds {limits.max_prompt_chars} characters",
                 param=_text_field(body),
             )
+
+
+def embedding_priced(body: dict[str, Any], prompt_field: str) -> dict[str, Any]:
+    """What the token estimate reads of a request that generates nothing (embeddings),
+    in the form it reads: its input as the prompt, its messages (vLLM's chat form) and
+    ``chat_template_kwargs``, which vLLM hands that form's chat template as chat's (they
+    can set its ``documents`` or ``tools``). Read from input and messages alone, a key
+    with a 5,000-token budget embedded 10,000 tokens of ``documents`` there at a few
+    (bug hunt). Nothing else of the body reaches the model."""
+    return {
+        "prompt": body.get(prompt_field),
+        "messages": body.get("messages"),
+        "chat_template_kwargs": body.get("chat_template_kwargs"),
+    }
 
 
 def _text_field(body: dict[str, Any]) -> str:
