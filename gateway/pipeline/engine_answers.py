@@ -211,7 +211,10 @@ class EngineAnswers:
                 if pair is not None and collector is not None:
                     pair.primary(collector.text())
 
-        relay = relay_events(stream, outcome, exchange.clock, taps, done, route.prompt_param)
+        secrets = self._pool.credentials.secrets  # (never in an engine's error event)
+        relay = relay_events(
+            stream, outcome, exchange.clock, taps, done, route.prompt_param, secrets
+        )
         events: AsyncIterator[bytes] = relay
         close = exchange.close
         line = None
