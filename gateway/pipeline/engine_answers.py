@@ -109,7 +109,9 @@ class EngineAnswers:
 
         wants_usage = client_wants_usage(parsed.body)
         events = follow_events(flight, wants_usage, outcome, done, fresh_at, exchange)
-        return EventStream(events, headers, exchange.close)
+        line = ClientLine()  # hung up on if the flight cuts it (Flight.hang_ups)
+        flight.hang_ups[exchange] = line.drop
+        return EventStream(events, headers, exchange.close, line=line)
 
     async def complete(
         self,
