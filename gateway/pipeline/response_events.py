@@ -157,11 +157,13 @@ async def relay_response_events(
     final: FinalResponseTap,
     on_final: Callable[[dict[str, Any]], Awaitable[None]],
     mark: SequenceMark,
+    secrets: tuple[str, ...] = (),
 ) -> AsyncIterator[bytes]:
     """Yield the engine's events through ``taps`` (``final`` last); once the terminal
     event has been seen, await ``on_final`` with its response, then yield it. Never
     raises a :class:`GatewayError`: a failure becomes an :func:`error_event`, numbered
-    by ``mark`` (kept up to date with each batch)."""
+    by ``mark`` (kept up to date with each batch). ``secrets`` (the engines' keys) never
+    show in an engine's error."""
     next_batch = stream.next_batch
     try:
         while (received := await next_batch()) is not None:
@@ -170,10 +172,10 @@ async def relay_response_events(
             batch = received
             mark.last = last_sequence_number(batch, mark.last)
             if STREAM_ERROR in batch:  # vLLM's own error event, in OpenAI's shape
-                batch, status = mapped_error_events(batch, "input")
+                batch, status = mapped_error_events(batch, "input", secrets)
                 outcome.note_error_status(status)  # 5xx: for the engine's breaker
             if has_failure(batch):  # an engine's error or response.failed: no internals
-                batch = told_failures(batch)
+                batch = told_failures(batch, secrets)
             for tap in taps:
                 batch = tap.inspect(batch)
             batch = final.inspect(batch)

@@ -20,7 +20,7 @@ from typing import Any
 
 import orjson
 
-from gateway.errors.engine_internals import without_internals
+from gateway.errors.engine_internals import without_internals, without_secrets
 from gateway.protocol.exact_json import encoded_exactly
 
 FAILURE_MARKS = (b'"type":"error"', b'"type": "error"', b'"response.failed"')
@@ -34,9 +34,10 @@ def has_failure(batch: bytes) -> bool:
     return any(mark in batch for mark in FAILURE_MARKS)
 
 
-def told_failures(batch: bytes) -> bytes:
+def told_failures(batch: bytes, secrets: tuple[str, ...] = ()) -> bytes:
     """``batch`` with the message of each ``error`` and ``response.failed`` event told
-    without the engine's internals; ``batch`` itself when there is nothing to change."""
+    without the engine's internals nor ``secrets`` (the engines' keys); ``batch``
+    itself when there is nothing to change."""
     events = batch.split(b"\n\n")
     changed = False
     for i, event in enumerate(events):
@@ -46,7 +47,7 @@ def told_failures(batch: bytes) -> bytes:
         for j, line in enumerate(lines):
             if not line.startswith(b"data:"):
                 continue
-            told = _told_event(line[5:])
+            told = _told_event(line[5:], secrets)
             if told is not None:
                 lines[j] = b"data: " + told
                 events[i] = b"\n".join(lines)
@@ -54,7 +55,7 @@ def told_failures(batch: bytes) -> bytes:
     return b"\n\n".join(events) if changed else batch
 
 
-def _told_event(source: bytes) -> bytes | None:
+def _told_event(source: bytes, secrets: tuple[str, ...]) -> bytes | None:
     try:
         data = orjson.loads(source)
     except orjson.JSONDecodeError:
@@ -63,25 +64,25 @@ def _told_event(source: bytes) -> bytes | None:
         return None
     kind = data.get("type")
     if kind == "error":
-        changed = _tell(data)
+        changed = _tell(data, secrets)
         error = data.get("error")
         if isinstance(error, dict):  # the gateway's own error events carry both
-            changed = _tell(error, data.get("code")) or changed
+            changed = _tell(error, secrets, data.get("code")) or changed
     elif kind == "response.failed":
         response = data.get("response")
-        changed = isinstance(response, dict) and told_response(response)
+        changed = isinstance(response, dict) and told_response(response, secrets)
     else:
         return None
     return encoded_exactly(data, source) if changed else None
 
 
-def told_response(response: dict[str, Any]) -> bool:
+def told_response(response: dict[str, Any], secrets: tuple[str, ...] = ()) -> bool:
     """Tell a failed response's ``error.message`` so (in place); whether it changed."""
     error = response.get("error")
-    return isinstance(error, dict) and _tell(error)
+    return isinstance(error, dict) and _tell(error, secrets)
 
 
-def _tell(error: dict[str, Any], code: Any = None) -> bool:
+def _tell(error: dict[str, Any], secrets: tuple[str, ...], code: Any = None) -> bool:
     message = error.get("message")
     if not isinstance(message, str):
         return False
@@ -89,7 +90,8 @@ def _tell(error: dict[str, Any], code: Any = None) -> bool:
     if code in SERVER_CODES or error.get("type") == "server_error":
         told = FAILED_MESSAGE
     else:
-        told = without_internals(message, MAX_MESSAGE) or FAILED_MESSAGE
+        kept = without_secrets(message, secrets, MAX_MESSAGE)
+        told = without_internals(kept, MAX_MESSAGE) or FAILED_MESSAGE
     if told == message:
         return False
     error["message"] = told

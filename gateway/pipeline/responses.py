@@ -306,7 +306,9 @@ class ResponsesService:
         if not isinstance(response, dict):  # not a response object: passed on, not kept
             exchange.finished(None)
             return Answer(body, [*exchange.ticket.raw_headers], reply.status)
-        if response.get("status") == "failed" and told_response(response):
+        if response.get("status") == "failed" and told_response(
+            response, self._pool.credentials.secrets
+        ):
             body = encoded_exactly(response, body)  # the engine's internals kept from it
         tokens = usage_tokens(response) if exchange.ticket.wants_usage else None
         exchange.finished(tokens, input_tokens(response))
@@ -340,7 +342,10 @@ class ResponsesService:
                 await keep(response, final.exact_response)
 
         final, mark = FinalResponseTap(exact=keep is not None), SequenceMark()
-        events = relay_response_events(stream, outcome, exchange.clock, taps, final, finished, mark)
+        secrets = self._pool.credentials.secrets
+        events = relay_response_events(
+            stream, outcome, exchange.clock, taps, final, finished, mark, secrets
+        )
         return EventStream(events, [*exchange.ticket.raw_headers], exchange.close, mark.error_event)
 
     # -- stored responses ---------------------------------------------------------
