@@ -236,7 +236,7 @@ class EngineProcess:
         plan = self.plan
         marker = f"\n{START_MARKER}{' '.join(plan.argv)}\n"
         write_line(plan.log_path, plan.log_max_bytes, plan.log_keep, marker)
-        self._keeper, output = start_keeper(plan.log_path, plan.log_max_bytes, plan.log_keep)
+        keeper, output = start_keeper(plan.log_path, plan.log_max_bytes, plan.log_keep)
         try:
             self._popen = subprocess.Popen(
                 plan.argv,
@@ -247,8 +247,13 @@ class EngineProcess:
                 start_new_session=True,
                 preexec_fn=functools.partial(die_with_parent, os.getpid()),
             )
+        except BaseException:  # no engine: nothing to keep, and no stop() will reap it
+            keeper.kill()
+            keeper.wait()
+            raise
         finally:
             os.close(output)  # the engine's copy is the only one: its end ends the keeper
+        self._keeper = keeper
         if self.guardian is not None:
             self.guardian.watch(self._popen.pid)  # its own session: the group id is its pid
         self.started_at = time.time()

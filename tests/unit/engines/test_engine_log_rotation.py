@@ -7,13 +7,15 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import subprocess
 import sys
 from pathlib import Path
 
 import aiohttp
 import pytest
 
-from engines.engine_log import RotatingLog, keep, read_tail, rotated_path
+import engines.process as process_module
+from engines.engine_log import RotatingLog, keep, read_tail, rotated_path, start_keeper
 from engines.process import EngineProcess, EngineStartError, LaunchPlan
 from engines.spec import LOG_MIN_MAX_BYTES
 
@@ -191,3 +193,30 @@ def test_a_keeper_that_cannot_write_drains_the_engine_and_says_so_once(
         os.close(read_end)
     assert written == 40000
     assert capsys.readouterr().err.count("No space left on device") == 1
+
+
+def test_an_engine_that_cannot_be_spawned_leaves_no_keeper_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The keeper starts before the engine; when the engine cannot be executed, the
+    keeper is ended and reaped there and then (it was left a zombie, never waited for:
+    the slot gives up without a stop, which is what reaps it otherwise)."""
+    keepers: list[subprocess.Popen[bytes]] = []
+
+    def recording(path: Path, max_bytes: int, count: int) -> tuple[subprocess.Popen[bytes], int]:
+        keeper, output = start_keeper(path, max_bytes, count)
+        keepers.append(keeper)
+        return keeper, output
+
+    monkeypatch.setattr(process_module, "start_keeper", recording)
+    plan = LaunchPlan(
+        argv=(str(tmp_path / "no-such-interpreter"), "-c", "pass"),
+        env=dict(os.environ),
+        url="http://127.0.0.1:1",
+        served_name="m",
+        log_path=tmp_path / "m-0.log",
+    )
+    with pytest.raises(FileNotFoundError):
+        EngineProcess(plan).spawn()
+    assert len(keepers) == 1
+    assert keepers[0].returncode is not None  # reaped; unfixed: None, never waited for
