@@ -4,11 +4,11 @@ SDK waits given them (its retries on a 429 and an engine's 503)."""
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import openai
 import pytest
 from openai._models import FinalRequestOptions
@@ -74,27 +74,35 @@ def test_an_engines_503_is_retried_max_retries_times_with_the_sdks_backoff(
 
 
 def test_the_sdk_waits_the_concurrency_hint_and_then_gets_in(keyed: Gateway) -> None:
-    client = sdk(keyed, ONE_AT_A_TIME_KEY, max_retries=3)
-    holder = client.chat.completions.create(
+    """The stream holding the key's one slot is closed once the SDK's first try has been
+    refused (an event hook on its 429), not after a fixed delay, which a loaded machine
+    could stretch past the try (then admitted at once: no retry to see)."""
+    holder = sdk(keyed, ONE_AT_A_TIME_KEY).chat.completions.create(
         model=STUB_MODEL,
         messages=MESSAGES,
         stream=True,
         extra_body={"stub": {"tokens": 200, "itl_ms": 20}},
     )
     next(iter(holder))
+
+    def free_the_slot_once_refused(response: httpx.Response) -> None:
+        if response.status_code == 429:
+            holder.close()
+
     with pytest.raises(openai.RateLimitError) as raised:
-        client.with_options(max_retries=0).chat.completions.create(
+        sdk(keyed, ONE_AT_A_TIME_KEY).chat.completions.create(
             model=STUB_MODEL, messages=MESSAGES, max_tokens=1
         )
     headers = raised.value.response.headers
     assert raised.value.code == "rate_limit_exceeded" and raised.value.type == "concurrency"
     assert (headers["retry-after"], headers["retry-after-ms"]) == ("1", "1000")
-    threading.Timer(0.3, holder.close).start()
-    started = time.monotonic()
-    raw = client.chat.completions.with_raw_response.create(
-        model=STUB_MODEL, messages=MESSAGES, max_tokens=1
-    )
-    waited = time.monotonic() - started
+    with httpx.Client(event_hooks={"response": [free_the_slot_once_refused]}) as hooked:
+        client = sdk(keyed, ONE_AT_A_TIME_KEY, max_retries=3, http_client=hooked)
+        started = time.monotonic()
+        raw = client.chat.completions.with_raw_response.create(
+            model=STUB_MODEL, messages=MESSAGES, max_tokens=1
+        )
+        waited = time.monotonic() - started
     assert raw.retries_taken == 1 and 1.0 <= waited < 2.0
     assert raw.parse().choices[0].finish_reason == "length"
 
