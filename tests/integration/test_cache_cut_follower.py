@@ -13,24 +13,29 @@ reads nothing; the leader, under another key, reads as fast as the engine answer
 
 from __future__ import annotations
 
-import errno
 import socket
 import threading
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
-import orjson
 import pytest
 
 from tests.helpers.waiting import holds_soon
-from tests.integration.conftest import STUB_MODEL, Gateway, Stub, start_gateway, start_stub
+from tests.integration.conftest import STUB_MODEL, Gateway, Stub, start_stub
+from tests.integration.cut_world import (
+    SEND_TIMEOUT_S,
+    cut_gateway,
+    cuts,
+    key_answered,
+    silent_client,
+    was_reset,
+)
 
 RUN = uuid.uuid4().hex[:8]
-MAX_LAG = 1024 * 1024
-SEND_TIMEOUT_S = 120
 LEADER_KEY = "sk-cutf-leader-0123456789"
 FOLLOWER_KEY = "sk-cutf-follower-0123456789"
 
@@ -44,20 +49,12 @@ def engine() -> Iterator[Stub]:
 def gateway(
     engine: Stub, redis_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Gateway]:
-    config: dict[str, Any] = {
-        "models": [{"name": STUB_MODEL, "endpoints": [engine.url]}],
-        "redis": {"url": redis_url},
-        "server": {"send_timeout_s": SEND_TIMEOUT_S},
-        "auth": {
-            "enabled": True,
-            "keys": [
-                {"name": f"leader-{RUN}", "key": LEADER_KEY},
-                {"name": f"follower-{RUN}", "key": FOLLOWER_KEY, "max_concurrent": 1},
-            ],
-        },
-        "cache": {"enabled": True, "namespace": RUN, "max_lag_bytes": MAX_LAG, "scope": "shared"},
-    }
-    yield from start_gateway(config, tmp_path_factory.mktemp("cut-follower"))
+    keys = [
+        {"name": f"leader-{RUN}", "key": LEADER_KEY},
+        {"name": f"follower-{RUN}", "key": FOLLOWER_KEY, "max_concurrent": 1},
+    ]
+    directory: Path = tmp_path_factory.mktemp("cut-follower")
+    yield from cut_gateway(engine, redis_url, directory, RUN, keys)
 
 
 def lead(gateway: Gateway, body: dict[str, Any], received: bytearray) -> None:
@@ -75,40 +72,7 @@ def lead(gateway: Gateway, body: dict[str, Any], received: bytearray) -> None:
 
 def silent_follower(gateway: Gateway, body: dict[str, Any]) -> socket.socket:
     """A client of the follower's key that asks for ``body`` and reads nothing."""
-    payload = orjson.dumps(body)
-    head = b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
-    head += b"authorization: Bearer %s\r\n" % FOLLOWER_KEY.encode()
-    head += b"content-length: %d\r\n\r\n" % len(payload)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock.settimeout(20)
-    sock.connect(("127.0.0.1", int(gateway.url.rsplit(":", 1)[1])))
-    sock.sendall(head + payload)
-    return sock
-
-
-def was_reset(sock: socket.socket) -> bool:
-    """Whether the peer reset the connection, seen without reading (``SO_ERROR``)."""
-    return sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == errno.ECONNRESET
-
-
-def follower_key_answered(gateway: Gateway) -> bool:
-    """Whether the follower's key is admitted now (its one concurrency slot free)."""
-    prompt = f"{RUN} again {time.monotonic()}"
-    body = {"model": STUB_MODEL, "max_tokens": 2, "messages": [{"role": "user", "content": prompt}]}
-    headers = {"authorization": f"Bearer {FOLLOWER_KEY}", "cache-control": "no-store"}
-    reply = httpx.post(
-        f"{gateway.base_url}/chat/completions", json=body, headers=headers, timeout=15
-    )
-    assert reply.status_code in (200, 429), reply.text
-    return reply.status_code == 200
-
-
-def cuts(gateway: Gateway, role: str) -> float:
-    for line in gateway.metrics().splitlines():
-        if line.startswith("vgate_slow_clients_cut_total{") and f'role="{role}"' in line:
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
+    return silent_client(gateway, FOLLOWER_KEY, body)
 
 
 def test_a_cut_follower_is_hung_up_on_and_its_slot_freed_long_before_the_send_deadline(
@@ -128,7 +92,7 @@ def test_a_cut_follower_is_hung_up_on_and_its_slot_freed_long_before_the_send_de
         leader.join(30)
         assert bytes(received).rstrip().endswith(b"data: [DONE]")
         holds_soon(lambda: was_reset(follower), 10.0, "the cut follower was not hung up on")
-        holds_soon(lambda: follower_key_answered(gateway), 10.0, "its slot stayed taken")
+        holds_soon(lambda: key_answered(gateway, FOLLOWER_KEY, RUN), 10.0, "its slot stayed taken")
         assert time.monotonic() - started < SEND_TIMEOUT_S / 4
     assert engine.stats()["requests"] == requests + 2  # one call for both, then the probe
     assert cuts(gateway, "follower") == 1.0

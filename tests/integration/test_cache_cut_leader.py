@@ -13,23 +13,28 @@ reads nothing; its followers ask under another key (the cache is shared between 
 
 from __future__ import annotations
 
-import errno
 import socket
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
-import orjson
 import pytest
 
 from tests.helpers.waiting import holds_soon
-from tests.integration.conftest import STUB_MODEL, Gateway, Stub, start_gateway, start_stub
+from tests.integration.conftest import STUB_MODEL, Gateway, Stub, start_stub
+from tests.integration.cut_world import (
+    SEND_TIMEOUT_S,
+    cut_gateway,
+    cuts,
+    key_answered,
+    silent_client,
+    was_reset,
+)
 
 RUN = uuid.uuid4().hex[:8]
-MAX_LAG = 1024 * 1024
-SEND_TIMEOUT_S = 120
 LEADER_KEY = "sk-cut-leader-0123456789"
 FOLLOWER_KEY = "sk-cut-follower-0123456789"
 
@@ -43,20 +48,12 @@ def engine() -> Iterator[Stub]:
 def gateway(
     engine: Stub, redis_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Gateway]:
-    config: dict[str, Any] = {
-        "models": [{"name": STUB_MODEL, "endpoints": [engine.url]}],
-        "redis": {"url": redis_url},
-        "server": {"send_timeout_s": SEND_TIMEOUT_S},
-        "auth": {
-            "enabled": True,
-            "keys": [
-                {"name": f"leader-{RUN}", "key": LEADER_KEY, "max_concurrent": 1},
-                {"name": f"follower-{RUN}", "key": FOLLOWER_KEY},
-            ],
-        },
-        "cache": {"enabled": True, "namespace": RUN, "max_lag_bytes": MAX_LAG, "scope": "shared"},
-    }
-    yield from start_gateway(config, tmp_path_factory.mktemp("cut-leader"))
+    keys = [
+        {"name": f"leader-{RUN}", "key": LEADER_KEY, "max_concurrent": 1},
+        {"name": f"follower-{RUN}", "key": FOLLOWER_KEY},
+    ]
+    directory: Path = tmp_path_factory.mktemp("cut-leader")
+    yield from cut_gateway(engine, redis_url, directory, RUN, keys)
 
 
 def body_of(name: str, tokens: int, itl_ms: float = 0.0) -> dict[str, Any]:
@@ -71,22 +68,9 @@ def silent_leader(gateway: Gateway, engine: Stub, body: dict[str, Any]) -> socke
     """A client of the leader's key that asks for ``body`` and reads nothing; returned
     once its request is at the engine (it leads the flight)."""
     in_flight = engine.stats()["in_flight"]
-    payload = orjson.dumps(body)
-    head = b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
-    head += b"authorization: Bearer %s\r\n" % LEADER_KEY.encode()
-    head += b"content-length: %d\r\n\r\n" % len(payload)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock.settimeout(20)
-    sock.connect(("127.0.0.1", int(gateway.url.rsplit(":", 1)[1])))
-    sock.sendall(head + payload)
+    sock = silent_client(gateway, LEADER_KEY, body)
     holds_soon(lambda: engine.stats()["in_flight"] > in_flight)
     return sock
-
-
-def was_reset(sock: socket.socket) -> bool:
-    """Whether the peer reset the connection, seen without reading (``SO_ERROR``)."""
-    return sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == errno.ECONNRESET
 
 
 def follow(gateway: Gateway, body: dict[str, Any]) -> bytes:
@@ -105,25 +89,6 @@ def follow(gateway: Gateway, body: dict[str, Any]) -> bytes:
     return bytes(received)
 
 
-def leader_key_answered(gateway: Gateway) -> bool:
-    """Whether the leader's key is admitted now (its one concurrency slot free)."""
-    prompt = f"{RUN} again {time.monotonic()}"
-    body = {"model": STUB_MODEL, "max_tokens": 2, "messages": [{"role": "user", "content": prompt}]}
-    headers = {"authorization": f"Bearer {LEADER_KEY}", "cache-control": "no-store"}
-    reply = httpx.post(
-        f"{gateway.base_url}/chat/completions", json=body, headers=headers, timeout=15
-    )
-    assert reply.status_code in (200, 429), reply.text
-    return reply.status_code == 200
-
-
-def cuts(gateway: Gateway, role: str) -> float:
-    for line in gateway.metrics().splitlines():
-        if line.startswith("vgate_slow_clients_cut_total{") and f'role="{role}"' in line:
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
-
-
 def test_a_cut_leader_is_hung_up_on_and_its_slot_freed_long_before_the_send_deadline(
     gateway: Gateway, engine: Stub
 ) -> None:
@@ -131,12 +96,14 @@ def test_a_cut_leader_is_hung_up_on_and_its_slot_freed_long_before_the_send_dead
     requests = engine.stats()["requests"]
     with silent_leader(gateway, engine, body) as leader:
         started = time.monotonic()
-        assert not leader_key_answered(gateway)  # its one slot is the leader's
+        assert not key_answered(gateway, LEADER_KEY, RUN)  # its one slot is the leader's
         followed = follow(gateway, body)
         assert followed.rstrip().endswith(b"data: [DONE]")
         assert followed.count(b'"finish_reason":"length"') == 1  # the whole answer
         holds_soon(lambda: was_reset(leader), 10.0, "the cut leader was not hung up on")
-        holds_soon(lambda: leader_key_answered(gateway), 10.0, "the leader's slot stayed taken")
+        holds_soon(
+            lambda: key_answered(gateway, LEADER_KEY, RUN), 10.0, "the leader's slot stayed taken"
+        )
         assert time.monotonic() - started < SEND_TIMEOUT_S / 4
     assert engine.stats()["requests"] == requests + 2  # one call for both, then the probe
     assert cuts(gateway, "leader") == 1.0
