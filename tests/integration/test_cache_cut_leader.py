@@ -48,7 +48,7 @@ def engine() -> Iterator[Stub]:
 def gateway(
     engine: Stub, redis_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Gateway]:
-    keys = [
+    keys: list[dict[str, Any]] = [
         {"name": f"leader-{RUN}", "key": LEADER_KEY, "max_concurrent": 1},
         {"name": f"follower-{RUN}", "key": FOLLOWER_KEY},
     ]
