@@ -45,7 +45,6 @@ from gateway.errors import (
     retry_after,
 )
 from gateway.observability.metrics import GatewayMetrics
-from gateway.pipeline.plan import OFFLOAD_BYTES
 from gateway.pipeline.record_budget import LOADED_RECORDS, ByteBudget
 from gateway.responses.encoding import written_exactly
 from gateway.responses.store import ResponseStore, StoredResponse, encode_record
@@ -217,8 +216,7 @@ class ResponseRecords:
 
 class Loaded:
     """One :meth:`ResponseRecords.loaded` block: the record read, its bytes held of the
-    budget, decoded (off the event loop when over
-    :data:`~gateway.pipeline.plan.OFFLOAD_BYTES`), released at the end."""
+    budget, decoded, released at the end."""
 
     __slots__ = ("_held", "_id", "_missing", "_owner", "_records")
 
@@ -237,8 +235,6 @@ class Loaded:
             return None
         self._held = await self._records.budget.acquire(len(data))
         try:
-            if len(data) > OFFLOAD_BYTES:  # as a large create body is (plan.py's reasons)
-                return await self._decoded_in_thread(data)
             return StoredResponse.decode(self._id, data)
         except BaseException:
             self._release()
@@ -251,18 +247,6 @@ class Loaded:
         traceback: TracebackType | None,
     ) -> None:
         self._release()
-
-    async def _decoded_in_thread(self, data: bytes) -> StoredResponse | None:
-        """``data`` decoded in a worker thread. Left before the thread is done (the
-        caller cancelled), the bytes stay held until it is: the decoding goes on, and
-        released at once, a client leaving again and again would decode past the budget."""
-        decoding = asyncio.ensure_future(asyncio.to_thread(StoredResponse.decode, self._id, data))
-        try:
-            return await asyncio.shield(decoding)
-        except asyncio.CancelledError:
-            held, self._held = self._held, 0
-            decoding.add_done_callback(lambda _: self._records.budget.release(held))
-            raise
 
     def _release(self) -> None:
         held, self._held = self._held, 0

@@ -8,17 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import re
-import threading
 import tracemalloc
 from typing import Any
 
 import orjson
 import pytest
 
-from gateway.pipeline.plan import OFFLOAD_BYTES
 from gateway.pipeline.record_budget import ByteBudget
 from gateway.pipeline.results import Answer
-from gateway.responses.store import StoredResponse
 from gateway.upstream.fake import FakeRequest, Scripted
 from tests.helpers.waiting import until
 from tests.unit.pipeline.responses_world import KEY, MODEL, create_answer, responses_world
@@ -81,73 +78,3 @@ async def test_the_budget_lets_loads_in_turn_and_forgets_one_that_left() -> None
     assert budget.held == 70
     budget.release(70)
     assert await budget.acquire(500) == 100  # larger than the whole: all of it, alone
-
-
-async def test_a_large_record_is_decoded_off_the_event_loop(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """As a large create body is (the module docstring of response_records says so):
-    decoded on the loop, a retrieval or follow-up of an 8 MiB record stalled every other
-    client of the worker for as long as orjson took."""
-    threads: list[int] = []
-    decode = StoredResponse.decode.__func__  # type: ignore[attr-defined]
-
-    def recording(
-        cls: type[StoredResponse], response_id: str, data: bytes, exact: bool = False
-    ) -> StoredResponse | None:
-        threads.append(threading.get_ident())
-        found: StoredResponse | None = decode(cls, response_id, data, exact)
-        return found
-
-    monkeypatch.setattr(StoredResponse, "decode", classmethod(recording))
-    world = responses_world(max_prompt_chars=1 << 24)
-    large = await create_answer(world, {"model": MODEL, "input": "x" * (OFFLOAD_BYTES + 1)})
-    small = await create_answer(world, {"model": MODEL, "input": "hi"})
-    principal = await world.service.caller(f"Bearer {KEY}")
-    retrieved = await world.service.retrieve(large["id"], principal)
-    await world.service.retrieve(small["id"], principal)
-    follow_up = {"model": MODEL, "input": "more", "previous_response_id": large["id"]}
-    assert isinstance(
-        await world.service.create(orjson.dumps(follow_up), principal, "r", None), Answer
-    )
-    loop_thread = threading.get_ident()
-    assert orjson.loads(retrieved.body)["id"] == large["id"]
-    assert len(threads) == 3
-    assert threads[0] != loop_thread  # unfixed: decoded here, on the loop
-    assert threads[1] == loop_thread  # a small one costs no thread hop
-    assert threads[2] != loop_thread  # a follow-up's previous record too
-    assert world.service._records.budget.held == 0
-
-
-async def test_a_record_decoded_in_a_thread_holds_its_bytes_until_the_thread_is_done(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """A retrieval cancelled (its client left) while its record is decoded in a thread:
-    the decoding goes on, so its bytes stay held of the budget until it ends; released
-    at once, clients leaving again and again decoded past the budget."""
-    world = responses_world(max_prompt_chars=1 << 24)
-    large = await create_answer(world, {"model": MODEL, "input": "x" * (OFFLOAD_BYTES + 1)})
-    principal = await world.service.caller(f"Bearer {KEY}")
-    decode = StoredResponse.decode.__func__  # type: ignore[attr-defined]
-    entered, finish = threading.Event(), threading.Event()
-
-    def slow(
-        cls: type[StoredResponse], response_id: str, data: bytes, exact: bool = False
-    ) -> StoredResponse | None:
-        entered.set()
-        finish.wait(30)
-        found: StoredResponse | None = decode(cls, response_id, data, exact)
-        return found
-
-    monkeypatch.setattr(StoredResponse, "decode", classmethod(slow))
-    budget = world.service._records.budget
-    retrieval = asyncio.create_task(world.service.retrieve(large["id"], principal))
-    try:
-        await until(entered.is_set)
-        retrieval.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await retrieval
-        assert budget.held > OFFLOAD_BYTES  # unfixed: 0, the thread still decoding
-    finally:
-        finish.set()
-    await until(lambda: budget.held == 0)
