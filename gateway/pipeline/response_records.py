@@ -261,7 +261,8 @@ class Keeper:
     must not name a record the engine chose (another key's, say), and the gateway's
     id would be one the client never saw. The conversation is kept encoded
     (:func:`gateway.responses.encoding.encoded_items`), not as the objects it was
-    decoded to, for as long as the engine answers."""
+    decoded to, for as long as the engine answers, and so are its items' ids
+    (``ids``: a JSON array)."""
 
     __slots__ = ("_id", "_ids", "_items", "_owner", "_records")
 
@@ -270,13 +271,13 @@ class Keeper:
         records: ResponseRecords,
         owner: str,
         items: bytes,
-        ids: list[str],
+        ids: bytes,
         response_id: str,
     ) -> None:
         self._records = records
         self._owner = owner
         self._items = orjson.Fragment(items)
-        self._ids = ids
+        self._ids = orjson.Fragment(ids)
         self._id = response_id
 
     async def __call__(self, response: dict[str, Any], exact: Callable[[], dict[str, Any]]) -> None:

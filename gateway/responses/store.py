@@ -78,9 +78,10 @@ class StoredResponse:
         return output if isinstance(output, list) else []
 
 
-def encode_record(owner: str, response: dict[str, Any], input_items: Any, ids: list[str]) -> bytes:
-    """A record as stored; ``input_items`` a list, or an :class:`orjson.Fragment` of
-    one already encoded (the conversation, encoded once for the engine and the record).
+def encode_record(owner: str, response: dict[str, Any], input_items: Any, ids: Any) -> bytes:
+    """A record as stored; ``input_items`` and ``ids`` lists, or :class:`orjson.Fragment`
+    of ones already encoded (the conversation, encoded once for the engine and the
+    record, and its ids, kept encoded while the engine answers).
     Raises ``orjson.JSONEncodeError`` (a ``TypeError``) for what orjson cannot write."""
     return orjson.dumps(
         {"owner": owner, "response": response, "input": input_items, "input_ids": ids}
