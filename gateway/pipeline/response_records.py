@@ -146,12 +146,21 @@ class ResponseRecords:
 
     async def read(self, response_id: str, owner: str, missing: GatewayError) -> bytes | None:
         """The encoded record (see :meth:`loaded`), not yet decoded."""
+        if not await self.owned(response_id, owner, missing):
+            return None
+        try:
+            return await self._store.get(response_id)
+        except StoreUnavailable:
+            raise self._unavailable() from None
+
+    async def owned(self, response_id: str, owner: str, missing: GatewayError) -> bool:
+        """Whether ``owner`` has a record under ``response_id`` (``missing`` for an id of
+        another form), from the owner's bookkeeping: the record is neither read nor
+        decoded (a delete or a cancel needs no more)."""
         if RESPONSE_ID.fullmatch(response_id) is None:
             raise missing
         try:
-            if not await self._store.owns(response_id, owner):
-                return None
-            return await self._store.get(response_id)
+            return await self._store.owns(response_id, owner)
         except StoreUnavailable:
             raise self._unavailable() from None
 

@@ -362,8 +362,7 @@ class ResponsesService:
     async def delete(self, response_id: str, principal: Principal) -> Answer:
         ticket = await self._charge(principal)
         try:
-            async with self._own(response_id, principal) as loaded:
-                check_found(loaded, principal.name, ResponseNotFoundError(response_id))
+            await self._check_owned(response_id, principal)
             if not await self._records.delete(response_id, principal.name):
                 raise ResponseNotFoundError(response_id)  # another delete came first
         finally:
@@ -374,8 +373,7 @@ class ResponsesService:
     async def cancel(self, response_id: str, principal: Principal) -> Answer:
         ticket = await self._charge(principal)
         try:
-            async with self._own(response_id, principal) as loaded:
-                check_found(loaded, principal.name, ResponseNotFoundError(response_id))
+            await self._check_owned(response_id, principal)
         finally:
             ticket.settle(0)
         raise NotCancellableError("Cannot cancel a synchronous response.", param="response_id")
@@ -401,6 +399,14 @@ class ResponsesService:
         ``rpm`` gets 429 before anything is read, and ``max_concurrent`` bounds how
         many (up to ``responses.max_stored_bytes`` each) it has read at once."""
         return await self._admission.admit(principal.key_scopes(), {}, tokens=False)
+
+    async def _check_owned(self, response_id: str, principal: Principal) -> None:
+        """404 unless the key has a record under ``response_id``: asked of its own
+        bookkeeping, the record neither read nor decoded (up to
+        ``responses.max_stored_bytes`` each, only to learn its owner)."""
+        missing = ResponseNotFoundError(response_id)
+        if not await self._records.owned(response_id, principal.name, missing):
+            raise missing
 
     def _own(self, response_id: str, principal: Principal) -> Loaded:
         """The key's record (``async with``; None when it has none: :func:`check_found`)."""
