@@ -20,9 +20,11 @@ from gateway.responses.conversation import CreateRequest
 class Turn:
     """What a create keeps of its conversation once admitted: the items encoded (the
     decoded ones, up to ~24x a record's bytes, are dropped), their ids encoded (a JSON
-    array), and its affinity key (None: the model's policy wants none)."""
+    array), and its affinity key (None: the model's policy wants none). ``cuts``: the
+    offsets of the items' slices (:mod:`gateway.responses.record_layout`)."""
 
     items: bytes
+    cuts: list[int]
     item_ids: bytes
     key: bytes | None
 

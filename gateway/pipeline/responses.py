@@ -235,7 +235,7 @@ class ResponsesService:
             taps.append(FieldRestore(request.previous_response_id))
         keep = None
         if request.store:
-            keep = Keeper(self._records, principal.name, turn.items, turn.item_ids, response_id)
+            keep = Keeper(self._records, principal.name, turn, response_id)
         exchange.count_in_flight()
         try:
             if request.stream:
@@ -288,7 +288,8 @@ class ResponsesService:
             await self._records.check_quota(principal.name)
         timeline.admitted = timeline.looked_up = exchange.clock()  # no cache here: 0 ms
         key = None if keyed is None else keyed.key(request, items)
-        return Turn(encoded_items(items, raw, previous), encoded_ids(item_ids), key)
+        encoded, cuts = encoded_items(items, raw, previous)
+        return Turn(encoded, cuts, encoded_ids(item_ids), key)
 
     async def _complete(
         self,

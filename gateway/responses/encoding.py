@@ -21,16 +21,20 @@ from typing import Any
 import orjson
 
 from gateway.protocol.exact_json import exact_reading, restored, shows_big_float
+from gateway.responses.record_layout import encoded_in_slices
 from gateway.responses.store import StoredResponse
 
 
-def encoded_items(items: list[Any], raw: bytes, previous: StoredResponse | None) -> bytes:
+def encoded_items(
+    items: list[Any], raw: bytes, previous: StoredResponse | None
+) -> tuple[bytes, list[int]]:
     """``items`` (:func:`gateway.responses.conversation.conversation`'s, from
     ``previous`` and the create body ``raw``) as JSON, each integer beyond 64 bits as
-    its source wrote it."""
-    encoded = orjson.dumps(items)
+    its source wrote it, and the cuts between its slices (the record's layout:
+    :func:`gateway.responses.record_layout.encoded_in_slices`)."""
+    encoded, cuts = encoded_in_slices(items)
     if not shows_big_float(encoded):
-        return exact_size(encoded)
+        return exact_size(encoded), cuts
     before: list[Any] = []
     if previous is not None:
         exact = previous.exact()
@@ -40,7 +44,8 @@ def encoded_items(items: list[Any], raw: bytes, previous: StoredResponse | None)
     given = body.get("input") if isinstance(body, dict) else None
     if isinstance(given, list) and len(given) == len(new):
         new = given
-    return exact_size(orjson.dumps(restored(items, [*before, *new])))
+    encoded, cuts = encoded_in_slices(restored(items, [*before, *new]))
+    return exact_size(encoded), cuts
 
 
 def encoded_ids(ids: list[str]) -> bytes:
