@@ -22,6 +22,7 @@ import orjson
 
 from gateway.protocol.exact_json import exact_reading, restored, shows_big_float
 from gateway.responses.record_layout import encoded_in_slices
+from gateway.responses.references import resolved
 from gateway.responses.store import StoredResponse
 
 
@@ -36,14 +37,17 @@ def encoded_items(
     if not shows_big_float(encoded):
         return exact_size(encoded), cuts
     before: list[Any] = []
+    exact = previous
     if previous is not None:
         exact = previous.exact()
         before = [*exact.input_items, *exact.output]
     new = items[len(before) :]
     body = exact_reading(raw)
+    if body is None:  # none in the body: a referenced item may hold one still
+        body = orjson.loads(raw)
     given = body.get("input") if isinstance(body, dict) else None
     if isinstance(given, list) and len(given) == len(new):
-        new = given
+        new = resolved(given, exact)[0]  # a reference read as the item it names
     encoded, cuts = encoded_in_slices(restored(items, [*before, *new]))
     return exact_size(encoded), cuts
 
