@@ -37,6 +37,7 @@ from tests.helpers.metrics_text import metric_sum
 from tests.helpers.processes import free_port, run_process
 from tests.helpers.redis_server import run_redis
 from tests.integration.conftest import STUB_MODEL, Gateway, start_gateway
+from tests.integration.test_shutdown import gateway_process
 
 KEY = "sk-faults-s13-0123456789"
 MAX_CONCURRENT = 3
@@ -85,6 +86,9 @@ async def ask(client: openai.AsyncOpenAI, kind: str) -> Outcome:
     def done(good: bool, detail: str = "", response_id: str | None = None) -> Outcome:
         return Outcome(kind, good, time.monotonic() - began, detail, response_id, began)
 
+    def answered(complete: bool, why_not: str, response_id: str | None = None) -> Outcome:
+        return done(complete, "" if complete else why_not, response_id)
+
     text: ChatCompletionUserMessageParam = {"role": "user", "content": "hello there"}
     try:
         if kind == "chat_stream":
@@ -95,12 +99,12 @@ async def ask(client: openai.AsyncOpenAI, kind: str) -> Outcome:
             async for chunk in stream:
                 if chunk.choices and chunk.choices[0].finish_reason:
                     finish = chunk.choices[0].finish_reason
-            return done(finish is not None, "ended with no finish_reason")
+            return answered(finish is not None, "ended with no finish_reason")
         if kind == "chat":
             answer = await client.chat.completions.create(
                 model=STUB_MODEL, messages=[text], max_tokens=8
             )
-            return done(answer.choices[0].finish_reason is not None, "no finish_reason")
+            return answered(answer.choices[0].finish_reason is not None, "no finish_reason")
         if kind == "resp_stream":
             completed = None
             events = await client.responses.create(
@@ -109,11 +113,11 @@ async def ask(client: openai.AsyncOpenAI, kind: str) -> Outcome:
             async for event in events:
                 if event.type == "response.completed":
                     completed = event.response.id
-            return done(completed is not None, "ended with no response.completed", completed)
+            return answered(completed is not None, "ended with no response.completed", completed)
         response = await client.responses.create(
             model=STUB_MODEL, input="hello there", max_output_tokens=8
         )
-        return done(response.status == "completed", response.status or "", response.id)
+        return answered(response.status == "completed", f"status {response.status}", response.id)
     except openai.APITimeoutError:
         return done(False, "hung past the deadline")
     except openai.APIStatusError as exc:
@@ -121,7 +125,7 @@ async def ask(client: openai.AsyncOpenAI, kind: str) -> Outcome:
     except openai.APIConnectionError as exc:
         return done(False, f"cut with no error: {exc!r}")
     except openai.APIError as exc:  # an error event ended the stream
-        return done(bool(exc.message), f"error event: {exc.message}")
+        return done(bool(exc.message), f"error event: {exc.message} {exc.body}")
     except Exception as exc:
         return done(False, f"unexpected: {exc!r}")
 
@@ -304,4 +308,94 @@ async def test_redis_faults_under_mixed_load_keep_every_promise(
         since = [o.response_id for o in load.outcomes if o.response_id and o.began > restarted_at]
         assert since, load.outcomes
         missing = {i: s for i in since if (s := await stored(gateway, i)) != 200}
+        assert not missing, missing
+
+
+async def test_engine_faults_under_mixed_load_keep_every_promise(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TEST_PROCESS_LOG_DIR", str(tmp_path / "logs"))
+    engine_port = free_port()
+    with contextlib.ExitStack() as stack:
+        redis_url = stack.enter_context(run_redis(free_port()))
+        engine_stack = stack.enter_context(contextlib.ExitStack())
+        engine = engine_stack.enter_context(stub_engine(engine_port, "--itl-ms", "150"))
+        cfg = config(redis_url, f"http://127.0.0.1:{engine_port}")
+        gateway = stack.enter_context(contextlib.contextmanager(start_gateway)(cfg, tmp_path))
+        async with running_load(gateway) as load:
+            # 1. Paused past the read deadline mid-stream, then resumed.
+            os.kill(engine.pid, signal.SIGSTOP)
+            try:
+                await load.answers(len(KINDS))
+            finally:
+                os.kill(engine.pid, signal.SIGCONT)
+            await load.answers(2 * len(KINDS))
+            # 2. Killed mid-stream, then started again on its port.
+            os.kill(engine.pid, signal.SIGKILL)
+            await load.answers(len(KINDS))
+            engine_stack.close()
+            await asyncio.to_thread(engine_stack.enter_context, stub_engine(engine_port))
+            await load.answers(2 * len(KINDS))
+        check_outcomes(load.outcomes)
+        cut = [o for o in load.outcomes if o.detail.startswith("error event")]
+        assert cut, load.outcomes  # some streams were cut part way
+        await condition(lambda: settled(gateway), 15.0, "not settled after the faults")
+
+
+async def _in_flight_at(engine_url: str, count: int) -> None:
+    async def there() -> bool:
+        stats = await asyncio.to_thread(lambda: httpx.get(f"{engine_url}/stub/stats").json())
+        return bool(stats["in_flight"] >= count)
+
+    await condition(there, 15.0, "the requests never reached the engine")
+
+
+@pytest.mark.parametrize("drain_s", [15, 1])
+async def test_sigterm_with_streams_in_flight(
+    drain_s: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Streams (chat and Responses) and Responses answers in flight at SIGTERM: with time
+    enough they all finish and every stored response can be retrieved through another
+    gateway; cut at the deadline, each gets the ``shutting_down`` error (503, or an
+    error event). Either way the gateway exits cleanly and frees its slots in Redis."""
+    monkeypatch.setenv("TEST_PROCESS_LOG_DIR", str(tmp_path / "logs"))
+    engine_port = free_port()
+    engine_url = f"http://127.0.0.1:{engine_port}"
+    kinds = ["chat_stream", "resp_stream", "chat"] * 2  # a Responses answer is instant
+    with contextlib.ExitStack() as stack:
+        redis_url = stack.enter_context(run_redis(free_port()))
+        stack.enter_context(stub_engine(engine_port, "--itl-ms", "300", "--ttft-ms", "300"))
+        cfg = config(redis_url, engine_url)
+        cfg["server"] = {"shutdown_timeout_s": drain_s}
+        cfg["upstream"]["read_timeout_s"] = 10  # a whole answer takes 2.4 s
+        (gateway_dir := tmp_path / "first").mkdir()
+        process, port, _, log_path = stack.enter_context(gateway_process(cfg, gateway_dir))
+        first = Gateway(f"http://127.0.0.1:{port}")
+        async with contextlib.AsyncExitStack() as clients:
+            sdk = [
+                await clients.enter_async_context(
+                    openai.AsyncOpenAI(
+                        base_url=first.base_url, api_key=KEY, max_retries=0, timeout=DEADLINE_S
+                    )
+                )
+                for _ in kinds
+            ]
+            asked = [asyncio.create_task(ask(c, k)) for c, k in zip(sdk, kinds, strict=True)]
+            await _in_flight_at(engine_url, len(kinds))
+            process.send_signal(signal.SIGTERM)
+            outcomes = await asyncio.gather(*asked)
+        await asyncio.to_thread(process.wait, drain_s + 10)
+        log = log_path.read_text()
+        assert "Traceback" not in log, log[-4000:]
+        if drain_s > 5:
+            assert all(o.good and not o.detail for o in outcomes), outcomes
+        else:
+            assert all(o.good and "shutting_down" in o.detail for o in outcomes), outcomes
+        admin = redis.Redis.from_url(redis_url)
+        stack.callback(admin.close)
+        assert not admin.zrange("vgate:rl:{faults}:slots", 0, -1), "slots left taken"
+        ids = [o.response_id for o in outcomes if o.response_id is not None]
+        assert len(ids) == (2 if drain_s > 5 else 0), outcomes
+        second = stack.enter_context(contextlib.contextmanager(start_gateway)(cfg, tmp_path))
+        missing = {i: s for i in ids if (s := await stored(second, i)) != 200}
         assert not missing, missing
