@@ -9,7 +9,15 @@ error (a stream: an error event), never a stream that ends as if complete withou
 its end, and none waits past its deadline; afterwards nothing is counted in flight,
 the key runs its ``max_concurrent`` requests at once again, ``/ready`` recovers, and
 every response a client was given an id for while Redis answered (paused for less
-than the store's 5 s deadline included) can be retrieved.
+than the store's 5 s deadline included) can be retrieved. SIGTERM with streams in
+flight: drained, each finishes and its response is stored; cut at
+``server.shutdown_timeout_s``, each gets ``shutting_down``; the slots are freed in
+Redis either way.
+
+Found here: an engine whose Responses stream turned to bytes that are not UTF-8 had
+them relayed to the client (the SDK raised ``UnicodeDecodeError``, no error event);
+the completion routes already ended such a stream with the gateway's error event, and
+now the Responses route does too (``test_a_body_broken_half_way_...[garbage]``).
 """
 
 from __future__ import annotations
@@ -33,6 +41,7 @@ import pytest
 import redis
 from openai.types.chat import ChatCompletionUserMessageParam
 
+from tests.helpers.hostile_engine import SSE_HEAD, ScriptedEngine
 from tests.helpers.metrics_text import metric_sum
 from tests.helpers.processes import free_port, run_process
 from tests.helpers.redis_server import run_redis
@@ -399,3 +408,106 @@ async def test_sigterm_with_streams_in_flight(
         second = stack.enter_context(contextlib.contextmanager(start_gateway)(cfg, tmp_path))
         missing = {i: s for i in ids if (s := await stored(second, i)) != 200}
         assert not missing, missing
+
+
+def _chunk(data: bytes) -> bytes:
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+def _chat_event(text: str) -> bytes:
+    choice = {"index": 0, "delta": {"content": text}, "finish_reason": None}
+    body = {"id": "chatcmpl-x", "object": "chat.completion.chunk", "created": 1, "model": "m",
+            "choices": [choice]}  # fmt: skip
+    return b"data: " + json.dumps(body).encode() + b"\n\n"
+
+
+def _responses_events(request: dict[str, Any]) -> bytes:
+    response = {"id": request.get("request_id", "resp_x"), "object": "response", "created_at": 1,
+                "model": "m", "status": "in_progress", "output": []}  # fmt: skip
+    created = {"type": "response.created", "sequence_number": 0, "response": response}
+    delta = {"type": "response.output_text.delta", "sequence_number": 1, "delta": "hel",
+             "item_id": "msg_1", "output_index": 0, "content_index": 0, "logprobs": []}  # fmt: skip
+    return b"".join(
+        b"event: " + e["type"].encode() + b"\ndata: " + json.dumps(e).encode() + b"\n\n"  # type: ignore[attr-defined]
+        for e in (created, delta)
+    )
+
+
+class BreakingEngine(ScriptedEngine):
+    """Starts an answer (a stream's first events, or a JSON body's head) and then breaks
+    its body as the mode says: ``bad_size`` (a chunk size that is no number),
+    ``short_chunk`` (a chunk shorter than its size, then the connection closes),
+    ``garbage`` (bytes that are not UTF-8, in a well-formed chunk, then the connection
+    closes), ``short_body`` (a JSON answer shorter than its content-length)."""
+
+    model = STUB_MODEL
+
+    async def answer(
+        self, mode: str, request: dict[str, Any], writer: asyncio.StreamWriter
+    ) -> bool:
+        if not request.get("stream"):
+            body = b'{"id": "chatcmpl-x", "object": "chat.completion", "choices": ['
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+                         b"content-length: 400\r\n\r\n" + body)  # fmt: skip
+            await writer.drain()
+            return False
+        writer.write(SSE_HEAD)
+        first = _chat_event("hel") if "messages" in request else _responses_events(request)
+        writer.write(_chunk(first))
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        if mode == "bad_size":
+            writer.write(b"zz\r\nnot a chunk\r\n")
+        elif mode == "short_chunk":
+            writer.write(b"200\r\n" + first[:20])
+        else:
+            writer.write(_chunk(b"\x00\x01 garbage that is no event \xfe\n\n") + _chunk(b"x" * 64))
+        await writer.drain()
+        return False
+
+
+@pytest.mark.parametrize("mode", ["bad_size", "short_chunk", "garbage"])
+async def test_a_body_broken_half_way_is_an_error_never_a_complete_answer(
+    mode: str, tmp_path: Path
+) -> None:
+    with contextlib.ExitStack() as stack:
+        engine = stack.enter_context(BreakingEngine())
+        cfg = config("", engine.url)
+        del cfg["redis"], cfg["auth"]
+        gateway = stack.enter_context(contextlib.contextmanager(start_gateway)(cfg, tmp_path))
+        async with openai.AsyncOpenAI(
+            base_url=gateway.base_url, api_key=KEY, max_retries=0, timeout=DEADLINE_S
+        ) as client:
+            text: ChatCompletionUserMessageParam = {"role": "user", "content": f"MODE:{mode}"}
+            outcomes = []
+            for kind in ("chat_stream", "resp_stream", "chat", "resp"):
+                began = time.monotonic()
+                try:
+                    if kind == "chat_stream":
+                        stream = await client.chat.completions.create(
+                            model=STUB_MODEL, messages=[text], stream=True
+                        )
+                        chunks = [c async for c in stream]
+                        outcomes.append((kind, False, f"ended quietly after {len(chunks)}"))
+                    elif kind == "resp_stream":
+                        events = await client.responses.create(
+                            model=STUB_MODEL, input=f"MODE:{mode}", stream=True
+                        )
+                        seen = [e.type async for e in events]
+                        outcomes.append((kind, False, f"ended quietly after {seen}"))
+                    elif kind == "chat":
+                        await client.chat.completions.create(model=STUB_MODEL, messages=[text])
+                        outcomes.append((kind, False, "answered"))
+                    else:
+                        await client.responses.create(model=STUB_MODEL, input=f"MODE:{mode}")
+                        outcomes.append((kind, False, "answered"))
+                except openai.APIStatusError as exc:
+                    outcomes.append((kind, _shaped(exc) and exc.status_code >= 500, str(exc)))
+                except openai.APIConnectionError as exc:
+                    outcomes.append((kind, False, f"cut: {exc!r}"))
+                except openai.APIError as exc:  # an error event
+                    outcomes.append((kind, bool(exc.message), f"event: {exc.message}"))
+                assert time.monotonic() - began < DEADLINE_S - 1, kind
+        assert all(good for _, good, _ in outcomes), outcomes
+        in_flight = metric_sum(await asyncio.to_thread(gateway.metrics), "vgate_requests_in_flight")
+        assert in_flight == 0
