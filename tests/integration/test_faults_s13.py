@@ -466,14 +466,16 @@ class BreakingEngine(ScriptedEngine):
         return False
 
 
+@pytest.mark.parametrize("client", ["lean", "aiohttp"])
 @pytest.mark.parametrize("mode", ["bad_size", "short_chunk", "garbage"])
 async def test_a_body_broken_half_way_is_an_error_never_a_complete_answer(
-    mode: str, tmp_path: Path
+    mode: str, client: str, tmp_path: Path
 ) -> None:
     with contextlib.ExitStack() as stack:
         engine = stack.enter_context(BreakingEngine())
         cfg = config("", engine.url)
         del cfg["redis"], cfg["auth"]
+        cfg["upstream"]["client"] = client
         gateway = stack.enter_context(contextlib.contextmanager(start_gateway)(cfg, tmp_path))
         async with openai.AsyncOpenAI(
             base_url=gateway.base_url, api_key=KEY, max_retries=0, timeout=DEADLINE_S
