@@ -46,6 +46,7 @@ from tests.helpers.metrics_text import metric_sum
 from tests.helpers.processes import free_port, run_process
 from tests.helpers.redis_server import run_redis
 from tests.integration.conftest import STUB_MODEL, Gateway, start_gateway
+from tests.integration.test_operator_listener import _listening_pids
 from tests.integration.test_shutdown import gateway_process
 
 KEY = "sk-faults-s13-0123456789"
@@ -513,3 +514,77 @@ async def test_a_body_broken_half_way_is_an_error_never_a_complete_answer(
         assert all(good for _, good, _ in outcomes), outcomes
         in_flight = metric_sum(await asyncio.to_thread(gateway.metrics), "vgate_requests_in_flight")
         assert in_flight == 0
+
+
+def _worker_connections(pid: int, port: int) -> int:
+    """Established connections to ``port`` that process ``pid`` holds."""
+    inodes: set[str] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError), open(table) as rows:
+            for row in list(rows)[1:]:
+                fields = row.split()
+                if fields[3] == "01" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                    inodes.add(f"socket:[{fields[9]}]")
+    held = 0
+    with contextlib.suppress(OSError):
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            with contextlib.suppress(OSError):
+                held += os.readlink(fd) in inodes
+    return held
+
+
+async def test_a_worker_sigtermed_under_load_drains_and_is_replaced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two workers, a load on both, streams in flight: one worker gets SIGTERM. Its
+    streams finish (and are stored), the load goes on through the other with no
+    error, and the supervisor starts a worker in its place."""
+    monkeypatch.setenv("TEST_PROCESS_LOG_DIR", str(tmp_path / "logs"))
+    engine_port = free_port()
+    engine_url = f"http://127.0.0.1:{engine_port}"
+    kinds = ["chat_stream", "resp_stream"] * 4
+    with contextlib.ExitStack() as stack:
+        redis_url = stack.enter_context(run_redis(free_port()))
+        stack.enter_context(stub_engine(engine_port, "--itl-ms", "300", "--ttft-ms", "300"))
+        cfg = config(redis_url, engine_url)
+        cfg["server"] = {"shutdown_timeout_s": 15, "workers": 2}
+        cfg["auth"]["keys"][0]["max_concurrent"] = 100  # the load and the streams
+        cfg["upstream"]["read_timeout_s"] = 10
+        process, port, admin_port, log_path = stack.enter_context(gateway_process(cfg, tmp_path))
+        gateway = Gateway(f"http://127.0.0.1:{port}", f"http://127.0.0.1:{admin_port}")
+        await condition(
+            lambda: asyncio.to_thread(lambda: len(_listening_pids(admin_port)) == 2),
+            30.0,
+            "two workers serving",
+        )
+        workers = _listening_pids(admin_port)
+        async with contextlib.AsyncExitStack() as clients, running_load(gateway) as load:
+            sdk = [
+                await clients.enter_async_context(
+                    openai.AsyncOpenAI(
+                        base_url=gateway.base_url, api_key=KEY, max_retries=0, timeout=DEADLINE_S
+                    )
+                )
+                for _ in kinds
+            ]
+            asked = [asyncio.create_task(ask(c, k)) for c, k in zip(sdk, kinds, strict=True)]
+            await _in_flight_at(engine_url, len(kinds))
+            busiest = max(workers, key=lambda pid: _worker_connections(pid, port))
+            assert _worker_connections(busiest, port) > 0
+            os.kill(busiest, signal.SIGTERM)
+            outcomes = await asyncio.gather(*asked)
+            await condition(
+                lambda: asyncio.to_thread(
+                    lambda: len(now := _listening_pids(admin_port)) == 2 and busiest not in now
+                ),
+                30.0,
+                "the worker was not replaced",
+            )
+            await load.answers(len(KINDS))
+        assert all(o.good and not o.detail for o in outcomes), outcomes
+        check_outcomes(load.outcomes)
+        ids = [o.response_id for o in outcomes if o.response_id is not None]
+        missing = {i: s for i in ids if (s := await stored(gateway, i)) != 200}
+        assert not missing, missing
+        assert process.poll() is None
+        assert "Traceback" not in log_path.read_text()
