@@ -460,13 +460,18 @@ class BreakingEngine(ScriptedEngine):
     its body as the mode says: ``bad_size`` (a chunk size that is no number),
     ``short_chunk`` (a chunk shorter than its size, then the connection closes),
     ``garbage`` (bytes that are not UTF-8, in a well-formed chunk, then the connection
-    closes), ``short_body`` (a JSON answer shorter than its content-length)."""
+    closes), ``clean_end`` (half an event, then the body's proper end); a JSON answer
+    shorter than its content-length; ``garbage_head``: no HTTP at all."""
 
     model = STUB_MODEL
 
     async def answer(
         self, mode: str, request: dict[str, Any], writer: asyncio.StreamWriter
     ) -> bool:
+        if mode == "garbage_head":
+            writer.write(b"\x16\x03\x01 garbage, no status line\r\n\r\n" + b"\xff" * 100)
+            await writer.drain()
+            return False
         if not request.get("stream"):
             body = b'{"id": "chatcmpl-x", "object": "chat.completion", "choices": ['
             writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
@@ -482,6 +487,8 @@ class BreakingEngine(ScriptedEngine):
             writer.write(b"zz\r\nnot a chunk\r\n")
         elif mode == "short_chunk":
             writer.write(b"200\r\n" + first[:20])
+        elif mode == "clean_end":  # the body ends properly, the answer does not
+            writer.write(_chunk(first[: len(first) // 2]) + b"0\r\n\r\n")
         else:
             writer.write(_chunk(b"\x00\x01 garbage that is no event \xfe\n\n") + _chunk(b"x" * 64))
         await writer.drain()
@@ -489,7 +496,9 @@ class BreakingEngine(ScriptedEngine):
 
 
 @pytest.mark.parametrize("upstream_client", ["lean", "aiohttp"])
-@pytest.mark.parametrize("mode", ["bad_size", "short_chunk", "garbage"])
+@pytest.mark.parametrize(
+    "mode", ["bad_size", "short_chunk", "garbage", "clean_end", "garbage_head"]
+)
 async def test_a_body_broken_half_way_is_an_error_never_a_complete_answer(
     mode: str, upstream_client: str, tmp_path: Path
 ) -> None:
