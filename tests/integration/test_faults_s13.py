@@ -618,3 +618,50 @@ async def test_a_worker_sigtermed_under_load_drains_and_is_replaced(
         assert not missing, missing
         assert process.poll() is None
         assert "Traceback" not in log_path.read_text()
+
+
+async def test_follow_ups_on_a_paused_redis_wait_one_store_deadline_not_a_queue_of_them(
+    tmp_path: Path,
+) -> None:
+    """Follow-ups of one key load their previous record four at a time; with Redis
+    paused, each waited the store's full deadline (5 s) in turn, so the twelfth was
+    answered after 15 s. Now the first deadline that passes makes the reads behind it
+    fail at once (503 ``response_store_unavailable``), and once Redis is back the
+    conversation goes on."""
+    follow_ups = 12
+    engine_port = free_port()
+    with contextlib.ExitStack() as stack:
+        redis_url = stack.enter_context(run_redis(free_port()))
+        stack.enter_context(stub_engine(engine_port))
+        cfg = config(redis_url, f"http://127.0.0.1:{engine_port}")
+        cfg["auth"]["keys"][0]["max_concurrent"] = 100
+        gateway = stack.enter_context(contextlib.contextmanager(start_gateway)(cfg, tmp_path))
+        async with openai.AsyncOpenAI(
+            base_url=gateway.base_url, api_key=KEY, max_retries=0, timeout=60
+        ) as client:
+            first = await client.responses.create(model=STUB_MODEL, input="hello")
+
+            async def follow_up() -> tuple[float, str]:
+                began = time.monotonic()
+                try:
+                    await client.responses.create(
+                        model=STUB_MODEL, input="more", previous_response_id=first.id
+                    )
+                    return time.monotonic() - began, "answered"
+                except openai.APIStatusError as exc:
+                    code = exc.body.get("code") if isinstance(exc.body, dict) else None
+                    return time.monotonic() - began, f"{exc.status_code} {code}"
+
+            pid = redis_pid(int(redis_url.rsplit(":", 1)[1].split("/")[0]))
+            os.kill(pid, signal.SIGSTOP)
+            try:
+                answers = await asyncio.gather(*(follow_up() for _ in range(follow_ups)))
+            finally:
+                os.kill(pid, signal.SIGCONT)
+            assert {a for _, a in answers} == {"503 response_store_unavailable"}, answers
+            assert max(took for took, _ in answers) < 5.0 + 2.5, sorted(answers)
+
+            async def goes_on() -> bool:
+                return (await follow_up())[1] == "answered"
+
+            await condition(goes_on, 10.0, "the conversation never went on")
