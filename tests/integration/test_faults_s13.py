@@ -227,6 +227,14 @@ async def stored(gateway: Gateway, response_id: str) -> int:
             return 200
 
 
+def no_tracebacks(tmp_path: Path) -> None:
+    """No gateway process (kept logs, ``TEST_PROCESS_LOG_DIR``) logged a traceback."""
+    logs = [p.read_text(errors="replace") for p in (tmp_path / "logs").glob("*gateway-serve*")]
+    assert logs
+    for log in logs:
+        assert "Traceback" not in log, log[-4000:]
+
+
 async def redis_reachable(gateway: Gateway) -> bool:
     ready = await asyncio.to_thread(gateway.ready)
     return ready.get("redis") == "reachable"
@@ -335,6 +343,7 @@ async def test_redis_faults_under_mixed_load_keep_every_promise(
         since = [o.response_id for o in load.outcomes if o.response_id and o.began > restarted_at]
         missing = {i: s for i in since if (s := await stored(gateway, i)) != 200}
         assert not missing, missing
+        no_tracebacks(tmp_path)
 
 
 async def test_engine_faults_under_mixed_load_keep_every_promise(
@@ -371,6 +380,7 @@ async def test_engine_faults_under_mixed_load_keep_every_promise(
         await condition(
             lambda: asyncio.to_thread(lambda: admin.zcard(SLOTS) == 0), 5.0, "slots left"
         )
+        no_tracebacks(tmp_path)
 
 
 async def _in_flight_at(engine_url: str, count: int) -> None:
