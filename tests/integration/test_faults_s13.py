@@ -320,6 +320,19 @@ async def test_redis_faults_under_mixed_load_keep_every_promise(
             finally:
                 admin.config_set("maxmemory", 0)
             await load.answers(len(KINDS))
+            # The key's stored bytes count exactly its records (none counted in vain).
+            # (Read while the load writes: a record counted a moment before it is written.)
+            await load.answers(len(KINDS))
+
+            def counted_exactly() -> bool:
+                sizes = admin.hgetall("vgate:responses:owner:{faults}:size")
+                counted = {k.decode(): int(v) for k, v in sizes.items() if k != b"#"}
+                real = {i: admin.strlen(f"vgate:responses:{i}") for i in counted}
+                return counted == real and int(sizes[b"#"]) == sum(counted.values())
+
+            await condition(
+                lambda: asyncio.to_thread(counted_exactly), 5.0, "a record counted in vain"
+            )
             # 4. Killed, then started again on its port with no data.
             admin.close()
             redis_stack.close()
