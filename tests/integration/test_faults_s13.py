@@ -325,10 +325,13 @@ async def test_redis_faults_under_mixed_load_keep_every_promise(
             await load.answers(len(KINDS))
 
             def counted_exactly() -> bool:
-                sizes = admin.hgetall("vgate:responses:owner:{faults}:size")
-                counted = {k.decode(): int(v) for k, v in sizes.items() if k != b"#"}
-                real = {i: admin.strlen(f"vgate:responses:{i}") for i in counted}
-                return counted == real and int(sizes[b"#"]) == sum(counted.values())
+                sizes = {
+                    (k.decode() if isinstance(k, bytes) else k): int(v)
+                    for k, v in admin.hgetall("vgate:responses:owner:{faults}:size").items()
+                }
+                total = sizes.pop("#", 0)
+                real = {i: admin.strlen(f"vgate:responses:{i}") for i in sizes}
+                return sizes == real and total == sum(sizes.values())
 
             await condition(
                 lambda: asyncio.to_thread(counted_exactly), 5.0, "a record counted in vain"
