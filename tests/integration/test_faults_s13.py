@@ -228,11 +228,13 @@ async def stored(gateway: Gateway, response_id: str) -> int:
 
 
 def no_tracebacks(tmp_path: Path) -> None:
-    """No gateway process (kept logs, ``TEST_PROCESS_LOG_DIR``) logged a traceback."""
+    """No gateway process (kept logs, ``TEST_PROCESS_LOG_DIR``) logged a traceback, and
+    no worker died."""
     logs = [p.read_text(errors="replace") for p in (tmp_path / "logs").glob("*gateway-serve*")]
     assert logs
     for log in logs:
         assert "Traceback" not in log, log[-4000:]
+        assert "died" not in log, log[-4000:]  # a worker (with server.workers > 1)
 
 
 async def redis_reachable(gateway: Gateway) -> bool:
@@ -273,9 +275,9 @@ def redis_pid(port: int) -> int:
     return int(info["process_id"])
 
 
-@pytest.mark.parametrize("policy", ["local", "fail_closed"])
+@pytest.mark.parametrize(("policy", "workers"), [("local", 1), ("fail_closed", 1), ("local", 2)])
 async def test_redis_faults_under_mixed_load_keep_every_promise(
-    policy: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    policy: str, workers: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("TEST_PROCESS_LOG_DIR", str(tmp_path / "logs"))
     redis_port, engine_port = free_port(), free_port()
@@ -285,6 +287,7 @@ async def test_redis_faults_under_mixed_load_keep_every_promise(
         stack.enter_context(stub_engine(engine_port))
         cfg = config(redis_url, f"http://127.0.0.1:{engine_port}")
         cfg["ratelimit"] = {"on_redis_error": policy}
+        cfg["server"] = {"workers": workers}
         gateway = stack.enter_context(contextlib.contextmanager(start_gateway)(cfg, tmp_path))
         admin = redis.Redis.from_url(redis_url)
         stack.callback(admin.close)
