@@ -694,3 +694,36 @@ async def test_follow_ups_on_a_paused_redis_wait_one_store_deadline_not_a_queue_
                 return (await follow_up())[1] == "answered"
 
             await condition(goes_on, 10.0, "the conversation never went on")
+
+
+class LargeGarbageEngine(ScriptedEngine):
+    """Answers every request 200 ``application/json`` with 70 KiB that begin and end as
+    a JSON object does but are none."""
+
+    model = STUB_MODEL
+
+    async def answer(
+        self, mode: str, request: dict[str, Any], writer: asyncio.StreamWriter
+    ) -> bool:
+        body = b'{"id": "' + b"x" * 70_000 + b'" no JSON }'
+        head = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n"
+        writer.write(head % len(body) + body)
+        await writer.drain()
+        return True
+
+
+def test_a_large_responses_answer_that_is_no_json_is_a_502(tmp_path: Path) -> None:
+    """Answers over 64 KiB are only checked to begin and end as an object; the Responses
+    route parses its answer whole all the same, and relayed one that was not JSON as a
+    200 (the SDK failed on it). Now a 502 in OpenAI's shape, as a smaller one is."""
+    with contextlib.ExitStack() as stack:
+        engine = stack.enter_context(LargeGarbageEngine())
+        cfg = {"models": [{"name": STUB_MODEL, "endpoints": [engine.url]}]}
+        gateway = stack.enter_context(contextlib.contextmanager(start_gateway)(cfg, tmp_path))
+        answer = httpx.post(
+            f"{gateway.base_url}/responses", json={"model": STUB_MODEL, "input": "hi"}, timeout=10
+        )
+        assert answer.status_code == 502, answer.content[:200]
+        assert answer.json()["error"]["code"] == "bad_gateway"
+        in_flight = metric_sum(gateway.metrics(), "vgate_requests_in_flight")
+        assert in_flight == 0
