@@ -410,14 +410,15 @@ async def _in_flight_at(engine_url: str, count: int) -> None:
     await condition(there, 15.0, "the requests never reached the engine")
 
 
-@pytest.mark.parametrize("drain_s", [15, 1])
+@pytest.mark.parametrize(("drain_s", "redis_pause_s"), [(15, 0), (1, 0), (15, 3)])
 async def test_sigterm_with_streams_in_flight(
-    drain_s: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    drain_s: int, redis_pause_s: float, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Streams (chat and Responses) and Responses answers in flight at SIGTERM: with time
-    enough they all finish and every stored response can be retrieved through another
-    gateway; cut at the deadline, each gets the ``shutting_down`` error (503, or an
-    error event). Either way the gateway exits cleanly and frees its slots in Redis."""
+    """Streams (chat and Responses) in flight at SIGTERM: with time enough they all
+    finish and every stored response can be retrieved through another gateway (Redis
+    paused meanwhile for less than the store's deadline included); cut at the deadline,
+    each gets the ``shutting_down`` error (503, or an error event). Either way the
+    gateway exits cleanly and frees its slots in Redis."""
     monkeypatch.setenv("TEST_PROCESS_LOG_DIR", str(tmp_path / "logs"))
     engine_port = free_port()
     engine_url = f"http://127.0.0.1:{engine_port}"
@@ -442,7 +443,15 @@ async def test_sigterm_with_streams_in_flight(
             ]
             asked = [asyncio.create_task(ask(c, k)) for c, k in zip(sdk, kinds, strict=True)]
             await _in_flight_at(engine_url, len(kinds))
+            redis_process = redis_pid(int(redis_url.rsplit(":", 1)[1].split("/")[0]))
+            if redis_pause_s:
+                os.kill(redis_process, signal.SIGSTOP)
             process.send_signal(signal.SIGTERM)
+            try:
+                if redis_pause_s:
+                    await asyncio.sleep(redis_pause_s)  # the fault's length: its very point
+            finally:
+                os.kill(redis_process, signal.SIGCONT)
             outcomes = await asyncio.gather(*asked)
         await asyncio.to_thread(process.wait, drain_s + 10)
         log = log_path.read_text()
@@ -453,7 +462,9 @@ async def test_sigterm_with_streams_in_flight(
             assert all(o.good and "shutting_down" in o.detail for o in outcomes), outcomes
         admin = redis.Redis.from_url(redis_url)
         stack.callback(admin.close)
-        assert not admin.zrange(SLOTS, 0, -1), "slots left taken"
+        await condition(
+            lambda: asyncio.to_thread(lambda: admin.zcard(SLOTS) == 0), 5.0, "slots left taken"
+        )
         ids = [o.response_id for o in outcomes if o.response_id is not None]
         assert len(ids) == (2 if drain_s > 5 else 0), outcomes
         second = stack.enter_context(contextlib.contextmanager(start_gateway)(cfg, tmp_path))
