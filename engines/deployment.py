@@ -13,7 +13,7 @@ from pathlib import Path
 
 from engines.diagnosis import StartProblem, preflight
 from engines.process import build_env
-from engines.spec import EngineSpec
+from engines.spec import LOG_KEEP, LOG_MAX_BYTES, EngineSpec
 
 
 @dataclass(frozen=True)
@@ -30,6 +30,10 @@ class Deployment:
     (``host: 0.0.0.0`` in a container: the pod or host IP)."""
     api_key: str | None = field(default=None, repr=False)
     """The model's configured engine key (None: each replica gets a generated one)."""
+    log_max_bytes: int = LOG_MAX_BYTES
+    """A replica's log is rotated before it passes this size (:mod:`engines.engine_log`)."""
+    log_keep: int = LOG_KEEP
+    """Rotated log files kept beside the current one."""
 
 
 async def preflight_deployment(deployment: Deployment) -> StartProblem | None:

@@ -99,6 +99,7 @@ def end_groups(groups: set[int], grace_s: float) -> list[int]:
     """SIGTERM every group, SIGKILL those still there after ``grace_s``; return those."""
     for pgid in groups:
         _signal(pgid, signal.SIGTERM)
+        _signal(pgid, signal.SIGCONT)  # a stopped (SIGSTOP) engine acts on it now
     deadline = time.monotonic() + grace_s
     alive = {pgid for pgid in groups if _group_alive(pgid)}
     while alive and time.monotonic() < deadline:

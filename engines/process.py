@@ -5,7 +5,8 @@ which stops engines in order) and, on Linux, with a parent-death signal: if
 vgate itself is killed, even with SIGKILL, the kernel sends the engine SIGTERM
 and vLLM tears down its own workers. An engine that does not go on SIGTERM (or
 leaves part of its group behind) is killed by the guardian
-(:mod:`engines.guardian`), which outlives vgate. Nothing is left orphaned.
+(:mod:`engines.guardian`), which outlives vgate. Nothing is left orphaned. Its
+output goes through a pipe to its log's keeper, which rotates it (:mod:`engines.engine_log`).
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ import functools
 import json
 import os
 import signal
-import stat
 import subprocess
 import sys
 import time
@@ -27,8 +27,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from engines.diagnosis import START_MARKER
+from engines.engine_log import read_tail, start_keeper, write_line
 from engines.guardian import EngineGuardian
-from engines.spec import EngineSpec
+from engines.spec import LOG_KEEP, LOG_MAX_BYTES, EngineSpec
 
 if TYPE_CHECKING:
     import aiohttp
@@ -39,8 +40,7 @@ _PR_SET_PDEATHSIG = 1
 _API_SERVER_MODULE = "vllm.entrypoints.openai.api_server"
 _CPU_KVCACHE_GIB = "2"
 _REAP_TIMEOUT_S = 5.0
-
-
+_LOG_SETTLE_S = 2.0  # an exited engine's last output reaching its log (a straggler aside)
 _NOT_SERVED = frozenset({400, 404, 405, 501})
 
 
@@ -71,6 +71,9 @@ class LaunchPlan:
     log_path: Path
     api_key: str | None = field(default=None, repr=False)
     runner: str | None = None
+    log_max_bytes: int = LOG_MAX_BYTES
+    log_keep: int = LOG_KEEP
+    """Rotated log files kept beside the current one (:mod:`engines.engine_log`)."""
 
     def auth_headers(self) -> dict[str, str]:
         """What every request of vgate's own to the engine carries."""
@@ -201,28 +204,6 @@ def build_env(
     return env
 
 
-def open_private_log(path: Path) -> int:
-    """A file descriptor appending to ``path``, a file only this user can read (0600) in a
-    folder only this user can enter (0700); never through a symbolic link.
-
-    The folder is created 0700; an existing one of this user's is tightened to 0700
-    (engine logs may quote prompts), unless it is a shared sticky folder such as /tmp."""
-    folder = path.parent
-    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-    info = folder.stat()
-    mine = info.st_uid == os.geteuid() and not info.st_mode & stat.S_ISVTX
-    if mine and stat.S_IMODE(info.st_mode) != 0o700:
-        folder.chmod(0o700)
-    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
-    fd = os.open(path, flags, 0o600)
-    try:
-        os.fchmod(fd, 0o600)  # a file made before this version may be wider
-    except OSError:
-        os.close(fd)
-        raise
-    return fd
-
-
 def die_with_parent(parent_pid: int) -> None:  # pragma: no cover - in the child before exec
     """Ask Linux to SIGTERM this child when the thread that spawned it dies.
 
@@ -244,24 +225,30 @@ class EngineProcess:
     guardian: EngineGuardian | None = None
     """Told of the child's process group, to end it should vgate die without stopping it."""
     _popen: subprocess.Popen[bytes] | None = field(default=None, init=False)
+    _keeper: subprocess.Popen[bytes] | None = field(default=None, init=False)
+    """The process writing the engine's output to its rotated log."""
     started_at: float = field(default=0.0, init=False)
 
     def spawn(self) -> None:
-        """Start the child, its output appended to the plan's (private) log file.
-
-        Raises OSError when the interpreter cannot be executed or the log not opened."""
-        with os.fdopen(open_private_log(self.plan.log_path), "ab") as log:
-            log.write(f"\n{START_MARKER}{' '.join(self.plan.argv)}\n".encode())
-            log.flush()
+        """Start the child, its output appended to the plan's (private, rotated) log file
+        by a keeper process (:mod:`engines.engine_log`). Raises OSError when the
+        interpreter cannot be executed or the log not opened."""
+        plan = self.plan
+        marker = f"\n{START_MARKER}{' '.join(plan.argv)}\n"
+        write_line(plan.log_path, plan.log_max_bytes, plan.log_keep, marker)
+        self._keeper, output = start_keeper(plan.log_path, plan.log_max_bytes, plan.log_keep)
+        try:
             self._popen = subprocess.Popen(
-                self.plan.argv,
+                plan.argv,
                 stdin=subprocess.DEVNULL,
-                stdout=log,
+                stdout=output,
                 stderr=subprocess.STDOUT,
-                env=dict(self.plan.env),
+                env=dict(plan.env),
                 start_new_session=True,
                 preexec_fn=functools.partial(die_with_parent, os.getpid()),
             )
+        finally:
+            os.close(output)  # the engine's copy is the only one: its end ends the keeper
         if self.guardian is not None:
             self.guardian.watch(self._popen.pid)  # its own session: the group id is its pid
         self.started_at = time.time()
@@ -290,6 +277,7 @@ class EngineProcess:
         while True:
             code = self.exit_code()
             if code is not None:
+                await self.log_written(_LOG_SETTLE_S)  # its last words: the diagnosis
                 raise EngineStartError(f"engine exited with {code}:\n{self.log_tail()}")
             if await self._answers(session, "/health") and await self._answers(
                 session, "/v1/models"
@@ -344,6 +332,7 @@ class EngineProcess:
             return
         if self._popen.poll() is None:
             self._signal_group(signal.SIGTERM)
+            self._signal_group(signal.SIGCONT)  # a stopped (SIGSTOP) engine acts on it now
             deadline = time.monotonic() + timeout_s
             while self._popen.poll() is None and time.monotonic() < deadline:  # noqa: ASYNC110
                 await asyncio.sleep(0.1)
@@ -353,19 +342,27 @@ class EngineProcess:
             await asyncio.sleep(0.05)
         if self._popen.poll() is not None and self.guardian is not None:
             self.guardian.forget(self._popen.pid)  # reaped: its group id may be reused
+        if not await self.log_written(_LOG_SETTLE_S) and self._keeper is not None:
+            self._keeper.kill()  # a process that left the group holds the pipe: cut it off
+            await self.log_written(_LOG_SETTLE_S)
+
+    async def log_written(self, timeout_s: float) -> bool:
+        """Wait (up to ``timeout_s``) until the keeper has written all the engine's output
+        and exited, which it does once every process of the engine has; True if it has."""
+        keeper = self._keeper
+        if keeper is None:
+            return True
+        deadline = time.monotonic() + timeout_s
+        while keeper.poll() is None and time.monotonic() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.02)
+        return keeper.poll() is not None
 
     def kill(self) -> None:
         """SIGKILL the group at once (tests, and the last resort)."""
         self._signal_group(signal.SIGKILL)
 
     def log_tail(self, size: int = 3000) -> str:
-        try:
-            with self.plan.log_path.open("rb") as log:
-                log.seek(0, os.SEEK_END)
-                log.seek(max(0, log.tell() - size))
-                return log.read().decode("utf-8", "replace")
-        except OSError:
-            return ""
+        return read_tail(self.plan.log_path, size)
 
     def last_log_line(self, width: int = 160) -> str:
         """The engine's latest line of output since this start, for the warm-up note: a

@@ -20,6 +20,12 @@ DEFAULT_SOURCE = "default"
 DEFAULT_EMBEDDINGS_SOURCE = "default-embeddings"
 """``source: default-embeddings`` means the embedded embeddings model (all-MiniLM-L6-v2)."""
 EMBEDDED_SOURCES = frozenset({DEFAULT_SOURCE, DEFAULT_EMBEDDINGS_SOURCE})
+LOG_MAX_BYTES = 50 * 1024 * 1024
+"""A replica's log is rotated before it passes this size (:mod:`engines.engine_log`)."""
+LOG_MIN_MAX_BYTES = 64 * 1024
+"""Below this a rotation could leave too little of a failed start for its diagnosis."""
+LOG_KEEP = 3
+"""Rotated log files kept beside the current one."""
 # Variables the engine's environment may not set through `env`: vgate sets them.
 RESERVED_ENV: Mapping[str, str] = MappingProxyType(
     {"VLLM_API_KEY": "the model's api_key / api_key_env (else a key generated per start)"}

@@ -122,7 +122,7 @@ class EngineSlot:
             if problem is not None and problem.permanent:
                 await self._fail(f"{reason}; retrying cannot help, giving up")
                 return
-            if not self._budget.take():
+            if not self._budget.take(after_failed_start=problem is not None):
                 await self._fail(f"{reason}; restart budget spent, giving up")
                 return
             self.restarts += 1
@@ -202,6 +202,8 @@ class EngineSlot:
             log_path=log_path(d, self.replica),
             api_key=self._api_key,
             runner=d.spec.runner,
+            log_max_bytes=d.log_max_bytes,
+            log_keep=d.log_keep,
         )
         self.process = EngineProcess(plan, self._guardian)
         self.process.spawn()

@@ -156,6 +156,8 @@ async def _start(
     metrics.watch_background(tasks.snapshot)
     limiter, store, entries, ping, link = await _shared_state(settings, stack)
     authenticator = build_authenticator(settings.auth, store)
+    if settings.auth.enabled:  # every series labelled by a key names a known one
+        metrics.watch_keys(authenticator.names)
     metrics.watch_skipped_records(
         {
             "engine": lambda: registry.skipped_records,

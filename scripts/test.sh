@@ -33,7 +33,8 @@ export TEST_PROCESS_LOG_DIR="$ROOT/.test-logs/last"
 if [ "${native_built:-0}" = 1 ]; then export TEST_REQUIRE_NATIVE=1; fi
 rm -rf "$TEST_PROCESS_LOG_DIR"
 status=0
-"$VENV/bin/pytest" "$@" || status=$?
+# --durations: the slowest tests are named in every run's log (the suite's time is budgeted)
+"$VENV/bin/pytest" --durations=20 "$@" || status=$?
 if [ "$status" -ne 0 ] && [ -d "$TEST_PROCESS_LOG_DIR" ]; then
   broken="Exception in ASGI application|ASGI callable returned without|unhandled error on"
   for log in $(grep -l -E "$broken" "$TEST_PROCESS_LOG_DIR"/*.log 2>/dev/null | head -5); do

@@ -2,6 +2,9 @@
 # make-secrets.sh NAMESPACE: prints the Secret vgate-secrets for `kubectl apply -f -`:
 #   admin-key                the gateways' auth.admin_key: $VGATE_ADMIN_KEY when set
 #                            (16+ characters of A-Z a-z 0-9 . _ ~ -), else random
+#   operator-token           the gateways' server.operator_token, which their operator
+#                            listener (/metrics, /sd/engines) asks of Prometheus: random
+#                            (copy it to Prometheus: deploy/prometheus/kubernetes-jobs.yml)
 #   redis-gateway-password   the Redis ACL user "gateway" (both instances)
 #   redis-engine-password    the Redis ACL user "engine" (main instance only)
 #   redis-url                redis://gateway:...@vgate-redis:6379/0        gateways
@@ -26,6 +29,7 @@ if [ ${#admin_key} -lt 16 ]; then
   echo "make-secrets.sh: VGATE_ADMIN_KEY needs 16 characters or more" >&2
   exit 1
 fi
+operator_token=$(random_hex)
 gateway=$(random_hex)
 engine=$(random_hex)
 cat <<SECRET
@@ -38,6 +42,7 @@ metadata:
 type: Opaque
 stringData:
   admin-key: "$admin_key"
+  operator-token: "$operator_token"
   redis-gateway-password: "$gateway"
   redis-engine-password: "$engine"
   redis-url: "redis://gateway:$gateway@vgate-redis:6379/0"

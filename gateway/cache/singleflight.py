@@ -22,6 +22,10 @@ hold the flight's memory: once a stream is no longer kept whole, a follower more
 :attr:`Flight.max_lag_bytes` behind the engine is cut (:attr:`Flight.cut`): its place
 is dropped, the batches only it still needed are forgotten, and its stream ends with
 an error event (:class:`gateway.errors.SlowReaderError`) while the others go on.
+A follower cut while its client takes no bytes is hung up on at once
+(:attr:`Flight.hang_ups`), as a cut leader is: its stream is blocked writing, so the
+error event would reach it only once the send deadline reset its connection, which
+held the connection and the request's slots until then.
 """
 
 from __future__ import annotations
@@ -70,6 +74,10 @@ class Flight:
         self.cut: set[object] = set()
         """Followers cut for falling more than :attr:`max_lag_bytes` behind (from
         :attr:`positions`, until they leave)."""
+        self.hang_ups: dict[object, Callable[[], None]] = {}
+        """How to stop waiting on each streaming follower's client, by follower (its
+        :class:`gateway.pipeline.results.ClientLine`'s ``drop``): called when it is cut,
+        forgotten when it leaves."""
         self.on_cut: Callable[[], None] | None = None
         """Told once for each follower cut (counted by the leader's request)."""
         self.on_readers: Callable[[], None] | None = None
@@ -106,8 +114,11 @@ class Flight:
         """One follower fewer (it got its answer, went its own way, or its client left);
         ``follower``: the one whose place :attr:`positions` kept."""
         self.followers -= 1
-        if follower is not None and self.positions.pop(follower, None) is None:
-            self.cut.discard(follower)
+        if follower is not None:
+            if self.positions.pop(follower, None) is None:
+                self.cut.discard(follower)
+            if self.hang_ups:
+                self.hang_ups.pop(follower, None)
         if self.on_readers is not None:
             self.on_readers()
 
@@ -147,6 +158,9 @@ class Flight:
                 self.cut.add(follower)
                 if self.on_cut is not None:
                     self.on_cut()
+                hang_up = self.hang_ups.pop(follower, None)
+                if hang_up is not None:  # its client may be taking nothing: not waited on
+                    hang_up()
             self._forget()
 
     def finish(self, entry: Entry) -> None:

@@ -4,9 +4,12 @@ The defaults are safe (the gateway listens on loopback, auth off is then only th
 machine's business), but ``server.host: 0.0.0.0`` with ``auth.enabled: false`` serves
 every model, unlimited, to anyone who can reach the port, and a Redis without
 credentials away from this machine hands whoever reaches it the API keys' digests,
-their limits and the engine registry (where the gateway sends requests). Both are
-legitimate behind a network that keeps tenants out, so they are not refused: each is
-logged as a warning when the gateway starts, naming the setting that changes it.
+their limits and the engine registry (where the gateway sends requests); an operator
+listener (``server.admin_port``) beyond loopback without ``server.operator_token``
+shows anyone who reaches it the engines' addresses, the key names and what each
+consumes. All are legitimate behind a network that keeps tenants out, so they are
+not refused: each is logged as a warning when the gateway starts, naming the setting
+that changes it.
 What a warning says names hosts and ports, never a password.
 """
 
@@ -40,6 +43,15 @@ def exposure_warnings(settings: Settings) -> list[str]:
             f"auth is off (auth.enabled: false) and the gateway listens on {server.host}:"
             f"{server.port}: anyone who reaches that port may use every model without a key "
             "or a limit; set auth.enabled: true, or server.host: 127.0.0.1"
+        )
+    operator_open = server.admin_port is not None and server.operator_token is None
+    if operator_open and not is_loopback(server.admin_host):
+        warnings.append(
+            f"the operator listener on {server.admin_host}:{server.admin_port} asks no "
+            "token: whoever reaches it reads /metrics, /sd/engines (engine addresses), "
+            "the detailed /ready and /status (key names and what they consume); set "
+            "server.operator_token (VGATE_SERVER__OPERATOR_TOKEN), or "
+            "server.admin_host: 127.0.0.1"
         )
     urls = {"redis.url": settings.redis.url, "cache.redis_url": settings.cache.redis_url}
     for setting, url in urls.items():

@@ -15,10 +15,12 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    SecretStr,
     field_validator,
     model_validator,
 )
 
+from engines.spec import LOG_KEEP, LOG_MAX_BYTES, LOG_MIN_MAX_BYTES
 from gateway.config.priority import DEFAULT_PRIORITY, parse_priority
 from gateway.config.values import redis_url, sendable_secret
 
@@ -109,6 +111,15 @@ class ServerSettings(_Section):
         "on the public port, behind auth.admin_key).",
     )
     admin_host: str = Field("127.0.0.1", description="The operator listener's bind address.")
+    operator_token: SecretStr | None = Field(
+        None,
+        min_length=16,
+        description="Bearer token the operator listener asks of /metrics, /sd/engines, the "
+        "detailed /ready and /status (auth.admin_key is taken too; /health stays open; "
+        "/admin/* takes the admin key only). Unset: those routes answer anyone who reaches "
+        "the listener (warned about at start-up when admin_host is not loopback). Set it "
+        "from the environment (VGATE_SERVER__OPERATOR_TOKEN); it is never logged.",
+    )
     public_metrics: bool = Field(
         False, description="Also serve /metrics on the public port, to anyone (on purpose)."
     )
@@ -122,6 +133,13 @@ class ServerSettings(_Section):
         "this long to finish, then cancels them and closes everything (a few seconds more, "
         "each step with its own deadline). Keep the pod's grace period above both.",
     )
+
+    @field_validator("operator_token")
+    @classmethod
+    def _sendable_token(cls, token: SecretStr | None) -> SecretStr | None:
+        if token is not None:
+            sendable_secret(token.get_secret_value(), "server.operator_token")
+        return token
 
     @model_validator(mode="after")
     def _two_ports(self) -> ServerSettings:
@@ -365,6 +383,14 @@ class EnginesSettings(_Section):
         None, description="Prepared models (default: $VGATE_MODEL_CACHE or ~/.cache/vgate/models)."
     )
     log_dir: str = Field("~/.cache/vgate/logs", description="One log file per engine replica.")
+    log_max_bytes: int = Field(
+        LOG_MAX_BYTES,
+        ge=LOG_MIN_MAX_BYTES,
+        description="An engine's log is rotated (at a line's end) before it passes this size.",
+    )
+    log_keep: int = Field(
+        LOG_KEEP, ge=0, le=100, description="Rotated engine log files kept (`<log>.1`...)."
+    )
     heartbeat_s: float = Field(2.0, gt=0, description="Registry re-publish period.")
     registry_ttl_s: float = Field(
         6.0, gt=0, description="A supervisor silent this long loses its engines."

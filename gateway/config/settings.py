@@ -136,6 +136,15 @@ class Settings(BaseSettings):
         return self
 
     @model_validator(mode="after")
+    def _operator_token_apart(self) -> Settings:
+        """The operator token reads every key's consumption: a client key that is also
+        the token would give its tenant that (refused, as the admin key is)."""
+        token = self.server.operator_token
+        if token is not None and token.get_secret_value() in {k.key for k in self.auth.keys}:
+            raise ValueError("server.operator_token must differ from every key in auth.keys")
+        return self
+
+    @model_validator(mode="after")
     def _one_supervisor(self) -> Settings:
         if self.server.workers > 1 and any(m.engine is not None for m in self.models):
             raise ValueError(

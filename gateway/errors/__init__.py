@@ -18,7 +18,11 @@ from typing import Any
 
 import orjson
 
-from gateway.errors.engine_internals import engine_failure_message, without_internals
+from gateway.errors.engine_internals import (
+    engine_failure_message,
+    without_internals,
+    without_secrets,
+)
 from gateway.errors.engine_text import hide_names, relayed_retry_after
 from gateway.errors.retry_hints import retry_after as retry_after
 
@@ -265,6 +269,9 @@ class UpstreamStatusError(GatewayError):
         other than the client's, a model or adapter directory), which the message must
         not show: each is written as ``asked``, the name the client used
         (:func:`hide_names`)."""
+        self.secrets: tuple[str, ...] = ()
+        """The keys the gateway sends engines, never shown in the message (the
+        forwarder sets them: an engine may echo the request's ``Authorization``)."""
         self.engine_refused_key = status == 401
         """The engine refused the *gateway's* key (the client's never reaches it): a
         502, never a 401 that tells the client its own accepted key is wrong."""
@@ -279,7 +286,9 @@ class UpstreamStatusError(GatewayError):
                 None,
                 UpstreamError.code,
             )
-        return openai_error(self.status, self.raw_body, self.prompt_param, self.renamed)
+        return openai_error(
+            self.status, self.raw_body, self.prompt_param, self.renamed, self.secrets
+        )
 
 
 STATUS_TYPES = {
@@ -313,6 +322,7 @@ def openai_error(
     raw: bytes,
     prompt_param: str | None = "messages",
     renamed: tuple[str, ...] | None = None,
+    secrets: tuple[str, ...] = (),
 ) -> bytes:
     """An engine's error answer (vLLM's ``{"error": {"message", "type":
     "BadRequestError", "param", "code": 400}}``, or any text) as OpenAI's error object:
@@ -320,8 +330,8 @@ def openai_error(
     (``context_length_exceeded`` with ``param`` the prompt's field). A 4xx keeps the
     engine's message, with the engine-side names of the model in ``renamed`` written
     as the client's and what is internal to the engine (a traceback, addresses, file
-    paths) removed; a 5xx's message is replaced whole, being the engine operator's
-    (:mod:`gateway.errors.engine_internals`)."""
+    paths, the engines' keys in ``secrets``) removed; a 5xx's message is replaced
+    whole, being the engine operator's (:mod:`gateway.errors.engine_internals`)."""
     message, param, code = _engine_error(raw)
     fallback = "server_error" if status >= 500 else "invalid_request_error"
     error_type = STATUS_TYPES.get(status, fallback)
@@ -331,6 +341,8 @@ def openai_error(
         code, param = "model_not_found", "model"
     if status >= 500:
         return error_body(engine_failure_message(status), error_type, param, code)
+    if secrets:  # first: a name hidden in a key must not leave the rest of the key
+        message = without_secrets(message, secrets, _MAX_MESSAGE)
     if renamed is not None:
         message = hide_names(message, renamed[:-1], renamed[-1], _MAX_MESSAGE)
     message = without_internals(message, _MAX_MESSAGE) or f"engine answered HTTP {status}"

@@ -8,7 +8,9 @@ of that is the client's, so a 5xx's message is replaced whole
 own log keeps the text. A 4xx's message is the client's to read (the context length
 it went beyond, the parameter it got wrong), so it is kept, less what is internal
 (:func:`without_internals`): a traceback from its first line on, URLs and network
-addresses (``<engine>``), absolute file paths (``<path>``). Pure functions over
+addresses (``<engine>``), absolute file paths (``<path>``), and every key the gateway
+sends engines (:func:`without_secrets`: an engine that echoes the request's
+``Authorization`` in its error would hand the tenant the engine's key). Pure functions over
 untrusted text, each regular expression linear in what it reads; part of
 :mod:`gateway.errors`, so nothing else of ours is imported here.
 """
@@ -30,6 +32,8 @@ _ADDRESSES = re.compile(
 _ABSOLUTE_PATH = re.compile(r"(?<![\w.~:/<>-])/(?:[\w.@+~-]+/)+[\w.@+~-]*")
 """A file path of two parts or more from the root (``/opt/vllm/x.py``), not a relative
 one nor a model name (``org/model``)."""
+SECRET_MARK = "<engine-key>"
+"""What an engine key in an engine's message is written as."""
 
 
 def engine_failure_message(status: int) -> str:
@@ -54,3 +58,32 @@ def without_internals(message: str, limit: int) -> str:
         message = message[:traceback].rstrip(" \t\r\n:;,-")
     message = _ADDRESSES.sub("<engine>", message)
     return _ABSOLUTE_PATH.sub("<path>", message)[:limit]
+
+
+def without_secrets(message: str, secrets: tuple[str, ...], limit: int) -> str:
+    """The first ``limit`` characters of ``message`` with every occurrence of each of
+    ``secrets`` (the engines' keys) written :data:`SECRET_MARK`, overlapping ones as
+    one. Read only up to ``limit`` plus the longest secret, so that one that begins
+    before ``limit`` is seen whole; text from ``limit`` on is never shown (shifted left
+    by a shorter mark, part of a secret could come into view). Linear in ``limit`` per
+    secret; called on error paths only (``message`` itself, cut, when none is in it)."""
+    if not secrets:
+        return message[:limit]
+    text = message[: limit + max(map(len, secrets))]
+    spans: list[tuple[int, int]] = []
+    for secret in secrets:
+        start = text.find(secret) if secret else -1
+        while 0 <= start < limit:
+            spans.append((start, start + len(secret)))
+            start = text.find(secret, start + 1)
+    if not spans:
+        return text[:limit]
+    parts: list[str] = []
+    shown = 0
+    for start, end in sorted(spans):
+        if start >= shown:
+            parts += (text[shown:start], SECRET_MARK)
+        shown = max(shown, end)  # an overlapping one extends the hidden run
+    if shown < limit:
+        parts.append(text[shown:limit])
+    return "".join(parts)

@@ -1,4 +1,5 @@
-"""The admin key's check, one for every route behind it, and the operator's audit trail.
+"""The admin key's check, one for every route behind it, the operator token's, and the
+operator's audit trail.
 
 ``/admin/keys``, ``/admin/rollouts`` and, without an operator listener, the operator
 routes of the public port (:mod:`gateway.http.operator`) all want
@@ -9,6 +10,11 @@ admin key is configured, 401 ``invalid_api_key`` otherwise, counted as
 the admin key shows on the operator's dashboards (a client key's failures are
 counted the same way, as ``missing_key``/``invalid_key``). Nothing a caller sent is
 logged for a refusal: a flood of wrong keys must not flood the log.
+
+The operator listener's read-only routes (``/metrics``, ``/sd/engines``, the detailed
+``/ready``, ``/status``) take ``server.operator_token`` or the admin key, when a token
+is set (:func:`require_operator_token`; 401 otherwise, counted as
+``invalid_operator_token``): Prometheus gets a token that can read, not change.
 
 What the admin key changes (a key made or revoked, a rollout's weights set, a canary
 promoted or rolled back) is logged at ``info`` on ``vgate.admin``
@@ -27,6 +33,7 @@ from gateway.http.context import app_state
 
 log = logging.getLogger("vgate.admin")
 FAILURE_REASON = "invalid_admin_key"
+OPERATOR_FAILURE_REASON = "invalid_operator_token"
 ADMIN_API_OFF = "The admin API is off: set auth.admin_key to use it."
 """Why ``/admin/keys`` and ``/admin/rollouts`` answer 403 ``admin_disabled``."""
 
@@ -49,6 +56,24 @@ def require_admin_key(request: Request, disabled: str) -> None:
     if not admin_key_presented(request):
         state.metrics.auth_failures.labels(FAILURE_REASON).inc()
         raise AuthenticationError("This route needs the admin key.", code="invalid_api_key")
+
+
+def require_operator_token(request: Request) -> None:
+    """Raise 401 ``invalid_api_key`` (counted) unless ``server.operator_token`` is unset or
+    the request carries it or the admin key (the operator listener's read-only routes)."""
+    state = app_state(request)
+    token = state.settings.server.operator_token
+    if token is None:
+        return
+    authorization = request.headers.get("authorization")
+    if carries_key(authorization, token.get_secret_value()) or admin_key_presented(request):
+        return
+    state.metrics.auth_failures.labels(OPERATOR_FAILURE_REASON).inc()
+    raise AuthenticationError(
+        "This route needs the operator token (server.operator_token) or the admin key: "
+        "send it as 'Authorization: Bearer <token>'.",
+        code="invalid_api_key",
+    )
 
 
 def audit(request: Request, change: str, *args: object) -> None:

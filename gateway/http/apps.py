@@ -44,7 +44,7 @@ def public_app(server: ServerSettings, lifespan: Lifespan) -> FastAPI:
         openapi_url=None,
         redirect_slashes=False,  # RequestIdMiddleware drops trailing slashes instead
     )
-    app.body_budget = BodyBudget(server.max_body_bytes_in_flight)
+    app.body_budget = BodyBudget(server.max_body_bytes_in_flight, server.max_body_bytes)
     app.include_router(completions.router)
     app.include_router(models.router)
     app.include_router(passthrough.router)
@@ -134,7 +134,10 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
     error: GatewayError
     if exc.status_code == 405:
-        error = MethodNotAllowedError(f"method {request.method} not allowed on {request.url.path}")
+        error = MethodNotAllowedError(
+            f"method {request.method} not allowed on {request.url.path}",
+            headers=dict(exc.headers or {}),  # Allow: the methods the route takes (RFC 9110)
+        )
     else:
         error = NotFoundError(f"no route {request.method} {request.url.path}")
     return await _gateway_error(request, error)

@@ -69,12 +69,17 @@ def decoded_bytes(body: bytes) -> int:
 
 class BodyBudget:
     """Body bytes held by this worker's requests, against ``limit``. One per worker (its
-    app); everything runs on one event loop, so there is no lock."""
+    app); everything runs on one event loop, so there is no lock.
 
-    __slots__ = ("held", "limit")
+    ``max_body``: one body's own limit (``server.max_body_bytes``; None: ``limit``). A
+    chunked body that takes the budget past its limit when it is itself past
+    ``max_body`` gets 413, not 503: it could never be served, whatever the budget."""
 
-    def __init__(self, limit: int) -> None:
+    __slots__ = ("held", "limit", "max_body")
+
+    def __init__(self, limit: int, max_body: int | None = None) -> None:
         self.limit = limit
+        self.max_body = limit if max_body is None else max_body
         self.held = 0
         """Bytes of metered bodies read and not yet released."""
 
@@ -93,6 +98,11 @@ class BodyBudget:
             code="request_bytes_in_flight",
             headers=retry_after(RETRY_AFTER_S),
         )
+
+
+def body_too_large(limit: int) -> PayloadTooLargeError:
+    """413 for a body past ``server.max_body_bytes`` (``limit``)."""
+    return PayloadTooLargeError(f"request body exceeds the limit of {limit} bytes")
 
 
 class MeteredReceive:
@@ -121,6 +131,8 @@ class MeteredReceive:
                 self._held += size
                 budget.held += size
                 if budget.held > budget.limit:
+                    if self._held > budget.max_body:  # (the bytes so far are its own)
+                        raise body_too_large(budget.max_body)
                     raise budget.refusal()
         return message
 

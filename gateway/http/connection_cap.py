@@ -1,6 +1,8 @@
 """What a connection accepted beyond ``server.max_connections`` gets: one 503 in
 OpenAI's error shape, ``Retry-After`` and ``connection: close`` (the connections
-already open are not affected; :mod:`gateway.http.connections` counts them)."""
+already open are not affected; :mod:`gateway.http.connections` counts them, and wraps
+this in :class:`~gateway.http.request_id.RequestIdMiddleware`: the answer bypasses the
+app's stack, and the SDKs' errors read their ``request_id`` from ``x-request-id``)."""
 
 from __future__ import annotations
 

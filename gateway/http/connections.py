@@ -60,9 +60,10 @@ behind another in the same read, still stops the parser, and then the request ge
 400 (in its turn, after the answers before it) and the connection is closed, never an
 empty body.
 
-Bytes that are not HTTP get uvicorn's 400 in OpenAI's error shape, not its plain text;
-when they follow requests still being answered (pipelined), those are answered first
-and the connection then closed, with no 400 the client would take for their answer.
+Bytes that are not HTTP, and heads :mod:`gateway.http.head_fields` refuses, get a 400
+(431) in OpenAI's error shape, not uvicorn's plain text; after requests still being
+answered (pipelined), those are answered first and the connection then closed, with no
+400 the client would take for their answer.
 
 The body's size is the application's limit (``server.max_body_bytes``, counted
 as the body arrives by :func:`gateway.http.context.read_body`). Until the
@@ -90,8 +91,10 @@ from gateway.errors import error_body
 from gateway.http.connection_cap import too_many_connections
 from gateway.http.connection_limits import ConnectionLimits as ConnectionLimits
 from gateway.http.direct_cycle import DirectCycle
+from gateway.http.head_fields import MAX_HEADER_FIELDS, FieldCheckingProtocol, RefusedHead, refusal
 from gateway.http.head_rewrite import UPGRADE_REFUSED, refuse_upgrade, without_upgrade
 from gateway.http.pipelining import MAX_PIPELINED, PipelinedFlow, TooManyPipelined, refuse_in_turn
+from gateway.http.request_id import RequestIdMiddleware
 from gateway.http.send_deadline import SendDeadline, reset
 
 log = logging.getLogger("vgate.connections")
@@ -113,7 +116,7 @@ def limited_protocol(limits: ConnectionLimits) -> type[asyncio.Protocol]:
     return cast(type[asyncio.Protocol], functools.partial(LimitedHttpToolsProtocol, limits=limits))
 
 
-class LimitedHttpToolsProtocol(HttpToolsProtocol):
+class LimitedHttpToolsProtocol(FieldCheckingProtocol):
     """uvicorn's httptools protocol with the limits in the module docstring.
 
     State per connection: ``_head_bytes`` counts the bytes of the request head
@@ -149,7 +152,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self.flow = self._flow = PipelinedFlow(transport, self.pipeline)
         open_now = len(self.connections)
         if open_now > self._limits.max_connections:
-            self.app = too_many_connections
+            self.app = RequestIdMiddleware(too_many_connections)  # x-request-id too
             if open_now == self._limits.max_connections + 1:  # once per crossing of the cap
                 self._limits.over_cap.crossed(self.loop.time())
         self._deadline = self.loop.time() + self._limits.header_timeout_s
@@ -224,25 +227,24 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._unset_keepalive_if_required()
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserError:
+        except httptools.HttpParserError as error:
             if self._overflow:
                 log.debug("closing a connection: over %d pipelined requests", MAX_PIPELINED)
                 self.transport.close()
                 return
             log.debug("closing a connection: invalid HTTP")
-            self._refuse_bytes("Invalid HTTP request received.")
+            self._refuse_bytes(refusal(error))
         except httptools.HttpParserUpgrade:
             if not refuse_in_turn(self.pipeline, self.cycle, cast(Any, refuse_upgrade)):
                 self.send_400_response(UPGRADE_REFUSED)
 
-    def _refuse_bytes(self, message: str) -> None:
-        """A 400 for bytes that are not HTTP, and close. When they follow requests still
-        being answered (pipelined in the same read), those are answered first and the
-        connection then closed, without the 400: written at once, it reached the client
-        as the answer to the earlier request, whose own answer was then cut off."""
+    def _refuse_bytes(self, refused: RefusedHead) -> None:
+        """Refuse bytes that are not HTTP (or a head ``refused``), and close. After requests
+        still being answered (pipelined), those are answered, then the connection closed
+        without it: written at once, it reached the client as the earlier one's answer."""
         cycle = self.cycle
         if cycle is None or cycle.response_complete or self._head_bytes == _NO_HEAD:
-            self.send_400_response(message)  # the request the bytes belong to gets it
+            self._write_refusal(refused.status, str(refused), refused.code)
             return
         cycle.keep_alive = False  # the last request answered closes the connection
         self._head_bytes = 0  # no head is being read: no head deadline (the parser has
@@ -284,9 +286,12 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._write_refusal(400, msg, "invalid_http_request")
 
     def on_headers_complete(self) -> None:
+        if self._hosts != 1 or self.expect_100_continue or len(self.headers) > MAX_HEADER_FIELDS:
+            self.check_fields()  # raises RefusedHead: _feed refuses the head
         self._head_bytes = _NO_HEAD
         self._deadline = 0.0  # the body's starts at the next tick
         HttpToolsProtocol.on_headers_complete(self)
+        self.headers = []  # where trailers go: not into the request's (head_fields.py)
         if len(self.pipeline) > MAX_PIPELINED:
             self._overflow = True
             raise TooManyPipelined  # ends this read's parse: _feed closes the connection
@@ -296,6 +301,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             cast(DirectCycle, cycle).attach(self.loop)  # and direct answers (direct_cycle.py)
 
     def on_message_complete(self) -> None:
+        self._hosts = 0  # (any Host among the trailers counted for nothing)
         self._head_bytes = 0
         self._deadline = 0.0
         self._chunked = False

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from starlette.requests import Request
 from starlette.types import Receive, Scope
 
-from gateway.errors import InvalidRequestError, PayloadTooLargeError
-from gateway.http.body_budget import MeteredReceive
+from gateway.errors import InvalidRequestError
+from gateway.http.body_budget import MeteredReceive, body_too_large
 from gateway.http.request_id import SCOPE_KEY
 from gateway.http.state import AppState
 
@@ -89,13 +89,10 @@ async def read_body(receive: Receive, limit: int, declared: str | None) -> bytes
     that disconnects before the body's end (or is disconnected: ``server.body_timeout_s``)
     gets a 400 nobody reads, never a truncated body handled as if complete."""
     if declared is not None:
-        if not declared.isdigit():
-            # llhttp checked the value, but passes on whitespace after it ("81 \t")
-            declared = declared.rstrip(" \t")
-            if not declared.isdigit():
-                raise InvalidRequestError("invalid Content-Length header")
+        if not declared.isdigit():  # (llhttp checked it, and head_fields.py stripped it)
+            raise InvalidRequestError("invalid Content-Length header")
         if int(declared) > limit:
-            raise _too_large(limit)
+            raise body_too_large(limit)
     chunks: list[bytes] = []
     size = 0
     while True:
@@ -105,7 +102,7 @@ async def read_body(receive: Receive, limit: int, declared: str | None) -> bytes
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
-            raise _too_large(limit)
+            raise body_too_large(limit)
         chunks.append(chunk)
         if not message.get("more_body", False):
             break
@@ -113,7 +110,3 @@ async def read_body(receive: Receive, limit: int, declared: str | None) -> bytes
     if type(receive) is MeteredReceive:  # a large body: charged as it will be decoded
         receive.charge_decoded(body)
     return body
-
-
-def _too_large(limit: int) -> PayloadTooLargeError:
-    return PayloadTooLargeError(f"request body exceeds the limit of {limit} bytes")

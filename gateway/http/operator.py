@@ -16,8 +16,13 @@ Either way ``/health`` is public, the public ``/ready`` answers ready or not and
 nothing more (the detail needs the admin key), and ``server.public_metrics:
 true`` opens ``/metrics`` on the public port to anyone, on purpose. The operator
 listener itself asks no key for ``/metrics``, ``/sd/engines``, ``/ready`` and
-``/status`` (Prometheus scrapes it; keep it reachable by operators only), while
-``/admin/*`` still checks the admin key there too.
+``/status`` unless ``server.operator_token`` is set: then those routes want
+``Authorization: Bearer <operator token>`` (or the admin key; 401 otherwise, counted
+as ``vgate_auth_failures_total{reason="invalid_operator_token"}``), so that a
+listener bound beyond loopback is not guarded by network policy alone; Prometheus
+sends the token (``authorization: {credentials_file: ...}``). ``/health`` stays open,
+and ``/admin/*`` checks the admin key there too, never the operator token (which
+reads, never changes).
 """
 
 from __future__ import annotations
@@ -78,14 +83,25 @@ def public_router(server: ServerSettings) -> APIRouter:
     return router
 
 
+def behind_operator_token(handler: Handler) -> Handler:
+    """``handler``, answered only to requests that carry ``server.operator_token`` or the
+    admin key when a token is set (to anyone who reaches the listener otherwise)."""
+
+    async def guarded(request: Request) -> Response:
+        admin_key.require_operator_token(request)
+        return await handler(request)
+
+    return guarded
+
+
 def operator_router() -> APIRouter:
     """Every route of the operator listener."""
     router = APIRouter()
     router.add_route("/health", ops.health, methods=GET)
-    router.add_route("/ready", ops.ready_detail, methods=GET)
-    router.add_route("/metrics", ops.metrics, methods=GET)
-    router.add_route("/sd/engines", ops.engine_targets, methods=GET)
-    router.add_route("/status", status.page, methods=GET)
-    router.add_route("/status/events", status.events, methods=GET)
+    router.add_route("/ready", behind_operator_token(ops.ready_detail), methods=GET)
+    router.add_route("/metrics", behind_operator_token(ops.metrics), methods=GET)
+    router.add_route("/sd/engines", behind_operator_token(ops.engine_targets), methods=GET)
+    router.add_route("/status", behind_operator_token(status.page), methods=GET)
+    router.add_route("/status/events", behind_operator_token(status.events), methods=GET)
     router.include_router(admin.router)
     return router

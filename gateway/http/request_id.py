@@ -88,8 +88,6 @@ def _scan_headers(headers: list[tuple[bytes, bytes]]) -> tuple[str | None, int |
     declared: int | None = None
     for name, value in headers:
         if name == _CONTENT_LENGTH:
-            if not value.isdigit():  # llhttp hands it on with any whitespace after it
-                value = value.rstrip(b" \t")  # (as read_body reads it: not part of it)
             declared = int(value) if value.isdigit() and len(value) <= 18 else None
         elif name == HEADER and not seen_id:
             seen_id = True

@@ -1,8 +1,9 @@
 """``/status`` (the live status page) and ``/status/events`` (its server-sent events).
 
 Where they are served follows the other operator routes
-(:mod:`gateway.http.operator`): on the operator listener without a key, like
-``/metrics``; without one, on the public port behind the admin key (``Authorization:
+(:mod:`gateway.http.operator`): on the operator listener, like ``/metrics`` (behind
+``server.operator_token`` when one is set); without one, on the public port behind
+the admin key (``Authorization:
 Bearer``; the page's ``EventSource`` sends whatever the browser sends, so a proxy
 that adds the header serves both). A key never travels in a URL.
 

@@ -10,7 +10,8 @@ key name, and the rollouts' weights. It is built once for every open page (reuse
 for :data:`FRAME_REUSE_S`) and never blocks on I/O.
 
 Engines are named by their id and display URL (no credentials); keys by their name
-(never the secret). Figures are this worker process's, like ``/metrics``.
+(never the secret), and a revoked key leaves the page when it leaves ``/metrics``.
+Figures are this worker process's, like ``/metrics``.
 """
 
 from __future__ import annotations
@@ -93,6 +94,7 @@ class StatusFeed:
         self._pool = pool
         self._live: LiveStats = metrics.live
         self._tokens: LabelledCounter = metrics.tokens_charged
+        self._forget_revoked_keys = metrics.forget_revoked_keys
         self._weights = weights
         self._configured = ConfigWeights(settings.rollouts)
         self._clock = clock
@@ -185,6 +187,7 @@ class StatusFeed:
         return engines
 
     def _top_keys(self) -> list[dict[str, Any]]:
+        self._forget_revoked_keys()  # a revoked key leaves the page as it leaves /metrics
         totals = {key: tokens for (key,), tokens in self._tokens.totals().items()}
         top = heapq.nlargest(TOP_KEYS, totals.items(), key=lambda item: item[1])
         return [{"name": name, "tokens": int(tokens)} for name, tokens in top]

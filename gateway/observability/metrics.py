@@ -6,7 +6,8 @@ requests that never resolved one), ``endpoint`` one of the gateway's routes,
 deadline mid-stream included), status, interrupted (an answer broken off) or
 stream_interrupted (a stream broken off by the engine) for upstream errors, or
 requests, tokens, concurrency (rate limits), ``key`` a key's *name* (never the
-secret), ``task`` a background task's name (:mod:`gateway.background`), and the
+secret; a revoked key's series are dropped, :meth:`GatewayMetrics.watch_keys`),
+``task`` a background task's name (:mod:`gateway.background`), and the
 ``kind`` of a skipped shared-state record ``key`` or ``engine``, ``rollout`` a configured
 rollout's name and ``variant`` one of its variant (or shadow) models, empty for a
 request to a plain model. Nothing a client sends becomes a label.
@@ -14,7 +15,7 @@ request to a plain model. Nothing a client sends becomes a label.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -108,8 +109,9 @@ class GatewayMetrics:
         )
         self.auth_failures = Counter(
             "vgate_auth_failures_total",
-            "Requests refused by auth: missing_key, invalid_key, model_not_allowed or "
-            "invalid_admin_key (a route behind the admin key).",
+            "Requests refused by auth: missing_key, invalid_key, model_not_allowed, "
+            "invalid_admin_key (a route behind the admin key) or invalid_operator_token "
+            "(the operator listener's read-only routes, server.operator_token set).",
             ("reason",),
             registry=self.registry,
         )
@@ -128,7 +130,7 @@ class GatewayMetrics:
             registry=self.registry,
         )
 
-        self.rate_limited = Counter(
+        self.rate_limited = LabelledCounter(
             "vgate_rate_limited_requests_total",
             "Requests refused with 429, by key name and the limit hit "
             "(requests, tokens, concurrency).",
@@ -141,6 +143,8 @@ class GatewayMetrics:
             ("key",),
             self.registry,
         )
+        self._key_names: Callable[[], Collection[str]] | None = None
+        """The key names the gateway knows now (:meth:`watch_keys`)."""
         self.redis_errors = Counter(
             "vgate_redis_errors_total",
             "Failed Redis operations, by component (ratelimit, cache, responses).",
@@ -236,6 +240,25 @@ class GatewayMetrics:
         the count of records its store skipped as undecodable, read at scrape time."""
         self.registry.register(_SkippedRecordsCollector(dict(counts)))
 
+    def watch_keys(self, names: Callable[[], Collection[str]]) -> None:
+        """Keep the series labelled by a key (``vgate_rate_limited_requests_total``,
+        ``vgate_tokens_charged_total``) to the keys in ``names()``, the authenticator's
+        copy of the key store: a revoked key's series are dropped at the next scrape
+        (:meth:`forget_revoked_keys`), in every worker and replica, once its copy has
+        caught up (within ``auth.refresh_interval_s``; ``vgate keys revoke`` and
+        ``DELETE /admin/keys/...`` alike). Without it they stayed until a restart, one
+        more series per key ever made."""
+        self._key_names = names
+
+    def forget_revoked_keys(self) -> None:
+        """Drop the series of keys no longer known (nothing without :meth:`watch_keys`).
+        Once per scrape or status frame, never per request."""
+        if self._key_names is None:
+            return
+        known = self._key_names()
+        self.rate_limited.forget("key", known)
+        self.tokens_charged.forget("key", known)
+
     def observe_request(
         self, model: str, endpoint: str, status: int, seconds: float, variant: str = ""
     ) -> None:
@@ -256,7 +279,8 @@ class GatewayMetrics:
         return self.in_flight.labels(model)
 
     def render(self) -> bytes:
-        """The Prometheus text exposition of every metric."""
+        """The Prometheus text exposition of every metric (revoked keys' series dropped)."""
+        self.forget_revoked_keys()
         return generate_latest(self.registry)
 
 

@@ -21,7 +21,7 @@ never from clients, so the children stay few (see :mod:`gateway.observability.me
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from typing import ClassVar, Generic, TypeVar, cast
 
 from prometheus_client.core import (
@@ -100,6 +100,19 @@ class _Labelled(Collector, Generic[C]):
                 child = self._by_text[text] = self._new_child()
             self._children[values] = child
         return child
+
+    def forget(self, label: str, keep: Collection[str]) -> None:
+        """Drop every child whose ``label`` is not one of ``keep``: its series leaves the
+        exposition (a revoked key's, say), and a later ``labels()`` starts it from zero."""
+        index = self._labelnames.index(label)
+        gone = [text for text in self._by_text if text[index] not in keep]
+        if not gone:
+            return
+        for text in gone:
+            del self._by_text[text]
+        self._children = {
+            values: child for values, child in self._children.items() if str(values[index]) in keep
+        }
 
     def _new_child(self) -> C:
         raise NotImplementedError

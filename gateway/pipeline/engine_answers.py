@@ -109,7 +109,9 @@ class EngineAnswers:
 
         wants_usage = client_wants_usage(parsed.body)
         events = follow_events(flight, wants_usage, outcome, done, fresh_at, exchange)
-        return EventStream(events, headers, exchange.close)
+        line = ClientLine()  # hung up on if the flight cuts it (Flight.hang_ups)
+        flight.hang_ups[exchange] = line.drop
+        return EventStream(events, headers, exchange.close, line=line)
 
     async def complete(
         self,
@@ -139,7 +141,7 @@ class EngineAnswers:
         else:
             tokens = None
         prompt_used = None
-        if exchange.ticket.learns:  # a prompt long enough to calibrate the estimate
+        if exchange.ticket.learns:  # a text-estimated prompt: teaches the calibration
             usage = answer.get("usage") if type(answer) is dict else None
             prompt_used = body_prompt_tokens(body) if usage is None else prompt_tokens(usage)
         exchange.finished(tokens if wants_usage else None, prompt_used)
@@ -211,7 +213,10 @@ class EngineAnswers:
                 if pair is not None and collector is not None:
                     pair.primary(collector.text())
 
-        relay = relay_events(stream, outcome, exchange.clock, taps, done, route.prompt_param)
+        secrets = self._pool.credentials.secrets  # (never in an engine's error event)
+        relay = relay_events(
+            stream, outcome, exchange.clock, taps, done, route.prompt_param, secrets
+        )
         events: AsyncIterator[bytes] = relay
         close = exchange.close
         line = None

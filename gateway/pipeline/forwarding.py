@@ -183,13 +183,7 @@ class Forwarder:
                 end_attempt(exchange, mark, reply.status, "status")
                 self._pool.record_failure(url)
                 self._metrics.upstream_errors.labels(attempt.model, "status").inc()
-                failed = UpstreamStatusError(
-                    reply.status,
-                    reply.body,
-                    reply.content_type,
-                    reply.retry_after,
-                    reply.retry_after_ms,
-                )
+                failed = self._status_error(reply)
                 continue
             if reply.status < 300 and (
                 attempt.json_object or reply.content_type == "application/json"
@@ -204,13 +198,7 @@ class Forwarder:
             self._pool.record_success(url)
             if reply.status >= 400:
                 self._metrics.upstream_errors.labels(attempt.model, "status").inc()
-                raise UpstreamStatusError(
-                    reply.status,
-                    reply.body,
-                    reply.content_type,
-                    reply.retry_after,
-                    reply.retry_after_ms,
-                )
+                raise self._status_error(reply)
             return url, reply
         raise failed or busy or self._unavailable(attempt.model)
 
@@ -271,6 +259,8 @@ class Forwarder:
                 raise late from None
             except GatewayError as exc:
                 exchange.drop_engine()
+                if isinstance(exc, UpstreamStatusError):  # its text may echo the key
+                    exc.secrets = self._pool.credentials.secrets
                 timed_out = isinstance(exc, UpstreamTimeoutError)
                 kind = (
                     "timeout" if timed_out else "status" if stream is None else "stream_interrupted"
@@ -299,6 +289,15 @@ class Forwarder:
             stream.deadline = total_deadline
             return url, stream
         raise failed or self._unavailable(attempt.model)
+
+    def _status_error(self, reply: UpstreamReply) -> UpstreamStatusError:
+        """The error of an engine's error answer, which never shows the engines' keys
+        (an engine may echo the request's ``Authorization`` in its message)."""
+        error = UpstreamStatusError(
+            reply.status, reply.body, reply.content_type, reply.retry_after, reply.retry_after_ms
+        )
+        error.secrets = self._pool.credentials.secrets
+        return error
 
     def candidates(self, attempt: Attempt) -> Iterator[str]:
         """Engines to try, one at a time, for one request (at most ``1 + retries``).

@@ -28,6 +28,7 @@ from gateway.pipeline.parsing import affinity_key, decode_json_object, normalize
 from gateway.pool.engine_pool import EnginePool
 from gateway.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from gateway.protocol.exact_json import encoded_exactly
+from gateway.ratelimit.cost import priced_text_chars
 from gateway.rollouts.choice import VariantChooser
 from gateway.routing.policies import RoutingPolicy, RoutingTable
 
@@ -243,16 +244,19 @@ class RequestPlanner:
 
     def _read(self, route: Route, raw: bytes) -> tuple[dict[str, Any], Any]:
         body = decode_json_object(raw)
-        self._check_size(body, len(raw))
+        self._check_size(route, body, len(raw))
         request = validate(route.schema, body)
         return normalized(body, request), request
 
-    def _check_size(self, body: dict[str, Any], size: int) -> None:
+    def _check_size(self, route: Route, body: dict[str, Any], size: int) -> None:
         """400 for more messages or prompt text than the limits allow, before validation.
 
         The count is one ``len``; the text is counted only when the body could hold
-        too much of it (a character takes at least one byte of JSON), in one pass
-        over at most ``max_messages`` messages."""
+        too much of it (a character takes at least one byte of JSON), in the walk the
+        token estimate makes (:func:`priced_text_chars`): every character it prices
+        counts, an assistant's ``reasoning``, a ``name``, ``tools`` and
+        ``chat_template_kwargs`` included, and nothing it does not (an embeddings
+        request: :func:`embedding_priced`)."""
         limits = self._limits
         messages = body.get("messages")
         if isinstance(messages, list) and len(messages) > limits.max_messages:
@@ -262,16 +266,26 @@ class RequestPlanner:
             )
         if size <= limits.max_prompt_chars:
             return
-        chars = _text_length(body.get("prompt")) + _text_length(body.get("input"))
-        if isinstance(messages, list):
-            for message in messages:
-                content = message.get("content") if isinstance(message, dict) else None
-                chars += _text_length(content)
-        if chars > limits.max_prompt_chars:
+        priced = body if route.generates else embedding_priced(body, route.prompt_field)
+        if priced_text_chars(priced) > limits.max_prompt_chars:
             raise InvalidRequestError(
                 f"request text exceeds {limits.max_prompt_chars} characters",
                 param=_text_field(body),
             )
+
+
+def embedding_priced(body: dict[str, Any], prompt_field: str) -> dict[str, Any]:
+    """What the token estimate reads of a request that generates nothing (embeddings),
+    in the form it reads: its input as the prompt, its messages (vLLM's chat form) and
+    ``chat_template_kwargs``, which vLLM hands that form's chat template as chat's (they
+    can set its ``documents`` or ``tools``). Read from input and messages alone, a key
+    with a 5,000-token budget embedded 10,000 tokens of ``documents`` there at a few
+    (bug hunt). Nothing else of the body reaches the model."""
+    return {
+        "prompt": body.get(prompt_field),
+        "messages": body.get("messages"),
+        "chat_template_kwargs": body.get("chat_template_kwargs"),
+    }
 
 
 def _text_field(body: dict[str, Any]) -> str:
@@ -281,22 +295,6 @@ def _text_field(body: dict[str, Any]) -> str:
     if "messages" in body:
         return "messages"
     return "prompt" if "prompt" in body else "input"
-
-
-def _text_length(content: Any) -> int:
-    """Characters of a message's content or a prompt: a string, text parts, a list of strings."""
-    if isinstance(content, str):
-        return len(content)
-    if isinstance(content, list):
-        total = 0
-        for part in content:
-            if isinstance(part, str):
-                total += len(part)
-            elif isinstance(part, dict):
-                text = part.get("text")
-                total += len(text) if isinstance(text, str) else 0
-        return total
-    return 0
 
 
 _CAPS = {True: ("max_completion_tokens", "max_tokens"), False: ("max_tokens",)}

@@ -26,7 +26,8 @@ from typing import Any
 import orjson
 
 from gateway.errors import GatewayError, UpstreamError
-from gateway.protocol.exact_json import with_exact_integers
+from gateway.pipeline.response_failures import has_failure, told_failures
+from gateway.responses.encoding import exactly_read
 from gateway.upstream.relay import (
     AFTER_DONE_S,
     STREAM_ERROR,
@@ -48,14 +49,16 @@ _DIGITS = re.compile(rb"\s*(\d{1,18})\b")
 
 class FinalResponseTap:
     """Finds the terminal event of a stream and keeps its ``response`` object; with
-    ``exact`` (the response is stored: written anew, and returned by retrieval), its
-    integers beyond 64 bits as written (:func:`with_exact_integers`)."""
+    ``exact`` (the response is stored: written anew, and returned by retrieval), the
+    event's data too, for :meth:`exact_response`."""
 
-    __slots__ = ("engine_error", "exact", "response")
+    __slots__ = ("engine_error", "exact", "response", "source")
 
     def __init__(self, exact: bool = False) -> None:
         self.exact = exact
         self.response: dict[str, Any] | None = None
+        self.source = b""
+        """The terminal event's data, kept when ``exact``."""
         self.engine_error = False
         """The engine ended the stream with an ``error`` event of its own."""
 
@@ -76,11 +79,17 @@ class FinalResponseTap:
             if isinstance(data, dict) and (data.get("type") == "error" or "error" in data):
                 self.engine_error = True  # OpenAI's error event, or vLLM's {"error": {...}}
             if isinstance(data, dict) and data.get("type") in TERMINAL_TYPES:
-                if self.exact:
-                    data = with_exact_integers(line[5:], data)
                 response = data.get("response")
                 if isinstance(response, dict):
                     self.response = response
+                    if self.exact:
+                        self.source = line[5:]
+
+    def exact_response(self) -> dict[str, Any]:
+        """The terminal event's ``response`` with its integers beyond 64 bits as the
+        engine wrote them (read again only when a write needs it: the rare response)."""
+        response = self.response if self.response is not None else {}
+        return exactly_read(self.source, response, "response") if self.source else response
 
 
 class FieldRestore:
@@ -151,11 +160,13 @@ async def relay_response_events(
     final: FinalResponseTap,
     on_final: Callable[[dict[str, Any]], Awaitable[None]],
     mark: SequenceMark,
+    secrets: tuple[str, ...] = (),
 ) -> AsyncIterator[bytes]:
     """Yield the engine's events through ``taps`` (``final`` last); once the terminal
     event has been seen, await ``on_final`` with its response, then yield it. Never
     raises a :class:`GatewayError`: a failure becomes an :func:`error_event`, numbered
-    by ``mark`` (kept up to date with each batch)."""
+    by ``mark`` (kept up to date with each batch). ``secrets`` (the engines' keys) never
+    show in an engine's error."""
     next_batch = stream.next_batch
     try:
         while (received := await next_batch()) is not None:
@@ -166,8 +177,10 @@ async def relay_response_events(
                 batch, broken = before_invalid_utf8(batch)
             mark.last = last_sequence_number(batch, mark.last)
             if STREAM_ERROR in batch:  # vLLM's own error event, in OpenAI's shape
-                batch, status = mapped_error_events(batch, "input")
+                batch, status = mapped_error_events(batch, "input", secrets)
                 outcome.note_error_status(status)  # 5xx: for the engine's breaker
+            if has_failure(batch):  # an engine's error or response.failed: no internals
+                batch = told_failures(batch, secrets)
             for tap in taps:
                 batch = tap.inspect(batch)
             batch = final.inspect(batch)

@@ -19,7 +19,10 @@ refused for its ``rpm`` or ``max_concurrent`` would still have every one of its
 requests read and decode a record: hundreds at once took hundreds of MiB of the
 gateway's memory. :class:`OwnerGate` lets at most :data:`LOADS_PER_KEY` follow-ups
 of one key load at once in a process, each until its admission is decided; the
-others wait their turn, holding nothing but their body.
+others wait their turn, holding nothing but their body. Across keys (and for
+retrievals), every decoded record counts against the worker's
+:class:`gateway.pipeline.record_budget.ByteBudget` while it is held
+(:meth:`ResponseRecords.loaded`); a large one is decoded off the event loop.
 """
 
 from __future__ import annotations
@@ -27,8 +30,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+from collections.abc import Callable
 from types import TracebackType
 from typing import Any
+
+import orjson
 
 from gateway.config.responses import ResponsesSettings
 from gateway.errors import (
@@ -39,7 +45,9 @@ from gateway.errors import (
     retry_after,
 )
 from gateway.observability.metrics import GatewayMetrics
-from gateway.responses.store import ResponseStore, StoredResponse
+from gateway.pipeline.record_budget import LOADED_RECORDS, ByteBudget
+from gateway.responses.encoding import written_exactly
+from gateway.responses.store import ResponseStore, StoredResponse, encode_record
 
 log = logging.getLogger("vgate.responses")
 
@@ -125,22 +133,27 @@ class ResponseRecords:
         self._metrics = metrics
         self.loading = OwnerGate()
         """Follow-ups loading their previous record, by key (see the module docstring)."""
+        self.budget = ByteBudget(LOADED_RECORDS * settings.max_stored_bytes)
+        """The stored bytes this worker's decoded records come from, at once."""
 
-    async def load(
-        self, response_id: str, owner: str, missing: GatewayError
-    ) -> StoredResponse | None:
-        """``owner``'s record (None: ``owner`` has none under that id, whether another
-        key has one or nobody does: both are answered alike, and another key's record
-        is never read); ``missing`` for an id of another form."""
+    def loaded(self, response_id: str, owner: str, missing: GatewayError) -> Loaded:
+        """``async with records.loaded(...) as record``: ``owner``'s record (None:
+        ``owner`` has none under that id, whether another key has one or nobody does:
+        both are answered alike, and another key's record is never read); ``missing``
+        for an id of another form. The record counts against :attr:`budget` until the
+        block ends: nothing of it may be kept beyond."""
+        return Loaded(self, response_id, owner, missing)
+
+    async def read(self, response_id: str, owner: str, missing: GatewayError) -> bytes | None:
+        """The encoded record (see :meth:`loaded`), not yet decoded."""
         if RESPONSE_ID.fullmatch(response_id) is None:
             raise missing
         try:
             if not await self._store.owns(response_id, owner):
                 return None
-            data = await self._store.get(response_id)
+            return await self._store.get(response_id)
         except StoreUnavailable:
             raise self._unavailable() from None
-        return None if data is None else StoredResponse.decode(response_id, data)
 
     async def delete(self, response_id: str, owner: str) -> bool:
         """Whether there was a record to delete (of two deletes at once, one has)."""
@@ -169,32 +182,27 @@ class ResponseRecords:
                 param="store",
             )
 
-    async def save(self, record: StoredResponse) -> None:
-        """Keep ``record`` for ``responses.ttl_s`` (see the module docstring for when
-        it is skipped)."""
-        try:
-            data = record.encode()
-        except TypeError as exc:  # orjson.JSONEncodeError: e.g. nested one level too deep
-            log.warning("response %s not stored: it cannot be encoded: %s", record.id, exc)
-            return
+    async def save(self, response_id: str, owner: str, data: bytes) -> None:
+        """Keep the encoded record ``data`` for ``responses.ttl_s`` (see the module
+        docstring for when it is skipped)."""
         settings = self._settings
         if len(data) > settings.max_stored_bytes:
             log.warning(
                 "response %s not stored: %d bytes over responses.max_stored_bytes (%d)",
-                *(record.id, len(data), settings.max_stored_bytes),
+                *(response_id, len(data), settings.max_stored_bytes),
             )
             return
         quota = settings.max_bytes_per_key
         try:
-            kept = await self._store.put(record.id, data, settings.ttl_s, record.owner, quota)
+            kept = await self._store.put(response_id, data, settings.ttl_s, owner, quota)
         except StoreUnavailable as exc:
             self._metrics.redis_errors.labels("responses").inc()
-            log.warning("response %s not stored: %s", record.id, exc)
+            log.warning("response %s not stored: %s", response_id, exc)
             return
         if not kept:
             log.warning(
                 "response %s not stored: key '%s' is at responses.max_bytes_per_key (%s)",
-                *(record.id, record.owner, quota),
+                *(response_id, owner, quota),
             )
 
     def _unavailable(self) -> DependencyUnavailableError:
@@ -206,12 +214,54 @@ class ResponseRecords:
         )
 
 
+class Loaded:
+    """One :meth:`ResponseRecords.loaded` block: the record read, its bytes held of the
+    budget, decoded, released at the end."""
+
+    __slots__ = ("_held", "_id", "_missing", "_owner", "_records")
+
+    def __init__(
+        self, records: ResponseRecords, response_id: str, owner: str, missing: GatewayError
+    ) -> None:
+        self._records = records
+        self._id = response_id
+        self._owner = owner
+        self._missing = missing
+        self._held = 0
+
+    async def __aenter__(self) -> StoredResponse | None:
+        data = await self._records.read(self._id, self._owner, self._missing)
+        if data is None:
+            return None
+        self._held = await self._records.budget.acquire(len(data))
+        try:
+            return StoredResponse.decode(self._id, data)
+        except BaseException:
+            self._release()
+            raise
+
+    async def __aexit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self._release()
+
+    def _release(self) -> None:
+        held, self._held = self._held, 0
+        if held:
+            self._records.budget.release(held)
+
+
 class Keeper:
     """Stores a finished response with the conversation that produced it, under the id
     the gateway made for it (``response_id``, the engine's ``request_id``). A response
     the engine named otherwise is not stored: the client saw the engine's id, which
     must not name a record the engine chose (another key's, say), and the gateway's
-    id would be one the client never saw."""
+    id would be one the client never saw. The conversation is kept encoded
+    (:func:`gateway.responses.encoding.encoded_items`), not as the objects it was
+    decoded to, for as long as the engine answers."""
 
     __slots__ = ("_id", "_ids", "_items", "_owner", "_records")
 
@@ -219,17 +269,20 @@ class Keeper:
         self,
         records: ResponseRecords,
         owner: str,
-        items: list[Any],
+        items: bytes,
         ids: list[str],
         response_id: str,
     ) -> None:
         self._records = records
         self._owner = owner
-        self._items = items
+        self._items = orjson.Fragment(items)
         self._ids = ids
         self._id = response_id
 
-    async def __call__(self, response: dict[str, Any]) -> None:
+    async def __call__(self, response: dict[str, Any], exact: Callable[[], dict[str, Any]]) -> None:
+        """Store ``response``; ``exact`` reads it again with its integers beyond 64
+        bits as the engine wrote them, called only when the record shows a float that
+        may be one (:func:`gateway.responses.encoding.written_exactly`)."""
         given = response.get("id")
         if given != self._id:
             shown = given[:64] if isinstance(given, str) else type(given).__name__
@@ -237,5 +290,12 @@ class Keeper:
                 "engine response id %r is not the %s asked for: not stored", shown, self._id
             )
             return
-        record = StoredResponse(self._id, self._owner, response, self._items, self._ids)
-        await self._records.save(record)
+        try:
+            data = written_exactly(self._encode, response, exact)
+        except TypeError as exc:  # orjson.JSONEncodeError: e.g. nested one level too deep
+            log.warning("response %s not stored: it cannot be encoded: %s", self._id, exc)
+            return
+        await self._records.save(self._id, self._owner, data)
+
+    def _encode(self, response: Any) -> bytes:
+        return encode_record(self._owner, response, self._items, self._ids)

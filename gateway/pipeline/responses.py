@@ -28,6 +28,7 @@ not created in the background: 400 ``Cannot cancel a synchronous response.``
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Mapping
 from dataclasses import replace
@@ -53,7 +54,7 @@ from gateway.pipeline.callers import authenticate, check_model_allowed
 from gateway.pipeline.exchange import VARIANT_HEADER, Exchange
 from gateway.pipeline.forwarding import Attempt, Forwarder
 from gateway.pipeline.parsing import affinity_key, decode_json_object
-from gateway.pipeline.plan import ModelRename
+from gateway.pipeline.plan import ModelRename, RequestPlanner
 from gateway.pipeline.priority import body_priority, clamped_body
 from gateway.pipeline.response_events import (
     FieldRestore,
@@ -61,10 +62,13 @@ from gateway.pipeline.response_events import (
     SequenceMark,
     relay_response_events,
 )
-from gateway.pipeline.response_records import Keeper, ResponseRecords
+from gateway.pipeline.response_failures import told_response
+from gateway.pipeline.response_records import Keeper, Loaded, ResponseRecords
+from gateway.pipeline.response_turns import Turn, affinity_body, first_content, usage_tokens
 from gateway.pipeline.results import Answer, EventStream, Result
+from gateway.pipeline.usage import response_input_tokens as input_tokens
 from gateway.pool.engine_pool import EnginePool
-from gateway.protocol.exact_json import with_exact_integers
+from gateway.protocol.exact_json import encoded_exactly
 from gateway.ratelimit.admission import Admission, Ticket
 from gateway.responses.conversation import (
     MAX_ITEMS,
@@ -79,6 +83,7 @@ from gateway.responses.conversation import (
     new_response_id,
     read_create,
 )
+from gateway.responses.encoding import encoded_items, exactly_read, written_exactly
 from gateway.responses.listing import input_items_page
 from gateway.responses.store import ResponseStore, StoredResponse
 from gateway.rollouts.choice import VariantChooser
@@ -147,9 +152,11 @@ class ResponsesService:
         then on (its ``close`` releases them)."""
         exchange = Exchange(LABEL, self._pool, self._metrics)
         try:
-            body = with_exact_integers(raw, decode_json_object(raw))
-            request = read_create(body, self._max_items)
-            result = await self._create(exchange, request, principal, request_id, session_id)
+            if RequestPlanner.offloads(raw):  # a large body is not decoded on the loop
+                request = await asyncio.to_thread(self._read, raw)
+            else:
+                request = self._read(raw)
+            result = await self._create(exchange, request, raw, principal, request_id, session_id)
             result.headers.append((SERVER_TIMING, exchange.timeline.server_timing()))
             if exchange.variant is not None:
                 result.headers.append((_VARIANT, exchange.variant.encode()))
@@ -164,10 +171,16 @@ class ResponsesService:
             exchange.close()
         return result
 
+    def _read(self, raw: bytes) -> CreateRequest:
+        """The create body, decoded and checked (its integers beyond 64 bits read
+        exactly only when written: :mod:`gateway.responses.encoding`)."""
+        return read_create(decode_json_object(raw), self._max_items)
+
     async def _create(
         self,
         exchange: Exchange,
         request: CreateRequest,
+        raw: bytes,
         principal: Principal,
         request_id: str,
         session_id: str | None,
@@ -198,20 +211,22 @@ class ResponsesService:
         if changed is not None:  # the engine never sees an earlier priority than the key's
             request = replace(request, body=changed)
         if request.previous_response_id is None:
-            items, item_ids = await self._admit(exchange, request, principal, asked)
+            turn = await self._admit(exchange, request, raw, principal, asked, None)
         else:  # the previous record is read before admission: a few of a key's at once
             async with self._records.loading.held(principal.name):
                 try:
-                    items, item_ids = await self._admit(exchange, request, principal, asked)
+                    turn = await self._continue(exchange, request, raw, principal, asked)
                 except GatewayError as exc:  # refused: its frames would keep the record
                     raise exc.with_traceback(None) from None  # alive until answered
         served = self._served.get(model, model)
         response_id = new_response_id()  # stored under it only (not the engine's say)
-        payload = engine_payload(request, items, response_id, served, exchange.ticket.output_cap)
+        cap = exchange.ticket.output_cap
+        items = orjson.Fragment(turn.items)
+        payload = engine_payload(request, items, response_id, served, cap, raw)
         policy, prefix_chars = self._routing.for_model(model)
         key = None
         if policy.wants_affinity_key:
-            key = affinity_key(_affinity_body(request, items), session_id, prefix_chars)
+            key = affinity_key(affinity_body(request, turn.first), session_id, prefix_chars)
         attempt = Attempt(
             model, PATH, payload, request_id, policy, key,
             key=principal.name, priority=priority, json_object=True,
@@ -223,7 +238,7 @@ class ResponsesService:
             taps.append(FieldRestore(request.previous_response_id))
         keep = None
         if request.store:
-            keep = Keeper(self._records, principal.name, items, item_ids, response_id)
+            keep = Keeper(self._records, principal.name, turn.items, turn.item_ids, response_id)
         exchange.count_in_flight()
         try:
             if request.stream:
@@ -234,17 +249,33 @@ class ResponsesService:
             exc.renamed = renamed_for(self._engine_names, model, served, asked)
             raise
 
-    async def _admit(
-        self, exchange: Exchange, request: CreateRequest, principal: Principal, asked: str
-    ) -> tuple[list[Any], list[str]]:
-        """The conversation the engine gets (the previous record's, continued) and its
-        items' ids, admitted: priced by it, charged to the key for ``asked``."""
-        previous = None
-        if request.previous_response_id is not None:
-            previous_id = request.previous_response_id
-            missing = PreviousResponseNotFoundError(previous_id)
-            loaded = await self._records.load(previous_id, principal.name, missing)
+    async def _continue(
+        self,
+        exchange: Exchange,
+        request: CreateRequest,
+        raw: bytes,
+        principal: Principal,
+        asked: str,
+    ) -> Turn:
+        """:meth:`_admit` of a follow-up, its previous record loaded (and counted
+        against the worker's budget of decoded records) until it is admitted."""
+        previous_id = request.previous_response_id or ""
+        missing = PreviousResponseNotFoundError(previous_id)
+        async with self._records.loaded(previous_id, principal.name, missing) as loaded:
             previous = check_found(loaded, principal.name, missing)
+            return await self._admit(exchange, request, raw, principal, asked, previous)
+
+    async def _admit(
+        self,
+        exchange: Exchange,
+        request: CreateRequest,
+        raw: bytes,
+        principal: Principal,
+        asked: str,
+        previous: StoredResponse | None,
+    ) -> Turn:
+        """The conversation the engine gets (``previous``'s, continued), admitted:
+        priced by it, charged to the key for ``asked``; encoded, with its items' ids."""
         items, item_ids = conversation(previous, request, self._max_items)
         timeline = exchange.timeline
         timeline.limiting = exchange.clock()
@@ -256,7 +287,7 @@ class ResponsesService:
         if request.store:
             await self._records.check_quota(principal.name)
         timeline.admitted = timeline.looked_up = exchange.clock()  # no cache here: 0 ms
-        return items, item_ids
+        return Turn(encoded_items(items, raw, previous), item_ids, first_content(request, items))
 
     async def _complete(
         self,
@@ -275,11 +306,16 @@ class ResponsesService:
             response = None
         if not isinstance(response, dict):  # one past answer_checks' whole parse (64 KiB)
             raise UpstreamError("engine answered badly: an answer that is not a JSON object")
-        exchange.finished(usage_tokens(response) if exchange.ticket.wants_usage else None)
+        if response.get("status") == "failed" and told_response(
+            response, self._pool.credentials.secrets
+        ):
+            body = encoded_exactly(response, body)  # the engine's internals kept from it
+        tokens = usage_tokens(response) if exchange.ticket.wants_usage else None
+        exchange.finished(tokens, input_tokens(response))
         if exchange.variant is not None:
             exchange.tokens = usage_tokens(response)
         if keep is not None:  # stored: its integers beyond 64 bits kept as they came
-            await keep(with_exact_integers(body, response))
+            await keep(response, lambda: exactly_read(body, response))
         return Answer(body, [*exchange.ticket.raw_headers], reply.status)
 
     async def _stream(
@@ -297,14 +333,19 @@ class ResponsesService:
             taps = [exchange.timing, *taps]
 
         async def finished(response: dict[str, Any]) -> None:
-            exchange.finished(usage_tokens(response) if wants_usage else None)
+            exchange.finished(
+                usage_tokens(response) if wants_usage else None, input_tokens(response)
+            )
             if exchange.variant is not None:
                 exchange.tokens = usage_tokens(response)
             if keep is not None:
-                await keep(response)
+                await keep(response, final.exact_response)
 
         final, mark = FinalResponseTap(exact=keep is not None), SequenceMark()
-        events = relay_response_events(stream, outcome, exchange.clock, taps, final, finished, mark)
+        secrets = self._pool.credentials.secrets
+        events = relay_response_events(
+            stream, outcome, exchange.clock, taps, final, finished, mark, secrets
+        )
         return EventStream(events, [*exchange.ticket.raw_headers], exchange.close, mark.error_event)
 
     # -- stored responses ---------------------------------------------------------
@@ -312,15 +353,20 @@ class ResponsesService:
     async def retrieve(self, response_id: str, principal: Principal) -> Answer:
         ticket = await self._charge(principal)
         try:
-            record = await self._own(response_id, principal)
-            return Answer(orjson.dumps(record.response), [])
+            async with self._own(response_id, principal) as loaded:
+                record = check_found(loaded, principal.name, ResponseNotFoundError(response_id))
+                body = written_exactly(
+                    orjson.dumps, record.response, lambda: record.exact().response
+                )
+                return Answer(body, [])
         finally:
             ticket.settle(0)
 
     async def delete(self, response_id: str, principal: Principal) -> Answer:
         ticket = await self._charge(principal)
         try:
-            await self._own(response_id, principal)
+            async with self._own(response_id, principal) as loaded:
+                check_found(loaded, principal.name, ResponseNotFoundError(response_id))
             if not await self._records.delete(response_id, principal.name):
                 raise ResponseNotFoundError(response_id)  # another delete came first
         finally:
@@ -331,7 +377,8 @@ class ResponsesService:
     async def cancel(self, response_id: str, principal: Principal) -> Answer:
         ticket = await self._charge(principal)
         try:
-            await self._own(response_id, principal)
+            async with self._own(response_id, principal) as loaded:
+                check_found(loaded, principal.name, ResponseNotFoundError(response_id))
         finally:
             ticket.settle(0)
         raise NotCancellableError("Cannot cancel a synchronous response.", param="response_id")
@@ -341,8 +388,13 @@ class ResponsesService:
     ) -> Answer:
         ticket = await self._charge(principal)
         try:
-            record = await self._own(response_id, principal)
-            return Answer(orjson.dumps(input_items_page(record, query)), [])
+            async with self._own(response_id, principal) as loaded:
+                record = check_found(loaded, principal.name, ResponseNotFoundError(response_id))
+                page = input_items_page(record, query)
+                body = written_exactly(
+                    orjson.dumps, page, lambda: input_items_page(record.exact(), query)
+                )
+                return Answer(body, [])
         finally:
             ticket.settle(0)
 
@@ -353,31 +405,6 @@ class ResponsesService:
         many (up to ``responses.max_stored_bytes`` each) it has read at once."""
         return await self._admission.admit(principal.key_scopes(), {}, tokens=False)
 
-    async def _own(self, response_id: str, principal: Principal) -> StoredResponse:
-        missing = ResponseNotFoundError(response_id)
-        loaded = await self._records.load(response_id, principal.name, missing)
-        return check_found(loaded, principal.name, missing)
-
-
-def usage_tokens(response: dict[str, Any]) -> int | None:
-    """The tokens a response used: ``usage.total_tokens``, else input + output."""
-    usage = response.get("usage")
-    if not isinstance(usage, dict):
-        return None
-    total = usage.get("total_tokens")
-    if isinstance(total, int) and not isinstance(total, bool):
-        return total
-    given, made = usage.get("input_tokens"), usage.get("output_tokens")
-    if isinstance(given, int) and isinstance(made, int):
-        return given + made
-    return None
-
-
-def _affinity_body(request: CreateRequest, items: list[Any]) -> dict[str, Any]:
-    """What prefix affinity keys on: ``user``, else the start every turn of the
-    conversation shares (its instructions, else its first item's text)."""
-    first: Any = request.body.get("instructions")
-    if not isinstance(first, str):
-        head = items[0] if items else None
-        first = head.get("content") if isinstance(head, dict) else None
-    return {"user": request.body.get("user"), "messages": [{"content": first}]}
+    def _own(self, response_id: str, principal: Principal) -> Loaded:
+        """The key's record (``async with``; None when it has none: :func:`check_found`)."""
+        return self._records.loaded(response_id, principal.name, ResponseNotFoundError(response_id))

@@ -42,6 +42,7 @@ from gateway.pipeline.plan import (
     RequestPlanner,
     Route,
     asks_at_most,
+    embedding_priced,
     output_capped,
     with_output_cap,
 )
@@ -291,12 +292,9 @@ def prompt_only(body: dict[str, object], route: Route) -> dict[str, object]:
     """What a request that generates nothing (embeddings) asks of a token limit, in the
     form the limiter reads: its input as the prompt and one token per input (the
     limiter's least output), settled to the answer's ``usage`` afterwards. vLLM's chat
-    form (``messages`` instead of ``input``) is priced by its messages."""
-    return {
-        "prompt": body.get(route.prompt_field),
-        "messages": body.get("messages"),
-        "max_tokens": 1,
-    }
+    form (``messages`` instead of ``input``) is priced by its messages and its
+    ``chat_template_kwargs`` (:func:`embedding_priced`)."""
+    return embedding_priced(body, route.prompt_field) | {"max_tokens": 1}
 
 
 def _unshared(plan: CachePlan) -> CachePlan:

@@ -57,6 +57,15 @@ def prompt_tokens(usage: Any) -> int | None:
     return believable(usage.get("prompt_tokens")) if isinstance(usage, dict) else None
 
 
+def response_input_tokens(response: dict[str, Any]) -> int | None:
+    """``usage.input_tokens`` of a Responses API response object, if it is a count to
+    believe: what the engine counted of the conversation, which calibrates the key's
+    prompt estimate as a chat's ``prompt_tokens`` does (unread, a key sending crafted
+    text through ``/v1/responses`` was charged its raw estimate at every admission)."""
+    usage = response.get("usage")
+    return believable(usage.get("input_tokens")) if isinstance(usage, dict) else None
+
+
 def body_prompt_tokens(body: bytes) -> int | None:
     """``usage.prompt_tokens`` of a non-streaming response body (None if it has none):
     a byte search from the last ``usage`` on, as :func:`body_usage`."""

@@ -20,11 +20,15 @@ class EngineCredentials:
 
     def __init__(self, keys: Mapping[str, str] | None = None) -> None:
         self._headers: dict[str, dict[str, str]] = {}
+        self.secrets: tuple[str, ...] = ()
+        """Every key held (once each): never shown in an engine's error text that is
+        relayed to a client (:func:`gateway.errors.engine_internals.without_secrets`)."""
         self.replace(keys or {})
 
     def replace(self, keys: Mapping[str, str]) -> None:
         """Make ``keys`` (URL → key) the whole map: engines not in it get no key."""
         self._headers = {url: {"Authorization": f"Bearer {key}"} for url, key in keys.items()}
+        self.secrets = tuple(key for key in dict.fromkeys(keys.values()) if key)
 
     def headers(self, url: str, base: Mapping[str, str] | None = None) -> Mapping[str, str]:
         """``base`` plus the engine's ``Authorization`` (``base`` itself when it has none,

@@ -17,7 +17,8 @@ A gateway is ready when
 * at least one engine is *known*: configured by URL, or in the registry in any
   state but ``stopped`` (starting, restarting, draining and failed engines count), and
 * not every model it serves has failed for good (:meth:`EnginePool.failed_models`:
-  each of its engines failed, none will be restarted). One dead model of two leaves a
+  each of its engines failed, or stopped with at least one failed: none will be
+  restarted). One dead model of two leaves a
   gateway that serves the other; with every model dead it can only refuse, for good,
   so it leaves the load balancer's rotation and a rolling update that brought broken
   engines stalls instead of replacing gateways that worked.

@@ -25,6 +25,8 @@ from gateway.config.settings import Settings
 from gateway.pool.engine_pool import EnginePool
 
 log = logging.getLogger("vgate.engines")
+_GONE_FOR_GOOD = frozenset({"failed", "stopped"})
+"""Engine states that will not serve again (see :meth:`RegistryWatcher._failed_for_good`)."""
 
 
 def build_registry(settings: Settings) -> EngineRegistry:
@@ -68,8 +70,8 @@ def build_deployments(settings: Settings) -> list[Deployment]:
             )
             path = str(prepared)
         deployments.append(Deployment(model.served_name, spec, path, spec.python or python,
-                                      log_dir, engines.advertise_host,
-                                      model.engine_api_key))  # fmt: skip
+                                      log_dir, engines.advertise_host, model.engine_api_key,
+                                      engines.log_max_bytes, engines.log_keep))  # fmt: skip
     return deployments
 
 
@@ -119,33 +121,43 @@ class RegistryWatcher:
                     model = self._aliases.get(name, name)
                     ready.setdefault(model, []).append(record.url)
         self._pool.credentials.replace(self._credentials(records))
-        for model in self._static.keys() | ready.keys():
+        failed = self._failed_for_good(records)
+        for model in self._static.keys() | ready.keys() | failed:
             self._pool.set_endpoints(model, (*self._static.get(model, ()), *ready.get(model, ())))
         for model in self._pool.models():
-            if model not in self._static and model not in ready:
+            if model not in self._static and model not in ready and model not in failed:
                 self._pool.remove_model(model)
         for record in records:
             self._pool.set_restarts(record.url, record.restarts)
         self.unrouted = sum(1 for r in records if not r.routable and r.state != "stopped")
-        self._mark_failed(records)
+        self._mark_failed(failed)
 
-    def _mark_failed(self, records: Sequence[EngineRecord]) -> None:
-        """Tell the pool which models have failed for good: no configured endpoint and
-        every engine the registry holds for it (at least one, of any supervisor)
-        ``failed``. Logged once when a model fails, and once if it comes back."""
+    def _failed_for_good(self, records: Sequence[EngineRecord]) -> set[str]:
+        """The models (LoRA adapters included) that have failed for good: no configured
+        endpoint, and every engine the registry holds that serves it (at least one, of
+        any supervisor) ``failed``, or ``stopped`` with at least one ``failed``: a
+        stopped engine will not be restarted either (a supervisor that starts again
+        publishes new engines), so it serves nothing more than a failed one. Every
+        engine ``stopped`` is a shutdown, not a failure. An adapter of engines that
+        failed stays a model of the pool, so that it is refused as its base model is
+        (503 ``model_unavailable``), not as unknown (404)."""
         states: dict[str, set[str]] = {}
         for record in records:
-            states.setdefault(self._aliases.get(record.model, record.model), set()).add(
-                record.state
-            )
-        failed = {
+            for name in record.models:
+                states.setdefault(self._aliases.get(name, name), set()).add(record.state)
+        return {
             model
             for model, seen in states.items()
-            if seen == {"failed"} and not self._static.get(model)
+            if "failed" in seen and seen <= _GONE_FOR_GOOD and not self._static.get(model)
         }
+
+    def _mark_failed(self, failed: set[str]) -> None:
+        """Tell the pool which models have failed for good; logged once when a model
+        fails, and once if it comes back."""
         for model in sorted(failed - self._failed):
-            log.error("model %s: every engine has failed for good; its requests get 503 "
-                      "model_unavailable until its engines are restarted", model)  # fmt: skip
+            log.error("model %s: every engine has failed for good (or stopped); its requests "
+                      "get 503 model_unavailable until its engines are restarted",
+                      model)  # fmt: skip
         for model in sorted(self._failed - failed):
             log.warning("model %s: has engines again that have not failed", model)
         self._failed = failed

@@ -12,11 +12,12 @@ back as they came.
 
 Two ways in, by what the caller already has:
 
-* :func:`with_exact_integers` reads a body exactly up front (the Responses API, whose
-  body is always written anew): one pass in C over the bytes (its digits mapped to one
-  byte, then a search for a run of 19: no integer outside the range has fewer
-  digits); only a body with such a run is parsed a second time (by the standard
-  library's parser, which reads integers exactly), after orjson has accepted it.
+* :func:`with_exact_integers` reads a body exactly (a stored Responses record read
+  again when a write of it shows ``e+``: :mod:`gateway.responses.encoding`): one pass
+  in C over the bytes (its digits mapped to one byte, then a search for a run of 19:
+  no integer outside the range has fewer digits); only a body with such a run is
+  parsed a second time (by the standard library's parser, which reads integers
+  exactly), after orjson has accepted it.
 * :func:`encoded_exactly` writes a body the gateway changed (chat, completions,
   embeddings, vLLM's own routes, the cache key): orjson writes it first, and only
   when the result holds ``e+`` (orjson writes every float of 1e16 or more with an
@@ -68,6 +69,26 @@ def encoded_exactly(body: dict[str, Any], source: bytes) -> bytes:
         return encoded
     exact = _exact_reading(source)
     return encoded if exact is None else orjson.dumps(_restored(body, exact))
+
+
+def shows_big_float(encoded: bytes) -> bool:
+    """Whether orjson's output ``encoded`` holds a float of 1e16 or more (``e+``): the
+    only bodies in which it may have written an integer beyond 64 bits as a float, so
+    the only ones whose source is worth an exact reading (:func:`exact_reading`)."""
+    return encoded.find(b"+") >= 0 and _EXPONENT in encoded
+
+
+def exact_reading(raw: bytes) -> Any:
+    """``raw`` read with its integers beyond 64 bits as :class:`orjson.Fragment` of
+    their digits; None when it cannot hold one (no run of 19 digits) or does not read."""
+    return _exact_reading(raw)
+
+
+def restored(value: Any, exact: Any) -> Any:
+    """``value`` (orjson's reading of a source, perhaps changed since) with each float
+    that reads an integer of ``exact`` (:func:`exact_reading` of that source) beyond 64
+    bits as that integer's fragment; what was changed stays as it is."""
+    return _restored(value, exact)
 
 
 def is_beyond_64_bits(value: Any) -> bool:

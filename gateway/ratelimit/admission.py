@@ -46,7 +46,7 @@ from mypy_extensions import mypyc_attr
 from gateway.config.sections import RateLimitSettings
 from gateway.errors import DependencyUnavailableError, StoreUnavailable
 from gateway.observability.metrics import GatewayMetrics
-from gateway.ratelimit.calibration import MIN_ESTIMATE, PromptCalibration, calibrated
+from gateway.ratelimit.calibration import PromptCalibration, calibrated
 from gateway.ratelimit.cost import Cost, believable, request_cost, wanted_tokens
 from gateway.ratelimit.limits import (
     Decision,
@@ -138,9 +138,10 @@ class Ticket:
         self.estimate = estimate
         """The prompt's estimate before calibration, which the engine's count of its
         prompt tokens is compared with."""
-        self.learns = self.wants_usage and estimate >= MIN_ESTIMATE
+        self.learns = self.wants_usage and estimate > 0
         """Whether the engine's prompt tokens teach the key's calibration (pass them
-        to :meth:`settle`)."""
+        to :meth:`settle`): a prompt estimated from its text, however small (small
+        ones teach pooled, :meth:`PromptCalibration.observe`)."""
 
     @property
     def headers(self) -> dict[str, str]:

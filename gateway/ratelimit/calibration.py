@@ -18,12 +18,19 @@ owner) gets a factor ``f >= 1`` its next prompt estimates are multiplied by:
   it; going from 4 to 2 takes two minutes of nothing but ordinary text, and the burst
   that follows raises it straight back.
 
-Prompts estimated under :data:`MIN_ESTIMATE` tokens teach nothing (the chat template's
-overhead dominates them), nor does usage that is not believable. The state is this
-process's: an LRU of at most :data:`MAX_KEYS` keys whose factor is above 1 (keys at 1
-hold no entry). Each replica learns on its own from the requests it settles. Admission
+Prompts estimated under :data:`MIN_ESTIMATE` tokens teach together: the chat template's
+own tokens (role markers, a default system prompt) dominate any one of them, and a key
+sending many small crafted prompts (236 CJK characters: estimated at 63 tokens, counted
+up to ~710 by byte-level BPE) used ~11 times what it was charged at admission, and no
+settlement of theirs taught anything. Each key's small settlements are pooled until
+their estimates add up to :data:`MIN_ESTIMATE`; the pool then teaches as one settlement,
+its count less :data:`SMALL_ALLOWANCE` per request (what a template may add), so honest
+short prompts do not raise a factor however many there are. Usage that is not
+believable teaches nothing. The state is this process's: an LRU of at most
+:data:`MAX_KEYS` keys whose factor is above 1 (keys at 1 hold no entry), and one of as
+many keys' pools. Each replica learns on its own from the requests it settles. Admission
 looks a factor up once per request of a key with a ``tpm`` (one dict lookup); a
-settlement updates it in O(1).
+settlement updates it (and a small one its key's pool) in O(1).
 """
 
 from __future__ import annotations
@@ -33,8 +40,13 @@ from collections import OrderedDict
 from collections.abc import Callable
 
 MIN_ESTIMATE = 64
-"""Prompts estimated below this many tokens are not learned from: the chat template's
-own tokens (role markers, a default system prompt) dominate their usage."""
+"""Prompts estimated below this many tokens are not learned from one by one (the chat
+template's own tokens dominate their usage) but pooled until their estimates add up to
+this many."""
+SMALL_ALLOWANCE = 32
+"""Tokens per pooled request taken off the pool's count before it teaches: about what a
+chat template adds to any request (role markers, a default system prompt such as
+Qwen's, Llama's dated preamble), which a short honest prompt is mostly made of."""
 MAX_FACTOR = 16.0
 """The largest factor: byte-level BPE's worst text (~3 tokens a CJK character, 12x the
 estimate) with room to spare."""
@@ -59,6 +71,16 @@ class _Learned:
         self.peak = 1.0  # the highest ratio they showed
 
 
+class _Pool:
+    """One key's small settlements not yet learned from: their estimates and counts
+    (emptied, not dropped, once they teach)."""
+
+    def __init__(self) -> None:
+        self.estimate = 0
+        self.actual = 0
+        self.requests = 0
+
+
 class PromptCalibration:
     """Each key's prompt factor (:func:`factor`), learned from settlements
     (:meth:`observe`)."""
@@ -67,6 +89,7 @@ class PromptCalibration:
         self, max_keys: int = MAX_KEYS, clock: Callable[[], float] = time.monotonic
     ) -> None:
         self._learned: OrderedDict[str, _Learned] = OrderedDict()
+        self._pools: OrderedDict[str, _Pool] = OrderedDict()
         self._max_keys = max_keys
         self._clock = clock
 
@@ -80,9 +103,30 @@ class PromptCalibration:
 
     def observe(self, key: str, estimate: int, actual: int) -> None:
         """A settlement of ``key``: its prompt was estimated (uncalibrated) at
-        ``estimate`` tokens and the engine counted ``actual``."""
-        if estimate < MIN_ESTIMATE or actual < 0:
+        ``estimate`` tokens and the engine counted ``actual``. Under
+        :data:`MIN_ESTIMATE`, pooled with the key's other small ones (:class:`_Pool`)."""
+        if estimate <= 0 or actual < 0:
             return
+        if estimate < MIN_ESTIMATE:
+            pool = self._pools.get(key)
+            if pool is None:
+                pool = self._pools[key] = _Pool()
+                if len(self._pools) > self._max_keys:
+                    self._pools.popitem(last=False)
+            else:
+                self._pools.move_to_end(key)
+            pool.estimate += estimate
+            pool.actual += actual
+            pool.requests += 1
+            if pool.estimate < MIN_ESTIMATE:
+                return
+            estimate = pool.estimate
+            actual = max(pool.actual - SMALL_ALLOWANCE * pool.requests, 0)
+            pool.estimate = pool.actual = pool.requests = 0  # kept: no allocation per pool
+        self._learn(key, estimate, actual)
+
+    def _learn(self, key: str, estimate: int, actual: int) -> None:
+        """One settlement (or pool) of at least :data:`MIN_ESTIMATE` tokens teaches."""
         ratio = min(actual / estimate, MAX_FACTOR)
         learned = self._learned.get(key)
         if learned is None:

@@ -41,6 +41,16 @@ whatever its bytes (the engine resizes it), growing with long audio or video. Pr
 text's rate, a 200 KB ``data:`` image would reserve ~67k tokens and one photo would
 exceed a small ``tpm`` outright; the answer's usage settles the difference anyway."""
 MEDIA_CHARS_PER_TOKEN = 1024
+MESSAGE_FRAMING_CHARS = 16
+"""What each chat message adds to the estimate besides its fields: its role and the
+template's markers around it, in characters at :data:`CHARS_PER_TOKEN`."""
+PROMPT_FRAMING_CHARS = 8
+"""What each prompt of a list (completions' ``prompt``, embeddings' ``input``) adds to
+the estimate besides its text: the engine frames every sequence with its special
+tokens (BOS and EOS, an encoder's CLS and SEP), two tokens at :data:`CHARS_PER_TOKEN`.
+Priced by its text alone, 10,000 one-letter inputs were estimated at 2,500 tokens (and
+one output token each) and an encoder counted 30,000 (bug hunt). A single prompt costs
+what it always did: one framing is noise, 10,000 are not."""
 EMBEDS_CHARS_PER_TOKEN = 512
 """``prompt_embeds`` (base64 of a tensor, one row per token): characters of base64 per
 token. A row is the model's hidden size in 2- or 4-byte floats, at least ~384 bytes
@@ -72,7 +82,8 @@ def request_cost(body: dict[str, Any], default_max_tokens: int) -> Cost:
     ``reasoning``, ``name``, ...: :func:`_other_fields_chars`), ``tools``, vLLM's
     ``documents`` and ``chat_template_kwargs`` (those three by the length of their
     JSON), each non-text content part (image, audio, video, file: see
-    :data:`MEDIA_PART_TOKENS`) and ``prompt``; token-id prompts count one per id, and
+    :data:`MEDIA_PART_TOKENS`) and ``prompt`` (each prompt of a list plus
+    :data:`PROMPT_FRAMING_CHARS`); token-id prompts count one per id, and
     ``prompt_embeds`` one per :data:`EMBEDS_CHARS_PER_TOKEN` characters. A chat body
     with only string contents costs what it always did: a few lookups, no encoding.
 
@@ -80,46 +91,85 @@ def request_cost(body: dict[str, Any], default_max_tokens: int) -> Cost:
     ``default_max_tokens``. ``choices`` is every prompt of a completions list (strings,
     lists of token ids, or ``prompt_embeds``) times the larger of ``n`` and
     ``best_of``: the engine generates that many sequences."""
-    chars = 0
+    text, framing, tokens, prompts = _walk(body)
+    wanted = wanted_tokens(body, default_max_tokens)
+    n = _count(body.get("n")) or 1
+    sequences = max(n, _count(body.get("best_of")))
+    # Never clamped: clamped (at 65,536), 2,000 prompts x n=64 were granted output for
+    # 65,536 sequences, and the engine made it for 128,000 (bug hunt). Exact anyway:
+    # a body holds at most some millions of prompts, and an admission's reservation
+    # (prompt + choices x granted) never exceeds its tpm.
+    choices = (prompts or 1) * sequences
+    prompt_tokens = -(-(text + framing) // CHARS_PER_TOKEN) + tokens
+    return Cost(prompt_tokens, wanted, choices)
+
+
+def priced_text_chars(body: dict[str, Any]) -> int:
+    """The characters of text :func:`request_cost` prices in ``body`` at
+    :data:`CHARS_PER_TOKEN`: the messages' text and every other field of theirs but the
+    role, ``tool_calls``, ``tools``, ``documents``, ``chat_template_kwargs`` (those by
+    their JSON) and the text prompts; not the framing it adds, media parts, token ids
+    or ``prompt_embeds``. ``server.max_prompt_chars`` caps it
+    (:mod:`gateway.pipeline.plan`): counted by the same walk, the cap bounds every
+    character the estimate is made of (it counted contents and prompts only, so a
+    request carried unbounded ``reasoning``, ``name`` or ``tools`` past it)."""
+    return _walk(body)[0]
+
+
+def _walk(body: dict[str, Any]) -> tuple[int, int, int, int]:
+    """One pass over what a request puts in front of the model: ``(text, framing,
+    tokens, prompts)``: characters of text (:func:`priced_text_chars`), characters the
+    estimate adds besides (each message's :data:`MESSAGE_FRAMING_CHARS`, each listed
+    prompt's :data:`PROMPT_FRAMING_CHARS`, media parts), tokens counted as such (token
+    ids, ``prompt_embeds``) and how many prompts a completions body holds."""
+    text = 0
+    framing = 0
     tokens = 0
     prompts = 0
     messages = body.get("messages")
     if isinstance(messages, list):
-        chars = 16 * len(messages)  # role and framing
+        framing = MESSAGE_FRAMING_CHARS * len(messages)  # role and framing
         for message in messages:
             if not isinstance(message, dict):
                 continue
             content = message.get("content")
             if isinstance(content, str):
-                chars += len(content)
+                text += len(content)
             elif isinstance(content, list):
-                chars += sum(_part_chars(p) for p in content if isinstance(p, dict))
+                for part in content:
+                    if isinstance(part, dict):
+                        part_text = part.get("text")
+                        if isinstance(part_text, str):
+                            text += len(part_text)
+                        else:
+                            framing += _media_chars(part)
             if "tool_calls" in message:
-                chars += _structured_chars(message["tool_calls"])
+                text += _structured_chars(message["tool_calls"])
             if len(message) > 2:  # more than a role and a content: one dict walk
-                chars += _other_fields_chars(message)
+                text += _other_fields_chars(message)
     tools = body.get("tools")
     if tools:
-        chars += _structured_chars(tools)
+        text += _structured_chars(tools)
     documents = body.get("documents")
     if documents:
-        chars += _structured_chars(documents)
+        text += _structured_chars(documents)
     template_kwargs = body.get("chat_template_kwargs")
     if template_kwargs:  # vLLM lets them override what the template gets (tools, ...)
-        chars += _json_chars(template_kwargs) if isinstance(template_kwargs, dict) else 0
+        text += _json_chars(template_kwargs) if isinstance(template_kwargs, dict) else 0
     prompt = body.get("prompt")
     if isinstance(prompt, str):
-        chars += len(prompt)
+        text += len(prompt)
         prompts = 1
     elif isinstance(prompt, list) and prompt:
         if isinstance(prompt[0], int):  # one prompt of token ids
             tokens = len(prompt)
             prompts = 1
-        else:  # several prompts: strings or lists of token ids
+        else:  # several prompts: strings (each framed by the engine) or lists of token ids
             prompts = len(prompt)
             for p in prompt:
                 if isinstance(p, str):
-                    chars += len(p)
+                    text += len(p)
+                    framing += PROMPT_FRAMING_CHARS
                 else:
                     tokens += _length(p)
     embeds = body.get("prompt_embeds")
@@ -130,16 +180,7 @@ def request_cost(body: dict[str, Any], default_max_tokens: int) -> Cost:
         elif isinstance(embeds, list):
             prompts += len(embeds)
             tokens += sum(-(-_text_length(e) // EMBEDS_CHARS_PER_TOKEN) for e in embeds)
-    wanted = wanted_tokens(body, default_max_tokens)
-    n = _count(body.get("n")) or 1
-    sequences = max(n, _count(body.get("best_of")))
-    # Never clamped: clamped (at 65,536), 2,000 prompts x n=64 were granted output for
-    # 65,536 sequences, and the engine made it for 128,000 (bug hunt). Exact anyway:
-    # a body holds at most some millions of prompts, and an admission's reservation
-    # (prompt + choices x granted) never exceeds its tpm.
-    choices = (prompts or 1) * sequences
-    prompt_tokens = -(-chars // CHARS_PER_TOKEN) + tokens
-    return Cost(prompt_tokens, wanted, choices)
+    return text, framing, tokens, prompts
 
 
 def wanted_tokens(body: dict[str, Any], default_max_tokens: int) -> int:
@@ -170,12 +211,10 @@ def _text_length(value: Any) -> int:
     return len(value) if isinstance(value, str) else 0
 
 
-def _part_chars(part: dict[str, Any]) -> int:
-    """A content part's characters: its ``text``, else (an image, audio, video or file
-    part) :data:`MEDIA_PART_TOKENS` and one per :data:`MEDIA_CHARS_PER_TOKEN` of its JSON."""
-    text = part.get("text")
-    if isinstance(text, str):
-        return len(text)
+def _media_chars(part: dict[str, Any]) -> int:
+    """A content part without text (an image, audio, video or file part), in characters
+    at :data:`CHARS_PER_TOKEN`: :data:`MEDIA_PART_TOKENS` and one per
+    :data:`MEDIA_CHARS_PER_TOKEN` of its JSON."""
     tokens = MEDIA_PART_TOKENS + _json_chars(part) // MEDIA_CHARS_PER_TOKEN
     return tokens * CHARS_PER_TOKEN
 

@@ -1,15 +1,18 @@
 """A ``POST /v1/responses`` body: what the gateway checks, and what the engine gets.
 
 The gateway validates only what it acts on (``model``, ``input``, ``stream``,
-``store``, ``background``, ``previous_response_id``, ``instructions``,
-``max_output_tokens``), and ``seed`` within 64 bits as chat does; every other field
-passes to the engine, which judges it, integers beyond 64 bits exactly as written
-(:mod:`gateway.protocol.exact_json`).
+``store``, ``background``, ``conversation``, ``previous_response_id``,
+``instructions``, ``max_output_tokens``), and ``seed`` within 64 bits as chat does;
+every other field passes to the engine, which judges it, integers beyond 64 bits
+exactly as written (:mod:`gateway.protocol.exact_json`).
 
 A follow-up (``previous_response_id``) is expanded here: the engine gets the whole
 conversation as ``input`` (the previous response's input items, then its output
 items, then the new input) with no ``previous_response_id`` and ``store: false``,
-so any engine can answer it and none has to remember anything. As at OpenAI, the
+so any engine can answer it and none has to remember anything. A ``conversation``
+(OpenAI's Conversations API, which the gateway does not offer) is a 400, as
+``background`` is: an engine ignores the field, and would answer without the
+conversation's items, silently. As at OpenAI, the
 previous request's ``instructions`` are not carried over.
 
 The number of items is capped (``server.max_messages``, what caps a chat request's
@@ -29,7 +32,9 @@ import orjson
 
 from gateway.config.sections import MAX_MESSAGES
 from gateway.errors import GatewayError, InvalidRequestError, NotFoundError
-from gateway.protocol.exact_json import is_beyond_64_bits
+from gateway.protocol.exact_json import encoded_exactly, is_beyond_64_bits
+from gateway.ratelimit.cost import priced_text_chars
+from gateway.responses.encoding import exact_size
 from gateway.responses.store import StoredResponse
 
 MAX_ITEMS = MAX_MESSAGES
@@ -114,6 +119,13 @@ def read_create(body: dict[str, Any], max_items: int = MAX_ITEMS) -> CreateReque
             param="background",
             code="unsupported_parameter",
         )
+    if body.get("conversation") is not None:  # a conversation's items are state it lacks
+        raise InvalidRequestError(
+            "conversations are not supported by this gateway: continue a conversation "
+            "with `previous_response_id`, or send its items as `input`.",
+            param="conversation",
+            code="unsupported_parameter",
+        )
     previous = _optional(body, "previous_response_id", str, "a string")
     _optional(body, "instructions", str, "a string")
     _check_metadata(_optional(body, "metadata", dict, "an object"))
@@ -131,10 +143,19 @@ def read_create(body: dict[str, Any], max_items: int = MAX_ITEMS) -> CreateReque
 _INT64 = 2**63
 
 
+def _beyond_64_bits(value: Any) -> bool:
+    """An integer beyond 64 bits as the body was read: orjson's float for it (the body
+    is read exactly only when it is written: :mod:`gateway.responses.encoding`), so
+    any whole float of 2**63 or more in magnitude, or a fragment of an exact reading."""
+    if type(value) is float:
+        return value.is_integer() and abs(value) >= _INT64
+    return is_beyond_64_bits(value)
+
+
 def _check_seed(seed: Any) -> None:
     """400 for a ``seed`` beyond a 64-bit signed integer, as chat's is (vLLM's range);
     any other value is the engine's to judge."""
-    if is_beyond_64_bits(seed):
+    if _beyond_64_bits(seed):
         raise _out_of_range("seed")
     if isinstance(seed, int) and not isinstance(seed, bool) and not -_INT64 <= seed < _INT64:
         raise _out_of_range("seed")
@@ -203,7 +224,7 @@ def _required(body: dict[str, Any], name: str, kinds: Any, what: str) -> Any:
 
 def _optional(body: dict[str, Any], name: str, kinds: Any, what: str) -> Any:
     value = body.get(name)
-    if is_beyond_64_bits(value):
+    if _beyond_64_bits(value):
         raise _out_of_range(name)
     bad_bool = kinds is int and isinstance(value, bool)
     if value is not None and (bad_bool or not isinstance(value, kinds)):
@@ -216,7 +237,7 @@ def _optional(body: dict[str, Any], name: str, kinds: Any, what: str) -> Any:
 
 
 def _kind(value: Any) -> str:
-    if is_beyond_64_bits(value):
+    if _beyond_64_bits(value):
         return "an integer beyond 64 bits"
     names = {bool: "a boolean", int: "an integer", float: "a number", str: "a string"}
     return names.get(type(value), "an array" if isinstance(value, list) else "an object")
@@ -272,13 +293,17 @@ def new_response_id() -> str:
 
 def engine_payload(
     request: CreateRequest,
-    items: list[Any],
+    items: list[Any] | orjson.Fragment,
     response_id: str,
     served_name: str,
     cap: int | None,
+    source: bytes | None = None,
 ) -> bytes:
     """The body the engine gets (see the module docstring); ``cap`` is the output the
-    rate limiter reserved, which the engine may not exceed."""
+    rate limiter reserved, which the engine may not exceed. ``items`` a list, or an
+    :class:`orjson.Fragment` of one (:func:`gateway.responses.encoding.encoded_items`);
+    ``source`` the create body's bytes, whose integers beyond 64 bits the body keeps
+    exactly (:func:`gateway.protocol.exact_json.encoded_exactly`)."""
     body = dict(request.body)
     body.pop("previous_response_id", None)
     body.pop("background", None)
@@ -289,7 +314,7 @@ def engine_payload(
     body["request_id"] = response_id
     if cap is not None and (request.max_output_tokens is None or request.max_output_tokens > cap):
         body["max_output_tokens"] = cap
-    return orjson.dumps(body)
+    return exact_size(orjson.dumps(body) if source is None else encoded_exactly(body, source))
 
 
 def cost_body(request: CreateRequest, items: list[Any]) -> dict[str, Any]:
@@ -316,13 +341,11 @@ def cost_body(request: CreateRequest, items: list[Any]) -> dict[str, Any]:
 def check_text_size(priced: dict[str, Any], max_chars: int) -> None:
     """400 when the conversation's text (``priced``: :func:`cost_body`'s, instructions
     included) is more than ``max_chars`` characters, as a chat's messages are
-    (``server.max_prompt_chars``; the whole conversation, continued turns included)."""
-    chars = 0
-    for message in priced["messages"]:
-        content = message["content"]
-        if isinstance(content, str):
-            chars += len(content)
-    if chars > max_chars:
+    (``server.max_prompt_chars``; the whole conversation, continued turns included),
+    counted by the walk the token estimate makes (:func:`priced_text_chars`): the
+    ``tools`` it prices count too (they did not: a request carried unbounded ``tools``
+    past the cap)."""
+    if priced_text_chars(priced) > max_chars:
         raise InvalidRequestError(f"request text exceeds {max_chars} characters", param="input")
 
 

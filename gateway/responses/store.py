@@ -12,7 +12,7 @@ Records travel as one JSON document, so any byte store with TTLs holds them
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import orjson
@@ -32,28 +32,35 @@ class StoredResponse:
     input_ids: list[str]
     """One id per input item, for listing them: stable from turn to turn, and kept
     apart from the items so the engine never gets ids it did not make."""
+    source: bytes = field(default=b"", compare=False, repr=False)
+    """The encoded record this one was read from (b"": made here), for :meth:`exact`."""
 
     def encode(self) -> bytes:
-        return orjson.dumps(
-            {
-                "owner": self.owner,
-                "response": self.response,
-                "input": self.input_items,
-                "input_ids": self.input_ids,
-            }
-        )
+        return encode_record(self.owner, self.response, self.input_items, self.input_ids)
+
+    def exact(self) -> StoredResponse:
+        """This record read again with its integers beyond 64 bits as they were written
+        (:mod:`gateway.protocol.exact_json`): only for a write that shows a float of
+        1e16 or more, as orjson reads such an integer (the rare record)."""
+        if not self.source:
+            return self
+        exact = StoredResponse.decode(self.id, self.source, exact=True)
+        return self if exact is None else exact
 
     @classmethod
-    def decode(cls, response_id: str, data: bytes) -> StoredResponse | None:
+    def decode(cls, response_id: str, data: bytes, exact: bool = False) -> StoredResponse | None:
         """The record stored under ``response_id``, or None if ``data`` is not one (a
-        record of another version, or damage: treated as absent, never as a 500)."""
+        record of another version, or damage: treated as absent, never as a 500).
+        Integers beyond 64 bits are orjson's floats unless ``exact``: the writes that
+        follow look at ``source`` again when they show one (:meth:`exact`)."""
         try:
             value = orjson.loads(data)
         except orjson.JSONDecodeError:
             return None
         if not isinstance(value, dict):
             return None
-        value = with_exact_integers(data, value)  # a follow-up sends them as they came
+        if exact:  # a follow-up, a retrieval sends them as they came
+            value = with_exact_integers(data, value)
         owner, response, items = value.get("owner"), value.get("response"), value.get("input")
         ids = value.get("input_ids")
         if not isinstance(owner, str) or not isinstance(response, dict):
@@ -62,13 +69,22 @@ class StoredResponse:
             return None
         if not all(isinstance(i, str) for i in ids):
             return None
-        return cls(response_id, owner, response, items, ids)
+        return cls(response_id, owner, response, items, ids, data)
 
     @property
     def output(self) -> list[Any]:
         """The response's output items (empty when it has none)."""
         output = self.response.get("output")
         return output if isinstance(output, list) else []
+
+
+def encode_record(owner: str, response: dict[str, Any], input_items: Any, ids: list[str]) -> bytes:
+    """A record as stored; ``input_items`` a list, or an :class:`orjson.Fragment` of
+    one already encoded (the conversation, encoded once for the engine and the record).
+    Raises ``orjson.JSONEncodeError`` (a ``TypeError``) for what orjson cannot write."""
+    return orjson.dumps(
+        {"owner": owner, "response": response, "input": input_items, "input_ids": ids}
+    )
 
 
 class ResponseStore(Protocol):

@@ -22,6 +22,7 @@ they never queue behind requests (the connector itself has no limit).
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Mapping
 
 import aiohttp
@@ -36,6 +37,9 @@ from gateway.upstream.deadlines import (
 )
 from gateway.upstream.sse_framing import EventFramer
 from gateway.upstream.transport import (
+    CLOSED_MID_ANSWER,
+    CONNECTION_BROKE,
+    INVALID_RESPONSE,
     MAX_ANSWER_BYTES,
     EngineBusy,
     EngineUnreachable,
@@ -54,6 +58,20 @@ _UNREACHABLE = (
     aiohttp.ConnectionTimeoutError,  # no connection within connect_s: never reached the engine
     aiohttp.ServerDisconnectedError,
 )
+
+
+log = logging.getLogger("vgate.upstream")
+
+
+def told_failure(exc: aiohttp.ClientError, what: str) -> UpstreamError:
+    """``exc``, which broke an engine's ``what`` (request or stream), as the client is
+    told it: plain words, never aiohttp's class name; the detail is logged."""
+    log.warning("engine %s failed: %s: %s", what, type(exc).__name__, exc)
+    if isinstance(exc, aiohttp.ClientPayloadError | aiohttp.ServerDisconnectedError):
+        return UpstreamError(CLOSED_MID_ANSWER)
+    if isinstance(exc, aiohttp.ClientResponseError):  # its answer could not be parsed
+        return UpstreamError(INVALID_RESPONSE)
+    return UpstreamError(CONNECTION_BROKE)
 
 
 class UpstreamStream(PrimedEvents):
@@ -95,7 +113,7 @@ class UpstreamStream(PrimedEvents):
         except TimeoutError:
             raise UpstreamTimeoutError(stream_timeout(self._deadlines, total)) from None
         except aiohttp.ClientError as exc:
-            raise UpstreamError(f"engine stream broke: {type(exc).__name__}") from None
+            raise told_failure(exc, "stream") from None
 
     def close(self) -> None:
         if self.finished:
@@ -194,7 +212,7 @@ class UpstreamClient:
         except TimeoutError:
             raise UpstreamTimeoutError("engine did not answer within the read timeout") from None
         except aiohttp.ClientError as exc:
-            raise UpstreamError(f"engine request failed: {type(exc).__name__}") from None
+            raise told_failure(exc, "request") from None
         finally:
             slots.release()
 
@@ -255,7 +273,7 @@ class UpstreamClient:
             except TimeoutError:
                 raise UpstreamTimeoutError("engine did not start answering in time") from None
             except aiohttp.ClientError as exc:
-                raise UpstreamError(f"engine request failed: {type(exc).__name__}") from None
+                raise told_failure(exc, "request") from None
             if 400 <= response.status <= 599:
                 async with response:
                     payload = await self._read_error(response)

@@ -34,6 +34,7 @@ for a slow reader (the client of a stream), so TCP pushes back on the engine.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 from typing import cast
 
@@ -47,6 +48,7 @@ from gateway.upstream.transport import (
     too_large_answer,
 )
 
+log = logging.getLogger("vgate.upstream")
 HIGH_WATER = 1 << 20
 """Received bytes not yet taken above which the connection stops reading."""
 MAX_HEAD_BYTES = 64 * 1024
@@ -237,7 +239,9 @@ class EngineConnection(asyncio.Protocol):
             self._parser.feed_data(data)
         except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
             if self._failure is None:  # (else a callback refused the response: _Refused)
-                self._failure = f"unparseable response ({type(exc).__name__})"
+                self._failure = "an invalid HTTP response"  # the parser's words: logged
+                log.warning("engine %s:%d sent an invalid HTTP response: %s: %s",
+                            self.origin[1], self.origin[2], type(exc).__name__, exc)  # fmt: skip
             self.close()
         if self._streaming and self._buffered > HIGH_WATER and not self._paused and not self.closed:
             self._paused = True

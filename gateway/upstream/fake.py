@@ -16,7 +16,12 @@ import orjson
 
 from gateway.errors import UpstreamError, UpstreamStatusError, UpstreamTimeoutError
 from gateway.upstream.deadlines import Deadlines
-from gateway.upstream.transport import EngineUnreachable, PrimedEvents, UpstreamReply
+from gateway.upstream.transport import (
+    CLOSED_MID_ANSWER,
+    EngineUnreachable,
+    PrimedEvents,
+    UpstreamReply,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,7 +82,7 @@ class FakeStream(PrimedEvents):
     async def _next_batch(self) -> bytes | None:
         script = self._script
         if script.break_after is not None and self._sent >= script.break_after:
-            raise UpstreamError("engine stream broke: ServerDisconnectedError")
+            raise UpstreamError(CLOSED_MID_ANSWER)
         if self._sent >= len(script.events):
             return None
         if script.gate is not None and script.gate_each_batch and self._sent:

@@ -21,6 +21,7 @@ with ``ttft_s``).
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Mapping
 
 from gateway.config.upstream import UpstreamSettings
@@ -42,6 +43,7 @@ from gateway.upstream.transport import (
     stream_refused,
 )
 
+log = logging.getLogger("vgate.upstream")
 _TARGETS_KEPT = 4096
 """Parsed URLs remembered (engines x paths; a bound, not a tuning knob)."""
 PROBE_TIMEOUT_S = 2.0
@@ -113,8 +115,9 @@ class LeanUpstream:
         if target is None:
             try:
                 target = Target.parse(url)
-            except ValueError as exc:
-                raise UpstreamError(f"engine request failed: {exc}") from None
+            except ValueError as exc:  # its words may show the URL: logged, not told
+                log.warning("an engine URL cannot be used: %s", exc)
+                raise UpstreamError("the engine's URL cannot be used") from None
             if len(self._targets) >= _TARGETS_KEPT:
                 self._targets.clear()
             self._targets[url] = target

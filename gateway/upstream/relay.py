@@ -115,13 +115,15 @@ async def relay_events(
     taps: Sequence[BatchTap] = (),
     on_done: Callable[[], None] | None = None,
     prompt_param: str = "messages",
+    secrets: tuple[str, ...] = (),
 ) -> AsyncGenerator[bytes, None]:
     """Yield the engine's events; raise a :class:`GatewayError` if it fails mid-stream.
 
     ``taps`` see every batch in turn (the cache collects it, the usage tap may
     remove the usage event); ``on_done`` runs once the engine has sent
     ``[DONE]``, before the client receives it. ``prompt_param`` names the prompt's
-    field in a mapped context-length error.
+    field in a mapped context-length error; ``secrets`` (the engines' keys) never show
+    in an engine's error event.
     """
     next_batch = stream.next_batch
     try:
@@ -138,7 +140,7 @@ async def relay_events(
                 batch, broken = before_invalid_utf8(batch)
                 done = done and broken is None
             if ERROR_WORD in batch:
-                batch, status = mapped_error_events(batch, prompt_param)
+                batch, status = mapped_error_events(batch, prompt_param, secrets)
                 if status:
                     outcome.engine_error = True
                     outcome.note_error_status(status)
@@ -196,8 +198,11 @@ def before_invalid_utf8(batch: bytes) -> tuple[bytes, UpstreamError | None]:
     return batch, None
 
 
-def mapped_error_events(batch: bytes, prompt_param: str) -> tuple[bytes, int]:
-    """``batch`` with every engine error event in OpenAI's shape, written as
+def mapped_error_events(
+    batch: bytes, prompt_param: str, secrets: tuple[str, ...] = ()
+) -> tuple[bytes, int]:
+    """``batch`` with every engine error event in OpenAI's shape (``secrets`` never in
+    its message: :func:`gateway.errors.openai_error`), written as
     :data:`STREAM_ERROR` begins (the status is vLLM's ``code``, 400 when it has none),
     and the highest status of those events; ``(batch, 0)``, ``batch`` itself, when it
     holds none."""
@@ -217,7 +222,7 @@ def mapped_error_events(batch: bytes, prompt_param: str) -> tuple[bytes, int]:
         if payload is None:
             continue
         status = _status_of(payload)
-        events[i] = b"data: " + openai_error(status, payload, prompt_param)
+        events[i] = b"data: " + openai_error(status, payload, prompt_param, None, secrets)
         found = max(found, status)
     return (b"\n\n".join(events), found) if found else (batch, 0)
 

@@ -25,6 +25,17 @@ stay well below it; an engine that sends without end would otherwise grow the
 gateway until the read deadline."""
 
 
+CLOSED_MID_ANSWER = "the engine closed the connection mid-answer"
+"""What a client is told when an engine's connection ended before its answer did.
+Transport failures are told in such plain words, never as the library exception that
+reported them (``ClientPayloadError``, ``HttpParserError``, ...): that detail is the
+gateway operator's, logged where the failure is translated."""
+INVALID_RESPONSE = "the engine sent an invalid HTTP response"
+"""What a client is told when an engine's answer could not be parsed as HTTP."""
+CONNECTION_BROKE = "the connection to the engine broke"
+"""What a client is told of any other failure of the connection to an engine (a reset)."""
+
+
 def too_large_answer() -> str:
     """Why an answer past :data:`MAX_ANSWER_BYTES` was refused."""
     return f"an answer larger than {MAX_ANSWER_BYTES // (1024 * 1024)} MiB"

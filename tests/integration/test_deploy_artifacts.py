@@ -252,3 +252,24 @@ def test_compose_publishes_the_api_and_prometheus_scrapes_the_operator_port(comp
     assert jobs["vgate-gateway"]["static_configs"] == [{"targets": [f"gateway:{admin}"]}]
     discovery = jobs["vllm-engines"]["http_sd_configs"]
     assert [sd["url"] for sd in discovery] == [f"http://gateway:{admin}/sd/engines"]
+    # The operator listener asks for server.operator_token: the gateway gets it from the
+    # environment, Prometheus from the secret file Compose makes of the same variable,
+    # and sends it to the listener (its metrics and its service discovery), never to
+    # the engines it discovers.
+    variable = gateway["environment"]["VGATE_SERVER__OPERATOR_TOKEN"]
+    assert variable.startswith("${VGATE_OPERATOR_TOKEN:?")
+    stack = yaml.safe_load((DEPLOY / "docker" / compose).read_text())
+    assert stack["secrets"]["operator-token"] == {"environment": "VGATE_OPERATOR_TOKEN"}
+    assert stack["services"]["prometheus"]["secrets"] == ["operator-token"]
+    sent = {"credentials_file": "/run/secrets/operator-token"}
+    assert jobs["vgate-gateway"]["authorization"] == sent
+    assert [sd["authorization"] for sd in discovery] == [sent]
+    assert "authorization" not in jobs["vllm-engines"]
+
+
+def test_kubernetes_scrape_job_sends_the_operator_token() -> None:
+    jobs = yaml.safe_load((DEPLOY / "prometheus" / "kubernetes-jobs.yml").read_text())
+    (job,) = jobs["scrape_configs"]
+    assert set(job["authorization"]) == {"credentials_file"}
+    kept = {rule["regex"] for rule in job["relabel_configs"] if rule.get("action") == "keep"}
+    assert kept == {"vgate-gateway", "true"}  # the gateway pods, by their annotations

@@ -131,6 +131,7 @@ def test_redis_needs_acl_users_from_the_secret(overlay: str) -> None:
         "VGATE_REDIS__URL": "redis-url",
         "VGATE_CACHE__REDIS_URL": "redis-cache-url",
         "VGATE_AUTH__ADMIN_KEY": "admin-key",
+        "VGATE_SERVER__OPERATOR_TOKEN": "operator-token",
     }
     supervisor = pods["vgate-engine"]["spec"]["containers"][0]
     assert _secret_refs(supervisor) == {"VGATE_REDIS__URL": "redis-engine-url"}
@@ -166,8 +167,9 @@ def test_the_secret_script_gives_each_component_its_own_redis_user() -> None:
         url = urlparse(data[key])
         assert (url.username, url.password, url.hostname) == (user, data[password], host)
         assert host in services and url.path == "/0"
-    for key in ("admin-key", "redis-gateway-password", "redis-engine-password"):
+    for key in ("admin-key", "operator-token", "redis-gateway-password", "redis-engine-password"):
         assert re.fullmatch(r"[0-9a-f]{48}", data[key]), key  # 192 random bits
+    assert data["operator-token"] != data["admin-key"]
     assert data["redis-gateway-password"] != data["redis-engine-password"]
     assert make_secret()["stringData"]["admin-key"] != data["admin-key"]  # random each time
     chosen = "my-admin-key-from-a-vault"

@@ -28,8 +28,15 @@ HEALTH = {"interval_s": 0.2, "drain_timeout_s": 0, "stop_timeout_s": 1}
 RESTART = {"max_restarts": 1, "backoff_initial_s": 0.1}
 
 
-def managed(name: str, *extra_args: str) -> dict[str, Any]:
-    engine = {"kind": "stub", "health": HEALTH, "restart": RESTART, "extra_args": list(extra_args)}
+BROKEN_LORA = "broken-lora"
+
+
+def managed(name: str, *extra_args: str, loras: tuple[str, ...] = ()) -> dict[str, Any]:
+    engine: dict[str, Any] = {
+        "kind": "stub", "health": HEALTH, "restart": RESTART, "extra_args": list(extra_args),
+    }  # fmt: skip
+    if loras:
+        engine["lora_modules"] = [{"name": lora, "path": f"/adapters/{lora}"} for lora in loras]
     return {"name": name, "engine": engine}
 
 
@@ -54,6 +61,12 @@ def half_broken(tmp_path: Path) -> Iterator[Gateway]:
     yield from start_gateway(
         config(tmp_path, managed(STUB_MODEL), managed(BROKEN, "--no-such-flag")), tmp_path
     )
+
+
+@pytest.fixture
+def broken_with_adapter(tmp_path: Path) -> Iterator[Gateway]:
+    broken = managed(BROKEN, "--no-such-flag", loras=(BROKEN_LORA,))
+    yield from start_gateway(config(tmp_path, managed(STUB_MODEL), broken), tmp_path)
 
 
 @pytest.fixture
@@ -93,3 +106,19 @@ def test_a_gateway_whose_every_model_failed_is_not_ready_but_alive(all_broken: G
     assert detail.status_code == 503 and detail.json()["status"] == "unavailable"
     assert httpx.get(f"{all_broken.url}/health").status_code == 200
     assert chat(all_broken, BROKEN).json()["error"]["code"] == "model_unavailable"
+
+
+def test_an_adapter_of_failed_engines_is_refused_as_its_model_not_as_unknown(
+    broken_with_adapter: Gateway,
+) -> None:
+    """The adapter answered 404 ``model_not_found`` (its engines were no longer routable,
+    so it left the pool): a client was told the adapter does not exist."""
+    expected = sorted([BROKEN, BROKEN_LORA])
+    holds_soon(lambda: failed_models(broken_with_adapter) == expected, 30, "never failed")
+    refused = chat(broken_with_adapter, BROKEN_LORA)
+    assert refused.status_code == 503
+    error = refused.json()["error"]
+    assert (error["code"], error["param"]) == ("model_unavailable", "model")
+    assert refused.headers["x-should-retry"] == "false"
+    assert chat(broken_with_adapter, STUB_MODEL).status_code == 200
+    assert chat(broken_with_adapter, "no-such-model").status_code == 404

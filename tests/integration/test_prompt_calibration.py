@@ -28,6 +28,10 @@ CHARS = 2_000
 REAL = CHARS + 4 + 1  # the stub's 4 a message, and one output token
 FIRST_BURST = 4
 SECOND_BURST = 40  # on the estimate, 40 x 505 fit; their real prompts, 80,200, do not
+SMALL_CHARS = 200
+"""A small crafted prompt: estimated at (200 + 16) / 4 = 54 tokens, counted 204."""
+SMALL_REAL = SMALL_CHARS + 4 + 1
+SMALL_TPM = 5_000
 
 
 @pytest.fixture(scope="module")
@@ -48,6 +52,7 @@ def gateway(
     engine: Stub, redis_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Gateway]:
     keys = [{"name": f"{name}-{RUN}", "key": secret_of(name), "tpm": TPM} for name in KEYS]
+    keys.append({"name": f"small-{RUN}", "key": secret_of("small"), "tpm": SMALL_TPM})
     config = {
         "models": [{"name": STUB_MODEL, "endpoints": [engine.url]}],
         "redis": {"url": redis_url},
@@ -57,10 +62,12 @@ def gateway(
     yield from start_gateway(config, tmp_path_factory.mktemp("prompt-calibration"))
 
 
-async def burst(gateway: Gateway, key: str, count: int, stream: bool) -> list[httpx.Response]:
-    """``count`` crafted requests sent at once."""
-    words = ("a " * (CHARS // 2)).strip() + "a"
-    assert len(words) == CHARS
+async def burst(
+    gateway: Gateway, key: str, count: int, stream: bool, chars: int = CHARS
+) -> list[httpx.Response]:
+    """``count`` crafted requests of ``chars`` characters sent at once."""
+    words = ("a " * (chars // 2)).strip() + "a"
+    assert len(words) == chars
     body: dict[str, Any] = {
         "model": STUB_MODEL,
         "messages": [{"role": "user", "content": words}],
@@ -96,3 +103,19 @@ async def test_a_second_burst_of_crafted_prompts_is_admitted_by_their_real_size(
     assert "tokens per min" in error["message"]
     remaining = int(refused[0].headers["x-ratelimit-remaining-tokens"])
     assert 0 <= remaining < REAL  # the limiter's own count: less than one more request
+
+
+async def test_small_crafted_prompts_teach_the_estimate_too(gateway: Gateway) -> None:
+    """Prompts estimated under 64 tokens taught nothing: a key sending many small crafted
+    ones was charged ~4 times less than it used, burst after burst. Pooled, two of them
+    teach: (2 x 204 - 2 x 32) / (2 x 54), a factor of 3.19."""
+    first = await burst(gateway, "small", FIRST_BURST, False, SMALL_CHARS)
+    assert [r.status_code for r in first] == [200] * FIRST_BURST, first[0].text
+    used = FIRST_BURST * SMALL_REAL
+    second = await burst(gateway, "small", SECOND_BURST, False, SMALL_CHARS)
+    admitted = sum(r.status_code == 200 for r in second)
+    assert admitted + sum(r.status_code == 429 for r in second) == SECOND_BURST
+    # On the raw estimate all 40 were admitted (40 x 55 = 2,200 fit in what was left);
+    # calibrated, each reserves 173 (ceil(54 x 3.19) and its output token).
+    assert SMALL_TPM - used >= SECOND_BURST * (54 + 1)
+    assert 1 <= admitted <= (SMALL_TPM - used) // 173 < SECOND_BURST

@@ -50,7 +50,8 @@ PLACEHOLDER_WORDS = frozenset(
         "x",
         "changeme",
         "admin-key",
-    }  # the last: the name of the Kubernetes Secret's key
+        "operator-token",
+    }  # the last two: names of the Kubernetes Secret's keys
 )
 
 _VALUE = r"[^\s\"'`#,;)}\]]+"

@@ -126,7 +126,7 @@ def test_named_not_imported_dependencies_are_still_named() -> None:
     for path in ("gateway/cli/main.py", "engines/stub/server.py"):
         assert 'loop="uvloop"' in (ROOT / path).read_text(), path
     assert 'http="httptools"' in (ROOT / "engines/stub/server.py").read_text()
-    assert "(HttpToolsProtocol)" in (ROOT / "gateway/http/connections.py").read_text()
+    assert "(HttpToolsProtocol)" in (ROOT / "gateway/http/head_fields.py").read_text()
 
 
 def test_extras_are_grouped_by_purpose_and_dev_is_all_of_them() -> None:

@@ -57,3 +57,16 @@ def test_a_redis_with_a_password_or_on_this_machine_is_quiet(url: str) -> None:
     assert exposure_warnings(_settings(redis={"url": url})) == []
     open_gateway = _settings(server={"host": "0.0.0.0"}, redis={"url": url})
     assert all("s3cret" not in warning for warning in exposure_warnings(open_gateway))
+
+
+@pytest.mark.parametrize("admin_host", ["0.0.0.0", "10.0.0.5"])
+def test_an_operator_listener_beyond_loopback_without_a_token_is_a_warning(
+    admin_host: str,
+) -> None:
+    server = {"admin_host": admin_host, "admin_port": 9100}
+    (warning,) = exposure_warnings(_settings(server=server))
+    assert f"{admin_host}:9100" in warning and "server.operator_token" in warning
+    token = "operator-token-0123456789abcdef"
+    quiet = _settings(server={**server, "operator_token": token})
+    assert exposure_warnings(quiet) == []
+    assert exposure_warnings(_settings(server={"admin_port": 9100})) == []  # loopback

@@ -11,7 +11,8 @@ import pytest
 from pydantic import ValidationError
 
 from engines.deployment import Deployment, log_path
-from engines.process import build_env, inherited, open_private_log
+from engines.engine_log import open_private_log
+from engines.process import build_env, inherited
 from engines.spec import EngineSpec, reserved_flag
 from gateway.config.models import ModelSettings
 

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any, cast
 
 import pytest
+from fastapi import FastAPI
 from starlette.types import Message
 
+from gateway.config.sections import ServerSettings
 from gateway.errors import OverloadedError, PayloadTooLargeError
+from gateway.http.apps import public_app
 from gateway.http.body_budget import (
     CONTAINER_BYTES,
     SMALL_BODY_BYTES,
@@ -16,6 +21,8 @@ from gateway.http.body_budget import (
     decoded_bytes,
 )
 from gateway.http.context import read_body
+from gateway.http.request_id import RequestIdMiddleware
+from tests.unit.http.test_connections import Connection
 
 
 def chunks(*sizes: int) -> list[Message]:
@@ -120,27 +127,59 @@ async def test_a_content_length_with_whitespace_after_it_is_metered_by_its_value
     """The completion routes read ``content-length: 2 `` as 2 (llhttp hands the value on
     with its trailing whitespace, which is not part of it); the body budget read it as
     no length at all: a small body metered and charged as one sent chunked, and a
-    declared body that cannot fit read before it was refused."""
-    from gateway.http.request_id import RequestIdMiddleware
-
+    declared body that cannot fit read before it was refused. The head's parse strips
+    it now (head_fields.py), so the budget sees the value as the routes do."""
     budget = BodyBudget(SMALL_BODY_BYTES * 4)
     seen: list[int] = []
+    refused: list[int] = []
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
-        await receive()
+        try:
+            await receive()
+        except OverloadedError as error:
+            refused.append(error.status)
         seen.append(budget.held)
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
 
-    async def send(message: Message) -> None:
-        return None
+    def head(length: int) -> bytes:
+        return b"POST /p HTTP/1.1\r\nhost: x\r\ncontent-length: %d%s\r\n\r\n" % (length, padding)
 
-    def scope(length: int) -> dict[str, Any]:
-        headers = [(b"content-length", b"%d%s" % (length, padding))]
-        return {"type": "http", "method": "POST", "path": "/p", "headers": headers}
-
-    middleware = RequestIdMiddleware(app, budget)
-    await middleware(scope(2), receiver(json_body(b"{}")), send)
-    assert seen == [0]  # small: not metered
+    conn = Connection()
+    conn.protocol.app = RequestIdMiddleware(app, budget)
+    conn.send(head(2) + b"{}")
+    await conn.settle()
+    assert seen == [0] and refused == []  # small: not metered
     budget.held = SMALL_BODY_BYTES * 3  # others' bodies
-    with pytest.raises(OverloadedError):  # cannot fit: refused before any byte is read
-        await middleware(scope(SMALL_BODY_BYTES * 2), receiver(chunks(1)), send)
-    assert seen == [0] and budget.held == SMALL_BODY_BYTES * 3
+    conn.send(head(SMALL_BODY_BYTES * 2))  # cannot fit: refused before any byte is read
+    await conn.settle()
+    assert refused == [503] and seen == [0, SMALL_BODY_BYTES * 3]
+
+
+async def test_a_chunked_body_over_max_body_bytes_is_413_even_with_the_budget_nearly_full() -> None:
+    """A chunked body's bytes are charged as they come: with the budget nearly full, the
+    chunk that took it over answered 503 "try again", even when the body was already past
+    ``server.max_body_bytes`` (the client's fault first: it will never be served)."""
+    budget = BodyBudget(1000, max_body=300)
+    budget.held = 700  # others' bodies
+    over = budget.meter(receiver(chunks(200, 200)), None)  # 400 > 300, chunked
+    with pytest.raises(PayloadTooLargeError) as refused:
+        await read_body(over, 300, None)
+    assert refused.value.status == 413
+    over.release()
+    budget.held = 800
+    fits = budget.meter(receiver(chunks(150, 150)), None)  # within its limit: the budget's
+    with pytest.raises(OverloadedError):
+        await read_body(fits, 300, None)
+    fits.release()
+    assert budget.held == 800
+
+
+def test_the_public_apps_budget_has_the_body_limit() -> None:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+
+    server = ServerSettings(max_body_bytes=300_000, max_body_bytes_in_flight=1_000_000)
+    budget = cast(Any, public_app(server, lifespan)).body_budget
+    assert (budget.limit, budget.max_body) == (1_000_000, 300_000)

@@ -171,3 +171,20 @@ def test_cap_is_per_feed(cap: int) -> None:
     status = feed(max_streams=cap)
     opened = [status.open_stream() for _ in range(cap + 1)]
     assert opened == [True] * cap + [False]
+
+
+def test_a_revoked_key_leaves_the_page_and_the_metrics() -> None:
+    config = settings()
+    pool = EnginePool({m.name: m.endpoints for m in config.models})
+    metrics = GatewayMetrics()
+    known = {"team-a", "team-b"}
+    metrics.watch_keys(lambda: known)
+    metrics.tokens_charged.labels("team-a").inc(10)
+    metrics.tokens_charged.labels("team-b").inc(30)
+    metrics.rate_limited.labels("team-b", "requests").inc()
+    status = StatusFeed(config, pool, metrics)
+    assert [k["name"] for k in status.snapshot()["keys"]] == ["team-b", "team-a"]
+    known.discard("team-b")  # revoked: the key-refresh poll reloaded the copy
+    assert [k["name"] for k in status.snapshot()["keys"]] == ["team-a"]
+    text = metrics.render().decode()
+    assert 'key="team-b"' not in text and 'vgate_tokens_charged_total{key="team-a"} 10.0' in text

@@ -55,3 +55,16 @@ def test_labels_must_match_the_names() -> None:
     with pytest.raises(ValueError, match="takes labels"):
         counter.labels("only-one")
     assert counter.labels("1", "2") is counter.labels(1, 2)  # one child per label text
+
+
+def test_forget_drops_the_children_of_label_values_not_kept() -> None:
+    registry = CollectorRegistry()
+    counter = LabelledCounter("x_charged_total", "Charged.", ("key", "kind"), registry)
+    counter.labels("gone", "tokens").inc(3)
+    counter.labels("gone", 429).inc()  # by its text, and by the value it was given
+    counter.labels("kept", "tokens").inc(5)
+    counter.forget("key", {"kept"})
+    assert counter.totals() == {("kept", "tokens"): 5.0}
+    assert "gone" not in generate_latest(registry).decode()
+    counter.labels("gone", 429).inc()  # made again: a fresh series, from zero
+    assert counter.totals()[("gone", "429")] == 1.0

@@ -131,7 +131,8 @@ async def test_every_prompt_of_a_completions_list_is_reserved() -> None:
     raw = orjson.dumps({"model": MODEL, "prompt": ["abcd"] * 8, "max_tokens": 300})
     meta = RequestMeta("req-1", AUTH, None, "no-store")
     await w.service.handle(COMPLETIONS, raw, meta)
-    assert orjson.loads(w.upstream.requests[0].body)["max_tokens"] == (2000 - 8) // 8
+    prompt = 8 * (4 + 8) // 4  # each listed prompt's text and its framing (2 tokens)
+    assert orjson.loads(w.upstream.requests[0].body)["max_tokens"] == (2000 - prompt) // 8
 
 
 async def test_the_served_name_and_the_cap_both_reach_the_engine() -> None:

@@ -59,3 +59,12 @@ async def test_a_follow_ups_text_counts_the_previous_conversation() -> None:
     with pytest.raises(InvalidRequestError, match="request text exceeds 200 characters"):
         await create_answer(world, follow)
     assert len(world.sent) == 1
+
+
+async def test_tools_count_against_max_prompt_chars() -> None:
+    """The estimate prices a request's ``tools``; the cap counts what it prices."""
+    world = responses_world(max_prompt_chars=100)
+    tool = {"type": "function", "name": "f", "description": "d" * 200, "parameters": {}}
+    with pytest.raises(InvalidRequestError, match="request text exceeds 100 characters"):
+        await create_answer(world, {"model": MODEL, "input": "x", "tools": [tool]})
+    assert len(world.sent) == 0

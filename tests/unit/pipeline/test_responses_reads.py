@@ -44,11 +44,13 @@ async def test_another_keys_record_is_never_read() -> None:
     record = StoredResponse("resp_a", "alice", {"id": "resp_a"}, [], [])
     assert await store.put("resp_a", record.encode(), 60, "alice", None)
     missing = ResponseNotFoundError("resp_a")
-    assert await records.load("resp_a", "bob", missing) is None
-    assert await records.load("resp_unknown", "bob", missing) is None
+    async with records.loaded("resp_a", "bob", missing) as loaded:
+        assert loaded is None
+    async with records.loaded("resp_unknown", "bob", missing) as loaded:
+        assert loaded is None
     assert store.reads == 0  # neither read a record: both cost one look at bob's own
-    loaded = await records.load("resp_a", "alice", missing)
-    assert loaded is not None and loaded.owner == "alice" and store.reads == 1
+    async with records.loaded("resp_a", "alice", missing) as loaded:
+        assert loaded is not None and loaded.owner == "alice" and store.reads == 1
 
 
 async def test_memory_store_owns_only_its_owners_live_records() -> None:

@@ -19,6 +19,7 @@ from gateway.config.sections import RateLimitSettings, StaticKey
 from gateway.errors import DependencyUnavailableError, RateLimitError, StoreUnavailable
 from gateway.observability.metrics import GatewayMetrics
 from gateway.ratelimit.admission import Admission
+from gateway.ratelimit.cost import PROMPT_FRAMING_CHARS
 from gateway.ratelimit.limits import Decision, LimiterBackend, Limits, LimitScope
 
 BODY = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
@@ -138,8 +139,9 @@ async def test_every_prompt_and_choice_of_a_request_is_reserved() -> None:
     admission = Admission(MemoryLimiter(clock=clock), RateLimitSettings(), GatewayMetrics())
     eight = {"model": "m", "prompt": ["abcd"] * 8, "max_tokens": 300}
     ticket = await admission.admit(tpm_key(2000), eight)
-    assert ticket.output_cap == (2000 - 8) // 8  # 249 each, not 300
-    assert ticket.reserved == 8 + 8 * 249 and ticket.shortened
+    prompt = 8 * (4 + PROMPT_FRAMING_CHARS) // 4  # each listed prompt framed: 24 tokens
+    assert ticket.output_cap == (2000 - prompt) // 8  # 247 each, not 300
+    assert ticket.reserved == prompt + 8 * 247 and ticket.shortened
     with pytest.raises(RateLimitError) as caught:
         await admission.admit(tpm_key(2000), eight)
     assert caught.value.error_type == "tokens"

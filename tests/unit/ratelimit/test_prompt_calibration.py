@@ -20,6 +20,7 @@ from gateway.ratelimit.calibration import (
     DECAY_INTERVAL_S,
     MAX_FACTOR,
     MIN_ESTIMATE,
+    SMALL_ALLOWANCE,
     PromptCalibration,
     calibrated,
 )
@@ -62,6 +63,46 @@ def test_ordinary_text_and_tiny_prompts_teach_nothing() -> None:
     calibration.observe("k", 1000, -5)
     assert calibration.factor("k") == 1.0
     assert len(calibration) == 0  # keys at 1 hold no entry
+
+
+def test_small_crafted_prompts_teach_pooled() -> None:
+    """236 CJK characters: estimated at 63 tokens, counted 708 by byte-level BPE. Each
+    was charged ~11 times less than it used, and none taught anything."""
+    calibration, _ = fresh()
+    calibration.observe("k", 63, 708)
+    assert calibration.factor("k") == 1.0  # pooled: 63 estimated tokens are not enough
+    calibration.observe("k", 63, 708)
+    assert calibration.factor("k") == (2 * 708 - 2 * SMALL_ALLOWANCE) / (2 * 63)  # 10.7
+    assert calibrated(63, calibration.factor("k")) >= 708 - SMALL_ALLOWANCE
+
+
+def test_honest_short_prompts_never_raise_the_factor() -> None:
+    """A chat template's own tokens (a default system prompt, role markers) dominate
+    short prompts: however many there are, they teach nothing."""
+    calibration, _ = fresh()
+    for estimate in (1, 5, 20, 40, MIN_ESTIMATE - 1):
+        for _ in range(500):
+            calibration.observe("k", estimate, estimate + 30)
+    assert calibration.factor("k") == 1.0
+    assert len(calibration) == 0
+
+
+def test_small_settlements_let_a_factor_come_down() -> None:
+    calibration, clock = fresh()
+    calibration.observe("k", 100, 400)
+    clock.now += DECAY_INTERVAL_S
+    for _ in range(DECAY_AFTER * 4):  # each pair of these is one settlement under it
+        calibration.observe("k", 32, 40)
+    assert calibration.factor("k") == 2.5
+
+
+def test_at_most_max_keys_pools_are_held() -> None:
+    calibration = PromptCalibration(max_keys=2, clock=Clock())
+    for key in ("a", "b", "c"):
+        calibration.observe(key, 40, 400)
+    for key in ("c", "b", "a"):  # "a"'s pool, the least recent, was dropped
+        calibration.observe(key, 40, 400)
+    assert [calibration.factor(k) for k in ("a", "b", "c")] == [1.0, 9.2, 9.2]
 
 
 def test_the_factor_comes_down_a_step_per_window_of_ordinary_text_only() -> None:
@@ -159,6 +200,21 @@ async def test_admission_reserves_the_calibrated_prompt_for_that_key_only(
     with pytest.raises(RateLimitError) as refused:  # 4001 settled + 4001 + 4001 > 10,000
         await admission.admit(crafty.scopes("m"), crafted(4000))
     assert "tokens per min" in refused.value.message
+
+
+async def test_admission_learns_from_small_prompts(
+    keyed: tuple[Admission, KeyDirectory],
+) -> None:
+    admission, keys = keyed
+    crafty = keys.known(SECRET)
+    assert crafty is not None
+    for _ in range(2):
+        ticket = await admission.admit(crafty.scopes("m"), crafted(236))
+        assert (ticket.estimate, ticket.learns) == (63, True)  # (236 + 16) / 4
+        ticket.settle(709, prompt_used=708)  # three tokens a character
+    following = await admission.admit(crafty.scopes("m"), crafted(236))
+    assert following.estimate == 63
+    assert following.prompt >= 708 - SMALL_ALLOWANCE
 
 
 async def test_usage_not_to_believe_teaches_nothing(

@@ -38,6 +38,8 @@ def _stored(owner: str = "alice") -> StoredResponse:
         ({"model": "m", "input": "x", "stream": "yes"}, "stream"),
         ({"model": "m", "input": "x", "store": 1}, "store"),
         ({"model": "m", "input": "x", "background": True}, "background"),
+        ({"model": "m", "input": "x", "conversation": "conv_1"}, "conversation"),
+        ({"model": "m", "input": "x", "conversation": {"id": "conv_1"}}, "conversation"),
         ({"model": "m", "input": "x", "previous_response_id": 7}, "previous_response_id"),
         ({"model": "m", "input": "x", "max_output_tokens": True}, "max_output_tokens"),
         ({"model": "m", "input": "x", "max_output_tokens": 0}, "max_output_tokens"),

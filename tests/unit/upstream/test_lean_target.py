@@ -6,7 +6,10 @@ import base64
 
 import pytest
 
+from gateway.config.upstream import UpstreamSettings
 from gateway.errors import UpstreamError
+from gateway.upstream.deadlines import Deadlines
+from gateway.upstream.lean import LeanUpstream
 from gateway.upstream.target import Target, request_bytes
 
 
@@ -54,3 +57,18 @@ def test_the_request_is_one_bytes_object_with_its_length() -> None:
 def test_a_line_break_in_a_header_is_refused(value: str) -> None:
     with pytest.raises(UpstreamError):
         request_bytes(Target.parse("http://e/p"), {"X-Request-Id": value}, b"")
+
+
+LIMITS = Deadlines(connect_s=1.0, ttft_s=None, idle_s=1.0, total_s=None)
+
+
+async def test_an_unusable_engine_url_is_told_without_the_parsers_words() -> None:
+    """The parser's message (which names the URL's parts) goes to the log, not to the
+    client's 502."""
+    upstream = LeanUpstream(UpstreamSettings())
+    try:
+        with pytest.raises(UpstreamError) as failed:
+            await upstream.post("ftp://secret-host.internal/v1/x", b"{}", {}, LIMITS)
+    finally:
+        await upstream.close()
+    assert failed.value.message == "the engine's URL cannot be used"

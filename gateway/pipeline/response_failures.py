@@ -1,0 +1,98 @@
+"""An engine's failure in a Responses answer, told without the engine's internals.
+
+A Responses engine reports a failure in its answer, not in an HTTP status: an
+``error`` event (OpenAI's ``ResponseErrorEvent``: ``code``, ``message``) or a
+``response.failed`` event (and a non-streamed response) whose ``response.error``
+has a ``message``. That text is ``str()`` of whatever the engine hit: a traceback,
+its host's paths, its peers' addresses. As chat's engine errors are
+(:mod:`gateway.errors.engine_internals`), a server failure's message is replaced
+whole and any other's is kept less what is internal, before a client sees it or it
+is stored. vLLM's own ``{"error": {...}}`` events are mapped by the relay already
+(:func:`gateway.upstream.relay.mapped_error_events`).
+
+Only a batch holding one of :data:`FAILURE_MARKS` is looked at (a byte search; inside
+a JSON string a quote is escaped, so generated text never matches).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from gateway.errors.engine_internals import without_internals, without_secrets
+from gateway.protocol.exact_json import encoded_exactly
+
+FAILURE_MARKS = (b'"type":"error"', b'"type": "error"', b'"response.failed"')
+MAX_MESSAGE = 4000
+SERVER_CODES = frozenset({"server_error", "internal_error", "internal_server_error"})
+"""Codes of a failure of the engine's own: its message is the operator's, replaced whole."""
+FAILED_MESSAGE = "The engine failed while handling this request; the details are in its log."
+
+
+def has_failure(batch: bytes) -> bool:
+    return any(mark in batch for mark in FAILURE_MARKS)
+
+
+def told_failures(batch: bytes, secrets: tuple[str, ...] = ()) -> bytes:
+    """``batch`` with the message of each ``error`` and ``response.failed`` event told
+    without the engine's internals nor ``secrets`` (the engines' keys); ``batch``
+    itself when there is nothing to change."""
+    events = batch.split(b"\n\n")
+    changed = False
+    for i, event in enumerate(events):
+        if not has_failure(event):
+            continue
+        lines = event.split(b"\n")
+        for j, line in enumerate(lines):
+            if not line.startswith(b"data:"):
+                continue
+            told = _told_event(line[5:], secrets)
+            if told is not None:
+                lines[j] = b"data: " + told
+                events[i] = b"\n".join(lines)
+                changed = True
+    return b"\n\n".join(events) if changed else batch
+
+
+def _told_event(source: bytes, secrets: tuple[str, ...]) -> bytes | None:
+    try:
+        data = orjson.loads(source)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(data, dict):
+        return None
+    kind = data.get("type")
+    if kind == "error":
+        changed = _tell(data, secrets)
+        error = data.get("error")
+        if isinstance(error, dict):  # the gateway's own error events carry both
+            changed = _tell(error, secrets, data.get("code")) or changed
+    elif kind == "response.failed":
+        response = data.get("response")
+        changed = isinstance(response, dict) and told_response(response, secrets)
+    else:
+        return None
+    return encoded_exactly(data, source) if changed else None
+
+
+def told_response(response: dict[str, Any], secrets: tuple[str, ...] = ()) -> bool:
+    """Tell a failed response's ``error.message`` so (in place); whether it changed."""
+    error = response.get("error")
+    return isinstance(error, dict) and _tell(error, secrets)
+
+
+def _tell(error: dict[str, Any], secrets: tuple[str, ...], code: Any = None) -> bool:
+    message = error.get("message")
+    if not isinstance(message, str):
+        return False
+    code = error.get("code", code)
+    if code in SERVER_CODES or error.get("type") == "server_error":
+        told = FAILED_MESSAGE
+    else:
+        kept = without_secrets(message, secrets, MAX_MESSAGE)
+        told = without_internals(kept, MAX_MESSAGE) or FAILED_MESSAGE
+    if told == message:
+        return False
+    error["message"] = told
+    return True

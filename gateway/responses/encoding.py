@@ -1,0 +1,65 @@
+"""A create's conversation, encoded once, its integers beyond 64 bits exact.
+
+The items a create sends (the previous record's input and output, then the new input)
+are written twice: into the engine's body and into the new record. They are encoded
+once, here, and both writes embed the bytes (:class:`orjson.Fragment`), so the decoded
+conversation (up to ~24x a record's bytes in memory) is dropped as soon as the request
+is admitted instead of living as long as the engine takes to answer.
+
+Exactness is looked for lazily, as chat's rewrites do
+(:func:`gateway.protocol.exact_json.encoded_exactly`): the body and the record are
+read by orjson, which reads an integer beyond 64 bits as a float; only when what is
+written shows a float of 1e16 or more (``e+``) are the sources (the create's body, the
+previous record) read again exactly and the items written from that reading.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+
+from gateway.protocol.exact_json import exact_reading, restored, shows_big_float
+from gateway.responses.store import StoredResponse
+
+
+def encoded_items(items: list[Any], raw: bytes, previous: StoredResponse | None) -> bytes:
+    """``items`` (:func:`gateway.responses.conversation.conversation`'s, from
+    ``previous`` and the create body ``raw``) as JSON, each integer beyond 64 bits as
+    its source wrote it."""
+    encoded = orjson.dumps(items)
+    if not shows_big_float(encoded):
+        return exact_size(encoded)
+    before: list[Any] = []
+    if previous is not None:
+        exact = previous.exact()
+        before = [*exact.input_items, *exact.output]
+    new = items[len(before) :]
+    body = exact_reading(raw)
+    given = body.get("input") if isinstance(body, dict) else None
+    if isinstance(given, list) and len(given) == len(new):
+        new = given
+    return exact_size(orjson.dumps(restored(items, [*before, *new])))
+
+
+def exact_size(encoded: bytes) -> bytes:
+    """``encoded`` (orjson's output, kept for a whole request) in a copy of its size:
+    orjson leaves its buffer as it grew it (4 MiB held for 1.1 MB written)."""
+    return memoryview(encoded).tobytes() if len(encoded) > 65536 else encoded
+
+
+def exactly_read(source: bytes, read: dict[str, Any], key: str | None = None) -> dict[str, Any]:
+    """``read`` (orjson's reading of ``source``, or of its ``key``) read again with its
+    integers beyond 64 bits as written; ``read`` when ``source`` holds none."""
+    exact = exact_reading(source)
+    if isinstance(exact, dict) and key is not None:
+        exact = exact.get(key)
+    return exact if isinstance(exact, dict) else read
+
+
+def written_exactly(write: Callable[[Any], bytes], value: Any, exact: Callable[[], Any]) -> bytes:
+    """``write(value)``, or ``write(exact())`` when that shows a float orjson may have
+    read from an integer beyond 64 bits (``exact``: the same value read exactly)."""
+    encoded = write(value)
+    return write(exact()) if shows_big_float(encoded) else encoded
