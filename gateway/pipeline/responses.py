@@ -44,6 +44,7 @@ from gateway.errors import (
     GatewayError,
     InvalidRequestError,
     ModelNotFoundError,
+    UpstreamError,
     UpstreamStatusError,
     error_body,
 )
@@ -306,9 +307,8 @@ class ResponsesService:
             response = orjson.loads(body)
         except orjson.JSONDecodeError:
             response = None
-        if not isinstance(response, dict):  # not a response object: passed on, not kept
-            exchange.finished(None)
-            return Answer(body, [*exchange.ticket.raw_headers], reply.status)
+        if not isinstance(response, dict):  # one past answer_checks' whole parse (64 KiB)
+            raise UpstreamError("engine answered badly: an answer that is not a JSON object")
         if response.get("status") == "failed" and told_response(
             response, self._pool.credentials.secrets
         ):
