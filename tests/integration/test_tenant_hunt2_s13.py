@@ -12,8 +12,9 @@ its requests at once."""
 from __future__ import annotations
 
 import asyncio
-import re
 import contextlib
+import functools
+import re
 import socket
 import threading
 import time
@@ -126,6 +127,10 @@ def chat(gateway: Gateway, body: dict[str, Any] | None = None) -> httpx.Response
     )
 
 
+def engine_counted_more(engine: Stub, before: int) -> bool:
+    return int(engine.stats()["requests"]) > before
+
+
 def slots_free(gateway: Gateway) -> None:
     """Both slots come back: two requests at once are both served."""
 
@@ -228,7 +233,7 @@ def test_a_client_leaving_at_any_stage_frees_its_slot(
         elif stage == "engine_call":
             before = engine.stats()["requests"]
             conn.sendall(raw_post(CHAT))
-            holds_soon(lambda before=before: engine.stats()["requests"] > before, 10)
+            holds_soon(functools.partial(engine_counted_more, engine, before), 10)
         else:
             conn.sendall(raw_post({**CHAT, "stream": True, "stub": {"tokens": 500, "itl_ms": 5}}))
             assert conn.recv(100).startswith(b"HTTP/1.1 200")

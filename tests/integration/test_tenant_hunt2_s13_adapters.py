@@ -12,6 +12,7 @@ model ``base`` and its adapter ``sql`` (``engine.lora_modules``).
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -54,8 +55,12 @@ def gateway(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         "routing": {"priority_tiers": True},
     }
     for started in start_gateway(config, Path(directory)):
-        holds_soon(lambda: bool(started.ready()["engines"].get(BASE)), 60, "no engine")
+        holds_soon(functools.partial(serves_base, started), 60, "no engine")
         yield started
+
+
+def serves_base(gateway: Gateway) -> bool:
+    return bool(gateway.ready()["engines"].get(BASE))
 
 
 def post(
