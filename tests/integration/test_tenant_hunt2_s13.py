@@ -285,3 +285,43 @@ def test_a_passthrough_route_takes_and_frees_a_slot(gateway: Gateway) -> None:
             conn.sendall(raw_post(body, path=b"/tokenize"))
             assert statuses(read_all(conn, 1)) == [200]
     slots_free(gateway)
+
+
+@pytest.fixture(scope="module")
+def second(
+    engine: Stub, redis_url: str, gateway: Gateway, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Gateway]:
+    """Another gateway process with the same key, on the same Redis (a second replica)."""
+    config = {
+        "models": [{"name": STUB_MODEL, "endpoints": [engine.url]}],
+        "redis": {"url": redis_url},
+        "auth": {
+            "enabled": True,
+            "keys": [{"name": f"conc-{RUN}", "key": KEY, "max_concurrent": LIMIT}],
+        },
+    }
+    yield from start_gateway(config, tmp_path_factory.mktemp("tenant-hunt2-second"))
+
+
+def test_two_replicas_together_run_no_more_than_the_limit(
+    gateway: Gateway, second: Gateway, engine: Stub
+) -> None:
+    async def both() -> list[int]:
+        async with httpx.AsyncClient(timeout=30) as client:
+            answers = await asyncio.gather(
+                *(
+                    client.post(
+                        f"{(gateway, second)[i % 2].base_url}/chat/completions",
+                        json={**CHAT, "seed": i},
+                        headers={"Authorization": f"Bearer {KEY}"},
+                    )
+                    for i in range(12)
+                )
+            )
+        return [a.status_code for a in answers]
+
+    with PeakWatch(engine) as watch:
+        codes = asyncio.run(both())
+    assert set(codes) == {200, 429}, codes
+    assert watch.peak <= LIMIT
+    slots_free(second)

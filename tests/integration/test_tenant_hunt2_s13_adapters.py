@@ -32,6 +32,7 @@ BASE_ONLY = f"sk-hunt2-base-{RUN}-0123456789"
 ADAPTER_ONLY = f"sk-hunt2-adapter-{RUN}-0123456789"
 LOW = f"sk-hunt2-low-{RUN}-0123456789"
 LOW_PRIORITY = 10
+PER_MODEL = f"sk-hunt2-per-model-{RUN}-0123456789"
 
 
 @pytest.fixture(scope="module")
@@ -46,6 +47,7 @@ def gateway(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         {"name": f"base-{RUN}", "key": BASE_ONLY, "models": [BASE]},
         {"name": f"adapter-{RUN}", "key": ADAPTER_ONLY, "models": [ADAPTER]},
         {"name": f"low-{RUN}", "key": LOW, "priority": "low"},
+        {"name": f"per-model-{RUN}", "key": PER_MODEL, "model_limits": {ADAPTER: {"rpm": 1}}},
     ]
     config = {
         "engines": {"log_dir": str(directory / "logs"), "watch_interval_s": 0.1},
@@ -104,6 +106,18 @@ def test_models_lists_only_what_the_key_may_use(gateway: Gateway) -> None:
             f"{gateway.base_url}/models", headers={"Authorization": f"Bearer {key}"}
         ).json()
         assert [m["id"] for m in listing["data"]] == [allowed]
+
+
+def test_an_adapters_requests_are_charged_under_its_own_name(gateway: Gateway) -> None:
+    """``model_limits`` naming the adapter bound it; the base model is another model
+    (README: an adapter is a model of its own, and per-model settings name it)."""
+    path = "/v1/chat/completions"
+    assert post(gateway, path, PER_MODEL, chat_body(ADAPTER)).status_code == 200
+    refused = post(gateway, path, PER_MODEL, chat_body(ADAPTER))
+    assert refused.status_code == 429 and refused.json()["error"]["type"] == "requests"
+    refused = post(gateway, "/tokenize", PER_MODEL, {"model": ADAPTER, "prompt": "hi"})
+    assert refused.status_code == 429, refused.text  # vLLM's own routes count too
+    assert post(gateway, path, PER_MODEL, chat_body(BASE)).status_code == 200
 
 
 def admin(gateway: Gateway, method: str, path: str, **kwargs: Any) -> httpx.Response:
