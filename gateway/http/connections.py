@@ -80,16 +80,12 @@ from typing import Any, cast
 
 import httptools
 from uvicorn.config import Config
-from uvicorn.protocols.http.httptools_impl import (
-    STATUS_LINE,
-    HttpToolsProtocol,
-    RequestResponseCycle,
-)
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 from uvicorn.server import ServerState
 
-from gateway.errors import error_body
 from gateway.http.connection_cap import too_many_connections
 from gateway.http.connection_limits import ConnectionLimits as ConnectionLimits
+from gateway.http.connection_limits import refusal_answer
 from gateway.http.direct_cycle import DirectCycle
 from gateway.http.head_fields import MAX_HEADER_FIELDS, FieldCheckingProtocol, RefusedHead, refusal
 from gateway.http.head_rewrite import UPGRADE_REFUSED, refuse_upgrade, without_upgrade
@@ -286,7 +282,14 @@ class LimitedHttpToolsProtocol(FieldCheckingProtocol):
         self._write_refusal(400, msg, "invalid_http_request")
 
     def on_headers_complete(self) -> None:
-        if self._hosts != 1 or self.expect_100_continue or len(self.headers) > MAX_HEADER_FIELDS:
+        # A version other than 1.1 (0.9 among them, with a Host) is not kept alive by
+        # default: one cheap call (~20 ns) instead of reading the version of every head.
+        if (
+            self._hosts != 1
+            or self.expect_100_continue
+            or len(self.headers) > MAX_HEADER_FIELDS
+            or not self.parser.should_keep_alive()
+        ):
             self.check_fields()  # raises RefusedHead: _feed refuses the head
         self._head_bytes = _NO_HEAD
         self._deadline = 0.0  # the body's starts at the next tick
@@ -374,20 +377,10 @@ class LimitedHttpToolsProtocol(FieldCheckingProtocol):
         self._write_refusal(status, message, code)
 
     def _write_refusal(self, status: int, message: str, code: str) -> None:
-        """An OpenAI error with ``connection: close``, then close."""
-        body = error_body(message, "invalid_request_error", None, code)
-        content = [STATUS_LINE[status]]
-        for name, value in self.server_state.default_headers:
-            content.extend((name, b": ", value, b"\r\n"))
-        content.extend(
-            (
-                b"content-type: application/json\r\n",
-                b"content-length: %d\r\n" % len(body),
-                b"connection: close\r\n\r\n",
-                body,
-            )
-        )
-        self.transport.write(b"".join(content))
+        """An OpenAI error with ``connection: close`` (:func:`refusal_answer`), then close."""
+        request_id = self._limits.refusal_ids.next()
+        headers = self.server_state.default_headers
+        self.transport.write(refusal_answer(status, message, code, headers, request_id))
         self.transport.close()
 
 

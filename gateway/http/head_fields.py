@@ -89,7 +89,8 @@ class FieldCheckingProtocol(HttpToolsProtocol):
 
     def check_fields(self) -> None:
         """The head's checks beyond counting: called only when it has no or several
-        ``Host`` fields, too many fields, or asks for ``100 Continue``. Raises
+        ``Host`` fields, too many fields, asks for ``100 Continue``, or is not kept
+        alive (any version but 1.1, or ``Connection: close``). Raises
         :class:`RefusedHead`."""
         if len(self.headers) > MAX_HEADER_FIELDS:
             message = f"The request has more than {MAX_HEADER_FIELDS} header fields."

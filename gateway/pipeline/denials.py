@@ -10,7 +10,11 @@ Only ``requests`` refusals are remembered, and only for keys whose one scope is
 key-wide (no per-model limits, whose refusal would depend on the model the body
 names): a token refusal can end early when another request settles below its
 reservation, and a concurrency refusal ends whenever a request finishes. Those
-still get their 429 after parsing. The memo is bounded; it is per process, like
+still get their 429 after parsing. A refusal is remembered with the ``rpm`` it was
+decided under, and holds only while the key still has that limit: a key revoked and
+made again under its name with another ``rpm`` (its counters are its name's, so they
+carry on) is decided by the limiter at once, not refused for up to a minute on the
+old key's limit. The memo is bounded; it is per process, like
 any replica's view, and can only refuse what the limiter itself refused.
 
 A refusal decided by the local fallback limiter (Redis unreachable, ``ratelimit.
@@ -38,6 +42,7 @@ class _Denial:
     until: float
     message: str
     headers: dict[str, str]
+    rpm: int | None
 
 
 class DenialMemo:
@@ -50,22 +55,24 @@ class DenialMemo:
         self._max_keys = max_keys
         self._denials: dict[str, _Denial] = {}
 
-    def check(self, key_name: str) -> None:
-        """Raise the key's 429 again if its window has not reopened yet."""
+    def check(self, key_name: str, rpm: int | None = None) -> None:
+        """Raise the key's 429 again if its window has not reopened yet and the key
+        still has the ``rpm`` it was refused under."""
         if not self._denials:
             return
         denial = self._denials.get(key_name)
         if denial is None:
             return
         left = denial.until - self._clock()
-        if left <= 0:
+        if left <= 0 or denial.rpm != rpm:
             del self._denials[key_name]
             return
         raise RateLimitError(denial.message, "requests", denial.headers | retry_after_header(left))
 
-    def note(self, key_name: str, error: RateLimitError) -> None:
-        """Remember a refusal of ``key_name`` for its request rate (others are ignored,
-        and so is one the local fallback limiter decided: see the module docstring)."""
+    def note(self, key_name: str, error: RateLimitError, rpm: int | None = None) -> None:
+        """Remember a refusal of ``key_name`` for its request rate, under the key's
+        ``rpm`` (others are ignored, and so is one the local fallback limiter decided:
+        see the module docstring)."""
         if error.error_type != "requests" or error.local:
             return
         wait_ms = error.headers.get("retry-after-ms", "")
@@ -76,7 +83,7 @@ class DenialMemo:
             if len(self._denials) >= self._max_keys:
                 return
         until = self._clock() + int(wait_ms) / 1000
-        self._denials[key_name] = _Denial(until, error.message, dict(error.headers))
+        self._denials[key_name] = _Denial(until, error.message, dict(error.headers), rpm)
 
     def __len__(self) -> int:
         return len(self._denials)

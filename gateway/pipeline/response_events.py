@@ -10,7 +10,9 @@ hands the terminal event's ``response`` to a callback (which stores it) before
 the client gets that event: a client that continues the conversation as soon as
 it sees ``response.completed`` finds it stored. A failure part way ends the
 stream with an ``error`` event (OpenAI's ``ResponseErrorEvent`` fields plus an
-``error`` object, on which the SDK raises ``APIError``).
+``error`` object, on which the SDK raises ``APIError``); so does an event that is not
+valid UTF-8, as on the completion routes (:func:`before_invalid_utf8`: relayed, it made
+the SDK raise ``UnicodeDecodeError``), the events before it relayed first.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from gateway.upstream.relay import (
     STREAM_ERROR,
     BatchTap,
     StreamOutcome,
+    before_invalid_utf8,
     mapped_error_events,
 )
 from gateway.upstream.transport import EventSource
@@ -169,7 +172,9 @@ async def relay_response_events(
         while (received := await next_batch()) is not None:
             if outcome.first_chunk_at is None:
                 outcome.first_chunk_at = clock()
-            batch = received
+            batch, broken = received, None
+            if not batch.isascii():  # the SDK breaks on bytes that are not UTF-8
+                batch, broken = before_invalid_utf8(batch)
             mark.last = last_sequence_number(batch, mark.last)
             if STREAM_ERROR in batch:  # vLLM's own error event, in OpenAI's shape
                 batch, status = mapped_error_events(batch, "input", secrets)
@@ -186,6 +191,8 @@ async def relay_response_events(
                 yield batch
             if outcome.completed:
                 break
+            if broken is not None:
+                raise broken
         else:
             if not final.engine_error:
                 raise UpstreamError("engine closed the stream before the response was complete")

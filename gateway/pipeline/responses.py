@@ -44,6 +44,7 @@ from gateway.errors import (
     GatewayError,
     InvalidRequestError,
     ModelNotFoundError,
+    UpstreamError,
     UpstreamStatusError,
     error_body,
 )
@@ -52,7 +53,7 @@ from gateway.observability.timeline import SERVER_TIMING
 from gateway.pipeline.callers import authenticate, check_model_allowed
 from gateway.pipeline.exchange import VARIANT_HEADER, Exchange
 from gateway.pipeline.forwarding import Attempt, Forwarder
-from gateway.pipeline.parsing import affinity_key, decode_json_object
+from gateway.pipeline.parsing import decode_json_object
 from gateway.pipeline.plan import ModelRename, RequestPlanner
 from gateway.pipeline.priority import body_priority, clamped_body
 from gateway.pipeline.response_events import (
@@ -63,7 +64,7 @@ from gateway.pipeline.response_events import (
 )
 from gateway.pipeline.response_failures import told_response
 from gateway.pipeline.response_records import Keeper, Loaded, ResponseRecords
-from gateway.pipeline.response_turns import Turn, affinity_body, first_content, usage_tokens
+from gateway.pipeline.response_turns import Keyed, Turn, usage_tokens
 from gateway.pipeline.results import Answer, EventStream, Result
 from gateway.pipeline.usage import response_input_tokens as input_tokens
 from gateway.pool.engine_pool import EnginePool
@@ -82,7 +83,7 @@ from gateway.responses.conversation import (
     new_response_id,
     read_create,
 )
-from gateway.responses.encoding import encoded_items, exactly_read, written_exactly
+from gateway.responses.encoding import encoded_ids, encoded_items, exactly_read, written_exactly
 from gateway.responses.listing import input_items_page
 from gateway.responses.store import ResponseStore, StoredResponse
 from gateway.rollouts.choice import VariantChooser
@@ -209,12 +210,14 @@ class ResponsesService:
         changed = clamped_body(request.body, priority)
         if changed is not None:  # the engine never sees an earlier priority than the key's
             request = replace(request, body=changed)
+        policy, prefix_chars = self._routing.for_model(model)
+        keyed = Keyed(session_id, prefix_chars) if policy.wants_affinity_key else None
         if request.previous_response_id is None:
-            turn = await self._admit(exchange, request, raw, principal, asked, None)
+            turn = await self._admit(exchange, request, raw, principal, asked, keyed, None)
         else:  # the previous record is read before admission: a few of a key's at once
             async with self._records.loading.held(principal.name):
                 try:
-                    turn = await self._continue(exchange, request, raw, principal, asked)
+                    turn = await self._continue(exchange, request, raw, principal, asked, keyed)
                 except GatewayError as exc:  # refused: its frames would keep the record
                     raise exc.with_traceback(None) from None  # alive until answered
         served = self._served.get(model, model)
@@ -222,12 +225,8 @@ class ResponsesService:
         cap = exchange.ticket.output_cap
         items = orjson.Fragment(turn.items)
         payload = engine_payload(request, items, response_id, served, cap, raw)
-        policy, prefix_chars = self._routing.for_model(model)
-        key = None
-        if policy.wants_affinity_key:
-            key = affinity_key(affinity_body(request, turn.first), session_id, prefix_chars)
         attempt = Attempt(
-            model, PATH, payload, request_id, policy, key,
+            model, PATH, payload, request_id, policy, turn.key,
             key=principal.name, priority=priority, json_object=True,
         )  # fmt: skip
         taps: list[BatchTap] = []
@@ -237,7 +236,7 @@ class ResponsesService:
             taps.append(FieldRestore(request.previous_response_id))
         keep = None
         if request.store:
-            keep = Keeper(self._records, principal.name, turn.items, turn.item_ids, response_id)
+            keep = Keeper(self._records, principal.name, turn, response_id)
         exchange.count_in_flight()
         try:
             if request.stream:
@@ -255,6 +254,7 @@ class ResponsesService:
         raw: bytes,
         principal: Principal,
         asked: str,
+        keyed: Keyed | None,
     ) -> Turn:
         """:meth:`_admit` of a follow-up, its previous record loaded (and counted
         against the worker's budget of decoded records) until it is admitted."""
@@ -262,7 +262,7 @@ class ResponsesService:
         missing = PreviousResponseNotFoundError(previous_id)
         async with self._records.loaded(previous_id, principal.name, missing) as loaded:
             previous = check_found(loaded, principal.name, missing)
-            return await self._admit(exchange, request, raw, principal, asked, previous)
+            return await self._admit(exchange, request, raw, principal, asked, keyed, previous)
 
     async def _admit(
         self,
@@ -271,10 +271,12 @@ class ResponsesService:
         raw: bytes,
         principal: Principal,
         asked: str,
+        keyed: Keyed | None,
         previous: StoredResponse | None,
     ) -> Turn:
         """The conversation the engine gets (``previous``'s, continued), admitted:
-        priced by it, charged to the key for ``asked``; encoded, with its items' ids."""
+        priced by it, charged to the key for ``asked``; encoded, with its items' ids,
+        and its affinity key when ``keyed`` (nothing decoded outlives this call)."""
         items, item_ids = conversation(previous, request, self._max_items)
         timeline = exchange.timeline
         timeline.limiting = exchange.clock()
@@ -286,7 +288,9 @@ class ResponsesService:
         if request.store:
             await self._records.check_quota(principal.name)
         timeline.admitted = timeline.looked_up = exchange.clock()  # no cache here: 0 ms
-        return Turn(encoded_items(items, raw, previous), item_ids, first_content(request, items))
+        key = None if keyed is None else keyed.key(request, items)
+        encoded, cuts = encoded_items(items, raw, previous)
+        return Turn(encoded, cuts, encoded_ids(item_ids), key)
 
     async def _complete(
         self,
@@ -303,9 +307,8 @@ class ResponsesService:
             response = orjson.loads(body)
         except orjson.JSONDecodeError:
             response = None
-        if not isinstance(response, dict):  # not a response object: passed on, not kept
-            exchange.finished(None)
-            return Answer(body, [*exchange.ticket.raw_headers], reply.status)
+        if not isinstance(response, dict):  # one past answer_checks' whole parse (64 KiB)
+            raise UpstreamError("engine answered badly: an answer that is not a JSON object")
         if response.get("status") == "failed" and told_response(
             response, self._pool.credentials.secrets
         ):
@@ -365,8 +368,7 @@ class ResponsesService:
     async def delete(self, response_id: str, principal: Principal) -> Answer:
         ticket = await self._charge(principal)
         try:
-            async with self._own(response_id, principal) as loaded:
-                check_found(loaded, principal.name, ResponseNotFoundError(response_id))
+            await self._check_owned(response_id, principal)
             if not await self._records.delete(response_id, principal.name):
                 raise ResponseNotFoundError(response_id)  # another delete came first
         finally:
@@ -377,8 +379,7 @@ class ResponsesService:
     async def cancel(self, response_id: str, principal: Principal) -> Answer:
         ticket = await self._charge(principal)
         try:
-            async with self._own(response_id, principal) as loaded:
-                check_found(loaded, principal.name, ResponseNotFoundError(response_id))
+            await self._check_owned(response_id, principal)
         finally:
             ticket.settle(0)
         raise NotCancellableError("Cannot cancel a synchronous response.", param="response_id")
@@ -404,6 +405,14 @@ class ResponsesService:
         ``rpm`` gets 429 before anything is read, and ``max_concurrent`` bounds how
         many (up to ``responses.max_stored_bytes`` each) it has read at once."""
         return await self._admission.admit(principal.key_scopes(), {}, tokens=False)
+
+    async def _check_owned(self, response_id: str, principal: Principal) -> None:
+        """404 unless the key has a record under ``response_id``: asked of its own
+        bookkeeping, the record neither read nor decoded (up to
+        ``responses.max_stored_bytes`` each, only to learn its owner)."""
+        missing = ResponseNotFoundError(response_id)
+        if not await self._records.owned(response_id, principal.name, missing):
+            raise missing
 
     def _own(self, response_id: str, principal: Principal) -> Loaded:
         """The key's record (``async with``; None when it has none: :func:`check_found`)."""

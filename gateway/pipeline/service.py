@@ -124,7 +124,8 @@ class CompletionService:
                 timeline.authed = exchange.clock()
             memo = principal.name if not principal.model_limits else None
             if memo is not None:
-                self._denials.check(memo)  # over its request rate: 429 before any parsing
+                # over its request rate: 429 before any parsing
+                self._denials.check(memo, principal.limits.rpm)
             planner = self._planner
             if planner.offloads(raw):
                 parsed = await planner.parse_off_loop(route, raw, meta.session_id, principal)
@@ -162,7 +163,7 @@ class CompletionService:
             if principal is None:
                 principal = await self.authenticate(authorization)
             if not principal.model_limits:
-                self._denials.check(principal.name)
+                self._denials.check(principal.name, principal.limits.rpm)
         except GatewayError as exc:
             self._metrics.observe_request(UNRESOLVED_MODEL, route.label, exc.status, 0.0)
             raise
@@ -226,7 +227,7 @@ class CompletionService:
             exchange.admit(await self._admission.admit(scopes, cost_body))
         except RateLimitError as exc:
             if memo is not None:
-                self._denials.note(memo, exc)
+                self._denials.note(memo, exc, principal.limits.rpm)
             raise
         timeline.admitted = exchange.clock()
         granted = exchange.ticket.output_cap if route.generates else None

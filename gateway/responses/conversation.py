@@ -20,6 +20,9 @@ messages): the new ``input`` right after the body is decoded, before any per-ite
 work, and the whole conversation a follow-up sends (the previous response's input
 and output items plus the new ones) once the previous record is loaded: that is what
 the engine gets, and what a chat request could not send either.
+
+An ``item_reference`` among the new items is replaced by the item of the previous
+conversation it names (:mod:`gateway.responses.references`).
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from gateway.errors import GatewayError, InvalidRequestError, NotFoundError
 from gateway.protocol.exact_json import encoded_exactly, is_beyond_64_bits
 from gateway.ratelimit.cost import priced_text_chars
 from gateway.responses.encoding import exact_size
+from gateway.responses.references import UnresolvedReference, resolved
 from gateway.responses.store import StoredResponse
 
 MAX_ITEMS = MAX_MESSAGES
@@ -65,6 +69,18 @@ def shown_id(response_id: str) -> str:
     if len(response_id) <= SHOWN_ID_CHARS:
         return response_id
     return response_id[:SHOWN_ID_CHARS] + "…"
+
+
+class ItemNotFoundError(InvalidRequestError):
+    """An ``item_reference`` to an id the conversation does not hold (400, ``param:
+    "input"``: :mod:`gateway.responses.references`)."""
+
+    def __init__(self, item_id: str) -> None:
+        super().__init__(
+            f"Item with id '{shown_id(item_id)}' not found in the conversation this "
+            "request continues (previous_response_id).",
+            param="input",
+        )
 
 
 class TooManyItemsError(InvalidRequestError):
@@ -253,7 +269,13 @@ def conversation(
         before = len(previous.input_items) + len(previous.output)
         if before + len(new) > max_items:
             raise TooManyItemsError(max_items, before)
+    try:
+        new, places = resolved(new, previous)
+    except UnresolvedReference as exc:
+        raise ItemNotFoundError(exc.item_id) from None
     new_ids = [_item_id(item) for item in new]
+    for place in places:  # listed anew: the item it names is in the conversation already
+        new_ids[place] = _item_id(None)
     if previous is None:
         _check_unique(new_ids)
         return new, new_ids

@@ -6,8 +6,10 @@ record: the response object as the client got it, the input items that produced 
 that may have expired one by one) and its owner, the name of the API key that
 created it. Only the owner sees it: to any other key it does not exist.
 
-Records travel as one JSON document, so any byte store with TTLs holds them
-(:mod:`gateway.backends.memory.responses`, :mod:`gateway.backends.redis.responses`).
+Records travel as bytes (a JSON header and the conversation's JSON array, laid out so
+that a large one is decoded a slice at a time: :mod:`gateway.responses.record_layout`),
+so any byte store with TTLs holds them (:mod:`gateway.backends.memory.responses`,
+:mod:`gateway.backends.redis.responses`).
 """
 
 from __future__ import annotations
@@ -17,7 +19,14 @@ from typing import Any, Protocol
 
 import orjson
 
-from gateway.protocol.exact_json import with_exact_integers
+from gateway.protocol.exact_json import exact_reading, with_exact_integers
+from gateway.responses.record_layout import (
+    encoded_in_slices,
+    read_sliced,
+    slices_of,
+    split_record,
+    write_record,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,7 +45,8 @@ class StoredResponse:
     """The encoded record this one was read from (b"": made here), for :meth:`exact`."""
 
     def encode(self) -> bytes:
-        return encode_record(self.owner, self.response, self.input_items, self.input_ids)
+        items, cuts = encoded_in_slices(self.input_items)
+        return encode_record(self.owner, self.response, items, self.input_ids, cuts)
 
     def exact(self) -> StoredResponse:
         """This record read again with its integers beyond 64 bits as they were written
@@ -52,15 +62,54 @@ class StoredResponse:
         """The record stored under ``response_id``, or None if ``data`` is not one (a
         record of another version, or damage: treated as absent, never as a 500).
         Integers beyond 64 bits are orjson's floats unless ``exact``: the writes that
-        follow look at ``source`` again when they show one (:meth:`exact`)."""
+        follow look at ``source`` again when they show one (:meth:`exact`). Decoded in
+        one go: :meth:`decode_in_turns` for a large record."""
+        parts = split_record(data)
         try:
-            value = orjson.loads(data)
+            if parts is None:  # the earlier layout: one JSON document
+                value = orjson.loads(data)
+                if exact and isinstance(value, dict):
+                    value = with_exact_integers(data, value)
+                return cls._checked(response_id, value, data)
+            header, conversation = parts
+            value = orjson.loads(header)
+            if not isinstance(value, dict):
+                return None
+            slices = slices_of(conversation, value.get("input_slices"))
+            if slices is None:
+                return None
+            read = _exactly if exact else orjson.loads
+            if exact:  # a follow-up, a retrieval sends them as they came
+                value = _exactly(header)
+            value["input"] = [item for piece in slices for item in read(piece)]
         except orjson.JSONDecodeError:
             return None
+        return cls._checked(response_id, value, data)
+
+    @classmethod
+    async def decode_in_turns(cls, response_id: str, data: bytes) -> StoredResponse | None:
+        """:meth:`decode`, the conversation a slice per turn of the event loop
+        (:mod:`gateway.responses.record_layout`)."""
+        parts = split_record(data)
+        if parts is None:
+            return cls.decode(response_id, data)
+        header, conversation = parts
+        try:
+            value = orjson.loads(header)
+            if not isinstance(value, dict):
+                return None
+            slices = slices_of(conversation, value.get("input_slices"))
+            if slices is None:
+                return None
+            value["input"] = await read_sliced(slices)
+        except orjson.JSONDecodeError:
+            return None
+        return cls._checked(response_id, value, data)
+
+    @classmethod
+    def _checked(cls, response_id: str, value: Any, data: bytes) -> StoredResponse | None:
         if not isinstance(value, dict):
             return None
-        if exact:  # a follow-up, a retrieval sends them as they came
-            value = with_exact_integers(data, value)
         owner, response, items = value.get("owner"), value.get("response"), value.get("input")
         ids = value.get("input_ids")
         if not isinstance(owner, str) or not isinstance(response, dict):
@@ -78,13 +127,23 @@ class StoredResponse:
         return output if isinstance(output, list) else []
 
 
-def encode_record(owner: str, response: dict[str, Any], input_items: Any, ids: list[str]) -> bytes:
-    """A record as stored; ``input_items`` a list, or an :class:`orjson.Fragment` of
-    one already encoded (the conversation, encoded once for the engine and the record).
-    Raises ``orjson.JSONEncodeError`` (a ``TypeError``) for what orjson cannot write."""
-    return orjson.dumps(
-        {"owner": owner, "response": response, "input": input_items, "input_ids": ids}
-    )
+def encode_record(
+    owner: str, response: dict[str, Any], input_items: bytes, ids: Any, cuts: list[int]
+) -> bytes:
+    """A record as stored (:mod:`gateway.responses.record_layout`): ``input_items`` the
+    conversation encoded, cut at ``cuts`` (:func:`encoded_in_slices`: once, for the
+    engine and the record); ``ids`` a list, or an :class:`orjson.Fragment` of one
+    encoded (kept so while the engine answers). Raises ``orjson.JSONEncodeError`` (a
+    ``TypeError``) for what orjson cannot write."""
+    fields = {"owner": owner, "response": response, "input_ids": ids}
+    return write_record(fields, input_items, cuts)
+
+
+def _exactly(source: memoryview) -> Any:
+    """``source`` read with its integers beyond 64 bits as written (orjson's reading
+    when it holds none)."""
+    exact = exact_reading(source.tobytes())
+    return orjson.loads(source) if exact is None else exact
 
 
 class ResponseStore(Protocol):

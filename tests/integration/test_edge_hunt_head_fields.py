@@ -128,3 +128,20 @@ def test_a_request_in_absolute_form_is_served_as_its_path(gateway: Gateway) -> N
         gateway, completion(b"POST http://elsewhere/v1/chat/completions HTTP/1.1", b"host: a")
     )
     assert received.startswith(b"HTTP/1.1 200 "), received[:300]
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"NOT HTTP AT ALL\r\n\r\n", completion(POST), completion(POST, b"host: a", b"host: b")],
+)
+def test_a_refused_head_gets_an_x_request_id_as_every_answer_does(
+    gateway: Gateway, data: bytes
+) -> None:
+    """The answers the connection writes itself (no request reached the application)
+    carried no ``x-request-id``, against README's "every response carries one"."""
+    received = exchange(gateway, data)
+    refusal(received, b"400")
+    head = received.partition(b"\r\n\r\n")[0].split(b"\r\n")
+    ids = [line[len(b"x-request-id: ") :] for line in head if line.startswith(b"x-request-id: ")]
+    assert len(ids) == 1 and ids[0].startswith(b"req_") and len(ids[0]) > 8, head
+    assert exchange(gateway, data) != received  # a fresh id each time

@@ -238,11 +238,18 @@ async def test_a_head_with_as_many_fields_as_allowed_is_served() -> None:
     assert conn.app.paths == ["/p"] and conn.transport.written.startswith(b"HTTP/1.1 200 ")
 
 
-async def test_an_http_0_9_request_is_refused() -> None:
+@pytest.mark.parametrize(
+    "head",
+    [b"GET /p\r\n\r\n", b"GET /p HTTP/0.9\r\n\r\n", b"GET /p HTTP/0.9\r\nhost: x\r\n\r\n"],
+    ids=["no version", "0.9", "0.9 with one Host"],
+)
+async def test_an_http_0_9_request_is_refused(head: bytes) -> None:
     """llhttp takes ``GET /p`` as HTTP/0.9 (no version, no fields, no Host), and uvicorn
-    handed the app an ``http_version`` ASGI does not have."""
+    handed the app an ``http_version`` ASGI does not have. One with a single ``Host``
+    passed the head's checks, which ran only for a head without exactly one Host (it
+    was served, a 200)."""
     conn = Connection()
-    conn.send(b"GET /p\r\n\r\n")
+    conn.send(head)
     await conn.settle()
     assert "HTTP/0.9" in answered_400(conn)
     assert conn.app.paths == []

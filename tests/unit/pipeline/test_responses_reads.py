@@ -22,6 +22,7 @@ from gateway.pipeline.response_events import (
     relay_response_events,
 )
 from gateway.pipeline.response_records import ResponseRecords
+from gateway.pipeline.responses import NotCancellableError
 from gateway.responses.conversation import ResponseNotFoundError
 from gateway.responses.store import StoredResponse
 from gateway.upstream.relay import StreamOutcome
@@ -51,6 +52,25 @@ async def test_another_keys_record_is_never_read() -> None:
     assert store.reads == 0  # neither read a record: both cost one look at bob's own
     async with records.loaded("resp_a", "alice", missing) as loaded:
         assert loaded is not None and loaded.owner == "alice" and store.reads == 1
+
+
+async def test_delete_and_cancel_never_read_the_record() -> None:
+    """Delete and cancel read and decoded the whole record (up to 8 MiB) only to learn
+    its owner; the key's own bookkeeping (``owns``) says as much."""
+    store = CountingStore(1 << 24)
+    world = responses_world(store=store)
+    answer = await create_answer(world, {"model": MODEL, "input": "hi"})
+    principal = await world.service.caller(f"Bearer {KEY}")
+    with pytest.raises(NotCancellableError):
+        await world.service.cancel(answer["id"], principal)
+    with pytest.raises(ResponseNotFoundError):
+        await world.service.cancel("resp_unknown", principal)
+    deleted = await world.service.delete(answer["id"], principal)
+    assert orjson.loads(deleted.body)["deleted"] is True
+    with pytest.raises(ResponseNotFoundError):
+        await world.service.delete(answer["id"], principal)
+    assert store.reads == 0  # unfixed: 2 (one record read and decoded by each)
+    assert await store.get(answer["id"]) is None
 
 
 async def test_memory_store_owns_only_its_owners_live_records() -> None:

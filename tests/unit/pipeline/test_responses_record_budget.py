@@ -16,6 +16,7 @@ import pytest
 
 from gateway.pipeline.record_budget import ByteBudget
 from gateway.pipeline.results import Answer
+from gateway.responses import store as store_module
 from gateway.upstream.fake import FakeRequest, Scripted
 from tests.helpers.waiting import until
 from tests.unit.pipeline.responses_world import KEY, MODEL, create_answer, responses_world
@@ -78,3 +79,39 @@ async def test_the_budget_lets_loads_in_turn_and_forgets_one_that_left() -> None
     assert budget.held == 70
     budget.release(70)
     assert await budget.acquire(500) == 100  # larger than the whole: all of it, alone
+
+
+async def test_a_follow_up_in_flight_holds_nothing_decoded_from_its_record() -> None:
+    """The ids of the previous record's items, one decoded ``str`` each (1.7 MB for
+    20,000 items), and the affinity key's source (the first item's content) were kept
+    until the engine answered; now they are kept encoded, or not at all."""
+    world = responses_world(max_messages=ITEMS + 10, max_prompt_chars=1 << 24)
+    items = [{"type": "message", "role": "user", "content": "hi", "n": n} for n in range(ITEMS)]
+    first = await create_answer(world, {"model": MODEL, "input": items})
+    principal = await world.service.caller(f"Bearer {KEY}")
+    gate = asyncio.Event()
+    arrived: list[int] = []
+
+    def held(request: FakeRequest) -> Scripted:
+        arrived.append(1)
+        found = re.search(rb'"request_id":"(resp_\w+)"', request.body)
+        assert found is not None
+        answer: dict[str, Any] = {"id": found.group(1).decode(), "object": "response"}
+        return Scripted(body=orjson.dumps(answer), gate=gate)
+
+    world.upstream.handler = held
+    body = orjson.dumps({"model": MODEL, "input": "more", "previous_response_id": first["id"]})
+    tracemalloc.start(64)
+    try:
+        follow_up = asyncio.create_task(world.service.create(body, principal, "r1", None))
+        await until(lambda: len(arrived) == 1)
+        snapshot = tracemalloc.take_snapshot()
+        gate.set()
+        assert isinstance(await follow_up, Answer)
+    finally:
+        tracemalloc.stop()
+    decoded = snapshot.filter_traces(
+        [tracemalloc.Filter(True, store_module.__file__, all_frames=True)]
+    )
+    alive = sum(stat.size for stat in decoded.statistics("filename"))
+    assert alive < 64 * 1024  # unfixed: ~1.7 MB, the items' ids

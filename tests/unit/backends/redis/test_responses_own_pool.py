@@ -120,3 +120,31 @@ async def test_redis_known_down_fails_at_once(redis_url: str) -> None:
             await store.usage("alice")
     finally:
         await link.close()
+
+
+async def test_after_a_call_redis_did_not_answer_reads_fail_at_once_until_one_succeeds(
+    redis_url: str,
+) -> None:
+    """Follow-ups load their records a few at a time per key: each waiting the whole
+    deadline in turn on a silent Redis held the last for several deadlines. After a
+    call that got no answer, reads fail at once (the shared link untouched); a write is
+    still tried, and its success ends that."""
+    async with holding_proxy(redis_url) as proxy:
+        link = RedisLink(proxy.url, timeout_s=0.25, retry_s=60.0)
+        store = RedisResponseStore(link, prefix=f"test:{uuid.uuid4().hex}:", timeout_s=0.3)
+        try:
+            assert await store.put("big", BIG, 60, "carol", None)
+            with pytest.raises(StoreUnavailable):
+                await store.get("big")  # held past the deadline
+            loop = asyncio.get_running_loop()
+            began = loop.time()
+            with pytest.raises(StoreUnavailable):
+                await store.owns("big", "carol")  # Redis would answer this one
+            assert loop.time() - began < 0.1
+            assert link.failures == 0
+            link.check()  # the limiter and the cache still use Redis
+            assert await store.put("small", b"{}", 60, "carol", None)  # tried all the same
+            assert await store.owns("small", "carol")
+        finally:
+            proxy.release.set()
+            await link.close()

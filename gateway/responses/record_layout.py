@@ -1,0 +1,108 @@
+"""How a stored record lies in its bytes, so that a large one is decoded a slice at a
+time on the event loop.
+
+A record of up to ``responses.max_stored_bytes`` (8 MiB) of small items takes orjson
+30-90 ms to decode, and orjson holds the GIL for the whole call: decoded in a thread
+(as a large create body is), it stalls the event loop all the same (measured on an
+8 MiB record: the loop waited up to 160 ms between turns, longer than decoding it on
+the loop), and several decoded at once in threads held their records' objects
+together (a test's peak went from 6.7 to 8.7 MB). So the conversation, the bulk of
+a record, is written in slices of at most :data:`SLICE_ITEMS` items whose bounds the
+record names, and a large record is read one slice per turn of the event loop
+(:func:`read_sliced`).
+
+A record is a header, a newline and the conversation. The header is a JSON object:
+``owner``, ``response``, ``input_ids`` and ``input_slices``; the conversation is its
+slices one after the other, each a JSON array (``[a,b][c,d]``), and ``input_slices``
+the offset in it where each slice ends. Each slice is decoded where it lies, never
+copied. orjson never writes a raw newline, so the first one ends the header. A
+record of the earlier layout (one JSON document, the items in its ``input``: no
+newline) is still read, whole.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from itertools import pairwise
+from typing import Any
+
+import orjson
+
+SLICE_ITEMS = 256
+"""The most items a slice holds: one slice of small items decodes in about a
+millisecond."""
+
+SEPARATOR = b"\n"
+
+
+def encoded_in_slices(items: list[Any]) -> tuple[bytes, list[int]]:
+    """``items`` as one JSON array (what ``orjson.dumps(items)`` writes) and the offsets
+    of the commas between its slices. Raises ``orjson.JSONEncodeError`` as
+    ``orjson.dumps`` does."""
+    if len(items) <= SLICE_ITEMS:
+        return orjson.dumps(items), []
+    joined = bytearray(b"[")
+    cuts: list[int] = []
+    for start in range(0, len(items), SLICE_ITEMS):
+        if start:
+            cuts.append(len(joined))
+            joined += b","
+        part = orjson.dumps(items[start : start + SLICE_ITEMS])
+        joined += memoryview(part)[1:-1]
+    joined += b"]"
+    return bytes(joined), cuts
+
+
+def write_record(fields: dict[str, Any], items: bytes, cuts: list[int]) -> bytes:
+    """The record of the header ``fields`` and the conversation ``items`` (one JSON
+    array, cut at ``cuts``: :func:`encoded_in_slices`), sliced. Raises
+    ``orjson.JSONEncodeError`` for ``fields`` that orjson cannot write."""
+    view = memoryview(items)
+    bounds = [0, *cuts, len(items) - 1]  # "[", the cuts' commas, "]"
+    parts: list[Any] = []
+    ends: list[int] = []
+    size = 0
+    for start, end in pairwise(bounds):
+        parts += (b"[", view[start + 1 : end], b"]")
+        size += end - start + 1
+        ends.append(size)
+    header = orjson.dumps({**fields, "input_slices": ends})
+    return b"".join((header, SEPARATOR, *parts))
+
+
+def split_record(data: bytes) -> tuple[memoryview, memoryview] | None:
+    """A record's header and conversation (views of ``data``, not copies); None for a
+    record of the earlier layout."""
+    end = data.find(SEPARATOR)
+    if end < 0:
+        return None
+    view = memoryview(data)
+    return view[:end], view[end + 1 :]
+
+
+def slices_of(conversation: memoryview, ends: Any) -> list[memoryview] | None:
+    """The slices of ``conversation`` that end at ``ends`` (the header's
+    ``input_slices``); None when they do not bound JSON arrays that fill it."""
+    if not isinstance(ends, list) or not ends or ends[-1] != len(conversation):
+        return None
+    found: list[memoryview] = []
+    start = 0
+    for end in ends:
+        if type(end) is not int or not start + 2 <= end <= len(conversation):
+            return None
+        piece = conversation[start:end]
+        if piece[0] != 0x5B or piece[-1] != 0x5D:  # "[" ... "]"
+            return None
+        found.append(piece)
+        start = end
+    return found
+
+
+async def read_sliced(slices: list[memoryview]) -> list[Any]:
+    """The items of ``slices``, decoded one per turn of the event loop. Raises
+    ``orjson.JSONDecodeError`` for one that does not read."""
+    read: list[Any] = []
+    for piece in slices:
+        await asyncio.sleep(0)
+        read.extend(orjson.loads(piece))
+    return read
