@@ -23,6 +23,10 @@ it counts this replica's share, not the key's window, and once Redis answers aga
 the shared limiter decides (before, the memo kept refusing the key for up to a
 minute after Redis was back, on a count Redis never saw). While Redis is down such a
 key's requests are parsed and refused by the local limiter, in memory.
+
+A 429 answered from the memo is a rate-limited request like the limiter's own: it
+is counted in ``vgate_rate_limited_requests_total`` (kind ``requests``) too, or the
+figure would show one refusal per window however many requests were refused.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from gateway.errors import RateLimitError
+from gateway.observability.metrics import GatewayMetrics
 from gateway.ratelimit.limits import retry_after_header
 
 DEFAULT_MAX_KEYS = 10_000
@@ -49,9 +54,13 @@ class DenialMemo:
     """Keys over their request rate, by key name, until their window reopens."""
 
     def __init__(
-        self, clock: Callable[[], float] = time.monotonic, max_keys: int = DEFAULT_MAX_KEYS
+        self,
+        clock: Callable[[], float] = time.monotonic,
+        max_keys: int = DEFAULT_MAX_KEYS,
+        metrics: GatewayMetrics | None = None,
     ) -> None:
         self._clock = clock
+        self._metrics = metrics
         self._max_keys = max_keys
         self._denials: dict[str, _Denial] = {}
 
@@ -67,6 +76,8 @@ class DenialMemo:
         if left <= 0 or denial.rpm != rpm:
             del self._denials[key_name]
             return
+        if self._metrics is not None:
+            self._metrics.rate_limited.labels(key_name, "requests").inc()
         raise RateLimitError(denial.message, "requests", denial.headers | retry_after_header(left))
 
     def note(self, key_name: str, error: RateLimitError, rpm: int | None = None) -> None:

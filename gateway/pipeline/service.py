@@ -99,7 +99,7 @@ class CompletionService:
         self._answers = EngineAnswers(
             forwarder, pool, cache, metrics, debug_headers, planner.engine_names
         )
-        self._denials = DenialMemo()
+        self._denials = DenialMemo(metrics=metrics)
 
     async def handle(self, route: Route, raw: bytes, meta: RequestMeta) -> Result:
         """Answer one request; every failure is raised as a :class:`GatewayError`.
