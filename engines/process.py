@@ -248,8 +248,9 @@ class EngineProcess:
                 preexec_fn=functools.partial(die_with_parent, os.getpid()),
             )
         except BaseException:  # no engine: nothing to keep, and no stop() will reap it
-            keeper.kill()
-            keeper.wait()
+            if keeper is not None:
+                keeper.kill()
+                keeper.wait()
             raise
         finally:
             os.close(output)  # the engine's copy is the only one: its end ends the keeper
