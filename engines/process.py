@@ -42,6 +42,9 @@ _PR_SET_PDEATHSIG = 1
 _API_SERVER_MODULE = "vllm.entrypoints.openai.api_server"
 _REAP_TIMEOUT_S = 5.0
 _LOG_SETTLE_S = 2.0  # an exited engine's last output reaching its log (a straggler aside)
+STOP_OVERRUN_S = _REAP_TIMEOUT_S + 2 * _LOG_SETTLE_S
+"""The longest :meth:`EngineProcess.stop` takes past its ``timeout_s``: the SIGKILLed
+group's reaping, then the log's settling, twice at worst (the keeper cut off between)."""
 _NOT_SERVED = frozenset({400, 404, 405, 501})
 
 
