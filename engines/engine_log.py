@@ -18,23 +18,35 @@ not reach it), ignores SIGINT, SIGTERM and SIGHUP, and exits when the pipe ends,
 is once every process of the engine has exited, having written everything: an engine
 killed with SIGKILL (by vgate, or by the guardian after vgate's death) loses no line.
 A keeper that cannot write any more (a full disk) drops what it reads, and says so
-once on its stderr, rather than stall the engine on a full pipe.
+once on its stderr, rather than stall the engine on a full pipe; it tries again, on the
+log opened anew, once :data:`RETRY_BYTES` more were dropped or :data:`RETRY_S` passed
+(at the next read: no timer, no busy loop), and the first line it writes then says
+how much was lost. Without :mod:`fcntl` (not a POSIX system) there is no keeper: the
+engine writes its log itself, unrotated, as before the keeper existed, with a warning.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
+
+logger = logging.getLogger("vgate.engines")
 
 _READ_SIZE = 256 * 1024
 _LINE_SLACK = 64 * 1024  # how far past the limit a line begun in a full file may go
 _PIPE_SIZE = 1024 * 1024  # what an engine may write ahead of the keeper (Linux' default max)
 _F_SETPIPE_SZ = 1031
+RETRY_BYTES = 4 * 1024 * 1024
+"""Output dropped (after a write error) before the keeper tries writing again."""
+RETRY_S = 10.0
+"""Seconds after a write error before the keeper tries again (at its next read)."""
 
 
 def open_private_log(path: Path) -> int:
@@ -125,13 +137,26 @@ class RotatingLog:
                 if older.exists():
                     os.replace(older, rotated_path(self.path, index + 1))
             os.replace(self.path, rotated_path(self.path, 1))
-        os.close(self._fd)
+        self._close()
         self._fd = open_private_log(self.path)
         self._size = 0
         self._mid_line = False  # (a line split here goes on as the new file's first)
 
+    def reopen(self) -> None:
+        """Open ``path`` anew, after a failed write or rotation left the state unknown."""
+        with contextlib.suppress(OSError):
+            self._close()
+        self._fd = open_private_log(self.path)
+        self._size = os.fstat(self._fd).st_size
+        self._mid_line = False
+
     def close(self) -> None:
-        os.close(self._fd)
+        self._close()
+
+    def _close(self) -> None:
+        fd, self._fd = self._fd, -1  # never closed twice: the number may be reused
+        if fd >= 0:
+            os.close(fd)
 
     def _append(self, data: bytes) -> None:
         view = memoryview(data)
@@ -152,14 +177,22 @@ def write_line(path: Path, max_bytes: int, keep: int, line: str) -> None:
         log.close()
 
 
-def start_keeper(path: Path, max_bytes: int, keep: int) -> tuple[subprocess.Popen[bytes], int]:
+def start_keeper(
+    path: Path, max_bytes: int, keep: int
+) -> tuple[subprocess.Popen[bytes] | None, int]:
     """The keeper of ``path``, and the pipe's write end to give the engine as its output
-    (the caller closes its copy once the engine is spawned)."""
+    (the caller closes its copy once the engine is spawned). Without :mod:`fcntl` (no
+    POSIX system: the keeper's sessions and signals are POSIX too) no keeper, and the
+    log itself as the engine's output, with a warning."""
+    try:
+        import fcntl
+    except ImportError:
+        logger.warning("no fcntl on this system: engine log %s is written directly, "
+                    "never rotated", path)  # fmt: skip
+        return None, open_private_log(path)
     read_end, write_end = os.pipe()
     try:
         with contextlib.suppress(OSError):  # Linux only; the default (64 KiB) works too
-            import fcntl
-
             fcntl.fcntl(write_end, _F_SETPIPE_SZ, _PIPE_SIZE)
         keeper = subprocess.Popen(
             [sys.executable, "-m", "engines.engine_log", str(path), str(max_bytes), str(keep)],
@@ -175,19 +208,39 @@ def start_keeper(path: Path, max_bytes: int, keep: int) -> tuple[subprocess.Pope
     return keeper, write_end
 
 
-def keep(source: int, log: RotatingLog) -> None:
-    """Copy ``source`` into ``log`` until it ends; on a write error, drain and drop."""
-    failed = False
+def keep(
+    source: int, log: RotatingLog, retry_bytes: int = RETRY_BYTES, retry_s: float = RETRY_S
+) -> None:
+    """Copy ``source`` into ``log`` until it ends; after a write error, drop what is read
+    until ``retry_bytes`` more were dropped or ``retry_s`` passed, then try again."""
+    dropped = untried = 0  # bytes lost since the error; since the last try
+    tried_at = 0.0
     while chunk := os.read(source, _READ_SIZE):
-        if failed:
+        if dropped and untried < retry_bytes and time.monotonic() - tried_at < retry_s:
+            dropped += len(chunk)
+            untried += len(chunk)
             continue
         try:
+            if dropped:
+                log.reopen()
+                log.write(f"\nvgate engine log: {dropped} bytes of the engine's output "
+                          "were dropped (could not write); writing again\n".encode())  # fmt: skip
             log.write(chunk)
         except OSError as exc:
-            failed = True
-            with contextlib.suppress(OSError):
-                print(f"vgate engine log {log.path}: cannot write ({exc}); dropping the "
-                      "engine's output", file=sys.stderr, flush=True)  # fmt: skip
+            if not dropped:
+                _say(f"vgate engine log {log.path}: cannot write ({exc}); dropping the "
+                     "engine's output, trying again now and then")  # fmt: skip
+            dropped += len(chunk)
+            untried, tried_at = 0, time.monotonic()
+            continue
+        if dropped:
+            _say(f"vgate engine log {log.path}: writing again ({dropped} bytes dropped)")
+            dropped = 0
+
+
+def _say(line: str) -> None:
+    with contextlib.suppress(OSError):
+        print(line, file=sys.stderr, flush=True)
 
 
 def main(argv: list[str]) -> int:

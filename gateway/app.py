@@ -60,10 +60,10 @@ from gateway.upstream.factory import build_upstream
 
 log = logging.getLogger("vgate.app")
 
-ENGINE_STOP_SLACK_S = 20.0
+ENGINE_STOP_SLACK_S = 30.0
 """Added to managed engines' drain and stop timeouts for their close step: the
-supervisor bounds each replica's drain-and-stop itself (with a smaller margin) and
-then its registry updates; this outer deadline is the backstop."""
+supervisor bounds each replica's drain-and-stop itself (with a smaller margin, 22 s)
+and then its registry updates (5 s each); this outer deadline is the backstop."""
 
 
 def create_app(

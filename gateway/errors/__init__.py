@@ -5,7 +5,8 @@ subclass fixes the HTTP status, the OpenAI ``type`` and, where OpenAI defines
 one, the ``code``, so that the official SDK raises the matching exception class
 (``BadRequestError`` for 400, ``NotFoundError`` for 404, ...). Translation from
 transport exceptions (aiohttp, redis) happens at the boundary that raises them;
-this package imports nothing else of ours (:mod:`gateway.errors.engine_text`: what
+this package imports nothing else of ours (:mod:`gateway.errors.engine_body`: what an
+engine's error answer says; :mod:`gateway.errors.engine_text`: what
 of an engine's error text reaches the client; :mod:`gateway.errors.engine_internals`:
 what of it never does; :mod:`gateway.errors.retry_hints`: the
 ``Retry-After`` and ``retry-after-ms`` of the gateway's own refusals).
@@ -13,13 +14,12 @@ what of it never does; :mod:`gateway.errors.retry_hints`: the
 
 from __future__ import annotations
 
-import re
-from typing import Any
-
 import orjson
 
+from gateway.errors.engine_body import engine_error
 from gateway.errors.engine_internals import (
     engine_failure_message,
+    engine_field,
     without_internals,
     without_secrets,
 )
@@ -311,9 +311,6 @@ CONTEXT_LENGTH_MARKERS = (
 )
 """vLLM 0.32's messages for a prompt (plus output) that does not fit the context."""
 
-_HTML_TITLE = re.compile(rb"(?is)<title[^<>]*>([^<]*)</title>")
-"""An HTML page's title. Linear: each try stops at the next ``<`` (``[^>]*`` read to the
-end of the body from every ``<title`` without a ``>``: quadratic in a page of up to 256 MB)."""
 _MAX_MESSAGE = 4000
 
 
@@ -330,9 +327,11 @@ def openai_error(
     (``context_length_exceeded`` with ``param`` the prompt's field). A 4xx keeps the
     engine's message, with the engine-side names of the model in ``renamed`` written
     as the client's and what is internal to the engine (a traceback, addresses, file
-    paths, the engines' keys in ``secrets``) removed; a 5xx's message is replaced
-    whole, being the engine operator's (:mod:`gateway.errors.engine_internals`)."""
-    message, param, code = _engine_error(raw)
+    paths, the engines' keys in ``secrets``) removed, from its ``param`` and ``code`` too
+    (each cut to 256 characters); a 5xx's message is replaced whole, being the engine
+    operator's (:mod:`gateway.errors.engine_internals`)."""
+    message, param, code = engine_error(raw)
+    param, code = engine_field(param, secrets), engine_field(code, secrets)  # as messages are
     fallback = "server_error" if status >= 500 else "invalid_request_error"
     error_type = STATUS_TYPES.get(status, fallback)
     if status < 500 and any(marker in message for marker in CONTEXT_LENGTH_MARKERS):
@@ -347,54 +346,3 @@ def openai_error(
         message = hide_names(message, renamed[:-1], renamed[-1], _MAX_MESSAGE)
     message = without_internals(message, _MAX_MESSAGE) or f"engine answered HTTP {status}"
     return error_body(message, error_type, param, code)
-
-
-def _engine_error(raw: bytes) -> tuple[str, str | None, str | None]:
-    """The message, param and (string) code of an engine's error body; for a body that
-    is not an error object, its text."""
-    try:
-        data = orjson.loads(raw) if raw[:1] == b"{" else None
-    except orjson.JSONDecodeError:
-        data = None
-    error = data.get("error") if isinstance(data, dict) else None
-    if isinstance(error, str):  # {"error": "text"} (some servers), or FastAPI's {"detail"}
-        return error, None, None
-    if isinstance(data, dict) and error is None and data.get("object") == "error":
-        error = data  # older vLLM: {"object": "error", "message", "type", "param", "code"}
-    if not isinstance(error, dict):
-        detail = data.get("detail") if isinstance(data, dict) else None
-        if isinstance(detail, str):
-            return detail, None, None
-        if isinstance(detail, list) and detail and isinstance(detail[0], dict):
-            return _validation_message(detail), None, None  # FastAPI's 422
-        message = data.get("message") if isinstance(data, dict) else None
-        if isinstance(message, str):  # {"message": "text"} (some servers)
-            return message, None, None
-        return _text_message(raw), None, None
-    message = error.get("message")
-    param = error.get("param")
-    code = error.get("code")
-    return (
-        message if isinstance(message, str) else "",
-        param if isinstance(param, str) else None,
-        code if isinstance(code, str) else None,  # vLLM's is the HTTP status: not a code
-    )
-
-
-def _text_message(raw: bytes) -> str:
-    """A body that is no error object: its text, or for an HTML page (a proxy's in
-    front of the engine) its title, the markup being no message (empty without one)."""
-    if raw.lstrip()[:1] != b"<":
-        return raw.decode("utf-8", "replace").strip()
-    title = _HTML_TITLE.search(raw)
-    return " ".join(title.group(1).decode("utf-8", "replace").split()) if title else ""
-
-
-def _validation_message(detail: list[Any]) -> str:
-    """FastAPI's validation errors (``{"detail": [{"loc": [...], "msg": ...}, ...]}``)
-    as one line: the first error's field and message, and how many more there are."""
-    first = detail[0]
-    where = ".".join(str(part) for part in first.get("loc") or () if part != "body")
-    message = f"{where}: {first.get('msg')}" if where else str(first.get("msg"))
-    more = len(detail) - 1
-    return message + (f" (and {more} more)" if more else "")

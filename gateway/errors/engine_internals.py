@@ -60,6 +60,22 @@ def without_internals(message: str, limit: int) -> str:
     return _ABSOLUTE_PATH.sub("<path>", message)[:limit]
 
 
+MAX_FIELD = 256
+"""The longest ``param``, ``code`` or ``type`` of an engine's error relayed (characters)."""
+
+
+def engine_field(value: object, secrets: tuple[str, ...] = ()) -> str | None:
+    """An engine error's ``param``, ``code`` or ``type`` as a client may see it: a string
+    cleaned as a message is (:func:`without_secrets`, :func:`without_internals`) and cut
+    to :data:`MAX_FIELD`; None for anything else, or nothing left (an engine relays
+    whatever it likes there: a path, an address, a key, a megabyte)."""
+    if not isinstance(value, str):
+        return None
+    kept = without_secrets(value, secrets, MAX_FIELD + 1)  # one more: a cut word goes whole
+    cleaned = without_internals(kept, MAX_FIELD)
+    return cleaned or None
+
+
 def without_secrets(message: str, secrets: tuple[str, ...], limit: int) -> str:
     """The first ``limit`` characters of ``message`` with every occurrence of each of
     ``secrets`` (the engines' keys) written :data:`SECRET_MARK`, overlapping ones as

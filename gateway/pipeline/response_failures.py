@@ -20,7 +20,7 @@ from typing import Any
 
 import orjson
 
-from gateway.errors.engine_internals import without_internals, without_secrets
+from gateway.errors.engine_internals import engine_field, without_internals, without_secrets
 from gateway.protocol.exact_json import encoded_exactly
 
 FAILURE_MARKS = (b'"type":"error"', b'"type": "error"', b'"response.failed"')
@@ -35,8 +35,9 @@ def has_failure(batch: bytes) -> bool:
 
 
 def told_failures(batch: bytes, secrets: tuple[str, ...] = ()) -> bytes:
-    """``batch`` with the message of each ``error`` and ``response.failed`` event told
-    without the engine's internals nor ``secrets`` (the engines' keys); ``batch``
+    """``batch`` with the message of each ``error`` and ``response.failed`` event (and
+    its ``code``, ``param`` and ``type``) told without the engine's internals nor
+    ``secrets`` (the engines' keys); ``batch``
     itself when there is nothing to change."""
     events = batch.split(b"\n\n")
     changed = False
@@ -77,15 +78,36 @@ def _told_event(source: bytes, secrets: tuple[str, ...]) -> bytes | None:
 
 
 def told_response(response: dict[str, Any], secrets: tuple[str, ...] = ()) -> bool:
-    """Tell a failed response's ``error.message`` so (in place); whether it changed."""
+    """Tell a failed response's ``error`` so (in place); whether it changed."""
     error = response.get("error")
     return isinstance(error, dict) and _tell(error, secrets)
 
 
+FIELDS = ("code", "param", "type")
+"""An error's fields besides its message that an engine fills as it likes: cleaned and
+bounded as its message is (:func:`gateway.errors.engine_internals.engine_field`)."""
+
+
+def _clean_fields(error: dict[str, Any], secrets: tuple[str, ...]) -> bool:
+    """Clean ``error``'s :data:`FIELDS` in place (a string left empty, or no string,
+    becomes null); whether any changed (an ``error`` event's own ``type`` stays)."""
+    changed = False
+    for name in FIELDS:
+        value = error.get(name)
+        if value is None:
+            continue
+        cleaned = engine_field(value, secrets)
+        if cleaned != value:
+            error[name] = cleaned
+            changed = True
+    return changed
+
+
 def _tell(error: dict[str, Any], secrets: tuple[str, ...], code: Any = None) -> bool:
+    changed = _clean_fields(error, secrets)
     message = error.get("message")
     if not isinstance(message, str):
-        return False
+        return changed
     code = error.get("code", code)
     if code in SERVER_CODES or error.get("type") == "server_error":
         told = FAILED_MESSAGE
@@ -93,6 +115,6 @@ def _tell(error: dict[str, Any], secrets: tuple[str, ...], code: Any = None) -> 
         kept = without_secrets(message, secrets, MAX_MESSAGE)
         told = without_internals(kept, MAX_MESSAGE) or FAILED_MESSAGE
     if told == message:
-        return False
+        return changed
     error["message"] = told
     return True

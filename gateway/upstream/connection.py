@@ -42,6 +42,8 @@ import httptools
 
 from gateway.errors import UpstreamError
 from gateway.upstream.transport import (
+    CLOSED_MID_ANSWER,
+    INVALID_RESPONSE,
     MAX_ANSWER_BYTES,
     EngineUnreachable,
     redirect_refused,
@@ -163,12 +165,18 @@ class EngineConnection(asyncio.Protocol):
         return self._take()
 
     def _raise_if_broken(self) -> None:
-        if self._failure is not None:
-            raise UpstreamError(f"engine answered badly: {self._failure}")
+        failure = self._failure
+        if failure is not None:  # the parser's failure in the aiohttp client's words
+            told = (
+                INVALID_RESPONSE
+                if failure == _PARSE_FAILURE
+                else f"engine answered badly: {failure}"
+            )
+            raise UpstreamError(told)
         if self.closed:
             if not self.head_done:
                 raise EngineUnreachable("the engine closed the connection before answering")
-            raise UpstreamError("the engine closed the connection before the answer ended")
+            raise UpstreamError(CLOSED_MID_ANSWER)
 
     def _take(self) -> bytes:
         chunks = self._chunks
@@ -239,7 +247,7 @@ class EngineConnection(asyncio.Protocol):
             self._parser.feed_data(data)
         except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
             if self._failure is None:  # (else a callback refused the response: _Refused)
-                self._failure = "an invalid HTTP response"  # the parser's words: logged
+                self._failure = _PARSE_FAILURE  # the parser's words: logged
                 log.warning("engine %s:%d sent an invalid HTTP response: %s: %s",
                             self.origin[1], self.origin[2], type(exc).__name__, exc)  # fmt: skip
             self.close()
@@ -320,5 +328,7 @@ class EngineConnection(asyncio.Protocol):
         raise _Refused(why)
 
 
+_PARSE_FAILURE = "an invalid HTTP response"
+"""``_failure`` when the parser refused the bytes (told as ``INVALID_RESPONSE``)."""
 _IDENTITY = (b"identity", b"")
 """``Content-Encoding`` values of a body as it is (no coding)."""

@@ -205,6 +205,7 @@ def test_an_engine_that_cannot_be_spawned_leaves_no_keeper_behind(
 
     def recording(path: Path, max_bytes: int, count: int) -> tuple[subprocess.Popen[bytes], int]:
         keeper, output = start_keeper(path, max_bytes, count)
+        assert keeper is not None
         keepers.append(keeper)
         return keeper, output
 
