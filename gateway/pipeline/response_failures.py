@@ -10,8 +10,9 @@ whole and any other's is kept less what is internal, before a client sees it or 
 is stored. vLLM's own ``{"error": {...}}`` events are mapped by the relay already
 (:func:`gateway.upstream.relay.mapped_error_events`).
 
-Only a batch holding one of :data:`FAILURE_MARKS` is looked at (a byte search; inside
-a JSON string a quote is escaped, so generated text never matches).
+Only a batch holding :data:`FAILURE_SIGN` and one of :data:`FAILURE_MARKS` is looked at
+(byte searches; inside a JSON string a quote is escaped, so generated text never
+matches).
 """
 
 from __future__ import annotations
@@ -30,8 +31,15 @@ SERVER_CODES = frozenset({"server_error", "internal_error", "internal_server_err
 FAILED_MESSAGE = "The engine failed while handling this request; the details are in its log."
 
 
+FAILURE_SIGN = b'"error"'
+"""In every event :func:`told_failures` changes: the ``type`` of an ``error`` event, the
+``error`` key of a ``response.failed`` event's response (what is told). An event's
+response shows ``"error":null`` too, but the events that carry one are a few of a
+stream (its deltas carry none): one search per batch, the marks only where it hits."""
+
+
 def has_failure(batch: bytes) -> bool:
-    return any(mark in batch for mark in FAILURE_MARKS)
+    return FAILURE_SIGN in batch and any(mark in batch for mark in FAILURE_MARKS)
 
 
 def told_failures(batch: bytes, secrets: tuple[str, ...] = ()) -> bytes:

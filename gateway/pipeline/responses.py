@@ -83,7 +83,12 @@ from gateway.responses.conversation import (
     new_response_id,
     read_create,
 )
-from gateway.responses.encoding import encoded_ids, encoded_items, exactly_read, written_exactly
+from gateway.responses.encoding import (
+    encoded_ids,
+    encoded_items,
+    exactly_read,
+    written_from_record,
+)
 from gateway.responses.listing import input_items_page
 from gateway.responses.store import ResponseStore, StoredResponse
 from gateway.rollouts.choice import VariantChooser
@@ -289,7 +294,7 @@ class ResponsesService:
             await self._records.check_quota(principal.name)
         timeline.admitted = timeline.looked_up = exchange.clock()  # no cache here: 0 ms
         key = None if keyed is None else keyed.key(request, items)
-        encoded, cuts = encoded_items(items, raw, previous)
+        encoded, cuts = await encoded_items(items, raw, previous)
         return Turn(encoded, cuts, encoded_ids(item_ids), key)
 
     async def _complete(
@@ -358,9 +363,7 @@ class ResponsesService:
         try:
             async with self._own(response_id, principal) as loaded:
                 record = check_found(loaded, principal.name, ResponseNotFoundError(response_id))
-                body = written_exactly(
-                    orjson.dumps, record.response, lambda: record.exact().response
-                )
+                body = await written_from_record(record.response, record, _response_of)
                 return Answer(body, [])
         finally:
             ticket.settle(0)
@@ -392,8 +395,8 @@ class ResponsesService:
             async with self._own(response_id, principal) as loaded:
                 record = check_found(loaded, principal.name, ResponseNotFoundError(response_id))
                 page = input_items_page(record, query)
-                body = written_exactly(
-                    orjson.dumps, page, lambda: input_items_page(record.exact(), query)
+                body = await written_from_record(
+                    page, record, lambda exact: input_items_page(exact, query)
                 )
                 return Answer(body, [])
         finally:
@@ -417,3 +420,7 @@ class ResponsesService:
     def _own(self, response_id: str, principal: Principal) -> Loaded:
         """The key's record (``async with``; None when it has none: :func:`check_found`)."""
         return self._records.loaded(response_id, principal.name, ResponseNotFoundError(response_id))
+
+
+def _response_of(record: StoredResponse) -> dict[str, Any]:
+    return record.response

@@ -21,35 +21,39 @@ from typing import Any
 import orjson
 
 from gateway.protocol.exact_json import exact_reading, restored, shows_big_float
-from gateway.responses.record_layout import encoded_in_slices
+from gateway.responses.record_layout import encoded_in_turns
 from gateway.responses.references import resolved
 from gateway.responses.store import StoredResponse
 
 
-def encoded_items(
+async def encoded_items(
     items: list[Any], raw: bytes, previous: StoredResponse | None
 ) -> tuple[bytes, list[int]]:
     """``items`` (:func:`gateway.responses.conversation.conversation`'s, from
     ``previous`` and the create body ``raw``) as JSON, each integer beyond 64 bits as
     its source wrote it, and the cuts between its slices (the record's layout:
-    :func:`gateway.responses.record_layout.encoded_in_slices`)."""
-    encoded, cuts = encoded_in_slices(items)
+    :func:`gateway.responses.record_layout.encoded_in_slices`). ``previous`` is read
+    again exactly a slice per turn of the event loop (:meth:`StoredResponse.exact`)."""
+    encoded, cuts = await encoded_in_turns(items)
     if not shows_big_float(encoded):
-        return exact_size(encoded), cuts
+        return (encoded if cuts else exact_size(encoded)), cuts  # joined: at its size
     before: list[Any] = []
     exact = previous
     if previous is not None:
-        exact = previous.exact()
+        exact = await previous.exact()
         before = [*exact.input_items, *exact.output]
+    # The items before the new ones are ``previous``'s as orjson read them, unchanged:
+    # its exact reading is them as written (no walk over the whole conversation).
     new = items[len(before) :]
     body = exact_reading(raw)
     if body is None:  # none in the body: a referenced item may hold one still
         body = orjson.loads(raw)
     given = body.get("input") if isinstance(body, dict) else None
+    exact_new = new
     if isinstance(given, list) and len(given) == len(new):
-        new = resolved(given, exact)[0]  # a reference read as the item it names
-    encoded, cuts = encoded_in_slices(restored(items, [*before, *new]))
-    return exact_size(encoded), cuts
+        exact_new = resolved(given, exact)[0]  # a reference read as the item it names
+    encoded, cuts = await encoded_in_turns([*before, *restored(new, exact_new)])
+    return (encoded if cuts else exact_size(encoded)), cuts
 
 
 def encoded_ids(ids: list[str]) -> bytes:
@@ -78,3 +82,13 @@ def written_exactly(write: Callable[[Any], bytes], value: Any, exact: Callable[[
     read from an integer beyond 64 bits (``exact``: the same value read exactly)."""
     encoded = write(value)
     return write(exact()) if shows_big_float(encoded) else encoded
+
+
+async def written_from_record(
+    value: Any, record: StoredResponse, exact: Callable[[StoredResponse], Any]
+) -> bytes:
+    """``orjson.dumps(value)`` (``value`` taken from ``record``), or of ``exact`` of the
+    record read again exactly (a slice per turn of the event loop:
+    :meth:`StoredResponse.exact`) when that shows a float of 1e16 or more."""
+    encoded = orjson.dumps(value)
+    return orjson.dumps(exact(await record.exact())) if shows_big_float(encoded) else encoded

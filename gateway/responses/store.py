@@ -14,14 +14,16 @@ so any byte store with TTLs holds them (:mod:`gateway.backends.memory.responses`
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import orjson
 
-from gateway.protocol.exact_json import exact_reading, with_exact_integers
+from gateway.protocol.exact_json import with_exact_integers
 from gateway.responses.record_layout import (
     encoded_in_slices,
+    read_exactly,
     read_sliced,
     slices_of,
     split_record,
@@ -48,13 +50,15 @@ class StoredResponse:
         items, cuts = encoded_in_slices(self.input_items)
         return encode_record(self.owner, self.response, items, self.input_ids, cuts)
 
-    def exact(self) -> StoredResponse:
+    async def exact(self) -> StoredResponse:
         """This record read again with its integers beyond 64 bits as they were written
         (:mod:`gateway.protocol.exact_json`): only for a write that shows a float of
-        1e16 or more, as orjson reads such an integer (the rare record)."""
+        1e16 or more, as orjson reads such an integer (the rare record; but any text
+        with "e+" and a run of 19 digits makes one, so a slice per turn of the event
+        loop, as :meth:`decode_in_turns` reads)."""
         if not self.source:
             return self
-        exact = StoredResponse.decode(self.id, self.source, exact=True)
+        exact = await StoredResponse.decode_in_turns(self.id, self.source, exact=True)
         return self if exact is None else exact
 
     @classmethod
@@ -78,30 +82,34 @@ class StoredResponse:
             slices = slices_of(conversation, value.get("input_slices"))
             if slices is None:
                 return None
-            read = _exactly if exact else orjson.loads
+            read = read_exactly if exact else orjson.loads
             if exact:  # a follow-up, a retrieval sends them as they came
-                value = _exactly(header)
+                value = read_exactly(header)
             value["input"] = [item for piece in slices for item in read(piece)]
         except orjson.JSONDecodeError:
             return None
         return cls._checked(response_id, value, data)
 
     @classmethod
-    async def decode_in_turns(cls, response_id: str, data: bytes) -> StoredResponse | None:
+    async def decode_in_turns(
+        cls, response_id: str, data: bytes, exact: bool = False
+    ) -> StoredResponse | None:
         """:meth:`decode`, the conversation a slice per turn of the event loop
         (:mod:`gateway.responses.record_layout`)."""
         parts = split_record(data)
         if parts is None:
-            return cls.decode(response_id, data)
+            return cls.decode(response_id, data, exact)
         header, conversation = parts
         try:
-            value = orjson.loads(header)
+            if exact:  # its own turn: a header of 85,000 ids takes the parser ~10 ms
+                await asyncio.sleep(0)
+            value = read_exactly(header) if exact else orjson.loads(header)
             if not isinstance(value, dict):
                 return None
             slices = slices_of(conversation, value.get("input_slices"))
             if slices is None:
                 return None
-            value["input"] = await read_sliced(slices)
+            value["input"] = await read_sliced(slices, exact)
         except orjson.JSONDecodeError:
             return None
         return cls._checked(response_id, value, data)
@@ -137,13 +145,6 @@ def encode_record(
     ``TypeError``) for what orjson cannot write."""
     fields = {"owner": owner, "response": response, "input_ids": ids}
     return write_record(fields, input_items, cuts)
-
-
-def _exactly(source: memoryview) -> Any:
-    """``source`` read with its integers beyond 64 bits as written (orjson's reading
-    when it holds none)."""
-    exact = exact_reading(source.tobytes())
-    return orjson.loads(source) if exact is None else exact
 
 
 class ResponseStore(Protocol):

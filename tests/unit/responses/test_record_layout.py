@@ -101,3 +101,34 @@ async def test_the_event_loop_turns_between_slices() -> None:
     await ticking
     assert record is not None and len(record.input_items) == ITEMS
     assert during >= 4  # one turn per slice: unfixed, none (decoded in one call)
+
+
+async def test_the_exact_reading_turns_the_event_loop_between_slices() -> None:
+    """Text with "e+" and a run of 19 digits makes every write of a record show a float
+    of 1e16 or more, so any tenant can have its record read again exactly at every
+    follow-up and retrieval: read whole by the standard library's parser, an 8 MiB
+    record held the loop ~190 ms. It is read a slice per turn now, and stays exact."""
+    record = _record(ITEMS)
+    record.input_items[-1]["n"] = orjson.Fragment(b"123456789012345678901234567890")
+    data = record.encode()
+    read = await StoredResponse.decode_in_turns("resp_1", data)
+    assert read is not None
+    turns = 0
+    done = False
+
+    async def ticker() -> None:
+        nonlocal turns
+        while not done:
+            turns += 1
+            await asyncio.sleep(0)
+
+    ticking = asyncio.create_task(ticker())
+    await asyncio.sleep(0)
+    start = turns
+    exact = await read.exact()
+    during = turns - start
+    done = True
+    await ticking
+    assert orjson.dumps(exact.input_items[-1]["n"]) == b"123456789012345678901234567890"
+    assert exact.input_items[:-1] == read.input_items[:-1]
+    assert during >= 4  # one turn per slice: unfixed, none (read in one call)
