@@ -10,10 +10,15 @@ command (bug hunt):
   that is not UTF-8 (a config saved as UTF-16 or Latin-1) died with a
   ``UnicodeDecodeError`` traceback and exit status 1, where every other bad config
   file is one ``vgate: ...`` line and exit status 2.
+* The same with a ``VGATE_*`` variable that must hold JSON and does not
+  (``VGATE_AUTH__KEYS=[{...`` cut short, ``VGATE_MODELS=smollm2``): a pydantic
+  ``SettingsError`` traceback, exit status 1. Now one line naming the variable, and
+  never its value (``VGATE_AUTH__KEYS`` holds secrets).
 """
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -122,4 +127,35 @@ def test_a_config_file_that_is_not_utf8_is_one_line_and_exit_2(
         assert "Traceback" not in done.stderr, done.stderr
         assert done.stderr.startswith(f"vgate: {config}"), done.stderr
         assert "UTF-8" in done.stderr, done.stderr
+        assert done.stdout == ""
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("VGATE_AUTH__KEYS", '[{"name": "a", "key": "sk-SECRET-in-env-0123"'),
+        ("VGATE_MODELS", "smollm2"),
+        ("VGATE_ROLLOUTS", "{"),
+    ],
+)
+def test_an_env_variable_that_is_not_json_is_one_line_and_exit_2(
+    tmp_path: Path, variable: str, value: str
+) -> None:
+    config = tmp_path / "vgate.yaml"
+    config.write_text("auth: {enabled: false}\n")
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("VGATE_")}
+    for command in (["keys", "list", "--json"], ["serve"]):
+        done = subprocess.run(
+            [sys.executable, "-m", "gateway", *command, "--config", str(config)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+            env=environ | {variable: value},
+        )
+        assert done.returncode == 2, (command, done.stderr)
+        assert "Traceback" not in done.stderr, done.stderr
+        assert done.stderr.startswith("vgate: "), done.stderr
+        assert variable in done.stderr, done.stderr
+        assert value not in done.stderr and "SECRET" not in done.stderr, done.stderr
         assert done.stdout == ""
