@@ -12,6 +12,7 @@ This is the only module that reads the environment.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,12 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+)
 
 from gateway.config.models import ModelSettings, OverloadSettings
 from gateway.config.responses import ResponsesSettings
@@ -175,6 +181,8 @@ def load_settings(config_path: Path | None = None) -> Settings:
         return Settings(**data)
     except ValidationError as exc:
         raise ConfigError(_describe(exc, path)) from None
+    except SettingsError as exc:  # a value that must be JSON is not: was a traceback
+        raise ConfigError(_env_not_json(exc, os.environ)) from None
 
 
 def with_overrides(settings: Settings, **server: Any) -> Settings:
@@ -199,6 +207,10 @@ def _read_yaml(path: Path) -> dict[str, Any]:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:  # saved as UTF-16 or Latin-1: was a traceback
+        raise ConfigError(
+            f"{path} is not UTF-8 text (byte {exc.start}): save it as UTF-8"
+        ) from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -221,6 +233,23 @@ def _reject_unknown_env(environ: Mapping[str, str]) -> None:
                 f"unknown environment variable {name}: "
                 f"expected {ENV_PREFIX}<section>__<key> with section one of {sorted(sections)}"
             )
+
+
+def _env_not_json(exc: SettingsError, environ: Mapping[str, str]) -> str:
+    """Which variables may hold the JSON that did not parse (a list or a mapping: models,
+    rollouts, auth.keys, ...), never their values: ``VGATE_AUTH__KEYS`` holds secrets."""
+    field = re.search(r'field "(\w+)"', str(exc))
+    section = f"{ENV_PREFIX}{field.group(1).upper()}" if field else ENV_PREFIX
+    names = sorted(
+        name
+        for name in environ
+        if name.startswith(section) and name not in TOOL_ENV_VARS
+        and (field is None or name == section or name.startswith(section + "__"))
+    )  # fmt: skip
+    return (
+        f"{' or '.join(names) or 'a ' + section + '* variable'}: not valid JSON "
+        "(a list or a mapping is expected there)"
+    )
 
 
 def _describe(exc: ValidationError, path: Path | None) -> str:

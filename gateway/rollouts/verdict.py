@@ -139,8 +139,11 @@ def step_weights(
 
 
 def _tidy(weight: float) -> float:
-    """Rounded to 6 decimals: shares like 1/3 stay readable in the state and the API."""
-    return round(weight, 6)
+    """Rounded to 6 decimals: shares like 1/3 stay readable in the state and the API.
+    A weight above 0 stays above 0: rounded to 0, a promotion from weights like 1e-7
+    (which ``/weights`` accepts) left every variant at 0 and the rollout serving no one."""
+    rounded = round(weight, 6)
+    return rounded if rounded > 0 or weight <= 0 else weight
 
 
 def rollback_weights(
