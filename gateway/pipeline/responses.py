@@ -42,11 +42,9 @@ from gateway.config.responses import ResponsesSettings
 from gateway.config.sections import MAX_PROMPT_CHARS
 from gateway.errors import (
     GatewayError,
-    InvalidRequestError,
     ModelNotFoundError,
     UpstreamError,
     UpstreamStatusError,
-    error_body,
 )
 from gateway.observability.metrics import GatewayMetrics
 from gateway.observability.timeline import SERVER_TIMING
@@ -63,22 +61,21 @@ from gateway.pipeline.response_events import (
     relay_response_events,
 )
 from gateway.pipeline.response_failures import told_response
-from gateway.pipeline.response_records import Keeper, Loaded, ResponseRecords
+from gateway.pipeline.response_records import Keeper, ResponseRecords
 from gateway.pipeline.response_turns import Keyed, Turn, usage_tokens
 from gateway.pipeline.results import Answer, EventStream, Result
+from gateway.pipeline.stored_responses import NotCancellableError as NotCancellableError
+from gateway.pipeline.stored_responses import StoredResponses
 from gateway.pipeline.usage import response_input_tokens as input_tokens
 from gateway.pool.engine_pool import EnginePool
 from gateway.protocol.exact_json import encoded_exactly
-from gateway.ratelimit.admission import Admission, Ticket
+from gateway.ratelimit.admission import Admission
 from gateway.responses.conversation import (
     MAX_ITEMS,
     CreateRequest,
     PreviousResponseNotFoundError,
-    ResponseNotFoundError,
     check_found,
-    check_text_size,
     conversation,
-    cost_body,
     engine_payload,
     new_response_id,
     read_create,
@@ -87,9 +84,8 @@ from gateway.responses.encoding import (
     encoded_ids,
     encoded_items,
     exactly_read,
-    written_from_record,
 )
-from gateway.responses.listing import input_items_page
+from gateway.responses.pricing import check_text_size, cost_body
 from gateway.responses.store import ResponseStore, StoredResponse
 from gateway.rollouts.choice import VariantChooser
 from gateway.rollouts.contracts import NoObserver, VariantObserver
@@ -102,13 +98,6 @@ log = logging.getLogger("vgate.responses")
 PATH = "/v1/responses"
 LABEL = "responses"
 _VARIANT = VARIANT_HEADER.encode()
-
-
-class NotCancellableError(InvalidRequestError):
-    """Cancel of a response not created in the background (400, as at OpenAI: no code)."""
-
-    def body(self) -> bytes:
-        return error_body(self.message, self.error_type, self.param, None)
 
 
 class ResponsesService:
@@ -143,6 +132,7 @@ class ResponsesService:
         self._authenticator = authenticator
         self._admission = admission
         self._records = ResponseRecords(store, settings, metrics)
+        self._stored = StoredResponses(admission, self._records)
 
     async def caller(self, authorization: str | None) -> Principal:
         """Who is calling, from the headers alone (401 before any body is read)."""
@@ -356,71 +346,18 @@ class ResponsesService:
         )
         return EventStream(events, [*exchange.ticket.raw_headers], exchange.close, mark.error_event)
 
-    # -- stored responses ---------------------------------------------------------
+    # -- stored responses (:class:`StoredResponses`) ------------------------------
 
     async def retrieve(self, response_id: str, principal: Principal) -> Answer:
-        ticket = await self._charge(principal)
-        try:
-            async with self._own(response_id, principal) as loaded:
-                record = check_found(loaded, principal.name, ResponseNotFoundError(response_id))
-                body = await written_from_record(record.response, record, _response_of)
-                return Answer(body, [])
-        finally:
-            ticket.settle(0)
+        return await self._stored.retrieve(response_id, principal)
 
     async def delete(self, response_id: str, principal: Principal) -> Answer:
-        ticket = await self._charge(principal)
-        try:
-            await self._check_owned(response_id, principal)
-            if not await self._records.delete(response_id, principal.name):
-                raise ResponseNotFoundError(response_id)  # another delete came first
-        finally:
-            ticket.settle(0)
-        body = {"id": response_id, "object": "response", "deleted": True}
-        return Answer(orjson.dumps(body), [])
+        return await self._stored.delete(response_id, principal)
 
     async def cancel(self, response_id: str, principal: Principal) -> Answer:
-        ticket = await self._charge(principal)
-        try:
-            await self._check_owned(response_id, principal)
-        finally:
-            ticket.settle(0)
-        raise NotCancellableError("Cannot cancel a synchronous response.", param="response_id")
+        return await self._stored.cancel(response_id, principal)
 
     async def input_items(
         self, response_id: str, principal: Principal, query: Mapping[str, str]
     ) -> Answer:
-        ticket = await self._charge(principal)
-        try:
-            async with self._own(response_id, principal) as loaded:
-                record = check_found(loaded, principal.name, ResponseNotFoundError(response_id))
-                page = input_items_page(record, query)
-                body = await written_from_record(
-                    page, record, lambda exact: input_items_page(exact, query)
-                )
-                return Answer(body, [])
-        finally:
-            ticket.settle(0)
-
-    async def _charge(self, principal: Principal) -> Ticket:
-        """A request on stored responses counts against its key's request rate and
-        concurrency (no tokens; the key's own limits, not a model's): a key over its
-        ``rpm`` gets 429 before anything is read, and ``max_concurrent`` bounds how
-        many (up to ``responses.max_stored_bytes`` each) it has read at once."""
-        return await self._admission.admit(principal.key_scopes(), {}, tokens=False)
-
-    async def _check_owned(self, response_id: str, principal: Principal) -> None:
-        """404 unless the key has a record under ``response_id``: asked of its own
-        bookkeeping, the record neither read nor decoded (up to
-        ``responses.max_stored_bytes`` each, only to learn its owner)."""
-        missing = ResponseNotFoundError(response_id)
-        if not await self._records.owned(response_id, principal.name, missing):
-            raise missing
-
-    def _own(self, response_id: str, principal: Principal) -> Loaded:
-        """The key's record (``async with``; None when it has none: :func:`check_found`)."""
-        return self._records.loaded(response_id, principal.name, ResponseNotFoundError(response_id))
-
-
-def _response_of(record: StoredResponse) -> dict[str, Any]:
-    return record.response
+        return await self._stored.input_items(response_id, principal, query)

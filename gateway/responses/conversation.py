@@ -36,7 +36,6 @@ import orjson
 from gateway.config.sections import MAX_MESSAGES
 from gateway.errors import GatewayError, InvalidRequestError, NotFoundError
 from gateway.protocol.exact_json import encoded_exactly, is_beyond_64_bits
-from gateway.ratelimit.cost import priced_text_chars
 from gateway.responses.encoding import exact_size
 from gateway.responses.references import UnresolvedReference, resolved
 from gateway.responses.store import StoredResponse
@@ -337,69 +336,6 @@ def engine_payload(
     if cap is not None and (request.max_output_tokens is None or request.max_output_tokens > cap):
         body["max_output_tokens"] = cap
     return exact_size(orjson.dumps(body) if source is None else encoded_exactly(body, source))
-
-
-def cost_body(request: CreateRequest, items: list[Any]) -> dict[str, Any]:
-    """What admission prices (:func:`gateway.ratelimit.cost.request_cost`): the
-    conversation's text as messages, its non-text parts (images, files, audio) as one
-    message of parts, priced as chat's are, the request's ``tools``, and
-    ``max_output_tokens`` as the output wanted."""
-    texts: list[dict[str, Any]] = []
-    media: list[dict[str, Any]] = []
-    instructions = request.body.get("instructions")
-    if isinstance(instructions, str):
-        texts.append({"content": instructions})
-    for item in items:
-        texts.extend({"content": text} for text in _texts(item, media))
-    if media:
-        texts.append({"content": media})
-    return {
-        "messages": texts,
-        "tools": request.body.get("tools"),
-        "max_tokens": request.max_output_tokens,
-    }
-
-
-def check_text_size(priced: dict[str, Any], max_chars: int) -> None:
-    """400 when the conversation's text (``priced``: :func:`cost_body`'s, instructions
-    included) is more than ``max_chars`` characters, as a chat's messages are
-    (``server.max_prompt_chars``; the whole conversation, continued turns included),
-    counted by the walk the token estimate makes (:func:`priced_text_chars`): the
-    ``tools`` it prices count too (they did not: a request carried unbounded ``tools``
-    past the cap)."""
-    if priced_text_chars(priced) > max_chars:
-        raise InvalidRequestError(f"request text exceeds {max_chars} characters", param="input")
-
-
-_UNRENDERED = frozenset({"type", "id", "status", "role"})
-"""An item's string fields the engine does not put in front of the model."""
-
-
-def _texts(item: Any, media: list[dict[str, Any]]) -> list[str]:
-    """The text of one input or output item: a message's content (its string, or its
-    parts' text); any other item's every string field but :data:`_UNRENDERED` (a
-    function call's ``name``, ``call_id`` and ``arguments`` become a chat tool call the
-    template renders, as chat prices ``tool_calls`` by their JSON; an output's
-    ``output``), and its parts' text. Parts without text are added to ``media``."""
-    if not isinstance(item, dict):
-        return []
-    if item.get("type", "message") == "message":
-        content = item.get("content")
-        found = [content] if isinstance(content, str) else []
-    else:
-        found = [v for k, v in item.items() if isinstance(v, str) and k not in _UNRENDERED]
-    for key in ("content", "summary", "output"):
-        parts = item.get(key)
-        if isinstance(parts, list):
-            for part in parts:
-                if not isinstance(part, dict):
-                    continue
-                text = part.get("text")
-                if isinstance(text, str):
-                    found.append(text)
-                else:
-                    media.append(part)
-    return found
 
 
 def check_found(record: StoredResponse | None, owner: str, error: GatewayError) -> StoredResponse:

@@ -23,7 +23,8 @@ from gateway.ratelimit.cost import (
     Cost,
     request_cost,
 )
-from gateway.responses.conversation import conversation, cost_body, read_create
+from gateway.responses.conversation import conversation, read_create
+from gateway.responses.pricing import cost_body
 
 DESCRIPTION = "Looks a thing up. " * 600  # 10,800 characters: about 2,700 tokens
 USER = {"role": "user", "content": "hi"}

@@ -12,11 +12,11 @@ from gateway.responses.conversation import (
     PreviousResponseNotFoundError,
     check_found,
     conversation,
-    cost_body,
     engine_payload,
     read_create,
 )
 from gateway.responses.listing import input_items_page
+from gateway.responses.pricing import cost_body
 from gateway.responses.store import StoredResponse
 
 ANSWER = {"id": "msg_a", "type": "message", "role": "assistant", "content": [{"text": "Hi!"}]}

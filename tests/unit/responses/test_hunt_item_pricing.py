@@ -15,12 +15,11 @@ import pytest
 from gateway.errors import InvalidRequestError
 from gateway.ratelimit.cost import request_cost
 from gateway.responses.conversation import (
-    check_text_size,
     conversation,
-    cost_body,
     read_create,
 )
 from gateway.responses.listing import input_items_page
+from gateway.responses.pricing import check_text_size, cost_body
 from gateway.responses.store import StoredResponse
 
 BIG = 200_000
