@@ -88,6 +88,10 @@ class Attempt:
     json_object: bool = False
     """Its 2xx answer must be a JSON object (the completion and Responses routes, whose
     answers are relayed as ``application/json``): anything else is a 502."""
+    parsed_whole: bool = False
+    """Its 2xx JSON answer is checked by parsing it whole, whatever its size (the
+    Responses route reads it whole anyway, from ``reply.answer``): a large one that is
+    not JSON is the engine's failure like a small one, never the route's to find."""
 
 
 class Forwarder:
@@ -188,7 +192,7 @@ class Forwarder:
             if reply.status < 300 and (
                 attempt.json_object or reply.content_type == "application/json"
             ):
-                refused = checked_json(reply, attempt.json_object)
+                refused = checked_json(reply, attempt.json_object, attempt.parsed_whole)
                 if refused is not None:  # it answered: never sent to another engine
                     end_attempt(exchange, mark, reply.status, "status")
                     self._pool.record_failure(url)

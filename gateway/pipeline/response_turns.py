@@ -12,6 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from gateway.pipeline.parsing import affinity_key
 from gateway.responses.conversation import CreateRequest
 
@@ -39,6 +41,15 @@ class Keyed:
     def key(self, request: CreateRequest, items: list[Any]) -> bytes:
         first = first_content(request, items)
         return affinity_key(affinity_body(request, first), self.session_id, self.prefix_chars)
+
+
+def parsed_answer(body: bytes) -> Any:
+    """An engine's answer read again after a tap changed it (None when it does not read:
+    the forwarder parsed it first)."""
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
 
 
 def usage_tokens(response: dict[str, Any]) -> int | None:

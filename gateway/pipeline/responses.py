@@ -62,7 +62,7 @@ from gateway.pipeline.response_events import (
 )
 from gateway.pipeline.response_failures import told_response
 from gateway.pipeline.response_records import Keeper, ResponseRecords
-from gateway.pipeline.response_turns import Keyed, Turn, usage_tokens
+from gateway.pipeline.response_turns import Keyed, Turn, parsed_answer, usage_tokens
 from gateway.pipeline.results import Answer, EventStream, Result
 from gateway.pipeline.stored_responses import NotCancellableError as NotCancellableError
 from gateway.pipeline.stored_responses import StoredResponses
@@ -222,7 +222,7 @@ class ResponsesService:
         payload = engine_payload(request, items, response_id, served, cap, raw)
         attempt = Attempt(
             model, PATH, payload, request_id, policy, turn.key,
-            key=principal.name, priority=priority, json_object=True,
+            key=principal.name, priority=priority, json_object=True, parsed_whole=True,
         )  # fmt: skip
         taps: list[BatchTap] = []
         if served != asked:
@@ -298,11 +298,9 @@ class ResponsesService:
         body = reply.body
         for tap in taps:
             body = tap.inspect(body)
-        try:
-            response = orjson.loads(body)
-        except orjson.JSONDecodeError:
-            response = None
-        if not isinstance(response, dict):  # one past answer_checks' whole parse (64 KiB)
+        # Checked a JSON object and parsed by the forwarder (parsed_whole), whatever its size
+        response = reply.answer if body is reply.body else parsed_answer(body)
+        if not isinstance(response, dict):
             raise UpstreamError("engine answered badly: an answer that is not a JSON object")
         if response.get("status") == "failed" and told_response(
             response, self._pool.credentials.secrets

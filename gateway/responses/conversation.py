@@ -37,7 +37,7 @@ from gateway.config.sections import MAX_MESSAGES
 from gateway.errors import GatewayError, InvalidRequestError, NotFoundError
 from gateway.protocol.exact_json import encoded_exactly, is_beyond_64_bits
 from gateway.responses.encoding import exact_size
-from gateway.responses.references import UnresolvedReference, resolved
+from gateway.responses.references import RepeatedReference, UnresolvedReference, resolved
 from gateway.responses.store import StoredResponse
 
 MAX_ITEMS = MAX_MESSAGES
@@ -272,6 +272,8 @@ def conversation(
         new, places = resolved(new, previous)
     except UnresolvedReference as exc:
         raise ItemNotFoundError(exc.item_id) from None
+    except RepeatedReference as exc:
+        raise _duplicate(exc.item_id) from None
     new_ids = [_item_id(item) for item in new]
     for place in places:  # listed anew: the item it names is in the conversation already
         new_ids[place] = _item_id(None)
@@ -294,9 +296,13 @@ def _check_unique(ids: list[str]) -> None:
     seen: set[str] = set()
     for item_id in ids:
         if item_id in seen:
-            message = f"Duplicate item found with id {item_id[:80]!r}."
-            raise InvalidRequestError(message, param="input")
+            raise _duplicate(item_id)
         seen.add(item_id)
+
+
+def _duplicate(item_id: str) -> InvalidRequestError:
+    """The 400 for an item id given twice (or referenced twice)."""
+    return InvalidRequestError(f"Duplicate item found with id {item_id[:80]!r}.", param="input")
 
 
 def _item_id(item: Any) -> str:

@@ -7,9 +7,11 @@ A record of up to ``responses.max_stored_bytes`` (8 MiB) of small items takes or
 8 MiB record: the loop waited up to 160 ms between turns, longer than decoding it on
 the loop), and several decoded at once in threads held their records' objects
 together (a test's peak went from 6.7 to 8.7 MB). So the conversation, the bulk of
-a record, is written in slices of at most :data:`SLICE_ITEMS` items whose bounds the
-record names, and a large record is read one slice per turn of the event loop
-(:func:`read_sliced`).
+a record, is written in slices of at most :data:`SLICE_ITEMS` items and
+:data:`SLICE_BYTES` bytes (a slice of 256 items of 32 KiB was the whole 8 MiB record
+again) whose bounds the record names, and a large record is read one slice per turn
+of the event loop (:func:`read_sliced`). One item larger than that is a slice of its
+own.
 
 A record is a header, a newline and the conversation. The header is a JSON object:
 ``owner``, ``response``, ``input_ids`` and ``input_slices``; the conversation is its
@@ -34,6 +36,9 @@ SLICE_ITEMS = 256
 """The most items a slice holds: one slice of small items decodes in about a
 millisecond."""
 
+SLICE_BYTES = 256 * 1024
+"""The most bytes a slice of more than one item takes (a few milliseconds to decode)."""
+
 SEPARATOR = b"\n"
 
 
@@ -41,38 +46,61 @@ def encoded_in_slices(items: list[Any]) -> tuple[bytes, list[int]]:
     """``items`` as one JSON array (what ``orjson.dumps(items)`` writes) and the offsets
     of the commas between its slices. Raises ``orjson.JSONEncodeError`` as
     ``orjson.dumps`` does."""
-    if len(items) <= SLICE_ITEMS:
-        return orjson.dumps(items), []
-    joined = bytearray(b"[")
-    cuts: list[int] = []
+    parts: list[bytes] = []
     for start in range(0, len(items), SLICE_ITEMS):
-        _join_slice(joined, cuts, items, start)
-    joined += b"]"
-    return bytes(joined), cuts
+        parts += _slice_parts(items[start : start + SLICE_ITEMS])
+    return _joined(parts)
 
 
 async def encoded_in_turns(items: list[Any]) -> tuple[bytes, list[int]]:
-    """:func:`encoded_in_slices`, a slice per turn of the event loop (8 MiB of small
-    items took orjson ~20 ms in one go); in one go when there is one slice."""
-    if len(items) <= SLICE_ITEMS:
-        return orjson.dumps(items), []
+    """:func:`encoded_in_slices`, a slice of items per turn of the event loop (8 MiB of
+    small items took orjson ~20 ms in one go)."""
+    parts: list[bytes] = []
+    for start in range(0, len(items), SLICE_ITEMS):
+        if start:
+            await asyncio.sleep(0)
+        parts += _slice_parts(items[start : start + SLICE_ITEMS])
+    return _joined(parts)
+
+
+def _slice_parts(chunk: list[Any]) -> list[bytes]:
+    """``chunk`` (at most :data:`SLICE_ITEMS` items) as one JSON array, or as several
+    of at most :data:`SLICE_BYTES` each when it is larger (:func:`_by_size`)."""
+    part = orjson.dumps(chunk)
+    return _by_size(chunk) if len(part) > SLICE_BYTES and len(chunk) > 1 else [part]
+
+
+def _joined(parts: list[bytes]) -> tuple[bytes, list[int]]:
+    """The JSON arrays ``parts`` as one, and the offsets of the commas between them."""
+    if len(parts) <= 1:
+        return (parts[0] if parts else b"[]"), []
     joined = bytearray(b"[")
     cuts: list[int] = []
-    for start in range(0, len(items), SLICE_ITEMS):
-        await asyncio.sleep(0)
-        _join_slice(joined, cuts, items, start)
+    for part in parts:
+        if len(joined) > 1:
+            cuts.append(len(joined))
+            joined += b","
+        joined += memoryview(part)[1:-1]
     joined += b"]"
     return bytes(joined), cuts
 
 
-def _join_slice(joined: bytearray, cuts: list[int], items: list[Any], start: int) -> None:
-    """Append the slice of ``items`` from ``start`` to ``joined`` (an array being
-    written), after a comma noted in ``cuts`` unless it is the first."""
-    if start:
-        cuts.append(len(joined))
-        joined += b","
-    part = orjson.dumps(items[start : start + SLICE_ITEMS])
-    joined += memoryview(part)[1:-1]
+def _by_size(items: list[Any]) -> list[bytes]:
+    """``items`` as JSON arrays of consecutive items, each of at most
+    :data:`SLICE_BYTES` (or of one item), encoded item by item (orjson writes an array
+    as its items joined by commas, no spaces)."""
+    parts: list[bytes] = []
+    group: list[bytes] = []
+    size = 0
+    for item in items:
+        one = orjson.dumps(item)
+        if group and size + len(one) > SLICE_BYTES:
+            parts.append(b"[" + b",".join(group) + b"]")
+            group, size = [], 0
+        group.append(one)
+        size += len(one) + 1
+    parts.append(b"[" + b",".join(group) + b"]")
+    return parts
 
 
 def write_record(fields: dict[str, Any], items: bytes, cuts: list[int]) -> bytes:

@@ -31,6 +31,14 @@ class UnresolvedReference(LookupError):
         self.item_id = item_id
 
 
+class RepeatedReference(ValueError):
+    """An id (``item_id``) that more than one reference of a request names."""
+
+    def __init__(self, item_id: str) -> None:
+        super().__init__(item_id)
+        self.item_id = item_id
+
+
 def is_reference(item: Any) -> bool:
     """Whether ``item`` is an item reference: ``type: "item_reference"``, or an object
     of an ``id`` and no more (as OpenAI's ``ItemReference``, whose ``type`` may be
@@ -46,16 +54,21 @@ def is_reference(item: Any) -> bool:
 def resolved(new: list[Any], previous: StoredResponse | None) -> tuple[list[Any], list[int]]:
     """``new`` with each reference replaced by the item it names in ``previous``'s
     conversation, and the positions replaced; ``new`` itself when it holds none.
-    Raises :class:`UnresolvedReference` for a reference the conversation lacks."""
+    Raises :class:`UnresolvedReference` for a reference the conversation lacks, and
+    :class:`RepeatedReference` for an id referenced twice (see the module docstring)."""
     places = [n for n, item in enumerate(new) if is_reference(item)]
     if not places:
         return new, places
     found = _items_by_id(previous)
     items = list(new)
+    used: set[str] = set()
     for place in places:
         item_id = items[place].get("id")
         if not isinstance(item_id, str) or item_id not in found:
             raise UnresolvedReference(item_id if isinstance(item_id, str) else "")
+        if item_id in used:
+            raise RepeatedReference(item_id)
+        used.add(item_id)
         items[place] = found[item_id]
     return items, places
 

@@ -75,16 +75,11 @@ class StoredResponse:
                 if exact and isinstance(value, dict):
                     value = with_exact_integers(data, value)
                 return cls._checked(response_id, value, data)
-            header, conversation = parts
-            value = orjson.loads(header)
-            if not isinstance(value, dict):
+            opened = _opened(*parts, exact)
+            if opened is None:
                 return None
-            slices = slices_of(conversation, value.get("input_slices"))
-            if slices is None:
-                return None
+            value, slices = opened
             read = read_exactly if exact else orjson.loads
-            if exact:  # a follow-up, a retrieval sends them as they came
-                value = read_exactly(header)
             value["input"] = [item for piece in slices for item in read(piece)]
         except orjson.JSONDecodeError:
             return None
@@ -99,16 +94,13 @@ class StoredResponse:
         parts = split_record(data)
         if parts is None:
             return cls.decode(response_id, data, exact)
-        header, conversation = parts
         try:
             if exact:  # its own turn: a header of 85,000 ids takes the parser ~10 ms
                 await asyncio.sleep(0)
-            value = read_exactly(header) if exact else orjson.loads(header)
-            if not isinstance(value, dict):
+            opened = _opened(*parts, exact)
+            if opened is None:
                 return None
-            slices = slices_of(conversation, value.get("input_slices"))
-            if slices is None:
-                return None
+            value, slices = opened
             value["input"] = await read_sliced(slices, exact)
         except orjson.JSONDecodeError:
             return None
@@ -145,6 +137,19 @@ def encode_record(
     ``TypeError``) for what orjson cannot write."""
     fields = {"owner": owner, "response": response, "input_ids": ids}
     return write_record(fields, input_items, cuts)
+
+
+def _opened(
+    header: memoryview, conversation: memoryview, exact: bool
+) -> tuple[dict[str, Any], list[memoryview]] | None:
+    """A sliced record's header fields (integers beyond 64 bits as written when
+    ``exact``: a follow-up, a retrieval sends them as they came) and its conversation's
+    slices; None when they are not a record's. Raises ``orjson.JSONDecodeError``."""
+    value = read_exactly(header) if exact else orjson.loads(header)
+    if not isinstance(value, dict):
+        return None
+    slices = slices_of(conversation, value.get("input_slices"))
+    return None if slices is None else (value, slices)
 
 
 class ResponseStore(Protocol):

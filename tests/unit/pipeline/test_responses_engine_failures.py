@@ -8,7 +8,9 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
+import pytest
 
+from gateway.errors import UpstreamError
 from gateway.pipeline.results import Answer, EventStream
 from gateway.upstream.fake import FakeRequest, Scripted
 from tests.unit.pipeline.responses_world import KEY, engine_response, responses_world
@@ -65,3 +67,19 @@ async def test_a_failed_response_keeps_the_engines_internals() -> None:
     assert answer["error"]["message"] == "bad grammar at <engine> in <path>"
     stored = await world.service.retrieve(answer["id"], principal)
     assert not any(leak in stored.body for leak in LEAKS)
+
+
+async def test_a_large_answer_that_is_no_json_counts_against_the_engine() -> None:
+    """The forwarder checks an answer over 64 KiB by its ends only; the Responses route
+    found such garbage itself, a 502 the engine's breaker never heard of (its answer
+    had been counted a success). Now the forwarder parses the route's answer whole:
+    the engine's failure, as a small one's is, and parsed once (not again by the
+    route)."""
+    world = responses_world()
+    world.upstream.handler = lambda request: Scripted(body=b"{" + b"x" * (70 << 10) + b"}")
+    principal = await world.service.caller(f"Bearer {KEY}")
+    with pytest.raises(UpstreamError) as failed:
+        await world.service.create(b'{"model": "m", "input": "hi"}', principal, "r1", None)
+    assert failed.value.status == 502 and "not valid JSON" in failed.value.message
+    engine = world.service._pool._endpoints["http://engine-a"]
+    assert engine.failures == 1  # unfixed: 0 (its answer counted a success)

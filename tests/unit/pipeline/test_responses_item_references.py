@@ -101,3 +101,21 @@ async def test_a_referenced_items_integers_beyond_64_bits_reach_the_engine_exact
     await world.service.create(orjson.dumps(follow_up), principal, "req-2", None)
     assert bodies[-1].count(b'"n":' + big) == 2  # the item, and the one it names
     assert b"e+" not in bodies[-1]
+
+
+async def test_an_id_referenced_twice_is_a_400_before_the_engine() -> None:
+    """Each reference copied its item, so a few bytes of references to one large item
+    (an image the text cap does not count) multiplied it up to ``max_messages`` times
+    in what was encoded for the engine. An id named twice is now refused, as OpenAI
+    refuses an item given twice."""
+    world = responses_world()
+    first = await create_answer(world, {"model": MODEL, "input": [USER]})
+    named = {"type": "item_reference", "id": first["output"][0]["id"]}
+    body = {"model": MODEL, "previous_response_id": first["id"], "input": [named, named]}
+    sent = len(world.sent)
+    with pytest.raises(InvalidRequestError) as refused:
+        await create_answer(world, body)
+    error = orjson.loads(refused.value.body())["error"]
+    assert refused.value.status == 400 and error["param"] == "input"
+    assert error["message"] == f"Duplicate item found with id {named['id']!r}."
+    assert len(world.sent) == sent  # unfixed: sent, the item in it three times
