@@ -21,6 +21,7 @@ import yaml
 from uvicorn.config import STARTUP_FAILURE
 
 from gateway.cli.workers import WorkerSupervisor
+from gateway.observability.worker_metrics import WorkerPlace
 from tests.helpers.processes import free_port
 from tests.integration.conftest import STUB_MODEL
 from tests.integration.test_operator_listener import _listening_pids
@@ -70,7 +71,9 @@ def test_an_operator_port_taken_stops_the_start(tmp_path: Path) -> None:
     assert process.returncode == STARTUP_FAILURE, log[-3000:]
 
 
-def _fail_at_start_up(config: uvicorn.Config, sockets: list[socket.socket]) -> None:
+def _fail_at_start_up(
+    config: uvicorn.Config, place: WorkerPlace, sockets: list[socket.socket]
+) -> None:
     """A worker whose start fails as uvicorn's does (its lifespan or its bind)."""
     sys.exit(STARTUP_FAILURE)
 
