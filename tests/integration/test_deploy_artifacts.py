@@ -276,7 +276,8 @@ def test_kubernetes_scrape_job_sends_the_operator_token() -> None:
 
 
 AGGREGATED = re.compile(
-    r"(?:histogram_quantile\([0-9.]+, )?(?:sum|min|max)(?: by \([a-z, ]+\)| without \(worker\))? ?\("
+    r"(?:histogram_quantile\([0-9.]+, )?(?:sum|min|max)"
+    r"(?: by \([a-z, ]+\)| without \(worker\))? ?\("
 )
 """A query that starts by aggregating: with ``server.workers > 1`` every gateway sample
 carries a ``worker`` label (each scrape shows every worker's figures), so a query of
