@@ -38,6 +38,7 @@ from gateway.http.listener import OperatorListener
 from gateway.http.state import AppState
 from gateway.observability.metrics import GatewayMetrics
 from gateway.observability.telemetry import build_telemetry
+from gateway.observability.worker_metrics import WorkerMetrics, WorkerPlace
 from gateway.pipeline.assembly import (
     build_completion_service,
     build_forwarder,
@@ -70,8 +71,13 @@ def create_app(
     settings: Settings,
     on_engines_ready: Callable[[], None] | None = None,
     span_processor: SpanProcessor | None = None,
+    worker: WorkerPlace | None = None,
 ) -> FastAPI:
     """A gateway app for ``settings``; its shared objects exist while it runs.
+
+    ``worker``: this app is one of ``server.workers`` processes (given by the worker
+    supervisor); it serves its metrics to the others and ``/metrics`` shows them all
+    (:mod:`gateway.observability.worker_metrics`).
 
     ``span_processor`` replaces the OTLP exporter of ``telemetry.traces`` (tests of an
     in-process gateway pass the SDK's in-memory exporter).
@@ -87,7 +93,11 @@ def create_app(
         # every close step then has its own deadline (gateway/shutdown.py).
         stack = ShutdownSteps()
         try:
-            app.state.vgate = await _start(settings, stack, on_engines_ready, span_processor)
+            state = await _start(settings, stack, on_engines_ready, span_processor, worker)
+            app.state.vgate = state
+            if state.worker_metrics is not None:
+                await state.worker_metrics.start()
+                stack.push_async_callback(state.worker_metrics.stop)
             server = settings.server
             if server.admin_port is not None:
                 operator = operator_app()
@@ -117,6 +127,7 @@ async def _start(
     stack: ShutdownSteps,
     on_engines_ready: Callable[[], None] | None,
     span_processor: SpanProcessor | None = None,
+    worker: WorkerPlace | None = None,
 ) -> AppState:
     """Build every shared object; ``stack`` closes them in reverse order, each close
     under a deadline (managed engines drain for as long as their own settings say)."""
@@ -244,6 +255,7 @@ async def _start(
         ),
         rollout_control=control,
         skip_engine_drains=None if supervisor is None else supervisor.skip_drains,
+        worker_metrics=None if worker is None else WorkerMetrics(worker, metrics.render),
     )
 
 
@@ -309,7 +321,7 @@ async def _announce(supervisor: EngineSupervisor, on_ready: Callable[[], None]) 
         log.error("an engine failed for good; see its log file")
 
 
-def app_from_environment() -> FastAPI:
+def app_from_environment(worker: WorkerPlace | None = None) -> FastAPI:
     """Factory for multi-worker serving: each worker loads the same config and environment."""
     from gateway.config.settings import load_settings
     from gateway.observability.logs import configure_logging
@@ -317,4 +329,4 @@ def app_from_environment() -> FastAPI:
     settings = load_settings()
     configure_logging(settings.server.log_level, settings.server.log_format)
     size_young_generation()
-    return create_app(settings)
+    return create_app(settings, worker=worker)

@@ -17,8 +17,11 @@ SIGINT or SIGTERM, starts a new worker in place of one that dies while serving (
 of them stop when one fails at start-up: it would fail the same way again) and
 returns once all have exited. But when the drain begins it first closes its own copy
 of the socket, so that once the workers have closed theirs a new connection is
-refused. Each worker (:func:`serve_worker`) builds its own app, so metrics stay per
-worker, and serves it with a :class:`~gateway.http.draining.DrainingServer`.
+refused. Each worker (:func:`serve_worker`) builds its own app and serves it with a
+:class:`~gateway.http.draining.DrainingServer`; its metrics stay its own, but each is
+told its place (:class:`~gateway.observability.worker_metrics.WorkerPlace`: its index
+and the supervisor's private run directory, removed at the end), where the workers
+serve their figures to each other so that ``/metrics`` on any of them shows all.
 
 A worker that dies soon after it started is replaced after a growing pause
 (:data:`QUICK_DEATH_S`); one that cannot drain is killed :data:`KILL_AFTER_S` past
@@ -39,8 +42,10 @@ import ctypes.util
 import logging
 import os
 import select
+import shutil
 import signal
 import socket
+import tempfile
 import time
 from collections.abc import Callable
 from functools import partial
@@ -52,10 +57,11 @@ from uvicorn._subprocess import get_subprocess
 from uvicorn.config import STARTUP_FAILURE
 
 from gateway.http.draining import DrainingServer, readiness_drain
+from gateway.observability.worker_metrics import WorkerPlace
 
 log = logging.getLogger("uvicorn.error")  # where uvicorn's supervisor logged the same lines
 
-Target = Callable[[uvicorn.Config, list[socket.socket]], None]
+Target = Callable[[uvicorn.Config, WorkerPlace, list[socket.socket]], None]
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 """Each drains the workers and ends the gateway (SIGHUP too: uvicorn's supervisor
 restarted its workers on it; left to its default, it would kill this process and
@@ -73,14 +79,15 @@ killed (SIGKILL): one that cannot run (stopped, hung) must not hold the gateway 
 PR_SET_PDEATHSIG = 1
 
 
-def serve_worker(config: uvicorn.Config, sockets: list[socket.socket]) -> None:
-    """One worker process: its own app (from the environment), served on ``sockets``.
-    It gets SIGTERM (and drains) if the supervisor dies without stopping it (SIGKILL,
-    a crash): no worker serves on with no parent."""
+def serve_worker(config: uvicorn.Config, place: WorkerPlace, sockets: list[socket.socket]) -> None:
+    """One worker process: its own app (from the environment), served on ``sockets``;
+    ``place`` says where it serves its metrics to the other workers. It gets SIGTERM
+    (and drains) if the supervisor dies without stopping it (SIGKILL, a crash): no
+    worker serves on with no parent."""
     _terminate_with_parent()
     from gateway.app import app_from_environment
 
-    app = app_from_environment()
+    app = app_from_environment(place)
     config.app, config.factory = app, False
     DrainingServer(config, readiness_drain(app)).run(sockets)
 
@@ -100,7 +107,8 @@ class _Slot:
     """One worker's place: its process, when it started, its quick deaths in a row and,
     while it waits out a pause, when it may start again."""
 
-    def __init__(self, process: SpawnProcess) -> None:
+    def __init__(self, place: WorkerPlace, process: SpawnProcess) -> None:
+        self.place = place
         self.process = process
         self.started = time.monotonic()
         self.quick_deaths = 0
@@ -127,6 +135,7 @@ class WorkerSupervisor:
         self._stopping = False
         self._received: list[int] = []
         self._slots: list[_Slot] = []
+        self._run_dir = ""
         self.failed_to_start = False
         """A worker failed at start-up (the gateway should exit with uvicorn's
         ``STARTUP_FAILURE``, as one worker does)."""
@@ -135,6 +144,7 @@ class WorkerSupervisor:
         """Serve until SIGINT, SIGTERM or SIGHUP (or a worker that fails at start-up: then
         :attr:`failed_to_start`), then drain and return once every worker has exited."""
         listener = self._config.bind_socket()  # logs "Uvicorn running on ...", as before
+        self._run_dir = tempfile.mkdtemp(prefix="vgate-workers-")  # 0700: the metrics sockets
         wakeup, wake = socket.socketpair()
         for end in (wakeup, wake):
             end.setblocking(False)
@@ -142,7 +152,8 @@ class WorkerSupervisor:
         previous = {sig: signal.signal(sig, self._on_signal) for sig in STOP_SIGNALS}
         log.info("Started parent process [%d]", os.getpid())
         try:
-            self._slots = [_Slot(self._start([listener])) for _ in range(self._count)]
+            places = [WorkerPlace(i, self._count, self._run_dir) for i in range(self._count)]
+            self._slots = [_Slot(place, self._start(place, [listener])) for place in places]
             while not self._wait(wakeup):
                 self._replace_dead([listener])
         finally:
@@ -156,6 +167,7 @@ class WorkerSupervisor:
             signal.set_wakeup_fd(previous_fd)
             wakeup.close()
             wake.close()
+            shutil.rmtree(self._run_dir, ignore_errors=True)
             log.info("Stopping parent process [%d]", os.getpid())
 
     def _on_signal(self, sig: int, frame: FrameType | None) -> None:
@@ -173,8 +185,9 @@ class WorkerSupervisor:
                     wakeup.recv(64)
         return bool(self._received) or self._stopping
 
-    def _start(self, sockets: list[socket.socket]) -> SpawnProcess:
-        process = get_subprocess(self._config, partial(self._target, self._config), sockets)
+    def _start(self, place: WorkerPlace, sockets: list[socket.socket]) -> SpawnProcess:
+        target = partial(self._target, self._config, place)
+        process = get_subprocess(self._config, target, sockets)
         process.start()
         return process
 
@@ -187,7 +200,7 @@ class WorkerSupervisor:
             if slot.restart_at is not None:
                 if now >= slot.restart_at:  # its pause is over
                     slot.restart_at = None
-                    slot.process, slot.started = self._start(sockets), now
+                    slot.process, slot.started = self._start(slot.place, sockets), now
                 continue
             if worker.is_alive():
                 continue
@@ -201,7 +214,7 @@ class WorkerSupervisor:
             if not slot.quick_deaths:
                 log.warning("Child process [%s] died (exit %s); starting another.",
                             worker.pid, worker.exitcode)  # fmt: skip
-                slot.process, slot.started = self._start(sockets), now
+                slot.process, slot.started = self._start(slot.place, sockets), now
                 continue
             pause = min(MAX_BACKOFF_S, 2.0 ** (slot.quick_deaths - 1))
             log.error("Child process [%s] died (exit %s) %.1f s after it started; starting "

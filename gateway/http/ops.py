@@ -83,7 +83,12 @@ def _status_name(ready: bool, draining: bool) -> str:
 
 
 async def metrics(request: Request) -> Response:
-    return Response(app_state(request).metrics.render(), media_type=METRICS_CONTENT_TYPE)
+    """The Prometheus exposition: with ``server.workers > 1``, every worker's figures,
+    each labelled ``worker`` (:mod:`gateway.observability.worker_metrics`)."""
+    state = app_state(request)
+    shared = state.worker_metrics
+    body = state.metrics.render() if shared is None else await shared.scrape()
+    return Response(body, media_type=METRICS_CONTENT_TYPE)
 
 
 async def engine_targets(request: Request) -> Response:

@@ -14,6 +14,7 @@ from gateway.background import BackgroundTasks
 from gateway.config.settings import Settings
 from gateway.http.status_feed import StatusFeed
 from gateway.observability.metrics import GatewayMetrics
+from gateway.observability.worker_metrics import WorkerMetrics
 from gateway.pipeline.passthrough import PassthroughService
 from gateway.pipeline.responses import ResponsesService
 from gateway.pipeline.service import CompletionService
@@ -121,6 +122,8 @@ class AppState:
     skip_engine_drains: Callable[[], None] | None = None
     """Ends the managed engines' drains at once (a second stop signal); None: this
     gateway launches no engines."""
+    worker_metrics: WorkerMetrics | None = None
+    """Every worker's figures for ``/metrics`` (None: ``server.workers: 1``)."""
     catalog: ModelCatalog = field(init=False)
     status: StatusFeed = field(init=False)
     """The live status page's snapshots (``/status``)."""

@@ -273,3 +273,25 @@ def test_kubernetes_scrape_job_sends_the_operator_token() -> None:
     assert set(job["authorization"]) == {"credentials_file"}
     kept = {rule["regex"] for rule in job["relabel_configs"] if rule.get("action") == "keep"}
     assert kept == {"vgate-gateway", "true"}  # the gateway pods, by their annotations
+
+
+AGGREGATED = re.compile(
+    r"(?:histogram_quantile\([0-9.]+, )?(?:sum|min|max)"
+    r"(?: by \([a-z, ]+\)| without \(worker\))? ?\("
+)
+"""A query that starts by aggregating: with ``server.workers > 1`` every gateway sample
+carries a ``worker`` label (each scrape shows every worker's figures), so a query of
+the bare series would split each line per worker (and an alert fire once per worker)."""
+
+
+def test_dashboard_and_alerts_aggregate_the_workers_away() -> None:
+    dashboard = json.loads((DEPLOY / "grafana" / "vgate-dashboard.json").read_text())
+    alerts = yaml.safe_load((DEPLOY / "prometheus" / "alerts.yml").read_text())
+    expressions = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    expressions += [rule["expr"] for group in alerts["groups"] for rule in group["rules"]]
+    gateway_queries = [e for e in expressions if "vgate_" in e]
+    assert len(gateway_queries) > 20  # not vacuous
+    bare = [e for e in gateway_queries if not AGGREGATED.match(e)]
+    assert not bare, bare
+    for expression in gateway_queries:  # grouping by worker would split as much
+        assert "worker" not in expression or "without (worker)" in expression, expression

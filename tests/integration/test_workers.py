@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -21,7 +22,9 @@ import yaml
 from uvicorn.config import STARTUP_FAILURE
 
 from gateway.cli.workers import WorkerSupervisor
+from gateway.observability.worker_metrics import WorkerPlace
 from tests.helpers.processes import free_port
+from tests.helpers.waiting import holds_soon
 from tests.integration.conftest import STUB_MODEL
 from tests.integration.test_operator_listener import _listening_pids
 from tests.integration.test_shutdown import gateway_process, stub_engine, wait_for
@@ -70,7 +73,9 @@ def test_an_operator_port_taken_stops_the_start(tmp_path: Path) -> None:
     assert process.returncode == STARTUP_FAILURE, log[-3000:]
 
 
-def _fail_at_start_up(config: uvicorn.Config, sockets: list[socket.socket]) -> None:
+def _fail_at_start_up(
+    config: uvicorn.Config, place: WorkerPlace, sockets: list[socket.socket]
+) -> None:
     """A worker whose start fails as uvicorn's does (its lifespan or its bind)."""
     sys.exit(STARTUP_FAILURE)
 
@@ -82,6 +87,37 @@ def test_a_worker_that_fails_at_start_up_stops_the_supervisor() -> None:
     supervisor = WorkerSupervisor(config, 2, _fail_at_start_up, poll_s=0.05, drain_s=1.0)
     supervisor.run()  # returns: it stopped by itself
     assert supervisor.failed_to_start
+
+
+def _report_place_then_fail(
+    config: uvicorn.Config, place: WorkerPlace, sockets: list[socket.socket]
+) -> None:
+    """A worker that writes down the place it was given (where the test says), then
+    fails its start once every worker has (the first to fail stops the others)."""
+    mode = stat.S_IMODE(os.stat(place.run_dir).st_mode)
+    reports = Path(os.environ["VGATE_TEST_PLACES"])
+    (reports / f"worker-{place.index}").write_text(f"{place.count} {place.run_dir} {mode:o}")
+    holds_soon(lambda: len(list(reports.iterdir())) == place.count, 30, "every report")
+    sys.exit(STARTUP_FAILURE)
+
+
+def test_each_worker_is_told_its_place_in_a_private_run_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where the workers serve their metrics to each other: every worker gets its own
+    index and the same directory, private to the gateway's user (0700), which the
+    supervisor removes when it stops."""
+    monkeypatch.setenv("VGATE_TEST_PLACES", str(tmp_path))
+    config = uvicorn.Config("gateway.app:app_from_environment", port=free_port())
+    supervisor = WorkerSupervisor(config, 2, _report_place_then_fail, poll_s=0.05, drain_s=1.0)
+    supervisor.run()
+    reports = sorted(path.name for path in tmp_path.iterdir())
+    assert reports == ["worker-0", "worker-1"]
+    seen = {(tmp_path / name).read_text() for name in reports}
+    assert len(seen) == 1  # one directory for both
+    count, run_dir, mode = seen.pop().split(" ")
+    assert (count, mode) == ("2", "700")
+    assert not Path(run_dir).exists()
 
 
 def _gone(pid: int) -> bool:
