@@ -240,8 +240,13 @@ async def test_a_head_with_as_many_fields_as_allowed_is_served() -> None:
 
 @pytest.mark.parametrize(
     "head",
-    [b"GET /p\r\n\r\n", b"GET /p HTTP/0.9\r\n\r\n", b"GET /p HTTP/0.9\r\nhost: x\r\n\r\n"],
-    ids=["no version", "0.9", "0.9 with one Host"],
+    [
+        b"GET /p\r\n\r\n",
+        b"GET /p HTTP/0.9\r\n\r\n",
+        b"GET /p HTTP/0.9\r\nhost: x\r\n\r\n",
+        b"GET /p HTTP/0.9\r\nhost: x\r\nconnection: keep-alive\r\n\r\n",
+    ],
+    ids=["no version", "0.9", "0.9 with one Host", "0.9 kept alive"],
 )
 async def test_an_http_0_9_request_is_refused(head: bytes) -> None:
     """llhttp takes ``GET /p`` as HTTP/0.9 (no version, no fields, no Host), and uvicorn
