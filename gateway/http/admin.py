@@ -96,8 +96,9 @@ async def revoke(request: Request) -> Response:
             f"{name!r} is declared in the config (auth.keys): remove it there",
             code="key_in_config",
         )
-    if not found:
-        raise NotFoundError(f"no key named {name!r}", code="key_not_found")
+    if not found:  # the name echoed as far as a key's name can go (64 characters)
+        shown = name if len(name) <= 64 else f"{name[:64]}…"
+        raise NotFoundError(f"no key named {shown!r}", code="key_not_found")
     await state.service.authenticator.refresh()
     audit(request, "key %r revoked", name)
     return _json({"name": name, "revoked": True})

@@ -122,3 +122,11 @@ async def test_revoking_a_config_key_says_where_it_is_declared(
     missing = await client.delete("/admin/keys/nobody", headers=_admin())
     assert missing.status_code == 404
     assert missing.json()["error"]["code"] == "key_not_found"
+
+
+async def test_a_long_unknown_name_is_not_echoed_whole(client: httpx.AsyncClient) -> None:
+    """No key's name is over 64 characters: a 10 KB one was echoed whole in the 404."""
+    missing = await client.delete("/admin/keys/" + "n" * 10_000, headers=_admin())
+    assert missing.status_code == 404
+    message = missing.json()["error"]["message"]
+    assert len(message) < 100 and "n" * 64 + "…" in message
