@@ -156,6 +156,7 @@ def test_an_empty_models_list_from_the_environment_is_refused_too(
         ("redis: {url: 'redis://:s3cret@127.0.0.1:99999/0'}", "redis.url"),
         ("cache: {redis_url: 'redis://:s3cret@[::1/0'}", "cache.redis_url"),
         ("redis: {url: 'http://:s3cret@127.0.0.1:6379'}", "redis.url"),
+        ("redis: {url: 'redis://:s3cret@127.0.0.1:6379/abc'}", "redis.url"),  # read as DB 0
     ],
 )
 def test_a_redis_url_the_client_cannot_read_is_a_config_error(
@@ -171,6 +172,8 @@ def test_a_redis_url_the_client_cannot_read_is_a_config_error(
 def test_redis_urls_of_every_scheme_load(tmp_path: Path) -> None:
     text = "redis: {url: 'rediss://:pw@redis.internal:6380/1'}\n"
     text += "cache: {redis_url: 'unix:///run/redis/redis.sock'}\n"
+    for plain in ("redis://127.0.0.1:6379", "redis://127.0.0.1:6379/", "redis://h/15"):
+        assert load_settings(_write(tmp_path, f"redis: {{url: '{plain}'}}\n")).redis.url == plain
     settings = load_settings(_write(tmp_path, text))
     assert settings.redis.url == "rediss://:pw@redis.internal:6380/1"
     assert settings.cache.redis_url == "unix:///run/redis/redis.sock"
