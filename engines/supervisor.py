@@ -60,11 +60,9 @@ Progress = Callable[[str], None]
 _UNHEALTHY_AFTER = 3  # consecutive failed /health checks
 _REGISTRY_CALL_S = 5.0  # bound on one registry call (a paused Redis must not stall a stop)
 _STOP_MARGIN_S = STOP_OVERRUN_S + 2 * _REGISTRY_CALL_S + 3.0
-"""A replica's whole drain-and-stop: drain + stop timeouts + this, which covers the
-stop's own overrun, the two registry calls (``draining``, ``stopped``) and the last
-load reading begun before the drain's end (2 s) with a second to spare. It was 10 s,
-less than the stop's overrun and those calls (up to 21 s): a slow Redis cut the
-stop's SIGTERM wait short (SIGKILL) and left the record ``draining``."""
+"""A replica's whole drain-and-stop: drain + stop timeouts + this: the stop's own
+overrun, the two registry calls (``draining``, ``stopped``) and the last load reading
+(2 s), a second to spare. At 10 s a slow Redis cut the SIGTERM wait short."""
 
 
 class EngineSlot:

@@ -114,11 +114,10 @@ class ServerSettings(_Section):
     operator_token: SecretStr | None = Field(
         None,
         min_length=16,
-        description="Bearer token the operator listener asks of /metrics, /sd/engines, the "
-        "detailed /ready and /status (auth.admin_key is taken too; /health stays open; "
-        "/admin/* takes the admin key only). Unset: those routes answer anyone who reaches "
-        "the listener (warned about at start-up when admin_host is not loopback). Set it "
-        "from the environment (VGATE_SERVER__OPERATOR_TOKEN); it is never logged.",
+        description="Bearer token the operator listener asks of /metrics, /sd/engines, the"
+        " detailed /ready and /status (or auth.admin_key; /health open; /admin/* admin key"
+        " only). Unset: open to whoever reaches it (warned of when admin_host is not"
+        " loopback). Set it from VGATE_SERVER__OPERATOR_TOKEN; never logged.",
     )
     public_metrics: bool = Field(
         False, description="Also serve /metrics on the public port, to anyone (on purpose)."
@@ -388,9 +387,7 @@ class EnginesSettings(_Section):
         ge=LOG_MIN_MAX_BYTES,
         description="An engine's log is rotated (at a line's end) before it passes this size.",
     )
-    log_keep: int = Field(
-        LOG_KEEP, ge=0, le=100, description="Rotated engine log files kept (`<log>.1`...)."
-    )
+    log_keep: int = Field(LOG_KEEP, ge=0, le=100, description="Rotated engine logs kept.")
     heartbeat_s: float = Field(2.0, gt=0, description="Registry re-publish period.")
     registry_ttl_s: float = Field(
         6.0, gt=0, description="A supervisor silent this long loses its engines."
