@@ -169,7 +169,7 @@ class ResponseStore(Protocol):
         ...
 
     async def owns(self, response_id: str, owner: str) -> bool:
-        """Whether ``owner`` stored a record under ``response_id`` that may still live:
+        """Whether ``owner`` stored a record under ``response_id`` that still lives:
         answered from ``owner``'s own bookkeeping, never by reading the record, so
         another key's id costs what an unknown one does (no timing difference, no
         8 MiB read on behalf of a key that may not see it)."""

@@ -121,6 +121,15 @@ return removed
 """
 )
 
+_OWNS = (
+    _FORGET_EXPIRED
+    + """
+return redis.call('HGET', KEYS[1], ARGV[1])
+"""
+)
+"""The record's size in its owner's hash, once the records that expired are forgotten
+(else one stayed "owned" until the key next stored: a cancel of it was a 400, not 404)."""
+
 _USAGE = (
     _FORGET_EXPIRED
     + """
@@ -151,6 +160,7 @@ class RedisResponseStore:
         self._count = self._client.register_script(_COUNT)
         self._uncount = self._client.register_script(_UNCOUNT)
         self._delete = self._client.register_script(_DELETE)
+        self._owns = self._client.register_script(_OWNS)
         self._usage = self._client.register_script(_USAGE)
 
     @classmethod
@@ -198,8 +208,8 @@ class RedisResponseStore:
 
     async def owns(self, response_id: str, owner: str) -> bool:
         """The record's id in ``owner``'s size hash (counted when stored, forgotten
-        when it expires or is deleted): one small read of the caller's own key."""
-        size = await self._call(self._client.hget(self._owner_keys(owner)[0], response_id))
+        when it expires or is deleted): one small script on the caller's own keys."""
+        size = await self._script(self._owns, owner, [response_id])
         return size is not None  # HGET, not HEXISTS: the ACL's commands (users.acl)
 
     async def delete(self, response_id: str, owner: str) -> bool:

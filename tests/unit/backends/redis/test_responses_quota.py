@@ -73,6 +73,21 @@ async def test_a_record_is_owned_by_its_key_alone(store: RedisResponseStore) -> 
     assert not await store.owns("r1", "alice")
 
 
+async def test_an_expired_record_is_no_longer_owned(store: RedisResponseStore) -> None:
+    """The owner's bookkeeping forgot an expired record only when the key next stored
+    or was counted, so ``owns`` (all a cancel reads: 400 "Cannot cancel" instead of
+    404) still said yes, for as long as a later record of the key lived (the memory
+    store says no at once)."""
+    assert await store.put("old", b"{}", 1, "erin", None)
+    assert await store.put("new", b"{}", 60, "erin", None)
+    deadline = asyncio.get_running_loop().time() + 5
+    while await store.get("old") is not None:  # its TTL is one second
+        assert asyncio.get_running_loop().time() < deadline, "the record did not expire"
+        await asyncio.sleep(0.05)
+    assert not await store.owns("old", "erin")  # unfixed: True
+    assert await store.owns("new", "erin")
+
+
 async def test_a_shorter_ttl_never_shortens_the_owners_bookkeeping(redis_url: str) -> None:
     """A record stored for an hour, then one for a minute (``responses.ttl_s`` lowered):
     the owner's keys must outlive the first record, or it would answer 404 to its own
