@@ -157,6 +157,8 @@ class RedisResponseStore:
         self._timeout_s = timeout_s
         self._quiet_until = 0.0
         """Until when reads fail at once (see the module docstring), monotonic."""
+        self._writes: set[asyncio.Task[bool]] = set()
+        """Record writes under way: each runs to its end whoever awaits it (:meth:`put`)."""
         self._count = self._client.register_script(_COUNT)
         self._uncount = self._client.register_script(_UNCOUNT)
         self._delete = self._client.register_script(_DELETE)
@@ -174,7 +176,10 @@ class RedisResponseStore:
         return cls(link, client=client, timeout_s=timeout_s)
 
     async def close(self) -> None:
-        """Close the store's own pool (if it has one), waiting a second at most."""
+        """Let the record writes under way end (their deadline at most), then close the
+        store's own pool (if it has one), waiting a second at most."""
+        if self._writes:
+            await asyncio.wait(self._writes, timeout=self._timeout_s)
         if self._owns_client:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(1.0):
@@ -185,6 +190,19 @@ class RedisResponseStore:
         return value if isinstance(value, bytes) else None
 
     async def put(
+        self, response_id: str, record: bytes, ttl_s: int, owner: str, quota: int | None
+    ) -> bool:
+        """Count the record on ``owner``'s quota, then write it: False when the quota
+        refused it. The two run to their end in a task of their own even when the
+        caller is cancelled (a client that left as its answer was being stored): cut
+        between them, the record's bytes stayed on the quota for its whole TTL (30
+        days) with no record written."""
+        write = asyncio.ensure_future(self._put(response_id, record, ttl_s, owner, quota))
+        self._writes.add(write)
+        write.add_done_callback(self._writes.discard)
+        return await asyncio.shield(write)
+
+    async def _put(
         self, response_id: str, record: bytes, ttl_s: int, owner: str, quota: int | None
     ) -> bool:
         args: list[str | int] = [

@@ -133,3 +133,32 @@ async def test_a_record_redis_refused_to_store_stops_counting(redis_url: str) ->
     finally:
         await full.aclose()
         await link.close()
+
+
+async def test_a_write_whose_caller_left_still_ends(
+    store: RedisResponseStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A caller cancelled between the quota's count and the record's write (a client
+    that left as its answer was being stored) left the bytes on the key's quota for
+    the record's whole TTL with no record written: the write now runs to its end."""
+    client: Any = store._client  # the write, held at its start
+    real_set = client.set
+    entered, release = asyncio.Event(), asyncio.Event()
+
+    async def held_set(*args: Any, **kwargs: Any) -> Any:
+        entered.set()
+        await release.wait()
+        return await real_set(*args, **kwargs)
+
+    monkeypatch.setattr(client, "set", held_set)
+    put = asyncio.ensure_future(store.put("left", b"x" * 100, 60, "erin", 1000))
+    await asyncio.wait_for(entered.wait(), 5)  # counted; the record's write under way
+    put.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await put
+    release.set()
+    deadline = asyncio.get_running_loop().time() + 5
+    while await store.get("left") is None:
+        assert asyncio.get_running_loop().time() < deadline, "the record was never written"
+        await asyncio.sleep(0.01)
+    assert await store.usage("erin") == 100
