@@ -140,9 +140,9 @@ def _walk(body: dict[str, Any]) -> tuple[int, int, int, int]:
             elif isinstance(content, list):
                 for part in content:
                     if isinstance(part, dict):
-                        part_text = _part_text(part)
-                        if part_text is not None:
-                            text += len(part_text)
+                        rendered = part_text(part)
+                        if rendered is not None:
+                            text += len(rendered)
                         else:
                             framing += _media_chars(part)
             if "tool_calls" in message:
@@ -220,6 +220,8 @@ TEXT_PART_FIELDS: Mapping[str, str] = MappingProxyType(
         "output_text": "text",
         "refusal": "refusal",
         "thinking": "thinking",
+        "summary_text": "text",  # (the Responses API's reasoning items)
+        "reasoning_text": "text",
     }
 )
 """The content parts vLLM renders as text, by ``type``: the field that holds the text.
@@ -229,7 +231,7 @@ was priced as the part's text, an image with ``"text": ""`` at nothing), and a
 text at ~1,100 tokens, past ``server.max_prompt_chars`` too)."""
 
 
-def _part_text(part: dict[str, Any]) -> str | None:
+def part_text(part: dict[str, Any]) -> str | None:
     """A content part's rendered text (a part without ``type`` read as a text part),
     or None for a part that is not text (an image, audio, video or file part)."""
     kind = part.get("type", "text")

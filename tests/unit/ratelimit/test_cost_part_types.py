@@ -11,6 +11,8 @@ from typing import Any
 import pytest
 
 from gateway.ratelimit.cost import MEDIA_PART_TOKENS, priced_text_chars, request_cost
+from gateway.responses.conversation import conversation, read_create
+from gateway.responses.pricing import cost_body
 
 TEXT = "A sentence of ordinary text. " * 4000  # 116,000 characters: ~29,000 tokens
 IMAGE = {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}}
@@ -47,3 +49,19 @@ def test_an_image_part_with_a_text_field_is_still_an_image() -> None:
 
 def test_a_part_whose_type_is_not_a_string_counts_as_media_and_never_raises() -> None:
     assert prompt_of([{"type": ["text"], "text": "hi"}]) >= MEDIA_PART_TOKENS
+
+
+def responses_prompt(items: list[dict[str, Any]]) -> int:
+    request = read_create({"model": "m", "input": items})
+    return request_cost(cost_body(request, conversation(None, request)[0]), 16).prompt
+
+
+def test_responses_parts_are_priced_by_their_type_too() -> None:
+    image = {"type": "input_image", "image_url": "https://example.com/cat.png", "text": ""}
+    assert responses_prompt([{"role": "user", "content": [image]}]) >= MEDIA_PART_TOKENS
+    refusal = {"type": "refusal", "refusal": TEXT}
+    said = {"type": "message", "role": "assistant", "content": [refusal]}
+    assert responses_prompt([said]) >= len(TEXT) // 4
+    summary = {"type": "summary_text", "text": TEXT}
+    reasoning = {"type": "reasoning", "id": "rs_1", "summary": [summary]}
+    assert responses_prompt([reasoning]) >= len(TEXT) // 4
