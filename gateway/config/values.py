@@ -24,9 +24,10 @@ def redis_url(value: str | None) -> str | None:
     if parts.scheme not in REDIS_SCHEMES:
         raise ValueError("a Redis URL starts with redis://, rediss:// or unix://")
     database = parts.path.removeprefix("/")
-    if parts.scheme != "unix" and database and not database.isdigit():
+    if parts.scheme != "unix" and database and not (database.isascii() and database.isdigit()):
         # The client reads a path that is not a number as no database at all: DB 0,
-        # silently (another deployment's keys, limits and cache, or a typo unnoticed).
+        # silently (another deployment's keys, limits and cache, or a typo unnoticed);
+        # '²' is a digit to str.isdigit, not to int().
         raise ValueError("a Redis URL's path is its database number (redis://host:6379/0)")
     return value
 

@@ -9,6 +9,8 @@ choices never is: the engine generates every one of them.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any, NamedTuple
 
 import orjson
@@ -77,8 +79,8 @@ def request_cost(body: dict[str, Any], default_max_tokens: int) -> Cost:
 
     The prompt is about :data:`CHARS_PER_TOKEN` characters a token, plus a few per chat
     message, over everything the engine puts in front of the model: the messages' text
-    (string contents and the ``text`` of their parts), an assistant message's
-    ``tool_calls``, a message's every other field but its role (an assistant's
+    (string contents and the text of their text parts: :data:`TEXT_PART_FIELDS`), an
+    assistant message's ``tool_calls``, a message's every other field but its role (an assistant's
     ``reasoning``, ``name``, ...: :func:`_other_fields_chars`), ``tools``, vLLM's
     ``documents`` and ``chat_template_kwargs`` (those three by the length of their
     JSON), each non-text content part (image, audio, video, file: see
@@ -138,9 +140,9 @@ def _walk(body: dict[str, Any]) -> tuple[int, int, int, int]:
             elif isinstance(content, list):
                 for part in content:
                     if isinstance(part, dict):
-                        part_text = part.get("text")
-                        if isinstance(part_text, str):
-                            text += len(part_text)
+                        rendered = part_text(part)
+                        if rendered is not None:
+                            text += len(rendered)
                         else:
                             framing += _media_chars(part)
             if "tool_calls" in message:
@@ -209,6 +211,33 @@ def _length(value: Any) -> int:
 
 def _text_length(value: Any) -> int:
     return len(value) if isinstance(value, str) else 0
+
+
+TEXT_PART_FIELDS: Mapping[str, str] = MappingProxyType(
+    {
+        "text": "text",
+        "input_text": "text",
+        "output_text": "text",
+        "refusal": "refusal",
+        "thinking": "thinking",
+        "summary_text": "text",  # (the Responses API's reasoning items)
+        "reasoning_text": "text",
+    }
+)
+"""The content parts vLLM renders as text, by ``type``: the field that holds the text.
+vLLM reads a part by its ``type`` alone: an image part's ``text`` is not rendered (it
+was priced as the part's text, an image with ``"text": ""`` at nothing), and a
+``refusal`` or ``thinking`` part's text is (it was priced as an image: 100 KB of
+text at ~1,100 tokens, past ``server.max_prompt_chars`` too)."""
+
+
+def part_text(part: dict[str, Any]) -> str | None:
+    """A content part's rendered text (a part without ``type`` read as a text part),
+    or None for a part that is not text (an image, audio, video or file part)."""
+    kind = part.get("type", "text")
+    field = TEXT_PART_FIELDS.get(kind) if isinstance(kind, str) else None
+    value = part.get(field) if field is not None else None
+    return value if isinstance(value, str) else None
 
 
 def _media_chars(part: dict[str, Any]) -> int:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from gateway.errors import InvalidRequestError
-from gateway.ratelimit.cost import priced_text_chars
+from gateway.ratelimit.cost import part_text, priced_text_chars
 
 if TYPE_CHECKING:
     from gateway.responses.conversation import CreateRequest
@@ -73,8 +73,8 @@ def _texts(item: Any, media: list[dict[str, Any]]) -> list[str]:
             for part in parts:
                 if not isinstance(part, dict):
                     continue
-                text = part.get("text")
-                if isinstance(text, str):
+                text = part_text(part)  # by its type, as for chat's parts
+                if text is not None:
                     found.append(text)
                 else:
                     media.append(part)

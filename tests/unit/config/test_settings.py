@@ -157,6 +157,7 @@ def test_an_empty_models_list_from_the_environment_is_refused_too(
         ("cache: {redis_url: 'redis://:s3cret@[::1/0'}", "cache.redis_url"),
         ("redis: {url: 'http://:s3cret@127.0.0.1:6379'}", "redis.url"),
         ("redis: {url: 'redis://:s3cret@127.0.0.1:6379/abc'}", "redis.url"),  # read as DB 0
+        ("redis: {url: 'redis://:s3cret@127.0.0.1:6379/\u00b2'}", "redis.url"),  # '²': DB 0
     ],
 )
 def test_a_redis_url_the_client_cannot_read_is_a_config_error(
