@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import re
 import subprocess
 from collections.abc import Mapping
@@ -42,6 +43,11 @@ _VLLM_CHECK = (
     f"sys.exit(0 if importlib.util.find_spec('vllm') else {_VLLM_MISSING_EXIT})"
 )
 _OUTPUT_LIMIT = 300
+_SHORTAGES = frozenset(
+    {errno.ENOSPC, errno.EDQUOT, errno.ENOMEM, errno.EAGAIN, errno.EMFILE, errno.ENFILE}
+)
+"""Spawn failures that say the machine lacks something now (a full disk, memory, process
+slots, file descriptors), not that the engine's set-up is wrong: worth another try."""
 
 
 @dataclass(frozen=True)
@@ -183,3 +189,21 @@ def classify_exit(exit_code: int | None, log_text: str, log_path: Path) -> Start
         return StartProblem(cause, f"see {log_path} (signal 9: out of memory?)", permanent=False)
     cause = f"the engine exited with code {exit_code} while starting (last output: {last})"
     return StartProblem(cause, f"see {log_path}", permanent=False)
+
+
+def spawn_problem(exc: OSError, python: str, host: str) -> StartProblem:
+    """Why spawning an engine failed: its interpreter cannot be run, or the log not
+    opened (permanent: the set-up is wrong); or the machine lacks something for now, a
+    full disk, memory, process slots or file descriptors (:data:`_SHORTAGES`: retried
+    within the restart budget, like any failed start)."""
+    detail = exc.strerror or str(exc)
+    if exc.errno in _SHORTAGES:
+        cause = f"the engine could not be spawned ({exc.filename or ''}: {detail})"
+        return StartProblem(cause, "free what the machine lacks (disk, memory)", permanent=False)
+    if exc.filename is not None and str(exc.filename) == python:
+        cause = f"the engine interpreter {exc.filename} cannot be run ({detail})"
+        return StartProblem(cause, INSTALL_FIX, permanent=True)
+    cause = f"the engine could not be spawned ({exc.filename or ''}: {detail})"
+    return StartProblem(
+        cause, f"check `engine.host` ({host}) and `engines.log_dir`", permanent=True
+    )

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING
 from redis.exceptions import RedisError
 
 from engines.deployment import Deployment, free_port, log_path, preflight_deployment
-from engines.diagnosis import INSTALL_FIX, StartProblem, classify_exit
+from engines.diagnosis import StartProblem, classify_exit, spawn_problem
 from engines.guardian import EngineGuardian
 from engines.liveness import check_work, read_stats
 from engines.process import (
@@ -175,7 +175,7 @@ class EngineSlot:
         try:
             return self._spawn()
         except OSError as exc:
-            return self._spawn_problem(exc)
+            return spawn_problem(exc, self.deployment.python, self.deployment.spec.host)
 
     def _report(self, problem: StartProblem) -> str:
         """Log why the start failed, with the fix, at once (one line, naming the engine)."""
@@ -185,15 +185,6 @@ class EngineSlot:
             self.engine_id, self.deployment.model, problem.describe(),
         )  # fmt: skip
         return f"failed to start: {problem.cause}"
-
-    def _spawn_problem(self, exc: OSError) -> StartProblem:
-        detail = exc.strerror or str(exc)
-        if exc.filename is not None and str(exc.filename) == self.deployment.python:
-            cause = f"the engine interpreter {exc.filename} cannot be run ({detail})"
-            return StartProblem(cause, INSTALL_FIX, permanent=True)
-        cause = f"the engine could not be spawned ({exc.filename or ''}: {detail})"
-        fix = f"check `engine.host` ({self.deployment.spec.host}) and `engines.log_dir`"
-        return StartProblem(cause, fix, permanent=True)
 
     def _spawn(self) -> EngineProcess:
         d = self.deployment

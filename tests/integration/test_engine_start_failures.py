@@ -10,6 +10,7 @@ no vLLM): the mistake users make after a plain `pip install`.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 import stat
@@ -23,6 +24,7 @@ import aiohttp
 import pytest
 import yaml
 
+from engines.process import EngineProcess
 from engines.registry import InProcessRegistry
 from engines.spec import EngineSpec
 from engines.supervisor import Deployment, EngineSupervisor
@@ -185,5 +187,33 @@ async def test_an_engine_gets_no_vgate_secret_and_a_private_log(
         assert log_file.parent == logs
         assert stat.S_IMODE(os.stat(logs).st_mode) == 0o700
         assert stat.S_IMODE(os.stat(log_file).st_mode) == 0o600
+    finally:
+        await supervisor.stop()
+
+
+async def test_a_full_disk_at_spawn_is_retried_not_given_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A spawn that failed for want of disk (the log's start line, ENOSPC), memory or
+    process slots gave the replica up for good: the machine may have room a moment
+    later, so it is retried within the restart budget like any failed start."""
+    real_spawn = EngineProcess.spawn
+    failures = [OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "m.log"))]
+
+    def spawn_once_short_of_disk(process: EngineProcess) -> None:
+        if failures:
+            raise failures.pop()
+        real_spawn(process)
+
+    monkeypatch.setattr(EngineProcess, "spawn", spawn_once_short_of_disk)
+    spec = EngineSpec(kind="stub", restart={"backoff_initial_s": 0.1})
+    supervisor = EngineSupervisor([Deployment(STUB, spec, "unused", sys.executable, tmp_path)],
+                                  InProcessRegistry(), lambda _: None)  # fmt: skip
+    await supervisor.start()
+    try:
+        slot = supervisor.slots[0]
+        await wait_until(lambda: slot.ready.is_set() or slot.failed.is_set(), 30)
+        assert slot.ready.is_set() and not slot.failed.is_set(), slot.problem
+        assert slot.restarts == 1 and not failures
     finally:
         await supervisor.stop()
