@@ -87,7 +87,13 @@ from gateway.http.connection_cap import too_many_connections
 from gateway.http.connection_limits import ConnectionLimits as ConnectionLimits
 from gateway.http.connection_limits import refusal_answer
 from gateway.http.direct_cycle import DirectCycle
-from gateway.http.head_fields import MAX_HEADER_FIELDS, FieldCheckingProtocol, RefusedHead, refusal
+from gateway.http.head_fields import (
+    MAX_HEADER_FIELDS,
+    DroppedFields,
+    FieldCheckingProtocol,
+    RefusedHead,
+    refusal,
+)
 from gateway.http.head_rewrite import UPGRADE_REFUSED, refuse_upgrade, without_upgrade
 from gateway.http.pipelining import MAX_PIPELINED, PipelinedFlow, TooManyPipelined, refuse_in_turn
 from gateway.http.request_id import RequestIdMiddleware
@@ -142,6 +148,7 @@ class LimitedHttpToolsProtocol(FieldCheckingProtocol):
         self._head_tail = b""  # the last bytes of the last read (see data_received)
         self._answering: RequestResponseCycle | None = None  # the request being answered
         self._send_deadline = SendDeadline(limits.send_timeout_s)
+        self._trailers = DroppedFields()  # where a chunked body's trailers go: nowhere
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         HttpToolsProtocol.connection_made(self, transport)
@@ -282,9 +289,8 @@ class LimitedHttpToolsProtocol(FieldCheckingProtocol):
         self._write_refusal(400, msg, "invalid_http_request")
 
     def on_headers_complete(self) -> None:
-        # Every version but 1.1 is checked (0.9 is refused, 1.0 gets no 100 Continue):
-        # the version is read (~0.2 µs). Asking llhttp whether the connection is kept
-        # alive instead (~20 ns) let HTTP/0.9 with ``Connection: keep-alive`` through.
+        # Every version but 1.1 is checked (0.9 refused, 1.0 gets no 100 Continue), read in
+        # ~0.2 µs; llhttp's keep-alive (~20 ns) let HTTP/0.9 + Connection: keep-alive through.
         if (
             self._hosts != 1
             or self.expect_100_continue
@@ -295,7 +301,7 @@ class LimitedHttpToolsProtocol(FieldCheckingProtocol):
         self._head_bytes = _NO_HEAD
         self._deadline = 0.0  # the body's starts at the next tick
         HttpToolsProtocol.on_headers_complete(self)
-        self.headers = []  # where trailers go: not into the request's (head_fields.py)
+        self.headers = self._trailers  # not into the request's, nor kept (head_fields.py)
         if len(self.pipeline) > MAX_PIPELINED:
             self._overflow = True
             raise TooManyPipelined  # ends this read's parse: _feed closes the connection

@@ -32,7 +32,8 @@ answered), with the exception's message. Nothing of it reaches the application.
 
 A Host among a chunked body's trailers counts for nothing; the trailers themselves never
 reach the application (uvicorn appended them to the request's headers, which routes had
-already read, or read later).
+already read, or read later), and are not kept at all (:class:`DroppedFields`): in a list
+of their own, 64 KiB of tiny ones held 1.4 MB per idle connection, no key needed.
 
 Per header this costs a set lookup where uvicorn's own ``on_header`` (which this
 replaces) made one comparison; the lookup computes the name's hash, which bytes keep,
@@ -67,6 +68,16 @@ class RefusedHead(Exception):
         Exception.__init__(self, message)
         self.status = status
         self.code = code
+
+
+class DroppedFields(list[tuple[bytes, bytes]]):
+    """Where the fields parsed after a head (a chunked body's trailers) go: nowhere. One
+    per connection, always empty."""
+
+    __slots__ = ()
+
+    def append(self, field: tuple[bytes, bytes]) -> None:
+        """Drop ``field``."""
 
 
 class FieldCheckingProtocol(HttpToolsProtocol):

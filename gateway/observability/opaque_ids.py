@@ -32,6 +32,12 @@ class OpaqueIds:
         self._block = 0
         self._pending: list[str] = []
 
+    def __reduce__(self) -> tuple[type[OpaqueIds], tuple[str]]:
+        """A copy (pickled into a worker process: uvicorn pickles its config, the
+        connection limits' refusal ids in it) draws a secret of its own: the same secret
+        and counter in every worker gave them all the same ids, in the same order."""
+        return (OpaqueIds, (self._prefix,))
+
     def next(self) -> str:
         pending = self._pending
         if not pending:

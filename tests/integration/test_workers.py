@@ -120,6 +120,24 @@ def test_each_worker_is_told_its_place_in_a_private_run_directory(
     assert not Path(run_dir).exists()
 
 
+def test_refused_heads_get_ids_no_other_worker_gave(tmp_path: Path) -> None:
+    """A head refused before it reaches the app (here HTTP/0.9) gets an ``x-request-id``
+    from the connection limits, which uvicorn pickles into each worker: every worker
+    drew the same ids in the same order (half of these 40 were duplicates)."""
+    config = {"models": [{"name": STUB_MODEL, "endpoints": ["http://127.0.0.1:9"]}],
+              "responses": NO_STORE, "server": {"workers": 2}}  # fmt: skip
+    with gateway_process(config, tmp_path) as (_gateway, port, admin, _log_path):
+        wait_for(lambda: len(_listening_pids(admin)) == 2, 30, "both workers serving")
+        ids = []
+        for _ in range(40):  # a new connection each: the kernel spreads them over both
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+                sock.sendall(b"GET /health\r\n\r\n")
+                answer = b"".join(iter(lambda: sock.recv(65536), b""))
+            assert answer.startswith(b"HTTP/1.1 400 "), answer
+            ids.append(answer.split(b"\r\nx-request-id: ", 1)[1].split(b"\r\n", 1)[0])
+    assert len(set(ids)) == len(ids), sorted(ids)
+
+
 def _gone(pid: int) -> bool:
     try:
         os.kill(pid, 0)

@@ -130,3 +130,19 @@ async def test_a_long_unknown_name_is_not_echoed_whole(client: httpx.AsyncClient
     assert missing.status_code == 404
     message = missing.json()["error"]["message"]
     assert len(message) < 100 and "n" * 64 + "…" in message
+
+
+@pytest.mark.parametrize(
+    "body",
+    [{"name": "k", "n" * 10_000: 1}, {"name": "k", "variants": {"n" * 10_000: 5}}],
+    ids=["an unknown field", "a variant's rollout"],
+)
+async def test_a_long_field_name_is_not_echoed_whole(
+    client: httpx.AsyncClient, body: dict[str, object]
+) -> None:
+    """A field's name is where a refusal says the problem is: a 10 KB unknown field (or
+    key of ``variants``) was echoed whole in the 400, as the rollouts' routes never do."""
+    refused = await client.post("/admin/keys", json=body, headers=_admin())
+    assert refused.status_code == 400
+    message = refused.json()["error"]["message"]
+    assert len(message) < 200 and "n" * 64 + "…" in message, message[:300]

@@ -4,6 +4,7 @@ let a tenant learn how many requests others made between two of its own)."""
 from __future__ import annotations
 
 import itertools
+import pickle
 import re
 
 from gateway.observability.opaque_ids import OpaqueIds
@@ -28,3 +29,14 @@ def test_consecutive_ids_do_not_count() -> None:
 def test_two_processes_draw_different_ids() -> None:
     first, second = OpaqueIds("x"), OpaqueIds("x")
     assert {first.next() for _ in range(50)}.isdisjoint({second.next() for _ in range(50)})
+
+
+def test_a_copy_pickled_into_another_process_draws_its_own_ids() -> None:
+    """uvicorn pickles its config (the connection limits' refusal ids in it) into every
+    worker process: each copy carried the same secret and counter, so every worker gave
+    its refused heads the same ids, in the same order (and a restarted one repeated them)."""
+    ids = OpaqueIds("req_")
+    first, second = pickle.loads(pickle.dumps(ids)), pickle.loads(pickle.dumps(ids))
+    drawn = [{copy.next() for _ in range(50)} for copy in (ids, first, second)]
+    assert drawn[0].isdisjoint(drawn[1]) and drawn[1].isdisjoint(drawn[2])
+    assert all(re.fullmatch(r"req_[0-9a-f]{24}", i) for i in drawn[1])
