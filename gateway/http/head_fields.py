@@ -115,8 +115,11 @@ class FieldCheckingProtocol(HttpToolsProtocol):
             raise RefusedHead("An HTTP/1.1 request must have a Host header.")
         if version == "0.9":
             raise RefusedHead("HTTP/0.9 is not supported; send an HTTP/1.1 request.")
-        if version != "1.1":
+        if version == "1.0":
             self.expect_100_continue = False  # an HTTP/1.0 client gets no 100 Continue
+        elif version != "1.1":  # llhttp passes 2.0 (h2c's request line) and served it
+            message = f"HTTP/{version} is not supported here; send an HTTP/1.1 request."
+            raise RefusedHead(message, 505, "http_version_not_supported")
 
 
 def refusal(error: httptools.HttpParserError) -> RefusedHead:

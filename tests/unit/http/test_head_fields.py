@@ -263,6 +263,28 @@ async def test_an_http_0_9_request_is_refused(head: bytes) -> None:
     assert conn.app.paths == []
 
 
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"GET /p HTTP/2.0\r\nhost: x\r\n\r\n",
+        b"GET /p HTTP/2.0\r\n\r\n",
+        b"GET /p HTTP/2.0\r\nhost: x\r\nconnection: keep-alive\r\n\r\n",
+    ],
+    ids=["2.0", "2.0 without Host", "2.0 kept alive"],
+)
+async def test_an_http_2_request_line_is_refused(head: bytes) -> None:
+    """llhttp parses ``HTTP/2.0`` (it refuses 1.2 and 3.0) and it was served, as version
+    2.0, with no Host required and kept alive: 505, then the close."""
+    conn = Connection()
+    conn.send(head)
+    await conn.settle()
+    written = conn.transport.written
+    assert written.startswith(b"HTTP/1.1 505 "), written[:200]
+    assert written.count(b"\r\n\r\n") == 1 and conn.transport.closed
+    assert error_code(written) == "http_version_not_supported"
+    assert conn.app.paths == []
+
+
 async def test_trailers_never_join_the_requests_headers() -> None:
     """uvicorn appended a chunked body's trailers to the request's header list after the
     app had started with it: a route reading a header after the body (passthrough's
