@@ -144,10 +144,17 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _operator_token_apart(self) -> Settings:
         """The operator token reads every key's consumption: a client key that is also
-        the token would give its tenant that (refused, as the admin key is)."""
+        the token would give its tenant that (refused, as the admin key is); and it
+        reads, never changes: the admin key as the token would let whoever holds the
+        token (Prometheus's credentials file) make and revoke keys."""
         token = self.server.operator_token
-        if token is not None and token.get_secret_value() in {k.key for k in self.auth.keys}:
+        if token is None:
+            return self
+        secret = token.get_secret_value()
+        if secret in {k.key for k in self.auth.keys}:
             raise ValueError("server.operator_token must differ from every key in auth.keys")
+        if secret == self.auth.admin_key:
+            raise ValueError("server.operator_token must differ from auth.admin_key")
         return self
 
     @model_validator(mode="after")

@@ -65,3 +65,15 @@ def test_an_operator_token_that_is_also_a_client_key_is_refused() -> None:
     assert token not in str(refused.value)
     other = {"operator_token": "operator-token-0123456789-apart"}
     assert Settings(models=models, server=other, auth={"keys": keys}).server.operator_token
+
+
+def test_an_operator_token_that_is_also_the_admin_key_is_refused() -> None:
+    """The token reads, never changes: as the admin key, whoever holds it (Prometheus's
+    credentials file) could make and revoke keys."""
+    token = "operator-token-0123456789-shared"
+    models = [{"name": "m", "endpoints": ["http://127.0.0.1:9"]}]
+    with pytest.raises(ValidationError, match=r"must differ from auth\.admin_key") as refused:
+        Settings(models=models, server={"operator_token": token}, auth={"admin_key": token})
+    assert token not in str(refused.value)
+    apart = {"admin_key": "admin-key-0123456789-apart-from-it"}
+    assert Settings(models=models, server={"operator_token": token}, auth=apart).auth.admin_key
