@@ -45,7 +45,6 @@ import select
 import shutil
 import signal
 import socket
-import tempfile
 import time
 from collections.abc import Callable
 from functools import partial
@@ -57,7 +56,7 @@ from uvicorn._subprocess import get_subprocess
 from uvicorn.config import STARTUP_FAILURE
 
 from gateway.http.draining import DrainingServer, readiness_drain
-from gateway.observability.worker_metrics import WorkerPlace
+from gateway.observability.worker_metrics import WorkerPlace, make_run_dir
 
 log = logging.getLogger("uvicorn.error")  # where uvicorn's supervisor logged the same lines
 
@@ -144,7 +143,7 @@ class WorkerSupervisor:
         """Serve until SIGINT, SIGTERM or SIGHUP (or a worker that fails at start-up: then
         :attr:`failed_to_start`), then drain and return once every worker has exited."""
         listener = self._config.bind_socket()  # logs "Uvicorn running on ...", as before
-        self._run_dir = tempfile.mkdtemp(prefix="vgate-workers-")  # 0700: the metrics sockets
+        self._run_dir = make_run_dir(self._count)  # 0700: the metrics sockets
         wakeup, wake = socket.socketpair()
         for end in (wakeup, wake):
             end.setblocking(False)

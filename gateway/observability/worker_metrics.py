@@ -22,6 +22,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import shutil
+import tempfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +33,10 @@ PEER_TIMEOUT_S = 1.0
 """How long a scrape waits for another worker's figures (all are asked at once)."""
 _LENGTH_BYTES = 8
 MISSING_FAMILY = "vgate_metrics_workers_missing"
+_SOCKET_PATH_MAX = 107
+"""The longest path a unix socket can bind on Linux (``sun_path`` is 108 bytes, NUL ended)."""
+_SHORT_TEMP_DIR = "/tmp"
+_RUN_DIR_PREFIX = "vgate-workers-"
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +50,46 @@ class WorkerPlace:
 
     def socket_path(self, index: int) -> Path:
         return Path(self.run_dir) / f"worker-{index}.sock"
+
+
+def make_run_dir(count: int) -> str:
+    """A new private directory (0700) for ``count`` workers' sockets: in the temporary
+    directory (``$TMPDIR``), or in ``/tmp`` when that one's path is too long for a unix
+    socket (every worker failed to start with "AF_UNIX path too long" under a
+    ``$TMPDIR`` of ~80 characters). Raises OSError, saying so, when neither will do."""
+    longest = len(f"/worker-{count - 1}.sock")
+    prefix = f"{_RUN_DIR_PREFIX}{os.getpid()}-"
+    for parent in (None, _SHORT_TEMP_DIR):
+        _remove_left_behind(Path(parent or tempfile.gettempdir()))
+        run_dir = tempfile.mkdtemp(prefix=prefix, dir=parent)
+        if len(os.fsencode(run_dir)) + longest <= _SOCKET_PATH_MAX:
+            return run_dir
+        shutil.rmtree(run_dir, ignore_errors=True)
+    raise OSError(
+        f"no directory for the workers' metrics sockets: {tempfile.gettempdir()!r} and "
+        f"{_SHORT_TEMP_DIR!r} give paths over {_SOCKET_PATH_MAX} bytes; set TMPDIR shorter"
+    )
+
+
+def _remove_left_behind(parent: Path) -> None:
+    """Remove the run directories in ``parent`` whose supervisor is gone (the pid in the
+    name no longer runs: it was killed, SIGKILL or the OOM killer, before removing it).
+    Only this user's (another's are not ours to remove, nor removable: 0700)."""
+    with contextlib.suppress(OSError):
+        for entry in parent.glob(f"{_RUN_DIR_PREFIX}*-*"):
+            pid = entry.name.removeprefix(_RUN_DIR_PREFIX).partition("-")[0]
+            if pid.isdecimal() and entry.stat().st_uid == os.getuid() and _gone(int(pid)):
+                shutil.rmtree(entry, ignore_errors=True)
+
+
+def _gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # another user's process: alive
+        return False
+    return False
 
 
 class WorkerMetrics:

@@ -240,3 +240,23 @@ def test_a_second_gateway_cannot_share_a_busy_operator_port(tmp_path: Path, work
         )
         assert "is in use" in process.stdout + process.stderr
         assert _listening_pids(admin) == owners
+
+
+def test_workers_start_under_a_long_temporary_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The workers' metrics sockets were made in ``$TMPDIR``: under one of ~80 characters
+    their paths passed what a unix socket can bind, and every worker failed to start
+    ("AF_UNIX path too long"). They now go to ``/tmp`` then."""
+    long_dir = tmp_path / ("t" * 100)
+    long_dir.mkdir()
+    monkeypatch.setenv("TMPDIR", str(long_dir))
+    with stub_engine() as (engine_url, _):
+        config = {"models": [{"name": STUB_MODEL, "endpoints": [engine_url]}],
+                  "responses": NO_STORE, "server": {"workers": 2}}  # fmt: skip
+        with gateway_process(config, tmp_path) as (_, _port, admin, _log):
+            wait_for(lambda: len(_listening_pids(admin)) == 2, 30, "both workers serving")
+            url = f"http://127.0.0.1:{admin}/metrics"
+            wait_for(lambda: b'worker="1"' in httpx.get(url).content
+                     and b'worker="0"' in httpx.get(url).content, 30,
+                     "every worker's figures in a scrape")  # fmt: skip

@@ -6,16 +6,24 @@ counted, not waited for."""
 from __future__ import annotations
 
 import asyncio
+import os
+import shutil
+import stat
+import subprocess
+import tempfile
 from pathlib import Path
 
+import pytest
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from gateway.observability import worker_metrics
 from gateway.observability.worker_metrics import (
     MISSING_FAMILY,
     WorkerMetrics,
     WorkerPlace,
+    make_run_dir,
     merge_expositions,
 )
 
@@ -128,3 +136,45 @@ async def test_a_worker_that_does_not_answer_is_skipped_after_the_timeout(
     finally:
         await again.stop()
     assert families[MISSING_FAMILY] == [(MISSING_FAMILY, {}, 0.0)]
+
+
+def test_a_run_directory_fits_a_unix_socket_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under a long ``$TMPDIR`` the directory goes to ``/tmp``; when neither will do, an
+    OSError says so (not "AF_UNIX path too long" from every worker)."""
+    long_dir = tmp_path / ("t" * 100)
+    long_dir.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(long_dir))
+    run_dir = make_run_dir(12)
+    try:
+        assert Path(run_dir).parent == Path("/tmp")
+        assert stat.S_IMODE(os.stat(run_dir).st_mode) == 0o700
+        assert len(str(WorkerPlace(11, 12, run_dir).socket_path(11))) <= 107
+    finally:
+        shutil.rmtree(run_dir)
+    monkeypatch.setattr(worker_metrics, "_SHORT_TEMP_DIR", str(long_dir))
+    with pytest.raises(OSError, match="set TMPDIR shorter"):
+        make_run_dir(2)
+    assert list(long_dir.iterdir()) == []  # the tries left nothing behind
+
+
+def test_run_directories_of_gone_supervisors_are_removed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A supervisor killed with SIGKILL (the OOM killer) left its run directory and
+    sockets behind for good: the next start removes those whose pid no longer runs."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    left = tmp_path / f"vgate-workers-{gone.pid}-abc"
+    left.mkdir()
+    (left / "worker-0.sock").touch()
+    alive = tmp_path / f"vgate-workers-{os.getppid()}-def"
+    alive.mkdir()
+    other = tmp_path / "vgate-workers-notapid"
+    other.mkdir()
+    run_dir = make_run_dir(2)
+    assert Path(run_dir).name.startswith(f"vgate-workers-{os.getpid()}-")
+    assert not left.exists()
+    assert alive.exists() and other.exists() and Path(run_dir).exists()
