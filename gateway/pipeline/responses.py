@@ -68,7 +68,7 @@ from gateway.pipeline.stored_responses import NotCancellableError as NotCancella
 from gateway.pipeline.stored_responses import StoredResponses
 from gateway.pipeline.usage import response_input_tokens as input_tokens
 from gateway.pool.engine_pool import EnginePool
-from gateway.protocol.exact_json import encoded_exactly
+from gateway.protocol.exact_json import ExactSource, encoded_exactly
 from gateway.ratelimit.admission import Admission
 from gateway.responses.conversation import (
     MAX_ITEMS,
@@ -207,19 +207,22 @@ class ResponsesService:
             request = replace(request, body=changed)
         policy, prefix_chars = self._routing.for_model(model)
         keyed = Keyed(session_id, prefix_chars) if policy.wants_affinity_key else None
+        # Read exactly once at most, by the items' write and the engine body's around them
+        source = ExactSource(raw)
         if request.previous_response_id is None:
-            turn = await self._admit(exchange, request, raw, principal, asked, keyed, None)
+            turn = await self._admit(exchange, request, source, principal, asked, keyed, None)
         else:  # the previous record is read before admission: a few of a key's at once
             async with self._records.loading.held(principal.name):
                 try:
-                    turn = await self._continue(exchange, request, raw, principal, asked, keyed)
+                    turn = await self._continue(exchange, request, source, principal, asked, keyed)
                 except GatewayError as exc:  # refused: its frames would keep the record
                     raise exc.with_traceback(None) from None  # alive until answered
         served = self._served.get(model, model)
         response_id = new_response_id()  # stored under it only (not the engine's say)
         cap = exchange.ticket.output_cap
         items = orjson.Fragment(turn.items)
-        payload = engine_payload(request, items, response_id, served, cap, raw)
+        payload = engine_payload(request, items, response_id, served, cap, source)
+        del source  # its exact reading (the body decoded) is not kept while the engine answers
         attempt = Attempt(
             model, PATH, payload, request_id, policy, turn.key,
             key=principal.name, priority=priority, json_object=True, parsed_whole=True,
@@ -246,7 +249,7 @@ class ResponsesService:
         self,
         exchange: Exchange,
         request: CreateRequest,
-        raw: bytes,
+        source: ExactSource,
         principal: Principal,
         asked: str,
         keyed: Keyed | None,
@@ -257,13 +260,13 @@ class ResponsesService:
         missing = PreviousResponseNotFoundError(previous_id)
         async with self._records.loaded(previous_id, principal.name, missing) as loaded:
             previous = check_found(loaded, principal.name, missing)
-            return await self._admit(exchange, request, raw, principal, asked, keyed, previous)
+            return await self._admit(exchange, request, source, principal, asked, keyed, previous)
 
     async def _admit(
         self,
         exchange: Exchange,
         request: CreateRequest,
-        raw: bytes,
+        source: ExactSource,
         principal: Principal,
         asked: str,
         keyed: Keyed | None,
@@ -284,7 +287,7 @@ class ResponsesService:
             await self._records.check_quota(principal.name)
         timeline.admitted = timeline.looked_up = exchange.clock()  # no cache here: 0 ms
         key = None if keyed is None else keyed.key(request, items)
-        encoded, cuts = await encoded_items(items, raw, previous)
+        encoded, cuts = await encoded_items(items, source, previous)
         return Turn(encoded, cuts, encoded_ids(item_ids), key)
 
     async def _complete(

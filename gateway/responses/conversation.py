@@ -35,7 +35,7 @@ import orjson
 
 from gateway.config.sections import MAX_MESSAGES
 from gateway.errors import GatewayError, InvalidRequestError, NotFoundError
-from gateway.protocol.exact_json import encoded_exactly, is_beyond_64_bits
+from gateway.protocol.exact_json import ExactSource, encoded_exactly, is_beyond_64_bits
 from gateway.responses.encoding import exact_size
 from gateway.responses.references import RepeatedReference, UnresolvedReference, resolved
 from gateway.responses.store import StoredResponse
@@ -324,13 +324,15 @@ def engine_payload(
     response_id: str,
     served_name: str,
     cap: int | None,
-    source: bytes | None = None,
+    source: bytes | ExactSource | None = None,
 ) -> bytes:
     """The body the engine gets (see the module docstring); ``cap`` is the output the
     rate limiter reserved, which the engine may not exceed. ``items`` a list, or an
     :class:`orjson.Fragment` of one (:func:`gateway.responses.encoding.encoded_items`);
-    ``source`` the create body's bytes, whose integers beyond 64 bits the body keeps
-    exactly (:func:`gateway.protocol.exact_json.encoded_exactly`)."""
+    ``source`` the create body (its bytes, or them with the exact reading
+    :func:`gateway.responses.encoding.encoded_items` may have made already), whose
+    integers beyond 64 bits the body keeps exactly
+    (:func:`gateway.protocol.exact_json.encoded_exactly`)."""
     body = dict(request.body)
     body.pop("previous_response_id", None)
     body.pop("background", None)

@@ -10,7 +10,9 @@ Exactness is looked for lazily, as chat's rewrites do
 (:func:`gateway.protocol.exact_json.encoded_exactly`): the body and the record are
 read by orjson, which reads an integer beyond 64 bits as a float; only when what is
 written shows a float of 1e16 or more (``e+``) are the sources (the create's body, the
-previous record) read again exactly and the items written from that reading.
+previous record) read again exactly and the items written from that reading. The
+create's body is read so once at most, its reading shared with the engine's body
+written around the items (:class:`gateway.protocol.exact_json.ExactSource`).
 """
 
 from __future__ import annotations
@@ -20,20 +22,21 @@ from typing import Any
 
 import orjson
 
-from gateway.protocol.exact_json import exact_reading, restored, shows_big_float
+from gateway.protocol.exact_json import ExactSource, exact_reading, restored, shows_big_float
 from gateway.responses.record_layout import encoded_in_turns
 from gateway.responses.references import resolved
 from gateway.responses.store import StoredResponse
 
 
 async def encoded_items(
-    items: list[Any], raw: bytes, previous: StoredResponse | None
+    items: list[Any], source: ExactSource, previous: StoredResponse | None
 ) -> tuple[bytes, list[int]]:
     """``items`` (:func:`gateway.responses.conversation.conversation`'s, from
-    ``previous`` and the create body ``raw``) as JSON, each integer beyond 64 bits as
-    its source wrote it, and the cuts between its slices (the record's layout:
+    ``previous`` and the create body ``source``) as JSON, each integer beyond 64 bits
+    as its source wrote it, and the cuts between its slices (the record's layout:
     :func:`gateway.responses.record_layout.encoded_in_slices`). ``previous`` is read
-    again exactly a slice per turn of the event loop (:meth:`StoredResponse.exact`)."""
+    again exactly a slice per turn of the event loop (:meth:`StoredResponse.exact`);
+    the body's exact reading is ``source``'s, which the engine's body shares."""
     encoded, cuts = await encoded_in_turns(items)
     if not shows_big_float(encoded):
         return _sized(encoded, cuts)
@@ -45,9 +48,9 @@ async def encoded_items(
     # The items before the new ones are ``previous``'s as orjson read them, unchanged:
     # its exact reading is them as written (no walk over the whole conversation).
     new = items[len(before) :]
-    body = exact_reading(raw)
+    body = source.reading()
     if body is None:  # none in the body: a referenced item may hold one still
-        body = orjson.loads(raw)
+        body = orjson.loads(source.raw)
     given = body.get("input") if isinstance(body, dict) else None
     exact_new = new
     if isinstance(given, list) and len(given) == len(new):
