@@ -287,7 +287,7 @@ class ResponsesService:
             await self._records.check_quota(principal.name)
         timeline.admitted = timeline.looked_up = exchange.clock()  # no cache here: 0 ms
         key = None if keyed is None else keyed.key(request, items)
-        encoded, cuts = await encoded_items(items, source, previous)
+        encoded, cuts = await encoded_items(items, request.input, source, previous)
         return Turn(encoded, cuts, encoded_ids(item_ids), key)
 
     async def _complete(

@@ -29,11 +29,12 @@ from gateway.responses.store import StoredResponse
 
 
 async def encoded_items(
-    items: list[Any], source: ExactSource, previous: StoredResponse | None
+    items: list[Any], given: Any, source: ExactSource, previous: StoredResponse | None
 ) -> tuple[bytes, list[int]]:
     """``items`` (:func:`gateway.responses.conversation.conversation`'s, from
-    ``previous`` and the create body ``source``) as JSON, each integer beyond 64 bits
-    as its source wrote it, and the cuts between its slices (the record's layout:
+    ``previous`` and the create body ``source``, whose ``input`` orjson read as
+    ``given``) as JSON, each integer beyond 64 bits as its source wrote it, and the
+    cuts between its slices (the record's layout:
     :func:`gateway.responses.record_layout.encoded_in_slices`). ``previous`` is read
     again exactly a slice per turn of the event loop (:meth:`StoredResponse.exact`);
     the body's exact reading is ``source``'s, which the engine's body shares."""
@@ -49,9 +50,8 @@ async def encoded_items(
     # its exact reading is them as written (no walk over the whole conversation).
     new = items[len(before) :]
     body = source.reading()
-    if body is None:  # none in the body: a referenced item may hold one still
-        body = orjson.loads(source.raw)
-    given = body.get("input") if isinstance(body, dict) else None
+    if isinstance(body, dict):  # else none in the body: a referenced item may hold one
+        given = body.get("input")  # (orjson's reading is exact then: not read again)
     exact_new = new
     if isinstance(given, list) and len(given) == len(new):
         exact_new = resolved(given, exact)[0]  # a reference read as the item it names
