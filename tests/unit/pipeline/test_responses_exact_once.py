@@ -8,6 +8,7 @@ what is stored are unchanged: each such integer as the client wrote it."""
 
 from __future__ import annotations
 
+import gc
 from typing import Any
 
 import orjson
@@ -77,12 +78,9 @@ async def test_a_create_reads_its_body_exactly_once(
     sent = bodies[0]
     assert b"e+" in sent  # the client's float, as orjson writes it
     assert sent.count(BIG) == raw.count(BIG)  # every big integer exactly as written
-    listed = await world.service.input_items(
-        orjson.loads(created.body)["id"],  # type: ignore[union-attr]
-        principal,
-        {},
-    )
-    assert listed.body.count(BIG) == raw.count(BIG) - raw.count(TOOLS)  # type: ignore[union-attr]
+    response_id = orjson.loads(created.body)["id"]  # type: ignore[union-attr]
+    listed = await world.service.input_items(response_id, principal, {})
+    assert listed.body.count(BIG) == raw.count(BIG) - raw.count(TOOLS)  # stored exactly
 
 
 async def test_a_follow_up_reads_its_body_exactly_once(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -152,3 +150,18 @@ async def test_a_body_with_no_run_of_19_digits_is_parsed_once(
     await world.service.create(raw, principal, "req-1", None)
     assert parsed.count(raw) == 1  # read once, as every body is
     assert b'"x":1e+20' in bodies[0]
+
+
+async def test_the_exact_reading_is_not_kept_while_the_engine_answers() -> None:
+    """The reading is the body decoded (~24x its bytes): dropped once the engine's body
+    is written, as the decoded conversation is."""
+    held: list[int] = []
+
+    def answer(request: FakeRequest) -> dict[str, Any]:
+        held.append(sum(isinstance(o, exact_json.ExactSource) for o in gc.get_objects()))
+        return engine_response(request)
+
+    world = responses_world(answer)
+    principal = await world.service.caller(f"Bearer {KEY}")
+    await world.service.create(b'{"model": "m", "input": [%s]}' % ITEM, principal, "r", None)
+    assert held == [0]
