@@ -39,7 +39,7 @@ class ResponsesSettings(BaseModel):
     memory_max_bytes: int = Field(
         64 * 1024 * 1024,
         ge=0,
-        description="Without Redis: the memory all stored responses may take; the least "
-        "recently used go first. 0: none stored (required with server.workers > 1 and no "
-        "redis.url: each worker would keep its own).",
+        description="Without Redis: the memory all stored responses may take; when full, "
+        "the oldest record of the key holding the most goes first. 0: none stored "
+        "(required with server.workers > 1 and no redis.url: each worker would keep its own).",
     )

@@ -1,6 +1,7 @@
-"""Stored responses in this process's memory (no Redis): bounded, least recently used
-first out, each for its TTL. Lost on restart and invisible to other processes; with
-``redis.url`` set the gateway uses :mod:`gateway.backends.redis.responses` instead.
+"""Stored responses in this process's memory (no Redis): bounded, each for its TTL;
+when full, the oldest record of the owner holding the most goes first. Lost on
+restart and invisible to other processes; with ``redis.url`` set the gateway uses
+:mod:`gateway.backends.redis.responses` instead.
 
 Each owner's bytes are counted as records come and go (expiry, deletion, eviction),
 for ``responses.max_bytes_per_key``. An owner's records are kept in the order they
@@ -39,7 +40,7 @@ class MemoryResponseStore:
     of records. ``clock`` (monotonic seconds) decides expiry; tests move their own."""
 
     def __init__(self, max_bytes: int, clock: Callable[[], float] = time.monotonic) -> None:
-        self._records: OrderedDict[str, _Record] = OrderedDict()
+        self._records: dict[str, _Record] = {}
         self._bytes = 0
         self._owned: dict[str, int] = {}  # bytes by owner
         self._ids: dict[str, OrderedDict[str, float]] = {}  # owner's ids, oldest first
@@ -53,7 +54,6 @@ class MemoryResponseStore:
         if found.expires <= self._clock():
             self._drop(response_id)
             return None
-        self._records.move_to_end(response_id)
         return found.data
 
     async def put(
@@ -70,7 +70,7 @@ class MemoryResponseStore:
         self._owned[owner] = self._owned.get(owner, 0) + len(record)
         self._ids.setdefault(owner, OrderedDict())[response_id] = expires
         while self._bytes > self._max_bytes:
-            self._drop(next(iter(self._records)))
+            self._drop(self._evicted())
         return True
 
     async def owns(self, response_id: str, owner: str) -> bool:
@@ -91,6 +91,15 @@ class MemoryResponseStore:
             self._drop(response_id)
             ids = self._ids.get(owner)
         return self._owned.get(owner, 0)
+
+    def _evicted(self) -> str:
+        """The record to make room with: the oldest of the owner that holds the most
+        (its records' bytes and bookkeeping). Least recently used first across owners,
+        one key storing a pool's worth pushed every other key's records out (its quota
+        is larger than the pool by default); now it pushes out its own (bug hunt)."""
+        owned, ids = self._owned, self._ids
+        owner = max(owned, key=lambda name: owned[name] + len(ids[name]) * RECORD_OVERHEAD)
+        return next(iter(ids[owner]))
 
     def _drop(self, response_id: str) -> bool:
         old = self._records.pop(response_id, None)

@@ -70,3 +70,16 @@ async def test_a_key_holding_many_records_is_counted_without_walking_them() -> N
     now[0] = 60.0 + 0.0995  # the first hundred have expired
     assert await store.usage("many") == 20_000 - 100
     assert looked == 100
+
+
+async def test_the_owner_holding_the_most_makes_room_bookkeeping_included() -> None:
+    """Bug hunt: least recently used first across owners, one key storing a pool's
+    worth pushed every other key's records out. The owner holding the most (its
+    records' bookkeeping counted: many tiny records are not cheap) gives up its oldest."""
+    store = MemoryResponseStore(2000 + 8 * RECORD_OVERHEAD)
+    assert await store.put("big", b"x" * 1500, 60, "bob", None)
+    for n in range(8):  # 8 bytes of records, but 8 x RECORD_OVERHEAD of bookkeeping
+        assert await store.put(f"tiny{n}", b"x", 60, "mallory", None)
+    assert await store.get("big") == b"x" * 1500
+    assert await store.get("tiny0") is None and await store.get("tiny7") == b"x"
+    assert await store.usage("bob") == 1500
