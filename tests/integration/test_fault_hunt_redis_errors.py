@@ -34,6 +34,7 @@ from tests.integration.conftest import STUB_MODEL, Gateway, start_gateway, start
 KEY = "sk-fault-hunt-redis-0123456789"
 MAX_CONCURRENT = 2
 BODY = {"model": STUB_MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8}
+LIMITER_ERRORS = 'vgate_redis_errors_total{component="ratelimit"}'
 SLOWEST_S = 8.0
 """No answer may take longer: Redis calls give up after 0.5 s, the stub answers in
 well under a second; generous for a loaded 2-core machine."""
@@ -116,9 +117,13 @@ def _all_slots_free(gateway: Gateway) -> bool:
 
 
 @contextlib.contextmanager
-def _faults(admin: redis.Redis, load: BackgroundLoad[Outcome]) -> Iterator[Callable[[], None]]:
-    """Each fault in turn, each held until the load has had a few answers under it;
-    Redis healthy on leaving."""
+def _faults(
+    admin: redis.Redis, load: BackgroundLoad[Outcome], gateway: Gateway
+) -> Iterator[Callable[[], None]]:
+    """Each fault in turn, each held until the load has had a few answers under it (a
+    full Redis until a limiter call failed: a batch whose first write frees memory, a
+    settlement's ``ZREM``, runs whole under ``OOM``, so a few answers did not prove one
+    had failed); Redis healthy on leaving."""
 
     def under_load() -> None:  # a few more answers while the fault lasts
         seen = len(load.outcomes)
@@ -127,6 +132,7 @@ def _faults(admin: redis.Redis, load: BackgroundLoad[Outcome]) -> Iterator[Calla
     def inject() -> None:
         admin.config_set("maxmemory-policy", "noeviction")
         admin.config_set("maxmemory", 1)  # full: writes fail with OOM
+        holds_soon(lambda: LIMITER_ERRORS in gateway.metrics(), 10.0, "no limiter call failed")
         under_load()
         admin.config_set("maxmemory", 0)
         under_load()
@@ -178,7 +184,7 @@ def test_redis_errors_under_load_keep_every_promise(
         admin = redis.Redis.from_url(redis_url)
         stack.callback(admin.close)
         assert _all_slots_free(gateway)
-        with _load(gateway) as load, _faults(admin, load) as inject:
+        with _load(gateway) as load, _faults(admin, load, gateway) as inject:
             holds_soon(lambda: len(load.outcomes) >= 6, 10.0, "no traffic before the faults")
             inject()
             seen = len(load.outcomes)
@@ -195,7 +201,7 @@ def test_redis_errors_under_load_keep_every_promise(
             assert not unavailable, outcomes  # decided locally all along
         # Healed: the key runs MAX_CONCURRENT at once again within seconds, not a lease.
         holds_soon(lambda: _all_slots_free(gateway), 5.0, "a concurrency slot stayed taken")
-        assert 'vgate_redis_errors_total{component="ratelimit"}' in gateway.metrics()
+        assert LIMITER_ERRORS in gateway.metrics()
         ready = gateway.ready()
         assert ready["redis"] == "reachable", ready
         assert all(task["failures"] == 0 for task in ready["background"].values()), ready
