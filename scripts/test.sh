@@ -7,12 +7,17 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 VGATE_BOOTSTRAP_KUBECTL=1 source scripts/bootstrap.sh
 VENV="${VGATE_VENV:-$ROOT/.venv}"
-# Debian's chromium for the status page's browser test (tests/integration/test_status_browser.py)
-if ! command -v chromium >/dev/null 2>&1; then
-  echo "== chromium (from Debian's packages)"
+# From Debian's packages: chromium for the status page's browser test
+# (tests/integration/test_status_browser.py), wrk for the benchmark harness's test
+# (tests/integration/test_bench_harness.py: issue #16's load generator)
+wanted=()
+command -v chromium >/dev/null 2>&1 || wanted+=(chromium)
+command -v wrk >/dev/null 2>&1 || wanted+=(wrk)
+if [ "${#wanted[@]}" -gt 0 ]; then
+  echo "== ${wanted[*]} (from Debian's packages)"
   if [ "$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo"; fi
   $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium >/dev/null
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${wanted[@]}" >/dev/null
 fi
 
 echo "== ruff"

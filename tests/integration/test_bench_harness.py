@@ -17,7 +17,7 @@ import pytest
 
 from benchmarks.clients import UNIQUE
 from benchmarks.loadgen import LoadSpec, chat_body
-from benchmarks.wrk import run_wrk, wrk_path
+from benchmarks.wrk import run_wrk
 from tests.helpers.processes import free_port, run_process
 
 MODEL = "stub-model"
@@ -83,7 +83,6 @@ def recorder(seen: list[tuple[bytes, str | None]]) -> type[BaseHTTPRequestHandle
     return Recorder
 
 
-@pytest.mark.skipif(wrk_path() is None, reason="wrk is not installed")
 def test_wrk_sends_each_request_a_prompt_of_its_own() -> None:
     seen: list[tuple[bytes, str | None]] = []
     server = ThreadingHTTPServer(("127.0.0.1", 0), recorder(seen))
