@@ -16,7 +16,11 @@ control bytes in a value: a 400 and the close), but it leaves three things to th
 - **Expect: 100-continue from an HTTP/1.0 client** (RFC 9110 §10.1.1): a server MUST
   NOT send it a ``100 Continue``; uvicorn did. The expectation is ignored.
 
-And two things llhttp lets through that the gateway refuses:
+And things llhttp lets through that the gateway refuses:
+
+- **A transfer coding other than** ``chunked`` (``gzip, chunked``; RFC 9112 §6.1: 501):
+  the body was read as if it were not encoded (or, with no ``chunked`` last, refused
+  only once the application had started).
 
 - **More than** :data:`MAX_HEADER_FIELDS` **fields** (431). ``server.max_header_bytes``
   bounds a head's bytes, not its fields: 64 KiB of ``a:b`` lines made 13,102 of them,
@@ -51,12 +55,14 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 _HOST = b"host"
 _CONTENT_LENGTH = b"content-length"
-_CHECKED = frozenset((_HOST, _CONTENT_LENGTH, b"expect"))
+_TRANSFER_ENCODING = b"transfer-encoding"
+_CHECKED = frozenset((_HOST, _CONTENT_LENGTH, _TRANSFER_ENCODING, b"expect"))
 _OWS = b" \t"
 MAX_HEADER_FIELDS = 100
 """Header fields one request head may have (Apache's ``LimitRequestFields``); the OpenAI
 SDKs send about 15."""
 INVALID_HTTP = "Invalid HTTP request received."
+_CODING_MESSAGE = "Only Transfer-Encoding: chunked is supported; send the body unencoded."
 """uvicorn's message for bytes that are not HTTP."""
 
 
@@ -95,6 +101,9 @@ class FieldCheckingProtocol(HttpToolsProtocol):
                 self._hosts += 1
             elif name == _CONTENT_LENGTH:
                 value = value.rstrip(_OWS)  # llhttp checked the digits, kept what follows
+            elif name == _TRANSFER_ENCODING:
+                if value.strip(_OWS).lower() != b"chunked":
+                    raise RefusedHead(_CODING_MESSAGE, 501, "unsupported_transfer_encoding")
             elif value.rstrip(_OWS).lower() == b"100-continue":  # (Expect)
                 self.expect_100_continue = True
         self.headers.append((name, value))
