@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import http.client
+import math
 import sys
 import urllib.error
 import urllib.parse
@@ -94,9 +95,14 @@ def _set(args: argparse.Namespace) -> int:
     for item in args.weights:
         variant, _, value = item.partition("=")
         try:
-            weights[variant] = float(value)
+            weight = float(value)
         except ValueError:
-            raise ConfigError(f"{item!r}: expected VARIANT=WEIGHT, e.g. my-model-v2=10") from None
+            weight = math.nan
+        if not variant or not math.isfinite(weight) or weight < 0:
+            # (nan and inf went out as JSON null, refused by the gateway as "invalid")
+            expected = "expected VARIANT=WEIGHT, a weight of 0 or more, e.g. my-model-v2=10"
+            raise ConfigError(f"{item[:80]!r}: {expected}")
+        weights[variant] = weight
     path = f"/admin/rollouts/{_quoted(args.model)}/weights"
     return _show(args, _call(args, "POST", path, {"weights": weights}))
 

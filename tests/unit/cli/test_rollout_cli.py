@@ -102,3 +102,16 @@ def test_an_answer_that_is_not_json_is_reported(
 ) -> None:
     status, err = run(config, html_server, capsys)
     assert status == 1 and err.startswith("vgate: ") and html_server in err
+
+
+@pytest.mark.parametrize("item", ["b=nan", "b=inf", "b=-1", "b=ten", "=10", "b"])
+def test_a_weight_that_is_not_a_number_of_0_or_more_is_refused_here(
+    config: Path, html_server: str, item: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``b=nan`` and ``b=inf`` went to the gateway as JSON null (refused there as an
+    invalid weight, not naming the argument); every such argument is refused before
+    any call, naming it."""
+    status = main(["rollout", "set", "r", item, "--config", str(config), "--url", html_server])
+    err = capsys.readouterr().err
+    assert status == 2 and err.startswith("vgate: ") and repr(item) in err
+    assert "VARIANT=WEIGHT" in err
