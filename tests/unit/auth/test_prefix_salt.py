@@ -41,8 +41,7 @@ async def test_replicas_give_a_key_the_same_salt_and_its_name_decides_nothing() 
     secret, record = new_key("stored")
     await store.create(record)
     replicas = [
-        KeyDirectory([StaticKey(name="static", key=SECRET_A)], store, salted=True)
-        for _ in range(2)
+        KeyDirectory([StaticKey(name="static", key=SECRET_A)], store, salted=True) for _ in range(2)
     ]
     seen: dict[str, set[str]] = {"stored": set(), "static": set()}
     for directory in replicas:
