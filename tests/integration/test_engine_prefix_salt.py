@@ -180,6 +180,10 @@ def test_a_variant_and_its_shadow_copy_carry_the_keys_salt(
     holds_soon(lambda: shadow.stats()["requests"] > copies, message="the shadow copy")
     assert received(shadow)["cache_salt"] == betas
     assert received(shadow)["model"] == SHADOW
+    # streamed, the variant's body is re-encoded to ask for usage: the salt stays
+    send(replicas[0], "beta", {**CHAT, "model": ROLLOUT, "stream": True})
+    assert received(engine)["stream_options"] == {"include_usage": True}
+    assert received(engine)["cache_salt"] == betas
 
 
 def test_the_response_cache_still_shares_answers_between_keys(
