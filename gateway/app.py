@@ -166,7 +166,8 @@ async def _start(
     metrics.watch_engines(pool.states)
     metrics.watch_background(tasks.snapshot)
     limiter, store, entries, ping, link = await _shared_state(settings, stack)
-    authenticator = build_authenticator(settings.auth, store)
+    salted = settings.cache.engine_prefix_scope == "per_key"  # keys' own prefix caches
+    authenticator = build_authenticator(settings.auth, store, salted)
     if settings.auth.enabled:  # every series labelled by a key names a known one
         metrics.watch_keys(authenticator.names)
     metrics.watch_skipped_records(

@@ -23,6 +23,7 @@ import orjson
 from engines.stub.asgi import JSON, Receive, Scope, Send, read_body, send_bytes
 from engines.stub.output import error_body
 from engines.stub.plan import RequestError, StubConfig
+from engines.stub.salts import check_cache_salt
 
 DEFAULT_DIMENSIONS = 384
 MAX_DIMENSIONS = 4096
@@ -59,6 +60,7 @@ def embeddings_body(config: StubConfig, body: Any) -> tuple[bytes, int]:
         raise RequestError(
             404, f"The model `{shown}` does not exist.", param="model", code="model_not_found"
         )
+    check_cache_salt(body)
     inputs = _inputs(body.get("input"))
     dimensions = _dimensions(body)
     encoding = body.get("encoding_format") or "float"

@@ -27,6 +27,7 @@ import orjson
 from engines.stub.asgi import JSON, Receive, Scope, Send, read_body, send_bytes
 from engines.stub.output import error_body
 from engines.stub.plan import RequestError
+from engines.stub.salts import check_cache_salt
 
 Handler = Callable[[Scope, Receive, Send], Awaitable[None]]
 Recorder = Callable[[Scope, Any], None]
@@ -86,6 +87,7 @@ class ExtraRoutes:
                 if not isinstance(body, dict):
                     raise RequestError(400, "The request body is not a JSON object.")
                 self._check_model(body.get("model"))
+                check_cache_salt(body)
                 result = answer(body)
             except RequestError as error:
                 await send_bytes(send, error.status, error_body(error), JSON)

@@ -42,6 +42,7 @@ from engines.stub.asgi import (
 )
 from engines.stub.output import SSE_HEADERS, error_body, token_texts
 from engines.stub.plan import Fault, RequestError, StubConfig, injected_fault
+from engines.stub.salts import check_cache_salt
 
 if TYPE_CHECKING:
     from engines.stub.server import StubStats
@@ -101,6 +102,7 @@ class ResponsesStub:
         """What to answer, or the :class:`RequestError` vLLM would give (or a fault's)."""
         if not isinstance(body, dict):
             raise RequestError(400, "The request body is not a JSON object.")
+        check_cache_salt(body)
         stream = body.get("stream") is True
         fault = injected_fault(self._config, body, stream)
         model = body.get("model")

@@ -46,6 +46,7 @@ from engines.stub.plan import Plan, RequestError, StubConfig, plan_request
 from engines.stub.priorities import PriorityLog
 from engines.stub.responses import PATH as RESPONSES_PATH
 from engines.stub.responses import ResponsesStub
+from engines.stub.salts import check_cache_salt
 from engines.stub.traceparents import TraceparentLog
 
 __all__ = ["StubApp", "StubConfig", "StubStats", "create_stub_app", "serve_stub", "stub_main"]
@@ -198,6 +199,8 @@ class StubApp:
             invalid = self.priorities.note(body)
             if invalid is not None:
                 raise RequestError(400, invalid, param="priority")
+            if isinstance(body, dict):
+                check_cache_salt(body)
             plan = plan_request(self.config, body, chat=chat)
         except RequestError as error:
             await _send_error(send, error)

@@ -34,15 +34,18 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from collections.abc import Callable, Iterable
 from typing import Protocol
 
 from gateway.auth.keys import KeyRecord, KeyStore, digest_of
+from gateway.auth.prefix_salt import PrefixSalt, salt_of
+from gateway.auth.principal import ANONYMOUS as ANONYMOUS
+from gateway.auth.principal import KEY_ONLY as KEY_ONLY
+from gateway.auth.principal import OPERATOR as OPERATOR
+from gateway.auth.principal import Principal as Principal
+from gateway.auth.principal import from_record, from_static
 from gateway.auth.unknown_keys import UnknownKeys
 from gateway.background import RepeatedLog, StepOutage
-from gateway.config.priority import DEFAULT_PRIORITY
 from gateway.config.sections import AuthSettings, StaticKey
 from gateway.errors import (
     AuthenticationError,
@@ -50,7 +53,6 @@ from gateway.errors import (
     StoreUnavailable,
     retry_after,
 )
-from gateway.ratelimit.limits import NO_LIMITS, Limits, LimitScope
 
 log = logging.getLogger("vgate.auth")
 _BEARER = "bearer "
@@ -61,56 +63,6 @@ DIGESTS_KEPT = 4096
 UNKNOWN_KEY_RECHECK_S = 0.05
 """An unknown key makes the directory check the key store only when its last check
 began longer ago than this: at most 20 checks a second, whatever the flood."""
-
-
-KEY_ONLY = ""
-"""The model name of requests that name none (no model's limits apply: a model's name
-is never empty)."""
-
-
-@dataclass(frozen=True, slots=True)
-class Principal:
-    """Who is calling: a key's name, the models it may use (``None``: all), its limits,
-    its tier (``priority``, vLLM's scale: lower is served earlier, 0 is ``normal``)
-    and its A/B variants (rollout model → variant model)."""
-
-    name: str
-    models: frozenset[str] | None
-    limits: Limits = NO_LIMITS
-    model_limits: Mapping[str, Limits] = field(default_factory=dict)
-    expires_at: float | None = None
-    priority: int = DEFAULT_PRIORITY
-    variants: Mapping[str, str] = field(default_factory=dict)
-    _scopes: dict[str, tuple[LimitScope, ...]] = field(default_factory=dict, compare=False)
-
-    def may_use(self, model: str) -> bool:
-        return self.models is None or model in self.models
-
-    def scopes(self, model: str) -> tuple[LimitScope, ...]:
-        """The counters a request for ``model`` is charged to (hash-tagged by key name,
-        so a Redis Cluster keeps them in one slot)."""
-        known = self._scopes.get(model)
-        if known is None:
-            known = self._scopes[model] = self._build_scopes(model)
-        return known
-
-    def key_scopes(self) -> tuple[LimitScope, ...]:
-        """The key's own counters, whatever the model (requests that name none)."""
-        return self.scopes(KEY_ONLY)
-
-    def _build_scopes(self, model: str) -> tuple[LimitScope, ...]:
-        tag = "{" + self.name + "}"
-        per_model = self.model_limits.get(model) if model != KEY_ONLY else None
-        if per_model is None:
-            return (LimitScope(tag, self.limits, self.name),) if self.limits.any else ()
-        scoped = LimitScope(f"{tag}:m:{model}", per_model, self.name)
-        return (LimitScope(tag, self.limits, self.name), scoped) if self.limits.any else (scoped,)
-
-
-ANONYMOUS = Principal("anonymous", None)
-OPERATOR = Principal("(operator)", None)
-"""The admin key asking for routing evidence (``x-vgate-explain: 1``): every model, no
-limits (the admin key can make any key anyway); its name cannot be a key's."""
 
 
 class Authenticator(Protocol):
@@ -159,7 +111,8 @@ class OpenAccess:
 
 
 class KeyDirectory:
-    """Config keys plus a local copy of the key store."""
+    """Config keys plus a local copy of the key store. ``salted``: each key's principal
+    carries its ``cache_salt`` (``cache.engine_prefix_scope: per_key``)."""
 
     def __init__(
         self,
@@ -167,8 +120,14 @@ class KeyDirectory:
         store: KeyStore | None,
         unknown: UnknownKeys | None = None,
         clock: Callable[[], float] = time.monotonic,
+        salted: bool = False,
     ) -> None:
-        self._static = {digest_of(k.key): _from_static(k) for k in static}
+        self._salted = salted
+        self._static = {
+            digest: from_static(k, self._salt(digest))
+            for k in static
+            for digest in (digest_of(k.key),)
+        }
         self._static_names = frozenset(p.name for p in self._static.values())
         self._shadowed: frozenset[str] = frozenset()
         """Stored names last found taken by a config key (warned about once each)."""
@@ -310,10 +269,16 @@ class KeyDirectory:
         if version == self._version:
             return
         records = await self._store.load_all()
-        self._stored = {r.digest: _from_record(r) for r in records if not self._shadows(r)}
+        self._stored = {
+            r.digest: from_record(r, self._salt(r.digest)) for r in records if not self._shadows(r)
+        }
         self._shadowed = frozenset(r.name for r in records if r.name in self._static_names)
         self._unknown.clear()
         self._version = version
+
+    def _salt(self, digest: str) -> PrefixSalt | None:
+        """The ``cache_salt`` of the key of ``digest``, when keys are salted."""
+        return salt_of(digest) if self._salted else None
 
     def _shadows(self, record: KeyRecord) -> bool:
         """Whether ``record`` is named like a config key: such a stored key is refused.
@@ -344,39 +309,12 @@ def _expired(principal: Principal) -> bool:
     return principal.expires_at is not None and time.time() >= principal.expires_at
 
 
-def build_authenticator(settings: AuthSettings, store: KeyStore | None) -> Authenticator:
+def build_authenticator(
+    settings: AuthSettings, store: KeyStore | None, salted: bool = False
+) -> Authenticator:
+    """The gateway's authenticator; ``salted``: every key's requests carry its own
+    ``cache_salt`` to the engines (with auth off, none does)."""
     if not settings.enabled:
         return OpenAccess()
     unknown = UnknownKeys(settings.unknown_keys_max, settings.unknown_keys_ttl_s)
-    return KeyDirectory(settings.keys, store, unknown)
-
-
-def _from_static(key: StaticKey) -> Principal:
-    return Principal(
-        key.name,
-        frozenset(key.models) if key.models else None,
-        Limits(key.rpm, key.tpm, key.max_concurrent),
-        {m: Limits(v.rpm, v.tpm, v.max_concurrent) for m, v in key.model_limits.items()},
-        _timestamp(key.expires_at) if key.expires_at is not None else None,
-        priority=key.priority,
-        variants=dict(key.variants),
-    )
-
-
-def _timestamp(moment: datetime) -> float:
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment.timestamp()
-
-
-def _from_record(record: KeyRecord) -> Principal:
-    models = frozenset(record.models) if record.models is not None else None
-    return Principal(
-        record.name,
-        models,
-        record.limits,
-        dict(record.model_limits),
-        record.expires_at,
-        priority=record.priority,
-        variants=dict(record.variants),
-    )
+    return KeyDirectory(settings.keys, store, unknown, salted=salted)

@@ -35,8 +35,8 @@ from typing import Any, Protocol
 from gateway.cache.entry import Entry
 from gateway.cache.key import KeyHasher, answer_form, fingerprint, uncacheable_reason
 from gateway.cache.singleflight import Flights
+from gateway.config.cache import CacheSettings
 from gateway.config.models import ModelSettings
-from gateway.config.sections import CacheSettings
 from gateway.errors import StoreUnavailable
 from gateway.observability.metrics import GatewayMetrics
 

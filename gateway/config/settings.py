@@ -30,12 +30,12 @@ from pydantic_settings import (
     SettingsError,
 )
 
+from gateway.config.cache import CacheSettings
 from gateway.config.models import ModelSettings, OverloadSettings
 from gateway.config.responses import ResponsesSettings
 from gateway.config.rollouts import RolloutSettings, pin_problem
 from gateway.config.sections import (
     AuthSettings,
-    CacheSettings,
     EnginesSettings,
     RateLimitSettings,
     RedisSettings,

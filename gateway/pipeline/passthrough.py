@@ -13,7 +13,9 @@ Priority: a request waits at its key's tier, or the later one its body's
 ``priority`` asks for; a client's ``priority`` field is clamped to that (never an
 earlier one than the key's reaches the engine; a non-integer is a 400), and none is
 added (:func:`gateway.pipeline.priority.body_priority`). A body without the field,
-for a model the engines know by the same name, is forwarded byte for byte.
+for a model the engines know by the same name, is forwarded byte for byte, but for
+the key's ``cache_salt`` on the routes that run the model (:mod:`gateway.auth.prefix_salt`;
+not ``/tokenize``, ``/detokenize`` or the audio forms).
 
 Token limits (a key with a ``tpm``), by what the route makes the model do
 (:attr:`ScopedRoute.tokens`): tokenizing uses no model, so ``/tokenize`` and
@@ -165,6 +167,8 @@ class _Target:
     document (:func:`repeated_query_chars`)."""
     token_ids: int = 0
     """Token ids in its ``input`` (:func:`input_token_ids`)."""
+    body: dict[str, Any] | None = None
+    """What ``payload`` reads (None: a form), for the key's ``cache_salt``."""
 
 
 def input_cost(payload: bytes, repeated: int = 0, token_ids: int = 0) -> Cost:
@@ -318,8 +322,11 @@ class PassthroughService:
                 meta.session_id.encode() if policy.wants_affinity_key and meta.session_id else None
             )
             content_type = meta.content_type if route.form else None
+            payload, salt = target.payload, principal.salt
+            if salt is not None and target.body is not None and route.tokens is TokenUse.INPUT:
+                payload = salt.sent(target.body, payload)  # runs through the prefix cache
             attempt = Attempt(
-                model, route.path, target.payload, meta.request_id, policy, key, content_type,
+                model, route.path, payload, meta.request_id, policy, key, content_type,
                 key=principal.name, priority=target.priority,
             )  # fmt: skip
             try:
@@ -376,7 +383,7 @@ class PassthroughService:
         payload = raw if changed is None else encoded_exactly(changed, raw)
         repeated = 0 if route.pairing is None else repeated_query_chars(route.pairing, body)
         ids = input_token_ids(body.get("input")) if route.tokens is TokenUse.INPUT else 0
-        return _Target(named, payload, rename, priority, repeated, ids)
+        return _Target(named, payload, rename, priority, repeated, ids, changed or body)
 
     def _known(self, model: str) -> ModelRename | None:
         """404 unless ``model`` is served; its rename, if any."""

@@ -221,7 +221,9 @@ class ResponsesService:
         response_id = new_response_id()  # stored under it only (not the engine's say)
         cap = exchange.ticket.output_cap
         items = orjson.Fragment(turn.items)
-        payload = engine_payload(request, items, response_id, served, cap, source)
+        salt = principal.salt  # the key's own blocks of the engines' prefix cache
+        salted = None if salt is None else salt.value_for(request.body)
+        payload = engine_payload(request, items, response_id, served, cap, source, salted)
         del source  # its exact reading (the body decoded) is not kept while the engine answers
         attempt = Attempt(
             model, PATH, payload, request_id, policy, turn.key,

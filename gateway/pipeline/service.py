@@ -276,6 +276,9 @@ class CompletionService:
                     exchange.leave_flight()
             exchange.lead(CacheFill(self._cache, parsed.model, plan, unkeyed_cap))
             exchange.cache_status = MISS
+        salt = principal.salt
+        if salt is not None:  # the key's own blocks of the engines' prefix cache (unkeyed)
+            parsed.body, parsed.payload = salt.onto(parsed.body, parsed.payload)
         exchange.count_in_flight()
         pair = None
         if parsed.rollout is not None and self._shadows is not None:

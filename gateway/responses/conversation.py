@@ -325,9 +325,11 @@ def engine_payload(
     served_name: str,
     cap: int | None,
     source: bytes | ExactSource | None = None,
+    cache_salt: str | None = None,
 ) -> bytes:
     """The body the engine gets (see the module docstring); ``cap`` is the output the
-    rate limiter reserved, which the engine may not exceed. ``items`` a list, or an
+    rate limiter reserved, which the engine may not exceed; ``cache_salt`` the key's
+    (:mod:`gateway.auth.prefix_salt`), in place of the client's. ``items`` a list, or an
     :class:`orjson.Fragment` of one (:func:`gateway.responses.encoding.encoded_items`);
     ``source`` the create body (its bytes, or them with the exact reading
     :func:`gateway.responses.encoding.encoded_items` may have made already), whose
@@ -343,6 +345,8 @@ def engine_payload(
     body["request_id"] = response_id
     if cap is not None and (request.max_output_tokens is None or request.max_output_tokens > cap):
         body["max_output_tokens"] = cap
+    if cache_salt is not None:
+        body["cache_salt"] = cache_salt
     return exact_size(orjson.dumps(body) if source is None else encoded_exactly(body, source))
 
 

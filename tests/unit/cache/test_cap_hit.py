@@ -10,7 +10,7 @@ import pytest
 from gateway.backends.memory.cache import MemoryEntryStore
 from gateway.cache.entry import Entry, usage_event_completion, usage_event_span
 from gateway.cache.response_cache import ResponseCache
-from gateway.config.sections import CacheSettings
+from gateway.config.cache import CacheSettings
 from gateway.observability.metrics import GatewayMetrics
 
 BODY = b'{"id":"x","choices":[]}'

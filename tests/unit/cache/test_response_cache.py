@@ -11,8 +11,8 @@ import pytest
 from gateway.backends.memory.cache import MemoryEntryStore
 from gateway.cache.entry import Entry
 from gateway.cache.response_cache import CachePlan, ResponseCache
+from gateway.config.cache import CacheSettings
 from gateway.config.models import ModelSettings
-from gateway.config.sections import CacheSettings
 from gateway.observability.metrics import GatewayMetrics
 
 BODY: dict[str, Any] = {"model": "m", "temperature": 0, "prompt": "hi", "messages": []}

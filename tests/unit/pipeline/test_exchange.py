@@ -11,7 +11,8 @@ from gateway.backends.memory.cache import MemoryEntryStore
 from gateway.backends.memory.limiter import MemoryLimiter
 from gateway.cache.response_cache import CachePlan, ResponseCache
 from gateway.cache.singleflight import Flights
-from gateway.config.sections import CacheSettings, RateLimitSettings
+from gateway.config.cache import CacheSettings
+from gateway.config.sections import RateLimitSettings
 from gateway.errors import GatewayError, OverloadedError, UpstreamStatusError
 from gateway.observability.metrics import GatewayMetrics
 from gateway.pipeline.cache_flow import CacheFill

@@ -15,7 +15,7 @@ from gateway.backends.memory.cache import MemoryEntryStore
 from gateway.cache.entry import Entry
 from gateway.cache.response_cache import CachePlan, ResponseCache
 from gateway.cache.singleflight import Flight
-from gateway.config.sections import CacheSettings
+from gateway.config.cache import CacheSettings
 from gateway.errors import UpstreamError
 from gateway.observability.metrics import GatewayMetrics
 from gateway.pipeline.cache_flow import CacheFill, follow_events

@@ -14,7 +14,7 @@ import pytest
 from gateway.backends.memory.cache import MemoryEntryStore
 from gateway.cache.response_cache import CachePlan, ResponseCache
 from gateway.cache.singleflight import Flight, FlightFailed
-from gateway.config.sections import CacheSettings
+from gateway.config.cache import CacheSettings
 from gateway.errors import SlowReaderError
 from gateway.observability.metrics import GatewayMetrics
 from gateway.pipeline.cache_flow import CacheFill, follow_events
