@@ -59,6 +59,7 @@ ENVIRONMENT_SWITCH = "VGATE_NATIVE"
 
 MODULES: tuple[str, ...] = (
     "gateway.auth.authenticator",
+    "gateway.auth.prefix_salt",
     "gateway.backends.redis.cache",
     "gateway.backends.redis.limiter",
     "gateway.backends.redis.limiter_wire",
