@@ -65,10 +65,9 @@ Bytes that are not HTTP, and heads :mod:`gateway.http.head_fields` refuses, get 
 answered (pipelined), those are answered first and the connection then closed, with no
 400 the client would take for their answer.
 
-The body's size is the application's limit (``server.max_body_bytes``, counted
-as the body arrives by :func:`gateway.http.context.read_body`). Until the
-application reads, uvicorn keeps at most 64 KiB of body per connection: above
-that it stops reading from the socket.
+The body's size is the application's limit (``server.max_body_bytes``, counted as it
+arrives by :func:`gateway.http.context.read_body`); until the application reads,
+uvicorn keeps at most 64 KiB of body per connection. Shutdown: :mod:`drain_linger`.
 """
 
 from __future__ import annotations
@@ -87,10 +86,10 @@ from gateway.http.connection_cap import too_many_connections
 from gateway.http.connection_limits import ConnectionLimits as ConnectionLimits
 from gateway.http.connection_limits import refusal_answer
 from gateway.http.direct_cycle import DirectCycle
+from gateway.http.drain_linger import LingeringProtocol
 from gateway.http.head_fields import (
     MAX_HEADER_FIELDS,
     DroppedFields,
-    FieldCheckingProtocol,
     RefusedHead,
     refusal,
 )
@@ -118,7 +117,7 @@ def limited_protocol(limits: ConnectionLimits) -> type[asyncio.Protocol]:
     return cast(type[asyncio.Protocol], functools.partial(LimitedHttpToolsProtocol, limits=limits))
 
 
-class LimitedHttpToolsProtocol(FieldCheckingProtocol):
+class LimitedHttpToolsProtocol(LingeringProtocol):
     """uvicorn's httptools protocol with the limits in the module docstring.
 
     State per connection: ``_head_bytes`` counts the bytes of the request head
@@ -190,7 +189,7 @@ class LimitedHttpToolsProtocol(FieldCheckingProtocol):
         for cycle in (self._answering, *[waiting for waiting, _ in self.pipeline]):
             if type(cycle) is DirectCycle:
                 cycle.closing = True
-        HttpToolsProtocol.shutdown(self)
+        LingeringProtocol.shutdown(self)  # idle: lingers (drain_linger.py)
 
     def data_received(self, data: bytes) -> None:
         head = self._head_bytes
@@ -309,6 +308,8 @@ class LimitedHttpToolsProtocol(FieldCheckingProtocol):
         if cycle is not None and type(cycle) is RequestResponseCycle:
             cycle.__class__ = DirectCycle  # head and body in one write (one_write.py),
             cast(DirectCycle, cycle).attach(self.loop)  # and direct answers (direct_cycle.py)
+            if self._lingering:  # came during the drain: answered, then the close
+                cast(DirectCycle, cycle).closing, cycle.keep_alive = True, False
 
     def on_message_complete(self) -> None:
         self._hosts = 0  # (any Host among the trailers counted for nothing)

@@ -300,8 +300,10 @@ def test_cli_round_trip(replicas: list[Gateway], tmp_path: Path) -> None:
     assert done.returncode == 0 and f"rollout {OPS}" in done.stdout
     refused = vgate("promote", "no-such-rollout")
     assert refused.returncode == 1 and "rollout_not_found" in refused.stderr
-    refused = vgate("set", OPS, "good-m=-3")
+    refused = vgate("set", OPS, "good-m=2e9")  # over the gateway's most (MAX_WEIGHT)
     assert refused.returncode == 1 and "invalid_weights" in refused.stderr
+    refused = vgate("set", OPS, "good-m=-3")  # refused before any call
+    assert refused.returncode == 2 and "a weight of 0 or more" in refused.stderr
 
 
 def _sample(gateway: Gateway, name: str, rollout: str, variant: str) -> float:
