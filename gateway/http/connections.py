@@ -57,8 +57,7 @@ then reached the application empty), so the header's name is changed before the
 head is parsed. The check is two substring searches of each read that holds head
 bytes; an ``Upgrade`` spelt in mixed case, split across reads, or in a head pipelined
 behind another in the same read, still stops the parser, and then the request gets a
-400 (in its turn, after the answers before it) and the connection is closed, never an
-empty body.
+400 (in its turn, after the answers before it) and the connection is closed, never an empty body.
 
 Bytes that are not HTTP, and heads :mod:`gateway.http.head_fields` refuses, get a 400
 (431) in OpenAI's error shape, not uvicorn's plain text; after requests still being
