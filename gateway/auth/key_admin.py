@@ -86,13 +86,14 @@ class NewKey(BaseModel):
             return cls.model_validate(data)
         except ValidationError as exc:
             first = exc.errors()[0]  # where: field names, as far as a name can go
-            where = ".".join(_shown(str(p)) for p in first["loc"]) or "body"
+            where = ".".join(shown_name(str(p)) for p in first["loc"]) or "body"
             raise KeyRequestError(f"{where}: {first['msg']}") from None
 
 
-def _shown(part: str, most: int = 64) -> str:
-    """A part of where a refusal found its problem (a field's name, a variant's rollout:
-    whatever a body holds), cut to ``most`` characters: 10 KB came back whole."""
+def shown_name(part: str, most: int = 64) -> str:
+    """A name a client sent, as an error echoes it: cut to ``most`` characters (a key's
+    name can go no further; a field's name, a variant's rollout: whatever a body holds,
+    10 KB came back whole)."""
     return part if len(part) <= most else f"{part[:most]}…"
 
 

@@ -12,7 +12,7 @@ from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response
 
-from gateway.auth.key_admin import KeyRequestError, NewKey, create_key, list_keys
+from gateway.auth.key_admin import KeyRequestError, NewKey, create_key, list_keys, shown_name
 from gateway.auth.keys import KeyStore
 from gateway.config.rollouts import pin_problem
 from gateway.errors import (
@@ -97,8 +97,7 @@ async def revoke(request: Request) -> Response:
             code="key_in_config",
         )
     if not found:  # the name echoed as far as a key's name can go (64 characters)
-        shown = name if len(name) <= 64 else f"{name[:64]}…"
-        raise NotFoundError(f"no key named {shown!r}", code="key_not_found")
+        raise NotFoundError(f"no key named {shown_name(name)!r}", code="key_not_found")
     await state.service.authenticator.refresh()
     audit(request, "key %r revoked", name)
     return _json({"name": name, "revoked": True})
